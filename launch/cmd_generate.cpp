@@ -1,9 +1,106 @@
 // SPDX-License-Identifier: MIT
-// PLACEHOLDER: replaced by the real command.
+// `v4rt generate`: prefill a prompt (text through the tokenizer, or token ids from a file), then
+// sample up to --max-tokens tokens (greedy by default; temperature / top-p, seeded). Prints the
+// generated ids on stdout (and the decoded text when a tokenizer is available), throughput on
+// stderr. Stops early at the end-of-sequence token.
 #include <CLI/CLI.hpp>
 
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "common/check.h"
+#include "kernels/backend.h"
 #include "launch/commands.h"
+#include "model/checkpoint.h"
+#include "model/model.h"
+#include "model/sampler.h"
+#include "model/text/tokenizer.h"
+#include "model/token_ids.h"
 
 namespace v4rt::launch {
-void register_generate(CLI::App& app) { (void)app; }
+
+namespace {
+
+struct GenerateArgs {
+  std::string model_dir;
+  std::string prompt;
+  std::string ids_file;
+  std::string tokenizer;
+  int max_tokens = 32;
+  double temperature = 0.0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  std::string numerics = "reference";
+};
+
+void run_generate(const GenerateArgs& args) {
+  V4RT_REQUIRE(args.prompt.empty() != args.ids_file.empty(), "give exactly one of --prompt or --ids");
+  V4RT_REQUIRE(args.max_tokens >= 0, "--max-tokens must be >= 0");
+  std::unique_ptr<model::text::Tokenizer> tok;
+  std::vector<int32_t> ids;
+  if (!args.prompt.empty()) {
+    tok = std::make_unique<model::text::Tokenizer>(model::text::find_tokenizer_path(args.tokenizer, args.model_dir));
+    ids = tok->encode(args.prompt);
+  } else {
+    ids = model::read_token_ids(args.ids_file);
+    if (!args.tokenizer.empty()) tok = std::make_unique<model::text::Tokenizer>(args.tokenizer);
+  }
+  V4RT_REQUIRE(!ids.empty(), "empty prompt");
+
+  auto ckpt = model::Checkpoint::open(args.model_dir);
+  auto backend = kernels::make_cpu_backend();
+  model::ModelOptions options;
+  options.numerics = model::parse_numerics(args.numerics);
+  auto m = model::Model::load(*ckpt, options, *backend);
+  auto seq = m->new_sequence();
+  model::Sampler sampler({args.temperature, args.top_p, args.seed});
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::vector<float>> logits;
+  model::StepChunk chunk{seq.get(), std::span<const int32_t>(ids), false};
+  m->step(std::span<const model::StepChunk>(&chunk, 1), &logits);
+  const auto t1 = std::chrono::steady_clock::now();
+  std::vector<int32_t> out;
+  for (int i = 0; i < args.max_tokens; ++i) {
+    const int32_t next = sampler.sample(logits[0]);
+    out.push_back(next);
+    std::printf("%s%d", i ? " " : "", next);
+    std::fflush(stdout);
+    if (next == m->config().eos_token_id || i + 1 == args.max_tokens) break;
+    chunk.tokens = std::span<const int32_t>(&out.back(), 1);
+    m->step(std::span<const model::StepChunk>(&chunk, 1), &logits);
+  }
+  std::printf("\n");
+  const auto t2 = std::chrono::steady_clock::now();
+  if (tok) {
+    std::vector<int32_t> printable;
+    for (int32_t id : out)
+      if (id < tok->vocab_size()) printable.push_back(id);
+    std::printf("%s\n", tok->decode(printable).c_str());
+  }
+  const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+  const double decode_s = std::chrono::duration<double>(t2 - t1).count();
+  std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tokens/s); decode: %zu tokens in %.3f s (%.1f tokens/s)\n",
+               ids.size(), prefill_s, double(ids.size()) / prefill_s, out.size(), decode_s,
+               out.empty() ? 0.0 : double(out.size()) / decode_s);
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  auto args = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate tokens from a prompt");
+  cmd->add_option("--model", args->model_dir, "Checkpoint directory (config.json + safetensors)")->required();
+  cmd->add_option("--prompt", args->prompt, "Prompt text (encoded with the tokenizer, no special tokens)");
+  cmd->add_option("--ids", args->ids_file, "Prompt token ids: text list of integers or safetensors input_ids");
+  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json (default: model dir, $V4RT_TOKENIZER, data/tokenizer)");
+  cmd->add_option("--max-tokens", args->max_tokens, "Tokens to generate (default 32)");
+  cmd->add_option("--temperature", args->temperature, "Sampling temperature; 0 = greedy (default)");
+  cmd->add_option("--top-p", args->top_p, "Nucleus sampling mass in (0, 1] (default 1)");
+  cmd->add_option("--seed", args->seed, "Sampler seed (default 0)");
+  cmd->add_option("--numerics", args->numerics, "reference | official")->check(CLI::IsMember({"reference", "official"}));
+  cmd->callback([args] { run_generate(*args); });
+}
+
 }  // namespace v4rt::launch

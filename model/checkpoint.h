@@ -6,6 +6,7 @@
 // pages in exactly the slices it uses.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -46,8 +47,11 @@ class Checkpoint {
   // (128x128 blocks), packed FP4 (I8) weights use per-32 scales; BF16/F32 convert exactly.
   std::vector<float> read_f32(const std::string& name, int64_t row_begin = 0, int64_t row_end = -1) const;
   std::vector<int64_t> read_i64(const std::string& name) const;
+  // The shape read_f32 returns: the stored shape, except packed FP4 (I8 with a `.scale` sibling)
+  // whose last dimension is doubled ([out, in/2] bytes -> [out, in] values).
+  std::vector<int64_t> logical_shape(const std::string& name) const;
   // Bytes of tensors touched so far through read_* (for the per-rank memory report).
-  uint64_t bytes_read() const { return bytes_read_; }
+  uint64_t bytes_read() const { return bytes_read_.load(); }
 
   // Checks the tensor list against what `config` requires: every missing, extra or mis-shaped
   // tensor is reported by name (all of them, one per line, in one Error).
@@ -60,7 +64,7 @@ class Checkpoint {
   ModelConfig config_;
   std::map<std::string, TensorInfo> tensors_;
   std::vector<std::unique_ptr<Mapping>> mappings_;
-  mutable uint64_t bytes_read_ = 0;
+  mutable std::atomic<uint64_t> bytes_read_{0};  // read_* may run on several threads
 };
 
 // The tensors (name -> dtype, shape) a checkpoint with `config` must hold (spec §9), MTP included

@@ -85,6 +85,9 @@ struct ModelConfig {
 // field on a missing, mistyped or inconsistent value.
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
 ModelConfig load_model_config(const std::string& path);  // reads the file, then parse_model_config
+// config.json text for `config` (the field names and layout of the release files; parses back to an
+// equal ModelConfig).
+std::string model_config_json(const ModelConfig& config);
 // Cross-field checks (heads % o_groups, ratios in {0,4,128}, list lengths, rope dim even, ...).
 void validate(const ModelConfig& config, const std::string& source);
 

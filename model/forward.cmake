@@ -1,1 +1,11 @@
-list(APPEND V4RT_MODEL_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/placeholder.cpp)
+# model forward: weights, per-sequence state, the V4 blocks, the model and the sampler.
+list(APPEND V4RT_MODEL_SOURCES
+  ${CMAKE_CURRENT_SOURCE_DIR}/weights.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/state.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/mhc.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/attention.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/moe.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/model.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/sampler.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/token_ids.cpp
+)

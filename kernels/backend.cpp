@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+// View helpers of kernels/backend.h: sub-views of activations and weights, no data access.
+#include "kernels/backend.h"
+
+#include "common/check.h"
+
+namespace v4rt::kernels {
+
+TensorView view_rows(const TensorView& v, int64_t begin, int64_t end) {
+  CHECK_GE(v.ndim, 1);
+  CHECK(begin >= 0 && begin <= end && end <= v.shape[0]) << "rows [" << begin << ", " << end << ") of " << v.shape_str();
+  TensorView r = v;
+  r.data = static_cast<char*>(v.data) + begin * v.stride[0] * int64_t(dtype_size(v.dtype));
+  r.shape[0] = end - begin;
+  return r;
+}
+
+TensorView view_cols(const TensorView& v, int64_t begin, int64_t end) {
+  CHECK_EQ(v.ndim, 2);
+  CHECK(begin >= 0 && begin <= end && end <= v.shape[1]) << "cols [" << begin << ", " << end << ") of " << v.shape_str();
+  CHECK_EQ(v.stride[1], 1);
+  TensorView r = v;
+  r.data = static_cast<char*>(v.data) + begin * int64_t(dtype_size(v.dtype));
+  r.shape[1] = end - begin;
+  return r;
+}
+
+TensorView view_reshape(const TensorView& v, std::initializer_list<int64_t> dims) {
+  CHECK(v.contiguous()) << "reshape of a strided view " << v.shape_str();
+  TensorView r(v.data, v.dtype, dims, v.device);
+  CHECK_EQ(r.numel(), v.numel()) << "reshape " << v.shape_str() << " -> " << r.shape_str();
+  return r;
+}
+
+WeightView weight_rows(const WeightView& w, int64_t begin, int64_t end) {
+  CHECK(begin >= 0 && begin <= end && end <= w.rows);
+  WeightView r = w;
+  r.rows = end - begin;
+  switch (w.dtype) {
+    case DType::kF8E4M3:
+      CHECK_EQ(begin % 128, 0) << "FP8 weight rows must start on a 128-row block";
+      r.data = static_cast<const uint8_t*>(w.data) + begin * w.cols;
+      r.scale = w.scale + (begin / 128) * ((w.cols + 127) / 128);
+      break;
+    case DType::kFP4:
+      r.data = static_cast<const uint8_t*>(w.data) + begin * (w.cols / 2);
+      r.scale = w.scale + begin * (w.cols / 32);
+      break;
+    default:
+      r.data = static_cast<const char*>(w.data) + begin * w.cols * int64_t(dtype_size(w.dtype));
+      break;
+  }
+  return r;
+}
+
+}  // namespace v4rt::kernels

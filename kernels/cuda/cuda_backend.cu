@@ -1,0 +1,480 @@
+// SPDX-License-Identifier: MIT
+// CudaBackend: weight upload (FP8/FP4 kept in place, fp32 block scales for cuBLASLt made once),
+// memory movement on the backend's stream, and the dispatch of every op to its launcher. The
+// projections pick their GEMM by weight dtype: FP8 -> act_quant + cuBLASLt block-scaled FP8,
+// FP4 -> act_quant + grouped FP4 kernel, BF16/F32 -> cuBLASLt dense with fp32 accumulate.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/check.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/ops.h"
+
+namespace v4rt::kernels::cuda {
+
+namespace {
+
+size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+Act dense_act(void* data, int64_t stride, bool bf16) {
+  Act a;
+  a.data = data;
+  a.stride = stride;
+  a.bf16 = bf16;
+  return a;
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int count = device_count();
+  V4RT_REQUIRE(count > 0, "cuda backend: no CUDA device is present");
+  if (device >= 0) {
+    V4RT_REQUIRE(device < count, "cuda backend: device " << device << " of " << count);
+    CUDA_CHECK(cudaSetDevice(device));
+  }
+  install_device_allocator();
+  return std::make_unique<CudaBackend>();
+}
+
+CudaBackend::CudaBackend() : scratch_(kNumSlots) {}
+
+CudaBackend::~CudaBackend() { (void)cudaStreamSynchronize(stream_.get()); }
+
+bool CudaBackend::supports(Op op) const {
+  (void)op;
+  return true;
+}
+
+void* CudaBackend::scratch(Slot slot, size_t bytes) {
+  DeviceBuffer& b = scratch_[size_t(slot)];
+  if (b.bytes() < bytes) b = DeviceBuffer(align_up(bytes + bytes / 4, 256));
+  return b.data();
+}
+
+// --- memory --------------------------------------------------------------------------------------
+
+WeightView CudaBackend::upload_weight(const WeightSource& s) {
+  const int64_t row_end = s.row_end < 0 ? s.rows : s.row_end;
+  V4RT_REQUIRE(s.row_begin >= 0 && s.row_begin <= row_end && row_end <= s.rows,
+               "weight " << s.name << ": row range [" << s.row_begin << ", " << row_end << ") outside " << s.rows);
+  V4RT_REQUIRE(s.data != nullptr, "weight " << s.name << ": no data");
+  const int64_t rows = row_end - s.row_begin, cols = s.cols;
+  WeightView w;
+  w.rows = rows;
+  w.cols = cols;
+  w.device = Device::kCuda;
+  auto upload = [&](const void* src, size_t bytes) -> void* {
+    weights_.emplace_back(std::max<size_t>(bytes, 1));
+    if (bytes) copy_to_device(weights_.back().data(), src, bytes);
+    return weights_.back().data();
+  };
+  switch (s.dtype) {
+    case DType::kF32:
+    case DType::kBF16: {
+      const size_t es = dtype_size(s.dtype);
+      w.dtype = s.dtype;
+      w.data = upload(static_cast<const char*>(s.data) + size_t(s.row_begin * cols) * es, size_t(rows * cols) * es);
+      break;
+    }
+    case DType::kI64:
+    case DType::kI32: {
+      std::vector<int32_t> v(size_t(rows * cols));
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const int64_t j = s.row_begin * cols + i;
+        v[size_t(i)] = s.dtype == DType::kI64 ? int32_t(static_cast<const int64_t*>(s.data)[j])
+                                              : static_cast<const int32_t*>(s.data)[j];
+      }
+      w.dtype = DType::kI32;
+      w.data = upload(v.data(), v.size() * 4);
+      break;
+    }
+    case DType::kF8E4M3: {
+      V4RT_REQUIRE(s.scale != nullptr, "weight " << s.name << ": FP8 without scale");
+      V4RT_REQUIRE(s.row_begin % 128 == 0, "weight " << s.name << ": FP8 rows must start on a 128-row block");
+      const int64_t scols = (cols + 127) / 128, rb0 = s.row_begin / 128, nrb = (rows + 127) / 128;
+      w.dtype = DType::kF8E4M3;
+      w.data = upload(static_cast<const uint8_t*>(s.data) + s.row_begin * cols, size_t(rows * cols));
+      const uint8_t* sc = static_cast<const uint8_t*>(upload(s.scale + rb0 * scols, size_t(nrb * scols)));
+      w.scale = sc;
+      Fp8ScaleEntry e;
+      e.bytes = size_t(nrb * scols);
+      e.scale_cols = scols;
+      e.ld = fp8_scale_layout().weight_ld(cols);
+      weights_.emplace_back(size_t(nrb * e.ld) * 4);
+      e.f32 = weights_.back().as<float>();
+      e8m0_to_f32_scales(sc, nrb, scols, e.f32, e.ld, stream_.get());
+      fp8_scales_[sc] = e;
+      break;
+    }
+    case DType::kFP4: {
+      V4RT_REQUIRE(s.scale != nullptr, "weight " << s.name << ": FP4 without scale");
+      V4RT_REQUIRE(cols % 128 == 0, "weight " << s.name << ": FP4 columns " << cols << " not a multiple of 128");
+      w.dtype = DType::kFP4;
+      w.data = upload(static_cast<const uint8_t*>(s.data) + s.row_begin * (cols / 2), size_t(rows * cols / 2));
+      w.scale = static_cast<const uint8_t*>(upload(s.scale + s.row_begin * (cols / 32), size_t(rows * cols / 32)));
+      break;
+    }
+    default:
+      V4RT_FAIL("weight " << s.name << ": dtype " << dtype_name(s.dtype) << " not supported by the cuda backend");
+  }
+  synchronize();
+  return w;
+}
+
+const float* CudaBackend::fp8_weight_scale_f32(const WeightView& w) const {
+  CHECK(w.dtype == DType::kF8E4M3 && w.scale) << "not an FP8 weight";
+  auto it = fp8_scales_.upper_bound(w.scale);
+  CHECK(it != fp8_scales_.begin()) << "FP8 weight was not uploaded by this backend";
+  --it;
+  const size_t off = size_t(w.scale - it->first);
+  CHECK_LT(off, it->second.bytes) << "FP8 weight was not uploaded by this backend";
+  CHECK_EQ(off % size_t(it->second.scale_cols), 0u);
+  CHECK_EQ(it->second.ld, fp8_scale_layout().weight_ld(w.cols)) << "FP8 scale layout changed after upload";
+  return it->second.f32 + int64_t(off / size_t(it->second.scale_cols)) * it->second.ld;
+}
+
+const void* CudaBackend::bf16_copy_of_fp8(const WeightView& w) {
+  auto it = bf16_copies_.find(w.data);
+  if (it != bf16_copies_.end()) return it->second;
+  weights_.emplace_back(size_t(w.rows * w.cols) * 2);
+  uint16_t* out = weights_.back().as<uint16_t>();
+  dequant_fp8_to_bf16(static_cast<const uint8_t*>(w.data), w.scale, w.rows, w.cols, out, stream_.get());
+  bf16_copies_[w.data] = out;
+  return out;
+}
+
+void CudaBackend::copy_to_device(void* dst, const void* src_host, size_t bytes) {
+  if (!bytes) return;
+  CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, stream_.get()));
+  stream_.synchronize();
+}
+
+void CudaBackend::copy_to_host(void* dst_host, const void* src, size_t bytes) {
+  if (!bytes) return;
+  CUDA_CHECK(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, stream_.get()));
+  stream_.synchronize();
+}
+
+void CudaBackend::copy_rows(const TensorView& dst, const TensorView& src) {
+  CHECK(dst.dtype == src.dtype) << "copy_rows dtype mismatch";
+  CHECK_EQ(dst.shape[0], src.shape[0]);
+  const int64_t w = act_row_width(dst);
+  CHECK_EQ(w, act_row_width(src));
+  const size_t es = dtype_size(dst.dtype);
+  if (dst.shape[0] == 0 || w == 0) return;
+  const size_t dpitch = size_t(dst.ndim == 1 ? w : dst.stride[0]) * es;
+  const size_t spitch = size_t(src.ndim == 1 ? w : src.stride[0]) * es;
+  CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dpitch, src.data, spitch, size_t(w) * es, size_t(dst.shape[0]),
+                               cudaMemcpyDefault, stream_.get()));
+}
+
+void CudaBackend::fill(const TensorView& dst, float value) {
+  launch_fill(make_act(dst, "fill"), dst.shape[0], dst.ndim == 1 ? 1 : act_row_width(dst), value, stream_.get());
+}
+
+void CudaBackend::synchronize() { stream_.synchronize(); }
+
+// --- simple ops ----------------------------------------------------------------------------------
+
+void CudaBackend::rms_norm(const RmsNormParams& p) { launch_rms_norm(p, stream_.get()); }
+void CudaBackend::rope(const RopeParams& p) { launch_rope(p, stream_.get()); }
+void CudaBackend::hc_pre(const HcPreParams& p) { launch_hc_pre(p, stream_.get()); }
+void CudaBackend::hc_post(const HcPostParams& p) { launch_hc_post(p, stream_.get()); }
+void CudaBackend::hc_head(const HcHeadParams& p) { launch_hc_head(p, stream_.get()); }
+void CudaBackend::compressor_pool(const CompressorPoolParams& p) { launch_compressor_pool(p, stream_.get()); }
+void CudaBackend::hadamard(const HadamardParams& p) { launch_hadamard(p, stream_.get()); }
+void CudaBackend::indexer_scores(const IndexerScoresParams& p) { launch_indexer_scores(p, stream_.get()); }
+void CudaBackend::topk(const TopkParams& p) { launch_topk(p, stream_.get()); }
+void CudaBackend::sparse_attention(const SparseAttentionParams& p) { launch_sparse_attention(p, stream_.get()); }
+void CudaBackend::moe_gate(const MoeGateParams& p) { launch_moe_gate(p, stream_.get()); }
+void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()); }
+void CudaBackend::embedding(const EmbeddingParams& p) { launch_embedding(p, stream_.get()); }
+void CudaBackend::add(const AddParams& p) { launch_add(p, stream_.get()); }
+void CudaBackend::qdq(const QdqParams& p) { launch_qdq(p, stream_.get()); }
+
+// --- projections ---------------------------------------------------------------------------------
+
+void CudaBackend::linear(const LinearParams& p) {
+  CHECK(p.w.device == Device::kCuda && p.w.data) << "linear: weight not on the device";
+  CHECK_EQ(act_row_width(p.x), p.w.cols) << "linear x " << p.x.shape_str() << " vs weight cols " << p.w.cols;
+  CHECK_EQ(act_row_width(p.y), p.w.rows) << "linear y " << p.y.shape_str() << " vs weight rows " << p.w.rows;
+  switch (p.w.dtype) {
+    case DType::kF8E4M3: linear_fp8(p); break;
+    case DType::kFP4: linear_fp4(p); break;
+    case DType::kBF16:
+    case DType::kF32: linear_dense(p); break;
+    default: LOG(FATAL) << "linear: weight dtype " << dtype_name(p.w.dtype);
+  }
+}
+
+void CudaBackend::linear_fp8(const LinearParams& p) {
+  const int64_t m = p.x.shape[0], n = p.w.rows, k = p.w.cols;
+  if (m == 0) return;
+  const Act x = make_act(p.x, "linear x"), y = make_act(p.y, "linear y");
+  const Fp8ScaleLayout& layout = fp8_scale_layout();
+  const int64_t act_ld = layout.act_ld(m);
+  uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(m * k)));
+  float* xs = static_cast<float*>(scratch(kSlotXScale, size_t((k / 128) * act_ld) * 4));
+  ActQuantParams q;
+  q.x = x.data;
+  q.x_stride = x.stride;
+  q.x_bf16 = x.bf16;
+  q.x8 = x8;
+  q.scale = xs;
+  q.scale_m_stride = 1;
+  q.scale_kb_stride = act_ld;
+  q.num_tokens = m;
+  q.k = k;
+  q.stream = stream_.get();
+  act_quant_fp8(q);
+  const bool direct = y.bf16 && !p.accumulate;
+  Fp8GemmParams g;
+  g.x8 = x8;
+  g.x_scale = xs;
+  g.w8 = static_cast<const uint8_t*>(p.w.data);
+  g.w_scale = fp8_weight_scale_f32(p.w);
+  g.out = direct ? static_cast<uint16_t*>(y.data) : static_cast<uint16_t*>(scratch(kSlotTmp, size_t(m * n) * 2));
+  g.out_ld = direct ? y.stride : n;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.stream = stream_.get();
+  fp8_gemm_.run(g);
+  if (!direct) launch_add_into(dense_act(g.out, n, true), y, m, n, p.accumulate, p.out_bf16, stream_.get());
+}
+
+void CudaBackend::linear_fp4(const LinearParams& p) {
+  const int64_t m = p.x.shape[0], n = p.w.rows, k = p.w.cols;
+  if (m == 0) return;
+  const Act x = make_act(p.x, "linear x"), y = make_act(p.y, "linear y");
+  uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(m * k)));
+  float* xs = static_cast<float*>(scratch(kSlotXScale, size_t(m * (k / 128)) * 4));
+  ActQuantParams q;
+  q.x = x.data;
+  q.x_stride = x.stride;
+  q.x_bf16 = x.bf16;
+  q.x8 = x8;
+  q.scale = xs;
+  q.scale_m_stride = k / 128;
+  q.scale_kb_stride = 1;
+  q.num_tokens = m;
+  q.k = k;
+  q.stream = stream_.get();
+  act_quant_fp8(q);
+  struct Table {
+    int32_t offsets[4];
+    const void* w;
+    const void* scale;
+  } table{{0, int32_t(m), 0, 0}, p.w.data, p.w.scale};
+  auto* dev = static_cast<Table*>(scratch(kSlotPtrs, sizeof(Table)));
+  CUDA_CHECK(cudaMemcpyAsync(dev, &table, sizeof(Table), cudaMemcpyHostToDevice, stream_.get()));
+  const bool direct = y.bf16 && !p.accumulate && y.stride == n;
+  Fp4GroupedGemmParams g;
+  g.x8 = x8;
+  g.x_scale = xs;
+  g.row_offsets = dev->offsets;
+  g.w = reinterpret_cast<const uint8_t* const*>(&dev->w);
+  g.w_scale = reinterpret_cast<const uint8_t* const*>(&dev->scale);
+  g.out = direct ? static_cast<uint16_t*>(y.data) : static_cast<uint16_t*>(scratch(kSlotTmp, size_t(m * n) * 2));
+  g.num_groups = 1;
+  g.n = n;
+  g.k = k;
+  g.stream = stream_.get();
+  fp4_grouped_gemm(g);
+  if (!direct) launch_add_into(dense_act(g.out, n, true), y, m, n, p.accumulate, p.out_bf16, stream_.get());
+  stream_.synchronize();  // `table` lives on this stack frame
+}
+
+void CudaBackend::linear_dense(const LinearParams& p) {
+  const int64_t m = p.x.shape[0], n = p.w.rows, k = p.w.cols;
+  if (m == 0) return;
+  Act x = make_act(p.x, "linear x");
+  const Act y = make_act(p.y, "linear y");
+  const bool w_bf16 = p.w.dtype == DType::kBF16;
+  if (x.bf16 != w_bf16) {  // bring x to the weight's type
+    Act t = dense_act(scratch(kSlotTmp2, size_t(m * k) * (w_bf16 ? 2 : 4)), k, w_bf16);
+    launch_convert(x, t, m, k, false, stream_.get());
+    x = t;
+  }
+  DenseGemmParams g;
+  g.ab_type = w_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  g.w = p.w.data;
+  g.ldw = k;
+  g.x = x.data;
+  g.ldx = x.stride;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.stream = stream_.get();
+  const bool direct = w_bf16 || !y.bf16;
+  if (direct) {
+    g.d_type = y.bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    g.y = y.data;
+    g.ldy = y.stride;
+    g.beta = p.accumulate ? 1.f : 0.f;
+    dense_gemm_.run(g);
+    if (p.out_bf16 && !y.bf16) launch_convert(y, y, m, n, true, stream_.get());
+  } else {
+    g.d_type = CUDA_R_32F;
+    g.y = scratch(kSlotTmp, size_t(m * n) * 4);
+    g.ldy = n;
+    dense_gemm_.run(g);
+    launch_add_into(dense_act(g.y, n, false), y, m, n, p.accumulate, p.out_bf16, stream_.get());
+  }
+}
+
+void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
+  const int64_t m = p.x.shape[0], groups = p.x.shape[1], in_g = p.x.shape[2], out_g = p.y.shape[2];
+  CHECK_EQ(act_row_width(p.x), groups * in_g);
+  CHECK_EQ(act_row_width(p.y), groups * out_g);
+  CHECK_EQ(p.w.cols, in_g);
+  CHECK_EQ(p.w.rows, groups * out_g);
+  const int g0 = p.g_begin, g1 = p.g_end < 0 ? int(groups) : p.g_end;
+  const int ng = g1 - g0;
+  if (m == 0 || ng <= 0) return;
+  const void* w = p.w.data;
+  bool w_bf16 = p.w.dtype == DType::kBF16;
+  if (p.w.dtype == DType::kF8E4M3) {
+    w = bf16_copy_of_fp8(p.w);  // spec §2.6: wo_a is dequantized to bf16 at load
+    w_bf16 = true;
+  } else {
+    CHECK(p.w.dtype == DType::kF32 || w_bf16) << "grouped_linear weight dtype " << dtype_name(p.w.dtype);
+  }
+  Act x = make_act(p.x, "grouped_linear x");
+  const Act y = make_act(p.y, "grouped_linear y");
+  if (x.bf16 != w_bf16) {
+    Act t = dense_act(scratch(kSlotTmp2, size_t(m * groups * in_g) * (w_bf16 ? 2 : 4)), groups * in_g, w_bf16);
+    launch_convert(x, t, m, groups * in_g, false, stream_.get());
+    x = t;
+  }
+  const size_t wes = w_bf16 ? 2 : 4;
+  DenseGemmParams g;
+  g.ab_type = w_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  g.w = static_cast<const char*>(w) + size_t(g0) * size_t(out_g * in_g) * wes;
+  g.ldw = in_g;
+  g.x = static_cast<const char*>(x.data) + size_t(g0) * size_t(in_g) * wes;
+  g.ldx = x.stride;
+  g.m = m;
+  g.n = out_g;
+  g.k = in_g;
+  g.batch = ng;
+  g.stride_w = out_g * in_g;
+  g.stride_x = in_g;
+  g.stream = stream_.get();
+  const bool direct = w_bf16 || !y.bf16;
+  if (direct) {
+    g.d_type = y.bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    g.y = static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * (y.bf16 ? 2 : 4);
+    g.ldy = y.stride;
+    g.stride_y = out_g;
+    dense_gemm_.run(g);
+    if (p.out_bf16 && !y.bf16) {
+      const Act ys = dense_act(g.y, y.stride, false);
+      launch_convert(ys, ys, m, ng * out_g, true, stream_.get());
+    }
+  } else {
+    g.d_type = CUDA_R_32F;
+    g.y = scratch(kSlotTmp, size_t(m * ng * out_g) * 4);
+    g.ldy = ng * out_g;
+    g.stride_y = out_g;
+    dense_gemm_.run(g);
+    const Act ys = dense_act(static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * 2, y.stride, true);
+    launch_convert(dense_act(g.y, ng * out_g, false), ys, m, ng * out_g, false, stream_.get());
+  }
+}
+
+// --- routed experts ------------------------------------------------------------------------------
+
+void CudaBackend::moe_experts(const MoeExpertsParams& p) {
+  const int64_t T = p.x.shape[0];
+  const int topk = int(p.idx.shape[1]);
+  const int64_t hidden = act_row_width(p.out);
+  const int num_local = p.e_end - p.e_begin;
+  if (T == 0 || num_local <= 0) return;
+  CHECK(p.w1 && p.w2 && p.w3) << "moe_experts: expert weights missing";
+  CHECK_EQ(act_row_width(p.x), hidden);
+  const int64_t inter = p.w1[p.e_begin].rows;
+  std::vector<const void*> key;
+  key.reserve(size_t(num_local) * 6);
+  for (const WeightView* ws : {p.w1, p.w3, p.w2}) {
+    for (int e = p.e_begin; e < p.e_end; ++e) {
+      const WeightView& w = ws[e];
+      CHECK(w.dtype == DType::kFP4 && w.device == Device::kCuda)
+          << "moe_experts: expert " << e << " weight is " << dtype_name(w.dtype) << " (the cuda path takes FP4)";
+      const bool down = ws == p.w2;
+      CHECK_EQ(w.rows, down ? hidden : inter) << "expert " << e << " shape";
+      CHECK_EQ(w.cols, down ? inter : hidden) << "expert " << e << " shape";
+      key.push_back(w.data);
+    }
+    for (int e = p.e_begin; e < p.e_end; ++e) key.push_back(ws[e].scale);
+  }
+  auto it = expert_ptr_tables_.find(key);
+  if (it == expert_ptr_tables_.end()) {
+    weights_.emplace_back(key.size() * sizeof(void*));
+    copy_to_device(weights_.back().data(), key.data(), key.size() * sizeof(void*));
+    it = expert_ptr_tables_.emplace(key, weights_.back().data()).first;
+  }
+  const uint8_t* const* tables = static_cast<const uint8_t* const*>(it->second);
+  const uint8_t* const* w1 = tables;
+  const uint8_t* const* w1s = tables + num_local;
+  const uint8_t* const* w3 = tables + 2 * num_local;
+  const uint8_t* const* w3s = tables + 3 * num_local;
+  const uint8_t* const* w2 = tables + 4 * num_local;
+  const uint8_t* const* w2s = tables + 5 * num_local;
+
+  const int64_t max_rows = T * topk;
+  char* rb = static_cast<char*>(scratch(kSlotRoute, 5 * align_up(size_t(std::max<int64_t>(max_rows, num_local + 1)) * 4, 256)));
+  const size_t seg = align_up(size_t(std::max<int64_t>(max_rows, num_local + 1)) * 4, 256);
+  MoeRouting r;
+  r.counts = reinterpret_cast<int32_t*>(rb);
+  r.row_offsets = reinterpret_cast<int32_t*>(rb + seg);
+  r.row_token = reinterpret_cast<int32_t*>(rb + 2 * seg);
+  r.row_weight = reinterpret_cast<float*>(rb + 3 * seg);
+  r.slot_row = reinterpret_cast<int32_t*>(rb + 4 * seg);
+  launch_moe_route(p.idx, p.weight, p.e_begin, p.e_end, r, stream_.get());
+
+  uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(max_rows * hidden)));
+  float* xs = static_cast<float*>(scratch(kSlotXScale, size_t(max_rows * (hidden / 128)) * 4));
+  launch_moe_gather_quant(make_act(p.x, "moe_experts x"), hidden, r, num_local, max_rows, x8, xs, stream_.get());
+
+  auto* g = static_cast<uint16_t*>(scratch(kSlotG, size_t(max_rows * inter) * 2));
+  auto* u = static_cast<uint16_t*>(scratch(kSlotU, size_t(max_rows * inter) * 2));
+  Fp4GroupedGemmParams gp;
+  gp.x8 = x8;
+  gp.x_scale = xs;
+  gp.row_offsets = r.row_offsets;
+  gp.num_groups = num_local;
+  gp.n = inter;
+  gp.k = hidden;
+  gp.stream = stream_.get();
+  gp.w = w1;
+  gp.w_scale = w1s;
+  gp.out = g;
+  fp4_grouped_gemm(gp);
+  gp.w = w3;
+  gp.w_scale = w3s;
+  gp.out = u;
+  fp4_grouped_gemm(gp);
+
+  uint8_t* h8 = static_cast<uint8_t*>(scratch(kSlotH8, size_t(max_rows * inter)));
+  float* hs = static_cast<float*>(scratch(kSlotHScale, size_t(max_rows * (inter / 128)) * 4));
+  launch_moe_swiglu_quant(g, u, inter, p.swiglu_limit, r, num_local, max_rows, h8, hs, stream_.get());
+
+  auto* y = static_cast<uint16_t*>(scratch(kSlotY, size_t(max_rows * hidden) * 2));
+  gp.x8 = h8;
+  gp.x_scale = hs;
+  gp.n = hidden;
+  gp.k = inter;
+  gp.w = w2;
+  gp.w_scale = w2s;
+  gp.out = y;
+  fp4_grouped_gemm(gp);
+
+  launch_moe_combine(y, hidden, p.idx, r, make_act(p.out, "moe_experts out"), T, topk, stream_.get());
+}
+
+}  // namespace v4rt::kernels::cuda

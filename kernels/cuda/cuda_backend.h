@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: MIT
+// The CUDA implementation of kernels::Backend: bf16 activations (F32 views accepted wherever the
+// op table says F32 or the caller chooses it), FP8 weights kept in place for the cuBLASLt
+// block-scaled GEMM, FP4 routed experts kept packed for the grouped FP4 GEMM, everything else on
+// one stream owned by the backend. Numerics: the production path of DESIGN.md (FP8 act_quant before
+// every FP8/FP4 GEMM, bf16 GEMM outputs); the CPU backend with the official flags is its reference.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/dense_gemm.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/fp8_gemm.h"
+
+namespace v4rt::kernels::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend();  // on the current device (make_cuda_backend selects it)
+  ~CudaBackend() override;
+
+  std::string name() const override { return "cuda"; }
+  Device device() const override { return Device::kCuda; }
+  DType act_dtype() const override { return DType::kBF16; }
+  bool supports(Op op) const override;
+
+  WeightView upload_weight(const WeightSource& source) override;
+  void copy_to_device(void* dst, const void* src_host, size_t bytes) override;
+  void copy_to_host(void* dst_host, const void* src, size_t bytes) override;
+  void copy_rows(const TensorView& dst, const TensorView& src) override;
+  void fill(const TensorView& dst, float value) override;
+  void synchronize() override;
+
+  void rms_norm(const RmsNormParams& p) override;
+  void rope(const RopeParams& p) override;
+  void hc_pre(const HcPreParams& p) override;
+  void hc_post(const HcPostParams& p) override;
+  void hc_head(const HcHeadParams& p) override;
+  void linear(const LinearParams& p) override;
+  void grouped_linear(const GroupedLinearParams& p) override;
+  void compressor_pool(const CompressorPoolParams& p) override;
+  void hadamard(const HadamardParams& p) override;
+  void indexer_scores(const IndexerScoresParams& p) override;
+  void topk(const TopkParams& p) override;
+  void sparse_attention(const SparseAttentionParams& p) override;
+  void moe_gate(const MoeGateParams& p) override;
+  void moe_experts(const MoeExpertsParams& p) override;
+  void swiglu(const SwigluParams& p) override;
+  void embedding(const EmbeddingParams& p) override;
+  void add(const AddParams& p) override;
+  void qdq(const QdqParams& p) override;
+
+  cudaStream_t stream() const { return stream_.get(); }
+  // fp32 block scales of an uploaded FP8 weight view (a row slice of an upload is fine).
+  const float* fp8_weight_scale_f32(const WeightView& w) const;
+
+ private:
+  // Scratch slots used inside one op (grow-only).
+  enum Slot { kSlotX8, kSlotXScale, kSlotTmp, kSlotTmp2, kSlotRoute, kSlotG, kSlotU, kSlotH8, kSlotHScale, kSlotY,
+              kSlotPtrs, kNumSlots };
+  void* scratch(Slot slot, size_t bytes);
+  const void* bf16_copy_of_fp8(const WeightView& w);
+  void linear_fp8(const LinearParams& p);
+  void linear_fp4(const LinearParams& p);
+  void linear_dense(const LinearParams& p);
+
+  struct Fp8ScaleEntry {
+    size_t bytes = 0;         // bytes of the e8m0 scale upload
+    int64_t scale_cols = 0;   // ceil(cols / 128)
+    int64_t ld = 0;           // fp32 row length (Fp8ScaleLayout::weight_ld)
+    float* f32 = nullptr;
+  };
+
+  Stream stream_;
+  Fp8Gemm fp8_gemm_;
+  DenseGemm dense_gemm_;
+  std::vector<DeviceBuffer> weights_;
+  std::map<const uint8_t*, Fp8ScaleEntry> fp8_scales_;   // keyed by the e8m0 scale base pointer
+  std::map<const void*, const void*> bf16_copies_;       // FP8 weight data -> bf16 copy
+  std::map<std::vector<const void*>, const void*> expert_ptr_tables_;
+  std::vector<DeviceBuffer> scratch_;
+};
+
+// The CUDA backend on `device` (-1: current). Fails fast when no device is present.
+std::unique_ptr<Backend> make_cuda_backend(int device = -1);
+
+}  // namespace v4rt::kernels::cuda

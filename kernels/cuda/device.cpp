@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: MIT
+// Device discovery, RAII wrappers and the common Buffer allocator hook (see device.h).
+#include "kernels/cuda/device.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <sstream>
+
+#include "common/tensor.h"
+#include "kernels/cuda/cuda_check.h"
+
+namespace v4rt::kernels::cuda {
+
+namespace {
+std::atomic<bool> g_sync_after_ops{false};
+
+void* device_alloc(size_t bytes) {
+  void* p = nullptr;
+  CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+void device_free(void* p) { CUDA_CHECK(cudaFree(p)); }
+}  // namespace
+
+std::string device_context() {
+  int dev = -1, count = 0;
+  (void)cudaGetDevice(&dev);
+  (void)cudaGetDeviceCount(&count);
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  std::ostringstream os;
+  os << " [device " << dev << " of " << count << ", host " << host << "]";
+  return os.str();
+}
+
+void set_sync_after_ops(bool on) { g_sync_after_ops = on; }
+bool sync_after_ops() { return g_sync_after_ops; }
+
+void launch_check(const char* op, cudaStream_t stream) {
+  cudaError_t st = cudaGetLastError();
+  if (st != cudaSuccess) {
+    LOG(FATAL) << "kernel launch of " << op << " failed: " << cudaGetErrorString(st) << device_context();
+  }
+  if (g_sync_after_ops) {
+    st = cudaStreamSynchronize(stream);
+    if (st != cudaSuccess) {
+      LOG(FATAL) << "op " << op << " faulted: " << cudaGetErrorString(st) << device_context();
+    }
+  }
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no driver/device" error
+    return 0;
+  }
+  return n;
+}
+
+void install_device_allocator() { Buffer::set_device_allocator({&device_alloc, &device_free}); }
+
+Stream::Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+Stream::~Stream() {
+  if (stream_) CUDA_CHECK(cudaStreamDestroy(stream_));
+}
+Stream& Stream::operator=(Stream&& o) noexcept {
+  if (this != &o) {
+    if (stream_) CUDA_CHECK(cudaStreamDestroy(stream_));
+    stream_ = std::exchange(o.stream_, nullptr);
+  }
+  return *this;
+}
+void Stream::synchronize() const { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+Event::Event() { CUDA_CHECK(cudaEventCreate(&event_)); }
+Event::~Event() {
+  if (event_) CUDA_CHECK(cudaEventDestroy(event_));
+}
+Event& Event::operator=(Event&& o) noexcept {
+  if (this != &o) {
+    if (event_) CUDA_CHECK(cudaEventDestroy(event_));
+    event_ = std::exchange(o.event_, nullptr);
+  }
+  return *this;
+}
+void Event::record(cudaStream_t stream) { CUDA_CHECK(cudaEventRecord(event_, stream)); }
+void Event::synchronize() const { CUDA_CHECK(cudaEventSynchronize(event_)); }
+float Event::elapsed_ms_since(const Event& start) const {
+  float ms = 0.f;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start.event_, event_));
+  return ms;
+}
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes) CUDA_CHECK(cudaMalloc(&data_, bytes));
+}
+DeviceBuffer::~DeviceBuffer() { release(); }
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    release();
+    data_ = std::exchange(o.data_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+void DeviceBuffer::release() {
+  if (data_) CUDA_CHECK(cudaFree(data_));
+  data_ = nullptr;
+  bytes_ = 0;
+}
+void DeviceBuffer::copy_from_host(const void* src, size_t bytes, size_t offset) {
+  CHECK_LE(offset + bytes, bytes_) << "copy_from_host past the end of a device buffer";
+  CUDA_CHECK(cudaMemcpy(static_cast<char*>(data_) + offset, src, bytes, cudaMemcpyHostToDevice));
+}
+void DeviceBuffer::copy_to_host(void* dst, size_t bytes, size_t offset) const {
+  CHECK_LE(offset + bytes, bytes_) << "copy_to_host past the end of a device buffer";
+  CUDA_CHECK(cudaMemcpy(dst, static_cast<const char*>(data_) + offset, bytes, cudaMemcpyDeviceToHost));
+}
+void DeviceBuffer::fill_bytes(int value) {
+  if (bytes_) CUDA_CHECK(cudaMemset(data_, value, bytes_));
+}
+
+}  // namespace v4rt::kernels::cuda

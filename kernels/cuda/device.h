@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: MIT
+// Device plumbing for the CUDA backend: device discovery, RAII Stream / Event / DeviceBuffer, and
+// the device allocator installed into common's Buffer (Buffer::set_device_allocator), so code
+// above kernels/ can own device memory without linking CUDA itself.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+namespace v4rt::kernels::cuda {
+
+// Number of usable CUDA devices; 0 when there is no driver or no device (never fatal).
+int device_count();
+// Installs cudaMalloc/cudaFree as common Buffer's device allocator (idempotent).
+void install_device_allocator();
+
+class Stream {
+ public:
+  Stream();  // non-blocking stream on the current device
+  ~Stream();
+  Stream(Stream&& o) noexcept : stream_(std::exchange(o.stream_, nullptr)) {}
+  Stream& operator=(Stream&& o) noexcept;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void synchronize() const;
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+class Event {
+ public:
+  Event();  // timing-capable event
+  ~Event();
+  Event(Event&& o) noexcept : event_(std::exchange(o.event_, nullptr)) {}
+  Event& operator=(Event&& o) noexcept;
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return event_; }
+  void record(cudaStream_t stream);
+  void synchronize() const;
+  // Milliseconds between `start` and this event (both recorded and complete).
+  float elapsed_ms_since(const Event& start) const;
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+// Owning, move-only device allocation of `bytes` bytes.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data_); }
+  void copy_from_host(const void* src, size_t bytes, size_t offset = 0);
+  void copy_to_host(void* dst, size_t bytes, size_t offset = 0) const;
+  void fill_bytes(int value);  // cudaMemset over the whole buffer (synchronous)
+
+ private:
+  void release();
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace v4rt::kernels::cuda

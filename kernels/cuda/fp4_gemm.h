@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: MIT
+// FP4 routed-expert GEMM (spec §2.2 fp4_gemm), grouped over the experts of one step.
+// Weights stay packed e2m1 in device memory (I8 [n, k/2], low nibble = even element) with ue8m0
+// scales per 32 inputs ([n, k/32]); they are dequantized in registers, never expanded in memory.
+// Activations arrive FP8-quantized (act_quant_fp8, scales [rows][k/128] row-major), grouped so the
+// rows of expert g are [row_offsets[g], row_offsets[g+1]).
+//   out[r, n] = bf16( sum over 32-blocks b of (sum_{k in b} x8[r,k] s_x[r,k/128] * fp4(w[n,k])) * 2^(S[n,b]-127) )
+// One kernel serves decode (many experts, few rows each) and prefill (many rows per expert): a
+// block owns 32 output channels of one expert and walks that expert's rows in tiles of 8.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace v4rt::kernels::cuda {
+
+struct Fp4GroupedGemmParams {
+  const uint8_t* x8 = nullptr;           // [num_rows, k] e4m3
+  const float* x_scale = nullptr;        // [num_rows, k/128]
+  const int32_t* row_offsets = nullptr;  // device [num_groups + 1]
+  const uint8_t* const* w = nullptr;     // device [num_groups] of [n, k/2] packed e2m1 (nullptr: group skipped)
+  const uint8_t* const* w_scale = nullptr;  // device [num_groups] of [n, k/32] ue8m0
+  uint16_t* out = nullptr;               // [num_rows, n] bf16
+  int num_groups = 0;
+  int64_t n = 0, k = 0;                  // k % 128 == 0
+  cudaStream_t stream = nullptr;
+};
+
+void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
+
+}  // namespace v4rt::kernels::cuda

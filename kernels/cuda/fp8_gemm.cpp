@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: MIT
+// cuBLASLt plan cache for the FP8 block-scaled GEMM (settings in fp8_gemm.h). One plan per
+// (m, n, k, out_ld, scale layout): descriptors, layouts and the heuristic's algorithm are built
+// once; the scale pointers are set per call (cheap attribute writes on the cached descriptor).
+#include "kernels/cuda/fp8_gemm.h"
+
+#include <cublasLt.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dense_gemm.h"
+
+namespace v4rt::kernels::cuda {
+
+namespace {
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+}
+
+struct Fp8Gemm::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Plan() {
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+Fp8Gemm::Fp8Gemm() : workspace_(kWorkspaceBytes) {
+  cublasLtHandle_t h = nullptr;
+  CUBLAS_CHECK(cublasLtCreate(&h));
+  handle_ = h;
+}
+
+Fp8Gemm::~Fp8Gemm() {
+  plans_.clear();
+  if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+}
+
+Fp8Gemm::Plan& Fp8Gemm::plan_for(const Fp8GemmParams& p, int64_t out_ld) {
+  const int64_t m = p.m, n = p.n, k = p.k;
+  const Fp8ScaleLayout& layout = fp8_scale_layout();
+  const int al_w = pointer_alignment(p.w8), al_x = pointer_alignment(p.x8), al_out = pointer_alignment(p.out);
+  const std::vector<int64_t> key = {m, n, k, out_ld, layout.act_m_align, layout.weight_kb_align, al_w, al_x, al_out};
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return *it->second;
+
+  auto plan = std::make_unique<Plan>();
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
+  const int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+  const int32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode)));
+  // Dummy pointers for the heuristic; real ones are set per call.
+  const void* dummy = workspace_.data();
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &dummy, sizeof(dummy)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &dummy, sizeof(dummy)));
+
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(n), k));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(m), k));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d, CUDA_R_16BF, uint64_t(n), uint64_t(m), out_ld));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kWorkspaceBytes;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  const uint32_t aw = uint32_t(al_w), ax = uint32_t(al_x), ao = uint32_t(al_out);
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof(aw)));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax, sizeof(ax)));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ao, sizeof(ao)));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ao, sizeof(ao)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->a,
+                                              plan->b, plan->d, plan->d, pref, 1, &result, &found));
+  cublasLtMatmulPreferenceDestroy(pref);
+  CHECK_GT(found, 0) << "cuBLASLt has no FP8 block-scaled algorithm for m=" << m << " n=" << n << " k=" << k;
+  plan->algo = result.algo;
+  Plan& ref = *plan;
+  plans_.emplace(key, std::move(plan));
+  return ref;
+}
+
+void Fp8Gemm::run(const Fp8GemmParams& p) {
+  CHECK_EQ(p.k % 128, 0) << "fp8 gemm: k=" << p.k << " must be a multiple of 128";
+  CHECK_EQ(p.n % 16, 0) << "fp8 gemm: n=" << p.n << " must be a multiple of 16";
+  if (p.m == 0) return;
+  const int64_t out_ld = p.out_ld ? p.out_ld : p.n;
+  Plan& plan = plan_for(p, out_ld);
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.w_scale, sizeof(p.w_scale)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p.x_scale, sizeof(p.x_scale)));
+  const float alpha = 1.0f, beta = 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, p.w8, plan.a, p.x8,
+                              plan.b, &beta, p.out, plan.d, p.out, plan.d, &plan.algo, workspace_.data(),
+                              kWorkspaceBytes, p.stream));
+}
+
+}  // namespace v4rt::kernels::cuda

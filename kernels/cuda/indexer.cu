@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: MIT
+// Lightning-indexer scores (spec §5.5) and top-k selection (radix select on order-preserving keys,
+// then an index-ordered compaction so ties go to the lower index, then a bitonic sort of the k
+// survivors; never a full sort of the row).
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops.h"
+
+namespace v4rt::kernels::cuda {
+
+namespace {
+
+constexpr int kMaxIndexHeads = 64;
+constexpr int kKeysPerBlock = 128;
+constexpr int kTopkThreads = 512;
+constexpr int kMaxTopk = 2048;
+
+// One thread per key, one block row per query token; q of the token's heads in shared memory.
+__global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
+    Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim, int64_t key_begin,
+    int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate, bool bf16_arith) {
+  extern __shared__ float qs[];  // [nh][dim], then w [nh]
+  float* ws = qs + nh * dim;
+  const int64_t t = blockIdx.y;
+  for (int i = threadIdx.x; i < nh * dim; i += blockDim.x) qs[i] = q.ld(t, int64_t(h_begin) * dim + i);
+  for (int i = threadIdx.x; i < nh; i += blockDim.x) ws[i] = w.ld(t, h_begin + i);
+  __syncthreads();
+  const int64_t j = key_begin + int64_t(blockIdx.x) * kKeysPerBlock + threadIdx.x;
+  if (j >= key_end) return;
+  float* out = scores + t * score_stride + (j - key_begin);
+  const int64_t visible = (pos_begin + t + 1) / ratio;
+  if (j >= visible) {
+    *out = -INFINITY;
+    return;
+  }
+  float acc[kMaxIndexHeads];
+#pragma unroll
+  for (int h = 0; h < kMaxIndexHeads; ++h) acc[h] = 0.f;
+  for (int c = 0; c < dim; c += 32) {
+    float kr[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) kr[i] = keys.ld(j, c + i);
+#pragma unroll
+    for (int h = 0; h < kMaxIndexHeads; ++h) {
+      if (h < nh) {
+        float d = 0.f;
+#pragma unroll
+        for (int i = 0; i < 32; ++i) d = fmaf(qs[h * dim + c + i], kr[i], d);
+        acc[h] += d;
+      }
+    }
+  }
+  float sum = 0.f;
+#pragma unroll
+  for (int h = 0; h < kMaxIndexHeads; ++h) {
+    if (h < nh) {
+      if (bf16_arith) {
+        sum += round_bf16(fmaxf(round_bf16(acc[h]), 0.f) * ws[h]);
+      } else {
+        sum += fmaxf(acc[h], 0.f) * ws[h] * weight_scale;
+      }
+    }
+  }
+  if (bf16_arith) sum = round_bf16(sum);
+  *out = accumulate ? *out + sum : sum;
+}
+
+// Order-preserving key of a finite score (0 marks a non-finite one); -0 counts as +0.
+__device__ __forceinline__ uint32_t order_key(float v) {
+  if (!isfinite(v)) return 0u;
+  if (v == 0.f) v = 0.f;
+  const uint32_t u = __float_as_uint(v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Exclusive prefix count of `flag` over the block (in thread order) and the block total.
+__device__ __forceinline__ int block_prefix(bool flag, int* warp_counts, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const unsigned ballot = __ballot_sync(0xffffffffu, flag);
+  const int in_warp = __popc(ballot & ((1u << lane) - 1u));
+  __syncthreads();
+  if (lane == 0) warp_counts[warp] = __popc(ballot);
+  __syncthreads();
+  int before = 0, all = 0;
+  for (int w = 0; w < nwarps; ++w) {
+    const int c = warp_counts[w];
+    if (w < warp) before += c;
+    all += c;
+  }
+  *total = all;
+  return before + in_warp;
+}
+
+__global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores, int64_t stride, int64_t cols, int k,
+                                                             int32_t* out_idx, int64_t idx_stride, float* out_val,
+                                                             int64_t val_stride, int64_t index_offset) {
+  __shared__ uint32_t hist[256];
+  __shared__ unsigned long long sel[kMaxTopk];
+  __shared__ int warp_counts[kTopkThreads / 32];
+  __shared__ uint32_t s_bin, s_kk, s_valid;
+  __shared__ int s_nsel;
+  const int64_t row = blockIdx.x;
+  const float* s = scores + row * stride;
+  const int tid = threadIdx.x;
+
+  if (tid == 0) {
+    s_valid = 0;
+    s_nsel = 0;
+  }
+  __syncthreads();
+  uint32_t local_valid = 0;
+  for (int64_t i = tid; i < cols; i += blockDim.x) local_valid += order_key(s[i]) != 0u;
+  atomicAdd(&s_valid, local_valid);
+  __syncthreads();
+  const uint32_t valid = s_valid;
+  const bool take_all = valid <= uint32_t(k);
+
+  uint32_t thr = 0, kk = 0;
+  if (!take_all) {
+    uint32_t desired = 0, mask = 0;
+    uint32_t remaining = uint32_t(k);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int b = tid; b < 256; b += blockDim.x) hist[b] = 0;
+      __syncthreads();
+      for (int64_t i = tid; i < cols; i += blockDim.x) {
+        const uint32_t key = order_key(s[i]);
+        if (key != 0u && (key & mask) == desired) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      }
+      __syncthreads();
+      if (tid == 0) {
+        uint32_t cum = 0;
+        for (int b = 255; b >= 0; --b) {
+          if (cum + hist[b] >= remaining) {
+            s_bin = uint32_t(b);
+            s_kk = remaining - cum;
+            break;
+          }
+          cum += hist[b];
+        }
+      }
+      __syncthreads();
+      desired |= s_bin << shift;
+      mask |= 255u << shift;
+      remaining = s_kk;
+      __syncthreads();
+    }
+    thr = desired;  // the k-th largest key; take `remaining` of the keys equal to it, lowest index first
+    kk = remaining;
+  }
+
+  uint32_t eq_taken = 0;
+  for (int64_t base = 0; base < cols; base += blockDim.x) {
+    const int64_t i = base + tid;
+    const uint32_t key = i < cols ? order_key(s[i]) : 0u;
+    const bool gt = take_all ? key != 0u : key > thr;
+    const bool eq = !take_all && key != 0u && key == thr;
+    int total_eq = 0;
+    const int rank = block_prefix(eq, warp_counts, &total_eq);
+    const unsigned long long packed = (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - uint32_t(i));
+    if (gt || (eq && eq_taken + uint32_t(rank) < kk)) sel[atomicAdd(&s_nsel, 1)] = packed;
+    eq_taken += uint32_t(total_eq);
+  }
+  __syncthreads();
+  const int nsel = s_nsel;
+  int pow2 = 1;
+  while (pow2 < nsel) pow2 <<= 1;
+  for (int i = nsel + tid; i < pow2; i += blockDim.x) sel[i] = 0ull;
+  __syncthreads();
+  for (int size = 2; size <= pow2; size <<= 1) {
+    for (int stride2 = size >> 1; stride2 > 0; stride2 >>= 1) {
+      for (int i = tid; i < pow2; i += blockDim.x) {
+        const int j = i ^ stride2;
+        if (j > i) {
+          const bool desc = (i & size) == 0;
+          const unsigned long long a = sel[i], b = sel[j];
+          if (desc ? a < b : a > b) {
+            sel[i] = b;
+            sel[j] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int i = tid; i < k; i += blockDim.x) {
+    if (i < nsel) {
+      const int64_t col = int64_t(0xffffffffu - uint32_t(sel[i] & 0xffffffffull));
+      out_idx[row * idx_stride + i] = int32_t(col + index_offset);
+      if (out_val) out_val[row * val_stride + i] = s[col];
+    } else {
+      out_idx[row * idx_stride + i] = -1;
+      if (out_val) out_val[row * val_stride + i] = -INFINITY;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s) {
+  const int64_t n = p.q.shape[0], heads = p.q.shape[1], dim = p.q.shape[2];
+  const int64_t num_keys = p.keys.data ? p.keys.shape[0] : 0;
+  const int64_t key_end = p.key_end < 0 ? num_keys : p.key_end;
+  const int h_end = p.h_end < 0 ? int(heads) : p.h_end;
+  const int nh = h_end - p.h_begin;
+  CHECK(nh >= 1 && nh <= kMaxIndexHeads) << "indexer heads " << nh << " (at most " << kMaxIndexHeads << ")";
+  CHECK(dim % 32 == 0 && dim <= 512) << "indexer head dim " << dim;
+  CHECK(p.scores.dtype == DType::kF32 && p.scores.device == Device::kCuda) << "indexer scores: F32 device view";
+  CHECK_EQ(act_row_width(p.scores), key_end - p.key_begin) << "indexer scores " << p.scores.shape_str();
+  const int64_t nkeys = key_end - p.key_begin;
+  if (n == 0 || nkeys == 0) return;
+  const size_t smem = size_t(nh * dim + nh) * 4;
+  CHECK_LE(smem, size_t(160 * 1024));
+  static bool attr_set = false;
+  if (!attr_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
+    attr_set = true;
+  }
+  Act keys;
+  if (num_keys > 0) keys = make_act(p.keys, "indexer keys");
+  const dim3 grid(unsigned(ceil_div(nkeys, kKeysPerBlock)), unsigned(n));
+  indexer_scores_kernel<<<grid, kKeysPerBlock, smem, s>>>(
+      make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
+      p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
+      p.accumulate, p.bf16_arith);
+  launch_check("indexer_scores", s);
+}
+
+void launch_topk(const TopkParams& p, cudaStream_t s) {
+  const int64_t rows = p.scores.shape[0], cols = p.scores.shape[1];
+  CHECK(p.scores.dtype == DType::kF32 && p.scores.device == Device::kCuda) << "topk scores: F32 device view";
+  CHECK_EQ(p.scores.stride[1], 1);
+  CHECK(p.out_idx.dtype == DType::kI32) << "topk out_idx: I32";
+  CHECK_EQ(act_row_width(p.out_idx), p.k);
+  CHECK(p.k >= 1 && p.k <= kMaxTopk) << "topk k=" << p.k << " (at most " << kMaxTopk << ")";
+  CHECK_LT(cols, int64_t(1) << 31);
+  float* vals = nullptr;
+  int64_t val_stride = 0;
+  if (p.out_values.data) {
+    CHECK(p.out_values.dtype == DType::kF32);
+    vals = static_cast<float*>(p.out_values.data);
+    val_stride = p.out_values.stride[0];
+  }
+  if (rows == 0) return;
+  topk_kernel<<<unsigned(rows), kTopkThreads, 0, s>>>(static_cast<const float*>(p.scores.data), p.scores.stride[0],
+                                                      cols, p.k, static_cast<int32_t*>(p.out_idx.data),
+                                                      p.out_idx.stride[0], vals, val_stride, p.index_offset);
+  launch_check("topk", s);
+}
+
+}  // namespace v4rt::kernels::cuda

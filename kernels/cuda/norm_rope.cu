@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: MIT
+// RMSNorm (weighted, unweighted, and the bf16-arithmetic per-head query norm of spec §2.4),
+// interleaved partial RoPE (§2.5, accurate sinf/cosf of fp32(pos) * inv_freq) and the Walsh-Hadamard
+// rotation of the indexer (§2.7, same butterfly order as the reference).
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops.h"
+
+namespace v4rt::kernels::cuda {
+
+namespace {
+
+constexpr int kMaxRopePairs = 64;
+
+// One block per row.
+__global__ void rms_norm_kernel(Act x, Act y, Act w, bool has_w, int64_t dim, float eps, bool out_round,
+                                bool bf16_arith) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = x.ld(r, i);
+    sum += bf16_arith ? round_bf16(v * v) : v * v;
+  }
+  sum = block_sum(sum, scratch);
+  float s;
+  if (bf16_arith) {
+    const float m = round_bf16(sum / float(dim));
+    const float v = round_bf16(m + eps);
+    s = round_bf16(1.0f / sqrtf(v));
+  } else {
+    s = 1.0f / sqrtf(sum / float(dim) + eps);
+  }
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    float o = x.ld(r, i) * s;
+    if (bf16_arith) {
+      o = round_bf16(o);
+      if (has_w) o = round_bf16(o * w.ld(0, i));
+      y.st(r, i, o);
+    } else {
+      if (has_w) o *= w.ld(0, i);
+      y.st(r, i, o, out_round);
+    }
+  }
+}
+
+struct RopeArgs {
+  float inv_freq[kMaxRopePairs];
+};
+
+// One thread per (row, head, pair).
+__global__ void rope_kernel(Act x, int64_t rows, int64_t heads, int64_t head_dim, int half, int64_t pos_begin,
+                            int64_t pos_step, bool inverse, bool out_round, RopeArgs args) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * heads * half) return;
+  const int64_t r = i / (heads * half);
+  const int64_t h = (i / half) % heads;
+  const int j = int(i % half);
+  const float pos = float(pos_begin + r * pos_step);
+  const float theta = pos * args.inv_freq[j];
+  const float cs = cosf(theta);
+  const float sn = inverse ? -sinf(theta) : sinf(theta);
+  const int64_t c = h * head_dim + (head_dim - 2 * half) + 2 * j;
+  const float a = x.ld(r, c), b = x.ld(r, c + 1);
+  x.st(r, c, a * cs - b * sn, out_round);
+  x.st(r, c + 1, b * cs + a * sn, out_round);
+}
+
+// One block per row; the row lives in shared memory.
+__global__ void hadamard_kernel(Act x, int64_t dim, bool out_round) {
+  extern __shared__ float v[];
+  const int64_t r = blockIdx.x;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) v[i] = x.ld(r, i);
+  __syncthreads();
+  for (int64_t h = 1; h < dim; h *= 2) {
+    for (int64_t p = threadIdx.x; p < dim / 2; p += blockDim.x) {
+      const int64_t j = (p / h) * 2 * h + (p % h);
+      const float a = v[j], b = v[j + h];
+      v[j] = a + b;
+      v[j + h] = a - b;
+    }
+    __syncthreads();
+  }
+  const float scale = 1.0f / sqrtf(float(dim));
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) x.st(r, i, v[i] * scale, out_round);
+}
+
+}  // namespace
+
+void launch_rms_norm(const RmsNormParams& p, cudaStream_t s) {
+  const int64_t rows = p.x.shape[0], dim = act_row_width(p.x);
+  CHECK_EQ(act_row_width(p.y), dim) << "rms_norm y";
+  const bool has_w = !p.weight.empty();
+  Act w;
+  if (has_w) {
+    CHECK_EQ(p.weight.rows * p.weight.cols, dim) << "rms_norm weight size";
+    w = make_weight_act(p.weight, "rms_norm weight");
+    w.stride = 0;
+  }
+  if (rows == 0) return;
+  rms_norm_kernel<<<unsigned(rows), 256, 0, s>>>(make_act(p.x, "rms_norm x"), make_act(p.y, "rms_norm y"), w, has_w,
+                                                 dim, p.eps, p.out_bf16, p.bf16_arith);
+  launch_check("rms_norm", s);
+}
+
+void launch_rope(const RopeParams& p, cudaStream_t s) {
+  const int64_t rows = p.x.shape[0];
+  const int64_t heads = p.x.ndim == 3 ? p.x.shape[1] : 1;
+  const int64_t head_dim = p.x.shape[size_t(p.x.ndim - 1)];
+  CHECK_EQ(act_row_width(p.x), heads * head_dim);
+  CHECK(p.rope_dim > 0 && p.rope_dim % 2 == 0 && p.rope_dim <= head_dim) << "rope_dim " << p.rope_dim;
+  const int half = p.rope_dim / 2;
+  CHECK_LE(half, kMaxRopePairs) << "rope_dim " << p.rope_dim << " too large";
+  CHECK(p.inv_freq != nullptr) << "rope: inv_freq missing";
+  RopeArgs args{};
+  for (int i = 0; i < half; ++i) args.inv_freq[i] = p.inv_freq[i];
+  const int64_t n = rows * heads * half;
+  if (n == 0) return;
+  rope_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, s>>>(make_act(p.x, "rope x"), rows, heads, head_dim, half,
+                                                         p.pos_begin, p.pos_step, p.inverse, p.out_bf16, args);
+  launch_check("rope", s);
+}
+
+void launch_hadamard(const HadamardParams& p, cudaStream_t s) {
+  const int64_t rows = p.x.shape[0], dim = act_row_width(p.x);
+  CHECK(dim > 0 && (dim & (dim - 1)) == 0 && dim <= 16384) << "hadamard dim " << dim;
+  if (rows == 0) return;
+  hadamard_kernel<<<unsigned(rows), 128, size_t(dim) * 4, s>>>(make_act(p.x, "hadamard x"), dim, p.out_bf16);
+  launch_check("hadamard", s);
+}
+
+}  // namespace v4rt::kernels::cuda

@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: MIT
+// YAML -> GpuSpec / Calibration. Every key is checked: unknown keys, missing required figures and
+// non-positive values fail with the file and key named.
+#include "launch/plan/hardware.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "common/check.h"
+
+#ifndef V4RT_CONFIG_DIR
+#define V4RT_CONFIG_DIR "configs"
+#endif
+
+namespace v4rt::launch::plan {
+namespace {
+
+std::string read_text(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  V4RT_REQUIRE(in.good(), "cannot read " << what << " file " << path);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+YAML::Node parse_map(const std::string& text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    V4RT_FAIL(source << ": invalid YAML: " << e.what());
+  }
+  V4RT_REQUIRE(root.IsMap(), source << ": expected a mapping of key: value");
+  return root;
+}
+
+double number(const YAML::Node& node, const std::string& key, const std::string& source) {
+  try {
+    return node.as<double>();
+  } catch (const YAML::Exception&) {
+    V4RT_FAIL(source << ": key '" << key << "' must be a number");
+  }
+}
+
+}  // namespace
+
+GpuSpec parse_gpu_spec(const std::string& yaml_text, const std::string& source) {
+  const YAML::Node root = parse_map(yaml_text, source);
+  GpuSpec g;
+  const std::map<std::string, double*> figures = {
+      {"hbm_bytes", &g.hbm_bytes},
+      {"hbm_bytes_per_s", &g.hbm_bytes_per_s},
+      {"bf16_flops", &g.bf16_flops},
+      {"fp8_flops", &g.fp8_flops},
+      {"fp4_flops", &g.fp4_flops},
+      {"nvlink_bytes_per_s", &g.nvlink_bytes_per_s},
+      {"internode_bytes_per_s", &g.internode_bytes_per_s},
+      {"nvlink_latency_s", &g.nvlink_latency_s},
+      {"internode_latency_s", &g.internode_latency_s},
+  };
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    if (key == "name") {
+      g.name = kv.second.as<std::string>();
+      continue;
+    }
+    auto it = figures.find(key);
+    V4RT_REQUIRE(it != figures.end(), source << ": unknown key '" << key << "'");
+    *it->second = number(kv.second, key, source);
+  }
+  V4RT_REQUIRE(!g.name.empty(), source << ": missing key 'name'");
+  for (const auto& [key, value] : figures) {
+    if (key == "fp4_flops") {
+      V4RT_REQUIRE(*value >= 0, source << ": key 'fp4_flops' must be >= 0");
+      continue;
+    }
+    V4RT_REQUIRE(root[key], source << ": missing key '" << key << "'");
+    V4RT_REQUIRE(*value > 0, source << ": key '" << key << "' must be > 0");
+  }
+  return g;
+}
+
+GpuSpec load_gpu_spec(const std::string& name_or_path, const std::string& config_dir) {
+  std::string path = name_or_path;
+  if (name_or_path.find('/') == std::string::npos && name_or_path.find(".yaml") == std::string::npos)
+    path = config_dir + "/hardware/" + name_or_path + ".yaml";
+  V4RT_REQUIRE(std::filesystem::exists(path),
+               "unknown GPU '" << name_or_path << "': no hardware table " << path);
+  return parse_gpu_spec(read_text(path, "hardware"), path);
+}
+
+Calibration parse_calibration(const std::string& yaml_text, const std::string& source) {
+  const YAML::Node root = parse_map(yaml_text, source);
+  Calibration c;
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    const double v = number(kv.second, key, source);
+    auto fraction = [&](double& into) {
+      V4RT_REQUIRE(v > 0 && v <= 1, source << ": key '" << key << "' must be in (0, 1], got " << v);
+      into = v;
+    };
+    auto non_negative = [&](double& into, double scale) {
+      V4RT_REQUIRE(v >= 0, source << ": key '" << key << "' must be >= 0, got " << v);
+      into = v * scale;
+    };
+    if (key == "hbm_fraction") fraction(c.hbm_fraction);
+    else if (key == "flop_fraction") fraction(c.flop_fraction);
+    else if (key == "link_fraction") fraction(c.link_fraction);
+    else if (key == "all_to_all_gb_per_s") non_negative(c.all_to_all_bytes_per_s, 1e9);
+    else if (key == "launch_overhead_us_per_layer") non_negative(c.launch_overhead_s_per_layer, 1e-6);
+    else if (key == "collective_latency_us") non_negative(c.collective_latency_s, 1e-6);
+    else if (key == "runtime_reserve_gib") non_negative(c.runtime_reserve_bytes, double(1ull << 30));
+    else if (key == "prefill_chunk_tokens") {
+      V4RT_REQUIRE(v >= 1, source << ": key 'prefill_chunk_tokens' must be >= 1");
+      c.prefill_chunk_tokens = int64_t(v);
+    } else {
+      V4RT_FAIL(source << ": unknown key '" << key << "' (known: hbm_fraction, flop_fraction, "
+                << "link_fraction, all_to_all_gb_per_s, launch_overhead_us_per_layer, "
+                << "collective_latency_us, runtime_reserve_gib, prefill_chunk_tokens)");
+    }
+  }
+  return c;
+}
+
+Calibration load_calibration(const std::string& path) {
+  return parse_calibration(read_text(path, "calibration"), path);
+}
+
+std::string default_config_dir() { return V4RT_CONFIG_DIR; }
+
+}  // namespace v4rt::launch::plan

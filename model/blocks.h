@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: MIT
+// Internal to model/: the V4 block pieces (attention, mHC, MoE) as functions over backend views.
+// They hold no data loops of their own: every numeric step is a kernels::Backend op.
+#pragma once
+
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/state.h"
+#include "model/weights.h"
+
+namespace v4rt::model {
+
+struct BlockContext {
+  const ModelConfig& config;
+  kernels::Backend& backend;
+  bool official = false;  // Numerics::kOfficial rounding points
+};
+
+// A device F32 scratch tensor owned by the caller.
+struct Scratch {
+  Buffer buffer;
+  TensorView view;
+};
+Scratch make_scratch(kernels::Backend& backend, std::initializer_list<int64_t> dims, DType dtype = DType::kF32);
+
+// Attention sublayer for the chunk at positions [pos_begin, pos_begin + n): a [n, D] -> out [n, D].
+void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerState& state, int64_t pos_begin,
+                       const TensorView& a, const TensorView& out);
+
+// MoE sublayer: b [n, D], token ids [n] I32 -> out [n, D].
+void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, const TensorView& b,
+                 const TensorView& token_ids, const TensorView& out);
+
+// mHC around a sublayer: pre-mix x [n, hc, D] -> a [n, D] (+ post, comb); post-mix o -> x_new.
+struct HcMix {
+  Scratch post;  // [n, hc]
+  Scratch comb;  // [n, hc, hc]
+};
+HcMix hc_pre(const BlockContext& ctx, const HcWeights& w, const TensorView& x, const TensorView& a);
+void hc_post(const BlockContext& ctx, const HcMix& mix, const TensorView& o, const TensorView& x_old,
+             const TensorView& x_new);
+
+}  // namespace v4rt::model

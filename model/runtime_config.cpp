@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: MIT
+// Runtime YAML -> RuntimeConfig (see runtime_config.h). Each section is read through a Section
+// that knows its allowed keys, so an unknown or misspelled key is an error naming file, key path
+// and line, never silently ignored.
+#include "model/runtime_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "common/check.h"
+
+namespace v4rt::model {
+
+namespace {
+
+class Section {
+ public:
+  Section(const YAML::Node& node, std::string source, std::string path, std::set<std::string> allowed)
+      : node_(node), source_(std::move(source)), path_(std::move(path)) {
+    if (!node_ || node_.IsNull()) return;  // an empty section keeps every default
+    V4RT_REQUIRE(node_.IsMap(), where_node(node_, path_) << " must be a mapping");
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+      const std::string key = it->first.as<std::string>();
+      V4RT_REQUIRE(allowed.count(key), where_node(it->first, full(key)) << " is not a known key (known: " << join(allowed)
+                                                                        << ")");
+    }
+  }
+
+  template <typename T>
+  void get(const std::string& key, T* out) const {
+    if (!node_ || !node_.IsMap() || !node_[key]) return;
+    const YAML::Node v = node_[key];
+    V4RT_REQUIRE(v.IsScalar(), where_node(v, full(key)) << " must be a " << type_name<T>());
+    try {
+      *out = v.as<T>();
+    } catch (const YAML::Exception&) {
+      V4RT_FAIL(where_node(v, full(key)) << " must be a " << type_name<T>() << ", got '" << v.Scalar() << "'");
+    }
+  }
+  YAML::Node child(const std::string& key) const {
+    if (!node_ || !node_.IsMap()) return YAML::Node();
+    return node_[key];
+  }
+  std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  std::string where(const std::string& key) const {
+    if (node_ && node_.IsMap() && node_[key]) return where_node(node_[key], full(key));
+    return source_ + ": key '" + full(key) + "'";
+  }
+
+ private:
+  std::string where_node(const YAML::Node& n, const std::string& key) const {
+    std::ostringstream os;
+    os << source_;
+    if (n.Mark().line >= 0) os << ':' << n.Mark().line + 1;
+    os << ": key '" << key << "'";
+    return os.str();
+  }
+  static std::string join(const std::set<std::string>& s) {
+    std::string out;
+    for (const std::string& k : s) out += (out.empty() ? "" : ", ") + k;
+    return out;
+  }
+  template <typename T>
+  static const char* type_name() {
+    if constexpr (std::is_same_v<T, bool>) return "boolean";
+    if constexpr (std::is_integral_v<T>) return "integer";
+    if constexpr (std::is_floating_point_v<T>) return "number";
+    return "string";
+  }
+
+  YAML::Node node_;
+  std::string source_;
+  std::string path_;
+};
+
+}  // namespace
+
+RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    V4RT_FAIL(source << ": not valid YAML (" << e.what() << ")");
+  }
+  RuntimeConfig c;
+  c.source = source;
+  if (!root || root.IsNull()) return c;
+  const Section top(root, source, "", {"model", "numerics", "sampling", "parallel", "server", "debug"});
+  top.get("model", &c.model);
+  top.get("numerics", &c.numerics);
+  V4RT_REQUIRE(c.numerics == "reference" || c.numerics == "official",
+               top.where("numerics") << " must be 'reference' or 'official', got '" << c.numerics << "'");
+
+  const Section s(top.child("sampling"), source, "sampling", {"temperature", "top_p", "seed", "max_tokens"});
+  s.get("temperature", &c.sampling.temperature);
+  s.get("top_p", &c.sampling.top_p);
+  s.get("seed", &c.sampling.seed);
+  s.get("max_tokens", &c.sampling.max_tokens);
+  V4RT_REQUIRE(c.sampling.temperature >= 0.0, s.where("temperature") << " must be >= 0");
+  V4RT_REQUIRE(c.sampling.top_p > 0.0 && c.sampling.top_p <= 1.0, s.where("top_p") << " must be in (0, 1]");
+  V4RT_REQUIRE(c.sampling.max_tokens > 0, s.where("max_tokens") << " must be > 0");
+
+  const Section p(top.child("parallel"), source, "parallel", {"tp", "sp", "ep", "dp"});
+  p.get("tp", &c.parallel.tp);
+  p.get("sp", &c.parallel.sp);
+  p.get("ep", &c.parallel.ep);
+  p.get("dp", &c.parallel.dp);
+  for (const auto& [key, v] : {std::pair<const char*, int>{"tp", c.parallel.tp}, {"sp", c.parallel.sp},
+                               {"ep", c.parallel.ep}, {"dp", c.parallel.dp}})
+    V4RT_REQUIRE(v >= 1, p.where(key) << " must be >= 1, got " << v);
+
+  const Section sv(top.child("server"), source, "server", {"host", "port", "api_key", "max_queue", "kv_budget_mb"});
+  sv.get("host", &c.server.host);
+  sv.get("port", &c.server.port);
+  sv.get("api_key", &c.server.api_key);
+  sv.get("max_queue", &c.server.max_queue);
+  sv.get("kv_budget_mb", &c.server.kv_budget_mb);
+  V4RT_REQUIRE(c.server.port >= 0 && c.server.port <= 65535, sv.where("port") << " must be in [0, 65535]");
+  V4RT_REQUIRE(c.server.max_queue >= 0, sv.where("max_queue") << " must be >= 0");
+  V4RT_REQUIRE(c.server.kv_budget_mb >= 0, sv.where("kv_budget_mb") << " must be >= 0");
+
+  std::set<std::string> debug_keys;
+  for (const auto& [name, help] : debug_switches()) debug_keys.insert(name);
+  const Section d(top.child("debug"), source, "debug", debug_keys);
+  d.get("sync_each_op", &c.debug.sync_each_op);
+  d.get("check_finite", &c.debug.check_finite);
+  d.get("dump_dir", &c.debug.dump_dir);
+  d.get("vmodule", &c.debug.vmodule);
+  d.get("log_dir", &c.debug.log_dir);
+  return c;
+}
+
+RuntimeConfig load_runtime_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  V4RT_REQUIRE(in, path << ": cannot open runtime config");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_runtime_config(ss.str(), path);
+}
+
+std::vector<std::pair<std::string, std::string>> debug_switches() {
+  return {
+      {"sync_each_op", "synchronize the device after every op, so an async fault names the op that caused it"},
+      {"check_finite", "stop at the first NaN/inf activation, naming the layer and op"},
+      {"dump_dir", "write per-layer activations (safetensors) into this directory"},
+      {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
+      {"log_dir", "per-rank log files in this directory instead of stderr only"},
+  };
+}
+
+std::string runtime_config_yaml(const RuntimeConfig& c) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "model" << YAML::Value << c.model;
+  out << YAML::Key << "numerics" << YAML::Value << c.numerics;
+  out << YAML::Key << "sampling" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "temperature" << YAML::Value << c.sampling.temperature;
+  out << YAML::Key << "top_p" << YAML::Value << c.sampling.top_p;
+  out << YAML::Key << "seed" << YAML::Value << c.sampling.seed;
+  out << YAML::Key << "max_tokens" << YAML::Value << c.sampling.max_tokens;
+  out << YAML::EndMap;
+  out << YAML::Key << "parallel" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  out << YAML::Key << "tp" << YAML::Value << c.parallel.tp << YAML::Key << "sp" << YAML::Value << c.parallel.sp;
+  out << YAML::Key << "ep" << YAML::Value << c.parallel.ep << YAML::Key << "dp" << YAML::Value << c.parallel.dp;
+  out << YAML::EndMap;
+  out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "host" << YAML::Value << c.server.host;
+  out << YAML::Key << "port" << YAML::Value << c.server.port;
+  out << YAML::Key << "api_key" << YAML::Value << (c.server.api_key.empty() ? "" : "<set>");
+  out << YAML::Key << "max_queue" << YAML::Value << c.server.max_queue;
+  out << YAML::Key << "kv_budget_mb" << YAML::Value << c.server.kv_budget_mb;
+  out << YAML::EndMap;
+  out << YAML::Key << "debug" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "sync_each_op" << YAML::Value << c.debug.sync_each_op;
+  out << YAML::Key << "check_finite" << YAML::Value << c.debug.check_finite;
+  out << YAML::Key << "dump_dir" << YAML::Value << c.debug.dump_dir;
+  out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
+  out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace v4rt::model

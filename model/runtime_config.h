@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: MIT
+// The runtime YAML (configs/*.yaml): which checkpoint to serve, numerics mode, sampling defaults,
+// the parallel layout, the server section and the named debug switches. Parsed in one place into
+// plain structs with in-struct defaults; unknown keys and mistyped values are rejected naming the
+// file, the key path and the line. YAML::Node never leaves runtime_config.cpp.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "parallel/layout.h"
+
+namespace v4rt::model {
+
+struct SamplingDefaults {
+  double temperature = 1.0;  // generation_config.json of the release
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  int max_tokens = 512;
+};
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string api_key;        // empty: no authentication
+  int max_queue = 64;         // requests waiting beyond the running batch
+  int64_t kv_budget_mb = 0;   // 0: derive from free memory
+};
+
+// Diagnostics, all off by default; listed by `--help-debug` (debug_switches()).
+struct DebugConfig {
+  bool sync_each_op = false;   // synchronize after every device op to pin async faults
+  bool check_finite = false;   // fail on the first NaN/inf activation, naming layer and op
+  std::string dump_dir;        // write per-layer activations here (empty: off)
+  std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
+  std::string log_dir;         // per-rank log files (empty: stderr)
+};
+
+struct RuntimeConfig {
+  std::string source;          // the file it came from ("<string>" when parsed from text)
+  std::string model;           // checkpoint directory
+  // "reference" (fp32, matches golden/) or "official" (the reference's rounding points); validated
+  // here, turned into model::Numerics by model::parse_numerics (model.h).
+  std::string numerics = "reference";
+  SamplingDefaults sampling;
+  parallel::Layout parallel;
+  ServerConfig server;
+  DebugConfig debug;
+};
+
+// Parses YAML text; `source` names the file in errors. Throws v4rt::Error naming the key path on an
+// unknown key, a wrong type or an out-of-range value.
+RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::string& source);
+RuntimeConfig load_runtime_config(const std::string& path);
+// The resolved config as YAML (rank 0 logs it; ranks compare its hash).
+std::string runtime_config_yaml(const RuntimeConfig& config);
+// (name, description) of every debug switch, for --help-debug.
+std::vector<std::pair<std::string, std::string>> debug_switches();
+
+}  // namespace v4rt::model

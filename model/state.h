@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: MIT
+// Per-sequence decode state (spec §5.3, §5.4, §8): per layer the last window-1 KV latents
+// (chronological), the compressor token buffers (main, and the indexer's for CSA layers) and the
+// compressed entries / indexer keys emitted so far. All storage is allocated through the backend,
+// so it lives where the backend computes. reset() returns to the empty-sequence state; any chunking
+// of a prompt followed by decode reaches the same state as one prefill.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/tensor.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+
+namespace v4rt::model {
+
+// Which rank holds a compressed entry. PARALLEL: under sequence parallelism the compressed entries
+// (CSA, HCA) and indexer keys of every layer are partitioned along the sequence by blocks of
+// `block` entries, round-robin over the SP group; a single rank owns everything.
+struct EntryOwnership {
+  int num_ranks = 1;
+  int rank = 0;
+  int64_t block = 64;
+  bool owns(int64_t entry) const { return (entry / block) % num_ranks == rank; }
+};
+
+// A growable [rows, width] F32 table on the backend's device.
+class RowTable {
+ public:
+  RowTable() = default;
+  RowTable(kernels::Backend* backend, int64_t width) : backend_(backend), width_(width) {}
+  int64_t rows() const { return rows_; }
+  int64_t width() const { return width_; }
+  TensorView view() const;                       // [rows, width]
+  TensorView rows_view(int64_t begin, int64_t end) const;
+  // Makes room for `extra` more rows and returns them (not yet counted: call commit()).
+  TensorView reserve(int64_t extra);
+  void commit(int64_t extra) { rows_ += extra; }
+  void drop_front(int64_t n);                    // removes the first n rows
+  void clear() { rows_ = 0; }
+
+ private:
+  kernels::Backend* backend_ = nullptr;
+  int64_t width_ = 0;
+  int64_t rows_ = 0;
+  int64_t capacity_ = 0;
+  Buffer buffer_;
+};
+
+// Token buffers of one compressor. Row 0 is the first token of a block (position `start`, a multiple
+// of the ratio). CSA keeps the previous complete block in front (at sequence start a padding block of
+// kv 0 / score -inf at position -ratio) since entry j also pools block j-1.
+struct CompressorState {
+  RowTable kv;       // [rows, c*d]
+  RowTable score;    // [rows, c*d] (ape is added when pooling)
+  int64_t start = 0;
+  RowTable entries;  // [num_entries, d]: compressed entries (main) or indexer keys
+};
+
+struct LayerState {
+  RowTable window_tail;  // [<= window-1, head_dim] the latest latents, oldest first
+  bool has_compressor = false;
+  bool has_indexer = false;
+  CompressorState main;
+  CompressorState indexer;
+};
+
+class SequenceState {
+ public:
+  SequenceState(const ModelConfig& config, kernels::Backend& backend);
+  void reset();
+  int64_t position() const { return position_; }  // tokens processed so far
+  void advance(int64_t n) { position_ += n; }
+  LayerState& layer(int l) { return layers_[size_t(l)]; }
+  const EntryOwnership& ownership() const { return ownership_; }
+
+ private:
+  void reset_compressor(CompressorState& c, int ratio);
+  const ModelConfig& config_;
+  kernels::Backend& backend_;
+  int64_t position_ = 0;
+  std::vector<LayerState> layers_;
+  EntryOwnership ownership_;
+};
+
+}  // namespace v4rt::model

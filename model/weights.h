@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: MIT
+// The V4 parameters, uploaded through a kernels::Backend (which picks the storage format: the CPU
+// backend dequantizes to F32, a GPU backend keeps FP8/FP4). Per-layer structs, and a Shard that
+// selects the query heads / experts a rank holds, so a rank loads only its slice.
+#pragma once
+
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+
+namespace v4rt::model {
+
+using kernels::WeightView;
+
+struct HcWeights {
+  WeightView fn;     // [(2+hc)*hc, hc*D] (hc_head: [hc, hc*D])
+  WeightView base;   // [(2+hc)*hc]
+  WeightView scale;  // [3] (hc_head: [1])
+};
+
+struct CompressorWeights {
+  WeightView wkv;    // [c*d, D]
+  WeightView wgate;  // [c*d, D]
+  WeightView ape;    // [ratio, c*d]
+  WeightView norm;   // [d]
+  int ratio = 0;
+  int head_dim = 0;
+  bool overlap = false;
+};
+
+struct IndexerWeights {
+  WeightView wq_b;          // [index_heads * index_head_dim, q_lora]
+  WeightView weights_proj;  // [index_heads, D]
+  CompressorWeights compressor;
+};
+
+struct AttentionWeights {
+  WeightView wq_a, q_norm;  // [q_lora, D], [q_lora]
+  WeightView wq_b;          // [H*hd, q_lora]
+  WeightView wkv, kv_norm;  // [hd, D], [hd]
+  WeightView wo_a;          // [G*o_lora, (H/G)*hd]
+  WeightView wo_b;          // [D, G*o_lora]
+  WeightView sink;          // [H]
+  bool has_compressor = false;
+  bool has_indexer = false;
+  CompressorWeights compressor;
+  IndexerWeights indexer;
+};
+
+struct MoeWeights {
+  WeightView gate;                   // [E, D]
+  WeightView bias;                   // [E] (score-routed layers)
+  WeightView tid2eid;                // [vocab, k] I32 (hash layers)
+  std::vector<WeightView> w1, w2, w3;  // [E]; experts outside the shard stay empty
+  WeightView shared_w1, shared_w2, shared_w3;
+  int expert_begin = 0;              // the routed experts this rank holds: [expert_begin, expert_end)
+  int expert_end = 0;
+};
+
+struct LayerWeights {
+  int index = 0;
+  int ratio = 0;
+  WeightView attn_norm, ffn_norm;
+  HcWeights hc_attn, hc_ffn;
+  AttentionWeights attn;
+  MoeWeights moe;
+  std::vector<float> inv_freq;  // [rope_dim/2] of this layer's RoPE (YaRN folded in)
+};
+
+// The slice of the model a rank holds. The defaults hold everything.
+struct Shard {
+  int expert_begin = 0;
+  int expert_end = -1;  // -1 = all
+};
+
+struct ModelWeights {
+  WeightView embed;  // [vocab, D]
+  WeightView head;   // [vocab, D]
+  WeightView norm;   // [D]
+  HcWeights hc_head;
+  std::vector<LayerWeights> layers;
+};
+
+// Loads every tensor the forward needs. Throws v4rt::Error naming the tensor at fault.
+ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard);
+
+// RoPE inverse frequencies of a layer (spec §2.5): ratio 0 -> base rope_theta, no YaRN; otherwise
+// base compress_rope_theta with YaRN (frequency blend only, no attention scaling).
+std::vector<float> rope_inv_freq(const ModelConfig& config, int ratio);
+
+}  // namespace v4rt::model

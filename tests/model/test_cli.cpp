@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: MIT
+// The built `v4rt` binary: init-model writes a tiny checkpoint that inspect accepts, and inspect on
+// a corrupt checkpoint exits non-zero with a one-line error naming the file and tensor.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace v4rt::model {
+namespace {
+
+using testing::TempDir;
+
+const std::string kV4rt = V4RT_BINARY_DIR "/launch/v4rt";
+
+struct Run {
+  int code = -1;
+  std::string out, err;
+};
+
+Run run(const std::string& args, const TempDir& tmp) {
+  const std::string out = tmp / "stdout.txt", err = tmp / "stderr.txt";
+  const int status = std::system((kV4rt + " " + args + " >" + out + " 2>" + err).c_str());
+  Run r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = testing::read_text(out);
+  r.err = testing::read_text(err);
+  return r;
+}
+
+size_t count_lines(const std::string& s) {
+  size_t n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+TEST(Cli, InitModelThenInspect) {
+  ASSERT_TRUE(std::filesystem::exists(kV4rt)) << kV4rt;
+  TempDir tmp;
+  const std::string dir = tmp / "tiny";
+  Run w = run("init-model --preset tiny --out " + dir + " --seed 3 --mtp", tmp);
+  ASSERT_EQ(w.code, 0) << w.err;
+  Run i = run("inspect --model " + dir + " --memory", tmp);
+  EXPECT_EQ(i.code, 0) << i.err;
+  EXPECT_NE(i.out.find("validation: ok"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("peak RSS"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("mtp.0"), std::string::npos) << i.out;
+}
+
+TEST(Cli, InspectCorruptCheckpointFailsWithOneLine) {
+  TempDir tmp;
+  const std::string dir = tmp / "ck";
+  testing::copy_dir(V4RT_GOLDEN_DIR "/tiny-a/model", dir);
+  std::filesystem::permissions(dir, std::filesystem::perms::owner_all, std::filesystem::perm_options::add);
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    std::filesystem::permissions(e.path(), std::filesystem::perms::owner_write, std::filesystem::perm_options::add);
+  const std::string shard = dir + "/model-00002-of-00002.safetensors";
+  std::string victim;
+  testing::edit_shard_header(shard, [&](nlohmann::ordered_json& h) {
+    for (auto it = h.begin(); it != h.end(); ++it)
+      if (it.key() != "__metadata__") victim = it.key();
+    h[victim]["data_offsets"] = {1u << 30, (1u << 30) + 4u};
+    h[victim]["shape"] = {1};
+    h[victim]["dtype"] = "F32";
+  });
+  Run r = run("inspect --model " + dir, tmp);
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(count_lines(r.err), 1u) << r.err;
+  EXPECT_NE(r.err.find(shard), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("'" + victim + "'"), std::string::npos) << r.err;
+
+  Run big = run("init-model --preset flash --out " + (tmp / "flash"), tmp);
+  EXPECT_NE(big.code, 0);
+  EXPECT_NE(big.err.find("--layers"), std::string::npos) << big.err;
+}
+
+}  // namespace
+}  // namespace v4rt::model

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: MIT
+// `v4rt plan` end to end: runs the built binary and checks what it prints.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <sys/wait.h>
+
+namespace {
+
+struct CmdResult {
+  int status = -1;
+  std::string out;
+};
+
+CmdResult run_v4rt(const std::string& args) {
+  CmdResult r;
+  const std::string cmd = std::string(V4RT_EXE) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(pipe);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+TEST(PlanCli, ProOneMillionOn2x8H200ShowsSpAndTpReplicatedRows) {
+  const CmdResult r = run_v4rt("plan --model pro --nodes 2 --gpus-per-node 8 --gpu h200 --context 1048576");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("recommended: tp="), std::string::npos) << r.out;
+  // Both rows of the comparison for 8 GPUs per sequence, each with a count of 1M-token sequences.
+  const std::regex sp_row(R"(\n\s+8\s+sp-partitioned\s+tp=\d+ sp=(\d+) ep=\d+ dp=\d+\s+[0-9.]+ GiB\s+(\d+))");
+  const std::regex rep_row(R"(\n\s+8\s+tp-replicated\s+tp=8 sp=1 ep=\d+ dp=\d+\s+[0-9.]+ GiB\s+(\d+))");
+  std::smatch sp, rep;
+  ASSERT_TRUE(std::regex_search(r.out, sp, sp_row)) << r.out;
+  ASSERT_TRUE(std::regex_search(r.out, rep, rep_row)) << r.out;
+  EXPECT_GT(std::stoi(sp[1]), 1);
+  EXPECT_GT(std::stoll(sp[2]), 0);                   // 1M contexts fit with SP
+  EXPECT_GT(std::stoll(rep[1]), 0);                  // and TP-replicated (fewer of them)
+  EXPECT_GT(std::stoll(sp[2]), 2 * std::stoll(rep[1]));
+  // Layouts that cannot work are listed with their reason.
+  EXPECT_NE(r.out.find("rejected layouts:"), std::string::npos);
+  EXPECT_NE(r.out.find("tp=16 sp=1 ep=16 dp=1: tp 16 > 8 GPUs per node"), std::string::npos) << r.out;
+}
+
+TEST(PlanCli, GivenInvalidLayoutPrintsReasonAndFails) {
+  const CmdResult r = run_v4rt("plan --model flash --nodes 1 --gpus-per-node 8 --gpu h200 --context 65536 "
+                    "--layout 8,1,6,1");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("n_routed_experts 256 % ep 6 != 0"), std::string::npos) << r.out;
+  const CmdResult bad = run_v4rt("plan --model nosuch --gpu h200");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.out.find("--model 'nosuch'"), std::string::npos) << bad.out;
+  const CmdResult gpu = run_v4rt("plan --model flash --gpu a100");
+  EXPECT_EQ(gpu.status, 1);
+  EXPECT_NE(gpu.out.find("unknown GPU 'a100'"), std::string::npos) << gpu.out;
+}
+
+TEST(PlanCli, CsvAndValidate) {
+  const CmdResult csv = run_v4rt("plan --model flash --nodes 1 --gpus-per-node 8 --gpu h200 --context 65536 "
+                      "--batch 8 --layout 8,1,8,1 --csv");
+  ASSERT_EQ(csv.status, 0) << csv.out;
+  ASSERT_EQ(csv.out.rfind("source,model,gpu,", 0), 0u) << csv.out;
+  const size_t nl = csv.out.find('\n');
+  const std::string row = csv.out.substr(nl + 1, csv.out.find('\n', nl + 1) - nl - 1);
+  // predicted,flash,h200,1,8,8,1,8,1,65536,8,compact,<step_ms>,...
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(row, m, std::regex(R"(^predicted,flash,h200,1,8,8,1,8,1,65536,8,compact,([0-9.]+),)")))
+      << row;
+  const double predicted_ms = std::stod(m[1]);
+  ASSERT_GT(predicted_ms, 0);
+
+  // A measured point twice the prediction must show an error of -50.0%.
+  const std::string path = (std::filesystem::temp_directory_path() / "v4rt_plan_validate.csv").string();
+  {
+    std::ofstream f(path);
+    f << "source,model,gpu,nodes,gpus_per_node,tp,sp,ep,dp,context,batch,kv_format,step_ms,prefill_s\n";
+    f << "predicted,flash,h200,1,8,8,1,8,1,65536,8,compact,1.0,\n";
+    f << "measured,flash,h200,1,8,8,1,8,1,65536,8,compact," << 2 * predicted_ms << ",\n";
+  }
+  const CmdResult v = run_v4rt("plan --validate " + path);
+  ASSERT_EQ(v.status, 0) << v.out;
+  EXPECT_NE(v.out.find("-50.0%"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("over 1 point(s)"), std::string::npos) << v.out;
+  std::filesystem::remove(path);
+}
+
+}  // namespace
