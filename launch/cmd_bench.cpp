@@ -1,9 +1,16 @@
 // SPDX-License-Identifier: MIT
-// PLACEHOLDER: replaced by the real command.
+// `v4rt bench <what>`: the benchmarks, each registered from launch/bench/bench_<what>.cpp.
 #include <CLI/CLI.hpp>
 
+#include "launch/bench/bench.h"
 #include "launch/commands.h"
 
 namespace v4rt::launch {
-void register_bench(CLI::App& app) { (void)app; }
+
+void register_bench(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks (tokenizer, ...)");
+  bench->require_subcommand(1);
+  register_bench_tokenizer(*bench);
+}
+
 }  // namespace v4rt::launch

@@ -72,6 +72,7 @@ void run_generate(const GenerateArgs& args) {
     m->step(std::span<const model::StepChunk>(&chunk, 1), &logits);
   }
   std::printf("\n");
+  std::fflush(stdout);
   const auto t2 = std::chrono::steady_clock::now();
   if (tok) {
     std::vector<int32_t> printable;

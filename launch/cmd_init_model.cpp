@@ -65,7 +65,8 @@ void register_init_model(CLI::App& app) {
   cmd->add_flag("--mtp", o->mtp, "Add one MTP layer to the tiny preset (flash/pro always have one)");
   cmd->add_option("--layers", o->layers, "Write only the first N layers (required for flash/pro)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--shards", o->shards, "Number of safetensors shards")->check(CLI::PositiveNumber);
+  cmd->add_option("--shards", o->shards, "Number of safetensors shards; 0: the release placement (a shard per layer)")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([o] { run_init_model(*o); });
 }
 

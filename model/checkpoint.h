@@ -75,4 +75,9 @@ struct ExpectedTensor {
 };
 std::map<std::string, ExpectedTensor> expected_tensors(const ModelConfig& config);
 
+// The shard file the official release places `tensor` in (spec/release/README.md): shard 1 holds
+// embed, layer l shard l+2, shard N-1 head/norm/hc_head, shard N the MTP blocks, where
+// N = num_hidden_layers + 2 (+1 with MTP), e.g. "model-00003-of-00046.safetensors" for layers.1.*.
+std::string release_shard_name(const ModelConfig& config, const std::string& tensor);
+
 }  // namespace v4rt::model

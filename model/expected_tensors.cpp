@@ -2,6 +2,7 @@
 // The tensor inventory of a V4 checkpoint (spec §9) as a function of its config: names, dtypes and
 // shapes for the top level, every layer (window / CSA / HCA, hash- or score-routed) and the MTP
 // blocks. Checked against the official Flash and Pro index files (69,187 and 145,116 names).
+#include <cstdio>
 #include <string>
 
 #include "model/checkpoint.h"
@@ -125,6 +126,21 @@ std::map<std::string, ExpectedTensor> expected_tensors(const ModelConfig& config
     inv.hc_head(p);
   }
   return inv.take();
+}
+
+std::string release_shard_name(const ModelConfig& config, const std::string& tensor) {
+  const int n = config.num_hidden_layers + 2 + (config.num_nextn_predict_layers > 0 ? 1 : 0);
+  int shard = n - (config.num_nextn_predict_layers > 0 ? 1 : 0);  // head, norm, hc_head_*
+  if (tensor.rfind("embed.", 0) == 0) {
+    shard = 1;
+  } else if (tensor.rfind("mtp.", 0) == 0) {
+    shard = n;
+  } else if (tensor.rfind("layers.", 0) == 0) {
+    shard = std::stoi(tensor.substr(7)) + 2;
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "model-%05d-of-%05d.safetensors", shard, n);
+  return buf;
 }
 
 }  // namespace v4rt::model

@@ -268,7 +268,7 @@ void emit_tensor(const ModelConfig& config, uint64_t seed, const std::string& na
 
 uint64_t write_synthetic_checkpoint(const ModelConfig& config, const std::string& dir, const SyntheticOptions& options) {
   validate(config, "synthetic config");
-  V4RT_REQUIRE(options.num_shards >= 1, "synthetic checkpoint: num_shards must be >= 1");
+  V4RT_REQUIRE(options.num_shards >= 0, "synthetic checkpoint: num_shards must be >= 0");
   std::error_code ec;
   fs::create_directories(dir, ec);
   V4RT_REQUIRE(!ec, dir << ": cannot create directory (" << ec.message() << ")");
@@ -276,25 +276,36 @@ uint64_t write_synthetic_checkpoint(const ModelConfig& config, const std::string
   const std::map<std::string, ExpectedTensor> all = expected_tensors(config);
   std::vector<std::string> names;
   for (const auto& [name, t] : all) names.push_back(name);  // std::map: sorted, as make_golden.py
-  const int num_shards = std::min<int>(options.num_shards, int(names.size()));
+  // shard file -> its tensors, in name order
+  std::vector<std::pair<std::string, std::vector<std::string>>> shards;
+  if (options.num_shards == 0) {
+    std::map<std::string, std::vector<std::string>> placed;
+    for (const std::string& n : names) placed[release_shard_name(config, n)].push_back(n);
+    for (auto& [file, list] : placed) shards.emplace_back(file, std::move(list));
+  } else {
+    const int num_shards = std::min<int>(options.num_shards, int(names.size()));
+    size_t begin = 0;
+    for (int s = 0; s < num_shards; ++s) {
+      const size_t end = names.size() * size_t(s + 1) / size_t(num_shards);
+      shards.emplace_back(shard_name(s, num_shards), std::vector<std::string>(names.begin() + int64_t(begin),
+                                                                              names.begin() + int64_t(end)));
+      begin = end;
+    }
+  }
 
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   uint64_t total = 0;
   PairCache cache;
-  size_t begin = 0;
-  for (int s = 0; s < num_shards; ++s) {
-    const size_t end = names.size() * size_t(s + 1) / size_t(num_shards);
-    const std::string file = shard_name(s, num_shards);
+  for (const auto& [file, list] : shards) {
     std::vector<safetensors::TensorSpec> specs;
-    for (size_t i = begin; i < end; ++i) {
-      specs.push_back({names[i], all.at(names[i]).dtype, all.at(names[i]).shape});
-      weight_map[names[i]] = file;
+    for (const std::string& n : list) {
+      specs.push_back({n, all.at(n).dtype, all.at(n).shape});
+      weight_map[n] = file;
       total += specs.back().bytes();
     }
     safetensors::StreamWriter writer((fs::path(dir) / file).string(), specs);
-    for (size_t i = begin; i < end; ++i) emit_tensor(config, options.seed, names[i], all.at(names[i]), all, &cache, &writer);
+    for (const std::string& n : list) emit_tensor(config, options.seed, n, all.at(n), all, &cache, &writer);
     writer.finish();
-    begin = end;
   }
   CHECK(cache.pending.empty()) << "synthetic: a quantized pair was split without both halves written";
 

@@ -15,7 +15,9 @@ namespace v4rt::model {
 
 struct SyntheticOptions {
   uint64_t seed = 1;   // same seed and config -> byte-identical files
-  int num_shards = 2;  // tensors sorted by name, split into this many contiguous shards
+  // > 0: tensors sorted by name, split into this many contiguous shards (make_golden.py: 2);
+  // 0: the release placement (release_shard_name: one shard per layer, embed, head, MTP).
+  int num_shards = 2;
 };
 
 // Writes config.json, model.safetensors.index.json and the shards into `dir` (created if needed).

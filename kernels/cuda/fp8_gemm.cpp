@@ -38,13 +38,13 @@ Fp8Gemm::~Fp8Gemm() {
   if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
-Fp8Gemm::Plan& Fp8Gemm::plan_for(const Fp8GemmParams& p, int64_t out_ld) {
+Fp8Gemm::Plan* Fp8Gemm::plan_for(const Fp8GemmParams& p, int64_t out_ld) {
   const int64_t m = p.m, n = p.n, k = p.k;
   const Fp8ScaleLayout& layout = fp8_scale_layout();
   const int al_w = pointer_alignment(p.w8), al_x = pointer_alignment(p.x8), al_out = pointer_alignment(p.out);
   const std::vector<int64_t> key = {m, n, k, out_ld, layout.act_m_align, layout.weight_kb_align, al_w, al_x, al_out};
   auto it = plans_.find(key);
-  if (it != plans_.end()) return *it->second;
+  if (it != plans_.end()) return it->second.get();
 
   auto plan = std::make_unique<Plan>();
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -75,28 +75,42 @@ Fp8Gemm::Plan& Fp8Gemm::plan_for(const Fp8GemmParams& p, int64_t out_ld) {
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ao, sizeof(ao)));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->a,
-                                              plan->b, plan->d, plan->d, pref, 1, &result, &found));
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->desc,
+                                                           plan->a, plan->b, plan->d, plan->d, pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  CHECK_GT(found, 0) << "cuBLASLt has no FP8 block-scaled algorithm for m=" << m << " n=" << n << " k=" << k;
-  plan->algo = result.algo;
-  Plan& ref = *plan;
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    VLOG(1) << "cuBLASLt: no FP8 block-scaled algorithm for m=" << m << " n=" << n << " k=" << k << " ("
+            << cublasLtGetStatusString(st) << ")";
+    plan.reset();  // cached as unsupported
+  } else {
+    plan->algo = result.algo;
+  }
+  Plan* ptr = plan.get();
   plans_.emplace(key, std::move(plan));
-  return ref;
+  return ptr;
 }
 
-void Fp8Gemm::run(const Fp8GemmParams& p) {
+bool Fp8Gemm::cublas_supports(const Fp8GemmParams& p) { return plan_for(p, p.out_ld ? p.out_ld : p.n) != nullptr; }
+
+Fp8Gemm::Path Fp8Gemm::run(const Fp8GemmParams& p, Path path) {
   CHECK_EQ(p.k % 128, 0) << "fp8 gemm: k=" << p.k << " must be a multiple of 128";
-  CHECK_EQ(p.n % 16, 0) << "fp8 gemm: n=" << p.n << " must be a multiple of 16";
-  if (p.m == 0) return;
+  if (p.m == 0) return Path::kAuto;
   const int64_t out_ld = p.out_ld ? p.out_ld : p.n;
-  Plan& plan = plan_for(p, out_ld);
+  Plan* found = (path == Path::kSimt || p.n % 16 != 0) ? nullptr : plan_for(p, out_ld);
+  if (!found) {
+    CHECK(path != Path::kCublasLt) << "cuBLASLt has no FP8 block-scaled algorithm for m=" << p.m << " n=" << p.n
+                                   << " k=" << p.k;
+    fp8_gemm_simt(p);
+    return Path::kSimt;
+  }
+  Plan& plan = *found;
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.w_scale, sizeof(p.w_scale)));
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p.x_scale, sizeof(p.x_scale)));
   const float alpha = 1.0f, beta = 0.0f;
   CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, p.w8, plan.a, p.x8,
                               plan.b, &beta, p.out, plan.d, p.out, plan.d, &plan.algo, workspace_.data(),
                               kWorkspaceBytes, p.stream));
+  return Path::kCublasLt;
 }
 
 }  // namespace v4rt::kernels::cuda

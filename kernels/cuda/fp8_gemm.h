@@ -66,18 +66,28 @@ struct Fp8GemmParams {
   cudaStream_t stream = nullptr;
 };
 
-// Owns the cuBLASLt handle, a workspace and a plan cache keyed by (m, n, k, out_ld).
+// CUDA-core FP8 block-scaled GEMM with the same semantics and scale layouts: weights are decoded
+// in registers (16 e4m3 per 16-byte load), activations staged in shared memory. Used where
+// cuBLASLt offers no algorithm for a shape.
+void fp8_gemm_simt(const Fp8GemmParams& p);
+
+// Owns the cuBLASLt handle, a workspace and a plan cache keyed by shape, alignment and layout.
+// run() uses cuBLASLt when its heuristic offers an algorithm for the shape, else fp8_gemm_simt.
 class Fp8Gemm {
  public:
+  enum class Path : uint8_t { kAuto, kCublasLt, kSimt };
   Fp8Gemm();
   ~Fp8Gemm();
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
-  void run(const Fp8GemmParams& p);
+  // Returns the path taken. kCublasLt fails fast when cuBLASLt has no algorithm.
+  Path run(const Fp8GemmParams& p, Path path = Path::kAuto);
+  // Whether cuBLASLt offers an algorithm for this shape (builds and caches the plan).
+  bool cublas_supports(const Fp8GemmParams& p);
 
  private:
   struct Plan;
-  Plan& plan_for(const Fp8GemmParams& p, int64_t out_ld);
+  Plan* plan_for(const Fp8GemmParams& p, int64_t out_ld);  // nullptr: no algorithm
   void* handle_ = nullptr;  // cublasLtHandle_t
   DeviceBuffer workspace_;
   std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans_;

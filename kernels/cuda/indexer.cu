@@ -22,7 +22,8 @@ __global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
   float* ws = qs + nh * dim;
   const int64_t t = blockIdx.y;
   for (int i = threadIdx.x; i < nh * dim; i += blockDim.x) qs[i] = q.ld(t, int64_t(h_begin) * dim + i);
-  for (int i = threadIdx.x; i < nh; i += blockDim.x) ws[i] = w.ld(t, h_begin + i);
+  for (int i = threadIdx.x; i < nh; i += blockDim.x)
+    ws[i] = bf16_arith ? round_bf16(w.ld(t, h_begin + i) * weight_scale) : w.ld(t, h_begin + i) * weight_scale;
   __syncthreads();
   const int64_t j = key_begin + int64_t(blockIdx.x) * kKeysPerBlock + threadIdx.x;
   if (j >= key_end) return;
@@ -56,7 +57,7 @@ __global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
       if (bf16_arith) {
         sum += round_bf16(fmaxf(round_bf16(acc[h]), 0.f) * ws[h]);
       } else {
-        sum += fmaxf(acc[h], 0.f) * ws[h] * weight_scale;
+        sum += fmaxf(acc[h], 0.f) * ws[h];
       }
     }
   }

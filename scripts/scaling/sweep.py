@@ -59,8 +59,9 @@ def predict(args, ranks, layout=None):
 
 
 def bench_available(v4rt):
+    """True when this binary has a `bench step` command (its own usage line, not the top-level one)."""
     r = run([v4rt, "bench", "step", "--help"])
-    return r.returncode == 0
+    return r.returncode == 0 and "bench step" in r.stdout
 
 
 def measure_step(args, ranks, layout):
@@ -75,16 +76,20 @@ def measure_step(args, ranks, layout):
              "--tp", tp, "--sp", sp, "--ep", ep, "--dp", dp, "--context", str(args.context),
              "--batch", str(args.batch), "--kv-format", args.kv_format, "--steps", str(args.steps),
              "--csv"]
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     if args.mode == "cpu":
         cmd = ["mpirun", "-np", str(ranks), "--oversubscribe"] + bench
-        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader,tcp")
+        env.update(OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader,tcp")
     else:
         cmd = ["mpirun", "-np", str(ranks)] + args.mpirun_args.split() + bench + ["--device", "cuda"]
-        env = dict(os.environ)
-    r = run(cmd, env=env, timeout=args.timeout)
+    try:
+        r = run(cmd, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"sweep: measurement timed out after {args.timeout} s: {' '.join(cmd)}", file=sys.stderr)
+        return None
     if r.returncode != 0:
-        print(f"sweep: measurement failed ({' '.join(cmd)}):\n{r.stderr.strip()[-2000:]}", file=sys.stderr)
+        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
+        print(f"sweep: measurement failed: {' '.join(cmd)}\n{tail}", file=sys.stderr)
         return None
     rows = [row for row in csv.DictReader(io.StringIO(r.stdout)) if row.get("step_ms")]
     if not rows:

@@ -78,7 +78,7 @@ TEST(CpuHc, PreSinkhornPostAndHead) {
   std::vector<float> x = randn(size_t(n * hc * d), 2);
   std::vector<float> fn = randn(size_t(nmix * hc * d), 3, 0.3f), base = randn(size_t(nmix), 4, 0.5f);
   std::vector<float> scale = {0.7f, 1.1f, 0.9f};
-  std::vector<float> a(size_t(n * d)), post(size_t(n * hc)), comb(size_t(n * hc * hc));
+  std::vector<float> a(static_cast<size_t>(n * d)), post(size_t(n * hc)), comb(size_t(n * hc * hc));
   HcPreParams p;
   p.x = tv(x, {n, hc, d});
   p.fn = upload_f32(*be, fn, nmix, hc * d);
@@ -93,7 +93,7 @@ TEST(CpuHc, PreSinkhornPostAndHead) {
     double ss = 0;
     for (int i = 0; i < hc * d; ++i) ss += double(xt[i]) * xt[i];
     const double rs = 1.0 / std::sqrt(ss / (hc * d) + 1e-6);
-    std::vector<double> mix(size_t(nmix));
+    std::vector<double> mix(static_cast<size_t>(nmix));
     for (int m = 0; m < nmix; ++m) {
       double s = 0;
       for (int i = 0; i < hc * d; ++i) s += double(fn[size_t(m * hc * d + i)]) * xt[i];
@@ -143,7 +143,7 @@ TEST(CpuHc, PreSinkhornPostAndHead) {
       }
   // hc_head with its own fn [hc, hc*d]: y = Σ_j (sigmoid(mix_j * scale + base_j) + eps) x_j
   std::vector<float> hfn(fn.begin(), fn.begin() + hc * hc * d), hbase(base.begin(), base.begin() + hc), hs = {1.3f};
-  std::vector<float> y(size_t(n * d));
+  std::vector<float> y(static_cast<size_t>(n * d));
   HcHeadParams h;
   h.x = p.x;
   h.fn = upload_f32(*be, hfn, hc, hc * d);

@@ -18,15 +18,15 @@ using testing::TempDir;
 
 const std::string kV4rt = V4RT_BINARY_DIR "/launch/v4rt";
 
-struct Run {
+struct CmdResult {
   int code = -1;
   std::string out, err;
 };
 
-Run run(const std::string& args, const TempDir& tmp) {
+CmdResult run_v4rt(const std::string& args, const TempDir& tmp) {
   const std::string out = tmp / "stdout.txt", err = tmp / "stderr.txt";
   const int status = std::system((kV4rt + " " + args + " >" + out + " 2>" + err).c_str());
-  Run r;
+  CmdResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r.out = testing::read_text(out);
   r.err = testing::read_text(err);
@@ -43,9 +43,9 @@ TEST(Cli, InitModelThenInspect) {
   ASSERT_TRUE(std::filesystem::exists(kV4rt)) << kV4rt;
   TempDir tmp;
   const std::string dir = tmp / "tiny";
-  Run w = run("init-model --preset tiny --out " + dir + " --seed 3 --mtp", tmp);
+  CmdResult w = run_v4rt("init-model --preset tiny --out " + dir + " --seed 3 --mtp", tmp);
   ASSERT_EQ(w.code, 0) << w.err;
-  Run i = run("inspect --model " + dir + " --memory", tmp);
+  CmdResult i = run_v4rt("inspect --model " + dir + " --memory", tmp);
   EXPECT_EQ(i.code, 0) << i.err;
   EXPECT_NE(i.out.find("validation: ok"), std::string::npos) << i.out;
   EXPECT_NE(i.out.find("peak RSS"), std::string::npos) << i.out;
@@ -68,13 +68,13 @@ TEST(Cli, InspectCorruptCheckpointFailsWithOneLine) {
     h[victim]["shape"] = {1};
     h[victim]["dtype"] = "F32";
   });
-  Run r = run("inspect --model " + dir, tmp);
+  CmdResult r = run_v4rt("inspect --model " + dir, tmp);
   EXPECT_NE(r.code, 0);
   EXPECT_EQ(count_lines(r.err), 1u) << r.err;
   EXPECT_NE(r.err.find(shard), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("'" + victim + "'"), std::string::npos) << r.err;
 
-  Run big = run("init-model --preset flash --out " + (tmp / "flash"), tmp);
+  CmdResult big = run_v4rt("init-model --preset flash --out " + (tmp / "flash"), tmp);
   EXPECT_NE(big.code, 0);
   EXPECT_NE(big.err.find("--layers"), std::string::npos) << big.err;
 }

@@ -42,6 +42,15 @@ void check_release(const std::string& name, size_t count, uint64_t total_size) {
   }
   EXPECT_EQ(bytes, total_size);
   EXPECT_EQ(index["metadata"]["total_size"].get<uint64_t>(), total_size);
+  // Every name sits in the shard the release placement rule gives.
+  size_t misplaced = 0;
+  std::string first;
+  for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
+    if (release_shard_name(c, it.key()) != it.value().get<std::string>()) {
+      if (!misplaced++) first = it.key() + " -> " + release_shard_name(c, it.key()) + ", index: " + it.value().get<std::string>();
+    }
+  }
+  EXPECT_EQ(misplaced, 0u) << first;
 }
 
 TEST(ExpectedTensors, FlashIndex) { check_release("flash", 69187, 159609485896ull); }

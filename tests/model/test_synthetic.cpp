@@ -47,6 +47,18 @@ TEST(Synthetic, DeterministicForASeed) {
                testing::read_bytes(c / "model-00002-of-00002.safetensors"));
 }
 
+TEST(Synthetic, ReleasePlacementOpens) {
+  TempDir d;
+  ModelConfig cfg = preset_config("tiny", /*mtp=*/true);
+  cfg.vocab_size = 1024;
+  write_synthetic_checkpoint(cfg, d.str(), {2, 0});
+  auto ck = Checkpoint::open(d.str());
+  EXPECT_EQ(ck->info("embed.weight").file, d / "model-00001-of-00009.safetensors");
+  EXPECT_EQ(ck->info("layers.3.attn.wkv.weight").file, d / "model-00005-of-00009.safetensors");
+  EXPECT_EQ(ck->info("head.weight").file, d / "model-00008-of-00009.safetensors");
+  EXPECT_EQ(ck->info("mtp.0.hnorm.weight").file, d / "model-00009-of-00009.safetensors");
+}
+
 TEST(Synthetic, InitScalesFollowRandomize) {
   TempDir d;
   ModelConfig cfg = preset_config("tiny");

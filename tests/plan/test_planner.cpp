@@ -171,7 +171,9 @@ TEST(Planner, RecommendationMeetsLatencyTarget) {
   EXPECT_GE(best.batch, 1);
   EXPECT_LE(best.batch, best.max_seqs);
   for (const Prediction& p : plan.rows) {
-    if (p.rejected.empty() && p.meets_latency) EXPECT_LE(p.tokens_per_s, best.tokens_per_s);
+    if (p.rejected.empty() && p.meets_latency) {
+      EXPECT_LE(p.tokens_per_s, best.tokens_per_s);
+    }
   }
   // Every candidate has dp*sp*tp = world.
   for (const parallel::Layout& l : candidate_layouts(req.cluster)) EXPECT_EQ(l.world(), 8);

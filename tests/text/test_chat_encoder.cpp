@@ -292,11 +292,14 @@ TEST(ChatEncoder, Case19_ParseThenReencodeRoundTrip) {
 }
 
 // ----- request-level behaviour ------------------------------------------------------------------
-TEST(ChatEncoder, RequestToolsAttachToFirstSystem) {
+TEST(ChatEncoder, Case42_RequestToolsAttachToFirstSystem) {
   const char* tools = R"([{"type":"function","function":{"name":"f"}}])";
   const std::string p = render(R"([{"role":"system","content":"S"},{"role":"user","content":"q"}])",
                                false, EffortPrefix::kNone, tools);
   EXPECT_EQ(p.rfind(std::string(kBos) + "S\n\n## Tools\n", 0), 0u);
+  // No system message: an empty one is inserted, so the prompt starts ⟨BOS⟩\n\n## Tools.
+  const std::string q = render(R"([{"role":"user","content":"q"}])", false, EffortPrefix::kNone, tools);
+  EXPECT_EQ(q.rfind(std::string(kBos) + "\n\n## Tools\n", 0), 0u);
 }
 
 TEST(ChatEncoder, RejectsUnrepresentableInput) {
@@ -315,7 +318,7 @@ TEST(ChatEncoder, RejectsUnrepresentableInput) {
   }
 }
 
-TEST(ChatEncoder, EffortTables) {
+TEST(ChatEncoder, Case41_EffortMappingBothProfiles) {
   using P = EffortPrefix;
   const auto orig = EffortDialect::kOriginal, v0731 = EffortDialect::kV0731;
   EXPECT_EQ(effort_prefix_for("", orig), P::kNone);

@@ -315,6 +315,54 @@ TEST(OutputParser, ReasoningOnlyAndMalformedMarkup) {
   EXPECT_EQ(r.parsed.tool_calls[0].arguments, R"({"a": "not json"})");
 }
 
+// ----- §13 API cases handled by the parser ------------------------------------------------------
+TEST(OutputParser, Case37_StreamedArgumentsEqualNonStreaming) {
+  const Result whole = run(kExampleD, options(true), {});
+  std::vector<size_t> bytes;
+  for (size_t k = 1; k < kExampleD.size(); ++k) bytes.push_back(k);
+  const Result streamed = run(kExampleD, options(true), bytes);
+  ASSERT_EQ(streamed.args_delta.size(), whole.parsed.tool_calls.size());
+  for (size_t i = 0; i < streamed.args_delta.size(); ++i)
+    EXPECT_EQ(streamed.args_delta[i], whole.parsed.tool_calls[i].arguments);
+}
+
+TEST(OutputParser, Case38_ToolCallDeltaShape) {
+  OutputParser p(options(true));
+  std::vector<ParseEvent> ev;
+  for (char c : kExampleD) p.feed(std::string_view(&c, 1), &ev);
+  p.finish(false, &ev);
+  int starts = 0;
+  for (size_t i = 0; i < ev.size(); ++i) {
+    if (ev[i].kind == ParseEvent::Kind::kToolCallStart) {
+      EXPECT_EQ(ev[i].index, starts++);
+      EXPECT_EQ(ev[i].id.rfind("call_", 0), 0u);
+      EXPECT_EQ(ev[i].id.size(), 5u + 24u);
+      EXPECT_FALSE(ev[i].name.empty());
+      EXPECT_TRUE(ev[i].text.empty());
+    } else if (ev[i].kind == ParseEvent::Kind::kToolCallArgs) {
+      EXPECT_EQ(ev[i].index, starts - 1) << "arguments follow their own start";
+      EXPECT_TRUE(ev[i].id.empty() && ev[i].name.empty());
+    }
+  }
+  EXPECT_EQ(starts, 2);
+  EXPECT_NE(p.message().tool_calls[0].id, p.message().tool_calls[1].id);
+}
+
+TEST(OutputParser, Case39_ReasoningContentPresence) {
+  const Result thinking = run("r</think>c" + kEosS, options(true), {});
+  EXPECT_EQ(thinking.reasoning_delta, "r");
+  EXPECT_NE(thinking.message.find("\"reasoning_content\": \"r\""), std::string::npos);
+  const Result chat = run("c" + kEosS, options(false), {});
+  EXPECT_TRUE(chat.reasoning_delta.empty());
+  EXPECT_EQ(chat.message.find("reasoning_content"), std::string::npos);
+}
+
+TEST(OutputParser, Case40_FinishReasons) {
+  EXPECT_EQ(run(kExampleD, options(true), {}).parsed.finish_reason, "tool_calls");
+  EXPECT_EQ(run("done" + kEosS, options(false), {}).parsed.finish_reason, "stop");
+  EXPECT_EQ(run("cut sho", options(false), {}, /*length=*/true).parsed.finish_reason, "length");
+}
+
 // ----- official vectors: the assistant segments of test_output_1 and test_output_2 ------------
 void check_official_segments(int n) {
   const std::string dir = std::string(V4RT_GOLDEN_DIR) + "/chat/official/";

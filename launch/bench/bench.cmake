@@ -1,0 +1,2 @@
+# launch/bench: `v4rt bench <what>` benchmarks.
+list(APPEND V4RT_LAUNCH_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_tokenizer.cpp)

@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: MIT
+// `v4rt bench <what>` subcommands. Each benchmark registers itself under the `bench` command
+// through one function declared here and defined in launch/bench/bench_<what>.cpp.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace v4rt::launch {
+
+void register_bench_tokenizer(CLI::App& bench);  // bench_tokenizer.cpp
+
+}  // namespace v4rt::launch

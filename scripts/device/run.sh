@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# The GPU-machine recipe of DEVICE.md as one script: unpack the carried .devdeps packages under a
+# prefix (never into /), configure the CUDA + NCCL build, build the requested targets with every
+# core, then run the device tests and benchmarks, writing logs under $OUT.
+#
+# Prepare once on the development machine (the folder is git-ignored and travels with `carry`):
+#   mkdir -p .devdeps && (cd .devdeps && apt-get download libgoogle-glog-dev libgoogle-glog0v6 \
+#     libgflags-dev libgflags2.2 libunwind-dev libunwind8 libcli11-dev libpcre2-dev libpcre2-8-0 \
+#     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 pkgconf pkgconf-bin libpkgconf3)
+# On the device (repository root):  scripts/device/run.sh [all|build|test|bench|nccl]...
+# Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out/device}
+BUILD=${BUILD:-build-gpu}
+JOBS=${JOBS:-$(nproc)}
+STEPS=${*:-all}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0  # never NVLink multicast on the shared machines
+
+# --- dependencies ------------------------------------------------------------------------------
+DD=/opt/devdeps
+mkdir -p $DD
+for f in .devdeps/*.deb; do dpkg -x "$f" $DD; done
+mkdir -p /usr/share/glog && cp -r $DD/usr/share/glog/cmake /usr/share/glog/ 2>/dev/null
+export LD_LIBRARY_PATH=$DD/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+if ! command -v pkg-config >/dev/null; then export PATH=$DD/usr/bin:$PATH; fi
+for pc in $DD/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc; do sed -i "s|^prefix=.*|prefix=$DD/usr|" "$pc"; done
+export PKG_CONFIG_PATH=$DD/usr/lib/x86_64-linux-gnu/pkgconfig:${PKG_CONFIG_PATH:-}
+
+{ nvidia-smi; nvcc --version; cmake --version | head -1; } > "$OUT/machine.txt" 2>&1
+
+# --- configure + build ---------------------------------------------------------------------------
+TARGETS="test_cuda_kernels bench_cuda"
+[[ -f tests/cluster/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
+t0=$(date +%s)
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DV4RT_ENABLE_CUDA=ON -DV4RT_ENABLE_NCCL=ON \
+  -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DCMAKE_PREFIX_PATH=$DD/usr \
+  -DUnwind_INCLUDE_DIR=$DD/usr/include/x86_64-linux-gnu \
+  -DUnwind_LIBRARY=$DD/usr/lib/x86_64-linux-gnu/libunwind.so.8 > "$OUT/configure.log" 2>&1 \
+  || { tail -40 "$OUT/configure.log"; echo "configure failed"; exit 1; }
+built=""
+for t in $TARGETS; do
+  if cmake --build "$BUILD" -j "$JOBS" --target "$t" >> "$OUT/build.log" 2>&1; then built="$built $t"
+  else echo "build of $t failed:"; grep -E "error|FAILED" "$OUT/build.log" | head -20; fi
+done
+echo "built:$built in $(( $(date +%s) - t0 )) s"
+
+has() { [[ " $built " == *" $1 "* ]]; }
+want() { [[ " $STEPS " == *" all "* || " $STEPS " == *" $1 "* ]]; }
+
+# --- run -----------------------------------------------------------------------------------------
+rc=0
+if want test && has test_cuda_kernels; then
+  "$BUILD/tests/cuda/test_cuda_kernels" --gtest_color=no > "$OUT/test_cuda.log" 2>&1 || rc=1
+  grep -E "^\[compare\]|^\[layout\]|FAILED|PASSED|OK \]" "$OUT/test_cuda.log" | tail -150
+fi
+if want nccl && has test_nccl_comm; then
+  for np in 1 2; do
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -np $np --oversubscribe \
+      -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE=0 "$BUILD/tests/cluster/test_nccl_comm" --gtest_color=no \
+      > "$OUT/test_nccl_np$np.log" 2>&1 || rc=1
+    echo "nccl np=$np:"; grep -E "PASSED|FAILED|SKIPPED|OK \]" "$OUT/test_nccl_np$np.log" | tail -20
+  done
+fi
+if want bench && has bench_cuda; then
+  "$BUILD/tests/cuda/bench_cuda" "$OUT/bench.tsv" 2>&1 | tee "$OUT/bench.log"
+fi
+exit $rc

@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: MIT
+// Benchmarks of the CUDA backend at V4-Flash shapes: FP8 block-scaled GEMMs (cuBLASLt), the FP4
+// grouped expert GEMM (single expert and decode-shaped groups), sparse attention decode, indexer
+// scores and top-k. Each line: time, bytes, FLOPs, achieved bandwidth / throughput and the roofline
+// time max(bytes / BW, FLOPs / peak) with BW = measured device copy bandwidth (reported first),
+// peak = 1580 TFLOP/s FP8 or 790 TFLOP/s bf16-class work. Usage: bench_cuda [out.tsv]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/fp8_gemm.h"
+
+namespace v4rt::kernels::cuda {
+namespace {
+
+constexpr double kFp8Peak = 1580e12, kBf16Peak = 790e12;
+double g_bw = 4.3e12;
+FILE* g_tsv = nullptr;
+
+template <typename F>
+double time_us(F&& f, cudaStream_t s, int iters = 20) {
+  for (int i = 0; i < 3; ++i) f();
+  Event a, b;
+  a.record(s);
+  for (int i = 0; i < iters; ++i) f();
+  b.record(s);
+  b.synchronize();
+  return double(b.elapsed_ms_since(a)) * 1000.0 / iters;
+}
+
+void report(const std::string& name, double us, double bytes, double flops, double peak) {
+  const double roof_us = std::max(bytes / g_bw, flops / peak) * 1e6;
+  std::printf("%-48s %10.2f us %9.1f GB/s %8.1f TFLOP/s  roofline %9.2f us  (%5.1f%%)\n", name.c_str(), us,
+              bytes / us * 1e-3, flops / us * 1e-6, roof_us, 100.0 * roof_us / us);
+  if (g_tsv) std::fprintf(g_tsv, "%s\t%.3f\t%.0f\t%.0f\t%.3f\n", name.c_str(), us, bytes, flops, roof_us);
+}
+
+DeviceBuffer random_bytes(size_t n, std::mt19937& gen, int lo = 0, int hi = 255, uint8_t avoid_mask = 0) {
+  std::vector<uint8_t> h(n);
+  std::uniform_int_distribution<int> d(lo, hi);
+  for (auto& b : h) {
+    do b = uint8_t(d(gen));
+    while (avoid_mask && (b & 0x7f) == avoid_mask);
+  }
+  DeviceBuffer buf(std::max<size_t>(n, 1));
+  buf.copy_from_host(h.data(), n);
+  return buf;
+}
+
+void bench_copy(cudaStream_t s) {
+  const size_t n = size_t(2) << 30;
+  DeviceBuffer a(n), b(n);
+  a.fill_bytes(1);
+  const double us = time_us([&] { CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), n, cudaMemcpyDeviceToDevice, s)); }, s, 10);
+  g_bw = 2.0 * double(n) / (us * 1e-6);
+  std::printf("device copy: %.2f TB/s (read + write of 2 GiB); used as the roofline bandwidth\n", g_bw * 1e-12);
+  if (g_tsv) std::fprintf(g_tsv, "copy_bw_TBps\t%.4f\n", g_bw * 1e-12);
+}
+
+void bench_fp8(cudaStream_t s, std::mt19937& gen) {
+  struct Shape { const char* name; int64_t n, k; };
+  Fp8Gemm gemm;
+  for (const Shape& sh : {Shape{"wq_a 1024x4096", 1024, 4096}, Shape{"wq_b 32768x1024", 32768, 1024},
+                          Shape{"wkv 512x4096", 512, 4096}, Shape{"wo_b 4096x8192", 4096, 8192},
+                          Shape{"shared w1 2048x4096", 2048, 4096}}) {
+    DeviceBuffer w8 = random_bytes(size_t(sh.n * sh.k), gen, 0, 255, 0x7f);
+    std::vector<float> wsh(size_t(((sh.n + 127) / 128) * fp8_scale_layout().weight_ld(sh.k)), 1.0f / 64);
+    DeviceBuffer ws(wsh.size() * 4);
+    ws.copy_from_host(wsh.data(), wsh.size() * 4);
+    for (int64_t m : {1, 8, 32, 128, 512, 2048, 8192}) {
+      DeviceBuffer x8 = random_bytes(size_t(m * sh.k), gen, 0, 255, 0x7f);
+      std::vector<float> xsh(size_t((sh.k / 128) * fp8_scale_layout().act_ld(m)), 1.0f / 16);
+      DeviceBuffer xs(xsh.size() * 4), out(size_t(m * sh.n) * 2);
+      xs.copy_from_host(xsh.data(), xsh.size() * 4);
+      Fp8GemmParams p;
+      p.x8 = x8.as<uint8_t>();
+      p.x_scale = xs.as<float>();
+      p.w8 = w8.as<uint8_t>();
+      p.w_scale = ws.as<float>();
+      p.out = out.as<uint16_t>();
+      p.m = m;
+      p.n = sh.n;
+      p.k = sh.k;
+      p.stream = s;
+      const double us = time_us([&] { gemm.run(p); }, s);
+      const double bytes = double(sh.n * sh.k) + double(m * sh.k) + double(m * sh.n) * 2 + double(wsh.size() + xsh.size()) * 4;
+      report(std::string("fp8 ") + sh.name + " M=" + std::to_string(m), us, bytes, 2.0 * double(m * sh.n * sh.k), kFp8Peak);
+    }
+  }
+}
+
+void bench_fp4(cudaStream_t s, std::mt19937& gen) {
+  struct Shape { const char* name; int64_t n, k; };
+  for (const Shape& sh : {Shape{"expert w1 2048x4096", 2048, 4096}, Shape{"expert w2 4096x2048", 4096, 2048}}) {
+    // (a) one expert, M rows; (b) decode step: T tokens x top-6 over 256 experts.
+    const int num_experts = 256;
+    std::vector<DeviceBuffer> w, wsc;
+    std::vector<const uint8_t*> pw, pws;
+    for (int e = 0; e < num_experts; ++e) {
+      w.push_back(random_bytes(size_t(sh.n * sh.k / 2), gen));
+      wsc.push_back(random_bytes(size_t(sh.n * sh.k / 32), gen, 118, 124));
+      pw.push_back(w.back().as<uint8_t>());
+      pws.push_back(wsc.back().as<uint8_t>());
+    }
+    DeviceBuffer dpw(pw.size() * 8), dpws(pws.size() * 8);
+    dpw.copy_from_host(pw.data(), pw.size() * 8);
+    dpws.copy_from_host(pws.data(), pws.size() * 8);
+    for (int mode = 0; mode < 2; ++mode) {
+      for (int64_t m : {1, 4, 16, 64, 256}) {
+        std::vector<int32_t> counts(size_t(num_experts), 0);
+        if (mode == 0) {
+          counts[0] = int32_t(m);
+        } else {
+          std::uniform_int_distribution<int> d(0, num_experts - 1);
+          for (int64_t t = 0; t < m; ++t) {
+            std::vector<int> chosen;
+            while (chosen.size() < 6) {
+              const int e = d(gen);
+              if (std::find(chosen.begin(), chosen.end(), e) == chosen.end()) chosen.push_back(e);
+            }
+            for (int e : chosen) counts[size_t(e)]++;
+          }
+        }
+        std::vector<int32_t> off(size_t(num_experts) + 1, 0);
+        int active = 0;
+        for (int e = 0; e < num_experts; ++e) {
+          off[size_t(e) + 1] = off[size_t(e)] + counts[size_t(e)];
+          active += counts[size_t(e)] > 0;
+        }
+        const int64_t rows = off.back();
+        DeviceBuffer doff(off.size() * 4), x8 = random_bytes(size_t(rows * sh.k), gen, 0, 255, 0x7f);
+        doff.copy_from_host(off.data(), off.size() * 4);
+        std::vector<float> xsh(size_t(rows * (sh.k / 128)), 1.0f / 16);
+        DeviceBuffer xs(xsh.size() * 4), out(size_t(rows * sh.n) * 2);
+        xs.copy_from_host(xsh.data(), xsh.size() * 4);
+        Fp4GroupedGemmParams p;
+        p.x8 = x8.as<uint8_t>();
+        p.x_scale = xs.as<float>();
+        p.row_offsets = doff.as<int32_t>();
+        p.w = dpw.as<const uint8_t*>();
+        p.w_scale = dpws.as<const uint8_t*>();
+        p.out = out.as<uint16_t>();
+        p.num_groups = num_experts;
+        p.n = sh.n;
+        p.k = sh.k;
+        p.stream = s;
+        const double us = time_us([&] { fp4_grouped_gemm(p); }, s);
+        const double bytes = double(active) * double(sh.n * sh.k) * (0.5 + 1.0 / 32) + double(rows * sh.k) * 1.03 +
+                             double(rows * sh.n) * 2;
+        const std::string name = std::string("fp4 ") + sh.name + (mode == 0 ? " 1 expert M=" : " decode T=") +
+                                 std::to_string(m) + (mode == 0 ? "" : " (" + std::to_string(active) + " experts)");
+        report(name, us, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+      }
+    }
+  }
+}
+
+// Activation helpers for the op benchmarks.
+TensorView dev_view(Buffer& b, DType dt, std::vector<int64_t> dims) {
+  TensorView v;
+  v.data = b.data();
+  v.dtype = dt;
+  v.device = Device::kCuda;
+  v.ndim = int(dims.size());
+  int64_t st = 1;
+  for (int d = v.ndim - 1; d >= 0; --d) {
+    v.shape[size_t(d)] = dims[size_t(d)];
+    v.stride[size_t(d)] = st;
+    st *= dims[size_t(d)];
+  }
+  return v;
+}
+
+void bench_ops(std::mt19937& gen) {
+  auto be = make_cuda_backend(0);
+  auto* cb = static_cast<CudaBackend*>(be.get());
+  cudaStream_t s = cb->stream();
+  auto fill_random = [&](Buffer& b) {
+    std::vector<uint16_t> h(b.bytes() / 2);
+    std::normal_distribution<float> d(0.f, 1.f);
+    for (auto& v : h) v = f32_to_bf16(d(gen));
+    be->copy_to_device(b.data(), h.data(), h.size() * 2);
+  };
+  // Attention decode: 64 heads, window 128 + CSA top-512 / HCA 8192 entries (1M context).
+  const int heads = 64, dim = 512;
+  for (int ncomp : {512, 8192}) {
+    Buffer q(size_t(heads * dim) * 2, Device::kCuda), win(size_t(128 * dim) * 2, Device::kCuda),
+        comp(size_t(ncomp) * dim * 2, Device::kCuda), out(size_t(heads * dim) * 2, Device::kCuda);
+    fill_random(q);
+    fill_random(win);
+    fill_random(comp);
+    std::vector<float> sink_h(heads, 0.5f);
+    WeightSource ss;
+    ss.name = "sink";
+    ss.dtype = DType::kF32;
+    ss.rows = 1;
+    ss.cols = heads;
+    ss.data = sink_h.data();
+    SparseAttentionParams p;
+    p.q = dev_view(q, DType::kBF16, {1, heads, dim});
+    p.window_kv = dev_view(win, DType::kBF16, {128, dim});
+    p.comp_kv = dev_view(comp, DType::kBF16, {ncomp, dim});
+    p.sink = be->upload_weight(ss);
+    p.out = dev_view(out, DType::kBF16, {1, heads, dim});
+    p.pos_begin = int64_t(ncomp) * 128 - 1;
+    p.window_pos0 = p.pos_begin - 127;
+    p.comp_ratio = 128;
+    p.softmax_scale = 1.0f / std::sqrt(512.f);
+    const double us = time_us([&] { be->sparse_attention(p); }, s);
+    const double cand = 128.0 + ncomp;
+    report("attention decode H64 cand=" + std::to_string(128 + ncomp), us, cand * dim * 2 + 2.0 * heads * dim * 2,
+           4.0 * heads * cand * dim, kBf16Peak);
+  }
+  // Indexer scores + top-k at 1M context (262144 keys), one decode token.
+  const int64_t keys = 262144;
+  Buffer iq(size_t(64 * 128) * 2, Device::kCuda), ik(size_t(keys * 128) * 2, Device::kCuda), iw(64 * 2, Device::kCuda),
+      sc(size_t(keys) * 4, Device::kCuda), ti(512 * 4, Device::kCuda);
+  fill_random(iq);
+  fill_random(ik);
+  fill_random(iw);
+  IndexerScoresParams ip;
+  ip.q = dev_view(iq, DType::kBF16, {1, 64, 128});
+  ip.keys = dev_view(ik, DType::kBF16, {keys, 128});
+  ip.w = dev_view(iw, DType::kBF16, {1, 64});
+  ip.scores = dev_view(sc, DType::kF32, {1, keys});
+  ip.pos_begin = keys * 4 - 1;
+  const double us_i = time_us([&] { be->indexer_scores(ip); }, s);
+  report("indexer_scores decode keys=262144 H64", us_i, double(keys) * 128 * 2 + double(keys) * 4,
+         2.0 * 64 * 128 * double(keys), kBf16Peak);
+  TopkParams tp;
+  tp.scores = ip.scores;
+  tp.out_idx = dev_view(ti, DType::kI32, {1, 512});
+  tp.k = 512;
+  const double us_t = time_us([&] { be->topk(tp); }, s);
+  report("topk 1x262144 k=512", us_t, double(keys) * 4, 0, kBf16Peak);
+}
+
+}  // namespace
+}  // namespace v4rt::kernels::cuda
+
+int main(int argc, char** argv) {
+  using namespace v4rt::kernels::cuda;
+  if (device_count() == 0) {
+    std::printf("bench_cuda: no CUDA device\n");
+    return 0;
+  }
+  if (argc > 1) g_tsv = std::fopen(argv[1], "w");
+  CUDA_CHECK(cudaSetDevice(0));
+  install_device_allocator();
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  std::mt19937 gen(42);
+  Stream stream;
+  bench_copy(stream.get());
+  bench_fp8(stream.get(), gen);
+  bench_fp4(stream.get(), gen);
+  bench_ops(gen);
+  if (g_tsv) std::fclose(g_tsv);
+  return 0;
+}

@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: MIT
+// Backend-level FP8/FP4 projections and the MoE ops of the CUDA backend against the CPU reference
+// with the official numerics flags (FP8 act quant, bf16 GEMM outputs, routing weight before w2):
+// linear with FP8 (whole and 128-row slices) and FP4 weights, grouped_linear (bf16 and FP8 wo_a,
+// group sub-ranges), moe_gate (score-routed with bias, hash-routed), moe_experts over an expert
+// range in decode and prefill shapes.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "tests/cuda/cuda_test_util.h"
+
+namespace v4rt::kernels::cuda_test {
+namespace {
+
+const Tolerance kGemmTol{1.5e-2, 1e-2, 1e-4};
+
+struct Fp8Source {
+  std::vector<uint8_t> data, scale;
+  WeightSource src;
+};
+Fp8Source make_fp8(Rng& rng, int64_t n, int64_t k) {
+  Fp8Source f;
+  f.data.resize(size_t(n * k));
+  for (auto& c : f.data) {
+    do c = uint8_t(rng.integer(0, 255));
+    while ((c & 0x7f) == 0x7f);
+  }
+  f.scale.resize(size_t(((n + 127) / 128) * ((k + 127) / 128)));
+  for (auto& s : f.scale) s = uint8_t(rng.integer(116, 122));
+  f.src.name = "fp8_test";
+  f.src.dtype = DType::kF8E4M3;
+  f.src.rows = n;
+  f.src.cols = k;
+  f.src.data = f.data.data();
+  f.src.scale = f.scale.data();
+  return f;
+}
+
+struct Fp4Source {
+  std::vector<uint8_t> data, scale;
+  WeightSource src;
+};
+Fp4Source make_fp4(Rng& rng, int64_t n, int64_t k, int lo = 118, int hi = 122) {
+  Fp4Source f;
+  f.data.resize(size_t(n * k / 2));
+  for (auto& b : f.data) b = uint8_t(rng.integer(0, 255));
+  f.scale.resize(size_t(n * k / 32));
+  for (auto& s : f.scale) s = uint8_t(rng.integer(lo, hi));
+  f.src.name = "fp4_test";
+  f.src.dtype = DType::kFP4;
+  f.src.rows = n;
+  f.src.cols = k;
+  f.src.data = f.data.data();
+  f.src.scale = f.scale.data();
+  return f;
+}
+
+TEST(CudaLinear, Fp8WeightsWholeAndSlices) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(30);
+  struct Case { int m, n, k; int64_t r0, r1; DType ydt; bool acc; };
+  for (const Case& c : {Case{1, 512, 1024, 0, -1, DType::kBF16, false}, Case{9, 384, 512, 128, 384, DType::kF32, false},
+                        Case{33, 1024, 2048, 0, -1, DType::kF32, true}, Case{130, 256, 4096, 0, -1, DType::kBF16, false}}) {
+    Fp8Source f = make_fp8(rng, c.n, c.k);
+    DualWeight w = upload_both(f.src);
+    const int64_t r1 = c.r1 < 0 ? c.n : c.r1;
+    const int64_t rows = r1 - c.r0;
+    WeightView wc = weight_rows(w.cpu, c.r0, r1), wg = weight_rows(w.gpu, c.r0, r1);
+    Dual x = make_dual({c.m, c.k}, rng.normals(int64_t(c.m) * c.k, 2.f));
+    Dual y = make_dual({c.m, rows}, rng.normals(c.m * rows), c.ydt);
+    LinearParams p;
+    p.act_quant_fp8 = true;
+    p.out_bf16 = true;
+    p.accumulate = c.acc;
+    p.x = x.cpu; p.w = wc; p.y = y.cpu;
+    cpu_backend().linear(p);
+    p.x = x.gpu; p.w = wg; p.y = y.gpu;
+    gpu_backend().linear(p);
+    char name[128];
+    std::snprintf(name, sizeof(name), "linear fp8 m%d n%lld k%d rows[%lld,%lld)%s", c.m, (long long)rows, c.k,
+                  (long long)c.r0, (long long)r1, c.acc ? " acc" : "");
+    EXPECT_TRUE(compare(name, y.gpu_values(), y.cpu_values(), kGemmTol));
+  }
+}
+
+TEST(CudaLinear, Fp4Weights) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(31);
+  for (auto [m, n, k] : {std::tuple{1, 2048, 4096}, {20, 160, 512}}) {
+    Fp4Source f = make_fp4(rng, n, k);
+    DualWeight w = upload_both(f.src);
+    Dual x = make_dual({m, k}, rng.normals(int64_t(m) * k));
+    Dual y = make_dual({m, n}, std::vector<float>(size_t(m) * n, 0.f));
+    LinearParams p;
+    p.act_quant_fp8 = true;
+    p.out_bf16 = true;
+    p.x = x.cpu; p.w = w.cpu; p.y = y.cpu;
+    cpu_backend().linear(p);
+    p.x = x.gpu; p.w = w.gpu; p.y = y.gpu;
+    gpu_backend().linear(p);
+    EXPECT_TRUE(compare("linear fp4 m" + std::to_string(m) + " n" + std::to_string(n), y.gpu_values(), y.cpu_values(), kGemmTol));
+  }
+}
+
+TEST(CudaLinear, GroupedOutputProjection) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(32);
+  const int groups = 4, in_g = 512, out_g = 128;
+  for (int variant = 0; variant < 3; ++variant) {
+    const int m = variant == 2 ? 37 : 3;
+    DualWeight w;
+    Fp8Source f;
+    std::vector<uint16_t> keep;
+    if (variant == 1) {
+      f = make_fp8(rng, groups * out_g, in_g);
+      w = upload_both(f.src);
+    } else {
+      w = upload_f32(rng.normals(int64_t(groups) * out_g * in_g, 0.05f), groups * out_g, in_g, DType::kBF16, &keep);
+    }
+    Dual x = make_dual({m, groups, in_g}, rng.normals(int64_t(m) * groups * in_g));
+    Dual y = make_dual({m, groups, out_g}, std::vector<float>(size_t(m) * groups * out_g, 0.f));
+    GroupedLinearParams p;
+    p.g_begin = variant == 2 ? 1 : 0;
+    p.g_end = variant == 2 ? 3 : -1;
+    p.x = x.cpu; p.w = w.cpu; p.y = y.cpu;
+    cpu_backend().grouped_linear(p);
+    p.x = x.gpu; p.w = w.gpu; p.y = y.gpu;
+    gpu_backend().grouped_linear(p);
+    const char* names[] = {"grouped_linear bf16", "grouped_linear fp8->bf16", "grouped_linear groups [1,3)"};
+    EXPECT_TRUE(compare(names[variant], y.gpu_values(), y.cpu_values(), kGemmTol));
+  }
+}
+
+TEST(CudaMoe, GateScoreAndHash) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(33);
+  const int n = 9, experts = 256, hidden = 4096, topk = 6;
+  // Values on a coarse grid: every product and partial sum is exact in fp32 in any order.
+  auto coarse = [&](int64_t cnt) {
+    std::vector<float> v(static_cast<size_t>(cnt));
+    for (auto& x : v) x = float(rng.integer(-16, 16)) / 64.f;
+    return v;
+  };
+  std::vector<uint16_t> keep;
+  DualWeight gate = upload_f32(coarse(int64_t(experts) * hidden), experts, hidden, DType::kBF16, &keep);
+  DualWeight bias = upload_f32(rng.normals(experts, 0.3f, false), 1, experts);
+  const int vocab = 500;
+  std::vector<int64_t> table(size_t(vocab) * topk);
+  for (int t = 0; t < vocab; ++t) {
+    std::vector<int64_t> e(static_cast<size_t>(experts));
+    std::iota(e.begin(), e.end(), 0);
+    for (int k = 0; k < topk; ++k) std::swap(e[size_t(k)], e[size_t(rng.integer(k, experts - 1))]);
+    for (int k = 0; k < topk; ++k) table[size_t(t * topk + k)] = e[size_t(k)];
+  }
+  WeightSource ts;
+  ts.name = "tid2eid";
+  ts.dtype = DType::kI64;
+  ts.rows = vocab;
+  ts.cols = topk;
+  ts.data = table.data();
+  DualWeight tid2eid = upload_both(ts);
+  for (bool hash : {false, true}) {
+    Dual x = make_dual({n, hidden}, coarse(int64_t(n) * hidden));
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    for (auto& v : ids) v = int32_t(rng.integer(0, vocab - 1));
+    Dual tok = make_dual_i32({n}, ids);
+    Dual idx = make_dual_i32({n, topk}, std::vector<int32_t>(size_t(n) * topk, -5));
+    Dual wgt = make_dual({n, topk}, std::vector<float>(size_t(n) * topk, 0.f), DType::kF32);
+    MoeGateParams p;
+    p.topk = topk;
+    p.route_scale = 1.5f;
+    p.x = x.cpu; p.gate = gate.cpu; p.out_idx = idx.cpu; p.out_weight = wgt.cpu; p.token_ids = tok.cpu;
+    if (hash) p.tid2eid = tid2eid.cpu; else p.bias = bias.cpu;
+    cpu_backend().moe_gate(p);
+    p.x = x.gpu; p.gate = gate.gpu; p.out_idx = idx.gpu; p.out_weight = wgt.gpu; p.token_ids = tok.gpu;
+    if (hash) { p.tid2eid = tid2eid.gpu; p.bias = {}; } else { p.bias = bias.gpu; p.tid2eid = {}; }
+    gpu_backend().moe_gate(p);
+    const auto gi = gpu_i32(idx), ci = cpu_i32(idx);
+    int64_t mism = 0;
+    for (size_t i = 0; i < gi.size(); ++i) mism += gi[i] != ci[i];
+    std::printf("[compare] moe_gate %s expert id mismatches=%lld\n", hash ? "hash" : "score", (long long)mism);
+    EXPECT_EQ(mism, 0);
+    EXPECT_TRUE(compare(std::string("moe_gate weights ") + (hash ? "hash" : "score"), wgt.gpu_values(), wgt.cpu_values(),
+                        {1e-5, 1e-6, 1e-10}));
+  }
+}
+
+void run_moe_experts(int n, Rng& rng) {
+  const int experts = 16, hidden = 512, inter = 256, topk = 6, e0 = 4, e1 = 12;
+  std::vector<Fp4Source> src;
+  src.reserve(size_t(experts) * 3);
+  std::vector<WeightView> w1c, w2c, w3c, w1g, w2g, w3g;
+  for (int e = 0; e < experts; ++e) {
+    for (int which = 0; which < 3; ++which) {
+      const bool down = which == 1;
+      src.push_back(make_fp4(rng, down ? hidden : inter, down ? inter : hidden, 119, 123));
+      DualWeight w = upload_both(src.back().src);
+      (which == 0 ? w1c : which == 1 ? w2c : w3c).push_back(w.cpu);
+      (which == 0 ? w1g : which == 1 ? w2g : w3g).push_back(w.gpu);
+    }
+  }
+  std::vector<int32_t> idx(size_t(n) * topk);
+  std::vector<float> wt(size_t(n) * topk);
+  for (int t = 0; t < n; ++t) {
+    std::vector<int32_t> e(static_cast<size_t>(experts));
+    std::iota(e.begin(), e.end(), 0);
+    for (int k = 0; k < topk; ++k) std::swap(e[size_t(k)], e[size_t(rng.integer(k, experts - 1))]);
+    std::sort(e.begin(), e.begin() + topk);
+    for (int k = 0; k < topk; ++k) {
+      idx[size_t(t * topk + k)] = e[size_t(k)];
+      wt[size_t(t * topk + k)] = rng.uniform(0.1f, 0.6f);
+    }
+  }
+  Dual x = make_dual({n, hidden}, rng.normals(int64_t(n) * hidden));
+  Dual di = make_dual_i32({n, topk}, idx);
+  Dual dw = make_dual({n, topk}, wt, DType::kF32);
+  Dual out = make_dual({n, hidden}, rng.normals(int64_t(n) * hidden), DType::kF32);
+  MoeExpertsParams p;
+  p.e_begin = e0;
+  p.e_end = e1;
+  p.swiglu_limit = 10.f;
+  p.official = true;
+  p.x = x.cpu; p.idx = di.cpu; p.weight = dw.cpu; p.out = out.cpu;
+  p.w1 = w1c.data(); p.w2 = w2c.data(); p.w3 = w3c.data();
+  cpu_backend().moe_experts(p);
+  p.x = x.gpu; p.idx = di.gpu; p.weight = dw.gpu; p.out = out.gpu;
+  p.w1 = w1g.data(); p.w2 = w2g.data(); p.w3 = w3g.data();
+  gpu_backend().moe_experts(p);
+  EXPECT_TRUE(compare("moe_experts fp4 n" + std::to_string(n) + " experts [4,12)", out.gpu_values(), out.cpu_values(),
+                      {3e-2, 3e-2, 1e-3}));
+}
+
+TEST(CudaMoe, ExpertsDecodeAndPrefill) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(34);
+  for (int n : {1, 13, 300}) run_moe_experts(n, rng);
+}
+
+}  // namespace
+}  // namespace v4rt::kernels::cuda_test

@@ -1,0 +1,347 @@
+// SPDX-License-Identifier: MIT
+// Every non-GEMM CUDA op against the CPU reference op on fresh random inputs: odd sizes, decode- and
+// prefill-shaped cases, NaN/inf position parity, per-op tolerances for the bf16 activation path.
+// Inputs are bf16-representable so both backends start from identical values.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "tests/cuda/cuda_test_util.h"
+
+namespace v4rt::kernels::cuda_test {
+namespace {
+
+const Tolerance kBf16Tol{1e-2, 1e-2, 1e-4};    // one bf16 rounding of the output
+const Tolerance kF32Tol{1e-4, 1e-5, 1e-8};     // fp32 outputs, summation order only
+
+// --- rms_norm ------------------------------------------------------------------------------------
+
+TEST(CudaOps, RmsNorm) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(1);
+  for (auto [rows, dim, weighted] : {std::tuple{1, 4096, true}, {7, 1000, true}, {33, 512, false}, {64, 7168, true}}) {
+    Dual x = make_dual({rows, dim}, rng.normals(int64_t(rows) * dim, 2.f));
+    Dual y = make_dual({rows, dim}, std::vector<float>(size_t(rows) * dim, 0.f));
+    RmsNormParams p;
+    p.eps = 1e-6f;
+    DualWeight w;
+    if (weighted) w = upload_f32(rng.normals(dim), 1, dim, DType::kBF16);
+    p.x = x.cpu; p.y = y.cpu; p.weight = w.cpu;
+    cpu_backend().rms_norm(p);
+    p.x = x.gpu; p.y = y.gpu; p.weight = w.gpu;
+    gpu_backend().rms_norm(p);
+    EXPECT_TRUE(compare("rms_norm " + std::to_string(rows) + "x" + std::to_string(dim), y.gpu_values(), y.cpu_values(), kBf16Tol));
+  }
+}
+
+TEST(CudaOps, RmsNormBf16PerHeadInPlace) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(2);
+  const int rows = 3 * 64, dim = 512;
+  Dual x = make_dual({rows, dim}, rng.normals(rows * dim, 0.7f));
+  RmsNormParams p;
+  p.bf16_arith = true;
+  p.x = p.y = x.cpu;
+  cpu_backend().rms_norm(p);
+  p.x = p.y = x.gpu;
+  gpu_backend().rms_norm(p);
+  // Both round at every step; only the fp32 sum order differs (rarely one bf16 ulp).
+  EXPECT_TRUE(compare("rms_norm bf16 per-head", x.gpu_values(), x.cpu_values(), {8e-3, 0, 1e-5}));
+}
+
+// --- rope, hadamard ------------------------------------------------------------------------------
+
+TEST(CudaOps, RopeForwardInverseLargePositions) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(3);
+  std::vector<float> inv_freq(32);
+  for (int i = 0; i < 32; ++i) inv_freq[size_t(i)] = std::pow(160000.f, -2.f * float(i) / 64.f) / (i >= 25 ? 16.f : 1.f);
+  for (auto [rows, heads, pos0, inverse] : {std::tuple{5, 3, int64_t(1000), false}, {2, 64, int64_t((1 << 20) - 7), false},
+                                           {9, 1, int64_t(17), true}}) {
+    Dual x = make_dual({rows, heads, 512}, rng.normals(int64_t(rows) * heads * 512));
+    RopeParams p;
+    p.inv_freq = inv_freq.data();
+    p.rope_dim = 64;
+    p.pos_begin = pos0;
+    p.pos_step = 1;
+    p.inverse = inverse;
+    p.x = x.cpu;
+    cpu_backend().rope(p);
+    p.x = x.gpu;
+    gpu_backend().rope(p);
+    EXPECT_TRUE(compare("rope pos " + std::to_string(pos0), x.gpu_values(), x.cpu_values(), kBf16Tol));
+  }
+}
+
+TEST(CudaOps, Hadamard) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(4);
+  for (int dim : {128, 64}) {
+    Dual x = make_dual({37, dim}, rng.normals(37 * dim), DType::kF32);
+    HadamardParams p;
+    p.x = x.cpu;
+    cpu_backend().hadamard(p);
+    p.x = x.gpu;
+    gpu_backend().hadamard(p);
+    EXPECT_TRUE(compare("hadamard f32 " + std::to_string(dim), x.gpu_values(), x.cpu_values(), {1e-6, 1e-7, 1e-12}));
+  }
+}
+
+// --- mHC -----------------------------------------------------------------------------------------
+
+TEST(CudaOps, HcPreHeadPost) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(5);
+  for (auto [n, hidden] : {std::pair{1, 4096}, {19, 256}}) {
+    const int hc = 4, nmix = (2 + hc) * hc;
+    Dual x = make_dual({n, hc, hidden}, rng.normals(int64_t(n) * hc * hidden));
+    DualWeight fn = upload_f32(rng.normals(int64_t(nmix) * hc * hidden, 0.02f, false), nmix, hc * hidden);
+    DualWeight base = upload_f32(rng.normals(nmix, 0.5f, false), 1, nmix);
+    DualWeight scale = upload_f32({0.7f, 1.3f, 0.9f}, 1, 3);
+    Dual a = make_dual({n, hidden}, std::vector<float>(size_t(n) * hidden, 0.f));
+    Dual post = make_dual({n, hc}, std::vector<float>(size_t(n) * hc, 0.f), DType::kF32);
+    Dual comb = make_dual({n, hc, hc}, std::vector<float>(size_t(n) * hc * hc, 0.f), DType::kF32);
+    HcPreParams p;
+    p.x = x.cpu; p.fn = fn.cpu; p.base = base.cpu; p.scale = scale.cpu; p.a = a.cpu; p.post = post.cpu; p.comb = comb.cpu;
+    cpu_backend().hc_pre(p);
+    p.x = x.gpu; p.fn = fn.gpu; p.base = base.gpu; p.scale = scale.gpu; p.a = a.gpu; p.post = post.gpu; p.comb = comb.gpu;
+    gpu_backend().hc_pre(p);
+    const std::string tag = " n" + std::to_string(n) + " d" + std::to_string(hidden);
+    EXPECT_TRUE(compare("hc_pre a" + tag, a.gpu_values(), a.cpu_values(), kBf16Tol));
+    EXPECT_TRUE(compare("hc_pre post" + tag, post.gpu_values(), post.cpu_values(), {1e-4, 1e-5, 1e-8}));
+    EXPECT_TRUE(compare("hc_pre comb" + tag, comb.gpu_values(), comb.cpu_values(), {1e-3, 1e-4, 1e-7}));
+
+    // hc_post on the same shapes (post/comb taken from the CPU result for both backends).
+    Dual o = make_dual({n, hidden}, rng.normals(int64_t(n) * hidden));
+    Dual post2 = make_dual({n, hc}, post.cpu_values(), DType::kF32);
+    Dual comb2 = make_dual({n, hc, hc}, comb.cpu_values(), DType::kF32);
+    Dual xn = make_dual({n, hc, hidden}, std::vector<float>(size_t(n) * hc * hidden, 0.f));
+    HcPostParams q;
+    q.o = o.cpu; q.x_old = x.cpu; q.post = post2.cpu; q.comb = comb2.cpu; q.x_new = xn.cpu;
+    cpu_backend().hc_post(q);
+    q.o = o.gpu; q.x_old = x.gpu; q.post = post2.gpu; q.comb = comb2.gpu; q.x_new = xn.gpu;
+    gpu_backend().hc_post(q);
+    EXPECT_TRUE(compare("hc_post" + tag, xn.gpu_values(), xn.cpu_values(), kBf16Tol));
+
+    DualWeight hfn = upload_f32(rng.normals(int64_t(hc) * hc * hidden, 0.02f, false), hc, hc * hidden);
+    DualWeight hbase = upload_f32(rng.normals(hc, 0.5f, false), 1, hc);
+    DualWeight hscale = upload_f32({1.1f}, 1, 1);
+    Dual y = make_dual({n, hidden}, std::vector<float>(size_t(n) * hidden, 0.f));
+    HcHeadParams h;
+    h.x = x.cpu; h.fn = hfn.cpu; h.base = hbase.cpu; h.scale = hscale.cpu; h.y = y.cpu;
+    cpu_backend().hc_head(h);
+    h.x = x.gpu; h.fn = hfn.gpu; h.base = hbase.gpu; h.scale = hscale.gpu; h.y = y.gpu;
+    gpu_backend().hc_head(h);
+    EXPECT_TRUE(compare("hc_head" + tag, y.gpu_values(), y.cpu_values(), kBf16Tol));
+  }
+}
+
+// --- compressor ----------------------------------------------------------------------------------
+
+TEST(CudaOps, CompressorPoolCsaAndHca) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(6);
+  struct Case { int ratio, head_dim; bool overlap; int entries; DType dt; };
+  for (const Case& c : {Case{4, 512, true, 5, DType::kF32}, Case{4, 128, true, 33, DType::kBF16},
+                        Case{128, 512, false, 2, DType::kF32}, Case{128, 96, false, 1, DType::kBF16}}) {
+    const int cc = c.overlap ? 2 : 1;
+    const int rows = (c.entries + (c.overlap ? 1 : 0)) * c.ratio;
+    const int width = cc * c.head_dim;
+    std::vector<float> score = rng.normals(int64_t(rows) * width);
+    if (c.overlap)  // the block before entry 0 does not exist: -inf scores, weight 0
+      for (int r = 0; r < c.ratio; ++r)
+        for (int ch = 0; ch < c.head_dim; ++ch) score[size_t(r * width + ch)] = -INFINITY;
+    Dual kv = make_dual({rows, width}, rng.normals(int64_t(rows) * width), c.dt);
+    Dual sc = make_dual({rows, width}, score, c.dt);
+    DualWeight ape = upload_f32(rng.normals(int64_t(c.ratio) * width, 0.5f, false), c.ratio, width);
+    Dual out = make_dual({c.entries, c.head_dim}, std::vector<float>(size_t(c.entries) * c.head_dim, 0.f), c.dt);
+    CompressorPoolParams p;
+    p.ratio = c.ratio; p.head_dim = c.head_dim; p.overlap = c.overlap; p.num_entries = c.entries;
+    p.kv = kv.cpu; p.score = sc.cpu; p.ape = ape.cpu; p.out = out.cpu;
+    cpu_backend().compressor_pool(p);
+    p.kv = kv.gpu; p.score = sc.gpu; p.ape = ape.gpu; p.out = out.gpu;
+    gpu_backend().compressor_pool(p);
+    EXPECT_TRUE(compare("compressor ratio " + std::to_string(c.ratio) + " d" + std::to_string(c.head_dim),
+                        out.gpu_values(), out.cpu_values(), c.dt == DType::kF32 ? Tolerance{2e-5, 1e-6, 1e-10} : kBf16Tol));
+  }
+}
+
+// --- indexer, top-k ------------------------------------------------------------------------------
+
+TEST(CudaOps, IndexerScores) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(7);
+  struct Case { int n, heads, keys; int64_t pos0; bool bf16_arith; int h0, h1; };
+  for (const Case& c : {Case{1, 64, 1000, 3999, false, 0, -1}, Case{3, 64, 517, 1000, true, 0, -1},
+                        Case{5, 64, 300, 1190, false, 16, 48}}) {
+    Dual q = make_dual({c.n, c.heads, 128}, rng.normals(int64_t(c.n) * c.heads * 128));
+    Dual k = make_dual({c.keys, 128}, rng.normals(int64_t(c.keys) * 128));
+    Dual w = make_dual({c.n, c.heads}, rng.normals(int64_t(c.n) * c.heads));
+    Dual s = make_dual({c.n, c.keys}, rng.normals(int64_t(c.n) * c.keys), DType::kF32);
+    IndexerScoresParams p;
+    p.weight_scale = 1.0f / std::sqrt(8192.f);
+    p.pos_begin = c.pos0;
+    p.bf16_arith = c.bf16_arith;
+    p.h_begin = c.h0;
+    p.h_end = c.h1;
+    p.accumulate = c.h0 > 0;
+    p.q = q.cpu; p.keys = k.cpu; p.w = w.cpu; p.scores = s.cpu;
+    cpu_backend().indexer_scores(p);
+    p.q = q.gpu; p.keys = k.gpu; p.w = w.gpu; p.scores = s.gpu;
+    gpu_backend().indexer_scores(p);
+    EXPECT_TRUE(compare("indexer n" + std::to_string(c.n) + (c.bf16_arith ? " bf16" : "") + (p.accumulate ? " acc" : ""),
+                        s.gpu_values(), s.cpu_values(), c.bf16_arith ? Tolerance{2e-2, 2e-2, 1e-4} : Tolerance{1e-4, 1e-4, 1e-8}));
+  }
+}
+
+TEST(CudaOps, TopkTiesNonFiniteAndShortRows) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(8);
+  struct Case { int rows, cols, k; };
+  for (const Case& c : {Case{4, 100, 1}, Case{3, 5000, 64}, Case{2, 70000, 512}, Case{2, 3001, 1024}, Case{3, 600, 1024}}) {
+    std::vector<float> s(size_t(c.rows) * c.cols);
+    for (auto& v : s) v = round_bf16(float(rng.integer(-300, 300)) / 64.f);  // coarse: many ties
+    for (int r = 0; r < c.rows; ++r) {
+      s[size_t(r) * c.cols + size_t(rng.integer(0, c.cols - 1))] = NAN;
+      for (int i = 0; i < c.cols / 10; ++i) s[size_t(r) * c.cols + size_t(rng.integer(0, c.cols - 1))] = -INFINITY;
+      s[size_t(r) * c.cols] = -0.0f;
+    }
+    Dual sc = make_dual({c.rows, c.cols}, s, DType::kF32);
+    Dual idx = make_dual_i32({c.rows, c.k}, std::vector<int32_t>(size_t(c.rows) * c.k, 7));
+    Dual val = make_dual({c.rows, c.k}, std::vector<float>(size_t(c.rows) * c.k, 0.f), DType::kF32);
+    TopkParams p;
+    p.k = c.k;
+    p.index_offset = 11;
+    p.scores = sc.cpu; p.out_idx = idx.cpu; p.out_values = val.cpu;
+    cpu_backend().topk(p);
+    p.scores = sc.gpu; p.out_idx = idx.gpu; p.out_values = val.gpu;
+    gpu_backend().topk(p);
+    const auto gi = gpu_i32(idx), ci = cpu_i32(idx);
+    int64_t mismatches = 0;
+    for (size_t i = 0; i < gi.size(); ++i) mismatches += gi[i] != ci[i];
+    std::printf("[compare] topk %dx%d k=%d index mismatches=%lld\n", c.rows, c.cols, c.k, static_cast<long long>(mismatches));
+    EXPECT_EQ(mismatches, 0) << "topk " << c.rows << "x" << c.cols << " k=" << c.k;
+    EXPECT_TRUE(compare("topk values", val.gpu_values(), val.cpu_values(), {0, 0, 0}));
+  }
+}
+
+// --- sparse attention ----------------------------------------------------------------------------
+
+struct AttnCase {
+  const char* name;
+  int n, heads, dim;
+  int64_t pos0;
+  int win_rows;
+  int64_t win_pos0;
+  int num_comp;
+  int list_len;   // > 0: explicit candidate lists; 0: all visible (comp_ratio)
+  int comp_ratio;
+  bool bf16_probs;
+  int h0, h1;
+};
+
+void run_attention(const AttnCase& c, Rng& rng) {
+  Dual q = make_dual({c.n, c.heads, c.dim}, rng.normals(int64_t(c.n) * c.heads * c.dim, 0.3f));
+  Dual win = make_dual({c.win_rows, c.dim}, rng.normals(int64_t(c.win_rows) * c.dim));
+  Dual comp = make_dual({std::max(c.num_comp, 1), c.dim}, rng.normals(int64_t(std::max(c.num_comp, 1)) * c.dim));
+  std::vector<int32_t> list(static_cast<size_t>(c.n) * size_t(std::max(c.list_len, 1)));
+  for (auto& v : list) v = rng.integer(0, 9) == 0 ? -1 : int32_t(rng.integer(0, c.num_comp - 1));
+  Dual idx = make_dual_i32({c.n, std::max(c.list_len, 1)}, list);
+  DualWeight sink = upload_f32(rng.normals(c.heads, 1.f, false), 1, c.heads);
+  Dual out = make_dual({c.n, c.heads, c.dim}, std::vector<float>(size_t(c.n) * c.heads * c.dim, 0.f));
+  Dual lse = make_dual({c.n, c.heads}, std::vector<float>(size_t(c.n) * c.heads, 0.f), DType::kF32);
+  SparseAttentionParams p;
+  p.pos_begin = c.pos0;
+  p.window_pos0 = c.win_pos0;
+  p.window = 128;
+  p.comp_ratio = c.comp_ratio;
+  p.softmax_scale = 1.0f / std::sqrt(512.f);
+  p.bf16_probs = c.bf16_probs;
+  p.h_begin = c.h0;
+  p.h_end = c.h1;
+  p.q = q.cpu; p.window_kv = win.cpu; p.comp_kv = c.num_comp ? comp.cpu : TensorView{};
+  p.comp_idx = c.list_len ? idx.cpu : TensorView{}; p.sink = sink.cpu; p.out = out.cpu; p.lse = lse.cpu;
+  cpu_backend().sparse_attention(p);
+  p.q = q.gpu; p.window_kv = win.gpu; p.comp_kv = c.num_comp ? comp.gpu : TensorView{};
+  p.comp_idx = c.list_len ? idx.gpu : TensorView{}; p.sink = sink.gpu; p.out = out.gpu; p.lse = lse.gpu;
+  gpu_backend().sparse_attention(p);
+  EXPECT_TRUE(compare(std::string("attention ") + c.name, out.gpu_values(), out.cpu_values(), kBf16Tol));
+  EXPECT_TRUE(compare(std::string("attention lse ") + c.name, lse.gpu_values(), lse.cpu_values(), {1e-5, 1e-5, 1e-9}));
+}
+
+TEST(CudaOps, SparseAttentionDecodeAndPrefill) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(9);
+  const AttnCase cases[] = {
+      {"decode csa", 1, 64, 512, 300, 128, 173, 100, 77, 0, false, 0, -1},
+      {"decode hca", 1, 16, 512, 5000, 128, 4873, 39, 0, 128, false, 0, -1},
+      {"decode window-only", 1, 8, 512, 50, 51, 0, 0, 0, 0, true, 0, -1},
+      {"prefill csa", 70, 8, 512, 0, 70, 0, 17, 17, 0, false, 0, -1},
+      {"prefill hca odd", 140, 5, 96, 200, 340, 0, 2, 0, 128, true, 1, 4},
+  };
+  for (const AttnCase& c : cases) run_attention(c, rng);
+}
+
+// --- elementwise ---------------------------------------------------------------------------------
+
+TEST(CudaOps, SwigluAddEmbedding) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(10);
+  const int n = 5, inter = 300;
+  Dual g = make_dual({n, inter}, rng.normals(n * inter, 6.f));
+  Dual u = make_dual({n, inter}, rng.normals(n * inter, 6.f));
+  Dual rw = make_dual({n}, rng.normals(n, 1.f, false), DType::kF32);
+  Dual h = make_dual({n, inter}, std::vector<float>(size_t(n) * inter, 0.f));
+  SwigluParams p;
+  p.limit = 10.f;
+  p.gate = g.cpu; p.up = u.cpu; p.h = h.cpu; p.row_weight = rw.cpu;
+  cpu_backend().swiglu(p);
+  p.gate = g.gpu; p.up = u.gpu; p.h = h.gpu; p.row_weight = rw.gpu;
+  gpu_backend().swiglu(p);
+  EXPECT_TRUE(compare("swiglu clamp + row weight", h.gpu_values(), h.cpu_values(), kBf16Tol));
+
+  Dual a = make_dual({n, inter}, rng.normals(n * inter));
+  Dual b = make_dual({n, inter}, rng.normals(n * inter));
+  Dual o = make_dual({n, inter}, std::vector<float>(size_t(n) * inter, 0.f));
+  AddParams ap;
+  ap.a = a.cpu; ap.b = b.cpu; ap.out = o.cpu;
+  cpu_backend().add(ap);
+  ap.a = a.gpu; ap.b = b.gpu; ap.out = o.gpu;
+  gpu_backend().add(ap);
+  EXPECT_TRUE(compare("add", o.gpu_values(), o.cpu_values(), kBf16Tol));
+
+  const int vocab = 1000, hidden = 256;
+  DualWeight table = upload_f32(rng.normals(int64_t(vocab) * hidden), vocab, hidden, DType::kBF16);
+  Dual ids = make_dual_i32({7}, {0, 999, 5, 5, 123, 1, 998});
+  Dual e = make_dual({7, 4, hidden}, std::vector<float>(size_t(7) * 4 * hidden, 0.f));
+  EmbeddingParams ep;
+  ep.table = table.cpu; ep.ids = ids.cpu; ep.out = e.cpu;
+  cpu_backend().embedding(ep);
+  ep.table = table.gpu; ep.ids = ids.gpu; ep.out = e.gpu;
+  gpu_backend().embedding(ep);
+  EXPECT_TRUE(compare("embedding x4 replicas", e.gpu_values(), e.cpu_values(), {0, 0, 0}));
+}
+
+TEST(CudaOps, QuantizeDequantizeExact) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(11);
+  struct Case { QdqFormat f; int block; const char* name; };
+  for (const Case& c : {Case{QdqFormat::kFp8E4M3, 64, "fp8 block64"}, Case{QdqFormat::kFp8E4M3, 128, "fp8 block128"},
+                        Case{QdqFormat::kFp4E2M1, 32, "fp4 block32"}, Case{QdqFormat::kBf16, 1, "bf16"}}) {
+    std::vector<float> v = rng.normals(9 * 448, 3.f, c.f != QdqFormat::kBf16);
+    v[5] = 0.f;
+    v[70] = 1e-7f;
+    Dual x = make_dual({9, 448}, v, DType::kF32);
+    QdqParams p;
+    p.format = c.f;
+    p.block = c.block;
+    p.x = x.cpu;
+    cpu_backend().qdq(p);
+    p.x = x.gpu;
+    gpu_backend().qdq(p);
+    EXPECT_TRUE(compare(std::string("qdq ") + c.name, x.gpu_values(), x.cpu_values(), {0, 0, 0}));
+  }
+}
+
+}  // namespace
+}  // namespace v4rt::kernels::cuda_test
