@@ -4,6 +4,7 @@
 // Every error names the file and the field.
 #include "model/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -79,6 +80,47 @@ class FieldReader {
   std::string prefix_;
 };
 
+// The reference code's own inference/config.json (spec §1.3) uses other names; it is recognised by
+// `dim` and rewritten into the Hugging Face layout. Fields it lacks take the reference's defaults
+// (n_mtp_layers = 1, fp8 e4m3 with 128x128 blocks).
+json from_reference_names(const json& ref) {
+  static const std::pair<const char*, const char*> kRenames[] = {
+      {"dim", "hidden_size"},           {"moe_inter_dim", "moe_intermediate_size"},
+      {"n_layers", "num_hidden_layers"}, {"n_hash_layers", "num_hash_layers"},
+      {"n_heads", "num_attention_heads"}, {"n_activated_experts", "num_experts_per_tok"},
+      {"score_func", "scoring_func"},   {"route_scale", "routed_scaling_factor"},
+      {"window_size", "sliding_window"}, {"rope_head_dim", "qk_rope_head_dim"},
+      {"n_mtp_layers", "num_nextn_predict_layers"}, {"norm_eps", "rms_norm_eps"},
+  };
+  json hf = json::object();
+  json rope = {{"type", "yarn"}};
+  json quant = json::object();
+  for (auto it = ref.begin(); it != ref.end(); ++it) {
+    const std::string& k = it.key();
+    const auto* rename = std::find_if(std::begin(kRenames), std::end(kRenames),
+                                      [&](const auto& r) { return k == r.first; });
+    if (rename != std::end(kRenames)) {
+      hf[rename->second] = it.value();
+    } else if (k == "original_seq_len") {
+      rope["original_max_position_embeddings"] = it.value();
+    } else if (k == "rope_factor") {
+      rope["factor"] = it.value();
+    } else if (k == "beta_fast" || k == "beta_slow") {
+      rope[k] = it.value();
+    } else if (k == "dtype") {
+      quant["quant_method"] = it.value();
+    } else if (k == "scale_fmt") {
+      quant["scale_fmt"] = it.value();
+    } else {
+      hf[k] = it.value();
+    }
+  }
+  if (!hf.contains("num_nextn_predict_layers")) hf["num_nextn_predict_layers"] = 1;
+  hf["rope_scaling"] = rope;
+  hf["quantization_config"] = quant;
+  return hf;
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source) {
@@ -89,6 +131,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     V4RT_FAIL(source << ": not valid JSON (" << e.what() << ")");
   }
   V4RT_REQUIRE(j.is_object(), source << ": top level is not a JSON object");
+  if (j.contains("dim") && !j.contains("hidden_size")) j = from_reference_names(j);
   ModelConfig c;
   FieldReader r(j, source);
 

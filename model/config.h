@@ -81,7 +81,8 @@ struct ModelConfig {
   int nope_dim() const { return head_dim - qk_rope_head_dim; }
 };
 
-// Parses config.json text; `source` names the file in error messages. Throws v4rt::Error naming the
+// Parses config.json text (or the reference code's inference/config.json, recognised by its `dim`
+// field); `source` names the file in error messages. Throws v4rt::Error naming the
 // field on a missing, mistyped or inconsistent value.
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
 ModelConfig load_model_config(const std::string& path);  // reads the file, then parse_model_config

@@ -87,6 +87,15 @@ TEST(ModelConfig, PresetsEqualReleaseFiles) {
   }
 }
 
+// The reference code's inference/config.json (other field names) gives the same model.
+TEST(ModelConfig, ReferenceInferenceConfigAgrees) {
+  for (const char* name : {"flash", "pro"}) {
+    const ModelConfig hf = load_model_config(kRelease + "/" + name + "/config.json");
+    const ModelConfig ref = load_model_config(kRelease + "/" + name + "/inference/config.json");
+    EXPECT_EQ(model_config_json(ref), model_config_json(hf)) << name;
+  }
+}
+
 TEST(ModelConfig, GoldenTinyAParses) {
   const ModelConfig c = load_model_config(V4RT_GOLDEN_DIR "/tiny-a/model/config.json");
   EXPECT_EQ(c.vocab_size, 1024);
