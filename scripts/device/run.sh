@@ -8,7 +8,7 @@
 #   mkdir -p .devdeps && (cd .devdeps && apt-get download libgoogle-glog-dev libgoogle-glog0v6 \
 #     libgflags-dev libgflags2.2 libunwind-dev libunwind8 libcli11-dev libpcre2-dev libpcre2-8-0 \
 #     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 pkgconf pkgconf-bin libpkgconf3)
-# On the device (repository root):  scripts/device/run.sh [all|build|test|bench|nccl]...
+# On the device (repository root):  scripts/device/run.sh [all|test|nccl|sanitize|bench]...
 # Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,13 +33,13 @@ export PKG_CONFIG_PATH=$DD/usr/lib/x86_64-linux-gnu/pkgconfig:${PKG_CONFIG_PATH:
 
 # --- configure + build ---------------------------------------------------------------------------
 TARGETS="test_cuda_kernels bench_cuda"
-[[ -f tests/cluster/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
+[[ -f tests/cuda/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
 t0=$(date +%s)
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DV4RT_ENABLE_CUDA=ON -DV4RT_ENABLE_NCCL=ON \
   -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DCMAKE_PREFIX_PATH=$DD/usr \
   -DUnwind_INCLUDE_DIR=$DD/usr/include/x86_64-linux-gnu \
-  -DUnwind_LIBRARY=$DD/usr/lib/x86_64-linux-gnu/libunwind.so.8 > "$OUT/configure.log" 2>&1 \
-  || { tail -40 "$OUT/configure.log"; echo "configure failed"; exit 1; }
+  -DUnwind_LIBRARY=$DD/usr/lib/x86_64-linux-gnu/libunwind.so.8 > "$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; echo "configure failed"; exit 1; }
 built=""
 for t in $TARGETS; do
   if cmake --build "$BUILD" -j "$JOBS" --target "$t" >> "$OUT/build.log" 2>&1; then built="$built $t"
@@ -53,16 +53,27 @@ want() { [[ " $STEPS " == *" all "* || " $STEPS " == *" $1 "* ]]; }
 # --- run -----------------------------------------------------------------------------------------
 rc=0
 if want test && has test_cuda_kernels; then
-  "$BUILD/tests/cuda/test_cuda_kernels" --gtest_color=no > "$OUT/test_cuda.log" 2>&1 || rc=1
-  grep -E "^\[compare\]|^\[layout\]|FAILED|PASSED|OK \]" "$OUT/test_cuda.log" | tail -150
+  # One process per test, so a fatal check in one op cannot hide the results of the others.
+  bin="$BUILD/tests/cuda/test_cuda_kernels"
+  : > "$OUT/test_cuda.log"
+  for t in $("$bin" --gtest_list_tests | awk '/^[^ ]/{s=$1} /^  /{print s $1}'); do
+    timeout 300 "$bin" --gtest_color=no --gtest_filter="$t" >> "$OUT/test_cuda.log" 2>&1 || { rc=1; echo "[ABORT/FAIL] $t" >> "$OUT/test_cuda.log"; }
+  done
+  grep -E "^\[compare\]|^\[layout\]|^\[cublaslt\]|FAILED|ABORT|OK \]|Check failed" "$OUT/test_cuda.log" | tail -200
 fi
 if want nccl && has test_nccl_comm; then
   for np in 1 2; do
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -np $np --oversubscribe \
-      -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE=0 "$BUILD/tests/cluster/test_nccl_comm" --gtest_color=no \
-      > "$OUT/test_nccl_np$np.log" 2>&1 || rc=1
-    echo "nccl np=$np:"; grep -E "PASSED|FAILED|SKIPPED|OK \]" "$OUT/test_nccl_np$np.log" | tail -20
+      -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE=0 "$BUILD/tests/cuda/test_nccl_comm" --gtest_color=no \
+      > "$OUT/nccl.tmp" 2>&1 || rc=1
+    { echo "=== np=$np"; cat "$OUT/nccl.tmp"; } >> "$OUT/test_nccl.log"; rm -f "$OUT/nccl.tmp"
+    echo "nccl np=$np:"; grep -E "PASSED|FAILED|SKIPPED|OK \]" "$OUT/test_nccl.log" | tail -20
   done
+fi
+if want sanitize && has test_cuda_kernels && command -v compute-sanitizer >/dev/null; then
+  timeout 240 compute-sanitizer --tool memcheck --print-limit 10 "$BUILD/tests/cuda/test_cuda_kernels" --gtest_color=no \
+    --gtest_filter='CudaOps.*:CudaLinear.*:CudaMoe.*:CudaGemm.Fp4*' > "$OUT/sanitizer.log" 2>&1
+  echo "compute-sanitizer memcheck (rc $?):"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/sanitizer.log" | head -20
 fi
 if want bench && has bench_cuda; then
   "$BUILD/tests/cuda/bench_cuda" "$OUT/bench.tsv" 2>&1 | tee "$OUT/bench.log"

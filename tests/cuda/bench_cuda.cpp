@@ -91,9 +91,18 @@ void bench_fp8(cudaStream_t s, std::mt19937& gen) {
       p.n = sh.n;
       p.k = sh.k;
       p.stream = s;
-      const double us = time_us([&] { gemm.run(p); }, s);
       const double bytes = double(sh.n * sh.k) + double(m * sh.k) + double(m * sh.n) * 2 + double(wsh.size() + xsh.size()) * 4;
-      report(std::string("fp8 ") + sh.name + " M=" + std::to_string(m), us, bytes, 2.0 * double(m * sh.n * sh.k), kFp8Peak);
+      const bool lt = gemm.cublas_supports(p);
+      for (auto path : {Fp8Gemm::Path::kCublasLt, Fp8Gemm::Path::kSimt}) {
+        if (path == Fp8Gemm::Path::kCublasLt && !lt) {
+          std::printf("fp8 %s M=%lld: cuBLASLt has no algorithm\n", sh.name, (long long)m);
+          continue;
+        }
+        if (path == Fp8Gemm::Path::kSimt && m > 256) continue;
+        const double us = time_us([&] { gemm.run(p, path); }, s);
+        report(std::string("fp8 ") + (path == Fp8Gemm::Path::kSimt ? "simt " : "cublaslt ") + sh.name + " M=" +
+                   std::to_string(m), us, bytes, 2.0 * double(m * sh.n * sh.k), kFp8Peak);
+      }
     }
   }
 }
