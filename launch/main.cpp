@@ -7,6 +7,7 @@
 
 #include "common/check.h"
 #include "launch/commands.h"
+#include "model/runtime_config.h"
 
 namespace v4rt::launch {
 int& exit_code() {
@@ -18,8 +19,16 @@ int& exit_code() {
 int main(int argc, char** argv) {
   using namespace v4rt::launch;
   CLI::App app{"v4rt: DeepSeek-V4 inference runtime (CPU reference, CUDA, MPI/NCCL)"};
-  app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every command");
+  app.add_flag_callback(
+      "--help-debug",
+      [] {
+        std::printf("Diagnostic switches (runtime YAML, section `debug:`):\n");
+        for (const auto& [name, what] : v4rt::model::debug_switches()) std::printf("  debug.%-16s %s\n", name.c_str(), what.c_str());
+        throw CLI::Success();
+      },
+      "List the diagnostic switches of the `debug:` config section");
+  app.require_subcommand(0, 1);
   register_logits(app);
   register_generate(app);
   register_init_model(app);
@@ -35,6 +44,10 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const v4rt::Error& e) {
     std::fprintf(stderr, "v4rt: error: %s\n", e.what());
+    return 1;
+  }
+  if (app.get_subcommands().empty()) {
+    std::fprintf(stderr, "%s", app.help().c_str());
     return 1;
   }
   return exit_code();

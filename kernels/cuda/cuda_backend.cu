@@ -216,9 +216,16 @@ void CudaBackend::linear_fp8(const LinearParams& p) {
   if (m == 0) return;
   const Act x = make_act(p.x, "linear x"), y = make_act(p.y, "linear y");
   const Fp8ScaleLayout& layout = fp8_scale_layout();
-  const int64_t act_ld = layout.act_ld(m);
-  uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(m * k)));
+  // cuBLASLt's block-scaled FP8 takes M % 4 == 0 only: pad the token rows with zero rows (zero
+  // codes and zero scales; GEMM rows are independent) and keep the first m output rows.
+  const int64_t m_pad = (m + 3) / 4 * 4;
+  const int64_t act_ld = layout.act_ld(m_pad);
+  uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(m_pad * k)));
   float* xs = static_cast<float*>(scratch(kSlotXScale, size_t((k / 128) * act_ld) * 4));
+  if (m_pad != m) {
+    CUDA_CHECK(cudaMemsetAsync(x8 + m * k, 0, size_t((m_pad - m) * k), stream_.get()));
+    CUDA_CHECK(cudaMemsetAsync(xs, 0, size_t((k / 128) * act_ld) * 4, stream_.get()));
+  }
   ActQuantParams q;
   q.x = x.data;
   q.x_stride = x.stride;
@@ -231,15 +238,15 @@ void CudaBackend::linear_fp8(const LinearParams& p) {
   q.k = k;
   q.stream = stream_.get();
   act_quant_fp8(q);
-  const bool direct = y.bf16 && !p.accumulate;
+  const bool direct = y.bf16 && !p.accumulate && m_pad == m;
   Fp8GemmParams g;
   g.x8 = x8;
   g.x_scale = xs;
   g.w8 = static_cast<const uint8_t*>(p.w.data);
   g.w_scale = fp8_weight_scale_f32(p.w);
-  g.out = direct ? static_cast<uint16_t*>(y.data) : static_cast<uint16_t*>(scratch(kSlotTmp, size_t(m * n) * 2));
+  g.out = direct ? static_cast<uint16_t*>(y.data) : static_cast<uint16_t*>(scratch(kSlotTmp, size_t(m_pad * n) * 2));
   g.out_ld = direct ? y.stride : n;
-  g.m = m;
+  g.m = m_pad;
   g.n = n;
   g.k = k;
   g.stream = stream_.get();

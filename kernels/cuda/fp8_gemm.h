@@ -21,10 +21,12 @@ namespace v4rt::kernels::cuda {
 
 // Layouts cuBLASLt reads the fp32 scales in. Activation scales: [K/128][act_ld(M)], M contiguous.
 // Weight scales: [ceil(N/128)][weight_ld(K)], K-blocks contiguous. `*_align` pads the contiguous
-// dimension to a multiple (1 = packed). The defaults are what the device tests validated.
+// dimension to a multiple (1 = packed). Measured on an H200 with cuBLASLt 13.1 (2026-11-29): the
+// K-block dimension of the weight scales must be padded to a multiple of 4 (packed scales give
+// wrong results for K/128 = 3 or 5); cuBLASLt offers block-scaled algorithms only for M % 4 == 0.
 struct Fp8ScaleLayout {
   int act_m_align = 4;
-  int weight_kb_align = 1;
+  int weight_kb_align = 4;
   int64_t act_ld(int64_t m) const { return (m + act_m_align - 1) / act_m_align * act_m_align; }
   int64_t weight_ld(int64_t k) const {
     int64_t kb = (k + 127) / 128;

@@ -17,6 +17,8 @@ constexpr int kMaxTopk = 16;
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
+// --- router --------------------------------------------------------------------------------------
+
 struct GateArgs {
   Act x, gate;
   const float* bias;
@@ -85,6 +87,8 @@ __global__ void __launch_bounds__(256) moe_gate_kernel(GateArgs a) {
   }
 }
 
+// --- routing layout ------------------------------------------------------------------------------
+
 struct RouteArgs {
   const int32_t* idx;
   int64_t idx_stride;
@@ -145,6 +149,8 @@ __global__ void moe_fill_kernel(RouteArgs a, MoeRouting r) {
     next += all;
   }
 }
+
+// --- around the grouped GEMMs ---------------------------------------------------------------------
 
 // One warp per (grouped row, 128-block), as act_quant_fp8_kernel, reading x row row_token[r].
 __global__ void moe_gather_quant_kernel(Act x, int64_t hidden, const int32_t* row_token, const int32_t* total_rows,
@@ -240,6 +246,8 @@ RouteArgs route_args(const TensorView& idx, const TensorView& weight, int e_begi
 }
 
 }  // namespace
+
+// --- launchers -----------------------------------------------------------------------------------
 
 void launch_moe_gate(const MoeGateParams& p, cudaStream_t s) {
   const int64_t n = p.x.shape[0];
