@@ -69,7 +69,8 @@ void detect_topology(WorldInfo* info) {
 
 void install_fault_handlers() {
   CHECK(mpi_usable()) << "install_fault_handlers needs an initialised MPI";
-  google::InstallFailureFunction(&on_fatal);
+  // glog's pointer type carries __attribute__((noreturn)); clang does not convert to it implicitly.
+  google::InstallFailureFunction(reinterpret_cast<google::logging_fail_func_t>(&on_fatal));
   // Return codes instead of MPI's own abort, so MPI_CHECK can name the call and the rank.
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN));

@@ -10,6 +10,8 @@
 #include <set>
 #include <sstream>
 
+#include "common/check.h"
+
 namespace v4rt::launch::plan {
 namespace {
 
@@ -132,6 +134,33 @@ std::vector<std::string> layout_problems(const model::ModelConfig& c, const para
     say("tp ", lay.tp, " > ", cluster.gpus_per_node, " GPUs per node (a TP group stays inside a node)");
   else if (cluster.gpus_per_node % lay.tp)
     say("GPUs per node ", cluster.gpus_per_node, " % tp ", lay.tp, " != 0 (a TP group would straddle nodes)");
+  if (why.empty()) {
+    // The runtime's own check (parallel::validate) has the last word: what it refuses to load is
+    // not a plan either (e.g. a TP slice of wq_b rows inside an FP8 block).
+    parallel::ModelDims dims;
+    dims.num_heads = c.num_attention_heads;
+    dims.head_dim = c.head_dim;
+    dims.o_groups = c.o_groups;
+    dims.o_lora_rank = c.o_lora_rank;
+    dims.index_n_heads = c.index_n_heads;
+    dims.index_head_dim = c.index_head_dim;
+    dims.n_routed_experts = c.n_routed_experts;
+    dims.q_lora_rank = c.q_lora_rank;
+    dims.hidden = c.hidden_size;
+    dims.quant_block = block;
+    dims.world_size = world;
+    try {
+      parallel::validate(lay, dims);
+    } catch (const Error& e) {
+      std::istringstream lines(e.what());
+      std::string line;
+      while (std::getline(lines, line)) {
+        const size_t text = line.find_first_not_of(' ');
+        if (text != std::string::npos && line.rfind("invalid parallel layout", 0) != 0)
+          why.push_back(line.substr(text));
+      }
+    }
+  }
   return why;
 }
 
