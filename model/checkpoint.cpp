@@ -94,7 +94,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
     json j;
     try {
       j = json::parse(read_text(ipath));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number too large
       V4RT_FAIL(ipath << ": not valid JSON (" << e.what() << ")");
     }
     V4RT_REQUIRE(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),

@@ -5,6 +5,7 @@
 #include "model/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -37,7 +38,7 @@ class FieldReader {
     bool ok = v.is_number_integer();
     if (!ok && v.is_number_float()) {  // tolerate 4.0 for 4
       const double d = v.get<double>();
-      ok = d == double(int64_t(d));
+      ok = std::abs(d) < 9.0e18 && d == double(int64_t(d));  // range first: the cast of 1e300 is UB
     }
     V4RT_REQUIRE(ok, where(key) << " must be an integer, got " << v.dump());
     const int64_t x = v.is_number_float() ? int64_t(v.get<double>()) : v.get<int64_t>();
@@ -127,7 +128,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   json j;
   try {
     j = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number too large
     V4RT_FAIL(source << ": not valid JSON (" << e.what() << ")");
   }
   V4RT_REQUIRE(j.is_object(), source << ": top level is not a JSON object");
@@ -185,7 +186,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   const json& ratios = j["compress_ratios"];
   V4RT_REQUIRE(ratios.is_array(), r.where("compress_ratios") << " must be a list of integers");
   for (size_t i = 0; i < ratios.size(); ++i) {
-    V4RT_REQUIRE(ratios[i].is_number_integer(),
+    V4RT_REQUIRE(ratios[i].is_number_integer() && ratios[i].get<int64_t>() == ratios[i].get<int>(),
                  r.where("compress_ratios") << " entry " << i << " must be an integer, got " << ratios[i].dump());
     c.compress_ratios.push_back(ratios[i].get<int>());
   }
@@ -211,7 +212,8 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     const json& qj = j["quantization_config"];
     if (qj.contains("weight_block_size")) {
       const json& b = qj["weight_block_size"];
-      V4RT_REQUIRE(b.is_array() && b.size() == 2 && b[0].is_number_integer() && b[1].is_number_integer(),
+      V4RT_REQUIRE(b.is_array() && b.size() == 2 && b[0].is_number_integer() && b[1].is_number_integer() &&
+                       b[0].get<int64_t>() == b[0].get<int>() && b[1].get<int64_t>() == b[1].get<int>(),
                    q.where("weight_block_size") << " must be two integers, got " << b.dump());
       c.quant.weight_block_size[0] = b[0].get<int>();
       c.quant.weight_block_size[1] = b[1].get<int>();
@@ -255,7 +257,7 @@ void validate(const ModelConfig& c, const std::string& source) {
                field("o_groups") << " " << c.o_groups << " must divide num_attention_heads " << c.num_attention_heads);
   V4RT_REQUIRE(c.num_nextn_predict_layers >= 0,
                field("num_nextn_predict_layers") << " must be >= 0, got " << c.num_nextn_predict_layers);
-  const size_t want = size_t(c.num_hidden_layers + c.num_nextn_predict_layers);
+  const size_t want = size_t(int64_t(c.num_hidden_layers) + c.num_nextn_predict_layers);  // no int overflow
   V4RT_REQUIRE(c.compress_ratios.size() == want,
                field("compress_ratios") << " has " << c.compress_ratios.size() << " entries, expected " << want
                                         << " (num_hidden_layers " << c.num_hidden_layers

@@ -23,6 +23,8 @@ class Section {
     if (!node_ || node_.IsNull()) return;  // an empty section keeps every default
     V4RT_REQUIRE(node_.IsMap(), where_node(node_, path_) << " must be a mapping");
     for (auto it = node_.begin(); it != node_.end(); ++it) {
+      V4RT_REQUIRE(it->first.IsScalar(), where_node(it->first, path_.empty() ? "<top level>" : path_)
+                                             << " has a key that is not a plain string");
       const std::string key = it->first.as<std::string>();
       V4RT_REQUIRE(allowed.count(key), where_node(it->first, full(key)) << " is not a known key (known: " << join(allowed)
                                                                         << ")");
@@ -112,15 +114,32 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
                                {"ep", c.parallel.ep}, {"dp", c.parallel.dp}})
     V4RT_REQUIRE(v >= 1, p.where(key) << " must be >= 1, got " << v);
 
-  const Section sv(top.child("server"), source, "server", {"host", "port", "api_key", "max_queue", "kv_budget_mb"});
+  const Section sv(top.child("server"), source, "server",
+                   {"host", "port", "api_key", "max_queue", "kv_budget_mb", "model_name", "max_batch_tokens",
+                    "max_running", "max_context", "request_timeout_s", "prefix_cache", "effort_dialect", "max_body_mb"});
   sv.get("host", &c.server.host);
   sv.get("port", &c.server.port);
   sv.get("api_key", &c.server.api_key);
   sv.get("max_queue", &c.server.max_queue);
   sv.get("kv_budget_mb", &c.server.kv_budget_mb);
+  sv.get("model_name", &c.server.model_name);
+  sv.get("max_batch_tokens", &c.server.max_batch_tokens);
+  sv.get("max_running", &c.server.max_running);
+  sv.get("max_context", &c.server.max_context);
+  sv.get("request_timeout_s", &c.server.request_timeout_s);
+  sv.get("prefix_cache", &c.server.prefix_cache);
+  sv.get("effort_dialect", &c.server.effort_dialect);
+  sv.get("max_body_mb", &c.server.max_body_mb);
   V4RT_REQUIRE(c.server.port >= 0 && c.server.port <= 65535, sv.where("port") << " must be in [0, 65535]");
   V4RT_REQUIRE(c.server.max_queue >= 0, sv.where("max_queue") << " must be >= 0");
   V4RT_REQUIRE(c.server.kv_budget_mb >= 0, sv.where("kv_budget_mb") << " must be >= 0");
+  V4RT_REQUIRE(c.server.max_batch_tokens >= 1, sv.where("max_batch_tokens") << " must be >= 1");
+  V4RT_REQUIRE(c.server.max_running >= 1, sv.where("max_running") << " must be >= 1");
+  V4RT_REQUIRE(c.server.max_context >= 0, sv.where("max_context") << " must be >= 0");
+  V4RT_REQUIRE(c.server.request_timeout_s > 0, sv.where("request_timeout_s") << " must be > 0");
+  V4RT_REQUIRE(c.server.effort_dialect == "original" || c.server.effort_dialect == "v0731",
+               sv.where("effort_dialect") << " must be 'original' or 'v0731', got '" << c.server.effort_dialect << "'");
+  V4RT_REQUIRE(c.server.max_body_mb >= 1, sv.where("max_body_mb") << " must be >= 1");
 
   std::set<std::string> debug_keys;
   for (const auto& [name, help] : debug_switches()) debug_keys.insert(name);
@@ -130,6 +149,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("dump_dir", &c.debug.dump_dir);
   d.get("vmodule", &c.debug.vmodule);
   d.get("log_dir", &c.debug.log_dir);
+  d.get("test_hook_forced_output", &c.debug.test_hook_forced_output);
   return c;
 }
 
@@ -148,6 +168,9 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"dump_dir", "write per-layer activations (safetensors) into this directory"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
       {"log_dir", "per-rank log files in this directory instead of stderr only"},
+      {"test_hook_forced_output",
+       "TEST HOOK (end-to-end tests only): `v4rt serve` accepts a request field test_hook_forced_output whose text is "
+       "emitted instead of sampled tokens"},
   };
 }
 
@@ -172,6 +195,14 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "api_key" << YAML::Value << (c.server.api_key.empty() ? "" : "<set>");
   out << YAML::Key << "max_queue" << YAML::Value << c.server.max_queue;
   out << YAML::Key << "kv_budget_mb" << YAML::Value << c.server.kv_budget_mb;
+  out << YAML::Key << "model_name" << YAML::Value << c.server.model_name;
+  out << YAML::Key << "max_batch_tokens" << YAML::Value << c.server.max_batch_tokens;
+  out << YAML::Key << "max_running" << YAML::Value << c.server.max_running;
+  out << YAML::Key << "max_context" << YAML::Value << c.server.max_context;
+  out << YAML::Key << "request_timeout_s" << YAML::Value << c.server.request_timeout_s;
+  out << YAML::Key << "prefix_cache" << YAML::Value << c.server.prefix_cache;
+  out << YAML::Key << "effort_dialect" << YAML::Value << c.server.effort_dialect;
+  out << YAML::Key << "max_body_mb" << YAML::Value << c.server.max_body_mb;
   out << YAML::EndMap;
   out << YAML::Key << "debug" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "sync_each_op" << YAML::Value << c.debug.sync_each_op;
@@ -179,6 +210,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "dump_dir" << YAML::Value << c.debug.dump_dir;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
   out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;
+  out << YAML::Key << "test_hook_forced_output" << YAML::Value << c.debug.test_hook_forced_output;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

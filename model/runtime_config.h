@@ -27,6 +27,14 @@ struct ServerConfig {
   std::string api_key;        // empty: no authentication
   int max_queue = 64;         // requests waiting beyond the running batch
   int64_t kv_budget_mb = 0;   // 0: derive from free memory
+  std::string model_name;     // id served by /v1/models; empty: the checkpoint directory's name
+  int max_batch_tokens = 256; // tokens per step (prefill chunks + decode tokens)
+  int max_running = 32;       // sequences in the running batch
+  int64_t max_context = 0;    // prompt + completion tokens; 0: the model's max_position_embeddings
+  double request_timeout_s = 600;  // per request, from arrival to the last token
+  bool prefix_cache = true;   // keep finished sequences' states for requests that extend them
+  std::string effort_dialect = "original";  // reasoning_effort table: original | v0731
+  int max_body_mb = 32;       // larger request bodies get 413
 };
 
 // Diagnostics, all off by default; listed by `--help-debug` (debug_switches()).
@@ -36,6 +44,9 @@ struct DebugConfig {
   std::string dump_dir;        // write per-layer activations here (empty: off)
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
   std::string log_dir;         // per-rank log files (empty: stderr)
+  // TEST HOOK for end-to-end tests only: lets a request carry `test_hook_forced_output`, a text
+  // the server emits (token by token, through the model steps) instead of sampling.
+  bool test_hook_forced_output = false;
 };
 
 struct RuntimeConfig {

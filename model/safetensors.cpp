@@ -98,7 +98,7 @@ Header parse_header(const uint8_t* prefix, uint64_t prefix_size, uint64_t file_s
   json j;
   try {
     j = json::parse(text, text + header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number too large
     V4RT_FAIL(path << ": header is not valid JSON (" << e.what() << ")");
   }
   V4RT_REQUIRE(j.is_object(), path << ": header is not a JSON object");

@@ -45,6 +45,15 @@ void RowTable::drop_front(int64_t n) {
   rows_ = keep;
 }
 
+RowTable RowTable::clone() const {
+  RowTable t(backend_, width_);
+  if (rows_ > 0) {
+    backend_->copy_rows(t.reserve(rows_), view());
+    t.commit(rows_);
+  }
+  return t;
+}
+
 SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend)
     : config_(config), backend_(backend) {
   layers_.resize(size_t(config.num_hidden_layers));
@@ -67,6 +76,30 @@ SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backen
     }
   }
   reset();
+}
+
+std::unique_ptr<SequenceState> SequenceState::clone() const {
+  auto copy = std::make_unique<SequenceState>(config_, backend_);
+  copy->position_ = position_;
+  copy->ownership_ = ownership_;
+  auto clone_compressor = [](const CompressorState& c) {
+    CompressorState out;
+    out.kv = c.kv.clone();
+    out.score = c.score.clone();
+    out.start = c.start;
+    out.entries = c.entries.clone();
+    return out;
+  };
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerState& src = layers_[l];
+    LayerState& dst = copy->layers_[l];
+    dst.window_tail = src.window_tail.clone();
+    dst.has_compressor = src.has_compressor;
+    dst.has_indexer = src.has_indexer;
+    if (src.has_compressor) dst.main = clone_compressor(src.main);
+    if (src.has_indexer) dst.indexer = clone_compressor(src.indexer);
+  }
+  return copy;
 }
 
 void SequenceState::reset_compressor(CompressorState& c, int ratio) {

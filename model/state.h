@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/tensor.h"
@@ -39,6 +40,7 @@ class RowTable {
   void commit(int64_t extra) { rows_ += extra; }
   void drop_front(int64_t n);                    // removes the first n rows
   void clear() { rows_ = 0; }
+  RowTable clone() const;                        // a deep copy of the rows (same backend)
 
  private:
   kernels::Backend* backend_ = nullptr;
@@ -74,6 +76,8 @@ class SequenceState {
   void advance(int64_t n) { position_ += n; }
   LayerState& layer(int l) { return layers_[size_t(l)]; }
   const EntryOwnership& ownership() const { return ownership_; }
+  // A deep copy: continuing it gives exactly what continuing this state gives (prefix reuse).
+  std::unique_ptr<SequenceState> clone() const;
 
  private:
   void reset_compressor(CompressorState& c, int ratio);

@@ -2,7 +2,9 @@
 // read_token_ids: safetensors `input_ids` or a text list of integers.
 #include "model/token_ids.h"
 
+#include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -25,6 +27,7 @@ std::vector<int32_t> read_token_ids(const std::string& path) {
         if (e.dtype == DType::kI64) {
           int64_t v;
           std::memcpy(&v, p + 8 * i, 8);
+          V4RT_REQUIRE(v >= INT32_MIN && v <= INT32_MAX, path << ": input_ids[" << i << "] = " << v << " is out of range");
           ids.push_back(int32_t(v));
         } else if (e.dtype == DType::kI32) {
           int32_t v;
@@ -55,7 +58,12 @@ std::vector<int32_t> read_token_ids(const std::string& path) {
     while (end < text.size() && std::isdigit(static_cast<unsigned char>(text[end]))) ++end;
     V4RT_REQUIRE(end > i && (end > i + 1 || text[i] != '-'),
                  path << ": unexpected text '" << text.substr(i, 16) << "' (expected integers)");
-    ids.push_back(int32_t(std::stoll(text.substr(i, end - i))));
+    // At most 10 digits: anything longer cannot be a token id (and would overflow stoll).
+    const size_t digits = end - i - (text[i] == '-' ? 1 : 0);
+    const int64_t v = digits <= 10 ? std::stoll(text.substr(i, end - i)) : INT64_MAX;
+    V4RT_REQUIRE(v >= INT32_MIN && v <= INT32_MAX,
+                 path << ": token id '" << text.substr(i, std::min<size_t>(end - i, 24)) << "' is out of range");
+    ids.push_back(int32_t(v));
     i = end;
   }
   return ids;

@@ -4,6 +4,12 @@
 // (one warp per head) and stages each 64-candidate tile of latent rows in shared memory once for
 // all of them. The online softmax walks the candidate list in the reference's blocks of 64,
 // window first, with the running max updated per block (which fixes where bf16 P is rounded).
+// Decode (few query tokens) splits the candidate list across blocks, flash-decoding style: each
+// split of whole 64-candidate tiles keeps its own (max, denominator, unnormalized output) and a
+// second kernel merges the splits and adds the sink. With bf16 P the rounding then happens against
+// the split's running max instead of the global one (a bf16-level difference).
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops.h"
 
@@ -28,6 +34,11 @@ struct AttnArgs {
   int window, comp_ratio;
   float scale;
   bool include_sink, bf16_probs, out_round, has_list;
+  // Split-candidate mode (num_splits > 1): block z covers tiles [z * tiles_per_split, ...) and
+  // writes its partial state instead of the output.
+  int num_splits, tiles_per_split;
+  float* part_acc;  // [n, nh, num_splits, dim] unnormalized output
+  float* part_ml;   // [n, nh, num_splits, 2] running max, denominator
 };
 
 __global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(AttnArgs a) {
@@ -44,7 +55,9 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(A
   int64_t ncomp = 0;
   if (a.has_list) ncomp = a.num_list;
   else if (a.comp_ratio > 0) ncomp = min(a.num_comp, (pos + 1) / a.comp_ratio);
-  const int64_t ncand = nwin + ncomp;
+  const int64_t ncand_all = nwin + ncomp;
+  const int64_t cand0 = int64_t(blockIdx.z) * a.tiles_per_split * kTile;
+  const int64_t ncand = min(ncand_all, cand0 + int64_t(a.tiles_per_split) * kTile);
 
   float qv[kMaxPerLane], acc[kMaxPerLane];
 #pragma unroll
@@ -54,7 +67,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(A
   }
   float m = -INFINITY, den = 0.f;
 
-  for (int64_t tile0 = 0; tile0 < ncand; tile0 += kTile) {
+  for (int64_t tile0 = cand0; tile0 < ncand; tile0 += kTile) {
     const int cnt = int(min(int64_t(kTile), ncand - tile0));
     __syncthreads();
     if (threadIdx.x < kTile) {
@@ -114,12 +127,60 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(A
     m = mb;
   }
   if (!active) return;
+  if (a.num_splits > 1) {
+    const int nh = a.h_end - a.h_begin;
+    const int64_t slot = (t * nh + (h - a.h_begin)) * a.num_splits + blockIdx.z;
+#pragma unroll
+    for (int k = 0; k < kMaxPerLane; ++k)
+      if (k < per_lane) a.part_acc[slot * dim + lane + 32 * k] = acc[k];
+    if (lane == 0) {
+      a.part_ml[2 * slot] = m;
+      a.part_ml[2 * slot + 1] = den;
+    }
+    return;
+  }
   if (a.include_sink) den += expf(a.sink[h] - m);
   const float inv = 1.0f / den;
 #pragma unroll
   for (int k = 0; k < kMaxPerLane; ++k)
     if (k < per_lane) a.out.st(t, int64_t(h) * dim + lane + 32 * k, acc[k] * inv, a.out_round);
   if (a.lse && lane == 0) a.lse[t * a.lse_stride + h] = m + logf(den);
+}
+
+// Merges the splits of one (token, head): block (t, h), one thread per output dim.
+__global__ void attention_combine_kernel(AttnArgs a) {
+  const int64_t t = blockIdx.x;
+  const int nh = a.h_end - a.h_begin;
+  const int h = a.h_begin + int(blockIdx.y);
+  const int64_t slot0 = (t * nh + (h - a.h_begin)) * a.num_splits;
+  float m = -INFINITY;
+  for (int z = 0; z < a.num_splits; ++z) m = fmaxf(m, a.part_ml[2 * (slot0 + z)]);
+  float den = 0.f;
+  for (int z = 0; z < a.num_splits; ++z) {
+    const float mz = a.part_ml[2 * (slot0 + z)];
+    if (mz != -INFINITY) den += a.part_ml[2 * (slot0 + z) + 1] * expf(mz - m);
+  }
+  if (a.include_sink) den += expf(a.sink[h] - m);
+  const float inv = 1.0f / den;
+  for (int d = threadIdx.x; d < a.dim; d += blockDim.x) {
+    float o = 0.f;
+    for (int z = 0; z < a.num_splits; ++z) {
+      const float mz = a.part_ml[2 * (slot0 + z)];
+      if (mz != -INFINITY) o = fmaf(a.part_acc[(slot0 + z) * a.dim + d], expf(mz - m), o);
+    }
+    a.out.st(t, int64_t(h) * a.dim + d, o * inv, a.out_round);
+  }
+  if (a.lse && threadIdx.x == 0) a.lse[t * a.lse_stride + h] = m + logf(den);
+}
+
+int num_sms() {
+  static int sms = [] {
+    int dev = 0, v = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }();
+  return sms;
 }
 
 }  // namespace
@@ -171,9 +232,34 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
     CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
     attr_set = true;
   }
-  const dim3 grid(unsigned(n), unsigned(ceil_div(nh, kHeadsPerBlock)));
+  // Splits: enough blocks for two waves over the SMs, in whole tiles of the longest list.
+  const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
+  const int64_t pos_last = p.pos_begin + n - 1;
+  int64_t max_comp = 0;
+  if (a.has_list) max_comp = a.num_list;
+  else if (a.comp_ratio > 0) max_comp = std::min<int64_t>(a.num_comp, (pos_last + 1) / a.comp_ratio);
+  const int64_t max_tiles = ceil_div(std::min<int64_t>(pos_last + 1, p.window) + max_comp, kTile);
+  const int64_t base_blocks = n * head_groups;
+  int64_t splits = 1;
+  if (base_blocks < num_sms()) splits = std::min<int64_t>(ceil_div(2 * num_sms(), base_blocks), max_tiles);
+  a.tiles_per_split = int(ceil_div(max_tiles, splits));
+  splits = std::max<int64_t>(1, ceil_div(max_tiles, a.tiles_per_split));
+  a.num_splits = int(splits);
+  void* part = nullptr;
+  if (splits > 1) {
+    const size_t slots = size_t(n) * size_t(nh) * size_t(splits);
+    CUDA_CHECK(cudaMallocAsync(&part, slots * (size_t(dim) + 2) * 4, s));
+    a.part_acc = static_cast<float*>(part);
+    a.part_ml = a.part_acc + slots * size_t(dim);
+  }
+  const dim3 grid(unsigned(n), unsigned(head_groups), unsigned(splits));
   sparse_attention_kernel<<<grid, kHeadsPerBlock * 32, size_t(kTile) * size_t(dim) * 4, s>>>(a);
   launch_check("sparse_attention", s);
+  if (splits > 1) {
+    attention_combine_kernel<<<dim3(unsigned(n), unsigned(nh)), 128, 0, s>>>(a);
+    launch_check("sparse_attention combine", s);
+    CUDA_CHECK(cudaFreeAsync(part, s));
+  }
 }
 
 }  // namespace v4rt::kernels::cuda

@@ -2,7 +2,9 @@
 // CudaBackend: weight upload (FP8/FP4 kept in place, fp32 block scales for cuBLASLt made once),
 // memory movement on the backend's stream, and the dispatch of every op to its launcher. The
 // projections pick their GEMM by weight dtype: FP8 -> act_quant + cuBLASLt block-scaled FP8,
-// FP4 -> act_quant + grouped FP4 kernel, BF16/F32 -> cuBLASLt dense with fp32 accumulate.
+// FP4 -> act_quant + grouped FP4 kernel, BF16/F32 -> cuBLASLt dense with fp32 accumulate. Without
+// the official flags (act_quant_fp8 / MoeExpertsParams::official) FP8 weights run as bf16 copies
+// and the routed experts take bf16 activations (the reference numerics at bf16 precision).
 #include "kernels/cuda/cuda_backend.h"
 
 #include <algorithm>
@@ -203,7 +205,17 @@ void CudaBackend::linear(const LinearParams& p) {
   CHECK_EQ(act_row_width(p.x), p.w.cols) << "linear x " << p.x.shape_str() << " vs weight cols " << p.w.cols;
   CHECK_EQ(act_row_width(p.y), p.w.rows) << "linear y " << p.y.shape_str() << " vs weight rows " << p.w.rows;
   switch (p.w.dtype) {
-    case DType::kF8E4M3: linear_fp8(p); break;
+    case DType::kF8E4M3:
+      if (p.act_quant_fp8) {
+        linear_fp8(p);
+      } else {  // no activation quantization asked for: bf16 GEMM on the (exact) bf16 copy
+        LinearParams q = p;
+        q.w.data = bf16_copy_of_fp8(p.w);
+        q.w.dtype = DType::kBF16;
+        q.w.scale = nullptr;
+        linear_dense(q);
+      }
+      break;
     case DType::kFP4: linear_fp4(p); break;
     case DType::kBF16:
     case DType::kF32: linear_dense(p); break;
@@ -444,15 +456,25 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
   r.slot_row = reinterpret_cast<int32_t*>(rb + 4 * seg);
   launch_moe_route(p.idx, p.weight, p.e_begin, p.e_end, r, stream_.get());
 
-  uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(max_rows * hidden)));
+  // official: FP8 act quant of the gathered rows (spec §6); otherwise bf16 rows.
+  uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(max_rows * hidden) * (p.official ? 1 : 2)));
   float* xs = static_cast<float*>(scratch(kSlotXScale, size_t(max_rows * (hidden / 128)) * 4));
-  launch_moe_gather_quant(make_act(p.x, "moe_experts x"), hidden, r, num_local, max_rows, x8, xs, stream_.get());
+  if (p.official) {
+    launch_moe_gather_quant(make_act(p.x, "moe_experts x"), hidden, r, num_local, max_rows, x8, xs, stream_.get());
+  } else {
+    launch_moe_gather_bf16(make_act(p.x, "moe_experts x"), hidden, r, num_local, max_rows,
+                           reinterpret_cast<uint16_t*>(x8), stream_.get());
+  }
 
   auto* g = static_cast<uint16_t*>(scratch(kSlotG, size_t(max_rows * inter) * 2));
   auto* u = static_cast<uint16_t*>(scratch(kSlotU, size_t(max_rows * inter) * 2));
   Fp4GroupedGemmParams gp;
-  gp.x8 = x8;
-  gp.x_scale = xs;
+  if (p.official) {
+    gp.x8 = x8;
+    gp.x_scale = xs;
+  } else {
+    gp.x_bf16 = reinterpret_cast<const uint16_t*>(x8);
+  }
   gp.row_offsets = r.row_offsets;
   gp.num_groups = num_local;
   gp.n = inter;
@@ -467,13 +489,17 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
   gp.out = u;
   fp4_grouped_gemm(gp);
 
-  uint8_t* h8 = static_cast<uint8_t*>(scratch(kSlotH8, size_t(max_rows * inter)));
+  uint8_t* h8 = static_cast<uint8_t*>(scratch(kSlotH8, size_t(max_rows * inter) * (p.official ? 1 : 2)));
   float* hs = static_cast<float*>(scratch(kSlotHScale, size_t(max_rows * (inter / 128)) * 4));
-  launch_moe_swiglu_quant(g, u, inter, p.swiglu_limit, r, num_local, max_rows, h8, hs, stream_.get());
+  launch_moe_swiglu_quant(g, u, inter, p.swiglu_limit, r, num_local, max_rows, h8, hs, !p.official, stream_.get());
 
   auto* y = static_cast<uint16_t*>(scratch(kSlotY, size_t(max_rows * hidden) * 2));
-  gp.x8 = h8;
-  gp.x_scale = hs;
+  if (p.official) {
+    gp.x8 = h8;
+    gp.x_scale = hs;
+  } else {
+    gp.x_bf16 = reinterpret_cast<const uint16_t*>(h8);
+  }
   gp.n = hidden;
   gp.k = inter;
   gp.w = w2;

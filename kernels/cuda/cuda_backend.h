@@ -14,6 +14,7 @@
 #include "kernels/backend.h"
 #include "kernels/cuda/dense_gemm.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/factory.h"
 #include "kernels/cuda/fp8_gemm.h"
 
 namespace v4rt::kernels::cuda {
@@ -85,7 +86,5 @@ class CudaBackend final : public Backend {
   std::vector<DeviceBuffer> scratch_;
 };
 
-// The CUDA backend on `device` (-1: current). Fails fast when no device is present.
-std::unique_ptr<Backend> make_cuda_backend(int device = -1);
 
 }  // namespace v4rt::kernels::cuda

@@ -15,6 +15,7 @@ constexpr int kWarps = 8;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kTokTile = 8;
+constexpr int kAhead = 2;  // 32-input chunks per row loaded ahead
 constexpr int kMaxSmemBytes = 200 * 1024;
 
 __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4GroupedGemmParams p) {
@@ -36,13 +37,20 @@ __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4Groupe
   for (int t0 = row0; t0 < row1; t0 += kTokTile) {
     const int cnt = min(kTokTile, row1 - t0);
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < cnt * kq; i += blockDim.x) {
-      const int64_t t = i / kq, kk = (i % kq) * 4;
-      const uint32_t q = *reinterpret_cast<const uint32_t*>(p.x8 + (t0 + t) * k + kk);
-      const float s = p.x_scale[(t0 + t) * (k / 128) + kk / 128];
-      uint16_t* dst = act + t * k + kk;
+    if (p.x_bf16) {
+      for (int64_t i = threadIdx.x; i < cnt * kq; i += blockDim.x) {
+        const int64_t t = i / kq, kk = (i % kq) * 4;
+        *reinterpret_cast<uint2*>(act + t * k + kk) = *reinterpret_cast<const uint2*>(p.x_bf16 + (t0 + t) * k + kk);
+      }
+    } else {
+      for (int64_t i = threadIdx.x; i < cnt * kq; i += blockDim.x) {
+        const int64_t t = i / kq, kk = (i % kq) * 4;
+        const uint32_t q = *reinterpret_cast<const uint32_t*>(p.x8 + (t0 + t) * k + kk);
+        const float s = p.x_scale[(t0 + t) * (k / 128) + kk / 128];
+        uint16_t* dst = act + t * k + kk;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) dst[j] = f32_to_bf16(e4m3_to_f32(uint8_t(q >> (8 * j))) * s);
+        for (int j = 0; j < 4; ++j) dst[j] = f32_to_bf16(e4m3_to_f32(uint8_t(q >> (8 * j))) * s);
+      }
     }
     __syncthreads();
 
@@ -52,44 +60,54 @@ __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4Groupe
 #pragma unroll
       for (int t = 0; t < kTokTile; ++t) acc[r][t] = 0.f;
 
-    for (int64_t c = lane; c < kc; c += 32) {
-      uint4 wv[kRowsPerWarp];
-      float sc[kRowsPerWarp];
+    // Chunks c = lane + 32 * j; kAhead of them per row are loaded before any is used.
+    for (int64_t c0 = lane; c0 < kc; c0 += 32 * kAhead) {
+      uint4 wv[kAhead][kRowsPerWarp];
+      float sc[kAhead][kRowsPerWarp];
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        const int64_t n = n_base + r;
-        if (n < p.n) {
-          wv[r] = *reinterpret_cast<const uint4*>(w + n * (k / 2) + c * 16);
-          sc[r] = e8m0_to_f32(ws[n * kc + c]);
-        } else {
-          wv[r] = make_uint4(0, 0, 0, 0);
-          sc[r] = 0.f;
+      for (int j = 0; j < kAhead; ++j) {
+        const int64_t c = c0 + 32 * j;
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+          const int64_t n = n_base + r;
+          if (n < p.n && c < kc) {
+            wv[j][r] = __ldg(reinterpret_cast<const uint4*>(w + n * (k / 2) + c * 16));
+            sc[j][r] = e8m0_to_f32(__ldg(ws + n * kc + c));
+          } else {
+            wv[j][r] = make_uint4(0, 0, 0, 0);
+            sc[j][r] = 0.f;
+          }
         }
       }
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        float wf[32];
-        const uint32_t words[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+      for (int j = 0; j < kAhead; ++j) {
+        const int64_t c = c0 + 32 * j;
+        if (c >= kc) break;
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+          float wf[32];
+          const uint32_t words[4] = {wv[j][r].x, wv[j][r].y, wv[j][r].z, wv[j][r].w};
 #pragma unroll
-          for (int i = 0; i < 8; ++i) wf[j * 8 + i] = lut[(words[j] >> (4 * i)) & 0xf];
+          for (int q = 0; q < 4; ++q)
 #pragma unroll
-        for (int t = 0; t < kTokTile; ++t) {
-          if (t < cnt) {
-            const uint4* a4 = reinterpret_cast<const uint4*>(act + t * k + c * 32);
-            float dot = 0.f;
+            for (int i = 0; i < 8; ++i) wf[q * 8 + i] = lut[(words[q] >> (4 * i)) & 0xf];
 #pragma unroll
-            for (int v = 0; v < 4; ++v) {
-              const uint4 a = a4[v];
-              const uint32_t aw[4] = {a.x, a.y, a.z, a.w};
+          for (int t = 0; t < kTokTile; ++t) {
+            if (t < cnt) {
+              const uint4* a4 = reinterpret_cast<const uint4*>(act + t * k + c * 32);
+              float dot = 0.f;
 #pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                dot = fmaf(wf[v * 8 + 2 * j], __uint_as_float(aw[j] << 16), dot);
-                dot = fmaf(wf[v * 8 + 2 * j + 1], __uint_as_float(aw[j] & 0xffff0000u), dot);
+              for (int v = 0; v < 4; ++v) {
+                const uint4 a = a4[v];
+                const uint32_t aw[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  dot = fmaf(wf[v * 8 + 2 * q], __uint_as_float(aw[q] << 16), dot);
+                  dot = fmaf(wf[v * 8 + 2 * q + 1], __uint_as_float(aw[q] & 0xffff0000u), dot);
+                }
               }
+              acc[r][t] = fmaf(dot, sc[j][r], acc[r][t]);
             }
-            acc[r][t] = fmaf(dot, sc[r], acc[r][t]);
           }
         }
       }
@@ -111,6 +129,7 @@ __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4Groupe
 }  // namespace
 
 void fp4_grouped_gemm(const Fp4GroupedGemmParams& p) {
+  CHECK(p.x_bf16 || (p.x8 && p.x_scale)) << "fp4 grouped gemm: no activations";
   CHECK_EQ(p.k % 128, 0) << "fp4 grouped gemm: k=" << p.k << " must be a multiple of 128";
   if (p.num_groups == 0 || p.n == 0) return;
   const size_t smem = size_t(kTokTile) * size_t(p.k) * 2;

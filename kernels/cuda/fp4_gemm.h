@@ -6,7 +6,9 @@
 // rows of expert g are [row_offsets[g], row_offsets[g+1]).
 //   out[r, n] = bf16( sum over 32-blocks b of (sum_{k in b} x8[r,k] s_x[r,k/128] * fp4(w[n,k])) * 2^(S[n,b]-127) )
 // One kernel serves decode (many experts, few rows each) and prefill (many rows per expert): a
-// block owns 32 output channels of one expert and walks that expert's rows in tiles of 8.
+// block owns 32 output channels of one expert and walks that expert's rows in tiles of 8. Weight
+// loads are issued two 32-input chunks per row ahead of the arithmetic (8 x 16 B in flight per
+// lane), which is what decode, a pure weight stream, needs to approach the HBM bandwidth.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -18,6 +20,7 @@ namespace v4rt::kernels::cuda {
 struct Fp4GroupedGemmParams {
   const uint8_t* x8 = nullptr;           // [num_rows, k] e4m3
   const float* x_scale = nullptr;        // [num_rows, k/128]
+  const uint16_t* x_bf16 = nullptr;      // [num_rows, k] bf16 instead of x8/x_scale (no act quant), or nullptr
   const int32_t* row_offsets = nullptr;  // device [num_groups + 1]
   const uint8_t* const* w = nullptr;     // device [num_groups] of [n, k/2] packed e2m1 (nullptr: group skipped)
   const uint8_t* const* w_scale = nullptr;  // device [num_groups] of [n, k/32] ue8m0

@@ -178,9 +178,18 @@ __global__ void moe_gather_quant_kernel(Act x, int64_t hidden, const int32_t* ro
   if (lane == 0) scale[r * nkb + kb] = s;
 }
 
+__global__ void moe_gather_bf16_kernel(Act x, int64_t hidden, const int32_t* row_token, const int32_t* total_rows,
+                                       int64_t max_rows, uint16_t* xb) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= max_rows * hidden) return;
+  const int64_t r = i / hidden, c = i % hidden;
+  if (r >= *total_rows) return;
+  xb[i] = f32_to_bf16(x.ld(row_token[r], c));
+}
+
 __global__ void moe_swiglu_quant_kernel(const uint16_t* g, const uint16_t* u, int64_t inter, float limit,
                                         const float* row_weight, const int32_t* total_rows, int64_t max_rows,
-                                        uint8_t* h8, float* scale) {
+                                        uint8_t* h8, float* scale, bool bf16_out) {
   const int64_t nkb = inter / 128;
   const int64_t wid = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -196,6 +205,12 @@ __global__ void moe_swiglu_quant_kernel(const uint16_t* g, const uint16_t* u, in
     const float gv = bf16_to_f32(g[c]), uv = bf16_to_f32(u[c]);
     v[i] = round_bf16(silu(fminf(gv, limit)) * fminf(fmaxf(uv, -limit), limit) * rw);
     amax = fmaxf(amax, fabsf(v[i]));
+  }
+  if (bf16_out) {
+    uint16_t* hb = reinterpret_cast<uint16_t*>(h8) + r * inter + kb * 128 + lane * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) hb[i] = f32_to_bf16(v[i]);
+    return;
   }
   amax = warp_max(amax);
   const float s = act_quant_scale(amax, 448.f), inv = 1.0f / s;
@@ -307,13 +322,23 @@ void launch_moe_gather_quant(const Act& x, int64_t hidden, const MoeRouting& r, 
   launch_check("moe_gather_quant", s);
 }
 
+void launch_moe_gather_bf16(const Act& x, int64_t hidden, const MoeRouting& r, int num_local, int64_t max_rows,
+                            uint16_t* xb, cudaStream_t s) {
+  const int64_t n = max_rows * hidden;
+  if (n == 0) return;
+  moe_gather_bf16_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, s>>>(x, hidden, r.row_token, r.row_offsets + num_local,
+                                                                    max_rows, xb);
+  launch_check("moe_gather_bf16", s);
+}
+
 void launch_moe_swiglu_quant(const uint16_t* g, const uint16_t* u, int64_t inter, float limit, const MoeRouting& r,
-                             int num_local, int64_t max_rows, uint8_t* h8, float* scale, cudaStream_t s) {
+                             int num_local, int64_t max_rows, uint8_t* h8, float* scale, bool bf16_out,
+                             cudaStream_t s) {
   CHECK_EQ(inter % 128, 0) << "moe inter " << inter;
   const int64_t threads = max_rows * (inter / 128) * 32;
   if (threads == 0) return;
   moe_swiglu_quant_kernel<<<unsigned(ceil_div(threads, 256)), 256, 0, s>>>(
-      g, u, inter, limit, r.row_weight, r.row_offsets + num_local, max_rows, h8, scale);
+      g, u, inter, limit, r.row_weight, r.row_offsets + num_local, max_rows, h8, scale, bf16_out);
   launch_check("moe_swiglu_quant", s);
 }
 

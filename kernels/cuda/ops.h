@@ -91,10 +91,14 @@ void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_beg
 // x8/scale of grouped rows: x row = row_token[r] (rows >= row_offsets[num_local] are skipped).
 void launch_moe_gather_quant(const Act& x, int64_t hidden, const MoeRouting& r, int num_local,
                              int64_t max_rows, uint8_t* x8, float* scale, cudaStream_t s);
-// h = bf16(swiglu(g, u) * row_weight) then act_quant -> h8, scale [rows][inter/128].
+// bf16 rows of x for the grouped rows (no quantization): xb [max_rows, hidden].
+void launch_moe_gather_bf16(const Act& x, int64_t hidden, const MoeRouting& r, int num_local,
+                            int64_t max_rows, uint16_t* xb, cudaStream_t s);
+// h = bf16(swiglu(g, u) * row_weight) then act_quant -> h8, scale [rows][inter/128]; with
+// `bf16_out`, h8 is instead bf16 [rows, inter] (scale unused).
 void launch_moe_swiglu_quant(const uint16_t* g, const uint16_t* u, int64_t inter, float limit,
                              const MoeRouting& r, int num_local, int64_t max_rows, uint8_t* h8,
-                             float* scale, cudaStream_t s);
+                             float* scale, bool bf16_out, cudaStream_t s);
 // out[t] += Σ over local slots in ascending expert id of y[slot_row[t, k]] (fp32 accumulate).
 void launch_moe_combine(const uint16_t* y, int64_t hidden, const TensorView& idx, const MoeRouting& r,
                         const Act& out, int64_t num_tokens, int topk, cudaStream_t s);

@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: MIT
+// The `--backend cpu|cuda` and `--device N` options shared by the commands that run the model
+// (logits, generate, bench step), and the backend they select.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "kernels/backend.h"
+
+namespace CLI {
+class App;
+}
+
+namespace v4rt::launch {
+
+// Adds --backend (checked against cpu|cuda; default: the current value of *backend, "cpu" when
+// empty) and, when `device` is given, --device N (default: the current value of *device).
+void add_backend_option(CLI::App* app, std::string* backend, int* device = nullptr);
+
+// The backend named by the options; throws v4rt::Error for "cuda" in a binary without CUDA.
+std::unique_ptr<kernels::Backend> make_selected_backend(const std::string& backend, int device = 0);
+
+}  // namespace v4rt::launch

@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: MIT
+// StepPlan byte encoding and the per-rank Executor that applies plans to sequence states.
+//
+// Encoding (little-endian): u32 magic "V4SP", u32 version 1, u64 step_idx, u8 shutdown,
+// u64 num_copies, {u64 src, u64 dst}[num_copies], u64 num_chunks,
+// {u64 seq, i64 start_pos, i32 num_tokens, u8 want_logits}[num_chunks], u64 num_tokens,
+// i32 tokens[num_tokens], u64 num_releases, u64 releases[num_releases].
+#include "launch/serve/step_plan.h"
+
+#include <cstring>
+
+#include "common/check.h"
+
+namespace v4rt::launch::serve {
+
+namespace {
+
+constexpr uint32_t kPlanMagic = 0x50533456;  // "V4SP"
+constexpr uint32_t kPlanVersion = 1;
+
+class Writer {
+ public:
+  template <typename T>
+  void put(T v) {
+    const size_t at = out.size();
+    out.resize(at + sizeof(T));
+    std::memcpy(out.data() + at, &v, sizeof(T));
+  }
+  std::vector<uint8_t> out;
+};
+
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> bytes) : bytes_(bytes) {}
+  template <typename T>
+  T get(const char* field) {
+    V4RT_REQUIRE(pos_ + sizeof(T) <= bytes_.size(), "step plan: truncated at field '" << field << "'");
+    T v;
+    std::memcpy(&v, bytes_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  uint64_t count(const char* field, size_t element_bytes) {
+    const uint64_t n = get<uint64_t>(field);
+    V4RT_REQUIRE(n <= (bytes_.size() - pos_) / element_bytes, "step plan: count of '" << field << "' (" << n
+                                                                   << ") exceeds the remaining bytes");
+    return n;
+  }
+  bool at_end() const { return pos_ == bytes_.size(); }
+
+ private:
+  std::span<const uint8_t> bytes_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+std::vector<uint8_t> serialize_plan(const StepPlan& plan) {
+  Writer w;
+  w.put(kPlanMagic);
+  w.put(kPlanVersion);
+  w.put(plan.step_idx);
+  w.put(plan.shutdown);
+  w.put(uint64_t(plan.copies.size()));
+  for (const PlanCopy& c : plan.copies) {
+    w.put(c.src);
+    w.put(c.dst);
+  }
+  w.put(uint64_t(plan.chunks.size()));
+  for (const PlanChunk& c : plan.chunks) {
+    w.put(c.seq);
+    w.put(c.start_pos);
+    w.put(c.num_tokens);
+    w.put(c.want_logits);
+  }
+  w.put(uint64_t(plan.tokens.size()));
+  for (int32_t t : plan.tokens) w.put(t);
+  w.put(uint64_t(plan.releases.size()));
+  for (SeqId s : plan.releases) w.put(s);
+  return std::move(w.out);
+}
+
+StepPlan deserialize_plan(std::span<const uint8_t> bytes) {
+  Reader r(bytes);
+  V4RT_REQUIRE(r.get<uint32_t>("magic") == kPlanMagic, "step plan: bad magic");
+  const uint32_t version = r.get<uint32_t>("version");
+  V4RT_REQUIRE(version == kPlanVersion, "step plan: version " << version << ", expected " << kPlanVersion);
+  StepPlan p;
+  p.step_idx = r.get<uint64_t>("step_idx");
+  p.shutdown = r.get<uint8_t>("shutdown");
+  p.copies.resize(r.count("copies", 16));
+  for (PlanCopy& c : p.copies) {
+    c.src = r.get<uint64_t>("copies.src");
+    c.dst = r.get<uint64_t>("copies.dst");
+  }
+  p.chunks.resize(r.count("chunks", 21));
+  int64_t total = 0;
+  for (PlanChunk& c : p.chunks) {
+    c.seq = r.get<uint64_t>("chunks.seq");
+    c.start_pos = r.get<int64_t>("chunks.start_pos");
+    c.num_tokens = r.get<int32_t>("chunks.num_tokens");
+    c.want_logits = r.get<uint8_t>("chunks.want_logits");
+    V4RT_REQUIRE(c.num_tokens > 0 && c.start_pos >= 0, "step plan: chunk of sequence " << c.seq << " has "
+                                                           << c.num_tokens << " tokens at " << c.start_pos);
+    total += c.num_tokens;
+  }
+  p.tokens.resize(r.count("tokens", 4));
+  V4RT_REQUIRE(int64_t(p.tokens.size()) == total,
+               "step plan: " << p.tokens.size() << " tokens for chunks that hold " << total);
+  for (int32_t& t : p.tokens) t = r.get<int32_t>("tokens");
+  p.releases.resize(r.count("releases", 8));
+  for (SeqId& s : p.releases) s = r.get<uint64_t>("releases");
+  V4RT_REQUIRE(r.at_end(), "step plan: trailing bytes");
+  return p;
+}
+
+int64_t Executor::position(SeqId id) const {
+  auto it = states_.find(id);
+  CHECK(it != states_.end()) << "no sequence " << id;
+  return it->second->position();
+}
+
+void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits) {
+  for (const PlanCopy& c : plan.copies) {
+    auto src = states_.find(c.src);
+    CHECK(src != states_.end()) << "step " << plan.step_idx << ": copy from unknown sequence " << c.src;
+    CHECK(!states_.count(c.dst)) << "step " << plan.step_idx << ": copy onto live sequence " << c.dst;
+    states_[c.dst] = src->second->clone();
+  }
+  // Chunks whose logits are needed run in one Model::step, the others (inner prefill chunks) in a
+  // second one without the vocabulary projection.
+  std::vector<model::StepChunk> with_logits, without_logits;
+  std::vector<size_t> logit_chunk_idx;
+  size_t offset = 0;
+  for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    const PlanChunk& c = plan.chunks[i];
+    auto& state = states_[c.seq];
+    if (!state) {
+      CHECK_EQ(c.start_pos, 0) << "step " << plan.step_idx << ": sequence " << c.seq << " is new";
+      state = model_.new_sequence();
+    }
+    CHECK_EQ(state->position(), c.start_pos) << "step " << plan.step_idx << ": sequence " << c.seq;
+    model::StepChunk sc{state.get(), std::span<const int32_t>(plan.tokens.data() + offset, size_t(c.num_tokens)), false};
+    offset += size_t(c.num_tokens);
+    if (c.want_logits) {
+      with_logits.push_back(sc);
+      logit_chunk_idx.push_back(i);
+    } else {
+      without_logits.push_back(sc);
+    }
+  }
+  if (logits) logits->assign(plan.chunks.size(), {});
+  if (!without_logits.empty()) model_.step(without_logits, nullptr);
+  if (!with_logits.empty()) {
+    std::vector<std::vector<float>> rows;
+    model_.step(with_logits, logits ? &rows : nullptr);
+    if (logits)
+      for (size_t j = 0; j < rows.size(); ++j) (*logits)[logit_chunk_idx[j]] = std::move(rows[j]);
+  }
+  for (SeqId s : plan.releases) states_.erase(s);
+}
+
+}  // namespace v4rt::launch::serve
