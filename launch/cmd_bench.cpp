@@ -11,6 +11,7 @@ void register_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (tokenizer, ...)");
   bench->require_subcommand(1);
   register_bench_tokenizer(*bench);
+  register_bench_step(*bench);
 }
 
 }  // namespace v4rt::launch

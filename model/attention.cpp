@@ -8,6 +8,8 @@
 
 #include "common/check.h"
 #include "model/blocks.h"
+#include "parallel/sp.h"
+#include "parallel/tp.h"
 
 namespace v4rt::model {
 
@@ -59,10 +61,42 @@ void qdq(const BlockContext& ctx, const TensorView& x, kernels::QdqFormat format
   ctx.backend.qdq(p);
 }
 
+// Host copy of a contiguous F32 device view, and the way back.
+std::vector<float> download(kernels::Backend& be, const TensorView& v) {
+  CHECK(v.contiguous() && v.dtype == DType::kF32) << "download needs a contiguous F32 view " << v.shape_str();
+  std::vector<float> host(size_t(v.numel()));
+  if (!host.empty()) be.copy_to_host(host.data(), v.data, host.size() * sizeof(float));
+  return host;
+}
+void upload(kernels::Backend& be, const std::vector<float>& host, const TensorView& v) {
+  CHECK(v.contiguous() && v.numel() == int64_t(host.size())) << "upload into " << v.shape_str();
+  if (!host.empty()) be.copy_to_device(v.data, host.data(), host.size() * sizeof(float));
+}
+
+// PARALLEL: reduce — sums a row-parallel partial result over the TP group, in place.
+void tp_reduce(const BlockContext& ctx, const TensorView& v) {
+  if (!ctx.parallel || ctx.parallel->layout.tp == 1 || v.numel() == 0) return;
+  std::vector<float> host = download(ctx.backend, v);
+  parallel::tp_reduce_sum(*ctx.parallel->tp, host.data(), int64_t(host.size()));
+  upload(ctx.backend, host, v);
+}
+
+parallel::SpPartition partition_of(const EntryOwnership& own) {
+  parallel::SpPartition part;
+  part.sp_size = own.num_ranks;
+  part.sp_idx = own.rank;
+  part.block = int(own.block);
+  return part;
+}
+
 // Appends the chunk's projections to a compressor's token buffer, pools every completed block into
-// a new entry (spec §5.4), post-processes the entries and appends them; drops the consumed rows.
+// a new entry (spec §5.4), post-processes the entries and appends the ones this rank owns; drops
+// the consumed rows.
+// PARALLEL: under SP every rank runs the compressor (its state is small and the same everywhere);
+// only the owner of an entry stores it (EntryOwnership).
 void compressor_push(const BlockContext& ctx, const CompressorWeights& w, CompressorState& s, const TensorView& a,
-                     int64_t pos_begin, const std::vector<float>& inv_freq, bool is_indexer) {
+                     int64_t pos_begin, const std::vector<float>& inv_freq, bool is_indexer,
+                     const EntryOwnership& own) {
   const int64_t n = a.shape[0];
   const int m = w.ratio;
   CHECK_EQ(s.start + s.kv.rows(), pos_begin) << "compressor state out of step with the sequence";
@@ -74,8 +108,11 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
   const int64_t num_entries = (s.kv.rows() - lead) / m;
   if (num_entries <= 0) return;
   const int64_t j0 = (s.start + lead) / m;
-  CHECK_EQ(j0, s.entries.rows()) << "compressor entries out of step";
-  const TensorView e = s.entries.reserve(num_entries);
+  CHECK_EQ(j0, s.num_entries) << "compressor entries out of step";
+  const bool keep_all = own.num_ranks == 1;
+  Scratch staged;  // SP: all new entries, before the owned ones are kept
+  if (!keep_all) staged = make_scratch(ctx.backend, {num_entries, w.head_dim});
+  const TensorView e = keep_all ? s.entries.reserve(num_entries) : staged.view;
   kernels::CompressorPoolParams pp;
   pp.kv = s.kv.view();
   pp.score = s.score.view();
@@ -100,7 +137,19 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
       qdq(ctx, view_cols(e, 0, ctx.config.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
     }
   }
-  s.entries.commit(num_entries);
+  if (keep_all) {
+    s.entries.commit(num_entries);
+  } else {
+    for (int64_t j = j0; j < j0 + num_entries;) {  // runs of entries inside one ownership block
+      const int64_t run_end = std::min(j0 + num_entries, (j / own.block + 1) * own.block);
+      if (own.owns(j)) {
+        ctx.backend.copy_rows(s.entries.reserve(run_end - j), view_rows(e, j - j0, run_end - j0));
+        s.entries.commit(run_end - j);
+      }
+      j = run_end;
+    }
+  }
+  s.num_entries += num_entries;
   s.kv.drop_front(num_entries * m);
   s.score.drop_front(num_entries * m);
   s.start += num_entries * m;
@@ -108,14 +157,18 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
 
 }  // namespace
 
-void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerState& state, int64_t pos_begin,
-                       const TensorView& a, const TensorView& out) {
+void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerState& state, const EntryOwnership& own,
+                       int64_t pos_begin, const TensorView& a, const TensorView& out) {
   const ModelConfig& cfg = ctx.config;
   kernels::Backend& be = ctx.backend;
   const AttentionWeights& aw = w.attn;
   const int64_t n = a.shape[0];
-  const int64_t heads = cfg.num_attention_heads;
   const int64_t hd = cfg.head_dim;
+  // PARALLEL: query heads, wq_b rows, wo_a groups and indexer heads are this TP rank's slice.
+  const int64_t heads = aw.wq_b.rows / hd;
+  const bool sp = own.num_ranks > 1;
+  CHECK(!sp || (ctx.parallel && ctx.parallel->sp)) << "SP-owned sequence without an SP group";
+  const parallel::SpPartition part = partition_of(own);
 
   // --- query path (§5.1) ---
   Scratch qr = make_scratch(be, {n, cfg.q_lora_rank});
@@ -147,52 +200,76 @@ void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerStat
   state.window_tail.commit(keep);
 
   // --- compressors and indexer (§5.4, §5.5) ---
-  // PARALLEL: under SP each rank appends only the entries it owns (SequenceState::ownership()).
   Scratch sel;
-  if (aw.has_indexer) compressor_push(ctx, aw.indexer.compressor, state.indexer, a, pos_begin, w.inv_freq, true);
-  if (aw.has_compressor) compressor_push(ctx, aw.compressor, state.main, a, pos_begin, w.inv_freq, false);
-  if (aw.has_indexer && state.indexer.entries.rows() > 0) {
-    const int64_t ih = cfg.index_n_heads;
+  if (aw.has_indexer) compressor_push(ctx, aw.indexer.compressor, state.indexer, a, pos_begin, w.inv_freq, true, own);
+  if (aw.has_compressor) compressor_push(ctx, aw.compressor, state.main, a, pos_begin, w.inv_freq, false, own);
+  const int64_t num_entries = aw.has_compressor ? state.main.num_entries : 0;  // over all SP ranks
+  if (aw.has_indexer && state.indexer.num_entries > 0) {
+    const int64_t ih = aw.indexer.weights_proj.rows;  // this TP rank's indexer heads
     const int64_t id = cfg.index_head_dim;
-    Scratch qi = make_scratch(be, {n, ih, id});
-    // PARALLEL: indexer heads [begin, end) per TP rank; the scores are summed over ranks.
-    project(ctx, qr.view, aw.indexer.wq_b, view_reshape(qi.view, {n, ih * id}), true);
-    rope(ctx, qi.view, w.inv_freq, pos_begin, 1, false);
-    if (ctx.official) {
-      kernels::HadamardParams hp;
-      hp.x = view_reshape(qi.view, {n * ih, id});
-      hp.out_bf16 = true;
-      be.hadamard(hp);
-      qdq(ctx, hp.x, kernels::QdqFormat::kFp4E2M1, 32);
-    }
-    Scratch wts = make_scratch(be, {n, ih});
-    {
-      kernels::LinearParams p;  // bf16 GEMM in the official mode, no activation quantization
-      p.x = a;
-      p.w = aw.indexer.weights_proj;
-      p.y = wts.view;
-      p.out_bf16 = ctx.official;
-      be.linear(p);
-    }
-    const int64_t num_keys = state.indexer.entries.rows();
-    Scratch scores = make_scratch(be, {n, num_keys});
-    kernels::IndexerScoresParams sp;
-    sp.q = qi.view;
-    sp.keys = state.indexer.entries.view();
-    sp.w = wts.view;
-    sp.scores = scores.view;
-    sp.weight_scale = float(1.0 / std::sqrt(double(id)) / std::sqrt(double(ih)));
-    sp.pos_begin = pos_begin;
-    sp.ratio = 4;
-    sp.bf16_arith = ctx.official;
-    be.indexer_scores(sp);
-    const int k = int(std::min<int64_t>(cfg.index_topk, num_keys));
+    const int64_t num_keys = state.indexer.entries.rows();  // keys held here (all of them without SP)
+    const int k = int(std::min<int64_t>(cfg.index_topk, state.indexer.num_entries));
     sel = make_scratch(be, {n, k}, DType::kI32);
-    kernels::TopkParams tp;
-    tp.scores = scores.view;
-    tp.out_idx = sel.view;
-    tp.k = k;
-    be.topk(tp);
+    Scratch scores;
+    if (num_keys > 0) {
+      Scratch qi = make_scratch(be, {n, ih, id});
+      project(ctx, qr.view, aw.indexer.wq_b, view_reshape(qi.view, {n, ih * id}), true);
+      rope(ctx, qi.view, w.inv_freq, pos_begin, 1, false);
+      if (ctx.official) {
+        kernels::HadamardParams hp;
+        hp.x = view_reshape(qi.view, {n * ih, id});
+        hp.out_bf16 = true;
+        be.hadamard(hp);
+        qdq(ctx, hp.x, kernels::QdqFormat::kFp4E2M1, 32);
+      }
+      Scratch wts = make_scratch(be, {n, ih});
+      {
+        kernels::LinearParams p;  // bf16 GEMM in the official mode, no activation quantization
+        p.x = a;
+        p.w = aw.indexer.weights_proj;
+        p.y = wts.view;
+        p.out_bf16 = ctx.official;
+        be.linear(p);
+      }
+      scores = make_scratch(be, {n, num_keys});
+      kernels::IndexerScoresParams sp_params;
+      sp_params.q = qi.view;
+      sp_params.keys = state.indexer.entries.view();
+      sp_params.w = wts.view;
+      sp_params.scores = scores.view;
+      // The scale uses the global head count: TP ranks sum partial scores of their heads.
+      sp_params.weight_scale = float(1.0 / std::sqrt(double(id)) / std::sqrt(double(cfg.index_n_heads)));
+      // NOTE: under SP the local keys are not contiguous in entry order, so the kernel's causal mask
+      // (by key position) is switched off (every key "visible") and applied below by global index.
+      sp_params.pos_begin = sp ? state.indexer.num_entries * 4 : pos_begin;
+      sp_params.ratio = 4;
+      sp_params.bf16_arith = ctx.official;
+      be.indexer_scores(sp_params);
+      // PARALLEL: indexer heads are split over TP: the partial scores are summed before the top-k.
+      tp_reduce(ctx, scores.view);
+    }
+    if (!sp) {
+      kernels::TopkParams tp;
+      tp.scores = scores.view;
+      tp.out_idx = sel.view;
+      tp.k = k;
+      be.topk(tp);
+    } else {
+      // PARALLEL: each SP rank scores its own keys; the ranks agree on the global top-k, and each
+      // keeps the selected entries it holds (local index), -1 for the others'.
+      std::vector<float> local = num_keys > 0 ? download(be, scores.view) : std::vector<float>();
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t visible = (pos_begin + t + 1) / 4;
+        for (int64_t j = 0; j < num_keys; ++j) {
+          if (part.to_global(j) >= visible) local[size_t(t * num_keys + j)] = -INFINITY;
+        }
+      }
+      std::vector<int64_t> top(size_t(n * k));
+      parallel::distributed_topk(*ctx.parallel->sp, part, local.data(), n, num_keys, k, top.data());
+      std::vector<int32_t> mine(top.size());
+      for (size_t i = 0; i < top.size(); ++i) mine[i] = top[i] >= 0 && part.owns(top[i]) ? int32_t(part.to_local(top[i])) : -1;
+      be.copy_to_device(sel.buffer.data(), mine.data(), mine.size() * sizeof(int32_t));
+    }
   }
 
   // --- sparse attention with sink (§5.6) ---
@@ -202,13 +279,25 @@ void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerStat
   ap.window_kv = win.view;
   ap.window_pos0 = pos_begin - tail;
   ap.window = cfg.sliding_window;
+  Scratch hca_idx;
   if (aw.has_compressor && state.main.entries.rows() > 0) {
     ap.comp_kv = state.main.entries.view();
     if (aw.has_indexer) {
       ap.comp_idx = sel.view;  // empty when no indexer key exists yet
       if (!sel.view.data) ap.comp_kv = TensorView();
-    } else {
+    } else if (!sp) {
       ap.comp_ratio = w.ratio;
+    } else {
+      // SP: the visible entries this rank holds, as an explicit list (local indices).
+      const int64_t num_local = state.main.entries.rows();
+      std::vector<int32_t> list(size_t(n * num_local));
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t visible = (pos_begin + t + 1) / w.ratio;
+        for (int64_t j = 0; j < num_local; ++j) list[size_t(t * num_local + j)] = part.to_global(j) < visible ? int32_t(j) : -1;
+      }
+      hca_idx = make_scratch(be, {n, num_local}, DType::kI32);
+      be.copy_to_device(hca_idx.buffer.data(), list.data(), list.size() * sizeof(int32_t));
+      ap.comp_idx = hca_idx.view;
     }
   }
   ap.sink = aw.sink;
@@ -217,23 +306,56 @@ void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerStat
   ap.softmax_scale = float(1.0 / std::sqrt(double(hd)));
   ap.bf16_probs = ctx.official;
   ap.out_bf16 = ctx.official;
-  // PARALLEL: query heads [begin, end) per TP rank; under SP each rank attends over its own
-  // compressed entries (include_sink on one rank) and the partial outputs merge by lse.
+  // PARALLEL: under SP each rank attends over its own compressed entries (the window only on the
+  // window rank, the sink on none) and the partial outputs merge by log-sum-exp, sink added once.
+  // Layers without compressed entries yet are computed whole on every SP rank.
+  const bool merge = sp && num_entries > 0;
+  Scratch lse;
+  if (merge) {
+    ap.include_sink = false;
+    if (part.sp_idx != parallel::SpPartition::window_rank()) ap.window = 0;  // no window rows
+    ap.out_bf16 = false;
+    lse = make_scratch(be, {n, heads});
+    ap.lse = lse.view;
+  }
   be.sparse_attention(ap);
+  if (merge) {
+    const std::vector<float> o_host = download(be, o.view);
+    const std::vector<float> lse_host = download(be, lse.view);
+    const int64_t rows = n * heads, width = parallel::partial_width(hd);
+    std::vector<float> partial(size_t(rows * width), 0.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* p = &partial[size_t(r * width)];
+      const float l = lse_host[size_t(r)];
+      if (!(l > -INFINITY)) {  // nothing attended here: the empty partial
+        p[0] = -INFINITY;
+        continue;
+      }
+      p[0] = l;  // normalised output with its log-sum-exp = {max l, sum 1, acc o}
+      p[1] = 1.0f;
+      std::copy_n(&o_host[size_t(r * hd)], hd, p + 2);
+    }
+    std::vector<float> merged(size_t(rows * hd));
+    parallel::attention_merge(*ctx.parallel->sp, partial.data(), aw.sink_host.data(), rows, heads, hd, merged.data());
+    if (ctx.official) {
+      for (float& v : merged) v = round_bf16(v);
+    }
+    upload(be, merged, o.view);
+  }
   rope(ctx, o.view, w.inv_freq, pos_begin, 1, true);
 
   // --- grouped output projection (§5.7) ---
-  const int64_t groups = cfg.o_groups;
+  const int64_t groups = aw.wo_a.rows / cfg.o_lora_rank;  // this TP rank's groups
   Scratch u = make_scratch(be, {n, groups, cfg.o_lora_rank});
   kernels::GroupedLinearParams gp;
   gp.x = view_reshape(o.view, {n, groups, heads / groups * hd});
   gp.w = aw.wo_a;
   gp.y = u.view;
   gp.out_bf16 = ctx.official;
-  // PARALLEL: wo_a groups [begin, end) per TP rank (the groups of its heads).
   be.grouped_linear(gp);
   project(ctx, view_reshape(u.view, {n, groups * cfg.o_lora_rank}), aw.wo_b, out, true);
   // PARALLEL: reduce — wo_b is row-split under TP: `out` is a partial sum, all-reduced here.
+  tp_reduce(ctx, out);
 }
 
 }  // namespace v4rt::model

@@ -5,8 +5,10 @@
 
 #include "kernels/backend.h"
 #include "model/config.h"
+#include "model/distributed.h"
 #include "model/state.h"
 #include "model/weights.h"
+#include "parallel/ep.h"
 
 namespace v4rt::model {
 
@@ -14,6 +16,8 @@ struct BlockContext {
   const ModelConfig& config;
   kernels::Backend& backend;
   bool official = false;  // Numerics::kOfficial rounding points
+  const ParallelContext* parallel = nullptr;    // nullptr: one rank holding everything
+  parallel::ExpertParallel* experts = nullptr;  // EP dispatch/combine (layout.ep > 1)
 };
 
 // A device F32 scratch tensor owned by the caller.
@@ -24,8 +28,9 @@ struct Scratch {
 Scratch make_scratch(kernels::Backend& backend, std::initializer_list<int64_t> dims, DType dtype = DType::kF32);
 
 // Attention sublayer for the chunk at positions [pos_begin, pos_begin + n): a [n, D] -> out [n, D].
-void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerState& state, int64_t pos_begin,
-                       const TensorView& a, const TensorView& out);
+// `own` says which compressed entries this rank stores (SP); the layer's state holds only those.
+void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerState& state, const EntryOwnership& own,
+                       int64_t pos_begin, const TensorView& a, const TensorView& out);
 
 // MoE sublayer: b [n, D], token ids [n] I32 -> out [n, D].
 void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, const TensorView& b,

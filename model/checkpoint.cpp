@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "common/json_depth.h"
 #include "model/safetensors.h"
 
 namespace v4rt::model {
@@ -91,9 +92,11 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
   const bool indexed = fs::exists(index_path);
   if (indexed) {
     const std::string ipath = index_path.string();
+    const std::string itext = read_text(ipath);
+    V4RT_REQUIRE(json_depth_ok(itext), ipath << ": JSON nests deeper than " << kMaxJsonDepth << " levels");
     json j;
     try {
-      j = json::parse(read_text(ipath));
+      j = json::parse(itext);
     } catch (const json::exception& e) {  // parse_error, or out_of_range for a number too large
       V4RT_FAIL(ipath << ": not valid JSON (" << e.what() << ")");
     }

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "common/json_depth.h"
 
 namespace v4rt::model {
 
@@ -125,6 +126,7 @@ json from_reference_names(const json& ref) {
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source) {
+  V4RT_REQUIRE(json_depth_ok(json_text), source << ": JSON nests deeper than " << kMaxJsonDepth << " levels");
   json j;
   try {
     j = json::parse(json_text);

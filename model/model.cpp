@@ -3,6 +3,8 @@
 // hyper-connection streams, the blocks (mHC around attention and MoE), hc_head, final norm, head.
 #include "model/model.h"
 
+#include <glog/logging.h>
+
 #include "common/check.h"
 #include "model/blocks.h"
 
@@ -16,11 +18,34 @@ Numerics parse_numerics(const std::string& text) {
 
 std::unique_ptr<Model> Model::load(const Checkpoint& ckpt, const ModelOptions& options, kernels::Backend& backend) {
   std::unique_ptr<Model> m(new Model(ckpt.config(), options, backend));
-  m->weights_ = load_weights(ckpt, backend, options.shard);
+  const ParallelContext& par = options.parallel;
+  m->weights_ = load_weights(ckpt, backend, par.sharded() ? shard_of(par.plan) : options.shard);
+  if (par.layout.tp > 1) CHECK(par.tp && par.tp->size() == par.layout.tp) << "TP layout without its communicator";
+  if (par.layout.sp > 1) CHECK(par.sp && par.sp->size() == par.layout.sp) << "SP layout without its communicator";
+  if (par.layout.ep > 1) {
+    CHECK(par.ep && par.ep->size() == par.layout.ep) << "EP layout without its communicator";
+    parallel::EpConfig ec;
+    ec.num_experts = m->config_.n_routed_experts;
+    ec.hidden = m->config_.hidden_size;
+    ec.topk = m->config_.num_experts_per_tok;
+    ec.dtype = backend.act_dtype();
+    m->expert_parallel_ = std::make_unique<parallel::ExpertParallel>(*par.ep, ec);
+  }
+  if (par.sharded()) {
+    LOG(INFO) << "rank " << par.plan.world_rank << ": tp " << par.plan.coords.tp_idx << "/" << par.layout.tp << " sp "
+              << par.plan.sp_idx << "/" << par.layout.sp << " ep " << par.plan.coords.ep_idx << "/" << par.layout.ep
+              << " dp " << par.plan.coords.dp_idx << "/" << par.layout.dp << "; heads [" << par.plan.heads.begin << ", "
+              << par.plan.heads.end << "), experts [" << par.plan.experts.begin << ", " << par.plan.experts.end
+              << "); weights loaded " << m->weights_.bytes_loaded << " bytes";
+  }
   return m;
 }
 
-std::unique_ptr<SequenceState> Model::new_sequence() { return std::make_unique<SequenceState>(config_, backend_); }
+std::unique_ptr<SequenceState> Model::new_sequence() {
+  auto seq = std::make_unique<SequenceState>(config_, backend_);
+  if (options_.parallel.layout.sp > 1) seq->set_ownership(ownership_of(options_.parallel));
+  return seq;
+}
 
 void Model::step(std::span<const StepChunk> chunks, std::vector<std::vector<float>>* logits) {
   if (logits) logits->assign(chunks.size(), {});
@@ -39,7 +64,8 @@ void Model::forward_chunk(const StepChunk& chunk, std::vector<float>* logits) {
   const int64_t pos = seq.position();
   const int64_t hc = config_.hc_mult;
   const int64_t hidden = config_.hidden_size;
-  const BlockContext ctx{config_, backend_, options_.numerics == Numerics::kOfficial};
+  const BlockContext ctx{config_, backend_, options_.numerics == Numerics::kOfficial,
+                         options_.parallel.sharded() ? &options_.parallel : nullptr, expert_parallel_.get()};
 
   Scratch ids = make_scratch(backend_, {n}, DType::kI32);
   backend_.copy_to_device(ids.buffer.data(), chunk.tokens.data(), size_t(n) * sizeof(int32_t));
@@ -65,7 +91,7 @@ void Model::forward_chunk(const StepChunk& chunk, std::vector<float>* logits) {
     const LayerWeights& lw = weights_.layers[size_t(l)];
     HcMix mix = hc_pre(ctx, lw.hc_attn, x.view, a.view);
     sublayer_norm(lw.attn_norm);
-    attention_forward(ctx, lw, seq.layer(l), pos, a.view, o.view);
+    attention_forward(ctx, lw, seq.layer(l), seq.ownership(), pos, a.view, o.view);
     hc_post(ctx, mix, o.view, x.view, x2.view);
     mix = hc_pre(ctx, lw.hc_ffn, x2.view, a.view);
     sublayer_norm(lw.ffn_norm);

@@ -14,8 +14,10 @@
 #include "kernels/backend.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/distributed.h"
 #include "model/state.h"
 #include "model/weights.h"
+#include "parallel/ep.h"
 
 namespace v4rt::model {
 
@@ -27,7 +29,8 @@ Numerics parse_numerics(const std::string& text);  // "reference" | "official"; 
 
 struct ModelOptions {
   Numerics numerics = Numerics::kReference;
-  Shard shard;
+  Shard shard;               // used when `parallel` is not sharded; otherwise shard_of(parallel.plan)
+  ParallelContext parallel;  // this rank's layout, shard plan and group communicators
 };
 
 struct StepChunk {
@@ -46,10 +49,16 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   kernels::Backend& backend() { return backend_; }
+  // A new, empty sequence (under SP it stores only the compressed entries this rank owns).
   std::unique_ptr<SequenceState> new_sequence();
+  const ParallelContext& parallel() const { return options_.parallel; }
+  // Checkpoint bytes this rank loaded (its weight share, stored format).
+  uint64_t weight_bytes() const { return weights_.bytes_loaded; }
 
   // Runs every chunk; (*logits)[i] holds chunk i's logits, row-major [rows, vocab] where rows is
-  // the chunk length (all_logits) or 1. logits may be nullptr.
+  // the chunk length (all_logits) or 1. logits may be nullptr (the head is then skipped).
+  // NOTE: under a sharded layout step() is collective: every rank of the job calls it with the
+  // same chunks (same sequences, same tokens) in the same order.
   void step(std::span<const StepChunk> chunks, std::vector<std::vector<float>>* logits);
 
   void set_layer_observer(LayerObserver observer) { observer_ = std::move(observer); }
@@ -64,6 +73,7 @@ class Model {
   kernels::Backend& backend_;
   ModelWeights weights_;
   LayerObserver observer_;
+  std::unique_ptr<parallel::ExpertParallel> expert_parallel_;  // set when layout.ep > 1
 };
 
 }  // namespace v4rt::model

@@ -1,10 +1,66 @@
 // SPDX-License-Identifier: MIT
 // The V4 MoE sublayer (spec §6): router (hash or biased score top-k), the routed experts this rank
 // holds, and the shared expert. Every numeric step is a backend op.
+#include <glog/logging.h>
+
 #include "common/check.h"
 #include "model/blocks.h"
 
 namespace v4rt::model {
+
+namespace {
+
+// PARALLEL: dispatch — the (token, expert) pairs go to the EP ranks holding the experts (counts,
+// then payload, all-to-all); each rank runs its experts on what it received, one expert per row
+// with the routing weight applied as the single-rank loop does; combine returns the weighted rows
+// and sums them per token in ascending expert id, in fp32 — the single-rank accumulation order.
+void routed_expert_parallel(const BlockContext& ctx, const MoeWeights& mw, const TensorView& b, const TensorView& idx,
+                            const TensorView& weight, const TensorView& acc) {
+  kernels::Backend& be = ctx.backend;
+  const int64_t n = b.shape[0];
+  const int64_t hidden = ctx.config.hidden_size;
+  const int k = ctx.config.num_experts_per_tok;
+  CHECK(b.contiguous() && acc.contiguous()) << "MoE activations must be contiguous";
+  std::vector<uint8_t> x(size_t(n * hidden) * dtype_size(b.dtype));
+  std::vector<int32_t> ids(size_t(n * k));
+  std::vector<float> w(size_t(n * k));
+  be.copy_to_host(x.data(), b.data, x.size());
+  be.copy_to_host(ids.data(), idx.data, ids.size() * sizeof(int32_t));
+  be.copy_to_host(w.data(), weight.data, w.size() * sizeof(float));
+  parallel::DispatchLayout layout;
+  const parallel::DispatchedRows rows = ctx.experts->dispatch(x.data(), ids.data(), w.data(), n, &layout);
+  const int64_t num_rows = rows.num_rows();
+  std::vector<float> y(size_t(num_rows * hidden), 0.0f);
+  if (num_rows > 0) {
+    Scratch xr = make_scratch(be, {num_rows, hidden}, b.dtype);
+    Scratch ir = make_scratch(be, {num_rows, 1}, DType::kI32);
+    Scratch wr = make_scratch(be, {num_rows, 1});
+    Scratch yr = make_scratch(be, {num_rows, hidden});
+    be.copy_to_device(xr.buffer.data(), rows.rows.data(), rows.rows.size());
+    be.copy_to_device(ir.buffer.data(), rows.experts.data(), size_t(num_rows) * sizeof(int32_t));
+    be.copy_to_device(wr.buffer.data(), rows.weights.data(), size_t(num_rows) * sizeof(float));
+    be.fill(yr.view, 0.0f);
+    kernels::MoeExpertsParams ep;
+    ep.x = xr.view;
+    ep.idx = ir.view;
+    ep.weight = wr.view;
+    ep.w1 = mw.w1.data();
+    ep.w2 = mw.w2.data();
+    ep.w3 = mw.w3.data();
+    ep.out = yr.view;
+    ep.e_begin = mw.expert_begin;
+    ep.e_end = mw.expert_end;
+    ep.swiglu_limit = float(ctx.config.swiglu_limit);
+    ep.official = ctx.official;
+    be.moe_experts(ep);
+    be.copy_to_host(y.data(), yr.buffer.data(), y.size() * sizeof(float));
+  }
+  std::vector<float> sum(size_t(n * hidden));
+  ctx.experts->combine(y.data(), DType::kF32, layout, ids.data(), w.data(), /*apply_weights=*/false, sum.data());
+  be.copy_to_device(acc.data, sum.data(), sum.size() * sizeof(float));
+}
+
+}  // namespace
 
 void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, const TensorView& b,
                  const TensorView& token_ids, const TensorView& out) {
@@ -33,22 +89,23 @@ void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, cons
 
   Scratch acc = make_scratch(be, {n, hidden});
   be.fill(acc.view, 0.0f);
-  kernels::MoeExpertsParams ep;
-  ep.x = b;
-  ep.idx = idx.view;
-  ep.weight = weight.view;
-  ep.w1 = mw.w1.data();
-  ep.w2 = mw.w2.data();
-  ep.w3 = mw.w3.data();
-  ep.out = acc.view;
-  ep.e_begin = mw.expert_begin;
-  ep.e_end = mw.expert_end;
-  ep.swiglu_limit = float(cfg.swiglu_limit);
-  ep.official = ctx.official;
-  // PARALLEL: dispatch — under EP the tokens routed to experts outside [expert_begin, expert_end)
-  // go to their owners (all-to-all) and come back weighted.
-  be.moe_experts(ep);
-  // PARALLEL: combine — the routed partial sums of all EP ranks are added here.
+  if (ctx.experts) {
+    routed_expert_parallel(ctx, mw, b, idx.view, weight.view, acc.view);
+  } else {
+    kernels::MoeExpertsParams ep;
+    ep.x = b;
+    ep.idx = idx.view;
+    ep.weight = weight.view;
+    ep.w1 = mw.w1.data();
+    ep.w2 = mw.w2.data();
+    ep.w3 = mw.w3.data();
+    ep.out = acc.view;
+    ep.e_begin = mw.expert_begin;
+    ep.e_end = mw.expert_end;
+    ep.swiglu_limit = float(cfg.swiglu_limit);
+    ep.official = ctx.official;
+    be.moe_experts(ep);
+  }
 
   const int64_t inter = mw.shared_w1.rows;
   Scratch g = make_scratch(be, {n, inter});

@@ -22,10 +22,12 @@ class Section {
       : node_(node), source_(std::move(source)), path_(std::move(path)) {
     if (!node_ || node_.IsNull()) return;  // an empty section keeps every default
     V4RT_REQUIRE(node_.IsMap(), where_node(node_, path_) << " must be a mapping");
+    std::set<std::string> seen;  // yaml-cpp keeps duplicate keys; the first would win silently
     for (auto it = node_.begin(); it != node_.end(); ++it) {
       V4RT_REQUIRE(it->first.IsScalar(), where_node(it->first, path_.empty() ? "<top level>" : path_)
                                              << " has a key that is not a plain string");
       const std::string key = it->first.as<std::string>();
+      V4RT_REQUIRE(seen.insert(key).second, where_node(it->first, full(key)) << " appears twice");
       V4RT_REQUIRE(allowed.count(key), where_node(it->first, full(key)) << " is not a known key (known: " << join(allowed)
                                                                         << ")");
     }

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "common/json_depth.h"
 
 namespace v4rt::model::safetensors {
 
@@ -95,6 +96,8 @@ Header parse_header(const uint8_t* prefix, uint64_t prefix_size, uint64_t file_s
   h.data_offset = 8 + header_len;
   const uint64_t data_size = file_size - h.data_offset;
   const char* text = reinterpret_cast<const char*>(prefix + 8);
+  V4RT_REQUIRE(json_depth_ok(std::string_view(text, header_len)),
+               path << ": header nests deeper than " << kMaxJsonDepth << " levels (corrupt file?)");
   json j;
   try {
     j = json::parse(text, text + header_len);

@@ -88,6 +88,7 @@ std::unique_ptr<SequenceState> SequenceState::clone() const {
     out.score = c.score.clone();
     out.start = c.start;
     out.entries = c.entries.clone();
+    out.num_entries = c.num_entries;
     return out;
   };
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -106,6 +107,7 @@ void SequenceState::reset_compressor(CompressorState& c, int ratio) {
   c.kv.clear();
   c.score.clear();
   c.entries.clear();
+  c.num_entries = 0;
   c.start = 0;
   if (ratio == 4) {  // padding "previous block" of entry 0: kv 0, score -inf (weight 0)
     backend_.fill(c.kv.reserve(ratio), 0.0f);
@@ -114,6 +116,13 @@ void SequenceState::reset_compressor(CompressorState& c, int ratio) {
     c.score.commit(ratio);
     c.start = -ratio;
   }
+}
+
+void SequenceState::set_ownership(const EntryOwnership& ownership) {
+  CHECK_EQ(position_, 0) << "entry ownership changes only on an empty sequence";
+  CHECK(ownership.num_ranks >= 1 && ownership.rank >= 0 && ownership.rank < ownership.num_ranks && ownership.block >= 1)
+      << "bad entry ownership";
+  ownership_ = ownership;
 }
 
 void SequenceState::reset() {

@@ -57,7 +57,9 @@ struct CompressorState {
   RowTable kv;       // [rows, c*d]
   RowTable score;    // [rows, c*d] (ape is added when pooling)
   int64_t start = 0;
-  RowTable entries;  // [num_entries, d]: compressed entries (main) or indexer keys
+  RowTable entries;  // [num_local, d]: compressed entries (main) or indexer keys this rank owns,
+                     // in increasing entry index (all of them on a single rank)
+  int64_t num_entries = 0;  // entries emitted so far over the whole sequence (every rank counts all)
 };
 
 struct LayerState {
@@ -76,6 +78,8 @@ class SequenceState {
   void advance(int64_t n) { position_ += n; }
   LayerState& layer(int l) { return layers_[size_t(l)]; }
   const EntryOwnership& ownership() const { return ownership_; }
+  // Set before the first token (SP): which compressed entries this rank stores.
+  void set_ownership(const EntryOwnership& ownership);
   // A deep copy: continuing it gives exactly what continuing this state gives (prefix reuse).
   std::unique_ptr<SequenceState> clone() const;
 

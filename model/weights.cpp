@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "common/check.h"
 
@@ -18,6 +19,62 @@ class Loader {
 
   // `name` without the ".weight"/".scale" suffix for quantized tensors; full name otherwise.
   WeightView load(const std::string& name, int64_t row_begin = 0, int64_t row_end = -1) {
+    kernels::WeightSource src = source(name);
+    src.row_begin = row_begin;
+    src.row_end = row_end;
+    const int64_t rows = (row_end < 0 ? src.rows : row_end) - row_begin;
+    bytes_ += uint64_t(rows) * row_bytes(src);
+    return backend_.upload_weight(src);
+  }
+
+  // Columns [col_begin, col_end) of every row (a row-parallel weight's input slice, or a slice of
+  // a 1-D tensor). FP8 stays FP8 when the slice holds whole 128-column scale blocks; otherwise it
+  // is dequantized to F32 (exact: the values dequantization recovers).
+  WeightView load_cols(const std::string& name, int64_t col_begin, int64_t col_end) {
+    const kernels::WeightSource full = source(name);
+    if (col_begin == 0 && (col_end < 0 || col_end == full.cols)) return load(name);
+    V4RT_REQUIRE(col_begin >= 0 && col_begin < col_end && col_end <= full.cols,
+                 "tensor " << name << ": column range [" << col_begin << ", " << col_end << ") outside " << full.cols);
+    const int64_t rows = full.rows, cols = col_end - col_begin;
+    kernels::WeightSource src = full;
+    src.cols = cols;
+    std::vector<uint8_t> data, scale;
+    const int64_t es = full.dtype == DType::kF8E4M3 ? 1 : int64_t(dtype_size(full.dtype));
+    const bool fp8_blocks = full.dtype == DType::kF8E4M3 && col_begin % 128 == 0 && (col_end % 128 == 0 || col_end == full.cols);
+    if (full.dtype == DType::kF32 || full.dtype == DType::kBF16 || fp8_blocks) {
+      data.resize(size_t(rows * cols * es));
+      const auto* in = static_cast<const uint8_t*>(full.data);
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(&data[size_t(r * cols * es)], in + (r * full.cols + col_begin) * es, size_t(cols * es));
+      if (fp8_blocks) {
+        const int64_t srows = (rows + 127) / 128, scols_full = (full.cols + 127) / 128, scols = (cols + 127) / 128;
+        scale.resize(size_t(srows * scols));
+        for (int64_t r = 0; r < srows; ++r)
+          std::memcpy(&scale[size_t(r * scols)], full.scale + r * scols_full + col_begin / 128, size_t(scols));
+        src.scale = scale.data();
+      }
+      bytes_ += uint64_t(rows) * row_bytes(src);
+    } else {
+      V4RT_REQUIRE(full.dtype == DType::kF8E4M3,
+                   "tensor " << name << ": column slices of " << dtype_name(full.dtype) << " are not supported");
+      const std::vector<float> all = ckpt_.read_f32(name);
+      data.resize(size_t(rows * cols) * sizeof(float));
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(&data[size_t(r * cols) * sizeof(float)], &all[size_t(r * full.cols + col_begin)], size_t(cols) * sizeof(float));
+      src.dtype = DType::kF32;
+      src.scale = nullptr;
+      src.name = name + " (columns, dequantized)";
+      // Counted as the FP8 bytes of the slice: the share of the stored weight this rank holds.
+      bytes_ += uint64_t(rows * cols + ((rows + 127) / 128) * ((cols + 127) / 128));
+    }
+    src.data = data.data();
+    return backend_.upload_weight(src);
+  }
+
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  kernels::WeightSource source(const std::string& name) const {
     const TensorInfo& info = ckpt_.info(name);
     kernels::WeightSource src;
     src.name = name;
@@ -36,14 +93,23 @@ class Loader {
         src.cols = info.shape.back() * 2;
       }
     }
-    src.row_begin = row_begin;
-    src.row_end = row_end;
-    return backend_.upload_weight(src);
+    return src;
   }
 
- private:
+  // Stored bytes per row of a source, scales included (FP8: one e8m0 per 128x128 block, counted
+  // per row as cols/128/128; FP4: cols/2 bytes + one e8m0 per 32 columns).
+  static double row_bytes_f(const kernels::WeightSource& s) {
+    switch (s.dtype) {
+      case DType::kF8E4M3: return double(s.cols) + double((s.cols + 127) / 128) / 128.0;
+      case DType::kFP4: return double(s.cols) / 2.0 + double(s.cols) / 32.0;
+      default: return double(s.cols) * double(dtype_size(s.dtype));
+    }
+  }
+  static uint64_t row_bytes(const kernels::WeightSource& s) { return uint64_t(std::llround(row_bytes_f(s))); }
+
   const Checkpoint& ckpt_;
   kernels::Backend& backend_;
+  uint64_t bytes_ = 0;
 };
 
 CompressorWeights load_compressor(Loader& ld, const std::string& p, int ratio, int head_dim) {
@@ -86,12 +152,27 @@ std::vector<float> rope_inv_freq(const ModelConfig& config, int ratio) {
 ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard) {
   const ModelConfig& cfg = ckpt.config();
   Loader ld(ckpt, backend);
+  auto end_or = [](int end, int all) { return end < 0 ? all : end; };
+  const int expert_end = end_or(shard.expert_end, cfg.n_routed_experts);
+  const int64_t hd = cfg.head_dim;
+  const int64_t h0 = shard.head_begin, h1 = end_or(shard.head_end, cfg.num_attention_heads);
+  const int64_t g0 = shard.group_begin, g1 = end_or(shard.group_end, cfg.o_groups);
+  const int64_t i0 = shard.index_head_begin, i1 = end_or(shard.index_head_end, cfg.index_n_heads);
+  V4RT_REQUIRE(0 <= h0 && h0 < h1 && h1 <= cfg.num_attention_heads && 0 <= g0 && g0 < g1 && g1 <= cfg.o_groups &&
+                   0 <= i0 && i0 < i1 && i1 <= cfg.index_n_heads && 0 <= shard.expert_begin &&
+                   shard.expert_begin <= expert_end && expert_end <= cfg.n_routed_experts,
+               "shard outside the model: heads [" << h0 << ", " << h1 << "), groups [" << g0 << ", " << g1
+                                                  << "), indexer heads [" << i0 << ", " << i1 << "), experts ["
+                                                  << shard.expert_begin << ", " << expert_end << ")");
+  // The heads of a shard must be exactly the heads of its output groups (the grouped projection).
+  const int64_t heads_per_group = cfg.num_attention_heads / cfg.o_groups;
+  V4RT_REQUIRE(h0 == g0 * heads_per_group && h1 == g1 * heads_per_group,
+               "shard heads [" << h0 << ", " << h1 << ") are not the heads of groups [" << g0 << ", " << g1 << ")");
   ModelWeights w;
   w.embed = ld.load("embed.weight");
   w.head = ld.load("head.weight");
   w.norm = ld.load("norm.weight");
   w.hc_head = {ld.load("hc_head_fn"), ld.load("hc_head_base"), ld.load("hc_head_scale")};
-  const int expert_end = shard.expert_end < 0 ? cfg.n_routed_experts : shard.expert_end;
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights lw;
@@ -105,20 +186,24 @@ ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, con
     AttentionWeights& a = lw.attn;
     a.wq_a = ld.load(p + "attn.wq_a.weight");
     a.q_norm = ld.load(p + "attn.q_norm.weight");
-    a.wq_b = ld.load(p + "attn.wq_b.weight");
+    a.wq_b = ld.load(p + "attn.wq_b.weight", h0 * hd, h1 * hd);
     a.wkv = ld.load(p + "attn.wkv.weight");
     a.kv_norm = ld.load(p + "attn.kv_norm.weight");
-    a.wo_a = ld.load(p + "attn.wo_a.weight");
-    a.wo_b = ld.load(p + "attn.wo_b.weight");
-    a.sink = ld.load(p + "attn.attn_sink");
+    a.wo_a = ld.load(p + "attn.wo_a.weight", g0 * cfg.o_lora_rank, g1 * cfg.o_lora_rank);
+    a.wo_b = ld.load_cols(p + "attn.wo_b.weight", g0 * cfg.o_lora_rank, g1 * cfg.o_lora_rank);
+    a.sink = ld.load_cols(p + "attn.attn_sink", h0, h1);
+    {
+      const std::vector<float> sink = ckpt.read_f32(p + "attn.attn_sink");
+      a.sink_host.assign(sink.begin() + h0, sink.begin() + h1);
+    }
     if (lw.ratio != 0) {
       a.has_compressor = true;
       a.compressor = load_compressor(ld, p + "attn.compressor.", lw.ratio, cfg.head_dim);
     }
     if (lw.ratio == 4) {
       a.has_indexer = true;
-      a.indexer.wq_b = ld.load(p + "attn.indexer.wq_b.weight");
-      a.indexer.weights_proj = ld.load(p + "attn.indexer.weights_proj.weight");
+      a.indexer.wq_b = ld.load(p + "attn.indexer.wq_b.weight", i0 * cfg.index_head_dim, i1 * cfg.index_head_dim);
+      a.indexer.weights_proj = ld.load(p + "attn.indexer.weights_proj.weight", i0, i1);
       a.indexer.compressor = load_compressor(ld, p + "attn.indexer.compressor.", 4, cfg.index_head_dim);
     }
     MoeWeights& m = lw.moe;
@@ -144,6 +229,7 @@ ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, con
     m.shared_w3 = ld.load(p + "ffn.shared_experts.w3.weight");
     w.layers.push_back(std::move(lw));
   }
+  w.bytes_loaded = ld.bytes();
   return w;
 }
 

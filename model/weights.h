@@ -43,6 +43,7 @@ struct AttentionWeights {
   WeightView wo_a;          // [G*o_lora, (H/G)*hd]
   WeightView wo_b;          // [D, G*o_lora]
   WeightView sink;          // [H]
+  std::vector<float> sink_host;  // [H] the same on the host (the SP merge adds the sink there)
   bool has_compressor = false;
   bool has_indexer = false;
   CompressorWeights compressor;
@@ -69,10 +70,18 @@ struct LayerWeights {
   std::vector<float> inv_freq;  // [rope_dim/2] of this layer's RoPE (YaRN folded in)
 };
 
-// The slice of the model a rank holds. The defaults hold everything.
+// The slice of the model a rank holds (parallel::ShardPlan, in the loader's terms). The defaults
+// hold everything; every `end` of -1 means "to the end". Attention shapes above are then local:
+// H -> heads of the shard, G -> its groups, index_heads -> its indexer heads.
 struct Shard {
   int expert_begin = 0;
-  int expert_end = -1;  // -1 = all
+  int expert_end = -1;        // routed experts (EP)
+  int head_begin = 0;
+  int head_end = -1;          // query heads (TP): wq_b rows, attn_sink
+  int group_begin = 0;
+  int group_end = -1;         // output groups (TP): wo_a rows, wo_b input columns
+  int index_head_begin = 0;
+  int index_head_end = -1;    // indexer heads (TP): indexer.wq_b rows, weights_proj rows
 };
 
 struct ModelWeights {
@@ -81,6 +90,9 @@ struct ModelWeights {
   WeightView norm;   // [D]
   HcWeights hc_head;
   std::vector<LayerWeights> layers;
+  // Bytes of checkpoint data this rank loaded (stored format: FP8/FP4 with their scales), i.e. its
+  // share of the weights; the backend may hold them in another format (the CPU backend: F32).
+  uint64_t bytes_loaded = 0;
 };
 
 // Loads every tensor the forward needs. Throws v4rt::Error naming the tensor at fault.

@@ -252,7 +252,7 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
     a.part_acc = static_cast<float*>(part);
     a.part_ml = a.part_acc + slots * size_t(dim);
   }
-  const dim3 grid(unsigned(n), unsigned(head_groups), unsigned(splits));
+  const dim3 grid{unsigned(n), unsigned(head_groups), unsigned(splits)};
   sparse_attention_kernel<<<grid, kHeadsPerBlock * 32, size_t(kTile) * size_t(dim) * 4, s>>>(a);
   launch_check("sparse_attention", s);
   if (splits > 1) {

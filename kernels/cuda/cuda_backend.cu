@@ -8,6 +8,7 @@
 #include "kernels/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/check.h"
@@ -42,9 +43,17 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
   return std::make_unique<CudaBackend>();
 }
 
-CudaBackend::CudaBackend() : scratch_(kNumSlots) {}
+CudaBackend::CudaBackend() : scratch_(kNumSlots) {
+  // The model allocates its scratch tensors per op through common Buffer: without stream-ordered
+  // allocation every free would synchronize the device (cudaFree). All of this backend's work is
+  // on its one stream, so the first backend makes the allocator ordered on it.
+  if (!allocation_stream() && !std::getenv("V4RT_CUDA_SYNC_ALLOC")) set_allocation_stream(stream_.get());
+}
 
-CudaBackend::~CudaBackend() { (void)cudaStreamSynchronize(stream_.get()); }
+CudaBackend::~CudaBackend() {
+  (void)cudaStreamSynchronize(stream_.get());
+  if (allocation_stream() == stream_.get()) set_allocation_stream(nullptr);
+}
 
 bool CudaBackend::supports(Op op) const {
   (void)op;

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <mutex>
+#include <unordered_set>
 #include <sstream>
 
 #include "common/tensor.h"
@@ -15,13 +17,53 @@ namespace v4rt::kernels::cuda {
 namespace {
 std::atomic<bool> g_sync_after_ops{false};
 
+std::atomic<cudaStream_t> g_alloc_stream{nullptr};
+
+// With an allocation stream: stream-ordered pool allocation (no device-wide synchronization on
+// free; a freed block is reused only by work ordered after the free on that stream). Without:
+// plain cudaMalloc / cudaFree (cudaFree synchronizes the device).
+// Pool allocations, so each block is freed the way it was allocated.
+std::mutex g_pool_mu;
+std::unordered_set<void*> g_pool_blocks;
+
 void* device_alloc(size_t bytes) {
   void* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, bytes));
+  if (cudaStream_t s = g_alloc_stream.load()) {
+    CUDA_CHECK(cudaMallocAsync(&p, bytes, s));
+    std::lock_guard<std::mutex> lock(g_pool_mu);
+    g_pool_blocks.insert(p);
+  } else {
+    CUDA_CHECK(cudaMalloc(&p, bytes));
+  }
   return p;
 }
-void device_free(void* p) { CUDA_CHECK(cudaFree(p)); }
+void device_free(void* p) {
+  bool pooled = false;
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mu);
+    pooled = g_pool_blocks.erase(p) > 0;
+  }
+  cudaStream_t s = g_alloc_stream.load();
+  if (pooled && s) {
+    CUDA_CHECK(cudaFreeAsync(p, s));
+  } else {
+    CUDA_CHECK(cudaFree(p));  // also right for a pool block once no stream orders the frees
+  }
+}
 }  // namespace
+
+void set_allocation_stream(cudaStream_t stream) {
+  if (stream) {
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    cudaMemPool_t pool;
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+    uint64_t keep = ~uint64_t(0);  // keep freed blocks in the pool across synchronizations
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  }
+  g_alloc_stream = stream;
+}
+cudaStream_t allocation_stream() { return g_alloc_stream.load(); }
 
 std::string device_context() {
   int dev = -1, count = 0;

@@ -16,6 +16,11 @@ namespace v4rt::kernels::cuda {
 int device_count();
 // Installs cudaMalloc/cudaFree as common Buffer's device allocator (idempotent).
 void install_device_allocator();
+// Makes the allocator stream-ordered on `stream` (cudaMallocAsync / cudaFreeAsync from the device's
+// default pool, kept across synchronizations); nullptr returns to cudaMalloc / cudaFree. Only
+// correct while every user of the memory runs on `stream` or synchronizes with it before a free.
+void set_allocation_stream(cudaStream_t stream);
+cudaStream_t allocation_stream();
 
 class Stream {
  public:

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
 // Lightning-indexer scores (spec §5.5) and top-k selection (radix select on order-preserving keys,
 // then an index-ordered compaction so ties go to the lower index, then a bitonic sort of the k
-// survivors; never a full sort of the row).
+// survivors; never a full sort of the row). Long rows of few-row calls (decode: one row of up to
+// 256K keys) are first narrowed by many blocks: a 16-bit histogram of the order keys, the bin
+// holding the k-th largest, and a compaction of every element at or above that bin; one block then
+// sorts the <= 2048 candidates (the full single-block select remains the fallback).
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops.h"
 
@@ -91,9 +94,45 @@ __device__ __forceinline__ int block_prefix(bool flag, int* warp_counts, int* to
   return before + in_warp;
 }
 
+// Sorts sel[0, pow2) descending (key, then lower index first) and writes the first k.
+__device__ void topk_sort_emit(unsigned long long* sel, int nsel, int pow2, int k, const float* s, int64_t row,
+                               int32_t* out_idx, int64_t idx_stride, float* out_val, int64_t val_stride,
+                               int64_t index_offset) {
+  const int tid = threadIdx.x;
+  for (int size = 2; size <= pow2; size <<= 1) {
+    for (int stride2 = size >> 1; stride2 > 0; stride2 >>= 1) {
+      for (int i = tid; i < pow2; i += blockDim.x) {
+        const int j = i ^ stride2;
+        if (j > i) {
+          const bool desc = (i & size) == 0;
+          const unsigned long long a = sel[i], b = sel[j];
+          if (desc ? a < b : a > b) {
+            sel[i] = b;
+            sel[j] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int i = tid; i < k; i += blockDim.x) {
+    if (i < nsel) {
+      const int64_t col = int64_t(0xffffffffu - uint32_t(sel[i] & 0xffffffffull));
+      out_idx[row * idx_stride + i] = int32_t(col + index_offset);
+      if (out_val) out_val[row * val_stride + i] = s[col];
+    } else {
+      out_idx[row * idx_stride + i] = -1;
+      if (out_val) out_val[row * val_stride + i] = -INFINITY;
+    }
+  }
+}
+
+// cand / cand_count (may be nullptr): the row's candidates from topk_collect_kernel; when they all
+// fit, only they are sorted, else the whole row is selected here.
 __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores, int64_t stride, int64_t cols, int k,
                                                              int32_t* out_idx, int64_t idx_stride, float* out_val,
-                                                             int64_t val_stride, int64_t index_offset) {
+                                                             int64_t val_stride, int64_t index_offset,
+                                                             const unsigned long long* cand, const uint32_t* cand_count) {
   __shared__ uint32_t hist[256];
   __shared__ unsigned long long sel[kMaxTopk];
   __shared__ int warp_counts[kTopkThreads / 32];
@@ -102,6 +141,15 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores,
   const int64_t row = blockIdx.x;
   const float* s = scores + row * stride;
   const int tid = threadIdx.x;
+  if (cand && cand_count[row] <= uint32_t(kMaxTopk)) {
+    const int nsel = int(cand_count[row]);
+    int pow2 = 1;
+    while (pow2 < nsel) pow2 <<= 1;
+    for (int i = tid; i < pow2; i += blockDim.x) sel[i] = i < nsel ? cand[row * kMaxTopk + i] : 0ull;
+    __syncthreads();
+    topk_sort_emit(sel, nsel, pow2, k, s, row, out_idx, idx_stride, out_val, val_stride, index_offset);
+    return;
+  }
 
   if (tid == 0) {
     s_valid = 0;
@@ -166,30 +214,69 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores,
   while (pow2 < nsel) pow2 <<= 1;
   for (int i = nsel + tid; i < pow2; i += blockDim.x) sel[i] = 0ull;
   __syncthreads();
-  for (int size = 2; size <= pow2; size <<= 1) {
-    for (int stride2 = size >> 1; stride2 > 0; stride2 >>= 1) {
-      for (int i = tid; i < pow2; i += blockDim.x) {
-        const int j = i ^ stride2;
-        if (j > i) {
-          const bool desc = (i & size) == 0;
-          const unsigned long long a = sel[i], b = sel[j];
-          if (desc ? a < b : a > b) {
-            sel[i] = b;
-            sel[j] = a;
-          }
-        }
+  topk_sort_emit(sel, nsel, pow2, k, s, row, out_idx, idx_stride, out_val, val_stride, index_offset);
+}
+
+constexpr int kBins = 65536;          // top 16 bits of the order key
+constexpr int kChunkBlock = 256;       // threads of the histogram / collect kernels
+constexpr int kChunkElems = 4096;      // row elements per block of those kernels
+
+__global__ void __launch_bounds__(kChunkBlock) topk_hist_kernel(const float* scores, int64_t stride, int64_t cols,
+                                                                uint32_t* hist) {
+  const int64_t row = blockIdx.y;
+  const float* s = scores + row * stride;
+  uint32_t* h = hist + row * kBins;
+  const int64_t end = min(cols, int64_t(blockIdx.x + 1) * kChunkElems);
+  for (int64_t i = int64_t(blockIdx.x) * kChunkElems + threadIdx.x; i < end; i += kChunkBlock) {
+    const uint32_t key = order_key(s[i]);
+    if (key != 0u) atomicAdd(&h[key >> 16], 1u);
+  }
+}
+
+// Per row: the bin b* holding the k-th largest valid key (0 when the row has <= k valid keys, so
+// every valid key is collected). One block of 1024 threads, 64 bins each, scanned from the top.
+__global__ void __launch_bounds__(1024) topk_threshold_kernel(const uint32_t* hist, int k, uint32_t* thr_bin) {
+  __shared__ uint32_t sums[1024];
+  const uint32_t* h = hist + int64_t(blockIdx.x) * kBins;
+  const int tid = threadIdx.x;
+  const int first = kBins - 64 * (tid + 1);  // thread 0 owns the top 64 bins
+  uint32_t sum = 0;
+  for (int b = 0; b < 64; ++b) sum += h[first + b];
+  sums[tid] = sum;
+  __syncthreads();
+  for (int off = 1; off < 1024; off <<= 1) {  // inclusive scan, top bins first
+    const uint32_t v = tid >= off ? sums[tid - off] : 0u;
+    __syncthreads();
+    sums[tid] += v;
+    __syncthreads();
+  }
+  const uint32_t before = tid > 0 ? sums[tid - 1] : 0u;
+  if (tid == 1023 && sums[1023] <= uint32_t(k)) thr_bin[blockIdx.x] = 0u;
+  if (before < uint32_t(k) && sums[tid] >= uint32_t(k) && sums[1023] > uint32_t(k)) {
+    uint32_t cum = before;
+    for (int b = 63; b >= 0; --b) {
+      cum += h[first + b];
+      if (cum >= uint32_t(k)) {
+        thr_bin[blockIdx.x] = uint32_t(first + b);
+        break;
       }
-      __syncthreads();
     }
   }
-  for (int i = tid; i < k; i += blockDim.x) {
-    if (i < nsel) {
-      const int64_t col = int64_t(0xffffffffu - uint32_t(sel[i] & 0xffffffffull));
-      out_idx[row * idx_stride + i] = int32_t(col + index_offset);
-      if (out_val) out_val[row * val_stride + i] = s[col];
-    } else {
-      out_idx[row * idx_stride + i] = -1;
-      if (out_val) out_val[row * val_stride + i] = -INFINITY;
+}
+
+__global__ void __launch_bounds__(kChunkBlock) topk_collect_kernel(const float* scores, int64_t stride, int64_t cols,
+                                                                   const uint32_t* thr_bin, unsigned long long* cand,
+                                                                   uint32_t* cand_count) {
+  const int64_t row = blockIdx.y;
+  const float* s = scores + row * stride;
+  const uint32_t thr = thr_bin[row];
+  const int64_t end = min(cols, int64_t(blockIdx.x + 1) * kChunkElems);
+  for (int64_t i = int64_t(blockIdx.x) * kChunkElems + threadIdx.x; i < end; i += kChunkBlock) {
+    const uint32_t key = order_key(s[i]);
+    if (key != 0u && (key >> 16) >= thr) {
+      const uint32_t slot = atomicAdd(&cand_count[row], 1u);
+      if (slot < uint32_t(kMaxTopk))
+        cand[row * kMaxTopk + slot] = (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - uint32_t(i));
     }
   }
 }
@@ -241,10 +328,34 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
     val_stride = p.out_values.stride[0];
   }
   if (rows == 0) return;
-  topk_kernel<<<unsigned(rows), kTopkThreads, 0, s>>>(static_cast<const float*>(p.scores.data), p.scores.stride[0],
-                                                      cols, p.k, static_cast<int32_t*>(p.out_idx.data),
-                                                      p.out_idx.stride[0], vals, val_stride, p.index_offset);
+  const float* scores = static_cast<const float*>(p.scores.data);
+  const int64_t stride = p.scores.stride[0];
+  // Few long rows (decode): narrow each row with many blocks first (see the file comment).
+  const bool narrow = rows <= 16 && cols >= 4 * kChunkElems;
+  void* work = nullptr;
+  unsigned long long* cand = nullptr;
+  uint32_t* cand_count = nullptr;
+  if (narrow) {
+    const size_t hist_bytes = size_t(rows) * kBins * 4, cand_bytes = size_t(rows) * kMaxTopk * 8;
+    const size_t small_bytes = size_t(rows) * 8;
+    CUDA_CHECK(cudaMallocAsync(&work, hist_bytes + cand_bytes + small_bytes, s));
+    auto* hist = static_cast<uint32_t*>(work);
+    cand = reinterpret_cast<unsigned long long*>(static_cast<char*>(work) + hist_bytes);
+    cand_count = reinterpret_cast<uint32_t*>(static_cast<char*>(work) + hist_bytes + cand_bytes);
+    uint32_t* thr_bin = cand_count + rows;
+    CUDA_CHECK(cudaMemsetAsync(hist, 0, hist_bytes, s));
+    CUDA_CHECK(cudaMemsetAsync(cand_count, 0, size_t(rows) * 4, s));
+    const dim3 grid{unsigned(ceil_div(cols, kChunkElems)), unsigned(rows)};
+    topk_hist_kernel<<<grid, kChunkBlock, 0, s>>>(scores, stride, cols, hist);
+    topk_threshold_kernel<<<unsigned(rows), 1024, 0, s>>>(hist, p.k, thr_bin);
+    topk_collect_kernel<<<grid, kChunkBlock, 0, s>>>(scores, stride, cols, thr_bin, cand, cand_count);
+    launch_check("topk narrow", s);
+  }
+  topk_kernel<<<unsigned(rows), kTopkThreads, 0, s>>>(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
+                                                      p.out_idx.stride[0], vals, val_stride, p.index_offset, cand,
+                                                      cand_count);
   launch_check("topk", s);
+  if (work) CUDA_CHECK(cudaFreeAsync(work, s));
 }
 
 }  // namespace v4rt::kernels::cuda

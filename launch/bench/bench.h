@@ -10,5 +10,6 @@ class App;
 namespace v4rt::launch {
 
 void register_bench_tokenizer(CLI::App& bench);  // bench_tokenizer.cpp
+void register_bench_step(CLI::App& bench);       // bench_step.cpp: `bench step` and `bench indexer`
 
 }  // namespace v4rt::launch

@@ -43,12 +43,16 @@ std::vector<SeqId> PrefixCache::insert(CacheEntry entry) {
   return superseded;
 }
 
-std::optional<SeqId> PrefixCache::evict_lru() {
-  if (entries_.empty()) return std::nullopt;
-  const SeqId seq = entries_.back().seq;
-  bytes_ -= entries_.back().bytes;
-  entries_.pop_back();
-  return seq;
+std::optional<SeqId> PrefixCache::evict_lru(SeqId keep, int64_t* bytes) {
+  for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) {
+    if (keep != 0 && it->seq == keep) continue;
+    const SeqId seq = it->seq;
+    bytes_ -= it->bytes;
+    if (bytes) *bytes = it->bytes;
+    entries_.erase(std::next(it).base());
+    return seq;
+  }
+  return std::nullopt;
 }
 
 std::vector<SeqId> PrefixCache::clear() {

@@ -31,8 +31,9 @@ class PrefixCache {
   // Adds a finished sequence. Entries whose tokens are a prefix of the new one are superseded
   // (an agent's next turn extends them) and returned for release.
   std::vector<SeqId> insert(CacheEntry entry);
-  // Removes the least recently used entry and returns its sequence; nullopt when empty.
-  std::optional<SeqId> evict_lru();
+  // Removes the least recently used entry other than `keep` and returns its sequence (and its
+  // bytes in *bytes when not null); nullopt when there is none.
+  std::optional<SeqId> evict_lru(SeqId keep = 0, int64_t* bytes = nullptr);
   // Removes every entry and returns their sequences.
   std::vector<SeqId> clear();
 

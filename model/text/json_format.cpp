@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "common/check.h"
+#include "common/json_depth.h"
 
 namespace v4rt::model::text {
 namespace {
@@ -41,6 +42,7 @@ bool parse_impl(std::string_view text, Json* out, bool allow_exceptions) {
 }  // namespace
 
 Json json_parse(std::string_view text, std::string_view what) {
+  V4RT_REQUIRE(json_depth_ok(text), what << ": invalid JSON: nests deeper than " << kMaxJsonDepth << " levels");
   Json out;
   try {
     if (parse_impl(text, &out, true)) return out;
@@ -51,6 +53,7 @@ Json json_parse(std::string_view text, std::string_view what) {
 }
 
 bool json_try_parse(std::string_view text, Json* out) {
+  if (!json_depth_ok(text)) return false;
   try {
     return parse_impl(text, out, false);
   } catch (const nlohmann::json::exception&) {

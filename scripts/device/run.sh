@@ -8,8 +8,12 @@
 #   mkdir -p .devdeps && (cd .devdeps && apt-get download libgoogle-glog-dev libgoogle-glog0v6 \
 #     libgflags-dev libgflags2.2 libunwind-dev libunwind8 libcli11-dev libpcre2-dev libpcre2-8-0 \
 #     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 pkgconf pkgconf-bin libpkgconf3)
-# On the device (repository root):  scripts/device/run.sh [all|test|nccl|sanitize|bench]...
-# Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc).
+# On the device (repository root):  scripts/device/run.sh [all|test|nccl|sanitize|bench|golden|step]...
+# Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc),
+# TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default .golden, a copy of
+# shared/golden made on the development machine: mkdir -p .golden && cp -r ../shared/golden/tiny-a
+# .golden/ && echo /.golden/ >> .git/info/exclude, carried with `carry: [".devdeps", ".golden"]`),
+# STEP_ARGS (extra `v4rt bench step` runs, ';'-separated argument lists).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}
@@ -32,8 +36,10 @@ export PKG_CONFIG_PATH=$DD/usr/lib/x86_64-linux-gnu/pkgconfig:${PKG_CONFIG_PATH:
 { nvidia-smi; nvcc --version; cmake --version | head -1; } > "$OUT/machine.txt" 2>&1
 
 # --- configure + build ---------------------------------------------------------------------------
-TARGETS="test_cuda_kernels bench_cuda"
-[[ -f tests/cuda/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
+if [[ -z "${TARGETS:-}" ]]; then
+  TARGETS="test_cuda_kernels bench_cuda test_gpu_golden bench_step"
+  [[ -f tests/cuda/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
+fi
 t0=$(date +%s)
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DV4RT_ENABLE_CUDA=ON -DV4RT_ENABLE_NCCL=ON \
   -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DCMAKE_PREFIX_PATH=$DD/usr \
@@ -75,7 +81,26 @@ if want sanitize && has test_cuda_kernels && command -v compute-sanitizer >/dev/
     --gtest_filter='CudaOps.*:CudaLinear.*:CudaMoe.*:CudaGemm.Fp4*' > "$OUT/sanitizer.log" 2>&1
   echo "compute-sanitizer memcheck (rc $?):"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/sanitizer.log" | head -20
 fi
+if want golden && has test_gpu_golden; then
+  export V4RT_GOLDEN_DIR=${V4RT_GOLDEN_DIR:-$PWD/.golden}
+  timeout 400 "$BUILD/tests/cuda/test_gpu_golden" --gtest_color=no > "$OUT/golden.log" 2>&1 || rc=1
+  grep -E "gpu-golden|hidden after|OK \]|FAILED|SKIPPED|Check failed|error" "$OUT/golden.log" | head -40
+fi
 if want bench && has bench_cuda; then
-  "$BUILD/tests/cuda/bench_cuda" "$OUT/bench.tsv" 2>&1 | tee "$OUT/bench.log"
+  "$BUILD/tests/cuda/bench_cuda" "$OUT/bench.tsv" > "$OUT/bench.log" 2>&1
+  grep -E "device|attention|indexer|topk|decode T=1 |decode T=4 " "$OUT/bench.log"
+fi
+if want step && has bench_step; then
+  : > "$OUT/step.log"
+  # bench_step is `v4rt bench step` / `v4rt bench indexer` built alone (tests/cuda/bench_step_main.cpp).
+  IFS=';' read -ra runs <<< "${STEP_ARGS:---preset flash --layers 2 --batch 1 --context 1048576}"
+  for args in "${runs[@]}"; do
+    echo "=== v4rt bench step $args" | tee -a "$OUT/step.log"
+    # shellcheck disable=SC2086
+    timeout 300 "$BUILD/tests/cuda/bench_step" bench step --synthetic --backend cuda $args >> "$OUT/step.log" 2>&1 || rc=1
+  done
+  echo "=== v4rt bench indexer" >> "$OUT/step.log"
+  timeout 120 "$BUILD/tests/cuda/bench_step" bench indexer --backend cuda >> "$OUT/step.log" 2>&1 || rc=1
+  cat "$OUT/step.log"
 fi
 exit $rc

@@ -26,6 +26,7 @@ const FuzzTarget* fuzz_targets(size_t* count) {
       {"tokenizer", fuzz_tokenizer, true},
       {"chat_encoder", fuzz_chat_encoder, true},
       {"output_parser", fuzz_output_parser, false},
+      {"http_request", fuzz_http_request, true},
   };
   *count = sizeof(kTargets) / sizeof(kTargets[0]);
   return kTargets;

@@ -44,6 +44,9 @@ void fuzz_chat_encoder(const uint8_t* data, size_t size);
 // DSML / reasoning stream parser (model/text/output_parser.h): the input is generated text, fed
 // whole, byte by byte and in random chunkings, which must all agree.
 void fuzz_output_parser(const uint8_t* data, size_t size);
+// The server's OpenAI request parsing (launch/serve/openai_api.h): byte 0 picks chat (even) or
+// completions (odd), the rest is the request body.
+void fuzz_http_request(const uint8_t* data, size_t size);
 
 struct FuzzTarget {
   const char* name;  // also the corpus folder: tests/fuzz/corpus/<name>/

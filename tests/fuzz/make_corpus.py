@@ -110,4 +110,20 @@ put("output_parser", "wrapped_args", bytes([4]) + ("<" + D + "tool_calls>\n<" + 
 put("output_parser", "unfinished", bytes([1 | 8]) + ("thinking...</think>ok <" + D + "tool_calls>\n<" + D +
     "invoke name=\"f\">\n<" + D + "parameter name=\"k\" string=\"true\">par").encode())
 put("output_parser", "tools_off", bytes([2]) + call.encode())
+# ----- http_request: byte 0 = endpoint (0 chat, 1 completions), then the request body ------------
+def req(name, chat, body):
+    put("http_request", name, bytes([0 if chat else 1]) + json.dumps(body, ensure_ascii=False).encode())
+req("chat_plain", True, {"model": "v4rt", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})
+req("chat_stream_tools", True, {
+    "model": "v4rt", "stream": True, "stream_options": {"include_usage": True}, "temperature": 0.7, "top_p": 0.9,
+    "seed": 3, "stop": ["\n\n"], "logprobs": True, "top_logprobs": 2, "reasoning_effort": "high",
+    "tools": [{"type": "function", "function": {"name": "get_weather",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+    "tool_choice": "auto", "messages": [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Weather in Lyon?"}]})
+req("chat_no_thinking", True, {"messages": [{"role": "user", "content": "2+2?"}], "thinking": False,
+                               "chat_template_kwargs": {"thinking": False}, "n": 1})
+req("completion", False, {"model": "v4rt", "prompt": "The capital of France is", "max_tokens": 4, "logprobs": 2})
+req("completion_ids", False, {"prompt": [0, 19923, 14], "max_tokens": 2, "temperature": 0})
+put("http_request", "not_json", b"\x00{\"messages\": [")
 print("corpus written to", out)

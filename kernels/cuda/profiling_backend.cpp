@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: MIT
+// ProfilingBackend: forwards every call to the inner CUDA backend; when enabled, brackets each op
+// with a pair of events on the inner stream and books its ideal bytes / FLOPs under a family name.
+#include "kernels/cuda/profiling_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <set>
+#include <vector>
+
+#include "common/check.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
+
+namespace v4rt::kernels::cuda {
+
+namespace {
+
+constexpr double kPeakBf16 = 790e12;
+constexpr double kPeakFp8 = 1580e12;
+
+double view_bytes(const TensorView& v) {
+  if (!v.data) return 0;
+  double n = 1;
+  for (int i = 0; i < v.ndim; ++i) n *= double(v.shape[i]);
+  return n * double(dtype_size(v.dtype));
+}
+
+double weight_bytes(const WeightView& w) {
+  const double n = double(w.rows) * double(w.cols);
+  switch (w.dtype) {
+    case DType::kF8E4M3: return n + double((w.rows + 127) / 128) * double((w.cols + 127) / 128);
+    case DType::kFP4: return n / 2 + n / 32;
+    case DType::kBF16: return 2 * n;
+    default: return 4 * n;
+  }
+}
+
+const char* dtype_tag(DType d) {
+  switch (d) {
+    case DType::kF8E4M3: return "fp8";
+    case DType::kFP4: return "fp4";
+    case DType::kBF16: return "bf16";
+    default: return "f32";
+  }
+}
+
+class Profiler final : public ProfilingBackend {
+ public:
+  explicit Profiler(Backend& inner) : inner_(inner) {
+    auto* cb = dynamic_cast<CudaBackend*>(&inner);
+    CHECK(cb) << "make_profiling_backend: the inner backend is not the CUDA backend";
+    stream_ = cb->stream();
+  }
+  ~Profiler() override {
+    for (auto& c : calls_) {
+      (void)cudaEventDestroy(c.begin);
+      (void)cudaEventDestroy(c.end);
+    }
+    for (cudaEvent_t e : pool_) (void)cudaEventDestroy(e);
+  }
+
+  void set_enabled(bool on) override { enabled_ = on; }
+  void reset() override {
+    synchronize();
+    for (auto& c : calls_) {
+      pool_.push_back(c.begin);
+      pool_.push_back(c.end);
+    }
+    calls_.clear();
+  }
+  std::map<std::string, OpStat> stats() override {
+    synchronize();
+    std::map<std::string, OpStat> out;
+    for (const Call& c : calls_) {
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, c.begin, c.end));
+      OpStat& s = out[c.family];
+      s.calls++;
+      s.ms += ms;
+      s.bytes += c.bytes;
+      s.flops += c.flops;
+      s.peak_flops = c.peak;
+    }
+    return out;
+  }
+
+  std::string name() const override { return inner_.name(); }
+  Device device() const override { return inner_.device(); }
+  DType act_dtype() const override { return inner_.act_dtype(); }
+  bool supports(Op op) const override { return inner_.supports(op); }
+  WeightView upload_weight(const WeightSource& s) override { return inner_.upload_weight(s); }
+  void copy_to_device(void* d, const void* s, size_t b) override { inner_.copy_to_device(d, s, b); }
+  void copy_to_host(void* d, const void* s, size_t b) override { inner_.copy_to_host(d, s, b); }
+  void copy_rows(const TensorView& d, const TensorView& s) override {
+    timed("copy_rows", 2 * view_bytes(s), 0, kPeakBf16, [&] { inner_.copy_rows(d, s); });
+  }
+  void fill(const TensorView& d, float v) override {
+    timed("fill", view_bytes(d), 0, kPeakBf16, [&] { inner_.fill(d, v); });
+  }
+  void synchronize() override { inner_.synchronize(); }
+
+  void rms_norm(const RmsNormParams& p) override {
+    timed("rms_norm", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.rms_norm(p); });
+  }
+  void rope(const RopeParams& p) override { timed("rope", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.rope(p); }); }
+  void hc_pre(const HcPreParams& p) override {
+    const double t = double(p.x.shape[0]);
+    timed("hc_pre", view_bytes(p.x) + weight_bytes(p.fn) + view_bytes(p.a),
+          2 * t * double(p.fn.rows) * double(p.fn.cols), kPeakBf16, [&] { inner_.hc_pre(p); });
+  }
+  void hc_post(const HcPostParams& p) override {
+    timed("hc_post", view_bytes(p.o) + view_bytes(p.x_old) + view_bytes(p.x_new), 0, kPeakBf16,
+          [&] { inner_.hc_post(p); });
+  }
+  void hc_head(const HcHeadParams& p) override {
+    const double t = double(p.x.shape[0]);
+    timed("hc_head", view_bytes(p.x) + weight_bytes(p.fn) + view_bytes(p.y),
+          2 * t * double(p.fn.rows) * double(p.fn.cols), kPeakBf16, [&] { inner_.hc_head(p); });
+  }
+  void linear(const LinearParams& p) override {
+    const bool fp8 = p.w.dtype == DType::kF8E4M3 && p.act_quant_fp8;
+    // FP8 weights without act quant run as bf16 copies (cuda_backend.cu).
+    const double wb = (p.w.dtype == DType::kF8E4M3 && !fp8) ? 2.0 * double(p.w.rows) * double(p.w.cols) : weight_bytes(p.w);
+    const std::string fam = std::string("linear ") + (p.w.dtype == DType::kF8E4M3 && !fp8 ? "bf16(fp8)" : dtype_tag(p.w.dtype)) +
+                            " " + std::to_string(p.w.rows) + "x" + std::to_string(p.w.cols);
+    timed(fam, wb + view_bytes(p.x) + view_bytes(p.y), 2.0 * double(p.x.shape[0]) * double(p.w.rows) * double(p.w.cols),
+          fp8 ? kPeakFp8 : kPeakBf16, [&] { inner_.linear(p); });
+  }
+  void grouped_linear(const GroupedLinearParams& p) override {
+    const int64_t groups = p.x.shape[1];
+    const int g0 = p.g_begin, g1 = p.g_end < 0 ? int(groups) : p.g_end;
+    const double frac = double(g1 - g0) / double(groups);
+    const double wb = 2.0 * double(p.w.rows) * double(p.w.cols) * frac;  // bf16 copy
+    timed("grouped_linear (wo_a)", wb + view_bytes(p.x) + view_bytes(p.y),
+          2.0 * double(p.x.shape[0]) * double(p.w.rows) * double(p.w.cols) * frac, kPeakBf16,
+          [&] { inner_.grouped_linear(p); });
+  }
+  void compressor_pool(const CompressorPoolParams& p) override {
+    timed("compressor_pool", view_bytes(p.kv) + view_bytes(p.score) + view_bytes(p.out), 0, kPeakBf16,
+          [&] { inner_.compressor_pool(p); });
+  }
+  void hadamard(const HadamardParams& p) override {
+    timed("hadamard", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.hadamard(p); });
+  }
+  void indexer_scores(const IndexerScoresParams& p) override {
+    const int64_t keys = (p.key_end < 0 ? p.keys.shape[0] : p.key_end) - p.key_begin;
+    const int64_t heads = (p.h_end < 0 ? p.q.shape[1] : p.h_end) - p.h_begin;
+    const double kb = view_bytes(p.keys) * double(keys) / double(std::max<int64_t>(p.keys.shape[0], 1));
+    timed("indexer_scores", kb + view_bytes(p.q) + view_bytes(p.scores),
+          2.0 * double(p.q.shape[0]) * double(heads) * double(keys) * double(p.q.shape[2]), kPeakBf16,
+          [&] { inner_.indexer_scores(p); });
+  }
+  void topk(const TopkParams& p) override {
+    timed("topk", view_bytes(p.scores) + view_bytes(p.out_idx), 0, kPeakBf16, [&] { inner_.topk(p); });
+  }
+  void sparse_attention(const SparseAttentionParams& p) override {
+    const int64_t n = p.q.shape[0], heads = (p.h_end < 0 ? p.q.shape[1] : p.h_end) - p.h_begin, dim = p.q.shape[2];
+    double cand = 0;
+    const int64_t num_comp = p.comp_kv.data ? p.comp_kv.shape[0] : 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t pos = p.pos_begin + t;
+      double c = double(std::min<int64_t>(pos + 1, p.window));
+      if (p.comp_idx.data) c += double(p.comp_idx.shape[1]);
+      else if (p.comp_ratio > 0) c += double(std::min<int64_t>(num_comp, (pos + 1) / p.comp_ratio));
+      cand += c;
+    }
+    const double es = double(dtype_size(p.window_kv.dtype));
+    timed("sparse_attention", cand * double(dim) * es + view_bytes(p.q) + view_bytes(p.out),
+          4.0 * cand * double(heads) * double(dim), kPeakBf16, [&] { inner_.sparse_attention(p); });
+  }
+  void moe_gate(const MoeGateParams& p) override {
+    timed("moe_gate", weight_bytes(p.gate) + view_bytes(p.x), 2.0 * double(p.x.shape[0]) * double(p.gate.rows) * double(p.gate.cols),
+          kPeakBf16, [&] { inner_.moe_gate(p); });
+  }
+  void moe_experts(const MoeExpertsParams& p) override {
+    double bytes = 0, flops = 0;
+    if (enabled_ && p.idx.data) {  // the experts actually touched (reads the routing back: profiling only)
+      inner_.synchronize();
+      std::vector<int32_t> idx(size_t(p.idx.shape[0] * p.idx.shape[1]));
+      CHECK_EQ(p.idx.stride[0], p.idx.shape[1]);
+      inner_.copy_to_host(idx.data(), p.idx.data, idx.size() * 4);
+      std::set<int32_t> used;
+      int64_t rows = 0;
+      for (int32_t e : idx)
+        if (e >= p.e_begin && e < p.e_end) {
+          used.insert(e);
+          ++rows;
+        }
+      for (int32_t e : used) bytes += weight_bytes(p.w1[e]) + weight_bytes(p.w2[e]) + weight_bytes(p.w3[e]);
+      if (!used.empty()) {
+        const WeightView& w1 = p.w1[*used.begin()];
+        flops = 2.0 * double(rows) * 3.0 * double(w1.rows) * double(w1.cols);
+      }
+      bytes += view_bytes(p.x) + view_bytes(p.out);
+    }
+    timed("moe_experts (fp4)", bytes, flops, p.official ? kPeakFp8 : kPeakBf16, [&] { inner_.moe_experts(p); });
+  }
+  void swiglu(const SwigluParams& p) override {
+    timed("swiglu", view_bytes(p.gate) + view_bytes(p.up) + view_bytes(p.h), 0, kPeakBf16, [&] { inner_.swiglu(p); });
+  }
+  void embedding(const EmbeddingParams& p) override {
+    timed("embedding", 2 * view_bytes(p.out), 0, kPeakBf16, [&] { inner_.embedding(p); });
+  }
+  void add(const AddParams& p) override {
+    timed("add", view_bytes(p.a) + view_bytes(p.b) + view_bytes(p.out), 0, kPeakBf16, [&] { inner_.add(p); });
+  }
+  void qdq(const QdqParams& p) override { timed("qdq", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.qdq(p); }); }
+
+ private:
+  struct Call {
+    std::string family;
+    cudaEvent_t begin, end;
+    double bytes, flops, peak;
+  };
+  cudaEvent_t event() {
+    if (!pool_.empty()) {
+      cudaEvent_t e = pool_.back();
+      pool_.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+  }
+  template <typename F>
+  void timed(const std::string& family, double bytes, double flops, double peak, F&& f) {
+    if (!enabled_) {
+      f();
+      return;
+    }
+    Call c{family, event(), event(), bytes, flops, peak};
+    CUDA_CHECK(cudaEventRecord(c.begin, stream_));
+    f();
+    CUDA_CHECK(cudaEventRecord(c.end, stream_));
+    calls_.push_back(std::move(c));
+  }
+
+  Backend& inner_;
+  cudaStream_t stream_ = nullptr;
+  bool enabled_ = false;
+  std::vector<Call> calls_;
+  std::vector<cudaEvent_t> pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<ProfilingBackend> make_profiling_backend(Backend& inner) { return std::make_unique<Profiler>(inner); }
+
+DeviceInfo device_info() {
+  DeviceInfo d;
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  d.name = prop.name;
+  d.sms = prop.multiProcessorCount;
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  d.free_bytes = free_b;
+  d.total_bytes = total_b;
+  return d;
+}
+
+}  // namespace v4rt::kernels::cuda

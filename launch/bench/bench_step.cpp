@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: MIT
+// `v4rt bench step`: the decode step of a model with the exact V4-Flash / V4-Pro dimensions and
+// storage formats (FP8 e4m3 + 128x128 ue8m0 blocks, routed experts packed FP4 + per-32 scales), on
+// N layers built from a seed. The weights go to a checkpoint in memory-backed storage (/dev/shm)
+// written at memcpy speed (random codes, scales chosen so activations stay O(1)), because
+// Model::load takes a Checkpoint; sequences get a fabricated state for a context of L tokens (the
+// compressed-entry and indexer-key tables filled with random rows of the right count, not a real
+// prefill). Prints the step time, a per-op table against the H200 roofline (CUDA events), and the
+// KV capacity per GPU. `v4rt bench indexer`: the indexer scan over 256K compressed keys + top-k.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <vector>
+
+#include "common/check.h"
+#include "kernels/backend.h"
+#include "kernels/backend_factory.h"
+#include "launch/backend_option.h"
+#include "launch/bench/bench.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/presets.h"
+#include "model/safetensors.h"
+
+#if defined(V4RT_HAVE_CUDA)
+#include "kernels/cuda/profiling_backend.h"
+#endif
+
+namespace v4rt::launch {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr double kHbmBytesPerSec = 4.3e12;  // H200 HBM3e (device copy measured 4.28 TB/s)
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// fn(begin, end) over [0, n) on every core.
+template <typename F>
+void parallel_for(uint64_t n, F&& fn) {
+  const unsigned threads = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) {
+    const uint64_t b = n * t / threads, e = n * (t + 1) / threads;
+    pool.emplace_back([&fn, b, e] { fn(b, e); });
+  }
+  for (auto& th : pool) th.join();
+}
+
+// Uniform values of standard deviation `mul` around `add` (the scales of model/synthetic.cpp).
+void fill_values(float* out, uint64_t n, uint64_t seed, float mul, float add) {
+  parallel_for(n, [&](uint64_t b, uint64_t e) {
+    for (uint64_t i = b; i < e; ++i) {
+      const double u = double(mix64(seed + i * 0x9e3779b97f4a7c15ull) >> 11) * 0x1.0p-53;
+      out[i] = add + mul * float((2.0 * u - 1.0) * 1.7320508);
+    }
+  });
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// ue8m0 code of 2^-ceil(log2(sqrt(cols))) / extra: keeps the dequantized rows near unit norm.
+uint8_t scale_code(int64_t cols, int extra) {
+  return uint8_t(127 - int(std::ceil(std::log2(std::sqrt(double(cols))))) - extra);
+}
+
+// One tensor's bytes, written in pieces of at most kPiece bytes.
+void emit_tensor(const model::ModelConfig& cfg, const std::string& name, const model::ExpectedTensor& t,
+                 const std::map<std::string, model::ExpectedTensor>& all, uint64_t seed,
+                 model::safetensors::StreamWriter& out) {
+  constexpr uint64_t kPiece = uint64_t(256) << 20;
+  const uint64_t numel = model::safetensors::shape_numel(t.shape);
+  const uint64_t tseed = mix64(std::hash<std::string>{}(name) ^ seed);
+  std::vector<uint8_t> buf;
+  const int64_t last = t.shape.empty() ? 1 : t.shape.back();
+  if (t.dtype == DType::kF8E4M3 || t.dtype == DType::kI8) {  // codes: random bytes (e4m3: |x| <= 1.875, no NaN)
+    const uint8_t mask = t.dtype == DType::kF8E4M3 ? 0xbf : 0xff;
+    for (uint64_t done = 0; done < numel; done += kPiece) {
+      const uint64_t n = std::min(kPiece, numel - done);
+      buf.resize(n);
+      parallel_for(n / 8 + 1, [&](uint64_t b, uint64_t e) {
+        for (uint64_t i = b; i < e; ++i) {
+          const uint64_t v = mix64(tseed + (done / 8 + i) * 0x9e3779b97f4a7c15ull);
+          for (uint64_t j = 0; j < 8 && i * 8 + j < n; ++j) buf[i * 8 + j] = uint8_t(v >> (8 * j)) & mask;
+        }
+      });
+      out.append(buf.data(), n);
+    }
+    return;
+  }
+  if (t.dtype == DType::kF8E8M0) {  // block scales of the FP8 / FP4 weight beside it
+    const std::string weight = name.substr(0, name.size() - std::string(".scale").size()) + ".weight";
+    const model::ExpectedTensor& w = all.at(weight);
+    const bool fp4 = w.dtype == DType::kI8;
+    const int64_t cols = fp4 ? 2 * w.shape[1] : w.shape[1];
+    buf.assign(numel, scale_code(cols, fp4 ? 2 : 0));
+    out.append(buf.data(), numel);
+    return;
+  }
+  if (t.dtype == DType::kI64) {  // hash-layer tid2eid: distinct experts per token
+    std::vector<int64_t> ids(numel);
+    for (uint64_t r = 0; r < numel / uint64_t(last); ++r)
+      for (int64_t k = 0; k < last; ++k) ids[r * uint64_t(last) + uint64_t(k)] = int64_t((r * 7 + uint64_t(k) * 37) % uint64_t(cfg.n_routed_experts));
+    out.append(ids.data(), numel * 8);
+    return;
+  }
+  CHECK(t.dtype == DType::kF32 || t.dtype == DType::kBF16) << name;
+  const bool hc = name.find("hc_") != std::string::npos;
+  float mul = 0.1f, add = 0.0f;
+  if (ends_with(name, "norm.weight")) mul = 0.2f, add = 1.0f;
+  else if (ends_with(name, "attn_sink") || name == "embed.weight") mul = 1.0f;
+  else if (ends_with(name, "compressor.ape")) mul = 0.5f;
+  else if (hc && ends_with(name, "_scale")) mul = 0.29f, add = 1.0f;
+  else if (hc && ends_with(name, "_base")) mul = 0.5f;
+  else if (hc && ends_with(name, "_fn")) mul = float(4.0 / std::sqrt(double(last)));
+  else if (t.shape.size() >= 2) mul = float(1.0 / std::sqrt(double(last)));
+  std::vector<float> v;
+  const uint64_t piece = kPiece / 4;
+  for (uint64_t done = 0; done < numel; done += piece) {
+    const uint64_t n = std::min(piece, numel - done);
+    v.resize(n);
+    fill_values(v.data(), n, tseed + done, mul, add);
+    if (t.dtype == DType::kF32) {
+      out.append(v.data(), n * 4);
+    } else {
+      std::vector<uint16_t> h(n);
+      parallel_for(n, [&](uint64_t b, uint64_t e) {
+        for (uint64_t i = b; i < e; ++i) h[i] = f32_to_bf16(v[i]);
+      });
+      out.append(h.data(), n * 2);
+    }
+  }
+}
+
+// config.json + one model.safetensors holding every tensor `cfg` needs. Returns the tensor bytes.
+uint64_t write_bench_checkpoint(const model::ModelConfig& cfg, const std::string& dir, uint64_t seed) {
+  fs::create_directories(dir);
+  const auto all = model::expected_tensors(cfg);
+  std::vector<model::safetensors::TensorSpec> specs;
+  uint64_t total = 0;
+  for (const auto& [name, t] : all) {
+    specs.push_back({name, t.dtype, t.shape});
+    total += specs.back().bytes();
+  }
+  model::safetensors::StreamWriter writer((fs::path(dir) / "model.safetensors").string(), specs);
+  for (const auto& [name, t] : all) emit_tensor(cfg, name, t, all, seed, writer);
+  writer.finish();
+  std::ofstream f(fs::path(dir) / "config.json");
+  f << model::model_config_json(cfg);
+  V4RT_REQUIRE(f.good(), dir << "/config.json: write failed");
+  return total;
+}
+
+// Weight bytes of `cfg` split into routed experts and the rest (for the capacity line).
+void weight_bytes(const model::ModelConfig& cfg, double* experts, double* rest) {
+  *experts = *rest = 0;
+  for (const auto& [name, t] : model::expected_tensors(cfg)) {
+    const double b = double(model::safetensors::TensorSpec{name, t.dtype, t.shape}.bytes());
+    (name.find(".ffn.experts.") != std::string::npos ? *experts : *rest) += b;
+  }
+}
+
+// Fills a sequence's state as if `context` tokens had been processed (random rows; see the file
+// comment). context is rounded down to a multiple of 128 so every compressor sits on a block edge.
+void fabricate_state(const model::ModelConfig& cfg, kernels::Backend& be, model::SequenceState& seq, int64_t context,
+                     const std::vector<float>& rnd) {
+  auto fill = [&](model::RowTable& t, int64_t rows) {
+    t.clear();
+    if (rows == 0) return;
+    const TensorView v = t.reserve(rows);
+    CHECK_LE(uint64_t(rows * t.width()), rnd.size());
+    be.copy_to_device(v.data, rnd.data(), size_t(rows * t.width()) * sizeof(float));
+    t.commit(rows);
+  };
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    model::LayerState& s = seq.layer(l);
+    const int ratio = cfg.compress_ratio(l);
+    fill(s.window_tail, std::min<int64_t>(context, cfg.sliding_window - 1));
+    if (s.has_compressor) {
+      const int64_t lead = ratio == 4 ? ratio : 0;  // CSA keeps the previous block (overlap)
+      fill(s.main.kv, lead);
+      fill(s.main.score, lead);
+      s.main.start = context - lead;
+      fill(s.main.entries, context / ratio);
+    }
+    if (s.has_indexer) {
+      fill(s.indexer.kv, 4);
+      fill(s.indexer.score, 4);
+      s.indexer.start = context - 4;
+      fill(s.indexer.entries, context / 4);
+    }
+  }
+  seq.advance(context - seq.position());
+}
+
+struct StepArgs {
+  std::string preset = "flash";
+  bool synthetic = false;
+  int layers = 2;
+  int batch = 1;
+  int64_t context = 65536;
+  int iters = 5;
+  std::string backend = "cuda";
+  int device = 0;
+  std::string dir;
+  uint64_t seed = 1;
+};
+
+void print_capacity(const model::ModelConfig& full, double free_bytes) {
+  double experts = 0, rest = 0;
+  weight_bytes(full, &experts, &rest);
+  const double ctx = 1048576.0;
+  // Compact entry formats of spec §8.1: main entry 584 B, indexer key 68 B; window ring bf16,
+  // compressor token state fp32 (constant per sequence).
+  double per_seq = 0, per_seq_f32 = 0, constant = 0;
+  for (int l = 0; l < full.num_hidden_layers; ++l) {
+    const int r = full.compress_ratio(l);
+    constant += double(full.sliding_window) * full.head_dim * 2;
+    if (r == 4) {
+      per_seq += ctx / 4 * (584 + 68);
+      per_seq_f32 += ctx / 4 * (full.head_dim + full.index_head_dim) * 4.0;
+      constant += 8.0 * 1024 * 4 * 2 + 8.0 * 256 * 4 * 2;
+    } else if (r == 128) {
+      per_seq += ctx / 128 * 584;
+      per_seq_f32 += ctx / 128 * full.head_dim * 4.0;
+      constant += 128.0 * 512 * 4 * 2;
+    }
+  }
+  const double gib = 1024.0 * 1024 * 1024;
+  std::printf("\nKV capacity (1M-token sequences, compact entries 584 B + FP4 indexer keys 68 B, spec 8.1):\n");
+  std::printf("  per sequence: %.2f GiB compressed entries + %.1f MiB window/compressor state"
+              " (the current F32 row tables: %.2f GiB)\n", per_seq / gib, constant / (1024.0 * 1024), per_seq_f32 / gib);
+  std::printf("  weights: %.1f GiB routed experts + %.1f GiB the rest; device free before loading: %.1f GiB\n",
+              experts / gib, rest / gib, free_bytes / gib);
+  for (int ep : {1, 2, 4, 8}) {
+    const double w = experts / ep + rest;
+    const double left = free_bytes - w - 4.0 * gib;  // 4 GiB activations/workspace reserve
+    const double fit = left > 0 ? std::floor(left / (per_seq + constant)) : 0;
+    std::printf("  EP=%d (experts split over %d GPUs): weights %.1f GiB/GPU -> %s%.0f sequences of 1M tokens per GPU\n",
+                ep, ep, w / gib, left > 0 ? "" : "does not fit: ", fit);
+  }
+}
+
+void run_step(const StepArgs& a) {
+  V4RT_REQUIRE(a.synthetic, "bench step: only --synthetic is implemented (weights from a seed)");
+  V4RT_REQUIRE(a.layers >= 1 && a.batch >= 1 && a.iters >= 1, "bench step: --layers, --batch, --iters must be >= 1");
+  const model::ModelConfig full = model::preset_config(a.preset);
+  model::ModelConfig cfg = full;
+  // N layers alternating CSA / HCA (the release pattern after the first two), score-routed MoE.
+  cfg.num_hidden_layers = a.layers;
+  cfg.compress_ratios.clear();
+  for (int l = 0; l < a.layers; ++l) cfg.compress_ratios.push_back(l % 2 == 0 ? 4 : 128);
+  cfg.num_nextn_predict_layers = 0;
+  cfg.num_hash_layers = 0;
+  model::validate(cfg, "bench step config");
+  const int64_t context = a.context / 128 * 128;
+  V4RT_REQUIRE(context >= 128, "bench step: --context must be >= 128");
+
+  std::string dir = a.dir;
+  if (dir.empty()) {
+    double experts = 0, rest = 0;
+    weight_bytes(cfg, &experts, &rest);
+    std::error_code ec;
+    const bool shm = fs::exists("/dev/shm") && fs::space("/dev/shm", ec).available > uint64_t((experts + rest) * 1.1);
+    dir = (shm ? std::string("/dev/shm") : fs::temp_directory_path().string()) + "/v4rt-bench-" + a.preset + "-" +
+          std::to_string(a.layers);
+  }
+  std::printf("bench step: preset %s, %d layers (CSA/HCA alternating, score routing), batch %d, context %lld\n",
+              a.preset.c_str(), a.layers, a.batch, static_cast<long long>(context));
+  double t0 = now_s();
+  const uint64_t bytes = write_bench_checkpoint(cfg, dir, a.seed);
+  std::printf("  synthetic checkpoint: %.2f GB in %s, written in %.1f s\n", double(bytes) / 1e9, dir.c_str(), now_s() - t0);
+
+  auto inner = make_selected_backend(a.backend, a.device);
+  double free_before = 0;
+  kernels::Backend* be = inner.get();
+#if defined(V4RT_HAVE_CUDA)
+  std::unique_ptr<kernels::cuda::ProfilingBackend> prof;
+  if (a.backend == "cuda") {
+    const kernels::cuda::DeviceInfo info = kernels::cuda::device_info();
+    free_before = double(info.free_bytes);
+    std::printf("  device: %s, %d SMs, %.1f GiB free of %.1f GiB\n", info.name.c_str(), info.sms,
+                double(info.free_bytes) / (1 << 30), double(info.total_bytes) / (1 << 30));
+    prof = kernels::cuda::make_profiling_backend(*inner);
+    be = prof.get();
+  }
+#endif
+  t0 = now_s();
+  auto ckpt = model::Checkpoint::open(dir);
+  model::ModelOptions options;
+  options.numerics = model::Numerics::kOfficial;  // the production path: FP8 act quant, FP8/FP4 GEMMs
+  auto m = model::Model::load(*ckpt, options, *be);
+  be->synchronize();
+  std::printf("  model loaded in %.1f s (official numerics)\n", now_s() - t0);
+
+  t0 = now_s();
+  std::vector<float> rnd(size_t(context / 4) * size_t(std::max(cfg.head_dim, cfg.index_head_dim)));
+  fill_values(rnd.data(), rnd.size(), a.seed * 31 + 7, 1.0f, 0.0f);
+  std::vector<std::unique_ptr<model::SequenceState>> seqs;
+  for (int b = 0; b < a.batch; ++b) {
+    seqs.push_back(m->new_sequence());
+    fabricate_state(cfg, *be, *seqs.back(), context, rnd);
+  }
+  be->synchronize();
+  std::printf("  FABRICATED state: %d sequence(s) at position %lld (random compressed entries: %lld per CSA layer,"
+              " %lld per HCA layer; %lld indexer keys), no prefill was run; %.1f s\n", a.batch,
+              static_cast<long long>(context), static_cast<long long>(context / 4), static_cast<long long>(context / 128),
+              static_cast<long long>(context / 4), now_s() - t0);
+
+  std::vector<int32_t> tokens(size_t(a.batch));
+  for (int b = 0; b < a.batch; ++b) tokens[size_t(b)] = int32_t((1000 + 7919 * b) % cfg.vocab_size);
+  auto step = [&] {
+    std::vector<model::StepChunk> chunks;
+    for (int b = 0; b < a.batch; ++b)
+      chunks.push_back({seqs[size_t(b)].get(), std::span<const int32_t>(&tokens[size_t(b)], 1), false});
+    std::vector<std::vector<float>> logits;
+    m->step(chunks, &logits);
+    be->synchronize();
+  };
+  step();  // warm-up (cuBLASLt heuristics, pool growth)
+  std::vector<double> times;
+  for (int i = 0; i < a.iters; ++i) {
+    const double s = now_s();
+    step();
+    times.push_back(now_s() - s);
+  }
+  std::sort(times.begin(), times.end());
+  const double med = times[times.size() / 2];
+  std::printf("\n  decode step (batch %d, sequences stepped one after another by Model::step): median %.3f ms"
+              " (min %.3f, max %.3f over %d)\n", a.batch, med * 1e3, times.front() * 1e3, times.back() * 1e3, a.iters);
+  std::printf("  per sequence: %.3f ms; per layer and sequence (incl. embedding/head share): %.3f ms\n",
+              med * 1e3 / a.batch, med * 1e3 / a.batch / a.layers);
+
+#if defined(V4RT_HAVE_CUDA)
+  if (prof) {
+    prof->reset();
+    prof->set_enabled(true);
+    step();
+    prof->set_enabled(false);
+    const auto stats = prof->stats();
+    double tot_ms = 0, tot_roof = 0, head_ms = 0;
+    std::printf("\n  per-op breakdown of one step (CUDA events; bytes = ideal traffic, roofline = max(bytes / 4.3 TB/s,"
+                " FLOPs / peak), peak 790 TFLOP/s bf16, 1580 FP8):\n");
+    std::printf("  %-34s %6s %10s %10s %10s %11s %7s\n", "op family", "calls", "ms", "MB", "GFLOP", "roofline ms",
+                "ratio");
+    for (const auto& [fam, s] : stats) {
+      const double roof = std::max(s.bytes / kHbmBytesPerSec, s.peak_flops > 0 ? s.flops / s.peak_flops : 0) * 1e3;
+      tot_ms += s.ms;
+      tot_roof += roof;
+      if (fam.find("x" + std::to_string(cfg.hidden_size)) != std::string::npos &&
+          fam.find(std::to_string(cfg.vocab_size)) != std::string::npos)
+        head_ms += s.ms;
+      if (fam == "hc_head" || fam == "embedding") head_ms += s.ms;
+      std::printf("  %-34s %6lld %10.3f %10.2f %10.3f %11.4f %6.1f%%\n", fam.c_str(), static_cast<long long>(s.calls), s.ms,
+                  s.bytes / 1e6, s.flops / 1e9, roof, s.ms > 0 ? 100.0 * roof / s.ms : 0.0);
+    }
+    std::printf("  %-34s %6s %10.3f %10s %10s %11.4f %6.1f%%\n", "total (op time)", "", tot_ms, "", "", tot_roof,
+                tot_ms > 0 ? 100.0 * tot_roof / tot_ms : 0.0);
+    const double layer_ms = (tot_ms - head_ms) / a.batch / a.layers;
+    const int full_layers = full.num_hidden_layers;
+    std::printf("  op time per layer and sequence: %.3f ms (embedding/head/hc_head excluded: %.3f ms per sequence)\n",
+                layer_ms, head_ms / a.batch);
+    std::printf("  ESTIMATE for all %d layers of %s on this one GPU (per-layer mean x %d + head; the full weights"
+                " do not fit one H200): %.2f ms per decode token per sequence\n", full_layers, a.preset.c_str(),
+                full_layers, layer_ms * full_layers + head_ms / a.batch);
+  }
+#endif
+  print_capacity(full, free_before);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+struct IndexerArgs {
+  int64_t keys = 262144;
+  int heads = 64;
+  int dim = 128;
+  int tokens = 1;
+  int k = 512;
+  int iters = 20;
+  std::string backend = "cuda";
+  int device = 0;
+};
+
+void run_indexer(const IndexerArgs& a) {
+  auto be = make_selected_backend(a.backend, a.device);
+  std::printf("bench indexer: %lld keys x %d dims, %d heads, %d query token(s), top-%d, backend %s\n",
+              static_cast<long long>(a.keys), a.dim, a.heads, a.tokens, a.k, a.backend.c_str());
+  std::vector<float> host(size_t(a.keys) * size_t(a.dim));
+  fill_values(host.data(), host.size(), 99, 1.0f, 0.0f);
+  for (DType kd : {DType::kF32, DType::kBF16}) {
+    const size_t es = dtype_size(kd);
+    Buffer keys = be->alloc(host.size() * es), q = be->alloc(size_t(a.tokens * a.heads * a.dim) * es);
+    Buffer w = be->alloc(size_t(a.tokens * a.heads) * es), scores = be->alloc(size_t(a.tokens * a.keys) * 4);
+    Buffer idx = be->alloc(size_t(a.tokens * a.k) * 4);
+    auto upload = [&](const Buffer& dst, const float* src, size_t n) {
+      if (kd == DType::kF32) {
+        be->copy_to_device(dst.data(), src, n * 4);
+      } else {
+        std::vector<uint16_t> h(n);
+        for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(src[i]);
+        be->copy_to_device(dst.data(), h.data(), n * 2);
+      }
+    };
+    upload(keys, host.data(), host.size());
+    upload(q, host.data() + 12345, size_t(a.tokens * a.heads * a.dim));
+    upload(w, host.data() + 777, size_t(a.tokens * a.heads));
+    kernels::IndexerScoresParams sp;
+    sp.q = TensorView(q.data(), kd, {a.tokens, a.heads, a.dim}, be->device());
+    sp.keys = TensorView(keys.data(), kd, {a.keys, a.dim}, be->device());
+    sp.w = TensorView(w.data(), kd, {a.tokens, a.heads}, be->device());
+    sp.scores = TensorView(scores.data(), DType::kF32, {a.tokens, a.keys}, be->device());
+    sp.pos_begin = a.keys * 4;  // every key visible
+    sp.weight_scale = 0.01f;
+    kernels::TopkParams tp;
+    tp.scores = sp.scores;
+    tp.out_idx = TensorView(idx.data(), DType::kI32, {a.tokens, a.k}, be->device());
+    tp.k = a.k;
+    auto time_ms = [&](auto&& f) {
+      f();
+      be->synchronize();
+      const double s = now_s();
+      for (int i = 0; i < a.iters; ++i) f();
+      be->synchronize();
+      return (now_s() - s) / a.iters * 1e3;
+    };
+    const double ms_scores = time_ms([&] { be->indexer_scores(sp); });
+    const double ms_topk = time_ms([&] { be->topk(tp); });
+    const double key_bytes = double(a.keys) * a.dim * double(es);
+    const double flops = 2.0 * a.tokens * a.heads * double(a.keys) * a.dim;
+    std::printf("  keys %s: indexer_scores %.3f ms = %.1f GB/s of keys (%.1f TFLOP/s; roofline %.3f ms at 4.3 TB/s);"
+                " top-%d %.3f ms (%.1f GB/s of scores)\n", kd == DType::kF32 ? "F32 " : "BF16", ms_scores,
+                key_bytes / ms_scores / 1e6, flops / ms_scores / 1e9, key_bytes / kHbmBytesPerSec * 1e3, a.k, ms_topk,
+                double(a.tokens * a.keys) * 4 / ms_topk / 1e6);
+  }
+}
+
+}  // namespace
+
+void register_bench_step(CLI::App& bench) {
+  static StepArgs step;
+  auto* s = bench.add_subcommand("step", "Decode step of a Flash/Pro-sized model from a seed, against the roofline");
+  s->add_option("--preset", step.preset, "flash | pro")->check(CLI::IsMember({"flash", "pro"}))->capture_default_str();
+  s->add_flag("--synthetic", step.synthetic, "Weights from a seed (required: no real checkpoint path yet)");
+  s->add_option("--layers", step.layers, "Layers to build (alternating CSA / HCA)")->capture_default_str();
+  s->add_option("--batch", step.batch, "Sequences stepped per decode step")->capture_default_str();
+  s->add_option("--context", step.context, "Context length of the fabricated state (multiple of 128)")
+      ->capture_default_str();
+  s->add_option("--iters", step.iters, "Timed steps")->capture_default_str();
+  s->add_option("--dir", step.dir, "Where the temporary checkpoint goes (default /dev/shm/v4rt-bench-*)");
+  s->add_option("--seed", step.seed, "Weight seed")->capture_default_str();
+  add_backend_option(s, &step.backend, &step.device);
+  s->callback([] { run_step(step); });
+
+  static IndexerArgs idx;
+  auto* i = bench.add_subcommand("indexer", "Lightning-indexer scan over compressed keys + top-k");
+  i->add_option("--keys", idx.keys, "Compressed keys (256K = 1M tokens / 4)")->capture_default_str();
+  i->add_option("--heads", idx.heads, "Indexer heads")->capture_default_str();
+  i->add_option("--tokens", idx.tokens, "Query tokens")->capture_default_str();
+  i->add_option("--k", idx.k, "Top-k")->capture_default_str();
+  i->add_option("--iters", idx.iters, "Timed repetitions")->capture_default_str();
+  add_backend_option(i, &idx.backend, &idx.device);
+  i->callback([] { run_indexer(idx); });
+}
+
+}  // namespace v4rt::launch

@@ -1,0 +1,389 @@
+// SPDX-License-Identifier: MIT
+// Scheduler: queue, admission by KV memory, step planning under a token budget, sampling and the
+// end of generations. Every public method takes the one mutex; the engine thread calls
+// next_plan()/complete(), HTTP threads call submit().
+#include "launch/serve/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "common/check.h"
+#include <glog/logging.h>
+
+namespace v4rt::launch::serve {
+
+namespace {
+
+constexpr int64_t kKvBlockTokens = 64;  // accounting unit of the kv_blocks gauge
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// log-softmax of the chosen token and the best `top_n` tokens (ties: lower id first).
+void fill_logprobs(std::span<const float> logits, int32_t token, int top_n, TokenEvent* ev) {
+  float max_v = -INFINITY;
+  for (float v : logits) max_v = std::max(max_v, v);
+  double sum = 0;
+  for (float v : logits) sum += std::exp(double(v) - max_v);
+  const double log_z = double(max_v) + std::log(sum);
+  ev->logprob = float(double(logits[size_t(token)]) - log_z);
+  if (top_n <= 0) return;
+  std::vector<int32_t> idx(logits.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  const size_t n = std::min(idx.size(), size_t(top_n));
+  std::partial_sort(idx.begin(), idx.begin() + ptrdiff_t(n), idx.end(), [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  });
+  for (size_t i = 0; i < n; ++i) ev->top.emplace_back(idx[i], float(double(logits[size_t(idx[i])]) - log_z));
+}
+
+}  // namespace
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kEos: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kTimeout: return "timeout";
+    case FinishReason::kError: return "error";
+  }
+  return "?";
+}
+
+void TokenStream::push(TokenEvent event) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back(std::move(event));
+  }
+  cv_.notify_all();
+}
+
+void TokenStream::finish(FinishReason reason, std::string message) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (reason_ != FinishReason::kNone) return;
+    reason_ = reason;
+    message_ = std::move(message);
+  }
+  cv_.notify_all();
+}
+
+FinishReason TokenStream::wait(std::vector<TokenEvent>* out, std::chrono::milliseconds timeout, std::string* message) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !pending_.empty() || reason_ != FinishReason::kNone; });
+  for (TokenEvent& e : pending_) out->push_back(std::move(e));
+  pending_.clear();
+  if (message) *message = message_;
+  return reason_;
+}
+
+int64_t kv_bytes_estimate(const model::ModelConfig& c, int64_t n) {
+  int64_t floats = 0;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    floats += std::min<int64_t>(n, c.sliding_window - 1) * c.head_dim;
+    const int ratio = c.compress_ratio(l);
+    if (ratio == 0) continue;
+    const int64_t mult = ratio == 4 ? 2 : 1;
+    // kv + score buffers: at most two blocks of rows (CSA keeps the previous block).
+    floats += 2 * (2 * int64_t(ratio)) * mult * c.head_dim;
+    floats += (n / ratio) * c.head_dim;
+    if (ratio == 4) floats += 2 * 8 * 2 * int64_t(c.index_head_dim) + (n / 4) * c.index_head_dim;
+  }
+  return floats * int64_t(sizeof(float));
+}
+
+Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& config, Metrics* metrics)
+    : options_(options), config_(config), metrics_(metrics) {
+  CHECK(metrics_ != nullptr);
+  CHECK_GT(options_.max_batch_tokens, 0);
+  CHECK_GT(options_.max_running, 0);
+}
+
+SubmitResult Scheduler::submit(std::shared_ptr<Request> request) {
+  const int64_t need = kv_bytes_estimate(config_, int64_t(request->prompt.size()) + request->sampling.max_tokens);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return {503, "the server is not serving: " + stop_reason_};
+    if (need > options_.kv_budget_bytes)
+      return {413, "the request needs " + std::to_string(need) + " bytes of KV state (prompt " +
+                       std::to_string(request->prompt.size()) + " + max_tokens " +
+                       std::to_string(request->sampling.max_tokens) + " tokens), more than the budget of " +
+                       std::to_string(options_.kv_budget_bytes)};
+    if (num_waiting_ >= size_t(options_.max_queue))
+      return {429, "the request queue is full (" + std::to_string(options_.max_queue) + " waiting)"};
+    waiting_[request->priority].push_back(std::move(request));
+    ++num_waiting_;
+    update_gauges_locked();
+  }
+  cv_.notify_all();
+  return {};
+}
+
+void Scheduler::finish_locked(Running& r, FinishReason reason, StepPlan* plan) {
+  r.req->stream->finish(reason, reason == FinishReason::kTimeout ? "request timeout" : "");
+  switch (reason) {
+    case FinishReason::kCancelled: ++metrics_->requests_cancelled; break;
+    case FinishReason::kTimeout: ++metrics_->requests_timed_out; break;
+    case FinishReason::kEos:
+    case FinishReason::kLength: ++metrics_->requests_finished; break;
+    default: break;
+  }
+  kv_used_ -= r.reserved;
+  r.reserved = 0;
+  const bool keep = options_.prefix_cache && r.fed > 0 &&
+                    (reason == FinishReason::kEos || reason == FinishReason::kLength);
+  if (keep) {
+    CacheEntry e;
+    e.seq = r.seq;
+    e.tokens.assign(r.tokens.begin(), r.tokens.begin() + r.fed);
+    e.bytes = kv_bytes_estimate(config_, r.fed);
+    kv_used_ += e.bytes;
+    for (SeqId s : cache_.insert(std::move(e))) pending_releases_.push_back(s);
+    // Over budget (the state outgrew its estimate): give the memory back at once.
+    while (kv_used_ > options_.kv_budget_bytes) {
+      int64_t freed = 0;
+      auto s = cache_.evict_lru(0, &freed);
+      if (!s) break;
+      kv_used_ -= freed;
+      pending_releases_.push_back(*s);
+    }
+  } else {
+    pending_releases_.push_back(r.seq);
+  }
+  (void)plan;
+  r.req.reset();
+}
+
+void Scheduler::sweep_locked(StepPlan* plan) {
+  const Clock::time_point now = Clock::now();
+  for (auto& r : running_) {
+    if (r->req->stream->cancelled()) {
+      finish_locked(*r, FinishReason::kCancelled, plan);
+    } else if (now > r->req->deadline) {
+      finish_locked(*r, FinishReason::kTimeout, plan);
+    }
+  }
+  std::erase_if(running_, [](const auto& r) { return !r->req; });
+  for (auto& [prio, queue] : waiting_) {
+    for (auto& req : queue) {
+      if (req->stream->cancelled()) {
+        req->stream->finish(FinishReason::kCancelled);
+        ++metrics_->requests_cancelled;
+        req.reset();
+      } else if (now > req->deadline) {
+        req->stream->finish(FinishReason::kTimeout, "request timeout while queued");
+        ++metrics_->requests_timed_out;
+        req.reset();
+      }
+    }
+    const size_t before = queue.size();
+    std::erase_if(queue, [](const auto& q) { return !q; });
+    num_waiting_ -= before - queue.size();
+  }
+}
+
+bool Scheduler::admit_locked(StepPlan* plan) {
+  bool admitted = false;
+  for (auto& [prio, queue] : waiting_) {
+    while (!queue.empty() && int(running_.size()) < options_.max_running) {
+      const std::shared_ptr<Request>& req = queue.front();
+      const int64_t need = kv_bytes_estimate(config_, int64_t(req->prompt.size()) + req->sampling.max_tokens);
+      // Make room by evicting cached prefixes, oldest first, but never the one this request reuses.
+      const CacheEntry* hit = options_.prefix_cache ? cache_.match(req->prompt) : nullptr;
+      const SeqId hit_seq = hit ? hit->seq : 0;
+      const int64_t hit_tokens = hit ? int64_t(hit->tokens.size()) : 0;
+      while (kv_used_ + need > options_.kv_budget_bytes) {
+        int64_t freed = 0;
+        auto s = cache_.evict_lru(hit_seq, &freed);
+        if (!s) break;
+        kv_used_ -= freed;
+        plan->releases.push_back(*s);
+      }
+      if (kv_used_ + need > options_.kv_budget_bytes) return admitted;  // head of line waits for memory
+      auto r = std::make_unique<Running>(Running{req, next_seq_++, req->prompt, 0, 0, need,
+                                                 model::Sampler({req->sampling.temperature, req->sampling.top_p,
+                                                                 req->sampling.seed}),
+                                                 Clock::now(), false});
+      if (hit) {
+        plan->copies.push_back({hit_seq, r->seq});
+        r->fed = hit_tokens;
+        metrics_->prefix_reused_tokens += uint64_t(hit_tokens);
+      }
+      kv_used_ += need;
+      req->stream->prompt_tokens = int64_t(req->prompt.size());
+      req->stream->cached_tokens = r->fed;
+      metrics_->prompt_tokens += req->prompt.size();
+      running_.push_back(std::move(r));
+      queue.pop_front();
+      --num_waiting_;
+      admitted = true;
+    }
+    if (!queue.empty()) break;  // a lower priority never overtakes a waiting higher one
+  }
+  return admitted;
+}
+
+bool Scheduler::next_plan(StepPlan* plan, std::chrono::milliseconds wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const Clock::time_point until = Clock::now() + wait;
+  for (;;) {
+    *plan = StepPlan{};
+    plan->releases = std::move(pending_releases_);
+    pending_releases_.clear();
+    sweep_locked(plan);
+    for (SeqId s : pending_releases_) plan->releases.push_back(s);
+    pending_releases_.clear();
+    if (!stopped_) admit_locked(plan);
+
+    // Decode tokens first (rotating the start so no sequence starves when they exceed the budget),
+    // then prefill chunks in admission order.
+    int64_t budget = options_.max_batch_tokens;
+    const size_t n = running_.size();
+    std::vector<Running*> order;
+    for (size_t i = 0; i < n; ++i) {
+      Running* r = running_[(i + decode_rotation_) % n].get();
+      if (r->fed >= int64_t(r->req->prompt.size())) order.push_back(r);
+    }
+    for (auto& r : running_)
+      if (r->fed < int64_t(r->req->prompt.size())) order.push_back(r.get());
+    if (n) decode_rotation_ = (decode_rotation_ + 1) % n;
+    for (Running* r : order) {
+      r->in_plan = false;
+      if (budget <= 0) continue;
+      const int64_t left = int64_t(r->tokens.size()) - r->fed;
+      if (left <= 0) continue;
+      const int64_t take = std::min(left, budget);
+      PlanChunk c;
+      c.seq = r->seq;
+      c.start_pos = r->fed;
+      c.num_tokens = int32_t(take);
+      c.want_logits = r->fed + take == int64_t(r->tokens.size()) ? 1 : 0;
+      plan->chunks.push_back(c);
+      plan->tokens.insert(plan->tokens.end(), r->tokens.begin() + r->fed, r->tokens.begin() + r->fed + take);
+      r->in_plan = true;
+      budget -= take;
+    }
+    update_gauges_locked();
+    if (!plan->empty()) {
+      plan->step_idx = ++step_idx_;
+      return true;
+    }
+    if (Clock::now() >= until) return false;
+    cv_.wait_until(lock, std::min(until, Clock::now() + std::chrono::milliseconds(50)));
+  }
+}
+
+void Scheduler::sample_locked(Running& r, std::span<const float> logits) {
+  const SamplingParams& sp = r.req->sampling;
+  int32_t next;
+  if (sp.forced) {
+    next = r.generated < int(sp.forced_tokens.size()) ? sp.forced_tokens[size_t(r.generated)] : options_.eos_token_id;
+  } else {
+    next = r.sampler.sample(logits);
+  }
+  const Clock::time_point now = Clock::now();
+  if (r.generated == 0) {
+    metrics_->ttft_s.observe(seconds(now - r.req->arrival));
+  } else {
+    metrics_->itl_s.observe(seconds(now - r.last_token));
+  }
+  r.last_token = now;
+  ++r.generated;
+  ++metrics_->generation_tokens;
+  if (next == options_.eos_token_id) {
+    finish_locked(r, FinishReason::kEos, nullptr);
+    return;
+  }
+  TokenEvent ev;
+  ev.token = next;
+  if (sp.logprobs) fill_logprobs(logits, next, sp.top_logprobs, &ev);
+  r.req->stream->push(std::move(ev));
+  r.tokens.push_back(next);
+  if (r.generated >= sp.max_tokens) finish_locked(r, FinishReason::kLength, nullptr);
+}
+
+void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<float>>& logits) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<SeqId, Running*> by_seq;
+  for (auto& r : running_) by_seq[r->seq] = r.get();
+  int64_t prefill = 0;
+  for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    const PlanChunk& c = plan.chunks[i];
+    auto it = by_seq.find(c.seq);
+    if (it == by_seq.end()) continue;  // finished meanwhile (cannot happen: one engine thread)
+    Running& r = *it->second;
+    r.in_plan = false;
+    if (c.start_pos < int64_t(r.req->prompt.size())) prefill += c.num_tokens;
+    r.fed += c.num_tokens;
+    if (!c.want_logits) continue;
+    CHECK_LT(i, logits.size());
+    CHECK_EQ(int64_t(logits[i].size()), config_.vocab_size) << "logits of sequence " << c.seq;
+    if (r.req->stream->cancelled()) {
+      finish_locked(r, FinishReason::kCancelled, nullptr);
+      continue;
+    }
+    sample_locked(r, logits[i]);
+  }
+  std::erase_if(running_, [](const auto& r) { return !r->req; });
+  metrics_->prefill_tokens += uint64_t(prefill);
+  ++metrics_->steps;
+  metrics_->step_tokens.observe(double(plan.tokens.size()));
+  metrics_->step_sequences.observe(double(plan.chunks.size()));
+  update_gauges_locked();
+}
+
+void Scheduler::fail_all(const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopped_ = true;
+  stop_reason_ = why;
+  for (auto& r : running_) r->req->stream->finish(FinishReason::kError, why);
+  running_.clear();
+  for (auto& [prio, queue] : waiting_)
+    for (auto& req : queue) req->stream->finish(FinishReason::kError, why);
+  waiting_.clear();
+  num_waiting_ = 0;
+  update_gauges_locked();
+}
+
+StepPlan Scheduler::shutdown_plan() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopped_ = true;
+  if (stop_reason_.empty()) stop_reason_ = "shutting down";
+  StepPlan plan;
+  plan.releases = std::move(pending_releases_);
+  pending_releases_.clear();
+  for (auto& r : running_) {
+    r->req->stream->finish(FinishReason::kError, stop_reason_);
+    plan.releases.push_back(r->seq);
+  }
+  running_.clear();
+  for (auto& [prio, queue] : waiting_)
+    for (auto& req : queue) req->stream->finish(FinishReason::kError, stop_reason_);
+  waiting_.clear();
+  num_waiting_ = 0;
+  for (SeqId s : cache_.clear()) plan.releases.push_back(s);
+  kv_used_ = 0;
+  plan.shutdown = 1;
+  plan.step_idx = ++step_idx_;
+  return plan;
+}
+
+void Scheduler::update_gauges_locked() {
+  SchedulerGauges g;
+  g.num_waiting = int64_t(num_waiting_);
+  g.num_running = int64_t(running_.size());
+  g.kv_bytes_used = kv_used_;
+  g.kv_bytes_budget = options_.kv_budget_bytes;
+  int64_t blocks = 0;
+  for (const auto& r : running_) blocks += (int64_t(r->tokens.size()) + kKvBlockTokens - 1) / kKvBlockTokens;
+  const int64_t cached = cache_.num_tokens();
+  g.kv_blocks_used = blocks + (cached + kKvBlockTokens - 1) / kKvBlockTokens;
+  g.prefix_cache_entries = int64_t(cache_.size());
+  g.prefix_cache_tokens = cached;
+  metrics_->set_gauges(g);
+}
+
+SchedulerGauges Scheduler::gauges() const { return metrics_->gauges(); }
+
+}  // namespace v4rt::launch::serve

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: MIT
+// Continuous batching (rank 0). Requests wait in a queue (higher priority first, FIFO within a
+// priority), are admitted while their KV memory fits the budget (evicting prefix-cache entries,
+// least recently used first), and every step packs the decode token of each running sequence and
+// then prefill chunks under a token budget into one StepPlan. After the step, complete() samples
+// the next tokens from the logits, streams them to the requests and finishes sequences at EOS, the
+// token limit, cancellation (client gone) or the request timeout. A request that could never fit
+// is refused at submit(), never left waiting. The scheduler knows nothing of text or HTTP.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "launch/serve/metrics.h"
+#include "launch/serve/prefix_cache.h"
+#include "launch/serve/step_plan.h"
+#include "model/config.h"
+#include "model/sampler.h"
+
+namespace v4rt::launch::serve {
+
+using Clock = std::chrono::steady_clock;
+
+struct SamplingParams {
+  double temperature = 1.0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  int max_tokens = 16;
+  int top_logprobs = 0;        // alternatives per token (with logprobs)
+  bool logprobs = false;
+  bool forced = false;         // test hook: emit forced_tokens then EOS instead of sampling
+  std::vector<int32_t> forced_tokens;
+};
+
+struct TokenEvent {
+  int32_t token = 0;
+  float logprob = 0;                             // when logprobs were requested
+  std::vector<std::pair<int32_t, float>> top;    // top_logprobs alternatives, best first
+};
+
+enum class FinishReason { kNone, kEos, kLength, kCancelled, kTimeout, kError };
+const char* finish_reason_name(FinishReason r);
+
+// Engine -> request handler: generated tokens and the end of the generation. Thread-safe.
+class TokenStream {
+ public:
+  void push(TokenEvent event);
+  void finish(FinishReason reason, std::string message = "");
+  // Waits up to `timeout` for tokens or the end; moves the new tokens into `out` and returns the
+  // finish reason (kNone while running).
+  FinishReason wait(std::vector<TokenEvent>* out, std::chrono::milliseconds timeout, std::string* message = nullptr);
+  // The client went away or no longer wants tokens (e.g. a stop string matched).
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+  // Set by the scheduler at admission (before the first token).
+  std::atomic<int64_t> prompt_tokens{0};
+  std::atomic<int64_t> cached_tokens{0};
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<TokenEvent> pending_;
+  FinishReason reason_ = FinishReason::kNone;
+  std::string message_;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct Request {
+  uint64_t id = 0;
+  int priority = 0;                 // higher first
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  Clock::time_point arrival = Clock::now();
+  Clock::time_point deadline = Clock::time_point::max();
+  std::shared_ptr<TokenStream> stream = std::make_shared<TokenStream>();
+};
+
+struct SchedulerOptions {
+  int max_batch_tokens = 256;
+  int max_running = 32;
+  int max_queue = 64;
+  int64_t kv_budget_bytes = int64_t(1) << 30;
+  bool prefix_cache = true;
+  int32_t eos_token_id = 1;
+};
+
+// Bytes of per-sequence state (window ring, compressor buffers, compressed entries, indexer keys;
+// fp32 rows as model/state.h stores them) after `num_tokens` tokens.
+int64_t kv_bytes_estimate(const model::ModelConfig& config, int64_t num_tokens);
+
+struct SubmitResult {
+  int status = 200;      // 200 admitted to the queue; 413 can never fit; 429 queue full; 503 stopped
+  std::string message;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerOptions& options, const model::ModelConfig& config, Metrics* metrics);
+
+  SubmitResult submit(std::shared_ptr<Request> request);
+  // Builds the next plan; waits up to `wait` for work. Returns false when there is nothing to run.
+  bool next_plan(StepPlan* plan, std::chrono::milliseconds wait);
+  // Consumes the logits of `plan` (Executor::run output).
+  void complete(const StepPlan& plan, const std::vector<std::vector<float>>& logits);
+  // Ends every request with kError (engine failure) and refuses new ones.
+  void fail_all(const std::string& why);
+  // A plan that releases every state and tells followers to stop; refuses new requests.
+  StepPlan shutdown_plan();
+
+  SchedulerGauges gauges() const;
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  struct Running {
+    std::shared_ptr<Request> req;
+    SeqId seq = 0;
+    std::vector<int32_t> tokens;  // prompt, then generated tokens
+    int64_t fed = 0;              // tokens already in the state
+    int generated = 0;
+    int64_t reserved = 0;         // bytes charged
+    model::Sampler sampler;
+    Clock::time_point last_token;
+    bool in_plan = false;
+  };
+
+  bool admit_locked(StepPlan* plan);
+  void sweep_locked(StepPlan* plan);
+  void finish_locked(Running& r, FinishReason reason, StepPlan* plan_or_null);
+  void sample_locked(Running& r, std::span<const float> logits);
+  void update_gauges_locked();
+
+  SchedulerOptions options_;
+  model::ModelConfig config_;
+  Metrics* metrics_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<int, std::deque<std::shared_ptr<Request>>, std::greater<int>> waiting_;
+  size_t num_waiting_ = 0;
+  std::vector<std::unique_ptr<Running>> running_;
+  PrefixCache cache_;
+  std::vector<SeqId> pending_releases_;
+  int64_t kv_used_ = 0;
+  SeqId next_seq_ = 1;
+  uint64_t step_idx_ = 0;
+  size_t decode_rotation_ = 0;
+  bool stopped_ = false;
+  std::string stop_reason_;
+};
+
+}  // namespace v4rt::launch::serve
