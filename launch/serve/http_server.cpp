@@ -269,7 +269,7 @@ void HttpServer::handle_generate(const httplib::Request& http_req, httplib::Resp
         for (const Delta& d : deltas)
           if (!send(chunk_json(state->meta, &d, "", state->output->take_logprobs()))) return false;
         if (reason == FinishReason::kNone) {
-          if (deltas.empty()) {
+          if (events.empty()) {
             static const char kKeepAlive[] = ": keepalive\n\n";
             if (!sink.write(kKeepAlive, sizeof(kKeepAlive) - 1)) return false;
           }

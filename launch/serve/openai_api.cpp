@@ -172,11 +172,11 @@ ApiError::ApiError(int status, std::string message, std::string param, std::stri
 }
 
 std::string ApiError::json() const {
-  nlohmann::json e = {{"message", what()},
-                      {"type", type_},
-                      {"param", param_.empty() ? nlohmann::json(nullptr) : nlohmann::json(param_)},
-                      {"code", code_.empty() ? nlohmann::json(nullptr) : nlohmann::json(code_)}};
-  return nlohmann::json{{"error", e}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  text_json e = {{"message", what()},
+                 {"type", type_},
+                 {"param", param_.empty() ? text_json(nullptr) : text_json(param_)},
+                 {"code", code_.empty() ? text_json(nullptr) : text_json(code_)}};
+  return text_json{{"error", e}}.dump(-1, ' ', false, text_json::error_handler_t::replace);
 }
 
 text_json parse_json_body(const std::string& body) {

@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: MIT
+// Plan broadcast, the step driver and the per-rank start-up of the model commands (see driver.h).
+#include "launch/driver.h"
+
+#include <glog/logging.h>
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "cluster/mpi_comm.h"
+#include "cluster/world.h"
+#include "common/check.h"
+#include "kernels/backend_factory.h"
+#include "model/distributed.h"
+#include "model/runtime_config.h"
+
+namespace v4rt::launch {
+
+// ------------------------------------------------------------------------------------------------
+// PlanChannel
+// ------------------------------------------------------------------------------------------------
+
+PlanChannel::PlanChannel(cluster::Comm* world) : world_(world && world->size() > 1 ? world : nullptr) {}
+
+void PlanChannel::send(std::span<const uint8_t> bytes) {
+  CHECK(leader()) << "only world rank 0 sends plans";
+  if (!world_) return;
+  int64_t size = int64_t(bytes.size());
+  world_->broadcast(&size, 1, DType::kI64, 0);
+  if (size > 0) world_->broadcast(const_cast<uint8_t*>(bytes.data()), size, DType::kU8, 0);
+}
+
+std::vector<uint8_t> PlanChannel::receive() {
+  CHECK(!leader()) << "world rank 0 sends plans, it does not receive them";
+  int64_t size = 0;
+  world_->broadcast(&size, 1, DType::kI64, 0);
+  std::vector<uint8_t> bytes(size_t(size));
+  if (size > 0) world_->broadcast(bytes.data(), size, DType::kU8, 0);
+  return bytes;
+}
+
+// ------------------------------------------------------------------------------------------------
+// ForwardPlan encoding
+// ------------------------------------------------------------------------------------------------
+
+std::vector<uint8_t> encode_plan(const ForwardPlan& plan) {
+  std::vector<int32_t> w = {plan.stop ? 1 : 0, int32_t(plan.chunks.size()), int32_t(plan.release.size())};
+  for (const ForwardChunk& c : plan.chunks) {
+    w.insert(w.end(), {c.sequence, c.all_logits ? 1 : 0, int32_t(c.tokens.size())});
+    w.insert(w.end(), c.tokens.begin(), c.tokens.end());
+  }
+  w.insert(w.end(), plan.release.begin(), plan.release.end());
+  std::vector<uint8_t> bytes(w.size() * sizeof(int32_t));
+  std::memcpy(bytes.data(), w.data(), bytes.size());
+  return bytes;
+}
+
+ForwardPlan decode_plan(std::span<const uint8_t> bytes) {
+  V4RT_REQUIRE(bytes.size() % 4 == 0 && bytes.size() >= 12, "step plan: " << bytes.size() << " bytes is not a plan");
+  std::vector<int32_t> w(bytes.size() / 4);
+  std::memcpy(w.data(), bytes.data(), bytes.size());
+  size_t at = 0;
+  auto next = [&](const char* what) {
+    V4RT_REQUIRE(at < w.size(), "step plan truncated at " << what);
+    return w[at++];
+  };
+  ForwardPlan plan;
+  plan.stop = next("stop") != 0;
+  const int32_t num_chunks = next("num_chunks"), num_release = next("num_release");
+  V4RT_REQUIRE(num_chunks >= 0 && num_release >= 0, "step plan: negative counts");
+  for (int32_t i = 0; i < num_chunks; ++i) {
+    ForwardChunk c;
+    c.sequence = next("sequence");
+    c.all_logits = next("all_logits") != 0;
+    const int32_t n = next("num_tokens");
+    V4RT_REQUIRE(n >= 0 && at + size_t(n) <= w.size(), "step plan: chunk " << i << " of " << n << " tokens truncated");
+    c.tokens.assign(w.begin() + ptrdiff_t(at), w.begin() + ptrdiff_t(at + size_t(n)));
+    at += size_t(n);
+    plan.chunks.push_back(std::move(c));
+  }
+  for (int32_t i = 0; i < num_release; ++i) plan.release.push_back(next("release"));
+  V4RT_REQUIRE(at == w.size(), "step plan: " << (w.size() - at) << " trailing words");
+  return plan;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Driver
+// ------------------------------------------------------------------------------------------------
+
+Driver::~Driver() {
+  if (leader() && !stopped_) stop();
+}
+
+void Driver::run(const ForwardPlan& plan, std::vector<std::vector<float>>* logits) {
+  std::vector<model::StepChunk> chunks;
+  for (const ForwardChunk& c : plan.chunks) {
+    auto& seq = sequences_[c.sequence];
+    if (!seq) seq = model_.new_sequence();
+    chunks.push_back({seq.get(), std::span<const int32_t>(c.tokens), c.all_logits});
+  }
+  model_.step(chunks, logits);
+  for (int32_t id : plan.release) sequences_.erase(id);
+  ++steps_;
+}
+
+void Driver::step(const ForwardPlan& plan, std::vector<std::vector<float>>* logits) {
+  CHECK(leader() && !stopped_) << "Driver::step runs on the leader, before stop()";
+  CHECK(!plan.stop);
+  channel_.send(encode_plan(plan));
+  run(plan, logits);
+}
+
+void Driver::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  ForwardPlan plan;
+  plan.stop = true;
+  channel_.send(encode_plan(plan));
+}
+
+int64_t Driver::follow() {
+  CHECK(!leader()) << "the leader drives; it does not follow";
+  for (;;) {
+    const ForwardPlan plan = decode_plan(channel_.receive());
+    if (plan.stop) break;
+    run(plan, nullptr);  // logits are the leader's
+  }
+  return steps_;
+}
+
+// ------------------------------------------------------------------------------------------------
+// ModelRun
+// ------------------------------------------------------------------------------------------------
+
+namespace {
+
+// Set by mpirun / mpiexec (Open MPI, MPICH/PMI, PMIx) in every process it starts.
+bool launched_by_mpirun() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
+    if (std::getenv(var)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+ModelRun::ModelRun(const RunOptions& options) {
+  parallel::Layout layout;
+  if (!options.config.empty()) layout = model::load_runtime_config(options.config).parallel;
+  mpi_ = launched_by_mpirun();
+  int world_size = 1, device = options.device;
+  if (mpi_) {
+    const cluster::WorldInfo& world = cluster::init_world(nullptr, nullptr);
+    world_rank_ = world.rank;
+    world_size = world.size;
+    device += world.local_rank;
+  }
+  backend_ = kernels::make_backend(options.backend, device);
+  ckpt_ = model::Checkpoint::open(options.model_dir);
+  model::ModelOptions mo;
+  mo.numerics = model::parse_numerics(options.numerics);
+  if (layout.world() != world_size) {
+    // Let validate() phrase it, naming the layout's keys.
+    parallel::validate(layout, model::model_dims(ckpt_->config(), *backend_, world_size));
+  }
+  if (mpi_) {
+    groups_ = std::make_unique<cluster::ProcessGroups>(cluster::make_mpi_groups(parallel::group_shape(layout), options.timeout_s));
+    mo.parallel = model::make_parallel_context(layout, ckpt_->config(), *backend_, *groups_);
+    cluster::CommOptions po;
+    po.name = "plan";
+    po.timeout_s = 0;  // the leader may idle between steps (a server waiting for requests)
+    plan_comm_ = std::make_unique<cluster::MpiComm>(MPI_COMM_WORLD, po);
+    if (world_rank_ == 0) {
+      LOG(INFO) << "layout: tp " << layout.tp << ", sp " << layout.sp << " (blocks of " << layout.sp_block
+                << " entries), ep " << layout.ep << ", dp " << layout.dp << " over " << world_size << " ranks";
+    }
+  }
+  channel_ = std::make_unique<PlanChannel>(plan_comm_.get());
+  model_ = model::Model::load(*ckpt_, mo, *backend_);
+  driver_ = std::make_unique<Driver>(*model_, *channel_);
+}
+
+std::string ModelRun::byte_report() {
+  reported_ = true;
+  const model::ParallelContext& par = model_->parallel();
+  const double steps = double(std::max<int64_t>(driver_->steps(), 1));
+  auto bytes = [](const cluster::Comm* c) { return c ? double(c->counters().total_bytes()) : 0.0; };
+  // Per step: plan broadcast, TP, SP, EP (the groups may coincide; each is counted as its role).
+  std::vector<double> mine = {double(driver_->steps()), bytes(plan_comm_.get()) / steps,
+                              par.layout.tp > 1 ? bytes(par.tp) / steps : 0.0,
+                              par.layout.sp > 1 ? bytes(par.sp) / steps : 0.0,
+                              par.layout.ep > 1 ? bytes(par.ep) / steps : 0.0};
+  LOG(INFO) << "bytes sent per step (" << mine[0] << " steps): plan " << mine[1] << ", tp " << mine[2] << ", sp "
+            << mine[3] << ", ep " << mine[4];
+  const int n = plan_comm_ ? plan_comm_->size() : 1;
+  std::vector<double> all(mine.size() * size_t(n));
+  if (plan_comm_) {
+    plan_comm_->all_gather(mine.data(), all.data(), int64_t(mine.size()), DType::kF64);
+  } else {
+    all = mine;
+  }
+  if (!leader()) return "";
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(0);
+  for (int r = 0; r < n; ++r) {
+    const double* v = &all[size_t(r) * mine.size()];
+    os << "rank " << r << ": bytes sent per step (" << v[0] << " steps): plan " << v[1] << ", tp " << v[2]
+       << ", sp " << v[3] << ", ep " << v[4] << ", total " << (v[1] + v[2] + v[3] + v[4]) << "\n";
+  }
+  return os.str();
+}
+
+ModelRun::~ModelRun() {
+  if (leader()) driver_->stop();
+  if (mpi_ && !reported_) {
+    const std::string report = byte_report();
+    if (!report.empty()) std::fprintf(stderr, "%s", report.c_str());
+  }
+  driver_.reset();
+  model_.reset();
+  plan_comm_.reset();
+  groups_.reset();
+  if (mpi_) cluster::finalize_world();
+}
+
+}  // namespace v4rt::launch

@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: MIT
+// Serving building blocks without a model: StepPlan encoding, the prefix cache, stop strings,
+// request validation errors and the KV estimate.
+#include <gtest/gtest.h>
+
+#include "common/check.h"
+#include "launch/serve/openai_api.h"
+#include "launch/serve/output.h"
+#include "launch/serve/prefix_cache.h"
+#include "launch/serve/step_plan.h"
+#include "model/presets.h"
+
+namespace v4rt::launch::serve {
+namespace {
+
+StepPlan sample_plan() {
+  StepPlan p;
+  p.step_idx = 42;
+  p.copies = {{7, 9}};
+  p.chunks = {{9, 100, 3, 1}, {11, 0, 2, 0}};
+  p.tokens = {5, 6, 7, 128803, 0};
+  p.releases = {3, 4};
+  return p;
+}
+
+TEST(StepPlan, RoundTrip) {
+  const StepPlan p = sample_plan();
+  const std::vector<uint8_t> bytes = serialize_plan(p);
+  const StepPlan q = deserialize_plan(bytes);
+  EXPECT_EQ(q.step_idx, 42u);
+  ASSERT_EQ(q.copies.size(), 1u);
+  EXPECT_EQ(q.copies[0].src, 7u);
+  EXPECT_EQ(q.copies[0].dst, 9u);
+  ASSERT_EQ(q.chunks.size(), 2u);
+  EXPECT_EQ(q.chunks[0].seq, 9u);
+  EXPECT_EQ(q.chunks[0].start_pos, 100);
+  EXPECT_EQ(q.chunks[0].num_tokens, 3);
+  EXPECT_EQ(q.chunks[0].want_logits, 1);
+  EXPECT_EQ(q.chunks[1].want_logits, 0);
+  EXPECT_EQ(q.tokens, p.tokens);
+  EXPECT_EQ(q.releases, p.releases);
+  EXPECT_EQ(q.shutdown, 0);
+}
+
+TEST(StepPlan, RejectsTruncatedAndInconsistent) {
+  std::vector<uint8_t> bytes = serialize_plan(sample_plan());
+  for (size_t cut : {size_t(3), size_t(20), bytes.size() - 1}) {
+    std::vector<uint8_t> t(bytes.begin(), bytes.begin() + ptrdiff_t(cut));
+    EXPECT_THROW(deserialize_plan(t), v4rt::Error) << "cut at " << cut;
+  }
+  StepPlan bad = sample_plan();
+  bad.tokens.pop_back();  // chunks hold 5 tokens, 4 given
+  EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
+  bytes.push_back(0);
+  EXPECT_THROW(deserialize_plan(bytes), v4rt::Error);
+}
+
+TEST(PrefixCache, LongestProperPrefixAndLru) {
+  PrefixCache c;
+  c.insert({1, {1, 2, 3}, 30});
+  c.insert({2, {9, 9}, 20});
+  c.insert({3, {1, 2, 3, 4, 5}, 50});  // supersedes entry 1
+  EXPECT_EQ(c.size(), 2u);
+  EXPECT_EQ(c.bytes(), 70);
+  const std::vector<int32_t> prompt{1, 2, 3, 4, 5, 6};
+  const CacheEntry* hit = c.match(prompt);
+  ASSERT_NE(hit, nullptr);
+  EXPECT_EQ(hit->seq, 3u);
+  // An entry equal to the whole prompt leaves nothing to compute: no match.
+  const std::vector<int32_t> same{1, 2, 3, 4, 5};
+  EXPECT_EQ(c.match(same), nullptr);
+  const std::vector<int32_t> other{1, 2, 4, 4, 5, 6};
+  EXPECT_EQ(c.match(other), nullptr);
+  // Entry 3 was used last, so entry 2 goes first; `keep` protects an entry.
+  int64_t freed = 0;
+  EXPECT_EQ(c.evict_lru(2, &freed).value(), 3u);
+  EXPECT_EQ(freed, 50);
+  EXPECT_EQ(c.evict_lru().value(), 2u);
+  EXPECT_FALSE(c.evict_lru().has_value());
+  EXPECT_EQ(c.bytes(), 0);
+}
+
+TEST(StopFilter, HoldsBackPrefixesAndCutsAtMatch) {
+  StopFilter f({"END", "xyz"});
+  std::string out = f.feed("hello E");
+  EXPECT_EQ(out, "hello ");  // "E" may start END
+  out += f.feed("N");
+  EXPECT_EQ(out, "hello ");
+  out += f.feed("Dtrailing");
+  EXPECT_EQ(out, "hello ");
+  EXPECT_TRUE(f.stopped());
+  EXPECT_EQ(f.feed("more"), "");
+
+  StopFilter g({"END"});
+  std::string o = g.feed("abc EN");
+  o += g.feed("x");
+  o += g.flush();
+  EXPECT_EQ(o, "abc ENx");
+  EXPECT_FALSE(g.stopped());
+}
+
+TEST(KvEstimate, GrowsWithTokensAndCountsEveryLayer) {
+  const model::ModelConfig c = model::preset_config("tiny");
+  const int64_t a = kv_bytes_estimate(c, 10), b = kv_bytes_estimate(c, 1000), d = kv_bytes_estimate(c, 100000);
+  EXPECT_GT(a, 0);
+  EXPECT_GT(b, a);
+  EXPECT_GT(d, b);
+  // Past the window only compressed entries grow: 1/4 of tokens on CSA layers (+ indexer keys),
+  // 1/128 on HCA layers, 4 bytes each.
+  int64_t per_token_x128 = 0;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const int r = c.compress_ratio(l);
+    if (r == 4) per_token_x128 += 32 * (c.head_dim + c.index_head_dim);
+    if (r == 128) per_token_x128 += c.head_dim;
+  }
+  EXPECT_EQ(kv_bytes_estimate(c, 128 * 1000 + 128) - kv_bytes_estimate(c, 128), per_token_x128 * 1000 * 4);
+}
+
+}  // namespace
+}  // namespace v4rt::launch::serve
