@@ -3,6 +3,9 @@
 // sample up to --max-tokens tokens (greedy by default; temperature / top-p, seeded). Prints the
 // generated ids on stdout (and the decoded text when a tokenizer is available), throughput on
 // stderr. Stops early at the end-of-sequence token.
+// Under `mpirun -np N ... --config <layout>.yaml` the same command runs sharded: rank 0 reads the
+// prompt, samples and prints; every rank runs the steps rank 0 broadcasts (launch/driver.h). With
+// dp > 1 every replica runs the same prompt and seed.
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -10,10 +13,9 @@
 #include <memory>
 
 #include "common/check.h"
-#include "kernels/backend.h"
+#include "launch/backend_option.h"
 #include "launch/commands.h"
-#include "model/checkpoint.h"
-#include "model/model.h"
+#include "launch/driver.h"
 #include "model/sampler.h"
 #include "model/text/tokenizer.h"
 #include "model/token_ids.h"
@@ -23,7 +25,7 @@ namespace v4rt::launch {
 namespace {
 
 struct GenerateArgs {
-  std::string model_dir;
+  RunOptions run;
   std::string prompt;
   std::string ids_file;
   std::string tokenizer;
@@ -31,35 +33,38 @@ struct GenerateArgs {
   double temperature = 0.0;
   double top_p = 1.0;
   uint64_t seed = 0;
-  std::string numerics = "reference";
 };
 
 void run_generate(const GenerateArgs& args) {
   V4RT_REQUIRE(args.prompt.empty() != args.ids_file.empty(), "give exactly one of --prompt or --ids");
   V4RT_REQUIRE(args.max_tokens >= 0, "--max-tokens must be >= 0");
+  ModelRun run(args.run);
+  if (!run.leader()) {
+    run.driver().follow();
+    return;
+  }
   std::unique_ptr<model::text::Tokenizer> tok;
   std::vector<int32_t> ids;
   if (!args.prompt.empty()) {
-    tok = std::make_unique<model::text::Tokenizer>(model::text::find_tokenizer_path(args.tokenizer, args.model_dir));
+    tok = std::make_unique<model::text::Tokenizer>(model::text::find_tokenizer_path(args.tokenizer, args.run.model_dir));
     ids = tok->encode(args.prompt);
   } else {
     ids = model::read_token_ids(args.ids_file);
     if (!args.tokenizer.empty()) tok = std::make_unique<model::text::Tokenizer>(args.tokenizer);
   }
   V4RT_REQUIRE(!ids.empty(), "empty prompt");
-
-  auto ckpt = model::Checkpoint::open(args.model_dir);
-  auto backend = kernels::make_cpu_backend();
-  model::ModelOptions options;
-  options.numerics = model::parse_numerics(args.numerics);
-  auto m = model::Model::load(*ckpt, options, *backend);
-  auto seq = m->new_sequence();
+  model::Model& m = run.model();
+  for (int32_t id : ids) {
+    V4RT_REQUIRE(id >= 0 && id < m.config().vocab_size,
+                 "prompt token id " << id << " outside the vocabulary of " << m.config().vocab_size);
+  }
   model::Sampler sampler({args.temperature, args.top_p, args.seed});
 
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::vector<float>> logits;
-  model::StepChunk chunk{seq.get(), std::span<const int32_t>(ids), false};
-  m->step(std::span<const model::StepChunk>(&chunk, 1), &logits);
+  ForwardPlan plan;
+  plan.chunks.push_back({0, false, ids});
+  run.driver().step(plan, &logits);
   const auto t1 = std::chrono::steady_clock::now();
   std::vector<int32_t> out;
   for (int i = 0; i < args.max_tokens; ++i) {
@@ -67,9 +72,9 @@ void run_generate(const GenerateArgs& args) {
     out.push_back(next);
     std::printf("%s%d", i ? " " : "", next);
     std::fflush(stdout);
-    if (next == m->config().eos_token_id || i + 1 == args.max_tokens) break;
-    chunk.tokens = std::span<const int32_t>(&out.back(), 1);
-    m->step(std::span<const model::StepChunk>(&chunk, 1), &logits);
+    if (next == m.config().eos_token_id || i + 1 == args.max_tokens) break;
+    plan.chunks[0].tokens.assign(1, next);
+    run.driver().step(plan, &logits);
   }
   std::printf("\n");
   std::fflush(stdout);
@@ -92,7 +97,7 @@ void run_generate(const GenerateArgs& args) {
 void register_generate(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate tokens from a prompt");
-  cmd->add_option("--model", args->model_dir, "Checkpoint directory (config.json + safetensors)")->required();
+  cmd->add_option("--model", args->run.model_dir, "Checkpoint directory (config.json + safetensors)")->required();
   cmd->add_option("--prompt", args->prompt, "Prompt text (encoded with the tokenizer, no special tokens)");
   cmd->add_option("--ids", args->ids_file, "Prompt token ids: text list of integers or safetensors input_ids");
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json (default: model dir, $V4RT_TOKENIZER, data/tokenizer)");
@@ -100,7 +105,10 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--temperature", args->temperature, "Sampling temperature; 0 = greedy (default)");
   cmd->add_option("--top-p", args->top_p, "Nucleus sampling mass in (0, 1] (default 1)");
   cmd->add_option("--seed", args->seed, "Sampler seed (default 0)");
-  cmd->add_option("--numerics", args->numerics, "reference | official")->check(CLI::IsMember({"reference", "official"}));
+  cmd->add_option("--numerics", args->run.numerics, "reference | official")->check(CLI::IsMember({"reference", "official"}));
+  cmd->add_option("--config", args->run.config,
+                  "Runtime YAML whose `parallel:` section is the layout (run under mpirun -np dp*sp*tp)");
+  add_backend_option(cmd, &args->run.backend, &args->run.device);
   cmd->callback([args] { run_generate(*args); });
 }
 

@@ -3,6 +3,9 @@
 // (row i = logits after token i) to a safetensors file (F32 tensor `logits` [len(ids), vocab]).
 // The prompt part [0, decode-from) is fed in chunks of --chunk tokens (default: one chunk), the
 // rest one token at a time, exercising the prefill -> decode state hand-over.
+// Under `mpirun -np N ... --config <layout>.yaml` the same command runs sharded: rank 0 reads the
+// ids, drives the steps (launch/driver.h) and writes the file; with dp > 1 every replica computes
+// the same sequence.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -11,10 +14,9 @@
 #include <cstring>
 
 #include "common/check.h"
-#include "kernels/backend.h"
+#include "launch/backend_option.h"
 #include "launch/commands.h"
-#include "model/checkpoint.h"
-#include "model/model.h"
+#include "launch/driver.h"
 #include "model/safetensors.h"
 #include "model/token_ids.h"
 
@@ -23,40 +25,36 @@ namespace v4rt::launch {
 namespace {
 
 struct LogitsArgs {
-  std::string model_dir;
+  RunOptions run;
   std::string ids_file;
   int64_t chunk = 0;         // 0 = whole prompt in one chunk
   int64_t decode_from = -1;  // -1 = no decode steps
-  std::string numerics = "reference";
   std::string out;
 };
 
 void run_logits(const LogitsArgs& args) {
+  V4RT_REQUIRE(args.chunk >= 0, "--chunk must be >= 0");
+  ModelRun run(args.run);
+  if (!run.leader()) {
+    run.driver().follow();
+    return;
+  }
   const std::vector<int32_t> ids = model::read_token_ids(args.ids_file);
   V4RT_REQUIRE(!ids.empty(), args.ids_file << ": no token ids");
   const int64_t len = int64_t(ids.size());
   const int64_t decode_from = args.decode_from < 0 ? len : std::min<int64_t>(args.decode_from, len);
-  V4RT_REQUIRE(args.chunk >= 0, "--chunk must be >= 0");
-
-  auto ckpt = model::Checkpoint::open(args.model_dir);
-  auto backend = kernels::make_cpu_backend();
-  model::ModelOptions options;
-  options.numerics = model::parse_numerics(args.numerics);
-  auto m = model::Model::load(*ckpt, options, *backend);
-  const int64_t vocab = m->config().vocab_size;
-  auto seq = m->new_sequence();
+  const int64_t vocab = run.model().config().vocab_size;
+  for (int32_t id : ids) V4RT_REQUIRE(id >= 0 && id < vocab, args.ids_file << ": token id " << id << " outside the vocabulary of " << vocab);
 
   std::vector<float> all(size_t(len * vocab));
   const auto t0 = std::chrono::steady_clock::now();
   int64_t pos = 0;
   while (pos < len) {
     const int64_t n = pos < decode_from ? (args.chunk > 0 ? std::min(args.chunk, decode_from - pos) : decode_from - pos) : 1;
-    model::StepChunk chunk;
-    chunk.sequence = seq.get();
-    chunk.tokens = std::span<const int32_t>(ids.data() + pos, size_t(n));
-    chunk.all_logits = true;
+    ForwardPlan plan;
+    plan.chunks.push_back({0, true, std::vector<int32_t>(ids.begin() + pos, ids.begin() + pos + n)});
     std::vector<std::vector<float>> logits;
-    m->step(std::span<const model::StepChunk>(&chunk, 1), &logits);
+    run.driver().step(plan, &logits);
     std::memcpy(all.data() + pos * vocab, logits[0].data(), logits[0].size() * sizeof(float));
     pos += n;
   }
@@ -78,12 +76,15 @@ void run_logits(const LogitsArgs& args) {
 void register_logits(CLI::App& app) {
   auto args = std::make_shared<LogitsArgs>();
   CLI::App* cmd = app.add_subcommand("logits", "Logits after every token of a sequence, to a safetensors file");
-  cmd->add_option("--model", args->model_dir, "Checkpoint directory (config.json + safetensors)")->required();
+  cmd->add_option("--model", args->run.model_dir, "Checkpoint directory (config.json + safetensors)")->required();
   cmd->add_option("--ids", args->ids_file, "Token ids: text list of integers or safetensors with input_ids")->required();
   cmd->add_option("--chunk", args->chunk, "Prefill chunk size (0 = the whole prompt at once)");
   cmd->add_option("--decode-from", args->decode_from, "Feed tokens from this index one at a time (decode)");
-  cmd->add_option("--numerics", args->numerics, "reference (fp32) | official (DeepSeek rounding points)")
+  cmd->add_option("--numerics", args->run.numerics, "reference (fp32) | official (DeepSeek rounding points)")
       ->check(CLI::IsMember({"reference", "official"}));
+  cmd->add_option("--config", args->run.config,
+                  "Runtime YAML whose `parallel:` section is the layout (run under mpirun -np dp*sp*tp)");
+  add_backend_option(cmd, &args->run.backend, &args->run.device);
   cmd->add_option("--out", args->out, "Output safetensors file (F32 `logits` [len, vocab])")->required();
   cmd->callback([args] { run_logits(*args); });
 }

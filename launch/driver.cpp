@@ -37,7 +37,7 @@ std::vector<uint8_t> PlanChannel::receive() {
   CHECK(!leader()) << "world rank 0 sends plans, it does not receive them";
   int64_t size = 0;
   world_->broadcast(&size, 1, DType::kI64, 0);
-  std::vector<uint8_t> bytes(size_t(size));
+  std::vector<uint8_t> bytes(static_cast<size_t>(size));
   if (size > 0) world_->broadcast(bytes.data(), size, DType::kU8, 0);
   return bytes;
 }
@@ -148,6 +148,19 @@ bool launched_by_mpirun() {
 }  // namespace
 
 ModelRun::ModelRun(const RunOptions& options) {
+  try {
+    start(options);
+  } catch (...) {  // a bad config or checkpoint: the same error on every rank
+    driver_.reset();
+    model_.reset();
+    plan_comm_.reset();
+    groups_.reset();
+    if (mpi_) cluster::finalize_world();
+    throw;
+  }
+}
+
+void ModelRun::start(const RunOptions& options) {
   parallel::Layout layout;
   if (!options.config.empty()) layout = model::load_runtime_config(options.config).parallel;
   mpi_ = launched_by_mpirun();
@@ -164,11 +177,13 @@ ModelRun::ModelRun(const RunOptions& options) {
   mo.numerics = model::parse_numerics(options.numerics);
   if (layout.world() != world_size) {
     // Let validate() phrase it, naming the layout's keys.
-    parallel::validate(layout, model::model_dims(ckpt_->config(), *backend_, world_size));
+    parallel::validate(layout, model::model_dims(ckpt_->config(), *backend_, world_size,
+                                                 mo.numerics == model::Numerics::kOfficial));
   }
   if (mpi_) {
     groups_ = std::make_unique<cluster::ProcessGroups>(cluster::make_mpi_groups(parallel::group_shape(layout), options.timeout_s));
-    mo.parallel = model::make_parallel_context(layout, ckpt_->config(), *backend_, *groups_);
+    mo.parallel = model::make_parallel_context(layout, ckpt_->config(), *backend_, *groups_,
+                                               mo.numerics == model::Numerics::kOfficial);
     cluster::CommOptions po;
     po.name = "plan";
     po.timeout_s = 0;  // the leader may idle between steps (a server waiting for requests)

@@ -113,6 +113,8 @@ class ModelRun {
   std::string byte_report();
 
  private:
+  void start(const RunOptions& options);
+
   bool mpi_ = false;
   int world_rank_ = 0;
   std::unique_ptr<cluster::ProcessGroups> groups_;

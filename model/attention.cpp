@@ -353,9 +353,20 @@ void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerStat
   gp.y = u.view;
   gp.out_bf16 = ctx.official;
   be.grouped_linear(gp);
-  project(ctx, view_reshape(u.view, {n, groups * cfg.o_lora_rank}), aw.wo_b, out, true);
-  // PARALLEL: reduce — wo_b is row-split under TP: `out` is a partial sum, all-reduced here.
+  // PARALLEL: reduce — wo_b is row-split under TP: `out` is a partial sum, all-reduced here; in the
+  // official numerics the bf16 rounding applies to the sum, not to the partials.
+  const bool row_parallel = ctx.parallel && ctx.parallel->layout.tp > 1;
+  {
+    kernels::LinearParams p;
+    p.x = view_reshape(u.view, {n, groups * cfg.o_lora_rank});
+    p.w = aw.wo_b;
+    p.y = out;
+    p.act_quant_fp8 = ctx.official;
+    p.out_bf16 = ctx.official && !row_parallel;
+    be.linear(p);
+  }
   tp_reduce(ctx, out);
+  if (ctx.official && row_parallel) qdq(ctx, out, kernels::QdqFormat::kBf16, 128);
 }
 
 }  // namespace v4rt::model

@@ -10,7 +10,8 @@
 
 namespace v4rt::model {
 
-parallel::ModelDims model_dims(const ModelConfig& config, const kernels::Backend& backend, int world_size) {
+parallel::ModelDims model_dims(const ModelConfig& config, const kernels::Backend& backend, int world_size,
+                               bool official) {
   parallel::ModelDims d;
   d.num_heads = config.num_attention_heads;
   d.head_dim = config.head_dim;
@@ -21,15 +22,16 @@ parallel::ModelDims model_dims(const ModelConfig& config, const kernels::Backend
   d.n_routed_experts = config.n_routed_experts;
   d.q_lora_rank = config.q_lora_rank;
   d.hidden = config.hidden_size;
-  d.quant_block = backend.device() == Device::kHost ? 0 : config.quant.weight_block_size[0];
+  d.quant_block = backend.device() == Device::kHost && !official ? 0 : config.quant.weight_block_size[0];
   d.world_size = world_size;
   return d;
 }
 
 ParallelContext make_parallel_context(const parallel::Layout& layout, const ModelConfig& config,
-                                      const kernels::Backend& backend, const cluster::ProcessGroups& groups) {
+                                      const kernels::Backend& backend, const cluster::ProcessGroups& groups,
+                                      bool official) {
   const int world_size = groups.world->size();
-  const parallel::ModelDims dims = model_dims(config, backend, world_size);
+  const parallel::ModelDims dims = model_dims(config, backend, world_size, official);
   parallel::validate(layout, dims);
   V4RT_REQUIRE(layout.tp == groups.shape.tp && layout.sp == groups.shape.sp && layout.ep == groups.shape.ep &&
                    layout.dp == groups.shape.dp,

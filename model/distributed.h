@@ -24,15 +24,19 @@ struct ParallelContext {
   bool sharded() const { return layout.tp > 1 || layout.sp > 1 || layout.ep > 1; }
 };
 
-// The model numbers parallel::validate checks a layout against. The FP8 block rule applies only to
-// backends that keep FP8 weights in place (device backends); a host backend dequantizes them, so a
-// TP slice may cut a 128-block (quant_block = 0).
-parallel::ModelDims model_dims(const ModelConfig& config, const kernels::Backend& backend, int world_size);
+// The model numbers parallel::validate checks a layout against. The 128-block rule applies to
+// backends that keep FP8 weights in place (device backends) and to the official numerics (the FP8
+// activation quantization of a row-parallel input works per 128 columns, so a TP slice must not
+// cut a block); the host backend in reference numerics dequantizes everything, so a TP slice may
+// cut a 128-block there (quant_block = 0).
+parallel::ModelDims model_dims(const ModelConfig& config, const kernels::Backend& backend, int world_size,
+                               bool official = false);
 
 // Validates `layout` against the model (throws v4rt::Error listing every violated rule) and builds
 // this rank's context over `groups` (made by cluster::make_mpi_groups for the same layout).
 ParallelContext make_parallel_context(const parallel::Layout& layout, const ModelConfig& config,
-                                      const kernels::Backend& backend, const cluster::ProcessGroups& groups);
+                                      const kernels::Backend& backend, const cluster::ProcessGroups& groups,
+                                      bool official = false);
 
 // The loader's view of a plan, and the SP entry ownership of a context.
 Shard shard_of(const parallel::ShardPlan& plan);

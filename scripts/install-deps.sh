@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake ninja-build pkg-config git
       libgoogle-glog-dev libyaml-cpp-dev libgtest-dev libgmock-dev
       libopenmpi-dev openmpi-bin nlohmann-json3-dev libpcre2-dev libcpp-httplib-dev libcli11-dev
-      clang libclang-rt-14-dev gnuplot-nox iproute2 nodejs npm curl ca-certificates)
+      clang libclang-rt-14-dev gnuplot-nox iproute2 curl ca-certificates)
+# Node.js and npm (for the tokenizer package and the OpenAI client test): the machine's own if present.
+command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,8 +21,19 @@ built=$(date +%s)
 # halt_on_error: the first report fails the test; leaks are reported at exit (detect_leaks).
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# The serving and batch suites run the whole tiny model for hundreds of tokens; at -O1 under ASan
+# that takes minutes per case (test_prefix_reuse: 15 min, test_batch_*: > 5 min). They are left out
+# here, except test_http_server without its generation-heavy cases (model load, request errors,
+# auth, cancellation and queue limits are kept); all of them run in full in the ordinary build.
+# V4RT_ASAN_EXCLUDE overrides the list (a ctest -E regex).
+SLOW=${V4RT_ASAN_EXCLUDE:-'test_prefix_reuse|test_http_server|test_batch_'}
 rc=0
-ctest --test-dir "$BUILD" -L 'unit|fuzz' --output-on-failure -j "$JOBS" "$@" || rc=$?
+ctest --test-dir "$BUILD" -L 'unit|fuzz' -E "$SLOW" --output-on-failure -j "$JOBS" "$@" || rc=$?
+if [[ -x "$BUILD/tests/launch/test_http_server" ]]; then
+  echo "test_http_server (ASan subset)"
+  (cd "$BUILD/tests/launch" && timeout 300 ./test_http_server \
+      --gtest_filter='-*StreamedAndNonStreamed*:*ForcedToolCall*') || rc=1
+fi
 end=$(date +%s)
-echo "sanitize.sh: ${#tests[@]} tests; build $((built - start)) s, tests $((end - built)) s, total $((end - start)) s"
+echo "sanitize.sh: ${#tests[@]} tests (slow serving/batch suites reduced, see above); build $((built - start)) s, tests $((end - built)) s, total $((end - start)) s"
 exit $rc

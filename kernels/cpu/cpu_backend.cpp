@@ -32,11 +32,19 @@ WeightView CpuBackend::upload_weight(const WeightSource& s) {
     // Integer tables (tid2eid) are kept as I32.
     Buffer b(size_t(std::max<int64_t>(rows * cols, 1)) * 4);
     int32_t* out = static_cast<int32_t*>(b.data());
+    // NOTE: safetensors packs tensors back to back, so a mapped tensor is not aligned to its
+    // element size in general: elements are read with memcpy.
+    const uint8_t* in = static_cast<const uint8_t*>(s.data);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) {
         const int64_t i = (s.row_begin + r) * cols + c;
-        out[r * cols + c] = s.dtype == DType::kI64 ? int32_t(static_cast<const int64_t*>(s.data)[i])
-                                                   : static_cast<const int32_t*>(s.data)[i];
+        if (s.dtype == DType::kI64) {
+          int64_t v = 0;
+          std::memcpy(&v, in + i * 8, 8);
+          out[r * cols + c] = int32_t(v);
+        } else {
+          std::memcpy(&out[r * cols + c], in + i * 4, 4);
+        }
       }
     w.dtype = DType::kI32;
     w.data = b.data();
@@ -50,8 +58,12 @@ WeightView CpuBackend::upload_weight(const WeightSource& s) {
       std::memcpy(out, static_cast<const float*>(s.data) + s.row_begin * cols, size_t(rows * cols) * 4);
       break;
     case DType::kBF16: {
-      const uint16_t* in = static_cast<const uint16_t*>(s.data) + s.row_begin * cols;
-      for (int64_t i = 0; i < rows * cols; ++i) out[i] = bf16_to_f32(in[i]);
+      const uint8_t* in = static_cast<const uint8_t*>(s.data) + s.row_begin * cols * 2;
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        uint16_t v = 0;  // possibly unaligned, see the NOTE above
+        std::memcpy(&v, in + i * 2, 2);
+        out[i] = bf16_to_f32(v);
+      }
       break;
     }
     case DType::kF8E4M3: {

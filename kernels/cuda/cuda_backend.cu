@@ -32,7 +32,7 @@ Act dense_act(void* data, int64_t stride, bool bf16) {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
+std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& options) {
   const int count = device_count();
   V4RT_REQUIRE(count > 0, "cuda backend: no CUDA device is present");
   if (device >= 0) {
@@ -40,10 +40,10 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
     CUDA_CHECK(cudaSetDevice(device));
   }
   install_device_allocator();
-  return std::make_unique<CudaBackend>();
+  return std::make_unique<CudaBackend>(options);
 }
 
-CudaBackend::CudaBackend() : scratch_(kNumSlots) {
+CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots), options_(options) {
   // The model allocates its scratch tensors per op through common Buffer: without stream-ordered
   // allocation every free would synchronize the device (cudaFree). All of this backend's work is
   // on its one stream, so the first backend makes the allocator ordered on it.
@@ -158,6 +158,19 @@ const void* CudaBackend::bf16_copy_of_fp8(const WeightView& w) {
   return out;
 }
 
+const void* CudaBackend::f32_copy(const WeightView& w) {
+  auto it = f32_copies_.find(w.data);
+  if (it != f32_copies_.end()) return it->second;
+  const void* src = w.dtype == DType::kF8E4M3 ? bf16_copy_of_fp8(w) : w.data;
+  CHECK(w.dtype == DType::kF8E4M3 || w.dtype == DType::kBF16) << "f32_copy of " << dtype_name(w.dtype);
+  weights_.emplace_back(size_t(w.rows * w.cols) * 4);
+  float* out = weights_.back().as<float>();
+  launch_convert(dense_act(const_cast<void*>(src), w.cols, true), dense_act(out, w.cols, false), w.rows, w.cols, false,
+                 stream_.get());
+  f32_copies_[w.data] = out;
+  return out;
+}
+
 void CudaBackend::copy_to_device(void* dst, const void* src_host, size_t bytes) {
   if (!bytes) return;
   CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, stream_.get()));
@@ -213,6 +226,15 @@ void CudaBackend::linear(const LinearParams& p) {
   CHECK(p.w.device == Device::kCuda && p.w.data) << "linear: weight not on the device";
   CHECK_EQ(act_row_width(p.x), p.w.cols) << "linear x " << p.x.shape_str() << " vs weight cols " << p.w.cols;
   CHECK_EQ(act_row_width(p.y), p.w.rows) << "linear y " << p.y.shape_str() << " vs weight rows " << p.w.rows;
+  if (options_.fp32_dense && !p.act_quant_fp8 && p.x.dtype == DType::kF32 &&
+      (p.w.dtype == DType::kF8E4M3 || p.w.dtype == DType::kBF16)) {
+    LinearParams q = p;
+    q.w.data = f32_copy(p.w);
+    q.w.dtype = DType::kF32;
+    q.w.scale = nullptr;
+    linear_dense(q);
+    return;
+  }
   switch (p.w.dtype) {
     case DType::kF8E4M3:
       if (p.act_quant_fp8) {
@@ -366,7 +388,10 @@ void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
   if (m == 0 || ng <= 0) return;
   const void* w = p.w.data;
   bool w_bf16 = p.w.dtype == DType::kBF16;
-  if (p.w.dtype == DType::kF8E4M3) {
+  if (options_.fp32_dense && p.x.dtype == DType::kF32 && (w_bf16 || p.w.dtype == DType::kF8E4M3)) {
+    w = f32_copy(p.w);
+    w_bf16 = false;
+  } else if (p.w.dtype == DType::kF8E4M3) {
     w = bf16_copy_of_fp8(p.w);  // spec §2.6: wo_a is dequantized to bf16 at load
     w_bf16 = true;
   } else {

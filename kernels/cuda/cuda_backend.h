@@ -21,7 +21,7 @@ namespace v4rt::kernels::cuda {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend();  // on the current device (make_cuda_backend selects it)
+  explicit CudaBackend(const CudaBackendOptions& options = {});  // on the current device (make_cuda_backend selects it)
   ~CudaBackend() override;
 
   std::string name() const override { return "cuda"; }
@@ -65,6 +65,7 @@ class CudaBackend final : public Backend {
               kSlotPtrs, kNumSlots };
   void* scratch(Slot slot, size_t bytes);
   const void* bf16_copy_of_fp8(const WeightView& w);
+  const void* f32_copy(const WeightView& w);  // of a BF16 or FP8 weight (exact)
   void linear_fp8(const LinearParams& p);
   void linear_fp4(const LinearParams& p);
   void linear_dense(const LinearParams& p);
@@ -82,6 +83,8 @@ class CudaBackend final : public Backend {
   std::vector<DeviceBuffer> weights_;
   std::map<const uint8_t*, Fp8ScaleEntry> fp8_scales_;   // keyed by the e8m0 scale base pointer
   std::map<const void*, const void*> bf16_copies_;       // FP8 weight data -> bf16 copy
+  std::map<const void*, const void*> f32_copies_;        // BF16/FP8 weight data -> F32 copy (fp32_dense)
+  CudaBackendOptions options_;
   std::map<std::vector<const void*>, const void*> expert_ptr_tables_;
   std::vector<DeviceBuffer> scratch_;
 };

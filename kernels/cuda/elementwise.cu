@@ -85,11 +85,13 @@ __global__ void embedding_kernel(Act table, int64_t vocab, const int32_t* ids, A
 }
 
 // One thread per (row, block): the same loop as the reference's qdq.
-__global__ void qdq_kernel(Act x, int64_t rows, int64_t cols, int format, int block) {
-  const int64_t nb = cols / block;
+// A partial last block (cols % block != 0) is its own block, as in the op table.
+__global__ void qdq_kernel(Act x, int64_t rows, int64_t cols, int format, int full_block) {
+  const int64_t nb = (cols + full_block - 1) / full_block;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * nb) return;
-  const int64_t r = i / nb, c0 = (i % nb) * block;
+  const int64_t r = i / nb, c0 = (i % nb) * full_block;
+  const int block = int(min(int64_t(full_block), cols - c0));
   float amax = 0.f;
   for (int j = 0; j < block; ++j) amax = fmaxf(amax, fabsf(x.ld(r, c0 + j)));
   if (format == int(QdqFormat::kFp8E4M3)) {
@@ -185,8 +187,8 @@ void launch_qdq(const QdqParams& p, cudaStream_t s) {
     launch_convert(x, x, rows, cols, true, s);
     return;
   }
-  CHECK_EQ(cols % p.block, 0) << "qdq width " << cols << " block " << p.block;
-  const int64_t n = rows * (cols / p.block);
+  CHECK_GT(p.block, 0) << "qdq block";
+  const int64_t n = rows * ((cols + p.block - 1) / p.block);
   if (n == 0) return;
   qdq_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, rows, cols, int(p.format), p.block);
   launch_check("qdq", s);

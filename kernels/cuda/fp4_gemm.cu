@@ -15,7 +15,7 @@ constexpr int kWarps = 8;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kTokTile = 8;
-constexpr int kAhead = 2;  // 32-input chunks per row loaded ahead
+constexpr int kAhead = 1;  // 32-input chunks per row loaded ahead (2 measured slower: 80 vs 46 us)
 constexpr int kMaxSmemBytes = 200 * 1024;
 
 __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4GroupedGemmParams p) {

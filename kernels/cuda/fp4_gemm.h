@@ -6,9 +6,7 @@
 // rows of expert g are [row_offsets[g], row_offsets[g+1]).
 //   out[r, n] = bf16( sum over 32-blocks b of (sum_{k in b} x8[r,k] s_x[r,k/128] * fp4(w[n,k])) * 2^(S[n,b]-127) )
 // One kernel serves decode (many experts, few rows each) and prefill (many rows per expert): a
-// block owns 32 output channels of one expert and walks that expert's rows in tiles of 8. Weight
-// loads are issued two 32-input chunks per row ahead of the arithmetic (8 x 16 B in flight per
-// lane), which is what decode, a pure weight stream, needs to approach the HBM bandwidth.
+// block owns 32 output channels of one expert and walks that expert's rows in tiles of 8.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -199,12 +199,14 @@ void fabricate_state(const model::ModelConfig& cfg, kernels::Backend& be, model:
       fill(s.main.score, lead);
       s.main.start = context - lead;
       fill(s.main.entries, context / ratio);
+      s.main.num_entries = context / ratio;
     }
     if (s.has_indexer) {
       fill(s.indexer.kv, 4);
       fill(s.indexer.score, 4);
       s.indexer.start = context - 4;
       fill(s.indexer.entries, context / 4);
+      s.indexer.num_entries = context / 4;
     }
   }
   seq.advance(context - seq.position());
@@ -456,7 +458,7 @@ void run_indexer(const IndexerArgs& a) {
 void register_bench_step(CLI::App& bench) {
   static StepArgs step;
   auto* s = bench.add_subcommand("step", "Decode step of a Flash/Pro-sized model from a seed, against the roofline");
-  s->add_option("--preset", step.preset, "flash | pro")->check(CLI::IsMember({"flash", "pro"}))->capture_default_str();
+  s->add_option("--preset", step.preset, "flash | pro (tiny: a smoke test)")->check(CLI::IsMember({"flash", "pro", "tiny"}))->capture_default_str();
   s->add_flag("--synthetic", step.synthetic, "Weights from a seed (required: no real checkpoint path yet)");
   s->add_option("--layers", step.layers, "Layers to build (alternating CSA / HCA)")->capture_default_str();
   s->add_option("--batch", step.batch, "Sequences stepped per decode step")->capture_default_str();

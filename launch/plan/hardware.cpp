@@ -63,8 +63,10 @@ GpuSpec parse_gpu_spec(const std::string& yaml_text, const std::string& source) 
       {"internode_latency_s", &g.internode_latency_s},
   };
   for (const auto& kv : root) {
+    V4RT_REQUIRE(kv.first.IsScalar(), source << ": every key must be a plain string");
     const std::string key = kv.first.as<std::string>();
     if (key == "name") {
+      V4RT_REQUIRE(kv.second.IsScalar(), source << ": key 'name' must be a string");
       g.name = kv.second.as<std::string>();
       continue;
     }
@@ -97,6 +99,7 @@ Calibration parse_calibration(const std::string& yaml_text, const std::string& s
   const YAML::Node root = parse_map(yaml_text, source);
   Calibration c;
   for (const auto& kv : root) {
+    V4RT_REQUIRE(kv.first.IsScalar(), source << ": every key must be a plain string");
     const std::string key = kv.first.as<std::string>();
     const double v = number(kv.second, key, source);
     auto fraction = [&](double& into) {
@@ -115,7 +118,7 @@ Calibration parse_calibration(const std::string& yaml_text, const std::string& s
     else if (key == "collective_latency_us") non_negative(c.collective_latency_s, 1e-6);
     else if (key == "runtime_reserve_gib") non_negative(c.runtime_reserve_bytes, double(1ull << 30));
     else if (key == "prefill_chunk_tokens") {
-      V4RT_REQUIRE(v >= 1, source << ": key 'prefill_chunk_tokens' must be >= 1");
+      V4RT_REQUIRE(v >= 1 && v <= 1e9, source << ": key 'prefill_chunk_tokens' must be in [1, 1e9]");
       c.prefill_chunk_tokens = int64_t(v);
     } else {
       V4RT_FAIL(source << ": unknown key '" << key << "' (known: hbm_fraction, flop_fraction, "

@@ -94,7 +94,9 @@ HttpServer::HttpServer(const model::ServerConfig& config, const model::text::Tok
     }
     send_error(res, ApiError(500, what));
   });
-  s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+  // Counted before the response is written (a logger runs after), so a client that reads
+  // /metrics right after a response sees it.
+  s.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     metrics_.count_request(endpoint_label(req.path), res.status);
     VLOG(1) << req.method << " " << req.path << " -> " << res.status;
   });

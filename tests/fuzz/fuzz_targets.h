@@ -36,6 +36,8 @@ void fuzz_token_ids(const uint8_t* data, size_t size);
 void fuzz_model_config(const uint8_t* data, size_t size);
 // Runtime YAML (model/runtime_config.h): the input is the YAML text.
 void fuzz_runtime_config(const uint8_t* data, size_t size);
+// Planner hardware table / calibration YAML (launch/plan/hardware.h): byte 0 picks which.
+void fuzz_plan_yaml(const uint8_t* data, size_t size);
 // Tokenizer encode/decode (model/text/tokenizer.h): byte 0 picks the mode, the rest is text or ids.
 void fuzz_tokenizer(const uint8_t* data, size_t size);
 // Chat encoder (model/text/chat_encoder.h): the input is a JSON array of messages or an object

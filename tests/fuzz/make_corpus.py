@@ -75,6 +75,16 @@ put("runtime_config", "empty.yaml", "")
 put("runtime_config", "flow.yaml", "{model: m, parallel: {tp: 2, sp: 2}, debug: {check_finite: true}}\n")
 put("runtime_config", "anchors.yaml", "sampling: &s {temperature: 0.5, top_p: 0.9}\nserver: {port: 0, api_key: k}\n")
 
+# ----- plan_yaml: byte 0 = file kind (0 hardware table, 1 calibration) ---------------------------
+hw = os.path.join(root, "configs", "hardware")
+for name in sorted(os.listdir(hw)) if os.path.isdir(hw) else []:
+    if name.endswith(".yaml"):
+        put("plan_yaml", "gpu_" + name, b"\x00" + read(os.path.join(hw, name)))
+put("plan_yaml", "calibration.yaml", b"\x01hbm_fraction: 0.7\nflop_fraction: 0.45\nlink_fraction: 0.6\n"
+    b"all_to_all_gb_per_s: 80\nlaunch_overhead_us_per_layer: 12\ncollective_latency_us: 25\n"
+    b"runtime_reserve_gib: 6\nprefill_chunk_tokens: 4096\n")
+put("plan_yaml", "calibration_flow.yaml", b"\x01{hbm_fraction: 1, prefill_chunk_tokens: 1}\n")
+
 # ----- tokenizer: byte 0 = mode (0 encode, 1 encode+specials, 2 decode ids, 3 spans) ------------
 cases = [json.loads(l) for l in read(os.path.join(shared, "golden/tokenizer/cases.jsonl")).decode().splitlines() if l]
 for i, c in enumerate(cases[:12]):

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
-// Fuzz targets: the Hugging Face config.json parser and the runtime YAML parser. An accepted
+// Fuzz targets: the Hugging Face config.json parser, the runtime YAML parser and the planner's
+// hardware / calibration YAML (`v4rt plan --gpu FILE --calibration FILE`). An accepted
 // config must survive a round trip through its own writer (write -> parse -> write gives the same
 // text), and pass validate() again; an accepted runtime config keeps its documented ranges.
 #include <string>
 
 #include "common/check.h"
+#include "launch/plan/hardware.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/runtime_config.h"
@@ -64,6 +66,28 @@ void fuzz_runtime_config(const uint8_t* data, size_t size) {
     fuzz_fail(std::string("resolved YAML does not parse back: ") + e.what() + "\n" + once);
   }
   V4RT_FUZZ_REQUIRE(model::runtime_config_yaml(again) == once, "resolved YAML round trip is stable\n" + once);
+}
+
+void fuzz_plan_yaml(const uint8_t* data, size_t size) {
+  if (size == 0) return;
+  const std::string text(reinterpret_cast<const char*>(data + 1), size - 1);
+  if (data[0] & 1) {
+    try {
+      const launch::plan::Calibration c = launch::plan::parse_calibration(text, "fuzz-calibration.yaml");
+      V4RT_FUZZ_REQUIRE(c.hbm_fraction > 0 && c.hbm_fraction <= 1 && c.flop_fraction > 0 && c.flop_fraction <= 1 &&
+                            c.link_fraction > 0 && c.link_fraction <= 1,
+                        "fractions in (0, 1]");
+      V4RT_FUZZ_REQUIRE(c.prefill_chunk_tokens >= 1, "prefill chunk >= 1 token");
+    } catch (const v4rt::Error&) {
+    }
+  } else {
+    try {
+      const launch::plan::GpuSpec g = launch::plan::parse_gpu_spec(text, "fuzz-gpu.yaml");
+      V4RT_FUZZ_REQUIRE(!g.name.empty() && g.hbm_bytes > 0 && g.hbm_bytes_per_s > 0 && g.fp4_flops >= 0,
+                        "hardware figures positive");
+    } catch (const v4rt::Error&) {
+    }
+  }
 }
 
 }  // namespace v4rt::fuzz

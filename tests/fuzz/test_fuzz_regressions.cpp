@@ -5,6 +5,7 @@
 // property; any exception other than v4rt::Error fails here.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>

@@ -33,7 +33,7 @@ TEST(RuntimeConfig, LayoutExamples) {
     const char* file;
     int tp, sp, ep, dp;
   };
-  for (const Case& k : {Case{"tp2", 2, 1, 1, 1}, Case{"sp2", 1, 2, 1, 1}, Case{"ep2", 1, 1, 2, 1},
+  for (const Case& k : {Case{"tp2", 2, 1, 1, 1}, Case{"sp2", 1, 2, 1, 1}, Case{"ep2", 1, 1, 2, 2},
                         Case{"tp2_sp2", 2, 2, 1, 1}, Case{"sp4", 1, 4, 1, 1}, Case{"ep4_tp2", 2, 1, 4, 2},
                         Case{"dp2_tp2", 2, 1, 1, 2}}) {
     const RuntimeConfig c = load_runtime_config(kConfigs + "/" + k.file + ".yaml");

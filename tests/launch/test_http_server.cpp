@@ -1,0 +1,382 @@
+// SPDX-License-Identifier: MIT
+// The HTTP server in-process on the tiny model, over loopback: health and models, OpenAI-style
+// errors for bad requests (the server keeps serving after each), Bearer authentication, streamed
+// and non-streamed results of one seeded request being identical (text, tool calls, logprobs,
+// usage), cancellation when a streaming client disconnects, 429 on a full queue and the request
+// timeout.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <thread>
+
+#include "launch/serve/engine.h"
+#include "launch/serve/http_server.h"
+#include "model/text/json_format.h"
+#include "serve_test_util.h"
+
+namespace v4rt::launch::serve {
+namespace {
+
+using Json = model::text::Json;
+using namespace std::chrono_literals;
+
+const char* kKey = "test-key";
+
+// One server + engine on the shared tiny model; only one exists at a time.
+class ServerUnderTest {
+ public:
+  ServerUnderTest(model::Model& m, const model::text::Tokenizer& tok, model::ServerConfig cfg) : config_(cfg) {
+    SchedulerOptions so;
+    so.max_batch_tokens = cfg.max_batch_tokens;
+    so.max_running = cfg.max_running;
+    so.max_queue = cfg.max_queue;
+    so.kv_budget_bytes = int64_t(256) << 20;
+    engine_ = std::make_unique<Engine>(m, so, &metrics);
+    server_ = std::make_unique<HttpServer>(cfg, tok, metrics);
+    port = server_->bind("127.0.0.1", 0);
+    listener_ = std::thread([this] { server_->listen(); });
+    engine_->start();
+    ApiLimits limits;
+    limits.model_name = "tiny";
+    limits.max_context = cfg.max_context;
+    limits.defaults.max_tokens = 8;
+    limits.test_hook_forced_output = true;
+    server_->set_ready(engine_.get(), limits);
+  }
+  ~ServerUnderTest() {
+    engine_->stop();
+    server_->stop();
+    listener_.join();
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    if (!config_.api_key.empty()) c.set_bearer_token_auth(config_.api_key.c_str());
+    return c;
+  }
+  Metrics metrics;
+  int port = 0;
+
+ private:
+  model::ServerConfig config_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<HttpServer> server_;
+  std::thread listener_;
+};
+
+class HttpServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tiny_ = new testing::LoadedModel(testing::load_tiny("tiny_http"));
+    tok_ = new model::text::Tokenizer(model::text::find_tokenizer_path());
+  }
+  static void TearDownTestSuite() {
+    delete tok_;
+    delete tiny_;
+  }
+  static model::ServerConfig base_config() {
+    model::ServerConfig c;
+    c.api_key = kKey;
+    c.max_context = 512;
+    c.max_batch_tokens = 256;
+    return c;
+  }
+  std::unique_ptr<ServerUnderTest> start(model::ServerConfig c = base_config()) {
+    return std::make_unique<ServerUnderTest>(*tiny_->model, *tok_, c);
+  }
+  static testing::LoadedModel* tiny_;
+  static model::text::Tokenizer* tok_;
+};
+testing::LoadedModel* HttpServerTest::tiny_ = nullptr;
+model::text::Tokenizer* HttpServerTest::tok_ = nullptr;
+
+Json chat_body(const std::string& user, int max_tokens = 4) {
+  return Json{{"model", "tiny"}, {"messages", Json::array({{{"role", "user"}, {"content", user}}})}, {"max_tokens", max_tokens}};
+}
+
+httplib::Result post(httplib::Client& c, const std::string& path, const std::string& body) {
+  return c.Post(path.c_str(), body, "application/json");
+}
+
+// Status and the error object of a rejected request.
+void expect_error(httplib::Client& c, const std::string& body, int status, const std::string& param,
+                  const std::string& path = "/v1/chat/completions") {
+  auto r = post(c, path, body);
+  ASSERT_TRUE(r) << "no response";
+  EXPECT_EQ(r->status, status) << r->body;
+  const Json j = Json::parse(r->body);
+  ASSERT_TRUE(j.contains("error")) << r->body;
+  EXPECT_TRUE(j["error"]["message"].is_string());
+  EXPECT_TRUE(j["error"]["type"].is_string());
+  if (!param.empty()) {
+    EXPECT_EQ(j["error"]["param"], param) << r->body;
+  }
+}
+
+void expect_still_serving(httplib::Client& c) {
+  auto r = post(c, "/v1/chat/completions", chat_body("still there?", 2).dump());
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+}
+
+struct SseResult {
+  std::string reasoning, content, finish_reason;
+  std::map<int, Json> calls;  // index -> {id, name, arguments}
+  std::vector<std::string> logprob_tokens;
+  Json usage;
+  bool done = false;
+  int chunks = 0;
+};
+
+// Streams a request; `stop_after` > 0 closes the connection after that many data events.
+SseResult stream(httplib::Client& c, const Json& body, int stop_after = 0) {
+  SseResult out;
+  std::string buf;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/chat/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    buf.append(data, n);
+    size_t end;
+    while ((end = buf.find("\n\n")) != std::string::npos) {
+      const std::string ev = buf.substr(0, end);
+      buf.erase(0, end + 2);
+      if (ev.rfind("data: ", 0) != 0) continue;
+      const std::string payload = ev.substr(6);
+      if (payload == "[DONE]") {
+        out.done = true;
+        continue;
+      }
+      ++out.chunks;
+      const Json j = Json::parse(payload);
+      if (j.contains("usage") && !j["usage"].is_null()) out.usage = j["usage"];
+      if (j.contains("choices") && !j["choices"].empty()) {
+        const Json& ch = j["choices"][0];
+        const Json& d = ch["delta"];
+        if (d.contains("reasoning_content")) out.reasoning += d["reasoning_content"].get<std::string>();
+        if (d.contains("content")) out.content += d["content"].get<std::string>();
+        if (d.contains("tool_calls"))
+          for (const Json& tc : d["tool_calls"]) {
+            Json& call = out.calls[tc["index"].get<int>()];
+            if (tc.contains("id")) call["id"] = tc["id"];
+            if (tc["function"].contains("name")) call["name"] = tc["function"]["name"];
+            call["arguments"] = call.value("arguments", std::string()) + tc["function"]["arguments"].get<std::string>();
+          }
+        if (!ch["logprobs"].is_null())
+          for (const Json& e : ch["logprobs"]["content"]) out.logprob_tokens.push_back(e["token"].get<std::string>());
+        if (!ch["finish_reason"].is_null()) out.finish_reason = ch["finish_reason"].get<std::string>();
+      }
+      if (stop_after > 0 && out.chunks >= stop_after) return false;
+    }
+    return true;
+  };
+  c.send(req);
+  return out;
+}
+
+TEST_F(HttpServerTest, HealthModelsAndAuth) {
+  auto s = start();
+  httplib::Client anon("127.0.0.1", s->port);
+  auto h = anon.Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);  // no key needed
+  EXPECT_EQ(Json::parse(h->body)["status"], "ok");
+  auto denied = anon.Get("/v1/models");
+  ASSERT_TRUE(denied);
+  EXPECT_EQ(denied->status, 401);
+  EXPECT_EQ(Json::parse(denied->body)["error"]["type"], "authentication_error");
+  anon.set_bearer_token_auth("wrong");
+  EXPECT_EQ(anon.Post("/v1/chat/completions", chat_body("hi").dump(), "application/json")->status, 401);
+  httplib::Client c = s->client();
+  auto m = c.Get("/v1/models");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  EXPECT_EQ(Json::parse(m->body)["data"][0]["id"], "tiny");
+  auto metrics = c.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("v4rt_requests_total{endpoint=\"/v1/models\",status=\"200\"} 1"), std::string::npos);
+  EXPECT_NE(metrics->body.find("v4rt_time_to_first_token_seconds_bucket"), std::string::npos);
+  auto missing = c.Get("/v1/nothing");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_TRUE(Json::parse(missing->body).contains("error"));
+}
+
+TEST_F(HttpServerTest, BadRequestInvalidJson) {
+  auto s = start();
+  httplib::Client c = s->client();
+  auto r = post(c, "/v1/chat/completions", "{\"model\": \"tiny\", \"messages\": [");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(Json::parse(r->body)["error"]["code"], "invalid_json");
+  expect_still_serving(c);
+}
+
+TEST_F(HttpServerTest, BadRequestWrongTypes) {
+  auto s = start();
+  httplib::Client c = s->client();
+  Json b = chat_body("hi");
+  b["messages"] = "hi";
+  expect_error(c, b.dump(), 400, "messages");
+  b = chat_body("hi");
+  b["max_tokens"] = "ten";
+  expect_error(c, b.dump(), 400, "max_tokens");
+  b = chat_body("hi");
+  b["stream"] = "yes";
+  expect_error(c, b.dump(), 400, "stream");
+  b = chat_body("hi");
+  b["messages"][0]["role"] = 3;
+  expect_error(c, b.dump(), 400, "messages[0].role");
+  expect_error(c, Json{{"model", "tiny"}, {"prompt", 5}}.dump(), 400, "prompt", "/v1/completions");
+  expect_still_serving(c);
+}
+
+TEST_F(HttpServerTest, BadRequestUnknownModel) {
+  auto s = start();
+  httplib::Client c = s->client();
+  Json b = chat_body("hi");
+  b["model"] = "gpt-17";
+  expect_error(c, b.dump(), 404, "model");
+  expect_still_serving(c);
+}
+
+TEST_F(HttpServerTest, BadRequestPromptOverContext) {
+  auto s = start();
+  httplib::Client c = s->client();
+  std::string long_text;
+  for (int i = 0; i < 700; ++i) long_text += "word ";
+  auto r = post(c, "/v1/chat/completions", chat_body(long_text).dump());
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413);
+  EXPECT_EQ(Json::parse(r->body)["error"]["code"], "context_length_exceeded");
+  expect_still_serving(c);
+}
+
+TEST_F(HttpServerTest, BadRequestInvalidSampling) {
+  auto s = start();
+  httplib::Client c = s->client();
+  for (const auto& [key, value] : std::vector<std::pair<std::string, Json>>{
+           {"temperature", 3.5}, {"temperature", -1}, {"top_p", 0}, {"top_p", 1.5}, {"n", 2}, {"max_tokens", 0},
+           {"top_logprobs", 50}}) {
+    Json b = chat_body("hi");
+    b[key] = value;
+    expect_error(c, b.dump(), 400, key);
+  }
+  expect_still_serving(c);
+}
+
+TEST_F(HttpServerTest, StreamedAndNonStreamedAreIdentical) {
+  auto s = start();
+  httplib::Client c = s->client();
+  Json b = chat_body("Tell me something.", 12);
+  b["seed"] = 1234;
+  b["temperature"] = 0.9;
+  b["logprobs"] = true;
+  b["top_logprobs"] = 2;
+  auto r = post(c, "/v1/chat/completions", b.dump());
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const Json full = Json::parse(r->body);
+  const Json& msg = full["choices"][0]["message"];
+  b["stream"] = true;
+  const SseResult st = stream(c, b);
+  EXPECT_TRUE(st.done);
+  EXPECT_EQ(st.reasoning, msg["reasoning_content"].get<std::string>());
+  EXPECT_FALSE(st.reasoning.empty());  // thinking mode by default: the output is reasoning
+  EXPECT_EQ(st.content, msg["content"].get<std::string>());
+  EXPECT_EQ(st.finish_reason, full["choices"][0]["finish_reason"]);
+  std::vector<std::string> lp;
+  for (const Json& e : full["choices"][0]["logprobs"]["content"]) lp.push_back(e["token"].get<std::string>());
+  EXPECT_EQ(st.logprob_tokens, lp);
+  EXPECT_EQ(int(lp.size()), full["usage"]["completion_tokens"].get<int>() - (st.finish_reason == "stop"));
+  EXPECT_EQ(st.usage["completion_tokens"], full["usage"]["completion_tokens"]);
+  EXPECT_EQ(st.usage["prompt_tokens"], full["usage"]["prompt_tokens"]);
+}
+
+TEST_F(HttpServerTest, ForcedToolCallStreamedAndNonStreamed) {
+  auto s = start();
+  httplib::Client c = s->client();
+  Json b = chat_body("Weather in Lyon?", 100);
+  b["tools"] = Json::array({{{"type", "function"},
+                             {"function", {{"name", "get_weather"},
+                                           {"parameters", {{"type", "object"},
+                                                           {"properties", {{"city", {{"type", "string"}}}}}}}}}}});
+  b["test_hook_forced_output"] =
+      "Need the weather.</think>Checking.\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"get_weather\">\n"
+      "<｜DSML｜parameter name=\"city\" string=\"true\">Lyon & \"Paris\"</｜DSML｜parameter>\n</｜DSML｜invoke>\n"
+      "</｜DSML｜tool_calls>";
+  auto r = post(c, "/v1/chat/completions", b.dump());
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const Json full = Json::parse(r->body);
+  const Json& msg = full["choices"][0]["message"];
+  EXPECT_EQ(full["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(msg["reasoning_content"], "Need the weather.");
+  EXPECT_EQ(msg["content"], "Checking.");
+  ASSERT_EQ(msg["tool_calls"].size(), 1u);
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(Json::parse(msg["tool_calls"][0]["function"]["arguments"].get<std::string>()),
+            (Json{{"city", "Lyon & \"Paris\""}}));
+  b["stream"] = true;
+  const SseResult st = stream(c, b);
+  EXPECT_EQ(st.finish_reason, "tool_calls");
+  EXPECT_EQ(st.reasoning, "Need the weather.");
+  EXPECT_EQ(st.content, "Checking.");
+  ASSERT_EQ(st.calls.size(), 1u);
+  EXPECT_EQ(st.calls.at(0)["name"], "get_weather");
+  EXPECT_EQ(st.calls.at(0)["arguments"], msg["tool_calls"][0]["function"]["arguments"]);
+  EXPECT_TRUE(st.calls.at(0)["id"].get<std::string>().rfind("call_", 0) == 0);
+}
+
+TEST_F(HttpServerTest, DisconnectCancelsTheGeneration) {
+  auto s = start();
+  httplib::Client c = s->client();
+  Json b = chat_body("Go on and on.", 400);
+  b["stream"] = true;
+  const SseResult st = stream(c, b, 3);
+  EXPECT_FALSE(st.done);
+  const auto until = Clock::now() + 10s;
+  while (s->metrics.requests_cancelled == 0 && Clock::now() < until) std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(s->metrics.requests_cancelled, 1u);
+  EXPECT_LT(s->metrics.generation_tokens, 200u);
+  expect_still_serving(c);
+}
+
+TEST_F(HttpServerTest, QueueFullGives429AndTimeoutEndsWithLength) {
+  model::ServerConfig cfg = base_config();
+  cfg.max_running = 1;
+  cfg.max_queue = 1;
+  cfg.request_timeout_s = 3;
+  auto s = start(cfg);
+  SseResult first;
+  std::thread t1([&] {
+    httplib::Client c = s->client();
+    Json b = chat_body("long one", 400);
+    b["stream"] = true;
+    first = stream(c, b);
+  });
+  const auto until = Clock::now() + 10s;
+  while (s->metrics.gauges().num_running < 1 && Clock::now() < until) std::this_thread::sleep_for(10ms);
+  std::atomic<int> second_status{0};
+  std::thread t2([&] {
+    httplib::Client c = s->client();
+    auto r = post(c, "/v1/chat/completions", chat_body("queued", 1).dump());
+    second_status = r ? r->status : -1;
+  });
+  while (s->metrics.gauges().num_waiting < 1 && Clock::now() < until) std::this_thread::sleep_for(10ms);
+  httplib::Client c = s->client();
+  expect_error(c, chat_body("third").dump(), 429, "");
+  t1.join();
+  t2.join();
+  EXPECT_EQ(first.finish_reason, "length");  // the 3 s timeout ends the 400-token generation
+  EXPECT_TRUE(first.done);
+  // The queued request's own 3 s may also run out before or just after it gets its turn.
+  EXPECT_GE(s->metrics.requests_timed_out, 1u);
+  EXPECT_EQ(second_status, 200);
+}
+
+}  // namespace
+}  // namespace v4rt::launch::serve
