@@ -7,11 +7,14 @@
 
 namespace v4rt::launch {
 
+void register_bench_mtp(CLI::App& bench);  // launch/bench/bench_mtp.cpp
+
 void register_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (tokenizer, ...)");
   bench->require_subcommand(1);
   register_bench_tokenizer(*bench);
   register_bench_step(*bench);
+  register_bench_mtp(*bench);
 }
 
 }  // namespace v4rt::launch

@@ -6,6 +6,9 @@
 // Under `mpirun -np N ... --config <layout>.yaml` the same command runs sharded: rank 0 reads the
 // prompt, samples and prints; every rank runs the steps rank 0 broadcasts (launch/driver.h). With
 // dp > 1 every replica runs the same prompt and seed.
+// `--mtp N` drafts N tokens per step with the checkpoint's MTP block and verifies them in one
+// main-model chunk (model/speculative.h): the same greedy output, the same sampling distribution;
+// acceptance rate and tokens per verify step on stderr. Single rank only for now.
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -16,7 +19,9 @@
 #include "launch/backend_option.h"
 #include "launch/commands.h"
 #include "launch/driver.h"
+#include "model/mtp.h"
 #include "model/sampler.h"
+#include "model/speculative.h"
 #include "model/text/tokenizer.h"
 #include "model/token_ids.h"
 
@@ -33,11 +38,67 @@ struct GenerateArgs {
   double temperature = 0.0;
   double top_p = 1.0;
   uint64_t seed = 0;
+  int mtp = 0;  // draft depth; 0: no drafting
 };
+
+void print_text(const std::vector<int32_t>& out, model::text::Tokenizer* tok) {
+  if (!tok) return;
+  std::vector<int32_t> printable;
+  for (int32_t id : out)
+    if (id < tok->vocab_size()) printable.push_back(id);
+  std::printf("%s\n", tok->decode(printable).c_str());
+}
+
+// Speculative decoding with the MTP block (leader of a single-rank run).
+void generate_speculative(const GenerateArgs& args, model::Model& m, const std::vector<int32_t>& ids,
+                          model::text::Tokenizer* tok) {
+  V4RT_REQUIRE(args.run.config.empty() && !m.parallel().sharded() && m.parallel().layout.dp == 1,
+               "--mtp runs on a single rank for now (no --config layout, no mpirun)");
+  auto ckpt = model::Checkpoint::open(args.run.model_dir);
+  auto mtp = model::Mtp::load(*ckpt, m);  // throws when the checkpoint has no MTP block
+  model::SpeculativeOptions so;
+  so.depth = args.mtp;
+  so.sampler = {args.temperature, args.top_p, args.seed};
+  model::SpeculativeDecoder dec(m, *mtp, so);
+  const int64_t eos = m.config().eos_token_id;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<int32_t> out;
+  auto emit = [&](int32_t t) {
+    std::printf("%s%d", out.empty() ? "" : " ", t);
+    std::fflush(stdout);
+    out.push_back(t);
+  };
+  if (args.max_tokens > 0) emit(dec.start(ids));
+  const auto t1 = std::chrono::steady_clock::now();
+  std::vector<int32_t> more;
+  while (int(out.size()) < args.max_tokens && out.back() != eos) {
+    more.clear();
+    dec.step(&more);
+    for (int32_t t : more) {
+      if (int(out.size()) == args.max_tokens || out.back() == eos) break;
+      emit(t);
+    }
+  }
+  std::printf("\n");
+  std::fflush(stdout);
+  const auto t2 = std::chrono::steady_clock::now();
+  print_text(out, tok);
+  const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+  const double decode_s = std::chrono::duration<double>(t2 - t1).count();
+  const model::SpeculativeStats& st = dec.stats();
+  std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tokens/s); decode: %zu tokens in %.3f s (%.1f tokens/s)\n",
+               ids.size(), prefill_s, double(ids.size()) / prefill_s, out.size(), decode_s,
+               out.size() > 1 ? double(out.size() - 1) / decode_s : 0.0);
+  std::fprintf(stderr, "mtp: depth %d, %lld verify steps, acceptance rate %.3f (%lld of %lld drafts), %.2f tokens per"
+               " verify step; draft %.3f s, verify %.3f s\n", args.mtp, static_cast<long long>(st.steps),
+               st.acceptance_rate(), static_cast<long long>(st.accepted), static_cast<long long>(st.drafted),
+               st.tokens_per_step(), st.draft_s, st.verify_s);
+}
 
 void run_generate(const GenerateArgs& args) {
   V4RT_REQUIRE(args.prompt.empty() != args.ids_file.empty(), "give exactly one of --prompt or --ids");
   V4RT_REQUIRE(args.max_tokens >= 0, "--max-tokens must be >= 0");
+  V4RT_REQUIRE(args.mtp >= 0 && args.mtp <= 8, "--mtp must be in [0, 8]");
   ModelRun run(args.run);
   if (!run.leader()) {
     run.driver().follow();
@@ -57,6 +118,10 @@ void run_generate(const GenerateArgs& args) {
   for (int32_t id : ids) {
     V4RT_REQUIRE(id >= 0 && id < m.config().vocab_size,
                  "prompt token id " << id << " outside the vocabulary of " << m.config().vocab_size);
+  }
+  if (args.mtp > 0) {
+    generate_speculative(args, m, ids, tok.get());
+    return;
   }
   model::Sampler sampler({args.temperature, args.top_p, args.seed});
 
@@ -79,12 +144,7 @@ void run_generate(const GenerateArgs& args) {
   std::printf("\n");
   std::fflush(stdout);
   const auto t2 = std::chrono::steady_clock::now();
-  if (tok) {
-    std::vector<int32_t> printable;
-    for (int32_t id : out)
-      if (id < tok->vocab_size()) printable.push_back(id);
-    std::printf("%s\n", tok->decode(printable).c_str());
-  }
+  print_text(out, tok.get());
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
   const double decode_s = std::chrono::duration<double>(t2 - t1).count();
   std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tokens/s); decode: %zu tokens in %.3f s (%.1f tokens/s)\n",
@@ -105,6 +165,8 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--temperature", args->temperature, "Sampling temperature; 0 = greedy (default)");
   cmd->add_option("--top-p", args->top_p, "Nucleus sampling mass in (0, 1] (default 1)");
   cmd->add_option("--seed", args->seed, "Sampler seed (default 0)");
+  cmd->add_option("--mtp", args->mtp,
+                  "Speculative decoding: draft N tokens per step with the checkpoint's MTP block (default 0: off)");
   cmd->add_option("--numerics", args->run.numerics, "reference | official")->check(CLI::IsMember({"reference", "official"}));
   cmd->add_option("--config", args->run.config,
                   "Runtime YAML whose `parallel:` section is the layout (run under mpirun -np dp*sp*tp)");

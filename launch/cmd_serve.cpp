@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: MIT
-// `v4rt serve`: the OpenAI-compatible server. Order: runtime config (+ command-line overrides),
-// tokenizer, HTTP listener (answers 503 while loading), model load, engine thread, ready. Runs
-// until SIGINT/SIGTERM, then stops the listener and the engine. One rank for now: the engine's plan
-// hook is where a distributed driver will broadcast each step to the follower ranks.
+// `v4rt serve`: the OpenAI-compatible server, on one rank or under `mpirun -np N` with the
+// `parallel:` layout of the config. Rank 0: runtime config (+ command-line overrides), tokenizer,
+// HTTP listener (answers 503 while loading), model load (ModelRun: MPI world, groups, shards),
+// the barrier that every rank has loaded, engine thread, ready. The other ranks load their shards
+// and follow rank 0's step plans (serve/ranks.h). Runs until SIGINT/SIGTERM (to rank 0, or to
+// every rank from mpirun): requests in flight get 503, the followers leave on the shutdown plan.
+// A failed rank ends the job (serve/ranks.h "Fault path").
 #include <CLI/CLI.hpp>
 #include <glog/logging.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <csignal>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,23 +18,21 @@
 #include <sstream>
 #include <thread>
 
+#include "cluster/world.h"
 #include "common/check.h"
 #include "common/logging.h"
-#include "kernels/backend.h"
+#include "launch/backend_option.h"
 #include "launch/commands.h"
+#include "launch/driver.h"
 #include "launch/serve/engine.h"
 #include "launch/serve/http_server.h"
-#include "model/checkpoint.h"
-#include "model/model.h"
+#include "launch/serve/ranks.h"
 #include "model/runtime_config.h"
 #include "model/text/tokenizer.h"
 
 namespace v4rt::launch {
 
 namespace {
-
-std::atomic<int> g_stop_signal{0};
-void on_stop_signal(int sig) { g_stop_signal = sig; }
 
 struct ServeArgs {
   std::string config;
@@ -42,6 +42,9 @@ struct ServeArgs {
   std::string api_key;
   std::string tokenizer;
   std::string port_file;
+  std::string backend = "cpu";
+  int device = 0;
+  double rank_timeout_s = 5.0;
 };
 
 int64_t default_kv_budget_bytes() {
@@ -60,6 +63,29 @@ void apply_vmodule(const std::string& spec) {
   }
 }
 
+// A follower rank: its shards, the load barrier, then the leader's plans until shutdown.
+void follow_leader(const RunOptions& ro, const serve::RankOptions& rank_options) {
+  ModelRun run(ro);
+  serve::ServeRanks ranks(true, rank_options);
+  ranks.wait_all_loaded();
+  ranks.follow(run.model());
+  run.driver().follow();  // the leader's ModelRun ends with the driver's stop
+}
+
+serve::ApiLimits api_limits(const model::RuntimeConfig& rc, const model::ModelConfig& mc, int ranks) {
+  serve::ApiLimits limits;
+  limits.model_name = rc.server.model_name.empty()
+                          ? std::filesystem::path(rc.model).lexically_normal().filename().string()
+                          : rc.server.model_name;
+  if (limits.model_name.empty()) limits.model_name = std::filesystem::path(rc.model).parent_path().filename().string();
+  limits.max_context = rc.server.max_context > 0 ? rc.server.max_context : mc.max_position_embeddings;
+  limits.defaults = rc.sampling;
+  limits.dialect = model::text::parse_effort_dialect(rc.server.effort_dialect);
+  limits.test_hook_forced_output = rc.debug.test_hook_forced_output;
+  limits.ranks = ranks;
+  return limits;
+}
+
 void run_serve(const ServeArgs& args) {
   model::RuntimeConfig rc = args.config.empty() ? model::RuntimeConfig{} : model::load_runtime_config(args.config);
   if (!args.model_dir.empty()) rc.model = args.model_dir;
@@ -67,13 +93,32 @@ void run_serve(const ServeArgs& args) {
   if (args.port >= 0) rc.server.port = args.port;
   if (!args.api_key.empty()) rc.server.api_key = args.api_key;
   V4RT_REQUIRE(!rc.model.empty(), "no model: set `model:` in the config or pass --model");
-  V4RT_REQUIRE(rc.parallel.tp * rc.parallel.sp * rc.parallel.ep * rc.parallel.dp == 1,
-               (args.config.empty() ? "<defaults>" : args.config)
-                   << ": key 'parallel': `v4rt serve` runs on one rank; multi-rank serving needs the distributed driver");
-  LoggingOptions lo;
-  lo.log_dir = rc.debug.log_dir;
-  init_logging("v4rt", lo);
+  V4RT_REQUIRE(args.rank_timeout_s > 0, "--rank-timeout must be > 0");
+  const bool mpi = launched_by_mpirun();
+  if (mpi) {
+    cluster::WorldOptions wo;
+    wo.log_dir = rc.debug.log_dir;
+    cluster::init_world(nullptr, nullptr, wo);
+  } else {
+    LoggingOptions lo;
+    lo.log_dir = rc.debug.log_dir;
+    init_logging("v4rt", lo);
+  }
   if (!rc.debug.vmodule.empty()) apply_vmodule(rc.debug.vmodule);
+  serve::install_stop_signals();
+  // Declared first, so it also watches the MPI teardown of ModelRun's destructor.
+  serve::StopWatch watch(std::chrono::milliseconds(mpi ? 5000 : 30000), "the shutdown of `v4rt serve`");
+
+  RunOptions ro;
+  ro.model_dir = rc.model;
+  ro.config = args.config;
+  ro.numerics = rc.numerics;
+  ro.backend = args.backend;
+  ro.device = args.device;
+  ro.timeout_s = args.rank_timeout_s;
+  serve::RankOptions rank_options;
+  rank_options.plan_timeout_s = args.rank_timeout_s;
+  if (mpi && cluster::world().rank != 0) return follow_leader(ro, rank_options);
   if (rc.debug.test_hook_forced_output) LOG(WARNING) << "debug.test_hook_forced_output is on: a TEST HOOK, not for production";
 
   const model::text::Tokenizer tokenizer(model::text::find_tokenizer_path(args.tokenizer, rc.model));
@@ -87,56 +132,59 @@ void run_serve(const ServeArgs& args) {
     std::ofstream(tmp) << port << "\n";
     std::filesystem::rename(tmp, args.port_file);
   }
-  std::signal(SIGPIPE, SIG_IGN);
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
   std::thread listener([&server] { server.listen(); });
 
-  std::unique_ptr<kernels::Backend> backend;
-  std::unique_ptr<model::Checkpoint> ckpt;
-  std::unique_ptr<model::Model> m;
+  std::unique_ptr<ModelRun> run;
+  std::unique_ptr<serve::ServeRanks> ranks;
   std::unique_ptr<serve::Engine> engine;
   try {
-    ckpt = model::Checkpoint::open(rc.model);
-    backend = kernels::make_cpu_backend();
-    model::ModelOptions mo;
-    mo.numerics = model::parse_numerics(rc.numerics);
-    m = model::Model::load(*ckpt, mo, *backend);
-
+    run = std::make_unique<ModelRun>(ro);
+    ranks = std::make_unique<serve::ServeRanks>(mpi, rank_options);
+    ranks->wait_all_loaded();
+    model::Model& m = run->model();
     serve::SchedulerOptions so;
     so.max_batch_tokens = rc.server.max_batch_tokens;
     so.max_running = rc.server.max_running;
     so.max_queue = rc.server.max_queue;
     so.kv_budget_bytes = rc.server.kv_budget_mb > 0 ? rc.server.kv_budget_mb << 20 : default_kv_budget_bytes();
     so.prefix_cache = rc.server.prefix_cache;
-    so.eos_token_id = int32_t(m->config().eos_token_id);
-    engine = std::make_unique<serve::Engine>(*m, so, &metrics);
+    so.eos_token_id = int32_t(m.config().eos_token_id);
+    engine = std::make_unique<serve::Engine>(m, so, &metrics);
+    ranks->attach(*engine);
     engine->start();
-
-    serve::ApiLimits limits;
-    limits.model_name = rc.server.model_name.empty()
-                            ? std::filesystem::path(rc.model).lexically_normal().filename().string()
-                            : rc.server.model_name;
-    if (limits.model_name.empty()) limits.model_name = std::filesystem::path(rc.model).parent_path().filename().string();
-    limits.max_context = rc.server.max_context > 0 ? rc.server.max_context : m->config().max_position_embeddings;
-    limits.defaults = rc.sampling;
-    limits.dialect = model::text::parse_effort_dialect(rc.server.effort_dialect);
-    limits.test_hook_forced_output = rc.debug.test_hook_forced_output;
+    const serve::ApiLimits limits = api_limits(rc, m.config(), ranks->size());
     server.set_ready(engine.get(), limits);
-    LOG(INFO) << "serving '" << limits.model_name << "' on " << rc.server.host << ":" << port << " (context "
-              << limits.max_context << " tokens, KV budget " << (so.kv_budget_bytes >> 20) << " MiB, batch "
-              << so.max_batch_tokens << " tokens)";
+    LOG(INFO) << "serving '" << limits.model_name << "' on " << rc.server.host << ":" << port << " over "
+              << ranks->size() << " rank(s) (context " << limits.max_context << " tokens, KV budget "
+              << (so.kv_budget_bytes >> 20) << " MiB, batch " << so.max_batch_tokens << " tokens)";
   } catch (const std::exception& e) {
     LOG(ERROR) << "model load failed: " << e.what();
     server.set_failed(std::string("model load failed: ") + e.what());
+    if (mpi) {  // the other ranks failed the same way (or wait in a collective): the job ends
+      server.stop();
+      listener.join();
+      throw;
+    }
   }
 
-  while (!g_stop_signal && !(engine && engine->failed())) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  LOG(INFO) << "stopping (" << (g_stop_signal ? "signal" : "engine failure") << ")";
-  if (engine) engine->stop();
+  while (!serve::stop_signal() && !(engine && engine->failed())) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const bool failed = engine && engine->failed();
+  LOG(INFO) << "stopping (" << (failed ? "engine failure" : "signal " + std::to_string(serve::stop_signal())) << ")";
+  if (failed && ranks->size() > 1) {
+    // The ranks no longer hold the same states; the requests got their 503 from the engine.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    serve::abort_job("engine failed: " + engine->failure(), 2);
+  }
+  if (engine) {
+    engine->scheduler().fail_all("the server is shutting down");  // 503 to every open request
+    engine->stop();  // the shutdown plan releases the followers
+  }
   server.stop();
   listener.join();
-  if (engine && engine->failed()) exit_code() = 2;
+  ranks.reset();  // first: it unhooks the fault path from the engine's scheduler
+  engine.reset();
+  run.reset();
+  if (failed) exit_code() = 2;
 }
 
 }  // namespace
@@ -151,6 +199,10 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--api-key", args->api_key, "Require 'Authorization: Bearer KEY' on every endpoint but /health");
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json (default: model dir, $V4RT_TOKENIZER, data/tokenizer)");
   cmd->add_option("--port-file", args->port_file, "Write the bound port to this file once listening");
+  add_backend_option(cmd, &args->backend, &args->device);
+  cmd->add_option("--rank-timeout", args->rank_timeout_s,
+                  "Under mpirun: seconds a rank waits for a peer in one plan broadcast or model collective "
+                  "before the job is aborted (default 5)");
   cmd->callback([args] { run_serve(*args); });
 }
 

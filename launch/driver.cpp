@@ -135,8 +135,6 @@ int64_t Driver::follow() {
 // ModelRun
 // ------------------------------------------------------------------------------------------------
 
-namespace {
-
 // Set by mpirun / mpiexec (Open MPI, MPICH/PMI, PMIx) in every process it starts.
 bool launched_by_mpirun() {
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
@@ -144,8 +142,6 @@ bool launched_by_mpirun() {
   }
   return false;
 }
-
-}  // namespace
 
 ModelRun::ModelRun(const RunOptions& options) {
   try {

@@ -86,6 +86,9 @@ class Driver {
   bool stopped_ = false;
 };
 
+// True in a process started by mpirun / mpiexec (ModelRun then joins the MPI world).
+bool launched_by_mpirun();
+
 struct RunOptions {
   std::string model_dir;
   std::string config;            // runtime YAML; its `parallel:` section is the layout ("" = one rank)

@@ -20,6 +20,10 @@ using nlohmann::json;
 
 namespace {
 
+// An integer JSON value that fits `int` (a list entry of compress_ratios or weight_block_size):
+// 2^32 + 4 must not wrap to 4.
+bool fits_int(const json& v) { return v.is_number_integer() && v.get<int64_t>() == v.get<int>(); }
+
 // Reads typed fields out of one JSON object, naming `source` and the field path in errors.
 class FieldReader {
  public:
@@ -29,47 +33,28 @@ class FieldReader {
   bool has(const char* key) const { return obj_.contains(key) && !obj_[key].is_null(); }
   std::string where(const char* key) const { return source_ + ": field '" + prefix_ + key + "'"; }
 
+  // Every reader: an absent (or null) key keeps the default unless `required`; a present value
+  // must pass `is_type` ("<file>: field '<key>' must be <type>, got <value>" otherwise).
   template <typename T>
   void integer(const char* key, T* out, bool required) const {
-    if (!has(key)) {
-      V4RT_REQUIRE(!required, where(key) << " is missing");
-      return;
-    }
-    const json& v = obj_[key];
-    bool ok = v.is_number_integer();
-    if (!ok && v.is_number_float()) {  // tolerate 4.0 for 4
-      const double d = v.get<double>();
-      ok = std::abs(d) < 9.0e18 && d == double(int64_t(d));  // range first: the cast of 1e300 is UB
-    }
-    V4RT_REQUIRE(ok, where(key) << " must be an integer, got " << v.dump());
-    const int64_t x = v.is_number_float() ? int64_t(v.get<double>()) : v.get<int64_t>();
+    const json* v = typed(key, required, is_integral_number, "an integer");
+    if (!v) return;
+    const int64_t x = v->is_number_float() ? int64_t(v->get<double>()) : v->get<int64_t>();
     V4RT_REQUIRE(x >= int64_t(std::numeric_limits<T>::min()) && x <= int64_t(std::numeric_limits<T>::max()),
                  where(key) << " value " << x << " is out of range");
     *out = T(x);
   }
   void number(const char* key, double* out, bool required = false) const {
-    if (!has(key)) {
-      V4RT_REQUIRE(!required, where(key) << " is missing");
-      return;
-    }
-    const json& v = obj_[key];
-    V4RT_REQUIRE(v.is_number(), where(key) << " must be a number, got " << v.dump());
-    *out = v.get<double>();
+    if (const json* v = typed(key, required, [](const json& j) { return j.is_number(); }, "a number"))
+      *out = v->get<double>();
   }
   void string(const char* key, std::string* out, bool required = false) const {
-    if (!has(key)) {
-      V4RT_REQUIRE(!required, where(key) << " is missing");
-      return;
-    }
-    const json& v = obj_[key];
-    V4RT_REQUIRE(v.is_string(), where(key) << " must be a string, got " << v.dump());
-    *out = v.get<std::string>();
+    if (const json* v = typed(key, required, [](const json& j) { return j.is_string(); }, "a string"))
+      *out = v->get<std::string>();
   }
   void boolean(const char* key, bool* out) const {
-    if (!has(key)) return;
-    const json& v = obj_[key];
-    V4RT_REQUIRE(v.is_boolean(), where(key) << " must be true or false, got " << v.dump());
-    *out = v.get<bool>();
+    if (const json* v = typed(key, false, [](const json& j) { return j.is_boolean(); }, "true or false"))
+      *out = v->get<bool>();
   }
   const json& object(const char* key) const {
     V4RT_REQUIRE(obj_[key].is_object(), where(key) << " must be an object, got " << obj_[key].dump());
@@ -77,6 +62,23 @@ class FieldReader {
   }
 
  private:
+  template <typename IsType>
+  const json* typed(const char* key, bool required, IsType&& is_type, const char* type_text) const {
+    if (!has(key)) {
+      V4RT_REQUIRE(!required, where(key) << " is missing");
+      return nullptr;
+    }
+    const json& v = obj_[key];
+    V4RT_REQUIRE(is_type(v), where(key) << " must be " << type_text << ", got " << v.dump());
+    return &v;
+  }
+  static bool is_integral_number(const json& v) {
+    if (v.is_number_integer()) return true;
+    if (!v.is_number_float()) return false;
+    const double d = v.get<double>();  // tolerate 4.0 for 4
+    return std::abs(d) < 9.0e18 && d == double(int64_t(d));  // range first: the cast of 1e300 is UB
+  }
+
   const json& obj_;
   std::string source_;
   std::string prefix_;
@@ -188,7 +190,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   const json& ratios = j["compress_ratios"];
   V4RT_REQUIRE(ratios.is_array(), r.where("compress_ratios") << " must be a list of integers");
   for (size_t i = 0; i < ratios.size(); ++i) {
-    V4RT_REQUIRE(ratios[i].is_number_integer() && ratios[i].get<int64_t>() == ratios[i].get<int>(),
+    V4RT_REQUIRE(fits_int(ratios[i]),
                  r.where("compress_ratios") << " entry " << i << " must be an integer, got " << ratios[i].dump());
     c.compress_ratios.push_back(ratios[i].get<int>());
   }
@@ -214,8 +216,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     const json& qj = j["quantization_config"];
     if (qj.contains("weight_block_size")) {
       const json& b = qj["weight_block_size"];
-      V4RT_REQUIRE(b.is_array() && b.size() == 2 && b[0].is_number_integer() && b[1].is_number_integer() &&
-                       b[0].get<int64_t>() == b[0].get<int>() && b[1].get<int64_t>() == b[1].get<int>(),
+      V4RT_REQUIRE(b.is_array() && b.size() == 2 && fits_int(b[0]) && fits_int(b[1]),
                    q.where("weight_block_size") << " must be two integers, got " << b.dump());
       c.quant.weight_block_size[0] = b[0].get<int>();
       c.quant.weight_block_size[1] = b[1].get<int>();

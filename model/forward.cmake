@@ -6,6 +6,8 @@ list(APPEND V4RT_MODEL_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/attention.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/moe.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/model.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/mtp.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/speculative.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/distributed.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/sampler.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/token_ids.cpp

@@ -41,6 +41,10 @@ std::unique_ptr<Model> Model::load(const Checkpoint& ckpt, const ModelOptions& o
   return m;
 }
 
+Shard Model::shard() const {
+  return options_.parallel.sharded() ? shard_of(options_.parallel.plan) : options_.shard;
+}
+
 std::unique_ptr<SequenceState> Model::new_sequence() {
   auto seq = std::make_unique<SequenceState>(config_, backend_);
   if (options_.parallel.layout.sp > 1) seq->set_ownership(ownership_of(options_.parallel));
@@ -100,6 +104,12 @@ void Model::forward_chunk(const StepChunk& chunk, std::vector<float>* logits) {
     if (observer_) observer_(l, pos, x.view);
   }
   seq.advance(n);
+  if (chunk.hidden.data) {
+    const int64_t rows = chunk.hidden.shape[0];
+    CHECK(rows >= 1 && rows <= n && chunk.hidden.numel() == rows * hc * hidden) << "hidden output " << chunk.hidden.shape_str();
+    backend_.copy_rows(kernels::view_reshape(chunk.hidden, {rows, hc * hidden}),
+                       kernels::view_reshape(kernels::view_rows(x.view, n - rows, n), {rows, hc * hidden}));
+  }
   if (!logits) return;
 
   const int64_t rows = chunk.all_logits ? n : 1;

@@ -37,6 +37,9 @@ struct StepChunk {
   SequenceState* sequence = nullptr;
   std::span<const int32_t> tokens;  // appended at sequence->position()
   bool all_logits = false;          // logits for every token of the chunk, else the last only
+  // Optional: [rows, hc, D] F32 on the backend's device; receives the final residual streams
+  // (before hc_head) of the chunk's last `rows` tokens (the MTP block's input, spec §7).
+  TensorView hidden;
 };
 
 // Called after every layer with the residual streams [num_tokens, hc, hidden] of the chunk being
@@ -62,6 +65,13 @@ class Model {
   void step(std::span<const StepChunk> chunks, std::vector<std::vector<float>>* logits);
 
   void set_layer_observer(LayerObserver observer) { observer_ = std::move(observer); }
+
+  // For the blocks that reuse the main model's weights and settings (the MTP block).
+  const ModelWeights& weights() const { return weights_; }
+  const ModelOptions& options() const { return options_; }
+  parallel::ExpertParallel* expert_parallel() const { return expert_parallel_.get(); }
+  // The slice of the weights this rank holds.
+  Shard shard() const;
 
  private:
   Model(const ModelConfig& config, const ModelOptions& options, kernels::Backend& backend)

@@ -23,34 +23,19 @@ std::vector<int> release_ratios(int first, int pairs) {
   return r;
 }
 
+// Each preset names only what differs from ModelConfig's defaults, which are the release values
+// (window 128, RoPE thetas, YaRN `rope_scaling = {}`, mHC, one shared expert, FP8 + FP4 `quant = {}`).
 ModelConfig flash() {
-  ModelConfig c;
-  c.vocab_size = 129280;
-  c.hidden_size = 4096;
-  c.num_hidden_layers = 43;
-  c.num_attention_heads = 64;
-  c.head_dim = 512;
-  c.qk_rope_head_dim = 64;
-  c.q_lora_rank = 1024;
-  c.o_groups = 8;
-  c.o_lora_rank = 1024;
-  c.compress_ratios = release_ratios(0, 20);
-  c.compress_rope_theta = 160000.0;
-  c.rope_theta = 10000.0;
-  c.index_n_heads = 64;
-  c.index_head_dim = 128;
-  c.index_topk = 512;
-  c.n_routed_experts = 256;
-  c.n_shared_experts = 1;
-  c.num_experts_per_tok = 6;
-  c.moe_intermediate_size = 2048;
-  c.num_hash_layers = 3;
-  c.routed_scaling_factor = 1.5;
-  c.num_nextn_predict_layers = 1;
-  return c;
+  return ModelConfig{.vocab_size = 129280, .hidden_size = 4096, .num_hidden_layers = 43,
+                     .num_attention_heads = 64, .head_dim = 512, .qk_rope_head_dim = 64, .q_lora_rank = 1024,
+                     .o_groups = 8, .o_lora_rank = 1024, .compress_ratios = release_ratios(0, 20),
+                     .rope_scaling = {}, .index_n_heads = 64, .index_head_dim = 128, .index_topk = 512,
+                     .n_routed_experts = 256, .num_experts_per_tok = 6, .moe_intermediate_size = 2048,
+                     .num_hash_layers = 3, .routed_scaling_factor = 1.5, .num_nextn_predict_layers = 1,
+                     .quant = {}};
 }
 
-ModelConfig pro() {
+ModelConfig pro() {  // Flash's architecture, scaled up
   ModelConfig c = flash();
   c.hidden_size = 7168;
   c.num_hidden_layers = 61;
@@ -65,49 +50,46 @@ ModelConfig pro() {
   return c;
 }
 
-ModelConfig tiny(bool mtp) {
-  ModelConfig c;
-  c.vocab_size = 129280;
-  c.hidden_size = 256;
-  c.num_hidden_layers = 6;
-  c.num_attention_heads = 8;
-  c.head_dim = 128;
-  c.qk_rope_head_dim = 32;
-  c.q_lora_rank = 128;
-  c.o_groups = 2;
-  c.o_lora_rank = 64;
-  c.compress_ratios = {0, 4, 128, 4, 128, 4};
-  c.index_n_heads = 16;
-  c.index_head_dim = 64;
-  c.index_topk = 16;
-  c.n_routed_experts = 16;
-  c.n_shared_experts = 1;
-  c.num_experts_per_tok = 4;
-  c.moe_intermediate_size = 128;
-  c.num_hash_layers = 2;
-  c.routed_scaling_factor = 1.5;
-  c.num_nextn_predict_layers = mtp ? 1 : 0;
-  if (mtp) c.compress_ratios.push_back(0);
+ModelConfig tiny(bool mtp) {  // golden tiny-a's shape with the real vocabulary
+  ModelConfig c{.vocab_size = 129280, .hidden_size = 256, .num_hidden_layers = 6, .num_attention_heads = 8,
+                .head_dim = 128, .qk_rope_head_dim = 32, .q_lora_rank = 128, .o_groups = 2, .o_lora_rank = 64,
+                .compress_ratios = {0, 4, 128, 4, 128, 4}, .rope_scaling = {}, .index_n_heads = 16,
+                .index_head_dim = 64, .index_topk = 16, .n_routed_experts = 16, .num_experts_per_tok = 4,
+                .moe_intermediate_size = 128, .num_hash_layers = 2, .routed_scaling_factor = 1.5,
+                .num_nextn_predict_layers = mtp ? 1 : 0, .quant = {}};
+  if (mtp) c.compress_ratios.push_back(0);  // the MTP layer is a window layer
   return c;
 }
 
+// The one list of presets: names, builders, and the "known:" list of the unknown-name error.
+struct Preset {
+  const char* name;
+  ModelConfig (*build)(bool mtp);  // flash and pro always have their MTP layer
+};
+constexpr Preset kPresets[] = {
+    {"tiny", tiny},
+    {"flash", [](bool) { return flash(); }},
+    {"pro", [](bool) { return pro(); }},
+};
+
 }  // namespace
 
-std::vector<std::string> preset_names() { return {"tiny", "flash", "pro"}; }
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names;
+  for (const Preset& p : kPresets) names.emplace_back(p.name);
+  return names;
+}
 
 ModelConfig preset_config(const std::string& name, bool mtp) {
-  ModelConfig c;
-  if (name == "tiny") {
-    c = tiny(mtp);
-  } else if (name == "flash") {
-    c = flash();
-  } else if (name == "pro") {
-    c = pro();
-  } else {
-    V4RT_FAIL("unknown model preset '" << name << "' (known: tiny, flash, pro)");
+  for (const Preset& p : kPresets) {
+    if (name != p.name) continue;
+    ModelConfig c = p.build(mtp);
+    validate(c, "preset '" + name + "'");
+    return c;
   }
-  validate(c, "preset '" + name + "'");
-  return c;
+  std::string known;
+  for (const Preset& p : kPresets) known += (known.empty() ? "" : ", ") + std::string(p.name);
+  V4RT_FAIL("unknown model preset '" << name << "' (known: " << known << ")");
 }
 
 ModelConfig slice_layers(const ModelConfig& config, int num_layers) {

@@ -6,6 +6,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -103,18 +104,27 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   s.get("top_p", &c.sampling.top_p);
   s.get("seed", &c.sampling.seed);
   s.get("max_tokens", &c.sampling.max_tokens);
-  V4RT_REQUIRE(c.sampling.temperature >= 0.0, s.where("temperature") << " must be >= 0");
-  V4RT_REQUIRE(c.sampling.top_p > 0.0 && c.sampling.top_p <= 1.0, s.where("top_p") << " must be in (0, 1]");
+  // The same ranges as a request's own sampling fields (OpenAI's); NaN fails every comparison.
+  V4RT_REQUIRE(c.sampling.temperature >= 0.0 && c.sampling.temperature <= 2.0,
+               s.where("temperature") << " must be in [0, 2], got " << c.sampling.temperature);
+  V4RT_REQUIRE(c.sampling.top_p > 0.0 && c.sampling.top_p <= 1.0,
+               s.where("top_p") << " must be in (0, 1], got " << c.sampling.top_p);
   V4RT_REQUIRE(c.sampling.max_tokens > 0, s.where("max_tokens") << " must be > 0");
 
-  const Section p(top.child("parallel"), source, "parallel", {"tp", "sp", "ep", "dp"});
+  const Section p(top.child("parallel"), source, "parallel", {"tp", "sp", "ep", "dp", "sp_block"});
   p.get("tp", &c.parallel.tp);
   p.get("sp", &c.parallel.sp);
   p.get("ep", &c.parallel.ep);
   p.get("dp", &c.parallel.dp);
+  p.get("sp_block", &c.parallel.sp_block);
   for (const auto& [key, v] : {std::pair<const char*, int>{"tp", c.parallel.tp}, {"sp", c.parallel.sp},
-                               {"ep", c.parallel.ep}, {"dp", c.parallel.dp}})
+                               {"ep", c.parallel.ep}, {"dp", c.parallel.dp}, {"sp_block", c.parallel.sp_block}})
     V4RT_REQUIRE(v >= 1, p.where(key) << " must be >= 1, got " << v);
+  // Sizes whose product overflows int would wrap world() into a small positive number.
+  V4RT_REQUIRE(int64_t(c.parallel.tp) * c.parallel.sp * c.parallel.dp <= (int64_t(1) << 20),
+               top.where("parallel") << ": dp*sp*tp = " << int64_t(c.parallel.tp) * c.parallel.sp * c.parallel.dp
+                             << " ranks is implausibly large");
+  c.parallel.source = source;  // layout errors (parallel::validate) name the file
 
   const Section sv(top.child("server"), source, "server",
                    {"host", "port", "api_key", "max_queue", "kv_budget_mb", "model_name", "max_batch_tokens",
@@ -138,7 +148,8 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   V4RT_REQUIRE(c.server.max_batch_tokens >= 1, sv.where("max_batch_tokens") << " must be >= 1");
   V4RT_REQUIRE(c.server.max_running >= 1, sv.where("max_running") << " must be >= 1");
   V4RT_REQUIRE(c.server.max_context >= 0, sv.where("max_context") << " must be >= 0");
-  V4RT_REQUIRE(c.server.request_timeout_s > 0, sv.where("request_timeout_s") << " must be > 0");
+  V4RT_REQUIRE(c.server.request_timeout_s > 0 && std::isfinite(c.server.request_timeout_s),
+               sv.where("request_timeout_s") << " must be a finite number > 0, got " << c.server.request_timeout_s);
   V4RT_REQUIRE(c.server.effort_dialect == "original" || c.server.effort_dialect == "v0731",
                sv.where("effort_dialect") << " must be 'original' or 'v0731', got '" << c.server.effort_dialect << "'");
   V4RT_REQUIRE(c.server.max_body_mb >= 1, sv.where("max_body_mb") << " must be >= 1");
@@ -190,6 +201,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "parallel" << YAML::Value << YAML::Flow << YAML::BeginMap;
   out << YAML::Key << "tp" << YAML::Value << c.parallel.tp << YAML::Key << "sp" << YAML::Value << c.parallel.sp;
   out << YAML::Key << "ep" << YAML::Value << c.parallel.ep << YAML::Key << "dp" << YAML::Value << c.parallel.dp;
+  out << YAML::Key << "sp_block" << YAML::Value << c.parallel.sp_block;
   out << YAML::EndMap;
   out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "host" << YAML::Value << c.server.host;

@@ -34,6 +34,10 @@ TensorView RowTable::reserve(int64_t extra) {
 void RowTable::drop_front(int64_t n) {
   CHECK(n >= 0 && n <= rows_);
   if (n == 0) return;
+  if (spill_) {
+    backend_->copy_rows(spill_->reserve(n), rows_view(0, n));
+    spill_->commit(n);
+  }
   const int64_t keep = rows_ - n;
   if (keep > 0) {
     // Through a scratch table so overlapping source and destination never meet on any backend.
@@ -45,6 +49,11 @@ void RowTable::drop_front(int64_t n) {
   rows_ = keep;
 }
 
+void RowTable::truncate(int64_t rows) {
+  CHECK(rows >= 0 && rows <= rows_) << "truncate to " << rows << " of " << rows_ << " rows";
+  rows_ = rows;
+}
+
 RowTable RowTable::clone() const {
   RowTable t(backend_, width_);
   if (rows_ > 0) {
@@ -52,6 +61,44 @@ RowTable RowTable::clone() const {
     t.commit(rows_);
   }
   return t;
+}
+
+WindowMark mark_window(kernels::Backend& backend, const RowTable& tail, int64_t max_tokens) {
+  WindowMark m;
+  m.rows = tail.rows();
+  m.head = RowTable(&backend, tail.width());
+  const int64_t keep = std::min(m.rows, max_tokens);
+  if (keep > 0) {
+    backend.copy_rows(m.head.reserve(keep), tail.rows_view(0, keep));
+    m.head.commit(keep);
+  }
+  return m;
+}
+
+void rollback_window(kernels::Backend& backend, RowTable& tail, const WindowMark& mark, int64_t chunk_tokens,
+                     int64_t keep_tokens, int64_t max_rows) {
+  CHECK(keep_tokens >= 0 && keep_tokens <= chunk_tokens && chunk_tokens <= max_rows);
+  // The chronological rows seen since the mark: the pushed-out head rows, then the current tail.
+  const int64_t total = mark.rows + chunk_tokens;
+  CHECK_EQ(tail.rows(), std::min(total, max_rows)) << "window tail out of step with its mark";
+  const int64_t pushed = total - tail.rows();
+  CHECK_LE(pushed, mark.head.rows()) << "chunk longer than the mark allows";
+  const int64_t end = mark.rows + keep_tokens;
+  const int64_t begin = end - std::min(end, max_rows);
+  if (begin == pushed && end == total) return;  // nothing to undo
+  RowTable rows(&backend, tail.width());
+  const TensorView out = rows.reserve(end - begin);
+  if (begin < pushed) {
+    const int64_t e = std::min(end, pushed);
+    backend.copy_rows(kernels::view_rows(out, 0, e - begin), mark.head.rows_view(begin, e));
+  }
+  if (end > pushed) {
+    const int64_t b = std::max(begin, pushed);
+    backend.copy_rows(kernels::view_rows(out, b - begin, end - begin), tail.rows_view(b - pushed, end - pushed));
+  }
+  tail.clear();
+  backend.copy_rows(tail.reserve(end - begin), out);
+  tail.commit(end - begin);
 }
 
 SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend)
@@ -126,6 +173,7 @@ void SequenceState::set_ownership(const EntryOwnership& ownership) {
 }
 
 void SequenceState::reset() {
+  end_mark();
   position_ = 0;
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     LayerState& s = layers_[size_t(l)];
@@ -133,6 +181,104 @@ void SequenceState::reset() {
     if (s.has_compressor) reset_compressor(s.main, config_.compress_ratio(l));
     if (s.has_indexer) reset_compressor(s.indexer, 4);
   }
+}
+
+void SequenceState::mark_compressor(CompressorState& c, CompressorMark& m) {
+  m.start = c.start;
+  m.local_entries = c.entries.rows();
+  m.num_entries = c.num_entries;
+  m.kv_spill = RowTable(&backend_, c.kv.width());
+  m.score_spill = RowTable(&backend_, c.score.width());
+  c.kv.set_spill(&m.kv_spill);
+  c.score.set_spill(&m.score_spill);
+}
+
+void SequenceState::mark(int64_t max_tokens) {
+  CHECK(!mark_.active) << "sequence already marked";
+  CHECK(max_tokens >= 1 && max_tokens < config_.sliding_window) << "mark of " << max_tokens << " tokens";
+  mark_.active = true;
+  mark_.position = position_;
+  mark_.max_tokens = max_tokens;
+  mark_.layers.clear();
+  mark_.layers.resize(layers_.size());  // never resized while marked: the spill pointers stay valid
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    LayerState& s = layers_[l];
+    LayerMark& m = mark_.layers[l];
+    m.window = mark_window(backend_, s.window_tail, max_tokens);
+    if (s.has_compressor) mark_compressor(s.main, m.main);
+    if (s.has_indexer) mark_compressor(s.indexer, m.indexer);
+  }
+}
+
+// Entries complete by `position` stay; a later entry is retracted and the token rows it pooled come
+// back from the spill. Row positions: the buffer holds [start, start + rows); after the mark the
+// spill holds [m.start, c.start).
+void SequenceState::rollback_compressor(CompressorState& c, CompressorMark& m, int ratio, int64_t position) {
+  const int64_t lead = ratio == 4 ? ratio : 0;
+  const int64_t keep_entries = position / ratio;
+  CHECK(keep_entries >= m.num_entries && keep_entries <= c.num_entries) << "compressor out of step with its mark";
+  if (keep_entries == c.num_entries) {
+    c.kv.truncate(position - c.start);
+    c.score.truncate(position - c.start);
+    return;
+  }
+  const int64_t start = keep_entries * ratio - lead;
+  CHECK_EQ(m.start + m.kv_spill.rows(), c.start) << "compressor spill out of step";
+  for (auto [table, spill] : {std::pair{&c.kv, &m.kv_spill}, std::pair{&c.score, &m.score_spill}}) {
+    RowTable rows(&backend_, table->width());
+    const TensorView out = rows.reserve(position - start);
+    const int64_t split = std::min(position, c.start);  // spill rows below, buffer rows above
+    if (split > start)
+      backend_.copy_rows(kernels::view_rows(out, 0, split - start), spill->rows_view(start - m.start, split - m.start));
+    if (position > split)
+      backend_.copy_rows(kernels::view_rows(out, split - start, position - start),
+                         table->rows_view(split - c.start, position - c.start));
+    table->set_spill(nullptr);
+    table->clear();
+    backend_.copy_rows(table->reserve(position - start), out);
+    table->commit(position - start);
+  }
+  int64_t local = m.local_entries;
+  for (int64_t j = m.num_entries; j < keep_entries; ++j) local += ownership_.owns(j) ? 1 : 0;
+  c.entries.truncate(local);
+  c.num_entries = keep_entries;
+  c.start = start;
+}
+
+void SequenceState::rollback(int64_t position) {
+  CHECK(mark_.active) << "rollback without a mark";
+  const int64_t chunk = position_ - mark_.position;
+  CHECK(position >= mark_.position && position <= position_ && chunk <= mark_.max_tokens)
+      << "rollback to " << position << " outside [" << mark_.position << ", " << position_ << "]";
+  if (position < position_) {
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      LayerState& s = layers_[l];
+      LayerMark& m = mark_.layers[l];
+      rollback_window(backend_, s.window_tail, m.window, chunk, position - mark_.position, config_.sliding_window - 1);
+      const int ratio = config_.compress_ratio(int(l));
+      if (s.has_compressor) rollback_compressor(s.main, m.main, ratio, position);
+      if (s.has_indexer) rollback_compressor(s.indexer, m.indexer, 4, position);
+    }
+    position_ = position;
+  }
+  end_mark();
+}
+
+void SequenceState::release() {
+  CHECK(mark_.active) << "release without a mark";
+  end_mark();
+}
+
+void SequenceState::end_mark() {
+  if (!mark_.active) return;
+  for (LayerState& s : layers_) {
+    for (CompressorState* c : {&s.main, &s.indexer}) {
+      c->kv.set_spill(nullptr);
+      c->score.set_spill(nullptr);
+    }
+  }
+  mark_.layers.clear();
+  mark_.active = false;
 }
 
 }  // namespace v4rt::model

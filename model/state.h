@@ -40,7 +40,11 @@ class RowTable {
   void commit(int64_t extra) { rows_ += extra; }
   void drop_front(int64_t n);                    // removes the first n rows
   void clear() { rows_ = 0; }
+  void truncate(int64_t rows);                   // keeps the first `rows` rows
   RowTable clone() const;                        // a deep copy of the rows (same backend)
+  // While a spill table is set, drop_front() appends the rows it removes to it (oldest first), so a
+  // speculative chunk can be rolled back exactly (SequenceState::rollback). nullptr: no spill.
+  void set_spill(RowTable* spill) { spill_ = spill; }
 
  private:
   kernels::Backend* backend_ = nullptr;
@@ -48,7 +52,21 @@ class RowTable {
   int64_t rows_ = 0;
   int64_t capacity_ = 0;
   Buffer buffer_;
+  RowTable* spill_ = nullptr;
 };
+
+// Rolling a window tail back after a speculative chunk (shared by SequenceState and the MTP block's
+// state). mark_window() before a chunk of at most `max_tokens` tokens saves the oldest rows that
+// chunk can push out; rollback_window() then makes the tail what processing only the first
+// `keep_tokens` of the `chunk_tokens` tokens would have made it (the chunk's own rows are still in
+// the tail because chunk_tokens < window).
+struct WindowMark {
+  RowTable head;      // the oldest min(rows, max_tokens) rows of the tail at the mark
+  int64_t rows = 0;   // tail rows at the mark
+};
+WindowMark mark_window(kernels::Backend& backend, const RowTable& tail, int64_t max_tokens);
+void rollback_window(kernels::Backend& backend, RowTable& tail, const WindowMark& mark, int64_t chunk_tokens,
+                     int64_t keep_tokens, int64_t max_rows);
 
 // Token buffers of one compressor. Row 0 is the first token of a block (position `start`, a multiple
 // of the ratio). CSA keeps the previous complete block in front (at sequence start a padding block of
@@ -83,13 +101,44 @@ class SequenceState {
   // A deep copy: continuing it gives exactly what continuing this state gives (prefix reuse).
   std::unique_ptr<SequenceState> clone() const;
 
+  // Speculative chunks (draft verification). mark(max_tokens) before appending at most max_tokens
+  // (< sliding_window) tokens; rollback(p) then leaves exactly the state that processing only the
+  // tokens before position p gives (mark position <= p <= position()) and ends the mark; release()
+  // ends it keeping everything. Cost: a copy of the oldest max_tokens window rows per layer at the
+  // mark; compressor rows the chunk pools away are kept aside until the mark ends, so compressed
+  // entries completed after p are retracted without recomputation.
+  void mark(int64_t max_tokens);
+  void rollback(int64_t position);
+  void release();
+  bool marked() const { return mark_.active; }
+
  private:
+  struct CompressorMark {
+    RowTable kv_spill, score_spill;  // rows drop_front() removed since the mark
+    int64_t start = 0;               // CompressorState::start at the mark
+    int64_t local_entries = 0;       // entries.rows() at the mark
+    int64_t num_entries = 0;
+  };
+  struct LayerMark {
+    WindowMark window;
+    CompressorMark main, indexer;
+  };
+  struct Mark {
+    bool active = false;
+    int64_t position = 0;
+    int64_t max_tokens = 0;
+    std::vector<LayerMark> layers;
+  };
   void reset_compressor(CompressorState& c, int ratio);
+  void mark_compressor(CompressorState& c, CompressorMark& m);
+  void rollback_compressor(CompressorState& c, CompressorMark& m, int ratio, int64_t position);
+  void end_mark();
   const ModelConfig& config_;
   kernels::Backend& backend_;
   int64_t position_ = 0;
   std::vector<LayerState> layers_;
   EntryOwnership ownership_;
+  Mark mark_;
 };
 
 }  // namespace v4rt::model

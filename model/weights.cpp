@@ -124,6 +124,92 @@ CompressorWeights load_compressor(Loader& ld, const std::string& p, int ratio, i
   return c;
 }
 
+// The slice of every layer a shard holds (heads, groups, indexer heads, experts).
+struct ShardRanges {
+  int64_t h0, h1, g0, g1, i0, i1;
+  int expert_begin, expert_end;
+};
+
+// One transformer block under `p` ("layers.7." or "mtp.0."), layer index `l`, sliced per `r`.
+LayerWeights load_layer(Loader& ld, const Checkpoint& ckpt, const ModelConfig& cfg, const ShardRanges& r,
+                        const std::string& p, int l, bool hash_routed) {
+  const int64_t hd = cfg.head_dim;
+  const int64_t h0 = r.h0, h1 = r.h1, g0 = r.g0, g1 = r.g1, i0 = r.i0, i1 = r.i1;
+  LayerWeights lw;
+  lw.index = l;
+  lw.ratio = cfg.compress_ratio(l);
+  lw.inv_freq = rope_inv_freq(cfg, lw.ratio);
+  lw.attn_norm = ld.load(p + "attn_norm.weight");
+  lw.ffn_norm = ld.load(p + "ffn_norm.weight");
+  lw.hc_attn = {ld.load(p + "hc_attn_fn"), ld.load(p + "hc_attn_base"), ld.load(p + "hc_attn_scale")};
+  lw.hc_ffn = {ld.load(p + "hc_ffn_fn"), ld.load(p + "hc_ffn_base"), ld.load(p + "hc_ffn_scale")};
+  AttentionWeights& a = lw.attn;
+  a.wq_a = ld.load(p + "attn.wq_a.weight");
+  a.q_norm = ld.load(p + "attn.q_norm.weight");
+  a.wq_b = ld.load(p + "attn.wq_b.weight", h0 * hd, h1 * hd);
+  a.wkv = ld.load(p + "attn.wkv.weight");
+  a.kv_norm = ld.load(p + "attn.kv_norm.weight");
+  a.wo_a = ld.load(p + "attn.wo_a.weight", g0 * cfg.o_lora_rank, g1 * cfg.o_lora_rank);
+  a.wo_b = ld.load_cols(p + "attn.wo_b.weight", g0 * cfg.o_lora_rank, g1 * cfg.o_lora_rank);
+  a.sink = ld.load_cols(p + "attn.attn_sink", h0, h1);
+  {
+    const std::vector<float> sink = ckpt.read_f32(p + "attn.attn_sink");
+    a.sink_host.assign(sink.begin() + h0, sink.begin() + h1);
+  }
+  if (lw.ratio != 0) {
+    a.has_compressor = true;
+    a.compressor = load_compressor(ld, p + "attn.compressor.", lw.ratio, cfg.head_dim);
+  }
+  if (lw.ratio == 4) {
+    a.has_indexer = true;
+    a.indexer.wq_b = ld.load(p + "attn.indexer.wq_b.weight", i0 * cfg.index_head_dim, i1 * cfg.index_head_dim);
+    a.indexer.weights_proj = ld.load(p + "attn.indexer.weights_proj.weight", i0, i1);
+    a.indexer.compressor = load_compressor(ld, p + "attn.indexer.compressor.", 4, cfg.index_head_dim);
+  }
+  MoeWeights& m = lw.moe;
+  m.gate = ld.load(p + "ffn.gate.weight");
+  if (hash_routed) {
+    m.tid2eid = ld.load(p + "ffn.gate.tid2eid");
+  } else {
+    m.bias = ld.load(p + "ffn.gate.bias");
+  }
+  m.w1.resize(size_t(cfg.n_routed_experts));
+  m.w2.resize(size_t(cfg.n_routed_experts));
+  m.w3.resize(size_t(cfg.n_routed_experts));
+  m.expert_begin = r.expert_begin;
+  m.expert_end = r.expert_end;
+  for (int e = r.expert_begin; e < r.expert_end; ++e) {
+    const std::string ep = p + "ffn.experts." + std::to_string(e) + ".";
+    m.w1[size_t(e)] = ld.load(ep + "w1.weight");
+    m.w2[size_t(e)] = ld.load(ep + "w2.weight");
+    m.w3[size_t(e)] = ld.load(ep + "w3.weight");
+  }
+  m.shared_w1 = ld.load(p + "ffn.shared_experts.w1.weight");
+  m.shared_w2 = ld.load(p + "ffn.shared_experts.w2.weight");
+  m.shared_w3 = ld.load(p + "ffn.shared_experts.w3.weight");
+  return lw;
+}
+
+// The shard's ranges, validated against the model.
+ShardRanges shard_ranges(const ModelConfig& cfg, const Shard& shard) {
+  auto end_or = [](int end, int all) { return end < 0 ? all : end; };
+  const int expert_end = end_or(shard.expert_end, cfg.n_routed_experts);
+  const int64_t h0 = shard.head_begin, h1 = end_or(shard.head_end, cfg.num_attention_heads);
+  const int64_t g0 = shard.group_begin, g1 = end_or(shard.group_end, cfg.o_groups);
+  const int64_t i0 = shard.index_head_begin, i1 = end_or(shard.index_head_end, cfg.index_n_heads);
+  V4RT_REQUIRE(0 <= h0 && h0 < h1 && h1 <= cfg.num_attention_heads && 0 <= g0 && g0 < g1 && g1 <= cfg.o_groups &&
+                   0 <= i0 && i0 < i1 && i1 <= cfg.index_n_heads && 0 <= shard.expert_begin &&
+                   shard.expert_begin <= expert_end && expert_end <= cfg.n_routed_experts,
+               "shard outside the model: heads [" << h0 << ", " << h1 << "), groups [" << g0 << ", " << g1
+                                                  << "), indexer heads [" << i0 << ", " << i1 << "), experts ["
+                                                  << shard.expert_begin << ", " << expert_end << ")");
+  // The heads of a shard must be exactly the heads of its output groups (the grouped projection).
+  const int64_t heads_per_group = cfg.num_attention_heads / cfg.o_groups;
+  V4RT_REQUIRE(h0 == g0 * heads_per_group && h1 == g1 * heads_per_group,
+               "shard heads [" << h0 << ", " << h1 << ") are not the heads of groups [" << g0 << ", " << g1 << ")");
+  return ShardRanges{h0, h1, g0, g1, i0, i1, shard.expert_begin, expert_end};
+}
+
 }  // namespace
 
 std::vector<float> rope_inv_freq(const ModelConfig& config, int ratio) {
@@ -152,83 +238,35 @@ std::vector<float> rope_inv_freq(const ModelConfig& config, int ratio) {
 ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard) {
   const ModelConfig& cfg = ckpt.config();
   Loader ld(ckpt, backend);
-  auto end_or = [](int end, int all) { return end < 0 ? all : end; };
-  const int expert_end = end_or(shard.expert_end, cfg.n_routed_experts);
-  const int64_t hd = cfg.head_dim;
-  const int64_t h0 = shard.head_begin, h1 = end_or(shard.head_end, cfg.num_attention_heads);
-  const int64_t g0 = shard.group_begin, g1 = end_or(shard.group_end, cfg.o_groups);
-  const int64_t i0 = shard.index_head_begin, i1 = end_or(shard.index_head_end, cfg.index_n_heads);
-  V4RT_REQUIRE(0 <= h0 && h0 < h1 && h1 <= cfg.num_attention_heads && 0 <= g0 && g0 < g1 && g1 <= cfg.o_groups &&
-                   0 <= i0 && i0 < i1 && i1 <= cfg.index_n_heads && 0 <= shard.expert_begin &&
-                   shard.expert_begin <= expert_end && expert_end <= cfg.n_routed_experts,
-               "shard outside the model: heads [" << h0 << ", " << h1 << "), groups [" << g0 << ", " << g1
-                                                  << "), indexer heads [" << i0 << ", " << i1 << "), experts ["
-                                                  << shard.expert_begin << ", " << expert_end << ")");
-  // The heads of a shard must be exactly the heads of its output groups (the grouped projection).
-  const int64_t heads_per_group = cfg.num_attention_heads / cfg.o_groups;
-  V4RT_REQUIRE(h0 == g0 * heads_per_group && h1 == g1 * heads_per_group,
-               "shard heads [" << h0 << ", " << h1 << ") are not the heads of groups [" << g0 << ", " << g1 << ")");
+  const ShardRanges ranges = shard_ranges(cfg, shard);
   ModelWeights w;
   w.embed = ld.load("embed.weight");
   w.head = ld.load("head.weight");
   w.norm = ld.load("norm.weight");
   w.hc_head = {ld.load("hc_head_fn"), ld.load("hc_head_base"), ld.load("hc_head_scale")};
-  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    LayerWeights lw;
-    lw.index = l;
-    lw.ratio = cfg.compress_ratio(l);
-    lw.inv_freq = rope_inv_freq(cfg, lw.ratio);
-    lw.attn_norm = ld.load(p + "attn_norm.weight");
-    lw.ffn_norm = ld.load(p + "ffn_norm.weight");
-    lw.hc_attn = {ld.load(p + "hc_attn_fn"), ld.load(p + "hc_attn_base"), ld.load(p + "hc_attn_scale")};
-    lw.hc_ffn = {ld.load(p + "hc_ffn_fn"), ld.load(p + "hc_ffn_base"), ld.load(p + "hc_ffn_scale")};
-    AttentionWeights& a = lw.attn;
-    a.wq_a = ld.load(p + "attn.wq_a.weight");
-    a.q_norm = ld.load(p + "attn.q_norm.weight");
-    a.wq_b = ld.load(p + "attn.wq_b.weight", h0 * hd, h1 * hd);
-    a.wkv = ld.load(p + "attn.wkv.weight");
-    a.kv_norm = ld.load(p + "attn.kv_norm.weight");
-    a.wo_a = ld.load(p + "attn.wo_a.weight", g0 * cfg.o_lora_rank, g1 * cfg.o_lora_rank);
-    a.wo_b = ld.load_cols(p + "attn.wo_b.weight", g0 * cfg.o_lora_rank, g1 * cfg.o_lora_rank);
-    a.sink = ld.load_cols(p + "attn.attn_sink", h0, h1);
-    {
-      const std::vector<float> sink = ckpt.read_f32(p + "attn.attn_sink");
-      a.sink_host.assign(sink.begin() + h0, sink.begin() + h1);
-    }
-    if (lw.ratio != 0) {
-      a.has_compressor = true;
-      a.compressor = load_compressor(ld, p + "attn.compressor.", lw.ratio, cfg.head_dim);
-    }
-    if (lw.ratio == 4) {
-      a.has_indexer = true;
-      a.indexer.wq_b = ld.load(p + "attn.indexer.wq_b.weight", i0 * cfg.index_head_dim, i1 * cfg.index_head_dim);
-      a.indexer.weights_proj = ld.load(p + "attn.indexer.weights_proj.weight", i0, i1);
-      a.indexer.compressor = load_compressor(ld, p + "attn.indexer.compressor.", 4, cfg.index_head_dim);
-    }
-    MoeWeights& m = lw.moe;
-    m.gate = ld.load(p + "ffn.gate.weight");
-    if (cfg.is_hash_layer(l)) {
-      m.tid2eid = ld.load(p + "ffn.gate.tid2eid");
-    } else {
-      m.bias = ld.load(p + "ffn.gate.bias");
-    }
-    m.w1.resize(size_t(cfg.n_routed_experts));
-    m.w2.resize(size_t(cfg.n_routed_experts));
-    m.w3.resize(size_t(cfg.n_routed_experts));
-    m.expert_begin = shard.expert_begin;
-    m.expert_end = expert_end;
-    for (int e = shard.expert_begin; e < expert_end; ++e) {
-      const std::string ep = p + "ffn.experts." + std::to_string(e) + ".";
-      m.w1[size_t(e)] = ld.load(ep + "w1.weight");
-      m.w2[size_t(e)] = ld.load(ep + "w2.weight");
-      m.w3[size_t(e)] = ld.load(ep + "w3.weight");
-    }
-    m.shared_w1 = ld.load(p + "ffn.shared_experts.w1.weight");
-    m.shared_w2 = ld.load(p + "ffn.shared_experts.w2.weight");
-    m.shared_w3 = ld.load(p + "ffn.shared_experts.w3.weight");
-    w.layers.push_back(std::move(lw));
-  }
+  for (int l = 0; l < cfg.num_hidden_layers; ++l)
+    w.layers.push_back(load_layer(ld, ckpt, cfg, ranges, "layers." + std::to_string(l) + ".", l, cfg.is_hash_layer(l)));
+  w.bytes_loaded = ld.bytes();
+  return w;
+}
+
+MtpWeights load_mtp_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard) {
+  const ModelConfig& cfg = ckpt.config();
+  V4RT_REQUIRE(cfg.num_nextn_predict_layers >= 1,
+               "checkpoint has no MTP block (num_nextn_predict_layers = " << cfg.num_nextn_predict_layers << ")");
+  const int layer = cfg.num_hidden_layers;  // the MTP block's layer index (spec §7)
+  V4RT_REQUIRE(cfg.compress_ratio(layer) == 0,
+               "MTP block: compress_ratios[" << layer << "] is " << cfg.compress_ratio(layer) << ", expected 0 (window only)");
+  Loader ld(ckpt, backend);
+  const std::string p = "mtp.0.";
+  MtpWeights w;
+  w.block = load_layer(ld, ckpt, cfg, shard_ranges(cfg, shard), p, layer, /*hash_routed=*/false);
+  w.e_proj = ld.load(p + "e_proj.weight");
+  w.h_proj = ld.load(p + "h_proj.weight");
+  w.enorm = ld.load(p + "enorm.weight");
+  w.hnorm = ld.load(p + "hnorm.weight");
+  w.norm = ld.load(p + "norm.weight");
+  w.hc_head = {ld.load(p + "hc_head_fn"), ld.load(p + "hc_head_base"), ld.load(p + "hc_head_scale")};
   w.bytes_loaded = ld.bytes();
   return w;
 }

@@ -98,6 +98,21 @@ struct ModelWeights {
 // Loads every tensor the forward needs. Throws v4rt::Error naming the tensor at fault.
 ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard);
 
+// The MTP block `mtp.0.*` (spec §7): a window-only, score-routed block (layer index L) plus the
+// projections that fuse the main model's streams with the next token's embedding. It shares
+// embed and head with the main model.
+struct MtpWeights {
+  LayerWeights block;
+  WeightView e_proj, h_proj;         // [D, D] FP8
+  WeightView enorm, hnorm, norm;     // [D]
+  HcWeights hc_head;                 // [hc, hc*D], [hc], [1]
+  uint64_t bytes_loaded = 0;
+};
+
+// Loads `mtp.0.*` with the same shard as the main layers. Throws v4rt::Error when the checkpoint
+// has no MTP block or a tensor is missing / mis-shaped (naming it).
+MtpWeights load_mtp_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard);
+
 // RoPE inverse frequencies of a layer (spec §2.5): ratio 0 -> base rope_theta, no YaRN; otherwise
 // base compress_rope_theta with YaRN (frequency blend only, no attention scaling).
 std::vector<float> rope_inv_freq(const ModelConfig& config, int ratio);

@@ -12,7 +12,7 @@
 
 namespace v4rt::parallel {
 
-void validate(const Layout& layout, const ModelDims& dims) {
+std::vector<std::string> layout_violations(const Layout& layout, const ModelDims& dims) {
   std::vector<std::string> errors;
   auto fail = [&](const std::string& msg) { errors.push_back(msg); };
   auto str = [](auto v) { return std::to_string(v); };
@@ -22,7 +22,7 @@ void validate(const Layout& layout, const ModelDims& dims) {
   for (const auto& s : sizes) {
     if (s.value < 1) fail("parallel." + std::string(s.key) + " = " + str(s.value) + " must be >= 1");
   }
-  if (!errors.empty()) V4RT_FAIL("invalid parallel layout:\n  " << errors.front());
+  if (!errors.empty()) return errors;  // the divisibility rules below need sizes >= 1
 
   if (layout.world() != dims.world_size) {
     fail("world size " + str(dims.world_size) + " != dp*sp*tp = " + str(layout.world()) +
@@ -59,12 +59,18 @@ void validate(const Layout& layout, const ModelDims& dims) {
          str(int64_t(dims.index_n_heads / tp) * dims.index_head_dim) + ") inside a " + str(qb) +
          "-row FP8 block");
   }
-  if (!errors.empty()) {
-    std::ostringstream os;
-    os << "invalid parallel layout:";
-    for (const auto& e : errors) os << "\n  " << e;
-    V4RT_FAIL(os.str());
-  }
+  return errors;
+}
+
+void validate(const Layout& layout, const ModelDims& dims) {
+  const std::vector<std::string> errors = layout_violations(layout, dims);
+  if (errors.empty()) return;
+  std::ostringstream os;
+  if (!layout.source.empty()) os << layout.source << ": ";
+  os << "parallel layout tp=" << layout.tp << " sp=" << layout.sp << " ep=" << layout.ep << " dp=" << layout.dp
+     << " is invalid: ";
+  for (size_t i = 0; i < errors.size(); ++i) os << (i ? "; " : "") << errors[i];
+  V4RT_FAIL(os.str());
 }
 
 ShardPlan make_shard_plan(const Layout& layout, const ModelDims& dims, int world_rank) {

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "cluster/groups.h"
 
@@ -18,6 +20,7 @@ struct Layout {
   int ep = 1;  // expert parallel: routed experts over the EP group
   int dp = 1;  // data parallel: independent replicas
   int sp_block = 64;  // SP ownership granule: compressed entries per block, blocks round-robin
+  std::string source = {};  // the runtime YAML it was read from, named in errors; empty: built in code
   int world() const { return dp * sp * tp; }
 };
 
@@ -36,8 +39,12 @@ struct ModelDims {
   int world_size = 1;         // ranks in the job (MPI world)
 };
 
-// Throws v4rt::Error listing every violated rule, one per line, e.g.
-// "parallel.tp = 3 does not divide num_attention_heads 64".
+// Every rule `layout` breaks for `dims`, one sentence each naming the key, e.g.
+// "parallel.tp = 3 does not divide num_attention_heads 64"; empty when the layout is valid.
+std::vector<std::string> layout_violations(const Layout& layout, const ModelDims& dims);
+// Throws v4rt::Error when layout_violations() is not empty: ONE line, naming layout.source (when
+// set) and every violated rule, e.g. "configs/x.yaml: parallel layout tp=3 sp=1 ep=1 dp=1 is
+// invalid: parallel.tp = 3 does not divide num_attention_heads 64; parallel.tp = 3 does not ...".
 void validate(const Layout& layout, const ModelDims& dims);
 
 struct Range {

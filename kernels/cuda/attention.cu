@@ -7,8 +7,11 @@
 // Decode (few query tokens) splits the candidate list across blocks, flash-decoding style: each
 // split of whole 64-candidate tiles keeps its own (max, denominator, unnormalized output) and a
 // second kernel merges the splits and adds the sink. With bf16 P the rounding then happens against
-// the split's running max instead of the global one (a bf16-level difference).
+// the split's running max instead of the global one (a bf16-level difference). Decode-sized calls
+// (few tokens x heads) take sparse_attention_mqa_kernel instead: 32 heads per block share each
+// staged tile (V4RT_ATTN_PER_WARP=1 forces the per-warp kernel, for comparison).
 #include <algorithm>
+#include <cstdlib>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops.h"
@@ -21,6 +24,7 @@ constexpr int kTile = 64;
 constexpr int kHeadsPerBlock = 8;
 constexpr int kMaxPerLane = 16;  // head_dim <= 512
 constexpr int kMaxSmem = kTile * 512 * 4;
+constexpr int kMqaMaxSmem = (32 * 512 + kTile * (512 + 4) + 32 * kTile) * 4;  // sparse_attention_mqa_kernel
 
 struct AttnArgs {
   Act q, win, comp, out;
@@ -147,6 +151,173 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(A
   if (a.lse && lane == 0) a.lse[t * a.lse_stride + h] = m + logf(den);
 }
 
+// --- decode: all heads of a block share each latent row (MQA) ----------------------------------
+
+constexpr int kMqaHeads = 32;  // heads per block
+constexpr int kMqaMaxJ = 4;    // head_dim / 128 <= 4
+
+// Decode shapes (few tokens, long candidate lists): block (split z, head block hb, token t) loads
+// each 64-candidate latent tile once into shared memory for 32 heads (the per-warp kernel above
+// loads it once per 8 heads), computes S = Q K^T with a 2 heads x 4 candidates register tile per
+// thread, the online softmax of the tile per head (one warp per 4 heads), then O += P V with a
+// 4 heads x 16 dims register tile per thread. Writes the split's partial state for the merge
+// kernel. head_dim % 128 == 0, <= 512; rows read as float4 (Act::ld4).
+__global__ void __launch_bounds__(256) sparse_attention_mqa_kernel(AttnArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  const int dim = a.dim, ds = dim + 4;  // padded tile row: conflict-free float4 reads across rows
+  float* qs = smem;                     // [kMqaHeads][dim]
+  float* kv = qs + kMqaHeads * dim;     // [kTile][ds]
+  float* ps = kv + kTile * ds;          // [kMqaHeads][kTile] scores, then probabilities
+  __shared__ int64_t codes[kTile];
+  __shared__ float m_s[kMqaHeads], den_s[kMqaHeads], resc_s[kMqaHeads];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t t = blockIdx.z;
+  const int hb0 = a.h_begin + int(blockIdx.y) * kMqaHeads;  // first head of the block
+  const int64_t pos = a.pos_begin + t;
+  const int64_t first = pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+  const int64_t nwin = pos - first + 1;
+  int64_t ncomp = 0;
+  if (a.has_list) ncomp = a.num_list;
+  else if (a.comp_ratio > 0) ncomp = min(a.num_comp, (pos + 1) / a.comp_ratio);
+  const int64_t ncand_all = nwin + ncomp;
+  const int64_t cand0 = int64_t(blockIdx.x) * a.tiles_per_split * kTile;
+  const int64_t ncand = min(ncand_all, cand0 + int64_t(a.tiles_per_split) * kTile);
+  const int d4 = dim / 4, nj = dim / 128;
+
+  for (int i = tid; i < kMqaHeads * d4; i += blockDim.x) {
+    const int hl = i / d4, c = (i % d4) * 4, h = hb0 + hl;
+    const float4 v = h < a.h_end ? a.q.ld4(t, int64_t(h) * dim + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    *reinterpret_cast<float4*>(qs + hl * dim + c) = v;
+  }
+  if (tid < kMqaHeads) {
+    m_s[tid] = -INFINITY;
+    den_s[tid] = 0.f;
+  }
+  const int hg = tid >> 5, dg = tid & 31;  // P.V: heads hg*4 + [0,4), dims dg*4 + 128*j + [0,4)
+  float acc[4][kMqaMaxJ][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < kMqaMaxJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  for (int64_t tile0 = cand0; tile0 < ncand; tile0 += kTile) {
+    const int cnt = int(min(int64_t(kTile), ncand - tile0));
+    __syncthreads();
+    if (tid < kTile) {
+      const int64_t c = tile0 + tid;
+      int64_t code = -1;
+      if (tid < cnt) {
+        if (c < nwin) {
+          const int64_t row = first + c - a.window_pos0;
+          code = (row >= 0 && row < a.num_window_rows) ? row : -1;
+        } else {
+          const int64_t j = a.has_list ? a.comp_idx[t * a.idx_stride + (c - nwin)] : c - nwin;
+          code = (j >= 0 && j < a.num_comp) ? -(j + 2) : -1;
+        }
+      }
+      codes[tid] = code;
+    }
+    __syncthreads();
+    for (int i = tid; i < kTile * d4; i += blockDim.x) {
+      const int row = i / d4, c = (i % d4) * 4;
+      const int64_t code = codes[row];
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (code >= 0) v = a.win.ld4(code, c);
+      else if (code <= -2) v = a.comp.ld4(-code - 2, c);
+      *reinterpret_cast<float4*>(kv + row * ds + c) = v;
+    }
+    __syncthreads();
+    {  // S: heads th*2 + [0,2), candidates tc + 16*j
+      const int th = tid >> 4, tc = tid & 15;
+      float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      for (int c = 0; c < dim; c += 4) {
+        float4 qv[2], kk[4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) qv[i] = *reinterpret_cast<const float4*>(qs + (th * 2 + i) * dim + c);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) kk[j] = *reinterpret_cast<const float4*>(kv + (tc + 16 * j) * ds + c);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            sacc[i][j] = fmaf(qv[i].x, kk[j].x, fmaf(qv[i].y, kk[j].y, fmaf(qv[i].z, kk[j].z, fmaf(qv[i].w, kk[j].w, sacc[i][j]))));
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) ps[(th * 2 + i) * kTile + tc + 16 * j] = sacc[i][j] * a.scale;
+    }
+    __syncthreads();
+    for (int hl = warp * 4; hl < warp * 4 + 4; ++hl) {  // online softmax, a warp per 4 heads
+      float z0 = codes[lane] == -1 ? -INFINITY : ps[hl * kTile + lane];
+      float z1 = codes[lane + 32] == -1 ? -INFINITY : ps[hl * kTile + lane + 32];
+      const float m_old = m_s[hl];
+      const float mb = fmaxf(m_old, warp_max(fmaxf(z0, z1)));
+      float resc = 1.f, p0 = 0.f, p1 = 0.f;
+      if (mb != -INFINITY) {
+        resc = m_old == -INFINITY ? 0.f : expf(m_old - mb);
+        p0 = z0 == -INFINITY ? 0.f : expf(z0 - mb);
+        p1 = z1 == -INFINITY ? 0.f : expf(z1 - mb);
+      }
+      const float sum = warp_sum(p0 + p1);
+      ps[hl * kTile + lane] = a.bf16_probs ? round_bf16(p0) : p0;
+      ps[hl * kTile + lane + 32] = a.bf16_probs ? round_bf16(p1) : p1;
+      if (lane == 0) {
+        den_s[hl] = den_s[hl] * resc + sum;
+        m_s[hl] = mb;
+        resc_s[hl] = resc;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float r = resc_s[hg * 4 + i];
+#pragma unroll
+      for (int j = 0; j < kMqaMaxJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][j][e] *= r;
+    }
+    for (int c = 0; c < cnt; ++c) {
+      float p[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) p[i] = ps[(hg * 4 + i) * kTile + c];
+#pragma unroll
+      for (int j = 0; j < kMqaMaxJ; ++j) {
+        if (j < nj) {
+          const float4 v = *reinterpret_cast<const float4*>(kv + c * ds + dg * 4 + 128 * j);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            acc[i][j][0] = fmaf(p[i], v.x, acc[i][j][0]);
+            acc[i][j][1] = fmaf(p[i], v.y, acc[i][j][1]);
+            acc[i][j][2] = fmaf(p[i], v.z, acc[i][j][2]);
+            acc[i][j][3] = fmaf(p[i], v.w, acc[i][j][3]);
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  const int nh = a.h_end - a.h_begin;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int h = hb0 + hg * 4 + i;
+    if (h >= a.h_end) continue;
+    const int64_t slot = (t * nh + (h - a.h_begin)) * a.num_splits + blockIdx.x;
+#pragma unroll
+    for (int j = 0; j < kMqaMaxJ; ++j)
+      if (j < nj)
+        *reinterpret_cast<float4*>(a.part_acc + slot * dim + dg * 4 + 128 * j) =
+            make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
+  }
+  if (tid < kMqaHeads && hb0 + tid < a.h_end) {
+    const int64_t slot = (t * nh + (hb0 + tid - a.h_begin)) * a.num_splits + blockIdx.x;
+    a.part_ml[2 * slot] = m_s[tid];
+    a.part_ml[2 * slot + 1] = den_s[tid];
+  }
+}
+
 // Merges the splits of one (token, head): block (t, h), one thread per output dim.
 __global__ void attention_combine_kernel(AttnArgs a) {
   const int64_t t = blockIdx.x;
@@ -230,15 +401,39 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
   static bool attr_set = false;
   if (!attr_set) {
     CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_mqa_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    kMqaMaxSmem));
     attr_set = true;
   }
-  // Splits: enough blocks for two waves over the SMs, in whole tiles of the longest list.
-  const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
   const int64_t pos_last = p.pos_begin + n - 1;
   int64_t max_comp = 0;
   if (a.has_list) max_comp = a.num_list;
   else if (a.comp_ratio > 0) max_comp = std::min<int64_t>(a.num_comp, (pos_last + 1) / a.comp_ratio);
   const int64_t max_tiles = ceil_div(std::min<int64_t>(pos_last + 1, p.window) + max_comp, kTile);
+  const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
+  const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && 2 * mqa_blocks <= num_sms() && a.q.vec_ok() &&
+                   a.win.vec_ok() && (a.num_comp == 0 || a.comp.vec_ok()) && !std::getenv("V4RT_ATTN_PER_WARP");
+  if (mqa) {
+    // One wave: splits of whole tiles so that the blocks about fill the SMs once.
+    const int64_t want = std::max<int64_t>(1, num_sms() / mqa_blocks);
+    a.tiles_per_split = int(ceil_div(max_tiles, std::min(want, max_tiles)));
+    a.num_splits = int(std::max<int64_t>(1, ceil_div(max_tiles, a.tiles_per_split)));
+    const size_t slots = size_t(n) * size_t(nh) * size_t(a.num_splits);
+    void* part = nullptr;
+    CUDA_CHECK(cudaMallocAsync(&part, slots * (size_t(dim) + 2) * 4, s));
+    a.part_acc = static_cast<float*>(part);
+    a.part_ml = a.part_acc + slots * size_t(dim);
+    const size_t smem = size_t(kMqaHeads * dim + kTile * (dim + 4) + kMqaHeads * kTile) * 4;
+    const dim3 grid{unsigned(a.num_splits), unsigned(ceil_div(nh, kMqaHeads)), unsigned(n)};
+    sparse_attention_mqa_kernel<<<grid, 256, smem, s>>>(a);
+    launch_check("sparse_attention (mqa decode)", s);
+    attention_combine_kernel<<<dim3(unsigned(n), unsigned(nh)), 128, 0, s>>>(a);
+    launch_check("sparse_attention combine", s);
+    CUDA_CHECK(cudaFreeAsync(part, s));
+    return;
+  }
+  // Splits: enough blocks for two waves over the SMs, in whole tiles of the longest list.
+  const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
   const int64_t base_blocks = n * head_groups;
   int64_t splits = 1;
   if (base_blocks < num_sms()) splits = std::min<int64_t>(ceil_div(2 * num_sms(), base_blocks), max_tiles);

@@ -3,8 +3,9 @@
 // memory movement on the backend's stream, and the dispatch of every op to its launcher. The
 // projections pick their GEMM by weight dtype: FP8 -> act_quant + cuBLASLt block-scaled FP8,
 // FP4 -> act_quant + grouped FP4 kernel, BF16/F32 -> cuBLASLt dense with fp32 accumulate. Without
-// the official flags (act_quant_fp8 / MoeExpertsParams::official) FP8 weights run as bf16 copies
-// and the routed experts take bf16 activations (the reference numerics at bf16 precision).
+// the official flags (act_quant_fp8 / MoeExpertsParams::official) FP8 weights run as bf16 copies;
+// CudaBackendOptions::reference says how fp32 activations enter the bf16 GEMMs (hi + lo split by
+// default) and whether the routed experts run in fp32 or bf16 (see factory.h).
 #include "kernels/cuda/cuda_backend.h"
 
 #include <algorithm>
@@ -226,7 +227,7 @@ void CudaBackend::linear(const LinearParams& p) {
   CHECK(p.w.device == Device::kCuda && p.w.data) << "linear: weight not on the device";
   CHECK_EQ(act_row_width(p.x), p.w.cols) << "linear x " << p.x.shape_str() << " vs weight cols " << p.w.cols;
   CHECK_EQ(act_row_width(p.y), p.w.rows) << "linear y " << p.y.shape_str() << " vs weight rows " << p.w.rows;
-  if (options_.fp32_dense && !p.act_quant_fp8 && p.x.dtype == DType::kF32 &&
+  if (options_.reference == ReferencePrecision::kF32 && !p.act_quant_fp8 && p.x.dtype == DType::kF32 &&
       (p.w.dtype == DType::kF8E4M3 || p.w.dtype == DType::kBF16)) {
     LinearParams q = p;
     q.w.data = f32_copy(p.w);
@@ -345,21 +346,35 @@ void CudaBackend::linear_dense(const LinearParams& p) {
   Act x = make_act(p.x, "linear x");
   const Act y = make_act(p.y, "linear y");
   const bool w_bf16 = p.w.dtype == DType::kBF16;
+  DenseGemmParams g;
+  g.ab_type = w_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  g.w = p.w.data;
+  g.ldw = k;
+  g.n = n;
+  g.k = k;
+  g.stream = stream_.get();
+  if (w_bf16 && !x.bf16 && options_.reference == ReferencePrecision::kBf16Split) {
+    // fp32 x as hi + lo bf16 rows of one GEMM (weights read once), summed in fp32.
+    auto* x2 = static_cast<uint16_t*>(scratch(kSlotTmp2, size_t(2 * m * k) * 2));
+    launch_split_bf16(x, x2, m, k, stream_.get());
+    g.x = x2;
+    g.ldx = k;
+    g.m = 2 * m;
+    g.d_type = CUDA_R_32F;
+    g.y = scratch(kSlotTmp, size_t(2 * m * n) * 4);
+    g.ldy = n;
+    dense_gemm_.run(g);
+    launch_add_split(static_cast<const float*>(g.y), n, y, m, n, p.accumulate, p.out_bf16, stream_.get());
+    return;
+  }
   if (x.bf16 != w_bf16) {  // bring x to the weight's type
     Act t = dense_act(scratch(kSlotTmp2, size_t(m * k) * (w_bf16 ? 2 : 4)), k, w_bf16);
     launch_convert(x, t, m, k, false, stream_.get());
     x = t;
   }
-  DenseGemmParams g;
-  g.ab_type = w_bf16 ? CUDA_R_16BF : CUDA_R_32F;
-  g.w = p.w.data;
-  g.ldw = k;
   g.x = x.data;
   g.ldx = x.stride;
   g.m = m;
-  g.n = n;
-  g.k = k;
-  g.stream = stream_.get();
   const bool direct = w_bf16 || !y.bf16;
   if (direct) {
     g.d_type = y.bf16 ? CUDA_R_16BF : CUDA_R_32F;
@@ -388,7 +403,8 @@ void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
   if (m == 0 || ng <= 0) return;
   const void* w = p.w.data;
   bool w_bf16 = p.w.dtype == DType::kBF16;
-  if (options_.fp32_dense && p.x.dtype == DType::kF32 && (w_bf16 || p.w.dtype == DType::kF8E4M3)) {
+  if (options_.reference == ReferencePrecision::kF32 && p.x.dtype == DType::kF32 &&
+      (w_bf16 || p.w.dtype == DType::kF8E4M3)) {
     w = f32_copy(p.w);
     w_bf16 = false;
   } else if (p.w.dtype == DType::kF8E4M3) {
@@ -399,25 +415,42 @@ void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
   }
   Act x = make_act(p.x, "grouped_linear x");
   const Act y = make_act(p.y, "grouped_linear y");
-  if (x.bf16 != w_bf16) {
-    Act t = dense_act(scratch(kSlotTmp2, size_t(m * groups * in_g) * (w_bf16 ? 2 : 4)), groups * in_g, w_bf16);
-    launch_convert(x, t, m, groups * in_g, false, stream_.get());
-    x = t;
-  }
   const size_t wes = w_bf16 ? 2 : 4;
   DenseGemmParams g;
   g.ab_type = w_bf16 ? CUDA_R_16BF : CUDA_R_32F;
   g.w = static_cast<const char*>(w) + size_t(g0) * size_t(out_g * in_g) * wes;
   g.ldw = in_g;
-  g.x = static_cast<const char*>(x.data) + size_t(g0) * size_t(in_g) * wes;
-  g.ldx = x.stride;
-  g.m = m;
   g.n = out_g;
   g.k = in_g;
   g.batch = ng;
   g.stride_w = out_g * in_g;
   g.stride_x = in_g;
   g.stream = stream_.get();
+  if (w_bf16 && !x.bf16 && options_.reference == ReferencePrecision::kBf16Split) {
+    // As linear_dense: hi rows then lo rows, one batched GEMM, fp32 sum of the two halves.
+    auto* x2 = static_cast<uint16_t*>(scratch(kSlotTmp2, size_t(2 * m * groups * in_g) * 2));
+    launch_split_bf16(x, x2, m, groups * in_g, stream_.get());
+    g.x = x2 + size_t(g0) * size_t(in_g);
+    g.ldx = groups * in_g;
+    g.m = 2 * m;
+    g.d_type = CUDA_R_32F;
+    g.y = scratch(kSlotTmp, size_t(2 * m * ng * out_g) * 4);
+    g.ldy = ng * out_g;
+    g.stride_y = out_g;
+    dense_gemm_.run(g);
+    const Act ys = dense_act(static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * (y.bf16 ? 2 : 4), y.stride,
+                             y.bf16);
+    launch_add_split(static_cast<const float*>(g.y), ng * out_g, ys, m, ng * out_g, false, p.out_bf16, stream_.get());
+    return;
+  }
+  if (x.bf16 != w_bf16) {
+    Act t = dense_act(scratch(kSlotTmp2, size_t(m * groups * in_g) * (w_bf16 ? 2 : 4)), groups * in_g, w_bf16);
+    launch_convert(x, t, m, groups * in_g, false, stream_.get());
+    x = t;
+  }
+  g.x = static_cast<const char*>(x.data) + size_t(g0) * size_t(in_g) * wes;
+  g.ldx = x.stride;
+  g.m = m;
   const bool direct = w_bf16 || !y.bf16;
   if (direct) {
     g.d_type = y.bf16 ? CUDA_R_16BF : CUDA_R_32F;
@@ -480,7 +513,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
   const uint8_t* const* w2s = tables + 5 * num_local;
 
   const int64_t max_rows = T * topk;
-  char* rb = static_cast<char*>(scratch(kSlotRoute, 5 * align_up(size_t(std::max<int64_t>(max_rows, num_local + 1)) * 4, 256)));
+  char* rb = static_cast<char*>(scratch(kSlotRoute, 6 * align_up(size_t(std::max<int64_t>(max_rows, num_local + 1)) * 4, 256)));
   const size_t seg = align_up(size_t(std::max<int64_t>(max_rows, num_local + 1)) * 4, 256);
   MoeRouting r;
   r.counts = reinterpret_cast<int32_t*>(rb);
@@ -488,60 +521,81 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
   r.row_token = reinterpret_cast<int32_t*>(rb + 2 * seg);
   r.row_weight = reinterpret_cast<float*>(rb + 3 * seg);
   r.slot_row = reinterpret_cast<int32_t*>(rb + 4 * seg);
+  r.active = reinterpret_cast<int32_t*>(rb + 5 * seg);
   launch_moe_route(p.idx, p.weight, p.e_begin, p.e_end, r, stream_.get());
 
-  // official: FP8 act quant of the gathered rows (spec §6); otherwise bf16 rows.
-  uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(max_rows * hidden) * (p.official ? 1 : 2)));
+  // Activations between the steps: official = FP8 codes + scales into the GEMMs, bf16 outputs
+  // (spec §6); kBf16 reference = bf16 everywhere; otherwise fp32 everywhere.
+  enum class Io { kFp8, kBf16, kF32 };
+  const Io io = p.official ? Io::kFp8 : options_.reference == ReferencePrecision::kBf16 ? Io::kBf16 : Io::kF32;
+  const size_t in_es = io == Io::kFp8 ? 1 : io == Io::kBf16 ? 2 : 4;  // GEMM input element
+  const size_t out_es = io == Io::kF32 ? 4 : 2;                        // GEMM output element
+  const Act x = make_act(p.x, "moe_experts x");
+  void* xin = scratch(kSlotX8, size_t(max_rows * hidden) * in_es);
   float* xs = static_cast<float*>(scratch(kSlotXScale, size_t(max_rows * (hidden / 128)) * 4));
-  if (p.official) {
-    launch_moe_gather_quant(make_act(p.x, "moe_experts x"), hidden, r, num_local, max_rows, x8, xs, stream_.get());
+  if (io == Io::kFp8) {
+    launch_moe_gather_quant(x, hidden, r, num_local, max_rows, static_cast<uint8_t*>(xin), xs, stream_.get());
   } else {
-    launch_moe_gather_bf16(make_act(p.x, "moe_experts x"), hidden, r, num_local, max_rows,
-                           reinterpret_cast<uint16_t*>(x8), stream_.get());
+    launch_moe_gather(x, hidden, r, num_local, max_rows, io == Io::kBf16 ? static_cast<uint16_t*>(xin) : nullptr,
+                      io == Io::kF32 ? static_cast<float*>(xin) : nullptr, stream_.get());
   }
+  // One grouped FP4 GEMM: in [rows, k] (in the io format) -> out [rows, n].
+  auto gemm = [&](const void* in, const float* in_scale, const uint8_t* const* w, const uint8_t* const* ws, int64_t n,
+                  int64_t k, void* out) {
+    Fp4GroupedGemmParams gp;
+    if (io == Io::kFp8) {
+      gp.x8 = static_cast<const uint8_t*>(in);
+      gp.x_scale = in_scale;
+    } else if (io == Io::kBf16) {
+      gp.x_bf16 = static_cast<const uint16_t*>(in);
+    } else {
+      gp.x_f32 = static_cast<const float*>(in);
+    }
+    if (io == Io::kF32) {
+      gp.out_f32 = static_cast<float*>(out);
+    } else {
+      gp.out = static_cast<uint16_t*>(out);
+    }
+    gp.row_offsets = r.row_offsets;
+    gp.num_groups = num_local;
+    gp.group_list = r.active;  // at most max_rows experts have rows
+    gp.list_len = int(std::min<int64_t>(num_local, max_rows));
+    gp.n = n;
+    gp.k = k;
+    gp.w = w;
+    gp.w_scale = ws;
+    gp.stream = stream_.get();
+    fp4_grouped_gemm(gp);
+  };
+  void* g = scratch(kSlotG, size_t(max_rows * inter) * out_es);
+  void* u = scratch(kSlotU, size_t(max_rows * inter) * out_es);
+  gemm(xin, xs, w1, w1s, inter, hidden, g);
+  gemm(xin, xs, w3, w3s, inter, hidden, u);
 
-  auto* g = static_cast<uint16_t*>(scratch(kSlotG, size_t(max_rows * inter) * 2));
-  auto* u = static_cast<uint16_t*>(scratch(kSlotU, size_t(max_rows * inter) * 2));
-  Fp4GroupedGemmParams gp;
-  if (p.official) {
-    gp.x8 = x8;
-    gp.x_scale = xs;
-  } else {
-    gp.x_bf16 = reinterpret_cast<const uint16_t*>(x8);
-  }
-  gp.row_offsets = r.row_offsets;
-  gp.num_groups = num_local;
-  gp.n = inter;
-  gp.k = hidden;
-  gp.stream = stream_.get();
-  gp.w = w1;
-  gp.w_scale = w1s;
-  gp.out = g;
-  fp4_grouped_gemm(gp);
-  gp.w = w3;
-  gp.w_scale = w3s;
-  gp.out = u;
-  fp4_grouped_gemm(gp);
-
-  uint8_t* h8 = static_cast<uint8_t*>(scratch(kSlotH8, size_t(max_rows * inter) * (p.official ? 1 : 2)));
+  void* h = scratch(kSlotH8, size_t(max_rows * inter) * in_es);
   float* hs = static_cast<float*>(scratch(kSlotHScale, size_t(max_rows * (inter / 128)) * 4));
-  launch_moe_swiglu_quant(g, u, inter, p.swiglu_limit, r, num_local, max_rows, h8, hs, !p.official, stream_.get());
-
-  auto* y = static_cast<uint16_t*>(scratch(kSlotY, size_t(max_rows * hidden) * 2));
-  if (p.official) {
-    gp.x8 = h8;
-    gp.x_scale = hs;
+  MoeSwigluIo sio;
+  if (io == Io::kF32) {
+    sio.g32 = static_cast<const float*>(g);
+    sio.u32 = static_cast<const float*>(u);
+    sio.h_f32 = static_cast<float*>(h);
   } else {
-    gp.x_bf16 = reinterpret_cast<const uint16_t*>(h8);
+    sio.g = static_cast<const uint16_t*>(g);
+    sio.u = static_cast<const uint16_t*>(u);
+    if (io == Io::kBf16) {
+      sio.h_bf16 = static_cast<uint16_t*>(h);
+    } else {
+      sio.h8 = static_cast<uint8_t*>(h);
+      sio.h_scale = hs;
+    }
   }
-  gp.n = hidden;
-  gp.k = inter;
-  gp.w = w2;
-  gp.w_scale = w2s;
-  gp.out = y;
-  fp4_grouped_gemm(gp);
+  launch_moe_swiglu(sio, inter, p.swiglu_limit, r, num_local, max_rows, stream_.get());
 
-  launch_moe_combine(y, hidden, p.idx, r, make_act(p.out, "moe_experts out"), T, topk, stream_.get());
+  void* y = scratch(kSlotY, size_t(max_rows * hidden) * out_es);
+  gemm(h, hs, w2, w2s, hidden, inter, y);
+  launch_moe_combine(io == Io::kF32 ? nullptr : static_cast<const uint16_t*>(y),
+                     io == Io::kF32 ? static_cast<const float*>(y) : nullptr, hidden, p.idx, r,
+                     make_act(p.out, "moe_experts out"), T, topk, stream_.get());
 }
 
 }  // namespace v4rt::kernels::cuda

@@ -83,7 +83,7 @@ class CudaBackend final : public Backend {
   std::vector<DeviceBuffer> weights_;
   std::map<const uint8_t*, Fp8ScaleEntry> fp8_scales_;   // keyed by the e8m0 scale base pointer
   std::map<const void*, const void*> bf16_copies_;       // FP8 weight data -> bf16 copy
-  std::map<const void*, const void*> f32_copies_;        // BF16/FP8 weight data -> F32 copy (fp32_dense)
+  std::map<const void*, const void*> f32_copies_;        // BF16/FP8 weight data -> F32 copy (ReferencePrecision::kF32)
   CudaBackendOptions options_;
   std::map<std::vector<const void*>, const void*> expert_ptr_tables_;
   std::vector<DeviceBuffer> scratch_;

@@ -6,13 +6,10 @@
 
 #include <cublasLt.h>
 
+#include "kernels/cuda/cublaslt_plan.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace v4rt::kernels::cuda {
-
-namespace {
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-}
 
 int pointer_alignment(const void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -21,27 +18,13 @@ int pointer_alignment(const void* p) {
   return al;
 }
 
-struct DenseGemm::Plan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  ~Plan() {
-    if (d) cublasLtMatrixLayoutDestroy(d);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (desc) cublasLtMatmulDescDestroy(desc);
-  }
-};
+struct DenseGemm::Plan : LtPlan {};
 
-DenseGemm::DenseGemm() : workspace_(kWorkspaceBytes) {
-  cublasLtHandle_t h = nullptr;
-  CUBLAS_CHECK(cublasLtCreate(&h));
-  handle_ = h;
-}
+DenseGemm::DenseGemm() : workspace_(kLtWorkspaceBytes) { handle_ = lt_create_handle(); }
 
 DenseGemm::~DenseGemm() {
   plans_.clear();
-  if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+  lt_destroy_handle(handle_);
 }
 
 void DenseGemm::run(const DenseGemmParams& p) {
@@ -55,10 +38,6 @@ void DenseGemm::run(const DenseGemmParams& p) {
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     auto plan = std::make_unique<Plan>();
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a, p.ab_type, uint64_t(p.k), uint64_t(p.n), p.ldw));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b, p.ab_type, uint64_t(p.k), uint64_t(p.m), p.ldx));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d, p.d_type, uint64_t(p.n), uint64_t(p.m), p.ldy));
@@ -71,28 +50,16 @@ void DenseGemm::run(const DenseGemmParams& p) {
                                                       sizeof(stride)));
       }
     }
-    cublasLtMatmulPreference_t pref = nullptr;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t ws = kWorkspaceBytes;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    const uint32_t aw = uint32_t(al_w), ax = uint32_t(al_x), ay = uint32_t(al_y);
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof(aw)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax, sizeof(ax)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ay, sizeof(ay)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ay, sizeof(ay)));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->a, plan->b,
-                                                plan->d, plan->d, pref, 1, &result, &found));
-    cublasLtMatmulPreferenceDestroy(pref);
-    CHECK_GT(found, 0) << "cuBLASLt has no algorithm for dense m=" << p.m << " n=" << p.n << " k=" << p.k;
-    plan->algo = result.algo;
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    const bool found = plan->choose_algo(static_cast<cublasLtHandle_t>(handle_), al_w, al_x, al_y, &st);
+    CHECK(found) << "cuBLASLt has no algorithm for dense m=" << p.m << " n=" << p.n << " k=" << p.k << " ("
+                 << cublasLtGetStatusString(st) << ")";
     it = plans_.emplace(key, std::move(plan)).first;
   }
   Plan& plan = *it->second;
   const float alpha = 1.0f;
   CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, p.w, plan.a, p.x, plan.b,
-                              &p.beta, p.y, plan.d, p.y, plan.d, &plan.algo, workspace_.data(), kWorkspaceBytes,
+                              &p.beta, p.y, plan.d, p.y, plan.d, &plan.algo, workspace_.data(), kLtWorkspaceBytes,
                               p.stream));
 }
 

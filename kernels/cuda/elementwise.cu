@@ -64,6 +64,25 @@ __global__ void add_into_kernel(Act src, Act dst, int64_t rows, int64_t cols, bo
   dst.st(r, c, accumulate ? dst.ld(r, c) + v : v, round);
 }
 
+__global__ void split_bf16_kernel(Act src, uint16_t* dst, int64_t rows, int64_t cols) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, c = i % cols;
+  const float v = src.ld(r, c);
+  const uint16_t hi = f32_to_bf16(v);
+  dst[i] = hi;
+  dst[rows * cols + i] = f32_to_bf16(v - bf16_to_f32(hi));
+}
+
+__global__ void add_split_kernel(const float* y2, int64_t ld, Act dst, int64_t rows, int64_t cols, bool accumulate,
+                                 bool round) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, c = i % cols;
+  const float v = y2[r * ld + c] + y2[(rows + r) * ld + c];
+  dst.st(r, c, accumulate ? dst.ld(r, c) + v : v, round);
+}
+
 __global__ void add_kernel(Act a, Act b, Act out, int64_t rows, int64_t cols, bool round) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
@@ -156,6 +175,19 @@ void launch_add_into(const Act& src, const Act& dst, int64_t rows, int64_t cols,
   if (rows * cols == 0) return;
   add_into_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(src, dst, rows, cols, accumulate, round);
   launch_check("add_into", s);
+}
+
+void launch_split_bf16(const Act& src, uint16_t* dst, int64_t rows, int64_t cols, cudaStream_t s) {
+  if (rows * cols == 0) return;
+  split_bf16_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(src, dst, rows, cols);
+  launch_check("split_bf16", s);
+}
+
+void launch_add_split(const float* y2, int64_t ld, const Act& dst, int64_t rows, int64_t cols, bool accumulate,
+                      bool round, cudaStream_t s) {
+  if (rows * cols == 0) return;
+  add_split_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(y2, ld, dst, rows, cols, accumulate, round);
+  launch_check("add_split", s);
 }
 
 void launch_add(const AddParams& p, cudaStream_t s) {

@@ -3,18 +3,31 @@
 // (kernels/backend_factory.cpp) can call it.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "kernels/backend.h"
 
 namespace v4rt::kernels::cuda {
 
+// How projections and routed experts compute under the reference numerics (no official flags:
+// LinearParams::act_quant_fp8 and MoeExpertsParams::official false) with F32 activations.
+enum class ReferencePrecision : uint8_t {
+  // Default. BF16 weights (FP8 weights dequantized exactly to bf16) on bf16 tensor cores with fp32
+  // accumulate; each F32 input row enters as two bf16 terms, hi = bf16(x) and lo = bf16(x - hi),
+  // stacked in one GEMM of 2M rows (weights read once), so the input keeps ~16 mantissa bits.
+  // Routed experts (CUDA-core FP4 kernel) keep fp32 activations and intermediates.
+  kBf16Split,
+  // One bf16 rounding of every GEMM input and of the expert intermediates (g, u, h, y). On
+  // golden/tiny-a this flips MoE routing choices and lands at ~5e-2 from the fp32 golden.
+  kBf16,
+  // fp32 GEMMs on F32 copies of the BF16/FP8 weights (twice their memory) and fp32 experts: the
+  // validation path, within 1e-4 of the fp32 golden.
+  kF32,
+};
+
 struct CudaBackendOptions {
-  // Projections that ask for no activation quantization (LinearParams::act_quant_fp8 false, the
-  // reference numerics) with F32 activations run as fp32 GEMMs on F32 copies of their BF16/FP8
-  // weights instead of bf16 GEMMs (x rounded to bf16). For validation against fp32 references;
-  // costs twice the weight memory of those projections.
-  bool fp32_dense = false;
+  ReferencePrecision reference = ReferencePrecision::kBf16Split;
 };
 
 // The CUDA backend on `device` (-1: current). Throws v4rt::Error when no device is present.

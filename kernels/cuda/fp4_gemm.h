@@ -2,8 +2,8 @@
 // FP4 routed-expert GEMM (spec §2.2 fp4_gemm), grouped over the experts of one step.
 // Weights stay packed e2m1 in device memory (I8 [n, k/2], low nibble = even element) with ue8m0
 // scales per 32 inputs ([n, k/32]); they are dequantized in registers, never expanded in memory.
-// Activations arrive FP8-quantized (act_quant_fp8, scales [rows][k/128] row-major), grouped so the
-// rows of expert g are [row_offsets[g], row_offsets[g+1]).
+// Activations arrive FP8-quantized (act_quant_fp8, scales [rows][k/128] row-major), as bf16 or as
+// fp32 (reference numerics), grouped so the rows of expert g are [row_offsets[g], row_offsets[g+1]).
 //   out[r, n] = bf16( sum over 32-blocks b of (sum_{k in b} x8[r,k] s_x[r,k/128] * fp4(w[n,k])) * 2^(S[n,b]-127) )
 // One kernel serves decode (many experts, few rows each) and prefill (many rows per expert): a
 // block owns 32 output channels of one expert and walks that expert's rows in tiles of 8.
@@ -19,11 +19,17 @@ struct Fp4GroupedGemmParams {
   const uint8_t* x8 = nullptr;           // [num_rows, k] e4m3
   const float* x_scale = nullptr;        // [num_rows, k/128]
   const uint16_t* x_bf16 = nullptr;      // [num_rows, k] bf16 instead of x8/x_scale (no act quant), or nullptr
+  const float* x_f32 = nullptr;          // [num_rows, k] fp32 instead of x8/x_scale (no act quant), or nullptr
   const int32_t* row_offsets = nullptr;  // device [num_groups + 1]
   const uint8_t* const* w = nullptr;     // device [num_groups] of [n, k/2] packed e2m1 (nullptr: group skipped)
   const uint8_t* const* w_scale = nullptr;  // device [num_groups] of [n, k/32] ue8m0
-  uint16_t* out = nullptr;               // [num_rows, n] bf16
+  uint16_t* out = nullptr;               // [num_rows, n] bf16, or
+  float* out_f32 = nullptr;              // [num_rows, n] fp32 (no rounding) when set
   int num_groups = 0;
+  // Optional compaction of sparse groups (decode: a few of many experts have rows): block row y
+  // serves group group_list[y] (< 0: none) for y < list_len, instead of group y of all num_groups.
+  const int32_t* group_list = nullptr;   // device [list_len]
+  int list_len = 0;
   int64_t n = 0, k = 0;                  // k % 128 == 0
   cudaStream_t stream = nullptr;
 };

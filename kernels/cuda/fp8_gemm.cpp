@@ -6,36 +6,19 @@
 
 #include <cublasLt.h>
 
+#include "kernels/cuda/cublaslt_plan.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dense_gemm.h"
 
 namespace v4rt::kernels::cuda {
 
-namespace {
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-}
+struct Fp8Gemm::Plan : LtPlan {};
 
-struct Fp8Gemm::Plan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  ~Plan() {
-    if (d) cublasLtMatrixLayoutDestroy(d);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (desc) cublasLtMatmulDescDestroy(desc);
-  }
-};
-
-Fp8Gemm::Fp8Gemm() : workspace_(kWorkspaceBytes) {
-  cublasLtHandle_t h = nullptr;
-  CUBLAS_CHECK(cublasLtCreate(&h));
-  handle_ = h;
-}
+Fp8Gemm::Fp8Gemm() : workspace_(kLtWorkspaceBytes) { handle_ = lt_create_handle(); }
 
 Fp8Gemm::~Fp8Gemm() {
   plans_.clear();
-  if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+  lt_destroy_handle(handle_);
 }
 
 Fp8Gemm::Plan* Fp8Gemm::plan_for(const Fp8GemmParams& p, int64_t out_ld) {
@@ -47,10 +30,6 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(const Fp8GemmParams& p, int64_t out_ld) {
   if (it != plans_.end()) return it->second.get();
 
   auto plan = std::make_unique<Plan>();
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
   const int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
   const int32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode)));
@@ -64,26 +43,12 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(const Fp8GemmParams& p, int64_t out_ld) {
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(m), k));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d, CUDA_R_16BF, uint64_t(n), uint64_t(m), out_ld));
 
-  cublasLtMatmulPreference_t pref = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t ws = kWorkspaceBytes;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  const uint32_t aw = uint32_t(al_w), ax = uint32_t(al_x), ao = uint32_t(al_out);
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof(aw)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax, sizeof(ax)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ao, sizeof(ao)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ao, sizeof(ao)));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->desc,
-                                                           plan->a, plan->b, plan->d, plan->d, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  const bool found = plan->choose_algo(static_cast<cublasLtHandle_t>(handle_), al_w, al_x, al_out, &st);
+  if (!found) {
     VLOG(1) << "cuBLASLt: no FP8 block-scaled algorithm for m=" << m << " n=" << n << " k=" << k << " ("
             << cublasLtGetStatusString(st) << ")";
     plan.reset();  // cached as unsupported
-  } else {
-    plan->algo = result.algo;
   }
   Plan* ptr = plan.get();
   plans_.emplace(key, std::move(plan));
@@ -109,7 +74,7 @@ Fp8Gemm::Path Fp8Gemm::run(const Fp8GemmParams& p, Path path) {
   const float alpha = 1.0f, beta = 0.0f;
   CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, p.w8, plan.a, p.x8,
                               plan.b, &beta, p.out, plan.d, p.out, plan.d, &plan.algo, workspace_.data(),
-                              kWorkspaceBytes, p.stream));
+                              kLtWorkspaceBytes, p.stream));
   return Path::kCublasLt;
 }
 

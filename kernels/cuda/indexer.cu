@@ -20,8 +20,8 @@ constexpr int kMaxTopk = 2048;
 // One thread per key, one block row per query token; q of the token's heads in shared memory.
 __global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
     Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim, int64_t key_begin,
-    int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate, bool bf16_arith) {
-  extern __shared__ float qs[];  // [nh][dim], then w [nh]
+    int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate, bool bf16_arith, bool vec) {
+  extern __shared__ __align__(16) float qs[];  // [nh][dim], then w [nh]
   float* ws = qs + nh * dim;
   const int64_t t = blockIdx.y;
   for (int i = threadIdx.x; i < nh * dim; i += blockDim.x) qs[i] = q.ld(t, int64_t(h_begin) * dim + i);
@@ -41,14 +41,32 @@ __global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
   for (int h = 0; h < kMaxIndexHeads; ++h) acc[h] = 0.f;
   for (int c = 0; c < dim; c += 32) {
     float kr[32];
+    if (vec) {  // 16-byte key loads, 16-byte (broadcast) q loads: a quarter of the load instructions
 #pragma unroll
-    for (int i = 0; i < 32; ++i) kr[i] = keys.ld(j, c + i);
+      for (int i = 0; i < 8; ++i) {
+        const float4 v = keys.ld4(j, c + 4 * i);
+        kr[4 * i] = v.x;
+        kr[4 * i + 1] = v.y;
+        kr[4 * i + 2] = v.z;
+        kr[4 * i + 3] = v.w;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 32; ++i) kr[i] = keys.ld(j, c + i);
+    }
 #pragma unroll
     for (int h = 0; h < kMaxIndexHeads; ++h) {
       if (h < nh) {
+        const float4* q4 = reinterpret_cast<const float4*>(qs + h * dim + c);
         float d = 0.f;
 #pragma unroll
-        for (int i = 0; i < 32; ++i) d = fmaf(qs[h * dim + c + i], kr[i], d);
+        for (int i = 0; i < 8; ++i) {
+          const float4 qv = q4[i];
+          d = fmaf(qv.x, kr[4 * i], d);
+          d = fmaf(qv.y, kr[4 * i + 1], d);
+          d = fmaf(qv.z, kr[4 * i + 2], d);
+          d = fmaf(qv.w, kr[4 * i + 3], d);
+        }
         acc[h] += d;
       }
     }
@@ -308,7 +326,7 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s) {
   indexer_scores_kernel<<<grid, kKeysPerBlock, smem, s>>>(
       make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
       p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
-      p.accumulate, p.bf16_arith);
+      p.accumulate, p.bf16_arith, num_keys > 0 && keys.vec_ok());
   launch_check("indexer_scores", s);
 }
 

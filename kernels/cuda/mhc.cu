@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
-// Manifold-constrained hyper-connections (spec §4): hc_pre (mix GEMV + Sinkhorn + collapse, one
-// block per token in one kernel), hc_post (expand + residual mix) and hc_head (final collapse).
-// The mix GEMV reads fn once per token, each thread keeping all (2+hc)*hc partial dot products.
+// Manifold-constrained hyper-connections (spec §4): hc_pre (mix GEMV, then Sinkhorn + collapse),
+// hc_post (expand + residual mix) and hc_head (final collapse). The mix GEMV is split over blocks
+// (columns of fn, about two waves of blocks in all, each thread keeping all (2+hc)*hc partial dot
+// products); a second kernel, one block per token, sums the partials and finishes.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops.h"
 
@@ -14,80 +17,103 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// kNumMix = 24 for hc_pre, kHc for hc_head. Outputs: mix (times rs) in shared memory.
+// The mix GEMV of hc_pre / hc_head (kNumMix = 24 / kHc rows of fn over len = hc * hidden inputs)
+// split over blocks: block (split, t) sums columns [split * cols, (split + 1) * cols) of token t into
+// part[t][split][0, kNumMix) and the sum of squares of x into part[t][split][kNumMix].
 template <int kNumMix>
-__device__ void mix_gemv(const Act& x, int64_t t, const Act& fn, int64_t len, float norm_eps, float* mix_out) {
+__global__ void __launch_bounds__(kThreads) mix_partial_kernel(Act x, Act fn, int64_t len, int64_t cols, float* part) {
   __shared__ float red[kNumMix + 1][kThreads / 32];
-  float part[kNumMix + 1];
+  const int64_t t = blockIdx.y;
+  const int64_t c0 = int64_t(blockIdx.x) * cols, c1 = min(len, c0 + cols);
+  float acc[kNumMix + 1];
 #pragma unroll
-  for (int m = 0; m <= kNumMix; ++m) part[m] = 0.f;
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
+  for (int m = 0; m <= kNumMix; ++m) acc[m] = 0.f;
+  for (int64_t i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
     const float v = x.ld(t, i);
-    part[kNumMix] += v * v;
+    acc[kNumMix] = fmaf(v, v, acc[kNumMix]);
 #pragma unroll
-    for (int m = 0; m < kNumMix; ++m) part[m] = fmaf(fn.ld(m, i), v, part[m]);
+    for (int m = 0; m < kNumMix; ++m) acc[m] = fmaf(fn.ld(m, i), v, acc[m]);
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int m = 0; m <= kNumMix; ++m) {
-    const float s = warp_sum(part[m]);
-    if (lane == 0) red[m][warp] = s;
+    const float sum = warp_sum(acc[m]);
+    if (lane == 0) red[m][warp] = sum;
   }
   __syncthreads();
   if (threadIdx.x <= kNumMix) {
-    float s = 0.f;
-    for (int w = 0; w < kThreads / 32; ++w) s += red[threadIdx.x][w];
-    red[threadIdx.x][0] = s;
+    float sum = 0.f;
+    for (int w = 0; w < kThreads / 32; ++w) sum += red[threadIdx.x][w];
+    part[(t * gridDim.x + blockIdx.x) * (kNumMix + 1) + threadIdx.x] = sum;
+  }
+}
+
+// mix_out[m] = (sum over splits of part[t][.][m]) * rsqrt(mean(x^2) + eps), in shared memory.
+template <int kNumMix>
+__device__ void mix_finish(const float* part, int splits, int64_t t, int64_t len, float norm_eps, float* mix_out) {
+  __shared__ float total[kNumMix + 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int m = warp; m <= kNumMix; m += kThreads / 32) {  // a warp per sum, lanes over the splits
+    float sum = 0.f;
+    for (int sp = lane; sp < splits; sp += 32) sum += part[(t * splits + sp) * (kNumMix + 1) + m];
+    sum = warp_sum(sum);
+    if (lane == 0) total[m] = sum;
   }
   __syncthreads();
-  if (threadIdx.x < kNumMix) {
-    const float rs = 1.0f / sqrtf(red[kNumMix][0] / float(len) + norm_eps);
-    mix_out[threadIdx.x] = red[threadIdx.x][0] * rs;
-  }
+  if (threadIdx.x < kNumMix) mix_out[threadIdx.x] = total[threadIdx.x] / sqrtf(total[kNumMix] / float(len) + norm_eps);
   __syncthreads();
 }
 
-__global__ void __launch_bounds__(kThreads) hc_pre_kernel(Act x, Act fn, const float* base, const float* scale,
-                                                           Act a, float* post, int64_t post_stride, float* comb,
-                                                           int64_t comb_stride, int64_t hidden, int iters,
+// Blocks per token for the mix GEMV: about two waves of blocks in all, at least 256 columns each.
+int mix_splits(int64_t n, int64_t len) {
+  const int64_t want = ceil_div(264, std::max<int64_t>(n, 1));
+  return int(std::max<int64_t>(1, std::min(want, ceil_div(len, 256))));
+}
+
+template <int kNumMix>
+float* launch_mix_partial(const Act& x, const Act& fn, int64_t n, int64_t len, int splits, cudaStream_t s) {
+  float* part = nullptr;
+  CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&part), size_t(n * splits * (kNumMix + 1)) * 4, s));
+  const int64_t cols = ceil_div(len, splits);
+  mix_partial_kernel<kNumMix><<<dim3(unsigned(splits), unsigned(n)), kThreads, 0, s>>>(x, fn, len, cols, part);
+  launch_check("hc mix_partial", s);
+  return part;
+}
+
+__global__ void __launch_bounds__(kThreads) hc_pre_kernel(Act x, const float* part, int splits, const float* base,
+                                                           const float* scale, Act a, float* post, int64_t post_stride,
+                                                           float* comb, int64_t comb_stride, int64_t hidden, int iters,
                                                            float hc_eps, float norm_eps, bool out_round) {
   constexpr int kNumMix = (2 + kHc) * kHc;
   __shared__ float mix[kNumMix];
   __shared__ float pre[kHc];
   const int64_t t = blockIdx.x;
-  mix_gemv<kNumMix>(x, t, fn, kHc * hidden, norm_eps, mix);
-  if (threadIdx.x == 0) {
-    float c[kHc][kHc];
-    for (int j = 0; j < kHc; ++j) {
-      pre[j] = sigmoidf(mix[j] * scale[0] + base[j]) + hc_eps;
-      post[t * post_stride + j] = 2.0f * sigmoidf(mix[kHc + j] * scale[1] + base[kHc + j]);
-    }
-    for (int j = 0; j < kHc; ++j) {
-      float mx = -INFINITY;
-      for (int k = 0; k < kHc; ++k) {
-        c[j][k] = mix[2 * kHc + j * kHc + k] * scale[2] + base[2 * kHc + j * kHc + k];
-        mx = fmaxf(mx, c[j][k]);
-      }
-      float sum = 0.f;
-      for (int k = 0; k < kHc; ++k) sum += (c[j][k] = expf(c[j][k] - mx));
-      for (int k = 0; k < kHc; ++k) c[j][k] = c[j][k] / sum + hc_eps;
-    }
+  mix_finish<kNumMix>(part, splits, t, kHc * hidden, norm_eps, mix);
+  if (threadIdx.x < 32) {
+    // Warp 0: lanes [0, 16) hold comb element (j, k) = (lane / 4, lane % 4); row sums over k are
+    // shuffles across lanes ^1, ^2, column sums over j across lanes ^4, ^8 (lanes >= 16 mirror them).
+    const int lane = threadIdx.x, l = lane & 15;
+    if (lane < kHc) pre[lane] = sigmoidf(mix[lane] * scale[0] + base[lane]) + hc_eps;
+    if (lane >= kHc && lane < 2 * kHc)
+      post[t * post_stride + lane - kHc] = 2.0f * sigmoidf(mix[lane] * scale[1] + base[lane]);
+    float c = mix[2 * kHc + l] * scale[2] + base[2 * kHc + l];
+    auto row_sum = [](float v) {
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      return v + __shfl_xor_sync(0xffffffffu, v, 2);
+    };
+    auto col_sum = [](float v) {
+      v += __shfl_xor_sync(0xffffffffu, v, 4);
+      return v + __shfl_xor_sync(0xffffffffu, v, 8);
+    };
+    float mx = fmaxf(c, __shfl_xor_sync(0xffffffffu, c, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    c = expf(c - mx);
+    c = c / row_sum(c) + hc_eps;
     for (int it = 0; it < iters; ++it) {
-      if (it > 0) {  // rows (skipped on the first pass: softmax already normalised them)
-        for (int j = 0; j < kHc; ++j) {
-          float sum = 0.f;
-          for (int k = 0; k < kHc; ++k) sum += c[j][k];
-          for (int k = 0; k < kHc; ++k) c[j][k] /= (sum + hc_eps);
-        }
-      }
-      for (int k = 0; k < kHc; ++k) {  // columns
-        float sum = 0.f;
-        for (int j = 0; j < kHc; ++j) sum += c[j][k];
-        for (int j = 0; j < kHc; ++j) c[j][k] /= (sum + hc_eps);
-      }
+      if (it > 0) c /= (row_sum(c) + hc_eps);  // rows (skipped on the first pass: softmax normalised them)
+      c /= (col_sum(c) + hc_eps);              // columns
     }
-    for (int j = 0; j < kHc; ++j)
-      for (int k = 0; k < kHc; ++k) comb[t * comb_stride + j * kHc + k] = c[j][k];
+    if (lane < kHc * kHc) comb[t * comb_stride + lane] = c;
   }
   __syncthreads();
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
@@ -98,13 +124,13 @@ __global__ void __launch_bounds__(kThreads) hc_pre_kernel(Act x, Act fn, const f
   }
 }
 
-__global__ void __launch_bounds__(kThreads) hc_head_kernel(Act x, Act fn, const float* base, const float* scale,
-                                                            Act y, int64_t hidden, float hc_eps, float norm_eps,
-                                                            bool out_round) {
+__global__ void __launch_bounds__(kThreads) hc_head_kernel(Act x, const float* part, int splits, const float* base,
+                                                            const float* scale, Act y, int64_t hidden, float hc_eps,
+                                                            float norm_eps, bool out_round) {
   __shared__ float mix[kHc];
   __shared__ float pre[kHc];
   const int64_t t = blockIdx.x;
-  mix_gemv<kHc>(x, t, fn, kHc * hidden, norm_eps, mix);
+  mix_finish<kHc>(part, splits, t, kHc * hidden, norm_eps, mix);
   if (threadIdx.x < kHc) pre[threadIdx.x] = sigmoidf(mix[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
   __syncthreads();
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
@@ -161,10 +187,15 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s) {
   const float* scale = f32_device_weight(p.scale, 3, "hc_pre scale");
   CHECK_EQ(act_row_width(p.a), hidden);
   if (n == 0) return;
-  hc_pre_kernel<<<unsigned(n), kThreads, 0, s>>>(make_act(p.x, "hc_pre x"), make_weight_act(p.fn, "hc_pre fn"), base,
-                                                 scale, make_act(p.a, "hc_pre a"), post, post_stride, comb, comb_stride,
-                                                 hidden, p.sinkhorn_iters, p.hc_eps, p.norm_eps, p.out_bf16);
+  constexpr int kNumMix = (2 + kHc) * kHc;
+  const Act x = make_act(p.x, "hc_pre x");
+  const int splits = mix_splits(n, hc * hidden);
+  float* part = launch_mix_partial<kNumMix>(x, make_weight_act(p.fn, "hc_pre fn"), n, hc * hidden, splits, s);
+  hc_pre_kernel<<<unsigned(n), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.a, "hc_pre a"), post,
+                                                 post_stride, comb, comb_stride, hidden, p.sinkhorn_iters, p.hc_eps,
+                                                 p.norm_eps, p.out_bf16);
   launch_check("hc_pre", s);
+  CUDA_CHECK(cudaFreeAsync(part, s));
 }
 
 void launch_hc_head(const HcHeadParams& p, cudaStream_t s) {
@@ -176,10 +207,13 @@ void launch_hc_head(const HcHeadParams& p, cudaStream_t s) {
   const float* scale = f32_device_weight(p.scale, 1, "hc_head scale");
   CHECK_EQ(act_row_width(p.y), hidden);
   if (n == 0) return;
-  hc_head_kernel<<<unsigned(n), kThreads, 0, s>>>(make_act(p.x, "hc_head x"), make_weight_act(p.fn, "hc_head fn"),
-                                                  base, scale, make_act(p.y, "hc_head y"), hidden, p.hc_eps,
-                                                  p.norm_eps, p.out_bf16);
+  const Act x = make_act(p.x, "hc_head x");
+  const int splits = mix_splits(n, hc * hidden);
+  float* part = launch_mix_partial<kHc>(x, make_weight_act(p.fn, "hc_head fn"), n, hc * hidden, splits, s);
+  hc_head_kernel<<<unsigned(n), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.y, "hc_head y"), hidden,
+                                                  p.hc_eps, p.norm_eps, p.out_bf16);
   launch_check("hc_head", s);
+  CUDA_CHECK(cudaFreeAsync(part, s));
 }
 
 void launch_hc_post(const HcPostParams& p, cudaStream_t s) {

@@ -2,8 +2,10 @@
 // Mixture of experts on the device (spec §6): the router (sqrt-softplus scores; hash table or top-k
 // of score + bias, ties to the lower expert; ids sorted ascending), and the pieces of the routed
 // expert pipeline that surround the grouped FP4 GEMMs: a deterministic routing layout (rows grouped
-// by expert, tokens ascending inside an expert), gather + FP8 act_quant, SwiGLU + routing weight +
-// act_quant fused, and the combine that adds expert outputs in ascending expert id (fp32).
+// by expert, tokens ascending inside an expert), gather (+ FP8 act_quant), SwiGLU + routing weight
+// (+ act_quant) fused, and the combine that adds expert outputs in ascending expert id (fp32). The
+// router computes the scores in fp32 (a warp per expert row over a tile of tokens) and selects in
+// a second kernel (a warp per token).
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops.h"
 
@@ -34,42 +36,132 @@ struct GateArgs {
   float route_scale;
 };
 
-__global__ void __launch_bounds__(256) moe_gate_kernel(GateArgs a) {
-  __shared__ float sc[kMaxExperts];
-  __shared__ bool taken[kMaxExperts];
-  const int64_t t = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  for (int64_t e = warp; e < a.num_experts; e += nwarps) {
-    float part = 0.f;
-    for (int64_t i = lane; i < a.hidden; i += 32) part = fmaf(a.gate.ld(e, i), a.x.ld(t, i), part);
-    part = warp_sum(part);
-    if (lane == 0) {
-      sc[e] = sqrtf(softplus(part));
-      taken[e] = false;
+constexpr int kGateWarps = 8;  // experts per scores block (one warp each)
+constexpr int kGateTok = 8;    // tokens per scores block
+
+// scores[t, e] = sqrt(softplus(gate[e] . x[t])) in fp32: a warp per expert row, kGateTok tokens per
+// block (the gate row is read once per token tile, the x rows stay in L1/L2).
+__global__ void __launch_bounds__(kGateWarps * 32) moe_gate_scores_kernel(GateArgs a, int64_t n, bool vec,
+                                                                           float* scores) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t e = int64_t(blockIdx.x) * kGateWarps + warp;
+  const int64_t t0 = int64_t(blockIdx.y) * kGateTok;
+  if (e >= a.num_experts) return;
+  const int cnt = int(min(int64_t(kGateTok), n - t0));
+  float acc[kGateTok];
+#pragma unroll
+  for (int t = 0; t < kGateTok; ++t) acc[t] = 0.f;
+  if (vec) {
+    for (int64_t i = int64_t(lane) * 4; i < a.hidden; i += 128) {
+      const float4 g = a.gate.ld4(e, i);
+#pragma unroll
+      for (int t = 0; t < kGateTok; ++t) {
+        if (t < cnt) {
+          const float4 x = a.x.ld4(t0 + t, i);
+          acc[t] = fmaf(g.x, x.x, fmaf(g.y, x.y, fmaf(g.z, x.z, fmaf(g.w, x.w, acc[t]))));
+        }
+      }
+    }
+  } else {
+    for (int64_t i = lane; i < a.hidden; i += 32) {
+      const float g = a.gate.ld(e, i);
+#pragma unroll
+      for (int t = 0; t < kGateTok; ++t)
+        if (t < cnt) acc[t] = fmaf(g, a.x.ld(t0 + t, i), acc[t]);
     }
   }
+#pragma unroll
+  for (int t = 0; t < kGateTok; ++t) {
+    const float v = warp_sum(acc[t]);
+    if (lane == 0 && t < cnt) scores[(t0 + t) * a.num_experts + e] = sqrtf(softplus(v));
+  }
+}
+
+// Decode-sized batches (n <= kGateTok): one block per expert row, the row split over all threads
+// (every thread's loads in flight at once), a block reduction per token.
+__global__ void __launch_bounds__(256) moe_gate_scores_row_kernel(GateArgs a, int64_t n, bool vec, float* scores) {
+  __shared__ float red[kGateTok][8];
+  const int64_t e = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int cnt = int(min(int64_t(kGateTok), n));
+  float acc[kGateTok];
+#pragma unroll
+  for (int t = 0; t < kGateTok; ++t) acc[t] = 0.f;
+  if (vec) {
+#pragma unroll 4
+    for (int64_t i = int64_t(threadIdx.x) * 4; i < a.hidden; i += 4 * blockDim.x) {
+      const float4 g = a.gate.ld4(e, i);
+#pragma unroll
+      for (int t = 0; t < kGateTok; ++t) {
+        if (t < cnt) {
+          const float4 x = a.x.ld4(t, i);
+          acc[t] = fmaf(g.x, x.x, fmaf(g.y, x.y, fmaf(g.z, x.z, fmaf(g.w, x.w, acc[t]))));
+        }
+      }
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < a.hidden; i += blockDim.x) {
+      const float g = a.gate.ld(e, i);
+#pragma unroll
+      for (int t = 0; t < kGateTok; ++t)
+        if (t < cnt) acc[t] = fmaf(g, a.x.ld(t, i), acc[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kGateTok; ++t) {
+    const float v = warp_sum(acc[t]);
+    if (lane == 0) red[t][warp] = v;
+  }
   __syncthreads();
-  if (threadIdx.x != 0) return;
+  if (threadIdx.x < cnt) {
+    float v = 0.f;
+    for (int w = 0; w < 8; ++w) v += red[threadIdx.x][w];
+    scores[int64_t(threadIdx.x) * a.num_experts + e] = sqrtf(softplus(v));
+  }
+}
+
+// One warp per token: top-k of score + bias (ties to the lower expert) or the hash table, ids
+// sorted ascending, weights = score / sum of the chosen scores * route_scale.
+__global__ void __launch_bounds__(kGateWarps * 32) moe_gate_select_kernel(GateArgs a, int64_t n, const float* scores) {
+  __shared__ bool taken[kGateWarps][kMaxExperts];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t t = int64_t(blockIdx.x) * kGateWarps + warp;
+  if (t >= n) return;
+  const float* sc = scores + t * a.num_experts;
+  const int ne = int(a.num_experts);
   int idx[kMaxTopk];
   if (a.tid2eid) {
     const int32_t tok = a.token_ids[t];
     for (int k = 0; k < a.topk; ++k) idx[k] = (tok >= 0 && tok < a.vocab) ? a.tid2eid[int64_t(tok) * a.topk + k] : 0;
   } else {
+    for (int e = lane; e < ne; e += 32) taken[warp][e] = false;
+    __syncwarp();
     for (int k = 0; k < a.topk; ++k) {
       int best = -1;
       float best_v = 0.f;
-      for (int e = 0; e < int(a.num_experts); ++e) {
-        if (taken[e]) continue;
+      for (int e = lane; e < ne; e += 32) {  // ascending e: strict > keeps the lower id on ties
+        if (taken[warp][e]) continue;
         const float v = sc[e] + (a.bias ? a.bias[e] : 0.f);
         if (best < 0 || v > best_v) {
           best = e;
           best_v = v;
         }
       }
-      taken[best] = true;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+        if (ob >= 0 && (best < 0 || ov > best_v || (ov == best_v && ob < best))) {
+          best = ob;
+          best_v = ov;
+        }
+      }
       idx[k] = best;
+      if (lane == 0) taken[warp][best] = true;
+      __syncwarp();
     }
   }
+  if (lane != 0) return;
   for (int i = 1; i < a.topk; ++i) {  // ascending expert id
     const int v = idx[i];
     int j = i - 1;
@@ -109,14 +201,31 @@ __global__ void moe_count_kernel(RouteArgs a, int32_t* counts) {
   if (threadIdx.x == 0) counts[blockIdx.x] = int32_t(c);
 }
 
-__global__ void moe_offsets_kernel(const int32_t* counts, int num_local, int32_t* offsets) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  int32_t run = 0;
-  for (int i = 0; i < num_local; ++i) {
-    offsets[i] = run;
-    run += counts[i];
+// Exclusive prefix sums of the counts and the ascending list of experts with rows (then -1): one
+// block of kMaxExperts threads, Hillis-Steele scans in shared memory (a one-thread loop over 256
+// counts cost ~60 us of dependent L2 loads per call).
+__global__ void __launch_bounds__(kMaxExperts) moe_offsets_kernel(const int32_t* counts, int num_local,
+                                                                  int32_t* offsets, int32_t* active) {
+  __shared__ int32_t sc[kMaxExperts], sa[kMaxExperts];
+  const int i = threadIdx.x;
+  const int32_t c = i < num_local ? counts[i] : 0;
+  sc[i] = c;
+  sa[i] = c > 0 ? 1 : 0;
+  __syncthreads();
+  for (int o = 1; o < kMaxExperts; o <<= 1) {  // inclusive scans
+    const int32_t vc = i >= o ? sc[i - o] : 0, va = i >= o ? sa[i - o] : 0;
+    __syncthreads();
+    sc[i] += vc;
+    sa[i] += va;
+    __syncthreads();
   }
-  offsets[num_local] = run;
+  const int na = sa[kMaxExperts - 1];
+  if (i < num_local) {
+    offsets[i] = sc[i] - c;
+    if (c > 0) active[sa[i] - 1] = i;
+    if (i >= na) active[i] = -1;
+  }
+  if (i == 0) offsets[num_local] = sc[kMaxExperts - 1];
 }
 
 // Rows of expert e in token order: an ordered compaction over (t, k) entries in chunks.
@@ -152,77 +261,109 @@ __global__ void moe_fill_kernel(RouteArgs a, MoeRouting r) {
 
 // --- around the grouped GEMMs ---------------------------------------------------------------------
 
-// One warp per (grouped row, 128-block), as act_quant_fp8_kernel, reading x row row_token[r].
-__global__ void moe_gather_quant_kernel(Act x, int64_t hidden, const int32_t* row_token, const int32_t* total_rows,
-                                        int64_t max_rows, uint8_t* x8, float* scale) {
-  const int64_t nkb = hidden / 128;
-  const int64_t wid = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+// FP8 act_quant (spec §2.2) of one 128-block held by a warp, 4 values per lane: codes at dst (the
+// block's first byte), the block's scale at *scale.
+__device__ __forceinline__ void quant_block_store(const float (&v)[4], uint8_t* dst, float* scale) {
   const int lane = threadIdx.x & 31;
-  if (wid >= max_rows * nkb) return;
-  const int64_t r = wid / nkb, kb = wid % nkb;
-  if (r >= *total_rows) return;
-  const int64_t t = row_token[r];
-  float v[4];
   float amax = 0.f;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    v[i] = x.ld(t, kb * 128 + lane * 4 + i);
-    amax = fmaxf(amax, fabsf(v[i]));
-  }
+  for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[i]));
   amax = warp_max(amax);
   const float s = act_quant_scale(amax, 448.f), inv = 1.0f / s;
   uint32_t packed = 0;
 #pragma unroll
   for (int i = 0; i < 4; ++i) packed |= uint32_t(f32_to_e4m3(v[i] * inv)) << (8 * i);
-  *reinterpret_cast<uint32_t*>(x8 + r * hidden + kb * 128 + lane * 4) = packed;
-  if (lane == 0) scale[r * nkb + kb] = s;
+  *reinterpret_cast<uint32_t*>(dst + lane * 4) = packed;
+  if (lane == 0) *scale = s;
 }
 
-__global__ void moe_gather_bf16_kernel(Act x, int64_t hidden, const int32_t* row_token, const int32_t* total_rows,
-                                       int64_t max_rows, uint16_t* xb) {
+// The grouped row and 128-block of this warp (one warp per (row, block) of [max_rows, width]), or
+// false when the warp has no live row.
+__device__ __forceinline__ bool warp_row_block(int64_t width, const int32_t* total_rows, int64_t max_rows,
+                                               int64_t* r, int64_t* kb) {
+  const int64_t nkb = width / 128;
+  const int64_t wid = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (wid >= max_rows * nkb) return false;
+  *r = wid / nkb;
+  *kb = wid % nkb;
+  return *r < *total_rows;
+}
+
+// x row row_token[r] -> FP8 codes + scales of grouped row r.
+__global__ void moe_gather_quant_kernel(Act x, int64_t hidden, const int32_t* row_token, const int32_t* total_rows,
+                                        int64_t max_rows, uint8_t* x8, float* scale) {
+  int64_t r, kb;
+  if (!warp_row_block(hidden, total_rows, max_rows, &r, &kb)) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t t = row_token[r];
+  float v[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v[i] = x.ld(t, kb * 128 + lane * 4 + i);
+  quant_block_store(v, x8 + r * hidden + kb * 128, scale + r * (hidden / 128) + kb);
+}
+
+// x row row_token[r] -> grouped row r as bf16 (dst_bf16) or fp32.
+__global__ void moe_gather_kernel(Act x, int64_t hidden, const int32_t* row_token, const int32_t* total_rows,
+                                  int64_t max_rows, uint16_t* dst_bf16, float* dst_f32) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= max_rows * hidden) return;
   const int64_t r = i / hidden, c = i % hidden;
   if (r >= *total_rows) return;
-  xb[i] = f32_to_bf16(x.ld(row_token[r], c));
+  const float v = x.ld(row_token[r], c);
+  if (dst_bf16) {
+    dst_bf16[i] = f32_to_bf16(v);
+  } else {
+    dst_f32[i] = v;
+  }
 }
 
-__global__ void moe_swiglu_quant_kernel(const uint16_t* g, const uint16_t* u, int64_t inter, float limit,
-                                        const float* row_weight, const int32_t* total_rows, int64_t max_rows,
-                                        uint8_t* h8, float* scale, bool bf16_out) {
-  const int64_t nkb = inter / 128;
-  const int64_t wid = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+// h = swiglu(g, u) * row weight: official (bf16 g/u, h rounded to bf16 then FP8 act_quant), bf16
+// (h stored as bf16) or fp32 (f32 g/u/h, no rounding).
+struct SwigluArgs {
+  const uint16_t* g = nullptr;
+  const uint16_t* u = nullptr;
+  const float* g32 = nullptr;
+  const float* u32 = nullptr;
+  int64_t inter = 0;
+  float limit = 0;
+  const float* row_weight = nullptr;
+  const int32_t* total_rows = nullptr;
+  int64_t max_rows = 0;
+  uint8_t* h8 = nullptr;
+  float* scale = nullptr;
+  uint16_t* h_bf16 = nullptr;
+  float* h_f32 = nullptr;
+};
+
+__global__ void moe_swiglu_kernel(SwigluArgs a) {
+  int64_t r, kb;
+  if (!warp_row_block(a.inter, a.total_rows, a.max_rows, &r, &kb)) return;
   const int lane = threadIdx.x & 31;
-  if (wid >= max_rows * nkb) return;
-  const int64_t r = wid / nkb, kb = wid % nkb;
-  if (r >= *total_rows) return;
-  const float rw = row_weight[r];
+  const float rw = a.row_weight[r];
+  const int64_t c0 = r * a.inter + kb * 128 + lane * 4;
   float v[4];
-  float amax = 0.f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t c = r * inter + kb * 128 + lane * 4 + i;
-    const float gv = bf16_to_f32(g[c]), uv = bf16_to_f32(u[c]);
-    v[i] = round_bf16(silu(fminf(gv, limit)) * fminf(fmaxf(uv, -limit), limit) * rw);
-    amax = fmaxf(amax, fabsf(v[i]));
+    const float gv = a.g32 ? a.g32[c0 + i] : bf16_to_f32(a.g[c0 + i]);
+    const float uv = a.u32 ? a.u32[c0 + i] : bf16_to_f32(a.u[c0 + i]);
+    v[i] = silu(fminf(gv, a.limit)) * fminf(fmaxf(uv, -a.limit), a.limit) * rw;
   }
-  if (bf16_out) {
-    uint16_t* hb = reinterpret_cast<uint16_t*>(h8) + r * inter + kb * 128 + lane * 4;
+  if (a.h_f32) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) hb[i] = f32_to_bf16(v[i]);
-    return;
+    for (int i = 0; i < 4; ++i) a.h_f32[c0 + i] = v[i];
+  } else if (a.h_bf16) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a.h_bf16[c0 + i] = f32_to_bf16(v[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = round_bf16(v[i]);
+    quant_block_store(v, a.h8 + r * a.inter + kb * 128, a.scale + r * (a.inter / 128) + kb);
   }
-  amax = warp_max(amax);
-  const float s = act_quant_scale(amax, 448.f), inv = 1.0f / s;
-  uint32_t packed = 0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) packed |= uint32_t(f32_to_e4m3(v[i] * inv)) << (8 * i);
-  *reinterpret_cast<uint32_t*>(h8 + r * inter + kb * 128 + lane * 4) = packed;
-  if (lane == 0) scale[r * nkb + kb] = s;
 }
 
-__global__ void moe_combine_kernel(const uint16_t* y, int64_t hidden, const int32_t* idx, int64_t idx_stride,
-                                   const int32_t* slot_row, Act out, int64_t num_tokens, int topk) {
+__global__ void moe_combine_kernel(const uint16_t* y, const float* y32, int64_t hidden, const int32_t* idx,
+                                   int64_t idx_stride, const int32_t* slot_row, Act out, int64_t num_tokens,
+                                   int topk) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_tokens * hidden) return;
   const int64_t t = i / hidden, d = i % hidden;
@@ -240,7 +381,7 @@ __global__ void moe_combine_kernel(const uint16_t* y, int64_t hidden, const int3
     if (best < 0) break;
     prev = best_e;
     const int32_t row = slot_row[t * topk + best];
-    if (row >= 0) o += bf16_to_f32(y[int64_t(row) * hidden + d]);
+    if (row >= 0) o += y32 ? y32[int64_t(row) * hidden + d] : bf16_to_f32(y[int64_t(row) * hidden + d]);
   }
   out.st(t, d, o);
 }
@@ -294,19 +435,31 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s) {
   a.topk = p.topk;
   a.route_scale = p.route_scale;
   if (n == 0) return;
-  moe_gate_kernel<<<unsigned(n), 256, 0, s>>>(a);
-  launch_check("moe_gate", s);
+  const bool vec = a.hidden % 4 == 0 && a.x.vec_ok() && a.gate.vec_ok();
+  float* scores = nullptr;
+  CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scores), size_t(n * a.num_experts) * 4, s));
+  if (n <= kGateTok) {
+    moe_gate_scores_row_kernel<<<unsigned(a.num_experts), 256, 0, s>>>(a, n, vec, scores);
+  } else {
+    const dim3 grid(unsigned(ceil_div(a.num_experts, kGateWarps)), unsigned(ceil_div(n, kGateTok)));
+    moe_gate_scores_kernel<<<grid, kGateWarps * 32, 0, s>>>(a, n, vec, scores);
+  }
+  launch_check("moe_gate_scores", s);
+  moe_gate_select_kernel<<<unsigned(ceil_div(n, kGateWarps)), kGateWarps * 32, 0, s>>>(a, n, scores);
+  launch_check("moe_gate_select", s);
+  CUDA_CHECK(cudaFreeAsync(scores, s));
 }
 
 void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_begin, int e_end, const MoeRouting& r,
                       cudaStream_t s) {
   const RouteArgs a = route_args(idx, weight, e_begin, e_end);
   CHECK_LE(a.topk, kMaxTopk);
+  CHECK_LE(a.num_local, kMaxExperts) << "moe_route: local experts";
   CUDA_CHECK(cudaMemsetAsync(r.slot_row, 0xff, size_t(a.num_tokens * a.topk) * 4, s));
   if (a.num_local <= 0) return;
   moe_count_kernel<<<unsigned(a.num_local), 256, 0, s>>>(a, r.counts);
   launch_check("moe_count", s);
-  moe_offsets_kernel<<<1, 32, 0, s>>>(r.counts, a.num_local, r.row_offsets);
+  moe_offsets_kernel<<<1, kMaxExperts, 0, s>>>(r.counts, a.num_local, r.row_offsets, r.active);
   launch_check("moe_offsets", s);
   moe_fill_kernel<<<unsigned(a.num_local), 256, 0, s>>>(a, r);
   launch_check("moe_fill", s);
@@ -322,31 +475,46 @@ void launch_moe_gather_quant(const Act& x, int64_t hidden, const MoeRouting& r, 
   launch_check("moe_gather_quant", s);
 }
 
-void launch_moe_gather_bf16(const Act& x, int64_t hidden, const MoeRouting& r, int num_local, int64_t max_rows,
-                            uint16_t* xb, cudaStream_t s) {
+void launch_moe_gather(const Act& x, int64_t hidden, const MoeRouting& r, int num_local, int64_t max_rows,
+                       uint16_t* x_bf16, float* x_f32, cudaStream_t s) {
+  CHECK((x_bf16 != nullptr) != (x_f32 != nullptr)) << "moe_gather: one destination";
   const int64_t n = max_rows * hidden;
   if (n == 0) return;
-  moe_gather_bf16_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, s>>>(x, hidden, r.row_token, r.row_offsets + num_local,
-                                                                    max_rows, xb);
-  launch_check("moe_gather_bf16", s);
+  moe_gather_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, s>>>(x, hidden, r.row_token, r.row_offsets + num_local,
+                                                               max_rows, x_bf16, x_f32);
+  launch_check("moe_gather", s);
 }
 
-void launch_moe_swiglu_quant(const uint16_t* g, const uint16_t* u, int64_t inter, float limit, const MoeRouting& r,
-                             int num_local, int64_t max_rows, uint8_t* h8, float* scale, bool bf16_out,
-                             cudaStream_t s) {
+void launch_moe_swiglu(const MoeSwigluIo& io, int64_t inter, float limit, const MoeRouting& r, int num_local,
+                       int64_t max_rows, cudaStream_t s) {
   CHECK_EQ(inter % 128, 0) << "moe inter " << inter;
+  SwigluArgs a;
+  a.g = io.g;
+  a.u = io.u;
+  a.g32 = io.g32;
+  a.u32 = io.u32;
+  a.inter = inter;
+  a.limit = limit;
+  a.row_weight = r.row_weight;
+  a.total_rows = r.row_offsets + num_local;
+  a.max_rows = max_rows;
+  a.h8 = io.h8;
+  a.scale = io.h_scale;
+  a.h_bf16 = io.h_bf16;
+  a.h_f32 = io.h_f32;
+  CHECK((a.g && a.u) || (a.g32 && a.u32)) << "moe_swiglu: no inputs";
+  CHECK(a.h_f32 || a.h_bf16 || (a.h8 && a.scale)) << "moe_swiglu: no output";
   const int64_t threads = max_rows * (inter / 128) * 32;
   if (threads == 0) return;
-  moe_swiglu_quant_kernel<<<unsigned(ceil_div(threads, 256)), 256, 0, s>>>(
-      g, u, inter, limit, r.row_weight, r.row_offsets + num_local, max_rows, h8, scale, bf16_out);
-  launch_check("moe_swiglu_quant", s);
+  moe_swiglu_kernel<<<unsigned(ceil_div(threads, 256)), 256, 0, s>>>(a);
+  launch_check("moe_swiglu", s);
 }
 
-void launch_moe_combine(const uint16_t* y, int64_t hidden, const TensorView& idx, const MoeRouting& r, const Act& out,
-                        int64_t num_tokens, int topk, cudaStream_t s) {
+void launch_moe_combine(const uint16_t* y, const float* y_f32, int64_t hidden, const TensorView& idx,
+                        const MoeRouting& r, const Act& out, int64_t num_tokens, int topk, cudaStream_t s) {
   if (num_tokens * hidden == 0) return;
   moe_combine_kernel<<<unsigned(ceil_div(num_tokens * hidden, 256)), 256, 0, s>>>(
-      y, hidden, static_cast<const int32_t*>(idx.data), idx.stride[0], r.slot_row, out, num_tokens, topk);
+      y, y_f32, hidden, static_cast<const int32_t*>(idx.data), idx.stride[0], r.slot_row, out, num_tokens, topk);
   launch_check("moe_combine", s);
 }
 

@@ -24,6 +24,17 @@ struct Act {
     return bf16 ? bf16_to_f32(static_cast<const uint16_t*>(data)[r * stride + c])
                 : static_cast<const float*>(data)[r * stride + c];
   }
+  // Elements (r, c..c+3); needs c % 4 == 0 and aligned rows (vec_ok).
+  __device__ __forceinline__ float4 ld4(int64_t r, int64_t c) const {
+    if (bf16) {
+      const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(data) + r * stride + c);
+      return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                         __uint_as_float(u.y & 0xffff0000u));
+    }
+    return *reinterpret_cast<const float4*>(static_cast<const float*>(data) + r * stride + c);
+  }
+  // Whether ld4 may be used: 16-byte aligned base and a row stride of a multiple of 4 elements.
+  bool vec_ok() const { return stride % 4 == 0 && reinterpret_cast<uintptr_t>(data) % 16 == 0; }
   // round: round the value to bf16 also when the storage is F32 (official out_bf16).
   __device__ __forceinline__ void st(int64_t r, int64_t c, float v, bool round = false) const {
     if (bf16) {
@@ -48,6 +59,12 @@ void launch_convert(const Act& src, const Act& dst, int64_t rows, int64_t cols, 
 // dst = (accumulate ? dst : 0) + src.
 void launch_add_into(const Act& src, const Act& dst, int64_t rows, int64_t cols, bool accumulate,
                      bool round_bf16, cudaStream_t s);
+// Two-term bf16 split of an [rows, cols] view: dst [2 * rows, cols] contiguous, rows [0, rows) hold
+// hi = bf16(x), rows [rows, 2 * rows) hold lo = bf16(x - hi).
+void launch_split_bf16(const Act& src, uint16_t* dst, int64_t rows, int64_t cols, cudaStream_t s);
+// dst = (accumulate ? dst : 0) + y2[r] + y2[rows + r] for y2 fp32 [2 * rows, ld] (the GEMM of a split).
+void launch_add_split(const float* y2, int64_t ld, const Act& dst, int64_t rows, int64_t cols, bool accumulate,
+                      bool round_bf16, cudaStream_t s);
 void launch_add(const AddParams& p, cudaStream_t s);
 void launch_embedding(const EmbeddingParams& p, cudaStream_t s);
 void launch_qdq(const QdqParams& p, cudaStream_t s);
@@ -85,22 +102,34 @@ struct MoeRouting {
   int32_t* row_token = nullptr;    // [num_tokens * topk] token of each grouped row
   float* row_weight = nullptr;     // [num_tokens * topk] routing weight of each grouped row
   int32_t* slot_row = nullptr;     // [num_tokens, topk] grouped row of (t, k), -1 = not local
+  int32_t* active = nullptr;       // [num_local] local experts with rows, ascending, then -1
 };
 void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_begin, int e_end,
                       const MoeRouting& r, cudaStream_t s);
 // x8/scale of grouped rows: x row = row_token[r] (rows >= row_offsets[num_local] are skipped).
 void launch_moe_gather_quant(const Act& x, int64_t hidden, const MoeRouting& r, int num_local,
                              int64_t max_rows, uint8_t* x8, float* scale, cudaStream_t s);
-// bf16 rows of x for the grouped rows (no quantization): xb [max_rows, hidden].
-void launch_moe_gather_bf16(const Act& x, int64_t hidden, const MoeRouting& r, int num_local,
-                            int64_t max_rows, uint16_t* xb, cudaStream_t s);
-// h = bf16(swiglu(g, u) * row_weight) then act_quant -> h8, scale [rows][inter/128]; with
-// `bf16_out`, h8 is instead bf16 [rows, inter] (scale unused).
-void launch_moe_swiglu_quant(const uint16_t* g, const uint16_t* u, int64_t inter, float limit,
-                             const MoeRouting& r, int num_local, int64_t max_rows, uint8_t* h8,
-                             float* scale, bool bf16_out, cudaStream_t s);
-// out[t] += Σ over local slots in ascending expert id of y[slot_row[t, k]] (fp32 accumulate).
-void launch_moe_combine(const uint16_t* y, int64_t hidden, const TensorView& idx, const MoeRouting& r,
-                        const Act& out, int64_t num_tokens, int topk, cudaStream_t s);
+// Rows of x for the grouped rows without quantization: x_bf16 or x_f32 [max_rows, hidden].
+void launch_moe_gather(const Act& x, int64_t hidden, const MoeRouting& r, int num_local, int64_t max_rows,
+                       uint16_t* x_bf16, float* x_f32, cudaStream_t s);
+// h = swiglu(g, u) * row_weight for the grouped rows. Inputs g/u bf16 or g32/u32 fp32 [rows, inter];
+// output one of: h_f32 (fp32), h_bf16 (bf16), h8 + h_scale (h rounded to bf16, then FP8 act_quant,
+// scales [rows][inter/128]: the official pipeline).
+struct MoeSwigluIo {
+  const uint16_t* g = nullptr;
+  const uint16_t* u = nullptr;
+  const float* g32 = nullptr;
+  const float* u32 = nullptr;
+  uint8_t* h8 = nullptr;
+  float* h_scale = nullptr;
+  uint16_t* h_bf16 = nullptr;
+  float* h_f32 = nullptr;
+};
+void launch_moe_swiglu(const MoeSwigluIo& io, int64_t inter, float limit, const MoeRouting& r, int num_local,
+                       int64_t max_rows, cudaStream_t s);
+// out[t] += Σ over local slots in ascending expert id of y[slot_row[t, k]] (fp32 accumulate); y is
+// bf16, or fp32 when y_f32 is set.
+void launch_moe_combine(const uint16_t* y, const float* y_f32, int64_t hidden, const TensorView& idx,
+                        const MoeRouting& r, const Act& out, int64_t num_tokens, int topk, cudaStream_t s);
 
 }  // namespace v4rt::kernels::cuda

@@ -6,7 +6,9 @@
 // Model::load takes a Checkpoint; sequences get a fabricated state for a context of L tokens (the
 // compressed-entry and indexer-key tables filled with random rows of the right count, not a real
 // prefill). Prints the step time, a per-op table against the H200 roofline (CUDA events), and the
-// KV capacity per GPU. `v4rt bench indexer`: the indexer scan over 256K compressed keys + top-k.
+// KV capacity per GPU; --batch / --context take comma lists (every pair runs on the one loaded
+// model) and --csv appends one row per run and op family (docs/PERFORMANCE.md, GPU section).
+// `v4rt bench indexer`: the indexer scan over 256K compressed keys + top-k.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -216,9 +218,10 @@ struct StepArgs {
   std::string preset = "flash";
   bool synthetic = false;
   int layers = 2;
-  int batch = 1;
-  int64_t context = 65536;
+  std::vector<int> batch = {1};             // every (batch, context) pair runs on one loaded model
+  std::vector<int64_t> context = {65536};
   int iters = 5;
+  std::string csv;                          // rows appended per run and op family
   std::string backend = "cuda";
   int device = 0;
   std::string dir;
@@ -262,7 +265,9 @@ void print_capacity(const model::ModelConfig& full, double free_bytes) {
 
 void run_step(const StepArgs& a) {
   V4RT_REQUIRE(a.synthetic, "bench step: only --synthetic is implemented (weights from a seed)");
-  V4RT_REQUIRE(a.layers >= 1 && a.batch >= 1 && a.iters >= 1, "bench step: --layers, --batch, --iters must be >= 1");
+  V4RT_REQUIRE(a.layers >= 1 && a.iters >= 1, "bench step: --layers and --iters must be >= 1");
+  for (int b : a.batch) V4RT_REQUIRE(b >= 1, "bench step: --batch values must be >= 1");
+  for (int64_t c : a.context) V4RT_REQUIRE(c >= 128, "bench step: --context values must be >= 128");
   const model::ModelConfig full = model::preset_config(a.preset);
   model::ModelConfig cfg = full;
   // N layers alternating CSA / HCA (the release pattern after the first two), score-routed MoE.
@@ -272,9 +277,6 @@ void run_step(const StepArgs& a) {
   cfg.num_nextn_predict_layers = 0;
   cfg.num_hash_layers = 0;
   model::validate(cfg, "bench step config");
-  const int64_t context = a.context / 128 * 128;
-  V4RT_REQUIRE(context >= 128, "bench step: --context must be >= 128");
-
   std::string dir = a.dir;
   if (dir.empty()) {
     double experts = 0, rest = 0;
@@ -284,8 +286,7 @@ void run_step(const StepArgs& a) {
     dir = (shm ? std::string("/dev/shm") : fs::temp_directory_path().string()) + "/v4rt-bench-" + a.preset + "-" +
           std::to_string(a.layers);
   }
-  std::printf("bench step: preset %s, %d layers (CSA/HCA alternating, score routing), batch %d, context %lld\n",
-              a.preset.c_str(), a.layers, a.batch, static_cast<long long>(context));
+  std::printf("bench step: preset %s, %d layers (CSA/HCA alternating, score routing)\n", a.preset.c_str(), a.layers);
   double t0 = now_s();
   const uint64_t bytes = write_bench_checkpoint(cfg, dir, a.seed);
   std::printf("  synthetic checkpoint: %.2f GB in %s, written in %.1f s\n", double(bytes) / 1e9, dir.c_str(), now_s() - t0);
@@ -312,78 +313,105 @@ void run_step(const StepArgs& a) {
   be->synchronize();
   std::printf("  model loaded in %.1f s (official numerics)\n", now_s() - t0);
 
-  t0 = now_s();
-  std::vector<float> rnd(size_t(context / 4) * size_t(std::max(cfg.head_dim, cfg.index_head_dim)));
-  fill_values(rnd.data(), rnd.size(), a.seed * 31 + 7, 1.0f, 0.0f);
-  std::vector<std::unique_ptr<model::SequenceState>> seqs;
-  for (int b = 0; b < a.batch; ++b) {
-    seqs.push_back(m->new_sequence());
-    fabricate_state(cfg, *be, *seqs.back(), context, rnd);
+  FILE* csv = nullptr;
+  if (!a.csv.empty()) {
+    const bool fresh = !fs::exists(a.csv);
+    csv = std::fopen(a.csv.c_str(), "a");
+    V4RT_REQUIRE(csv != nullptr, "bench step: cannot open --csv file " << a.csv);
+    if (fresh)
+      std::fprintf(csv, "# v4rt bench step: one row per (run, op family) of one profiled decode step; family \"step\": "
+                        "ms = median step time over --iters, calls = batch\n"
+                        "preset,layers,batch,context,step_ms,op_family,calls,ms,bytes,flops,roofline_ms\n");
   }
-  be->synchronize();
-  std::printf("  FABRICATED state: %d sequence(s) at position %lld (random compressed entries: %lld per CSA layer,"
-              " %lld per HCA layer; %lld indexer keys), no prefill was run; %.1f s\n", a.batch,
-              static_cast<long long>(context), static_cast<long long>(context / 4), static_cast<long long>(context / 128),
-              static_cast<long long>(context / 4), now_s() - t0);
-
-  std::vector<int32_t> tokens(size_t(a.batch));
-  for (int b = 0; b < a.batch; ++b) tokens[size_t(b)] = int32_t((1000 + 7919 * b) % cfg.vocab_size);
-  auto step = [&] {
-    std::vector<model::StepChunk> chunks;
-    for (int b = 0; b < a.batch; ++b)
-      chunks.push_back({seqs[size_t(b)].get(), std::span<const int32_t>(&tokens[size_t(b)], 1), false});
-    std::vector<std::vector<float>> logits;
-    m->step(chunks, &logits);
-    be->synchronize();
-  };
-  step();  // warm-up (cuBLASLt heuristics, pool growth)
-  std::vector<double> times;
-  for (int i = 0; i < a.iters; ++i) {
-    const double s = now_s();
-    step();
-    times.push_back(now_s() - s);
-  }
-  std::sort(times.begin(), times.end());
-  const double med = times[times.size() / 2];
-  std::printf("\n  decode step (batch %d, sequences stepped one after another by Model::step): median %.3f ms"
-              " (min %.3f, max %.3f over %d)\n", a.batch, med * 1e3, times.front() * 1e3, times.back() * 1e3, a.iters);
-  std::printf("  per sequence: %.3f ms; per layer and sequence (incl. embedding/head share): %.3f ms\n",
-              med * 1e3 / a.batch, med * 1e3 / a.batch / a.layers);
-
-#if defined(V4RT_HAVE_CUDA)
-  if (prof) {
-    prof->reset();
-    prof->set_enabled(true);
-    step();
-    prof->set_enabled(false);
-    const auto stats = prof->stats();
-    double tot_ms = 0, tot_roof = 0, head_ms = 0;
-    std::printf("\n  per-op breakdown of one step (CUDA events; bytes = ideal traffic, roofline = max(bytes / 4.3 TB/s,"
-                " FLOPs / peak), peak 790 TFLOP/s bf16, 1580 FP8):\n");
-    std::printf("  %-34s %6s %10s %10s %10s %11s %7s\n", "op family", "calls", "ms", "MB", "GFLOP", "roofline ms",
-                "ratio");
-    for (const auto& [fam, s] : stats) {
-      const double roof = std::max(s.bytes / kHbmBytesPerSec, s.peak_flops > 0 ? s.flops / s.peak_flops : 0) * 1e3;
-      tot_ms += s.ms;
-      tot_roof += roof;
-      if (fam.find("x" + std::to_string(cfg.hidden_size)) != std::string::npos &&
-          fam.find(std::to_string(cfg.vocab_size)) != std::string::npos)
-        head_ms += s.ms;
-      if (fam == "hc_head" || fam == "embedding") head_ms += s.ms;
-      std::printf("  %-34s %6lld %10.3f %10.2f %10.3f %11.4f %6.1f%%\n", fam.c_str(), static_cast<long long>(s.calls), s.ms,
-                  s.bytes / 1e6, s.flops / 1e9, roof, s.ms > 0 ? 100.0 * roof / s.ms : 0.0);
+  std::vector<std::pair<int64_t, int>> runs;  // (context, batch), contexts outermost
+  for (const int64_t c : a.context)
+    for (const int b : a.batch) runs.push_back({c / 128 * 128, b});
+  for (const auto& [context, batch] : runs) {
+    std::printf("\n=== batch %d, context %lld\n", batch, static_cast<long long>(context));
+    t0 = now_s();
+    std::vector<float> rnd(size_t(std::max<int64_t>(context / 4, cfg.sliding_window)) *
+                           size_t(std::max(cfg.head_dim, cfg.index_head_dim)));
+    fill_values(rnd.data(), rnd.size(), a.seed * 31 + 7, 1.0f, 0.0f);
+    std::vector<std::unique_ptr<model::SequenceState>> seqs;
+    for (int b = 0; b < batch; ++b) {
+      seqs.push_back(m->new_sequence());
+      fabricate_state(cfg, *be, *seqs.back(), context, rnd);
     }
-    std::printf("  %-34s %6s %10.3f %10s %10s %11.4f %6.1f%%\n", "total (op time)", "", tot_ms, "", "", tot_roof,
-                tot_ms > 0 ? 100.0 * tot_roof / tot_ms : 0.0);
-    const double layer_ms = (tot_ms - head_ms) / a.batch / a.layers;
-    const int full_layers = full.num_hidden_layers;
-    std::printf("  op time per layer and sequence: %.3f ms (embedding/head/hc_head excluded: %.3f ms per sequence)\n",
-                layer_ms, head_ms / a.batch);
-    std::printf("  ESTIMATE for all %d layers of %s on this one GPU (per-layer mean x %d + head; the full weights"
-                " do not fit one H200): %.2f ms per decode token per sequence\n", full_layers, a.preset.c_str(),
-                full_layers, layer_ms * full_layers + head_ms / a.batch);
+    be->synchronize();
+    std::printf("  FABRICATED state: %d sequence(s) at position %lld (random compressed entries: %lld per CSA layer,"
+                " %lld per HCA layer; %lld indexer keys), no prefill was run; %.1f s\n", batch,
+                static_cast<long long>(context), static_cast<long long>(context / 4), static_cast<long long>(context / 128),
+                static_cast<long long>(context / 4), now_s() - t0);
+
+    std::vector<int32_t> tokens(static_cast<size_t>(batch));
+    for (int b = 0; b < batch; ++b) tokens[size_t(b)] = int32_t((1000 + 7919 * b) % cfg.vocab_size);
+    auto step = [&] {
+      std::vector<model::StepChunk> chunks;
+      for (int b = 0; b < batch; ++b)
+        chunks.push_back({seqs[size_t(b)].get(), std::span<const int32_t>(&tokens[size_t(b)], 1), false, {}});
+      std::vector<std::vector<float>> logits;
+      m->step(chunks, &logits);
+      be->synchronize();
+    };
+    step();  // warm-up (cuBLASLt heuristics, pool growth)
+    std::vector<double> times;
+    for (int i = 0; i < a.iters; ++i) {
+      const double s = now_s();
+      step();
+      times.push_back(now_s() - s);
+    }
+    std::sort(times.begin(), times.end());
+    const double med = times[times.size() / 2];
+    std::printf("\n  decode step (batch %d, sequences stepped one after another by Model::step): median %.3f ms"
+                " (min %.3f, max %.3f over %d)\n", batch, med * 1e3, times.front() * 1e3, times.back() * 1e3, a.iters);
+    std::printf("  per sequence: %.3f ms; per layer and sequence (incl. embedding/head share): %.3f ms\n",
+                med * 1e3 / batch, med * 1e3 / batch / a.layers);
+    // One CSV row per op family of the profiled step, and one "step" row (ms = median step time).
+    auto csv_row = [&](const std::string& fam, double calls, double ms, double bytes, double flops, double roof) {
+      if (!csv) return;
+      std::fprintf(csv, "%s,%d,%d,%lld,%.4f,\"%s\",%.0f,%.4f,%.0f,%.0f,%.5f\n", a.preset.c_str(), a.layers, batch,
+                   static_cast<long long>(context), med * 1e3, fam.c_str(), calls, ms, bytes, flops, roof);
+    };
+    csv_row("step", double(batch), med * 1e3, 0, 0, 0);
+
+  #if defined(V4RT_HAVE_CUDA)
+    if (prof) {
+      prof->reset();
+      prof->set_enabled(true);
+      step();
+      prof->set_enabled(false);
+      const auto stats = prof->stats();
+      double tot_ms = 0, tot_roof = 0, head_ms = 0;
+      std::printf("\n  per-op breakdown of one step (CUDA events; bytes = ideal traffic, roofline = max(bytes / 4.3 TB/s,"
+                  " FLOPs / peak), peak 790 TFLOP/s bf16, 1580 FP8):\n");
+      std::printf("  %-34s %6s %10s %10s %10s %11s %7s\n", "op family", "calls", "ms", "MB", "GFLOP", "roofline ms",
+                  "ratio");
+      for (const auto& [fam, s] : stats) {
+        const double roof = std::max(s.bytes / kHbmBytesPerSec, s.peak_flops > 0 ? s.flops / s.peak_flops : 0) * 1e3;
+        tot_ms += s.ms;
+        tot_roof += roof;
+        if (fam.find("x" + std::to_string(cfg.hidden_size)) != std::string::npos &&
+            fam.find(std::to_string(cfg.vocab_size)) != std::string::npos)
+          head_ms += s.ms;
+        if (fam == "hc_head" || fam == "embedding") head_ms += s.ms;
+        std::printf("  %-34s %6lld %10.3f %10.2f %10.3f %11.4f %6.1f%%\n", fam.c_str(), static_cast<long long>(s.calls), s.ms,
+                    s.bytes / 1e6, s.flops / 1e9, roof, s.ms > 0 ? 100.0 * roof / s.ms : 0.0);
+        csv_row(fam, double(s.calls), s.ms, s.bytes, s.flops, roof);
+      }
+      std::printf("  %-34s %6s %10.3f %10s %10s %11.4f %6.1f%%\n", "total (op time)", "", tot_ms, "", "", tot_roof,
+                  tot_ms > 0 ? 100.0 * tot_roof / tot_ms : 0.0);
+      csv_row("total (op time)", 0, tot_ms, 0, 0, tot_roof);
+      const double layer_ms = (tot_ms - head_ms) / batch / a.layers;
+      const int full_layers = full.num_hidden_layers;
+      std::printf("  op time per layer and sequence: %.3f ms (embedding/head/hc_head excluded: %.3f ms per sequence)\n",
+                  layer_ms, head_ms / batch);
+      std::printf("  ESTIMATE for all %d layers of %s on this one GPU (per-layer mean x %d + head; the full weights"
+                  " do not fit one H200): %.2f ms per decode token per sequence\n", full_layers, a.preset.c_str(),
+                  full_layers, layer_ms * full_layers + head_ms / batch);
+    }
+  #endif
   }
-#endif
+  if (csv) std::fclose(csv);
   print_capacity(full, free_before);
   std::error_code ec;
   fs::remove_all(dir, ec);
@@ -461,9 +489,13 @@ void register_bench_step(CLI::App& bench) {
   s->add_option("--preset", step.preset, "flash | pro (tiny: a smoke test)")->check(CLI::IsMember({"flash", "pro", "tiny"}))->capture_default_str();
   s->add_flag("--synthetic", step.synthetic, "Weights from a seed (required: no real checkpoint path yet)");
   s->add_option("--layers", step.layers, "Layers to build (alternating CSA / HCA)")->capture_default_str();
-  s->add_option("--batch", step.batch, "Sequences stepped per decode step")->capture_default_str();
-  s->add_option("--context", step.context, "Context length of the fabricated state (multiple of 128)")
+  s->add_option("--batch", step.batch, "Sequences stepped per decode step (a comma list runs each)")
+      ->delimiter(',')
       ->capture_default_str();
+  s->add_option("--context", step.context, "Context length of the fabricated state (multiple of 128; a comma list runs each)")
+      ->delimiter(',')
+      ->capture_default_str();
+  s->add_option("--csv", step.csv, "Append one row per run and op family to this CSV file");
   s->add_option("--iters", step.iters, "Timed steps")->capture_default_str();
   s->add_option("--dir", step.dir, "Where the temporary checkpoint goes (default /dev/shm/v4rt-bench-*)");
   s->add_option("--seed", step.seed, "Weight seed")->capture_default_str();

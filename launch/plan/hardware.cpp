@@ -5,6 +5,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -70,6 +71,20 @@ GpuSpec parse_gpu_spec(const std::string& yaml_text, const std::string& source) 
       g.name = kv.second.as<std::string>();
       continue;
     }
+    if (key == "shared_cores") {
+      const double v = number(kv.second, key, source);
+      V4RT_REQUIRE(v >= 0 && v == std::floor(v), source << ": key 'shared_cores' must be an integer >= 0");
+      g.shared_cores = int(v);
+      continue;
+    }
+    if (key == "fp8_block_tiles") {
+      try {
+        g.fp8_block_tiles = kv.second.as<bool>();
+      } catch (const YAML::Exception&) {
+        V4RT_FAIL(source << ": key 'fp8_block_tiles' must be true or false");
+      }
+      continue;
+    }
     auto it = figures.find(key);
     V4RT_REQUIRE(it != figures.end(), source << ": unknown key '" << key << "'");
     *it->second = number(kv.second, key, source);
@@ -95,12 +110,82 @@ GpuSpec load_gpu_spec(const std::string& name_or_path, const std::string& config
   return parse_gpu_spec(read_text(path, "hardware"), path);
 }
 
+const char* op_family_name(OpFamily family) {
+  static const char* const kNames[kNumOpFamilies] = {"linear", "head", "experts", "gate",
+                                                     "attention", "indexer", "hc", "other"};
+  return kNames[int(family)];
+}
+
+OpFamily op_family_at(int index) {
+  CHECK(index >= 0 && index < kNumOpFamilies) << index;
+  return OpFamily(index);
+}
+
+std::optional<OpFamily> parse_op_family(const std::string& name) {
+  for (int i = 0; i < kNumOpFamilies; ++i)
+    if (name == op_family_name(OpFamily(i))) return OpFamily(i);
+  return std::nullopt;
+}
+
+bool Calibration::has_families() const {
+  for (const FamilyCalibration& f : families)
+    if (f.fitted) return true;
+  return false;
+}
+
+namespace {
+
+// families: {linear: {efficiency: 0.3, launch_us: 4}, ...}
+void parse_families(const YAML::Node& node, const std::string& source, Calibration& c) {
+  V4RT_REQUIRE(node.IsMap(), source << ": key 'families' must be a mapping of family: {efficiency, launch_us}");
+  for (const auto& kv : node) {
+    const std::string name = kv.first.as<std::string>();
+    const std::optional<OpFamily> fam = parse_op_family(name);
+    V4RT_REQUIRE(fam, source << ": families: unknown op family '" << name
+                             << "' (known: linear, head, experts, gate, attention, indexer, hc, other)");
+    V4RT_REQUIRE(kv.second.IsMap(), source << ": families." << name << " must be a mapping");
+    FamilyCalibration f;
+    f.fitted = true;
+    for (const auto& fk : kv.second) {
+      const std::string key = fk.first.as<std::string>();
+      const std::string where = "families." + name + "." + key;
+      const double v = number(fk.second, where, source);
+      if (key == "efficiency") {
+        V4RT_REQUIRE(v > 0 && v <= 1, source << ": key '" << where << "' must be in (0, 1], got " << v);
+        f.efficiency = v;
+      } else if (key == "launch_us") {
+        V4RT_REQUIRE(v >= 0, source << ": key '" << where << "' must be >= 0, got " << v);
+        f.launch_s = v * 1e-6;
+      } else {
+        V4RT_FAIL(source << ": unknown key '" << where << "' (known: efficiency, launch_us)");
+      }
+    }
+    c.families[size_t(*fam)] = f;
+  }
+}
+
+}  // namespace
+
 Calibration parse_calibration(const std::string& yaml_text, const std::string& source) {
   const YAML::Node root = parse_map(yaml_text, source);
   Calibration c;
   for (const auto& kv : root) {
     V4RT_REQUIRE(kv.first.IsScalar(), source << ": every key must be a plain string");
     const std::string key = kv.first.as<std::string>();
+    if (key == "families") {
+      parse_families(kv.second, source, c);
+      continue;
+    }
+    if (key == "fitted_on") {
+      V4RT_REQUIRE(kv.second.IsSequence(), source << ": key 'fitted_on' must be a list of point keys");
+      for (const auto& item : kv.second) c.fitted_on.push_back(item.as<std::string>());
+      continue;
+    }
+    if (key == "source") {
+      V4RT_REQUIRE(kv.second.IsScalar(), source << ": key 'source' must be a string");
+      c.source = kv.second.as<std::string>();
+      continue;
+    }
     const double v = number(kv.second, key, source);
     auto fraction = [&](double& into) {
       V4RT_REQUIRE(v > 0 && v <= 1, source << ": key '" << key << "' must be in (0, 1], got " << v);
@@ -123,10 +208,44 @@ Calibration parse_calibration(const std::string& yaml_text, const std::string& s
     } else {
       V4RT_FAIL(source << ": unknown key '" << key << "' (known: hbm_fraction, flop_fraction, "
                 << "link_fraction, all_to_all_gb_per_s, launch_overhead_us_per_layer, "
-                << "collective_latency_us, runtime_reserve_gib, prefill_chunk_tokens)");
+                << "collective_latency_us, runtime_reserve_gib, prefill_chunk_tokens, families, "
+                << "fitted_on, source)");
     }
   }
   return c;
+}
+
+std::string calibration_yaml(const Calibration& c) {
+  YAML::Emitter out;
+  out.SetDoublePrecision(6);
+  out << YAML::BeginMap;
+  if (!c.source.empty()) out << YAML::Key << "source" << YAML::Value << c.source;
+  out << YAML::Key << "hbm_fraction" << YAML::Value << c.hbm_fraction;
+  out << YAML::Key << "flop_fraction" << YAML::Value << c.flop_fraction;
+  out << YAML::Key << "link_fraction" << YAML::Value << c.link_fraction;
+  out << YAML::Key << "all_to_all_gb_per_s" << YAML::Value << c.all_to_all_bytes_per_s / 1e9;
+  out << YAML::Key << "collective_latency_us" << YAML::Value << c.collective_latency_s * 1e6;
+  out << YAML::Key << "launch_overhead_us_per_layer" << YAML::Value << c.launch_overhead_s_per_layer * 1e6;
+  out << YAML::Key << "runtime_reserve_gib" << YAML::Value << c.runtime_reserve_bytes / double(1ull << 30);
+  out << YAML::Key << "prefill_chunk_tokens" << YAML::Value << c.prefill_chunk_tokens;
+  if (c.has_families()) {
+    out << YAML::Key << "families" << YAML::Value << YAML::BeginMap;
+    for (int i = 0; i < kNumOpFamilies; ++i) {
+      const FamilyCalibration& f = c.families[size_t(i)];
+      if (!f.fitted) continue;
+      out << YAML::Key << op_family_name(OpFamily(i)) << YAML::Value << YAML::Flow << YAML::BeginMap
+          << YAML::Key << "efficiency" << YAML::Value << f.efficiency << YAML::Key << "launch_us"
+          << YAML::Value << f.launch_s * 1e6 << YAML::EndMap;
+    }
+    out << YAML::EndMap;
+  }
+  if (!c.fitted_on.empty()) {
+    out << YAML::Key << "fitted_on" << YAML::Value << YAML::BeginSeq;
+    for (const std::string& k : c.fitted_on) out << k;
+    out << YAML::EndSeq;
+  }
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
 }
 
 Calibration load_calibration(const std::string& path) {

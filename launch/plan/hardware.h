@@ -4,10 +4,39 @@
 // (--calibration FILE). Both are parsed here from YAML into plain structs, unknown keys rejected.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace v4rt::launch::plan {
+
+// Kernel families of a decode step, as the cost model splits it (docs/PLANNER.md "Per-op-family
+// model"): each has its own achieved efficiency and per-launch latency once calibrated.
+enum class OpFamily : int {
+  kLinear,     // dense FP8/bf16 projections (wq_a/b, wkv, wo_a/b, compressors, indexer, shared expert)
+  kHead,       // embedding row, hc_head, LM head
+  kExperts,    // routed experts (FP4)
+  kGate,       // MoE gate GEMV + top-k routing
+  kAttention,  // sparse attention over window + compressed candidates
+  kIndexer,    // indexer scores over the compressed keys + top-k
+  kHc,         // hyper-connection pre/post mixes
+  kOther,      // norms, RoPE, quantize/dequantize, adds, copies (launch-bound)
+};
+constexpr int kNumOpFamilies = 8;
+const char* op_family_name(OpFamily family);
+OpFamily op_family_at(int index);
+// "linear", "head", ... -> family; nullopt for an unknown name.
+std::optional<OpFamily> parse_op_family(const std::string& name);
+
+// Fitted constants of one op family: time = launches x launch_s + roofline / efficiency, where the
+// roofline is max(bytes / HBM bandwidth, FLOPs / peak) at the datasheet figures.
+struct FamilyCalibration {
+  bool fitted = false;
+  double efficiency = 1.0;  // achieved fraction of the roofline, in (0, 1]
+  double launch_s = 0;      // fixed time per kernel launch
+};
 
 // Per-GPU datasheet figures (dense peaks, one-direction link bandwidths).
 struct GpuSpec {
@@ -21,6 +50,12 @@ struct GpuSpec {
   double internode_bytes_per_s = 0;
   double nvlink_latency_s = 0;       // per collective inside a node
   double internode_latency_s = 0;    // per collective across nodes
+  // FP8 weights stay in 128x128 blocks on this device, so a TP slice must hold whole blocks. false:
+  // the backend dequantizes at load (the CPU reference backend), any TP split of rows works.
+  bool fp8_block_tiles = true;
+  // CPU ranks: the cores one host's ranks share (more ranks than cores time-share them, so each
+  // rank's kernels slow down by ranks/cores). 0: every rank has its own device (GPUs).
+  int shared_cores = 0;
 };
 
 // What the hardware achieves in practice. Defaults are planning assumptions, not measurements; a
@@ -34,6 +69,13 @@ struct Calibration {
   double collective_latency_s = 0;         // measured per-collective latency; 0: hardware table
   double runtime_reserve_bytes = 8.0 * (1ull << 30);  // CUDA context, NCCL, workspace, activations
   int64_t prefill_chunk_tokens = 8192;     // prefill is run in chunks of this many tokens
+  // Per-op-family constants fitted from measured points (`v4rt plan validate --fit-on`). When any
+  // family is fitted the decode step is the sum of the family times (kernels run one after
+  // another) instead of max(compute, memory) with the two global fractions.
+  std::array<FamilyCalibration, kNumOpFamilies> families{};
+  std::vector<std::string> fitted_on;      // keys of the points the constants were fitted on
+  std::string source;                      // free text: where the constants come from
+  bool has_families() const;
 };
 
 GpuSpec parse_gpu_spec(const std::string& yaml_text, const std::string& source);
@@ -42,6 +84,8 @@ GpuSpec load_gpu_spec(const std::string& name_or_path, const std::string& config
 
 Calibration parse_calibration(const std::string& yaml_text, const std::string& source);
 Calibration load_calibration(const std::string& path);
+// YAML that parse_calibration reads back (every key written, families and fitted_on included).
+std::string calibration_yaml(const Calibration& calib);
 
 // The configs/ folder of the source tree this binary was built from.
 std::string default_config_dir();

@@ -97,12 +97,29 @@ WeightBytes weight_bytes(const model::ModelConfig& c) {
 }
 
 const char* kv_format_name(KvFormat format) {
-  return format == KvFormat::kCompact ? "compact" : "bf16";
+  switch (format) {
+    case KvFormat::kCompact: return "compact";
+    case KvFormat::kBf16: return "bf16";
+    case KvFormat::kF32: return "f32";
+  }
+  return "?";
+}
+
+std::optional<KvFormat> parse_kv_format(const std::string& name) {
+  for (KvFormat f : {KvFormat::kCompact, KvFormat::kBf16, KvFormat::kF32})
+    if (name == kv_format_name(f)) return f;
+  return std::nullopt;
 }
 
 KvEntryBytes kv_entry_bytes(const model::ModelConfig& c, KvFormat format) {
   KvEntryBytes b;
   b.window_slot = int64_t(c.head_dim) * 2;
+  if (format == KvFormat::kF32) {
+    b.window_slot = int64_t(c.head_dim) * 4;
+    b.main_entry = int64_t(c.head_dim) * 4;
+    b.indexer_key = int64_t(c.index_head_dim) * 4;
+    return b;
+  }
   if (format == KvFormat::kBf16) {
     b.main_entry = int64_t(c.head_dim) * 2;
     b.indexer_key = int64_t(c.index_head_dim) * 2;

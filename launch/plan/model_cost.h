@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string>
 
 #include "model/config.h"
 
@@ -32,8 +34,12 @@ struct WeightBytes {
 
 WeightBytes weight_bytes(const model::ModelConfig& config);
 
-enum class KvFormat { kCompact, kBf16 };
+// compact: spec §8.1 entries; bf16: the reference layout; f32: the runtime's current F32 row
+// tables (model/state), every entry, key and window slot in f32.
+enum class KvFormat { kCompact, kBf16, kF32 };
 const char* kv_format_name(KvFormat format);
+// "compact" | "bf16" | "f32"; nullopt otherwise.
+std::optional<KvFormat> parse_kv_format(const std::string& name);
 
 struct KvEntryBytes {
   int64_t main_entry = 0;   // one compressed CSA/HCA entry (512-d latent)

@@ -4,6 +4,8 @@ set(V4RT_PLAN_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/plan/hardware.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/plan/planner.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/plan/report.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/plan/op_cost.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/plan/validate.cpp
 )
 list(APPEND V4RT_LAUNCH_SOURCES ${V4RT_PLAN_SOURCES})
 # Hardware tables are read from the source tree's configs/ unless --config-dir says otherwise.

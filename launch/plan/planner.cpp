@@ -104,7 +104,24 @@ void add_comm(StepTime& t, const model::ModelConfig& c, const GpuSpec& gpu, cons
 
 }  // namespace
 
-double StepTime::total() const { return std::max(compute, memory) + tp + ep + sp + launch; }
+double cpu_share(const GpuSpec& gpu, const Cluster& cluster) {
+  if (gpu.shared_cores <= 0) return 1.0;
+  return std::max(1.0, double(cluster.gpus_per_node) / gpu.shared_cores);
+}
+
+double StepTime::total() const {
+  return (kernels > 0 ? kernels : std::max(compute, memory)) + tp + ep + sp + launch;
+}
+
+const char* batching_name(Batching batching) {
+  return batching == Batching::kBatched ? "batched" : "sequential";
+}
+
+std::optional<Batching> parse_batching(const std::string& name) {
+  if (name == "batched") return Batching::kBatched;
+  if (name == "sequential") return Batching::kSequential;
+  return std::nullopt;
+}
 
 std::vector<std::string> layout_problems(const model::ModelConfig& c, const parallel::Layout& lay,
                                          const Cluster& cluster) {
@@ -124,8 +141,8 @@ std::vector<std::string> layout_problems(const model::ModelConfig& c, const para
   if (c.num_attention_heads % lay.tp) say("num_attention_heads ", c.num_attention_heads, " % tp ", lay.tp, " != 0");
   if (c.o_groups % lay.tp) say("o_groups ", c.o_groups, " % tp ", lay.tp, " != 0 (wo_a groups split over TP)");
   if (c.index_n_heads % lay.tp) say("index_n_heads ", c.index_n_heads, " % tp ", lay.tp, " != 0");
-  const int block = c.quant.weight_block_size[0];
-  if ((int64_t(c.o_groups) * c.o_lora_rank / lay.tp) % block)
+  const int block = cluster.fp8_block_tiles ? c.quant.weight_block_size[0] : 0;
+  if (block > 0 && (int64_t(c.o_groups) * c.o_lora_rank / lay.tp) % block)
     say("wo_b row split o_groups*o_lora_rank/tp = ", int64_t(c.o_groups) * c.o_lora_rank / lay.tp,
         " is not a multiple of the FP8 block ", block);
   if (c.n_routed_experts % lay.ep) say("n_routed_experts ", c.n_routed_experts, " % ep ", lay.ep, " != 0");
@@ -182,9 +199,18 @@ std::vector<parallel::Layout> candidate_layouts(const Cluster& cluster) {
 
 StepTime decode_step_time(const model::ModelConfig& c, const GpuSpec& gpu, const Calibration& calib,
                           const Cluster& cluster, const parallel::Layout& lay, int64_t context,
-                          int64_t batch, KvFormat format) {
+                          int64_t batch, KvFormat format, Batching batching, bool head_on_leader) {
   StepTime t;
   const int world = lay.world();
+  if (batching == Batching::kSequential && batch > lay.dp) {
+    // Each replica runs its sequences one after another: b passes of one sequence each.
+    const double passes = std::ceil(double(batch) / lay.dp);
+    t = decode_step_time(c, gpu, calib, cluster, lay, context, lay.dp, format, Batching::kBatched,
+                         head_on_leader);
+    for (double* x : {&t.compute, &t.memory, &t.tp, &t.ep, &t.sp, &t.launch, &t.kernels}) *x *= passes;
+    for (double& x : t.family_s) x *= passes;
+    return t;
+  }
   const double b_global = double(batch);
   const double b = std::ceil(b_global / lay.dp);  // sequences per replica
   const WeightBytes w = weight_bytes(c);
@@ -198,13 +224,16 @@ StepTime decode_step_time(const model::ModelConfig& c, const GpuSpec& gpu, const
   const double experts_touched = e * (1.0 - std::pow(1.0 - k / e, ep_group_tokens));
   // HBM: every non-expert weight of the backbone (embed: only its rows), touched experts, KV.
   double bytes = double(w.main.replicated) + double(w.main.tp_sharded - w.embed) / lay.tp;
+  const double head_bytes = double(c.vocab_size) * c.hidden_size * 2;
+  if (head_on_leader) bytes += head_bytes * (1.0 - 1.0 / lay.tp);  // the leader reads all of it
   bytes += c.num_hidden_layers * experts_touched / lay.ep * double(w.expert_bytes);
   bytes += b * (kv.compressed / lay.sp + kv.window);
   t.memory = bytes / (gpu.hbm_bytes_per_s * calib.hbm_fraction);
   // FLOPs: replicated linears on every rank for the replica's tokens, TP-split linears, routed
   // experts spread over the world, indexer split over tp*sp, core attention over tp (window) and
   // tp*sp (compressed entries).
-  const double fp8 = 2.0 * b * (m.replicated + m.shared_expert + (m.tp_sharded + m.head) / lay.tp) +
+  const double fp8 = 2.0 * b * (m.replicated + m.shared_expert + m.tp_sharded / lay.tp +
+                                m.head / (head_on_leader ? 1 : lay.tp)) +
                      b * a.indexer / (lay.tp * lay.sp);
   const double fp_expert = 2.0 * b_global * k * m.routed_expert / world;
   const double bf16 = b * (a.core_window / lay.tp + a.core_compressed / (lay.tp * lay.sp));
@@ -212,9 +241,24 @@ StepTime decode_step_time(const model::ModelConfig& c, const GpuSpec& gpu, const
               calib.flop_fraction;
   add_comm(t, c, gpu, calib, cluster, lay, b, b_global / world, /*prefill=*/false);
   // Logits: all-gather of the vocabulary-split head output (f32).
-  t.tp += all_gather_s(b * double(c.vocab_size) / lay.tp * 4, lay.tp,
-                       group_link(gpu, calib, lay.tp <= cluster.gpus_per_node));
+  if (!head_on_leader)
+    t.tp += all_gather_s(b * double(c.vocab_size) / lay.tp * 4, lay.tp,
+                         group_link(gpu, calib, lay.tp <= cluster.gpus_per_node));
   t.launch = c.num_hidden_layers * calib.launch_overhead_s_per_layer;
+  if (calib.has_families()) {
+    // Per-family model: kernels one after another, each with its fitted efficiency and launch
+    // latency (the launch term is inside the family times).
+    const StepOps ops = decode_step_ops(c, gpu, lay, context, b, b_global, format, head_on_leader);
+    for (int i = 0; i < kNumOpFamilies; ++i) {
+      t.family_s[size_t(i)] = family_time_s(ops[size_t(i)], gpu, calib.families[size_t(i)], calib);
+      t.kernels += t.family_s[size_t(i)];
+    }
+    t.launch = 0;
+  }
+  // CPU ranks beyond the host's cores time-share them.
+  const double share = cpu_share(gpu, cluster);
+  for (double* x : {&t.compute, &t.memory, &t.launch, &t.kernels}) *x *= share;
+  for (double& x : t.family_s) x *= share;
   return t;
 }
 
@@ -279,7 +323,8 @@ Prediction predict(const model::ModelConfig& c, const GpuSpec& gpu, const Calibr
   const int64_t per_replica = int64_t(budget / double(p.kv_bytes_per_seq_gpu));
   p.max_seqs = per_replica * lay.dp;
   auto step = [&](int64_t batch) {
-    return decode_step_time(c, gpu, calib, req.cluster, lay, req.context, batch, req.kv_format);
+    return decode_step_time(c, gpu, calib, req.cluster, lay, req.context, batch, req.kv_format,
+                            req.batching, req.head_on_leader);
   };
   if (req.batch > 0) {
     const int64_t b = (req.batch + lay.dp - 1) / lay.dp;

@@ -6,6 +6,7 @@
 // collective) plus a launch overhead per layer; docs/PLANNER.md states every formula.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -13,6 +14,7 @@
 
 #include "launch/plan/hardware.h"
 #include "launch/plan/model_cost.h"
+#include "launch/plan/op_cost.h"
 #include "model/config.h"
 #include "parallel/layout.h"
 
@@ -21,8 +23,15 @@ namespace v4rt::launch::plan {
 struct Cluster {
   int nodes = 1;
   int gpus_per_node = 8;
+  bool fp8_block_tiles = true;  // GpuSpec::fp8_block_tiles of the devices
   int world() const { return nodes * gpus_per_node; }
 };
+
+// How a replica decodes its sequences: all in one pass (weights read once per step), or one after
+// another (each sequence a full pass: what Model::step does today, which has no batched path).
+enum class Batching { kBatched, kSequential };
+const char* batching_name(Batching batching);
+std::optional<Batching> parse_batching(const std::string& name);  // "batched" | "sequential"
 
 struct PlanRequest {
   Cluster cluster;
@@ -30,6 +39,8 @@ struct PlanRequest {
   int64_t batch = 0;             // sequences decoded together, whole deployment; 0: as many as fit
   double latency_target_s = 0;   // decode step target; 0: none
   KvFormat kv_format = KvFormat::kCompact;
+  Batching batching = Batching::kBatched;
+  bool head_on_leader = false;   // the first rank of a replica runs the whole LM head (see op_cost.h)
 };
 
 // Time of one decode step or one prefill on one GPU, by component (seconds).
@@ -40,6 +51,10 @@ struct StepTime {
   double ep = 0;       // EP dispatch + combine per layer
   double sp = 0;       // SP top-k exchange + attention merge per compressed layer
   double launch = 0;   // launch overhead per layer
+  // With per-family calibration: the sum of the family times (replaces max(compute, memory) and
+  // launch); family_s holds each family's share.
+  double kernels = 0;
+  std::array<double, kNumOpFamilies> family_s{};
   double total() const;
 };
 
@@ -63,6 +78,10 @@ struct Plan {
   int best = -1;                      // index of the recommended row, -1 when none qualifies
 };
 
+// How much slower each rank's kernels run because the host's ranks share fewer cores
+// (GpuSpec::shared_cores; 1 for GPUs).
+double cpu_share(const GpuSpec& gpu, const Cluster& cluster);
+
 // Why `layout` cannot run this model on this cluster (empty when it can, memory aside).
 std::vector<std::string> layout_problems(const model::ModelConfig& config,
                                          const parallel::Layout& layout, const Cluster& cluster);
@@ -72,7 +91,8 @@ std::vector<parallel::Layout> candidate_layouts(const Cluster& cluster);
 StepTime decode_step_time(const model::ModelConfig& config, const GpuSpec& gpu,
                           const Calibration& calib, const Cluster& cluster,
                           const parallel::Layout& layout, int64_t context, int64_t batch,
-                          KvFormat format);
+                          KvFormat format, Batching batching = Batching::kBatched,
+                          bool head_on_leader = false);
 StepTime prefill_time(const model::ModelConfig& config, const GpuSpec& gpu, const Calibration& calib,
                       const Cluster& cluster, const parallel::Layout& layout, int64_t length,
                       KvFormat format);

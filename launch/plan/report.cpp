@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Formatting of the planner's results and the predicted-vs-measured validation of sweep CSVs.
+// Formatting of the planner's results.
 #include "launch/plan/report.h"
 
 #include <cmath>
@@ -49,6 +49,13 @@ std::string row_text(const Prediction& p) {
 }
 
 std::string breakdown_text(const StepTime& t, double scale, const char* unit) {
+  if (t.kernels > 0) {
+    std::string fams;
+    for (int i = 0; i < kNumOpFamilies; ++i)
+      fams += fmt("%s%s %.2f", i ? ", " : "", op_family_name(OpFamily(i)), t.family_s[size_t(i)] * scale);
+    return fmt("kernels %.2f %s (per op family, calibrated: %s), TP %.2f, EP %.2f, SP %.2f %s",
+               t.kernels * scale, unit, fams.c_str(), t.tp * scale, t.ep * scale, t.sp * scale, unit);
+  }
   return fmt("compute %.2f %s, HBM %.2f %s (roofline takes the larger), TP %.2f, EP %.2f, SP %.2f, "
              "launch %.2f %s",
              t.compute * scale, unit, t.memory * scale, unit, t.tp * scale, t.ep * scale,
@@ -140,110 +147,6 @@ void print_kv_comparison(std::ostream& os, const model::ModelConfig& c, const Gp
     }
   }
   if (!any) os << "  no layout with sp > 1 fits\n";
-}
-
-// ------------------------------------------------------------------------------------------------
-// --validate
-
-std::vector<MeasuredPoint> read_measured_csv(const std::string& path) {
-  std::ifstream in(path);
-  V4RT_REQUIRE(in.good(), "cannot read measurements file " << path);
-  std::string line;
-  V4RT_REQUIRE(std::getline(in, line), path << ": empty file (expected a CSV header)");
-  auto split = [](const std::string& s) {
-    std::vector<std::string> out;
-    std::stringstream ss(s);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) out.push_back(cell);
-    if (!s.empty() && s.back() == ',') out.emplace_back();
-    return out;
-  };
-  std::map<std::string, size_t> col;
-  const std::vector<std::string> head = split(line);
-  for (size_t i = 0; i < head.size(); ++i) col[head[i]] = i;
-  for (const char* need : {"model", "gpu", "nodes", "gpus_per_node", "tp", "sp", "ep", "dp",
-                           "context", "batch", "step_ms"})
-    V4RT_REQUIRE(col.count(need), path << ": missing column '" << need << "'");
-  std::vector<MeasuredPoint> points;
-  int number = 1;
-  while (std::getline(in, line)) {
-    ++number;
-    if (line.empty() || line[0] == '#') continue;
-    const std::vector<std::string> cells = split(line);
-    auto cell = [&](const char* name) -> std::string {
-      auto it = col.find(name);
-      return it == col.end() || it->second >= cells.size() ? "" : cells[it->second];
-    };
-    if (col.count("source") && cell("source") != "measured") continue;
-    auto num = [&](const char* name) -> double {
-      const std::string s = cell(name);
-      if (s.empty()) return 0;
-      try {
-        size_t used = 0;
-        const double v = std::stod(s, &used);
-        if (used == s.size()) return v;
-      } catch (const std::exception&) {
-      }
-      V4RT_FAIL(path << ":" << number << ": column '" << name << "' is not a number: '" << s << "'");
-    };
-    MeasuredPoint p;
-    p.line = number;
-    p.model = cell("model");
-    p.gpu = cell("gpu");
-    p.nodes = int(num("nodes"));
-    p.gpus_per_node = int(num("gpus_per_node"));
-    p.layout = {int(num("tp")), int(num("sp")), int(num("ep")), int(num("dp"))};
-    p.context = int64_t(num("context"));
-    p.batch = int64_t(num("batch"));
-    const std::string kv = cell("kv_format");
-    V4RT_REQUIRE(kv.empty() || kv == "compact" || kv == "bf16",
-                 path << ":" << number << ": kv_format must be compact or bf16, got '" << kv << "'");
-    p.kv_format = kv == "bf16" ? KvFormat::kBf16 : KvFormat::kCompact;
-    p.step_ms = num("step_ms");
-    p.prefill_s = num("prefill_s");
-    V4RT_REQUIRE(p.nodes >= 1 && p.gpus_per_node >= 1 && p.context >= 1 && p.batch >= 1,
-                 path << ":" << number << ": nodes, gpus_per_node, context and batch must be >= 1");
-    if (p.step_ms > 0 || p.prefill_s > 0) points.push_back(p);
-  }
-  return points;
-}
-
-int print_validation(std::ostream& os, const std::vector<MeasuredPoint>& points,
-                     const ModelResolver& model_of, const GpuResolver& gpu_of,
-                     const Calibration& calib) {
-  if (points.empty()) {
-    os << "no measured points (rows with source=measured and a step_ms or prefill_s value)\n";
-    return 0;
-  }
-  os << "line  model  gpu   nodes x gpus  layout                   context   batch  "
-        "step ms pred  step ms meas   error  prefill s pred  prefill s meas   error\n";
-  double sum_abs = 0;
-  int compared = 0;
-  for (const MeasuredPoint& m : points) {
-    const model::ModelConfig c = model_of(m.model);
-    const GpuSpec gpu = gpu_of(m.gpu);
-    const Cluster cluster{m.nodes, m.gpus_per_node};
-    const std::vector<std::string> why = layout_problems(c, m.layout, cluster);
-    V4RT_REQUIRE(why.empty(), "measured point at line " << m.line << " has an invalid layout: " << why[0]);
-    const double step = decode_step_time(c, gpu, calib, cluster, m.layout, m.context, m.batch,
-                                         m.kv_format).total() * 1e3;
-    const double prefill = prefill_time(c, gpu, calib, cluster, m.layout, m.context, m.kv_format).total();
-    auto err = [](double pred, double meas) {
-      return meas > 0 ? fmt("%+6.1f%%", (pred - meas) / meas * 100) : std::string("      -");
-    };
-    auto meas = [](double v, const char* f) { return v > 0 ? fmt(f, v) : std::string("-"); };
-    os << fmt("%4d  %-5s  %-4s  %5d x %-4d  %-23s %8lld %7lld  %12.3f  %12s  %s  %14.2f  %14s  %s\n",
-              m.line, m.model.c_str(), m.gpu.c_str(), m.nodes, m.gpus_per_node,
-              layout_text(m.layout).c_str(), (long long)m.context, (long long)m.batch, step,
-              meas(m.step_ms, "%.3f").c_str(), err(step, m.step_ms).c_str(), prefill,
-              meas(m.prefill_s, "%.2f").c_str(), err(prefill, m.prefill_s).c_str());
-    if (m.step_ms > 0) {
-      sum_abs += std::fabs(step - m.step_ms) / m.step_ms;
-      ++compared;
-    }
-  }
-  if (compared) os << fmt("mean |error| of the decode step over %d point(s): %.1f%%\n", compared, sum_abs / compared * 100);
-  return int(points.size());
 }
 
 }  // namespace v4rt::launch::plan

@@ -36,7 +36,10 @@ void Engine::loop() {
   std::vector<std::vector<float>> logits;
   while (!stop_) {
     StepPlan plan;
-    if (!scheduler_.next_plan(&plan, std::chrono::milliseconds(100))) continue;
+    if (!scheduler_.next_plan(&plan, std::chrono::milliseconds(100))) {
+      if (idle_hook_) idle_hook_();
+      continue;
+    }
     try {
       if (plan_hook_) plan_hook_(plan);
       executor_.run(plan, &logits);

@@ -24,6 +24,9 @@ class Engine {
 
   // Called with every plan before it runs locally (e.g. broadcast to follower ranks).
   void set_plan_hook(std::function<void(const StepPlan&)> hook) { plan_hook_ = std::move(hook); }
+  // Called on the engine thread whenever a wait for work ends empty (about every 100 ms while
+  // idle; e.g. a heartbeat to the follower ranks).
+  void set_idle_hook(std::function<void()> hook) { idle_hook_ = std::move(hook); }
   void start();
   // Ends all requests, releases every state (the shutdown plan goes through the hook too), joins.
   void stop();
@@ -40,6 +43,7 @@ class Engine {
   Scheduler scheduler_;
   Executor executor_;
   std::function<void(const StepPlan&)> plan_hook_;
+  std::function<void()> idle_hook_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> failed_{false};

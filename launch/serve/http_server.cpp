@@ -7,6 +7,7 @@
 #include "launch/serve/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <cinttypes>
@@ -22,6 +23,7 @@ namespace v4rt::launch::serve {
 namespace {
 
 constexpr auto kWaitSlice = std::chrono::milliseconds(1000);
+constexpr int kListenBacklog = 1024;  // connections the kernel queues before accept()
 
 std::string dump(const text_json& j) { return j.dump(-1, ' ', false, text_json::error_handler_t::replace); }
 
@@ -64,6 +66,15 @@ HttpServer::HttpServer(const model::ServerConfig& config, const model::text::Tok
   const size_t threads = size_t(config_.max_running + config_.max_queue + 16);
   s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s.set_payload_max_length(size_t(config_.max_body_mb) << 20);
+  // The library's default sets SO_REUSEPORT (a second server could bind the same port and take
+  // its connections); SO_REUSEADDR is enough to restart on a port in TIME_WAIT. The socket is kept
+  // to widen the listen backlog after bind (the library listens with a backlog of 5, too few for
+  // hundreds of clients connecting at once).
+  s.set_socket_options([this](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_socket_ = sock;
+  });
   s.set_keep_alive_timeout(5);
 
   s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
@@ -122,6 +133,8 @@ int HttpServer::bind(const std::string& host, int port) {
     bound = -1;
   }
   V4RT_REQUIRE(bound > 0, "server: cannot listen on " << host << ":" << port);
+  if (listen_socket_ >= 0 && ::listen(listen_socket_, kListenBacklog) != 0)
+    LOG(WARNING) << "server: cannot widen the listen backlog to " << kListenBacklog;
   return bound;
 }
 
@@ -167,7 +180,7 @@ bool HttpServer::serving(std::string* why) const {
 void HttpServer::handle_health(httplib::Response& res) {
   std::string why;
   if (serving(&why)) {
-    res.set_content(dump(text_json{{"status", "ok"}, {"model", limits_.model_name}, {"ranks", 1}}), "application/json");
+    res.set_content(dump(text_json{{"status", "ok"}, {"model", limits_.model_name}, {"ranks", limits_.ranks}}), "application/json");
   } else {
     res.status = 503;
     res.set_content(dump(text_json{{"status", engine_.load() ? "failed" : "unavailable"}, {"reason", why}}),
@@ -278,8 +291,9 @@ void HttpServer::handle_generate(const httplib::Request& http_req, httplib::Resp
           return true;
         }
         if (reason == FinishReason::kError || reason == FinishReason::kCancelled) {
+          // The status line went out with the first chunk; the error event carries the 503.
           send(text_json{{"error", {{"message", "generation failed: " + message}, {"type", "server_error"},
-                                     {"param", nullptr}, {"code", nullptr}}}});
+                                     {"param", nullptr}, {"code", 503}}}});
         } else {
           text_json last = chunk_json(state->meta, nullptr, state->output->finish_reason(), state->output->take_logprobs());
           const text_json usage = usage_json(*state->output, ts.prompt_tokens, ts.cached_tokens);

@@ -56,6 +56,7 @@ class HttpServer {
   mutable std::mutex mu_;
   std::string failure_;
   std::atomic<uint64_t> next_request_id_{1};
+  int listen_socket_ = -1;  // the bound socket (set during bind())
 };
 
 }  // namespace v4rt::launch::serve

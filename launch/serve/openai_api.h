@@ -40,6 +40,7 @@ struct ApiLimits {
   model::SamplingDefaults defaults;
   model::text::EffortDialect dialect = model::text::EffortDialect::kOriginal;
   bool test_hook_forced_output = false;  // debug.test_hook_forced_output
+  int ranks = 1;                         // ranks of the job (reported by /health)
 };
 
 struct GenerationSpec {

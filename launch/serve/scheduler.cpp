@@ -337,7 +337,10 @@ void Scheduler::fail_all(const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
   stopped_ = true;
   stop_reason_ = why;
-  for (auto& r : running_) r->req->stream->finish(FinishReason::kError, why);
+  for (auto& r : running_) {
+    r->req->stream->finish(FinishReason::kError, why);
+    pending_releases_.push_back(r->seq);  // the next plan (if any) frees the states on every rank
+  }
   running_.clear();
   for (auto& [prio, queue] : waiting_)
     for (auto& req : queue) req->stream->finish(FinishReason::kError, why);

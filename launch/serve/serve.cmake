@@ -1,5 +1,5 @@
 # serve component: OpenAI-compatible HTTP server (cpp-httplib), request parsing, SSE output,
-# continuous-batching scheduler, prefix cache, step plans and the engine loop.
+# continuous-batching scheduler, prefix cache, step plans, the engine loop and its follower ranks.
 list(APPEND V4RT_LAUNCH_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/step_plan.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/prefix_cache.cpp
@@ -9,6 +9,7 @@ list(APPEND V4RT_LAUNCH_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/openai_api.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/output.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/http_server.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/serve/ranks.cpp
 )
 # Debian's libcpp-httplib-dev is a compiled library (header declarations + libcpp-httplib.so) whose
 # class layouts depend on the CPPHTTPLIB_*_SUPPORT defines in its pkg-config file, so take both

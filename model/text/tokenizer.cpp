@@ -19,6 +19,7 @@
 #include <unordered_map>
 
 #include "common/check.h"
+#include "common/json_depth.h"
 #include "model/text/json_format.h"
 #include "model/text/special_tokens.h"
 #include "model/text/utf8.h"
@@ -212,9 +213,13 @@ void Tokenizer::Impl::load(const std::string& file) {
   V4RT_REQUIRE(in, "tokenizer: cannot open " << file);
   std::stringstream ss;
   ss << in.rdbuf();
+  const std::string text = ss.str();
+  // A hostile or corrupt file nested a million levels deep would overflow the stack when the
+  // parsed value is copied or destroyed; tokenizer.json itself nests 5 levels.
+  V4RT_REQUIRE(json_depth_ok(text), "tokenizer " << file << ": JSON nests deeper than " << kMaxJsonDepth << " levels");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(ss.str());
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     V4RT_FAIL("tokenizer " << file << ": invalid JSON: " << e.what());
   }
@@ -448,7 +453,11 @@ std::string find_tokenizer_path(const std::string& explicit_path, const std::str
 }
 
 Tokenizer::Tokenizer(const std::string& path) : impl_(std::make_unique<Impl>()) {
-  impl_->load(path);
+  try {
+    impl_->load(path);
+  } catch (const nlohmann::json::exception& e) {  // a value of the wrong JSON type somewhere
+    V4RT_FAIL("tokenizer " << path << ": unexpected structure (" << e.what() << ")");
+  }
 }
 Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;

@@ -14,7 +14,9 @@
 # TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default .golden, a copy of
 # shared/golden made on the development machine: mkdir -p .golden && cp -r ../shared/golden/tiny-a
 # .golden/ && echo /.golden/ >> .git/info/exclude, carried with `carry: [".devdeps", ".golden"]`),
-# STEP_ARGS (extra `v4rt bench step` runs, ';'-separated argument lists).
+# STEP_ARGS (extra `v4rt bench step` runs, ';'-separated argument lists; each may hold comma lists
+# of --batch / --context), STEP_CSV (a CSV file every step run appends its per-op rows to),
+# TEST_FILTER (gtest filter of the device op tests, default all).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}
@@ -65,7 +67,7 @@ if want test && has test_cuda_kernels; then
   # One process per test, so a fatal check in one op cannot hide the results of the others.
   bin="$BUILD/tests/cuda/test_cuda_kernels"
   : > "$OUT/test_cuda.log"
-  for t in $("$bin" --gtest_list_tests | awk '/^[^ ]/{s=$1} /^  /{print s $1}'); do
+  for t in $("$bin" --gtest_list_tests --gtest_filter="${TEST_FILTER:-*}" | awk '/^[^ ]/{s=$1} /^  /{print s $1}'); do
     timeout 300 "$bin" --gtest_color=no --gtest_filter="$t" >> "$OUT/test_cuda.log" 2>&1 || { rc=1; echo "[ABORT/FAIL] $t" >> "$OUT/test_cuda.log"; }
   done
   grep -E "^\[compare\]|^\[layout\]|^\[cublaslt\]|FAILED|ABORT|OK \]|Check failed" "$OUT/test_cuda.log" | tail -200
@@ -81,7 +83,7 @@ if want nccl && has test_nccl_comm; then
 fi
 if want sanitize && has test_cuda_kernels && command -v compute-sanitizer >/dev/null; then
   timeout 240 compute-sanitizer --tool memcheck --print-limit 10 "$BUILD/tests/cuda/test_cuda_kernels" --gtest_color=no \
-    --gtest_filter='CudaOps.*:CudaLinear.*:CudaMoe.*:CudaGemm.Fp4*' > "$OUT/sanitizer.log" 2>&1
+    --gtest_filter='CudaOps.*:CudaLinear.*:CudaMoe.*:CudaReference.*:CudaGemm.Fp4*' > "$OUT/sanitizer.log" 2>&1
   echo "compute-sanitizer memcheck (rc $?):"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/sanitizer.log" | head -20
 fi
 if want golden && has test_gpu_golden; then
@@ -100,10 +102,11 @@ if want step && has bench_step; then
   for args in "${runs[@]}"; do
     echo "=== v4rt bench step $args" | tee -a "$OUT/step.log"
     # shellcheck disable=SC2086
-    timeout 300 "$BUILD/tests/cuda/bench_step" bench step --synthetic --backend cuda $args >> "$OUT/step.log" 2>&1 || rc=1
+    timeout 500 "$BUILD/tests/cuda/bench_step" bench step --synthetic --backend cuda $args \
+      ${STEP_CSV:+--csv "$STEP_CSV"} >> "$OUT/step.log" 2>&1 || rc=1
   done
   echo "=== v4rt bench indexer" >> "$OUT/step.log"
   timeout 120 "$BUILD/tests/cuda/bench_step" bench indexer --backend cuda >> "$OUT/step.log" 2>&1 || rc=1
-  cat "$OUT/step.log"
+  grep -vE "^\s*$" "$OUT/step.log" | grep -vE "^  (rms_norm|rope|qdq|copy|add|swiglu|fill|embedding|hadamard|compressor)" | tail -150
 fi
 exit $rc

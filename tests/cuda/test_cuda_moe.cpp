@@ -3,7 +3,8 @@
 // with the official numerics flags (FP8 act quant, bf16 GEMM outputs, routing weight before w2):
 // linear with FP8 (whole and 128-row slices) and FP4 weights, grouped_linear (bf16 and FP8 wo_a,
 // group sub-ranges), moe_gate (score-routed with bias, hash-routed), moe_experts over an expert
-// range in decode and prefill shapes.
+// range in decode and prefill shapes; the reference-numerics paths (fp32 experts, hi + lo bf16
+// GEMM inputs) at tight tolerances.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -135,7 +136,7 @@ TEST(CudaLinear, GroupedOutputProjection) {
 TEST(CudaMoe, GateScoreAndHash) {
   V4RT_REQUIRE_GPU();
   Rng rng(33);
-  const int n = 9, experts = 256, hidden = 4096, topk = 6;
+  const int experts = 256, hidden = 4096, topk = 6;
   // Values on a coarse grid: every product and partial sum is exact in fp32 in any order.
   auto coarse = [&](int64_t cnt) {
     std::vector<float> v(static_cast<size_t>(cnt));
@@ -160,8 +161,12 @@ TEST(CudaMoe, GateScoreAndHash) {
   ts.cols = topk;
   ts.data = table.data();
   DualWeight tid2eid = upload_both(ts);
-  for (bool hash : {false, true}) {
-    Dual x = make_dual({n, hidden}, coarse(int64_t(n) * hidden));
+  DualWeight zero_bias = upload_f32(std::vector<float>(size_t(experts), 0.f), 1, experts);
+  // n = 3 (one block per expert row), 9: bf16 x; n = 37 (several token tiles and select blocks): F32 x. Variant 0: score + bias,
+  // 1: hash, 2: score without bias (coarse inputs give many equal scores: ties to the lower id).
+  for (auto [n, variant] : {std::pair{3, 0}, {3, 2}, {9, 0}, {9, 1}, {37, 0}, {37, 1}, {37, 2}}) {
+    const bool hash = variant == 1;
+    Dual x = make_dual({n, hidden}, coarse(int64_t(n) * hidden), n == 37 ? DType::kF32 : DType::kBF16);
     std::vector<int32_t> ids(static_cast<size_t>(n));
     for (auto& v : ids) v = int32_t(rng.integer(0, vocab - 1));
     Dual tok = make_dual_i32({n}, ids);
@@ -171,23 +176,27 @@ TEST(CudaMoe, GateScoreAndHash) {
     p.topk = topk;
     p.route_scale = 1.5f;
     p.x = x.cpu; p.gate = gate.cpu; p.out_idx = idx.cpu; p.out_weight = wgt.cpu; p.token_ids = tok.cpu;
-    if (hash) p.tid2eid = tid2eid.cpu; else p.bias = bias.cpu;
+    const DualWeight& b = variant == 2 ? zero_bias : bias;
+    if (hash) p.tid2eid = tid2eid.cpu; else p.bias = b.cpu;
     cpu_backend().moe_gate(p);
     p.x = x.gpu; p.gate = gate.gpu; p.out_idx = idx.gpu; p.out_weight = wgt.gpu; p.token_ids = tok.gpu;
-    if (hash) { p.tid2eid = tid2eid.gpu; p.bias = {}; } else { p.bias = bias.gpu; p.tid2eid = {}; }
+    if (hash) { p.tid2eid = tid2eid.gpu; p.bias = {}; } else { p.bias = b.gpu; p.tid2eid = {}; }
     gpu_backend().moe_gate(p);
     const auto gi = gpu_i32(idx), ci = cpu_i32(idx);
     int64_t mism = 0;
     for (size_t i = 0; i < gi.size(); ++i) mism += gi[i] != ci[i];
-    std::printf("[compare] moe_gate %s expert id mismatches=%lld\n", hash ? "hash" : "score", (long long)mism);
+    const std::string tag = std::string(variant == 1 ? "hash" : variant == 2 ? "score ties" : "score") + " n" +
+                            std::to_string(n);
+    std::printf("[compare] moe_gate %s expert id mismatches=%lld\n", tag.c_str(), (long long)mism);
     EXPECT_EQ(mism, 0);
-    EXPECT_TRUE(compare(std::string("moe_gate weights ") + (hash ? "hash" : "score"), wgt.gpu_values(), wgt.cpu_values(),
-                        {1e-5, 1e-6, 1e-10}));
+    EXPECT_TRUE(compare("moe_gate weights " + tag, wgt.gpu_values(), wgt.cpu_values(), {1e-5, 1e-6, 1e-10}));
   }
 }
 
-void run_moe_experts(int n, Rng& rng) {
-  const int experts = 16, hidden = 512, inter = 256, topk = 6, e0 = 4, e1 = 12;
+// official: FP8 act quant + bf16 pipeline vs the CPU official flags; otherwise the reference
+// numerics (F32 x on the GPU, fp32 expert pipeline) vs the fp32 CPU reference at a tight tolerance.
+void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
+  const int experts = 16, inter = 256, topk = 6, e0 = 4, e1 = 12;
   std::vector<Fp4Source> src;
   src.reserve(size_t(experts) * 3);
   std::vector<WeightView> w1c, w2c, w3c, w1g, w2g, w3g;
@@ -212,7 +221,7 @@ void run_moe_experts(int n, Rng& rng) {
       wt[size_t(t * topk + k)] = rng.uniform(0.1f, 0.6f);
     }
   }
-  Dual x = make_dual({n, hidden}, rng.normals(int64_t(n) * hidden));
+  Dual x = make_dual({n, hidden}, rng.normals(int64_t(n) * hidden, 1.f, official), official ? DType::kBF16 : DType::kF32);
   Dual di = make_dual_i32({n, topk}, idx);
   Dual dw = make_dual({n, topk}, wt, DType::kF32);
   Dual out = make_dual({n, hidden}, rng.normals(int64_t(n) * hidden), DType::kF32);
@@ -220,21 +229,78 @@ void run_moe_experts(int n, Rng& rng) {
   p.e_begin = e0;
   p.e_end = e1;
   p.swiglu_limit = 10.f;
-  p.official = true;
+  p.official = official;
   p.x = x.cpu; p.idx = di.cpu; p.weight = dw.cpu; p.out = out.cpu;
   p.w1 = w1c.data(); p.w2 = w2c.data(); p.w3 = w3c.data();
   cpu_backend().moe_experts(p);
   p.x = x.gpu; p.idx = di.gpu; p.weight = dw.gpu; p.out = out.gpu;
   p.w1 = w1g.data(); p.w2 = w2g.data(); p.w3 = w3g.data();
   gpu_backend().moe_experts(p);
-  EXPECT_TRUE(compare("moe_experts fp4 n" + std::to_string(n) + " experts [4,12)", out.gpu_values(), out.cpu_values(),
-                      {3e-2, 3e-2, 1e-3}));
+  const std::string tag = std::string(official ? "moe_experts fp4 official" : "moe_experts fp4 reference fp32") + " n" +
+                          std::to_string(n) + " hidden" + std::to_string(hidden) + " experts [4,12)";
+  if (official) {
+    EXPECT_TRUE(compare(tag, out.gpu_values(), out.cpu_values(), {3e-2, 3e-2, 1e-3}));
+  } else {
+    EXPECT_TRUE(compare(tag, out.gpu_values(), out.cpu_values(), {1e-3, 1e-5, 1e-10}));
+  }
 }
 
 TEST(CudaMoe, ExpertsDecodeAndPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(34);
   for (int n : {1, 13, 300}) run_moe_experts(n, rng);
+}
+
+// The reference numerics of the default CUDA options (ReferencePrecision::kBf16Split): fp32
+// experts (hidden 7168 takes the 4-token fp32 tile), fp32 inputs split hi + lo into the bf16 GEMMs
+// of linear and grouped_linear. Tight tolerances: one bf16 rounding of x (nmse ~1e-6) fails them.
+TEST(CudaReference, ExpertsFp32) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(35);
+  for (int n : {1, 13, 300}) run_moe_experts(n, rng, false);
+  run_moe_experts(9, rng, false, 7168);
+}
+
+TEST(CudaReference, SplitBf16LinearAndGrouped) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(36);
+  const Tolerance tight{1e-3, 1e-4, 1e-9};
+  for (int variant = 0; variant < 4; ++variant) {
+    const int m = variant == 0 ? 1 : variant == 1 ? 17 : 5, n = variant == 2 ? 256 : 300, k = variant == 2 ? 1024 : 4096;
+    std::vector<uint16_t> keep;
+    Fp8Source f;
+    DualWeight w;
+    if (variant == 2) {  // FP8 weight without act quant: the exact bf16 copy
+      f = make_fp8(rng, n, k);
+      w = upload_both(f.src);
+    } else {
+      w = upload_f32(rng.normals(int64_t(n) * k, 0.02f), n, k, DType::kBF16, &keep);
+    }
+    Dual x = make_dual({m, k}, rng.normals(int64_t(m) * k, 1.f, false), DType::kF32);  // not bf16-representable
+    Dual y = make_dual({m, n}, rng.normals(int64_t(m) * n, 1.f, false), DType::kF32);
+    LinearParams p;
+    p.accumulate = variant == 3;
+    p.x = x.cpu; p.w = w.cpu; p.y = y.cpu;
+    cpu_backend().linear(p);
+    p.x = x.gpu; p.w = w.gpu; p.y = y.gpu;
+    gpu_backend().linear(p);
+    EXPECT_TRUE(compare("linear bf16 split m" + std::to_string(m) + " n" + std::to_string(n) + " k" + std::to_string(k) +
+                            (variant == 2 ? " (fp8 weight)" : "") + (p.accumulate ? " acc" : ""),
+                        y.gpu_values(), y.cpu_values(), tight));
+  }
+  const int groups = 4, in_g = 512, out_g = 128, m = 7;
+  Fp8Source f = make_fp8(rng, groups * out_g, in_g);
+  DualWeight w = upload_both(f.src);
+  Dual x = make_dual({m, groups, in_g}, rng.normals(int64_t(m) * groups * in_g, 1.f, false), DType::kF32);
+  Dual y = make_dual({m, groups, out_g}, std::vector<float>(size_t(m) * groups * out_g, 0.f), DType::kF32);
+  GroupedLinearParams p;
+  p.g_begin = 1;
+  p.g_end = 4;
+  p.x = x.cpu; p.w = w.cpu; p.y = y.cpu;
+  cpu_backend().grouped_linear(p);
+  p.x = x.gpu; p.w = w.gpu; p.y = y.gpu;
+  gpu_backend().grouped_linear(p);
+  EXPECT_TRUE(compare("grouped_linear bf16 split fp8->bf16 groups [1,4)", y.gpu_values(), y.cpu_values(), tight));
 }
 
 }  // namespace

@@ -92,7 +92,7 @@ TEST(CudaOps, Hadamard) {
 TEST(CudaOps, HcPreHeadPost) {
   V4RT_REQUIRE_GPU();
   Rng rng(5);
-  for (auto [n, hidden] : {std::pair{1, 4096}, {19, 256}}) {
+  for (auto [n, hidden] : {std::pair{1, 4096}, {19, 256}, {300, 512}, {2, 7168}}) {
     const int hc = 4, nmix = (2 + hc) * hc;
     Dual x = make_dual({n, hc, hidden}, rng.normals(int64_t(n) * hc * hidden));
     DualWeight fn = upload_f32(rng.normals(int64_t(nmix) * hc * hidden, 0.02f, false), nmix, hc * hidden);
@@ -276,6 +276,8 @@ TEST(CudaOps, SparseAttentionDecodeAndPrefill) {
       {"decode csa", 1, 64, 512, 300, 128, 173, 100, 77, 0, false, 0, -1},
       {"decode hca", 1, 16, 512, 5000, 128, 4873, 39, 0, 128, false, 0, -1},
       {"decode window-only", 1, 8, 512, 50, 51, 0, 0, 0, 0, true, 0, -1},
+      {"decode csa heads [16,48) bf16 P", 1, 64, 512, 300, 128, 173, 100, 77, 0, true, 16, 48},
+      {"decode hca 9000 entries (3 tiles per split)", 1, 64, 512, 1160000, 128, 1160000 - 127, 9000, 0, 128, false, 0, -1},
       {"prefill csa", 70, 8, 512, 0, 70, 0, 17, 17, 0, false, 0, -1},
       {"prefill hca odd", 140, 5, 96, 200, 340, 0, 2, 0, 128, true, 1, 4},
   };

@@ -1,59 +1,22 @@
 // SPDX-License-Identifier: MIT
 // End-to-end checks of `v4rt serve` through the official `openai` npm client (run by
-// run_serve_e2e.sh; BASE_URL, API_KEY and RESULTS come from the environment). Exits non-zero on the
-// first failed check. The tiny model has random weights, so text checks compare the server with
-// itself (streamed vs non-streamed, concurrent vs sequential) or use the forced-output test hook.
+// run_serve_e2e.sh; BASE_URL and API_KEY come from the environment). Exits non-zero on the first
+// failed check. The tiny model has random weights, so text checks compare the server with itself
+// (streamed vs non-streamed, concurrent vs sequential, one rank vs several) or use the
+// forced-output test hook. Optional environment:
+//   EXPECT_RANKS   ranks /health must report (default 1)
+//   LOAD_CLIENTS, LOAD_REQUESTS   size of the load part (default 64 clients, 128 requests)
+//   SEEDED_OUT     write the seeded results (text and tokens) to this JSON file
+//   SEEDED_REF     compare the seeded results with this file (written by another run)
+//   ONLY_SEEDED=1  run the seeded requests only
+//   RESULTS        write the load figures to this JSON file
 'use strict';
 const OpenAI = require('openai');
 const fs = require('fs');
+const { check, waitHealthy, collect, pct } = require('./serve_util.cjs');
 
 const base = process.env.BASE_URL;
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: process.env.API_KEY, maxRetries: 0, timeout: 300000 });
-
-function check(cond, what) {
-  if (!cond) throw new Error(`FAILED: ${what}`);
-  console.log(`ok - ${what}`);
-}
-
-async function waitHealthy() {
-  for (let i = 0; i < 600; ++i) {
-    try {
-      const r = await fetch(`${base}/health`);
-      if (r.status === 200) return;
-    } catch (e) { /* not listening yet */ }
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  throw new Error('server never became healthy');
-}
-
-async function collect(stream) {
-  const out = { reasoning: '', content: '', finish: null, calls: {}, usage: null, chunks: 0, roleSeen: false,
-                firstDeltaMs: null, deltaTimes: [] };
-  const t0 = Date.now();
-  for await (const chunk of stream) {
-    out.chunks++;
-    if (chunk.usage) out.usage = chunk.usage;
-    const ch = chunk.choices && chunk.choices[0];
-    if (!ch) continue;
-    const d = ch.delta || {};
-    if (d.role === 'assistant') out.roleSeen = true;
-    if (d.reasoning_content || d.content) {
-      const now = Date.now() - t0;
-      if (out.firstDeltaMs === null) out.firstDeltaMs = now;
-      out.deltaTimes.push(now);
-    }
-    if (d.reasoning_content) out.reasoning += d.reasoning_content;
-    if (d.content) out.content += d.content;
-    for (const tc of d.tool_calls || []) {
-      const c = out.calls[tc.index] || (out.calls[tc.index] = { id: null, name: null, arguments: '' });
-      if (tc.id) c.id = tc.id;
-      if (tc.function && tc.function.name) c.name = tc.function.name;
-      if (tc.function && tc.function.arguments) c.arguments += tc.function.arguments;
-    }
-    if (ch.finish_reason) out.finish = ch.finish_reason;
-  }
-  return out;
-}
 
 const weatherTool = {
   type: 'function',
@@ -65,8 +28,42 @@ const toolCallText = 'The user wants the weather; call the tool.</think>Let me c
   '<｜DSML｜parameter name="city" string="true">Lyon</｜DSML｜parameter>\n' +
   '</｜DSML｜invoke>\n</｜DSML｜tool_calls>';
 
+// Seeded sampling (temperature, top_p, seed) with logprobs, each request non-streamed and streamed:
+// the tokens must be identical between the two, and between runs on different numbers of ranks.
+async function seededRequests() {
+  const prompts = ['Write a line.', 'Name three colours.', 'Count to five.'];
+  const results = [];
+  for (let i = 0; i < prompts.length; ++i) {
+    const req = { model: 'tiny', messages: [{ role: 'user', content: prompts[i] }], max_tokens: 12, seed: 1000 + i,
+                  temperature: 0.9, top_p: 0.95, logprobs: true };
+    const ns = await client.chat.completions.create(req);
+    const st = await collect(await client.chat.completions.create({ ...req, stream: true }));
+    const c = ns.choices[0];
+    const nsTokens = c.logprobs ? c.logprobs.content.map((e) => e.token) : [];
+    check(nsTokens.length === ns.usage.completion_tokens || (c.finish_reason === 'stop' && nsTokens.length + 1 >= ns.usage.completion_tokens),
+          `seeded request ${i}: one logprob entry per generated token (${nsTokens.length})`);
+    check(JSON.stringify(st.tokens) === JSON.stringify(nsTokens) && st.content === (c.message.content || '') &&
+          st.reasoning === (c.message.reasoning_content || '') && st.finish === c.finish_reason,
+          `seeded request ${i}: streamed tokens equal non-streamed tokens`);
+    results.push({ prompt: prompts[i], seed: req.seed, tokens: nsTokens, content: c.message.content || '',
+                   reasoning: c.message.reasoning_content || '', finish: c.finish_reason });
+  }
+  if (process.env.SEEDED_OUT) fs.writeFileSync(process.env.SEEDED_OUT, JSON.stringify(results, null, 2));
+  if (process.env.SEEDED_REF) {
+    const ref = JSON.parse(fs.readFileSync(process.env.SEEDED_REF, 'utf8'));
+    for (let i = 0; i < results.length; ++i) {
+      check(JSON.stringify(results[i]) === JSON.stringify(ref[i]),
+            `seeded request ${i}: same tokens as the reference run (${process.env.SEEDED_REF})`);
+    }
+  }
+}
+
 async function main() {
-  await waitHealthy();
+  const health = await waitHealthy(base);
+  const ranks = Number(process.env.EXPECT_RANKS || 1);
+  check(health.status === 'ok' && health.ranks === ranks, `/health ready over ${ranks} rank(s)`);
+  await seededRequests();
+  if (process.env.ONLY_SEEDED === '1') return;
   const models = await client.models.list();
   check(models.data.length === 1 && models.data[0].id === 'tiny', 'models.list serves tiny');
 
@@ -133,7 +130,7 @@ async function main() {
                             thinking: { type: 'disabled' } });
   const refs = [];
   for (const p of prompts) refs.push(await client.chat.completions.create(loadReq(p)));
-  const clients = 64, total = 128;
+  const clients = Number(process.env.LOAD_CLIENTS || 64), total = Number(process.env.LOAD_REQUESTS || 128);
   let next = 0, mismatches = 0, tokens = 0;
   const ttft = [], itl = [];
   const t0 = Date.now();
@@ -152,7 +149,6 @@ async function main() {
   }
   await Promise.all(Array.from({ length: clients }, worker));
   const wall = (Date.now() - t0) / 1000;
-  const pct = (a, q) => { const s = [...a].sort((x, y) => x - y); return s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))] : 0; };
   const results = { clients, requests: total, wall_s: wall, requests_per_s: total / wall, completion_tokens: tokens,
                     tokens_per_s: tokens / wall, ttft_ms_p50: pct(ttft, 0.5), ttft_ms_p95: pct(ttft, 0.95),
                     itl_ms_p50: pct(itl, 0.5), itl_ms_p95: pct(itl, 0.95), mismatches };

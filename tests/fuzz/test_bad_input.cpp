@@ -225,7 +225,13 @@ TEST(BadRuntimeYaml, ImpossibleLayoutNamesTheKey) {
   dims.hidden = mc.hidden_size;
   dims.world_size = 3;
   expect_error_naming([&] { parallel::validate(rc.parallel, dims); },
-                      {"parallel.tp = 3 does not divide num_attention_heads 8", "parallel.ep = 5"});
+                      {"bad.yaml: parallel layout tp=3 sp=1 ep=5 dp=1 is invalid: ",
+                       "parallel.tp = 3 does not divide num_attention_heads 8", "parallel.ep = 5"});
+  try {
+    parallel::validate(rc.parallel, dims);
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();  // one line
+  }
 }
 
 // ----- planner hardware / calibration YAML (`v4rt plan --gpu FILE --calibration FILE`) -------------
@@ -387,11 +393,14 @@ TEST(BadCli, LogitsWithBadRuntimeYaml) {
   const std::string ids = write_file(tmp, "ids.txt", "1 2 3");
   const std::string base = "logits --model " V4RT_GOLDEN_DIR "/tiny-a/model --ids " + ids + " --out " + (tmp / "o.st");
   const std::string tp3 = write_file(tmp, "tp3.yaml", "parallel: {tp: 3}\n");
-  // NOTE: parallel::validate lists every violated rule on its own line, so this error is several
-  // lines long (docs/RELIABILITY.md, open items); exit code and key are checked.
-  const CmdResult layout = run_v4rt(base + " --config " + tp3, tmp);
-  EXPECT_EQ(layout.code, 1) << layout.err;
-  EXPECT_NE(layout.err.find("parallel.tp = 3 does not divide num_attention_heads 8"), std::string::npos) << layout.err;
+  // An impossible layout: one line naming the YAML file and every violated key.
+  expect_one_line_error(run_v4rt(base + " --config " + tp3, tmp),
+                        {tp3 + ": parallel layout tp=3", "parallel.tp = 3 does not divide num_attention_heads 8",
+                         "parallel.tp = 3 does not divide o_groups 2"});
+  const std::string inf = write_file(tmp, "inf.yaml", "sampling: {temperature: .inf}\n");
+  expect_one_line_error(run_v4rt(base + " --config " + inf, tmp), {inf, "'sampling.temperature'", "[0, 2]"});
+  const std::string block = write_file(tmp, "block.yaml", "parallel: {sp_block: 0}\n");
+  expect_one_line_error(run_v4rt(base + " --config " + block, tmp), {block, "'parallel.sp_block'", ">= 1"});
   const std::string typo = write_file(tmp, "typo.yaml", "parallel: {tpp: 2}\n");
   expect_one_line_error(run_v4rt(base + " --config " + typo, tmp), {typo, "'parallel.tpp'"});
   const std::string type = write_file(tmp, "type.yaml", "sampling: {temperature: hot}\n");

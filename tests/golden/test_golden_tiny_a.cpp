@@ -14,52 +14,17 @@
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/safetensors.h"
+#include "tests/golden_util.h"
 
 namespace v4rt::model {
 namespace {
 
 constexpr double kTol = 1e-4;
-const std::string kCase = std::string(V4RT_GOLDEN_DIR) + "/tiny-a";
+const std::string kCase = testing::golden_case_dir("tiny-a");
 
-struct Golden {
-  std::map<std::string, std::vector<float>> f32;
-  std::vector<int32_t> ids;
-};
+using testing::rel_err;
 
-const Golden& golden() {
-  static Golden g = [] {
-    Golden out;
-    const std::string path = kCase + "/reference.safetensors";
-    safetensors::MappedFile file(path);
-    const safetensors::Header h = safetensors::parse_header(file.data(), file.size(), file.size(), path);
-    for (const safetensors::Entry& e : h.entries) {
-      const uint8_t* p = file.data() + h.data_offset + e.begin;
-      const uint64_t n = safetensors::shape_numel(e.shape);
-      if (e.dtype == DType::kI64) {
-        for (uint64_t i = 0; i < n; ++i) {
-          int64_t v;
-          std::memcpy(&v, p + 8 * i, 8);
-          out.ids.push_back(int32_t(v));
-        }
-      } else {
-        std::vector<float> v(n);
-        std::memcpy(v.data(), p, n * 4);
-        out.f32[e.name] = std::move(v);
-      }
-    }
-    return out;
-  }();
-  return g;
-}
-
-double rel_err(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+const testing::GoldenReference& golden() { return testing::golden_reference("tiny-a"); }
 
 class GoldenTinyA : public ::testing::Test {
  protected:
@@ -97,13 +62,13 @@ class GoldenTinyA : public ::testing::Test {
   }
 
   void expect_prefill(const std::vector<float>& all, const char* what) {
-    const auto& ref = golden().f32.at("prefill_logits");
+    const auto& ref = golden().at("prefill_logits");
     const double e = rel_err(all.data(), ref.data(), ref.size());
     std::printf("  %s: prefill logits rel err %.3e\n", what, e);
     EXPECT_LE(e, kTol) << what;
   }
   void expect_decode(const std::vector<float>& all, const char* what) {
-    const auto& ref = golden().f32.at("decode_logits");
+    const auto& ref = golden().at("decode_logits");
     const int64_t vocab = model_->config().vocab_size;
     const double e = rel_err(all.data() + 520 * vocab, ref.data(), ref.size());
     std::printf("  %s: decode logits rel err %.3e\n", what, e);
@@ -129,7 +94,7 @@ TEST_F(GoldenTinyA, PrefillLogitsAndLayerHidden) {
     ASSERT_EQ(n, 520);
     std::vector<float> host(size_t(32 * hc * hidden));
     backend_->copy_to_host(host.data(), static_cast<const float*>(x.data) + (n - 32) * hc * hidden, host.size() * 4);
-    const auto& ref = golden().f32.at("prefill_hidden_after_layer_" + std::to_string(layer));
+    const auto& ref = golden().at("prefill_hidden_after_layer_" + std::to_string(layer));
     errs[layer] = rel_err(host.data(), ref.data(), ref.size());
   });
   const std::vector<float> all = run(520, 520, 0);
@@ -199,7 +164,7 @@ TEST_F(GoldenTinyA, ResetBetweenSequences) {
   StepChunk b{seq.get(), std::span<const int32_t>(ids.data(), 130), true};
   std::vector<std::vector<float>> logits;
   model_->step(std::span<const StepChunk>(&b, 1), &logits);
-  const auto& ref = golden().f32.at("prefill_logits");
+  const auto& ref = golden().at("prefill_logits");
   const double e = rel_err(logits[0].data(), ref.data(), logits[0].size());
   std::printf("  reset then 130 tokens: rel err %.3e\n", e);
   EXPECT_LE(e, kTol);
@@ -235,7 +200,7 @@ TEST(GoldenTinyAOfficial, CloseToReferenceAndChunkInvariant) {
   };
   const auto one = run(520);
   const auto chunked = run(64);
-  const auto& ref = golden().f32.at("prefill_logits");
+  const auto& ref = golden().at("prefill_logits");
   const double e_ref = rel_err(one.data(), ref.data(), ref.size());
   const double e_chunk = rel_err(chunked.data(), one.data(), one.size());
   std::printf("  official vs fp32 golden: rel err %.3e; official chunk 64 vs one chunk: %.3e\n", e_ref, e_chunk);

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Scheduler behaviour with synthetic logits (no model): token budget per step with decode first,
 // priority then FIFO admission, admission by KV memory (413 when it can never fit, waiting when it
-// could later), 429 on a full queue, cancellation, timeout, and the prefix-reuse copy in the plan.
+// could later), 429 on a full queue, cancellation, timeout, the prefix-reuse copy in the plan, and
+// fail_all (every request ends with an error; the states of the running ones are released by the
+// next plan, which every rank applies).
 #include <gtest/gtest.h>
 
 #include <thread>
@@ -73,6 +75,30 @@ TEST_F(SchedulerTest, TokenBudgetDecodeFirstThenPrefillChunks) {
   ev.clear();
   EXPECT_EQ(b->stream->wait(&ev, 0ms), FinishReason::kLength);
   EXPECT_EQ(ev.size(), 4u);
+}
+
+TEST_F(SchedulerTest, FailAllEndsRequestsAndReleasesRunningStates) {
+  Scheduler s(SchedulerOptions{}, config, &metrics);
+  auto a = make_request(3, 8), b = make_request(4, 8, 2000);
+  ASSERT_EQ(s.submit(a).status, 200);
+  StepPlan p;
+  ASSERT_TRUE(s.next_plan(&p, 0ms));
+  ASSERT_EQ(p.chunks.size(), 1u);
+  const SeqId a_seq = p.chunks[0].seq;
+  s.complete(p, logits_for(p, 7));
+  ASSERT_EQ(s.submit(b).status, 200);  // waits until the next plan
+  s.fail_all("a rank failed");
+  std::vector<TokenEvent> ev;
+  std::string message;
+  EXPECT_EQ(a->stream->wait(&ev, 0ms, &message), FinishReason::kError);
+  EXPECT_EQ(message, "a rank failed");
+  EXPECT_EQ(ev.size(), 1u);  // the token sampled before the failure
+  EXPECT_EQ(b->stream->wait(&ev, 0ms), FinishReason::kError);
+  ASSERT_TRUE(s.next_plan(&p, 0ms));  // releases only: nothing is admitted or decoded any more
+  EXPECT_TRUE(p.chunks.empty());
+  EXPECT_EQ(p.releases, std::vector<SeqId>{a_seq});
+  EXPECT_FALSE(s.next_plan(&p, 0ms));
+  EXPECT_EQ(s.submit(make_request(2, 2)).status, 503);
 }
 
 TEST_F(SchedulerTest, PriorityThenFifo) {

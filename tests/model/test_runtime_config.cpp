@@ -92,5 +92,85 @@ TEST(RuntimeConfig, BadValuesRejected) {
   expect_error_naming([] { load_runtime_config("/nonexistent/v4rt.yaml"); }, {"/nonexistent/v4rt.yaml"});
 }
 
+// parallel.sp_block (the SP ownership granule) is a key of the parallel section, emitted back in
+// the resolved YAML; the layout remembers the file it came from (named in layout errors).
+TEST(RuntimeConfig, SpBlockParsed) {
+  const RuntimeConfig c = parse_runtime_config("parallel: {tp: 2, sp: 2, sp_block: 4}\n", "sp.yaml");
+  EXPECT_EQ(c.parallel.sp_block, 4);
+  EXPECT_EQ(c.parallel.sp, 2);
+  EXPECT_EQ(c.parallel.source, "sp.yaml");
+  EXPECT_EQ(parse_runtime_config("parallel: {sp: 2}\n", "d.yaml").parallel.sp_block, 64);  // default kept
+  const std::string yaml = runtime_config_yaml(c);
+  EXPECT_NE(yaml.find("sp_block: 4"), std::string::npos) << yaml;
+  EXPECT_EQ(parse_runtime_config(yaml, "back.yaml").parallel.sp_block, 4);
+  expect_error_naming([] { parse_runtime_config("parallel: {sp_block: 0}\n", "a.yaml"); },
+                      {"a.yaml:1", "'parallel.sp_block'", ">= 1"});
+  expect_error_naming([] { parse_runtime_config("parallel: {sp_block: many}\n", "a.yaml"); },
+                      {"'parallel.sp_block'", "integer", "many"});
+  expect_error_naming([] { parse_runtime_config("parallel: {sp_block: 4.5}\n", "a.yaml"); },
+                      {"'parallel.sp_block'", "integer"});
+}
+
+// Sampling values no request could use: infinities, NaN, negative or out-of-range numbers. Each is
+// rejected naming the file, line and key (YAML spells infinity .inf and NaN .nan).
+TEST(RuntimeConfig, InvalidSamplingValuesRejected) {
+  for (const char* t : {".inf", "-.inf", ".nan", ".NaN", "-0.5", "2.5", "1e400"}) {
+    const std::string text = std::string("sampling:\n  temperature: ") + t + "\n";
+    expect_error_naming([&] { parse_runtime_config(text, "s.yaml"); }, {"s.yaml:2", "'sampling.temperature'"});
+  }
+  for (const char* p : {".inf", ".nan", "0", "-0.1", "1.0001"}) {
+    const std::string text = std::string("sampling: {top_p: ") + p + "}\n";
+    expect_error_naming([&] { parse_runtime_config(text, "s.yaml"); }, {"s.yaml:1", "'sampling.top_p'"});
+  }
+  expect_error_naming([] { parse_runtime_config("sampling: {max_tokens: 0}\n", "s.yaml"); },
+                      {"'sampling.max_tokens'", "> 0"});
+  expect_error_naming([] { parse_runtime_config("sampling: {max_tokens: .inf}\n", "s.yaml"); },
+                      {"'sampling.max_tokens'", "integer"});
+  expect_error_naming([] { parse_runtime_config("server: {request_timeout_s: .inf}\n", "s.yaml"); },
+                      {"'server.request_timeout_s'", "finite"});
+  expect_error_naming([] { parse_runtime_config("server: {request_timeout_s: .nan}\n", "s.yaml"); },
+                      {"'server.request_timeout_s'"});
+  // The edges of the ranges are accepted.
+  const RuntimeConfig c = parse_runtime_config("sampling: {temperature: 0, top_p: 1}\n", "s.yaml");
+  EXPECT_DOUBLE_EQ(c.sampling.temperature, 0.0);
+  EXPECT_DOUBLE_EQ(parse_runtime_config("sampling: {temperature: 2}\n", "s.yaml").sampling.temperature, 2.0);
+}
+
+// Wrong types in every section: a list or mapping where a scalar belongs, a string for a number, a
+// number for a boolean, a scalar where a section belongs.
+TEST(RuntimeConfig, WrongTypesInEverySection) {
+  struct Case {
+    const char* yaml;
+    const char* key;
+  };
+  for (const Case& k : {Case{"numerics: {a: 1}\n", "'numerics'"}, Case{"sampling: {seed: [1]}\n", "'sampling.seed'"},
+                        Case{"sampling: {top_p: high}\n", "'sampling.top_p'"},
+                        Case{"parallel: {ep: {x: 1}}\n", "'parallel.ep'"}, Case{"parallel: 4\n", "'parallel'"},
+                        Case{"server: {port: http}\n", "'server.port'"},
+                        Case{"server: {prefix_cache: maybe}\n", "'server.prefix_cache'"},
+                        Case{"server: {max_body_mb: 1.5}\n", "'server.max_body_mb'"},
+                        Case{"server: [a]\n", "'server'"}, Case{"debug: {dump_dir: [a, b]}\n", "'debug.dump_dir'"},
+                        Case{"debug: yes\n", "'debug'"}}) {
+    expect_error_naming([&] { parse_runtime_config(k.yaml, "w.yaml"); }, {"w.yaml", k.key});
+  }
+}
+
+// Unknown keys in every section, including a near-miss of a real key; the message lists the known
+// keys so the fix is obvious.
+TEST(RuntimeConfig, UnknownKeysInEverySection) {
+  expect_error_naming([] { parse_runtime_config("sampling: {temprature: 1}\n", "u.yaml"); },
+                      {"u.yaml:1", "'sampling.temprature'", "not a known key", "temperature"});
+  expect_error_naming([] { parse_runtime_config("server:\n  port: 1\n  api-key: x\n", "u.yaml"); },
+                      {"u.yaml:3", "'server.api-key'", "api_key"});
+  expect_error_naming([] { parse_runtime_config("parallel: {TP: 2}\n", "u.yaml"); }, {"'parallel.TP'", "tp"});
+  expect_error_naming([] { parse_runtime_config("version: 2\n", "u.yaml"); }, {"'version'", "not a known key"});
+}
+
+// Sizes whose product would overflow the rank count are refused before anything multiplies them.
+TEST(RuntimeConfig, ImplausibleWorldRejected) {
+  expect_error_naming([] { parse_runtime_config("parallel: {tp: 65536, sp: 65536}\n", "big.yaml"); },
+                      {"big.yaml", "'parallel'", "implausibly large"});
+}
+
 }  // namespace
 }  // namespace v4rt::model

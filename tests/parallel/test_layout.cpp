@@ -71,6 +71,31 @@ TEST(Layout, FlagsSplitFp8Blocks) {
   EXPECT_NE(e.find("splits indexer.wq_b rows"), std::string::npos) << e;
 }
 
+// An impossible layout read from a runtime YAML is ONE line naming the file and every violated
+// key (the CLI prints an Error as a single line); layout_violations() lists the same rules.
+TEST(Layout, OneLineNamingTheFileAndKeys) {
+  Layout l{.tp = 3, .sp = 1, .ep = 5, .dp = 1};
+  l.source = "configs/bad.yaml";
+  const std::string e = error_of(l, flash_dims(3));
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  EXPECT_EQ(e.rfind("configs/bad.yaml: parallel layout tp=3 sp=1 ep=5 dp=1 is invalid: ", 0), 0u) << e;
+  const std::vector<std::string> v = layout_violations(l, flash_dims(3));
+  ASSERT_GE(v.size(), 3u);
+  for (const std::string& rule : v) {
+    EXPECT_NE(e.find(rule), std::string::npos) << rule << " missing from: " << e;
+    EXPECT_EQ(rule.find('\n'), std::string::npos) << rule;
+  }
+  EXPECT_NE(e.find("parallel.tp = 3 does not divide num_attention_heads 64; "), std::string::npos) << e;
+  EXPECT_NE(e.find("parallel.ep = 5 does not divide n_routed_experts 256"), std::string::npos) << e;
+  // Several sizes below 1 are all named, still on one line.
+  Layout zero{.tp = 0, .sp = 1, .ep = 1, .dp = 1, .sp_block = 0};
+  const std::string z = error_of(zero, flash_dims(1));
+  EXPECT_EQ(z.find('\n'), std::string::npos) << z;
+  EXPECT_NE(z.find("parallel.tp = 0 must be >= 1; parallel.sp_block = 0 must be >= 1"), std::string::npos) << z;
+  // A valid layout has no violations.
+  EXPECT_TRUE(layout_violations({.tp = 8, .sp = 1, .ep = 8, .dp = 1}, flash_dims(8)).empty());
+}
+
 TEST(ShardPlan, CoversEveryTensorOnce) {
   const Layout layout{.tp = 4, .sp = 2, .ep = 8, .dp = 1};
   const ModelDims dims = flash_dims(8);

@@ -25,6 +25,7 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "tests/cluster/mpi_test.h"
+#include "tests/golden_util.h"
 
 namespace v4rt::model {
 namespace {
@@ -34,46 +35,11 @@ constexpr double kGoldenTol = 1e-4;     // vs the independent implementation (go
 constexpr int64_t kPrompt = 320;        // tokens of the prefill
 constexpr int64_t kFirstChunk = 301;    // chunked prefill: 301 + 19
 constexpr int64_t kDecode = 4;          // decode steps after the chunked prefill
-const std::string kCase = std::string(V4RT_GOLDEN_DIR) + "/tiny-a";
+const std::string kCase = testing::golden_case_dir("tiny-a");
 
-struct Golden {
-  std::vector<int32_t> ids;
-  std::vector<float> prefill_logits;  // [520, vocab]
-};
+using testing::rel_err;
 
-const Golden& golden() {
-  static Golden g = [] {
-    Golden out;
-    const std::string path = kCase + "/reference.safetensors";
-    safetensors::MappedFile file(path);
-    const safetensors::Header h = safetensors::parse_header(file.data(), file.size(), file.size(), path);
-    for (const safetensors::Entry& e : h.entries) {
-      const uint8_t* p = file.data() + h.data_offset + e.begin;
-      const uint64_t n = safetensors::shape_numel(e.shape);
-      if (e.name == "input_ids") {
-        for (uint64_t i = 0; i < n; ++i) {
-          int64_t v;
-          std::memcpy(&v, p + 8 * i, 8);
-          out.ids.push_back(int32_t(v));
-        }
-      } else if (e.name == "prefill_logits") {
-        out.prefill_logits.resize(n);
-        std::memcpy(out.prefill_logits.data(), p, n * 4);
-      }
-    }
-    return out;
-  }();
-  return g;
-}
-
-double rel_err(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+const testing::GoldenReference& golden() { return testing::golden_reference("tiny-a"); }
 
 // Feeds ids[0, len): [0, prompt) in chunks (first chunk `first`, then the rest), then one token at
 // a time. Returns the logits after every token [len, vocab].
@@ -166,7 +132,7 @@ class ShardedTinyA : public ::testing::Test {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double e_prefill = rel_err(prefill.data(), sh.ref_prefill.data(), prefill.size());
     const double e_chunked = rel_err(chunked.data(), sh.ref_chunked.data(), chunked.size());
-    const double e_golden = rel_err(prefill.data(), golden().prefill_logits.data(), prefill.size());
+    const double e_golden = rel_err(prefill.data(), golden().at("prefill_logits").data(), prefill.size());
     if (rank == 0) {
       std::printf("  %s: vs single rank: prefill %.3e, chunked+decode %.3e; vs golden %.3e; weights %.0f B "
                   "(share %.0f B); %.2f s\n",

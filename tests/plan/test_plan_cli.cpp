@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -80,15 +81,42 @@ TEST(PlanCli, CsvAndValidate) {
   const std::string path = (std::filesystem::temp_directory_path() / "v4rt_plan_validate.csv").string();
   {
     std::ofstream f(path);
-    f << "source,model,gpu,nodes,gpus_per_node,tp,sp,ep,dp,context,batch,kv_format,step_ms,prefill_s\n";
-    f << "predicted,flash,h200,1,8,8,1,8,1,65536,8,compact,1.0,\n";
-    f << "measured,flash,h200,1,8,8,1,8,1,65536,8,compact," << 2 * predicted_ms << ",\n";
+    f << "source,model,gpu,nodes,gpus_per_node,tp,sp,ep,dp,context,batch,kv_format,step_ms,prefill_s,batching,head\n";
+    f << "predicted,flash,h200,1,8,8,1,8,1,65536,8,compact,1.0,,batched,split\n";
+    f << "measured,flash,h200,1,8,8,1,8,1,65536,8,compact," << 2 * predicted_ms << ",,batched,split\n";
   }
   const CmdResult v = run_v4rt("plan --validate " + path);
   ASSERT_EQ(v.status, 0) << v.out;
   EXPECT_NE(v.out.find("-50.0%"), std::string::npos) << v.out;
   EXPECT_NE(v.out.find("over 1 point(s)"), std::string::npos) << v.out;
   std::filesystem::remove(path);
+}
+
+
+// The measured H200 points of docs/PERFORMANCE.md: fitted on Flash batch 1 (per-op table), the
+// Flash batch-4 and Pro points must be predicted within +-25%; the fit point is not counted, also
+// when the written calibration is read back.
+TEST(PlanCli, ValidateGpuPointsFitOnFlashBatch1) {
+  const std::string points = std::string(V4RT_SOURCE_DIR) + "/scripts/scaling/data/h200_performance_md.csv";
+  const std::string yaml = (std::filesystem::temp_directory_path() / "v4rt_plan_fit.yaml").string();
+  const CmdResult fit = run_v4rt("plan validate --points " + points + " --fit-on model=flash,batch=1 --write-calibration " + yaml);
+  ASSERT_EQ(fit.status, 0) << fit.out;
+  EXPECT_NE(fit.out.find("fit point: flash L2 b1 ctx1048576 h200 1x1 tp1 sp1 ep1 dp1 f32 sequential"), std::string::npos)
+      << fit.out;
+  EXPECT_NE(fit.out.find("validation: 2 point(s), 2 PASS, 0 FAIL at +-25%"), std::string::npos) << fit.out;
+  const std::regex pro(R"(check\s+([0-9.]+)\s+10\.200\s+([-+][0-9.]+)%\s+PASS\s+pro L2 b1 ctx1048576)");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(fit.out, m, pro)) << fit.out;
+  EXPECT_LE(std::fabs(std::stod(m[2])), 25.0);
+  const CmdResult again = run_v4rt("plan validate --points " + points + " --calibration " + yaml);
+  ASSERT_EQ(again.status, 0) << again.out;
+  EXPECT_NE(again.out.find("(fit)   flash L2 b1"), std::string::npos) << again.out;
+  EXPECT_NE(again.out.find("calibration: 1 point(s) used to fit the constants, not counted above"), std::string::npos);
+  // A filter that matches nothing is an error, not an empty fit.
+  const CmdResult none = run_v4rt("plan validate --points " + points + " --fit-on model=tiny");
+  EXPECT_EQ(none.status, 1) << none.out;
+  EXPECT_NE(none.out.find("no measured point matches the fit filter"), std::string::npos) << none.out;
+  std::filesystem::remove(yaml);
 }
 
 }  // namespace

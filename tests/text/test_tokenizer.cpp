@@ -8,6 +8,8 @@
 #include <fstream>
 #include <random>
 
+#include <unistd.h>
+
 #include "common/check.h"
 #include "model/text/detokenizer.h"
 #include "model/text/special_tokens.h"
@@ -185,6 +187,57 @@ TEST(Tokenizer, RejectsInvalidUtf8AndBadIds) {
   EXPECT_THROW(tokenizer().token_bytes(kVocabSize), v4rt::Error);
   EXPECT_THROW(tokenizer().token_bytes(-1), v4rt::Error);
   EXPECT_THROW(Tokenizer("/nonexistent/tokenizer.json"), v4rt::Error);
+}
+
+// A tokenizer.json nested far deeper than any real one is refused before parsing (a parsed value
+// that deep would overflow the stack when copied or destroyed); the message names the file.
+TEST(Tokenizer, DeeplyNestedFileRejected) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("v4rt_deep_tokenizer_" + std::to_string(::getpid()) + ".json"))
+          .string();
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << "{\"model\": " << std::string(200000, '[') << std::string(200000, ']') << "}";
+  }
+  try {
+    Tokenizer t(path);
+    ADD_FAILURE() << "a tokenizer.json nested 200000 levels was accepted";
+  } catch (const v4rt::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(path), std::string::npos) << what;
+    EXPECT_NE(what.find("nests deeper than"), std::string::npos) << what;
+  }
+  // Just inside the limit the depth guard lets it through; the file is then refused, naming it,
+  // for its structure (`model` is an array), not for its depth.
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << "{\"model\": " << std::string(500, '[') << std::string(500, ']') << "}";
+  }
+  try {
+    Tokenizer t(path);
+    ADD_FAILURE() << "a tokenizer.json without a vocabulary was accepted";
+  } catch (const v4rt::Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("nests deeper"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+  // Values of the wrong JSON type inside an otherwise plausible file are an Error naming the file
+  // (they used to escape as nlohmann::json::type_error).
+  for (const char* body : {R"({"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []},
+                              "pre_tokenizer": {"type": "Sequence", "pretokenizers": [1, 2, 3, 4]}})",
+                           R"({"model": {"type": "BPE", "vocab": [], "merges": []}})",
+                           R"({"model": 7})", R"([1, 2])"}) {
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out << body;
+    }
+    try {
+      Tokenizer t(path);
+      ADD_FAILURE() << "accepted: " << body;
+    } catch (const v4rt::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    }
+  }
+  std::filesystem::remove(path);
 }
 
 TEST(Tokenizer, FindPathOrder) {
