@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Bounded loopback load test of `v4rt serve` (run by run_serve_load.sh): CLIENTS concurrent
 // streaming clients (official `openai` npm client) issue greedy chat requests with logprobs for
-// DURATION_S seconds (connecting over the first RAMP_MS); requests started before the deadline run
-// to their end. Every stream is
+// DURATION_S seconds (all connecting at once, or spread over RAMP_MS); requests started before the
+// deadline run to their end. Every stream is
 // compared with the sequential non-streamed reference of its prompt, token by token (the streamed
 // logprobs name each token once), so a lost or duplicated token or response is a mismatch. The
 // server's resident memory (SERVER_PID) is sampled every second. Prints one LOAD_FIGURES line and
@@ -17,7 +17,7 @@ const clients = Number(process.env.CLIENTS || 200);
 const durationS = Number(process.env.DURATION_S || 60);
 const maxTokens = Number(process.env.MAX_TOKENS || 8);
 const serverPid = Number(process.env.SERVER_PID || 0);
-const rampMs = Number(process.env.RAMP_MS || 2000);
+const rampMs = Number(process.env.RAMP_MS || 0);
 const rssLimitMiB = Number(process.env.RSS_LIMIT_MB || 3072);
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: process.env.API_KEY, maxRetries: 0, timeout: 600000 });
 
@@ -44,8 +44,7 @@ async function main() {
   const ttft = [];
   const t0 = Date.now(), deadline = t0 + durationS * 1000;
   async function worker(w) {
-    // Clients connect over the first RAMP_MS (the server's listen backlog is small).
-    await new Promise((res) => setTimeout(res, (w * rampMs) / clients));
+    if (rampMs > 0) await new Promise((res) => setTimeout(res, (w * rampMs) / clients));
     for (let k = 0; k === 0 || Date.now() < deadline; ++k) {  // every client sends at least one request
       const i = (w + k) % prompts.length;
       ++started;

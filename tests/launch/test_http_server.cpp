@@ -2,14 +2,15 @@
 // The HTTP server in-process on the tiny model, over loopback: health and models, OpenAI-style
 // errors for bad requests (the server keeps serving after each), Bearer authentication, streamed
 // and non-streamed results of one seeded request being identical (text, tool calls, logprobs,
-// usage), cancellation when a streaming client disconnects, 429 on a full queue and the request
-// timeout.
+// usage), cancellation when a streaming client disconnects, 429 on a full queue, the request
+// timeout, an exclusive port and a listen backlog for many simultaneous connects.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
 #include <atomic>
 #include <thread>
 
+#include "common/check.h"
 #include "launch/serve/engine.h"
 #include "launch/serve/http_server.h"
 #include "model/text/json_format.h"
@@ -203,6 +204,28 @@ TEST_F(HttpServerTest, HealthModelsAndAuth) {
   ASSERT_TRUE(missing);
   EXPECT_EQ(missing->status, 404);
   EXPECT_TRUE(Json::parse(missing->body).contains("error"));
+}
+
+// A second server cannot take the port of a running one (no SO_REUSEPORT), and hundreds of
+// clients connecting at once fit the listen backlog: every one of them is answered.
+TEST_F(HttpServerTest, PortIsExclusiveAndBacklogHoldsManyConnects) {
+  auto s = start();
+  Metrics other_metrics;
+  HttpServer other(base_config(), *tok_, other_metrics);
+  EXPECT_THROW(other.bind("127.0.0.1", s->port), v4rt::Error);
+  constexpr int kClients = 200;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&] {
+      httplib::Client c("127.0.0.1", s->port);
+      c.set_connection_timeout(10, 0);
+      auto h = c.Get("/health");
+      if (h && h->status == 200) ++ok;
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), kClients);
 }
 
 TEST_F(HttpServerTest, BadRequestInvalidJson) {

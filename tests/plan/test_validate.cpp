@@ -251,5 +251,58 @@ TEST(PlanValidate, ReadsLongAndWideCsv) {
   std::filesystem::remove(wide_path);
 }
 
+
+TEST(PlanValidate, ReadsBenchStepNames) {
+  // The header `v4rt bench step` writes: preset, op_family, step_ms on every row, a total row.
+  const std::string path = (std::filesystem::temp_directory_path() / "v4rt_points_bench.csv").string();
+  {
+    std::ofstream f(path);
+    f << "# v4rt bench step\n"
+         "preset,layers,batch,context,step_ms,op_family,calls,ms,bytes,flops,roofline_ms\n"
+         "flash,2,4,4096,6.5733,\"step\",4,6.5733,0,0,0.0\n"
+         "flash,2,4,4096,6.5733,\"moe_gate\",8,0.1466,16908288,16777216,0.00393\n"
+         "flash,2,4,4096,6.5733,\"total (op time)\",0,6.6666,0,0,1.49739\n"
+         "pro,2,1,4096,2.6405,\"hc_pre\",4,0.08,0,0,0\n";
+  }
+  PointDefaults d;
+  d.kv_format = KvFormat::kF32;
+  const auto pts = read_points_csv(path, d);
+  ASSERT_EQ(pts.size(), 2u);
+  EXPECT_EQ(pts[0].model, "flash");
+  EXPECT_EQ(pts[0].batch, 4);
+  EXPECT_DOUBLE_EQ(pts[0].step_ms, 6.5733);
+  ASSERT_EQ(pts[0].ops.size(), 1u);  // the total row is not an op
+  EXPECT_EQ(pts[0].ops[0].name, "moe_gate");
+  EXPECT_EQ(pts[0].kv_format, KvFormat::kF32);
+  EXPECT_DOUBLE_EQ(pts[1].step_ms, 2.6405);  // from the step_ms column, no step row
+  {
+    std::ofstream f(path);
+    f << "preset,layers,batch,context,step_ms,op_family,calls,ms\n"
+         "flash,2,1,4096,1.5,step,1,1.7\n";
+  }
+  EXPECT_THROW(read_points_csv(path, d), Error);  // the step row disagrees with step_ms
+  std::filesystem::remove(path);
+}
+
+// The GPU grid in docs/data (when present): every point has a step time and a per-op table whose
+// times add up to within 10% of the step.
+TEST(PlanValidate, GpuPointsFileParses) {
+  const std::string path = std::string(V4RT_SOURCE_DIR) + "/docs/data/gpu_points_h200.csv";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
+  PointDefaults d;
+  d.kv_format = KvFormat::kF32;
+  const auto pts = read_points_csv(path, d);
+  ASSERT_FALSE(pts.empty());
+  for (const MeasuredPoint& p : pts) {
+    SCOPED_TRACE(p.key());
+    EXPECT_GT(p.step_ms, 0);
+    ASSERT_FALSE(p.ops.empty());
+    double sum = 0;
+    for (const MeasuredOp& op : p.ops) sum += op.ms;
+    EXPECT_NEAR(sum, p.step_ms, 0.1 * p.step_ms);
+    EXPECT_NO_THROW(predict_point(p, kModels, kGpus, Calibration{}));
+  }
+}
+
 }  // namespace
 }  // namespace v4rt::launch::plan
