@@ -5,6 +5,8 @@
 // prints the summary. Rerunning the same command after any kill resumes the job (docs/BATCH.md).
 // Exit status: 0 all requests done; 1 bad input or arguments; 2 model failure; 3 stopped by a
 // signal (SIGINT/SIGTERM); after 2 or 3 a rerun resumes.
+// `--mtp N`: speculative decoding of all running sequences together (launch/batch/speculative_engine.h);
+// the summary reports the acceptance rate and the tokens per verify step.
 #include <CLI/CLI.hpp>
 #include <glog/logging.h>
 #include <unistd.h>
@@ -53,6 +55,8 @@ void run_batch(BatchArgs args) {
   ro.numerics = rc.numerics;
   ro.backend = args.backend;
   ro.device = args.device;
+  ro.mtp = args.job.mtp > 0;
+  V4RT_REQUIRE(args.job.mtp >= 0 && args.job.mtp <= 8, "--mtp must be in [0, 8]");
   ModelRun run(ro);
   if (!run.leader()) {
     run.driver().follow();
@@ -105,6 +109,8 @@ void register_batch(CLI::App& app) {
   add_backend_option(cmd, &args->backend, &args->device);
   cmd->add_option("--max-in-flight", args->job.max_in_flight,
                   "Requests handed to the scheduler at once (default 2 x server.max_running)");
+  cmd->add_option("--mtp", args->job.mtp,
+                  "Speculative decoding: draft N tokens per step with the checkpoint's MTP block (default 0: off)");
   cmd->add_option("--flush-interval", args->job.flush_interval_s, "Seconds between output file rewrites (default 5)");
   cmd->add_option("--progress", args->progress, "auto | bar | log (default auto: a bar on a terminal)")
       ->check(CLI::IsMember({"auto", "bar", "log"}));

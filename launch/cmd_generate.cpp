@@ -8,9 +8,11 @@
 // dp > 1 every replica runs the same prompt and seed.
 // `--mtp N` drafts N tokens per step with the checkpoint's MTP block and verifies them in one
 // main-model chunk (model/speculative.h): the same greedy output, the same sampling distribution;
-// acceptance rate and tokens per verify step on stderr. Single rank only for now.
+// acceptance rate and tokens per verify step on stderr. Every layout: the drafts and verify chunks
+// travel in the step plans (Driver::speculate).
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -49,17 +51,15 @@ void print_text(const std::vector<int32_t>& out, model::text::Tokenizer* tok) {
   std::printf("%s\n", tok->decode(printable).c_str());
 }
 
-// Speculative decoding with the MTP block (leader of a single-rank run).
-void generate_speculative(const GenerateArgs& args, model::Model& m, const std::vector<int32_t>& ids,
+// Speculative decoding with the MTP block, on the leader; every rank runs the drafts and the
+// verify chunks through the Driver (model::SpeculativeSequence), so any layout works.
+void generate_speculative(const GenerateArgs& args, ModelRun& run, const std::vector<int32_t>& ids,
                           model::text::Tokenizer* tok) {
-  V4RT_REQUIRE(args.run.config.empty() && !m.parallel().sharded() && m.parallel().layout.dp == 1,
-               "--mtp runs on a single rank for now (no --config layout, no mpirun)");
-  auto ckpt = model::Checkpoint::open(args.run.model_dir);
-  auto mtp = model::Mtp::load(*ckpt, m);  // throws when the checkpoint has no MTP block
-  model::SpeculativeOptions so;
-  so.depth = args.mtp;
-  so.sampler = {args.temperature, args.top_p, args.seed};
-  model::SpeculativeDecoder dec(m, *mtp, so);
+  model::Model& m = run.model();
+  Driver& driver = run.driver();
+  V4RT_REQUIRE(args.mtp <= model::max_draft_depth(m.config()),
+               "--mtp " << args.mtp << " exceeds the window: at most " << model::max_draft_depth(m.config()));
+  model::SpeculativeSampler sampler({args.temperature, args.top_p, args.seed});
   const int64_t eos = m.config().eos_token_id;
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<int32_t> out;
@@ -68,13 +68,28 @@ void generate_speculative(const GenerateArgs& args, model::Model& m, const std::
     std::fflush(stdout);
     out.push_back(t);
   };
-  if (args.max_tokens > 0) emit(dec.start(ids));
+  std::vector<std::vector<float>> logits;
+  if (args.max_tokens > 0) {
+    // Prompt chunks of at most kPromptChunk tokens bound the streams kept for the MTP block.
+    constexpr size_t kPromptChunk = 256;
+    for (size_t b = 0; b < ids.size(); b += kPromptChunk) {
+      const size_t e = std::min(ids.size(), b + kPromptChunk);
+      ForwardPlan plan;
+      ForwardChunk c;
+      c.tokens.assign(ids.begin() + ptrdiff_t(b), ids.begin() + ptrdiff_t(e));
+      c.hidden = true;
+      plan.chunks.push_back(std::move(c));
+      driver.step(plan, e == ids.size() ? &logits : nullptr);
+    }
+    emit(sampler.sample(logits[0]));
+  }
   const auto t1 = std::chrono::steady_clock::now();
-  std::vector<int32_t> more;
+  SpeculativeTurn turn;
+  turn.sampler = &sampler;
   while (int(out.size()) < args.max_tokens && out.back() != eos) {
-    more.clear();
-    dec.step(&more);
-    for (int32_t t : more) {
+    turn.next = out.back();
+    driver.speculate(args.mtp, std::span<SpeculativeTurn>(&turn, 1), ForwardPlan(), nullptr);
+    for (int32_t t : turn.emitted()) {
       if (int(out.size()) == args.max_tokens || out.back() == eos) break;
       emit(t);
     }
@@ -85,7 +100,7 @@ void generate_speculative(const GenerateArgs& args, model::Model& m, const std::
   print_text(out, tok);
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
   const double decode_s = std::chrono::duration<double>(t2 - t1).count();
-  const model::SpeculativeStats& st = dec.stats();
+  const model::SpeculativeStats& st = driver.speculative_stats();
   std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tokens/s); decode: %zu tokens in %.3f s (%.1f tokens/s)\n",
                ids.size(), prefill_s, double(ids.size()) / prefill_s, out.size(), decode_s,
                out.size() > 1 ? double(out.size() - 1) / decode_s : 0.0);
@@ -99,7 +114,9 @@ void run_generate(const GenerateArgs& args) {
   V4RT_REQUIRE(args.prompt.empty() != args.ids_file.empty(), "give exactly one of --prompt or --ids");
   V4RT_REQUIRE(args.max_tokens >= 0, "--max-tokens must be >= 0");
   V4RT_REQUIRE(args.mtp >= 0 && args.mtp <= 8, "--mtp must be in [0, 8]");
-  ModelRun run(args.run);
+  RunOptions ro = args.run;
+  ro.mtp = args.mtp > 0;
+  ModelRun run(ro);
   if (!run.leader()) {
     run.driver().follow();
     return;
@@ -120,7 +137,7 @@ void run_generate(const GenerateArgs& args) {
                  "prompt token id " << id << " outside the vocabulary of " << m.config().vocab_size);
   }
   if (args.mtp > 0) {
-    generate_speculative(args, m, ids, tok.get());
+    generate_speculative(args, run, ids, tok.get());
     return;
   }
   model::Sampler sampler({args.temperature, args.top_p, args.seed});

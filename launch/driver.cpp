@@ -5,6 +5,7 @@
 #include <glog/logging.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -47,19 +48,23 @@ std::vector<uint8_t> PlanChannel::receive() {
 // ------------------------------------------------------------------------------------------------
 
 std::vector<uint8_t> encode_plan(const ForwardPlan& plan) {
-  std::vector<int32_t> w = {plan.stop ? 1 : 0, int32_t(plan.chunks.size()), int32_t(plan.release.size())};
+  std::vector<int32_t> w = {plan.stop ? 1 : 0, int32_t(plan.chunks.size()), int32_t(plan.release.size()),
+                            int32_t(plan.resolve.size()), int32_t(plan.drafts.size())};
   for (const ForwardChunk& c : plan.chunks) {
-    w.insert(w.end(), {c.sequence, c.all_logits ? 1 : 0, int32_t(c.tokens.size())});
+    const int32_t flags = (c.all_logits ? 1 : 0) | (c.hidden ? 2 : 0) | (c.verify ? 4 : 0);
+    w.insert(w.end(), {c.sequence, flags, int32_t(c.tokens.size())});
     w.insert(w.end(), c.tokens.begin(), c.tokens.end());
   }
   w.insert(w.end(), plan.release.begin(), plan.release.end());
+  for (const ResolveOp& r : plan.resolve) w.insert(w.end(), {r.sequence, r.accepted});
+  for (const DraftOp& d : plan.drafts) w.insert(w.end(), {d.sequence, d.level, d.depth, d.token});
   std::vector<uint8_t> bytes(w.size() * sizeof(int32_t));
   std::memcpy(bytes.data(), w.data(), bytes.size());
   return bytes;
 }
 
 ForwardPlan decode_plan(std::span<const uint8_t> bytes) {
-  V4RT_REQUIRE(bytes.size() % 4 == 0 && bytes.size() >= 12, "step plan: " << bytes.size() << " bytes is not a plan");
+  V4RT_REQUIRE(bytes.size() % 4 == 0 && bytes.size() >= 20, "step plan: " << bytes.size() << " bytes is not a plan");
   std::vector<int32_t> w(bytes.size() / 4);
   std::memcpy(w.data(), bytes.data(), bytes.size());
   size_t at = 0;
@@ -70,11 +75,16 @@ ForwardPlan decode_plan(std::span<const uint8_t> bytes) {
   ForwardPlan plan;
   plan.stop = next("stop") != 0;
   const int32_t num_chunks = next("num_chunks"), num_release = next("num_release");
-  V4RT_REQUIRE(num_chunks >= 0 && num_release >= 0, "step plan: negative counts");
+  const int32_t num_resolve = next("num_resolve"), num_drafts = next("num_drafts");
+  V4RT_REQUIRE(num_chunks >= 0 && num_release >= 0 && num_resolve >= 0 && num_drafts >= 0, "step plan: negative counts");
   for (int32_t i = 0; i < num_chunks; ++i) {
     ForwardChunk c;
     c.sequence = next("sequence");
-    c.all_logits = next("all_logits") != 0;
+    const int32_t flags = next("flags");
+    V4RT_REQUIRE(flags >= 0 && flags < 8, "step plan: chunk " << i << " has flags " << flags);
+    c.all_logits = (flags & 1) != 0;
+    c.hidden = (flags & 2) != 0;
+    c.verify = (flags & 4) != 0;
     const int32_t n = next("num_tokens");
     V4RT_REQUIRE(n >= 0 && at + size_t(n) <= w.size(), "step plan: chunk " << i << " of " << n << " tokens truncated");
     c.tokens.assign(w.begin() + ptrdiff_t(at), w.begin() + ptrdiff_t(at + size_t(n)));
@@ -82,6 +92,21 @@ ForwardPlan decode_plan(std::span<const uint8_t> bytes) {
     plan.chunks.push_back(std::move(c));
   }
   for (int32_t i = 0; i < num_release; ++i) plan.release.push_back(next("release"));
+  for (int32_t i = 0; i < num_resolve; ++i) {
+    ResolveOp r;
+    r.sequence = next("resolve sequence");
+    r.accepted = next("resolve accepted");
+    plan.resolve.push_back(r);
+  }
+  for (int32_t i = 0; i < num_drafts; ++i) {
+    DraftOp d;
+    d.sequence = next("draft sequence");
+    d.level = next("draft level");
+    d.depth = next("draft depth");
+    d.token = next("draft token");
+    V4RT_REQUIRE(d.level >= 1 && d.level <= d.depth, "step plan: draft level " << d.level << " of " << d.depth);
+    plan.drafts.push_back(d);
+  }
   V4RT_REQUIRE(at == w.size(), "step plan: " << (w.size() - at) << " trailing words");
   return plan;
 }
@@ -94,23 +119,121 @@ Driver::~Driver() {
   if (leader() && !stopped_) stop();
 }
 
-void Driver::run(const ForwardPlan& plan, std::vector<std::vector<float>>* logits) {
+model::SpeculativeSequence& Driver::speculative(int32_t sequence) {
+  auto it = speculative_.find(sequence);
+  CHECK(it != speculative_.end()) << "sequence " << sequence << " has no speculative state";
+  return *it->second;
+}
+
+void Driver::run(const ForwardPlan& plan, std::vector<std::vector<float>>* logits,
+                 std::vector<std::vector<float>>* draft_logits) {
+  // A sequence released in the plan of its verify chunk has nothing left to resolve.
+  for (const ResolveOp& r : plan.resolve)
+    if (speculative_.count(r.sequence)) speculative(r.sequence).resolve(r.accepted);
+  if (draft_logits) draft_logits->assign(plan.drafts.size(), {});
+  for (size_t i = 0; i < plan.drafts.size(); ++i) {
+    const DraftOp& d = plan.drafts[i];
+    speculative(d.sequence).draft(d.level, d.depth, d.token, draft_logits ? &(*draft_logits)[i] : nullptr);
+  }
   std::vector<model::StepChunk> chunks;
   for (const ForwardChunk& c : plan.chunks) {
     auto& seq = sequences_[c.sequence];
     if (!seq) seq = model_.new_sequence();
-    chunks.push_back({seq.get(), std::span<const int32_t>(c.tokens), c.all_logits});
+    if (!c.hidden && !c.verify) {
+      model::StepChunk sc;
+      sc.sequence = seq.get();
+      sc.tokens = c.tokens;
+      sc.all_logits = c.all_logits;
+      chunks.push_back(sc);
+      continue;
+    }
+    CHECK(mtp_) << "a speculative chunk without the MTP block";
+    auto& spec = speculative_[c.sequence];
+    if (!spec) spec = std::make_unique<model::SpeculativeSequence>(model_, *mtp_, *seq);
+    chunks.push_back(c.verify ? spec->verify_chunk(c.tokens) : spec->prompt_chunk(c.tokens, c.all_logits));
   }
-  model_.step(chunks, logits);
-  for (int32_t id : plan.release) sequences_.erase(id);
+  if (!chunks.empty()) model_.step(chunks, logits);
+  for (const ForwardChunk& c : plan.chunks)  // collective MTP forwards, in chunk order on every rank
+    if (c.hidden) speculative_.at(c.sequence)->after_prompt_chunk();
+  for (int32_t id : plan.release) {
+    speculative_.erase(id);
+    sequences_.erase(id);
+  }
   ++steps_;
 }
 
-void Driver::step(const ForwardPlan& plan, std::vector<std::vector<float>>* logits) {
+void Driver::step(const ForwardPlan& plan, std::vector<std::vector<float>>* logits,
+                  std::vector<std::vector<float>>* draft_logits) {
   CHECK(leader() && !stopped_) << "Driver::step runs on the leader, before stop()";
   CHECK(!plan.stop);
-  channel_.send(encode_plan(plan));
-  run(plan, logits);
+  if (pending_resolve_.empty()) {
+    channel_.send(encode_plan(plan));
+    run(plan, logits, draft_logits);
+    return;
+  }
+  ForwardPlan p = plan;
+  p.resolve.insert(p.resolve.begin(), pending_resolve_.begin(), pending_resolve_.end());
+  pending_resolve_.clear();
+  channel_.send(encode_plan(p));
+  run(p, logits, draft_logits);
+}
+
+std::vector<int32_t> SpeculativeTurn::emitted() const {
+  std::vector<int32_t> out(drafts.begin(), drafts.begin() + accepted);
+  out.push_back(after);
+  return out;
+}
+
+void Driver::speculate(int depth, std::span<SpeculativeTurn> turns, const ForwardPlan& extra,
+                       std::vector<std::vector<float>>* extra_logits) {
+  CHECK(mtp_) << "speculative decoding needs the MTP block";
+  CHECK_GE(depth, 1);
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point t0 = Clock::now();
+  std::vector<std::vector<float>> draft_logits;
+  for (SpeculativeTurn& t : turns) {
+    CHECK(t.sampler);
+    t.drafts.clear();
+  }
+  for (int level = 1; level <= depth && !turns.empty(); ++level) {
+    ForwardPlan p;
+    for (const SpeculativeTurn& t : turns)
+      p.drafts.push_back({t.sequence, level, depth, level == 1 ? t.next : t.drafts.back()});
+    step(p, nullptr, &draft_logits);
+    for (size_t i = 0; i < turns.size(); ++i) turns[i].drafts.push_back(turns[i].sampler->draft(draft_logits[i]));
+  }
+  const Clock::time_point t1 = Clock::now();
+  ForwardPlan v;
+  for (const SpeculativeTurn& t : turns) {
+    ForwardChunk c;
+    c.sequence = t.sequence;
+    c.all_logits = true;
+    c.verify = true;
+    c.tokens.push_back(t.next);
+    c.tokens.insert(c.tokens.end(), t.drafts.begin(), t.drafts.end());
+    v.chunks.push_back(std::move(c));
+  }
+  v.chunks.insert(v.chunks.end(), extra.chunks.begin(), extra.chunks.end());
+  v.release = extra.release;
+  std::vector<std::vector<float>> logits;
+  step(v, &logits);
+  CHECK_EQ(logits.size(), v.chunks.size());
+  for (size_t i = 0; i < turns.size(); ++i) {
+    SpeculativeTurn& t = turns[i];
+    t.logits = std::move(logits[i]);
+    const model::SpeculativeSampler::Verdict verdict = t.sampler->verify(t.logits, t.drafts);
+    t.accepted = verdict.accepted;
+    t.after = verdict.next;
+    pending_resolve_.push_back({t.sequence, t.accepted});
+    spec_stats_.steps += 1;
+    spec_stats_.drafted += depth;
+    spec_stats_.accepted += t.accepted;
+    spec_stats_.emitted += t.accepted + 1;
+  }
+  if (extra_logits) extra_logits->assign(std::make_move_iterator(logits.begin() + ptrdiff_t(turns.size())),
+                                         std::make_move_iterator(logits.end()));
+  spec_stats_.draft_s += std::chrono::duration<double>(t1 - t0).count();
+  spec_stats_.verify_s += std::chrono::duration<double>(Clock::now() - t1).count();
 }
 
 void Driver::stop() {
@@ -126,7 +249,7 @@ int64_t Driver::follow() {
   for (;;) {
     const ForwardPlan plan = decode_plan(channel_.receive());
     if (plan.stop) break;
-    run(plan, nullptr);  // logits are the leader's
+    run(plan, nullptr, nullptr);  // logits are the leader's
   }
   return steps_;
 }
@@ -148,6 +271,7 @@ ModelRun::ModelRun(const RunOptions& options) {
     start(options);
   } catch (...) {  // a bad config or checkpoint: the same error on every rank
     driver_.reset();
+    mtp_.reset();
     model_.reset();
     plan_comm_.reset();
     groups_.reset();
@@ -191,7 +315,9 @@ void ModelRun::start(const RunOptions& options) {
   }
   channel_ = std::make_unique<PlanChannel>(plan_comm_.get());
   model_ = model::Model::load(*ckpt_, mo, *backend_);
+  if (options.mtp) mtp_ = model::Mtp::load(*ckpt_, *model_);  // throws on every rank without the block
   driver_ = std::make_unique<Driver>(*model_, *channel_);
+  driver_->set_mtp(mtp_.get());
 }
 
 std::string ModelRun::byte_report() {
@@ -232,6 +358,7 @@ ModelRun::~ModelRun() {
     if (!report.empty()) std::fprintf(stderr, "%s", report.c_str());
   }
   driver_.reset();
+  mtp_.reset();
   model_.reset();
   plan_comm_.reset();
   groups_.reset();

@@ -7,10 +7,13 @@
 //
 //   PlanChannel  the byte broadcast (size, then payload) from rank 0; usable for any plan format
 //                (the server's StepPlan bytes travel the same way)
-//   ForwardPlan  the plan of `logits` / `generate`: chunks of tokens for sequences named by id
-//   Driver       owns this rank's sequence states; step() on rank 0, follow() on the others
+//   ForwardPlan  the plan of `logits` / `generate`: chunks of tokens for sequences named by id, and
+//                the parts of a speculative step (MTP drafts, verify chunks, their resolution)
+//   Driver       owns this rank's sequence states; step() on rank 0, follow() on the others;
+//                speculate() runs one speculative step of many sequences on every rank
 //   ModelRun     start-up shared by the commands: MPI world when launched by mpirun or with a
-//                layout, process groups, backend, checkpoint, sharded model, driver; at the end
+//                layout, process groups, backend, checkpoint, sharded model, MTP block when asked,
+//                driver; at the end
 //                it prints the bytes every rank sent per step.
 #pragma once
 
@@ -26,6 +29,8 @@
 #include "kernels/backend.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
+#include "model/mtp.h"
+#include "model/speculative.h"
 
 namespace v4rt::launch {
 
@@ -48,18 +53,56 @@ struct ForwardChunk {
   int32_t sequence = 0;        // a new id starts a new sequence
   bool all_logits = false;     // logits of every token of the chunk, else of the last one
   std::vector<int32_t> tokens;
+  // Speculative sequences (the Driver needs the MTP block): `hidden` marks a prompt chunk whose
+  // final streams feed the MTP block after the step; `verify` a verify chunk [next, d1..dk] (all
+  // logits; a later plan resolves it). See model::SpeculativeSequence.
+  bool hidden = false;
+  bool verify = false;
 };
 
+// Draft level `level` of `depth` for a speculative sequence: the input token is the decided next
+// token (level 1) or the previous level's draft.
+struct DraftOp {
+  int32_t sequence = 0;
+  int32_t level = 1;
+  int32_t depth = 1;
+  int32_t token = 0;
+};
+
+// The leader's decision on a sequence's last verify chunk: keep its first `accepted` drafts (the
+// main state rolls back past the first rejection, the MTP block keeps the accepted streams).
+struct ResolveOp {
+  int32_t sequence = 0;
+  int32_t accepted = 0;
+};
+
+// A plan runs in this order on every rank: resolve, drafts, chunks (one Model::step), release.
 struct ForwardPlan {
   std::vector<ForwardChunk> chunks;
   std::vector<int32_t> release;  // sequences freed after the step
   bool stop = false;             // followers return from follow()
+  std::vector<ResolveOp> resolve;
+  std::vector<DraftOp> drafts;
 };
 
-// I32 words: [stop, num_chunks, num_release, (sequence, all_logits, num_tokens, tokens...)...,
-// release...].
+// I32 words: [stop, num_chunks, num_release, num_resolve, num_drafts,
+// (sequence, flags, num_tokens, tokens...)..., release..., (sequence, accepted)...,
+// (sequence, level, depth, token)...]; flags: 1 all_logits, 2 hidden, 4 verify.
 std::vector<uint8_t> encode_plan(const ForwardPlan& plan);
 ForwardPlan decode_plan(std::span<const uint8_t> bytes);  // throws v4rt::Error on malformed bytes
+
+// One sequence's speculative step on the leader (Driver::speculate): the input, then the outcome.
+struct SpeculativeTurn {
+  int32_t sequence = 0;
+  int32_t next = 0;                              // decided, not yet processed
+  model::SpeculativeSampler* sampler = nullptr;  // decides the drafts and the acceptance
+  std::vector<int32_t> drafts;                   // d1..dk
+  std::vector<float> logits;                     // [k+1, vocab] verify logits (row i after token i)
+  int accepted = 0;                              // drafts kept
+  int32_t after = -1;                            // the token after them (the next `next`)
+  // The tokens this step decided: the accepted drafts, then `after`.
+  std::vector<int32_t> emitted() const;
+};
 
 class Driver {
  public:
@@ -67,8 +110,23 @@ class Driver {
   ~Driver();  // the leader releases its followers (stop) if it has not yet
 
   bool leader() const { return channel_.leader(); }
-  // Leader: broadcasts `plan` and runs it; (*logits)[i] = chunk i's logits (see Model::step).
-  void step(const ForwardPlan& plan, std::vector<std::vector<float>>* logits);
+  // The MTP block for speculative sequences (every rank sets the same; nullptr: none).
+  void set_mtp(model::Mtp* mtp) { mtp_ = mtp; }
+  model::Mtp* mtp() const { return mtp_; }
+  // Leader: broadcasts `plan` and runs it; (*logits)[i] = chunk i's logits (see Model::step);
+  // (*draft_logits)[i] = the MTP logits of plan.drafts[i] (may be nullptr). The resolutions of
+  // the last speculate() go first.
+  void step(const ForwardPlan& plan, std::vector<std::vector<float>>* logits,
+            std::vector<std::vector<float>>* draft_logits = nullptr);
+  // Leader: one speculative step of every turn together. `depth` plans each carry one draft level
+  // of every turn (the leader picks the drafts from the MTP logits between them); one plan then
+  // carries every turn's verify chunk plus `extra`'s chunks and releases (other sequences' prompt
+  // chunks), so the whole batch verifies in one Model::step; (*extra_logits)[i] = extra.chunks[i]'s.
+  // The acceptance is decided here; every rank applies it at the start of the next plan.
+  void speculate(int depth, std::span<SpeculativeTurn> turns, const ForwardPlan& extra,
+                 std::vector<std::vector<float>>* extra_logits);
+  // Totals over every speculate() turn (leader).
+  const model::SpeculativeStats& speculative_stats() const { return spec_stats_; }
   // Leader: the followers leave follow(). Idempotent.
   void stop();
   // Followers: runs the leader's plans until stop. Returns the number of steps run.
@@ -77,11 +135,18 @@ class Driver {
   int64_t steps() const { return steps_; }
 
  private:
-  void run(const ForwardPlan& plan, std::vector<std::vector<float>>* logits);
+  void run(const ForwardPlan& plan, std::vector<std::vector<float>>* logits,
+           std::vector<std::vector<float>>* draft_logits);
+  model::SpeculativeSequence& speculative(int32_t sequence);
 
   model::Model& model_;
   PlanChannel& channel_;
+  model::Mtp* mtp_ = nullptr;
   std::map<int32_t, std::unique_ptr<model::SequenceState>> sequences_;
+  // NOTE: declared after sequences_ (each refers to its SequenceState, so it is destroyed first).
+  std::map<int32_t, std::unique_ptr<model::SpeculativeSequence>> speculative_;
+  std::vector<ResolveOp> pending_resolve_;  // leader: decided by speculate(), sent with the next plan
+  model::SpeculativeStats spec_stats_;
   int64_t steps_ = 0;
   bool stopped_ = false;
 };
@@ -96,6 +161,7 @@ struct RunOptions {
   std::string backend = "cpu";
   int device = 0;                // first GPU; rank r of a node uses device + local rank
   double timeout_s = 60.0;       // deadline of every model collective
+  bool mtp = false;              // load the MTP block on every rank (speculative decoding)
 };
 
 // One rank's model and driver. Collective: every rank of the job constructs it.
@@ -108,6 +174,8 @@ class ModelRun {
   int world_rank() const { return world_rank_; }
   model::Model& model() { return *model_; }
   Driver& driver() { return *driver_; }
+  const model::Checkpoint& checkpoint() const { return *ckpt_; }
+  model::Mtp* mtp() { return mtp_.get(); }  // set when RunOptions::mtp
   // NOTE: followers call driver().follow() and return; the leader reads the inputs (a bad input
   // throws on the leader only: the destructor still releases the followers) and drives the steps.
 
@@ -126,6 +194,7 @@ class ModelRun {
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<model::Checkpoint> ckpt_;
   std::unique_ptr<model::Model> model_;
+  std::unique_ptr<model::Mtp> mtp_;
   std::unique_ptr<Driver> driver_;
   bool reported_ = false;
 };

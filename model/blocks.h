@@ -3,6 +3,8 @@
 // They hold no data loops of their own: every numeric step is a kernels::Backend op.
 #pragma once
 
+#include <span>
+
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/distributed.h"
@@ -31,6 +33,23 @@ Scratch make_scratch(kernels::Backend& backend, std::initializer_list<int64_t> d
 // `own` says which compressed entries this rank stores (SP); the layer's state holds only those.
 void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerState& state, const EntryOwnership& own,
                        int64_t pos_begin, const TensorView& a, const TensorView& out);
+
+// One sequence's rows of a batched attention call: rows [row_begin, row_begin + rows) of a / out
+// are that sequence's tokens at positions [pos_begin, pos_begin + rows).
+struct AttentionSegment {
+  LayerState* state = nullptr;
+  const EntryOwnership* own = nullptr;
+  int64_t pos_begin = 0;
+  int64_t row_begin = 0;
+  int64_t rows = 0;
+};
+// Attention over the concatenated rows of several sequences (distinct states): every projection
+// (wq_a, wq_b, wkv, the compressors' wkv/wgate, the indexer's wq_b and weights_proj, wo_a, wo_b)
+// runs once over all rows; window, compressor pooling, indexer scores/top-k and sparse attention
+// run per segment on views. a [N, D] -> out [N, D], N = sum of the segments' rows (in order).
+// PARALLEL: collective under TP/SP: every rank passes the same segments in the same order.
+void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
+                               const TensorView& a, const TensorView& out);
 
 // MoE sublayer: b [n, D], token ids [n] I32 -> out [n, D].
 void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, const TensorView& b,

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
-// Model: loads the weights and runs the forward pass (spec §3) chunk by chunk: embedding into the
+// Model: loads the weights and runs the forward pass (spec §3) over a batch of chunks: embedding into the
 // hyper-connection streams, the blocks (mHC around attention and MoE), hc_head, final norm, head.
 #include "model/model.h"
 
 #include <glog/logging.h>
+
+#include <algorithm>
 
 #include "common/check.h"
 #include "model/blocks.h"
@@ -53,26 +55,51 @@ std::unique_ptr<SequenceState> Model::new_sequence() {
 
 void Model::step(std::span<const StepChunk> chunks, std::vector<std::vector<float>>* logits) {
   if (logits) logits->assign(chunks.size(), {});
-  // NOTE: chunks run one after another; batching the projections of several sequences into one
-  // GEMM is a later optimisation that does not change this interface.
-  for (size_t i = 0; i < chunks.size(); ++i) forward_chunk(chunks[i], logits ? &(*logits)[i] : nullptr);
+  for (const StepChunk& c : chunks) {
+    CHECK(c.sequence != nullptr);
+    for (int32_t id : c.tokens)
+      V4RT_REQUIRE(id >= 0 && id < config_.vocab_size, "token id " << id << " outside the vocabulary of " << config_.vocab_size);
+  }
+  // Batches of consecutive chunks on distinct sequences; empty chunks produce nothing.
+  std::vector<StepChunk> batch;
+  std::vector<std::vector<float>*> outs;
+  auto flush = [&] {
+    if (!batch.empty()) forward_batch(batch, outs.data());
+    batch.clear();
+    outs.clear();
+  };
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (chunks[i].tokens.empty()) continue;
+    for (const StepChunk& b : batch) {
+      if (b.sequence == chunks[i].sequence) {
+        flush();
+        break;
+      }
+    }
+    batch.push_back(chunks[i]);
+    outs.push_back(logits ? &(*logits)[i] : nullptr);
+  }
+  flush();
 }
 
-void Model::forward_chunk(const StepChunk& chunk, std::vector<float>* logits) {
-  CHECK(chunk.sequence != nullptr);
-  const int64_t n = int64_t(chunk.tokens.size());
-  if (n == 0) return;
-  for (int32_t id : chunk.tokens)
-    V4RT_REQUIRE(id >= 0 && id < config_.vocab_size, "token id " << id << " outside the vocabulary of " << config_.vocab_size);
-  SequenceState& seq = *chunk.sequence;
-  const int64_t pos = seq.position();
+void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>* const* logits) {
   const int64_t hc = config_.hc_mult;
   const int64_t hidden = config_.hidden_size;
   const BlockContext ctx{config_, backend_, options_.numerics == Numerics::kOfficial,
                          options_.parallel.sharded() ? &options_.parallel : nullptr, expert_parallel_.get()};
+  // Row ranges of the chunks in the concatenated token list.
+  const size_t nc = chunks.size();
+  std::vector<int64_t> row0(nc + 1, 0), pos(nc);
+  for (size_t i = 0; i < nc; ++i) {
+    row0[i + 1] = row0[i] + int64_t(chunks[i].tokens.size());
+    pos[i] = chunks[i].sequence->position();
+  }
+  const int64_t n = row0[nc];
+  std::vector<int32_t> all_ids(static_cast<size_t>(n));
+  for (size_t i = 0; i < nc; ++i) std::copy(chunks[i].tokens.begin(), chunks[i].tokens.end(), all_ids.begin() + row0[i]);
 
   Scratch ids = make_scratch(backend_, {n}, DType::kI32);
-  backend_.copy_to_device(ids.buffer.data(), chunk.tokens.data(), size_t(n) * sizeof(int32_t));
+  backend_.copy_to_device(ids.buffer.data(), all_ids.data(), size_t(n) * sizeof(int32_t));
   Scratch x = make_scratch(backend_, {n, hc, hidden});
   Scratch x2 = make_scratch(backend_, {n, hc, hidden});
   Scratch a = make_scratch(backend_, {n, hidden});
@@ -91,31 +118,77 @@ void Model::forward_chunk(const StepChunk& chunk, std::vector<float>* logits) {
     p.out_bf16 = ctx.official;
     backend_.rms_norm(p);
   };
+  std::vector<AttentionSegment> segs(nc);
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_.layers[size_t(l)];
+    for (size_t i = 0; i < nc; ++i) {
+      segs[i].state = &chunks[i].sequence->layer(l);
+      segs[i].own = &chunks[i].sequence->ownership();
+      segs[i].pos_begin = pos[i];
+      segs[i].row_begin = row0[i];
+      segs[i].rows = row0[i + 1] - row0[i];
+    }
     HcMix mix = hc_pre(ctx, lw.hc_attn, x.view, a.view);
     sublayer_norm(lw.attn_norm);
-    attention_forward(ctx, lw, seq.layer(l), seq.ownership(), pos, a.view, o.view);
+    attention_forward_batched(ctx, lw, segs, a.view, o.view);
     hc_post(ctx, mix, o.view, x.view, x2.view);
     mix = hc_pre(ctx, lw.hc_ffn, x2.view, a.view);
     sublayer_norm(lw.ffn_norm);
     moe_forward(ctx, lw, l, a.view, ids.view, o.view);
     hc_post(ctx, mix, o.view, x2.view, x.view);
-    if (observer_) observer_(l, pos, x.view);
+    if (observer_) {
+      for (size_t i = 0; i < nc; ++i) observer_(l, pos[i], kernels::view_rows(x.view, row0[i], row0[i + 1]));
+    }
   }
-  seq.advance(n);
-  if (chunk.hidden.data) {
+  for (size_t i = 0; i < nc; ++i) {
+    const StepChunk& chunk = chunks[i];
+    chunk.sequence->advance(row0[i + 1] - row0[i]);
+    if (!chunk.hidden.data) continue;
     const int64_t rows = chunk.hidden.shape[0];
-    CHECK(rows >= 1 && rows <= n && chunk.hidden.numel() == rows * hc * hidden) << "hidden output " << chunk.hidden.shape_str();
+    CHECK(rows >= 1 && rows <= row0[i + 1] - row0[i] && chunk.hidden.numel() == rows * hc * hidden)
+        << "hidden output " << chunk.hidden.shape_str();
     backend_.copy_rows(kernels::view_reshape(chunk.hidden, {rows, hc * hidden}),
-                       kernels::view_reshape(kernels::view_rows(x.view, n - rows, n), {rows, hc * hidden}));
+                       kernels::view_reshape(kernels::view_rows(x.view, row0[i + 1] - rows, row0[i + 1]), {rows, hc * hidden}));
   }
-  if (!logits) return;
 
-  const int64_t rows = chunk.all_logits ? n : 1;
+  // The head over the rows that need logits (every row of an all_logits chunk, else its last).
+  std::vector<int64_t> out0(nc + 1, 0);
+  for (size_t i = 0; i < nc; ++i) {
+    const int64_t rows = !logits[i] ? 0 : chunks[i].all_logits ? row0[i + 1] - row0[i] : 1;
+    out0[i + 1] = out0[i] + rows;
+  }
+  const int64_t rows = out0[nc];
+  if (rows == 0) return;
+  TensorView head_in = x.view;  // [rows, hc, D]
+  Scratch gathered;
+  if (rows != n) {
+    gathered = make_scratch(backend_, {rows, hc, hidden});
+    head_in = gathered.view;
+    // Runs of consecutive selected rows copy together.
+    int64_t dst = 0;
+    for (size_t i = 0; i < nc;) {
+      const int64_t cnt = out0[i + 1] - out0[i];
+      if (cnt == 0) {
+        ++i;
+        continue;
+      }
+      int64_t src0 = row0[i + 1] - cnt, src1 = row0[i + 1];
+      size_t j = i + 1;
+      while (j < nc && out0[j + 1] - out0[j] == row0[j + 1] - row0[j] && row0[j + 1] > row0[j]) {
+        src1 = row0[j + 1];  // the next chunk's rows are all selected and follow on
+        ++j;
+      }
+      const int64_t len = src1 - src0;
+      backend_.copy_rows(kernels::view_reshape(kernels::view_rows(gathered.view, dst, dst + len), {len, hc * hidden}),
+                         kernels::view_reshape(kernels::view_rows(x.view, src0, src1), {len, hc * hidden}));
+      dst += len;
+      i = j;
+    }
+    CHECK_EQ(dst, rows);
+  }
   Scratch y = make_scratch(backend_, {rows, hidden});
   kernels::HcHeadParams hp;
-  hp.x = kernels::view_rows(x.view, n - rows, n);
+  hp.x = head_in;
   hp.fn = weights_.hc_head.fn;
   hp.base = weights_.hc_head.base;
   hp.scale = weights_.hc_head.scale;
@@ -136,8 +209,18 @@ void Model::forward_chunk(const StepChunk& chunk, std::vector<float>* logits) {
   lp.w = weights_.head;
   lp.y = lg.view;
   backend_.linear(lp);
-  logits->resize(size_t(rows * config_.vocab_size));
-  backend_.copy_to_host(logits->data(), lg.buffer.data(), logits->size() * sizeof(float));
+  const size_t vocab = size_t(config_.vocab_size);
+  if (nc == 1) {
+    logits[0]->resize(size_t(rows) * vocab);
+    backend_.copy_to_host(logits[0]->data(), lg.buffer.data(), logits[0]->size() * sizeof(float));
+    return;
+  }
+  std::vector<float> host(size_t(rows) * vocab);
+  backend_.copy_to_host(host.data(), lg.buffer.data(), host.size() * sizeof(float));
+  for (size_t i = 0; i < nc; ++i) {
+    if (!logits[i]) continue;
+    logits[i]->assign(host.begin() + out0[i] * int64_t(vocab), host.begin() + out0[i + 1] * int64_t(vocab));
+  }
 }
 
 }  // namespace v4rt::model

@@ -60,6 +60,10 @@ class Model {
 
   // Runs every chunk; (*logits)[i] holds chunk i's logits, row-major [rows, vocab] where rows is
   // the chunk length (all_logits) or 1. logits may be nullptr (the head is then skipped).
+  // The chunks run as one batch over their concatenated tokens: embedding, mHC, norms, every
+  // projection, the MoE and the head run once over all rows (weights read once per step); only the
+  // window / compressor / indexer / sparse-attention parts run per sequence. A sequence named by
+  // several chunks starts a new batch at its second chunk (chunks of one sequence run in order).
   // NOTE: under a sharded layout step() is collective: every rank of the job calls it with the
   // same chunks (same sequences, same tokens) in the same order.
   void step(std::span<const StepChunk> chunks, std::vector<std::vector<float>>* logits);
@@ -76,7 +80,8 @@ class Model {
  private:
   Model(const ModelConfig& config, const ModelOptions& options, kernels::Backend& backend)
       : config_(config), options_(options), backend_(backend) {}
-  void forward_chunk(const StepChunk& chunk, std::vector<float>* logits);
+  // One batch of chunks on distinct sequences; logits[i] receives chunks[i]'s logits (nullptr: none).
+  void forward_batch(std::span<const StepChunk> chunks, std::vector<float>* const* logits);
 
   ModelConfig config_;
   ModelOptions options_;

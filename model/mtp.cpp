@@ -22,6 +22,14 @@ void MtpState::reset() {
   layer_.window_tail.clear();
 }
 
+std::unique_ptr<MtpState> MtpState::clone() const {
+  CHECK(!marked_) << "cloning a marked MTP state";
+  auto c = std::make_unique<MtpState>(config_, backend_);
+  c->layer_.window_tail = layer_.window_tail.clone();
+  c->position_ = position_;
+  return c;
+}
+
 void MtpState::mark(int64_t max_tokens) {
   CHECK(!marked_) << "MTP state already marked";
   CHECK(max_tokens >= 1 && max_tokens < config_.sliding_window);

@@ -34,6 +34,8 @@ class MtpState {
   void advance(int64_t n) { position_ += n; }
   LayerState& layer() { return layer_; }
   void reset();
+  // A deep copy (not while marked): continuing it gives what continuing this state gives.
+  std::unique_ptr<MtpState> clone() const;
   // As SequenceState::mark / rollback / release (window only).
   void mark(int64_t max_tokens);
   void rollback(int64_t position);

@@ -121,9 +121,9 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
                                {"ep", c.parallel.ep}, {"dp", c.parallel.dp}, {"sp_block", c.parallel.sp_block}})
     V4RT_REQUIRE(v >= 1, p.where(key) << " must be >= 1, got " << v);
   // Sizes whose product overflows int would wrap world() into a small positive number.
-  V4RT_REQUIRE(int64_t(c.parallel.tp) * c.parallel.sp * c.parallel.dp <= (int64_t(1) << 20),
-               top.where("parallel") << ": dp*sp*tp = " << int64_t(c.parallel.tp) * c.parallel.sp * c.parallel.dp
-                             << " ranks is implausibly large");
+  const int64_t ranks = int64_t(c.parallel.tp) * c.parallel.sp * c.parallel.dp;
+  V4RT_REQUIRE(ranks <= (int64_t(1) << 20),
+               top.where("parallel") << ": dp*sp*tp = " << ranks << " ranks is implausibly large");
   c.parallel.source = source;  // layout errors (parallel::validate) name the file
 
   const Section sv(top.child("server"), source, "server",

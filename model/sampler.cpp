@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <vector>
 
 #include "common/check.h"
 
@@ -19,35 +18,81 @@ int32_t argmax(std::span<const float> logits) {
   return best;
 }
 
+double uniform_draw(std::mt19937_64& rng) { return double(rng() >> 11) * (1.0 / 9007199254740992.0); }
+
+std::vector<double> sampling_weights(std::span<const float> logits, double temperature) {
+  CHECK(temperature > 0.0 && !logits.empty());
+  const double mx = logits[size_t(argmax(logits))];
+  std::vector<double> p(logits.size());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = std::exp((double(logits[i]) - mx) / temperature);
+  return p;
+}
+
+Nucleus nucleus_of(const std::vector<double>& p, double top_p) {
+  Nucleus n;
+  n.order.resize(p.size());
+  std::iota(n.order.begin(), n.order.end(), 0);
+  std::stable_sort(n.order.begin(), n.order.end(), [&](int32_t a, int32_t b) { return p[size_t(a)] > p[size_t(b)]; });
+  const double total = std::accumulate(p.begin(), p.end(), 0.0);
+  while (n.keep < n.order.size()) {
+    n.mass += p[size_t(n.order[n.keep])];
+    ++n.keep;
+    if (n.mass >= top_p * total) break;
+  }
+  return n;
+}
+
+std::vector<double> sampling_distribution(std::span<const float> logits, double temperature, double top_p) {
+  CHECK(!logits.empty());
+  if (temperature <= 0.0) {
+    std::vector<double> p(logits.size(), 0.0);
+    p[size_t(argmax(logits))] = 1.0;
+    return p;
+  }
+  std::vector<double> p = sampling_weights(logits, temperature);
+  if (top_p >= 1.0) {  // the whole vocabulary: no sort
+    const double total = std::accumulate(p.begin(), p.end(), 0.0);
+    for (double& v : p) v /= total;
+    return p;
+  }
+  const Nucleus n = nucleus_of(p, top_p);
+  for (size_t i = n.keep; i < n.order.size(); ++i) p[size_t(n.order[i])] = 0.0;
+  for (size_t i = 0; i < n.keep; ++i) p[size_t(n.order[i])] /= n.mass;
+  return p;
+}
+
+int32_t draw_index(std::span<const double> weights, double u) {
+  double total = 0.0;
+  int32_t last = -1;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    total += weights[i];
+    if (weights[i] > 0.0) last = int32_t(i);
+  }
+  CHECK(last >= 0 && total > 0.0) << "empty distribution";
+  double r = u * total;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (weights[i] <= 0.0) continue;
+    r -= weights[i];
+    if (r < 0.0) return int32_t(i);
+  }
+  return last;
+}
+
 Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(options.seed) {
   V4RT_REQUIRE(options.top_p > 0.0 && options.top_p <= 1.0, "top_p " << options.top_p << " must be in (0, 1]");
 }
 
-double Sampler::uniform() { return double(rng_() >> 11) * (1.0 / 9007199254740992.0); }
-
 int32_t Sampler::sample(std::span<const float> logits) {
   if (options_.temperature <= 0.0) return argmax(logits);
-  const double mx = logits[size_t(argmax(logits))];
-  std::vector<double> p(logits.size());
-  for (size_t i = 0; i < p.size(); ++i) p[i] = std::exp((double(logits[i]) - mx) / options_.temperature);
-  std::vector<int32_t> order(p.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[size_t(a)] > p[size_t(b)]; });
-  const double total = std::accumulate(p.begin(), p.end(), 0.0);
-  // Nucleus: the smallest prefix (by descending probability) whose mass reaches top_p.
-  size_t keep = 0;
-  double mass = 0.0;
-  while (keep < order.size()) {
-    mass += p[size_t(order[keep])];
-    ++keep;
-    if (mass >= options_.top_p * total) break;
+  const std::vector<double> p = sampling_weights(logits, options_.temperature);
+  const Nucleus n = nucleus_of(p, options_.top_p);
+  // Draw in nucleus order (descending weight), so the seeded results never depend on the tail.
+  double r = uniform_draw(rng_) * n.mass;
+  for (size_t i = 0; i < n.keep; ++i) {
+    r -= p[size_t(n.order[i])];
+    if (r < 0.0) return n.order[i];
   }
-  double r = uniform() * mass;
-  for (size_t i = 0; i < keep; ++i) {
-    r -= p[size_t(order[i])];
-    if (r < 0.0) return order[i];
-  }
-  return order[keep - 1];
+  return n.order[n.keep - 1];
 }
 
 }  // namespace v4rt::model

@@ -1,17 +1,15 @@
 // SPDX-License-Identifier: MIT
 // Speculative decoding with the MTP draft (see speculative.h).
 //
-// Positions: the main model has processed tokens [0, N) and tokens_[N] is decided but not yet
-// processed. The MTP state has processed the pairs (streams of position i, token i+1) for
-// i < N - num_pending_; the streams of the last num_pending_ positions wait in `pending_`. A step
-// feeds them (the last pair uses tokens_[N]), drafts d1..dk, verifies [tokens_[N], d1..dk] at
-// positions N..N+k and keeps the streams of the accepted positions as the next pending rows.
+// A step of one sequence: the main model has processed tokens [0, N) and token N is decided but not
+// yet processed. Draft level 1 feeds the waiting streams (the last pair uses token N) and drafts
+// d1; each later level chains the block's own output streams; then [token N, d1..dk] is verified at
+// positions N..N+k and the streams of the accepted positions become the next waiting rows.
 #include "model/speculative.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <numeric>
 
 #include <glog/logging.h>
 
@@ -25,220 +23,291 @@ double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock:
 
 }  // namespace
 
-std::vector<double> sampling_distribution(std::span<const float> logits, double temperature, double top_p) {
-  CHECK(!logits.empty());
-  std::vector<double> p(logits.size(), 0.0);
-  if (temperature <= 0.0) {
-    p[size_t(argmax(logits))] = 1.0;
-    return p;
-  }
-  const double mx = logits[size_t(argmax(logits))];
-  for (size_t i = 0; i < p.size(); ++i) p[i] = std::exp((double(logits[i]) - mx) / temperature);
-  if (top_p >= 1.0) {  // the whole vocabulary: no sort
-    const double total = std::accumulate(p.begin(), p.end(), 0.0);
-    for (double& v : p) v /= total;
-    return p;
-  }
-  std::vector<int32_t> order(p.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[size_t(a)] > p[size_t(b)]; });
-  const double total = std::accumulate(p.begin(), p.end(), 0.0);
-  size_t keep = 0;
-  double mass = 0.0;
-  while (keep < order.size()) {  // the nucleus, exactly as Sampler::sample
-    mass += p[size_t(order[keep])];
-    ++keep;
-    if (mass >= top_p * total) break;
-  }
-  for (size_t i = keep; i < order.size(); ++i) p[size_t(order[i])] = 0.0;
-  for (size_t i = 0; i < keep; ++i) p[size_t(order[i])] /= mass;
-  return p;
+void SpeculativeStats::add(const SpeculativeStats& o) {
+  steps += o.steps;
+  drafted += o.drafted;
+  accepted += o.accepted;
+  emitted += o.emitted;
+  draft_s += o.draft_s;
+  verify_s += o.verify_s;
 }
 
-SpeculativeDecoder::SpeculativeDecoder(Model& model, Mtp& mtp, const SpeculativeOptions& options)
-    : model_(model), mtp_(mtp), options_(options), rng_(options.sampler.seed) {
-  V4RT_REQUIRE(options.depth >= 1 && options.depth < model.config().sliding_window - 1,
-               "draft depth " << options.depth << " must be in [1, " << model.config().sliding_window - 2 << ")");
-  V4RT_REQUIRE(options.sampler.top_p > 0.0 && options.sampler.top_p <= 1.0, "top_p " << options.sampler.top_p << " must be in (0, 1]");
-  V4RT_REQUIRE(options.prefill_chunk >= 1, "prefill chunk must be >= 1");
+int max_draft_depth(const ModelConfig& config) { return config.sliding_window - 2; }
+
+// ------------------------------------------------------------------------------------------------
+// SpeculativeSequence
+// ------------------------------------------------------------------------------------------------
+
+SpeculativeSequence::SpeculativeSequence(Model& model, Mtp& mtp, SequenceState& sequence)
+    : model_(model), mtp_(mtp), seq_(sequence), mtp_state_(mtp.new_state()) {
   const ModelConfig& cfg = model.config();
-  const int64_t row = int64_t(cfg.hc_mult) * cfg.hidden_size;
-  pending_capacity_ = std::max<int64_t>(options.prefill_chunk, options.depth + 1) + 1;
-  pending_ = model.backend().alloc(size_t(pending_capacity_ * row) * sizeof(float));
-  draft_hidden_ = model.backend().alloc(size_t(2 * row) * sizeof(float));
+  draft_hidden_ = model.backend().alloc(size_t(2 * cfg.hc_mult * cfg.hidden_size) * sizeof(float));
 }
 
-double SpeculativeDecoder::uniform() { return double(rng_() >> 11) * (1.0 / 9007199254740992.0); }
-
-int32_t SpeculativeDecoder::draw(const std::vector<double>& dist) {
-  double total = 0.0;
-  int32_t last = -1;
-  for (size_t i = 0; i < dist.size(); ++i) {
-    total += dist[i];
-    if (dist[i] > 0.0) last = int32_t(i);
-  }
-  CHECK(last >= 0 && total > 0.0) << "empty distribution";
-  double r = uniform() * total;
-  for (size_t i = 0; i < dist.size(); ++i) {
-    if (dist[i] <= 0.0) continue;
-    r -= dist[i];
-    if (r < 0.0) return int32_t(i);
-  }
-  return last;
-}
-
-std::vector<double> SpeculativeDecoder::dist(std::span<const float> logits) const {
-  return sampling_distribution(logits, options_.sampler.temperature, options_.sampler.top_p);
-}
-
-TensorView SpeculativeDecoder::pending_rows(int64_t begin, int64_t end) const {
+TensorView SpeculativeSequence::rows(int64_t begin, int64_t end) const {
   const ModelConfig& cfg = model_.config();
-  CHECK(begin >= 0 && begin <= end && end <= pending_capacity_);
+  CHECK(begin >= 0 && begin <= end && end <= capacity_);
   const int64_t row = int64_t(cfg.hc_mult) * cfg.hidden_size;
   return TensorView(static_cast<float*>(pending_.data()) + begin * row, DType::kF32, {end - begin, cfg.hc_mult, cfg.hidden_size},
                     model_.backend().device());
 }
 
-int32_t SpeculativeDecoder::start(std::span<const int32_t> prompt) {
-  V4RT_REQUIRE(!prompt.empty(), "empty prompt");
-  seq_ = model_.new_sequence();
-  mtp_state_ = mtp_.new_state();
-  tokens_.assign(prompt.begin(), prompt.end());
-  num_pending_ = 0;
+TensorView SpeculativeSequence::draft_row(int i) const {
   const ModelConfig& cfg = model_.config();
   const int64_t row = int64_t(cfg.hc_mult) * cfg.hidden_size;
+  return TensorView(static_cast<float*>(draft_hidden_.data()) + i * row, DType::kF32, {1, cfg.hc_mult, cfg.hidden_size},
+                    model_.backend().device());
+}
+
+void SpeculativeSequence::reserve_rows(int64_t n) {
+  if (n <= capacity_) return;
+  const ModelConfig& cfg = model_.config();
+  const int64_t row = int64_t(cfg.hc_mult) * cfg.hidden_size;
+  const int64_t cap = std::max<int64_t>(n, 2 * capacity_);
+  Buffer grown = model_.backend().alloc(size_t(cap * row) * sizeof(float));
+  if (num_pending_ > 0) {
+    const TensorView from = kernels::view_reshape(rows(0, num_pending_), {num_pending_, row});
+    const TensorView to(grown.data(), DType::kF32, {num_pending_, row}, model_.backend().device());
+    model_.backend().copy_rows(to, from);
+  }
+  pending_ = std::move(grown);
+  capacity_ = cap;
+}
+
+std::unique_ptr<SpeculativeSequence> SpeculativeSequence::clone(SequenceState& sequence) const {
+  CHECK(!verifying_ && !mtp_state_->marked()) << "cloning a sequence in the middle of a speculative step";
+  CHECK_EQ(sequence.position(), seq_.position());
+  auto c = std::make_unique<SpeculativeSequence>(model_, mtp_, sequence);
+  c->mtp_state_ = mtp_state_->clone();
+  c->reserve_rows(std::max<int64_t>(num_pending_, 1));
+  if (num_pending_ > 0) {
+    const int64_t row = int64_t(model_.config().hc_mult) * model_.config().hidden_size;
+    model_.backend().copy_rows(kernels::view_reshape(c->rows(0, num_pending_), {num_pending_, row}),
+                               kernels::view_reshape(rows(0, num_pending_), {num_pending_, row}));
+  }
+  c->num_pending_ = num_pending_;
+  c->pending_next_ = pending_next_;
+  return c;
+}
+
+StepChunk SpeculativeSequence::prompt_chunk(std::span<const int32_t> tokens, bool all_logits) {
+  CHECK(!verifying_ && !tokens.empty());
+  CHECK_LE(num_pending_, 1) << "a prompt chunk after drafting";
+  const int64_t m = int64_t(tokens.size());
+  reserve_rows(num_pending_ + m);
+  chunk_tokens_.assign(tokens.begin(), tokens.end());
+  StepChunk c;
+  c.sequence = &seq_;
+  c.tokens = chunk_tokens_;
+  c.all_logits = all_logits;
+  c.hidden = rows(num_pending_, num_pending_ + m);
+  return c;
+}
+
+void SpeculativeSequence::after_prompt_chunk() {
+  const int64_t total = num_pending_ + int64_t(chunk_tokens_.size());
+  // Next tokens of rows [0, total - 1): the waiting ones, then the chunk's (its first token follows
+  // the waiting row; without one, the chunk starts the sequence and its first token has no pair).
+  std::vector<int32_t> next = pending_next_;
+  next.insert(next.end(), chunk_tokens_.begin() + (num_pending_ > 0 ? 0 : 1), chunk_tokens_.end());
+  CHECK_EQ(int64_t(next.size()), total - 1);
+  if (total > 1) {
+    mtp_.forward(*mtp_state_, rows(0, total - 1), next, nullptr);
+    const int64_t row = int64_t(model_.config().hc_mult) * model_.config().hidden_size;
+    model_.backend().copy_rows(kernels::view_reshape(rows(0, 1), {1, row}),
+                               kernels::view_reshape(rows(total - 1, total), {1, row}));
+  }
+  num_pending_ = 1;
+  pending_next_.clear();
+  CHECK_EQ(mtp_state_->position() + 1, seq_.position());
+}
+
+void SpeculativeSequence::draft(int level, int depth, int32_t token, std::vector<float>* logits) {
+  CHECK(!verifying_ && level >= 1 && level <= depth);
+  if (level == 1) {
+    CHECK_GE(num_pending_, 1) << "drafting before the prompt";
+    CHECK_EQ(mtp_state_->position() + num_pending_, seq_.position());
+    std::vector<int32_t> next = pending_next_;
+    next.push_back(token);
+    mtp_.forward(*mtp_state_, rows(0, num_pending_), next, logits, depth > 1 ? draft_row(0) : TensorView());
+    num_pending_ = 0;
+    pending_next_.clear();
+    if (depth > 1) {
+      mtp_base_ = mtp_state_->position();
+      mtp_state_->mark(depth - 1);
+    }
+    return;
+  }
+  CHECK(mtp_state_->marked());
+  mtp_.forward(*mtp_state_, draft_row((level - 2) % 2), std::span<const int32_t>(&token, 1), logits,
+               level < depth ? draft_row((level - 1) % 2) : TensorView());
+  if (level == depth) mtp_state_->rollback(mtp_base_);  // the chained positions held drafted streams
+}
+
+StepChunk SpeculativeSequence::verify_chunk(std::span<const int32_t> tokens) {
+  CHECK(!verifying_ && num_pending_ == 0 && !mtp_state_->marked()) << "verify before drafting";
+  const int64_t n = int64_t(tokens.size());
+  CHECK_GE(n, 2);
+  reserve_rows(n);
+  verify_base_ = seq_.position();
+  seq_.mark(n);
+  chunk_tokens_.assign(tokens.begin(), tokens.end());
+  verifying_ = true;
+  StepChunk c;
+  c.sequence = &seq_;
+  c.tokens = chunk_tokens_;
+  c.all_logits = true;
+  c.hidden = rows(0, n);
+  return c;
+}
+
+void SpeculativeSequence::resolve(int accepted) {
+  CHECK(verifying_) << "resolve without a verify chunk";
+  const int k = int(chunk_tokens_.size()) - 1;
+  CHECK(accepted >= 0 && accepted <= k) << "accepted " << accepted << " of " << k << " drafts";
+  CHECK_EQ(seq_.position(), verify_base_ + k + 1);
+  if (accepted < k) {
+    seq_.rollback(verify_base_ + accepted + 1);
+  } else {
+    seq_.release();
+  }
+  num_pending_ = accepted + 1;  // streams of positions base .. base+accepted
+  pending_next_.assign(chunk_tokens_.begin() + 1, chunk_tokens_.begin() + 1 + accepted);
+  verifying_ = false;
+}
+
+// ------------------------------------------------------------------------------------------------
+// SpeculativeSampler
+// ------------------------------------------------------------------------------------------------
+
+SpeculativeSampler::SpeculativeSampler(const SamplerOptions& options, SpeculativeOptions::Rule rule)
+    : options_(options), rule_(rule), rng_(options.seed) {
+  V4RT_REQUIRE(options.top_p > 0.0 && options.top_p <= 1.0, "top_p " << options.top_p << " must be in (0, 1]");
+}
+
+std::vector<double> SpeculativeSampler::dist(std::span<const float> logits) const {
+  return sampling_distribution(logits, options_.temperature, options_.top_p);
+}
+
+int32_t SpeculativeSampler::sample(std::span<const float> logits) {
+  return greedy() ? argmax(logits) : draw(dist(logits));
+}
+
+int32_t SpeculativeSampler::draft(std::span<const float> draft_logits) {
+  if (greedy()) return argmax(draft_logits);
+  q_.push_back(dist(draft_logits));
+  return draw(q_.back());
+}
+
+SpeculativeSampler::Verdict SpeculativeSampler::verify(std::span<const float> logits, std::span<const int32_t> drafts) {
+  const size_t k = drafts.size();
+  CHECK_EQ(logits.size() % (k + 1), 0u);
+  const size_t vocab = logits.size() / (k + 1);
+  auto row = [&](size_t i) { return logits.subspan(i * vocab, vocab); };
+  CHECK(greedy() || q_.size() == k) << q_.size() << " draft distributions for " << k << " drafts";
+  Verdict v;
+  for (size_t i = 0; i < k && v.next < 0; ++i) {
+    const int32_t d = drafts[i];
+    if (greedy()) {
+      const int32_t target = argmax(row(i));
+      if (d == target) {
+        ++v.accepted;
+      } else {
+        v.next = target;
+      }
+      continue;
+    }
+    const std::vector<double> p = dist(row(i));
+    const std::vector<double>& qi = q_[i];
+    if (uniform() * qi[size_t(d)] < p[size_t(d)]) {  // accept with probability min(1, p/q)
+      ++v.accepted;
+      continue;
+    }
+    if (rule_ == SpeculativeOptions::Rule::kResampleFromTarget) {
+      v.next = draw(p);
+    } else {
+      std::vector<double> r(p.size());
+      double mass = 0.0;
+      for (size_t j = 0; j < r.size(); ++j) mass += (r[j] = std::max(0.0, p[j] - qi[j]));
+      v.next = draw(mass > 0.0 ? r : p);
+    }
+  }
+  if (v.next < 0) v.next = sample(row(k));
+  q_.clear();
+  return v;
+}
+
+// ------------------------------------------------------------------------------------------------
+// SpeculativeDecoder
+// ------------------------------------------------------------------------------------------------
+
+SpeculativeDecoder::SpeculativeDecoder(Model& model, Mtp& mtp, const SpeculativeOptions& options)
+    : model_(model), mtp_(mtp), options_(options), sampler_(options.sampler, options.rule) {
+  V4RT_REQUIRE(options.depth >= 1 && options.depth <= max_draft_depth(model.config()),
+               "draft depth " << options.depth << " must be in [1, " << max_draft_depth(model.config()) << "]");
+  V4RT_REQUIRE(options.prefill_chunk >= 1, "prefill chunk must be >= 1");
+}
+
+int32_t SpeculativeDecoder::start(std::span<const int32_t> prompt) {
+  V4RT_REQUIRE(!prompt.empty(), "empty prompt");
+  spec_.reset();
+  seq_ = model_.new_sequence();
+  spec_ = std::make_unique<SpeculativeSequence>(model_, mtp_, *seq_);
+  tokens_.assign(prompt.begin(), prompt.end());
   std::vector<std::vector<float>> logits;
   const int64_t s = int64_t(prompt.size());
   for (int64_t b = 0; b < s; b += options_.prefill_chunk) {
     const int64_t e = std::min<int64_t>(s, b + options_.prefill_chunk);
-    StepChunk c;
-    c.sequence = seq_.get();
-    c.tokens = prompt.subspan(size_t(b), size_t(e - b));
-    c.hidden = pending_rows(num_pending_, num_pending_ + (e - b));
+    const StepChunk c = spec_->prompt_chunk(prompt.subspan(size_t(b), size_t(e - b)), false);
     model_.step(std::span<const StepChunk>(&c, 1), e == s ? &logits : nullptr);
-    num_pending_ += e - b;
-    if (e < s) {  // the MTP takes every pair whose next token is known; the last row waits
-      const int64_t p0 = mtp_state_->position();
-      if (num_pending_ > 1)
-        mtp_.forward(*mtp_state_, pending_rows(0, num_pending_ - 1),
-                     std::span<const int32_t>(tokens_).subspan(size_t(p0 + 1), size_t(num_pending_ - 1)), nullptr);
-      kernels::Backend& be = model_.backend();
-      if (num_pending_ > 1)
-        be.copy_rows(kernels::view_reshape(pending_rows(0, 1), {1, row}),
-                     kernels::view_reshape(pending_rows(num_pending_ - 1, num_pending_), {1, row}));
-      num_pending_ = 1;
-    }
+    spec_->after_prompt_chunk();
   }
-  const int32_t first = draw(dist(logits[0]));
+  const int32_t first = sampler_.sample(logits[0]);
   tokens_.push_back(first);
   return first;
 }
 
 void SpeculativeDecoder::step(std::vector<int32_t>* out) {
   CHECK(seq_) << "step before start";
-  const ModelConfig& cfg = model_.config();
-  const int64_t vocab = cfg.vocab_size;
   const int k = options_.depth;
   const int64_t n = seq_->position();
   CHECK_EQ(int64_t(tokens_.size()), n + 1);
-  CHECK_EQ(mtp_state_->position() + num_pending_, n);
-  const bool greedy = options_.sampler.temperature <= 0.0;
 
   // --- draft ---
-  double t0 = now_s();
-  const int64_t row = int64_t(cfg.hc_mult) * cfg.hidden_size;
-  auto hidden_row = [&](int i) {
-    return TensorView(static_cast<float*>(draft_hidden_.data()) + i * row, DType::kF32, {1, cfg.hc_mult, cfg.hidden_size},
-                      model_.backend().device());
-  };
+  const double t0 = now_s();
   std::vector<int32_t> chunk = {tokens_[size_t(n)]};
-  std::vector<std::vector<double>> q;  // draft distributions (sampled mode)
   std::vector<float> qlog;
-  mtp_.forward(*mtp_state_, pending_rows(0, num_pending_),
-               std::span<const int32_t>(tokens_).subspan(size_t(n - num_pending_ + 1), size_t(num_pending_)), &qlog,
-               k > 1 ? hidden_row(0) : TensorView());
-  if (k > 1) mtp_state_->mark(k - 1);
-  for (int i = 1; i <= k; ++i) {
-    if (i > 1) {
-      const int32_t prev = chunk.back();
-      mtp_.forward(*mtp_state_, hidden_row((i - 2) % 2), std::span<const int32_t>(&prev, 1), &qlog,
-                   i < k ? hidden_row((i - 1) % 2) : TensorView());
-    }
-    if (greedy) {
-      chunk.push_back(argmax(qlog));
-    } else {
-      q.push_back(dist(qlog));
-      chunk.push_back(draw(q.back()));
-    }
+  for (int level = 1; level <= k; ++level) {
+    spec_->draft(level, k, chunk.back(), &qlog);
+    chunk.push_back(sampler_.draft(qlog));
   }
-  if (k > 1) mtp_state_->rollback(n);  // the chained positions held drafted streams
-  if (greedy && options_.replace_drafts) {
+  if (sampler_.greedy() && options_.replace_drafts) {
     std::vector<int32_t> d(chunk.begin() + 1, chunk.end());
     options_.replace_drafts(n + 1, d);
     CHECK_EQ(d.size(), size_t(k));
     std::copy(d.begin(), d.end(), chunk.begin() + 1);
   }
-  num_pending_ = 0;
-  double t1 = now_s();
+  const double t1 = now_s();
   stats_.draft_s += t1 - t0;
 
   // --- verify ---
-  seq_->mark(k + 1);
   std::vector<std::vector<float>> logits;
-  StepChunk c;
-  c.sequence = seq_.get();
-  c.tokens = chunk;
-  c.all_logits = true;
-  c.hidden = pending_rows(0, k + 1);
+  const StepChunk c = spec_->verify_chunk(chunk);
   model_.step(std::span<const StepChunk>(&c, 1), &logits);
-  const std::vector<float>& lg = logits[0];
-  auto row_logits = [&](int i) { return std::span<const float>(lg.data() + size_t(i) * size_t(vocab), size_t(vocab)); };
-  int accepted = 0;
-  int32_t next = -1;
-  for (int i = 1; i <= k && next < 0; ++i) {
-    const int32_t d = chunk[size_t(i)];
-    if (greedy) {
-      const int32_t target = argmax(row_logits(i - 1));
-      if (d == target) {
-        ++accepted;
-      } else {
-        next = target;
-      }
-      continue;
-    }
-    const std::vector<double> p = dist(row_logits(i - 1));
-    const std::vector<double>& qi = q[size_t(i - 1)];
-    if (uniform() * qi[size_t(d)] < p[size_t(d)]) {  // accept with probability min(1, p/q)
-      ++accepted;
-      continue;
-    }
-    if (options_.rule == SpeculativeOptions::Rule::kResampleFromTarget) {
-      next = draw(p);
-    } else {
-      std::vector<double> r(p.size());
-      double mass = 0.0;
-      for (size_t j = 0; j < r.size(); ++j) mass += (r[j] = std::max(0.0, p[j] - qi[j]));
-      next = draw(mass > 0.0 ? r : p);
-    }
-  }
-  if (next < 0) next = greedy ? argmax(row_logits(k)) : draw(dist(row_logits(k)));
-  if (accepted < k) {
-    seq_->rollback(n + accepted + 1);
-  } else {
-    seq_->release();
-  }
-  num_pending_ = accepted + 1;  // streams of positions n .. n+accepted
-  for (int i = 1; i <= accepted; ++i) {
+  const SpeculativeSampler::Verdict v =
+      sampler_.verify(logits[0], std::span<const int32_t>(chunk).subspan(1));
+  spec_->resolve(v.accepted);
+  for (int i = 1; i <= v.accepted; ++i) {
     tokens_.push_back(chunk[size_t(i)]);
     out->push_back(chunk[size_t(i)]);
   }
-  tokens_.push_back(next);
-  out->push_back(next);
+  tokens_.push_back(v.next);
+  out->push_back(v.next);
   stats_.verify_s += now_s() - t1;
   stats_.steps += 1;
   stats_.drafted += k;
-  stats_.accepted += accepted;
-  stats_.emitted += accepted + 1;
+  stats_.accepted += v.accepted;
+  stats_.emitted += v.accepted + 1;
 }
 
 std::vector<int32_t> SpeculativeDecoder::generate(std::span<const int32_t> prompt, int max_tokens, int64_t eos) {

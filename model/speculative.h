@@ -7,6 +7,14 @@
 // else draw from norm(max(0, p - q)); all accepted: draw from the next p), so the output has the
 // distribution of non-speculative sampling with the same temperature / top-p. Seeded: the same
 // seed gives the same tokens (the draws differ from Sampler's, the distribution does not).
+//
+// Three parts, so that a sharded job and a batch of sequences run the same step:
+//   SpeculativeSequence  one sequence's rank-local mechanics (MTP state, the main streams the block
+//                        has not seen, mark / rollback); deterministic given the tokens, so every
+//                        rank applies the same operations (the MTP forward and the verify chunk
+//                        are collective under a sharded layout, like Model::step)
+//   SpeculativeSampler   the decisions (draft tokens, acceptance, the next token): the leader's
+//   SpeculativeDecoder   both over one sequence on one rank (tests, `v4rt bench mtp`)
 #pragma once
 
 #include <cstdint>
@@ -36,7 +44,7 @@ struct SpeculativeOptions {
 };
 
 struct SpeculativeStats {
-  int64_t steps = 0;        // verify steps
+  int64_t steps = 0;        // verify steps (per sequence)
   int64_t drafted = 0;      // draft tokens proposed
   int64_t accepted = 0;     // draft tokens accepted
   int64_t emitted = 0;      // tokens decided by the steps (accepted drafts + one per step)
@@ -44,13 +52,94 @@ struct SpeculativeStats {
   double verify_s = 0.0;    // main-model verify chunks, rollback included
   double acceptance_rate() const { return drafted ? double(accepted) / double(drafted) : 0.0; }
   double tokens_per_step() const { return steps ? double(emitted) / double(steps) : 0.0; }
+  void add(const SpeculativeStats& o);
 };
 
-// The probabilities Sampler samples from: softmax(logits / temperature) restricted to the nucleus
-// (smallest prefix by descending probability, ties by lower id, reaching top_p), renormalised.
-// temperature <= 0: one-hot on the argmax.
-std::vector<double> sampling_distribution(std::span<const float> logits, double temperature, double top_p);
+// Largest draft depth the model's window allows (a verify chunk must stay inside the window).
+int max_draft_depth(const ModelConfig& config);
 
+// One sequence's speculative state on this rank. The order of calls per sequence:
+//   (prompt_chunk, Model::step, after_prompt_chunk)+ then per step: draft(1..depth),
+//   verify_chunk, Model::step, resolve(accepted).
+// Positions: the main model has processed [0, N); the MTP state has processed the pairs (streams of
+// position i, token i+1) for i < N - num_pending(); the streams of the last num_pending()
+// positions wait here (with the next tokens of all but the last).
+class SpeculativeSequence {
+ public:
+  SpeculativeSequence(Model& model, Mtp& mtp, SequenceState& sequence);
+
+  SequenceState& sequence() { return seq_; }
+  MtpState& mtp_state() { return *mtp_state_; }
+  int64_t num_pending() const { return num_pending_; }
+  bool verifying() const { return verifying_; }
+  // A deep copy over `sequence`, a copy of this one's SequenceState (prefix reuse): the MTP state
+  // and the waiting streams are copied. Not between draft() and resolve().
+  std::unique_ptr<SpeculativeSequence> clone(SequenceState& sequence) const;
+
+  // A non-speculative chunk (prompt): the StepChunk for Model::step (it keeps the final streams;
+  // the tokens are copied), then after_prompt_chunk() feeds the MTP block every pair whose next
+  // token is now known. Collective (MTP forward).
+  StepChunk prompt_chunk(std::span<const int32_t> tokens, bool all_logits);
+  void after_prompt_chunk();
+  // Draft level `level` of `depth`: level 1 feeds the waiting streams (the last one's next token is
+  // `token`, the decided but unprocessed token); a later level feeds the block's own output with
+  // the previous draft `token`. `logits` (may be nullptr) gets the draft logits [vocab].
+  // Collective (MTP forward).
+  void draft(int level, int depth, int32_t token, std::vector<float>* logits);
+  // The verify chunk [next, d1..dk] after draft(depth): marks the main state; all logits, streams kept.
+  StepChunk verify_chunk(std::span<const int32_t> tokens);
+  // After the verify step: keep the first `accepted` drafts (rank-local).
+  void resolve(int accepted);
+
+ private:
+  TensorView rows(int64_t begin, int64_t end) const;  // [end-begin, hc, D] of pending_
+  TensorView draft_row(int i) const;                  // [1, hc, D] of draft_hidden_
+  void reserve_rows(int64_t rows);                    // keeps the first num_pending_ rows
+
+  Model& model_;
+  Mtp& mtp_;
+  SequenceState& seq_;
+  std::unique_ptr<MtpState> mtp_state_;
+  Buffer pending_;                    // [capacity, hc, D] streams of the positions the MTP has not seen
+  int64_t capacity_ = 0;
+  int64_t num_pending_ = 0;
+  std::vector<int32_t> pending_next_; // next tokens of pending rows [0, num_pending_ - 1)
+  Buffer draft_hidden_;               // [2, hc, D] the MTP block's output streams (chained drafts)
+  std::vector<int32_t> chunk_tokens_; // the chunk in flight (prompt or verify)
+  bool verifying_ = false;
+  int64_t verify_base_ = 0;           // main position before the verify chunk
+  int64_t mtp_base_ = 0;              // MTP position after draft level 1
+};
+
+// The leader's decisions for one sequence (its own seeded RNG).
+class SpeculativeSampler {
+ public:
+  explicit SpeculativeSampler(const SamplerOptions& options,
+                              SpeculativeOptions::Rule rule = SpeculativeOptions::Rule::kExact);
+  bool greedy() const { return options_.temperature <= 0.0; }
+  // A token from the main model's logits (the first token after the prompt).
+  int32_t sample(std::span<const float> logits);
+  // The draft of the next level from the MTP block's logits (its distribution is kept for verify).
+  int32_t draft(std::span<const float> draft_logits);
+  struct Verdict {
+    int accepted = 0;   // drafts kept
+    int32_t next = -1;  // the token after them
+  };
+  // `logits` [k+1, vocab]: row i is the main model's after the chunk's token i; drafts d1..dk.
+  Verdict verify(std::span<const float> logits, std::span<const int32_t> drafts);
+
+ private:
+  double uniform() { return uniform_draw(rng_); }
+  int32_t draw(const std::vector<double>& dist) { return draw_index(dist, uniform()); }
+  std::vector<double> dist(std::span<const float> logits) const;
+
+  SamplerOptions options_;
+  SpeculativeOptions::Rule rule_;
+  std::mt19937_64 rng_;
+  std::vector<std::vector<double>> q_;  // draft distributions of the current step (sampled mode)
+};
+
+// One sequence on one rank.
 class SpeculativeDecoder {
  public:
   SpeculativeDecoder(Model& model, Mtp& mtp, const SpeculativeOptions& options);
@@ -65,25 +154,16 @@ class SpeculativeDecoder {
   const SpeculativeStats& stats() const { return stats_; }
   void reset_stats() { stats_ = SpeculativeStats(); }
   SequenceState& sequence() { return *seq_; }
-  MtpState& mtp_state() { return *mtp_state_; }
+  MtpState& mtp_state() { return spec_->mtp_state(); }
 
  private:
-  int32_t draw(const std::vector<double>& dist);  // a token from `dist` with the decoder's RNG
-  double uniform();
-  std::vector<double> dist(std::span<const float> logits) const;
-  TensorView pending_rows(int64_t begin, int64_t end) const;
-
   Model& model_;
   Mtp& mtp_;
   SpeculativeOptions options_;
-  std::mt19937_64 rng_;
+  SpeculativeSampler sampler_;
   std::unique_ptr<SequenceState> seq_;
-  std::unique_ptr<MtpState> mtp_state_;
+  std::unique_ptr<SpeculativeSequence> spec_;
   std::vector<int32_t> tokens_;  // every committed token; tokens_[seq_->position()] is the next input
-  Buffer pending_;               // [capacity, hc, D] main streams of the positions the MTP has not seen
-  int64_t pending_capacity_ = 0;
-  int64_t num_pending_ = 0;
-  Buffer draft_hidden_;          // [2, hc, D] the MTP block's output streams (chained drafts)
   SpeculativeStats stats_;
 };
 

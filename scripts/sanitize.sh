@@ -39,6 +39,10 @@ rm -rf "$LOGS"
 mkdir -p "$LOGS"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1}:log_path=$LOGS/report
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}:log_path=$LOGS/report
+# Wall-clock bounds do not hold at ASan speed on a loaded 2-core machine: the case asserting that
+# reading every tensor of tiny-a takes < 1 s (test_checkpoint) is left out here (gtest reads
+# GTEST_FILTER; an explicit --gtest_filter wins). V4RT_ASAN_GTEST_FILTER overrides.
+export GTEST_FILTER=${V4RT_ASAN_GTEST_FILTER:--TinyA.FullDequantUnderASecond}
 rc=0
 ctest --test-dir "$BUILD" -L 'unit|fuzz' -E "$SLOW" --output-on-failure -j "$JOBS" "$@" || rc=$?
 if [[ -x "$BUILD/tests/launch/test_http_server" ]]; then

@@ -21,6 +21,7 @@
 #include "common/check.h"
 #include "launch/batch/digest.h"
 #include "launch/batch/progress.h"
+#include "launch/batch/speculative_engine.h"
 #include "launch/serve/output.h"
 #include "launch/serve/scheduler.h"
 
@@ -60,21 +61,23 @@ ForwardPlan to_forward_plan(const serve::StepPlan& plan) {
 }
 
 // serve::Engine's loop, with the Driver as the executor (so the plans reach every rank).
-class DriverEngine {
+class DriverEngine : public BatchEngine {
  public:
   DriverEngine(model::Model& model, Driver& driver, const serve::SchedulerOptions& options)
       : driver_(driver), scheduler_(options, model.config(), &metrics_) {}
-  ~DriverEngine() { stop(); }
+  ~DriverEngine() override { stop(); }
 
-  serve::Scheduler& scheduler() { return scheduler_; }
-  bool failed() const { return failed_; }
-  const std::string& failure() const { return failure_; }  // read after failed() is true
+  serve::SubmitResult submit(std::shared_ptr<serve::Request> request) override {
+    return scheduler_.submit(std::move(request));
+  }
+  bool failed() const override { return failed_; }
+  std::string failure() const override { return failure_; }  // read after failed() is true
 
-  void start() {
+  void start() override {
     thread_ = std::thread([this] { loop(); });
   }
   // Ends the running requests and frees every state on every rank.
-  void stop() {
+  void stop() override {
     if (!thread_.joinable()) return;
     stop_ = true;
     thread_.join();
@@ -164,6 +167,7 @@ void BatchJob::prepare() {
   pinned.model.clear();  // pinned separately, normalised
   header_.config_sha256 = sha256_hex(model::runtime_config_yaml(pinned));
   header_.created = int64_t(std::time(nullptr));
+  header_.mtp = options_.mtp;
 
   // Leftovers of an atomic write that a kill interrupted are never read.
   std::error_code ec;
@@ -276,7 +280,21 @@ BatchResult BatchJob::run(model::Model& model, Driver& driver, const std::atomic
   for (size_t i = 0; i < input_.items.size(); ++i)
     if (committed_by_item_[i] < 0) todo.push_back(i);
 
-  DriverEngine engine(model, driver, so);
+  std::unique_ptr<BatchEngine> engine_ptr;
+  if (options_.mtp > 0) {
+    SpeculativeEngineOptions se;
+    se.depth = options_.mtp;
+    se.max_batch_tokens = so.max_batch_tokens;
+    se.max_running = so.max_running;
+    se.max_queue = so.max_queue;
+    se.kv_budget_bytes = so.kv_budget_bytes;
+    se.eos_token_id = so.eos_token_id;
+    engine_ptr = std::make_unique<SpeculativeEngine>(model, driver, se);
+    progress.enable_speculative(options_.mtp);
+  } else {
+    engine_ptr = std::make_unique<DriverEngine>(model, driver, so);
+  }
+  BatchEngine& engine = *engine_ptr;
   engine.start();
   std::vector<std::unique_ptr<InFlight>> in_flight;
   size_t next = 0;
@@ -332,7 +350,7 @@ BatchResult BatchJob::run(model::Model& model, Driver& driver, const std::atomic
       req->priority = f->spec.priority;
       req->prompt = f->spec.prompt;
       req->sampling = f->spec.sampling;
-      const serve::SubmitResult sr = engine.scheduler().submit(req);
+      const serve::SubmitResult sr = engine.submit(req);
       if (sr.status == 429) break;  // queue full: retry once something finishes
       if (sr.status == 503) break;  // the engine failed; the loop ends below
       if (sr.status != 200) {
@@ -383,6 +401,7 @@ BatchResult BatchJob::run(model::Model& model, Driver& driver, const std::atomic
     std::erase_if(in_flight, [](const auto& f) { return !f; });
 
     if (!result.failure.empty() || (next >= todo.size() && in_flight.empty())) break;
+    progress.set_speculative(engine.speculative_stats());
     progress.tick();
     if (output_dirty_ && seconds_since(last_flush) >= options_.flush_interval_s) {
       write_output();
@@ -402,6 +421,7 @@ BatchResult BatchJob::run(model::Model& model, Driver& driver, const std::atomic
     std::_Exit(kExitInterrupted);
   }
   engine.stop();
+  progress.set_speculative(engine.speculative_stats());
   write_output();
   progress.tick(true);
   progress.close();

@@ -34,6 +34,7 @@ struct BatchOptions {
   bool progress_bar = false;       // redraw a bar (terminal) instead of log lines
   double log_interval_s = 10.0;    // plain progress lines
   int test_hook_pause_mid_record_ms = 0;  // TEST HOOK (JournalWriter)
+  int mtp = 0;                     // speculative decoding: MTP draft tokens per verify step (0: off)
   // Multi-rank jobs: after a stop signal, once the output and the summary are written, exit the
   // process at once with kExitInterrupted instead of stopping the engine (the follower ranks got
   // the signal too; a last collective with them could wait forever).

@@ -84,6 +84,7 @@ std::string JournalHeader::to_json() const {
   Json j{{"format", format},       {"input_sha256", input_sha256}, {"input_bytes", input_bytes},
          {"num_lines", num_lines}, {"seed", seed},                 {"ordered", ordered},
          {"model", model},         {"config_sha256", config_sha256}, {"created", created}};
+  if (mtp > 0) j["mtp"] = mtp;  // absent: no drafting (journals written before --mtp existed)
   return j.dump();
 }
 
@@ -101,6 +102,7 @@ JournalHeader JournalHeader::from_json(const std::string& text, const std::strin
     h.model = j.at("model").get<std::string>();
     h.config_sha256 = j.at("config_sha256").get<std::string>();
     h.created = j.at("created").get<int64_t>();
+    h.mtp = j.value("mtp", 0);
   } catch (const nlohmann::json::exception& e) {
     V4RT_FAIL(source << ": bad journal header: " << e.what());
   }
@@ -115,6 +117,7 @@ std::vector<std::string> header_mismatches(const JournalHeader& a, const Journal
   if (a.ordered != b.ordered) out.push_back(std::string("--ordered (") + (a.ordered ? "on" : "off") + " vs now " + (b.ordered ? "on" : "off") + ")");
   if (a.model != b.model) out.push_back("model (" + a.model + " vs now " + b.model + ")");
   if (a.config_sha256 != b.config_sha256) out.push_back("runtime config (its resolved YAML changed)");
+  if (a.mtp != b.mtp) out.push_back("--mtp (" + std::to_string(a.mtp) + " vs now " + std::to_string(b.mtp) + ")");
   return out;
 }
 

@@ -36,6 +36,7 @@ struct JournalHeader {
   std::string model;           // checkpoint directory, absolute and normalised
   std::string config_sha256;   // of the resolved runtime config (runtime_config_yaml)
   int64_t created = 0;         // unix seconds of the first run: every response's `created`
+  int mtp = 0;                 // draft depth of speculative decoding (0: off); sampled draws depend on it
 
   std::string to_json() const;
   // Throws v4rt::Error naming `source` when a field is missing or mistyped.

@@ -73,7 +73,10 @@ std::string Progress::status_line() const {
   os << done_all << "/" << total_ << " (" << fixed(100.0 * frac, 1) << "%)";
   if (errors_now_) os << ", " << errors_now_ << " errors";
   os << " | in " << fixed(double(prompt_tokens_) / t, 1) << " tok/s | out " << fixed(double(completion_tokens_) / t, 1)
-     << " tok/s | " << fixed(double(done_now_) / t, 2) << " req/s | ETA " << (left == 0 ? "0s" : format_duration(eta));
+     << " tok/s | " << fixed(double(done_now_) / t, 2) << " req/s";
+  if (mtp_depth_ > 0)
+    os << " | mtp accept " << fixed(spec_.acceptance_rate(), 3) << ", " << fixed(spec_.tokens_per_step(), 2) << " tok/verify";
+  os << " | ETA " << (left == 0 ? "0s" : format_duration(eta));
   return os.str();
 }
 
@@ -116,6 +119,13 @@ std::string Progress::summary() const {
      << "  latency (submit -> last token, " << latencies_s_.size() << " requests): p50 "
      << fixed(latency_percentile(0.50), 3) << " s, p90 " << fixed(latency_percentile(0.90), 3) << " s, p99 "
      << fixed(latency_percentile(0.99), 3) << " s\n";
+  if (mtp_depth_ > 0) {
+    os << "  speculative decoding (MTP, " << mtp_depth_ << " drafts per step): acceptance rate "
+       << fixed(spec_.acceptance_rate(), 3) << " (" << spec_.accepted << " of " << spec_.drafted << " drafts), "
+       << fixed(spec_.tokens_per_step(), 2) << " tokens per verify step (" << spec_.steps
+       << " sequence verify steps); draft " << fixed(spec_.draft_s, 2) << " s, verify " << fixed(spec_.verify_s, 2)
+       << " s\n";
+  }
   return os.str();
 }
 

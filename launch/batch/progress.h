@@ -2,7 +2,8 @@
 // Progress of a batch job on rank 0: a one-line bar redrawn in place on a terminal (requests
 // done/total, tokens/s in and out, ETA), periodic plain log lines otherwise, and the summary at
 // the end (totals, throughput, latency percentiles). Counts requests finished by this run apart
-// from those a previous run had already committed.
+// from those a previous run had already committed. With speculative decoding (--mtp) both also
+// show the acceptance rate of the drafts and the tokens decided per verify step.
 #pragma once
 
 #include <chrono>
@@ -10,6 +11,8 @@
 #include <cstdio>
 #include <string>
 #include <vector>
+
+#include "model/speculative.h"
 
 namespace v4rt::launch::batch {
 
@@ -26,6 +29,9 @@ class Progress {
 
   // One request committed by this run; latency_s < 0 for error lines (no generation).
   void on_done(int64_t prompt_tokens, int64_t completion_tokens, double latency_s, bool ok);
+  // Speculative decoding with `depth` drafts per verify step; set_speculative() gives the totals.
+  void enable_speculative(int depth) { mtp_depth_ = depth; }
+  void set_speculative(const model::SpeculativeStats& stats) { spec_ = stats; }
   // Redraws / logs when its interval has passed (or always with force).
   void tick(bool force = false);
   // Ends the bar line (terminal) so later output starts on a new line.
@@ -51,6 +57,8 @@ class Progress {
   int64_t prompt_tokens_ = 0, completion_tokens_ = 0;
   std::vector<double> latencies_s_;
   bool drew_ = false;
+  int mtp_depth_ = 0;
+  model::SpeculativeStats spec_;
 };
 
 // "1h02m", "3m07s", "12s".

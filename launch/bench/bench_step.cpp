@@ -8,7 +8,8 @@
 // prefill). Prints the step time, a per-op table against the H200 roofline (CUDA events), and the
 // KV capacity per GPU; --batch / --context take comma lists (every pair runs on the one loaded
 // model) and --csv appends one row per run and op family (docs/PERFORMANCE.md, GPU section).
-// `v4rt bench indexer`: the indexer scan over 256K compressed keys + top-k.
+// `v4rt bench indexer`: the indexer scan over 256K compressed keys + top-k. `v4rt bench checkpoint`:
+// the same synthetic checkpoint written and kept (optionally with the MTP layer).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -214,6 +215,44 @@ void fabricate_state(const model::ModelConfig& cfg, kernels::Backend& be, model:
   seq.advance(context - seq.position());
 }
 
+// The bench model: N layers alternating CSA / HCA (the release pattern after the first two),
+// score-routed MoE; with `mtp`, the preset's MTP layer(s) after them.
+model::ModelConfig bench_config(const std::string& preset, int layers, bool mtp) {
+  const model::ModelConfig full = model::preset_config(preset, mtp);
+  model::ModelConfig cfg = full;
+  cfg.num_hidden_layers = layers;
+  cfg.compress_ratios.clear();
+  for (int l = 0; l < layers; ++l) cfg.compress_ratios.push_back(l % 2 == 0 ? 4 : 128);
+  if (mtp) {
+    cfg.compress_ratios.insert(cfg.compress_ratios.end(), full.compress_ratios.begin() + full.num_hidden_layers,
+                               full.compress_ratios.end());
+  } else {
+    cfg.num_nextn_predict_layers = 0;
+  }
+  cfg.num_hash_layers = 0;
+  model::validate(cfg, "bench " + preset + " config");
+  return cfg;
+}
+
+struct CheckpointArgs {
+  std::string preset = "flash";
+  int layers = 2;
+  bool mtp = false;
+  std::string out;
+  uint64_t seed = 1;
+};
+
+// `v4rt bench checkpoint`: the bench model's checkpoint written on every core (kept, for `bench mtp
+// --model` and the like; init-model writes real-distribution weights on one core, minutes for Flash).
+void run_checkpoint(const CheckpointArgs& a) {
+  V4RT_REQUIRE(a.layers >= 1, "bench checkpoint: --layers must be >= 1");
+  const model::ModelConfig cfg = bench_config(a.preset, a.layers, a.mtp);
+  const double t0 = now_s();
+  const uint64_t bytes = write_bench_checkpoint(cfg, a.out, a.seed);
+  std::printf("bench checkpoint: %s, %d layers%s, %.2f GB -> %s in %.1f s\n", a.preset.c_str(), a.layers,
+              cfg.num_nextn_predict_layers ? " + MTP" : "", double(bytes) / 1e9, a.out.c_str(), now_s() - t0);
+}
+
 struct StepArgs {
   std::string preset = "flash";
   bool synthetic = false;
@@ -269,14 +308,7 @@ void run_step(const StepArgs& a) {
   for (int b : a.batch) V4RT_REQUIRE(b >= 1, "bench step: --batch values must be >= 1");
   for (int64_t c : a.context) V4RT_REQUIRE(c >= 128, "bench step: --context values must be >= 128");
   const model::ModelConfig full = model::preset_config(a.preset);
-  model::ModelConfig cfg = full;
-  // N layers alternating CSA / HCA (the release pattern after the first two), score-routed MoE.
-  cfg.num_hidden_layers = a.layers;
-  cfg.compress_ratios.clear();
-  for (int l = 0; l < a.layers; ++l) cfg.compress_ratios.push_back(l % 2 == 0 ? 4 : 128);
-  cfg.num_nextn_predict_layers = 0;
-  cfg.num_hash_layers = 0;
-  model::validate(cfg, "bench step config");
+  const model::ModelConfig cfg = bench_config(a.preset, a.layers, /*mtp=*/false);
   std::string dir = a.dir;
   if (dir.empty()) {
     double experts = 0, rest = 0;
@@ -326,7 +358,9 @@ void run_step(const StepArgs& a) {
   std::vector<std::pair<int64_t, int>> runs;  // (context, batch), contexts outermost
   for (const int64_t c : a.context)
     for (const int b : a.batch) runs.push_back({c / 128 * 128, b});
-  for (const auto& [context, batch] : runs) {
+  for (const auto& run : runs) {
+    const int64_t context = run.first;  // plain names: lambdas below capture them
+    const int batch = run.second;
     std::printf("\n=== batch %d, context %lld\n", batch, static_cast<long long>(context));
     t0 = now_s();
     std::vector<float> rnd(size_t(std::max<int64_t>(context / 4, cfg.sliding_window)) *
@@ -353,6 +387,39 @@ void run_step(const StepArgs& a) {
       m->step(chunks, &logits);
       be->synchronize();
     };
+    if (batch > 1 && batch <= 8) {
+      // The batched step against each sequence stepped alone, on clones of the states: the same
+      // numbers up to the GEMMs' reduction order for a different row count.
+      std::vector<std::unique_ptr<model::SequenceState>> ca, cb;
+      std::vector<model::StepChunk> chunks;
+      for (int b = 0; b < batch; ++b) {
+        ca.push_back(seqs[size_t(b)]->clone());
+        cb.push_back(seqs[size_t(b)]->clone());
+        chunks.push_back({ca.back().get(), std::span<const int32_t>(&tokens[size_t(b)], 1), false, {}});
+      }
+      std::vector<std::vector<float>> lb;
+      m->step(chunks, &lb);
+      double max_err = 0, max_rms = 0;
+      int same_argmax = 0;
+      for (int b = 0; b < batch; ++b) {
+        model::StepChunk c{cb[size_t(b)].get(), std::span<const int32_t>(&tokens[size_t(b)], 1), false, {}};
+        std::vector<std::vector<float>> la;
+        m->step(std::span<const model::StepChunk>(&c, 1), &la);
+        const std::vector<float>& x = la[0];
+        const std::vector<float>& y = lb[size_t(b)];
+        double ss = 0, err = 0;
+        for (size_t j = 0; j < x.size(); ++j) {
+          ss += double(x[j]) * x[j];
+          err = std::max(err, std::fabs(double(x[j]) - y[j]));
+        }
+        max_err = std::max(max_err, err);
+        max_rms = std::max(max_rms, std::sqrt(ss / double(std::max<size_t>(x.size(), 1))));
+        same_argmax += std::max_element(x.begin(), x.end()) - x.begin() == std::max_element(y.begin(), y.end()) - y.begin();
+      }
+      be->synchronize();
+      std::printf("  check: batched step vs each sequence alone: max |diff| %.3g (logit rms %.3g), same argmax %d/%d\n",
+                  max_err, max_rms, same_argmax, batch);
+    }
     step();  // warm-up (cuBLASLt heuristics, pool growth)
     std::vector<double> times;
     for (int i = 0; i < a.iters; ++i) {
@@ -362,10 +429,12 @@ void run_step(const StepArgs& a) {
     }
     std::sort(times.begin(), times.end());
     const double med = times[times.size() / 2];
-    std::printf("\n  decode step (batch %d, sequences stepped one after another by Model::step): median %.3f ms"
-                " (min %.3f, max %.3f over %d)\n", batch, med * 1e3, times.front() * 1e3, times.back() * 1e3, a.iters);
-    std::printf("  per sequence: %.3f ms; per layer and sequence (incl. embedding/head share): %.3f ms\n",
-                med * 1e3 / batch, med * 1e3 / batch / a.layers);
+    std::printf("\n  decode step (batch %d, one batched Model::step over every sequence, logits of all rows to the"
+                " host): median %.3f ms (min %.3f, max %.3f over %d)\n", batch, med * 1e3, times.front() * 1e3,
+                times.back() * 1e3, a.iters);
+    std::printf("  throughput: %.0f tokens/s on this GPU (%d layers); per sequence %.3f ms; per layer and sequence"
+                " (incl. embedding/head share): %.4f ms\n", batch / med, a.layers, med * 1e3 / batch,
+                med * 1e3 / batch / a.layers);
     // One CSV row per op family of the profiled step, and one "step" row (ms = median step time).
     auto csv_row = [&](const std::string& fam, double calls, double ms, double bytes, double flops, double roof) {
       if (!csv) return;
@@ -381,7 +450,7 @@ void run_step(const StepArgs& a) {
       step();
       prof->set_enabled(false);
       const auto stats = prof->stats();
-      double tot_ms = 0, tot_roof = 0, head_ms = 0;
+      double tot_ms = 0, tot_roof = 0, head_ms = 0, head_roof = 0;
       std::printf("\n  per-op breakdown of one step (CUDA events; bytes = ideal traffic, roofline = max(bytes / 4.3 TB/s,"
                   " FLOPs / peak), peak 790 TFLOP/s bf16, 1580 FP8):\n");
       std::printf("  %-34s %6s %10s %10s %10s %11s %7s\n", "op family", "calls", "ms", "MB", "GFLOP", "roofline ms",
@@ -390,10 +459,10 @@ void run_step(const StepArgs& a) {
         const double roof = std::max(s.bytes / kHbmBytesPerSec, s.peak_flops > 0 ? s.flops / s.peak_flops : 0) * 1e3;
         tot_ms += s.ms;
         tot_roof += roof;
-        if (fam.find("x" + std::to_string(cfg.hidden_size)) != std::string::npos &&
-            fam.find(std::to_string(cfg.vocab_size)) != std::string::npos)
-          head_ms += s.ms;
-        if (fam == "hc_head" || fam == "embedding") head_ms += s.ms;
+        const bool head_op = (fam.find("x" + std::to_string(cfg.hidden_size)) != std::string::npos &&
+                              fam.find(std::to_string(cfg.vocab_size)) != std::string::npos) ||
+                             fam == "hc_head" || fam == "embedding";
+        if (head_op) head_ms += s.ms, head_roof += roof;
         std::printf("  %-34s %6lld %10.3f %10.2f %10.3f %11.4f %6.1f%%\n", fam.c_str(), static_cast<long long>(s.calls), s.ms,
                     s.bytes / 1e6, s.flops / 1e9, roof, s.ms > 0 ? 100.0 * roof / s.ms : 0.0);
         csv_row(fam, double(s.calls), s.ms, s.bytes, s.flops, roof);
@@ -408,6 +477,15 @@ void run_step(const StepArgs& a) {
       std::printf("  ESTIMATE for all %d layers of %s on this one GPU (per-layer mean x %d + head; the full weights"
                   " do not fit one H200): %.2f ms per decode token per sequence\n", full_layers, a.preset.c_str(),
                   full_layers, layer_ms * full_layers + head_ms / batch);
+      // Extrapolation of the whole step to every layer: op time and roofline per layer x layers + head;
+      // the measured wall time scaled by the same op-time ratio (host gaps assumed proportional).
+      const double op_full = (tot_ms - head_ms) / a.layers * full_layers + head_ms;
+      const double roof_full = (tot_roof - head_roof) / a.layers * full_layers + head_roof;
+      const double wall_full = tot_ms > 0 ? med * 1e3 * op_full / tot_ms : 0;
+      std::printf("  EXTRAPOLATION to %d layers, batch %d: step %.2f ms wall (op time %.2f ms, roofline %.3f ms) ->"
+                  " %.0f tokens/s (op time: %.0f, roofline: %.0f tokens/s) on one GPU\n", full_layers, batch, wall_full,
+                  op_full, roof_full, wall_full > 0 ? batch * 1e3 / wall_full : 0.0, op_full > 0 ? batch * 1e3 / op_full : 0.0,
+                  roof_full > 0 ? batch * 1e3 / roof_full : 0.0);
     }
   #endif
   }
@@ -501,6 +579,15 @@ void register_bench_step(CLI::App& bench) {
   s->add_option("--seed", step.seed, "Weight seed")->capture_default_str();
   add_backend_option(s, &step.backend, &step.device);
   s->callback([] { run_step(step); });
+
+  static CheckpointArgs ck;
+  auto* c = bench.add_subcommand("checkpoint", "Write the bench model's synthetic checkpoint (every core) and keep it");
+  c->add_option("--preset", ck.preset, "flash | pro | tiny")->check(CLI::IsMember({"flash", "pro", "tiny"}))->capture_default_str();
+  c->add_option("--layers", ck.layers, "Layers to build (alternating CSA / HCA)")->capture_default_str();
+  c->add_flag("--mtp", ck.mtp, "Add the preset's MTP layer");
+  c->add_option("--out", ck.out, "Output directory")->required();
+  c->add_option("--seed", ck.seed, "Weight seed")->capture_default_str();
+  c->callback([] { run_checkpoint(ck); });
 
   static IndexerArgs idx;
   auto* i = bench.add_subcommand("indexer", "Lightning-indexer scan over compressed keys + top-k");

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// golden/tiny-a for the whole-model tests of this folder: the reference tensors, the relative
-// Frobenius error, a driver that feeds the golden ids through Model::step (prefill in chunks, then
-// one token at a time) and an observer that keeps the per-layer residual-stream errors.
+// golden/tiny-a for the whole-model tests of this folder (reference tensors and the relative
+// Frobenius error from tests/golden_util.h): a driver that feeds the golden ids through
+// Model::step (prefill in chunks, then one token at a time) and an observer that keeps the
+// per-layer residual-stream errors.
 #pragma once
 
 #include <chrono>
@@ -16,56 +17,13 @@
 #include "common/dtype.h"
 #include "kernels/backend.h"
 #include "model/model.h"
-#include "model/safetensors.h"
+#include "tests/golden_util.h"
 
 namespace v4rt::model::golden_util {
 
-// $V4RT_GOLDEN_DIR at run time (the device machine gets a copy inside the tree), else the
-// compile-time V4RT_GOLDEN_DIR.
-inline std::string case_dir() {
-  const char* env = std::getenv("V4RT_GOLDEN_DIR");
-  return std::string(env && *env ? env : V4RT_GOLDEN_DIR) + "/tiny-a";
-}
-
-struct Golden {
-  std::map<std::string, std::vector<float>> f32;
-  std::vector<int32_t> ids;
-};
-
-inline const Golden& golden() {
-  static Golden g = [] {
-    Golden out;
-    const std::string path = case_dir() + "/reference.safetensors";
-    safetensors::MappedFile file(path);
-    const safetensors::Header h = safetensors::parse_header(file.data(), file.size(), file.size(), path);
-    for (const safetensors::Entry& e : h.entries) {
-      const uint8_t* p = file.data() + h.data_offset + e.begin;
-      const uint64_t n = safetensors::shape_numel(e.shape);
-      if (e.dtype == DType::kI64) {
-        for (uint64_t i = 0; i < n; ++i) {
-          int64_t v;
-          std::memcpy(&v, p + 8 * i, 8);
-          out.ids.push_back(int32_t(v));
-        }
-      } else {
-        std::vector<float> v(n);
-        std::memcpy(v.data(), p, n * 4);
-        out.f32[e.name] = std::move(v);
-      }
-    }
-    return out;
-  }();
-  return g;
-}
-
-inline double rel_err(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+inline std::string case_dir() { return v4rt::testing::golden_case_dir("tiny-a"); }
+inline const v4rt::testing::GoldenReference& golden() { return v4rt::testing::golden_reference("tiny-a"); }
+using v4rt::testing::rel_err;
 
 // Feeds ids [0, len): the prompt [0, prompt) in chunks (`chunks`, the last one repeating; empty =
 // one chunk), then one token at a time. Returns the logits after every token, [len, vocab].

@@ -3,7 +3,8 @@
 // errors for bad requests (the server keeps serving after each), Bearer authentication, streamed
 // and non-streamed results of one seeded request being identical (text, tool calls, logprobs,
 // usage), cancellation when a streaming client disconnects, 429 on a full queue, the request
-// timeout, an exclusive port and a listen backlog for many simultaneous connects.
+// timeout, a body over the size limit, an exclusive port and a listen backlog for many
+// simultaneous connects.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -226,6 +227,25 @@ TEST_F(HttpServerTest, PortIsExclusiveAndBacklogHoldsManyConnects) {
   }
   for (auto& t : clients) t.join();
   EXPECT_EQ(ok.load(), kClients);
+}
+
+// A body over server.max_body_mb gets a 413 JSON error; the server keeps serving.
+TEST_F(HttpServerTest, BodyOverTheLimitGives413) {
+  model::ServerConfig cfg = base_config();
+  cfg.max_body_mb = 1;
+  auto s = start(cfg);
+  httplib::Client c = s->client();
+  Json big = chat_body(std::string((size_t(1) << 20) + 1000, 'a'));
+  auto r = post(c, "/v1/chat/completions", big.dump());
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413);
+  const Json j = Json::parse(r->body);
+  ASSERT_TRUE(j.contains("error")) << r->body;
+  EXPECT_NE(j["error"]["message"].get<std::string>().find("too large"), std::string::npos) << r->body;
+  httplib::Client again = s->client();
+  auto ok = post(again, "/v1/chat/completions", chat_body("hi").dump());
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200) << ok->body;
 }
 
 TEST_F(HttpServerTest, BadRequestInvalidJson) {

@@ -3,7 +3,8 @@
 // vocabulary so the tests run in seconds): loading, the block's chunk invariance, exact rollback of
 // the main model's and the block's state after a rejected draft (logits bit-identical to a fresh
 // run on the CPU backend), and greedy speculative output equal to plain greedy output token for
-// token at draft depths 1, 2 and 3. Acceptance rates are printed.
+// token at draft depths 1, 2 and 3; a cloned speculative sequence continues bit for bit as the
+// original. Acceptance rates are printed.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -151,6 +152,57 @@ TEST_F(MtpTest, MtpStateRollback) {
   auto clean = mtp().new_state();
   mtp().forward(*clean, kernels::view_rows(hv, 0, 5), next, &b);
   EXPECT_EQ(a, b);
+}
+
+// SpeculativeSequence::clone over a cloned SequenceState (prefix reuse): after a prompt and a
+// speculative step that kept one of two drafts, the copy drafts and verifies bit for bit as the
+// original does.
+TEST_F(MtpTest, SpeculativeSequenceCloneContinuesIdentically) {
+  const ModelConfig& cfg = model().config();
+  const std::vector<int32_t> prompt = test_prompt(cfg.vocab_size, 10, 21);
+  auto seq = model().new_sequence();
+  SpeculativeSequence spec(model(), mtp(), *seq);
+  std::vector<std::vector<float>> lg;
+  StepChunk c = spec.prompt_chunk(prompt, false);
+  model().step(std::span<const StepChunk>(&c, 1), &lg);
+  spec.after_prompt_chunk();
+  const int32_t next = argmax(lg[0]);
+  std::vector<float> q;
+  spec.draft(1, 2, next, &q);
+  const int32_t d1 = argmax(q);
+  spec.draft(2, 2, d1, &q);
+  const std::vector<int32_t> chunk = {next, d1, argmax(q)};
+  c = spec.verify_chunk(chunk);
+  model().step(std::span<const StepChunk>(&c, 1), &lg);
+  spec.resolve(1);
+  ASSERT_EQ(seq->position(), int64_t(prompt.size()) + 2);
+  ASSERT_EQ(spec.num_pending(), 2);
+  const int32_t after = int32_t((d1 + 5) % cfg.vocab_size);
+
+  auto seq2 = seq->clone();
+  auto spec2 = spec.clone(*seq2);
+  // One depth-3 step on each; drafts are fixed tokens so both see the same inputs.
+  auto run_step = [&](SpeculativeSequence& s) {
+    std::vector<std::vector<float>> out;
+    std::vector<float> ql;
+    std::vector<int32_t> toks = {after};
+    for (int level = 1; level <= 3; ++level) {
+      s.draft(level, 3, toks.back(), &ql);
+      out.push_back(ql);
+      toks.push_back(int32_t((toks.back() * 7 + level) % cfg.vocab_size));
+    }
+    std::vector<std::vector<float>> vl;
+    const StepChunk vc = s.verify_chunk(toks);
+    model().step(std::span<const StepChunk>(&vc, 1), &vl);
+    s.resolve(2);
+    out.push_back(vl[0]);
+    return out;
+  };
+  const std::vector<std::vector<float>> a = run_step(spec);
+  const std::vector<std::vector<float>> b = run_step(*spec2);
+  ASSERT_EQ(a.size(), 4u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << (i < 3 ? "draft level " : "verify ") << i + 1;
+  EXPECT_EQ(seq->position(), seq2->position());
 }
 
 TEST_F(MtpTest, GreedySpeculativeEqualsGreedy) {

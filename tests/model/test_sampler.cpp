@@ -1,9 +1,15 @@
 // SPDX-License-Identifier: MIT
 // Sampler: greedy ties to the lower id, seeded determinism, top-p truncation, and the sampling
-// frequencies of a two-token distribution against its softmax probabilities.
+// frequencies of a two-token distribution against its softmax probabilities. The exposed pieces
+// (weights, nucleus, distribution, uniform draw, draw_index) and the seeded draws of Sampler
+// compared with a self-contained copy of the original sampling loop.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <random>
+#include <span>
 #include <vector>
 
 #include "model/sampler.h"
@@ -56,6 +62,97 @@ TEST(Sampler, TemperatureFrequencies) {
 }
 
 TEST(Sampler, RejectsBadTopP) { EXPECT_THROW(Sampler({1.0, 0.0, 1}), std::exception); }
+
+// The sampling loop as it was written before its pieces became public, kept here verbatim in
+// substance: seeded draws must stay token for token what they were.
+int32_t reference_sample(std::span<const float> logits, double temperature, double top_p, std::mt19937_64& rng) {
+  int32_t best = 0;
+  for (size_t i = 1; i < logits.size(); ++i)
+    if (logits[i] > logits[size_t(best)]) best = int32_t(i);
+  if (temperature <= 0.0) return best;
+  const double mx = logits[size_t(best)];
+  std::vector<double> p(logits.size());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = std::exp((double(logits[i]) - mx) / temperature);
+  std::vector<int32_t> order(p.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[size_t(a)] > p[size_t(b)]; });
+  const double total = std::accumulate(p.begin(), p.end(), 0.0);
+  size_t keep = 0;
+  double mass = 0.0;
+  while (keep < order.size()) {
+    mass += p[size_t(order[keep])];
+    ++keep;
+    if (mass >= top_p * total) break;
+  }
+  double r = double(rng() >> 11) * (1.0 / 9007199254740992.0) * mass;
+  for (size_t i = 0; i < keep; ++i) {
+    r -= p[size_t(order[i])];
+    if (r < 0.0) return order[i];
+  }
+  return order[keep - 1];
+}
+
+TEST(Sampler, SeededDrawsUnchanged) {
+  std::mt19937_64 gen(99);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  int64_t compared = 0;
+  for (double temp : {0.0, 0.3, 1.0, 1.7}) {
+    for (double top_p : {1.0, 0.9, 0.5, 0.05}) {
+      for (uint64_t seed : {0ull, 1ull, 12345ull}) {
+        Sampler s({temp, top_p, seed});
+        std::mt19937_64 rng(seed);
+        for (int i = 0; i < 50; ++i) {
+          std::vector<float> logits(size_t(3 + i % 40));
+          for (float& v : logits) v = normal(gen);
+          if (i % 7 == 0) logits[1] = logits[0];  // ties
+          ASSERT_EQ(s.sample(logits), reference_sample(logits, temp, top_p, rng))
+              << "temperature " << temp << ", top_p " << top_p << ", seed " << seed << ", draw " << i;
+          ++compared;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(compared, 4 * 4 * 3 * 50);
+}
+
+TEST(SamplerPieces, DistributionAndNucleus) {
+  // weights 3, 6, 1, 3 of 13 (logits ln 3, ln 6, 0, ln 3 at temperature 1); ties keep the lower id first.
+  const std::vector<float> logits = {float(std::log(3.0)), float(std::log(6.0)), 0.0f, float(std::log(3.0))};
+  const std::vector<double> w = sampling_weights(logits, 1.0);
+  EXPECT_NEAR(w[1], 1.0, 1e-12);
+  EXPECT_NEAR(w[0], 0.5, 1e-6);
+  const Nucleus n = nucleus_of(w, 0.65);  // 6 / 13 < 0.65 <= 9 / 13
+  ASSERT_EQ(n.keep, 2u);
+  EXPECT_EQ(n.order[0], 1);
+  EXPECT_EQ(n.order[1], 0);  // tie with id 3: the lower id first
+  EXPECT_EQ(n.order[2], 3);
+  const std::vector<double> d = sampling_distribution(logits, 1.0, 0.65);
+  EXPECT_NEAR(d[1], 2.0 / 3.0, 1e-6);
+  EXPECT_NEAR(d[0], 1.0 / 3.0, 1e-6);
+  EXPECT_EQ(d[2] + d[3], 0.0);
+  const std::vector<double> all = sampling_distribution(logits, 2.0, 1.0);
+  EXPECT_NEAR(std::accumulate(all.begin(), all.end(), 0.0), 1.0, 1e-12);
+  EXPECT_NEAR(all[1] / all[2], std::sqrt(6.0), 1e-5);
+  const std::vector<double> greedy = sampling_distribution(logits, 0.0, 1.0);
+  EXPECT_EQ(greedy[1], 1.0);
+}
+
+TEST(SamplerPieces, DrawIndexAndUniform) {
+  const std::vector<double> w = {0.0, 2.0, 0.0, 1.0, 1.0};  // cumulative 0 | 2 | 3 | 4 of 4
+  EXPECT_EQ(draw_index(w, 0.0), 1);
+  EXPECT_EQ(draw_index(w, 0.49), 1);
+  EXPECT_EQ(draw_index(w, 0.5), 3);
+  EXPECT_EQ(draw_index(w, 0.74), 3);
+  EXPECT_EQ(draw_index(w, 0.75), 4);
+  EXPECT_EQ(draw_index(w, 0.999999), 4);
+  std::mt19937_64 a(5), b(5);
+  for (int i = 0; i < 100; ++i) {
+    const double u = uniform_draw(a);
+    ASSERT_GE(u, 0.0);
+    ASSERT_LT(u, 1.0);
+    EXPECT_EQ(u, double(b() >> 11) / 9007199254740992.0);
+  }
+}
 
 }  // namespace
 }  // namespace v4rt::model

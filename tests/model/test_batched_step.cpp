@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: MIT
+// Model::step over several chunks at once (one batch over the concatenated tokens) against each
+// chunk run alone: mixed prefill chunks and decode tokens of several sequences, all_logits on and
+// off, odd lengths, a sequence named twice in one step, the hidden-state output and a step without
+// logits. On the CPU backend the rows of every op are independent, so the logits must be
+// bit-identical (tolerance 0), in both numerics. Built with V4RT_BATCHED_STEP_MPI (under mpirun):
+// the same equality on every layout of the world size (TP, SP, EP, DP; golden tiny-a), exact
+// again, and the sharded batched logits against the single-rank ones within 1e-5 relative.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/checkpoint.h"
+#include "model/model.h"
+#include "model/presets.h"
+#include "model/synthetic.h"
+#include "tests/model/test_util.h"
+#if defined(V4RT_BATCHED_STEP_MPI)
+#include "cluster/groups.h"
+#include "model/distributed.h"
+#include "tests/cluster/mpi_test.h"
+#include "tests/golden_util.h"
+#endif
+
+namespace v4rt::model::testing {
+namespace {
+
+// One chunk of a scripted step: sequence index, token count, all_logits, hidden rows (0: none).
+struct ChunkSpec {
+  int seq;
+  int tokens;
+  bool all_logits;
+  int hidden_rows = 0;
+};
+
+int32_t token_at(int seq, int64_t pos, int64_t vocab) { return int32_t((seq * 7919 + pos * 104729 + 13) % vocab); }
+
+class BatchedStep : public ::testing::TestWithParam<Numerics> {
+ protected:
+  void SetUp() override {
+    ModelConfig c = preset_config("tiny");
+    c.vocab_size = 1024;  // keeps the CPU head cheap; every other shape is golden tiny-a's
+    validate(c, "test config");
+    SyntheticOptions so;
+    so.seed = 5;
+    write_synthetic_checkpoint(c, dir_.str(), so);
+    backend_ = kernels::make_cpu_backend();
+    ckpt_ = Checkpoint::open(dir_.str());
+    ModelOptions mo;
+    mo.numerics = GetParam();
+    model_ = Model::load(*ckpt_, mo, *backend_);
+  }
+
+  TempDir dir_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<Checkpoint> ckpt_;
+  std::unique_ptr<Model> model_;
+};
+
+// Runs `steps` twice on fresh sequences: once as one Model::step per step (batched), once chunk by
+// chunk (one step call per chunk), and compares logits and hidden outputs exactly.
+// Returns the batched run's logits, concatenated in step and chunk order.
+std::vector<float> run_script(Model& m, kernels::Backend& be, int num_seqs, const std::vector<std::vector<ChunkSpec>>& steps,
+                              bool with_logits) {
+  std::vector<float> all;
+  const int64_t vocab = m.config().vocab_size;
+  const int64_t width = m.config().hc_mult * m.config().hidden_size;
+  std::vector<std::unique_ptr<SequenceState>> batched, alone;
+  for (int s = 0; s < num_seqs; ++s) {
+    batched.push_back(m.new_sequence());
+    alone.push_back(m.new_sequence());
+  }
+  for (size_t st = 0; st < steps.size(); ++st) {
+    const std::vector<ChunkSpec>& specs = steps[st];
+    // Tokens per chunk, at the positions the chunk will occupy (a sequence named twice continues).
+    std::vector<std::vector<int32_t>> toks(specs.size());
+    std::vector<int64_t> next(static_cast<size_t>(num_seqs));
+    for (int s = 0; s < num_seqs; ++s) next[size_t(s)] = batched[size_t(s)]->position();
+    for (size_t i = 0; i < specs.size(); ++i)
+      for (int t = 0; t < specs[i].tokens; ++t) toks[i].push_back(token_at(specs[i].seq, next[size_t(specs[i].seq)]++, vocab));
+    std::vector<Buffer> hid_b(specs.size()), hid_a(specs.size());
+    auto make_chunk = [&](size_t i, SequenceState* seq, std::vector<Buffer>& hid) {
+      StepChunk c;
+      c.sequence = seq;
+      c.tokens = toks[i];
+      c.all_logits = specs[i].all_logits;
+      if (specs[i].hidden_rows > 0) {
+        const int64_t rows = specs[i].hidden_rows;
+        hid[i] = be.alloc(size_t(rows * width) * sizeof(float));
+        c.hidden = TensorView(hid[i].data(), DType::kF32, {rows, m.config().hc_mult, m.config().hidden_size}, be.device());
+      }
+      return c;
+    };
+    std::vector<StepChunk> chunks;
+    for (size_t i = 0; i < specs.size(); ++i) chunks.push_back(make_chunk(i, batched[size_t(specs[i].seq)].get(), hid_b));
+    std::vector<std::vector<float>> lb;
+    m.step(chunks, with_logits ? &lb : nullptr);
+    for (const std::vector<float>& l : lb) all.insert(all.end(), l.begin(), l.end());
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const StepChunk c = make_chunk(i, alone[size_t(specs[i].seq)].get(), hid_a);
+      std::vector<std::vector<float>> la;
+      m.step(std::span<const StepChunk>(&c, 1), with_logits ? &la : nullptr);
+      SCOPED_TRACE(::testing::Message() << "step " << st << " chunk " << i << " (seq " << specs[i].seq << ", "
+                                        << specs[i].tokens << " tokens, all_logits " << specs[i].all_logits << ")");
+      if (with_logits) {
+        const size_t rows = specs[i].tokens == 0 ? 0 : specs[i].all_logits ? size_t(specs[i].tokens) : 1;
+        EXPECT_EQ(lb[i].size(), rows * size_t(vocab));
+        if (la[0].size() != lb[i].size()) {
+          ADD_FAILURE() << "logit sizes differ: " << la[0].size() << " vs " << lb[i].size();
+          continue;
+        }
+        size_t diff = 0;
+        for (size_t j = 0; j < la[0].size(); ++j) diff += std::memcmp(&la[0][j], &lb[i][j], sizeof(float)) != 0;
+        EXPECT_EQ(diff, 0u) << "logits differ from the chunk run alone";
+      }
+      if (specs[i].hidden_rows > 0) {
+        std::vector<float> hb(size_t(specs[i].hidden_rows * width)), ha(hb.size());
+        be.copy_to_host(hb.data(), hid_b[i].data(), hb.size() * sizeof(float));
+        be.copy_to_host(ha.data(), hid_a[i].data(), ha.size() * sizeof(float));
+        EXPECT_EQ(0, std::memcmp(hb.data(), ha.data(), hb.size() * sizeof(float))) << "hidden output differs";
+      }
+    }
+  }
+  for (int s = 0; s < num_seqs; ++s) EXPECT_EQ(batched[size_t(s)]->position(), alone[size_t(s)]->position());
+  return all;
+}
+
+#if !defined(V4RT_BATCHED_STEP_MPI)
+
+TEST_P(BatchedStep, MixedChunksEqualEachChunkAlone) {
+  // Four sequences; prompts long enough for CSA entries (ratio 4), indexer keys beyond top-16 and
+  // HCA entries (ratio 128), and a window (128) that wraps.
+  const std::vector<std::vector<ChunkSpec>> steps = {
+      {{0, 37, true}, {1, 1, false}, {2, 130, false, 3}, {3, 5, true}},
+      {{0, 1, false}, {1, 91, true}, {2, 1, true, 1}, {3, 0, false}},
+      {{3, 67, false}, {0, 1, true}, {1, 1, false}, {2, 1, false}},
+      {{2, 9, true}, {0, 113, false}, {3, 1, false}, {1, 1, true}},
+      {{0, 1, false}, {1, 1, false}, {2, 1, false}, {3, 1, false}},
+      {{1, 3, false}, {1, 1, true}, {0, 1, false}, {1, 2, true}},  // sequence 1 named three times
+      {{3, 1, false}, {2, 1, false}, {1, 1, false}, {0, 1, false}},
+  };
+  run_script(*model_, *backend_, 4, steps, /*with_logits=*/true);
+}
+
+TEST_P(BatchedStep, DecodeBatchWithoutLogits) {
+  const std::vector<std::vector<ChunkSpec>> steps = {
+      {{0, 21, false}, {1, 150, false, 2}, {2, 3, false}},
+      {{0, 1, false}, {1, 1, false, 1}, {2, 1, false}},
+      {{2, 1, false}, {0, 1, false}, {1, 1, false}},
+  };
+  run_script(*model_, *backend_, 3, steps, /*with_logits=*/false);
+  run_script(*model_, *backend_, 3, steps, /*with_logits=*/true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Numerics, BatchedStep, ::testing::Values(Numerics::kReference, Numerics::kOfficial),
+                         [](const ::testing::TestParamInfo<Numerics>& i) {
+                           return i.param == Numerics::kReference ? "Reference" : "Official";
+                         });
+
+#else  // V4RT_BATCHED_STEP_MPI
+
+// Mixed steps on golden tiny-a: CSA/HCA entries, SP blocks of 4 entries (16 tokens) on every rank.
+const std::vector<std::vector<ChunkSpec>> kShardedSteps = {
+    {{0, 37, true}, {1, 130, false}, {2, 5, false}},
+    {{0, 1, false}, {1, 1, true}, {2, 70, true}},
+    {{2, 1, false}, {1, 1, false}, {0, 1, true}},
+    {{1, 1, false}, {1, 2, true}, {0, 1, false}, {2, 1, false}},
+};
+
+struct Layouts {
+  const char* name;
+  parallel::Layout layout;
+};
+
+parallel::Layout make_layout(int tp, int sp, int ep, int dp) {
+  parallel::Layout l;
+  l.tp = tp;
+  l.sp = sp;
+  l.ep = ep;
+  l.dp = dp;
+  l.sp_block = 4;
+  return l;
+}
+
+class ShardedBatchedStep : public ::testing::TestWithParam<Layouts> {};
+
+TEST_P(ShardedBatchedStep, EqualsEachChunkAloneAndSingleRank) {
+  const Layouts& c = GetParam();
+  if (v4rt::testing::world_size() != c.layout.world()) GTEST_SKIP() << c.name << " needs " << c.layout.world() << " ranks";
+  auto ckpt = Checkpoint::open(v4rt::testing::golden_case_dir("tiny-a") + "/model");
+  auto backend = kernels::make_cpu_backend();
+  static const std::vector<float> single = [&] {
+    auto m = Model::load(*ckpt, ModelOptions{}, *backend);
+    return run_script(*m, *backend, 3, kShardedSteps, true);
+  }();
+  cluster::ProcessGroups groups = cluster::make_mpi_groups(parallel::group_shape(c.layout), v4rt::testing::kTestTimeoutS);
+  ModelOptions options;
+  options.parallel = make_parallel_context(c.layout, ckpt->config(), *backend, groups);
+  auto m = Model::load(*ckpt, options, *backend);
+  const std::vector<float> sharded = run_script(*m, *backend, 3, kShardedSteps, true);
+  ASSERT_EQ(sharded.size(), single.size());
+  const double err = v4rt::testing::rel_err(sharded.data(), single.data(), sharded.size());
+  if (v4rt::testing::world_rank() == 0) std::printf("  %s: batched sharded vs single rank %.3e\n", c.name, err);
+  EXPECT_LE(err, 1e-5) << c.name << " rank " << v4rt::testing::world_rank();
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, ShardedBatchedStep,
+                         ::testing::Values(Layouts{"tp2", make_layout(2, 1, 1, 1)}, Layouts{"sp2", make_layout(1, 2, 1, 1)},
+                                           Layouts{"ep2_dp2", make_layout(1, 1, 2, 2)},
+                                           Layouts{"tp2_sp2", make_layout(2, 2, 1, 1)},
+                                           Layouts{"sp4", make_layout(1, 4, 1, 1)},
+                                           Layouts{"ep4_tp2_dp2", make_layout(2, 1, 4, 2)},
+                                           Layouts{"dp2_tp2", make_layout(2, 1, 1, 2)}),
+                         [](const ::testing::TestParamInfo<Layouts>& i) { return std::string(i.param.name); });
+
+#endif  // V4RT_BATCHED_STEP_MPI
+
+}  // namespace
+}  // namespace v4rt::model::testing
