@@ -64,4 +64,10 @@ HcMix hc_pre(const BlockContext& ctx, const HcWeights& w, const TensorView& x, c
 void hc_post(const BlockContext& ctx, const HcMix& mix, const TensorView& o, const TensorView& x_old,
              const TensorView& x_new);
 
+// The output head (spec §7), shared by the main model and the MTP block: hc_head collapse of the
+// streams x [rows, hc, D], RMSNorm with `norm`, then the fp32 GEMM on the bf16 `head` weight in
+// every mode. Returns the logits [rows, vocab] on the device.
+Scratch lm_head(const BlockContext& ctx, const HcWeights& hc_head, const WeightView& norm, const WeightView& head,
+                const TensorView& x);
+
 }  // namespace v4rt::model

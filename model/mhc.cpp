@@ -48,4 +48,33 @@ void hc_post(const BlockContext& ctx, const HcMix& mix, const TensorView& o, con
   ctx.backend.hc_post(p);
 }
 
+Scratch lm_head(const BlockContext& ctx, const HcWeights& hc_head, const WeightView& norm, const WeightView& head,
+                const TensorView& x) {
+  const int64_t rows = x.shape[0];
+  Scratch y = make_scratch(ctx.backend, {rows, ctx.config.hidden_size});
+  kernels::HcHeadParams hp;
+  hp.x = x;
+  hp.fn = hc_head.fn;
+  hp.base = hc_head.base;
+  hp.scale = hc_head.scale;
+  hp.y = y.view;
+  hp.hc_eps = float(ctx.config.hc_eps);
+  hp.norm_eps = float(ctx.config.rms_norm_eps);
+  hp.out_bf16 = ctx.official;
+  ctx.backend.hc_head(hp);
+  kernels::RmsNormParams np;
+  np.x = np.y = y.view;
+  np.weight = norm;
+  np.eps = float(ctx.config.rms_norm_eps);
+  np.out_bf16 = ctx.official;
+  ctx.backend.rms_norm(np);
+  Scratch lg = make_scratch(ctx.backend, {rows, ctx.config.vocab_size});
+  kernels::LinearParams lp;  // fp32 GEMM on the bf16 weight in every mode
+  lp.x = y.view;
+  lp.w = head;
+  lp.y = lg.view;
+  ctx.backend.linear(lp);
+  return lg;
+}
+
 }  // namespace v4rt::model

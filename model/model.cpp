@@ -186,29 +186,7 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     }
     CHECK_EQ(dst, rows);
   }
-  Scratch y = make_scratch(backend_, {rows, hidden});
-  kernels::HcHeadParams hp;
-  hp.x = head_in;
-  hp.fn = weights_.hc_head.fn;
-  hp.base = weights_.hc_head.base;
-  hp.scale = weights_.hc_head.scale;
-  hp.y = y.view;
-  hp.hc_eps = float(config_.hc_eps);
-  hp.norm_eps = float(config_.rms_norm_eps);
-  hp.out_bf16 = ctx.official;
-  backend_.hc_head(hp);
-  kernels::RmsNormParams np;
-  np.x = np.y = y.view;
-  np.weight = weights_.norm;
-  np.eps = float(config_.rms_norm_eps);
-  np.out_bf16 = ctx.official;
-  backend_.rms_norm(np);
-  Scratch lg = make_scratch(backend_, {rows, config_.vocab_size});
-  kernels::LinearParams lp;  // fp32 GEMM on the bf16 weight in every mode
-  lp.x = y.view;
-  lp.w = weights_.head;
-  lp.y = lg.view;
-  backend_.linear(lp);
+  const Scratch lg = lm_head(ctx, weights_.hc_head, weights_.norm, weights_.head, head_in);
   const size_t vocab = size_t(config_.vocab_size);
   if (nc == 1) {
     logits[0]->resize(size_t(rows) * vocab);

@@ -148,24 +148,8 @@ void Mtp::forward(MtpState& state, const TensorView& hidden, std::span<const int
     be.copy_rows(view_reshape(out_hidden, {1, hc * d}), view_reshape(last, {1, hc * d}));
   }
   if (!logits) return;
-  Scratch y = make_scratch(be, {1, d});
-  kernels::HcHeadParams hp;
-  hp.x = last;
-  hp.fn = weights_.hc_head.fn;
-  hp.base = weights_.hc_head.base;
-  hp.scale = weights_.hc_head.scale;
-  hp.y = y.view;
-  hp.hc_eps = float(cfg.hc_eps);
-  hp.norm_eps = float(cfg.rms_norm_eps);
-  hp.out_bf16 = official;
-  be.hc_head(hp);
-  norm(y.view, weights_.norm);
-  Scratch lg = make_scratch(be, {1, cfg.vocab_size});
-  kernels::LinearParams lp;  // fp32 GEMM on the shared bf16 head, as the main model's
-  lp.x = y.view;
-  lp.w = model_.weights().head;
-  lp.y = lg.view;
-  be.linear(lp);
+  // The shared bf16 head of the main model, after the block's own hc_head and norm.
+  const Scratch lg = lm_head(ctx, weights_.hc_head, weights_.norm, model_.weights().head, last);
   logits->resize(size_t(cfg.vocab_size));
   be.copy_to_host(logits->data(), lg.buffer.data(), logits->size() * sizeof(float));
 }

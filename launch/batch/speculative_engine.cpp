@@ -13,29 +13,6 @@
 
 namespace v4rt::launch::batch {
 
-namespace {
-
-// log-softmax of the chosen token and the best `top_n` tokens (ties: lower id first), as the
-// scheduler reports them.
-void fill_logprobs(std::span<const float> logits, int32_t token, int top_n, serve::TokenEvent* ev) {
-  float max_v = -INFINITY;
-  for (float v : logits) max_v = std::max(max_v, v);
-  double sum = 0;
-  for (float v : logits) sum += std::exp(double(v) - max_v);
-  const double log_z = double(max_v) + std::log(sum);
-  ev->logprob = float(double(logits[size_t(token)]) - log_z);
-  if (top_n <= 0) return;
-  std::vector<int32_t> idx(logits.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  const size_t n = std::min(idx.size(), size_t(top_n));
-  std::partial_sort(idx.begin(), idx.begin() + ptrdiff_t(n), idx.end(), [&](int32_t a, int32_t b) {
-    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
-  });
-  for (size_t i = 0; i < n; ++i) ev->top.emplace_back(idx[i], float(double(logits[size_t(idx[i])]) - log_z));
-}
-
-}  // namespace
-
 SpeculativeEngine::SpeculativeEngine(model::Model& model, Driver& driver, const SpeculativeEngineOptions& options)
     : model_(model), driver_(driver), options_(options) {
   CHECK(driver.mtp()) << "speculative batches need the MTP block";
@@ -193,7 +170,7 @@ bool SpeculativeEngine::emit(Running& r, int32_t token, std::span<const float> l
   }
   serve::TokenEvent ev;
   ev.token = token;
-  if (sp.logprobs) fill_logprobs(logits, token, sp.top_logprobs, &ev);
+  if (sp.logprobs) serve::fill_logprobs(logits, token, sp.top_logprobs, &ev);
   r.req->stream->push(std::move(ev));
   if (r.generated >= sp.max_tokens) {
     finish(r, serve::FinishReason::kLength);

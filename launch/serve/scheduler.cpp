@@ -19,7 +19,8 @@ constexpr int64_t kKvBlockTokens = 64;  // accounting unit of the kv_blocks gaug
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// log-softmax of the chosen token and the best `top_n` tokens (ties: lower id first).
+}  // namespace
+
 void fill_logprobs(std::span<const float> logits, int32_t token, int top_n, TokenEvent* ev) {
   float max_v = -INFINITY;
   for (float v : logits) max_v = std::max(max_v, v);
@@ -36,8 +37,6 @@ void fill_logprobs(std::span<const float> logits, int32_t token, int top_n, Toke
   });
   for (size_t i = 0; i < n; ++i) ev->top.emplace_back(idx[i], float(double(logits[size_t(idx[i])]) - log_z));
 }
-
-}  // namespace
 
 const char* finish_reason_name(FinishReason r) {
   switch (r) {

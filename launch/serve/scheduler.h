@@ -49,6 +49,8 @@ struct TokenEvent {
 
 enum class FinishReason { kNone, kEos, kLength, kCancelled, kTimeout, kError };
 const char* finish_reason_name(FinishReason r);
+// ev->logprob = log-softmax of `token`; ev->top = the best `top_n` tokens (ties: lower id first).
+void fill_logprobs(std::span<const float> logits, int32_t token, int top_n, TokenEvent* ev);
 
 // Engine -> request handler: generated tokens and the end of the generation. Thread-safe.
 class TokenStream {

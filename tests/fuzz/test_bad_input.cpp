@@ -329,19 +329,9 @@ TEST(BadRequestJson, NumberTooLargeForDouble) {
 
 const std::string kV4rt = V4RT_BINARY_DIR "/launch/v4rt";
 
-struct CmdResult {
-  int code = -1;
-  std::string err;
-};
+using testing::CmdResult;
 
-CmdResult run_v4rt(const std::string& args, const TempDir& tmp) {
-  const std::string out = tmp / "stdout.txt", err = tmp / "stderr.txt";
-  const int status = std::system((kV4rt + " " + args + " >" + out + " 2>" + err).c_str());
-  CmdResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;  // a crash (signal) reads as -1
-  r.err = testing::read_text(err);
-  return r;
-}
+CmdResult run_v4rt(const std::string& args, const TempDir& tmp) { return testing::run_shell(kV4rt + " " + args, tmp); }
 
 void expect_one_line_error(const CmdResult& r, const std::vector<std::string>& needles) {
   EXPECT_EQ(r.code, 1) << r.err;  // 1 = v4rt::Error; a crash or an escaped exception differs

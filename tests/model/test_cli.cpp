@@ -18,20 +18,9 @@ using testing::TempDir;
 
 const std::string kV4rt = V4RT_BINARY_DIR "/launch/v4rt";
 
-struct CmdResult {
-  int code = -1;
-  std::string out, err;
-};
+using testing::CmdResult;
 
-CmdResult run_v4rt(const std::string& args, const TempDir& tmp) {
-  const std::string out = tmp / "stdout.txt", err = tmp / "stderr.txt";
-  const int status = std::system((kV4rt + " " + args + " >" + out + " 2>" + err).c_str());
-  CmdResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = testing::read_text(out);
-  r.err = testing::read_text(err);
-  return r;
-}
+CmdResult run_v4rt(const std::string& args, const TempDir& tmp) { return testing::run_shell(kV4rt + " " + args, tmp); }
 
 size_t count_lines(const std::string& s) {
   size_t n = 0;

@@ -28,6 +28,26 @@ class MtpTest : public ::testing::Test {
   }
   Model& model() { return *lm_->model; }
   Mtp& mtp() { return *lm_->mtp; }
+
+  // The main model's final residual streams [n, hc, D] after each token of `prompt`, one chunk.
+  struct Streams {
+    Buffer buffer;
+    TensorView view;
+  };
+  Streams prompt_streams(std::span<const int32_t> prompt) {
+    const ModelConfig& cfg = model().config();
+    const int64_t n = int64_t(prompt.size());
+    Streams st;
+    st.buffer = model().backend().alloc(size_t(n * cfg.hc_mult * cfg.hidden_size) * 4);
+    st.view = TensorView(st.buffer.data(), DType::kF32, {n, cfg.hc_mult, cfg.hidden_size}, model().backend().device());
+    auto seq = model().new_sequence();
+    StepChunk c;
+    c.sequence = seq.get();
+    c.tokens = prompt;
+    c.hidden = st.view;
+    model().step(std::span<const StepChunk>(&c, 1), nullptr);
+    return st;
+  }
   static LoadedModel* lm_;
 };
 LoadedModel* MtpTest::lm_ = nullptr;
@@ -45,14 +65,8 @@ TEST_F(MtpTest, BlockChunkEqualsOneByOne) {
   const ModelConfig& cfg = model().config();
   const std::vector<int32_t> prompt = test_prompt(cfg.vocab_size, 9, 1);
   const int64_t n = int64_t(prompt.size());
-  Buffer hid = model().backend().alloc(size_t(n * cfg.hc_mult * cfg.hidden_size) * 4);
-  const TensorView hv(hid.data(), DType::kF32, {n, cfg.hc_mult, cfg.hidden_size}, model().backend().device());
-  auto seq = model().new_sequence();
-  StepChunk c;
-  c.sequence = seq.get();
-  c.tokens = prompt;
-  c.hidden = hv;
-  model().step(std::span<const StepChunk>(&c, 1), nullptr);
+  const Streams streams = prompt_streams(prompt);
+  const TensorView& hv = streams.view;
   const std::vector<int32_t> next(prompt.begin() + 1, prompt.end());  // pairs for positions 0..n-2
   auto chunked = mtp().new_state();
   std::vector<float> a;
@@ -131,15 +145,8 @@ TEST_F(MtpTest, ReleaseKeepsState) {
 TEST_F(MtpTest, MtpStateRollback) {
   const ModelConfig& cfg = model().config();
   const std::vector<int32_t> prompt = test_prompt(cfg.vocab_size, 6, 11);
-  const int64_t n = 6;
-  Buffer hid = model().backend().alloc(size_t(n * cfg.hc_mult * cfg.hidden_size) * 4);
-  const TensorView hv(hid.data(), DType::kF32, {n, cfg.hc_mult, cfg.hidden_size}, model().backend().device());
-  auto seq = model().new_sequence();
-  StepChunk c;
-  c.sequence = seq.get();
-  c.tokens = prompt;
-  c.hidden = hv;
-  model().step(std::span<const StepChunk>(&c, 1), nullptr);
+  const Streams streams = prompt_streams(prompt);
+  const TensorView& hv = streams.view;
   const std::vector<int32_t> next(prompt.begin() + 1, prompt.end());
   auto drafted = mtp().new_state();
   std::vector<float> a, b;

@@ -26,20 +26,8 @@ namespace {
 
 const std::string kV4rt = V4RT_BINARY_DIR "/launch/v4rt";
 
-struct CmdResult {
-  int code = -1;
-  std::string out, err;
-};
-
-CmdResult run_shell(const std::string& cmd, const testing::TempDir& tmp) {
-  const std::string out = tmp / "stdout.txt", err = tmp / "stderr.txt";
-  const int status = std::system((cmd + " >" + out + " 2>" + err).c_str());
-  CmdResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = testing::read_text(out);
-  r.err = testing::read_text(err);
-  return r;
-}
+using testing::CmdResult;
+using testing::run_shell;
 
 std::string join(const std::vector<int32_t>& ids) {
   std::string s;

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MIT
-// Helpers shared by the model tests: temporary directories, whole-file I/O, and an independent
+// Helpers shared by the model tests: temporary directories, whole-file I/O, running a command
+// with its output captured, and an independent
 // safetensors header reader/rewriter (nlohmann::json directly, not model/safetensors) used to
 // inspect golden files and to build corrupt checkpoints.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -54,6 +57,23 @@ inline void write_bytes(const std::string& path, const std::vector<uint8_t>& byt
 inline std::string read_text(const std::string& path) {
   const std::vector<uint8_t> b = read_bytes(path);
   return std::string(b.begin(), b.end());
+}
+
+// A shell command's exit code (-1 after a signal) and its stdout / stderr.
+struct CmdResult {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs `cmd` through the shell, stdout and stderr captured in files under `tmp`.
+inline CmdResult run_shell(const std::string& cmd, const TempDir& tmp) {
+  const std::string out = tmp / "stdout.txt", err = tmp / "stderr.txt";
+  const int status = std::system((cmd + " >" + out + " 2>" + err).c_str());
+  CmdResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_text(out);
+  r.err = read_text(err);
+  return r;
 }
 
 // A shard split into its parsed header and its data area.
