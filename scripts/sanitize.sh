@@ -18,11 +18,13 @@ start=$(date +%s)
 cmake --preset cpu-asan -DV4RT_FUZZ_SECONDS="${V4RT_FUZZ_SECONDS:-5}" >/dev/null
 # Left out: the suites that run the whole tiny model for hundreds of tokens, which at -O1 under
 # ASan take minutes per case (test_prefix_reuse: 15 min; test_batch_composition, _resume and
-# _throughput drive `v4rt batch` over many requests: > 5 min); test_http_server runs without its two
-# generation-heavy cases (model load, bad requests, auth, cancellation and queue limits are kept).
+# _throughput drive `v4rt batch` over many requests: > 5 min; test_mtp, _sampling, _embedded, _cli,
+# test_batched_step and test_batch_mtp: 3-10 min each); test_http_server runs without its two
+# generation-heavy cases (model load, bad requests, auth, cancellation and queue limits are kept);
+# test_speculative_engine keeps speculative decoding (drafts, verify, rollback) under ASan.
 # test_batch_parts (journal framing, torn tails, input validation; no model) runs in full. All of
 # them run in full in the ordinary build. V4RT_ASAN_EXCLUDE overrides the list (a ctest -E regex).
-SLOW=${V4RT_ASAN_EXCLUDE:-'test_prefix_reuse|test_http_server|test_batch_(composition|resume|throughput)'}
+SLOW=${V4RT_ASAN_EXCLUDE:-'test_prefix_reuse|test_http_server|test_batch_(composition|resume|throughput|mtp)|test_mtp|test_batched_step'}
 # Test names are target names for unit tests; fuzz_<t>_smoke runs target fuzz_<t>. The CLI tests
 # also need the v4rt executable. Left-out suites are not built (test_http_server is: its subset runs).
 mapfile -t tests < <(ctest --test-dir "$BUILD" -N -L 'unit|fuzz' 2>/dev/null | sed -n 's/^ *Test *#[0-9]*: //p')
