@@ -45,6 +45,7 @@ struct ServeArgs {
   std::string backend = "cpu";
   int device = 0;
   double rank_timeout_s = 5.0;
+  int mtp = 0;
 };
 
 int64_t default_kv_budget_bytes() {
@@ -68,7 +69,7 @@ void follow_leader(const RunOptions& ro, const serve::RankOptions& rank_options)
   ModelRun run(ro);
   serve::ServeRanks ranks(true, rank_options);
   ranks.wait_all_loaded();
-  ranks.follow(run.model());
+  ranks.follow(run.model(), run.mtp());
   run.driver().follow();  // the leader's ModelRun ends with the driver's stop
 }
 
@@ -94,6 +95,7 @@ void run_serve(const ServeArgs& args) {
   if (!args.api_key.empty()) rc.server.api_key = args.api_key;
   V4RT_REQUIRE(!rc.model.empty(), "no model: set `model:` in the config or pass --model");
   V4RT_REQUIRE(args.rank_timeout_s > 0, "--rank-timeout must be > 0");
+  V4RT_REQUIRE(args.mtp >= 0, "--mtp must be >= 0");
   const bool mpi = launched_by_mpirun();
   if (mpi) {
     cluster::WorldOptions wo;
@@ -116,6 +118,7 @@ void run_serve(const ServeArgs& args) {
   ro.backend = args.backend;
   ro.device = args.device;
   ro.timeout_s = args.rank_timeout_s;
+  ro.mtp = args.mtp > 0;
   serve::RankOptions rank_options;
   rank_options.plan_timeout_s = args.rank_timeout_s;
   if (mpi && cluster::world().rank != 0) return follow_leader(ro, rank_options);
@@ -149,14 +152,16 @@ void run_serve(const ServeArgs& args) {
     so.kv_budget_bytes = rc.server.kv_budget_mb > 0 ? rc.server.kv_budget_mb << 20 : default_kv_budget_bytes();
     so.prefix_cache = rc.server.prefix_cache;
     so.eos_token_id = int32_t(m.config().eos_token_id);
-    engine = std::make_unique<serve::Engine>(m, so, &metrics);
+    so.mtp_depth = args.mtp;
+    engine = std::make_unique<serve::Engine>(m, so, &metrics, run->mtp());
     ranks->attach(*engine);
     engine->start();
     const serve::ApiLimits limits = api_limits(rc, m.config(), ranks->size());
     server.set_ready(engine.get(), limits);
     LOG(INFO) << "serving '" << limits.model_name << "' on " << rc.server.host << ":" << port << " over "
               << ranks->size() << " rank(s) (context " << limits.max_context << " tokens, KV budget "
-              << (so.kv_budget_bytes >> 20) << " MiB, batch " << so.max_batch_tokens << " tokens)";
+              << (so.kv_budget_bytes >> 20) << " MiB, batch " << so.max_batch_tokens << " tokens"
+              << (so.mtp_depth > 0 ? ", " + std::to_string(so.mtp_depth) + " MTP draft tokens per step" : "") << ")";
   } catch (const std::exception& e) {
     LOG(ERROR) << "model load failed: " << e.what();
     server.set_failed(std::string("model load failed: ") + e.what());
@@ -203,6 +208,9 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--rank-timeout", args->rank_timeout_s,
                   "Under mpirun: seconds a rank waits for a peer in one plan broadcast or model collective "
                   "before the job is aborted (default 5)");
+  cmd->add_option("--mtp", args->mtp,
+                  "Speculative decoding: draft tokens per verify step with the checkpoint's MTP block "
+                  "(0: off; greedy output is unchanged, sampled output keeps its distribution)");
   cmd->callback([args] { run_serve(*args); });
 }
 

@@ -119,46 +119,23 @@ Driver::~Driver() {
   if (leader() && !stopped_) stop();
 }
 
-model::SpeculativeSequence& Driver::speculative(int32_t sequence) {
-  auto it = speculative_.find(sequence);
-  CHECK(it != speculative_.end()) << "sequence " << sequence << " has no speculative state";
-  return *it->second;
-}
-
 void Driver::run(const ForwardPlan& plan, std::vector<std::vector<float>>* logits,
                  std::vector<std::vector<float>>* draft_logits) {
-  // A sequence released in the plan of its verify chunk has nothing left to resolve.
-  for (const ResolveOp& r : plan.resolve)
-    if (speculative_.count(r.sequence)) speculative(r.sequence).resolve(r.accepted);
+  for (const ResolveOp& r : plan.resolve) table_.resolve(uint64_t(r.sequence), r.accepted);
   if (draft_logits) draft_logits->assign(plan.drafts.size(), {});
   for (size_t i = 0; i < plan.drafts.size(); ++i) {
     const DraftOp& d = plan.drafts[i];
-    speculative(d.sequence).draft(d.level, d.depth, d.token, draft_logits ? &(*draft_logits)[i] : nullptr);
+    table_.draft(uint64_t(d.sequence), d.level, d.depth, d.token, draft_logits ? &(*draft_logits)[i] : nullptr);
   }
   std::vector<model::StepChunk> chunks;
   for (const ForwardChunk& c : plan.chunks) {
-    auto& seq = sequences_[c.sequence];
-    if (!seq) seq = model_.new_sequence();
-    if (!c.hidden && !c.verify) {
-      model::StepChunk sc;
-      sc.sequence = seq.get();
-      sc.tokens = c.tokens;
-      sc.all_logits = c.all_logits;
-      chunks.push_back(sc);
-      continue;
-    }
-    CHECK(mtp_) << "a speculative chunk without the MTP block";
-    auto& spec = speculative_[c.sequence];
-    if (!spec) spec = std::make_unique<model::SpeculativeSequence>(model_, *mtp_, *seq);
-    chunks.push_back(c.verify ? spec->verify_chunk(c.tokens) : spec->prompt_chunk(c.tokens, c.all_logits));
+    const ChunkKind kind = c.verify ? ChunkKind::kVerify : c.hidden ? ChunkKind::kHidden : ChunkKind::kPlain;
+    chunks.push_back(table_.chunk(uint64_t(c.sequence), c.tokens, c.all_logits, kind));
   }
   if (!chunks.empty()) model_.step(chunks, logits);
   for (const ForwardChunk& c : plan.chunks)  // collective MTP forwards, in chunk order on every rank
-    if (c.hidden) speculative_.at(c.sequence)->after_prompt_chunk();
-  for (int32_t id : plan.release) {
-    speculative_.erase(id);
-    sequences_.erase(id);
-  }
+    if (c.hidden) table_.after_step(uint64_t(c.sequence));
+  for (int32_t id : plan.release) table_.release(uint64_t(id));
   ++steps_;
 }
 
@@ -186,7 +163,7 @@ std::vector<int32_t> SpeculativeTurn::emitted() const {
 
 void Driver::speculate(int depth, std::span<SpeculativeTurn> turns, const ForwardPlan& extra,
                        std::vector<std::vector<float>>* extra_logits) {
-  CHECK(mtp_) << "speculative decoding needs the MTP block";
+  CHECK(mtp()) << "speculative decoding needs the MTP block";
   CHECK_GE(depth, 1);
   using Clock = std::chrono::steady_clock;
   const Clock::time_point t0 = Clock::now();
@@ -269,7 +246,10 @@ bool launched_by_mpirun() {
 ModelRun::ModelRun(const RunOptions& options) {
   try {
     start(options);
-  } catch (...) {  // a bad config or checkpoint: the same error on every rank
+  } catch (const std::exception& e) {
+    // A bad config or checkpoint. Under a multi-rank job the error may be this rank's alone while
+    // its peers wait in a collective of the start-up, so the job ends here (naming the error).
+    if (mpi_ && cluster::world().size > 1) cluster::abort_world(std::string("start-up failed: ") + e.what());
     driver_.reset();
     mtp_.reset();
     model_.reset();

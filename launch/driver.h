@@ -26,6 +26,7 @@
 
 #include "cluster/comm.h"
 #include "cluster/groups.h"
+#include "launch/sequence_table.h"
 #include "kernels/backend.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
@@ -106,13 +107,13 @@ struct SpeculativeTurn {
 
 class Driver {
  public:
-  Driver(model::Model& model, PlanChannel& channel) : model_(model), channel_(channel) {}
+  Driver(model::Model& model, PlanChannel& channel) : model_(model), channel_(channel), table_(model) {}
   ~Driver();  // the leader releases its followers (stop) if it has not yet
 
   bool leader() const { return channel_.leader(); }
   // The MTP block for speculative sequences (every rank sets the same; nullptr: none).
-  void set_mtp(model::Mtp* mtp) { mtp_ = mtp; }
-  model::Mtp* mtp() const { return mtp_; }
+  void set_mtp(model::Mtp* mtp) { table_.set_mtp(mtp); }
+  model::Mtp* mtp() const { return table_.mtp(); }
   // Leader: broadcasts `plan` and runs it; (*logits)[i] = chunk i's logits (see Model::step);
   // (*draft_logits)[i] = the MTP logits of plan.drafts[i] (may be nullptr). The resolutions of
   // the last speculate() go first.
@@ -137,14 +138,9 @@ class Driver {
  private:
   void run(const ForwardPlan& plan, std::vector<std::vector<float>>* logits,
            std::vector<std::vector<float>>* draft_logits);
-  model::SpeculativeSequence& speculative(int32_t sequence);
-
   model::Model& model_;
   PlanChannel& channel_;
-  model::Mtp* mtp_ = nullptr;
-  std::map<int32_t, std::unique_ptr<model::SequenceState>> sequences_;
-  // NOTE: declared after sequences_ (each refers to its SequenceState, so it is destroyed first).
-  std::map<int32_t, std::unique_ptr<model::SpeculativeSequence>> speculative_;
+  SequenceTable table_;
   std::vector<ResolveOp> pending_resolve_;  // leader: decided by speculate(), sent with the next plan
   model::SpeculativeStats spec_stats_;
   int64_t steps_ = 0;

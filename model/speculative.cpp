@@ -91,8 +91,10 @@ std::unique_ptr<SpeculativeSequence> SpeculativeSequence::clone(SequenceState& s
 }
 
 StepChunk SpeculativeSequence::prompt_chunk(std::span<const int32_t> tokens, bool all_logits) {
-  CHECK(!verifying_ && !tokens.empty());
-  CHECK_LE(num_pending_, 1) << "a prompt chunk after drafting";
+  CHECK(!verifying_ && !tokens.empty() && !mtp_state_->marked());
+  // Waiting rows (after a prompt chunk: 1; after a resolve: accepted + 1) pair up with the chunk's
+  // tokens; none waits only before the first chunk.
+  CHECK(num_pending_ >= 1 || seq_.position() == 0) << "a prompt chunk between drafting and verifying";
   const int64_t m = int64_t(tokens.size());
   reserve_rows(num_pending_ + m);
   chunk_tokens_.assign(tokens.begin(), tokens.end());

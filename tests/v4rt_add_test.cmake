@@ -2,6 +2,10 @@
 # Registers a gtest binary with CTest. With NP the test runs under `mpiexec -n NP` (oversubscribed,
 # ob1 PML, allowed as root) and always with a timeout so a broken collective cannot hang CI.
 set(V4RT_GOLDEN_DIR "${CMAKE_SOURCE_DIR}/../shared/golden" CACHE PATH "Golden reference data (shared/golden)")
+# The Open MPI environment of every test run under mpirun (ENVIRONMENT of the CTest entries);
+# tests that start mpirun themselves set the same list through tests/mpi_env.h.
+set(V4RT_MPI_TEST_ENV
+    "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_pml=ob1;OMPI_MCA_btl=self,vader,tcp;OMPI_MCA_rmaps_base_oversubscribe=1")
 
 function(v4rt_add_test NAME)
   cmake_parse_arguments(T "" "NP;TIMEOUT" "SOURCES;LIBS;LABELS;ARGS" ${ARGN})
@@ -22,7 +26,7 @@ function(v4rt_add_test NAME)
       COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${T_NP} --oversubscribe
               $<TARGET_FILE:${NAME}> ${T_ARGS})
     set_tests_properties(${test_name} PROPERTIES
-      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_pml=ob1;OMPI_MCA_btl=self,vader,tcp;OMPI_MCA_rmaps_base_oversubscribe=1")
+      ENVIRONMENT "${V4RT_MPI_TEST_ENV}")
   else()
     set(test_name ${NAME})
     add_test(NAME ${test_name} COMMAND ${NAME} ${T_ARGS})

@@ -7,4 +7,4 @@ list(APPEND V4RT_LAUNCH_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/batch/progress.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/batch/batch_job.cpp
 )
-list(APPEND V4RT_LAUNCH_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/batch/speculative_engine.cpp)
+list(APPEND V4RT_LAUNCH_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/batch/driver_engine.cpp)

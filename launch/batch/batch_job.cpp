@@ -21,7 +21,7 @@
 #include "common/check.h"
 #include "launch/batch/digest.h"
 #include "launch/batch/progress.h"
-#include "launch/batch/speculative_engine.h"
+#include "launch/batch/driver_engine.h"
 #include "launch/serve/output.h"
 #include "launch/serve/scheduler.h"
 
@@ -41,82 +41,6 @@ int64_t default_kv_budget_bytes() {
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   return pages > 0 && page > 0 ? int64_t(pages) * page / 4 : int64_t(4) << 30;
 }
-
-// The scheduler's StepPlan as the Driver's ForwardPlan. Prefix reuse (state copies) is off in
-// batch jobs, so a plan is chunks and releases only.
-ForwardPlan to_forward_plan(const serve::StepPlan& plan) {
-  CHECK(plan.copies.empty()) << "batch jobs run without the prefix cache";
-  ForwardPlan fp;
-  size_t off = 0;
-  for (const serve::PlanChunk& c : plan.chunks) {
-    CHECK_LT(c.seq, uint64_t(INT32_MAX));
-    ForwardChunk fc;
-    fc.sequence = int32_t(c.seq);
-    fc.tokens.assign(plan.tokens.begin() + ptrdiff_t(off), plan.tokens.begin() + ptrdiff_t(off) + c.num_tokens);
-    off += size_t(c.num_tokens);
-    fp.chunks.push_back(std::move(fc));
-  }
-  for (serve::SeqId s : plan.releases) fp.release.push_back(int32_t(s));
-  return fp;
-}
-
-// serve::Engine's loop, with the Driver as the executor (so the plans reach every rank).
-class DriverEngine : public BatchEngine {
- public:
-  DriverEngine(model::Model& model, Driver& driver, const serve::SchedulerOptions& options)
-      : driver_(driver), scheduler_(options, model.config(), &metrics_) {}
-  ~DriverEngine() override { stop(); }
-
-  serve::SubmitResult submit(std::shared_ptr<serve::Request> request) override {
-    return scheduler_.submit(std::move(request));
-  }
-  bool failed() const override { return failed_; }
-  std::string failure() const override { return failure_; }  // read after failed() is true
-
-  void start() override {
-    thread_ = std::thread([this] { loop(); });
-  }
-  // Ends the running requests and frees every state on every rank.
-  void stop() override {
-    if (!thread_.joinable()) return;
-    stop_ = true;
-    thread_.join();
-    const serve::StepPlan plan = scheduler_.shutdown_plan();
-    if (!failed_ && !plan.releases.empty()) {
-      std::vector<std::vector<float>> logits;
-      driver_.step(to_forward_plan(plan), &logits);
-    }
-  }
-
- private:
-  void loop() {
-    std::vector<std::vector<float>> logits;
-    while (!stop_) {
-      serve::StepPlan plan;
-      if (!scheduler_.next_plan(&plan, std::chrono::milliseconds(50))) continue;
-      try {
-        const ForwardPlan fp = to_forward_plan(plan);
-        if (fp.chunks.empty() && fp.release.empty()) continue;
-        driver_.step(fp, &logits);
-        scheduler_.complete(plan, logits);
-      } catch (const std::exception& e) {
-        failure_ = "model step " + std::to_string(plan.step_idx) + " failed: " + e.what();
-        LOG(ERROR) << failure_;
-        failed_ = true;
-        scheduler_.fail_all(failure_);
-        return;
-      }
-    }
-  }
-
-  Driver& driver_;
-  serve::Metrics metrics_;
-  serve::Scheduler scheduler_;
-  std::thread thread_;
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> failed_{false};
-  std::string failure_;
-};
 
 struct InFlight {
   size_t item = 0;
@@ -280,21 +204,9 @@ BatchResult BatchJob::run(model::Model& model, Driver& driver, const std::atomic
   for (size_t i = 0; i < input_.items.size(); ++i)
     if (committed_by_item_[i] < 0) todo.push_back(i);
 
-  std::unique_ptr<BatchEngine> engine_ptr;
-  if (options_.mtp > 0) {
-    SpeculativeEngineOptions se;
-    se.depth = options_.mtp;
-    se.max_batch_tokens = so.max_batch_tokens;
-    se.max_running = so.max_running;
-    se.max_queue = so.max_queue;
-    se.kv_budget_bytes = so.kv_budget_bytes;
-    se.eos_token_id = so.eos_token_id;
-    engine_ptr = std::make_unique<SpeculativeEngine>(model, driver, se);
-    progress.enable_speculative(options_.mtp);
-  } else {
-    engine_ptr = std::make_unique<DriverEngine>(model, driver, so);
-  }
-  BatchEngine& engine = *engine_ptr;
+  so.mtp_depth = options_.mtp;
+  if (options_.mtp > 0) progress.enable_speculative(options_.mtp);
+  DriverEngine engine(model, driver, so);
   engine.start();
   std::vector<std::unique_ptr<InFlight>> in_flight;
   size_t next = 0;

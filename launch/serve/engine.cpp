@@ -4,10 +4,15 @@
 
 #include <glog/logging.h>
 
+#include <algorithm>
+#include <chrono>
+
 namespace v4rt::launch::serve {
 
-Engine::Engine(model::Model& model, const SchedulerOptions& options, Metrics* metrics)
-    : model_(model), metrics_(metrics), scheduler_(options, model.config(), metrics), executor_(model) {}
+Engine::Engine(model::Model& model, const SchedulerOptions& options, Metrics* metrics, model::Mtp* mtp)
+    : model_(model), metrics_(metrics), scheduler_(options, model.config(), metrics), executor_(model, mtp) {
+  CHECK(options.mtp_depth == 0 || mtp) << "speculative decoding needs the MTP block";
+}
 
 Engine::~Engine() { stop(); }
 
@@ -33,7 +38,7 @@ std::string Engine::failure() const {
 }
 
 void Engine::loop() {
-  std::vector<std::vector<float>> logits;
+  std::vector<std::vector<float>> logits, draft_logits;
   while (!stop_) {
     StepPlan plan;
     if (!scheduler_.next_plan(&plan, std::chrono::milliseconds(100))) {
@@ -42,8 +47,16 @@ void Engine::loop() {
     }
     try {
       if (plan_hook_) plan_hook_(plan);
-      executor_.run(plan, &logits);
-      scheduler_.complete(plan, logits);
+      const auto t0 = std::chrono::steady_clock::now();
+      executor_.run(plan, &logits, &draft_logits);
+      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!plan.drafts.empty()) {
+        metrics_->add_spec_time(took, 0.0);
+      } else if (std::any_of(plan.chunks.begin(), plan.chunks.end(),
+                             [](const PlanChunk& c) { return c.kind == ChunkKind::kVerify; })) {
+        metrics_->add_spec_time(0.0, took);
+      }
+      scheduler_.complete(plan, logits, draft_logits);
     } catch (const std::exception& e) {
       {
         std::lock_guard<std::mutex> lock(mu_);

@@ -14,12 +14,14 @@
 
 #include "launch/serve/scheduler.h"
 #include "launch/serve/step_plan.h"
+#include "model/mtp.h"
 
 namespace v4rt::launch::serve {
 
 class Engine {
  public:
-  Engine(model::Model& model, const SchedulerOptions& options, Metrics* metrics);
+  // `mtp`: the MTP block when options.mtp_depth > 0 (speculative decoding), else nullptr.
+  Engine(model::Model& model, const SchedulerOptions& options, Metrics* metrics, model::Mtp* mtp = nullptr);
   ~Engine();
 
   // Called with every plan before it runs locally (e.g. broadcast to follower ranks).

@@ -25,6 +25,10 @@ void write_gauge(const std::string& name, const std::string& help, int64_t v, st
   *out += "# HELP " + name + " " + help + "\n# TYPE " + name + " gauge\n" + name + " " + std::to_string(v) + "\n";
 }
 
+void write_gauge(const std::string& name, const std::string& help, double v, std::string* out) {
+  *out += "# HELP " + name + " " + help + "\n# TYPE " + name + " gauge\n" + name + " " + fmt(v) + "\n";
+}
+
 }  // namespace
 
 void Histogram::observe(double v) {
@@ -86,6 +90,12 @@ SchedulerGauges Metrics::gauges() const {
   return gauges_;
 }
 
+void Metrics::add_spec_time(double draft_s, double verify_s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  spec_draft_s_ += draft_s;
+  spec_verify_s_ += verify_s;
+}
+
 std::string Metrics::prometheus_text() const {
   std::string out;
   {
@@ -104,6 +114,22 @@ std::string Metrics::prometheus_text() const {
   write_counter("v4rt_requests_cancelled_total", "Generations cancelled (client gone)", requests_cancelled, &out);
   write_counter("v4rt_requests_timed_out_total", "Generations stopped by the request timeout", requests_timed_out, &out);
   write_counter("v4rt_requests_rejected_total", "Requests refused at admission (queue full, too large)", requests_rejected, &out);
+  const uint64_t steps = spec_steps, drafted = spec_drafted, accepted = spec_accepted, emitted = spec_emitted;
+  write_counter("v4rt_spec_verify_steps_total", "Speculative verify steps (one per sequence and step)", steps, &out);
+  write_counter("v4rt_spec_draft_tokens_total", "Draft tokens proposed by the MTP block", drafted, &out);
+  write_counter("v4rt_spec_accepted_tokens_total", "Draft tokens accepted by verification", accepted, &out);
+  write_counter("v4rt_spec_emitted_tokens_total", "Tokens decided by verify steps (accepted drafts + one each)", emitted, &out);
+  write_gauge("v4rt_spec_acceptance_rate", "Accepted over proposed draft tokens since start",
+              drafted ? double(accepted) / double(drafted) : 0.0, &out);
+  write_gauge("v4rt_spec_tokens_per_step", "Tokens per verify step since start",
+              steps ? double(emitted) / double(steps) : 0.0, &out);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out += "# HELP v4rt_spec_draft_seconds_total Wall time of the draft plans\n# TYPE v4rt_spec_draft_seconds_total counter\n";
+    out += "v4rt_spec_draft_seconds_total " + fmt(spec_draft_s_) + "\n";
+    out += "# HELP v4rt_spec_verify_seconds_total Wall time of the verify plans\n# TYPE v4rt_spec_verify_seconds_total counter\n";
+    out += "v4rt_spec_verify_seconds_total " + fmt(spec_verify_s_) + "\n";
+  }
   const SchedulerGauges g = gauges();
   write_gauge("v4rt_queue_depth", "Requests waiting for admission", g.num_waiting, &out);
   write_gauge("v4rt_running_sequences", "Sequences in the running batch", g.num_running, &out);

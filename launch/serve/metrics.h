@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Server metrics in the Prometheus text exposition format (GET /metrics): request and token
-// counters, queue depth, running batch, KV memory, and histograms of time to first token,
-// inter-token latency and tokens per step. Updated from HTTP threads and the engine thread.
+// counters, queue depth, running batch, KV memory, speculative decoding (drafts proposed and
+// accepted, tokens per verify step, time drafting and verifying), and histograms of time to first
+// token, inter-token latency and tokens per step. Updated from HTTP threads and the engine thread.
 #pragma once
 
 #include <atomic>
@@ -55,6 +56,14 @@ class Metrics {
   std::atomic<uint64_t> requests_cancelled{0};
   std::atomic<uint64_t> requests_timed_out{0};
   std::atomic<uint64_t> requests_rejected{0};
+  // Speculative decoding (--mtp N): per sequence verify steps, drafts proposed / accepted, tokens
+  // decided by the steps (accepted drafts + one each).
+  std::atomic<uint64_t> spec_steps{0};
+  std::atomic<uint64_t> spec_drafted{0};
+  std::atomic<uint64_t> spec_accepted{0};
+  std::atomic<uint64_t> spec_emitted{0};
+  // Wall time of the draft plans and of the verify plans.
+  void add_spec_time(double draft_s, double verify_s);
   Histogram ttft_s;
   Histogram itl_s;
   Histogram step_tokens;
@@ -68,6 +77,8 @@ class Metrics {
   mutable std::mutex mu_;
   std::map<std::pair<std::string, int>, uint64_t> requests_;
   SchedulerGauges gauges_;
+  double spec_draft_s_ = 0;
+  double spec_verify_s_ = 0;
 };
 
 }  // namespace v4rt::launch::serve

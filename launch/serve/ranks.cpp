@@ -111,11 +111,11 @@ void ServeRanks::attach(Engine& engine) {
   google::InstallFailureFunction(reinterpret_cast<google::logging_fail_func_t>(&on_leader_fatal));
 }
 
-int64_t ServeRanks::follow(model::Model& model) {
+int64_t ServeRanks::follow(model::Model& model, model::Mtp* mtp) {
   CHECK(!leader());
   if (!plan_comm_) return 0;
   PlanChannel channel(plan_comm_.get());
-  Executor executor(model);
+  Executor executor(model, mtp);
   int64_t plans = 0;
   for (;;) {
     const std::vector<uint8_t> bytes = channel.receive();

@@ -25,6 +25,7 @@
 #include "launch/serve/engine.h"
 #include "launch/serve/step_plan.h"
 #include "model/model.h"
+#include "model/mtp.h"
 
 namespace v4rt::launch::serve {
 
@@ -52,7 +53,8 @@ class ServeRanks {
   void attach(Engine& engine);
   // Followers: receive -> deserialize_plan -> Executor::run until the shutdown plan. Returns the
   // number of plans run (heartbeats excluded). A malformed plan or a failed step aborts the job.
-  int64_t follow(model::Model& model);
+  // `mtp`: the MTP block when the server speculates (--mtp N), else nullptr.
+  int64_t follow(model::Model& model, model::Mtp* mtp = nullptr);
 
  private:
   void send(const StepPlan& plan);

@@ -97,6 +97,13 @@ Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& 
   CHECK(metrics_ != nullptr);
   CHECK_GT(options_.max_batch_tokens, 0);
   CHECK_GT(options_.max_running, 0);
+  if (options_.mtp_depth > 0) {
+    V4RT_REQUIRE(options_.mtp_depth <= model::max_draft_depth(config),
+                 "--mtp " << options_.mtp_depth << " must be in [1, " << model::max_draft_depth(config) << "]");
+    V4RT_REQUIRE(options_.max_batch_tokens >= options_.mtp_depth + 1,
+                 "server.max_batch_tokens " << options_.max_batch_tokens << " is below one verify chunk of "
+                                            << options_.mtp_depth + 1 << " tokens");
+  }
 }
 
 SubmitResult Scheduler::submit(std::shared_ptr<Request> request) {
@@ -200,10 +207,10 @@ bool Scheduler::admit_locked(StepPlan* plan) {
         plan->releases.push_back(*s);
       }
       if (kv_used_ + need > options_.kv_budget_bytes) return admitted;  // head of line waits for memory
-      auto r = std::make_unique<Running>(Running{req, next_seq_++, req->prompt, 0, 0, need,
-                                                 model::Sampler({req->sampling.temperature, req->sampling.top_p,
-                                                                 req->sampling.seed}),
-                                                 Clock::now(), false});
+      const model::SamplerOptions so{req->sampling.temperature, req->sampling.top_p, req->sampling.seed};
+      auto r = std::make_unique<Running>(
+          Running{req, next_seq_++, req->prompt, 0, 0, need, model::Sampler(so), Clock::now(), false, nullptr});
+      if (options_.mtp_depth > 0) r->spec = std::make_unique<model::SpeculativeSampler>(so);
       if (hit) {
         plan->copies.push_back({hit_seq, r->seq});
         r->fed = hit_tokens;
@@ -223,46 +230,111 @@ bool Scheduler::admit_locked(StepPlan* plan) {
   return admitted;
 }
 
+bool Scheduler::speculating(const Running& r) const {
+  return options_.mtp_depth > 0 && !r.req->sampling.forced && r.fed >= int64_t(r.req->prompt.size()) &&
+         int64_t(r.tokens.size()) == r.fed + 1;
+}
+
+Scheduler::Running* Scheduler::find_locked(SeqId seq) {
+  for (auto& r : running_)
+    if (r->seq == seq) return r.get();
+  return nullptr;
+}
+
+void Scheduler::pack_chunks_locked(StepPlan* plan, int64_t budget) {
+  // Decode tokens first (rotating the start so no sequence starves when they exceed the budget),
+  // then prefill chunks in admission order. Speculating sequences decode in turns only.
+  const size_t n = running_.size();
+  std::vector<Running*> order;
+  for (size_t i = 0; i < n; ++i) {
+    Running* r = running_[(i + decode_rotation_) % n].get();
+    if (r->fed >= int64_t(r->req->prompt.size()) && !speculating(*r)) order.push_back(r);
+  }
+  for (auto& r : running_)
+    if (r->fed < int64_t(r->req->prompt.size())) order.push_back(r.get());
+  if (n) decode_rotation_ = (decode_rotation_ + 1) % n;
+  for (Running* r : order) {
+    if (budget <= 0) break;
+    const int64_t left = int64_t(r->tokens.size()) - r->fed;
+    if (left <= 0) continue;
+    const int64_t take = std::min(left, budget);
+    PlanChunk c;
+    c.seq = r->seq;
+    c.start_pos = r->fed;
+    c.num_tokens = int32_t(take);
+    c.want_logits = r->fed + take == int64_t(r->tokens.size()) ? 1 : 0;
+    c.kind = options_.mtp_depth > 0 ? ChunkKind::kHidden : ChunkKind::kPlain;
+    plan->chunks.push_back(c);
+    plan->tokens.insert(plan->tokens.end(), r->tokens.begin() + r->fed, r->tokens.begin() + r->fed + take);
+    r->in_plan = true;
+    budget -= take;
+  }
+}
+
+void Scheduler::continue_step_locked(StepPlan* plan) {
+  const int depth = options_.mtp_depth;
+  const int done = int(turns_.front().drafts.size());
+  if (done < depth) {
+    for (const Turn& t : turns_) plan->drafts.push_back({t.seq, done + 1, depth, t.drafts.back()});
+    return;
+  }
+  int64_t budget = options_.max_batch_tokens;
+  for (const Turn& t : turns_) {
+    Running* r = find_locked(t.seq);
+    CHECK(r) << "sequence " << t.seq << " left during its speculative step";
+    PlanChunk c;
+    c.seq = t.seq;
+    c.start_pos = r->fed;
+    c.num_tokens = depth + 1;
+    c.want_logits = 1;
+    c.kind = ChunkKind::kVerify;
+    plan->chunks.push_back(c);
+    plan->tokens.push_back(r->tokens.back());
+    plan->tokens.insert(plan->tokens.end(), t.drafts.begin(), t.drafts.end());
+    r->in_plan = true;
+    budget -= depth + 1;
+  }
+  pack_chunks_locked(plan, budget);
+}
+
 bool Scheduler::next_plan(StepPlan* plan, std::chrono::milliseconds wait) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (!turns_.empty()) {  // a speculative step in flight goes on at once
+    *plan = StepPlan{};
+    continue_step_locked(plan);
+    plan->step_idx = ++step_idx_;
+    return true;
+  }
   const Clock::time_point until = Clock::now() + wait;
   for (;;) {
     *plan = StepPlan{};
+    plan->resolves = std::move(pending_resolves_);
+    pending_resolves_.clear();
     plan->releases = std::move(pending_releases_);
     pending_releases_.clear();
     sweep_locked(plan);
     for (SeqId s : pending_releases_) plan->releases.push_back(s);
     pending_releases_.clear();
     if (!stopped_) admit_locked(plan);
+    for (auto& r : running_) r->in_plan = false;
 
-    // Decode tokens first (rotating the start so no sequence starves when they exceed the budget),
-    // then prefill chunks in admission order.
     int64_t budget = options_.max_batch_tokens;
-    const size_t n = running_.size();
-    std::vector<Running*> order;
-    for (size_t i = 0; i < n; ++i) {
-      Running* r = running_[(i + decode_rotation_) % n].get();
-      if (r->fed >= int64_t(r->req->prompt.size())) order.push_back(r);
+    if (options_.mtp_depth > 0) {  // a speculative step of the decoding sequences (rotated)
+      const size_t n = running_.size();
+      for (size_t i = 0; i < n; ++i) {
+        Running* r = running_[(i + decode_rotation_) % n].get();
+        if (!speculating(*r) || budget < options_.mtp_depth + 1) continue;
+        turns_.push_back({r->seq, {}});
+        plan->drafts.push_back({r->seq, 1, options_.mtp_depth, r->tokens.back()});
+        budget -= options_.mtp_depth + 1;
+      }
+      if (!turns_.empty()) {
+        update_gauges_locked();
+        plan->step_idx = ++step_idx_;
+        return true;
+      }
     }
-    for (auto& r : running_)
-      if (r->fed < int64_t(r->req->prompt.size())) order.push_back(r.get());
-    if (n) decode_rotation_ = (decode_rotation_ + 1) % n;
-    for (Running* r : order) {
-      r->in_plan = false;
-      if (budget <= 0) continue;
-      const int64_t left = int64_t(r->tokens.size()) - r->fed;
-      if (left <= 0) continue;
-      const int64_t take = std::min(left, budget);
-      PlanChunk c;
-      c.seq = r->seq;
-      c.start_pos = r->fed;
-      c.num_tokens = int32_t(take);
-      c.want_logits = r->fed + take == int64_t(r->tokens.size()) ? 1 : 0;
-      plan->chunks.push_back(c);
-      plan->tokens.insert(plan->tokens.end(), r->tokens.begin() + r->fed, r->tokens.begin() + r->fed + take);
-      r->in_plan = true;
-      budget -= take;
-    }
+    pack_chunks_locked(plan, budget);
     update_gauges_locked();
     if (!plan->empty()) {
       plan->step_idx = ++step_idx_;
@@ -278,9 +350,16 @@ void Scheduler::sample_locked(Running& r, std::span<const float> logits) {
   int32_t next;
   if (sp.forced) {
     next = r.generated < int(sp.forced_tokens.size()) ? sp.forced_tokens[size_t(r.generated)] : options_.eos_token_id;
+  } else if (r.spec) {
+    next = r.spec->sample(logits);
   } else {
     next = r.sampler.sample(logits);
   }
+  emit_locked(r, next, logits, /*fed_already=*/false);
+}
+
+bool Scheduler::emit_locked(Running& r, int32_t token, std::span<const float> logits, bool fed_already) {
+  const SamplingParams& sp = r.req->sampling;
   const Clock::time_point now = Clock::now();
   if (r.generated == 0) {
     metrics_->ttft_s.observe(seconds(now - r.req->arrival));
@@ -290,29 +369,80 @@ void Scheduler::sample_locked(Running& r, std::span<const float> logits) {
   r.last_token = now;
   ++r.generated;
   ++metrics_->generation_tokens;
-  if (next == options_.eos_token_id) {
+  if (token == options_.eos_token_id) {
     finish_locked(r, FinishReason::kEos, nullptr);
-    return;
+    return false;
   }
   TokenEvent ev;
-  ev.token = next;
-  if (sp.logprobs) fill_logprobs(logits, next, sp.top_logprobs, &ev);
+  ev.token = token;
+  if (sp.logprobs) fill_logprobs(logits, token, sp.top_logprobs, &ev);
   r.req->stream->push(std::move(ev));
-  r.tokens.push_back(next);
-  if (r.generated >= sp.max_tokens) finish_locked(r, FinishReason::kLength, nullptr);
+  if (!fed_already) r.tokens.push_back(token);
+  if (r.generated >= sp.max_tokens) {
+    finish_locked(r, FinishReason::kLength, nullptr);
+    return false;
+  }
+  return true;
 }
 
-void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<float>>& logits) {
+void Scheduler::complete_drafts_locked(const StepPlan& plan, const std::vector<std::vector<float>>& draft_logits) {
+  CHECK_EQ(plan.drafts.size(), turns_.size());
+  CHECK_EQ(draft_logits.size(), plan.drafts.size());
+  for (size_t i = 0; i < turns_.size(); ++i) {
+    CHECK_EQ(plan.drafts[i].seq, turns_[i].seq);
+    CHECK_EQ(int64_t(draft_logits[i].size()), config_.vocab_size) << "draft logits of sequence " << turns_[i].seq;
+    Running* r = find_locked(turns_[i].seq);
+    CHECK(r) << "sequence " << turns_[i].seq << " left during its speculative step";
+    turns_[i].drafts.push_back(r->spec->draft(draft_logits[i]));
+  }
+}
+
+void Scheduler::complete_verify_locked(Running& r, const PlanChunk& c, std::span<const float> logits) {
+  auto t = std::find_if(turns_.begin(), turns_.end(), [&](const Turn& x) { return x.seq == r.seq; });
+  CHECK(t != turns_.end()) << "verify chunk of sequence " << r.seq << " outside its step";
+  const size_t vocab = size_t(config_.vocab_size);
+  CHECK_EQ(logits.size(), size_t(c.num_tokens) * vocab) << "verify logits of sequence " << r.seq;
+  const model::SpeculativeSampler::Verdict v = r.spec->verify(logits, t->drafts);
+  pending_resolves_.push_back({r.seq, v.accepted});
+  metrics_->spec_steps += 1;
+  metrics_->spec_drafted += t->drafts.size();
+  metrics_->spec_accepted += uint64_t(v.accepted);
+  metrics_->spec_emitted += uint64_t(v.accepted) + 1;
+  // The state holds [next, d1..d_accepted] once the verdict is applied (with the next plan).
+  r.fed += 1 + v.accepted;
+  r.tokens.insert(r.tokens.end(), t->drafts.begin(), t->drafts.begin() + v.accepted);
+  if (r.req->stream->cancelled()) {
+    finish_locked(r, FinishReason::kCancelled, nullptr);
+    return;
+  }
+  for (int j = 0; j < v.accepted; ++j)
+    if (!emit_locked(r, t->drafts[size_t(j)], logits.subspan(size_t(j) * vocab, vocab), true)) return;
+  emit_locked(r, v.next, logits.subspan(size_t(v.accepted) * vocab, vocab), false);
+}
+
+void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<float>>& logits,
+                         const std::vector<std::vector<float>>& draft_logits) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!plan.drafts.empty()) {
+    complete_drafts_locked(plan, draft_logits);
+    return;
+  }
   std::map<SeqId, Running*> by_seq;
   for (auto& r : running_) by_seq[r->seq] = r.get();
   int64_t prefill = 0;
+  bool verified = false;
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
     const PlanChunk& c = plan.chunks[i];
     auto it = by_seq.find(c.seq);
     if (it == by_seq.end()) continue;  // finished meanwhile (cannot happen: one engine thread)
     Running& r = *it->second;
     r.in_plan = false;
+    if (c.kind == ChunkKind::kVerify) {
+      CHECK_LT(i, logits.size());
+      complete_verify_locked(r, c, logits[i]);
+      verified = true;
+      continue;
+    }
     if (c.start_pos < int64_t(r.req->prompt.size())) prefill += c.num_tokens;
     r.fed += c.num_tokens;
     if (!c.want_logits) continue;
@@ -324,6 +454,7 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     }
     sample_locked(r, logits[i]);
   }
+  if (verified) turns_.clear();
   std::erase_if(running_, [](const auto& r) { return !r->req; });
   metrics_->prefill_tokens += uint64_t(prefill);
   ++metrics_->steps;
@@ -336,6 +467,8 @@ void Scheduler::fail_all(const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
   stopped_ = true;
   stop_reason_ = why;
+  turns_.clear();
+  pending_resolves_.clear();
   for (auto& r : running_) {
     r->req->stream->finish(FinishReason::kError, why);
     pending_releases_.push_back(r->seq);  // the next plan (if any) frees the states on every rank
@@ -353,6 +486,8 @@ StepPlan Scheduler::shutdown_plan() {
   stopped_ = true;
   if (stop_reason_.empty()) stop_reason_ = "shutting down";
   StepPlan plan;
+  turns_.clear();
+  pending_resolves_.clear();
   plan.releases = std::move(pending_releases_);
   pending_releases_.clear();
   for (auto& r : running_) {

@@ -6,6 +6,14 @@
 // the next tokens from the logits, streams them to the requests and finishes sequences at EOS, the
 // token limit, cancellation (client gone) or the request timeout. A request that could never fit
 // is refused at submit(), never left waiting. The scheduler knows nothing of text or HTTP.
+//
+// Speculative decoding (mtp_depth N > 0, model/speculative.h): a step of the decoding sequences
+// takes N + 1 plans. Plan 1 carries the last verdicts, releases, copies and draft level 1 of
+// every decoding sequence; plans 2..N one draft level each (the drafts are picked from the MTP
+// logits in complete()); the last plan carries a verify chunk [next, d1..dN] per sequence and
+// the prompt chunks of the others. complete() accepts a prefix of each sequence's drafts (exact
+// for greedy, rejection sampling otherwise), streams the tokens and sends the verdicts with the
+// next plan. Every other chunk feeds the MTP block (ChunkKind::kHidden).
 #pragma once
 
 #include <atomic>
@@ -25,6 +33,7 @@
 #include "launch/serve/step_plan.h"
 #include "model/config.h"
 #include "model/sampler.h"
+#include "model/speculative.h"
 
 namespace v4rt::launch::serve {
 
@@ -94,6 +103,7 @@ struct SchedulerOptions {
   int64_t kv_budget_bytes = int64_t(1) << 30;
   bool prefix_cache = true;
   int32_t eos_token_id = 1;
+  int mtp_depth = 0;  // draft tokens per verify step; 0: no speculative decoding
 };
 
 // Bytes of per-sequence state (window ring, compressor buffers, compressed entries, indexer keys;
@@ -112,8 +122,10 @@ class Scheduler {
   SubmitResult submit(std::shared_ptr<Request> request);
   // Builds the next plan; waits up to `wait` for work. Returns false when there is nothing to run.
   bool next_plan(StepPlan* plan, std::chrono::milliseconds wait);
-  // Consumes the logits of `plan` (Executor::run output).
-  void complete(const StepPlan& plan, const std::vector<std::vector<float>>& logits);
+  // Consumes the logits of `plan` (Executor::run output): one row per chunk, and for a plan of
+  // draft levels one row per draft.
+  void complete(const StepPlan& plan, const std::vector<std::vector<float>>& logits,
+                const std::vector<std::vector<float>>& draft_logits = {});
   // Ends every request with kError (engine failure) and refuses new ones.
   void fail_all(const std::string& why);
   // A plan that releases every state and tells followers to stop; refuses new requests.
@@ -133,12 +145,29 @@ class Scheduler {
     model::Sampler sampler;
     Clock::time_point last_token;
     bool in_plan = false;
+    std::unique_ptr<model::SpeculativeSampler> spec;  // with mtp_depth > 0
+  };
+  // A decoding sequence in the speculative step in flight.
+  struct Turn {
+    SeqId seq = 0;
+    std::vector<int32_t> drafts;
   };
 
   bool admit_locked(StepPlan* plan);
   void sweep_locked(StepPlan* plan);
   void finish_locked(Running& r, FinishReason reason, StepPlan* plan_or_null);
   void sample_locked(Running& r, std::span<const float> logits);
+  // Streams a decided token; `fed_already`: it is in r.tokens (an accepted draft). False once the
+  // sequence has finished.
+  bool emit_locked(Running& r, int32_t token, std::span<const float> logits, bool fed_already);
+  // Prompt / decode chunks of the sequences not in turns_, under `budget` tokens.
+  void pack_chunks_locked(StepPlan* plan, int64_t budget);
+  // The next plan of the speculative step in flight: a draft level or the verify plan.
+  void continue_step_locked(StepPlan* plan);
+  void complete_drafts_locked(const StepPlan& plan, const std::vector<std::vector<float>>& draft_logits);
+  void complete_verify_locked(Running& r, const PlanChunk& c, std::span<const float> logits);
+  Running* find_locked(SeqId seq);
+  bool speculating(const Running& r) const;  // decodes by draft + verify
   void update_gauges_locked();
 
   SchedulerOptions options_;
@@ -151,6 +180,8 @@ class Scheduler {
   std::vector<std::unique_ptr<Running>> running_;
   PrefixCache cache_;
   std::vector<SeqId> pending_releases_;
+  std::vector<Turn> turns_;                     // the speculative step in flight (empty: none)
+  std::vector<PlanResolve> pending_resolves_;   // verdicts for the next plan
   int64_t kv_used_ = 0;
   SeqId next_seq_ = 1;
   uint64_t step_idx_ = 0;

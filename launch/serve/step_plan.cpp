@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 // StepPlan byte encoding and the per-rank Executor that applies plans to sequence states.
 //
-// Encoding (little-endian): u32 magic "V4SP", u32 version 1, u64 step_idx, u8 shutdown,
-// u64 num_copies, {u64 src, u64 dst}[num_copies], u64 num_chunks,
-// {u64 seq, i64 start_pos, i32 num_tokens, u8 want_logits}[num_chunks], u64 num_tokens,
+// Encoding (little-endian): u32 magic "V4SP", u32 version 2, u64 step_idx, u8 shutdown,
+// u64 num_resolves, {u64 seq, i32 accepted}[num_resolves],
+// u64 num_copies, {u64 src, u64 dst}[num_copies],
+// u64 num_drafts, {u64 seq, i32 level, i32 depth, i32 token}[num_drafts], u64 num_chunks,
+// {u64 seq, i64 start_pos, i32 num_tokens, u8 want_logits, u8 kind}[num_chunks], u64 num_tokens,
 // i32 tokens[num_tokens], u64 num_releases, u64 releases[num_releases].
 #include "launch/serve/step_plan.h"
 
@@ -16,7 +18,7 @@ namespace v4rt::launch::serve {
 namespace {
 
 constexpr uint32_t kPlanMagic = 0x50533456;  // "V4SP"
-constexpr uint32_t kPlanVersion = 1;
+constexpr uint32_t kPlanVersion = 2;
 
 class Writer {
  public:
@@ -61,10 +63,22 @@ std::vector<uint8_t> serialize_plan(const StepPlan& plan) {
   w.put(kPlanVersion);
   w.put(plan.step_idx);
   w.put(plan.shutdown);
+  w.put(uint64_t(plan.resolves.size()));
+  for (const PlanResolve& r : plan.resolves) {
+    w.put(r.seq);
+    w.put(r.accepted);
+  }
   w.put(uint64_t(plan.copies.size()));
   for (const PlanCopy& c : plan.copies) {
     w.put(c.src);
     w.put(c.dst);
+  }
+  w.put(uint64_t(plan.drafts.size()));
+  for (const PlanDraft& d : plan.drafts) {
+    w.put(d.seq);
+    w.put(d.level);
+    w.put(d.depth);
+    w.put(d.token);
   }
   w.put(uint64_t(plan.chunks.size()));
   for (const PlanChunk& c : plan.chunks) {
@@ -72,6 +86,7 @@ std::vector<uint8_t> serialize_plan(const StepPlan& plan) {
     w.put(c.start_pos);
     w.put(c.num_tokens);
     w.put(c.want_logits);
+    w.put(uint8_t(c.kind));
   }
   w.put(uint64_t(plan.tokens.size()));
   for (int32_t t : plan.tokens) w.put(t);
@@ -88,20 +103,42 @@ StepPlan deserialize_plan(std::span<const uint8_t> bytes) {
   StepPlan p;
   p.step_idx = r.get<uint64_t>("step_idx");
   p.shutdown = r.get<uint8_t>("shutdown");
+  p.resolves.resize(r.count("resolves", 12));
+  for (PlanResolve& x : p.resolves) {
+    x.seq = r.get<uint64_t>("resolves.seq");
+    x.accepted = r.get<int32_t>("resolves.accepted");
+    V4RT_REQUIRE(x.accepted >= 0, "step plan: sequence " << x.seq << " resolves " << x.accepted << " drafts");
+  }
   p.copies.resize(r.count("copies", 16));
   for (PlanCopy& c : p.copies) {
     c.src = r.get<uint64_t>("copies.src");
     c.dst = r.get<uint64_t>("copies.dst");
   }
-  p.chunks.resize(r.count("chunks", 21));
+  p.drafts.resize(r.count("drafts", 20));
+  for (PlanDraft& d : p.drafts) {
+    d.seq = r.get<uint64_t>("drafts.seq");
+    d.level = r.get<int32_t>("drafts.level");
+    d.depth = r.get<int32_t>("drafts.depth");
+    d.token = r.get<int32_t>("drafts.token");
+    V4RT_REQUIRE(d.level >= 1 && d.level <= d.depth && d.token >= 0,
+                 "step plan: draft of sequence " << d.seq << " at level " << d.level << " of " << d.depth
+                                                 << " with token " << d.token);
+  }
+  p.chunks.resize(r.count("chunks", 22));
   int64_t total = 0;
   for (PlanChunk& c : p.chunks) {
     c.seq = r.get<uint64_t>("chunks.seq");
     c.start_pos = r.get<int64_t>("chunks.start_pos");
     c.num_tokens = r.get<int32_t>("chunks.num_tokens");
     c.want_logits = r.get<uint8_t>("chunks.want_logits");
+    const uint8_t kind = r.get<uint8_t>("chunks.kind");
     V4RT_REQUIRE(c.num_tokens > 0 && c.start_pos >= 0, "step plan: chunk of sequence " << c.seq << " has "
                                                            << c.num_tokens << " tokens at " << c.start_pos);
+    V4RT_REQUIRE(kind <= uint8_t(ChunkKind::kVerify) && c.want_logits <= 1 &&
+                     (kind != uint8_t(ChunkKind::kVerify) || c.want_logits == 1),
+                 "step plan: chunk of sequence " << c.seq << " has kind " << int(kind) << " and want_logits "
+                                                 << int(c.want_logits));
+    c.kind = ChunkKind(kind);
     total += c.num_tokens;
   }
   p.tokens.resize(r.count("tokens", 4));
@@ -114,18 +151,14 @@ StepPlan deserialize_plan(std::span<const uint8_t> bytes) {
   return p;
 }
 
-int64_t Executor::position(SeqId id) const {
-  auto it = states_.find(id);
-  CHECK(it != states_.end()) << "no sequence " << id;
-  return it->second->position();
-}
-
-void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits) {
-  for (const PlanCopy& c : plan.copies) {
-    auto src = states_.find(c.src);
-    CHECK(src != states_.end()) << "step " << plan.step_idx << ": copy from unknown sequence " << c.src;
-    CHECK(!states_.count(c.dst)) << "step " << plan.step_idx << ": copy onto live sequence " << c.dst;
-    states_[c.dst] = src->second->clone();
+void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits,
+                   std::vector<std::vector<float>>* draft_logits) {
+  for (const PlanResolve& r : plan.resolves) table_.resolve(r.seq, r.accepted);
+  for (const PlanCopy& c : plan.copies) table_.copy(c.src, c.dst);
+  if (draft_logits) draft_logits->assign(plan.drafts.size(), {});
+  for (size_t i = 0; i < plan.drafts.size(); ++i) {
+    const PlanDraft& d = plan.drafts[i];
+    table_.draft(d.seq, d.level, d.depth, d.token, draft_logits ? &(*draft_logits)[i] : nullptr);
   }
   // Chunks whose logits are needed run in one Model::step, the others (inner prefill chunks) in a
   // second one without the vocabulary projection.
@@ -134,14 +167,11 @@ void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits
   size_t offset = 0;
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
     const PlanChunk& c = plan.chunks[i];
-    auto& state = states_[c.seq];
-    if (!state) {
-      CHECK_EQ(c.start_pos, 0) << "step " << plan.step_idx << ": sequence " << c.seq << " is new";
-      state = model_.new_sequence();
-    }
-    CHECK_EQ(state->position(), c.start_pos) << "step " << plan.step_idx << ": sequence " << c.seq;
-    model::StepChunk sc{state.get(), std::span<const int32_t>(plan.tokens.data() + offset, size_t(c.num_tokens)), false};
+    const int64_t at = table_.has(c.seq) ? table_.position(c.seq) : 0;
+    CHECK_EQ(at, c.start_pos) << "step " << plan.step_idx << ": sequence " << c.seq;
+    const std::span<const int32_t> tokens(plan.tokens.data() + offset, size_t(c.num_tokens));
     offset += size_t(c.num_tokens);
+    const model::StepChunk sc = table_.chunk(c.seq, tokens, c.kind == ChunkKind::kVerify, c.kind);
     if (c.want_logits) {
       with_logits.push_back(sc);
       logit_chunk_idx.push_back(i);
@@ -157,7 +187,9 @@ void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits
     if (logits)
       for (size_t j = 0; j < rows.size(); ++j) (*logits)[logit_chunk_idx[j]] = std::move(rows[j]);
   }
-  for (SeqId s : plan.releases) states_.erase(s);
+  for (const PlanChunk& c : plan.chunks)  // collective MTP forwards, in chunk order on every rank
+    if (c.kind == ChunkKind::kHidden) table_.after_step(c.seq);
+  for (SeqId s : plan.releases) table_.release(s);
 }
 
 }  // namespace v4rt::launch::serve

@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "tests/batch/batch_test_util.h"
+#include "tests/mpi_env.h"
 
 namespace v4rt::launch::batch {
 namespace {
@@ -93,10 +94,7 @@ std::vector<std::string> batch_argv(const std::string& input, const std::string&
 class BatchMtp : public ::testing::Test {
  protected:
   void SetUp() override {
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_pml", "ob1", 1);
-    setenv("OMPI_MCA_btl", "self,vader,tcp", 1);
+    v4rt::testing::set_mpirun_env();
     dir_ = scratch_dir(std::string("mtp_np") + std::to_string(V4RT_BATCH_NP) + "_" +
                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     input_ = dir_ + "/requests.jsonl";

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/batch/batch_test_util.h"
+#include "tests/mpi_env.h"
 
 namespace v4rt::launch::batch {
 namespace {
@@ -31,10 +32,7 @@ pid_t find_rank(pid_t parent, int rank) {
 }
 
 TEST(BatchResumeMpi, FollowerRankKilledThenResumed) {
-  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-  setenv("OMPI_MCA_pml", "ob1", 1);
-  setenv("OMPI_MCA_btl", "self,vader,tcp", 1);
+  v4rt::testing::set_mpirun_env();
   const std::string model = tiny_model_dir();
   const std::string dir = scratch_dir("resume_mpi");
   const std::string input = dir + "/requests.jsonl", log = dir + "/log.txt";

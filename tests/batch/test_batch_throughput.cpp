@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/batch/batch_test_util.h"
+#include "tests/mpi_env.h"
 
 namespace v4rt::launch::batch {
 namespace {
@@ -25,10 +26,7 @@ TEST(BatchThroughput, HundredRequestsComplete) {
   if (V4RT_BATCH_NP > 1) {
     argv = {V4RT_MPIEXEC, "-n", std::to_string(V4RT_BATCH_NP), "--oversubscribe", V4RT_EXE, "batch",
             "--config", std::string(V4RT_SOURCE_DIR) + "/configs/tp2.yaml"};
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_pml", "ob1", 1);
-    setenv("OMPI_MCA_btl", "self,vader,tcp", 1);
+    v4rt::testing::set_mpirun_env();
   } else {
     argv = {V4RT_EXE, "batch"};
   }

@@ -1,21 +1,25 @@
 // SPDX-License-Identifier: MIT
-// SpeculativeEngine in process (one rank): many requests decoded speculatively together on 3-layer
+// The speculative scheduler (serve::Scheduler with mtp_depth > 0) in process, through both engines
+// that run it: serve::Engine over its Executor (`v4rt serve --mtp N`) and batch::DriverEngine over
+// the Driver (`v4rt batch --mtp N`). Many requests decode speculatively together on 3-layer
 // synthetic models with an MTP block and a 6- or 4-token vocabulary, where the untrained draft is
 // accepted often enough that steps emit several tokens (accepted drafts cut by max_tokens and EOS
-// included).
-// Every request's tokens equal plain greedy decoding of its prompt (Model::step, one token per
-// step, no MTP) up to max_tokens or EOS, and the logprobs equal the log-softmax of the plain logits
-// (1e-5). Prompts longer than the token budget are chunked and run inside the verify steps of the
-// sequences already decoding.
+// included). Every request's tokens equal plain greedy decoding of its prompt (Model::step, one
+// token per step, no MTP) up to max_tokens or EOS, and the logprobs equal the log-softmax of the
+// plain logits (1e-5). Prompts longer than the token budget are chunked and run inside the verify
+// plans of the sequences already decoding. The prefix-reuse case starts requests from copies of
+// finished speculative sequences (state and MTP state) and must still equal plain greedy.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <utility>
 
-#include "launch/batch/speculative_engine.h"
+#include "launch/batch/driver_engine.h"
+#include "launch/serve/engine.h"
 #include "tests/model/test_mtp_util.h"
 
-namespace v4rt::launch::batch {
+namespace v4rt::launch {
 namespace {
 
 using model::testing::LoadedModel;
@@ -37,72 +41,158 @@ void plain_reference(model::Model& m, const std::vector<int32_t>& prompt, int ma
   }
 }
 
-class SpeculativeEngineTest : public ::testing::TestWithParam<std::pair<int, uint64_t>> {};
+// Waits for the end of `req` and checks its tokens (and logprobs) against plain greedy decoding.
+// Returns the tokens.
+std::vector<int32_t> expect_plain_greedy(model::Model& m, const serve::Request& req, int32_t eos, const std::string& what) {
+  std::vector<serve::TokenEvent> events;
+  serve::FinishReason reason = serve::FinishReason::kNone;
+  for (int w = 0; w < 600 && reason == serve::FinishReason::kNone; ++w)
+    reason = req.stream->wait(&events, std::chrono::milliseconds(100));
+  std::vector<int32_t> want;
+  std::vector<double> want_lp;
+  plain_reference(m, req.prompt, req.sampling.max_tokens, eos, &want, &want_lp);
+  EXPECT_EQ(reason, int(want.size()) == req.sampling.max_tokens ? serve::FinishReason::kLength : serve::FinishReason::kEos)
+      << what;
+  std::vector<int32_t> got;
+  for (const serve::TokenEvent& e : events) got.push_back(e.token);
+  EXPECT_EQ(got, want) << what;
+  if (req.sampling.logprobs && got == want) {
+    for (size_t t = 0; t < events.size(); ++t) EXPECT_NEAR(events[t].logprob, want_lp[t], 1e-5) << what << ", token " << t;
+  }
+  return got;
+}
 
-TEST_P(SpeculativeEngineTest, ManyRequestsEqualPlainGreedy) {
-  const auto [vocab, seed] = GetParam();
+std::shared_ptr<serve::Request> greedy_request(uint64_t id, std::vector<int32_t> prompt, int max_tokens, bool logprobs) {
+  auto r = std::make_shared<serve::Request>();
+  r->id = id;
+  r->prompt = std::move(prompt);
+  r->sampling.temperature = 0.0;
+  r->sampling.max_tokens = max_tokens;
+  r->sampling.logprobs = logprobs;
+  return r;
+}
+
+serve::SchedulerOptions speculative_options(int depth, int32_t eos, bool prefix_cache) {
+  serve::SchedulerOptions o;
+  o.mtp_depth = depth;
+  o.max_batch_tokens = 12;  // 3 verify chunks of depth 3 leave no room: prompts wait or are chunked
+  o.max_running = 3;
+  o.max_queue = 16;
+  o.kv_budget_bytes = int64_t(1) << 30;
+  o.eos_token_id = eos;
+  o.prefix_cache = prefix_cache;
+  return o;
+}
+
+// One engine under test: submit / start / stop and its speculative counters.
+struct EngineUnderTest {
+  std::function<serve::SubmitResult(std::shared_ptr<serve::Request>)> submit;
+  std::function<void()> stop;
+  std::function<model::SpeculativeStats()> stats;
+  std::function<std::string()> failure;
+};
+
+enum class Kind { kServe, kBatch };
+
+class SpeculativeSchedulerTest : public ::testing::TestWithParam<std::tuple<Kind, int, uint64_t>> {};
+
+TEST_P(SpeculativeSchedulerTest, ManyRequestsEqualPlainGreedy) {
+  const auto [kind, vocab, seed] = GetParam();
   LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(vocab), 3), seed);
   model::Model& m = *lm.model;
   const int32_t eos = int32_t(m.config().eos_token_id);
   for (int depth : {1, 2, 3}) {
+    const serve::SchedulerOptions o = speculative_options(depth, eos, /*prefix_cache=*/false);
     PlanChannel channel(nullptr);
     Driver driver(m, channel);
     driver.set_mtp(lm.mtp.get());
-    SpeculativeEngineOptions o;
-    o.depth = depth;
-    o.max_batch_tokens = 12;  // 3 verify chunks of depth 3 leave no room: prompts wait or are chunked
-    o.max_running = 3;
-    o.max_queue = 16;
-    o.kv_budget_bytes = int64_t(1) << 30;
-    o.eos_token_id = eos;
-    SpeculativeEngine engine(m, driver, o);
-    engine.start();
+    serve::Metrics metrics;
+    std::unique_ptr<serve::Engine> serve_engine;
+    std::unique_ptr<batch::DriverEngine> batch_engine;
+    EngineUnderTest e;
+    if (kind == Kind::kServe) {
+      serve_engine = std::make_unique<serve::Engine>(m, o, &metrics, lm.mtp.get());
+      serve_engine->start();
+      e.submit = [&](auto r) { return serve_engine->scheduler().submit(std::move(r)); };
+      e.stop = [&] { serve_engine->stop(); };
+      e.stats = [&] {
+        model::SpeculativeStats s;
+        s.steps = int64_t(metrics.spec_steps);
+        s.drafted = int64_t(metrics.spec_drafted);
+        s.accepted = int64_t(metrics.spec_accepted);
+        s.emitted = int64_t(metrics.spec_emitted);
+        return s;
+      };
+      e.failure = [&] { return serve_engine->failed() ? serve_engine->failure() : std::string(); };
+    } else {
+      batch_engine = std::make_unique<batch::DriverEngine>(m, driver, o);
+      batch_engine->start();
+      e.submit = [&](auto r) { return batch_engine->submit(std::move(r)); };
+      e.stop = [&] { batch_engine->stop(); };
+      e.stats = [&] { return batch_engine->speculative_stats(); };
+      e.failure = [&] { return batch_engine->failed() ? batch_engine->failure() : std::string(); };
+    }
     std::vector<std::shared_ptr<serve::Request>> reqs;
     for (int i = 0; i < 7; ++i) {
-      auto r = std::make_shared<serve::Request>();
-      r->id = uint64_t(i + 1);
-      r->prompt = model::testing::test_prompt(m.config().vocab_size, 3 + 4 * i, 70 + uint32_t(i));
-      r->sampling.temperature = 0.0;
-      r->sampling.max_tokens = 5 + 3 * i;
-      r->sampling.logprobs = i % 2 == 0;
-      ASSERT_EQ(engine.submit(r).status, 200);
-      reqs.push_back(r);
+      reqs.push_back(greedy_request(uint64_t(i + 1), model::testing::test_prompt(m.config().vocab_size, 3 + 4 * i, 70 + uint32_t(i)),
+                                    5 + 3 * i, i % 2 == 0));
+      ASSERT_EQ(e.submit(reqs.back()).status, 200);
     }
     int64_t total_tokens = 0;
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      std::vector<serve::TokenEvent> events;
-      serve::FinishReason reason = serve::FinishReason::kNone;
-      for (int w = 0; w < 600 && reason == serve::FinishReason::kNone; ++w)
-        reason = reqs[i]->stream->wait(&events, std::chrono::milliseconds(100));
-      std::vector<int32_t> want;
-      std::vector<double> want_lp;
-      plain_reference(m, reqs[i]->prompt, reqs[i]->sampling.max_tokens, eos, &want, &want_lp);
-      EXPECT_EQ(reason, int(want.size()) == reqs[i]->sampling.max_tokens ? serve::FinishReason::kLength
-                                                                            : serve::FinishReason::kEos)
-          << "depth " << depth << ", request " << i;
-      std::vector<int32_t> got;
-      for (const serve::TokenEvent& e : events) got.push_back(e.token);
-      EXPECT_EQ(got, want) << "depth " << depth << ", request " << i;
-      if (reqs[i]->sampling.logprobs && got == want) {
-        for (size_t t = 0; t < events.size(); ++t)
-          EXPECT_NEAR(events[t].logprob, want_lp[t], 1e-5) << "depth " << depth << ", request " << i << ", token " << t;
-      }
-      total_tokens += int64_t(got.size());
-    }
-    engine.stop();
-    const model::SpeculativeStats st = engine.speculative_stats();
-    std::printf("vocab %d seed %llu depth %d: %lld tokens, acceptance rate %.3f, %.2f tokens per verify step (%lld verify steps)\n",
-                vocab, static_cast<unsigned long long>(seed), depth, static_cast<long long>(total_tokens), st.acceptance_rate(), st.tokens_per_step(),
+    for (size_t i = 0; i < reqs.size(); ++i)
+      total_tokens += int64_t(expect_plain_greedy(m, *reqs[i], eos, "depth " + std::to_string(depth) + ", request " +
+                                                                        std::to_string(i)).size());
+    e.stop();
+    const model::SpeculativeStats st = e.stats();
+    std::printf("%s vocab %d seed %llu depth %d: %lld tokens, acceptance rate %.3f, %.2f tokens per verify step (%lld verify steps)\n",
+                kind == Kind::kServe ? "serve" : "batch", vocab, static_cast<unsigned long long>(seed), depth,
+                static_cast<long long>(total_tokens), st.acceptance_rate(), st.tokens_per_step(),
                 static_cast<long long>(st.steps));
     EXPECT_GT(st.accepted, 0) << "no draft accepted: the multi-token path did not run";
     EXPECT_LT(st.accepted, st.drafted);
-    EXPECT_FALSE(engine.failed()) << engine.failure();
+    EXPECT_EQ(st.drafted, st.steps * depth);
+    EXPECT_EQ(e.failure(), "");
   }
 }
 
 // Vocabularies of 6 and 4 tokens, with model seeds where drafts are accepted (up to 3 in a step).
-INSTANTIATE_TEST_SUITE_P(SmallVocabularies, SpeculativeEngineTest,
-                         ::testing::Values(std::make_pair(6, uint64_t(1)), std::make_pair(4, uint64_t(5))));
+INSTANTIATE_TEST_SUITE_P(SmallVocabularies, SpeculativeSchedulerTest,
+                         ::testing::Values(std::make_tuple(Kind::kServe, 6, uint64_t(1)),
+                                           std::make_tuple(Kind::kServe, 4, uint64_t(5)),
+                                           std::make_tuple(Kind::kBatch, 6, uint64_t(1)),
+                                           std::make_tuple(Kind::kBatch, 4, uint64_t(5))));
+
+// Agent turns under `serve --mtp 2`: each turn's prompt extends the previous prompt and its
+// answer, so it starts from a copy of the finished sequence (main and MTP state). The answers
+// equal plain greedy decoding of the full prompts, and the prefix cache was hit.
+TEST(SpeculativeServe, PrefixReuseEqualsPlainGreedy) {
+  LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(6), 3), 1);
+  model::Model& m = *lm.model;
+  const int32_t eos = int32_t(m.config().eos_token_id);
+  serve::Metrics metrics;
+  serve::Engine engine(m, speculative_options(2, eos, /*prefix_cache=*/true), &metrics, lm.mtp.get());
+  engine.start();
+  std::vector<int32_t> prompt = model::testing::test_prompt(m.config().vocab_size, 9, 11);
+  int64_t cached = 0;
+  for (int turn = 0; turn < 4; ++turn) {
+    // One token: the finished state holds exactly the prompt. Longer turns: the state may hold
+    // accepted drafts past the last streamed token, and the next turn reuses what matches.
+    const int max_tokens = turn % 2 == 0 ? 1 : 7;
+    auto req = greedy_request(uint64_t(turn + 1), prompt, max_tokens, false);
+    ASSERT_EQ(engine.scheduler().submit(req).status, 200);
+    const std::vector<int32_t> got = expect_plain_greedy(m, *req, eos, "turn " + std::to_string(turn));
+    cached += req->stream->cached_tokens;
+    std::printf("turn %d: prompt %zu tokens, %lld from the prefix cache, %zu generated\n", turn, req->prompt.size(),
+                static_cast<long long>(req->stream->cached_tokens), got.size());
+    prompt.insert(prompt.end(), got.begin(), got.end());
+    for (int32_t t : model::testing::test_prompt(m.config().vocab_size, 3, 20 + uint32_t(turn))) prompt.push_back(t);
+  }
+  engine.stop();
+  EXPECT_GT(cached, 0) << "no turn reused a cached speculative sequence";
+  EXPECT_GT(int64_t(metrics.prefix_reused_tokens), 0);
+  EXPECT_GT(int64_t(metrics.spec_steps), 0);
+  EXPECT_FALSE(engine.failed()) << engine.failure();
+}
 
 }  // namespace
-}  // namespace v4rt::launch::batch
+}  // namespace v4rt::launch

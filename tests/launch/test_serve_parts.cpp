@@ -16,8 +16,10 @@ namespace {
 StepPlan sample_plan() {
   StepPlan p;
   p.step_idx = 42;
+  p.resolves = {{5, 2}};
   p.copies = {{7, 9}};
-  p.chunks = {{9, 100, 3, 1}, {11, 0, 2, 0}};
+  p.drafts = {{5, 2, 3, 17}};
+  p.chunks = {{9, 100, 3, 1, ChunkKind::kVerify}, {11, 0, 2, 0, ChunkKind::kHidden}};
   p.tokens = {5, 6, 7, 128803, 0};
   p.releases = {3, 4};
   return p;
@@ -28,6 +30,14 @@ TEST(StepPlan, RoundTrip) {
   const std::vector<uint8_t> bytes = serialize_plan(p);
   const StepPlan q = deserialize_plan(bytes);
   EXPECT_EQ(q.step_idx, 42u);
+  ASSERT_EQ(q.resolves.size(), 1u);
+  EXPECT_EQ(q.resolves[0].seq, 5u);
+  EXPECT_EQ(q.resolves[0].accepted, 2);
+  ASSERT_EQ(q.drafts.size(), 1u);
+  EXPECT_EQ(q.drafts[0].seq, 5u);
+  EXPECT_EQ(q.drafts[0].level, 2);
+  EXPECT_EQ(q.drafts[0].depth, 3);
+  EXPECT_EQ(q.drafts[0].token, 17);
   ASSERT_EQ(q.copies.size(), 1u);
   EXPECT_EQ(q.copies[0].src, 7u);
   EXPECT_EQ(q.copies[0].dst, 9u);
@@ -37,6 +47,8 @@ TEST(StepPlan, RoundTrip) {
   EXPECT_EQ(q.chunks[0].num_tokens, 3);
   EXPECT_EQ(q.chunks[0].want_logits, 1);
   EXPECT_EQ(q.chunks[1].want_logits, 0);
+  EXPECT_EQ(q.chunks[0].kind, ChunkKind::kVerify);
+  EXPECT_EQ(q.chunks[1].kind, ChunkKind::kHidden);
   EXPECT_EQ(q.tokens, p.tokens);
   EXPECT_EQ(q.releases, p.releases);
   EXPECT_EQ(q.shutdown, 0);
@@ -53,6 +65,18 @@ TEST(StepPlan, RejectsTruncatedAndInconsistent) {
   EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
   bytes.push_back(0);
   EXPECT_THROW(deserialize_plan(bytes), v4rt::Error);
+  bad = sample_plan();
+  bad.chunks[0].want_logits = 0;  // a verify chunk always returns its logits
+  EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
+  bad = sample_plan();
+  bad.chunks[1].kind = ChunkKind(3);
+  EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
+  bad = sample_plan();
+  bad.drafts[0].level = 4;  // beyond its depth of 3
+  EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
+  bad = sample_plan();
+  bad.resolves[0].accepted = -1;
+  EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
 }
 
 TEST(PrefixCache, LongestProperPrefixAndLru) {

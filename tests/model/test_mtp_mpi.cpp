@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "tests/model/test_mtp_util.h"
+#include "tests/mpi_env.h"
 
 namespace v4rt::model {
 namespace {
@@ -59,10 +60,7 @@ struct Layout {
 class MtpMpi : public ::testing::Test {
  protected:
   void SetUp() override {
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_pml", "ob1", 1);
-    setenv("OMPI_MCA_btl", "self,vader,tcp", 1);
+    v4rt::testing::set_mpirun_env();
     ASSERT_TRUE(std::filesystem::exists(kV4rt)) << kV4rt;
   }
 

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Helpers shared by the model tests: temporary directories, whole-file I/O, running a command
-// with its output captured, and an independent
-// safetensors header reader/rewriter (nlohmann::json directly, not model/safetensors) used to
-// inspect golden files and to build corrupt checkpoints.
+// Helpers shared by the model tests (and the plan command's tests): temporary directories,
+// whole-file I/O, running a command with its stdout and stderr captured apart or merged, and an
+// independent safetensors header reader/rewriter (nlohmann::json directly, not
+// model/safetensors) used to inspect golden files and to build corrupt checkpoints.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -65,14 +65,19 @@ struct CmdResult {
   std::string out, err;
 };
 
+// Where run_shell puts the command's stderr: apart (CmdResult::err), or into CmdResult::out
+// interleaved with stdout in the order written (CmdResult::err then stays empty).
+enum class Stderr { kSeparate, kMerged };
+
 // Runs `cmd` through the shell, stdout and stderr captured in files under `tmp`.
-inline CmdResult run_shell(const std::string& cmd, const TempDir& tmp) {
+inline CmdResult run_shell(const std::string& cmd, const TempDir& tmp, Stderr stderr_to = Stderr::kSeparate) {
   const std::string out = tmp / "stdout.txt", err = tmp / "stderr.txt";
-  const int status = std::system((cmd + " >" + out + " 2>" + err).c_str());
+  const std::string redirect = stderr_to == Stderr::kMerged ? " >" + out + " 2>&1" : " >" + out + " 2>" + err;
+  const int status = std::system((cmd + redirect).c_str());
   CmdResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r.out = read_text(out);
-  r.err = read_text(err);
+  if (stderr_to == Stderr::kSeparate) r.err = read_text(err);
   return r;
 }
 

@@ -2,38 +2,29 @@
 // `v4rt plan` end to end: runs the built binary and checks what it prints.
 #include <gtest/gtest.h>
 
-#include <array>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <string>
-#include <sys/wait.h>
+
+#include "tests/model/test_util.h"
 
 namespace {
 
-struct CmdResult {
-  int status = -1;
-  std::string out;
-};
+using v4rt::model::testing::CmdResult;
+using v4rt::model::testing::Stderr;
 
+// `v4rt <args>`: its exit code and its stdout and stderr interleaved as written (errors go to
+// stderr, results to stdout).
 CmdResult run_v4rt(const std::string& args) {
-  CmdResult r;
-  const std::string cmd = std::string(V4RT_EXE) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(pipe);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  const v4rt::model::testing::TempDir tmp;
+  return v4rt::model::testing::run_shell(std::string(V4RT_EXE) + " " + args, tmp, Stderr::kMerged);
 }
 
 TEST(PlanCli, ProOneMillionOn2x8H200ShowsSpAndTpReplicatedRows) {
   const CmdResult r = run_v4rt("plan --model pro --nodes 2 --gpus-per-node 8 --gpu h200 --context 1048576");
-  ASSERT_EQ(r.status, 0) << r.out;
+  ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("recommended: tp="), std::string::npos) << r.out;
   // Both rows of the comparison for 8 GPUs per sequence, each with a count of 1M-token sequences.
   const std::regex sp_row(R"(\n\s+8\s+sp-partitioned\s+tp=\d+ sp=(\d+) ep=\d+ dp=\d+\s+[0-9.]+ GiB\s+(\d+))");
@@ -53,20 +44,20 @@ TEST(PlanCli, ProOneMillionOn2x8H200ShowsSpAndTpReplicatedRows) {
 TEST(PlanCli, GivenInvalidLayoutPrintsReasonAndFails) {
   const CmdResult r = run_v4rt("plan --model flash --nodes 1 --gpus-per-node 8 --gpu h200 --context 65536 "
                     "--layout 8,1,6,1");
-  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("n_routed_experts 256 % ep 6 != 0"), std::string::npos) << r.out;
   const CmdResult bad = run_v4rt("plan --model nosuch --gpu h200");
-  EXPECT_EQ(bad.status, 1);
+  EXPECT_EQ(bad.code, 1);
   EXPECT_NE(bad.out.find("--model 'nosuch'"), std::string::npos) << bad.out;
   const CmdResult gpu = run_v4rt("plan --model flash --gpu a100");
-  EXPECT_EQ(gpu.status, 1);
+  EXPECT_EQ(gpu.code, 1);
   EXPECT_NE(gpu.out.find("unknown GPU 'a100'"), std::string::npos) << gpu.out;
 }
 
 TEST(PlanCli, CsvAndValidate) {
   const CmdResult csv = run_v4rt("plan --model flash --nodes 1 --gpus-per-node 8 --gpu h200 --context 65536 "
                       "--batch 8 --layout 8,1,8,1 --csv");
-  ASSERT_EQ(csv.status, 0) << csv.out;
+  ASSERT_EQ(csv.code, 0) << csv.out;
   ASSERT_EQ(csv.out.rfind("source,model,gpu,", 0), 0u) << csv.out;
   const size_t nl = csv.out.find('\n');
   const std::string row = csv.out.substr(nl + 1, csv.out.find('\n', nl + 1) - nl - 1);
@@ -86,7 +77,7 @@ TEST(PlanCli, CsvAndValidate) {
     f << "measured,flash,h200,1,8,8,1,8,1,65536,8,compact," << 2 * predicted_ms << ",,batched,split\n";
   }
   const CmdResult v = run_v4rt("plan --validate " + path);
-  ASSERT_EQ(v.status, 0) << v.out;
+  ASSERT_EQ(v.code, 0) << v.out;
   EXPECT_NE(v.out.find("-50.0%"), std::string::npos) << v.out;
   EXPECT_NE(v.out.find("over 1 point(s)"), std::string::npos) << v.out;
   std::filesystem::remove(path);
@@ -100,7 +91,7 @@ TEST(PlanCli, ValidateGpuPointsFitOnFlashBatch1) {
   const std::string points = std::string(V4RT_SOURCE_DIR) + "/scripts/scaling/data/h200_performance_md.csv";
   const std::string yaml = (std::filesystem::temp_directory_path() / "v4rt_plan_fit.yaml").string();
   const CmdResult fit = run_v4rt("plan validate --points " + points + " --fit-on model=flash,batch=1 --write-calibration " + yaml);
-  ASSERT_EQ(fit.status, 0) << fit.out;
+  ASSERT_EQ(fit.code, 0) << fit.out;
   EXPECT_NE(fit.out.find("fit point: flash L2 b1 ctx1048576 h200 1x1 tp1 sp1 ep1 dp1 f32 sequential"), std::string::npos)
       << fit.out;
   EXPECT_NE(fit.out.find("validation: 2 point(s), 2 PASS, 0 FAIL at +-25%"), std::string::npos) << fit.out;
@@ -109,12 +100,12 @@ TEST(PlanCli, ValidateGpuPointsFitOnFlashBatch1) {
   ASSERT_TRUE(std::regex_search(fit.out, m, pro)) << fit.out;
   EXPECT_LE(std::fabs(std::stod(m[2])), 25.0);
   const CmdResult again = run_v4rt("plan validate --points " + points + " --calibration " + yaml);
-  ASSERT_EQ(again.status, 0) << again.out;
+  ASSERT_EQ(again.code, 0) << again.out;
   EXPECT_NE(again.out.find("(fit)   flash L2 b1"), std::string::npos) << again.out;
   EXPECT_NE(again.out.find("calibration: 1 point(s) used to fit the constants, not counted above"), std::string::npos);
   // A filter that matches nothing is an error, not an empty fit.
   const CmdResult none = run_v4rt("plan validate --points " + points + " --fit-on model=tiny");
-  EXPECT_EQ(none.status, 1) << none.out;
+  EXPECT_EQ(none.code, 1) << none.out;
   EXPECT_NE(none.out.find("no measured point matches the fit filter"), std::string::npos) << none.out;
   std::filesystem::remove(yaml);
 }
