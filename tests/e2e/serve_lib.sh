@@ -3,8 +3,9 @@
 #   e2e_prepare <v4rt> <work dir>        tiny model + `openai` npm package in the work dir (exit 77
 #                                        when npm cannot install it), the .cjs scripts copied there
 #   e2e_config <file> [parallel line]    a runtime YAML for the tiny model (test hook on)
-#   e2e_start <np> <config> <tag>        starts the server (np > 1: under mpirun); sets SERVER_PID
-#                                        (the launcher), SERVER_PORT, BASE_URL; logs in <work>/<tag>.*
+#   e2e_start <np> <config> <tag>        starts the server (np > 1: under mpirun) with the extra
+#                                        arguments of $E2E_SERVE_ARGS; sets SERVER_PID (the
+#                                        launcher), SERVER_PORT, BASE_URL; logs in <work>/<tag>.*
 #   e2e_stop                             SIGTERM to the server (under mpirun: to rank 0 alone, which
 #                                        must end the whole job), waits at most 15 s, then SIGKILL;
 #                                        returns the exit status
@@ -55,10 +56,12 @@ e2e_start() {
   local np=$1 config=$2 tag=$3
   rm -f "$WORK/$tag.port"
   if [ "$np" -gt 1 ]; then
-    mpirun -np "$np" --oversubscribe "$V4RT" serve --config "$config" --port-file "$WORK/$tag.port" \
+    # shellcheck disable=SC2086
+    mpirun -np "$np" --oversubscribe "$V4RT" serve --config "$config" --port-file "$WORK/$tag.port" ${E2E_SERVE_ARGS:-} \
       >"$WORK/$tag.out" 2>"$WORK/$tag.err" &
   else
-    "$V4RT" serve --config "$config" --port-file "$WORK/$tag.port" >"$WORK/$tag.out" 2>"$WORK/$tag.err" &
+    # shellcheck disable=SC2086
+    "$V4RT" serve --config "$config" --port-file "$WORK/$tag.port" ${E2E_SERVE_ARGS:-} >"$WORK/$tag.out" 2>"$WORK/$tag.err" &
   fi
   SERVER_PID=$!
   SERVER_NP=$np
