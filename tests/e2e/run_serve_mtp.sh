@@ -5,7 +5,8 @@
 # Writes the embedded tiny model with an MTP block, records greedy answers from a one-rank server
 # without drafting, then checks that a one-rank server with --mtp 2 and (np > 1) an np-rank server
 # under mpirun with --mtp 2 and the configs/tp<np>.yaml layout give the same tokens, and that their
-# /metrics report the verify steps (tests/e2e/serve_mtp.cjs). Exit code 77 when npm is missing.
+# /metrics report the verify steps (tests/e2e/serve_mtp.cjs). LAYOUT=sp or ep picks configs/sp<np>.yaml
+# or ep<np>.yaml instead. Exit code 77 when npm is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 NP=${3:-2}
@@ -26,7 +27,7 @@ BASE_URL=$BASE_URL API_KEY=$API_KEY REF_IN="$WORK/mtp_ref.json" EXPECT_DEPTH=2 t
 e2e_stop || { echo "FAILED: the --mtp server did not exit cleanly"; exit 1; }
 
 if [ "$NP" -gt 1 ]; then
-  e2e_config "$WORK/mtp_np$NP.yaml" "$(grep '^parallel:' "$HERE/../../configs/tp$NP.yaml")"
+  e2e_config "$WORK/mtp_np$NP.yaml" "$(grep '^parallel:' "$HERE/../../configs/${LAYOUT:-tp}$NP.yaml")"
   sed -i "s|^model: .*|model: $WORK/mtp/tiny|" "$WORK/mtp_np$NP.yaml"
   E2E_SERVE_ARGS="--mtp 2" e2e_start "$NP" "$WORK/mtp_np$NP.yaml" "mtp_np$NP"
   BASE_URL=$BASE_URL API_KEY=$API_KEY EXPECT_RANKS=$NP REF_IN="$WORK/mtp_ref.json" EXPECT_DEPTH=2 \
