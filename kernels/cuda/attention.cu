@@ -45,6 +45,36 @@ struct AttnArgs {
   float* part_ml;   // [n, nh, num_splits, 2] running max, denominator
 };
 
+// Candidates of query token t (absolute position pos_begin + t): the window rows
+// [first, pos], then the compressed entries (the selected list, or every entry complete at pos),
+// of which split `split` takes the whole tiles [split * tiles_per_split, ...) as [cand0, ncand).
+struct CandRange {
+  int64_t first, nwin, cand0, ncand;
+};
+
+__device__ __forceinline__ CandRange candidate_range(const AttnArgs& a, int64_t t, int64_t split) {
+  CandRange r;
+  const int64_t pos = a.pos_begin + t;
+  r.first = pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+  r.nwin = pos - r.first + 1;
+  int64_t ncomp = 0;
+  if (a.has_list) ncomp = a.num_list;
+  else if (a.comp_ratio > 0) ncomp = min(a.num_comp, (pos + 1) / a.comp_ratio);
+  r.cand0 = split * a.tiles_per_split * kTile;
+  r.ncand = min(r.nwin + ncomp, r.cand0 + int64_t(a.tiles_per_split) * kTile);
+  return r;
+}
+
+// Where candidate c of token t lives: >= 0 a window row, <= -2 compressed entry -code-2, -1 none.
+__device__ __forceinline__ int64_t candidate_code(const AttnArgs& a, const CandRange& r, int64_t t, int64_t c) {
+  if (c < r.nwin) {
+    const int64_t row = r.first + c - a.window_pos0;
+    return (row >= 0 && row < a.num_window_rows) ? row : -1;
+  }
+  const int64_t j = a.has_list ? a.comp_idx[t * a.idx_stride + (c - r.nwin)] : c - r.nwin;
+  return (j >= 0 && j < a.num_comp) ? -(j + 2) : -1;
+}
+
 __global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(AttnArgs a) {
   extern __shared__ float kv[];  // [kTile][dim]
   __shared__ int64_t codes[kTile];  // >= 0: window row; <= -2: compressed entry -code-2; -1: none
@@ -53,15 +83,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(A
   const int h = a.h_begin + int(blockIdx.y) * kHeadsPerBlock + warp;
   const bool active = h < a.h_end;
   const int dim = a.dim, per_lane = dim / 32;
-  const int64_t pos = a.pos_begin + t;
-  const int64_t first = pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
-  const int64_t nwin = pos - first + 1;
-  int64_t ncomp = 0;
-  if (a.has_list) ncomp = a.num_list;
-  else if (a.comp_ratio > 0) ncomp = min(a.num_comp, (pos + 1) / a.comp_ratio);
-  const int64_t ncand_all = nwin + ncomp;
-  const int64_t cand0 = int64_t(blockIdx.z) * a.tiles_per_split * kTile;
-  const int64_t ncand = min(ncand_all, cand0 + int64_t(a.tiles_per_split) * kTile);
+  const CandRange r = candidate_range(a, t, blockIdx.z);
 
   float qv[kMaxPerLane], acc[kMaxPerLane];
 #pragma unroll
@@ -71,21 +93,13 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(A
   }
   float m = -INFINITY, den = 0.f;
 
-  for (int64_t tile0 = cand0; tile0 < ncand; tile0 += kTile) {
-    const int cnt = int(min(int64_t(kTile), ncand - tile0));
+  for (int64_t tile0 = r.cand0; tile0 < r.ncand; tile0 += kTile) {
+    const int cnt = int(min(int64_t(kTile), r.ncand - tile0));
     __syncthreads();
     if (threadIdx.x < kTile) {
       const int64_t c = tile0 + threadIdx.x;
       int64_t code = -1;
-      if (int(threadIdx.x) < cnt) {
-        if (c < nwin) {
-          const int64_t row = first + c - a.window_pos0;
-          code = (row >= 0 && row < a.num_window_rows) ? row : -1;
-        } else {
-          const int64_t j = a.has_list ? a.comp_idx[t * a.idx_stride + (c - nwin)] : c - nwin;
-          code = (j >= 0 && j < a.num_comp) ? -(j + 2) : -1;
-        }
-      }
+      if (int(threadIdx.x) < cnt) code = candidate_code(a, r, t, c);
       codes[threadIdx.x] = code;
     }
     __syncthreads();
@@ -173,15 +187,7 @@ __global__ void __launch_bounds__(256) sparse_attention_mqa_kernel(AttnArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t t = blockIdx.z;
   const int hb0 = a.h_begin + int(blockIdx.y) * kMqaHeads;  // first head of the block
-  const int64_t pos = a.pos_begin + t;
-  const int64_t first = pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
-  const int64_t nwin = pos - first + 1;
-  int64_t ncomp = 0;
-  if (a.has_list) ncomp = a.num_list;
-  else if (a.comp_ratio > 0) ncomp = min(a.num_comp, (pos + 1) / a.comp_ratio);
-  const int64_t ncand_all = nwin + ncomp;
-  const int64_t cand0 = int64_t(blockIdx.x) * a.tiles_per_split * kTile;
-  const int64_t ncand = min(ncand_all, cand0 + int64_t(a.tiles_per_split) * kTile);
+  const CandRange r = candidate_range(a, t, blockIdx.x);
   const int d4 = dim / 4, nj = dim / 128;
 
   for (int i = tid; i < kMqaHeads * d4; i += blockDim.x) {
@@ -202,21 +208,13 @@ __global__ void __launch_bounds__(256) sparse_attention_mqa_kernel(AttnArgs a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-  for (int64_t tile0 = cand0; tile0 < ncand; tile0 += kTile) {
-    const int cnt = int(min(int64_t(kTile), ncand - tile0));
+  for (int64_t tile0 = r.cand0; tile0 < r.ncand; tile0 += kTile) {
+    const int cnt = int(min(int64_t(kTile), r.ncand - tile0));
     __syncthreads();
     if (tid < kTile) {
       const int64_t c = tile0 + tid;
       int64_t code = -1;
-      if (tid < cnt) {
-        if (c < nwin) {
-          const int64_t row = first + c - a.window_pos0;
-          code = (row >= 0 && row < a.num_window_rows) ? row : -1;
-        } else {
-          const int64_t j = a.has_list ? a.comp_idx[t * a.idx_stride + (c - nwin)] : c - nwin;
-          code = (j >= 0 && j < a.num_comp) ? -(j + 2) : -1;
-        }
-      }
+      if (tid < cnt) code = candidate_code(a, r, t, c);
       codes[tid] = code;
     }
     __syncthreads();

@@ -8,15 +8,20 @@
 #   mkdir -p .devdeps && (cd .devdeps && apt-get download libgoogle-glog-dev libgoogle-glog0v6 \
 #     libgflags-dev libgflags2.2 libunwind-dev libunwind8 libcli11-dev libpcre2-dev libpcre2-8-0 \
 #     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 pkgconf pkgconf-bin libpkgconf3 libcpp-httplib-dev \
-#     libcpp-httplib0.11)
-# On the device (repository root):  scripts/device/run.sh [all|test|nccl|sanitize|bench|golden|step]...
+#     libcpp-httplib0.11 libssl-dev zlib1g-dev libbrotli-dev libbrotli1)
+#   (the last four: the headers httplib.h includes under the CPPHTTPLIB_*_SUPPORT defines of Debian's
+#   cpp-httplib.pc, and the Brotli runtime libcpp-httplib.so links; see scripts/device/devdeps.sh.
+#   Rename any downloaded name holding '%3a' (an epoch) to drop it: zlib1g-dev_1.2.13.dfsg-1_amd64.deb.)
+# On the device (repository root):
+#   scripts/device/run.sh [all|test|nccl|sanitize|bench|golden|step|mtp]...
 # Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc),
 # TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default .golden, a copy of
 # shared/golden made on the development machine: mkdir -p .golden && cp -r ../shared/golden/tiny-a
 # .golden/ && echo /.golden/ >> .git/info/exclude, carried with `carry: [".devdeps", ".golden"]`),
 # STEP_ARGS (extra `v4rt bench step` runs, ';'-separated argument lists; each may hold comma lists
 # of --batch / --context), STEP_CSV (a CSV file every step run appends its per-op rows to),
-# TEST_FILTER (gtest filter of the device op tests, default all).
+# TEST_FILTER (gtest filter of the device op tests, default all), MTP_ARGS / MTP_LAYERS / MTP_MODEL
+# (the `mtp` step: `v4rt bench mtp` on a Flash slice with its MTP layer; see scripts/device/mtp.sh).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}
@@ -27,22 +32,14 @@ mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0  # never NVLink multicast on the shared machines
 
 # --- dependencies ------------------------------------------------------------------------------
-DD=/opt/devdeps
-mkdir -p $DD
-for f in .devdeps/*.deb; do dpkg -x "$f" $DD; done
-mkdir -p /usr/share/glog && cp -r $DD/usr/share/glog/cmake /usr/share/glog/ 2>/dev/null
-export LD_LIBRARY_PATH=$DD/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-if ! command -v pkg-config >/dev/null; then export PATH=$DD/usr/bin:$PATH; fi
-for pc in $DD/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc; do sed -i "s|^prefix=.*|prefix=$DD/usr|" "$pc"; done
-# cpp-httplib's private requirements (openssl, zlib, brotli .pc files) need not exist for a shared link.
-[[ -f $DD/usr/lib/x86_64-linux-gnu/pkgconfig/cpp-httplib.pc ]] && sed -i '/^Requires.private/d' $DD/usr/lib/x86_64-linux-gnu/pkgconfig/cpp-httplib.pc
-export PKG_CONFIG_PATH=$DD/usr/lib/x86_64-linux-gnu/pkgconfig:${PKG_CONFIG_PATH:-}
+# shellcheck source=scripts/device/devdeps.sh
+source scripts/device/devdeps.sh  # sets DD, LD_LIBRARY_PATH, PKG_CONFIG_PATH
 
 { nvidia-smi; nvcc --version; cmake --version | head -1; } > "$OUT/machine.txt" 2>&1
 
 # --- configure + build ---------------------------------------------------------------------------
 if [[ -z "${TARGETS:-}" ]]; then
-  TARGETS="test_cuda_kernels bench_cuda test_gpu_golden bench_step"
+  TARGETS="test_cuda_kernels bench_cuda test_gpu_golden bench_step v4rt"
   [[ -f tests/cuda/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
 fi
 t0=$(date +%s)
@@ -108,5 +105,8 @@ if want step && has bench_step; then
   echo "=== v4rt bench indexer" >> "$OUT/step.log"
   timeout 120 "$BUILD/tests/cuda/bench_step" bench indexer --backend cuda >> "$OUT/step.log" 2>&1 || rc=1
   grep -vE "^\s*$" "$OUT/step.log" | grep -vE "^  (rms_norm|rope|qdq|copy|add|swiglu|fill|embedding|hadamard|compressor)" | tail -150
+fi
+if want mtp && has v4rt; then
+  bash scripts/device/mtp.sh "$BUILD/launch/v4rt" "$OUT/mtp.log" || rc=1  # MTP_* settings: see mtp.sh
 fi
 exit $rc

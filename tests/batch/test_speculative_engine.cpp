@@ -194,5 +194,34 @@ TEST(SpeculativeServe, PrefixReuseEqualsPlainGreedy) {
   EXPECT_FALSE(engine.failed()) << engine.failure();
 }
 
+// Forced output (the server's test hook) under `--mtp 2`, next to a greedy request: the forced
+// sequence decodes with ordinary chunks that still feed its MTP block, the greedy one speculatively.
+TEST(SpeculativeServe, ForcedOutputBesideSpeculativeRequests) {
+  LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(6), 3), 1);
+  model::Model& m = *lm.model;
+  const int32_t eos = int32_t(m.config().eos_token_id);
+  serve::Metrics metrics;
+  serve::Engine engine(m, speculative_options(2, eos, /*prefix_cache=*/false), &metrics, lm.mtp.get());
+  engine.start();
+  auto forced = greedy_request(1, model::testing::test_prompt(m.config().vocab_size, 5, 3), 10, false);
+  forced->sampling.forced = true;
+  forced->sampling.forced_tokens = {3, 4, 5, 2};
+  auto greedy = greedy_request(2, model::testing::test_prompt(m.config().vocab_size, 7, 4), 12, true);
+  ASSERT_EQ(engine.scheduler().submit(forced).status, 200);
+  ASSERT_EQ(engine.scheduler().submit(greedy).status, 200);
+  std::vector<serve::TokenEvent> events;
+  serve::FinishReason reason = serve::FinishReason::kNone;
+  for (int w = 0; w < 600 && reason == serve::FinishReason::kNone; ++w)
+    reason = forced->stream->wait(&events, std::chrono::milliseconds(100));
+  std::vector<int32_t> got;
+  for (const serve::TokenEvent& e : events) got.push_back(e.token);
+  EXPECT_EQ(got, forced->sampling.forced_tokens);
+  EXPECT_EQ(reason, serve::FinishReason::kEos);
+  expect_plain_greedy(m, *greedy, eos, "greedy beside forced");
+  engine.stop();
+  EXPECT_GT(int64_t(metrics.spec_steps), 0);
+  EXPECT_FALSE(engine.failed()) << engine.failure();
+}
+
 }  // namespace
 }  // namespace v4rt::launch

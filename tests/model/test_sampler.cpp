@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -113,6 +114,38 @@ TEST(Sampler, SeededDrawsUnchanged) {
     }
   }
   EXPECT_EQ(compared, 4 * 4 * 3 * 50);
+}
+
+// Vocabulary-sized logits take the radix-sort path of the nucleus order: the draws and the order
+// must equal the comparison-sort reference exactly, with ties (repeated logits) and with weights
+// that underflow to 0 (temperature 0.02 over logits of spread 2: many equal zero keys).
+TEST(Sampler, VocabularySizedDrawsUnchanged) {
+  std::mt19937_64 gen(7);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> logits(129280);
+  for (float& v : logits) v = normal(gen);
+  for (size_t i = 0; i < logits.size(); i += 97) logits[i + 1 < logits.size() ? i + 1 : i] = logits[i];  // ties
+  double sort_s = 0.0;
+  int draws = 0;
+  for (double temp : {1.0, 0.7, 0.02}) {
+    for (double top_p : {1.0, 0.9}) {
+      Sampler s({temp, top_p, 42});
+      std::mt19937_64 rng(42);
+      for (int i = 0; i < 4; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const int32_t got = s.sample(logits);
+        sort_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ++draws;
+        ASSERT_EQ(got, reference_sample(logits, temp, top_p, rng)) << "temperature " << temp << ", top_p " << top_p;
+      }
+      const std::vector<double> w = sampling_weights(logits, temp);
+      std::vector<int32_t> want(w.size());
+      std::iota(want.begin(), want.end(), 0);
+      std::stable_sort(want.begin(), want.end(), [&](int32_t a, int32_t b) { return w[size_t(a)] > w[size_t(b)]; });
+      ASSERT_EQ(nucleus_of(w, top_p).order, want) << "temperature " << temp;
+    }
+  }
+  std::printf("Sampler::sample over %zu logits: %.2f ms per draw\n", logits.size(), 1e3 * sort_s / draws);
 }
 
 TEST(SamplerPieces, DistributionAndNucleus) {
