@@ -21,16 +21,20 @@ cmake --preset cpu-asan -DV4RT_FUZZ_SECONDS="${V4RT_FUZZ_SECONDS:-5}" >/dev/null
 # _throughput drive `v4rt batch` over many requests: > 5 min; test_mtp, _sampling, _embedded, _cli,
 # test_batched_step and test_batch_mtp: 3-10 min each); test_http_server runs without its two
 # generation-heavy cases (model load, bad requests, auth, cancellation and queue limits are kept);
-# test_speculative_engine keeps speculative decoding (drafts, verify, rollback) under ASan.
+# test_speculative_engine runs its 4-token-vocabulary cases through both engines, prefix reuse and
+# forced output (speculative scheduling, drafts, verify, rollback, state copies: 150 s under ASan;
+# the 6-token cases add about 200 s).
 # test_batch_parts (journal framing, torn tails, input validation; no model) runs in full. All of
 # them run in full in the ordinary build. V4RT_ASAN_EXCLUDE overrides the list (a ctest -E regex).
-SLOW=${V4RT_ASAN_EXCLUDE:-'test_prefix_reuse|test_http_server|test_batch_(composition|resume|throughput|mtp)|test_mtp|test_batched_step'}
+SLOW=${V4RT_ASAN_EXCLUDE:-'test_prefix_reuse|test_http_server|test_speculative_engine|test_batch_(composition|resume|throughput|mtp)|test_mtp|test_batched_step'}
 # Test names are target names for unit tests; fuzz_<t>_smoke runs target fuzz_<t>. The CLI tests
-# also need the v4rt executable. Left-out suites are not built (test_http_server is: its subset runs).
+# also need the v4rt executable. Left-out suites are not built (the two with a subset below are).
 mapfile -t tests < <(ctest --test-dir "$BUILD" -N -L 'unit|fuzz' 2>/dev/null | sed -n 's/^ *Test *#[0-9]*: //p')
 targets=(v4rt)
 for t in "${tests[@]}"; do
-  if [[ $t == test_http_server ]] || ! grep -Eq "$SLOW" <<<"$t"; then targets+=("${t%_smoke}"); fi
+  if [[ $t == test_http_server || $t == test_speculative_engine ]] || ! grep -Eq "$SLOW" <<<"$t"; then
+    targets+=("${t%_smoke}")
+  fi
 done
 cmake --build "$BUILD" -j "$JOBS" --target "${targets[@]}"
 built=$(date +%s)
@@ -51,6 +55,11 @@ if [[ -x "$BUILD/tests/launch/test_http_server" ]]; then
   echo "test_http_server (ASan subset)"
   (cd "$BUILD/tests/launch" && timeout 300 ./test_http_server \
       --gtest_filter='-*StreamedAndNonStreamed*:*ForcedToolCall*') || rc=1
+fi
+if [[ -x "$BUILD/tests/batch/test_speculative_engine" ]]; then
+  echo "test_speculative_engine (ASan subset)"
+  (cd "$BUILD/tests/batch" && timeout 400 ./test_speculative_engine \
+      --gtest_filter='*SpeculativeSchedulerTest*/1:*SpeculativeSchedulerTest*/3:SpeculativeServe.*') || rc=1
 fi
 end=$(date +%s)
 shopt -s nullglob
