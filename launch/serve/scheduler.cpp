@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "common/check.h"
+#include "common/parallel_for.h"
 #include <glog/logging.h>
 
 namespace v4rt::launch::serve {
@@ -345,17 +346,12 @@ bool Scheduler::next_plan(StepPlan* plan, std::chrono::milliseconds wait) {
   }
 }
 
-void Scheduler::sample_locked(Running& r, std::span<const float> logits) {
+int32_t Scheduler::decide(Running& r, std::span<const float> logits) const {
   const SamplingParams& sp = r.req->sampling;
-  int32_t next;
   if (sp.forced) {
-    next = r.generated < int(sp.forced_tokens.size()) ? sp.forced_tokens[size_t(r.generated)] : options_.eos_token_id;
-  } else if (r.spec) {
-    next = r.spec->sample(logits);
-  } else {
-    next = r.sampler.sample(logits);
+    return r.generated < int(sp.forced_tokens.size()) ? sp.forced_tokens[size_t(r.generated)] : options_.eos_token_id;
   }
-  emit_locked(r, next, logits, /*fed_already=*/false);
+  return r.spec ? r.spec->sample(logits) : r.sampler.sample(logits);
 }
 
 bool Scheduler::emit_locked(Running& r, int32_t token, std::span<const float> logits, bool fed_already) {
@@ -397,26 +393,30 @@ void Scheduler::complete_drafts_locked(const StepPlan& plan, const std::vector<s
   }
 }
 
-void Scheduler::complete_verify_locked(Running& r, const PlanChunk& c, std::span<const float> logits) {
-  auto t = std::find_if(turns_.begin(), turns_.end(), [&](const Turn& x) { return x.seq == r.seq; });
-  CHECK(t != turns_.end()) << "verify chunk of sequence " << r.seq << " outside its step";
+const Scheduler::Turn& Scheduler::turn_of(SeqId seq) const {
+  auto t = std::find_if(turns_.begin(), turns_.end(), [&](const Turn& x) { return x.seq == seq; });
+  CHECK(t != turns_.end()) << "verify chunk of sequence " << seq << " outside its step";
+  return *t;
+}
+
+void Scheduler::apply_verdict_locked(Running& r, const model::SpeculativeSampler::Verdict& v,
+                                     std::span<const float> logits) {
+  const Turn& t = turn_of(r.seq);
   const size_t vocab = size_t(config_.vocab_size);
-  CHECK_EQ(logits.size(), size_t(c.num_tokens) * vocab) << "verify logits of sequence " << r.seq;
-  const model::SpeculativeSampler::Verdict v = r.spec->verify(logits, t->drafts);
   pending_resolves_.push_back({r.seq, v.accepted});
   metrics_->spec_steps += 1;
-  metrics_->spec_drafted += t->drafts.size();
+  metrics_->spec_drafted += t.drafts.size();
   metrics_->spec_accepted += uint64_t(v.accepted);
   metrics_->spec_emitted += uint64_t(v.accepted) + 1;
   // The state holds [next, d1..d_accepted] once the verdict is applied (with the next plan).
   r.fed += 1 + v.accepted;
-  r.tokens.insert(r.tokens.end(), t->drafts.begin(), t->drafts.begin() + v.accepted);
+  r.tokens.insert(r.tokens.end(), t.drafts.begin(), t.drafts.begin() + v.accepted);
   if (r.req->stream->cancelled()) {
     finish_locked(r, FinishReason::kCancelled, nullptr);
     return;
   }
   for (int j = 0; j < v.accepted; ++j)
-    if (!emit_locked(r, t->drafts[size_t(j)], logits.subspan(size_t(j) * vocab, vocab), true)) return;
+    if (!emit_locked(r, t.drafts[size_t(j)], logits.subspan(size_t(j) * vocab, vocab), true)) return;
   emit_locked(r, v.next, logits.subspan(size_t(v.accepted) * vocab, vocab), false);
 }
 
@@ -429,6 +429,17 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
   }
   std::map<SeqId, Running*> by_seq;
   for (auto& r : running_) by_seq[r->seq] = r.get();
+  // The sequences that decide tokens from this step's logits, in chunk order. The decisions
+  // (sampling, speculative verdicts; each sequence has its own sampler) run in parallel, their
+  // effects (streams, finishes, the prefix cache) in chunk order.
+  struct Decision {
+    Running* r = nullptr;
+    std::span<const float> logits;
+    bool verify = false;
+    int32_t token = 0;
+    model::SpeculativeSampler::Verdict verdict;
+  };
+  std::vector<Decision> decisions;
   int64_t prefill = 0;
   bool verified = false;
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
@@ -439,7 +450,8 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     r.in_plan = false;
     if (c.kind == ChunkKind::kVerify) {
       CHECK_LT(i, logits.size());
-      complete_verify_locked(r, c, logits[i]);
+      CHECK_EQ(logits[i].size(), size_t(c.num_tokens) * size_t(config_.vocab_size)) << "verify logits of sequence " << c.seq;
+      decisions.push_back({&r, logits[i], true, 0, {}});
       verified = true;
       continue;
     }
@@ -452,7 +464,22 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
       finish_locked(r, FinishReason::kCancelled, nullptr);
       continue;
     }
-    sample_locked(r, logits[i]);
+    decisions.push_back({&r, logits[i], false, 0, {}});
+  }
+  parallel_for(decisions.size(), [&](size_t k) {
+    Decision& d = decisions[k];
+    if (d.verify) {
+      d.verdict = d.r->spec->verify(d.logits, turn_of(d.r->seq).drafts);
+    } else {
+      d.token = decide(*d.r, d.logits);
+    }
+  });
+  for (Decision& d : decisions) {
+    if (d.verify) {
+      apply_verdict_locked(*d.r, d.verdict, d.logits);
+    } else {
+      emit_locked(*d.r, d.token, d.logits, /*fed_already=*/false);
+    }
   }
   if (verified) turns_.clear();
   std::erase_if(running_, [](const auto& r) { return !r->req; });

@@ -156,7 +156,9 @@ class Scheduler {
   bool admit_locked(StepPlan* plan);
   void sweep_locked(StepPlan* plan);
   void finish_locked(Running& r, FinishReason reason, StepPlan* plan_or_null);
-  void sample_locked(Running& r, std::span<const float> logits);
+  // The token `r` samples (or is forced to emit) from `logits`. Touches r's samplers only, so the
+  // sequences of a step decide in parallel.
+  int32_t decide(Running& r, std::span<const float> logits) const;
   // Streams a decided token; `fed_already`: it is in r.tokens (an accepted draft). False once the
   // sequence has finished.
   bool emit_locked(Running& r, int32_t token, std::span<const float> logits, bool fed_already);
@@ -165,7 +167,10 @@ class Scheduler {
   // The next plan of the speculative step in flight: a draft level or the verify plan.
   void continue_step_locked(StepPlan* plan);
   void complete_drafts_locked(const StepPlan& plan, const std::vector<std::vector<float>>& draft_logits);
-  void complete_verify_locked(Running& r, const PlanChunk& c, std::span<const float> logits);
+  const Turn& turn_of(SeqId seq) const;
+  // Applies a verify verdict: the verdict for the next plan, the accepted drafts and the next
+  // token streamed; `logits` [k+1, vocab] the verify chunk's.
+  void apply_verdict_locked(Running& r, const model::SpeculativeSampler::Verdict& v, std::span<const float> logits);
   Running* find_locked(SeqId seq);
   bool speculating(const Running& r) const;  // decodes by draft + verify
   void update_gauges_locked();
