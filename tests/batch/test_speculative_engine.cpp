@@ -194,6 +194,57 @@ TEST(SpeculativeServe, PrefixReuseEqualsPlainGreedy) {
   EXPECT_FALSE(engine.failed()) << engine.failure();
 }
 
+// Seeded sampled requests decoded together (no drafting): the scheduler samples the sequences of
+// a step in parallel, and each request's tokens must still be those of its own Sampler over its
+// own plain decode (the CPU step is bit-identical for any batch composition).
+TEST(SpeculativeServe, ParallelSamplingKeepsEachSequencesDraws) {
+  LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(6), 3), 1);
+  model::Model& m = *lm.model;
+  const int32_t eos = int32_t(m.config().eos_token_id);
+  for (int depth : {0, 2}) {
+    serve::Metrics metrics;
+    serve::SchedulerOptions o = speculative_options(depth, eos, /*prefix_cache=*/false);
+    o.max_running = 6;
+    o.max_batch_tokens = 64;
+    serve::Engine engine(m, o, &metrics, depth ? lm.mtp.get() : nullptr);
+    engine.start();
+    std::vector<std::shared_ptr<serve::Request>> reqs;
+    for (int i = 0; i < 6; ++i) {
+      auto r = greedy_request(uint64_t(i + 1), model::testing::test_prompt(m.config().vocab_size, 4 + i, 90 + uint32_t(i)), 12, false);
+      r->sampling.temperature = 1.0;
+      r->sampling.seed = uint64_t(1000 + i);
+      ASSERT_EQ(engine.scheduler().submit(r).status, 200);
+      reqs.push_back(r);
+    }
+    for (const auto& r : reqs) {
+      std::vector<serve::TokenEvent> events;
+      serve::FinishReason reason = serve::FinishReason::kNone;
+      for (int w = 0; w < 600 && reason == serve::FinishReason::kNone; ++w)
+        reason = r->stream->wait(&events, std::chrono::milliseconds(100));
+      std::vector<int32_t> got;
+      for (const serve::TokenEvent& e : events) got.push_back(e.token);
+      if (depth > 0) {  // speculative draws differ from Sampler's by design: the request completes
+        EXPECT_TRUE(reason == serve::FinishReason::kEos || reason == serve::FinishReason::kLength);
+        continue;
+      }
+      // Reference: this request alone, plain decode, its own Sampler.
+      model::Sampler sampler({1.0, 1.0, r->sampling.seed});
+      auto seq = m.new_sequence();
+      std::vector<float> lg = model::testing::step_logits(m, *seq, r->prompt);
+      std::vector<int32_t> want;
+      for (int i = 0; i < r->sampling.max_tokens; ++i) {
+        const int32_t t = sampler.sample(lg);
+        if (t == eos) break;
+        want.push_back(t);
+        lg = model::testing::step_logits(m, *seq, {t});
+      }
+      EXPECT_EQ(got, want) << "request " << r->id;
+    }
+    engine.stop();
+    EXPECT_FALSE(engine.failed()) << engine.failure();
+  }
+}
+
 // Forced output (the server's test hook) under `--mtp 2`, next to a greedy request: the forced
 // sequence decodes with ordinary chunks that still feed its MTP block, the greedy one speculatively.
 TEST(SpeculativeServe, ForcedOutputBesideSpeculativeRequests) {
