@@ -41,20 +41,28 @@ void plain_reference(model::Model& m, const std::vector<int32_t>& prompt, int ma
   }
 }
 
+// Waits (at most 60 s) for the end of `req`; its token events in *events, its tokens returned.
+std::vector<int32_t> wait_tokens(const serve::Request& req, std::vector<serve::TokenEvent>* events,
+                                 serve::FinishReason* reason) {
+  *reason = serve::FinishReason::kNone;
+  for (int w = 0; w < 600 && *reason == serve::FinishReason::kNone; ++w)
+    *reason = req.stream->wait(events, std::chrono::milliseconds(100));
+  std::vector<int32_t> tokens;
+  for (const serve::TokenEvent& e : *events) tokens.push_back(e.token);
+  return tokens;
+}
+
 // Waits for the end of `req` and checks its tokens (and logprobs) against plain greedy decoding.
 // Returns the tokens.
 std::vector<int32_t> expect_plain_greedy(model::Model& m, const serve::Request& req, int32_t eos, const std::string& what) {
   std::vector<serve::TokenEvent> events;
-  serve::FinishReason reason = serve::FinishReason::kNone;
-  for (int w = 0; w < 600 && reason == serve::FinishReason::kNone; ++w)
-    reason = req.stream->wait(&events, std::chrono::milliseconds(100));
+  serve::FinishReason reason;
+  const std::vector<int32_t> got = wait_tokens(req, &events, &reason);
   std::vector<int32_t> want;
   std::vector<double> want_lp;
   plain_reference(m, req.prompt, req.sampling.max_tokens, eos, &want, &want_lp);
   EXPECT_EQ(reason, int(want.size()) == req.sampling.max_tokens ? serve::FinishReason::kLength : serve::FinishReason::kEos)
       << what;
-  std::vector<int32_t> got;
-  for (const serve::TokenEvent& e : events) got.push_back(e.token);
   EXPECT_EQ(got, want) << what;
   if (req.sampling.logprobs && got == want) {
     for (size_t t = 0; t < events.size(); ++t) EXPECT_NEAR(events[t].logprob, want_lp[t], 1e-5) << what << ", token " << t;
@@ -218,11 +226,8 @@ TEST(SpeculativeServe, ParallelSamplingKeepsEachSequencesDraws) {
     }
     for (const auto& r : reqs) {
       std::vector<serve::TokenEvent> events;
-      serve::FinishReason reason = serve::FinishReason::kNone;
-      for (int w = 0; w < 600 && reason == serve::FinishReason::kNone; ++w)
-        reason = r->stream->wait(&events, std::chrono::milliseconds(100));
-      std::vector<int32_t> got;
-      for (const serve::TokenEvent& e : events) got.push_back(e.token);
+      serve::FinishReason reason;
+      const std::vector<int32_t> got = wait_tokens(*r, &events, &reason);
       if (depth > 0) {  // speculative draws differ from Sampler's by design: the request completes
         EXPECT_TRUE(reason == serve::FinishReason::kEos || reason == serve::FinishReason::kLength);
         continue;
@@ -261,11 +266,8 @@ TEST(SpeculativeServe, ForcedOutputBesideSpeculativeRequests) {
   ASSERT_EQ(engine.scheduler().submit(forced).status, 200);
   ASSERT_EQ(engine.scheduler().submit(greedy).status, 200);
   std::vector<serve::TokenEvent> events;
-  serve::FinishReason reason = serve::FinishReason::kNone;
-  for (int w = 0; w < 600 && reason == serve::FinishReason::kNone; ++w)
-    reason = forced->stream->wait(&events, std::chrono::milliseconds(100));
-  std::vector<int32_t> got;
-  for (const serve::TokenEvent& e : events) got.push_back(e.token);
+  serve::FinishReason reason;
+  const std::vector<int32_t> got = wait_tokens(*forced, &events, &reason);
   EXPECT_EQ(got, forced->sampling.forced_tokens);
   EXPECT_EQ(reason, serve::FinishReason::kEos);
   expect_plain_greedy(m, *greedy, eos, "greedy beside forced");
