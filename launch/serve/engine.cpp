@@ -10,7 +10,7 @@
 namespace v4rt::launch::serve {
 
 Engine::Engine(model::Model& model, const SchedulerOptions& options, Metrics* metrics, model::Mtp* mtp)
-    : model_(model), metrics_(metrics), scheduler_(options, model.config(), metrics), executor_(model, mtp) {
+    : metrics_(metrics), scheduler_(options, model.config(), metrics), executor_(model, mtp) {
   CHECK(options.mtp_depth == 0 || mtp) << "speculative decoding needs the MTP block";
 }
 

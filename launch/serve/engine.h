@@ -40,7 +40,6 @@ class Engine {
  private:
   void loop();
 
-  model::Model& model_;
   Metrics* metrics_;
   Scheduler scheduler_;
   Executor executor_;

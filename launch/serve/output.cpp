@@ -10,6 +10,18 @@ namespace v4rt::launch::serve {
 
 namespace text = model::text;
 
+namespace {
+
+Delta make_delta(Delta::Kind kind, std::string text, int index = -1) {
+  Delta d;
+  d.kind = kind;
+  d.text = std::move(text);
+  d.index = index;
+  return d;
+}
+
+}  // namespace
+
 std::string StopFilter::feed(std::string_view t) {
   if (stopped_) return "";
   held_.append(t);
@@ -73,7 +85,7 @@ void GenerationOutput::add_content(std::string_view t, std::vector<Delta>* delta
   if (!deltas->empty() && deltas->back().kind == Delta::Kind::kContent) {
     deltas->back().text += safe;
   } else {
-    deltas->push_back({Delta::Kind::kContent, safe});
+    deltas->push_back(make_delta(Delta::Kind::kContent, safe));
   }
 }
 
@@ -86,7 +98,7 @@ void GenerationOutput::route(std::vector<text::ParseEvent>& events, std::vector<
         if (!deltas->empty() && deltas->back().kind == Delta::Kind::kReasoning) {
           deltas->back().text += e.text;
         } else {
-          deltas->push_back({Delta::Kind::kReasoning, std::move(e.text)});
+          deltas->push_back(make_delta(Delta::Kind::kReasoning, std::move(e.text)));
         }
         break;
       case text::ParseEvent::Kind::kContent: add_content(e.text, deltas); break;
@@ -94,7 +106,7 @@ void GenerationOutput::route(std::vector<text::ParseEvent>& events, std::vector<
         deltas->push_back({Delta::Kind::kToolCallStart, "", e.index, e.id, e.name});
         break;
       case text::ParseEvent::Kind::kToolCallArgs:
-        deltas->push_back({Delta::Kind::kToolCallArgs, std::move(e.text), e.index});
+        deltas->push_back(make_delta(Delta::Kind::kToolCallArgs, std::move(e.text), e.index));
         break;
     }
   }
@@ -138,7 +150,7 @@ void GenerationOutput::finish(FinishReason reason, std::vector<Delta>* deltas) {
   const std::string held = stop_.flush();
   if (!held.empty()) {
     content_ += held;
-    deltas->push_back({Delta::Kind::kContent, held});
+    deltas->push_back(make_delta(Delta::Kind::kContent, held));
   }
   if (stop_.stopped()) {
     finish_reason_ = "stop";
