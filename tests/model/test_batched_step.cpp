@@ -25,6 +25,7 @@
 #include "model/distributed.h"
 #include "tests/cluster/mpi_test.h"
 #include "tests/golden_util.h"
+#include "tests/parallel/layout_util.h"
 #endif
 
 namespace v4rt::model::testing {
@@ -172,20 +173,12 @@ const std::vector<std::vector<ChunkSpec>> kShardedSteps = {
     {{1, 1, false}, {1, 2, true}, {0, 1, false}, {2, 1, false}},
 };
 
+using v4rt::testing::test_layout;
+
 struct Layouts {
   const char* name;
   parallel::Layout layout;
 };
-
-parallel::Layout make_layout(int tp, int sp, int ep, int dp) {
-  parallel::Layout l;
-  l.tp = tp;
-  l.sp = sp;
-  l.ep = ep;
-  l.dp = dp;
-  l.sp_block = 4;
-  return l;
-}
 
 class ShardedBatchedStep : public ::testing::TestWithParam<Layouts> {};
 
@@ -210,12 +203,12 @@ TEST_P(ShardedBatchedStep, EqualsEachChunkAloneAndSingleRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ShardedBatchedStep,
-                         ::testing::Values(Layouts{"tp2", make_layout(2, 1, 1, 1)}, Layouts{"sp2", make_layout(1, 2, 1, 1)},
-                                           Layouts{"ep2_dp2", make_layout(1, 1, 2, 2)},
-                                           Layouts{"tp2_sp2", make_layout(2, 2, 1, 1)},
-                                           Layouts{"sp4", make_layout(1, 4, 1, 1)},
-                                           Layouts{"ep4_tp2_dp2", make_layout(2, 1, 4, 2)},
-                                           Layouts{"dp2_tp2", make_layout(2, 1, 1, 2)}),
+                         ::testing::Values(Layouts{"tp2", test_layout(2, 1, 1, 1)}, Layouts{"sp2", test_layout(1, 2, 1, 1)},
+                                           Layouts{"ep2_dp2", test_layout(1, 1, 2, 2)},
+                                           Layouts{"tp2_sp2", test_layout(2, 2, 1, 1)},
+                                           Layouts{"sp4", test_layout(1, 4, 1, 1)},
+                                           Layouts{"ep4_tp2_dp2", test_layout(2, 1, 4, 2)},
+                                           Layouts{"dp2_tp2", test_layout(2, 1, 1, 2)}),
                          [](const ::testing::TestParamInfo<Layouts>& i) { return std::string(i.param.name); });
 
 #endif  // V4RT_BATCHED_STEP_MPI

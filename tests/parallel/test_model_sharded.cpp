@@ -26,6 +26,7 @@
 #include "model/safetensors.h"
 #include "tests/cluster/mpi_test.h"
 #include "tests/golden_util.h"
+#include "tests/parallel/layout_util.h"
 
 namespace v4rt::model {
 namespace {
@@ -38,6 +39,7 @@ constexpr int64_t kDecode = 4;          // decode steps after the chunked prefil
 const std::string kCase = testing::golden_case_dir("tiny-a");
 
 using testing::rel_err;
+using v4rt::testing::test_layout;
 
 const testing::GoldenReference& golden() { return testing::golden_reference("tiny-a"); }
 
@@ -144,24 +146,14 @@ class ShardedTinyA : public ::testing::Test {
   }
 };
 
-parallel::Layout make_layout(int tp, int sp, int ep, int dp) {
-  parallel::Layout l;
-  l.tp = tp;
-  l.sp = sp;
-  l.ep = ep;
-  l.dp = dp;
-  l.sp_block = 4;
-  return l;
-}
-
-TEST_F(ShardedTinyA, Tp2) { check_layout({"tp2", make_layout(2, 1, 1, 1)}); }
-TEST_F(ShardedTinyA, Sp2) { check_layout({"sp2", make_layout(1, 2, 1, 1)}); }
+TEST_F(ShardedTinyA, Tp2) { check_layout({"tp2", test_layout(2, 1, 1, 1)}); }
+TEST_F(ShardedTinyA, Sp2) { check_layout({"sp2", test_layout(1, 2, 1, 1)}); }
 // Experts over 2 ranks; the attention is replicated (two data-parallel replicas of one sequence).
-TEST_F(ShardedTinyA, Ep2) { check_layout({"ep2 (dp2)", make_layout(1, 1, 2, 2)}); }
-TEST_F(ShardedTinyA, Tp2Sp2) { check_layout({"tp2 sp2", make_layout(2, 2, 1, 1)}); }
-TEST_F(ShardedTinyA, Sp4) { check_layout({"sp4", make_layout(1, 4, 1, 1)}); }
-TEST_F(ShardedTinyA, Ep4Tp2) { check_layout({"ep4 tp2 (dp2)", make_layout(2, 1, 4, 2)}); }
-TEST_F(ShardedTinyA, Dp2Tp2) { check_layout({"dp2 tp2", make_layout(2, 1, 1, 2)}); }
+TEST_F(ShardedTinyA, Ep2) { check_layout({"ep2 (dp2)", test_layout(1, 1, 2, 2)}); }
+TEST_F(ShardedTinyA, Tp2Sp2) { check_layout({"tp2 sp2", test_layout(2, 2, 1, 1)}); }
+TEST_F(ShardedTinyA, Sp4) { check_layout({"sp4", test_layout(1, 4, 1, 1)}); }
+TEST_F(ShardedTinyA, Ep4Tp2) { check_layout({"ep4 tp2 (dp2)", test_layout(2, 1, 4, 2)}); }
+TEST_F(ShardedTinyA, Dp2Tp2) { check_layout({"dp2 tp2", test_layout(2, 1, 1, 2)}); }
 
 // Bytes one decode step sends, derived from the config: after P tokens a CSA layer holds P/4
 // entries (indexer keys) and an HCA layer P/128.
@@ -196,7 +188,7 @@ class StepBytes : public ::testing::Test {
 TEST_F(StepBytes, Tp2DecodeStep) {
   V4RT_REQUIRE_WORLD(2);
   if (v4rt::testing::world_size() != 2) GTEST_SKIP() << "tp2 runs on 2 ranks";
-  const Measured got = measure(make_layout(2, 1, 1, 1));
+  const Measured got = measure(test_layout(2, 1, 1, 1));
   const ModelConfig& cfg = shared().ckpt->config();
   // Per layer: wo_b partial sum, all-reduce of [1, D] f32: 2*(tp-1)/tp * D * 4 = D * 4 bytes.
   // Per CSA layer: indexer scores, all-reduce of [1, keys] f32, keys = (P+1)/4 after the push.
@@ -213,7 +205,7 @@ TEST_F(StepBytes, Tp2DecodeStep) {
 
 TEST_F(StepBytes, Sp2DecodeStep) {
   if (v4rt::testing::world_size() != 2) GTEST_SKIP() << "sp2 runs on 2 ranks";
-  const Measured got = measure(make_layout(1, 2, 1, 1));
+  const Measured got = measure(test_layout(1, 2, 1, 1));
   const ModelConfig& cfg = shared().ckpt->config();
   // Per CSA layer: distributed top-k, all_gather of k (f32 score, i64 index) candidates of 16 bytes,
   // k = min(index_topk, P/4); per compressed layer with entries: the attention merge, all_gather of
