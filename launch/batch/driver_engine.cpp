@@ -4,7 +4,6 @@
 
 #include <glog/logging.h>
 
-#include <algorithm>
 #include <climits>
 
 namespace v4rt::launch::batch {
@@ -57,18 +56,6 @@ std::string DriverEngine::failure() const {
   return failure_;
 }
 
-model::SpeculativeStats DriverEngine::speculative_stats() const {
-  model::SpeculativeStats s;
-  s.steps = int64_t(metrics_.spec_steps);
-  s.drafted = int64_t(metrics_.spec_drafted);
-  s.accepted = int64_t(metrics_.spec_accepted);
-  s.emitted = int64_t(metrics_.spec_emitted);
-  std::lock_guard<std::mutex> lock(mu_);
-  s.draft_s = draft_s_;
-  s.verify_s = verify_s_;
-  return s;
-}
-
 void DriverEngine::loop() {
   std::vector<std::vector<float>> logits, draft_logits;
   while (!stop_) {
@@ -77,13 +64,8 @@ void DriverEngine::loop() {
     try {
       const auto t0 = std::chrono::steady_clock::now();
       driver_.step(to_forward_plan(plan), &logits, &draft_logits);
-      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const bool verify = std::any_of(plan.chunks.begin(), plan.chunks.end(),
-                                      [](const serve::PlanChunk& c) { return c.kind == ChunkKind::kVerify; });
-      if (!plan.drafts.empty() || verify) {
-        std::lock_guard<std::mutex> lock(mu_);
-        (plan.drafts.empty() ? verify_s_ : draft_s_) += took;
-      }
+      serve::record_plan_time(plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                              &metrics_);
       scheduler_.complete(plan, logits, draft_logits);
     } catch (const std::exception& e) {
       {

@@ -37,7 +37,7 @@ class DriverEngine {
   bool failed() const { return failed_; }
   std::string failure() const;  // after failed() is true
   // Speculative totals so far (zero without drafting). Thread-safe.
-  model::SpeculativeStats speculative_stats() const;
+  model::SpeculativeStats speculative_stats() const { return serve::speculative_stats(metrics_); }
 
  private:
   void loop();
@@ -48,9 +48,8 @@ class DriverEngine {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> failed_{false};
-  mutable std::mutex mu_;  // guards failure_ and the times
+  mutable std::mutex mu_;  // guards failure_
   std::string failure_;
-  double draft_s_ = 0, verify_s_ = 0;
 };
 
 }  // namespace v4rt::launch::batch

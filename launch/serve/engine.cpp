@@ -4,7 +4,6 @@
 
 #include <glog/logging.h>
 
-#include <algorithm>
 #include <chrono>
 
 namespace v4rt::launch::serve {
@@ -49,13 +48,7 @@ void Engine::loop() {
       if (plan_hook_) plan_hook_(plan);
       const auto t0 = std::chrono::steady_clock::now();
       executor_.run(plan, &logits, &draft_logits);
-      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (!plan.drafts.empty()) {
-        metrics_->add_spec_time(took, 0.0);
-      } else if (std::any_of(plan.chunks.begin(), plan.chunks.end(),
-                             [](const PlanChunk& c) { return c.kind == ChunkKind::kVerify; })) {
-        metrics_->add_spec_time(0.0, took);
-      }
+      record_plan_time(plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), metrics_);
       scheduler_.complete(plan, logits, draft_logits);
     } catch (const std::exception& e) {
       {

@@ -96,6 +96,12 @@ void Metrics::add_spec_time(double draft_s, double verify_s) {
   spec_verify_s_ += verify_s;
 }
 
+void Metrics::spec_time(double* draft_s, double* verify_s) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  *draft_s = spec_draft_s_;
+  *verify_s = spec_verify_s_;
+}
+
 std::string Metrics::prometheus_text() const {
   std::string out;
   {

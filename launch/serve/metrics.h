@@ -64,6 +64,7 @@ class Metrics {
   std::atomic<uint64_t> spec_emitted{0};
   // Wall time of the draft plans and of the verify plans.
   void add_spec_time(double draft_s, double verify_s);
+  void spec_time(double* draft_s, double* verify_s) const;
   Histogram ttft_s;
   Histogram itl_s;
   Histogram step_tokens;

@@ -78,6 +78,25 @@ FinishReason TokenStream::wait(std::vector<TokenEvent>* out, std::chrono::millis
   return reason_;
 }
 
+void record_plan_time(const StepPlan& plan, double seconds, Metrics* metrics) {
+  if (!plan.drafts.empty()) {
+    metrics->add_spec_time(seconds, 0.0);
+  } else if (std::any_of(plan.chunks.begin(), plan.chunks.end(),
+                         [](const PlanChunk& c) { return c.kind == ChunkKind::kVerify; })) {
+    metrics->add_spec_time(0.0, seconds);
+  }
+}
+
+model::SpeculativeStats speculative_stats(const Metrics& metrics) {
+  model::SpeculativeStats s;
+  s.steps = int64_t(metrics.spec_steps);
+  s.drafted = int64_t(metrics.spec_drafted);
+  s.accepted = int64_t(metrics.spec_accepted);
+  s.emitted = int64_t(metrics.spec_emitted);
+  metrics.spec_time(&s.draft_s, &s.verify_s);
+  return s;
+}
+
 int64_t kv_bytes_estimate(const model::ModelConfig& c, int64_t n) {
   int64_t floats = 0;
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -210,7 +229,7 @@ bool Scheduler::admit_locked(StepPlan* plan) {
       if (kv_used_ + need > options_.kv_budget_bytes) return admitted;  // head of line waits for memory
       const model::SamplerOptions so{req->sampling.temperature, req->sampling.top_p, req->sampling.seed};
       auto r = std::make_unique<Running>(
-          Running{req, next_seq_++, req->prompt, 0, 0, need, model::Sampler(so), Clock::now(), false, nullptr});
+          Running{req, next_seq_++, req->prompt, 0, 0, need, model::Sampler(so), Clock::now(), nullptr});
       if (options_.mtp_depth > 0) r->spec = std::make_unique<model::SpeculativeSampler>(so);
       if (hit) {
         plan->copies.push_back({hit_seq, r->seq});
@@ -267,7 +286,6 @@ void Scheduler::pack_chunks_locked(StepPlan* plan, int64_t budget) {
     c.kind = options_.mtp_depth > 0 ? ChunkKind::kHidden : ChunkKind::kPlain;
     plan->chunks.push_back(c);
     plan->tokens.insert(plan->tokens.end(), r->tokens.begin() + r->fed, r->tokens.begin() + r->fed + take);
-    r->in_plan = true;
     budget -= take;
   }
 }
@@ -292,7 +310,6 @@ void Scheduler::continue_step_locked(StepPlan* plan) {
     plan->chunks.push_back(c);
     plan->tokens.push_back(r->tokens.back());
     plan->tokens.insert(plan->tokens.end(), t.drafts.begin(), t.drafts.end());
-    r->in_plan = true;
     budget -= depth + 1;
   }
   pack_chunks_locked(plan, budget);
@@ -317,7 +334,6 @@ bool Scheduler::next_plan(StepPlan* plan, std::chrono::milliseconds wait) {
     for (SeqId s : pending_releases_) plan->releases.push_back(s);
     pending_releases_.clear();
     if (!stopped_) admit_locked(plan);
-    for (auto& r : running_) r->in_plan = false;
 
     int64_t budget = options_.max_batch_tokens;
     if (options_.mtp_depth > 0) {  // a speculative step of the decoding sequences (rotated)
@@ -447,7 +463,6 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     auto it = by_seq.find(c.seq);
     if (it == by_seq.end()) continue;  // finished meanwhile (cannot happen: one engine thread)
     Running& r = *it->second;
-    r.in_plan = false;
     if (c.kind == ChunkKind::kVerify) {
       CHECK_LT(i, logits.size());
       CHECK_EQ(logits[i].size(), size_t(c.num_tokens) * size_t(config_.vocab_size)) << "verify logits of sequence " << c.seq;

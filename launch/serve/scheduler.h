@@ -110,6 +110,12 @@ struct SchedulerOptions {
 // fp32 rows as model/state.h stores them) after `num_tokens` tokens.
 int64_t kv_bytes_estimate(const model::ModelConfig& config, int64_t num_tokens);
 
+// Counts the wall time of a plan the engine ran: a plan of draft levels as drafting, one with
+// verify chunks as verifying (others are not speculative).
+void record_plan_time(const StepPlan& plan, double seconds, Metrics* metrics);
+// The speculative totals of `metrics` (the scheduler's counters and the recorded plan times).
+model::SpeculativeStats speculative_stats(const Metrics& metrics);
+
 struct SubmitResult {
   int status = 200;      // 200 admitted to the queue; 413 can never fit; 429 queue full; 503 stopped
   std::string message;
@@ -144,7 +150,6 @@ class Scheduler {
     int64_t reserved = 0;         // bytes charged
     model::Sampler sampler;
     Clock::time_point last_token;
-    bool in_plan = false;
     std::unique_ptr<model::SpeculativeSampler> spec;  // with mtp_depth > 0
   };
   // A decoding sequence in the speculative step in flight.

@@ -123,14 +123,7 @@ TEST_P(SpeculativeSchedulerTest, ManyRequestsEqualPlainGreedy) {
       serve_engine->start();
       e.submit = [&](auto r) { return serve_engine->scheduler().submit(std::move(r)); };
       e.stop = [&] { serve_engine->stop(); };
-      e.stats = [&] {
-        model::SpeculativeStats s;
-        s.steps = int64_t(metrics.spec_steps);
-        s.drafted = int64_t(metrics.spec_drafted);
-        s.accepted = int64_t(metrics.spec_accepted);
-        s.emitted = int64_t(metrics.spec_emitted);
-        return s;
-      };
+      e.stats = [&] { return serve::speculative_stats(metrics); };
       e.failure = [&] { return serve_engine->failed() ? serve_engine->failure() : std::string(); };
     } else {
       batch_engine = std::make_unique<batch::DriverEngine>(m, driver, o);
