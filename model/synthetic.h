@@ -2,7 +2,7 @@
 // Random-weight checkpoints in the official release layout, for tests, benchmarks and the embedded
 // model: FP8 e4m3 weights with ue8m0 128x128 block scales, routed experts as packed FP4 with ue8m0
 // per-32 scales, BF16/F32/I64 where the release uses them, split into shards with an index, exactly
-// as shared/golden/make_golden.py quantizes and lays out tiny-a. Initial scales follow that
+// as the golden generator (tests/data/golden/README.md) quantizes and lays out tiny-a. Initial scales follow that
 // script's randomize() so activations stay in a sane range through every layer.
 #pragma once
 

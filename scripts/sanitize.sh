@@ -5,7 +5,8 @@
 # built (the golden, mpi and gpu suites are not), so it fits a small CI machine. scripts/test.sh
 # (CI) runs it after the ordinary suite.
 #   scripts/sanitize.sh [extra ctest args]
-# Environment: V4RT_JOBS (parallel jobs, default nproc), V4RT_FUZZ_SECONDS (per fuzzer, default 5),
+# Environment: V4RT_JOBS (parallel jobs, default nproc), V4RT_FUZZ_RUNS (mutations per fuzzer after
+# replaying its seeds and regressions, default 20000; seed fixed),
 # V4RT_ASAN_EXCLUDE (ctest -E regex of tests left out, see below).
 # Fails when a test fails OR when any instrumented process (a test, a `v4rt` child it started, a
 # fuzzer) wrote a sanitizer report, even one whose exit status a test did not look at: every
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 JOBS=${V4RT_JOBS:-$(nproc)}
 BUILD=build/cpu-asan
 start=$(date +%s)
-cmake --preset cpu-asan -DV4RT_FUZZ_SECONDS="${V4RT_FUZZ_SECONDS:-5}" >/dev/null
+cmake --preset cpu-asan -DV4RT_FUZZ_RUNS="${V4RT_FUZZ_RUNS:-20000}" >/dev/null
 # Left out: the suites that run the whole tiny model for hundreds of tokens, which at -O1 under
 # ASan take minutes per case (test_prefix_reuse: 15 min; test_batch_composition, _resume and
 # _throughput drive `v4rt batch` over many requests: > 5 min; test_mtp, _sampling, _embedded, _cli,

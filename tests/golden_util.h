@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Helpers shared by the tests that compare against golden data (shared/golden/<case>/): the
+// Helpers shared by the tests that compare against golden data (tests/data/golden/<case>/): the
 // golden folder (V4RT_GOLDEN_DIR, overridable at run time by the environment variable of that
 // name), the reference tensors of a case's reference.safetensors, and the relative Frobenius
 // error every golden tolerance is stated in (golden/README.md).
@@ -19,7 +19,7 @@
 
 namespace v4rt::testing {
 
-// shared/golden/<name>: $V4RT_GOLDEN_DIR when set and not empty, else the build's V4RT_GOLDEN_DIR.
+// tests/data/golden/<name>: $V4RT_GOLDEN_DIR when set and not empty, else the build's V4RT_GOLDEN_DIR.
 inline std::string golden_case_dir(const std::string& name) {
   const char* env = std::getenv("V4RT_GOLDEN_DIR");
 #ifdef V4RT_GOLDEN_DIR

@@ -1,7 +1,8 @@
 # v4rt_add_test(NAME SOURCES src... [LIBS lib...] LABELS unit|golden|mpi|gpu|... [NP n] [TIMEOUT s])
 # Registers a gtest binary with CTest. With NP the test runs under `mpiexec -n NP` (oversubscribed,
 # ob1 PML, allowed as root) and always with a timeout so a broken collective cannot hang CI.
-set(V4RT_GOLDEN_DIR "${CMAKE_SOURCE_DIR}/../shared/golden" CACHE PATH "Golden reference data (shared/golden)")
+# Golden reference data and the release metadata live in the repository (tests/data/README.md).
+set(V4RT_GOLDEN_DIR "${CMAKE_SOURCE_DIR}/tests/data/golden" CACHE PATH "Golden reference data (tests/data/golden)")
 # The Open MPI environment of every test run under mpirun (ENVIRONMENT of the CTest entries);
 # tests that start mpirun themselves set the same list through tests/mpi_env.h.
 set(V4RT_MPI_TEST_ENV

@@ -15,9 +15,8 @@
 # On the device (repository root):
 #   scripts/device/run.sh [all|test|nccl|sanitize|bench|golden|step|mtp]...
 # Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc),
-# TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default .golden, a copy of
-# shared/golden made on the development machine: mkdir -p .golden && cp -r ../shared/golden/tiny-a
-# .golden/ && echo /.golden/ >> .git/info/exclude, carried with `carry: [".devdeps", ".golden"]`),
+# TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default tests/data/golden,
+# which travels with the working tree),
 # STEP_ARGS (extra `v4rt bench step` runs, ';'-separated argument lists; each may hold comma lists
 # of --batch / --context), STEP_CSV (a CSV file every step run appends its per-op rows to),
 # TEST_FILTER (gtest filter of the device op tests, default all), MTP_ARGS / MTP_LAYERS / MTP_MODEL
@@ -84,7 +83,7 @@ if want sanitize && has test_cuda_kernels && command -v compute-sanitizer >/dev/
   echo "compute-sanitizer memcheck (rc $?):"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/sanitizer.log" | head -20
 fi
 if want golden && has test_gpu_golden; then
-  export V4RT_GOLDEN_DIR=${V4RT_GOLDEN_DIR:-$PWD/.golden}
+  export V4RT_GOLDEN_DIR=${V4RT_GOLDEN_DIR:-$PWD/tests/data/golden}
   timeout 400 "$BUILD/tests/cuda/test_gpu_golden" --gtest_color=no > "$OUT/golden.log" 2>&1 || rc=1
   grep -E "gpu-golden|hidden after|OK \]|FAILED|SKIPPED|Check failed|error" "$OUT/golden.log" | head -40
 fi

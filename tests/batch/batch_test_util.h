@@ -134,7 +134,8 @@ inline std::string make_requests(int n, int max_tokens, bool invalid, const std:
     const int len = 2 + int(i % 5);
     for (int w = 0; w < len; ++w) {
       x = x * 6364136223846793005ull + 1442695040888963407ull;
-      prompt += (w ? " " : "") + std::string(kWords[(x >> 33) % 16]);
+      if (w) prompt += ' ';
+      prompt += kWords[(x >> 33) % 16];
     }
     nlohmann::ordered_json r;
     r["custom_id"] = "req-" + std::to_string(i);

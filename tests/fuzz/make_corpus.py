@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-# Writes the seed corpus of every fuzz target into tests/fuzz/corpus/<target>/ from the shared
-# reference files (release configs, official chat vectors, tokenizer cases) and small hand-made
+# Writes the seed corpus of every fuzz target into tests/fuzz/corpus/<target>/ from the
+# reference files in tests/data (release configs, official chat vectors, tokenizer cases) and small hand-made
 # inputs. Deterministic; rerun after changing it:  python3 tests/fuzz/make_corpus.py
 import json, os, struct, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.abspath(os.path.join(here, "..", ".."))
-shared = os.path.abspath(os.path.join(root, "..", "shared"))
+shared = os.path.join(root, "tests", "data")  # the copies of the reference files (tests/data/README.md)
 out = os.path.join(here, "corpus")
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Runs one libFuzzer target for a bounded time from its seed corpus and saved regressions.
+# Runs one libFuzzer target for a bounded time from its seed corpus and saved regressions, with a
+# random seed: open-ended fuzzing (scripts/fuzz.sh), never CI (CI runs smoke_fuzzer.sh).
 #   run_fuzzer.sh FUZZER_EXE TARGET_NAME SECONDS WORK_DIR
 # New corpus entries go to WORK_DIR/corpus (the checked-in seeds are read, never written), crash
 # inputs to WORK_DIR/artifacts/. Prints libFuzzer's "Done N runs in S second(s)" line; exits non-zero

@@ -72,6 +72,22 @@ TEST(RuntimeConfig, UnknownKeyRejected) {
   expect_error_naming([] { parse_runtime_config("debug: {trace_all: true}\n", "c.yaml"); }, {"'debug.trace_all'"});
 }
 
+// A string value with a control character or broken UTF-8 is no path or name, and would not read
+// back the same from the resolved YAML (fuzz regression runtime_config/cr_invalid_utf8_model).
+TEST(RuntimeConfig, ControlCharactersAndBrokenUtf8Rejected) {
+  expect_error_naming([] { parse_runtime_config("model: \"a\\rb\"\n", "cr.yaml"); },
+                      {"cr.yaml:1", "'model'", "control character"});
+  expect_error_naming([] { parse_runtime_config("server: {model_name: \"x\\ty\"}\n", "tab.yaml"); },
+                      {"'server.model_name'", "control character"});
+  expect_error_naming([] { parse_runtime_config("model: n\x8d\n", "utf8.yaml"); }, {"'model'", "not valid UTF-8"});
+  expect_error_naming([] { parse_runtime_config("debug: {dump_dir: \"d\\x85\"}\n", "c1.yaml"); },
+                      {"'debug.dump_dir'", "control character"});
+  // Ordinary non-ASCII text stays accepted, and round-trips.
+  const RuntimeConfig c = parse_runtime_config("model: /models/déjà-vu\n", "ok.yaml");
+  EXPECT_EQ(c.model, "/models/déjà-vu");
+  EXPECT_EQ(runtime_config_yaml(parse_runtime_config(runtime_config_yaml(c), "again")), runtime_config_yaml(c));
+}
+
 TEST(RuntimeConfig, WrongTypeRejected) {
   expect_error_naming([] { parse_runtime_config("parallel: {tp: two}\n", "a.yaml"); },
                       {"a.yaml", "'parallel.tp'", "integer", "two"});

@@ -3,11 +3,11 @@
 # `mpirun -np N v4rt logits ... --config LAYOUT` equals the single-rank `v4rt logits` with the same
 # command line: golden tiny-a ids, chunked prefill (301) then decode from 520. Passes when the
 # relative Frobenius error of the logits is <= TOL. Usage:
-#   V4RT_GOLDEN_DIR=shared/golden cli_logits.sh V4RT MPIEXEC NP LAYOUT_YAML TOL [LAUNCHER...]
+#   V4RT_GOLDEN_DIR=tests/data/golden cli_logits.sh V4RT MPIEXEC NP LAYOUT_YAML TOL [LAUNCHER...]
 # LAUNCHER (optional) replaces "MPIEXEC -np NP --oversubscribe" (e.g. scripts/netns/run.sh --np 4).
 set -eu
 v4rt=$1; mpiexec=$2; np=$3; layout=$4; tol=$5; shift 5
-golden=${V4RT_GOLDEN_DIR:?set V4RT_GOLDEN_DIR to shared/golden}/tiny-a
+golden=${V4RT_GOLDEN_DIR:?set V4RT_GOLDEN_DIR to tests/data/golden}/tiny-a
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"

@@ -4,10 +4,10 @@
 # the other ranks waiting in a collective of the start-up. Rank 0 gets the golden tiny-a checkpoint
 # (it goes on to build the process groups), rank 1 a directory that does not exist (MPMD launch).
 # Passes when mpirun exits non-zero within the deadline and stderr names the failure. Usage:
-#   V4RT_GOLDEN_DIR=shared/golden startup_failure.sh V4RT MPIEXEC LAYOUT_YAML
+#   V4RT_GOLDEN_DIR=tests/data/golden startup_failure.sh V4RT MPIEXEC LAYOUT_YAML
 set -u
 v4rt=$1; mpiexec=$2; layout=$3
-model=${V4RT_GOLDEN_DIR:?set V4RT_GOLDEN_DIR to shared/golden}/tiny-a/model
+model=${V4RT_GOLDEN_DIR:?set V4RT_GOLDEN_DIR to tests/data/golden}/tiny-a/model
 err=$(mktemp)
 trap 'rm -f "$err" "${ids:-}"' EXIT
 ids=$(mktemp)
