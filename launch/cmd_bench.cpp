@@ -15,6 +15,7 @@ void register_bench(CLI::App& app) {
   register_bench_tokenizer(*bench);
   register_bench_step(*bench);
   register_bench_mtp(*bench);
+  register_bench_serve(*bench);
 }
 
 }  // namespace v4rt::launch
