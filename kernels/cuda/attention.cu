@@ -14,6 +14,7 @@
 #include <cstdlib>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -422,10 +423,11 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
     a.part_acc = static_cast<float*>(part);
     a.part_ml = a.part_acc + slots * size_t(dim);
     const size_t smem = size_t(kMqaHeads * dim + kTile * (dim + 4) + kMqaHeads * kTile) * 4;
+    // Tokens on z: at most num_sms() / 2 of them take this path (mqa above).
     const dim3 grid{unsigned(a.num_splits), unsigned(ceil_div(nh, kMqaHeads)), unsigned(n)};
     sparse_attention_mqa_kernel<<<grid, 256, smem, s>>>(a);
     launch_check("sparse_attention (mqa decode)", s);
-    attention_combine_kernel<<<dim3(unsigned(n), unsigned(nh)), 128, 0, s>>>(a);
+    attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
     launch_check("sparse_attention combine", s);
     CUDA_CHECK(cudaFreeAsync(part, s));
     return;
@@ -445,11 +447,12 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
     a.part_acc = static_cast<float*>(part);
     a.part_ml = a.part_acc + slots * size_t(dim);
   }
-  const dim3 grid{unsigned(n), unsigned(head_groups), unsigned(splits)};
+  // Tokens on x; splits (> 1 only when the n x head_groups blocks do not fill the SMs) on z.
+  const dim3 grid{grid_x(n, "sparse_attention"), unsigned(head_groups), unsigned(splits)};
   sparse_attention_kernel<<<grid, kHeadsPerBlock * 32, size_t(kTile) * size_t(dim) * 4, s>>>(a);
   launch_check("sparse_attention", s);
   if (splits > 1) {
-    attention_combine_kernel<<<dim3(unsigned(n), unsigned(nh)), 128, 0, s>>>(a);
+    attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
     launch_check("sparse_attention combine", s);
     CUDA_CHECK(cudaFreeAsync(part, s));
   }

@@ -174,6 +174,10 @@ void launch(const Fp4GroupedGemmParams& p, size_t smem) {
 }  // namespace
 
 void fp4_grouped_gemm(const Fp4GroupedGemmParams& p) {
+  if (p.tensor_cores) {
+    fp4_grouped_gemm_tc(p);
+    return;
+  }
   CHECK(p.x_f32 || p.x_bf16 || (p.x8 && p.x_scale)) << "fp4 grouped gemm: no activations";
   CHECK(p.out || p.out_f32) << "fp4 grouped gemm: no output";
   CHECK_EQ(p.k % 128, 0) << "fp4 grouped gemm: k=" << p.k << " must be a multiple of 128";

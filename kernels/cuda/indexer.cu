@@ -6,6 +6,7 @@
 // holding the k-th largest, and a compaction of every element at or above that bin; one block then
 // sorts the <= 2048 candidates (the full single-block select remains the fallback).
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -17,13 +18,13 @@ constexpr int kKeysPerBlock = 128;
 constexpr int kTopkThreads = 512;
 constexpr int kMaxTopk = 2048;
 
-// One thread per key, one block row per query token; q of the token's heads in shared memory.
-__global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
-    Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim, int64_t key_begin,
-    int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate, bool bf16_arith, bool vec) {
-  extern __shared__ __align__(16) float qs[];  // [nh][dim], then w [nh]
+// The scores of query token t against this block's keys (one thread per key); q of the token's
+// heads in shared memory (qs [nh][dim], then w [nh]). Every thread of the block calls it.
+__device__ __forceinline__ void indexer_scores_token(
+    int64_t t, float* qs, Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
+    int64_t key_begin, int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate,
+    bool bf16_arith, bool vec) {
   float* ws = qs + nh * dim;
-  const int64_t t = blockIdx.y;
   for (int i = threadIdx.x; i < nh * dim; i += blockDim.x) qs[i] = q.ld(t, int64_t(h_begin) * dim + i);
   for (int i = threadIdx.x; i < nh; i += blockDim.x)
     ws[i] = bf16_arith ? round_bf16(w.ld(t, h_begin + i) * weight_scale) : w.ld(t, h_begin + i) * weight_scale;
@@ -84,6 +85,20 @@ __global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
   }
   if (bf16_arith) sum = round_bf16(sum);
   *out = accumulate ? *out + sum : sum;
+}
+
+// Blocks (key block x, token row y); the tokens are walked with a grid-stride loop over y, so any
+// number of query tokens fits the 65,535-block limit of gridDim.y.
+__global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
+    int64_t n, Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
+    int64_t key_begin, int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate,
+    bool bf16_arith, bool vec) {
+  extern __shared__ __align__(16) float qs[];
+  for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
+    __syncthreads();  // the previous token's q is no longer read
+    indexer_scores_token(t, qs, q, keys, w, scores, score_stride, h_begin, nh, dim, key_begin, key_end, pos_begin,
+                         ratio, weight_scale, accumulate, bf16_arith, vec);
+  }
 }
 
 // Order-preserving key of a finite score (0 marks a non-finite one); -0 counts as +0.
@@ -322,9 +337,9 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s) {
   }
   Act keys;
   if (num_keys > 0) keys = make_act(p.keys, "indexer keys");
-  const dim3 grid(unsigned(ceil_div(nkeys, kKeysPerBlock)), unsigned(n));
+  const dim3 grid(grid_x_for(nkeys, kKeysPerBlock, "indexer_scores"), grid_yz(n));
   indexer_scores_kernel<<<grid, kKeysPerBlock, smem, s>>>(
-      make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
+      n, make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
       p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
       p.accumulate, p.bf16_arith, num_keys > 0 && keys.vec_ok());
   launch_check("indexer_scores", s);
@@ -349,7 +364,7 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
   const float* scores = static_cast<const float*>(p.scores.data);
   const int64_t stride = p.scores.stride[0];
   // Few long rows (decode): narrow each row with many blocks first (see the file comment).
-  const bool narrow = rows <= 16 && cols >= 4 * kChunkElems;
+  const bool narrow = rows <= 16 && cols >= 4 * kChunkElems;  // rows on gridDim.y: few by construction
   void* work = nullptr;
   unsigned long long* cand = nullptr;
   uint32_t* cand_count = nullptr;
@@ -369,7 +384,7 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
     topk_collect_kernel<<<grid, kChunkBlock, 0, s>>>(scores, stride, cols, thr_bin, cand, cand_count);
     launch_check("topk narrow", s);
   }
-  topk_kernel<<<unsigned(rows), kTopkThreads, 0, s>>>(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
+  topk_kernel<<<grid_x(rows, "topk"), kTopkThreads, 0, s>>>(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
                                                       p.out_idx.stride[0], vals, val_stride, p.index_offset, cand,
                                                       cand_count);
   launch_check("topk", s);

@@ -245,10 +245,13 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
   }
 }
 
+// With the default CudaBackendOptions::expert_tc_min_rows (16 rows per expert), n = 1 and 13 take
+// the CUDA-core FP4 kernel and n >= 300 (8 local experts, top-6) the tensor-core W4A8 kernel.
 TEST(CudaMoe, ExpertsDecodeAndPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(34);
   for (int n : {1, 13, 300}) run_moe_experts(n, rng);
+  run_moe_experts(700, rng, true, 1024);
 }
 
 // The reference numerics of the default CUDA options (ReferencePrecision::kBf16Split): fp32
