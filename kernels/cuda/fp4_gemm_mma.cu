@@ -11,7 +11,8 @@
 // Tiles: a block computes 64 rows of one expert x 128 output channels, walking k in steps of 128
 // (one activation scale block); 8 warps as 2 (rows) x 4 (channels), each 32 x 32 = 2 x 4 MMA
 // tiles. The next k step's global loads are issued into registers before the MMAs of the current
-// one. Blocks map to (expert, 64-row tile) through a prefix sum of the tiles per expert computed
+// one. Registers: ~170 per thread, one block (8 warps) per SM; capping at 128 for two blocks per SM
+// spills ~120 bytes (ptxas), so the cap is not set. Blocks map to (expert, 64-row tile) through a prefix sum of the tiles per expert computed
 // on the device (the rows per expert are known only there): the tile index runs on gridDim.x, the
 // channel tiles on gridDim.y, so no grid dimension depends on the number of tokens beyond x.
 #include <algorithm>
@@ -104,7 +105,7 @@ struct TcStage {
   uint4 a[2];      // activation chunks (16 codes each)
   uint4 b[2];      // weight chunks (32 packed codes each)
   float xs;        // threads < kBM: scale of row tid
-  uint8_t ws[4];   // threads < kBN: ue8m0 of channel tid's four 32-blocks
+  uint32_t ws;     // threads < kBN: ue8m0 of channel tid's four 32-blocks, byte j = block j
 };
 
 __global__ void __launch_bounds__(kThreads) fp4_grouped_gemm_tc_kernel(Fp4GroupedGemmParams p,
@@ -123,7 +124,7 @@ __global__ void __launch_bounds__(kThreads) fp4_grouped_gemm_tc_kernel(Fp4Groupe
   }
   const int g = lo;
   const int64_t row_begin = int64_t(p.row_offsets[g]) + int64_t(tile - tile_start[g]) * kBM;
-  const int rows = int(min<int64_t>(kBM, int64_t(p.row_offsets[g + 1]) - row_begin));
+  const int rows = int(min(int64_t(kBM), int64_t(p.row_offsets[g + 1]) - row_begin));
   const int64_t n0 = int64_t(blockIdx.y) * kBN;
   const int64_t k = p.k, kb_count = k / kBK;
   const uint8_t* w = p.w[g];
@@ -147,8 +148,11 @@ __global__ void __launch_bounds__(kThreads) fp4_grouped_gemm_tc_kernel(Fp4Groupe
     if (tid < kBM) st.xs = tid < rows ? p.x_scale[(row_begin + tid) * kb_count + kb] : 0.f;
     if (tid < kBN) {
       const int64_t n = n0 + tid;
+      st.ws = 0;
+      if (n < p.n) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) st.ws[j] = n < p.n ? __ldg(wsc + n * (k / 32) + kb * 4 + j) : uint8_t(0);
+        for (int j = 0; j < 4; ++j) st.ws |= uint32_t(__ldg(wsc + n * (k / 32) + kb * 4 + j)) << (8 * j);
+      }
     }
   };
   auto store = [&](const TcStage& st) {
@@ -171,7 +175,7 @@ __global__ void __launch_bounds__(kThreads) fp4_grouped_gemm_tc_kernel(Fp4Groupe
     if (tid < kBM) sm.xs[tid] = st.xs;
     if (tid < kBN) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) sm.ws[tid][j] = n0 + tid < p.n ? e8m0_to_f32(st.ws[j]) : 0.f;
+      for (int j = 0; j < 4; ++j) sm.ws[tid][j] = n0 + tid < p.n ? e8m0_to_f32(uint8_t(st.ws >> (8 * j))) : 0.f;
     }
   };
 
