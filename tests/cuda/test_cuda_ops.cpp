@@ -284,6 +284,22 @@ TEST(CudaOps, SparseAttentionDecodeAndPrefill) {
   for (const AttnCase& c : cases) run_attention(c, rng);
 }
 
+// Prefill shapes of the official numerics (bf16 P, head_dim % 128 == 0, enough tokens to fill the
+// SMs): sparse_attention_tc_kernel. Window rows missing below window_pos0 (a chunk boundary),
+// lists with -1 entries (fewer candidates than top-k), tokens with fewer than 64 candidates, a
+// head sub-range smaller than the 64-head block, 128 heads (two head blocks), positions past 65,536.
+TEST(CudaOps, SparseAttentionPrefillTensorCores) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(19);
+  const AttnCase cases[] = {
+      {"tc prefill csa, window cut at a chunk boundary", 200, 64, 512, 1000, 200 + 60, 1000 - 60, 300, 77, 0, true, 0, -1},
+      {"tc prefill hca past 65536", 150, 64, 512, 70000, 150 + 127, 70000 - 127, 548, 0, 128, true, 0, -1},
+      {"tc prefill window-only heads [3,13) d128", 600, 16, 128, 0, 600, 0, 0, 0, 0, true, 3, 13},
+      {"tc prefill csa 128 heads across 65536", 40, 128, 512, 65530, 40 + 127, 65530 - 127, 2000, 200, 0, true, 0, -1},
+  };
+  for (const AttnCase& c : cases) run_attention(c, rng);
+}
+
 // --- elementwise ---------------------------------------------------------------------------------
 
 TEST(CudaOps, SwigluAddEmbedding) {

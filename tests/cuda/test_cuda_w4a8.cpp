@@ -26,7 +26,9 @@ struct Dev {
   size_t n = 0;
   explicit Dev(const std::vector<T>& host) : n(host.size()) {
     EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
-    if (n) EXPECT_EQ(cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    if (n) {
+      EXPECT_EQ(cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    }
   }
   explicit Dev(size_t count) : n(count) {
     EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
@@ -37,7 +39,9 @@ struct Dev {
   Dev& operator=(const Dev&) = delete;
   std::vector<T> host() const {
     std::vector<T> h(n);
-    if (n) EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    if (n) {
+      EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    }
     return h;
   }
 };
@@ -69,9 +73,9 @@ void run_case(const W4a8Case& c, Rng& rng) {
   }
   std::vector<float> xs(size_t(total * kb));
   for (auto& s : xs) s = std::ldexp(1.f, int(rng.integer(-12, -4)));  // act_quant scales: powers of two
-  std::vector<std::vector<uint8_t>> w(size_t(groups)), ws(size_t(groups));
+  std::vector<std::vector<uint8_t>> w(static_cast<size_t>(groups)), ws(static_cast<size_t>(groups));
   std::vector<std::unique_ptr<Dev<uint8_t>>> dw, dws;
-  std::vector<const uint8_t*> wp(size_t(groups), nullptr), wsp(size_t(groups), nullptr);
+  std::vector<const uint8_t*> wp(static_cast<size_t>(groups), nullptr), wsp(static_cast<size_t>(groups), nullptr);
   for (int g = 0; g < groups; ++g) {
     if (!c.has_w[size_t(g)]) continue;
     w[size_t(g)].resize(size_t(n * k / 2));
@@ -89,7 +93,7 @@ void run_case(const W4a8Case& c, Rng& rng) {
   Dev<const uint8_t*> dwp(wp), dwsp(wsp);
 
   auto run = [&](bool tc, auto* out) {
-    Fp4GroupedGemmParams p;
+    cuda::Fp4GroupedGemmParams p;
     p.x8 = dx.p;
     p.x_scale = dxs.p;
     p.row_offsets = doff.p;
@@ -150,7 +154,10 @@ void run_case(const W4a8Case& c, Rng& rng) {
     }
   }
   std::string tag = "w4a8 groups";
-  for (int r : c.rows) tag += " " + std::to_string(r);
+  for (int r : c.rows) {
+    tag += ' ';
+    tag += std::to_string(r);
+  }
   tag += " n" + std::to_string(n) + " k" + std::to_string(k) + (c.out_f32 ? " f32" : " bf16");
   EXPECT_EQ(untouched_bad, 0) << tag << ": rows of groups without weights were written";
   // bf16 outputs: one bf16 rounding (and a last-bit flip where the sums differ in order). fp32
