@@ -9,7 +9,9 @@
 // second kernel merges the splits and adds the sink. With bf16 P the rounding then happens against
 // the split's running max instead of the global one (a bf16-level difference). Decode-sized calls
 // (few tokens x heads) take sparse_attention_mqa_kernel instead: 32 heads per block share each
-// staged tile (V4RT_ATTN_PER_WARP=1 forces the per-warp kernel, for comparison).
+// staged tile (V4RT_ATTN_PER_WARP=1 forces the per-warp kernel, for comparison). Prefill-sized
+// calls under the official numerics (bf16 q / kv, bf16 P) take sparse_attention_tc_kernel: 64
+// heads of a query on bf16 tensor cores per staged tile (V4RT_ATTN_TC=0 switches it off).
 #include <algorithm>
 #include <cstdlib>
 #include <string>
