@@ -85,10 +85,12 @@ TEST(CudaLinear, Fp8WeightsWholeAndSlices) {
   }
 }
 
+// m < 16 rows: the CUDA-core FP4 kernel; m >= 16 (CudaBackendOptions::expert_tc_min_rows): the
+// tensor-core W4A8 kernel (one group).
 TEST(CudaLinear, Fp4Weights) {
   V4RT_REQUIRE_GPU();
   Rng rng(31);
-  for (auto [m, n, k] : {std::tuple{1, 2048, 4096}, {20, 160, 512}}) {
+  for (auto [m, n, k] : {std::tuple{1, 2048, 4096}, {15, 256, 512}, {20, 160, 512}, {300, 384, 1024}}) {
     Fp4Source f = make_fp4(rng, n, k);
     DualWeight w = upload_both(f.src);
     Dual x = make_dual({m, k}, rng.normals(int64_t(m) * k));
