@@ -194,6 +194,46 @@ TEST(CudaOps, IndexerScores) {
   }
 }
 
+// The official numerics with prefill-sized query counts take indexer_scores_tc_kernel (bf16 tensor
+// cores). Its inputs there are FP4-quantized (e2m1 x power of two, exact in bf16), as here; keys
+// stored F32 (the model's key table) and bf16; a key sub-range with accumulation over a head
+// sub-range; an odd query count (the last pair half empty); keys past the causal limit.
+TEST(CudaOps, IndexerScoresTensorCores) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(17);
+  auto fp4_values = [&](int64_t cnt) {
+    std::vector<float> v(static_cast<size_t>(cnt));
+    for (auto& x : v) x = round_fp4(rng.normal(2.f)) * std::ldexp(1.f, int(rng.integer(-3, 1)));
+    return v;
+  };
+  struct Case { int n, heads, dim, keys; int64_t pos0; int64_t k0, k1; int h0, h1; DType key_dtype; };
+  for (const Case& c : {Case{37, 64, 128, 1000, 3999, 0, -1, 0, -1, DType::kF32},
+                        Case{64, 64, 128, 700, 1000, 100, 650, 16, 48, DType::kBF16},
+                        Case{300, 16, 64, 513, 2000, 0, -1, 0, -1, DType::kF32}}) {
+    const int64_t kend = c.k1 < 0 ? c.keys : c.k1, cols = kend - c.k0;
+    Dual q = make_dual({c.n, c.heads, c.dim}, fp4_values(int64_t(c.n) * c.heads * c.dim));
+    Dual k = make_dual({c.keys, c.dim}, fp4_values(int64_t(c.keys) * c.dim), c.key_dtype);
+    Dual w = make_dual({c.n, c.heads}, rng.normals(int64_t(c.n) * c.heads));
+    Dual s = make_dual({c.n, cols}, rng.normals(int64_t(c.n) * cols), DType::kF32);
+    IndexerScoresParams p;
+    p.weight_scale = 1.0f / std::sqrt(8192.f);
+    p.pos_begin = c.pos0;
+    p.bf16_arith = true;
+    p.key_begin = c.k0;
+    p.key_end = c.k1;
+    p.h_begin = c.h0;
+    p.h_end = c.h1;
+    p.accumulate = c.h0 > 0;
+    p.q = q.cpu; p.keys = k.cpu; p.w = w.cpu; p.scores = s.cpu;
+    cpu_backend().indexer_scores(p);
+    p.q = q.gpu; p.keys = k.gpu; p.w = w.gpu; p.scores = s.gpu;
+    gpu_backend().indexer_scores(p);
+    EXPECT_TRUE(compare("indexer tc n" + std::to_string(c.n) + " heads " + std::to_string(c.heads) + " d" +
+                            std::to_string(c.dim) + (p.accumulate ? " acc" : ""),
+                        s.gpu_values(), s.cpu_values(), {2e-2, 2e-2, 1e-4}));
+  }
+}
+
 TEST(CudaOps, TopkTiesNonFiniteAndShortRows) {
   V4RT_REQUIRE_GPU();
   Rng rng(8);
