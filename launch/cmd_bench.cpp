@@ -14,6 +14,7 @@ void register_bench(CLI::App& app) {
   bench->require_subcommand(1);
   register_bench_tokenizer(*bench);
   register_bench_step(*bench);
+  register_bench_prefill(*bench);
   register_bench_mtp(*bench);
   register_bench_serve(*bench);
 }

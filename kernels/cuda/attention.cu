@@ -9,11 +9,15 @@
 // second kernel merges the splits and adds the sink. With bf16 P the rounding then happens against
 // the split's running max instead of the global one (a bf16-level difference). Decode-sized calls
 // (few tokens x heads) take sparse_attention_mqa_kernel instead: 32 heads per block share each
-// staged tile (V4RT_ATTN_PER_WARP=1 forces the per-warp kernel, for comparison).
+// staged tile (V4RT_ATTN_PER_WARP=1 forces the per-warp kernel, for comparison). Prefill-sized
+// calls under the official numerics (bf16 q / kv, bf16 P) take sparse_attention_tc_kernel: 64
+// heads of a query on bf16 tensor cores per staged tile (V4RT_ATTN_TC=0 switches it off).
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -75,7 +79,9 @@ __device__ __forceinline__ int64_t candidate_code(const AttnArgs& a, const CandR
   return (j >= 0 && j < a.num_comp) ? -(j + 2) : -1;
 }
 
-__global__ void __launch_bounds__(kHeadsPerBlock * 32) sparse_attention_kernel(AttnArgs a) {
+// Bounds (256, 2): ptxas then allocates 87 registers and spills nothing (without the hint it picked
+// 80 with a 4-byte spill); the 128 KB tile of head_dim 512 holds one block per SM either way.
+__global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kernel(AttnArgs a) {
   extern __shared__ float kv[];  // [kTile][dim]
   __shared__ int64_t codes[kTile];  // >= 0: window row; <= -2: compressed entry -code-2; -1: none
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -176,7 +182,9 @@ constexpr int kMqaMaxJ = 4;    // head_dim / 128 <= 4
 // thread, the online softmax of the tile per head (one warp per 4 heads), then O += P V with a
 // 4 heads x 16 dims register tile per thread. Writes the split's partial state for the merge
 // kernel. head_dim % 128 == 0, <= 512; rows read as float4 (Act::ld4).
-__global__ void __launch_bounds__(256) sparse_attention_mqa_kernel(AttnArgs a) {
+// Bounds (256, 1): 151 registers, no spill (ptxas capped itself at 128 with a 4-byte spill
+// otherwise); the ~205 KB of shared memory at head_dim 512 holds one block per SM either way.
+__global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(AttnArgs a) {
   extern __shared__ __align__(16) float smem[];
   const int dim = a.dim, ds = dim + 4;  // padded tile row: conflict-free float4 reads across rows
   float* qs = smem;                     // [kMqaHeads][dim]
@@ -342,6 +350,208 @@ __global__ void attention_combine_kernel(AttnArgs a) {
   if (a.lse && threadIdx.x == 0) a.lse[t * a.lse_stride + h] = m + logf(den);
 }
 
+// --- prefill: a query's 64 heads x each 64-candidate tile on bf16 tensor cores -------------------
+
+constexpr int kTcHeads = 64;     // heads per block (4 m16 tiles)
+constexpr int kTcThreads = 512;  // 16 warps: (4 head tiles) x (4 candidate or dim quarters)
+constexpr int kTcMaxDim = 512;
+constexpr int kTcPad = 8;        // bf16 elements of row padding: 16 B, conflict-free fragment loads
+constexpr int kTcSPad = 4;
+
+size_t tc_smem_bytes(int dim) {
+  const size_t ld = size_t(dim + kTcPad);
+  return (size_t(kTcHeads) + kTile) * ld * 2 +            // Q, KV tile (bf16)
+         size_t(kTcHeads) * (kTile + kTcSPad) * 4 +       // S (fp32)
+         size_t(kTcHeads) * (kTile + kTcPad) * 2;         // P (bf16)
+}
+
+__device__ __forceinline__ uint32_t lds32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 bf16 matrices of shared memory, transposed: the B fragments (k = candidate, n = dim) of
+// two n8 tiles of P.V from a [candidate][dim] tile. Lane l gives the row address of matrix l / 8.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* row) {
+  const uint32_t addr = uint32_t(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Prefill shapes (many query tokens; official numerics: bf16 q / kv, bf16 P): block (token t, head
+// block y) stages q of 64 heads once and each 64-candidate tile of latent rows once for all of them
+// (MQA: one latent row is K and V of every head). S = Q K^T on mma.sync m16n8k16 bf16 (fp32
+// accumulate; warp w: heads (w % 4) * 16, candidates (w / 4) * 16), the online softmax of the tile
+// per head in fp32 exactly as sparse_attention_kernel (running max per 64-candidate tile, the
+// denominator from unrounded p, P rounded to bf16), then O += P V (warp w: heads (w % 4) * 16,
+// dims (w / 4) * dim / 4; V fragments by ldmatrix.trans). One split (the whole candidate list),
+// the sink added at the end. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
+__global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(AttnArgs a) {
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  const int dim = a.dim, ld = dim + kTcPad;
+  uint16_t* qs = reinterpret_cast<uint16_t*>(tc_smem);               // [kTcHeads][ld]
+  uint16_t* kv = qs + kTcHeads * ld;                                 // [kTile][ld]
+  float* ss = reinterpret_cast<float*>(kv + kTile * ld);             // [kTcHeads][kTile + kTcSPad]
+  uint16_t* ps = reinterpret_cast<uint16_t*>(ss + kTcHeads * (kTile + kTcSPad));  // [kTcHeads][kTile + kTcPad]
+  constexpr int sld = kTile + kTcSPad, pld = kTile + kTcPad;
+  __shared__ int64_t codes[kTile];
+  __shared__ float m_s[kTcHeads], den_s[kTcHeads], resc_s[kTcHeads];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  const int64_t t = blockIdx.x;
+  const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
+  const CandRange r = candidate_range(a, t, 0);
+  const int d8 = dim / 8;
+  const uint16_t* q16 = static_cast<const uint16_t*>(a.q.data);
+  const uint16_t* win16 = static_cast<const uint16_t*>(a.win.data);
+  const uint16_t* comp16 = static_cast<const uint16_t*>(a.comp.data);
+
+  for (int i = tid; i < kTcHeads * d8; i += blockDim.x) {
+    const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (h < a.h_end) v = *reinterpret_cast<const uint4*>(q16 + t * a.q.stride + int64_t(h) * dim + c);
+    *reinterpret_cast<uint4*>(qs + hl * ld + c) = v;
+  }
+  if (tid < kTcHeads) {
+    m_s[tid] = -INFINITY;
+    den_s[tid] = 0.f;
+  }
+  const int mt = (warp & 3) * 16;  // head tile of this warp (S and O)
+  const int quarter = warp >> 2;
+  const int dq = dim / 4, nt_count = dq / 8;  // O: dims [quarter * dq, +dq) as nt_count n8 tiles
+  float o[kTcMaxDim / 32][4];
+#pragma unroll
+  for (int j = 0; j < kTcMaxDim / 32; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
+
+  for (int64_t tile0 = r.cand0; tile0 < r.ncand; tile0 += kTile) {
+    const int cnt = int(min(int64_t(kTile), r.ncand - tile0));
+    __syncthreads();  // the previous tile's KV and P are no longer read
+    if (tid < kTile) codes[tid] = tid < cnt ? candidate_code(a, r, t, tile0 + tid) : int64_t(-1);
+    __syncthreads();
+    for (int i = tid; i < kTile * d8; i += blockDim.x) {
+      const int row = i / d8, c = (i % d8) * 8;
+      const int64_t code = codes[row];
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (code >= 0) v = *reinterpret_cast<const uint4*>(win16 + code * a.win.stride + c);
+      else if (code <= -2) v = *reinterpret_cast<const uint4*>(comp16 + (-code - 2) * a.comp.stride + c);
+      *reinterpret_cast<uint4*>(kv + row * ld + c) = v;
+    }
+    __syncthreads();
+    {  // S = Q K^T * scale: heads [mt, mt + 16) x candidates [quarter * 16, +16)
+      float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      const uint16_t* qa = qs + (mt + gid) * ld + tig * 2;
+      const uint16_t* kb = kv + (quarter * 16 + gid) * ld + tig * 2;
+      for (int k0 = 0; k0 < dim; k0 += 16) {
+        const uint32_t a0 = lds32(qa + k0), a1 = lds32(qa + 8 * ld + k0);
+        const uint32_t a2 = lds32(qa + k0 + 8), a3 = lds32(qa + 8 * ld + k0 + 8);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const uint16_t* b = kb + nt * 8 * ld + k0;
+          mma_bf16(sacc[nt], a0, a1, a2, a3, lds32(b), lds32(b + 8));
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int c = quarter * 16 + nt * 8 + tig * 2;
+        ss[(mt + gid) * sld + c] = sacc[nt][0] * a.scale;
+        ss[(mt + gid) * sld + c + 1] = sacc[nt][1] * a.scale;
+        ss[(mt + gid + 8) * sld + c] = sacc[nt][2] * a.scale;
+        ss[(mt + gid + 8) * sld + c + 1] = sacc[nt][3] * a.scale;
+      }
+    }
+    __syncthreads();
+    {  // online softmax: 8 threads per head row, 8 candidates each
+      const int row = tid >> 3, c0 = (tid & 7) * 8;
+      float z[8], tmax = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        z[i] = codes[c0 + i] == -1 ? -INFINITY : ss[row * sld + c0 + i];
+        tmax = fmaxf(tmax, z[i]);
+      }
+#pragma unroll
+      for (int o8 = 1; o8 < 8; o8 <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o8));
+      const float m_old = m_s[row];
+      const float mb = fmaxf(m_old, tmax);
+      float resc = 1.f, sum = 0.f;
+      uint32_t packed[4] = {0u, 0u, 0u, 0u};
+      if (mb != -INFINITY) {  // else a tile of absent candidates before any valid one: nothing changes
+        resc = m_old == -INFINITY ? 0.f : expf(m_old - mb);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float p = z[i] == -INFINITY ? 0.f : expf(z[i] - mb);
+          sum += p;
+          packed[i / 2] |= uint32_t(f32_to_bf16(p)) << (16 * (i & 1));
+        }
+      }
+#pragma unroll
+      for (int o8 = 1; o8 < 8; o8 <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o8);
+      *reinterpret_cast<uint4*>(ps + row * pld + c0) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+      __syncwarp();
+      if ((tid & 7) == 0) {
+        den_s[row] = den_s[row] * resc + sum;
+        m_s[row] = mb;
+        resc_s[row] = resc;
+      }
+    }
+    __syncthreads();
+    {  // O = O * resc + P V: heads [mt, mt + 16) x dims [quarter * dq, +dq)
+      const float r0 = resc_s[mt + gid], r1 = resc_s[mt + gid + 8];
+#pragma unroll
+      for (int j = 0; j < kTcMaxDim / 32; ++j) {
+        o[j][0] *= r0;
+        o[j][1] *= r0;
+        o[j][2] *= r1;
+        o[j][3] *= r1;
+      }
+      const uint16_t* pa = ps + (mt + gid) * pld + tig * 2;
+      const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: matrix mi, row rr
+#pragma unroll
+      for (int k0 = 0; k0 < kTile; k0 += 16) {
+        const uint32_t a0 = lds32(pa + k0), a1 = lds32(pa + 8 * pld + k0);
+        const uint32_t a2 = lds32(pa + k0 + 8), a3 = lds32(pa + 8 * pld + k0 + 8);
+        const uint16_t* vrow = kv + (k0 + (mi & 1) * 8 + rr) * ld + quarter * dq + (mi >> 1) * 8;
+#pragma unroll
+        for (int j = 0; j < kTcMaxDim / 32; j += 2) {
+          if (j < nt_count) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, vrow + j * 8);
+            mma_bf16(o[j], a0, a1, a2, a3, b[0], b[1]);
+            mma_bf16(o[j + 1], a0, a1, a2, a3, b[2], b[3]);
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int hl = mt + gid + half * 8, h = hb0 + hl;
+    if (h >= a.h_end) continue;
+    const float m = m_s[hl];
+    float den = den_s[hl];
+    if (a.include_sink) den += expf(a.sink[h] - m);
+    const float inv = 1.0f / den;
+#pragma unroll
+    for (int j = 0; j < kTcMaxDim / 32; ++j) {
+      if (j < nt_count) {
+        const int64_t d = int64_t(h) * dim + quarter * dq + j * 8 + tig * 2;
+        a.out.st(t, d, o[j][2 * half] * inv, a.out_round);
+        a.out.st(t, d + 1, o[j][2 * half + 1] * inv, a.out_round);
+      }
+    }
+    if (a.lse && quarter == 0 && tig == 0) a.lse[t * a.lse_stride + h] = m + logf(den);
+  }
+}
+
 int num_sms() {
   static int sms = [] {
     int dev = 0, v = 0;
@@ -422,10 +632,11 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
     a.part_acc = static_cast<float*>(part);
     a.part_ml = a.part_acc + slots * size_t(dim);
     const size_t smem = size_t(kMqaHeads * dim + kTile * (dim + 4) + kMqaHeads * kTile) * 4;
+    // Tokens on z: at most num_sms() / 2 of them take this path (mqa above).
     const dim3 grid{unsigned(a.num_splits), unsigned(ceil_div(nh, kMqaHeads)), unsigned(n)};
     sparse_attention_mqa_kernel<<<grid, 256, smem, s>>>(a);
     launch_check("sparse_attention (mqa decode)", s);
-    attention_combine_kernel<<<dim3(unsigned(n), unsigned(nh)), 128, 0, s>>>(a);
+    attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
     launch_check("sparse_attention combine", s);
     CUDA_CHECK(cudaFreeAsync(part, s));
     return;
@@ -433,6 +644,28 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
   // Splits: enough blocks for two waves over the SMs, in whole tiles of the longest list.
   const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
   const int64_t base_blocks = n * head_groups;
+  // Prefill shapes under the official numerics (bf16 q / kv, bf16 P; enough tokens to fill the SMs
+  // without splitting the candidate list): the tensor-core kernel. V4RT_ATTN_TC=0 switches it off.
+  const char* tc_env = std::getenv("V4RT_ATTN_TC");
+  const bool tc = !(tc_env && std::string(tc_env) == "0") && base_blocks >= num_sms() && a.bf16_probs &&
+                  dim % 128 == 0 && dim <= kTcMaxDim && a.q.bf16 && a.win.bf16 && (a.num_comp == 0 || a.comp.bf16) &&
+                  a.q.stride % 8 == 0 && a.win.stride % 8 == 0 && (a.num_comp == 0 || a.comp.stride % 8 == 0) &&
+                  reinterpret_cast<uintptr_t>(a.q.data) % 16 == 0 && reinterpret_cast<uintptr_t>(a.win.data) % 16 == 0 &&
+                  (a.num_comp == 0 || reinterpret_cast<uintptr_t>(a.comp.data) % 16 == 0);
+  if (tc) {
+    static bool tc_attr_set = false;
+    if (!tc_attr_set) {
+      CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(tc_smem_bytes(kTcMaxDim))));
+      tc_attr_set = true;
+    }
+    a.num_splits = 1;
+    a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
+    const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(nh, kTcHeads))};
+    sparse_attention_tc_kernel<<<grid, kTcThreads, tc_smem_bytes(int(dim)), s>>>(a);
+    launch_check("sparse_attention (tensor cores)", s);
+    return;
+  }
   int64_t splits = 1;
   if (base_blocks < num_sms()) splits = std::min<int64_t>(ceil_div(2 * num_sms(), base_blocks), max_tiles);
   a.tiles_per_split = int(ceil_div(max_tiles, splits));
@@ -445,11 +678,12 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
     a.part_acc = static_cast<float*>(part);
     a.part_ml = a.part_acc + slots * size_t(dim);
   }
-  const dim3 grid{unsigned(n), unsigned(head_groups), unsigned(splits)};
+  // Tokens on x; splits (> 1 only when the n x head_groups blocks do not fill the SMs) on z.
+  const dim3 grid{grid_x(n, "sparse_attention"), unsigned(head_groups), unsigned(splits)};
   sparse_attention_kernel<<<grid, kHeadsPerBlock * 32, size_t(kTile) * size_t(dim) * 4, s>>>(a);
   launch_check("sparse_attention", s);
   if (splits > 1) {
-    attention_combine_kernel<<<dim3(unsigned(n), unsigned(nh)), 128, 0, s>>>(a);
+    attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
     launch_check("sparse_attention combine", s);
     CUDA_CHECK(cudaFreeAsync(part, s));
   }

@@ -4,6 +4,7 @@
 // [0, d) and the current block through [d, 2d). One thread per (entry, channel), the same slot
 // order and fp32 arithmetic as the reference.
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -50,7 +51,7 @@ void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s) {
   CHECK_EQ(p.ape.cols, int64_t(c) * p.head_dim);
   const int64_t n = p.num_entries * p.head_dim;
   if (n == 0) return;
-  compressor_pool_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, s>>>(
+  compressor_pool_kernel<<<grid_x_for(n, 256, "compressor_pool"), 256, 0, s>>>(
       make_act(p.kv, "compressor kv"), make_act(p.score, "compressor score"), make_weight_act(p.ape, "compressor ape"),
       make_act(p.out, "compressor out"), p.num_entries, p.ratio, p.head_dim, p.overlap, p.out_bf16);
   launch_check("compressor_pool", s);

@@ -49,6 +49,19 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots
   // allocation every free would synchronize the device (cudaFree). All of this backend's work is
   // on its one stream, so the first backend makes the allocator ordered on it.
   if (!allocation_stream() && !std::getenv("V4RT_CUDA_SYNC_ALLOC")) set_allocation_stream(stream_.get());
+  if (const char* env = std::getenv("V4RT_EXPERT_TC_MIN_ROWS")) {
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    V4RT_REQUIRE(end != env && *end == '\0' && v >= 0,
+                 "V4RT_EXPERT_TC_MIN_ROWS=" << env << ": expected a non-negative integer");
+    options_.expert_tc_min_rows = v;
+  }
+  CHECK_GE(options_.expert_tc_min_rows, 0) << "CudaBackendOptions::expert_tc_min_rows";
+}
+
+bool CudaBackend::expert_tensor_cores(int64_t max_rows, int64_t groups) const {
+  const int64_t min_rows = options_.expert_tc_min_rows;
+  return min_rows > 0 && max_rows >= min_rows * std::max<int64_t>(1, std::min(groups, max_rows));
 }
 
 CudaBackend::~CudaBackend() {
@@ -334,6 +347,8 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   g.num_groups = 1;
   g.n = n;
   g.k = k;
+  g.tensor_cores = expert_tensor_cores(m, 1);
+  g.max_rows = m;
   g.stream = stream_.get();
   fp4_grouped_gemm(g);
   if (!direct) launch_add_into(dense_act(g.out, n, true), y, m, n, p.accumulate, p.out_bf16, stream_.get());
@@ -564,6 +579,8 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.k = k;
     gp.w = w;
     gp.w_scale = ws;
+    gp.tensor_cores = io == Io::kFp8 && expert_tensor_cores(max_rows, num_local);
+    gp.max_rows = max_rows;
     gp.stream = stream_.get();
     fp4_grouped_gemm(gp);
   };

@@ -69,6 +69,9 @@ class CudaBackend final : public Backend {
   void linear_fp8(const LinearParams& p);
   void linear_fp4(const LinearParams& p);
   void linear_dense(const LinearParams& p);
+  // Whether FP4 GEMMs of max_rows rows over `groups` experts take the tensor-core kernel
+  // (CudaBackendOptions::expert_tc_min_rows).
+  bool expert_tensor_cores(int64_t max_rows, int64_t groups) const;
 
   struct Fp8ScaleEntry {
     size_t bytes = 0;         // bytes of the e8m0 scale upload

@@ -3,6 +3,7 @@
 // quantize-dequantize ops of the official numerics (spec §2.2/§2.3) and the clamped SwiGLU (§6);
 // plus the Act view builders shared by every launcher.
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -44,7 +45,7 @@ Act make_weight_act(const WeightView& w, const char* what) {
 namespace {
 
 constexpr int kThreads = 256;
-unsigned blocks_for(int64_t n) { return unsigned(ceil_div(n, kThreads)); }
+unsigned blocks_for(int64_t n) { return grid_x_for(n, kThreads, "elementwise"); }
 
 __global__ void fill_kernel(Act dst, int64_t rows, int64_t cols, float value) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;

@@ -28,6 +28,14 @@ enum class ReferencePrecision : uint8_t {
 
 struct CudaBackendOptions {
   ReferencePrecision reference = ReferencePrecision::kBf16Split;
+  // FP4 GEMMs with FP8 activations (routed experts and FP4 projections under the official
+  // numerics) take the tensor-core W4A8 kernel when they average at least this many rows per
+  // expert with rows (prefill), and the CUDA-core kernel below it (decode: bytes-bound). The rows
+  // are counted on the host as tokens x top-k over min(local experts, rows): under expert
+  // parallelism an upper bound of the rows the local experts receive. 0 keeps
+  // every call on the CUDA-core kernel. The environment variable V4RT_EXPERT_TC_MIN_ROWS, when set,
+  // overrides the value (V4RT_EXPERT_TC_MIN_ROWS=0 switches the tensor-core kernel off).
+  int64_t expert_tc_min_rows = 16;
 };
 
 // The CUDA backend on `device` (-1: current). Throws v4rt::Error when no device is present.

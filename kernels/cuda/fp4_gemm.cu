@@ -60,9 +60,10 @@ __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4Groupe
   if (g < 0) return;
   const int row0 = p.row_offsets[g], row1 = p.row_offsets[g + 1];
   if (row0 >= row1 || p.w[g] == nullptr) return;
-  if (threadIdx.x < 16) {
-    const float mag[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
-    lut[threadIdx.x] = (threadIdx.x & 8) ? -mag[threadIdx.x & 7] : mag[threadIdx.x & 7];
+  if (threadIdx.x < 16) {  // e2m1 code c: 0, 0.5, then (2 + mantissa) * 2^(exponent - 2) (no local array)
+    const int c = threadIdx.x & 7;
+    const float mag = c < 2 ? 0.5f * float(c) : float(2 + (c & 1)) * float(1 << ((c >> 1) - 1)) * 0.5f;
+    lut[threadIdx.x] = (threadIdx.x & 8) ? -mag : mag;
   }
   const uint8_t* w = p.w[g];
   const uint8_t* ws = p.w_scale[g];
@@ -174,6 +175,10 @@ void launch(const Fp4GroupedGemmParams& p, size_t smem) {
 }  // namespace
 
 void fp4_grouped_gemm(const Fp4GroupedGemmParams& p) {
+  if (p.tensor_cores) {
+    fp4_grouped_gemm_tc(p);
+    return;
+  }
   CHECK(p.x_f32 || p.x_bf16 || (p.x8 && p.x_scale)) << "fp4 grouped gemm: no activations";
   CHECK(p.out || p.out_f32) << "fp4 grouped gemm: no output";
   CHECK_EQ(p.k % 128, 0) << "fp4 grouped gemm: k=" << p.k << " must be a multiple of 128";

@@ -5,8 +5,11 @@
 // Activations arrive FP8-quantized (act_quant_fp8, scales [rows][k/128] row-major), as bf16 or as
 // fp32 (reference numerics), grouped so the rows of expert g are [row_offsets[g], row_offsets[g+1]).
 //   out[r, n] = bf16( sum over 32-blocks b of (sum_{k in b} x8[r,k] s_x[r,k/128] * fp4(w[n,k])) * 2^(S[n,b]-127) )
-// One kernel serves decode (many experts, few rows each) and prefill (many rows per expert): a
-// block owns 32 output channels of one expert and walks that expert's rows in tiles of 8.
+// Two kernels. The CUDA-core kernel serves decode (many experts, a few rows each; bytes-bound): a
+// block owns 32 output channels of one expert and walks that expert's rows in tiles of 8. The
+// tensor-core kernel (fp4_gemm_mma.cu; FP8 activations only, Fp4GroupedGemmParams::tensor_cores)
+// serves prefill: weights re-encoded to e4m3 on chip, mma.sync e4m3 with fp32 promotion per
+// 32-block, 64 rows x 128 channels per block. The caller picks by rows per expert.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,9 +34,18 @@ struct Fp4GroupedGemmParams {
   const int32_t* group_list = nullptr;   // device [list_len]
   int list_len = 0;
   int64_t n = 0, k = 0;                  // k % 128 == 0
+  // Tensor-core kernel (needs x8/x_scale; group_list is not used: every group with rows is
+  // served). max_rows bounds row_offsets[num_groups] and sizes its grid.
+  bool tensor_cores = false;
+  int64_t max_rows = 0;
   cudaStream_t stream = nullptr;
 };
 
 void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
+
+// The tensor-core kernel directly (fp4_grouped_gemm calls it when p.tensor_cores is set).
+void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p);
+// Rows of one expert per tensor-core block.
+inline constexpr int kFp4TcRowsPerTile = 64;
 
 }  // namespace v4rt::kernels::cuda

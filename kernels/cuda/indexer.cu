@@ -5,7 +5,12 @@
 // 256K keys) are first narrowed by many blocks: a 16-bit histogram of the order keys, the bin
 // holding the k-th largest, and a compaction of every element at or above that bin; one block then
 // sorts the <= 2048 candidates (the full single-block select remains the fallback).
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -17,13 +22,13 @@ constexpr int kKeysPerBlock = 128;
 constexpr int kTopkThreads = 512;
 constexpr int kMaxTopk = 2048;
 
-// One thread per key, one block row per query token; q of the token's heads in shared memory.
-__global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
-    Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim, int64_t key_begin,
-    int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate, bool bf16_arith, bool vec) {
-  extern __shared__ __align__(16) float qs[];  // [nh][dim], then w [nh]
+// The scores of query token t against this block's keys (one thread per key); q of the token's
+// heads in shared memory (qs [nh][dim], then w [nh]). Every thread of the block calls it.
+__device__ __forceinline__ void indexer_scores_token(
+    int64_t t, float* qs, Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
+    int64_t key_begin, int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate,
+    bool bf16_arith, bool vec) {
   float* ws = qs + nh * dim;
-  const int64_t t = blockIdx.y;
   for (int i = threadIdx.x; i < nh * dim; i += blockDim.x) qs[i] = q.ld(t, int64_t(h_begin) * dim + i);
   for (int i = threadIdx.x; i < nh; i += blockDim.x)
     ws[i] = bf16_arith ? round_bf16(w.ld(t, h_begin + i) * weight_scale) : w.ld(t, h_begin + i) * weight_scale;
@@ -84,6 +89,20 @@ __global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
   }
   if (bf16_arith) sum = round_bf16(sum);
   *out = accumulate ? *out + sum : sum;
+}
+
+// Blocks (key block x, token row y); the tokens are walked with a grid-stride loop over y, so any
+// number of query tokens fits the 65,535-block limit of gridDim.y.
+__global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
+    int64_t n, Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
+    int64_t key_begin, int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate,
+    bool bf16_arith, bool vec) {
+  extern __shared__ __align__(16) float qs[];
+  for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
+    __syncthreads();  // the previous token's q is no longer read
+    indexer_scores_token(t, qs, q, keys, w, scores, score_stride, h_begin, nh, dim, key_begin, key_end, pos_begin,
+                         ratio, weight_scale, accumulate, bf16_arith, vec);
+  }
 }
 
 // Order-preserving key of a finite score (0 marks a non-finite one); -0 counts as +0.
@@ -299,6 +318,123 @@ __global__ void __launch_bounds__(kChunkBlock) topk_collect_kernel(const float* 
   }
 }
 
+// --- prefill, official numerics: bf16 tensor cores --------------------------------------------
+
+constexpr int kTcKeys = 128;     // keys per block (8 warps x m16)
+constexpr int kTcQueries = 2;    // query tokens per pass: N = 2 x 64 heads
+constexpr int kTcHeadsPad = 64;  // heads padded to 64 (absent heads: q = 0, w = 0)
+constexpr int kTcMaxDim = 128;
+constexpr int kTcLd = kTcMaxDim + 8;  // bf16 row stride: conflict-free fragment loads
+
+size_t indexer_tc_smem_bytes() {
+  return (size_t(kTcKeys) + size_t(kTcQueries) * kTcHeadsPad) * kTcLd * 2 + size_t(kTcQueries) * kTcHeadsPad * 4;
+}
+
+__device__ __forceinline__ uint32_t lds32_bf16(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Official numerics (bf16_arith), where q and the keys hold FP4-quantized values (Hadamard, then
+// e2m1 x ue8m0 per 32: exact in bf16, so staging them as bf16 is exact whatever their storage):
+// block x stages 128 keys once, then walks query pairs (grid-stride over y); per pair the
+// 128 keys x (2 x 64 heads) dot products run on mma.sync m16n8k16 bf16 with fp32 accumulation
+// (keys as A, q as B: warp w owns keys [16w, 16w + 16), each thread 2 keys x 2 heads of each n8
+// tile), then per (query, key) the reference's sum over heads of bf16(max(bf16(dot), 0) *
+// bf16(w * scale)), in fp32 and in head order, rounded to bf16. Heads past nh add +0 at the end.
+__global__ void __launch_bounds__(256) indexer_scores_tc_kernel(int64_t n, Act q, Act keys, Act w, float* scores,
+                                                                int64_t score_stride, int h_begin, int nh, int dim,
+                                                                int64_t key_begin, int64_t key_end, int64_t pos_begin,
+                                                                int ratio, float weight_scale, bool accumulate) {
+  extern __shared__ __align__(16) unsigned char idx_smem[];
+  uint16_t* ks = reinterpret_cast<uint16_t*>(idx_smem);      // [kTcKeys][kTcLd]
+  uint16_t* qs = ks + kTcKeys * kTcLd;                         // [kTcQueries * 64][kTcLd]
+  float* ws = reinterpret_cast<float*>(qs + kTcQueries * kTcHeadsPad * kTcLd);  // [kTcQueries * 64]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  const int64_t j0 = key_begin + int64_t(blockIdx.x) * kTcKeys;
+  for (int i = tid; i < kTcKeys * dim; i += blockDim.x) {
+    const int r = i / dim, c = i % dim;
+    const int64_t j = j0 + r;
+    ks[r * kTcLd + c] = j < key_end ? f32_to_bf16(keys.ld(j, c)) : uint16_t(0);
+  }
+  for (int64_t t0 = int64_t(blockIdx.y) * kTcQueries; t0 < n; t0 += int64_t(gridDim.y) * kTcQueries) {
+    __syncthreads();  // the previous pair's q and w are no longer read
+    for (int i = tid; i < kTcQueries * kTcHeadsPad * dim; i += blockDim.x) {
+      const int row = i / dim, c = i % dim, qi = row / kTcHeadsPad, hl = row % kTcHeadsPad;
+      const int64_t t = t0 + qi;
+      qs[row * kTcLd + c] =
+          (t < n && hl < nh) ? f32_to_bf16(q.ld(t, int64_t(h_begin + hl) * dim + c)) : uint16_t(0);
+    }
+    if (tid < kTcQueries * kTcHeadsPad) {
+      const int qi = tid / kTcHeadsPad, hl = tid % kTcHeadsPad;
+      const int64_t t = t0 + qi;
+      ws[tid] = (t < n && hl < nh) ? round_bf16(w.ld(t, h_begin + hl) * weight_scale) : 0.f;
+    }
+    __syncthreads();
+    float acc[kTcQueries * kTcHeadsPad / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kTcQueries * kTcHeadsPad / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    const uint16_t* ka = ks + (warp * 16 + gid) * kTcLd + tig * 2;
+    for (int k0 = 0; k0 < dim; k0 += 16) {
+      const uint32_t a0 = lds32_bf16(ka + k0), a1 = lds32_bf16(ka + 8 * kTcLd + k0);
+      const uint32_t a2 = lds32_bf16(ka + k0 + 8), a3 = lds32_bf16(ka + 8 * kTcLd + k0 + 8);
+#pragma unroll
+      for (int nt = 0; nt < kTcQueries * kTcHeadsPad / 8; ++nt) {
+        const uint16_t* b = qs + (nt * 8 + gid) * kTcLd + tig * 2 + k0;
+        mma_bf16_16816(acc[nt], a0, a1, a2, a3, lds32_bf16(b), lds32_bf16(b + 8));
+      }
+    }
+    // acc[nt][0..1]: key gid, heads nt * 8 + 2 tig + {0, 1}; acc[nt][2..3]: key gid + 8. Each
+    // becomes its head's term; the 64 terms of a (query, key) are then added in head order, as the
+    // reference does (every lane of the row's four gathers them by shuffles), so the fp32 sum and its
+    // bf16 rounding are the reference's bit for bit.
+#pragma unroll
+    for (int nt = 0; nt < kTcQueries * kTcHeadsPad / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float wv = ws[nt * 8 + tig * 2 + e];
+        acc[nt][e] = round_bf16(fmaxf(round_bf16(acc[nt][e]), 0.f) * wv);
+        acc[nt][2 + e] = round_bf16(fmaxf(round_bf16(acc[nt][2 + e]), 0.f) * wv);
+      }
+    }
+#pragma unroll
+    for (int qi = 0; qi < kTcQueries; ++qi) {
+      float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+      for (int nt = qi * 8; nt < qi * 8 + 8; ++nt) {
+#pragma unroll
+        for (int src = 0; src < 4; ++src) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            sum0 += __shfl_sync(0xffffffffu, acc[nt][e], gid * 4 + src);
+            sum1 += __shfl_sync(0xffffffffu, acc[nt][2 + e], gid * 4 + src);
+          }
+        }
+      }
+      const int64_t t = t0 + qi;
+      if (tig != 0 || t >= n) continue;
+      const int64_t visible = (pos_begin + t + 1) / ratio;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t j = j0 + warp * 16 + gid + half * 8;
+        if (j >= key_end) continue;
+        float* out = scores + t * score_stride + (j - key_begin);
+        const float v = round_bf16(half ? sum1 : sum0);
+        *out = j >= visible ? -INFINITY : (accumulate ? *out + v : v);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s) {
@@ -322,9 +458,33 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s) {
   }
   Act keys;
   if (num_keys > 0) keys = make_act(p.keys, "indexer keys");
-  const dim3 grid(unsigned(ceil_div(nkeys, kKeysPerBlock)), unsigned(n));
+  // Prefill under the official numerics: the tensor-core kernel (V4RT_INDEXER_TC=0 switches it off).
+  const char* tc_env = std::getenv("V4RT_INDEXER_TC");
+  if (p.bf16_arith && !(tc_env && std::string(tc_env) == "0") && n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim &&
+      num_keys > 0) {
+    static bool tc_attr_set = false;
+    if (!tc_attr_set) {
+      CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(indexer_tc_smem_bytes())));
+      tc_attr_set = true;
+    }
+    // Query pairs per block: about four waves of blocks in all, each block's keys staged once.
+    int sms = 0, dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t key_tiles = ceil_div(nkeys, kTcKeys), pairs = ceil_div(n, kTcQueries);
+    const int64_t y = std::min(pairs, std::max<int64_t>(1, ceil_div(4 * int64_t(sms), key_tiles)));
+    const dim3 tc_grid(grid_x(key_tiles, "indexer_scores (tensor cores)"), grid_yz(y));
+    indexer_scores_tc_kernel<<<tc_grid, 256, indexer_tc_smem_bytes(), s>>>(
+        n, make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
+        p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
+        p.accumulate);
+    launch_check("indexer_scores (tensor cores)", s);
+    return;
+  }
+  const dim3 grid(grid_x_for(nkeys, kKeysPerBlock, "indexer_scores"), grid_yz(n));
   indexer_scores_kernel<<<grid, kKeysPerBlock, smem, s>>>(
-      make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
+      n, make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
       p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
       p.accumulate, p.bf16_arith, num_keys > 0 && keys.vec_ok());
   launch_check("indexer_scores", s);
@@ -349,7 +509,7 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
   const float* scores = static_cast<const float*>(p.scores.data);
   const int64_t stride = p.scores.stride[0];
   // Few long rows (decode): narrow each row with many blocks first (see the file comment).
-  const bool narrow = rows <= 16 && cols >= 4 * kChunkElems;
+  const bool narrow = rows <= 16 && cols >= 4 * kChunkElems;  // rows on gridDim.y: few by construction
   void* work = nullptr;
   unsigned long long* cand = nullptr;
   uint32_t* cand_count = nullptr;
@@ -369,7 +529,7 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
     topk_collect_kernel<<<grid, kChunkBlock, 0, s>>>(scores, stride, cols, thr_bin, cand, cand_count);
     launch_check("topk narrow", s);
   }
-  topk_kernel<<<unsigned(rows), kTopkThreads, 0, s>>>(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
+  topk_kernel<<<grid_x(rows, "topk"), kTopkThreads, 0, s>>>(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
                                                       p.out_idx.stride[0], vals, val_stride, p.index_offset, cand,
                                                       cand_count);
   launch_check("topk", s);

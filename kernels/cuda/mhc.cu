@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -18,13 +19,16 @@ constexpr int kThreads = 256;
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // The mix GEMV of hc_pre / hc_head (kNumMix = 24 / kHc rows of fn over len = hc * hidden inputs)
-// split over blocks: block (split, t) sums columns [split * cols, (split + 1) * cols) of token t into
-// part[t][split][0, kNumMix) and the sum of squares of x into part[t][split][kNumMix].
+// split over blocks: block t * splits + split (one x dimension: any number of tokens) sums columns
+// [split * cols, (split + 1) * cols) of token t into part[t][split][0, kNumMix) and the sum of
+// squares of x into part[t][split][kNumMix].
 template <int kNumMix>
-__global__ void __launch_bounds__(kThreads) mix_partial_kernel(Act x, Act fn, int64_t len, int64_t cols, float* part) {
+__global__ void __launch_bounds__(kThreads) mix_partial_kernel(Act x, Act fn, int64_t len, int64_t cols, int splits,
+                                                               float* part) {
   __shared__ float red[kNumMix + 1][kThreads / 32];
-  const int64_t t = blockIdx.y;
-  const int64_t c0 = int64_t(blockIdx.x) * cols, c1 = min(len, c0 + cols);
+  const int64_t b = blockIdx.x;
+  const int64_t t = b / splits;
+  const int64_t c0 = (b % splits) * cols, c1 = min(len, c0 + cols);
   float acc[kNumMix + 1];
 #pragma unroll
   for (int m = 0; m <= kNumMix; ++m) acc[m] = 0.f;
@@ -44,7 +48,7 @@ __global__ void __launch_bounds__(kThreads) mix_partial_kernel(Act x, Act fn, in
   if (threadIdx.x <= kNumMix) {
     float sum = 0.f;
     for (int w = 0; w < kThreads / 32; ++w) sum += red[threadIdx.x][w];
-    part[(t * gridDim.x + blockIdx.x) * (kNumMix + 1) + threadIdx.x] = sum;
+    part[b * (kNumMix + 1) + threadIdx.x] = sum;
   }
 }
 
@@ -75,7 +79,7 @@ float* launch_mix_partial(const Act& x, const Act& fn, int64_t n, int64_t len, i
   float* part = nullptr;
   CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&part), size_t(n * splits * (kNumMix + 1)) * 4, s));
   const int64_t cols = ceil_div(len, splits);
-  mix_partial_kernel<kNumMix><<<dim3(unsigned(splits), unsigned(n)), kThreads, 0, s>>>(x, fn, len, cols, part);
+  mix_partial_kernel<kNumMix><<<grid_x(n * splits, "hc mix_partial"), kThreads, 0, s>>>(x, fn, len, cols, splits, part);
   launch_check("hc mix_partial", s);
   return part;
 }
@@ -191,7 +195,7 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s) {
   const Act x = make_act(p.x, "hc_pre x");
   const int splits = mix_splits(n, hc * hidden);
   float* part = launch_mix_partial<kNumMix>(x, make_weight_act(p.fn, "hc_pre fn"), n, hc * hidden, splits, s);
-  hc_pre_kernel<<<unsigned(n), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.a, "hc_pre a"), post,
+  hc_pre_kernel<<<grid_x(n, "hc_pre"), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.a, "hc_pre a"), post,
                                                  post_stride, comb, comb_stride, hidden, p.sinkhorn_iters, p.hc_eps,
                                                  p.norm_eps, p.out_bf16);
   launch_check("hc_pre", s);
@@ -210,7 +214,7 @@ void launch_hc_head(const HcHeadParams& p, cudaStream_t s) {
   const Act x = make_act(p.x, "hc_head x");
   const int splits = mix_splits(n, hc * hidden);
   float* part = launch_mix_partial<kHc>(x, make_weight_act(p.fn, "hc_head fn"), n, hc * hidden, splits, s);
-  hc_head_kernel<<<unsigned(n), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.y, "hc_head y"), hidden,
+  hc_head_kernel<<<grid_x(n, "hc_head"), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.y, "hc_head y"), hidden,
                                                   p.hc_eps, p.norm_eps, p.out_bf16);
   launch_check("hc_head", s);
   CUDA_CHECK(cudaFreeAsync(part, s));
@@ -226,7 +230,7 @@ void launch_hc_post(const HcPostParams& p, cudaStream_t s) {
   CHECK_EQ(act_row_width(p.o), hidden);
   CHECK_EQ(act_row_width(p.x_new), hc * hidden);
   if (n == 0) return;
-  hc_post_kernel<<<unsigned(ceil_div(n * hidden, 256)), 256, 0, s>>>(
+  hc_post_kernel<<<grid_x_for(n * hidden, 256, "hc_post"), 256, 0, s>>>(
       make_act(p.o, "hc_post o"), make_act(p.x_old, "hc_post x_old"), post, post_stride, comb, comb_stride,
       make_act(p.x_new, "hc_post x_new"), n, hidden, p.out_bf16);
   launch_check("hc_post", s);

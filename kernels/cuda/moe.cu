@@ -7,6 +7,7 @@
 // router computes the scores in fp32 (a warp per expert row over a tile of tokens) and selects in
 // a second kernel (a warp per token).
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -40,13 +41,10 @@ constexpr int kGateWarps = 8;  // experts per scores block (one warp each)
 constexpr int kGateTok = 8;    // tokens per scores block
 
 // scores[t, e] = sqrt(softplus(gate[e] . x[t])) in fp32: a warp per expert row, kGateTok tokens per
-// block (the gate row is read once per token tile, the x rows stay in L1/L2).
-__global__ void __launch_bounds__(kGateWarps * 32) moe_gate_scores_kernel(GateArgs a, int64_t n, bool vec,
-                                                                           float* scores) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t e = int64_t(blockIdx.x) * kGateWarps + warp;
-  const int64_t t0 = int64_t(blockIdx.y) * kGateTok;
-  if (e >= a.num_experts) return;
+// block (the gate row is read once per token tile, the x rows stay in L1/L2). This: the scores of
+// tokens [t0, t0 + kGateTok) against expert row e (one warp).
+__device__ __forceinline__ void gate_scores_tile(const GateArgs& a, int64_t n, bool vec, int64_t e, int64_t t0,
+                                                 int lane, float* scores) {
   const int cnt = int(min(int64_t(kGateTok), n - t0));
   float acc[kGateTok];
 #pragma unroll
@@ -75,6 +73,16 @@ __global__ void __launch_bounds__(kGateWarps * 32) moe_gate_scores_kernel(GateAr
     const float v = warp_sum(acc[t]);
     if (lane == 0 && t < cnt) scores[(t0 + t) * a.num_experts + e] = sqrtf(softplus(v));
   }
+}
+
+// Token tiles on y are walked with a grid-stride loop (any number of tokens).
+__global__ void __launch_bounds__(kGateWarps * 32) moe_gate_scores_kernel(GateArgs a, int64_t n, bool vec,
+                                                                           float* scores) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t e = int64_t(blockIdx.x) * kGateWarps + warp;
+  if (e >= a.num_experts) return;
+  for (int64_t t0 = int64_t(blockIdx.y) * kGateTok; t0 < n; t0 += int64_t(gridDim.y) * kGateTok)
+    gate_scores_tile(a, n, vec, e, t0, lane, scores);
 }
 
 // Decode-sized batches (n <= kGateTok): one block per expert row, the row split over all threads
@@ -441,11 +449,11 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s) {
   if (n <= kGateTok) {
     moe_gate_scores_row_kernel<<<unsigned(a.num_experts), 256, 0, s>>>(a, n, vec, scores);
   } else {
-    const dim3 grid(unsigned(ceil_div(a.num_experts, kGateWarps)), unsigned(ceil_div(n, kGateTok)));
+    const dim3 grid(unsigned(ceil_div(a.num_experts, kGateWarps)), grid_yz(ceil_div(n, kGateTok)));
     moe_gate_scores_kernel<<<grid, kGateWarps * 32, 0, s>>>(a, n, vec, scores);
   }
   launch_check("moe_gate_scores", s);
-  moe_gate_select_kernel<<<unsigned(ceil_div(n, kGateWarps)), kGateWarps * 32, 0, s>>>(a, n, scores);
+  moe_gate_select_kernel<<<grid_x_for(n, kGateWarps, "moe_gate_select"), kGateWarps * 32, 0, s>>>(a, n, scores);
   launch_check("moe_gate_select", s);
   CUDA_CHECK(cudaFreeAsync(scores, s));
 }
@@ -455,6 +463,8 @@ void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_beg
   const RouteArgs a = route_args(idx, weight, e_begin, e_end);
   CHECK_LE(a.topk, kMaxTopk);
   CHECK_LE(a.num_local, kMaxExperts) << "moe_route: local experts";
+  V4RT_REQUIRE(a.num_tokens * a.topk < (int64_t(1) << 31),
+               "moe_route: " << a.num_tokens << " tokens x top-" << a.topk << " rows exceed the int32 row index");
   CUDA_CHECK(cudaMemsetAsync(r.slot_row, 0xff, size_t(a.num_tokens * a.topk) * 4, s));
   if (a.num_local <= 0) return;
   moe_count_kernel<<<unsigned(a.num_local), 256, 0, s>>>(a, r.counts);
@@ -470,7 +480,7 @@ void launch_moe_gather_quant(const Act& x, int64_t hidden, const MoeRouting& r, 
   CHECK_EQ(hidden % 128, 0) << "moe hidden " << hidden;
   const int64_t threads = max_rows * (hidden / 128) * 32;
   if (threads == 0) return;
-  moe_gather_quant_kernel<<<unsigned(ceil_div(threads, 256)), 256, 0, s>>>(x, hidden, r.row_token,
+  moe_gather_quant_kernel<<<grid_x_for(threads, 256, "moe_gather_quant"), 256, 0, s>>>(x, hidden, r.row_token,
                                                                            r.row_offsets + num_local, max_rows, x8, scale);
   launch_check("moe_gather_quant", s);
 }
@@ -480,7 +490,7 @@ void launch_moe_gather(const Act& x, int64_t hidden, const MoeRouting& r, int nu
   CHECK((x_bf16 != nullptr) != (x_f32 != nullptr)) << "moe_gather: one destination";
   const int64_t n = max_rows * hidden;
   if (n == 0) return;
-  moe_gather_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, s>>>(x, hidden, r.row_token, r.row_offsets + num_local,
+  moe_gather_kernel<<<grid_x_for(n, 256, "moe_gather"), 256, 0, s>>>(x, hidden, r.row_token, r.row_offsets + num_local,
                                                                max_rows, x_bf16, x_f32);
   launch_check("moe_gather", s);
 }
@@ -506,14 +516,14 @@ void launch_moe_swiglu(const MoeSwigluIo& io, int64_t inter, float limit, const 
   CHECK(a.h_f32 || a.h_bf16 || (a.h8 && a.scale)) << "moe_swiglu: no output";
   const int64_t threads = max_rows * (inter / 128) * 32;
   if (threads == 0) return;
-  moe_swiglu_kernel<<<unsigned(ceil_div(threads, 256)), 256, 0, s>>>(a);
+  moe_swiglu_kernel<<<grid_x_for(threads, 256, "moe_swiglu"), 256, 0, s>>>(a);
   launch_check("moe_swiglu", s);
 }
 
 void launch_moe_combine(const uint16_t* y, const float* y_f32, int64_t hidden, const TensorView& idx,
                         const MoeRouting& r, const Act& out, int64_t num_tokens, int topk, cudaStream_t s) {
   if (num_tokens * hidden == 0) return;
-  moe_combine_kernel<<<unsigned(ceil_div(num_tokens * hidden, 256)), 256, 0, s>>>(
+  moe_combine_kernel<<<grid_x_for(num_tokens * hidden, 256, "moe_combine"), 256, 0, s>>>(
       y, y_f32, hidden, static_cast<const int32_t*>(idx.data), idx.stride[0], r.slot_row, out, num_tokens, topk);
   launch_check("moe_combine", s);
 }

@@ -3,6 +3,7 @@
 // interleaved partial RoPE (§2.5, accurate sinf/cosf of fp32(pos) * inv_freq) and the Walsh-Hadamard
 // rotation of the indexer (§2.7, same butterfly order as the reference).
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -97,7 +98,7 @@ void launch_rms_norm(const RmsNormParams& p, cudaStream_t s) {
     w.stride = 0;
   }
   if (rows == 0) return;
-  rms_norm_kernel<<<unsigned(rows), 256, 0, s>>>(make_act(p.x, "rms_norm x"), make_act(p.y, "rms_norm y"), w, has_w,
+  rms_norm_kernel<<<grid_x(rows, "rms_norm"), 256, 0, s>>>(make_act(p.x, "rms_norm x"), make_act(p.y, "rms_norm y"), w, has_w,
                                                  dim, p.eps, p.out_bf16, p.bf16_arith);
   launch_check("rms_norm", s);
 }
@@ -115,7 +116,7 @@ void launch_rope(const RopeParams& p, cudaStream_t s) {
   for (int i = 0; i < half; ++i) args.inv_freq[i] = p.inv_freq[i];
   const int64_t n = rows * heads * half;
   if (n == 0) return;
-  rope_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, s>>>(make_act(p.x, "rope x"), rows, heads, head_dim, half,
+  rope_kernel<<<grid_x_for(n, 256, "rope"), 256, 0, s>>>(make_act(p.x, "rope x"), rows, heads, head_dim, half,
                                                          p.pos_begin, p.pos_step, p.inverse, p.out_bf16, args);
   launch_check("rope", s);
 }
@@ -124,7 +125,7 @@ void launch_hadamard(const HadamardParams& p, cudaStream_t s) {
   const int64_t rows = p.x.shape[0], dim = act_row_width(p.x);
   CHECK(dim > 0 && (dim & (dim - 1)) == 0 && dim <= 16384) << "hadamard dim " << dim;
   if (rows == 0) return;
-  hadamard_kernel<<<unsigned(rows), 128, size_t(dim) * 4, s>>>(make_act(p.x, "hadamard x"), dim, p.out_bf16);
+  hadamard_kernel<<<grid_x(rows, "hadamard"), 128, size_t(dim) * 4, s>>>(make_act(p.x, "hadamard x"), dim, p.out_bf16);
   launch_check("hadamard", s);
 }
 

@@ -3,8 +3,15 @@
 // through one function declared here and defined in launch/bench/bench_<what>.cpp.
 #pragma once
 
+#include <cstdint>
+#include <string>
+
 namespace CLI {
 class App;
+}
+
+namespace v4rt::model {
+struct ModelConfig;
 }
 
 namespace v4rt::launch {
@@ -12,5 +19,13 @@ namespace v4rt::launch {
 void register_bench_tokenizer(CLI::App& bench);  // bench_tokenizer.cpp
 void register_bench_step(CLI::App& bench);       // bench_step.cpp: `bench step` and `bench indexer`
 void register_bench_serve(CLI::App& bench);      // bench_serve.cpp: against a running `v4rt serve`
+void register_bench_prefill(CLI::App& bench);    // bench_prefill.cpp
+
+// The synthetic bench model of bench_step.cpp, shared by the benchmarks that load it: the preset's
+// dimensions on `layers` layers (alternating CSA / HCA, score routing), its checkpoint written to
+// `dir` from `seed` (returns the tensor bytes), and its weight bytes (routed experts, the rest).
+model::ModelConfig bench_model_config(const std::string& preset, int layers);
+uint64_t write_bench_model(const model::ModelConfig& cfg, const std::string& dir, uint64_t seed);
+void bench_weight_bytes(const model::ModelConfig& cfg, double* experts, double* rest);
 
 }  // namespace v4rt::launch

@@ -561,6 +561,18 @@ void run_indexer(const IndexerArgs& a) {
 
 }  // namespace
 
+model::ModelConfig bench_model_config(const std::string& preset, int layers) {
+  return bench_config(preset, layers, /*mtp=*/false);
+}
+
+uint64_t write_bench_model(const model::ModelConfig& cfg, const std::string& dir, uint64_t seed) {
+  return write_bench_checkpoint(cfg, dir, seed);
+}
+
+void bench_weight_bytes(const model::ModelConfig& cfg, double* experts, double* rest) {
+  weight_bytes(cfg, experts, rest);
+}
+
 void register_bench_step(CLI::App& bench) {
   static StepArgs step;
   auto* s = bench.add_subcommand("step", "Decode step of a Flash/Pro-sized model from a seed, against the roofline");

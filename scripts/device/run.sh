@@ -13,12 +13,14 @@
 #   cpp-httplib.pc, and the Brotli runtime libcpp-httplib.so links; see scripts/device/devdeps.sh.
 #   Rename any downloaded name holding '%3a' (an epoch) to drop it: zlib1g-dev_1.2.13.dfsg-1_amd64.deb.)
 # On the device (repository root):
-#   scripts/device/run.sh [all|test|nccl|sanitize|bench|golden|step|mtp]...
+#   scripts/device/run.sh [all|test|nccl|sanitize|bench|golden|step|prefill|mtp]...
 # Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc),
 # TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default tests/data/golden,
 # which travels with the working tree),
 # STEP_ARGS (extra `v4rt bench step` runs, ';'-separated argument lists; each may hold comma lists
 # of --batch / --context), STEP_CSV (a CSV file every step run appends its per-op rows to),
+# PREFILL_ARGS / PREFILL_CSV (the `prefill` step: `v4rt bench prefill` runs, ';'-separated argument
+# lists, and a CSV file for their per-op rows),
 # TEST_FILTER (gtest filter of the device op tests, default all), MTP_ARGS / MTP_LAYERS / MTP_MODEL
 # (the `mtp` step: `v4rt bench mtp` on a Flash slice with its MTP layer; see scripts/device/mtp.sh).
 set -uo pipefail
@@ -79,7 +81,7 @@ if want nccl && has test_nccl_comm; then
 fi
 if want sanitize && has test_cuda_kernels && command -v compute-sanitizer >/dev/null; then
   timeout 240 compute-sanitizer --tool memcheck --print-limit 10 "$BUILD/tests/cuda/test_cuda_kernels" --gtest_color=no \
-    --gtest_filter='CudaOps.*:CudaLinear.*:CudaMoe.*:CudaReference.*:CudaGemm.Fp4*' > "$OUT/sanitizer.log" 2>&1
+    --gtest_filter='CudaOps.*:CudaLinear.*:CudaMoe.*:CudaReference.*:CudaGemm.Fp4*:CudaW4a8.*' > "$OUT/sanitizer.log" 2>&1
   echo "compute-sanitizer memcheck (rc $?):"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/sanitizer.log" | head -20
 fi
 if want golden && has test_gpu_golden; then
@@ -104,6 +106,18 @@ if want step && has bench_step; then
   echo "=== v4rt bench indexer" >> "$OUT/step.log"
   timeout 120 "$BUILD/tests/cuda/bench_step" bench indexer --backend cuda >> "$OUT/step.log" 2>&1 || rc=1
   grep -vE "^\s*$" "$OUT/step.log" | grep -vE "^  (rms_norm|rope|qdq|copy|add|swiglu|fill|embedding|hadamard|compressor)" | tail -150
+fi
+if want prefill && has bench_step; then
+  : > "$OUT/prefill.log"
+  # `v4rt bench prefill` built alone (tests/cuda/bench_step_main.cpp).
+  IFS=';' read -ra runs <<< "${PREFILL_ARGS:---preset flash --layers 2 --context 8192,131072 --chunk 8192}"
+  for args in "${runs[@]}"; do
+    echo "=== v4rt bench prefill $args" | tee -a "$OUT/prefill.log"
+    # shellcheck disable=SC2086
+    timeout 580 "$BUILD/tests/cuda/bench_step" bench prefill --backend cuda $args \
+      ${PREFILL_CSV:+--csv "$PREFILL_CSV"} >> "$OUT/prefill.log" 2>&1 || rc=1
+  done
+  grep -vE "^\s*$" "$OUT/prefill.log" | grep -vE "^  (rms_norm|rope|qdq|copy|add|fill|embedding|hadamard)" | tail -150
 fi
 if want mtp && has v4rt; then
   bash scripts/device/mtp.sh "$BUILD/launch/v4rt" "$OUT/mtp.log" || rc=1  # MTP_* settings: see mtp.sh

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Stand-alone driver of `bench step` / `bench indexer` (launch/bench/bench_step.cpp) for the device
+// Stand-alone driver of `bench step` / `bench indexer` / `bench prefill` (launch/bench/) for the device
 // script: the same code as `v4rt bench step`, linked without the rest of the CLI.
 #include <CLI/CLI.hpp>
 
@@ -9,10 +9,11 @@
 #include "launch/bench/bench.h"
 
 int main(int argc, char** argv) {
-  CLI::App app("v4rt GPU benchmarks (bench step, bench indexer)");
+  CLI::App app("v4rt GPU benchmarks (bench step, bench indexer, bench prefill)");
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
   v4rt::launch::register_bench_step(*bench);
+  v4rt::launch::register_bench_prefill(*bench);
   app.require_subcommand(1);
   try {
     app.parse(argc, argv);

@@ -85,10 +85,12 @@ TEST(CudaLinear, Fp8WeightsWholeAndSlices) {
   }
 }
 
+// m < 16 rows: the CUDA-core FP4 kernel; m >= 16 (CudaBackendOptions::expert_tc_min_rows): the
+// tensor-core W4A8 kernel (one group).
 TEST(CudaLinear, Fp4Weights) {
   V4RT_REQUIRE_GPU();
   Rng rng(31);
-  for (auto [m, n, k] : {std::tuple{1, 2048, 4096}, {20, 160, 512}}) {
+  for (auto [m, n, k] : {std::tuple{1, 2048, 4096}, {15, 256, 512}, {20, 160, 512}, {300, 384, 1024}}) {
     Fp4Source f = make_fp4(rng, n, k);
     DualWeight w = upload_both(f.src);
     Dual x = make_dual({m, k}, rng.normals(int64_t(m) * k));
@@ -245,10 +247,13 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
   }
 }
 
+// With the default CudaBackendOptions::expert_tc_min_rows (16 rows per expert), n = 1 and 13 take
+// the CUDA-core FP4 kernel and n >= 300 (8 local experts, top-6) the tensor-core W4A8 kernel.
 TEST(CudaMoe, ExpertsDecodeAndPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(34);
   for (int n : {1, 13, 300}) run_moe_experts(n, rng);
+  run_moe_experts(700, rng, true, 1024);
 }
 
 // The reference numerics of the default CUDA options (ReferencePrecision::kBf16Split): fp32

@@ -194,6 +194,46 @@ TEST(CudaOps, IndexerScores) {
   }
 }
 
+// The official numerics with prefill-sized query counts take indexer_scores_tc_kernel (bf16 tensor
+// cores). Its inputs there are FP4-quantized (e2m1 x power of two, exact in bf16), as here; keys
+// stored F32 (the model's key table) and bf16; a key sub-range with accumulation over a head
+// sub-range; an odd query count (the last pair half empty); keys past the causal limit.
+TEST(CudaOps, IndexerScoresTensorCores) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(17);
+  auto fp4_values = [&](int64_t cnt) {
+    std::vector<float> v(static_cast<size_t>(cnt));
+    for (auto& x : v) x = round_fp4(rng.normal(2.f)) * std::ldexp(1.f, int(rng.integer(-3, 1)));
+    return v;
+  };
+  struct Case { int n, heads, dim, keys; int64_t pos0; int64_t k0, k1; int h0, h1; DType key_dtype; };
+  for (const Case& c : {Case{37, 64, 128, 1000, 3999, 0, -1, 0, -1, DType::kF32},
+                        Case{64, 64, 128, 700, 1000, 100, 650, 16, 48, DType::kBF16},
+                        Case{300, 16, 64, 513, 2000, 0, -1, 0, -1, DType::kF32}}) {
+    const int64_t kend = c.k1 < 0 ? c.keys : c.k1, cols = kend - c.k0;
+    Dual q = make_dual({c.n, c.heads, c.dim}, fp4_values(int64_t(c.n) * c.heads * c.dim));
+    Dual k = make_dual({c.keys, c.dim}, fp4_values(int64_t(c.keys) * c.dim), c.key_dtype);
+    Dual w = make_dual({c.n, c.heads}, rng.normals(int64_t(c.n) * c.heads));
+    Dual s = make_dual({c.n, cols}, rng.normals(int64_t(c.n) * cols), DType::kF32);
+    IndexerScoresParams p;
+    p.weight_scale = 1.0f / std::sqrt(8192.f);
+    p.pos_begin = c.pos0;
+    p.bf16_arith = true;
+    p.key_begin = c.k0;
+    p.key_end = c.k1;
+    p.h_begin = c.h0;
+    p.h_end = c.h1;
+    p.accumulate = c.h0 > 0;
+    p.q = q.cpu; p.keys = k.cpu; p.w = w.cpu; p.scores = s.cpu;
+    cpu_backend().indexer_scores(p);
+    p.q = q.gpu; p.keys = k.gpu; p.w = w.gpu; p.scores = s.gpu;
+    gpu_backend().indexer_scores(p);
+    EXPECT_TRUE(compare("indexer tc n" + std::to_string(c.n) + " heads " + std::to_string(c.heads) + " d" +
+                            std::to_string(c.dim) + (p.accumulate ? " acc" : ""),
+                        s.gpu_values(), s.cpu_values(), {2e-2, 2e-2, 1e-4}));
+  }
+}
+
 TEST(CudaOps, TopkTiesNonFiniteAndShortRows) {
   V4RT_REQUIRE_GPU();
   Rng rng(8);
@@ -280,6 +320,22 @@ TEST(CudaOps, SparseAttentionDecodeAndPrefill) {
       {"decode hca 9000 entries (3 tiles per split)", 1, 64, 512, 1160000, 128, 1160000 - 127, 9000, 0, 128, false, 0, -1},
       {"prefill csa", 70, 8, 512, 0, 70, 0, 17, 17, 0, false, 0, -1},
       {"prefill hca odd", 140, 5, 96, 200, 340, 0, 2, 0, 128, true, 1, 4},
+  };
+  for (const AttnCase& c : cases) run_attention(c, rng);
+}
+
+// Prefill shapes of the official numerics (bf16 P, head_dim % 128 == 0, enough tokens to fill the
+// SMs): sparse_attention_tc_kernel. Window rows missing below window_pos0 (a chunk boundary),
+// lists with -1 entries (fewer candidates than top-k), tokens with fewer than 64 candidates, a
+// head sub-range smaller than the 64-head block, 128 heads (two head blocks), positions past 65,536.
+TEST(CudaOps, SparseAttentionPrefillTensorCores) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(19);
+  const AttnCase cases[] = {
+      {"tc prefill csa, window cut at a chunk boundary", 200, 64, 512, 1000, 200 + 60, 1000 - 60, 300, 77, 0, true, 0, -1},
+      {"tc prefill hca past 65536", 150, 64, 512, 70000, 150 + 127, 70000 - 127, 548, 0, 128, true, 0, -1},
+      {"tc prefill window-only heads [3,13) d128", 600, 16, 128, 0, 600, 0, 0, 0, 0, true, 3, 13},
+      {"tc prefill csa 128 heads across 65536", 40, 128, 512, 65530, 40 + 127, 65530 - 127, 2000, 200, 0, true, 0, -1},
   };
   for (const AttnCase& c : cases) run_attention(c, rng);
 }

@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: MIT
+// The grouped W4A8 expert GEMM on tensor cores (fp4_grouped_gemm_tc) against an fp64 host reference
+// of the official numerics and against the CUDA-core kernel on the same inputs: experts with 0 and
+// 1 rows, ragged groups, groups without weights, row tiles that end inside a group, channel counts
+// not a multiple of the 128-channel tile (odd ones too), k of one and of several 128-steps, bf16 and
+// fp32 outputs, zero and extreme codes. moe_experts through the backend in prefill shapes
+// lives in test_cuda_moe.cpp (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <type_traits>
+
+#include "kernels/cuda/fp4_gemm.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace v4rt::kernels::cuda_test {
+namespace {
+
+// Device memory owned by a test.
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(const std::vector<T>& host) : n(host.size()) {
+    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    if (n) {
+      EXPECT_EQ(cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    }
+  }
+  explicit Dev(size_t count) : n(count) {
+    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    EXPECT_EQ(cudaMemset(p, 0xff, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);  // NaN-ish sentinel
+  }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  std::vector<T> host() const {
+    std::vector<T> h(n);
+    if (n) {
+      EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    }
+    return h;
+  }
+};
+
+struct W4a8Case {
+  std::vector<int> rows;       // rows per group
+  std::vector<bool> has_w;     // group has weights (false: skipped, its rows left untouched)
+  int64_t n, k;
+  bool out_f32;
+};
+
+// Host fp64 reference of one output: bf16/fp32 of sum over 32-blocks b of
+// (sum_{k in b} e4m3(x8) * s_x[k/128] * fp4(w)) * 2^(S[b] - 127).
+void run_case(const W4a8Case& c, Rng& rng) {
+  const int groups = int(c.rows.size());
+  std::vector<int32_t> offsets(size_t(groups) + 1, 0);
+  for (int g = 0; g < groups; ++g) offsets[size_t(g) + 1] = offsets[size_t(g)] + c.rows[size_t(g)];
+  const int64_t total = offsets.back(), n = c.n, k = c.k, kb = k / 128;
+  std::vector<uint8_t> x8(size_t(total * k));
+  for (auto& v : x8) {
+    do v = uint8_t(rng.integer(0, 255));
+    while ((v & 0x7f) == 0x7f);  // no NaN codes (act_quant never emits them)
+  }
+  if (total > 0) {  // extreme codes in the first row: +-448 and the smallest subnormals
+    x8[0] = 0x7e;
+    x8[1] = 0xfe;
+    x8[2] = 0x01;
+    x8[3] = 0x81;
+  }
+  std::vector<float> xs(size_t(total * kb));
+  for (auto& s : xs) s = std::ldexp(1.f, int(rng.integer(-12, -4)));  // act_quant scales: powers of two
+  std::vector<std::vector<uint8_t>> w(static_cast<size_t>(groups)), ws(static_cast<size_t>(groups));
+  std::vector<std::unique_ptr<Dev<uint8_t>>> dw, dws;
+  std::vector<const uint8_t*> wp(static_cast<size_t>(groups), nullptr), wsp(static_cast<size_t>(groups), nullptr);
+  for (int g = 0; g < groups; ++g) {
+    if (!c.has_w[size_t(g)]) continue;
+    w[size_t(g)].resize(size_t(n * k / 2));
+    for (auto& b : w[size_t(g)]) b = uint8_t(rng.integer(0, 255));
+    ws[size_t(g)].resize(size_t(n * k / 32));
+    for (auto& s : ws[size_t(g)]) s = uint8_t(rng.integer(118, 124));
+    dw.push_back(std::make_unique<Dev<uint8_t>>(w[size_t(g)]));
+    dws.push_back(std::make_unique<Dev<uint8_t>>(ws[size_t(g)]));
+    wp[size_t(g)] = dw.back()->p;
+    wsp[size_t(g)] = dws.back()->p;
+  }
+  Dev<uint8_t> dx(x8);
+  Dev<float> dxs(xs);
+  Dev<int32_t> doff(offsets);
+  Dev<const uint8_t*> dwp(wp), dwsp(wsp);
+
+  auto run = [&](bool tc, auto* out) {
+    cuda::Fp4GroupedGemmParams p;
+    p.x8 = dx.p;
+    p.x_scale = dxs.p;
+    p.row_offsets = doff.p;
+    p.w = dwp.p;
+    p.w_scale = dwsp.p;
+    if constexpr (std::is_same_v<std::remove_pointer_t<decltype(out)>, Dev<float>>) {
+      p.out_f32 = out->p;
+    } else {
+      p.out = out->p;
+    }
+    p.num_groups = groups;
+    p.n = n;
+    p.k = k;
+    p.tensor_cores = tc;
+    p.max_rows = total + 3;  // an upper bound, not the exact count
+    cuda::fp4_grouped_gemm(p);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  };
+  std::vector<float> got_tc, got_cc;
+  const size_t outn = size_t(std::max<int64_t>(total * n, 1));
+  if (c.out_f32) {
+    Dev<float> o_tc(outn), o_cc(outn);
+    run(true, &o_tc);
+    run(false, &o_cc);
+    got_tc = o_tc.host();
+    got_cc = o_cc.host();
+  } else {
+    Dev<uint16_t> o_tc(outn), o_cc(outn);
+    run(true, &o_tc);
+    run(false, &o_cc);
+    for (uint16_t v : o_tc.host()) got_tc.push_back(bf16_to_f32(v));
+    for (uint16_t v : o_cc.host()) got_cc.push_back(bf16_to_f32(v));
+  }
+  // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
+  std::vector<float> ref, tc, cc;
+  int64_t untouched_bad = 0;
+  for (int g = 0; g < groups; ++g) {
+    for (int64_t r = offsets[size_t(g)]; r < offsets[size_t(g) + 1]; ++r) {
+      for (int64_t j = 0; j < n; ++j) {
+        const size_t o = size_t(r * n + j);
+        if (!c.has_w[size_t(g)]) {
+          untouched_bad += !std::isnan(got_tc[o]);
+          continue;
+        }
+        double acc = 0.0;
+        for (int64_t b = 0; b < k / 32; ++b) {
+          double blk = 0.0;
+          for (int64_t i = b * 32; i < b * 32 + 32; ++i) {
+            const double xv = double(e4m3_to_f32(x8[size_t(r * k + i)])) * xs[size_t(r * kb + i / 128)];
+            blk += xv * fp4_to_f32(fp4_unpack(w[size_t(g)].data() + j * (k / 2), i));
+          }
+          acc += blk * e8m0_to_f32(ws[size_t(g)][size_t(j * (k / 32) + b)]);
+        }
+        ref.push_back(c.out_f32 ? float(acc) : round_bf16(float(acc)));
+        tc.push_back(got_tc[o]);
+        cc.push_back(got_cc[o]);
+      }
+    }
+  }
+  std::string tag = "w4a8 groups";
+  for (int r : c.rows) {
+    tag += ' ';
+    tag += std::to_string(r);
+  }
+  tag += " n" + std::to_string(n) + " k" + std::to_string(k) + (c.out_f32 ? " f32" : " bf16");
+  EXPECT_EQ(untouched_bad, 0) << tag << ": rows of groups without weights were written";
+  // bf16 outputs: one bf16 rounding (and a last-bit flip where the sums differ in order). fp32
+  // outputs: the tensor cores add the 32 products of a block at reduced alignment precision, so
+  // the bound is relative to the rms of the row block, not to each (possibly cancelling) element.
+  const Tolerance tol = c.out_f32 ? Tolerance{1e-3, 1e-3, 1e-6} : Tolerance{1e-2, 1e-2, 1e-4};
+  EXPECT_TRUE(compare(tag + " tensor cores vs fp64", tc, ref, tol));
+  EXPECT_TRUE(compare(tag + " tensor cores vs cuda cores", tc, cc, tol));
+}
+
+TEST(CudaW4a8, EdgeShapesVsReference) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(71);
+  const std::vector<W4a8Case> cases = {
+      {{1}, {true}, 128, 128, false},                                // one row, one tile, one k step
+      {{0, 1, 0, 0}, {true, true, true, true}, 256, 256, false},     // empty groups around a one-row group
+      {{64, 65, 63, 0, 130}, {true, true, true, true, true}, 384, 512, false},  // tile boundaries
+      {{7, 0, 200, 3}, {true, true, false, true}, 200, 384, false},  // a group without weights; n % 128 != 0
+      {{33, 1, 90}, {true, true, true}, 77, 640, false},             // odd n: scalar stores at the edge
+      {{129, 2}, {true, true}, 130, 256, true},                      // fp32 outputs
+      {{0, 0}, {true, true}, 128, 128, false},                       // no rows at all
+  };
+  for (const auto& c : cases) run_case(c, rng);
+}
+
+TEST(CudaW4a8, RandomRaggedGroups) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(72);
+  for (int trial = 0; trial < 4; ++trial) {
+    W4a8Case c;
+    const int groups = int(rng.integer(1, 24));
+    for (int g = 0; g < groups; ++g) {
+      const int64_t kind = rng.integer(0, 3);
+      c.rows.push_back(kind == 0 ? 0 : kind == 1 ? int(rng.integer(1, 4)) : int(rng.integer(5, 300)));
+      c.has_w.push_back(rng.integer(0, 9) != 0);
+    }
+    c.n = 8 * rng.integer(1, 48);
+    c.k = 128 * rng.integer(1, 6);
+    c.out_f32 = trial == 3;
+    run_case(c, rng);
+  }
+}
+
+}  // namespace
+}  // namespace v4rt::kernels::cuda_test
