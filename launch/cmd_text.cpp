@@ -162,6 +162,8 @@ void run_parse_output(const ParseOutputOptions& o) {
   text::Json out = text::Json::object();
   out["message"] = msg.to_json();
   out["finish_reason"] = msg.finish_reason;
+  // Calls the parser had to drop (malformed markup), each named with the reason: never silent.
+  if (!msg.warnings.empty()) out["warnings"] = msg.warnings;
   write_out(out.dump(2) + "\n");
 }
 

@@ -2,6 +2,8 @@
 // GenerationOutput (tokens -> deltas), stop strings, and the OpenAI response / chunk JSON.
 #include "launch/serve/output.h"
 
+#include <glog/logging.h>
+
 #include <algorithm>
 
 #include "model/text/special_tokens.h"
@@ -144,6 +146,13 @@ void GenerationOutput::finish(FinishReason reason, std::vector<Delta>* deltas) {
     if (!tail.empty()) parser_->feed(tail, &events);
     parser_->finish(length, &events);
     route(events, deltas);
+    // A call the model started but whose arguments could not be read is never sent (not even
+    // as {}); the response says so instead (docs/SERVING.md, "Malformed tool calls").
+    for (const std::string& w : parser_->message().warnings) {
+      LOG(WARNING) << "serve: " << w;
+      warning_ += (warning_.empty() ? "" : "; ") + w;
+    }
+    if (!warning_.empty()) deltas->push_back(make_delta(Delta::Kind::kWarning, warning_));
   } else if (!tail.empty()) {
     add_content(tail, deltas);
   }
@@ -211,6 +220,8 @@ text_json chunk_json(const ResponseMeta& meta, const Delta* delta, const std::st
       d["reasoning_content"] = delta->text;
     } else if (delta->kind == Delta::Kind::kContent) {
       d["content"] = delta->text;
+    } else if (delta->kind == Delta::Kind::kWarning) {
+      choice["warning"] = delta->text;  // the delta stays empty
     } else if (delta->kind == Delta::Kind::kToolCallStart) {
       d["tool_calls"] = text_json::array({{{"index", delta->index},
                                            {"id", delta->id},
@@ -253,6 +264,7 @@ text_json final_json(const ResponseMeta& meta, GenerationOutput& out, int64_t pr
     choice["logprobs"] = lp.is_null() ? lp : completion_logprobs(lp);
   }
   choice["finish_reason"] = out.finish_reason();
+  if (!out.warning().empty()) choice["warning"] = out.warning();
   text_json j = base(meta, meta.chat ? "chat.completion" : "text_completion");
   j["choices"] = text_json::array({choice});
   j["usage"] = usage_json(out, prompt_tokens, cached_tokens);

@@ -18,7 +18,8 @@
 namespace v4rt::launch::serve {
 
 struct Delta {
-  enum class Kind { kReasoning, kContent, kToolCallStart, kToolCallArgs };
+  // kWarning: the output parser dropped a tool call (text names it); sent before the finish chunk.
+  enum class Kind { kReasoning, kContent, kToolCallStart, kToolCallArgs, kWarning };
   Kind kind = Kind::kContent;
   std::string text;
   int index = -1;    // tool calls
@@ -61,6 +62,9 @@ class GenerationOutput {
   const std::string& content() const { return content_; }
   const model::text::ParsedMessage* parsed() const { return parser_ ? &parser_->message() : nullptr; }
   bool thinking() const { return thinking_; }
+  // The tool calls the model started that were dropped, and why ("" when none); the response's
+  // `warning` field. finish_reason is unaffected ("stop" when no call was returned).
+  const std::string& warning() const { return warning_; }
 
  private:
   void route(std::vector<model::text::ParseEvent>& events, std::vector<Delta>* deltas);
@@ -79,6 +83,7 @@ class GenerationOutput {
   int64_t reasoning_tokens_ = 0;
   std::string reasoning_, content_;
   std::string finish_reason_;
+  std::string warning_;
   text_json pending_logprobs_ = text_json::array();
 };
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Streaming DeepSeek-V4 output parser (see output_parser.h). Markers are exact byte strings
 // found with string_view::find; the hold-back rule keeps the output independent of chunking.
+// The malformed-DSML rules it applies are listed in docs/SERVING.md ("Malformed tool calls").
 #include "model/text/output_parser.h"
 
 #include <glog/logging.h>
@@ -15,30 +16,34 @@
 namespace v4rt::model::text {
 namespace {
 
-constexpr std::string_view kTcOpen = "<｜DSML｜tool_calls>";
-constexpr std::string_view kTcClose = "</｜DSML｜tool_calls>";
-constexpr std::string_view kInvokeOpen = "<｜DSML｜invoke";
-constexpr std::string_view kInvokeClose = "</｜DSML｜invoke>";
-constexpr std::string_view kParamOpen = "<｜DSML｜parameter";
-constexpr std::string_view kParamClose = "</｜DSML｜parameter>";
-constexpr std::string_view kDsmlOpenTag = "<｜DSML｜";
-constexpr std::string_view kDsmlCloseTag = "</｜DSML｜";
+// Every DSML tag is "<" or "</", the ｜DSML｜ token, then a name: any of them starts markup.
+constexpr std::string_view kDsmlOpen = "<｜DSML｜";
+constexpr std::string_view kDsmlClose = "</｜DSML｜";
+constexpr size_t kMaxTagName = 64;     // longer names are cut here (bounds the hold-back)
+constexpr size_t kMaxAttrValue = 4096; // an attribute value without its closing quote by then is bad
 
-// Markers per state, in the order they are tried when two start at the same position.
-constexpr std::array<std::string_view, 4> kReasoningMarkers = {kThinkEnd, kTcOpen, kEos,
-                                                               kThinkStart};
-constexpr std::array<std::string_view, 6> kContentMarkers = {kTcOpen,       kThinkEnd,
-                                                             kParamClose,   kInvokeClose,
-                                                             kTcClose,      kEos};
-constexpr std::array<std::string_view, 4> kBlockMarkers = {kInvokeOpen, kTcClose, kEos,
-                                                           kDsmlOpenTag};
-constexpr std::array<std::string_view, 7> kInvokeMarkers = {kParamOpen, kInvokeClose, kTcClose,
-                                                            kInvokeOpen, kEos, kDsmlOpenTag,
-                                                            kDsmlCloseTag};
-constexpr std::array<std::string_view, 6> kValueMarkers = {kParamClose, kParamOpen, kInvokeOpen,
-                                                           kInvokeClose, kTcClose, kEos};
+// Markers of REASONING and CONTENT; ｜DSML｜ alone is the token without its angle bracket.
+constexpr std::array<std::string_view, 6> kTextMarkers = {kDsmlOpen, kDsmlClose, kDsml,
+                                                          kThinkEnd, kThinkStart, kEos};
+// Markers of BLOCK, INVOKE and AFTER.
+constexpr std::array<std::string_view, 3> kMarkupMarkers = {kDsmlOpen, kDsmlClose, kEos};
+// VALUE ends at its closer, or implicitly at a tag that cannot be inside a value (§8.2); other
+// text, DSML or not, is the value's (it is argument data, never content).
+constexpr std::array<std::string_view, 7> kValueMarkers = {
+    "</｜DSML｜parameter>", "<｜DSML｜parameter", "<｜DSML｜invoke", "</｜DSML｜invoke>",
+    "</｜DSML｜tool_calls>", "</｜DSML｜function_calls>", kEos};
 
 bool is_ws(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+bool is_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-';
+}
+
+std::string_view trim_ws(std::string_view s) {
+  while (!s.empty() && is_ws(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_ws(s.back())) s.remove_suffix(1);
+  return s;
+}
 
 // Earliest marker occurrence: {position, marker index}, or {npos, -1}.
 template <size_t N>
@@ -79,70 +84,42 @@ std::string_view strip_newlines(std::string_view s, int max) {
 
 // Tag-attribute scanner with a three-way answer: matched, needs more text, malformed.
 enum class Scan { kOk, kMore, kBad };
-struct Cursor {
-  std::string_view s;
-  size_t i = 0;
-  void skip_ws() {
+
+// The attributes of a DSML tag from `i` (just after its name) through its '>':
+// ( WS KEY WS? "=" WS? QUOTE VALUE QUOTE )* WS? ( ">" | "/>" ). Either quote character is
+// accepted. A value holding the ｜DSML｜ token is bad, so a missing quote never swallows markup.
+Scan scan_attrs(std::string_view s, size_t i, std::map<std::string, std::string>* attrs,
+                size_t* used) {
+  auto skip_ws = [&] {
     while (i < s.size() && is_ws(s[i])) ++i;
+    return i < s.size();
+  };
+  for (;;) {
+    if (!skip_ws()) return Scan::kMore;
+    if (s[i] == '>' || s[i] == '/') {
+      if (s[i] == '/' && i + 1 == s.size()) return Scan::kMore;
+      if (s[i] == '/' && s[i + 1] != '>') return Scan::kBad;
+      *used = i + (s[i] == '/' ? 2 : 1);
+      return Scan::kOk;
+    }
+    const size_t key_begin = i;
+    while (i < s.size() && is_name_char(s[i])) ++i;
+    if (i == s.size()) return Scan::kMore;
+    if (i == key_begin) return Scan::kBad;
+    const std::string key(s.substr(key_begin, i - key_begin));
+    if (!skip_ws()) return Scan::kMore;
+    if (s[i++] != '=') return Scan::kBad;
+    if (!skip_ws()) return Scan::kMore;
+    const char quote = s[i];
+    if (quote != '"' && quote != '\'') return Scan::kBad;
+    const size_t close = s.find(quote, i + 1);
+    const std::string_view value =
+        s.substr(i + 1, close == std::string_view::npos ? std::string_view::npos : close - i - 1);
+    if (value.find(kDsml) != std::string_view::npos) return Scan::kBad;
+    if (close == std::string_view::npos) return value.size() > kMaxAttrValue ? Scan::kBad : Scan::kMore;
+    (*attrs)[key] = std::string(value);
+    i = close + 1;
   }
-  Scan lit(std::string_view t) {
-    const size_t n = std::min(t.size(), s.size() - i);
-    if (s.substr(i, n) != t.substr(0, n)) return Scan::kBad;
-    if (n < t.size()) return Scan::kMore;
-    i += n;
-    return Scan::kOk;
-  }
-  Scan quoted_until(std::string* out) {  // up to the next '"', which is consumed
-    const size_t q = s.find('"', i);
-    if (q == std::string_view::npos) return s.size() - i > 4096 ? Scan::kBad : Scan::kMore;
-    *out = std::string(s.substr(i, q - i));
-    i = q + 1;
-    return Scan::kOk;
-  }
-};
-
-#define V4RT_SCAN(expr)                   \
-  do {                                    \
-    const Scan r_ = (expr);               \
-    if (r_ != Scan::kOk) return r_;       \
-  } while (0)
-
-// <｜DSML｜invoke name="NAME">
-Scan scan_invoke(std::string_view buf, std::string* name, size_t* used) {
-  Cursor c{buf, kInvokeOpen.size()};
-  c.skip_ws();
-  if (c.i == buf.size()) return Scan::kMore;
-  V4RT_SCAN(c.lit("name=\""));
-  V4RT_SCAN(c.quoted_until(name));
-  c.skip_ws();
-  V4RT_SCAN(c.i == buf.size() ? Scan::kMore : Scan::kOk);
-  V4RT_SCAN(c.lit(">"));
-  *used = c.i;
-  return Scan::kOk;
-}
-
-// <｜DSML｜parameter name="KEY" string="true|false">   (a missing string attribute means true)
-Scan scan_param(std::string_view buf, std::string* key, bool* is_string, size_t* used) {
-  Cursor c{buf, kParamOpen.size()};
-  c.skip_ws();
-  if (c.i == buf.size()) return Scan::kMore;
-  V4RT_SCAN(c.lit("name=\""));
-  V4RT_SCAN(c.quoted_until(key));
-  c.skip_ws();
-  if (c.i == buf.size()) return Scan::kMore;
-  *is_string = true;
-  if (buf[c.i] != '>') {
-    V4RT_SCAN(c.lit("string=\""));
-    std::string flag;
-    V4RT_SCAN(c.quoted_until(&flag));
-    if (flag != "true" && flag != "false") return Scan::kBad;
-    *is_string = flag == "true";
-    c.skip_ws();
-    if (c.i == buf.size()) return Scan::kMore;
-  }
-  V4RT_SCAN(c.lit(">"));
-  *used = c.i;
-  return Scan::kOk;
 }
 
 ParseEvent make_event(ParseEvent::Kind kind, std::string_view text, int index = -1) {
@@ -224,11 +201,14 @@ void OutputParser::feed(std::string_view text, std::vector<ParseEvent>* events) 
 void OutputParser::finish(bool length_limited, std::vector<ParseEvent>* events) {
   if (finished_) return;
   out_ = events;
+  length_limited_ = length_limited;
   buf_ += utf8_sanitize(utf8_tail_);
   utf8_tail_.clear();
   while (step(true)) {
   }
-  if (in_call_) drop_call();  // truncated inside an invoke: never reported as complete
+  // Truncated inside an invoke: never reported as complete (§8.3 item 5).
+  if (in_call_)
+    drop_call(length_limited ? "generation reached the token limit inside it" : "the output ended inside it");
   buf_.clear();
   finished_ = true;
   out_ = nullptr;
@@ -243,24 +223,29 @@ bool OutputParser::step(bool eof) {
   switch (state_) {
     case State::kReasoning: return step_text(eof, true);
     case State::kContent: return step_text(eof, false);
-    case State::kBlock: return step_markup(eof, false);
-    case State::kInvoke: return step_markup(eof, true);
+    case State::kBlock:
+    case State::kInvoke:
+    case State::kAfter: return step_markup(eof);
     case State::kValue: return step_value(eof);
-    case State::kAfter: return step_after(eof);
     case State::kDone: buf_.clear(); return false;
   }
   return false;
 }
 
-// REASONING / CONTENT: plain text up to the next marker.
+// ---------------------------------------------------------------------------------------------
+// REASONING / CONTENT
+// ---------------------------------------------------------------------------------------------
+// Plain text up to the next marker. A DSML opener of any name starts markup (BLOCK); DSML
+// closers, ｜DSML｜ alone, <think> and (in content) </think> are removed.
 bool OutputParser::step_text(bool eof, bool reasoning) {
+  if (after_drop_ && !guard_join(eof, reasoning)) return false;
   const auto kind = reasoning ? ParseEvent::Kind::kReasoning : ParseEvent::Kind::kContent;
   const std::string_view buf(buf_);
-  auto [pos, which] = reasoning ? find_marker(buf, kReasoningMarkers) : find_marker(buf, kContentMarkers);
+  const auto [pos, which] = find_marker(buf, kTextMarkers);
   if (which < 0) {
     size_t hold = 0;
     if (!eof) {
-      hold = reasoning ? partial_suffix(buf, kReasoningMarkers) : partial_suffix(buf, kContentMarkers);
+      hold = partial_suffix(buf, kTextMarkers);
       // Up to two '\n' before the held part may be the separator in front of a DSML block.
       for (int k = 0; k < 2 && hold < buf.size() && buf[buf.size() - hold - 1] == '\n'; ++k) ++hold;
     }
@@ -268,157 +253,233 @@ bool OutputParser::step_text(bool eof, bool reasoning) {
     buf_.erase(0, buf_.size() - hold);
     return false;
   }
-  const std::string_view marker = reasoning ? kReasoningMarkers[which] : kContentMarkers[which];
-  std::string_view text = buf.substr(0, pos);
-  State next = state_;
-  if (marker == kTcOpen) {
-    text = strip_newlines(text, 2);
-    next = State::kBlock;
-  } else if (marker == kThinkEnd) {
-    next = State::kContent;  // in CONTENT a stray </think> is dropped
-    if (!reasoning) VLOG(1) << "output parser: stray </think> in content removed";
-  } else if (marker == kEos) {
-    next = State::kDone;
-  } else if (!reasoning) {
-    VLOG(1) << "output parser: stray " << marker << " outside a tool-call block removed";
-  }
-  emit_text(kind, text);
-  buf_.erase(0, pos + marker.size());
-  state_ = next;
-  return true;
-}
-
-// BLOCK (between invokes) and INVOKE (between parameters).
-bool OutputParser::step_markup(bool eof, bool in_invoke) {
-  if (!in_stray_) {  // whitespace between tags is layout; inside a stray-text run it is text
-    size_t ws = 0;
-    while (ws < buf_.size() && is_ws(buf_[ws])) ++ws;
-    buf_.erase(0, ws);
-  }
-  if (buf_.empty()) return false;
-  if (buf_[0] != '<') return emit_stray_text();
-  in_stray_ = false;
-  const std::string_view buf(buf_);
-  if (!in_invoke && buf.starts_with(kInvokeOpen)) {
-    std::string name;
-    size_t used = 0;
-    const Scan s = scan_invoke(buf, &name, &used);
-    if (s == Scan::kMore && !eof) return false;
-    if (s != Scan::kOk) return skip_bad_tag(eof);
-    buf_.erase(0, used);
-    start_call(name);
-    state_ = State::kInvoke;
-    return true;
-  }
-  if (in_invoke && buf.starts_with(kParamOpen)) {
-    std::string key;
-    bool is_string = true;
-    size_t used = 0;
-    const Scan s = scan_param(buf, &key, &is_string, &used);
-    if (s == Scan::kMore && !eof) return false;
-    if (s != Scan::kOk) return skip_bad_tag(eof);
-    buf_.erase(0, used);
-    begin_param(key, is_string);
-    state_ = State::kValue;
-    return true;
-  }
-  if (in_invoke && buf.starts_with(kInvokeClose)) {
-    buf_.erase(0, kInvokeClose.size());
-    close_call();
+  const std::string_view marker = kTextMarkers[which];
+  if (marker == kDsmlOpen) {  // a block, or markup that will be dropped as one (§8.3 item 10)
+    emit_text(kind, strip_newlines(buf.substr(0, pos), 2));
+    buf_.erase(0, pos);
     state_ = State::kBlock;
     return true;
   }
-  if (in_invoke && buf.starts_with(kInvokeOpen)) {  // a dropped </invoke>: close implicitly
-    close_call();
+  if (marker == kEos || (reasoning && marker == kThinkEnd)) {
+    emit_text(kind, buf.substr(0, pos));
+    buf_.erase(0, pos + marker.size());
+    state_ = marker == kEos ? State::kDone : State::kContent;
+    return true;
+  }
+  size_t len = marker.size();
+  if (marker == kDsmlClose) {  // the closer's name and '>' go with it
+    size_t i = pos + len;
+    while (i < buf.size() && i - pos - len < kMaxTagName && is_name_char(buf[i])) ++i;
+    if (i == buf.size() && i - pos - len < kMaxTagName && !eof) {
+      emit_text(kind, buf.substr(0, pos));
+      buf_.erase(0, pos);
+      return false;
+    }
+    if (i < buf.size() && buf[i] == '>') ++i;
+    len = i - pos;
+  }
+  VLOG(1) << "output parser: stray " << buf.substr(pos, len) << " removed from "
+          << (reasoning ? "reasoning" : "content");
+  emit_text(kind, buf.substr(0, pos));
+  buf_.erase(0, pos + len);
+  after_drop_ = true;
+  return true;
+}
+
+// After markup was removed from text, the text on either side must not join into the ｜DSML｜
+// token (e.g. "｜DS" + "</think>" + "ML｜"). The emitted text never holds the token itself (it is
+// a marker), so only a token that starts in its last bytes and ends in what follows can form; its
+// remainder is removed too. Returns false while the answer needs more text.
+bool OutputParser::guard_join(bool eof, bool reasoning) {
+  const std::string& emitted = reasoning ? msg_.reasoning_content : msg_.content;
+  for (;;) {
+    bool erased = false, wait = false;
+    for (size_t k = std::min(kDsml.size() - 1, emitted.size()); k > 0 && !erased; --k) {
+      if (emitted.compare(emitted.size() - k, k, kDsml, 0, k) != 0) continue;
+      const std::string_view rest = kDsml.substr(k);
+      if (std::string_view(buf_).starts_with(rest)) {
+        VLOG(1) << "output parser: removed text that would join into the DSML token";
+        buf_.erase(0, rest.size());
+        erased = true;
+      } else if (!eof && buf_.size() < rest.size() && rest.starts_with(buf_)) {
+        wait = true;
+      }
+    }
+    if (erased) continue;
+    if (wait) return false;
+    after_drop_ = false;
+    return true;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BLOCK (between invokes), INVOKE (between parameters), AFTER (after a block closer)
+// ---------------------------------------------------------------------------------------------
+// Text up to the next '<' is not markup: dropped in BLOCK and AFTER, kept as the invoke's body in
+// INVOKE (a JSON-object body is a call's arguments). At '<': ⟨EOS⟩, a DSML tag, or more text.
+bool OutputParser::step_markup(bool eof) {
+  const size_t lt = buf_.find('<');
+  if (lt != 0) {
+    const size_t n = lt == std::string::npos ? buf_.size() : lt;
+    markup_text(std::string_view(buf_).substr(0, n));
+    buf_.erase(0, n);
+    return lt != std::string::npos;
+  }
+  const std::string_view buf(buf_);
+  if (buf.starts_with(kEos)) {
+    buf_.erase(0, kEos.size());
+    if (state_ == State::kInvoke) drop_call("the output ended before the invoke was closed");
+    state_ = State::kDone;
+    return true;
+  }
+  const bool closing = buf.starts_with(kDsmlClose);
+  if (closing || buf.starts_with(kDsmlOpen)) {
+    const size_t begin = (closing ? kDsmlClose : kDsmlOpen).size();
+    size_t end = begin;
+    while (end < buf.size() && end - begin < kMaxTagName && is_name_char(buf[end])) ++end;
+    if (end == buf.size() && end - begin < kMaxTagName && !eof) return false;
+    return on_tag(eof, closing, buf.substr(begin, end - begin), end);
+  }
+  if (!eof && is_marker_prefix(buf, kMarkupMarkers)) return false;
+  size_t next = buf.find('<', 1);  // a '<' that starts no marker is text
+  if (next == std::string_view::npos) next = buf.size();
+  markup_text(buf.substr(0, next));
+  buf_.erase(0, next);
+  return true;
+}
+
+void OutputParser::markup_text(std::string_view text) {
+  if (text.empty()) return;
+  if (state_ == State::kInvoke) {
+    call_.body.append(text);
+  } else if (!trim_ws(text).empty()) {
+    VLOG(1) << "output parser: text inside or after a tool-call block dropped";
+  }
+}
+
+// One DSML tag at the front of buf_, its name read up to `name_end`.
+bool OutputParser::on_tag(bool eof, bool closing, std::string_view name, size_t name_end) {
+  const std::string_view buf(buf_);
+  // A closer goes through its name and an optional '>'; an opener that is skipped goes through
+  // its '>' or up to the next '<' (text that follows it here is not kept in any case).
+  auto drop_closer = [&] {
+    buf_.erase(0, name_end + (name_end < buf.size() && buf[name_end] == '>' ? 1 : 0));
+    return true;
+  };
+  auto drop_opener = [&] {
+    const size_t gt = buf.find_first_of("<>", 1);
+    buf_.erase(0, gt == std::string_view::npos ? buf.size() : gt + (buf[gt] == '>' ? 1 : 0));
+    return true;
+  };
+  const std::string tag(name);
+
+  if (state_ == State::kAfter) {  // another block may follow; closers are dropped
+    if (closing) return drop_closer();
     state_ = State::kBlock;
     return true;
   }
-  if (buf.starts_with(kTcClose) || buf.starts_with(kEos)) {
-    if (in_invoke) close_call();
-    const bool eos = buf.starts_with(kEos);
-    buf_.erase(0, eos ? kEos.size() : kTcClose.size());
-    state_ = eos ? State::kDone : State::kAfter;
-    return true;
-  }
-  const bool prefix = in_invoke ? is_marker_prefix(buf, kInvokeMarkers)
-                                : is_marker_prefix(buf, kBlockMarkers);
-  if (prefix) {
-    if (!eof) return false;
-    buf_.clear();  // an unfinished tag at the end of the stream
-    return false;
-  }
-  if (buf.starts_with(kDsmlOpenTag) || buf.starts_with(kDsmlCloseTag)) return skip_bad_tag(eof);
-  return emit_stray_text();
-}
 
-// Drops a malformed DSML tag through its '>' (or the rest of the text at the end of stream).
-bool OutputParser::skip_bad_tag(bool eof) {
-  const size_t gt = buf_.find('>');
-  if (gt == std::string::npos) {
-    if (!eof) return false;
-    VLOG(1) << "output parser: unfinished DSML tag dropped at end of stream";
-    buf_.clear();
-    return false;
-  }
-  VLOG(1) << "output parser: malformed DSML tag dropped: " << buf_.substr(0, gt + 1);
-  buf_.erase(0, gt + 1);
-  return true;
-}
-
-// Text inside a block that is not markup degrades to content (up to the next '<'). A run that
-// reaches the end of the buffer continues in the next feed, whitespace included.
-bool OutputParser::emit_stray_text() {
-  size_t end = buf_.find('<', 1);
-  in_stray_ = end == std::string::npos;
-  if (in_stray_) end = buf_.size();
-  VLOG(1) << "output parser: stray text inside a tool-call block kept as content";
-  emit_text(ParseEvent::Kind::kContent, std::string_view(buf_).substr(0, end));
-  buf_.erase(0, end);
-  return true;
-}
-
-// VALUE: parameter text up to its closer (or an opener/closer that implies it).
-bool OutputParser::step_value(bool eof) {
-  const std::string_view buf(buf_);
-  auto [pos, which] = find_marker(buf, kValueMarkers);
-  if (which < 0) {
-    if (eof) {  // truncated mid-parameter: the call is incomplete
+  if (state_ == State::kBlock) {
+    if (closing && tag != "invoke" && tag != "parameter") {  // tool_calls, or any wrapper's closer
+      state_ = State::kAfter;
+      return drop_closer();
+    }
+    if (closing) return drop_closer();  // a stray closer
+    if (tag != "invoke") {  // a nested or second wrapper, or a parameter outside an invoke
+      if (tag == "parameter") VLOG(1) << "output parser: parameter outside an invoke dropped";
+      return drop_opener();
+    }
+    std::map<std::string, std::string> attrs;
+    size_t used = 0;
+    const Scan s = scan_attrs(buf, name_end, &attrs, &used);
+    if (s == Scan::kMore && !eof) return false;
+    if (s == Scan::kMore) {  // the stream ends inside the invoke's header
+      warn_dropped(attrs["name"], length_limited_ ? "generation reached the token limit inside it"
+                                                  : "the output ended inside it");
       buf_.clear();
       return false;
     }
-    const size_t hold = partial_suffix(buf, kValueMarkers);
-    append_value(buf.substr(0, buf.size() - hold));
-    buf_.erase(0, buf_.size() - hold);
+    state_ = State::kInvoke;
+    if (s == Scan::kBad) {
+      start_call(attrs["name"], "its invoke tag is malformed");
+      return drop_opener();
+    }
+    const std::string call_name = attrs["name"];
+    start_call(call_name, call_name.empty() ? "its invoke tag has no name" : "");
+    buf_.erase(0, used);
+    return true;
+  }
+
+  // INVOKE
+  if (!closing && tag == "invoke") {  // a dropped </invoke>: close implicitly
+    close_call();
+    state_ = State::kBlock;
+    return true;
+  }
+  if (closing && tag == "invoke") {
+    close_call();
+    state_ = State::kBlock;
+    return drop_closer();
+  }
+  if (closing && tag == "parameter") return drop_closer();  // after a value, or stray
+  if (closing && (tag == "tool_calls" || tag == "function_calls")) {  // a dropped </invoke>
+    close_call();
+    state_ = State::kAfter;
+    return drop_closer();
+  }
+  if (tag != "parameter") {
+    if (call_.malformed.empty())
+      call_.malformed = std::string("an unknown ") + (closing ? "closing " : "") + "tag '" + tag +
+                        "' is inside it";
+    return closing ? drop_closer() : drop_opener();
+  }
+  std::map<std::string, std::string> attrs;
+  size_t used = 0;
+  const Scan s = scan_attrs(buf, name_end, &attrs, &used);
+  if (s == Scan::kMore && !eof) return false;
+  if (s == Scan::kMore) {  // the call is dropped by finish()
+    buf_.clear();
     return false;
   }
-  append_value(buf.substr(0, pos));
-  const bool closer = kValueMarkers[which] == kParamClose;
-  if (!closer) VLOG(1) << "output parser: parameter closed implicitly by " << kValueMarkers[which];
-  buf_.erase(0, pos + (closer ? kParamClose.size() : 0));
-  end_param();
-  state_ = State::kInvoke;
+  if (s == Scan::kBad) {
+    if (call_.malformed.empty()) call_.malformed = "a parameter tag is malformed";
+    return drop_opener();
+  }
+  Param p;
+  const auto key = attrs.find("name");
+  const auto flag = attrs.find("string");
+  if (key != attrs.end()) p.key = key->second;
+  if (flag != attrs.end()) p.is_string = flag->second != "false";
+  if (call_.malformed.empty()) {
+    if (p.key.empty()) {
+      call_.malformed = "a parameter has no name";
+    } else if (flag != attrs.end() && flag->second != "true" && flag->second != "false") {
+      call_.malformed = "parameter \"" + p.key + "\" has string=\"" + flag->second +
+                        "\" (must be \"true\" or \"false\")";
+    }
+  }
+  call_.params.push_back(std::move(p));
+  buf_.erase(0, used);
+  state_ = State::kValue;
   return true;
 }
 
-// AFTER: only EOS may follow the block; anything else is dropped.
-bool OutputParser::step_after(bool eof) {
-  const size_t pos = buf_.find(kEos);
-  std::string_view dropped(buf_);
-  if (pos != std::string::npos) dropped = dropped.substr(0, pos);
-  size_t hold = 0;
-  if (pos == std::string::npos && !eof) {
-    hold = partial_suffix(dropped, std::array<std::string_view, 1>{kEos});
-    dropped = dropped.substr(0, dropped.size() - hold);
+// VALUE: parameter text up to its closer or a tag that closes it implicitly. The tag is left for
+// INVOKE, which consumes the parameter's closer.
+bool OutputParser::step_value(bool eof) {
+  const std::string_view buf(buf_);
+  const auto [pos, which] = find_marker(buf, kValueMarkers);
+  std::string& raw = call_.params.back().raw;
+  if (which < 0) {
+    const size_t hold = eof ? 0 : partial_suffix(buf, kValueMarkers);
+    raw.append(buf.substr(0, buf.size() - hold));
+    buf_.erase(0, buf_.size() - hold);
+    return false;  // at the end of the stream the call is dropped by finish()
   }
-  if (dropped.find_first_not_of(" \t\r\n") != std::string_view::npos)
-    VLOG(1) << "output parser: text after the tool-call block dropped";
-  if (pos != std::string::npos) {
-    buf_.clear();
-    state_ = State::kDone;
-    return false;
-  }
-  buf_.erase(0, buf_.size() - hold);
-  return false;
+  raw.append(buf.substr(0, pos));
+  buf_.erase(0, pos);
+  state_ = State::kInvoke;
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,95 +496,89 @@ void OutputParser::emit_text(ParseEvent::Kind kind, std::string_view text) {
   }
 }
 
-void OutputParser::start_call(const std::string& name) {
+void OutputParser::start_call(std::string name, std::string malformed) {
   in_call_ = true;
   call_ = Call{};
-  call_.index = num_calls_++;
-  call_.name = name;
-  if (!opt_.tool_calls_enabled) return;
-  call_.id = opt_.make_id();
-  if (out_) {
-    ParseEvent e = make_event(ParseEvent::Kind::kToolCallStart, "", call_.index);
-    e.id = call_.id;
-    e.name = name;
-    out_->push_back(std::move(e));
-  }
+  call_.name = std::move(name);
+  call_.malformed = std::move(malformed);
 }
 
-void OutputParser::append_args(std::string_view fragment) {
-  if (fragment.empty()) return;
-  call_.args.append(fragment);
-  if (!opt_.tool_calls_enabled || call_.buffered || !out_) return;
-  if (!out_->empty() && out_->back().kind == ParseEvent::Kind::kToolCallArgs &&
-      out_->back().index == call_.index) {
-    out_->back().text.append(fragment);
-  } else {
-    out_->push_back(make_event(ParseEvent::Kind::kToolCallArgs, fragment, call_.index));
-  }
-}
-
-void OutputParser::begin_param(const std::string& key, bool is_string) {
-  if (call_.num_params == 0 && (key == "arguments" || key == "input")) {
-    auto it = tool_props_.find(call_.name);
-    call_.buffered = it != tool_props_.end() && !it->second.count(key);
-  }
-  std::string prefix = call_.num_params == 0 ? "{" : ", ";
-  json_quote_to(key, &prefix);
-  prefix += ": ";
-  if (is_string) prefix += '"';
-  append_args(prefix);
-  ++call_.num_params;
-  value_is_string_ = is_string;
-  value_raw_.clear();
-}
-
-void OutputParser::append_value(std::string_view raw) {
-  if (call_.num_params == 1) call_.first_value.append(raw);
-  if (!value_is_string_) {
-    value_raw_.append(raw);
-    return;
-  }
-  std::string escaped;
-  json_escape_to(raw, &escaped);
-  append_args(escaped);
-}
-
-void OutputParser::end_param() {
-  if (value_is_string_) {
-    append_args("\"");
-    return;
-  }
-  Json probe;
-  if (json_try_parse(value_raw_, &probe)) {
-    append_args(value_raw_);  // verbatim, as the reference does (§6.3)
-  } else {
-    VLOG(1) << "output parser: string=\"false\" value is not JSON; sent as a string";
-    append_args(json_quote(value_raw_));
-  }
-}
-
+// The invoke closed: build the arguments (§6.3), or drop the call when they cannot be read.
 void OutputParser::close_call() {
-  append_args(call_.num_params == 0 ? "{}" : "}");
   in_call_ = false;
-  if (!opt_.tool_calls_enabled) {
-    VLOG(1) << "output parser: tool call " << call_.name << " dropped (tool calls disabled)";
-    return;
+  const Call c = std::move(call_);
+  call_ = Call{};
+  if (!opt_.tool_calls_enabled)
+    return warn_dropped(c.name, "tool calls are disabled for this request (no tools, or tool_choice \"none\")");
+  if (!c.malformed.empty()) return warn_dropped(c.name, c.malformed);
+  const std::string_view body = trim_ws(c.body);
+  std::string args;
+  if (!body.empty()) {
+    // Text that is not a parameter: a JSON object is the arguments (a common model slip, which
+    // other engines accept too); anything else leaves the arguments unknown.
+    Json probe;
+    if (!c.params.empty()) return warn_dropped(c.name, "it holds text that is not a parameter");
+    if (!json_try_parse(body, &probe) || !probe.is_object())
+      return warn_dropped(c.name, "its body is neither parameters nor a JSON object");
+    args = std::string(body);
+  } else if (c.params.empty()) {
+    args = "{}";
+  } else {
+    std::set<std::string> seen;
+    args = "{";
+    for (const Param& p : c.params) {
+      if (!seen.insert(p.key).second)
+        return warn_dropped(c.name, "parameter \"" + p.key + "\" appears twice");
+      if (args.size() > 1) args += ", ";
+      json_quote_to(p.key, &args);
+      args += ": ";
+      Json probe;
+      if (p.is_string) {
+        json_quote_to(p.raw, &args);
+      } else if (json_try_parse(p.raw, &probe)) {
+        args += p.raw;  // verbatim, as the reference does (§6.3)
+      } else {
+        VLOG(1) << "output parser: string=\"false\" value is not JSON; sent as a string";
+        json_quote_to(p.raw, &args);
+      }
+    }
+    args += "}";
+    // §8.3 item 7: a lone wrapper parameter holding the real arguments, when the tool's schema
+    // has no property of that name.
+    const Param& first = c.params.front();
+    if (c.params.size() == 1 && (first.key == "arguments" || first.key == "input")) {
+      const auto it = tool_props_.find(c.name);
+      Json inner;
+      if (it != tool_props_.end() && !it->second.count(first.key) &&
+          json_try_parse(first.raw, &inner) && inner.is_object())
+        args = first.raw;
+    }
   }
-  if (call_.buffered) {  // §8.3 item 7: a lone wrapper parameter holding the real arguments
-    Json inner;
-    if (call_.num_params == 1 && json_try_parse(call_.first_value, &inner) && inner.is_object())
-      call_.args = call_.first_value;
-    call_.buffered = false;
-    const std::string all = std::move(call_.args);
-    call_.args.clear();
-    append_args(all);
+  ToolCall tc{opt_.make_id(), c.name, std::move(args)};
+  const int index = static_cast<int>(msg_.tool_calls.size());
+  if (out_) {
+    ParseEvent start = make_event(ParseEvent::Kind::kToolCallStart, "", index);
+    start.id = tc.id;
+    start.name = tc.name;
+    out_->push_back(std::move(start));
+    out_->push_back(make_event(ParseEvent::Kind::kToolCallArgs, tc.arguments, index));
   }
-  msg_.tool_calls.push_back({call_.id, call_.name, call_.args});
+  msg_.tool_calls.push_back(std::move(tc));
 }
 
-void OutputParser::drop_call() {
-  VLOG(1) << "output parser: unfinished tool call " << call_.name << " dropped";
+void OutputParser::drop_call(const std::string& reason) {
+  if (!in_call_) return;
   in_call_ = false;
+  warn_dropped(call_.name, reason);
+  call_ = Call{};
+}
+
+void OutputParser::warn_dropped(const std::string& name, const std::string& reason) {
+  std::string w = name.empty() ? "a tool call with no readable name was dropped: "
+                               : "tool call " + json_quote(name) + " was dropped: ";
+  w += reason;
+  VLOG(1) << "output parser: " << w;
+  msg_.warnings.push_back(std::move(w));
 }
 
 ParsedMessage parse_completion(std::string_view text, const ParserOptions& options,

@@ -6,9 +6,11 @@
 // keeps back, at the end of every feed, only the longest suffix that could still start a marker
 // of the current state (plus up to two '\n' that may be the separator before a DSML block, and an
 // incomplete UTF-8 character). Everything before it is final, so the result does not depend on
-// how the text was chunked. Malformed markup never throws: unknown DSML tags are dropped, stray
-// closers and `</think>` in content are removed, other stray text inside a block degrades to
-// content, and an unfinished call at the end of the stream is not reported as complete.
+// how the text was chunked. Malformed markup never throws and raw `｜DSML｜` never reaches content
+// or reasoning: any DSML opener starts markup (a wrapper other than tool_calls, a bare invoke),
+// DSML closers, stray `<think>` and `</think>` are removed from text, and text inside a block that
+// is not a parameter is dropped. Each call is held until its invoke closes and is then emitted
+// whole, or dropped with a warning when its arguments cannot be read (docs/SERVING.md).
 #pragma once
 
 #include <functional>
@@ -34,6 +36,9 @@ struct ParsedMessage {
   std::string content;
   std::vector<ToolCall> tool_calls;
   std::string finish_reason;      // "stop" | "tool_calls" | "length" (set by finish())
+  // One line per call the model started but that was not returned, naming the call and why
+  // (unreadable arguments, tool calls disabled, output ended inside it). Not part of to_json().
+  std::vector<std::string> warnings;
 
   // {"role": "assistant", "content": ..., "reasoning_content": ..., "tool_calls": [...]};
   // content is null when empty and tool calls exist (OpenAI convention).
@@ -74,31 +79,31 @@ class OutputParser {
 
  private:
   enum class State { kReasoning, kContent, kBlock, kInvoke, kValue, kAfter, kDone };
+  struct Param {
+    std::string key, raw;  // raw: the value text as the model wrote it
+    bool is_string = true;
+  };
+  // One invoke, held until it closes (§8.3 item 5): a call is emitted whole or not at all.
   struct Call {
-    int index = -1;
-    std::string id, name;
-    std::string args;           // arguments text so far
-    int num_params = 0;
-    bool buffered = false;      // unwrap candidate: fragments are held until the invoke closes
-    std::string first_value;    // raw text of the first parameter (for unwrapping)
+    std::string name;
+    std::vector<Param> params;
+    std::string body;       // text inside the invoke outside any parameter
+    std::string malformed;  // why the arguments cannot be read; empty when they can
   };
 
   bool step(bool eof);
   bool step_text(bool eof, bool reasoning);
-  bool step_markup(bool eof, bool in_invoke);
+  bool guard_join(bool eof, bool reasoning);
+  bool step_markup(bool eof);
+  bool on_tag(bool eof, bool closing, std::string_view name, size_t name_end);
   bool step_value(bool eof);
-  bool step_after(bool eof);
-  bool skip_bad_tag(bool eof);
-  bool emit_stray_text();
+  void markup_text(std::string_view text);
 
   void emit_text(ParseEvent::Kind kind, std::string_view text);
-  void start_call(const std::string& name);
-  void append_args(std::string_view fragment);
-  void begin_param(const std::string& key, bool is_string);
-  void append_value(std::string_view raw);
-  void end_param();
+  void start_call(std::string name, std::string malformed);
   void close_call();
-  void drop_call();
+  void drop_call(const std::string& reason);
+  void warn_dropped(const std::string& name, const std::string& reason);
 
   ParserOptions opt_;
   std::map<std::string, std::set<std::string>> tool_props_;  // declared tool -> property names
@@ -109,10 +114,8 @@ class OutputParser {
   ParsedMessage msg_;
   bool in_call_ = false;
   Call call_;
-  bool value_is_string_ = false;
-  std::string value_raw_;   // non-string value text (validated at its closer)
-  bool in_stray_ = false;   // inside a run of non-markup text in BLOCK/INVOKE
-  int num_calls_ = 0;
+  bool after_drop_ = false;  // markup was just removed from text: guard the join (guard_join)
+  bool length_limited_ = false;
   bool finished_ = false;
 };
 

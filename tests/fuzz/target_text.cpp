@@ -3,8 +3,8 @@
 // messages, and the streaming DSML/reasoning parser under random chunkings.
 // Properties: decode(encode(text)) == text for valid UTF-8; decoding arbitrary ids either works or
 // throws v4rt::Error; a rendered prompt tokenizes; the parser's result does not depend on how the
-// text was chunked, its deltas add up to the final message, its text is valid UTF-8 and its tool
-// arguments are JSON objects.
+// text was chunked, its deltas add up to the final message, its text is valid UTF-8, no content or
+// reasoning delta holds the ｜DSML｜ token, and its tool arguments are JSON objects.
 #include <algorithm>
 #include <cstring>
 #include <random>
@@ -14,6 +14,7 @@
 #include "model/text/chat_encoder.h"
 #include "model/text/json_format.h"
 #include "model/text/output_parser.h"
+#include "model/text/special_tokens.h"
 #include "model/text/tokenizer.h"
 #include "model/text/utf8.h"
 #include "tests/fuzz/fuzz_targets.h"
@@ -158,8 +159,12 @@ StreamResult run_parser(std::string_view text, const model::text::ParserOptions&
   StreamResult r;
   const model::text::ParsedMessage& m = p.message();
   r.message = model::text::json_dumps(m.to_json()) + " finish=" + m.finish_reason;
+  for (const std::string& w : m.warnings) r.message += " warning=" + w;
   for (const auto& e : ev) {
     using Kind = model::text::ParseEvent::Kind;
+    if (e.kind == Kind::kReasoning || e.kind == Kind::kContent)
+      V4RT_FUZZ_REQUIRE(e.text.find(model::text::kDsml) == std::string::npos,
+                        "no DSML token in a content or reasoning delta: " + e.text);
     if (e.kind == Kind::kReasoning) r.reasoning += e.text;
     if (e.kind == Kind::kContent) r.content += e.text;
     if (e.kind == Kind::kToolCallStart) {
@@ -176,6 +181,9 @@ StreamResult run_parser(std::string_view text, const model::text::ParserOptions&
   V4RT_FUZZ_REQUIRE(r.content == m.content, "content deltas add up to the message");
   V4RT_FUZZ_REQUIRE(model::text::utf8_first_invalid(m.content) == std::string::npos, "content is UTF-8");
   V4RT_FUZZ_REQUIRE(model::text::utf8_first_invalid(m.reasoning_content) == std::string::npos, "reasoning is UTF-8");
+  V4RT_FUZZ_REQUIRE(m.content.find(model::text::kDsml) == std::string::npos, "no DSML token in content");
+  V4RT_FUZZ_REQUIRE(m.reasoning_content.find(model::text::kDsml) == std::string::npos, "no DSML token in reasoning");
+  V4RT_FUZZ_REQUIRE(r.starts == static_cast<int>(m.tool_calls.size()), "a start delta per returned call, none for a dropped one");
   for (size_t i = 0; i < m.tool_calls.size(); ++i) {
     Json args;
     V4RT_FUZZ_REQUIRE(model::text::json_try_parse(m.tool_calls[i].arguments, &args) && args.is_object(),

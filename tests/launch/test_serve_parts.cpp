@@ -123,6 +123,19 @@ TEST(StopFilter, HoldsBackPrefixesAndCutsAtMatch) {
   EXPECT_FALSE(g.stopped());
 }
 
+// A dropped tool call is reported in the choice's `warning`; the delta itself stays empty.
+TEST(ChunkJson, WarningDeltaGoesToTheChoice) {
+  ResponseMeta meta{"chatcmpl-1", 1, "tiny", true};
+  Delta d;
+  d.kind = Delta::Kind::kWarning;
+  d.text = "tool call \"f\" was dropped: its body is neither parameters nor a JSON object";
+  const text_json j = chunk_json(meta, &d, "", nullptr);
+  const text_json& choice = j["choices"][0];
+  EXPECT_EQ(choice["warning"], d.text);
+  EXPECT_TRUE(choice["delta"].is_object() && choice["delta"].empty());
+  EXPECT_TRUE(choice["finish_reason"].is_null());
+}
+
 TEST(KvEstimate, GrowsWithTokensAndCountsEveryLayer) {
   const model::ModelConfig c = model::preset_config("tiny");
   const int64_t a = kv_bytes_estimate(c, 10), b = kv_bytes_estimate(c, 1000), d = kv_bytes_estimate(c, 100000);

@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
@@ -66,6 +67,28 @@ TEST(Cli, InspectCorruptCheckpointFailsWithOneLine) {
   CmdResult big = run_v4rt("init-model --preset flash --out " + (tmp / "flash"), tmp);
   EXPECT_NE(big.code, 0);
   EXPECT_NE(big.err.find("--layers"), std::string::npos) << big.err;
+}
+
+// parse-output names a call it had to drop (malformed markup) under "warnings", and the markup
+// never reaches the content.
+TEST(Cli, ParseOutputReportsDroppedCalls) {
+  TempDir tmp;
+  const std::string text = tmp / "completion.txt";
+  {
+    std::ofstream f(text, std::ios::binary);
+    f << "Checking.\n\n<\xef\xbd\x9c" "DSML\xef\xbd\x9ctool_calls>\n<\xef\xbd\x9c" "DSML\xef\xbd\x9cinvoke "
+         "name=\"get_weather\">not json</\xef\xbd\x9c" "DSML\xef\xbd\x9cinvoke>\n</\xef\xbd\x9c"
+         "DSML\xef\xbd\x9ctool_calls>";
+  }
+  const CmdResult r = run_v4rt("parse-output --file " + text, tmp);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["message"]["content"], "Checking.");
+  EXPECT_FALSE(j["message"].contains("tool_calls") && !j["message"]["tool_calls"].empty()) << r.out;
+  ASSERT_TRUE(j.contains("warnings")) << r.out;
+  ASSERT_EQ(j["warnings"].size(), 1u);
+  EXPECT_NE(j["warnings"][0].get<std::string>().find("get_weather"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("DSML"), std::string::npos) << r.out;
 }
 
 }  // namespace

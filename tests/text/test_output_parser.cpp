@@ -13,115 +13,12 @@
 #include "model/text/output_parser.h"
 #include "model/text/special_tokens.h"
 #include "model/text/utf8.h"
+#include "tests/text/output_parser_test_util.h"
 
 namespace v4rt::model::text {
 namespace {
 
-const std::string kEosS(kEos);
-
-struct Result {
-  std::string message;          // final message JSON (deterministic ids) + finish_reason
-  std::string reasoning_delta;  // concatenated reasoning events
-  std::string content_delta;
-  std::vector<std::string> starts;     // "index:id:name" per start event
-  std::vector<std::string> args_delta; // per call index: concatenated argument fragments
-  ParsedMessage parsed;
-};
-
-ParserOptions options(bool thinking, bool tools_enabled = true, const std::string& tools = "null") {
-  ParserOptions o;
-  o.thinking = thinking;
-  o.tool_calls_enabled = tools_enabled;
-  o.tools = json_parse(tools, "tools");
-  return o;
-}
-
-Result run(const std::string& text, ParserOptions o, const std::vector<size_t>& cuts,
-           bool length = false) {
-  int next_id = 0;
-  o.make_id = [&next_id] { return "call_" + std::to_string(next_id++); };
-  OutputParser p(o);
-  std::vector<ParseEvent> ev;
-  size_t prev = 0;
-  for (size_t c : cuts) {
-    p.feed(std::string_view(text).substr(prev, c - prev), &ev);
-    prev = c;
-  }
-  p.feed(std::string_view(text).substr(prev), &ev);
-  p.finish(length, &ev);
-  Result r;
-  r.parsed = p.message();
-  r.message = json_dumps(p.message().to_json()) + " finish=" + p.message().finish_reason;
-  for (const auto& e : ev) {
-    switch (e.kind) {
-      case ParseEvent::Kind::kReasoning: r.reasoning_delta += e.text; break;
-      case ParseEvent::Kind::kContent: r.content_delta += e.text; break;
-      case ParseEvent::Kind::kToolCallStart:
-        EXPECT_EQ(e.index, static_cast<int>(r.starts.size())) << "indices are 0, 1, ...";
-        r.starts.push_back(std::to_string(e.index) + ":" + e.id + ":" + e.name);
-        r.args_delta.emplace_back();
-        break;
-      case ParseEvent::Kind::kToolCallArgs:
-        EXPECT_TRUE(e.id.empty() && e.name.empty()) << "later deltas carry only arguments";
-        EXPECT_LT(e.index, static_cast<int>(r.args_delta.size()));
-        if (e.index < static_cast<int>(r.args_delta.size())) r.args_delta[e.index] += e.text;
-        break;
-    }
-  }
-  return r;
-}
-
-// The deltas must add up to the final message (case 37 and §9.3).
-void check_deltas_consistent(const Result& r) {
-  EXPECT_EQ(r.reasoning_delta, r.parsed.reasoning_content);
-  EXPECT_EQ(r.content_delta, r.parsed.content);
-  for (const auto& tc : r.parsed.tool_calls) {
-    bool found = false;
-    for (size_t i = 0; i < r.starts.size(); ++i) {
-      if (r.starts[i].find(":" + tc.id + ":") != std::string::npos) {
-        EXPECT_EQ(r.args_delta[i], tc.arguments) << "streamed arguments of " << tc.name;
-        found = true;
-      }
-    }
-    EXPECT_TRUE(found) << "no start event for " << tc.id;
-  }
-}
-
-bool same(const Result& a, const Result& b) {
-  return a.message == b.message && a.reasoning_delta == b.reasoning_delta &&
-         a.content_delta == b.content_delta && a.starts == b.starts && a.args_delta == b.args_delta;
-}
-
-// Runs `text` whole, at every 2-way split, byte by byte, char by char, random 6-way splits and
-// random token-sized chunks; all must agree. Returns the whole-text result.
-Result run_all_splits(const std::string& text, const ParserOptions& o, bool length = false,
-                      int random_trials = 60) {
-  const Result whole = run(text, o, {}, length);
-  check_deltas_consistent(whole);
-  for (size_t k = 1; k < text.size(); ++k) {
-    const Result r = run(text, o, {k}, length);
-    EXPECT_TRUE(same(r, whole)) << "2-way split at " << k << "\n" << r.message << "\n" << whole.message;
-    if (!same(r, whole)) return whole;
-  }
-  std::vector<size_t> bytes, chars;
-  for (size_t k = 1; k < text.size(); ++k) {
-    bytes.push_back(k);
-    if ((static_cast<unsigned char>(text[k]) & 0xC0) != 0x80) chars.push_back(k);
-  }
-  EXPECT_TRUE(same(run(text, o, bytes, length), whole)) << "byte by byte";
-  EXPECT_TRUE(same(run(text, o, chars, length), whole)) << "char by char";
-  std::mt19937 rng(static_cast<uint32_t>(text.size()));
-  for (int t = 0; t < random_trials && text.size() > 6; ++t) {
-    std::vector<size_t> cuts;
-    for (int c = 0; c < 5; ++c) cuts.push_back(1 + rng() % (text.size() - 1));
-    std::sort(cuts.begin(), cuts.end());
-    EXPECT_TRUE(same(run(text, o, cuts, length), whole)) << "6-way split " << t;
-    std::vector<size_t> tokens;  // token-sized chunks: 1-6 bytes
-    for (size_t at = 1 + rng() % 6; at < text.size(); at += 1 + rng() % 6) tokens.push_back(at);
-    EXPECT_TRUE(same(run(text, o, tokens, length), whole)) << "token-sized chunks " << t;
-  }
-  return whole;
-}
+using namespace v4rt::model::text::testing;
 
 const std::string kExampleD =
     "The user wants weather and events.</think>Let me check both.\n\n<｜DSML｜tool_calls>\n"
@@ -295,10 +192,10 @@ TEST(OutputParser, ReasoningOnlyAndMalformedMarkup) {
   Result r = run_all_splits("still thinking" + kEosS, options(true));
   EXPECT_EQ(r.parsed.reasoning_content, "still thinking");
   EXPECT_EQ(r.parsed.content, "");
-  // Malformed block: unknown DSML tags are dropped, stray prose degrades to content.
+  // Malformed block: unknown DSML tags and prose inside a block are dropped (§8.3 item 10).
   r = run_all_splits("</think>Hi.\n\n<｜DSML｜tool_calls>\nI cannot call tools here.\n"
                      "<｜DSML｜bogus x=1>\n</｜DSML｜tool_calls>" + kEosS, options(true));
-  EXPECT_EQ(r.parsed.content, "Hi.I cannot call tools here.\n");
+  EXPECT_EQ(r.parsed.content, "Hi.");
   EXPECT_EQ(r.message.find("DSML"), std::string::npos);
   // A parameter opener before the previous closer: implicit close, no markup in the value.
   r = run_all_splits("<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter "
@@ -414,9 +311,14 @@ TEST(OutputParser, FuzzRandomBytesAndMarkup) {
       "</｜DSML｜invoke>", "<｜DSML｜parameter name=\"k\" string=\"true\">",
       "<｜DSML｜parameter name=\"n\" string=\"false\">", "</｜DSML｜parameter>", "</think>",
       "<think>", kEosS, "\n", "\n\n", " ", "<", "</", "<｜DSML｜", "｜", "\"", ">", "数学", "🤖",
-      "text", "{\"a\":1}", "<｜DSML｜invoke name=\"", "string=\"false\">"};
+      "text", "{\"a\":1}", "<｜DSML｜invoke name=\"", "string=\"false\">",
+      // malformed and foreign DSML: other wrappers, bare tokens, pieces of the token
+      "<｜DSML｜function_calls>", "</｜DSML｜function_calls>", "<｜DSML｜toolcalls>",
+      "<｜DSML｜test ", "｜DSML｜", "｜DS", "ML｜", "｜D", "SML｜", "<｜DSML｜parameter string=\"true\">",
+      "<｜DSML｜parameter name=\"m\" string=\"maybe\">", "<｜DSML｜arg name=\"x\">", "</｜DSML｜arg>",
+      "{\"city\": \"Lyon\"}", "</｜DSML｜"};
   std::mt19937 rng(99);
-  for (int iter = 0; iter < 400; ++iter) {
+  for (int iter = 0; iter < 1500; ++iter) {
     std::string text;
     const int n = 1 + rng() % 14;
     for (int i = 0; i < n; ++i) {
@@ -428,7 +330,8 @@ TEST(OutputParser, FuzzRandomBytesAndMarkup) {
       }
     }
     const bool thinking = rng() % 2;
-    const Result whole = run(text, options(thinking), {});
+    const bool tools_enabled = rng() % 4 != 0;
+    const Result whole = run(text, options(thinking, tools_enabled), {});
     check_deltas_consistent(whole);
     EXPECT_EQ(utf8_first_invalid(whole.parsed.content), std::string::npos);
     EXPECT_EQ(utf8_first_invalid(whole.parsed.reasoning_content), std::string::npos);
@@ -440,8 +343,9 @@ TEST(OutputParser, FuzzRandomBytesAndMarkup) {
       std::vector<size_t> cuts;
       for (int c = 0; c < 5 && text.size() > 1; ++c) cuts.push_back(1 + rng() % (text.size() - 1));
       std::sort(cuts.begin(), cuts.end());
-      const Result r = run(text, options(thinking), cuts);
-      ASSERT_TRUE(same(r, whole)) << "iteration " << iter << " split " << t;
+      const Result r = run(text, options(thinking, tools_enabled), cuts);
+      ASSERT_TRUE(same(r, whole)) << "iteration " << iter << " split " << t << "\n" << r.message
+                                  << "\n" << whole.message;
     }
   }
 }
