@@ -48,7 +48,8 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots
   // The model allocates its scratch tensors per op through common Buffer: without stream-ordered
   // allocation every free would synchronize the device (cudaFree). All of this backend's work is
   // on its one stream, so the first backend makes the allocator ordered on it.
-  if (!allocation_stream() && !std::getenv("V4RT_CUDA_SYNC_ALLOC")) set_allocation_stream(stream_.get());
+  if (!allocation_stream() && !options.sync_alloc) set_allocation_stream(stream_.get());
+  if (options.sync_each_kernel) set_sync_after_ops(true);
 }
 
 CudaBackend::~CudaBackend() {
@@ -214,7 +215,9 @@ void CudaBackend::compressor_pool(const CompressorPoolParams& p) { launch_compre
 void CudaBackend::hadamard(const HadamardParams& p) { launch_hadamard(p, stream_.get()); }
 void CudaBackend::indexer_scores(const IndexerScoresParams& p) { launch_indexer_scores(p, stream_.get()); }
 void CudaBackend::topk(const TopkParams& p) { launch_topk(p, stream_.get()); }
-void CudaBackend::sparse_attention(const SparseAttentionParams& p) { launch_sparse_attention(p, stream_.get()); }
+void CudaBackend::sparse_attention(const SparseAttentionParams& p) {
+  launch_sparse_attention(p, stream_.get(), options_.attention_per_warp);
+}
 void CudaBackend::moe_gate(const MoeGateParams& p) { launch_moe_gate(p, stream_.get()); }
 void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()); }
 void CudaBackend::embedding(const EmbeddingParams& p) { launch_embedding(p, stream_.get()); }

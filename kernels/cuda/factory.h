@@ -28,6 +28,13 @@ enum class ReferencePrecision : uint8_t {
 
 struct CudaBackendOptions {
   ReferencePrecision reference = ReferencePrecision::kBf16Split;
+  // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
+  bool sync_alloc = false;
+  // Sparse attention always on the per-warp kernel, never the split multi-query one.
+  bool attention_per_warp = false;
+  // Synchronize after every kernel launch (set_sync_after_ops), so an asynchronous fault names
+  // the kernel that caused it; debug.sync_each_op turns it on with the op-level sync.
+  bool sync_each_kernel = false;
 };
 
 // The CUDA backend on `device` (-1: current). Throws v4rt::Error when no device is present.

@@ -88,7 +88,8 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s);
 void launch_topk(const TopkParams& p, cudaStream_t s);
 
 // --- attention.cu --------------------------------------------------------------------------------
-void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s);
+// per_warp: never the split multi-query kernel (CudaBackendOptions::attention_per_warp).
+void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp = false);
 
 // --- moe.cu --------------------------------------------------------------------------------------
 void launch_moe_gate(const MoeGateParams& p, cudaStream_t s);
