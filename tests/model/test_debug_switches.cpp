@@ -3,7 +3,8 @@
 // sync_each_op synchronizes after every op; check_finite stops at the first NaN/inf naming the
 // layer (OpScope) and op, and lets contractual -inf through; dump_dir writes every op's outputs as
 // .npy files named by layer and op. Then the same switches through the runtime YAML and
-// make_backend, around the whole model (a synthetic tiny checkpoint).
+// make_backend, around the whole model (a synthetic tiny checkpoint), on the CPU backend and, in a
+// CUDA build on a machine with a GPU, on the CUDA backend (skipped otherwise).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -217,9 +218,17 @@ TEST(DebugBackend, RuntimeYamlSwitchesReachTheBackendOptions) {
 
 // --- around the whole model --------------------------------------------------------------------
 
-class DebugModel : public ::testing::Test {
+class DebugModel : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
+    if (GetParam() == "cuda") {
+      if (!kernels::have_cuda_backend()) GTEST_SKIP() << "no CUDA backend in this build";
+      try {
+        kernels::make_backend("cuda");
+      } catch (const Error& e) {
+        GTEST_SKIP() << e.what();
+      }
+    }
     ModelConfig c = preset_config("tiny");
     c.vocab_size = 512;
     validate(c, "test config");
@@ -253,12 +262,13 @@ class DebugModel : public ::testing::Test {
   std::unique_ptr<Checkpoint> ckpt_;
 };
 
-TEST_F(DebugModel, SwitchesLeaveTheLogitsUnchangedAndDumpByLayer) {
-  auto plain = kernels::make_backend("cpu");
+TEST_P(DebugModel, SwitchesLeaveTheLogitsUnchangedAndDumpByLayer) {
+  auto plain = kernels::make_backend(GetParam());
   const std::vector<float> want = run(*plain);
+  plain.reset();  // one backend at a time (the CUDA allocator is ordered on the first one's stream)
   const RuntimeConfig rc = parse_runtime_config(
       "debug: {sync_each_op: true, check_finite: true, dump_dir: '" + (dir_ / "dump") + "'}\n", "debug.yaml");
-  auto debug = kernels::make_backend("cpu", backend_options(rc, 0));
+  auto debug = kernels::make_backend(GetParam(), backend_options(rc, 0));
   EXPECT_EQ(run(*debug), want);
   // Every part of the step is named: the embedding, each layer's sublayers, the head.
   int embed = 0, attention0 = 0, moe1 = 0, head = 0, files = 0;
@@ -277,17 +287,20 @@ TEST_F(DebugModel, SwitchesLeaveTheLogitsUnchangedAndDumpByLayer) {
   EXPECT_GT(files, 100);
 }
 
-TEST_F(DebugModel, CheckFiniteNamesTheLayerOfTheFirstNaN) {
+TEST_P(DebugModel, CheckFiniteNamesTheLayerOfTheFirstNaN) {
   const std::string where = "layer 1/attention";
   DebugOptions o;
   o.check_finite = true;
   // The second sparse_attention call of the prefill is layer 1's.
-  auto be = kernels::make_debug_backend(std::make_unique<NanInjector>(kernels::make_cpu_backend(), 1), o);
+  auto be = kernels::make_debug_backend(std::make_unique<NanInjector>(kernels::make_backend(GetParam()), 1), o);
   const std::string msg = error_of([&] { run(*be); });
   EXPECT_NE(msg.find("debug.check_finite: first non-finite value at " + where + ", op sparse_attention: output 'out'"),
             std::string::npos)
       << msg;
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, DebugModel, ::testing::Values("cpu", "cuda"),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 }  // namespace
 }  // namespace v4rt::model
