@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "common/op_scope.h"
 #include "model/blocks.h"
 #include "parallel/sp.h"
 #include "parallel/tp.h"
@@ -532,20 +533,43 @@ void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerStat
 
 void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
                                const TensorView& a, const TensorView& out) {
+  // Each step opens an OpScope of its name, so diagnostics (debug.check_finite, debug.dump_dir)
+  // name the step of an op as well as its layer.
   const int64_t n = a.shape[0];
   check_segments(segs, n);
-  const Queries q = query_path(ctx, w, segs, a);
-  const Windows windows = window_update(ctx, w, segs, a);
-  const bool any_index = compressors_update(ctx, w, segs, a);
+  Queries q;
+  {
+    const OpScope scope("query");
+    q = query_path(ctx, w, segs, a);
+  }
+  Windows windows;
+  {
+    const OpScope scope("window");
+    windows = window_update(ctx, w, segs, a);
+  }
+  bool any_index = false;
+  {
+    const OpScope scope("compressors");
+    any_index = compressors_update(ctx, w, segs, a);
+  }
   IndexerQueries iq;
-  if (any_index) iq = indexer_queries(ctx, w, segs, a, q.qr.view);
+  if (any_index) {
+    const OpScope scope("indexer_query");
+    iq = indexer_queries(ctx, w, segs, a, q.qr.view);
+  }
   Scratch o = make_scratch(ctx.backend, {n, local_heads(ctx, w.attn), ctx.config.head_dim});
   for (size_t i = 0; i < segs.size(); ++i) {
     const AttentionSegment& s = segs[i];
-    const Scratch sel = indexer_select(ctx, w, s, iq);
+    Scratch sel;
+    {
+      const OpScope scope("indexer_select");
+      sel = indexer_select(ctx, w, s, iq);
+    }
+    const OpScope scope("attend");
     attend(ctx, w, s, view_rows(q.q.view, s.row_begin, s.row_begin + s.rows), windows.rows[i].view, windows.tail[i], sel,
            view_rows(o.view, s.row_begin, s.row_begin + s.rows));
   }
+  const OpScope scope("output");
   output_projection(ctx, w.attn, o.view, out);
 }
 

@@ -276,7 +276,7 @@ TEST_P(DebugModel, SwitchesLeaveTheLogitsUnchangedAndDumpByLayer) {
     const std::string f = e.path().filename().string();
     ++files;
     embed += f.find("_embed_embedding_out.npy") != std::string::npos;
-    attention0 += f.find("_layer_0.attention_sparse_attention_out.npy") != std::string::npos;
+    attention0 += f.find("_layer_0.attention.attend_sparse_attention_out.npy") != std::string::npos;
     moe1 += f.find("_layer_1.moe_moe_experts_out.npy") != std::string::npos;
     head += f.find("_head_linear_y.npy") != std::string::npos;
   }
@@ -288,7 +288,7 @@ TEST_P(DebugModel, SwitchesLeaveTheLogitsUnchangedAndDumpByLayer) {
 }
 
 TEST_P(DebugModel, CheckFiniteNamesTheLayerOfTheFirstNaN) {
-  const std::string where = "layer 1/attention";
+  const std::string where = "layer 1/attention/attend";
   DebugOptions o;
   o.check_finite = true;
   // The second sparse_attention call of the prefill is layer 1's.
