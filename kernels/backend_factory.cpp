@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // make_backend: "cpu" always; "cuda" when the binary was built with V4RT_ENABLE_CUDA (the
-// definition V4RT_HAVE_CUDA), through kernels/cuda's make_cuda_backend.
+// definition V4RT_HAVE_CUDA), through kernels/cuda's make_cuda_backend; then the debug decorator
+// when a debug switch is on.
 #include "kernels/backend_factory.h"
 
 #include "common/check.h"
@@ -19,17 +20,40 @@ bool have_cuda_backend() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& name, int device_index) {
+namespace {
+
+std::unique_ptr<Backend> make_plain_backend(const std::string& name, const BackendOptions& options) {
   if (name == "cpu") return make_cpu_backend();
   if (name == "cuda") {
 #if defined(V4RT_HAVE_CUDA)
-    return cuda::make_cuda_backend(device_index);
+    cuda::CudaBackendOptions co;
+    co.sync_alloc = options.cuda_sync_alloc;
+    co.attention_per_warp = options.cuda_attention_per_warp;
+    co.expert_tc_min_rows = options.cuda_expert_tc_min_rows;
+    co.attention_tensor_cores = options.cuda_attention_tc;
+    co.indexer_tensor_cores = options.cuda_indexer_tc;
+    co.sync_each_kernel = options.debug.sync_each_op;
+    return cuda::make_cuda_backend(options.device_index, co);
 #else
-    (void)device_index;
+    (void)options;
     V4RT_FAIL("backend 'cuda': this binary has no CUDA backend (build with -DV4RT_ENABLE_CUDA=ON)");
 #endif
   }
   V4RT_FAIL("backend '" << name << "' is not one of: cpu, cuda");
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options) {
+  std::unique_ptr<Backend> backend = make_plain_backend(name, options);
+  if (options.debug.any()) backend = make_debug_backend(std::move(backend), options.debug);
+  return backend;
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name, int device_index) {
+  BackendOptions options;
+  options.device_index = device_index;
+  return make_backend(name, options);
 }
 
 }  // namespace v4rt::kernels

@@ -1,21 +1,47 @@
 // SPDX-License-Identifier: MIT
 // Backend selection by name, for the commands and tests that let the user pick where the model
-// runs: "cpu" (the fp32 reference) or "cuda" (only in binaries built with V4RT_ENABLE_CUDA).
+// runs: "cpu" (the fp32 reference) or "cuda" (only in binaries built with V4RT_ENABLE_CUDA), with
+// the backend's settings (BackendOptions) and, when any debug switch is on, the debug decorator
+// around it (kernels/debug_backend.h). Its own library (v4rt_kernels_factory), above both the
+// generic kernels and the CUDA backend, so neither links the other back.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
 #include "kernels/backend.h"
+#include "kernels/debug_backend.h"
 
 namespace v4rt::kernels {
+
+// Every setting of a backend; the runtime YAML fills it (model::backend_options). Kernels read no
+// environment variables: what used to be one is a field here.
+struct BackendOptions {
+  int device_index = 0;  // "cuda": the GPU (-1: the current device); ignored by "cpu"
+  DebugOptions debug;    // debug.sync_each_op / check_finite / dump_dir
+  // "cuda" only (debug.cuda_sync_alloc): plain cudaMalloc/cudaFree instead of the stream-ordered
+  // pool, so an allocation bug surfaces at the call that made it.
+  bool cuda_sync_alloc = false;
+  // "cuda" only (debug.cuda_attention_per_warp): sparse attention on the per-warp kernel instead
+  // of the split multi-query one, to tell a kernel fault from a model fault.
+  bool cuda_attention_per_warp = false;
+  // "cuda" only, the kernel choices of prefill shapes, so a fault or a slowdown can be pinned on
+  // one kernel (debug.cuda_expert_tc_min_rows, cuda_attention_tc, cuda_indexer_tc): the grouped
+  // W4A8 tensor-core expert GEMM from this many rows per expert (0: never), sparse attention and
+  // indexer scores on tensor cores.
+  int64_t cuda_expert_tc_min_rows = 16;
+  bool cuda_attention_tc = true;
+  bool cuda_indexer_tc = true;
+};
 
 // True when this binary contains the CUDA backend.
 bool have_cuda_backend();
 
-// `name`: "cpu" | "cuda". `device_index` selects the GPU for "cuda" (-1: the current device) and is
-// ignored for "cpu". Throws v4rt::Error for an unknown name, for "cuda" in a binary built without
-// CUDA, and when the device is absent.
+// `name`: "cpu" | "cuda". Throws v4rt::Error for an unknown name, for "cuda" in a binary built
+// without CUDA, when the device is absent, and when debug.dump_dir cannot be created.
+std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options);
+// The same with default options on GPU `device_index`.
 std::unique_ptr<Backend> make_backend(const std::string& name, int device_index = 0);
 
 }  // namespace v4rt::kernels

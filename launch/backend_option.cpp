@@ -25,4 +25,8 @@ std::unique_ptr<kernels::Backend> make_selected_backend(const std::string& backe
   return kernels::make_backend(backend, device);
 }
 
+std::unique_ptr<kernels::Backend> make_selected_backend(const std::string& backend, const kernels::BackendOptions& options) {
+  return kernels::make_backend(backend, options);
+}
+
 }  // namespace v4rt::launch

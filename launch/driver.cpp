@@ -261,8 +261,8 @@ ModelRun::ModelRun(const RunOptions& options) {
 }
 
 void ModelRun::start(const RunOptions& options) {
-  parallel::Layout layout;
-  if (!options.config.empty()) layout = model::load_runtime_config(options.config).parallel;
+  const model::RuntimeConfig rc = options.config.empty() ? model::RuntimeConfig{} : model::load_runtime_config(options.config);
+  const parallel::Layout& layout = rc.parallel;
   mpi_ = launched_by_mpirun();
   int world_size = 1, device = options.device;
   if (mpi_) {
@@ -271,7 +271,7 @@ void ModelRun::start(const RunOptions& options) {
     world_size = world.size;
     device += world.local_rank;
   }
-  backend_ = kernels::make_backend(options.backend, device);
+  backend_ = kernels::make_backend(options.backend, model::backend_options(rc, device));
   ckpt_ = model::Checkpoint::open(options.model_dir);
   model::ModelOptions mo;
   mo.numerics = model::parse_numerics(options.numerics);

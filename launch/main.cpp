@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
       "--help-debug",
       [] {
         std::printf("Diagnostic switches (runtime YAML, section `debug:`):\n");
-        for (const auto& [name, what] : v4rt::model::debug_switches()) std::printf("  debug.%-16s %s\n", name.c_str(), what.c_str());
+        for (const auto& [name, what] : v4rt::model::debug_switches()) std::printf("  debug.%-24s %s\n", name.c_str(), what.c_str());
         throw CLI::Success();
       },
       "List the diagnostic switches of the `debug:` config section");

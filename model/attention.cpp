@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "common/op_scope.h"
 #include "model/blocks.h"
 #include "parallel/sp.h"
 #include "parallel/tp.h"
@@ -172,6 +173,352 @@ CompressorRows compressor_project(const BlockContext& ctx, const CompressorWeigh
   return r;
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// The steps of one batched attention call, in call order: query path, window update, compressors,
+// indexer queries, then per sequence indexer select and attend, and the output projection.
+// ------------------------------------------------------------------------------------------------
+
+void check_segments(std::span<const AttentionSegment> segs, int64_t n) {
+  int64_t next = 0;
+  for (const AttentionSegment& s : segs) {
+    CHECK(s.state && s.own && s.rows > 0 && s.row_begin == next) << "attention segments must tile the rows in order";
+    next += s.rows;
+  }
+  CHECK_EQ(next, n) << "attention segments cover " << next << " of " << n << " rows";
+}
+
+// True when the sequence's compressed entries are spread over SP ranks (checked against the context).
+bool sp_owned(const BlockContext& ctx, const AttentionSegment& seg) {
+  const bool sp = seg.own->num_ranks > 1;
+  CHECK(!sp || (ctx.parallel && ctx.parallel->sp)) << "SP-owned sequence without an SP group";
+  return sp;
+}
+
+// PARALLEL: query heads, wq_b rows, wo_a groups and indexer heads are this TP rank's slice.
+int64_t local_heads(const BlockContext& ctx, const AttentionWeights& aw) { return aw.wq_b.rows / ctx.config.head_dim; }
+
+// Query path (§5.1), all rows: qr = norm(a @ wq_a) [n, q_lora_rank] (the indexer queries start
+// from it), q = per-head unweighted norm(qr @ wq_b) [n, heads, head_dim], RoPE'd at each sequence's
+// own positions.
+struct Queries {
+  Scratch qr;
+  Scratch q;
+};
+Queries query_path(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
+                   const TensorView& a) {
+  const ModelConfig& cfg = ctx.config;
+  const AttentionWeights& aw = w.attn;
+  const int64_t n = a.shape[0], hd = cfg.head_dim, heads = local_heads(ctx, aw);
+  Queries q;
+  q.qr = make_scratch(ctx.backend, {n, cfg.q_lora_rank});
+  project(ctx, a, aw.wq_a, q.qr.view, true);
+  norm(ctx, q.qr.view, aw.q_norm);
+  q.q = make_scratch(ctx.backend, {n, heads, hd});
+  project(ctx, q.qr.view, aw.wq_b, view_reshape(q.q.view, {n, heads * hd}), true);
+  kernels::RmsNormParams p;  // per-head, unweighted
+  p.x = p.y = view_reshape(q.q.view, {n * heads, hd});
+  p.eps = float(cfg.rms_norm_eps);
+  p.bf16_arith = ctx.official;
+  ctx.backend.rms_norm(p);
+  for (const AttentionSegment& s : segs) rope(ctx, view_rows(q.q.view, s.row_begin, s.row_begin + s.rows), w.inv_freq, s.pos_begin, 1, false);
+  return q;
+}
+
+// Window update (§5.2, §5.3): the KV latents of all rows (wkv, norm, RoPE at each sequence's
+// positions, FP8 qdq of the nope part in the official mode); per sequence, its attention window
+// rows (the state's tail, then the new rows) and the new tail (the last sliding_window - 1 rows).
+// A single sequence projects straight into its window rows.
+struct Windows {
+  std::vector<Scratch> rows;  // [i]: [tail[i] + segs[i].rows, head_dim], oldest first
+  std::vector<int64_t> tail;  // [i]: rows the window held before this call
+};
+Windows window_update(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
+                      const TensorView& a) {
+  const ModelConfig& cfg = ctx.config;
+  kernels::Backend& be = ctx.backend;
+  const int64_t n = a.shape[0], hd = cfg.head_dim;
+  const bool single = segs.size() == 1;
+  Windows win;
+  win.rows.resize(segs.size());
+  win.tail.resize(segs.size());
+  for (size_t i = 0; i < segs.size(); ++i) win.tail[i] = segs[i].state->window_tail.rows();
+  Scratch kv_scratch;
+  TensorView kv_all;
+  if (single) {
+    win.rows[0] = make_scratch(be, {win.tail[0] + n, hd});
+    kv_all = view_rows(win.rows[0].view, win.tail[0], win.tail[0] + n);
+  } else {
+    kv_scratch = make_scratch(be, {n, hd});
+    kv_all = kv_scratch.view;
+  }
+  project(ctx, a, w.attn.wkv, kv_all, true);
+  norm(ctx, kv_all, w.attn.kv_norm);
+  for (const AttentionSegment& s : segs) rope(ctx, view_rows(kv_all, s.row_begin, s.row_begin + s.rows), w.inv_freq, s.pos_begin, 1, false);
+  if (ctx.official) qdq(ctx, view_cols(kv_all, 0, cfg.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
+
+  for (size_t i = 0; i < segs.size(); ++i) {
+    const AttentionSegment& s = segs[i];
+    LayerState& state = *s.state;
+    const int64_t tail = win.tail[i], rows = s.rows;
+    if (!single) win.rows[i] = make_scratch(be, {tail + rows, hd});
+    const TensorView& rows_view = win.rows[i].view;
+    if (tail > 0) be.copy_rows(view_rows(rows_view, 0, tail), state.window_tail.view());
+    if (!single) be.copy_rows(view_rows(rows_view, tail, tail + rows), view_rows(kv_all, s.row_begin, s.row_begin + rows));
+    const int64_t keep = std::min<int64_t>(tail + rows, cfg.sliding_window - 1);
+    state.window_tail.clear();
+    be.copy_rows(state.window_tail.reserve(keep), view_rows(rows_view, tail + rows - keep, tail + rows));
+    state.window_tail.commit(keep);
+  }
+  return win;
+}
+
+// Compressors (§5.4) of every sequence, the indexer's then the main one: several sequences
+// project once over all rows and push views; a single sequence projects straight into its state's
+// token buffers. True when some sequence now has indexer keys to score.
+bool compressors_update(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
+                        const TensorView& a) {
+  const AttentionWeights& aw = w.attn;
+  const bool single = segs.size() == 1;
+  CompressorRows idx_rows, main_rows;
+  if (!single && aw.has_indexer) idx_rows = compressor_project(ctx, aw.indexer.compressor, a);
+  if (!single && aw.has_compressor) main_rows = compressor_project(ctx, aw.compressor, a);
+  auto push = [&](const CompressorWeights& cw, CompressorState& st, const CompressorRows& rows, const AttentionSegment& s,
+                  bool is_indexer) {
+    TensorView kv, score;
+    if (single) {
+      kv = st.kv.reserve(s.rows);
+      project(ctx, a, cw.wkv, kv, false);
+      score = st.score.reserve(s.rows);
+      project(ctx, a, cw.wgate, score, false);
+    } else {
+      kv = view_rows(rows.kv.view, s.row_begin, s.row_begin + s.rows);
+      score = view_rows(rows.score.view, s.row_begin, s.row_begin + s.rows);
+    }
+    compressor_push(ctx, cw, st, kv, score, s.pos_begin, w.inv_freq, is_indexer, *s.own);
+  };
+  bool any_index = false;
+  for (const AttentionSegment& s : segs) {
+    LayerState& state = *s.state;
+    if (aw.has_indexer) push(aw.indexer.compressor, state.indexer, idx_rows, s, true);
+    if (aw.has_compressor) push(aw.compressor, state.main, main_rows, s, false);
+    if (aw.has_indexer && state.indexer.num_entries > 0 && state.indexer.entries.rows() > 0) any_index = true;
+  }
+  return any_index;
+}
+
+// Indexer queries and weights (§5.5), all rows: q [n, ih, index_head_dim] from qr (RoPE'd per
+// sequence; Hadamard + FP4 qdq in the official mode) and the per-head weights [n, ih]
+// (ih: this TP rank's indexer heads).
+struct IndexerQueries {
+  Scratch q;
+  Scratch weights;
+};
+IndexerQueries indexer_queries(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
+                               const TensorView& a, const TensorView& qr) {
+  const AttentionWeights& aw = w.attn;
+  const int64_t n = a.shape[0], ih = aw.indexer.weights_proj.rows, id = ctx.config.index_head_dim;
+  IndexerQueries iq;
+  iq.q = make_scratch(ctx.backend, {n, ih, id});
+  project(ctx, qr, aw.indexer.wq_b, view_reshape(iq.q.view, {n, ih * id}), true);
+  for (const AttentionSegment& s : segs) rope(ctx, view_rows(iq.q.view, s.row_begin, s.row_begin + s.rows), w.inv_freq, s.pos_begin, 1, false);
+  if (ctx.official) {
+    kernels::HadamardParams hp;
+    hp.x = view_reshape(iq.q.view, {n * ih, id});
+    hp.out_bf16 = true;
+    ctx.backend.hadamard(hp);
+    qdq(ctx, hp.x, kernels::QdqFormat::kFp4E2M1, 32);
+  }
+  iq.weights = make_scratch(ctx.backend, {n, ih});
+  kernels::LinearParams p;  // bf16 GEMM in the official mode, no activation quantization
+  p.x = a;
+  p.w = aw.indexer.weights_proj;
+  p.y = iq.weights.view;
+  p.out_bf16 = ctx.official;
+  ctx.backend.linear(p);
+  return iq;
+}
+
+// Indexer select (§5.5) for one sequence: the compressed entries its rows attend to, [rows, k] I32
+// (k = min(index_topk, entries so far)), -1 for none. Empty when the layer has no indexer or no
+// indexer entry exists yet.
+// PARALLEL: TP ranks sum their heads' partial scores before the top-k; each SP rank scores its own
+// keys, the ranks agree on the global top-k, and each keeps the selected entries it holds (local
+// index), -1 for the others'.
+Scratch indexer_select(const BlockContext& ctx, const LayerWeights& w, const AttentionSegment& seg,
+                       const IndexerQueries& iq) {
+  const ModelConfig& cfg = ctx.config;
+  kernels::Backend& be = ctx.backend;
+  const AttentionWeights& aw = w.attn;
+  const CompressorState& indexer = seg.state->indexer;
+  Scratch sel;
+  if (!aw.has_indexer || indexer.num_entries == 0) return sel;
+  const bool sp = sp_owned(ctx, seg);
+  const parallel::SpPartition part = partition_of(*seg.own);
+  const int64_t r0 = seg.row_begin, r1 = seg.row_begin + seg.rows, rows = seg.rows;
+  const int64_t num_keys = indexer.entries.rows();  // keys held here (all of them without SP)
+  const int k = int(std::min<int64_t>(cfg.index_topk, indexer.num_entries));
+  sel = make_scratch(be, {rows, k}, DType::kI32);
+  Scratch scores;
+  if (num_keys > 0) {
+    scores = make_scratch(be, {rows, num_keys});
+    kernels::IndexerScoresParams p;
+    p.q = view_rows(iq.q.view, r0, r1);
+    p.keys = indexer.entries.view();
+    p.w = view_rows(iq.weights.view, r0, r1);
+    p.scores = scores.view;
+    // The scale uses the global head count: TP ranks sum partial scores of their heads.
+    p.weight_scale = float(1.0 / std::sqrt(double(cfg.index_head_dim)) / std::sqrt(double(cfg.index_n_heads)));
+    // NOTE: under SP the local keys are not contiguous in entry order, so the kernel's causal mask
+    // (by key position) is switched off (every key "visible") and applied below by global index.
+    p.pos_begin = sp ? indexer.num_entries * 4 : seg.pos_begin;
+    p.ratio = 4;
+    p.bf16_arith = ctx.official;
+    be.indexer_scores(p);
+    tp_reduce(ctx, scores.view);
+  }
+  if (!sp) {
+    kernels::TopkParams tp;
+    tp.scores = scores.view;
+    tp.out_idx = sel.view;
+    tp.k = k;
+    be.topk(tp);
+    return sel;
+  }
+  std::vector<float> local = num_keys > 0 ? download(be, scores.view) : std::vector<float>();
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t visible = (seg.pos_begin + t + 1) / 4;
+    for (int64_t j = 0; j < num_keys; ++j) {
+      if (part.to_global(j) >= visible) local[size_t(t * num_keys + j)] = -INFINITY;
+    }
+  }
+  std::vector<int64_t> top(size_t(rows * k));
+  parallel::distributed_topk(*ctx.parallel->sp, part, local.data(), rows, num_keys, k, top.data());
+  std::vector<int32_t> mine(top.size());
+  for (size_t j = 0; j < top.size(); ++j) mine[j] = top[j] >= 0 && part.owns(top[j]) ? int32_t(part.to_local(top[j])) : -1;
+  be.copy_to_device(sel.buffer.data(), mine.data(), mine.size() * sizeof(int32_t));
+  return sel;
+}
+
+// SP: the visible main-compressor entries this rank holds, as an explicit candidate list [rows,
+// local entries] I32 (local indices, -1 for entries not visible yet).
+Scratch sp_visible_entries(const BlockContext& ctx, const AttentionSegment& seg, int ratio) {
+  const parallel::SpPartition part = partition_of(*seg.own);
+  const int64_t rows = seg.rows, num_local = seg.state->main.entries.rows();
+  std::vector<int32_t> list(size_t(rows * num_local));
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t visible = (seg.pos_begin + t + 1) / ratio;
+    for (int64_t j = 0; j < num_local; ++j) list[size_t(t * num_local + j)] = part.to_global(j) < visible ? int32_t(j) : -1;
+  }
+  Scratch idx = make_scratch(ctx.backend, {rows, num_local}, DType::kI32);
+  ctx.backend.copy_to_device(idx.buffer.data(), list.data(), list.size() * sizeof(int32_t));
+  return idx;
+}
+
+// PARALLEL: merges the SP ranks' partial outputs o [rows, heads, head_dim] (each normalised, with
+// its log-sum-exp lse [rows, heads]) by log-sum-exp, the sink added once; o is overwritten.
+void sp_merge(const BlockContext& ctx, const AttentionWeights& aw, const TensorView& o, const TensorView& lse) {
+  const int64_t hd = ctx.config.head_dim, heads = o.shape[1];
+  const std::vector<float> o_host = download(ctx.backend, o);
+  const std::vector<float> lse_host = download(ctx.backend, lse);
+  const int64_t hrows = o.shape[0] * heads, width = parallel::partial_width(hd);
+  std::vector<float> partial(size_t(hrows * width), 0.0f);
+  for (int64_t r = 0; r < hrows; ++r) {
+    float* p = &partial[size_t(r * width)];
+    const float l = lse_host[size_t(r)];
+    if (!(l > -INFINITY)) {  // nothing attended here: the empty partial
+      p[0] = -INFINITY;
+      continue;
+    }
+    p[0] = l;  // normalised output with its log-sum-exp = {max l, sum 1, acc o}
+    p[1] = 1.0f;
+    std::copy_n(&o_host[size_t(r * hd)], hd, p + 2);
+  }
+  std::vector<float> merged(size_t(hrows * hd));
+  parallel::attention_merge(*ctx.parallel->sp, partial.data(), aw.sink_host.data(), hrows, heads, hd, merged.data());
+  if (ctx.official) {
+    for (float& v : merged) v = round_bf16(v);
+  }
+  upload(ctx.backend, merged, o);
+}
+
+// Attend (§5.6) for one sequence: sparse attention with sink of q [rows, heads, head_dim] over its
+// window rows and compressed candidates (the indexer's selection `sel`, or every visible entry of
+// a compressor without indexer), then inverse RoPE of the output o [rows, heads, head_dim].
+// PARALLEL: under SP each rank attends over its own compressed entries (the window only on the
+// window rank, the sink on none) and the partial outputs merge by log-sum-exp, sink added once.
+// Layers without compressed entries yet are computed whole on every SP rank.
+void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegment& seg, const TensorView& q,
+            const TensorView& window_rows, int64_t window_tail, const Scratch& sel, const TensorView& o) {
+  const ModelConfig& cfg = ctx.config;
+  const AttentionWeights& aw = w.attn;
+  const LayerState& state = *seg.state;
+  const bool sp = sp_owned(ctx, seg);
+  kernels::SparseAttentionParams ap;
+  ap.q = q;
+  ap.window_kv = window_rows;
+  ap.window_pos0 = seg.pos_begin - window_tail;
+  ap.window = cfg.sliding_window;
+  Scratch hca_idx;
+  if (aw.has_compressor && state.main.entries.rows() > 0) {
+    ap.comp_kv = state.main.entries.view();
+    if (aw.has_indexer) {
+      ap.comp_idx = sel.view;  // empty when no indexer key exists yet
+      if (!sel.view.data) ap.comp_kv = TensorView();
+    } else if (!sp) {
+      ap.comp_ratio = w.ratio;
+    } else {
+      hca_idx = sp_visible_entries(ctx, seg, w.ratio);
+      ap.comp_idx = hca_idx.view;
+    }
+  }
+  ap.sink = aw.sink;
+  ap.out = o;
+  ap.pos_begin = seg.pos_begin;
+  ap.softmax_scale = float(1.0 / std::sqrt(double(cfg.head_dim)));
+  ap.bf16_probs = ctx.official;
+  ap.out_bf16 = ctx.official;
+  const int64_t num_entries = aw.has_compressor ? state.main.num_entries : 0;  // over all SP ranks
+  const bool merge = sp && num_entries > 0;
+  Scratch lse;
+  if (merge) {
+    ap.include_sink = false;
+    if (partition_of(*seg.own).sp_idx != parallel::SpPartition::window_rank()) ap.window = 0;  // no window rows
+    ap.out_bf16 = false;
+    lse = make_scratch(ctx.backend, {seg.rows, o.shape[1]});
+    ap.lse = lse.view;
+  }
+  ctx.backend.sparse_attention(ap);
+  if (merge) sp_merge(ctx, aw, o, lse.view);
+  rope(ctx, o, w.inv_freq, seg.pos_begin, 1, true);
+}
+
+// Output projection (§5.7), all rows: grouped wo_a over o [n, heads, head_dim], then wo_b into out.
+// PARALLEL: reduce — wo_b is row-split under TP: `out` is a partial sum, all-reduced here; in the
+// official numerics the bf16 rounding applies to the sum, not to the partials.
+void output_projection(const BlockContext& ctx, const AttentionWeights& aw, const TensorView& o, const TensorView& out) {
+  const ModelConfig& cfg = ctx.config;
+  const int64_t n = o.shape[0], heads = o.shape[1];
+  const int64_t groups = aw.wo_a.rows / cfg.o_lora_rank;  // this TP rank's groups
+  Scratch u = make_scratch(ctx.backend, {n, groups, cfg.o_lora_rank});
+  kernels::GroupedLinearParams gp;
+  gp.x = view_reshape(o, {n, groups, heads / groups * cfg.head_dim});
+  gp.w = aw.wo_a;
+  gp.y = u.view;
+  gp.out_bf16 = ctx.official;
+  ctx.backend.grouped_linear(gp);
+  const bool row_parallel = ctx.parallel && ctx.parallel->layout.tp > 1;
+  kernels::LinearParams p;
+  p.x = view_reshape(u.view, {n, groups * cfg.o_lora_rank});
+  p.w = aw.wo_b;
+  p.y = out;
+  p.act_quant_fp8 = ctx.official;
+  p.out_bf16 = ctx.official && !row_parallel;
+  ctx.backend.linear(p);
+  tp_reduce(ctx, out);
+  if (ctx.official && row_parallel) qdq(ctx, out, kernels::QdqFormat::kBf16, 128);
+}
+
 }  // namespace
 
 void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerState& state, const EntryOwnership& own,
@@ -186,283 +533,44 @@ void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerStat
 
 void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
                                const TensorView& a, const TensorView& out) {
-  const ModelConfig& cfg = ctx.config;
-  kernels::Backend& be = ctx.backend;
-  const AttentionWeights& aw = w.attn;
-  const int64_t n = a.shape[0];  // rows of every segment
-  const int64_t hd = cfg.head_dim;
-  // PARALLEL: query heads, wq_b rows, wo_a groups and indexer heads are this TP rank's slice.
-  const int64_t heads = aw.wq_b.rows / hd;
+  // Each step opens an OpScope of its name, so diagnostics (debug.check_finite, debug.dump_dir)
+  // name the step of an op as well as its layer.
+  const int64_t n = a.shape[0];
+  check_segments(segs, n);
+  Queries q;
   {
-    int64_t next = 0;
-    for (const AttentionSegment& s : segs) {
-      CHECK(s.state && s.own && s.rows > 0 && s.row_begin == next) << "attention segments must tile the rows in order";
-      next += s.rows;
-    }
-    CHECK_EQ(next, n) << "attention segments cover " << next << " of " << n << " rows";
+    const OpScope scope("query");
+    q = query_path(ctx, w, segs, a);
   }
-
-  // --- query path (§5.1), all rows ---
-  Scratch qr = make_scratch(be, {n, cfg.q_lora_rank});
-  project(ctx, a, aw.wq_a, qr.view, true);
-  norm(ctx, qr.view, aw.q_norm);
-  Scratch q = make_scratch(be, {n, heads, hd});
-  project(ctx, qr.view, aw.wq_b, view_reshape(q.view, {n, heads * hd}), true);
+  Windows windows;
   {
-    kernels::RmsNormParams p;  // per-head, unweighted
-    p.x = p.y = view_reshape(q.view, {n * heads, hd});
-    p.eps = float(cfg.rms_norm_eps);
-    p.bf16_arith = ctx.official;
-    be.rms_norm(p);
+    const OpScope scope("window");
+    windows = window_update(ctx, w, segs, a);
   }
-  // --- KV latents (§5.2), all rows; a single sequence projects straight into its window rows ---
-  const bool single = segs.size() == 1;
-  std::vector<Scratch> wins(segs.size());
-  Scratch kv_scratch;
-  TensorView kv_all;
-  if (single) {
-    const int64_t tail = segs[0].state->window_tail.rows();
-    wins[0] = make_scratch(be, {tail + n, hd});
-    kv_all = view_rows(wins[0].view, tail, tail + n);
-  } else {
-    kv_scratch = make_scratch(be, {n, hd});
-    kv_all = kv_scratch.view;
-  }
-  project(ctx, a, aw.wkv, kv_all, true);
-  norm(ctx, kv_all, aw.kv_norm);
-  for (const AttentionSegment& s : segs) {  // RoPE at each sequence's own positions
-    const int64_t r0 = s.row_begin, r1 = s.row_begin + s.rows;
-    rope(ctx, view_rows(q.view, r0, r1), w.inv_freq, s.pos_begin, 1, false);
-    rope(ctx, view_rows(kv_all, r0, r1), w.inv_freq, s.pos_begin, 1, false);
-  }
-  if (ctx.official) qdq(ctx, view_cols(kv_all, 0, cfg.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
-  CompressorRows idx_rows, main_rows;  // several sequences: projected here, copied per sequence
-  if (!single && aw.has_indexer) idx_rows = compressor_project(ctx, aw.indexer.compressor, a);
-  if (!single && aw.has_compressor) main_rows = compressor_project(ctx, aw.compressor, a);
-  // A compressor's rows of segment `s`: views of the batch projection, or (one sequence) the
-  // projection made directly into the state's token buffers.
-  auto compressor_rows = [&](const CompressorWeights& cw, CompressorState& st, const CompressorRows& rows,
-                             const AttentionSegment& s, TensorView* kv, TensorView* score) {
-    if (single) {
-      *kv = st.kv.reserve(s.rows);
-      project(ctx, a, cw.wkv, *kv, false);
-      *score = st.score.reserve(s.rows);
-      project(ctx, a, cw.wgate, *score, false);
-    } else {
-      *kv = view_rows(rows.kv.view, s.row_begin, s.row_begin + s.rows);
-      *score = view_rows(rows.score.view, s.row_begin, s.row_begin + s.rows);
-    }
-  };
-
-  // --- per sequence: window (§5.3), compressors (§5.4) ---
-  std::vector<int64_t> tails(segs.size());
   bool any_index = false;
+  {
+    const OpScope scope("compressors");
+    any_index = compressors_update(ctx, w, segs, a);
+  }
+  IndexerQueries iq;
+  if (any_index) {
+    const OpScope scope("indexer_query");
+    iq = indexer_queries(ctx, w, segs, a, q.qr.view);
+  }
+  Scratch o = make_scratch(ctx.backend, {n, local_heads(ctx, w.attn), ctx.config.head_dim});
   for (size_t i = 0; i < segs.size(); ++i) {
     const AttentionSegment& s = segs[i];
-    LayerState& state = *s.state;
-    const int64_t r0 = s.row_begin, r1 = s.row_begin + s.rows, rows = s.rows;
-    const int64_t tail = state.window_tail.rows();
-    tails[i] = tail;
-    if (!single) wins[i] = make_scratch(be, {tail + rows, hd});
-    const TensorView& win = wins[i].view;
-    if (tail > 0) be.copy_rows(view_rows(win, 0, tail), state.window_tail.view());
-    if (!single) be.copy_rows(view_rows(win, tail, tail + rows), view_rows(kv_all, r0, r1));
-    const int64_t keep = std::min<int64_t>(tail + rows, cfg.sliding_window - 1);
-    state.window_tail.clear();
-    be.copy_rows(state.window_tail.reserve(keep), view_rows(win, tail + rows - keep, tail + rows));
-    state.window_tail.commit(keep);
-    TensorView ckv, cscore;
-    if (aw.has_indexer) {
-      compressor_rows(aw.indexer.compressor, state.indexer, idx_rows, s, &ckv, &cscore);
-      compressor_push(ctx, aw.indexer.compressor, state.indexer, ckv, cscore, s.pos_begin, w.inv_freq, true, *s.own);
-    }
-    if (aw.has_compressor) {
-      compressor_rows(aw.compressor, state.main, main_rows, s, &ckv, &cscore);
-      compressor_push(ctx, aw.compressor, state.main, ckv, cscore, s.pos_begin, w.inv_freq, false, *s.own);
-    }
-    if (aw.has_indexer && state.indexer.num_entries > 0 && state.indexer.entries.rows() > 0) any_index = true;
-  }
-
-  // --- indexer queries and weights (§5.5), all rows, when some sequence has keys to score ---
-  const int64_t ih = aw.has_indexer ? aw.indexer.weights_proj.rows : 0;  // this TP rank's indexer heads
-  const int64_t id = cfg.index_head_dim;
-  Scratch qi, wts;
-  if (any_index) {
-    qi = make_scratch(be, {n, ih, id});
-    project(ctx, qr.view, aw.indexer.wq_b, view_reshape(qi.view, {n, ih * id}), true);
-    for (const AttentionSegment& s : segs)
-      rope(ctx, view_rows(qi.view, s.row_begin, s.row_begin + s.rows), w.inv_freq, s.pos_begin, 1, false);
-    if (ctx.official) {
-      kernels::HadamardParams hp;
-      hp.x = view_reshape(qi.view, {n * ih, id});
-      hp.out_bf16 = true;
-      be.hadamard(hp);
-      qdq(ctx, hp.x, kernels::QdqFormat::kFp4E2M1, 32);
-    }
-    wts = make_scratch(be, {n, ih});
-    kernels::LinearParams p;  // bf16 GEMM in the official mode, no activation quantization
-    p.x = a;
-    p.w = aw.indexer.weights_proj;
-    p.y = wts.view;
-    p.out_bf16 = ctx.official;
-    be.linear(p);
-  }
-
-  // --- per sequence: indexer top-k (§5.5), sparse attention with sink (§5.6) ---
-  Scratch o = make_scratch(be, {n, heads, hd});
-  for (size_t i = 0; i < segs.size(); ++i) {
-    const AttentionSegment& seg = segs[i];
-    LayerState& state = *seg.state;
-    const EntryOwnership& own = *seg.own;
-    const int64_t r0 = seg.row_begin, r1 = seg.row_begin + seg.rows, rows = seg.rows;
-    const int64_t pos_begin = seg.pos_begin;
-    const bool sp = own.num_ranks > 1;
-    CHECK(!sp || (ctx.parallel && ctx.parallel->sp)) << "SP-owned sequence without an SP group";
-    const parallel::SpPartition part = partition_of(own);
     Scratch sel;
-    const int64_t num_entries = aw.has_compressor ? state.main.num_entries : 0;  // over all SP ranks
-    if (aw.has_indexer && state.indexer.num_entries > 0) {
-      const int64_t num_keys = state.indexer.entries.rows();  // keys held here (all of them without SP)
-      const int k = int(std::min<int64_t>(cfg.index_topk, state.indexer.num_entries));
-      sel = make_scratch(be, {rows, k}, DType::kI32);
-      Scratch scores;
-      if (num_keys > 0) {
-        scores = make_scratch(be, {rows, num_keys});
-        kernels::IndexerScoresParams sp_params;
-        sp_params.q = view_rows(qi.view, r0, r1);
-        sp_params.keys = state.indexer.entries.view();
-        sp_params.w = view_rows(wts.view, r0, r1);
-        sp_params.scores = scores.view;
-        // The scale uses the global head count: TP ranks sum partial scores of their heads.
-        sp_params.weight_scale = float(1.0 / std::sqrt(double(id)) / std::sqrt(double(cfg.index_n_heads)));
-        // NOTE: under SP the local keys are not contiguous in entry order, so the kernel's causal mask
-        // (by key position) is switched off (every key "visible") and applied below by global index.
-        sp_params.pos_begin = sp ? state.indexer.num_entries * 4 : pos_begin;
-        sp_params.ratio = 4;
-        sp_params.bf16_arith = ctx.official;
-        be.indexer_scores(sp_params);
-        // PARALLEL: indexer heads are split over TP: the partial scores are summed before the top-k.
-        tp_reduce(ctx, scores.view);
-      }
-      if (!sp) {
-        kernels::TopkParams tp;
-        tp.scores = scores.view;
-        tp.out_idx = sel.view;
-        tp.k = k;
-        be.topk(tp);
-      } else {
-        // PARALLEL: each SP rank scores its own keys; the ranks agree on the global top-k, and each
-        // keeps the selected entries it holds (local index), -1 for the others'.
-        std::vector<float> local = num_keys > 0 ? download(be, scores.view) : std::vector<float>();
-        for (int64_t t = 0; t < rows; ++t) {
-          const int64_t visible = (pos_begin + t + 1) / 4;
-          for (int64_t j = 0; j < num_keys; ++j) {
-            if (part.to_global(j) >= visible) local[size_t(t * num_keys + j)] = -INFINITY;
-          }
-        }
-        std::vector<int64_t> top(size_t(rows * k));
-        parallel::distributed_topk(*ctx.parallel->sp, part, local.data(), rows, num_keys, k, top.data());
-        std::vector<int32_t> mine(top.size());
-        for (size_t j = 0; j < top.size(); ++j) mine[j] = top[j] >= 0 && part.owns(top[j]) ? int32_t(part.to_local(top[j])) : -1;
-        be.copy_to_device(sel.buffer.data(), mine.data(), mine.size() * sizeof(int32_t));
-      }
+    {
+      const OpScope scope("indexer_select");
+      sel = indexer_select(ctx, w, s, iq);
     }
-
-    const TensorView o_seg = view_rows(o.view, r0, r1);
-    kernels::SparseAttentionParams ap;
-    ap.q = view_rows(q.view, r0, r1);
-    ap.window_kv = wins[i].view;
-    ap.window_pos0 = pos_begin - tails[i];
-    ap.window = cfg.sliding_window;
-    Scratch hca_idx;
-    if (aw.has_compressor && state.main.entries.rows() > 0) {
-      ap.comp_kv = state.main.entries.view();
-      if (aw.has_indexer) {
-        ap.comp_idx = sel.view;  // empty when no indexer key exists yet
-        if (!sel.view.data) ap.comp_kv = TensorView();
-      } else if (!sp) {
-        ap.comp_ratio = w.ratio;
-      } else {
-        // SP: the visible entries this rank holds, as an explicit list (local indices).
-        const int64_t num_local = state.main.entries.rows();
-        std::vector<int32_t> list(size_t(rows * num_local));
-        for (int64_t t = 0; t < rows; ++t) {
-          const int64_t visible = (pos_begin + t + 1) / w.ratio;
-          for (int64_t j = 0; j < num_local; ++j) list[size_t(t * num_local + j)] = part.to_global(j) < visible ? int32_t(j) : -1;
-        }
-        hca_idx = make_scratch(be, {rows, num_local}, DType::kI32);
-        be.copy_to_device(hca_idx.buffer.data(), list.data(), list.size() * sizeof(int32_t));
-        ap.comp_idx = hca_idx.view;
-      }
-    }
-    ap.sink = aw.sink;
-    ap.out = o_seg;
-    ap.pos_begin = pos_begin;
-    ap.softmax_scale = float(1.0 / std::sqrt(double(hd)));
-    ap.bf16_probs = ctx.official;
-    ap.out_bf16 = ctx.official;
-    // PARALLEL: under SP each rank attends over its own compressed entries (the window only on the
-    // window rank, the sink on none) and the partial outputs merge by log-sum-exp, sink added once.
-    // Layers without compressed entries yet are computed whole on every SP rank.
-    const bool merge = sp && num_entries > 0;
-    Scratch lse;
-    if (merge) {
-      ap.include_sink = false;
-      if (part.sp_idx != parallel::SpPartition::window_rank()) ap.window = 0;  // no window rows
-      ap.out_bf16 = false;
-      lse = make_scratch(be, {rows, heads});
-      ap.lse = lse.view;
-    }
-    be.sparse_attention(ap);
-    if (merge) {
-      const std::vector<float> o_host = download(be, o_seg);
-      const std::vector<float> lse_host = download(be, lse.view);
-      const int64_t hrows = rows * heads, width = parallel::partial_width(hd);
-      std::vector<float> partial(size_t(hrows * width), 0.0f);
-      for (int64_t r = 0; r < hrows; ++r) {
-        float* p = &partial[size_t(r * width)];
-        const float l = lse_host[size_t(r)];
-        if (!(l > -INFINITY)) {  // nothing attended here: the empty partial
-          p[0] = -INFINITY;
-          continue;
-        }
-        p[0] = l;  // normalised output with its log-sum-exp = {max l, sum 1, acc o}
-        p[1] = 1.0f;
-        std::copy_n(&o_host[size_t(r * hd)], hd, p + 2);
-      }
-      std::vector<float> merged(size_t(hrows * hd));
-      parallel::attention_merge(*ctx.parallel->sp, partial.data(), aw.sink_host.data(), hrows, heads, hd, merged.data());
-      if (ctx.official) {
-        for (float& v : merged) v = round_bf16(v);
-      }
-      upload(be, merged, o_seg);
-    }
-    rope(ctx, o_seg, w.inv_freq, pos_begin, 1, true);
+    const OpScope scope("attend");
+    attend(ctx, w, s, view_rows(q.q.view, s.row_begin, s.row_begin + s.rows), windows.rows[i].view, windows.tail[i], sel,
+           view_rows(o.view, s.row_begin, s.row_begin + s.rows));
   }
-
-  // --- grouped output projection (§5.7), all rows ---
-  const int64_t groups = aw.wo_a.rows / cfg.o_lora_rank;  // this TP rank's groups
-  Scratch u = make_scratch(be, {n, groups, cfg.o_lora_rank});
-  kernels::GroupedLinearParams gp;
-  gp.x = view_reshape(o.view, {n, groups, heads / groups * hd});
-  gp.w = aw.wo_a;
-  gp.y = u.view;
-  gp.out_bf16 = ctx.official;
-  be.grouped_linear(gp);
-  // PARALLEL: reduce — wo_b is row-split under TP: `out` is a partial sum, all-reduced here; in the
-  // official numerics the bf16 rounding applies to the sum, not to the partials.
-  const bool row_parallel = ctx.parallel && ctx.parallel->layout.tp > 1;
-  {
-    kernels::LinearParams p;
-    p.x = view_reshape(u.view, {n, groups * cfg.o_lora_rank});
-    p.w = aw.wo_b;
-    p.y = out;
-    p.act_quant_fp8 = ctx.official;
-    p.out_bf16 = ctx.official && !row_parallel;
-    be.linear(p);
-  }
-  tp_reduce(ctx, out);
-  if (ctx.official && row_parallel) qdq(ctx, out, kernels::QdqFormat::kBf16, 128);
+  const OpScope scope("output");
+  output_projection(ctx, w.attn, o.view, out);
 }
 
 }  // namespace v4rt::model

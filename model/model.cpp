@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common/check.h"
+#include "common/op_scope.h"
 #include "model/blocks.h"
 
 namespace v4rt::model {
@@ -108,7 +109,10 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
   ep.table = weights_.embed;
   ep.ids = ids.view;
   ep.out = x.view;
-  backend_.embedding(ep);
+  {
+    const OpScope scope("embed");
+    backend_.embedding(ep);
+  }
 
   auto sublayer_norm = [&](const WeightView& w) {
     kernels::RmsNormParams p;
@@ -128,14 +132,21 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
       segs[i].row_begin = row0[i];
       segs[i].rows = row0[i + 1] - row0[i];
     }
-    HcMix mix = hc_pre(ctx, lw.hc_attn, x.view, a.view);
-    sublayer_norm(lw.attn_norm);
-    attention_forward_batched(ctx, lw, segs, a.view, o.view);
-    hc_post(ctx, mix, o.view, x.view, x2.view);
-    mix = hc_pre(ctx, lw.hc_ffn, x2.view, a.view);
-    sublayer_norm(lw.ffn_norm);
-    moe_forward(ctx, lw, l, a.view, ids.view, o.view);
-    hc_post(ctx, mix, o.view, x2.view, x.view);
+    const OpScope layer_scope("layer " + std::to_string(l));  // names ops in diagnostics
+    {
+      const OpScope scope("attention");
+      const HcMix mix = hc_pre(ctx, lw.hc_attn, x.view, a.view);
+      sublayer_norm(lw.attn_norm);
+      attention_forward_batched(ctx, lw, segs, a.view, o.view);
+      hc_post(ctx, mix, o.view, x.view, x2.view);
+    }
+    {
+      const OpScope scope("moe");
+      const HcMix mix = hc_pre(ctx, lw.hc_ffn, x2.view, a.view);
+      sublayer_norm(lw.ffn_norm);
+      moe_forward(ctx, lw, l, a.view, ids.view, o.view);
+      hc_post(ctx, mix, o.view, x2.view, x.view);
+    }
     if (observer_) {
       for (size_t i = 0; i < nc; ++i) observer_(l, pos[i], kernels::view_rows(x.view, row0[i], row0[i + 1]));
     }
@@ -186,6 +197,7 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     }
     CHECK_EQ(dst, rows);
   }
+  const OpScope head_scope("head");
   const Scratch lg = lm_head(ctx, weights_.hc_head, weights_.norm, weights_.head, head_in);
   const size_t vocab = size_t(config_.vocab_size);
   if (nc == 1) {

@@ -39,7 +39,7 @@ struct StepChunk {
   bool all_logits = false;          // logits for every token of the chunk, else the last only
   // Optional: [rows, hc, D] F32 on the backend's device; receives the final residual streams
   // (before hc_head) of the chunk's last `rows` tokens (the MTP block's input, spec §7).
-  TensorView hidden;
+  TensorView hidden{};
 };
 
 // Called after every layer with the residual streams [num_tokens, hc, hidden] of the chunk being

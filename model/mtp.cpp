@@ -5,6 +5,7 @@
 #include <glog/logging.h>
 
 #include "common/check.h"
+#include "common/op_scope.h"
 #include "model/blocks.h"
 
 namespace v4rt::model {
@@ -78,6 +79,7 @@ void Mtp::forward(MtpState& state, const TensorView& hidden, std::span<const int
   for (int32_t id : tokens)
     V4RT_REQUIRE(id >= 0 && id < cfg.vocab_size, "token id " << id << " outside the vocabulary of " << cfg.vocab_size);
   const bool official = model_.options().numerics == Numerics::kOfficial;
+  const OpScope scope("mtp");  // names ops in diagnostics
   const ParallelContext& par = model_.parallel();
   const BlockContext ctx{cfg, be, official, par.sharded() ? &par : nullptr, model_.expert_parallel()};
   const int64_t pos = state.position();

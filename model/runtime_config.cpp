@@ -160,6 +160,13 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("sync_each_op", &c.debug.sync_each_op);
   d.get("check_finite", &c.debug.check_finite);
   d.get("dump_dir", &c.debug.dump_dir);
+  d.get("cuda_sync_alloc", &c.debug.cuda_sync_alloc);
+  d.get("cuda_attention_per_warp", &c.debug.cuda_attention_per_warp);
+  d.get("cuda_expert_tc_min_rows", &c.debug.cuda_expert_tc_min_rows);
+  d.get("cuda_attention_tc", &c.debug.cuda_attention_tc);
+  d.get("cuda_indexer_tc", &c.debug.cuda_indexer_tc);
+  V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
+               d.where("cuda_expert_tc_min_rows") << " must be in [0, 2^30], got " << c.debug.cuda_expert_tc_min_rows);
   d.get("vmodule", &c.debug.vmodule);
   d.get("log_dir", &c.debug.log_dir);
   d.get("test_hook_forced_output", &c.debug.test_hook_forced_output);
@@ -178,13 +185,35 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
   return {
       {"sync_each_op", "synchronize the device after every op, so an async fault names the op that caused it"},
       {"check_finite", "stop at the first NaN/inf activation, naming the layer and op"},
-      {"dump_dir", "write per-layer activations (safetensors) into this directory"},
+      {"dump_dir",
+       "write every op's outputs as .npy files named by number, layer and op (index.tsv lists them) into this "
+       "directory"},
+      {"cuda_sync_alloc", "CUDA: plain cudaMalloc/cudaFree instead of the stream-ordered pool"},
+      {"cuda_attention_per_warp", "CUDA: sparse attention on the per-warp kernel only, never the multi-query one"},
+      {"cuda_expert_tc_min_rows",
+       "CUDA: rows per expert from which FP4 expert GEMMs take the tensor-core W4A8 kernel (default 16; 0: never)"},
+      {"cuda_attention_tc", "CUDA: prefill sparse attention on bf16 tensor cores (default true; false: CUDA cores)"},
+      {"cuda_indexer_tc", "CUDA: prefill lightning-indexer scores on bf16 tensor cores (default true; false: CUDA cores)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
       {"log_dir", "per-rank log files in this directory instead of stderr only"},
       {"test_hook_forced_output",
        "TEST HOOK (end-to-end tests only): `v4rt serve` accepts a request field test_hook_forced_output whose text is "
        "emitted instead of sampled tokens"},
   };
+}
+
+kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_index) {
+  kernels::BackendOptions o;
+  o.device_index = device_index;
+  o.debug.sync_each_op = config.debug.sync_each_op;
+  o.debug.check_finite = config.debug.check_finite;
+  o.debug.dump_dir = config.debug.dump_dir;
+  o.cuda_sync_alloc = config.debug.cuda_sync_alloc;
+  o.cuda_attention_per_warp = config.debug.cuda_attention_per_warp;
+  o.cuda_expert_tc_min_rows = config.debug.cuda_expert_tc_min_rows;
+  o.cuda_attention_tc = config.debug.cuda_attention_tc;
+  o.cuda_indexer_tc = config.debug.cuda_indexer_tc;
+  return o;
 }
 
 std::string runtime_config_yaml(const RuntimeConfig& c) {
@@ -222,6 +251,11 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "sync_each_op" << YAML::Value << c.debug.sync_each_op;
   out << YAML::Key << "check_finite" << YAML::Value << c.debug.check_finite;
   out << YAML::Key << "dump_dir" << YAML::Value << c.debug.dump_dir;
+  out << YAML::Key << "cuda_sync_alloc" << YAML::Value << c.debug.cuda_sync_alloc;
+  out << YAML::Key << "cuda_attention_per_warp" << YAML::Value << c.debug.cuda_attention_per_warp;
+  out << YAML::Key << "cuda_expert_tc_min_rows" << YAML::Value << c.debug.cuda_expert_tc_min_rows;
+  out << YAML::Key << "cuda_attention_tc" << YAML::Value << c.debug.cuda_attention_tc;
+  out << YAML::Key << "cuda_indexer_tc" << YAML::Value << c.debug.cuda_indexer_tc;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
   out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;
   out << YAML::Key << "test_hook_forced_output" << YAML::Value << c.debug.test_hook_forced_output;

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/backend_factory.h"
 #include "parallel/layout.h"
 
 namespace v4rt::model {
@@ -41,7 +42,12 @@ struct ServerConfig {
 struct DebugConfig {
   bool sync_each_op = false;   // synchronize after every device op to pin async faults
   bool check_finite = false;   // fail on the first NaN/inf activation, naming layer and op
-  std::string dump_dir;        // write per-layer activations here (empty: off)
+  std::string dump_dir;        // write every op's outputs (.npy, by layer and op) here (empty: off)
+  bool cuda_sync_alloc = false;          // CUDA: plain cudaMalloc/cudaFree, no stream-ordered pool
+  bool cuda_attention_per_warp = false;  // CUDA: sparse attention on the per-warp kernel only
+  int64_t cuda_expert_tc_min_rows = 16;  // CUDA: tensor-core expert GEMM from this many rows per expert (0: never)
+  bool cuda_attention_tc = true;         // CUDA: prefill sparse attention on tensor cores
+  bool cuda_indexer_tc = true;           // CUDA: prefill indexer scores on tensor cores
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
   std::string log_dir;         // per-rank log files (empty: stderr)
   // TEST HOOK for end-to-end tests only: lets a request carry `test_hook_forced_output`, a text
@@ -69,5 +75,7 @@ RuntimeConfig load_runtime_config(const std::string& path);
 std::string runtime_config_yaml(const RuntimeConfig& config);
 // (name, description) of every debug switch, for --help-debug.
 std::vector<std::pair<std::string, std::string>> debug_switches();
+// The backend settings `config` asks for (its debug switches that act on ops) on GPU `device_index`.
+kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_index);
 
 }  // namespace v4rt::model

@@ -85,7 +85,8 @@ class Loader {
     if (info.shape.size() > 2) V4RT_FAIL("tensor " << name << ": expected at most 2 dims");
     if (info.dtype == DType::kF8E4M3 || info.dtype == DType::kI8) {
       const std::string base = name.substr(0, name.size() - std::string(".weight").size());
-      const TensorInfo& scale = ckpt_.info(base + ".scale");
+      const std::string scale_name = base + ".scale";  // named: `scale` refers into the checkpoint, not to it
+      const TensorInfo& scale = ckpt_.info(scale_name);
       V4RT_REQUIRE(scale.dtype == DType::kF8E8M0, "tensor " << base << ".scale: expected F8_E8M0");
       src.scale = scale.data;
       if (info.dtype == DType::kI8) {  // packed FP4 e2m1, two per byte

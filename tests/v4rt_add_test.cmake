@@ -12,6 +12,7 @@ function(v4rt_add_test NAME)
   cmake_parse_arguments(T "" "NP;TIMEOUT" "SOURCES;LIBS;LABELS;ARGS" ${ARGN})
   add_executable(${NAME} ${T_SOURCES})
   target_link_libraries(${NAME} PRIVATE ${T_LIBS} GTest::gtest)
+  target_include_directories(${NAME} PRIVATE ${PROJECT_SOURCE_DIR})  # tests/*.h helpers
   if(NOT T_NP)
     target_link_libraries(${NAME} PRIVATE GTest::gtest_main)
   endif()

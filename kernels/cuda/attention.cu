@@ -9,9 +9,10 @@
 // second kernel merges the splits and adds the sink. With bf16 P the rounding then happens against
 // the split's running max instead of the global one (a bf16-level difference). Decode-sized calls
 // (few tokens x heads) take sparse_attention_mqa_kernel instead: 32 heads per block share each
-// staged tile (V4RT_ATTN_PER_WARP=1 forces the per-warp kernel, for comparison). Prefill-sized
-// calls under the official numerics (bf16 q / kv, bf16 P) take sparse_attention_tc_kernel: 64
-// heads of a query on bf16 tensor cores per staged tile (V4RT_ATTN_TC=0 switches it off).
+// staged tile (CudaBackendOptions::attention_per_warp, debug.cuda_attention_per_warp in the runtime
+// YAML, forces the per-warp kernel, for comparison). Prefill-sized calls under the official
+// numerics (bf16 q / kv, bf16 P) take sparse_attention_tc_kernel: 64 heads of a query on bf16
+// tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores, debug.cuda_attention_tc).
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -564,7 +565,7 @@ int num_sms() {
 
 }  // namespace
 
-void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
+void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp, bool tensor_cores) {
   const int64_t n = p.q.shape[0], heads = p.q.shape[1], dim = p.q.shape[2];
   CHECK(dim % 32 == 0 && dim <= 32 * kMaxPerLane) << "attention head_dim " << dim;
   CHECK_EQ(act_row_width(p.out), heads * dim);
@@ -620,7 +621,7 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
   const int64_t max_tiles = ceil_div(std::min<int64_t>(pos_last + 1, p.window) + max_comp, kTile);
   const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
   const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && 2 * mqa_blocks <= num_sms() && a.q.vec_ok() &&
-                   a.win.vec_ok() && (a.num_comp == 0 || a.comp.vec_ok()) && !std::getenv("V4RT_ATTN_PER_WARP");
+                   a.win.vec_ok() && (a.num_comp == 0 || a.comp.vec_ok()) && !per_warp;
   if (mqa) {
     // One wave: splits of whole tiles so that the blocks about fill the SMs once.
     const int64_t want = std::max<int64_t>(1, num_sms() / mqa_blocks);
@@ -645,9 +646,8 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s) {
   const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
   const int64_t base_blocks = n * head_groups;
   // Prefill shapes under the official numerics (bf16 q / kv, bf16 P; enough tokens to fill the SMs
-  // without splitting the candidate list): the tensor-core kernel. V4RT_ATTN_TC=0 switches it off.
-  const char* tc_env = std::getenv("V4RT_ATTN_TC");
-  const bool tc = !(tc_env && std::string(tc_env) == "0") && base_blocks >= num_sms() && a.bf16_probs &&
+  // without splitting the candidate list): the tensor-core kernel, unless `tensor_cores` is off.
+  const bool tc = tensor_cores && base_blocks >= num_sms() && a.bf16_probs &&
                   dim % 128 == 0 && dim <= kTcMaxDim && a.q.bf16 && a.win.bf16 && (a.num_comp == 0 || a.comp.bf16) &&
                   a.q.stride % 8 == 0 && a.win.stride % 8 == 0 && (a.num_comp == 0 || a.comp.stride % 8 == 0) &&
                   reinterpret_cast<uintptr_t>(a.q.data) % 16 == 0 && reinterpret_cast<uintptr_t>(a.win.data) % 16 == 0 &&

@@ -48,15 +48,11 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots
   // The model allocates its scratch tensors per op through common Buffer: without stream-ordered
   // allocation every free would synchronize the device (cudaFree). All of this backend's work is
   // on its one stream, so the first backend makes the allocator ordered on it.
-  if (!allocation_stream() && !std::getenv("V4RT_CUDA_SYNC_ALLOC")) set_allocation_stream(stream_.get());
-  if (const char* env = std::getenv("V4RT_EXPERT_TC_MIN_ROWS")) {
-    char* end = nullptr;
-    const long long v = std::strtoll(env, &end, 10);
-    V4RT_REQUIRE(end != env && *end == '\0' && v >= 0,
-                 "V4RT_EXPERT_TC_MIN_ROWS=" << env << ": expected a non-negative integer");
-    options_.expert_tc_min_rows = v;
-  }
-  CHECK_GE(options_.expert_tc_min_rows, 0) << "CudaBackendOptions::expert_tc_min_rows";
+  if (!allocation_stream() && !options.sync_alloc) set_allocation_stream(stream_.get());
+  if (options.sync_each_kernel) set_sync_after_ops(true);
+  V4RT_REQUIRE(options_.expert_tc_min_rows >= 0,
+               "CudaBackendOptions::expert_tc_min_rows (debug.cuda_expert_tc_min_rows) must be >= 0, got "
+                   << options_.expert_tc_min_rows);
 }
 
 bool CudaBackend::expert_tensor_cores(int64_t max_rows, int64_t groups) const {
@@ -225,9 +221,13 @@ void CudaBackend::hc_post(const HcPostParams& p) { launch_hc_post(p, stream_.get
 void CudaBackend::hc_head(const HcHeadParams& p) { launch_hc_head(p, stream_.get()); }
 void CudaBackend::compressor_pool(const CompressorPoolParams& p) { launch_compressor_pool(p, stream_.get()); }
 void CudaBackend::hadamard(const HadamardParams& p) { launch_hadamard(p, stream_.get()); }
-void CudaBackend::indexer_scores(const IndexerScoresParams& p) { launch_indexer_scores(p, stream_.get()); }
+void CudaBackend::indexer_scores(const IndexerScoresParams& p) {
+  launch_indexer_scores(p, stream_.get(), options_.indexer_tensor_cores);
+}
 void CudaBackend::topk(const TopkParams& p) { launch_topk(p, stream_.get()); }
-void CudaBackend::sparse_attention(const SparseAttentionParams& p) { launch_sparse_attention(p, stream_.get()); }
+void CudaBackend::sparse_attention(const SparseAttentionParams& p) {
+  launch_sparse_attention(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores);
+}
 void CudaBackend::moe_gate(const MoeGateParams& p) { launch_moe_gate(p, stream_.get()); }
 void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()); }
 void CudaBackend::embedding(const EmbeddingParams& p) { launch_embedding(p, stream_.get()); }

@@ -9,6 +9,7 @@
 #include <unordered_set>
 #include <sstream>
 
+#include "common/op_scope.h"
 #include "common/tensor.h"
 #include "kernels/cuda/cuda_check.h"
 
@@ -72,7 +73,10 @@ std::string device_context() {
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
   std::ostringstream os;
-  os << " [device " << dev << " of " << count << ", host " << host << "]";
+  os << " [device " << dev << " of " << count << ", host " << host;
+  const std::string scope = current_op_scope();  // the model's layer and op, when it set them
+  if (!scope.empty()) os << ", at " << scope;
+  os << "]";
   return os.str();
 }
 

@@ -33,9 +33,19 @@ struct CudaBackendOptions {
   // expert with rows (prefill), and the CUDA-core kernel below it (decode: bytes-bound). The rows
   // are counted on the host as tokens x top-k over min(local experts, rows): under expert
   // parallelism an upper bound of the rows the local experts receive. 0 keeps
-  // every call on the CUDA-core kernel. The environment variable V4RT_EXPERT_TC_MIN_ROWS, when set,
-  // overrides the value (V4RT_EXPERT_TC_MIN_ROWS=0 switches the tensor-core kernel off).
+  // every call on the CUDA-core kernel (debug.cuda_expert_tc_min_rows in the runtime YAML).
   int64_t expert_tc_min_rows = 16;
+  // Prefill-shaped sparse attention and lightning-indexer scores under the official numerics on
+  // bf16 tensor cores (debug.cuda_attention_tc / debug.cuda_indexer_tc); off: the CUDA-core kernels.
+  bool attention_tensor_cores = true;
+  bool indexer_tensor_cores = true;
+  // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
+  bool sync_alloc = false;
+  // Sparse attention always on the per-warp kernel, never the split multi-query one.
+  bool attention_per_warp = false;
+  // Synchronize after every kernel launch (set_sync_after_ops), so an asynchronous fault names
+  // the kernel that caused it; debug.sync_each_op turns it on with the op-level sync.
+  bool sync_each_kernel = false;
 };
 
 // The CUDA backend on `device` (-1: current). Throws v4rt::Error when no device is present.

@@ -437,7 +437,7 @@ __global__ void __launch_bounds__(256) indexer_scores_tc_kernel(int64_t n, Act q
 
 }  // namespace
 
-void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s) {
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores) {
   const int64_t n = p.q.shape[0], heads = p.q.shape[1], dim = p.q.shape[2];
   const int64_t num_keys = p.keys.data ? p.keys.shape[0] : 0;
   const int64_t key_end = p.key_end < 0 ? num_keys : p.key_end;
@@ -458,9 +458,8 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s) {
   }
   Act keys;
   if (num_keys > 0) keys = make_act(p.keys, "indexer keys");
-  // Prefill under the official numerics: the tensor-core kernel (V4RT_INDEXER_TC=0 switches it off).
-  const char* tc_env = std::getenv("V4RT_INDEXER_TC");
-  if (p.bf16_arith && !(tc_env && std::string(tc_env) == "0") && n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim &&
+  // Prefill under the official numerics: the tensor-core kernel, unless `tensor_cores` is off.
+  if (p.bf16_arith && tensor_cores && n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim &&
       num_keys > 0) {
     static bool tc_attr_set = false;
     if (!tc_attr_set) {

@@ -84,11 +84,17 @@ void launch_hc_head(const HcHeadParams& p, cudaStream_t s);
 void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s);
 
 // --- indexer.cu ----------------------------------------------------------------------------------
-void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s);
+// tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
+// (CudaBackendOptions::indexer_tensor_cores).
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores = true);
 void launch_topk(const TopkParams& p, cudaStream_t s);
 
 // --- attention.cu --------------------------------------------------------------------------------
-void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s);
+// per_warp: never the split multi-query kernel (CudaBackendOptions::attention_per_warp).
+// tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
+// (CudaBackendOptions::attention_tensor_cores).
+void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp = false,
+                             bool tensor_cores = true);
 
 // --- moe.cu --------------------------------------------------------------------------------------
 void launch_moe_gate(const MoeGateParams& p, cudaStream_t s);

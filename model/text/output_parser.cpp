@@ -176,7 +176,8 @@ OutputParser::OutputParser(ParserOptions options) : opt_(std::move(options)) {
       if (!t.is_object() || !t.contains("function") || !t["function"].is_object()) continue;
       const Json& f = t["function"];
       if (!f.contains("name") || !f["name"].is_string()) continue;
-      auto& props = tool_props_[f["name"].get<std::string>()];
+      const std::string name = f["name"].get<std::string>();  // named: no temporary key under a reference
+      auto& props = tool_props_[name];
       if (f.contains("parameters") && f["parameters"].is_object() &&
           f["parameters"].contains("properties") && f["parameters"]["properties"].is_object()) {
         for (const auto& [k, v] : f["parameters"]["properties"].items()) props.insert(k);

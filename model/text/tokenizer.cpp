@@ -223,8 +223,9 @@ void Tokenizer::Impl::load(const std::string& file) {
   } catch (const nlohmann::json::exception& e) {
     V4RT_FAIL("tokenizer " << file << ": invalid JSON: " << e.what());
   }
-  auto need = [&](const nlohmann::json& node, const char* key,
-                  const std::string& where) -> const nlohmann::json& {
+  // `where` as a plain pointer: a std::string temporary argument would make every reference bound
+  // to the result look dangling (-Wdangling-reference), though it points into `node`.
+  auto need = [&](const nlohmann::json& node, const char* key, const char* where) -> const nlohmann::json& {
     V4RT_REQUIRE(node.is_object() && node.contains(key),
                  "tokenizer " << file << ": missing key " << where << "." << key);
     return node.at(key);
@@ -246,7 +247,7 @@ void Tokenizer::Impl::load(const std::string& file) {
     V4RT_REQUIRE(step.value("type", "") == "Split" && step.value("behavior", "") == "Isolated" &&
                      !step.value("invert", false),
                  "tokenizer " << file << ": " << where << " must be Split/Isolated/invert=false");
-    const std::string pattern = need(need(step, "pattern", where), "Regex", where + ".pattern");
+    const std::string pattern = need(need(step, "pattern", where.c_str()), "Regex", (where + ".pattern").c_str());
     V4RT_REQUIRE(pattern == kExpectedPatterns[i],
                  "tokenizer " << file << ": " << where << ".pattern.Regex differs from the "
                               << "DeepSeek-V3/V4 pre-tokenizer");
