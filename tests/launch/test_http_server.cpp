@@ -12,13 +12,15 @@
 #include <thread>
 
 #include "common/check.h"
-#include "launch/serve/engine.h"
+#include "runtime/engine.h"
 #include "launch/serve/http_server.h"
 #include "model/text/json_format.h"
 #include "serve_test_util.h"
 
 namespace v4rt::launch::serve {
 namespace {
+
+using namespace v4rt::runtime;  // the scheduler, engine and step plans under test
 
 using Json = model::text::Json;
 using namespace std::chrono_literals;

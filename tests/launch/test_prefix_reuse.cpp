@@ -11,12 +11,14 @@
 #include <cstdio>
 #include <random>
 
-#include "launch/serve/scheduler.h"
-#include "launch/serve/step_plan.h"
+#include "runtime/scheduler.h"
+#include "runtime/step_plan.h"
 #include "serve_test_util.h"
 
 namespace v4rt::launch::serve {
 namespace {
+
+using namespace v4rt::runtime;  // the scheduler, engine and step plans under test
 
 using namespace std::chrono_literals;
 

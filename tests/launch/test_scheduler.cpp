@@ -8,11 +8,13 @@
 
 #include <thread>
 
-#include "launch/serve/scheduler.h"
+#include "runtime/scheduler.h"
 #include "model/presets.h"
 
 namespace v4rt::launch::serve {
 namespace {
+
+using namespace v4rt::runtime;  // the scheduler, engine and step plans under test
 
 using namespace std::chrono_literals;
 

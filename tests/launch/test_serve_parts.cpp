@@ -6,12 +6,14 @@
 #include "common/check.h"
 #include "launch/serve/openai_api.h"
 #include "launch/serve/output.h"
-#include "launch/serve/prefix_cache.h"
-#include "launch/serve/step_plan.h"
+#include "runtime/prefix_cache.h"
+#include "runtime/step_plan.h"
 #include "model/presets.h"
 
 namespace v4rt::launch::serve {
 namespace {
+
+using namespace v4rt::runtime;  // the scheduler, engine and step plans under test
 
 StepPlan sample_plan() {
   StepPlan p;
