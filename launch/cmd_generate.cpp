@@ -15,7 +15,6 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
-#include <limits>
 #include <string>
 #include <chrono>
 #include <cstdio>
@@ -94,7 +93,7 @@ void run_generate(const GenerateArgs& args) {
   so.max_batch_tokens = std::max<int>(prefill_chunk > 0 ? prefill_chunk : int(ids.size()), args.mtp + 1);
   so.max_running = 1;
   so.max_queue = 1;
-  so.kv_budget_bytes = std::numeric_limits<int64_t>::max();
+  so.kv_budget_bytes = int64_t(1) << 62;  // one request: no admission limit
   so.prefix_cache = false;
   so.eos_token_id = eos;
   so.mtp_depth = args.mtp;

@@ -150,6 +150,10 @@ std::string ModelRun::byte_report() {
 }
 
 ModelRun::~ModelRun() {
+  if (leader_ && leader_->link_failed()) {
+    // A follower no longer answers: no collective with it can complete; the job ends here.
+    cluster::abort_world("a follower rank stopped answering the plan link", 2);
+  }
   if (leader_) leader_->stop();
   if (mpi_ && !reported_) {
     const std::string report = byte_report();

@@ -32,6 +32,7 @@ class Leader {
   Executor& executor() { return executor_; }
   int num_ranks() const { return link_.size(); }
   int64_t steps() const { return steps_; }
+  bool link_failed() const { return link_failed_; }  // a follower stopped answering
 
  private:
   Executor& executor_;
@@ -53,6 +54,15 @@ class Follower {
   Executor& executor_;
   PlanLink& link_;
   int64_t steps_ = 0;
+};
+
+// A job of one rank (in-process tests and tools): an Executor and its Leader, no link.
+struct SoloRank {
+  explicit SoloRank(model::Model& model, model::Mtp* mtp = nullptr)
+      : executor(model, mtp), link(nullptr, LinkOptions{}), leader(executor, link) {}
+  Executor executor;
+  PlanLink link;
+  Leader leader;
 };
 
 }  // namespace v4rt::runtime

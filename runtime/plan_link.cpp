@@ -14,9 +14,10 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-// How long the leader waits for the answers to a heartbeat: half the plan deadline, so a frozen
-// follower is named within the deadline (heartbeat period + answer wait + the probe's grace).
-double answer_timeout_s(const LinkOptions& o) { return o.plan_timeout_s / 2; }
+// How long the leader waits for the answers to a heartbeat: 0.4 x the plan deadline, so a frozen
+// follower is named within the deadline: heartbeat period (<= 0.25) + answer wait (0.4) + the
+// probe's grace (0.2, cluster::MpiComm) + the engine's idle poll (100 ms).
+double answer_timeout_s(const LinkOptions& o) { return 0.4 * o.plan_timeout_s; }
 
 }  // namespace
 

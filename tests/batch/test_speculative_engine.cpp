@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The speculative scheduler (runtime::Scheduler with mtp_depth > 0) in process, through both engines
-// that run it: runtime::Engine over its Executor (`v4rt serve --mtp N`) and batch::DriverEngine over
-// the Driver (`v4rt batch --mtp N`). Many requests decode speculatively together on 3-layer
+// The speculative scheduler (runtime::Scheduler with mtp_depth > 0) in process, through the one
+// runtime::Engine that `v4rt serve --mtp N`, `v4rt batch --mtp N` and `v4rt generate --mtp N`
+// run. Many requests decode speculatively together on 3-layer
 // synthetic models with an MTP block and a 6- or 4-token vocabulary, where the untrained draft is
 // accepted often enough that steps emit several tokens (accepted drafts cut by max_tokens and EOS
 // included). Every request's tokens equal plain greedy decoding of its prompt (Model::step, one
@@ -15,8 +15,8 @@
 #include <functional>
 #include <utility>
 
-#include "launch/batch/driver_engine.h"
 #include "runtime/engine.h"
+#include "runtime/leader.h"
 #include "tests/model/test_mtp_util.h"
 
 namespace v4rt::launch {
@@ -92,76 +92,45 @@ runtime::SchedulerOptions speculative_options(int depth, int32_t eos, bool prefi
   return o;
 }
 
-// One engine under test: submit / start / stop and its speculative counters.
-struct EngineUnderTest {
-  std::function<runtime::SubmitResult(std::shared_ptr<runtime::Request>)> submit;
-  std::function<void()> stop;
-  std::function<model::SpeculativeStats()> stats;
-  std::function<std::string()> failure;
-};
-
-enum class Kind { kServe, kBatch };
-
-class SpeculativeSchedulerTest : public ::testing::TestWithParam<std::tuple<Kind, int, uint64_t>> {};
+class SpeculativeSchedulerTest : public ::testing::TestWithParam<std::tuple<int, uint64_t>> {};
 
 TEST_P(SpeculativeSchedulerTest, ManyRequestsEqualPlainGreedy) {
-  const auto [kind, vocab, seed] = GetParam();
+  const auto [vocab, seed] = GetParam();
   LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(vocab), 3), seed);
   model::Model& m = *lm.model;
   const int32_t eos = int32_t(m.config().eos_token_id);
   for (int depth : {1, 2, 3}) {
     const runtime::SchedulerOptions o = speculative_options(depth, eos, /*prefix_cache=*/false);
-    PlanChannel channel(nullptr);
-    Driver driver(m, channel);
-    driver.set_mtp(lm.mtp.get());
+    runtime::SoloRank rank(m, lm.mtp.get());
     runtime::Metrics metrics;
-    std::unique_ptr<runtime::Engine> serve_engine;
-    std::unique_ptr<batch::DriverEngine> batch_engine;
-    EngineUnderTest e;
-    if (kind == Kind::kServe) {
-      serve_engine = std::make_unique<runtime::Engine>(m, o, &metrics, lm.mtp.get());
-      serve_engine->start();
-      e.submit = [&](auto r) { return serve_engine->scheduler().submit(std::move(r)); };
-      e.stop = [&] { serve_engine->stop(); };
-      e.stats = [&] { return runtime::speculative_stats(metrics); };
-      e.failure = [&] { return serve_engine->failed() ? serve_engine->failure() : std::string(); };
-    } else {
-      batch_engine = std::make_unique<batch::DriverEngine>(m, driver, o);
-      batch_engine->start();
-      e.submit = [&](auto r) { return batch_engine->submit(std::move(r)); };
-      e.stop = [&] { batch_engine->stop(); };
-      e.stats = [&] { return batch_engine->speculative_stats(); };
-      e.failure = [&] { return batch_engine->failed() ? batch_engine->failure() : std::string(); };
-    }
+    runtime::Engine engine(rank.leader, o, &metrics);
+    engine.start();
     std::vector<std::shared_ptr<runtime::Request>> reqs;
     for (int i = 0; i < 7; ++i) {
       reqs.push_back(greedy_request(uint64_t(i + 1), model::testing::test_prompt(m.config().vocab_size, 3 + 4 * i, 70 + uint32_t(i)),
                                     5 + 3 * i, i % 2 == 0));
-      ASSERT_EQ(e.submit(reqs.back()).status, 200);
+      ASSERT_EQ(engine.submit(reqs.back()).status, 200);
     }
     int64_t total_tokens = 0;
     for (size_t i = 0; i < reqs.size(); ++i)
       total_tokens += int64_t(expect_plain_greedy(m, *reqs[i], eos, "depth " + std::to_string(depth) + ", request " +
                                                                         std::to_string(i)).size());
-    e.stop();
-    const model::SpeculativeStats st = e.stats();
-    std::printf("%s vocab %d seed %llu depth %d: %lld tokens, acceptance rate %.3f, %.2f tokens per verify step (%lld verify steps)\n",
-                kind == Kind::kServe ? "serve" : "batch", vocab, static_cast<unsigned long long>(seed), depth,
+    engine.stop();
+    const model::SpeculativeStats st = engine.speculative_stats();
+    std::printf("vocab %d seed %llu depth %d: %lld tokens, acceptance rate %.3f, %.2f tokens per verify step (%lld verify steps)\n",
+                vocab, static_cast<unsigned long long>(seed), depth,
                 static_cast<long long>(total_tokens), st.acceptance_rate(), st.tokens_per_step(),
                 static_cast<long long>(st.steps));
     EXPECT_GT(st.accepted, 0) << "no draft accepted: the multi-token path did not run";
     EXPECT_LT(st.accepted, st.drafted);
     EXPECT_EQ(st.drafted, st.steps * depth);
-    EXPECT_EQ(e.failure(), "");
+    EXPECT_EQ(engine.failed() ? engine.failure() : std::string(), "");
   }
 }
 
 // Vocabularies of 6 and 4 tokens, with model seeds where drafts are accepted (up to 3 in a step).
 INSTANTIATE_TEST_SUITE_P(SmallVocabularies, SpeculativeSchedulerTest,
-                         ::testing::Values(std::make_tuple(Kind::kServe, 6, uint64_t(1)),
-                                           std::make_tuple(Kind::kServe, 4, uint64_t(5)),
-                                           std::make_tuple(Kind::kBatch, 6, uint64_t(1)),
-                                           std::make_tuple(Kind::kBatch, 4, uint64_t(5))));
+                         ::testing::Values(std::make_tuple(6, uint64_t(1)), std::make_tuple(4, uint64_t(5))));
 
 // Agent turns under `serve --mtp 2`: each turn's prompt extends the previous prompt and its
 // answer, so it starts from a copy of the finished sequence (main and MTP state). The answers
@@ -171,7 +140,8 @@ TEST(SpeculativeServe, PrefixReuseEqualsPlainGreedy) {
   model::Model& m = *lm.model;
   const int32_t eos = int32_t(m.config().eos_token_id);
   runtime::Metrics metrics;
-  runtime::Engine engine(m, speculative_options(2, eos, /*prefix_cache=*/true), &metrics, lm.mtp.get());
+  runtime::SoloRank rank(m, lm.mtp.get());
+  runtime::Engine engine(rank.leader, speculative_options(2, eos, /*prefix_cache=*/true), &metrics);
   engine.start();
   std::vector<int32_t> prompt = model::testing::test_prompt(m.config().vocab_size, 9, 11);
   int64_t cached = 0;
@@ -207,7 +177,8 @@ TEST(SpeculativeServe, ParallelSamplingKeepsEachSequencesDraws) {
     runtime::SchedulerOptions o = speculative_options(depth, eos, /*prefix_cache=*/false);
     o.max_running = 6;
     o.max_batch_tokens = 64;
-    runtime::Engine engine(m, o, &metrics, depth ? lm.mtp.get() : nullptr);
+    runtime::SoloRank rank(m, depth ? lm.mtp.get() : nullptr);
+    runtime::Engine engine(rank.leader, o, &metrics);
     engine.start();
     std::vector<std::shared_ptr<runtime::Request>> reqs;
     for (int i = 0; i < 6; ++i) {
@@ -250,7 +221,8 @@ TEST(SpeculativeServe, ForcedOutputBesideSpeculativeRequests) {
   model::Model& m = *lm.model;
   const int32_t eos = int32_t(m.config().eos_token_id);
   runtime::Metrics metrics;
-  runtime::Engine engine(m, speculative_options(2, eos, /*prefix_cache=*/false), &metrics, lm.mtp.get());
+  runtime::SoloRank rank(m, lm.mtp.get());
+  runtime::Engine engine(rank.leader, speculative_options(2, eos, /*prefix_cache=*/false), &metrics);
   engine.start();
   auto forced = greedy_request(1, model::testing::test_prompt(m.config().vocab_size, 5, 3), 10, false);
   forced->sampling.forced = true;
