@@ -14,17 +14,17 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-// How long the leader waits for the answers to a heartbeat: 0.4 x the plan deadline, so a frozen
-// follower is named within the deadline: heartbeat period (<= 0.25) + answer wait (0.4) + the
-// probe's grace (0.2, cluster::MpiComm) + the engine's idle poll (100 ms).
-double answer_timeout_s(const LinkOptions& o) { return 0.4 * o.plan_timeout_s; }
+// How long the leader waits for the answers to a heartbeat: 0.3 x the plan deadline, so a frozen
+// follower is named well within the deadline: heartbeat period (<= 0.2) + answer wait (0.3) +
+// the probe's grace (0.2, cluster::MpiComm) + the engine's idle poll (100 ms).
+double answer_timeout_s(const LinkOptions& o) { return 0.3 * o.plan_timeout_s; }
 
 }  // namespace
 
 PlanLink::PlanLink(std::unique_ptr<cluster::Comm> comm, const LinkOptions& options)
     : comm_(comm && comm->size() > 1 ? std::move(comm) : nullptr), options_(options), last_send_(SteadyClock::now()) {
   V4RT_REQUIRE(options_.plan_timeout_s > 0, "plan link: the plan deadline must be > 0 s, got " << options_.plan_timeout_s);
-  options_.heartbeat_s = std::min(options_.heartbeat_s, options_.plan_timeout_s / 4);
+  options_.heartbeat_s = std::min(options_.heartbeat_s, options_.plan_timeout_s / 5);
 }
 
 void PlanLink::send(const StepPlan& plan) {

@@ -5,7 +5,7 @@
 // sent by the leader per plan = (world-1) * (8 + size). Every broadcast has a deadline
 // (plan_timeout_s): a follower whose leader is gone or stuck stops waiting and the job ends
 // naming the missing rank (cluster::MpiComm). The idle leader sends a heartbeat (an empty plan)
-// every heartbeat_s and waits for every follower's answer (a barrier) for at most 0.4 x the plan
+// every heartbeat_s and waits for every follower's answer (a barrier) for at most 0.3 x the plan
 // deadline, so a frozen follower is noticed within plan_timeout_s even when no step runs.
 // With no communicator (one rank) nothing is sent.
 #pragma once
@@ -22,7 +22,7 @@ namespace v4rt::runtime {
 
 struct LinkOptions {
   double plan_timeout_s = 60.0;  // deadline of one plan broadcast (followers wait at most this long)
-  double heartbeat_s = 1.0;      // the idle leader sends a heartbeat this often (capped at plan_timeout_s / 4)
+  double heartbeat_s = 1.0;      // the idle leader sends a heartbeat this often (capped at plan_timeout_s / 5)
 };
 
 class PlanLink {
