@@ -6,6 +6,12 @@
 
 namespace v4rt::cluster {
 
+bool Comm::barrier_within(double /*timeout_s*/, std::vector<int>* absent) {
+  barrier();
+  if (absent) absent->clear();
+  return true;
+}
+
 std::string_view collective_name(CollectiveKind kind) {
   switch (kind) {
     case CollectiveKind::kAllReduce: return "all_reduce";

@@ -98,6 +98,11 @@ class Comm {
   // buf: [count]; root's data ends up on every rank.
   virtual void broadcast(void* buf, int64_t count, DType dtype, int root) = 0;
   virtual void barrier() = 0;
+  // A barrier that reports instead of aborting: true once every rank has arrived within
+  // `timeout_s`; false past it, with the world ranks that did not arrive in *absent (may be
+  // nullptr). NOTE: after false the communicator is unusable (the barrier stays pending), so the
+  // caller ends the job. The default waits under the communicator's own deadline.
+  virtual bool barrier_within(double timeout_s, std::vector<int>* absent);
   // Waits for enqueued work (no-op for host backends).
   virtual void synchronize() {}
 

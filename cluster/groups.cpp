@@ -109,6 +109,10 @@ void warn_if_spans_nodes(const Comm& comm, int node_idx) {
 
 }  // namespace
 
+std::unique_ptr<Comm> make_world_comm(const CommOptions& options) {
+  return std::make_unique<MpiComm>(MPI_COMM_WORLD, options);
+}
+
 ProcessGroups make_mpi_groups(const GroupShape& shape, double timeout_s) {
   int world_rank = 0, world_size = 1;
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));

@@ -47,5 +47,7 @@ struct ProcessGroups {
 // CHECK-fails when shape.world() != world size or ep does not divide it (parallel::validate gives
 // the user-facing errors first). Warns when a TP or SP group spans nodes.
 ProcessGroups make_mpi_groups(const GroupShape& shape, double timeout_s = 60.0);
+// A communicator over every rank of the MPI world (collective over the world), e.g. the plan link.
+std::unique_ptr<Comm> make_world_comm(const CommOptions& options);
 
 }  // namespace v4rt::cluster

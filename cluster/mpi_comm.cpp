@@ -161,7 +161,7 @@ void MpiComm::wait(MPI_Request* request, CollectiveKind kind) {
   in_kind_ = -1;
 }
 
-void MpiComm::fail_timeout(CollectiveKind kind, double waited_s) {
+std::vector<uint64_t> MpiComm::probe_peers(CollectiveKind kind) {
   const uint64_t probe[2] = {seq_, uint64_t(kind)};
   std::vector<uint64_t> answers(size_t(size_) * 2, kNoAnswer);
   std::vector<MPI_Request> sends, recvs(size_t(size_), MPI_REQUEST_NULL);
@@ -182,6 +182,11 @@ void MpiComm::fail_timeout(CollectiveKind kind, double waited_s) {
     if (done || seconds_since(t0) > grace) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+  return answers;
+}
+
+void MpiComm::fail_timeout(CollectiveKind kind, double waited_s) {
+  const std::vector<uint64_t> answers = probe_peers(kind);
   std::vector<int> arrived, absent;
   std::ostringstream elsewhere;
   for (int p = 0; p < size_; ++p) {
@@ -290,6 +295,34 @@ void MpiComm::broadcast(void* buf, int64_t count, DType dtype, int root) {
   wait(&request, CollectiveKind::kBroadcast);
   count_bytes(CollectiveKind::kBroadcast,
               rank_ == root ? uint64_t(size_ - 1) * uint64_t(count) * dtype_size(dtype) : 0);
+}
+
+bool MpiComm::barrier_within(double timeout_s, std::vector<int>* absent) {
+  ++seq_;
+  MPI_Request request;
+  MPI_CHECK(MPI_Ibarrier(comm_, &request));
+  in_kind_ = int(CollectiveKind::kBarrier);
+  const auto t0 = std::chrono::steady_clock::now();
+  int flag = 0;
+  for (int iter = 0;; ++iter) {
+    MPI_CHECK(MPI_Test(&request, &flag, MPI_STATUS_IGNORE));
+    if (flag) break;
+    if (size_ > 1) answer_probes();
+    if (seconds_since(t0) > timeout_s) {
+      const std::vector<uint64_t> answers = probe_peers(CollectiveKind::kBarrier);
+      if (absent) {
+        absent->clear();
+        for (int p = 0; p < size_; ++p)
+          if (p != rank_ && answers[size_t(p) * 2] != seq_) absent->push_back(world_ranks()[size_t(p)]);
+      }
+      in_kind_ = -1;
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(iter < 2000 ? 20 : 200));
+  }
+  in_kind_ = -1;
+  count_bytes(CollectiveKind::kBarrier, 0);
+  return true;
 }
 
 void MpiComm::barrier() {

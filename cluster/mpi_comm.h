@@ -44,6 +44,7 @@ class MpiComm final : public Comm {
                    DType dtype) override;
   void broadcast(void* buf, int64_t count, DType dtype, int root) override;
   void barrier() override;
+  bool barrier_within(double timeout_s, std::vector<int>* absent) override;
 
   // Number of collectives started on this communicator (the sequence number in timeout messages).
   uint64_t sequence() const { return seq_; }
@@ -53,6 +54,9 @@ class MpiComm final : public Comm {
   void wait(MPI_Request* request, CollectiveKind kind);
   void answer_probes();
   [[noreturn]] void fail_timeout(CollectiveKind kind, double waited_s);
+  // After a deadline passed: asks every peer where it is. answers[p] = {seq, kind} of peer p's
+  // collective, or kNoAnswer when it did not answer within a grace period.
+  std::vector<uint64_t> probe_peers(CollectiveKind kind);
 
   MPI_Comm comm_ = MPI_COMM_NULL;   // collectives
   MPI_Comm diag_ = MPI_COMM_NULL;   // timeout probes and their answers

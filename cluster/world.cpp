@@ -122,6 +122,15 @@ const WorldInfo& world() {
 
 bool world_initialised() { return g_initialised; }
 
+bool launched_by_mpirun() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
+    if (std::getenv(var)) return true;
+  }
+  return false;
+}
+
+bool mpi_running() { return mpi_usable(); }
+
 void finalize_world() {
   if (g_we_initialised_mpi && mpi_usable()) MPI_Finalize();
   g_we_initialised_mpi = false;

@@ -33,6 +33,11 @@ const WorldInfo& init_world(int* argc, char*** argv, const WorldOptions& options
 // The world set up by init_world (CHECK-fails before it).
 const WorldInfo& world();
 bool world_initialised();
+// True in a process started by mpirun / mpiexec (Open MPI, MPICH/PMI, PMIx set their variables in
+// every process they start): the commands then join the MPI world.
+bool launched_by_mpirun();
+// MPI is initialised and not yet finalised in this process.
+bool mpi_running();
 // MPI_Finalize if this module initialised MPI. Idempotent.
 void finalize_world();
 // Prints "v4rt: rank R on HOST: <why>; aborting the job" and calls MPI_Abort(code).

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 // `v4rt batch`: offline generation over an OpenAI Batch API JSONL file, surviving preemption.
-// Start-up is ModelRun's (MPI world under mpirun, sharded model, Driver): the follower ranks run
-// the leader's step plans; rank 0 reads the input, checks or starts the journal, runs the job and
+// Start-up is ModelRun's (MPI world under mpirun, sharded model, runtime Leader / Follower): the
+// follower ranks run the leader's step plans; rank 0 reads the input, checks or starts the journal, runs the job and
 // prints the summary. Rerunning the same command after any kill resumes the job (docs/BATCH.md).
 // Exit status: 0 all requests done; 1 bad input or arguments; 2 model failure; 3 stopped by a
 // signal (SIGINT/SIGTERM); after 2 or 3 a rerun resumes.
-// `--mtp N`: speculative decoding of all running sequences together (launch/batch/speculative_engine.h);
+// `--mtp N`: speculative decoding of all running sequences together (runtime/scheduler.h);
 // the summary reports the acceptance rate and the tokens per verify step.
 #include <CLI/CLI.hpp>
 #include <glog/logging.h>
@@ -22,7 +22,7 @@
 #include "launch/backend_option.h"
 #include "launch/batch/batch_job.h"
 #include "launch/commands.h"
-#include "launch/driver.h"
+#include "launch/model_run.h"
 #include "model/runtime_config.h"
 #include "model/text/tokenizer.h"
 
@@ -41,11 +41,13 @@ struct BatchArgs {
   std::string backend = "cpu";
   int device = 0;
   std::string progress = "auto";
+  int prefill_chunk = -1;  // -1: the config's prefill_chunk
 };
 
 void run_batch(BatchArgs args) {
   model::RuntimeConfig rc = args.config.empty() ? model::RuntimeConfig{} : model::load_runtime_config(args.config);
   if (!args.model_dir.empty()) rc.model = args.model_dir;
+  if (args.prefill_chunk >= 0) rc.prefill_chunk = args.prefill_chunk;  // pinned in the journal with the config
   V4RT_REQUIRE(!rc.model.empty(), "no model: set `model:` in the config or pass --model");
   V4RT_REQUIRE(args.job.flush_interval_s > 0, "--flush-interval must be > 0");
 
@@ -59,7 +61,7 @@ void run_batch(BatchArgs args) {
   V4RT_REQUIRE(args.job.mtp >= 0 && args.job.mtp <= 8, "--mtp must be in [0, 8]");
   ModelRun run(ro);
   if (!run.leader()) {
-    run.driver().follow();
+    run.follow();
     return;
   }
   LoggingOptions lo;
@@ -76,7 +78,7 @@ void run_batch(BatchArgs args) {
 
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
-  const batch::BatchResult r = job.run(run.model(), run.driver(), &g_stop_signal);
+  const batch::BatchResult r = job.run(run.lead(), &g_stop_signal);
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   std::fprintf(stderr, "%s", job.summary().c_str());
@@ -107,6 +109,7 @@ void register_batch(CLI::App& app) {
   cmd->add_option("--model", args->model_dir, "Checkpoint directory (overrides `model:`)");
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json (default: model dir, $V4RT_TOKENIZER, data/tokenizer)");
   add_backend_option(cmd, &args->backend, &args->device);
+  add_prefill_chunk_option(cmd, &args->prefill_chunk);
   cmd->add_option("--max-in-flight", args->job.max_in_flight,
                   "Requests handed to the scheduler at once (default 2 x server.max_running)");
   cmd->add_option("--mtp", args->job.mtp,

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 // `v4rt logits`: runs a token sequence through the model and writes the logits after every token
 // (row i = logits after token i) to a safetensors file (F32 tensor `logits` [len(ids), vocab]).
-// The prompt part [0, decode-from) is fed in chunks of --chunk tokens (default: one chunk), the
-// rest one token at a time, exercising the prefill -> decode state hand-over.
+// The prompt part [0, decode-from) is fed in chunks of --prefill-chunk tokens (alias --chunk;
+// default: the config's prefill_chunk, else one chunk), the rest one token at a time, exercising
+// the prefill -> decode state hand-over. Each step is a StepPlan run through the runtime Leader.
 // Under `mpirun -np N ... --config <layout>.yaml` the same command runs sharded: rank 0 reads the
-// ids, drives the steps (launch/driver.h) and writes the file; with dp > 1 every replica computes
+// ids, drives the steps (runtime/leader.h) and writes the file; with dp > 1 every replica computes
 // the same sequence.
 #include <CLI/CLI.hpp>
 
@@ -12,11 +13,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <span>
 
 #include "common/check.h"
 #include "launch/backend_option.h"
 #include "launch/commands.h"
-#include "launch/driver.h"
+#include "launch/model_run.h"
+#include "runtime/leader.h"
 #include "model/safetensors.h"
 #include "model/token_ids.h"
 
@@ -27,16 +30,16 @@ namespace {
 struct LogitsArgs {
   RunOptions run;
   std::string ids_file;
-  int64_t chunk = 0;         // 0 = whole prompt in one chunk
+  int prefill_chunk = -1;    // -1: the config's prefill_chunk; 0: whole prompt in one chunk
   int64_t decode_from = -1;  // -1 = no decode steps
   std::string out;
 };
 
 void run_logits(const LogitsArgs& args) {
-  V4RT_REQUIRE(args.chunk >= 0, "--chunk must be >= 0");
+  const int64_t chunk = resolve_prefill_chunk(args.prefill_chunk, args.run.config);
   ModelRun run(args.run);
   if (!run.leader()) {
-    run.driver().follow();
+    run.follow();
     return;
   }
   const std::vector<int32_t> ids = model::read_token_ids(args.ids_file);
@@ -48,13 +51,17 @@ void run_logits(const LogitsArgs& args) {
 
   std::vector<float> all(size_t(len * vocab));
   const auto t0 = std::chrono::steady_clock::now();
+  constexpr runtime::SeqId kSeq = 1;
+  runtime::Leader& leader = run.lead();
   int64_t pos = 0;
-  while (pos < len) {
-    const int64_t n = pos < decode_from ? (args.chunk > 0 ? std::min(args.chunk, decode_from - pos) : decode_from - pos) : 1;
-    ForwardPlan plan;
-    plan.chunks.push_back({0, true, std::vector<int32_t>(ids.begin() + pos, ids.begin() + pos + n)});
-    std::vector<std::vector<float>> logits;
-    run.driver().step(plan, &logits);
+  std::vector<std::vector<float>> logits;
+  for (uint64_t step = 1; pos < len; ++step) {
+    const int64_t n = pos < decode_from ? (chunk > 0 ? std::min(chunk, decode_from - pos) : decode_from - pos) : 1;
+    runtime::StepPlan plan;
+    plan.step_idx = step;
+    plan.add_chunk(kSeq, pos, std::span<const int32_t>(ids).subspan(size_t(pos), size_t(n)), runtime::kLogitsAll);
+    if (pos + n == len) plan.releases.push_back(kSeq);
+    leader.run(plan, &logits);
     std::memcpy(all.data() + pos * vocab, logits[0].data(), logits[0].size() * sizeof(float));
     pos += n;
   }
@@ -78,7 +85,9 @@ void register_logits(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("logits", "Logits after every token of a sequence, to a safetensors file");
   cmd->add_option("--model", args->run.model_dir, "Checkpoint directory (config.json + safetensors)")->required();
   cmd->add_option("--ids", args->ids_file, "Token ids: text list of integers or safetensors with input_ids")->required();
-  cmd->add_option("--chunk", args->chunk, "Prefill chunk size (0 = the whole prompt at once)");
+  cmd->add_option("--prefill-chunk,--chunk", args->prefill_chunk,
+                  "Prefill chunk size (overrides the config's `prefill_chunk:`; 0 = the whole prompt at once)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--decode-from", args->decode_from, "Feed tokens from this index one at a time (decode)");
   cmd->add_option("--numerics", args->run.numerics, "reference (fp32) | official (DeepSeek rounding points)")
       ->check(CLI::IsMember({"reference", "official"}));

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 // `v4rt serve`: the OpenAI-compatible server, on one rank or under `mpirun -np N` with the
 // `parallel:` layout of the config. Rank 0: runtime config (+ command-line overrides), tokenizer,
-// HTTP listener (answers 503 while loading), model load (ModelRun: MPI world, groups, shards),
-// the barrier that every rank has loaded, engine thread, ready. The other ranks load their shards
-// and follow rank 0's step plans (serve/ranks.h). Runs until SIGINT/SIGTERM (to rank 0, or to
-// every rank from mpirun): requests in flight get 503, the followers leave on the shutdown plan.
-// A failed rank ends the job (serve/ranks.h "Fault path").
+// HTTP listener (answers 503 while loading), model load (ModelRun: MPI world, groups, shards, the
+// barrier that every rank has loaded), engine thread (runtime::Engine), ready. The other ranks
+// load their shards and run the follower loop (runtime/leader.h). Runs until SIGINT/SIGTERM (to
+// rank 0, or to every rank from mpirun): requests in flight get 503, the followers leave on the
+// shutdown plan. A failed rank ends the job (serve/ranks.h "Fault path"); a follower that stops
+// answering while the server is idle turns /health to 503 naming it, then the job ends.
 #include <CLI/CLI.hpp>
 #include <glog/logging.h>
 #include <unistd.h>
@@ -19,12 +20,12 @@
 #include <thread>
 
 #include "cluster/world.h"
+#include "runtime/engine.h"
 #include "common/check.h"
 #include "common/logging.h"
 #include "launch/backend_option.h"
 #include "launch/commands.h"
-#include "launch/driver.h"
-#include "launch/serve/engine.h"
+#include "launch/model_run.h"
 #include "launch/serve/http_server.h"
 #include "launch/serve/ranks.h"
 #include "model/runtime_config.h"
@@ -46,6 +47,7 @@ struct ServeArgs {
   int device = 0;
   double rank_timeout_s = 5.0;
   int mtp = 0;
+  int prefill_chunk = -1;  // -1: the config's prefill_chunk
 };
 
 int64_t default_kv_budget_bytes() {
@@ -64,13 +66,14 @@ void apply_vmodule(const std::string& spec) {
   }
 }
 
+// How long a leader whose follower stopped answering keeps answering /health with the 503 that
+// names the rank before it ends the job.
+constexpr auto kLostRankLinger = std::chrono::seconds(2);
+
 // A follower rank: its shards, the load barrier, then the leader's plans until shutdown.
-void follow_leader(const RunOptions& ro, const serve::RankOptions& rank_options) {
+void follow_leader(const RunOptions& ro) {
   ModelRun run(ro);
-  serve::ServeRanks ranks(true, rank_options);
-  ranks.wait_all_loaded();
-  ranks.follow(run.model(), run.mtp());
-  run.driver().follow();  // the leader's ModelRun ends with the driver's stop
+  run.follow();
 }
 
 serve::ApiLimits api_limits(const model::RuntimeConfig& rc, const model::ModelConfig& mc, int ranks) {
@@ -93,10 +96,11 @@ void run_serve(const ServeArgs& args) {
   if (!args.host.empty()) rc.server.host = args.host;
   if (args.port >= 0) rc.server.port = args.port;
   if (!args.api_key.empty()) rc.server.api_key = args.api_key;
+  if (args.prefill_chunk >= 0) rc.prefill_chunk = args.prefill_chunk;
   V4RT_REQUIRE(!rc.model.empty(), "no model: set `model:` in the config or pass --model");
   V4RT_REQUIRE(args.rank_timeout_s > 0, "--rank-timeout must be > 0");
   V4RT_REQUIRE(args.mtp >= 0, "--mtp must be >= 0");
-  const bool mpi = launched_by_mpirun();
+  const bool mpi = cluster::launched_by_mpirun();
   if (mpi) {
     cluster::WorldOptions wo;
     wo.log_dir = rc.debug.log_dir;
@@ -119,13 +123,11 @@ void run_serve(const ServeArgs& args) {
   ro.device = args.device;
   ro.timeout_s = args.rank_timeout_s;
   ro.mtp = args.mtp > 0;
-  serve::RankOptions rank_options;
-  rank_options.plan_timeout_s = args.rank_timeout_s;
-  if (mpi && cluster::world().rank != 0) return follow_leader(ro, rank_options);
+  if (mpi && cluster::world().rank != 0) return follow_leader(ro);
   if (rc.debug.test_hook_forced_output) LOG(WARNING) << "debug.test_hook_forced_output is on: a TEST HOOK, not for production";
 
   const model::text::Tokenizer tokenizer(model::text::find_tokenizer_path(args.tokenizer, rc.model));
-  serve::Metrics metrics;
+  runtime::Metrics metrics;
   serve::HttpServer server(rc.server, tokenizer, metrics);
   const int port = server.bind(rc.server.host, rc.server.port);
   std::printf("v4rt serve: listening on http://%s:%d\n", rc.server.host.c_str(), port);
@@ -138,14 +140,12 @@ void run_serve(const ServeArgs& args) {
   std::thread listener([&server] { server.listen(); });
 
   std::unique_ptr<ModelRun> run;
-  std::unique_ptr<serve::ServeRanks> ranks;
-  std::unique_ptr<serve::Engine> engine;
+  std::unique_ptr<runtime::Engine> engine;
+  std::unique_ptr<serve::FaultPath> fault_path;
   try {
     run = std::make_unique<ModelRun>(ro);
-    ranks = std::make_unique<serve::ServeRanks>(mpi, rank_options);
-    ranks->wait_all_loaded();
     model::Model& m = run->model();
-    serve::SchedulerOptions so;
+    runtime::SchedulerOptions so;
     so.max_batch_tokens = rc.server.max_batch_tokens;
     so.max_running = rc.server.max_running;
     so.max_queue = rc.server.max_queue;
@@ -153,13 +153,14 @@ void run_serve(const ServeArgs& args) {
     so.prefix_cache = rc.server.prefix_cache;
     so.eos_token_id = int32_t(m.config().eos_token_id);
     so.mtp_depth = args.mtp;
-    engine = std::make_unique<serve::Engine>(m, so, &metrics, run->mtp());
-    ranks->attach(*engine);
+    so.prefill_chunk = rc.prefill_chunk;
+    engine = std::make_unique<runtime::Engine>(run->lead(), so, &metrics);
+    if (run->num_ranks() > 1) fault_path = std::make_unique<serve::FaultPath>(engine->scheduler());
     engine->start();
-    const serve::ApiLimits limits = api_limits(rc, m.config(), ranks->size());
+    const serve::ApiLimits limits = api_limits(rc, m.config(), run->num_ranks());
     server.set_ready(engine.get(), limits);
     LOG(INFO) << "serving '" << limits.model_name << "' on " << rc.server.host << ":" << port << " over "
-              << ranks->size() << " rank(s) (context " << limits.max_context << " tokens, KV budget "
+              << run->num_ranks() << " rank(s) (context " << limits.max_context << " tokens, KV budget "
               << (so.kv_budget_bytes >> 20) << " MiB, batch " << so.max_batch_tokens << " tokens"
               << (so.mtp_depth > 0 ? ", " + std::to_string(so.mtp_depth) + " MTP draft tokens per step" : "") << ")";
   } catch (const std::exception& e) {
@@ -175,9 +176,10 @@ void run_serve(const ServeArgs& args) {
   while (!serve::stop_signal() && !(engine && engine->failed())) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   const bool failed = engine && engine->failed();
   LOG(INFO) << "stopping (" << (failed ? "engine failure" : "signal " + std::to_string(serve::stop_signal())) << ")";
-  if (failed && ranks->size() > 1) {
-    // The ranks no longer hold the same states; the requests got their 503 from the engine.
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  if (failed && run->num_ranks() > 1) {
+    // The ranks no longer hold the same states (or one no longer answers); the requests got their
+    // 503 from the engine and /health names the failure until the job ends.
+    std::this_thread::sleep_for(kLostRankLinger);
     serve::abort_job("engine failed: " + engine->failure(), 2);
   }
   if (engine) {
@@ -186,7 +188,7 @@ void run_serve(const ServeArgs& args) {
   }
   server.stop();
   listener.join();
-  ranks.reset();  // first: it unhooks the fault path from the engine's scheduler
+  fault_path.reset();  // first: it unhooks the fault path from the engine's scheduler
   engine.reset();
   run.reset();
   if (failed) exit_code() = 2;
@@ -211,6 +213,9 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--mtp", args->mtp,
                   "Speculative decoding: draft tokens per verify step with the checkpoint's MTP block "
                   "(0: off; greedy output is unchanged, sampled output keeps its distribution)");
+  cmd->add_option("--prefill-chunk", args->prefill_chunk,
+                  "Most prompt tokens of one request per step (overrides `prefill_chunk:`; 0: the step budget)")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([args] { run_serve(*args); });
 }
 

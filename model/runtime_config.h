@@ -61,6 +61,10 @@ struct RuntimeConfig {
   // "reference" (fp32, matches golden/) or "official" (the reference's rounding points); validated
   // here, turned into model::Numerics by model::parse_numerics (model.h).
   std::string numerics = "reference";
+  // Most prompt tokens of one sequence in one step (chunked prefill) in every command; 0: serve
+  // and batch fill the step budget (server.max_batch_tokens), generate and logits take the
+  // prompt in one chunk. `--prefill-chunk` overrides it.
+  int prefill_chunk = 0;
   SamplingDefaults sampling;
   parallel::Layout parallel;
   ServerConfig server;

@@ -144,4 +144,23 @@ int32_t Sampler::sample(std::span<const float> logits) {
   return n.order[n.keep - 1];
 }
 
+TokenLogprobs token_logprobs(std::span<const float> logits, int32_t token, int top_n) {
+  TokenLogprobs out;
+  float max_v = -INFINITY;
+  for (float v : logits) max_v = std::max(max_v, v);
+  double sum = 0;
+  for (float v : logits) sum += std::exp(double(v) - max_v);
+  const double log_z = double(max_v) + std::log(sum);
+  out.logprob = float(double(logits[size_t(token)]) - log_z);
+  if (top_n <= 0) return out;
+  std::vector<int32_t> idx(logits.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  const size_t n = std::min(idx.size(), size_t(top_n));
+  std::partial_sort(idx.begin(), idx.begin() + ptrdiff_t(n), idx.end(), [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  });
+  for (size_t i = 0; i < n; ++i) out.top.emplace_back(idx[i], float(double(logits[size_t(idx[i])]) - log_z));
+  return out;
+}
+
 }  // namespace v4rt::model

@@ -10,9 +10,17 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace v4rt::model {
+
+// Log-probabilities of a decided token under `logits` (OpenAI's logprobs / top_logprobs).
+struct TokenLogprobs {
+  float logprob = 0;                           // log-softmax of the token
+  std::vector<std::pair<int32_t, float>> top;  // the best top_n tokens, best first (ties: lower id first)
+};
+TokenLogprobs token_logprobs(std::span<const float> logits, int32_t token, int top_n);
 
 struct SamplerOptions {
   double temperature = 0.0;  // <= 0: greedy

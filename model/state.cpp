@@ -101,25 +101,65 @@ void rollback_window(kernels::Backend& backend, RowTable& tail, const WindowMark
   tail.commit(end - begin);
 }
 
+namespace {
+
+// Row widths (floats) of one layer's tables; 0: the layer has no such table.
+struct LayerWidths {
+  int ratio = 0;               // compress ratio (0: window only)
+  int64_t window = 0;          // window tail
+  int64_t compressor = 0;      // main compressor kv and score buffers (CSA: two interleaved heads)
+  int64_t entries = 0;         // compressed entries
+  int64_t index_buffer = 0;    // indexer compressor kv and score buffers
+  int64_t index_keys = 0;      // indexer keys
+};
+
+LayerWidths layer_widths(const ModelConfig& config, int l) {
+  LayerWidths w;
+  w.ratio = config.compress_ratio(l);
+  w.window = config.head_dim;
+  if (w.ratio != 0) {
+    w.compressor = int64_t(w.ratio == 4 ? 2 : 1) * config.head_dim;
+    w.entries = config.head_dim;
+  }
+  if (w.ratio == 4) {
+    w.index_buffer = 2 * int64_t(config.index_head_dim);
+    w.index_keys = config.index_head_dim;
+  }
+  return w;
+}
+
+}  // namespace
+
+int64_t state_bytes(const ModelConfig& config, int64_t num_tokens) {
+  int64_t floats = 0;
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    const LayerWidths w = layer_widths(config, l);
+    floats += std::min<int64_t>(num_tokens, config.sliding_window - 1) * w.window;
+    if (w.ratio == 0) continue;
+    floats += 2 * (2 * int64_t(w.ratio)) * w.compressor + (num_tokens / w.ratio) * w.entries;  // kv + score, entries
+    floats += 2 * (2 * 4) * w.index_buffer + (num_tokens / 4) * w.index_keys;  // zero widths without an indexer
+  }
+  return floats * int64_t(sizeof(float));
+}
+
 SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend)
     : config_(config), backend_(backend) {
   layers_.resize(size_t(config.num_hidden_layers));
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     LayerState& s = layers_[size_t(l)];
-    const int ratio = config.compress_ratio(l);
-    s.window_tail = RowTable(&backend, config.head_dim);
-    s.has_compressor = ratio != 0;
-    s.has_indexer = ratio == 4;
-    const int c = ratio == 4 ? 2 : 1;
+    const LayerWidths w = layer_widths(config, l);
+    s.window_tail = RowTable(&backend, w.window);
+    s.has_compressor = w.ratio != 0;
+    s.has_indexer = w.ratio == 4;
     if (s.has_compressor) {
-      s.main.kv = RowTable(&backend, int64_t(c) * config.head_dim);
-      s.main.score = RowTable(&backend, int64_t(c) * config.head_dim);
-      s.main.entries = RowTable(&backend, config.head_dim);
+      s.main.kv = RowTable(&backend, w.compressor);
+      s.main.score = RowTable(&backend, w.compressor);
+      s.main.entries = RowTable(&backend, w.entries);
     }
     if (s.has_indexer) {
-      s.indexer.kv = RowTable(&backend, 2 * int64_t(config.index_head_dim));
-      s.indexer.score = RowTable(&backend, 2 * int64_t(config.index_head_dim));
-      s.indexer.entries = RowTable(&backend, config.index_head_dim);
+      s.indexer.kv = RowTable(&backend, w.index_buffer);
+      s.indexer.score = RowTable(&backend, w.index_buffer);
+      s.indexer.entries = RowTable(&backend, w.index_keys);
     }
   }
   reset();

@@ -88,6 +88,13 @@ struct LayerState {
   CompressorState indexer;
 };
 
+// Bytes a SequenceState of one rank holding everything (no SP) occupies after `num_tokens`
+// tokens, from the layout SequenceState allocates (F32 rows): the window tail, the compressor
+// buffers at their largest (two blocks of rows: CSA keeps the previous block), the compressed
+// entries and the indexer keys. Admission control charges a request this for its prompt plus
+// its completion.
+int64_t state_bytes(const ModelConfig& config, int64_t num_tokens);
+
 class SequenceState {
  public:
   SequenceState(const ModelConfig& config, kernels::Backend& backend);

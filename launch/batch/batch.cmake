@@ -7,4 +7,3 @@ list(APPEND V4RT_LAUNCH_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/batch/progress.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/batch/batch_job.cpp
 )
-list(APPEND V4RT_LAUNCH_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/batch/driver_engine.cpp)

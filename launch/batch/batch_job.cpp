@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// BatchJob: resume logic, the engine thread over the Driver, and the feed / collect / commit loop.
+// BatchJob: resume logic, and the run: feed / collect / commit over the runtime Engine.
 //
-// Threads: the engine thread asks the Scheduler for step plans and runs them through the Driver
+// Threads: the engine thread asks the Scheduler for step plans and runs them through the Leader
 // (which broadcasts them to the follower ranks); the calling thread submits requests, collects
 // their tokens through the same GenerationOutput the server uses, and commits results. Only the
 // calling thread touches the journal and the output file.
@@ -21,9 +21,9 @@
 #include "common/check.h"
 #include "launch/batch/digest.h"
 #include "launch/batch/progress.h"
-#include "launch/batch/driver_engine.h"
 #include "launch/serve/output.h"
-#include "launch/serve/scheduler.h"
+#include "runtime/engine.h"
+#include "runtime/scheduler.h"
 
 namespace v4rt::launch::batch {
 
@@ -45,7 +45,7 @@ int64_t default_kv_budget_bytes() {
 struct InFlight {
   size_t item = 0;
   serve::GenerationSpec spec;
-  std::shared_ptr<serve::Request> request;
+  std::shared_ptr<runtime::Request> request;
   std::unique_ptr<serve::GenerationOutput> output;
   serve::ResponseMeta meta;
   Clock::time_point submitted;
@@ -174,173 +174,207 @@ std::string BatchJob::summary() const { return summary_; }
 // run
 // ------------------------------------------------------------------------------------------------
 
-BatchResult BatchJob::run(model::Model& model, Driver& driver, const std::atomic<int>* stop) {
+// What one run() shares between its steps.
+struct BatchJob::RunContext {
+  RunContext(runtime::Leader& leader, const runtime::SchedulerOptions& so, int64_t total, int64_t resumed,
+             const ProgressOptions& po)
+      : engine(leader, so, &metrics), progress(total, resumed, po) {}
+  serve::ApiLimits limits;
+  runtime::Metrics metrics;
+  runtime::Engine engine;
+  Progress progress;
   BatchResult result;
-  result.total = int64_t(input_.items.size());
+  std::vector<size_t> todo;  // items not committed by an earlier run, in input order
+  size_t next = 0;           // todo[next] is the next item to submit
+  std::vector<std::unique_ptr<InFlight>> in_flight;
+};
 
+serve::ApiLimits BatchJob::api_limits(const model::ModelConfig& mc) const {
   serve::ApiLimits limits;
   limits.model_name = config_.server.model_name.empty()
                           ? std::filesystem::path(header_.model).filename().string()
                           : config_.server.model_name;
-  limits.max_context = config_.server.max_context > 0 ? config_.server.max_context : model.config().max_position_embeddings;
+  limits.max_context = config_.server.max_context > 0 ? config_.server.max_context : mc.max_position_embeddings;
   limits.defaults = config_.sampling;
   limits.dialect = model::text::parse_effort_dialect(config_.server.effort_dialect);
   limits.test_hook_forced_output = config_.debug.test_hook_forced_output;
+  return limits;
+}
 
-  serve::SchedulerOptions so;
+runtime::SchedulerOptions BatchJob::scheduler_options(const model::ModelConfig& mc) const {
+  runtime::SchedulerOptions so;
   so.max_batch_tokens = config_.server.max_batch_tokens;
   so.max_running = config_.server.max_running;
   so.max_queue = options_.max_in_flight;
   so.kv_budget_bytes = config_.server.kv_budget_mb > 0 ? config_.server.kv_budget_mb << 20 : default_kv_budget_bytes();
-  so.prefix_cache = false;  // reuse would make usage.cached_tokens depend on the scheduling
-  so.eos_token_id = int32_t(model.config().eos_token_id);
+  // Prefix reuse gives the same tokens as a full prefill; the output reports no cached tokens, so
+  // it does not depend on which requests happened to run before which.
+  so.prefix_cache = config_.server.prefix_cache;
+  so.eos_token_id = int32_t(mc.eos_token_id);
+  so.mtp_depth = options_.mtp;
+  so.prefill_chunk = config_.prefill_chunk;
+  return so;
+}
 
+void BatchJob::commit_error(RunContext& run, size_t item_idx, const std::string& code, const std::string& message) {
+  commit(item_idx, error_line(input_.items[item_idx], options_.seed, code, message));
+  run.progress.on_done(0, 0, -1, false);
+  ++run.result.errors_this_run;
+}
+
+// Submits the next item. False when the scheduler takes no more now (queue full, engine failed).
+bool BatchJob::submit_next(RunContext& run) {
+  const size_t i = run.todo[run.next];
+  const BatchItem& item = input_.items[i];
+  const uint64_t seed = options_.seed;
+  if (!item.valid()) {
+    commit_error(run, i, item.error_code, item.error_message);
+    ++run.next;
+    return true;
+  }
+  const std::string at = "line " + std::to_string(item.line_idx + 1) + ": ";
+  auto f = std::make_unique<InFlight>();
+  f->item = i;
+  try {
+    Json body = item.body;
+    if (!body.contains("seed") || body["seed"].is_null()) body["seed"] = request_seed(seed, item.custom_id);
+    f->spec = item.chat ? serve::parse_chat_request(body, tokenizer_, run.limits)
+                        : serve::parse_completion_request(body, tokenizer_, run.limits);
+  } catch (const serve::ApiError& e) {
+    commit_error(run, i, api_error_code(e), at + e.what());
+    ++run.next;
+    return true;
+  } catch (const v4rt::Error& e) {
+    commit_error(run, i, "invalid_request", at + e.what());
+    ++run.next;
+    return true;
+  }
+  // Tool-call ids from the custom_id, so reruns match byte for byte.
+  auto counter = std::make_shared<uint64_t>(0);
+  const std::string key = item.custom_id;
+  f->spec.parser.make_id = [key, seed, counter] {
+    const uint64_t h = hash64(key + "#" + std::to_string((*counter)++), seed ^ kToolCallSalt);
+    return "call_" + hex64(h) + hex64(h * 0x9E3779B97F4A7C15ull).substr(0, 8);
+  };
+  auto req = std::make_shared<runtime::Request>();
+  req->id = uint64_t(item.line_idx) + 1;
+  req->priority = f->spec.priority;
+  req->prompt = f->spec.prompt;
+  req->sampling = f->spec.sampling;
+  const runtime::SubmitResult sr = run.engine.submit(req);
+  if (sr.status == 429) return false;  // queue full: retry once something finishes
+  if (sr.status == 503) return false;  // the engine failed; the loop ends
+  if (sr.status != 200) {
+    commit_error(run, i, sr.status == 413 ? "kv_budget_exceeded" : "invalid_request", at + sr.message);
+    ++run.next;
+    return true;
+  }
+  const uint64_t h = hash64(item.custom_id, seed ^ kResponseIdSalt);
+  f->meta = {(item.chat ? "chatcmpl-" : "cmpl-") + hex64(h) + hex64(h * 0x9E3779B97F4A7C15ull).substr(0, 8),
+             header_.created, run.limits.model_name, item.chat};
+  f->request = std::move(req);
+  f->output = std::make_unique<serve::GenerationOutput>(tokenizer_, f->spec);
+  f->submitted = Clock::now();
+  run.in_flight.push_back(std::move(f));
+  ++run.next;
+  return true;
+}
+
+bool BatchJob::feed(RunContext& run) {
+  bool progressed = false;
+  while (run.next < run.todo.size() && int(run.in_flight.size()) < options_.max_in_flight) {
+    if (!submit_next(run)) break;
+    progressed = true;
+  }
+  return progressed;
+}
+
+bool BatchJob::collect(RunContext& run) {
+  bool progressed = false;
+  for (auto& f : run.in_flight) {
+    runtime::TokenStream& ts = *f->request->stream;
+    std::vector<runtime::TokenEvent> events;
+    std::vector<serve::Delta> deltas;
+    std::string message;
+    runtime::FinishReason reason = ts.wait(&events, std::chrono::milliseconds(0), &message);
+    if (!events.empty()) progressed = true;
+    if (!f->output->on_tokens(events, &deltas)) {
+      ts.cancel();  // a stop string matched
+      reason = runtime::FinishReason::kEos;
+    }
+    if (reason == runtime::FinishReason::kNone) continue;
+    if (reason == runtime::FinishReason::kError || reason == runtime::FinishReason::kCancelled ||
+        reason == runtime::FinishReason::kTimeout) {
+      // Not the request's fault (engine failure or shutdown): not committed, a rerun redoes it.
+      if (!run.engine.failed() && run.result.failure.empty())
+        run.result.failure = "line " + std::to_string(input_.items[f->item].line_idx + 1) + ": generation ended (" +
+                             runtime::finish_reason_name(reason) + "): " + message;
+      continue;
+    }
+    f->output->finish(reason, &deltas);
+    const Json body = serve::final_json(f->meta, *f->output, ts.prompt_tokens, /*cached_tokens=*/0);
+    commit(f->item, result_line(input_.items[f->item], options_.seed, 200, body));
+    run.progress.on_done(ts.prompt_tokens, f->output->completion_tokens(), seconds_since(f->submitted), true);
+    f.reset();
+    progressed = true;
+  }
+  std::erase_if(run.in_flight, [](const auto& f) { return !f; });
+  return progressed;
+}
+
+void BatchJob::finish_run(RunContext& run, const std::atomic<int>* stop) {
+  BatchResult& result = run.result;
+  if (run.engine.failed()) result.failure = run.engine.failure();
+  result.interrupted = stop && *stop && result.failure.empty() && run.progress.done() < result.total;
+  if (result.interrupted && options_.exit_at_stop_signal) {
+    write_output();
+    run.progress.tick(true);
+    run.progress.close();
+    std::fprintf(stderr, "%sbatch: interrupted; rerun the same command to resume\n", run.progress.summary().c_str());
+    std::fflush(stderr);
+    std::_Exit(kExitInterrupted);
+  }
+  run.engine.stop();
+  run.progress.set_speculative(run.engine.speculative_stats());
+  write_output();
+  run.progress.tick(true);
+  run.progress.close();
+  result.done = run.progress.done();
+  result.done_this_run = run.progress.done() - num_resumed_;
+  prefix_reused_tokens_ = int64_t(run.metrics.prefix_reused_tokens);
+  summary_ = run.progress.summary();
+  if (prefix_reused_tokens_ > 0)
+    summary_ += "batch: prefix reuse: " + std::to_string(prefix_reused_tokens_) + " prompt tokens not recomputed\n";
+}
+
+BatchResult BatchJob::run(runtime::Leader& leader, const std::atomic<int>* stop) {
+  const model::ModelConfig& mc = leader.executor().model().config();
   ProgressOptions po;
   po.terminal = options_.progress_bar;
   po.log_interval_s = options_.log_interval_s;
-  Progress progress(result.total, num_resumed_, po);
-
-  std::vector<size_t> todo;
+  RunContext run(leader, scheduler_options(mc), int64_t(input_.items.size()), num_resumed_, po);
+  run.limits = api_limits(mc);
+  run.result.total = int64_t(input_.items.size());
   for (size_t i = 0; i < input_.items.size(); ++i)
-    if (committed_by_item_[i] < 0) todo.push_back(i);
+    if (committed_by_item_[i] < 0) run.todo.push_back(i);
+  if (options_.mtp > 0) run.progress.enable_speculative(options_.mtp);
+  run.engine.start();
 
-  so.mtp_depth = options_.mtp;
-  if (options_.mtp > 0) progress.enable_speculative(options_.mtp);
-  DriverEngine engine(model, driver, so);
-  engine.start();
-  std::vector<std::unique_ptr<InFlight>> in_flight;
-  size_t next = 0;
   Clock::time_point last_flush = Clock::now();
-  const uint64_t seed = options_.seed;
-
-  auto commit_error = [&](size_t i, const std::string& code, const std::string& message) {
-    commit(i, error_line(input_.items[i], seed, code, message));
-    progress.on_done(0, 0, -1, false);
-    ++result.errors_this_run;
-  };
-
-  while (!(stop && *stop) && !engine.failed()) {
-    bool progressed = false;
-    // Feed: keep up to max_in_flight requests in the scheduler.
-    while (next < todo.size() && int(in_flight.size()) < options_.max_in_flight) {
-      const size_t i = todo[next];
-      const BatchItem& item = input_.items[i];
-      if (!item.valid()) {
-        commit_error(i, item.error_code, item.error_message);
-        ++next;
-        progressed = true;
-        continue;
-      }
-      const std::string at = "line " + std::to_string(item.line_idx + 1) + ": ";
-      auto f = std::make_unique<InFlight>();
-      f->item = i;
-      try {
-        Json body = item.body;
-        if (!body.contains("seed") || body["seed"].is_null()) body["seed"] = request_seed(seed, item.custom_id);
-        f->spec = item.chat ? serve::parse_chat_request(body, tokenizer_, limits)
-                            : serve::parse_completion_request(body, tokenizer_, limits);
-      } catch (const serve::ApiError& e) {
-        commit_error(i, api_error_code(e), at + e.what());
-        ++next;
-        progressed = true;
-        continue;
-      } catch (const v4rt::Error& e) {
-        commit_error(i, "invalid_request", at + e.what());
-        ++next;
-        progressed = true;
-        continue;
-      }
-      // Tool-call ids from the custom_id, so reruns match byte for byte.
-      auto counter = std::make_shared<uint64_t>(0);
-      const std::string key = item.custom_id;
-      f->spec.parser.make_id = [key, seed, counter] {
-        const uint64_t h = hash64(key + "#" + std::to_string((*counter)++), seed ^ kToolCallSalt);
-        return "call_" + hex64(h) + hex64(h * 0x9E3779B97F4A7C15ull).substr(0, 8);
-      };
-      auto req = std::make_shared<serve::Request>();
-      req->id = uint64_t(item.line_idx) + 1;
-      req->priority = f->spec.priority;
-      req->prompt = f->spec.prompt;
-      req->sampling = f->spec.sampling;
-      const serve::SubmitResult sr = engine.submit(req);
-      if (sr.status == 429) break;  // queue full: retry once something finishes
-      if (sr.status == 503) break;  // the engine failed; the loop ends below
-      if (sr.status != 200) {
-        commit_error(i, sr.status == 413 ? "kv_budget_exceeded" : "invalid_request", at + sr.message);
-        ++next;
-        progressed = true;
-        continue;
-      }
-      const uint64_t h = hash64(item.custom_id, seed ^ kResponseIdSalt);
-      f->meta = {(item.chat ? "chatcmpl-" : "cmpl-") + hex64(h) + hex64(h * 0x9E3779B97F4A7C15ull).substr(0, 8),
-                 header_.created, limits.model_name, item.chat};
-      f->request = std::move(req);
-      f->output = std::make_unique<serve::GenerationOutput>(tokenizer_, f->spec);
-      f->submitted = Clock::now();
-      in_flight.push_back(std::move(f));
-      ++next;
-      progressed = true;
-    }
-
-    // Collect: tokens of every request in flight; commit the finished ones.
-    for (auto& f : in_flight) {
-      serve::TokenStream& ts = *f->request->stream;
-      std::vector<serve::TokenEvent> events;
-      std::vector<serve::Delta> deltas;
-      std::string message;
-      serve::FinishReason reason = ts.wait(&events, std::chrono::milliseconds(0), &message);
-      if (!events.empty()) progressed = true;
-      if (!f->output->on_tokens(events, &deltas)) {
-        ts.cancel();  // a stop string matched
-        reason = serve::FinishReason::kEos;
-      }
-      if (reason == serve::FinishReason::kNone) continue;
-      if (reason == serve::FinishReason::kError || reason == serve::FinishReason::kCancelled ||
-          reason == serve::FinishReason::kTimeout) {
-        // Not the request's fault (engine failure or shutdown): not committed, a rerun redoes it.
-        if (!engine.failed() && result.failure.empty())
-          result.failure = "line " + std::to_string(input_.items[f->item].line_idx + 1) + ": generation ended (" +
-                           serve::finish_reason_name(reason) + "): " + message;
-        continue;
-      }
-      f->output->finish(reason, &deltas);
-      const Json body = serve::final_json(f->meta, *f->output, ts.prompt_tokens, ts.cached_tokens);
-      commit(f->item, result_line(input_.items[f->item], seed, 200, body));
-      progress.on_done(ts.prompt_tokens, f->output->completion_tokens(), seconds_since(f->submitted), true);
-      f.reset();
-      progressed = true;
-    }
-    std::erase_if(in_flight, [](const auto& f) { return !f; });
-
-    if (!result.failure.empty() || (next >= todo.size() && in_flight.empty())) break;
-    progress.set_speculative(engine.speculative_stats());
-    progress.tick();
+  while (!(stop && *stop) && !run.engine.failed()) {
+    const bool fed = feed(run);
+    const bool collected = collect(run);
+    if (!run.result.failure.empty() || (run.next >= run.todo.size() && run.in_flight.empty())) break;
+    run.progress.set_speculative(run.engine.speculative_stats());
+    run.progress.tick();
     if (output_dirty_ && seconds_since(last_flush) >= options_.flush_interval_s) {
       write_output();
       last_flush = Clock::now();
     }
-    if (!progressed) std::this_thread::sleep_for(kIdlePoll);
+    if (!fed && !collected) std::this_thread::sleep_for(kIdlePoll);
   }
-
-  if (engine.failed()) result.failure = engine.failure();
-  result.interrupted = stop && *stop && result.failure.empty() && progress.done() < result.total;
-  if (result.interrupted && options_.exit_at_stop_signal) {
-    write_output();
-    progress.tick(true);
-    progress.close();
-    std::fprintf(stderr, "%sbatch: interrupted; rerun the same command to resume\n", progress.summary().c_str());
-    std::fflush(stderr);
-    std::_Exit(kExitInterrupted);
-  }
-  engine.stop();
-  progress.set_speculative(engine.speculative_stats());
-  write_output();
-  progress.tick(true);
-  progress.close();
-  result.done = progress.done();
-  result.done_this_run = progress.done() - num_resumed_;
-  summary_ = progress.summary();
-  return result;
+  finish_run(run, stop);
+  return run.result;
 }
 
 }  // namespace v4rt::launch::batch

@@ -3,7 +3,8 @@
 // every finished request"). prepare() reads the input, checks it against the journal of an earlier
 // run (refusing a changed input or changed arguments), cuts a torn journal tail and rebuilds the
 // output from the journal. run() feeds the not-yet-finished requests to the continuous-batching
-// scheduler (a bounded number in flight), drives the model through the multi-rank Driver, and
+// scheduler of the runtime Engine (a bounded number in flight; requests that extend a finished
+// one reuse its state through the prefix cache), every plan going to every rank, and
 // commits every finished request to the journal exactly once; the output file is replaced
 // atomically from the journal every flush interval and at the end. docs/BATCH.md has the format
 // and the recovery argument.
@@ -17,7 +18,9 @@
 
 #include "launch/batch/batch_input.h"
 #include "launch/batch/journal.h"
-#include "launch/driver.h"
+#include "launch/serve/openai_api.h"
+#include "runtime/leader.h"
+#include "runtime/scheduler.h"
 #include "model/runtime_config.h"
 #include "model/text/tokenizer.h"
 
@@ -63,14 +66,28 @@ class BatchJob {
   void prepare();
   // Runs the remaining requests. `stop` (may be nullptr) ends the run early when it becomes
   // non-zero; what was committed stays committed.
-  BatchResult run(model::Model& model, Driver& driver, const std::atomic<int>* stop);
+  BatchResult run(runtime::Leader& leader, const std::atomic<int>* stop);
 
   int64_t num_resumed() const { return num_resumed_; }
   uint64_t torn_bytes_cut() const { return torn_bytes_cut_; }
   const BatchInput& input() const { return input_; }
   std::string summary() const;  // after run()
+  // Prompt tokens the last run() took from the prefix cache instead of computing them.
+  int64_t prefix_reused_tokens() const { return prefix_reused_tokens_; }
 
  private:
+  struct RunContext;  // the engine, the requests in flight and the progress of one run()
+
+  // The steps of run(): limits and scheduler options from the config; feed() submits requests up
+  // to max_in_flight, collect() streams their tokens and commits the finished ones (both true
+  // when something happened); finish_run() stops the engine and writes the output and summary.
+  serve::ApiLimits api_limits(const model::ModelConfig& mc) const;
+  runtime::SchedulerOptions scheduler_options(const model::ModelConfig& mc) const;
+  bool feed(RunContext& run);
+  bool submit_next(RunContext& run);
+  bool collect(RunContext& run);
+  void finish_run(RunContext& run, const std::atomic<int>* stop);
+  void commit_error(RunContext& run, size_t item_idx, const std::string& code, const std::string& message);
   void commit(size_t item_idx, std::string line);
   void write_output();
 
@@ -86,6 +103,7 @@ class BatchJob {
   int64_t num_resumed_ = 0;
   uint64_t torn_bytes_cut_ = 0;
   std::string summary_;
+  int64_t prefix_reused_tokens_ = 0;
 };
 
 }  // namespace v4rt::launch::batch

@@ -49,7 +49,7 @@ std::string endpoint_label(const std::string& path) {
 // State of one SSE response, shared by the content provider calls.
 struct SseState {
   GenerationSpec spec;
-  std::shared_ptr<Request> request;
+  std::shared_ptr<runtime::Request> request;
   std::unique_ptr<GenerationOutput> output;
   ResponseMeta meta;
   bool sent_role = false;
@@ -58,7 +58,7 @@ struct SseState {
 
 }  // namespace
 
-HttpServer::HttpServer(const model::ServerConfig& config, const model::text::Tokenizer& tokenizer, Metrics& metrics)
+HttpServer::HttpServer(const model::ServerConfig& config, const model::text::Tokenizer& tokenizer, runtime::Metrics& metrics)
     : config_(config), tokenizer_(tokenizer), metrics_(metrics), server_(std::make_unique<httplib::Server>()) {
   httplib::Server& s = *server_;
   // Streaming requests hold a pool thread for their whole generation; keep-alive connections hold
@@ -144,7 +144,7 @@ void HttpServer::stop() {
   if (server_ && server_->is_running()) server_->stop();
 }
 
-void HttpServer::set_ready(Engine* engine, const ApiLimits& limits) {
+void HttpServer::set_ready(runtime::Engine* engine, const ApiLimits& limits) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     limits_ = limits;
@@ -158,7 +158,7 @@ void HttpServer::set_failed(const std::string& why) {
 }
 
 bool HttpServer::serving(std::string* why) const {
-  Engine* engine = engine_.load();
+  runtime::Engine* engine = engine_.load();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!failure_.empty()) {
@@ -201,7 +201,7 @@ void HttpServer::handle_generate(const httplib::Request& http_req, httplib::Resp
   try {
     std::string why;
     if (!serving(&why)) throw ApiError(503, why);
-    Engine* engine = engine_.load();
+    runtime::Engine* engine = engine_.load();
     const text_json body = parse_json_body(http_req.body);
     try {
       state->spec = chat ? parse_chat_request(body, tokenizer_, limits_) : parse_completion_request(body, tokenizer_, limits_);
@@ -209,14 +209,14 @@ void HttpServer::handle_generate(const httplib::Request& http_req, httplib::Resp
       throw ApiError(400, e.what());
     }
     const GenerationSpec& spec = state->spec;
-    auto request = std::make_shared<Request>();
+    auto request = std::make_shared<runtime::Request>();
     request->id = next_request_id_++;
     request->priority = spec.priority;
     request->prompt = spec.prompt;
     request->sampling = spec.sampling;
-    request->deadline = request->arrival + std::chrono::duration_cast<Clock::duration>(
+    request->deadline = request->arrival + std::chrono::duration_cast<runtime::Clock::duration>(
                                                std::chrono::duration<double>(config_.request_timeout_s));
-    const SubmitResult submitted = engine->scheduler().submit(request);
+    const runtime::SubmitResult submitted = engine->scheduler().submit(request);
     if (submitted.status != 200) {
       ++metrics_.requests_rejected;
       throw ApiError(submitted.status, submitted.message, submitted.status == 413 ? "max_tokens" : "",
@@ -229,23 +229,23 @@ void HttpServer::handle_generate(const httplib::Request& http_req, httplib::Resp
     return send_error(res, e);
   }
 
-  TokenStream& stream = *state->request->stream;
+  runtime::TokenStream& stream = *state->request->stream;
   if (!state->spec.stream) {
-    std::vector<TokenEvent> events;
+    std::vector<runtime::TokenEvent> events;
     std::vector<Delta> deltas;
-    FinishReason reason = FinishReason::kNone;
+    runtime::FinishReason reason = runtime::FinishReason::kNone;
     std::string message;
     for (;;) {
       events.clear();
       reason = stream.wait(&events, kWaitSlice, &message);
       if (!state->output->on_tokens(events, &deltas)) {
         stream.cancel();  // a stop string matched
-        reason = FinishReason::kEos;
+        reason = runtime::FinishReason::kEos;
         break;
       }
-      if (reason != FinishReason::kNone) break;
+      if (reason != runtime::FinishReason::kNone) break;
     }
-    if (reason == FinishReason::kError || reason == FinishReason::kCancelled)
+    if (reason == runtime::FinishReason::kError || reason == runtime::FinishReason::kCancelled)
       return send_error(res, ApiError(503, "generation failed: " + message));
     state->output->finish(reason, &deltas);
     res.set_content(dump(final_json(state->meta, *state->output, stream.prompt_tokens, stream.cached_tokens)),
@@ -262,7 +262,7 @@ void HttpServer::handle_generate(const httplib::Request& http_req, httplib::Resp
           const std::string line = "data: " + dump(j) + "\n\n";
           return sink.write(line.data(), line.size());
         };
-        TokenStream& ts = *state->request->stream;
+        runtime::TokenStream& ts = *state->request->stream;
         if (state->done) {
           sink.done();
           return true;
@@ -271,26 +271,26 @@ void HttpServer::handle_generate(const httplib::Request& http_req, httplib::Resp
           state->sent_role = true;
           if (!send(chunk_json(state->meta, nullptr, "", nullptr))) return false;
         }
-        std::vector<TokenEvent> events;
+        std::vector<runtime::TokenEvent> events;
         std::vector<Delta> deltas;
         std::string message;
-        FinishReason reason = ts.wait(&events, kWaitSlice, &message);
+        runtime::FinishReason reason = ts.wait(&events, kWaitSlice, &message);
         if (!state->output->on_tokens(events, &deltas)) {
           ts.cancel();
-          reason = FinishReason::kEos;
+          reason = runtime::FinishReason::kEos;
         }
-        if (reason != FinishReason::kNone && reason != FinishReason::kError && reason != FinishReason::kCancelled)
+        if (reason != runtime::FinishReason::kNone && reason != runtime::FinishReason::kError && reason != runtime::FinishReason::kCancelled)
           state->output->finish(reason, &deltas);
         for (const Delta& d : deltas)
           if (!send(chunk_json(state->meta, &d, "", state->output->take_logprobs()))) return false;
-        if (reason == FinishReason::kNone) {
+        if (reason == runtime::FinishReason::kNone) {
           if (events.empty()) {
             static const char kKeepAlive[] = ": keepalive\n\n";
             if (!sink.write(kKeepAlive, sizeof(kKeepAlive) - 1)) return false;
           }
           return true;
         }
-        if (reason == FinishReason::kError || reason == FinishReason::kCancelled) {
+        if (reason == runtime::FinishReason::kError || reason == runtime::FinishReason::kCancelled) {
           // The status line went out with the first chunk; the error event carries the 503.
           send(text_json{{"error", {{"message", "generation failed: " + message}, {"type", "server_error"},
                                      {"param", nullptr}, {"code", 503}}}});

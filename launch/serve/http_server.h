@@ -11,8 +11,8 @@
 #include <mutex>
 #include <string>
 
-#include "launch/serve/engine.h"
-#include "launch/serve/metrics.h"
+#include "runtime/engine.h"
+#include "runtime/metrics.h"
 #include "launch/serve/openai_api.h"
 #include "model/runtime_config.h"
 #include "model/text/tokenizer.h"
@@ -27,7 +27,7 @@ namespace v4rt::launch::serve {
 
 class HttpServer {
  public:
-  HttpServer(const model::ServerConfig& config, const model::text::Tokenizer& tokenizer, Metrics& metrics);
+  HttpServer(const model::ServerConfig& config, const model::text::Tokenizer& tokenizer, runtime::Metrics& metrics);
   ~HttpServer();
 
   // Binds host:port (port 0: any free port) and returns the port; throws v4rt::Error on failure.
@@ -37,7 +37,7 @@ class HttpServer {
   void stop();
 
   // The model is loaded and the engine runs: generation endpoints open, /health says ok.
-  void set_ready(Engine* engine, const ApiLimits& limits);
+  void set_ready(runtime::Engine* engine, const ApiLimits& limits);
   // Loading failed: everything answers 503 with `why`.
   void set_failed(const std::string& why);
 
@@ -49,9 +49,9 @@ class HttpServer {
 
   model::ServerConfig config_;
   const model::text::Tokenizer& tokenizer_;
-  Metrics& metrics_;
+  runtime::Metrics& metrics_;
   std::unique_ptr<httplib::Server> server_;
-  std::atomic<Engine*> engine_{nullptr};
+  std::atomic<runtime::Engine*> engine_{nullptr};
   ApiLimits limits_;
   mutable std::mutex mu_;
   std::string failure_;

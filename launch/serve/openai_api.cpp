@@ -69,7 +69,7 @@ void parse_common(const text_json& body, const ApiLimits& limits, const text::To
   if (get_int(body, "n", 1, 1, 1 << 20) != 1) bad("n", "only n = 1 is supported");
   for (const char* penalty : {"presence_penalty", "frequency_penalty"})
     if (get_number(body, penalty, 0.0) != 0.0) bad(penalty, std::string("'") + penalty + "' is not supported (must be 0)");
-  SamplingParams& sp = spec->sampling;
+  runtime::SamplingParams& sp = spec->sampling;
   sp.temperature = get_number(body, "temperature", limits.defaults.temperature);
   if (!(sp.temperature >= 0.0 && sp.temperature <= 2.0)) bad("temperature", "'temperature' must be in [0, 2]");
   sp.top_p = get_number(body, "top_p", limits.defaults.top_p);

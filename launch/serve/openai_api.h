@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/serve/scheduler.h"
+#include "runtime/scheduler.h"
 #include "model/runtime_config.h"
 #include "model/text/chat_encoder.h"
 #include "model/text/output_parser.h"
@@ -48,7 +48,7 @@ struct GenerationSpec {
   bool stream = false;
   bool include_usage = false;           // stream_options.include_usage
   std::vector<int32_t> prompt;
-  SamplingParams sampling;
+  runtime::SamplingParams sampling;
   std::vector<std::string> stop;        // applied to content only (§9.2)
   int priority = 0;
   bool thinking = false;                // chat: the prompt ends with <think>

@@ -66,7 +66,7 @@ GenerationOutput::GenerationOutput(const text::Tokenizer& tokenizer, const Gener
   if (chat_) parser_ = std::make_unique<text::OutputParser>(spec.parser);
 }
 
-text_json GenerationOutput::logprob_entry(const TokenEvent& ev) const {
+text_json GenerationOutput::logprob_entry(const runtime::TokenEvent& ev) const {
   auto one = [&](int32_t id, float lp) {
     const std::string& b = tokenizer_.token_bytes(id);
     text_json bytes = text_json::array();
@@ -115,9 +115,9 @@ void GenerationOutput::route(std::vector<text::ParseEvent>& events, std::vector<
   events.clear();
 }
 
-bool GenerationOutput::on_tokens(const std::vector<TokenEvent>& tokens, std::vector<Delta>* deltas) {
+bool GenerationOutput::on_tokens(const std::vector<runtime::TokenEvent>& tokens, std::vector<Delta>* deltas) {
   std::vector<text::ParseEvent> events;
-  for (const TokenEvent& ev : tokens) {
+  for (const runtime::TokenEvent& ev : tokens) {
     if (stop_.stopped()) return false;
     ++completion_tokens_;
     if (in_reasoning_) {
@@ -137,9 +137,9 @@ bool GenerationOutput::on_tokens(const std::vector<TokenEvent>& tokens, std::vec
   return !stop_.stopped();
 }
 
-void GenerationOutput::finish(FinishReason reason, std::vector<Delta>* deltas) {
-  if (reason == FinishReason::kEos && !stop_.stopped()) ++completion_tokens_;  // the EOS token
-  const bool length = reason == FinishReason::kLength || reason == FinishReason::kTimeout;
+void GenerationOutput::finish(runtime::FinishReason reason, std::vector<Delta>* deltas) {
+  if (reason == runtime::FinishReason::kEos && !stop_.stopped()) ++completion_tokens_;  // the EOS token
+  const bool length = reason == runtime::FinishReason::kLength || reason == runtime::FinishReason::kTimeout;
   std::vector<text::ParseEvent> events;
   const std::string tail = detok_.flush();
   if (parser_) {

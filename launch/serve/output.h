@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "launch/serve/openai_api.h"
-#include "launch/serve/scheduler.h"
+#include "runtime/scheduler.h"
 #include "model/text/detokenizer.h"
 #include "model/text/output_parser.h"
 
@@ -47,9 +47,9 @@ class GenerationOutput {
 
   // Consumes tokens; appends the deltas that became final. Returns false once a stop string
   // matched (the caller cancels the generation; later tokens are ignored).
-  bool on_tokens(const std::vector<TokenEvent>& tokens, std::vector<Delta>* deltas);
+  bool on_tokens(const std::vector<runtime::TokenEvent>& tokens, std::vector<Delta>* deltas);
   // End of generation: flushes held text. `reason` is the scheduler's.
-  void finish(FinishReason reason, std::vector<Delta>* deltas);
+  void finish(runtime::FinishReason reason, std::vector<Delta>* deltas);
 
   std::string finish_reason() const { return finish_reason_; }  // OpenAI value
   int64_t completion_tokens() const { return completion_tokens_; }
@@ -69,7 +69,7 @@ class GenerationOutput {
  private:
   void route(std::vector<model::text::ParseEvent>& events, std::vector<Delta>* deltas);
   void add_content(std::string_view text, std::vector<Delta>* deltas);
-  text_json logprob_entry(const TokenEvent& ev) const;
+  text_json logprob_entry(const runtime::TokenEvent& ev) const;
 
   const model::text::Tokenizer& tokenizer_;
   bool chat_;

@@ -1,11 +1,6 @@
 # serve component: OpenAI-compatible HTTP server (cpp-httplib), request parsing, SSE output,
-# continuous-batching scheduler, prefix cache, step plans, the engine loop and its follower ranks.
+# stop signals and the leader's fault path (the scheduler and the engine are runtime/'s).
 list(APPEND V4RT_LAUNCH_SOURCES
-  ${CMAKE_CURRENT_SOURCE_DIR}/serve/step_plan.cpp
-  ${CMAKE_CURRENT_SOURCE_DIR}/serve/prefix_cache.cpp
-  ${CMAKE_CURRENT_SOURCE_DIR}/serve/metrics.cpp
-  ${CMAKE_CURRENT_SOURCE_DIR}/serve/scheduler.cpp
-  ${CMAKE_CURRENT_SOURCE_DIR}/serve/engine.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/openai_api.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/output.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/http_server.cpp

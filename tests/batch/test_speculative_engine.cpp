@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The speculative scheduler (serve::Scheduler with mtp_depth > 0) in process, through both engines
-// that run it: serve::Engine over its Executor (`v4rt serve --mtp N`) and batch::DriverEngine over
-// the Driver (`v4rt batch --mtp N`). Many requests decode speculatively together on 3-layer
+// The speculative scheduler (runtime::Scheduler with mtp_depth > 0) in process, through the one
+// runtime::Engine that `v4rt serve --mtp N`, `v4rt batch --mtp N` and `v4rt generate --mtp N`
+// run. Many requests decode speculatively together on 3-layer
 // synthetic models with an MTP block and a 6- or 4-token vocabulary, where the untrained draft is
 // accepted often enough that steps emit several tokens (accepted drafts cut by max_tokens and EOS
 // included). Every request's tokens equal plain greedy decoding of its prompt (Model::step, one
@@ -15,8 +15,8 @@
 #include <functional>
 #include <utility>
 
-#include "launch/batch/driver_engine.h"
-#include "launch/serve/engine.h"
+#include "runtime/engine.h"
+#include "runtime/leader.h"
 #include "tests/model/test_mtp_util.h"
 
 namespace v4rt::launch {
@@ -42,26 +42,26 @@ void plain_reference(model::Model& m, const std::vector<int32_t>& prompt, int ma
 }
 
 // Waits (at most 60 s) for the end of `req`; its token events in *events, its tokens returned.
-std::vector<int32_t> wait_tokens(const serve::Request& req, std::vector<serve::TokenEvent>* events,
-                                 serve::FinishReason* reason) {
-  *reason = serve::FinishReason::kNone;
-  for (int w = 0; w < 600 && *reason == serve::FinishReason::kNone; ++w)
+std::vector<int32_t> wait_tokens(const runtime::Request& req, std::vector<runtime::TokenEvent>* events,
+                                 runtime::FinishReason* reason) {
+  *reason = runtime::FinishReason::kNone;
+  for (int w = 0; w < 600 && *reason == runtime::FinishReason::kNone; ++w)
     *reason = req.stream->wait(events, std::chrono::milliseconds(100));
   std::vector<int32_t> tokens;
-  for (const serve::TokenEvent& e : *events) tokens.push_back(e.token);
+  for (const runtime::TokenEvent& e : *events) tokens.push_back(e.token);
   return tokens;
 }
 
 // Waits for the end of `req` and checks its tokens (and logprobs) against plain greedy decoding.
 // Returns the tokens.
-std::vector<int32_t> expect_plain_greedy(model::Model& m, const serve::Request& req, int32_t eos, const std::string& what) {
-  std::vector<serve::TokenEvent> events;
-  serve::FinishReason reason;
+std::vector<int32_t> expect_plain_greedy(model::Model& m, const runtime::Request& req, int32_t eos, const std::string& what) {
+  std::vector<runtime::TokenEvent> events;
+  runtime::FinishReason reason;
   const std::vector<int32_t> got = wait_tokens(req, &events, &reason);
   std::vector<int32_t> want;
   std::vector<double> want_lp;
   plain_reference(m, req.prompt, req.sampling.max_tokens, eos, &want, &want_lp);
-  EXPECT_EQ(reason, int(want.size()) == req.sampling.max_tokens ? serve::FinishReason::kLength : serve::FinishReason::kEos)
+  EXPECT_EQ(reason, int(want.size()) == req.sampling.max_tokens ? runtime::FinishReason::kLength : runtime::FinishReason::kEos)
       << what;
   EXPECT_EQ(got, want) << what;
   if (req.sampling.logprobs && got == want) {
@@ -70,8 +70,8 @@ std::vector<int32_t> expect_plain_greedy(model::Model& m, const serve::Request& 
   return got;
 }
 
-std::shared_ptr<serve::Request> greedy_request(uint64_t id, std::vector<int32_t> prompt, int max_tokens, bool logprobs) {
-  auto r = std::make_shared<serve::Request>();
+std::shared_ptr<runtime::Request> greedy_request(uint64_t id, std::vector<int32_t> prompt, int max_tokens, bool logprobs) {
+  auto r = std::make_shared<runtime::Request>();
   r->id = id;
   r->prompt = std::move(prompt);
   r->sampling.temperature = 0.0;
@@ -80,8 +80,8 @@ std::shared_ptr<serve::Request> greedy_request(uint64_t id, std::vector<int32_t>
   return r;
 }
 
-serve::SchedulerOptions speculative_options(int depth, int32_t eos, bool prefix_cache) {
-  serve::SchedulerOptions o;
+runtime::SchedulerOptions speculative_options(int depth, int32_t eos, bool prefix_cache) {
+  runtime::SchedulerOptions o;
   o.mtp_depth = depth;
   o.max_batch_tokens = 12;  // 3 verify chunks of depth 3 leave no room: prompts wait or are chunked
   o.max_running = 3;
@@ -92,76 +92,45 @@ serve::SchedulerOptions speculative_options(int depth, int32_t eos, bool prefix_
   return o;
 }
 
-// One engine under test: submit / start / stop and its speculative counters.
-struct EngineUnderTest {
-  std::function<serve::SubmitResult(std::shared_ptr<serve::Request>)> submit;
-  std::function<void()> stop;
-  std::function<model::SpeculativeStats()> stats;
-  std::function<std::string()> failure;
-};
-
-enum class Kind { kServe, kBatch };
-
-class SpeculativeSchedulerTest : public ::testing::TestWithParam<std::tuple<Kind, int, uint64_t>> {};
+class SpeculativeSchedulerTest : public ::testing::TestWithParam<std::tuple<int, uint64_t>> {};
 
 TEST_P(SpeculativeSchedulerTest, ManyRequestsEqualPlainGreedy) {
-  const auto [kind, vocab, seed] = GetParam();
+  const auto [vocab, seed] = GetParam();
   LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(vocab), 3), seed);
   model::Model& m = *lm.model;
   const int32_t eos = int32_t(m.config().eos_token_id);
   for (int depth : {1, 2, 3}) {
-    const serve::SchedulerOptions o = speculative_options(depth, eos, /*prefix_cache=*/false);
-    PlanChannel channel(nullptr);
-    Driver driver(m, channel);
-    driver.set_mtp(lm.mtp.get());
-    serve::Metrics metrics;
-    std::unique_ptr<serve::Engine> serve_engine;
-    std::unique_ptr<batch::DriverEngine> batch_engine;
-    EngineUnderTest e;
-    if (kind == Kind::kServe) {
-      serve_engine = std::make_unique<serve::Engine>(m, o, &metrics, lm.mtp.get());
-      serve_engine->start();
-      e.submit = [&](auto r) { return serve_engine->scheduler().submit(std::move(r)); };
-      e.stop = [&] { serve_engine->stop(); };
-      e.stats = [&] { return serve::speculative_stats(metrics); };
-      e.failure = [&] { return serve_engine->failed() ? serve_engine->failure() : std::string(); };
-    } else {
-      batch_engine = std::make_unique<batch::DriverEngine>(m, driver, o);
-      batch_engine->start();
-      e.submit = [&](auto r) { return batch_engine->submit(std::move(r)); };
-      e.stop = [&] { batch_engine->stop(); };
-      e.stats = [&] { return batch_engine->speculative_stats(); };
-      e.failure = [&] { return batch_engine->failed() ? batch_engine->failure() : std::string(); };
-    }
-    std::vector<std::shared_ptr<serve::Request>> reqs;
+    const runtime::SchedulerOptions o = speculative_options(depth, eos, /*prefix_cache=*/false);
+    runtime::SoloRank rank(m, lm.mtp.get());
+    runtime::Metrics metrics;
+    runtime::Engine engine(rank.leader, o, &metrics);
+    engine.start();
+    std::vector<std::shared_ptr<runtime::Request>> reqs;
     for (int i = 0; i < 7; ++i) {
       reqs.push_back(greedy_request(uint64_t(i + 1), model::testing::test_prompt(m.config().vocab_size, 3 + 4 * i, 70 + uint32_t(i)),
                                     5 + 3 * i, i % 2 == 0));
-      ASSERT_EQ(e.submit(reqs.back()).status, 200);
+      ASSERT_EQ(engine.submit(reqs.back()).status, 200);
     }
     int64_t total_tokens = 0;
     for (size_t i = 0; i < reqs.size(); ++i)
       total_tokens += int64_t(expect_plain_greedy(m, *reqs[i], eos, "depth " + std::to_string(depth) + ", request " +
                                                                         std::to_string(i)).size());
-    e.stop();
-    const model::SpeculativeStats st = e.stats();
-    std::printf("%s vocab %d seed %llu depth %d: %lld tokens, acceptance rate %.3f, %.2f tokens per verify step (%lld verify steps)\n",
-                kind == Kind::kServe ? "serve" : "batch", vocab, static_cast<unsigned long long>(seed), depth,
+    engine.stop();
+    const model::SpeculativeStats st = engine.speculative_stats();
+    std::printf("vocab %d seed %llu depth %d: %lld tokens, acceptance rate %.3f, %.2f tokens per verify step (%lld verify steps)\n",
+                vocab, static_cast<unsigned long long>(seed), depth,
                 static_cast<long long>(total_tokens), st.acceptance_rate(), st.tokens_per_step(),
                 static_cast<long long>(st.steps));
     EXPECT_GT(st.accepted, 0) << "no draft accepted: the multi-token path did not run";
     EXPECT_LT(st.accepted, st.drafted);
     EXPECT_EQ(st.drafted, st.steps * depth);
-    EXPECT_EQ(e.failure(), "");
+    EXPECT_EQ(engine.failed() ? engine.failure() : std::string(), "");
   }
 }
 
 // Vocabularies of 6 and 4 tokens, with model seeds where drafts are accepted (up to 3 in a step).
 INSTANTIATE_TEST_SUITE_P(SmallVocabularies, SpeculativeSchedulerTest,
-                         ::testing::Values(std::make_tuple(Kind::kServe, 6, uint64_t(1)),
-                                           std::make_tuple(Kind::kServe, 4, uint64_t(5)),
-                                           std::make_tuple(Kind::kBatch, 6, uint64_t(1)),
-                                           std::make_tuple(Kind::kBatch, 4, uint64_t(5))));
+                         ::testing::Values(std::make_tuple(6, uint64_t(1)), std::make_tuple(4, uint64_t(5))));
 
 // Agent turns under `serve --mtp 2`: each turn's prompt extends the previous prompt and its
 // answer, so it starts from a copy of the finished sequence (main and MTP state). The answers
@@ -170,8 +139,9 @@ TEST(SpeculativeServe, PrefixReuseEqualsPlainGreedy) {
   LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(6), 3), 1);
   model::Model& m = *lm.model;
   const int32_t eos = int32_t(m.config().eos_token_id);
-  serve::Metrics metrics;
-  serve::Engine engine(m, speculative_options(2, eos, /*prefix_cache=*/true), &metrics, lm.mtp.get());
+  runtime::Metrics metrics;
+  runtime::SoloRank rank(m, lm.mtp.get());
+  runtime::Engine engine(rank.leader, speculative_options(2, eos, /*prefix_cache=*/true), &metrics);
   engine.start();
   std::vector<int32_t> prompt = model::testing::test_prompt(m.config().vocab_size, 9, 11);
   int64_t cached = 0;
@@ -203,13 +173,14 @@ TEST(SpeculativeServe, ParallelSamplingKeepsEachSequencesDraws) {
   model::Model& m = *lm.model;
   const int32_t eos = int32_t(m.config().eos_token_id);
   for (int depth : {0, 2}) {
-    serve::Metrics metrics;
-    serve::SchedulerOptions o = speculative_options(depth, eos, /*prefix_cache=*/false);
+    runtime::Metrics metrics;
+    runtime::SchedulerOptions o = speculative_options(depth, eos, /*prefix_cache=*/false);
     o.max_running = 6;
     o.max_batch_tokens = 64;
-    serve::Engine engine(m, o, &metrics, depth ? lm.mtp.get() : nullptr);
+    runtime::SoloRank rank(m, depth ? lm.mtp.get() : nullptr);
+    runtime::Engine engine(rank.leader, o, &metrics);
     engine.start();
-    std::vector<std::shared_ptr<serve::Request>> reqs;
+    std::vector<std::shared_ptr<runtime::Request>> reqs;
     for (int i = 0; i < 6; ++i) {
       auto r = greedy_request(uint64_t(i + 1), model::testing::test_prompt(m.config().vocab_size, 4 + i, 90 + uint32_t(i)), 12, false);
       r->sampling.temperature = 1.0;
@@ -218,11 +189,11 @@ TEST(SpeculativeServe, ParallelSamplingKeepsEachSequencesDraws) {
       reqs.push_back(r);
     }
     for (const auto& r : reqs) {
-      std::vector<serve::TokenEvent> events;
-      serve::FinishReason reason;
+      std::vector<runtime::TokenEvent> events;
+      runtime::FinishReason reason;
       const std::vector<int32_t> got = wait_tokens(*r, &events, &reason);
       if (depth > 0) {  // speculative draws differ from Sampler's by design: the request completes
-        EXPECT_TRUE(reason == serve::FinishReason::kEos || reason == serve::FinishReason::kLength);
+        EXPECT_TRUE(reason == runtime::FinishReason::kEos || reason == runtime::FinishReason::kLength);
         continue;
       }
       // Reference: this request alone, plain decode, its own Sampler.
@@ -249,8 +220,9 @@ TEST(SpeculativeServe, ForcedOutputBesideSpeculativeRequests) {
   LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(6), 3), 1);
   model::Model& m = *lm.model;
   const int32_t eos = int32_t(m.config().eos_token_id);
-  serve::Metrics metrics;
-  serve::Engine engine(m, speculative_options(2, eos, /*prefix_cache=*/false), &metrics, lm.mtp.get());
+  runtime::Metrics metrics;
+  runtime::SoloRank rank(m, lm.mtp.get());
+  runtime::Engine engine(rank.leader, speculative_options(2, eos, /*prefix_cache=*/false), &metrics);
   engine.start();
   auto forced = greedy_request(1, model::testing::test_prompt(m.config().vocab_size, 5, 3), 10, false);
   forced->sampling.forced = true;
@@ -258,11 +230,11 @@ TEST(SpeculativeServe, ForcedOutputBesideSpeculativeRequests) {
   auto greedy = greedy_request(2, model::testing::test_prompt(m.config().vocab_size, 7, 4), 12, true);
   ASSERT_EQ(engine.scheduler().submit(forced).status, 200);
   ASSERT_EQ(engine.scheduler().submit(greedy).status, 200);
-  std::vector<serve::TokenEvent> events;
-  serve::FinishReason reason;
+  std::vector<runtime::TokenEvent> events;
+  runtime::FinishReason reason;
   const std::vector<int32_t> got = wait_tokens(*forced, &events, &reason);
   EXPECT_EQ(got, forced->sampling.forced_tokens);
-  EXPECT_EQ(reason, serve::FinishReason::kEos);
+  EXPECT_EQ(reason, runtime::FinishReason::kEos);
   expect_plain_greedy(m, *greedy, eos, "greedy beside forced");
   engine.stop();
   EXPECT_GT(int64_t(metrics.spec_steps), 0);

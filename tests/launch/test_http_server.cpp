@@ -12,13 +12,16 @@
 #include <thread>
 
 #include "common/check.h"
-#include "launch/serve/engine.h"
+#include "runtime/engine.h"
+#include "runtime/leader.h"
 #include "launch/serve/http_server.h"
 #include "model/text/json_format.h"
 #include "serve_test_util.h"
 
 namespace v4rt::launch::serve {
 namespace {
+
+using namespace v4rt::runtime;  // the scheduler, engine and step plans under test
 
 using Json = model::text::Json;
 using namespace std::chrono_literals;
@@ -34,7 +37,8 @@ class ServerUnderTest {
     so.max_running = cfg.max_running;
     so.max_queue = cfg.max_queue;
     so.kv_budget_bytes = int64_t(256) << 20;
-    engine_ = std::make_unique<Engine>(m, so, &metrics);
+    rank_ = std::make_unique<SoloRank>(m);
+    engine_ = std::make_unique<Engine>(rank_->leader, so, &metrics);
     server_ = std::make_unique<HttpServer>(cfg, tok, metrics);
     port = server_->bind("127.0.0.1", 0);
     listener_ = std::thread([this] { server_->listen(); });
@@ -62,6 +66,7 @@ class ServerUnderTest {
 
  private:
   model::ServerConfig config_;
+  std::unique_ptr<SoloRank> rank_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<HttpServer> server_;
   std::thread listener_;

@@ -6,17 +6,23 @@
 // transcript (printed; docs/SERVING.md quotes it).
 #include <gtest/gtest.h>
 
+#include <span>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <random>
 
-#include "launch/serve/scheduler.h"
-#include "launch/serve/step_plan.h"
+#include "model/state.h"
+#include "runtime/executor.h"
+#include "runtime/scheduler.h"
+#include "runtime/step_plan.h"
 #include "serve_test_util.h"
 
 namespace v4rt::launch::serve {
 namespace {
+
+using namespace v4rt::runtime;  // the scheduler, engine and step plans under test
 
 using namespace std::chrono_literals;
 
@@ -39,8 +45,8 @@ class PrefixReuseTest : public ::testing::Test {
 testing::LoadedModel* PrefixReuseTest::tiny_ = nullptr;
 
 // Scheduler + Executor driven step by step (what the engine thread does), with a spy on logits.
-struct Driver {
-  Driver(model::Model& m, const SchedulerOptions& o) : scheduler(o, m.config(), &metrics), executor(m) {}
+struct Stepper {
+  Stepper(model::Model& m, const SchedulerOptions& o) : scheduler(o, m.config(), &metrics), executor(m) {}
   // Runs until idle; returns the logits row of the first sampling step of `req`.
   std::vector<float> run(const std::shared_ptr<Request>& req, double* ttft_s = nullptr) {
     const auto t0 = Clock::now();
@@ -82,11 +88,51 @@ std::vector<int32_t> generated(const std::shared_ptr<Request>& r) {
   return out;
 }
 
+// The Executor returns logits only where a chunk asks for them (none for inner prefill chunks,
+// the last row or every row), and a chunk whose start_pos is not its sequence's position stops
+// the rank (the ranks of a job would otherwise diverge).
+TEST_F(PrefixReuseTest, ExecutorLogitsAsAskedAndStartPosChecked) {
+  model::Model& m = *tiny_->model;
+  const int64_t vocab = m.config().vocab_size;
+  const std::vector<int32_t> tokens = random_tokens(9, 5);
+  Executor executor(m);
+  StepPlan p;
+  p.step_idx = 1;
+  p.add_chunk(1, 0, std::span<const int32_t>(tokens).first(4), kLogitsNone);
+  p.add_chunk(2, 0, std::span<const int32_t>(tokens).first(3), kLogitsAll);
+  p.add_chunk(3, 0, std::span<const int32_t>(tokens).first(2), kLogitsLast);
+  std::vector<std::vector<float>> logits;
+  executor.run(p, &logits);
+  ASSERT_EQ(logits.size(), 3u);
+  EXPECT_TRUE(logits[0].empty());
+  EXPECT_EQ(int64_t(logits[1].size()), 3 * vocab);
+  EXPECT_EQ(int64_t(logits[2].size()), vocab);
+  EXPECT_EQ(executor.position(1), 4);
+
+  StepPlan q;
+  q.step_idx = 2;
+  q.add_chunk(1, 4, std::span<const int32_t>(tokens).subspan(4, 5), kLogitsLast);
+  executor.run(q, &logits);
+  EXPECT_EQ(executor.position(1), 9);
+  // The same last logits as one chunk of all 9 tokens.
+  StepPlan whole;
+  whole.add_chunk(4, 0, tokens, kLogitsLast);
+  std::vector<std::vector<float>> whole_logits;
+  executor.run(whole, &whole_logits);
+  ASSERT_EQ(whole_logits[0].size(), logits[0].size());
+  for (size_t k = 0; k < logits[0].size(); ++k) ASSERT_NEAR(logits[0][k], whole_logits[0][k], 1e-5f) << k;
+
+  StepPlan stale;
+  stale.step_idx = 3;
+  stale.add_chunk(1, 4, std::span<const int32_t>(tokens).first(1), kLogitsLast);  // the state holds 9
+  EXPECT_DEATH(executor.run(stale, nullptr), "step 3: sequence 1");
+}
+
 TEST_F(PrefixReuseTest, SameLogitsAsFullRecomputeAndOnlyNewTokensPrefilled) {
   model::Model& m = *tiny_->model;
   SchedulerOptions o;
   o.max_batch_tokens = 64;  // the first turn is prefilled in chunks, the reuse path differently
-  Driver d(m, o);
+  Stepper d(m, o);
   // Turn 1: system + user (300 tokens) -> 6 generated tokens.
   const std::vector<int32_t> turn1 = random_tokens(300, 1);
   auto r1 = greedy_request(turn1, 6);
@@ -131,7 +177,7 @@ TEST_F(PrefixReuseTest, TimeToFirstTokenOnALongAgentTranscript) {
     SchedulerOptions o;
     o.max_batch_tokens = 512;
     o.prefix_cache = reuse == 1;
-    Driver d(m, o);
+    Stepper d(m, o);
     auto r1 = greedy_request(transcript, 4);
     d.run(r1);
     std::vector<int32_t> next = transcript;
@@ -154,8 +200,8 @@ TEST_F(PrefixReuseTest, TimeToFirstTokenOnALongAgentTranscript) {
 TEST_F(PrefixReuseTest, EvictedUnderMemoryPressure) {
   model::Model& m = *tiny_->model;
   SchedulerOptions o;
-  o.kv_budget_bytes = kv_bytes_estimate(m.config(), 200);
-  Driver d(m, o);
+  o.kv_budget_bytes = model::state_bytes(m.config(), 200);
+  Stepper d(m, o);
   auto a = greedy_request(random_tokens(100, 5), 2);
   d.run(a);
   EXPECT_EQ(d.metrics.gauges().prefix_cache_entries, 1);

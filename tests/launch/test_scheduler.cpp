@@ -8,11 +8,14 @@
 
 #include <thread>
 
-#include "launch/serve/scheduler.h"
+#include "model/state.h"
+#include "runtime/scheduler.h"
 #include "model/presets.h"
 
 namespace v4rt::launch::serve {
 namespace {
+
+using namespace v4rt::runtime;  // the scheduler, engine and step plans under test
 
 using namespace std::chrono_literals;
 
@@ -120,7 +123,7 @@ TEST_F(SchedulerTest, PriorityThenFifo) {
 
 TEST_F(SchedulerTest, AdmissionByKvMemory) {
   SchedulerOptions o;
-  o.kv_budget_bytes = kv_bytes_estimate(config, 150);
+  o.kv_budget_bytes = model::state_bytes(config, 150);
   o.prefix_cache = false;
   Scheduler s(o, config, &metrics);
   EXPECT_EQ(s.submit(make_request(100, 200)).status, 413);  // can never fit

@@ -6,12 +6,15 @@
 #include "common/check.h"
 #include "launch/serve/openai_api.h"
 #include "launch/serve/output.h"
-#include "launch/serve/prefix_cache.h"
-#include "launch/serve/step_plan.h"
+#include "runtime/prefix_cache.h"
+#include "model/state.h"
+#include "runtime/step_plan.h"
 #include "model/presets.h"
 
 namespace v4rt::launch::serve {
 namespace {
+
+using namespace v4rt::runtime;  // the scheduler, engine and step plans under test
 
 StepPlan sample_plan() {
   StepPlan p;
@@ -19,7 +22,7 @@ StepPlan sample_plan() {
   p.resolves = {{5, 2}};
   p.copies = {{7, 9}};
   p.drafts = {{5, 2, 3, 17}};
-  p.chunks = {{9, 100, 3, 1, ChunkKind::kVerify}, {11, 0, 2, 0, ChunkKind::kHidden}};
+  p.chunks = {{9, 100, 3, kLogitsAll, ChunkKind::kVerify}, {11, 0, 2, kLogitsNone, ChunkKind::kHidden}};
   p.tokens = {5, 6, 7, 128803, 0};
   p.releases = {3, 4};
   return p;
@@ -45,7 +48,7 @@ TEST(StepPlan, RoundTrip) {
   EXPECT_EQ(q.chunks[0].seq, 9u);
   EXPECT_EQ(q.chunks[0].start_pos, 100);
   EXPECT_EQ(q.chunks[0].num_tokens, 3);
-  EXPECT_EQ(q.chunks[0].want_logits, 1);
+  EXPECT_EQ(q.chunks[0].want_logits, kLogitsAll);
   EXPECT_EQ(q.chunks[1].want_logits, 0);
   EXPECT_EQ(q.chunks[0].kind, ChunkKind::kVerify);
   EXPECT_EQ(q.chunks[1].kind, ChunkKind::kHidden);
@@ -68,6 +71,20 @@ TEST(StepPlan, RejectsTruncatedAndInconsistent) {
   bad = sample_plan();
   bad.chunks[0].want_logits = 0;  // a verify chunk always returns its logits
   EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
+  bad = sample_plan();
+  bad.chunks[0].want_logits = kLogitsLast;  // a verify chunk returns the logits of every token
+  EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
+  bad = sample_plan();
+  bad.chunks[1].want_logits = kLogitsAll + 1;
+  EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
+  bytes = serialize_plan(sample_plan());
+  bytes[4] = 2;  // the version field: version 2 plans had no kLogitsAll
+  try {
+    deserialize_plan(bytes);
+    ADD_FAILURE() << "a version 2 plan was accepted";
+  } catch (const v4rt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("version 2"), std::string::npos) << e.what();
+  }
   bad = sample_plan();
   bad.chunks[1].kind = ChunkKind(3);
   EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
@@ -138,7 +155,7 @@ TEST(ChunkJson, WarningDeltaGoesToTheChoice) {
 
 TEST(KvEstimate, GrowsWithTokensAndCountsEveryLayer) {
   const model::ModelConfig c = model::preset_config("tiny");
-  const int64_t a = kv_bytes_estimate(c, 10), b = kv_bytes_estimate(c, 1000), d = kv_bytes_estimate(c, 100000);
+  const int64_t a = model::state_bytes(c, 10), b = model::state_bytes(c, 1000), d = model::state_bytes(c, 100000);
   EXPECT_GT(a, 0);
   EXPECT_GT(b, a);
   EXPECT_GT(d, b);
@@ -150,7 +167,7 @@ TEST(KvEstimate, GrowsWithTokensAndCountsEveryLayer) {
     if (r == 4) per_token_x128 += 32 * (c.head_dim + c.index_head_dim);
     if (r == 128) per_token_x128 += c.head_dim;
   }
-  EXPECT_EQ(kv_bytes_estimate(c, 128 * 1000 + 128) - kv_bytes_estimate(c, 128), per_token_x128 * 1000 * 4);
+  EXPECT_EQ(model::state_bytes(c, 128 * 1000 + 128) - model::state_bytes(c, 128), per_token_x128 * 1000 * 4);
 }
 
 }  // namespace

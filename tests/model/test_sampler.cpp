@@ -62,6 +62,23 @@ TEST(Sampler, TemperatureFrequencies) {
   }
 }
 
+// logprobs / top_logprobs of a decided token: log-softmax values, best first, ties by lower id.
+TEST(Sampler, TokenLogprobs) {
+  const std::vector<float> logits = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f};
+  double z = 0;
+  for (float v : logits) z += std::exp(double(v));
+  const double log_z = std::log(z);
+  const TokenLogprobs lp = token_logprobs(logits, 2, 3);
+  EXPECT_NEAR(lp.logprob, 2.0 - log_z, 1e-6);
+  ASSERT_EQ(lp.top.size(), 3u);
+  EXPECT_EQ(lp.top[0].first, 1);  // the tie 1 / 3 goes to the lower id
+  EXPECT_EQ(lp.top[1].first, 3);
+  EXPECT_EQ(lp.top[2].first, 2);
+  EXPECT_NEAR(lp.top[0].second, 3.0 - log_z, 1e-6);
+  EXPECT_TRUE(token_logprobs(logits, 4, 0).top.empty());
+  EXPECT_EQ(token_logprobs(logits, 0, 10).top.size(), logits.size());
+}
+
 TEST(Sampler, RejectsBadTopP) { EXPECT_THROW(Sampler({1.0, 0.0, 1}), std::exception); }
 
 // The sampling loop as it was written before its pieces became public, kept here verbatim in

@@ -8,7 +8,8 @@
 #include <cstdio>
 #include <string>
 
-#include "launch/driver.h"
+#include "launch/model_run.h"
+#include "runtime/step_plan.h"
 #include "model/token_ids.h"
 
 int main() {
@@ -27,16 +28,19 @@ int main() {
     }
   });
   if (!run.leader()) {
-    run.driver().follow();
+    run.follow();
   } else {
     const std::vector<int32_t> ids =
         v4rt::model::read_token_ids(std::string(V4RT_GOLDEN_DIR) + "/tiny-a/reference.safetensors");
-    v4rt::launch::ForwardPlan plan;
-    plan.chunks.push_back({0, false, std::vector<int32_t>(ids.begin(), ids.begin() + kPrompt)});
+    namespace rt = v4rt::runtime;
+    rt::StepPlan plan;
+    plan.add_chunk(1, 0, std::span<const int32_t>(ids).first(size_t(kPrompt)), rt::kLogitsLast);
     std::vector<std::vector<float>> logits;
     for (int64_t pos = kPrompt; pos < 200; ++pos) {
-      run.driver().step(plan, &logits);
-      plan.chunks[0].tokens.assign(1, ids[size_t(pos)]);
+      plan.step_idx = uint64_t(pos);
+      run.lead().run(plan, &logits);
+      plan = rt::StepPlan{};
+      plan.add_chunk(1, pos, std::span<const int32_t>(ids).subspan(size_t(pos), 1), rt::kLogitsLast);
     }
   }
   std::printf("rank %d: unexpected normal exit\n", rank);

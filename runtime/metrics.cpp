@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 // Metrics and their Prometheus text rendering (names prefixed v4rt_, seconds for times).
-#include "launch/serve/metrics.h"
+#include "runtime/metrics.h"
 
 #include <cmath>
 #include <sstream>
 
-namespace v4rt::launch::serve {
+namespace v4rt::runtime {
 
 namespace {
 
@@ -151,4 +151,4 @@ std::string Metrics::prometheus_text() const {
   return out;
 }
 
-}  // namespace v4rt::launch::serve
+}  // namespace v4rt::runtime

@@ -2,7 +2,7 @@
 // Scheduler: queue, admission by KV memory, step planning under a token budget, sampling and the
 // end of generations. Every public method takes the one mutex; the engine thread calls
 // next_plan()/complete(), HTTP threads call submit().
-#include "launch/serve/scheduler.h"
+#include "runtime/scheduler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,9 +10,10 @@
 
 #include "common/check.h"
 #include "common/parallel_for.h"
+#include "model/state.h"
 #include <glog/logging.h>
 
-namespace v4rt::launch::serve {
+namespace v4rt::runtime {
 
 namespace {
 
@@ -21,23 +22,6 @@ constexpr int64_t kKvBlockTokens = 64;  // accounting unit of the kv_blocks gaug
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 }  // namespace
-
-void fill_logprobs(std::span<const float> logits, int32_t token, int top_n, TokenEvent* ev) {
-  float max_v = -INFINITY;
-  for (float v : logits) max_v = std::max(max_v, v);
-  double sum = 0;
-  for (float v : logits) sum += std::exp(double(v) - max_v);
-  const double log_z = double(max_v) + std::log(sum);
-  ev->logprob = float(double(logits[size_t(token)]) - log_z);
-  if (top_n <= 0) return;
-  std::vector<int32_t> idx(logits.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  const size_t n = std::min(idx.size(), size_t(top_n));
-  std::partial_sort(idx.begin(), idx.begin() + ptrdiff_t(n), idx.end(), [&](int32_t a, int32_t b) {
-    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
-  });
-  for (size_t i = 0; i < n; ++i) ev->top.emplace_back(idx[i], float(double(logits[size_t(idx[i])]) - log_z));
-}
 
 const char* finish_reason_name(FinishReason r) {
   switch (r) {
@@ -97,26 +81,12 @@ model::SpeculativeStats speculative_stats(const Metrics& metrics) {
   return s;
 }
 
-int64_t kv_bytes_estimate(const model::ModelConfig& c, int64_t n) {
-  int64_t floats = 0;
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    floats += std::min<int64_t>(n, c.sliding_window - 1) * c.head_dim;
-    const int ratio = c.compress_ratio(l);
-    if (ratio == 0) continue;
-    const int64_t mult = ratio == 4 ? 2 : 1;
-    // kv + score buffers: at most two blocks of rows (CSA keeps the previous block).
-    floats += 2 * (2 * int64_t(ratio)) * mult * c.head_dim;
-    floats += (n / ratio) * c.head_dim;
-    if (ratio == 4) floats += 2 * 8 * 2 * int64_t(c.index_head_dim) + (n / 4) * c.index_head_dim;
-  }
-  return floats * int64_t(sizeof(float));
-}
-
 Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& config, Metrics* metrics)
     : options_(options), config_(config), metrics_(metrics) {
   CHECK(metrics_ != nullptr);
   CHECK_GT(options_.max_batch_tokens, 0);
   CHECK_GT(options_.max_running, 0);
+  V4RT_REQUIRE(options_.prefill_chunk >= 0, "prefill_chunk must be >= 0, got " << options_.prefill_chunk);
   if (options_.mtp_depth > 0) {
     V4RT_REQUIRE(options_.mtp_depth <= model::max_draft_depth(config),
                  "--mtp " << options_.mtp_depth << " must be in [1, " << model::max_draft_depth(config) << "]");
@@ -127,7 +97,7 @@ Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& 
 }
 
 SubmitResult Scheduler::submit(std::shared_ptr<Request> request) {
-  const int64_t need = kv_bytes_estimate(config_, int64_t(request->prompt.size()) + request->sampling.max_tokens);
+  const int64_t need = model::state_bytes(config_, int64_t(request->prompt.size()) + request->sampling.max_tokens);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopped_) return {503, "the server is not serving: " + stop_reason_};
@@ -163,7 +133,7 @@ void Scheduler::finish_locked(Running& r, FinishReason reason, StepPlan* plan) {
     CacheEntry e;
     e.seq = r.seq;
     e.tokens.assign(r.tokens.begin(), r.tokens.begin() + r.fed);
-    e.bytes = kv_bytes_estimate(config_, r.fed);
+    e.bytes = model::state_bytes(config_, r.fed);
     kv_used_ += e.bytes;
     for (SeqId s : cache_.insert(std::move(e))) pending_releases_.push_back(s);
     // Over budget (the state outgrew its estimate): give the memory back at once.
@@ -214,7 +184,7 @@ bool Scheduler::admit_locked(StepPlan* plan) {
   for (auto& [prio, queue] : waiting_) {
     while (!queue.empty() && int(running_.size()) < options_.max_running) {
       const std::shared_ptr<Request>& req = queue.front();
-      const int64_t need = kv_bytes_estimate(config_, int64_t(req->prompt.size()) + req->sampling.max_tokens);
+      const int64_t need = model::state_bytes(config_, int64_t(req->prompt.size()) + req->sampling.max_tokens);
       // Make room by evicting cached prefixes, oldest first, but never the one this request reuses.
       const CacheEntry* hit = options_.prefix_cache ? cache_.match(req->prompt) : nullptr;
       const SeqId hit_seq = hit ? hit->seq : 0;
@@ -277,12 +247,14 @@ void Scheduler::pack_chunks_locked(StepPlan* plan, int64_t budget) {
     if (budget <= 0) break;
     const int64_t left = int64_t(r->tokens.size()) - r->fed;
     if (left <= 0) continue;
-    const int64_t take = std::min(left, budget);
+    int64_t take = std::min(left, budget);
+    if (options_.prefill_chunk > 0 && r->fed < int64_t(r->req->prompt.size()))
+      take = std::min<int64_t>(take, options_.prefill_chunk);
     PlanChunk c;
     c.seq = r->seq;
     c.start_pos = r->fed;
     c.num_tokens = int32_t(take);
-    c.want_logits = r->fed + take == int64_t(r->tokens.size()) ? 1 : 0;
+    c.want_logits = r->fed + take == int64_t(r->tokens.size()) ? kLogitsLast : kLogitsNone;
     c.kind = options_.mtp_depth > 0 ? ChunkKind::kHidden : ChunkKind::kPlain;
     plan->chunks.push_back(c);
     plan->tokens.insert(plan->tokens.end(), r->tokens.begin() + r->fed, r->tokens.begin() + r->fed + take);
@@ -305,7 +277,7 @@ void Scheduler::continue_step_locked(StepPlan* plan) {
     c.seq = t.seq;
     c.start_pos = r->fed;
     c.num_tokens = depth + 1;
-    c.want_logits = 1;
+    c.want_logits = kLogitsAll;
     c.kind = ChunkKind::kVerify;
     plan->chunks.push_back(c);
     plan->tokens.push_back(r->tokens.back());
@@ -387,7 +359,11 @@ bool Scheduler::emit_locked(Running& r, int32_t token, std::span<const float> lo
   }
   TokenEvent ev;
   ev.token = token;
-  if (sp.logprobs) fill_logprobs(logits, token, sp.top_logprobs, &ev);
+  if (sp.logprobs) {
+    model::TokenLogprobs lp = model::token_logprobs(logits, token, sp.top_logprobs);
+    ev.logprob = lp.logprob;
+    ev.top = std::move(lp.top);
+  }
   r.req->stream->push(std::move(ev));
   if (!fed_already) r.tokens.push_back(token);
   if (r.generated >= sp.max_tokens) {
@@ -565,4 +541,4 @@ void Scheduler::update_gauges_locked() {
 
 SchedulerGauges Scheduler::gauges() const { return metrics_->gauges(); }
 
-}  // namespace v4rt::launch::serve
+}  // namespace v4rt::runtime

@@ -1,11 +1,10 @@
 // SPDX-License-Identifier: MIT
-// One rank's sequence states by id, shared by the two plan executors (Driver for `generate` /
-// `logits` / `batch`, serve::Executor for `v4rt serve`). A sequence that takes part in speculative
+// One rank's sequence states by id; the Executor is its only user. A sequence that takes part in speculative
 // decoding also owns a model::SpeculativeSequence (the MTP block's state and the streams it has not
 // seen). Every rank applies the same operations in the same order, so the collective MTP forwards
 // and Model::step calls line up across the ranks of a sharded job.
 //
-// The order of one plan, as both executors run it:
+// The order of one plan, as the Executor runs it:
 //   resolve -> copy -> draft -> chunk ... Model::step ... after_step -> release
 #pragma once
 
@@ -18,15 +17,9 @@
 #include "model/model.h"
 #include "model/mtp.h"
 #include "model/speculative.h"
+#include "runtime/step_plan.h"
 
-namespace v4rt::launch {
-
-// How a chunk enters its sequence.
-enum class ChunkKind : uint8_t {
-  kPlain = 0,   // Model::step alone
-  kHidden = 1,  // a non-speculative chunk of a speculative sequence: its final streams feed the MTP block
-  kVerify = 2,  // a verify chunk [next, d1..dk] (all logits; a later resolve keeps a prefix)
-};
+namespace v4rt::runtime {
 
 class SequenceTable {
  public:
@@ -64,4 +57,4 @@ class SequenceTable {
   std::map<uint64_t, std::unique_ptr<model::SpeculativeSequence>> speculative_;
 };
 
-}  // namespace v4rt::launch
+}  // namespace v4rt::runtime

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 // PrefixCache: a most-recently-used list of finished sequences. A linear scan is enough: the list is
 // bounded by the KV budget, and a comparison stops at the first differing token.
-#include "launch/serve/prefix_cache.h"
+#include "runtime/prefix_cache.h"
 
 #include <algorithm>
 
-namespace v4rt::launch::serve {
+namespace v4rt::runtime {
 
 namespace {
 
@@ -69,4 +69,4 @@ int64_t PrefixCache::num_tokens() const {
   return n;
 }
 
-}  // namespace v4rt::launch::serve
+}  // namespace v4rt::runtime

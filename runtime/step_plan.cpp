@@ -1,24 +1,24 @@
 // SPDX-License-Identifier: MIT
-// StepPlan byte encoding and the per-rank Executor that applies plans to sequence states.
+// StepPlan byte encoding (see step_plan.h).
 //
-// Encoding (little-endian): u32 magic "V4SP", u32 version 2, u64 step_idx, u8 shutdown,
+// Encoding (little-endian): u32 magic "V4SP", u32 version 3, u64 step_idx, u8 shutdown,
 // u64 num_resolves, {u64 seq, i32 accepted}[num_resolves],
 // u64 num_copies, {u64 src, u64 dst}[num_copies],
 // u64 num_drafts, {u64 seq, i32 level, i32 depth, i32 token}[num_drafts], u64 num_chunks,
 // {u64 seq, i64 start_pos, i32 num_tokens, u8 want_logits, u8 kind}[num_chunks], u64 num_tokens,
 // i32 tokens[num_tokens], u64 num_releases, u64 releases[num_releases].
-#include "launch/serve/step_plan.h"
+#include "runtime/step_plan.h"
 
 #include <cstring>
 
 #include "common/check.h"
 
-namespace v4rt::launch::serve {
+namespace v4rt::runtime {
 
 namespace {
 
 constexpr uint32_t kPlanMagic = 0x50533456;  // "V4SP"
-constexpr uint32_t kPlanVersion = 2;
+constexpr uint32_t kPlanVersion = 3;  // 3: want_logits 2 (every token)
 
 class Writer {
  public:
@@ -56,6 +56,12 @@ class Reader {
 };
 
 }  // namespace
+
+void StepPlan::add_chunk(SeqId seq, int64_t start_pos, std::span<const int32_t> chunk_tokens, uint8_t want_logits,
+                         ChunkKind kind) {
+  chunks.push_back({seq, start_pos, int32_t(chunk_tokens.size()), want_logits, kind});
+  tokens.insert(tokens.end(), chunk_tokens.begin(), chunk_tokens.end());
+}
 
 std::vector<uint8_t> serialize_plan(const StepPlan& plan) {
   Writer w;
@@ -134,8 +140,8 @@ StepPlan deserialize_plan(std::span<const uint8_t> bytes) {
     const uint8_t kind = r.get<uint8_t>("chunks.kind");
     V4RT_REQUIRE(c.num_tokens > 0 && c.start_pos >= 0, "step plan: chunk of sequence " << c.seq << " has "
                                                            << c.num_tokens << " tokens at " << c.start_pos);
-    V4RT_REQUIRE(kind <= uint8_t(ChunkKind::kVerify) && c.want_logits <= 1 &&
-                     (kind != uint8_t(ChunkKind::kVerify) || c.want_logits == 1),
+    V4RT_REQUIRE(kind <= uint8_t(ChunkKind::kVerify) && c.want_logits <= kLogitsAll &&
+                     (kind != uint8_t(ChunkKind::kVerify) || c.want_logits == kLogitsAll),
                  "step plan: chunk of sequence " << c.seq << " has kind " << int(kind) << " and want_logits "
                                                  << int(c.want_logits));
     c.kind = ChunkKind(kind);
@@ -151,45 +157,4 @@ StepPlan deserialize_plan(std::span<const uint8_t> bytes) {
   return p;
 }
 
-void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits,
-                   std::vector<std::vector<float>>* draft_logits) {
-  for (const PlanResolve& r : plan.resolves) table_.resolve(r.seq, r.accepted);
-  for (const PlanCopy& c : plan.copies) table_.copy(c.src, c.dst);
-  if (draft_logits) draft_logits->assign(plan.drafts.size(), {});
-  for (size_t i = 0; i < plan.drafts.size(); ++i) {
-    const PlanDraft& d = plan.drafts[i];
-    table_.draft(d.seq, d.level, d.depth, d.token, draft_logits ? &(*draft_logits)[i] : nullptr);
-  }
-  // Chunks whose logits are needed run in one Model::step, the others (inner prefill chunks) in a
-  // second one without the vocabulary projection.
-  std::vector<model::StepChunk> with_logits, without_logits;
-  std::vector<size_t> logit_chunk_idx;
-  size_t offset = 0;
-  for (size_t i = 0; i < plan.chunks.size(); ++i) {
-    const PlanChunk& c = plan.chunks[i];
-    const int64_t at = table_.has(c.seq) ? table_.position(c.seq) : 0;
-    CHECK_EQ(at, c.start_pos) << "step " << plan.step_idx << ": sequence " << c.seq;
-    const std::span<const int32_t> tokens(plan.tokens.data() + offset, size_t(c.num_tokens));
-    offset += size_t(c.num_tokens);
-    const model::StepChunk sc = table_.chunk(c.seq, tokens, c.kind == ChunkKind::kVerify, c.kind);
-    if (c.want_logits) {
-      with_logits.push_back(sc);
-      logit_chunk_idx.push_back(i);
-    } else {
-      without_logits.push_back(sc);
-    }
-  }
-  if (logits) logits->assign(plan.chunks.size(), {});
-  if (!without_logits.empty()) model_.step(without_logits, nullptr);
-  if (!with_logits.empty()) {
-    std::vector<std::vector<float>> rows;
-    model_.step(with_logits, logits ? &rows : nullptr);
-    if (logits)
-      for (size_t j = 0; j < rows.size(); ++j) (*logits)[logit_chunk_idx[j]] = std::move(rows[j]);
-  }
-  for (const PlanChunk& c : plan.chunks)  // collective MTP forwards, in chunk order on every rank
-    if (c.kind == ChunkKind::kHidden) table_.after_step(c.seq);
-  for (SeqId s : plan.releases) table_.release(s);
-}
-
-}  // namespace v4rt::launch::serve
+}  // namespace v4rt::runtime

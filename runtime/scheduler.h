@@ -28,14 +28,14 @@
 #include <string>
 #include <vector>
 
-#include "launch/serve/metrics.h"
-#include "launch/serve/prefix_cache.h"
-#include "launch/serve/step_plan.h"
+#include "runtime/metrics.h"
+#include "runtime/prefix_cache.h"
+#include "runtime/step_plan.h"
 #include "model/config.h"
 #include "model/sampler.h"
 #include "model/speculative.h"
 
-namespace v4rt::launch::serve {
+namespace v4rt::runtime {
 
 using Clock = std::chrono::steady_clock;
 
@@ -58,8 +58,6 @@ struct TokenEvent {
 
 enum class FinishReason { kNone, kEos, kLength, kCancelled, kTimeout, kError };
 const char* finish_reason_name(FinishReason r);
-// ev->logprob = log-softmax of `token`; ev->top = the best `top_n` tokens (ties: lower id first).
-void fill_logprobs(std::span<const float> logits, int32_t token, int top_n, TokenEvent* ev);
 
 // Engine -> request handler: generated tokens and the end of the generation. Thread-safe.
 class TokenStream {
@@ -104,11 +102,9 @@ struct SchedulerOptions {
   bool prefix_cache = true;
   int32_t eos_token_id = 1;
   int mtp_depth = 0;  // draft tokens per verify step; 0: no speculative decoding
+  int prefill_chunk = 0;  // most prompt tokens of one sequence per step; 0: the step budget alone
 };
 
-// Bytes of per-sequence state (window ring, compressor buffers, compressed entries, indexer keys;
-// fp32 rows as model/state.h stores them) after `num_tokens` tokens.
-int64_t kv_bytes_estimate(const model::ModelConfig& config, int64_t num_tokens);
 
 // Counts the wall time of a plan the engine ran: a plan of draft levels as drafting, one with
 // verify chunks as verifying (others are not speculative).
@@ -200,4 +196,4 @@ class Scheduler {
   std::string stop_reason_;
 };
 
-}  // namespace v4rt::launch::serve
+}  // namespace v4rt::runtime

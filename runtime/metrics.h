@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace v4rt::launch::serve {
+namespace v4rt::runtime {
 
 class Histogram {
  public:
@@ -82,4 +82,4 @@ class Metrics {
   double spec_verify_s_ = 0;
 };
 
-}  // namespace v4rt::launch::serve
+}  // namespace v4rt::runtime

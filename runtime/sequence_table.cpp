@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // SequenceTable: per-rank sequence states and their speculative parts (see sequence_table.h).
-#include "launch/sequence_table.h"
+#include "runtime/sequence_table.h"
 
 #include <glog/logging.h>
 
-namespace v4rt::launch {
+namespace v4rt::runtime {
 
 int64_t SequenceTable::position(uint64_t id) const {
   auto it = states_.find(id);
@@ -61,4 +61,4 @@ void SequenceTable::release(uint64_t id) {
   states_.erase(id);
 }
 
-}  // namespace v4rt::launch
+}  // namespace v4rt::runtime

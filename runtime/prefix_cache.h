@@ -13,9 +13,9 @@
 #include <span>
 #include <vector>
 
-#include "launch/serve/step_plan.h"
+#include "runtime/step_plan.h"
 
-namespace v4rt::launch::serve {
+namespace v4rt::runtime {
 
 struct CacheEntry {
   SeqId seq = 0;
@@ -46,4 +46,4 @@ class PrefixCache {
   int64_t bytes_ = 0;
 };
 
-}  // namespace v4rt::launch::serve
+}  // namespace v4rt::runtime
