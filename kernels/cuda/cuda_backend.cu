@@ -49,6 +49,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots
   // allocation every free would synchronize the device (cudaFree). All of this backend's work is
   // on its one stream, so the first backend makes the allocator ordered on it.
   if (!allocation_stream() && !std::getenv("V4RT_CUDA_SYNC_ALLOC")) set_allocation_stream(stream_.get());
+  CUDA_CHECK(cudaGetDevice(&device_));
 }
 
 CudaBackend::~CudaBackend() {
