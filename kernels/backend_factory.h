@@ -18,4 +18,7 @@ bool have_cuda_backend();
 // CUDA, and when the device is absent.
 std::unique_ptr<Backend> make_backend(const std::string& name, int device_index = 0);
 
+// CUDA devices visible to this process (0 without CUDA or without a device).
+int cuda_device_count();
+
 }  // namespace v4rt::kernels
