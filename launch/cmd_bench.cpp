@@ -15,6 +15,7 @@ void register_bench(CLI::App& app) {
   register_bench_tokenizer(*bench);
   register_bench_step(*bench);
   register_bench_mtp(*bench);
+  register_bench_moe_comm(*bench);
 }
 
 }  // namespace v4rt::launch
