@@ -4,6 +4,8 @@
 // bytes) travel as ncclUint8; reductions take F32/BF16/F16/F64/I32/I64 only.
 #include "cluster/nccl_comm.h"
 
+#include "cluster/mpi_comm.h"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -72,7 +74,7 @@ int bind_local_device(int local_rank) {
 }
 
 NcclComm::NcclComm(MPI_Comm comm, CommOptions options, std::vector<int> world_ranks, cudaStream_t stream)
-    : Comm(std::move(options), std::move(world_ranks)) {
+    : Comm(std::move(options), world_ranks.empty() ? world_ranks_of(comm) : std::move(world_ranks)) {
   MPI_CHECK(MPI_Comm_rank(comm, &rank_));
   MPI_CHECK(MPI_Comm_size(comm, &size_));
   CUDA_RT_CHECK(cudaGetDevice(&device_));
