@@ -31,9 +31,14 @@ class CudaEpMemory final : public EpMemory {
   }
   Device device() const override { return Device::kCuda; }
   cluster::StreamHandle stream() const override { return stream_; }
-  // The device allocator is stream-ordered on the compute stream: buffers made here are used on
-  // the exchange stream only between wait_compute() and release_compute(), and freed after.
-  Buffer alloc(size_t bytes) override { return Buffer(bytes, Device::kCuda); }
+  // The device allocator is stream-ordered on the compute stream (cudaMallocAsync): the exchange
+  // stream waits for the allocation before it touches the memory, and every buffer made here is
+  // freed after release_compute() (so after the exchange, in the compute stream's order).
+  Buffer alloc(size_t bytes) override {
+    Buffer b(bytes, Device::kCuda);
+    wait_compute();
+    return b;
+  }
   void upload(void* dst, const void* src, size_t bytes) override {
     if (!bytes) return;
     EP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
