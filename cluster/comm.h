@@ -40,6 +40,10 @@ namespace v4rt::cluster {
 
 enum class ReduceOp : uint8_t { kSum, kMax };
 
+// A stream as cluster/ sees it: a cudaStream_t on CUDA ranks, nullptr on host ranks (and for "the
+// Comm's own stream"). Opaque so that this interface needs no CUDA header.
+using StreamHandle = void*;
+
 enum class CollectiveKind : uint8_t {
   kAllReduce, kAllGather, kAllGatherV, kReduceScatter, kAllToAll, kAllToAllV, kBroadcast, kBarrier,
 };
@@ -105,6 +109,11 @@ class Comm {
   virtual bool barrier_within(double timeout_s, std::vector<int>* absent);
   // Waits for enqueued work (no-op for host backends).
   virtual void synchronize() {}
+  // Device Comms order their collectives on this stream (the compute backend's, so a collective
+  // runs after the kernel that wrote its input, and the next kernel after it); nullptr selects the
+  // Comm's own stream. Host Comms ignore it.
+  virtual void set_stream(StreamHandle stream) { (void)stream; }
+  virtual StreamHandle stream() const { return nullptr; }
 
   const ByteCounters& counters() const { return counters_; }
   void reset_counters() { counters_ = ByteCounters{}; }

@@ -82,8 +82,6 @@ MPI_Op mpi_op(ReduceOp op, DType dtype) {
   return op == ReduceOp::kSum ? MPI_SUM : MPI_MAX;
 }
 
-namespace {
-// World rank of every member of `comm`, in group-rank order.
 std::vector<int> world_ranks_of(MPI_Comm comm) {
   int n = 0;
   MPI_CHECK(MPI_Comm_size(comm, &n));
@@ -97,7 +95,6 @@ std::vector<int> world_ranks_of(MPI_Comm comm) {
   MPI_CHECK(MPI_Group_free(&world_group));
   return out;
 }
-}  // namespace
 
 MpiComm::MpiComm(MPI_Comm comm, CommOptions options, std::vector<int> world_ranks)
     : Comm(std::move(options), world_ranks.empty() ? world_ranks_of(comm) : std::move(world_ranks)) {

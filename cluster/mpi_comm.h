@@ -67,6 +67,9 @@ class MpiComm final : public Comm {
   std::vector<uint64_t> answer_buf_;  // [size_][2]: answers sent to each peer (seq, kind)
 };
 
+// World rank of every member of `comm`, in group-rank order.
+std::vector<int> world_ranks_of(MPI_Comm comm);
+
 // MPI datatype and reduce op for a v4rt dtype (CHECK-fails for unsupported combinations).
 MPI_Datatype mpi_datatype(DType dtype);
 MPI_Op mpi_op(ReduceOp op, DType dtype);

@@ -4,6 +4,8 @@
 // bytes) travel as ncclUint8; reductions take F32/BF16/F16/F64/I32/I64 only.
 #include "cluster/nccl_comm.h"
 
+#include "cluster/mpi_comm.h"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -72,7 +74,7 @@ int bind_local_device(int local_rank) {
 }
 
 NcclComm::NcclComm(MPI_Comm comm, CommOptions options, std::vector<int> world_ranks, cudaStream_t stream)
-    : Comm(std::move(options), std::move(world_ranks)) {
+    : Comm(std::move(options), world_ranks.empty() ? world_ranks_of(comm) : std::move(world_ranks)) {
   MPI_CHECK(MPI_Comm_rank(comm, &rank_));
   MPI_CHECK(MPI_Comm_size(comm, &size_));
   CUDA_RT_CHECK(cudaGetDevice(&device_));
@@ -83,17 +85,27 @@ NcclComm::NcclComm(MPI_Comm comm, CommOptions options, std::vector<int> world_ra
   config.blocking = 0;  // start-up and collectives can then be bounded by the deadline
   last_op_ = "ncclCommInitRankConfig";
   check(ncclCommInitRankConfig(&comm_, size_, id, rank_, &config), "ncclCommInitRankConfig");
-  if (stream) {
-    stream_ = stream;
-  } else {
-    CUDA_RT_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    own_stream_ = true;
-  }
+  CUDA_RT_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
+  stream_ = stream ? stream : own_stream_;
+  CUDA_RT_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   CUDA_RT_CHECK(cudaMalloc(&barrier_buf_, sizeof(float)));
-  VLOG(1) << "NCCL communicator '" << name() << "': rank " << rank_ << " of " << size_ << " on device " << device_;
+  CommWatchdog::Probe probe;
+  probe.async_error = [this]() -> std::string {
+    ncclResult_t st = ncclSuccess;
+    const ncclResult_t q = ncclCommGetAsyncError(comm_, &st);
+    if (q != ncclSuccess) return std::string("ncclCommGetAsyncError: ") + ncclGetErrorString(q);
+    if (st != ncclSuccess && st != ncclInProgress) return ncclGetErrorString(st);
+    return "";
+  };
+  probe.work_done = [this] { return cudaEventQuery(done_) != cudaErrorNotReady; };
+  watchdog_ = std::make_unique<CommWatchdog>(
+      "watchdog", this->options().timeout_s, std::move(probe),
+      [this](const std::string& why) { fail(why); });
+  VLOG(1) << who() << ": ready";
 }
 
 NcclComm::~NcclComm() {
+  watchdog_.reset();
   if (comm_) {
     (void)cudaStreamSynchronize(stream_);
     ncclCommFinalize(comm_);
@@ -105,13 +117,30 @@ NcclComm::~NcclComm() {
     else ncclCommAbort(comm_);
   }
   if (barrier_buf_) (void)cudaFree(barrier_buf_);
-  if (own_stream_) (void)cudaStreamDestroy(stream_);
+  if (done_) (void)cudaEventDestroy(done_);
+  if (own_stream_) (void)cudaStreamDestroy(own_stream_);
+}
+
+std::string NcclComm::who() const {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  const int world_rank = size_t(rank_) < world_ranks().size() ? world_ranks()[size_t(rank_)] : -1;
+  return "NCCL communicator '" + name() + "' (world rank " + std::to_string(world_rank) + ", rank " +
+         std::to_string(rank_) + " of " + std::to_string(size_) + ", device " + std::to_string(device_) +
+         ", host " + host + ")";
+}
+
+void NcclComm::set_stream(StreamHandle stream) {
+  stream_ = stream ? static_cast<cudaStream_t>(stream) : own_stream_;
+}
+
+void NcclComm::mark_enqueued() {
+  watchdog_->enqueued([this] { (void)cudaEventRecord(done_, stream_); });
 }
 
 void NcclComm::fail(const std::string& why) {
-  const std::string msg = "NCCL communicator '" + name() + "' (rank " + std::to_string(rank_) + " of " +
-                          std::to_string(size_) + ", device " + std::to_string(device_) + "): " + why +
-                          " during " + last_op_;
+  const std::string msg = who() + ": " + why + " during " + last_op_;
+  // Abort first: it unblocks kernels of this communicator that wait for a dead peer.
   if (comm_) ncclCommAbort(comm_);
   comm_ = nullptr;
   LOG(FATAL) << msg;
@@ -164,6 +193,7 @@ void NcclComm::all_reduce(const void* send, void* recv, int64_t count, DType dty
   int64_t n = count;
   const ncclDataType_t t = wire_type(dtype, &n, true);
   check(ncclAllReduce(send, recv, size_t(n), t, nccl_op(op), comm_, stream_), "ncclAllReduce");
+  mark_enqueued();
   count_bytes(CollectiveKind::kAllReduce, all_reduce_bytes(size_, count, dtype));
 }
 
@@ -172,6 +202,7 @@ void NcclComm::all_gather(const void* send, void* recv, int64_t count, DType dty
   int64_t n = count;
   const ncclDataType_t t = wire_type(dtype, &n, false);
   check(ncclAllGather(send, recv, size_t(n), t, comm_, stream_), "ncclAllGather");
+  mark_enqueued();
   count_bytes(CollectiveKind::kAllGather, uint64_t(size_ - 1) * uint64_t(count) * dtype_size(dtype));
 }
 
@@ -192,6 +223,7 @@ void NcclComm::all_gatherv(const void* send, int64_t send_count, void* recv, std
   }
   check(ncclGroupEnd(), "ncclGroupEnd");
   copy_local(static_cast<char*>(recv) + size_t(recv_displs[size_t(rank_)]) * es, send, size_t(send_count) * es);
+  mark_enqueued();
   count_bytes(CollectiveKind::kAllGatherV, uint64_t(size_ - 1) * uint64_t(send_count) * es);
 }
 
@@ -200,6 +232,7 @@ void NcclComm::reduce_scatter(const void* send, void* recv, int64_t recv_count, 
   int64_t n = recv_count;
   const ncclDataType_t t = wire_type(dtype, &n, true);
   check(ncclReduceScatter(send, recv, size_t(n), t, nccl_op(op), comm_, stream_), "ncclReduceScatter");
+  mark_enqueued();
   count_bytes(CollectiveKind::kReduceScatter, uint64_t(size_ - 1) * uint64_t(recv_count) * dtype_size(dtype));
 }
 
@@ -214,6 +247,7 @@ void NcclComm::all_to_all(const void* send, void* recv, int64_t count, DType dty
   }
   check(ncclGroupEnd(), "ncclGroupEnd");
   copy_local(static_cast<char*>(recv) + size_t(rank_) * bytes, static_cast<const char*>(send) + size_t(rank_) * bytes, bytes);
+  mark_enqueued();
   count_bytes(CollectiveKind::kAllToAll, uint64_t(size_ - 1) * bytes);
 }
 
@@ -241,6 +275,7 @@ void NcclComm::all_to_allv(const void* send, std::span<const int64_t> send_count
   CHECK_EQ(send_counts[r], recv_counts[r]) << "all_to_allv: own block sizes differ";
   copy_local(static_cast<char*>(recv) + size_t(recv_displs[r]) * es,
              static_cast<const char*>(send) + size_t(send_displs[r]) * es, size_t(send_counts[r]) * es);
+  mark_enqueued();
   count_bytes(CollectiveKind::kAllToAllV, all_to_allv_bytes(rank_, send_counts, dtype));
 }
 
@@ -249,6 +284,7 @@ void NcclComm::broadcast(void* buf, int64_t count, DType dtype, int root) {
   int64_t n = count;
   const ncclDataType_t t = wire_type(dtype, &n, false);
   check(ncclBroadcast(buf, buf, size_t(n), t, root, comm_, stream_), "ncclBroadcast");
+  mark_enqueued();
   count_bytes(CollectiveKind::kBroadcast, rank_ == root ? uint64_t(size_ - 1) * uint64_t(count) * dtype_size(dtype) : 0);
 }
 

@@ -13,10 +13,12 @@
 #include <nccl.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cluster/comm.h"
+#include "cluster/watchdog.h"
 
 namespace v4rt::cluster {
 
@@ -32,7 +34,10 @@ class NcclComm final : public Comm {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   Device device() const override { return Device::kCuda; }
-  cudaStream_t stream() const { return stream_; }
+  cudaStream_t cuda_stream() const { return stream_; }
+  // Later collectives are enqueued on `stream` (nullptr: the communicator's own stream).
+  void set_stream(StreamHandle stream) override;
+  StreamHandle stream() const override { return stream_; }
 
   void all_reduce(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op = ReduceOp::kSum) override;
   void all_gather(const void* send, void* recv, int64_t count, DType dtype) override;
@@ -56,10 +61,15 @@ class NcclComm final : public Comm {
   void wait_ready(const char* what);
   [[noreturn]] void fail(const std::string& why);
   void copy_local(void* dst, const void* src, size_t bytes);
+  // Records the completion event of the work just enqueued, for the watchdog's deadline.
+  void mark_enqueued();
+  std::string who() const;  // "NCCL communicator 'tp' (world rank 3, rank 1 of 2, device 1, host h)"
 
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
-  bool own_stream_ = false;
+  cudaStream_t own_stream_ = nullptr;  // the communicator's own stream, when it made one
+  cudaEvent_t done_ = nullptr;         // recorded after each enqueued collective
+  std::unique_ptr<CommWatchdog> watchdog_;  // async errors and deadlines without synchronize()
   int rank_ = 0;
   int size_ = 1;
   int device_ = 0;

@@ -303,6 +303,10 @@ class Backend {
   virtual Device device() const = 0;
   virtual DType act_dtype() const = 0;           // dtype of activation views this backend takes
   virtual bool supports(Op op) const = 0;
+  // The stream every op of this backend runs on (a cudaStream_t on CUDA; nullptr on the host) and
+  // the device ordinal (-1 on the host). Process groups order their device collectives on it.
+  virtual void* stream_handle() const { return nullptr; }
+  virtual int device_index() const { return -1; }
 
   // --- memory -----------------------------------------------------------------------------------
   // Uploads (and converts, at the backend's choice) a parameter; the backend owns the storage for

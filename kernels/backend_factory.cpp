@@ -8,6 +8,9 @@
 
 #if defined(V4RT_HAVE_CUDA)
 #include "kernels/cuda/factory.h"
+namespace v4rt::kernels::cuda {
+int device_count();  // kernels/cuda/device.h (which needs the CUDA headers)
+}  // namespace v4rt::kernels::cuda
 #endif
 
 namespace v4rt::kernels {
@@ -17,6 +20,14 @@ bool have_cuda_backend() {
   return true;
 #else
   return false;
+#endif
+}
+
+int cuda_device_count() {
+#if defined(V4RT_HAVE_CUDA)
+  return cuda::device_count();
+#else
+  return 0;
 #endif
 }
 

@@ -44,4 +44,7 @@ std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOpti
 // The same with default options on GPU `device_index`.
 std::unique_ptr<Backend> make_backend(const std::string& name, int device_index = 0);
 
+// CUDA devices visible to this process (0 without CUDA or without a device).
+int cuda_device_count();
+
 }  // namespace v4rt::kernels

@@ -51,6 +51,10 @@ void ModelRun::start(const RunOptions& options) {
     world_rank_ = world.rank;
     world_size = world.size;
     device += world.local_rank;
+    // More ranks than GPUs on a node: ranks share GPUs round-robin (the groups then stage their
+    // collectives through the host, with a warning; see docs/COMM.md).
+    const int gpus = options.backend == "cuda" ? kernels::cuda_device_count() : 0;
+    if (gpus > 0) device %= gpus;
   }
   backend_ = kernels::make_backend(options.backend, model::backend_options(rc, device));
   ckpt_ = model::Checkpoint::open(options.model_dir);
@@ -62,7 +66,13 @@ void ModelRun::start(const RunOptions& options) {
                                                  mo.numerics == model::Numerics::kOfficial));
   }
   if (mpi_) {
-    groups_ = std::make_unique<cluster::ProcessGroups>(cluster::make_mpi_groups(parallel::group_shape(layout), options.timeout_s));
+    // Each group's Comm for this backend: MPI on CPU ranks, NCCL (or the staged Comm when ranks
+    // share a GPU) on CUDA ranks, ordered on the backend's stream.
+    cluster::GroupOptions go;
+    go.timeout_s = options.timeout_s;
+    go.device = backend_->device_index();
+    go.stream = backend_->stream_handle();
+    groups_ = std::make_unique<cluster::ProcessGroups>(cluster::make_groups(parallel::group_shape(layout), go));
     mo.parallel = model::make_parallel_context(layout, ckpt_->config(), *backend_, *groups_,
                                                mo.numerics == model::Numerics::kOfficial);
     if (world_rank_ == 0) {
@@ -125,7 +135,8 @@ std::string ModelRun::byte_report() {
   // Per step: plan broadcast, TP, SP, EP (the groups may coincide; each is counted as its role).
   std::vector<double> mine = {double(num_steps()), bytes(link_->comm()) / steps,
                               par.layout.tp > 1 ? bytes(par.tp) / steps : 0.0,
-                              par.layout.sp > 1 ? bytes(par.sp) / steps : 0.0,
+                              par.layout.sp > 1 ? (bytes(par.sp) + (par.sp_host != par.sp ? bytes(par.sp_host) : 0.0)) / steps
+                                                : 0.0,
                               par.layout.ep > 1 ? bytes(par.ep) / steps : 0.0};
   LOG(INFO) << "bytes sent per step (" << mine[0] << " steps): plan " << mine[1] << ", tp " << mine[2] << ", sp "
             << mine[3] << ", ep " << mine[4];

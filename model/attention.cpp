@@ -74,12 +74,11 @@ void upload(kernels::Backend& be, const std::vector<float>& host, const TensorVi
   if (!host.empty()) be.copy_to_device(v.data, host.data(), host.size() * sizeof(float));
 }
 
-// PARALLEL: reduce — sums a row-parallel partial result over the TP group, in place.
+// PARALLEL: reduce — sums a row-parallel partial result over the TP group, in place, on the
+// backend's buffer (the TP Comm is on the backend's memory and stream).
 void tp_reduce(const BlockContext& ctx, const TensorView& v) {
   if (!ctx.parallel || ctx.parallel->layout.tp == 1 || v.numel() == 0) return;
-  std::vector<float> host = download(ctx.backend, v);
-  parallel::tp_reduce_sum(*ctx.parallel->tp, host.data(), int64_t(host.size()));
-  upload(ctx.backend, host, v);
+  parallel::tp_reduce_sum(*ctx.parallel->tp, v);
 }
 
 parallel::SpPartition partition_of(const EntryOwnership& own) {
@@ -393,7 +392,7 @@ Scratch indexer_select(const BlockContext& ctx, const LayerWeights& w, const Att
     }
   }
   std::vector<int64_t> top(size_t(rows * k));
-  parallel::distributed_topk(*ctx.parallel->sp, part, local.data(), rows, num_keys, k, top.data());
+  parallel::distributed_topk(*ctx.parallel->sp_host, part, local.data(), rows, num_keys, k, top.data());
   std::vector<int32_t> mine(top.size());
   for (size_t j = 0; j < top.size(); ++j) mine[j] = top[j] >= 0 && part.owns(top[j]) ? int32_t(part.to_local(top[j])) : -1;
   be.copy_to_device(sel.buffer.data(), mine.data(), mine.size() * sizeof(int32_t));
@@ -435,7 +434,7 @@ void sp_merge(const BlockContext& ctx, const AttentionWeights& aw, const TensorV
     std::copy_n(&o_host[size_t(r * hd)], hd, p + 2);
   }
   std::vector<float> merged(size_t(hrows * hd));
-  parallel::attention_merge(*ctx.parallel->sp, partial.data(), aw.sink_host.data(), hrows, heads, hd, merged.data());
+  parallel::attention_merge(*ctx.parallel->sp_host, partial.data(), aw.sink_host.data(), hrows, heads, hd, merged.data());
   if (ctx.official) {
     for (float& v : merged) v = round_bf16(v);
   }

@@ -32,7 +32,15 @@ std::unique_ptr<Model> Model::load(const Checkpoint& ckpt, const ModelOptions& o
     ec.hidden = m->config_.hidden_size;
     ec.topk = m->config_.num_experts_per_tok;
     ec.dtype = backend.act_dtype();
-    m->expert_parallel_ = std::make_unique<parallel::ExpertParallel>(*par.ep, ec);
+    CHECK(par.ep->device() == backend.device())
+        << "EP group '" << par.ep->name() << "' is on " << (par.ep->device() == Device::kHost ? "host" : "device")
+        << " memory but the " << backend.name() << " backend's activations are not: build the process groups "
+        << "with cluster::make_groups for this backend's device and stream";
+    // Official numerics: the experts quantize their input to e4m3 with per-128 power-of-two
+    // scales anyway (both backends), so dispatch sends exactly that: half the bytes of bf16, and
+    // the re-quantization on arrival reproduces the same codes.
+    ec.fp8_wire = options.numerics == Numerics::kOfficial && ec.hidden % 128 == 0;
+    m->expert_parallel_ = std::make_unique<parallel::ExpertParallel>(*par.ep, ec, backend.stream_handle());
   }
   if (par.sharded()) {
     LOG(INFO) << "rank " << par.plan.world_rank << ": tp " << par.plan.coords.tp_idx << "/" << par.layout.tp << " sp "

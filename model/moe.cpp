@@ -3,6 +3,9 @@
 // holds, and the shared expert. Every numeric step is a backend op.
 #include <glog/logging.h>
 
+#include <algorithm>
+#include <functional>
+
 #include "common/check.h"
 #include "model/blocks.h"
 
@@ -11,53 +14,49 @@ namespace v4rt::model {
 namespace {
 
 // PARALLEL: dispatch — the (token, expert) pairs go to the EP ranks holding the experts (counts,
-// then payload, all-to-all); each rank runs its experts on what it received, one expert per row
-// with the routing weight applied as the single-rank loop does; combine returns the weighted rows
-// and sums them per token in ascending expert id, in fp32 — the single-rank accumulation order.
+// then payload, all-to-all) on the EP Comm's memory: the backend's buffers, no host copy of the
+// activations. Only the routing (ids and weights, k per token) comes to the host: it sizes the
+// exchange. `overlap` (the shared expert) is enqueued on the compute stream while the payload
+// moves. Each rank runs its experts on what it received, one expert per row with the routing
+// weight applied as the single-rank loop does; combine returns the weighted rows and sums them per
+// token in ascending expert id, in fp32 — the single-rank accumulation order.
 void routed_expert_parallel(const BlockContext& ctx, const MoeWeights& mw, const TensorView& b, const TensorView& idx,
-                            const TensorView& weight, const TensorView& acc) {
+                            const TensorView& weight, const TensorView& acc, const std::function<void()>& overlap) {
   kernels::Backend& be = ctx.backend;
+  parallel::ExpertParallel& ep = *ctx.experts;
   const int64_t n = b.shape[0];
   const int64_t hidden = ctx.config.hidden_size;
   const int k = ctx.config.num_experts_per_tok;
   CHECK(b.contiguous() && acc.contiguous()) << "MoE activations must be contiguous";
-  std::vector<uint8_t> x(size_t(n * hidden) * dtype_size(b.dtype));
+  CHECK(ep.device() == be.device()) << "EP Comm and backend on different memory";
   std::vector<int32_t> ids(size_t(n * k));
   std::vector<float> w(size_t(n * k));
-  be.copy_to_host(x.data(), b.data, x.size());
   be.copy_to_host(ids.data(), idx.data, ids.size() * sizeof(int32_t));
   be.copy_to_host(w.data(), weight.data, w.size() * sizeof(float));
   parallel::DispatchLayout layout;
-  const parallel::DispatchedRows rows = ctx.experts->dispatch(x.data(), ids.data(), w.data(), n, &layout);
-  const int64_t num_rows = rows.num_rows();
-  std::vector<float> y(size_t(num_rows * hidden), 0.0f);
+  parallel::DispatchedBuffers rows = ep.dispatch_buffers(b.data, ids.data(), w.data(), n, &layout);
+  overlap();
+  ep.wait_dispatch();
+  const int64_t num_rows = rows.num_rows;
+  Scratch yr = make_scratch(be, {std::max<int64_t>(num_rows, 1), hidden});
   if (num_rows > 0) {
-    Scratch xr = make_scratch(be, {num_rows, hidden}, b.dtype);
-    Scratch ir = make_scratch(be, {num_rows, 1}, DType::kI32);
-    Scratch wr = make_scratch(be, {num_rows, 1});
-    Scratch yr = make_scratch(be, {num_rows, hidden});
-    be.copy_to_device(xr.buffer.data(), rows.rows.data(), rows.rows.size());
-    be.copy_to_device(ir.buffer.data(), rows.experts.data(), size_t(num_rows) * sizeof(int32_t));
-    be.copy_to_device(wr.buffer.data(), rows.weights.data(), size_t(num_rows) * sizeof(float));
     be.fill(yr.view, 0.0f);
-    kernels::MoeExpertsParams ep;
-    ep.x = xr.view;
-    ep.idx = ir.view;
-    ep.weight = wr.view;
-    ep.w1 = mw.w1.data();
-    ep.w2 = mw.w2.data();
-    ep.w3 = mw.w3.data();
-    ep.out = yr.view;
-    ep.e_begin = mw.expert_begin;
-    ep.e_end = mw.expert_end;
-    ep.swiglu_limit = float(ctx.config.swiglu_limit);
-    ep.official = ctx.official;
-    be.moe_experts(ep);
-    be.copy_to_host(y.data(), yr.buffer.data(), y.size() * sizeof(float));
+    kernels::MoeExpertsParams ep_params;
+    ep_params.x = rows.rows.view(b.dtype, {num_rows, hidden});
+    ep_params.idx = rows.experts.view(DType::kI32, {num_rows, 1});
+    ep_params.weight = rows.weights.view(DType::kF32, {num_rows, 1});
+    ep_params.w1 = mw.w1.data();
+    ep_params.w2 = mw.w2.data();
+    ep_params.w3 = mw.w3.data();
+    ep_params.out = yr.view;
+    ep_params.e_begin = mw.expert_begin;
+    ep_params.e_end = mw.expert_end;
+    ep_params.swiglu_limit = float(ctx.config.swiglu_limit);
+    ep_params.official = ctx.official;
+    be.moe_experts(ep_params);
   }
-  std::vector<float> sum(size_t(n * hidden));
-  ctx.experts->combine(y.data(), DType::kF32, layout, ids.data(), w.data(), /*apply_weights=*/false, sum.data());
-  be.copy_to_device(acc.data, sum.data(), sum.size() * sizeof(float));
+  ep.combine_buffers(yr.view.data, DType::kF32, layout, ids.data(), w.data(), /*apply_weights=*/false,
+                     static_cast<float*>(acc.data));
 }
 
 }  // namespace
@@ -87,11 +86,41 @@ void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, cons
   gp.route_scale = float(cfg.routed_scaling_factor);
   be.moe_gate(gp);
 
+  // The shared expert (§6): y = w2(swiglu(w1 b, w3 b)), on every rank.
+  const int64_t inter = mw.shared_w1.rows;
+  Scratch y = make_scratch(be, {n, hidden});
+  auto shared_expert = [&] {
+    Scratch g = make_scratch(be, {n, inter});
+    Scratch u = make_scratch(be, {n, inter});
+    for (auto [wv, dst] : {std::pair{&mw.shared_w1, &g}, std::pair{&mw.shared_w3, &u}}) {
+      kernels::LinearParams p;
+      p.x = b;
+      p.w = *wv;
+      p.y = dst->view;
+      p.act_quant_fp8 = p.out_bf16 = ctx.official;
+      be.linear(p);
+    }
+    kernels::SwigluParams sp;
+    sp.gate = g.view;
+    sp.up = u.view;
+    sp.h = g.view;
+    sp.limit = float(cfg.swiglu_limit);
+    sp.out_bf16 = ctx.official;
+    be.swiglu(sp);
+    kernels::LinearParams p;
+    p.x = g.view;
+    p.w = mw.shared_w2;
+    p.y = y.view;
+    p.act_quant_fp8 = p.out_bf16 = ctx.official;
+    be.linear(p);
+  };
+
   Scratch acc = make_scratch(be, {n, hidden});
-  be.fill(acc.view, 0.0f);
   if (ctx.experts) {
-    routed_expert_parallel(ctx, mw, b, idx.view, weight.view, acc.view);
+    // PARALLEL: the shared expert runs while the dispatch payload is on the wire.
+    routed_expert_parallel(ctx, mw, b, idx.view, weight.view, acc.view, shared_expert);
   } else {
+    be.fill(acc.view, 0.0f);
     kernels::MoeExpertsParams ep;
     ep.x = b;
     ep.idx = idx.view;
@@ -105,33 +134,9 @@ void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, cons
     ep.swiglu_limit = float(cfg.swiglu_limit);
     ep.official = ctx.official;
     be.moe_experts(ep);
+    shared_expert();
   }
 
-  const int64_t inter = mw.shared_w1.rows;
-  Scratch g = make_scratch(be, {n, inter});
-  Scratch u = make_scratch(be, {n, inter});
-  for (auto [wv, dst] : {std::pair{&mw.shared_w1, &g}, std::pair{&mw.shared_w3, &u}}) {
-    kernels::LinearParams p;
-    p.x = b;
-    p.w = *wv;
-    p.y = dst->view;
-    p.act_quant_fp8 = p.out_bf16 = ctx.official;
-    be.linear(p);
-  }
-  kernels::SwigluParams sp;
-  sp.gate = g.view;
-  sp.up = u.view;
-  sp.h = g.view;
-  sp.limit = float(cfg.swiglu_limit);
-  sp.out_bf16 = ctx.official;
-  be.swiglu(sp);
-  Scratch y = make_scratch(be, {n, hidden});
-  kernels::LinearParams p;
-  p.x = g.view;
-  p.w = mw.shared_w2;
-  p.y = y.view;
-  p.act_quant_fp8 = p.out_bf16 = ctx.official;
-  be.linear(p);
   kernels::AddParams ap;
   ap.a = acc.view;
   ap.b = y.view;

@@ -50,6 +50,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots
   // on its one stream, so the first backend makes the allocator ordered on it.
   if (!allocation_stream() && !options.sync_alloc) set_allocation_stream(stream_.get());
   if (options.sync_each_kernel) set_sync_after_ops(true);
+  CUDA_CHECK(cudaGetDevice(&device_));
   V4RT_REQUIRE(options_.expert_tc_min_rows >= 0,
                "CudaBackendOptions::expert_tc_min_rows (debug.cuda_expert_tc_min_rows) must be >= 0, got "
                    << options_.expert_tc_min_rows);

@@ -56,6 +56,8 @@ class CudaBackend final : public Backend {
   void qdq(const QdqParams& p) override;
 
   cudaStream_t stream() const { return stream_.get(); }
+  void* stream_handle() const override { return stream_.get(); }
+  int device_index() const override { return device_; }
   // fp32 block scales of an uploaded FP8 weight view (a row slice of an upload is fine).
   const float* fp8_weight_scale_f32(const WeightView& w) const;
 
@@ -81,6 +83,7 @@ class CudaBackend final : public Backend {
   };
 
   Stream stream_;
+  int device_ = 0;  // ordinal this backend was made on
   Fp8Gemm fp8_gemm_;
   DenseGemm dense_gemm_;
   std::vector<DeviceBuffer> weights_;

@@ -90,6 +90,8 @@ class Profiler final : public ProfilingBackend {
 
   std::string name() const override { return inner_.name(); }
   Device device() const override { return inner_.device(); }
+  void* stream_handle() const override { return inner_.stream_handle(); }
+  int device_index() const override { return inner_.device_index(); }
   DType act_dtype() const override { return inner_.act_dtype(); }
   bool supports(Op op) const override { return inner_.supports(op); }
   WeightView upload_weight(const WeightSource& s) override { return inner_.upload_weight(s); }

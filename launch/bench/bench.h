@@ -18,6 +18,7 @@ namespace v4rt::launch {
 
 void register_bench_tokenizer(CLI::App& bench);  // bench_tokenizer.cpp
 void register_bench_step(CLI::App& bench);       // bench_step.cpp: `bench step` and `bench indexer`
+void register_bench_moe_comm(CLI::App& bench);   // bench_moe_comm.cpp: EP dispatch + combine vs raw all-to-all
 void register_bench_serve(CLI::App& bench);      // bench_serve.cpp: against a running `v4rt serve`
 void register_bench_prefill(CLI::App& bench);    // bench_prefill.cpp
 

@@ -13,7 +13,9 @@
 #   cpp-httplib.pc, and the Brotli runtime libcpp-httplib.so links; see scripts/device/devdeps.sh.
 #   Rename any downloaded name holding '%3a' (an epoch) to drop it: zlib1g-dev_1.2.13.dfsg-1_amd64.deb.)
 # On the device (repository root):
-#   scripts/device/run.sh [all|test|nccl|sanitize|bench|golden|step|prefill|mtp]...
+#   scripts/device/run.sh [all|test|nccl|comm|sanitize|bench|golden|step|prefill|mtp]...
+# (comm: the distributed path on the device, docs/COMM.md: EP/TP device tests at np 2 and 4, every
+# layout's CUDA logits against 1 rank, the NCCL fault test, `v4rt bench moe-comm`.)
 # Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc),
 # TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default tests/data/golden,
 # which travels with the working tree),
@@ -42,6 +44,7 @@ source scripts/device/devdeps.sh  # sets DD, LD_LIBRARY_PATH, PKG_CONFIG_PATH
 if [[ -z "${TARGETS:-}" ]]; then
   TARGETS="test_cuda_kernels bench_cuda test_gpu_golden bench_step v4rt"
   [[ -f tests/cuda/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
+  [[ -f tests/cuda/test_ep_device.cpp ]] && TARGETS="$TARGETS test_ep_device fault_nccl"
 fi
 t0=$(date +%s)
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DV4RT_ENABLE_CUDA=ON -DV4RT_ENABLE_NCCL=ON \
@@ -78,6 +81,19 @@ if want nccl && has test_nccl_comm; then
     { echo "=== np=$np"; cat "$OUT/nccl.tmp"; } >> "$OUT/test_nccl.log"; rm -f "$OUT/nccl.tmp"
     echo "nccl np=$np:"; grep -E "PASSED|FAILED|SKIPPED|OK \]" "$OUT/test_nccl.log" | tail -20
   done
+fi
+if want comm && has test_ep_device && has v4rt; then
+  export V4RT_GOLDEN_DIR=${V4RT_GOLDEN_DIR:-$PWD/.golden}
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 1500 ctest --test-dir "$BUILD" -L gpu \
+    -R "test_ep_device|gpu_cli_logits|fault_nccl" --output-on-failure > "$OUT/comm.log" 2>&1 || rc=1
+  grep -E "Test +#|tests passed|rel err|Skipped|process group" "$OUT/comm.log" | head -40
+  : > "$OUT/moe_comm.log"
+  for wire in "" "--fp8"; do
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 mpirun -np 2 --oversubscribe \
+      -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE=0 "$BUILD/launch/v4rt" bench moe-comm --backend cuda $wire \
+      >> "$OUT/moe_comm.log" 2>&1 || rc=1
+  done
+  grep -vE "^[IW][0-9]{4}" "$OUT/moe_comm.log"
 fi
 if want sanitize && has test_cuda_kernels && command -v compute-sanitizer >/dev/null; then
   timeout 240 compute-sanitizer --tool memcheck --print-limit 10 "$BUILD/tests/cuda/test_cuda_kernels" --gtest_color=no \

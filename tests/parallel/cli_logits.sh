@@ -5,6 +5,9 @@
 # relative Frobenius error of the logits is <= TOL. Usage:
 #   V4RT_GOLDEN_DIR=tests/data/golden cli_logits.sh V4RT MPIEXEC NP LAYOUT_YAML TOL [LAUNCHER...]
 # LAUNCHER (optional) replaces "MPIEXEC -np NP --oversubscribe" (e.g. scripts/netns/run.sh --np 4).
+# V4RT_CLI_BACKEND=cuda runs both sides on the CUDA backend (exit 77, a skip, without a GPU); ranks
+# beyond the node's GPUs share them through the staged Comm. V4RT_CLI_NUMERICS=official selects the
+# official numerics on both sides (EP dispatch then sends FP8 rows with their block scales).
 set -eu
 v4rt=$1; mpiexec=$2; np=$3; layout=$4; tol=$5; shift 5
 golden=${V4RT_GOLDEN_DIR:?set V4RT_GOLDEN_DIR to tests/data/golden}/tiny-a
@@ -12,6 +15,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"
 args=(logits --model "$golden/model" --ids "$golden/reference.safetensors" --chunk 301 --decode-from 520)
+[[ -n "${V4RT_CLI_NUMERICS:-}" ]] && args+=(--numerics "$V4RT_CLI_NUMERICS")
+if [[ -n "${V4RT_CLI_BACKEND:-}" ]]; then
+  if [[ "$V4RT_CLI_BACKEND" == cuda ]] && ! (command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU); then
+    echo "no CUDA device: skipped"
+    exit 77
+  fi
+  args+=(--backend "$V4RT_CLI_BACKEND")
+fi
 "$v4rt" "${args[@]}" --out "$work/single.safetensors"
 if [[ $# -gt 0 ]]; then
   "$@" "$v4rt" "${args[@]}" --config "$layout" --out "$work/sharded.safetensors"

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "cluster/mpi_comm.h"
@@ -191,6 +192,64 @@ TEST(ExpertParallel, Bf16WithWeightsInCombine) {
       ASSERT_EQ(out[size_t(t * kHidden + c)], acc) << "token " << t << " channel " << c;
     }
   }
+}
+
+// FP8 wire: the rows arrive as the act_quant of the sender's rows (e4m3, one power-of-two scale per
+// token per 128 channels), dequantized to the activation dtype; the payload shrinks to
+// hidden + hidden/32 + 8 bytes per row. Channels span six orders of magnitude per block.
+TEST(ExpertParallel, Fp8WireCarriesActQuantRows) {
+  auto comm = make_ep();
+  const int n = comm->size(), me = comm->rank();
+  const int num_experts = 2 * n;
+  constexpr int64_t kWide = 256;
+  ExpertParallel ep(*comm, {.num_experts = num_experts, .hidden = kWide, .topk = kTopk, .dtype = DType::kF32,
+                            .fp8_wire = true});
+  EXPECT_EQ(ep.dispatch_row_bytes(), kWide + kWide / 128 * 4 + 8);
+  auto x_wide = [](int rank, int64_t t, int64_t c) {
+    return x_of(rank, t, c % kHidden) * std::ldexp(1.f, int((c * 5 + t + rank) % 21) - 10);
+  };
+  const RankInput in = input_of(me, num_experts);
+  const int64_t num_tokens = tokens_of(me);
+  std::vector<float> x(size_t(num_tokens * kWide));
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int64_t c = 0; c < kWide; ++c) x[size_t(t * kWide + c)] = x_wide(me, t, c);
+  }
+  // Reference act_quant: s = 2^ceil(log2(amax / 448)), q = e4m3(x / s).
+  auto quantized = [&](int rank, int64_t t, int64_t c) {
+    const int64_t b = c / 128;
+    float amax = 0.f;
+    for (int64_t i = b * 128; i < b * 128 + 128; ++i) amax = std::max(amax, std::fabs(x_wide(rank, t, i)));
+    int e = 0;
+    const float m = std::frexp(amax / 448.f, &e);
+    const float s = std::ldexp(1.f, m == 0.5f ? e - 1 : e);
+    return round_e4m3(x_wide(rank, t, c) / s) * s;
+  };
+  comm->reset_counters();
+  DispatchLayout layout;
+  DispatchedRows rows = ep.dispatch(x.data(), in.ids.data(), in.weights.data(), num_tokens, &layout);
+  const int epr = ep.experts_per_rank();
+  int64_t k = 0;
+  for (int le = 0; le < epr; ++le) {
+    const int e = me * epr + le;
+    for (int src = 0; src < n; ++src) {
+      const RankInput other = input_of(src, num_experts);
+      for (int64_t t = 0; t < tokens_of(src); ++t) {
+        for (int s = 0; s < kTopk; ++s) {
+          if (other.ids[size_t(t * kTopk + s)] != e) continue;
+          ASSERT_EQ(rows.experts[size_t(k)], e);
+          const float* row = reinterpret_cast<const float*>(rows.rows.data()) + k * kWide;
+          for (int64_t c = 0; c < kWide; ++c) {
+            ASSERT_EQ(row[c], quantized(src, t, c)) << "expert " << e << " src " << src << " t " << t << " c " << c;
+          }
+          ++k;
+        }
+      }
+    }
+  }
+  ASSERT_EQ(k, rows.num_rows());
+  uint64_t payload = 0;
+  for (int32_t e : in.ids) payload += (e >= 0 && e / epr != me) ? uint64_t(ep.dispatch_row_bytes()) : 0;
+  EXPECT_EQ(comm->counters().bytes_of(cluster::CollectiveKind::kAllToAllV), payload);
 }
 
 }  // namespace
