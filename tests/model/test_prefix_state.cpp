@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: MIT
+// Resumable points (model/prefix_state.h): a sequence rebuilt at position p from the tail snapshot
+// at p and the entries before p (from a state that went further, or from entry blocks) gives
+// bit-for-bit the logits the original sequence gives, for points at a prompt end, a message
+// boundary, every N tokens, and inside a CSA (ratio 4) and an HCA (ratio 128) compression block.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "model/prefix_state.h"
+#include "model/presets.h"
+#include "tests/model/test_mtp_util.h"
+
+namespace v4rt::model {
+namespace {
+
+using testing::LoadedModel;
+using testing::step_logits;
+using testing::test_prompt;
+
+constexpr int64_t kVocab = 512;
+constexpr int64_t kBlockTokens = 128;
+
+ModelConfig tiny_config() {
+  ModelConfig c = preset_config("tiny", /*mtp=*/false);
+  c.vocab_size = kVocab;
+  validate(c, "test config");
+  return c;
+}
+
+LoadedModel& loaded() {
+  static LoadedModel* m = new LoadedModel(tiny_config(), 7);
+  return *m;
+}
+
+bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+std::vector<int32_t> slice(const std::vector<int32_t>& v, int64_t begin, int64_t end) {
+  return std::vector<int32_t>(v.begin() + begin, v.begin() + end);
+}
+
+// Runs `tokens` from `seq` (at `from`) in chunks ending at every position of `cuts`, then decodes
+// `decode` greedy tokens; returns every logit row of both parts, concatenated.
+std::vector<float> continue_run(Model& m, SequenceState& seq, const std::vector<int32_t>& tokens, int64_t from,
+                                std::vector<int64_t> cuts, int decode) {
+  std::vector<float> out;
+  cuts.push_back(int64_t(tokens.size()));
+  int64_t pos = from;
+  std::vector<float> last;
+  for (int64_t cut : cuts) {
+    if (cut <= pos || cut > int64_t(tokens.size())) continue;
+    std::vector<float> lg = step_logits(m, seq, slice(tokens, pos, cut), /*all=*/true);
+    out.insert(out.end(), lg.end() - (cut - pos) * kVocab, lg.end());
+    last.assign(lg.end() - kVocab, lg.end());
+    pos = cut;
+  }
+  for (int i = 0; i < decode; ++i) {
+    const int32_t next = argmax(last);
+    last = step_logits(m, seq, {next});
+    out.insert(out.end(), last.begin(), last.end());
+  }
+  return out;
+}
+
+// A prompt of "messages": each ends with the boundary token 1 (never drawn by test_prompt).
+struct Conversation {
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> boundaries;  // positions right after a boundary token
+};
+Conversation conversation(const std::vector<int>& lengths, uint32_t salt) {
+  Conversation c;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const std::vector<int32_t> msg = test_prompt(kVocab, lengths[i], salt + uint32_t(i));
+    c.tokens.insert(c.tokens.end(), msg.begin(), msg.end());
+    c.tokens.push_back(1);
+    c.boundaries.push_back(int64_t(c.tokens.size()));
+  }
+  return c;
+}
+
+// The reference: the whole prompt in one chunk (every logit row), then greedy decode.
+std::vector<float> full_recompute(Model& m, const std::vector<int32_t>& tokens, int64_t from, int decode) {
+  auto seq = m.new_sequence();
+  std::vector<float> all = continue_run(m, *seq, tokens, 0, {}, decode);
+  return std::vector<float>(all.begin() + from * kVocab, all.end());
+}
+
+// Takes a snapshot at p (the prompt run in chunks [0, p), [p, L)), then resumes at p both from the
+// finished state and from entry blocks extracted from it, and compares the continuations with the
+// full recompute.
+void check_point(int64_t p, const std::vector<int32_t>& tokens, const char* kind) {
+  SCOPED_TRACE(std::string(kind) + " point at " + std::to_string(p));
+  LoadedModel& lm = loaded();
+  Model& m = *lm.model;
+  constexpr int kDecode = 4;
+  const std::vector<float> want = full_recompute(m, tokens, p, kDecode);
+
+  auto original = m.new_sequence();
+  if (p > 0) step_logits(m, *original, slice(tokens, 0, p));
+  const TailSnapshot tail = snapshot_tail(*original);
+  EXPECT_EQ(tail.position, p);
+  EXPECT_EQ(tail.bytes(), tail_snapshot_bytes(m.config(), p));
+  // A block ending exactly at the point (the partial block a tree keeps with it).
+  const int64_t last = p / kBlockTokens;
+  const EntryBlock at_point = extract_block(m, *original, last, kBlockTokens, p);
+  std::vector<EntryBlock> early;  // the full blocks before it
+  for (int64_t k = 0; k < last; ++k) early.push_back(extract_block(m, *original, k, kBlockTokens, (k + 1) * kBlockTokens));
+  const std::vector<float> got_original = continue_run(m, *original, tokens, p, {}, kDecode);
+  EXPECT_TRUE(bit_equal(got_original, want)) << "chunked at the point vs one chunk";
+
+  // From a state that went past the point (the original, now at the end of its decode).
+  auto from_state = resume_from_state(m, *original, tail);
+  EXPECT_EQ(from_state->position(), p);
+  EXPECT_TRUE(bit_equal(continue_run(m, *from_state, tokens, p, {}, kDecode), want)) << "resumed from a state";
+
+  // From blocks: the full ones, then the partial block ending at the point.
+  std::vector<const EntryBlock*> blocks;
+  for (const EntryBlock& b : early) blocks.push_back(&b);
+  blocks.push_back(&at_point);
+  auto from_blocks = resume_from_blocks(m, blocks, tail);
+  EXPECT_TRUE(bit_equal(continue_run(m, *from_blocks, tokens, p, {p + 3, p + 70}, kDecode), want))
+      << "resumed from blocks, continued in three chunks";
+
+  // From blocks extracted after the sequence went on (the last one reaches past the point).
+  auto done = m.new_sequence();
+  step_logits(m, *done, tokens);
+  std::vector<EntryBlock> later;
+  for (int64_t k = 0; k * kBlockTokens < int64_t(tokens.size()); ++k)
+    later.push_back(extract_block(m, *done, k, kBlockTokens, std::min<int64_t>((k + 1) * kBlockTokens, int64_t(tokens.size()))));
+  std::vector<const EntryBlock*> later_ptrs;
+  for (const EntryBlock& b : later) later_ptrs.push_back(&b);
+  auto from_later = resume_from_blocks(m, later_ptrs, tail);
+  EXPECT_TRUE(bit_equal(continue_run(m, *from_later, tokens, p, {}, kDecode), want)) << "resumed from later blocks";
+}
+
+TEST(PrefixState, EveryKindOfPointResumesExactly) {
+  const Conversation c = conversation({40, 90, 60, 77}, 3);  // boundaries 41, 132, 193, 271
+  const int64_t len = int64_t(c.tokens.size());
+  ASSERT_EQ(len, 271);
+  check_point(len - 1, c.tokens, "prompt end (before the last token)");
+  check_point(c.boundaries[1], c.tokens, "message boundary");
+  check_point(c.boundaries[0], c.tokens, "message boundary");
+  check_point(64, c.tokens, "every-N (N = 64)");
+  check_point(256, c.tokens, "every-N at an HCA entry end");
+  check_point(37, c.tokens, "mid CSA block");
+  check_point(130, c.tokens, "mid CSA and HCA block");
+  check_point(200, c.tokens, "mid HCA block");
+  check_point(3, c.tokens, "inside CSA's first block");
+  check_point(0, c.tokens, "empty");
+}
+
+TEST(PrefixState, OwnedBeforeCountsTheOwnedEntries) {
+  for (int ranks : {1, 2, 3, 4}) {
+    for (int rank = 0; rank < ranks; ++rank) {
+      for (int64_t block : {1, 4, 64}) {
+        EntryOwnership own{ranks, rank, block};
+        int64_t count = 0;
+        for (int64_t n = 0; n < 600; ++n) {
+          ASSERT_EQ(owned_before(own, n), count) << ranks << " ranks, rank " << rank << ", block " << block << ", n " << n;
+          count += own.owns(n) ? 1 : 0;
+        }
+      }
+    }
+  }
+}
+
+TEST(PrefixState, BlockBytesAndValidation) {
+  const ModelConfig c = tiny_config();
+  // tiny: CSA layers 1, 3, 5 (128-wide entries + 64-wide indexer keys), HCA layers 2, 4.
+  const EntryOwnership one;
+  EXPECT_EQ(entry_block_bytes(c, one, 0, 128), int64_t(3 * 32 * (128 + 64) + 2 * 1 * 128) * 4);
+  EXPECT_EQ(entry_block_bytes(c, one, 128, 130), 0);
+  // SP 2 with ownership blocks of 4 entries: the rank holding the most (rank 0 holds entries 0-3, 8-11..).
+  const EntryOwnership sp{2, 0, 4};
+  EXPECT_EQ(entry_block_bytes(c, sp, 0, 40), int64_t(3 * 6 * (128 + 64)) * 4);
+  testing::expect_error_naming([&] { validate_block_tokens(c, 96); }, {"96", "compress ratio 128"});
+  testing::expect_error_naming([&] { validate_block_tokens(c, 0); }, {"0 tokens"});
+  validate_block_tokens(c, 256);
+}
+
+// Snapshot sizes (F32 payload) for the tiny model and the Flash preset, from the config alone; the
+// tiny figure is checked against a real snapshot in EveryKindOfPointResumesExactly.
+TEST(PrefixState, SnapshotSizes) {
+  const ModelConfig tiny = tiny_config();
+  const ModelConfig flash = preset_config("flash", true);
+  for (const auto& [name, cfg] : {std::pair{"tiny", &tiny}, std::pair{"flash", &flash}}) {
+    int64_t worst = 0;
+    for (int64_t p = 128; p < 1024; ++p) worst = std::max(worst, tail_snapshot_bytes(*cfg, p));
+    std::printf("%s: tail snapshot %lld bytes at p = 1024, %lld at p = 1151, worst %lld; full entry block of 256 "
+                "tokens %lld bytes\n",
+                name, (long long)tail_snapshot_bytes(*cfg, 1024), (long long)tail_snapshot_bytes(*cfg, 1151),
+                (long long)worst, (long long)entry_block_bytes(*cfg, EntryOwnership{}, 0, 256));
+    EXPECT_GT(worst, tail_snapshot_bytes(*cfg, 1024));
+  }
+  // Flash at a point 127 tokens into an HCA block: 43 windows of 127 x 512, 21 CSA layers with 7
+  // rows of kv+score (1024 wide) and indexer rows (256 wide), 20 HCA layers with 127 rows (512 wide).
+  EXPECT_EQ(tail_snapshot_bytes(flash, 1151),
+            int64_t(43 * 127 * 512 + 21 * 2 * 7 * (1024 + 256) + 20 * 2 * 127 * 512) * 4);
+}
+
+}  // namespace
+}  // namespace v4rt::model
