@@ -11,6 +11,7 @@
 
 #include "model/prefix_state.h"
 #include "model/presets.h"
+#include "model/speculative.h"
 #include "tests/model/test_mtp_util.h"
 
 namespace v4rt::model {
@@ -151,6 +152,44 @@ TEST(PrefixState, EveryKindOfPointResumesExactly) {
   check_point(200, c.tokens, "mid HCA block");
   check_point(3, c.tokens, "inside CSA's first block");
   check_point(0, c.tokens, "empty");
+}
+
+// With the MTP block: the speculative tail (MTP window, the waiting streams) resumes with the main
+// tail; the main logits and the next draft's logits equal the original's bit for bit.
+TEST(PrefixState, SpeculativeTailResumesExactly) {
+  LoadedModel lm(testing::tiny_mtp_config(kVocab), 5);
+  Model& m = *lm.model;
+  const std::vector<int32_t> tokens = test_prompt(kVocab, 230, 9);
+  for (int64_t p : {int64_t(150), int64_t(229), int64_t(66)}) {
+    SCOPED_TRACE("point at " + std::to_string(p));
+    auto run_chunk = [&](SpeculativeSequence& s, int64_t begin, int64_t end) {
+      const std::vector<int32_t> chunk = slice(tokens, begin, end);
+      const StepChunk c = s.prompt_chunk(chunk, false);
+      std::vector<std::vector<float>> out;
+      m.step(std::span<const StepChunk>(&c, 1), &out);
+      s.after_prompt_chunk();
+      return out[0];
+    };
+    auto seq0 = m.new_sequence();
+    SpeculativeSequence spec0(m, *lm.mtp, *seq0);
+    run_chunk(spec0, 0, p);
+    const TailSnapshot tail = snapshot_tail(*seq0);
+    const SpeculativeTail spec_tail = spec0.snapshot();
+    EXPECT_EQ(spec_tail.num_pending, 1);
+    EXPECT_EQ(spec_tail.bytes, (std::min<int64_t>(p - 1, 127) * m.config().head_dim +
+                                int64_t(m.config().hc_mult) * m.config().hidden_size) * 4);
+    const std::vector<float> want = run_chunk(spec0, p, int64_t(tokens.size()));
+    std::vector<float> want_draft;
+    spec0.draft(1, 1, argmax(want), &want_draft);
+
+    auto seq1 = resume_from_state(m, *seq0, tail);
+    auto spec1 = SpeculativeSequence::resume(m, *lm.mtp, *seq1, spec_tail);
+    const std::vector<float> got = run_chunk(*spec1, p, int64_t(tokens.size()));
+    std::vector<float> got_draft;
+    spec1->draft(1, 1, argmax(got), &got_draft);
+    EXPECT_TRUE(bit_equal(got, want)) << "main logits";
+    EXPECT_TRUE(bit_equal(got_draft, want_draft)) << "draft logits";
+  }
 }
 
 TEST(PrefixState, OwnedBeforeCountsTheOwnedEntries) {
