@@ -5,6 +5,8 @@
 // boundary, every N tokens, and inside a CSA (ratio 4) and an HCA (ratio 128) compression block.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -190,6 +192,41 @@ TEST(PrefixState, SpeculativeTailResumesExactly) {
     EXPECT_TRUE(bit_equal(got, want)) << "main logits";
     EXPECT_TRUE(bit_equal(got_draft, want_draft)) << "draft logits";
   }
+}
+
+// What a point costs next to what it saves, on the tiny model at 1,400 tokens (figures printed for
+// docs/PREFIX_CACHE.md; nothing timed is asserted): the prefill, a snapshot, extracting the blocks,
+// resuming from them, and the resumed request's one-token step.
+TEST(PrefixState, CostOfAPoint) {
+  LoadedModel& lm = loaded();
+  Model& m = *lm.model;
+  const std::vector<int32_t> tokens = test_prompt(kVocab, 1401, 12);
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  auto seq = m.new_sequence();
+  const auto t0 = clock::now();
+  step_logits(m, *seq, slice(tokens, 0, 1400));
+  const auto t1 = clock::now();
+  const TailSnapshot tail = snapshot_tail(*seq);
+  const auto t2 = clock::now();
+  std::vector<EntryBlock> blocks;
+  for (int64_t k = 0; k * 256 < 1400; ++k) blocks.push_back(extract_block(m, *seq, k, 256, std::min<int64_t>((k + 1) * 256, 1400)));
+  const auto t3 = clock::now();
+  std::vector<const EntryBlock*> ptrs;
+  int64_t block_bytes = 0;
+  for (const EntryBlock& b : blocks) {
+    ptrs.push_back(&b);
+    block_bytes += b.bytes();
+  }
+  auto resumed = resume_from_blocks(m, ptrs, tail);
+  const auto t4 = clock::now();
+  const std::vector<float> got = step_logits(m, *resumed, slice(tokens, 1400, 1401));
+  const auto t5 = clock::now();
+  const std::vector<float> want = step_logits(m, *seq, slice(tokens, 1400, 1401));
+  EXPECT_TRUE(bit_equal(got, want));
+  std::printf("tiny, 1400 tokens: prefill %.1f ms; snapshot %.3f ms (%lld bytes); blocks %.3f ms (%lld bytes); "
+              "resume %.3f ms; resumed step %.1f ms\n",
+              ms(t0, t1), ms(t1, t2), (long long)tail.bytes(), ms(t2, t3), (long long)block_bytes, ms(t3, t4), ms(t4, t5));
 }
 
 TEST(PrefixState, OwnedBeforeCountsTheOwnedEntries) {
