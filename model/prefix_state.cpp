@@ -27,7 +27,7 @@ void set_rows(kernels::Backend& be, RowTable& dst, const RowTable& src) {
   append_rows(be, dst, src, 0, src.rows());
 }
 
-// The first entry of block `index` and the entries complete by `end`.
+// The first entry of block `index` (block_tokens is a multiple of the ratio).
 int64_t first_entry(int64_t index, int64_t block_tokens, int ratio) { return index * block_tokens / ratio; }
 
 // A fresh sequence of `model` at the snapshot's tail, entries still empty.

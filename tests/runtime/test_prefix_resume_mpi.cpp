@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The prefix cache under mpirun (np 2: sp2, tp2; np 4: tp2 x sp2, sp4) on golden tiny-a: every rank
-// runs the same tree calls (same ids, same matches, same evictions) and stores its own payloads (SP
-// ranks keep the entries they own, in blocks of 4). A request resumed from a stored point gives
+// The prefix cache under mpirun (np 2: sp2, tp2, ep2; np 4: tp2 x sp2, sp4, dp2 x tp2) on golden
+// tiny-a: every rank runs the same tree calls (same ids, same matches, same evictions) and stores
+// its own payloads (SP ranks keep the entries they own, in blocks of 4). A request resumed from a stored point gives
 // bit for bit the logits of the same layout recomputing without the cache (same chunk ends), and
 // within 1e-5 of one rank.
 #include <gtest/gtest.h>
@@ -123,6 +123,8 @@ TEST(PrefixResumeMpi, Sp2) { check_layout("sp2", v4rt::testing::test_layout(1, 2
 TEST(PrefixResumeMpi, Tp2) { check_layout("tp2", v4rt::testing::test_layout(2, 1, 1, 1)); }
 TEST(PrefixResumeMpi, Tp2Sp2) { check_layout("tp2 sp2", v4rt::testing::test_layout(2, 2, 1, 1)); }
 TEST(PrefixResumeMpi, Sp4) { check_layout("sp4", v4rt::testing::test_layout(1, 4, 1, 1)); }
+TEST(PrefixResumeMpi, Ep2) { check_layout("ep2 (dp2)", v4rt::testing::test_layout(1, 1, 2, 2)); }
+TEST(PrefixResumeMpi, Dp2Tp2) { check_layout("dp2 tp2", v4rt::testing::test_layout(2, 1, 1, 2)); }
 
 }  // namespace
 }  // namespace v4rt::runtime
