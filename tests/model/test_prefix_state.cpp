@@ -85,22 +85,34 @@ Conversation conversation(const std::vector<int>& lengths, uint32_t salt) {
   return c;
 }
 
-// The reference: the whole prompt in one chunk (every logit row), then greedy decode.
-std::vector<float> full_recompute(Model& m, const std::vector<int32_t>& tokens, int64_t from, int decode) {
-  auto seq = m.new_sequence();
-  std::vector<float> all = continue_run(m, *seq, tokens, 0, {}, decode);
-  return std::vector<float>(all.begin() + from * kVocab, all.end());
+constexpr int kDecode = 4;
+
+// Computed once per prompt: the whole prompt in one chunk (every logit row) then kDecode greedy
+// steps, and the entry blocks of that finished sequence.
+struct Reference {
+  std::vector<float> logits;              // [(L + kDecode) rows, vocab]
+  std::unique_ptr<SequenceState> done;    // at L + kDecode - 1
+  std::vector<EntryBlock> later;          // blocks of [0, L), the last one partial
+  std::vector<float> from(int64_t p) const { return std::vector<float>(logits.begin() + p * kVocab, logits.end()); }
+};
+Reference reference(Model& m, const std::vector<int32_t>& tokens) {
+  Reference r;
+  r.done = m.new_sequence();
+  r.logits = continue_run(m, *r.done, tokens, 0, {}, kDecode);
+  const int64_t len = int64_t(tokens.size());
+  for (int64_t k = 0; k * kBlockTokens < len; ++k)
+    r.later.push_back(extract_block(m, *r.done, k, kBlockTokens, std::min<int64_t>((k + 1) * kBlockTokens, len)));
+  return r;
 }
 
-// Takes a snapshot at p (the prompt run in chunks [0, p), [p, L)), then resumes at p both from the
-// finished state and from entry blocks extracted from it, and compares the continuations with the
-// full recompute.
-void check_point(int64_t p, const std::vector<int32_t>& tokens, const char* kind) {
+// Takes a snapshot at p (the prompt run in chunks [0, p), [p, L)), then resumes at p from the
+// state that went on, from entry blocks ending at p and from the reference's later blocks, and
+// compares each continuation with the full recompute.
+void check_point(int64_t p, const std::vector<int32_t>& tokens, const Reference& ref, const char* kind) {
   SCOPED_TRACE(std::string(kind) + " point at " + std::to_string(p));
   LoadedModel& lm = loaded();
   Model& m = *lm.model;
-  constexpr int kDecode = 4;
-  const std::vector<float> want = full_recompute(m, tokens, p, kDecode);
+  const std::vector<float> want = ref.from(p);
 
   auto original = m.new_sequence();
   if (p > 0) step_logits(m, *original, slice(tokens, 0, p));
@@ -129,14 +141,9 @@ void check_point(int64_t p, const std::vector<int32_t>& tokens, const char* kind
       << "resumed from blocks, continued in three chunks";
 
   // From blocks extracted after the sequence went on (the last one reaches past the point).
-  auto done = m.new_sequence();
-  step_logits(m, *done, tokens);
-  std::vector<EntryBlock> later;
-  for (int64_t k = 0; k * kBlockTokens < int64_t(tokens.size()); ++k)
-    later.push_back(extract_block(m, *done, k, kBlockTokens, std::min<int64_t>((k + 1) * kBlockTokens, int64_t(tokens.size()))));
-  std::vector<const EntryBlock*> later_ptrs;
-  for (const EntryBlock& b : later) later_ptrs.push_back(&b);
-  auto from_later = resume_from_blocks(m, later_ptrs, tail);
+  std::vector<const EntryBlock*> later;
+  for (const EntryBlock& b : ref.later) later.push_back(&b);
+  auto from_later = resume_from_blocks(m, later, tail);
   EXPECT_TRUE(bit_equal(continue_run(m, *from_later, tokens, p, {}, kDecode), want)) << "resumed from later blocks";
 }
 
@@ -144,16 +151,17 @@ TEST(PrefixState, EveryKindOfPointResumesExactly) {
   const Conversation c = conversation({40, 90, 60, 77}, 3);  // boundaries 41, 132, 193, 271
   const int64_t len = int64_t(c.tokens.size());
   ASSERT_EQ(len, 271);
-  check_point(len - 1, c.tokens, "prompt end (before the last token)");
-  check_point(c.boundaries[1], c.tokens, "message boundary");
-  check_point(c.boundaries[0], c.tokens, "message boundary");
-  check_point(64, c.tokens, "every-N (N = 64)");
-  check_point(256, c.tokens, "every-N at an HCA entry end");
-  check_point(37, c.tokens, "mid CSA block");
-  check_point(130, c.tokens, "mid CSA and HCA block");
-  check_point(200, c.tokens, "mid HCA block");
-  check_point(3, c.tokens, "inside CSA's first block");
-  check_point(0, c.tokens, "empty");
+  const Reference ref = reference(*loaded().model, c.tokens);
+  check_point(len - 1, c.tokens, ref, "prompt end (before the last token)");
+  check_point(c.boundaries[1], c.tokens, ref, "message boundary");
+  check_point(c.boundaries[0], c.tokens, ref, "message boundary");
+  check_point(64, c.tokens, ref, "every-N (N = 64)");
+  check_point(256, c.tokens, ref, "every-N at an HCA entry end");
+  check_point(37, c.tokens, ref, "mid CSA block");
+  check_point(130, c.tokens, ref, "mid CSA and HCA block");
+  check_point(200, c.tokens, ref, "mid HCA block");
+  check_point(3, c.tokens, ref, "inside CSA's first block");
+  check_point(0, c.tokens, ref, "empty");
 }
 
 // With the MTP block: the speculative tail (MTP window, the waiting streams) resumes with the main
