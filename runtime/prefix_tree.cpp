@@ -252,4 +252,30 @@ std::vector<int64_t> PrefixTree::plan_points(int64_t prompt_tokens, int64_t from
   return out;
 }
 
+void InFlightPoints::add(uint64_t seq, std::span<const int32_t> tokens, std::span<const int64_t> positions) {
+  Plan p;
+  p.tokens.assign(tokens.begin(), tokens.end());
+  p.positions.assign(positions.begin(), positions.end());
+  plans_[seq] = std::move(p);
+}
+
+void InFlightPoints::remove(uint64_t seq) { plans_.erase(seq); }
+
+int64_t InFlightPoints::longest(std::span<const int32_t> prompt, int64_t matched, uint64_t* seq) const {
+  int64_t best = 0;
+  for (const auto& [id, plan] : plans_) {
+    const size_t n = std::min(plan.tokens.size(), prompt.size());
+    const int64_t common = std::mismatch(plan.tokens.begin(), plan.tokens.begin() + int64_t(n), prompt.begin()).first -
+                           plan.tokens.begin();
+    for (int64_t p : plan.positions) {
+      if (p > common || p > int64_t(prompt.size()) - 1) break;
+      if (p > matched && p > best) {
+        best = p;
+        if (seq) *seq = id;
+      }
+    }
+  }
+  return best;
+}
+
 }  // namespace v4rt::runtime

@@ -112,4 +112,25 @@ class PrefixTree {
   uint64_t clock_ = 0;
 };
 
+// The points of prompts still being prefilled (batch sharing): a request admitted while another is
+// computing a prefix it shares waits for that request's point instead of computing the prefix
+// again. The scheduler inserts each point into the tree right after the chunk that ends there.
+// Deterministic like the tree (ordered by sequence id).
+class InFlightPoints {
+ public:
+  void add(uint64_t seq, std::span<const int32_t> tokens, std::span<const int64_t> positions);
+  void remove(uint64_t seq);
+  // The longest planned point that `prompt` extends with at least one token left over and that
+  // lies beyond `matched` (the tree's match), with its owner in *seq; 0 when none.
+  int64_t longest(std::span<const int32_t> prompt, int64_t matched, uint64_t* seq) const;
+  size_t size() const { return plans_.size(); }
+
+ private:
+  struct Plan {
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> positions;  // increasing
+  };
+  std::map<uint64_t, Plan> plans_;
+};
+
 }  // namespace v4rt::runtime

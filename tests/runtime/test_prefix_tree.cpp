@@ -274,6 +274,85 @@ TEST(PrefixTree, HundredRequestsComputeTheSharedPrefixOnce) {
   EXPECT_EQ(p.prefix_computed, 1000 + 99 * 232);
 }
 
+// 100 requests arriving together with a shared 1,000-token system prompt, through a scheduler in
+// miniature: each step admits every waiting request it can and runs one chunk per running request
+// (at most 256 tokens, ending at its next point, which is inserted right after). With
+// InFlightPoints a request waits for a shared point another request is computing; without, every
+// request computes the prefix itself. Returns the tokens computed.
+int64_t simulate_batch(bool share, PrefixTree& tree) {
+  constexpr int kRequests = 100, kPrefix = 1000, kSuffix = 50;
+  struct Req {
+    std::vector<int32_t> prompt;
+    int64_t pos = -1;  // -1: waiting
+    std::vector<int64_t> points;
+    size_t next = 0;
+    bool done = false;
+  };
+  std::vector<Req> reqs(kRequests);
+  for (int r = 0; r < kRequests; ++r) {
+    reqs[size_t(r)].prompt = tokens(kPrefix, 1);
+    for (int i = 0; i < kSuffix; ++i) reqs[size_t(r)].prompt.push_back(100000 + r * kSuffix + i);
+  }
+  InFlightPoints inflight;
+  const std::vector<int64_t> boundaries = {kPrefix};
+  int64_t computed = 0;
+  int finished = 0;
+  for (int step = 0; step < 10000 && finished < kRequests; ++step) {
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      Req& r = reqs[i];
+      if (r.pos >= 0) continue;
+      const PrefixMatch m = tree.match(r.prompt);
+      uint64_t owner = 0;
+      if (share && inflight.longest(r.prompt, m.position, &owner) > 0) continue;  // wait for that point
+      r.pos = m.position;
+      r.points = PrefixTree::plan_points(int64_t(r.prompt.size()), m.position, boundaries, 256);
+      inflight.add(i + 1, r.prompt, r.points);
+    }
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      Req& r = reqs[i];
+      if (r.pos < 0 || r.done) continue;
+      int64_t end = std::min<int64_t>(int64_t(r.prompt.size()), r.pos + 256);
+      if (r.next < r.points.size()) end = std::min(end, r.points[r.next]);
+      computed += end - r.pos;
+      r.pos = end;
+      if (r.next < r.points.size() && r.pos == r.points[r.next]) {
+        const std::vector<int64_t> point = {r.pos};
+        tree.insert(std::span<const int32_t>(r.prompt.data(), size_t(r.pos)), point);
+        ++r.next;
+      }
+      if (r.pos == int64_t(r.prompt.size())) {
+        r.done = true;
+        ++finished;
+        inflight.remove(i + 1);
+      }
+    }
+  }
+  EXPECT_EQ(finished, kRequests);
+  EXPECT_EQ(inflight.size(), 0u);
+  return computed;
+}
+
+TEST(PrefixTree, BatchSubmittedAtOnceComputesTheSharedPrefixOnce) {
+  PrefixTree shared_tree(options(256));
+  EXPECT_EQ(simulate_batch(/*share=*/true, shared_tree), 1000 + 100 * 50);
+  PrefixTree plain_tree(options(256));
+  EXPECT_EQ(simulate_batch(/*share=*/false, plain_tree), 100 * 1050) << "all admitted before any point exists";
+}
+
+TEST(PrefixTree, InFlightPointsLongest) {
+  InFlightPoints f;
+  const std::vector<int32_t> a = tokens(20, 1);
+  f.add(7, a, std::vector<int64_t>{4, 8, 12, 19});
+  uint64_t owner = 0;
+  EXPECT_EQ(f.longest(plus(head(a, 10), {5}), 0, &owner), 8);
+  EXPECT_EQ(owner, 7u);
+  EXPECT_EQ(f.longest(plus(head(a, 10), {5}), 8, &owner), 0) << "nothing beyond the tree's match";
+  EXPECT_EQ(f.longest(head(a, 12), 0, &owner), 8) << "a point at the prompt's end leaves no token";
+  EXPECT_EQ(f.longest(tokens(20, 2), 0, &owner), 0);
+  f.remove(7);
+  EXPECT_EQ(f.longest(a, 0, &owner), 0);
+}
+
 TEST(PrefixTree, SamePromptAgainComputesOneToken) {
   PrefixTree tree(options(256));
   const std::vector<int32_t> prompt = tokens(1409, 1);
