@@ -90,6 +90,41 @@ std::unique_ptr<SpeculativeSequence> SpeculativeSequence::clone(SequenceState& s
   return c;
 }
 
+SpeculativeTail SpeculativeSequence::snapshot() const {
+  CHECK(!verifying_ && !mtp_state_->marked()) << "speculative tail in the middle of a speculative step";
+  const int64_t row = int64_t(model_.config().hc_mult) * model_.config().hidden_size;
+  SpeculativeTail t;
+  t.mtp_state = mtp_state_->clone();
+  t.num_pending = num_pending_;
+  t.pending_next = pending_next_;
+  t.pending = model_.backend().alloc(size_t(std::max<int64_t>(num_pending_, 1) * row) * sizeof(float));
+  if (num_pending_ > 0) {
+    const TensorView to(t.pending.data(), DType::kF32, {num_pending_, row}, model_.backend().device());
+    model_.backend().copy_rows(to, kernels::view_reshape(rows(0, num_pending_), {num_pending_, row}));
+  }
+  const RowTable& window = mtp_state_->layer().window_tail;
+  t.bytes = (window.rows() * window.width() + num_pending_ * row) * int64_t(sizeof(float));
+  return t;
+}
+
+std::unique_ptr<SpeculativeSequence> SpeculativeSequence::resume(Model& model, Mtp& mtp, SequenceState& sequence,
+                                                                 const SpeculativeTail& tail) {
+  CHECK(tail.mtp_state) << "empty speculative tail";
+  CHECK_EQ(tail.mtp_state->position() + tail.num_pending, sequence.position())
+      << "speculative tail of another position";
+  auto s = std::make_unique<SpeculativeSequence>(model, mtp, sequence);
+  s->mtp_state_ = tail.mtp_state->clone();
+  s->reserve_rows(std::max<int64_t>(tail.num_pending, 1));
+  if (tail.num_pending > 0) {
+    const int64_t row = int64_t(model.config().hc_mult) * model.config().hidden_size;
+    const TensorView from(tail.pending.data(), DType::kF32, {tail.num_pending, row}, model.backend().device());
+    model.backend().copy_rows(kernels::view_reshape(s->rows(0, tail.num_pending), {tail.num_pending, row}), from);
+  }
+  s->num_pending_ = tail.num_pending;
+  s->pending_next_ = tail.pending_next;
+  return s;
+}
+
 StepChunk SpeculativeSequence::prompt_chunk(std::span<const int32_t> tokens, bool all_logits) {
   CHECK(!verifying_ && !tokens.empty() && !mtp_state_->marked());
   // Waiting rows (after a prompt chunk: 1; after a resolve: accepted + 1) pair up with the chunk's

@@ -55,6 +55,17 @@ struct SpeculativeStats {
   void add(const SpeculativeStats& o);
 };
 
+// The speculative part of a resumable point (prefix cache, model/prefix_state.h): the MTP block's
+// state (window only) and the main streams waiting for it, taken between steps (after a prompt
+// chunk: one waiting row). With the main sequence's TailSnapshot it resumes a speculative sequence.
+struct SpeculativeTail {
+  std::unique_ptr<MtpState> mtp_state;
+  Buffer pending;                     // [num_pending, hc, D]
+  int64_t num_pending = 0;
+  std::vector<int32_t> pending_next;  // next tokens of pending rows [0, num_pending - 1)
+  int64_t bytes = 0;                  // MTP window rows + waiting rows (F32)
+};
+
 // Largest draft depth the model's window allows (a verify chunk must stay inside the window).
 int max_draft_depth(const ModelConfig& config);
 
@@ -75,6 +86,11 @@ class SpeculativeSequence {
   // A deep copy over `sequence`, a copy of this one's SequenceState (prefix reuse): the MTP state
   // and the waiting streams are copied. Not between draft() and resolve().
   std::unique_ptr<SpeculativeSequence> clone(SequenceState& sequence) const;
+  // The speculative tail at this position (not between draft() and resolve()), and a sequence
+  // resumed from one over `sequence`, a state at the same position (model/prefix_state.h).
+  SpeculativeTail snapshot() const;
+  static std::unique_ptr<SpeculativeSequence> resume(Model& model, Mtp& mtp, SequenceState& sequence,
+                                                     const SpeculativeTail& tail);
 
   // A non-speculative chunk (prompt): the StepChunk for Model::step (it keeps the final streams;
   // the tokens are copied), then after_prompt_chunk() feeds the MTP block every pair whose next

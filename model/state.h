@@ -102,6 +102,8 @@ class SequenceState {
   int64_t position() const { return position_; }  // tokens processed so far
   void advance(int64_t n) { position_ += n; }
   LayerState& layer(int l) { return layers_[size_t(l)]; }
+  const LayerState& layer(int l) const { return layers_[size_t(l)]; }
+  int num_layers() const { return int(layers_.size()); }
   const EntryOwnership& ownership() const { return ownership_; }
   // Set before the first token (SP): which compressed entries this rank stores.
   void set_ownership(const EntryOwnership& ownership);

@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: MIT
+// Tail snapshots, entry blocks and resuming a sequence from them (prefix_state.h).
+#include "model/prefix_state.h"
+
+#include <algorithm>
+
+#include "common/check.h"
+#include "model/model.h"
+
+namespace v4rt::model {
+
+namespace {
+
+int64_t table_bytes(const RowTable& t) { return t.rows() * t.width() * int64_t(sizeof(float)); }
+
+// Copies rows [begin, end) of `src` onto the end of `dst`.
+void append_rows(kernels::Backend& be, RowTable& dst, const RowTable& src, int64_t begin, int64_t end) {
+  CHECK(begin >= 0 && begin <= end && end <= src.rows()) << "rows [" << begin << ", " << end << ") of " << src.rows();
+  CHECK_EQ(dst.width(), src.width()) << "row width";
+  if (end == begin) return;
+  be.copy_rows(dst.reserve(end - begin), src.rows_view(begin, end));
+  dst.commit(end - begin);
+}
+
+void set_rows(kernels::Backend& be, RowTable& dst, const RowTable& src) {
+  dst.clear();
+  append_rows(be, dst, src, 0, src.rows());
+}
+
+// The first entry of block `index` (block_tokens is a multiple of the ratio).
+int64_t first_entry(int64_t index, int64_t block_tokens, int ratio) { return index * block_tokens / ratio; }
+
+// A fresh sequence of `model` at the snapshot's tail, entries still empty.
+std::unique_ptr<SequenceState> state_with_tail(Model& model, const TailSnapshot& tail) {
+  kernels::Backend& be = model.backend();
+  auto seq = model.new_sequence();
+  CHECK_EQ(size_t(seq->num_layers()), tail.layers.size()) << "tail snapshot of another model";
+  for (int l = 0; l < seq->num_layers(); ++l) {
+    LayerState& s = seq->layer(l);
+    const LayerTail& t = tail.layers[size_t(l)];
+    CHECK(s.has_compressor == t.has_compressor && s.has_indexer == t.has_indexer) << "layer " << l << " kind";
+    set_rows(be, s.window_tail, t.window);
+    for (auto [c, ct, used] : {std::tuple{&s.main, &t.main, s.has_compressor},
+                               std::tuple{&s.indexer, &t.indexer, s.has_indexer}}) {
+      if (!used) continue;
+      set_rows(be, c->kv, ct->kv);
+      set_rows(be, c->score, ct->score);
+      c->start = ct->start;
+      c->num_entries = ct->num_entries;
+      c->entries.clear();
+    }
+  }
+  seq->advance(tail.position);
+  return seq;
+}
+
+// Widths of one layer's compressor token rows and entries.
+struct CompressorDims {
+  int64_t row_width = 0, entry_width = 0;
+};
+CompressorDims main_dims(const ModelConfig& config, int ratio) {
+  return {int64_t(ratio == 4 ? 2 : 1) * config.head_dim, config.head_dim};
+}
+CompressorDims indexer_dims(const ModelConfig& config) {
+  return {2 * int64_t(config.index_head_dim), config.index_head_dim};
+}
+
+}  // namespace
+
+int64_t TailSnapshot::bytes() const {
+  int64_t b = 0;
+  for (const LayerTail& t : layers) {
+    b += table_bytes(t.window);
+    for (const CompressorTail* c : {&t.main, &t.indexer}) b += table_bytes(c->kv) + table_bytes(c->score);
+  }
+  return b;
+}
+
+TailSnapshot snapshot_tail(const SequenceState& state) {
+  CHECK(!state.marked()) << "tail snapshot of a marked sequence";
+  TailSnapshot snap;
+  snap.position = state.position();
+  snap.layers.resize(size_t(state.num_layers()));
+  for (int l = 0; l < state.num_layers(); ++l) {
+    const LayerState& s = state.layer(l);
+    LayerTail& t = snap.layers[size_t(l)];
+    t.window = s.window_tail.clone();
+    t.has_compressor = s.has_compressor;
+    t.has_indexer = s.has_indexer;
+    for (auto [c, ct, used] : {std::tuple{&s.main, &t.main, s.has_compressor},
+                               std::tuple{&s.indexer, &t.indexer, s.has_indexer}}) {
+      if (!used) continue;
+      ct->kv = c->kv.clone();
+      ct->score = c->score.clone();
+      ct->start = c->start;
+      ct->num_entries = c->num_entries;
+    }
+  }
+  return snap;
+}
+
+int64_t owned_before(const EntryOwnership& own, int64_t n) {
+  if (own.num_ranks == 1) return n;
+  const int64_t q = n / own.block;  // whole ownership blocks before n
+  int64_t count = (q / own.num_ranks + (q % own.num_ranks > own.rank ? 1 : 0)) * own.block;
+  if (q % own.num_ranks == own.rank) count += n % own.block;
+  return count;
+}
+
+int64_t EntryBlock::bytes() const {
+  int64_t b = 0;
+  for (const auto* tables : {&main, &indexer})
+    for (const RowTable& t : *tables) b += table_bytes(t);
+  return b;
+}
+
+void validate_block_tokens(const ModelConfig& config, int64_t block_tokens) {
+  V4RT_REQUIRE(block_tokens > 0, "prefix block of " << block_tokens << " tokens must be positive");
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    const int r = config.compress_ratio(l);
+    V4RT_REQUIRE(r == 0 || block_tokens % r == 0,
+                 "prefix block of " << block_tokens << " tokens is not a multiple of layer " << l << "'s compress ratio "
+                                    << r);
+  }
+}
+
+EntryBlock extract_block(Model& model, const SequenceState& state, int64_t index, int64_t block_tokens, int64_t end) {
+  const ModelConfig& config = model.config();
+  kernels::Backend& be = model.backend();
+  validate_block_tokens(config, block_tokens);
+  const int64_t begin = index * block_tokens;
+  CHECK(index >= 0 && begin <= end && end <= begin + block_tokens && end <= state.position())
+      << "block " << index << " up to " << end << " of a sequence at " << state.position();
+  EntryBlock b;
+  b.index = index;
+  b.block_tokens = block_tokens;
+  b.end = end;
+  b.ownership = state.ownership();
+  b.main.resize(size_t(state.num_layers()));
+  b.indexer.resize(size_t(state.num_layers()));
+  for (int l = 0; l < state.num_layers(); ++l) {
+    const LayerState& s = state.layer(l);
+    const int ratio = config.compress_ratio(l);
+    for (auto [c, out, used, r] : {std::tuple{&s.main, &b.main[size_t(l)], s.has_compressor, ratio},
+                                   std::tuple{&s.indexer, &b.indexer[size_t(l)], s.has_indexer, 4}}) {
+      if (!used) continue;
+      const int64_t lo = owned_before(b.ownership, first_entry(index, block_tokens, r));
+      const int64_t hi = owned_before(b.ownership, end / r);
+      CHECK_LE(hi, c->entries.rows()) << "layer " << l << " holds fewer entries than its position implies";
+      *out = RowTable(&be, c->entries.width());
+      append_rows(be, *out, c->entries, lo, hi);
+    }
+  }
+  return b;
+}
+
+std::unique_ptr<SequenceState> resume_from_state(Model& model, const SequenceState& advanced, const TailSnapshot& tail) {
+  CHECK(!advanced.marked()) << "resume from a marked sequence";
+  CHECK_GE(advanced.position(), tail.position) << "source sequence behind the snapshot";
+  auto seq = state_with_tail(model, tail);
+  CHECK(seq->ownership().num_ranks == advanced.ownership().num_ranks && seq->ownership().rank == advanced.ownership().rank &&
+        seq->ownership().block == advanced.ownership().block)
+      << "source sequence has another entry ownership";
+  kernels::Backend& be = model.backend();
+  for (int l = 0; l < seq->num_layers(); ++l) {
+    LayerState& s = seq->layer(l);
+    const LayerState& src = advanced.layer(l);
+    for (auto [c, from, used] : {std::tuple{&s.main, &src.main, s.has_compressor},
+                                 std::tuple{&s.indexer, &src.indexer, s.has_indexer}}) {
+      if (!used) continue;
+      append_rows(be, c->entries, from->entries, 0, owned_before(seq->ownership(), c->num_entries));
+    }
+  }
+  return seq;
+}
+
+std::unique_ptr<SequenceState> resume_from_blocks(Model& model, std::span<const EntryBlock* const> blocks,
+                                                  const TailSnapshot& tail) {
+  auto seq = state_with_tail(model, tail);
+  kernels::Backend& be = model.backend();
+  const EntryOwnership& own = seq->ownership();
+  int64_t covered = 0;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const EntryBlock& b = *blocks[i];
+    CHECK_EQ(b.index, int64_t(i)) << "entry blocks out of order";
+    CHECK_EQ(b.index * b.block_tokens, covered) << "entry blocks leave a gap";
+    CHECK(b.ownership.num_ranks == own.num_ranks && b.ownership.rank == own.rank && b.ownership.block == own.block)
+        << "entry block " << i << " has another entry ownership";
+    CHECK(i + 1 == blocks.size() || b.end == (b.index + 1) * b.block_tokens) << "entry block " << i << " is partial";
+    covered = b.end;
+  }
+  CHECK_GE(covered, tail.position) << "entry blocks cover " << covered << " of " << tail.position << " tokens";
+  for (int l = 0; l < seq->num_layers(); ++l) {
+    LayerState& s = seq->layer(l);
+    for (auto [c, which, used] : {std::tuple{&s.main, 0, s.has_compressor}, std::tuple{&s.indexer, 1, s.has_indexer}}) {
+      if (!used) continue;
+      const int64_t want = owned_before(own, c->num_entries);  // local rows the resumed state holds
+      for (const EntryBlock* b : blocks) {
+        const RowTable& t = which == 0 ? b->main[size_t(l)] : b->indexer[size_t(l)];
+        const int64_t take = std::min(t.rows(), want - c->entries.rows());
+        if (take <= 0) break;
+        append_rows(be, c->entries, t, 0, take);
+      }
+      CHECK_EQ(c->entries.rows(), want) << "layer " << l << ": entry blocks hold too few rows";
+    }
+  }
+  return seq;
+}
+
+int64_t tail_snapshot_bytes(const ModelConfig& config, int64_t position) {
+  int64_t floats = 0;
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    floats += std::min<int64_t>(position, config.sliding_window - 1) * config.head_dim;
+    const int ratio = config.compress_ratio(l);
+    if (ratio == 0) continue;
+    auto partial = [&](int r, const CompressorDims& d) {
+      const int64_t lead = r == 4 ? r : 0;
+      const int64_t start = position / r * r - lead;
+      floats += 2 * (position - start) * d.row_width;  // kv and score
+    };
+    partial(ratio, main_dims(config, ratio));
+    if (ratio == 4) partial(4, indexer_dims(config));
+  }
+  return floats * int64_t(sizeof(float));
+}
+
+int64_t entry_block_bytes(const ModelConfig& config, const EntryOwnership& own, int64_t begin, int64_t end) {
+  int64_t most = 0;
+  for (int rank = 0; rank < own.num_ranks; ++rank) {
+    EntryOwnership o = own;
+    o.rank = rank;
+    int64_t floats = 0;
+    for (int l = 0; l < config.num_hidden_layers; ++l) {
+      const int ratio = config.compress_ratio(l);
+      if (ratio == 0) continue;
+      auto rows = [&](int r) { return owned_before(o, end / r) - owned_before(o, (begin + r - 1) / r); };
+      floats += rows(ratio) * main_dims(config, ratio).entry_width;
+      if (ratio == 4) floats += rows(4) * indexer_dims(config).entry_width;
+    }
+    most = std::max(most, floats);
+  }
+  return most * int64_t(sizeof(float));
+}
+
+}  // namespace v4rt::model

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: MIT
+// PrefixStore: the rank-local payloads behind the prefix tree's ids.
+#include "runtime/prefix_store.h"
+
+#include <vector>
+
+#include "common/check.h"
+
+namespace v4rt::runtime {
+
+PrefixStore::PrefixStore(model::Model& model, int64_t block_tokens) : model_(model), block_tokens_(block_tokens) {
+  model::validate_block_tokens(model.config(), block_tokens);
+}
+
+void PrefixStore::apply(const InsertResult& result, std::map<int64_t, model::TailSnapshot>& snapshots,
+                        const model::SequenceState& sequence) {
+  for (const PointSpec& p : result.points) {
+    auto it = snapshots.find(p.position);
+    CHECK(it != snapshots.end()) << "no tail snapshot taken at prefix point " << p.position;
+    bytes_ += it->second.bytes();
+    points_.emplace(p.id, std::move(it->second));
+    snapshots.erase(it);
+  }
+  for (const BlockSpec& b : result.blocks) {
+    model::EntryBlock block = model::extract_block(model_, sequence, b.index, block_tokens_, b.end);
+    bytes_ += block.bytes();
+    blocks_.emplace(b.id, std::move(block));
+  }
+  free(result.freed);
+}
+
+void PrefixStore::free(std::span<const PrefixId> ids) {
+  for (PrefixId id : ids) {
+    if (auto p = points_.find(id); p != points_.end()) {
+      bytes_ -= p->second.bytes();
+      points_.erase(p);
+    } else if (auto b = blocks_.find(id); b != blocks_.end()) {
+      bytes_ -= b->second.bytes();
+      blocks_.erase(b);
+    } else {
+      LOG(FATAL) << "prefix store holds no id " << id;
+    }
+  }
+}
+
+std::unique_ptr<model::SequenceState> PrefixStore::resume(const PrefixMatch& match) const {
+  auto p = points_.find(match.point);
+  CHECK(p != points_.end()) << "prefix store holds no point " << match.point;
+  CHECK_EQ(p->second.position, match.position) << "prefix point " << match.point;
+  std::vector<const model::EntryBlock*> blocks;
+  for (PrefixId id : match.blocks) {
+    auto b = blocks_.find(id);
+    CHECK(b != blocks_.end()) << "prefix store holds no block " << id;
+    blocks.push_back(&b->second);
+  }
+  return model::resume_from_blocks(model_, blocks, p->second);
+}
+
+void set_model_byte_sizes(PrefixTreeOptions& options, const model::ModelConfig& config,
+                          const model::EntryOwnership& ownership) {
+  options.point_bytes = [config](int64_t position) { return model::tail_snapshot_bytes(config, position); };
+  options.block_bytes = [config, ownership](int64_t begin, int64_t end) {
+    return model::entry_block_bytes(config, ownership, begin, end);
+  };
+}
+
+}  // namespace v4rt::runtime
