@@ -17,6 +17,7 @@ void register_bench(CLI::App& app) {
   register_bench_prefill(*bench);
   register_bench_mtp(*bench);
   register_bench_serve(*bench);
+  register_bench_sample(*bench);
 }
 
 }  // namespace v4rt::launch

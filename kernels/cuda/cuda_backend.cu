@@ -227,6 +227,7 @@ void CudaBackend::compressor_pool(const CompressorPoolParams& p) { launch_compre
 void CudaBackend::hadamard(const HadamardParams& p) { launch_hadamard(p, stream_.get()); }
 void CudaBackend::indexer_scores(const IndexerScoresParams& p) { launch_indexer_scores(p, stream_.get()); }
 void CudaBackend::topk(const TopkParams& p) { launch_topk(p, stream_.get()); }
+void CudaBackend::sample(const SampleParams& p) { launch_sample(p, stream_.get()); }
 void CudaBackend::sparse_attention(const SparseAttentionParams& p) { launch_sparse_attention(p, stream_.get()); }
 void CudaBackend::moe_gate(const MoeGateParams& p) { launch_moe_gate(p, stream_.get()); }
 void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()); }

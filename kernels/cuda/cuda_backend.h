@@ -54,6 +54,7 @@ class CudaBackend final : public Backend {
   void embedding(const EmbeddingParams& p) override;
   void add(const AddParams& p) override;
   void qdq(const QdqParams& p) override;
+  void sample(const SampleParams& p) override;
 
   cudaStream_t stream() const { return stream_.get(); }
   // fp32 block scales of an uploaded FP8 weight view (a row slice of an upload is fine).

@@ -87,6 +87,9 @@ void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s);
 void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s);
 void launch_topk(const TopkParams& p, cudaStream_t s);
 
+// --- sample.cu ---------------------------------------------------------------------------------
+void launch_sample(const SampleParams& p, cudaStream_t s);
+
 // --- attention.cu --------------------------------------------------------------------------------
 void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s);
 
