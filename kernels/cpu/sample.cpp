@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Token sampling (SampleParams, kernels/backend.h), written for obviousness: a sort of the ids by
-// descending logit, the top-k / top-p prefix walked in that order, the draw walked in id order.
+// descending logit (as far as the kept prefix needs it), the top-k / top-p prefix walked in that
+// order, the draw walked in id order.
 // The reference of the CUDA op, which finds the same prefix by radix selection instead of a sort.
 #include <algorithm>
 #include <cmath>
@@ -13,32 +14,44 @@ namespace v4rt::kernels::cpu {
 
 SampleKept sample_kept_set(const float* logits, int64_t vocab, const SampleRow& row) {
   CHECK(vocab > 0 && row.temperature > 0.0f);
+  const float mx = *std::max_element(logits, logits + vocab);
+  const auto weight = [&](int64_t id) { return std::exp((logits[id] - mx) / row.temperature); };  // fp32
+  const size_t len = row.top_k > 0 ? std::min<size_t>(size_t(row.top_k), size_t(vocab)) : size_t(vocab);
+  SampleKept kept;
+  if (len == size_t(vocab) && row.top_p >= 1.0f) {  // the whole vocabulary: no order needed
+    for (int64_t id = 0; id < vocab; ++id) {
+      kept.ids.push_back(int32_t(id));
+      kept.weights.push_back(double(weight(id)));
+      kept.mass += kept.weights.back();
+    }
+    return kept;
+  }
   std::vector<int32_t> order(static_cast<size_t>(vocab));
   std::iota(order.begin(), order.end(), 0);
   const auto before = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  size_t len = row.top_k > 0 ? std::min<size_t>(size_t(row.top_k), order.size()) : order.size();
-  if (len < order.size() && row.top_p >= 1.0f) {
-    std::partial_sort(order.begin(), order.begin() + ptrdiff_t(len), order.end(), before);
-  } else {
-    std::sort(order.begin(), order.end(), before);  // a strict total order: no stability needed
-  }
-  const float mx = logits[order[0]];
-  const auto weight = [&](int32_t id) { return std::exp((logits[id] - mx) / row.temperature); };  // fp32
+  // The order is needed up to the kept length only: top-k sorts its k best; top-p alone first
+  // tries the 1024 best and sorts everything only when the nucleus is longer.
+  size_t sorted = len < size_t(vocab) ? len : std::min<size_t>(1024, len);
+  std::partial_sort(order.begin(), order.begin() + ptrdiff_t(sorted), order.end(), before);
+  size_t keep = len;
   if (row.top_p < 1.0f) {
     double mass = 0.0;
-    for (size_t j = 0; j < len; ++j) mass += double(weight(order[j]));
+    if (len < size_t(vocab)) {
+      for (size_t j = 0; j < len; ++j) mass += double(weight(order[j]));
+    } else {
+      for (int64_t id = 0; id < vocab; ++id) mass += double(weight(id));
+    }
     const double target = double(row.top_p) * mass;
-    double cum = 0.0;
-    for (size_t j = 0; j < len; ++j) {
-      cum += double(weight(order[j]));
-      if (cum >= target) {
-        len = j + 1;
-        break;
-      }
+    for (;;) {
+      double cum = 0.0;
+      keep = 0;
+      while (keep < sorted && cum < target) cum += double(weight(order[keep++]));
+      if (cum >= target || sorted == len) break;
+      sorted = len;  // the nucleus is longer than the partial order: sort the rest
+      std::sort(order.begin(), order.end(), before);
     }
   }
-  SampleKept kept;
-  kept.ids.assign(order.begin(), order.begin() + ptrdiff_t(len));
+  kept.ids.assign(order.begin(), order.begin() + ptrdiff_t(keep));
   std::sort(kept.ids.begin(), kept.ids.end());
   for (int32_t id : kept.ids) {
     kept.weights.push_back(double(weight(id)));

@@ -59,7 +59,7 @@ __device__ __forceinline__ float key_float(uint32_t k) {
 // Fixed-point weight of logit v: exp((v - mx) / temperature) * 2^46, rounded to nearest.
 __device__ __forceinline__ u64 fixed_weight(float v, float mx, float temperature) {
   const float w = expf((v - mx) / temperature);
-  return __double2ull_rn(double(w) * kFixedOne);
+  return w > 0.0f ? __double2ull_rn(double(w) * kFixedOne) : 0ull;  // NaN: 0
 }
 
 struct Logits {

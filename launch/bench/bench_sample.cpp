@@ -66,7 +66,7 @@ void run_bench_sample(const SampleBenchOptions& o) {
   std::printf("%-40s %6s %12s %12s %14s\n", "mode", "batch", "ms/call", "GB/s", "GPU roofline");
   for (const int64_t batch : batches) {
     std::vector<float> host(size_t(batch * o.vocab));
-    std::mt19937_64 rng(uint64_t(batch));
+    std::mt19937_64 rng{uint64_t(batch)};
     std::normal_distribution<float> nd(0.f, 2.f);
     for (float& v : host) v = nd(rng);
     for (int64_t r = 0; r < batch; ++r)
@@ -77,7 +77,7 @@ void run_bench_sample(const SampleBenchOptions& o) {
     Buffer rows = be->alloc(size_t(batch) * sizeof(kernels::SampleRow));
     be->copy_to_device(logits.data(), host.data(), host.size() * 4);
     for (const Mode& m : modes) {
-      std::vector<kernels::SampleRow> sr(size_t(batch));
+      std::vector<kernels::SampleRow> sr(static_cast<size_t>(batch));
       for (int64_t r = 0; r < batch; ++r) {
         sr[size_t(r)].seed = uint64_t(r + 1);
         sr[size_t(r)].position = 4096 + r;

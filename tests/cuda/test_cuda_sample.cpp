@@ -99,7 +99,7 @@ TEST(CudaSample, GreedyIdenticalF32AndBf16) {
   for (auto [rows, vocab, ties] : {std::tuple{1, int64_t(129280), false}, {64, int64_t(129280), true}, {33, int64_t(1000), true},
                                    {256, int64_t(4097), false}}) {
     const std::vector<float> logits = random_logits(rng, rows, vocab, 3.f, ties);
-    std::vector<SampleRow> srows(size_t(rows));
+    std::vector<SampleRow> srows(static_cast<size_t>(rows));
     for (int r = 0; r < rows; ++r) srows[size_t(r)].seed = uint64_t(r);
     const Run c = run(false, logits, vocab, srows, 0);
     EXPECT_EQ(run(true, logits, vocab, srows, 0, DType::kF32).ids, c.ids) << rows << "x" << vocab << " F32";
@@ -116,7 +116,7 @@ TEST(CudaSample, SampledIdsMatchCpuOnTheSameStreams) {
   for (auto [rows, vocab, ties] : {std::tuple{256, int64_t(129280), false}, {96, int64_t(129280), true},
                                    {512, int64_t(1000), true}, {200, int64_t(33), false}}) {
     const std::vector<float> logits = random_logits(rng, rows, vocab, 2.f, ties);
-    std::vector<SampleRow> srows(size_t(rows));
+    std::vector<SampleRow> srows(static_cast<size_t>(rows));
     for (int r = 0; r < rows; ++r) {
       SampleRow& s = srows[size_t(r)];
       s.seed = 0x1234567890ull * uint64_t(r + 1);
@@ -141,7 +141,7 @@ TEST(CudaSample, TopLogprobsMatchCpu) {
   std::vector<float> logits = random_logits(rng, rows, vocab, 2.f, false);
   for (int r = 0; r < rows; ++r)  // a run of equal logits at the top: ties to the lower id
     for (int64_t i : {int64_t(5), int64_t(700), int64_t(129279), int64_t(64)}) logits[size_t(r * vocab + i)] = 12.0f;
-  std::vector<SampleRow> srows(size_t(rows));
+  std::vector<SampleRow> srows(static_cast<size_t>(rows));
   for (int r = 0; r < rows; ++r) {
     srows[size_t(r)].seed = uint64_t(r);
     srows[size_t(r)].temperature = r % 2 ? 0.8f : 0.0f;
@@ -168,7 +168,7 @@ TEST(CudaSample, IdsIndependentOfBatchRow) {
   const int64_t vocab = 129280;
   const int rows = 16;
   const std::vector<float> logits = random_logits(rng, rows, vocab, 2.f, false);
-  std::vector<SampleRow> srows(size_t(rows));
+  std::vector<SampleRow> srows(static_cast<size_t>(rows));
   for (int r = 0; r < rows; ++r) {
     srows[size_t(r)].seed = 99 + uint64_t(r);
     srows[size_t(r)].position = 7 * r;

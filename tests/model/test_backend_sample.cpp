@@ -74,21 +74,21 @@ std::vector<double> host_distribution(const std::vector<float>& logits, double t
   return model::sampling_distribution(masked, temperature, top_p);
 }
 
-// Counts of the ids drawn by Backend::sample with seeds 1..runs (one row per seed, one call).
+// Counts of the ids drawn by Backend::sample with seeds 1..runs (one row per seed, 64 rows a call).
 std::vector<int64_t> backend_counts(const std::vector<float>& logits, const SampleRow& base, int runs) {
   const int64_t vocab = int64_t(logits.size());
-  std::vector<float> batch;
-  batch.reserve(size_t(runs) * logits.size());
-  std::vector<SampleRow> rows;
-  for (int r = 1; r <= runs; ++r) {
-    batch.insert(batch.end(), logits.begin(), logits.end());
-    SampleRow s = base;
-    s.seed = uint64_t(r) * 0x9E3779B97F4A7C15ull;
-    rows.push_back(s);
-  }
-  const Outputs o = run_sample(batch, vocab, rows);
   std::vector<int64_t> counts(logits.size(), 0);
-  for (int32_t id : o.ids) ++counts[size_t(id)];
+  for (int first = 1; first <= runs; first += 64) {
+    std::vector<float> batch;
+    std::vector<SampleRow> rows;
+    for (int r = first; r < first + 64 && r <= runs; ++r) {
+      batch.insert(batch.end(), logits.begin(), logits.end());
+      SampleRow s = base;
+      s.seed = uint64_t(r) * 0x9E3779B97F4A7C15ull;
+      rows.push_back(s);
+    }
+    for (int32_t id : run_sample(batch, vocab, rows).ids) ++counts[size_t(id)];
+  }
   return counts;
 }
 
@@ -133,7 +133,7 @@ TEST(BackendSample, GreedyEqualsHostArgmax) {
   std::vector<SampleRow> rows(64);
   std::vector<int32_t> want;
   for (size_t r = 0; r < rows.size(); ++r) {
-    std::vector<float> l(size_t(vocab));
+    std::vector<float> l(static_cast<size_t>(vocab));
     std::uniform_int_distribution<int> small(-20, 20);  // many equal maxima: ties to the lower id
     for (float& v : l) v = r % 2 ? float(small(rng)) : std::normal_distribution<float>(0.f, 3.f)(rng);
     want.push_back(model::argmax(l));
@@ -175,6 +175,30 @@ TEST(BackendSample, SmallVocabularyDistributionsMatchHostSampler) {
   }
 }
 
+TEST(BackendSample, KeptSetIsTheHostSamplersSupport) {
+  // The kept set of the CPU op equals the support of the host sampler's distribution, including
+  // nuclei longer than the op's first partial sort (1024 ids) and ties at the boundaries.
+  std::mt19937_64 rng(8);
+  for (const int64_t vocab : {int64_t(40), int64_t(3000), int64_t(129280)}) {
+    std::vector<float> logits(static_cast<size_t>(vocab));
+    for (float& v : logits) v = round_bf16(std::normal_distribution<float>(0.f, vocab > 1000 ? 0.3f : 1.f)(rng));
+    for (const DistCase c : {DistCase{1.0f, 0.9f, 0}, DistCase{0.7f, 0.5f, 0}, DistCase{1.0f, 0.95f, 2000},
+                             DistCase{1.2f, 1.0f, 17}, DistCase{1.0f, 0.99f, 0}}) {
+      SampleRow row;
+      row.temperature = c.temperature;
+      row.top_p = c.top_p;
+      row.top_k = c.top_k;
+      const cpu::SampleKept kept = cpu::sample_kept_set(logits.data(), vocab, row);
+      const std::vector<double> exact = host_distribution(logits, c.temperature, c.top_p, c.top_k);
+      std::vector<int32_t> support;
+      for (size_t i = 0; i < exact.size(); ++i)
+        if (exact[i] > 0.0) support.push_back(int32_t(i));
+      EXPECT_EQ(kept.ids, support) << "vocab " << vocab << " T " << c.temperature << " top_p " << c.top_p << " top_k "
+                                   << c.top_k;
+    }
+  }
+}
+
 TEST(BackendSample, ChiSquareDetectsAWrongDistribution) {
   // The draws with top_p 0.7 held against the full softmax: the test above would catch a sampler
   // that ignored top_p.
@@ -190,7 +214,7 @@ TEST(BackendSample, ChiSquareDetectsAWrongDistribution) {
 TEST(BackendSample, FullVocabularyPeakedDistributionsMatchHostSampler) {
   const int64_t vocab = 129280;
   std::mt19937_64 rng(11);
-  std::vector<float> logits(size_t(vocab));
+  std::vector<float> logits(static_cast<size_t>(vocab));
   for (float& v : logits) v = std::normal_distribution<float>(0.f, 1.f)(rng);
   // A peaked head: 6 tokens spread over the vocabulary carry most of the mass.
   const int32_t head[] = {17, 4096, 65536, 100003, 129279, 77};
@@ -221,7 +245,7 @@ TEST(BackendSample, DrawsIndependentOfBatchComposition) {
   const int64_t vocab = 300;
   std::mt19937_64 rng(3);
   auto random_logits = [&] {
-    std::vector<float> l(size_t(vocab));
+    std::vector<float> l(static_cast<size_t>(vocab));
     for (float& v : l) v = std::normal_distribution<float>(0.f, 1.5f)(rng);
     return l;
   };
