@@ -19,7 +19,7 @@ namespace {
 constexpr double kBoundaryTol = 1e-6;  // of the kept mass
 constexpr double kLogprobTol = 1e-4;
 
-struct Run {
+struct SampleRun {
   std::vector<int32_t> ids;
   std::vector<float> logprob;
   std::vector<int32_t> top_ids;
@@ -27,7 +27,7 @@ struct Run {
 };
 
 // Samples `logits` [rows.size(), vocab] on `backend` (GPU logits as `gpu_dtype`).
-Run run(bool gpu, const std::vector<float>& logits, int64_t vocab, const std::vector<SampleRow>& rows, int max_n,
+SampleRun run(bool gpu, const std::vector<float>& logits, int64_t vocab, const std::vector<SampleRow>& rows, int max_n,
         DType gpu_dtype = DType::kF32) {
   const int64_t n = int64_t(rows.size());
   Dual l = make_dual({n, vocab}, logits, gpu_dtype);
@@ -50,7 +50,7 @@ Run run(bool gpu, const std::vector<float>& logits, int64_t vocab, const std::ve
   }
   b.sample(p);
   b.synchronize();
-  Run r;
+  SampleRun r;
   r.ids = gpu ? gpu_i32(ids) : cpu_i32(ids);
   r.logprob = gpu ? lp.gpu_values() : lp.cpu_values();
   if (max_n > 0) {
@@ -74,7 +74,7 @@ bool near_boundary(const float* logits, int64_t vocab, const SampleRow& s, int32
 }
 
 void expect_same_ids(const std::string& what, const std::vector<float>& logits, int64_t vocab,
-                     const std::vector<SampleRow>& rows, const Run& cpu, const Run& gpu) {
+                     const std::vector<SampleRow>& rows, const SampleRun& cpu, const SampleRun& gpu) {
   int near = 0;
   for (size_t r = 0; r < rows.size(); ++r) {
     if (cpu.ids[r] == gpu.ids[r]) continue;
@@ -101,7 +101,7 @@ TEST(CudaSample, GreedyIdenticalF32AndBf16) {
     const std::vector<float> logits = random_logits(rng, rows, vocab, 3.f, ties);
     std::vector<SampleRow> srows(static_cast<size_t>(rows));
     for (int r = 0; r < rows; ++r) srows[size_t(r)].seed = uint64_t(r);
-    const Run c = run(false, logits, vocab, srows, 0);
+    const SampleRun c = run(false, logits, vocab, srows, 0);
     EXPECT_EQ(run(true, logits, vocab, srows, 0, DType::kF32).ids, c.ids) << rows << "x" << vocab << " F32";
     EXPECT_EQ(run(true, logits, vocab, srows, 0, DType::kBF16).ids, c.ids) << rows << "x" << vocab << " BF16";
   }
@@ -127,7 +127,7 @@ TEST(CudaSample, SampledIdsMatchCpuOnTheSameStreams) {
       s.top_k = top_ks[(r / 12) % 5];
     }
     const std::string what = std::to_string(rows) + "x" + std::to_string(vocab) + (ties ? " with ties" : "");
-    const Run c = run(false, logits, vocab, srows, 0);
+    const SampleRun c = run(false, logits, vocab, srows, 0);
     expect_same_ids(what + " F32", logits, vocab, srows, c, run(true, logits, vocab, srows, 0, DType::kF32));
     expect_same_ids(what + " BF16", logits, vocab, srows, c, run(true, logits, vocab, srows, 0, DType::kBF16));
   }
@@ -147,8 +147,8 @@ TEST(CudaSample, TopLogprobsMatchCpu) {
     srows[size_t(r)].temperature = r % 2 ? 0.8f : 0.0f;
     srows[size_t(r)].n_logprobs = r % (max_n + 1);
   }
-  const Run c = run(false, logits, vocab, srows, max_n);
-  const Run g = run(true, logits, vocab, srows, max_n);
+  const SampleRun c = run(false, logits, vocab, srows, max_n);
+  const SampleRun g = run(true, logits, vocab, srows, max_n);
   expect_same_ids("top logprobs rows", logits, vocab, srows, c, g);
   EXPECT_EQ(g.top_ids, c.top_ids);
   for (size_t i = 0; i < c.top_logprobs.size(); ++i) {
@@ -175,12 +175,12 @@ TEST(CudaSample, IdsIndependentOfBatchRow) {
     srows[size_t(r)].temperature = 1.0f;
     srows[size_t(r)].top_p = r % 2 ? 0.95f : 1.0f;
   }
-  const Run together = run(true, logits, vocab, srows, 0);
+  const SampleRun together = run(true, logits, vocab, srows, 0);
   std::vector<float> reversed;
   std::vector<SampleRow> rrows(srows.rbegin(), srows.rend());
   for (int r = rows - 1; r >= 0; --r)
     reversed.insert(reversed.end(), logits.begin() + r * vocab, logits.begin() + (r + 1) * vocab);
-  const Run back = run(true, reversed, vocab, rrows, 0);
+  const SampleRun back = run(true, reversed, vocab, rrows, 0);
   for (int r = 0; r < rows; ++r) {
     EXPECT_EQ(back.ids[size_t(rows - 1 - r)], together.ids[size_t(r)]) << "row " << r;
     const std::vector<float> one(logits.begin() + r * vocab, logits.begin() + (r + 1) * vocab);
