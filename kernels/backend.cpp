@@ -6,6 +6,11 @@
 
 namespace v4rt::kernels {
 
+void Backend::sample(const SampleParams& p) {
+  (void)p;
+  V4RT_REQUIRE(false, "backend " << name() << " has no sample op");
+}
+
 TensorView view_rows(const TensorView& v, int64_t begin, int64_t end) {
   CHECK_GE(v.ndim, 1);
   CHECK(begin >= 0 && begin <= end && end <= v.shape[0]) << "rows [" << begin << ", " << end << ") of " << v.shape_str();

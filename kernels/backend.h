@@ -287,6 +287,41 @@ struct QdqParams {
   int block = 128;
 };
 
+// Token sampling over a batch of logit rows (the decode step's last op), one request per row.
+// Per row, with logits l[0, vocab) and its SampleRow:
+//  - greedy (temperature <= 0): the first maximum of l;
+//  - otherwise the ids are ordered by descending logit, equal logits by ascending id; the kept set
+//    is the shortest prefix of that order that is at most top_k long (top_k <= 0: the vocabulary)
+//    and whose mass reaches top_p of the mass of the top_k prefix (the nucleus of
+//    model/sampler.h, inside the top-k); weights w = exp((l - max l) / temperature) in fp32, masses
+//    summed in fp64. The id is drawn from the kept set in id order: the first kept id whose
+//    cumulative weight exceeds u * (kept mass), u = sample_uniform(seed, position, draw)
+//    (kernels/philox.h), so the same (seed, position, draw) gives the same uniform in any row of
+//    any batch, on any backend.
+// Logprobs are those of the model's distribution, log_softmax(l) at temperature 1 (the values the
+// OpenAI API reports): out_logprob[r] of the drawn id; out_top_ids / out_top_logprobs hold the
+// row's n_logprobs best ids (ties: lower id first), the remaining columns -1 / -inf.
+struct SampleRow {
+  uint64_t seed = 0;            // the request's seed: Philox key
+  int64_t position = 0;         // sequence position of the drawn token: Philox counter words 0-1
+  float temperature = 0.0f;     // <= 0: greedy
+  float top_p = 1.0f;           // (0, 1]
+  int32_t top_k = 0;            // <= 0: off
+  uint32_t draw = 0;            // draw index at this position (speculative steps): counter word 2
+  int32_t n_logprobs = 0;       // top-n alternatives, 0 .. out_top_ids.shape[1]
+  int32_t reserved = 0;
+};
+static_assert(sizeof(SampleRow) == 40, "SampleRow is copied to devices as raw bytes");
+
+struct SampleParams {
+  TensorView logits;            // [num_rows, vocab] F32 (the CUDA backend also takes BF16)
+  const SampleRow* rows = nullptr;  // [num_rows] in the backend's memory (device() side)
+  TensorView out_ids;           // [num_rows] I32
+  TensorView out_logprob;       // [num_rows] F32, or empty
+  TensorView out_top_ids;       // [num_rows, max_n] I32, or empty (then every n_logprobs must be 0)
+  TensorView out_top_logprobs;  // [num_rows, max_n] F32, or empty with out_top_ids
+};
+
 // ------------------------------------------------------------------------------------------------
 // The op table
 // ------------------------------------------------------------------------------------------------
@@ -294,6 +329,7 @@ struct QdqParams {
 enum class Op : uint8_t {
   kRmsNorm, kRope, kHcPre, kHcPost, kHcHead, kLinear, kGroupedLinear, kCompressorPool, kHadamard,
   kIndexerScores, kTopk, kSparseAttention, kMoeGate, kMoeExperts, kSwiglu, kEmbedding, kAdd, kQdq,
+  kSample,
 };
 
 class Backend {
@@ -340,6 +376,8 @@ class Backend {
   virtual void embedding(const EmbeddingParams& p) = 0;
   virtual void add(const AddParams& p) = 0;
   virtual void qdq(const QdqParams& p) = 0;
+  // Token sampling (SampleParams). Not pure: a backend without it throws v4rt::Error naming itself.
+  virtual void sample(const SampleParams& p);
 };
 
 // The plain fp32 reference backend (kernels/cpu).

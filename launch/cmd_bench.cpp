@@ -18,6 +18,7 @@ void register_bench(CLI::App& app) {
   register_bench_mtp(*bench);
   register_bench_serve(*bench);
   register_bench_moe_comm(*bench);
+  register_bench_sample(*bench);
 }
 
 }  // namespace v4rt::launch

@@ -45,6 +45,7 @@ class CpuBackend final : public Backend {
   void embedding(const EmbeddingParams& p) override;
   void add(const AddParams& p) override;
   void qdq(const QdqParams& p) override;
+  void sample(const SampleParams& p) override;
 
  private:
   std::vector<Buffer> weights_;
@@ -76,5 +77,16 @@ float fp4_block_scale(float amax);   // 2^ceil(log2(max(amax, 6 * 2^-126) / 6))
 void qdq_fp8(float* x, int64_t n, int block);
 void qdq_fp4(float* x, int64_t n, int block);
 void round_bf16_inplace(float* x, int64_t n);
+
+// The pieces of CpuBackend::sample (SampleParams), public so that tests can check a draw against
+// the cumulative weights it fell between. Rows with temperature > 0 only.
+struct SampleKept {
+  std::vector<int32_t> ids;      // the kept prefix of the logit order, ascending id
+  std::vector<double> weights;   // their fp32 weights exp((l - max) / temperature)
+  double mass = 0.0;             // Σ weights in id order
+};
+SampleKept sample_kept_set(const float* logits, int64_t vocab, const SampleRow& row);
+// The first kept id whose cumulative weight (id order) exceeds u * mass.
+int32_t sample_draw(const SampleKept& kept, double u);
 
 }  // namespace v4rt::kernels::cpu

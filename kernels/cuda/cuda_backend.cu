@@ -226,6 +226,7 @@ void CudaBackend::indexer_scores(const IndexerScoresParams& p) {
   launch_indexer_scores(p, stream_.get(), options_.indexer_tensor_cores);
 }
 void CudaBackend::topk(const TopkParams& p) { launch_topk(p, stream_.get()); }
+void CudaBackend::sample(const SampleParams& p) { launch_sample(p, stream_.get()); }
 void CudaBackend::sparse_attention(const SparseAttentionParams& p) {
   launch_sparse_attention(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores);
 }

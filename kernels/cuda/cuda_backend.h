@@ -54,6 +54,7 @@ class CudaBackend final : public Backend {
   void embedding(const EmbeddingParams& p) override;
   void add(const AddParams& p) override;
   void qdq(const QdqParams& p) override;
+  void sample(const SampleParams& p) override;
 
   cudaStream_t stream() const { return stream_.get(); }
   void* stream_handle() const override { return stream_.get(); }

@@ -89,6 +89,9 @@ void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s);
 void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores = true);
 void launch_topk(const TopkParams& p, cudaStream_t s);
 
+// --- sample.cu ---------------------------------------------------------------------------------
+void launch_sample(const SampleParams& p, cudaStream_t s);
+
 // --- attention.cu --------------------------------------------------------------------------------
 // per_warp: never the split multi-query kernel (CudaBackendOptions::attention_per_warp).
 // tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel

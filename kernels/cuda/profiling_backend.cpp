@@ -211,6 +211,10 @@ class Profiler final : public ProfilingBackend {
     timed("add", view_bytes(p.a) + view_bytes(p.b) + view_bytes(p.out), 0, kPeakBf16, [&] { inner_.add(p); });
   }
   void qdq(const QdqParams& p) override { timed("qdq", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.qdq(p); }); }
+  // Ideal traffic: the logits read once; ids and logprobs are negligible.
+  void sample(const SampleParams& p) override {
+    timed("sample", view_bytes(p.logits), 0, kPeakBf16, [&] { inner_.sample(p); });
+  }
 
  private:
   struct Call {

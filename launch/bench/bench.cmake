@@ -5,4 +5,5 @@ list(APPEND V4RT_LAUNCH_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_tokenize
   ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_mtp.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_serve.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_serve_stats.cpp
-  ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_moe_comm.cpp)
+  ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_moe_comm.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_sample.cpp)

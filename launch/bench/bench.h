@@ -21,6 +21,7 @@ void register_bench_step(CLI::App& bench);       // bench_step.cpp: `bench step`
 void register_bench_moe_comm(CLI::App& bench);   // bench_moe_comm.cpp: EP dispatch + combine vs raw all-to-all
 void register_bench_serve(CLI::App& bench);      // bench_serve.cpp: against a running `v4rt serve`
 void register_bench_prefill(CLI::App& bench);    // bench_prefill.cpp
+void register_bench_sample(CLI::App& bench);     // bench_sample.cpp: Backend::sample
 
 // The synthetic bench model of bench_step.cpp, shared by the benchmarks that load it: the preset's
 // dimensions on `layers` layers (alternating CSA / HCA, score routing), its checkpoint written to
