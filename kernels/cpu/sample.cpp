@@ -114,10 +114,12 @@ void CpuBackend::sample(const SampleParams& p) {
     if (p.out_logprob.data) row_f32(p.out_logprob, 0)[r] = float(double(l[ids[r]]) - log_z);
     if (max_n == 0) continue;
     const size_t n = std::min<size_t>(size_t(s.n_logprobs), size_t(vocab));
-    top.resize(size_t(vocab));
-    std::iota(top.begin(), top.end(), 0);
-    std::partial_sort(top.begin(), top.begin() + ptrdiff_t(n), top.end(),
-                      [&](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    if (n > 0) {
+      top.resize(size_t(vocab));
+      std::iota(top.begin(), top.end(), 0);
+      std::partial_sort(top.begin(), top.begin() + ptrdiff_t(n), top.end(),
+                        [&](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    }
     int32_t* tid = row_i32(p.out_top_ids, r);
     float* tlp = row_f32(p.out_top_logprobs, r);
     for (int64_t j = 0; j < max_n; ++j) {

@@ -133,6 +133,8 @@ __device__ Selection radix_select(const Logits& row, int64_t vocab, bool has_lo,
   for (int pass = 0; pass < 3; ++pass) {
     const int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0;
     const int nbins = pass == 2 ? 1024 : 2048;
+    // What the bins of this pass must still supply: `want` less what lies above the prefix.
+    const u64 rest = want - (by_mass ? s.above_mass : u64(s.above_count));
     for (int b = tid; b < nbins; b += kThreads) {
       sm.count[b] = 0;
       sm.mass[b] = 0;
@@ -161,13 +163,13 @@ __device__ Selection radix_select(const Logits& row, int64_t vocab, bool has_lo,
       }
       const u64 incl_c = warp_inclusive_scan(lane_c), incl_m = warp_inclusive_scan(lane_m);
       const u64 metric = by_mass ? incl_m : incl_c;
-      const unsigned hit = __ballot_sync(0xffffffffu, metric >= want);
+      const unsigned hit = __ballot_sync(0xffffffffu, metric >= rest);
       const unsigned nonempty = __ballot_sync(0xffffffffu, lane_c > 0);
       // The first lane reaching `want`; failing that (rounding), the last lane holding any id, whose
       // walk then ends on its last nonempty bin: the whole set is taken.
       const int first = hit ? __ffs(int(hit)) - 1 : (nonempty ? 31 - __clz(int(nonempty)) : 0);
       if (lane == first) {
-        u64 c = incl_c - lane_c, m = incl_m - lane_m;  // what lies above this lane's bins
+        u64 c = incl_c - lane_c, m = incl_m - lane_m;  // what lies above this lane's bins, in this pass
         int pick = -1;
         u64 pick_c = 0, pick_m = 0;
         for (int j = 0; j < per; ++j) {
@@ -178,7 +180,7 @@ __device__ Selection radix_select(const Logits& row, int64_t vocab, bool has_lo,
           pick_m = m;
           c += sm.count[b];
           m += sm.mass[b];
-          if ((by_mass ? m : c) >= want) break;
+          if ((by_mass ? m : c) >= rest) break;
         }
         sm.sel_bin = uint32_t(pick < 0 ? 0 : pick);
         sm.sel_above_count = uint32_t(pick_c);
