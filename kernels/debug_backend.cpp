@@ -128,6 +128,10 @@ class DebugBackend final : public ForwardingBackend {
   void topk(const TopkParams& p) override {
     run("topk", [&] { inner().topk(p); }, {{"out_idx", p.out_idx}, {"out_values", p.out_values, true}});
   }
+  void sample(const SampleParams& p) override {
+    run("sample", [&] { inner().sample(p); },
+        {{"out_ids", p.out_ids}, {"out_logprob", p.out_logprob, true}, {"out_top_logprobs", p.out_top_logprobs, true}});
+  }
   void sparse_attention(const SparseAttentionParams& p) override {
     run("sparse_attention", [&] { inner().sparse_attention(p); }, {{"out", p.out}, {"lse", p.lse, true}});
   }

@@ -41,6 +41,7 @@ class ForwardingBackend : public Backend {
   void hadamard(const HadamardParams& p) override { inner_.hadamard(p); }
   void indexer_scores(const IndexerScoresParams& p) override { inner_.indexer_scores(p); }
   void topk(const TopkParams& p) override { inner_.topk(p); }
+  void sample(const SampleParams& p) override { inner_.sample(p); }
   void sparse_attention(const SparseAttentionParams& p) override { inner_.sparse_attention(p); }
   void moe_gate(const MoeGateParams& p) override { inner_.moe_gate(p); }
   void moe_experts(const MoeExpertsParams& p) override { inner_.moe_experts(p); }
