@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Plan broadcast, the step driver and the per-rank start-up of the model commands (see driver.h).
 #include "launch/driver.h"
+#include "launch/load_progress.h"
 
 #include <glog/logging.h>
 #include <mpi.h>
@@ -294,7 +295,13 @@ void ModelRun::start(const RunOptions& options) {
     }
   }
   channel_ = std::make_unique<PlanChannel>(plan_comm_.get());
+  // Rank 0 logs a line per loaded unit (shard) with the slowest rank (launch/load_progress.h); the
+  // ranks meet once per unit on their own communicator, lifted only after the load.
+  std::unique_ptr<cluster::MpiComm> load_comm;
+  if (mpi_ && world_size > 1) load_comm = std::make_unique<cluster::MpiComm>(MPI_COMM_WORLD, cluster::CommOptions{"load", 1800});
+  mo.load_observer = load_progress_reporter(load_comm.get(), [](const std::string& line) { LOG(INFO) << line; });
   model_ = model::Model::load(*ckpt_, mo, *backend_);
+  load_comm.reset();
   if (options.mtp) mtp_ = model::Mtp::load(*ckpt_, *model_);  // throws on every rank without the block
   driver_ = std::make_unique<Driver>(*model_, *channel_);
   driver_->set_mtp(mtp_.get());
