@@ -21,6 +21,7 @@
 #include "common/logging.h"
 #include "launch/backend_option.h"
 #include "launch/batch/batch_job.h"
+#include "launch/batch/journal.h"
 #include "launch/commands.h"
 #include "launch/model_run.h"
 #include "model/runtime_config.h"
@@ -50,6 +51,8 @@ void run_batch(BatchArgs args) {
   if (args.prefill_chunk >= 0) rc.prefill_chunk = args.prefill_chunk;  // pinned in the journal with the config
   V4RT_REQUIRE(!rc.model.empty(), "no model: set `model:` in the config or pass --model");
   V4RT_REQUIRE(args.job.flush_interval_s > 0, "--flush-interval must be > 0");
+  batch::check_job_paths(args.job.input, args.job.output,
+                         args.job.journal.empty() ? args.job.output + ".journal" : args.job.journal);
 
   RunOptions ro;
   ro.model_dir = rc.model;
@@ -111,7 +114,8 @@ void register_batch(CLI::App& app) {
   add_backend_option(cmd, &args->backend, &args->device);
   add_prefill_chunk_option(cmd, &args->prefill_chunk);
   cmd->add_option("--max-in-flight", args->job.max_in_flight,
-                  "Requests handed to the scheduler at once (default 2 x server.max_running)");
+                  "Requests handed to the scheduler at once (default 2 x server.max_running)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--mtp", args->job.mtp,
                   "Speculative decoding: draft N tokens per step with the checkpoint's MTP block (default 0: off)");
   cmd->add_option("--flush-interval", args->job.flush_interval_s, "Seconds between output file rewrites (default 5)");

@@ -16,7 +16,9 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "common/install_dirs.h"
 #include "launch/commands.h"
+#include "launch/plan/deploy_config.h"
 #include "launch/plan/planner.h"
 #include "launch/plan/report.h"
 #include "launch/plan/validate.h"
@@ -42,6 +44,8 @@ struct PlanOptions {
   int layers = 0;
   std::string batching = "batched";
   std::string head = "split";
+  std::string write_config;
+  std::string model_dir;
 };
 
 struct ValidateOptions {
@@ -160,6 +164,56 @@ void run_validate(const ValidateOptions& o) {
   plan::print_validation(std::cout, points, resolve_model, gpu_of, calib, o.tolerance_pct / 100, o.by_family);
 }
 
+const plan::Prediction& best_row(const plan::Plan& p) {
+  V4RT_REQUIRE(p.best >= 0, "--write-config: no layout qualifies (every one is rejected or misses the "
+                            "latency target); pick one with --layout tp,sp,ep,dp");
+  return p.rows[size_t(p.best)];
+}
+
+// The arguments of this `v4rt plan` run that chose the layout (written into the config's comment).
+std::string plan_arguments(const PlanOptions& o) {
+  std::ostringstream os;
+  os << "--model " << o.model << " --nodes " << o.nodes << " --gpus-per-node " << o.gpus_per_node << " --gpu "
+     << o.gpu << " --context " << o.context;
+  if (o.batch) os << " --batch " << o.batch;
+  if (!o.layout.empty()) os << " --layout " << o.layout;
+  if (o.latency_target_ms > 0) os << " --latency-target-ms " << o.latency_target_ms;
+  if (!o.calibration.empty()) os << " --calibration " << o.calibration;
+  if (o.kv_format != "compact") os << " --kv-format " << o.kv_format;
+  if (o.batching != "batched") os << " --batching " << o.batching;
+  if (o.head != "split") os << " --head " << o.head;
+  return os.str();
+}
+
+// --write-config: the runtime YAML of `row`, and the mpirun line that runs it.
+void write_config(const PlanOptions& o, const plan::GpuSpec& gpu, const plan::Prediction& row) {
+  plan::DeployTarget t;
+  t.model = o.model;
+  t.checkpoint = o.model_dir.empty() ? plan::default_checkpoint(o.model) : o.model_dir;
+  t.gpu = o.gpu;
+  t.cpu_ranks = !gpu.fp8_block_tiles || gpu.shared_cores > 0;
+  t.nodes = o.nodes;
+  t.gpus_per_node = o.gpus_per_node;
+  t.context = o.context;
+  t.plan_command = plan_arguments(o);
+  const std::string exe_dir = executable_dir();
+  t.binary = exe_dir.empty() ? "v4rt" : (std::filesystem::path(exe_dir) / "v4rt").string();
+  const std::string text = plan::deploy_config_yaml(t, row, o.write_config);
+  {
+    std::ofstream out(o.write_config);
+    out << text;
+    V4RT_REQUIRE(out.good(), "--write-config: cannot write " << o.write_config);
+  }
+  std::cout << "\nconfig written to " << o.write_config << " (tp " << row.layout.tp << ", sp " << row.layout.sp
+            << ", ep " << row.layout.ep << ", dp " << row.layout.dp << "); run it with:\n  "
+            << plan::mpirun_line(t, o.write_config) << "\n";
+  if (row.layout.dp > 1)
+    std::cout << "  note: dp " << row.layout.dp << ": the server runs the same step plans on every dp replica "
+                 "today, so dp adds no throughput yet (docs/SERVING.md); for the runtime as it is, pick a dp 1 "
+                 "row of the table with --layout\n";
+  if (o.nodes > 1) std::cout << "  (under Slurm: sbatch --nodes=" << o.nodes << " scripts/slurm/serve.sbatch " << o.write_config << ")\n";
+}
+
 void run_plan(const PlanOptions& o) {
   const plan::Calibration calib =
       o.calibration.empty() ? plan::Calibration{} : plan::load_calibration(o.calibration);
@@ -176,6 +230,9 @@ void run_plan(const PlanOptions& o) {
   V4RT_REQUIRE(o.context >= 1, "--context must be >= 1");
   V4RT_REQUIRE(o.batch >= 0, "--batch must be >= 0");
   V4RT_REQUIRE(o.layers >= 0, "--layers must be >= 0");
+  V4RT_REQUIRE(!o.csv || o.write_config.empty(), "--write-config and --csv cannot be combined");
+  V4RT_REQUIRE(o.layers == 0 || o.write_config.empty(),
+               "--write-config needs the whole model (--layers 0): a config serves every layer");
   const model::ModelConfig config = plan::with_layers(resolve_model(o.model), o.layers);
   const plan::GpuSpec gpu = plan::load_gpu_spec(o.gpu, o.config_dir);
   plan::PlanRequest req;
@@ -196,7 +253,12 @@ void run_plan(const PlanOptions& o) {
   }
   plan::print_plan(std::cout, {o.model, gpu.name}, config, gpu, req, p);
   plan::print_kv_comparison(std::cout, config, gpu, calib, req, p);
-  if (layout && !p.rows.empty() && !p.rows[0].rejected.empty()) exit_code() = 2;
+  if (layout && !p.rows.empty() && !p.rows[0].rejected.empty()) {
+    exit_code() = 2;
+    V4RT_REQUIRE(o.write_config.empty(), "--write-config " << o.write_config << ": layout " << o.layout
+                                                           << " cannot run: " << p.rows[0].rejected);
+  }
+  if (!o.write_config.empty()) write_config(o, gpu, layout ? p.rows.at(0) : best_row(p));
 }
 
 }  // namespace
@@ -227,6 +289,12 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--config-dir", opts->config_dir, "Folder with hardware/<gpu>.yaml")->capture_default_str();
   cmd->add_option("--validate", opts->validate, "Same as `plan validate --points FILE`");
   cmd->add_flag("--csv", opts->csv, "Print the layout rows as CSV (for scripts/scaling)");
+  cmd->add_option("--write-config", opts->write_config,
+                  "Write the runtime YAML of the recommended layout (or of --layout) to this file and "
+                  "print the mpirun line that serves it");
+  cmd->add_option("--model-dir", opts->model_dir,
+                  "Checkpoint folder for the written config's `model:` (default: --model when it is a "
+                  "folder, else /models/DeepSeek-V4-Flash|Pro)");
 
   auto vopts = std::make_shared<ValidateOptions>();
   CLI::App* val = cmd->add_subcommand(

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -41,6 +42,7 @@ struct ServeArgs {
   std::string host;
   int port = -1;
   std::string api_key;
+  std::string api_key_file;
   std::string tokenizer;
   std::string port_file;
   std::string backend = "cpu";
@@ -54,6 +56,23 @@ int64_t default_kv_budget_bytes() {
   // CPU backend: a quarter of physical memory.
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   return pages > 0 && page > 0 ? int64_t(pages) * page / 4 : int64_t(4) << 30;
+}
+
+// The API key from --api-key, else --api-key-file (first line), else $V4RT_API_KEY; empty: none
+// given (the config's server.api_key stays). The file and the variable keep the key out of `ps`.
+std::string api_key_from(const ServeArgs& args) {
+  if (!args.api_key.empty()) return args.api_key;
+  if (!args.api_key_file.empty()) {
+    std::ifstream in(args.api_key_file);
+    V4RT_REQUIRE(in, "--api-key-file: cannot read " << args.api_key_file);
+    std::string key;
+    std::getline(in, key);
+    while (!key.empty() && (key.back() == '\r' || key.back() == ' ' || key.back() == '\t')) key.pop_back();
+    V4RT_REQUIRE(!key.empty(), "--api-key-file: " << args.api_key_file << " holds no key on its first line");
+    return key;
+  }
+  const char* env = std::getenv("V4RT_API_KEY");
+  return env ? std::string(env) : std::string();
 }
 
 void apply_vmodule(const std::string& spec) {
@@ -95,7 +114,7 @@ void run_serve(const ServeArgs& args) {
   if (!args.model_dir.empty()) rc.model = args.model_dir;
   if (!args.host.empty()) rc.server.host = args.host;
   if (args.port >= 0) rc.server.port = args.port;
-  if (!args.api_key.empty()) rc.server.api_key = args.api_key;
+  if (const std::string key = api_key_from(args); !key.empty()) rc.server.api_key = key;
   if (args.prefill_chunk >= 0) rc.prefill_chunk = args.prefill_chunk;
   V4RT_REQUIRE(!rc.model.empty(), "no model: set `model:` in the config or pass --model");
   V4RT_REQUIRE(args.rank_timeout_s > 0, "--rank-timeout must be > 0");
@@ -178,8 +197,11 @@ void run_serve(const ServeArgs& args) {
   LOG(INFO) << "stopping (" << (failed ? "engine failure" : "signal " + std::to_string(serve::stop_signal())) << ")";
   if (failed && run->num_ranks() > 1) {
     // The ranks no longer hold the same states (or one no longer answers); the requests got their
-    // 503 from the engine and /health names the failure until the job ends.
-    std::this_thread::sleep_for(kLostRankLinger);
+    // 503 from the engine and /health names the failure until the job ends. Every open response
+    // writes its error (an SSE error event, a JSON 503) before the job ends.
+    const auto linger_until = std::chrono::steady_clock::now() + kLostRankLinger;
+    if (!server.drain(std::chrono::milliseconds(3000))) LOG(WARNING) << "responses still open at the abort";
+    std::this_thread::sleep_until(linger_until);
     serve::abort_job("engine failed: " + engine->failure(), 2);
   }
   if (engine) {
@@ -203,7 +225,10 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--model", args->model_dir, "Checkpoint directory (overrides `model:`)");
   cmd->add_option("--host", args->host, "Listen address (default 127.0.0.1)");
   cmd->add_option("--port", args->port, "Listen port; 0 picks a free one (default from config, 8080)");
-  cmd->add_option("--api-key", args->api_key, "Require 'Authorization: Bearer KEY' on every endpoint but /health");
+  cmd->add_option("--api-key", args->api_key,
+                  "Require 'Authorization: Bearer KEY' on every endpoint but /health (visible in `ps`: prefer "
+                  "--api-key-file or $V4RT_API_KEY)");
+  cmd->add_option("--api-key-file", args->api_key_file, "Read the API key from the first line of this file");
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json (default: model dir, $V4RT_TOKENIZER, data/tokenizer)");
   cmd->add_option("--port-file", args->port_file, "Write the bound port to this file once listening");
   add_backend_option(cmd, &args->backend, &args->device);

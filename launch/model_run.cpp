@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Per-rank start-up of the model commands (see model_run.h).
 #include "launch/model_run.h"
+#include "launch/load_progress.h"
 
 #include <CLI/CLI.hpp>
 #include <glog/logging.h>
@@ -80,7 +81,23 @@ void ModelRun::start(const RunOptions& options) {
                 << " entries), ep " << layout.ep << ", dp " << layout.dp << " over " << world_size << " ranks";
     }
   }
+  // Rank 0 logs a line per loaded unit (shard) with the slowest rank (launch/load_progress.h); the
+  // ranks meet once per unit on their own communicator, lifted after the load. A checkpoint under
+  // 1 GiB loads in moments: its lines go to the verbose log only (-v 1), keeping errors one line.
+  std::unique_ptr<cluster::Comm> load_comm;
+  if (mpi_ && world_size > 1) load_comm = cluster::make_world_comm(cluster::CommOptions{"load", 1800});
+  uint64_t ckpt_bytes = 0;
+  for (const auto& [name, t] : ckpt_->tensors()) ckpt_bytes += t.bytes;
+  const bool large = ckpt_bytes >= (uint64_t(1) << 30);
+  mo.load_observer = load_progress_reporter(load_comm.get(), [large](const std::string& line) {
+    if (large) {
+      LOG(INFO) << line;
+    } else {
+      VLOG(1) << line;
+    }
+  });
   model_ = model::Model::load(*ckpt_, mo, *backend_);
+  load_comm.reset();
   if (options.mtp) mtp_ = model::Mtp::load(*ckpt_, *model_);  // throws on every rank without the block
   std::unique_ptr<cluster::Comm> plan_comm;
   if (mpi_) {

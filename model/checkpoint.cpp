@@ -58,6 +58,14 @@ const Tables& tables() {
   return t;
 }
 
+// Opening a FIFO (or a device) for reading can block forever; only regular files are read.
+void require_regular_file(const fs::path& path, const char* what) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  V4RT_REQUIRE(fs::exists(st), path.string() << ": " << what << " is missing");
+  V4RT_REQUIRE(fs::is_regular_file(st), path.string() << ": " << what << " is not a regular file");
+}
+
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   V4RT_REQUIRE(in, path << ": cannot open");
@@ -84,6 +92,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
   std::unique_ptr<Checkpoint> ck(new Checkpoint());
   ck->dir_ = dir;
   V4RT_REQUIRE(fs::is_directory(dir), dir << ": checkpoint directory does not exist");
+  require_regular_file(fs::path(dir) / "config.json", "config.json");
   ck->config_ = load_model_config((fs::path(dir) / "config.json").string());
 
   // shard file name -> names the index maps to it (empty list for a single-file checkpoint)
@@ -92,6 +101,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
   const bool indexed = fs::exists(index_path);
   if (indexed) {
     const std::string ipath = index_path.string();
+    require_regular_file(index_path, "the tensor index");
     const std::string itext = read_text(ipath);
     V4RT_REQUIRE(json_depth_ok(itext), ipath << ": JSON nests deeper than " << kMaxJsonDepth << " levels");
     json j;
@@ -113,6 +123,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
       const fs::path p = fs::path(dir) / shard;
       V4RT_REQUIRE(fs::exists(p), p.string() << ": shard file is missing (index maps " << names.size()
                                             << " tensors to it, e.g. '" << *names.begin() << "')");
+      require_regular_file(p, "shard file");
     }
   } else {
     const fs::path single = fs::path(dir) / "model.safetensors";
@@ -174,6 +185,15 @@ std::vector<int64_t> Checkpoint::logical_shape(const std::string& name) const {
 // ---------------------------------------------------------------------------------------------
 
 void Checkpoint::validate_tensors() const {
+  // The expected list holds an entry per expert weight and scale of every block; before it is
+  // built, the shards must hold at least the expert weights the config implies (3 per expert and
+  // block), so a config.json whose n_routed_experts the checkpoint cannot match fails at once.
+  const int64_t blocks = int64_t(config_.num_hidden_layers) + config_.num_nextn_predict_layers;
+  const int64_t expert_weights = int64_t(config_.n_routed_experts) * blocks * 3;
+  V4RT_REQUIRE(expert_weights <= int64_t(tensors_.size()),
+               dir_ << "/config.json: field 'n_routed_experts' " << config_.n_routed_experts << " implies "
+                    << expert_weights << " expert weight tensors (" << blocks << " blocks x 3), but the checkpoint "
+                    << "holds " << tensors_.size() << " tensors in all");
   const std::map<std::string, ExpectedTensor> want = expected_tensors(config_);
   std::vector<std::string> problems;
   for (const auto& [name, e] : want) {

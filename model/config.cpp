@@ -237,6 +237,12 @@ ModelConfig load_model_config(const std::string& path) {
 void validate(const ModelConfig& c, const std::string& source) {
   auto field = [&](const char* name) { return source + ": field '" + name + "'"; };
   auto positive = [&](const char* name, int64_t v) { V4RT_REQUIRE(v > 0, field(name) << " must be > 0, got " << v); };
+  // Sizes are bounded by the largest release config (V4-Pro) times a margin, before anything is
+  // sized from them: a config.json with n_routed_experts 1e6 must fail here, not in a 3 GB
+  // allocation (or std::bad_alloc) while the tensor list is built.
+  for (const SizeBound& b : size_bounds(c))
+    V4RT_REQUIRE(b.value <= b.max, field(b.key) << " is " << b.value << "; at most " << b.max
+                                                << " is accepted (the largest release config has " << b.release << ")");
   positive("vocab_size", c.vocab_size);
   positive("hidden_size", c.hidden_size);
   positive("num_hidden_layers", c.num_hidden_layers);
@@ -308,6 +314,38 @@ void validate(const ModelConfig& c, const std::string& source) {
   V4RT_REQUIRE(c.rms_norm_eps > 0 && c.hc_eps > 0, field("rms_norm_eps") << " and hc_eps must be > 0");
   V4RT_REQUIRE(c.hc_sinkhorn_iters >= 1, field("hc_sinkhorn_iters") << " must be >= 1");
   V4RT_REQUIRE(!c.tie_word_embeddings, field("tie_word_embeddings") << " must be false (V4 has a separate head)");
+}
+
+std::vector<SizeBound> size_bounds(const ModelConfig& c) {
+  auto bound = [](const char* key, int64_t value, int64_t release) {
+    int64_t max = 1;
+    while (max < release * 8) max <<= 1;
+    return SizeBound{key, value, release, max};
+  };
+  // V4-Pro's config.json (model/presets.cpp "pro"), or V4-Flash's where it is larger.
+  return {
+      bound("vocab_size", c.vocab_size, 129280),
+      bound("hidden_size", c.hidden_size, 7168),
+      bound("num_hidden_layers", c.num_hidden_layers, 61),
+      bound("num_attention_heads", c.num_attention_heads, 128),
+      bound("head_dim", c.head_dim, 512),
+      bound("q_lora_rank", c.q_lora_rank, 1536),
+      bound("o_groups", c.o_groups, 16),
+      bound("o_lora_rank", c.o_lora_rank, 1024),
+      bound("sliding_window", c.sliding_window, 128),
+      bound("max_position_embeddings", c.max_position_embeddings, 1048576),
+      bound("rope_scaling.original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings, 65536),
+      bound("index_n_heads", c.index_n_heads, 64),
+      bound("index_head_dim", c.index_head_dim, 128),
+      bound("index_topk", c.index_topk, 1024),
+      bound("n_routed_experts", c.n_routed_experts, 384),
+      bound("n_shared_experts", c.n_shared_experts, 1),
+      bound("num_experts_per_tok", c.num_experts_per_tok, 6),
+      bound("moe_intermediate_size", c.moe_intermediate_size, 3072),
+      bound("hc_mult", c.hc_mult, 4),
+      bound("hc_sinkhorn_iters", c.hc_sinkhorn_iters, 20),
+      bound("num_nextn_predict_layers", c.num_nextn_predict_layers, 1),
+  };
 }
 
 std::string model_config_json(const ModelConfig& c) {

@@ -92,4 +92,14 @@ std::string model_config_json(const ModelConfig& config);
 // Cross-field checks (heads % o_groups, ratios in {0,4,128}, list lengths, rope dim even, ...).
 void validate(const ModelConfig& config, const std::string& source);
 
+// The upper bound validate() holds each size field to: the largest release value (V4-Pro) times
+// a margin of 8, rounded up to a power of two.
+struct SizeBound {
+  const char* key;  // config.json key
+  int64_t value;    // the config's
+  int64_t release;  // the largest release config's
+  int64_t max;      // accepted at most
+};
+std::vector<SizeBound> size_bounds(const ModelConfig& config);
+
 }  // namespace v4rt::model

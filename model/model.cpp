@@ -22,7 +22,7 @@ Numerics parse_numerics(const std::string& text) {
 std::unique_ptr<Model> Model::load(const Checkpoint& ckpt, const ModelOptions& options, kernels::Backend& backend) {
   std::unique_ptr<Model> m(new Model(ckpt.config(), options, backend));
   const ParallelContext& par = options.parallel;
-  m->weights_ = load_weights(ckpt, backend, par.sharded() ? shard_of(par.plan) : options.shard);
+  m->weights_ = load_weights(ckpt, backend, par.sharded() ? shard_of(par.plan) : options.shard, options.load_observer);
   if (par.layout.tp > 1) CHECK(par.tp && par.tp->size() == par.layout.tp) << "TP layout without its communicator";
   if (par.layout.sp > 1) CHECK(par.sp && par.sp->size() == par.layout.sp) << "SP layout without its communicator";
   if (par.layout.ep > 1) {

@@ -31,6 +31,7 @@ struct ModelOptions {
   Numerics numerics = Numerics::kReference;
   Shard shard;               // used when `parallel` is not sharded; otherwise shard_of(parallel.plan)
   ParallelContext parallel;  // this rank's layout, shard plan and group communicators
+  LoadObserver load_observer;  // called after each unit of the weight load (may be empty)
 };
 
 struct StepChunk {

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "model/text/utf8.h"
 
 namespace v4rt::model {
 
@@ -43,6 +44,21 @@ class Section {
       *out = v.as<T>();
     } catch (const YAML::Exception&) {
       V4RT_FAIL(where_node(v, full(key)) << " must be a " << type_name<T>() << ", got '" << v.Scalar() << "'");
+    }
+    if constexpr (std::is_same_v<T, std::string>) check_text(v, key, *out);
+  }
+  // String values (paths, names, hosts) are one line of valid UTF-8: a control character or a
+  // broken byte sequence cannot be a real path or name, and would not survive the resolved YAML
+  // every rank hashes (a CR reads back as a line break).
+  void check_text(const YAML::Node& v, const std::string& key, const std::string& s) const {
+    for (size_t i = 0; i < s.size();) {
+      uint32_t cp = 0;
+      const size_t n = text::utf8_decode(s, i, &cp);
+      V4RT_REQUIRE(n != 0, where_node(v, full(key)) << " is not valid UTF-8 (byte " << i << ")");
+      V4RT_REQUIRE(cp >= 0x20 && cp != 0x7F && !(cp >= 0x80 && cp < 0xA0),
+                   where_node(v, full(key)) << " holds a control character (U+" << std::hex << cp << " at byte "
+                                            << std::dec << i << ")");
+      i += n;
     }
   }
   YAML::Node child(const std::string& key) const {
@@ -130,7 +146,8 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
 
   const Section sv(top.child("server"), source, "server",
                    {"host", "port", "api_key", "max_queue", "kv_budget_mb", "model_name", "max_batch_tokens",
-                    "max_running", "max_context", "request_timeout_s", "prefix_cache", "effort_dialect", "max_body_mb"});
+                    "max_running", "max_context", "request_timeout_s", "prefix_cache", "effort_dialect", "max_body_mb",
+                    "max_connections", "max_connections_per_client", "receive_timeout_s"});
   sv.get("host", &c.server.host);
   sv.get("port", &c.server.port);
   sv.get("api_key", &c.server.api_key);
@@ -144,6 +161,9 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   sv.get("prefix_cache", &c.server.prefix_cache);
   sv.get("effort_dialect", &c.server.effort_dialect);
   sv.get("max_body_mb", &c.server.max_body_mb);
+  sv.get("max_connections", &c.server.max_connections);
+  sv.get("max_connections_per_client", &c.server.max_connections_per_client);
+  sv.get("receive_timeout_s", &c.server.receive_timeout_s);
   V4RT_REQUIRE(c.server.port >= 0 && c.server.port <= 65535, sv.where("port") << " must be in [0, 65535]");
   V4RT_REQUIRE(c.server.max_queue >= 0, sv.where("max_queue") << " must be >= 0");
   V4RT_REQUIRE(c.server.kv_budget_mb >= 0, sv.where("kv_budget_mb") << " must be >= 0");
@@ -155,6 +175,11 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   V4RT_REQUIRE(c.server.effort_dialect == "original" || c.server.effort_dialect == "v0731",
                sv.where("effort_dialect") << " must be 'original' or 'v0731', got '" << c.server.effort_dialect << "'");
   V4RT_REQUIRE(c.server.max_body_mb >= 1, sv.where("max_body_mb") << " must be >= 1");
+  V4RT_REQUIRE(c.server.max_body_mb <= 4096, sv.where("max_body_mb") << " must be <= 4096");
+  V4RT_REQUIRE(c.server.max_connections >= 1, sv.where("max_connections") << " must be >= 1");
+  V4RT_REQUIRE(c.server.max_connections_per_client >= 1, sv.where("max_connections_per_client") << " must be >= 1");
+  V4RT_REQUIRE(c.server.receive_timeout_s > 0 && std::isfinite(c.server.receive_timeout_s),
+               sv.where("receive_timeout_s") << " must be a finite number > 0, got " << c.server.receive_timeout_s);
 
   std::set<std::string> debug_keys;
   for (const auto& [name, help] : debug_switches()) debug_keys.insert(name);
@@ -249,6 +274,9 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "prefix_cache" << YAML::Value << c.server.prefix_cache;
   out << YAML::Key << "effort_dialect" << YAML::Value << c.server.effort_dialect;
   out << YAML::Key << "max_body_mb" << YAML::Value << c.server.max_body_mb;
+  out << YAML::Key << "max_connections" << YAML::Value << c.server.max_connections;
+  out << YAML::Key << "max_connections_per_client" << YAML::Value << c.server.max_connections_per_client;
+  out << YAML::Key << "receive_timeout_s" << YAML::Value << c.server.receive_timeout_s;
   out << YAML::EndMap;
   out << YAML::Key << "debug" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "sync_each_op" << YAML::Value << c.debug.sync_each_op;

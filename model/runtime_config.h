@@ -36,6 +36,9 @@ struct ServerConfig {
   bool prefix_cache = true;   // keep finished sequences' states for requests that extend them
   std::string effort_dialect = "original";  // reasoning_effort table: original | v0731
   int max_body_mb = 32;       // larger request bodies get 413
+  int max_connections = 1024; // open connections in total; more get 503 at once
+  int max_connections_per_client = 256;  // per client address; more get 429 at once
+  double receive_timeout_s = 30;  // to receive one request's headers and body; past it 408
 };
 
 // Diagnostics, all off by default; listed by `--help-debug` (debug_switches()).

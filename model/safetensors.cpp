@@ -131,13 +131,19 @@ Header parse_header(const uint8_t* prefix, uint64_t prefix_size, uint64_t file_s
 }
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; the
+  // non-regular file is then refused (a regular file ignores the flag).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   V4RT_REQUIRE(fd >= 0, path << ": cannot open (" << std::strerror(errno) << ")");
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
     V4RT_FAIL(path << ": cannot stat (" << std::strerror(err) << ")");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    V4RT_FAIL(path << ": not a regular file (a FIFO, device or directory cannot be a safetensors file)");
   }
   size_ = uint64_t(st.st_size);
   if (size_ > 0) {

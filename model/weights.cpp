@@ -4,8 +4,11 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <map>
 
 #include "common/check.h"
 
@@ -13,12 +16,81 @@ namespace v4rt::model {
 
 namespace {
 
+// The progress unit a checkpoint tensor belongs to (LoadProgress::unit).
+std::string unit_of(const std::string& name) {
+  if (name.rfind("layers.", 0) == 0 || name.rfind("mtp.", 0) == 0) {
+    const size_t dot = name.find('.', name.find('.') + 1);  // "layers.7" of "layers.7.attn..."
+    return name.substr(0, dot);
+  }
+  if (name == "embed.weight") return "embed";
+  return "head";  // head.weight, norm.weight, hc_head_*
+}
+
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, kernels::Backend& backend) : ckpt_(ckpt), backend_(backend) {}
+  Loader(const Checkpoint& ckpt, kernels::Backend& backend, const LoadObserver& observer = {})
+      : ckpt_(ckpt), backend_(backend), observer_(observer), start_(std::chrono::steady_clock::now()) {
+    if (!observer_) return;
+    for (const auto& [name, info] : ckpt_.tensors()) unit_bytes_[unit_of(name)] += info.bytes;
+  }
 
-  // `name` without the ".weight"/".scale" suffix for quantized tensors; full name otherwise.
+  // `name` is the full tensor name ("....weight" for quantized tensors, whose ".scale" is found
+  // beside it). Failures name the tensor and its shard file: a load of hundreds of GB is long, and
+  // the error must say which file to check.
   WeightView load(const std::string& name, int64_t row_begin = 0, int64_t row_end = -1) {
+    try {
+      return load_rows(name, row_begin, row_end);
+    } catch (const std::exception& e) {
+      fail(name, e);
+    }
+  }
+  WeightView load_cols(const std::string& name, int64_t col_begin, int64_t col_end) {
+    try {
+      return load_col_slice(name, col_begin, col_end);
+    } catch (const std::exception& e) {
+      fail(name, e);
+    }
+  }
+
+  uint64_t bytes() const { return bytes_; }
+
+  // Progress: set_units() names the units of this load in order; unit_done() reports the next one
+  // (with the bytes loaded and the shard files read since the previous) to the observer.
+  void set_units(std::vector<std::string> units) {
+    units_ = std::move(units);
+    total_bytes_ = 0;
+    for (const std::string& u : units_) total_bytes_ += unit_bytes_[u];
+  }
+  void unit_done(const std::string& unit) {
+    if (!observer_) return;
+    done_bytes_ += unit_bytes_[unit];
+    LoadProgress p;
+    p.unit = unit;
+    for (const std::string& f : unit_files_) p.shards += (p.shards.empty() ? "" : ", ") + f;
+    p.unit_index = ++units_done_;
+    p.num_units = int(units_.size());
+    p.unit_bytes = bytes_ - unit_start_bytes_;
+    p.bytes = bytes_;
+    p.done_fraction = total_bytes_ ? std::min(1.0, double(done_bytes_) / double(total_bytes_)) : 1.0;
+    p.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    unit_files_.clear();
+    unit_start_bytes_ = bytes_;
+    observer_(p);
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& name, const std::exception& e) const {
+    std::string where = "not in the checkpoint";
+    if (ckpt_.has(name)) where = "shard " + std::filesystem::path(ckpt_.info(name).file).filename().string();
+    V4RT_FAIL("loading tensor " << name << " (" << where << "): " << e.what());
+  }
+
+  void note_file(const std::string& path) {
+    const std::string f = std::filesystem::path(path).filename().string();
+    if (std::find(unit_files_.begin(), unit_files_.end(), f) == unit_files_.end()) unit_files_.push_back(f);
+  }
+
+  WeightView load_rows(const std::string& name, int64_t row_begin, int64_t row_end) {
     kernels::WeightSource src = source(name);
     src.row_begin = row_begin;
     src.row_end = row_end;
@@ -30,9 +102,9 @@ class Loader {
   // Columns [col_begin, col_end) of every row (a row-parallel weight's input slice, or a slice of
   // a 1-D tensor). FP8 stays FP8 when the slice holds whole 128-column scale blocks; otherwise it
   // is dequantized to F32 (exact: the values dequantization recovers).
-  WeightView load_cols(const std::string& name, int64_t col_begin, int64_t col_end) {
+  WeightView load_col_slice(const std::string& name, int64_t col_begin, int64_t col_end) {
     const kernels::WeightSource full = source(name);
-    if (col_begin == 0 && (col_end < 0 || col_end == full.cols)) return load(name);
+    if (col_begin == 0 && (col_end < 0 || col_end == full.cols)) return load_rows(name, 0, -1);
     V4RT_REQUIRE(col_begin >= 0 && col_begin < col_end && col_end <= full.cols,
                  "tensor " << name << ": column range [" << col_begin << ", " << col_end << ") outside " << full.cols);
     const int64_t rows = full.rows, cols = col_end - col_begin;
@@ -71,11 +143,9 @@ class Loader {
     return backend_.upload_weight(src);
   }
 
-  uint64_t bytes() const { return bytes_; }
-
- private:
-  kernels::WeightSource source(const std::string& name) const {
+  kernels::WeightSource source(const std::string& name) {
     const TensorInfo& info = ckpt_.info(name);
+    note_file(info.file);
     kernels::WeightSource src;
     src.name = name;
     src.dtype = info.dtype;
@@ -111,6 +181,14 @@ class Loader {
   const Checkpoint& ckpt_;
   kernels::Backend& backend_;
   uint64_t bytes_ = 0;
+  // Progress (only with an observer).
+  LoadObserver observer_;
+  std::chrono::steady_clock::time_point start_;
+  std::map<std::string, uint64_t> unit_bytes_;  // checkpoint tensor bytes per unit
+  std::vector<std::string> units_;
+  uint64_t total_bytes_ = 0, done_bytes_ = 0, unit_start_bytes_ = 0;
+  int units_done_ = 0;
+  std::vector<std::string> unit_files_;         // shard files of the unit being loaded
 };
 
 CompressorWeights load_compressor(Loader& ld, const std::string& p, int ratio, int head_dim) {
@@ -236,29 +314,39 @@ std::vector<float> rope_inv_freq(const ModelConfig& config, int ratio) {
   return f;
 }
 
-ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard) {
+ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard,
+                          const LoadObserver& observer) {
   const ModelConfig& cfg = ckpt.config();
-  Loader ld(ckpt, backend);
+  Loader ld(ckpt, backend, observer);
+  std::vector<std::string> units = {"embed", "head"};
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) units.push_back("layers." + std::to_string(l));
+  ld.set_units(units);
   const ShardRanges ranges = shard_ranges(cfg, shard);
   ModelWeights w;
   w.embed = ld.load("embed.weight");
+  ld.unit_done("embed");
   w.head = ld.load("head.weight");
   w.norm = ld.load("norm.weight");
   w.hc_head = {ld.load("hc_head_fn"), ld.load("hc_head_base"), ld.load("hc_head_scale")};
-  for (int l = 0; l < cfg.num_hidden_layers; ++l)
+  ld.unit_done("head");
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
     w.layers.push_back(load_layer(ld, ckpt, cfg, ranges, "layers." + std::to_string(l) + ".", l, cfg.is_hash_layer(l)));
+    ld.unit_done(units[size_t(l) + 2]);
+  }
   w.bytes_loaded = ld.bytes();
   return w;
 }
 
-MtpWeights load_mtp_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard) {
+MtpWeights load_mtp_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard,
+                            const LoadObserver& observer) {
   const ModelConfig& cfg = ckpt.config();
   V4RT_REQUIRE(cfg.num_nextn_predict_layers >= 1,
                "checkpoint has no MTP block (num_nextn_predict_layers = " << cfg.num_nextn_predict_layers << ")");
   const int layer = cfg.num_hidden_layers;  // the MTP block's layer index (spec §7)
   V4RT_REQUIRE(cfg.compress_ratio(layer) == 0,
                "MTP block: compress_ratios[" << layer << "] is " << cfg.compress_ratio(layer) << ", expected 0 (window only)");
-  Loader ld(ckpt, backend);
+  Loader ld(ckpt, backend, observer);
+  ld.set_units({"mtp.0"});
   const std::string p = "mtp.0.";
   MtpWeights w;
   w.block = load_layer(ld, ckpt, cfg, shard_ranges(cfg, shard), p, layer, /*hash_routed=*/false);
@@ -268,6 +356,7 @@ MtpWeights load_mtp_weights(const Checkpoint& ckpt, kernels::Backend& backend, c
   w.hnorm = ld.load(p + "hnorm.weight");
   w.norm = ld.load(p + "norm.weight");
   w.hc_head = {ld.load(p + "hc_head_fn"), ld.load(p + "hc_head_base"), ld.load(p + "hc_head_scale")};
+  ld.unit_done("mtp.0");
   w.bytes_loaded = ld.bytes();
   return w;
 }

@@ -4,6 +4,8 @@
 // selects the query heads / experts a rank holds, so a rank loads only its slice.
 #pragma once
 
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -95,8 +97,25 @@ struct ModelWeights {
   uint64_t bytes_loaded = 0;
 };
 
-// Loads every tensor the forward needs. Throws v4rt::Error naming the tensor at fault.
-ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard);
+// Progress of a load, reported after each unit: the embedding, the head (head, norm, hc_head), then
+// every layer (the release places each of these in its own shard file), or the MTP block. The
+// units are the same on every rank whatever its shard, so a caller may run a collective per call.
+struct LoadProgress {
+  std::string unit;            // "embed", "head", "layers.7", "mtp.0"
+  std::string shards;          // the shard file(s) the unit's tensors came from, ", "-separated
+  int unit_index = 0;          // 1-based
+  int num_units = 0;
+  uint64_t unit_bytes = 0;     // checkpoint bytes this rank loaded for the unit (its share)
+  uint64_t bytes = 0;          // checkpoint bytes this rank loaded so far
+  double done_fraction = 0;    // share of the checkpoint's tensor bytes in the units done, in [0, 1]
+  double elapsed_s = 0;        // since this load started
+};
+using LoadObserver = std::function<void(const LoadProgress&)>;
+
+// Loads every tensor the forward needs. Throws v4rt::Error naming the tensor and its shard file at
+// fault. `observer` (may be empty) is called after each unit.
+ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard,
+                          const LoadObserver& observer = {});
 
 // The MTP block `mtp.0.*` (spec §7): a window-only, score-routed block (layer index L) plus the
 // projections that fuse the main model's streams with the next token's embedding. It shares
@@ -111,7 +130,8 @@ struct MtpWeights {
 
 // Loads `mtp.0.*` with the same shard as the main layers. Throws v4rt::Error when the checkpoint
 // has no MTP block or a tensor is missing / mis-shaped (naming it).
-MtpWeights load_mtp_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard);
+MtpWeights load_mtp_weights(const Checkpoint& ckpt, kernels::Backend& backend, const Shard& shard,
+                            const LoadObserver& observer = {});
 
 // RoPE inverse frequencies of a layer (spec §2.5): ratio 0 -> base rope_theta, no YaRN; otherwise
 // base compress_rope_theta with YaRN (frequency blend only, no attention scaling).

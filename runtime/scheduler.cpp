@@ -353,7 +353,7 @@ bool Scheduler::emit_locked(Running& r, int32_t token, std::span<const float> lo
   r.last_token = now;
   ++r.generated;
   ++metrics_->generation_tokens;
-  if (token == options_.eos_token_id) {
+  if (token == options_.eos_token_id && !sp.ignore_eos) {
     finish_locked(r, FinishReason::kEos, nullptr);
     return false;
   }

@@ -47,6 +47,7 @@ struct SamplingParams {
   int top_logprobs = 0;        // alternatives per token (with logprobs)
   bool logprobs = false;
   bool forced = false;         // test hook: emit forced_tokens then EOS instead of sampling
+  bool ignore_eos = false;     // EOS is an ordinary token: the generation ends at max_tokens
   std::vector<int32_t> forced_tokens;
 };
 

@@ -3,6 +3,7 @@
 // same parser the server uses) and output line building.
 #include "launch/batch/batch_input.h"
 
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -105,9 +106,17 @@ BatchInput parse_batch_input(const std::string& text, const std::string& source)
 }
 
 BatchInput read_batch_input(const std::string& path) {
+  // Opening a directory succeeds; reading it throws std::ios_failure from the stream buffer.
+  std::error_code ec;
+  V4RT_REQUIRE(!std::filesystem::is_directory(path, ec), path << ": is a directory, not a batch input file (JSONL)");
   std::ifstream f(path, std::ios::binary);
   V4RT_REQUIRE(f, path << ": cannot open the batch input");
-  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::string text;
+  try {
+    text.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  } catch (const std::exception& e) {
+    V4RT_FAIL(path << ": cannot read the batch input: " << e.what());
+  }
   V4RT_REQUIRE(!f.bad(), path << ": read error");
   return parse_batch_input(text, path);
 }

@@ -145,10 +145,37 @@ std::string encode_result_payload(const JournalRecord& record) {
   return p;
 }
 
+namespace {
+
+// The path as the file system resolves it (symlinks, "..", relative to the working directory).
+std::filesystem::path resolved(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::weakly_canonical(path, ec);
+  return ec ? std::filesystem::absolute(path).lexically_normal() : p;
+}
+
+}  // namespace
+
+void check_job_paths(const std::string& input, const std::string& output, const std::string& journal) {
+  const auto in = resolved(input), out = resolved(output), jr = resolved(journal);
+  const auto out_tmp = resolved(output + ".tmp"), jr_tmp = resolved(journal + ".tmp");
+  V4RT_REQUIRE(jr != out, "--journal " << journal << " is the --output file " << output
+                                       << ": the output is rewritten from the journal, so they must differ");
+  V4RT_REQUIRE(jr != out_tmp, "--journal " << journal << " is the temporary file of --output " << output
+                                           << " (" << output << ".tmp); choose another journal path");
+  V4RT_REQUIRE(out != jr_tmp, "--output " << output << " is the temporary file of --journal " << journal
+                                          << " (" << journal << ".tmp); choose another output path");
+  V4RT_REQUIRE(in != out && in != jr && in != out_tmp && in != jr_tmp,
+               "--input " << input << " is also the output or the journal (or one of their temporary files)");
+}
+
 JournalScan scan_journal(const std::string& path) {
+  std::error_code ec;
+  V4RT_REQUIRE(!std::filesystem::is_directory(path, ec), path << ": is a directory, not a batch journal");
   std::ifstream in(path, std::ios::binary);
   V4RT_REQUIRE(in, path << ": cannot open the journal");
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  V4RT_REQUIRE(!in.bad(), path << ": read error");
   const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
   JournalScan scan;
   scan.file_bytes = bytes.size();

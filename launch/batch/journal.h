@@ -59,6 +59,12 @@ struct JournalScan {
   int64_t duplicates = 0;              // records for a line_idx already recorded (ignored)
 };
 
+// Refuses a job whose files would overwrite one another: the journal equal to the output or to
+// the output's temporary file (<output>.tmp), the output equal to the journal's (<journal>.tmp),
+// or the input equal to any of them. Compares the paths as the file system resolves them. Throws
+// v4rt::Error naming both flags.
+void check_job_paths(const std::string& input, const std::string& output, const std::string& journal);
+
 // Reads a journal. Throws v4rt::Error naming the file when it cannot be read or does not start
 // with an intact header record (journals are created with their header atomically).
 JournalScan scan_journal(const std::string& path);

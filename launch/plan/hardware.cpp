@@ -12,10 +12,7 @@
 #include <sstream>
 
 #include "common/check.h"
-
-#ifndef V4RT_CONFIG_DIR
-#define V4RT_CONFIG_DIR "configs"
-#endif
+#include "common/install_dirs.h"
 
 namespace v4rt::launch::plan {
 namespace {
@@ -106,7 +103,10 @@ GpuSpec load_gpu_spec(const std::string& name_or_path, const std::string& config
   if (name_or_path.find('/') == std::string::npos && name_or_path.find(".yaml") == std::string::npos)
     path = config_dir + "/hardware/" + name_or_path + ".yaml";
   V4RT_REQUIRE(std::filesystem::exists(path),
-               "unknown GPU '" << name_or_path << "': no hardware table " << path);
+               "unknown GPU '" << name_or_path << "': no hardware table " << path
+                               << (std::filesystem::is_directory(config_dir)
+                                       ? ""
+                                       : " (the config folder does not exist; pass --config-dir DIR)"));
   return parse_gpu_spec(read_text(path, "hardware"), path);
 }
 
@@ -252,6 +252,12 @@ Calibration load_calibration(const std::string& path) {
   return parse_calibration(read_text(path, "calibration"), path);
 }
 
-std::string default_config_dir() { return V4RT_CONFIG_DIR; }
+std::string default_config_dir() {
+  std::vector<std::string> tried;
+  const std::string dir = find_data_path("configs", "configs", &tried);
+  // None exists: name the first place looked at, so the "no hardware table" error shows it.
+  if (dir.empty()) return tried.empty() ? std::string("configs") : tried.front();
+  return dir;
+}
 
 }  // namespace v4rt::launch::plan

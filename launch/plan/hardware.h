@@ -87,7 +87,8 @@ Calibration load_calibration(const std::string& path);
 // YAML that parse_calibration reads back (every key written, families and fitted_on included).
 std::string calibration_yaml(const Calibration& calib);
 
-// The configs/ folder of the source tree this binary was built from.
+// The configs/ folder holding hardware/<gpu>.yaml: <prefix>/share/v4rt/configs of an installed
+// tree (found relative to the executable), else the source tree this binary was built from.
 std::string default_config_dir();
 
 }  // namespace v4rt::launch::plan

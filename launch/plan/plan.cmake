@@ -6,8 +6,8 @@ set(V4RT_PLAN_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/plan/report.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/plan/op_cost.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/plan/validate.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/plan/deploy_config.cpp
 )
 list(APPEND V4RT_LAUNCH_SOURCES ${V4RT_PLAN_SOURCES})
-# Hardware tables are read from the source tree's configs/ unless --config-dir says otherwise.
-set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/plan/hardware.cpp PROPERTIES
-  COMPILE_DEFINITIONS "V4RT_CONFIG_DIR=\"${CMAKE_SOURCE_DIR}/configs\"")
+# Hardware tables: <prefix>/share/v4rt/configs of an installed tree, else the source tree's
+# configs/ (plan::default_config_dir, common/install_dirs.h), unless --config-dir says otherwise.

@@ -2,11 +2,16 @@
 // The HTTP front (cpp-httplib): /v1/chat/completions, /v1/completions (both streaming as SSE),
 // /v1/models, /health and /metrics, Bearer authentication on everything but /health, and
 // OpenAI-style JSON errors. It listens before the model is loaded (requests get 503 until
-// set_ready()). Each request runs on a pool thread that submits to the Scheduler and turns the
-// tokens it streams back into responses; a streaming client that goes away cancels its generation.
+// set_ready()). Connections are admitted and held between requests by a ConnectionGate
+// (serve/http_connections.h: connection bounds, one receive deadline per request), so slow or idle
+// clients hold no worker thread. Each request runs on a worker that submits to the Scheduler and
+// turns the tokens it streams back into responses; a client that goes away, streaming or not,
+// cancels its generation.
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,6 +30,10 @@ class Response;
 
 namespace v4rt::launch::serve {
 
+class ConnectionGate;
+class GatedServer;
+struct GenerationState;
+
 class HttpServer {
  public:
   HttpServer(const model::ServerConfig& config, const model::text::Tokenizer& tokenizer, runtime::Metrics& metrics);
@@ -40,9 +49,17 @@ class HttpServer {
   void set_ready(runtime::Engine* engine, const ApiLimits& limits);
   // Loading failed: everything answers 503 with `why`.
   void set_failed(const std::string& why);
+  // Waits up to `timeout` until no generation response is being written (each has sent its last
+  // chunk or error event); true when none is left.
+  bool drain(std::chrono::milliseconds timeout);
+  // Connections refused at admission (over a bound) and requests cut by the receive deadline.
+  uint64_t refused_connections() const;
+  uint64_t receive_timeouts() const;
 
  private:
-  void handle_generate(const httplib::Request& req, httplib::Response& res, bool chat);
+  void handle_generate(const httplib::Request& req, httplib::Response& res, const std::string& body, bool chat);
+  void start_generation(std::shared_ptr<GenerationState> state, httplib::Response& res);
+  void end_generation();
   void handle_health(httplib::Response& res);
   void handle_models(httplib::Response& res);
   bool serving(std::string* why) const;
@@ -50,7 +67,11 @@ class HttpServer {
   model::ServerConfig config_;
   const model::text::Tokenizer& tokenizer_;
   runtime::Metrics& metrics_;
-  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<GatedServer> server_;
+  std::unique_ptr<ConnectionGate> gate_;
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;
+  int active_generations_ = 0;  // under drain_mu_
   std::atomic<runtime::Engine*> engine_{nullptr};
   ApiLimits limits_;
   mutable std::mutex mu_;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Request validation for the OpenAI endpoints. Fields the server does not use but clients commonly
-// send (user, metadata, ...) are ignored; fields it cannot honour (n > 1, penalties, echo, forced
-// tool choice) are refused with 400 rather than silently dropped.
+// send (user, metadata, ...) are ignored; fields it cannot honour (n > 1, best_of > 1, penalties,
+// logit_bias, a JSON response_format, echo, forced tool choice) are refused with 400 rather than
+// silently dropped.
 #include "launch/serve/openai_api.h"
 
 #include <nlohmann/json.hpp>
@@ -69,6 +70,17 @@ void parse_common(const text_json& body, const ApiLimits& limits, const text::To
   if (get_int(body, "n", 1, 1, 1 << 20) != 1) bad("n", "only n = 1 is supported");
   for (const char* penalty : {"presence_penalty", "frequency_penalty"})
     if (get_number(body, penalty, 0.0) != 0.0) bad(penalty, std::string("'") + penalty + "' is not supported (must be 0)");
+  if (const text_json* lb = field(body, "logit_bias")) {
+    if (!lb->is_object()) bad("logit_bias", "'logit_bias' must be an object", "invalid_type");
+    if (!lb->empty()) bad("logit_bias", "'logit_bias' is not supported");
+  }
+  if (const text_json* rf = field(body, "response_format")) {
+    if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string())
+      bad("response_format", "'response_format' must be {\"type\": ...}", "invalid_type");
+    if ((*rf)["type"].get<std::string>() != "text")
+      bad("response_format", "'response_format' type '" + (*rf)["type"].get<std::string>() +
+                                 "' is not supported (only 'text'; JSON output is not enforced)");
+  }
   runtime::SamplingParams& sp = spec->sampling;
   sp.temperature = get_number(body, "temperature", limits.defaults.temperature);
   if (!(sp.temperature >= 0.0 && sp.temperature <= 2.0)) bad("temperature", "'temperature' must be in [0, 2]");
@@ -82,6 +94,7 @@ void parse_common(const text_json& body, const ApiLimits& limits, const text::To
   }
   const char* max_key = field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   sp.max_tokens = int(get_int(body, max_key, limits.defaults.max_tokens, 1, 1 << 30));
+  sp.ignore_eos = get_bool(body, "ignore_eos", false);  // vLLM/SGLang extension: fixed output lengths
   if (chat) {
     sp.logprobs = get_bool(body, "logprobs", false);
     sp.top_logprobs = int(get_int(body, "top_logprobs", 0, 0, kMaxTopLogprobs));
@@ -127,7 +140,7 @@ void apply_context_limit(const ApiLimits& limits, GenerationSpec* spec) {
   if (n >= limits.max_context)
     throw ApiError(413, "the prompt has " + std::to_string(n) + " tokens; the context limit is " +
                             std::to_string(limits.max_context) + " tokens (prompt + completion)",
-                   "messages", "context_length_exceeded");
+                   spec->chat ? "messages" : "prompt", "context_length_exceeded");
   spec->sampling.max_tokens = int(std::min<int64_t>(spec->sampling.max_tokens, limits.max_context - n));
 }
 
@@ -180,6 +193,11 @@ std::string ApiError::json() const {
 }
 
 text_json parse_json_body(const std::string& body) {
+  // JSON text holds no raw NUL byte (inside strings it must be escaped); the parser would take one
+  // for the end of input and ignore what follows.
+  if (const size_t nul = body.find('\0'); nul != std::string::npos)
+    throw ApiError(400, "the request body is not valid JSON: a NUL byte at offset " + std::to_string(nul), "",
+                   "invalid_json");
   text_json j;
   if (!text::json_try_parse(body, &j)) {
     // Let nlohmann name the position of the first error.
@@ -284,6 +302,7 @@ GenerationSpec parse_completion_request(const text_json& body, const text::Token
   spec.chat = false;
   parse_common(body, limits, tokenizer, &spec, false);
   if (get_bool(body, "echo", false)) bad("echo", "'echo' is not supported");
+  if (get_int(body, "best_of", 1, 1, 1 << 20) != 1) bad("best_of", "only best_of = 1 is supported");
   if (const text_json* s = field(body, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
     bad("suffix", "'suffix' is not supported");
   const text_json* p = field(body, "prompt");

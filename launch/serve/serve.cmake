@@ -4,6 +4,7 @@ list(APPEND V4RT_LAUNCH_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/openai_api.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/output.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/http_server.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/serve/http_connections.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/serve/ranks.cpp
 )
 # Debian's libcpp-httplib-dev is a compiled library (header declarations + libcpp-httplib.so) whose

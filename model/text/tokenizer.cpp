@@ -19,6 +19,7 @@
 #include <unordered_map>
 
 #include "common/check.h"
+#include "common/install_dirs.h"
 #include "common/json_depth.h"
 #include "model/text/json_format.h"
 #include "model/text/special_tokens.h"
@@ -446,6 +447,10 @@ std::string find_tokenizer_path(const std::string& explicit_path, const std::str
     return tried.back();
   }
   if (const char* env = std::getenv("V4RT_TOKENIZER"); env && *env && found(env)) return env;
+  if (const std::string installed = installed_data_dir(); !installed.empty()) {
+    // An installed tree: <prefix>/share/v4rt/tokenizer/tokenizer.json (common/install_dirs.h).
+    if (found((fs::path(installed) / "tokenizer" / "tokenizer.json").string())) return tried.back();
+  }
   if (found(V4RT_REPO_TOKENIZER)) return V4RT_REPO_TOKENIZER;
   std::string list;
   for (const auto& t : tried) list += (list.empty() ? "" : ", ") + (t.empty() ? "(none)" : t);

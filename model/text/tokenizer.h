@@ -14,7 +14,8 @@
 //   1. an explicit path (must exist);
 //   2. <model_dir>/tokenizer.json when a model directory is given;
 //   3. the file named by the environment variable V4RT_TOKENIZER;
-//   4. <repo>/data/tokenizer/tokenizer.json (compiled in; scripts/fetch-tokenizer.sh fetches it).
+//   4. <prefix>/share/v4rt/tokenizer/tokenizer.json of an installed tree (relative to the binary);
+//   5. <repo>/data/tokenizer/tokenizer.json (compiled in; scripts/fetch-tokenizer.sh fetches it).
 #pragma once
 
 #include <cstdint>

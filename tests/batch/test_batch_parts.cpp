@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // The batch job's parts without a model: digests against published test vectors, journal framing
 // (every possible torn tail is cut at the last intact record; a flipped byte is caught by the CRC),
-// header comparison, input line validation, output lines, atomic file replacement, progress maths.
+// header comparison, input line validation, output lines, atomic file replacement, progress maths;
+// and the command line refusing what would fail later: a directory as input, a journal that is
+// the output, --max-in-flight below 1.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -13,6 +15,7 @@
 #include "launch/batch/digest.h"
 #include "launch/batch/journal.h"
 #include "launch/batch/progress.h"
+#include "tests/batch/batch_test_util.h"
 
 namespace v4rt::launch::batch {
 namespace {
@@ -201,6 +204,70 @@ TEST(BatchInput, LinesAreCheckedOneByOne) {
     EXPECT_EQ(in.items[i].error_message.rfind("line " + std::to_string(in.items[i].line_idx + 1) + ": ", 0), 0u)
         << in.items[i].error_message;
   }
+}
+
+// Reading a directory threw std::ios_failure out of the stream buffer (`batch` aborted, exit 134).
+TEST(BatchInput, DirectoryIsRefusedNamingThePath) {
+  const std::string dir = scratch("input_dir");
+  try {
+    read_batch_input(dir);
+    FAIL() << "a directory was read as a batch input";
+  } catch (const v4rt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(dir), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("directory"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(scan_journal(dir), v4rt::Error);
+}
+
+// A journal at the output path (or at its temporary file) was accepted, and the job could then
+// never resume: the output rewrite replaced the journal.
+TEST(BatchJournal, JobPathsMustNotOverlap) {
+  const std::string dir = scratch("paths");
+  const std::string in = dir + "/in.jsonl", out = dir + "/out.jsonl";
+  EXPECT_NO_THROW(check_job_paths(in, out, out + ".journal"));
+  for (const auto& [journal, output] : std::vector<std::pair<std::string, std::string>>{
+           {out, out}, {dir + "/./out.jsonl", out}, {out + ".tmp", out}, {dir + "/j", dir + "/j.tmp"}, {in, out}}) {
+    try {
+      check_job_paths(in, output, journal);
+      ADD_FAILURE() << "accepted --journal " << journal << " --output " << output;
+    } catch (const v4rt::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--"), std::string::npos) << e.what();
+    }
+  }
+  fs::create_directories(dir + "/sub");
+  std::ofstream(out) << "";
+  fs::create_symlink(out, dir + "/sub/link.jsonl");
+  EXPECT_THROW(check_job_paths(in, out, dir + "/sub/link.jsonl"), v4rt::Error);  // the same file by a link
+}
+
+// The command line refuses these before it loads a model (the model path does not exist).
+TEST(BatchCli, RefusesOverlappingPathsAndMaxInFlightBelowOne) {
+  const std::string dir = scratch("cli");
+  const std::string in = dir + "/in.jsonl", out = dir + "/out.jsonl", log = dir + "/log";
+  std::ofstream(in) << testing::make_requests(2, 2, false);
+  const std::vector<std::string> base = {V4RT_EXE, "batch", "--model", dir + "/no-model", "--input", in};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = base;
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  };
+  EXPECT_EQ(testing::run_cmd(with({"--output", out, "--journal", out}), log, 60), 1);
+  EXPECT_NE(testing::read_text(log).find("--journal"), std::string::npos) << testing::read_text(log);
+  for (const char* n : {"0", "-3"}) {
+    EXPECT_NE(testing::run_cmd(with({"--output", out, "--max-in-flight", n}), log, 60), 0);
+    EXPECT_NE(testing::read_text(log).find("--max-in-flight"), std::string::npos) << testing::read_text(log);
+  }
+}
+
+// `batch --input <directory>` ends with exit status 1 and a message, not an abort.
+TEST(BatchCli, DirectoryAsInputExitsWithAnError) {
+  const std::string dir = scratch("cli_dir");
+  const std::string log = dir + "/log";
+  const int rc = testing::run_cmd({V4RT_EXE, "batch", "--model", testing::tiny_model_dir(), "--tokenizer",
+                                   testing::tokenizer_path(), "--input", dir, "--output", dir + "/out.jsonl"},
+                                  log, 120);
+  EXPECT_EQ(rc, 1) << testing::read_text(log);
+  EXPECT_NE(testing::read_text(log).find("is a directory"), std::string::npos) << testing::read_text(log);
 }
 
 TEST(BatchInput, OutputLinesAreDeterministic) {

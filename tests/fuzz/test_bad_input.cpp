@@ -7,6 +7,7 @@
 // v4rt::Error naming the file and the field or tensor at fault.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -20,6 +21,8 @@
 #include "launch/plan/hardware.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/presets.h"
+#include "model/synthetic.h"
 #include "model/runtime_config.h"
 #include "model/safetensors.h"
 #include "model/text/json_format.h"
@@ -137,7 +140,8 @@ TEST(BadModelConfig, LayerCountAtIntMax) {  // num_hidden_layers + MTP layers ov
   auto j = tiny_config();
   j["num_hidden_layers"] = 2147483647;
   j["num_nextn_predict_layers"] = 1;
-  expect_error_naming([&] { parse_config(j); }, {"'compress_ratios'", "2147483648"});
+  // Now refused by the size bound before the layer sum is formed (the sum stays in int64).
+  expect_error_naming([&] { parse_config(j); }, {"'num_hidden_layers'", "2147483647", "at most"});
 }
 
 TEST(BadModelConfig, DeepNesting) {
@@ -367,6 +371,40 @@ TEST(BadCli, InspectWithHugeNumberInConfig) {
   text.replace(text.find("\"vocab_size\":") + 13, 0, " 1e999,\"x\":");
   write_file(tmp, "ck/config.json", text);
   expect_one_line_error(run_v4rt("inspect --model " + dir, tmp), {dir + "/config.json", "not valid JSON"});
+}
+
+// A small synthetic checkpoint (the tiny preset, a 1024-token vocabulary) in tmp/ck.
+std::string small_checkpoint(const TempDir& tmp) {
+  ModelConfig c = preset_config("tiny");
+  c.vocab_size = 1024;
+  const std::string dir = tmp / "ck";
+  write_synthetic_checkpoint(c, dir, {3, 2});
+  return dir;
+}
+
+// n_routed_experts 1e6 ended in an uncaught std::bad_alloc (SIGABRT); 1e5 allocated 2.9 GB.
+TEST(BadCli, InspectWithExpertCountFarTooLarge) {
+  TempDir tmp;
+  const std::string dir = small_checkpoint(tmp);
+  for (const char* experts : {"100000", "1000000"}) {
+    auto config = nlohmann::ordered_json::parse(testing::read_text(dir + "/config.json"));
+    config["n_routed_experts"] = std::stoll(experts);
+    write_file(tmp, "ck/config.json", config.dump());
+    expect_one_line_error(run_v4rt("inspect --model " + dir, tmp),
+                          {dir + "/config.json", "'n_routed_experts'", experts, "at most"});
+  }
+}
+
+// A FIFO in place of a shard made `inspect` hang; `timeout` bounds the run if it still does.
+TEST(BadCli, InspectWithFifoShard) {
+  TempDir tmp;
+  const std::string dir = small_checkpoint(tmp);
+  const std::string shard = dir + "/model-00002-of-00002.safetensors";
+  std::filesystem::remove(shard);
+  ASSERT_EQ(::mkfifo(shard.c_str(), 0600), 0);
+  const CmdResult r = testing::run_shell("timeout 60 " + kV4rt + " inspect --model " + dir, tmp);
+  EXPECT_NE(r.code, 124) << "inspect hung on the FIFO";
+  expect_one_line_error(r, {shard, "not a regular file"});
 }
 
 // `--config` on logits comes with the distributed driver; until then these cases are reached only

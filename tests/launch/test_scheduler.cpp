@@ -198,5 +198,23 @@ TEST_F(SchedulerTest, PrefixReusePlansACopyAndPrefillsOnlyNewTokens) {
   EXPECT_EQ(b->stream->cached_tokens, 12);
 }
 
+// ignore_eos (the benchmarks' fixed output length): EOS is emitted as an ordinary token and the
+// generation runs to max_tokens; without it the same logits end the request at once.
+TEST_F(SchedulerTest, IgnoreEosRunsToMaxTokens) {
+  Scheduler s(SchedulerOptions{}, config, &metrics);
+  auto plain = make_request(3, 5), ignoring = make_request(3, 5, 2000);
+  ignoring->sampling.ignore_eos = true;
+  ASSERT_EQ(s.submit(plain).status, 200);
+  ASSERT_EQ(s.submit(ignoring).status, 200);
+  StepPlan p;
+  for (int steps = 0; steps < 20 && s.next_plan(&p, 0ms); ++steps) s.complete(p, logits_for(p, 1 /* EOS */));
+  std::vector<TokenEvent> ev;
+  EXPECT_EQ(plain->stream->wait(&ev, 0ms), FinishReason::kEos);
+  EXPECT_TRUE(ev.empty());
+  EXPECT_EQ(ignoring->stream->wait(&ev, 0ms), FinishReason::kLength);
+  ASSERT_EQ(ev.size(), 5u);
+  for (const TokenEvent& e : ev) EXPECT_EQ(e.token, 1);
+}
+
 }  // namespace
 }  // namespace v4rt::launch::serve

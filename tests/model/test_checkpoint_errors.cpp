@@ -3,7 +3,14 @@
 // v4rt::Error that names the file and the tensor at fault; validation lists every problem.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <filesystem>
+#include <future>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "model/checkpoint.h"
@@ -57,6 +64,42 @@ class Corrupt : public ::testing::Test {
   std::string dir_;
 };
 TempDir* Corrupt::base_ = nullptr;
+
+// A FIFO in place of a shard made `inspect` wait for a writer forever.
+TEST_F(Corrupt, ShardThatIsAFifoIsRefused) {
+  fs::remove(path(kShard2));
+  ASSERT_EQ(::mkfifo(path(kShard2).c_str(), 0600), 0);
+  std::packaged_task<std::string()> task([this] {
+    try {
+      open();
+    } catch (const v4rt::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("opened");
+  });
+  std::future<std::string> result = task.get_future();
+  std::thread t(std::move(task));
+  if (result.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    const int unblock = ::open(path(kShard2).c_str(), O_WRONLY | O_NONBLOCK);  // lets a blocked open return
+    t.join();
+    if (unblock >= 0) ::close(unblock);
+    FAIL() << "Checkpoint::open blocked on a FIFO shard";
+  }
+  t.join();
+  const std::string what = result.get();
+  EXPECT_NE(what.find(kShard2), std::string::npos) << what;
+  EXPECT_NE(what.find("not a regular file"), std::string::npos) << what;
+}
+
+// An expert count the shards cannot hold fails naming the key before the expected tensor list
+// (an entry per expert weight of every block) is built.
+TEST_F(Corrupt, ExpertCountBeyondTheShardsNamesTheKey) {
+  auto config = nlohmann::ordered_json::parse(testing::read_text(path("config.json")));
+  config["n_routed_experts"] = 3000;
+  const std::string text = config.dump();
+  testing::write_bytes(path("config.json"), std::vector<uint8_t>(text.begin(), text.end()));
+  expect_error_naming([&] { open(); }, {"config.json: field 'n_routed_experts' 3000", "tensors in all"});
+}
 
 TEST_F(Corrupt, IntactCopyOpens) {
   auto ck = Checkpoint::open(dir_);

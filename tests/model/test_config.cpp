@@ -168,6 +168,32 @@ TEST(ModelConfig, BadValuesNameField) {
   expect_error_naming([&] { parse_model_config("{\"vocab_size\": 12,", "y.json"); }, {"y.json", "JSON"});
 }
 
+// Size fields are bounded before anything is sized from them: n_routed_experts 1e5 made `inspect`
+// allocate 2.9 GB, 1e6 ended in std::bad_alloc, max_position_embeddings 2^62 was accepted.
+TEST(ModelConfig, SizeFieldsAreBoundedNamingTheKey) {
+  for (const auto& [key, value] : std::vector<std::pair<std::string, int64_t>>{
+           {"n_routed_experts", 100000},
+           {"n_routed_experts", 1000000},
+           {"max_position_embeddings", int64_t(1) << 62},
+           {"vocab_size", int64_t(1) << 40},
+           {"hidden_size", 1 << 20},
+           {"moe_intermediate_size", 1 << 20},
+           {"index_topk", 1 << 20},
+           {"hc_sinkhorn_iters", 1 << 20}}) {
+    nlohmann::json j = flash_json();
+    j[key] = value;
+    expect_error_naming([&] { parse_model_config(j.dump(), "config.json"); },
+                        {"config.json: field '" + key + "'", std::to_string(value), "at most"});
+  }
+  nlohmann::json j = flash_json();
+  j["rope_scaling"]["original_max_position_embeddings"] = int64_t(1) << 40;
+  expect_error_naming([&] { parse_model_config(j.dump(), "config.json"); },
+                      {"'rope_scaling.original_max_position_embeddings'", "at most"});
+  for (const char* preset : {"tiny", "flash", "pro"}) {  // every release and test config fits
+    for (const SizeBound& b : size_bounds(preset_config(preset))) EXPECT_LE(b.value, b.max) << preset << " " << b.key;
+  }
+}
+
 TEST(ModelConfig, SliceKeepsMtp) {
   const ModelConfig c = slice_layers(preset_config("flash"), 4);
   EXPECT_EQ(c.num_hidden_layers, 4);

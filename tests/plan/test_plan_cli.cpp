@@ -8,7 +8,9 @@
 #include <regex>
 #include <string>
 
+#include "model/runtime_config.h"
 #include "tests/model/test_util.h"
+#include "tests/plan/config_check.h"
 
 namespace {
 
@@ -108,6 +110,67 @@ TEST(PlanCli, ValidateGpuPointsFitOnFlashBatch1) {
   EXPECT_EQ(none.code, 1) << none.out;
   EXPECT_NE(none.out.find("no measured point matches the fit filter"), std::string::npos) << none.out;
   std::filesystem::remove(yaml);
+}
+
+// --write-config: the recommended layout's runtime YAML, valid for its world size, and the mpirun
+// line that serves it.
+TEST(PlanCli, WriteConfigOfTheRecommendedLayout) {
+  const v4rt::model::testing::TempDir tmp;
+  const std::string path = tmp / "flash.yaml";
+  const CmdResult r = run_v4rt("plan --model flash --nodes 1 --gpus-per-node 8 --gpu h200 --context 131072 "
+                               "--write-config " + path);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(recommended: tp=(\d+) sp=(\d+) ep=(\d+) dp=(\d+))"))) << r.out;
+  const v4rt::model::RuntimeConfig c = v4rt::model::load_runtime_config(path);
+  EXPECT_EQ(c.parallel.tp, std::stoi(m[1]));
+  EXPECT_EQ(c.parallel.sp, std::stoi(m[2]));
+  EXPECT_EQ(c.parallel.ep, std::stoi(m[3]));
+  EXPECT_EQ(c.parallel.dp, std::stoi(m[4]));
+  EXPECT_EQ(c.model, "/models/DeepSeek-V4-Flash");
+  EXPECT_EQ(c.numerics, "official");
+  EXPECT_EQ(c.server.max_context, 131072);
+  EXPECT_NE(r.out.find("config written to " + path), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("mpirun -np 8 "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" serve --config " + path + " --backend cuda"), std::string::npos) << r.out;
+  const std::string source_configs = std::string(V4RT_SOURCE_DIR) + "/configs";
+  const auto problems = v4rt::launch::plan::testing::config_problems(path, source_configs);
+  EXPECT_TRUE(problems.empty()) << problems.front();
+}
+
+TEST(PlanCli, WriteConfigOfAGivenLayoutAcrossNodes) {
+  const v4rt::model::testing::TempDir tmp;
+  const std::string path = tmp / "pro.yaml";
+  const CmdResult r = run_v4rt("plan --model pro --nodes 2 --gpus-per-node 8 --gpu h200 --context 1048576 "
+                               "--layout 8,2,16,1 --model-dir /data/pro --write-config " + path);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const v4rt::model::RuntimeConfig c = v4rt::model::load_runtime_config(path);
+  EXPECT_EQ(c.parallel.tp, 8);
+  EXPECT_EQ(c.parallel.sp, 2);
+  EXPECT_EQ(c.parallel.ep, 16);
+  EXPECT_EQ(c.parallel.dp, 1);
+  EXPECT_EQ(c.model, "/data/pro");
+  EXPECT_NE(r.out.find("mpirun -np 16 --hostfile HOSTS --map-by ppr:8:node --bind-to none "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sbatch --nodes=2 scripts/slurm/serve.sbatch " + path), std::string::npos) << r.out;
+  const std::string text = v4rt::model::testing::read_text(path);
+  EXPECT_NE(text.find("# deploy: world=16 model=pro gpu=h200 nodes=2 gpus_per_node=8"), std::string::npos) << text;
+  EXPECT_NE(text.find("--layout 8,2,16,1"), std::string::npos) << text;  // the command that chose it
+  const auto problems = v4rt::launch::plan::testing::config_problems(path, std::string(V4RT_SOURCE_DIR) + "/configs");
+  EXPECT_TRUE(problems.empty()) << problems.front();
+}
+
+TEST(PlanCli, WriteConfigRefusesARejectedLayout) {
+  const v4rt::model::testing::TempDir tmp;
+  const std::string path = tmp / "bad.yaml";
+  const CmdResult r = run_v4rt("plan --model flash --nodes 1 --gpus-per-node 8 --gpu h200 --context 65536 "
+                               "--layout 8,1,6,1 --write-config " + path);
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("--write-config " + path + ": layout 8,1,6,1 cannot run: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("n_routed_experts 256 % ep 6 != 0"), std::string::npos) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(path));
+  const CmdResult csv = run_v4rt("plan --model flash --csv --write-config " + path);
+  EXPECT_EQ(csv.code, 1) << csv.out;
+  EXPECT_NE(csv.out.find("--write-config and --csv cannot be combined"), std::string::npos) << csv.out;
 }
 
 }  // namespace
