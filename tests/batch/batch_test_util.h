@@ -88,6 +88,13 @@ inline int run_cmd(const std::vector<std::string>& argv, const std::string& log,
   return c.wait(std::chrono::seconds(timeout_s));
 }
 
+// Occurrences of `what` in `text` (e.g. a log line shared by several runs).
+inline size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+  return n;
+}
+
 inline std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::stringstream ss;

@@ -56,12 +56,18 @@ TEST(BatchResume, KilledAtRandomPointsThenResumedEqualsUninterrupted) {
   const std::string output = dir + "/results.jsonl";
   const std::string journal = output + ".journal";
   std::mt19937 rng(20240501);
-  std::uniform_int_distribution<int> delay_ms(1500, 3000);
+  // The kill comes at a random point after start-up (model and tokenizer load take seconds on a
+  // loaded machine): once the run has opened its journal (a "new job" or "resuming" line).
+  std::uniform_int_distribution<int> delay_ms(300, 1800);
+  auto runs_started = [&] { return count_of(read_text(log), "batch: new job") + count_of(read_text(log), "batch: resuming"); };
   int kills = 0, torn = 0, attempts = 0;
   while ((kills < 4 || torn == 0) && attempts < 14) {
     ++attempts;
+    const size_t started_before = runs_started();
     Child c = Child::start(batch_argv(model, input, output, {"--max-in-flight", "1", "--test-hook-pause-mid-record-ms", "250"}), log);
     ASSERT_GT(c.pid, 0);
+    for (int i = 0; i < 600 && c.running() && runs_started() == started_before; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
     if (!c.running()) break;  // finished before the kill: nothing left to interrupt
     c.kill_and_reap(SIGKILL);
@@ -82,8 +88,13 @@ TEST(BatchResume, KilledAtRandomPointsThenResumedEqualsUninterrupted) {
 
   // A graceful stop: SIGTERM -> exit 3 with the output consistent.
   {
+    // Past start-up (model and tokenizer load take seconds on a loaded machine): this run has read
+    // its journal (one more "resuming" line in the shared log) and runs requests.
+    const size_t resumed_before = count_of(read_text(log), "resuming");
     Child c = Child::start(batch_argv(model, input, output, {"--max-in-flight", "2"}), log);
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    for (int i = 0; i < 600 && c.running() && count_of(read_text(log), "resuming") == resumed_before; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
     if (c.running()) {
       const int rc = c.kill_and_reap(SIGTERM);
       EXPECT_TRUE(rc == 3 || rc == 0) << "SIGTERM exit status " << rc << "\n" << read_text(log);

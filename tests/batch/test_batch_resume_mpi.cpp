@@ -50,6 +50,7 @@ TEST(BatchResumeMpi, FollowerRankKilledThenResumed) {
   ASSERT_EQ(reference.size(), 24u);
 
   const std::string output = dir + "/results.jsonl";
+  const size_t started_before = count_of(read_text(log), "new job");
   Child c = Child::start(argv(output, {"--max-in-flight", "1"}), log);
   ASSERT_GT(c.pid, 0);
   pid_t follower = -1;
@@ -58,7 +59,11 @@ TEST(BatchResumeMpi, FollowerRankKilledThenResumed) {
     follower = find_rank(c.pid, 1);
   }
   ASSERT_GT(follower, 0) << "rank 1 of the job not found";
-  std::this_thread::sleep_for(std::chrono::milliseconds(3500));
+  // Past start-up (loading takes seconds on a loaded machine): the job has started its journal
+  // and commits requests (one in flight, the output flushed every 0.2 s).
+  for (int i = 0; i < 600 && c.running() && count_of(read_text(log), "new job") == started_before; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   ASSERT_TRUE(c.running()) << "the job ended before rank 1 could be killed\n" << read_text(log);
   ::kill(follower, SIGKILL);
   const int rc = c.wait(std::chrono::seconds(60));

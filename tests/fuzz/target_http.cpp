@@ -33,7 +33,7 @@ void fuzz_http_request(const uint8_t* data, size_t size) {
   V4RT_FUZZ_REQUIRE(!spec.prompt.empty() || !chat, "a chat prompt has tokens");
   V4RT_FUZZ_REQUIRE(int64_t(spec.prompt.size()) < limits.max_context, "the prompt fits the context");
   for (int32_t id : spec.prompt) V4RT_FUZZ_REQUIRE(id >= 0 && id < tok->vocab_size(), "prompt ids in the vocabulary");
-  const launch::runtime::SamplingParams& s = spec.sampling;
+  const runtime::SamplingParams& s = spec.sampling;
   V4RT_FUZZ_REQUIRE(s.temperature >= 0 && s.top_p > 0 && s.top_p <= 1, "sampling values in range");
   V4RT_FUZZ_REQUIRE(s.max_tokens >= 0 && int64_t(spec.prompt.size()) + s.max_tokens <= limits.max_context,
                     "max_tokens clamped to the context left");
