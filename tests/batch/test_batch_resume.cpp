@@ -35,7 +35,9 @@ void expect_prefix(const std::vector<std::string>& got, const std::vector<std::s
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(got[i], want[i]) << when << ": line " << i + 1;
     const std::string id = custom_id_of(got[i]);
-    if (!id.empty()) EXPECT_TRUE(ids.insert(id).second) << when << ": custom_id " << id << " twice";
+    if (!id.empty()) {
+      EXPECT_TRUE(ids.insert(id).second) << when << ": custom_id " << id << " twice";
+    }
   }
 }
 
@@ -109,7 +111,9 @@ TEST(BatchResume, KilledAtRandomPointsThenResumedEqualsUninterrupted) {
   std::set<std::string> ids;
   for (const std::string& l : final_lines) {
     const std::string id = custom_id_of(l);
-    if (!id.empty()) EXPECT_TRUE(ids.insert(id).second) << "custom_id " << id << " twice";
+    if (!id.empty()) {
+      EXPECT_TRUE(ids.insert(id).second) << "custom_id " << id << " twice";
+    }
   }
   EXPECT_EQ(int(ids.size()), kNumRequests + kNumRequests / 10 + (kNumRequests % 10 > 5 ? 1 : 0));  // + bad-url ids
   const JournalScan scan = scan_journal(journal);

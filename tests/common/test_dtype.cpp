@@ -40,7 +40,9 @@ TEST(Dtype, E4m3RoundTripEveryCode) {
     if ((c & 0x7f) == 0x7f) continue;
     float v = e4m3_to_f32(uint8_t(c));
     uint8_t back = f32_to_e4m3(v);
-    if (c == 0x80) EXPECT_EQ(back, 0x80);
+    if (c == 0x80) {
+      EXPECT_EQ(back, 0x80);
+    }
     else EXPECT_EQ(back, c) << "code " << c << " value " << v;
   }
 }

@@ -159,7 +159,9 @@ TEST(CudaSample, TopLogprobsMatchCpu) {
     }
   }
   for (int r = 0; r < rows; ++r)
-    if (g.ids[size_t(r)] == c.ids[size_t(r)]) EXPECT_NEAR(g.logprob[size_t(r)], c.logprob[size_t(r)], kLogprobTol) << "row " << r;
+    if (g.ids[size_t(r)] == c.ids[size_t(r)]) {
+      EXPECT_NEAR(g.logprob[size_t(r)], c.logprob[size_t(r)], kLogprobTol) << "row " << r;
+    }
 }
 
 TEST(CudaSample, IdsIndependentOfBatchRow) {

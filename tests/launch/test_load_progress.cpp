@@ -50,7 +50,9 @@ TEST(LoadProgress, EveryUnitReportedWithItsShardAndGrowingBytes) {
     EXPECT_GT(p.unit_bytes, 0u) << p.unit;
     sum += p.unit_bytes;
     EXPECT_EQ(p.bytes, sum);
-    if (i > 0) EXPECT_GT(p.done_fraction, seen[size_t(i) - 1].done_fraction);
+    if (i > 0) {
+      EXPECT_GT(p.done_fraction, seen[size_t(i) - 1].done_fraction);
+    }
     if (i >= 2) {
       const int l = i - 2;
       EXPECT_EQ(p.unit, "layers." + std::to_string(l));

@@ -22,7 +22,9 @@ set(allowed_cluster        common cluster)
 set(allowed_kernels        common kernels)
 set(allowed_kernels_cuda   common kernels kernels_cuda)
 set(allowed_kernels_factory common kernels kernels_cuda kernels_factory)
-set(allowed_parallel       common cluster kernels kernels_factory parallel)
+# parallel's CUDA sources (parallel/cuda/, the EP row kernels) share the header-only device codecs
+# of kernels/cuda/device_math.cuh: kernels, CUDA or not, sit below parallel.
+set(allowed_parallel       common cluster kernels kernels_cuda kernels_factory parallel)
 set(allowed_model          common cluster kernels kernels_factory parallel model)
 set(allowed_runtime        common cluster kernels kernels_factory parallel model runtime)
 set(allowed_launch         common cluster kernels kernels_cuda kernels_factory parallel model runtime launch)

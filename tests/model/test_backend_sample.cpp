@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Backend::sample on the CPU backend against the host sampler (model/sampler.h) and the server's
-// logprobs (launch/serve fill_logprobs): Philox4x32-10 known answers; greedy identical to argmax;
+// logprobs (model::token_logprobs): Philox4x32-10 known answers; greedy identical to argmax;
 // the sampled frequencies over many seeds against the host sampler's exact distribution (Pearson
 // chi-square, as the MTP sampling tests) for temperature, top-k and top-p on a small vocabulary and
 // on the 129,280-token vocabulary with a peaked distribution; the same (seed, position) giving the
@@ -21,7 +21,6 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/philox.h"
-#include "launch/serve/scheduler.h"
 #include "model/sampler.h"
 #include "tests/model/test_mtp_util.h"
 
@@ -167,7 +166,9 @@ TEST(BackendSample, SmallVocabularyDistributionsMatchHostSampler) {
     const std::vector<int64_t> counts = backend_counts(logits, base, runs);
     const std::vector<double> exact = host_distribution(logits, c.temperature, c.top_p, c.top_k);
     for (size_t i = 0; i < exact.size(); ++i)
-      if (exact[i] == 0.0) EXPECT_EQ(counts[i], 0) << "token " << i << " outside the kept set drawn";
+      if (exact[i] == 0.0) {
+        EXPECT_EQ(counts[i], 0) << "token " << i << " outside the kept set drawn";
+      }
     int df = 0;
     const double p = model::testing::chi_square_p(counts, exact, &df);
     std::printf("T %.2f top_p %.2f top_k %d: chi-square p = %.4g (df %d, %d draws)\n", c.temperature, c.top_p, c.top_k, p, df, runs);
@@ -235,7 +236,9 @@ TEST(BackendSample, FullVocabularyPeakedDistributionsMatchHostSampler) {
                 c.temperature, c.top_p, c.top_k, p, df, runs);
     EXPECT_GT(p, 1e-3) << "T " << c.temperature << " top_p " << c.top_p << " top_k " << c.top_k;
     for (size_t i = 0; i < exact.size(); ++i)
-      if (exact[i] == 0.0) EXPECT_EQ(counts[i], 0) << "token " << i << " outside the kept set drawn";
+      if (exact[i] == 0.0) {
+        EXPECT_EQ(counts[i], 0) << "token " << i << " outside the kept set drawn";
+      }
   }
 }
 
@@ -318,8 +321,7 @@ TEST(BackendSample, LogprobsEqualTheServers) {
   const Outputs o = run_sample(logits, vocab, rows, max_n);
   for (size_t r = 0; r < rows.size(); ++r) {
     const std::span<const float> l(logits.data() + r * size_t(vocab), size_t(vocab));
-    launch::serve::TokenEvent ev;
-    launch::serve::fill_logprobs(l, o.ids[r], rows[r].n_logprobs, &ev);
+    const model::TokenLogprobs ev = model::token_logprobs(l, o.ids[r], rows[r].n_logprobs);
     EXPECT_NEAR(o.logprob[r], ev.logprob, 1e-5) << "row " << r;
     ASSERT_EQ(ev.top.size(), size_t(rows[r].n_logprobs));
     for (int j = 0; j < max_n; ++j) {

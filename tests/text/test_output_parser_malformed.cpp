@@ -37,7 +37,9 @@ void expect_dropped(const Result& r, const std::string& name, const std::string&
   EXPECT_TRUE(r.starts.empty()) << "no tool-call delta for a dropped call";
   EXPECT_EQ(r.parsed.finish_reason, "stop");
   ASSERT_EQ(r.parsed.warnings.size(), 1u) << r.message;
-  if (!name.empty()) EXPECT_NE(r.parsed.warnings[0].find("\"" + name + "\""), std::string::npos) << r.parsed.warnings[0];
+  if (!name.empty()) {
+    EXPECT_NE(r.parsed.warnings[0].find("\"" + name + "\""), std::string::npos) << r.parsed.warnings[0];
+  }
   EXPECT_NE(r.parsed.warnings[0].find(why), std::string::npos) << r.parsed.warnings[0];
 }
 
