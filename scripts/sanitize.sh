@@ -25,16 +25,21 @@ cmake --preset cpu-asan -DV4RT_FUZZ_RUNS="${V4RT_FUZZ_RUNS:-20000}" >/dev/null
 # test_speculative_engine runs its 4-token-vocabulary cases through both engines, prefix reuse and
 # forced output (speculative scheduling, drafts, verify, rollback, state copies: 150 s under ASan;
 # the 6-token cases add about 200 s).
+# test_prefix_state and test_prefix_resume (exact resume of the whole tiny model from every kind of
+# point) and test_debug_switches (whole-model logits with each switch) are whole-model runs as well;
+# test_prefix_tree (the radix tree alone) runs under ASan.
 # test_batch_parts (journal framing, torn tails, input validation; no model) runs in full. All of
 # them run in full in the ordinary build. V4RT_ASAN_EXCLUDE overrides the list (a ctest -E regex).
-SLOW=${V4RT_ASAN_EXCLUDE:-'test_prefix_reuse|test_http_server|test_speculative_engine|test_batch_(composition|resume|throughput|mtp)|test_mtp|test_batched_step'}
+SLOW=${V4RT_ASAN_EXCLUDE:-'test_prefix_reuse|test_prefix_state|test_prefix_resume|test_debug_switches|test_http_server|test_speculative_engine|test_batch_(composition|resume|throughput|mtp)|test_mtp|test_batched_step'}
 # Test names are target names for unit tests; fuzz_<t>_smoke runs target fuzz_<t>. The CLI tests
 # also need the v4rt executable. Left-out suites are not built (the two with a subset below are).
 mapfile -t tests < <(ctest --test-dir "$BUILD" -N -L 'unit|fuzz' 2>/dev/null | sed -n 's/^ *Test *#[0-9]*: //p')
+# Tests that are scripts (layering checks, CLI smoke runs) have no target of their own.
+mapfile -t known < <(ninja -C "$BUILD" -t targets all | sed -n 's/^\([^:]*\): .*/\1/p')
 targets=(v4rt)
 for t in "${tests[@]}"; do
   if [[ $t == test_http_server || $t == test_speculative_engine ]] || ! grep -Eq "$SLOW" <<<"$t"; then
-    targets+=("${t%_smoke}")
+    if printf '%s\n' "${known[@]}" | grep -qx -- "${t%_smoke}"; then targets+=("${t%_smoke}"); fi
   fi
 done
 cmake --build "$BUILD" -j "$JOBS" --target "${targets[@]}"
