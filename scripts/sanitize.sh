@@ -35,11 +35,12 @@ SLOW=${V4RT_ASAN_EXCLUDE:-'test_prefix_reuse|test_prefix_state|test_prefix_resum
 # also need the v4rt executable. Left-out suites are not built (the two with a subset below are).
 mapfile -t tests < <(ctest --test-dir "$BUILD" -N -L 'unit|fuzz' 2>/dev/null | sed -n 's/^ *Test *#[0-9]*: //p')
 # Tests that are scripts (layering checks, CLI smoke runs) have no target of their own.
-mapfile -t known < <(ninja -C "$BUILD" -t targets all | sed -n 's/^\([^:]*\): .*/\1/p')
+declare -A known=()
+while IFS= read -r name; do known[$name]=1; done < <(ninja -C "$BUILD" -t targets all | sed -n 's/^\([^:]*\): .*/\1/p')
 targets=(v4rt)
 for t in "${tests[@]}"; do
   if [[ $t == test_http_server || $t == test_speculative_engine ]] || ! grep -Eq "$SLOW" <<<"$t"; then
-    if printf '%s\n' "${known[@]}" | grep -qx -- "${t%_smoke}"; then targets+=("${t%_smoke}"); fi
+    if [[ -n ${known[${t%_smoke}]:-} ]]; then targets+=("${t%_smoke}"); fi
   fi
 done
 cmake --build "$BUILD" -j "$JOBS" --target "${targets[@]}"
