@@ -4,14 +4,22 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <memory>
 #include <string>
 
 namespace CLI {
 class App;
 }
 
+namespace v4rt::kernels {
+class Backend;
+}
+
 namespace v4rt::model {
 struct ModelConfig;
+class Checkpoint;
+class Model;
 }
 
 namespace v4rt::launch {
@@ -29,5 +37,16 @@ void register_bench_sample(CLI::App& bench);     // bench_sample.cpp: Backend::s
 model::ModelConfig bench_model_config(const std::string& preset, int layers);
 uint64_t write_bench_model(const model::ModelConfig& cfg, const std::string& dir, uint64_t seed);
 void bench_weight_bytes(const model::ModelConfig& cfg, double* experts, double* rest);
+
+// The bench checkpoint in `dir` loaded on `be` under the official numerics (the production path:
+// FP8 act quant, FP8/FP4 GEMMs), with its load time printed.
+struct BenchModel {
+  std::unique_ptr<model::Checkpoint> ckpt;  // the model reads it; it lives as long
+  std::unique_ptr<model::Model> model;
+};
+BenchModel load_bench_model(const std::string& dir, kernels::Backend& be);
+// `path` opened for appending (nullptr when empty); a new file first gets `header` (its comment
+// and column lines). `what` ("bench step") names the command in the error.
+FILE* open_bench_csv(const std::string& path, const std::string& what, const char* header);
 
 }  // namespace v4rt::launch

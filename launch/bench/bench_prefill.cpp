@@ -119,24 +119,12 @@ void run_prefill(const PrefillArgs& a) {
     be = prof.get();
   }
 #endif
-  t0 = now_s();
-  auto ckpt = model::Checkpoint::open(dir);
-  model::ModelOptions options;
-  options.numerics = model::Numerics::kOfficial;
-  auto m = model::Model::load(*ckpt, options, *be);
-  be->synchronize();
-  std::printf("  model loaded in %.1f s (official numerics)\n", now_s() - t0);
-
-  FILE* csv = nullptr;
-  if (!a.csv.empty()) {
-    const bool fresh = !fs::exists(a.csv);
-    csv = std::fopen(a.csv.c_str(), "a");
-    V4RT_REQUIRE(csv != nullptr, "bench prefill: cannot open --csv file " << a.csv);
-    if (fresh)
-      std::fprintf(csv, "# v4rt bench prefill: one row per (context, op family) of one profiled prefill; family "
-                        "\"prefill\": ms = wall time of the timed prefill\n"
-                        "preset,layers,context,chunk,prefill_ms,op_family,calls,ms,bytes,flops,roofline_ms\n");
-  }
+  BenchModel bench_model = load_bench_model(dir, *be);
+  auto& m = bench_model.model;
+  FILE* csv = open_bench_csv(a.csv, "bench prefill",
+                             "# v4rt bench prefill: one row per (context, op family) of one profiled prefill; family "
+                             "\"prefill\": ms = wall time of the timed prefill\n"
+                             "preset,layers,context,chunk,prefill_ms,op_family,calls,ms,bytes,flops,roofline_ms\n");
   const int full_layers = full.num_hidden_layers;
   {  // warm-up: cuBLASLt heuristics, allocator pools
     const int64_t warm = std::min<int64_t>(a.chunk > 0 ? a.chunk : 1024, a.context.front());

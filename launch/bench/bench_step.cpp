@@ -337,24 +337,12 @@ void run_step(const StepArgs& a) {
     be = prof.get();
   }
 #endif
-  t0 = now_s();
-  auto ckpt = model::Checkpoint::open(dir);
-  model::ModelOptions options;
-  options.numerics = model::Numerics::kOfficial;  // the production path: FP8 act quant, FP8/FP4 GEMMs
-  auto m = model::Model::load(*ckpt, options, *be);
-  be->synchronize();
-  std::printf("  model loaded in %.1f s (official numerics)\n", now_s() - t0);
-
-  FILE* csv = nullptr;
-  if (!a.csv.empty()) {
-    const bool fresh = !fs::exists(a.csv);
-    csv = std::fopen(a.csv.c_str(), "a");
-    V4RT_REQUIRE(csv != nullptr, "bench step: cannot open --csv file " << a.csv);
-    if (fresh)
-      std::fprintf(csv, "# v4rt bench step: one row per (run, op family) of one profiled decode step; family \"step\": "
-                        "ms = median step time over --iters, calls = batch\n"
-                        "preset,layers,batch,context,step_ms,op_family,calls,ms,bytes,flops,roofline_ms\n");
-  }
+  BenchModel bench_model = load_bench_model(dir, *be);
+  auto& m = bench_model.model;
+  FILE* csv = open_bench_csv(a.csv, "bench step",
+                             "# v4rt bench step: one row per (run, op family) of one profiled decode step; family "
+                             "\"step\": ms = median step time over --iters, calls = batch\n"
+                             "preset,layers,batch,context,step_ms,op_family,calls,ms,bytes,flops,roofline_ms\n");
   std::vector<std::pair<int64_t, int>> runs;  // (context, batch), contexts outermost
   for (const int64_t c : a.context)
     for (const int b : a.batch) runs.push_back({c / 128 * 128, b});
@@ -571,6 +559,27 @@ uint64_t write_bench_model(const model::ModelConfig& cfg, const std::string& dir
 
 void bench_weight_bytes(const model::ModelConfig& cfg, double* experts, double* rest) {
   weight_bytes(cfg, experts, rest);
+}
+
+BenchModel load_bench_model(const std::string& dir, kernels::Backend& be) {
+  const double t0 = now_s();
+  BenchModel b;
+  b.ckpt = model::Checkpoint::open(dir);
+  model::ModelOptions options;
+  options.numerics = model::Numerics::kOfficial;
+  b.model = model::Model::load(*b.ckpt, options, be);
+  be.synchronize();
+  std::printf("  model loaded in %.1f s (official numerics)\n", now_s() - t0);
+  return b;
+}
+
+FILE* open_bench_csv(const std::string& path, const std::string& what, const char* header) {
+  if (path.empty()) return nullptr;
+  const bool fresh = !fs::exists(path);
+  FILE* csv = std::fopen(path.c_str(), "a");
+  V4RT_REQUIRE(csv != nullptr, what << ": cannot open --csv file " << path);
+  if (fresh) std::fputs(header, csv);
+  return csv;
 }
 
 void register_bench_step(CLI::App& bench) {
