@@ -15,7 +15,7 @@
 
 namespace v4rt::kernels {
 
-// Every setting of a backend; the runtime YAML fills it (model::backend_options). Kernels read no
+// Every setting of a backend; the runtime YAML fills it (launch::backend_options). Kernels read no
 // environment variables: what used to be one is a field here.
 struct BackendOptions {
   int device_index = 0;  // "cuda": the GPU (-1: the current device); ignored by "cpu"

@@ -21,7 +21,7 @@ void add_backend_option(CLI::App* app, std::string* backend, int* device = nullp
 
 // The backend named by the options; throws v4rt::Error for "cuda" in a binary without CUDA.
 std::unique_ptr<kernels::Backend> make_selected_backend(const std::string& backend, int device = 0);
-// The same with every backend setting, e.g. model::backend_options(config, device) of a runtime
+// The same with every backend setting, e.g. launch::backend_options(config, device) of a runtime
 // YAML (its debug switches: sync_each_op, check_finite, dump_dir, the CUDA ones).
 std::unique_ptr<kernels::Backend> make_selected_backend(const std::string& backend, const kernels::BackendOptions& options);
 

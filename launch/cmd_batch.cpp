@@ -24,7 +24,7 @@
 #include "launch/batch/journal.h"
 #include "launch/commands.h"
 #include "launch/model_run.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "model/text/tokenizer.h"
 
 namespace v4rt::launch {
@@ -46,7 +46,7 @@ struct BatchArgs {
 };
 
 void run_batch(BatchArgs args) {
-  model::RuntimeConfig rc = args.config.empty() ? model::RuntimeConfig{} : model::load_runtime_config(args.config);
+  launch::RuntimeConfig rc = args.config.empty() ? launch::RuntimeConfig{} : launch::load_runtime_config(args.config);
   if (!args.model_dir.empty()) rc.model = args.model_dir;
   if (args.prefill_chunk >= 0) rc.prefill_chunk = args.prefill_chunk;  // pinned in the journal with the config
   V4RT_REQUIRE(!rc.model.empty(), "no model: set `model:` in the config or pass --model");

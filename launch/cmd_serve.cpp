@@ -29,7 +29,7 @@
 #include "launch/model_run.h"
 #include "launch/serve/http_server.h"
 #include "launch/serve/ranks.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "model/text/tokenizer.h"
 
 namespace v4rt::launch {
@@ -95,7 +95,7 @@ void follow_leader(const RunOptions& ro) {
   run.follow();
 }
 
-serve::ApiLimits api_limits(const model::RuntimeConfig& rc, const model::ModelConfig& mc, int ranks) {
+serve::ApiLimits api_limits(const launch::RuntimeConfig& rc, const model::ModelConfig& mc, int ranks) {
   serve::ApiLimits limits;
   limits.model_name = rc.server.model_name.empty()
                           ? std::filesystem::path(rc.model).lexically_normal().filename().string()
@@ -110,7 +110,7 @@ serve::ApiLimits api_limits(const model::RuntimeConfig& rc, const model::ModelCo
 }
 
 void run_serve(const ServeArgs& args) {
-  model::RuntimeConfig rc = args.config.empty() ? model::RuntimeConfig{} : model::load_runtime_config(args.config);
+  launch::RuntimeConfig rc = args.config.empty() ? launch::RuntimeConfig{} : launch::load_runtime_config(args.config);
   if (!args.model_dir.empty()) rc.model = args.model_dir;
   if (!args.host.empty()) rc.server.host = args.host;
   if (args.port >= 0) rc.server.port = args.port;

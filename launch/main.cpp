@@ -7,7 +7,7 @@
 
 #include "common/check.h"
 #include "launch/commands.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 
 namespace v4rt::launch {
 int& exit_code() {
@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
       "--help-debug",
       [] {
         std::printf("Diagnostic switches (runtime YAML, section `debug:`):\n");
-        for (const auto& [name, what] : v4rt::model::debug_switches()) std::printf("  debug.%-24s %s\n", name.c_str(), what.c_str());
+        for (const auto& [name, what] : v4rt::launch::debug_switches()) std::printf("  debug.%-24s %s\n", name.c_str(), what.c_str());
         throw CLI::Success();
       },
       "List the diagnostic switches of the `debug:` config section");

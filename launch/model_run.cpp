@@ -13,7 +13,7 @@
 #include "common/check.h"
 #include "kernels/backend_factory.h"
 #include "model/distributed.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 
 namespace v4rt::launch {
 
@@ -26,7 +26,7 @@ void add_prefill_chunk_option(CLI::App* app, int* prefill_chunk) {
 
 int resolve_prefill_chunk(int flag, const std::string& config) {
   if (flag >= 0) return flag;
-  return config.empty() ? 0 : model::load_runtime_config(config).prefill_chunk;
+  return config.empty() ? 0 : launch::load_runtime_config(config).prefill_chunk;
 }
 
 ModelRun::ModelRun(const RunOptions& options) {
@@ -43,7 +43,7 @@ ModelRun::ModelRun(const RunOptions& options) {
 }
 
 void ModelRun::start(const RunOptions& options) {
-  const model::RuntimeConfig rc = options.config.empty() ? model::RuntimeConfig{} : model::load_runtime_config(options.config);
+  const launch::RuntimeConfig rc = options.config.empty() ? launch::RuntimeConfig{} : launch::load_runtime_config(options.config);
   const parallel::Layout& layout = rc.parallel;
   mpi_ = cluster::launched_by_mpirun();
   int world_size = 1, device = options.device;
@@ -57,7 +57,7 @@ void ModelRun::start(const RunOptions& options) {
     const int gpus = options.backend == "cuda" ? kernels::cuda_device_count() : 0;
     if (gpus > 0) device %= gpus;
   }
-  backend_ = kernels::make_backend(options.backend, model::backend_options(rc, device));
+  backend_ = kernels::make_backend(options.backend, launch::backend_options(rc, device));
   ckpt_ = model::Checkpoint::open(options.model_dir);
   model::ModelOptions mo;
   mo.numerics = model::parse_numerics(options.numerics);

@@ -6,5 +6,4 @@ list(APPEND V4RT_MODEL_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/checkpoint.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/expected_tensors.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/synthetic.cpp
-  ${CMAKE_CURRENT_SOURCE_DIR}/runtime_config.cpp
 )

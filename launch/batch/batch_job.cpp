@@ -62,7 +62,7 @@ std::string api_error_code(const serve::ApiError& e) {
 
 }  // namespace
 
-BatchJob::BatchJob(const BatchOptions& options, const model::RuntimeConfig& config, const model::text::Tokenizer& tokenizer)
+BatchJob::BatchJob(const BatchOptions& options, const launch::RuntimeConfig& config, const model::text::Tokenizer& tokenizer)
     : options_(options), config_(config), tokenizer_(tokenizer) {
   if (options_.journal.empty()) options_.journal = options_.output + ".journal";
   if (options_.max_in_flight <= 0) options_.max_in_flight = 2 * config_.server.max_running;
@@ -87,9 +87,9 @@ void BatchJob::prepare() {
   header_.ordered = options_.ordered;
   header_.model = fs::absolute(config_.model).lexically_normal().string();
   while (header_.model.size() > 1 && header_.model.back() == '/') header_.model.pop_back();
-  model::RuntimeConfig pinned = config_;
+  launch::RuntimeConfig pinned = config_;
   pinned.model.clear();  // pinned separately, normalised
-  header_.config_sha256 = sha256_hex(model::runtime_config_yaml(pinned));
+  header_.config_sha256 = sha256_hex(launch::runtime_config_yaml(pinned));
   header_.created = int64_t(std::time(nullptr));
   header_.mtp = options_.mtp;
 

@@ -21,7 +21,7 @@
 #include "launch/serve/openai_api.h"
 #include "runtime/leader.h"
 #include "runtime/scheduler.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "model/text/tokenizer.h"
 
 namespace v4rt::launch::batch {
@@ -59,7 +59,7 @@ struct BatchResult {
 
 class BatchJob {
  public:
-  BatchJob(const BatchOptions& options, const model::RuntimeConfig& config, const model::text::Tokenizer& tokenizer);
+  BatchJob(const BatchOptions& options, const launch::RuntimeConfig& config, const model::text::Tokenizer& tokenizer);
   ~BatchJob();
 
   // Input, journal (create or resume), output rebuilt. Throws v4rt::Error naming the file at fault.
@@ -92,7 +92,7 @@ class BatchJob {
   void write_output();
 
   BatchOptions options_;
-  model::RuntimeConfig config_;
+  launch::RuntimeConfig config_;
   const model::text::Tokenizer& tokenizer_;
   BatchInput input_;
   JournalHeader header_;

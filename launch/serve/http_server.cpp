@@ -157,7 +157,7 @@ text_json error_event(const std::string& message) {
 
 }  // namespace
 
-HttpServer::HttpServer(const model::ServerConfig& config, const model::text::Tokenizer& tokenizer, Metrics& metrics)
+HttpServer::HttpServer(const launch::ServerConfig& config, const model::text::Tokenizer& tokenizer, Metrics& metrics)
     : config_(config), tokenizer_(tokenizer), metrics_(metrics), server_(std::make_unique<GatedServer>()) {
   ConnectionLimits limits;
   limits.max_connections = config_.max_connections;

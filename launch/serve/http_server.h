@@ -19,7 +19,7 @@
 #include "runtime/engine.h"
 #include "runtime/metrics.h"
 #include "launch/serve/openai_api.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "model/text/tokenizer.h"
 
 namespace httplib {
@@ -36,7 +36,7 @@ struct GenerationState;
 
 class HttpServer {
  public:
-  HttpServer(const model::ServerConfig& config, const model::text::Tokenizer& tokenizer, runtime::Metrics& metrics);
+  HttpServer(const launch::ServerConfig& config, const model::text::Tokenizer& tokenizer, runtime::Metrics& metrics);
   ~HttpServer();
 
   // Binds host:port (port 0: any free port) and returns the port; throws v4rt::Error on failure.
@@ -64,7 +64,7 @@ class HttpServer {
   void handle_models(httplib::Response& res);
   bool serving(std::string* why) const;
 
-  model::ServerConfig config_;
+  launch::ServerConfig config_;
   const model::text::Tokenizer& tokenizer_;
   runtime::Metrics& metrics_;
   std::unique_ptr<GatedServer> server_;

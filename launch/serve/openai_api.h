@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "runtime/scheduler.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "model/text/chat_encoder.h"
 #include "model/text/output_parser.h"
 #include "model/text/tokenizer.h"
@@ -37,7 +37,7 @@ class ApiError : public std::runtime_error {
 struct ApiLimits {
   std::string model_name;
   int64_t max_context = 0;              // prompt + completion tokens
-  model::SamplingDefaults defaults;
+  launch::SamplingDefaults defaults;
   model::text::EffortDialect dialect = model::text::EffortDialect::kOriginal;
   bool test_hook_forced_output = false;  // debug.test_hook_forced_output
   int ranks = 1;                         // ranks of the job (reported by /health)

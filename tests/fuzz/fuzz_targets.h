@@ -34,7 +34,7 @@ void fuzz_safetensors_header(const uint8_t* data, size_t size);
 void fuzz_token_ids(const uint8_t* data, size_t size);
 // Hugging Face config.json parser (model/config.h): the input is the JSON text.
 void fuzz_model_config(const uint8_t* data, size_t size);
-// Runtime YAML (model/runtime_config.h): the input is the YAML text.
+// Runtime YAML (launch/runtime_config.h): the input is the YAML text.
 void fuzz_runtime_config(const uint8_t* data, size_t size);
 // Planner hardware table / calibration YAML (launch/plan/hardware.h): byte 0 picks which.
 void fuzz_plan_yaml(const uint8_t* data, size_t size);

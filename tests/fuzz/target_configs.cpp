@@ -9,7 +9,7 @@
 #include "launch/plan/hardware.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "tests/fuzz/fuzz_targets.h"
 
 namespace v4rt::fuzz {
@@ -44,9 +44,9 @@ void fuzz_model_config(const uint8_t* data, size_t size) {
 
 void fuzz_runtime_config(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
-  model::RuntimeConfig c;
+  launch::RuntimeConfig c;
   try {
-    c = model::parse_runtime_config(text, "fuzz.yaml");
+    c = launch::parse_runtime_config(text, "fuzz.yaml");
   } catch (const v4rt::Error&) {
     return;
   }
@@ -58,14 +58,14 @@ void fuzz_runtime_config(const uint8_t* data, size_t size) {
   // The resolved YAML (what rank 0 logs and every rank hashes) parses back to the same YAML; the
   // api key is masked in it, so compare with the key cleared.
   c.server.api_key.clear();
-  const std::string once = model::runtime_config_yaml(c);
-  model::RuntimeConfig again;
+  const std::string once = launch::runtime_config_yaml(c);
+  launch::RuntimeConfig again;
   try {
-    again = model::parse_runtime_config(once, "fuzz/resolved.yaml");
+    again = launch::parse_runtime_config(once, "fuzz/resolved.yaml");
   } catch (const v4rt::Error& e) {
     fuzz_fail(std::string("resolved YAML does not parse back: ") + e.what() + "\n" + once);
   }
-  V4RT_FUZZ_REQUIRE(model::runtime_config_yaml(again) == once, "resolved YAML round trip is stable\n" + once);
+  V4RT_FUZZ_REQUIRE(launch::runtime_config_yaml(again) == once, "resolved YAML round trip is stable\n" + once);
 }
 
 void fuzz_plan_yaml(const uint8_t* data, size_t size) {

@@ -23,7 +23,7 @@
 #include "model/config.h"
 #include "model/presets.h"
 #include "model/synthetic.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "model/safetensors.h"
 #include "model/text/json_format.h"
 #include "model/token_ids.h"
@@ -34,6 +34,8 @@ namespace {
 
 using testing::expect_error_naming;
 using testing::TempDir;
+using launch::parse_runtime_config;
+using launch::RuntimeConfig;
 
 const std::string kTinyConfig = V4RT_GOLDEN_DIR "/tiny-a/model/config.json";
 

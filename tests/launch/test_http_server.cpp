@@ -39,7 +39,7 @@ const char* kKey = "test-key";
 // One server + engine on the shared tiny model; only one exists at a time.
 class ServerUnderTest {
  public:
-  ServerUnderTest(model::Model& m, const model::text::Tokenizer& tok, model::ServerConfig cfg) : config_(cfg) {
+  ServerUnderTest(model::Model& m, const model::text::Tokenizer& tok, launch::ServerConfig cfg) : config_(cfg) {
     SchedulerOptions so;
     so.max_batch_tokens = cfg.max_batch_tokens;
     so.max_running = cfg.max_running;
@@ -75,7 +75,7 @@ class ServerUnderTest {
   int port = 0;
 
  private:
-  model::ServerConfig config_;
+  launch::ServerConfig config_;
   std::unique_ptr<SoloRank> rank_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<HttpServer> server_;
@@ -92,14 +92,14 @@ class HttpServerTest : public ::testing::Test {
     delete tok_;
     delete tiny_;
   }
-  static model::ServerConfig base_config() {
-    model::ServerConfig c;
+  static launch::ServerConfig base_config() {
+    launch::ServerConfig c;
     c.api_key = kKey;
     c.max_context = 512;
     c.max_batch_tokens = 256;
     return c;
   }
-  std::unique_ptr<ServerUnderTest> start(model::ServerConfig c = base_config()) {
+  std::unique_ptr<ServerUnderTest> start(launch::ServerConfig c = base_config()) {
     return std::make_unique<ServerUnderTest>(*tiny_->model, *tok_, c);
   }
   static testing::LoadedModel* tiny_;
@@ -252,7 +252,7 @@ TEST_F(HttpServerTest, PortIsExclusiveAndBacklogHoldsManyConnects) {
 
 // A body over server.max_body_mb gets a 413 JSON error; the server keeps serving.
 TEST_F(HttpServerTest, BodyOverTheLimitGives413) {
-  model::ServerConfig cfg = base_config();
+  launch::ServerConfig cfg = base_config();
   cfg.max_body_mb = 1;
   auto s = start(cfg);
   httplib::Client c = s->client();
@@ -451,7 +451,7 @@ TEST_F(HttpServerTest, DisconnectCancelsTheGeneration) {
 }
 
 TEST_F(HttpServerTest, QueueFullGives429AndTimeoutEndsWithLength) {
-  model::ServerConfig cfg = base_config();
+  launch::ServerConfig cfg = base_config();
   cfg.max_running = 1;
   cfg.max_queue = 1;
   cfg.request_timeout_s = 3;
@@ -550,7 +550,7 @@ bool wait_for(Pred pred, std::chrono::milliseconds timeout) {
 // max_queue 4 (or the KV budget); their clients close right after sending. Each generation is cancelled (the server
 // notices the closed connection between tokens) and the next client is served, not refused.
 TEST_F(HttpServerTest, NonStreamingDisconnectCancelsTheGeneration) {
-  model::ServerConfig cfg = base_config();
+  launch::ServerConfig cfg = base_config();
   cfg.max_running = 2;
   cfg.max_queue = 4;
   cfg.max_context = 4096;
@@ -587,7 +587,7 @@ TEST_F(HttpServerTest, NonStreamingDisconnectCancelsTheGeneration) {
 // receive deadline then ends every one of them with 408. Bounded: the trickle stops after 40
 // rounds, every wait has a timeout.
 TEST_F(HttpServerTest, SlowAndIdleConnectionsDoNotStarveTheServer) {
-  model::ServerConfig cfg = base_config();
+  launch::ServerConfig cfg = base_config();
   cfg.max_running = 2;
   cfg.max_queue = 4;
   cfg.receive_timeout_s = 4;
@@ -641,7 +641,7 @@ TEST_F(HttpServerTest, SlowAndIdleConnectionsDoNotStarveTheServer) {
 // a slot frees when a connection closes.
 TEST_F(HttpServerTest, ConnectionBoundsRefuseTheExcessAtOnce) {
   for (const bool per_client : {true, false}) {
-    model::ServerConfig cfg = base_config();
+    launch::ServerConfig cfg = base_config();
     cfg.max_connections_per_client = per_client ? 8 : 100;
     cfg.max_connections = per_client ? 100 : 8;
     auto s = start(cfg);
@@ -671,7 +671,7 @@ TEST_F(HttpServerTest, ConnectionBoundsRefuseTheExcessAtOnce) {
 // A chunked body is held to server.max_body_mb while it arrives: 413 after about 1 MiB of an
 // 8 MiB body, not after reading and tokenizing all of it.
 TEST_F(HttpServerTest, ChunkedBodyOverTheLimitIsRefusedWhileReading) {
-  model::ServerConfig cfg = base_config();
+  launch::ServerConfig cfg = base_config();
   cfg.max_body_mb = 1;
   auto s = start(cfg);
   const int fd = connect_to(s->port);

@@ -16,7 +16,7 @@
 #include "launch/plan/hardware.h"
 #include "launch/plan/planner.h"
 #include "model/presets.h"
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "parallel/layout.h"
 
 namespace v4rt::launch::plan::testing {
@@ -34,7 +34,7 @@ inline std::vector<std::string> config_problems(const std::string& path, const s
     if (!deploy) return {path + ": no '# deploy: world=N model=NAME' line"};
     const int world = std::stoi(deploy->at("world"));
     const std::string preset = deploy->at("model");
-    const model::RuntimeConfig rc = model::parse_runtime_config(text, path);
+    const launch::RuntimeConfig rc = launch::parse_runtime_config(text, path);
     const parallel::Layout& l = rc.parallel;
     if (l.world() != world)
       problems.push_back(path + ": parallel section has dp*sp*tp = " + std::to_string(l.world()) +

@@ -8,7 +8,7 @@
 #include <regex>
 #include <string>
 
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 #include "tests/model/test_util.h"
 #include "tests/plan/config_check.h"
 
@@ -122,7 +122,7 @@ TEST(PlanCli, WriteConfigOfTheRecommendedLayout) {
   ASSERT_EQ(r.code, 0) << r.out;
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(recommended: tp=(\d+) sp=(\d+) ep=(\d+) dp=(\d+))"))) << r.out;
-  const v4rt::model::RuntimeConfig c = v4rt::model::load_runtime_config(path);
+  const v4rt::launch::RuntimeConfig c = v4rt::launch::load_runtime_config(path);
   EXPECT_EQ(c.parallel.tp, std::stoi(m[1]));
   EXPECT_EQ(c.parallel.sp, std::stoi(m[2]));
   EXPECT_EQ(c.parallel.ep, std::stoi(m[3]));
@@ -144,7 +144,7 @@ TEST(PlanCli, WriteConfigOfAGivenLayoutAcrossNodes) {
   const CmdResult r = run_v4rt("plan --model pro --nodes 2 --gpus-per-node 8 --gpu h200 --context 1048576 "
                                "--layout 8,2,16,1 --model-dir /data/pro --write-config " + path);
   ASSERT_EQ(r.code, 0) << r.out;
-  const v4rt::model::RuntimeConfig c = v4rt::model::load_runtime_config(path);
+  const v4rt::launch::RuntimeConfig c = v4rt::launch::load_runtime_config(path);
   EXPECT_EQ(c.parallel.tp, 8);
   EXPECT_EQ(c.parallel.sp, 2);
   EXPECT_EQ(c.parallel.ep, 16);

@@ -20,10 +20,10 @@
 #include "kernels/backend_factory.h"
 #include "kernels/debug_backend.h"
 #include "kernels/forwarding_backend.h"
+#include "launch/runtime_config.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/presets.h"
-#include "model/runtime_config.h"
 #include "model/synthetic.h"
 #include "tests/model/test_util.h"
 
@@ -34,6 +34,11 @@ using kernels::Backend;
 using kernels::DebugOptions;
 using kernels::ForwardingBackend;
 using testing::TempDir;
+using launch::backend_options;
+using launch::debug_switches;
+using launch::parse_runtime_config;
+using launch::runtime_config_yaml;
+using launch::RuntimeConfig;
 
 // Counts the synchronizations that reach the wrapped backend.
 class SyncCounter : public ForwardingBackend {

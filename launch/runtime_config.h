@@ -13,7 +13,7 @@
 #include "kernels/backend_factory.h"
 #include "parallel/layout.h"
 
-namespace v4rt::model {
+namespace v4rt::launch {
 
 struct SamplingDefaults {
   double temperature = 1.0;  // generation_config.json of the release
@@ -85,4 +85,4 @@ std::vector<std::pair<std::string, std::string>> debug_switches();
 // The backend settings `config` asks for (its debug switches that act on ops) on GPU `device_index`.
 kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_index);
 
-}  // namespace v4rt::model
+}  // namespace v4rt::launch

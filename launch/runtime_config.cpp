@@ -2,7 +2,7 @@
 // Runtime YAML -> RuntimeConfig (see runtime_config.h). Each section is read through a Section
 // that knows its allowed keys, so an unknown or misspelled key is an error naming file, key path
 // and line, never silently ignored.
-#include "model/runtime_config.h"
+#include "launch/runtime_config.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -14,7 +14,9 @@
 #include "common/check.h"
 #include "model/text/utf8.h"
 
-namespace v4rt::model {
+namespace v4rt::launch {
+
+namespace text = model::text;
 
 namespace {
 
@@ -295,4 +297,4 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   return std::string(out.c_str()) + "\n";
 }
 
-}  // namespace v4rt::model
+}  // namespace v4rt::launch

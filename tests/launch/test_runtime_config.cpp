@@ -3,13 +3,13 @@
 // types and out-of-range values are rejected naming file, key path and line.
 #include <gtest/gtest.h>
 
-#include "model/runtime_config.h"
-#include "test_util.h"
+#include "launch/runtime_config.h"
+#include "tests/model/test_util.h"
 
-namespace v4rt::model {
+namespace v4rt::launch {
 namespace {
 
-using testing::expect_error_naming;
+using model::testing::expect_error_naming;
 
 const std::string kConfigs = V4RT_SOURCE_DIR "/configs";
 
@@ -189,4 +189,4 @@ TEST(RuntimeConfig, ImplausibleWorldRejected) {
 }
 
 }  // namespace
-}  // namespace v4rt::model
+}  // namespace v4rt::launch
