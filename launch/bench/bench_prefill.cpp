@@ -22,22 +22,17 @@
 #include "kernels/backend.h"
 #include "launch/backend_option.h"
 #include "launch/bench/bench.h"
+#include "launch/bench/bench_backend.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "model/presets.h"
-
-#if defined(V4RT_HAVE_CUDA)
-#include "kernels/cuda/profiling_backend.h"
-#endif
 
 namespace v4rt::launch {
 
 namespace {
 
 namespace fs = std::filesystem;
-
-constexpr double kHbmBytesPerSec = 4.3e12;  // H200 HBM3e
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
@@ -50,6 +45,7 @@ struct PrefillArgs {
   std::string csv;
   std::string backend = "cuda";
   int device = 0;
+  std::string config;       // runtime YAML: its debug switches pick kernel paths
   std::string dir;
   uint64_t seed = 1;
 };
@@ -95,10 +91,7 @@ void run_prefill(const PrefillArgs& a) {
   if (dir.empty()) {
     double experts = 0, rest = 0;
     bench_weight_bytes(cfg, &experts, &rest);
-    std::error_code ec;
-    const bool shm = fs::exists("/dev/shm") && fs::space("/dev/shm", ec).available > uint64_t((experts + rest) * 1.1);
-    dir = (shm ? std::string("/dev/shm") : fs::temp_directory_path().string()) + "/v4rt-bench-prefill-" + a.preset +
-          "-" + std::to_string(a.layers);
+    dir = default_bench_dir(experts + rest, "v4rt-bench-prefill-" + a.preset + "-" + std::to_string(a.layers));
   }
   std::printf("bench prefill: preset %s, %d layers (CSA/HCA alternating, score routing), chunk %s, backend %s\n",
               a.preset.c_str(), a.layers, a.chunk > 0 ? std::to_string(a.chunk).c_str() : "whole prompt",
@@ -107,18 +100,8 @@ void run_prefill(const PrefillArgs& a) {
   const uint64_t bytes = write_bench_model(cfg, dir, a.seed);
   std::printf("  synthetic checkpoint: %.2f GB in %s, written in %.1f s\n", double(bytes) / 1e9, dir.c_str(), now_s() - t0);
 
-  auto inner = make_selected_backend(a.backend, a.device);
-  kernels::Backend* be = inner.get();
-#if defined(V4RT_HAVE_CUDA)
-  std::unique_ptr<kernels::cuda::ProfilingBackend> prof;
-  if (a.backend == "cuda") {
-    const kernels::cuda::DeviceInfo info = kernels::cuda::device_info();
-    std::printf("  device: %s, %d SMs, %.1f GiB free of %.1f GiB\n", info.name.c_str(), info.sms,
-                double(info.free_bytes) / (1 << 30), double(info.total_bytes) / (1 << 30));
-    prof = kernels::cuda::make_profiling_backend(*inner);
-    be = prof.get();
-  }
-#endif
+  BenchBackend bench_backend(a.backend, a.device, a.config);
+  kernels::Backend* be = &bench_backend.get();
   BenchModel bench_model = load_bench_model(dir, *be);
   auto& m = bench_model.model;
   FILE* csv = open_bench_csv(a.csv, "bench prefill",
@@ -144,49 +127,20 @@ void run_prefill(const PrefillArgs& a) {
                    b, f, roof);
     };
     csv_row("prefill", 1, wall * 1e3, 0, 0, 0);
-    bool projected = false;
-#if defined(V4RT_HAVE_CUDA)
-    if (prof && a.op_table) {
-      prof->reset();
-      prof->set_enabled(true);
-      prefill(*m, *be, ids, a.chunk);
-      prof->set_enabled(false);
-      const auto stats = prof->stats();
-      double tot_ms = 0, tot_roof = 0, head_ms = 0, head_roof = 0;
-      std::printf("\n  per-op breakdown of one prefill (CUDA events; bytes = ideal traffic, roofline = max(bytes / 4.3"
-                  " TB/s, FLOPs / peak), peak 790 TFLOP/s bf16, 1580 FP8):\n");
-      std::printf("  %-34s %6s %10s %10s %10s %11s %7s %9s\n", "op family", "calls", "ms", "MB", "GFLOP", "roofline ms",
-                  "ratio", "TFLOP/s");
-      for (const auto& [fam, s] : stats) {
-        const double roof = std::max(s.bytes / kHbmBytesPerSec, s.peak_flops > 0 ? s.flops / s.peak_flops : 0) * 1e3;
-        tot_ms += s.ms;
-        tot_roof += roof;
-        const bool head_op = (fam.find("x" + std::to_string(cfg.hidden_size)) != std::string::npos &&
-                              fam.find(std::to_string(cfg.vocab_size)) != std::string::npos) ||
-                             fam == "hc_head" || fam == "embedding";
-        if (head_op) head_ms += s.ms, head_roof += roof;
-        std::printf("  %-34s %6lld %10.3f %10.2f %10.3f %11.4f %6.1f%% %9.1f\n", fam.c_str(),
-                    static_cast<long long>(s.calls), s.ms, s.bytes / 1e6, s.flops / 1e9, roof,
-                    s.ms > 0 ? 100.0 * roof / s.ms : 0.0, s.ms > 0 ? s.flops / s.ms / 1e9 : 0.0);
-        csv_row(fam, double(s.calls), s.ms, s.bytes, s.flops, roof);
-      }
-      std::printf("  %-34s %6s %10.3f %10s %10s %11.4f %6.1f%%\n", "total (op time)", "", tot_ms, "", "", tot_roof,
-                  tot_ms > 0 ? 100.0 * tot_roof / tot_ms : 0.0);
-      csv_row("total (op time)", 0, tot_ms, 0, 0, tot_roof);
+    if (bench_backend.can_profile() && a.op_table) {
+      const OpTotals t = bench_backend.profile([&] { prefill(*m, *be, ids, a.chunk); }, "one prefill", cfg.hidden_size,
+                                               cfg.vocab_size, csv_row);
       // Projection: op time per layer x the preset's layers + the head; the wall time scaled by the
       // same op-time ratio (host gaps assumed proportional).
-      const double op_full = (tot_ms - head_ms) / a.layers * full_layers + head_ms;
-      const double roof_full = (tot_roof - head_roof) / a.layers * full_layers + head_roof;
-      const double wall_full = tot_ms > 0 ? wall * 1e3 * op_full / tot_ms : 0;
+      const double op_full = t.layer_ms() / a.layers * full_layers + t.head_ms;
+      const double roof_full = t.layer_roofline_ms() / a.layers * full_layers + t.head_roofline_ms;
+      const double wall_full = t.ms > 0 ? wall * 1e3 * op_full / t.ms : 0;
       std::printf("  PROJECTION to %d layers of %s on one GPU (per-layer op time x %d + head): prefill of %lld tokens"
                   " %.2f s wall (op time %.2f s, roofline %.2f s) -> %.0f tokens/s (roofline %.0f tokens/s)\n",
                   full_layers, a.preset.c_str(), full_layers, static_cast<long long>(context), wall_full / 1e3,
                   op_full / 1e3, roof_full / 1e3, wall_full > 0 ? double(context) * 1e3 / wall_full : 0.0,
                   roof_full > 0 ? double(context) * 1e3 / roof_full : 0.0);
-      projected = true;
-    }
-#endif
-    if (!projected) {  // no per-op times: the wall time scaled by layers (head included in the scale)
+    } else {  // no per-op times: the wall time scaled by layers (head included in the scale)
       const double wall_full = wall * full_layers / a.layers;
       std::printf("  PROJECTION to %d layers of %s (wall time x %d / %d, no per-op profile on this backend): %.2f s,"
                   " %.0f tokens/s\n", full_layers, a.preset.c_str(), full_layers, a.layers, wall_full,
@@ -219,6 +173,8 @@ void register_bench_prefill(CLI::App& bench) {
   p->add_option("--dir", args.dir, "Where the temporary checkpoint goes (default /dev/shm/v4rt-bench-prefill-*)");
   p->add_option("--seed", args.seed, "Weight and prompt seed")->capture_default_str();
   add_backend_option(p, &args.backend, &args.device);
+  p->add_option("--config", args.config, "Runtime YAML whose debug switches pick kernel paths (e.g. debug: {cuda_attention_tc: false})")
+      ->check(CLI::ExistingFile);
   p->callback([] { run_prefill(args); });
 }
 

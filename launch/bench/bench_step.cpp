@@ -27,23 +27,18 @@
 #include "kernels/backend_factory.h"
 #include "launch/backend_option.h"
 #include "launch/bench/bench.h"
+#include "launch/bench/bench_backend.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "model/presets.h"
 #include "model/safetensors.h"
 
-#if defined(V4RT_HAVE_CUDA)
-#include "kernels/cuda/profiling_backend.h"
-#endif
-
 namespace v4rt::launch {
 
 namespace {
 
 namespace fs = std::filesystem;
-
-constexpr double kHbmBytesPerSec = 4.3e12;  // H200 HBM3e (device copy measured 4.28 TB/s)
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
@@ -263,6 +258,7 @@ struct StepArgs {
   std::string csv;                          // rows appended per run and op family
   std::string backend = "cuda";
   int device = 0;
+  std::string config;                       // runtime YAML: its debug switches pick kernel paths
   std::string dir;
   uint64_t seed = 1;
 };
@@ -313,30 +309,15 @@ void run_step(const StepArgs& a) {
   if (dir.empty()) {
     double experts = 0, rest = 0;
     weight_bytes(cfg, &experts, &rest);
-    std::error_code ec;
-    const bool shm = fs::exists("/dev/shm") && fs::space("/dev/shm", ec).available > uint64_t((experts + rest) * 1.1);
-    dir = (shm ? std::string("/dev/shm") : fs::temp_directory_path().string()) + "/v4rt-bench-" + a.preset + "-" +
-          std::to_string(a.layers);
+    dir = default_bench_dir(experts + rest, "v4rt-bench-" + a.preset + "-" + std::to_string(a.layers));
   }
   std::printf("bench step: preset %s, %d layers (CSA/HCA alternating, score routing)\n", a.preset.c_str(), a.layers);
   double t0 = now_s();
   const uint64_t bytes = write_bench_checkpoint(cfg, dir, a.seed);
   std::printf("  synthetic checkpoint: %.2f GB in %s, written in %.1f s\n", double(bytes) / 1e9, dir.c_str(), now_s() - t0);
 
-  auto inner = make_selected_backend(a.backend, a.device);
-  double free_before = 0;
-  kernels::Backend* be = inner.get();
-#if defined(V4RT_HAVE_CUDA)
-  std::unique_ptr<kernels::cuda::ProfilingBackend> prof;
-  if (a.backend == "cuda") {
-    const kernels::cuda::DeviceInfo info = kernels::cuda::device_info();
-    free_before = double(info.free_bytes);
-    std::printf("  device: %s, %d SMs, %.1f GiB free of %.1f GiB\n", info.name.c_str(), info.sms,
-                double(info.free_bytes) / (1 << 30), double(info.total_bytes) / (1 << 30));
-    prof = kernels::cuda::make_profiling_backend(*inner);
-    be = prof.get();
-  }
-#endif
+  BenchBackend bench_backend(a.backend, a.device, a.config);
+  kernels::Backend* be = &bench_backend.get();
   BenchModel bench_model = load_bench_model(dir, *be);
   auto& m = bench_model.model;
   FILE* csv = open_bench_csv(a.csv, "bench step",
@@ -431,54 +412,28 @@ void run_step(const StepArgs& a) {
     };
     csv_row("step", double(batch), med * 1e3, 0, 0, 0);
 
-  #if defined(V4RT_HAVE_CUDA)
-    if (prof) {
-      prof->reset();
-      prof->set_enabled(true);
-      step();
-      prof->set_enabled(false);
-      const auto stats = prof->stats();
-      double tot_ms = 0, tot_roof = 0, head_ms = 0, head_roof = 0;
-      std::printf("\n  per-op breakdown of one step (CUDA events; bytes = ideal traffic, roofline = max(bytes / 4.3 TB/s,"
-                  " FLOPs / peak), peak 790 TFLOP/s bf16, 1580 FP8):\n");
-      std::printf("  %-34s %6s %10s %10s %10s %11s %7s\n", "op family", "calls", "ms", "MB", "GFLOP", "roofline ms",
-                  "ratio");
-      for (const auto& [fam, s] : stats) {
-        const double roof = std::max(s.bytes / kHbmBytesPerSec, s.peak_flops > 0 ? s.flops / s.peak_flops : 0) * 1e3;
-        tot_ms += s.ms;
-        tot_roof += roof;
-        const bool head_op = (fam.find("x" + std::to_string(cfg.hidden_size)) != std::string::npos &&
-                              fam.find(std::to_string(cfg.vocab_size)) != std::string::npos) ||
-                             fam == "hc_head" || fam == "embedding";
-        if (head_op) head_ms += s.ms, head_roof += roof;
-        std::printf("  %-34s %6lld %10.3f %10.2f %10.3f %11.4f %6.1f%%\n", fam.c_str(), static_cast<long long>(s.calls), s.ms,
-                    s.bytes / 1e6, s.flops / 1e9, roof, s.ms > 0 ? 100.0 * roof / s.ms : 0.0);
-        csv_row(fam, double(s.calls), s.ms, s.bytes, s.flops, roof);
-      }
-      std::printf("  %-34s %6s %10.3f %10s %10s %11.4f %6.1f%%\n", "total (op time)", "", tot_ms, "", "", tot_roof,
-                  tot_ms > 0 ? 100.0 * tot_roof / tot_ms : 0.0);
-      csv_row("total (op time)", 0, tot_ms, 0, 0, tot_roof);
-      const double layer_ms = (tot_ms - head_ms) / batch / a.layers;
+    if (bench_backend.can_profile()) {
+      const OpTotals t = bench_backend.profile(step, "one step", cfg.hidden_size, cfg.vocab_size, csv_row);
+      const double layer_ms = t.layer_ms() / batch / a.layers;
       const int full_layers = full.num_hidden_layers;
       std::printf("  op time per layer and sequence: %.3f ms (embedding/head/hc_head excluded: %.3f ms per sequence)\n",
-                  layer_ms, head_ms / batch);
+                  layer_ms, t.head_ms / batch);
       std::printf("  ESTIMATE for all %d layers of %s on this one GPU (per-layer mean x %d + head; the full weights"
                   " do not fit one H200): %.2f ms per decode token per sequence\n", full_layers, a.preset.c_str(),
-                  full_layers, layer_ms * full_layers + head_ms / batch);
+                  full_layers, layer_ms * full_layers + t.head_ms / batch);
       // Extrapolation of the whole step to every layer: op time and roofline per layer x layers + head;
       // the measured wall time scaled by the same op-time ratio (host gaps assumed proportional).
-      const double op_full = (tot_ms - head_ms) / a.layers * full_layers + head_ms;
-      const double roof_full = (tot_roof - head_roof) / a.layers * full_layers + head_roof;
-      const double wall_full = tot_ms > 0 ? med * 1e3 * op_full / tot_ms : 0;
+      const double op_full = t.layer_ms() / a.layers * full_layers + t.head_ms;
+      const double roof_full = t.layer_roofline_ms() / a.layers * full_layers + t.head_roofline_ms;
+      const double wall_full = t.ms > 0 ? med * 1e3 * op_full / t.ms : 0;
       std::printf("  EXTRAPOLATION to %d layers, batch %d: step %.2f ms wall (op time %.2f ms, roofline %.3f ms) ->"
                   " %.0f tokens/s (op time: %.0f, roofline: %.0f tokens/s) on one GPU\n", full_layers, batch, wall_full,
                   op_full, roof_full, wall_full > 0 ? batch * 1e3 / wall_full : 0.0, op_full > 0 ? batch * 1e3 / op_full : 0.0,
                   roof_full > 0 ? batch * 1e3 / roof_full : 0.0);
     }
-  #endif
   }
   if (csv) std::fclose(csv);
-  print_capacity(full, free_before);
+  print_capacity(full, bench_backend.free_bytes_at_start());
   std::error_code ec;
   fs::remove_all(dir, ec);
 }
@@ -542,7 +497,7 @@ void run_indexer(const IndexerArgs& a) {
     const double flops = 2.0 * a.tokens * a.heads * double(a.keys) * a.dim;
     std::printf("  keys %s: indexer_scores %.3f ms = %.1f GB/s of keys (%.1f TFLOP/s; roofline %.3f ms at 4.3 TB/s);"
                 " top-%d %.3f ms (%.1f GB/s of scores)\n", kd == DType::kF32 ? "F32 " : "BF16", ms_scores,
-                key_bytes / ms_scores / 1e6, flops / ms_scores / 1e9, key_bytes / kHbmBytesPerSec * 1e3, a.k, ms_topk,
+                key_bytes / ms_scores / 1e6, flops / ms_scores / 1e9, key_bytes / kH200HbmBytesPerSec * 1e3, a.k, ms_topk,
                 double(a.tokens * a.keys) * 4 / ms_topk / 1e6);
   }
 }
@@ -599,6 +554,8 @@ void register_bench_step(CLI::App& bench) {
   s->add_option("--dir", step.dir, "Where the temporary checkpoint goes (default /dev/shm/v4rt-bench-*)");
   s->add_option("--seed", step.seed, "Weight seed")->capture_default_str();
   add_backend_option(s, &step.backend, &step.device);
+  s->add_option("--config", step.config, "Runtime YAML whose debug switches pick kernel paths (e.g. debug: {cuda_attention_tc: false})")
+      ->check(CLI::ExistingFile);
   s->callback([] { run_step(step); });
 
   static CheckpointArgs ck;
