@@ -222,7 +222,9 @@ void run_serve(const ServeArgs& args) {
 void register_serve(CLI::App& app) {
   auto args = std::make_shared<ServeArgs>();
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (chat/completions, completions, SSE)");
-  cmd->add_option("--config", args->config, "Runtime YAML (configs/*.yaml)");
+  cmd->add_option("--config", args->config,
+                  "Runtime YAML (configs/*.yaml); server.prefix_cache and the prefix_cache section (block_tokens, "
+                  "every_n, budget_fraction) tune prefix reuse (docs/PREFIX_CACHE.md)");
   cmd->add_option("--model", args->model_dir, "Checkpoint directory (overrides `model:`)");
   cmd->add_option("--host", args->host, "Listen address (default 127.0.0.1)");
   cmd->add_option("--port", args->port, "Listen port; 0 picks a free one (default from config, 8080)");
