@@ -346,7 +346,9 @@ void BatchJob::finish_run(RunContext& run, const std::atomic<int>* stop) {
   prefix_reused_tokens_ = int64_t(run.metrics.prefix_reused_tokens);
   summary_ = run.progress.summary();
   if (prefix_reused_tokens_ > 0)
-    summary_ += "batch: prefix reuse: " + std::to_string(prefix_reused_tokens_) + " prompt tokens not recomputed\n";
+    summary_ += "batch: prefix reuse: " + std::to_string(prefix_reused_tokens_) + " prompt tokens not recomputed (of " +
+                std::to_string(uint64_t(run.metrics.prompt_tokens)) + "; " +
+                std::to_string(uint64_t(run.metrics.prefill_tokens)) + " computed)\n";
 }
 
 BatchResult BatchJob::run(runtime::Leader& leader, const std::atomic<int>* stop) {
