@@ -540,6 +540,8 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     }
     decisions.push_back({&r, logits[i], false, 0, {}});
   }
+  // Counted before any token is streamed: a client that reads /metrics after its answer sees them.
+  metrics_->prefill_tokens += uint64_t(prefill);
   parallel_for(decisions.size(), [&](size_t k) {
     Decision& d = decisions[k];
     if (d.verify) {
@@ -557,7 +559,6 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
   }
   if (verified) turns_.clear();
   std::erase_if(running_, [](const auto& r) { return !r->req; });
-  metrics_->prefill_tokens += uint64_t(prefill);
   ++metrics_->steps;
   metrics_->step_tokens.observe(double(plan.tokens.size()));
   metrics_->step_sequences.observe(double(plan.chunks.size()));
