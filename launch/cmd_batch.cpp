@@ -108,7 +108,7 @@ void register_batch(CLI::App& app) {
   cmd->add_option("--journal", args->job.journal, "Journal file (default <output>.journal)");
   cmd->add_flag("--ordered", args->job.ordered, "Write results in input order (default: completion order)");
   cmd->add_option("--seed", args->job.seed, "Job seed; requests without a `seed` sample with one derived from it and their custom_id (default 0)");
-  cmd->add_option("--config", args->config, "Runtime YAML (configs/*.yaml): model, numerics, sampling, parallel, server limits");
+  cmd->add_option("--config", args->config, "Runtime YAML (configs/*.yaml): model, numerics, sampling, parallel, server limits, prefix_cache");
   cmd->add_option("--model", args->model_dir, "Checkpoint directory (overrides `model:`)");
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json (default: model dir, $V4RT_TOKENIZER, data/tokenizer)");
   add_backend_option(cmd, &args->backend, &args->device);

@@ -94,7 +94,7 @@ void run_generate(const GenerateArgs& args) {
   so.max_running = 1;
   so.max_queue = 1;
   so.kv_budget_bytes = int64_t(1) << 62;  // one request: no admission limit
-  so.prefix_cache = false;
+  so.prefix_cache.enabled = false;
   so.eos_token_id = eos;
   so.mtp_depth = args.mtp;
   so.prefill_chunk = prefill_chunk;

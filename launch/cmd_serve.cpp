@@ -29,6 +29,7 @@
 #include "launch/model_run.h"
 #include "launch/serve/http_server.h"
 #include "launch/serve/ranks.h"
+#include "launch/prefix_cache_options.h"
 #include "launch/runtime_config.h"
 #include "model/text/tokenizer.h"
 
@@ -169,7 +170,7 @@ void run_serve(const ServeArgs& args) {
     so.max_running = rc.server.max_running;
     so.max_queue = rc.server.max_queue;
     so.kv_budget_bytes = rc.server.kv_budget_mb > 0 ? rc.server.kv_budget_mb << 20 : default_kv_budget_bytes();
-    so.prefix_cache = rc.server.prefix_cache;
+    so.prefix_cache = prefix_cache_options(rc);
     so.eos_token_id = int32_t(m.config().eos_token_id);
     so.mtp_depth = args.mtp;
     so.prefill_chunk = rc.prefill_chunk;
@@ -221,7 +222,9 @@ void run_serve(const ServeArgs& args) {
 void register_serve(CLI::App& app) {
   auto args = std::make_shared<ServeArgs>();
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (chat/completions, completions, SSE)");
-  cmd->add_option("--config", args->config, "Runtime YAML (configs/*.yaml)");
+  cmd->add_option("--config", args->config,
+                  "Runtime YAML (configs/*.yaml); server.prefix_cache and the prefix_cache section (block_tokens, "
+                  "every_n, budget_fraction) tune prefix reuse (docs/PREFIX_CACHE.md)");
   cmd->add_option("--model", args->model_dir, "Checkpoint directory (overrides `model:`)");
   cmd->add_option("--host", args->host, "Listen address (default 127.0.0.1)");
   cmd->add_option("--port", args->port, "Listen port; 0 picks a free one (default from config, 8080)");

@@ -111,7 +111,8 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   RuntimeConfig c;
   c.source = source;
   if (!root || root.IsNull()) return c;
-  const Section top(root, source, "", {"model", "numerics", "prefill_chunk", "sampling", "parallel", "server", "debug"});
+  const Section top(root, source, "", {"model", "numerics", "prefill_chunk", "sampling", "parallel", "server", "prefix_cache",
+                                            "debug"});
   top.get("model", &c.model);
   top.get("numerics", &c.numerics);
   top.get("prefill_chunk", &c.prefill_chunk);
@@ -182,6 +183,17 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   V4RT_REQUIRE(c.server.max_connections_per_client >= 1, sv.where("max_connections_per_client") << " must be >= 1");
   V4RT_REQUIRE(c.server.receive_timeout_s > 0 && std::isfinite(c.server.receive_timeout_s),
                sv.where("receive_timeout_s") << " must be a finite number > 0, got " << c.server.receive_timeout_s);
+
+  const Section pc(top.child("prefix_cache"), source, "prefix_cache", {"block_tokens", "every_n", "budget_fraction"});
+  pc.get("block_tokens", &c.prefix_cache.block_tokens);
+  pc.get("every_n", &c.prefix_cache.every_n);
+  pc.get("budget_fraction", &c.prefix_cache.budget_fraction);
+  // Multiples of the model's compress ratios are checked when the model is known (validate_block_tokens).
+  V4RT_REQUIRE(c.prefix_cache.block_tokens >= 1 && c.prefix_cache.block_tokens <= (int64_t(1) << 20),
+               pc.where("block_tokens") << " must be in [1, 2^20], got " << c.prefix_cache.block_tokens);
+  V4RT_REQUIRE(c.prefix_cache.every_n >= 0, pc.where("every_n") << " must be >= 0, got " << c.prefix_cache.every_n);
+  V4RT_REQUIRE(c.prefix_cache.budget_fraction > 0 && c.prefix_cache.budget_fraction <= 1,
+               pc.where("budget_fraction") << " must be in (0, 1], got " << c.prefix_cache.budget_fraction);
 
   std::set<std::string> debug_keys;
   for (const auto& [name, help] : debug_switches()) debug_keys.insert(name);
@@ -279,6 +291,11 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "max_connections" << YAML::Value << c.server.max_connections;
   out << YAML::Key << "max_connections_per_client" << YAML::Value << c.server.max_connections_per_client;
   out << YAML::Key << "receive_timeout_s" << YAML::Value << c.server.receive_timeout_s;
+  out << YAML::EndMap;
+  out << YAML::Key << "prefix_cache" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  out << YAML::Key << "block_tokens" << YAML::Value << c.prefix_cache.block_tokens;
+  out << YAML::Key << "every_n" << YAML::Value << c.prefix_cache.every_n;
+  out << YAML::Key << "budget_fraction" << YAML::Value << c.prefix_cache.budget_fraction;
   out << YAML::EndMap;
   out << YAML::Key << "debug" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "sync_each_op" << YAML::Value << c.debug.sync_each_op;

@@ -33,12 +33,19 @@ struct ServerConfig {
   int max_running = 32;       // sequences in the running batch
   int64_t max_context = 0;    // prompt + completion tokens; 0: the model's max_position_embeddings
   double request_timeout_s = 600;  // per request, from arrival to the last token
-  bool prefix_cache = true;   // keep finished sequences' states for requests that extend them
+  bool prefix_cache = true;   // resume requests from cached prefix points (the `prefix_cache` section tunes it)
   std::string effort_dialect = "original";  // reasoning_effort table: original | v0731
   int max_body_mb = 32;       // larger request bodies get 413
   int max_connections = 1024; // open connections in total; more get 503 at once
   int max_connections_per_client = 256;  // per client address; more get 429 at once
   double receive_timeout_s = 30;  // to receive one request's headers and body; past it 408
+};
+
+// The prefix cache's tree (docs/PREFIX_CACHE.md); on and off with server.prefix_cache.
+struct PrefixCacheConfig {
+  int64_t block_tokens = 256;    // entry block size: a multiple of every compress ratio of the model
+  int64_t every_n = 4096;        // a resumable point every N prompt tokens (0: only prompt end and message boundaries)
+  double budget_fraction = 0.5;  // most of the KV budget the tree may hold, in (0, 1]
 };
 
 // Diagnostics, all off by default; listed by `--help-debug` (debug_switches()).
@@ -71,6 +78,7 @@ struct RuntimeConfig {
   SamplingDefaults sampling;
   parallel::Layout parallel;
   ServerConfig server;
+  PrefixCacheConfig prefix_cache;
   DebugConfig debug;
 };
 

@@ -196,10 +196,12 @@ std::unique_ptr<SequenceState> resume_from_blocks(Model& model, std::span<const 
       if (!used) continue;
       const int64_t want = owned_before(own, c->num_entries);  // local rows the resumed state holds
       for (const EntryBlock* b : blocks) {
+        if (c->entries.rows() == want) break;
+        // Under SP a block may hold none of this rank's entries (another rank owns its range);
+        // the blocks after it still do.
         const RowTable& t = which == 0 ? b->main[size_t(l)] : b->indexer[size_t(l)];
         const int64_t take = std::min(t.rows(), want - c->entries.rows());
-        if (take <= 0) break;
-        append_rows(be, c->entries, t, 0, take);
+        if (take > 0) append_rows(be, c->entries, t, 0, take);
       }
       CHECK_EQ(c->entries.rows(), want) << "layer " << l << ": entry blocks hold too few rows";
     }

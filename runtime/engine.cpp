@@ -5,6 +5,8 @@
 
 #include <glog/logging.h>
 
+#include "model/distributed.h"
+
 namespace v4rt::runtime {
 
 namespace {
@@ -12,7 +14,8 @@ constexpr auto kIdleWait = std::chrono::milliseconds(100);  // wait for work bet
 }  // namespace
 
 Engine::Engine(Leader& leader, const SchedulerOptions& options, Metrics* metrics)
-    : leader_(leader), metrics_(metrics), scheduler_(options, leader.executor().model().config(), metrics) {
+    : leader_(leader), metrics_(metrics), scheduler_(options, leader.executor().model().config(), metrics,
+                 model::ownership_of(leader.executor().model().parallel())) {
   CHECK(options.mtp_depth == 0 || leader.executor().mtp()) << "speculative decoding needs the MTP block";
 }
 

@@ -6,10 +6,52 @@
 
 namespace v4rt::runtime {
 
+size_t Executor::num_kept_points() const {
+  size_t n = 0;
+  for (const auto& [seq, points] : kept_) n += points.size();
+  return n;
+}
+
+Executor::KeptPoint Executor::snapshot(SeqId seq) const {
+  KeptPoint k{model::snapshot_tail(table_.state(seq)), std::nullopt};
+  if (const model::SpeculativeSequence* spec = table_.speculative_or_null(seq)) k.speculative = spec->snapshot();
+  return k;
+}
+
+// The payloads of one PrefixTree::insert. A point's snapshot is the one its take_point chunk kept
+// or, for the end of a finished sequence (no chunk ends there), the sequence's tail now.
+void Executor::store(const PlanStore& s) {
+  if (!store_) store_ = std::make_unique<PrefixStore>(model_, s.block_tokens);
+  CHECK_EQ(store_->block_tokens(), s.block_tokens) << "step plan: prefix store of sequence " << s.seq;
+  std::map<int64_t, KeptPoint>& kept = kept_[s.seq];
+  for (const PlanStorePoint& p : s.points) {
+    auto it = kept.find(p.position);
+    if (it != kept.end()) {
+      store_->put_point(p.id, std::move(it->second.tail), std::move(it->second.speculative));
+      kept.erase(it);
+      continue;
+    }
+    CHECK_EQ(table_.position(s.seq), p.position) << "sequence " << s.seq << " kept no tail snapshot for prefix point "
+                                                 << p.id;
+    KeptPoint now = snapshot(s.seq);
+    store_->put_point(p.id, std::move(now.tail), std::move(now.speculative));
+  }
+  for (const PlanStoreBlock& b : s.blocks) store_->put_block(b.id, table_.state(s.seq), b.index, b.end);
+  kept.erase(kept.begin(), kept.upper_bound(s.upto));
+  if (kept.empty()) kept_.erase(s.seq);
+}
+
+void Executor::resume(const PlanResume& r) {
+  CHECK(store_) << "step plan: resume of sequence " << r.dst << " before any prefix point was stored";
+  PrefixMatch m{r.position, r.point, r.blocks};
+  table_.adopt(r.dst, store_->resume(m), store_->speculative_tail(r.point));
+}
+
 void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits,
                    std::vector<std::vector<float>>* draft_logits) {
   for (const PlanResolve& r : plan.resolves) table_.resolve(r.seq, r.accepted);
-  for (const PlanCopy& c : plan.copies) table_.copy(c.src, c.dst);
+  for (const PlanStore& s : plan.stores) store(s);
+  for (const PlanResume& r : plan.resumes) resume(r);
   if (draft_logits) draft_logits->assign(plan.drafts.size(), {});
   for (size_t i = 0; i < plan.drafts.size(); ++i) {
     const PlanDraft& d = plan.drafts[i];
@@ -44,7 +86,16 @@ void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits
   }
   for (const PlanChunk& c : plan.chunks)  // collective MTP forwards, in chunk order on every rank
     if (c.kind == ChunkKind::kHidden) table_.after_step(c.seq);
-  for (SeqId s : plan.releases) table_.release(s);
+  for (const PlanChunk& c : plan.chunks)
+    if (c.take_point) kept_[c.seq].emplace(c.start_pos + c.num_tokens, snapshot(c.seq));
+  if (!plan.frees.empty()) {
+    CHECK(store_) << "step plan " << plan.step_idx << ": prefix frees before any store";
+    store_->free(plan.frees);
+  }
+  for (SeqId s : plan.releases) {
+    kept_.erase(s);
+    table_.release(s);
+  }
 }
 
 }  // namespace v4rt::runtime

@@ -6,10 +6,14 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "model/model.h"
 #include "model/mtp.h"
+#include "runtime/prefix_store.h"
 #include "runtime/sequence_table.h"
 #include "runtime/step_plan.h"
 
@@ -34,10 +38,25 @@ class Executor {
   size_t num_sequences() const { return table_.size(); }
   bool has(SeqId id) const { return table_.has(id); }
   int64_t position(SeqId id) const { return table_.position(id); }
+  // This rank's prefix-cache payloads (nullptr until the first PlanStore names the block size).
+  const PrefixStore* prefix_store() const { return store_.get(); }
+  // Tail snapshots kept by take_point chunks and not yet stored or dropped.
+  size_t num_kept_points() const;
 
  private:
+  // A tail snapshot a take_point chunk kept, until the PlanStore that follows.
+  struct KeptPoint {
+    model::TailSnapshot tail;
+    std::optional<model::SpeculativeTail> speculative;
+  };
+  void store(const PlanStore& s);
+  void resume(const PlanResume& r);
+  KeptPoint snapshot(SeqId seq) const;
+
   model::Model& model_;
   SequenceTable table_;
+  std::unique_ptr<PrefixStore> store_;
+  std::map<SeqId, std::map<int64_t, KeptPoint>> kept_;  // by sequence, by position
 };
 
 }  // namespace v4rt::runtime

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Server metrics in the Prometheus text exposition format (GET /metrics): request and token
-// counters, queue depth, running batch, KV memory, speculative decoding (drafts proposed and
+// counters, queue depth, running batch, KV memory, the prefix cache's tree, speculative decoding (drafts proposed and
 // accepted, tokens per verify step, time drafting and verifying), and histograms of time to first
 // token, inter-token latency and tokens per step. Updated from HTTP threads and the engine thread.
 #pragma once
@@ -11,6 +11,8 @@
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include "runtime/prefix_tree.h"
 
 namespace v4rt::runtime {
 
@@ -35,11 +37,10 @@ class Histogram {
 struct SchedulerGauges {
   int64_t num_waiting = 0;
   int64_t num_running = 0;
-  int64_t kv_bytes_used = 0;
+  int64_t kv_bytes_used = 0;      // running sequences + the prefix tree
   int64_t kv_bytes_budget = 0;
-  int64_t kv_blocks_used = 0;     // 64-token blocks of running and cached sequences
-  int64_t prefix_cache_entries = 0;
-  int64_t prefix_cache_tokens = 0;
+  int64_t kv_blocks_used = 0;     // 64-token blocks of running sequences
+  PrefixTreeStats prefix;         // the prefix tree (zero when the cache is off)
 };
 
 class Metrics {

@@ -17,16 +17,33 @@ void PrefixStore::apply(const InsertResult& result, std::map<int64_t, model::Tai
   for (const PointSpec& p : result.points) {
     auto it = snapshots.find(p.position);
     CHECK(it != snapshots.end()) << "no tail snapshot taken at prefix point " << p.position;
-    bytes_ += it->second.bytes();
-    points_.emplace(p.id, std::move(it->second));
+    put_point(p.id, std::move(it->second), std::nullopt);
     snapshots.erase(it);
   }
-  for (const BlockSpec& b : result.blocks) {
-    model::EntryBlock block = model::extract_block(model_, sequence, b.index, block_tokens_, b.end);
-    bytes_ += block.bytes();
-    blocks_.emplace(b.id, std::move(block));
-  }
+  for (const BlockSpec& b : result.blocks) put_block(b.id, sequence, b.index, b.end);
   free(result.freed);
+}
+
+void PrefixStore::put_point(PrefixId id, model::TailSnapshot tail, std::optional<model::SpeculativeTail> speculative) {
+  CHECK(!points_.count(id) && !blocks_.count(id)) << "prefix store already holds id " << id;
+  bytes_ += tail.bytes();
+  points_.emplace(id, std::move(tail));
+  if (speculative) {
+    bytes_ += speculative->bytes;
+    speculative_.emplace(id, std::move(*speculative));
+  }
+}
+
+void PrefixStore::put_block(PrefixId id, const model::SequenceState& sequence, int64_t index, int64_t end) {
+  CHECK(!points_.count(id) && !blocks_.count(id)) << "prefix store already holds id " << id;
+  model::EntryBlock block = model::extract_block(model_, sequence, index, block_tokens_, end);
+  bytes_ += block.bytes();
+  blocks_.emplace(id, std::move(block));
+}
+
+const model::SpeculativeTail* PrefixStore::speculative_tail(PrefixId point) const {
+  auto it = speculative_.find(point);
+  return it == speculative_.end() ? nullptr : &it->second;
 }
 
 void PrefixStore::free(std::span<const PrefixId> ids) {
@@ -34,6 +51,10 @@ void PrefixStore::free(std::span<const PrefixId> ids) {
     if (auto p = points_.find(id); p != points_.end()) {
       bytes_ -= p->second.bytes();
       points_.erase(p);
+      if (auto s = speculative_.find(id); s != speculative_.end()) {
+        bytes_ -= s->second.bytes;
+        speculative_.erase(s);
+      }
     } else if (auto b = blocks_.find(id); b != blocks_.end()) {
       bytes_ -= b->second.bytes();
       blocks_.erase(b);

@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 
 #include "model/model.h"
 #include "model/prefix_state.h"
+#include "model/speculative.h"
 #include "runtime/prefix_tree.h"
 
 namespace v4rt::runtime {
@@ -24,9 +26,16 @@ class PrefixStore {
   // from `sequence`; then drops result.freed.
   void apply(const InsertResult& result, std::map<int64_t, model::TailSnapshot>& snapshots,
              const model::SequenceState& sequence);
+  // One point's snapshot (with the speculative tail of a speculative sequence), and one block
+  // [index * block_tokens, end) extracted from `sequence` (standing at or past end).
+  void put_point(PrefixId id, model::TailSnapshot tail, std::optional<model::SpeculativeTail> speculative);
+  void put_block(PrefixId id, const model::SequenceState& sequence, int64_t index, int64_t end);
   void free(std::span<const PrefixId> ids);
   // A new sequence at match.position, built from the matched point and blocks.
   std::unique_ptr<model::SequenceState> resume(const PrefixMatch& match) const;
+  // The speculative tail stored with `point` (nullptr when taken from a plain sequence).
+  const model::SpeculativeTail* speculative_tail(PrefixId point) const;
+  int64_t block_tokens() const { return block_tokens_; }
 
   int64_t bytes() const { return bytes_; }  // payload bytes held on this rank
   size_t num_points() const { return points_.size(); }
@@ -37,6 +46,7 @@ class PrefixStore {
   int64_t block_tokens_;
   std::map<PrefixId, model::TailSnapshot> points_;
   std::map<PrefixId, model::EntryBlock> blocks_;
+  std::map<PrefixId, model::SpeculativeTail> speculative_;  // by point id
   int64_t bytes_ = 0;
 };
 

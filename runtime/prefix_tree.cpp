@@ -93,9 +93,11 @@ PrefixTree::Node* PrefixTree::descend(std::span<const int32_t> tokens, int64_t t
   return node;
 }
 
-PrefixMatch PrefixTree::match(std::span<const int32_t> prompt) {
-  ++stats_.lookups;
-  ++clock_;
+PrefixMatch PrefixTree::match(std::span<const int32_t> prompt, bool record) {
+  if (record) {
+    ++stats_.lookups;
+    ++clock_;
+  }
   const int64_t limit = int64_t(prompt.size()) - 1;
   std::vector<Node*> path;
   Node* best = nullptr;
@@ -121,10 +123,11 @@ PrefixMatch PrefixTree::match(std::span<const int32_t> prompt) {
   m.position = best->end();
   m.point = best->point;
   for (size_t i = 0; i < best_depth; ++i) {
-    path[i]->last_used = clock_;
+    if (record) path[i]->last_used = clock_;
     for (const auto& [index, id] : path[i]->full_blocks) m.blocks.push_back(id);
   }
   if (best->partial_block) m.blocks.push_back(best->partial_block);
+  if (!record) return m;
   ++stats_.hits;
   stats_.reused_tokens += m.position;
   return m;

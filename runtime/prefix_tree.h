@@ -71,8 +71,9 @@ class PrefixTree {
   ~PrefixTree();
 
   // The longest point that `prompt` extends with at least one token left over (the request needs
-  // the logits of its last prompt token). Marks its path used and counts the lookup.
-  PrefixMatch match(std::span<const int32_t> prompt);
+  // the logits of its last prompt token). With `record`, marks its path used and counts the
+  // lookup; without, only looks (a scheduler deciding whether a request can start yet).
+  PrefixMatch match(std::span<const int32_t> prompt, bool record = true);
   // Adds points at `positions` (increasing, in [1, tokens.size()]) on the path of `tokens`, and the
   // full blocks those points need; existing points and blocks are reused. Then evicts down to the
   // budget. The inserting sequence must stand at or past the last position (for the snapshots) and

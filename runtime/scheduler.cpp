@@ -10,7 +10,9 @@
 
 #include "common/check.h"
 #include "common/parallel_for.h"
+#include "model/prefix_state.h"
 #include "model/state.h"
+#include "runtime/prefix_store.h"
 #include <glog/logging.h>
 
 namespace v4rt::runtime {
@@ -81,9 +83,23 @@ model::SpeculativeStats speculative_stats(const Metrics& metrics) {
   return s;
 }
 
-Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& config, Metrics* metrics)
+Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& config, Metrics* metrics,
+                     const model::EntryOwnership& ownership)
     : options_(options), config_(config), metrics_(metrics) {
   CHECK(metrics_ != nullptr);
+  const PrefixCacheOptions& pc = options_.prefix_cache;
+  if (pc.enabled) {
+    model::validate_block_tokens(config_, pc.block_tokens);
+    V4RT_REQUIRE(pc.every_n >= 0, "prefix_cache.every_n must be >= 0, got " << pc.every_n);
+    V4RT_REQUIRE(pc.budget_fraction > 0 && pc.budget_fraction <= 1,
+                 "prefix_cache.budget_fraction must be in (0, 1], got " << pc.budget_fraction);
+    PrefixTreeOptions to;
+    to.block_tokens = pc.block_tokens;
+    tree_budget_ = std::max<int64_t>(1, int64_t(double(options_.kv_budget_bytes) * pc.budget_fraction));
+    to.budget_bytes = tree_budget_;
+    set_model_byte_sizes(to, config_, ownership);
+    tree_ = std::make_unique<PrefixTree>(std::move(to));
+  }
   CHECK_GT(options_.max_batch_tokens, 0);
   CHECK_GT(options_.max_running, 0);
   V4RT_REQUIRE(options_.prefill_chunk >= 0, "prefill_chunk must be >= 0, got " << options_.prefill_chunk);
@@ -95,6 +111,8 @@ Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& 
                                             << options_.mtp_depth + 1 << " tokens");
   }
 }
+
+Scheduler::~Scheduler() = default;
 
 SubmitResult Scheduler::submit(std::shared_ptr<Request> request) {
   const int64_t need = model::state_bytes(config_, int64_t(request->prompt.size()) + request->sampling.max_tokens);
@@ -125,30 +143,58 @@ void Scheduler::finish_locked(Running& r, FinishReason reason, StepPlan* plan) {
     case FinishReason::kLength: ++metrics_->requests_finished; break;
     default: break;
   }
-  kv_used_ -= r.reserved;
+  reserved_ -= r.reserved;
   r.reserved = 0;
-  const bool keep = options_.prefix_cache && r.fed > 0 &&
-                    (reason == FinishReason::kEos || reason == FinishReason::kLength);
-  if (keep) {
-    CacheEntry e;
-    e.seq = r.seq;
-    e.tokens.assign(r.tokens.begin(), r.tokens.begin() + r.fed);
-    e.bytes = model::state_bytes(config_, r.fed);
-    kv_used_ += e.bytes;
-    for (SeqId s : cache_.insert(std::move(e))) pending_releases_.push_back(s);
-    // Over budget (the state outgrew its estimate): give the memory back at once.
-    while (kv_used_ > options_.kv_budget_bytes) {
-      int64_t freed = 0;
-      auto s = cache_.evict_lru(0, &freed);
-      if (!s) break;
-      kv_used_ -= freed;
-      pending_releases_.push_back(*s);
+  if (tree_) {
+    inflight_.remove(r.seq);
+    if (r.pinned) tree_->unpin(r.pinned);
+    r.pinned = 0;
+    // The end of a finished sequence (prompt + completion) is the point its next turn extends;
+    // the store precedes the release in the next plan, so the state is still there to snapshot.
+    if (r.fed > 0 && (reason == FinishReason::kEos || reason == FinishReason::kLength)) {
+      const int64_t end = r.fed;
+      queue_store_locked(r.seq, end, tree_->insert(std::span<const int32_t>(r.tokens.data(), size_t(end)),
+                                                   std::span<const int64_t>(&end, 1)));
     }
-  } else {
-    pending_releases_.push_back(r.seq);
   }
+  pending_releases_.push_back(r.seq);
   (void)plan;
   r.req.reset();
+}
+
+void Scheduler::queue_store_locked(SeqId seq, int64_t upto, const InsertResult& result) {
+  // Always sent, even when the tree had every point already: it drops the kept snapshot.
+  PlanStore st;
+  st.seq = seq;
+  st.upto = upto;
+  st.block_tokens = options_.prefix_cache.block_tokens;
+  for (const PointSpec& p : result.points) st.points.push_back({p.id, p.position});
+  for (const BlockSpec& b : result.blocks) st.blocks.push_back({b.id, b.index, b.end});
+  pending_stores_.push_back(std::move(st));
+  pending_frees_.insert(pending_frees_.end(), result.freed.begin(), result.freed.end());
+  enforce_budget_locked();
+}
+
+void Scheduler::enforce_budget_locked() {
+  // The tree holds at most its share of the budget, and never what the running sequences hold.
+  const int64_t cap = std::min(tree_budget_, options_.kv_budget_bytes - reserved_);
+  if (tree_->bytes() <= cap) return;
+  const std::vector<PrefixId> freed = tree_->evict(tree_->bytes() - cap);
+  pending_frees_.insert(pending_frees_.end(), freed.begin(), freed.end());
+}
+
+void Scheduler::record_point_locked(Running& r, int64_t position) {
+  CHECK(!r.points.empty() && r.points.front() == position)
+      << "sequence " << r.seq << ": a chunk ended at " << position << ", not at its next prefix point";
+  r.points.erase(r.points.begin());
+  queue_store_locked(r.seq, position, tree_->insert(std::span<const int32_t>(r.tokens.data(), size_t(position)),
+                                                    std::span<const int64_t>(&position, 1)));
+  // Requests waiting for this point may start now; they wait on the remaining ones only.
+  if (r.points.empty()) {
+    inflight_.remove(r.seq);
+  } else {
+    inflight_.add(r.seq, r.req->prompt, r.points);
+  }
 }
 
 void Scheduler::sweep_locked(StepPlan* plan) {
@@ -182,42 +228,64 @@ void Scheduler::sweep_locked(StepPlan* plan) {
 bool Scheduler::admit_locked(StepPlan* plan) {
   bool admitted = false;
   for (auto& [prio, queue] : waiting_) {
-    while (!queue.empty() && int(running_.size()) < options_.max_running) {
-      const std::shared_ptr<Request>& req = queue.front();
-      const int64_t need = model::state_bytes(config_, int64_t(req->prompt.size()) + req->sampling.max_tokens);
-      // Make room by evicting cached prefixes, oldest first, but never the one this request reuses.
-      const CacheEntry* hit = options_.prefix_cache ? cache_.match(req->prompt) : nullptr;
-      const SeqId hit_seq = hit ? hit->seq : 0;
-      const int64_t hit_tokens = hit ? int64_t(hit->tokens.size()) : 0;
-      while (kv_used_ + need > options_.kv_budget_bytes) {
-        int64_t freed = 0;
-        auto s = cache_.evict_lru(hit_seq, &freed);
-        if (!s) break;
-        kv_used_ -= freed;
-        plan->releases.push_back(*s);
+    for (auto it = queue.begin(); it != queue.end() && int(running_.size()) < options_.max_running;) {
+      const Admission a = try_admit_locked(*it, plan);
+      if (a == Admission::kNoMemory) return admitted;  // head of line waits for memory
+      if (a == Admission::kWaitsForPoint) {            // another request computes its prefix
+        ++it;
+        continue;
       }
-      if (kv_used_ + need > options_.kv_budget_bytes) return admitted;  // head of line waits for memory
-      const model::SamplerOptions so{req->sampling.temperature, req->sampling.top_p, req->sampling.seed};
-      auto r = std::make_unique<Running>(
-          Running{req, next_seq_++, req->prompt, 0, 0, need, model::Sampler(so), Clock::now(), nullptr});
-      if (options_.mtp_depth > 0) r->spec = std::make_unique<model::SpeculativeSampler>(so);
-      if (hit) {
-        plan->copies.push_back({hit_seq, r->seq});
-        r->fed = hit_tokens;
-        metrics_->prefix_reused_tokens += uint64_t(hit_tokens);
-      }
-      kv_used_ += need;
-      req->stream->prompt_tokens = int64_t(req->prompt.size());
-      req->stream->cached_tokens = r->fed;
-      metrics_->prompt_tokens += req->prompt.size();
-      running_.push_back(std::move(r));
-      queue.pop_front();
+      it = queue.erase(it);
       --num_waiting_;
       admitted = true;
     }
     if (!queue.empty()) break;  // a lower priority never overtakes a waiting higher one
   }
   return admitted;
+}
+
+Scheduler::Admission Scheduler::try_admit_locked(const std::shared_ptr<Request>& req, StepPlan* plan) {
+  const int64_t need = model::state_bytes(config_, int64_t(req->prompt.size()) + req->sampling.max_tokens);
+  PrefixId hold = 0;  // pinned while the budget is made: eviction must not take the point it resumes from
+  if (tree_) {
+    const PrefixMatch peek = tree_->match(req->prompt, /*record=*/false);
+    if (inflight_.longest(req->prompt, peek.position, nullptr) > 0) return Admission::kWaitsForPoint;
+    hold = peek.point;
+    if (hold) tree_->pin(hold);
+    const int64_t over = reserved_ + tree_->bytes() + need - options_.kv_budget_bytes;
+    if (over > 0) {
+      const std::vector<PrefixId> freed = tree_->evict(over);
+      plan->frees.insert(plan->frees.end(), freed.begin(), freed.end());
+    }
+  }
+  if (reserved_ + tree_bytes() + need > options_.kv_budget_bytes) {
+    if (hold) tree_->unpin(hold);
+    return Admission::kNoMemory;
+  }
+  const model::SamplerOptions so{req->sampling.temperature, req->sampling.top_p, req->sampling.seed};
+  auto r = std::make_unique<Running>(
+      Running{req, next_seq_++, req->prompt, 0, 0, need, model::Sampler(so), Clock::now(), nullptr, hold, {}});
+  if (options_.mtp_depth > 0) r->spec = std::make_unique<model::SpeculativeSampler>(so);
+  if (tree_) start_from_prefix_locked(*r, plan);
+  reserved_ += need;
+  req->stream->prompt_tokens = int64_t(req->prompt.size());
+  req->stream->cached_tokens = r->fed;
+  metrics_->prompt_tokens += req->prompt.size();
+  running_.push_back(std::move(r));
+  return Admission::kAdmitted;
+}
+
+void Scheduler::start_from_prefix_locked(Running& r, StepPlan* plan) {
+  const PrefixMatch m = tree_->match(r.req->prompt);  // counted now that the request starts
+  CHECK_EQ(m.point, r.pinned) << "prefix match of sequence " << r.seq << " changed while admitting it";
+  if (m.point) {
+    plan->resumes.push_back({r.seq, m.position, m.point, m.blocks});
+    r.fed = m.position;
+    metrics_->prefix_reused_tokens += uint64_t(m.position);
+  }
+  r.points = PrefixTree::plan_points(int64_t(r.req->prompt.size()), r.fed, r.req->boundaries,
+                                     options_.prefix_cache.every_n);
+  if (!r.points.empty()) inflight_.add(r.seq, r.req->prompt, r.points);
 }
 
 bool Scheduler::speculating(const Running& r) const {
@@ -248,14 +316,18 @@ void Scheduler::pack_chunks_locked(StepPlan* plan, int64_t budget) {
     const int64_t left = int64_t(r->tokens.size()) - r->fed;
     if (left <= 0) continue;
     int64_t take = std::min(left, budget);
-    if (options_.prefill_chunk > 0 && r->fed < int64_t(r->req->prompt.size()))
-      take = std::min<int64_t>(take, options_.prefill_chunk);
+    const bool prefill = r->fed < int64_t(r->req->prompt.size());
+    if (options_.prefill_chunk > 0 && prefill) take = std::min<int64_t>(take, options_.prefill_chunk);
+    // A chunk ends at the next prefix point: the executor snapshots the tail there.
+    const bool at_point = prefill && !r->points.empty() && r->points.front() <= r->fed + take;
+    if (at_point) take = r->points.front() - r->fed;
     PlanChunk c;
     c.seq = r->seq;
     c.start_pos = r->fed;
     c.num_tokens = int32_t(take);
     c.want_logits = r->fed + take == int64_t(r->tokens.size()) ? kLogitsLast : kLogitsNone;
     c.kind = options_.mtp_depth > 0 ? ChunkKind::kHidden : ChunkKind::kPlain;
+    c.take_point = at_point ? 1 : 0;
     plan->chunks.push_back(c);
     plan->tokens.insert(plan->tokens.end(), r->tokens.begin() + r->fed, r->tokens.begin() + r->fed + take);
     budget -= take;
@@ -287,10 +359,18 @@ void Scheduler::continue_step_locked(StepPlan* plan) {
   pack_chunks_locked(plan, budget);
 }
 
+void Scheduler::take_prefix_ops_locked(StepPlan* plan) {
+  for (PlanStore& st : pending_stores_) plan->stores.push_back(std::move(st));
+  pending_stores_.clear();
+  plan->frees.insert(plan->frees.end(), pending_frees_.begin(), pending_frees_.end());
+  pending_frees_.clear();
+}
+
 bool Scheduler::next_plan(StepPlan* plan, std::chrono::milliseconds wait) {
   std::unique_lock<std::mutex> lock(mu_);
   if (!turns_.empty()) {  // a speculative step in flight goes on at once
     *plan = StepPlan{};
+    take_prefix_ops_locked(plan);
     continue_step_locked(plan);
     plan->step_idx = ++step_idx_;
     return true;
@@ -302,9 +382,11 @@ bool Scheduler::next_plan(StepPlan* plan, std::chrono::milliseconds wait) {
     pending_resolves_.clear();
     plan->releases = std::move(pending_releases_);
     pending_releases_.clear();
+    take_prefix_ops_locked(plan);
     sweep_locked(plan);
     for (SeqId s : pending_releases_) plan->releases.push_back(s);
     pending_releases_.clear();
+    take_prefix_ops_locked(plan);  // the inserts of sequences the sweep finished
     if (!stopped_) admit_locked(plan);
 
     int64_t budget = options_.max_batch_tokens;
@@ -448,6 +530,7 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     }
     if (c.start_pos < int64_t(r.req->prompt.size())) prefill += c.num_tokens;
     r.fed += c.num_tokens;
+    if (c.take_point) record_point_locked(r, r.fed);
     if (!c.want_logits) continue;
     CHECK_LT(i, logits.size());
     CHECK_EQ(int64_t(logits[i].size()), config_.vocab_size) << "logits of sequence " << c.seq;
@@ -457,6 +540,8 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     }
     decisions.push_back({&r, logits[i], false, 0, {}});
   }
+  // Counted before any token is streamed: a client that reads /metrics after its answer sees them.
+  metrics_->prefill_tokens += uint64_t(prefill);
   parallel_for(decisions.size(), [&](size_t k) {
     Decision& d = decisions[k];
     if (d.verify) {
@@ -474,7 +559,6 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
   }
   if (verified) turns_.clear();
   std::erase_if(running_, [](const auto& r) { return !r->req; });
-  metrics_->prefill_tokens += uint64_t(prefill);
   ++metrics_->steps;
   metrics_->step_tokens.observe(double(plan.tokens.size()));
   metrics_->step_sequences.observe(double(plan.chunks.size()));
@@ -517,8 +601,7 @@ StepPlan Scheduler::shutdown_plan() {
     for (auto& req : queue) req->stream->finish(FinishReason::kError, stop_reason_);
   waiting_.clear();
   num_waiting_ = 0;
-  for (SeqId s : cache_.clear()) plan.releases.push_back(s);
-  kv_used_ = 0;
+  reserved_ = 0;  // the prefix payloads go with the executors
   plan.shutdown = 1;
   plan.step_idx = ++step_idx_;
   return plan;
@@ -528,14 +611,12 @@ void Scheduler::update_gauges_locked() {
   SchedulerGauges g;
   g.num_waiting = int64_t(num_waiting_);
   g.num_running = int64_t(running_.size());
-  g.kv_bytes_used = kv_used_;
+  g.kv_bytes_used = reserved_ + tree_bytes();
   g.kv_bytes_budget = options_.kv_budget_bytes;
   int64_t blocks = 0;
   for (const auto& r : running_) blocks += (int64_t(r->tokens.size()) + kKvBlockTokens - 1) / kKvBlockTokens;
-  const int64_t cached = cache_.num_tokens();
-  g.kv_blocks_used = blocks + (cached + kKvBlockTokens - 1) / kKvBlockTokens;
-  g.prefix_cache_entries = int64_t(cache_.size());
-  g.prefix_cache_tokens = cached;
+  g.kv_blocks_used = blocks;
+  if (tree_) g.prefix = tree_->stats();
   metrics_->set_gauges(g);
 }
 

@@ -1,8 +1,16 @@
 // SPDX-License-Identifier: MIT
 // Continuous batching (rank 0). Requests wait in a queue (higher priority first, FIFO within a
-// priority), are admitted while their KV memory fits the budget (evicting prefix-cache entries,
+// priority), are admitted while their KV memory fits the budget (evicting prefix-cache points,
 // least recently used first), and every step packs the decode token of each running sequence and
-// then prefill chunks under a token budget into one StepPlan. After the step, complete() samples
+// then prefill chunks under a token budget into one StepPlan.
+//
+// Prefix cache (docs/PREFIX_CACHE.md): a PrefixTree over token ids names resumable points. A new
+// request resumes from the longest point its prompt extends (PlanResume) and pins it until it
+// finishes; its prefill chunks end at its planned points (the prompt's last token but one, every
+// message boundary, every `every_n` tokens), each inserted into the tree right after its chunk
+// (PlanStore); a finished sequence adds the point at its end. A request whose prompt extends a
+// point another request is still computing waits for it (InFlightPoints). Tree bytes and running
+// states share the KV budget; evicted points are dropped on every rank (PlanFree). After the step, complete() samples
 // the next tokens from the logits, streams them to the requests and finishes sequences at EOS, the
 // token limit, cancellation (client gone) or the request timeout. A request that could never fit
 // is refused at submit(), never left waiting. The scheduler knows nothing of text or HTTP.
@@ -29,11 +37,12 @@
 #include <vector>
 
 #include "runtime/metrics.h"
-#include "runtime/prefix_cache.h"
+#include "runtime/prefix_tree.h"
 #include "runtime/step_plan.h"
 #include "model/config.h"
 #include "model/sampler.h"
 #include "model/speculative.h"
+#include "model/state.h"
 
 namespace v4rt::runtime {
 
@@ -89,10 +98,20 @@ struct Request {
   uint64_t id = 0;
   int priority = 0;                 // higher first
   std::vector<int32_t> prompt;
+  // Prompt positions where a chat message ends (increasing; model/text/chat_encoder.h): resumable
+  // points for requests that share the conversation up to there. Empty for raw prompts.
+  std::vector<int64_t> boundaries;
   SamplingParams sampling;
   Clock::time_point arrival = Clock::now();
   Clock::time_point deadline = Clock::time_point::max();
   std::shared_ptr<TokenStream> stream = std::make_shared<TokenStream>();
+};
+
+struct PrefixCacheOptions {
+  bool enabled = true;
+  int64_t block_tokens = 256;     // entry block size (a multiple of every compress ratio)
+  int64_t every_n = 4096;         // a resumable point every N prompt tokens; 0: none
+  double budget_fraction = 0.5;   // most of the KV budget the tree may hold, in (0, 1]
 };
 
 struct SchedulerOptions {
@@ -100,7 +119,7 @@ struct SchedulerOptions {
   int max_running = 32;
   int max_queue = 64;
   int64_t kv_budget_bytes = int64_t(1) << 30;
-  bool prefix_cache = true;
+  PrefixCacheOptions prefix_cache;
   int32_t eos_token_id = 1;
   int mtp_depth = 0;  // draft tokens per verify step; 0: no speculative decoding
   int prefill_chunk = 0;  // most prompt tokens of one sequence per step; 0: the step budget alone
@@ -120,7 +139,11 @@ struct SubmitResult {
 
 class Scheduler {
  public:
-  Scheduler(const SchedulerOptions& options, const model::ModelConfig& config, Metrics* metrics);
+  // `ownership`: the SP entry ownership of the ranks (the tree charges a block at the largest
+  // rank's share; a single rank owns everything).
+  Scheduler(const SchedulerOptions& options, const model::ModelConfig& config, Metrics* metrics,
+            const model::EntryOwnership& ownership = {});
+  ~Scheduler();
 
   SubmitResult submit(std::shared_ptr<Request> request);
   // Builds the next plan; waits up to `wait` for work. Returns false when there is nothing to run.
@@ -148,7 +171,10 @@ class Scheduler {
     model::Sampler sampler;
     Clock::time_point last_token;
     std::unique_ptr<model::SpeculativeSampler> spec;  // with mtp_depth > 0
+    PrefixId pinned = 0;          // the prefix point it resumed from (pinned until it finishes)
+    std::vector<int64_t> points;  // planned prefix points not yet reached, increasing
   };
+  enum class Admission { kAdmitted, kWaitsForPoint, kNoMemory };
   // A decoding sequence in the speculative step in flight.
   struct Turn {
     SeqId seq = 0;
@@ -156,6 +182,17 @@ class Scheduler {
   };
 
   bool admit_locked(StepPlan* plan);
+  Admission try_admit_locked(const std::shared_ptr<Request>& req, StepPlan* plan);
+  // Prefix tree: the match a request resumes from (PlanResume) and its planned points.
+  void start_from_prefix_locked(Running& r, StepPlan* plan);
+  // After the chunk of `r` that ends at its next planned point: inserts it (PlanStore next plan).
+  void record_point_locked(Running& r, int64_t position);
+  // Queues the PlanStore of an insert and its frees, then evicts down to the tree's share.
+  void queue_store_locked(SeqId seq, int64_t upto, const InsertResult& result);
+  void enforce_budget_locked();
+  // Moves the queued stores and frees into `plan` (stores before any resume of the plan).
+  void take_prefix_ops_locked(StepPlan* plan);
+  int64_t tree_bytes() const { return tree_ ? tree_->bytes() : 0; }
   void sweep_locked(StepPlan* plan);
   void finish_locked(Running& r, FinishReason reason, StepPlan* plan_or_null);
   // The token `r` samples (or is forced to emit) from `logits`. Touches r's samplers only, so the
@@ -185,11 +222,15 @@ class Scheduler {
   std::map<int, std::deque<std::shared_ptr<Request>>, std::greater<int>> waiting_;
   size_t num_waiting_ = 0;
   std::vector<std::unique_ptr<Running>> running_;
-  PrefixCache cache_;
+  std::unique_ptr<PrefixTree> tree_;  // null when the prefix cache is off
+  int64_t tree_budget_ = 0;           // prefix_cache.budget_fraction of the KV budget
+  InFlightPoints inflight_;
+  std::vector<PlanStore> pending_stores_;  // for the next plan
+  std::vector<uint64_t> pending_frees_;
   std::vector<SeqId> pending_releases_;
   std::vector<Turn> turns_;                     // the speculative step in flight (empty: none)
   std::vector<PlanResolve> pending_resolves_;   // verdicts for the next plan
-  int64_t kv_used_ = 0;
+  int64_t reserved_ = 0;  // bytes charged for running sequences (the tree's bytes come on top)
   SeqId next_seq_ = 1;
   uint64_t step_idx_ = 0;
   size_t decode_rotation_ = 0;

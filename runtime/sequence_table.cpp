@@ -23,14 +23,25 @@ void SequenceTable::resolve(uint64_t id, int accepted) {
   if (it != speculative_.end()) it->second->resolve(accepted);
 }
 
-void SequenceTable::copy(uint64_t src, uint64_t dst) {
-  auto from = states_.find(src);
-  CHECK(from != states_.end()) << "copy from unknown sequence " << src;
-  CHECK(!states_.count(dst)) << "copy onto live sequence " << dst;
-  auto& state = states_[dst];
-  state = from->second->clone();
-  auto spec = speculative_.find(src);
-  if (spec != speculative_.end()) speculative_[dst] = spec->second->clone(*state);
+void SequenceTable::adopt(uint64_t id, std::unique_ptr<model::SequenceState> state,
+                          const model::SpeculativeTail* speculative) {
+  CHECK(!states_.count(id)) << "prefix resume onto live sequence " << id;
+  model::SequenceState& s = *state;
+  states_[id] = std::move(state);
+  if (!speculative) return;
+  CHECK(mtp_) << "sequence " << id << ": a speculative prefix point without the MTP block";
+  speculative_[id] = model::SpeculativeSequence::resume(model_, *mtp_, s, *speculative);
+}
+
+const model::SequenceState& SequenceTable::state(uint64_t id) const {
+  auto it = states_.find(id);
+  CHECK(it != states_.end()) << "no sequence " << id;
+  return *it->second;
+}
+
+const model::SpeculativeSequence* SequenceTable::speculative_or_null(uint64_t id) const {
+  auto it = speculative_.find(id);
+  return it == speculative_.end() ? nullptr : it->second.get();
 }
 
 void SequenceTable::draft(uint64_t id, int level, int depth, int32_t token, std::vector<float>* logits) {

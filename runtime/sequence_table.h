@@ -5,7 +5,8 @@
 // and Model::step calls line up across the ranks of a sharded job.
 //
 // The order of one plan, as the Executor runs it:
-//   resolve -> copy -> draft -> chunk ... Model::step ... after_step -> release
+//   resolve -> (prefix stores) -> adopt (prefix resumes) -> draft -> chunk ... Model::step ...
+//   after_step -> release
 #pragma once
 
 #include <cstdint>
@@ -36,8 +37,12 @@ class SequenceTable {
   // Keeps the first `accepted` drafts of the sequence's verify chunk. A sequence released since
   // has nothing to resolve (no-op).
   void resolve(uint64_t id, int accepted);
-  // `dst` (new) starts as an exact copy of `src`, its speculative state included (prefix reuse).
-  void copy(uint64_t src, uint64_t dst);
+  // `id` (new) takes `state` (a sequence resumed from a prefix point) and, when `speculative` is
+  // given, a speculative state resumed from that tail over it.
+  void adopt(uint64_t id, std::unique_ptr<model::SequenceState> state, const model::SpeculativeTail* speculative);
+  const model::SequenceState& state(uint64_t id) const;
+  // The speculative state of `id`, or nullptr for a plain sequence.
+  const model::SpeculativeSequence* speculative_or_null(uint64_t id) const;
   // Draft level `level` of `depth` (model::SpeculativeSequence::draft). Collective.
   void draft(uint64_t id, int level, int depth, int32_t token, std::vector<float>* logits);
   // The StepChunk of a chunk for Model::step; an unknown id starts a new sequence. `tokens` must

@@ -3,7 +3,8 @@
 // (world rank 0) decides a StepPlan (the Scheduler for serve / batch / generate, the `logits`
 // command itself), broadcasts its bytes over the PlanLink and every rank applies it to its own
 // sequence states through its Executor, in this order:
-//   resolves -> copies -> drafts -> one Model::step over the chunks -> releases
+//   resolves -> stores -> resumes -> drafts -> one Model::step over the chunks (then the tail
+//   snapshots of chunks that end at a prefix point) -> frees -> releases
 // Sequence ids are the only names the ranks share. The byte format is versioned and validated on
 // receipt (deserialize_plan names the field at fault).
 //
@@ -37,6 +38,9 @@ struct PlanChunk {
   int32_t num_tokens = 0;   // this chunk's tokens in StepPlan::tokens, in chunk order
   uint8_t want_logits = kLogitsNone;
   ChunkKind kind = ChunkKind::kPlain;  // kVerify chunks want kLogitsAll
+  // 1: the chunk ends at a prefix point (docs/PREFIX_CACHE.md): after the forward the executor
+  // keeps a tail snapshot of the sequence at start_pos + num_tokens for a later PlanStore.
+  uint8_t take_point = 0;
 };
 
 // The leader's verdict on a sequence's last verify chunk: keep its first `accepted` drafts.
@@ -54,26 +58,54 @@ struct PlanDraft {
   int32_t token = 0;
 };
 
-// Prefix reuse: `dst` (a new sequence) starts as an exact copy of `src` (an existing state, e.g.
-// a cached finished sequence).
-struct PlanCopy {
-  SeqId src = 0;
+// Prefix cache (docs/PREFIX_CACHE.md). The leader's PrefixTree names points and blocks by id;
+// every rank's PrefixStore holds their payloads.
+//
+// A new sequence `dst` resumed from a stored point: its tail is the point's snapshot, its entries
+// come from `blocks` (covering [0, position); the last may be partial).
+struct PlanResume {
   SeqId dst = 0;
+  int64_t position = 0;
+  uint64_t point = 0;
+  std::vector<uint64_t> blocks;
+};
+
+struct PlanStorePoint {
+  uint64_t id = 0;
+  int64_t position = 0;  // the tail snapshot the sequence kept there (take_point) or, when it
+                         // stands there now, a snapshot taken at once
+};
+struct PlanStoreBlock {
+  uint64_t id = 0;
+  int64_t index = 0;  // entries of tokens [index * block_tokens, end), extracted from `seq`
+  int64_t end = 0;
+};
+// The payloads a PrefixTree::insert named, taken from sequence `seq` (which holds their entries);
+// then the sequence's kept snapshots at positions <= `upto` are dropped.
+struct PlanStore {
+  SeqId seq = 0;
+  int64_t upto = 0;
+  int64_t block_tokens = 0;
+  std::vector<PlanStorePoint> points;
+  std::vector<PlanStoreBlock> blocks;
 };
 
 struct StepPlan {
   uint64_t step_idx = 0;
   std::vector<PlanResolve> resolves;  // applied first
-  std::vector<PlanCopy> copies;       // then the copies
+  std::vector<PlanStore> stores;      // then prefix payloads stored (before any resume uses them)
+  std::vector<PlanResume> resumes;    // then sequences resumed from prefix points
   std::vector<PlanDraft> drafts;      // then the draft levels (MTP block)
   std::vector<PlanChunk> chunks;      // then one forward over all chunks
   std::vector<int32_t> tokens;        // [sum of chunks' num_tokens]
+  std::vector<uint64_t> frees;        // then prefix payloads dropped (evicted)
   std::vector<SeqId> releases;        // applied last: states freed
   uint8_t shutdown = 0;               // followers leave their loop
 
   // An empty plan is a heartbeat (PlanLink): followers answer it and run nothing.
   bool empty() const {
-    return resolves.empty() && copies.empty() && drafts.empty() && chunks.empty() && releases.empty() && !shutdown;
+    return resolves.empty() && stores.empty() && resumes.empty() && drafts.empty() && chunks.empty() &&
+           frees.empty() && releases.empty() && !shutdown;
   }
   int64_t num_tokens() const { return int64_t(tokens.size()); }
   // Appends a chunk of `tokens` for `seq` (whose state holds `start_pos` tokens).

@@ -21,6 +21,7 @@
 #include "common/check.h"
 #include "launch/batch/digest.h"
 #include "launch/batch/progress.h"
+#include "launch/prefix_cache_options.h"
 #include "launch/serve/output.h"
 #include "runtime/engine.h"
 #include "runtime/scheduler.h"
@@ -208,8 +209,8 @@ runtime::SchedulerOptions BatchJob::scheduler_options(const model::ModelConfig& 
   so.max_queue = options_.max_in_flight;
   so.kv_budget_bytes = config_.server.kv_budget_mb > 0 ? config_.server.kv_budget_mb << 20 : default_kv_budget_bytes();
   // Prefix reuse gives the same tokens as a full prefill; the output reports no cached tokens, so
-  // it does not depend on which requests happened to run before which.
-  so.prefix_cache = config_.server.prefix_cache;
+  // it does not depend on which requests happened to run before which (the summary counts them).
+  so.prefix_cache = prefix_cache_options(config_);
   so.eos_token_id = int32_t(mc.eos_token_id);
   so.mtp_depth = options_.mtp;
   so.prefill_chunk = config_.prefill_chunk;
@@ -260,6 +261,7 @@ bool BatchJob::submit_next(RunContext& run) {
   req->id = uint64_t(item.line_idx) + 1;
   req->priority = f->spec.priority;
   req->prompt = f->spec.prompt;
+  req->boundaries = f->spec.boundaries;
   req->sampling = f->spec.sampling;
   const runtime::SubmitResult sr = run.engine.submit(req);
   if (sr.status == 429) return false;  // queue full: retry once something finishes
@@ -344,7 +346,9 @@ void BatchJob::finish_run(RunContext& run, const std::atomic<int>* stop) {
   prefix_reused_tokens_ = int64_t(run.metrics.prefix_reused_tokens);
   summary_ = run.progress.summary();
   if (prefix_reused_tokens_ > 0)
-    summary_ += "batch: prefix reuse: " + std::to_string(prefix_reused_tokens_) + " prompt tokens not recomputed\n";
+    summary_ += "batch: prefix reuse: " + std::to_string(prefix_reused_tokens_) + " prompt tokens not recomputed (of " +
+                std::to_string(uint64_t(run.metrics.prompt_tokens)) + "; " +
+                std::to_string(uint64_t(run.metrics.prefill_tokens)) + " computed)\n";
 }
 
 BatchResult BatchJob::run(runtime::Leader& leader, const std::atomic<int>* stop) {

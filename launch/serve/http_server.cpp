@@ -407,6 +407,7 @@ void HttpServer::handle_generate(const httplib::Request&, httplib::Response& res
     request->id = next_request_id_++;
     request->priority = spec.priority;
     request->prompt = spec.prompt;
+    request->boundaries = spec.boundaries;
     request->sampling = spec.sampling;
     request->deadline = request->arrival + std::chrono::duration_cast<runtime::Clock::duration>(
                                                std::chrono::duration<double>(config_.request_timeout_s));

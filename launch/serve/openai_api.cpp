@@ -287,7 +287,7 @@ GenerationSpec parse_chat_request(const text_json& body, const text::Tokenizer& 
   if (!prompt.generation_prompt)
     bad("messages", "the conversation must end with a user, tool or developer message");
   const std::vector<text::TextSpan> spans = prompt.spans();
-  spec.prompt = tokenizer.encode_spans(spans);
+  spec.prompt = tokenizer.encode_spans(spans, prompt.message_ends, &spec.boundaries);
   spec.thinking = prompt.ends_in_reasoning;
   spec.parser.thinking = prompt.ends_in_reasoning;
   spec.parser.tool_calls_enabled = tool_calls_enabled;

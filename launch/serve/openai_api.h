@@ -48,6 +48,7 @@ struct GenerationSpec {
   bool stream = false;
   bool include_usage = false;           // stream_options.include_usage
   std::vector<int32_t> prompt;
+  std::vector<int64_t> boundaries;      // chat: prompt positions where a message ends (prefix cache)
   runtime::SamplingParams sampling;
   std::vector<std::string> stop;        // applied to content only (§9.2)
   int priority = 0;

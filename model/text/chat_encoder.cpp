@@ -273,6 +273,7 @@ class Writer {
   void trusted(std::string_view s) { add(s, true); }
   void untrusted(std::string_view s) { add(s, false); }
   std::vector<PromptPiece> take() { return std::move(pieces_); }
+  size_t size() const { return size_; }  // bytes written so far
   bool ends_with(std::string_view s) const {
     return !pieces_.empty() && pieces_.back().text.ends_with(s);
   }
@@ -280,6 +281,7 @@ class Writer {
  private:
   void add(std::string_view s, bool trusted) {
     if (s.empty()) return;
+    size_ += s.size();
     if (!pieces_.empty() && pieces_.back().trusted == trusted) {
       pieces_.back().text.append(s);
     } else {
@@ -287,6 +289,7 @@ class Writer {
     }
   }
   std::vector<PromptPiece> pieces_;
+  size_t size_ = 0;
 };
 
 void render_tools(const Json& fns, Writer& w) {
@@ -450,6 +453,7 @@ ChatPrompt chat_encode(const Json& messages, const Json& tools, const ChatOption
   const int last = last_user_index(items);
 
   Writer w;
+  std::vector<size_t> message_ends;
   if (options.add_bos) w.trusted(kBos);
   for (int i = 0; i < static_cast<int>(items.size()); ++i) {
     const Item& it = items[i];
@@ -486,6 +490,8 @@ ChatPrompt chat_encode(const Json& messages, const Json& tools, const ChatOption
       if (it.tool_calls.is_array() && !it.tool_calls.empty()) render_tool_calls(it, w);
       if (!it.wo_eos) w.trusted(kEos);
     }
+    message_ends.push_back(w.size());  // before the transition: a user message's end is shared by
+                                       // the next turn whatever the transition becomes
 
     // Transition (§4.2): only before an assistant/latest_reminder item or at the end.
     if (i + 1 < static_cast<int>(items.size()) && items[i + 1].role != "assistant" &&
@@ -504,6 +510,7 @@ ChatPrompt chat_encode(const Json& messages, const Json& tools, const ChatOption
       w.trusted(kAssistant);
       w.trusted(thinking && (!drop || i >= last) ? kThinkStart : kThinkEnd);
     }
+    message_ends.push_back(w.size());
   }
 
   ChatPrompt prompt;
@@ -511,6 +518,8 @@ ChatPrompt chat_encode(const Json& messages, const Json& tools, const ChatOption
   prompt.generation_prompt =
       prompt.ends_in_reasoning || w.ends_with(std::string(kAssistant) + std::string(kThinkEnd));
   prompt.pieces = w.take();
+  message_ends.erase(std::unique(message_ends.begin(), message_ends.end()), message_ends.end());
+  prompt.message_ends = std::move(message_ends);
   return prompt;
 }
 

@@ -50,6 +50,10 @@ struct ChatPrompt {
   std::vector<PromptPiece> pieces;
   bool generation_prompt = false;  // ends with ⟨A⟩<think> or ⟨A⟩</think>: the model speaks next
   bool ends_in_reasoning = false;  // ends with <think>: the output parser starts in REASONING
+  // Byte offsets into text() where a message ends (before and after its transition to the next
+  // speaker), increasing: the prefix cache's message boundaries. Tokenizer::encode_spans maps the
+  // ones that fall on a special token to token positions.
+  std::vector<size_t> message_ends;
 
   std::string text() const;
   std::vector<TextSpan> spans() const;  // views into `pieces` (valid while this object lives)

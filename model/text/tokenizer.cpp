@@ -485,6 +485,11 @@ void Tokenizer::encode_to(std::string_view text, bool allow_special,
 }
 
 std::vector<int32_t> Tokenizer::encode_spans(std::span<const TextSpan> spans) const {
+  return encode_spans(spans, {}, nullptr);
+}
+
+std::vector<int32_t> Tokenizer::encode_spans(std::span<const TextSpan> spans, std::span<const size_t> marks,
+                                             std::vector<int64_t>* mark_tokens) const {
   std::string joined;
   std::vector<std::pair<size_t, size_t>> trusted;  // [begin, end) byte ranges of trusted spans
   for (const auto& s : spans) {
@@ -499,12 +504,15 @@ std::vector<int32_t> Tokenizer::encode_spans(std::span<const TextSpan> spans) co
   MatchState ms(impl_->split[2].code);
   const std::string_view text(joined);
   size_t gap_start = 0;
+  size_t next_mark = 0;
   for (const auto& [begin, end] : trusted) {
     for (size_t pos = begin; pos < end; ++pos) {
       if (!impl_->trie.may_start(static_cast<unsigned char>(text[pos]))) continue;
       const auto [len, id] = impl_->trie.match(text, pos, end);
       if (len == 0) continue;
       impl_->encode_gap(text.substr(gap_start, pos - gap_start), ms, &ids);
+      while (next_mark < marks.size() && marks[next_mark] < pos) ++next_mark;
+      if (mark_tokens && next_mark < marks.size() && marks[next_mark] == pos) mark_tokens->push_back(int64_t(ids.size()));
       ids.push_back(id);
       pos += len - 1;
       gap_start = pos + 1;

@@ -56,6 +56,11 @@ class Tokenizer {
   // Encodes the concatenation of the spans; special tokens only inside trusted spans, and each
   // gap between special tokens is pre-tokenized as one whole across span boundaries.
   std::vector<int32_t> encode_spans(std::span<const TextSpan> spans) const;
+  // As above; for every byte offset in `marks` (increasing) where a trusted special token starts,
+  // the number of tokens before it goes to *mark_tokens. Such a position is exact: the tokens
+  // before a special token do not depend on the text after it. Other marks are skipped.
+  std::vector<int32_t> encode_spans(std::span<const TextSpan> spans, std::span<const size_t> marks,
+                                    std::vector<int64_t>* mark_tokens) const;
 
   // Concatenated bytes of the tokens (may end inside a UTF-8 character). Throws on ids outside
   // [0, vocab_size); ids with no entry decode to nothing.

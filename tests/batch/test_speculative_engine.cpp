@@ -7,7 +7,7 @@
 // included). Every request's tokens equal plain greedy decoding of its prompt (Model::step, one
 // token per step, no MTP) up to max_tokens or EOS, and the logprobs equal the log-softmax of the
 // plain logits (1e-5). Prompts longer than the token budget are chunked and run inside the verify
-// plans of the sequences already decoding. The prefix-reuse case starts requests from copies of
+// plans of the sequences already decoding. The prefix-reuse case resumes requests from prefix points of
 // finished speculative sequences (state and MTP state) and must still equal plain greedy.
 #include <gtest/gtest.h>
 
@@ -88,7 +88,7 @@ runtime::SchedulerOptions speculative_options(int depth, int32_t eos, bool prefi
   o.max_queue = 16;
   o.kv_budget_bytes = int64_t(1) << 30;
   o.eos_token_id = eos;
-  o.prefix_cache = prefix_cache;
+  o.prefix_cache.enabled = prefix_cache;
   return o;
 }
 
@@ -133,7 +133,8 @@ INSTANTIATE_TEST_SUITE_P(SmallVocabularies, SpeculativeSchedulerTest,
                          ::testing::Values(std::make_tuple(6, uint64_t(1)), std::make_tuple(4, uint64_t(5))));
 
 // Agent turns under `serve --mtp 2`: each turn's prompt extends the previous prompt and its
-// answer, so it starts from a copy of the finished sequence (main and MTP state). The answers
+// answer, so it resumes from the prefix point at the end of the finished sequence (main tail,
+// entry blocks and the MTP tail). The answers
 // equal plain greedy decoding of the full prompts, and the prefix cache was hit.
 TEST(SpeculativeServe, PrefixReuseEqualsPlainGreedy) {
   LoadedModel lm(model::slice_layers(model::testing::tiny_mtp_config(6), 3), 1);

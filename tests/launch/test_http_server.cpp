@@ -228,6 +228,54 @@ TEST_F(HttpServerTest, HealthModelsAndAuth) {
   EXPECT_TRUE(Json::parse(missing->body).contains("error"));
 }
 
+// The prefix cache as a client sees it: usage.prompt_tokens_details.cached_tokens for another user
+// with the same system prompt (up to the end of the system message, counted here with the
+// tokenizer), the same prompt sent again (all but its last token), a thinking-mode next turn
+// without tools (the previous turn's prompt up to its <｜Assistant｜>: the reasoning is dropped), and
+// the /metrics lines that count them.
+TEST_F(HttpServerTest, PrefixCacheCachedTokensAndMetrics) {
+  auto s = start();
+  httplib::Client c = s->client();
+  std::string system;
+  for (int i = 0; i < 12; ++i) system += "You are a careful assistant who answers briefly. ";
+  const auto ask = [&](const Json& messages) {
+    auto r = post(c, "/v1/chat/completions", Json{{"model", "tiny"}, {"messages", messages}, {"max_tokens", 2}}.dump());
+    EXPECT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
+    return r ? Json::parse(r->body)["usage"] : Json();
+  };
+  const auto cached = [](const Json& usage) { return usage["prompt_tokens_details"]["cached_tokens"].get<int64_t>(); };
+  const Json first_turn = Json::array({{{"role", "system"}, {"content", system}},
+                                       {{"role", "user"}, {"content", "What is the capital of France?"}}});
+  const Json u1 = ask(first_turn);
+  EXPECT_EQ(cached(u1), 0);
+  const int64_t first_len = u1["prompt_tokens"].get<int64_t>();
+
+  const Json other_user = ask(Json::array({{{"role", "system"}, {"content", system}},
+                                           {{"role", "user"}, {"content", "How tall is Mont Blanc?"}}}));
+  EXPECT_EQ(cached(other_user), 1 + int64_t(tok_->encode(system).size()));  // BOS + the system message
+
+  EXPECT_EQ(cached(ask(first_turn)), first_len - 1);
+
+  Json next_turn = first_turn;
+  next_turn.push_back({{"role", "assistant"}, {"content", "Paris."}, {"reasoning_content", "France: Paris."}});
+  next_turn.push_back({{"role", "user"}, {"content", "And of Italy?"}});
+  EXPECT_EQ(cached(ask(next_turn)), first_len - 1);
+
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m);
+  for (const char* line : {"v4rt_prefix_cache_lookups_total 4", "v4rt_prefix_cache_hits_total 3",
+                           "v4rt_prefix_cache_evicted_points_total 0"})
+    EXPECT_NE(m->body.find(line), std::string::npos) << line << "\n" << m->body;
+  const int64_t reused = cached(other_user) + 2 * (first_len - 1);
+  EXPECT_NE(m->body.find("v4rt_prefix_cache_reused_tokens_total " + std::to_string(reused)), std::string::npos)
+      << m->body;
+  for (const char* gauge : {"v4rt_prefix_cache_bytes ", "v4rt_prefix_cache_points ", "v4rt_prefix_cache_blocks "}) {
+    const size_t at = m->body.find(std::string("\n") + gauge);
+    ASSERT_NE(at, std::string::npos) << gauge;
+    EXPECT_GT(std::stoll(m->body.substr(at + 1 + std::string(gauge).size())), 0) << gauge;
+  }
+}
+
 // A second server cannot take the port of a running one (no SO_REUSEPORT), and hundreds of
 // clients connecting at once fit the listen backlog: every one of them is answered.
 TEST_F(HttpServerTest, PortIsExclusiveAndBacklogHoldsManyConnects) {

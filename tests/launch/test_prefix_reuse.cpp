@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
-// Agent prefix reuse on the tiny model: a request whose prompt extends a finished one continues
-// from a copy of its state and must give the same logits as a full recompute from an empty state
-// (tolerance 0: the CPU reference computes each row the same way whatever the chunking); the
-// prefill saving is measured, and so is the time to first token with and without reuse on a long
-// transcript (printed; docs/SERVING.md quotes it).
+// The prefix cache through the scheduler and the executor on the tiny model: a request resumed from
+// every kind of prefix point (the end of a finished sequence, a message boundary, the resent
+// prompt's last token but one, an every-N point; inside and on the end of compression blocks)
+// must give the same logits as a full recompute from an empty state (tolerance 0: the CPU
+// reference computes each row the same way whatever the chunking); requests arriving together
+// compute a shared prefix once; the tree's bytes equal the payload bytes the executor holds,
+// through evictions. The time to first token with and without reuse on a long transcript is
+// printed (docs/SERVING.md quotes it).
 #include <gtest/gtest.h>
 
 #include <span>
@@ -67,6 +70,37 @@ struct Stepper {
     }
     return first;
   }
+  // Submits all of `reqs` at once and runs until idle; returns each one's first logits row (the
+  // chunk that ends its prompt; the requests' prompts differ in their last tokens).
+  std::vector<std::vector<float>> run_all(const std::vector<std::shared_ptr<Request>>& reqs) {
+    for (const auto& r : reqs) EXPECT_EQ(scheduler.submit(r).status, 200);
+    std::vector<std::vector<float>> first(reqs.size());
+    StepPlan plan;
+    std::vector<std::vector<float>> logits;
+    while (scheduler.next_plan(&plan, 0ms)) {
+      executor.run(plan, &logits);
+      size_t offset = 0;
+      for (size_t i = 0; i < plan.chunks.size(); ++i) {
+        const PlanChunk& c = plan.chunks[i];
+        const std::span<const int32_t> toks(plan.tokens.data() + offset, size_t(c.num_tokens));
+        offset += size_t(c.num_tokens);
+        for (size_t k = 0; k < reqs.size(); ++k) {
+          const std::vector<int32_t>& p = reqs[k]->prompt;
+          if (!c.want_logits || c.start_pos + c.num_tokens != int64_t(p.size()) || !first[k].empty()) continue;
+          if (std::equal(toks.begin(), toks.end(), p.begin() + c.start_pos)) first[k] = logits[i];
+        }
+      }
+      scheduler.complete(plan, logits);
+    }
+    return first;
+  }
+  // Tree bytes (the leader's accounting) == payload bytes this rank holds.
+  void expect_tree_matches_store() {
+    const int64_t tree = metrics.gauges().prefix.bytes;
+    const int64_t store = executor.prefix_store() ? executor.prefix_store()->bytes() : 0;
+    EXPECT_EQ(tree, store);
+    EXPECT_EQ(executor.num_kept_points(), 0u);
+  }
   Metrics metrics;
   Scheduler scheduler;
   Executor executor;
@@ -78,6 +112,27 @@ std::shared_ptr<Request> greedy_request(std::vector<int32_t> prompt, int max_tok
   r->sampling.temperature = 0;
   r->sampling.max_tokens = max_tokens;
   return r;
+}
+
+// Logits of the last token of `prompt` computed from an empty state in one chunk.
+std::vector<float> full_recompute(model::Model& m, const std::vector<int32_t>& prompt) {
+  auto seq = m.new_sequence();
+  model::StepChunk chunk{seq.get(), std::span<const int32_t>(prompt), false};
+  std::vector<std::vector<float>> full;
+  m.step(std::span<const model::StepChunk>(&chunk, 1), &full);
+  return full.at(0);
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double d = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, double(std::fabs(a[i] - b[i])));
+  return d;
+}
+
+std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
 }
 
 std::vector<int32_t> generated(const std::shared_ptr<Request>& r) {
@@ -176,7 +231,7 @@ TEST_F(PrefixReuseTest, TimeToFirstTokenOnALongAgentTranscript) {
   for (int reuse = 0; reuse < 2; ++reuse) {
     SchedulerOptions o;
     o.max_batch_tokens = 512;
-    o.prefix_cache = reuse == 1;
+    o.prefix_cache.enabled = reuse == 1;
     Stepper d(m, o);
     auto r1 = greedy_request(transcript, 4);
     d.run(r1);
@@ -201,17 +256,88 @@ TEST_F(PrefixReuseTest, EvictedUnderMemoryPressure) {
   model::Model& m = *tiny_->model;
   SchedulerOptions o;
   o.kv_budget_bytes = model::state_bytes(m.config(), 200);
+  o.prefix_cache.budget_fraction = 1.0;
   Stepper d(m, o);
   auto a = greedy_request(random_tokens(100, 5), 2);
   d.run(a);
-  EXPECT_EQ(d.metrics.gauges().prefix_cache_entries, 1);
-  // A different 150-token request needs the memory the cached entry holds.
+  // The prompt point 99 and the end 101; while a ran, the tree had only what a's state left of
+  // the budget, so it may have given up the first already.
+  EXPECT_GE(d.metrics.gauges().prefix.points, 1);
+  EXPECT_LE(d.metrics.gauges().kv_bytes_used, o.kv_budget_bytes);
+  d.expect_tree_matches_store();
+  // A different 150-token request needs memory the tree holds.
   auto b = greedy_request(random_tokens(150, 6), 2);
   d.run(b);
   EXPECT_EQ(generated(b).size(), 2u);
-  EXPECT_EQ(d.metrics.gauges().prefix_cache_entries, 1);  // a evicted, b kept
-  EXPECT_EQ(d.executor.num_sequences(), 1u);
+  EXPECT_GT(d.metrics.gauges().prefix.evicted_points, 0);
+  d.expect_tree_matches_store();
+  EXPECT_EQ(d.executor.num_sequences(), 0u);  // every state released; the points hold no sequence
   EXPECT_LE(d.metrics.gauges().kv_bytes_used, o.kv_budget_bytes);
+}
+
+// Every kind of point, each checked against a full recompute of the new prompt. Points inside a
+// compression block (CSA ratio 4, HCA ratio 128) carry the compressors' partial rows: 150
+// (150 % 4 = 2, 150 % 128 = 22) and 209 (209 % 4 = 1); the every-N point 128 ends an HCA block.
+TEST_F(PrefixReuseTest, EveryKindOfPointResumesExactly) {
+  model::Model& m = *tiny_->model;
+  SchedulerOptions o;
+  o.max_batch_tokens = 64;  // the first prompt is cut into chunks, the resumed ones differently
+  o.prefix_cache.every_n = 128;
+  Stepper d(m, o);
+  const std::vector<int32_t> system = random_tokens(150, 7), user1 = random_tokens(60, 8);
+  auto r1 = greedy_request(concat(system, user1), 1);
+  r1->boundaries = {150};
+  d.run(r1);
+  d.expect_tree_matches_store();
+
+  struct Case {
+    const char* kind;
+    std::vector<int32_t> prompt;
+    std::vector<int64_t> boundaries;
+    int64_t cached;
+  };
+  std::vector<int32_t> fork = concat(system, user1);
+  fork.resize(140);  // diverges after the every-N point 128, before the boundary
+  const std::vector<Case> cases = {
+      {"message boundary (another user, same system prompt)", concat(system, random_tokens(50, 9)), {150}, 150},
+      {"prompt point (the same prompt again)", concat(system, user1), {150}, 209},
+      {"every-N point (a fork inside the system prompt)", concat(fork, random_tokens(40, 10)), {}, 128},
+  };
+  for (const Case& c : cases) {
+    auto r = greedy_request(c.prompt, 1);
+    r->boundaries = c.boundaries;
+    const std::vector<float> resumed = d.run(r);
+    EXPECT_EQ(r->stream->cached_tokens, c.cached) << c.kind;
+    const double diff = max_abs_diff(resumed, full_recompute(m, c.prompt));
+    std::printf("%s: %lld of %zu prompt tokens cached, max |logit diff| vs full recompute = %g\n", c.kind,
+                (long long)r->stream->cached_tokens, c.prompt.size(), diff);
+    EXPECT_EQ(diff, 0.0) << c.kind;
+    d.expect_tree_matches_store();
+  }
+}
+
+// A batch arriving at once with a shared 200-token prefix: one request computes it, the others
+// wait for its point and resume there (each prefix token computed once), and every request's
+// logits equal a full recompute.
+TEST_F(PrefixReuseTest, BatchArrivingTogetherComputesTheSharedPrefixOnce) {
+  model::Model& m = *tiny_->model;
+  SchedulerOptions o;
+  o.max_batch_tokens = 128;
+  Stepper d(m, o);
+  const std::vector<int32_t> shared = random_tokens(200, 11);
+  std::vector<std::shared_ptr<Request>> reqs;
+  for (int i = 0; i < 6; ++i) {
+    reqs.push_back(greedy_request(concat(shared, random_tokens(16, 20 + uint32_t(i))), 1));
+    reqs.back()->boundaries = {200};
+  }
+  const std::vector<std::vector<float>> first = d.run_all(reqs);
+  EXPECT_EQ(uint64_t(d.metrics.prefill_tokens), 200u + 6u * 16u);
+  EXPECT_EQ(d.metrics.gauges().prefix.hits, 5);
+  for (size_t k = 0; k < reqs.size(); ++k) {
+    EXPECT_EQ(reqs[k]->stream->cached_tokens, k == 0 ? 0 : 200) << "request " << k;
+    EXPECT_EQ(max_abs_diff(first[k], full_recompute(m, reqs[k]->prompt)), 0.0) << "request " << k;
+  }
+  d.expect_tree_matches_store();
 }
 
 }  // namespace

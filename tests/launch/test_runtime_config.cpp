@@ -182,6 +182,29 @@ TEST(RuntimeConfig, UnknownKeysInEverySection) {
   expect_error_naming([] { parse_runtime_config("version: 2\n", "u.yaml"); }, {"'version'", "not a known key"});
 }
 
+// The prefix_cache section: defaults, values, and out-of-range values naming the key. The block
+// size against the model's compress ratios is checked when the scheduler starts (it knows the model).
+TEST(RuntimeConfig, PrefixCacheSection) {
+  const RuntimeConfig d = parse_runtime_config("", "p.yaml");
+  EXPECT_TRUE(d.server.prefix_cache);
+  EXPECT_EQ(d.prefix_cache.block_tokens, 256);
+  EXPECT_EQ(d.prefix_cache.every_n, 4096);
+  EXPECT_DOUBLE_EQ(d.prefix_cache.budget_fraction, 0.5);
+  const RuntimeConfig c =
+      parse_runtime_config("prefix_cache: {block_tokens: 512, every_n: 0, budget_fraction: 0.25}\n", "p.yaml");
+  EXPECT_EQ(c.prefix_cache.block_tokens, 512);
+  EXPECT_EQ(c.prefix_cache.every_n, 0);
+  EXPECT_DOUBLE_EQ(c.prefix_cache.budget_fraction, 0.25);
+  expect_error_naming([] { parse_runtime_config("prefix_cache: {block_tokens: 0}\n", "p.yaml"); },
+                      {"p.yaml", "'prefix_cache.block_tokens'"});
+  expect_error_naming([] { parse_runtime_config("prefix_cache: {every_n: -1}\n", "p.yaml"); },
+                      {"p.yaml", "'prefix_cache.every_n'"});
+  expect_error_naming([] { parse_runtime_config("prefix_cache: {budget_fraction: 1.5}\n", "p.yaml"); },
+                      {"p.yaml", "'prefix_cache.budget_fraction'"});
+  expect_error_naming([] { parse_runtime_config("prefix_cache: {block: 256}\n", "p.yaml"); },
+                      {"'prefix_cache.block'", "block_tokens"});
+}
+
 // Sizes whose product would overflow the rank count are refused before anything multiplies them.
 TEST(RuntimeConfig, ImplausibleWorldRejected) {
   expect_error_naming([] { parse_runtime_config("parallel: {tp: 65536, sp: 65536}\n", "big.yaml"); },

@@ -1,16 +1,20 @@
 // SPDX-License-Identifier: MIT
 // Scheduler behaviour with synthetic logits (no model): token budget per step with decode first,
 // priority then FIFO admission, admission by KV memory (413 when it can never fit, waiting when it
-// could later), 429 on a full queue, cancellation, timeout, the prefix-reuse copy in the plan, and
-// fail_all (every request ends with an error; the states of the running ones are released by the
-// next plan, which every rank applies).
+// could later), 429 on a full queue, cancellation, timeout, fail_all (every request ends with an
+// error; the states of the running ones are released by the next plan, which every rank applies),
+// and the prefix cache's plan ops: chunks ending at prefix points, the stores that follow them,
+// resumes from the longest point (end of a finished sequence, message boundary, the resent
+// prompt's last token but one), requests waiting for a point another one computes, and eviction
+// that never frees a pinned point.
 #include <gtest/gtest.h>
 
 #include <thread>
 
+#include "model/prefix_state.h"
+#include "model/presets.h"
 #include "model/state.h"
 #include "runtime/scheduler.h"
-#include "model/presets.h"
 
 namespace v4rt::launch::serve {
 namespace {
@@ -32,6 +36,22 @@ class SchedulerTest : public ::testing::Test {
     r->priority = priority;
     return r;
   }
+  // The scheduler without the prefix cache (tests of chunking and admission alone).
+  static SchedulerOptions no_cache() {
+    SchedulerOptions o;
+    o.prefix_cache.enabled = false;
+    return o;
+  }
+  // Runs plans until idle with logits whose argmax is `token`; returns them.
+  std::vector<StepPlan> drain(Scheduler& s, int32_t token) {
+    std::vector<StepPlan> plans;
+    StepPlan p;
+    while (s.next_plan(&p, 0ms)) {
+      s.complete(p, logits_for(p, token));
+      plans.push_back(p);
+    }
+    return plans;
+  }
   // Logits whose argmax is `token`, one row per chunk that wants logits.
   std::vector<std::vector<float>> logits_for(const StepPlan& plan, int32_t token) {
     std::vector<std::vector<float>> out(plan.chunks.size());
@@ -45,7 +65,7 @@ class SchedulerTest : public ::testing::Test {
 };
 
 TEST_F(SchedulerTest, TokenBudgetDecodeFirstThenPrefillChunks) {
-  SchedulerOptions o;
+  SchedulerOptions o = no_cache();
   o.max_batch_tokens = 8;
   Scheduler s(o, config, &metrics);
   auto a = make_request(3, 4), b = make_request(20, 4);
@@ -81,7 +101,7 @@ TEST_F(SchedulerTest, TokenBudgetDecodeFirstThenPrefillChunks) {
 }
 
 TEST_F(SchedulerTest, FailAllEndsRequestsAndReleasesRunningStates) {
-  Scheduler s(SchedulerOptions{}, config, &metrics);
+  Scheduler s(no_cache(), config, &metrics);
   auto a = make_request(3, 8), b = make_request(4, 8, 2000);
   ASSERT_EQ(s.submit(a).status, 200);
   StepPlan p;
@@ -105,7 +125,7 @@ TEST_F(SchedulerTest, FailAllEndsRequestsAndReleasesRunningStates) {
 }
 
 TEST_F(SchedulerTest, PriorityThenFifo) {
-  SchedulerOptions o;
+  SchedulerOptions o = no_cache();
   o.max_running = 1;
   Scheduler s(o, config, &metrics);
   auto low1 = make_request(2, 1, 100), low2 = make_request(2, 1, 200), high = make_request(2, 1, 300, 5);
@@ -124,7 +144,7 @@ TEST_F(SchedulerTest, PriorityThenFifo) {
 TEST_F(SchedulerTest, AdmissionByKvMemory) {
   SchedulerOptions o;
   o.kv_budget_bytes = model::state_bytes(config, 150);
-  o.prefix_cache = false;
+  o.prefix_cache.enabled = false;
   Scheduler s(o, config, &metrics);
   EXPECT_EQ(s.submit(make_request(100, 200)).status, 413);  // can never fit
   auto a = make_request(60, 40), b = make_request(60, 40);
@@ -142,7 +162,7 @@ TEST_F(SchedulerTest, AdmissionByKvMemory) {
 }
 
 TEST_F(SchedulerTest, QueueFullGives429) {
-  SchedulerOptions o;
+  SchedulerOptions o = no_cache();
   o.max_queue = 2;
   Scheduler s(o, config, &metrics);
   EXPECT_EQ(s.submit(make_request(4, 4)).status, 200);
@@ -151,7 +171,7 @@ TEST_F(SchedulerTest, QueueFullGives429) {
 }
 
 TEST_F(SchedulerTest, CancellationAndTimeoutReleaseState) {
-  SchedulerOptions o;
+  SchedulerOptions o = no_cache();
   Scheduler s(o, config, &metrics);
   auto a = make_request(4, 100), b = make_request(4, 100);
   b->deadline = Clock::now() + 50ms;
@@ -172,36 +192,186 @@ TEST_F(SchedulerTest, CancellationAndTimeoutReleaseState) {
   EXPECT_FALSE(s.next_plan(&p, 0ms));
 }
 
-TEST_F(SchedulerTest, PrefixReusePlansACopyAndPrefillsOnlyNewTokens) {
+// A prompt's prefill chunks end at its prefix points (message boundary, the last prompt token but
+// one); the next plan stores each point; a finished sequence adds the point at its end, stored
+// before its state is released; a request extending it resumes there.
+TEST_F(SchedulerTest, ChunksEndAtPrefixPointsAndStoresFollow) {
   SchedulerOptions o;
+  o.max_batch_tokens = 64;
   Scheduler s(o, config, &metrics);
   auto a = make_request(10, 3);
+  a->boundaries = {4};
   ASSERT_EQ(s.submit(a).status, 200);
   StepPlan p;
-  SeqId a_seq = 0;
-  while (s.next_plan(&p, 0ms)) {
-    for (const PlanChunk& c : p.chunks) a_seq = c.seq;
+  ASSERT_TRUE(s.next_plan(&p, 0ms));
+  ASSERT_EQ(p.chunks.size(), 1u);
+  const SeqId a_seq = p.chunks[0].seq;
+  EXPECT_EQ(p.chunks[0].num_tokens, 4);  // up to the boundary
+  EXPECT_EQ(p.chunks[0].take_point, 1);
+  EXPECT_TRUE(p.stores.empty());
+  s.complete(p, logits_for(p, 77));
+  ASSERT_TRUE(s.next_plan(&p, 0ms));
+  ASSERT_EQ(p.stores.size(), 1u);
+  EXPECT_EQ(p.stores[0].seq, a_seq);
+  EXPECT_EQ(p.stores[0].upto, 4);
+  ASSERT_EQ(p.stores[0].points.size(), 1u);
+  EXPECT_EQ(p.stores[0].points[0].position, 4);
+  ASSERT_EQ(p.stores[0].blocks.size(), 1u);  // the point's partial block [0, 4)
+  EXPECT_EQ(p.stores[0].blocks[0].index, 0);
+  EXPECT_EQ(p.stores[0].blocks[0].end, 4);
+  ASSERT_EQ(p.chunks.size(), 1u);
+  EXPECT_EQ(p.chunks[0].start_pos, 4);
+  EXPECT_EQ(p.chunks[0].num_tokens, 5);  // up to the prompt point 9
+  EXPECT_EQ(p.chunks[0].take_point, 1);
+  s.complete(p, logits_for(p, 77));
+  ASSERT_TRUE(s.next_plan(&p, 0ms));
+  ASSERT_EQ(p.stores.size(), 1u);
+  EXPECT_EQ(p.stores[0].points.at(0).position, 9);
+  ASSERT_EQ(p.chunks.size(), 1u);
+  EXPECT_EQ(p.chunks[0].num_tokens, 1);  // the last prompt token, alone, gives the logits
+  EXPECT_EQ(p.chunks[0].want_logits, kLogitsLast);
+  EXPECT_EQ(p.chunks[0].take_point, 0);
+  s.complete(p, logits_for(p, 77));
+  for (int i = 0; i < 2; ++i) {  // two decode steps; the third token ends the request
+    ASSERT_TRUE(s.next_plan(&p, 0ms));
+    EXPECT_TRUE(p.stores.empty());
     s.complete(p, logits_for(p, 77));
   }
-  // a holds its prompt + 2 fed tokens (the third was sampled, never fed).
   std::vector<TokenEvent> ev;
   ASSERT_EQ(a->stream->wait(&ev, 0ms), FinishReason::kLength);
+  ASSERT_TRUE(s.next_plan(&p, 0ms));  // the end point (prompt + 2 fed tokens), then the release
+  ASSERT_EQ(p.stores.size(), 1u);
+  EXPECT_EQ(p.stores[0].seq, a_seq);
+  ASSERT_EQ(p.stores[0].points.size(), 1u);
+  const uint64_t end_point = p.stores[0].points[0].id;
+  EXPECT_EQ(p.stores[0].points[0].position, 12);
+  EXPECT_EQ(p.releases, std::vector<SeqId>{a_seq});
+  EXPECT_FALSE(s.next_plan(&p, 0ms));
+
   auto b = make_request(10, 2);
   b->prompt.insert(b->prompt.end(), {77, 77, 77, 1, 500, 501});
   ASSERT_EQ(s.submit(b).status, 200);
   ASSERT_TRUE(s.next_plan(&p, 0ms));
-  ASSERT_EQ(p.copies.size(), 1u);
-  EXPECT_EQ(p.copies[0].src, a_seq);
+  ASSERT_EQ(p.resumes.size(), 1u);
+  EXPECT_EQ(p.resumes[0].point, end_point);
+  EXPECT_EQ(p.resumes[0].position, 12);
+  EXPECT_EQ(p.resumes[0].blocks.size(), 1u);  // [0, 12) in one partial block
   ASSERT_EQ(p.chunks.size(), 1u);
+  EXPECT_EQ(p.chunks[0].seq, p.resumes[0].dst);
   EXPECT_EQ(p.chunks[0].start_pos, 12);
-  EXPECT_EQ(p.chunks[0].num_tokens, 4);
+  EXPECT_EQ(p.chunks[0].num_tokens, 3);  // up to b's own prompt point 15
   EXPECT_EQ(b->stream->cached_tokens, 12);
+  const PrefixTreeStats st = s.gauges().prefix;
+  EXPECT_EQ(st.lookups, 2);
+  EXPECT_EQ(st.hits, 1);
+  EXPECT_EQ(st.reused_tokens, 12);
+  EXPECT_EQ(st.points, 3);  // 4, 9 and 12
+}
+
+// Another user with the same system prompt resumes at its end; the same prompt sent again
+// resumes at its last token but one.
+TEST_F(SchedulerTest, SharedSystemPromptAndResentPrompt) {
+  Scheduler s(SchedulerOptions{}, config, &metrics);
+  auto a = make_request(12, 2);
+  a->boundaries = {8};
+  ASSERT_EQ(s.submit(a).status, 200);
+  drain(s, 1);
+  auto b = make_request(12, 2);
+  for (int i = 8; i < 12; ++i) b->prompt[size_t(i)] = 5000 + i;
+  b->boundaries = {8};
+  ASSERT_EQ(s.submit(b).status, 200);
+  const std::vector<StepPlan> plans = drain(s, 1);
+  ASSERT_FALSE(plans.empty());
+  ASSERT_EQ(plans[0].resumes.size(), 1u);
+  EXPECT_EQ(plans[0].resumes[0].position, 8);
+  EXPECT_EQ(b->stream->cached_tokens, 8);
+  auto c = make_request(12, 2);
+  ASSERT_EQ(s.submit(c).status, 200);
+  drain(s, 1);
+  EXPECT_EQ(c->stream->cached_tokens, 11);
+  EXPECT_EQ(s.gauges().prefix.hits, 2);
+}
+
+// Requests that arrive together and share a prefix: the first computes it, the others wait for
+// its point and resume there, so each prefix token is computed once.
+TEST_F(SchedulerTest, RequestsArrivingTogetherComputeASharedPrefixOnce) {
+  SchedulerOptions o;
+  o.max_batch_tokens = 256;
+  Scheduler s(o, config, &metrics);
+  std::vector<std::shared_ptr<Request>> reqs;
+  for (int i = 0; i < 5; ++i) {
+    auto r = make_request(46, 1);
+    for (int k = 40; k < 46; ++k) r->prompt[size_t(k)] = 6000 + 10 * i + k;
+    r->boundaries = {40};
+    ASSERT_EQ(s.submit(r).status, 200);
+    reqs.push_back(r);
+  }
+  StepPlan p;
+  ASSERT_TRUE(s.next_plan(&p, 0ms));
+  ASSERT_EQ(p.chunks.size(), 1u);  // the others wait for the point at 40
+  EXPECT_EQ(p.chunks[0].num_tokens, 40);
+  EXPECT_EQ(s.gauges().num_waiting, 4);
+  s.complete(p, logits_for(p, 1));
+  ASSERT_TRUE(s.next_plan(&p, 0ms));
+  EXPECT_EQ(p.stores.size(), 1u);
+  EXPECT_EQ(p.resumes.size(), 4u);
+  for (const PlanResume& r : p.resumes) EXPECT_EQ(r.position, 40);
+  s.complete(p, logits_for(p, 1));
+  drain(s, 1);
+  for (const auto& r : reqs) {
+    std::vector<TokenEvent> ev;
+    EXPECT_EQ(r->stream->wait(&ev, 0ms), FinishReason::kEos);
+  }
+  EXPECT_EQ(uint64_t(metrics.prefill_tokens), 40u + 5u * 6u);
+}
+
+// Under memory pressure the tree gives up unpinned points (PlanFree), never the point a running
+// request resumed from, and the KV budget holds at every step.
+TEST_F(SchedulerTest, EvictionNeverFreesAPinnedPoint) {
+  const int64_t need_b = model::state_bytes(config, 20 + 40), need_c = model::state_bytes(config, 30 + 1);
+  const int64_t pinned_bytes = model::tail_snapshot_bytes(config, 10) +
+                               model::entry_block_bytes(config, model::EntryOwnership{}, 0, 10);
+  SchedulerOptions o;
+  o.kv_budget_bytes = need_b + need_c + pinned_bytes + model::tail_snapshot_bytes(config, 19) / 2;
+  o.prefix_cache.budget_fraction = 1.0;
+  Scheduler s(o, config, &metrics);
+  auto a = make_request(20, 2);
+  a->boundaries = {10};
+  ASSERT_EQ(s.submit(a).status, 200);
+  drain(s, 5);
+  auto b = make_request(20, 40);  // resumes from a's point at 10 and runs on
+  for (int i = 10; i < 20; ++i) b->prompt[size_t(i)] = 7000 + i;
+  ASSERT_EQ(s.submit(b).status, 200);
+  StepPlan p;
+  ASSERT_TRUE(s.next_plan(&p, 0ms));
+  ASSERT_EQ(p.resumes.size(), 1u);
+  const uint64_t pinned = p.resumes[0].point;
+  EXPECT_EQ(p.resumes[0].position, 10);
+  s.complete(p, logits_for(p, 5));
+  auto c = make_request(30, 1, 30000);  // needs memory the tree holds
+  ASSERT_EQ(s.submit(c).status, 200);
+  std::vector<uint64_t> freed;
+  bool b_running = true;
+  while (s.next_plan(&p, 0ms)) {
+    for (uint64_t id : p.frees) {
+      freed.push_back(id);
+      if (b_running) EXPECT_NE(id, pinned) << "the pinned point was freed while its request ran";
+    }
+    EXPECT_LE(s.gauges().kv_bytes_used, o.kv_budget_bytes);
+    s.complete(p, logits_for(p, 5));
+    std::vector<TokenEvent> ev;
+    if (b->stream->wait(&ev, 0ms) != FinishReason::kNone) b_running = false;
+  }
+  std::vector<TokenEvent> ev;
+  EXPECT_EQ(c->stream->wait(&ev, 0ms), FinishReason::kLength);
+  EXPECT_FALSE(freed.empty());
+  EXPECT_GT(s.gauges().prefix.evicted_points, 0);
 }
 
 // ignore_eos (the benchmarks' fixed output length): EOS is emitted as an ordinary token and the
 // generation runs to max_tokens; without it the same logits end the request at once.
 TEST_F(SchedulerTest, IgnoreEosRunsToMaxTokens) {
-  Scheduler s(SchedulerOptions{}, config, &metrics);
+  Scheduler s(no_cache(), config, &metrics);
   auto plain = make_request(3, 5), ignoring = make_request(3, 5, 2000);
   ignoring->sampling.ignore_eos = true;
   ASSERT_EQ(s.submit(plain).status, 200);

@@ -1,12 +1,11 @@
 // SPDX-License-Identifier: MIT
-// Serving building blocks without a model: StepPlan encoding, the prefix cache, stop strings,
+// Serving building blocks without a model: StepPlan encoding (prefix-cache ops included), stop strings,
 // request validation errors and the KV estimate.
 #include <gtest/gtest.h>
 
 #include "common/check.h"
 #include "launch/serve/openai_api.h"
 #include "launch/serve/output.h"
-#include "runtime/prefix_cache.h"
 #include "model/state.h"
 #include "runtime/step_plan.h"
 #include "model/presets.h"
@@ -20,10 +19,12 @@ StepPlan sample_plan() {
   StepPlan p;
   p.step_idx = 42;
   p.resolves = {{5, 2}};
-  p.copies = {{7, 9}};
+  p.stores = {{8, 300, 256, {{21, 299}}, {{22, 0, 256}, {23, 1, 299}}}};
+  p.resumes = {{9, 100, 21, {22, 24}}};
   p.drafts = {{5, 2, 3, 17}};
-  p.chunks = {{9, 100, 3, kLogitsAll, ChunkKind::kVerify}, {11, 0, 2, kLogitsNone, ChunkKind::kHidden}};
+  p.chunks = {{9, 100, 3, kLogitsAll, ChunkKind::kVerify}, {11, 0, 2, kLogitsNone, ChunkKind::kHidden, 1}};
   p.tokens = {5, 6, 7, 128803, 0};
+  p.frees = {30, 31, 32};
   p.releases = {3, 4};
   return p;
 }
@@ -41,9 +42,25 @@ TEST(StepPlan, RoundTrip) {
   EXPECT_EQ(q.drafts[0].level, 2);
   EXPECT_EQ(q.drafts[0].depth, 3);
   EXPECT_EQ(q.drafts[0].token, 17);
-  ASSERT_EQ(q.copies.size(), 1u);
-  EXPECT_EQ(q.copies[0].src, 7u);
-  EXPECT_EQ(q.copies[0].dst, 9u);
+  ASSERT_EQ(q.stores.size(), 1u);
+  EXPECT_EQ(q.stores[0].seq, 8u);
+  EXPECT_EQ(q.stores[0].upto, 300);
+  EXPECT_EQ(q.stores[0].block_tokens, 256);
+  ASSERT_EQ(q.stores[0].points.size(), 1u);
+  EXPECT_EQ(q.stores[0].points[0].id, 21u);
+  EXPECT_EQ(q.stores[0].points[0].position, 299);
+  ASSERT_EQ(q.stores[0].blocks.size(), 2u);
+  EXPECT_EQ(q.stores[0].blocks[1].id, 23u);
+  EXPECT_EQ(q.stores[0].blocks[1].index, 1);
+  EXPECT_EQ(q.stores[0].blocks[1].end, 299);
+  ASSERT_EQ(q.resumes.size(), 1u);
+  EXPECT_EQ(q.resumes[0].dst, 9u);
+  EXPECT_EQ(q.resumes[0].position, 100);
+  EXPECT_EQ(q.resumes[0].point, 21u);
+  EXPECT_EQ(q.resumes[0].blocks, (std::vector<uint64_t>{22, 24}));
+  EXPECT_EQ(q.frees, p.frees);
+  EXPECT_EQ(q.chunks[0].take_point, 0);
+  EXPECT_EQ(q.chunks[1].take_point, 1);
   ASSERT_EQ(q.chunks.size(), 2u);
   EXPECT_EQ(q.chunks[0].seq, 9u);
   EXPECT_EQ(q.chunks[0].start_pos, 100);
@@ -78,12 +95,12 @@ TEST(StepPlan, RejectsTruncatedAndInconsistent) {
   bad.chunks[1].want_logits = kLogitsAll + 1;
   EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
   bytes = serialize_plan(sample_plan());
-  bytes[4] = 2;  // the version field: version 2 plans had no kLogitsAll
+  bytes[4] = 3;  // the version field: version 3 plans had no prefix-cache ops
   try {
     deserialize_plan(bytes);
-    ADD_FAILURE() << "a version 2 plan was accepted";
+    ADD_FAILURE() << "a version 3 plan was accepted";
   } catch (const v4rt::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("version 2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("version 3"), std::string::npos) << e.what();
   }
   bad = sample_plan();
   bad.chunks[1].kind = ChunkKind(3);
@@ -96,29 +113,34 @@ TEST(StepPlan, RejectsTruncatedAndInconsistent) {
   EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
 }
 
-TEST(PrefixCache, LongestProperPrefixAndLru) {
-  PrefixCache c;
-  c.insert({1, {1, 2, 3}, 30});
-  c.insert({2, {9, 9}, 20});
-  c.insert({3, {1, 2, 3, 4, 5}, 50});  // supersedes entry 1
-  EXPECT_EQ(c.size(), 2u);
-  EXPECT_EQ(c.bytes(), 70);
-  const std::vector<int32_t> prompt{1, 2, 3, 4, 5, 6};
-  const CacheEntry* hit = c.match(prompt);
-  ASSERT_NE(hit, nullptr);
-  EXPECT_EQ(hit->seq, 3u);
-  // An entry equal to the whole prompt leaves nothing to compute: no match.
-  const std::vector<int32_t> same{1, 2, 3, 4, 5};
-  EXPECT_EQ(c.match(same), nullptr);
-  const std::vector<int32_t> other{1, 2, 4, 4, 5, 6};
-  EXPECT_EQ(c.match(other), nullptr);
-  // Entry 3 was used last, so entry 2 goes first; `keep` protects an entry.
-  int64_t freed = 0;
-  EXPECT_EQ(c.evict_lru(2, &freed).value(), 3u);
-  EXPECT_EQ(freed, 50);
-  EXPECT_EQ(c.evict_lru().value(), 2u);
-  EXPECT_FALSE(c.evict_lru().has_value());
-  EXPECT_EQ(c.bytes(), 0);
+// Every prefix-cache op names what is wrong with it.
+TEST(StepPlan, RejectsBadPrefixOps) {
+  const auto rejects = [](const StepPlan& p, const std::string& words) {
+    try {
+      deserialize_plan(serialize_plan(p));
+      ADD_FAILURE() << "accepted a plan that should fail with '" << words << "'";
+    } catch (const v4rt::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  StepPlan bad = sample_plan();
+  bad.chunks[1].take_point = 2;
+  rejects(bad, "take_point 2");
+  bad = sample_plan();
+  bad.stores[0].points[0].position = 301;  // past the store's upto
+  rejects(bad, "point 21 at 301");
+  bad = sample_plan();
+  bad.stores[0].blocks[1].end = 513;  // block 1 of 256 tokens ends by 512
+  rejects(bad, "block 23");
+  bad = sample_plan();
+  bad.stores[0].block_tokens = 0;
+  rejects(bad, "blocks of 0 tokens");
+  bad = sample_plan();
+  bad.resumes[0].point = 0;
+  rejects(bad, "resume of sequence 9");
+  bad = sample_plan();
+  bad.resumes[0].position = 0;
+  rejects(bad, "resume of sequence 9 at 0");
 }
 
 TEST(StopFilter, HoldsBackPrefixesAndCutsAtMatch) {

@@ -60,7 +60,8 @@ Shared& shared() {
   return s;
 }
 
-void check_layout(const char* name, const parallel::Layout& layout) {
+// `system_tokens`: the prefix the second request shares (its boundary point).
+void check_layout(const char* name, const parallel::Layout& layout, int system_tokens = 170) {
   if (v4rt::testing::world_size() != layout.world()) GTEST_SKIP() << name << " needs " << layout.world() << " ranks";
   SCOPED_TRACE(name);
   Shared& sh = shared();
@@ -77,8 +78,8 @@ void check_layout(const char* name, const parallel::Layout& layout) {
   PrefixTree tree(o);
   PrefixStore store(*m, kBlockTokens);
 
-  const std::vector<int32_t> system = prompt_tokens(vocab, 170, 1);  // mid CSA and HCA block
-  int64_t expected_cached[] = {0, 170, 0};
+  const std::vector<int32_t> system = prompt_tokens(vocab, system_tokens, 1);  // mid CSA and HCA block
+  int64_t expected_cached[] = {0, system_tokens, 0};
   for (int r = 0; r < 3; ++r) {
     std::vector<int32_t> prompt = system;
     const std::vector<int32_t> user = prompt_tokens(vocab, 40 + 9 * r, 10 + uint32_t(r));
@@ -87,7 +88,7 @@ void check_layout(const char* name, const parallel::Layout& layout) {
     const PrefixMatch match = tree.match(prompt);
     EXPECT_EQ(match.position, expected_cached[r]) << "request " << r;
     auto seq = match.position > 0 ? store.resume(match) : m->new_sequence();
-    const std::vector<int64_t> boundaries = {170};
+    const std::vector<int64_t> boundaries = {system_tokens};
     const std::vector<int64_t> points = PrefixTree::plan_points(int64_t(prompt.size()), match.position, boundaries, 64);
     std::map<int64_t, model::TailSnapshot> snaps;
     int64_t pos = match.position;
@@ -120,6 +121,9 @@ void check_layout(const char* name, const parallel::Layout& layout) {
 }
 
 TEST(PrefixResumeMpi, Sp2) { check_layout("sp2", v4rt::testing::test_layout(1, 2, 1, 1)); }
+// 700 shared tokens: 5 HCA entries, the fifth owned by rank 1, whose entry blocks 0..3 hold none
+// of its HCA rows (a resume must look past blocks that hold nothing for its rank).
+TEST(PrefixResumeMpi, Sp2LongPrefix) { check_layout("sp2, 700-token prefix", v4rt::testing::test_layout(1, 2, 1, 1), 700); }
 TEST(PrefixResumeMpi, Tp2) { check_layout("tp2", v4rt::testing::test_layout(2, 1, 1, 1)); }
 TEST(PrefixResumeMpi, Tp2Sp2) { check_layout("tp2 sp2", v4rt::testing::test_layout(2, 2, 1, 1)); }
 TEST(PrefixResumeMpi, Sp4) { check_layout("sp4", v4rt::testing::test_layout(1, 4, 1, 1)); }
