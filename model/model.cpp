@@ -19,12 +19,33 @@ Numerics parse_numerics(const std::string& text) {
   V4RT_FAIL("numerics '" << text << "' is not one of: reference, official");
 }
 
+namespace {
+
+// The SP merges on the backend's memory: host loops for the CPU, kernels on its stream for CUDA.
+std::unique_ptr<parallel::SpOps> make_sp_ops(kernels::Backend& backend) {
+  if (backend.device() == Device::kHost) return parallel::make_host_sp_ops();
+#if defined(V4RT_HAVE_CUDA)
+  return parallel::make_cuda_sp_ops(backend.stream_handle());
+#else
+  V4RT_FAIL("backend " << backend.name() << " has no SP ops in this build");
+#endif
+}
+
+}  // namespace
+
 std::unique_ptr<Model> Model::load(const Checkpoint& ckpt, const ModelOptions& options, kernels::Backend& backend) {
   std::unique_ptr<Model> m(new Model(ckpt.config(), options, backend));
   const ParallelContext& par = options.parallel;
   m->weights_ = load_weights(ckpt, backend, par.sharded() ? shard_of(par.plan) : options.shard, options.load_observer);
   if (par.layout.tp > 1) CHECK(par.tp && par.tp->size() == par.layout.tp) << "TP layout without its communicator";
-  if (par.layout.sp > 1) CHECK(par.sp && par.sp->size() == par.layout.sp) << "SP layout without its communicator";
+  if (par.layout.sp > 1) {
+    CHECK(par.sp && par.sp->size() == par.layout.sp) << "SP layout without its communicator";
+    CHECK(par.sp->device() == backend.device())
+        << "SP group '" << par.sp->name() << "' is on " << (par.sp->device() == Device::kHost ? "host" : "device")
+        << " memory but the " << backend.name() << " backend's activations are not: build the process groups "
+        << "with cluster::make_groups for this backend's device and stream";
+    m->sp_ops_ = make_sp_ops(backend);
+  }
   if (par.layout.ep > 1) {
     CHECK(par.ep && par.ep->size() == par.layout.ep) << "EP layout without its communicator";
     parallel::EpConfig ec;
@@ -97,7 +118,8 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
   const int64_t hc = config_.hc_mult;
   const int64_t hidden = config_.hidden_size;
   const BlockContext ctx{config_, backend_, options_.numerics == Numerics::kOfficial,
-                         options_.parallel.sharded() ? &options_.parallel : nullptr, expert_parallel_.get()};
+                         options_.parallel.sharded() ? &options_.parallel : nullptr, expert_parallel_.get(),
+                         sp_ops_.get()};
   // Row ranges of the chunks in the concatenated token list.
   const size_t nc = chunks.size();
   std::vector<int64_t> row0(nc + 1, 0), pos(nc);

@@ -19,6 +19,7 @@
 #include "model/state.h"
 #include "model/weights.h"
 #include "parallel/ep.h"
+#include "parallel/sp_ops.h"
 
 namespace v4rt::model {
 
@@ -92,6 +93,7 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   const ModelOptions& options() const { return options_; }
   parallel::ExpertParallel* expert_parallel() const { return expert_parallel_.get(); }
+  parallel::SpOps* sp_ops() const { return sp_ops_.get(); }
   // The slice of the weights this rank holds.
   Shard shard() const;
 
@@ -114,6 +116,7 @@ class Model {
   ModelWeights weights_;
   LayerObserver observer_;
   std::unique_ptr<parallel::ExpertParallel> expert_parallel_;  // set when layout.ep > 1
+  std::unique_ptr<parallel::SpOps> sp_ops_;                    // set when layout.sp > 1
 };
 
 }  // namespace v4rt::model
