@@ -24,6 +24,7 @@
 #include "launch/backend_option.h"
 #include "launch/commands.h"
 #include "launch/model_run.h"
+#include "launch/runtime_config.h"
 #include "runtime/engine.h"
 #include "model/mtp.h"
 #include "model/sampler.h"
@@ -98,6 +99,8 @@ void run_generate(const GenerateArgs& args) {
   so.eos_token_id = eos;
   so.mtp_depth = args.mtp;
   so.prefill_chunk = prefill_chunk;
+  so.device_sampling =
+      draws_on_device(args.run.config.empty() ? RuntimeConfig{} : load_runtime_config(args.run.config), m.backend());
   runtime::Metrics metrics;
   runtime::Engine engine(run.lead(), so, &metrics);
   auto req = std::make_shared<runtime::Request>();

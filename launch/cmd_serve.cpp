@@ -174,6 +174,7 @@ void run_serve(const ServeArgs& args) {
     so.eos_token_id = int32_t(m.config().eos_token_id);
     so.mtp_depth = args.mtp;
     so.prefill_chunk = rc.prefill_chunk;
+    so.device_sampling = draws_on_device(rc, m.backend());
     engine = std::make_unique<runtime::Engine>(run->lead(), so, &metrics);
     if (run->num_ranks() > 1) fault_path = std::make_unique<serve::FaultPath>(engine->scheduler());
     engine->start();

@@ -152,8 +152,7 @@ std::string ModelRun::byte_report() {
   // Per step: plan broadcast, TP, SP, EP (the groups may coincide; each is counted as its role).
   std::vector<double> mine = {double(num_steps()), bytes(link_->comm()) / steps,
                               par.layout.tp > 1 ? bytes(par.tp) / steps : 0.0,
-                              par.layout.sp > 1 ? (bytes(par.sp) + (par.sp_host != par.sp ? bytes(par.sp_host) : 0.0)) / steps
-                                                : 0.0,
+                              par.layout.sp > 1 ? bytes(par.sp) / steps : 0.0,
                               par.layout.ep > 1 ? bytes(par.ep) / steps : 0.0};
   LOG(INFO) << "bytes sent per step (" << mine[0] << " steps): plan " << mine[1] << ", tp " << mine[2] << ", sp "
             << mine[3] << ", ep " << mine[4];

@@ -120,11 +120,14 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   V4RT_REQUIRE(c.numerics == "reference" || c.numerics == "official",
                top.where("numerics") << " must be 'reference' or 'official', got '" << c.numerics << "'");
 
-  const Section s(top.child("sampling"), source, "sampling", {"temperature", "top_p", "seed", "max_tokens"});
+  const Section s(top.child("sampling"), source, "sampling", {"temperature", "top_p", "seed", "max_tokens", "draw"});
   s.get("temperature", &c.sampling.temperature);
   s.get("top_p", &c.sampling.top_p);
   s.get("seed", &c.sampling.seed);
   s.get("max_tokens", &c.sampling.max_tokens);
+  s.get("draw", &c.sampling.draw);
+  V4RT_REQUIRE(c.sampling.draw == "auto" || c.sampling.draw == "device" || c.sampling.draw == "host",
+               s.where("draw") << " must be 'auto', 'device' or 'host', got '" << c.sampling.draw << "'");
   // The same ranges as a request's own sampling fields (OpenAI's); NaN fails every comparison.
   V4RT_REQUIRE(c.sampling.temperature >= 0.0 && c.sampling.temperature <= 2.0,
                s.where("temperature") << " must be in [0, 2], got " << c.sampling.temperature);
@@ -243,6 +246,11 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
   };
 }
 
+bool draws_on_device(const RuntimeConfig& config, const kernels::Backend& backend) {
+  if (config.sampling.draw == "auto") return backend.device() != Device::kHost;
+  return config.sampling.draw == "device";
+}
+
 kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_index) {
   kernels::BackendOptions o;
   o.device_index = device_index;
@@ -268,6 +276,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "top_p" << YAML::Value << c.sampling.top_p;
   out << YAML::Key << "seed" << YAML::Value << c.sampling.seed;
   out << YAML::Key << "max_tokens" << YAML::Value << c.sampling.max_tokens;
+  out << YAML::Key << "draw" << YAML::Value << c.sampling.draw;
   out << YAML::EndMap;
   out << YAML::Key << "parallel" << YAML::Value << YAML::Flow << YAML::BeginMap;
   out << YAML::Key << "tp" << YAML::Value << c.parallel.tp << YAML::Key << "sp" << YAML::Value << c.parallel.sp;

@@ -20,6 +20,10 @@ struct SamplingDefaults {
   double top_p = 1.0;
   uint64_t seed = 0;
   int max_tokens = 512;
+  // Where tokens are drawn: "auto" (on the device for GPU backends, on the host for the CPU one),
+  // "device" (Backend::sample: only ids and logprobs leave the device) or "host" (model::Sampler,
+  // the reference). Speculative decoding and forced output always draw on the host.
+  std::string draw = "auto";
 };
 
 struct ServerConfig {
@@ -90,6 +94,8 @@ RuntimeConfig load_runtime_config(const std::string& path);
 std::string runtime_config_yaml(const RuntimeConfig& config);
 // (name, description) of every debug switch, for --help-debug.
 std::vector<std::pair<std::string, std::string>> debug_switches();
+// Whether `config` draws tokens on the device of `backend` (sampling.draw).
+bool draws_on_device(const RuntimeConfig& config, const kernels::Backend& backend);
 // The backend settings `config` asks for (its debug switches that act on ops) on GPU `device_index`.
 kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_index);
 

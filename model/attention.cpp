@@ -62,18 +62,6 @@ void qdq(const BlockContext& ctx, const TensorView& x, kernels::QdqFormat format
   ctx.backend.qdq(p);
 }
 
-// Host copy of a contiguous F32 device view, and the way back.
-std::vector<float> download(kernels::Backend& be, const TensorView& v) {
-  CHECK(v.contiguous() && v.dtype == DType::kF32) << "download needs a contiguous F32 view " << v.shape_str();
-  std::vector<float> host(size_t(v.numel()));
-  if (!host.empty()) be.copy_to_host(host.data(), v.data, host.size() * sizeof(float));
-  return host;
-}
-void upload(kernels::Backend& be, const std::vector<float>& host, const TensorView& v) {
-  CHECK(v.contiguous() && v.numel() == int64_t(host.size())) << "upload into " << v.shape_str();
-  if (!host.empty()) be.copy_to_device(v.data, host.data(), host.size() * sizeof(float));
-}
-
 // PARALLEL: reduce — sums a row-parallel partial result over the TP group, in place, on the
 // backend's buffer (the TP Comm is on the backend's memory and stream).
 void tp_reduce(const BlockContext& ctx, const TensorView& v) {
@@ -384,18 +372,7 @@ Scratch indexer_select(const BlockContext& ctx, const LayerWeights& w, const Att
     be.topk(tp);
     return sel;
   }
-  std::vector<float> local = num_keys > 0 ? download(be, scores.view) : std::vector<float>();
-  for (int64_t t = 0; t < rows; ++t) {
-    const int64_t visible = (seg.pos_begin + t + 1) / 4;
-    for (int64_t j = 0; j < num_keys; ++j) {
-      if (part.to_global(j) >= visible) local[size_t(t * num_keys + j)] = -INFINITY;
-    }
-  }
-  std::vector<int64_t> top(size_t(rows * k));
-  parallel::distributed_topk(*ctx.parallel->sp_host, part, local.data(), rows, num_keys, k, top.data());
-  std::vector<int32_t> mine(top.size());
-  for (size_t j = 0; j < top.size(); ++j) mine[j] = top[j] >= 0 && part.owns(top[j]) ? int32_t(part.to_local(top[j])) : -1;
-  be.copy_to_device(sel.buffer.data(), mine.data(), mine.size() * sizeof(int32_t));
+  parallel::sp_select(*ctx.parallel->sp, *ctx.sp_ops, be, part, scores.view, rows, seg.pos_begin, 4, k, sel.view);
   return sel;
 }
 
@@ -404,41 +381,17 @@ Scratch indexer_select(const BlockContext& ctx, const LayerWeights& w, const Att
 Scratch sp_visible_entries(const BlockContext& ctx, const AttentionSegment& seg, int ratio) {
   const parallel::SpPartition part = partition_of(*seg.own);
   const int64_t rows = seg.rows, num_local = seg.state->main.entries.rows();
-  std::vector<int32_t> list(size_t(rows * num_local));
-  for (int64_t t = 0; t < rows; ++t) {
-    const int64_t visible = (seg.pos_begin + t + 1) / ratio;
-    for (int64_t j = 0; j < num_local; ++j) list[size_t(t * num_local + j)] = part.to_global(j) < visible ? int32_t(j) : -1;
-  }
   Scratch idx = make_scratch(ctx.backend, {rows, num_local}, DType::kI32);
-  ctx.backend.copy_to_device(idx.buffer.data(), list.data(), list.size() * sizeof(int32_t));
+  ctx.sp_ops->visible_list(static_cast<int32_t*>(idx.buffer.data()), rows, num_local, part, seg.pos_begin, ratio);
   return idx;
 }
 
 // PARALLEL: merges the SP ranks' partial outputs o [rows, heads, head_dim] (each normalised, with
 // its log-sum-exp lse [rows, heads]) by log-sum-exp, the sink added once; o is overwritten.
 void sp_merge(const BlockContext& ctx, const AttentionWeights& aw, const TensorView& o, const TensorView& lse) {
-  const int64_t hd = ctx.config.head_dim, heads = o.shape[1];
-  const std::vector<float> o_host = download(ctx.backend, o);
-  const std::vector<float> lse_host = download(ctx.backend, lse);
-  const int64_t hrows = o.shape[0] * heads, width = parallel::partial_width(hd);
-  std::vector<float> partial(size_t(hrows * width), 0.0f);
-  for (int64_t r = 0; r < hrows; ++r) {
-    float* p = &partial[size_t(r * width)];
-    const float l = lse_host[size_t(r)];
-    if (!(l > -INFINITY)) {  // nothing attended here: the empty partial
-      p[0] = -INFINITY;
-      continue;
-    }
-    p[0] = l;  // normalised output with its log-sum-exp = {max l, sum 1, acc o}
-    p[1] = 1.0f;
-    std::copy_n(&o_host[size_t(r * hd)], hd, p + 2);
-  }
-  std::vector<float> merged(size_t(hrows * hd));
-  parallel::attention_merge(*ctx.parallel->sp_host, partial.data(), aw.sink_host.data(), hrows, heads, hd, merged.data());
-  if (ctx.official) {
-    for (float& v : merged) v = round_bf16(v);
-  }
-  upload(ctx.backend, merged, o);
+  CHECK(aw.sink.dtype == DType::kF32 && aw.sink.device == ctx.backend.device()) << "attention sink: F32 on the backend";
+  parallel::sp_attention_merge(*ctx.parallel->sp, *ctx.sp_ops, ctx.backend, o, lse, static_cast<const float*>(aw.sink.data),
+                               ctx.official);
 }
 
 // Attend (§5.6) for one sequence: sparse attention with sink of q [rows, heads, head_dim] over its

@@ -11,6 +11,7 @@
 #include "model/state.h"
 #include "model/weights.h"
 #include "parallel/ep.h"
+#include "parallel/sp_ops.h"
 
 namespace v4rt::model {
 
@@ -20,6 +21,7 @@ struct BlockContext {
   bool official = false;  // Numerics::kOfficial rounding points
   const ParallelContext* parallel = nullptr;    // nullptr: one rank holding everything
   parallel::ExpertParallel* experts = nullptr;  // EP dispatch/combine (layout.ep > 1)
+  parallel::SpOps* sp_ops = nullptr;            // SP top-k and attention merges (layout.sp > 1)
 };
 
 // A device F32 scratch tensor owned by the caller.

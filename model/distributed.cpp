@@ -41,7 +41,6 @@ ParallelContext make_parallel_context(const parallel::Layout& layout, const Mode
   c.plan = parallel::make_shard_plan(layout, dims, groups.world->rank());
   c.tp = groups.tp.get();
   c.sp = groups.sp.get();
-  c.sp_host = &groups.get_host(cluster::GroupKind::kSP);
   c.ep = groups.ep.get();
   return c;
 }
@@ -70,7 +69,7 @@ EntryOwnership ownership_of(const ParallelContext& context) {
 uint64_t model_bytes_sent(const ParallelContext& context) {
   std::set<const cluster::Comm*> seen;
   uint64_t total = 0;
-  for (const cluster::Comm* c : {context.tp, context.sp, context.sp_host, context.ep}) {
+  for (const cluster::Comm* c : {context.tp, context.sp, context.ep}) {
     if (c && seen.insert(c).second) total += c->counters().total_bytes();
   }
   return total;

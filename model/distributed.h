@@ -21,9 +21,6 @@ struct ParallelContext {
   cluster::Comm* tp = nullptr;      // TP group; needed when layout.tp > 1
   cluster::Comm* sp = nullptr;      // SP group; needed when layout.sp > 1
   cluster::Comm* ep = nullptr;      // EP group; needed when layout.ep > 1
-  // The SP group's host-memory Comm (the same object as `sp` on CPU ranks): the distributed top-k
-  // and the log-sum-exp merge still work on host copies.
-  cluster::Comm* sp_host = nullptr;
   bool sharded() const { return layout.tp > 1 || layout.sp > 1 || layout.ep > 1; }
 };
 

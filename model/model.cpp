@@ -19,12 +19,33 @@ Numerics parse_numerics(const std::string& text) {
   V4RT_FAIL("numerics '" << text << "' is not one of: reference, official");
 }
 
+namespace {
+
+// The SP merges on the backend's memory: host loops for the CPU, kernels on its stream for CUDA.
+std::unique_ptr<parallel::SpOps> make_sp_ops(kernels::Backend& backend) {
+  if (backend.device() == Device::kHost) return parallel::make_host_sp_ops();
+#if defined(V4RT_HAVE_CUDA)
+  return parallel::make_cuda_sp_ops(backend.stream_handle());
+#else
+  V4RT_FAIL("backend " << backend.name() << " has no SP ops in this build");
+#endif
+}
+
+}  // namespace
+
 std::unique_ptr<Model> Model::load(const Checkpoint& ckpt, const ModelOptions& options, kernels::Backend& backend) {
   std::unique_ptr<Model> m(new Model(ckpt.config(), options, backend));
   const ParallelContext& par = options.parallel;
   m->weights_ = load_weights(ckpt, backend, par.sharded() ? shard_of(par.plan) : options.shard, options.load_observer);
   if (par.layout.tp > 1) CHECK(par.tp && par.tp->size() == par.layout.tp) << "TP layout without its communicator";
-  if (par.layout.sp > 1) CHECK(par.sp && par.sp->size() == par.layout.sp) << "SP layout without its communicator";
+  if (par.layout.sp > 1) {
+    CHECK(par.sp && par.sp->size() == par.layout.sp) << "SP layout without its communicator";
+    CHECK(par.sp->device() == backend.device())
+        << "SP group '" << par.sp->name() << "' is on " << (par.sp->device() == Device::kHost ? "host" : "device")
+        << " memory but the " << backend.name() << " backend's activations are not: build the process groups "
+        << "with cluster::make_groups for this backend's device and stream";
+    m->sp_ops_ = make_sp_ops(backend);
+  }
   if (par.layout.ep > 1) {
     CHECK(par.ep && par.ep->size() == par.layout.ep) << "EP layout without its communicator";
     parallel::EpConfig ec;
@@ -66,6 +87,8 @@ void Model::step(std::span<const StepChunk> chunks, std::vector<std::vector<floa
   if (logits) logits->assign(chunks.size(), {});
   for (const StepChunk& c : chunks) {
     CHECK(c.sequence != nullptr);
+    CHECK((c.sample == nullptr) == (c.sampled == nullptr)) << "a sampled chunk needs both its settings and its output";
+    CHECK(!(c.sample && c.all_logits)) << "device sampling draws from the last row only";
     for (int32_t id : c.tokens)
       V4RT_REQUIRE(id >= 0 && id < config_.vocab_size, "token id " << id << " outside the vocabulary of " << config_.vocab_size);
   }
@@ -86,7 +109,7 @@ void Model::step(std::span<const StepChunk> chunks, std::vector<std::vector<floa
       }
     }
     batch.push_back(chunks[i]);
-    outs.push_back(logits ? &(*logits)[i] : nullptr);
+    outs.push_back(logits && !chunks[i].sample ? &(*logits)[i] : nullptr);
   }
   flush();
 }
@@ -95,7 +118,8 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
   const int64_t hc = config_.hc_mult;
   const int64_t hidden = config_.hidden_size;
   const BlockContext ctx{config_, backend_, options_.numerics == Numerics::kOfficial,
-                         options_.parallel.sharded() ? &options_.parallel : nullptr, expert_parallel_.get()};
+                         options_.parallel.sharded() ? &options_.parallel : nullptr, expert_parallel_.get(),
+                         sp_ops_.get()};
   // Row ranges of the chunks in the concatenated token list.
   const size_t nc = chunks.size();
   std::vector<int64_t> row0(nc + 1, 0), pos(nc);
@@ -173,7 +197,7 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
   // The head over the rows that need logits (every row of an all_logits chunk, else its last).
   std::vector<int64_t> out0(nc + 1, 0);
   for (size_t i = 0; i < nc; ++i) {
-    const int64_t rows = !logits[i] ? 0 : chunks[i].all_logits ? row0[i + 1] - row0[i] : 1;
+    const int64_t rows = !logits[i] && !chunks[i].sample ? 0 : chunks[i].all_logits ? row0[i + 1] - row0[i] : 1;
     out0[i + 1] = out0[i] + rows;
   }
   const int64_t rows = out0[nc];
@@ -207,17 +231,86 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
   }
   const OpScope head_scope("head");
   const Scratch lg = lm_head(ctx, weights_.hc_head, weights_.norm, weights_.head, head_in);
-  const size_t vocab = size_t(config_.vocab_size);
-  if (nc == 1) {
-    logits[0]->resize(size_t(rows) * vocab);
-    backend_.copy_to_host(logits[0]->data(), lg.buffer.data(), logits[0]->size() * sizeof(float));
+  finish_head(chunks, logits, out0, lg.view);
+}
+
+void Model::finish_head(std::span<const StepChunk> chunks, std::vector<float>* const* logits,
+                        const std::vector<int64_t>& out0, const TensorView& head_logits) {
+  const size_t nc = chunks.size();
+  sample_on_device(chunks, out0, head_logits);
+  const int64_t vocab = config_.vocab_size;
+  bool every_row_to_host = true;
+  for (size_t i = 0; i < nc; ++i) every_row_to_host &= logits[i] != nullptr || out0[i + 1] == out0[i];
+  if (every_row_to_host) {  // one copy
+    std::vector<float> host(size_t(out0[nc] * vocab));
+    backend_.copy_to_host(host.data(), head_logits.data, host.size() * sizeof(float));
+    for (size_t i = 0; i < nc; ++i) {
+      if (!logits[i]) continue;
+      if (nc == 1) {
+        *logits[i] = std::move(host);
+      } else {
+        logits[i]->assign(host.begin() + out0[i] * vocab, host.begin() + out0[i + 1] * vocab);
+      }
+    }
     return;
   }
-  std::vector<float> host(size_t(rows) * vocab);
-  backend_.copy_to_host(host.data(), lg.buffer.data(), host.size() * sizeof(float));
-  for (size_t i = 0; i < nc; ++i) {
+  for (size_t i = 0; i < nc; ++i) {  // only the rows the host asks for
     if (!logits[i]) continue;
-    logits[i]->assign(host.begin() + out0[i] * int64_t(vocab), host.begin() + out0[i + 1] * int64_t(vocab));
+    logits[i]->resize(size_t((out0[i + 1] - out0[i]) * vocab));
+    backend_.copy_to_host(logits[i]->data(), kernels::view_rows(head_logits, out0[i], out0[i + 1]).data,
+                          logits[i]->size() * sizeof(float));
+  }
+}
+
+void Model::sample_on_device(std::span<const StepChunk> chunks, const std::vector<int64_t>& out0,
+                             const TensorView& head_logits) {
+  const size_t nc = chunks.size();
+  const int64_t rows = out0[nc];
+  std::vector<kernels::SampleRow> settings(static_cast<size_t>(rows));  // rows nobody samples: greedy, no logprobs
+  int32_t max_n = 0;
+  bool any = false;
+  for (size_t i = 0; i < nc; ++i) {
+    if (!chunks[i].sample) continue;
+    any = true;
+    settings[size_t(out0[i + 1] - 1)] = *chunks[i].sample;
+    max_n = std::max(max_n, chunks[i].sample->n_logprobs);
+  }
+  if (!any) return;
+  const OpScope scope("sample");
+  Buffer rows_buf = backend_.alloc(settings.size() * sizeof(kernels::SampleRow));
+  backend_.copy_to_device(rows_buf.data(), settings.data(), settings.size() * sizeof(kernels::SampleRow));
+  // One output block [rows, 2 + 2 * max_n] of 4-byte words: ids, logprobs, top ids, top logprobs,
+  // so a single copy brings everything back.
+  const int64_t words = 2 + 2 * int64_t(max_n);
+  Buffer out = backend_.alloc(size_t(rows * words) * 4);
+  char* base = static_cast<char*>(out.data());
+  kernels::SampleParams p;
+  p.logits = head_logits;
+  p.rows = static_cast<const kernels::SampleRow*>(rows_buf.data());
+  p.out_ids = TensorView(base, DType::kI32, {rows}, backend_.device());
+  p.out_logprob = TensorView(base + rows * 4, DType::kF32, {rows}, backend_.device());
+  if (max_n > 0) {
+    p.out_top_ids = TensorView(base + rows * 8, DType::kI32, {rows, max_n}, backend_.device());
+    p.out_top_logprobs = TensorView(base + rows * 8 + rows * max_n * 4, DType::kF32, {rows, max_n}, backend_.device());
+  }
+  backend_.sample(p);
+  std::vector<uint32_t> host(size_t(rows * words));
+  backend_.copy_to_host(host.data(), out.data(), host.size() * 4);
+  const int32_t* ids = reinterpret_cast<const int32_t*>(host.data());
+  const float* lps = reinterpret_cast<const float*>(host.data() + rows);
+  const int32_t* top_ids = reinterpret_cast<const int32_t*>(host.data() + 2 * rows);
+  const float* top_lps = reinterpret_cast<const float*>(host.data() + 2 * rows + rows * max_n);
+  for (size_t i = 0; i < nc; ++i) {
+    if (!chunks[i].sample) continue;
+    const int64_t r = out0[i + 1] - 1;
+    SampledToken& t = *chunks[i].sampled;
+    t.id = ids[r];
+    t.logprob = lps[r];
+    t.top.clear();
+    for (int32_t j = 0; j < chunks[i].sample->n_logprobs; ++j) {
+      if (top_ids[r * max_n + j] < 0) break;
+      t.top.emplace_back(top_ids[r * max_n + j], top_lps[r * max_n + j]);
+    }
   }
 }
 

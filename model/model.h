@@ -9,6 +9,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -18,6 +19,7 @@
 #include "model/state.h"
 #include "model/weights.h"
 #include "parallel/ep.h"
+#include "parallel/sp_ops.h"
 
 namespace v4rt::model {
 
@@ -34,6 +36,14 @@ struct ModelOptions {
   LoadObserver load_observer;  // called after each unit of the weight load (may be empty)
 };
 
+// A token drawn on the device (Backend::sample) from a chunk's last logits row: the id, its
+// log-softmax at temperature 1 and the row's best `n_logprobs` ids (best first, ties: lower id).
+struct SampledToken {
+  int32_t id = -1;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
+};
+
 struct StepChunk {
   SequenceState* sequence = nullptr;
   std::span<const int32_t> tokens;  // appended at sequence->position()
@@ -41,6 +51,11 @@ struct StepChunk {
   // Optional: [rows, hc, D] F32 on the backend's device; receives the final residual streams
   // (before hc_head) of the chunk's last `rows` tokens (the MTP block's input, spec §7).
   TensorView hidden{};
+  // Optional, with `sampled` (not with all_logits): the next token is drawn on the device from
+  // the chunk's last row with these settings (`position` and `draw` included) and lands in
+  // *sampled; its logits row never reaches the host (step()'s (*logits)[i] stays empty).
+  const kernels::SampleRow* sample = nullptr;
+  SampledToken* sampled = nullptr;
 };
 
 // Called after every layer with the residual streams [num_tokens, hc, hidden] of the chunk being
@@ -65,8 +80,11 @@ class Model {
   // projection, the MoE and the head run once over all rows (weights read once per step); only the
   // window / compressor / indexer / sparse-attention parts run per sequence. A sequence named by
   // several chunks starts a new batch at its second chunk (chunks of one sequence run in order).
+  // Chunks with `sample` set draw their next token on the device: the head runs over their last
+  // row whatever `logits` is, and only the drawn ids and logprobs are copied to the host.
   // NOTE: under a sharded layout step() is collective: every rank of the job calls it with the
-  // same chunks (same sequences, same tokens) in the same order.
+  // same chunks (same sequences, same tokens) in the same order. The head and sampling are not
+  // collective: a rank may sample or skip the head on its own.
   void step(std::span<const StepChunk> chunks, std::vector<std::vector<float>>* logits);
 
   void set_layer_observer(LayerObserver observer) { observer_ = std::move(observer); }
@@ -75,6 +93,7 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   const ModelOptions& options() const { return options_; }
   parallel::ExpertParallel* expert_parallel() const { return expert_parallel_.get(); }
+  parallel::SpOps* sp_ops() const { return sp_ops_.get(); }
   // The slice of the weights this rank holds.
   Shard shard() const;
 
@@ -83,6 +102,13 @@ class Model {
       : config_(config), options_(options), backend_(backend) {}
   // One batch of chunks on distinct sequences; logits[i] receives chunks[i]'s logits (nullptr: none).
   void forward_batch(std::span<const StepChunk> chunks, std::vector<float>* const* logits);
+  // The head's rows `out0[i], out0[i + 1])` of chunk i: its logits to the host (logits[i]) and its
+  // device draw (chunks[i].sample).
+  void finish_head(std::span<const StepChunk> chunks, std::vector<float>* const* logits,
+                   const std::vector<int64_t>& out0, const TensorView& head_logits);
+  // Backend::sample over `head_logits` for the chunks that ask for it (last row of each).
+  void sample_on_device(std::span<const StepChunk> chunks, const std::vector<int64_t>& out0,
+                        const TensorView& head_logits);
 
   ModelConfig config_;
   ModelOptions options_;
@@ -90,6 +116,7 @@ class Model {
   ModelWeights weights_;
   LayerObserver observer_;
   std::unique_ptr<parallel::ExpertParallel> expert_parallel_;  // set when layout.ep > 1
+  std::unique_ptr<parallel::SpOps> sp_ops_;                    // set when layout.sp > 1
 };
 
 }  // namespace v4rt::model

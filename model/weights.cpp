@@ -210,7 +210,7 @@ struct ShardRanges {
 };
 
 // One transformer block under `p` ("layers.7." or "mtp.0."), layer index `l`, sliced per `r`.
-LayerWeights load_layer(Loader& ld, const Checkpoint& ckpt, const ModelConfig& cfg, const ShardRanges& r,
+LayerWeights load_layer(Loader& ld, const ModelConfig& cfg, const ShardRanges& r,
                         const std::string& p, int l, bool hash_routed) {
   const int64_t hd = cfg.head_dim;
   const int64_t h0 = r.h0, h1 = r.h1, g0 = r.g0, g1 = r.g1, i0 = r.i0, i1 = r.i1;
@@ -231,10 +231,6 @@ LayerWeights load_layer(Loader& ld, const Checkpoint& ckpt, const ModelConfig& c
   a.wo_a = ld.load(p + "attn.wo_a.weight", g0 * cfg.o_lora_rank, g1 * cfg.o_lora_rank);
   a.wo_b = ld.load_cols(p + "attn.wo_b.weight", g0 * cfg.o_lora_rank, g1 * cfg.o_lora_rank);
   a.sink = ld.load_cols(p + "attn.attn_sink", h0, h1);
-  {
-    const std::vector<float> sink = ckpt.read_f32(p + "attn.attn_sink");
-    a.sink_host.assign(sink.begin() + h0, sink.begin() + h1);
-  }
   if (lw.ratio != 0) {
     a.has_compressor = true;
     a.compressor = load_compressor(ld, p + "attn.compressor.", lw.ratio, cfg.head_dim);
@@ -330,7 +326,7 @@ ModelWeights load_weights(const Checkpoint& ckpt, kernels::Backend& backend, con
   w.hc_head = {ld.load("hc_head_fn"), ld.load("hc_head_base"), ld.load("hc_head_scale")};
   ld.unit_done("head");
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
-    w.layers.push_back(load_layer(ld, ckpt, cfg, ranges, "layers." + std::to_string(l) + ".", l, cfg.is_hash_layer(l)));
+    w.layers.push_back(load_layer(ld, cfg, ranges, "layers." + std::to_string(l) + ".", l, cfg.is_hash_layer(l)));
     ld.unit_done(units[size_t(l) + 2]);
   }
   w.bytes_loaded = ld.bytes();
@@ -349,7 +345,7 @@ MtpWeights load_mtp_weights(const Checkpoint& ckpt, kernels::Backend& backend, c
   ld.set_units({"mtp.0"});
   const std::string p = "mtp.0.";
   MtpWeights w;
-  w.block = load_layer(ld, ckpt, cfg, shard_ranges(cfg, shard), p, layer, /*hash_routed=*/false);
+  w.block = load_layer(ld, cfg, shard_ranges(cfg, shard), p, layer, /*hash_routed=*/false);
   w.e_proj = ld.load(p + "e_proj.weight");
   w.h_proj = ld.load(p + "h_proj.weight");
   w.enorm = ld.load(p + "enorm.weight");

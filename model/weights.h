@@ -45,7 +45,6 @@ struct AttentionWeights {
   WeightView wo_a;          // [G*o_lora, (H/G)*hd]
   WeightView wo_b;          // [D, G*o_lora]
   WeightView sink;          // [H]
-  std::vector<float> sink_host;  // [H] the same on the host (the SP merge adds the sink there)
   bool has_compressor = false;
   bool has_indexer = false;
   CompressorWeights compressor;

@@ -57,35 +57,6 @@ void topk_reference(std::span<const float> scores, int k, int64_t* out) {
   for (int i = 0; i < k; ++i) out[i] = top[size_t(i)].index;
 }
 
-void distributed_topk(cluster::Comm& sp, const SpPartition& part, const float* local_scores,
-                      int64_t num_queries, int64_t num_local, int k, int64_t* out) {
-  CHECK_EQ(sp.size(), part.sp_size) << "SP group size vs partition";
-  CHECK_GT(k, 0);
-  const int n = sp.size();
-  std::vector<Candidate> mine(size_t(num_queries * k));
-  std::vector<Candidate> cands;
-  for (int64_t q = 0; q < num_queries; ++q) {
-    cands.resize(size_t(num_local));
-    for (int64_t j = 0; j < num_local; ++j) {
-      // Local order is increasing global order, so ties still break by lower global index.
-      cands[size_t(j)] = {local_scores[q * num_local + j], 0, part.to_global(j)};
-    }
-    select_topk(cands, k, &mine[size_t(q * k)]);
-  }
-  std::vector<Candidate> all(size_t(n) * mine.size());
-  sp.all_gather(mine.data(), all.data(), int64_t(mine.size() * sizeof(Candidate)), DType::kU8);
-  std::vector<Candidate> top(static_cast<size_t>(k));
-  for (int64_t q = 0; q < num_queries; ++q) {
-    cands.clear();
-    for (int r = 0; r < n; ++r) {
-      const Candidate* c = &all[size_t((int64_t(r) * num_queries + q) * k)];
-      cands.insert(cands.end(), c, c + k);
-    }
-    select_topk(cands, k, top.data());
-    for (int i = 0; i < k; ++i) out[q * k + i] = top[size_t(i)].index;
-  }
-}
-
 void attention_partial(const float* q, const float* kv, const int64_t* cand, int64_t num_rows,
                        int64_t num_sel, int64_t head_dim, float scale, float* partial) {
   const int64_t width = partial_width(head_dim);
@@ -142,12 +113,49 @@ void merge_partials(const float* partials, int num_parts, const float* sink, int
   }
 }
 
-void attention_merge(cluster::Comm& sp, const float* partial, const float* sink, int64_t num_rows,
-                     int64_t num_heads, int64_t head_dim, float* out) {
-  const int64_t count = num_rows * partial_width(head_dim);
-  std::vector<float> all(size_t(sp.size()) * size_t(count));
-  sp.all_gather(partial, all.data(), count, DType::kF32);
-  merge_partials(all.data(), sp.size(), sink, num_rows, num_heads, head_dim, out);
+void sp_select(cluster::Comm& sp, SpOps& ops, kernels::Backend& be, const SpPartition& part, const TensorView& scores,
+               int64_t rows, int64_t pos_begin, int ratio, int k, const TensorView& sel) {
+  CHECK_EQ(sp.size(), part.sp_size) << "SP group size vs partition";
+  CHECK(sp.device() == be.device() && ops.device() == be.device()) << "SP select: group '" << sp.name()
+                                                                   << "' and its ops must use the backend's memory";
+  CHECK(sel.dtype == DType::kI32 && sel.contiguous() && sel.shape[0] == rows && sel.numel() == rows * k)
+      << "SP select output " << sel.shape_str();
+  const int64_t count = rows * k;
+  Buffer values = be.alloc(size_t(count) * 4), local = be.alloc(size_t(count) * 4);
+  kernels::TopkParams tp;
+  tp.out_values = TensorView(values.data(), DType::kF32, {rows, k}, be.device());
+  tp.out_idx = TensorView(local.data(), DType::kI32, {rows, k}, be.device());
+  tp.k = k;
+  Buffer none;
+  if (scores.data != nullptr && scores.shape[1] > 0) {
+    CHECK(scores.dtype == DType::kF32 && scores.contiguous() && scores.shape[0] == rows) << scores.shape_str();
+    ops.mask_invisible(static_cast<float*>(scores.data), rows, scores.shape[1], part, pos_begin, ratio);
+    tp.scores = scores;
+  } else {  // no key here yet: every slot of this rank's lists is empty
+    none = be.alloc(size_t(rows) * 4);
+    tp.scores = TensorView(none.data(), DType::kF32, {rows, 1}, be.device());
+    be.fill(tp.scores, -INFINITY);
+  }
+  be.topk(tp);
+  const int n = sp.size();
+  Buffer all_values = be.alloc(size_t(n * count) * 4), all_local = be.alloc(size_t(n * count) * 4);
+  sp.all_gather(values.data(), all_values.data(), count, DType::kF32);
+  sp.all_gather(local.data(), all_local.data(), count, DType::kI32);
+  ops.merge_topk(static_cast<const float*>(all_values.data()), static_cast<const int32_t*>(all_local.data()), rows, k,
+                 part, static_cast<int32_t*>(sel.data));
+}
+
+void sp_attention_merge(cluster::Comm& sp, SpOps& ops, kernels::Backend& be, const TensorView& o, const TensorView& lse,
+                        const float* sink, bool round_bf16) {
+  CHECK(o.dtype == DType::kF32 && o.contiguous() && o.ndim == 3) << "SP merge output " << o.shape_str();
+  const int64_t heads = o.shape[1], head_dim = o.shape[2], rows = o.shape[0] * heads;
+  CHECK(lse.dtype == DType::kF32 && lse.contiguous() && lse.numel() == rows) << "SP merge lse " << lse.shape_str();
+  const int n = sp.size();
+  Buffer all_o = be.alloc(size_t(n * rows * head_dim) * 4), all_lse = be.alloc(size_t(n * rows) * 4);
+  sp.all_gather(o.data, all_o.data(), rows * head_dim, DType::kF32);
+  sp.all_gather(lse.data, all_lse.data(), rows, DType::kF32);
+  ops.merge_attention(static_cast<const float*>(all_o.data()), static_cast<const float*>(all_lse.data()), sink, n, rows,
+                      heads, head_dim, round_bf16, static_cast<float*>(o.data));
 }
 
 }  // namespace v4rt::parallel

@@ -4,12 +4,15 @@
 // of `block` consecutive entries, blocks dealt round-robin over the SP group, so decode growth
 // stays balanced. Each rank:
 //   1. scores only its own indexer keys, selects its local top-k, and all ranks agree on the
-//      global top-k through one all_gather of (score, global index) candidates: descending score,
-//      ties by lower global index, -inf never selected — exactly the single-rank top-k;
-//   2. attends over its own selected entries, producing per (token, head) a partial
-//      (max, sum of exp, unnormalised P.V); one all_gather and a log-sum-exp merge give the single
-//      softmax of spec §5.6. The window is attended by one designated rank only (window_rank()),
+//      global top-k through all_gathers of the (score, local index) lists: descending score,
+//      ties by lower global index, -inf never selected — exactly the single-rank top-k
+//      (sp_select);
+//   2. attends over its own selected entries, producing per (token, head) its normalised output
+//      and log-sum-exp; all_gathers and a log-sum-exp merge give the single softmax of spec §5.6
+//      (sp_attention_merge). The window is attended by one designated rank only (window_rank()),
 //      and the attention sink is added once, in the merge.
+// Both run on the SP group's memory through SpOps (sp_ops.h): on GPU ranks nothing crosses the
+// host. attention_partial / merge_partials are the fp32 host reference of step 2.
 // The merge is exact up to fp32 rounding; it does not reproduce the bf16 rounding of p relative
 // to the reference kernel's running max (§5.6), which depends on the candidate order.
 #pragma once
@@ -19,6 +22,8 @@
 #include <vector>
 
 #include "cluster/comm.h"
+#include "kernels/backend.h"
+#include "parallel/sp_ops.h"
 
 namespace v4rt::parallel {
 
@@ -46,35 +51,40 @@ struct SpPartition {
 // entries are never selected and pad with -1. scores: [num_entries]; out: [k].
 void topk_reference(std::span<const float> scores, int k, int64_t* out);
 
-// Distributed top-k over the SP group for num_queries queries at once.
-// local_scores: [num_queries, num_local] scores of this rank's entries in local order.
-// out: [num_queries, k] global entry indices (same on every rank), equal to topk_reference over
-// the scores of all entries. One all_gather of sp * num_queries * k (f32, i64) pairs.
-void distributed_topk(cluster::Comm& sp, const SpPartition& part, const float* local_scores,
-                      int64_t num_queries, int64_t num_local, int k, int64_t* out);
-
 // ---- attention partials and their merge -----------------------------------------------------------
 
 // Partial of one (token, head) row: [2 + head_dim] f32 = {max z, sum exp(z - max), acc[head_dim]}
 // with acc = sum exp(z - max) * v. An empty partial is {-inf, 0, 0...}.
 inline int64_t partial_width(int64_t head_dim) { return 2 + head_dim; }
 
-// Partials over a candidate set, fp32 (CPU path and reference):
+// Partials over a candidate set, fp32 (the reference):
 // q: [num_rows, head_dim] (row = token*num_heads + head), kv: [num_cand, head_dim] (K = V),
 // cand: [num_rows, num_sel] rows of kv each query row attends (-1 = none), scale: logit scale.
 // partial: [num_rows, 2 + head_dim].
 void attention_partial(const float* q, const float* kv, const int64_t* cand, int64_t num_rows,
                        int64_t num_sel, int64_t head_dim, float scale, float* partial);
 
-// Merges the SP group's partials and adds the sink once: out[r] = sum_ranks acc / den with
-// den = sum_ranks sum * exp(max - M) + exp(sink[r % num_heads] - M), M = max over ranks (the sink
-// is not in the max, as in §5.6). partial: [num_rows, 2 + head_dim]; sink: [num_heads];
-// out: [num_rows, head_dim], the same on every rank. One all_gather of the partials.
-void attention_merge(cluster::Comm& sp, const float* partial, const float* sink, int64_t num_rows,
-                     int64_t num_heads, int64_t head_dim, float* out);
-
 // Local merge of partials already gathered: partials: [num_parts, num_rows, 2 + head_dim].
 void merge_partials(const float* partials, int num_parts, const float* sink, int64_t num_rows,
                     int64_t num_heads, int64_t head_dim, float* out);
+
+// ---- the SP steps of a layer on the group's memory (device-resident on GPU ranks) ------------------
+
+// Indexer select of `rows` query rows at positions pos_begin.. under SP: this rank's scores
+// [rows, num_local] F32 (empty view when it holds no key yet) are masked in place to the keys each
+// row sees (global index < (pos + 1) / ratio), their local top-k (Backend::topk, values and
+// indices) is gathered over the group, and ops.merge_topk leaves in sel [rows, k] I32 this rank's
+// local index of each entry of the global top-k it owns, -1 for the others'. Two all_gathers of
+// rows * k values and indices; nothing crosses the host on device Comms.
+void sp_select(cluster::Comm& sp, SpOps& ops, kernels::Backend& be, const SpPartition& part, const TensorView& scores,
+               int64_t rows, int64_t pos_begin, int ratio, int k, const TensorView& sel);
+
+// Log-sum-exp merge of the group's partial attention outputs, in place: o [rows, heads, head_dim]
+// F32 (this rank's output normalised over its candidates) and lse [rows, heads] F32 (its
+// log-sum-exp, -inf where it attended nothing) are gathered and merged with the sink [heads]
+// (F32, in the group's memory) added once (ops.merge_attention); o gets the merged output, the same
+// on every rank, rounded to bf16 when `round_bf16`.
+void sp_attention_merge(cluster::Comm& sp, SpOps& ops, kernels::Backend& be, const TensorView& o, const TensorView& lse,
+                        const float* sink, bool round_bf16);
 
 }  // namespace v4rt::parallel

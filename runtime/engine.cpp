@@ -50,6 +50,7 @@ void Engine::fail(const std::string& why) {
 
 void Engine::loop() {
   std::vector<std::vector<float>> logits, draft_logits;
+  std::vector<model::SampledToken> sampled;
   while (!stop_) {
     StepPlan plan;
     if (!scheduler_.next_plan(&plan, kIdleWait)) {
@@ -59,9 +60,9 @@ void Engine::loop() {
     }
     try {
       const auto t0 = std::chrono::steady_clock::now();
-      leader_.run(plan, &logits, &draft_logits);
+      leader_.run(plan, &logits, &draft_logits, &sampled);
       record_plan_time(plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), metrics_);
-      scheduler_.complete(plan, logits, draft_logits);
+      scheduler_.complete(plan, logits, draft_logits, sampled);
     } catch (const std::exception& e) {
       return fail("model step " + std::to_string(plan.step_idx) + " failed: " + e.what());
     }

@@ -6,6 +6,22 @@
 
 namespace v4rt::runtime {
 
+namespace {
+
+// The kernels' draw settings of a kSampleLast chunk: the token drawn is the one at the chunk's end.
+kernels::SampleRow sample_row(const PlanChunk& c) {
+  kernels::SampleRow row;
+  row.seed = c.sample.seed;
+  row.position = c.start_pos + c.num_tokens;
+  row.temperature = c.sample.temperature;
+  row.top_p = c.sample.top_p;
+  row.top_k = c.sample.top_k;
+  row.n_logprobs = c.sample.n_logprobs;
+  return row;
+}
+
+}  // namespace
+
 size_t Executor::num_kept_points() const {
   size_t n = 0;
   for (const auto& [seq, points] : kept_) n += points.size();
@@ -48,7 +64,7 @@ void Executor::resume(const PlanResume& r) {
 }
 
 void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits,
-                   std::vector<std::vector<float>>* draft_logits) {
+                   std::vector<std::vector<float>>* draft_logits, std::vector<model::SampledToken>* sampled) {
   for (const PlanResolve& r : plan.resolves) table_.resolve(r.seq, r.accepted);
   for (const PlanStore& s : plan.stores) store(s);
   for (const PlanResume& r : plan.resumes) resume(r);
@@ -61,6 +77,9 @@ void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits
   // reads the logits of) in a second one without the vocabulary projection.
   std::vector<model::StepChunk> with_logits, without_logits;
   std::vector<size_t> logit_chunk_idx;
+  std::vector<kernels::SampleRow> rows;  // the device draws' settings; outlive the step
+  rows.reserve(plan.chunks.size());
+  if (sampled) sampled->assign(plan.chunks.size(), {});
   size_t offset = 0;
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
     const PlanChunk& c = plan.chunks[i];
@@ -68,8 +87,14 @@ void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits
     CHECK_EQ(at, c.start_pos) << "step " << plan.step_idx << ": sequence " << c.seq;
     const std::span<const int32_t> tokens(plan.tokens.data() + offset, size_t(c.num_tokens));
     offset += size_t(c.num_tokens);
-    const model::StepChunk sc = table_.chunk(c.seq, tokens, c.want_logits == kLogitsAll, c.kind);
-    if (c.want_logits) {
+    model::StepChunk sc = table_.chunk(c.seq, tokens, c.want_logits == kLogitsAll, c.kind);
+    const bool draws = c.want_logits == kSampleLast && sampled;
+    if (draws) {
+      rows.push_back(sample_row(c));
+      sc.sample = &rows.back();
+      sc.sampled = &(*sampled)[i];
+    }
+    if (draws || (c.want_logits != kLogitsNone && c.want_logits != kSampleLast)) {
       with_logits.push_back(sc);
       logit_chunk_idx.push_back(i);
     } else {
@@ -79,10 +104,10 @@ void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits
   if (logits) logits->assign(plan.chunks.size(), {});
   if (!without_logits.empty()) model_.step(without_logits, nullptr);
   if (!with_logits.empty()) {
-    std::vector<std::vector<float>> rows;
-    model_.step(with_logits, logits ? &rows : nullptr);
+    std::vector<std::vector<float>> out;
+    model_.step(with_logits, logits ? &out : nullptr);
     if (logits)
-      for (size_t j = 0; j < rows.size(); ++j) (*logits)[logit_chunk_idx[j]] = std::move(rows[j]);
+      for (size_t j = 0; j < out.size(); ++j) (*logits)[logit_chunk_idx[j]] = std::move(out[j]);
   }
   for (const PlanChunk& c : plan.chunks)  // collective MTP forwards, in chunk order on every rank
     if (c.kind == ChunkKind::kHidden) table_.after_step(c.seq);

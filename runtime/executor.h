@@ -27,11 +27,14 @@ class Executor {
   }
 
   // Applies `plan`. logits (may be nullptr) receives per chunk: one row [vocab] (kLogitsLast),
-  // [num_tokens, vocab] (kLogitsAll, verify chunks) or an empty vector (kLogitsNone), in chunk
-  // order; draft_logits (may be nullptr) one row [vocab] per draft. A chunk whose start_pos is not
-  // its sequence's position is a fatal error (the ranks would diverge).
+  // [num_tokens, vocab] (kLogitsAll, verify chunks) or an empty vector (kLogitsNone,
+  // kSampleLast), in chunk order; draft_logits (may be nullptr) one row [vocab] per draft;
+  // sampled (may be nullptr) per chunk the token a kSampleLast chunk drew on the device (id -1
+  // for the others). Without `sampled` (the followers) kSampleLast chunks skip the head. A chunk
+  // whose start_pos is not its sequence's position is a fatal error (the ranks would diverge).
   void run(const StepPlan& plan, std::vector<std::vector<float>>* logits,
-           std::vector<std::vector<float>>* draft_logits = nullptr);
+           std::vector<std::vector<float>>* draft_logits = nullptr,
+           std::vector<model::SampledToken>* sampled = nullptr);
 
   model::Model& model() { return model_; }
   model::Mtp* mtp() const { return table_.mtp(); }

@@ -17,12 +17,12 @@ Leader::~Leader() {
 }
 
 void Leader::run(const StepPlan& plan, std::vector<std::vector<float>>* logits,
-                 std::vector<std::vector<float>>* draft_logits) {
+                 std::vector<std::vector<float>>* draft_logits, std::vector<model::SampledToken>* sampled) {
   CHECK(!stopped_) << "step " << plan.step_idx << " after the shutdown plan";
   CHECK(!link_failed_) << "step " << plan.step_idx << " after the plan link failed";
   link_.send(plan);
   if (plan.shutdown) stopped_ = true;
-  executor_.run(plan, logits, draft_logits);
+  executor_.run(plan, logits, draft_logits, sampled);
   ++steps_;
 }
 

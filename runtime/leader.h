@@ -20,9 +20,10 @@ class Leader {
   Leader(Executor& executor, PlanLink& link);
   ~Leader();  // stop() unless the followers were stopped (or the link failed)
 
-  // Broadcasts `plan` and applies it here; logits / draft_logits as Executor::run.
+  // Broadcasts `plan` and applies it here; logits / draft_logits / sampled as Executor::run.
   void run(const StepPlan& plan, std::vector<std::vector<float>>* logits,
-           std::vector<std::vector<float>>* draft_logits = nullptr);
+           std::vector<std::vector<float>>* draft_logits = nullptr,
+           std::vector<model::SampledToken>* sampled = nullptr);
   // While idle: keeps the followers waiting (PlanLink::keep_alive). False, with *why naming the
   // ranks, when a follower no longer answers; no plan may follow.
   bool keep_alive(std::string* why);

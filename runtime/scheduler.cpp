@@ -328,6 +328,11 @@ void Scheduler::pack_chunks_locked(StepPlan* plan, int64_t budget) {
     c.want_logits = r->fed + take == int64_t(r->tokens.size()) ? kLogitsLast : kLogitsNone;
     c.kind = options_.mtp_depth > 0 ? ChunkKind::kHidden : ChunkKind::kPlain;
     c.take_point = at_point ? 1 : 0;
+    if (c.want_logits == kLogitsLast && draws_on_device(*r)) {
+      const SamplingParams& sp = r->req->sampling;
+      c.want_logits = kSampleLast;
+      c.sample = {sp.seed, float(sp.temperature), float(sp.top_p), 0, sp.logprobs ? sp.top_logprobs : 0};
+    }
     plan->chunks.push_back(c);
     plan->tokens.insert(plan->tokens.end(), r->tokens.begin() + r->fed, r->tokens.begin() + r->fed + take);
     budget -= take;
@@ -416,6 +421,10 @@ bool Scheduler::next_plan(StepPlan* plan, std::chrono::milliseconds wait) {
   }
 }
 
+bool Scheduler::draws_on_device(const Running& r) const {
+  return options_.device_sampling && !r.req->sampling.forced && !r.spec;
+}
+
 int32_t Scheduler::decide(Running& r, std::span<const float> logits) const {
   const SamplingParams& sp = r.req->sampling;
   if (sp.forced) {
@@ -424,7 +433,8 @@ int32_t Scheduler::decide(Running& r, std::span<const float> logits) const {
   return r.spec ? r.spec->sample(logits) : r.sampler.sample(logits);
 }
 
-bool Scheduler::emit_locked(Running& r, int32_t token, std::span<const float> logits, bool fed_already) {
+bool Scheduler::emit_locked(Running& r, int32_t token, std::span<const float> logits, bool fed_already,
+                            const model::SampledToken* drawn) {
   const SamplingParams& sp = r.req->sampling;
   const Clock::time_point now = Clock::now();
   if (r.generated == 0) {
@@ -441,7 +451,10 @@ bool Scheduler::emit_locked(Running& r, int32_t token, std::span<const float> lo
   }
   TokenEvent ev;
   ev.token = token;
-  if (sp.logprobs) {
+  if (sp.logprobs && drawn) {
+    ev.logprob = drawn->logprob;
+    ev.top = drawn->top;
+  } else if (sp.logprobs) {
     model::TokenLogprobs lp = model::token_logprobs(logits, token, sp.top_logprobs);
     ev.logprob = lp.logprob;
     ev.top = std::move(lp.top);
@@ -495,7 +508,8 @@ void Scheduler::apply_verdict_locked(Running& r, const model::SpeculativeSampler
 }
 
 void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<float>>& logits,
-                         const std::vector<std::vector<float>>& draft_logits) {
+                         const std::vector<std::vector<float>>& draft_logits,
+                         const std::vector<model::SampledToken>& sampled) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!plan.drafts.empty()) {
     complete_drafts_locked(plan, draft_logits);
@@ -512,6 +526,7 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     bool verify = false;
     int32_t token = 0;
     model::SpeculativeSampler::Verdict verdict;
+    const model::SampledToken* drawn = nullptr;  // a device draw: token decided already
   };
   std::vector<Decision> decisions;
   int64_t prefill = 0;
@@ -524,21 +539,31 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     if (c.kind == ChunkKind::kVerify) {
       CHECK_LT(i, logits.size());
       CHECK_EQ(logits[i].size(), size_t(c.num_tokens) * size_t(config_.vocab_size)) << "verify logits of sequence " << c.seq;
-      decisions.push_back({&r, logits[i], true, 0, {}});
+      decisions.push_back({&r, logits[i], true, 0, {}, nullptr});
       verified = true;
       continue;
     }
     if (c.start_pos < int64_t(r.req->prompt.size())) prefill += c.num_tokens;
     r.fed += c.num_tokens;
     if (c.take_point) record_point_locked(r, r.fed);
-    if (!c.want_logits) continue;
-    CHECK_LT(i, logits.size());
-    CHECK_EQ(int64_t(logits[i].size()), config_.vocab_size) << "logits of sequence " << c.seq;
+    if (c.want_logits == kLogitsNone) continue;
+    const bool drawn = c.want_logits == kSampleLast;
+    if (drawn) {
+      CHECK_LT(i, sampled.size());
+      CHECK(sampled[i].id >= 0 && sampled[i].id < config_.vocab_size) << "device draw of sequence " << c.seq;
+    } else {
+      CHECK_LT(i, logits.size());
+      CHECK_EQ(int64_t(logits[i].size()), config_.vocab_size) << "logits of sequence " << c.seq;
+    }
     if (r.req->stream->cancelled()) {
       finish_locked(r, FinishReason::kCancelled, nullptr);
       continue;
     }
-    decisions.push_back({&r, logits[i], false, 0, {}});
+    if (drawn) {
+      decisions.push_back({&r, {}, false, sampled[i].id, {}, &sampled[i]});
+    } else {
+      decisions.push_back({&r, logits[i], false, 0, {}, nullptr});
+    }
   }
   // Counted before any token is streamed: a client that reads /metrics after its answer sees them.
   metrics_->prefill_tokens += uint64_t(prefill);
@@ -546,7 +571,7 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     Decision& d = decisions[k];
     if (d.verify) {
       d.verdict = d.r->spec->verify(d.logits, turn_of(d.r->seq).drafts);
-    } else {
+    } else if (!d.drawn) {
       d.token = decide(*d.r, d.logits);
     }
   });
@@ -554,7 +579,7 @@ void Scheduler::complete(const StepPlan& plan, const std::vector<std::vector<flo
     if (d.verify) {
       apply_verdict_locked(*d.r, d.verdict, d.logits);
     } else {
-      emit_locked(*d.r, d.token, d.logits, /*fed_already=*/false);
+      emit_locked(*d.r, d.token, d.logits, /*fed_already=*/false, d.drawn);
     }
   }
   if (verified) turns_.clear();

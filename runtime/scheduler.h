@@ -123,6 +123,10 @@ struct SchedulerOptions {
   int32_t eos_token_id = 1;
   int mtp_depth = 0;  // draft tokens per verify step; 0: no speculative decoding
   int prefill_chunk = 0;  // most prompt tokens of one sequence per step; 0: the step budget alone
+  // Draw tokens on the device (Backend::sample through kSampleLast chunks): only ids and the asked
+  // logprobs reach the host. Requests that decode speculatively or emit forced output keep the
+  // host sampler (model::Sampler), which stays the reference.
+  bool device_sampling = false;
 };
 
 
@@ -148,10 +152,11 @@ class Scheduler {
   SubmitResult submit(std::shared_ptr<Request> request);
   // Builds the next plan; waits up to `wait` for work. Returns false when there is nothing to run.
   bool next_plan(StepPlan* plan, std::chrono::milliseconds wait);
-  // Consumes the logits of `plan` (Executor::run output): one row per chunk, and for a plan of
-  // draft levels one row per draft.
+  // Consumes the output of `plan` (Executor::run): per chunk a logits row or (kSampleLast) the
+  // token drawn on the device, and for a plan of draft levels one row per draft.
   void complete(const StepPlan& plan, const std::vector<std::vector<float>>& logits,
-                const std::vector<std::vector<float>>& draft_logits = {});
+                const std::vector<std::vector<float>>& draft_logits = {},
+                const std::vector<model::SampledToken>& sampled = {});
   // Ends every request with kError (engine failure) and refuses new ones.
   void fail_all(const std::string& why);
   // A plan that releases every state and tells followers to stop; refuses new requests.
@@ -198,9 +203,12 @@ class Scheduler {
   // The token `r` samples (or is forced to emit) from `logits`. Touches r's samplers only, so the
   // sequences of a step decide in parallel.
   int32_t decide(Running& r, std::span<const float> logits) const;
-  // Streams a decided token; `fed_already`: it is in r.tokens (an accepted draft). False once the
-  // sequence has finished.
-  bool emit_locked(Running& r, int32_t token, std::span<const float> logits, bool fed_already);
+  // Streams a decided token; `fed_already`: it is in r.tokens (an accepted draft). Its logprobs
+  // come from `drawn` (a device draw) or else from `logits`. False once the sequence has finished.
+  bool emit_locked(Running& r, int32_t token, std::span<const float> logits, bool fed_already,
+                   const model::SampledToken* drawn = nullptr);
+  // Whether r's tokens are drawn on the device (kSampleLast chunks).
+  bool draws_on_device(const Running& r) const;
   // Prompt / decode chunks of the sequences not in turns_, under `budget` tokens.
   void pack_chunks_locked(StepPlan* plan, int64_t budget);
   // The next plan of the speculative step in flight: a draft level or the verify plan.

@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: MIT
 // StepPlan byte encoding (see step_plan.h).
 //
-// Encoding (little-endian): u32 magic "V4SP", u32 version 4, u64 step_idx, u8 shutdown,
+// Encoding (little-endian): u32 magic "V4SP", u32 version 5, u64 step_idx, u8 shutdown,
 // u64 num_resolves, {u64 seq, i32 accepted}[num_resolves],
 // u64 num_stores, {u64 seq, i64 upto, i64 block_tokens, u64 num_points, {u64 id, i64 position}[],
 //                  u64 num_blocks, {u64 id, i64 index, i64 end}[]}[num_stores],
 // u64 num_resumes, {u64 dst, i64 position, u64 point, u64 num_blocks, u64 blocks[]}[num_resumes],
 // u64 num_drafts, {u64 seq, i32 level, i32 depth, i32 token}[num_drafts], u64 num_chunks,
-// {u64 seq, i64 start_pos, i32 num_tokens, u8 want_logits, u8 kind, u8 take_point}[num_chunks],
+// {u64 seq, i64 start_pos, i32 num_tokens, u8 want_logits, u8 kind, u8 take_point
+//  [, u64 seed, f32 temperature, f32 top_p, i32 top_k, i32 n_logprobs when want_logits = 3]}[num_chunks],
 // u64 num_tokens, i32 tokens[num_tokens], u64 num_frees, u64 frees[num_frees],
 // u64 num_releases, u64 releases[num_releases].
 #include "runtime/step_plan.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "common/check.h"
@@ -21,7 +23,9 @@ namespace v4rt::runtime {
 namespace {
 
 constexpr uint32_t kPlanMagic = 0x50533456;  // "V4SP"
-constexpr uint32_t kPlanVersion = 4;  // 4: prefix cache ops (stores, resumes, frees, take_point)
+constexpr uint32_t kPlanVersion = 5;  // 4: prefix cache ops (stores, resumes, frees, take_point);
+                                      // 5: want_logits 3 (device draw)
+constexpr int32_t kMaxPlanLogprobs = 20;  // OpenAI's top_logprobs limit
 
 class Writer {
  public:
@@ -94,11 +98,26 @@ void read_resume(Reader& r, PlanResume* x) {
   for (uint64_t& b : x->blocks) b = r.get<uint64_t>("resumes.blocks");
 }
 
+void read_sample(Reader& r, PlanChunk& c) {
+  PlanSample& s = c.sample;
+  s.seed = r.get<uint64_t>("chunks.sample.seed");
+  s.temperature = r.get<float>("chunks.sample.temperature");
+  s.top_p = r.get<float>("chunks.sample.top_p");
+  s.top_k = r.get<int32_t>("chunks.sample.top_k");
+  s.n_logprobs = r.get<int32_t>("chunks.sample.n_logprobs");
+  V4RT_REQUIRE(c.kind == ChunkKind::kPlain || c.kind == ChunkKind::kHidden,
+               "step plan: verify chunk of sequence " << c.seq << " cannot draw on the device");
+  V4RT_REQUIRE(std::isfinite(s.temperature) && s.top_p > 0.0f && s.top_p <= 1.0f && s.n_logprobs >= 0 &&
+                   s.n_logprobs <= kMaxPlanLogprobs,
+               "step plan: chunk of sequence " << c.seq << " draws with temperature " << s.temperature << ", top_p "
+                                               << s.top_p << ", " << s.n_logprobs << " logprobs");
+}
+
 }  // namespace
 
 void StepPlan::add_chunk(SeqId seq, int64_t start_pos, std::span<const int32_t> chunk_tokens, uint8_t want_logits,
                          ChunkKind kind) {
-  chunks.push_back({seq, start_pos, int32_t(chunk_tokens.size()), want_logits, kind});
+  chunks.push_back({seq, start_pos, int32_t(chunk_tokens.size()), want_logits, kind, 0, {}});
   tokens.insert(tokens.end(), chunk_tokens.begin(), chunk_tokens.end());
 }
 
@@ -153,6 +172,12 @@ std::vector<uint8_t> serialize_plan(const StepPlan& plan) {
     w.put(c.want_logits);
     w.put(uint8_t(c.kind));
     w.put(c.take_point);
+    if (c.want_logits != kSampleLast) continue;
+    w.put(c.sample.seed);
+    w.put(c.sample.temperature);
+    w.put(c.sample.top_p);
+    w.put(c.sample.top_k);
+    w.put(c.sample.n_logprobs);
   }
   w.put(uint64_t(plan.tokens.size()));
   for (int32_t t : plan.tokens) w.put(t);
@@ -203,11 +228,12 @@ StepPlan deserialize_plan(std::span<const uint8_t> bytes) {
     V4RT_REQUIRE(c.take_point <= 1, "step plan: chunk of sequence " << c.seq << " has take_point " << int(c.take_point));
     V4RT_REQUIRE(c.num_tokens > 0 && c.start_pos >= 0, "step plan: chunk of sequence " << c.seq << " has "
                                                            << c.num_tokens << " tokens at " << c.start_pos);
-    V4RT_REQUIRE(kind <= uint8_t(ChunkKind::kVerify) && c.want_logits <= kLogitsAll &&
+    V4RT_REQUIRE(kind <= uint8_t(ChunkKind::kVerify) && c.want_logits <= kSampleLast &&
                      (kind != uint8_t(ChunkKind::kVerify) || c.want_logits == kLogitsAll),
                  "step plan: chunk of sequence " << c.seq << " has kind " << int(kind) << " and want_logits "
                                                  << int(c.want_logits));
     c.kind = ChunkKind(kind);
+    if (c.want_logits == kSampleLast) read_sample(r, c);
     total += c.num_tokens;
   }
   p.tokens.resize(r.count("tokens", 4));

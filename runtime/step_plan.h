@@ -31,6 +31,18 @@ enum class ChunkKind : uint8_t {
 constexpr uint8_t kLogitsNone = 0;  // an inner prefill chunk: no vocabulary projection at all
 constexpr uint8_t kLogitsLast = 1;  // the chunk's last token (sampling)
 constexpr uint8_t kLogitsAll = 2;   // every token of the chunk (`v4rt logits`, verify chunks)
+constexpr uint8_t kSampleLast = 3;  // the chunk's next token is drawn on the device (PlanChunk::sample);
+                                    // the leader gets its id and logprobs, no logits row
+
+// How a kSampleLast chunk draws (kernels::SampleRow without the position, which is the chunk's
+// end, and the draw index, 0): the request's settings.
+struct PlanSample {
+  uint64_t seed = 0;
+  float temperature = 0.0f;  // <= 0: greedy
+  float top_p = 1.0f;
+  int32_t top_k = 0;         // <= 0: off
+  int32_t n_logprobs = 0;    // top alternatives returned with the id
+};
 
 struct PlanChunk {
   SeqId seq = 0;
@@ -41,6 +53,7 @@ struct PlanChunk {
   // 1: the chunk ends at a prefix point (docs/PREFIX_CACHE.md): after the forward the executor
   // keeps a tail snapshot of the sequence at start_pos + num_tokens for a later PlanStore.
   uint8_t take_point = 0;
+  PlanSample sample;                   // kSampleLast only
 };
 
 // The leader's verdict on a sequence's last verify chunk: keep its first `accepted` drafts.

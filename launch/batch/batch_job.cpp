@@ -202,7 +202,7 @@ serve::ApiLimits BatchJob::api_limits(const model::ModelConfig& mc) const {
   return limits;
 }
 
-runtime::SchedulerOptions BatchJob::scheduler_options(const model::ModelConfig& mc) const {
+runtime::SchedulerOptions BatchJob::scheduler_options(const model::ModelConfig& mc, const kernels::Backend& backend) const {
   runtime::SchedulerOptions so;
   so.max_batch_tokens = config_.server.max_batch_tokens;
   so.max_running = config_.server.max_running;
@@ -214,6 +214,7 @@ runtime::SchedulerOptions BatchJob::scheduler_options(const model::ModelConfig& 
   so.eos_token_id = int32_t(mc.eos_token_id);
   so.mtp_depth = options_.mtp;
   so.prefill_chunk = config_.prefill_chunk;
+  so.device_sampling = draws_on_device(config_, backend);
   return so;
 }
 
@@ -356,7 +357,7 @@ BatchResult BatchJob::run(runtime::Leader& leader, const std::atomic<int>* stop)
   ProgressOptions po;
   po.terminal = options_.progress_bar;
   po.log_interval_s = options_.log_interval_s;
-  RunContext run(leader, scheduler_options(mc), int64_t(input_.items.size()), num_resumed_, po);
+  RunContext run(leader, scheduler_options(mc, leader.executor().model().backend()), int64_t(input_.items.size()), num_resumed_, po);
   run.limits = api_limits(mc);
   run.result.total = int64_t(input_.items.size());
   for (size_t i = 0; i < input_.items.size(); ++i)

@@ -82,7 +82,7 @@ class BatchJob {
   // to max_in_flight, collect() streams their tokens and commits the finished ones (both true
   // when something happened); finish_run() stops the engine and writes the output and summary.
   serve::ApiLimits api_limits(const model::ModelConfig& mc) const;
-  runtime::SchedulerOptions scheduler_options(const model::ModelConfig& mc) const;
+  runtime::SchedulerOptions scheduler_options(const model::ModelConfig& mc, const kernels::Backend& backend) const;
   bool feed(RunContext& run);
   bool submit_next(RunContext& run);
   bool collect(RunContext& run);

@@ -65,6 +65,19 @@ TEST(RuntimeConfig, GoodTextParses) {
   EXPECT_EQ(parse_runtime_config("", "empty.yaml").parallel.world(), 1);
 }
 
+// sampling.draw picks the sampler: auto follows the backend's device; a wrong value names the key.
+TEST(RuntimeConfig, SamplingDrawChoosesTheSampler) {
+  const auto cpu = kernels::make_cpu_backend();
+  EXPECT_EQ(parse_runtime_config("", "d.yaml").sampling.draw, "auto");
+  EXPECT_FALSE(draws_on_device(parse_runtime_config("", "d.yaml"), *cpu));  // the CPU draws on the host
+  const RuntimeConfig on = parse_runtime_config("sampling: {draw: device}\n", "d.yaml");
+  EXPECT_TRUE(draws_on_device(on, *cpu));
+  EXPECT_EQ(parse_runtime_config(runtime_config_yaml(on), "emitted").sampling.draw, "device");
+  EXPECT_FALSE(draws_on_device(parse_runtime_config("sampling: {draw: host}\n", "d.yaml"), *cpu));
+  expect_error_naming([] { parse_runtime_config("sampling:\n  draw: gpu\n", "d.yaml"); },
+                      {"d.yaml:2", "'sampling.draw'", "'gpu'"});
+}
+
 TEST(RuntimeConfig, UnknownKeyRejected) {
   expect_error_naming([] { parse_runtime_config("model: x\nparallel:\n  tp: 2\n  tpp: 2\n", "a.yaml"); },
                       {"a.yaml:4", "'parallel.tpp'", "not a known key"});

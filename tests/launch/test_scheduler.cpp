@@ -355,7 +355,9 @@ TEST_F(SchedulerTest, EvictionNeverFreesAPinnedPoint) {
   while (s.next_plan(&p, 0ms)) {
     for (uint64_t id : p.frees) {
       freed.push_back(id);
-      if (b_running) EXPECT_NE(id, pinned) << "the pinned point was freed while its request ran";
+      if (b_running) {
+        EXPECT_NE(id, pinned) << "the pinned point was freed while its request ran";
+      }
     }
     EXPECT_LE(s.gauges().kv_bytes_used, o.kv_budget_bytes);
     s.complete(p, logits_for(p, 5));

@@ -3,6 +3,8 @@
 // request validation errors and the KV estimate.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/check.h"
 #include "launch/serve/openai_api.h"
 #include "launch/serve/output.h"
@@ -22,8 +24,10 @@ StepPlan sample_plan() {
   p.stores = {{8, 300, 256, {{21, 299}}, {{22, 0, 256}, {23, 1, 299}}}};
   p.resumes = {{9, 100, 21, {22, 24}}};
   p.drafts = {{5, 2, 3, 17}};
-  p.chunks = {{9, 100, 3, kLogitsAll, ChunkKind::kVerify}, {11, 0, 2, kLogitsNone, ChunkKind::kHidden, 1}};
-  p.tokens = {5, 6, 7, 128803, 0};
+  p.chunks = {{9, 100, 3, kLogitsAll, ChunkKind::kVerify, 0, {}},
+              {11, 0, 2, kLogitsNone, ChunkKind::kHidden, 1, {}},
+              {12, 40, 1, kSampleLast, ChunkKind::kPlain, 0, {0x1234567890ull, 0.7f, 0.9f, 40, 5}}};
+  p.tokens = {5, 6, 7, 128803, 0, 9};
   p.frees = {30, 31, 32};
   p.releases = {3, 4};
   return p;
@@ -61,7 +65,7 @@ TEST(StepPlan, RoundTrip) {
   EXPECT_EQ(q.frees, p.frees);
   EXPECT_EQ(q.chunks[0].take_point, 0);
   EXPECT_EQ(q.chunks[1].take_point, 1);
-  ASSERT_EQ(q.chunks.size(), 2u);
+  ASSERT_EQ(q.chunks.size(), 3u);
   EXPECT_EQ(q.chunks[0].seq, 9u);
   EXPECT_EQ(q.chunks[0].start_pos, 100);
   EXPECT_EQ(q.chunks[0].num_tokens, 3);
@@ -69,6 +73,12 @@ TEST(StepPlan, RoundTrip) {
   EXPECT_EQ(q.chunks[1].want_logits, 0);
   EXPECT_EQ(q.chunks[0].kind, ChunkKind::kVerify);
   EXPECT_EQ(q.chunks[1].kind, ChunkKind::kHidden);
+  EXPECT_EQ(q.chunks[2].want_logits, kSampleLast);
+  EXPECT_EQ(q.chunks[2].sample.seed, 0x1234567890ull);
+  EXPECT_EQ(q.chunks[2].sample.temperature, 0.7f);
+  EXPECT_EQ(q.chunks[2].sample.top_p, 0.9f);
+  EXPECT_EQ(q.chunks[2].sample.top_k, 40);
+  EXPECT_EQ(q.chunks[2].sample.n_logprobs, 5);
   EXPECT_EQ(q.tokens, p.tokens);
   EXPECT_EQ(q.releases, p.releases);
   EXPECT_EQ(q.shutdown, 0);
@@ -92,15 +102,25 @@ TEST(StepPlan, RejectsTruncatedAndInconsistent) {
   bad.chunks[0].want_logits = kLogitsLast;  // a verify chunk returns the logits of every token
   EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
   bad = sample_plan();
-  bad.chunks[1].want_logits = kLogitsAll + 1;
+  bad.chunks[1].want_logits = kSampleLast + 1;
+  EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
+  for (const PlanSample s : {PlanSample{1, 0.7f, 0.0f, 0, 0}, PlanSample{1, 0.7f, 1.5f, 0, 0},
+                             PlanSample{1, NAN, 1.0f, 0, 0}, PlanSample{1, 0.7f, 1.0f, 0, -1},
+                             PlanSample{1, 0.7f, 1.0f, 0, 21}}) {
+    bad = sample_plan();
+    bad.chunks[2].sample = s;  // top_p outside (0, 1], a NaN temperature, logprobs outside [0, 20]
+    EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error) << s.top_p << " " << s.n_logprobs;
+  }
+  bad = sample_plan();
+  bad.chunks[0].want_logits = kSampleLast;  // a verify chunk cannot draw on the device
   EXPECT_THROW(deserialize_plan(serialize_plan(bad)), v4rt::Error);
   bytes = serialize_plan(sample_plan());
-  bytes[4] = 3;  // the version field: version 3 plans had no prefix-cache ops
+  bytes[4] = 4;  // the version field: version 4 plans had no kSampleLast
   try {
     deserialize_plan(bytes);
-    ADD_FAILURE() << "a version 3 plan was accepted";
+    ADD_FAILURE() << "a version 4 plan was accepted";
   } catch (const v4rt::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("version 3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("version 4"), std::string::npos) << e.what();
   }
   bad = sample_plan();
   bad.chunks[1].kind = ChunkKind(3);

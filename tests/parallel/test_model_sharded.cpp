@@ -207,16 +207,16 @@ TEST_F(StepBytes, Sp2DecodeStep) {
   if (v4rt::testing::world_size() != 2) GTEST_SKIP() << "sp2 runs on 2 ranks";
   const Measured got = measure(test_layout(1, 2, 1, 1));
   const ModelConfig& cfg = shared().ckpt->config();
-  // Per CSA layer: distributed top-k, all_gather of k (f32 score, i64 index) candidates of 16 bytes,
-  // k = min(index_topk, P/4); per compressed layer with entries: the attention merge, all_gather of
-  // H rows of (2 + head_dim) f32. (sp - 1) = 1 peer.
+  // Per CSA layer: distributed top-k, all_gathers of k f32 scores and k i32 local indices (8 bytes
+  // a candidate), k = min(index_topk, P/4); per compressed layer with entries: the attention merge,
+  // all_gathers of H rows of head_dim f32 outputs and H f32 log-sum-exps. (sp - 1) = 1 peer.
   const int64_t p_end = got.position + 1;
   uint64_t expect = 0;
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
     const int ratio = cfg.compress_ratio(l);
     if (ratio == 0 || p_end / ratio == 0) continue;
-    if (ratio == 4) expect += uint64_t(std::min<int64_t>(cfg.index_topk, p_end / 4)) * 16;
-    expect += uint64_t(cfg.num_attention_heads) * uint64_t(2 + cfg.head_dim) * 4;
+    if (ratio == 4) expect += uint64_t(std::min<int64_t>(cfg.index_topk, p_end / 4)) * 8;
+    expect += uint64_t(cfg.num_attention_heads) * uint64_t(1 + cfg.head_dim) * 4;
   }
   if (v4rt::testing::world_rank() == 0) std::printf("  sp2 decode step: %llu bytes sent per rank (analytic %llu)\n",
                                                     static_cast<unsigned long long>(got.sp), static_cast<unsigned long long>(expect));

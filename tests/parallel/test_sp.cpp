@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
-// SP under mpirun: the distributed top-k equals the single-rank top-k (scores full of ties and
-// -inf), and the log-sum-exp merge of per-rank attention partials equals one softmax with sink
-// over the union of candidates (window on SP rank 0 only, sink added once).
+// SP under mpirun, through the path the model runs (sp_select, sp_attention_merge: SpOps on the
+// group's memory, here the host ops and the CPU backend): the distributed top-k equals the
+// single-rank top-k (scores full of ties and -inf, keys not yet visible masked by position), and
+// the log-sum-exp merge of per-rank attention outputs equals one softmax with sink over the union
+// of candidates (window on SP rank 0 only, sink added once). The CUDA ops are checked against the
+// host ops in tests/cuda (test_cuda_sp_ops).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +12,9 @@
 #include <vector>
 
 #include "cluster/mpi_comm.h"
+#include "kernels/backend.h"
 #include "parallel/sp.h"
+#include "parallel/sp_ops.h"
 #include "tests/cluster/mpi_test.h"
 
 namespace v4rt::parallel {
@@ -32,28 +37,35 @@ float score_of(int64_t q, int64_t j) {
 
 TEST(SpTopk, DistributedEqualsSingleRank) {
   auto comm = make_sp();
+  auto be = kernels::make_cpu_backend();
+  auto ops = make_host_sp_ops();
   for (int block : {1, 16, 64}) {
     for (int64_t num_entries : {0, 7, 300, 1000}) {
       for (int k : {1, 20, 64, 1100}) {
-        const SpPartition part{.sp_size = comm->size(), .sp_idx = comm->rank(), .block = block};
-        const int64_t num_queries = 3, num_local = part.num_local(num_entries);
-        std::vector<float> local(size_t(num_queries * num_local));
-        for (int64_t q = 0; q < num_queries; ++q) {
-          for (int64_t l = 0; l < num_local; ++l) {
-            local[size_t(q * num_local + l)] = score_of(q, part.to_global(l));
+        // Rows at positions where every key is visible, and earlier ones that see about half.
+        for (const int64_t pos_begin : {num_entries * 4, num_entries * 2}) {
+          const SpPartition part{.sp_size = comm->size(), .sp_idx = comm->rank(), .block = block};
+          const int64_t num_queries = 3, num_local = part.num_local(num_entries);
+          std::vector<float> local(size_t(num_queries * num_local));
+          for (int64_t q = 0; q < num_queries; ++q) {
+            for (int64_t l = 0; l < num_local; ++l) local[size_t(q * num_local + l)] = score_of(q, part.to_global(l));
           }
-        }
-        std::vector<int64_t> got(size_t(num_queries * k));
-        distributed_topk(*comm, part, local.data(), num_queries, num_local, k, got.data());
-        for (int64_t q = 0; q < num_queries; ++q) {
-          std::vector<float> all(static_cast<size_t>(num_entries));
-          for (int64_t j = 0; j < num_entries; ++j) all[size_t(j)] = score_of(q, j);
-          std::vector<int64_t> want(static_cast<size_t>(k));
-          topk_reference(all, k, want.data());
-          for (int i = 0; i < k; ++i) {
-            ASSERT_EQ(got[size_t(q * k + i)], want[size_t(i)])
-                << "block " << block << " entries " << num_entries << " k " << k << " q " << q
-                << " i " << i;
+          const TensorView scores(local.data(), DType::kF32, {num_queries, num_local}, Device::kHost);
+          std::vector<int32_t> got(size_t(num_queries * k));
+          sp_select(*comm, *ops, *be, part, num_local > 0 ? scores : TensorView(), num_queries, pos_begin, 4, k,
+                    TensorView(got.data(), DType::kI32, {num_queries, k}, Device::kHost));
+          for (int64_t q = 0; q < num_queries; ++q) {
+            const int64_t visible = (pos_begin + q + 1) / 4;
+            std::vector<float> all(static_cast<size_t>(num_entries));
+            for (int64_t j = 0; j < num_entries; ++j) all[size_t(j)] = j < visible ? score_of(q, j) : kNegInf;
+            std::vector<int64_t> want(static_cast<size_t>(k));
+            topk_reference(all, k, want.data());
+            for (int i = 0; i < k; ++i) {
+              const int64_t g = want[size_t(i)];
+              const int32_t mine = g >= 0 && part.owns(g) ? int32_t(part.to_local(g)) : -1;
+              ASSERT_EQ(got[size_t(q * k + i)], mine) << "block " << block << " entries " << num_entries << " k " << k
+                                                      << " pos " << pos_begin << " q " << q << " i " << i;
+            }
           }
         }
       }
@@ -102,11 +114,22 @@ TEST(SpAttention, MergeEqualsSingleSoftmaxWithSink) {
   }
   std::vector<float> partial(size_t(num_rows * partial_width(head_dim)));
   attention_partial(q.data(), kv.data(), cand.data(), num_rows, width, head_dim, scale, partial.data());
+  // What the attention kernel gives each rank: its output normalised over its own candidates and
+  // their log-sum-exp (-inf where it attended nothing).
+  std::vector<float> out(size_t(num_rows * head_dim)), lse(static_cast<size_t>(num_rows));
+  const int64_t pw = partial_width(head_dim);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const float* p = &partial[size_t(r * pw)];
+    lse[size_t(r)] = p[0] == kNegInf ? kNegInf : p[0] + std::log(p[1]);
+    for (int64_t d = 0; d < head_dim; ++d) out[size_t(r * head_dim + d)] = p[0] == kNegInf ? 0.f : p[2 + d] / p[1];
+  }
+  auto be = kernels::make_cpu_backend();
+  auto ops = make_host_sp_ops();
   comm->reset_counters();
-  std::vector<float> out(size_t(num_rows * head_dim));
-  attention_merge(*comm, partial.data(), sink.data(), num_rows, num_heads, head_dim, out.data());
+  sp_attention_merge(*comm, *ops, *be, TensorView(out.data(), DType::kF32, {num_tokens, num_heads, head_dim}, Device::kHost),
+                     TensorView(lse.data(), DType::kF32, {num_tokens, num_heads}, Device::kHost), sink.data(), false);
   EXPECT_EQ(comm->counters().bytes_of(cluster::CollectiveKind::kAllGather),
-            uint64_t(n - 1) * num_rows * partial_width(head_dim) * 4);
+            uint64_t(n - 1) * num_rows * (head_dim + 1) * 4);
 
   // Single-rank fp32 path over the union: rel err <= 1e-6 (summation order only differs).
   std::vector<float> whole(partial.size()), single(out.size());
