@@ -113,9 +113,11 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
   const int64_t j0 = (s.start + lead) / m;
   CHECK_EQ(j0, s.num_entries) << "compressor entries out of step";
   const bool keep_all = own.num_ranks == 1;
-  Scratch staged;  // SP: all new entries, before the owned ones are kept
-  if (!keep_all) staged = make_scratch(ctx.backend, {num_entries, w.head_dim});
-  const TensorView e = keep_all ? s.entries.reserve(num_entries) : staged.view;
+  const bool compact = s.layout.compact();
+  CHECK(!compact || ctx.official) << "compact KV rows hold official-numerics values only";
+  Scratch staged;  // SP or compact rows: all new entries in F32, before they are packed / the owned ones kept
+  if (!keep_all || compact) staged = make_scratch(ctx.backend, {num_entries, w.head_dim});
+  const TensorView e = keep_all && !compact ? s.entries.reserve(num_entries) : staged.view;
   kernels::CompressorPoolParams pp;
   pp.kv = s.kv.view();
   pp.score = s.score.view();
@@ -140,13 +142,26 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
       qdq(ctx, view_cols(e, 0, ctx.config.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
     }
   }
+  // The new entries in the table's row format: packed (lossless: the rows were just rounded to
+  // exactly the format's values above) straight into the table, or into a staging table under SP.
+  TensorView rows = e;
+  Scratch packed;
+  if (compact) {
+    if (!keep_all) packed = make_scratch(ctx.backend, {num_entries, s.layout.row_bytes}, DType::kU8);
+    kernels::KvPackParams kp;
+    kp.x = e;
+    kp.out = keep_all ? s.entries.reserve(num_entries) : packed.view;
+    kp.layout = s.layout;
+    ctx.backend.kv_pack(kp);
+    rows = kp.out;
+  }
   if (keep_all) {
     s.entries.commit(num_entries);
   } else {
     for (int64_t j = j0; j < j0 + num_entries;) {  // runs of entries inside one ownership block
       const int64_t run_end = std::min(j0 + num_entries, (j / own.block + 1) * own.block);
       if (own.owns(j)) {
-        ctx.backend.copy_rows(s.entries.reserve(run_end - j), view_rows(e, j - j0, run_end - j0));
+        ctx.backend.copy_rows(s.entries.reserve(run_end - j), view_rows(rows, j - j0, run_end - j0));
         s.entries.commit(run_end - j);
       }
       j = run_end;
@@ -364,6 +379,7 @@ Scratch indexer_select(const BlockContext& ctx, const LayerWeights& w, const Att
     kernels::IndexerScoresParams p;
     p.q = view_rows(iq.q.view, r0, r1);
     p.keys = indexer.entries.view();
+    p.key_layout = indexer.layout;
     p.w = view_rows(iq.weights.view, r0, r1);
     p.scores = scores.view;
     // The scale uses the global head count: TP ranks sum partial scores of their heads.
@@ -461,6 +477,7 @@ void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegme
   Scratch hca_idx;
   if (aw.has_compressor && state.main.entries.rows() > 0) {
     ap.comp_kv = state.main.entries.view();
+    ap.comp_layout = state.main.layout;
     if (aw.has_indexer) {
       ap.comp_idx = sel.view;  // empty when no indexer key exists yet
       if (!sel.view.data) ap.comp_kv = TensorView();

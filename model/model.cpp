@@ -57,7 +57,10 @@ Shard Model::shard() const {
 }
 
 std::unique_ptr<SequenceState> Model::new_sequence() {
-  auto seq = std::make_unique<SequenceState>(config_, backend_);
+  // The official numerics round every compressed entry and indexer key to the compact formats'
+  // values, so those sequences store them compactly (lossless, docs/KV_CACHE.md).
+  const KvStorage storage = options_.numerics == Numerics::kOfficial ? KvStorage::kCompact : KvStorage::kF32;
+  auto seq = std::make_unique<SequenceState>(config_, backend_, storage);
   if (options_.parallel.layout.sp > 1) seq->set_ownership(ownership_of(options_.parallel));
   return seq;
 }

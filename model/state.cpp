@@ -13,16 +13,16 @@ TensorView RowTable::view() const { return rows_view(0, rows_); }
 
 TensorView RowTable::rows_view(int64_t begin, int64_t end) const {
   CHECK(begin >= 0 && begin <= end && end <= std::max(rows_, capacity_));
-  TensorView v(buffer_.data(), DType::kF32, {capacity_, width_}, backend_->device());
+  TensorView v(buffer_.data(), dtype_, {capacity_, width_}, backend_->device());
   return kernels::view_rows(v, begin, end);
 }
 
 TensorView RowTable::reserve(int64_t extra) {
   if (rows_ + extra > capacity_) {
     const int64_t cap = std::max<int64_t>({rows_ + extra, capacity_ * 2, 16});
-    Buffer grown = backend_->alloc(size_t(cap * width_) * sizeof(float));
+    Buffer grown = backend_->alloc(size_t(cap * row_bytes()));
     if (rows_ > 0) {
-      TensorView dst(grown.data(), DType::kF32, {cap, width_}, backend_->device());
+      TensorView dst(grown.data(), dtype_, {cap, width_}, backend_->device());
       backend_->copy_rows(kernels::view_rows(dst, 0, rows_), view());
     }
     buffer_ = std::move(grown);
@@ -41,8 +41,8 @@ void RowTable::drop_front(int64_t n) {
   const int64_t keep = rows_ - n;
   if (keep > 0) {
     // Through a scratch table so overlapping source and destination never meet on any backend.
-    Buffer tmp = backend_->alloc(size_t(keep * width_) * sizeof(float));
-    TensorView t(tmp.data(), DType::kF32, {keep, width_}, backend_->device());
+    Buffer tmp = backend_->alloc(size_t(keep * row_bytes()));
+    TensorView t(tmp.data(), dtype_, {keep, width_}, backend_->device());
     backend_->copy_rows(t, rows_view(n, rows_));
     backend_->copy_rows(rows_view(0, keep), t);
   }
@@ -55,7 +55,7 @@ void RowTable::truncate(int64_t rows) {
 }
 
 RowTable RowTable::clone() const {
-  RowTable t(backend_, width_);
+  RowTable t = empty_like();
   if (rows_ > 0) {
     backend_->copy_rows(t.reserve(rows_), view());
     t.commit(rows_);
@@ -103,47 +103,67 @@ void rollback_window(kernels::Backend& backend, RowTable& tail, const WindowMark
 
 namespace {
 
-// Row widths (floats) of one layer's tables; 0: the layer has no such table.
+// Row widths (floats) of one layer's F32 tables; 0: the layer has no such table.
 struct LayerWidths {
   int ratio = 0;               // compress ratio (0: window only)
   int64_t window = 0;          // window tail
   int64_t compressor = 0;      // main compressor kv and score buffers (CSA: two interleaved heads)
-  int64_t entries = 0;         // compressed entries
   int64_t index_buffer = 0;    // indexer compressor kv and score buffers
-  int64_t index_keys = 0;      // indexer keys
 };
 
 LayerWidths layer_widths(const ModelConfig& config, int l) {
   LayerWidths w;
   w.ratio = config.compress_ratio(l);
   w.window = config.head_dim;
-  if (w.ratio != 0) {
-    w.compressor = int64_t(w.ratio == 4 ? 2 : 1) * config.head_dim;
-    w.entries = config.head_dim;
-  }
-  if (w.ratio == 4) {
-    w.index_buffer = 2 * int64_t(config.index_head_dim);
-    w.index_keys = config.index_head_dim;
-  }
+  if (w.ratio != 0) w.compressor = int64_t(w.ratio == 4 ? 2 : 1) * config.head_dim;
+  if (w.ratio == 4) w.index_buffer = 2 * int64_t(config.index_head_dim);
   return w;
+}
+
+// An empty entry table of `layout`'s rows.
+RowTable entry_table(kernels::Backend& backend, const KvRowLayout& layout) {
+  if (!layout.compact()) return RowTable(&backend, layout.dim);
+  return RowTable(&backend, layout.row_bytes, DType::kU8);
 }
 
 }  // namespace
 
-int64_t state_bytes(const ModelConfig& config, int64_t num_tokens) {
-  int64_t floats = 0;
+KvRowLayout entry_layout(const ModelConfig& config, KvStorage storage) {
+  if (storage == KvStorage::kF32) return plain_kv_layout(config.head_dim);
+  return fp8_rope_kv_layout(config.head_dim, config.qk_rope_head_dim);
+}
+
+KvRowLayout index_key_layout(const ModelConfig& config, KvStorage storage) {
+  if (storage == KvStorage::kF32) return plain_kv_layout(config.index_head_dim);
+  return fp4_kv_layout(config.index_head_dim);
+}
+
+int64_t kv_row_bytes(const KvRowLayout& layout) {
+  return layout.compact() ? layout.row_bytes : layout.dim * int64_t(sizeof(float));
+}
+
+int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage storage) {
+  const int64_t entry = kv_row_bytes(entry_layout(config, storage));
+  const int64_t key = kv_row_bytes(index_key_layout(config, storage));
+  int64_t floats = 0, rows = 0;  // F32 tables; entry and key rows
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     const LayerWidths w = layer_widths(config, l);
     floats += std::min<int64_t>(num_tokens, config.sliding_window - 1) * w.window;
     if (w.ratio == 0) continue;
-    floats += 2 * (2 * int64_t(w.ratio)) * w.compressor + (num_tokens / w.ratio) * w.entries;  // kv + score, entries
-    floats += 2 * (2 * 4) * w.index_buffer + (num_tokens / 4) * w.index_keys;  // zero widths without an indexer
+    floats += 2 * (2 * int64_t(w.ratio)) * w.compressor;  // kv + score
+    rows += (num_tokens / w.ratio) * entry;
+    if (w.ratio != 4) continue;
+    floats += 2 * (2 * 4) * w.index_buffer;
+    rows += (num_tokens / 4) * key;
   }
-  return floats * int64_t(sizeof(float));
+  return floats * int64_t(sizeof(float)) + rows;
 }
 
-SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend)
-    : config_(config), backend_(backend) {
+SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage)
+    : config_(config), backend_(backend), storage_(storage) {
+  const KvRowLayout entries = entry_layout(config, storage), keys = index_key_layout(config, storage);
+  kernels::require_kv_format(backend, entries, "compressed entries");
+  kernels::require_kv_format(backend, keys, "indexer keys");
   layers_.resize(size_t(config.num_hidden_layers));
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     LayerState& s = layers_[size_t(l)];
@@ -154,19 +174,21 @@ SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backen
     if (s.has_compressor) {
       s.main.kv = RowTable(&backend, w.compressor);
       s.main.score = RowTable(&backend, w.compressor);
-      s.main.entries = RowTable(&backend, w.entries);
+      s.main.entries = entry_table(backend, entries);
+      s.main.layout = entries;
     }
     if (s.has_indexer) {
       s.indexer.kv = RowTable(&backend, w.index_buffer);
       s.indexer.score = RowTable(&backend, w.index_buffer);
-      s.indexer.entries = RowTable(&backend, w.index_keys);
+      s.indexer.entries = entry_table(backend, keys);
+      s.indexer.layout = keys;
     }
   }
   reset();
 }
 
 std::unique_ptr<SequenceState> SequenceState::clone() const {
-  auto copy = std::make_unique<SequenceState>(config_, backend_);
+  auto copy = std::make_unique<SequenceState>(config_, backend_, storage_);
   copy->position_ = position_;
   copy->ownership_ = ownership_;
   auto clone_compressor = [](const CompressorState& c) {
@@ -175,6 +197,7 @@ std::unique_ptr<SequenceState> SequenceState::clone() const {
     out.score = c.score.clone();
     out.start = c.start;
     out.entries = c.entries.clone();
+    out.layout = c.layout;
     out.num_entries = c.num_entries;
     return out;
   };

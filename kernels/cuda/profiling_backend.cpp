@@ -94,6 +94,7 @@ class Profiler final : public ProfilingBackend {
   int device_index() const override { return inner_.device_index(); }
   DType act_dtype() const override { return inner_.act_dtype(); }
   bool supports(Op op) const override { return inner_.supports(op); }
+  bool supports_kv_format(KvFormat f) const override { return inner_.supports_kv_format(f); }
   WeightView upload_weight(const WeightSource& s) override { return inner_.upload_weight(s); }
   void copy_to_device(void* d, const void* s, size_t b) override { inner_.copy_to_device(d, s, b); }
   void copy_to_host(void* d, const void* s, size_t b) override { inner_.copy_to_host(d, s, b); }
@@ -211,6 +212,9 @@ class Profiler final : public ProfilingBackend {
     timed("add", view_bytes(p.a) + view_bytes(p.b) + view_bytes(p.out), 0, kPeakBf16, [&] { inner_.add(p); });
   }
   void qdq(const QdqParams& p) override { timed("qdq", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.qdq(p); }); }
+  void kv_pack(const KvPackParams& p) override {
+    timed("kv_pack", view_bytes(p.x) + view_bytes(p.out), 0, kPeakBf16, [&] { inner_.kv_pack(p); });
+  }
   // Ideal traffic: the logits read once; ids and logprobs are negligible.
   void sample(const SampleParams& p) override {
     timed("sample", view_bytes(p.logits), 0, kPeakBf16, [&] { inner_.sample(p); });
