@@ -159,6 +159,36 @@ int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage sto
   return floats * int64_t(sizeof(float)) + rows;
 }
 
+void store_entries(kernels::Backend& backend, CompressorState& c, const TensorView& rows) {
+  const KvRowLayout& l = c.layout;
+  CHECK(rows.dtype == DType::kF32 && rows.ndim == 2 && rows.shape[1] == l.dim)
+      << "entries " << rows.shape_str() << " for rows of " << l.dim << " dims";
+  const int64_t n = rows.shape[0];
+  c.entries.clear();
+  if (n == 0) return;
+  if (!l.compact()) {
+    backend.copy_rows(c.entries.reserve(n), rows);
+    c.entries.commit(n);
+    return;
+  }
+  kernels::QdqParams q;  // the scaled dims, then (kFp8Rope) the bf16 dims
+  q.x = kernels::view_cols(rows, 0, l.quant_dim);
+  q.format = l.format == KvFormat::kFp8Rope ? kernels::QdqFormat::kFp8E4M3 : kernels::QdqFormat::kFp4E2M1;
+  q.block = l.block;
+  backend.qdq(q);
+  if (l.quant_dim < l.dim) {
+    q.x = kernels::view_cols(rows, l.quant_dim, l.dim);
+    q.format = kernels::QdqFormat::kBf16;
+    backend.qdq(q);
+  }
+  kernels::KvPackParams p;
+  p.x = rows;
+  p.out = c.entries.reserve(n);
+  p.layout = l;
+  backend.kv_pack(p);
+  c.entries.commit(n);
+}
+
 SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage)
     : config_(config), backend_(backend), storage_(storage) {
   const KvRowLayout entries = entry_layout(config, storage), keys = index_key_layout(config, storage);

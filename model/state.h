@@ -119,6 +119,11 @@ int64_t kv_row_bytes(const KvRowLayout& layout);
 // its prompt plus its completion.
 int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage storage = KvStorage::kF32);
 
+// Replaces the entries of `c` with `rows` [n, dim] F32 on the backend's device (benchmarks that
+// fabricate a state): F32 tables take them as they are; compact tables take them rounded in place
+// to the format's values first (the official numerics' rounding, spec §2.3), then packed.
+void store_entries(kernels::Backend& backend, CompressorState& c, const TensorView& rows);
+
 class SequenceState {
  public:
   // Throws v4rt::Error when `backend` cannot read the row formats of `storage`.
