@@ -171,6 +171,9 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
   s.kv.drop_front(num_entries * m);
   s.score.drop_front(num_entries * m);
   s.start += num_entries * m;
+  // A long chunk grew the token buffers to its length; they now hold less than two blocks.
+  s.kv.shrink(compressor_capacity(m));
+  s.score.shrink(compressor_capacity(m));
 }
 
 // The compressor's projections of every row of the batch: kv and score [N, c*d].

@@ -17,9 +17,13 @@ TensorView RowTable::rows_view(int64_t begin, int64_t end) const {
   return kernels::view_rows(v, begin, end);
 }
 
+namespace {
+constexpr int64_t kFirstCapacity = 16;  // rows of a table's first allocation
+}  // namespace
+
 TensorView RowTable::reserve(int64_t extra) {
   if (rows_ + extra > capacity_) {
-    const int64_t cap = std::max<int64_t>({rows_ + extra, capacity_ * 2, 16});
+    const int64_t cap = std::max<int64_t>({rows_ + extra, capacity_ * 2, kFirstCapacity});
     Buffer grown = backend_->alloc(size_t(cap * row_bytes()));
     if (rows_ > 0) {
       TensorView dst(grown.data(), dtype_, {cap, width_}, backend_->device());
@@ -52,6 +56,18 @@ void RowTable::drop_front(int64_t n) {
 void RowTable::truncate(int64_t rows) {
   CHECK(rows >= 0 && rows <= rows_) << "truncate to " << rows << " of " << rows_ << " rows";
   rows_ = rows;
+}
+
+void RowTable::shrink(int64_t capacity) {
+  const int64_t cap = std::max(rows_, capacity);
+  if (capacity_ <= cap) return;
+  Buffer smaller = backend_->alloc(size_t(cap * row_bytes()));
+  if (rows_ > 0) {
+    TensorView dst(smaller.data(), dtype_, {cap, width_}, backend_->device());
+    backend_->copy_rows(kernels::view_rows(dst, 0, rows_), view());
+  }
+  buffer_ = std::move(smaller);
+  capacity_ = cap;
 }
 
 RowTable RowTable::clone() const {
@@ -128,6 +144,8 @@ RowTable entry_table(kernels::Backend& backend, const KvRowLayout& layout) {
 
 }  // namespace
 
+int64_t compressor_capacity(int ratio) { return std::max<int64_t>(2 * int64_t(ratio), kFirstCapacity); }
+
 KvRowLayout entry_layout(const ModelConfig& config, KvStorage storage) {
   if (storage == KvStorage::kF32) return plain_kv_layout(config.head_dim);
   return fp8_rope_kv_layout(config.head_dim, config.qk_rope_head_dim);
@@ -150,10 +168,10 @@ int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage sto
     const LayerWidths w = layer_widths(config, l);
     floats += std::min<int64_t>(num_tokens, config.sliding_window - 1) * w.window;
     if (w.ratio == 0) continue;
-    floats += 2 * (2 * int64_t(w.ratio)) * w.compressor;  // kv + score
+    floats += 2 * compressor_capacity(w.ratio) * w.compressor;  // kv + score
     rows += (num_tokens / w.ratio) * entry;
     if (w.ratio != 4) continue;
-    floats += 2 * (2 * 4) * w.index_buffer;
+    floats += 2 * compressor_capacity(4) * w.index_buffer;
     rows += (num_tokens / 4) * key;
   }
   return floats * int64_t(sizeof(float)) + rows;
@@ -215,6 +233,16 @@ SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backen
     }
   }
   reset();
+}
+
+int64_t SequenceState::allocated_bytes() const {
+  int64_t b = 0;
+  for (const LayerState& s : layers_) {
+    b += s.window_tail.allocated_bytes();
+    for (const CompressorState* c : {&s.main, &s.indexer})
+      b += c->kv.allocated_bytes() + c->score.allocated_bytes() + c->entries.allocated_bytes();
+  }
+  return b;
 }
 
 std::unique_ptr<SequenceState> SequenceState::clone() const {

@@ -43,6 +43,7 @@ class RowTable {
   DType dtype() const { return dtype_; }
   int64_t row_bytes() const { return width_ * int64_t(dtype_size(dtype_)); }
   int64_t bytes() const { return rows_ * row_bytes(); }  // of the rows held (not the capacity)
+  int64_t allocated_bytes() const { return int64_t(buffer_.bytes()); }  // the capacity's
   RowTable empty_like() const { return RowTable(backend_, width_, dtype_); }  // same backend and row format
   TensorView view() const;                       // [rows, width]
   TensorView rows_view(int64_t begin, int64_t end) const;
@@ -52,6 +53,7 @@ class RowTable {
   void drop_front(int64_t n);                    // removes the first n rows
   void clear() { rows_ = 0; }
   void truncate(int64_t rows);                   // keeps the first `rows` rows
+  void shrink(int64_t capacity);                 // gives back the room past max(rows, capacity) rows
   RowTable clone() const;                        // a deep copy of the rows (same backend)
   // While a spill table is set, drop_front() appends the rows it removes to it (oldest first), so a
   // speculative chunk can be rolled back exactly (SequenceState::rollback). nullptr: no spill.
@@ -112,9 +114,14 @@ KvRowLayout index_key_layout(const ModelConfig& config, KvStorage storage);
 // Bytes of one row of that layout (kPlain: F32 elements).
 int64_t kv_row_bytes(const KvRowLayout& layout);
 
+// Rows a compressor's token buffers (kv, score) keep room for between chunks: two blocks (CSA keeps
+// the previous block), at least a RowTable's first allocation. A longer chunk grows them to its
+// length while it is pooled; compressor_push gives that room back.
+int64_t compressor_capacity(int ratio);
+
 // Bytes a SequenceState of one rank holding everything (no SP) occupies after `num_tokens`
 // tokens, from the layout SequenceState allocates: the window tail and the compressor buffers at
-// their largest (two blocks of rows: CSA keeps the previous block), F32 rows, and the compressed
+// their largest between chunks (compressor_capacity rows), F32 rows, and the compressed
 // entries and indexer keys in the rows of `storage`. Admission control charges a request this for
 // its prompt plus its completion.
 int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage storage = KvStorage::kF32);
@@ -129,6 +136,8 @@ class SequenceState {
   // Throws v4rt::Error when `backend` cannot read the row formats of `storage`.
   SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage = KvStorage::kF32);
   KvStorage storage() const { return storage_; }
+  // Bytes the tables hold allocated now (capacities; a mark's copies not counted).
+  int64_t allocated_bytes() const;
   void reset();
   int64_t position() const { return position_; }  // tokens processed so far
   void advance(int64_t n) { position_ += n; }

@@ -296,7 +296,7 @@ void print_capacity(const model::ModelConfig& full, double free_bytes) {
   const double gib = 1024.0 * 1024 * 1024;
   std::printf("\nKV capacity (1M-token sequences, compact entries 584 B + FP4 indexer keys 68 B, spec 8.1):\n");
   std::printf("  per sequence: %.2f GiB compressed entries + %.1f MiB window/compressor state"
-              " (the current F32 row tables: %.2f GiB)\n", per_seq / gib, constant / (1024.0 * 1024), per_seq_f32 / gib);
+              " (F32 rows of the reference numerics: %.2f GiB)\n", per_seq / gib, constant / (1024.0 * 1024), per_seq_f32 / gib);
   std::printf("  weights: %.1f GiB routed experts + %.1f GiB the rest; device free before loading: %.1f GiB\n",
               experts / gib, rest / gib, free_bytes / gib);
   for (int ep : {1, 2, 4, 8}) {

@@ -130,6 +130,16 @@ TEST(KvCache, CompactLogitsAndRowsEqualF32BitForBit) {
   }
   EXPECT_EQ(rows_checked, 3 * (306 / 4) * 2 + 2 * (306 / 128));  // CSA entries + keys, HCA entries
 
+  // The 129-token chunk grew the token buffers; they gave the room back once pooled.
+  for (int l = 0; l < compact->num_layers(); ++l) {
+    const LayerState& s = compact->layer(l);
+    const int ratio = m.config().compress_ratio(l);
+    if (s.has_compressor)
+      EXPECT_LE(s.main.kv.allocated_bytes(), compressor_capacity(ratio) * s.main.kv.row_bytes()) << "layer " << l;
+    if (s.has_indexer)
+      EXPECT_LE(s.indexer.score.allocated_bytes(), compressor_capacity(4) * s.indexer.score.row_bytes()) << "layer " << l;
+  }
+
   // The formulas charge exactly the rows the tables hold: the difference of the two storages.
   const int64_t n = compact->position();
   EXPECT_EQ(state_bytes(m.config(), n, KvStorage::kF32) - state_bytes(m.config(), n, KvStorage::kCompact),
@@ -181,6 +191,37 @@ TEST(KvCache, BackendWithoutTheFormatIsRefused) {
   }
   SequenceState plain(c, be, KvStorage::kF32);
   EXPECT_EQ(plain.storage(), KvStorage::kF32);
+}
+
+// A Flash SequenceState grown to 1M tokens (every table reserved at its state_bytes size: the
+// window tail, the compressor buffers' room, the entries and keys; no data written, so the host
+// pages stay untouched) allocates exactly what state_bytes charges, in both storages.
+TEST(KvCache, FlashMillionTokenAllocationEqualsStateBytes) {
+  const ModelConfig flash = preset_config("flash", false);
+  auto cpu = kernels::make_cpu_backend();
+  const int64_t n = int64_t(1) << 20;
+  for (KvStorage storage : {KvStorage::kCompact, KvStorage::kF32}) {
+    SequenceState s(flash, *cpu, storage);
+    for (int l = 0; l < flash.num_hidden_layers; ++l) {
+      LayerState& ls = s.layer(l);
+      const int ratio = flash.compress_ratio(l);
+      auto grow = [](RowTable& t, int64_t rows) {
+        t.reserve(rows - t.rows());
+        t.commit(rows - t.rows());
+      };
+      grow(ls.window_tail, flash.sliding_window - 1);
+      for (auto [c, r] : {std::pair{&ls.main, ratio}, std::pair{&ls.indexer, 4}}) {
+        if ((c == &ls.main && !ls.has_compressor) || (c == &ls.indexer && !ls.has_indexer)) continue;
+        grow(c->kv, compressor_capacity(r));
+        grow(c->score, compressor_capacity(r));
+        grow(c->entries, n / r);
+      }
+    }
+    const int64_t allocated = s.allocated_bytes();
+    std::printf("Flash SequenceState at 1M tokens, %s: %lld B allocated (%.2f GiB)\n",
+                storage == KvStorage::kCompact ? "compact" : "F32", (long long)allocated, double(allocated) / (1 << 30));
+    EXPECT_EQ(allocated, state_bytes(flash, n, storage));
+  }
 }
 
 // Arithmetic of spec §8: a 1M-token Flash sequence fits in 4.0 GB with the compact rows.

@@ -83,13 +83,13 @@ TEST(ModelCost, EntryFormatsAndConstantState) {
   EXPECT_NEAR(fb.compressor_state / kMiB, 11.6, 0.05);
   EXPECT_NEAR(pb.compressor_state / kMiB, 17.8, 0.05);
   // The runtime's storages cost what it allocates: F32 window tails of 127 rows (43 / 61 layers x
-  // 127 x 512 x 4 B) and F32 compressor buffers of two blocks (CSA 64 + 16 KiB, HCA 1 MiB).
+  // 127 x 512 x 4 B) and F32 compressor buffers of 16 rows (CSA 128 + 32 KiB) or two blocks (HCA 1 MiB).
   const KvBytes f = kv_bytes(flash, kMillion, KvFormat::kCompact);
   const KvBytes p = kv_bytes(pro, kMillion, KvFormat::kCompact);
   EXPECT_EQ(f.window_ring, 43 * 127 * 512 * 4);
   EXPECT_EQ(p.window_ring, 61 * 127 * 512 * 4);
-  EXPECT_EQ(f.compressor_state, (21 * 80 + 20 * 1024) * 1024);
-  EXPECT_EQ(p.compressor_state, (30 * 80 + 31 * 1024) * 1024);
+  EXPECT_EQ(f.compressor_state, (21 * 160 + 20 * 1024) * 1024);
+  EXPECT_EQ(p.compressor_state, (30 * 160 + 31 * 1024) * 1024);
   for (KvFormat format : {KvFormat::kCompact, KvFormat::kF32}) {
     const model::KvStorage storage = format == KvFormat::kCompact ? model::KvStorage::kCompact : model::KvStorage::kF32;
     for (int64_t context : {int64_t(5), int64_t(1000), kMillion})
