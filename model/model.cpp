@@ -56,11 +56,12 @@ Shard Model::shard() const {
   return options_.parallel.sharded() ? shard_of(options_.parallel.plan) : options_.shard;
 }
 
+KvStorage Model::kv_storage() const {
+  return options_.numerics == Numerics::kOfficial ? KvStorage::kCompact : KvStorage::kF32;
+}
+
 std::unique_ptr<SequenceState> Model::new_sequence() {
-  // The official numerics round every compressed entry and indexer key to the compact formats'
-  // values, so those sequences store them compactly (lossless, docs/KV_CACHE.md).
-  const KvStorage storage = options_.numerics == Numerics::kOfficial ? KvStorage::kCompact : KvStorage::kF32;
-  auto seq = std::make_unique<SequenceState>(config_, backend_, storage);
+  auto seq = std::make_unique<SequenceState>(config_, backend_, kv_storage());
   if (options_.parallel.layout.sp > 1) seq->set_ownership(ownership_of(options_.parallel));
   return seq;
 }
