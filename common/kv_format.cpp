@@ -108,12 +108,35 @@ bool kv_pack_row(const KvRowLayout& l, const float* x, uint8_t* row) {
   return exact;
 }
 
+namespace {
+
+// Code -> value tables of the two codecs (the decode runs per element on the CPU ops' hot path).
+struct CodeTables {
+  float e4m3[256];
+  float fp4[16];
+  CodeTables() {
+    for (int c = 0; c < 256; ++c) e4m3[c] = e4m3_to_f32(uint8_t(c));
+    for (int c = 0; c < 16; ++c) fp4[c] = fp4_to_f32(uint8_t(c));
+  }
+};
+const CodeTables& code_tables() {
+  static const CodeTables tables;
+  return tables;
+}
+
+}  // namespace
+
 void kv_unpack_row(const KvRowLayout& l, const uint8_t* row, float* x) {
   CHECK(l.compact()) << "kv_unpack_row of a plain layout";
-  const bool fp8 = l.format == KvFormat::kFp8Rope;
-  for (int64_t i = 0; i < l.quant_dim; ++i) {
-    const float s = e8m0_to_f32(row[l.scale_offset + i / l.block]);
-    x[i] = (fp8 ? e4m3_to_f32(row[i]) : fp4_to_f32(fp4_unpack(row, i))) * s;
+  const CodeTables& t = code_tables();
+  for (int64_t b = 0; b < l.num_scales(); ++b) {
+    const float s = e8m0_to_f32(row[l.scale_offset + b]);
+    const int64_t end = std::min<int64_t>(l.quant_dim, (b + 1) * l.block);
+    if (l.format == KvFormat::kFp8Rope) {
+      for (int64_t i = b * l.block; i < end; ++i) x[i] = t.e4m3[row[i]] * s;
+    } else {
+      for (int64_t i = b * l.block; i < end; ++i) x[i] = t.fp4[fp4_unpack(row, i)] * s;
+    }
   }
   for (int64_t i = l.quant_dim; i < l.dim; ++i) {
     uint16_t h;

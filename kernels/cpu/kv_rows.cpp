@@ -17,13 +17,13 @@ KvRowReader::KvRowReader(const TensorView& table, const KvRowLayout& layout, int
                             << " dims, the op needs " << dim;
   CHECK(table.dtype == DType::kU8) << what << ": compact rows are U8, got " << dtype_name(table.dtype);
   CHECK_EQ(row_width(table), layout.row_bytes) << what << " " << table.shape_str();
-  decoded_.resize(size_t(rows_ * dim));
+  decoded_.reset(new float[size_t(rows_ * dim)]);
   done_.assign(size_t(rows_), 0);
 }
 
 const float* KvRowReader::row(int64_t r) {
   if (!layout_.compact()) return row_f32(table_, r);
-  float* out = decoded_.data() + r * dim_;
+  float* out = decoded_.get() + r * dim_;
   if (!done_[size_t(r)]) {
     kv_unpack_row(layout_, static_cast<const uint8_t*>(table_.data) + r * table_.stride[0], out);
     done_[size_t(r)] = 1;

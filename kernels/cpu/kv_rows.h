@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/kv_format.h"
@@ -24,8 +25,8 @@ class KvRowReader {
   TensorView table_;
   KvRowLayout layout_;
   int64_t rows_ = 0, dim_ = 0;
-  std::vector<float> decoded_;  // [rows, dim] compact rows decoded so far
-  std::vector<uint8_t> done_;   // [rows] 1 once decoded_ holds the row
+  std::unique_ptr<float[]> decoded_;  // [rows, dim] compact rows decoded so far (not initialised)
+  std::vector<uint8_t> done_;         // [rows] 1 once decoded_ holds the row
 };
 
 }  // namespace v4rt::kernels::cpu
