@@ -89,6 +89,40 @@ parallel::SpPartition partition_of(const EntryOwnership& own) {
   return part;
 }
 
+// Appends the new entries e [n, d] (F32, as the numerics rounded them; entry indices j0 .. j0 + n)
+// that this rank owns to the state's table, in its row format. Compact rows are packed (lossless:
+// the rounding made every value exactly a value of the format) straight into the table, or into a
+// staging table under SP; then SP copies the runs of entries it owns. Without SP and with F32 rows,
+// e already is the table's reserved rows.
+void keep_new_entries(const BlockContext& ctx, CompressorState& s, const TensorView& e, int64_t j0,
+                      const EntryOwnership& own) {
+  const int64_t n = e.shape[0];
+  const bool keep_all = own.num_ranks == 1;
+  TensorView rows = e;
+  Scratch packed;
+  if (s.layout.compact()) {
+    if (!keep_all) packed = make_scratch(ctx.backend, {n, s.layout.row_bytes}, DType::kU8);
+    kernels::KvPackParams kp;
+    kp.x = e;
+    kp.out = keep_all ? s.entries.reserve(n) : packed.view;
+    kp.layout = s.layout;
+    ctx.backend.kv_pack(kp);
+    rows = kp.out;
+  }
+  if (keep_all) {
+    s.entries.commit(n);
+    return;
+  }
+  for (int64_t j = j0; j < j0 + n;) {  // runs of entries inside one ownership block
+    const int64_t run_end = std::min(j0 + n, (j / own.block + 1) * own.block);
+    if (own.owns(j)) {
+      ctx.backend.copy_rows(s.entries.reserve(run_end - j), view_rows(rows, j - j0, run_end - j0));
+      s.entries.commit(run_end - j);
+    }
+    j = run_end;
+  }
+}
+
 // Appends the chunk's projections to a compressor's token buffer, pools every completed block into
 // a new entry (spec §5.4), post-processes the entries and appends the ones this rank owns; drops
 // the consumed rows.
@@ -142,31 +176,7 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
       qdq(ctx, view_cols(e, 0, ctx.config.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
     }
   }
-  // The new entries in the table's row format: packed (lossless: the rows were just rounded to
-  // exactly the format's values above) straight into the table, or into a staging table under SP.
-  TensorView rows = e;
-  Scratch packed;
-  if (compact) {
-    if (!keep_all) packed = make_scratch(ctx.backend, {num_entries, s.layout.row_bytes}, DType::kU8);
-    kernels::KvPackParams kp;
-    kp.x = e;
-    kp.out = keep_all ? s.entries.reserve(num_entries) : packed.view;
-    kp.layout = s.layout;
-    ctx.backend.kv_pack(kp);
-    rows = kp.out;
-  }
-  if (keep_all) {
-    s.entries.commit(num_entries);
-  } else {
-    for (int64_t j = j0; j < j0 + num_entries;) {  // runs of entries inside one ownership block
-      const int64_t run_end = std::min(j0 + num_entries, (j / own.block + 1) * own.block);
-      if (own.owns(j)) {
-        ctx.backend.copy_rows(s.entries.reserve(run_end - j), view_rows(rows, j - j0, run_end - j0));
-        s.entries.commit(run_end - j);
-      }
-      j = run_end;
-    }
-  }
+  keep_new_entries(ctx, s, e, j0, own);
   s.num_entries += num_entries;
   s.kv.drop_front(num_entries * m);
   s.score.drop_front(num_entries * m);

@@ -468,8 +468,13 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool te
   const bool compact = p.key_layout.compact();
   CHECK(!compact || p.key_layout.format == KvFormat::kFp4)
       << "indexer keys: " << kv_format_name(p.key_layout.format) << " rows are not indexer key rows";
-  if (num_keys > 0 && compact) ckeys = make_kv_rows(p.keys, p.key_layout, dim, "indexer keys");
-  else if (num_keys > 0) keys = make_act(p.keys, "indexer keys");
+  if (num_keys > 0 && compact) {
+    ckeys = make_kv_rows(p.keys, p.key_layout, dim, "indexer keys");
+    CHECK(ckeys.row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(ckeys.data) % 4 == 0)
+        << "indexer keys: compact rows must start 4-byte aligned (32-bit code loads)";
+  } else if (num_keys > 0) {
+    keys = make_act(p.keys, "indexer keys");
+  }
   // Prefill under the official numerics: the tensor-core kernel, unless `tensor_cores` is off.
   if (p.bf16_arith && tensor_cores && n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim &&
       num_keys > 0) {

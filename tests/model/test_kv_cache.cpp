@@ -6,6 +6,7 @@
 // the compact formats is refused.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -169,6 +170,35 @@ TEST(KvCache, EntryBlocksCarryCompactRowsAndResumeExactly) {
   for (const EntryBlock& b : blocks) ptrs.push_back(&b);
   auto resumed = resume_from_blocks(m, ptrs, tail);
   EXPECT_TRUE(bit_equal(run(m, *resumed, tokens, {}, 3), want));
+}
+
+// store_entries (benchmarks' fabricated states): F32 tables take the rows as given; compact tables
+// take them rounded in place, and unpack to exactly the rounded rows.
+TEST(KvCache, StoreEntriesRoundsThenPacks) {
+  auto be = kernels::make_cpu_backend();
+  const ModelConfig c = tiny_config();
+  SequenceState compact(c, *be, KvStorage::kCompact), f32(c, *be, KvStorage::kF32);
+  const int64_t rows = 9, dim = c.head_dim;
+  std::vector<float> given(size_t(rows * dim));
+  for (size_t i = 0; i < given.size(); ++i) given[i] = std::sin(0.37f * float(i)) * float(1 + i % 13);
+  std::vector<float> x = given;
+  store_entries(*be, f32.layer(1).main, TensorView(x.data(), DType::kF32, {rows, dim}));
+  EXPECT_TRUE(bit_equal(x, given));
+  const std::vector<uint8_t> plain = table_bytes(*be, f32.layer(1).main.entries);
+  EXPECT_EQ(std::memcmp(plain.data(), given.data(), plain.size()), 0);
+
+  CompressorState& cs = compact.layer(1).main;
+  store_entries(*be, cs, TensorView(x.data(), DType::kF32, {rows, dim}));
+  EXPECT_FALSE(bit_equal(x, given)) << "the rows were not rounded";
+  for (int64_t r = 0; r < rows; ++r)  // the RoPE dims are rounded to bf16
+    for (int64_t i = c.nope_dim(); i < dim; ++i)
+      EXPECT_EQ(x[size_t(r * dim + i)], round_bf16(given[size_t(r * dim + i)])) << "row " << r << " dim " << i;
+  const std::vector<uint8_t> packed = table_bytes(*be, cs.entries);
+  ASSERT_EQ(cs.entries.rows(), rows);
+  std::vector<float> back(x.size());
+  for (int64_t r = 0; r < rows; ++r)
+    kv_unpack_row(cs.layout, packed.data() + r * cs.layout.row_bytes, back.data() + r * dim);
+  EXPECT_TRUE(bit_equal(back, x));
 }
 
 // A backend that reads only plain rows: a compact sequence on it is refused, naming the backend.
