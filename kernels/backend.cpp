@@ -11,6 +11,16 @@ void Backend::sample(const SampleParams& p) {
   V4RT_REQUIRE(false, "backend " << name() << " has no sample op");
 }
 
+void Backend::kv_pack(const KvPackParams& p) {
+  V4RT_REQUIRE(false, "backend " << name() << " has no kv_pack op (KV format " << kv_format_name(p.layout.format) << ")");
+}
+
+void require_kv_format(const Backend& backend, const KvRowLayout& layout, const char* what) {
+  V4RT_REQUIRE(backend.supports_kv_format(layout.format),
+               "backend " << backend.name() << " cannot read the " << kv_format_name(layout.format) << " KV format ("
+                          << what << ")");
+}
+
 TensorView view_rows(const TensorView& v, int64_t begin, int64_t end) {
   CHECK_GE(v.ndim, 1);
   CHECK(begin >= 0 && begin <= end && end <= v.shape[0]) << "rows [" << begin << ", " << end << ") of " << v.shape_str();

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "common/kv_format.h"
 #include "common/tensor.h"
 
 namespace v4rt::kernels {
@@ -170,7 +171,8 @@ struct HadamardParams {
 // pos_t = pos_begin + t. With `accumulate`, s += (a partial head range), visibility still applied.
 struct IndexerScoresParams {
   TensorView q;                 // [num_tokens, num_heads, index_head_dim]
-  TensorView keys;              // [num_keys, index_head_dim]
+  TensorView keys;              // [num_keys, index_head_dim], or U8 [num_keys, row_bytes] (compact)
+  KvRowLayout key_layout;       // format of the key rows: kPlain, or kFp4 (decoded as they load)
   TensorView w;                 // [num_tokens, num_heads]
   TensorView scores;            // [num_tokens, key_end - key_begin], F32
   float weight_scale = 1.0f;
@@ -204,7 +206,8 @@ struct TopkParams {
 struct SparseAttentionParams {
   TensorView q;                 // [num_tokens, num_heads, head_dim]
   TensorView window_kv;         // [num_window_rows, head_dim]
-  TensorView comp_kv;           // [num_comp, head_dim] or empty
+  TensorView comp_kv;           // [num_comp, head_dim] or empty; U8 [num_comp, row_bytes] (compact)
+  KvRowLayout comp_layout;      // format of the comp_kv rows: kPlain, or kFp8Rope (decoded as they load)
   TensorView comp_idx;          // [num_tokens, num_cand] I32 or empty
   WeightView sink;              // [num_heads] F32
   TensorView out;               // [num_tokens, num_heads, head_dim]
@@ -287,6 +290,15 @@ struct QdqParams {
   int block = 128;
 };
 
+// Packs rows into a compact KV row format (common/kv_format.h): out[r] = pack(x[r]). The rows must
+// hold values the format represents exactly (the official numerics round them so, spec §2.3); the
+// CPU backend checks it.
+struct KvPackParams {
+  TensorView x;                 // [num_rows, layout.dim]
+  TensorView out;               // [num_rows, layout.row_bytes] U8
+  KvRowLayout layout;           // a compact layout
+};
+
 // Token sampling over a batch of logit rows (the decode step's last op), one request per row.
 // Per row, with logits l[0, vocab) and its SampleRow:
 //  - greedy (temperature <= 0): the first maximum of l;
@@ -329,7 +341,7 @@ struct SampleParams {
 enum class Op : uint8_t {
   kRmsNorm, kRope, kHcPre, kHcPost, kHcHead, kLinear, kGroupedLinear, kCompressorPool, kHadamard,
   kIndexerScores, kTopk, kSparseAttention, kMoeGate, kMoeExperts, kSwiglu, kEmbedding, kAdd, kQdq,
-  kSample,
+  kSample, kKvPack,
 };
 
 class Backend {
@@ -339,6 +351,9 @@ class Backend {
   virtual Device device() const = 0;
   virtual DType act_dtype() const = 0;           // dtype of activation views this backend takes
   virtual bool supports(Op op) const = 0;
+  // Whether sparse_attention / indexer_scores read rows of `format` and kv_pack writes them
+  // (kPlain: always).
+  virtual bool supports_kv_format(KvFormat format) const { return format == KvFormat::kPlain; }
   // The stream every op of this backend runs on (a cudaStream_t on CUDA; nullptr on the host) and
   // the device ordinal (-1 on the host). Process groups order their device collectives on it.
   virtual void* stream_handle() const { return nullptr; }
@@ -378,7 +393,12 @@ class Backend {
   virtual void qdq(const QdqParams& p) = 0;
   // Token sampling (SampleParams). Not pure: a backend without it throws v4rt::Error naming itself.
   virtual void sample(const SampleParams& p);
+  // Compact KV rows (KvPackParams). Not pure: a backend without it throws v4rt::Error naming itself.
+  virtual void kv_pack(const KvPackParams& p);
 };
+
+// Throws v4rt::Error naming the backend and `what` when it cannot read or write `layout`'s format.
+void require_kv_format(const Backend& backend, const KvRowLayout& layout, const char* what);
 
 // The plain fp32 reference backend (kernels/cpu).
 std::unique_ptr<Backend> make_cpu_backend();

@@ -132,6 +132,7 @@ class DebugBackend final : public ForwardingBackend {
     run("sample", [&] { inner().sample(p); },
         {{"out_ids", p.out_ids}, {"out_logprob", p.out_logprob, true}, {"out_top_logprobs", p.out_top_logprobs, true}});
   }
+  void kv_pack(const KvPackParams& p) override { moved("kv_pack", [&] { inner().kv_pack(p); }); }
   void sparse_attention(const SparseAttentionParams& p) override {
     run("sparse_attention", [&] { inner().sparse_attention(p); }, {{"out", p.out}, {"lse", p.lse, true}});
   }

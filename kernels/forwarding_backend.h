@@ -23,6 +23,7 @@ class ForwardingBackend : public Backend {
   Device device() const override { return inner_.device(); }
   DType act_dtype() const override { return inner_.act_dtype(); }
   bool supports(Op op) const override { return inner_.supports(op); }
+  bool supports_kv_format(KvFormat f) const override { return inner_.supports_kv_format(f); }
   WeightView upload_weight(const WeightSource& s) override { return inner_.upload_weight(s); }
   void copy_to_device(void* d, const void* s, size_t b) override { inner_.copy_to_device(d, s, b); }
   void copy_to_host(void* d, const void* s, size_t b) override { inner_.copy_to_host(d, s, b); }
@@ -49,6 +50,7 @@ class ForwardingBackend : public Backend {
   void embedding(const EmbeddingParams& p) override { inner_.embedding(p); }
   void add(const AddParams& p) override { inner_.add(p); }
   void qdq(const QdqParams& p) override { inner_.qdq(p); }
+  void kv_pack(const KvPackParams& p) override { inner_.kv_pack(p); }
 
  private:
   std::unique_ptr<Backend> owned_;

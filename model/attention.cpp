@@ -77,6 +77,40 @@ parallel::SpPartition partition_of(const EntryOwnership& own) {
   return part;
 }
 
+// Appends the new entries e [n, d] (F32, as the numerics rounded them; entry indices j0 .. j0 + n)
+// that this rank owns to the state's table, in its row format. Compact rows are packed (lossless:
+// the rounding made every value exactly a value of the format) straight into the table, or into a
+// staging table under SP; then SP copies the runs of entries it owns. Without SP and with F32 rows,
+// e already is the table's reserved rows.
+void keep_new_entries(const BlockContext& ctx, CompressorState& s, const TensorView& e, int64_t j0,
+                      const EntryOwnership& own) {
+  const int64_t n = e.shape[0];
+  const bool keep_all = own.num_ranks == 1;
+  TensorView rows = e;
+  Scratch packed;
+  if (s.layout.compact()) {
+    if (!keep_all) packed = make_scratch(ctx.backend, {n, s.layout.row_bytes}, DType::kU8);
+    kernels::KvPackParams kp;
+    kp.x = e;
+    kp.out = keep_all ? s.entries.reserve(n) : packed.view;
+    kp.layout = s.layout;
+    ctx.backend.kv_pack(kp);
+    rows = kp.out;
+  }
+  if (keep_all) {
+    s.entries.commit(n);
+    return;
+  }
+  for (int64_t j = j0; j < j0 + n;) {  // runs of entries inside one ownership block
+    const int64_t run_end = std::min(j0 + n, (j / own.block + 1) * own.block);
+    if (own.owns(j)) {
+      ctx.backend.copy_rows(s.entries.reserve(run_end - j), view_rows(rows, j - j0, run_end - j0));
+      s.entries.commit(run_end - j);
+    }
+    j = run_end;
+  }
+}
+
 // Appends the chunk's projections to a compressor's token buffer, pools every completed block into
 // a new entry (spec §5.4), post-processes the entries and appends the ones this rank owns; drops
 // the consumed rows.
@@ -101,9 +135,11 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
   const int64_t j0 = (s.start + lead) / m;
   CHECK_EQ(j0, s.num_entries) << "compressor entries out of step";
   const bool keep_all = own.num_ranks == 1;
-  Scratch staged;  // SP: all new entries, before the owned ones are kept
-  if (!keep_all) staged = make_scratch(ctx.backend, {num_entries, w.head_dim});
-  const TensorView e = keep_all ? s.entries.reserve(num_entries) : staged.view;
+  const bool compact = s.layout.compact();
+  CHECK(!compact || ctx.official) << "compact KV rows hold official-numerics values only";
+  Scratch staged;  // SP or compact rows: all new entries in F32, before they are packed / the owned ones kept
+  if (!keep_all || compact) staged = make_scratch(ctx.backend, {num_entries, w.head_dim});
+  const TensorView e = keep_all && !compact ? s.entries.reserve(num_entries) : staged.view;
   kernels::CompressorPoolParams pp;
   pp.kv = s.kv.view();
   pp.score = s.score.view();
@@ -128,22 +164,14 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
       qdq(ctx, view_cols(e, 0, ctx.config.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
     }
   }
-  if (keep_all) {
-    s.entries.commit(num_entries);
-  } else {
-    for (int64_t j = j0; j < j0 + num_entries;) {  // runs of entries inside one ownership block
-      const int64_t run_end = std::min(j0 + num_entries, (j / own.block + 1) * own.block);
-      if (own.owns(j)) {
-        ctx.backend.copy_rows(s.entries.reserve(run_end - j), view_rows(e, j - j0, run_end - j0));
-        s.entries.commit(run_end - j);
-      }
-      j = run_end;
-    }
-  }
+  keep_new_entries(ctx, s, e, j0, own);
   s.num_entries += num_entries;
   s.kv.drop_front(num_entries * m);
   s.score.drop_front(num_entries * m);
   s.start += num_entries * m;
+  // A long chunk grew the token buffers to its length; they now hold less than two blocks.
+  s.kv.shrink(compressor_capacity(m));
+  s.score.shrink(compressor_capacity(m));
 }
 
 // The compressor's projections of every row of the batch: kv and score [N, c*d].
@@ -352,6 +380,7 @@ Scratch indexer_select(const BlockContext& ctx, const LayerWeights& w, const Att
     kernels::IndexerScoresParams p;
     p.q = view_rows(iq.q.view, r0, r1);
     p.keys = indexer.entries.view();
+    p.key_layout = indexer.layout;
     p.w = view_rows(iq.weights.view, r0, r1);
     p.scores = scores.view;
     // The scale uses the global head count: TP ranks sum partial scores of their heads.
@@ -414,6 +443,7 @@ void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegme
   Scratch hca_idx;
   if (aw.has_compressor && state.main.entries.rows() > 0) {
     ap.comp_kv = state.main.entries.view();
+    ap.comp_layout = state.main.layout;
     if (aw.has_indexer) {
       ap.comp_idx = sel.view;  // empty when no indexer key exists yet
       if (!sel.view.data) ap.comp_kv = TensorView();

@@ -77,8 +77,12 @@ Shard Model::shard() const {
   return options_.parallel.sharded() ? shard_of(options_.parallel.plan) : options_.shard;
 }
 
+KvStorage Model::kv_storage() const {
+  return options_.numerics == Numerics::kOfficial ? KvStorage::kCompact : KvStorage::kF32;
+}
+
 std::unique_ptr<SequenceState> Model::new_sequence() {
-  auto seq = std::make_unique<SequenceState>(config_, backend_);
+  auto seq = std::make_unique<SequenceState>(config_, backend_, kv_storage());
   if (options_.parallel.layout.sp > 1) seq->set_ownership(ownership_of(options_.parallel));
   return seq;
 }

@@ -70,6 +70,10 @@ class Model {
   kernels::Backend& backend() { return backend_; }
   // A new, empty sequence (under SP it stores only the compressed entries this rank owns).
   std::unique_ptr<SequenceState> new_sequence();
+  // How its sequences store compressed entries and indexer keys: compact under the official
+  // numerics (their values are exactly the compact formats', docs/KV_CACHE.md), F32 otherwise.
+  // Byte budgets pass it to state_bytes / entry_block_bytes.
+  KvStorage kv_storage() const;
   const ParallelContext& parallel() const { return options_.parallel; }
   // Checkpoint bytes this rank loaded (its weight share, stored format).
   uint64_t weight_bytes() const { return weights_.bytes_loaded; }

@@ -11,12 +11,14 @@ namespace v4rt::model {
 
 namespace {
 
-int64_t table_bytes(const RowTable& t) { return t.rows() * t.width() * int64_t(sizeof(float)); }
+int64_t table_bytes(const RowTable& t) { return t.bytes(); }
 
 // Copies rows [begin, end) of `src` onto the end of `dst`.
 void append_rows(kernels::Backend& be, RowTable& dst, const RowTable& src, int64_t begin, int64_t end) {
   CHECK(begin >= 0 && begin <= end && end <= src.rows()) << "rows [" << begin << ", " << end << ") of " << src.rows();
-  CHECK_EQ(dst.width(), src.width()) << "row width";
+  CHECK(dst.width() == src.width() && dst.dtype() == src.dtype())
+      << "row format: " << dst.width() << " x " << dtype_name(dst.dtype()) << " rows, source " << src.width() << " x "
+      << dtype_name(src.dtype()) << " (a state of another KV storage?)";
   if (end == begin) return;
   be.copy_rows(dst.reserve(end - begin), src.rows_view(begin, end));
   dst.commit(end - begin);
@@ -54,16 +56,12 @@ std::unique_ptr<SequenceState> state_with_tail(Model& model, const TailSnapshot&
   return seq;
 }
 
-// Widths of one layer's compressor token rows and entries.
+// Width (floats) of one layer's compressor token rows.
 struct CompressorDims {
-  int64_t row_width = 0, entry_width = 0;
+  int64_t row_width = 0;
 };
-CompressorDims main_dims(const ModelConfig& config, int ratio) {
-  return {int64_t(ratio == 4 ? 2 : 1) * config.head_dim, config.head_dim};
-}
-CompressorDims indexer_dims(const ModelConfig& config) {
-  return {2 * int64_t(config.index_head_dim), config.index_head_dim};
-}
+CompressorDims main_dims(const ModelConfig& config, int ratio) { return {int64_t(ratio == 4 ? 2 : 1) * config.head_dim}; }
+CompressorDims indexer_dims(const ModelConfig& config) { return {2 * int64_t(config.index_head_dim)}; }
 
 }  // namespace
 
@@ -147,7 +145,7 @@ EntryBlock extract_block(Model& model, const SequenceState& state, int64_t index
       const int64_t lo = owned_before(b.ownership, first_entry(index, block_tokens, r));
       const int64_t hi = owned_before(b.ownership, end / r);
       CHECK_LE(hi, c->entries.rows()) << "layer " << l << " holds fewer entries than its position implies";
-      *out = RowTable(&be, c->entries.width());
+      *out = c->entries.empty_like();  // the state's row format: blocks carry compact rows as they are
       append_rows(be, *out, c->entries, lo, hi);
     }
   }
@@ -226,22 +224,25 @@ int64_t tail_snapshot_bytes(const ModelConfig& config, int64_t position) {
   return floats * int64_t(sizeof(float));
 }
 
-int64_t entry_block_bytes(const ModelConfig& config, const EntryOwnership& own, int64_t begin, int64_t end) {
+int64_t entry_block_bytes(const ModelConfig& config, const EntryOwnership& own, int64_t begin, int64_t end,
+                          KvStorage storage) {
+  const int64_t entry = kv_row_bytes(entry_layout(config, storage));
+  const int64_t key = kv_row_bytes(index_key_layout(config, storage));
   int64_t most = 0;
   for (int rank = 0; rank < own.num_ranks; ++rank) {
     EntryOwnership o = own;
     o.rank = rank;
-    int64_t floats = 0;
+    int64_t bytes = 0;
     for (int l = 0; l < config.num_hidden_layers; ++l) {
       const int ratio = config.compress_ratio(l);
       if (ratio == 0) continue;
       auto rows = [&](int r) { return owned_before(o, end / r) - owned_before(o, (begin + r - 1) / r); };
-      floats += rows(ratio) * main_dims(config, ratio).entry_width;
-      if (ratio == 4) floats += rows(4) * indexer_dims(config).entry_width;
+      bytes += rows(ratio) * entry;
+      if (ratio == 4) bytes += rows(4) * key;
     }
-    most = std::max(most, floats);
+    most = std::max(most, bytes);
   }
-  return most * int64_t(sizeof(float));
+  return most;
 }
 
 }  // namespace v4rt::model

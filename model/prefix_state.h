@@ -39,7 +39,7 @@ struct LayerTail {
 struct TailSnapshot {
   int64_t position = 0;
   std::vector<LayerTail> layers;
-  int64_t bytes() const;     // payload bytes (F32 rows)
+  int64_t bytes() const;     // payload bytes (F32 rows under either KvStorage)
 };
 
 // The tail of `state` (not marked). A copy of at most window-1 + the compressors' partial rows per
@@ -58,7 +58,8 @@ struct EntryBlock {
   int64_t block_tokens = 0;
   int64_t end = 0;
   EntryOwnership ownership;
-  std::vector<RowTable> main, indexer;  // per layer; empty tables for layers without them
+  std::vector<RowTable> main, indexer;  // per layer, in the sequence's row format (compact rows under
+                                        // KvStorage::kCompact); empty tables for layers without them
   int64_t bytes() const;
 };
 
@@ -77,10 +78,12 @@ std::unique_ptr<SequenceState> resume_from_state(Model& model, const SequenceSta
 std::unique_ptr<SequenceState> resume_from_blocks(Model& model, std::span<const EntryBlock* const> blocks,
                                                   const TailSnapshot& tail);
 
-// Bytes of a tail snapshot at `position` (as TailSnapshot::bytes), and of a block covering
-// [begin, end) on the rank of `own` that stores the most, computed from the config alone: what a
-// leader that holds no payload charges against the budget.
+// Bytes of a tail snapshot at `position` (as TailSnapshot::bytes; F32 rows under either storage),
+// and of a block covering [begin, end) on the rank of `own` that stores the most, in the entry rows
+// of `storage` (as EntryBlock::bytes), computed from the config alone: what a leader that holds no
+// payload charges against the budget.
 int64_t tail_snapshot_bytes(const ModelConfig& config, int64_t position);
-int64_t entry_block_bytes(const ModelConfig& config, const EntryOwnership& own, int64_t begin, int64_t end);
+int64_t entry_block_bytes(const ModelConfig& config, const EntryOwnership& own, int64_t begin, int64_t end,
+                          KvStorage storage = KvStorage::kF32);
 
 }  // namespace v4rt::model

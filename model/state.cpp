@@ -13,16 +13,20 @@ TensorView RowTable::view() const { return rows_view(0, rows_); }
 
 TensorView RowTable::rows_view(int64_t begin, int64_t end) const {
   CHECK(begin >= 0 && begin <= end && end <= std::max(rows_, capacity_));
-  TensorView v(buffer_.data(), DType::kF32, {capacity_, width_}, backend_->device());
+  TensorView v(buffer_.data(), dtype_, {capacity_, width_}, backend_->device());
   return kernels::view_rows(v, begin, end);
 }
 
+namespace {
+constexpr int64_t kFirstCapacity = 16;  // rows of a table's first allocation
+}  // namespace
+
 TensorView RowTable::reserve(int64_t extra) {
   if (rows_ + extra > capacity_) {
-    const int64_t cap = std::max<int64_t>({rows_ + extra, capacity_ * 2, 16});
-    Buffer grown = backend_->alloc(size_t(cap * width_) * sizeof(float));
+    const int64_t cap = std::max<int64_t>({rows_ + extra, capacity_ * 2, kFirstCapacity});
+    Buffer grown = backend_->alloc(size_t(cap * row_bytes()));
     if (rows_ > 0) {
-      TensorView dst(grown.data(), DType::kF32, {cap, width_}, backend_->device());
+      TensorView dst(grown.data(), dtype_, {cap, width_}, backend_->device());
       backend_->copy_rows(kernels::view_rows(dst, 0, rows_), view());
     }
     buffer_ = std::move(grown);
@@ -41,8 +45,8 @@ void RowTable::drop_front(int64_t n) {
   const int64_t keep = rows_ - n;
   if (keep > 0) {
     // Through a scratch table so overlapping source and destination never meet on any backend.
-    Buffer tmp = backend_->alloc(size_t(keep * width_) * sizeof(float));
-    TensorView t(tmp.data(), DType::kF32, {keep, width_}, backend_->device());
+    Buffer tmp = backend_->alloc(size_t(keep * row_bytes()));
+    TensorView t(tmp.data(), dtype_, {keep, width_}, backend_->device());
     backend_->copy_rows(t, rows_view(n, rows_));
     backend_->copy_rows(rows_view(0, keep), t);
   }
@@ -54,8 +58,20 @@ void RowTable::truncate(int64_t rows) {
   rows_ = rows;
 }
 
+void RowTable::shrink(int64_t capacity) {
+  const int64_t cap = std::max(rows_, capacity);
+  if (capacity_ <= cap) return;
+  Buffer smaller = backend_->alloc(size_t(cap * row_bytes()));
+  if (rows_ > 0) {
+    TensorView dst(smaller.data(), dtype_, {cap, width_}, backend_->device());
+    backend_->copy_rows(kernels::view_rows(dst, 0, rows_), view());
+  }
+  buffer_ = std::move(smaller);
+  capacity_ = cap;
+}
+
 RowTable RowTable::clone() const {
-  RowTable t(backend_, width_);
+  RowTable t = empty_like();
   if (rows_ > 0) {
     backend_->copy_rows(t.reserve(rows_), view());
     t.commit(rows_);
@@ -103,47 +119,99 @@ void rollback_window(kernels::Backend& backend, RowTable& tail, const WindowMark
 
 namespace {
 
-// Row widths (floats) of one layer's tables; 0: the layer has no such table.
+// Row widths (floats) of one layer's F32 tables; 0: the layer has no such table.
 struct LayerWidths {
   int ratio = 0;               // compress ratio (0: window only)
   int64_t window = 0;          // window tail
   int64_t compressor = 0;      // main compressor kv and score buffers (CSA: two interleaved heads)
-  int64_t entries = 0;         // compressed entries
   int64_t index_buffer = 0;    // indexer compressor kv and score buffers
-  int64_t index_keys = 0;      // indexer keys
 };
 
 LayerWidths layer_widths(const ModelConfig& config, int l) {
   LayerWidths w;
   w.ratio = config.compress_ratio(l);
   w.window = config.head_dim;
-  if (w.ratio != 0) {
-    w.compressor = int64_t(w.ratio == 4 ? 2 : 1) * config.head_dim;
-    w.entries = config.head_dim;
-  }
-  if (w.ratio == 4) {
-    w.index_buffer = 2 * int64_t(config.index_head_dim);
-    w.index_keys = config.index_head_dim;
-  }
+  if (w.ratio != 0) w.compressor = int64_t(w.ratio == 4 ? 2 : 1) * config.head_dim;
+  if (w.ratio == 4) w.index_buffer = 2 * int64_t(config.index_head_dim);
   return w;
+}
+
+// An empty entry table of `layout`'s rows.
+RowTable entry_table(kernels::Backend& backend, const KvRowLayout& layout) {
+  if (!layout.compact()) return RowTable(&backend, layout.dim);
+  return RowTable(&backend, layout.row_bytes, DType::kU8);
 }
 
 }  // namespace
 
-int64_t state_bytes(const ModelConfig& config, int64_t num_tokens) {
-  int64_t floats = 0;
+int64_t compressor_capacity(int ratio) { return std::max<int64_t>(2 * int64_t(ratio), kFirstCapacity); }
+
+KvRowLayout entry_layout(const ModelConfig& config, KvStorage storage) {
+  if (storage == KvStorage::kF32) return plain_kv_layout(config.head_dim);
+  return fp8_rope_kv_layout(config.head_dim, config.qk_rope_head_dim);
+}
+
+KvRowLayout index_key_layout(const ModelConfig& config, KvStorage storage) {
+  if (storage == KvStorage::kF32) return plain_kv_layout(config.index_head_dim);
+  return fp4_kv_layout(config.index_head_dim);
+}
+
+int64_t kv_row_bytes(const KvRowLayout& layout) {
+  return layout.compact() ? layout.row_bytes : layout.dim * int64_t(sizeof(float));
+}
+
+int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage storage) {
+  const int64_t entry = kv_row_bytes(entry_layout(config, storage));
+  const int64_t key = kv_row_bytes(index_key_layout(config, storage));
+  int64_t floats = 0, rows = 0;  // F32 tables; entry and key rows
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     const LayerWidths w = layer_widths(config, l);
     floats += std::min<int64_t>(num_tokens, config.sliding_window - 1) * w.window;
     if (w.ratio == 0) continue;
-    floats += 2 * (2 * int64_t(w.ratio)) * w.compressor + (num_tokens / w.ratio) * w.entries;  // kv + score, entries
-    floats += 2 * (2 * 4) * w.index_buffer + (num_tokens / 4) * w.index_keys;  // zero widths without an indexer
+    floats += 2 * compressor_capacity(w.ratio) * w.compressor;  // kv + score
+    rows += (num_tokens / w.ratio) * entry;
+    if (w.ratio != 4) continue;
+    floats += 2 * compressor_capacity(4) * w.index_buffer;
+    rows += (num_tokens / 4) * key;
   }
-  return floats * int64_t(sizeof(float));
+  return floats * int64_t(sizeof(float)) + rows;
 }
 
-SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend)
-    : config_(config), backend_(backend) {
+void store_entries(kernels::Backend& backend, CompressorState& c, const TensorView& rows) {
+  const KvRowLayout& l = c.layout;
+  CHECK(rows.dtype == DType::kF32 && rows.ndim == 2 && rows.shape[1] == l.dim)
+      << "entries " << rows.shape_str() << " for rows of " << l.dim << " dims";
+  const int64_t n = rows.shape[0];
+  c.entries.clear();
+  if (n == 0) return;
+  if (!l.compact()) {
+    backend.copy_rows(c.entries.reserve(n), rows);
+    c.entries.commit(n);
+    return;
+  }
+  kernels::QdqParams q;  // the scaled dims, then (kFp8Rope) the bf16 dims
+  q.x = kernels::view_cols(rows, 0, l.quant_dim);
+  q.format = l.format == KvFormat::kFp8Rope ? kernels::QdqFormat::kFp8E4M3 : kernels::QdqFormat::kFp4E2M1;
+  q.block = l.block;
+  backend.qdq(q);
+  if (l.quant_dim < l.dim) {
+    q.x = kernels::view_cols(rows, l.quant_dim, l.dim);
+    q.format = kernels::QdqFormat::kBf16;
+    backend.qdq(q);
+  }
+  kernels::KvPackParams p;
+  p.x = rows;
+  p.out = c.entries.reserve(n);
+  p.layout = l;
+  backend.kv_pack(p);
+  c.entries.commit(n);
+}
+
+SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage)
+    : config_(config), backend_(backend), storage_(storage) {
+  const KvRowLayout entries = entry_layout(config, storage), keys = index_key_layout(config, storage);
+  kernels::require_kv_format(backend, entries, "compressed entries");
+  kernels::require_kv_format(backend, keys, "indexer keys");
   layers_.resize(size_t(config.num_hidden_layers));
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     LayerState& s = layers_[size_t(l)];
@@ -154,19 +222,31 @@ SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backen
     if (s.has_compressor) {
       s.main.kv = RowTable(&backend, w.compressor);
       s.main.score = RowTable(&backend, w.compressor);
-      s.main.entries = RowTable(&backend, w.entries);
+      s.main.entries = entry_table(backend, entries);
+      s.main.layout = entries;
     }
     if (s.has_indexer) {
       s.indexer.kv = RowTable(&backend, w.index_buffer);
       s.indexer.score = RowTable(&backend, w.index_buffer);
-      s.indexer.entries = RowTable(&backend, w.index_keys);
+      s.indexer.entries = entry_table(backend, keys);
+      s.indexer.layout = keys;
     }
   }
   reset();
 }
 
+int64_t SequenceState::allocated_bytes() const {
+  int64_t b = 0;
+  for (const LayerState& s : layers_) {
+    b += s.window_tail.allocated_bytes();
+    for (const CompressorState* c : {&s.main, &s.indexer})
+      b += c->kv.allocated_bytes() + c->score.allocated_bytes() + c->entries.allocated_bytes();
+  }
+  return b;
+}
+
 std::unique_ptr<SequenceState> SequenceState::clone() const {
-  auto copy = std::make_unique<SequenceState>(config_, backend_);
+  auto copy = std::make_unique<SequenceState>(config_, backend_, storage_);
   copy->position_ = position_;
   copy->ownership_ = ownership_;
   auto clone_compressor = [](const CompressorState& c) {
@@ -175,6 +255,7 @@ std::unique_ptr<SequenceState> SequenceState::clone() const {
     out.score = c.score.clone();
     out.start = c.start;
     out.entries = c.entries.clone();
+    out.layout = c.layout;
     out.num_entries = c.num_entries;
     return out;
   };

@@ -4,6 +4,11 @@
 // compressed entries / indexer keys emitted so far. All storage is allocated through the backend,
 // so it lives where the backend computes. reset() returns to the empty-sequence state; any chunking
 // of a prompt followed by decode reaches the same state as one prefill.
+// Storage (docs/KV_CACHE.md): the compressed entries and indexer keys are F32 rows (KvStorage::kF32)
+// or, under the official numerics, compact rows of exactly the values that numerics rounds them to
+// (KvStorage::kCompact: FP8 + bf16 RoPE + e8m0 scales per entry, FP4 + e8m0 scales per indexer key,
+// common/kv_format.h). The window tail and the compressors' token rows stay F32 in both: they are
+// bounded per sequence.
 #pragma once
 
 #include <cstdint>
@@ -26,13 +31,20 @@ struct EntryOwnership {
   bool owns(int64_t entry) const { return (entry / block) % num_ranks == rank; }
 };
 
-// A growable [rows, width] F32 table on the backend's device.
+// A growable [rows, width] table of `dtype` elements on the backend's device: F32 rows, or U8 rows of
+// a compact KV format (width = its row bytes).
 class RowTable {
  public:
   RowTable() = default;
-  RowTable(kernels::Backend* backend, int64_t width) : backend_(backend), width_(width) {}
+  RowTable(kernels::Backend* backend, int64_t width, DType dtype = DType::kF32)
+      : backend_(backend), width_(width), dtype_(dtype) {}
   int64_t rows() const { return rows_; }
   int64_t width() const { return width_; }
+  DType dtype() const { return dtype_; }
+  int64_t row_bytes() const { return width_ * int64_t(dtype_size(dtype_)); }
+  int64_t bytes() const { return rows_ * row_bytes(); }  // of the rows held (not the capacity)
+  int64_t allocated_bytes() const { return int64_t(buffer_.bytes()); }  // the capacity's
+  RowTable empty_like() const { return RowTable(backend_, width_, dtype_); }  // same backend and row format
   TensorView view() const;                       // [rows, width]
   TensorView rows_view(int64_t begin, int64_t end) const;
   // Makes room for `extra` more rows and returns them (not yet counted: call commit()).
@@ -41,6 +53,7 @@ class RowTable {
   void drop_front(int64_t n);                    // removes the first n rows
   void clear() { rows_ = 0; }
   void truncate(int64_t rows);                   // keeps the first `rows` rows
+  void shrink(int64_t capacity);                 // gives back the room past max(rows, capacity) rows
   RowTable clone() const;                        // a deep copy of the rows (same backend)
   // While a spill table is set, drop_front() appends the rows it removes to it (oldest first), so a
   // speculative chunk can be rolled back exactly (SequenceState::rollback). nullptr: no spill.
@@ -49,6 +62,7 @@ class RowTable {
  private:
   kernels::Backend* backend_ = nullptr;
   int64_t width_ = 0;
+  DType dtype_ = DType::kF32;
   int64_t rows_ = 0;
   int64_t capacity_ = 0;
   Buffer buffer_;
@@ -75,8 +89,10 @@ struct CompressorState {
   RowTable kv;       // [rows, c*d]
   RowTable score;    // [rows, c*d] (ape is added when pooling)
   int64_t start = 0;
-  RowTable entries;  // [num_local, d]: compressed entries (main) or indexer keys this rank owns,
-                     // in increasing entry index (all of them on a single rank)
+  RowTable entries;  // [num_local, d] F32 or [num_local, layout.row_bytes] U8: compressed entries
+                     // (main) or indexer keys this rank owns, in increasing entry index (all of
+                     // them on a single rank)
+  KvRowLayout layout;  // the format of the entries' rows
   int64_t num_entries = 0;  // entries emitted so far over the whole sequence (every rank counts all)
 };
 
@@ -88,16 +104,40 @@ struct LayerState {
   CompressorState indexer;
 };
 
+// How a sequence stores its compressed entries and indexer keys. kCompact holds exactly the values
+// of the official numerics (and only those: packing other values fails naming the row).
+enum class KvStorage : uint8_t { kF32, kCompact };
+
+// The row formats of the compressed entries and indexer keys under `storage`.
+KvRowLayout entry_layout(const ModelConfig& config, KvStorage storage);
+KvRowLayout index_key_layout(const ModelConfig& config, KvStorage storage);
+// Bytes of one row of that layout (kPlain: F32 elements).
+int64_t kv_row_bytes(const KvRowLayout& layout);
+
+// Rows a compressor's token buffers (kv, score) keep room for between chunks: two blocks (CSA keeps
+// the previous block), at least a RowTable's first allocation. A longer chunk grows them to its
+// length while it is pooled; compressor_push gives that room back.
+int64_t compressor_capacity(int ratio);
+
 // Bytes a SequenceState of one rank holding everything (no SP) occupies after `num_tokens`
-// tokens, from the layout SequenceState allocates (F32 rows): the window tail, the compressor
-// buffers at their largest (two blocks of rows: CSA keeps the previous block), the compressed
-// entries and the indexer keys. Admission control charges a request this for its prompt plus
-// its completion.
-int64_t state_bytes(const ModelConfig& config, int64_t num_tokens);
+// tokens, from the layout SequenceState allocates: the window tail and the compressor buffers at
+// their largest between chunks (compressor_capacity rows), F32 rows, and the compressed
+// entries and indexer keys in the rows of `storage`. Admission control charges a request this for
+// its prompt plus its completion.
+int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage storage = KvStorage::kF32);
+
+// Replaces the entries of `c` with `rows` [n, dim] F32 on the backend's device (benchmarks that
+// fabricate a state): F32 tables take them as they are; compact tables take them rounded in place
+// to the format's values first (the official numerics' rounding, spec §2.3), then packed.
+void store_entries(kernels::Backend& backend, CompressorState& c, const TensorView& rows);
 
 class SequenceState {
  public:
-  SequenceState(const ModelConfig& config, kernels::Backend& backend);
+  // Throws v4rt::Error when `backend` cannot read the row formats of `storage`.
+  SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage = KvStorage::kF32);
+  KvStorage storage() const { return storage_; }
+  // Bytes the tables hold allocated now (capacities; a mark's copies not counted).
+  int64_t allocated_bytes() const;
   void reset();
   int64_t position() const { return position_; }  // tokens processed so far
   void advance(int64_t n) { position_ += n; }
@@ -144,6 +184,7 @@ class SequenceState {
   void end_mark();
   const ModelConfig& config_;
   kernels::Backend& backend_;
+  KvStorage storage_ = KvStorage::kF32;
   int64_t position_ = 0;
   std::vector<LayerState> layers_;
   EntryOwnership ownership_;

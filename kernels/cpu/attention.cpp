@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/kv_rows.h"
 
 namespace v4rt::kernels::cpu {
 
@@ -21,8 +22,8 @@ void CpuBackend::sparse_attention(const SparseAttentionParams& p) {
   check_f32(p.out, n, heads * dim, "attention out");
   const int64_t num_window = p.window_kv.shape[0];
   check_f32(p.window_kv, num_window, dim, "attention window_kv");
-  const int64_t num_comp = p.comp_kv.data ? p.comp_kv.shape[0] : 0;
-  if (num_comp > 0) check_f32(p.comp_kv, num_comp, dim, "attention comp_kv");
+  KvRowReader comp(p.comp_kv, p.comp_layout, dim, "attention comp_kv");  // compact rows decode on first use
+  const int64_t num_comp = comp.rows();
   const bool has_list = p.comp_idx.data != nullptr;
   const int64_t num_cand = has_list ? p.comp_idx.shape[1] : 0;
   CHECK(!has_list || p.comp_idx.dtype == DType::kI32);
@@ -47,11 +48,11 @@ void CpuBackend::sparse_attention(const SparseAttentionParams& p) {
           continue;
         }
         CHECK_LT(idx[i], num_comp) << "compressed candidate out of range";
-        cand.push_back(row_f32(p.comp_kv, idx[i]));
+        cand.push_back(comp.row(idx[i]));
       }
     } else if (p.comp_ratio > 0) {
       const int64_t visible = std::min<int64_t>(num_comp, (pos + 1) / p.comp_ratio);
-      for (int64_t j = 0; j < visible; ++j) cand.push_back(row_f32(p.comp_kv, j));
+      for (int64_t j = 0; j < visible; ++j) cand.push_back(comp.row(j));
     }
     z.resize(cand.size());
     for (int h = p.h_begin; h < h_end; ++h) {

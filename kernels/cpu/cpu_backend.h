@@ -19,6 +19,7 @@ class CpuBackend final : public Backend {
   Device device() const override { return Device::kHost; }
   DType act_dtype() const override { return DType::kF32; }
   bool supports(Op op) const override;
+  bool supports_kv_format(KvFormat format) const override;
 
   WeightView upload_weight(const WeightSource& source) override;
   void copy_to_device(void* dst, const void* src_host, size_t bytes) override;
@@ -46,6 +47,7 @@ class CpuBackend final : public Backend {
   void add(const AddParams& p) override;
   void qdq(const QdqParams& p) override;
   void sample(const SampleParams& p) override;
+  void kv_pack(const KvPackParams& p) override;
 
  private:
   std::vector<Buffer> weights_;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/kv_rows.h"
 
 namespace v4rt::kernels::cpu {
 
@@ -12,11 +13,11 @@ void CpuBackend::indexer_scores(const IndexerScoresParams& p) {
   const int64_t n = p.q.shape[0];
   const int64_t heads = p.q.shape[1];
   const int64_t dim = p.q.shape[2];
-  const int64_t num_keys = p.keys.shape[0];
+  const int64_t num_keys = p.keys.data ? p.keys.shape[0] : 0;
   const int64_t key_end = p.key_end < 0 ? num_keys : p.key_end;
   const int h_end = p.h_end < 0 ? int(heads) : p.h_end;
   check_f32(p.q, n, heads * dim, "indexer q");
-  if (num_keys > 0) check_f32(p.keys, num_keys, dim, "indexer keys");
+  KvRowReader keys(p.keys, p.key_layout, dim, "indexer keys");  // compact rows decode on first use
   check_f32(p.w, n, heads, "indexer w");
   check_f32(p.scores, n, key_end - p.key_begin, "indexer scores");
   for (int64_t t = 0; t < n; ++t) {
@@ -30,7 +31,7 @@ void CpuBackend::indexer_scores(const IndexerScoresParams& p) {
         out = -INFINITY;
         continue;
       }
-      const float* k = row_f32(p.keys, j);
+      const float* k = keys.row(j);
       float sum = 0.0f;
       for (int h = p.h_begin; h < h_end; ++h) {
         float d = dot(q + h * dim, k, dim);

@@ -13,11 +13,14 @@
 // YAML, forces the per-warp kernel, for comparison). Prefill-sized calls under the official
 // numerics (bf16 q / kv, bf16 P) take sparse_attention_tc_kernel: 64 heads of a query on bf16
 // tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores, debug.cuda_attention_tc).
+// Compressed entries in the compact kFp8Rope rows (official numerics, common/kv_format.h) are
+// decoded as each tile is staged (kv_decode.cuh): 584 bytes read per Flash entry instead of 2048.
 #include <algorithm>
 #include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -33,6 +36,7 @@ constexpr int kMqaMaxSmem = (32 * 512 + kTile * (512 + 4) + 32 * kTile) * 4;  //
 
 struct AttnArgs {
   Act q, win, comp, out;
+  KvRowsDev ckv;  // compact compressed entries (ckv.data set): read instead of comp
   const int32_t* comp_idx;
   int64_t idx_stride, num_list;
   const float* sink;
@@ -80,6 +84,11 @@ __device__ __forceinline__ int64_t candidate_code(const AttnArgs& a, const CandR
   return (j >= 0 && j < a.num_comp) ? -(j + 2) : -1;
 }
 
+// Element d of compressed entry j, from whichever storage holds the entries.
+__device__ __forceinline__ float comp_ld(const AttnArgs& a, int64_t j, int d) {
+  return a.ckv.data ? a.ckv.fp8_ld(j, d) : a.comp.ld(j, d);
+}
+
 // Bounds (256, 2): ptxas then allocates 87 registers and spills nothing (without the hint it picked
 // 80 with a 4-byte spill); the 128 KB tile of head_dim 512 holds one block per SM either way.
 __global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kernel(AttnArgs a) {
@@ -113,7 +122,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kerne
     for (int e = threadIdx.x; e < cnt * dim; e += blockDim.x) {
       const int i = e / dim, d = e % dim;
       const int64_t code = codes[i];
-      kv[e] = code >= 0 ? a.win.ld(code, d) : (code <= -2 ? a.comp.ld(-code - 2, d) : 0.f);
+      kv[e] = code >= 0 ? a.win.ld(code, d) : (code <= -2 ? comp_ld(a, -code - 2, d) : 0.f);
     }
     __syncthreads();
     if (!active) continue;
@@ -232,7 +241,7 @@ __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(AttnArgs a
       const int64_t code = codes[row];
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
       if (code >= 0) v = a.win.ld4(code, c);
-      else if (code <= -2) v = a.comp.ld4(-code - 2, c);
+      else if (code <= -2) v = a.ckv.data ? a.ckv.fp8_ld4(-code - 2, c) : a.comp.ld4(-code - 2, c);
       *reinterpret_cast<float4*>(kv + row * ds + c) = v;
     }
     __syncthreads();
@@ -443,6 +452,7 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(AttnArg
       const int64_t code = codes[row];
       uint4 v = make_uint4(0, 0, 0, 0);
       if (code >= 0) v = *reinterpret_cast<const uint4*>(win16 + code * a.win.stride + c);
+      else if (code <= -2 && a.ckv.data) v = a.ckv.fp8_ld8_bf16(-code - 2, c);
       else if (code <= -2) v = *reinterpret_cast<const uint4*>(comp16 + (-code - 2) * a.comp.stride + c);
       *reinterpret_cast<uint4*>(kv + row * ld + c) = v;
     }
@@ -575,10 +585,20 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, boo
   a.win = make_act(p.window_kv, "attention window_kv");
   a.out = make_act(p.out, "attention out");
   a.num_comp = p.comp_kv.data ? p.comp_kv.shape[0] : 0;
-  if (a.num_comp > 0) {
+  const bool compact = p.comp_layout.compact();
+  CHECK(!compact || p.comp_layout.format == KvFormat::kFp8Rope)
+      << "attention comp_kv: " << kv_format_name(p.comp_layout.format) << " rows are not entry rows";
+  if (a.num_comp > 0 && compact) {
+    a.ckv = make_kv_rows(p.comp_kv, p.comp_layout, dim, "attention comp_kv");
+  } else if (a.num_comp > 0) {
     CHECK_EQ(act_row_width(p.comp_kv), dim);
     a.comp = make_act(p.comp_kv, "attention comp_kv");
   }
+  // Whether the compressed entries can be read 4 (and 8) elements at a time.
+  const bool comp_vec4 = a.num_comp == 0 || (compact ? a.ckv.vec4_ok() : a.comp.vec_ok());
+  const bool comp_tc = a.num_comp == 0 ||
+                       (compact ? a.ckv.vec8_ok()
+                                : a.comp.bf16 && a.comp.stride % 8 == 0 && reinterpret_cast<uintptr_t>(a.comp.data) % 16 == 0);
   a.has_list = p.comp_idx.data != nullptr;
   if (a.has_list) {
     CHECK(p.comp_idx.dtype == DType::kI32 && p.comp_idx.device == Device::kCuda) << "attention comp_idx";
@@ -621,7 +641,7 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, boo
   const int64_t max_tiles = ceil_div(std::min<int64_t>(pos_last + 1, p.window) + max_comp, kTile);
   const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
   const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && 2 * mqa_blocks <= num_sms() && a.q.vec_ok() &&
-                   a.win.vec_ok() && (a.num_comp == 0 || a.comp.vec_ok()) && !per_warp;
+                   a.win.vec_ok() && comp_vec4 && !per_warp;
   if (mqa) {
     // One wave: splits of whole tiles so that the blocks about fill the SMs once.
     const int64_t want = std::max<int64_t>(1, num_sms() / mqa_blocks);
@@ -648,10 +668,9 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, boo
   // Prefill shapes under the official numerics (bf16 q / kv, bf16 P; enough tokens to fill the SMs
   // without splitting the candidate list): the tensor-core kernel, unless `tensor_cores` is off.
   const bool tc = tensor_cores && base_blocks >= num_sms() && a.bf16_probs &&
-                  dim % 128 == 0 && dim <= kTcMaxDim && a.q.bf16 && a.win.bf16 && (a.num_comp == 0 || a.comp.bf16) &&
-                  a.q.stride % 8 == 0 && a.win.stride % 8 == 0 && (a.num_comp == 0 || a.comp.stride % 8 == 0) &&
-                  reinterpret_cast<uintptr_t>(a.q.data) % 16 == 0 && reinterpret_cast<uintptr_t>(a.win.data) % 16 == 0 &&
-                  (a.num_comp == 0 || reinterpret_cast<uintptr_t>(a.comp.data) % 16 == 0);
+                  dim % 128 == 0 && dim <= kTcMaxDim && a.q.bf16 && a.win.bf16 && comp_tc &&
+                  a.q.stride % 8 == 0 && a.win.stride % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(a.q.data) % 16 == 0 && reinterpret_cast<uintptr_t>(a.win.data) % 16 == 0;
   if (tc) {
     static bool tc_attr_set = false;
     if (!tc_attr_set) {

@@ -235,6 +235,7 @@ void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()
 void CudaBackend::embedding(const EmbeddingParams& p) { launch_embedding(p, stream_.get()); }
 void CudaBackend::add(const AddParams& p) { launch_add(p, stream_.get()); }
 void CudaBackend::qdq(const QdqParams& p) { launch_qdq(p, stream_.get()); }
+void CudaBackend::kv_pack(const KvPackParams& p) { launch_kv_pack(p, stream_.get()); }
 
 // --- projections ---------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::kCuda; }
   DType act_dtype() const override { return DType::kBF16; }
   bool supports(Op op) const override;
+  bool supports_kv_format(KvFormat) const override { return true; }  // attention / indexer decode on load
 
   WeightView upload_weight(const WeightSource& source) override;
   void copy_to_device(void* dst, const void* src_host, size_t bytes) override;
@@ -54,6 +55,7 @@ class CudaBackend final : public Backend {
   void embedding(const EmbeddingParams& p) override;
   void add(const AddParams& p) override;
   void qdq(const QdqParams& p) override;
+  void kv_pack(const KvPackParams& p) override;
   void sample(const SampleParams& p) override;
 
   cudaStream_t stream() const { return stream_.get(); }

@@ -5,11 +5,14 @@
 // 256K keys) are first narrowed by many blocks: a 16-bit histogram of the order keys, the bin
 // holding the k-th largest, and a compaction of every element at or above that bin; one block then
 // sorts the <= 2048 candidates (the full single-block select remains the fallback).
+// Keys in the compact kFp4 rows (official numerics, common/kv_format.h) are decoded as they load
+// (kv_decode.cuh): 68 bytes read per Flash key instead of 512.
 #include <algorithm>
 #include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -25,7 +28,7 @@ constexpr int kMaxTopk = 2048;
 // The scores of query token t against this block's keys (one thread per key); q of the token's
 // heads in shared memory (qs [nh][dim], then w [nh]). Every thread of the block calls it.
 __device__ __forceinline__ void indexer_scores_token(
-    int64_t t, float* qs, Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
+    int64_t t, float* qs, Act q, Act keys, KvRowsDev ckeys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
     int64_t key_begin, int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate,
     bool bf16_arith, bool vec) {
   float* ws = qs + nh * dim;
@@ -46,7 +49,9 @@ __device__ __forceinline__ void indexer_scores_token(
   for (int h = 0; h < kMaxIndexHeads; ++h) acc[h] = 0.f;
   for (int c = 0; c < dim; c += 32) {
     float kr[32];
-    if (vec) {  // 16-byte key loads, 16-byte (broadcast) q loads: a quarter of the load instructions
+    if (ckeys.data) {  // compact: one scale block of 32 codes per step
+      ckeys.fp4_ld32(j, c, kr);
+    } else if (vec) {  // 16-byte key loads, 16-byte (broadcast) q loads: a quarter of the load instructions
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const float4 v = keys.ld4(j, c + 4 * i);
@@ -94,13 +99,13 @@ __device__ __forceinline__ void indexer_scores_token(
 // Blocks (key block x, token row y); the tokens are walked with a grid-stride loop over y, so any
 // number of query tokens fits the 65,535-block limit of gridDim.y.
 __global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
-    int64_t n, Act q, Act keys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
+    int64_t n, Act q, Act keys, KvRowsDev ckeys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
     int64_t key_begin, int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate,
     bool bf16_arith, bool vec) {
   extern __shared__ __align__(16) float qs[];
   for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
     __syncthreads();  // the previous token's q is no longer read
-    indexer_scores_token(t, qs, q, keys, w, scores, score_stride, h_begin, nh, dim, key_begin, key_end, pos_begin,
+    indexer_scores_token(t, qs, q, keys, ckeys, w, scores, score_stride, h_begin, nh, dim, key_begin, key_end, pos_begin,
                          ratio, weight_scale, accumulate, bf16_arith, vec);
   }
 }
@@ -348,7 +353,8 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint3
 // (keys as A, q as B: warp w owns keys [16w, 16w + 16), each thread 2 keys x 2 heads of each n8
 // tile), then per (query, key) the reference's sum over heads of bf16(max(bf16(dot), 0) *
 // bf16(w * scale)), in fp32 and in head order, rounded to bf16. Heads past nh add +0 at the end.
-__global__ void __launch_bounds__(256) indexer_scores_tc_kernel(int64_t n, Act q, Act keys, Act w, float* scores,
+__global__ void __launch_bounds__(256) indexer_scores_tc_kernel(int64_t n, Act q, Act keys, KvRowsDev ckeys, Act w,
+                                                                float* scores,
                                                                 int64_t score_stride, int h_begin, int nh, int dim,
                                                                 int64_t key_begin, int64_t key_end, int64_t pos_begin,
                                                                 int ratio, float weight_scale, bool accumulate) {
@@ -362,7 +368,8 @@ __global__ void __launch_bounds__(256) indexer_scores_tc_kernel(int64_t n, Act q
   for (int i = tid; i < kTcKeys * dim; i += blockDim.x) {
     const int r = i / dim, c = i % dim;
     const int64_t j = j0 + r;
-    ks[r * kTcLd + c] = j < key_end ? f32_to_bf16(keys.ld(j, c)) : uint16_t(0);
+    const float v = j >= key_end ? 0.f : (ckeys.data ? ckeys.fp4_ld(j, c) : keys.ld(j, c));
+    ks[r * kTcLd + c] = f32_to_bf16(v);
   }
   for (int64_t t0 = int64_t(blockIdx.y) * kTcQueries; t0 < n; t0 += int64_t(gridDim.y) * kTcQueries) {
     __syncthreads();  // the previous pair's q and w are no longer read
@@ -457,7 +464,17 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool te
     attr_set = true;
   }
   Act keys;
-  if (num_keys > 0) keys = make_act(p.keys, "indexer keys");
+  KvRowsDev ckeys;
+  const bool compact = p.key_layout.compact();
+  CHECK(!compact || p.key_layout.format == KvFormat::kFp4)
+      << "indexer keys: " << kv_format_name(p.key_layout.format) << " rows are not indexer key rows";
+  if (num_keys > 0 && compact) {
+    ckeys = make_kv_rows(p.keys, p.key_layout, dim, "indexer keys");
+    CHECK(ckeys.row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(ckeys.data) % 4 == 0)
+        << "indexer keys: compact rows must start 4-byte aligned (32-bit code loads)";
+  } else if (num_keys > 0) {
+    keys = make_act(p.keys, "indexer keys");
+  }
   // Prefill under the official numerics: the tensor-core kernel, unless `tensor_cores` is off.
   if (p.bf16_arith && tensor_cores && n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim &&
       num_keys > 0) {
@@ -475,7 +492,7 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool te
     const int64_t y = std::min(pairs, std::max<int64_t>(1, ceil_div(4 * int64_t(sms), key_tiles)));
     const dim3 tc_grid(grid_x(key_tiles, "indexer_scores (tensor cores)"), grid_yz(y));
     indexer_scores_tc_kernel<<<tc_grid, 256, indexer_tc_smem_bytes(), s>>>(
-        n, make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
+        n, make_act(p.q, "indexer q"), keys, ckeys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
         p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
         p.accumulate);
     launch_check("indexer_scores (tensor cores)", s);
@@ -483,9 +500,9 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool te
   }
   const dim3 grid(grid_x_for(nkeys, kKeysPerBlock, "indexer_scores"), grid_yz(n));
   indexer_scores_kernel<<<grid, kKeysPerBlock, smem, s>>>(
-      n, make_act(p.q, "indexer q"), keys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
+      n, make_act(p.q, "indexer q"), keys, ckeys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
       p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
-      p.accumulate, p.bf16_arith, num_keys > 0 && keys.vec_ok());
+      p.accumulate, p.bf16_arith, num_keys > 0 && !compact && keys.vec_ok());
   launch_check("indexer_scores", s);
 }
 

@@ -99,6 +99,9 @@ void launch_sample(const SampleParams& p, cudaStream_t s);
 void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp = false,
                              bool tensor_cores = true);
 
+// --- kv_pack.cu ---------------------------------------------------------------------------------
+void launch_kv_pack(const KvPackParams& p, cudaStream_t s);
+
 // --- moe.cu --------------------------------------------------------------------------------------
 void launch_moe_gate(const MoeGateParams& p, cudaStream_t s);
 

@@ -94,6 +94,7 @@ class Profiler final : public ProfilingBackend {
   int device_index() const override { return inner_.device_index(); }
   DType act_dtype() const override { return inner_.act_dtype(); }
   bool supports(Op op) const override { return inner_.supports(op); }
+  bool supports_kv_format(KvFormat f) const override { return inner_.supports_kv_format(f); }
   WeightView upload_weight(const WeightSource& s) override { return inner_.upload_weight(s); }
   void copy_to_device(void* d, const void* s, size_t b) override { inner_.copy_to_device(d, s, b); }
   void copy_to_host(void* d, const void* s, size_t b) override { inner_.copy_to_host(d, s, b); }
@@ -161,17 +162,19 @@ class Profiler final : public ProfilingBackend {
   }
   void sparse_attention(const SparseAttentionParams& p) override {
     const int64_t n = p.q.shape[0], heads = (p.h_end < 0 ? p.q.shape[1] : p.h_end) - p.h_begin, dim = p.q.shape[2];
-    double cand = 0;
+    double win = 0, comp = 0;  // candidates read per query token, summed
     const int64_t num_comp = p.comp_kv.data ? p.comp_kv.shape[0] : 0;
     for (int64_t t = 0; t < n; ++t) {
       const int64_t pos = p.pos_begin + t;
-      double c = double(std::min<int64_t>(pos + 1, p.window));
-      if (p.comp_idx.data) c += double(p.comp_idx.shape[1]);
-      else if (p.comp_ratio > 0) c += double(std::min<int64_t>(num_comp, (pos + 1) / p.comp_ratio));
-      cand += c;
+      win += double(std::min<int64_t>(pos + 1, p.window));
+      if (p.comp_idx.data) comp += double(p.comp_idx.shape[1]);
+      else if (p.comp_ratio > 0) comp += double(std::min<int64_t>(num_comp, (pos + 1) / p.comp_ratio));
     }
-    const double es = double(dtype_size(p.window_kv.dtype));
-    timed("sparse_attention", cand * double(dim) * es + view_bytes(p.q) + view_bytes(p.out),
+    const double cand = win + comp;
+    const double win_row = double(dim) * double(dtype_size(p.window_kv.dtype));
+    const double comp_row = p.comp_layout.compact() ? double(p.comp_layout.row_bytes)  // compact rows as stored
+                                                    : double(dim) * double(dtype_size(p.comp_kv.dtype));
+    timed("sparse_attention", win * win_row + comp * comp_row + view_bytes(p.q) + view_bytes(p.out),
           4.0 * cand * double(heads) * double(dim), kPeakBf16, [&] { inner_.sparse_attention(p); });
   }
   void moe_gate(const MoeGateParams& p) override {
@@ -211,6 +214,9 @@ class Profiler final : public ProfilingBackend {
     timed("add", view_bytes(p.a) + view_bytes(p.b) + view_bytes(p.out), 0, kPeakBf16, [&] { inner_.add(p); });
   }
   void qdq(const QdqParams& p) override { timed("qdq", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.qdq(p); }); }
+  void kv_pack(const KvPackParams& p) override {
+    timed("kv_pack", view_bytes(p.x) + view_bytes(p.out), 0, kPeakBf16, [&] { inner_.kv_pack(p); });
+  }
   // Ideal traffic: the logits read once; ids and logprobs are negligible.
   void sample(const SampleParams& p) override {
     timed("sample", view_bytes(p.logits), 0, kPeakBf16, [&] { inner_.sample(p); });

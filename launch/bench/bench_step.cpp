@@ -187,6 +187,12 @@ void fabricate_state(const model::ModelConfig& cfg, kernels::Backend& be, model:
     be.copy_to_device(v.data, rnd.data(), size_t(rows * t.width()) * sizeof(float));
     t.commit(rows);
   };
+  // Entries and keys: random F32 rows, packed (after rounding to the format) when compact.
+  auto fill_entries = [&](model::CompressorState& c, int64_t rows) {
+    model::RowTable f32(&be, c.layout.dim);
+    fill(f32, rows);
+    model::store_entries(be, c, f32.view());
+  };
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
     model::LayerState& s = seq.layer(l);
     const int ratio = cfg.compress_ratio(l);
@@ -196,14 +202,14 @@ void fabricate_state(const model::ModelConfig& cfg, kernels::Backend& be, model:
       fill(s.main.kv, lead);
       fill(s.main.score, lead);
       s.main.start = context - lead;
-      fill(s.main.entries, context / ratio);
+      fill_entries(s.main, context / ratio);
       s.main.num_entries = context / ratio;
     }
     if (s.has_indexer) {
       fill(s.indexer.kv, 4);
       fill(s.indexer.score, 4);
       s.indexer.start = context - 4;
-      fill(s.indexer.entries, context / 4);
+      fill_entries(s.indexer, context / 4);
       s.indexer.num_entries = context / 4;
     }
   }
@@ -286,7 +292,7 @@ void print_capacity(const model::ModelConfig& full, double free_bytes) {
   const double gib = 1024.0 * 1024 * 1024;
   std::printf("\nKV capacity (1M-token sequences, compact entries 584 B + FP4 indexer keys 68 B, spec 8.1):\n");
   std::printf("  per sequence: %.2f GiB compressed entries + %.1f MiB window/compressor state"
-              " (the current F32 row tables: %.2f GiB)\n", per_seq / gib, constant / (1024.0 * 1024), per_seq_f32 / gib);
+              " (F32 rows of the reference numerics: %.2f GiB)\n", per_seq / gib, constant / (1024.0 * 1024), per_seq_f32 / gib);
   std::printf("  weights: %.1f GiB routed experts + %.1f GiB the rest; device free before loading: %.1f GiB\n",
               experts / gib, rest / gib, free_bytes / gib);
   for (int ep : {1, 2, 4, 8}) {

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include "model/state.h"
+
 namespace v4rt::launch::plan {
 namespace {
 
@@ -114,22 +116,18 @@ std::optional<KvFormat> parse_kv_format(const std::string& name) {
 KvEntryBytes kv_entry_bytes(const model::ModelConfig& c, KvFormat format) {
   KvEntryBytes b;
   b.window_slot = int64_t(c.head_dim) * 2;
-  if (format == KvFormat::kF32) {
-    b.window_slot = int64_t(c.head_dim) * 4;
-    b.main_entry = int64_t(c.head_dim) * 4;
-    b.indexer_key = int64_t(c.index_head_dim) * 4;
-    return b;
-  }
   if (format == KvFormat::kBf16) {
     b.main_entry = int64_t(c.head_dim) * 2;
     b.indexer_key = int64_t(c.index_head_dim) * 2;
     return b;
   }
-  // e4m3 non-RoPE dims + bf16 RoPE dims + one e8m0 scale per 64 non-RoPE dims, padded to 8 bytes
-  // (448 + 128 + 7 + 1 = 584). Indexer key: FP4 e2m1 packed + one e8m0 scale per 32 (64 + 4 = 68).
-  const int64_t nope = c.nope_dim();
-  b.main_entry = cdiv(nope + int64_t(c.qk_rope_head_dim) * 2 + nope / 64, 8) * 8;
-  b.indexer_key = c.index_head_dim / 2 + c.index_head_dim / 32;
+  if (format == KvFormat::kF32) b.window_slot = int64_t(c.head_dim) * 4;
+  // The rows model::SequenceState stores (common/kv_format.h). Compact: e4m3 non-RoPE dims + bf16
+  // RoPE dims + one e8m0 scale per 64 non-RoPE dims, padded to 8 bytes (448 + 128 + 7 + 1 = 584);
+  // indexer key FP4 e2m1 packed + one e8m0 scale per 32, padded to 4 (64 + 4 = 68).
+  const model::KvStorage storage = format == KvFormat::kCompact ? model::KvStorage::kCompact : model::KvStorage::kF32;
+  b.main_entry = model::kv_row_bytes(model::entry_layout(c, storage));
+  b.indexer_key = model::kv_row_bytes(model::index_key_layout(c, storage));
   return b;
 }
 
@@ -139,15 +137,24 @@ KvBytes kv_bytes(const model::ModelConfig& c, int64_t context, KvFormat format) 
   KvBytes kv;
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
     const int ratio = c.compress_ratio(layer);
-    kv.window_ring += int64_t(c.sliding_window) * e.window_slot;
-    if (ratio == 4) {
-      kv.compressed += (context / 4) * (e.main_entry + e.indexer_key);
-      kv.compressor_state += 2 * (8 * 2 * hd * 4) + 2 * (8 * 2 * id * 4);  // kv + score, main + indexer
-    } else if (ratio != 0) {
-      kv.compressed += (context / ratio) * e.main_entry;
-      kv.compressor_state += 2 * (int64_t(ratio) * hd * 4);
-    }
+    if (ratio == 4) kv.compressed += (context / 4) * (e.main_entry + e.indexer_key);
+    else if (ratio != 0) kv.compressed += (context / ratio) * e.main_entry;
   }
+  if (format == KvFormat::kBf16) {  // the spec's reference layout (§8.1): bf16 rings, fp32 compressor state
+    for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+      const int ratio = c.compress_ratio(layer);
+      kv.window_ring += int64_t(c.sliding_window) * e.window_slot;
+      if (ratio == 4) kv.compressor_state += 2 * (8 * 2 * hd * 4) + 2 * (8 * 2 * id * 4);  // kv + score, main + indexer
+      else if (ratio != 0) kv.compressor_state += 2 * (int64_t(ratio) * hd * 4);
+    }
+    return kv;
+  }
+  // The runtime's storages (compact under the official numerics, f32 under the reference ones) cost
+  // what model::SequenceState allocates (model::state_bytes): F32 window tails of sliding_window - 1
+  // rows and F32 compressor buffers in both, the rest is the entries and keys above.
+  kv.window_ring = int64_t(c.num_hidden_layers) * std::min<int64_t>(context, c.sliding_window - 1) * hd * 4;
+  const model::KvStorage storage = format == KvFormat::kCompact ? model::KvStorage::kCompact : model::KvStorage::kF32;
+  kv.compressor_state = model::state_bytes(c, context, storage) - kv.compressed - kv.window_ring;
   return kv;
 }
 

@@ -34,8 +34,9 @@ struct WeightBytes {
 
 WeightBytes weight_bytes(const model::ModelConfig& config);
 
-// compact: spec §8.1 entries; bf16: the reference layout; f32: the runtime's current F32 row
-// tables (model/state), every entry, key and window slot in f32.
+// compact: spec §8.1 entries, as the runtime stores them under the official numerics; f32: the
+// runtime's F32 row tables of the reference numerics. Both cost the state model::SequenceState
+// allocates (F32 window tails and compressor buffers). bf16: the spec's reference layout.
 enum class KvFormat { kCompact, kBf16, kF32 };
 const char* kv_format_name(KvFormat format);
 // "compact" | "bf16" | "f32"; nullopt otherwise.
@@ -44,7 +45,7 @@ std::optional<KvFormat> parse_kv_format(const std::string& name);
 struct KvEntryBytes {
   int64_t main_entry = 0;   // one compressed CSA/HCA entry (512-d latent)
   int64_t indexer_key = 0;  // one indexer key (128-d), CSA layers only
-  int64_t window_slot = 0;  // one raw-window slot (always bf16 512)
+  int64_t window_slot = 0;  // one raw-window slot as decode reads it (bf16 512; f32: F32 512)
 };
 KvEntryBytes kv_entry_bytes(const model::ModelConfig& config, KvFormat format);
 
@@ -52,7 +53,7 @@ KvEntryBytes kv_entry_bytes(const model::ModelConfig& config, KvFormat format);
 // decoding does not speculate).
 struct KvBytes {
   int64_t compressed = 0;        // CSA + HCA entries and indexer keys; SP divides these
-  int64_t window_ring = 0;       // every layer's 128-slot ring; on every SP rank
+  int64_t window_ring = 0;       // every layer's window (bf16: 128-slot ring; runtime: F32 tail); every SP rank
   int64_t compressor_state = 0;  // fp32 compressor buffers; on every SP rank
   int64_t total() const { return compressed + window_ring + compressor_state; }
   // Bytes of this sequence on one GPU of an SP group of `sp` ranks (TP ranks each hold a copy).

@@ -9,6 +9,7 @@
 #include "launch/plan/model_cost.h"
 #include "model/config.h"
 #include "model/presets.h"
+#include "model/state.h"
 
 namespace v4rt::launch::plan {
 namespace {
@@ -73,13 +74,28 @@ TEST(ModelCost, EntryFormatsAndConstantState) {
   EXPECT_EQ(compact.indexer_key, 68);   // 64 B FP4 + 4 e8m0
   EXPECT_EQ(kv_entry_bytes(flash, KvFormat::kBf16).main_entry, 1024);
   EXPECT_EQ(kv_entry_bytes(flash, KvFormat::kBf16).indexer_key, 256);
-  // Spec §8.2 constants (quoted to 0.1 MiB): windows 5.4 / 7.6 MiB, compressor state 11.6 / 17.8.
+  // Spec §8.2 constants of the reference layout (quoted to 0.1 MiB): windows 5.4 / 7.6 MiB,
+  // compressor state 11.6 / 17.8.
+  const KvBytes fb = kv_bytes(flash, kMillion, KvFormat::kBf16);
+  const KvBytes pb = kv_bytes(pro, kMillion, KvFormat::kBf16);
+  EXPECT_NEAR(fb.window_ring / kMiB, 5.4, 0.05);
+  EXPECT_NEAR(pb.window_ring / kMiB, 7.6, 0.05);
+  EXPECT_NEAR(fb.compressor_state / kMiB, 11.6, 0.05);
+  EXPECT_NEAR(pb.compressor_state / kMiB, 17.8, 0.05);
+  // The runtime's storages cost what it allocates: F32 window tails of 127 rows (43 / 61 layers x
+  // 127 x 512 x 4 B) and F32 compressor buffers of 16 rows (CSA 128 + 32 KiB) or two blocks (HCA 1 MiB).
   const KvBytes f = kv_bytes(flash, kMillion, KvFormat::kCompact);
   const KvBytes p = kv_bytes(pro, kMillion, KvFormat::kCompact);
-  EXPECT_NEAR(f.window_ring / kMiB, 5.4, 0.05);
-  EXPECT_NEAR(p.window_ring / kMiB, 7.6, 0.05);
-  EXPECT_NEAR(f.compressor_state / kMiB, 11.6, 0.05);
-  EXPECT_NEAR(p.compressor_state / kMiB, 17.8, 0.05);
+  EXPECT_EQ(f.window_ring, 43 * 127 * 512 * 4);
+  EXPECT_EQ(p.window_ring, 61 * 127 * 512 * 4);
+  EXPECT_EQ(f.compressor_state, (21 * 160 + 20 * 1024) * 1024);
+  EXPECT_EQ(p.compressor_state, (30 * 160 + 31 * 1024) * 1024);
+  for (KvFormat format : {KvFormat::kCompact, KvFormat::kF32}) {
+    const model::KvStorage storage = format == KvFormat::kCompact ? model::KvStorage::kCompact : model::KvStorage::kF32;
+    for (int64_t context : {int64_t(5), int64_t(1000), kMillion})
+      EXPECT_EQ(kv_bytes(flash, context, format).total(), model::state_bytes(flash, context, storage))
+          << kv_format_name(format) << " at " << context;
+  }
   // SP divides only the compressed part.
   EXPECT_EQ(p.per_gpu(8), (p.compressed + 7) / 8 + p.window_ring + p.compressor_state);
   // Short contexts: entries exist only for complete blocks.

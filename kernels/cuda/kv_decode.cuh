@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: MIT
+// Device decoding of compact KV rows (common/kv_format.h) as the attention and indexer kernels load
+// them: the bytes come from global memory once, the values exist only in registers / shared memory
+// (never an F32 copy of the table). Each decoder gives bit for bit what kv_unpack_row gives on the
+// host: e4m3 and e2m1 codes times a power-of-two e8m0 scale are exact in fp32 (and in bf16).
+// Included only by .cu files of this folder.
+#pragma once
+
+#include <cstdint>
+
+#include "common/check.h"
+#include "common/kv_format.h"
+#include "common/tensor.h"
+#include "kernels/cuda/device_math.cuh"
+
+namespace v4rt::kernels::cuda {
+
+// e2m1 code (bit 3 = sign) -> 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives, by bits (no local table).
+__device__ __forceinline__ float fp4_to_f32(uint32_t code) {
+  const uint32_t e = (code >> 1) & 3u, m = code & 1u;
+  const uint32_t mag = e ? ((e + 126u) << 23) | (m << 22) : (m ? 0x3f000000u : 0u);
+  return __uint_as_float(mag | ((code & 8u) << 28));
+}
+
+// A table of compact KV rows on the device; empty (data == nullptr) for plain rows.
+struct KvRowsDev {
+  const uint8_t* data = nullptr;  // row r at data + r * row_bytes
+  int64_t row_bytes = 0;
+  int quant_dim = 0;              // kFp8Rope: non-RoPE dims; kFp4: all dims
+  int block = 0;                  // quantized elements per scale
+  int rope_offset = 0;            // kFp8Rope: byte offset of the bf16 dims
+  int scale_offset = 0;           // byte offset of the e8m0 scales
+
+  __device__ __forceinline__ const uint8_t* row(int64_t r) const { return data + r * row_bytes; }
+
+  // kFp8Rope element c of row r.
+  __device__ __forceinline__ float fp8_ld(int64_t r, int c) const {
+    const uint8_t* p = row(r);
+    if (c < quant_dim) return e4m3_to_f32(p[c]) * e8m0_to_f32(p[scale_offset + c / block]);
+    const uint8_t* h = p + rope_offset + 2 * (c - quant_dim);
+    return bf16_to_f32(bf16_t(h[0] | (h[1] << 8)));
+  }
+  // kFp8Rope elements c..c+3 (c % 4 == 0; needs vec4_ok()).
+  __device__ __forceinline__ float4 fp8_ld4(int64_t r, int c) const {
+    const uint8_t* p = row(r);
+    if (c < quant_dim) {
+      const uint32_t u = *reinterpret_cast<const uint32_t*>(p + c);
+      const float s = e8m0_to_f32(p[scale_offset + c / block]);
+      return make_float4(e4m3_to_f32(uint8_t(u)) * s, e4m3_to_f32(uint8_t(u >> 8)) * s,
+                         e4m3_to_f32(uint8_t(u >> 16)) * s, e4m3_to_f32(uint8_t(u >> 24)) * s);
+    }
+    const uint2 u = *reinterpret_cast<const uint2*>(p + rope_offset + 2 * (c - quant_dim));
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                       __uint_as_float(u.y & 0xffff0000u));
+  }
+  // kFp8Rope elements c..c+7 as bf16 pairs (c % 8 == 0; needs vec8_ok()): exact, an e4m3 code
+  // times a power of two has at most 4 significant bits.
+  __device__ __forceinline__ uint4 fp8_ld8_bf16(int64_t r, int c) const {
+    const uint8_t* p = row(r);
+    if (c < quant_dim) {
+      const uint2 u = *reinterpret_cast<const uint2*>(p + c);
+      const float s = e8m0_to_f32(p[scale_offset + c / block]);
+      uint32_t w[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t word = i < 2 ? u.x : u.y;
+        const uint32_t lo = f32_to_bf16(e4m3_to_f32(uint8_t(word >> (16 * (i & 1)))) * s);
+        const uint32_t hi = f32_to_bf16(e4m3_to_f32(uint8_t(word >> (16 * (i & 1) + 8))) * s);
+        w[i] = lo | (hi << 16);
+      }
+      return make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    const uint2* h = reinterpret_cast<const uint2*>(p + rope_offset + 2 * (c - quant_dim));
+    const uint2 a = h[0], b = h[1];
+    return make_uint4(a.x, a.y, b.x, b.y);
+  }
+
+  // kFp4 elements c..c+31 (c % 32 == 0: one scale block, 16 code bytes; rows 4-byte aligned).
+  __device__ __forceinline__ void fp4_ld32(int64_t r, int c, float (&out)[32]) const {
+    const uint8_t* p = row(r);
+    const uint32_t* codes = reinterpret_cast<const uint32_t*>(p + c / 2);
+    const float s = e8m0_to_f32(p[scale_offset + c / block]);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const uint32_t u = codes[w];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) out[8 * w + i] = fp4_to_f32((u >> (4 * i)) & 0xfu) * s;
+    }
+  }
+  // kFp4 element c of row r.
+  __device__ __forceinline__ float fp4_ld(int64_t r, int c) const {
+    const uint8_t* p = row(r);
+    return fp4_to_f32((p[c >> 1] >> ((c & 1) * 4)) & 0xfu) * e8m0_to_f32(p[scale_offset + c / block]);
+  }
+
+  // Whether fp8_ld4 / fp8_ld8_bf16 may be used: vector groups never straddle the two parts and
+  // every row and part starts 8-byte aligned.
+  bool vec4_ok() const {
+    return quant_dim % 4 == 0 && rope_offset % 8 == 0 && row_bytes % 8 == 0 && reinterpret_cast<uintptr_t>(data) % 8 == 0;
+  }
+  bool vec8_ok() const { return vec4_ok() && quant_dim % 8 == 0; }
+};
+
+// The device view of a compact table (`view` U8 [rows, layout.row_bytes]); `what` names it in errors.
+// Plain layouts give an empty KvRowsDev.
+inline KvRowsDev make_kv_rows(const TensorView& view, const KvRowLayout& layout, int64_t dim, const char* what) {
+  KvRowsDev k;
+  if (!layout.compact() || !view.data) return k;
+  CHECK(view.dtype == DType::kU8 && view.device == Device::kCuda) << what << ": compact rows are U8 on the device";
+  CHECK_EQ(layout.dim, dim) << what << ": " << kv_format_name(layout.format) << " rows of " << layout.dim
+                            << " dims, the op needs " << dim;
+  CHECK(view.ndim == 2 && view.shape[1] == layout.row_bytes && view.stride[0] == layout.row_bytes && view.stride[1] == 1)
+      << what << " " << view.shape_str() << ": contiguous rows of " << layout.row_bytes << " bytes";
+  k.data = static_cast<const uint8_t*>(view.data);
+  k.row_bytes = layout.row_bytes;
+  k.quant_dim = int(layout.quant_dim);
+  k.block = layout.block;
+  k.rope_offset = int(layout.rope_offset);
+  k.scale_offset = int(layout.scale_offset);
+  return k;
+}
+
+}  // namespace v4rt::kernels::cuda
