@@ -11,10 +11,17 @@ namespace v4rt::runtime {
 
 namespace {
 constexpr auto kIdleWait = std::chrono::milliseconds(100);  // wait for work between heartbeats
+
+// The scheduler charges states in the format the model keeps them in.
+SchedulerOptions for_model(SchedulerOptions options, const model::Model& model) {
+  options.kv_storage = model.kv_storage();
+  return options;
+}
 }  // namespace
 
 Engine::Engine(Leader& leader, const SchedulerOptions& options, Metrics* metrics)
-    : leader_(leader), metrics_(metrics), scheduler_(options, leader.executor().model().config(), metrics,
+    : leader_(leader), metrics_(metrics),
+      scheduler_(for_model(options, leader.executor().model()), leader.executor().model().config(), metrics,
                  model::ownership_of(leader.executor().model().parallel())) {
   CHECK(options.mtp_depth == 0 || leader.executor().mtp()) << "speculative decoding needs the MTP block";
 }

@@ -78,10 +78,10 @@ std::unique_ptr<model::SequenceState> PrefixStore::resume(const PrefixMatch& mat
 }
 
 void set_model_byte_sizes(PrefixTreeOptions& options, const model::ModelConfig& config,
-                          const model::EntryOwnership& ownership) {
+                          const model::EntryOwnership& ownership, model::KvStorage storage) {
   options.point_bytes = [config](int64_t position) { return model::tail_snapshot_bytes(config, position); };
-  options.block_bytes = [config, ownership](int64_t begin, int64_t end) {
-    return model::entry_block_bytes(config, ownership, begin, end);
+  options.block_bytes = [config, ownership, storage](int64_t begin, int64_t end) {
+    return model::entry_block_bytes(config, ownership, begin, end, storage);
   };
 }
 

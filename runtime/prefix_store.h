@@ -50,9 +50,10 @@ class PrefixStore {
   int64_t bytes_ = 0;
 };
 
-// Byte functions for PrefixTreeOptions from the model config: the snapshot, and a block on the SP
-// rank that stores the most (exact on a single rank).
+// Byte functions for PrefixTreeOptions from the model config: the snapshot, and a block (entries
+// in `storage`, the format the states keep) on the SP rank that stores the most (exact on a
+// single rank).
 void set_model_byte_sizes(PrefixTreeOptions& options, const model::ModelConfig& config,
-                          const model::EntryOwnership& ownership);
+                          const model::EntryOwnership& ownership, model::KvStorage storage = model::KvStorage::kF32);
 
 }  // namespace v4rt::runtime

@@ -97,7 +97,7 @@ Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& 
     to.block_tokens = pc.block_tokens;
     tree_budget_ = std::max<int64_t>(1, int64_t(double(options_.kv_budget_bytes) * pc.budget_fraction));
     to.budget_bytes = tree_budget_;
-    set_model_byte_sizes(to, config_, ownership);
+    set_model_byte_sizes(to, config_, ownership, options_.kv_storage);
     tree_ = std::make_unique<PrefixTree>(std::move(to));
   }
   CHECK_GT(options_.max_batch_tokens, 0);
@@ -115,7 +115,8 @@ Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& 
 Scheduler::~Scheduler() = default;
 
 SubmitResult Scheduler::submit(std::shared_ptr<Request> request) {
-  const int64_t need = model::state_bytes(config_, int64_t(request->prompt.size()) + request->sampling.max_tokens);
+  const int64_t need = model::state_bytes(config_, int64_t(request->prompt.size()) + request->sampling.max_tokens,
+                                          options_.kv_storage);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopped_) return {503, "the server is not serving: " + stop_reason_};
@@ -245,7 +246,7 @@ bool Scheduler::admit_locked(StepPlan* plan) {
 }
 
 Scheduler::Admission Scheduler::try_admit_locked(const std::shared_ptr<Request>& req, StepPlan* plan) {
-  const int64_t need = model::state_bytes(config_, int64_t(req->prompt.size()) + req->sampling.max_tokens);
+  const int64_t need = model::state_bytes(config_, int64_t(req->prompt.size()) + req->sampling.max_tokens, options_.kv_storage);
   PrefixId hold = 0;  // pinned while the budget is made: eviction must not take the point it resumes from
   if (tree_) {
     const PrefixMatch peek = tree_->match(req->prompt, /*record=*/false);

@@ -120,6 +120,9 @@ struct SchedulerOptions {
   int max_queue = 64;
   int64_t kv_budget_bytes = int64_t(1) << 30;
   PrefixCacheOptions prefix_cache;
+  // The format the model's states keep entries and keys in (Model::kv_storage; the Engine sets
+  // it): admission and the prefix tree charge its bytes.
+  model::KvStorage kv_storage = model::KvStorage::kF32;
   int32_t eos_token_id = 1;
   int mtp_depth = 0;  // draft tokens per verify step; 0: no speculative decoding
   int prefill_chunk = 0;  // most prompt tokens of one sequence per step; 0: the step budget alone

@@ -161,6 +161,22 @@ TEST_F(SchedulerTest, AdmissionByKvMemory) {
   EXPECT_EQ(p.chunks[0].num_tokens, 60);  // b admitted
 }
 
+// Admission charges the state in the format the model keeps it: compact entries (official
+// numerics) let a request in that F32 rows would not fit.
+TEST_F(SchedulerTest, AdmissionChargesTheModelsKvFormat) {
+  const int64_t compact = model::state_bytes(config, 20000, model::KvStorage::kCompact);
+  ASSERT_LT(compact, model::state_bytes(config, 20000, model::KvStorage::kF32));
+  SchedulerOptions o;
+  o.kv_budget_bytes = compact;
+  o.prefix_cache.enabled = false;
+  o.kv_storage = model::KvStorage::kCompact;
+  Scheduler fits(o, config, &metrics);
+  EXPECT_EQ(fits.submit(make_request(19000, 1000)).status, 200);
+  o.kv_storage = model::KvStorage::kF32;
+  Scheduler f32(o, config, &metrics);
+  EXPECT_EQ(f32.submit(make_request(19000, 1000)).status, 413);
+}
+
 TEST_F(SchedulerTest, QueueFullGives429) {
   SchedulerOptions o = no_cache();
   o.max_queue = 2;

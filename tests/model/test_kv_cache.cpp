@@ -135,10 +135,12 @@ TEST(KvCache, CompactLogitsAndRowsEqualF32BitForBit) {
   for (int l = 0; l < compact->num_layers(); ++l) {
     const LayerState& s = compact->layer(l);
     const int ratio = m.config().compress_ratio(l);
-    if (s.has_compressor)
+    if (s.has_compressor) {
       EXPECT_LE(s.main.kv.allocated_bytes(), compressor_capacity(ratio) * s.main.kv.row_bytes()) << "layer " << l;
-    if (s.has_indexer)
+    }
+    if (s.has_indexer) {
       EXPECT_LE(s.indexer.score.allocated_bytes(), compressor_capacity(4) * s.indexer.score.row_bytes()) << "layer " << l;
+    }
   }
 
   // The formulas charge exactly the rows the tables hold: the difference of the two storages.
