@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Prefix reuse in `v4rt batch`: requests whose prompts extend an earlier request's prompt start
-# from a copy of its finished state (runtime PlanCopy) instead of recomputing it, and the results
+# Prefix reuse in `v4rt batch`: requests whose prompts extend an earlier request's prompt resume
+# from a point of the prefix tree (runtime PlanResume) instead of recomputing it, and the results
 # are those of a job without the prefix cache:
 #   batch_prefix_reuse.sh <path/to/v4rt> <work dir>
 # --max-in-flight 1 runs the requests one after another, so each later request finds the earlier

@@ -600,7 +600,7 @@ bool wait_for(Pred pred, std::chrono::milliseconds timeout) {
 TEST_F(HttpServerTest, NonStreamingDisconnectCancelsTheGeneration) {
   launch::ServerConfig cfg = base_config();
   cfg.max_running = 2;
-  cfg.max_queue = 4;
+  cfg.max_queue = 6;  // all six fit the queue even if they all arrive before the engine runs one
   cfg.max_context = 4096;
   auto s = start(cfg);
   std::vector<int> fds;
