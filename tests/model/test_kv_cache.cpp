@@ -229,6 +229,13 @@ TEST(KvCache, BackendWithoutTheFormatIsRefused) {
 // window tail, the compressor buffers' room, the entries and keys; no data written, so the host
 // pages stay untouched) allocates exactly what state_bytes charges, in both storages.
 TEST(KvCache, FlashMillionTokenAllocationEqualsStateBytes) {
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  // 18 GB of untouched host memory is free without ASan; with it, poisoning on free writes an
+  // eighth of that in shadow pages. The ordinary build runs this test.
+  GTEST_SKIP() << "allocates 18 GB of host address space; run in the build without ASan";
+#endif
+#endif
   const ModelConfig flash = preset_config("flash", false);
   auto cpu = kernels::make_cpu_backend();
   const int64_t n = int64_t(1) << 20;
