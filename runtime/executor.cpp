@@ -94,7 +94,9 @@ void Executor::run(const StepPlan& plan, std::vector<std::vector<float>>* logits
       sc.sample = &rows.back();
       sc.sampled = &(*sampled)[i];
     }
-    if (draws || (c.want_logits != kLogitsNone && c.want_logits != kSampleLast)) {
+    // Grouped by the plan alone, so every rank runs the same Model::step batches (their
+    // collectives line up); a follower's drawing chunks just skip the head.
+    if (c.want_logits != kLogitsNone) {
       with_logits.push_back(sc);
       logit_chunk_idx.push_back(i);
     } else {
