@@ -42,7 +42,7 @@ source scripts/device/devdeps.sh  # sets DD, LD_LIBRARY_PATH, PKG_CONFIG_PATH
 
 # --- configure + build ---------------------------------------------------------------------------
 if [[ -z "${TARGETS:-}" ]]; then
-  TARGETS="test_cuda_kernels bench_cuda test_gpu_golden bench_step v4rt"
+  TARGETS="test_cuda_kernels test_cuda_kv_cache test_cuda_sp_ops bench_cuda test_gpu_golden bench_step v4rt"
   [[ -f tests/cuda/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
   [[ -f tests/cuda/test_ep_device.cpp ]] && TARGETS="$TARGETS test_ep_device fault_nccl"
 fi
@@ -72,6 +72,13 @@ if want test && has test_cuda_kernels; then
     timeout 300 "$bin" --gtest_color=no --gtest_filter="$t" >> "$OUT/test_cuda.log" 2>&1 || { rc=1; echo "[ABORT/FAIL] $t" >> "$OUT/test_cuda.log"; }
   done
   grep -E "^\[compare\]|^\[layout\]|^\[cublaslt\]|FAILED|ABORT|OK \]|Check failed" "$OUT/test_cuda.log" | tail -200
+  # The compact KV rows and the SP merges on the device against their host references.
+  for t in test_cuda_kv_cache test_cuda_sp_ops; do
+    has $t || continue
+    bin=$(find "$BUILD/tests" -name $t -type f | head -1)
+    timeout 300 "$bin" --gtest_color=no > "$OUT/$t.log" 2>&1 || rc=1
+    echo "$t:"; grep -E "FAILED|OK \]|Check failed|SKIPPED" "$OUT/$t.log" | tail -40
+  done
 fi
 if want nccl && has test_nccl_comm; then
   for np in 1 2; do
