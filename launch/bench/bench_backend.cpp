@@ -51,7 +51,8 @@ OpTotals BenchBackend::profile(const std::function<void()>& run, const std::stri
               " FLOPs / peak), peak 790 TFLOP/s bf16, 1580 FP8):\n", what.c_str());
   std::printf("  %-34s %6s %10s %10s %10s %11s %7s %9s\n", "op family", "calls", "ms", "MB", "GFLOP", "roofline ms",
               "ratio", "TFLOP/s");
-  const std::string head_shape = "x" + std::to_string(hidden);
+  std::string head_shape(1, 'x');  // "x" + to_string(): a false -Wrestrict in GCC 12
+  head_shape += std::to_string(hidden);
   const std::string vocab_str = std::to_string(vocab);
   for (const auto& [fam, s] : profiler_->stats()) {
     const double roof = std::max(s.bytes / kH200HbmBytesPerSec, s.peak_flops > 0 ? s.flops / s.peak_flops : 0) * 1e3;
