@@ -32,11 +32,12 @@ void register_bench_prefill(CLI::App& bench);    // bench_prefill.cpp
 void register_bench_sample(CLI::App& bench);     // bench_sample.cpp: Backend::sample
 
 // The synthetic bench model of bench_step.cpp, shared by the benchmarks that load it: the preset's
-// dimensions on `layers` layers (alternating CSA / HCA, score routing), its checkpoint written to
-// `dir` from `seed` (returns the tensor bytes), and its weight bytes (routed experts, the rest).
+// dimensions on `layers` layers (alternating CSA / HCA, score routing), and its checkpoint written
+// from `seed` into `dir`, or when `dir` is empty into /dev/shm/<name> (the temporary directory when
+// /dev/shm lacks room); prints the checkpoint's size and write time and returns the directory.
 model::ModelConfig bench_model_config(const std::string& preset, int layers);
-uint64_t write_bench_model(const model::ModelConfig& cfg, const std::string& dir, uint64_t seed);
-void bench_weight_bytes(const model::ModelConfig& cfg, double* experts, double* rest);
+std::string write_bench_model(const model::ModelConfig& cfg, const std::string& dir, const std::string& name,
+                              uint64_t seed);
 
 // The bench checkpoint in `dir` loaded on `be` under the official numerics (the production path:
 // FP8 act quant, FP8/FP4 GEMMs), with its load time printed.

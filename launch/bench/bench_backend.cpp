@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
 #include <utility>
 
 #include "launch/backend_option.h"
@@ -15,8 +14,6 @@
 #endif
 
 namespace v4rt::launch {
-
-namespace fs = std::filesystem;
 
 BenchBackend::BenchBackend(const std::string& backend, int device, const std::string& config) {
   const RuntimeConfig rc = config.empty() ? RuntimeConfig{} : load_runtime_config(config);
@@ -73,12 +70,6 @@ OpTotals BenchBackend::profile(const std::function<void()>& run, const std::stri
   (void)run, (void)what, (void)hidden, (void)vocab, (void)sink;
 #endif
   return t;
-}
-
-std::string default_bench_dir(double weight_bytes, const std::string& name) {
-  std::error_code ec;
-  const bool shm = fs::exists("/dev/shm") && double(fs::space("/dev/shm", ec).available) > weight_bytes * 1.1;
-  return (shm ? std::string("/dev/shm") : fs::temp_directory_path().string()) + "/" + name;
 }
 
 }  // namespace v4rt::launch

@@ -59,8 +59,4 @@ class BenchBackend {
   double free_bytes_ = 0;
 };
 
-// Where a bench checkpoint of `weight_bytes` goes when --dir is empty: /dev/shm when it has room,
-// else the temporary directory; `name` ("v4rt-bench-flash-2") names the folder.
-std::string default_bench_dir(double weight_bytes, const std::string& name);
-
 }  // namespace v4rt::launch

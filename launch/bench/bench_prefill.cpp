@@ -87,18 +87,11 @@ void run_prefill(const PrefillArgs& a) {
   for (int64_t c : a.context) V4RT_REQUIRE(c >= 1, "bench prefill: --context values must be >= 1");
   const model::ModelConfig full = model::preset_config(a.preset);
   const model::ModelConfig cfg = bench_model_config(a.preset, a.layers);
-  std::string dir = a.dir;
-  if (dir.empty()) {
-    double experts = 0, rest = 0;
-    bench_weight_bytes(cfg, &experts, &rest);
-    dir = default_bench_dir(experts + rest, "v4rt-bench-prefill-" + a.preset + "-" + std::to_string(a.layers));
-  }
   std::printf("bench prefill: preset %s, %d layers (CSA/HCA alternating, score routing), chunk %s, backend %s\n",
               a.preset.c_str(), a.layers, a.chunk > 0 ? std::to_string(a.chunk).c_str() : "whole prompt",
               a.backend.c_str());
-  double t0 = now_s();
-  const uint64_t bytes = write_bench_model(cfg, dir, a.seed);
-  std::printf("  synthetic checkpoint: %.2f GB in %s, written in %.1f s\n", double(bytes) / 1e9, dir.c_str(), now_s() - t0);
+  const std::string dir =
+      write_bench_model(cfg, a.dir, "v4rt-bench-prefill-" + a.preset + "-" + std::to_string(a.layers), a.seed);
 
   BenchBackend bench_backend(a.backend, a.device, a.config);
   kernels::Backend* be = &bench_backend.get();

@@ -311,16 +311,8 @@ void run_step(const StepArgs& a) {
   for (int64_t c : a.context) V4RT_REQUIRE(c >= 128, "bench step: --context values must be >= 128");
   const model::ModelConfig full = model::preset_config(a.preset);
   const model::ModelConfig cfg = bench_config(a.preset, a.layers, /*mtp=*/false);
-  std::string dir = a.dir;
-  if (dir.empty()) {
-    double experts = 0, rest = 0;
-    weight_bytes(cfg, &experts, &rest);
-    dir = default_bench_dir(experts + rest, "v4rt-bench-" + a.preset + "-" + std::to_string(a.layers));
-  }
   std::printf("bench step: preset %s, %d layers (CSA/HCA alternating, score routing)\n", a.preset.c_str(), a.layers);
-  double t0 = now_s();
-  const uint64_t bytes = write_bench_checkpoint(cfg, dir, a.seed);
-  std::printf("  synthetic checkpoint: %.2f GB in %s, written in %.1f s\n", double(bytes) / 1e9, dir.c_str(), now_s() - t0);
+  const std::string dir = write_bench_model(cfg, a.dir, "v4rt-bench-" + a.preset + "-" + std::to_string(a.layers), a.seed);
 
   BenchBackend bench_backend(a.backend, a.device, a.config);
   kernels::Backend* be = &bench_backend.get();
@@ -337,7 +329,7 @@ void run_step(const StepArgs& a) {
     const int64_t context = run.first;  // plain names: lambdas below capture them
     const int batch = run.second;
     std::printf("\n=== batch %d, context %lld\n", batch, static_cast<long long>(context));
-    t0 = now_s();
+    double t0 = now_s();
     std::vector<float> rnd(size_t(std::max<int64_t>(context / 4, cfg.sliding_window)) *
                            size_t(std::max(cfg.head_dim, cfg.index_head_dim)));
     fill_values(rnd.data(), rnd.size(), a.seed * 31 + 7, 1.0f, 0.0f);
@@ -514,12 +506,20 @@ model::ModelConfig bench_model_config(const std::string& preset, int layers) {
   return bench_config(preset, layers, /*mtp=*/false);
 }
 
-uint64_t write_bench_model(const model::ModelConfig& cfg, const std::string& dir, uint64_t seed) {
-  return write_bench_checkpoint(cfg, dir, seed);
-}
-
-void bench_weight_bytes(const model::ModelConfig& cfg, double* experts, double* rest) {
-  weight_bytes(cfg, experts, rest);
+std::string write_bench_model(const model::ModelConfig& cfg, const std::string& dir, const std::string& name,
+                              uint64_t seed) {
+  std::string out = dir;
+  if (out.empty()) {
+    double experts = 0, rest = 0;
+    weight_bytes(cfg, &experts, &rest);
+    std::error_code ec;
+    const bool shm = fs::exists("/dev/shm") && double(fs::space("/dev/shm", ec).available) > (experts + rest) * 1.1;
+    out = (shm ? std::string("/dev/shm") : fs::temp_directory_path().string()) + "/" + name;
+  }
+  const double t0 = now_s();
+  const uint64_t bytes = write_bench_checkpoint(cfg, out, seed);
+  std::printf("  synthetic checkpoint: %.2f GB in %s, written in %.1f s\n", double(bytes) / 1e9, out.c_str(), now_s() - t0);
+  return out;
 }
 
 BenchModel load_bench_model(const std::string& dir, kernels::Backend& be) {
