@@ -21,20 +21,13 @@
 #include "runtime/step_plan.h"
 #include "tests/cluster/mpi_test.h"
 #include "tests/golden_util.h"
+#include "tests/model/test_mtp_util.h"
 #include "tests/parallel/layout_util.h"
 
 namespace v4rt::runtime {
 namespace {
 
-std::vector<int32_t> prompt_tokens(int64_t vocab, int n, uint32_t salt) {
-  std::vector<int32_t> p;
-  uint64_t z = 0x9e3779b97f4a7c15ull * (salt + 1);
-  for (int i = 0; i < n; ++i) {
-    z = z * 6364136223846793005ull + 1442695040888963407ull;
-    p.push_back(int32_t(2 + (z >> 33) % uint64_t(vocab - 2)));
-  }
-  return p;
-}
+using model::testing::test_prompt;  // deterministic prompts over [2, vocab)
 
 void check_layout(const char* name, const parallel::Layout& layout) {
   if (v4rt::testing::world_size() != layout.world()) GTEST_SKIP() << name << " needs " << layout.world() << " ranks";
@@ -49,7 +42,7 @@ void check_layout(const char* name, const parallel::Layout& layout) {
   const bool leader = v4rt::testing::world_rank() == 0;
   const int64_t vocab = m->config().vocab_size;
   Executor executor(*m);
-  const std::vector<int32_t> a = prompt_tokens(vocab, 37, 1), b = prompt_tokens(vocab, 90, 2);
+  const std::vector<int32_t> a = test_prompt(vocab, 37, 1), b = test_prompt(vocab, 90, 2);
 
   // Seq 1 (host logits) and seq 2 (device draw) prefill the same prompt; seq 3 is an inner chunk.
   StepPlan plan;

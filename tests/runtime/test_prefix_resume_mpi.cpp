@@ -20,6 +20,7 @@
 #include "runtime/prefix_tree.h"
 #include "tests/cluster/mpi_test.h"
 #include "tests/golden_util.h"
+#include "tests/model/test_mtp_util.h"
 #include "tests/parallel/layout_util.h"
 
 namespace v4rt::runtime {
@@ -27,15 +28,7 @@ namespace {
 
 constexpr int64_t kBlockTokens = 128;
 
-std::vector<int32_t> prompt_tokens(int64_t vocab, int n, uint32_t salt) {
-  std::vector<int32_t> p;
-  uint64_t z = 0x9e3779b97f4a7c15ull * (salt + 1);
-  for (int i = 0; i < n; ++i) {
-    z = z * 6364136223846793005ull + 1442695040888963407ull;
-    p.push_back(int32_t(2 + (z >> 33) % uint64_t(vocab - 2)));
-  }
-  return p;
-}
+using model::testing::test_prompt;  // deterministic prompts over [2, vocab)
 
 std::vector<float> last_logits(model::Model& m, model::SequenceState& seq, std::span<const int32_t> tokens) {
   model::StepChunk c;
@@ -78,13 +71,13 @@ void check_layout(const char* name, const parallel::Layout& layout, int system_t
   PrefixTree tree(o);
   PrefixStore store(*m, kBlockTokens);
 
-  const std::vector<int32_t> system = prompt_tokens(vocab, system_tokens, 1);  // mid CSA and HCA block
+  const std::vector<int32_t> system = test_prompt(vocab, system_tokens, 1);  // mid CSA and HCA block
   int64_t expected_cached[] = {0, system_tokens, 0};
   for (int r = 0; r < 3; ++r) {
     std::vector<int32_t> prompt = system;
-    const std::vector<int32_t> user = prompt_tokens(vocab, 40 + 9 * r, 10 + uint32_t(r));
+    const std::vector<int32_t> user = test_prompt(vocab, 40 + 9 * r, 10 + uint32_t(r));
     prompt.insert(prompt.end(), user.begin(), user.end());
-    if (r == 2) prompt = prompt_tokens(vocab, 150, 99);  // unrelated
+    if (r == 2) prompt = test_prompt(vocab, 150, 99);  // unrelated
     const PrefixMatch match = tree.match(prompt);
     EXPECT_EQ(match.position, expected_cached[r]) << "request " << r;
     auto seq = match.position > 0 ? store.resume(match) : m->new_sequence();
