@@ -21,15 +21,9 @@ namespace {
 
 using testing::step_logits;
 using testing::test_prompt;
+using testing::tiny_config;
 
 constexpr int64_t kVocab = 512;
-
-ModelConfig tiny_config() {
-  ModelConfig c = preset_config("tiny", /*mtp=*/false);
-  c.vocab_size = kVocab;
-  validate(c, "test config");
-  return c;
-}
 
 struct OfficialModel {
   testing::TempDir dir;
@@ -39,7 +33,7 @@ struct OfficialModel {
   OfficialModel() {
     SyntheticOptions so;
     so.seed = 11;
-    write_synthetic_checkpoint(tiny_config(), dir.str(), so);
+    write_synthetic_checkpoint(tiny_config(kVocab), dir.str(), so);
     ckpt = Checkpoint::open(dir.str());
     ModelOptions mo;
     mo.numerics = Numerics::kOfficial;
@@ -178,7 +172,7 @@ TEST(KvCache, EntryBlocksCarryCompactRowsAndResumeExactly) {
 // take them rounded in place, and unpack to exactly the rounded rows.
 TEST(KvCache, StoreEntriesRoundsThenPacks) {
   auto be = kernels::make_cpu_backend();
-  const ModelConfig c = tiny_config();
+  const ModelConfig c = tiny_config(kVocab);
   SequenceState compact(c, *be, KvStorage::kCompact), f32(c, *be, KvStorage::kF32);
   const int64_t rows = 9, dim = c.head_dim;
   std::vector<float> given(size_t(rows * dim));
@@ -213,7 +207,7 @@ class PlainOnly final : public kernels::ForwardingBackend {
 
 TEST(KvCache, BackendWithoutTheFormatIsRefused) {
   PlainOnly be(kernels::make_cpu_backend());
-  const ModelConfig c = tiny_config();
+  const ModelConfig c = tiny_config(kVocab);
   try {
     SequenceState s(c, be, KvStorage::kCompact);
     FAIL() << "compact sequence accepted";

@@ -23,13 +23,15 @@
 
 namespace v4rt::model::testing {
 
-// The tiny preset with an MTP block; vocab_size > 0 replaces the 129,280-token vocabulary.
-inline ModelConfig tiny_mtp_config(int64_t vocab_size = 0) {
-  ModelConfig c = preset_config("tiny", /*mtp=*/true);
+// The tiny preset, with or without an MTP block; vocab_size > 0 replaces the 129,280-token
+// vocabulary (a small one writes and loads fast).
+inline ModelConfig tiny_config(int64_t vocab_size = 0, bool mtp = false) {
+  ModelConfig c = preset_config("tiny", mtp);
   if (vocab_size > 0) c.vocab_size = vocab_size;
   validate(c, "test config");
   return c;
 }
+inline ModelConfig tiny_mtp_config(int64_t vocab_size = 0) { return tiny_config(vocab_size, /*mtp=*/true); }
 
 // A checkpoint written into its own temp dir, loaded on the CPU backend, with its MTP block when
 // the config has one.

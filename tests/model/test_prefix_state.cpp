@@ -22,19 +22,13 @@ namespace {
 using testing::LoadedModel;
 using testing::step_logits;
 using testing::test_prompt;
+using testing::tiny_config;
 
 constexpr int64_t kVocab = 512;
 constexpr int64_t kBlockTokens = 128;
 
-ModelConfig tiny_config() {
-  ModelConfig c = preset_config("tiny", /*mtp=*/false);
-  c.vocab_size = kVocab;
-  validate(c, "test config");
-  return c;
-}
-
 LoadedModel& loaded() {
-  static LoadedModel* m = new LoadedModel(tiny_config(), 7);
+  static LoadedModel* m = new LoadedModel(tiny_config(kVocab), 7);
   return *m;
 }
 
@@ -253,7 +247,7 @@ TEST(PrefixState, OwnedBeforeCountsTheOwnedEntries) {
 }
 
 TEST(PrefixState, BlockBytesAndValidation) {
-  const ModelConfig c = tiny_config();
+  const ModelConfig c = tiny_config(kVocab);
   // tiny: CSA layers 1, 3, 5 (128-wide entries + 64-wide indexer keys), HCA layers 2, 4.
   const EntryOwnership one;
   EXPECT_EQ(entry_block_bytes(c, one, 0, 128), int64_t(3 * 32 * (128 + 64) + 2 * 1 * 128) * 4);
@@ -269,7 +263,7 @@ TEST(PrefixState, BlockBytesAndValidation) {
 // Snapshot sizes (F32 payload) for the tiny model and the Flash preset, from the config alone; the
 // tiny figure is checked against a real snapshot in EveryKindOfPointResumesExactly.
 TEST(PrefixState, SnapshotSizes) {
-  const ModelConfig tiny = tiny_config();
+  const ModelConfig tiny = tiny_config(kVocab);
   const ModelConfig flash = preset_config("flash", true);
   for (const auto& [name, cfg] : {std::pair{"tiny", &tiny}, std::pair{"flash", &flash}}) {
     int64_t worst = 0;

@@ -22,19 +22,13 @@ namespace {
 using model::testing::LoadedModel;
 using model::testing::step_logits;
 using model::testing::test_prompt;
+using model::testing::tiny_config;
 
 constexpr int64_t kVocab = 512;
 constexpr int64_t kBlockTokens = 128;
 
-model::ModelConfig tiny_config() {
-  model::ModelConfig c = model::preset_config("tiny", /*mtp=*/false);
-  c.vocab_size = kVocab;
-  model::validate(c, "test config");
-  return c;
-}
-
 LoadedModel& loaded() {
-  static LoadedModel* m = new LoadedModel(tiny_config(), 11);
+  static LoadedModel* m = new LoadedModel(tiny_config(kVocab), 11);
   return *m;
 }
 
