@@ -30,6 +30,20 @@ TensorView view_rows(const TensorView& v, int64_t begin, int64_t end) {
   return r;
 }
 
+void round_to_kv_layout(Backend& backend, const KvRowLayout& layout, const TensorView& rows) {
+  if (!layout.compact() || rows.shape[0] == 0) return;
+  QdqParams q;  // the scaled dims, then (kFp8Rope) the bf16 dims
+  q.x = view_cols(rows, 0, layout.quant_dim);
+  q.format = layout.format == KvFormat::kFp8Rope ? QdqFormat::kFp8E4M3 : QdqFormat::kFp4E2M1;
+  q.block = layout.block;
+  backend.qdq(q);
+  if (layout.quant_dim < layout.dim) {
+    q.x = view_cols(rows, layout.quant_dim, layout.dim);
+    q.format = QdqFormat::kBf16;
+    backend.qdq(q);
+  }
+}
+
 TensorView view_cols(const TensorView& v, int64_t begin, int64_t end) {
   CHECK_EQ(v.ndim, 2);
   CHECK(begin >= 0 && begin <= end && end <= v.shape[1]) << "cols [" << begin << ", " << end << ") of " << v.shape_str();

@@ -399,6 +399,10 @@ class Backend {
 
 // Throws v4rt::Error naming the backend and `what` when it cannot read or write `layout`'s format.
 void require_kv_format(const Backend& backend, const KvRowLayout& layout, const char* what);
+// Rounds rows [n, layout.dim] F32 in place to the values `layout` stores exactly, which are the
+// official numerics' (spec §2.3): the scaled dims by their format's QDQ (FP8 or FP4, per
+// layout.block), the remaining (RoPE) dims to bf16. No-op for a plain layout.
+void round_to_kv_layout(Backend& backend, const KvRowLayout& layout, const TensorView& rows);
 
 // The plain fp32 reference backend (kernels/cpu).
 std::unique_ptr<Backend> make_cpu_backend();

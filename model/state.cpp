@@ -189,16 +189,7 @@ void store_entries(kernels::Backend& backend, CompressorState& c, const TensorVi
     c.entries.commit(n);
     return;
   }
-  kernels::QdqParams q;  // the scaled dims, then (kFp8Rope) the bf16 dims
-  q.x = kernels::view_cols(rows, 0, l.quant_dim);
-  q.format = l.format == KvFormat::kFp8Rope ? kernels::QdqFormat::kFp8E4M3 : kernels::QdqFormat::kFp4E2M1;
-  q.block = l.block;
-  backend.qdq(q);
-  if (l.quant_dim < l.dim) {
-    q.x = kernels::view_cols(rows, l.quant_dim, l.dim);
-    q.format = kernels::QdqFormat::kBf16;
-    backend.qdq(q);
-  }
+  kernels::round_to_kv_layout(backend, l, rows);
   kernels::KvPackParams p;
   p.x = rows;
   p.out = c.entries.reserve(n);

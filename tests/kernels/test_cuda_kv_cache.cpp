@@ -29,18 +29,12 @@ std::vector<float> randn(size_t n, uint64_t seed) {
   return v;
 }
 
-// Official-numerics rows of layout `l` (the CPU qdq op; bf16 RoPE dims) at assorted magnitudes.
+// Official-numerics rows of layout `l` (rounded by the CPU backend) at assorted magnitudes.
 std::vector<float> official_rows(Backend& cpu, const KvRowLayout& l, int64_t rows, uint64_t seed) {
   std::vector<float> x = randn(size_t(rows * l.dim), seed);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < l.dim; ++i) x[size_t(r * l.dim + i)] *= std::ldexp(1.0f, int(r % 7) * 3 - 9);
-  QdqParams q;
-  q.x = view_cols(TensorView(x.data(), DType::kF32, {rows, l.dim}), 0, l.quant_dim);
-  q.format = l.format == KvFormat::kFp8Rope ? QdqFormat::kFp8E4M3 : QdqFormat::kFp4E2M1;
-  q.block = l.block;
-  cpu.qdq(q);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = l.quant_dim; i < l.dim; ++i) x[size_t(r * l.dim + i)] = round_bf16(x[size_t(r * l.dim + i)]);
+  round_to_kv_layout(cpu, l, TensorView(x.data(), DType::kF32, {rows, l.dim}));
   return x;
 }
 

@@ -30,13 +30,7 @@ std::vector<float> official_rows(Backend& be, const KvRowLayout& l, int64_t rows
     if (r % 5 == 1) std::fill(row, row + std::min<int64_t>(l.dim, 32), 0.0f);
     if (r % 5 == 2) row[3] = -0.0f;
   }
-  QdqParams q;
-  q.x = view_cols(tv(x, {rows, l.dim}), 0, l.quant_dim);
-  q.format = l.format == KvFormat::kFp8Rope ? QdqFormat::kFp8E4M3 : QdqFormat::kFp4E2M1;
-  q.block = l.block;
-  be.qdq(q);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = l.quant_dim; i < l.dim; ++i) x[size_t(r * l.dim + i)] = round_bf16(x[size_t(r * l.dim + i)]);
+  round_to_kv_layout(be, l, tv(x, {rows, l.dim}));
   return x;
 }
 
