@@ -31,6 +31,9 @@ class ExactSax : public DomParser {
 };
 
 bool parse_impl(std::string_view text, Json* out, bool allow_exceptions) {
+  // nlohmann's lexer takes a NUL byte for the end of input, so "{}\0junk" would parse. JSON has no
+  // raw NUL anywhere (inside strings it must be escaped), so such text is invalid as a whole.
+  if (text.find('\0') != std::string_view::npos) return false;
   Json result;
   ExactSax sax(result, allow_exceptions);
   const bool ok = Json::sax_parse(text.begin(), text.end(), &sax);
@@ -43,6 +46,8 @@ bool parse_impl(std::string_view text, Json* out, bool allow_exceptions) {
 
 Json json_parse(std::string_view text, std::string_view what) {
   V4RT_REQUIRE(json_depth_ok(text), what << ": invalid JSON: nests deeper than " << kMaxJsonDepth << " levels");
+  const size_t nul = text.find('\0');
+  V4RT_REQUIRE(nul == std::string_view::npos, what << ": invalid JSON: a NUL byte at offset " << nul);
   Json out;
   try {
     if (parse_impl(text, &out, true)) return out;

@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "common/check.h"
 #include "model/text/json_format.h"
 #include "model/text/output_parser.h"
 #include "model/text/special_tokens.h"
@@ -187,6 +188,21 @@ TEST(OutputParserMalformed, TextBesideParametersDropsTheCall) {
                                   options(false));
   EXPECT_EQ(r.parsed.content, "");
   expect_dropped(r, "get_weather", "text that is not a parameter");
+}
+
+// A NUL byte ends nlohmann's input, so `{"x": 1}\0\0` once read as JSON and went into the arguments
+// verbatim, NULs and all: the arguments were then no JSON object. Such a value is not JSON.
+TEST(OutputParserMalformed, NonStringValueWithANulByteIsSentAsAString) {
+  const std::string raw = std::string("{\"x\": 1}") + '\0' + '\0';
+  const Result r = run_all_splits("<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"v\" "
+                                  "string=\"false\">" + raw + "</｜DSML｜parameter>\n</｜DSML｜invoke>\n"
+                                  "</｜DSML｜tool_calls>" + kEosS, options(false));
+  ASSERT_EQ(r.parsed.tool_calls.size(), 1u) << r.message;
+  Json args;
+  ASSERT_TRUE(json_try_parse(r.parsed.tool_calls[0].arguments, &args));
+  EXPECT_EQ(args["v"].get<std::string>(), raw);
+  EXPECT_FALSE(json_try_parse(raw, &args));
+  EXPECT_THROW(json_parse(raw, "body"), v4rt::Error);
 }
 
 TEST(OutputParserMalformed, InvalidStringAttributeDropsTheCall) {
