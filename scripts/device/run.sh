@@ -13,7 +13,7 @@
 #   cpp-httplib.pc, and the Brotli runtime libcpp-httplib.so links; see scripts/device/devdeps.sh.
 #   Rename any downloaded name holding '%3a' (an epoch) to drop it: zlib1g-dev_1.2.13.dfsg-1_amd64.deb.)
 # On the device (repository root):
-#   scripts/device/run.sh [all|test|nccl|comm|sanitize|bench|golden|step|prefill|mtp]...
+#   scripts/device/run.sh [all|test|nccl|comm|sanitize|bench|golden|step|prefill|serve|mtp]...
 # (comm: the distributed path on the device, docs/COMM.md: EP/TP device tests at np 2 and 4, every
 # layout's CUDA logits against 1 rank, the NCCL fault test, `v4rt bench moe-comm`.)
 # Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc),
@@ -141,6 +141,10 @@ if want prefill && has bench_step; then
       ${PREFILL_CSV:+--csv "$PREFILL_CSV"} >> "$OUT/prefill.log" 2>&1 || rc=1
   done
   grep -vE "^\s*$" "$OUT/prefill.log" | grep -vE "^  (rms_norm|rope|qdq|copy|add|fill|embedding|hadamard)" | tail -150
+fi
+if want serve && has v4rt; then
+  bash scripts/device/bench_serve.sh "$BUILD/launch/v4rt" data/tokenizer/tokenizer.json "$OUT/serve.log" \
+    "$OUT/serve.jsonl" || rc=1  # SERVE_* settings: see bench_serve.sh; carry data/tokenizer
 fi
 if want mtp && has v4rt; then
   bash scripts/device/mtp.sh "$BUILD/launch/v4rt" "$OUT/mtp.log" || rc=1  # MTP_* settings: see mtp.sh
