@@ -271,7 +271,7 @@ bool OutputParser::step_text(bool eof, bool reasoning) {
   if (marker == kDsmlClose) {  // the closer's name and '>' go with it
     size_t i = pos + len;
     while (i < buf.size() && i - pos - len < kMaxTagName && is_name_char(buf[i])) ++i;
-    if (i == buf.size() && i - pos - len < kMaxTagName && !eof) {
+    if (i == buf.size() && i - pos - len <= kMaxTagName && !eof) {  // <=: a '>' may follow a cut name
       emit_text(kind, buf.substr(0, pos));
       buf_.erase(0, pos);
       return false;
@@ -338,7 +338,7 @@ bool OutputParser::step_markup(bool eof) {
     const size_t begin = (closing ? kDsmlClose : kDsmlOpen).size();
     size_t end = begin;
     while (end < buf.size() && end - begin < kMaxTagName && is_name_char(buf[end])) ++end;
-    if (end == buf.size() && end - begin < kMaxTagName && !eof) return false;
+    if (end == buf.size() && end - begin <= kMaxTagName && !eof) return false;  // <=: a '>' may follow a cut name
     return on_tag(eof, closing, buf.substr(begin, end - begin), end);
   }
   if (!eof && is_marker_prefix(buf, kMarkupMarkers)) return false;

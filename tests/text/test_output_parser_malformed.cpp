@@ -124,6 +124,17 @@ TEST(OutputParserMalformed, BareDsmlTokenAndForeignClosersRemovedFromText) {
   EXPECT_EQ(r.parsed.content, "answer");
 }
 
+// Tag names are read up to 64 characters; a '>' right after a name of exactly that length goes
+// with the tag whether or not the stream was split before it.
+TEST(OutputParserMalformed, CloserWithANameAtTheLengthCapTakesItsBracket) {
+  const std::string name(64, 'x');
+  Result r = run_all_splits("a</｜DSML｜" + name + ">b" + kEosS, options(false));
+  EXPECT_EQ(r.parsed.content, "ab");
+  r = run_all_splits(kBlockWeather.substr(0, kBlockWeather.size() - std::string("</｜DSML｜tool_calls>").size()) +
+                         "</｜DSML｜" + name + ">\n</｜DSML｜tool_calls>" + kEosS, options(false));
+  expect_one_weather_call(r);
+}
+
 // Removing markup must not join the text around it into the token.
 TEST(OutputParserMalformed, RemovedMarkupNeverJoinsIntoTheToken) {
   for (const std::string mid : {"</think>", "<think>", "｜DSML｜", "</｜DSML｜invoke>"}) {
