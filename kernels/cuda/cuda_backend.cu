@@ -31,6 +31,21 @@ Act dense_act(void* data, int64_t stride, bool bf16) {
   return a;
 }
 
+// The one-group table of a plain FP4 linear run through the grouped expert GEMM.
+struct Fp4Table {
+  int32_t offsets[4];
+  const void* w;
+  const void* scale;
+};
+
+// Writes a small host value (a pointer table) into device memory in stream order: the value
+// travels as the kernel's argument, so the host frame that held it may end at once (a
+// cudaMemcpyAsync from it would need a synchronization first) and the write can sit in a graph.
+template <class T>
+__global__ void store_value_kernel(T* dst, T value) {
+  *dst = value;
+}
+
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& options) {
@@ -332,13 +347,10 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   q.k = k;
   q.stream = stream_.get();
   act_quant_fp8(q);
-  struct Table {
-    int32_t offsets[4];
-    const void* w;
-    const void* scale;
-  } table{{0, int32_t(m), 0, 0}, p.w.data, p.w.scale};
-  auto* dev = static_cast<Table*>(scratch(kSlotPtrs, sizeof(Table)));
-  CUDA_CHECK(cudaMemcpyAsync(dev, &table, sizeof(Table), cudaMemcpyHostToDevice, stream_.get()));
+  const Fp4Table table{{0, int32_t(m), 0, 0}, p.w.data, p.w.scale};
+  auto* dev = static_cast<Fp4Table*>(scratch(kSlotPtrs, sizeof(Fp4Table)));
+  store_value_kernel<<<1, 1, 0, stream_.get()>>>(dev, table);
+  launch_check("linear (fp4 table)", stream_.get());
   const bool direct = y.bf16 && !p.accumulate && y.stride == n;
   Fp4GroupedGemmParams g;
   g.x8 = x8;
@@ -355,7 +367,6 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   g.stream = stream_.get();
   fp4_grouped_gemm(g);
   if (!direct) launch_add_into(dense_act(g.out, n, true), y, m, n, p.accumulate, p.out_bf16, stream_.get());
-  stream_.synchronize();  // `table` lives on this stack frame
 }
 
 void CudaBackend::linear_dense(const LinearParams& p) {
