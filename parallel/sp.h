@@ -12,7 +12,7 @@
 //      (sp_attention_merge). The window is attended by one designated rank only (window_rank()),
 //      and the attention sink is added once, in the merge.
 // Both run on the SP group's memory through SpOps (sp_ops.h): on GPU ranks nothing crosses the
-// host. attention_partial / merge_partials are the fp32 host reference of step 2.
+// host. tests/parallel/sp_reference.h holds the fp32 host references of both steps.
 // The merge is exact up to fp32 rounding; it does not reproduce the bf16 rounding of p relative
 // to the reference kernel's running max (§5.6), which depends on the candidate order.
 #pragma once
@@ -46,27 +46,6 @@ struct SpPartition {
   }
   static constexpr int window_rank() { return 0; }  // SP rank that attends the raw window
 };
-
-// Single-rank top-k: indices of the k largest scores, descending, ties by lower index; -inf
-// entries are never selected and pad with -1. scores: [num_entries]; out: [k].
-void topk_reference(std::span<const float> scores, int k, int64_t* out);
-
-// ---- attention partials and their merge -----------------------------------------------------------
-
-// Partial of one (token, head) row: [2 + head_dim] f32 = {max z, sum exp(z - max), acc[head_dim]}
-// with acc = sum exp(z - max) * v. An empty partial is {-inf, 0, 0...}.
-inline int64_t partial_width(int64_t head_dim) { return 2 + head_dim; }
-
-// Partials over a candidate set, fp32 (the reference):
-// q: [num_rows, head_dim] (row = token*num_heads + head), kv: [num_cand, head_dim] (K = V),
-// cand: [num_rows, num_sel] rows of kv each query row attends (-1 = none), scale: logit scale.
-// partial: [num_rows, 2 + head_dim].
-void attention_partial(const float* q, const float* kv, const int64_t* cand, int64_t num_rows,
-                       int64_t num_sel, int64_t head_dim, float scale, float* partial);
-
-// Local merge of partials already gathered: partials: [num_parts, num_rows, 2 + head_dim].
-void merge_partials(const float* partials, int num_parts, const float* sink, int64_t num_rows,
-                    int64_t num_heads, int64_t head_dim, float* out);
 
 // ---- the SP steps of a layer on the group's memory (device-resident on GPU ranks) ------------------
 

@@ -10,9 +10,12 @@
 #include "common/check.h"
 #include "parallel/layout.h"
 #include "parallel/sp.h"
+#include "tests/parallel/sp_reference.h"
 
 namespace v4rt::parallel {
 namespace {
+
+using namespace v4rt::parallel::testing;
 
 ModelDims flash_dims(int world) {  // spec §1.1, V4-Flash
   ModelDims d;

@@ -14,11 +14,14 @@
 #include "cluster/mpi_comm.h"
 #include "kernels/backend.h"
 #include "parallel/sp.h"
+#include "tests/parallel/sp_reference.h"
 #include "parallel/sp_ops.h"
 #include "tests/cluster/mpi_test.h"
 
 namespace v4rt::parallel {
 namespace {
+
+using namespace v4rt::parallel::testing;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
