@@ -508,27 +508,27 @@ void attend_local(const BlockContext& ctx, const LayerWeights& w, std::span<cons
   Scratch sel;
   {
     const OpScope scope("indexer_select");
-    int64_t rows = 0, max_keys = 0, min_keys = 0;
+    int64_t rows = 0, max_keys = 0;
     int k = 0;
     for (size_t i : local) {
       if (!w.attn.has_indexer || segs[i].state->indexer.num_entries == 0) continue;
-      const int64_t keys = segs[i].state->indexer.entries.rows();
       sel_row[i] = rows;
       rows += segs[i].rows;
-      min_keys = max_keys == 0 ? keys : std::min(min_keys, keys);
-      max_keys = std::max(max_keys, keys);
+      max_keys = std::max(max_keys, segs[i].state->indexer.entries.rows());
       k = std::max(k, indexer_k(ctx, segs[i]));
     }
     if (rows > 0) {
       Scratch scores = make_scratch(be, {rows, max_keys});
-      if (min_keys < max_keys) be.fill(scores.view, -INFINITY);
       std::vector<kernels::IndexerScoresParams> parts;
+      bool ragged = false;  // some sequence has fewer keys: its columns past them must read -inf
       for (size_t i : local) {
         if (sel_row[i] < 0) continue;
+        const int64_t keys = segs[i].state->indexer.entries.rows();
+        ragged = ragged || keys < max_keys;
         const TensorView rows_view = view_rows(scores.view, sel_row[i], sel_row[i] + segs[i].rows);
-        parts.push_back(indexer_scores_params(ctx, segs[i], false, iq,
-                                              view_cols(rows_view, 0, segs[i].state->indexer.entries.rows())));
+        parts.push_back(indexer_scores_params(ctx, segs[i], false, iq, view_cols(rows_view, 0, keys)));
       }
+      if (ragged) be.fill(scores.view, -INFINITY);
       if (parts.size() == 1) be.indexer_scores(parts[0]);
       else be.indexer_scores_batch({parts.data(), int64_t(parts.size())});
       tp_reduce(ctx, scores.view);
