@@ -15,6 +15,9 @@
 // tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores, debug.cuda_attention_tc).
 // Compressed entries in the compact kFp8Rope rows (official numerics, common/kv_format.h) are
 // decoded as each tile is staged (kv_decode.cuh): 584 bytes read per Flash entry instead of 2048.
+// One launch serves many independent calls (sparse_attention_batch: a decode batch, one part per
+// sequence): every block resolves its token's part (views, positions, lists) from the descriptors
+// in the kernel parameters; a single call is the batch of one.
 #include <algorithm>
 #include <cstdlib>
 #include <memory>

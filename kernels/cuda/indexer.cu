@@ -7,6 +7,9 @@
 // sorts the <= 2048 candidates (the full single-block select remains the fallback).
 // Keys in the compact kFp4 rows (official numerics, common/kv_format.h) are decoded as they load
 // (kv_decode.cuh): 68 bytes read per Flash key instead of 512.
+// The scores of many independent calls (indexer_scores_batch: a decode batch, one part per
+// sequence) take one launch: every block resolves its query's part from the descriptors in the
+// kernel parameters; a single call is the batch of one.
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
