@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// View helpers of kernels/backend.h: sub-views of activations and weights, no data access.
+// View helpers of kernels/backend.h: sub-views of activations and weights, no data access; the
+// default (per-part) forms of the batched ops and of the optional ops.
 #include "kernels/backend.h"
 
 #include "common/check.h"
@@ -13,6 +14,14 @@ void Backend::sample(const SampleParams& p) {
 
 void Backend::kv_pack(const KvPackParams& p) {
   V4RT_REQUIRE(false, "backend " << name() << " has no kv_pack op (KV format " << kv_format_name(p.layout.format) << ")");
+}
+
+void Backend::indexer_scores_batch(const IndexerScoresBatchParams& p) {
+  for (int64_t i = 0; i < p.num_parts; ++i) indexer_scores(p.parts[i]);
+}
+
+void Backend::sparse_attention_batch(const SparseAttentionBatchParams& p) {
+  for (int64_t i = 0; i < p.num_parts; ++i) sparse_attention(p.parts[i]);
 }
 
 void require_kv_format(const Backend& backend, const KvRowLayout& layout, const char* what) {

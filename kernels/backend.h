@@ -224,6 +224,24 @@ struct SparseAttentionParams {
   bool out_bf16 = false;
 };
 
+// Many independent sparse attention calls issued as one (a decode step: one part per sequence, q
+// and out the sequence's rows of the batch's buffers). Each part is a whole SparseAttentionParams
+// with its own window rows, compressed entries, candidate lists, positions and lse; the parts
+// share num_heads, head_dim, [h_begin, h_end), sink, softmax_scale, include_sink, bf16_probs and
+// out_bf16 (a backend may rely on it). The result of each part is that of sparse_attention(part).
+struct SparseAttentionBatchParams {
+  const SparseAttentionParams* parts = nullptr;  // host array [num_parts]
+  int64_t num_parts = 0;
+};
+
+// Many independent indexer score calls issued as one, as SparseAttentionBatchParams: each part is a
+// whole IndexerScoresParams (its own keys, positions, scores view); the parts share num_heads,
+// index_head_dim, [h_begin, h_end), weight_scale, ratio, accumulate and bf16_arith.
+struct IndexerScoresBatchParams {
+  const IndexerScoresParams* parts = nullptr;  // host array [num_parts]
+  int64_t num_parts = 0;
+};
+
 // MoE router (spec §6): s = sqrt(softplus(gate @ x)); hash layers take ids from tid2eid[token],
 // others top-k of s + bias (ties to the lower expert). weights = s[idx] / Σ s[idx] * route_scale.
 // out_idx rows are sorted by ascending expert id (the reference's accumulation order).
@@ -385,6 +403,10 @@ class Backend {
   virtual void indexer_scores(const IndexerScoresParams& p) = 0;
   virtual void topk(const TopkParams& p) = 0;
   virtual void sparse_attention(const SparseAttentionParams& p) = 0;
+  // The batched forms (one launch for a whole decode batch on a device backend). Not pure: the
+  // default calls indexer_scores / sparse_attention once per part.
+  virtual void indexer_scores_batch(const IndexerScoresBatchParams& p);
+  virtual void sparse_attention_batch(const SparseAttentionBatchParams& p);
   virtual void moe_gate(const MoeGateParams& p) = 0;
   virtual void moe_experts(const MoeExpertsParams& p) = 0;
   virtual void swiglu(const SwigluParams& p) = 0;

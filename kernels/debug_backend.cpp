@@ -10,7 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <initializer_list>
+#include <string>
 #include <sstream>
 #include <vector>
 
@@ -24,7 +24,7 @@ namespace {
 
 // One output of an op: its name in messages and file names, and whether -inf is a legal value.
 struct Output {
-  const char* name;
+  std::string name;
   TensorView view;
   bool neg_inf_ok = false;
 };
@@ -136,6 +136,20 @@ class DebugBackend final : public ForwardingBackend {
   void sparse_attention(const SparseAttentionParams& p) override {
     run("sparse_attention", [&] { inner().sparse_attention(p); }, {{"out", p.out}, {"lse", p.lse, true}});
   }
+  // The batched ops: every part's outputs, named with the part's index ("out.3").
+  void indexer_scores_batch(const IndexerScoresBatchParams& p) override {
+    std::vector<Output> outputs;
+    for (int64_t i = 0; i < p.num_parts; ++i) outputs.push_back({"scores." + std::to_string(i), p.parts[i].scores, true});
+    run("indexer_scores_batch", [&] { inner().indexer_scores_batch(p); }, outputs);
+  }
+  void sparse_attention_batch(const SparseAttentionBatchParams& p) override {
+    std::vector<Output> outputs;
+    for (int64_t i = 0; i < p.num_parts; ++i) {
+      outputs.push_back({"out." + std::to_string(i), p.parts[i].out});
+      outputs.push_back({"lse." + std::to_string(i), p.parts[i].lse, true});
+    }
+    run("sparse_attention_batch", [&] { inner().sparse_attention_batch(p); }, outputs);
+  }
   void moe_gate(const MoeGateParams& p) override {
     run("moe_gate", [&] { inner().moe_gate(p); }, {{"out_idx", p.out_idx}, {"out_weight", p.out_weight}});
   }
@@ -157,7 +171,7 @@ class DebugBackend final : public ForwardingBackend {
   }
 
   template <typename F>
-  void run(const char* op, F&& f, std::initializer_list<Output> outputs) {
+  void run(const char* op, F&& f, const std::vector<Output>& outputs) {
     const std::string where = current_op_scope();
     {
       const OpScope scope(op);
@@ -167,7 +181,7 @@ class DebugBackend final : public ForwardingBackend {
     if (!options_.check_finite && options_.dump_dir.empty()) return;
     for (const Output& o : outputs) {
       if (!o.view.data) continue;
-      const HostTensor t = read(o.view, op, o.name);
+      const HostTensor t = read(o.view, op, o.name.c_str());
       if (options_.check_finite && !t.is_int) check(t, o, where, op);
       if (!options_.dump_dir.empty()) dump(t, o, where, op);
     }

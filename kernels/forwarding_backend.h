@@ -44,6 +44,8 @@ class ForwardingBackend : public Backend {
   void topk(const TopkParams& p) override { inner_.topk(p); }
   void sample(const SampleParams& p) override { inner_.sample(p); }
   void sparse_attention(const SparseAttentionParams& p) override { inner_.sparse_attention(p); }
+  void indexer_scores_batch(const IndexerScoresBatchParams& p) override { inner_.indexer_scores_batch(p); }
+  void sparse_attention_batch(const SparseAttentionBatchParams& p) override { inner_.sparse_attention_batch(p); }
   void moe_gate(const MoeGateParams& p) override { inner_.moe_gate(p); }
   void moe_experts(const MoeExpertsParams& p) override { inner_.moe_experts(p); }
   void swiglu(const SwigluParams& p) override { inner_.swiglu(p); }

@@ -5,6 +5,8 @@
 // Every numeric step is a backend op; this file only decides shapes, positions and order.
 #include <algorithm>
 #include <cmath>
+#include <span>
+#include <vector>
 
 #include "common/check.h"
 #include "common/op_scope.h"
@@ -191,7 +193,8 @@ CompressorRows compressor_project(const BlockContext& ctx, const CompressorWeigh
 
 // ------------------------------------------------------------------------------------------------
 // The steps of one batched attention call, in call order: query path, window update, compressors,
-// indexer queries, then per sequence indexer select and attend, and the output projection.
+// indexer queries, indexer select and attend (together for the sequences without SP, per sequence
+// under SP), and the output projection.
 // ------------------------------------------------------------------------------------------------
 
 void check_segments(std::span<const AttentionSegment> segs, int64_t n) {
@@ -354,54 +357,57 @@ IndexerQueries indexer_queries(const BlockContext& ctx, const LayerWeights& w, s
   return iq;
 }
 
-// Indexer select (§5.5) for one sequence: the compressed entries its rows attend to, [rows, k] I32
-// (k = min(index_topk, entries so far)), -1 for none. Empty when the layer has no indexer or no
-// indexer entry exists yet.
+// The indexer score call (§5.5) of one sequence: its rows of the indexer queries against the keys
+// held here, into `scores` [rows, keys held].
+// NOTE: under SP the local keys are not contiguous in entry order, so the kernel's causal mask (by
+// key position) is switched off (every key "visible") and applied by global index in sp_select.
+kernels::IndexerScoresParams indexer_scores_params(const BlockContext& ctx, const AttentionSegment& seg, bool sp,
+                                                   const IndexerQueries& iq, const TensorView& scores) {
+  const ModelConfig& cfg = ctx.config;
+  const CompressorState& indexer = seg.state->indexer;
+  kernels::IndexerScoresParams p;
+  p.q = view_rows(iq.q.view, seg.row_begin, seg.row_begin + seg.rows);
+  p.keys = indexer.entries.view();
+  p.key_layout = indexer.layout;
+  p.w = view_rows(iq.weights.view, seg.row_begin, seg.row_begin + seg.rows);
+  p.scores = scores;
+  // The scale uses the global head count: TP ranks sum partial scores of their heads.
+  p.weight_scale = float(1.0 / std::sqrt(double(cfg.index_head_dim)) / std::sqrt(double(cfg.index_n_heads)));
+  p.pos_begin = sp ? indexer.num_entries * 4 : seg.pos_begin;
+  p.ratio = 4;
+  p.bf16_arith = ctx.official;
+  return p;
+}
+
+// Entries the indexer selects per query of a sequence: min(index_topk, entries so far).
+int indexer_k(const BlockContext& ctx, const AttentionSegment& seg) {
+  return int(std::min<int64_t>(ctx.config.index_topk, seg.state->indexer.num_entries));
+}
+
+// Indexer select (§5.5) for one SP-owned sequence: the compressed entries its rows attend to,
+// [rows, k] I32 (k = indexer_k), -1 for none. Empty when the layer has no indexer or no indexer
+// entry exists yet.
 // PARALLEL: TP ranks sum their heads' partial scores before the top-k; each SP rank scores its own
 // keys, the ranks agree on the global top-k, and each keeps the selected entries it holds (local
 // index), -1 for the others'.
 Scratch indexer_select(const BlockContext& ctx, const LayerWeights& w, const AttentionSegment& seg,
                        const IndexerQueries& iq) {
-  const ModelConfig& cfg = ctx.config;
   kernels::Backend& be = ctx.backend;
-  const AttentionWeights& aw = w.attn;
   const CompressorState& indexer = seg.state->indexer;
   Scratch sel;
-  if (!aw.has_indexer || indexer.num_entries == 0) return sel;
-  const bool sp = sp_owned(ctx, seg);
-  const parallel::SpPartition part = partition_of(*seg.own);
-  const int64_t r0 = seg.row_begin, r1 = seg.row_begin + seg.rows, rows = seg.rows;
-  const int64_t num_keys = indexer.entries.rows();  // keys held here (all of them without SP)
-  const int k = int(std::min<int64_t>(cfg.index_topk, indexer.num_entries));
+  if (!w.attn.has_indexer || indexer.num_entries == 0) return sel;
+  const int64_t rows = seg.rows;
+  const int64_t num_keys = indexer.entries.rows();  // keys held here
+  const int k = indexer_k(ctx, seg);
   sel = make_scratch(be, {rows, k}, DType::kI32);
   Scratch scores;
   if (num_keys > 0) {
     scores = make_scratch(be, {rows, num_keys});
-    kernels::IndexerScoresParams p;
-    p.q = view_rows(iq.q.view, r0, r1);
-    p.keys = indexer.entries.view();
-    p.key_layout = indexer.layout;
-    p.w = view_rows(iq.weights.view, r0, r1);
-    p.scores = scores.view;
-    // The scale uses the global head count: TP ranks sum partial scores of their heads.
-    p.weight_scale = float(1.0 / std::sqrt(double(cfg.index_head_dim)) / std::sqrt(double(cfg.index_n_heads)));
-    // NOTE: under SP the local keys are not contiguous in entry order, so the kernel's causal mask
-    // (by key position) is switched off (every key "visible") and applied below by global index.
-    p.pos_begin = sp ? indexer.num_entries * 4 : seg.pos_begin;
-    p.ratio = 4;
-    p.bf16_arith = ctx.official;
-    be.indexer_scores(p);
+    be.indexer_scores(indexer_scores_params(ctx, seg, true, iq, scores.view));
     tp_reduce(ctx, scores.view);
   }
-  if (!sp) {
-    kernels::TopkParams tp;
-    tp.scores = scores.view;
-    tp.out_idx = sel.view;
-    tp.k = k;
-    be.topk(tp);
-    return sel;
-  }
-  parallel::sp_select(*ctx.parallel->sp, *ctx.sp_ops, be, part, scores.view, rows, seg.pos_begin, 4, k, sel.view);
+  parallel::sp_select(*ctx.parallel->sp, *ctx.sp_ops, be, partition_of(*seg.own), scores.view, rows, seg.pos_begin, 4, k,
+                      sel.view);
   return sel;
 }
 
@@ -423,35 +429,28 @@ void sp_merge(const BlockContext& ctx, const AttentionWeights& aw, const TensorV
                                ctx.official);
 }
 
-// Attend (§5.6) for one sequence: sparse attention with sink of q [rows, heads, head_dim] over its
-// window rows and compressed candidates (the indexer's selection `sel`, or every visible entry of
-// a compressor without indexer), then inverse RoPE of the output o [rows, heads, head_dim].
-// PARALLEL: under SP each rank attends over its own compressed entries (the window only on the
-// window rank, the sink on none) and the partial outputs merge by log-sum-exp, sink added once.
-// Layers without compressed entries yet are computed whole on every SP rank.
-void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegment& seg, const TensorView& q,
-            const TensorView& window_rows, int64_t window_tail, const Scratch& sel, const TensorView& o) {
+// The sparse attention call (§5.6) of one sequence with all its compressed entries held here: q
+// [rows, heads, head_dim] over its window rows and compressed candidates (the indexer's selection
+// `sel` [rows, >= k] I32, or every visible entry of a compressor without indexer) into o.
+kernels::SparseAttentionParams attention_params(const BlockContext& ctx, const LayerWeights& w, const AttentionSegment& seg,
+                                                const TensorView& q, const TensorView& window_rows, int64_t window_tail,
+                                                const TensorView& sel, const TensorView& o) {
   const ModelConfig& cfg = ctx.config;
   const AttentionWeights& aw = w.attn;
   const LayerState& state = *seg.state;
-  const bool sp = sp_owned(ctx, seg);
   kernels::SparseAttentionParams ap;
   ap.q = q;
   ap.window_kv = window_rows;
   ap.window_pos0 = seg.pos_begin - window_tail;
   ap.window = cfg.sliding_window;
-  Scratch hca_idx;
   if (aw.has_compressor && state.main.entries.rows() > 0) {
     ap.comp_kv = state.main.entries.view();
     ap.comp_layout = state.main.layout;
     if (aw.has_indexer) {
-      ap.comp_idx = sel.view;  // empty when no indexer key exists yet
-      if (!sel.view.data) ap.comp_kv = TensorView();
-    } else if (!sp) {
-      ap.comp_ratio = w.ratio;
+      ap.comp_idx = sel;  // empty when no indexer key exists yet
+      if (!sel.data) ap.comp_kv = TensorView();
     } else {
-      hca_idx = sp_visible_entries(ctx, seg, w.ratio);
-      ap.comp_idx = hca_idx.view;
+      ap.comp_ratio = w.ratio;
     }
   }
   ap.sink = aw.sink;
@@ -460,8 +459,26 @@ void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegme
   ap.softmax_scale = float(1.0 / std::sqrt(double(cfg.head_dim)));
   ap.bf16_probs = ctx.official;
   ap.out_bf16 = ctx.official;
-  const int64_t num_entries = aw.has_compressor ? state.main.num_entries : 0;  // over all SP ranks
-  const bool merge = sp && num_entries > 0;
+  return ap;
+}
+
+// Attend (§5.6) for one SP-owned sequence: sparse attention with sink of q [rows, heads, head_dim]
+// over its window rows and compressed candidates, then inverse RoPE of the output o.
+// PARALLEL: each SP rank attends over its own compressed entries (the window only on the window
+// rank, the sink on none) and the partial outputs merge by log-sum-exp, sink added once. Layers
+// without compressed entries yet are computed whole on every SP rank.
+void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegment& seg, const TensorView& q,
+            const TensorView& window_rows, int64_t window_tail, const Scratch& sel, const TensorView& o) {
+  const AttentionWeights& aw = w.attn;
+  kernels::SparseAttentionParams ap = attention_params(ctx, w, seg, q, window_rows, window_tail, sel.view, o);
+  Scratch hca_idx;
+  if (ap.comp_ratio > 0) {  // the entries are spread over the ranks: the visible ones held here, listed
+    hca_idx = sp_visible_entries(ctx, seg, w.ratio);
+    ap.comp_idx = hca_idx.view;
+    ap.comp_ratio = 0;
+  }
+  const int64_t num_entries = aw.has_compressor ? seg.state->main.num_entries : 0;  // over all SP ranks
+  const bool merge = num_entries > 0;
   Scratch lse;
   if (merge) {
     ap.include_sink = false;
@@ -473,6 +490,68 @@ void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegme
   ctx.backend.sparse_attention(ap);
   if (merge) sp_merge(ctx, aw, o, lse.view);
   rope(ctx, o, w.inv_freq, seg.pos_begin, 1, true);
+}
+
+// Indexer select and attend (§5.5, §5.6) of the sequences that hold all their compressed entries
+// (segs[i] for i in `local`), as one indexer-score call, one top-k and one sparse attention call
+// for all of them (the batched ops: one launch each on a device): the scores of every sequence
+// with indexer keys fill its rows of one [rows, most keys] buffer (-inf past its own keys); the
+// top-k takes the largest k of the batch, so a sequence with fewer entries gets -1 past its own k
+// (every one of its finite scores is selected either way), which attention skips exactly as the
+// end of a shorter list. Then inverse RoPE of each sequence's output rows.
+// PARALLEL: TP ranks sum their heads' partial scores before the top-k.
+void attend_local(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
+                  const std::vector<size_t>& local, const TensorView& q, const IndexerQueries& iq, const Windows& windows,
+                  const TensorView& o) {
+  kernels::Backend& be = ctx.backend;
+  std::vector<int64_t> sel_row(segs.size(), -1);  // first row of segs[i] in the scores and selection
+  Scratch sel;
+  {
+    const OpScope scope("indexer_select");
+    int64_t rows = 0, max_keys = 0;
+    int k = 0;
+    for (size_t i : local) {
+      if (!w.attn.has_indexer || segs[i].state->indexer.num_entries == 0) continue;
+      sel_row[i] = rows;
+      rows += segs[i].rows;
+      max_keys = std::max(max_keys, segs[i].state->indexer.entries.rows());
+      k = std::max(k, indexer_k(ctx, segs[i]));
+    }
+    if (rows > 0) {
+      Scratch scores = make_scratch(be, {rows, max_keys});
+      std::vector<kernels::IndexerScoresParams> parts;
+      bool ragged = false;  // some sequence has fewer keys: its columns past them must read -inf
+      for (size_t i : local) {
+        if (sel_row[i] < 0) continue;
+        const int64_t keys = segs[i].state->indexer.entries.rows();
+        ragged = ragged || keys < max_keys;
+        const TensorView rows_view = view_rows(scores.view, sel_row[i], sel_row[i] + segs[i].rows);
+        parts.push_back(indexer_scores_params(ctx, segs[i], false, iq, view_cols(rows_view, 0, keys)));
+      }
+      if (ragged) be.fill(scores.view, -INFINITY);
+      if (parts.size() == 1) be.indexer_scores(parts[0]);
+      else be.indexer_scores_batch({parts.data(), int64_t(parts.size())});
+      tp_reduce(ctx, scores.view);
+      sel = make_scratch(be, {rows, k}, DType::kI32);
+      kernels::TopkParams tp;
+      tp.scores = scores.view;
+      tp.out_idx = sel.view;
+      tp.k = k;
+      be.topk(tp);
+    }
+  }
+  const OpScope scope("attend");
+  std::vector<kernels::SparseAttentionParams> parts;
+  for (size_t i : local) {
+    const AttentionSegment& s = segs[i];
+    const TensorView s_sel = sel_row[i] < 0 ? TensorView() : view_rows(sel.view, sel_row[i], sel_row[i] + s.rows);
+    parts.push_back(attention_params(ctx, w, s, view_rows(q, s.row_begin, s.row_begin + s.rows), windows.rows[i].view,
+                                     windows.tail[i], s_sel, view_rows(o, s.row_begin, s.row_begin + s.rows)));
+  }
+  if (parts.size() == 1) be.sparse_attention(parts[0]);
+  else be.sparse_attention_batch({parts.data(), int64_t(parts.size())});
+  for (size_t i : local)
+    rope(ctx, view_rows(o, segs[i].row_begin, segs[i].row_begin + segs[i].rows), w.inv_freq, segs[i].pos_begin, 1, true);
 }
 
 // Output projection (§5.7), all rows: grouped wo_a over o [n, heads, head_dim], then wo_b into out.
@@ -540,8 +619,13 @@ void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, s
     iq = indexer_queries(ctx, w, segs, a, q.qr.view);
   }
   Scratch o = make_scratch(ctx.backend, {n, local_heads(ctx, w.attn), ctx.config.head_dim});
+  std::vector<size_t> local;  // sequences holding all their compressed entries: selected and attended together
   for (size_t i = 0; i < segs.size(); ++i) {
     const AttentionSegment& s = segs[i];
+    if (!sp_owned(ctx, s)) {
+      local.push_back(i);
+      continue;
+    }
     Scratch sel;
     {
       const OpScope scope("indexer_select");
@@ -551,6 +635,7 @@ void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, s
     attend(ctx, w, s, view_rows(q.q.view, s.row_begin, s.row_begin + s.rows), windows.rows[i].view, windows.tail[i], sel,
            view_rows(o.view, s.row_begin, s.row_begin + s.rows));
   }
+  if (!local.empty()) attend_local(ctx, w, segs, local, q.q.view, iq, windows, o.view);
   const OpScope scope("output");
   output_projection(ctx, w.attn, o.view, out);
 }

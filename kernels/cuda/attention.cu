@@ -15,8 +15,12 @@
 // tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores, debug.cuda_attention_tc).
 // Compressed entries in the compact kFp8Rope rows (official numerics, common/kv_format.h) are
 // decoded as each tile is staged (kv_decode.cuh): 584 bytes read per Flash entry instead of 2048.
+// One launch serves many independent calls (sparse_attention_batch: a decode batch, one part per
+// sequence): every block resolves its token's part (views, positions, lists) from the descriptors
+// in the kernel parameters; a single call is the batch of one.
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
@@ -34,77 +38,112 @@ constexpr int kMaxPerLane = 16;  // head_dim <= 512
 constexpr int kMaxSmem = kTile * 512 * 4;
 constexpr int kMqaMaxSmem = (32 * 512 + kTile * (512 + 4) + 32 * kTile) * 4;  // sparse_attention_mqa_kernel
 
-struct AttnArgs {
+// One part of a launch (a sequence of a batch, or the whole call): its views and positions. The
+// parts of a launch are passed by value in its kernel parameters (no copy to the device, capturable
+// in a CUDA graph); its tokens are numbered across the parts, part i holding [row0, row0 + rows).
+struct AttnPart {
   Act q, win, comp, out;
   KvRowsDev ckv;  // compact compressed entries (ckv.data set): read instead of comp
   const int32_t* comp_idx;
   int64_t idx_stride, num_list;
-  const float* sink;
   float* lse;
   int64_t lse_stride;
-  int h_begin, h_end, dim;
   int64_t num_window_rows, num_comp, pos_begin, window_pos0;
+  int64_t row0;
   int window, comp_ratio;
+  bool has_list;
+};
+
+// Kernel parameters may take 32,764 bytes (CUDA 12.1+, sm_70+); the shared fields take < 128.
+constexpr int kMaxAttnParts = int((32764 - 128) / sizeof(AttnPart));
+
+struct AttnArgs {
+  const float* sink;
+  int h_begin, h_end, dim;
   float scale;
-  bool include_sink, bf16_probs, out_round, has_list;
+  bool include_sink, bf16_probs, out_round;
   // Split-candidate mode (num_splits > 1): block z covers tiles [z * tiles_per_split, ...) and
   // writes its partial state instead of the output.
   int num_splits, tiles_per_split;
-  float* part_acc;  // [n, nh, num_splits, dim] unnormalized output
+  float* part_acc;  // [n, nh, num_splits, dim] unnormalized output (n: the launch's tokens)
   float* part_ml;   // [n, nh, num_splits, 2] running max, denominator
+  int num_parts;
+  AttnPart parts[kMaxAttnParts];
+};
+static_assert(sizeof(AttnArgs) <= 32764, "attention kernel parameters");
+
+// A token of the launch resolved at block start: its part and its row inside the part.
+struct TokArgs {
+  const AttnPart& p;
+  int64_t t;
 };
 
-// Candidates of query token t (absolute position pos_begin + t): the window rows
+// The part holding launch token tg (binary search over the parts' first tokens; the same for the
+// whole block, so the parameter reads are uniform).
+__device__ __forceinline__ TokArgs token_args(const AttnArgs& a, int64_t tg) {
+  int lo = 0, hi = a.num_parts - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (a.parts[mid].row0 <= tg) lo = mid;
+    else hi = mid - 1;
+  }
+  return TokArgs{a.parts[lo], tg - a.parts[lo].row0};
+}
+
+// Candidates of query token t of part p (absolute position pos_begin + t): the window rows
 // [first, pos], then the compressed entries (the selected list, or every entry complete at pos),
 // of which split `split` takes the whole tiles [split * tiles_per_split, ...) as [cand0, ncand).
 struct CandRange {
   int64_t first, nwin, cand0, ncand;
 };
 
-__device__ __forceinline__ CandRange candidate_range(const AttnArgs& a, int64_t t, int64_t split) {
+__device__ __forceinline__ CandRange candidate_range(const AttnArgs& a, const AttnPart& p, int64_t t, int64_t split) {
   CandRange r;
-  const int64_t pos = a.pos_begin + t;
-  r.first = pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+  const int64_t pos = p.pos_begin + t;
+  r.first = pos - p.window + 1 > 0 ? pos - p.window + 1 : 0;
   r.nwin = pos - r.first + 1;
   int64_t ncomp = 0;
-  if (a.has_list) ncomp = a.num_list;
-  else if (a.comp_ratio > 0) ncomp = min(a.num_comp, (pos + 1) / a.comp_ratio);
+  if (p.has_list) ncomp = p.num_list;
+  else if (p.comp_ratio > 0) ncomp = min(p.num_comp, (pos + 1) / p.comp_ratio);
   r.cand0 = split * a.tiles_per_split * kTile;
   r.ncand = min(r.nwin + ncomp, r.cand0 + int64_t(a.tiles_per_split) * kTile);
   return r;
 }
 
 // Where candidate c of token t lives: >= 0 a window row, <= -2 compressed entry -code-2, -1 none.
-__device__ __forceinline__ int64_t candidate_code(const AttnArgs& a, const CandRange& r, int64_t t, int64_t c) {
+__device__ __forceinline__ int64_t candidate_code(const AttnPart& p, const CandRange& r, int64_t t, int64_t c) {
   if (c < r.nwin) {
-    const int64_t row = r.first + c - a.window_pos0;
-    return (row >= 0 && row < a.num_window_rows) ? row : -1;
+    const int64_t row = r.first + c - p.window_pos0;
+    return (row >= 0 && row < p.num_window_rows) ? row : -1;
   }
-  const int64_t j = a.has_list ? a.comp_idx[t * a.idx_stride + (c - r.nwin)] : c - r.nwin;
-  return (j >= 0 && j < a.num_comp) ? -(j + 2) : -1;
+  const int64_t j = p.has_list ? p.comp_idx[t * p.idx_stride + (c - r.nwin)] : c - r.nwin;
+  return (j >= 0 && j < p.num_comp) ? -(j + 2) : -1;
 }
 
 // Element d of compressed entry j, from whichever storage holds the entries.
-__device__ __forceinline__ float comp_ld(const AttnArgs& a, int64_t j, int d) {
-  return a.ckv.data ? a.ckv.fp8_ld(j, d) : a.comp.ld(j, d);
+__device__ __forceinline__ float comp_ld(const AttnPart& p, int64_t j, int d) {
+  return p.ckv.data ? p.ckv.fp8_ld(j, d) : p.comp.ld(j, d);
 }
 
 // Bounds (256, 2): ptxas then allocates 87 registers and spills nothing (without the hint it picked
 // 80 with a 4-byte spill); the 128 KB tile of head_dim 512 holds one block per SM either way.
-__global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kernel(AttnArgs a) {
+__global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ float kv[];  // [kTile][dim]
   __shared__ int64_t codes[kTile];  // >= 0: window row; <= -2: compressed entry -code-2; -1: none
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t t = blockIdx.x;
+  const int64_t tg = blockIdx.x;
+  const TokArgs ta = token_args(a, tg);
+  const AttnPart& part = ta.p;
+  const int64_t t = ta.t;
   const int h = a.h_begin + int(blockIdx.y) * kHeadsPerBlock + warp;
   const bool active = h < a.h_end;
   const int dim = a.dim, per_lane = dim / 32;
-  const CandRange r = candidate_range(a, t, blockIdx.z);
+  const CandRange r = candidate_range(a, part, t, blockIdx.z);
 
   float qv[kMaxPerLane], acc[kMaxPerLane];
 #pragma unroll
   for (int k = 0; k < kMaxPerLane; ++k) {
-    qv[k] = (active && k < per_lane) ? a.q.ld(t, int64_t(h) * dim + lane + 32 * k) : 0.f;
+    qv[k] = (active && k < per_lane) ? part.q.ld(t, int64_t(h) * dim + lane + 32 * k) : 0.f;
     acc[k] = 0.f;
   }
   float m = -INFINITY, den = 0.f;
@@ -115,14 +154,14 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kerne
     if (threadIdx.x < kTile) {
       const int64_t c = tile0 + threadIdx.x;
       int64_t code = -1;
-      if (int(threadIdx.x) < cnt) code = candidate_code(a, r, t, c);
+      if (int(threadIdx.x) < cnt) code = candidate_code(part, r, t, c);
       codes[threadIdx.x] = code;
     }
     __syncthreads();
     for (int e = threadIdx.x; e < cnt * dim; e += blockDim.x) {
       const int i = e / dim, d = e % dim;
       const int64_t code = codes[i];
-      kv[e] = code >= 0 ? a.win.ld(code, d) : (code <= -2 ? comp_ld(a, -code - 2, d) : 0.f);
+      kv[e] = code >= 0 ? part.win.ld(code, d) : (code <= -2 ? comp_ld(part, -code - 2, d) : 0.f);
     }
     __syncthreads();
     if (!active) continue;
@@ -163,7 +202,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kerne
   if (!active) return;
   if (a.num_splits > 1) {
     const int nh = a.h_end - a.h_begin;
-    const int64_t slot = (t * nh + (h - a.h_begin)) * a.num_splits + blockIdx.z;
+    const int64_t slot = (tg * nh + (h - a.h_begin)) * a.num_splits + blockIdx.z;
 #pragma unroll
     for (int k = 0; k < kMaxPerLane; ++k)
       if (k < per_lane) a.part_acc[slot * dim + lane + 32 * k] = acc[k];
@@ -177,8 +216,8 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kerne
   const float inv = 1.0f / den;
 #pragma unroll
   for (int k = 0; k < kMaxPerLane; ++k)
-    if (k < per_lane) a.out.st(t, int64_t(h) * dim + lane + 32 * k, acc[k] * inv, a.out_round);
-  if (a.lse && lane == 0) a.lse[t * a.lse_stride + h] = m + logf(den);
+    if (k < per_lane) part.out.st(t, int64_t(h) * dim + lane + 32 * k, acc[k] * inv, a.out_round);
+  if (part.lse && lane == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
 }
 
 // --- decode: all heads of a block share each latent row (MQA) ----------------------------------
@@ -194,7 +233,7 @@ constexpr int kMqaMaxJ = 4;    // head_dim / 128 <= 4
 // kernel. head_dim % 128 == 0, <= 512; rows read as float4 (Act::ld4).
 // Bounds (256, 1): 151 registers, no spill (ptxas capped itself at 128 with a 4-byte spill
 // otherwise); the ~205 KB of shared memory at head_dim 512 holds one block per SM either way.
-__global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(AttnArgs a) {
+__global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ __align__(16) float smem[];
   const int dim = a.dim, ds = dim + 4;  // padded tile row: conflict-free float4 reads across rows
   float* qs = smem;                     // [kMqaHeads][dim]
@@ -203,14 +242,17 @@ __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(AttnArgs a
   __shared__ int64_t codes[kTile];
   __shared__ float m_s[kMqaHeads], den_s[kMqaHeads], resc_s[kMqaHeads];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t t = blockIdx.z;
+  const int64_t tg = blockIdx.z;
+  const TokArgs ta = token_args(a, tg);
+  const AttnPart& part = ta.p;
+  const int64_t t = ta.t;
   const int hb0 = a.h_begin + int(blockIdx.y) * kMqaHeads;  // first head of the block
-  const CandRange r = candidate_range(a, t, blockIdx.x);
+  const CandRange r = candidate_range(a, part, t, blockIdx.x);
   const int d4 = dim / 4, nj = dim / 128;
 
   for (int i = tid; i < kMqaHeads * d4; i += blockDim.x) {
     const int hl = i / d4, c = (i % d4) * 4, h = hb0 + hl;
-    const float4 v = h < a.h_end ? a.q.ld4(t, int64_t(h) * dim + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    const float4 v = h < a.h_end ? part.q.ld4(t, int64_t(h) * dim + c) : make_float4(0.f, 0.f, 0.f, 0.f);
     *reinterpret_cast<float4*>(qs + hl * dim + c) = v;
   }
   if (tid < kMqaHeads) {
@@ -232,7 +274,7 @@ __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(AttnArgs a
     if (tid < kTile) {
       const int64_t c = tile0 + tid;
       int64_t code = -1;
-      if (tid < cnt) code = candidate_code(a, r, t, c);
+      if (tid < cnt) code = candidate_code(part, r, t, c);
       codes[tid] = code;
     }
     __syncthreads();
@@ -240,8 +282,8 @@ __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(AttnArgs a
       const int row = i / d4, c = (i % d4) * 4;
       const int64_t code = codes[row];
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (code >= 0) v = a.win.ld4(code, c);
-      else if (code <= -2) v = a.ckv.data ? a.ckv.fp8_ld4(-code - 2, c) : a.comp.ld4(-code - 2, c);
+      if (code >= 0) v = part.win.ld4(code, c);
+      else if (code <= -2) v = part.ckv.data ? part.ckv.fp8_ld4(-code - 2, c) : part.comp.ld4(-code - 2, c);
       *reinterpret_cast<float4*>(kv + row * ds + c) = v;
     }
     __syncthreads();
@@ -320,7 +362,7 @@ __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(AttnArgs a
   for (int i = 0; i < 4; ++i) {
     const int h = hb0 + hg * 4 + i;
     if (h >= a.h_end) continue;
-    const int64_t slot = (t * nh + (h - a.h_begin)) * a.num_splits + blockIdx.x;
+    const int64_t slot = (tg * nh + (h - a.h_begin)) * a.num_splits + blockIdx.x;
 #pragma unroll
     for (int j = 0; j < kMqaMaxJ; ++j)
       if (j < nj)
@@ -328,18 +370,20 @@ __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(AttnArgs a
             make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
   }
   if (tid < kMqaHeads && hb0 + tid < a.h_end) {
-    const int64_t slot = (t * nh + (hb0 + tid - a.h_begin)) * a.num_splits + blockIdx.x;
+    const int64_t slot = (tg * nh + (hb0 + tid - a.h_begin)) * a.num_splits + blockIdx.x;
     a.part_ml[2 * slot] = m_s[tid];
     a.part_ml[2 * slot + 1] = den_s[tid];
   }
 }
 
 // Merges the splits of one (token, head): block (t, h), one thread per output dim.
-__global__ void attention_combine_kernel(AttnArgs a) {
-  const int64_t t = blockIdx.x;
+__global__ void attention_combine_kernel(const __grid_constant__ AttnArgs a) {
+  const int64_t tg = blockIdx.x;
+  const TokArgs ta = token_args(a, tg);
+  const int64_t t = ta.t;
   const int nh = a.h_end - a.h_begin;
   const int h = a.h_begin + int(blockIdx.y);
-  const int64_t slot0 = (t * nh + (h - a.h_begin)) * a.num_splits;
+  const int64_t slot0 = (tg * nh + (h - a.h_begin)) * a.num_splits;
   float m = -INFINITY;
   for (int z = 0; z < a.num_splits; ++z) m = fmaxf(m, a.part_ml[2 * (slot0 + z)]);
   float den = 0.f;
@@ -355,9 +399,9 @@ __global__ void attention_combine_kernel(AttnArgs a) {
       const float mz = a.part_ml[2 * (slot0 + z)];
       if (mz != -INFINITY) o = fmaf(a.part_acc[(slot0 + z) * a.dim + d], expf(mz - m), o);
     }
-    a.out.st(t, int64_t(h) * a.dim + d, o * inv, a.out_round);
+    ta.p.out.st(t, int64_t(h) * a.dim + d, o * inv, a.out_round);
   }
-  if (a.lse && threadIdx.x == 0) a.lse[t * a.lse_stride + h] = m + logf(den);
+  if (ta.p.lse && threadIdx.x == 0) ta.p.lse[t * ta.p.lse_stride + h] = m + logf(den);
 }
 
 // --- prefill: a query's 64 heads x each 64-candidate tile on bf16 tensor cores -------------------
@@ -403,7 +447,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
 // denominator from unrounded p, P rounded to bf16), then O += P V (warp w: heads (w % 4) * 16,
 // dims (w / 4) * dim / 4; V fragments by ldmatrix.trans). One split (the whole candidate list),
 // the sink added at the end. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
-__global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(AttnArgs a) {
+__global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const int dim = a.dim, ld = dim + kTcPad;
   uint16_t* qs = reinterpret_cast<uint16_t*>(tc_smem);               // [kTcHeads][ld]
@@ -415,18 +459,20 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(AttnArg
   __shared__ float m_s[kTcHeads], den_s[kTcHeads], resc_s[kTcHeads];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
-  const int64_t t = blockIdx.x;
+  const TokArgs ta = token_args(a, blockIdx.x);
+  const AttnPart& part = ta.p;
+  const int64_t t = ta.t;
   const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
-  const CandRange r = candidate_range(a, t, 0);
+  const CandRange r = candidate_range(a, part, t, 0);
   const int d8 = dim / 8;
-  const uint16_t* q16 = static_cast<const uint16_t*>(a.q.data);
-  const uint16_t* win16 = static_cast<const uint16_t*>(a.win.data);
-  const uint16_t* comp16 = static_cast<const uint16_t*>(a.comp.data);
+  const uint16_t* q16 = static_cast<const uint16_t*>(part.q.data);
+  const uint16_t* win16 = static_cast<const uint16_t*>(part.win.data);
+  const uint16_t* comp16 = static_cast<const uint16_t*>(part.comp.data);
 
   for (int i = tid; i < kTcHeads * d8; i += blockDim.x) {
     const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
     uint4 v = make_uint4(0, 0, 0, 0);
-    if (h < a.h_end) v = *reinterpret_cast<const uint4*>(q16 + t * a.q.stride + int64_t(h) * dim + c);
+    if (h < a.h_end) v = *reinterpret_cast<const uint4*>(q16 + t * part.q.stride + int64_t(h) * dim + c);
     *reinterpret_cast<uint4*>(qs + hl * ld + c) = v;
   }
   if (tid < kTcHeads) {
@@ -445,15 +491,15 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(AttnArg
   for (int64_t tile0 = r.cand0; tile0 < r.ncand; tile0 += kTile) {
     const int cnt = int(min(int64_t(kTile), r.ncand - tile0));
     __syncthreads();  // the previous tile's KV and P are no longer read
-    if (tid < kTile) codes[tid] = tid < cnt ? candidate_code(a, r, t, tile0 + tid) : int64_t(-1);
+    if (tid < kTile) codes[tid] = tid < cnt ? candidate_code(part, r, t, tile0 + tid) : int64_t(-1);
     __syncthreads();
     for (int i = tid; i < kTile * d8; i += blockDim.x) {
       const int row = i / d8, c = (i % d8) * 8;
       const int64_t code = codes[row];
       uint4 v = make_uint4(0, 0, 0, 0);
-      if (code >= 0) v = *reinterpret_cast<const uint4*>(win16 + code * a.win.stride + c);
-      else if (code <= -2 && a.ckv.data) v = a.ckv.fp8_ld8_bf16(-code - 2, c);
-      else if (code <= -2) v = *reinterpret_cast<const uint4*>(comp16 + (-code - 2) * a.comp.stride + c);
+      if (code >= 0) v = *reinterpret_cast<const uint4*>(win16 + code * part.win.stride + c);
+      else if (code <= -2 && part.ckv.data) v = part.ckv.fp8_ld8_bf16(-code - 2, c);
+      else if (code <= -2) v = *reinterpret_cast<const uint4*>(comp16 + (-code - 2) * part.comp.stride + c);
       *reinterpret_cast<uint4*>(kv + row * ld + c) = v;
     }
     __syncthreads();
@@ -555,11 +601,11 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(AttnArg
     for (int j = 0; j < kTcMaxDim / 32; ++j) {
       if (j < nt_count) {
         const int64_t d = int64_t(h) * dim + quarter * dq + j * 8 + tig * 2;
-        a.out.st(t, d, o[j][2 * half] * inv, a.out_round);
-        a.out.st(t, d + 1, o[j][2 * half + 1] * inv, a.out_round);
+        part.out.st(t, d, o[j][2 * half] * inv, a.out_round);
+        part.out.st(t, d + 1, o[j][2 * half + 1] * inv, a.out_round);
       }
     }
-    if (a.lse && quarter == 0 && tig == 0) a.lse[t * a.lse_stride + h] = m + logf(den);
+    if (part.lse && quarter == 0 && tig == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
   }
 }
 
@@ -573,60 +619,74 @@ int num_sms() {
   return sms;
 }
 
-}  // namespace
+// One part's descriptor (tokens from row0) and what its views allow.
+struct PartPlan {
+  AttnPart d;
+  int64_t rows = 0, max_tiles = 0;  // tokens; 64-candidate tiles of its longest candidate list
+  bool vec4 = false;                // every row read 4 elements at a time (Act::ld4, fp8_ld4)
+  bool tc = false;                  // bf16 rows, 16-byte aligned: the tensor-core kernel's loads
+};
 
-void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp, bool tensor_cores) {
-  const int64_t n = p.q.shape[0], heads = p.q.shape[1], dim = p.q.shape[2];
-  CHECK(dim % 32 == 0 && dim <= 32 * kMaxPerLane) << "attention head_dim " << dim;
+PartPlan plan_part(const SparseAttentionParams& p, int64_t heads, int64_t dim, int64_t row0) {
+  CHECK(p.q.shape[1] == heads && p.q.shape[2] == dim) << "attention batch: parts of " << heads << " heads x " << dim
+                                                      << " dims, a part has q " << p.q.shape_str();
   CHECK_EQ(act_row_width(p.out), heads * dim);
   CHECK_EQ(act_row_width(p.window_kv), dim);
-  AttnArgs a{};
-  a.q = make_act(p.q, "attention q");
-  a.win = make_act(p.window_kv, "attention window_kv");
-  a.out = make_act(p.out, "attention out");
-  a.num_comp = p.comp_kv.data ? p.comp_kv.shape[0] : 0;
+  PartPlan pl;
+  AttnPart& d = pl.d;
+  d = AttnPart{};
+  pl.rows = p.q.shape[0];
+  d.q = make_act(p.q, "attention q");
+  d.win = make_act(p.window_kv, "attention window_kv");
+  d.out = make_act(p.out, "attention out");
+  d.num_comp = p.comp_kv.data ? p.comp_kv.shape[0] : 0;
   const bool compact = p.comp_layout.compact();
   CHECK(!compact || p.comp_layout.format == KvFormat::kFp8Rope)
       << "attention comp_kv: " << kv_format_name(p.comp_layout.format) << " rows are not entry rows";
-  if (a.num_comp > 0 && compact) {
-    a.ckv = make_kv_rows(p.comp_kv, p.comp_layout, dim, "attention comp_kv");
-  } else if (a.num_comp > 0) {
+  if (d.num_comp > 0 && compact) {
+    d.ckv = make_kv_rows(p.comp_kv, p.comp_layout, dim, "attention comp_kv");
+  } else if (d.num_comp > 0) {
     CHECK_EQ(act_row_width(p.comp_kv), dim);
-    a.comp = make_act(p.comp_kv, "attention comp_kv");
+    d.comp = make_act(p.comp_kv, "attention comp_kv");
   }
-  // Whether the compressed entries can be read 4 (and 8) elements at a time.
-  const bool comp_vec4 = a.num_comp == 0 || (compact ? a.ckv.vec4_ok() : a.comp.vec_ok());
-  const bool comp_tc = a.num_comp == 0 ||
-                       (compact ? a.ckv.vec8_ok()
-                                : a.comp.bf16 && a.comp.stride % 8 == 0 && reinterpret_cast<uintptr_t>(a.comp.data) % 16 == 0);
-  a.has_list = p.comp_idx.data != nullptr;
-  if (a.has_list) {
+  d.has_list = p.comp_idx.data != nullptr;
+  if (d.has_list) {
     CHECK(p.comp_idx.dtype == DType::kI32 && p.comp_idx.device == Device::kCuda) << "attention comp_idx";
-    a.comp_idx = static_cast<const int32_t*>(p.comp_idx.data);
-    a.idx_stride = p.comp_idx.stride[0];
-    a.num_list = p.comp_idx.shape[1];
+    d.comp_idx = static_cast<const int32_t*>(p.comp_idx.data);
+    d.idx_stride = p.comp_idx.stride[0];
+    d.num_list = p.comp_idx.shape[1];
   }
-  CHECK(p.sink.dtype == DType::kF32 && p.sink.data) << "attention sink: F32 weight";
-  a.sink = static_cast<const float*>(p.sink.data);
   if (p.lse.data) {
     CHECK(p.lse.dtype == DType::kF32);
-    a.lse = static_cast<float*>(p.lse.data);
-    a.lse_stride = p.lse.stride[0];
+    d.lse = static_cast<float*>(p.lse.data);
+    d.lse_stride = p.lse.stride[0];
   }
-  a.h_begin = p.h_begin;
-  a.h_end = p.h_end < 0 ? int(heads) : p.h_end;
-  a.dim = int(dim);
-  a.num_window_rows = p.window_kv.shape[0];
-  a.pos_begin = p.pos_begin;
-  a.window_pos0 = p.window_pos0;
-  a.window = p.window;
-  a.comp_ratio = p.comp_ratio;
-  a.scale = p.softmax_scale;
-  a.include_sink = p.include_sink;
-  a.bf16_probs = p.bf16_probs;
-  a.out_round = p.out_bf16;
-  const int nh = a.h_end - a.h_begin;
-  if (n == 0 || nh <= 0) return;
+  d.num_window_rows = p.window_kv.shape[0];
+  d.pos_begin = p.pos_begin;
+  d.window_pos0 = p.window_pos0;
+  d.row0 = row0;
+  d.window = p.window;
+  d.comp_ratio = p.comp_ratio;
+  const int64_t pos_last = p.pos_begin + pl.rows - 1;
+  int64_t max_comp = 0;
+  if (d.has_list) max_comp = d.num_list;
+  else if (d.comp_ratio > 0) max_comp = std::min<int64_t>(d.num_comp, (pos_last + 1) / d.comp_ratio);
+  pl.max_tiles = ceil_div(std::min<int64_t>(pos_last + 1, p.window) + max_comp, kTile);
+  // Whether the compressed entries can be read 4 (and 8) elements at a time.
+  const bool comp_vec4 = d.num_comp == 0 || (compact ? d.ckv.vec4_ok() : d.comp.vec_ok());
+  const bool comp_tc = d.num_comp == 0 ||
+                       (compact ? d.ckv.vec8_ok()
+                                : d.comp.bf16 && d.comp.stride % 8 == 0 && reinterpret_cast<uintptr_t>(d.comp.data) % 16 == 0);
+  pl.vec4 = d.q.vec_ok() && d.win.vec_ok() && comp_vec4;
+  pl.tc = comp_tc && d.q.bf16 && d.win.bf16 && d.q.stride % 8 == 0 && d.win.stride % 8 == 0 &&
+          reinterpret_cast<uintptr_t>(d.q.data) % 16 == 0 && reinterpret_cast<uintptr_t>(d.win.data) % 16 == 0;
+  return pl;
+}
+
+// Launches the parts gathered in `a` (n tokens in all) on the kernel their shapes call for.
+void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4, bool tc_rows, cudaStream_t s,
+                            bool per_warp, bool tensor_cores) {
+  const int nh = a.h_end - a.h_begin, dim = a.dim;
   static bool attr_set = false;
   if (!attr_set) {
     CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
@@ -634,14 +694,8 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, boo
                                     kMqaMaxSmem));
     attr_set = true;
   }
-  const int64_t pos_last = p.pos_begin + n - 1;
-  int64_t max_comp = 0;
-  if (a.has_list) max_comp = a.num_list;
-  else if (a.comp_ratio > 0) max_comp = std::min<int64_t>(a.num_comp, (pos_last + 1) / a.comp_ratio);
-  const int64_t max_tiles = ceil_div(std::min<int64_t>(pos_last + 1, p.window) + max_comp, kTile);
   const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
-  const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && 2 * mqa_blocks <= num_sms() && a.q.vec_ok() &&
-                   a.win.vec_ok() && comp_vec4 && !per_warp;
+  const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && 2 * mqa_blocks <= num_sms() && vec4 && !per_warp;
   if (mqa) {
     // One wave: splits of whole tiles so that the blocks about fill the SMs once.
     const int64_t want = std::max<int64_t>(1, num_sms() / mqa_blocks);
@@ -667,10 +721,7 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, boo
   const int64_t base_blocks = n * head_groups;
   // Prefill shapes under the official numerics (bf16 q / kv, bf16 P; enough tokens to fill the SMs
   // without splitting the candidate list): the tensor-core kernel, unless `tensor_cores` is off.
-  const bool tc = tensor_cores && base_blocks >= num_sms() && a.bf16_probs &&
-                  dim % 128 == 0 && dim <= kTcMaxDim && a.q.bf16 && a.win.bf16 && comp_tc &&
-                  a.q.stride % 8 == 0 && a.win.stride % 8 == 0 &&
-                  reinterpret_cast<uintptr_t>(a.q.data) % 16 == 0 && reinterpret_cast<uintptr_t>(a.win.data) % 16 == 0;
+  const bool tc = tensor_cores && base_blocks >= num_sms() && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows;
   if (tc) {
     static bool tc_attr_set = false;
     if (!tc_attr_set) {
@@ -681,7 +732,7 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, boo
     a.num_splits = 1;
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(nh, kTcHeads))};
-    sparse_attention_tc_kernel<<<grid, kTcThreads, tc_smem_bytes(int(dim)), s>>>(a);
+    sparse_attention_tc_kernel<<<grid, kTcThreads, tc_smem_bytes(dim), s>>>(a);
     launch_check("sparse_attention (tensor cores)", s);
     return;
   }
@@ -706,6 +757,58 @@ void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, boo
     launch_check("sparse_attention combine", s);
     CUDA_CHECK(cudaFreeAsync(part, s));
   }
+}
+
+}  // namespace
+
+void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp, bool tensor_cores) {
+  launch_sparse_attention_batch(SparseAttentionBatchParams{&p, 1}, s, per_warp, tensor_cores);
+}
+
+void launch_sparse_attention_batch(const SparseAttentionBatchParams& batch, cudaStream_t s, bool per_warp,
+                                   bool tensor_cores) {
+  if (batch.num_parts == 0) return;
+  const SparseAttentionParams* parts_end = batch.parts + batch.num_parts;
+  const SparseAttentionParams& p0 = batch.parts[0];
+  const int64_t heads = p0.q.shape[1], dim = p0.q.shape[2];
+  CHECK(dim % 32 == 0 && dim <= 32 * kMaxPerLane) << "attention head_dim " << dim;
+  CHECK(p0.sink.dtype == DType::kF32 && p0.sink.data) << "attention sink: F32 weight";
+  auto args = std::make_unique<AttnArgs>();  // ~32 KB: not on the stack
+  AttnArgs& a = *args;
+  a.sink = static_cast<const float*>(p0.sink.data);
+  a.h_begin = p0.h_begin;
+  a.h_end = p0.h_end < 0 ? int(heads) : p0.h_end;
+  a.dim = int(dim);
+  a.scale = p0.softmax_scale;
+  a.include_sink = p0.include_sink;
+  a.bf16_probs = p0.bf16_probs;
+  a.out_round = p0.out_bf16;
+  for (const SparseAttentionParams* p = batch.parts; p != parts_end; ++p)
+    CHECK(p->h_begin == p0.h_begin && p->h_end == p0.h_end && p->sink.data == p0.sink.data &&
+          p->softmax_scale == p0.softmax_scale && p->include_sink == p0.include_sink &&
+          p->bf16_probs == p0.bf16_probs && p->out_bf16 == p0.out_bf16)
+        << "attention batch: the parts must share heads, sink, scale and numerics";
+  if (a.h_end - a.h_begin <= 0) return;
+  // Groups of up to kMaxAttnParts parts with tokens, one launch each.
+  int64_t n = 0, max_tiles = 0;
+  bool vec4 = true, tc_rows = true;
+  auto flush = [&] {
+    if (a.num_parts > 0) launch_attention_group(a, n, max_tiles, vec4, tc_rows, s, per_warp, tensor_cores);
+    a.num_parts = 0;
+    n = max_tiles = 0;
+    vec4 = tc_rows = true;
+  };
+  for (const SparseAttentionParams* p = batch.parts; p != parts_end; ++p) {
+    const PartPlan pl = plan_part(*p, heads, dim, n);
+    if (pl.rows == 0) continue;
+    a.parts[a.num_parts++] = pl.d;
+    n += pl.rows;
+    max_tiles = std::max(max_tiles, pl.max_tiles);
+    vec4 = vec4 && pl.vec4;
+    tc_rows = tc_rows && pl.tc;
+    if (a.num_parts == kMaxAttnParts) flush();
+  }
+  flush();
 }
 
 }  // namespace v4rt::kernels::cuda

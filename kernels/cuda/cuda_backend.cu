@@ -245,6 +245,12 @@ void CudaBackend::sample(const SampleParams& p) { launch_sample(p, stream_.get()
 void CudaBackend::sparse_attention(const SparseAttentionParams& p) {
   launch_sparse_attention(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores);
 }
+void CudaBackend::indexer_scores_batch(const IndexerScoresBatchParams& p) {
+  launch_indexer_scores_batch(p, stream_.get(), options_.indexer_tensor_cores);
+}
+void CudaBackend::sparse_attention_batch(const SparseAttentionBatchParams& p) {
+  launch_sparse_attention_batch(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores);
+}
 void CudaBackend::moe_gate(const MoeGateParams& p) { launch_moe_gate(p, stream_.get()); }
 void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()); }
 void CudaBackend::embedding(const EmbeddingParams& p) { launch_embedding(p, stream_.get()); }

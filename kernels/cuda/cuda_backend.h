@@ -49,6 +49,8 @@ class CudaBackend final : public Backend {
   void indexer_scores(const IndexerScoresParams& p) override;
   void topk(const TopkParams& p) override;
   void sparse_attention(const SparseAttentionParams& p) override;
+  void indexer_scores_batch(const IndexerScoresBatchParams& p) override;
+  void sparse_attention_batch(const SparseAttentionBatchParams& p) override;
   void moe_gate(const MoeGateParams& p) override;
   void moe_experts(const MoeExpertsParams& p) override;
   void swiglu(const SwigluParams& p) override;

@@ -7,8 +7,12 @@
 // sorts the <= 2048 candidates (the full single-block select remains the fallback).
 // Keys in the compact kFp4 rows (official numerics, common/kv_format.h) are decoded as they load
 // (kv_decode.cuh): 68 bytes read per Flash key instead of 512.
+// The scores of many independent calls (indexer_scores_batch: a decode batch, one part per
+// sequence) take one launch: every block resolves its query's part from the descriptors in the
+// kernel parameters; a single call is the batch of one.
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
@@ -25,12 +29,50 @@ constexpr int kKeysPerBlock = 128;
 constexpr int kTopkThreads = 512;
 constexpr int kMaxTopk = 2048;
 
-// The scores of query token t against this block's keys (one thread per key); q of the token's
-// heads in shared memory (qs [nh][dim], then w [nh]). Every thread of the block calls it.
-__device__ __forceinline__ void indexer_scores_token(
-    int64_t t, float* qs, Act q, Act keys, KvRowsDev ckeys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
-    int64_t key_begin, int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate,
-    bool bf16_arith, bool vec) {
+// One part of a launch (a sequence of a batch, or the whole call): its views and positions. The
+// parts are passed by value in the kernel parameters (no copy to the device, capturable in a CUDA
+// graph); the launch's query tokens are numbered across the parts, part i holding [row0, row0 + rows).
+struct IdxPart {
+  Act q, keys, w;
+  KvRowsDev ckeys;  // compact keys (ckeys.data set): read instead of keys
+  float* scores;
+  int64_t score_stride, key_begin, key_end, pos_begin, row0;
+  bool vec;  // plain keys read 16 bytes at a time
+};
+
+// Kernel parameters may take 32,764 bytes (CUDA 12.1+, sm_70+); the shared fields take < 64.
+constexpr int kMaxIdxParts = int((32764 - 64) / sizeof(IdxPart));
+
+struct IdxArgs {
+  int64_t n;  // query tokens of the launch
+  int h_begin, nh, dim, ratio;
+  float weight_scale;
+  bool accumulate, bf16_arith;
+  int num_parts;
+  IdxPart parts[kMaxIdxParts];
+};
+static_assert(sizeof(IdxArgs) <= 32764, "indexer kernel parameters");
+
+// The part holding launch token tg (binary search over the parts' first tokens).
+__device__ __forceinline__ const IdxPart& idx_part_of(const IdxArgs& a, int64_t tg) {
+  int lo = 0, hi = a.num_parts - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (a.parts[mid].row0 <= tg) lo = mid;
+    else hi = mid - 1;
+  }
+  return a.parts[lo];
+}
+
+// The scores of query token t of part p against this block's keys (one thread per key); q of the
+// token's heads in shared memory (qs [nh][dim], then w [nh]). Every thread of the block calls it.
+__device__ __forceinline__ void indexer_scores_token(const IdxArgs& a, const IdxPart& p, int64_t t, float* qs) {
+  const Act q = p.q, keys = p.keys, w = p.w;
+  const KvRowsDev ckeys = p.ckeys;
+  const int h_begin = a.h_begin, nh = a.nh, dim = a.dim;
+  const int64_t key_begin = p.key_begin, key_end = p.key_end;
+  const float weight_scale = a.weight_scale;
+  const bool bf16_arith = a.bf16_arith;
   float* ws = qs + nh * dim;
   for (int i = threadIdx.x; i < nh * dim; i += blockDim.x) qs[i] = q.ld(t, int64_t(h_begin) * dim + i);
   for (int i = threadIdx.x; i < nh; i += blockDim.x)
@@ -38,8 +80,8 @@ __device__ __forceinline__ void indexer_scores_token(
   __syncthreads();
   const int64_t j = key_begin + int64_t(blockIdx.x) * kKeysPerBlock + threadIdx.x;
   if (j >= key_end) return;
-  float* out = scores + t * score_stride + (j - key_begin);
-  const int64_t visible = (pos_begin + t + 1) / ratio;
+  float* out = p.scores + t * p.score_stride + (j - key_begin);
+  const int64_t visible = (p.pos_begin + t + 1) / a.ratio;
   if (j >= visible) {
     *out = -INFINITY;
     return;
@@ -51,7 +93,7 @@ __device__ __forceinline__ void indexer_scores_token(
     float kr[32];
     if (ckeys.data) {  // compact: one scale block of 32 codes per step
       ckeys.fp4_ld32(j, c, kr);
-    } else if (vec) {  // 16-byte key loads, 16-byte (broadcast) q loads: a quarter of the load instructions
+    } else if (p.vec) {  // 16-byte key loads, 16-byte (broadcast) q loads: a quarter of the load instructions
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const float4 v = keys.ld4(j, c + 4 * i);
@@ -93,20 +135,18 @@ __device__ __forceinline__ void indexer_scores_token(
     }
   }
   if (bf16_arith) sum = round_bf16(sum);
-  *out = accumulate ? *out + sum : sum;
+  *out = a.accumulate ? *out + sum : sum;
 }
 
-// Blocks (key block x, token row y); the tokens are walked with a grid-stride loop over y, so any
-// number of query tokens fits the 65,535-block limit of gridDim.y.
-__global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(
-    int64_t n, Act q, Act keys, KvRowsDev ckeys, Act w, float* scores, int64_t score_stride, int h_begin, int nh, int dim,
-    int64_t key_begin, int64_t key_end, int64_t pos_begin, int ratio, float weight_scale, bool accumulate,
-    bool bf16_arith, bool vec) {
+// Blocks (key block x over the longest part's keys, token row y); the tokens are walked with a
+// grid-stride loop over y, so any number of query tokens fits the 65,535-block limit of gridDim.y.
+__global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(const __grid_constant__ IdxArgs a) {
   extern __shared__ __align__(16) float qs[];
-  for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
+  for (int64_t tg = blockIdx.y; tg < a.n; tg += gridDim.y) {
+    const IdxPart& p = idx_part_of(a, tg);
+    if (p.key_begin + int64_t(blockIdx.x) * kKeysPerBlock >= p.key_end) continue;  // past this part's keys (whole block)
     __syncthreads();  // the previous token's q is no longer read
-    indexer_scores_token(t, qs, q, keys, ckeys, w, scores, score_stride, h_begin, nh, dim, key_begin, key_end, pos_begin,
-                         ratio, weight_scale, accumulate, bf16_arith, vec);
+    indexer_scores_token(a, p, tg - p.row0, qs);
   }
 }
 
@@ -353,11 +393,17 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint3
 // (keys as A, q as B: warp w owns keys [16w, 16w + 16), each thread 2 keys x 2 heads of each n8
 // tile), then per (query, key) the reference's sum over heads of bf16(max(bf16(dot), 0) *
 // bf16(w * scale)), in fp32 and in head order, rounded to bf16. Heads past nh add +0 at the end.
-__global__ void __launch_bounds__(256) indexer_scores_tc_kernel(int64_t n, Act q, Act keys, KvRowsDev ckeys, Act w,
-                                                                float* scores,
-                                                                int64_t score_stride, int h_begin, int nh, int dim,
-                                                                int64_t key_begin, int64_t key_end, int64_t pos_begin,
-                                                                int ratio, float weight_scale, bool accumulate) {
+// One part only (prefill): a block's staged keys serve all of its queries.
+__global__ void __launch_bounds__(256) indexer_scores_tc_kernel(const __grid_constant__ IdxArgs a) {
+  const IdxPart& p = a.parts[0];
+  const int64_t n = a.n;
+  const Act q = p.q, keys = p.keys, w = p.w;
+  const KvRowsDev ckeys = p.ckeys;
+  float* scores = p.scores;
+  const int64_t score_stride = p.score_stride, key_begin = p.key_begin, key_end = p.key_end, pos_begin = p.pos_begin;
+  const int h_begin = a.h_begin, nh = a.nh, dim = a.dim, ratio = a.ratio;
+  const float weight_scale = a.weight_scale;
+  const bool accumulate = a.accumulate;
   extern __shared__ __align__(16) unsigned char idx_smem[];
   uint16_t* ks = reinterpret_cast<uint16_t*>(idx_smem);      // [kTcKeys][kTcLd]
   uint16_t* qs = ks + kTcKeys * kTcLd;                         // [kTcQueries * 64][kTcLd]
@@ -444,18 +490,54 @@ __global__ void __launch_bounds__(256) indexer_scores_tc_kernel(int64_t n, Act q
 
 }  // namespace
 
-void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores) {
-  const int64_t n = p.q.shape[0], heads = p.q.shape[1], dim = p.q.shape[2];
+namespace {
+
+// One part's descriptor (tokens from row0); its key count in *nkeys.
+IdxPart plan_part(const IndexerScoresParams& p, int64_t heads, int64_t dim, int64_t row0, int64_t* nkeys) {
+  CHECK(p.q.shape[1] == heads && p.q.shape[2] == dim) << "indexer batch: parts of " << heads << " heads x " << dim
+                                                      << " dims, a part has q " << p.q.shape_str();
   const int64_t num_keys = p.keys.data ? p.keys.shape[0] : 0;
   const int64_t key_end = p.key_end < 0 ? num_keys : p.key_end;
-  const int h_end = p.h_end < 0 ? int(heads) : p.h_end;
-  const int nh = h_end - p.h_begin;
-  CHECK(nh >= 1 && nh <= kMaxIndexHeads) << "indexer heads " << nh << " (at most " << kMaxIndexHeads << ")";
-  CHECK(dim % 32 == 0 && dim <= 512) << "indexer head dim " << dim;
   CHECK(p.scores.dtype == DType::kF32 && p.scores.device == Device::kCuda) << "indexer scores: F32 device view";
   CHECK_EQ(act_row_width(p.scores), key_end - p.key_begin) << "indexer scores " << p.scores.shape_str();
-  const int64_t nkeys = key_end - p.key_begin;
-  if (n == 0 || nkeys == 0) return;
+  IdxPart d{};
+  const bool compact = p.key_layout.compact();
+  CHECK(!compact || p.key_layout.format == KvFormat::kFp4)
+      << "indexer keys: " << kv_format_name(p.key_layout.format) << " rows are not indexer key rows";
+  if (num_keys > 0 && compact) {
+    d.ckeys = make_kv_rows(p.keys, p.key_layout, dim, "indexer keys");
+    CHECK(d.ckeys.row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(d.ckeys.data) % 4 == 0)
+        << "indexer keys: compact rows must start 4-byte aligned (32-bit code loads)";
+  } else if (num_keys > 0) {
+    d.keys = make_act(p.keys, "indexer keys");
+  }
+  d.q = make_act(p.q, "indexer q");
+  d.w = make_act(p.w, "indexer w");
+  d.scores = static_cast<float*>(p.scores.data);
+  d.score_stride = p.scores.stride[0];
+  d.key_begin = p.key_begin;
+  d.key_end = key_end;
+  d.pos_begin = p.pos_begin;
+  d.row0 = row0;
+  d.vec = num_keys > 0 && !compact && d.keys.vec_ok();
+  *nkeys = key_end - p.key_begin;
+  return d;
+}
+
+}  // namespace
+
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores) {
+  launch_indexer_scores_batch(IndexerScoresBatchParams{&p, 1}, s, tensor_cores);
+}
+
+void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStream_t s, bool tensor_cores) {
+  if (batch.num_parts == 0) return;
+  const IndexerScoresParams& p0 = batch.parts[0];
+  const int64_t heads = p0.q.shape[1], dim = p0.q.shape[2];
+  const int h_end = p0.h_end < 0 ? int(heads) : p0.h_end;
+  const int nh = h_end - p0.h_begin;
+  CHECK(nh >= 1 && nh <= kMaxIndexHeads) << "indexer heads " << nh << " (at most " << kMaxIndexHeads << ")";
+  CHECK(dim % 32 == 0 && dim <= 512) << "indexer head dim " << dim;
   const size_t smem = size_t(nh * dim + nh) * 4;
   CHECK_LE(smem, size_t(160 * 1024));
   static bool attr_set = false;
@@ -463,47 +545,64 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool te
     CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
     attr_set = true;
   }
-  Act keys;
-  KvRowsDev ckeys;
-  const bool compact = p.key_layout.compact();
-  CHECK(!compact || p.key_layout.format == KvFormat::kFp4)
-      << "indexer keys: " << kv_format_name(p.key_layout.format) << " rows are not indexer key rows";
-  if (num_keys > 0 && compact) {
-    ckeys = make_kv_rows(p.keys, p.key_layout, dim, "indexer keys");
-    CHECK(ckeys.row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(ckeys.data) % 4 == 0)
-        << "indexer keys: compact rows must start 4-byte aligned (32-bit code loads)";
-  } else if (num_keys > 0) {
-    keys = make_act(p.keys, "indexer keys");
-  }
-  // Prefill under the official numerics: the tensor-core kernel, unless `tensor_cores` is off.
-  if (p.bf16_arith && tensor_cores && n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim &&
-      num_keys > 0) {
-    static bool tc_attr_set = false;
-    if (!tc_attr_set) {
-      CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(indexer_tc_smem_bytes())));
-      tc_attr_set = true;
+  auto args = std::make_unique<IdxArgs>();  // ~32 KB: not on the stack
+  IdxArgs& a = *args;
+  a.h_begin = p0.h_begin;
+  a.nh = nh;
+  a.dim = int(dim);
+  a.ratio = p0.ratio;
+  a.weight_scale = p0.weight_scale;
+  a.accumulate = p0.accumulate;
+  a.bf16_arith = p0.bf16_arith;
+  int64_t max_keys = 0;
+  bool has_keys = false;
+  // A single part of prefill size under the official numerics: the tensor-core kernel, unless
+  // `tensor_cores` is off.
+  auto launch = [&] {
+    if (a.num_parts == 0 || max_keys == 0) return;
+    if (a.num_parts == 1 && a.bf16_arith && tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim && has_keys) {
+      static bool tc_attr_set = false;
+      if (!tc_attr_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(indexer_tc_smem_bytes())));
+        tc_attr_set = true;
+      }
+      // Query pairs per block: about four waves of blocks in all, each block's keys staged once.
+      int sms = 0, dev = 0;
+      CUDA_CHECK(cudaGetDevice(&dev));
+      CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+      const int64_t key_tiles = ceil_div(max_keys, kTcKeys), pairs = ceil_div(a.n, kTcQueries);
+      const int64_t y = std::min(pairs, std::max<int64_t>(1, ceil_div(4 * int64_t(sms), key_tiles)));
+      const dim3 tc_grid(grid_x(key_tiles, "indexer_scores (tensor cores)"), grid_yz(y));
+      indexer_scores_tc_kernel<<<tc_grid, 256, indexer_tc_smem_bytes(), s>>>(a);
+      launch_check("indexer_scores (tensor cores)", s);
+      return;
     }
-    // Query pairs per block: about four waves of blocks in all, each block's keys staged once.
-    int sms = 0, dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const int64_t key_tiles = ceil_div(nkeys, kTcKeys), pairs = ceil_div(n, kTcQueries);
-    const int64_t y = std::min(pairs, std::max<int64_t>(1, ceil_div(4 * int64_t(sms), key_tiles)));
-    const dim3 tc_grid(grid_x(key_tiles, "indexer_scores (tensor cores)"), grid_yz(y));
-    indexer_scores_tc_kernel<<<tc_grid, 256, indexer_tc_smem_bytes(), s>>>(
-        n, make_act(p.q, "indexer q"), keys, ckeys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
-        p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
-        p.accumulate);
-    launch_check("indexer_scores (tensor cores)", s);
-    return;
+    const dim3 grid(grid_x_for(max_keys, kKeysPerBlock, "indexer_scores"), grid_yz(a.n));
+    indexer_scores_kernel<<<grid, kKeysPerBlock, smem, s>>>(a);
+    launch_check("indexer_scores", s);
+  };
+  auto flush = [&] {
+    launch();
+    a.num_parts = 0;
+    a.n = max_keys = 0;
+    has_keys = false;
+  };
+  for (int64_t i = 0; i < batch.num_parts; ++i) {
+    const IndexerScoresParams& p = batch.parts[i];
+    CHECK(p.h_begin == p0.h_begin && p.h_end == p0.h_end && p.weight_scale == p0.weight_scale && p.ratio == p0.ratio &&
+          p.accumulate == p0.accumulate && p.bf16_arith == p0.bf16_arith)
+        << "indexer batch: the parts must share heads, scale, ratio and numerics";
+    int64_t nkeys = 0;
+    const IdxPart d = plan_part(p, heads, dim, a.n, &nkeys);
+    if (p.q.shape[0] == 0 || nkeys == 0) continue;
+    a.parts[a.num_parts++] = d;
+    a.n += p.q.shape[0];
+    max_keys = std::max(max_keys, nkeys);
+    has_keys = has_keys || p.keys.data != nullptr;
+    if (a.num_parts == kMaxIdxParts) flush();
   }
-  const dim3 grid(grid_x_for(nkeys, kKeysPerBlock, "indexer_scores"), grid_yz(n));
-  indexer_scores_kernel<<<grid, kKeysPerBlock, smem, s>>>(
-      n, make_act(p.q, "indexer q"), keys, ckeys, make_act(p.w, "indexer w"), static_cast<float*>(p.scores.data),
-      p.scores.stride[0], p.h_begin, nh, int(dim), p.key_begin, key_end, p.pos_begin, p.ratio, p.weight_scale,
-      p.accumulate, p.bf16_arith, num_keys > 0 && !compact && keys.vec_ok());
-  launch_check("indexer_scores", s);
+  flush();
 }
 
 void launch_topk(const TopkParams& p, cudaStream_t s) {

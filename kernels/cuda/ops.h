@@ -87,6 +87,9 @@ void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s);
 // tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
 // (CudaBackendOptions::indexer_tensor_cores).
 void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores = true);
+// The parts in groups of as many as fit in the kernel parameters, one launch per group (a single
+// part may take the tensor-core kernel); the parts must share what IndexerScoresBatchParams says.
+void launch_indexer_scores_batch(const IndexerScoresBatchParams& p, cudaStream_t s, bool tensor_cores = true);
 void launch_topk(const TopkParams& p, cudaStream_t s);
 
 // --- sample.cu ---------------------------------------------------------------------------------
@@ -98,6 +101,10 @@ void launch_sample(const SampleParams& p, cudaStream_t s);
 // (CudaBackendOptions::attention_tensor_cores).
 void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp = false,
                              bool tensor_cores = true);
+// The parts in groups of as many as fit in the kernel parameters, one launch (plus the split merge)
+// per group; the parts must share what SparseAttentionBatchParams says they share.
+void launch_sparse_attention_batch(const SparseAttentionBatchParams& p, cudaStream_t s, bool per_warp = false,
+                                   bool tensor_cores = true);
 
 // --- kv_pack.cu ---------------------------------------------------------------------------------
 void launch_kv_pack(const KvPackParams& p, cudaStream_t s);

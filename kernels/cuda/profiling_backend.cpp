@@ -48,6 +48,41 @@ const char* dtype_tag(DType d) {
   }
 }
 
+// The ideal bytes moved and FLOPs of one op call.
+struct Cost {
+  double bytes = 0, flops = 0;
+  Cost& operator+=(const Cost& o) {
+    bytes += o.bytes;
+    flops += o.flops;
+    return *this;
+  }
+};
+
+Cost indexer_cost(const IndexerScoresParams& p) {
+  const int64_t keys = (p.key_end < 0 ? p.keys.shape[0] : p.key_end) - p.key_begin;
+  const int64_t heads = (p.h_end < 0 ? p.q.shape[1] : p.h_end) - p.h_begin;
+  const double kb = view_bytes(p.keys) * double(keys) / double(std::max<int64_t>(p.keys.shape[0], 1));
+  return {kb + view_bytes(p.q) + view_bytes(p.scores),
+          2.0 * double(p.q.shape[0]) * double(heads) * double(keys) * double(p.q.shape[2])};
+}
+
+Cost attention_cost(const SparseAttentionParams& p) {
+  const int64_t n = p.q.shape[0], heads = (p.h_end < 0 ? p.q.shape[1] : p.h_end) - p.h_begin, dim = p.q.shape[2];
+  double win = 0, comp = 0;  // candidates read per query token, summed
+  const int64_t num_comp = p.comp_kv.data ? p.comp_kv.shape[0] : 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t pos = p.pos_begin + t;
+    win += double(std::min<int64_t>(pos + 1, p.window));
+    if (p.comp_idx.data) comp += double(p.comp_idx.shape[1]);
+    else if (p.comp_ratio > 0) comp += double(std::min<int64_t>(num_comp, (pos + 1) / p.comp_ratio));
+  }
+  const double cand = win + comp;
+  const double win_row = double(dim) * double(dtype_size(p.window_kv.dtype));
+  const double comp_row = p.comp_layout.compact() ? double(p.comp_layout.row_bytes)  // compact rows as stored
+                                                  : double(dim) * double(dtype_size(p.comp_kv.dtype));
+  return {win * win_row + comp * comp_row + view_bytes(p.q) + view_bytes(p.out), 4.0 * cand * double(heads) * double(dim)};
+}
+
 class Profiler final : public ProfilingBackend {
  public:
   explicit Profiler(Backend& inner) : inner_(inner) {
@@ -150,32 +185,25 @@ class Profiler final : public ProfilingBackend {
     timed("hadamard", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.hadamard(p); });
   }
   void indexer_scores(const IndexerScoresParams& p) override {
-    const int64_t keys = (p.key_end < 0 ? p.keys.shape[0] : p.key_end) - p.key_begin;
-    const int64_t heads = (p.h_end < 0 ? p.q.shape[1] : p.h_end) - p.h_begin;
-    const double kb = view_bytes(p.keys) * double(keys) / double(std::max<int64_t>(p.keys.shape[0], 1));
-    timed("indexer_scores", kb + view_bytes(p.q) + view_bytes(p.scores),
-          2.0 * double(p.q.shape[0]) * double(heads) * double(keys) * double(p.q.shape[2]), kPeakBf16,
-          [&] { inner_.indexer_scores(p); });
+    const Cost c = indexer_cost(p);
+    timed("indexer_scores", c.bytes, c.flops, kPeakBf16, [&] { inner_.indexer_scores(p); });
+  }
+  void indexer_scores_batch(const IndexerScoresBatchParams& p) override {
+    Cost c;
+    for (int64_t i = 0; i < p.num_parts; ++i) c += indexer_cost(p.parts[i]);
+    timed("indexer_scores_batch", c.bytes, c.flops, kPeakBf16, [&] { inner_.indexer_scores_batch(p); });
   }
   void topk(const TopkParams& p) override {
     timed("topk", view_bytes(p.scores) + view_bytes(p.out_idx), 0, kPeakBf16, [&] { inner_.topk(p); });
   }
   void sparse_attention(const SparseAttentionParams& p) override {
-    const int64_t n = p.q.shape[0], heads = (p.h_end < 0 ? p.q.shape[1] : p.h_end) - p.h_begin, dim = p.q.shape[2];
-    double win = 0, comp = 0;  // candidates read per query token, summed
-    const int64_t num_comp = p.comp_kv.data ? p.comp_kv.shape[0] : 0;
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t pos = p.pos_begin + t;
-      win += double(std::min<int64_t>(pos + 1, p.window));
-      if (p.comp_idx.data) comp += double(p.comp_idx.shape[1]);
-      else if (p.comp_ratio > 0) comp += double(std::min<int64_t>(num_comp, (pos + 1) / p.comp_ratio));
-    }
-    const double cand = win + comp;
-    const double win_row = double(dim) * double(dtype_size(p.window_kv.dtype));
-    const double comp_row = p.comp_layout.compact() ? double(p.comp_layout.row_bytes)  // compact rows as stored
-                                                    : double(dim) * double(dtype_size(p.comp_kv.dtype));
-    timed("sparse_attention", win * win_row + comp * comp_row + view_bytes(p.q) + view_bytes(p.out),
-          4.0 * cand * double(heads) * double(dim), kPeakBf16, [&] { inner_.sparse_attention(p); });
+    const Cost c = attention_cost(p);
+    timed("sparse_attention", c.bytes, c.flops, kPeakBf16, [&] { inner_.sparse_attention(p); });
+  }
+  void sparse_attention_batch(const SparseAttentionBatchParams& p) override {
+    Cost c;
+    for (int64_t i = 0; i < p.num_parts; ++i) c += attention_cost(p.parts[i]);
+    timed("sparse_attention_batch", c.bytes, c.flops, kPeakBf16, [&] { inner_.sparse_attention_batch(p); });
   }
   void moe_gate(const MoeGateParams& p) override {
     timed("moe_gate", weight_bytes(p.gate) + view_bytes(p.x), 2.0 * double(p.x.shape[0]) * double(p.gate.rows) * double(p.gate.cols),

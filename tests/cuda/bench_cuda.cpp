@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Benchmarks of the CUDA backend at V4-Flash shapes: FP8 block-scaled GEMMs (cuBLASLt), the FP4
 // grouped expert GEMM (single expert and decode-shaped groups), sparse attention decode, indexer
-// scores and top-k. Each line: time, bytes, FLOPs, achieved bandwidth / throughput and the roofline
+// scores and top-k, and a decode batch of 256 sequences as per-sequence calls against one batched call. Each line: time, bytes, FLOPs, achieved bandwidth / throughput and the roofline
 // time max(bytes / BW, FLOPs / peak) with BW = measured device copy bandwidth (reported first),
 // peak = 1580 TFLOP/s FP8 or 790 TFLOP/s bf16-class work. Usage: bench_cuda [out.tsv]
 #include <cuda_runtime.h>
@@ -253,6 +253,79 @@ void bench_ops(std::mt19937& gen) {
   report("topk 1x262144 k=512", us_t, double(keys) * 4, 0, kBf16Peak);
 }
 
+// A decode batch of 256 sequences at 8K context (2048 CSA entries and indexer keys each), per layer:
+// indexer scores and sparse attention (window 128 + top-512 list) as 256 calls, one per sequence,
+// against one batched call (indexer_scores_batch, sparse_attention_batch).
+void bench_decode_batch(std::mt19937& gen) {
+  auto be = make_cuda_backend(0);
+  cudaStream_t s = static_cast<CudaBackend*>(be.get())->stream();
+  auto fill_random = [&](Buffer& b) {
+    std::vector<uint16_t> h(b.bytes() / 2);
+    std::normal_distribution<float> d(0.f, 1.f);
+    for (auto& v : h) v = f32_to_bf16(d(gen));
+    be->copy_to_device(b.data(), h.data(), h.size() * 2);
+  };
+  const int64_t seqs = 256, heads = 64, dim = 512, entries = 2048, cand = 512, ih = 64, id = 128;
+  const int64_t pos = entries * 4 - 1;
+  Buffer q(size_t(seqs * heads * dim) * 2, Device::kCuda), win(size_t(seqs * 128 * dim) * 2, Device::kCuda),
+      comp(size_t(entries * dim) * 2, Device::kCuda), out(size_t(seqs * heads * dim) * 2, Device::kCuda),
+      list(size_t(seqs * cand) * 4, Device::kCuda);
+  fill_random(q);
+  fill_random(win);
+  fill_random(comp);
+  std::vector<int32_t> list_h(size_t(seqs * cand));
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(entries - 1));
+  for (auto& v : list_h) v = pick(gen);
+  be->copy_to_device(list.data(), list_h.data(), list_h.size() * 4);
+  std::vector<float> sink_h(size_t(heads), 0.5f);
+  WeightSource ss;
+  ss.name = "sink";
+  ss.cols = heads;
+  ss.data = sink_h.data();
+  const WeightView sink = be->upload_weight(ss);
+  std::vector<SparseAttentionParams> parts(static_cast<size_t>(seqs));
+  for (int64_t i = 0; i < seqs; ++i) {
+    SparseAttentionParams& p = parts[size_t(i)];
+    p.q = view_rows(dev_view(q, DType::kBF16, {seqs, heads, dim}), i, i + 1);
+    p.window_kv = view_rows(dev_view(win, DType::kBF16, {seqs * 128, dim}), i * 128, (i + 1) * 128);
+    p.comp_kv = dev_view(comp, DType::kBF16, {entries, dim});
+    p.comp_idx = view_rows(dev_view(list, DType::kI32, {seqs, cand}), i, i + 1);
+    p.sink = sink;
+    p.out = view_rows(dev_view(out, DType::kBF16, {seqs, heads, dim}), i, i + 1);
+    p.pos_begin = pos;
+    p.window_pos0 = pos - 127;
+    p.softmax_scale = 1.0f / std::sqrt(512.f);
+    p.bf16_probs = p.out_bf16 = true;
+  }
+  const double attn_bytes = double(seqs) * ((128.0 + cand) * dim * 2 + 2.0 * heads * dim * 2);
+  const double attn_flops = 4.0 * double(seqs) * heads * (128.0 + cand) * dim;
+  const double us_each = time_us([&] { for (const auto& p : parts) be->sparse_attention(p); }, s, 5);
+  report("attention decode x256 (256 calls)", us_each, attn_bytes, attn_flops, kBf16Peak);
+  const double us_batch = time_us([&] { be->sparse_attention_batch({parts.data(), seqs}); }, s, 5);
+  report("attention decode x256 (one batch)", us_batch, attn_bytes, attn_flops, kBf16Peak);
+
+  Buffer iq(size_t(seqs * ih * id) * 2, Device::kCuda), ik(size_t(seqs * entries * id) * 2, Device::kCuda),
+      iw(size_t(seqs * ih) * 2, Device::kCuda), sc(size_t(seqs * entries) * 4, Device::kCuda);
+  fill_random(iq);
+  fill_random(ik);
+  fill_random(iw);
+  std::vector<IndexerScoresParams> iparts(static_cast<size_t>(seqs));
+  for (int64_t i = 0; i < seqs; ++i) {
+    IndexerScoresParams& p = iparts[size_t(i)];
+    p.q = view_rows(dev_view(iq, DType::kBF16, {seqs, ih, id}), i, i + 1);
+    p.keys = view_rows(dev_view(ik, DType::kBF16, {seqs * entries, id}), i * entries, (i + 1) * entries);
+    p.w = view_rows(dev_view(iw, DType::kBF16, {seqs, ih}), i, i + 1);
+    p.scores = view_rows(dev_view(sc, DType::kF32, {seqs, entries}), i, i + 1);
+    p.pos_begin = pos;
+    p.bf16_arith = true;
+  }
+  const double idx_bytes = double(seqs) * entries * (id * 2 + 4), idx_flops = 2.0 * double(seqs) * ih * id * entries;
+  const double us_i_each = time_us([&] { for (const auto& p : iparts) be->indexer_scores(p); }, s, 5);
+  report("indexer_scores decode x256 (256 calls)", us_i_each, idx_bytes, idx_flops, kBf16Peak);
+  const double us_i_batch = time_us([&] { be->indexer_scores_batch({iparts.data(), seqs}); }, s, 5);
+  report("indexer_scores decode x256 (one batch)", us_i_batch, idx_bytes, idx_flops, kBf16Peak);
+}
+
 }  // namespace
 }  // namespace v4rt::kernels::cuda
 
@@ -274,6 +347,7 @@ int main(int argc, char** argv) {
   bench_fp8(stream.get(), gen);
   bench_fp4(stream.get(), gen);
   bench_ops(gen);
+  bench_decode_batch(gen);
   if (g_tsv) std::fclose(g_tsv);
   return 0;
 }

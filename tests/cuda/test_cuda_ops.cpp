@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
 // Every non-GEMM CUDA op against the CPU reference op on fresh random inputs: odd sizes, decode- and
-// prefill-shaped cases, NaN/inf position parity, per-op tolerances for the bf16 activation path.
+// prefill-shaped cases, NaN/inf position parity, per-op tolerances for the bf16 activation path;
+// the batched ops of a decode batch against the CPU op per sequence.
 // Inputs are bf16-representable so both backends start from identical values.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
+#include <utility>
 
+#include "common/kv_format.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace v4rt::kernels::cuda_test {
@@ -338,6 +342,146 @@ TEST(CudaOps, SparseAttentionPrefillTensorCores) {
       {"tc prefill csa 128 heads across 65536", 40, 128, 512, 65530, 40 + 127, 65530 - 127, 2000, 200, 0, true, 0, -1},
   };
   for (const AttnCase& c : cases) run_attention(c, rng);
+}
+
+// --- batched indexer scores and sparse attention (a decode batch) -------------------------------
+
+// Rows of a compact layout on both backends: official values (rounded by the CPU backend so the
+// format holds them exactly), packed; the CPU side reads the host bytes, the GPU side a copy.
+struct DualRows {
+  std::vector<uint8_t> bytes;
+  Buffer gpu_buf;
+  TensorView cpu, gpu;
+};
+DualRows dual_compact_rows(const KvRowLayout& l, int64_t rows, Rng& rng) {
+  std::vector<float> x = rng.normals(rows * l.dim, 1.f, false);
+  round_to_kv_layout(cpu_backend(), l, TensorView(x.data(), DType::kF32, {rows, l.dim}));
+  DualRows d;
+  d.bytes.resize(size_t(rows * l.row_bytes));
+  for (int64_t r = 0; r < rows; ++r) EXPECT_TRUE(kv_pack_row(l, &x[size_t(r * l.dim)], &d.bytes[size_t(r * l.row_bytes)]));
+  d.gpu_buf = gpu_backend().alloc(d.bytes.size());
+  gpu_backend().copy_to_device(d.gpu_buf.data(), d.bytes.data(), d.bytes.size());
+  d.cpu = TensorView(d.bytes.data(), DType::kU8, {rows, l.row_bytes});
+  d.gpu = TensorView(d.gpu_buf.data(), DType::kU8, {rows, l.row_bytes}, Device::kCuda);
+  return d;
+}
+
+// Batches of 1, 3, 64 and 300 sequences (300: more parts than one launch's parameters hold, so two
+// groups) in one indexer_scores_batch, every sequence's scores in its rows of one buffer filled
+// with -inf, against the CPU op per sequence. Sequences of 1 or 2 query rows with 1 .. 700 keys
+// taken from one key table at different offsets, plain or compact FP4; the batch of 1 has 20 rows
+// (under bf16_arith: the tensor-core kernel).
+TEST(CudaOps, IndexerScoresBatch) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(21);
+  const int heads = 64, dim = 128, table = 1500;
+  const KvRowLayout fp4 = fp4_kv_layout(dim);
+  Dual keys = make_dual({table, dim}, rng.normals(int64_t(table) * dim));
+  DualRows ckeys = dual_compact_rows(fp4, table, rng);
+  for (auto [num_parts, bf16_arith] : {std::pair{1, true}, {3, false}, {64, true}, {300, true}, {300, false}}) {
+    std::vector<int64_t> rows(static_cast<size_t>(num_parts)), nkeys(rows), row0(rows);
+    int64_t total = 0, max_keys = 0;
+    for (int i = 0; i < num_parts; ++i) {
+      rows[size_t(i)] = num_parts == 1 ? 20 : 1 + (i % 5 == 2);
+      nkeys[size_t(i)] = 1 + (int64_t(i) * 337 + 90) % 700;
+      row0[size_t(i)] = total;
+      total += rows[size_t(i)];
+      max_keys = std::max(max_keys, nkeys[size_t(i)]);
+    }
+    Dual q = make_dual({total, heads, dim}, rng.normals(total * heads * dim));
+    Dual w = make_dual({total, heads}, rng.normals(total * heads));
+    Dual s = make_dual({total, max_keys}, std::vector<float>(size_t(total * max_keys), -INFINITY), DType::kF32);
+    auto part = [&](int i, bool gpu) {
+      const int64_t r0 = row0[size_t(i)], r1 = r0 + rows[size_t(i)], k0 = (int64_t(i) * 53) % (table - 700);
+      IndexerScoresParams p;
+      p.q = view_rows(gpu ? q.gpu : q.cpu, r0, r1);
+      if (i % 3 == 1) {
+        p.keys = view_rows(gpu ? ckeys.gpu : ckeys.cpu, k0, k0 + nkeys[size_t(i)]);
+        p.key_layout = fp4;
+      } else {
+        p.keys = view_rows(gpu ? keys.gpu : keys.cpu, k0, k0 + nkeys[size_t(i)]);
+      }
+      p.w = view_rows(gpu ? w.gpu : w.cpu, r0, r1);
+      p.scores = view_cols(view_rows(gpu ? s.gpu : s.cpu, r0, r1), 0, nkeys[size_t(i)]);
+      p.weight_scale = 1.0f / std::sqrt(8192.f);
+      p.pos_begin = std::max<int64_t>(0, 4 * nkeys[size_t(i)] - 1 - (i % 4) * 9);  // some keys not yet visible
+      p.bf16_arith = bf16_arith;
+      return p;
+    };
+    std::vector<IndexerScoresParams> parts;
+    for (int i = 0; i < num_parts; ++i) cpu_backend().indexer_scores(part(i, false));
+    for (int i = 0; i < num_parts; ++i) parts.push_back(part(i, true));
+    gpu_backend().indexer_scores_batch({parts.data(), int64_t(parts.size())});
+    EXPECT_TRUE(compare("indexer batch of " + std::to_string(num_parts) + (bf16_arith ? " bf16" : ""), s.gpu_values(),
+                        s.cpu_values(), bf16_arith ? Tolerance{2e-2, 2e-2, 1e-4} : Tolerance{1e-4, 1e-4, 1e-8}));
+  }
+}
+
+// Batches of 1, 3, 64 and 300 sequences (two groups of parts) in one sparse_attention_batch, each
+// writing its rows of shared q / out / lse buffers, against the CPU op per sequence (tolerances of
+// SparseAttentionDecodeAndPrefill). Sequences cycle through: window rows only with a window not
+// yet full; a candidate list padded with -1 to the batch's longest (fewer candidates than top-k);
+// compact kFp8Rope entries with a list; every visible entry (comp_ratio). Window rows are views at
+// different offsets of one table. Batch sizes take the decode multi-query kernel with splits (1,
+// 3), the per-warp kernel (64; 300 without bf16 P) and the tensor-core kernel (300 with bf16 P).
+TEST(CudaOps, SparseAttentionBatch) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(23);
+  const int heads = 64, dim = 512, window = 128, num_comp = 900, kmax = 160, win_table = 4000;
+  const KvRowLayout fp8 = fp8_rope_kv_layout(dim, 64);
+  Dual win = make_dual({win_table, dim}, rng.normals(int64_t(win_table) * dim));
+  Dual comp = make_dual({num_comp, dim}, rng.normals(int64_t(num_comp) * dim));
+  DualRows ccomp = dual_compact_rows(fp8, num_comp, rng);
+  DualWeight sink = upload_f32(rng.normals(heads, 1.f, false), 1, heads);
+  for (auto [num_parts, bf16_probs] : {std::pair{1, true}, {3, true}, {64, true}, {300, true}, {300, false}}) {
+    std::vector<int64_t> rows(static_cast<size_t>(num_parts)), row0(rows);
+    int64_t total = 0;
+    for (int i = 0; i < num_parts; ++i) {
+      rows[size_t(i)] = 1 + (num_parts == 3 && i == 1) * 4;  // one prefill-like part of 5 rows
+      row0[size_t(i)] = total;
+      total += rows[size_t(i)];
+    }
+    std::vector<int32_t> lists(size_t(total * kmax), -1);
+    for (int64_t r = 0; r < total; ++r)
+      for (int c = 0; c < kmax - int(r % 7) * 20; ++c)
+        lists[size_t(r * kmax + c)] = rng.integer(0, 9) == 0 ? -1 : int32_t(rng.integer(0, num_comp - 1));
+    Dual idx = make_dual_i32({total, kmax}, lists);
+    Dual q = make_dual({total, heads, dim}, rng.normals(total * heads * dim, 0.3f));
+    Dual out = make_dual({total, heads, dim}, std::vector<float>(size_t(total * heads * dim), 0.f));
+    Dual lse = make_dual({total, heads}, std::vector<float>(size_t(total * heads), 0.f), DType::kF32);
+    auto part = [&](int i, bool gpu) {
+      const int64_t r0 = row0[size_t(i)], r1 = r0 + rows[size_t(i)];
+      const int kind = i % 4;
+      SparseAttentionParams p;
+      p.pos_begin = kind == 0 ? (i * 7) % (window - 5) : 1000 + int64_t(i) * 131;
+      p.window = window;
+      const int64_t first = std::max<int64_t>(0, p.pos_begin - window + 1);
+      p.window_pos0 = first;
+      const int64_t wrows = p.pos_begin + rows[size_t(i)] - first, w0 = (int64_t(i) * 11) % (win_table - wrows);
+      p.window_kv = view_rows(gpu ? win.gpu : win.cpu, w0, w0 + wrows);
+      if (kind == 1 || kind == 3) p.comp_kv = gpu ? comp.gpu : comp.cpu;
+      if (kind == 2) {
+        p.comp_kv = gpu ? ccomp.gpu : ccomp.cpu;
+        p.comp_layout = fp8;
+      }
+      if (kind == 1 || kind == 2) p.comp_idx = view_rows(gpu ? idx.gpu : idx.cpu, r0, r1);
+      if (kind == 3) p.comp_ratio = 4;
+      p.sink = gpu ? sink.gpu : sink.cpu;
+      p.q = view_rows(gpu ? q.gpu : q.cpu, r0, r1);
+      p.out = view_rows(gpu ? out.gpu : out.cpu, r0, r1);
+      p.lse = view_rows(gpu ? lse.gpu : lse.cpu, r0, r1);
+      p.softmax_scale = 1.0f / std::sqrt(float(dim));
+      p.bf16_probs = bf16_probs;
+      return p;
+    };
+    std::vector<SparseAttentionParams> parts;
+    for (int i = 0; i < num_parts; ++i) cpu_backend().sparse_attention(part(i, false));
+    for (int i = 0; i < num_parts; ++i) parts.push_back(part(i, true));
+    gpu_backend().sparse_attention_batch({parts.data(), int64_t(parts.size())});
+    const std::string name = "attention batch of " + std::to_string(num_parts) + (bf16_probs ? " bf16 P" : "");
+    EXPECT_TRUE(compare(name, out.gpu_values(), out.cpu_values(), kBf16Tol));
+    EXPECT_TRUE(compare(name + " lse", lse.gpu_values(), lse.cpu_values(), {1e-5, 1e-5, 1e-9}));
+  }
 }
 
 // --- elementwise ---------------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 // CPU reference ops of the attention and MoE paths against values computed independently here:
 // compressor pooling (explicit softmax-weighted sums), Hadamard (popcount formula), indexer scores
 // with visibility, top-k ties, sparse attention with sink (direct softmax formula), MoE router and
-// experts.
+// experts; the batched indexer scores, top-k and sparse attention of a decode batch against the
+// per-sequence calls, bit for bit.
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 
+#include "common/kv_format.h"
 #include "kernels/backend.h"
 #include "tests/kernels/cpu_test_util.h"
 
@@ -224,6 +227,173 @@ TEST(CpuSparseAttention, AllVisibleCompressedEntries) {
     const auto ref = attention_ref(qt, 1, dim, cand, sink, 1.0f);
     std::vector<float> got(out.begin() + t * dim, out.begin() + (t + 1) * dim);
     EXPECT_LT(max_abs_diff(got, ref), 1e-5);
+  }
+}
+
+// --- batched select and attend (a decode batch, as model/attention.cpp issues it) ---------------
+
+// Official-numerics rows of a compact layout, packed as the KV tables hold them: the values
+// (rounded by the backend so the format holds them exactly) and the packed bytes.
+struct CompactRows {
+  std::vector<float> values;
+  std::vector<uint8_t> bytes;
+};
+CompactRows compact_rows(Backend& be, const KvRowLayout& l, int64_t rows, uint64_t seed) {
+  CompactRows c;
+  c.values = randn(size_t(rows * l.dim), seed);
+  round_to_kv_layout(be, l, tv(c.values, {rows, l.dim}));
+  c.bytes.resize(size_t(rows * l.row_bytes));
+  for (int64_t r = 0; r < rows; ++r) EXPECT_TRUE(kv_pack_row(l, &c.values[size_t(r * l.dim)], &c.bytes[size_t(r * l.row_bytes)]));
+  return c;
+}
+
+// Three sequences (1, 2 and 1 query rows) with 7, 3 and 12 indexer keys (the last in compact FP4
+// rows), top-k 4: the scores of all of them in one [4, 12] buffer filled with -inf, one
+// indexer_scores_batch and one top-k at the batch's k give each sequence's own scores bit for bit
+// and its own top-k selection, -1 past it. The second sequence has k = 3 and its first row only 2
+// visible keys (fewer candidates than its k).
+TEST(CpuBatchedSelect, OneScoreBufferAndOneTopkEqualPerSequenceCalls) {
+  auto be = make_cpu_backend();
+  const int heads = 2, dim = 32, topk = 4;
+  struct Seq { int64_t rows, keys, pos; bool compact; };
+  const Seq seqs[] = {{1, 7, 27, false}, {2, 3, 10, false}, {1, 12, 49, true}};
+  const KvRowLayout fp4 = fp4_kv_layout(dim);
+  std::vector<std::vector<float>> q, w, keys;
+  std::vector<CompactRows> packed;
+  int64_t total = 0, max_keys = 0;
+  int kmax = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    const Seq& sq = seqs[i];
+    q.push_back(randn(size_t(sq.rows * heads * dim), 500 + i));
+    w.push_back(randn(size_t(sq.rows * heads), 510 + i));
+    packed.push_back(compact_rows(*be, fp4, sq.keys, 520 + i));
+    keys.push_back(packed.back().values);
+    total += sq.rows;
+    max_keys = std::max(max_keys, sq.keys);
+    kmax = std::max(kmax, int(std::min<int64_t>(topk, sq.keys)));
+  }
+  auto params = [&](size_t i, const TensorView& scores) {
+    const Seq& sq = seqs[i];
+    IndexerScoresParams p;
+    p.q = tv(q[i], {sq.rows, heads, dim});
+    if (sq.compact) {
+      p.keys = TensorView(packed[i].bytes.data(), DType::kU8, {sq.keys, fp4.row_bytes});
+      p.key_layout = fp4;
+    } else {
+      p.keys = tv(keys[i], {sq.keys, dim});
+    }
+    p.w = tv(w[i], {sq.rows, heads});
+    p.scores = scores;
+    p.weight_scale = 0.3f;
+    p.pos_begin = sq.pos;
+    p.bf16_arith = true;
+    return p;
+  };
+  std::vector<float> all(size_t(total * max_keys));
+  std::vector<int32_t> sel(size_t(total * kmax), 7);
+  const TensorView all_view = tv(all, {total, max_keys});
+  be->fill(all_view, -INFINITY);
+  std::vector<IndexerScoresParams> parts;
+  int64_t row = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    parts.push_back(params(i, view_cols(view_rows(all_view, row, row + seqs[i].rows), 0, seqs[i].keys)));
+    row += seqs[i].rows;
+  }
+  be->indexer_scores_batch({parts.data(), int64_t(parts.size())});
+  TopkParams tp;
+  tp.scores = all_view;
+  tp.out_idx = tvi(sel, {total, kmax});
+  tp.k = kmax;
+  be->topk(tp);
+  row = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    const Seq& sq = seqs[i];
+    const int k = int(std::min<int64_t>(topk, sq.keys));
+    std::vector<float> own(size_t(sq.rows * sq.keys));
+    std::vector<int32_t> own_sel(size_t(sq.rows * k));
+    be->indexer_scores(params(i, tv(own, {sq.rows, sq.keys})));
+    TopkParams op;
+    op.scores = tv(own, {sq.rows, sq.keys});
+    op.out_idx = tvi(own_sel, {sq.rows, k});
+    op.k = k;
+    be->topk(op);
+    for (int64_t r = 0; r < sq.rows; ++r) {
+      const float* got = &all[size_t((row + r) * max_keys)];
+      EXPECT_EQ(0, std::memcmp(got, &own[size_t(r * sq.keys)], size_t(sq.keys) * 4)) << "sequence " << i << " row " << r;
+      for (int64_t j = sq.keys; j < max_keys; ++j) EXPECT_EQ(got[j], -INFINITY);
+      for (int c = 0; c < kmax; ++c)
+        EXPECT_EQ(sel[size_t((row + r) * kmax + c)], c < k ? own_sel[size_t(r * k + c)] : -1)
+            << "sequence " << i << " row " << r << " column " << c;
+    }
+    row += sq.rows;
+  }
+  EXPECT_EQ(sel[size_t(1 * kmax + 2)], -1) << "2 visible keys: the third pick is none";
+}
+
+// Four sequences in one sparse_attention_batch, each written into its rows of shared q / out / lse
+// buffers, against each sequence's own call, bit for bit: window rows only (no compressed entries,
+// a window not yet full); a candidate list of its own k = 3 padded with -1 to the batch's k = 70
+// (60 window candidates + 70: the padding fills a whole trailing block of 64) against the unpadded
+// list; compact kFp8Rope entries with a list; every visible entry (comp_ratio) with the window
+// rows starting past position 0.
+TEST(CpuBatchedAttention, BatchEqualsPerSequenceCallsAndPaddingChangesNothing) {
+  auto be = make_cpu_backend();
+  const int heads = 2, dim = 128, kmax = 70;
+  const KvRowLayout fp8 = fp8_rope_kv_layout(dim, 32);
+  struct Seq { int64_t pos, win_rows, win_pos0; int window, own_k; bool list, compact; int ratio; };
+  const Seq seqs[] = {{5, 6, 0, 16, 0, false, false, 0},
+                      {100, 60, 41, 60, 3, true, false, 0},
+                      {300, 128, 173, 128, 40, true, true, 0},
+                      {517, 128, 390, 128, 0, false, false, 16}};
+  const int64_t num_comp = 40;
+  std::vector<float> q = randn(size_t(4 * heads * dim), 600, 0.3f);
+  std::vector<std::vector<float>> win;
+  for (size_t i = 0; i < 4; ++i) win.push_back(randn(size_t(seqs[i].win_rows * dim), 610 + i));
+  const std::vector<float> comp = randn(size_t(num_comp * dim), 620);
+  const CompactRows comp8 = compact_rows(*be, fp8, num_comp, 621);
+  std::vector<float> sink = {0.4f, -0.7f};
+  const WeightView sink_w = upload_f32(*be, sink, 1, heads);
+  std::vector<std::vector<int32_t>> own_list(4), padded(4);
+  for (size_t i = 0; i < 4; ++i) {
+    for (int c = 0; c < seqs[i].own_k; ++c) own_list[i].push_back(c % 7 == 3 ? -1 : int32_t((c * 13 + int(i)) % num_comp));
+    padded[i] = own_list[i];
+    padded[i].resize(size_t(kmax), -1);
+  }
+  auto params = [&](size_t i, bool pad, const TensorView& out, const TensorView& lse) {
+    const Seq& sq = seqs[i];
+    SparseAttentionParams p;
+    p.q = view_rows(tv(q, {4, heads, dim}), int64_t(i), int64_t(i) + 1);
+    p.window_kv = tv(win[i], {sq.win_rows, dim});
+    p.window_pos0 = sq.win_pos0;
+    p.window = sq.window;
+    if (sq.compact) {
+      p.comp_kv = TensorView(const_cast<uint8_t*>(comp8.bytes.data()), DType::kU8, {num_comp, fp8.row_bytes});
+      p.comp_layout = fp8;
+    } else if (sq.list || sq.ratio > 0) {
+      p.comp_kv = TensorView(const_cast<float*>(comp.data()), DType::kF32, {num_comp, dim});
+    }
+    std::vector<int32_t>& list = pad ? padded[i] : own_list[i];
+    if (sq.list) p.comp_idx = tvi(list, {1, int64_t(list.size())});
+    p.comp_ratio = sq.ratio;
+    p.sink = sink_w;
+    p.out = out;
+    p.lse = lse;
+    p.pos_begin = sq.pos;
+    p.softmax_scale = 0.09f;
+    p.bf16_probs = p.out_bf16 = true;
+    return p;
+  };
+  std::vector<float> out(q.size()), lse(size_t(4 * heads));
+  std::vector<SparseAttentionParams> parts;
+  for (size_t i = 0; i < 4; ++i)
+    parts.push_back(params(i, true, view_rows(tv(out, {4, heads, dim}), int64_t(i), int64_t(i) + 1),
+                           view_rows(tv(lse, {4, heads}), int64_t(i), int64_t(i) + 1)));
+  be->sparse_attention_batch({parts.data(), int64_t(parts.size())});
+  for (size_t i = 0; i < 4; ++i) {
+    std::vector<float> own(static_cast<size_t>(heads * dim)), own_lse(static_cast<size_t>(heads));
+    be->sparse_attention(params(i, false, tv(own, {1, heads, dim}), tv(own_lse, {1, heads})));
+    EXPECT_EQ(0, std::memcmp(&out[i * heads * dim], own.data(), own.size() * 4)) << "sequence " << i;
+    EXPECT_EQ(0, std::memcmp(&lse[i * heads], own_lse.data(), own_lse.size() * 4)) << "sequence " << i;
   }
 }
 
