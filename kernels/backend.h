@@ -72,13 +72,16 @@ struct RmsNormParams {
 };
 
 // Interleaved partial RoPE on the last `rope_dim` dims of every head (spec §2.5). Row r has
-// position pos_begin + r * pos_step. theta = fp32(pos) * inv_freq[i]; inverse rotates by -theta.
+// position pos_begin + r * pos_step, or positions[r] when given (the rows of several sequences in
+// one call). theta = fp32(pos) * inv_freq[i]; inverse rotates by -theta.
 struct RopeParams {
   TensorView x;                 // [num_rows, num_heads, head_dim], rotated in place
   const float* inv_freq = nullptr;  // host [rope_dim / 2] (YaRN already folded in)
   int rope_dim = 0;
   int64_t pos_begin = 0;
   int64_t pos_step = 1;
+  const int32_t* positions = nullptr;  // backend memory [num_rows], or nullptr; row r rotates at
+                                       // positions[r] (pos_begin / pos_step unused then)
   bool inverse = false;
   bool out_bf16 = false;
 };

@@ -73,6 +73,32 @@ TEST(CudaOps, RopeForwardInverseLargePositions) {
   }
 }
 
+// The rows of several sequences in one call, each at its own position (ragged, out of order, past
+// 2^20), forward and inverse.
+TEST(CudaOps, RopePerRowPositions) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(31);
+  std::vector<float> inv_freq(32);
+  for (int i = 0; i < 32; ++i) inv_freq[size_t(i)] = std::pow(160000.f, -2.f * float(i) / 64.f) / (i >= 25 ? 16.f : 1.f);
+  const std::vector<int32_t> positions = {1000, 1001, 1002, 5, (1 << 20) + 3, 0, 77, 78};
+  const int rows = int(positions.size()), heads = 3;
+  const Dual pos = make_dual_i32({rows}, positions);
+  for (bool inverse : {false, true}) {
+    Dual x = make_dual({rows, heads, 512}, rng.normals(int64_t(rows) * heads * 512));
+    RopeParams p;
+    p.inv_freq = inv_freq.data();
+    p.rope_dim = 64;
+    p.inverse = inverse;
+    p.x = x.cpu;
+    p.positions = static_cast<const int32_t*>(pos.cpu.data);
+    cpu_backend().rope(p);
+    p.x = x.gpu;
+    p.positions = static_cast<const int32_t*>(pos.gpu.data);
+    gpu_backend().rope(p);
+    EXPECT_TRUE(compare(std::string("rope positions") + (inverse ? " inverse" : ""), x.gpu_values(), x.cpu_values(), kBf16Tol));
+  }
+}
+
 TEST(CudaOps, Hadamard) {
   V4RT_REQUIRE_GPU();
   Rng rng(4);

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 // CPU reference ops against values computed independently here (hand-worked or in double):
-// rms_norm, rope, hc_pre/hc_post/hc_head, linear, grouped_linear, swiglu, embedding, add, the
-// quantize-dequantize rounding ops and weight dequantization at upload.
+// rms_norm, rope (and at per-row positions), hc_pre/hc_post/hc_head, linear, grouped_linear, swiglu,
+// embedding, add, the quantize-dequantize rounding ops, weight dequantization at upload and batched
+// row copies.
 #include <cmath>
+#include <cstring>
 
 #include "common/dtype.h"
 #include "kernels/backend.h"
@@ -70,6 +72,37 @@ TEST(CpuRope, KnownAnglesAndInverse) {
   p.inverse = true;
   be->rope(p);
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], orig[i], 1e-5);
+}
+
+TEST(CpuRope, PerRowPositionsEqualRowByRowCalls) {
+  // Rows of several sequences in one call (positions out of order, one past 2^20) against one
+  // pos_begin call per row: bit for bit, forward and inverse, with and without bf16 rounding.
+  auto be = make_cpu_backend();
+  const std::vector<int32_t> positions = {7, 8, 0, 1048583, 3, 4, 5};
+  const int64_t rows = int64_t(positions.size()), heads = 3, head_dim = 10;
+  std::vector<float> inv_freq = {1.0f, 0.3f, 0.01f};
+  for (bool inverse : {false, true}) {
+    for (bool out_bf16 : {false, true}) {
+      std::vector<float> x = randn(size_t(rows * heads * head_dim), 2);
+      std::vector<float> ref = x;
+      RopeParams p;
+      p.inv_freq = inv_freq.data();
+      p.rope_dim = 6;
+      p.inverse = inverse;
+      p.out_bf16 = out_bf16;
+      p.x = tv(x, {rows, heads, head_dim});
+      p.pos_begin = 99;  // ignored with positions
+      p.positions = positions.data();
+      be->rope(p);
+      p.positions = nullptr;
+      for (int64_t r = 0; r < rows; ++r) {
+        p.x = view_rows(tv(ref, {rows, heads, head_dim}), r, r + 1);
+        p.pos_begin = positions[size_t(r)];
+        be->rope(p);
+      }
+      EXPECT_EQ(0, std::memcmp(x.data(), ref.data(), x.size() * sizeof(float))) << "inverse " << inverse << " bf16 " << out_bf16;
+    }
+  }
 }
 
 TEST(CpuHc, PreSinkhornPostAndHead) {
