@@ -368,5 +368,52 @@ TEST(CpuElementwise, SwigluEmbeddingAdd) {
   EXPECT_EQ(a, (std::vector<float>{4, 6}));
 }
 
+// --- batched row copies --------------------------------------------------------------------------
+
+// Copies of every dtype between column slices of wider tables (strided rows, odd byte offsets),
+// row counts from 0 to 37: copy_rows_batch leaves every buffer exactly as one copy_rows per copy
+// does, and each destination holds its source rows, byte for byte, with nothing else touched.
+TEST(CpuCopyRowsBatch, EqualsCopyRowsPerCopy) {
+  auto be = make_cpu_backend();
+  struct Case {
+    DType dtype;
+    int64_t rows, src_width, src_col, dst_width, dst_col, cols;
+  };
+  const std::vector<Case> cases = {
+      {DType::kF32, 5, 8, 0, 8, 0, 8},  {DType::kF32, 1, 12, 3, 7, 2, 4},    {DType::kBF16, 37, 9, 1, 11, 5, 6},
+      {DType::kU8, 3, 23, 5, 31, 7, 17}, {DType::kI32, 0, 4, 0, 4, 0, 4},    {DType::kU8, 2, 584, 0, 600, 3, 584},
+      {DType::kI32, 9, 6, 1, 3, 0, 3},  {DType::kBF16, 0, 5, 0, 5, 1, 3},
+  };
+  std::vector<std::vector<uint8_t>> src(cases.size()), batched(cases.size()), each(cases.size());
+  std::vector<RowCopy> copies, copies_each;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const size_t es = dtype_size(c.dtype);
+    std::mt19937_64 rng(100 + i);
+    src[i].resize(size_t(c.rows * c.src_width) * es + 1);
+    for (uint8_t& b : src[i]) b = uint8_t(rng());
+    batched[i].assign(size_t(c.rows * c.dst_width) * es + 1, uint8_t(0xA5));
+    each[i] = batched[i];
+    auto cols = [&](std::vector<uint8_t>& buf, int64_t width, int64_t col) {
+      return view_cols(TensorView(buf.data(), c.dtype, {c.rows, width}), col, col + c.cols);
+    };
+    copies.push_back({cols(batched[i], c.dst_width, c.dst_col), cols(src[i], c.src_width, c.src_col)});
+    copies_each.push_back({cols(each[i], c.dst_width, c.dst_col), cols(src[i], c.src_width, c.src_col)});
+  }
+  be->copy_rows_batch(copies.data(), copies.size());
+  for (const RowCopy& c : copies_each) be->copy_rows(c.dst, c.src);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const size_t es = dtype_size(c.dtype);
+    EXPECT_EQ(batched[i], each[i]) << "copy " << i;
+    std::vector<uint8_t> expect(batched[i].size(), uint8_t(0xA5));
+    for (int64_t r = 0; r < c.rows; ++r)
+      std::memcpy(&expect[size_t(r * c.dst_width + c.dst_col) * es], &src[i][size_t(r * c.src_width + c.src_col) * es],
+                  size_t(c.cols) * es);
+    EXPECT_EQ(batched[i], expect) << "copy " << i;
+  }
+  be->copy_rows_batch(nullptr, 0);  // an empty batch is no copy at all
+}
+
 }  // namespace
 }  // namespace v4rt::kernels
