@@ -431,9 +431,9 @@ TEST(CudaOps, QuantizeDequantizeExact) {
 // --- batched row copies --------------------------------------------------------------------------
 
 // copy_rows_batch on the device against the CPU reference, byte for byte: every dtype, column
-// slices of wider tables (16-, 8-, 4-, 2- and 1-byte aligned), zero-row copies, a copy large enough
-// for the grid-stride loop and more copies than one launch's group (640). Untouched bytes around the
-// destinations must stay as they were.
+// slices of wider tables (16-, 8-, 4-, 2- and 1-byte aligned), zero-row copies, a copy over many
+// blocks and more copies than one launch's group (640). Untouched bytes around the destinations
+// must stay as they were.
 TEST(CudaOps, CopyRowsBatchExact) {
   V4RT_REQUIRE_GPU();
   struct Case {
@@ -443,9 +443,10 @@ TEST(CudaOps, CopyRowsBatchExact) {
   std::vector<Case> cases = {
       {DType::kF32, 127, 512, 0, 512, 0, 512},  {DType::kBF16, 1, 520, 4, 512, 0, 512},
       {DType::kF32, 3, 13, 2, 9, 1, 6},         {DType::kBF16, 37, 9, 1, 11, 5, 6},
+      {DType::kF32, 4, 10, 2, 12, 4, 6},
       {DType::kU8, 3, 23, 5, 31, 7, 17},        {DType::kU8, 2, 584, 0, 600, 3, 584},
       {DType::kI32, 0, 4, 0, 4, 0, 4},          {DType::kI32, 9, 6, 1, 3, 0, 3},
-      {DType::kF32, 6000, 128, 0, 160, 32, 128},  // 3 MB: more chunks than one pass of the grid
+      {DType::kF32, 6000, 128, 0, 160, 32, 128},  // 3 MB over 188 blocks
   };
   Rng rng(41);
   for (int i = 0; i < 1300; ++i) cases.push_back({DType::kF32, rng.integer(0, 2), 512, 0, 512, 0, 512});
