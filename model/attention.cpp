@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common/check.h"
@@ -149,16 +150,18 @@ void compressor_append(CompressorState& s, const TensorView& kv, const TensorVie
 }
 
 // Pools every completed block of a compressor's token buffers into a new entry (spec §5.4),
-// post-processes the entries and appends the ones this rank owns; drops the consumed rows. Nothing
-// to do until a block completes.
+// post-processes the entries and appends the ones this rank owns. The consumed rows go to `drops`
+// (the caller drops every sequence's in one batch, then calls compressor_release). False when no
+// block is complete (nothing done).
 // PARALLEL: under SP every rank runs the compressor (its state is small and the same everywhere);
 // only the owner of an entry stores it (EntryOwnership).
-void compressor_pool_blocks(const BlockContext& ctx, const CompressorWeights& w, CompressorState& s,
-                            const std::vector<float>& inv_freq, bool is_indexer, const EntryOwnership& own) {
+bool compressor_pool_blocks(const BlockContext& ctx, const CompressorWeights& w, CompressorState& s,
+                            const std::vector<float>& inv_freq, bool is_indexer, const EntryOwnership& own,
+                            std::vector<RowDrop>& drops) {
   const int m = w.ratio;
   const int64_t lead = w.overlap ? m : 0;
   const int64_t num_entries = (s.kv.rows() - lead) / m;
-  if (num_entries <= 0) return;
+  if (num_entries <= 0) return false;
   const int64_t j0 = (s.start + lead) / m;
   CHECK_EQ(j0, s.num_entries) << "compressor entries out of step";
   const bool keep_all = own.num_ranks == 1;
@@ -193,12 +196,17 @@ void compressor_pool_blocks(const BlockContext& ctx, const CompressorWeights& w,
   }
   keep_new_entries(ctx, s, e, j0, own);
   s.num_entries += num_entries;
-  s.kv.drop_front(num_entries * m);
-  s.score.drop_front(num_entries * m);
+  drops.push_back({&s.kv, num_entries * m});
+  drops.push_back({&s.score, num_entries * m});
   s.start += num_entries * m;
-  // A long chunk grew the token buffers to its length; they now hold less than two blocks.
-  s.kv.shrink(compressor_capacity(m));
-  s.score.shrink(compressor_capacity(m));
+  return true;
+}
+
+// After the pooled rows are dropped: a long chunk grew the token buffers to its length; they now
+// hold less than two blocks.
+void compressor_release(CompressorState& s, int ratio) {
+  s.kv.shrink(compressor_capacity(ratio));
+  s.score.shrink(compressor_capacity(ratio));
 }
 
 // The compressor's projections of every row of the batch: kv and score [N, c*d].
@@ -326,7 +334,8 @@ Windows window_update(const BlockContext& ctx, const LayerWeights& w, std::span<
 // Compressors (§5.4) of every sequence, the indexer's then the main one: several sequences
 // project once over all rows and append views (one batch of copies for all of them); a single
 // sequence projects straight into its state's token buffers. Then every sequence with a completed
-// block pools it. True when some sequence now has indexer keys to score.
+// block pools it, and the pooled rows of all of them are dropped in one batch. True when some
+// sequence now has indexer keys to score.
 bool compressors_update(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
                         const TensorView& a) {
   const AttentionWeights& aw = w.attn;
@@ -354,13 +363,20 @@ bool compressors_update(const BlockContext& ctx, const LayerWeights& w, std::spa
     if (aw.has_compressor) append(aw.compressor, s.state->main, main_rows, s);
   }
   copy_rows_batch(ctx, copies);
+  std::vector<RowDrop> drops;
+  std::vector<std::pair<CompressorState*, int>> pooled;  // (state, ratio) of the compressors that pooled
+  auto pool = [&](const CompressorWeights& cw, CompressorState& st, bool is_indexer, const AttentionSegment& s) {
+    if (compressor_pool_blocks(ctx, cw, st, w.inv_freq, is_indexer, *s.own, drops)) pooled.push_back({&st, cw.ratio});
+  };
   bool any_index = false;
   for (const AttentionSegment& s : segs) {
     LayerState& state = *s.state;
-    if (aw.has_indexer) compressor_pool_blocks(ctx, aw.indexer.compressor, state.indexer, w.inv_freq, true, *s.own);
-    if (aw.has_compressor) compressor_pool_blocks(ctx, aw.compressor, state.main, w.inv_freq, false, *s.own);
+    if (aw.has_indexer) pool(aw.indexer.compressor, state.indexer, true, s);
+    if (aw.has_compressor) pool(aw.compressor, state.main, false, s);
     if (aw.has_indexer && state.indexer.num_entries > 0 && state.indexer.entries.rows() > 0) any_index = true;
   }
+  RowTable::drop_front_batch(drops);
+  for (const auto& [st, ratio] : pooled) compressor_release(*st, ratio);
   return any_index;
 }
 

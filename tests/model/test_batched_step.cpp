@@ -179,7 +179,7 @@ class CallCounter final : public kernels::ForwardingBackend {
   int num_rope = 0, num_copy_rows = 0, num_copy_rows_batch = 0;
 };
 
-TEST_P(BatchedStep, DecodeStepCallsDoNotGrowWithTheBatch) {
+TEST_P(BatchedStep, DecodeStepRopeAndCopiesDoNotGrowWithTheBatch) {
   // Sequences at ragged positions, multiples of 4 off the 128-token HCA blocks (the decode token
   // completes no compressor block, whose pooling is per sequence), below 16 or past the window (no
   // compressor buffer grows by copying its rows in this step).
@@ -208,6 +208,14 @@ TEST_P(BatchedStep, DecodeStepCallsDoNotGrowWithTheBatch) {
   EXPECT_EQ(two, five) << "rope, copy_rows, copy_rows_batch calls of a decode step";
   EXPECT_EQ(two[1], 0) << "row copies of a decode step all go through copy_rows_batch";
   EXPECT_GT(two[0], 0);
+  // The decode token completes a CSA block in every sequence (positions 3 mod 4, below 16: no
+  // buffer grows): the pooling runs per sequence, its consumed rows are dropped in one batch.
+  const std::vector<int> two_pooling = decode_calls({3, 7});
+  const std::vector<int> five_pooling = decode_calls({11, 15, 3, 7, 11});
+  EXPECT_EQ(two_pooling[1], 0);
+  EXPECT_EQ(five_pooling[1], 0);
+  EXPECT_EQ(two_pooling[2], five_pooling[2]) << "copy_rows_batch calls of a decode step that pools";
+  EXPECT_GT(two_pooling[2], two[2]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Numerics, BatchedStep, ::testing::Values(Numerics::kReference, Numerics::kOfficial),
