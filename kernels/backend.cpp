@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
-// View helpers of kernels/backend.h: sub-views of activations and weights, no data access; the
-// default (per-part) forms of the batched ops and of the optional ops.
+// kernels/backend.h outside the backends: the default bodies of the batched and optional ops (one
+// call per part / a loop of the plain op), and the view helpers (sub-views, no data access).
 #include "kernels/backend.h"
 
 #include "common/check.h"
 
 namespace v4rt::kernels {
+
+void Backend::copy_rows_batch(const RowCopy* copies, size_t num_copies) {
+  for (size_t i = 0; i < num_copies; ++i) copy_rows(copies[i].dst, copies[i].src);
+}
 
 void Backend::sample(const SampleParams& p) {
   (void)p;

@@ -72,13 +72,16 @@ struct RmsNormParams {
 };
 
 // Interleaved partial RoPE on the last `rope_dim` dims of every head (spec §2.5). Row r has
-// position pos_begin + r * pos_step. theta = fp32(pos) * inv_freq[i]; inverse rotates by -theta.
+// position pos_begin + r * pos_step, or positions[r] when given (the rows of several sequences in
+// one call). theta = fp32(pos) * inv_freq[i]; inverse rotates by -theta.
 struct RopeParams {
   TensorView x;                 // [num_rows, num_heads, head_dim], rotated in place
   const float* inv_freq = nullptr;  // host [rope_dim / 2] (YaRN already folded in)
   int rope_dim = 0;
   int64_t pos_begin = 0;
   int64_t pos_step = 1;
+  const int32_t* positions = nullptr;  // backend memory [num_rows], or nullptr; row r rotates at
+                                       // positions[r] (pos_begin / pos_step unused then)
   bool inverse = false;
   bool out_bf16 = false;
 };
@@ -352,6 +355,12 @@ struct SampleParams {
   TensorView out_top_logprobs;  // [num_rows, max_n] F32, or empty with out_top_ids
 };
 
+// One row copy of a batch (Backend::copy_rows_batch): dst[r, :] = src[r, :].
+struct RowCopy {
+  TensorView dst;               // [num_rows, width]
+  TensorView src;               // [num_rows, width], same dtype
+};
+
 // ------------------------------------------------------------------------------------------------
 // The op table
 // ------------------------------------------------------------------------------------------------
@@ -387,6 +396,11 @@ class Backend {
   virtual void copy_to_host(void* dst_host, const void* src, size_t bytes) = 0;
   // dst[r, :] = src[r, :] for same-shaped 2-D views (strided rows allowed, same dtype).
   virtual void copy_rows(const TensorView& dst, const TensorView& src) = 0;
+  // copy_rows of every RowCopy (each with copy_rows' shape and dtype rules; zero rows allowed), as
+  // one launch where the backend can. The copies may run concurrently: no destination may overlap
+  // another copy's source or destination. Pointer and count rather than std::span: the .cu files
+  // that include this header are C++17. The default loops copy_rows.
+  virtual void copy_rows_batch(const RowCopy* copies, size_t num_copies);
   virtual void fill(const TensorView& dst, float value) = 0;  // 2-D view, float dtypes
   virtual void synchronize() = 0;
 

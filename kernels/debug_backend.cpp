@@ -105,6 +105,9 @@ class DebugBackend final : public ForwardingBackend {
   void copy_to_device(void* d, const void* s, size_t b) override { moved("copy_to_device", [&] { inner().copy_to_device(d, s, b); }); }
   void copy_to_host(void* d, const void* s, size_t b) override { moved("copy_to_host", [&] { inner().copy_to_host(d, s, b); }); }
   void copy_rows(const TensorView& d, const TensorView& s) override { moved("copy_rows", [&] { inner().copy_rows(d, s); }); }
+  void copy_rows_batch(const RowCopy* c, size_t n) override {
+    moved("copy_rows_batch", [&] { inner().copy_rows_batch(c, n); });
+  }
   void fill(const TensorView& d, float v) override { moved("fill", [&] { inner().fill(d, v); }); }
 
   void rms_norm(const RmsNormParams& p) override { run("rms_norm", [&] { inner().rms_norm(p); }, {{"y", p.y}}); }

@@ -28,6 +28,7 @@ class ForwardingBackend : public Backend {
   void copy_to_device(void* d, const void* s, size_t b) override { inner_.copy_to_device(d, s, b); }
   void copy_to_host(void* d, const void* s, size_t b) override { inner_.copy_to_host(d, s, b); }
   void copy_rows(const TensorView& d, const TensorView& s) override { inner_.copy_rows(d, s); }
+  void copy_rows_batch(const RowCopy* c, size_t n) override { inner_.copy_rows_batch(c, n); }
   void fill(const TensorView& d, float v) override { inner_.fill(d, v); }
   void synchronize() override { inner_.synchronize(); }
 

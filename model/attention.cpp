@@ -5,7 +5,9 @@
 // Every numeric step is a backend op; this file only decides shapes, positions and order.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "common/check.h"
@@ -43,17 +45,36 @@ void norm(const BlockContext& ctx, const TensorView& x, const WeightView& w) {
   ctx.backend.rms_norm(p);
 }
 
+// Where the rows of a batched call sit in their sequences, so RoPE covers all of them in one call:
+// a single segment rotates from its pos_begin, several read each row's position on the device.
+struct RowPositions {
+  int64_t pos_begin = 0;
+  const int32_t* rows = nullptr;  // I32 [n] on the backend, or nullptr (a single segment)
+};
+
+// RoPE of x's rows at pos_begin + r * pos_step, or at positions[r] (device I32 [rows]) when given.
 void rope(const BlockContext& ctx, const TensorView& x, const std::vector<float>& inv_freq, int64_t pos_begin,
-          int64_t pos_step, bool inverse) {
+          int64_t pos_step, bool inverse, const int32_t* positions = nullptr) {
   kernels::RopeParams p;
   p.x = x;
   p.inv_freq = inv_freq.data();
   p.rope_dim = ctx.config.qk_rope_head_dim;
   p.pos_begin = pos_begin;
   p.pos_step = pos_step;
+  p.positions = positions;
   p.inverse = inverse;
   p.out_bf16 = ctx.official;
   ctx.backend.rope(p);
+}
+
+void rope(const BlockContext& ctx, const TensorView& x, const std::vector<float>& inv_freq, const RowPositions& pos,
+          bool inverse) {
+  rope(ctx, x, inv_freq, pos.pos_begin, 1, inverse, pos.rows);
+}
+
+// One batch of row copies (Backend::copy_rows_batch); an empty one launches nothing.
+void copy_rows_batch(const BlockContext& ctx, const std::vector<kernels::RowCopy>& copies) {
+  if (!copies.empty()) ctx.backend.copy_rows_batch(copies.data(), copies.size());
 }
 
 void qdq(const BlockContext& ctx, const TensorView& x, kernels::QdqFormat format, int block) {
@@ -113,27 +134,35 @@ void keep_new_entries(const BlockContext& ctx, CompressorState& s, const TensorV
   }
 }
 
-// Appends the chunk's projections to a compressor's token buffer, pools every completed block into
-// a new entry (spec §5.4), post-processes the entries and appends the ones this rank owns; drops
-// the consumed rows.
-// PARALLEL: under SP every rank runs the compressor (its state is small and the same everywhere);
-// only the owner of an entry stores it (EntryOwnership).
-// `kv` and `score` [n, c*d] are the chunk's wkv / wgate projections (computed once for the batch).
-void compressor_push(const BlockContext& ctx, const CompressorWeights& w, CompressorState& s, const TensorView& kv,
-                     const TensorView& score, int64_t pos_begin, const std::vector<float>& inv_freq, bool is_indexer,
-                     const EntryOwnership& own) {
+// Appends the chunk's projections `kv` and `score` [n, c*d] (wkv / wgate, computed once for the
+// batch) to a compressor's token buffers: the rows are counted now and their copies added to
+// `copies`, which the caller runs as one batch for every sequence before any pooling. Rows
+// projected in place (a single sequence) need no copy.
+void compressor_append(CompressorState& s, const TensorView& kv, const TensorView& score, int64_t pos_begin,
+                       std::vector<kernels::RowCopy>& copies) {
   const int64_t n = kv.shape[0];
-  const int m = w.ratio;
   CHECK_EQ(s.start + s.kv.rows(), pos_begin) << "compressor state out of step with the sequence";
   const TensorView kv_dst = s.kv.reserve(n);
-  if (kv_dst.data != kv.data) ctx.backend.copy_rows(kv_dst, kv);  // else projected in place
+  if (kv_dst.data != kv.data) copies.push_back({kv_dst, kv});
   s.kv.commit(n);
   const TensorView score_dst = s.score.reserve(n);
-  if (score_dst.data != score.data) ctx.backend.copy_rows(score_dst, score);
+  if (score_dst.data != score.data) copies.push_back({score_dst, score});
   s.score.commit(n);
+}
+
+// Pools every completed block of a compressor's token buffers into a new entry (spec §5.4),
+// post-processes the entries and appends the ones this rank owns. The consumed rows go to `drops`
+// (the caller drops every sequence's in one batch, then calls compressor_release). False when no
+// block is complete (nothing done).
+// PARALLEL: under SP every rank runs the compressor (its state is small and the same everywhere);
+// only the owner of an entry stores it (EntryOwnership).
+bool compressor_pool_blocks(const BlockContext& ctx, const CompressorWeights& w, CompressorState& s,
+                            const std::vector<float>& inv_freq, bool is_indexer, const EntryOwnership& own,
+                            std::vector<RowDrop>& drops) {
+  const int m = w.ratio;
   const int64_t lead = w.overlap ? m : 0;
   const int64_t num_entries = (s.kv.rows() - lead) / m;
-  if (num_entries <= 0) return;
+  if (num_entries <= 0) return false;
   const int64_t j0 = (s.start + lead) / m;
   CHECK_EQ(j0, s.num_entries) << "compressor entries out of step";
   const bool keep_all = own.num_ranks == 1;
@@ -168,12 +197,17 @@ void compressor_push(const BlockContext& ctx, const CompressorWeights& w, Compre
   }
   keep_new_entries(ctx, s, e, j0, own);
   s.num_entries += num_entries;
-  s.kv.drop_front(num_entries * m);
-  s.score.drop_front(num_entries * m);
+  drops.push_back({&s.kv, num_entries * m});
+  drops.push_back({&s.score, num_entries * m});
   s.start += num_entries * m;
-  // A long chunk grew the token buffers to its length; they now hold less than two blocks.
-  s.kv.shrink(compressor_capacity(m));
-  s.score.shrink(compressor_capacity(m));
+  return true;
+}
+
+// After the pooled rows are dropped: a long chunk grew the token buffers to its length; they now
+// hold less than two blocks.
+void compressor_release(CompressorState& s, int ratio) {
+  s.kv.shrink(compressor_capacity(ratio));
+  s.score.shrink(compressor_capacity(ratio));
 }
 
 // The compressor's projections of every row of the batch: kv and score [N, c*d].
@@ -223,8 +257,7 @@ struct Queries {
   Scratch qr;
   Scratch q;
 };
-Queries query_path(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
-                   const TensorView& a) {
+Queries query_path(const BlockContext& ctx, const LayerWeights& w, const RowPositions& positions, const TensorView& a) {
   const ModelConfig& cfg = ctx.config;
   const AttentionWeights& aw = w.attn;
   const int64_t n = a.shape[0], hd = cfg.head_dim, heads = local_heads(ctx, aw);
@@ -239,20 +272,21 @@ Queries query_path(const BlockContext& ctx, const LayerWeights& w, std::span<con
   p.eps = float(cfg.rms_norm_eps);
   p.bf16_arith = ctx.official;
   ctx.backend.rms_norm(p);
-  for (const AttentionSegment& s : segs) rope(ctx, view_rows(q.q.view, s.row_begin, s.row_begin + s.rows), w.inv_freq, s.pos_begin, 1, false);
+  rope(ctx, q.q.view, w.inv_freq, positions, false);
   return q;
 }
 
 // Window update (§5.2, §5.3): the KV latents of all rows (wkv, norm, RoPE at each sequence's
 // positions, FP8 qdq of the nope part in the official mode); per sequence, its attention window
 // rows (the state's tail, then the new rows) and the new tail (the last sliding_window - 1 rows).
-// A single sequence projects straight into its window rows.
+// A single sequence projects straight into its window rows. The copies run as two batches over
+// every sequence: the window rows, then the new tails read from them.
 struct Windows {
   std::vector<Scratch> rows;  // [i]: [tail[i] + segs[i].rows, head_dim], oldest first
   std::vector<int64_t> tail;  // [i]: rows the window held before this call
 };
 Windows window_update(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
-                      const TensorView& a) {
+                      const RowPositions& positions, const TensorView& a) {
   const ModelConfig& cfg = ctx.config;
   kernels::Backend& be = ctx.backend;
   const int64_t n = a.shape[0], hd = cfg.head_dim;
@@ -272,28 +306,38 @@ Windows window_update(const BlockContext& ctx, const LayerWeights& w, std::span<
   }
   project(ctx, a, w.attn.wkv, kv_all, true);
   norm(ctx, kv_all, w.attn.kv_norm);
-  for (const AttentionSegment& s : segs) rope(ctx, view_rows(kv_all, s.row_begin, s.row_begin + s.rows), w.inv_freq, s.pos_begin, 1, false);
+  rope(ctx, kv_all, w.inv_freq, positions, false);
   if (ctx.official) qdq(ctx, view_cols(kv_all, 0, cfg.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
 
+  std::vector<kernels::RowCopy> copies;  // window rows: the old tail, then the new rows
   for (size_t i = 0; i < segs.size(); ++i) {
     const AttentionSegment& s = segs[i];
-    LayerState& state = *s.state;
     const int64_t tail = win.tail[i], rows = s.rows;
     if (!single) win.rows[i] = make_scratch(be, {tail + rows, hd});
     const TensorView& rows_view = win.rows[i].view;
-    if (tail > 0) be.copy_rows(view_rows(rows_view, 0, tail), state.window_tail.view());
-    if (!single) be.copy_rows(view_rows(rows_view, tail, tail + rows), view_rows(kv_all, s.row_begin, s.row_begin + rows));
-    const int64_t keep = std::min<int64_t>(tail + rows, cfg.sliding_window - 1);
-    state.window_tail.clear();
-    be.copy_rows(state.window_tail.reserve(keep), view_rows(rows_view, tail + rows - keep, tail + rows));
-    state.window_tail.commit(keep);
+    if (tail > 0) copies.push_back({view_rows(rows_view, 0, tail), s.state->window_tail.view()});
+    if (!single)
+      copies.push_back({view_rows(rows_view, tail, tail + rows), view_rows(kv_all, s.row_begin, s.row_begin + rows)});
   }
+  copy_rows_batch(ctx, copies);
+  copies.clear();  // new tails: the last rows of each window, which the batch above wrote
+  for (size_t i = 0; i < segs.size(); ++i) {
+    RowTable& window_tail = segs[i].state->window_tail;
+    const int64_t end = win.tail[i] + segs[i].rows;
+    const int64_t keep = std::min<int64_t>(end, cfg.sliding_window - 1);
+    window_tail.clear();
+    copies.push_back({window_tail.reserve(keep), view_rows(win.rows[i].view, end - keep, end)});
+    window_tail.commit(keep);
+  }
+  copy_rows_batch(ctx, copies);
   return win;
 }
 
 // Compressors (§5.4) of every sequence, the indexer's then the main one: several sequences
-// project once over all rows and push views; a single sequence projects straight into its state's
-// token buffers. True when some sequence now has indexer keys to score.
+// project once over all rows and append views (one batch of copies for all of them); a single
+// sequence projects straight into its state's token buffers. Then every sequence with a completed
+// block pools it, and the pooled rows of all of them are dropped in one batch. True when some
+// sequence now has indexer keys to score.
 bool compressors_update(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
                         const TensorView& a) {
   const AttentionWeights& aw = w.attn;
@@ -301,8 +345,9 @@ bool compressors_update(const BlockContext& ctx, const LayerWeights& w, std::spa
   CompressorRows idx_rows, main_rows;
   if (!single && aw.has_indexer) idx_rows = compressor_project(ctx, aw.indexer.compressor, a);
   if (!single && aw.has_compressor) main_rows = compressor_project(ctx, aw.compressor, a);
-  auto push = [&](const CompressorWeights& cw, CompressorState& st, const CompressorRows& rows, const AttentionSegment& s,
-                  bool is_indexer) {
+  std::vector<kernels::RowCopy> copies;
+  auto append = [&](const CompressorWeights& cw, CompressorState& st, const CompressorRows& rows,
+                    const AttentionSegment& s) {
     TensorView kv, score;
     if (single) {
       kv = st.kv.reserve(s.rows);
@@ -313,33 +358,45 @@ bool compressors_update(const BlockContext& ctx, const LayerWeights& w, std::spa
       kv = view_rows(rows.kv.view, s.row_begin, s.row_begin + s.rows);
       score = view_rows(rows.score.view, s.row_begin, s.row_begin + s.rows);
     }
-    compressor_push(ctx, cw, st, kv, score, s.pos_begin, w.inv_freq, is_indexer, *s.own);
+    compressor_append(st, kv, score, s.pos_begin, copies);
+  };
+  for (const AttentionSegment& s : segs) {
+    if (aw.has_indexer) append(aw.indexer.compressor, s.state->indexer, idx_rows, s);
+    if (aw.has_compressor) append(aw.compressor, s.state->main, main_rows, s);
+  }
+  copy_rows_batch(ctx, copies);
+  std::vector<RowDrop> drops;
+  std::vector<std::pair<CompressorState*, int>> pooled;  // (state, ratio) of the compressors that pooled
+  auto pool = [&](const CompressorWeights& cw, CompressorState& st, bool is_indexer, const AttentionSegment& s) {
+    if (compressor_pool_blocks(ctx, cw, st, w.inv_freq, is_indexer, *s.own, drops)) pooled.push_back({&st, cw.ratio});
   };
   bool any_index = false;
   for (const AttentionSegment& s : segs) {
     LayerState& state = *s.state;
-    if (aw.has_indexer) push(aw.indexer.compressor, state.indexer, idx_rows, s, true);
-    if (aw.has_compressor) push(aw.compressor, state.main, main_rows, s, false);
+    if (aw.has_indexer) pool(aw.indexer.compressor, state.indexer, true, s);
+    if (aw.has_compressor) pool(aw.compressor, state.main, false, s);
     if (aw.has_indexer && state.indexer.num_entries > 0 && state.indexer.entries.rows() > 0) any_index = true;
   }
+  RowTable::drop_front_batch(drops);
+  for (const auto& [st, ratio] : pooled) compressor_release(*st, ratio);
   return any_index;
 }
 
-// Indexer queries and weights (§5.5), all rows: q [n, ih, index_head_dim] from qr (RoPE'd per
-// sequence; Hadamard + FP4 qdq in the official mode) and the per-head weights [n, ih]
+// Indexer queries and weights (§5.5), all rows: q [n, ih, index_head_dim] from qr (RoPE'd at each
+// row's position; Hadamard + FP4 qdq in the official mode) and the per-head weights [n, ih]
 // (ih: this TP rank's indexer heads).
 struct IndexerQueries {
   Scratch q;
   Scratch weights;
 };
-IndexerQueries indexer_queries(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
+IndexerQueries indexer_queries(const BlockContext& ctx, const LayerWeights& w, const RowPositions& positions,
                                const TensorView& a, const TensorView& qr) {
   const AttentionWeights& aw = w.attn;
   const int64_t n = a.shape[0], ih = aw.indexer.weights_proj.rows, id = ctx.config.index_head_dim;
   IndexerQueries iq;
   iq.q = make_scratch(ctx.backend, {n, ih, id});
   project(ctx, qr, aw.indexer.wq_b, view_reshape(iq.q.view, {n, ih * id}), true);
-  for (const AttentionSegment& s : segs) rope(ctx, view_rows(iq.q.view, s.row_begin, s.row_begin + s.rows), w.inv_freq, s.pos_begin, 1, false);
+  rope(ctx, iq.q.view, w.inv_freq, positions, false);
   if (ctx.official) {
     kernels::HadamardParams hp;
     hp.x = view_reshape(iq.q.view, {n * ih, id});
@@ -463,7 +520,7 @@ kernels::SparseAttentionParams attention_params(const BlockContext& ctx, const L
 }
 
 // Attend (§5.6) for one SP-owned sequence: sparse attention with sink of q [rows, heads, head_dim]
-// over its window rows and compressed candidates, then inverse RoPE of the output o.
+// over its window rows and compressed candidates into o (the inverse RoPE follows, over all rows).
 // PARALLEL: each SP rank attends over its own compressed entries (the window only on the window
 // rank, the sink on none) and the partial outputs merge by log-sum-exp, sink added once. Layers
 // without compressed entries yet are computed whole on every SP rank.
@@ -489,7 +546,6 @@ void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegme
   }
   ctx.backend.sparse_attention(ap);
   if (merge) sp_merge(ctx, aw, o, lse.view);
-  rope(ctx, o, w.inv_freq, seg.pos_begin, 1, true);
 }
 
 // Indexer select and attend (§5.5, §5.6) of the sequences that hold all their compressed entries
@@ -498,7 +554,7 @@ void attend(const BlockContext& ctx, const LayerWeights& w, const AttentionSegme
 // with indexer keys fill its rows of one [rows, most keys] buffer (-inf past its own keys); the
 // top-k takes the largest k of the batch, so a sequence with fewer entries gets -1 past its own k
 // (every one of its finite scores is selected either way), which attention skips exactly as the
-// end of a shorter list. Then inverse RoPE of each sequence's output rows.
+// end of a shorter list. (The inverse RoPE of the output follows, over all rows at once.)
 // PARALLEL: TP ranks sum their heads' partial scores before the top-k.
 void attend_local(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
                   const std::vector<size_t>& local, const TensorView& q, const IndexerQueries& iq, const Windows& windows,
@@ -550,8 +606,6 @@ void attend_local(const BlockContext& ctx, const LayerWeights& w, std::span<cons
   }
   if (parts.size() == 1) be.sparse_attention(parts[0]);
   else be.sparse_attention_batch({parts.data(), int64_t(parts.size())});
-  for (size_t i : local)
-    rope(ctx, view_rows(o, segs[i].row_begin, segs[i].row_begin + segs[i].rows), w.inv_freq, segs[i].pos_begin, 1, true);
 }
 
 // Output projection (§5.7), all rows: grouped wo_a over o [n, heads, head_dim], then wo_b into out.
@@ -582,6 +636,18 @@ void output_projection(const BlockContext& ctx, const AttentionWeights& aw, cons
 
 }  // namespace
 
+Scratch row_positions(kernels::Backend& backend, std::span<const AttentionSegment> segs) {
+  std::vector<int32_t> pos;
+  for (const AttentionSegment& s : segs) {
+    CHECK_EQ(s.row_begin, int64_t(pos.size())) << "attention segments must tile the rows in order";
+    CHECK_LE(s.pos_begin + s.rows, int64_t(INT32_MAX)) << "row positions are I32";
+    for (int64_t r = 0; r < s.rows; ++r) pos.push_back(int32_t(s.pos_begin + r));
+  }
+  Scratch out = make_scratch(backend, {int64_t(pos.size())}, DType::kI32);
+  backend.copy_to_device(out.buffer.data(), pos.data(), pos.size() * sizeof(int32_t));
+  return out;
+}
+
 void attention_forward(const BlockContext& ctx, const LayerWeights& w, LayerState& state, const EntryOwnership& own,
                        int64_t pos_begin, const TensorView& a, const TensorView& out) {
   AttentionSegment seg;
@@ -598,15 +664,27 @@ void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, s
   // name the step of an op as well as its layer.
   const int64_t n = a.shape[0];
   check_segments(segs, n);
+  // RoPE of all rows in one call: a single segment rotates from its pos_begin, several at the rows'
+  // positions (the step's, or uploaded here).
+  Scratch uploaded;
+  RowPositions positions;
+  if (segs.size() == 1) {
+    positions.pos_begin = segs[0].pos_begin;
+  } else if (segs.size() > 1) {
+    if (!ctx.row_positions.data) uploaded = row_positions(ctx.backend, segs);
+    const TensorView& pv = ctx.row_positions.data ? ctx.row_positions : uploaded.view;
+    CHECK(pv.dtype == DType::kI32 && pv.numel() == n) << "row positions " << pv.shape_str() << " for " << n << " rows";
+    positions.rows = static_cast<const int32_t*>(pv.data);
+  }
   Queries q;
   {
     const OpScope scope("query");
-    q = query_path(ctx, w, segs, a);
+    q = query_path(ctx, w, positions, a);
   }
   Windows windows;
   {
     const OpScope scope("window");
-    windows = window_update(ctx, w, segs, a);
+    windows = window_update(ctx, w, segs, positions, a);
   }
   bool any_index = false;
   {
@@ -616,7 +694,7 @@ void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, s
   IndexerQueries iq;
   if (any_index) {
     const OpScope scope("indexer_query");
-    iq = indexer_queries(ctx, w, segs, a, q.qr.view);
+    iq = indexer_queries(ctx, w, positions, a, q.qr.view);
   }
   Scratch o = make_scratch(ctx.backend, {n, local_heads(ctx, w.attn), ctx.config.head_dim});
   std::vector<size_t> local;  // sequences holding all their compressed entries: selected and attended together
@@ -636,6 +714,10 @@ void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, s
            view_rows(o.view, s.row_begin, s.row_begin + s.rows));
   }
   if (!local.empty()) attend_local(ctx, w, segs, local, q.q.view, iq, windows, o.view);
+  {
+    const OpScope scope("attend");
+    rope(ctx, o.view, w.inv_freq, positions, true);  // inverse, on the output of every sequence
+  }
   const OpScope scope("output");
   output_projection(ctx, w.attn, o.view, out);
 }

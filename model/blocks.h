@@ -22,6 +22,8 @@ struct BlockContext {
   const ParallelContext* parallel = nullptr;    // nullptr: one rank holding everything
   parallel::ExpertParallel* experts = nullptr;  // EP dispatch/combine (layout.ep > 1)
   parallel::SpOps* sp_ops = nullptr;            // SP top-k and attention merges (layout.sp > 1)
+  TensorView row_positions;  // I32 [N] on the backend: each row's position in its sequence, for the
+                             // attention segments of every layer (row_positions()); or empty
 };
 
 // A device F32 scratch tensor owned by the caller.
@@ -45,6 +47,10 @@ struct AttentionSegment {
   int64_t row_begin = 0;
   int64_t rows = 0;
 };
+// The position of every row of `segs` (pos_begin .. pos_begin + rows - 1 per segment, in row
+// order), I32 [N] on the backend: RoPE of several sequences' rows in one call. A step uploads them
+// once into BlockContext::row_positions; without them attention_forward_batched uploads its own.
+Scratch row_positions(kernels::Backend& backend, std::span<const AttentionSegment> segs);
 // Attention over the concatenated rows of several sequences (distinct states): every projection
 // (wq_a, wq_b, wkv, the compressors' wkv/wgate, the indexer's wq_b and weights_proj, wo_a, wo_b)
 // runs once over all rows; window, compressor pooling, indexer scores/top-k and sparse attention

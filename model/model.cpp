@@ -121,17 +121,25 @@ void Model::step(std::span<const StepChunk> chunks, std::vector<std::vector<floa
 void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>* const* logits) {
   const int64_t hc = config_.hc_mult;
   const int64_t hidden = config_.hidden_size;
-  const BlockContext ctx{config_, backend_, options_.numerics == Numerics::kOfficial,
-                         options_.parallel.sharded() ? &options_.parallel : nullptr, expert_parallel_.get(),
-                         sp_ops_.get()};
-  // Row ranges of the chunks in the concatenated token list.
+  // Row ranges of the chunks in the concatenated token list; the attention segments of every layer
+  // (their states are set per layer).
   const size_t nc = chunks.size();
   std::vector<int64_t> row0(nc + 1, 0), pos(nc);
+  std::vector<AttentionSegment> segs(nc);
   for (size_t i = 0; i < nc; ++i) {
     row0[i + 1] = row0[i] + int64_t(chunks[i].tokens.size());
     pos[i] = chunks[i].sequence->position();
+    segs[i].pos_begin = pos[i];
+    segs[i].row_begin = row0[i];
+    segs[i].rows = row0[i + 1] - row0[i];
   }
   const int64_t n = row0[nc];
+  // Several chunks: their rows' positions go to the device once for every layer's RoPE.
+  Scratch positions;
+  if (nc > 1) positions = row_positions(backend_, segs);
+  const BlockContext ctx{config_, backend_, options_.numerics == Numerics::kOfficial,
+                         options_.parallel.sharded() ? &options_.parallel : nullptr, expert_parallel_.get(),
+                         sp_ops_.get(), positions.view};
   std::vector<int32_t> all_ids(static_cast<size_t>(n));
   for (size_t i = 0; i < nc; ++i) std::copy(chunks[i].tokens.begin(), chunks[i].tokens.end(), all_ids.begin() + row0[i]);
 
@@ -158,15 +166,11 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     p.out_bf16 = ctx.official;
     backend_.rms_norm(p);
   };
-  std::vector<AttentionSegment> segs(nc);
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_.layers[size_t(l)];
     for (size_t i = 0; i < nc; ++i) {
       segs[i].state = &chunks[i].sequence->layer(l);
       segs[i].own = &chunks[i].sequence->ownership();
-      segs[i].pos_begin = pos[i];
-      segs[i].row_begin = row0[i];
-      segs[i].rows = row0[i + 1] - row0[i];
     }
     const OpScope layer_scope("layer " + std::to_string(l));  // names ops in diagnostics
     {

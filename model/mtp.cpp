@@ -81,7 +81,8 @@ void Mtp::forward(MtpState& state, const TensorView& hidden, std::span<const int
   const bool official = model_.options().numerics == Numerics::kOfficial;
   const OpScope scope("mtp");  // names ops in diagnostics
   const ParallelContext& par = model_.parallel();
-  const BlockContext ctx{cfg, be, official, par.sharded() ? &par : nullptr, model_.expert_parallel(), model_.sp_ops()};
+  const BlockContext ctx{cfg, be, official, par.sharded() ? &par : nullptr, model_.expert_parallel(), model_.sp_ops(),
+                         {}};
   const int64_t pos = state.position();
   auto norm = [&](const TensorView& v, const WeightView& w) {
     kernels::RmsNormParams p;

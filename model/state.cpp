@@ -36,21 +36,49 @@ TensorView RowTable::reserve(int64_t extra) {
 }
 
 void RowTable::drop_front(int64_t n) {
-  CHECK(n >= 0 && n <= rows_);
-  if (n == 0) return;
-  if (spill_) {
-    backend_->copy_rows(spill_->reserve(n), rows_view(0, n));
-    spill_->commit(n);
+  const RowDrop drop{this, n};
+  drop_front_batch(std::span<const RowDrop>(&drop, 1));
+}
+
+void RowTable::drop_front_batch(std::span<const RowDrop> drops) {
+  if (drops.empty()) return;
+  kernels::Backend& backend = *drops[0].table->backend_;
+  // The kept rows move to the front through one scratch buffer (slices 256-byte aligned), so
+  // overlapping source and destination never meet on any backend: the first batch copies the
+  // dropped rows to the spill tables and the kept rows out, the second copies them back.
+  auto slice_bytes = [](const RowDrop& d) {
+    const int64_t keep = d.rows > 0 ? d.table->rows_ - d.rows : 0;
+    return (keep * d.table->row_bytes() + 255) / 256 * 256;
+  };
+  int64_t scratch_bytes = 0;
+  for (const RowDrop& d : drops) {
+    CHECK(d.table->backend_ == &backend) << "drop_front_batch: tables of different backends";
+    CHECK(d.rows >= 0 && d.rows <= d.table->rows_);
+    scratch_bytes += slice_bytes(d);
   }
-  const int64_t keep = rows_ - n;
-  if (keep > 0) {
-    // Through a scratch table so overlapping source and destination never meet on any backend.
-    Buffer tmp = backend_->alloc(size_t(keep * row_bytes()));
-    TensorView t(tmp.data(), dtype_, {keep, width_}, backend_->device());
-    backend_->copy_rows(t, rows_view(n, rows_));
-    backend_->copy_rows(rows_view(0, keep), t);
+  Buffer scratch;
+  if (scratch_bytes > 0) scratch = backend.alloc(size_t(scratch_bytes));
+  std::vector<kernels::RowCopy> out, back;
+  int64_t offset = 0;
+  for (const RowDrop& d : drops) {
+    RowTable& t = *d.table;
+    if (d.rows == 0) continue;
+    const int64_t bytes = slice_bytes(d);
+    if (t.spill_) {
+      out.push_back({t.spill_->reserve(d.rows), t.rows_view(0, d.rows)});
+      t.spill_->commit(d.rows);
+    }
+    const int64_t keep = t.rows_ - d.rows;
+    if (keep > 0) {
+      const TensorView tmp(static_cast<char*>(scratch.data()) + offset, t.dtype_, {keep, t.width_}, backend.device());
+      out.push_back({tmp, t.rows_view(d.rows, t.rows_)});
+      back.push_back({t.rows_view(0, keep), tmp});
+      offset += bytes;
+    }
+    t.rows_ = keep;
   }
-  rows_ = keep;
+  if (!out.empty()) backend.copy_rows_batch(out.data(), out.size());
+  if (!back.empty()) backend.copy_rows_batch(back.data(), back.size());
 }
 
 void RowTable::truncate(int64_t rows) {

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "common/tensor.h"
@@ -29,6 +30,13 @@ struct EntryOwnership {
   int rank = 0;
   int64_t block = 64;
   bool owns(int64_t entry) const { return (entry / block) % num_ranks == rank; }
+};
+
+class RowTable;
+// The first `rows` rows of `table`, for RowTable::drop_front_batch.
+struct RowDrop {
+  RowTable* table = nullptr;
+  int64_t rows = 0;
 };
 
 // A growable [rows, width] table of `dtype` elements on the backend's device: F32 rows, or U8 rows of
@@ -51,6 +59,9 @@ class RowTable {
   TensorView reserve(int64_t extra);
   void commit(int64_t extra) { rows_ += extra; }
   void drop_front(int64_t n);                    // removes the first n rows
+  // drop_front of several distinct tables of one backend (the compressors of a batch of sequences),
+  // each of its copy phases one Backend::copy_rows_batch over all of them.
+  static void drop_front_batch(std::span<const RowDrop> drops);
   void clear() { rows_ = 0; }
   void truncate(int64_t rows);                   // keeps the first `rows` rows
   void shrink(int64_t capacity);                 // gives back the room past max(rows, capacity) rows

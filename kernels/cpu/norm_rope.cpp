@@ -51,7 +51,7 @@ void CpuBackend::rope(const RopeParams& p) {
   const int half = p.rope_dim / 2;
   std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
   for (int64_t r = 0; r < rows; ++r) {
-    const float pos = float(p.pos_begin + r * p.pos_step);
+    const float pos = p.positions ? float(p.positions[r]) : float(p.pos_begin + r * p.pos_step);
     for (int i = 0; i < half; ++i) {
       const float theta = pos * p.inv_freq[i];
       cs[size_t(i)] = std::cos(theta);

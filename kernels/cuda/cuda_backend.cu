@@ -222,6 +222,10 @@ void CudaBackend::copy_rows(const TensorView& dst, const TensorView& src) {
                                cudaMemcpyDefault, stream_.get()));
 }
 
+void CudaBackend::copy_rows_batch(const RowCopy* copies, size_t num_copies) {
+  launch_copy_rows_batch(copies, num_copies, stream_.get());
+}
+
 void CudaBackend::fill(const TensorView& dst, float value) {
   launch_fill(make_act(dst, "fill"), dst.shape[0], dst.ndim == 1 ? 1 : act_row_width(dst), value, stream_.get());
 }

@@ -34,6 +34,7 @@ class CudaBackend final : public Backend {
   void copy_to_device(void* dst, const void* src_host, size_t bytes) override;
   void copy_to_host(void* dst_host, const void* src, size_t bytes) override;
   void copy_rows(const TensorView& dst, const TensorView& src) override;
+  void copy_rows_batch(const RowCopy* copies, size_t num_copies) override;
   void fill(const TensorView& dst, float value) override;
   void synchronize() override;
 

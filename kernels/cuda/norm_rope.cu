@@ -48,15 +48,15 @@ struct RopeArgs {
   float inv_freq[kMaxRopePairs];
 };
 
-// One thread per (row, head, pair).
+// One thread per (row, head, pair). positions: [rows] or nullptr (pos_begin + r * pos_step).
 __global__ void rope_kernel(Act x, int64_t rows, int64_t heads, int64_t head_dim, int half, int64_t pos_begin,
-                            int64_t pos_step, bool inverse, bool out_round, RopeArgs args) {
+                            int64_t pos_step, const int32_t* positions, bool inverse, bool out_round, RopeArgs args) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * heads * half) return;
   const int64_t r = i / (heads * half);
   const int64_t h = (i / half) % heads;
   const int j = int(i % half);
-  const float pos = float(pos_begin + r * pos_step);
+  const float pos = positions ? float(positions[r]) : float(pos_begin + r * pos_step);
   const float theta = pos * args.inv_freq[j];
   const float cs = cosf(theta);
   const float sn = inverse ? -sinf(theta) : sinf(theta);
@@ -117,7 +117,8 @@ void launch_rope(const RopeParams& p, cudaStream_t s) {
   const int64_t n = rows * heads * half;
   if (n == 0) return;
   rope_kernel<<<grid_x_for(n, 256, "rope"), 256, 0, s>>>(make_act(p.x, "rope x"), rows, heads, head_dim, half,
-                                                         p.pos_begin, p.pos_step, p.inverse, p.out_bf16, args);
+                                                         p.pos_begin, p.pos_step, p.positions, p.inverse, p.out_bf16,
+                                                         args);
   launch_check("rope", s);
 }
 

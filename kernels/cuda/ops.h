@@ -70,6 +70,10 @@ void launch_embedding(const EmbeddingParams& p, cudaStream_t s);
 void launch_qdq(const QdqParams& p, cudaStream_t s);
 void launch_swiglu(const SwigluParams& p, cudaStream_t s);
 
+// --- copy_rows.cu --------------------------------------------------------------------------------
+// Backend::copy_rows_batch: one launch per group of up to 640 copies (device views only).
+void launch_copy_rows_batch(const RowCopy* copies, size_t num_copies, cudaStream_t s);
+
 // --- norm_rope.cu --------------------------------------------------------------------------------
 void launch_rms_norm(const RmsNormParams& p, cudaStream_t s);
 void launch_rope(const RopeParams& p, cudaStream_t s);

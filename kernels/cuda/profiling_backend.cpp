@@ -136,6 +136,11 @@ class Profiler final : public ProfilingBackend {
   void copy_rows(const TensorView& d, const TensorView& s) override {
     timed("copy_rows", 2 * view_bytes(s), 0, kPeakBf16, [&] { inner_.copy_rows(d, s); });
   }
+  void copy_rows_batch(const RowCopy* c, size_t n) override {
+    double bytes = 0;
+    for (size_t i = 0; i < n; ++i) bytes += 2 * view_bytes(c[i].src);
+    timed("copy_rows_batch", bytes, 0, kPeakBf16, [&] { inner_.copy_rows_batch(c, n); });
+  }
   void fill(const TensorView& d, float v) override {
     timed("fill", view_bytes(d), 0, kPeakBf16, [&] { inner_.fill(d, v); });
   }

@@ -5,6 +5,7 @@
 // Inputs are bf16-representable so both backends start from identical values.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -74,6 +75,32 @@ TEST(CudaOps, RopeForwardInverseLargePositions) {
     p.x = x.gpu;
     gpu_backend().rope(p);
     EXPECT_TRUE(compare("rope pos " + std::to_string(pos0), x.gpu_values(), x.cpu_values(), kBf16Tol));
+  }
+}
+
+// The rows of several sequences in one call, each at its own position (ragged, out of order, past
+// 2^20), forward and inverse.
+TEST(CudaOps, RopePerRowPositions) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(31);
+  std::vector<float> inv_freq(32);
+  for (int i = 0; i < 32; ++i) inv_freq[size_t(i)] = std::pow(160000.f, -2.f * float(i) / 64.f) / (i >= 25 ? 16.f : 1.f);
+  const std::vector<int32_t> positions = {1000, 1001, 1002, 5, (1 << 20) + 3, 0, 77, 78};
+  const int rows = int(positions.size()), heads = 3;
+  const Dual pos = make_dual_i32({rows}, positions);
+  for (bool inverse : {false, true}) {
+    Dual x = make_dual({rows, heads, 512}, rng.normals(int64_t(rows) * heads * 512));
+    RopeParams p;
+    p.inv_freq = inv_freq.data();
+    p.rope_dim = 64;
+    p.inverse = inverse;
+    p.x = x.cpu;
+    p.positions = static_cast<const int32_t*>(pos.cpu.data);
+    cpu_backend().rope(p);
+    p.x = x.gpu;
+    p.positions = static_cast<const int32_t*>(pos.gpu.data);
+    gpu_backend().rope(p);
+    EXPECT_TRUE(compare(std::string("rope positions") + (inverse ? " inverse" : ""), x.gpu_values(), x.cpu_values(), kBf16Tol));
   }
 }
 
@@ -542,6 +569,65 @@ TEST(CudaOps, QuantizeDequantizeExact) {
     p.x = x.gpu;
     gpu_backend().qdq(p);
     EXPECT_TRUE(compare(std::string("qdq ") + c.name, x.gpu_values(), x.cpu_values(), {0, 0, 0}));
+  }
+}
+
+// --- batched row copies --------------------------------------------------------------------------
+
+// copy_rows_batch on the device against the CPU reference, byte for byte: every dtype, column
+// slices of wider tables (16-, 8-, 4-, 2- and 1-byte aligned), zero-row copies, a copy over many
+// blocks and more copies than one launch's group (640). Untouched bytes around the destinations
+// must stay as they were.
+TEST(CudaOps, CopyRowsBatchExact) {
+  V4RT_REQUIRE_GPU();
+  struct Case {
+    DType dtype;
+    int64_t rows, src_width, src_col, dst_width, dst_col, cols;
+  };
+  std::vector<Case> cases = {
+      {DType::kF32, 127, 512, 0, 512, 0, 512},  {DType::kBF16, 1, 520, 4, 512, 0, 512},
+      {DType::kF32, 3, 13, 2, 9, 1, 6},         {DType::kBF16, 37, 9, 1, 11, 5, 6},
+      {DType::kF32, 4, 10, 2, 12, 4, 6},
+      {DType::kU8, 3, 23, 5, 31, 7, 17},        {DType::kU8, 2, 584, 0, 600, 3, 584},
+      {DType::kI32, 0, 4, 0, 4, 0, 4},          {DType::kI32, 9, 6, 1, 3, 0, 3},
+      {DType::kF32, 6000, 128, 0, 160, 32, 128},  // 3 MB over 188 blocks
+  };
+  Rng rng(41);
+  for (int i = 0; i < 1300; ++i) cases.push_back({DType::kF32, rng.integer(0, 2), 512, 0, 512, 0, 512});
+  std::vector<Buffer> cpu_dst, gpu_dst, cpu_src, gpu_src;
+  std::vector<RowCopy> cpu_copies, gpu_copies;
+  for (const Case& c : cases) {
+    const size_t es = dtype_size(c.dtype);
+    std::vector<uint8_t> src(size_t(c.rows * c.src_width) * es + 1), dst(size_t(c.rows * c.dst_width) * es + 1);
+    for (uint8_t& b : src) b = uint8_t(rng.integer(0, 255));
+    for (uint8_t& b : dst) b = uint8_t(rng.integer(0, 255));
+    cpu_src.emplace_back(src.size(), Device::kHost);
+    cpu_dst.emplace_back(dst.size(), Device::kHost);
+    gpu_src.emplace_back(src.size(), Device::kCuda);
+    gpu_dst.emplace_back(dst.size(), Device::kCuda);
+    std::memcpy(cpu_src.back().data(), src.data(), src.size());
+    std::memcpy(cpu_dst.back().data(), dst.data(), dst.size());
+    gpu_backend().copy_to_device(gpu_src.back().data(), src.data(), src.size());
+    gpu_backend().copy_to_device(gpu_dst.back().data(), dst.data(), dst.size());
+    auto cols = [&](Buffer& buf, int64_t width, int64_t col, Device dev) {
+      return view_cols(make_view(buf.data(), c.dtype, {c.rows, width}, dev), col, col + c.cols);
+    };
+    cpu_copies.push_back({cols(cpu_dst.back(), c.dst_width, c.dst_col, Device::kHost),
+                          cols(cpu_src.back(), c.src_width, c.src_col, Device::kHost)});
+    gpu_copies.push_back({cols(gpu_dst.back(), c.dst_width, c.dst_col, Device::kCuda),
+                          cols(gpu_src.back(), c.src_width, c.src_col, Device::kCuda)});
+  }
+  cpu_backend().copy_rows_batch(cpu_copies.data(), cpu_copies.size());
+  gpu_backend().copy_rows_batch(gpu_copies.data(), gpu_copies.size());
+  gpu_backend().synchronize();
+  int failed = 0;
+  for (size_t i = 0; i < cases.size() && failed < 5; ++i) {
+    std::vector<uint8_t> got(gpu_dst[i].bytes());
+    gpu_backend().copy_to_host(got.data(), gpu_dst[i].data(), got.size());
+    if (std::memcmp(got.data(), cpu_dst[i].data(), got.size()) != 0) {
+      ADD_FAILURE() << "copy " << i << " (" << dtype_name(cases[i].dtype) << ", " << cases[i].rows << " rows) differs";
+      ++failed;
+    }
   }
 }
 

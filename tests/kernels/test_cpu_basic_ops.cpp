@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 // CPU reference ops against values computed independently here (hand-worked or in double):
-// rms_norm, rope, hc_pre/hc_post/hc_head, linear, grouped_linear, swiglu, embedding, add, the
-// quantize-dequantize rounding ops and weight dequantization at upload.
+// rms_norm, rope (and at per-row positions), hc_pre/hc_post/hc_head, linear, grouped_linear, swiglu,
+// embedding, add, the quantize-dequantize rounding ops, weight dequantization at upload and batched
+// row copies.
 #include <cmath>
+#include <cstring>
 
 #include "common/dtype.h"
 #include "kernels/backend.h"
@@ -70,6 +72,37 @@ TEST(CpuRope, KnownAnglesAndInverse) {
   p.inverse = true;
   be->rope(p);
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], orig[i], 1e-5);
+}
+
+TEST(CpuRope, PerRowPositionsEqualRowByRowCalls) {
+  // Rows of several sequences in one call (positions out of order, one past 2^20) against one
+  // pos_begin call per row: bit for bit, forward and inverse, with and without bf16 rounding.
+  auto be = make_cpu_backend();
+  const std::vector<int32_t> positions = {7, 8, 0, 1048583, 3, 4, 5};
+  const int64_t rows = int64_t(positions.size()), heads = 3, head_dim = 10;
+  std::vector<float> inv_freq = {1.0f, 0.3f, 0.01f};
+  for (bool inverse : {false, true}) {
+    for (bool out_bf16 : {false, true}) {
+      std::vector<float> x = randn(size_t(rows * heads * head_dim), 2);
+      std::vector<float> ref = x;
+      RopeParams p;
+      p.inv_freq = inv_freq.data();
+      p.rope_dim = 6;
+      p.inverse = inverse;
+      p.out_bf16 = out_bf16;
+      p.x = tv(x, {rows, heads, head_dim});
+      p.pos_begin = 99;  // ignored with positions
+      p.positions = positions.data();
+      be->rope(p);
+      p.positions = nullptr;
+      for (int64_t r = 0; r < rows; ++r) {
+        p.x = view_rows(tv(ref, {rows, heads, head_dim}), r, r + 1);
+        p.pos_begin = positions[size_t(r)];
+        be->rope(p);
+      }
+      EXPECT_EQ(0, std::memcmp(x.data(), ref.data(), x.size() * sizeof(float))) << "inverse " << inverse << " bf16 " << out_bf16;
+    }
+  }
 }
 
 TEST(CpuHc, PreSinkhornPostAndHead) {
@@ -333,6 +366,53 @@ TEST(CpuElementwise, SwigluEmbeddingAdd) {
   ap.out = ap.a;
   be->add(ap);
   EXPECT_EQ(a, (std::vector<float>{4, 6}));
+}
+
+// --- batched row copies --------------------------------------------------------------------------
+
+// Copies of every dtype between column slices of wider tables (strided rows, odd byte offsets),
+// row counts from 0 to 37: copy_rows_batch leaves every buffer exactly as one copy_rows per copy
+// does, and each destination holds its source rows, byte for byte, with nothing else touched.
+TEST(CpuCopyRowsBatch, EqualsCopyRowsPerCopy) {
+  auto be = make_cpu_backend();
+  struct Case {
+    DType dtype;
+    int64_t rows, src_width, src_col, dst_width, dst_col, cols;
+  };
+  const std::vector<Case> cases = {
+      {DType::kF32, 5, 8, 0, 8, 0, 8},  {DType::kF32, 1, 12, 3, 7, 2, 4},    {DType::kBF16, 37, 9, 1, 11, 5, 6},
+      {DType::kU8, 3, 23, 5, 31, 7, 17}, {DType::kI32, 0, 4, 0, 4, 0, 4},    {DType::kU8, 2, 584, 0, 600, 3, 584},
+      {DType::kI32, 9, 6, 1, 3, 0, 3},  {DType::kBF16, 0, 5, 0, 5, 1, 3},
+  };
+  std::vector<std::vector<uint8_t>> src(cases.size()), batched(cases.size()), each(cases.size());
+  std::vector<RowCopy> copies, copies_each;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const size_t es = dtype_size(c.dtype);
+    std::mt19937_64 rng(100 + i);
+    src[i].resize(size_t(c.rows * c.src_width) * es + 1);
+    for (uint8_t& b : src[i]) b = uint8_t(rng());
+    batched[i].assign(size_t(c.rows * c.dst_width) * es + 1, uint8_t(0xA5));
+    each[i] = batched[i];
+    auto cols = [&](std::vector<uint8_t>& buf, int64_t width, int64_t col) {
+      return view_cols(TensorView(buf.data(), c.dtype, {c.rows, width}), col, col + c.cols);
+    };
+    copies.push_back({cols(batched[i], c.dst_width, c.dst_col), cols(src[i], c.src_width, c.src_col)});
+    copies_each.push_back({cols(each[i], c.dst_width, c.dst_col), cols(src[i], c.src_width, c.src_col)});
+  }
+  be->copy_rows_batch(copies.data(), copies.size());
+  for (const RowCopy& c : copies_each) be->copy_rows(c.dst, c.src);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const size_t es = dtype_size(c.dtype);
+    EXPECT_EQ(batched[i], each[i]) << "copy " << i;
+    std::vector<uint8_t> expect(batched[i].size(), uint8_t(0xA5));
+    for (int64_t r = 0; r < c.rows; ++r)
+      std::memcpy(&expect[size_t(r * c.dst_width + c.dst_col) * es], &src[i][size_t(r * c.src_width + c.src_col) * es],
+                  size_t(c.cols) * es);
+    EXPECT_EQ(batched[i], expect) << "copy " << i;
+  }
+  be->copy_rows_batch(nullptr, 0);  // an empty batch is no copy at all
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 // logits. On the CPU backend the rows of every op are independent, so the logits must be
 // bit-identical (tolerance 0), in both numerics. Built with V4RT_BATCHED_STEP_MPI (under mpirun):
 // the same equality on every layout of the world size (TP, SP, EP, DP; golden tiny-a), exact
-// again, and the sharded batched logits against the single-rank ones within 1e-5 relative.
+// again, and the sharded batched logits against the single-rank ones within 1e-5 relative. A decode
+// step issues its RoPE and row copies once per layer call, however many sequences it holds.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/forwarding_backend.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/presets.h"
@@ -156,6 +158,64 @@ TEST_P(BatchedStep, DecodeBatchWithoutLogits) {
   };
   run_script(*model_, *backend_, 3, steps, /*with_logits=*/false);
   run_script(*model_, *backend_, 3, steps, /*with_logits=*/true);
+}
+
+// Counts the calls a batched step makes once per layer over all its sequences (not per sequence).
+class CallCounter final : public kernels::ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  void rope(const kernels::RopeParams& p) override {
+    ++num_rope;
+    inner().rope(p);
+  }
+  void copy_rows(const TensorView& d, const TensorView& s) override {
+    ++num_copy_rows;
+    inner().copy_rows(d, s);
+  }
+  void copy_rows_batch(const kernels::RowCopy* c, size_t n) override {
+    ++num_copy_rows_batch;
+    inner().copy_rows_batch(c, n);
+  }
+  int num_rope = 0, num_copy_rows = 0, num_copy_rows_batch = 0;
+};
+
+TEST_P(BatchedStep, DecodeStepRopeAndCopiesDoNotGrowWithTheBatch) {
+  // Sequences at ragged positions, multiples of 4 off the 128-token HCA blocks (the decode token
+  // completes no compressor block, whose pooling is per sequence), below 16 or past the window (no
+  // compressor buffer grows by copying its rows in this step).
+  CallCounter counter(*backend_);
+  ModelOptions mo;
+  mo.numerics = GetParam();
+  const std::unique_ptr<Model> m = Model::load(*ckpt_, mo, counter);
+  auto decode_calls = [&](const std::vector<int>& prompt_lengths) {
+    std::vector<std::unique_ptr<SequenceState>> seqs;
+    std::vector<std::vector<int32_t>> prompts, next;
+    std::vector<StepChunk> chunks;
+    for (size_t i = 0; i < prompt_lengths.size(); ++i) {
+      seqs.push_back(m->new_sequence());
+      prompts.emplace_back(size_t(prompt_lengths[i]), int32_t(7 + i));
+      next.push_back({int32_t(11 + i)});
+      chunks.push_back({seqs.back().get(), prompts.back(), false, {}});
+    }
+    m->step(chunks, nullptr);
+    for (size_t i = 0; i < chunks.size(); ++i) chunks[i].tokens = next[i];
+    counter.num_rope = counter.num_copy_rows = counter.num_copy_rows_batch = 0;
+    m->step(chunks, nullptr);
+    return std::vector<int>{counter.num_rope, counter.num_copy_rows, counter.num_copy_rows_batch};
+  };
+  const std::vector<int> two = decode_calls({8, 132});
+  const std::vector<int> five = decode_calls({12, 136, 4, 200, 140});
+  EXPECT_EQ(two, five) << "rope, copy_rows, copy_rows_batch calls of a decode step";
+  EXPECT_EQ(two[1], 0) << "row copies of a decode step all go through copy_rows_batch";
+  EXPECT_GT(two[0], 0);
+  // The decode token completes a CSA block in every sequence (positions 3 mod 4, below 16: no
+  // buffer grows): the pooling runs per sequence, its consumed rows are dropped in one batch.
+  const std::vector<int> two_pooling = decode_calls({3, 7});
+  const std::vector<int> five_pooling = decode_calls({11, 15, 3, 7, 11});
+  EXPECT_EQ(two_pooling[1], 0);
+  EXPECT_EQ(five_pooling[1], 0);
+  EXPECT_EQ(two_pooling[2], five_pooling[2]) << "copy_rows_batch calls of a decode step that pools";
+  EXPECT_GT(two_pooling[2], two[2]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Numerics, BatchedStep, ::testing::Values(Numerics::kReference, Numerics::kOfficial),
