@@ -52,24 +52,18 @@ struct RowPositions {
   const int32_t* rows = nullptr;  // I32 [n] on the backend, or nullptr (a single segment)
 };
 
-// RoPE of x's rows at pos_begin + r * pos_step, or at positions[r] (device I32 [rows]) when given.
-void rope(const BlockContext& ctx, const TensorView& x, const std::vector<float>& inv_freq, int64_t pos_begin,
-          int64_t pos_step, bool inverse, const int32_t* positions = nullptr) {
+// RoPE of x's rows at pos.pos_begin + r, or at pos.rows[r] when given.
+void rope(const BlockContext& ctx, const TensorView& x, const std::vector<float>& inv_freq, const RowPositions& pos,
+          bool inverse) {
   kernels::RopeParams p;
   p.x = x;
   p.inv_freq = inv_freq.data();
   p.rope_dim = ctx.config.qk_rope_head_dim;
-  p.pos_begin = pos_begin;
-  p.pos_step = pos_step;
-  p.positions = positions;
+  p.pos_begin = pos.pos_begin;
+  p.positions = pos.rows;
   p.inverse = inverse;
   p.out_bf16 = ctx.official;
   ctx.backend.rope(p);
-}
-
-void rope(const BlockContext& ctx, const TensorView& x, const std::vector<float>& inv_freq, const RowPositions& pos,
-          bool inverse) {
-  rope(ctx, x, inv_freq, pos.pos_begin, 1, inverse, pos.rows);
 }
 
 // One batch of row copies (Backend::copy_rows_batch); an empty one launches nothing.
