@@ -24,6 +24,10 @@ void Backend::indexer_scores_batch(const IndexerScoresBatchParams& p) {
   for (int64_t i = 0; i < p.num_parts; ++i) indexer_scores(p.parts[i]);
 }
 
+void Backend::compressor_pool_batch(const CompressorPoolBatchParams& p) {
+  for (int64_t i = 0; i < p.num_parts; ++i) compressor_pool(p.parts[i]);
+}
+
 void Backend::sparse_attention_batch(const SparseAttentionBatchParams& p) {
   for (int64_t i = 0; i < p.num_parts; ++i) sparse_attention(p.parts[i]);
 }

@@ -71,9 +71,20 @@ struct RmsNormParams {
   bool bf16_arith = false;      // official per-head q norm: every step in bf16 (spec §2.4)
 };
 
+// A run of RopeParams rows at evenly spaced positions: rows [row_begin, row_begin + num_rows) of x
+// rotate at pos_begin, pos_begin + pos_step, ... (a sequence's new compressed entries sit at the
+// starts of their blocks: pos_step = ratio).
+struct RopeRun {
+  int64_t row_begin = 0;
+  int64_t num_rows = 0;
+  int64_t pos_begin = 0;
+  int64_t pos_step = 1;
+};
+
 // Interleaved partial RoPE on the last `rope_dim` dims of every head (spec §2.5). Row r has
 // position pos_begin + r * pos_step, or positions[r] when given (the rows of several sequences in
-// one call). theta = fp32(pos) * inv_freq[i]; inverse rotates by -theta.
+// one call), or its run's position when runs are given (the entries of several sequences, with no
+// position upload). theta = fp32(pos) * inv_freq[i]; inverse rotates by -theta.
 struct RopeParams {
   TensorView x;                 // [num_rows, num_heads, head_dim], rotated in place
   const float* inv_freq = nullptr;  // host [rope_dim / 2] (YaRN already folded in)
@@ -82,6 +93,9 @@ struct RopeParams {
   int64_t pos_step = 1;
   const int32_t* positions = nullptr;  // backend memory [num_rows], or nullptr; row r rotates at
                                        // positions[r] (pos_begin / pos_step unused then)
+  const RopeRun* runs = nullptr;  // host [num_runs], or nullptr; the runs tile x's rows in order
+                                  // (positions, pos_begin and pos_step unused then)
+  int64_t num_runs = 0;
   bool inverse = false;
   bool out_bf16 = false;
 };
@@ -160,6 +174,15 @@ struct CompressorPoolParams {
   bool overlap = false;
   int64_t num_entries = 0;      // needs num_rows >= (num_entries + overlap) * ratio
   bool out_bf16 = false;
+};
+
+// Many independent compressor_pool calls issued as one (a decode step: one part per sequence whose
+// compressor completed blocks, each pooling its own token rows into its own rows of one staging
+// buffer). The parts share ape, ratio, head_dim, overlap and out_bf16 (a backend may rely on it);
+// the result of each part is that of compressor_pool(part).
+struct CompressorPoolBatchParams {
+  const CompressorPoolParams* parts = nullptr;  // host array [num_parts]
+  int64_t num_parts = 0;
 };
 
 // y = H_dim x / sqrt(dim) per row (Sylvester Walsh-Hadamard, natural order; dim a power of two).
@@ -413,6 +436,9 @@ class Backend {
   virtual void linear(const LinearParams& p) = 0;
   virtual void grouped_linear(const GroupedLinearParams& p) = 0;
   virtual void compressor_pool(const CompressorPoolParams& p) = 0;
+  // The batched form (one launch for a decode batch on a device backend). Not pure: the default
+  // calls compressor_pool once per part.
+  virtual void compressor_pool_batch(const CompressorPoolBatchParams& p);
   virtual void hadamard(const HadamardParams& p) = 0;
   virtual void indexer_scores(const IndexerScoresParams& p) = 0;
   virtual void topk(const TopkParams& p) = 0;

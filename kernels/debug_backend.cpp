@@ -145,6 +145,11 @@ class DebugBackend final : public ForwardingBackend {
     for (int64_t i = 0; i < p.num_parts; ++i) outputs.push_back({"scores." + std::to_string(i), p.parts[i].scores, true});
     run("indexer_scores_batch", [&] { inner().indexer_scores_batch(p); }, outputs);
   }
+  void compressor_pool_batch(const CompressorPoolBatchParams& p) override {
+    std::vector<Output> outputs;
+    for (int64_t i = 0; i < p.num_parts; ++i) outputs.push_back({"out." + std::to_string(i), p.parts[i].out});
+    run("compressor_pool_batch", [&] { inner().compressor_pool_batch(p); }, outputs);
+  }
   void sparse_attention_batch(const SparseAttentionBatchParams& p) override {
     std::vector<Output> outputs;
     for (int64_t i = 0; i < p.num_parts; ++i) {

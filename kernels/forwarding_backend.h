@@ -40,6 +40,7 @@ class ForwardingBackend : public Backend {
   void linear(const LinearParams& p) override { inner_.linear(p); }
   void grouped_linear(const GroupedLinearParams& p) override { inner_.grouped_linear(p); }
   void compressor_pool(const CompressorPoolParams& p) override { inner_.compressor_pool(p); }
+  void compressor_pool_batch(const CompressorPoolBatchParams& p) override { inner_.compressor_pool_batch(p); }
   void hadamard(const HadamardParams& p) override { inner_.hadamard(p); }
   void indexer_scores(const IndexerScoresParams& p) override { inner_.indexer_scores(p); }
   void topk(const TopkParams& p) override { inner_.topk(p); }

@@ -52,24 +52,18 @@ struct RowPositions {
   const int32_t* rows = nullptr;  // I32 [n] on the backend, or nullptr (a single segment)
 };
 
-// RoPE of x's rows at pos_begin + r * pos_step, or at positions[r] (device I32 [rows]) when given.
-void rope(const BlockContext& ctx, const TensorView& x, const std::vector<float>& inv_freq, int64_t pos_begin,
-          int64_t pos_step, bool inverse, const int32_t* positions = nullptr) {
+// RoPE of x's rows at pos.pos_begin + r, or at pos.rows[r] when given.
+void rope(const BlockContext& ctx, const TensorView& x, const std::vector<float>& inv_freq, const RowPositions& pos,
+          bool inverse) {
   kernels::RopeParams p;
   p.x = x;
   p.inv_freq = inv_freq.data();
   p.rope_dim = ctx.config.qk_rope_head_dim;
-  p.pos_begin = pos_begin;
-  p.pos_step = pos_step;
-  p.positions = positions;
+  p.pos_begin = pos.pos_begin;
+  p.positions = pos.rows;
   p.inverse = inverse;
   p.out_bf16 = ctx.official;
   ctx.backend.rope(p);
-}
-
-void rope(const BlockContext& ctx, const TensorView& x, const std::vector<float>& inv_freq, const RowPositions& pos,
-          bool inverse) {
-  rope(ctx, x, inv_freq, pos.pos_begin, 1, inverse, pos.rows);
 }
 
 // One batch of row copies (Backend::copy_rows_batch); an empty one launches nothing.
@@ -150,57 +144,150 @@ void compressor_append(CompressorState& s, const TensorView& kv, const TensorVie
   s.score.commit(n);
 }
 
-// Pools every completed block of a compressor's token buffers into a new entry (spec §5.4),
-// post-processes the entries and appends the ones this rank owns. The consumed rows go to `drops`
-// (the caller drops every sequence's in one batch, then calls compressor_release). False when no
-// block is complete (nothing done).
-// PARALLEL: under SP every rank runs the compressor (its state is small and the same everywhere);
-// only the owner of an entry stores it (EntryOwnership).
-bool compressor_pool_blocks(const BlockContext& ctx, const CompressorWeights& w, CompressorState& s,
-                            const std::vector<float>& inv_freq, bool is_indexer, const EntryOwnership& own,
-                            std::vector<RowDrop>& drops) {
+// The entries a compressor's completed blocks make: num_entries of them (0: no block complete),
+// indices j0 .. j0 + num_entries.
+struct PoolRange {
+  int64_t j0 = 0;
+  int64_t num_entries = 0;
+};
+PoolRange pool_range(const CompressorWeights& w, const CompressorState& s) {
   const int m = w.ratio;
   const int64_t lead = w.overlap ? m : 0;
-  const int64_t num_entries = (s.kv.rows() - lead) / m;
-  if (num_entries <= 0) return false;
-  const int64_t j0 = (s.start + lead) / m;
-  CHECK_EQ(j0, s.num_entries) << "compressor entries out of step";
+  PoolRange r;
+  r.num_entries = std::max<int64_t>(0, (s.kv.rows() - lead) / m);
+  r.j0 = (s.start + lead) / m;
+  CHECK(r.num_entries == 0 || r.j0 == s.num_entries) << "compressor entries out of step";
+  return r;
+}
+
+kernels::CompressorPoolParams pool_params(const BlockContext& ctx, const CompressorWeights& w, const CompressorState& s,
+                                          int64_t num_entries, const TensorView& out) {
+  kernels::CompressorPoolParams pp;
+  pp.kv = s.kv.view();
+  pp.score = s.score.view();
+  pp.ape = w.ape;
+  pp.out = out;
+  pp.ratio = w.ratio;
+  pp.head_dim = w.head_dim;
+  pp.overlap = w.overlap;
+  pp.num_entries = num_entries;
+  pp.out_bf16 = ctx.official;
+  return pp;
+}
+
+// The numerics after pooling of new entries e [n, d] (spec §5.4), none of which mixes rows:
+// RMSNorm, RoPE at each block's start position (`runs`: the entries of each sequence, j0 * m,
+// (j0 + 1) * m, ...), then the official rounding (indexer: Hadamard + FP4; main: FP8 of the nope
+// dims). One call each for the entries of any number of sequences.
+void pooled_numerics(const BlockContext& ctx, const CompressorWeights& w, const TensorView& e,
+                     const std::vector<float>& inv_freq, bool is_indexer, const std::vector<kernels::RopeRun>& runs) {
+  norm(ctx, e, w.norm);
+  kernels::RopeParams rp;
+  rp.x = e;
+  rp.inv_freq = inv_freq.data();
+  rp.rope_dim = ctx.config.qk_rope_head_dim;
+  rp.runs = runs.data();
+  rp.num_runs = int64_t(runs.size());
+  rp.out_bf16 = ctx.official;
+  ctx.backend.rope(rp);
+  if (!ctx.official) return;
+  if (is_indexer) {
+    kernels::HadamardParams hp;
+    hp.x = e;
+    hp.out_bf16 = true;
+    ctx.backend.hadamard(hp);
+    qdq(ctx, e, kernels::QdqFormat::kFp4E2M1, 32);
+  } else {
+    qdq(ctx, view_cols(e, 0, ctx.config.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
+  }
+}
+
+// After a compressor's new entries are stored: count them and hand the consumed token rows to
+// `drops` (the caller drops every sequence's in one batch, then calls compressor_release).
+void pool_consumed(CompressorState& s, int ratio, int64_t num_entries, std::vector<RowDrop>& drops) {
+  s.num_entries += num_entries;
+  drops.push_back({&s.kv, num_entries * ratio});
+  drops.push_back({&s.score, num_entries * ratio});
+  s.start += num_entries * ratio;
+}
+
+// Pools every completed block of one compressor's token buffers into new entries (spec §5.4),
+// post-processes them and appends the ones this rank owns; at least one block must be complete.
+// A sequence under SP, or the only one of its batch to pool (straight into its table).
+// PARALLEL: under SP every rank runs the compressor (its state is small and the same everywhere);
+// only the owner of an entry stores it (EntryOwnership).
+void compressor_pool_blocks(const BlockContext& ctx, const CompressorWeights& w, CompressorState& s,
+                            const std::vector<float>& inv_freq, bool is_indexer, const EntryOwnership& own,
+                            std::vector<RowDrop>& drops) {
+  const auto [j0, num_entries] = pool_range(w, s);
+  CHECK_GT(num_entries, 0) << "no complete compressor block";
   const bool keep_all = own.num_ranks == 1;
   const bool compact = s.layout.compact();
   CHECK(!compact || ctx.official) << "compact KV rows hold official-numerics values only";
   Scratch staged;  // SP or compact rows: all new entries in F32, before they are packed / the owned ones kept
   if (!keep_all || compact) staged = make_scratch(ctx.backend, {num_entries, w.head_dim});
   const TensorView e = keep_all && !compact ? s.entries.reserve(num_entries) : staged.view;
-  kernels::CompressorPoolParams pp;
-  pp.kv = s.kv.view();
-  pp.score = s.score.view();
-  pp.ape = w.ape;
-  pp.out = e;
-  pp.ratio = m;
-  pp.head_dim = w.head_dim;
-  pp.overlap = w.overlap;
-  pp.num_entries = num_entries;
-  pp.out_bf16 = ctx.official;
-  ctx.backend.compressor_pool(pp);
-  norm(ctx, e, w.norm);
-  rope(ctx, e, inv_freq, j0 * m, m, false);  // at each block's start position
-  if (ctx.official) {
-    if (is_indexer) {
-      kernels::HadamardParams hp;
-      hp.x = e;
-      hp.out_bf16 = true;
-      ctx.backend.hadamard(hp);
-      qdq(ctx, e, kernels::QdqFormat::kFp4E2M1, 32);
-    } else {
-      qdq(ctx, view_cols(e, 0, ctx.config.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
-    }
-  }
+  ctx.backend.compressor_pool(pool_params(ctx, w, s, num_entries, e));
+  pooled_numerics(ctx, w, e, inv_freq, is_indexer, {{0, num_entries, j0 * w.ratio, w.ratio}});
   keep_new_entries(ctx, s, e, j0, own);
-  s.num_entries += num_entries;
-  drops.push_back({&s.kv, num_entries * m});
-  drops.push_back({&s.score, num_entries * m});
-  s.start += num_entries * m;
-  return true;
+  pool_consumed(s, w.ratio, num_entries, drops);
+}
+
+// The same for several sequences without SP (each keeps all its entries), each with a completed
+// block: one compressor_pool_batch into one staging table of every new entry, one call of each
+// post-pool op over all of them, one kv_pack (compact rows), and one batch of copies into the
+// states' tables, so a decode step's launches do not grow with the batch.
+void compressor_pool_blocks_batch(const BlockContext& ctx, const CompressorWeights& w,
+                                  const std::vector<CompressorState*>& states, const std::vector<float>& inv_freq,
+                                  bool is_indexer, std::vector<RowDrop>& drops) {
+  if (states.empty()) return;
+  if (states.size() == 1) {
+    compressor_pool_blocks(ctx, w, *states[0], inv_freq, is_indexer, EntryOwnership{}, drops);
+    return;
+  }
+  const KvRowLayout layout = states[0]->layout;
+  CHECK(!layout.compact() || ctx.official) << "compact KV rows hold official-numerics values only";
+  std::vector<PoolRange> ranges;
+  std::vector<kernels::RopeRun> runs;
+  int64_t total = 0;
+  for (const CompressorState* s : states) {
+    CHECK(s->layout.format == layout.format && s->layout.row_bytes == layout.row_bytes)
+        << "the states of one compressor share a row layout";
+    ranges.push_back(pool_range(w, *s));
+    CHECK_GT(ranges.back().num_entries, 0) << "no complete compressor block";
+    runs.push_back({total, ranges.back().num_entries, ranges.back().j0 * w.ratio, w.ratio});
+    total += ranges.back().num_entries;
+  }
+  Scratch staged = make_scratch(ctx.backend, {total, w.head_dim});  // every new entry, in F32
+  std::vector<kernels::CompressorPoolParams> parts;
+  for (size_t i = 0; i < states.size(); ++i) {
+    const kernels::RopeRun& run = runs[i];
+    parts.push_back(pool_params(ctx, w, *states[i], run.num_rows,
+                                view_rows(staged.view, run.row_begin, run.row_begin + run.num_rows)));
+  }
+  ctx.backend.compressor_pool_batch({parts.data(), int64_t(parts.size())});
+  pooled_numerics(ctx, w, staged.view, inv_freq, is_indexer, runs);
+  TensorView rows = staged.view;
+  Scratch packed;  // compact rows: packed once for all (lossless, as keep_new_entries)
+  if (layout.compact()) {
+    packed = make_scratch(ctx.backend, {total, layout.row_bytes}, DType::kU8);
+    kernels::KvPackParams kp;
+    kp.x = staged.view;
+    kp.out = packed.view;
+    kp.layout = layout;
+    ctx.backend.kv_pack(kp);
+    rows = packed.view;
+  }
+  std::vector<kernels::RowCopy> copies;
+  for (size_t i = 0; i < states.size(); ++i) {
+    const kernels::RopeRun& run = runs[i];
+    copies.push_back({states[i]->entries.reserve(run.num_rows), view_rows(rows, run.row_begin, run.row_begin + run.num_rows)});
+  }
+  copy_rows_batch(ctx, copies);
+  for (size_t i = 0; i < states.size(); ++i) {
+    states[i]->entries.commit(ranges[i].num_entries);
+    pool_consumed(*states[i], w.ratio, ranges[i].num_entries, drops);
+  }
 }
 
 // After the pooled rows are dropped: a long chunk grew the token buffers to its length; they now
@@ -367,14 +454,26 @@ bool compressors_update(const BlockContext& ctx, const LayerWeights& w, std::spa
   copy_rows_batch(ctx, copies);
   std::vector<RowDrop> drops;
   std::vector<std::pair<CompressorState*, int>> pooled;  // (state, ratio) of the compressors that pooled
-  auto pool = [&](const CompressorWeights& cw, CompressorState& st, bool is_indexer, const AttentionSegment& s) {
-    if (compressor_pool_blocks(ctx, cw, st, w.inv_freq, is_indexer, *s.own, drops)) pooled.push_back({&st, cw.ratio});
+  std::vector<CompressorState*> idx_batch, main_batch;    // without SP: pooled together
+  auto pool = [&](const CompressorWeights& cw, CompressorState& st, bool is_indexer, const AttentionSegment& s,
+                  std::vector<CompressorState*>& batch) {
+    if (pool_range(cw, st).num_entries == 0) return;
+    pooled.push_back({&st, cw.ratio});
+    if (s.own->num_ranks == 1) {
+      batch.push_back(&st);
+    } else {
+      compressor_pool_blocks(ctx, cw, st, w.inv_freq, is_indexer, *s.own, drops);
+    }
   };
+  for (const AttentionSegment& s : segs) {
+    if (aw.has_indexer) pool(aw.indexer.compressor, s.state->indexer, true, s, idx_batch);
+    if (aw.has_compressor) pool(aw.compressor, s.state->main, false, s, main_batch);
+  }
+  if (aw.has_indexer) compressor_pool_blocks_batch(ctx, aw.indexer.compressor, idx_batch, w.inv_freq, true, drops);
+  if (aw.has_compressor) compressor_pool_blocks_batch(ctx, aw.compressor, main_batch, w.inv_freq, false, drops);
   bool any_index = false;
   for (const AttentionSegment& s : segs) {
-    LayerState& state = *s.state;
-    if (aw.has_indexer) pool(aw.indexer.compressor, state.indexer, true, s);
-    if (aw.has_compressor) pool(aw.compressor, state.main, false, s);
+    const LayerState& state = *s.state;
     if (aw.has_indexer && state.indexer.num_entries > 0 && state.indexer.entries.rows() > 0) any_index = true;
   }
   RowTable::drop_front_batch(drops);

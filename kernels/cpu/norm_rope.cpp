@@ -50,8 +50,23 @@ void CpuBackend::rope(const RopeParams& p) {
   CHECK(p.inv_freq != nullptr);
   const int half = p.rope_dim / 2;
   std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+  int64_t run = 0;  // with runs: the run holding row r
+  if (p.runs) {
+    int64_t next = 0;
+    for (int64_t k = 0; k < p.num_runs; ++k) {
+      CHECK(p.runs[k].row_begin == next && p.runs[k].num_rows >= 0) << "rope runs must tile the rows in order";
+      next += p.runs[k].num_rows;
+    }
+    CHECK_EQ(next, rows) << "rope runs cover " << next << " of " << rows << " rows";
+  }
   for (int64_t r = 0; r < rows; ++r) {
-    const float pos = p.positions ? float(p.positions[r]) : float(p.pos_begin + r * p.pos_step);
+    float pos;
+    if (p.runs) {
+      while (r >= p.runs[run].row_begin + p.runs[run].num_rows) ++run;
+      pos = float(p.runs[run].pos_begin + (r - p.runs[run].row_begin) * p.runs[run].pos_step);
+    } else {
+      pos = p.positions ? float(p.positions[r]) : float(p.pos_begin + r * p.pos_step);
+    }
     for (int i = 0; i < half; ++i) {
       const float theta = pos * p.inv_freq[i];
       cs[size_t(i)] = std::cos(theta);

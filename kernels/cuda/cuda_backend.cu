@@ -240,6 +240,9 @@ void CudaBackend::hc_pre(const HcPreParams& p) { launch_hc_pre(p, stream_.get())
 void CudaBackend::hc_post(const HcPostParams& p) { launch_hc_post(p, stream_.get()); }
 void CudaBackend::hc_head(const HcHeadParams& p) { launch_hc_head(p, stream_.get()); }
 void CudaBackend::compressor_pool(const CompressorPoolParams& p) { launch_compressor_pool(p, stream_.get()); }
+void CudaBackend::compressor_pool_batch(const CompressorPoolBatchParams& p) {
+  launch_compressor_pool_batch(p, stream_.get());
+}
 void CudaBackend::hadamard(const HadamardParams& p) { launch_hadamard(p, stream_.get()); }
 void CudaBackend::indexer_scores(const IndexerScoresParams& p) {
   launch_indexer_scores(p, stream_.get(), options_.indexer_tensor_cores);

@@ -46,6 +46,7 @@ class CudaBackend final : public Backend {
   void linear(const LinearParams& p) override;
   void grouped_linear(const GroupedLinearParams& p) override;
   void compressor_pool(const CompressorPoolParams& p) override;
+  void compressor_pool_batch(const CompressorPoolBatchParams& p) override;
   void hadamard(const HadamardParams& p) override;
   void indexer_scores(const IndexerScoresParams& p) override;
   void topk(const TopkParams& p) override;

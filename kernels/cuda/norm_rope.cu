@@ -48,6 +48,18 @@ struct RopeArgs {
   float inv_freq[kMaxRopePairs];
 };
 
+// Rotates pair j of head h of row r by fp32(pos) * inv_freq[j].
+__device__ __forceinline__ void rope_pair(const Act& x, int64_t r, int64_t h, int j, int64_t head_dim, int half,
+                                          float pos, float inv_freq, bool inverse, bool out_round) {
+  const float theta = pos * inv_freq;
+  const float cs = cosf(theta);
+  const float sn = inverse ? -sinf(theta) : sinf(theta);
+  const int64_t c = h * head_dim + (head_dim - 2 * half) + 2 * j;
+  const float a = x.ld(r, c), b = x.ld(r, c + 1);
+  x.st(r, c, a * cs - b * sn, out_round);
+  x.st(r, c + 1, b * cs + a * sn, out_round);
+}
+
 // One thread per (row, head, pair). positions: [rows] or nullptr (pos_begin + r * pos_step).
 __global__ void rope_kernel(Act x, int64_t rows, int64_t heads, int64_t head_dim, int half, int64_t pos_begin,
                             int64_t pos_step, const int32_t* positions, bool inverse, bool out_round, RopeArgs args) {
@@ -57,13 +69,38 @@ __global__ void rope_kernel(Act x, int64_t rows, int64_t heads, int64_t head_dim
   const int64_t h = (i / half) % heads;
   const int j = int(i % half);
   const float pos = positions ? float(positions[r]) : float(pos_begin + r * pos_step);
-  const float theta = pos * args.inv_freq[j];
-  const float cs = cosf(theta);
-  const float sn = inverse ? -sinf(theta) : sinf(theta);
-  const int64_t c = h * head_dim + (head_dim - 2 * half) + 2 * j;
-  const float a = x.ld(r, c), b = x.ld(r, c + 1);
-  x.st(r, c, a * cs - b * sn, out_round);
-  x.st(r, c + 1, b * cs + a * sn, out_round);
+  rope_pair(x, r, h, j, head_dim, half, pos, args.inv_freq[j], inverse, out_round);
+}
+
+// RopeParams::runs: a group of runs travels by value in the kernel parameters (no position upload,
+// capturable in a CUDA graph); (32,764 - 256 - 16) / 32 bytes.
+constexpr int kMaxRopeRuns = 1000;
+struct RopeRunArgs {
+  float inv_freq[kMaxRopePairs];
+  int64_t row0;  // first row of the group's first run
+  int num_runs;
+  RopeRun runs[kMaxRopeRuns];
+};
+static_assert(sizeof(RopeRunArgs) <= 32764, "rope kernel parameters");
+
+// One thread per (row, head, pair) of the group's rows [row0, row0 + rows); the row's run by binary
+// search over the runs' first rows.
+__global__ void rope_runs_kernel(Act x, int64_t rows, int64_t heads, int64_t head_dim, int half, bool inverse,
+                                 bool out_round, const __grid_constant__ RopeRunArgs a) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * heads * half) return;
+  const int64_t r = a.row0 + i / (heads * half);
+  const int64_t h = (i / half) % heads;
+  const int j = int(i % half);
+  int lo = 0, hi = a.num_runs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (a.runs[mid].row_begin <= r) lo = mid;
+    else hi = mid - 1;
+  }
+  const RopeRun& run = a.runs[lo];
+  const float pos = float(run.pos_begin + (r - run.row_begin) * run.pos_step);
+  rope_pair(x, r, h, j, head_dim, half, pos, a.inv_freq[j], inverse, out_round);
 }
 
 // One block per row; the row lives in shared memory.
@@ -83,6 +120,38 @@ __global__ void hadamard_kernel(Act x, int64_t dim, bool out_round) {
   }
   const float scale = 1.0f / sqrtf(float(dim));
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) x.st(r, i, v[i] * scale, out_round);
+}
+
+// RopeParams::runs, one launch per group of kMaxRopeRuns runs (empty runs skipped).
+void launch_rope_runs(const RopeParams& p, int64_t heads, int64_t head_dim, int half, cudaStream_t s) {
+  const Act x = make_act(p.x, "rope x");
+  RopeRunArgs a;
+  for (int i = 0; i < half; ++i) a.inv_freq[i] = p.inv_freq[i];
+  a.num_runs = 0;
+  int64_t rows = 0;  // of the group
+  auto flush = [&] {
+    if (a.num_runs > 0) {
+      const int64_t n = rows * heads * half;
+      rope_runs_kernel<<<grid_x_for(n, 256, "rope"), 256, 0, s>>>(x, rows, heads, head_dim, half, p.inverse,
+                                                                  p.out_bf16, a);
+      launch_check("rope (runs)", s);
+    }
+    a.num_runs = 0;
+    rows = 0;
+  };
+  int64_t next = 0;
+  for (int64_t k = 0; k < p.num_runs; ++k) {
+    const RopeRun& run = p.runs[k];
+    CHECK(run.row_begin == next && run.num_rows >= 0) << "rope runs must tile the rows in order";
+    next += run.num_rows;
+    if (run.num_rows == 0) continue;
+    if (a.num_runs == 0) a.row0 = run.row_begin;
+    a.runs[a.num_runs++] = run;
+    rows += run.num_rows;
+    if (a.num_runs == kMaxRopeRuns) flush();
+  }
+  CHECK_EQ(next, p.x.shape[0]) << "rope runs cover " << next << " of " << p.x.shape[0] << " rows";
+  flush();
 }
 
 }  // namespace
@@ -112,6 +181,10 @@ void launch_rope(const RopeParams& p, cudaStream_t s) {
   const int half = p.rope_dim / 2;
   CHECK_LE(half, kMaxRopePairs) << "rope_dim " << p.rope_dim << " too large";
   CHECK(p.inv_freq != nullptr) << "rope: inv_freq missing";
+  if (p.runs) {
+    launch_rope_runs(p, heads, head_dim, half, s);
+    return;
+  }
   RopeArgs args{};
   for (int i = 0; i < half; ++i) args.inv_freq[i] = p.inv_freq[i];
   const int64_t n = rows * heads * half;

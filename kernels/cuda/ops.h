@@ -86,6 +86,8 @@ void launch_hc_head(const HcHeadParams& p, cudaStream_t s);
 
 // --- compressor.cu -------------------------------------------------------------------------------
 void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s);
+// Backend::compressor_pool_batch: one launch per group of parts (device views only).
+void launch_compressor_pool_batch(const CompressorPoolBatchParams& p, cudaStream_t s);
 
 // --- indexer.cu ----------------------------------------------------------------------------------
 // tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel

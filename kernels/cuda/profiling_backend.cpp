@@ -186,6 +186,12 @@ class Profiler final : public ProfilingBackend {
     timed("compressor_pool", view_bytes(p.kv) + view_bytes(p.score) + view_bytes(p.out), 0, kPeakBf16,
           [&] { inner_.compressor_pool(p); });
   }
+  void compressor_pool_batch(const CompressorPoolBatchParams& p) override {
+    double bytes = 0;
+    for (int64_t i = 0; i < p.num_parts; ++i)
+      bytes += view_bytes(p.parts[i].kv) + view_bytes(p.parts[i].score) + view_bytes(p.parts[i].out);
+    timed("compressor_pool_batch", bytes, 0, kPeakBf16, [&] { inner_.compressor_pool_batch(p); });
+  }
   void hadamard(const HadamardParams& p) override {
     timed("hadamard", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.hadamard(p); });
   }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Every non-GEMM CUDA op against the CPU reference op on fresh random inputs: odd sizes, decode- and
 // prefill-shaped cases, NaN/inf position parity, per-op tolerances for the bf16 activation path;
-// the batched ops of a decode batch against the CPU op per sequence.
+// the batched ops of a decode batch (and RoPE in runs) against the CPU op per sequence.
 // Inputs are bf16-representable so both backends start from identical values.
 #include <algorithm>
 #include <cmath>
@@ -104,6 +104,42 @@ TEST(CudaOps, RopePerRowPositions) {
   }
 }
 
+// The new compressed entries of a decode batch in one call (RopeParams::runs): each sequence's
+// entries at j0 * ratio, (j0 + 1) * ratio, ... (ragged counts, empty runs, positions past 2^20),
+// batches of 1 to 1,500 runs (more than one launch group), forward and inverse.
+TEST(CudaOps, RopeRuns) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(32);
+  std::vector<float> inv_freq(32);
+  for (int i = 0; i < 32; ++i) inv_freq[size_t(i)] = std::pow(160000.f, -2.f * float(i) / 64.f) / (i >= 25 ? 16.f : 1.f);
+  for (int num_runs : {1, 3, 64, 300, 1500}) {
+    std::vector<RopeRun> runs;
+    int64_t rows = 0;
+    for (int k = 0; k < num_runs; ++k) {
+      const int64_t n = num_runs == 1 ? 2 : rng.integer(0, 3);
+      const int64_t step = k % 7 == 6 ? 128 : 4;
+      const int64_t j0 = k % 5 == 4 ? ((int64_t(1) << 20) + rng.integer(0, 1000)) / step : rng.integer(0, 4000);
+      runs.push_back({rows, n, j0 * step, step});
+      rows += n;
+    }
+    for (bool inverse : {false, true}) {
+      Dual x = make_dual({rows, 1, 512}, rng.normals(rows * 512));
+      RopeParams p;
+      p.inv_freq = inv_freq.data();
+      p.rope_dim = 64;
+      p.inverse = inverse;
+      p.runs = runs.data();
+      p.num_runs = int64_t(runs.size());
+      p.x = x.cpu;
+      cpu_backend().rope(p);
+      p.x = x.gpu;
+      gpu_backend().rope(p);
+      EXPECT_TRUE(compare("rope runs " + std::to_string(num_runs) + (inverse ? " inverse" : ""), x.gpu_values(),
+                          x.cpu_values(), kBf16Tol));
+    }
+  }
+}
+
 TEST(CudaOps, Hadamard) {
   V4RT_REQUIRE_GPU();
   Rng rng(4);
@@ -193,6 +229,59 @@ TEST(CudaOps, CompressorPoolCsaAndHca) {
     p.kv = kv.gpu; p.score = sc.gpu; p.ape = ape.gpu; p.out = out.gpu;
     gpu_backend().compressor_pool(p);
     EXPECT_TRUE(compare("compressor ratio " + std::to_string(c.ratio) + " d" + std::to_string(c.head_dim),
+                        out.gpu_values(), out.cpu_values(), c.dt == DType::kF32 ? Tolerance{2e-5, 1e-6, 1e-10} : kBf16Tol));
+  }
+}
+
+// A decode batch's pooling in one call: each part a sequence's token rows (rows of one buffer) with
+// a ragged number of completed blocks, its entries into its rows of one staged buffer; batches of
+// 1 to 800 parts (more than one launch group), CSA and HCA, against the CPU op per part.
+TEST(CudaOps, CompressorPoolBatch) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(61);
+  struct Case { int ratio, head_dim; bool overlap; int num_parts; DType dt; };
+  for (const Case& c : {Case{4, 128, true, 1, DType::kBF16}, Case{4, 128, true, 3, DType::kF32},
+                        Case{4, 128, true, 64, DType::kBF16}, Case{4, 128, true, 300, DType::kBF16},
+                        Case{4, 64, true, 800, DType::kBF16}, Case{128, 64, false, 3, DType::kF32},
+                        Case{128, 64, false, 64, DType::kBF16}}) {
+    const int cc = c.overlap ? 2 : 1;
+    const int width = cc * c.head_dim;
+    std::vector<int64_t> entries, row0;
+    int64_t rows = 0, total = 0;
+    for (int i = 0; i < c.num_parts; ++i) {
+      entries.push_back(c.num_parts == 1 ? 2 : rng.integer(c.ratio == 4 ? 0 : 1, c.ratio == 4 ? 3 : 1));
+      row0.push_back(rows);
+      rows += (entries.back() + (c.overlap ? 1 : 0)) * c.ratio + rng.integer(0, c.ratio - 1);  // + an open block
+      total += entries.back();
+    }
+    std::vector<float> score = rng.normals(rows * width);
+    if (c.overlap)  // part 0 starts its sequence: no block before its entry 0 (-inf scores, weight 0)
+      for (int r = 0; r < c.ratio; ++r)
+        for (int ch = 0; ch < width; ++ch) score[size_t(r * width + ch)] = -INFINITY;
+    Dual kv = make_dual({rows, width}, rng.normals(rows * width), c.dt);
+    Dual sc = make_dual({rows, width}, score, c.dt);
+    DualWeight ape = upload_f32(rng.normals(int64_t(c.ratio) * width, 0.5f, false), c.ratio, width);
+    Dual out = make_dual({total, c.head_dim}, std::vector<float>(size_t(total) * c.head_dim, 0.f), c.dt);
+    auto parts_on = [&](bool gpu) {
+      std::vector<CompressorPoolParams> parts;
+      int64_t e0 = 0;
+      for (int i = 0; i < c.num_parts; ++i) {
+        const int64_t end = i + 1 < c.num_parts ? row0[size_t(i) + 1] : rows;
+        CompressorPoolParams p;
+        p.ratio = c.ratio; p.head_dim = c.head_dim; p.overlap = c.overlap; p.num_entries = entries[size_t(i)];
+        p.kv = view_rows(gpu ? kv.gpu : kv.cpu, row0[size_t(i)], end);
+        p.score = view_rows(gpu ? sc.gpu : sc.cpu, row0[size_t(i)], end);
+        p.ape = gpu ? ape.gpu : ape.cpu;
+        p.out = view_rows(gpu ? out.gpu : out.cpu, e0, e0 + p.num_entries);
+        e0 += p.num_entries;
+        parts.push_back(p);
+      }
+      return parts;
+    };
+    const std::vector<CompressorPoolParams> cpu_parts = parts_on(false), gpu_parts = parts_on(true);
+    cpu_backend().compressor_pool_batch({cpu_parts.data(), int64_t(cpu_parts.size())});
+    gpu_backend().compressor_pool_batch({gpu_parts.data(), int64_t(gpu_parts.size())});
+    EXPECT_TRUE(compare("compressor batch of " + std::to_string(c.num_parts) + " ratio " + std::to_string(c.ratio),
                         out.gpu_values(), out.cpu_values(), c.dt == DType::kF32 ? Tolerance{2e-5, 1e-6, 1e-10} : kBf16Tol));
   }
 }

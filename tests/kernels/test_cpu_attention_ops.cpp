@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // CPU reference ops of the attention and MoE paths against values computed independently here:
-// compressor pooling (explicit softmax-weighted sums), Hadamard (popcount formula), indexer scores
+// compressor pooling (explicit softmax-weighted sums; its batch against per-part calls), Hadamard (popcount formula), indexer scores
 // with visibility, top-k ties, sparse attention with sink (direct softmax formula), MoE router and
 // experts; the batched indexer scores, top-k and sparse attention of a decode batch against the
 // per-sequence calls, bit for bit.
@@ -77,6 +77,56 @@ TEST(CpuCompressor, OverlapPoolsPreviousBlockFirstHalf) {
       ref.push_back(num / den);
     }
   EXPECT_LT(max_abs_diff(out, ref), 1e-5);
+}
+
+TEST(CpuCompressor, BatchEqualsPerPartCalls) {
+  // A decode step's pooling: each part its own token rows (a ragged number of completed blocks,
+  // none in one part) into its own rows of one staged buffer, against one compressor_pool per part
+  // into a buffer of its own, bit for bit; CSA (overlap) and HCA shapes, with and without bf16.
+  auto be = make_cpu_backend();
+  const int d = 5;
+  const std::vector<int64_t> entries = {1, 3, 0, 2, 1};
+  for (const bool overlap : {false, true}) {
+    for (const bool out_bf16 : {false, true}) {
+      const int m = overlap ? 4 : 8, c = overlap ? 2 : 1;
+      const WeightView ape = upload_f32(*be, randn(size_t(m * c * d), 30), m, c * d);
+      std::vector<std::vector<float>> kv, sc;
+      int64_t total = 0;
+      for (size_t i = 0; i < entries.size(); ++i) {
+        const int64_t rows = (entries[i] + (overlap ? 1 : 0)) * m + 2;  // 2 rows of an open block
+        kv.push_back(randn(size_t(rows * c * d), 40 + i));
+        sc.push_back(randn(size_t(rows * c * d), 50 + i));
+        if (overlap && i == 0)  // a sequence start: its first block is absent
+          for (int64_t k = 0; k < int64_t(m) * c * d; ++k) sc[i][size_t(k)] = -INFINITY;
+        total += entries[i];
+      }
+      std::vector<float> staged(size_t(total * d), -1.0f), ref(size_t(total * d), -1.0f);
+      std::vector<CompressorPoolParams> parts;
+      int64_t row = 0;
+      for (size_t i = 0; i < entries.size(); ++i) {
+        const int64_t rows = int64_t(kv[i].size()) / (c * d);
+        CompressorPoolParams p;
+        p.kv = tv(kv[i], {rows, c * d});
+        p.score = tv(sc[i], {rows, c * d});
+        p.ape = ape;
+        p.ratio = m;
+        p.head_dim = d;
+        p.overlap = overlap;
+        p.num_entries = entries[i];
+        p.out_bf16 = out_bf16;
+        p.out = view_rows(tv(staged, {total, d}), row, row + entries[i]);
+        parts.push_back(p);
+        std::vector<float> own(size_t(entries[i] * d));
+        p.out = tv(own, {entries[i], d});
+        if (entries[i] > 0) be->compressor_pool(p);
+        std::copy(own.begin(), own.end(), ref.begin() + row * d);
+        row += entries[i];
+      }
+      be->compressor_pool_batch({parts.data(), int64_t(parts.size())});
+      EXPECT_EQ(0, std::memcmp(staged.data(), ref.data(), staged.size() * sizeof(float)))
+          << "overlap " << overlap << " bf16 " << out_bf16;
+    }
+  }
 }
 
 TEST(CpuHadamard, MatchesPopcountFormula) {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // CPU reference ops against values computed independently here (hand-worked or in double):
-// rms_norm, rope (and at per-row positions), hc_pre/hc_post/hc_head, linear, grouped_linear, swiglu,
+// rms_norm, rope (and at per-row positions, and in runs), hc_pre/hc_post/hc_head, linear, grouped_linear, swiglu,
 // embedding, add, the quantize-dequantize rounding ops, weight dequantization at upload and batched
 // row copies.
 #include <cmath>
@@ -101,6 +101,48 @@ TEST(CpuRope, PerRowPositionsEqualRowByRowCalls) {
         be->rope(p);
       }
       EXPECT_EQ(0, std::memcmp(x.data(), ref.data(), x.size() * sizeof(float))) << "inverse " << inverse << " bf16 " << out_bf16;
+    }
+  }
+}
+
+TEST(CpuRope, RunsEqualPerRunCalls) {
+  // The new compressed entries of several sequences in one call: runs at their own positions and
+  // steps (an empty run, one past 2^20) against one pos_begin / pos_step call per run and against
+  // per-row positions, bit for bit, forward and inverse, with and without bf16 rounding.
+  auto be = make_cpu_backend();
+  const std::vector<RopeRun> runs = {{0, 3, 0, 4}, {3, 1, 28, 4}, {4, 0, 12, 4}, {4, 2, 1048576, 128}, {6, 1, 5, 1}};
+  const int64_t rows = 7, heads = 2, head_dim = 10;
+  std::vector<int32_t> positions;
+  for (const RopeRun& r : runs)
+    for (int64_t i = 0; i < r.num_rows; ++i) positions.push_back(int32_t(r.pos_begin + i * r.pos_step));
+  std::vector<float> inv_freq = {1.0f, 0.3f, 0.01f};
+  for (bool inverse : {false, true}) {
+    for (bool out_bf16 : {false, true}) {
+      std::vector<float> x = randn(size_t(rows * heads * head_dim), 3);
+      std::vector<float> per_run = x, per_row = x;
+      RopeParams p;
+      p.inv_freq = inv_freq.data();
+      p.rope_dim = 6;
+      p.inverse = inverse;
+      p.out_bf16 = out_bf16;
+      p.x = tv(x, {rows, heads, head_dim});
+      p.pos_begin = 99;  // ignored with runs
+      p.runs = runs.data();
+      p.num_runs = int64_t(runs.size());
+      be->rope(p);
+      p.runs = nullptr;
+      p.num_runs = 0;
+      for (const RopeRun& r : runs) {
+        p.x = view_rows(tv(per_run, {rows, heads, head_dim}), r.row_begin, r.row_begin + r.num_rows);
+        p.pos_begin = r.pos_begin;
+        p.pos_step = r.pos_step;
+        if (r.num_rows > 0) be->rope(p);
+      }
+      p.x = tv(per_row, {rows, heads, head_dim});
+      p.positions = positions.data();
+      be->rope(p);
+      EXPECT_EQ(0, std::memcmp(x.data(), per_run.data(), x.size() * sizeof(float))) << "inverse " << inverse << " bf16 " << out_bf16;
+      EXPECT_EQ(0, std::memcmp(x.data(), per_row.data(), x.size() * sizeof(float))) << "inverse " << inverse << " bf16 " << out_bf16;
     }
   }
 }

@@ -176,13 +176,43 @@ class CallCounter final : public kernels::ForwardingBackend {
     ++num_copy_rows_batch;
     inner().copy_rows_batch(c, n);
   }
-  int num_rope = 0, num_copy_rows = 0, num_copy_rows_batch = 0;
+  // The compressors' pooling and its post-processing.
+  void compressor_pool(const kernels::CompressorPoolParams& p) override {
+    ++num_pool;
+    inner().compressor_pool(p);
+  }
+  void compressor_pool_batch(const kernels::CompressorPoolBatchParams& p) override {
+    ++num_pool;
+    inner().compressor_pool_batch(p);
+  }
+  void rms_norm(const kernels::RmsNormParams& p) override {
+    ++num_norm;
+    inner().rms_norm(p);
+  }
+  void hadamard(const kernels::HadamardParams& p) override {
+    ++num_hadamard;
+    inner().hadamard(p);
+  }
+  void qdq(const kernels::QdqParams& p) override {
+    ++num_qdq;
+    inner().qdq(p);
+  }
+  void kv_pack(const kernels::KvPackParams& p) override {
+    ++num_kv_pack;
+    inner().kv_pack(p);
+  }
+  void reset() { num_rope = num_copy_rows = num_copy_rows_batch = num_pool = num_norm = num_hadamard = num_qdq = num_kv_pack = 0; }
+  std::vector<int> counts() const {
+    return {num_rope, num_copy_rows, num_copy_rows_batch, num_pool, num_norm, num_hadamard, num_qdq, num_kv_pack};
+  }
+  int num_rope = 0, num_copy_rows = 0, num_copy_rows_batch = 0, num_pool = 0, num_norm = 0, num_hadamard = 0,
+      num_qdq = 0, num_kv_pack = 0;
 };
 
 TEST_P(BatchedStep, DecodeStepRopeAndCopiesDoNotGrowWithTheBatch) {
   // Sequences at ragged positions, multiples of 4 off the 128-token HCA blocks (the decode token
-  // completes no compressor block, whose pooling is per sequence), below 16 or past the window (no
-  // compressor buffer grows by copying its rows in this step).
+  // completes no compressor block), below 16 or past the window (no compressor buffer grows by
+  // copying its rows in this step).
   CallCounter counter(*backend_);
   ModelOptions mo;
   mo.numerics = GetParam();
@@ -199,23 +229,27 @@ TEST_P(BatchedStep, DecodeStepRopeAndCopiesDoNotGrowWithTheBatch) {
     }
     m->step(chunks, nullptr);
     for (size_t i = 0; i < chunks.size(); ++i) chunks[i].tokens = next[i];
-    counter.num_rope = counter.num_copy_rows = counter.num_copy_rows_batch = 0;
+    counter.reset();
     m->step(chunks, nullptr);
-    return std::vector<int>{counter.num_rope, counter.num_copy_rows, counter.num_copy_rows_batch};
+    return counter.counts();
   };
+  const char* kCalls = "rope, copy_rows, copy_rows_batch, compressor_pool(_batch), rms_norm, hadamard, qdq, kv_pack calls";
   const std::vector<int> two = decode_calls({8, 132});
   const std::vector<int> five = decode_calls({12, 136, 4, 200, 140});
-  EXPECT_EQ(two, five) << "rope, copy_rows, copy_rows_batch calls of a decode step";
+  EXPECT_EQ(two, five) << kCalls << " of a decode step";
   EXPECT_EQ(two[1], 0) << "row copies of a decode step all go through copy_rows_batch";
   EXPECT_GT(two[0], 0);
+  EXPECT_EQ(two[3], 0) << "no compressor block completes";
   // The decode token completes a CSA block in every sequence (positions 3 mod 4, below 16: no
-  // buffer grows): the pooling runs per sequence, its consumed rows are dropped in one batch.
+  // buffer grows): the sequences pool together (one call of each op per compressor per layer) and
+  // their consumed rows are dropped in one batch.
   const std::vector<int> two_pooling = decode_calls({3, 7});
   const std::vector<int> five_pooling = decode_calls({11, 15, 3, 7, 11});
+  EXPECT_EQ(two_pooling, five_pooling) << kCalls << " of a decode step that pools";
   EXPECT_EQ(two_pooling[1], 0);
-  EXPECT_EQ(five_pooling[1], 0);
-  EXPECT_EQ(two_pooling[2], five_pooling[2]) << "copy_rows_batch calls of a decode step that pools";
   EXPECT_GT(two_pooling[2], two[2]);
+  EXPECT_GT(two_pooling[3], 0);
+  EXPECT_GT(two_pooling[4], two[4]) << "the pooled entries' norm";
 }
 
 INSTANTIATE_TEST_SUITE_P(Numerics, BatchedStep, ::testing::Values(Numerics::kReference, Numerics::kOfficial),
