@@ -5,6 +5,8 @@ list(APPEND V4RT_MODEL_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/prefix_state.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/mhc.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/attention.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/attention_ops.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/compressor.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/moe.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/model.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/mtp.cpp
