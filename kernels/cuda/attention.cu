@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 
+#include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/launch_geometry.h"
@@ -54,8 +55,8 @@ struct AttnPart {
   bool has_list;
 };
 
-// Kernel parameters may take 32,764 bytes (CUDA 12.1+, sm_70+); the shared fields take < 128.
-constexpr int kMaxAttnParts = int((32764 - 128) / sizeof(AttnPart));
+// The parts that fit in the kernel parameters beside the shared fields (< 128 bytes).
+constexpr int kMaxAttnParts = int((kMaxKernelParamBytes - 128) / sizeof(AttnPart));
 
 struct AttnArgs {
   const float* sink;
@@ -70,7 +71,7 @@ struct AttnArgs {
   int num_parts;
   AttnPart parts[kMaxAttnParts];
 };
-static_assert(sizeof(AttnArgs) <= 32764, "attention kernel parameters");
+static_assert(sizeof(AttnArgs) <= kMaxKernelParamBytes, "attention kernel parameters");
 
 // A token of the launch resolved at block start: its part and its row inside the part.
 struct TokArgs {
@@ -81,13 +82,8 @@ struct TokArgs {
 // The part holding launch token tg (binary search over the parts' first tokens; the same for the
 // whole block, so the parameter reads are uniform).
 __device__ __forceinline__ TokArgs token_args(const AttnArgs& a, int64_t tg) {
-  int lo = 0, hi = a.num_parts - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (a.parts[mid].row0 <= tg) lo = mid;
-    else hi = mid - 1;
-  }
-  return TokArgs{a.parts[lo], tg - a.parts[lo].row0};
+  const AttnPart& p = a.parts[part_holding(a.num_parts, tg, [&](int k) { return a.parts[k].row0; })];
+  return TokArgs{p, tg - p.row0};
 }
 
 // Candidates of query token t of part p (absolute position pos_begin + t): the window rows

@@ -3,6 +3,7 @@
 // (score + ape) weights the kv rows; CSA (overlap) pools the previous block through channels
 // [0, d) and the current block through [d, 2d). One thread per (entry, channel), the same slot
 // order and fp32 arithmetic as the reference.
+#include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
@@ -50,8 +51,8 @@ struct PoolPart {
   int64_t num_entries, e0;
 };
 
-// Kernel parameters may take 32,764 bytes (CUDA 12.1+, sm_70+); the shared fields take < 64.
-constexpr int kMaxPoolParts = int((32764 - 64) / sizeof(PoolPart));
+// The parts that fit in the kernel parameters beside the shared fields (< 64 bytes).
+constexpr int kMaxPoolParts = int((kMaxKernelParamBytes - 64) / sizeof(PoolPart));
 
 struct PoolArgs {
   Act ape;
@@ -60,20 +61,14 @@ struct PoolArgs {
   bool overlap, out_round;
   PoolPart parts[kMaxPoolParts];
 };
-static_assert(sizeof(PoolArgs) <= 32764, "compressor_pool kernel parameters");
+static_assert(sizeof(PoolArgs) <= kMaxKernelParamBytes, "compressor_pool kernel parameters");
 
 // One thread per (launch entry, channel); the entry's part by binary search over the parts' e0.
 __global__ void compressor_pool_batch_kernel(const __grid_constant__ PoolArgs a) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= a.num_entries * a.head_dim) return;
   const int64_t eg = i / a.head_dim;
-  int lo = 0, hi = a.num_parts - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (a.parts[mid].e0 <= eg) lo = mid;
-    else hi = mid - 1;
-  }
-  const PoolPart& p = a.parts[lo];
+  const PoolPart& p = a.parts[part_holding(a.num_parts, eg, [&](int k) { return a.parts[k].e0; })];
   pool_entry(p.kv, p.score, a.ape, p.out, eg - p.e0, int(i % a.head_dim), a.ratio, a.head_dim, a.overlap,
              a.out_round);
 }

@@ -3,6 +3,7 @@
 // and compressor rows, one or a few rows per sequence) in one launch per group of kMaxCopies. The
 // group's descriptors travel by value as the kernel's parameter (CUDA 12.1+ on sm_70+ takes up to
 // 32,764 bytes), so a launch needs no host-to-device upload and can be captured in a CUDA graph.
+#include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
@@ -25,13 +26,13 @@ struct CopyDesc {
 };
 static_assert(sizeof(CopyDesc) == 48, "descriptor layout");
 
-// 640 descriptors: 30,720 bytes + the count, under the 32,764-byte kernel parameter limit.
+// 640 descriptors: 30,720 bytes + the count, under the kernel parameter limit.
 constexpr int kMaxCopies = 640;
 struct CopyGroup {
   CopyDesc copies[kMaxCopies];
   int32_t num_copies;
 };
-static_assert(sizeof(CopyGroup) <= 32764, "kernel parameter limit");
+static_assert(sizeof(CopyGroup) <= kMaxKernelParamBytes, "kernel parameter limit");
 
 constexpr int kThreads = 256;
 constexpr int64_t kUnitsPerBlock = 4 * kThreads;  // a block copies up to 4 units per thread per pass

@@ -17,6 +17,7 @@
 // channel tiles on gridDim.y, so no grid dimension depends on the number of tokens beyond x.
 #include <algorithm>
 
+#include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
@@ -116,13 +117,7 @@ __global__ void __launch_bounds__(kThreads) fp4_grouped_gemm_tc_kernel(Fp4Groupe
   if (tile >= num_tiles) return;
   // The group of this tile: the last g with tile_start[g] <= tile (groups with no tiles share
   // their start with the next group that has some, which comes later).
-  int lo = 0, hi = p.num_groups - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (tile_start[mid] <= tile) lo = mid;
-    else hi = mid - 1;
-  }
-  const int g = lo;
+  const int g = part_holding(p.num_groups, tile, [&](int k) { return int64_t(tile_start[k]); });
   const int64_t row_begin = int64_t(p.row_offsets[g]) + int64_t(tile - tile_start[g]) * kBM;
   const int rows = int(min(int64_t(kBM), int64_t(p.row_offsets[g + 1]) - row_begin));
   const int64_t n0 = int64_t(blockIdx.y) * kBN;

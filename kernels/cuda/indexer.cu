@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 
+#include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/launch_geometry.h"
@@ -40,8 +41,8 @@ struct IdxPart {
   bool vec;  // plain keys read 16 bytes at a time
 };
 
-// Kernel parameters may take 32,764 bytes (CUDA 12.1+, sm_70+); the shared fields take < 64.
-constexpr int kMaxIdxParts = int((32764 - 64) / sizeof(IdxPart));
+// The parts that fit in the kernel parameters beside the shared fields (< 64 bytes).
+constexpr int kMaxIdxParts = int((kMaxKernelParamBytes - 64) / sizeof(IdxPart));
 
 struct IdxArgs {
   int64_t n;  // query tokens of the launch
@@ -51,17 +52,11 @@ struct IdxArgs {
   int num_parts;
   IdxPart parts[kMaxIdxParts];
 };
-static_assert(sizeof(IdxArgs) <= 32764, "indexer kernel parameters");
+static_assert(sizeof(IdxArgs) <= kMaxKernelParamBytes, "indexer kernel parameters");
 
 // The part holding launch token tg (binary search over the parts' first tokens).
 __device__ __forceinline__ const IdxPart& idx_part_of(const IdxArgs& a, int64_t tg) {
-  int lo = 0, hi = a.num_parts - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (a.parts[mid].row0 <= tg) lo = mid;
-    else hi = mid - 1;
-  }
-  return a.parts[lo];
+  return a.parts[part_holding(a.num_parts, tg, [&](int k) { return a.parts[k].row0; })];
 }
 
 // The scores of query token t of part p against this block's keys (one thread per key); q of the

@@ -2,6 +2,7 @@
 // RMSNorm (weighted, unweighted, and the bf16-arithmetic per-head query norm of spec §2.4),
 // interleaved partial RoPE (§2.5, accurate sinf/cosf of fp32(pos) * inv_freq) and the Walsh-Hadamard
 // rotation of the indexer (§2.7, same butterfly order as the reference).
+#include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
@@ -73,7 +74,7 @@ __global__ void rope_kernel(Act x, int64_t rows, int64_t heads, int64_t head_dim
 }
 
 // RopeParams::runs: a group of runs travels by value in the kernel parameters (no position upload,
-// capturable in a CUDA graph); (32,764 - 256 - 16) / 32 bytes.
+// capturable in a CUDA graph); (kMaxKernelParamBytes - 256 - 16) / 32 bytes.
 constexpr int kMaxRopeRuns = 1000;
 struct RopeRunArgs {
   float inv_freq[kMaxRopePairs];
@@ -81,7 +82,7 @@ struct RopeRunArgs {
   int num_runs;
   RopeRun runs[kMaxRopeRuns];
 };
-static_assert(sizeof(RopeRunArgs) <= 32764, "rope kernel parameters");
+static_assert(sizeof(RopeRunArgs) <= kMaxKernelParamBytes, "rope kernel parameters");
 
 // One thread per (row, head, pair) of the group's rows [row0, row0 + rows); the row's run by binary
 // search over the runs' first rows.
@@ -92,13 +93,7 @@ __global__ void rope_runs_kernel(Act x, int64_t rows, int64_t heads, int64_t hea
   const int64_t r = a.row0 + i / (heads * half);
   const int64_t h = (i / half) % heads;
   const int j = int(i % half);
-  int lo = 0, hi = a.num_runs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (a.runs[mid].row_begin <= r) lo = mid;
-    else hi = mid - 1;
-  }
-  const RopeRun& run = a.runs[lo];
+  const RopeRun& run = a.runs[part_holding(a.num_runs, r, [&](int k) { return a.runs[k].row_begin; })];
   const float pos = float(run.pos_begin + (r - run.row_begin) * run.pos_step);
   rope_pair(x, r, h, j, head_dim, half, pos, a.inv_freq[j], inverse, out_round);
 }
