@@ -441,15 +441,14 @@ void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, s
   const int64_t n = a.shape[0];
   check_segments(segs, n);
   // RoPE of all rows in one call: a single segment rotates from its pos_begin, several at the rows'
-  // positions (the step's, or uploaded here).
-  Scratch uploaded;
+  // positions, which the step uploaded once for every layer.
   RowPositions positions;
   if (segs.size() == 1) {
     positions.pos_begin = segs[0].pos_begin;
   } else if (segs.size() > 1) {
-    if (!ctx.row_positions.data) uploaded = row_positions(ctx.backend, segs);
-    const TensorView& pv = ctx.row_positions.data ? ctx.row_positions : uploaded.view;
-    CHECK(pv.dtype == DType::kI32 && pv.numel() == n) << "row positions " << pv.shape_str() << " for " << n << " rows";
+    const TensorView& pv = ctx.row_positions;
+    CHECK(pv.data && pv.dtype == DType::kI32 && pv.numel() == n)
+        << "several attention segments need BlockContext::row_positions (I32 [" << n << "]), got " << pv.shape_str();
     positions.rows = static_cast<const int32_t*>(pv.data);
   }
   Queries q;

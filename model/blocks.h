@@ -49,7 +49,7 @@ struct AttentionSegment {
 };
 // The position of every row of `segs` (pos_begin .. pos_begin + rows - 1 per segment, in row
 // order), I32 [N] on the backend: RoPE of several sequences' rows in one call. A step uploads them
-// once into BlockContext::row_positions; without them attention_forward_batched uploads its own.
+// once into BlockContext::row_positions, which attention_forward_batched needs for several segments.
 Scratch row_positions(kernels::Backend& backend, std::span<const AttentionSegment> segs);
 // Attention over the concatenated rows of several sequences (distinct states): every projection
 // (wq_a, wq_b, wkv, the compressors' wkv/wgate, the indexer's wq_b and weights_proj, wo_a, wo_b)

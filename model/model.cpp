@@ -124,12 +124,11 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
   // Row ranges of the chunks in the concatenated token list; the attention segments of every layer
   // (their states are set per layer).
   const size_t nc = chunks.size();
-  std::vector<int64_t> row0(nc + 1, 0), pos(nc);
+  std::vector<int64_t> row0(nc + 1, 0);
   std::vector<AttentionSegment> segs(nc);
   for (size_t i = 0; i < nc; ++i) {
     row0[i + 1] = row0[i] + int64_t(chunks[i].tokens.size());
-    pos[i] = chunks[i].sequence->position();
-    segs[i].pos_begin = pos[i];
+    segs[i].pos_begin = chunks[i].sequence->position();
     segs[i].row_begin = row0[i];
     segs[i].rows = row0[i + 1] - row0[i];
   }
@@ -188,7 +187,7 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
       hc_post(ctx, mix, o.view, x2.view, x.view);
     }
     if (observer_) {
-      for (size_t i = 0; i < nc; ++i) observer_(l, pos[i], kernels::view_rows(x.view, row0[i], row0[i + 1]));
+      for (size_t i = 0; i < nc; ++i) observer_(l, segs[i].pos_begin, kernels::view_rows(x.view, row0[i], row0[i + 1]));
     }
   }
   for (size_t i = 0; i < nc; ++i) {
