@@ -74,6 +74,16 @@ TEST(CpuRope, KnownAnglesAndInverse) {
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], orig[i], 1e-5);
 }
 
+// RoPE of the last 6 of 10 dims at the given frequencies: the two batched-position tests below.
+RopeParams rope_case(const std::vector<float>& inv_freq, bool inverse, bool out_bf16) {
+  RopeParams p;
+  p.inv_freq = inv_freq.data();
+  p.rope_dim = 6;
+  p.inverse = inverse;
+  p.out_bf16 = out_bf16;
+  return p;
+}
+
 TEST(CpuRope, PerRowPositionsEqualRowByRowCalls) {
   // Rows of several sequences in one call (positions out of order, one past 2^20) against one
   // pos_begin call per row: bit for bit, forward and inverse, with and without bf16 rounding.
@@ -85,11 +95,7 @@ TEST(CpuRope, PerRowPositionsEqualRowByRowCalls) {
     for (bool out_bf16 : {false, true}) {
       std::vector<float> x = randn(size_t(rows * heads * head_dim), 2);
       std::vector<float> ref = x;
-      RopeParams p;
-      p.inv_freq = inv_freq.data();
-      p.rope_dim = 6;
-      p.inverse = inverse;
-      p.out_bf16 = out_bf16;
+      RopeParams p = rope_case(inv_freq, inverse, out_bf16);
       p.x = tv(x, {rows, heads, head_dim});
       p.pos_begin = 99;  // ignored with positions
       p.positions = positions.data();
@@ -120,11 +126,7 @@ TEST(CpuRope, RunsEqualPerRunCalls) {
     for (bool out_bf16 : {false, true}) {
       std::vector<float> x = randn(size_t(rows * heads * head_dim), 3);
       std::vector<float> per_run = x, per_row = x;
-      RopeParams p;
-      p.inv_freq = inv_freq.data();
-      p.rope_dim = 6;
-      p.inverse = inverse;
-      p.out_bf16 = out_bf16;
+      RopeParams p = rope_case(inv_freq, inverse, out_bf16);
       p.x = tv(x, {rows, heads, head_dim});
       p.pos_begin = 99;  // ignored with runs
       p.runs = runs.data();
