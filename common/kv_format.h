@@ -36,6 +36,18 @@ struct KvRowLayout {
   bool compact() const { return format != KvFormat::kPlain; }
 };
 
+// Where a table's compact rows lie. Contiguous (blocks == nullptr): row r at the view's data +
+// r * row_bytes. Paged: the rows sit in fixed-size blocks of a pool (model/kv_pool.h), row r at
+// blocks[r >> block_shift] + (r & (2^block_shift - 1)) * row_bytes; the array of block addresses is
+// readable where the backend computes (device memory on CUDA). A paged table's view still gives
+// the row count and row bytes, and its data is the first block's address.
+struct KvBlocks {
+  const uint8_t* const* blocks = nullptr;  // [ceil(rows / block_rows)] block addresses; nullptr: contiguous
+  int block_shift = 0;                     // log2(rows per block)
+  bool paged() const { return blocks != nullptr; }
+  int64_t block_rows() const { return int64_t(1) << block_shift; }
+};
+
 KvRowLayout plain_kv_layout(int64_t dim);
 // Main compressed entry of `dim` dims whose last `rope_dim` are RoPE dims.
 KvRowLayout fp8_rope_kv_layout(int64_t dim, int64_t rope_dim);

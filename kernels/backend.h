@@ -199,6 +199,7 @@ struct IndexerScoresParams {
   TensorView q;                 // [num_tokens, num_heads, index_head_dim]
   TensorView keys;              // [num_keys, index_head_dim], or U8 [num_keys, row_bytes] (compact)
   KvRowLayout key_layout;       // format of the key rows: kPlain, or kFp4 (decoded as they load)
+  KvBlocks key_blocks;          // compact keys held in pool blocks (paged); empty: contiguous rows
   TensorView w;                 // [num_tokens, num_heads]
   TensorView scores;            // [num_tokens, key_end - key_begin], F32
   float weight_scale = 1.0f;
@@ -234,6 +235,7 @@ struct SparseAttentionParams {
   TensorView window_kv;         // [num_window_rows, head_dim]
   TensorView comp_kv;           // [num_comp, head_dim] or empty; U8 [num_comp, row_bytes] (compact)
   KvRowLayout comp_layout;      // format of the comp_kv rows: kPlain, or kFp8Rope (decoded as they load)
+  KvBlocks comp_blocks;         // compact entries held in pool blocks (paged); empty: contiguous rows
   TensorView comp_idx;          // [num_tokens, num_cand] I32 or empty
   WeightView sink;              // [num_heads] F32
   TensorView out;               // [num_tokens, num_heads, head_dim]
