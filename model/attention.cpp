@@ -202,6 +202,7 @@ kernels::IndexerScoresParams indexer_scores_params(const BlockContext& ctx, cons
   p.q = view_rows(iq.q.view, seg.row_begin, seg.row_begin + seg.rows);
   p.keys = indexer.entries.view();
   p.key_layout = indexer.layout;
+  p.key_blocks = indexer.entries.blocks();
   p.w = view_rows(iq.weights.view, seg.row_begin, seg.row_begin + seg.rows);
   p.scores = scores;
   // The scale uses the global head count: TP ranks sum partial scores of their heads.
@@ -279,9 +280,13 @@ kernels::SparseAttentionParams attention_params(const BlockContext& ctx, const L
   if (aw.has_compressor && state.main.entries.rows() > 0) {
     ap.comp_kv = state.main.entries.view();
     ap.comp_layout = state.main.layout;
+    ap.comp_blocks = state.main.entries.blocks();
     if (aw.has_indexer) {
       ap.comp_idx = sel;  // empty when no indexer key exists yet
-      if (!sel.data) ap.comp_kv = TensorView();
+      if (!sel.data) {
+        ap.comp_kv = TensorView();
+        ap.comp_blocks = {};
+      }
     } else {
       ap.comp_ratio = w.ratio;
     }

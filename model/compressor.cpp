@@ -18,37 +18,30 @@ using kernels::view_cols;
 using kernels::view_rows;
 
 // Appends the new entries e [n, d] (F32, as the numerics rounded them; entry indices j0 .. j0 + n)
-// that this rank owns to the state's table, in its row format. Compact rows are packed (lossless:
-// the rounding made every value exactly a value of the format) straight into the table, or into a
-// staging table under SP; then SP copies the runs of entries it owns. Without SP and with F32 rows,
-// e already is the table's reserved rows.
+// that this rank owns to the state's table, in its row format: compact rows are packed first
+// (lossless: the rounding made every value exactly a value of the format), then the rows, or under
+// SP the runs of rows this rank owns, are copied into the table in one batch.
 void keep_new_entries(const BlockContext& ctx, CompressorState& s, const TensorView& e, int64_t j0,
                       const EntryOwnership& own) {
   const int64_t n = e.shape[0];
-  const bool keep_all = own.num_ranks == 1;
   TensorView rows = e;
   Scratch packed;
   if (s.layout.compact()) {
-    if (!keep_all) packed = make_scratch(ctx.backend, {n, s.layout.row_bytes}, DType::kU8);
+    packed = make_scratch(ctx.backend, {n, s.layout.row_bytes}, DType::kU8);
     kernels::KvPackParams kp;
     kp.x = e;
-    kp.out = keep_all ? s.entries.reserve(n) : packed.view;
+    kp.out = packed.view;
     kp.layout = s.layout;
     ctx.backend.kv_pack(kp);
-    rows = kp.out;
+    rows = packed.view;
   }
-  if (keep_all) {
-    s.entries.commit(n);
-    return;
-  }
+  std::vector<kernels::RowCopy> copies;
   for (int64_t j = j0; j < j0 + n;) {  // runs of entries inside one ownership block
-    const int64_t run_end = std::min(j0 + n, (j / own.block + 1) * own.block);
-    if (own.owns(j)) {
-      ctx.backend.copy_rows(s.entries.reserve(run_end - j), view_rows(rows, j - j0, run_end - j0));
-      s.entries.commit(run_end - j);
-    }
+    const int64_t run_end = own.num_ranks == 1 ? j0 + n : std::min(j0 + n, (j / own.block + 1) * own.block);
+    if (own.owns(j)) s.entries.append(view_rows(rows, j - j0, run_end - j0), copies);
     j = run_end;
   }
+  copy_rows_batch(ctx, copies);
 }
 
 // Appends the chunk's projections `kv` and `score` [n, c*d] (wkv / wgate, computed once for the
@@ -144,12 +137,9 @@ void compressor_pool_blocks(const BlockContext& ctx, const CompressorWeights& w,
                             std::vector<RowDrop>& drops) {
   const auto [j0, num_entries] = pool_range(w, s);
   CHECK_GT(num_entries, 0) << "no complete compressor block";
-  const bool keep_all = own.num_ranks == 1;
-  const bool compact = s.layout.compact();
-  CHECK(!compact || ctx.official) << "compact KV rows hold official-numerics values only";
-  Scratch staged;  // SP or compact rows: all new entries in F32, before they are packed / the owned ones kept
-  if (!keep_all || compact) staged = make_scratch(ctx.backend, {num_entries, w.head_dim});
-  const TensorView e = keep_all && !compact ? s.entries.reserve(num_entries) : staged.view;
+  CHECK(!s.layout.compact() || ctx.official) << "compact KV rows hold official-numerics values only";
+  Scratch staged = make_scratch(ctx.backend, {num_entries, w.head_dim});  // all new entries in F32
+  const TensorView e = staged.view;
   ctx.backend.compressor_pool(pool_params(ctx, w, s, num_entries, e));
   pooled_numerics(ctx, w, e, inv_freq, is_indexer, {{0, num_entries, j0 * w.ratio, w.ratio}});
   keep_new_entries(ctx, s, e, j0, own);
@@ -204,13 +194,10 @@ void compressor_pool_blocks_batch(const BlockContext& ctx, const CompressorWeigh
   std::vector<kernels::RowCopy> copies;
   for (size_t i = 0; i < states.size(); ++i) {
     const kernels::RopeRun& run = runs[i];
-    copies.push_back({states[i]->entries.reserve(run.num_rows), view_rows(rows, run.row_begin, run.row_begin + run.num_rows)});
+    states[i]->entries.append(view_rows(rows, run.row_begin, run.row_begin + run.num_rows), copies);
   }
   copy_rows_batch(ctx, copies);
-  for (size_t i = 0; i < states.size(); ++i) {
-    states[i]->entries.commit(ranges[i].num_entries);
-    pool_consumed(*states[i], w.ratio, ranges[i].num_entries, drops);
-  }
+  for (size_t i = 0; i < states.size(); ++i) pool_consumed(*states[i], w.ratio, ranges[i].num_entries, drops);
 }
 
 // After the pooled rows are dropped: a long chunk grew the token buffers to its length; they now
@@ -288,7 +275,14 @@ bool compressors_update(const BlockContext& ctx, const LayerWeights& w, std::spa
     if (aw.has_indexer && state.indexer.num_entries > 0 && state.indexer.entries.rows() > 0) any_index = true;
   }
   RowTable::drop_front_batch(drops);
-  for (const auto& [st, ratio] : pooled) compressor_release(*st, ratio);
+  // New blocks' addresses reach the device tables before attention reads them: nothing to upload
+  // when the step reserved its rows (SequenceState::reserve), one upload otherwise.
+  std::vector<KvRows*> tables;
+  for (const auto& [st, ratio] : pooled) {
+    compressor_release(*st, ratio);
+    tables.push_back(&st->entries);
+  }
+  KvRows::sync_block_tables(ctx.backend, tables);
   return any_index;
 }
 

@@ -82,7 +82,8 @@ KvStorage Model::kv_storage() const {
 }
 
 std::unique_ptr<SequenceState> Model::new_sequence() {
-  auto seq = std::make_unique<SequenceState>(config_, backend_, kv_storage());
+  if (kv_storage() == KvStorage::kCompact && !kv_pool_) kv_pool_ = std::make_shared<KvPool>(backend_);
+  auto seq = std::make_unique<SequenceState>(config_, backend_, kv_storage(), kv_pool_);
   if (options_.parallel.layout.sp > 1) seq->set_ownership(ownership_of(options_.parallel));
   return seq;
 }
@@ -133,6 +134,14 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     segs[i].rows = row0[i + 1] - row0[i];
   }
   const int64_t n = row0[nc];
+  // Every pool block the step's new entries need, taken and uploaded now (one copy for the batch),
+  // so no layer waits on a block-table upload.
+  std::vector<KvRows*> tables;
+  for (const StepChunk& c : chunks) {
+    c.sequence->reserve(int64_t(c.tokens.size()));
+    c.sequence->entry_tables(tables);
+  }
+  KvRows::sync_block_tables(backend_, tables);
   // Several chunks: their rows' positions go to the device once for every layer's RoPE.
   Scratch positions;
   if (nc > 1) positions = row_positions(backend_, segs);

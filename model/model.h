@@ -74,6 +74,8 @@ class Model {
   // numerics (their values are exactly the compact formats', docs/KV_CACHE.md), F32 otherwise.
   // Byte budgets pass it to state_bytes / entry_block_bytes.
   KvStorage kv_storage() const;
+  // The pool of compact KV blocks the sequences share; nullptr before the first compact sequence.
+  const KvPool* kv_pool() const { return kv_pool_.get(); }
   const ParallelContext& parallel() const { return options_.parallel; }
   // Checkpoint bytes this rank loaded (its weight share, stored format).
   uint64_t weight_bytes() const { return weights_.bytes_loaded; }
@@ -121,6 +123,7 @@ class Model {
   LayerObserver observer_;
   std::unique_ptr<parallel::ExpertParallel> expert_parallel_;  // set when layout.ep > 1
   std::unique_ptr<parallel::SpOps> sp_ops_;                    // set when layout.sp > 1
+  std::shared_ptr<KvPool> kv_pool_;  // the compact KV blocks of every sequence (first one makes it)
 };
 
 }  // namespace v4rt::model

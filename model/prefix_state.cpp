@@ -3,6 +3,7 @@
 #include "model/prefix_state.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "common/check.h"
 #include "model/model.h"
@@ -24,9 +25,43 @@ void append_rows(kernels::Backend& be, RowTable& dst, const RowTable& src, int64
   dst.commit(end - begin);
 }
 
+// Rows [begin, end) of the entry table `src` onto the end of the table `dst` (either a KvRows or a
+// RowTable copy outside the pool, of the same row format).
+void check_format(int64_t dst_bytes, int64_t src_bytes) {
+  CHECK_EQ(dst_bytes, src_bytes) << "row format: rows of " << dst_bytes << " bytes, source rows of " << src_bytes
+                                 << " (a state of another KV storage?)";
+}
+void append_rows(kernels::Backend& be, RowTable& dst, const KvRows& src, int64_t begin, int64_t end) {
+  check_format(dst.row_bytes(), src.row_bytes());
+  std::vector<kernels::RowCopy> copies;
+  src.copies_out(begin, end, dst.reserve(end - begin), copies);
+  dst.commit(end - begin);
+  be.copy_rows_batch(copies.data(), copies.size());
+}
+void append_rows(kernels::Backend& be, KvRows& dst, const RowTable& src, int64_t begin, int64_t end) {
+  check_format(dst.row_bytes(), src.row_bytes());
+  CHECK(begin >= 0 && begin <= end && end <= src.rows()) << "rows [" << begin << ", " << end << ") of " << src.rows();
+  std::vector<kernels::RowCopy> copies;
+  dst.append(src.rows_view(begin, end), copies);
+  be.copy_rows_batch(copies.data(), copies.size());
+}
+void append_rows(kernels::Backend& be, KvRows& dst, const KvRows& src, int64_t begin, int64_t end) {
+  check_format(dst.row_bytes(), src.row_bytes());
+  RowTable staged = src.contiguous_like(&be);
+  append_rows(be, staged, src, begin, end);
+  append_rows(be, dst, staged, 0, staged.rows());
+}
+
 void set_rows(kernels::Backend& be, RowTable& dst, const RowTable& src) {
   dst.clear();
   append_rows(be, dst, src, 0, src.rows());
+}
+
+// Uploads the block addresses of a resumed sequence's entry tables (one copy for all).
+void sync_entry_tables(kernels::Backend& be, SequenceState& seq) {
+  std::vector<KvRows*> tables;
+  seq.entry_tables(tables);
+  KvRows::sync_block_tables(be, tables);
 }
 
 // The first entry of block `index` (block_tokens is a multiple of the ratio).
@@ -97,14 +132,6 @@ TailSnapshot snapshot_tail(const SequenceState& state) {
   return snap;
 }
 
-int64_t owned_before(const EntryOwnership& own, int64_t n) {
-  if (own.num_ranks == 1) return n;
-  const int64_t q = n / own.block;  // whole ownership blocks before n
-  int64_t count = (q / own.num_ranks + (q % own.num_ranks > own.rank ? 1 : 0)) * own.block;
-  if (q % own.num_ranks == own.rank) count += n % own.block;
-  return count;
-}
-
 int64_t EntryBlock::bytes() const {
   int64_t b = 0;
   for (const auto* tables : {&main, &indexer})
@@ -142,10 +169,10 @@ EntryBlock extract_block(Model& model, const SequenceState& state, int64_t index
     for (auto [c, out, used, r] : {std::tuple{&s.main, &b.main[size_t(l)], s.has_compressor, ratio},
                                    std::tuple{&s.indexer, &b.indexer[size_t(l)], s.has_indexer, 4}}) {
       if (!used) continue;
-      const int64_t lo = owned_before(b.ownership, first_entry(index, block_tokens, r));
-      const int64_t hi = owned_before(b.ownership, end / r);
+      const int64_t lo = b.ownership.owned_before(first_entry(index, block_tokens, r));
+      const int64_t hi = b.ownership.owned_before(end / r);
       CHECK_LE(hi, c->entries.rows()) << "layer " << l << " holds fewer entries than its position implies";
-      *out = c->entries.empty_like();  // the state's row format: blocks carry compact rows as they are
+      *out = c->entries.contiguous_like(&be);  // the state's row format: blocks carry compact rows as they are
       append_rows(be, *out, c->entries, lo, hi);
     }
   }
@@ -166,9 +193,10 @@ std::unique_ptr<SequenceState> resume_from_state(Model& model, const SequenceSta
     for (auto [c, from, used] : {std::tuple{&s.main, &src.main, s.has_compressor},
                                  std::tuple{&s.indexer, &src.indexer, s.has_indexer}}) {
       if (!used) continue;
-      append_rows(be, c->entries, from->entries, 0, owned_before(seq->ownership(), c->num_entries));
+      append_rows(be, c->entries, from->entries, 0, seq->ownership().owned_before(c->num_entries));
     }
   }
+  sync_entry_tables(be, *seq);
   return seq;
 }
 
@@ -192,7 +220,7 @@ std::unique_ptr<SequenceState> resume_from_blocks(Model& model, std::span<const 
     LayerState& s = seq->layer(l);
     for (auto [c, which, used] : {std::tuple{&s.main, 0, s.has_compressor}, std::tuple{&s.indexer, 1, s.has_indexer}}) {
       if (!used) continue;
-      const int64_t want = owned_before(own, c->num_entries);  // local rows the resumed state holds
+      const int64_t want = own.owned_before(c->num_entries);  // local rows the resumed state holds
       for (const EntryBlock* b : blocks) {
         if (c->entries.rows() == want) break;
         // Under SP a block may hold none of this rank's entries (another rank owns its range);
@@ -204,6 +232,7 @@ std::unique_ptr<SequenceState> resume_from_blocks(Model& model, std::span<const 
       CHECK_EQ(c->entries.rows(), want) << "layer " << l << ": entry blocks hold too few rows";
     }
   }
+  sync_entry_tables(be, *seq);
   return seq;
 }
 
@@ -236,7 +265,7 @@ int64_t entry_block_bytes(const ModelConfig& config, const EntryOwnership& own, 
     for (int l = 0; l < config.num_hidden_layers; ++l) {
       const int ratio = config.compress_ratio(l);
       if (ratio == 0) continue;
-      auto rows = [&](int r) { return owned_before(o, end / r) - owned_before(o, (begin + r - 1) / r); };
+      auto rows = [&](int r) { return o.owned_before(end / r) - o.owned_before((begin + r - 1) / r); };
       bytes += rows(ratio) * entry;
       if (ratio == 4) bytes += rows(4) * key;
     }

@@ -46,9 +46,6 @@ struct TailSnapshot {
 // layer: take it at a chunk boundary, when the sequence stands at the point.
 TailSnapshot snapshot_tail(const SequenceState& state);
 
-// Entries of [0, n) that `own` keeps (all n on a single rank).
-int64_t owned_before(const EntryOwnership& own, int64_t n);
-
 // The append-only rows a sequence produced for the tokens [index*block_tokens, end): for each
 // compressed layer the entries (and indexer keys) j with index*block_tokens <= j*ratio and
 // (j+1)*ratio <= end, the rows `ownership` keeps. block_tokens is a multiple of every compress

@@ -4,108 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "common/check.h"
 
 namespace v4rt::model {
-
-TensorView RowTable::view() const { return rows_view(0, rows_); }
-
-TensorView RowTable::rows_view(int64_t begin, int64_t end) const {
-  CHECK(begin >= 0 && begin <= end && end <= std::max(rows_, capacity_));
-  TensorView v(buffer_.data(), dtype_, {capacity_, width_}, backend_->device());
-  return kernels::view_rows(v, begin, end);
-}
-
-namespace {
-constexpr int64_t kFirstCapacity = 16;  // rows of a table's first allocation
-}  // namespace
-
-TensorView RowTable::reserve(int64_t extra) {
-  if (rows_ + extra > capacity_) {
-    const int64_t cap = std::max<int64_t>({rows_ + extra, capacity_ * 2, kFirstCapacity});
-    Buffer grown = backend_->alloc(size_t(cap * row_bytes()));
-    if (rows_ > 0) {
-      TensorView dst(grown.data(), dtype_, {cap, width_}, backend_->device());
-      backend_->copy_rows(kernels::view_rows(dst, 0, rows_), view());
-    }
-    buffer_ = std::move(grown);
-    capacity_ = cap;
-  }
-  return rows_view(rows_, rows_ + extra);
-}
-
-void RowTable::drop_front(int64_t n) {
-  const RowDrop drop{this, n};
-  drop_front_batch(std::span<const RowDrop>(&drop, 1));
-}
-
-void RowTable::drop_front_batch(std::span<const RowDrop> drops) {
-  if (drops.empty()) return;
-  kernels::Backend& backend = *drops[0].table->backend_;
-  // The kept rows move to the front through one scratch buffer (slices 256-byte aligned), so
-  // overlapping source and destination never meet on any backend: the first batch copies the
-  // dropped rows to the spill tables and the kept rows out, the second copies them back.
-  auto slice_bytes = [](const RowDrop& d) {
-    const int64_t keep = d.rows > 0 ? d.table->rows_ - d.rows : 0;
-    return (keep * d.table->row_bytes() + 255) / 256 * 256;
-  };
-  int64_t scratch_bytes = 0;
-  for (const RowDrop& d : drops) {
-    CHECK(d.table->backend_ == &backend) << "drop_front_batch: tables of different backends";
-    CHECK(d.rows >= 0 && d.rows <= d.table->rows_);
-    scratch_bytes += slice_bytes(d);
-  }
-  Buffer scratch;
-  if (scratch_bytes > 0) scratch = backend.alloc(size_t(scratch_bytes));
-  std::vector<kernels::RowCopy> out, back;
-  int64_t offset = 0;
-  for (const RowDrop& d : drops) {
-    RowTable& t = *d.table;
-    if (d.rows == 0) continue;
-    const int64_t bytes = slice_bytes(d);
-    if (t.spill_) {
-      out.push_back({t.spill_->reserve(d.rows), t.rows_view(0, d.rows)});
-      t.spill_->commit(d.rows);
-    }
-    const int64_t keep = t.rows_ - d.rows;
-    if (keep > 0) {
-      const TensorView tmp(static_cast<char*>(scratch.data()) + offset, t.dtype_, {keep, t.width_}, backend.device());
-      out.push_back({tmp, t.rows_view(d.rows, t.rows_)});
-      back.push_back({t.rows_view(0, keep), tmp});
-      offset += bytes;
-    }
-    t.rows_ = keep;
-  }
-  if (!out.empty()) backend.copy_rows_batch(out.data(), out.size());
-  if (!back.empty()) backend.copy_rows_batch(back.data(), back.size());
-}
-
-void RowTable::truncate(int64_t rows) {
-  CHECK(rows >= 0 && rows <= rows_) << "truncate to " << rows << " of " << rows_ << " rows";
-  rows_ = rows;
-}
-
-void RowTable::shrink(int64_t capacity) {
-  const int64_t cap = std::max(rows_, capacity);
-  if (capacity_ <= cap) return;
-  Buffer smaller = backend_->alloc(size_t(cap * row_bytes()));
-  if (rows_ > 0) {
-    TensorView dst(smaller.data(), dtype_, {cap, width_}, backend_->device());
-    backend_->copy_rows(kernels::view_rows(dst, 0, rows_), view());
-  }
-  buffer_ = std::move(smaller);
-  capacity_ = cap;
-}
-
-RowTable RowTable::clone() const {
-  RowTable t = empty_like();
-  if (rows_ > 0) {
-    backend_->copy_rows(t.reserve(rows_), view());
-    t.commit(rows_);
-  }
-  return t;
-}
 
 WindowMark mark_window(kernels::Backend& backend, const RowTable& tail, int64_t max_tokens) {
   WindowMark m;
@@ -164,15 +68,9 @@ LayerWidths layer_widths(const ModelConfig& config, int l) {
   return w;
 }
 
-// An empty entry table of `layout`'s rows.
-RowTable entry_table(kernels::Backend& backend, const KvRowLayout& layout) {
-  if (!layout.compact()) return RowTable(&backend, layout.dim);
-  return RowTable(&backend, layout.row_bytes, DType::kU8);
-}
-
 }  // namespace
 
-int64_t compressor_capacity(int ratio) { return std::max<int64_t>(2 * int64_t(ratio), kFirstCapacity); }
+int64_t compressor_capacity(int ratio) { return std::max<int64_t>(2 * int64_t(ratio), kRowTableFirstCapacity); }
 
 KvRowLayout entry_layout(const ModelConfig& config, KvStorage storage) {
   if (storage == KvStorage::kF32) return plain_kv_layout(config.head_dim);
@@ -189,20 +87,25 @@ int64_t kv_row_bytes(const KvRowLayout& layout) {
 }
 
 int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage storage) {
-  const int64_t entry = kv_row_bytes(entry_layout(config, storage));
-  const int64_t key = kv_row_bytes(index_key_layout(config, storage));
+  const KvRowLayout entry = entry_layout(config, storage), key = index_key_layout(config, storage);
   int64_t floats = 0, rows = 0;  // F32 tables; entry and key rows
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     const LayerWidths w = layer_widths(config, l);
     floats += std::min<int64_t>(num_tokens, config.sliding_window - 1) * w.window;
     if (w.ratio == 0) continue;
     floats += 2 * compressor_capacity(w.ratio) * w.compressor;  // kv + score
-    rows += (num_tokens / w.ratio) * entry;
+    rows += entry_table_bytes(num_tokens / w.ratio, entry);
     if (w.ratio != 4) continue;
     floats += 2 * compressor_capacity(4) * w.index_buffer;
-    rows += (num_tokens / 4) * key;
+    rows += entry_table_bytes(num_tokens / 4, key);
   }
   return floats * int64_t(sizeof(float)) + rows;
+}
+
+int64_t entry_table_bytes(int64_t rows, const KvRowLayout& layout) {
+  if (!layout.compact()) return rows * kv_row_bytes(layout);
+  const int64_t blocks = (rows + kKvBlockRows - 1) / kKvBlockRows;
+  return blocks * (kv_block_bytes(layout.row_bytes) + int64_t(sizeof(void*)));
 }
 
 void store_entries(kernels::Backend& backend, CompressorState& c, const TensorView& rows) {
@@ -212,25 +115,44 @@ void store_entries(kernels::Backend& backend, CompressorState& c, const TensorVi
   const int64_t n = rows.shape[0];
   c.entries.clear();
   if (n == 0) return;
+  std::vector<kernels::RowCopy> copies;
   if (!l.compact()) {
-    backend.copy_rows(c.entries.reserve(n), rows);
-    c.entries.commit(n);
+    c.entries.append(rows, copies);
+    backend.copy_rows_batch(copies.data(), copies.size());
     return;
   }
   kernels::round_to_kv_layout(backend, l, rows);
+  Buffer packed = backend.alloc(size_t(n * l.row_bytes));
   kernels::KvPackParams p;
   p.x = rows;
-  p.out = c.entries.reserve(n);
+  p.out = TensorView(packed.data(), DType::kU8, {n, l.row_bytes}, backend.device());
   p.layout = l;
   backend.kv_pack(p);
-  c.entries.commit(n);
+  c.entries.append(p.out, copies);
+  backend.copy_rows_batch(copies.data(), copies.size());
+  KvRows* t = &c.entries;
+  KvRows::sync_block_tables(backend, std::span<KvRows* const>(&t, 1));
 }
 
-SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage)
-    : config_(config), backend_(backend), storage_(storage) {
+int64_t EntryOwnership::owned_before(int64_t n) const {
+  if (num_ranks == 1) return n;
+  const int64_t q = n / block;  // whole ownership blocks before n
+  int64_t count = (q / num_ranks + (q % num_ranks > rank ? 1 : 0)) * block;
+  if (q % num_ranks == rank) count += n % block;
+  return count;
+}
+
+SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage,
+                             std::shared_ptr<KvPool> pool)
+    : config_(config), backend_(backend), storage_(storage), pool_(std::move(pool)) {
   const KvRowLayout entries = entry_layout(config, storage), keys = index_key_layout(config, storage);
   kernels::require_kv_format(backend, entries, "compressed entries");
   kernels::require_kv_format(backend, keys, "indexer keys");
+  if (storage == KvStorage::kCompact && !pool_) pool_ = std::make_shared<KvPool>(backend);
+  CHECK(!pool_ || &pool_->backend() == &backend) << "KV pool of another backend";
+  auto entry_table = [&](const KvRowLayout& layout) {
+    return layout.compact() ? KvRows(pool_, layout) : KvRows(&backend, layout);
+  };
   layers_.resize(size_t(config.num_hidden_layers));
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     LayerState& s = layers_[size_t(l)];
@@ -241,13 +163,13 @@ SequenceState::SequenceState(const ModelConfig& config, kernels::Backend& backen
     if (s.has_compressor) {
       s.main.kv = RowTable(&backend, w.compressor);
       s.main.score = RowTable(&backend, w.compressor);
-      s.main.entries = entry_table(backend, entries);
+      s.main.entries = entry_table(entries);
       s.main.layout = entries;
     }
     if (s.has_indexer) {
       s.indexer.kv = RowTable(&backend, w.index_buffer);
       s.indexer.score = RowTable(&backend, w.index_buffer);
-      s.indexer.entries = entry_table(backend, keys);
+      s.indexer.entries = entry_table(keys);
       s.indexer.layout = keys;
     }
   }
@@ -265,15 +187,15 @@ int64_t SequenceState::allocated_bytes() const {
 }
 
 std::unique_ptr<SequenceState> SequenceState::clone() const {
-  auto copy = std::make_unique<SequenceState>(config_, backend_, storage_);
+  auto copy = std::make_unique<SequenceState>(config_, backend_, storage_, pool_);
   copy->position_ = position_;
   copy->ownership_ = ownership_;
-  auto clone_compressor = [](const CompressorState& c) {
+  auto clone_compressor = [this](const CompressorState& c) {
     CompressorState out;
     out.kv = c.kv.clone();
     out.score = c.score.clone();
     out.start = c.start;
-    out.entries = c.entries.clone();
+    out.entries = c.entries.clone(backend_);
     out.layout = c.layout;
     out.num_entries = c.num_entries;
     return out;
@@ -288,6 +210,22 @@ std::unique_ptr<SequenceState> SequenceState::clone() const {
     if (src.has_indexer) dst.indexer = clone_compressor(src.indexer);
   }
   return copy;
+}
+
+void SequenceState::reserve(int64_t tokens) {
+  const int64_t end = position_ + tokens;
+  for (int l = 0; l < config_.num_hidden_layers; ++l) {
+    LayerState& s = layers_[size_t(l)];
+    if (s.has_compressor) s.main.entries.reserve(ownership_.owned_before(end / config_.compress_ratio(l)));
+    if (s.has_indexer) s.indexer.entries.reserve(ownership_.owned_before(end / 4));
+  }
+}
+
+void SequenceState::entry_tables(std::vector<KvRows*>& out) {
+  for (LayerState& s : layers_) {
+    if (s.has_compressor) out.push_back(&s.main.entries);
+    if (s.has_indexer) out.push_back(&s.indexer.entries);
+  }
 }
 
 void SequenceState::reset_compressor(CompressorState& c, int ratio) {

@@ -19,6 +19,8 @@
 #include "common/tensor.h"
 #include "kernels/backend.h"
 #include "model/config.h"
+#include "model/kv_rows.h"
+#include "model/row_table.h"
 
 namespace v4rt::model {
 
@@ -30,54 +32,8 @@ struct EntryOwnership {
   int rank = 0;
   int64_t block = 64;
   bool owns(int64_t entry) const { return (entry / block) % num_ranks == rank; }
-};
-
-class RowTable;
-// The first `rows` rows of `table`, for RowTable::drop_front_batch.
-struct RowDrop {
-  RowTable* table = nullptr;
-  int64_t rows = 0;
-};
-
-// A growable [rows, width] table of `dtype` elements on the backend's device: F32 rows, or U8 rows of
-// a compact KV format (width = its row bytes).
-class RowTable {
- public:
-  RowTable() = default;
-  RowTable(kernels::Backend* backend, int64_t width, DType dtype = DType::kF32)
-      : backend_(backend), width_(width), dtype_(dtype) {}
-  int64_t rows() const { return rows_; }
-  int64_t width() const { return width_; }
-  DType dtype() const { return dtype_; }
-  int64_t row_bytes() const { return width_ * int64_t(dtype_size(dtype_)); }
-  int64_t bytes() const { return rows_ * row_bytes(); }  // of the rows held (not the capacity)
-  int64_t allocated_bytes() const { return int64_t(buffer_.bytes()); }  // the capacity's
-  RowTable empty_like() const { return RowTable(backend_, width_, dtype_); }  // same backend and row format
-  TensorView view() const;                       // [rows, width]
-  TensorView rows_view(int64_t begin, int64_t end) const;
-  // Makes room for `extra` more rows and returns them (not yet counted: call commit()).
-  TensorView reserve(int64_t extra);
-  void commit(int64_t extra) { rows_ += extra; }
-  void drop_front(int64_t n);                    // removes the first n rows
-  // drop_front of several distinct tables of one backend (the compressors of a batch of sequences),
-  // each of its copy phases one Backend::copy_rows_batch over all of them.
-  static void drop_front_batch(std::span<const RowDrop> drops);
-  void clear() { rows_ = 0; }
-  void truncate(int64_t rows);                   // keeps the first `rows` rows
-  void shrink(int64_t capacity);                 // gives back the room past max(rows, capacity) rows
-  RowTable clone() const;                        // a deep copy of the rows (same backend)
-  // While a spill table is set, drop_front() appends the rows it removes to it (oldest first), so a
-  // speculative chunk can be rolled back exactly (SequenceState::rollback). nullptr: no spill.
-  void set_spill(RowTable* spill) { spill_ = spill; }
-
- private:
-  kernels::Backend* backend_ = nullptr;
-  int64_t width_ = 0;
-  DType dtype_ = DType::kF32;
-  int64_t rows_ = 0;
-  int64_t capacity_ = 0;
-  Buffer buffer_;
-  RowTable* spill_ = nullptr;
+  // How many of the entries [0, n) this rank owns.
+  int64_t owned_before(int64_t n) const;
 };
 
 // Rolling a window tail back after a speculative chunk (shared by SequenceState and the MTP block's
@@ -100,7 +56,7 @@ struct CompressorState {
   RowTable kv;       // [rows, c*d]
   RowTable score;    // [rows, c*d] (ape is added when pooling)
   int64_t start = 0;
-  RowTable entries;  // [num_local, d] F32 or [num_local, layout.row_bytes] U8: compressed entries
+  KvRows entries;    // [num_local, d] F32 or [num_local, layout.row_bytes] U8 (paged): compressed entries
                      // (main) or indexer keys this rank owns, in increasing entry index (all of
                      // them on a single rank)
   KvRowLayout layout;  // the format of the entries' rows
@@ -136,6 +92,9 @@ int64_t compressor_capacity(int ratio);
 // entries and indexer keys in the rows of `storage`. Admission control charges a request this for
 // its prompt plus its completion.
 int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage storage = KvStorage::kF32);
+// Bytes `rows` entry rows of `layout` take in a sequence: plain rows as they are, compact rows in
+// whole pool blocks (model/kv_pool.h) with 8 bytes of block table per block.
+int64_t entry_table_bytes(int64_t rows, const KvRowLayout& layout);
 
 // Replaces the entries of `c` with `rows` [n, dim] F32 on the backend's device (benchmarks that
 // fabricate a state): F32 tables take them as they are; compact tables take them rounded in place
@@ -145,8 +104,17 @@ void store_entries(kernels::Backend& backend, CompressorState& c, const TensorVi
 class SequenceState {
  public:
   // Throws v4rt::Error when `backend` cannot read the row formats of `storage`.
-  SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage = KvStorage::kF32);
+  // Compact rows live in blocks of `pool` (the model's, one per backend); nullptr: a pool of this
+  // sequence's own (tests and tools that build a lone state).
+  SequenceState(const ModelConfig& config, kernels::Backend& backend, KvStorage storage = KvStorage::kF32,
+                std::shared_ptr<KvPool> pool = nullptr);
   KvStorage storage() const { return storage_; }
+  const std::shared_ptr<KvPool>& pool() const { return pool_; }
+  // Makes room in every entry table for the entries the next `tokens` tokens can complete, so the
+  // step's appends take no block; their block addresses are uploaded by sync_block_tables.
+  void reserve(int64_t tokens);
+  // The entry tables of every layer (for KvRows::sync_block_tables over many sequences).
+  void entry_tables(std::vector<KvRows*>& out);
   // Bytes the tables hold allocated now (capacities; a mark's copies not counted).
   int64_t allocated_bytes() const;
   void reset();
@@ -196,6 +164,7 @@ class SequenceState {
   const ModelConfig& config_;
   kernels::Backend& backend_;
   KvStorage storage_ = KvStorage::kF32;
+  std::shared_ptr<KvPool> pool_;  // compact storage
   int64_t position_ = 0;
   std::vector<LayerState> layers_;
   EntryOwnership ownership_;

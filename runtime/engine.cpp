@@ -69,6 +69,10 @@ void Engine::loop() {
       const auto t0 = std::chrono::steady_clock::now();
       leader_.run(plan, &logits, &draft_logits, &sampled);
       record_plan_time(plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), metrics_);
+      if (const model::KvPool* pool = leader_.executor().model().kv_pool(); pool && metrics_) {
+        metrics_->kv_pool_reserved_bytes = pool->reserved_bytes();
+        metrics_->kv_pool_used_bytes = pool->used_bytes();
+      }
       scheduler_.complete(plan, logits, draft_logits, sampled);
     } catch (const std::exception& e) {
       return fail("model step " + std::to_string(plan.step_idx) + " failed: " + e.what());

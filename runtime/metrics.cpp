@@ -142,6 +142,8 @@ std::string Metrics::prometheus_text() const {
   write_gauge("v4rt_kv_bytes_used", "KV/state bytes charged to running sequences and the prefix tree", g.kv_bytes_used, &out);
   write_gauge("v4rt_kv_bytes_budget", "KV/state byte budget", g.kv_bytes_budget, &out);
   write_gauge("v4rt_kv_blocks_used", "64-token blocks held by running sequences", g.kv_blocks_used, &out);
+  write_gauge("v4rt_kv_pool_reserved_bytes", "Compact KV pool: slab bytes allocated on the device", kv_pool_reserved_bytes.load(), &out);
+  write_gauge("v4rt_kv_pool_used_bytes", "Compact KV pool: bytes of the blocks sequences hold", kv_pool_used_bytes.load(), &out);
   const PrefixTreeStats& p = g.prefix;
   write_counter("v4rt_prefix_cache_lookups_total", "Admitted requests looked up in the prefix tree", uint64_t(p.lookups), &out);
   write_counter("v4rt_prefix_cache_hits_total", "Lookups that resumed from a prefix point", uint64_t(p.hits), &out);

@@ -53,6 +53,10 @@ class Metrics {
   std::atomic<uint64_t> prefix_reused_tokens{0};   // prompt tokens taken from the prefix cache
   std::atomic<uint64_t> generation_tokens{0};
   std::atomic<uint64_t> steps{0};
+  // The compact KV pool of the leader's model (model/kv_pool.h): slab bytes allocated, and the
+  // bytes of the blocks sequences hold.
+  std::atomic<int64_t> kv_pool_reserved_bytes{0};
+  std::atomic<int64_t> kv_pool_used_bytes{0};
   std::atomic<uint64_t> requests_finished{0};
   std::atomic<uint64_t> requests_cancelled{0};
   std::atomic<uint64_t> requests_timed_out{0};

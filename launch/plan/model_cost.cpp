@@ -135,10 +135,20 @@ KvBytes kv_bytes(const model::ModelConfig& c, int64_t context, KvFormat format) 
   const KvEntryBytes e = kv_entry_bytes(c, format);
   const int64_t hd = c.head_dim, id = c.index_head_dim;
   KvBytes kv;
-  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
-    const int ratio = c.compress_ratio(layer);
-    if (ratio == 4) kv.compressed += (context / 4) * (e.main_entry + e.indexer_key);
-    else if (ratio != 0) kv.compressed += (context / ratio) * e.main_entry;
+  if (format == KvFormat::kCompact) {  // the runtime's paged rows: whole pool blocks (model::entry_table_bytes)
+    const KvRowLayout entry = model::entry_layout(c, model::KvStorage::kCompact);
+    const KvRowLayout key = model::index_key_layout(c, model::KvStorage::kCompact);
+    for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+      const int ratio = c.compress_ratio(layer);
+      if (ratio != 0) kv.compressed += model::entry_table_bytes(context / ratio, entry);
+      if (ratio == 4) kv.compressed += model::entry_table_bytes(context / 4, key);
+    }
+  } else {
+    for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+      const int ratio = c.compress_ratio(layer);
+      if (ratio == 4) kv.compressed += (context / 4) * (e.main_entry + e.indexer_key);
+      else if (ratio != 0) kv.compressed += (context / ratio) * e.main_entry;
+    }
   }
   if (format == KvFormat::kBf16) {  // the spec's reference layout (§8.1): bf16 rings, fp32 compressor state
     for (int layer = 0; layer < c.num_hidden_layers; ++layer) {

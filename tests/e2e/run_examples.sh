@@ -54,17 +54,19 @@ PY
     cp "$ROOT/examples/chat_stream.mjs" "$ROOT/examples/agent_tools.mjs" "$WORK/"
     source "$HERE/serve_lib.sh"
     trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
+    # A failure shows the client's error (its stderr is in $out) and the server's log.
+    fail() { echo "FAILED: $*"; tail -30 "$WORK/server_$WHAT.err" 2>/dev/null; exit 1; }
     e2e_config "$WORK/examples_$WHAT.yaml"   # the tiny model, port 0, API key, test hook on
     e2e_start 1 "$WORK/examples_$WHAT.yaml" "server_$WHAT"
     if [ "$WHAT" = chat ]; then
-      out=$(BASE_URL=$BASE_URL API_KEY=$API_KEY MAX_TOKENS=24 timeout 120 node "$WORK/chat_stream.mjs" "Hello!") ||
+      out=$(BASE_URL=$BASE_URL API_KEY=$API_KEY MAX_TOKENS=24 timeout 120 node "$WORK/chat_stream.mjs" "Hello!" 2>&1) ||
         fail "chat_stream.mjs: $out"
       echo "$out"
       grep -Eq '^finish_reason: (stop|length); [1-9][0-9]* text chunks; usage: \{.*"completion_tokens":[1-9]' <<<"$out" ||
         fail "no streamed text, finish reason and usage"
       echo "ok - examples/chat_stream.mjs streamed a chat completion"
     else
-      out=$(BASE_URL=$BASE_URL API_KEY=$API_KEY SCRIPTED=1 timeout 120 node "$WORK/agent_tools.mjs") ||
+      out=$(BASE_URL=$BASE_URL API_KEY=$API_KEY SCRIPTED=1 timeout 120 node "$WORK/agent_tools.mjs" 2>&1) ||
         fail "agent_tools.mjs: $out"
       echo "$out"
       grep -q '^turn 1: finish_reason tool_calls' <<<"$out" || fail "turn 1 did not call the tool"

@@ -50,11 +50,7 @@ bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-std::vector<uint8_t> table_bytes(kernels::Backend& be, const RowTable& t) {
-  std::vector<uint8_t> out(size_t(t.bytes()));
-  if (!out.empty()) be.copy_to_host(out.data(), t.view().data, out.size());
-  return out;
-}
+std::vector<uint8_t> table_bytes(kernels::Backend& be, const KvRows& t) { return t.read(be); }
 
 // Runs `tokens` in chunks ending at `cuts`, then `decode` greedy steps; every logit row.
 std::vector<float> run(Model& m, SequenceState& seq, const std::vector<int32_t>& tokens, std::vector<int64_t> cuts,
@@ -83,13 +79,22 @@ int64_t entry_bytes(const SequenceState& s) {
   return b;
 }
 
+// Bytes the entry tables hold allocated (compact: whole pool blocks and their block table).
+int64_t entry_allocated(const SequenceState& s) {
+  int64_t b = 0;
+  for (int l = 0; l < s.num_layers(); ++l)
+    b += s.layer(l).main.entries.allocated_bytes() + s.layer(l).indexer.entries.allocated_bytes();
+  return b;
+}
+
 TEST(KvCache, OfficialSequencesStoreCompactRows) {
   Model& m = *official().model;
   auto seq = m.new_sequence();
   EXPECT_EQ(seq->storage(), KvStorage::kCompact);
   const LayerState& csa = seq->layer(1);  // tiny: ratios 0, 4, 128, 4, 128, 4
   ASSERT_TRUE(csa.has_indexer);
-  EXPECT_EQ(csa.main.entries.dtype(), DType::kU8);
+  EXPECT_TRUE(csa.main.entries.paged());
+  EXPECT_EQ(csa.main.entries.view().dtype, DType::kU8);
   EXPECT_EQ(csa.main.entries.row_bytes(), 168);  // 96 e4m3 + 32 bf16 + 2 scales, padded to 8
   EXPECT_EQ(csa.indexer.entries.row_bytes(), 36);  // 32 packed e2m1 + 2 scales, padded to 4
   EXPECT_EQ(seq->clone()->storage(), KvStorage::kCompact);
@@ -137,11 +142,40 @@ TEST(KvCache, CompactLogitsAndRowsEqualF32BitForBit) {
     }
   }
 
-  // The formulas charge exactly the rows the tables hold: the difference of the two storages.
+  // The formulas charge exactly what the tables hold: F32 rows, and compact rows in whole pool
+  // blocks (with 8 bytes of block table each); the difference of the two storages.
   const int64_t n = compact->position();
   EXPECT_EQ(state_bytes(m.config(), n, KvStorage::kF32) - state_bytes(m.config(), n, KvStorage::kCompact),
-            entry_bytes(f32) - entry_bytes(*compact));
+            entry_bytes(f32) - entry_allocated(*compact));
   EXPECT_EQ(entry_bytes(*compact), 3 * (n / 4) * (168 + 36) + 2 * (n / 128) * 168);
+  auto blocks = [](int64_t rows) { return (rows + 63) / 64; };
+  EXPECT_EQ(entry_allocated(*compact), 3 * blocks(n / 4) * (kv_block_bytes(168) + kv_block_bytes(36) + 16) +
+                                           2 * blocks(n / 128) * (kv_block_bytes(168) + 8));
+}
+
+// The model's pool holds exactly the blocks of its live sequences, and gets them back.
+TEST(KvCache, PoolHoldsTheLiveSequencesBlocks) {
+  OfficialModel& om = official();
+  Model& m = *om.model;
+  auto a = m.new_sequence(), b = m.new_sequence();
+  run(m, *a, test_prompt(kVocab, 290, 3), {}, 0);
+  run(m, *b, test_prompt(kVocab, 70, 4), {}, 2);
+  ASSERT_NE(m.kv_pool(), nullptr);
+  auto block_bytes = [](const SequenceState& s) {  // whole blocks of each table's rows
+    int64_t bytes = 0;
+    for (int l = 0; l < s.num_layers(); ++l)
+      for (const CompressorState* c : {&s.layer(l).main, &s.layer(l).indexer})
+        if (c->entries.paged()) bytes += (c->entries.rows() + 63) / 64 * kv_block_bytes(c->entries.row_bytes());
+    return bytes;
+  };
+  EXPECT_GT(block_bytes(*a), block_bytes(*b));
+  EXPECT_EQ(m.kv_pool()->used_bytes(), block_bytes(*a) + block_bytes(*b));
+  const int64_t reserved = m.kv_pool()->reserved_bytes();
+  EXPECT_GE(reserved, m.kv_pool()->used_bytes());
+  a.reset();
+  b->reset();
+  EXPECT_EQ(m.kv_pool()->used_bytes(), 0) << "blocks of a reset and of a destroyed sequence go back";
+  EXPECT_EQ(m.kv_pool()->reserved_bytes(), reserved) << "slabs stay for the next sequences";
 }
 
 // Entry blocks of a compact sequence carry compact rows; a resume from them continues exactly.
@@ -242,12 +276,13 @@ TEST(KvCache, FlashMillionTokenAllocationEqualsStateBytes) {
         t.reserve(rows - t.rows());
         t.commit(rows - t.rows());
       };
+      auto grow_entries = [](KvRows& t, int64_t rows) { t.reserve(rows); };  // room (blocks) only
       grow(ls.window_tail, flash.sliding_window - 1);
       for (auto [c, r] : {std::pair{&ls.main, ratio}, std::pair{&ls.indexer, 4}}) {
         if ((c == &ls.main && !ls.has_compressor) || (c == &ls.indexer && !ls.has_indexer)) continue;
         grow(c->kv, compressor_capacity(r));
         grow(c->score, compressor_capacity(r));
-        grow(c->entries, n / r);
+        grow_entries(c->entries, n / r);
       }
     }
     const int64_t allocated = s.allocated_bytes();

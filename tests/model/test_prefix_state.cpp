@@ -238,7 +238,7 @@ TEST(PrefixState, OwnedBeforeCountsTheOwnedEntries) {
         EntryOwnership own{ranks, rank, block};
         int64_t count = 0;
         for (int64_t n = 0; n < 600; ++n) {
-          ASSERT_EQ(owned_before(own, n), count) << ranks << " ranks, rank " << rank << ", block " << block << ", n " << n;
+          ASSERT_EQ(own.owned_before(n), count) << ranks << " ranks, rank " << rank << ", block " << block << ", n " << n;
           count += own.owns(n) ? 1 : 0;
         }
       }

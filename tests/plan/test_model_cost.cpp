@@ -58,11 +58,15 @@ TEST(ModelCost, KvBytesPerTokenMatchSpec82) {
   EXPECT_NEAR(kv_bytes_per_token(pro, KvFormat::kCompact), 5031, 0.5);
   EXPECT_DOUBLE_EQ(kv_bytes_per_token(flash, KvFormat::kBf16), 6880);
   EXPECT_DOUBLE_EQ(kv_bytes_per_token(pro, KvFormat::kBf16), 9848);
-  // At 1M tokens every block is complete, so the sequence's bytes are exactly per_token x 2^20.
-  EXPECT_EQ(kv_bytes(flash, kMillion, KvFormat::kCompact).compressed, int64_t(3514.25 * kMillion));
+  // At 1M tokens every block is complete, so the sequence's bytes are exactly per_token x 2^20; the
+  // runtime's paged rows add 8 bytes of block table per 64-row pool block (no partial block at 2^20:
+  // 4,096 blocks per CSA table, entries and keys, and 128 per HCA table; Flash 21 + 20 layers, Pro 30 + 31).
+  const int64_t flash_tables = 8 * (21 * 2 * 4096 + 20 * 128), pro_tables = 8 * (30 * 2 * 4096 + 31 * 128);
+  EXPECT_EQ(kv_bytes(flash, kMillion, KvFormat::kCompact).compressed, int64_t(3514.25 * kMillion) + flash_tables);
+  EXPECT_EQ(kv_bytes(pro, kMillion, KvFormat::kCompact).compressed, int64_t(5031.4375 * kMillion) + pro_tables);
   EXPECT_EQ(kv_bytes(pro, kMillion, KvFormat::kBf16).compressed, 9848LL * kMillion);
-  EXPECT_NEAR(kv_bytes(flash, kMillion, KvFormat::kCompact).compressed / kGiB, 3.43, 0.005);
-  EXPECT_NEAR(kv_bytes(pro, kMillion, KvFormat::kCompact).compressed / kGiB, 4.91, 0.005);
+  EXPECT_NEAR((kv_bytes(flash, kMillion, KvFormat::kCompact).compressed - flash_tables) / kGiB, 3.43, 0.005);
+  EXPECT_NEAR((kv_bytes(pro, kMillion, KvFormat::kCompact).compressed - pro_tables) / kGiB, 4.91, 0.005);
   EXPECT_NEAR(kv_bytes(flash, kMillion, KvFormat::kBf16).compressed / kGiB, 6.72, 0.005);
   EXPECT_NEAR(kv_bytes(pro, kMillion, KvFormat::kBf16).compressed / kGiB, 9.62, 0.005);
 }
@@ -98,9 +102,12 @@ TEST(ModelCost, EntryFormatsAndConstantState) {
   }
   // SP divides only the compressed part.
   EXPECT_EQ(p.per_gpu(8), (p.compressed + 7) / 8 + p.window_ring + p.compressor_state);
-  // Short contexts: entries exist only for complete blocks.
+  // Short contexts: entries exist only for complete compressor blocks; the first entry of a table
+  // takes a whole pool block (64 x 584 = 37,376 B of entries, 64 x 68 = 4,352 B of keys, 8 B of
+  // block table each).
   EXPECT_EQ(kv_bytes(flash, 3, KvFormat::kCompact).compressed, 0);
-  EXPECT_EQ(kv_bytes(flash, 4, KvFormat::kCompact).compressed, 21 * (584 + 68));
+  EXPECT_EQ(kv_bytes(flash, 4, KvFormat::kCompact).compressed, 21 * (37376 + 8 + 4352 + 8));
+  EXPECT_EQ(kv_bytes(flash, 4, KvFormat::kF32).compressed, 21 * (512 + 128) * 4);
 }
 
 TEST(ModelCost, DecodeFlopsAt1MMatchSpec83) {

@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: MIT
+// RowTable: a growable table of rows on the backend's device (window tails, compressor token
+// buffers, F32 compressed entries, copies held by the prefix cache).
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "common/tensor.h"
+#include "kernels/backend.h"
+
+namespace v4rt::model {
+
+constexpr int64_t kRowTableFirstCapacity = 16;  // rows of a table's first allocation
+
+class RowTable;
+// The first `rows` rows of `table`, for RowTable::drop_front_batch.
+struct RowDrop {
+  RowTable* table = nullptr;
+  int64_t rows = 0;
+};
+
+// A growable [rows, width] table of `dtype` elements on the backend's device: F32 rows, or U8 rows of
+// a compact KV format (width = its row bytes).
+class RowTable {
+ public:
+  RowTable() = default;
+  RowTable(kernels::Backend* backend, int64_t width, DType dtype = DType::kF32)
+      : backend_(backend), width_(width), dtype_(dtype) {}
+  int64_t rows() const { return rows_; }
+  int64_t width() const { return width_; }
+  DType dtype() const { return dtype_; }
+  int64_t row_bytes() const { return width_ * int64_t(dtype_size(dtype_)); }
+  int64_t bytes() const { return rows_ * row_bytes(); }  // of the rows held (not the capacity)
+  int64_t allocated_bytes() const { return int64_t(buffer_.bytes()); }  // the capacity's
+  RowTable empty_like() const { return RowTable(backend_, width_, dtype_); }  // same backend and row format
+  TensorView view() const;                       // [rows, width]
+  TensorView rows_view(int64_t begin, int64_t end) const;
+  // Makes room for `extra` more rows and returns them (not yet counted: call commit()).
+  TensorView reserve(int64_t extra);
+  void commit(int64_t extra) { rows_ += extra; }
+  void drop_front(int64_t n);                    // removes the first n rows
+  // drop_front of several distinct tables of one backend (the compressors of a batch of sequences),
+  // each of its copy phases one Backend::copy_rows_batch over all of them.
+  static void drop_front_batch(std::span<const RowDrop> drops);
+  void clear() { rows_ = 0; }
+  void truncate(int64_t rows);                   // keeps the first `rows` rows
+  void shrink(int64_t capacity);                 // gives back the room past max(rows, capacity) rows
+  RowTable clone() const;                        // a deep copy of the rows (same backend)
+  // While a spill table is set, drop_front() appends the rows it removes to it (oldest first), so a
+  // speculative chunk can be rolled back exactly (SequenceState::rollback). nullptr: no spill.
+  void set_spill(RowTable* spill) { spill_ = spill; }
+
+ private:
+  kernels::Backend* backend_ = nullptr;
+  int64_t width_ = 0;
+  DType dtype_ = DType::kF32;
+  int64_t rows_ = 0;
+  int64_t capacity_ = 0;
+  Buffer buffer_;
+  RowTable* spill_ = nullptr;
+};
+
+}  // namespace v4rt::model
