@@ -22,7 +22,8 @@ void CpuBackend::sparse_attention(const SparseAttentionParams& p) {
   check_f32(p.out, n, heads * dim, "attention out");
   const int64_t num_window = p.window_kv.shape[0];
   check_f32(p.window_kv, num_window, dim, "attention window_kv");
-  KvRowReader comp(p.comp_kv, p.comp_layout, dim, "attention comp_kv");  // compact rows decode on first use
+  // Compact rows (contiguous or paged) decode on first use.
+  KvRowReader comp(p.comp_kv, p.comp_layout, p.comp_blocks, dim, "attention comp_kv");
   const int64_t num_comp = comp.rows();
   const bool has_list = p.comp_idx.data != nullptr;
   const int64_t num_cand = has_list ? p.comp_idx.shape[1] : 0;

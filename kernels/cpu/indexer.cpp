@@ -17,7 +17,7 @@ void CpuBackend::indexer_scores(const IndexerScoresParams& p) {
   const int64_t key_end = p.key_end < 0 ? num_keys : p.key_end;
   const int h_end = p.h_end < 0 ? int(heads) : p.h_end;
   check_f32(p.q, n, heads * dim, "indexer q");
-  KvRowReader keys(p.keys, p.key_layout, dim, "indexer keys");  // compact rows decode on first use
+  KvRowReader keys(p.keys, p.key_layout, p.key_blocks, dim, "indexer keys");  // compact rows decode on first use
   check_f32(p.w, n, heads, "indexer w");
   check_f32(p.scores, n, key_end - p.key_begin, "indexer scores");
   for (int64_t t = 0; t < n; ++t) {

@@ -6,8 +6,11 @@
 
 namespace v4rt::kernels::cpu {
 
-KvRowReader::KvRowReader(const TensorView& table, const KvRowLayout& layout, int64_t dim, const char* what)
-    : table_(table), layout_(layout), rows_(table.data ? table.shape[0] : 0), dim_(dim) {
+KvRowReader::KvRowReader(const TensorView& table, const KvRowLayout& layout, const KvBlocks& blocks, int64_t dim,
+                         const char* what)
+    : table_(table), layout_(layout), blocks_(blocks), rows_(table.data ? table.shape[0] : 0), dim_(dim) {
+  CHECK(!blocks.paged() || layout.compact()) << what << ": paged rows need a compact layout, the rows are plain";
+  CHECK(blocks.block_shift >= 0 && blocks.block_shift < 31) << what << ": block_shift " << blocks.block_shift;
   if (rows_ == 0) return;
   if (!layout.compact()) {
     check_f32(table, rows_, dim, what);
@@ -25,7 +28,10 @@ const float* KvRowReader::row(int64_t r) {
   if (!layout_.compact()) return row_f32(table_, r);
   float* out = decoded_.get() + r * dim_;
   if (!done_[size_t(r)]) {
-    kv_unpack_row(layout_, static_cast<const uint8_t*>(table_.data) + r * table_.stride[0], out);
+    const uint8_t* bytes =
+        blocks_.paged() ? blocks_.blocks[r >> blocks_.block_shift] + (r & (blocks_.block_rows() - 1)) * layout_.row_bytes
+                        : static_cast<const uint8_t*>(table_.data) + r * table_.stride[0];
+    kv_unpack_row(layout_, bytes, out);
     done_[size_t(r)] = 1;
   }
   return out;

@@ -19,6 +19,7 @@
 // sequence): every block resolves its token's part (views, positions, lists) from the descriptors
 // in the kernel parameters; a single call is the batch of one.
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -55,7 +56,8 @@ struct AttnPart {
   bool has_list;
 };
 
-// The parts that fit in the kernel parameters beside the shared fields (< 128 bytes).
+// The parts that fit in the kernel parameters beside the shared fields (< 128 bytes): 135 parts
+// of 240 bytes (145 before a compact table could be paged: KvRowsDev's block table and shift).
 constexpr int kMaxAttnParts = int((kMaxKernelParamBytes - 128) / sizeof(AttnPart));
 
 struct AttnArgs {
@@ -72,6 +74,7 @@ struct AttnArgs {
   AttnPart parts[kMaxAttnParts];
 };
 static_assert(sizeof(AttnArgs) <= kMaxKernelParamBytes, "attention kernel parameters");
+static_assert(offsetof(AttnArgs, parts) <= 128, "attention shared fields: kMaxAttnParts assumes < 128 bytes");
 
 // A token of the launch resolved at block start: its part and its row inside the part.
 struct TokArgs {
@@ -118,7 +121,7 @@ __device__ __forceinline__ int64_t candidate_code(const AttnPart& p, const CandR
 
 // Element d of compressed entry j, from whichever storage holds the entries.
 __device__ __forceinline__ float comp_ld(const AttnPart& p, int64_t j, int d) {
-  return p.ckv.data ? p.ckv.fp8_ld(j, d) : p.comp.ld(j, d);
+  return p.ckv.data ? p.ckv.fp8_ld(p.ckv.row(j), d) : p.comp.ld(j, d);
 }
 
 // Bounds (256, 2): ptxas then allocates 87 registers and spills nothing (without the hint it picked
@@ -279,7 +282,8 @@ __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(const __gr
       const int64_t code = codes[row];
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
       if (code >= 0) v = part.win.ld4(code, c);
-      else if (code <= -2) v = part.ckv.data ? part.ckv.fp8_ld4(-code - 2, c) : part.comp.ld4(-code - 2, c);
+      else if (code <= -2 && part.ckv.data) v = part.ckv.fp8_ld4(part.ckv.row(-code - 2), c);
+      else if (code <= -2) v = part.comp.ld4(-code - 2, c);
       *reinterpret_cast<float4*>(kv + row * ds + c) = v;
     }
     __syncthreads();
@@ -494,7 +498,7 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
       const int64_t code = codes[row];
       uint4 v = make_uint4(0, 0, 0, 0);
       if (code >= 0) v = *reinterpret_cast<const uint4*>(win16 + code * part.win.stride + c);
-      else if (code <= -2 && part.ckv.data) v = part.ckv.fp8_ld8_bf16(-code - 2, c);
+      else if (code <= -2 && part.ckv.data) v = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
       else if (code <= -2) v = *reinterpret_cast<const uint4*>(comp16 + (-code - 2) * part.comp.stride + c);
       *reinterpret_cast<uint4*>(kv + row * ld + c) = v;
     }
@@ -639,8 +643,9 @@ PartPlan plan_part(const SparseAttentionParams& p, int64_t heads, int64_t dim, i
   const bool compact = p.comp_layout.compact();
   CHECK(!compact || p.comp_layout.format == KvFormat::kFp8Rope)
       << "attention comp_kv: " << kv_format_name(p.comp_layout.format) << " rows are not entry rows";
+  check_kv_paging(p.comp_layout, p.comp_blocks, "attention comp_kv");
   if (d.num_comp > 0 && compact) {
-    d.ckv = make_kv_rows(p.comp_kv, p.comp_layout, dim, "attention comp_kv");
+    d.ckv = make_kv_rows(p.comp_kv, p.comp_layout, p.comp_blocks, dim, "attention comp_kv");
   } else if (d.num_comp > 0) {
     CHECK_EQ(act_row_width(p.comp_kv), dim);
     d.comp = make_act(p.comp_kv, "attention comp_kv");

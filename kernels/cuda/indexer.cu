@@ -11,6 +11,7 @@
 // sequence) take one launch: every block resolves its query's part from the descriptors in the
 // kernel parameters; a single call is the batch of one.
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -41,7 +42,8 @@ struct IdxPart {
   bool vec;  // plain keys read 16 bytes at a time
 };
 
-// The parts that fit in the kernel parameters beside the shared fields (< 64 bytes).
+// The parts that fit in the kernel parameters beside the shared fields (< 64 bytes): 185 parts
+// of 176 bytes (204 before a compact table could be paged: KvRowsDev's block table and shift).
 constexpr int kMaxIdxParts = int((kMaxKernelParamBytes - 64) / sizeof(IdxPart));
 
 struct IdxArgs {
@@ -53,6 +55,7 @@ struct IdxArgs {
   IdxPart parts[kMaxIdxParts];
 };
 static_assert(sizeof(IdxArgs) <= kMaxKernelParamBytes, "indexer kernel parameters");
+static_assert(offsetof(IdxArgs, parts) <= 64, "indexer shared fields: kMaxIdxParts assumes < 64 bytes");
 
 // The part holding launch token tg (binary search over the parts' first tokens).
 __device__ __forceinline__ const IdxPart& idx_part_of(const IdxArgs& a, int64_t tg) {
@@ -84,10 +87,11 @@ __device__ __forceinline__ void indexer_scores_token(const IdxArgs& a, const Idx
   float acc[kMaxIndexHeads];
 #pragma unroll
   for (int h = 0; h < kMaxIndexHeads; ++h) acc[h] = 0.f;
+  const uint8_t* krow = ckeys.data ? ckeys.row(j) : nullptr;
   for (int c = 0; c < dim; c += 32) {
     float kr[32];
-    if (ckeys.data) {  // compact: one scale block of 32 codes per step
-      ckeys.fp4_ld32(j, c, kr);
+    if (krow) {  // compact: one scale block of 32 codes per step
+      ckeys.fp4_ld32(krow, c, kr);
     } else if (p.vec) {  // 16-byte key loads, 16-byte (broadcast) q loads: a quarter of the load instructions
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
@@ -389,7 +393,9 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint3
 // tile), then per (query, key) the reference's sum over heads of bf16(max(bf16(dot), 0) *
 // bf16(w * scale)), in fp32 and in head order, rounded to bf16. Heads past nh add +0 at the end.
 // One part only (prefill): a block's staged keys serve all of its queries.
-__global__ void __launch_bounds__(256) indexer_scores_tc_kernel(const __grid_constant__ IdxArgs a) {
+// Bounds (256, 3): 80 registers, no spill, three blocks (~70 KB of shared memory each) per SM;
+// without the hint ptxas took 99 once rows could be paged (two blocks per SM).
+__global__ void __launch_bounds__(256, 3) indexer_scores_tc_kernel(const __grid_constant__ IdxArgs a) {
   const IdxPart& p = a.parts[0];
   const int64_t n = a.n;
   const Act q = p.q, keys = p.keys, w = p.w;
@@ -406,10 +412,13 @@ __global__ void __launch_bounds__(256) indexer_scores_tc_kernel(const __grid_con
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   const int64_t j0 = key_begin + int64_t(blockIdx.x) * kTcKeys;
+  __shared__ const uint8_t* krows[kTcKeys];  // compact: the staged keys' bytes, found once per key
+  if (ckeys.data && tid < kTcKeys && j0 + tid < key_end) krows[tid] = ckeys.row(j0 + tid);
+  __syncthreads();
   for (int i = tid; i < kTcKeys * dim; i += blockDim.x) {
     const int r = i / dim, c = i % dim;
     const int64_t j = j0 + r;
-    const float v = j >= key_end ? 0.f : (ckeys.data ? ckeys.fp4_ld(j, c) : keys.ld(j, c));
+    const float v = j >= key_end ? 0.f : (ckeys.data ? ckeys.fp4_ld(krows[r], c) : keys.ld(j, c));
     ks[r * kTcLd + c] = f32_to_bf16(v);
   }
   for (int64_t t0 = int64_t(blockIdx.y) * kTcQueries; t0 < n; t0 += int64_t(gridDim.y) * kTcQueries) {
@@ -499,8 +508,9 @@ IdxPart plan_part(const IndexerScoresParams& p, int64_t heads, int64_t dim, int6
   const bool compact = p.key_layout.compact();
   CHECK(!compact || p.key_layout.format == KvFormat::kFp4)
       << "indexer keys: " << kv_format_name(p.key_layout.format) << " rows are not indexer key rows";
+  check_kv_paging(p.key_layout, p.key_blocks, "indexer keys");
   if (num_keys > 0 && compact) {
-    d.ckeys = make_kv_rows(p.keys, p.key_layout, dim, "indexer keys");
+    d.ckeys = make_kv_rows(p.keys, p.key_layout, p.key_blocks, dim, "indexer keys");
     CHECK(d.ckeys.row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(d.ckeys.data) % 4 == 0)
         << "indexer keys: compact rows must start 4-byte aligned (32-bit code loads)";
   } else if (num_keys > 0) {

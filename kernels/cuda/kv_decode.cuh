@@ -3,8 +3,12 @@
 // them: the bytes come from global memory once, the values exist only in registers / shared memory
 // (never an F32 copy of the table). Each decoder gives bit for bit what kv_unpack_row gives on the
 // host: e4m3 and e2m1 codes times a power-of-two e8m0 scale are exact in fp32 (and in bf16).
-// Included only by .cu files of this folder.
+// A table is contiguous or paged (KvBlocks): kernels find a row's bytes through row(), the one
+// place that knows where rows lie, and hand them to the decoders. Included only by .cu files of
+// this folder.
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -24,25 +28,30 @@ __device__ __forceinline__ float fp4_to_f32(uint32_t code) {
 
 // A table of compact KV rows on the device; empty (data == nullptr) for plain rows.
 struct KvRowsDev {
-  const uint8_t* data = nullptr;  // row r at data + r * row_bytes
+  const uint8_t* data = nullptr;           // contiguous: row r at data + r * row_bytes; paged: the first block
+  const uint8_t* const* blocks = nullptr;  // paged: [ceil(rows / 2^block_shift)] block addresses (device memory)
   int64_t row_bytes = 0;
-  int quant_dim = 0;              // kFp8Rope: non-RoPE dims; kFp4: all dims
-  int block = 0;                  // quantized elements per scale
-  int rope_offset = 0;            // kFp8Rope: byte offset of the bf16 dims
-  int scale_offset = 0;           // byte offset of the e8m0 scales
+  int quant_dim = 0;                       // kFp8Rope: non-RoPE dims; kFp4: all dims
+  int block = 0;                           // quantized elements per scale
+  int rope_offset = 0;                     // kFp8Rope: byte offset of the bf16 dims
+  int scale_offset = 0;                    // byte offset of the e8m0 scales
+  int block_shift = 0;                     // paged: log2(rows per block)
 
-  __device__ __forceinline__ const uint8_t* row(int64_t r) const { return data + r * row_bytes; }
+  // Paged: row r is row r mod 2^block_shift of block r >> block_shift (one table load, L1-cached).
+  __device__ __forceinline__ const uint8_t* row(int64_t r) const {
+    if (blocks) return blocks[r >> block_shift] + (r & ((int64_t(1) << block_shift) - 1)) * row_bytes;
+    return data + r * row_bytes;
+  }
 
-  // kFp8Rope element c of row r.
-  __device__ __forceinline__ float fp8_ld(int64_t r, int c) const {
-    const uint8_t* p = row(r);
+  // The decoders read the bytes `p` of a row (row()), so a kernel reading a row often finds it once.
+  // kFp8Rope element c.
+  __device__ __forceinline__ float fp8_ld(const uint8_t* p, int c) const {
     if (c < quant_dim) return e4m3_to_f32(p[c]) * e8m0_to_f32(p[scale_offset + c / block]);
     const uint8_t* h = p + rope_offset + 2 * (c - quant_dim);
     return bf16_to_f32(bf16_t(h[0] | (h[1] << 8)));
   }
   // kFp8Rope elements c..c+3 (c % 4 == 0; needs vec4_ok()).
-  __device__ __forceinline__ float4 fp8_ld4(int64_t r, int c) const {
-    const uint8_t* p = row(r);
+  __device__ __forceinline__ float4 fp8_ld4(const uint8_t* p, int c) const {
     if (c < quant_dim) {
       const uint32_t u = *reinterpret_cast<const uint32_t*>(p + c);
       const float s = e8m0_to_f32(p[scale_offset + c / block]);
@@ -55,8 +64,7 @@ struct KvRowsDev {
   }
   // kFp8Rope elements c..c+7 as bf16 pairs (c % 8 == 0; needs vec8_ok()): exact, an e4m3 code
   // times a power of two has at most 4 significant bits.
-  __device__ __forceinline__ uint4 fp8_ld8_bf16(int64_t r, int c) const {
-    const uint8_t* p = row(r);
+  __device__ __forceinline__ uint4 fp8_ld8_bf16(const uint8_t* p, int c) const {
     if (c < quant_dim) {
       const uint2 u = *reinterpret_cast<const uint2*>(p + c);
       const float s = e8m0_to_f32(p[scale_offset + c / block]);
@@ -76,8 +84,7 @@ struct KvRowsDev {
   }
 
   // kFp4 elements c..c+31 (c % 32 == 0: one scale block, 16 code bytes; rows 4-byte aligned).
-  __device__ __forceinline__ void fp4_ld32(int64_t r, int c, float (&out)[32]) const {
-    const uint8_t* p = row(r);
+  __device__ __forceinline__ void fp4_ld32(const uint8_t* p, int c, float (&out)[32]) const {
     const uint32_t* codes = reinterpret_cast<const uint32_t*>(p + c / 2);
     const float s = e8m0_to_f32(p[scale_offset + c / block]);
 #pragma unroll
@@ -87,23 +94,42 @@ struct KvRowsDev {
       for (int i = 0; i < 8; ++i) out[8 * w + i] = fp4_to_f32((u >> (4 * i)) & 0xfu) * s;
     }
   }
-  // kFp4 element c of row r.
-  __device__ __forceinline__ float fp4_ld(int64_t r, int c) const {
-    const uint8_t* p = row(r);
+  // kFp4 element c.
+  __device__ __forceinline__ float fp4_ld(const uint8_t* p, int c) const {
     return fp4_to_f32((p[c >> 1] >> ((c & 1) * 4)) & 0xfu) * e8m0_to_f32(p[scale_offset + c / block]);
   }
 
   // Whether fp8_ld4 / fp8_ld8_bf16 may be used: vector groups never straddle the two parts and
-  // every row and part starts 8-byte aligned.
+  // every row and part starts 8-byte aligned. Paged rows start at a 256-byte aligned block plus a
+  // multiple of row_bytes, so the checks on row_bytes and the first block hold for every row.
   bool vec4_ok() const {
     return quant_dim % 4 == 0 && rope_offset % 8 == 0 && row_bytes % 8 == 0 && reinterpret_cast<uintptr_t>(data) % 8 == 0;
   }
   bool vec8_ok() const { return vec4_ok() && quant_dim % 8 == 0; }
 };
 
-// The device view of a compact table (`view` U8 [rows, layout.row_bytes]); `what` names it in errors.
-// Plain layouts give an empty KvRowsDev.
-inline KvRowsDev make_kv_rows(const TensorView& view, const KvRowLayout& layout, int64_t dim, const char* what) {
+// Whether the kernels can read `p`: device (or managed) memory of this process.
+inline bool device_readable(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    (void)cudaGetLastError();  // a pointer the runtime does not know: not an error of the next launch
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+
+// Only compact rows are paged: a plain table with a block table is refused (before make_kv_rows,
+// which sees compact tables only).
+inline void check_kv_paging(const KvRowLayout& layout, const KvBlocks& blocks, const char* what) {
+  CHECK(!blocks.paged() || layout.compact()) << what << ": paged rows need a compact layout, the rows are plain";
+}
+
+// The device view of a compact table (`view` U8 [rows, layout.row_bytes], data = the first block
+// when `blocks` pages it); `what` names it in errors. Plain layouts give an empty KvRowsDev.
+// NOTE: that the block table is in device memory is checked in debug builds only (a pointer query
+// per part and launch is too dear on the decode path); a host table faults in the kernel.
+inline KvRowsDev make_kv_rows(const TensorView& view, const KvRowLayout& layout, const KvBlocks& blocks, int64_t dim,
+                              const char* what) {
   KvRowsDev k;
   if (!layout.compact() || !view.data) return k;
   CHECK(view.dtype == DType::kU8 && view.device == Device::kCuda) << what << ": compact rows are U8 on the device";
@@ -117,6 +143,14 @@ inline KvRowsDev make_kv_rows(const TensorView& view, const KvRowLayout& layout,
   k.block = layout.block;
   k.rope_offset = int(layout.rope_offset);
   k.scale_offset = int(layout.scale_offset);
+  if (blocks.paged()) {
+    CHECK(blocks.block_shift >= 0 && blocks.block_shift < 31) << what << ": block_shift " << blocks.block_shift;
+    CHECK(reinterpret_cast<uintptr_t>(view.data) % 256 == 0)
+        << what << ": paged rows: blocks start 256-byte aligned, the first at " << view.data;
+    DCHECK(device_readable(blocks.blocks)) << what << ": the block table must be in device memory";
+    k.blocks = blocks.blocks;
+    k.block_shift = blocks.block_shift;
+  }
   return k;
 }
 

@@ -533,7 +533,7 @@ TEST(CudaOps, IndexerScoresBatch) {
   }
 }
 
-// Batches of 1, 3, 64 and 300 sequences (two groups of parts) in one sparse_attention_batch, each
+// Batches of 1, 3, 64 and 300 sequences (three groups of parts) in one sparse_attention_batch, each
 // writing its rows of shared q / out / lse buffers, against the CPU op per sequence (tolerances of
 // SparseAttentionDecodeAndPrefill). Sequences cycle through: window rows only with a window not
 // yet full; a candidate list padded with -1 to the batch's longest (fewer candidates than top-k);

@@ -4,7 +4,6 @@
 // path), the report of rows it did not produce, and the CPU attention / indexer ops reading compact
 // rows bit for bit as they read the same values in F32 rows.
 #include <cmath>
-#include <cstring>
 
 #include "common/check.h"
 #include "common/kv_format.h"
@@ -13,37 +12,6 @@
 
 namespace v4rt::kernels {
 namespace {
-
-bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-// Rows of `dim` values at assorted magnitudes (whole blocks of zeros, signed zeros, values far
-// below and above 1), rounded as the official numerics round main entries (FP8 block 64 on the
-// first dim - rope dims, bf16 on the rest) or indexer keys (FP4 block 32 on all dims).
-std::vector<float> official_rows(Backend& be, const KvRowLayout& l, int64_t rows, uint64_t seed) {
-  std::vector<float> x = randn(size_t(rows * l.dim), seed);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = x.data() + r * l.dim;
-    const float scale = std::ldexp(1.0f, int(r % 9) * 4 - 20);  // 2^-20 .. 2^12
-    for (int64_t i = 0; i < l.dim; ++i) row[i] *= scale;
-    if (r % 5 == 1) std::fill(row, row + std::min<int64_t>(l.dim, 32), 0.0f);
-    if (r % 5 == 2) row[3] = -0.0f;
-  }
-  round_to_kv_layout(be, l, tv(x, {rows, l.dim}));
-  return x;
-}
-
-std::vector<uint8_t> pack(Backend& be, const KvRowLayout& l, std::vector<float>& x) {
-  const int64_t rows = int64_t(x.size()) / l.dim;
-  std::vector<uint8_t> out(size_t(rows * l.row_bytes));
-  KvPackParams p;
-  p.x = tv(x, {rows, l.dim});
-  p.out = TensorView(out.data(), DType::kU8, {rows, l.row_bytes});
-  p.layout = l;
-  be.kv_pack(p);
-  return out;
-}
 
 TEST(KvFormat, RowSizesOfTheSpec) {
   EXPECT_EQ(fp8_rope_kv_layout(512, 64).row_bytes, 584);  // 448 + 128 + 7 + 1 pad (Flash, Pro)
