@@ -194,7 +194,12 @@ void launch_hadamard(const HadamardParams& p, cudaStream_t s) {
   const int64_t rows = p.x.shape[0], dim = act_row_width(p.x);
   CHECK(dim > 0 && (dim & (dim - 1)) == 0 && dim <= 16384) << "hadamard dim " << dim;
   if (rows == 0) return;
-  hadamard_kernel<<<grid_x(rows, "hadamard"), 128, size_t(dim) * 4, s>>>(make_act(p.x, "hadamard x"), dim, p.out_bf16);
+  // The row lives in shared memory: past 12,288 dims it exceeds the 48 KB a launch gets without
+  // opting in. The opt-in is per device, so it is made at every such launch (never the model's 128).
+  const size_t smem = size_t(dim) * 4;
+  if (smem > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(hadamard_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  hadamard_kernel<<<grid_x(rows, "hadamard"), 128, smem, s>>>(make_act(p.x, "hadamard x"), dim, p.out_bf16);
   launch_check("hadamard", s);
 }
 
