@@ -33,6 +33,7 @@
 #include "model/model.h"
 #include "model/presets.h"
 #include "model/safetensors.h"
+#include "model/state.h"
 
 namespace v4rt::launch {
 
@@ -272,25 +273,23 @@ struct StepArgs {
 void print_capacity(const model::ModelConfig& full, double free_bytes) {
   double experts = 0, rest = 0;
   weight_bytes(full, &experts, &rest);
-  const double ctx = 1048576.0;
-  // Compact entry formats of spec §8.1: main entry 584 B, indexer key 68 B; window ring bf16,
-  // compressor token state fp32 (constant per sequence).
-  double per_seq = 0, per_seq_f32 = 0, constant = 0;
+  const int64_t ctx = int64_t(1) << 20;
+  // What the runtime allocates for one sequence (model::state_bytes, equal to a SequenceState's
+  // allocation): compact entries (584 B) and FP4 indexer keys (68 B) in whole 64-row pool blocks,
+  // F32 window tails and compressor buffers.
+  const double all = double(model::state_bytes(full, ctx, model::KvStorage::kCompact));
+  const KvRowLayout entry = model::entry_layout(full, model::KvStorage::kCompact);
+  const KvRowLayout key = model::index_key_layout(full, model::KvStorage::kCompact);
+  double per_seq = 0;  // the compressed entries and indexer keys
   for (int l = 0; l < full.num_hidden_layers; ++l) {
     const int r = full.compress_ratio(l);
-    constant += double(full.sliding_window) * full.head_dim * 2;
-    if (r == 4) {
-      per_seq += ctx / 4 * (584 + 68);
-      per_seq_f32 += ctx / 4 * (full.head_dim + full.index_head_dim) * 4.0;
-      constant += 8.0 * 1024 * 4 * 2 + 8.0 * 256 * 4 * 2;
-    } else if (r == 128) {
-      per_seq += ctx / 128 * 584;
-      per_seq_f32 += ctx / 128 * full.head_dim * 4.0;
-      constant += 128.0 * 512 * 4 * 2;
-    }
+    if (r != 0) per_seq += double(model::entry_table_bytes(ctx / r, entry));
+    if (r == 4) per_seq += double(model::entry_table_bytes(ctx / 4, key));
   }
+  const double constant = all - per_seq;  // window tails and compressor buffers
+  const double per_seq_f32 = double(model::state_bytes(full, ctx, model::KvStorage::kF32)) - constant;
   const double gib = 1024.0 * 1024 * 1024;
-  std::printf("\nKV capacity (1M-token sequences, compact entries 584 B + FP4 indexer keys 68 B, spec 8.1):\n");
+  std::printf("\nKV capacity (1M-token sequences, compact entries 584 B + FP4 indexer keys 68 B in pool blocks):\n");
   std::printf("  per sequence: %.2f GiB compressed entries + %.1f MiB window/compressor state"
               " (F32 rows of the reference numerics: %.2f GiB)\n", per_seq / gib, constant / (1024.0 * 1024), per_seq_f32 / gib);
   std::printf("  weights: %.1f GiB routed experts + %.1f GiB the rest; device free before loading: %.1f GiB\n",
@@ -343,6 +342,15 @@ void run_step(const StepArgs& a) {
                 " %lld per HCA layer; %lld indexer keys), no prefill was run; %.1f s\n", batch,
                 static_cast<long long>(context), static_cast<long long>(context / 4), static_cast<long long>(context / 128),
                 static_cast<long long>(context / 4), now_s() - t0);
+    // The state as allocated (measured), against the formula admission and the planner charge.
+    const double mib = 1024.0 * 1024;
+    const model::KvPool* pool = m->kv_pool();
+    std::printf("  KV state per sequence: %.2f MiB allocated (state_bytes: %.2f MiB); %s pool: %.2f MiB in blocks, "
+                "%.2f MiB of slabs for the batch\n",
+                double(seqs[0]->allocated_bytes()) / mib,
+                double(model::state_bytes(cfg, context, seqs[0]->storage())) / mib,
+                pool ? "compact KV" : "no", pool ? double(pool->used_bytes()) / mib : 0.0,
+                pool ? double(pool->reserved_bytes()) / mib : 0.0);
 
     std::vector<int32_t> tokens(static_cast<size_t>(batch));
     for (int b = 0; b < batch; ++b) tokens[size_t(b)] = int32_t((1000 + 7919 * b) % cfg.vocab_size);
