@@ -202,6 +202,35 @@ TEST(KvCache, EntryBlocksCarryCompactRowsAndResumeExactly) {
   EXPECT_TRUE(bit_equal(run(m, *resumed, tokens, {}, 3), want));
 }
 
+// A speculative chunk that completes the first entry of a second pool block, rolled back before it:
+// the block goes back to the pool, and continuing gives exactly a fresh run's logits (the next
+// block taken may be another one; the device table is uploaded again).
+TEST(KvCache, RollbackAcrossAPoolBlockReturnsItAndStaysExact) {
+  OfficialModel& om = official();
+  Model& m = *om.model;
+  const std::vector<int32_t> all = test_prompt(kVocab, 266, 21);
+  const std::vector<int32_t> prompt(all.begin(), all.begin() + 255);  // 63 CSA entries: one block
+  auto spec = m.new_sequence();
+  step_logits(m, *spec, prompt);
+  ASSERT_EQ(spec->layer(1).indexer.entries.rows(), 63);
+  const int64_t used = m.kv_pool()->used_bytes();
+  spec->mark(6);
+  step_logits(m, *spec, {1, 2, 3, 4, 5, 6}, true);  // positions 255..260: entries 63 and 64
+  ASSERT_EQ(spec->layer(1).indexer.entries.rows(), 65);
+  EXPECT_GT(m.kv_pool()->used_bytes(), used) << "entry 64 starts a second block";
+  spec->rollback(256);  // keeps the draft token 1 at 255 (entry 63 complete), retracts entry 64
+  EXPECT_EQ(spec->layer(1).indexer.entries.rows(), 64);
+  EXPECT_EQ(m.kv_pool()->used_bytes(), used) << "the second block went back";
+  const std::vector<int32_t> rest(all.begin() + 256, all.end());  // 10 tokens: entries 64 and 65
+  const std::vector<float> got = step_logits(m, *spec, rest, true);
+  std::vector<int32_t> history = prompt;
+  history.push_back(1);
+  auto fresh = m.new_sequence();
+  step_logits(m, *fresh, history);
+  EXPECT_TRUE(bit_equal(got, step_logits(m, *fresh, rest, true)));
+  EXPECT_EQ(spec->layer(1).indexer.entries.rows(), 66);
+}
+
 // store_entries (benchmarks' fabricated states): F32 tables take the rows as given; compact tables
 // take them rounded in place, and unpack to exactly the rounded rows.
 TEST(KvCache, StoreEntriesRoundsThenPacks) {
