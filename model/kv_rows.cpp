@@ -143,8 +143,6 @@ KvRows KvRows::clone(kernels::Backend& backend) const {
   std::vector<kernels::RowCopy> copies;
   for (int64_t r = 0; r < rows_; r += kKvBlockRows) out.append(block_rows(r, rows_), copies);
   if (!copies.empty()) backend.copy_rows_batch(copies.data(), copies.size());
-  KvRows* t = &out;
-  sync_block_tables(backend, std::span<KvRows* const>(&t, 1));
   return out;
 }
 

@@ -58,7 +58,7 @@ class KvRows {
   void copies_out(int64_t begin, int64_t end, const TensorView& dst, std::vector<kernels::RowCopy>& copies) const;
   void truncate(int64_t rows);  // keeps the first `rows` rows; gives back the blocks past them
   void clear() { truncate(0); }
-  // A deep copy of the rows in new blocks (table uploaded).
+  // A deep copy of the rows in new blocks (their addresses not yet uploaded: sync_block_tables).
   KvRows clone(kernels::Backend& backend) const;
   // The rows' bytes in row order, on the host (tests, dumps).
   std::vector<uint8_t> read(kernels::Backend& backend) const;

@@ -209,6 +209,9 @@ std::unique_ptr<SequenceState> SequenceState::clone() const {
     if (src.has_compressor) dst.main = clone_compressor(src.main);
     if (src.has_indexer) dst.indexer = clone_compressor(src.indexer);
   }
+  std::vector<KvRows*> tables;  // every cloned table's block addresses in one upload
+  copy->entry_tables(tables);
+  KvRows::sync_block_tables(backend_, tables);
   return copy;
 }
 
