@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "common/check.h"
 
@@ -34,7 +35,27 @@ uint8_t* KvBlockPool::allocate() {
   }
   uint8_t* b = free_.back();
   free_.pop_back();
+  refs_[b] = 1;
   return b;
+}
+
+void KvBlockPool::retain(uint8_t* block) {
+  auto it = refs_.find(block);
+  CHECK(it != refs_.end()) << "KV block retained but not handed out";
+  ++it->second;
+}
+
+void KvBlockPool::release(uint8_t* block) {
+  auto it = refs_.find(block);
+  CHECK(it != refs_.end()) << "KV block released but not handed out";
+  if (--it->second > 0) return;
+  refs_.erase(it);
+  free_.push_back(block);
+}
+
+int KvBlockPool::use_count(uint8_t* block) const {
+  auto it = refs_.find(block);
+  return it == refs_.end() ? 0 : it->second;
 }
 
 KvBlockPool& KvPool::blocks_for(int64_t row_bytes) {
@@ -49,6 +70,41 @@ int64_t KvPool::used_bytes() const {
   int64_t b = 0;
   for (const auto& [bytes, p] : pools_) b += p->blocks_in_use() * bytes;
   return b;
+}
+
+KvBlockRef::KvBlockRef(std::shared_ptr<KvPool> pool, int64_t row_bytes, uint8_t* block)
+    : pool_(std::move(pool)), row_bytes_(row_bytes), block_(block) {
+  CHECK(pool_ && block_) << "a KV block reference needs a pool and a block";
+  blocks_ = &pool_->blocks_for(row_bytes_);
+  blocks_->retain(block_);
+}
+
+KvBlockRef& KvBlockRef::operator=(const KvBlockRef& other) {
+  if (this == &other) return *this;
+  if (other.block_) other.blocks_->retain(other.block_);  // before the release: other may share our block
+  reset();
+  pool_ = other.pool_;
+  blocks_ = other.blocks_;
+  row_bytes_ = other.row_bytes_;
+  block_ = other.block_;
+  return *this;
+}
+
+KvBlockRef& KvBlockRef::operator=(KvBlockRef&& other) noexcept {
+  if (this == &other) return *this;
+  reset();
+  pool_ = std::move(other.pool_);
+  blocks_ = std::exchange(other.blocks_, nullptr);
+  row_bytes_ = std::exchange(other.row_bytes_, 0);
+  block_ = std::exchange(other.block_, nullptr);
+  return *this;
+}
+
+void KvBlockRef::reset() {
+  if (block_) blocks_->release(block_);
+  block_ = nullptr;
+  blocks_ = nullptr;
+  pool_.reset();  // last: the pool may go with it
 }
 
 }  // namespace v4rt::model

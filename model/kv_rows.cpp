@@ -89,6 +89,7 @@ void KvRows::append(const TensorView& src, std::vector<kernels::RowCopy>& copies
       << "KvRows append " << src.shape_str() << ": U8 rows of " << row_bytes_ << " bytes";
   reserve(rows_ + n);
   for (int64_t r = rows_; r < rows_ + n;) {
+    DCHECK_EQ(blocks_->use_count(host_table_[size_t(r >> kKvBlockShift)]), 1) << "append into a shared KV block";
     const TensorView dst = block_rows(r, rows_ + n);
     copies.push_back({dst, kernels::view_rows(src, r - rows_, r - rows_ + dst.shape[0])});
     r += dst.shape[0];
@@ -111,11 +112,37 @@ void KvRows::copies_out(int64_t begin, int64_t end, const TensorView& dst, std::
   }
 }
 
+void KvRows::append_shared(uint8_t* block) {
+  CHECK(paged() && rows_ % kKvBlockRows == 0 && int64_t(host_table_.size()) * kKvBlockRows == rows_)
+      << "a shared KV block goes after whole blocks: " << rows_ << " rows in " << host_table_.size() << " blocks";
+  blocks_->retain(block);
+  host_table_.push_back(block);
+  rows_ += kKvBlockRows;
+}
+
+uint8_t* KvRows::block_at(int64_t k) const {
+  CHECK(paged() && k >= 0 && (k + 1) * kKvBlockRows <= rows_) << "block " << k << " of " << rows_ << " rows";
+  return host_table_[size_t(k)];
+}
+
 void KvRows::truncate(int64_t rows) {
   CHECK(rows >= 0 && rows <= this->rows()) << "truncate to " << rows << " of " << this->rows() << " rows";
   if (!paged()) {
     flat_.truncate(rows);
     return;
+  }
+  if (const int64_t kept = rows & (kKvBlockRows - 1); kept > 0) {
+    uint8_t*& last = host_table_[size_t(rows >> kKvBlockShift)];
+    if (blocks_->use_count(last) > 1) {  // copy on write: the kept rows into a block of our own
+      kernels::Backend& be = pool_->backend();
+      uint8_t* own = blocks_->allocate();
+      const kernels::RowCopy copy{TensorView(own, DType::kU8, {kept, row_bytes_}, be.device()),
+                                  TensorView(last, DType::kU8, {kept, row_bytes_}, be.device())};
+      be.copy_rows_batch(&copy, 1);
+      blocks_->release(last);
+      last = own;
+      synced_ = std::min(synced_, rows >> kKvBlockShift);
+    }
   }
   rows_ = rows;
   release_blocks((rows + kKvBlockRows - 1) / kKvBlockRows);

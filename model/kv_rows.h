@@ -8,6 +8,10 @@
 // read). New blocks are taken on the host at once; their addresses reach the device table in one
 // upload for any number of tables (sync_block_tables), so a step that reserves its rows first
 // (SequenceState::reserve) uploads once, and a kernel never sees a table that lacks a row's block.
+//
+// A full block may be held by more than one table and by the prefix cache (append_shared,
+// KvBlockRef): rows once written are final, so holders only read it. A table writes only into
+// blocks it alone holds; a truncate into a shared block first gives the table its own copy of it.
 #pragma once
 
 #include <cstdint>
@@ -56,7 +60,16 @@ class KvRows {
   void append(const TensorView& src, std::vector<kernels::RowCopy>& copies);
   // The copies of rows [begin, end) into `dst` (that many rows of this table's width and dtype).
   void copies_out(int64_t begin, int64_t end, const TensorView& dst, std::vector<kernels::RowCopy>& copies) const;
-  void truncate(int64_t rows);  // keeps the first `rows` rows; gives back the blocks past them
+  // Appends the kKvBlockRows rows of `block`, a full block of this table's pool and row size held
+  // elsewhere (another table, a KvBlockRef), by reference: one more holder, no copy. The rows held
+  // must end on a block boundary with no block reserved past them.
+  void append_shared(uint8_t* block);
+  // The address of block k, which holds rows [k * kKvBlockRows, (k + 1) * kKvBlockRows), all held.
+  uint8_t* block_at(int64_t k) const;
+  const std::shared_ptr<KvPool>& pool() const { return pool_; }
+  // Keeps the first `rows` rows; gives back the blocks past them (a shared block that keeps some
+  // rows is replaced by a copy of them first, so later appends never write into a shared block).
+  void truncate(int64_t rows);
   void clear() { truncate(0); }
   // A deep copy of the rows in new blocks (their addresses not yet uploaded: sync_block_tables).
   KvRows clone(kernels::Backend& backend) const;

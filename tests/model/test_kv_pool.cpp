@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: MIT
 // The compact KV pool and its paged tables (model/kv_pool.h, model/kv_rows.h) on the CPU backend:
 // blocks are reused, the byte limit is enforced with a clear error, rows cross blocks intact, the
-// device block table matches the host one after one upload, and truncate / clone keep the rows.
+// device block table matches the host one after one upload, and truncate / clone keep the rows; a
+// block shared by several holders (tables, KvBlockRef) goes back only after the last one releases
+// it, and a table never writes into a block it shares.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -89,6 +92,80 @@ std::vector<uint8_t> rows_via_table(const KvRows& t) {
     std::memcpy(out.data() + r * kRowBytes, b.blocks[r >> b.block_shift] + (r & (b.block_rows() - 1)) * kRowBytes,
                 kRowBytes);
   return out;
+}
+
+TEST(KvPool, ASharedBlockGoesBackAfterItsLastHolder) {
+  auto be = kernels::make_cpu_backend();
+  auto pool = std::make_shared<KvPool>(*be);
+  KvBlockPool& blocks = pool->blocks_for(kRowBytes);
+  uint8_t* b = blocks.allocate();
+  EXPECT_EQ(blocks.use_count(b), 1);
+  blocks.retain(b);
+  EXPECT_EQ(blocks.use_count(b), 2);
+  blocks.release(b);
+  EXPECT_EQ(blocks.blocks_in_use(), 1) << "one holder left";
+  EXPECT_NE(blocks.allocate(), b) << "a held block is not handed out again";
+  blocks.release(b);
+  EXPECT_EQ(blocks.use_count(b), 0);
+  EXPECT_EQ(blocks.blocks_in_use(), 1) << "only the second block is still held";
+  EXPECT_EQ(blocks.allocate(), b) << "free after both holders released it";
+  EXPECT_DEATH(blocks.retain(reinterpret_cast<uint8_t*>(&blocks)), "not handed out");
+
+  uint8_t* c = blocks.allocate();
+  KvBlockRef ref(pool, kRowBytes, c);  // a second holder
+  blocks.release(c);                   // the first lets go
+  {
+    const KvBlockRef copy = ref;       // a third
+    EXPECT_EQ(blocks.use_count(c), 2);
+    KvBlockRef moved = std::move(ref);
+    EXPECT_FALSE(ref);
+    EXPECT_EQ(blocks.use_count(c), 2) << "a move hands the reference over";
+  }
+  EXPECT_EQ(blocks.use_count(c), 0) << "the copy and the moved-to reference released it";
+  EXPECT_EQ(blocks.blocks_in_use(), 2);
+}
+
+TEST(KvRows, SharedBlocksAreReadByEveryHolderAndNeverWritten) {
+  auto be = kernels::make_cpu_backend();
+  auto pool = std::make_shared<KvPool>(*be);
+  KvBlockPool& blocks = pool->blocks_for(kRowBytes);
+  auto src = std::make_unique<KvRows>(pool, key_layout());
+  std::vector<uint8_t> want = rows_from(0, 150);
+  append(*be, *src, want);
+  EXPECT_DEATH(src->block_at(2), "block 2 of 150 rows");
+  KvBlockRef ref(pool, kRowBytes, src->block_at(1));  // rows [64, 128), held outside any table
+  KvRows t(pool, key_layout());
+  t.append_shared(src->block_at(0));
+  t.append_shared(ref.block());
+  std::vector<uint8_t> more = rows_from(500, 10);
+  EXPECT_DEATH(t.reserve(140); t.append_shared(ref.block()), "after whole blocks");
+  append(*be, t, more);  // into a block of its own
+  EXPECT_DEATH(t.append_shared(ref.block()), "after whole blocks");
+  EXPECT_EQ(blocks.blocks_in_use(), 3 + 1) << "t took one block of its own, shared two";
+  src.reset();  // the source goes: its third block back, the shared ones stay
+  EXPECT_EQ(blocks.blocks_in_use(), 3);
+  std::vector<uint8_t> head(want.begin(), want.begin() + 128 * kRowBytes);
+  head.insert(head.end(), more.begin(), more.end());
+  KvRows* tp = &t;
+  KvRows::sync_block_tables(*be, std::span<KvRows* const>(&tp, 1));
+  EXPECT_EQ(rows_via_table(t), head) << "the shared blocks reach the device table";
+
+  // A rollback into the block the reference shares: t copies the kept rows into a block of its own
+  // before it appends, and the reference still reads the source's rows.
+  t.truncate(100);
+  std::vector<uint8_t> other = rows_from(900, 40);
+  append(*be, t, other);
+  std::vector<uint8_t> got(size_t(kKvBlockRows * kRowBytes));
+  std::memcpy(got.data(), ref.block(), got.size());
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin() + 64 * kRowBytes)) << "a shared block was written";
+  std::vector<uint8_t> t_rows(want.begin(), want.begin() + 100 * kRowBytes);
+  t_rows.insert(t_rows.end(), other.begin(), other.end());
+  KvRows::sync_block_tables(*be, std::span<KvRows* const>(&tp, 1));
+  EXPECT_EQ(rows_via_table(t), t_rows);
+  EXPECT_EQ(blocks.use_count(ref.block()), 1) << "only the reference holds it now";
+  ref.reset();
+  t.clear();
+  EXPECT_EQ(blocks.blocks_in_use(), 0);
 }
 
 TEST(KvRows, PagedRowsCrossBlocksAndTruncateCloneKeepThem) {
