@@ -52,6 +52,36 @@ void append_rows(kernels::Backend& be, KvRows& dst, const KvRows& src, int64_t b
   append_rows(be, dst, staged, 0, staged.rows());
 }
 
+// Rows [0, end) of `src` onto the end of `dst`: src's full pool blocks by reference when both
+// tables are paged in one pool and dst ends on a block boundary (a resumed table starts empty),
+// the rest copied.
+void take_rows(kernels::Backend& be, KvRows& dst, const KvRows& src, int64_t end) {
+  const bool share = dst.paged() && src.paged() && dst.pool() == src.pool() && dst.rows() % kKvBlockRows == 0;
+  int64_t from = 0;
+  if (share) {
+    check_format(dst.row_bytes(), src.row_bytes());
+    for (; from + kKvBlockRows <= end; from += kKvBlockRows) dst.append_shared(src.block_at(from / kKvBlockRows));
+  }
+  append_rows(be, dst, src, from, end);
+}
+
+// The first `take` rows of `src` onto the end of `dst`: the shared block itself when dst takes
+// all of it at a block boundary of the same pool, else a copy.
+void take_rows(kernels::Backend& be, KvRows& dst, const EntryRows& src, int64_t take) {
+  if (!src.shared) {
+    append_rows(be, dst, src.copy, 0, take);
+    return;
+  }
+  check_format(dst.row_bytes(), src.shared.row_bytes());
+  if (take == kKvBlockRows && dst.paged() && dst.pool() == src.shared.pool() && dst.rows() % kKvBlockRows == 0) {
+    dst.append_shared(src.shared.block());
+    return;
+  }
+  std::vector<kernels::RowCopy> copies;
+  dst.append(TensorView(src.shared.block(), DType::kU8, {take, src.shared.row_bytes()}, be.device()), copies);
+  be.copy_rows_batch(copies.data(), copies.size());
+}
+
 void set_rows(kernels::Backend& be, RowTable& dst, const RowTable& src) {
   dst.clear();
   append_rows(be, dst, src, 0, src.rows());
@@ -135,7 +165,7 @@ TailSnapshot snapshot_tail(const SequenceState& state) {
 int64_t EntryBlock::bytes() const {
   int64_t b = 0;
   for (const auto* tables : {&main, &indexer})
-    for (const RowTable& t : *tables) b += table_bytes(t);
+    for (const EntryRows& t : *tables) b += t.bytes();
   return b;
 }
 
@@ -172,8 +202,14 @@ EntryBlock extract_block(Model& model, const SequenceState& state, int64_t index
       const int64_t lo = b.ownership.owned_before(first_entry(index, block_tokens, r));
       const int64_t hi = b.ownership.owned_before(end / r);
       CHECK_LE(hi, c->entries.rows()) << "layer " << l << " holds fewer entries than its position implies";
-      *out = c->entries.contiguous_like(&be);  // the state's row format: blocks carry compact rows as they are
-      append_rows(be, *out, c->entries, lo, hi);
+      // Under SP a full block holds 64 or 0 of this rank's rows, and lo counts local rows: the
+      // alignment is the local table's.
+      if (c->entries.paged() && end == begin + block_tokens && hi - lo == kKvBlockRows && lo % kKvBlockRows == 0) {
+        out->shared = KvBlockRef(c->entries.pool(), c->entries.row_bytes(), c->entries.block_at(lo / kKvBlockRows));
+        continue;
+      }
+      out->copy = c->entries.contiguous_like(&be);  // the state's row format: blocks carry compact rows as they are
+      append_rows(be, out->copy, c->entries, lo, hi);
     }
   }
   return b;
@@ -193,7 +229,7 @@ std::unique_ptr<SequenceState> resume_from_state(Model& model, const SequenceSta
     for (auto [c, from, used] : {std::tuple{&s.main, &src.main, s.has_compressor},
                                  std::tuple{&s.indexer, &src.indexer, s.has_indexer}}) {
       if (!used) continue;
-      append_rows(be, c->entries, from->entries, 0, seq->ownership().owned_before(c->num_entries));
+      take_rows(be, c->entries, from->entries, seq->ownership().owned_before(c->num_entries));
     }
   }
   sync_entry_tables(be, *seq);
@@ -225,9 +261,9 @@ std::unique_ptr<SequenceState> resume_from_blocks(Model& model, std::span<const 
         if (c->entries.rows() == want) break;
         // Under SP a block may hold none of this rank's entries (another rank owns its range);
         // the blocks after it still do.
-        const RowTable& t = which == 0 ? b->main[size_t(l)] : b->indexer[size_t(l)];
+        const EntryRows& t = which == 0 ? b->main[size_t(l)] : b->indexer[size_t(l)];
         const int64_t take = std::min(t.rows(), want - c->entries.rows());
-        if (take > 0) append_rows(be, c->entries, t, 0, take);
+        if (take > 0) take_rows(be, c->entries, t, take);
       }
       CHECK_EQ(c->entries.rows(), want) << "layer " << l << ": entry blocks hold too few rows";
     }

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/kv_pool.h"
+#include "model/row_table.h"
 #include "model/state.h"
 
 namespace v4rt::model {
@@ -46,6 +48,21 @@ struct TailSnapshot {
 // layer: take it at a chunk boundary, when the sequence stands at the point.
 TailSnapshot snapshot_tail(const SequenceState& state);
 
+// One layer's rows of an EntryBlock. A full block whose local rows are exactly one aligned pool
+// block of a paged table (compact rows; B = 256 tokens makes a CSA layer's entries and keys so) is
+// that pool block, shared by reference with the sequence it came from and with every sequence
+// resumed from it; any other block (HCA's few rows, a partial block, F32 rows) is a copy outside the
+// pool in the sequence's row format.
+struct EntryRows {
+  RowTable copy;
+  KvBlockRef shared;
+  int64_t rows() const { return shared ? kKvBlockRows : copy.rows(); }
+  // The rows' bytes, a shared block's as well: it is charged to the tree as if copied (and to each
+  // sequence that holds it as well), which overcounts but never undercounts. A compact row is a
+  // multiple of 4 bytes, so 64 rows fill their pool block exactly.
+  int64_t bytes() const { return shared ? kKvBlockRows * shared.row_bytes() : copy.bytes(); }
+};
+
 // The append-only rows a sequence produced for the tokens [index*block_tokens, end): for each
 // compressed layer the entries (and indexer keys) j with index*block_tokens <= j*ratio and
 // (j+1)*ratio <= end, the rows `ownership` keeps. block_tokens is a multiple of every compress
@@ -55,23 +72,25 @@ struct EntryBlock {
   int64_t block_tokens = 0;
   int64_t end = 0;
   EntryOwnership ownership;
-  std::vector<RowTable> main, indexer;  // per layer, in the sequence's row format (compact rows under
-                                        // KvStorage::kCompact); empty tables for layers without them
+  std::vector<EntryRows> main, indexer;  // per layer; empty for layers without them
   int64_t bytes() const;
 };
 
 // Checks block_tokens against the config's ratios (throws v4rt::Error naming the value).
 void validate_block_tokens(const ModelConfig& config, int64_t block_tokens);
 
-// Copies block `index` up to `end` (<= state.position()) out of `state`, a sequence of `model`.
+// Block `index` up to `end` (<= state.position()) of `state`, a sequence of `model`: its rows
+// copied, or shared where they are one pool block (EntryRows).
 EntryBlock extract_block(Model& model, const SequenceState& state, int64_t index, int64_t block_tokens, int64_t end);
 
 // A new sequence of `model` at tail.position(): tail from the snapshot, entries from `advanced`
 // (a state of the same tokens at a position >= the snapshot's; its extra entries are not taken).
+// Paged tables share advanced's full pool blocks and copy the rest.
 std::unique_ptr<SequenceState> resume_from_state(Model& model, const SequenceState& advanced, const TailSnapshot& tail);
 
 // As above with the entries from blocks 0, 1, ... in order, together covering [0, tail.position)
-// (the last block may reach further; its extra rows are not taken).
+// (the last block may reach further; its extra rows are not taken). Shared blocks are taken by
+// reference where the resumed table takes all 64 rows, copied otherwise.
 std::unique_ptr<SequenceState> resume_from_blocks(Model& model, std::span<const EntryBlock* const> blocks,
                                                   const TailSnapshot& tail);
 

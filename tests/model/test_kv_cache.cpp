@@ -2,8 +2,9 @@
 // The compact KV cache of official-numerics sequences (docs/KV_CACHE.md) on the tiny model, CPU:
 // logits of prefill + decode with compact rows equal those with F32 rows bit for bit; every compact
 // row unpacks to the F32 row bit for bit; the byte formulas (state_bytes, entry_block_bytes) equal
-// the real tables; entry blocks carry compact rows and resume exactly; a backend that cannot read
-// the compact formats is refused.
+// the real tables; entry blocks carry compact rows and resume exactly; full entry blocks share a CSA
+// layer's pool blocks by reference with their source and every resumed sequence; a backend that
+// cannot read the compact formats is refused.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -193,13 +194,86 @@ TEST(KvCache, EntryBlocksCarryCompactRowsAndResumeExactly) {
   for (int64_t k = 0; k * block_tokens < p; ++k) {
     blocks.push_back(extract_block(m, *original, k, block_tokens, std::min<int64_t>((k + 1) * block_tokens, p)));
     const EntryBlock& b = blocks.back();
-    EXPECT_EQ(b.main[1].dtype(), DType::kU8);
+    EXPECT_EQ(b.main[1].copy.dtype(), DType::kU8);
     EXPECT_EQ(b.bytes(), entry_block_bytes(m.config(), b.ownership, k * block_tokens, b.end, KvStorage::kCompact));
   }
   std::vector<const EntryBlock*> ptrs;
   for (const EntryBlock& b : blocks) ptrs.push_back(&b);
   auto resumed = resume_from_blocks(m, ptrs, tail);
   EXPECT_TRUE(bit_equal(run(m, *resumed, tokens, {}, 3), want));
+}
+
+// Entry blocks of 256 tokens over a 600-token prefix on tiny (layers 0, CSA, HCA, CSA, HCA, CSA):
+// the two full blocks hold each CSA layer's entries and keys as 64-row pool blocks, so extracting
+// them takes 3 x 2 x 2 = 12 references and no new block; a resume shares those 12 and takes 8 new
+// blocks (per CSA table the 22 rows of the partial block, per HCA layer its 4 entries); the tree's
+// blocks outlive their source; the last holder gives them back.
+TEST(KvCache, FullEntryBlocksShareThePoolBlocks) {
+  OfficialModel& om = official();
+  Model& m = *om.model;
+  kernels::Backend& be = *om.backend;
+  const std::vector<int32_t> tokens = test_prompt(kVocab, 620, 31);
+  const int64_t p = 600, block_tokens = 256;
+  auto original = m.new_sequence();
+  const KvPool& pool = *m.kv_pool();
+  const int64_t before = pool.used_bytes();
+  run(m, *original, std::vector<int32_t>(tokens.begin(), tokens.begin() + p), {}, 0);
+  const TailSnapshot tail = snapshot_tail(*original);
+  std::vector<float> want;
+  {
+    auto full = original->clone();
+    want = run(m, *full, tokens, {}, 3);
+  }
+  const int64_t entry = kv_block_bytes(kv_row_bytes(entry_layout(m.config(), KvStorage::kCompact)));
+  const int64_t key = kv_block_bytes(kv_row_bytes(index_key_layout(m.config(), KvStorage::kCompact)));
+  const int64_t shared_bytes = 3 * 2 * (entry + key);
+
+  const int64_t at_extract = pool.used_bytes();
+  std::vector<EntryBlock> blocks;
+  for (int64_t k = 0; k * block_tokens < p; ++k)
+    blocks.push_back(extract_block(m, *original, k, block_tokens, std::min<int64_t>((k + 1) * block_tokens, p)));
+  EXPECT_EQ(pool.used_bytes(), at_extract) << "a full block is taken by reference, the rest copied outside the pool";
+  int shared = 0;
+  for (const EntryBlock& b : blocks) {
+    for (int l = 0; l < m.config().num_hidden_layers; ++l) {
+      const bool csa = m.config().compress_ratio(l) == 4, full = b.end == (b.index + 1) * block_tokens;
+      for (const EntryRows* t : {&b.main[size_t(l)], &b.indexer[size_t(l)]}) {
+        EXPECT_EQ(bool(t->shared), csa && full) << "block " << b.index << " layer " << l;
+        shared += bool(t->shared);
+      }
+    }
+    EXPECT_EQ(b.bytes(), entry_block_bytes(m.config(), b.ownership, b.index * block_tokens, b.end, KvStorage::kCompact))
+        << "a shared block is charged as its rows, as a copy would be";
+  }
+  EXPECT_EQ(shared, 12);
+  EXPECT_EQ(blocks[1].main[1].shared.block(), original->layer(1).main.entries.block_at(1));
+
+  const std::vector<uint8_t> keys = table_bytes(be, original->layer(3).indexer.entries);
+  original.reset();
+  EXPECT_EQ(pool.used_bytes(), before + shared_bytes) << "the source's own blocks went back, the tree's stayed";
+  std::vector<uint8_t> held(size_t(2 * kKvBlockRows * blocks[0].indexer[3].shared.row_bytes()));
+  for (int k = 0; k < 2; ++k)
+    be.copy_to_host(held.data() + held.size() / 2 * size_t(k), blocks[size_t(k)].indexer[3].shared.block(), held.size() / 2);
+  EXPECT_TRUE(std::equal(held.begin(), held.end(), keys.begin())) << "the tree's blocks keep the source's rows";
+
+  std::vector<const EntryBlock*> ptrs;
+  for (const EntryBlock& b : blocks) ptrs.push_back(&b);
+  auto resumed = resume_from_blocks(m, ptrs, tail);
+  EXPECT_EQ(pool.used_bytes(), before + shared_bytes + 3 * 2 * (entry + key) / 2 + 2 * entry)
+      << "a resume takes new blocks only for the partial block's and the HCA layers' rows";
+  EXPECT_EQ(resumed->layer(5).main.entries.block_at(0), blocks[0].main[5].shared.block());
+  auto from_state = resume_from_state(m, *resumed, tail);
+  EXPECT_EQ(from_state->layer(5).indexer.entries.block_at(1), blocks[1].indexer[5].shared.block());
+  EXPECT_EQ(pool.used_bytes(), before + shared_bytes + 2 * (3 * (entry + key) + 2 * entry))
+      << "a resume from a live sequence shares its full blocks as well";
+  EXPECT_TRUE(bit_equal(run(m, *resumed, tokens, {}, 3), want));
+  EXPECT_TRUE(bit_equal(run(m, *from_state, tokens, {}, 3), want));
+
+  resumed.reset();
+  from_state.reset();
+  EXPECT_EQ(pool.used_bytes(), before + shared_bytes) << "the tree still holds its blocks";
+  blocks.clear();
+  EXPECT_EQ(pool.used_bytes(), before) << "the last holder gave every shared block back";
 }
 
 // A speculative chunk that completes the first entry of a second pool block, rolled back before it:
