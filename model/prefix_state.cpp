@@ -47,7 +47,14 @@ void append_rows(kernels::Backend& be, KvRows& dst, const RowTable& src, int64_t
 }
 void append_rows(kernels::Backend& be, KvRows& dst, const KvRows& src, int64_t begin, int64_t end) {
   check_format(dst.row_bytes(), src.row_bytes());
-  RowTable staged = src.contiguous_like(&be);
+  if (!src.paged()) {  // contiguous rows: one copy straight from the source
+    CHECK(begin >= 0 && begin <= end && end <= src.rows()) << "rows [" << begin << ", " << end << ") of " << src.rows();
+    std::vector<kernels::RowCopy> copies;
+    dst.append(kernels::view_rows(src.view(), begin, end), copies);
+    be.copy_rows_batch(copies.data(), copies.size());
+    return;
+  }
+  RowTable staged = src.contiguous_like(&be);  // paged rows (a partial block's, after sharing): through one table
   append_rows(be, staged, src, begin, end);
   append_rows(be, dst, staged, 0, staged.rows());
 }
