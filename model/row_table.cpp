@@ -19,14 +19,7 @@ TensorView RowTable::rows_view(int64_t begin, int64_t end) const {
 
 TensorView RowTable::reserve(int64_t extra) {
   if (rows_ + extra > capacity_) {
-    const int64_t cap = std::max<int64_t>({rows_ + extra, capacity_ * 2, kRowTableFirstCapacity});
-    Buffer grown = backend_->alloc(size_t(cap * row_bytes()));
-    if (rows_ > 0) {
-      TensorView dst(grown.data(), dtype_, {cap, width_}, backend_->device());
-      backend_->copy_rows(kernels::view_rows(dst, 0, rows_), view());
-    }
-    buffer_ = std::move(grown);
-    capacity_ = cap;
+    reallocate(std::max<int64_t>({rows_ + extra, capacity_ * 2, kRowTableFirstCapacity}));
   }
   return rows_view(rows_, rows_ + extra);
 }
@@ -84,14 +77,17 @@ void RowTable::truncate(int64_t rows) {
 
 void RowTable::shrink(int64_t capacity) {
   const int64_t cap = std::max(rows_, capacity);
-  if (capacity_ <= cap) return;
-  Buffer smaller = backend_->alloc(size_t(cap * row_bytes()));
+  if (capacity_ > cap) reallocate(cap);
+}
+
+void RowTable::reallocate(int64_t capacity) {
+  Buffer moved = backend_->alloc(size_t(capacity * row_bytes()));
   if (rows_ > 0) {
-    TensorView dst(smaller.data(), dtype_, {cap, width_}, backend_->device());
+    TensorView dst(moved.data(), dtype_, {capacity, width_}, backend_->device());
     backend_->copy_rows(kernels::view_rows(dst, 0, rows_), view());
   }
-  buffer_ = std::move(smaller);
-  capacity_ = cap;
+  buffer_ = std::move(moved);
+  capacity_ = capacity;
 }
 
 RowTable RowTable::clone() const {

@@ -52,6 +52,7 @@ class RowTable {
   void set_spill(RowTable* spill) { spill_ = spill; }
 
  private:
+  void reallocate(int64_t capacity);  // a buffer of `capacity` rows holding the current rows
   kernels::Backend* backend_ = nullptr;
   int64_t width_ = 0;
   DType dtype_ = DType::kF32;
