@@ -396,6 +396,17 @@ enum class Op : uint8_t {
   kSample, kKvPack,
 };
 
+// How a backend's step graphs went (Backend::graph_stats): steps run eagerly although a graph was
+// asked for (the warm-up step), steps recorded, and of those how many updated a cached executable
+// graph in place and how many built a new one; the node count of the last graph.
+struct GraphStats {
+  int64_t eager = 0;
+  int64_t recorded = 0;
+  int64_t updated = 0;
+  int64_t instantiated = 0;
+  int64_t last_nodes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -429,6 +440,20 @@ class Backend {
   virtual void fill(const TensorView& dst, float value) = 0;  // 2-D view, float dtypes
   virtual void synchronize() = 0;
 
+  // --- step graphs ------------------------------------------------------------------------------
+  // A device backend may record the ops of a decode step and run them as one graph (CUDA graphs):
+  // begin_graph() starts recording, end_graph() enqueues everything recorded since. In between the
+  // caller must not read device memory on the host nor wait for an op (copy_to_host and
+  // synchronize are refused), and its host-side decisions must not depend on an op's result;
+  // host memory given to copy_to_device may be reused as soon as the call returns (it is staged).
+  // abort_graph() drops an unfinished recording (an exception left the step). graphs() says
+  // whether begin_graph records at all; by default it does not and every op runs at once.
+  virtual bool graphs() const { return false; }
+  virtual void begin_graph() {}
+  virtual void end_graph() {}
+  virtual void abort_graph() {}
+  virtual GraphStats graph_stats() const { return {}; }
+
   // --- ops ----------------------------------------------------------------------------------------
   virtual void rms_norm(const RmsNormParams& p) = 0;
   virtual void rope(const RopeParams& p) = 0;
@@ -459,6 +484,30 @@ class Backend {
   virtual void sample(const SampleParams& p);
   // Compact KV rows (KvPackParams). Not pure: a backend without it throws v4rt::Error naming itself.
   virtual void kv_pack(const KvPackParams& p);
+};
+
+// Records the ops issued during its lifetime as one step graph when `on` and the backend records
+// graphs (Backend::begin_graph); end() enqueues them, the destructor drops an unfinished recording.
+class GraphRecording {
+ public:
+  GraphRecording(Backend& backend, bool on) : backend_(backend), on_(on && backend.graphs()) {
+    if (on_) backend_.begin_graph();
+  }
+  ~GraphRecording() {
+    if (on_) backend_.abort_graph();
+  }
+  GraphRecording(const GraphRecording&) = delete;
+  GraphRecording& operator=(const GraphRecording&) = delete;
+  bool active() const { return on_; }
+  void end() {
+    if (!on_) return;
+    on_ = false;
+    backend_.end_graph();
+  }
+
+ private:
+  Backend& backend_;
+  bool on_;
 };
 
 // Throws v4rt::Error naming the backend and `what` when it cannot read or write `layout`'s format.

@@ -33,6 +33,9 @@ struct BackendOptions {
   int64_t cuda_expert_tc_min_rows = 16;
   bool cuda_attention_tc = true;
   bool cuda_indexer_tc = true;
+  // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
+  // run as one CUDA graph each (Backend::begin_graph); off: every op launched on its own.
+  bool cuda_graphs = true;
 };
 
 // True when this binary contains the CUDA backend.

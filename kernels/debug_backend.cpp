@@ -102,6 +102,12 @@ class DebugBackend final : public ForwardingBackend {
     }
   }
 
+  // Every op is synchronized, checked or dumped as it runs: a step is never recorded as a graph.
+  bool graphs() const override { return false; }
+  void begin_graph() override {}
+  void end_graph() override {}
+  void abort_graph() override {}
+
   void copy_to_device(void* d, const void* s, size_t b) override { moved("copy_to_device", [&] { inner().copy_to_device(d, s, b); }); }
   void copy_to_host(void* d, const void* s, size_t b) override { moved("copy_to_host", [&] { inner().copy_to_host(d, s, b); }); }
   void copy_rows(const TensorView& d, const TensorView& s) override { moved("copy_rows", [&] { inner().copy_rows(d, s); }); }

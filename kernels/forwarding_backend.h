@@ -31,6 +31,11 @@ class ForwardingBackend : public Backend {
   void copy_rows_batch(const RowCopy* c, size_t n) override { inner_.copy_rows_batch(c, n); }
   void fill(const TensorView& d, float v) override { inner_.fill(d, v); }
   void synchronize() override { inner_.synchronize(); }
+  bool graphs() const override { return inner_.graphs(); }
+  void begin_graph() override { inner_.begin_graph(); }
+  void end_graph() override { inner_.end_graph(); }
+  void abort_graph() override { inner_.abort_graph(); }
+  GraphStats graph_stats() const override { return inner_.graph_stats(); }
 
   void rms_norm(const RmsNormParams& p) override { inner_.rms_norm(p); }
   void rope(const RopeParams& p) override { inner_.rope(p); }

@@ -119,6 +119,92 @@ void Model::step(std::span<const StepChunk> chunks, std::vector<std::vector<floa
   flush();
 }
 
+namespace {
+
+// Decode steps (one token per sequence, or a few with speculative drafts) are recorded as graphs;
+// a prefill chunk's ops are long enough that launching them one by one costs nothing noticeable.
+constexpr size_t kGraphMaxChunkTokens = 16;
+
+// The device draws of a step (Backend::sample), enqueued before the host reads them.
+struct DeviceDraws {
+  Buffer rows;     // the SampleRow settings on the device
+  Buffer out;      // [rows, 2 + 2 * max_n] words: ids, logprobs, top ids, top logprobs
+  int64_t num_rows = 0;
+  int32_t max_n = 0;
+};
+
+// Enqueues Backend::sample over `head_logits` for the chunks that ask for it (the last row of
+// each); empty draws when none does.
+DeviceDraws enqueue_draws(kernels::Backend& backend, std::span<const StepChunk> chunks,
+                          const std::vector<int64_t>& out0, const TensorView& head_logits) {
+  const size_t nc = chunks.size();
+  const int64_t rows = out0[nc];
+  std::vector<kernels::SampleRow> settings(static_cast<size_t>(rows));  // rows nobody samples: greedy, no logprobs
+  DeviceDraws d;
+  bool any = false;
+  for (size_t i = 0; i < nc; ++i) {
+    if (!chunks[i].sample) continue;
+    any = true;
+    settings[size_t(out0[i + 1] - 1)] = *chunks[i].sample;
+    d.max_n = std::max(d.max_n, chunks[i].sample->n_logprobs);
+  }
+  if (!any) return d;
+  const OpScope scope("sample");
+  d.num_rows = rows;
+  d.rows = backend.alloc(settings.size() * sizeof(kernels::SampleRow));
+  backend.copy_to_device(d.rows.data(), settings.data(), settings.size() * sizeof(kernels::SampleRow));
+  // One output block of 4-byte words, so a single copy brings everything back.
+  const int64_t words = 2 + 2 * int64_t(d.max_n);
+  d.out = backend.alloc(size_t(rows * words) * 4);
+  char* base = static_cast<char*>(d.out.data());
+  kernels::SampleParams p;
+  p.logits = head_logits;
+  p.rows = static_cast<const kernels::SampleRow*>(d.rows.data());
+  p.out_ids = TensorView(base, DType::kI32, {rows}, backend.device());
+  p.out_logprob = TensorView(base + rows * 4, DType::kF32, {rows}, backend.device());
+  if (d.max_n > 0) {
+    p.out_top_ids = TensorView(base + rows * 8, DType::kI32, {rows, d.max_n}, backend.device());
+    p.out_top_logprobs = TensorView(base + rows * 8 + rows * d.max_n * 4, DType::kF32, {rows, d.max_n}, backend.device());
+  }
+  backend.sample(p);
+  return d;
+}
+
+// Copies the draws to the host and hands each sampled chunk its token.
+void read_draws(kernels::Backend& backend, std::span<const StepChunk> chunks, const std::vector<int64_t>& out0,
+                const DeviceDraws& d) {
+  if (d.num_rows == 0) return;
+  const int64_t rows = d.num_rows, max_n = d.max_n;
+  std::vector<uint32_t> host(size_t(rows * (2 + 2 * max_n)));
+  backend.copy_to_host(host.data(), d.out.data(), host.size() * 4);
+  const int32_t* ids = reinterpret_cast<const int32_t*>(host.data());
+  const float* lps = reinterpret_cast<const float*>(host.data() + rows);
+  const int32_t* top_ids = reinterpret_cast<const int32_t*>(host.data() + 2 * rows);
+  const float* top_lps = reinterpret_cast<const float*>(host.data() + 2 * rows + rows * max_n);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (!chunks[i].sample) continue;
+    const int64_t r = out0[i + 1] - 1;
+    SampledToken& t = *chunks[i].sampled;
+    t.id = ids[r];
+    t.logprob = lps[r];
+    t.top.clear();
+    for (int32_t j = 0; j < chunks[i].sample->n_logprobs; ++j) {
+      if (top_ids[r * max_n + j] < 0) break;
+      t.top.emplace_back(top_ids[r * max_n + j], top_lps[r * max_n + j]);
+    }
+  }
+}
+
+}  // namespace
+
+bool Model::records_graph(std::span<const StepChunk> chunks) const {
+  if (!backend_.graphs() || observer_ || options_.parallel.sharded() || expert_parallel_ || sp_ops_) return false;
+  for (const StepChunk& c : chunks) {
+    if (c.tokens.size() > kGraphMaxChunkTokens) return false;
+  }
+  return true;
+}
+
 void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>* const* logits) {
   const int64_t hc = config_.hc_mult;
   const int64_t hidden = config_.hidden_size;
@@ -142,6 +228,8 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     c.sequence->entry_tables(tables);
   }
   KvRows::sync_block_tables(backend_, tables);
+  // From here to the head, a decode step's device work is recorded and then runs as one graph.
+  kernels::GraphRecording recording(backend_, records_graph(chunks));
   // Several chunks: their rows' positions go to the device once for every layer's RoPE.
   Scratch positions;
   if (nc > 1) positions = row_positions(backend_, segs);
@@ -217,7 +305,10 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     out0[i + 1] = out0[i] + rows;
   }
   const int64_t rows = out0[nc];
-  if (rows == 0) return;
+  if (rows == 0) {
+    recording.end();
+    return;
+  }
   TensorView head_in = x.view;  // [rows, hc, D]
   Scratch gathered;
   if (rows != n) {
@@ -247,13 +338,16 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
   }
   const OpScope head_scope("head");
   const Scratch lg = lm_head(ctx, weights_.hc_head, weights_.norm, weights_.head, head_in);
-  finish_head(chunks, logits, out0, lg.view);
+  finish_head(chunks, logits, out0, lg.view, recording);
 }
 
 void Model::finish_head(std::span<const StepChunk> chunks, std::vector<float>* const* logits,
-                        const std::vector<int64_t>& out0, const TensorView& head_logits) {
+                        const std::vector<int64_t>& out0, const TensorView& head_logits,
+                        kernels::GraphRecording& recording) {
   const size_t nc = chunks.size();
-  sample_on_device(chunks, out0, head_logits);
+  const DeviceDraws draws = enqueue_draws(backend_, chunks, out0, head_logits);
+  recording.end();  // the step's device work is enqueued; the host reads follow
+  read_draws(backend_, chunks, out0, draws);
   const int64_t vocab = config_.vocab_size;
   bool every_row_to_host = true;
   for (size_t i = 0; i < nc; ++i) every_row_to_host &= logits[i] != nullptr || out0[i + 1] == out0[i];
@@ -275,58 +369,6 @@ void Model::finish_head(std::span<const StepChunk> chunks, std::vector<float>* c
     logits[i]->resize(size_t((out0[i + 1] - out0[i]) * vocab));
     backend_.copy_to_host(logits[i]->data(), kernels::view_rows(head_logits, out0[i], out0[i + 1]).data,
                           logits[i]->size() * sizeof(float));
-  }
-}
-
-void Model::sample_on_device(std::span<const StepChunk> chunks, const std::vector<int64_t>& out0,
-                             const TensorView& head_logits) {
-  const size_t nc = chunks.size();
-  const int64_t rows = out0[nc];
-  std::vector<kernels::SampleRow> settings(static_cast<size_t>(rows));  // rows nobody samples: greedy, no logprobs
-  int32_t max_n = 0;
-  bool any = false;
-  for (size_t i = 0; i < nc; ++i) {
-    if (!chunks[i].sample) continue;
-    any = true;
-    settings[size_t(out0[i + 1] - 1)] = *chunks[i].sample;
-    max_n = std::max(max_n, chunks[i].sample->n_logprobs);
-  }
-  if (!any) return;
-  const OpScope scope("sample");
-  Buffer rows_buf = backend_.alloc(settings.size() * sizeof(kernels::SampleRow));
-  backend_.copy_to_device(rows_buf.data(), settings.data(), settings.size() * sizeof(kernels::SampleRow));
-  // One output block [rows, 2 + 2 * max_n] of 4-byte words: ids, logprobs, top ids, top logprobs,
-  // so a single copy brings everything back.
-  const int64_t words = 2 + 2 * int64_t(max_n);
-  Buffer out = backend_.alloc(size_t(rows * words) * 4);
-  char* base = static_cast<char*>(out.data());
-  kernels::SampleParams p;
-  p.logits = head_logits;
-  p.rows = static_cast<const kernels::SampleRow*>(rows_buf.data());
-  p.out_ids = TensorView(base, DType::kI32, {rows}, backend_.device());
-  p.out_logprob = TensorView(base + rows * 4, DType::kF32, {rows}, backend_.device());
-  if (max_n > 0) {
-    p.out_top_ids = TensorView(base + rows * 8, DType::kI32, {rows, max_n}, backend_.device());
-    p.out_top_logprobs = TensorView(base + rows * 8 + rows * max_n * 4, DType::kF32, {rows, max_n}, backend_.device());
-  }
-  backend_.sample(p);
-  std::vector<uint32_t> host(size_t(rows * words));
-  backend_.copy_to_host(host.data(), out.data(), host.size() * 4);
-  const int32_t* ids = reinterpret_cast<const int32_t*>(host.data());
-  const float* lps = reinterpret_cast<const float*>(host.data() + rows);
-  const int32_t* top_ids = reinterpret_cast<const int32_t*>(host.data() + 2 * rows);
-  const float* top_lps = reinterpret_cast<const float*>(host.data() + 2 * rows + rows * max_n);
-  for (size_t i = 0; i < nc; ++i) {
-    if (!chunks[i].sample) continue;
-    const int64_t r = out0[i + 1] - 1;
-    SampledToken& t = *chunks[i].sampled;
-    t.id = ids[r];
-    t.logprob = lps[r];
-    t.top.clear();
-    for (int32_t j = 0; j < chunks[i].sample->n_logprobs; ++j) {
-      if (top_ids[r * max_n + j] < 0) break;
-      t.top.emplace_back(top_ids[r * max_n + j], top_lps[r * max_n + j]);
-    }
   }
 }
 

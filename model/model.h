@@ -108,13 +108,16 @@ class Model {
       : config_(config), options_(options), backend_(backend) {}
   // One batch of chunks on distinct sequences; logits[i] receives chunks[i]'s logits (nullptr: none).
   void forward_batch(std::span<const StepChunk> chunks, std::vector<float>* const* logits);
-  // The head's rows `out0[i], out0[i + 1])` of chunk i: its logits to the host (logits[i]) and its
-  // device draw (chunks[i].sample).
+  // Whether a batch's device work is recorded as one step graph (Backend::begin_graph): decode-
+  // shaped batches (every chunk at most kGraphMaxChunkTokens tokens) of a one-rank model without a
+  // layer observer, on a backend that records graphs.
+  bool records_graph(std::span<const StepChunk> chunks) const;
+  // The head's rows `out0[i], out0[i + 1])` of chunk i: its device draw (chunks[i].sample) and its
+  // logits to the host (logits[i]). Ends `recording` once the device work is enqueued, before the
+  // first host read.
   void finish_head(std::span<const StepChunk> chunks, std::vector<float>* const* logits,
-                   const std::vector<int64_t>& out0, const TensorView& head_logits);
-  // Backend::sample over `head_logits` for the chunks that ask for it (last row of each).
-  void sample_on_device(std::span<const StepChunk> chunks, const std::vector<int64_t>& out0,
-                        const TensorView& head_logits);
+                   const std::vector<int64_t>& out0, const TensorView& head_logits,
+                   kernels::GraphRecording& recording);
 
   ModelConfig config_;
   ModelOptions options_;

@@ -46,6 +46,9 @@ struct CudaBackendOptions {
   // Synchronize after every kernel launch (set_sync_after_ops), so an asynchronous fault names
   // the kernel that caused it; debug.sync_each_op turns it on with the op-level sync.
   bool sync_each_kernel = false;
+  // Decode steps recorded by stream capture and run as one CUDA graph (Backend::begin_graph,
+  // kernels/cuda/step_graph.h); off: every op launched on its own. Ignored with sync_each_kernel.
+  bool graphs = true;
 };
 
 // The CUDA backend on `device` (-1: current). Throws v4rt::Error when no device is present.

@@ -145,6 +145,18 @@ class Profiler final : public ProfilingBackend {
     timed("fill", view_bytes(d), 0, kPeakBf16, [&] { inner_.fill(d, v); });
   }
   void synchronize() override { inner_.synchronize(); }
+  // While timing, every op runs at once between its own events: no step graph.
+  bool graphs() const override { return !enabled_ && inner_.graphs(); }
+  void begin_graph() override {
+    if (!enabled_) inner_.begin_graph();
+  }
+  void end_graph() override {
+    if (!enabled_) inner_.end_graph();
+  }
+  void abort_graph() override {
+    if (!enabled_) inner_.abort_graph();
+  }
+  GraphStats graph_stats() const override { return inner_.graph_stats(); }
 
   void rms_norm(const RmsNormParams& p) override {
     timed("rms_norm", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.rms_norm(p); });
