@@ -26,6 +26,7 @@
 
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
@@ -703,8 +704,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     a.tiles_per_split = int(ceil_div(max_tiles, std::min(want, max_tiles)));
     a.num_splits = int(std::max<int64_t>(1, ceil_div(max_tiles, a.tiles_per_split)));
     const size_t slots = size_t(n) * size_t(nh) * size_t(a.num_splits);
-    void* part = nullptr;
-    CUDA_CHECK(cudaMallocAsync(&part, slots * (size_t(dim) + 2) * 4, s));
+    void* part = stream_alloc(slots * (size_t(dim) + 2) * 4, s);
     a.part_acc = static_cast<float*>(part);
     a.part_ml = a.part_acc + slots * size_t(dim);
     const size_t smem = size_t(kMqaHeads * dim + kTile * (dim + 4) + kMqaHeads * kTile) * 4;
@@ -714,7 +714,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     launch_check("sparse_attention (mqa decode)", s);
     attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
     launch_check("sparse_attention combine", s);
-    CUDA_CHECK(cudaFreeAsync(part, s));
+    stream_free(part, s);
     return;
   }
   // Splits: enough blocks for two waves over the SMs, in whole tiles of the longest list.
@@ -745,7 +745,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   void* part = nullptr;
   if (splits > 1) {
     const size_t slots = size_t(n) * size_t(nh) * size_t(splits);
-    CUDA_CHECK(cudaMallocAsync(&part, slots * (size_t(dim) + 2) * 4, s));
+    part = stream_alloc(slots * (size_t(dim) + 2) * 4, s);
     a.part_acc = static_cast<float*>(part);
     a.part_ml = a.part_acc + slots * size_t(dim);
   }
@@ -756,7 +756,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   if (splits > 1) {
     attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
     launch_check("sparse_attention combine", s);
-    CUDA_CHECK(cudaFreeAsync(part, s));
+    stream_free(part, s);
   }
 }
 

@@ -88,9 +88,21 @@ bool CudaBackend::supports(Op op) const {
 
 void* CudaBackend::scratch(Slot slot, size_t bytes) {
   DeviceBuffer& b = scratch_[size_t(slot)];
-  if (b.bytes() < bytes) b = DeviceBuffer(align_up(bytes + bytes / 4, 256));
+  if (b.bytes() < bytes) {
+    if (graph_.recording()) graph_.retire(std::move(b));  // the step's recorded ops still use it
+    b = DeviceBuffer(align_up(bytes + bytes / 4, 256));
+  }
   return b.data();
 }
+
+// --- step graphs ---------------------------------------------------------------------------------
+
+bool CudaBackend::graphs() const { return options_.graphs && !options_.sync_each_kernel && !sync_after_ops(); }
+void CudaBackend::begin_graph() {
+  if (graphs()) graph_.begin();
+}
+void CudaBackend::end_graph() { graph_.end(); }
+void CudaBackend::abort_graph() { graph_.abort(); }
 
 // --- memory --------------------------------------------------------------------------------------
 
@@ -199,12 +211,27 @@ const void* CudaBackend::f32_copy(const WeightView& w) {
 
 void CudaBackend::copy_to_device(void* dst, const void* src_host, size_t bytes) {
   if (!bytes) return;
+  if (graph_.recording()) {  // the graph copies from staging when it runs; the caller's memory is free now
+    CUDA_CHECK(cudaMemcpyAsync(dst, graph_.stage(src_host, bytes), bytes, cudaMemcpyHostToDevice, stream_.get()));
+    return;
+  }
   CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, stream_.get()));
   stream_.synchronize();
 }
 
+namespace {
+// A host read inside a recorded step would read memory no op has written yet.
+void require_not_recording(const StepGraph& graph, const char* what) {
+  V4RT_REQUIRE(!graph.recording(), "cuda backend: " << what
+                                                    << " while a decode step is recorded as a CUDA graph (the step reads "
+                                                       "device results on the host before its ops have run); `--no-graphs` "
+                                                       "(runtime YAML cuda_graphs: false) runs steps without graphs");
+}
+}  // namespace
+
 void CudaBackend::copy_to_host(void* dst_host, const void* src, size_t bytes) {
   if (!bytes) return;
+  require_not_recording(graph_, "copy_to_host");
   CUDA_CHECK(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, stream_.get()));
   stream_.synchronize();
 }
@@ -230,7 +257,10 @@ void CudaBackend::fill(const TensorView& dst, float value) {
   launch_fill(make_act(dst, "fill"), dst.shape[0], dst.ndim == 1 ? 1 : act_row_width(dst), value, stream_.get());
 }
 
-void CudaBackend::synchronize() { stream_.synchronize(); }
+void CudaBackend::synchronize() {
+  require_not_recording(graph_, "synchronize");
+  stream_.synchronize();
+}
 
 // --- simple ops ----------------------------------------------------------------------------------
 

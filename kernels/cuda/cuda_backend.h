@@ -16,6 +16,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/factory.h"
 #include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/step_graph.h"
 
 namespace v4rt::kernels::cuda {
 
@@ -37,6 +38,11 @@ class CudaBackend final : public Backend {
   void copy_rows_batch(const RowCopy* copies, size_t num_copies) override;
   void fill(const TensorView& dst, float value) override;
   void synchronize() override;
+  bool graphs() const override;
+  void begin_graph() override;
+  void end_graph() override;
+  void abort_graph() override;
+  GraphStats graph_stats() const override { return graph_.stats(); }
 
   void rms_norm(const RmsNormParams& p) override;
   void rope(const RopeParams& p) override;
@@ -90,6 +96,7 @@ class CudaBackend final : public Backend {
   };
 
   Stream stream_;
+  StepGraph graph_{stream_.get()};  // records decode steps on stream_ (CudaBackendOptions::graphs)
   int device_ = 0;  // ordinal this backend was made on
   Fp8Gemm fp8_gemm_;
   DenseGemm dense_gemm_;

@@ -8,9 +8,12 @@
 #include <mutex>
 #include <unordered_set>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "common/op_scope.h"
 #include "common/tensor.h"
+#include "kernels/cuda/capture_memory.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace v4rt::kernels::cuda {
@@ -27,9 +30,13 @@ std::atomic<cudaStream_t> g_alloc_stream{nullptr};
 std::mutex g_pool_mu;
 std::unordered_set<void*> g_pool_blocks;
 
+// Pool blocks freed while their stream was captured, by stream (release_deferred_frees).
+std::vector<std::pair<cudaStream_t, void*>> g_deferred;
+
 void* device_alloc(size_t bytes) {
   void* p = nullptr;
   if (cudaStream_t s = g_alloc_stream.load()) {
+    if (capturing(s)) return capture_memory::alloc(bytes);
     CUDA_CHECK(cudaMallocAsync(&p, bytes, s));
     std::lock_guard<std::mutex> lock(g_pool_mu);
     g_pool_blocks.insert(p);
@@ -39,6 +46,7 @@ void* device_alloc(size_t bytes) {
   return p;
 }
 void device_free(void* p) {
+  if (capture_memory::release(p)) return;
   bool pooled = false;
   {
     std::lock_guard<std::mutex> lock(g_pool_mu);
@@ -46,12 +54,52 @@ void device_free(void* p) {
   }
   cudaStream_t s = g_alloc_stream.load();
   if (pooled && s) {
-    CUDA_CHECK(cudaFreeAsync(p, s));
+    stream_free(p, s);
   } else {
     CUDA_CHECK(cudaFree(p));  // also right for a pool block once no stream orders the frees
   }
 }
 }  // namespace
+
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+void* stream_alloc(size_t bytes, cudaStream_t stream) {
+  if (capturing(stream)) return capture_memory::alloc(bytes);
+  void* p = nullptr;
+  CUDA_CHECK(cudaMallocAsync(&p, bytes, stream));
+  return p;
+}
+
+void stream_free(void* p, cudaStream_t stream) {
+  if (!p || capture_memory::release(p)) return;
+  if (capturing(stream)) {
+    std::lock_guard<std::mutex> lock(g_pool_mu);
+    g_deferred.emplace_back(stream, p);
+    return;
+  }
+  CUDA_CHECK(cudaFreeAsync(p, stream));
+}
+
+void release_deferred_frees(cudaStream_t stream) {
+  std::vector<void*> mine;
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mu);
+    for (size_t i = 0; i < g_deferred.size();) {
+      if (g_deferred[i].first == stream) {
+        mine.push_back(g_deferred[i].second);
+        g_deferred[i] = g_deferred.back();
+        g_deferred.pop_back();
+      } else {
+        ++i;
+      }
+    }
+  }
+  for (void* p : mine) CUDA_CHECK(cudaFreeAsync(p, stream));
+}
 
 void set_allocation_stream(cudaStream_t stream) {
   if (stream) {

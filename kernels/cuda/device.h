@@ -22,6 +22,18 @@ void install_device_allocator();
 void set_allocation_stream(cudaStream_t stream);
 cudaStream_t allocation_stream();
 
+// Whether `stream` is being captured into a graph (kernels/cuda/step_graph.h).
+bool capturing(cudaStream_t stream);
+// Scratch device memory for work on `stream`: from the stream-ordered pool, or while `stream` is
+// captured from the capture cache (capture_memory.h), so no memory node enters the graph. Free it
+// with stream_free on the same stream.
+void* stream_alloc(size_t bytes, cudaStream_t stream);
+void stream_free(void* p, cudaStream_t stream);
+// Pool blocks freed while their stream was captured are returned to the pool only here, after the
+// graph that still uses them is enqueued (a cudaFreeAsync inside the capture would become a graph
+// node freeing memory the graph did not allocate). The step graph calls it after each launch.
+void release_deferred_frees(cudaStream_t stream);
+
 class Stream {
  public:
   Stream();  // non-blocking stream on the current device

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
 #include "kernels/cuda/launch_geometry.h"
@@ -265,8 +266,7 @@ void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p) {
   CHECK_EQ(p.k % kBK, 0) << "fp4 grouped gemm (tensor cores): k=" << p.k << " must be a multiple of " << kBK;
   CHECK_GE(p.max_rows, 0) << "fp4 grouped gemm (tensor cores): max_rows";
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
-  int32_t* tile_start = nullptr;
-  CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&tile_start), size_t(p.num_groups + 1) * 4, p.stream));
+  int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
   fp4_tc_tile_map_kernel<<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_tc tile map", p.stream);
   const int64_t n_tiles = ceil_div(p.n, kBN);
@@ -274,7 +274,7 @@ void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p) {
   const dim3 grid(grid_x(grouped_tile_bound(p.max_rows, p.num_groups, kBM), "fp4_grouped_gemm_tc"), unsigned(n_tiles));
   fp4_grouped_gemm_tc_kernel<<<grid, kThreads, 0, p.stream>>>(p, tile_start);
   launch_check("fp4_grouped_gemm_tc", p.stream);
-  CUDA_CHECK(cudaFreeAsync(tile_start, p.stream));
+  stream_free(tile_start, p.stream);
 }
 
 }  // namespace v4rt::kernels::cuda

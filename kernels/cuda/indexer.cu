@@ -18,6 +18,7 @@
 
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
@@ -636,7 +637,7 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
   if (narrow) {
     const size_t hist_bytes = size_t(rows) * kBins * 4, cand_bytes = size_t(rows) * kMaxTopk * 8;
     const size_t small_bytes = size_t(rows) * 8;
-    CUDA_CHECK(cudaMallocAsync(&work, hist_bytes + cand_bytes + small_bytes, s));
+    work = stream_alloc(hist_bytes + cand_bytes + small_bytes, s);
     auto* hist = static_cast<uint32_t*>(work);
     cand = reinterpret_cast<unsigned long long*>(static_cast<char*>(work) + hist_bytes);
     cand_count = reinterpret_cast<uint32_t*>(static_cast<char*>(work) + hist_bytes + cand_bytes);
@@ -653,7 +654,7 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
                                                       p.out_idx.stride[0], vals, val_stride, p.index_offset, cand,
                                                       cand_count);
   launch_check("topk", s);
-  if (work) CUDA_CHECK(cudaFreeAsync(work, s));
+  if (work) stream_free(work, s);
 }
 
 }  // namespace v4rt::kernels::cuda

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -76,8 +77,7 @@ int mix_splits(int64_t n, int64_t len) {
 
 template <int kNumMix>
 float* launch_mix_partial(const Act& x, const Act& fn, int64_t n, int64_t len, int splits, cudaStream_t s) {
-  float* part = nullptr;
-  CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&part), size_t(n * splits * (kNumMix + 1)) * 4, s));
+  float* part = static_cast<float*>(stream_alloc(size_t(n * splits * (kNumMix + 1)) * 4, s));
   const int64_t cols = ceil_div(len, splits);
   mix_partial_kernel<kNumMix><<<grid_x(n * splits, "hc mix_partial"), kThreads, 0, s>>>(x, fn, len, cols, splits, part);
   launch_check("hc mix_partial", s);
@@ -199,7 +199,7 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s) {
                                                  post_stride, comb, comb_stride, hidden, p.sinkhorn_iters, p.hc_eps,
                                                  p.norm_eps, p.out_bf16);
   launch_check("hc_pre", s);
-  CUDA_CHECK(cudaFreeAsync(part, s));
+  stream_free(part, s);
 }
 
 void launch_hc_head(const HcHeadParams& p, cudaStream_t s) {
@@ -217,7 +217,7 @@ void launch_hc_head(const HcHeadParams& p, cudaStream_t s) {
   hc_head_kernel<<<grid_x(n, "hc_head"), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.y, "hc_head y"), hidden,
                                                   p.hc_eps, p.norm_eps, p.out_bf16);
   launch_check("hc_head", s);
-  CUDA_CHECK(cudaFreeAsync(part, s));
+  stream_free(part, s);
 }
 
 void launch_hc_post(const HcPostParams& p, cudaStream_t s) {

@@ -7,6 +7,7 @@
 // router computes the scores in fp32 (a warp per expert row over a tile of tokens) and selects in
 // a second kernel (a warp per token).
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -444,8 +445,7 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s) {
   a.route_scale = p.route_scale;
   if (n == 0) return;
   const bool vec = a.hidden % 4 == 0 && a.x.vec_ok() && a.gate.vec_ok();
-  float* scores = nullptr;
-  CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scores), size_t(n * a.num_experts) * 4, s));
+  float* scores = static_cast<float*>(stream_alloc(size_t(n * a.num_experts) * 4, s));
   if (n <= kGateTok) {
     moe_gate_scores_row_kernel<<<unsigned(a.num_experts), 256, 0, s>>>(a, n, vec, scores);
   } else {
@@ -455,7 +455,7 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s) {
   launch_check("moe_gate_scores", s);
   moe_gate_select_kernel<<<grid_x_for(n, kGateWarps, "moe_gate_select"), kGateWarps * 32, 0, s>>>(a, n, scores);
   launch_check("moe_gate_select", s);
-  CUDA_CHECK(cudaFreeAsync(scores, s));
+  stream_free(scores, s);
 }
 
 void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_begin, int e_end, const MoeRouting& r,
