@@ -42,7 +42,7 @@ source scripts/device/devdeps.sh  # sets DD, LD_LIBRARY_PATH, PKG_CONFIG_PATH
 
 # --- configure + build ---------------------------------------------------------------------------
 if [[ -z "${TARGETS:-}" ]]; then
-  TARGETS="test_cuda_kernels test_cuda_kv_cache test_cuda_sp_ops bench_cuda test_gpu_golden bench_step v4rt"
+  TARGETS="test_cuda_kernels test_cuda_kv_cache test_cuda_sp_ops bench_cuda test_cuda_graphs test_gpu_golden bench_step v4rt"
   [[ -f tests/cuda/test_nccl_comm.cpp ]] && TARGETS="$TARGETS test_nccl_comm"
   [[ -f tests/cuda/test_ep_device.cpp ]] && TARGETS="$TARGETS test_ep_device fault_nccl"
 fi
@@ -106,6 +106,13 @@ if want sanitize && has test_cuda_kernels && command -v compute-sanitizer >/dev/
   timeout 240 compute-sanitizer --tool memcheck --print-limit 10 "$BUILD/tests/cuda/test_cuda_kernels" --gtest_color=no \
     --gtest_filter='CudaOps.*:CudaLinear.*:CudaMoe.*:CudaReference.*:CudaGemm.Fp4*:CudaW4a8.*' > "$OUT/sanitizer.log" 2>&1
   echo "compute-sanitizer memcheck (rc $?):"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/sanitizer.log" | head -20
+fi
+if want golden && has test_cuda_graphs; then
+  # Decode steps recorded as CUDA graphs against the same steps op by op (first: every later
+  # step of golden and the benchmarks records graphs).
+  export V4RT_GOLDEN_DIR=${V4RT_GOLDEN_DIR:-$PWD/tests/data/golden}
+  timeout 300 "$BUILD/tests/cuda/test_cuda_graphs" --gtest_color=no > "$OUT/graphs.log" 2>&1 || rc=1
+  grep -E "\[graphs\]|OK \]|FAILED|SKIPPED|Check failed|error" "$OUT/graphs.log" | head -30
 fi
 if want golden && has test_gpu_golden; then
   export V4RT_GOLDEN_DIR=${V4RT_GOLDEN_DIR:-$PWD/tests/data/golden}
