@@ -30,13 +30,22 @@ std::atomic<cudaStream_t> g_alloc_stream{nullptr};
 std::mutex g_pool_mu;
 std::unordered_set<void*> g_pool_blocks;
 
-// Pool blocks freed while their stream was captured, by stream (release_deferred_frees).
+// Set while this thread records a step graph (StepGraph::begin .. end): its allocations come from
+// the capture cache whatever stream orders the pool.
+thread_local cudaStream_t t_recording = nullptr;
+// Blocks freed while a graph that may still use them was being recorded: (the stream their free
+// is ordered on, or nullptr for a cudaMalloc block; the block). Released by release_deferred_frees.
 std::vector<std::pair<cudaStream_t, void*>> g_deferred;
 
+void defer_free(cudaStream_t stream, void* p) {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  g_deferred.emplace_back(stream, p);
+}
+
 void* device_alloc(size_t bytes) {
+  if (t_recording) return capture_memory::alloc(bytes);
   void* p = nullptr;
   if (cudaStream_t s = g_alloc_stream.load()) {
-    if (capturing(s)) return capture_memory::alloc(bytes);
     CUDA_CHECK(cudaMallocAsync(&p, bytes, s));
     std::lock_guard<std::mutex> lock(g_pool_mu);
     g_pool_blocks.insert(p);
@@ -53,22 +62,20 @@ void device_free(void* p) {
     pooled = g_pool_blocks.erase(p) > 0;
   }
   cudaStream_t s = g_alloc_stream.load();
-  if (pooled && s) {
-    stream_free(p, s);
+  if (t_recording) {
+    defer_free(pooled ? s : nullptr, p);
+  } else if (pooled && s) {
+    CUDA_CHECK(cudaFreeAsync(p, s));
   } else {
     CUDA_CHECK(cudaFree(p));  // also right for a pool block once no stream orders the frees
   }
 }
 }  // namespace
 
-bool capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-  return status != cudaStreamCaptureStatusNone;
-}
+void set_recording_stream(cudaStream_t stream) { t_recording = stream; }
 
 void* stream_alloc(size_t bytes, cudaStream_t stream) {
-  if (capturing(stream)) return capture_memory::alloc(bytes);
+  if (t_recording) return capture_memory::alloc(bytes);
   void* p = nullptr;
   CUDA_CHECK(cudaMallocAsync(&p, bytes, stream));
   return p;
@@ -76,29 +83,23 @@ void* stream_alloc(size_t bytes, cudaStream_t stream) {
 
 void stream_free(void* p, cudaStream_t stream) {
   if (!p || capture_memory::release(p)) return;
-  if (capturing(stream)) {
-    std::lock_guard<std::mutex> lock(g_pool_mu);
-    g_deferred.emplace_back(stream, p);
+  if (t_recording) {
+    defer_free(stream, p);
     return;
   }
   CUDA_CHECK(cudaFreeAsync(p, stream));
 }
 
-void release_deferred_frees(cudaStream_t stream) {
-  std::vector<void*> mine;
+void release_deferred_frees() {
+  std::vector<std::pair<cudaStream_t, void*>> all;
   {
     std::lock_guard<std::mutex> lock(g_pool_mu);
-    for (size_t i = 0; i < g_deferred.size();) {
-      if (g_deferred[i].first == stream) {
-        mine.push_back(g_deferred[i].second);
-        g_deferred[i] = g_deferred.back();
-        g_deferred.pop_back();
-      } else {
-        ++i;
-      }
-    }
+    all.swap(g_deferred);
   }
-  for (void* p : mine) CUDA_CHECK(cudaFreeAsync(p, stream));
+  for (const auto& [stream, p] : all) {
+    if (stream) CUDA_CHECK(cudaFreeAsync(p, stream));
+    else CUDA_CHECK(cudaFree(p));
+  }
 }
 
 void set_allocation_stream(cudaStream_t stream) {

@@ -22,17 +22,18 @@ void install_device_allocator();
 void set_allocation_stream(cudaStream_t stream);
 cudaStream_t allocation_stream();
 
-// Whether `stream` is being captured into a graph (kernels/cuda/step_graph.h).
-bool capturing(cudaStream_t stream);
-// Scratch device memory for work on `stream`: from the stream-ordered pool, or while `stream` is
-// captured from the capture cache (capture_memory.h), so no memory node enters the graph. Free it
-// with stream_free on the same stream.
+// The stream this thread records a step graph on (kernels/cuda/step_graph.h), nullptr when none.
+// While set, Buffers and stream_alloc take blocks of the capture cache (capture_memory.h), so no
+// memory node enters the graph, and frees of other blocks wait for release_deferred_frees.
+void set_recording_stream(cudaStream_t stream);
+// Scratch device memory for work on `stream`: from the stream-ordered pool, or while this thread
+// records a graph from the capture cache. Free it with stream_free on the same stream.
 void* stream_alloc(size_t bytes, cudaStream_t stream);
 void stream_free(void* p, cudaStream_t stream);
-// Pool blocks freed while their stream was captured are returned to the pool only here, after the
-// graph that still uses them is enqueued (a cudaFreeAsync inside the capture would become a graph
-// node freeing memory the graph did not allocate). The step graph calls it after each launch.
-void release_deferred_frees(cudaStream_t stream);
+// Frees of blocks the recorded graph may still use, made after the graph is enqueued (a free
+// inside the capture would become a graph node freeing memory the graph did not allocate, or free
+// it before the graph ran).
+void release_deferred_frees();
 
 class Stream {
  public:

@@ -53,6 +53,7 @@ void StepGraph::begin() {
     CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&staging_.back().data), kFirstStagingBytes, cudaHostAllocDefault));
   }
   CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  set_recording_stream(stream_);
   recording_ = true;
 }
 
@@ -105,8 +106,14 @@ cudaGraphExec_t StepGraph::executable(cudaGraph_t graph) {
 void StepGraph::end() {
   if (!recording_) return;
   recording_ = false;
+  set_recording_stream(nullptr);
   cudaGraph_t graph = nullptr;
   const cudaError_t st = cudaStreamEndCapture(stream_, &graph);
+  if (st != cudaSuccess) {  // nothing recorded will run
+    (void)cudaGetLastError();
+    release_deferred_frees();
+    retired_.clear();
+  }
   V4RT_REQUIRE(st == cudaSuccess,
                "step graph: recording the decode step failed (" << cudaGetErrorString(st)
                    << "): an op of the step is not allowed in a CUDA graph; `--no-graphs` (runtime YAML "
@@ -118,17 +125,18 @@ void StepGraph::end() {
   CUDA_CHECK(cudaEventRecord(launched_, stream_));
   launch_pending_ = true;
   stats_.recorded++;
-  release_deferred_frees(stream_);
+  release_deferred_frees();
 }
 
 void StepGraph::abort() {
   if (!recording_) return;
   recording_ = false;
+  set_recording_stream(nullptr);
   cudaGraph_t graph = nullptr;
   (void)cudaStreamEndCapture(stream_, &graph);
   if (graph) (void)cudaGraphDestroy(graph);
   (void)cudaGetLastError();
-  release_deferred_frees(stream_);
+  release_deferred_frees();
   retired_.clear();  // nothing recorded will run
 }
 
