@@ -220,6 +220,9 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     segs[i].rows = row0[i + 1] - row0[i];
   }
   const int64_t n = row0[nc];
+  // From here to the head, a decode step's device work is recorded and then runs as one graph:
+  // its uploads (block tables, positions, ids) are staged instead of waited for.
+  kernels::GraphRecording recording(backend_, records_graph(chunks));
   // Every pool block the step's new entries need, taken and uploaded now (one copy for the batch),
   // so no layer waits on a block-table upload.
   std::vector<KvRows*> tables;
@@ -228,8 +231,6 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     c.sequence->entry_tables(tables);
   }
   KvRows::sync_block_tables(backend_, tables);
-  // From here to the head, a decode step's device work is recorded and then runs as one graph.
-  kernels::GraphRecording recording(backend_, records_graph(chunks));
   // Several chunks: their rows' positions go to the device once for every layer's RoPE.
   Scratch positions;
   if (nc > 1) positions = row_positions(backend_, segs);
