@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// --backend / --device: CLI options for the backend choice (kernels/backend_factory.h).
+// --backend / --device / --no-graphs: CLI options for the backend choice (kernels/backend_factory.h).
 #include "launch/backend_option.h"
 
 #include <CLI/CLI.hpp>
@@ -19,6 +19,13 @@ void add_backend_option(CLI::App* app, std::string* backend, int* device) {
         ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
   }
+}
+
+void add_no_graphs_flag(CLI::App* app, bool* graphs) {
+  app->add_flag_callback(
+      "--no-graphs", [graphs] { *graphs = false; },
+      "Launch every op of a decode step on its own instead of recording the step as one CUDA graph (CUDA backend; "
+      "the runtime YAML's cuda_graphs: false does the same)");
 }
 
 std::unique_ptr<kernels::Backend> make_selected_backend(const std::string& backend, int device) {

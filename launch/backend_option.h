@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The `--backend cpu|cuda` and `--device N` options shared by the commands that run the model
-// (logits, generate, bench step), and the backend they select.
+// The `--backend cpu|cuda`, `--device N` and `--no-graphs` options shared by the commands that run
+// the model (logits, generate, batch, serve, bench step), and the backend they select.
 #pragma once
 
 #include <memory>
@@ -18,6 +18,9 @@ namespace v4rt::launch {
 // Adds --backend (checked against cpu|cuda; default: the current value of *backend, "cpu" when
 // empty) and, when `device` is given, --device N (default: the current value of *device).
 void add_backend_option(CLI::App* app, std::string* backend, int* device = nullptr);
+// Adds --no-graphs, which sets *graphs false: the CUDA backend then launches every op of a decode
+// step on its own instead of recording the step as one graph (BackendOptions::cuda_graphs).
+void add_no_graphs_flag(CLI::App* app, bool* graphs);
 
 // The backend named by the options; throws v4rt::Error for "cuda" in a binary without CUDA.
 std::unique_ptr<kernels::Backend> make_selected_backend(const std::string& backend, int device = 0);

@@ -41,6 +41,7 @@ struct BatchArgs {
   std::string tokenizer;
   std::string backend = "cpu";
   int device = 0;
+  bool graphs = true;  // --no-graphs: false
   std::string progress = "auto";
   int prefill_chunk = -1;  // -1: the config's prefill_chunk
 };
@@ -60,6 +61,7 @@ void run_batch(BatchArgs args) {
   ro.numerics = rc.numerics;
   ro.backend = args.backend;
   ro.device = args.device;
+  ro.graphs = args.graphs;
   ro.mtp = args.job.mtp > 0;
   V4RT_REQUIRE(args.job.mtp >= 0 && args.job.mtp <= 8, "--mtp must be in [0, 8]");
   ModelRun run(ro);
@@ -112,6 +114,7 @@ void register_batch(CLI::App& app) {
   cmd->add_option("--model", args->model_dir, "Checkpoint directory (overrides `model:`)");
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json (default: model dir, $V4RT_TOKENIZER, data/tokenizer)");
   add_backend_option(cmd, &args->backend, &args->device);
+  add_no_graphs_flag(cmd, &args->graphs);
   add_prefill_chunk_option(cmd, &args->prefill_chunk);
   cmd->add_option("--max-in-flight", args->job.max_in_flight,
                   "Requests handed to the scheduler at once (default 2 x server.max_running)")

@@ -173,6 +173,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--config", args->run.config,
                   "Runtime YAML whose `parallel:` section is the layout (run under mpirun -np dp*sp*tp)");
   add_backend_option(cmd, &args->run.backend, &args->run.device);
+  add_no_graphs_flag(cmd, &args->run.graphs);
   add_prefill_chunk_option(cmd, &args->prefill_chunk);
   cmd->callback([args] { run_generate(*args); });
 }

@@ -94,6 +94,7 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--config", args->run.config,
                   "Runtime YAML whose `parallel:` section is the layout (run under mpirun -np dp*sp*tp)");
   add_backend_option(cmd, &args->run.backend, &args->run.device);
+  add_no_graphs_flag(cmd, &args->run.graphs);
   cmd->add_option("--out", args->out, "Output safetensors file (F32 `logits` [len, vocab])")->required();
   cmd->callback([args] { run_logits(*args); });
 }

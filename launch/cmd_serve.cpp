@@ -48,6 +48,7 @@ struct ServeArgs {
   std::string port_file;
   std::string backend = "cpu";
   int device = 0;
+  bool graphs = true;  // --no-graphs: false
   double rank_timeout_s = 5.0;
   int mtp = 0;
   int prefill_chunk = -1;  // -1: the config's prefill_chunk
@@ -141,6 +142,7 @@ void run_serve(const ServeArgs& args) {
   ro.numerics = rc.numerics;
   ro.backend = args.backend;
   ro.device = args.device;
+  ro.graphs = args.graphs;
   ro.timeout_s = args.rank_timeout_s;
   ro.mtp = args.mtp > 0;
   if (mpi && cluster::world().rank != 0) return follow_leader(ro);
@@ -236,6 +238,7 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json (default: model dir, $V4RT_TOKENIZER, data/tokenizer)");
   cmd->add_option("--port-file", args->port_file, "Write the bound port to this file once listening");
   add_backend_option(cmd, &args->backend, &args->device);
+  add_no_graphs_flag(cmd, &args->graphs);
   cmd->add_option("--rank-timeout", args->rank_timeout_s,
                   "Under mpirun: seconds a rank waits for a peer in one plan broadcast or model collective "
                   "before the job is aborted (default 5)");

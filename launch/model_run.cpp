@@ -57,7 +57,9 @@ void ModelRun::start(const RunOptions& options) {
     const int gpus = options.backend == "cuda" ? kernels::cuda_device_count() : 0;
     if (gpus > 0) device %= gpus;
   }
-  backend_ = kernels::make_backend(options.backend, launch::backend_options(rc, device));
+  kernels::BackendOptions bo = launch::backend_options(rc, device);
+  bo.cuda_graphs = rc.cuda_graphs && options.graphs;
+  backend_ = kernels::make_backend(options.backend, bo);
   ckpt_ = model::Checkpoint::open(options.model_dir);
   model::ModelOptions mo;
   mo.numerics = model::parse_numerics(options.numerics);

@@ -44,6 +44,8 @@ struct RunOptions {
   double timeout_s = 60.0;       // deadline of every model collective and of every plan broadcast
   double load_timeout_s = 1800;  // deadline of the "every rank loaded" barrier
   bool mtp = false;              // load the MTP block on every rank (speculative decoding)
+  // Decode steps as CUDA graphs when the config's `cuda_graphs:` also allows it (--no-graphs: off).
+  bool graphs = true;
 };
 
 class ModelRun {

@@ -111,12 +111,13 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   RuntimeConfig c;
   c.source = source;
   if (!root || root.IsNull()) return c;
-  const Section top(root, source, "", {"model", "numerics", "prefill_chunk", "sampling", "parallel", "server", "prefix_cache",
-                                            "debug"});
+  const Section top(root, source, "", {"model", "numerics", "prefill_chunk", "cuda_graphs", "sampling", "parallel", "server",
+                                            "prefix_cache", "debug"});
   top.get("model", &c.model);
   top.get("numerics", &c.numerics);
   top.get("prefill_chunk", &c.prefill_chunk);
   V4RT_REQUIRE(c.prefill_chunk >= 0, top.where("prefill_chunk") << " must be >= 0, got " << c.prefill_chunk);
+  top.get("cuda_graphs", &c.cuda_graphs);
   V4RT_REQUIRE(c.numerics == "reference" || c.numerics == "official",
                top.where("numerics") << " must be 'reference' or 'official', got '" << c.numerics << "'");
 
@@ -262,6 +263,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_expert_tc_min_rows = config.debug.cuda_expert_tc_min_rows;
   o.cuda_attention_tc = config.debug.cuda_attention_tc;
   o.cuda_indexer_tc = config.debug.cuda_indexer_tc;
+  o.cuda_graphs = config.cuda_graphs;
   return o;
 }
 
@@ -271,6 +273,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "model" << YAML::Value << c.model;
   out << YAML::Key << "numerics" << YAML::Value << c.numerics;
   out << YAML::Key << "prefill_chunk" << YAML::Value << c.prefill_chunk;
+  out << YAML::Key << "cuda_graphs" << YAML::Value << c.cuda_graphs;
   out << YAML::Key << "sampling" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "temperature" << YAML::Value << c.sampling.temperature;
   out << YAML::Key << "top_p" << YAML::Value << c.sampling.top_p;

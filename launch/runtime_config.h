@@ -79,6 +79,9 @@ struct RuntimeConfig {
   // and batch fill the step budget (server.max_batch_tokens), generate and logits take the
   // prompt in one chunk. `--prefill-chunk` overrides it.
   int prefill_chunk = 0;
+  // CUDA backend: record each decode step and run it as one CUDA graph (kernels/backend.h,
+  // Backend::begin_graph); false launches every op on its own. `--no-graphs` turns it off too.
+  bool cuda_graphs = true;
   SamplingDefaults sampling;
   parallel::Layout parallel;
   ServerConfig server;

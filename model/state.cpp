@@ -217,10 +217,22 @@ std::unique_ptr<SequenceState> SequenceState::clone() const {
 
 void SequenceState::reserve(int64_t tokens) {
   const int64_t end = position_ + tokens;
+  // The token buffers grow here too rather than in the step's append (a copy of their rows), so a
+  // decode step's ops depend only on the blocks it completes (Backend::begin_graph).
+  auto reserve_tokens = [tokens](CompressorState& c) {
+    c.kv.reserve(tokens);
+    c.score.reserve(tokens);
+  };
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     LayerState& s = layers_[size_t(l)];
-    if (s.has_compressor) s.main.entries.reserve(ownership_.owned_before(end / config_.compress_ratio(l)));
-    if (s.has_indexer) s.indexer.entries.reserve(ownership_.owned_before(end / 4));
+    if (s.has_compressor) {
+      s.main.entries.reserve(ownership_.owned_before(end / config_.compress_ratio(l)));
+      reserve_tokens(s.main);
+    }
+    if (s.has_indexer) {
+      s.indexer.entries.reserve(ownership_.owned_before(end / 4));
+      reserve_tokens(s.indexer);
+    }
   }
 }
 

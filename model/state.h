@@ -111,7 +111,8 @@ class SequenceState {
   KvStorage storage() const { return storage_; }
   const std::shared_ptr<KvPool>& pool() const { return pool_; }
   // Makes room in every entry table for the entries the next `tokens` tokens can complete, so the
-  // step's appends take no block; their block addresses are uploaded by sync_block_tables.
+  // step's appends take no block (their block addresses are uploaded by sync_block_tables), and in
+  // every compressor's token buffers for the tokens themselves, so none grows inside the step.
   void reserve(int64_t tokens);
   // The entry tables of every layer (for KvRows::sync_block_tables over many sequences).
   void entry_tables(std::vector<KvRows*>& out);

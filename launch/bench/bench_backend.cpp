@@ -15,9 +15,11 @@
 
 namespace v4rt::launch {
 
-BenchBackend::BenchBackend(const std::string& backend, int device, const std::string& config) {
+BenchBackend::BenchBackend(const std::string& backend, int device, const std::string& config, bool graphs) {
   const RuntimeConfig rc = config.empty() ? RuntimeConfig{} : load_runtime_config(config);
-  inner_ = make_selected_backend(backend, backend_options(rc, device));
+  kernels::BackendOptions options = backend_options(rc, device);
+  options.cuda_graphs = rc.cuda_graphs && graphs;
+  inner_ = make_selected_backend(backend, options);
   active_ = inner_.get();
 #if defined(V4RT_HAVE_CUDA)
   if (backend == "cuda") {

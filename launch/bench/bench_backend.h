@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The backend a model benchmark (`bench step`, `bench prefill`) times: --backend / --device with
 // the kernel settings of --config (a runtime YAML whose debug switches pick kernel paths, e.g.
-// `debug: {cuda_attention_tc: false}` times the SIMT prefill attention). On CUDA it sits behind
+// `debug: {cuda_attention_tc: false}` times the SIMT prefill attention, and whose `cuda_graphs:`
+// with --no-graphs decides whether decode steps run as CUDA graphs). On CUDA it sits behind
 // the profiling backend, so one run can be broken down per op family against the H200 roofline:
 // ideal bytes / 4.3 TB/s and FLOPs / 1,580 (FP8) or 790 (bf16) TFLOP/s.
 #pragma once
@@ -34,8 +35,9 @@ using OpRowSink = std::function<void(const std::string&, double, double, double,
 
 class BenchBackend {
  public:
-  // `config` (may be empty): a runtime YAML; only its debug switches are used.
-  BenchBackend(const std::string& backend, int device, const std::string& config);
+  // `config` (may be empty): a runtime YAML; only its debug switches and `cuda_graphs:` are used.
+  // Step graphs are on when the config allows them and `graphs` (false: --no-graphs).
+  BenchBackend(const std::string& backend, int device, const std::string& config, bool graphs);
   ~BenchBackend();
   BenchBackend(const BenchBackend&) = delete;
   BenchBackend& operator=(const BenchBackend&) = delete;

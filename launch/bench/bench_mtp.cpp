@@ -50,6 +50,7 @@ struct MtpArgs {
   std::string numerics = "reference";
   std::string backend = "cpu";
   int device = 0;
+  bool graphs = true;  // --no-graphs: false
 };
 
 std::vector<int> parse_depths(const std::string& text) {
@@ -88,7 +89,10 @@ void run_mtp(const MtpArgs& a) {
                 cfg.num_hidden_layers, double(bytes) / 1e6, dir.c_str(), now_s() - t0);
     remove_dir = a.dir.empty();
   }
-  auto backend = make_selected_backend(a.backend, a.device);
+  kernels::BackendOptions backend_options;
+  backend_options.device_index = a.device;
+  backend_options.cuda_graphs = a.graphs;
+  auto backend = make_selected_backend(a.backend, backend_options);
   auto ckpt = model::Checkpoint::open(dir);
   model::ModelOptions options;
   options.numerics = model::parse_numerics(a.numerics);
@@ -176,6 +180,7 @@ void register_bench_mtp(CLI::App& bench) {
   s->add_option("--numerics", args.numerics, "reference | official")
       ->check(CLI::IsMember({"reference", "official"}))->capture_default_str();
   add_backend_option(s, &args.backend, &args.device);
+  add_no_graphs_flag(s, &args.graphs);
   s->callback([] { run_mtp(args); });
 }
 

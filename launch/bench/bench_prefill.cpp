@@ -45,6 +45,7 @@ struct PrefillArgs {
   std::string csv;
   std::string backend = "cuda";
   int device = 0;
+  bool graphs = true;       // --no-graphs: false
   std::string config;       // runtime YAML: its debug switches pick kernel paths
   std::string dir;
   uint64_t seed = 1;
@@ -93,7 +94,7 @@ void run_prefill(const PrefillArgs& a) {
   const std::string dir =
       write_bench_model(cfg, a.dir, "v4rt-bench-prefill-" + a.preset + "-" + std::to_string(a.layers), a.seed);
 
-  BenchBackend bench_backend(a.backend, a.device, a.config);
+  BenchBackend bench_backend(a.backend, a.device, a.config, a.graphs);
   kernels::Backend* be = &bench_backend.get();
   BenchModel bench_model = load_bench_model(dir, *be);
   auto& m = bench_model.model;
@@ -166,6 +167,7 @@ void register_bench_prefill(CLI::App& bench) {
   p->add_option("--dir", args.dir, "Where the temporary checkpoint goes (default /dev/shm/v4rt-bench-prefill-*)");
   p->add_option("--seed", args.seed, "Weight and prompt seed")->capture_default_str();
   add_backend_option(p, &args.backend, &args.device);
+  add_no_graphs_flag(p, &args.graphs);
   p->add_option("--config", args.config, "Runtime YAML whose debug switches pick kernel paths (e.g. debug: {cuda_attention_tc: false})")
       ->check(CLI::ExistingFile);
   p->callback([] { run_prefill(args); });

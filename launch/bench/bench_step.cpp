@@ -7,7 +7,9 @@
 // compressed-entry and indexer-key tables filled with random rows of the right count, not a real
 // prefill). Prints the step time, a per-op table against the H200 roofline (CUDA events), and the
 // KV capacity per GPU; --batch / --context take comma lists (every pair runs on the one loaded
-// model) and --csv appends one row per run and op family (docs/PERFORMANCE.md, GPU section).
+// model) and --csv appends one row per run and op family (docs/PERFORMANCE.md, GPU section). The
+// timed steps run as CUDA graphs unless --no-graphs (or `cuda_graphs: false` in --config); the
+// per-op profile runs every op on its own, between its own events.
 // `v4rt bench indexer`: the indexer scan over 256K compressed keys + top-k. `v4rt bench checkpoint`:
 // the same synthetic checkpoint written and kept (optionally with the MTP layer).
 #include <CLI/CLI.hpp>
@@ -265,6 +267,7 @@ struct StepArgs {
   std::string csv;                          // rows appended per run and op family
   std::string backend = "cuda";
   int device = 0;
+  bool graphs = true;                       // --no-graphs: false
   std::string config;                       // runtime YAML: its debug switches pick kernel paths
   std::string dir;
   uint64_t seed = 1;
@@ -313,14 +316,15 @@ void run_step(const StepArgs& a) {
   std::printf("bench step: preset %s, %d layers (CSA/HCA alternating, score routing)\n", a.preset.c_str(), a.layers);
   const std::string dir = write_bench_model(cfg, a.dir, "v4rt-bench-" + a.preset + "-" + std::to_string(a.layers), a.seed);
 
-  BenchBackend bench_backend(a.backend, a.device, a.config);
+  BenchBackend bench_backend(a.backend, a.device, a.config, a.graphs);
   kernels::Backend* be = &bench_backend.get();
   BenchModel bench_model = load_bench_model(dir, *be);
   auto& m = bench_model.model;
   FILE* csv = open_bench_csv(a.csv, "bench step",
                              "# v4rt bench step: one row per (run, op family) of one profiled decode step; family "
-                             "\"step\": ms = median step time over --iters, calls = batch\n"
-                             "preset,layers,batch,context,step_ms,op_family,calls,ms,bytes,flops,roofline_ms\n");
+                             "\"step\": ms = median step time over --iters, calls = batch; graphs = steps of the run "
+                             "(warm-up and timed) recorded as CUDA graphs\n"
+                             "preset,layers,batch,context,step_ms,op_family,calls,ms,bytes,flops,roofline_ms,graphs\n");
   std::vector<std::pair<int64_t, int>> runs;  // (context, batch), contexts outermost
   for (const int64_t c : a.context)
     for (const int b : a.batch) runs.push_back({c / 128 * 128, b});
@@ -395,7 +399,8 @@ void run_step(const StepArgs& a) {
       std::printf("  check: batched step vs each sequence alone: max |diff| %.3g (logit rms %.3g), same argmax %d/%d\n",
                   max_err, max_rms, same_argmax, batch);
     }
-    step();  // warm-up (cuBLASLt heuristics, pool growth)
+    const kernels::GraphStats graphs_before = be->graph_stats();
+    step();  // warm-up (cuBLASLt heuristics, pool growth, the first graph)
     std::vector<double> times;
     for (int i = 0; i < a.iters; ++i) {
       const double s = now_s();
@@ -410,11 +415,23 @@ void run_step(const StepArgs& a) {
     std::printf("  throughput: %.0f tokens/s on this GPU (%d layers); per sequence %.3f ms; per layer and sequence"
                 " (incl. embedding/head share): %.4f ms\n", batch / med, a.layers, med * 1e3 / batch,
                 med * 1e3 / batch / a.layers);
+    // The step graphs of the warm-up and timed steps (the backend's counts since before the warm-up).
+    const kernels::GraphStats g = be->graph_stats();
+    const int64_t recorded = g.recorded - graphs_before.recorded;
+    if (be->graphs()) {
+      std::printf("  graphs: %lld steps recorded (%lld updated in place, %lld instantiated), %lld eager\n",
+                  static_cast<long long>(recorded), static_cast<long long>(g.updated - graphs_before.updated),
+                  static_cast<long long>(g.instantiated - graphs_before.instantiated),
+                  static_cast<long long>(g.eager - graphs_before.eager));
+    } else {
+      std::printf("  graphs: off\n");
+    }
     // One CSV row per op family of the profiled step, and one "step" row (ms = median step time).
     auto csv_row = [&](const std::string& fam, double calls, double ms, double bytes, double flops, double roof) {
       if (!csv) return;
-      std::fprintf(csv, "%s,%d,%d,%lld,%.4f,\"%s\",%.0f,%.4f,%.0f,%.0f,%.5f\n", a.preset.c_str(), a.layers, batch,
-                   static_cast<long long>(context), med * 1e3, fam.c_str(), calls, ms, bytes, flops, roof);
+      std::fprintf(csv, "%s,%d,%d,%lld,%.4f,\"%s\",%.0f,%.4f,%.0f,%.0f,%.5f,%lld\n", a.preset.c_str(), a.layers,
+                   batch, static_cast<long long>(context), med * 1e3, fam.c_str(), calls, ms, bytes, flops, roof,
+                   static_cast<long long>(recorded));
     };
     csv_row("step", double(batch), med * 1e3, 0, 0, 0);
 
@@ -568,6 +585,7 @@ void register_bench_step(CLI::App& bench) {
   s->add_option("--dir", step.dir, "Where the temporary checkpoint goes (default /dev/shm/v4rt-bench-*)");
   s->add_option("--seed", step.seed, "Weight seed")->capture_default_str();
   add_backend_option(s, &step.backend, &step.device);
+  add_no_graphs_flag(s, &step.graphs);
   s->add_option("--config", step.config, "Runtime YAML whose debug switches pick kernel paths (e.g. debug: {cuda_attention_tc: false})")
       ->check(CLI::ExistingFile);
   s->callback([] { run_step(step); });

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The built `v4rt` binary: init-model writes a tiny checkpoint that inspect accepts, and inspect on
-// a corrupt checkpoint exits non-zero with a one-line error naming the file and tensor.
+// a corrupt checkpoint exits non-zero with a one-line error naming the file and tensor; every
+// command that steps the model takes --no-graphs.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
@@ -89,6 +90,38 @@ TEST(Cli, ParseOutputReportsDroppedCalls) {
   ASSERT_EQ(j["warnings"].size(), 1u);
   EXPECT_NE(j["warnings"][0].get<std::string>().find("get_weather"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("DSML"), std::string::npos) << r.out;
+}
+
+// --no-graphs is listed by every command that runs decode steps on a backend it makes, and is
+// accepted: on the CPU backend (no graphs either way) generate's tokens do not change, and `bench
+// step` reports "graphs: off" with a `graphs` CSV column of 0.
+TEST(Cli, NoGraphsFlag) {
+  TempDir tmp;
+  for (const char* cmd : {"generate", "logits", "batch", "serve", "bench step", "bench mtp", "bench prefill"}) {
+    const CmdResult h = run_v4rt(std::string(cmd) + " --help", tmp);
+    EXPECT_EQ(h.code, 0) << cmd << ": " << h.err;
+    EXPECT_NE(h.out.find("--no-graphs"), std::string::npos) << cmd << ":\n" << h.out;
+    EXPECT_NE(h.out.find("cuda_graphs: false"), std::string::npos) << cmd << ":\n" << h.out;
+  }
+  const std::string dir = tmp / "tiny";
+  ASSERT_EQ(run_v4rt("init-model --preset tiny --out " + dir, tmp).code, 0);
+  std::ofstream(tmp / "ids.txt") << "11 22 33 44 55\n";
+  const std::string gen = "generate --model " + dir + " --ids " + (tmp / "ids.txt") + " --max-tokens 3";
+  const CmdResult with = run_v4rt(gen, tmp);
+  ASSERT_EQ(with.code, 0) << with.err;
+  const CmdResult without = run_v4rt(gen + " --no-graphs", tmp);
+  ASSERT_EQ(without.code, 0) << without.err;
+  EXPECT_EQ(with.out, without.out);
+
+  const std::string csv = tmp / "step.csv";
+  const CmdResult b = run_v4rt("bench step --preset tiny --synthetic --layers 2 --context 128 --iters 1 --backend cpu "
+                               "--no-graphs --dir " + (tmp / "bench") + " --csv " + csv, tmp);
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_NE(b.out.find("  graphs: off\n"), std::string::npos) << b.out;
+  const std::string rows = testing::read_text(csv);
+  EXPECT_NE(rows.find(",roofline_ms,graphs\n"), std::string::npos) << rows;
+  EXPECT_NE(rows.find("\"step\",1,"), std::string::npos) << rows;
+  EXPECT_EQ(rows.substr(rows.size() - 3), ",0\n") << rows;
 }
 
 }  // namespace
