@@ -220,16 +220,17 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     segs[i].rows = row0[i + 1] - row0[i];
   }
   const int64_t n = row0[nc];
-  // From here to the head, a decode step's device work is recorded and then runs as one graph:
-  // its uploads (block tables, positions, ids) are staged instead of waited for.
-  kernels::GraphRecording recording(backend_, records_graph(chunks));
-  // Every pool block the step's new entries need, taken and uploaded now (one copy for the batch),
-  // so no layer waits on a block-table upload.
+  // Every pool block the step's new entries need and room in the compressors' token buffers,
+  // taken before the recording (growth copies would make a step's graph differ from the next's)...
   std::vector<KvRows*> tables;
   for (const StepChunk& c : chunks) {
     c.sequence->reserve(int64_t(c.tokens.size()));
     c.sequence->entry_tables(tables);
   }
+  // ...and from here to the head, a decode step's device work is recorded and then runs as one
+  // graph: its uploads (block tables, positions, ids) are staged instead of waited for. The new
+  // block addresses go up in one copy for the batch, so no layer waits on a block-table upload.
+  kernels::GraphRecording recording(backend_, records_graph(chunks));
   KvRows::sync_block_tables(backend_, tables);
   // Several chunks: their rows' positions go to the device once for every layer's RoPE.
   Scratch positions;
