@@ -9,7 +9,9 @@
 // KV capacity per GPU; --batch / --context take comma lists (every pair runs on the one loaded
 // model) and --csv appends one row per run and op family (docs/PERFORMANCE.md, GPU section). The
 // timed steps run as CUDA graphs unless --no-graphs (or `cuda_graphs: false` in --config); the
-// per-op profile runs every op on its own, between its own events.
+// per-op profile runs every op on its own, between its own events. Each step draws its tokens on
+// the device (greedy) and brings back only the ids, as serving does; --host-logits copies every
+// row's logits to the host instead.
 // `v4rt bench indexer`: the indexer scan over 256K compressed keys + top-k. `v4rt bench checkpoint`:
 // the same synthetic checkpoint written and kept (optionally with the MTP layer).
 #include <CLI/CLI.hpp>
@@ -268,6 +270,7 @@ struct StepArgs {
   std::string backend = "cuda";
   int device = 0;
   bool graphs = true;                       // --no-graphs: false
+  bool host_logits = false;                 // --host-logits: every row's logits to the host, no device draw
   std::string config;                       // runtime YAML: its debug switches pick kernel paths
   std::string dir;
   uint64_t seed = 1;
@@ -358,12 +361,21 @@ void run_step(const StepArgs& a) {
 
     std::vector<int32_t> tokens(static_cast<size_t>(batch));
     for (int b = 0; b < batch; ++b) tokens[size_t(b)] = int32_t((1000 + 7919 * b) % cfg.vocab_size);
+    // A serving step: each row's token drawn on the device (greedy), only the ids come back; with
+    // --host-logits every row's logits come to the host instead.
+    std::vector<kernels::SampleRow> draw(static_cast<size_t>(batch));
+    std::vector<model::SampledToken> drawn(static_cast<size_t>(batch));
     auto step = [&] {
       std::vector<model::StepChunk> chunks;
-      for (int b = 0; b < batch; ++b)
+      for (int b = 0; b < batch; ++b) {
         chunks.push_back({seqs[size_t(b)].get(), std::span<const int32_t>(&tokens[size_t(b)], 1), false, {}});
+        if (a.host_logits) continue;
+        draw[size_t(b)].position = seqs[size_t(b)]->position() + 1;
+        chunks.back().sample = &draw[size_t(b)];
+        chunks.back().sampled = &drawn[size_t(b)];
+      }
       std::vector<std::vector<float>> logits;
-      m->step(chunks, &logits);
+      m->step(chunks, a.host_logits ? &logits : nullptr);
       be->synchronize();
     };
     if (batch > 1 && batch <= 8) {
@@ -409,9 +421,10 @@ void run_step(const StepArgs& a) {
     }
     std::sort(times.begin(), times.end());
     const double med = times[times.size() / 2];
-    std::printf("\n  decode step (batch %d, one batched Model::step over every sequence, logits of all rows to the"
-                " host): median %.3f ms (min %.3f, max %.3f over %d)\n", batch, med * 1e3, times.front() * 1e3,
-                times.back() * 1e3, a.iters);
+    std::printf("\n  decode step (batch %d, one batched Model::step over every sequence, %s): median %.3f ms (min %.3f,"
+                " max %.3f over %d)\n", batch,
+                a.host_logits ? "logits of all rows to the host" : "tokens drawn on the device, ids to the host",
+                med * 1e3, times.front() * 1e3, times.back() * 1e3, a.iters);
     std::printf("  throughput: %.0f tokens/s on this GPU (%d layers); per sequence %.3f ms; per layer and sequence"
                 " (incl. embedding/head share): %.4f ms\n", batch / med, a.layers, med * 1e3 / batch,
                 med * 1e3 / batch / a.layers);
@@ -586,6 +599,9 @@ void register_bench_step(CLI::App& bench) {
   s->add_option("--seed", step.seed, "Weight seed")->capture_default_str();
   add_backend_option(s, &step.backend, &step.device);
   add_no_graphs_flag(s, &step.graphs);
+  s->add_flag("--host-logits", step.host_logits,
+              "Bring every row's logits to the host each step instead of drawing the tokens on the device "
+              "(the serving path: only ids come back)");
   s->add_option("--config", step.config, "Runtime YAML whose debug switches pick kernel paths (e.g. debug: {cuda_attention_tc: false})")
       ->check(CLI::ExistingFile);
   s->callback([] { run_step(step); });
