@@ -34,8 +34,9 @@ struct BackendOptions {
   bool cuda_attention_tc = true;
   bool cuda_indexer_tc = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
-  // run as one CUDA graph each (Backend::begin_graph); off: every op launched on its own.
-  bool cuda_graphs = true;
+  // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
+  // every op launched on its own.
+  bool cuda_graphs = false;
 };
 
 // True when this binary contains the CUDA backend.

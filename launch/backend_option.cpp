@@ -24,8 +24,8 @@ void add_backend_option(CLI::App* app, std::string* backend, int* device) {
 void add_no_graphs_flag(CLI::App* app, bool* graphs) {
   app->add_flag_callback(
       "--no-graphs", [graphs] { *graphs = false; },
-      "Launch every op of a decode step on its own instead of recording the step as one CUDA graph (CUDA backend; "
-      "the runtime YAML's cuda_graphs: false does the same)");
+      "Launch every op of a decode step on its own even when the runtime YAML records steps as CUDA graphs "
+      "(cuda_graphs: true; the default cuda_graphs: false launches op by op too)");
 }
 
 std::unique_ptr<kernels::Backend> make_selected_backend(const std::string& backend, int device) {

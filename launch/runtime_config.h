@@ -81,7 +81,7 @@ struct RuntimeConfig {
   int prefill_chunk = 0;
   // CUDA backend: record each decode step and run it as one CUDA graph (kernels/backend.h,
   // Backend::begin_graph); false launches every op on its own. `--no-graphs` turns it off too.
-  bool cuda_graphs = true;
+  bool cuda_graphs = false;
   SamplingDefaults sampling;
   parallel::Layout parallel;
   ServerConfig server;

@@ -697,9 +697,16 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     attr_set = true;
   }
   const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
-  const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && 2 * mqa_blocks <= num_sms() && vec4 && !per_warp;
+  // The multi-query kernel (32 heads of a query share each staged candidate tile) for few query
+  // rows, split over the candidates to fill the SMs, and for a decode batch (one row per part)
+  // of any size up to the grid's z limit, where the rows alone fill them: the per-head kernels
+  // below stage and decode every candidate tile once per 8 heads.
+  const bool decode_batch = int64_t(a.num_parts) == n && n <= 65535;
+  const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && (2 * mqa_blocks <= num_sms() || decode_batch) &&
+                   vec4 && !per_warp;
   if (mqa) {
-    // One wave: splits of whole tiles so that the blocks about fill the SMs once.
+    // One wave: splits of whole tiles so that the blocks about fill the SMs once (none when the
+    // rows fill them).
     const int64_t want = std::max<int64_t>(1, num_sms() / mqa_blocks);
     a.tiles_per_split = int(ceil_div(max_tiles, std::min(want, max_tiles)));
     a.num_splits = int(std::max<int64_t>(1, ceil_div(max_tiles, a.tiles_per_split)));
@@ -708,7 +715,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     a.part_acc = static_cast<float*>(part);
     a.part_ml = a.part_acc + slots * size_t(dim);
     const size_t smem = size_t(kMqaHeads * dim + kTile * (dim + 4) + kMqaHeads * kTile) * 4;
-    // Tokens on z: at most num_sms() / 2 of them take this path (mqa above).
+    // Tokens on z: at most 65,535 of them take this path (mqa above).
     const dim3 grid{unsigned(a.num_splits), unsigned(ceil_div(nh, kMqaHeads)), unsigned(n)};
     sparse_attention_mqa_kernel<<<grid, 256, smem, s>>>(a);
     launch_check("sparse_attention (mqa decode)", s);

@@ -48,7 +48,8 @@ struct CudaBackendOptions {
   bool sync_each_kernel = false;
   // Decode steps recorded by stream capture and run as one CUDA graph (Backend::begin_graph,
   // kernels/cuda/step_graph.h); off: every op launched on its own. Ignored with sync_each_kernel.
-  bool graphs = true;
+  // Off by default: capturing and updating every step costs more than it saves (docs/CUDA.md).
+  bool graphs = false;
 };
 
 // The CUDA backend on `device` (-1: current). Throws v4rt::Error when no device is present.

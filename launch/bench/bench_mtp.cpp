@@ -91,7 +91,7 @@ void run_mtp(const MtpArgs& a) {
   }
   kernels::BackendOptions backend_options;
   backend_options.device_index = a.device;
-  backend_options.cuda_graphs = a.graphs;
+  backend_options.cuda_graphs = backend_options.cuda_graphs && a.graphs;
   auto backend = make_selected_backend(a.backend, backend_options);
   auto ckpt = model::Checkpoint::open(dir);
   model::ModelOptions options;

@@ -218,17 +218,17 @@ TEST(RuntimeConfig, PrefixCacheSection) {
                       {"'prefix_cache.block'", "block_tokens"});
 }
 
-// cuda_graphs: on by default, off when the YAML says so, carried to the backend options and the
+// cuda_graphs: off by default, on when the YAML says so, carried to the backend options and the
 // resolved YAML; a value that is no boolean names file, key and line.
 TEST(RuntimeConfig, CudaGraphsKey) {
   const RuntimeConfig d = parse_runtime_config("", "g.yaml");
-  EXPECT_TRUE(d.cuda_graphs);
-  EXPECT_TRUE(backend_options(d, 0).cuda_graphs);
-  const RuntimeConfig off = parse_runtime_config("model: m\ncuda_graphs: false\n", "g.yaml");
-  EXPECT_FALSE(off.cuda_graphs);
-  EXPECT_FALSE(backend_options(off, 0).cuda_graphs);
-  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").cuda_graphs);
-  EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(d), "emitted").cuda_graphs);
+  EXPECT_FALSE(d.cuda_graphs);
+  EXPECT_FALSE(backend_options(d, 0).cuda_graphs);
+  const RuntimeConfig on = parse_runtime_config("model: m\ncuda_graphs: true\n", "g.yaml");
+  EXPECT_TRUE(on.cuda_graphs);
+  EXPECT_TRUE(backend_options(on, 0).cuda_graphs);
+  EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(on), "emitted").cuda_graphs);
+  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(d), "emitted").cuda_graphs);
   expect_error_naming([] { parse_runtime_config("model: m\ncuda_graphs: sometimes\n", "g.yaml"); },
                       {"g.yaml:2", "'cuda_graphs'", "boolean", "sometimes"});
   expect_error_naming([] { parse_runtime_config("cuda_graph: false\n", "g.yaml"); },
