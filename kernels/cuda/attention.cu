@@ -440,6 +440,17 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
                : "r"(addr));
 }
 
+// Eight elements (r, c .. c + 7) of a bf16 or F32 row as bf16 bits, RNE (exact for bf16 rows and
+// for F32 rows of bf16 values, which the official numerics' q and window rows hold). Rows 16-byte
+// aligned with a stride of a multiple of 8 elements (tc_rows_ok).
+__device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c) {
+  if (x.bf16) return *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x.data) + r * x.stride + c);
+  const float* p = static_cast<const float*>(x.data) + r * x.stride + c;
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  const auto pack = [](float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16); };
+  return make_uint4(pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w));
+}
+
 // Prefill shapes (many query tokens; official numerics: bf16 q / kv, bf16 P): block (token t, head
 // block y) stages q of 64 heads once and each 64-candidate tile of latent rows once for all of them
 // (MQA: one latent row is K and V of every head). S = Q K^T on mma.sync m16n8k16 bf16 (fp32
@@ -466,14 +477,10 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
   const CandRange r = candidate_range(a, part, t, 0);
   const int d8 = dim / 8;
-  const uint16_t* q16 = static_cast<const uint16_t*>(part.q.data);
-  const uint16_t* win16 = static_cast<const uint16_t*>(part.win.data);
-  const uint16_t* comp16 = static_cast<const uint16_t*>(part.comp.data);
-
   for (int i = tid; i < kTcHeads * d8; i += blockDim.x) {
     const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
     uint4 v = make_uint4(0, 0, 0, 0);
-    if (h < a.h_end) v = *reinterpret_cast<const uint4*>(q16 + t * part.q.stride + int64_t(h) * dim + c);
+    if (h < a.h_end) v = ld8_as_bf16(part.q, t, int64_t(h) * dim + c);
     *reinterpret_cast<uint4*>(qs + hl * ld + c) = v;
   }
   if (tid < kTcHeads) {
@@ -498,9 +505,9 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
       const int row = i / d8, c = (i % d8) * 8;
       const int64_t code = codes[row];
       uint4 v = make_uint4(0, 0, 0, 0);
-      if (code >= 0) v = *reinterpret_cast<const uint4*>(win16 + code * part.win.stride + c);
+      if (code >= 0) v = ld8_as_bf16(part.win, code, c);
       else if (code <= -2 && part.ckv.data) v = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
-      else if (code <= -2) v = *reinterpret_cast<const uint4*>(comp16 + (-code - 2) * part.comp.stride + c);
+      else if (code <= -2) v = ld8_as_bf16(part.comp, -code - 2, c);
       *reinterpret_cast<uint4*>(kv + row * ld + c) = v;
     }
     __syncthreads();
@@ -625,7 +632,7 @@ struct PartPlan {
   AttnPart d;
   int64_t rows = 0, max_tiles = 0;  // tokens; 64-candidate tiles of its longest candidate list
   bool vec4 = false;                // every row read 4 elements at a time (Act::ld4, fp8_ld4)
-  bool tc = false;                  // bf16 rows, 16-byte aligned: the tensor-core kernel's loads
+  bool tc = false;                  // rows the tensor-core kernel can load (bf16 or F32, 16-byte aligned)
 };
 
 PartPlan plan_part(const SparseAttentionParams& p, int64_t heads, int64_t dim, int64_t row0) {
@@ -676,12 +683,12 @@ PartPlan plan_part(const SparseAttentionParams& p, int64_t heads, int64_t dim, i
   pl.max_tiles = ceil_div(std::min<int64_t>(pos_last + 1, p.window) + max_comp, kTile);
   // Whether the compressed entries can be read 4 (and 8) elements at a time.
   const bool comp_vec4 = d.num_comp == 0 || (compact ? d.ckv.vec4_ok() : d.comp.vec_ok());
-  const bool comp_tc = d.num_comp == 0 ||
-                       (compact ? d.ckv.vec8_ok()
-                                : d.comp.bf16 && d.comp.stride % 8 == 0 && reinterpret_cast<uintptr_t>(d.comp.data) % 16 == 0);
+  // The tensor-core kernel loads rows 8 elements at a time (ld8_as_bf16): bf16 rows, or F32 rows
+  // (the model's q and window rows) rounded to bf16 as they load.
+  const auto tc_rows_ok = [](const Act& x) { return x.stride % 8 == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0; };
+  const bool comp_tc = d.num_comp == 0 || (compact ? d.ckv.vec8_ok() : tc_rows_ok(d.comp));
   pl.vec4 = d.q.vec_ok() && d.win.vec_ok() && comp_vec4;
-  pl.tc = comp_tc && d.q.bf16 && d.win.bf16 && d.q.stride % 8 == 0 && d.win.stride % 8 == 0 &&
-          reinterpret_cast<uintptr_t>(d.q.data) % 16 == 0 && reinterpret_cast<uintptr_t>(d.win.data) % 16 == 0;
+  pl.tc = comp_tc && tc_rows_ok(d.q) && tc_rows_ok(d.win);
   return pl;
 }
 

@@ -401,9 +401,10 @@ struct AttnCase {
   int h0, h1;
 };
 
-void run_attention(const AttnCase& c, Rng& rng) {
-  Dual q = make_dual({c.n, c.heads, c.dim}, rng.normals(int64_t(c.n) * c.heads * c.dim, 0.3f));
-  Dual win = make_dual({c.win_rows, c.dim}, rng.normals(int64_t(c.win_rows) * c.dim));
+// `rows`: the GPU dtype of q and the window rows (the model keeps both in F32).
+void run_attention(const AttnCase& c, Rng& rng, DType rows = DType::kBF16) {
+  Dual q = make_dual({c.n, c.heads, c.dim}, rng.normals(int64_t(c.n) * c.heads * c.dim, 0.3f), rows);
+  Dual win = make_dual({c.win_rows, c.dim}, rng.normals(int64_t(c.win_rows) * c.dim), rows);
   Dual comp = make_dual({std::max(c.num_comp, 1), c.dim}, rng.normals(int64_t(std::max(c.num_comp, 1)) * c.dim));
   std::vector<int32_t> list(static_cast<size_t>(c.n) * size_t(std::max(c.list_len, 1)));
   for (auto& v : list) v = rng.integer(0, 9) == 0 ? -1 : int32_t(rng.integer(0, c.num_comp - 1));
@@ -459,6 +460,18 @@ TEST(CudaOps, SparseAttentionPrefillTensorCores) {
       {"tc prefill csa 128 heads across 65536", 40, 128, 512, 65530, 40 + 127, 65530 - 127, 2000, 200, 0, true, 0, -1},
   };
   for (const AttnCase& c : cases) run_attention(c, rng);
+}
+
+// The same kernel over F32 q and window rows, as the model holds them (rounded to bf16 as they
+// load), against the CPU op on the F32 values.
+TEST(CudaOps, SparseAttentionPrefillTensorCoresF32Rows) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(23);
+  const AttnCase cases[] = {
+      {"tc prefill csa f32 rows", 200, 64, 512, 1000, 200 + 127, 1000 - 127, 300, 77, 0, true, 0, -1},
+      {"tc prefill hca f32 rows past 65536", 150, 64, 512, 70000, 150 + 127, 70000 - 127, 548, 0, 128, true, 0, -1},
+  };
+  for (const AttnCase& c : cases) run_attention(c, rng, DType::kF32);
 }
 
 // --- batched indexer scores and sparse attention (a decode batch) -------------------------------
