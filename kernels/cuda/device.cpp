@@ -63,7 +63,7 @@ void device_free(void* p) {
   }
   cudaStream_t s = g_alloc_stream.load();
   if (t_recording) {
-    defer_free(pooled ? s : nullptr, p);
+    defer_free(pooled ? t_recording : nullptr, p);  // ordered after the graph that may read it
   } else if (pooled && s) {
     CUDA_CHECK(cudaFreeAsync(p, s));
   } else {

@@ -7,9 +7,10 @@
 // part descriptors as parameters, which change with every token. The captured graph then updates a
 // cached executable of the same topology in place (cudaGraphExecUpdate, which rewrites node
 // parameters and launch geometry but not the node list) and is instantiated only when none
-// matches. A step's topology depends on which kernels it launches, not on the data: a decode step
-// alternates between a few (with or without a completed compression block), which the cache of
-// kMaxExecs executables holds, so no batch padding to buckets is needed.
+// matches. A step's topology depends on which kernels it launches (a completed compression block,
+// the launchers' branches), which the cache of kMaxExecs executables holds for a steady batch.
+// Off by default (CudaBackendOptions::graphs): measured on an H100, the capture and the update of
+// every step cost more host time than the launches they replace (docs/CUDA.md).
 //
 // While recording, nothing may wait for the device: uploads are staged in pinned host memory
 // that the graph reads when it runs (stage()), scratch memory comes from the capture cache
