@@ -498,7 +498,6 @@ class GraphRecording {
   }
   GraphRecording(const GraphRecording&) = delete;
   GraphRecording& operator=(const GraphRecording&) = delete;
-  bool active() const { return on_; }
   void end() {
     if (!on_) return;
     on_ = false;

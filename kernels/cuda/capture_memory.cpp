@@ -27,7 +27,6 @@ struct Cache {
   std::mutex mu;
   std::multimap<size_t, void*> free;        // by size
   std::unordered_map<void*, Block> blocks;  // every block, by address
-  size_t reserved = 0;
 };
 
 Cache& cache() {
@@ -58,7 +57,6 @@ void* alloc(size_t bytes) {
   void* p = nullptr;
   CUDA_CHECK(cudaMalloc(&p, want));
   c.blocks.emplace(p, Block{want, true});
-  c.reserved += want;
   return p;
 }
 
@@ -71,12 +69,6 @@ bool release(void* p) {
   it->second.used = false;
   c.free.emplace(it->second.bytes, p);
   return true;
-}
-
-size_t reserved_bytes() {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  return c.reserved;
 }
 
 }  // namespace v4rt::kernels::cuda::capture_memory

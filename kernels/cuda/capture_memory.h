@@ -17,7 +17,5 @@ namespace v4rt::kernels::cuda::capture_memory {
 void* alloc(size_t bytes);
 // Returns `p` to the cache; false when `p` is not one of its blocks.
 bool release(void* p);
-// Bytes of device memory the cache holds (blocks handed out and free ones).
-size_t reserved_bytes();
 
 }  // namespace v4rt::kernels::cuda::capture_memory

@@ -8,7 +8,7 @@
 // prefill). Prints the step time, a per-op table against the H200 roofline (CUDA events), and the
 // KV capacity per GPU; --batch / --context take comma lists (every pair runs on the one loaded
 // model) and --csv appends one row per run and op family (docs/PERFORMANCE.md, GPU section). The
-// timed steps run as CUDA graphs unless --no-graphs (or `cuda_graphs: false` in --config); the
+// timed steps run as CUDA graphs when --config sets `cuda_graphs: true` (and no --no-graphs); the
 // per-op profile runs every op on its own, between its own events. Each step draws its tokens on
 // the device (greedy) and brings back only the ids, as serving does; --host-logits copies every
 // row's logits to the host instead.

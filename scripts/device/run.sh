@@ -108,8 +108,8 @@ if want sanitize && has test_cuda_kernels && command -v compute-sanitizer >/dev/
   echo "compute-sanitizer memcheck (rc $?):"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/sanitizer.log" | head -20
 fi
 if want golden && has test_cuda_graphs; then
-  # Decode steps recorded as CUDA graphs against the same steps op by op (first: every later
-  # step of golden and the benchmarks records graphs).
+  # Decode steps recorded as CUDA graphs against the same steps op by op (graphs are off by
+  # default; the benchmarks record them with --config scripts/device/graphs_on.yaml).
   export V4RT_GOLDEN_DIR=${V4RT_GOLDEN_DIR:-$PWD/tests/data/golden}
   timeout 300 "$BUILD/tests/cuda/test_cuda_graphs" --gtest_color=no > "$OUT/graphs.log" 2>&1 || rc=1
   grep -E "\[graphs\]|OK \]|FAILED|SKIPPED|Check failed|error" "$OUT/graphs.log" | head -30
