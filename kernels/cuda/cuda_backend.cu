@@ -266,7 +266,6 @@ void CudaBackend::synchronize() {
 
 void CudaBackend::rms_norm(const RmsNormParams& p) { launch_rms_norm(p, stream_.get()); }
 void CudaBackend::rope(const RopeParams& p) { launch_rope(p, stream_.get()); }
-void CudaBackend::hc_pre(const HcPreParams& p) { launch_hc_pre(p, stream_.get()); }
 void CudaBackend::hc_post(const HcPostParams& p) { launch_hc_post(p, stream_.get()); }
 void CudaBackend::hc_head(const HcHeadParams& p) { launch_hc_head(p, stream_.get()); }
 void CudaBackend::compressor_pool(const CompressorPoolParams& p) { launch_compressor_pool(p, stream_.get()); }
@@ -288,12 +287,68 @@ void CudaBackend::indexer_scores_batch(const IndexerScoresBatchParams& p) {
 void CudaBackend::sparse_attention_batch(const SparseAttentionBatchParams& p) {
   launch_sparse_attention_batch(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores);
 }
-void CudaBackend::moe_gate(const MoeGateParams& p) { launch_moe_gate(p, stream_.get()); }
 void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()); }
 void CudaBackend::embedding(const EmbeddingParams& p) { launch_embedding(p, stream_.get()); }
 void CudaBackend::add(const AddParams& p) { launch_add(p, stream_.get()); }
 void CudaBackend::qdq(const QdqParams& p) { launch_qdq(p, stream_.get()); }
 void CudaBackend::kv_pack(const KvPackParams& p) { launch_kv_pack(p, stream_.get()); }
+
+// --- the mixes of hc_pre and the router: GEMMs past a few tokens -----------------------------------
+// Both are fp32 dot products of every token with a few dozen (hc_pre) or a few hundred (router)
+// weight rows. Decode-sized calls keep their GEMV kernels; larger ones run one cuBLASLt GEMM with
+// fp32 accumulation (compute 32F, no TF32: the products of bf16 or fp32 inputs are those of the
+// kernels, only the order of the fp32 additions differs) and hand its result to the same finishing
+// kernels. The GEMV kernels re-read the weight rows (hc_pre) or x (router) for every token tile and
+// ran below 1% of the roofline on an 8K prefill (docs/PERFORMANCE.md).
+constexpr int64_t kMixGemmMinTokens = 32;
+
+void CudaBackend::hc_pre(const HcPreParams& p) {
+  const int64_t n = p.x.shape[0], mixes = p.fn.rows, len = p.fn.cols;
+  if (n < kMixGemmMinTokens || p.x.dtype != DType::kF32 || p.fn.dtype != DType::kF32 || p.x.ndim != 3 ||
+      p.x.shape[1] * p.x.shape[2] != len) {
+    launch_hc_pre(p, stream_.get());
+    return;
+  }
+  const Act x = make_act(p.x, "hc_pre x");
+  auto* mix = static_cast<float*>(stream_alloc(size_t(n * (mixes + 1)) * 4, stream_.get()));
+  DenseGemmParams g;
+  g.ab_type = CUDA_R_32F;
+  g.d_type = CUDA_R_32F;
+  g.w = p.fn.data;
+  g.ldw = len;
+  g.x = x.data;
+  g.ldx = x.stride;
+  g.y = mix;
+  g.ldy = mixes + 1;  // launch_hc_pre's [n][mixes + 1] layout: the sum of squares goes last
+  g.m = n;
+  g.n = mixes;
+  g.k = len;
+  g.stream = stream_.get();
+  dense_gemm_.run(g);
+  launch_hc_pre(p, stream_.get(), mix);
+  stream_free(mix, stream_.get());
+}
+
+void CudaBackend::moe_gate(const MoeGateParams& p) {
+  const int64_t n = p.x.shape[0], experts = p.gate.rows;
+  const bool plain = p.gate.dtype == DType::kBF16 || p.gate.dtype == DType::kF32;
+  if (n < kMixGemmMinTokens || !plain) {
+    launch_moe_gate(p, stream_.get());
+    return;
+  }
+  auto* logits = static_cast<float*>(stream_alloc(size_t(n * experts) * 4, stream_.get()));
+  LinearParams lp;
+  lp.x = p.x;
+  lp.w = p.gate;
+  if (p.x.dtype == DType::kF32 && p.gate.dtype == DType::kBF16) {  // fp32 x: fp32 rows, no input rounds
+    lp.w.data = f32_copy(p.gate);
+    lp.w.dtype = DType::kF32;
+  }
+  lp.y = TensorView(logits, DType::kF32, {n, experts}, Device::kCuda);
+  linear_dense(lp);
+  launch_moe_gate(p, stream_.get(), logits);
+  stream_free(logits, stream_.get());
+}
 
 // --- projections ---------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 // Manifold-constrained hyper-connections (spec §4): hc_pre (mix GEMV, then Sinkhorn + collapse),
 // hc_post (expand + residual mix) and hc_head (final collapse). The mix GEMV is split over blocks
 // (columns of fn, about two waves of blocks in all, each thread keeping all (2+hc)*hc partial dot
-// products); a second kernel, one block per token, sums the partials and finishes.
+// products); a second kernel, one block per token, sums the partials and finishes. From 32 tokens
+// of fp32 x the mixes come from a cuBLASLt GEMM instead (CudaBackend::hc_pre) and a warp per token
+// adds the sum of squares.
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
@@ -82,6 +84,25 @@ float* launch_mix_partial(const Act& x, const Act& fn, int64_t n, int64_t len, i
   mix_partial_kernel<kNumMix><<<grid_x(n * splits, "hc mix_partial"), kThreads, 0, s>>>(x, fn, len, cols, splits, part);
   launch_check("hc mix_partial", s);
   return part;
+}
+
+// part[t][kNumMix] = sum of squares of token t's x (the mix entries come from a GEMM): a warp per token.
+template <int kNumMix>
+__global__ void __launch_bounds__(kThreads) sum_squares_kernel(Act x, int64_t n, int64_t len, bool vec, float* part) {
+  const int64_t t = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+  if (t >= n) return;
+  const int lane = threadIdx.x & 31;
+  float acc = 0.f;
+  if (vec) {
+    for (int64_t i = int64_t(lane) * 4; i < len; i += 128) {
+      const float4 v = x.ld4(t, i);
+      acc = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, acc))));
+    }
+  } else {
+    for (int64_t i = lane; i < len; i += 32) acc = fmaf(x.ld(t, i), x.ld(t, i), acc);
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) part[t * (kNumMix + 1) + kNumMix] = acc;
 }
 
 __global__ void __launch_bounds__(kThreads) hc_pre_kernel(Act x, const float* part, int splits, const float* base,
@@ -178,7 +199,7 @@ float* f32_view(const TensorView& v, int64_t width, const char* what, int64_t* s
 
 }  // namespace
 
-void launch_hc_pre(const HcPreParams& p, cudaStream_t s) {
+void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix) {
   const int64_t n = p.x.shape[0], hc = p.x.shape[1], hidden = p.x.shape[2];
   CHECK_EQ(hc, kHc) << "hc_pre: hc_mult " << hc << " (the CUDA kernel is built for " << kHc << ")";
   CHECK_EQ(p.fn.rows, (2 + hc) * hc);
@@ -193,13 +214,22 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s) {
   if (n == 0) return;
   constexpr int kNumMix = (2 + kHc) * kHc;
   const Act x = make_act(p.x, "hc_pre x");
-  const int splits = mix_splits(n, hc * hidden);
-  float* part = launch_mix_partial<kNumMix>(x, make_weight_act(p.fn, "hc_pre fn"), n, hc * hidden, splits, s);
+  int splits = 1;
+  float* part = mix;
+  if (mix) {
+    const bool vec = x.vec_ok() && hidden % 4 == 0;
+    sum_squares_kernel<kNumMix><<<grid_x_for(n, kThreads / 32, "hc sum_squares"), kThreads, 0, s>>>(x, n, hc * hidden, vec,
+                                                                                                    mix);
+    launch_check("hc sum_squares", s);
+  } else {
+    splits = mix_splits(n, hc * hidden);
+    part = launch_mix_partial<kNumMix>(x, make_weight_act(p.fn, "hc_pre fn"), n, hc * hidden, splits, s);
+  }
   hc_pre_kernel<<<grid_x(n, "hc_pre"), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.a, "hc_pre a"), post,
                                                  post_stride, comb, comb_stride, hidden, p.sinkhorn_iters, p.hc_eps,
                                                  p.norm_eps, p.out_bf16);
   launch_check("hc_pre", s);
-  stream_free(part, s);
+  if (!mix) stream_free(part, s);
 }
 
 void launch_hc_head(const HcHeadParams& p, cudaStream_t s) {

@@ -4,8 +4,11 @@
 // expert pipeline that surround the grouped FP4 GEMMs: a deterministic routing layout (rows grouped
 // by expert, tokens ascending inside an expert), gather (+ FP8 act_quant), SwiGLU + routing weight
 // (+ act_quant) fused, and the combine that adds expert outputs in ascending expert id (fp32). The
-// router computes the scores in fp32 (a warp per expert row over a tile of tokens) and selects in
-// a second kernel (a warp per token).
+// router computes the scores in fp32 (a warp per expert row over a tile of tokens; from 32 tokens a
+// cuBLASLt GEMM in CudaBackend::moe_gate, activated in place) and selects in a second kernel (a
+// warp per token).
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/launch_geometry.h"
@@ -127,6 +130,12 @@ __global__ void __launch_bounds__(256) moe_gate_scores_row_kernel(GateArgs a, in
     for (int w = 0; w < 8; ++w) v += red[threadIdx.x][w];
     scores[int64_t(threadIdx.x) * a.num_experts + e] = sqrtf(softplus(v));
   }
+}
+
+// Logits of a GEMM (prefill-sized calls, CudaBackend::moe_gate) to scores, in place.
+__global__ void moe_gate_activate_kernel(float* scores, int64_t count) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+    scores[i] = sqrtf(softplus(scores[i]));
 }
 
 // One warp per token: top-k of score + bias (ties to the lower expert) or the hash table, ids
@@ -414,7 +423,7 @@ RouteArgs route_args(const TensorView& idx, const TensorView& weight, int e_begi
 
 // --- launchers -----------------------------------------------------------------------------------
 
-void launch_moe_gate(const MoeGateParams& p, cudaStream_t s) {
+void launch_moe_gate(const MoeGateParams& p, cudaStream_t s, float* logits) {
   const int64_t n = p.x.shape[0];
   GateArgs a{};
   a.x = make_act(p.x, "moe_gate x");
@@ -444,6 +453,15 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s) {
   a.topk = p.topk;
   a.route_scale = p.route_scale;
   if (n == 0) return;
+  if (logits) {  // gate . x already computed [n, experts]: activate, then select
+    moe_gate_activate_kernel<<<grid_x_for(std::min<int64_t>(n * a.num_experts, int64_t(1) << 24), 256,
+                                           "moe_gate_activate"),
+                               256, 0, s>>>(logits, n * a.num_experts);
+    launch_check("moe_gate_activate", s);
+    moe_gate_select_kernel<<<grid_x_for(n, kGateWarps, "moe_gate_select"), kGateWarps * 32, 0, s>>>(a, n, logits);
+    launch_check("moe_gate_select", s);
+    return;
+  }
   const bool vec = a.hidden % 4 == 0 && a.x.vec_ok() && a.gate.vec_ok();
   float* scores = static_cast<float*>(stream_alloc(size_t(n * a.num_experts) * 4, s));
   if (n <= kGateTok) {

@@ -80,7 +80,9 @@ void launch_rope(const RopeParams& p, cudaStream_t s);
 void launch_hadamard(const HadamardParams& p, cudaStream_t s);
 
 // --- mhc.cu --------------------------------------------------------------------------------------
-void launch_hc_pre(const HcPreParams& p, cudaStream_t s);
+// mix: x . fn^T of every token already in a device [n][25] F32 buffer (entries 0..23 of each row;
+// a GEMM of prefill-sized calls); the sum of squares goes to entry 24. nullptr: split GEMV kernels.
+void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix = nullptr);
 void launch_hc_post(const HcPostParams& p, cudaStream_t s);
 void launch_hc_head(const HcHeadParams& p, cudaStream_t s);
 
@@ -116,7 +118,9 @@ void launch_sparse_attention_batch(const SparseAttentionBatchParams& p, cudaStre
 void launch_kv_pack(const KvPackParams& p, cudaStream_t s);
 
 // --- moe.cu --------------------------------------------------------------------------------------
-void launch_moe_gate(const MoeGateParams& p, cudaStream_t s);
+// logits: gate . x of every token and expert already in a device [n, experts] F32 buffer (a GEMM
+// of prefill-sized calls); activated there in place. nullptr: the router's own fp32 kernels.
+void launch_moe_gate(const MoeGateParams& p, cudaStream_t s, float* logits = nullptr);
 
 // Routing layout of one moe_experts call for local experts [e_begin, e_end): rows grouped by expert
 // (ascending), tokens in ascending order inside an expert. All device buffers, sized by the caller

@@ -6,6 +6,7 @@
 //    each other (bit for bit when the kernels are deterministic, which they are meant to be);
 //  - a batch of 5 sequences at different positions drawing their tokens on the device (greedy
 //    and tempered rows, top-5 logprobs) for 40 steps: the same ids and logprobs;
+//  - the same prompt in chunks of 64: its last chunk (8 tokens) is recorded too;
 //  - the graph cache: after the warm-up step every step is recorded, and most of them update a
 //    cached executable in place rather than instantiating a new one.
 #include <gtest/gtest.h>
@@ -137,6 +138,30 @@ TEST_P(CudaGraphs, RecordedDecodeStepsEqualEagerSteps) {
   EXPECT_EQ(st.recorded, 23);     // the 24 decode steps but the first; the prefill is not recorded
   EXPECT_EQ(st.updated + st.instantiated, st.recorded);
   EXPECT_GT(st.updated, st.instantiated);
+}
+
+// A prompt in chunks of 64 ends with a chunk of 8 tokens (520 = 8 x 64 + 8), short enough to be
+// recorded: every logit of that chunk and of the decode steps after it equals the eager run's.
+TEST_P(CudaGraphs, RecordedShortPrefillChunkEqualsEager) {
+  const Numerics numerics = GetParam();
+  Loaded eager_a = load(*ckpt_, false, numerics), eager_b = load(*ckpt_, false, numerics);
+  Loaded graphs = load(*ckpt_, true, numerics);
+  const auto a = golden_util::run(*eager_a.model, 544, 520, {64});
+  const auto b = golden_util::run(*eager_b.model, 544, 520, {64});
+  const auto g = golden_util::run(*graphs.model, 544, 520, {64});
+  const int64_t vocab = graphs.model->config().vocab_size;
+  const size_t chunk = size_t(512 * vocab), decode = size_t(520 * vocab);
+  const double eager_spread = max_abs_diff(a, b, chunk);
+  const std::vector<float> a_chunk(a.begin(), a.begin() + int64_t(decode)), g_chunk(g.begin(), g.begin() + int64_t(decode));
+  const double chunk_diff = max_abs_diff(a_chunk, g_chunk, chunk), decode_diff = max_abs_diff(a, g, decode);
+  const kernels::GraphStats st = graphs.backend->graph_stats();
+  std::printf("  [graphs] %s, chunks of 64: max |eager - eager| %.3e; |eager - graphs| 8-token chunk %.3e, decode "
+              "%.3e; %lld recorded, %lld eager\n",
+              numerics == Numerics::kOfficial ? "official" : "reference", eager_spread, chunk_diff, decode_diff,
+              static_cast<long long>(st.recorded), static_cast<long long>(st.eager));
+  EXPECT_LE(chunk_diff, eager_spread);
+  EXPECT_LE(decode_diff, eager_spread);
+  EXPECT_EQ(st.recorded + st.eager, 25);  // the 8-token chunk and the 24 decode steps
 }
 
 TEST_P(CudaGraphs, RecordedBatchDrawsEqualEagerDraws) {

@@ -85,7 +85,7 @@ TEST(CudaLinear, Fp8WeightsWholeAndSlices) {
   }
 }
 
-// m < 16 rows: the CUDA-core FP4 kernel; m >= 16 (CudaBackendOptions::expert_tc_min_rows): the
+// m < 4 rows: the CUDA-core FP4 kernel; m >= 4 (CudaBackendOptions::expert_tc_min_rows): the
 // tensor-core W4A8 kernel (one group).
 TEST(CudaLinear, Fp4Weights) {
   V4RT_REQUIRE_GPU();
@@ -164,9 +164,11 @@ TEST(CudaMoe, GateScoreAndHash) {
   ts.data = table.data();
   DualWeight tid2eid = upload_both(ts);
   DualWeight zero_bias = upload_f32(std::vector<float>(size_t(experts), 0.f), 1, experts);
-  // n = 3 (one block per expert row), 9: bf16 x; n = 37 (several token tiles and select blocks): F32 x. Variant 0: score + bias,
-  // 1: hash, 2: score without bias (coarse inputs give many equal scores: ties to the lower id).
-  for (auto [n, variant] : {std::pair{3, 0}, {3, 2}, {9, 0}, {9, 1}, {37, 0}, {37, 1}, {37, 2}}) {
+  // n = 3 (one block per expert row), 9 (token tiles): bf16 x on the router's kernels; from 32
+  // tokens the logits come from a GEMM (CudaBackend::moe_gate): n = 37 with F32 x (fp32 copy of the
+  // bf16 gate), n = 100 with bf16 x. Variant 0: score + bias, 1: hash, 2: score without bias
+  // (coarse inputs give many equal scores: ties to the lower id).
+  for (auto [n, variant] : {std::pair{3, 0}, {3, 2}, {9, 0}, {9, 1}, {37, 0}, {37, 1}, {37, 2}, {100, 0}, {100, 2}}) {
     const bool hash = variant == 1;
     Dual x = make_dual({n, hidden}, coarse(int64_t(n) * hidden), n == 37 ? DType::kF32 : DType::kBF16);
     std::vector<int32_t> ids(static_cast<size_t>(n));
@@ -247,8 +249,9 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
   }
 }
 
-// With the default CudaBackendOptions::expert_tc_min_rows (16 rows per expert), n = 1 and 13 take
-// the CUDA-core FP4 kernel and n >= 300 (8 local experts, top-6) the tensor-core W4A8 kernel.
+// With the default CudaBackendOptions::expert_tc_min_rows (4 rows per expert), n = 1 (6 rows over
+// 8 local experts, top-6) takes the CUDA-core FP4 kernel and n = 13, 300, 700 the tensor-core W4A8
+// kernel.
 TEST(CudaMoe, ExpertsDecodeAndPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(34);
