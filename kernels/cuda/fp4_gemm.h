@@ -9,7 +9,8 @@
 // block owns 32 output channels of one expert and walks that expert's rows in tiles of 8. The
 // tensor-core kernel (fp4_gemm_mma.cu; FP8 activations only, Fp4GroupedGemmParams::tensor_cores)
 // serves prefill: weights re-encoded to e4m3 on chip, mma.sync e4m3 with fp32 promotion per
-// 32-block, 64 rows x 128 channels per block. The caller picks by rows per expert.
+// 32-block, 16, 32 or 64 rows x 128 channels per block (fp4_tc_rows_per_tile). The caller picks
+// the kernel by rows per expert.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -45,7 +46,10 @@ void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
 
 // The tensor-core kernel directly (fp4_grouped_gemm calls it when p.tensor_cores is set).
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p);
-// Rows of one expert per tensor-core block.
+// Rows of one expert per tensor-core block in the prefill shape.
 inline constexpr int kFp4TcRowsPerTile = 64;
+// The rows per tensor-core block (16, 32 or kFp4TcRowsPerTile) fp4_grouped_gemm_tc takes for
+// max_rows rows over num_groups groups (by the mean rows per group).
+int fp4_tc_rows_per_tile(int64_t max_rows, int64_t num_groups);
 
 }  // namespace v4rt::kernels::cuda

@@ -53,6 +53,7 @@ struct IdxArgs {
   float weight_scale;
   bool accumulate, bf16_arith;
   int num_parts;
+  int64_t key_span;  // tensor-core kernel: keys per block of y
   IdxPart parts[kMaxIdxParts];
 };
 static_assert(sizeof(IdxArgs) <= kMaxKernelParamBytes, "indexer kernel parameters");
@@ -365,131 +366,293 @@ __global__ void __launch_bounds__(kChunkBlock) topk_collect_kernel(const float* 
 
 // --- prefill, official numerics: bf16 tensor cores --------------------------------------------
 
-constexpr int kTcKeys = 128;     // keys per block (8 warps x m16)
-constexpr int kTcQueries = 2;    // query tokens per pass: N = 2 x 64 heads
-constexpr int kTcHeadsPad = 64;  // heads padded to 64 (absent heads: q = 0, w = 0)
+constexpr int kTcQueries = 4;                        // query tokens per block, stationary
+constexpr int kTcHeadsPad = 64;                      // heads padded to 64 (absent heads: q = 0, w = 0)
+constexpr int kTcRows = kTcQueries * kTcHeadsPad;    // (query, head) rows of a block: 8 warps x 32
+constexpr int kTcKeys = 64;                          // keys per streamed tile
+constexpr int kTcThreads = 256;
 constexpr int kTcMaxDim = 128;
-constexpr int kTcLd = kTcMaxDim + 8;  // bf16 row stride: conflict-free fragment loads
+constexpr int kTcLd = kTcMaxDim + 8;                 // bf16 row stride (272 B): ldmatrix rows on distinct banks
+constexpr int kTcTermLd = kTcHeadsPad + 8;           // bf16 terms per (query, key): conflict-free stores and 16-byte reads
+constexpr size_t kTcKeyBytes = size_t(2) * kTcKeys * kTcLd * 2;                   // 34,816: two key tiles
+constexpr size_t kTcTermBytes = size_t(kTcQueries) * kTcKeys * kTcTermLd * 2;     // 36,864: per-head terms
+static_assert(size_t(kTcRows) * kTcLd * 2 <= kTcKeyBytes + kTcTermBytes, "the q staging fits the shared memory");
+static_assert(kTcQueries * kTcKeys == kTcThreads, "one thread per (query, key) of a tile sums its heads");
 
-size_t indexer_tc_smem_bytes() {
-  return (size_t(kTcKeys) + size_t(kTcQueries) * kTcHeadsPad) * kTcLd * 2 + size_t(kTcQueries) * kTcHeadsPad * 4;
-}
+size_t indexer_tc_smem_bytes() { return kTcKeyBytes + kTcTermBytes; }
 
-__device__ __forceinline__ uint32_t lds32_bf16(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                               uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+__device__ __forceinline__ void cp_async16(uint16_t* dst, const void* src) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16);
+}
+
+// Keys [j0, j0 + kTcKeys) of part p as bf16 rows of `dst` ([kTcKeys][kTcLd], dims [0, dim)); keys
+// at or past `jend` are zeros. Every thread of the block calls it. bf16 rows 16-byte aligned go by
+// cp.async (the caller waits); F32 rows by 16-byte loads, all of a thread's issued before its
+// stores; compact FP4 rows decode one 32-code scale block per thread and step.
+__device__ __forceinline__ void tc_stage_keys(const IdxPart& p, int dim, int64_t j0, int64_t jend, uint16_t* dst,
+                                              bool async16) {
+  const int tid = threadIdx.x;
+  if (p.ckeys.data) {
+    const int blocks = dim >> 5;
+    for (int i = tid; i < kTcKeys * blocks; i += kTcThreads) {
+      const int r = i / blocks, c = (i - r * blocks) * 32;
+      const int64_t j = j0 + r;
+      uint4* d = reinterpret_cast<uint4*>(dst + r * kTcLd + c);
+      if (j < jend) {
+        float v[32];
+        p.ckeys.fp4_ld32(p.ckeys.row(j), c, v);
+#pragma unroll
+        for (int g = 0; g < 4; ++g)
+          d[g] = make_uint4(pack_bf16x2(v[8 * g], v[8 * g + 1]), pack_bf16x2(v[8 * g + 2], v[8 * g + 3]),
+                            pack_bf16x2(v[8 * g + 4], v[8 * g + 5]), pack_bf16x2(v[8 * g + 6], v[8 * g + 7]));
+      } else {
+#pragma unroll
+        for (int g = 0; g < 4; ++g) d[g] = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  } else if (async16) {
+    const int chunks = dim >> 3;
+    const uint16_t* src = static_cast<const uint16_t*>(p.keys.data);
+    for (int i = tid; i < kTcKeys * chunks; i += kTcThreads) {
+      const int r = i / chunks, c = (i - r * chunks) * 8;
+      const int64_t j = j0 + r;
+      uint16_t* d = dst + r * kTcLd + c;
+      if (j < jend) cp_async16(d, src + j * p.keys.stride + c);
+      else *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
+    }
+    cp_async_commit();
+  } else {
+    // 4 dims per item, at most 8 items per thread (kTcKeys * kTcMaxDim / 4 / kTcThreads).
+    const int chunks = dim >> 2, items = kTcKeys * chunks;
+    float4 v[kTcKeys * kTcMaxDim / 4 / kTcThreads];
+#pragma unroll
+    for (int u = 0; u < kTcKeys * kTcMaxDim / 4 / kTcThreads; ++u) {
+      const int i = tid + u * kTcThreads;
+      v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (i < items) {
+        const int r = i / chunks, c = (i - r * chunks) * 4;
+        const int64_t j = j0 + r;
+        if (j < jend)
+          v[u] = p.vec ? p.keys.ld4(j, c)
+                       : make_float4(p.keys.ld(j, c), p.keys.ld(j, c + 1), p.keys.ld(j, c + 2), p.keys.ld(j, c + 3));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kTcKeys * kTcMaxDim / 4 / kTcThreads; ++u) {
+      const int i = tid + u * kTcThreads;
+      if (i < items) {
+        const int r = i / chunks, c = (i - r * chunks) * 4;
+        *reinterpret_cast<uint2*>(dst + r * kTcLd + c) =
+            make_uint2(pack_bf16x2(v[u].x, v[u].y), pack_bf16x2(v[u].z, v[u].w));
+      }
+    }
+  }
 }
 
 // Official numerics (bf16_arith), where q and the keys hold FP4-quantized values (Hadamard, then
-// e2m1 x ue8m0 per 32: exact in bf16, so staging them as bf16 is exact whatever their storage):
-// block x stages 128 keys once, then walks query pairs (grid-stride over y); per pair the
-// 128 keys x (2 x 64 heads) dot products run on mma.sync m16n8k16 bf16 with fp32 accumulation
-// (keys as A, q as B: warp w owns keys [16w, 16w + 16), each thread 2 keys x 2 heads of each n8
-// tile), then per (query, key) the reference's sum over heads of bf16(max(bf16(dot), 0) *
-// bf16(w * scale)), in fp32 and in head order, rounded to bf16. Heads past nh add +0 at the end.
-// One part only (prefill): a block's staged keys serve all of its queries.
-// Bounds (256, 3): 80 registers, no spill, three blocks (~70 KB of shared memory each) per SM;
-// without the hint ptxas took 99 once rows could be paged (two blocks per SM).
-__global__ void __launch_bounds__(256, 3) indexer_scores_tc_kernel(const __grid_constant__ IdxArgs a) {
+// e2m1 x ue8m0 per 32: exact in bf16, so staging them as bf16 is exact whatever their storage).
+// Queries stationary, keys streamed. Block (x: 4 query tokens, heaviest last tokens first; y: a
+// span of key_span keys) holds its 4 x 64 (query, head) rows of q as mma A fragments in registers
+// (warp w: query w / 2, heads 32 (w % 2) .. + 32, two m16 tiles, 64 registers at dim 128), loaded
+// once by ldmatrix from a bf16 staging of q (16-byte loads) over all of the shared memory. Keys flow through in
+// tiles of 64, double-buffered in shared memory: tile i + 1 is staged (cp.async for 16-byte aligned
+// bf16 rows; through registers, converted or decoded, for F32 and compact FP4 rows) while tile i
+// is computed. Per tile every warp runs its 32 rows x 64 keys on mma.sync m16n8k16 bf16 with fp32
+// accumulation (16 keys at a time: B fragments by ldmatrix.x4, 4 mma per fragment load), turns
+// each dot into its head's term bf16(max(bf16(dot), 0) * bf16(w * scale)) (w in registers) and
+// stores it, a bf16 value, as bf16 to the term buffer [query][key][head] (half the bytes of fp32,
+// exact); then one thread per (query, key) adds its terms in head order (16-byte reads, 8 terms
+// each), in fp32 as the reference does, rounds the sum to bf16 and
+// writes the score (-inf past the query's visible keys; added into the score under accumulate).
+// The result is the reference's bit for bit. Heads past nh: m16 tiles wholly past nh are skipped
+// and not summed; within a tile they add +0, as in the reference's padded sum.
+// Key tiles no query of the block sees (causal) are not computed: their scores are -inf at once.
+// Shared memory: 34,816 B of key tiles + 36,864 B of terms = 71,680 B; __launch_bounds__(256, 2)
+// holds registers to 128 (64 of them q), so two blocks (16 warps) share an SM and one computes
+// while the other sums or waits on its key loads. Per tile and block: 1024 mma, 128 KB of
+// fragment loads, 64 KB of term stores and loads, 16 KB of key stores: ~1,600 cycles of shared
+// memory bandwidth against ~1,500 of mma issue. One part only (prefill).
+__global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const __grid_constant__ IdxArgs a) {
   const IdxPart& p = a.parts[0];
   const int64_t n = a.n;
-  const Act q = p.q, keys = p.keys, w = p.w;
-  const KvRowsDev ckeys = p.ckeys;
-  float* scores = p.scores;
-  const int64_t score_stride = p.score_stride, key_begin = p.key_begin, key_end = p.key_end, pos_begin = p.pos_begin;
-  const int h_begin = a.h_begin, nh = a.nh, dim = a.dim, ratio = a.ratio;
-  const float weight_scale = a.weight_scale;
-  const bool accumulate = a.accumulate;
+  const int h_begin = a.h_begin, nh = a.nh, dim = a.dim;
   extern __shared__ __align__(16) unsigned char idx_smem[];
-  uint16_t* ks = reinterpret_cast<uint16_t*>(idx_smem);      // [kTcKeys][kTcLd]
-  uint16_t* qs = ks + kTcKeys * kTcLd;                         // [kTcQueries * 64][kTcLd]
-  float* ws = reinterpret_cast<float*>(qs + kTcQueries * kTcHeadsPad * kTcLd);  // [kTcQueries * 64]
+  uint16_t* kbuf = reinterpret_cast<uint16_t*>(idx_smem);  // [2][kTcKeys][kTcLd]
+  uint16_t* terms = kbuf + kTcKeyBytes / 2;                // [kTcQueries][kTcKeys][kTcTermLd]
+  uint16_t* qs = kbuf;                                     // [kTcRows][kTcLd], before the first tile
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
-  const int64_t j0 = key_begin + int64_t(blockIdx.x) * kTcKeys;
-  __shared__ const uint8_t* krows[kTcKeys];  // compact: the staged keys' bytes, found once per key
-  if (ckeys.data && tid < kTcKeys && j0 + tid < key_end) krows[tid] = ckeys.row(j0 + tid);
-  __syncthreads();
-  for (int i = tid; i < kTcKeys * dim; i += blockDim.x) {
-    const int r = i / dim, c = i % dim;
-    const int64_t j = j0 + r;
-    const float v = j >= key_end ? 0.f : (ckeys.data ? ckeys.fp4_ld(krows[r], c) : keys.ld(j, c));
-    ks[r * kTcLd + c] = f32_to_bf16(v);
+  const int64_t t0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kTcQueries;
+  const int64_t key_begin = p.key_begin;
+  const int64_t lo = key_begin + int64_t(blockIdx.y) * a.key_span;
+  if (lo >= p.key_end) return;
+  const int64_t hi = min(p.key_end, lo + a.key_span);
+  const int64_t vis_end = (p.pos_begin + min(n, t0 + kTcQueries)) / a.ratio;  // keys the block's last query sees
+  const int64_t cend = min(hi, max(lo, vis_end));                              // computed keys: [lo, cend)
+  float* const scores = p.scores;
+  const int64_t score_stride = p.score_stride;
+  {
+    const int64_t t = t0 + (tid >> 6);
+    if (t < n)
+      for (int64_t j = cend + (tid & 63); j < hi; j += 64) scores[t * score_stride + (j - key_begin)] = -INFINITY;
   }
-  for (int64_t t0 = int64_t(blockIdx.y) * kTcQueries; t0 < n; t0 += int64_t(gridDim.y) * kTcQueries) {
-    __syncthreads();  // the previous pair's q and w are no longer read
-    for (int i = tid; i < kTcQueries * kTcHeadsPad * dim; i += blockDim.x) {
-      const int row = i / dim, c = i % dim, qi = row / kTcHeadsPad, hl = row % kTcHeadsPad;
-      const int64_t t = t0 + qi;
-      qs[row * kTcLd + c] =
-          (t < n && hl < nh) ? f32_to_bf16(q.ld(t, int64_t(h_begin + hl) * dim + c)) : uint16_t(0);
-    }
-    if (tid < kTcQueries * kTcHeadsPad) {
-      const int qi = tid / kTcHeadsPad, hl = tid % kTcHeadsPad;
-      const int64_t t = t0 + qi;
-      ws[tid] = (t < n && hl < nh) ? round_bf16(w.ld(t, h_begin + hl) * weight_scale) : 0.f;
-    }
-    __syncthreads();
-    float acc[kTcQueries * kTcHeadsPad / 8][4];
+  if (cend == lo) return;
+
+  // q of the block's rows as bf16 (zeros past n and nh), 16-byte loads where aligned; 8 in flight.
+  const Act q = p.q;
+  const bool qvec = (reinterpret_cast<uintptr_t>(q.data) & 15) == 0 && (q.stride & 3) == 0;
+  const int c4n = dim >> 2, qitems = kTcRows * c4n;
+  for (int base = 0; base < qitems; base += 8 * kTcThreads) {
+    float4 v[8];
 #pragma unroll
-    for (int nt = 0; nt < kTcQueries * kTcHeadsPad / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-    const uint16_t* ka = ks + (warp * 16 + gid) * kTcLd + tig * 2;
-    for (int k0 = 0; k0 < dim; k0 += 16) {
-      const uint32_t a0 = lds32_bf16(ka + k0), a1 = lds32_bf16(ka + 8 * kTcLd + k0);
-      const uint32_t a2 = lds32_bf16(ka + k0 + 8), a3 = lds32_bf16(ka + 8 * kTcLd + k0 + 8);
-#pragma unroll
-      for (int nt = 0; nt < kTcQueries * kTcHeadsPad / 8; ++nt) {
-        const uint16_t* b = qs + (nt * 8 + gid) * kTcLd + tig * 2 + k0;
-        mma_bf16_16816(acc[nt], a0, a1, a2, a3, lds32_bf16(b), lds32_bf16(b + 8));
-      }
-    }
-    // acc[nt][0..1]: key gid, heads nt * 8 + 2 tig + {0, 1}; acc[nt][2..3]: key gid + 8. Each
-    // becomes its head's term; the 64 terms of a (query, key) are then added in head order, as the
-    // reference does (every lane of the row's four gathers them by shuffles), so the fp32 sum and its
-    // bf16 rounding are the reference's bit for bit.
-#pragma unroll
-    for (int nt = 0; nt < kTcQueries * kTcHeadsPad / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float wv = ws[nt * 8 + tig * 2 + e];
-        acc[nt][e] = round_bf16(fmaxf(round_bf16(acc[nt][e]), 0.f) * wv);
-        acc[nt][2 + e] = round_bf16(fmaxf(round_bf16(acc[nt][2 + e]), 0.f) * wv);
+    for (int u = 0; u < 8; ++u) {
+      const int i = base + u * kTcThreads + tid;
+      v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+      const int row = i / c4n, c = (i - row * c4n) * 4, hl = row % kTcHeadsPad;
+      const int64_t t = t0 + row / kTcHeadsPad;
+      if (i < qitems && t < n && hl < nh) {
+        const int64_t col = int64_t(h_begin + hl) * dim + c;
+        v[u] = qvec ? q.ld4(t, col) : make_float4(q.ld(t, col), q.ld(t, col + 1), q.ld(t, col + 2), q.ld(t, col + 3));
       }
     }
 #pragma unroll
-    for (int qi = 0; qi < kTcQueries; ++qi) {
-      float sum0 = 0.f, sum1 = 0.f;
+    for (int u = 0; u < 8; ++u) {
+      const int i = base + u * kTcThreads + tid;
+      const int row = i / c4n, c = (i - row * c4n) * 4;
+      if (i < qitems)
+        *reinterpret_cast<uint2*>(qs + row * kTcLd + c) = make_uint2(pack_bf16x2(v[u].x, v[u].y), pack_bf16x2(v[u].z, v[u].w));
+    }
+  }
+  // This warp's rows: query wq, heads hw + [0, 32); w of the rows this thread's accumulators hold.
+  const int wq = warp >> 1, hw = (warp & 1) * 32;
+  const int64_t tw = t0 + wq;
+  float wv[2][2];
 #pragma unroll
-      for (int nt = qi * 8; nt < qi * 8 + 8; ++nt) {
+  for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-        for (int src = 0; src < 4; ++src) {
+    for (int half = 0; half < 2; ++half) {
+      const int hl = hw + mt * 16 + half * 8 + gid;
+      wv[mt][half] = (tw < n && hl < nh) ? round_bf16(p.w.ld(tw, h_begin + hl) * a.weight_scale) : 0.f;
+    }
+  const bool active0 = hw < nh, active1 = hw + 16 < nh;  // m16 tiles holding a head below nh (warp-uniform)
+  const int nh16 = (nh + 15) & ~15;                       // heads summed: whole computed m16 tiles
+  const bool async16 = !p.ckeys.data && p.keys.bf16 && (p.keys.stride & 7) == 0 &&
+                       (reinterpret_cast<uintptr_t>(p.keys.data) & 15) == 0;
+  __syncthreads();
+  const int ksteps = dim >> 4;
+  uint32_t qa[2][kTcMaxDim / 16][4];
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            sum0 += __shfl_sync(0xffffffffu, acc[nt][e], gid * 4 + src);
-            sum1 += __shfl_sync(0xffffffffu, acc[nt][2 + e], gid * 4 + src);
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int ks = 0; ks < kTcMaxDim / 16; ++ks) {
+      if (ks < ksteps) {
+        ldsm_x4(qa[mt][ks], qs + (warp * 32 + mt * 16 + (lane & 15)) * kTcLd + ks * 16 + (lane >> 4) * 8);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) qa[mt][ks][e] = 0u;
+      }
+    }
+  __syncthreads();  // q is in registers: the keys and terms may overwrite its staging
+  tc_stage_keys(p, dim, lo, cend, kbuf, async16);
+  cp_async_wait_all();
+  __syncthreads();
+
+  // ldmatrix.x4 of 16 keys x 16 dims: lanes 0-7 / 8-15 / 16-23 / 24-31 address keys 0-7 dims 0-7,
+  // keys 0-7 dims 8-15, keys 8-15 dims 0-7, keys 8-15 dims 8-15: B fragments of two n8 tiles.
+  const int b_off = ((lane & 7) + ((lane >> 4) << 3)) * kTcLd + ((lane >> 3) & 1) * 8;
+  uint16_t* const term_w = terms + wq * kTcKeys * kTcTermLd + hw + gid;  // this thread's (key 0, head row) term
+  const int sq = tid >> 6, skey = tid & 63;                              // the (query, key) this thread sums
+  const int64_t ts = t0 + sq;
+  const int64_t visible = (p.pos_begin + ts + 1) / a.ratio;
+  const uint4* term_r = reinterpret_cast<const uint4*>(terms + (sq * kTcKeys + skey) * kTcTermLd);
+  const int64_t ntiles = (cend - lo + kTcKeys - 1) / kTcKeys;
+  for (int64_t it = 0; it < ntiles; ++it) {
+    const int64_t j0 = lo + it * kTcKeys;
+    const uint16_t* kt = kbuf + (it & 1) * (kTcKeys * kTcLd);
+    if (it + 1 < ntiles) tc_stage_keys(p, dim, j0 + kTcKeys, cend, kbuf + ((it + 1) & 1) * (kTcKeys * kTcLd), async16);
+#pragma unroll 1
+    for (int c = 0; c < kTcKeys; c += 16) {
+      float acc[2][2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
+      const uint16_t* kb = kt + c * kTcLd + b_off;
+#pragma unroll
+      for (int ks = 0; ks < kTcMaxDim / 16; ++ks) {
+        if (ks < ksteps) {
+          uint32_t b[4];
+          ldsm_x4(b, kb + ks * 16);
+          if (active0) {
+            mma_bf16_16816(acc[0][0], qa[0][ks], b[0], b[1]);
+            mma_bf16_16816(acc[0][1], qa[0][ks], b[2], b[3]);
+          }
+          if (active1) {
+            mma_bf16_16816(acc[1][0], qa[1][ks], b[0], b[1]);
+            mma_bf16_16816(acc[1][1], qa[1][ks], b[2], b[3]);
           }
         }
       }
-      const int64_t t = t0 + qi;
-      if (tig != 0 || t >= n) continue;
-      const int64_t visible = (pos_begin + t + 1) / ratio;
+      // acc[mt][nt][half * 2 + e]: head hw + 16 mt + 8 half + gid, key c + 8 nt + 2 tig + e.
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int64_t j = j0 + warp * 16 + gid + half * 8;
-        if (j >= key_end) continue;
-        float* out = scores + t * score_stride + (j - key_begin);
-        const float v = round_bf16(half ? sum1 : sum0);
-        *out = j >= visible ? -INFINITY : (accumulate ? *out + v : v);
+      for (int mt = 0; mt < 2; ++mt) {
+        if (mt == 0 ? !active0 : !active1) continue;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              term_w[(c + nt * 8 + 2 * tig + e) * kTcTermLd + mt * 16 + half * 8] =
+                  f32_to_bf16(fmaxf(round_bf16(acc[mt][nt][half * 2 + e]), 0.f) * wv[mt][half]);
       }
     }
+    __syncthreads();  // the tile's terms are stored
+    const int64_t j = j0 + skey;
+    if (ts < n && j < cend) {
+      float sum = 0.f;
+#pragma unroll
+      for (int h8 = 0; h8 < kTcHeadsPad / 8; ++h8) {
+        if (8 * h8 < nh16) {
+          const uint4 t8 = term_r[h8];
+          const uint32_t u[4] = {t8.x, t8.y, t8.z, t8.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            sum += __uint_as_float(u[i] << 16);
+            sum += __uint_as_float(u[i] & 0xffff0000u);
+          }
+        }
+      }
+      float* out = scores + ts * score_stride + (j - key_begin);
+      const float v = round_bf16(sum);
+      *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
+    }
+    cp_async_wait_all();
+    __syncthreads();  // the next tile's keys are staged; the terms are read
   }
 }
 
@@ -573,14 +736,16 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
                                         int(indexer_tc_smem_bytes())));
         tc_attr_set = true;
       }
-      // Query pairs per block: about four waves of blocks in all, each block's keys staged once.
+      // Blocks of 4 query tokens; the keys split over y only when they are too few for about four
+      // waves of two blocks per SM (short chunks against long contexts).
       int sms = 0, dev = 0;
       CUDA_CHECK(cudaGetDevice(&dev));
       CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-      const int64_t key_tiles = ceil_div(max_keys, kTcKeys), pairs = ceil_div(a.n, kTcQueries);
-      const int64_t y = std::min(pairs, std::max<int64_t>(1, ceil_div(4 * int64_t(sms), key_tiles)));
-      const dim3 tc_grid(grid_x(key_tiles, "indexer_scores (tensor cores)"), grid_yz(y));
-      indexer_scores_tc_kernel<<<tc_grid, 256, indexer_tc_smem_bytes(), s>>>(a);
+      const int64_t qblocks = ceil_div(a.n, kTcQueries), key_tiles = ceil_div(max_keys, kTcKeys);
+      const int64_t splits = std::clamp<int64_t>(ceil_div(8 * int64_t(sms), qblocks), 1, std::min<int64_t>(key_tiles, kMaxGridYZ));
+      a.key_span = ceil_div(key_tiles, splits) * kTcKeys;
+      const dim3 tc_grid(grid_x(qblocks, "indexer_scores (tensor cores)"), grid_yz(ceil_div(max_keys, a.key_span)));
+      indexer_scores_tc_kernel<<<tc_grid, kTcThreads, indexer_tc_smem_bytes(), s>>>(a);
       launch_check("indexer_scores (tensor cores)", s);
       return;
     }

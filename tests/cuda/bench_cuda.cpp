@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Benchmarks of the CUDA backend at V4-Flash shapes: FP8 block-scaled GEMMs (cuBLASLt), the FP4
 // grouped expert GEMM (single expert and decode-shaped groups), sparse attention decode, indexer
-// scores and top-k, and a decode batch of 256 sequences as per-sequence calls against one batched call. Each line: time, bytes, FLOPs, achieved bandwidth / throughput and the roofline
+// scores and top-k (decode, and prefill chunks on the tensor-core kernel), and a decode batch of
+// 256 sequences as per-sequence calls against one batched call. Each line: time, bytes, FLOPs,
+// achieved bandwidth / throughput and the roofline
 // time max(bytes / BW, FLOPs / peak) with BW = measured device copy bandwidth (reported first),
 // peak = 1580 TFLOP/s FP8 or 790 TFLOP/s bf16-class work. Usage: bench_cuda [out.tsv]
 #include <cuda_runtime.h>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "common/kv_format.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/fp4_gemm.h"
@@ -326,6 +329,60 @@ void bench_decode_batch(std::mt19937& gen) {
   report("indexer_scores decode x256 (one batch)", us_i_batch, idx_bytes, idx_flops, kBf16Peak);
 }
 
+// Indexer scores of prefill chunks under the official numerics (the tensor-core kernel): the first
+// 8K chunk (8192 queries x 2048 keys, pos 0: causal, about half the pairs visible) with F32 and
+// compact FP4 keys, and a chunk of 1024 queries at the end of a 1M context (262,144 keys, all
+// visible). TFLOP/s counts 2 x 64 x 128 flops per (query, key) of the call, masked or not.
+void bench_indexer_prefill(std::mt19937& gen) {
+  auto be = make_cuda_backend(0);
+  auto* cb = static_cast<CudaBackend*>(be.get());
+  cudaStream_t s = cb->stream();
+  auto fill = [&](Buffer& b, DType dt) {
+    std::normal_distribution<float> d(0.f, 1.f);
+    if (dt == DType::kF32) {
+      std::vector<float> h(b.bytes() / 4);
+      for (auto& v : h) v = round_bf16(d(gen));
+      be->copy_to_device(b.data(), h.data(), h.size() * 4);
+    } else {
+      std::vector<uint16_t> h(b.bytes() / 2);
+      for (auto& v : h) v = f32_to_bf16(d(gen));
+      be->copy_to_device(b.data(), h.data(), h.size() * 2);
+    }
+  };
+  struct Shape { const char* name; int64_t n, keys, pos0; bool compact; };
+  for (const Shape& sh : {Shape{"indexer_scores prefill 8192x2048 pos 0 F32 keys", 8192, 2048, 0, false},
+                          Shape{"indexer_scores prefill 8192x2048 pos 0 FP4 keys", 8192, 2048, 0, true},
+                          Shape{"indexer_scores prefill 1024x262144 F32 keys", 1024, 262144, 4 * 262144 - 1024, false}}) {
+    const KvRowLayout fp4 = fp4_kv_layout(128);
+    Buffer q(size_t(sh.n * 64 * 128) * 2, Device::kCuda), w(size_t(sh.n * 64) * 2, Device::kCuda),
+        sc(size_t(sh.n * sh.keys) * 4, Device::kCuda);
+    fill(q, DType::kBF16);
+    fill(w, DType::kBF16);
+    DeviceBuffer ck;
+    Buffer k;
+    IndexerScoresParams p;
+    if (sh.compact) {
+      ck = random_bytes(size_t(sh.keys * fp4.row_bytes), gen, 0, 126);  // scales below 2^0: finite
+      p.keys = TensorView(ck.data(), DType::kU8, {sh.keys, fp4.row_bytes}, Device::kCuda);
+      p.key_layout = fp4;
+    } else {
+      k = Buffer(size_t(sh.keys * 128) * 4, Device::kCuda);
+      fill(k, DType::kF32);
+      p.keys = dev_view(k, DType::kF32, {sh.keys, 128});
+    }
+    p.q = dev_view(q, DType::kBF16, {sh.n, 64, 128});
+    p.w = dev_view(w, DType::kBF16, {sh.n, 64});
+    p.scores = dev_view(sc, DType::kF32, {sh.n, sh.keys});
+    p.weight_scale = 1.0f / std::sqrt(8192.f);
+    p.pos_begin = sh.pos0;
+    p.bf16_arith = true;
+    const double us = time_us([&] { be->indexer_scores(p); }, s, 5);
+    const double key_bytes = double(sh.keys) * (sh.compact ? double(fp4.row_bytes) : 512.0);
+    report(sh.name, us, double(sh.n) * 64 * 128 * 2 + key_bytes + double(sh.n) * double(sh.keys) * 4,
+           2.0 * 64 * 128 * double(sh.n) * double(sh.keys), kBf16Peak);
+  }
+}
+
 }  // namespace
 }  // namespace v4rt::kernels::cuda
 
@@ -347,6 +404,7 @@ int main(int argc, char** argv) {
   bench_fp8(stream.get(), gen);
   bench_fp4(stream.get(), gen);
   bench_ops(gen);
+  bench_indexer_prefill(gen);
   bench_decode_batch(gen);
   if (g_tsv) std::fclose(g_tsv);
   return 0;

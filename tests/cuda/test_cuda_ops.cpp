@@ -8,9 +8,11 @@
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "common/kv_format.h"
+#include "kernels/cuda/factory.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace v4rt::kernels::cuda_test {
@@ -160,9 +162,11 @@ TEST(CudaOps, Hadamard) {
 TEST(CudaOps, HcPreHeadPost) {
   V4RT_REQUIRE_GPU();
   Rng rng(5);
-  for (auto [n, hidden] : {std::pair{1, 4096}, {19, 256}, {300, 512}, {2, 7168}}) {
+  // F32 x (the model's hc state) from 32 tokens: the mix GEMM (CudaBackend::hc_pre); else the GEMV kernels.
+  for (auto [n, hidden, x_dtype] : {std::tuple{1, 4096, DType::kBF16}, {19, 256, DType::kBF16}, {300, 512, DType::kBF16},
+                                    {2, 7168, DType::kBF16}, {300, 512, DType::kF32}, {40, 4096, DType::kF32}}) {
     const int hc = 4, nmix = (2 + hc) * hc;
-    Dual x = make_dual({n, hc, hidden}, rng.normals(int64_t(n) * hc * hidden));
+    Dual x = make_dual({n, hc, hidden}, rng.normals(int64_t(n) * hc * hidden), x_dtype);
     DualWeight fn = upload_f32(rng.normals(int64_t(nmix) * hc * hidden, 0.02f, false), nmix, hc * hidden);
     DualWeight base = upload_f32(rng.normals(nmix, 0.5f, false), 1, nmix);
     DualWeight scale = upload_f32({0.7f, 1.3f, 0.9f}, 1, 3);
@@ -174,7 +178,7 @@ TEST(CudaOps, HcPreHeadPost) {
     cpu_backend().hc_pre(p);
     p.x = x.gpu; p.fn = fn.gpu; p.base = base.gpu; p.scale = scale.gpu; p.a = a.gpu; p.post = post.gpu; p.comb = comb.gpu;
     gpu_backend().hc_pre(p);
-    const std::string tag = " n" + std::to_string(n) + " d" + std::to_string(hidden);
+    const std::string tag = " n" + std::to_string(n) + " d" + std::to_string(hidden) + " " + std::string(dtype_name(x_dtype));
     EXPECT_TRUE(compare("hc_pre a" + tag, a.gpu_values(), a.cpu_values(), kBf16Tol));
     EXPECT_TRUE(compare("hc_pre post" + tag, post.gpu_values(), post.cpu_values(), {1e-4, 1e-5, 1e-8}));
     EXPECT_TRUE(compare("hc_pre comb" + tag, comb.gpu_values(), comb.cpu_values(), {1e-3, 1e-4, 1e-7}));
@@ -318,7 +322,7 @@ TEST(CudaOps, IndexerScores) {
 // The official numerics with prefill-sized query counts take indexer_scores_tc_kernel (bf16 tensor
 // cores). Its inputs there are FP4-quantized (e2m1 x power of two, exact in bf16), as here; keys
 // stored F32 (the model's key table) and bf16; a key sub-range with accumulation over a head
-// sub-range; an odd query count (the last pair half empty); keys past the causal limit.
+// sub-range; an odd query count (the last block of 4 queries part empty); keys past the causal limit.
 TEST(CudaOps, IndexerScoresTensorCores) {
   V4RT_REQUIRE_GPU();
   Rng rng(17);
@@ -544,6 +548,105 @@ TEST(CudaOps, IndexerScoresBatch) {
     gpu_backend().indexer_scores_batch({parts.data(), int64_t(parts.size())});
     EXPECT_TRUE(compare("indexer batch of " + std::to_string(num_parts) + (bf16_arith ? " bf16" : ""), s.gpu_values(),
                         s.cpu_values(), bf16_arith ? Tolerance{2e-2, 2e-2, 1e-4} : Tolerance{1e-4, 1e-4, 1e-8}));
+  }
+}
+
+// Prefill-shaped calls of indexer_scores_tc_kernel (queries stationary in blocks of 4, keys
+// streamed in tiles of 64, split over blocks when the queries are few) against the CUDA-core
+// kernel (a backend with indexer_tensor_cores off) bit for bit, and against the CPU op. FP4 values
+// at close scales: every dot is exact in fp32 whatever the order, so the two kernels must agree
+// on every bit. Cases: 600 queries x 3000 F32 keys with the last keys visible to no query (whole
+// tiles skipped, -inf) and tiles that some queries see; a first chunk (pos 0, 517 queries: the
+// last block part empty) where most blocks see a few keys; heads [8, 45) of 64 with accumulation
+// over a key sub-range of bf16 rows (cp.async path; an m16 head tile partly past nh, one wholly
+// past it); compact FP4 keys contiguous and paged through a block table (16-row blocks in reverse
+// order in a pool of 0xA5 bytes); head dim 64; 65,537 queries (16,385 blocks on x) of 4 heads.
+TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(29);
+  cuda::CudaBackendOptions simt_options;
+  simt_options.indexer_tensor_cores = false;
+  auto simt = cuda::make_cuda_backend(0, simt_options);
+  auto fp4_values = [&](int64_t cnt) {
+    std::vector<float> v(static_cast<size_t>(cnt));
+    for (auto& x : v) x = round_fp4(rng.normal(2.f)) * std::ldexp(1.f, int(rng.integer(-3, 1)));
+    return v;
+  };
+  enum class Keys { kF32, kBF16, kFp4, kFp4Paged };
+  struct Case { const char* name; int n, heads, dim, keys; int64_t pos0, k0, k1; int h0, h1; Keys kind; };
+  for (const Case& c : {Case{"600x3000 masked tail", 600, 64, 128, 3000, 9000, 0, -1, 0, -1, Keys::kF32},
+                        Case{"first chunk 517x130", 517, 64, 128, 130, 0, 0, -1, 0, -1, Keys::kF32},
+                        Case{"heads [8,45) keys [100,2900) acc", 300, 64, 128, 3000, 8000, 100, 2900, 8, 45, Keys::kBF16},
+                        Case{"fp4 keys", 200, 64, 128, 1500, 5000, 0, -1, 0, -1, Keys::kFp4},
+                        Case{"fp4 keys paged, from 37", 200, 64, 128, 1500, 5000, 37, -1, 0, -1, Keys::kFp4Paged},
+                        Case{"dim 64, 16 heads", 333, 16, 64, 900, 3000, 0, -1, 0, -1, Keys::kF32},
+                        Case{"65537 queries, 4 heads, dim 32", 65537, 4, 32, 40, 70000, 0, -1, 0, -1, Keys::kF32}}) {
+    SCOPED_TRACE(c.name);
+    const int64_t kend = c.k1 < 0 ? c.keys : c.k1, cols = kend - c.k0;
+    const bool compact = c.kind == Keys::kFp4 || c.kind == Keys::kFp4Paged;
+    const KvRowLayout fp4 = fp4_kv_layout(c.dim);
+    Dual q = make_dual({c.n, c.heads, c.dim}, fp4_values(int64_t(c.n) * c.heads * c.dim));
+    Dual w = make_dual({c.n, c.heads}, rng.normals(int64_t(c.n) * c.heads));
+    const std::vector<float> init = rng.normals(int64_t(c.n) * cols);
+    Dual s_tc = make_dual({c.n, cols}, init, DType::kF32), s_simt = make_dual({c.n, cols}, init, DType::kF32);
+    Dual k = make_dual({c.keys, c.dim}, fp4_values(int64_t(c.keys) * c.dim), c.kind == Keys::kBF16 ? DType::kBF16 : DType::kF32);
+    DualRows ck;
+    Buffer pool, table;
+    TensorView paged_view;
+    KvBlocks blocks;
+    if (compact) ck = dual_compact_rows(fp4, c.keys, rng);
+    if (c.kind == Keys::kFp4Paged) {  // block b of 16 rows in 256-byte slot nb - 1 - b
+      const int shift = 4;
+      const int64_t rows_per = int64_t(1) << shift, nb = (c.keys + rows_per - 1) / rows_per;
+      const int64_t slot = (rows_per * fp4.row_bytes + 255) / 256 * 256;
+      std::vector<uint8_t> host(size_t(nb * slot), 0xA5);
+      for (int64_t r = 0; r < c.keys; ++r)
+        std::memcpy(&host[size_t((nb - 1 - (r >> shift)) * slot + (r & (rows_per - 1)) * fp4.row_bytes)],
+                    &ck.bytes[size_t(r * fp4.row_bytes)], size_t(fp4.row_bytes));
+      pool = gpu_backend().alloc(host.size());
+      gpu_backend().copy_to_device(pool.data(), host.data(), host.size());
+      std::vector<const uint8_t*> addr(static_cast<size_t>(nb));
+      for (int64_t b = 0; b < nb; ++b) addr[size_t(b)] = static_cast<const uint8_t*>(pool.data()) + (nb - 1 - b) * slot;
+      table = gpu_backend().alloc(addr.size() * sizeof(addr[0]));
+      gpu_backend().copy_to_device(table.data(), addr.data(), addr.size() * sizeof(addr[0]));
+      blocks.blocks = static_cast<const uint8_t* const*>(table.data());
+      blocks.block_shift = shift;
+      paged_view = TensorView(const_cast<uint8_t*>(addr[0]), DType::kU8, {c.keys, fp4.row_bytes}, Device::kCuda);
+    }
+    auto params = [&](bool gpu, const Dual& s) {
+      IndexerScoresParams p;
+      p.weight_scale = 1.0f / std::sqrt(8192.f);
+      p.pos_begin = c.pos0;
+      p.bf16_arith = true;
+      p.key_begin = c.k0;
+      p.key_end = c.k1;
+      p.h_begin = c.h0;
+      p.h_end = c.h1;
+      p.accumulate = c.h0 > 0;
+      p.q = gpu ? q.gpu : q.cpu;
+      p.w = gpu ? w.gpu : w.cpu;
+      p.scores = gpu ? s.gpu : s.cpu;
+      if (compact) {
+        p.key_layout = fp4;
+        p.keys = gpu ? (c.kind == Keys::kFp4Paged ? paged_view : ck.gpu) : ck.cpu;
+        if (gpu && c.kind == Keys::kFp4Paged) p.key_blocks = blocks;
+      } else {
+        p.keys = gpu ? k.gpu : k.cpu;
+      }
+      return p;
+    };
+    cpu_backend().indexer_scores(params(false, s_tc));
+    gpu_backend().indexer_scores(params(true, s_tc));
+    gpu_backend().synchronize();
+    simt->indexer_scores(params(true, s_simt));
+    simt->synchronize();
+    const std::vector<float> tc = s_tc.gpu_values(), cc = s_simt.gpu_values();
+    int64_t differ = 0;
+    for (size_t i = 0; i < tc.size(); ++i) differ += std::memcmp(&tc[i], &cc[i], 4) != 0;
+    std::printf("[compare] indexer tc prefill %s: %lld of %zu scores differ from the CUDA-core kernel\n", c.name,
+                static_cast<long long>(differ), tc.size());
+    EXPECT_EQ(differ, 0) << c.name;
+    EXPECT_TRUE(compare(std::string("indexer tc prefill ") + c.name, tc, s_tc.cpu_values(), {2e-2, 2e-2, 1e-4}));
   }
 }
 

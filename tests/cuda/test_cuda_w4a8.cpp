@@ -2,9 +2,12 @@
 // The grouped W4A8 expert GEMM on tensor cores (fp4_grouped_gemm_tc) against an fp64 host reference
 // of the official numerics and against the CUDA-core kernel on the same inputs: experts with 0 and
 // 1 rows, ragged groups, groups without weights, row tiles that end inside a group, channel counts
-// not a multiple of the 128-channel tile (odd ones too), k of one and of several 128-steps, bf16 and
-// fp32 outputs, zero and extreme codes. moe_experts through the backend in prefill shapes
-// lives in test_cuda_moe.cpp (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
+// not a multiple of the 128-channel tile (odd ones too), k of one and of several 128-steps (fewer
+// than the pipeline stages, and not a multiple of them), bf16 and fp32 outputs, zero and extreme
+// codes, scale rows that are not word aligned. Each of the kernel's row tiles (16, 32, 64 rows,
+// picked by the mean rows per group) is exercised on decode-, middle- and prefill-sized groups.
+// moe_experts through the backend in prefill shapes lives in test_cuda_moe.cpp
+// (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -51,6 +54,8 @@ struct W4a8Case {
   std::vector<bool> has_w;     // group has weights (false: skipped, its rows left untouched)
   int64_t n, k;
   bool out_f32;
+  int tile_rows = 0;              // the row tile the kernel must pick for this case (0: any)
+  bool misaligned_scales = false;  // weight scale rows start one byte past a word boundary
 };
 
 // Host fp64 reference of one output: bf16/fp32 of sum over 32-blocks b of
@@ -83,9 +88,15 @@ void run_case(const W4a8Case& c, Rng& rng) {
     ws[size_t(g)].resize(size_t(n * k / 32));
     for (auto& s : ws[size_t(g)]) s = uint8_t(rng.integer(118, 124));
     dw.push_back(std::make_unique<Dev<uint8_t>>(w[size_t(g)]));
-    dws.push_back(std::make_unique<Dev<uint8_t>>(ws[size_t(g)]));
+    const size_t pad = c.misaligned_scales ? 1 : 0;
+    std::vector<uint8_t> ws_dev = ws[size_t(g)];
+    if (pad) ws_dev.insert(ws_dev.begin(), uint8_t(0));
+    dws.push_back(std::make_unique<Dev<uint8_t>>(ws_dev));
     wp[size_t(g)] = dw.back()->p;
-    wsp[size_t(g)] = dws.back()->p;
+    wsp[size_t(g)] = dws.back()->p + pad;
+  }
+  if (c.tile_rows > 0) {  // run() passes max_rows = total + 3
+    EXPECT_EQ(cuda::fp4_tc_rows_per_tile(total + 3, groups), c.tile_rows) << "case with " << groups << " groups";
   }
   Dev<uint8_t> dx(x8);
   Dev<float> dxs(xs);
@@ -199,6 +210,67 @@ TEST(CudaW4a8, RandomRaggedGroups) {
     c.out_f32 = trial == 3;
     run_case(c, rng);
   }
+}
+
+// The row tile by mean rows per group: the decode batch of 256 sequences (1,536 rows over 256
+// experts), middle sizes, the 8192-token prefill (49,152 rows), and the edges of each range.
+TEST(CudaW4a8, TileShapeByMeanRows) {
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(1536, 256), 16);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(16 * 256, 256), 16);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(16 * 256 + 1, 256), 32);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(40 * 8, 8), 32);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(40 * 8 + 1, 8), cuda::kFp4TcRowsPerTile);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(49152, 256), cuda::kFp4TcRowsPerTile);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(5, 1), 16);
+}
+
+// Decode-sized groups (0 to 8 rows, many groups, some empty, some without weights): the 16-row tile;
+// one group of 40 rows spans three of its tiles. k of 1, 2, 3 and 7 steps against 4 stages.
+TEST(CudaW4a8, DecodeSizedGroups) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(73);
+  const int64_t ks[] = {128, 256, 384, 896};
+  for (int trial = 0; trial < 4; ++trial) {
+    W4a8Case c;
+    const int groups = 40 + int(rng.integer(0, 24));
+    for (int g = 0; g < groups; ++g) {
+      c.rows.push_back(rng.integer(0, 4) == 0 ? 0 : int(rng.integer(1, 8)));
+      c.has_w.push_back(rng.integer(0, 7) != 0);
+    }
+    c.rows[size_t(groups / 2)] = 40;
+    c.has_w[size_t(groups / 2)] = true;
+    c.n = trial == 1 ? 200 : 256 + 8 * rng.integer(0, 16);
+    c.k = ks[trial];
+    c.out_f32 = trial == 2;
+    c.tile_rows = 16;
+    c.misaligned_scales = trial == 3;
+    run_case(c, rng);
+  }
+}
+
+// Middle-sized groups (mean 17 to 40 rows): the 32-row tile, groups ending inside and on tiles.
+TEST(CudaW4a8, MiddleSizedGroups) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(74);
+  const std::vector<W4a8Case> cases = {
+      {{33, 64, 17, 0, 1, 31}, {true, true, true, true, true, true}, 328, 640, false, 32},
+      {{20, 0, 35, 40, 9}, {true, true, false, true, true}, 77, 384, false, 32},  // odd n
+      {{32, 32, 5}, {true, true, true}, 136, 896, true, 32},                    // fp32, 7 k steps
+  };
+  for (const auto& c : cases) run_case(c, rng);
+}
+
+// Prefill-sized groups (200+ rows): the 64-row tile, k steps not a multiple of the stages, n not a
+// multiple of the 128-channel tile, scale rows not word aligned.
+TEST(CudaW4a8, PrefillSizedGroups) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(75);
+  const std::vector<W4a8Case> cases = {
+      {{230, 257, 0, 201}, {true, true, true, true}, 296, 640, false, 64},
+      {{210, 64, 129}, {true, false, true}, 136, 896, true, 64},
+      {{256, 300}, {true, true}, 128, 1152, false, 64, true},  // 9 k steps, misaligned scale rows
+  };
+  for (const auto& c : cases) run_case(c, rng);
 }
 
 }  // namespace
