@@ -30,7 +30,7 @@ struct BackendOptions {
   // one kernel (debug.cuda_expert_tc_min_rows, cuda_attention_tc, cuda_indexer_tc): the grouped
   // W4A8 tensor-core expert GEMM from this many rows per expert (0: never), sparse attention and
   // indexer scores on tensor cores.
-  int64_t cuda_expert_tc_min_rows = 4;
+  int64_t cuda_expert_tc_min_rows = 1;
   bool cuda_attention_tc = true;
   bool cuda_indexer_tc = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and

@@ -236,7 +236,7 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_sync_alloc", "CUDA: plain cudaMalloc/cudaFree instead of the stream-ordered pool"},
       {"cuda_attention_per_warp", "CUDA: sparse attention on the per-warp kernel only, never the multi-query one"},
       {"cuda_expert_tc_min_rows",
-       "CUDA: rows per expert from which FP4 expert GEMMs take the tensor-core W4A8 kernel (default 4; 0: never)"},
+       "CUDA: rows per expert from which FP4 expert GEMMs take the tensor-core W4A8 kernel (default 1: always; 0: never)"},
       {"cuda_attention_tc", "CUDA: prefill sparse attention on bf16 tensor cores (default true; false: CUDA cores)"},
       {"cuda_indexer_tc", "CUDA: prefill lightning-indexer scores on bf16 tensor cores (default true; false: CUDA cores)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},

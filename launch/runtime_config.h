@@ -59,7 +59,7 @@ struct DebugConfig {
   std::string dump_dir;        // write every op's outputs (.npy, by layer and op) here (empty: off)
   bool cuda_sync_alloc = false;          // CUDA: plain cudaMalloc/cudaFree, no stream-ordered pool
   bool cuda_attention_per_warp = false;  // CUDA: sparse attention on the per-warp kernel only
-  int64_t cuda_expert_tc_min_rows = 4;  // CUDA: tensor-core expert GEMM from this many rows per expert (0: never)
+  int64_t cuda_expert_tc_min_rows = 1;  // CUDA: tensor-core expert GEMM from this many rows per expert (0: never)
   bool cuda_attention_tc = true;         // CUDA: prefill sparse attention on tensor cores
   bool cuda_indexer_tc = true;           // CUDA: prefill indexer scores on tensor cores
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"

@@ -30,12 +30,12 @@ struct CudaBackendOptions {
   ReferencePrecision reference = ReferencePrecision::kBf16Split;
   // FP4 GEMMs with FP8 activations (routed experts and FP4 projections under the official
   // numerics) take the tensor-core W4A8 kernel when they average at least this many rows per
-  // expert with rows (prefill, and Flash decode batches from ~170 sequences), and the CUDA-core
-  // kernel below it; 4 beat 16 at a Flash decode batch of 256 (docs/PERFORMANCE.md). The rows are
-  // counted on the host as tokens x top-k over min(local experts, rows): under expert parallelism
-  // an upper bound of the rows the local experts receive. 0 keeps every call on the CUDA-core
-  // kernel (debug.cuda_expert_tc_min_rows in the runtime YAML).
-  int64_t expert_tc_min_rows = 4;
+  // expert with rows, and the CUDA-core kernel below it. The rows are counted on the host as
+  // tokens x top-k over min(local experts, rows): under expert parallelism an upper bound of the
+  // rows the local experts receive. 1 (every call on the W4A8 kernel, whose 16-row tile serves
+  // decode) beat 4 and 16 at Flash decode batches of 1, 64 and 256 (docs/PERFORMANCE.md). 0 keeps
+  // every call on the CUDA-core kernel (debug.cuda_expert_tc_min_rows in the runtime YAML).
+  int64_t expert_tc_min_rows = 1;
   // Prefill-shaped sparse attention and lightning-indexer scores under the official numerics on
   // bf16 tensor cores (debug.cuda_attention_tc / debug.cuda_indexer_tc); off: the CUDA-core kernels.
   bool attention_tensor_cores = true;

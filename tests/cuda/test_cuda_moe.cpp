@@ -85,8 +85,7 @@ TEST(CudaLinear, Fp8WeightsWholeAndSlices) {
   }
 }
 
-// m < 4 rows: the CUDA-core FP4 kernel; m >= 4 (CudaBackendOptions::expert_tc_min_rows): the
-// tensor-core W4A8 kernel (one group).
+// The tensor-core W4A8 kernel (one group) at every m (CudaBackendOptions::expert_tc_min_rows 1).
 TEST(CudaLinear, Fp4Weights) {
   V4RT_REQUIRE_GPU();
   Rng rng(31);
@@ -249,9 +248,8 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
   }
 }
 
-// With the default CudaBackendOptions::expert_tc_min_rows (4 rows per expert), n = 1 (6 rows over
-// 8 local experts, top-6) takes the CUDA-core FP4 kernel and n = 13, 300, 700 the tensor-core W4A8
-// kernel.
+// With the default CudaBackendOptions::expert_tc_min_rows (1) every n takes the tensor-core W4A8
+// kernel: n = 1 and 13 its 16-row tile, 300 (8 local experts, top-6) and 700 the 64-row tile.
 TEST(CudaMoe, ExpertsDecodeAndPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(34);

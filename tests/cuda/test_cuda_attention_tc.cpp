@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: MIT
+// The prefill tensor-core sparse attention (sparse_attention_tc_kernel: the next candidate tile
+// staged while the current one multiplies, S and the softmax in registers) against the CUDA-core
+// kernel (CudaBackendOptions::attention_tensor_cores off) and the CPU op, on prefill-sized calls:
+// 300 query tokens whose candidate counts differ (the window cut by the sequence start or by a
+// chunk boundary, lists with -1 entries inside and a -1 tail, entries complete at the position),
+// counts not multiples of 64, F32 and bf16 q / window rows, plain (bf16, F32) and compact FP8
+// compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/kv_format.h"
+#include "kernels/cuda/factory.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace v4rt::kernels::cuda_test {
+namespace {
+
+const Tolerance kBf16Tol{1e-2, 1e-2, 1e-4};  // one bf16 rounding of the output
+const Tolerance kLseTol{1e-5, 1e-5, 1e-9};
+
+enum class Comp { kNone, kBf16, kF32, kFp8, kFp8Paged };
+
+struct TcCase {
+  const char* name;
+  int n, heads, dim;
+  int64_t pos0;      // position of query 0
+  int64_t win_pos0;  // position of window row 0 (above pos0 - 127: the first queries miss rows)
+  int num_comp;
+  int list_len;      // > 0: candidate lists; 0: every entry complete at the position (comp_ratio)
+  int comp_ratio;
+  DType rows;        // q and window rows on the device
+  Comp comp;
+  int h0, h1;
+};
+
+// Compressed entries on both backends: values the layout holds exactly, as plain rows (`plain`,
+// CPU F32 / device bf16 or F32) and packed kFp8Rope rows (host bytes for the CPU op, a device copy
+// contiguous and one paged into 16-row blocks in reverse order in a pool of 0xA5 bytes).
+struct CompRows {
+  Dual plain;
+  KvRowLayout layout;
+  std::vector<uint8_t> bytes;
+  Buffer dev, pool, table;
+  TensorView cpu_view, dev_view, paged_view;
+  KvBlocks blocks;
+};
+
+CompRows make_comp_rows(const TcCase& c, Rng& rng) {
+  CompRows r;
+  const int64_t rows = std::max(c.num_comp, 1);
+  if (c.comp != Comp::kFp8 && c.comp != Comp::kFp8Paged) {
+    r.plain = make_dual({rows, c.dim}, rng.normals(rows * c.dim), c.comp == Comp::kF32 ? DType::kF32 : DType::kBF16);
+    return r;
+  }
+  r.layout = fp8_rope_kv_layout(c.dim, 64);
+  const KvRowLayout& l = r.layout;
+  std::vector<float> x = rng.normals(rows * l.dim, 1.f, false);
+  for (int64_t i = 0; i < rows; ++i)  // assorted magnitudes: different scales per row
+    for (int64_t d = 0; d < l.dim; ++d) x[size_t(i * l.dim + d)] *= std::ldexp(1.0f, int(i % 5) * 2 - 4);
+  round_to_kv_layout(cpu_backend(), l, TensorView(x.data(), DType::kF32, {rows, l.dim}));
+  r.bytes.resize(size_t(rows * l.row_bytes));
+  for (int64_t i = 0; i < rows; ++i) EXPECT_TRUE(kv_pack_row(l, &x[size_t(i * l.dim)], &r.bytes[size_t(i * l.row_bytes)]));
+  r.cpu_view = TensorView(r.bytes.data(), DType::kU8, {rows, l.row_bytes});
+  r.dev = gpu_backend().alloc(r.bytes.size());
+  gpu_backend().copy_to_device(r.dev.data(), r.bytes.data(), r.bytes.size());
+  r.dev_view = TensorView(r.dev.data(), DType::kU8, {rows, l.row_bytes}, Device::kCuda);
+  if (c.comp == Comp::kFp8Paged) {
+    const int shift = 4;
+    const int64_t per = int64_t(1) << shift, nb = (rows + per - 1) / per;
+    const int64_t slot = (per * l.row_bytes + 255) / 256 * 256;
+    std::vector<uint8_t> host(size_t(nb * slot), 0xA5);
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(&host[size_t((nb - 1 - (i >> shift)) * slot + (i & (per - 1)) * l.row_bytes)],
+                  &r.bytes[size_t(i * l.row_bytes)], size_t(l.row_bytes));
+    r.pool = gpu_backend().alloc(host.size());
+    gpu_backend().copy_to_device(r.pool.data(), host.data(), host.size());
+    std::vector<const uint8_t*> addr(static_cast<size_t>(nb));
+    for (int64_t b = 0; b < nb; ++b) addr[size_t(b)] = static_cast<const uint8_t*>(r.pool.data()) + (nb - 1 - b) * slot;
+    r.table = gpu_backend().alloc(addr.size() * sizeof(addr[0]));
+    gpu_backend().copy_to_device(r.table.data(), addr.data(), addr.size() * sizeof(addr[0]));
+    r.blocks.blocks = static_cast<const uint8_t* const*>(r.table.data());
+    r.blocks.block_shift = shift;
+    r.paged_view = TensorView(const_cast<uint8_t*>(addr[0]), DType::kU8, {rows, l.row_bytes}, Device::kCuda);
+  }
+  return r;
+}
+
+// Candidate lists: query i keeps `valid` entries (fewer for some queries: a -1 tail), about one in
+// eight of them -1 too.
+std::vector<int32_t> make_lists(const TcCase& c, Rng& rng) {
+  const int len = std::max(c.list_len, 1);
+  std::vector<int32_t> list(size_t(c.n) * size_t(len), -1);
+  for (int i = 0; i < c.n; ++i) {
+    const int valid = i % 3 == 1 ? len - int((int64_t(i) * 37) % (len / 2 + 1)) : len;
+    for (int k = 0; k < valid; ++k)
+      list[size_t(i) * size_t(len) + size_t(k)] =
+          rng.integer(0, 7) == 0 ? -1 : int32_t(rng.integer(0, std::max(c.num_comp, 1) - 1));
+  }
+  return list;
+}
+
+void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core) {
+  SCOPED_TRACE(c.name);
+  const int64_t win_rows = c.pos0 + c.n - c.win_pos0;
+  Dual q = make_dual({c.n, c.heads, c.dim}, rng.normals(int64_t(c.n) * c.heads * c.dim, 0.3f), c.rows);
+  Dual win = make_dual({win_rows, c.dim}, rng.normals(win_rows * c.dim), c.rows);
+  const CompRows comp = c.comp == Comp::kNone ? CompRows{} : make_comp_rows(c, rng);
+  Dual idx = make_dual_i32({c.n, std::max(c.list_len, 1)}, make_lists(c, rng));
+  DualWeight sink = upload_f32(rng.normals(c.heads, 1.f, false), 1, c.heads);
+  const std::vector<float> zeros(size_t(c.n) * c.heads * c.dim, 0.f), zeros_lse(size_t(c.n) * c.heads, 0.f);
+  Dual out_tc = make_dual({c.n, c.heads, c.dim}, zeros), out_cc = make_dual({c.n, c.heads, c.dim}, zeros);
+  Dual lse_tc = make_dual({c.n, c.heads}, zeros_lse, DType::kF32), lse_cc = make_dual({c.n, c.heads}, zeros_lse, DType::kF32);
+  const bool compact = c.comp == Comp::kFp8 || c.comp == Comp::kFp8Paged;
+  auto params = [&](bool gpu, const Dual& out, const Dual& lse) {
+    SparseAttentionParams p;
+    p.pos_begin = c.pos0;
+    p.window_pos0 = c.win_pos0;
+    p.window = 128;
+    p.comp_ratio = c.comp_ratio;
+    p.softmax_scale = 1.0f / std::sqrt(512.f);
+    p.bf16_probs = true;
+    p.h_begin = c.h0;
+    p.h_end = c.h1;
+    p.q = gpu ? q.gpu : q.cpu;
+    p.window_kv = gpu ? win.gpu : win.cpu;
+    if (compact) {
+      p.comp_layout = comp.layout;
+      p.comp_kv = !gpu ? comp.cpu_view : (c.comp == Comp::kFp8Paged ? comp.paged_view : comp.dev_view);
+      if (gpu && c.comp == Comp::kFp8Paged) p.comp_blocks = comp.blocks;
+    } else if (c.comp != Comp::kNone) {
+      p.comp_kv = gpu ? comp.plain.gpu : comp.plain.cpu;
+    }
+    if (c.list_len) p.comp_idx = gpu ? idx.gpu : idx.cpu;
+    p.sink = gpu ? sink.gpu : sink.cpu;
+    p.out = gpu ? out.gpu : out.cpu;
+    p.lse = gpu ? lse.gpu : lse.cpu;
+    return p;
+  };
+  cpu_backend().sparse_attention(params(false, out_tc, lse_tc));
+  gpu_backend().sparse_attention(params(true, out_tc, lse_tc));
+  gpu_backend().synchronize();
+  cuda_core.sparse_attention(params(true, out_cc, lse_cc));
+  cuda_core.synchronize();
+  const std::vector<float> tc = out_tc.gpu_values(), cc = out_cc.gpu_values();
+  int64_t differ = 0;
+  for (size_t i = 0; i < tc.size(); ++i) differ += std::memcmp(&tc[i], &cc[i], 4) != 0;
+  std::printf("[compare] attention tc %s: %lld of %zu outputs differ in bits from the CUDA-core kernel\n", c.name,
+              static_cast<long long>(differ), tc.size());
+  const std::string name = std::string("attention tc ") + c.name;
+  EXPECT_TRUE(compare(name + " vs cpu", tc, out_tc.cpu_values(), kBf16Tol));
+  EXPECT_TRUE(compare(name + " vs cuda-core", tc, cc, kBf16Tol));
+  EXPECT_TRUE(compare(name + " lse vs cpu", lse_tc.gpu_values(), lse_tc.cpu_values(), kLseTol));
+  EXPECT_TRUE(compare(name + " lse vs cuda-core", lse_tc.gpu_values(), lse_cc.gpu_values(), kLseTol));
+}
+
+// Prefill-sized calls (enough query blocks to take the tensor-core kernel) of every row storage the
+// kernel stages, with candidate counts from 11 to ~460 per query across tiles and tile tails.
+TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(31);
+  cuda::CudaBackendOptions cc_options;
+  cc_options.attention_tensor_cores = false;
+  auto cuda_core = cuda::make_cuda_backend(0, cc_options);
+  const TcCase cases[] = {
+      {"csa sequence start, bf16 rows, fp8 entries", 300, 64, 512, 0, 0, 700, 200, 0, DType::kBF16, Comp::kFp8, 0, -1},
+      {"csa chunk cut, f32 rows, fp8 entries paged", 300, 64, 512, 5000, 5000 - 60, 1000, 333, 0, DType::kF32,
+       Comp::kFp8Paged, 0, -1},
+      {"hca f32 rows, f32 entries", 300, 64, 512, 3000, 3000 - 127, 30, 0, 128, DType::kF32, Comp::kF32, 0, -1},
+      {"csa past 65536, bf16 entries, heads [3,45)", 300, 64, 512, 100000, 100000 - 127, 500, 64, 0, DType::kBF16,
+       Comp::kBf16, 3, 45},
+      {"window only d128 16 heads", 300, 16, 128, 10, 0, 0, 0, 0, DType::kF32, Comp::kNone, 0, -1},
+      {"csa d384 f32 rows, fp8 entries", 300, 64, 384, 40, 0, 300, 150, 0, DType::kF32, Comp::kFp8, 0, -1},
+  };
+  for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core);
+}
+
+}  // namespace
+}  // namespace v4rt::kernels::cuda_test
