@@ -389,9 +389,12 @@ void CudaBackend::linear_fp8(const LinearParams& p) {
   if (m == 0) return;
   const Act x = make_act(p.x, "linear x"), y = make_act(p.y, "linear y");
   const Fp8ScaleLayout& layout = fp8_scale_layout();
+  // Decode-sized calls take the CUDA-core GEMV (fp8_gemm_simt): one act_quant and one kernel, no
+  // padding; cuBLASLt costs ~14 us per call below 128 tokens (docs/CUDA.md, Benchmarks).
   // cuBLASLt's block-scaled FP8 takes M % 4 == 0 only: pad the token rows with zero rows (zero
   // codes and zero scales; GEMM rows are independent) and keep the first m output rows.
-  const int64_t m_pad = (m + 3) / 4 * 4;
+  const bool gemv = m <= fp8_gemv_max_tokens(k);
+  const int64_t m_pad = gemv ? m : (m + 3) / 4 * 4;
   const int64_t act_ld = layout.act_ld(m_pad);
   uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(m_pad * k)));
   float* xs = static_cast<float*>(scratch(kSlotXScale, size_t((k / 128) * act_ld) * 4));
@@ -423,7 +426,11 @@ void CudaBackend::linear_fp8(const LinearParams& p) {
   g.n = n;
   g.k = k;
   g.stream = stream_.get();
-  fp8_gemm_.run(g);
+  if (gemv) {
+    fp8_gemm_simt(g);
+  } else {
+    fp8_gemm_.run(g);
+  }
   if (!direct) launch_add_into(dense_act(g.out, n, true), y, m, n, p.accumulate, p.out_bf16, stream_.get());
 }
 

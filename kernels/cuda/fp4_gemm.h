@@ -5,12 +5,13 @@
 // Activations arrive FP8-quantized (act_quant_fp8, scales [rows][k/128] row-major), as bf16 or as
 // fp32 (reference numerics), grouped so the rows of expert g are [row_offsets[g], row_offsets[g+1]).
 //   out[r, n] = bf16( sum over 32-blocks b of (sum_{k in b} x8[r,k] s_x[r,k/128] * fp4(w[n,k])) * 2^(S[n,b]-127) )
-// Two kernels. The CUDA-core kernel serves decode (many experts, a few rows each; bytes-bound): a
-// block owns 32 output channels of one expert and walks that expert's rows in tiles of 8. The
+// Two kernels. The CUDA-core kernel serves bf16 / fp32 activations (reference numerics) and FP8
+// ones when the tensor-core kernel is switched off: a block owns 32 output channels of one expert
+// and walks that expert's rows in tiles of 8. The
 // tensor-core kernel (fp4_gemm_mma.cu; FP8 activations only, Fp4GroupedGemmParams::tensor_cores)
-// serves prefill: weights re-encoded to e4m3 on chip, mma.sync e4m3 with fp32 promotion per
-// 32-block, 16, 32 or 64 rows x 128 channels per block (fp4_tc_rows_per_tile). The caller picks
-// the kernel by rows per expert.
+// serves prefill and, by default, decode: weights re-encoded to e4m3 and both operands converted
+// to f16 on chip (exact), mma.sync f16 with fp32 promotion per 32-block, 16, 32, 64 or 128 rows x
+// 128 channels per block (fp4_tc_rows_per_tile). The caller picks the kernel by rows per expert.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -46,10 +47,10 @@ void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
 
 // The tensor-core kernel directly (fp4_grouped_gemm calls it when p.tensor_cores is set).
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p);
-// Rows of one expert per tensor-core block in the prefill shape.
+// Rows of one expert per tensor-core block in the 64-row shape.
 inline constexpr int kFp4TcRowsPerTile = 64;
-// The rows per tensor-core block (16, 32 or kFp4TcRowsPerTile) fp4_grouped_gemm_tc takes for
-// max_rows rows over num_groups groups (by the mean rows per group).
+// The rows per tensor-core block (16, 32, 64 or 128) fp4_grouped_gemm_tc takes for max_rows rows
+// over num_groups groups (by the mean rows per group).
 int fp4_tc_rows_per_tile(int64_t max_rows, int64_t num_groups);
 
 }  // namespace v4rt::kernels::cuda

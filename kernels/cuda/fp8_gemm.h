@@ -72,6 +72,9 @@ struct Fp8GemmParams {
 // in registers (16 e4m3 per 16-byte load), activations staged in shared memory. Used where
 // cuBLASLt offers no algorithm for a shape.
 void fp8_gemm_simt(const Fp8GemmParams& p);
+// The most tokens fp8_gemm_simt serves with its decode kernel (a warp per output channel, no
+// padding of m, the same results as its tiled kernel) for inner size k (0: none).
+int64_t fp8_gemv_max_tokens(int64_t k);
 
 // Owns the cuBLASLt handle, a workspace and a plan cache keyed by shape, alignment and layout.
 // run() uses cuBLASLt when its heuristic offers an algorithm for the shape, else fp8_gemm_simt.

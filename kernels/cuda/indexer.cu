@@ -4,7 +4,9 @@
 // survivors; never a full sort of the row). Long rows of few-row calls (decode: one row of up to
 // 256K keys) are first narrowed by many blocks: a 16-bit histogram of the order keys, the bin
 // holding the k-th largest, and a compaction of every element at or above that bin; one block then
-// sorts the <= 2048 candidates (the full single-block select remains the fallback).
+// sorts the <= 2048 candidates (the full single-block select remains the fallback). Many long rows
+// (prefill: 8,192 rows of up to 256K keys) take one block per row with 12-bit digits in a shared
+// histogram and a 4,096-candidate buffer: two reads of a row where the full select takes six.
 // Keys in the compact kFp4 rows (official numerics, common/kv_format.h) are decoded as they load
 // (kv_decode.cuh): 68 bytes read per Flash key instead of 512.
 // The scores of many independent calls (indexer_scores_batch: a decode batch, one part per
@@ -364,6 +366,188 @@ __global__ void __launch_bounds__(kChunkBlock) topk_collect_kernel(const float* 
   }
 }
 
+// --- top-k of many long rows (prefill) ----------------------------------------------------------
+
+constexpr int kRowTopkThreads = 512;
+constexpr int kRowTopkCap = 4096;          // candidates held (and sorted) in shared memory
+constexpr int kRowTopkBins = 4096;         // 12-bit digits
+constexpr int64_t kRowTopkMinCols = 16384;  // shorter rows: topk_kernel
+constexpr size_t kRowTopkSmem = size_t(kRowTopkCap) * 8 + size_t(kRowTopkBins) * 4;  // 49,152 B
+static_assert(kRowTopkCap >= kMaxTopk, "every selected key fits the candidates");
+
+// f(value, column) over the row, 16-byte loads (rows 16-byte aligned), four in flight per thread,
+// then the scalar tail.
+template <class F>
+__device__ __forceinline__ void row_for_each(const float* s, int64_t cols, F f) {
+  const float4* s4 = reinterpret_cast<const float4*>(s);
+  const int64_t n4 = cols >> 2;
+  int64_t i = threadIdx.x;
+  for (; i + 3 * kRowTopkThreads < n4; i += 4 * kRowTopkThreads) {
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = __ldcs(s4 + i + u * kRowTopkThreads);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t c = 4 * (i + u * kRowTopkThreads);
+      f(v[u].x, c);
+      f(v[u].y, c + 1);
+      f(v[u].z, c + 2);
+      f(v[u].w, c + 3);
+    }
+  }
+  for (; i < n4; i += kRowTopkThreads) {
+    const float4 v = __ldcs(s4 + i);
+    f(v.x, 4 * i);
+    f(v.y, 4 * i + 1);
+    f(v.z, 4 * i + 2);
+    f(v.w, 4 * i + 3);
+  }
+  for (int64_t c = 4 * n4 + threadIdx.x; c < cols; c += kRowTopkThreads) f(s[c], c);
+}
+
+// The bin of hist[nbins] (nbins a power of two, 256 .. 4096) holding the remaining-th largest key,
+// counted from the top bin: *bin, the count of the bins above it (*above) and its own (*inbin);
+// *total: the sum of all bins. Needs total >= remaining >= 1 (else only *total is meaningful).
+// Every thread calls it; thread t owns nbins / 512 (or one) bins from the top, a block scan finds
+// the owner.
+__device__ void row_topk_select_bin(const uint32_t* hist, int nbins, uint32_t remaining, uint32_t* warp_sums,
+                                    uint32_t* bin, uint32_t* above, uint32_t* inbin, uint32_t* total) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int per = nbins >= kRowTopkThreads ? nbins / kRowTopkThreads : 1, owners = nbins / per;
+  const int first = nbins - per * (tid + 1);
+  uint32_t sum = 0;
+  if (tid < owners)
+    for (int b = 0; b < per; ++b) sum += hist[first + b];
+  uint32_t x = sum;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, x, off);
+    if (lane >= off) x += y;
+  }
+  if (lane == 31) warp_sums[warp] = x;
+  __syncthreads();
+  uint32_t before = 0, all = 0;
+  for (int w = 0; w < kRowTopkThreads / 32; ++w) {
+    if (w < warp) before += warp_sums[w];
+    all += warp_sums[w];
+  }
+  const uint32_t incl = before + x, excl = incl - sum;
+  if (tid == 0) *total = all;
+  if (tid < owners && excl < remaining && incl >= remaining) {
+    uint32_t cum = excl;
+    for (int b = per - 1; b >= 0; --b) {
+      const uint32_t c = hist[first + b];
+      if (cum + c >= remaining) {
+        *bin = uint32_t(first + b);
+        *above = cum;
+        *inbin = c;
+        break;
+      }
+      cum += c;
+    }
+  }
+  __syncthreads();
+}
+
+// One block per row, for many rows of >= kRowTopkMinCols scores (prefill: 8,192 rows of up to
+// 256K keys), selecting exactly what topk_kernel selects. The selection is the top k of the packed
+// (order key << 32 | ~column) values, all distinct (ties to the lower column), so the first k of
+// any sorted superset of it are the result: a radix select over 12 / 12 / 8-bit digits of the
+// order key narrows the row until the keys above the current bin plus the bin itself fit the
+// candidate buffer (4,096), which is then sorted (topk_sort_emit, as topk_kernel). Pass 1
+// histograms the top 12 bits; pass 2 appends the keys above the k-th's bin and, when they fit,
+// the bin's own keys (else it histograms their next digit, and pass 3 goes on likewise). Scores
+// are bf16 values (16 significant bits), so two reads of the row are the rule: a third and fourth
+// only for a bin of > 4,096 near the k-th key (at 24 bits that is one value: a tie); then the tie
+// is cut in column order as topk_kernel does (block-ordered compaction, a fifth read).
+// topk_kernel reads a row six times (valid count, four 8-bit digits, compaction; the last with
+// two block barriers per 512 scores); here 16-byte streaming loads, 4 in flight per thread.
+// Shared memory: 32 KB of candidates + 16 KB of histogram (dynamic, 49,152 B); 512 threads,
+// __launch_bounds__(512, 3): 40 registers, three blocks (1,536 threads, 148 KB) per SM.
+__global__ void __launch_bounds__(kRowTopkThreads, 3)
+    topk_rows_kernel(const float* scores, int64_t stride, int64_t cols, int k, int32_t* out_idx, int64_t idx_stride,
+                     float* out_val, int64_t val_stride, int64_t index_offset) {
+  extern __shared__ __align__(16) unsigned long long rt_smem[];
+  unsigned long long* sel = rt_smem;                                // [kRowTopkCap]
+  uint32_t* hist = reinterpret_cast<uint32_t*>(sel + kRowTopkCap);  // [kRowTopkBins]
+  __shared__ uint32_t warp_sums[kRowTopkThreads / 32];
+  __shared__ int warp_counts[kRowTopkThreads / 32];
+  __shared__ uint32_t s_bin, s_above, s_inbin, s_total;
+  __shared__ int s_nsel;
+  const int64_t row = blockIdx.x;
+  const float* s = scores + row * stride;
+  const int tid = threadIdx.x;
+  auto pack = [](uint32_t key, int64_t c) {
+    return (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - uint32_t(c));
+  };
+
+  for (int b = tid; b < kRowTopkBins; b += kRowTopkThreads) hist[b] = 0;
+  if (tid == 0) s_nsel = 0;
+  __syncthreads();
+  row_for_each(s, cols, [&](float v, int64_t) {
+    const uint32_t key = order_key(v);
+    if (key != 0u) atomicAdd(&hist[key >> 20], 1u);
+  });
+  __syncthreads();
+  row_topk_select_bin(hist, kRowTopkBins, uint32_t(k), warp_sums, &s_bin, &s_above, &s_inbin, &s_total);
+  if (s_total <= uint32_t(k)) {  // every valid key is selected
+    row_for_each(s, cols, [&](float v, int64_t c) {
+      const uint32_t key = order_key(v);
+      if (key != 0u) sel[atomicAdd(&s_nsel, 1)] = pack(key, c);
+    });
+  } else {
+    uint32_t desired = 0, mask = 0, remaining = uint32_t(k);
+    for (int level = 0; level < 3; ++level) {
+      const int shift = level == 0 ? 20 : level == 1 ? 8 : 0;
+      const uint32_t dmask = level == 2 ? 255u : 4095u;
+      const int next_shift = level == 0 ? 8 : 0;
+      const uint32_t next_dmask = level == 0 ? 4095u : 255u;
+      const uint32_t b = s_bin, above = s_above, inbin = s_inbin;
+      const bool fits = uint32_t(s_nsel) + above + inbin <= uint32_t(kRowTopkCap);
+      const bool last = level == 2;
+      __syncthreads();  // s_* read; the histogram is read no more
+      if (!fits && !last)
+        for (int i = tid; i < kRowTopkBins; i += kRowTopkThreads) hist[i] = 0;
+      __syncthreads();
+      row_for_each(s, cols, [&](float v, int64_t c) {
+        const uint32_t key = order_key(v);
+        if (key == 0u || (key & mask) != desired) return;
+        const uint32_t d = (key >> shift) & dmask;
+        if (d > b || (d == b && fits)) sel[atomicAdd(&s_nsel, 1)] = pack(key, c);
+        else if (d == b && !last) atomicAdd(&hist[(key >> next_shift) & next_dmask], 1u);
+      });
+      __syncthreads();
+      if (fits) break;
+      desired |= b << shift;
+      mask |= dmask << shift;
+      remaining -= above;
+      if (last) {
+        // The k-th key is `desired`, tied more than the buffer holds: take the `remaining` lowest
+        // columns holding it, in column order (as topk_kernel).
+        uint32_t eq_taken = 0;
+        for (int64_t base = 0; base < cols && eq_taken < remaining; base += kRowTopkThreads) {
+          const int64_t i = base + tid;
+          const bool eq = i < cols && order_key(s[i]) == desired;
+          int total_eq = 0;
+          const int rank = block_prefix(eq, warp_counts, &total_eq);
+          if (eq && eq_taken + uint32_t(rank) < remaining) sel[atomicAdd(&s_nsel, 1)] = pack(desired, i);
+          eq_taken += uint32_t(total_eq);
+        }
+        __syncthreads();
+        break;
+      }
+      row_topk_select_bin(hist, level == 0 ? 4096 : 256, remaining, warp_sums, &s_bin, &s_above, &s_inbin, &s_total);
+    }
+  }
+  __syncthreads();
+  const int nsel = s_nsel;
+  int pow2 = 1;
+  while (pow2 < nsel) pow2 <<= 1;
+  for (int i = nsel + tid; i < pow2; i += kRowTopkThreads) sel[i] = 0ull;
+  __syncthreads();
+  topk_sort_emit(sel, nsel, pow2, k, s, row, out_idx, idx_stride, out_val, val_stride, index_offset);
+}
+
 // --- prefill, official numerics: bf16 tensor cores --------------------------------------------
 
 constexpr int kTcQueries = 4;                        // query tokens per block, stationary
@@ -376,10 +560,14 @@ constexpr int kTcLd = kTcMaxDim + 8;                 // bf16 row stride (272 B):
 constexpr int kTcTermLd = kTcHeadsPad + 8;           // bf16 terms per (query, key): conflict-free stores and 16-byte reads
 constexpr size_t kTcKeyBytes = size_t(2) * kTcKeys * kTcLd * 2;                   // 34,816: two key tiles
 constexpr size_t kTcTermBytes = size_t(kTcQueries) * kTcKeys * kTcTermLd * 2;     // 36,864: per-head terms
+constexpr int kTcRawLd = 68;                         // bytes per raw compact FP4 key row (row_bytes <= 68 at dim <= 128);
+                                                     // 17 words: rows start on distinct banks
+constexpr size_t kTcRawBytes = size_t(2) * kTcKeys * kTcRawLd;                    // 8,704: two raw FP4 tiles
 static_assert(size_t(kTcRows) * kTcLd * 2 <= kTcKeyBytes + kTcTermBytes, "the q staging fits the shared memory");
 static_assert(kTcQueries * kTcKeys == kTcThreads, "one thread per (query, key) of a tile sums its heads");
+static_assert(4 * kTcKeys == kTcThreads, "four threads per raw FP4 key row");
 
-size_t indexer_tc_smem_bytes() { return kTcKeyBytes + kTcTermBytes; }
+size_t indexer_tc_smem_bytes() { return kTcKeyBytes + kTcTermBytes + kTcRawBytes; }
 
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -400,6 +588,11 @@ __device__ __forceinline__ void cp_async16(uint16_t* dst, const void* src) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
 }
+// 4 bytes (compact FP4 rows are only 4-byte aligned: 68-byte rows); .ca, the only size-4 form.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
@@ -410,7 +603,9 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 // Keys [j0, j0 + kTcKeys) of part p as bf16 rows of `dst` ([kTcKeys][kTcLd], dims [0, dim)); keys
 // at or past `jend` are zeros. Every thread of the block calls it. bf16 rows 16-byte aligned go by
 // cp.async (the caller waits); F32 rows by 16-byte loads, all of a thread's issued before its
-// stores; compact FP4 rows decode one 32-code scale block per thread and step.
+// stores; compact FP4 rows decode one 32-code scale block per thread and step (synchronously;
+// unused since tc_fp4_step stages them, but kept: without it ptxas spills 8 bytes in the plain
+// instance of the tensor-core kernel).
 __device__ __forceinline__ void tc_stage_keys(const IdxPart& p, int dim, int64_t j0, int64_t jend, uint16_t* dst,
                                               bool async16) {
   const int tid = threadIdx.x;
@@ -471,6 +666,48 @@ __device__ __forceinline__ void tc_stage_keys(const IdxPart& p, int dim, int64_t
   }
 }
 
+// Compact FP4 keys, asynchronously: one step decodes the raw rows of keys [dec_j0, dec_j0 +
+// kTcKeys) from `raw_dec` (landed: the caller waited and synchronized) into the bf16 tile `dst`,
+// and, when `fetch` (block-uniform), issues the raw rows of keys [fetch_j0, fetch_j0 + kTcKeys)
+// into `raw_fetch` ([kTcKeys][kTcRawLd] bytes) by 4-byte cp.async, one commit group per thread
+// (the caller waits). Four threads per fetched row, one row() lookup each (an L1-resident block
+// table), issued before the decode so that the copies fly during it and the mma. Keys at or past
+// `jend` are neither fetched nor decoded (zeros in `dst`). The decode is fp4_ld32 on the same
+// bytes as the synchronous staging: the tile is bit-identical.
+__device__ __forceinline__ void tc_fp4_step(const KvRowsDev& ck, int dim, int64_t jend, int64_t dec_j0,
+                                            const uint8_t* raw_dec, uint16_t* dst, bool fetch, int64_t fetch_j0,
+                                            uint8_t* raw_fetch) {
+  const int tid = threadIdx.x;
+  if (fetch) {
+    const int fr = tid >> 2, fq = tid & 3;
+    const int64_t jf = fetch_j0 + fr;
+    if (jf < jend) {
+      const uint8_t* src = ck.row(jf);
+      const int words = int(ck.row_bytes >> 2);
+      for (int w = fq; w < words; w += 4) cp_async4(raw_fetch + fr * kTcRawLd + 4 * w, src + 4 * w);
+    }
+    cp_async_commit();
+  }
+  if (raw_dec) {
+    const int blocks = dim >> 5;
+    for (int i = tid; i < kTcKeys * blocks; i += kTcThreads) {
+      const int r = i / blocks, c = (i - r * blocks) * 32;
+      uint4* d = reinterpret_cast<uint4*>(dst + r * kTcLd + c);
+      if (dec_j0 + r < jend) {
+        float v[32];
+        ck.fp4_ld32(raw_dec + r * kTcRawLd, c, v);
+#pragma unroll
+        for (int g = 0; g < 4; ++g)
+          d[g] = make_uint4(pack_bf16x2(v[8 * g], v[8 * g + 1]), pack_bf16x2(v[8 * g + 2], v[8 * g + 3]),
+                            pack_bf16x2(v[8 * g + 4], v[8 * g + 5]), pack_bf16x2(v[8 * g + 6], v[8 * g + 7]));
+      } else {
+#pragma unroll
+        for (int g = 0; g < 4; ++g) d[g] = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  }
+}
+
 // Official numerics (bf16_arith), where q and the keys hold FP4-quantized values (Hadamard, then
 // e2m1 x ue8m0 per 32: exact in bf16, so staging them as bf16 is exact whatever their storage).
 // Queries stationary, keys streamed. Block (x: 4 query tokens, heaviest last tokens first; y: a
@@ -478,8 +715,11 @@ __device__ __forceinline__ void tc_stage_keys(const IdxPart& p, int dim, int64_t
 // (warp w: query w / 2, heads 32 (w % 2) .. + 32, two m16 tiles, 64 registers at dim 128), loaded
 // once by ldmatrix from a bf16 staging of q (16-byte loads) over all of the shared memory. Keys flow through in
 // tiles of 64, double-buffered in shared memory: tile i + 1 is staged (cp.async for 16-byte aligned
-// bf16 rows; through registers, converted or decoded, for F32 and compact FP4 rows) while tile i
-// is computed. Per tile every warp runs its 32 rows x 64 keys on mma.sync m16n8k16 bf16 with fp32
+// bf16 rows; through registers, converted, for F32 rows) while tile i is computed. Compact FP4
+// rows go one tile further ahead: the raw 68-byte rows of tile i + 2 are fetched by 4-byte cp.async
+// into a raw double buffer (8,704 B) and fly during tile i's mma, while tile i + 1 is decoded from
+// its raw rows (landed during tile i - 1) into bf16 (tc_fp4_step): of the staging's global
+// reads only the block-table lookup (L1-resident) is waited on. Per tile every warp runs its 32 rows x 64 keys on mma.sync m16n8k16 bf16 with fp32
 // accumulation (16 keys at a time: B fragments by ldmatrix.x4, 4 mma per fragment load), turns
 // each dot into its head's term bf16(max(bf16(dot), 0) * bf16(w * scale)) (w in registers) and
 // stores it, a bf16 value, as bf16 to the term buffer [query][key][head] (half the bytes of fp32,
@@ -489,11 +729,15 @@ __device__ __forceinline__ void tc_stage_keys(const IdxPart& p, int dim, int64_t
 // The result is the reference's bit for bit. Heads past nh: m16 tiles wholly past nh are skipped
 // and not summed; within a tile they add +0, as in the reference's padded sum.
 // Key tiles no query of the block sees (causal) are not computed: their scores are -inf at once.
-// Shared memory: 34,816 B of key tiles + 36,864 B of terms = 71,680 B; __launch_bounds__(256, 2)
+// Shared memory: 34,816 B of key tiles + 36,864 B of terms + 8,704 B of raw FP4 rows = 80,384 B
+// (two blocks: 160,768 B of the SM's 228 KB); __launch_bounds__(256, 2)
 // holds registers to 128 (64 of them q), so two blocks (16 warps) share an SM and one computes
 // while the other sums or waits on its key loads. Per tile and block: 1024 mma, 128 KB of
 // fragment loads, 64 KB of term stores and loads, 16 KB of key stores: ~1,600 cycles of shared
 // memory bandwidth against ~1,500 of mma issue. One part only (prefill).
+// kFp4: the part's keys are compact FP4 rows (one instance per key staging, so that neither carries
+// the other's registers: 128 without spills).
+template <bool kFp4>
 __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const __grid_constant__ IdxArgs a) {
   const IdxPart& p = a.parts[0];
   const int64_t n = a.n;
@@ -502,6 +746,8 @@ __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const 
   uint16_t* kbuf = reinterpret_cast<uint16_t*>(idx_smem);  // [2][kTcKeys][kTcLd]
   uint16_t* terms = kbuf + kTcKeyBytes / 2;                // [kTcQueries][kTcKeys][kTcTermLd]
   uint16_t* qs = kbuf;                                     // [kTcRows][kTcLd], before the first tile
+  uint8_t* const raw = idx_smem + kTcKeyBytes + kTcTermBytes;  // [2][kTcKeys][kTcRawLd]: raw FP4 rows
+  constexpr int kRawTile = kTcKeys * kTcRawLd;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   const int64_t t0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kTcQueries;
@@ -575,8 +821,16 @@ __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const 
       }
     }
   __syncthreads();  // q is in registers: the keys and terms may overwrite its staging
-  tc_stage_keys(p, dim, lo, cend, kbuf, async16);
-  cp_async_wait_all();
+  const int64_t ntiles = (cend - lo + kTcKeys - 1) / kTcKeys;
+  if constexpr (kFp4) {  // tile 0 raw, then tile 0 decoded while tile 1 raw is fetched
+    tc_fp4_step(p.ckeys, dim, cend, 0, nullptr, nullptr, true, lo, raw);
+    cp_async_wait_all();
+    __syncthreads();
+    tc_fp4_step(p.ckeys, dim, cend, lo, raw, kbuf, ntiles > 1, lo + kTcKeys, raw + kRawTile);
+  } else {
+    tc_stage_keys(p, dim, lo, cend, kbuf, async16);
+  }
+  cp_async_wait_all();  // FP4: tile 1's raw rows too, decoded at the top of the first iteration
   __syncthreads();
 
   // ldmatrix.x4 of 16 keys x 16 dims: lanes 0-7 / 8-15 / 16-23 / 24-31 address keys 0-7 dims 0-7,
@@ -587,11 +841,18 @@ __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const 
   const int64_t ts = t0 + sq;
   const int64_t visible = (p.pos_begin + ts + 1) / a.ratio;
   const uint4* term_r = reinterpret_cast<const uint4*>(terms + (sq * kTcKeys + skey) * kTcTermLd);
-  const int64_t ntiles = (cend - lo + kTcKeys - 1) / kTcKeys;
   for (int64_t it = 0; it < ntiles; ++it) {
     const int64_t j0 = lo + it * kTcKeys;
     const uint16_t* kt = kbuf + (it & 1) * (kTcKeys * kTcLd);
-    if (it + 1 < ntiles) tc_stage_keys(p, dim, j0 + kTcKeys, cend, kbuf + ((it + 1) & 1) * (kTcKeys * kTcLd), async16);
+    // Tile t's raw FP4 rows live in raw[t & 1]: tile it + 2 reuses tile it's, decoded last iteration.
+    if (it + 1 < ntiles) {
+      uint16_t* next = kbuf + ((it + 1) & 1) * (kTcKeys * kTcLd);
+      if constexpr (kFp4)
+        tc_fp4_step(p.ckeys, dim, cend, j0 + kTcKeys, raw + ((it + 1) & 1) * kRawTile, next, it + 2 < ntiles,
+                    j0 + 2 * kTcKeys, raw + (it & 1) * kRawTile);
+      else
+        tc_stage_keys(p, dim, j0 + kTcKeys, cend, next, async16);
+    }
 #pragma unroll 1
     for (int c = 0; c < kTcKeys; c += 16) {
       float acc[2][2][4];
@@ -652,7 +913,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const 
       *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
     }
     cp_async_wait_all();
-    __syncthreads();  // the next tile's keys are staged; the terms are read
+    __syncthreads();  // the next tile's keys (FP4: the raw rows of the one after) are staged; the terms are read
   }
 }
 
@@ -729,10 +990,13 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   // `tensor_cores` is off.
   auto launch = [&] {
     if (a.num_parts == 0 || max_keys == 0) return;
-    if (a.num_parts == 1 && a.bf16_arith && tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim && has_keys) {
+    if (a.num_parts == 1 && a.bf16_arith && tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim && has_keys &&
+        (!a.parts[0].ckeys.data || a.parts[0].ckeys.row_bytes <= kTcRawLd)) {
       static bool tc_attr_set = false;
       if (!tc_attr_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(indexer_tc_smem_bytes())));
+        CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(indexer_tc_smem_bytes())));
         tc_attr_set = true;
       }
@@ -745,7 +1009,10 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
       const int64_t splits = std::clamp<int64_t>(ceil_div(8 * int64_t(sms), qblocks), 1, std::min<int64_t>(key_tiles, kMaxGridYZ));
       a.key_span = ceil_div(key_tiles, splits) * kTcKeys;
       const dim3 tc_grid(grid_x(qblocks, "indexer_scores (tensor cores)"), grid_yz(ceil_div(max_keys, a.key_span)));
-      indexer_scores_tc_kernel<<<tc_grid, kTcThreads, indexer_tc_smem_bytes(), s>>>(a);
+      if (a.parts[0].ckeys.data)
+        indexer_scores_tc_kernel<true><<<tc_grid, kTcThreads, indexer_tc_smem_bytes(), s>>>(a);
+      else
+        indexer_scores_tc_kernel<false><<<tc_grid, kTcThreads, indexer_tc_smem_bytes(), s>>>(a);
       launch_check("indexer_scores (tensor cores)", s);
       return;
     }
@@ -814,6 +1081,19 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
     topk_threshold_kernel<<<unsigned(rows), 1024, 0, s>>>(hist, p.k, thr_bin);
     topk_collect_kernel<<<grid, kChunkBlock, 0, s>>>(scores, stride, cols, thr_bin, cand, cand_count);
     launch_check("topk narrow", s);
+  }
+  // Many long rows (prefill), 16-byte aligned: the row-per-block radix select with shared histograms.
+  if (!narrow && cols >= kRowTopkMinCols && (reinterpret_cast<uintptr_t>(scores) & 15) == 0 && (stride & 3) == 0) {
+    static bool rows_attr_set = false;
+    if (!rows_attr_set) {
+      CUDA_CHECK(cudaFuncSetAttribute(topk_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRowTopkSmem)));
+      rows_attr_set = true;
+    }
+    topk_rows_kernel<<<grid_x(rows, "topk"), kRowTopkThreads, kRowTopkSmem, s>>>(
+        scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data), p.out_idx.stride[0], vals, val_stride,
+        p.index_offset);
+    launch_check("topk rows", s);
+    return;
   }
   topk_kernel<<<grid_x(rows, "topk"), kTopkThreads, 0, s>>>(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
                                                       p.out_idx.stride[0], vals, val_stride, p.index_offset, cand,

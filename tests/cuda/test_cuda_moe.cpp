@@ -61,8 +61,12 @@ TEST(CudaLinear, Fp8WeightsWholeAndSlices) {
   V4RT_REQUIRE_GPU();
   Rng rng(30);
   struct Case { int m, n, k; int64_t r0, r1; DType ydt; bool acc; };
+  // m <= 8: the GEMV kernel (fp8_gemm_simt, no padding), bf16 y written in place or F32 /
+  // accumulated y through the add; m > 8: cuBLASLt.
   for (const Case& c : {Case{1, 512, 1024, 0, -1, DType::kBF16, false}, Case{9, 384, 512, 128, 384, DType::kF32, false},
-                        Case{33, 1024, 2048, 0, -1, DType::kF32, true}, Case{130, 256, 4096, 0, -1, DType::kBF16, false}}) {
+                        Case{33, 1024, 2048, 0, -1, DType::kF32, true}, Case{130, 256, 4096, 0, -1, DType::kBF16, false},
+                        Case{3, 1000, 8192, 0, -1, DType::kBF16, false}, Case{8, 384, 512, 128, 384, DType::kF32, true},
+                        Case{5, 4096, 2048, 0, 4000, DType::kBF16, true}}) {
     Fp8Source f = make_fp8(rng, c.n, c.k);
     DualWeight w = upload_both(f.src);
     const int64_t r1 = c.r1 < 0 ? c.n : c.r1;

@@ -4,7 +4,7 @@
 // 1 rows, ragged groups, groups without weights, row tiles that end inside a group, channel counts
 // not a multiple of the 128-channel tile (odd ones too), k of one and of several 128-steps (fewer
 // than the pipeline stages, and not a multiple of them), bf16 and fp32 outputs, zero and extreme
-// codes, scale rows that are not word aligned. Each of the kernel's row tiles (16, 32, 64 rows,
+// codes, scale rows that are not word aligned. Each of the kernel's row tiles (16, 32, 64, 128 rows,
 // picked by the mean rows per group) is exercised on decode-, middle- and prefill-sized groups.
 // moe_experts through the backend in prefill shapes lives in test_cuda_moe.cpp
 // (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
@@ -213,15 +213,21 @@ TEST(CudaW4a8, RandomRaggedGroups) {
 }
 
 // The row tile by mean rows per group: the decode batch of 256 sequences (1,536 rows over 256
-// experts), middle sizes, the 8192-token prefill (49,152 rows), and the edges of each range.
+// experts), middle sizes, the 8192-token prefill (49,152 rows: the 128-row tile), and the edges of
+// each range.
 TEST(CudaW4a8, TileShapeByMeanRows) {
+  EXPECT_EQ(cuda::kFp4TcRowsPerTile, 64);
   EXPECT_EQ(cuda::fp4_tc_rows_per_tile(1536, 256), 16);
   EXPECT_EQ(cuda::fp4_tc_rows_per_tile(16 * 256, 256), 16);
   EXPECT_EQ(cuda::fp4_tc_rows_per_tile(16 * 256 + 1, 256), 32);
   EXPECT_EQ(cuda::fp4_tc_rows_per_tile(40 * 8, 8), 32);
-  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(40 * 8 + 1, 8), cuda::kFp4TcRowsPerTile);
-  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(49152, 256), cuda::kFp4TcRowsPerTile);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(40 * 8 + 1, 8), 64);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(95 * 8, 8), 64);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(95 * 8 + 1, 8), 128);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(49152, 256), 128);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(4096 * 6, 256), 128);  // 4,096-token prefill: 96 rows per expert
   EXPECT_EQ(cuda::fp4_tc_rows_per_tile(5, 1), 16);
+  EXPECT_EQ(cuda::fp4_tc_rows_per_tile(500, 1), 128);
 }
 
 // Decode-sized groups (0 to 8 rows, many groups, some empty, some without weights): the 16-row tile;
@@ -260,15 +266,33 @@ TEST(CudaW4a8, MiddleSizedGroups) {
   for (const auto& c : cases) run_case(c, rng);
 }
 
-// Prefill-sized groups (200+ rows): the 64-row tile, k steps not a multiple of the stages, n not a
-// multiple of the 128-channel tile, scale rows not word aligned.
+// Groups of a mean 41 to 95 rows: the 64-row tile, groups ending inside, on and one past tiles, k
+// steps not a multiple of the stages, n not a multiple of the 128-channel tile.
+TEST(CudaW4a8, MeanSixtyFourRowGroups) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(76);
+  const std::vector<W4a8Case> cases = {
+      {{70, 65, 0, 130, 63, 90}, {true, true, true, true, true, true}, 296, 640, false, 64},
+      {{64, 129, 1, 95}, {true, false, true, true}, 136, 896, true, 64},  // fp32, 7 k steps
+      {{128, 50}, {true, true}, 77, 1152, false, 64, true},  // odd n, 9 k steps, misaligned scale rows
+  };
+  for (const auto& c : cases) run_case(c, rng);
+}
+
+// Prefill-sized groups (a mean of 96+ rows; 100 to 400 rows each): the 128-row tile of two warps
+// along the rows, groups ending inside, on and one past its tiles, empty groups and groups without
+// weights, k of 5, 7 and 9 steps (not multiples of the stages), n not a multiple of the 128-channel
+// tile (odd too), scale rows not word aligned.
 TEST(CudaW4a8, PrefillSizedGroups) {
   V4RT_REQUIRE_GPU();
   Rng rng(75);
   const std::vector<W4a8Case> cases = {
-      {{230, 257, 0, 201}, {true, true, true, true}, 296, 640, false, 64},
-      {{210, 64, 129}, {true, false, true}, 136, 896, true, 64},
-      {{256, 300}, {true, true}, 128, 1152, false, 64, true},  // 9 k steps, misaligned scale rows
+      {{230, 257, 0, 201}, {true, true, true, true}, 296, 640, false, 128},
+      {{210, 64, 129}, {true, false, true}, 136, 896, true, 128},
+      {{256, 300}, {true, true}, 128, 1152, false, 128, true},  // 9 k steps, misaligned scale rows
+      {{100, 0, 257, 384, 0, 129, 255}, {true, true, true, true, true, true, true}, 296, 640, false, 128},
+      {{400, 128, 0, 131, 250}, {true, true, true, false, true}, 200, 896, true, 128},  // fp32
+      {{127, 0, 385, 300, 0, 0, 1}, {true, true, true, true, true, true, true}, 77, 1152, false, 128, true},
   };
   for (const auto& c : cases) run_case(c, rng);
 }
