@@ -52,7 +52,7 @@ std::unique_ptr<Model> Model::load(const Checkpoint& ckpt, const ModelOptions& o
     ec.num_experts = m->config_.n_routed_experts;
     ec.hidden = m->config_.hidden_size;
     ec.topk = m->config_.num_experts_per_tok;
-    ec.dtype = backend.act_dtype();
+    ec.dtype = DType::kF32;  // the MoE input: the normed activations, F32 scratch on every backend
     CHECK(par.ep->device() == backend.device())
         << "EP group '" << par.ep->name() << "' is on " << (par.ep->device() == Device::kHost ? "host" : "device")
         << " memory but the " << backend.name() << " backend's activations are not: build the process groups "

@@ -29,6 +29,8 @@ void routed_expert_parallel(const BlockContext& ctx, const MoeWeights& mw, const
   const int k = ctx.config.num_experts_per_tok;
   CHECK(b.contiguous() && acc.contiguous()) << "MoE activations must be contiguous";
   CHECK(ep.device() == be.device()) << "EP Comm and backend on different memory";
+  CHECK(b.dtype == ep.config().dtype) << "MoE input is " << dtype_name(b.dtype) << ", EP dispatch sends "
+                                      << dtype_name(ep.config().dtype);
   std::vector<int32_t> ids(size_t(n * k));
   std::vector<float> w(size_t(n * k));
   be.copy_to_host(ids.data(), idx.data, ids.size() * sizeof(int32_t));

@@ -90,6 +90,7 @@ class ExpertParallel {
   // moved onto it) and is joined to `compute` by events.
   ExpertParallel(cluster::Comm& ep, const EpConfig& config, cluster::StreamHandle compute = nullptr);
 
+  const EpConfig& config() const { return config_; }
   int experts_per_rank() const { return experts_per_rank_; }
   int first_local_expert() const { return ep_.rank() * experts_per_rank_; }
   int owner_of(int expert) const { return expert / experts_per_rank_; }

@@ -411,18 +411,16 @@ constexpr int kTcHeads = 64;     // heads per block (4 m16 tiles)
 constexpr int kTcThreads = 512;  // 16 warps: (4 head tiles) x (4 candidate or dim quarters)
 constexpr int kTcMaxDim = 512;
 constexpr int kTcPad = 8;        // bf16 elements of row padding: 16 B, conflict-free fragment loads
-constexpr int kTcSlots = 4;      // the next tile is staged in 4 slots of 16 rows, one per MMA phase
-constexpr int kTcSlotRows = kTile / kTcSlots;
-constexpr int kTcSlotChunks = kTcSlotRows * (kTcMaxDim / 8) / kTcThreads;  // 8-element chunks per thread (2)
-constexpr int kTcRing = 3;       // candidate rows are resolved two tiles ahead of their use
-static_assert(kTcSlotChunks * kTcThreads == kTcSlotRows * kTcMaxDim / 8, "a slot's chunks at head_dim 512");
+constexpr int kTcSPad = 4;
 
 size_t tc_smem_bytes(int dim) {
   const size_t ld = size_t(dim + kTcPad);
-  return (size_t(kTcHeads) + 2 * kTile) * ld * 2 +  // Q, two KV tiles (bf16)
-         size_t(kTcHeads) * (kTile + kTcPad) * 2 +  // P (bf16)
-         size_t(kTcHeads) * (4 + 8) * 4;            // per head: row max of each candidate quarter, sum of each 8
+  return (size_t(kTcHeads) + kTile) * ld * 2 +            // Q, KV tile (bf16)
+         size_t(kTcHeads) * (kTile + kTcSPad) * 4 +       // S (fp32)
+         size_t(kTcHeads) * (kTile + kTcPad) * 2;         // P (bf16)
 }
+
+__device__ __forceinline__ uint32_t lds32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -431,15 +429,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Four 8x8 bf16 matrices of shared memory, as mma fragments (lane l gives the row address of matrix
-// l / 8): the A fragment (a0..a3) of a 16x16 tile, or the B fragments (b0, b1) of two n8 tiles.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row) {
-  const uint32_t addr = uint32_t(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
 }
 
 // Four 8x8 bf16 matrices of shared memory, transposed: the B fragments (k = candidate, n = dim) of
@@ -462,126 +451,24 @@ __device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c)
   return make_uint4(pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w));
 }
 
-// Read-only global loads as volatile asm: they stay where the source issues them, ahead of the MMAs
-// that hide their latency (the rows, lists and block tables are not written during the kernel).
-__device__ __forceinline__ uint4 tc_ldg16(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ uint2 tc_ldg8(const void* p) {
-  uint2 v;
-  asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ uint32_t tc_ldg_u8(const void* p) {
-  uint32_t v;
-  asm volatile("ld.global.nc.u8 %0, [%1];\n" : "=r"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ int32_t tc_ldg_s32(const void* p) {
-  int32_t v;
-  asm volatile("ld.global.nc.s32 %0, [%1];\n" : "=r"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ const uint8_t* tc_ldg_ptr(const void* p) {
-  uint64_t v;
-  asm volatile("ld.global.nc.u64 %0, [%1];\n" : "=l"(v) : "l"(p));
-  return reinterpret_cast<const uint8_t*>(v);
-}
-
-// How a staged candidate row is stored: absent (zeros, masked), a bf16 or F32 row, a compact
-// kFp8Rope entry.
-enum : uint8_t { kTcRowNone = 0, kTcRowBf16 = 1, kTcRowF32 = 2, kTcRowFp8 = 3 };
-
-// The bytes of 8 elements (c .. c + 7) of a row as loaded, before conversion: bf16 rows in a, F32
-// rows in a and b, kFp8Rope quantized dims as the 8 codes in a.x, a.y and the scale byte in a.z,
-// kFp8Rope RoPE dims (bf16) in a; zeros for an absent row.
-struct TcRaw {
-  uint4 a, b;
-};
-
-__device__ __forceinline__ TcRaw tc_row_load(const KvRowsDev& ckv, uint32_t kind, const uint8_t* p, int c) {
-  TcRaw w{make_uint4(0u, 0u, 0u, 0u), make_uint4(0u, 0u, 0u, 0u)};
-  if (kind == kTcRowBf16) {
-    w.a = tc_ldg16(p + 2 * c);
-  } else if (kind == kTcRowF32) {
-    w.a = tc_ldg16(p + 4 * c);
-    w.b = tc_ldg16(p + 4 * c + 16);
-  } else if (kind == kTcRowFp8) {
-    if (c < ckv.quant_dim) {
-      const uint2 u = tc_ldg8(p + c);
-      w.a = make_uint4(u.x, u.y, tc_ldg_u8(p + ckv.scale_offset + c / ckv.block), 0u);
-    } else {
-      const uint8_t* h = p + ckv.rope_offset + 2 * (c - ckv.quant_dim);
-      const uint2 lo = tc_ldg8(h), hi = tc_ldg8(h + 8);
-      w.a = make_uint4(lo.x, lo.y, hi.x, hi.y);
-    }
-  }
-  return w;
-}
-
-// The loaded bytes as 8 bf16, bit for bit what ld8_as_bf16 / KvRowsDev::fp8_ld8_bf16 give: F32
-// rounded RNE; e4m3 codes converted two at a time (cvt f16x2.e4m3x2, exact) times the power-of-two
-// scale (exact in fp32 and in bf16).
-__device__ __forceinline__ uint4 tc_row_convert(const KvRowsDev& ckv, uint32_t kind, const TcRaw& w, int c) {
-  const auto pack = [](float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16); };
-  if (kind == kTcRowF32) {
-    const auto f = [](uint32_t u) { return __uint_as_float(u); };
-    return make_uint4(pack(f(w.a.x), f(w.a.y)), pack(f(w.a.z), f(w.a.w)), pack(f(w.b.x), f(w.b.y)),
-                      pack(f(w.b.z), f(w.b.w)));
-  }
-  if (kind == kTcRowFp8 && c < ckv.quant_dim) {
-    const float s = e8m0_to_f32(uint8_t(w.a.z));
-    uint32_t out[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t word = i < 2 ? w.a.x : w.a.y;
-      const __half2_raw h2 = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(word >> (16 * (i & 1))), __NV_E4M3);
-      __half_raw lo, hi;
-      lo.x = h2.x;
-      hi.x = h2.y;
-      out[i] = pack(__half2float(__half(lo)) * s, __half2float(__half(hi)) * s);
-    }
-    return make_uint4(out[0], out[1], out[2], out[3]);
-  }
-  return w.a;  // bf16 rows, RoPE dims, absent rows
-}
-
 // Prefill shapes (many query tokens; official numerics: bf16 q / kv, bf16 P): block (token t, head
 // block y) stages q of 64 heads once and each 64-candidate tile of latent rows once for all of them
-// (MQA: one latent row is K and V of every head). Per tile: S = Q K^T on mma.sync m16n8k16 bf16
-// (fp32 accumulate; warp w: heads (w % 4) * 16, candidates (w / 4) * 16), kept in registers; the
-// online softmax of the tile per head in fp32 exactly as sparse_attention_kernel (running max per
-// 64-candidate tile, the denominator from unrounded p summed in the same order: 8 candidates in
-// sequence, then a tree over the 8 groups; P rounded to bf16), the row maxima of the 4 candidate
-// quarters and the sums of the 8 groups exchanged through two small arrays; then O += P V (warp w:
-// heads (w % 4) * 16, dims (w / 4) * dim / 4). Q, K and P fragments by ldmatrix, V by ldmatrix.trans
-// (one instruction per 4 fragment registers). One split (the whole candidate list), the sink added
-// at the end. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
-// Pipeline: the KV tile is double-buffered. While tile i is multiplied, tile i + 1 is staged in four
-// slots of 16 rows, one per MMA phase (the two halves of the S k-loop, the two halves of P.V): a
-// slot's global loads are issued into registers (2 chunks of 8 elements per thread: 16 registers
-// for F32 rows) before the phase and converted to bf16 into the other buffer after it, so their
-// latency hides behind the MMAs. The rows themselves (window row, list entry, compact row address
-// through a paged table) are resolved two tiles ahead, one dependent load per phase, into a ring of
-// 3 tiles of (kind, address). Three __syncthreads per tile: the row maxima, P and the sums, the end
-// of the tile (the next tile staged, this one free).
-// Shared memory at head_dim 512: Q 65 KB + 2 x 65 KB KV + 9 KB P + 3 KB maxima and sums, + 2.2 KB
-// static: 209 KB, one block per SM. 512 threads, 128 registers, no spill (O alone takes 64: 16 heads
-// x 128 dims per warp; the register budget is why a slot holds 16 rows, not 32).
+// (MQA: one latent row is K and V of every head). S = Q K^T on mma.sync m16n8k16 bf16 (fp32
+// accumulate; warp w: heads (w % 4) * 16, candidates (w / 4) * 16), the online softmax of the tile
+// per head in fp32 exactly as sparse_attention_kernel (running max per 64-candidate tile, the
+// denominator from unrounded p, P rounded to bf16), then O += P V (warp w: heads (w % 4) * 16,
+// dims (w / 4) * dim / 4; V fragments by ldmatrix.trans). One split (the whole candidate list),
+// the sink added at the end. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
 __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const int dim = a.dim, ld = dim + kTcPad;
-  constexpr int pld = kTile + kTcPad;
-  uint16_t* qs = reinterpret_cast<uint16_t*>(tc_smem);                // [kTcHeads][ld]
-  uint16_t* kvb = qs + kTcHeads * ld;                                  // [2][kTile][ld]
-  uint16_t* ps = kvb + 2 * kTile * ld;                                 // [kTcHeads][pld]
-  float* red_max = reinterpret_cast<float*>(ps + kTcHeads * pld);      // [kTcHeads][4]: per candidate quarter
-  float* red_sum = red_max + kTcHeads * 4;                             // [kTcHeads][8]: per 8 candidates
-  __shared__ const uint8_t* row_ptr[kTcRing][kTile];
-  __shared__ uint8_t row_kind[kTcRing][kTile];
-  __shared__ int64_t code_far_s[kTile];  // codes of tile it + 2 between the steps (out of registers)
+  uint16_t* qs = reinterpret_cast<uint16_t*>(tc_smem);               // [kTcHeads][ld]
+  uint16_t* kv = qs + kTcHeads * ld;                                 // [kTile][ld]
+  float* ss = reinterpret_cast<float*>(kv + kTile * ld);             // [kTcHeads][kTile + kTcSPad]
+  uint16_t* ps = reinterpret_cast<uint16_t*>(ss + kTcHeads * (kTile + kTcSPad));  // [kTcHeads][kTile + kTcPad]
+  constexpr int sld = kTile + kTcSPad, pld = kTile + kTcPad;
+  __shared__ int64_t codes[kTile];
+  __shared__ float m_s[kTcHeads], den_s[kTcHeads], resc_s[kTcHeads];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   const TokArgs ta = token_args(a, blockIdx.x);
@@ -589,100 +476,17 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   const int64_t t = ta.t;
   const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
   const CandRange r = candidate_range(a, part, t, 0);
-  const int d8 = dim / 8, slot_chunks = kTcSlotRows * d8;
-  const int64_t ntiles = r.ncand > r.cand0 ? (r.ncand - r.cand0 + kTile - 1) / kTile : 0;
-
-  // Candidate c in three steps: its list entry (a load), its code (as candidate_code) and, for a
-  // paged compact table, its block's address (a load), then its kind and address in ring slot rs.
-  const auto cand_entry = [&](int64_t c) -> int32_t {
-    if (c < r.nwin || c >= r.ncand || !part.has_list) return -1;
-    return tc_ldg_s32(part.comp_idx + t * part.idx_stride + (c - r.nwin));
-  };
-  const auto cand_code = [&](int64_t c, int32_t entry) -> int64_t {
-    if (c >= r.ncand) return -1;
-    if (c < r.nwin) {
-      const int64_t row = r.first + c - part.window_pos0;
-      return (row >= 0 && row < part.num_window_rows) ? row : -1;
-    }
-    const int64_t j = part.has_list ? int64_t(entry) : c - r.nwin;
-    return (j >= 0 && j < part.num_comp) ? -(j + 2) : -1;
-  };
-  const auto cand_block = [&](int64_t code) -> const uint8_t* {
-    if (code > -2 || !part.ckv.data || !part.ckv.blocks) return nullptr;
-    return tc_ldg_ptr(part.ckv.blocks + ((-code - 2) >> part.ckv.block_shift));
-  };
-  const auto cand_store = [&](int rs, int i, int64_t code, const uint8_t* blk) {
-    const Act* x = nullptr;
-    int64_t xr = 0;
-    const uint8_t* p = nullptr;
-    uint8_t kind = kTcRowNone;
-    if (code >= 0) {
-      x = &part.win;
-      xr = code;
-    } else if (code <= -2 && part.ckv.data) {
-      const int64_t j = -code - 2;
-      const KvRowsDev& k = part.ckv;
-      p = k.blocks ? blk + (j & ((int64_t(1) << k.block_shift) - 1)) * k.row_bytes : k.data + j * k.row_bytes;
-      kind = kTcRowFp8;
-    } else if (code <= -2) {
-      x = &part.comp;
-      xr = -code - 2;
-    }
-    if (x) {
-      p = static_cast<const uint8_t*>(x->data) + xr * x->stride * (x->bf16 ? 2 : 4);
-      kind = x->bf16 ? kTcRowBf16 : kTcRowF32;
-    }
-    row_ptr[rs][i] = p;
-    row_kind[rs][i] = kind;
-  };
-  // Slot s (rows [s * 16, +16)) of the tile resolved in ring slot rs: thread tid takes the chunks
-  // tid and tid + 512 of the slot's 16 x dim / 8.
-  const auto stage_load = [&](int rs, int s, TcRaw (&w)[kTcSlotChunks]) {
-#pragma unroll
-    for (int k = 0; k < kTcSlotChunks; ++k) {
-      const int ci = tid + k * kTcThreads;
-      if (ci < slot_chunks) {
-        const int row = s * kTcSlotRows + ci / d8, c = (ci % d8) * 8;
-        w[k] = tc_row_load(part.ckv, row_kind[rs][row], row_ptr[rs][row], c);
-      }
-    }
-  };
-  const auto stage_store = [&](int rs, int s, const TcRaw (&w)[kTcSlotChunks], uint16_t* dst) {
-#pragma unroll
-    for (int k = 0; k < kTcSlotChunks; ++k) {
-      const int ci = tid + k * kTcThreads;
-      if (ci < slot_chunks) {
-        const int row = s * kTcSlotRows + ci / d8, c = (ci % d8) * 8;
-        *reinterpret_cast<uint4*>(dst + row * ld + c) = tc_row_convert(part.ckv, row_kind[rs][row], w[k], c);
-      }
-    }
-  };
-
-  // Prologue: q, the rows of tiles 0 and 1 (threads [0, 128): tile tid / 64, row tid % 64), tile 0.
+  const int d8 = dim / 8;
   for (int i = tid; i < kTcHeads * d8; i += blockDim.x) {
     const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (h < a.h_end) v = ld8_as_bf16(part.q, t, int64_t(h) * dim + c);
     *reinterpret_cast<uint4*>(qs + hl * ld + c) = v;
   }
-  if (tid < 2 * kTile) {
-    const int64_t c = r.cand0 + tid;
-    const int64_t code = cand_code(c, cand_entry(c));
-    cand_store(tid / kTile, tid % kTile, code, cand_block(code));
+  if (tid < kTcHeads) {
+    m_s[tid] = -INFINITY;
+    den_s[tid] = 0.f;
   }
-  __syncthreads();
-  {
-    TcRaw w0[kTcSlotChunks], w1[kTcSlotChunks];
-#pragma unroll
-    for (int s = 0; s < kTcSlots; s += 2) {
-      stage_load(0, s, w0);
-      stage_load(0, s + 1, w1);
-      stage_store(0, s, w0, kvb);
-      stage_store(0, s + 1, w1, kvb);
-    }
-  }
-  __syncthreads();
-
   const int mt = (warp & 3) * 16;  // head tile of this warp (S and O)
   const int quarter = warp >> 2;
   const int dq = dim / 4, nt_count = dq / 8;  // O: dims [quarter * dq, +dq) as nt_count n8 tiles
@@ -691,119 +495,94 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   for (int j = 0; j < kTcMaxDim / 32; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
-  float m_r[2] = {-INFINITY, -INFINITY}, den_r[2] = {0.f, 0.f};  // heads mt + gid, mt + gid + 8
 
-  for (int64_t it = 0; it < ntiles; ++it) {
-    const int64_t tile0 = r.cand0 + it * kTile;
-    const uint16_t* kv = kvb + int(it & 1) * kTile * ld;
-    uint16_t* kv_next = kvb + int((it + 1) & 1) * kTile * ld;
-    const int rs = int(it % kTcRing), rs_next = int((it + 1) % kTcRing), rs_far = int((it + 2) % kTcRing);
-    const bool has_next = it + 1 < ntiles;
-    const int64_t c_far = tile0 + 2 * kTile + tid;  // tid < 64: a row of tile it + 2, resolved over this tile
-    int32_t entry_far = -1;
-    if (tid < kTile) entry_far = cand_entry(c_far);
-    TcRaw w[kTcSlotChunks];
-
-    float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-    {  // S = Q K^T: heads [mt, mt + 16) x candidates [quarter * 16, +16), the k-loop in two halves
-      // ldmatrix rows: A matrices (heads +0 / +8, k +0 / +8), B matrices (k +0 / +8, candidates +0 / +8).
-      const uint16_t* qa = qs + (mt + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
-      const uint16_t* kb = kv + (quarter * 16 + (lane & 7) + (lane >> 4) * 8) * ld + ((lane >> 3) & 1) * 8;
-      const auto s_steps = [&](int k_begin, int k_end) {
-        for (int k0 = k_begin; k0 < k_end; k0 += 16) {
-          uint32_t af[4], bf[4];
-          ldmatrix_x4(af, qa + k0);
-          ldmatrix_x4(bf, kb + k0);
-          mma_bf16(sacc[0], af[0], af[1], af[2], af[3], bf[0], bf[1]);
-          mma_bf16(sacc[1], af[0], af[1], af[2], af[3], bf[2], bf[3]);
-        }
-      };
-      if (has_next) stage_load(rs_next, 0, w);
-      s_steps(0, dim / 2);
-      if (has_next) {
-        stage_store(rs_next, 0, w, kv_next);
-        stage_load(rs_next, 1, w);
-      }
-      s_steps(dim / 2, dim);
-      if (has_next) stage_store(rs_next, 1, w, kv_next);
-    }
-    const uint8_t* blk_far = nullptr;
-    if (tid < kTile) {
-      const int64_t code_far = cand_code(c_far, entry_far);
-      code_far_s[tid] = code_far;
-      blk_far = cand_block(code_far);
-    }
-
-    // Online softmax. Thread: heads mt + gid + 8 * h (h = e / 2 of sacc[nt][e]), candidates
-    // quarter * 16 + nt * 8 + tig * 2 + (e & 1): group (8 candidates) quarter * 2 + nt, element
-    // tig * 2 + (e & 1) of it.
-    float z[2][4], tmax[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = quarter * 16 + nt * 8 + tig * 2 + (e & 1);
-        z[nt][e] = row_kind[rs][c] == kTcRowNone ? -INFINITY : __fmul_rn(sacc[nt][e], a.scale);
-        tmax[e >> 1] = fmaxf(tmax[e >> 1], z[nt][e]);
-      }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
-      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
-      if (tig == 0) red_max[(mt + gid + 8 * h) * 4 + quarter] = tmax[h];
+  for (int64_t tile0 = r.cand0; tile0 < r.ncand; tile0 += kTile) {
+    const int cnt = int(min(int64_t(kTile), r.ncand - tile0));
+    __syncthreads();  // the previous tile's KV and P are no longer read
+    if (tid < kTile) codes[tid] = tid < cnt ? candidate_code(part, r, t, tile0 + tid) : int64_t(-1);
+    __syncthreads();
+    for (int i = tid; i < kTile * d8; i += blockDim.x) {
+      const int row = i / d8, c = (i % d8) * 8;
+      const int64_t code = codes[row];
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (code >= 0) v = ld8_as_bf16(part.win, code, c);
+      else if (code <= -2 && part.ckv.data) v = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
+      else if (code <= -2) v = ld8_as_bf16(part.comp, -code - 2, c);
+      *reinterpret_cast<uint4*>(kv + row * ld + c) = v;
     }
     __syncthreads();
-    float mb[2], resc[2];
+    {  // S = Q K^T * scale: heads [mt, mt + 16) x candidates [quarter * 16, +16)
+      float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      const uint16_t* qa = qs + (mt + gid) * ld + tig * 2;
+      const uint16_t* kb = kv + (quarter * 16 + gid) * ld + tig * 2;
+      for (int k0 = 0; k0 < dim; k0 += 16) {
+        const uint32_t a0 = lds32(qa + k0), a1 = lds32(qa + 8 * ld + k0);
+        const uint32_t a2 = lds32(qa + k0 + 8), a3 = lds32(qa + 8 * ld + k0 + 8);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float* rm = red_max + (mt + gid + 8 * h) * 4;
-      mb[h] = fmaxf(m_r[h], fmaxf(fmaxf(rm[0], rm[1]), fmaxf(rm[2], rm[3])));
-      resc[h] = 1.f;  // mb == -inf: a tile of absent candidates before any valid one, nothing changes
-      if (mb[h] != -INFINITY) resc[h] = m_r[h] == -INFINITY ? 0.f : expf(m_r[h] - mb[h]);
-    }
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      const int c0 = quarter * 16 + nt * 8 + tig * 2;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float zl = z[nt][2 * h], zh = z[nt][2 * h + 1];
-        const float pl = (mb[h] == -INFINITY || zl == -INFINITY) ? 0.f : expf(zl - mb[h]);
-        const float ph = (mb[h] == -INFINITY || zh == -INFINITY) ? 0.f : expf(zh - mb[h]);
-        const int row = mt + gid + 8 * h;
-        *reinterpret_cast<uint32_t*>(ps + row * pld + c0) = uint32_t(f32_to_bf16(pl)) | (uint32_t(f32_to_bf16(ph)) << 16);
-        // The group's sum in sequence (0 + p0 + p1 + ... + p7), passed along the 4 lanes of the quad.
-        float s = pl + ph;
-#pragma unroll
-        for (int q = 1; q < 4; ++q) {
-          const float prev = __shfl_sync(0xffffffffu, s, (lane & ~3) | (q - 1));
-          if (tig == q) s = (prev + pl) + ph;
+        for (int nt = 0; nt < 2; ++nt) {
+          const uint16_t* b = kb + nt * 8 * ld + k0;
+          mma_bf16(sacc[nt], a0, a1, a2, a3, lds32(b), lds32(b + 8));
         }
-        if (tig == 3) red_sum[row * 8 + quarter * 2 + nt] = s;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int c = quarter * 16 + nt * 8 + tig * 2;
+        ss[(mt + gid) * sld + c] = sacc[nt][0] * a.scale;
+        ss[(mt + gid) * sld + c + 1] = sacc[nt][1] * a.scale;
+        ss[(mt + gid + 8) * sld + c] = sacc[nt][2] * a.scale;
+        ss[(mt + gid + 8) * sld + c + 1] = sacc[nt][3] * a.scale;
       }
     }
+    __syncthreads();
+    {  // online softmax: 8 threads per head row, 8 candidates each
+      const int row = tid >> 3, c0 = (tid & 7) * 8;
+      float z[8], tmax = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kTcMaxDim / 32; ++j) {
-      o[j][0] *= resc[0];
-      o[j][1] *= resc[0];
-      o[j][2] *= resc[1];
-      o[j][3] *= resc[1];
+      for (int i = 0; i < 8; ++i) {
+        z[i] = codes[c0 + i] == -1 ? -INFINITY : ss[row * sld + c0 + i];
+        tmax = fmaxf(tmax, z[i]);
+      }
+#pragma unroll
+      for (int o8 = 1; o8 < 8; o8 <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o8));
+      const float m_old = m_s[row];
+      const float mb = fmaxf(m_old, tmax);
+      float resc = 1.f, sum = 0.f;
+      uint32_t packed[4] = {0u, 0u, 0u, 0u};
+      if (mb != -INFINITY) {  // else a tile of absent candidates before any valid one: nothing changes
+        resc = m_old == -INFINITY ? 0.f : expf(m_old - mb);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float p = z[i] == -INFINITY ? 0.f : expf(z[i] - mb);
+          sum += p;
+          packed[i / 2] |= uint32_t(f32_to_bf16(p)) << (16 * (i & 1));
+        }
+      }
+#pragma unroll
+      for (int o8 = 1; o8 < 8; o8 <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o8);
+      *reinterpret_cast<uint4*>(ps + row * pld + c0) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+      __syncwarp();
+      if ((tid & 7) == 0) {
+        den_s[row] = den_s[row] * resc + sum;
+        m_s[row] = mb;
+        resc_s[row] = resc;
+      }
     }
     __syncthreads();
+    {  // O = O * resc + P V: heads [mt, mt + 16) x dims [quarter * dq, +dq)
+      const float r0 = resc_s[mt + gid], r1 = resc_s[mt + gid + 8];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {  // the 8 group sums as the xor tree over 8 lanes adds them
-      const float* g = red_sum + (mt + gid + 8 * h) * 8;
-      const float sum = ((g[0] + g[1]) + (g[2] + g[3])) + ((g[4] + g[5]) + (g[6] + g[7]));
-      den_r[h] = den_r[h] * resc[h] + sum;
-      m_r[h] = mb[h];
-    }
-
-    {  // O += P V: heads [mt, mt + 16) x dims [quarter * dq, +dq), the k-loop in two halves
-      const uint16_t* pa = ps + (mt + (lane & 7) + ((lane >> 3) & 1) * 8) * pld + (lane >> 4) * 8;
+      for (int j = 0; j < kTcMaxDim / 32; ++j) {
+        o[j][0] *= r0;
+        o[j][1] *= r0;
+        o[j][2] *= r1;
+        o[j][3] *= r1;
+      }
+      const uint16_t* pa = ps + (mt + gid) * pld + tig * 2;
       const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: matrix mi, row rr
-      const auto pv_step = [&](int k0) {
-        uint32_t af[4];
-        ldmatrix_x4(af, pa + k0);
-        const uint32_t a0 = af[0], a1 = af[1], a2 = af[2], a3 = af[3];
+#pragma unroll
+      for (int k0 = 0; k0 < kTile; k0 += 16) {
+        const uint32_t a0 = lds32(pa + k0), a1 = lds32(pa + 8 * pld + k0);
+        const uint32_t a2 = lds32(pa + k0 + 8), a3 = lds32(pa + 8 * pld + k0 + 8);
         const uint16_t* vrow = kv + (k0 + (mi & 1) * 8 + rr) * ld + quarter * dq + (mi >> 1) * 8;
 #pragma unroll
         for (int j = 0; j < kTcMaxDim / 32; j += 2) {
@@ -814,27 +593,16 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
             mma_bf16(o[j + 1], a0, a1, a2, a3, b[2], b[3]);
           }
         }
-      };
-      if (has_next) stage_load(rs_next, 2, w);
-      pv_step(0);
-      pv_step(16);
-      if (has_next) {
-        stage_store(rs_next, 2, w, kv_next);
-        stage_load(rs_next, 3, w);
       }
-      pv_step(32);
-      pv_step(48);
-      if (has_next) stage_store(rs_next, 3, w, kv_next);
     }
-    if (tid < kTile) cand_store(rs_far, tid, code_far_s[tid], blk_far);
-    __syncthreads();  // tile it + 1 staged and its rows' kinds visible; P, sums and this tile free
   }
+  __syncthreads();
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int hl = mt + gid + half * 8, h = hb0 + hl;
     if (h >= a.h_end) continue;
-    const float m = m_r[half];
-    float den = den_r[half];
+    const float m = m_s[hl];
+    float den = den_s[hl];
     if (a.include_sink) den += expf(a.sink[h] - m);
     const float inv = 1.0f / den;
 #pragma unroll
@@ -928,6 +696,10 @@ PartPlan plan_part(const SparseAttentionParams& p, int64_t heads, int64_t dim, i
 void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4, bool tc_rows, cudaStream_t s,
                             bool per_warp, bool tensor_cores) {
   const int nh = a.h_end - a.h_begin, dim = a.dim;
+  // No part has a candidate (a sequence-parallel rank holding none of these tokens' window or
+  // entries): one tile of absent candidates, so every row ends as the CPU op's does (no
+  // probability mass, lse -inf) for the merge to skip, and no split count divides by zero.
+  max_tiles = std::max<int64_t>(1, max_tiles);
   static bool attr_set = false;
   if (!attr_set) {
     CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));

@@ -34,7 +34,9 @@ __device__ __forceinline__ float load_row(const void* rows, bool bf16, int64_t o
   return bf16 ? bf16_to_f32(static_cast<const uint16_t*>(rows)[off]) : static_cast<const float*>(rows)[off];
 }
 
-// Thread per (token, channel); the slots in j order, as the host loop.
+// Thread per (token, channel); the slots in j order, as the host loop, and with its roundings: the
+// product is rounded before the add (__fmul_rn: nvcc would otherwise fuse them into one fma, which
+// the host's ISO C++ build does not).
 __global__ void sum_rows_kernel(float* out, const void* rows, bool bf16, const int64_t* pos, const float* scale,
                                 int64_t num_tokens, int topk, int64_t hidden) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -45,7 +47,7 @@ __global__ void sum_rows_kernel(float* out, const void* rows, bool bf16, const i
     const int64_t p = pos[t * topk + j];
     if (p < 0) continue;
     const float v = load_row(rows, bf16, p * hidden + c);
-    acc += scale ? v * scale[t * topk + j] : v;
+    acc += scale ? __fmul_rn(v, scale[t * topk + j]) : v;
   }
   out[i] = acc;
 }

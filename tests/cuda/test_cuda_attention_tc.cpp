@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
-// The prefill tensor-core sparse attention (sparse_attention_tc_kernel: the next candidate tile
-// staged while the current one multiplies, S and the softmax in registers) against the CUDA-core
+// The prefill tensor-core sparse attention (sparse_attention_tc_kernel) against the CUDA-core
 // kernel (CudaBackendOptions::attention_tensor_cores off) and the CPU op, on prefill-sized calls:
-// 300 query tokens whose candidate counts differ (the window cut by the sequence start or by a
-// chunk boundary, lists with -1 entries inside and a -1 tail, entries complete at the position),
+// 300 query tokens whose candidate counts differ (the window cut by the sequence start, a chunk
+// whose window rows start 127 before it, lists with -1 entries inside and a -1 tail, entries
+// complete at the position),
 // counts not multiples of 64, F32 and bf16 q / window rows, plain (bf16, F32) and compact FP8
 // compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range.
 #include <algorithm>
@@ -30,7 +30,7 @@ struct TcCase {
   const char* name;
   int n, heads, dim;
   int64_t pos0;      // position of query 0
-  int64_t win_pos0;  // position of window row 0 (above pos0 - 127: the first queries miss rows)
+  int64_t win_pos0;  // position of window row 0: pos0 - 127, or 0 at the sequence start (the op needs every row)
   int num_comp;
   int list_len;      // > 0: candidate lists; 0: every entry complete at the position (comp_ratio)
   int comp_ratio;
@@ -169,7 +169,7 @@ TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
   auto cuda_core = cuda::make_cuda_backend(0, cc_options);
   const TcCase cases[] = {
       {"csa sequence start, bf16 rows, fp8 entries", 300, 64, 512, 0, 0, 700, 200, 0, DType::kBF16, Comp::kFp8, 0, -1},
-      {"csa chunk cut, f32 rows, fp8 entries paged", 300, 64, 512, 5000, 5000 - 60, 1000, 333, 0, DType::kF32,
+      {"csa chunk cut, f32 rows, fp8 entries paged", 300, 64, 512, 5000, 5000 - 127, 1000, 333, 0, DType::kF32,
        Comp::kFp8Paged, 0, -1},
       {"hca f32 rows, f32 entries", 300, 64, 512, 3000, 3000 - 127, 30, 0, 128, DType::kF32, Comp::kF32, 0, -1},
       {"csa past 65536, bf16 entries, heads [3,45)", 300, 64, 512, 100000, 100000 - 127, 500, 64, 0, DType::kBF16,
