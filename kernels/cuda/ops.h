@@ -98,6 +98,7 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool te
 // The parts in groups of as many as fit in the kernel parameters, one launch per group (a single
 // part may take the tensor-core kernel); the parts must share what IndexerScoresBatchParams says.
 void launch_indexer_scores_batch(const IndexerScoresBatchParams& p, cudaStream_t s, bool tensor_cores = true);
+// --- topk.cu -------------------------------------------------------------------------------------
 void launch_topk(const TopkParams& p, cudaStream_t s);
 
 // --- sample.cu ---------------------------------------------------------------------------------
