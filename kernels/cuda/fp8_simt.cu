@@ -20,6 +20,38 @@ constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kMaxTokTile = 8;
 constexpr int kSmemBytes = 160 * 1024;
 
+// Sixteen e4m3 weights of one 16-byte load as fp32 (exact).
+__device__ __forceinline__ void decode_e4m3x16(const uint4& v, float (&wf)[16]) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(words[j] & 0xffff), __NV_E4M3);
+    const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(words[j] >> 16), __NV_E4M3);
+    const float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
+    wf[4 * j] = a.x;
+    wf[4 * j + 1] = a.y;
+    wf[4 * j + 2] = b.x;
+    wf[4 * j + 3] = b.y;
+  }
+}
+
+// The dot of 16 decoded weights with 16 bf16 activations (shared memory), in input order.
+__device__ __forceinline__ float dot16_bf16(const float (&wf)[16], const uint16_t* act16) {
+  const uint4* a4 = reinterpret_cast<const uint4*>(act16);
+  float dot = 0.f;
+#pragma unroll
+  for (int v = 0; v < 2; ++v) {
+    const uint4 a = a4[v];
+    const uint32_t aw[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      dot = fmaf(wf[v * 8 + 2 * j], __uint_as_float(aw[j] << 16), dot);
+      dot = fmaf(wf[v * 8 + 2 * j + 1], __uint_as_float(aw[j] & 0xffff0000u), dot);
+    }
+  }
+  return dot;
+}
+
 __global__ void __launch_bounds__(kWarps * 32) fp8_simt_kernel(Fp8GemmParams p, int64_t act_ld, int64_t w_ld,
                                                               int tok_tile) {
   extern __shared__ uint16_t act[];  // [tok_tile][k] bf16
@@ -61,35 +93,10 @@ __global__ void __launch_bounds__(kWarps * 32) fp8_simt_kernel(Fp8GemmParams p, 
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {
         float wf[16];
-        const uint32_t words[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+        decode_e4m3x16(wv[r], wf);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(words[j] & 0xffff), __NV_E4M3);
-          const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(words[j] >> 16), __NV_E4M3);
-          const float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
-          wf[4 * j] = a.x;
-          wf[4 * j + 1] = a.y;
-          wf[4 * j + 2] = b.x;
-          wf[4 * j + 3] = b.y;
-        }
-#pragma unroll
-        for (int t = 0; t < kMaxTokTile; ++t) {
-          if (t < cnt) {
-            const uint4* a4 = reinterpret_cast<const uint4*>(act + t * k + c * 16);
-            float dot = 0.f;
-#pragma unroll
-            for (int v = 0; v < 2; ++v) {
-              const uint4 a = a4[v];
-              const uint32_t aw[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                dot = fmaf(wf[v * 8 + 2 * j], __uint_as_float(aw[j] << 16), dot);
-                dot = fmaf(wf[v * 8 + 2 * j + 1], __uint_as_float(aw[j] & 0xffff0000u), dot);
-              }
-            }
-            acc[r][t] = fmaf(dot, sc[r], acc[r][t]);
-          }
-        }
+        for (int t = 0; t < kMaxTokTile; ++t)
+          if (t < cnt) acc[r][t] = fmaf(dot16_bf16(wf, act + t * k + c * 16), sc[r], acc[r][t]);
       }
     }
 #pragma unroll
@@ -149,35 +156,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) fp8_gemv_kernel(Fp8GemmParams
       if (c >= kc) break;
       const float sc = srow[(c * 16) / 128];
       float wf[16];
-      const uint32_t words[4] = {wv[j].x, wv[j].y, wv[j].z, wv[j].w};
+      decode_e4m3x16(wv[j], wf);
 #pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(words[h] & 0xffff), __NV_E4M3);
-        const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(words[h] >> 16), __NV_E4M3);
-        const float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
-        wf[4 * h] = a.x;
-        wf[4 * h + 1] = a.y;
-        wf[4 * h + 2] = b.x;
-        wf[4 * h + 3] = b.y;
-      }
-#pragma unroll
-      for (int t = 0; t < kGemvMaxTok; ++t) {
-        if (t < m) {
-          const uint4* a4 = reinterpret_cast<const uint4*>(act + t * k + c * 16);
-          float dot = 0.f;
-#pragma unroll
-          for (int v = 0; v < 2; ++v) {
-            const uint4 a = a4[v];
-            const uint32_t aw[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-            for (int h = 0; h < 4; ++h) {
-              dot = fmaf(wf[v * 8 + 2 * h], __uint_as_float(aw[h] << 16), dot);
-              dot = fmaf(wf[v * 8 + 2 * h + 1], __uint_as_float(aw[h] & 0xffff0000u), dot);
-            }
-          }
-          acc[t] = fmaf(dot, sc, acc[t]);
-        }
-      }
+      for (int t = 0; t < kGemvMaxTok; ++t)
+        if (t < m) acc[t] = fmaf(dot16_bf16(wf, act + t * k + c * 16), sc, acc[t]);
     }
   }
 #pragma unroll

@@ -84,6 +84,39 @@ Dual make_dual_i32(const std::vector<int64_t>& dims, const std::vector<int32_t>&
   return d;
 }
 
+DualRows dual_compact_rows(const KvRowLayout& l, int64_t rows, Rng& rng) {
+  std::vector<float> x = rng.normals(rows * l.dim, 1.f, false);
+  round_to_kv_layout(cpu_backend(), l, TensorView(x.data(), DType::kF32, {rows, l.dim}));
+  DualRows d;
+  d.bytes.resize(size_t(rows * l.row_bytes));
+  for (int64_t r = 0; r < rows; ++r) EXPECT_TRUE(kv_pack_row(l, &x[size_t(r * l.dim)], &d.bytes[size_t(r * l.row_bytes)]));
+  d.gpu_buf = gpu_backend().alloc(d.bytes.size());
+  gpu_backend().copy_to_device(d.gpu_buf.data(), d.bytes.data(), d.bytes.size());
+  d.cpu = TensorView(d.bytes.data(), DType::kU8, {rows, l.row_bytes});
+  d.gpu = TensorView(d.gpu_buf.data(), DType::kU8, {rows, l.row_bytes}, Device::kCuda);
+  return d;
+}
+
+PagedRows page_rows_reversed(const std::vector<uint8_t>& bytes, int64_t rows, int64_t row_bytes, int shift) {
+  const int64_t per = int64_t(1) << shift, nb = (rows + per - 1) / per;
+  const int64_t slot = (per * row_bytes + 255) / 256 * 256;
+  std::vector<uint8_t> host(size_t(nb * slot), 0xA5);
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(&host[size_t((nb - 1 - (r >> shift)) * slot + (r & (per - 1)) * row_bytes)],
+                &bytes[size_t(r * row_bytes)], size_t(row_bytes));
+  PagedRows p;
+  p.pool = gpu_backend().alloc(host.size());
+  gpu_backend().copy_to_device(p.pool.data(), host.data(), host.size());
+  std::vector<const uint8_t*> addr(static_cast<size_t>(nb));
+  for (int64_t b = 0; b < nb; ++b) addr[size_t(b)] = static_cast<const uint8_t*>(p.pool.data()) + (nb - 1 - b) * slot;
+  p.table = gpu_backend().alloc(addr.size() * sizeof(addr[0]));
+  gpu_backend().copy_to_device(p.table.data(), addr.data(), addr.size() * sizeof(addr[0]));
+  p.blocks.blocks = static_cast<const uint8_t* const*>(p.table.data());
+  p.blocks.block_shift = shift;
+  p.view = TensorView(const_cast<uint8_t*>(addr[0]), DType::kU8, {rows, row_bytes}, Device::kCuda);
+  return p;
+}
+
 std::vector<int32_t> gpu_i32(const Dual& d) {
   std::vector<int32_t> v(static_cast<size_t>(d.numel()));
   gpu_backend().copy_to_host(v.data(), d.gpu_buf.data(), v.size() * 4);

@@ -17,6 +17,7 @@
 
 #include "common/check.h"
 #include "common/dtype.h"
+#include "common/kv_format.h"
 #include "common/tensor.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/device.h"
@@ -83,6 +84,25 @@ struct DualWeight {
 DualWeight upload_both(const WeightSource& s);
 DualWeight upload_f32(const std::vector<float>& v, int64_t rows, int64_t cols, DType as = DType::kF32,
                       std::vector<uint16_t>* keep_bf16 = nullptr);
+
+// Rows of a compact KV layout on both backends: official values (rounded by the CPU backend so the
+// format holds them exactly), packed; the CPU side reads the host bytes, the GPU side a copy.
+struct DualRows {
+  std::vector<uint8_t> bytes;
+  Buffer gpu_buf;
+  TensorView cpu, gpu;
+};
+DualRows dual_compact_rows(const KvRowLayout& l, int64_t rows, Rng& rng);
+
+// Packed KV rows (`rows` of `row_bytes`) held the way a paged pool holds them, scrambled: block b
+// of 2^shift rows in 256-byte-aligned slot nb - 1 - b of a device pool filled with 0xA5 bytes, and
+// the device block table that finds them. `view` names the rows for the ops (its data: block 0).
+struct PagedRows {
+  Buffer pool, table;
+  KvBlocks blocks;
+  TensorView view;
+};
+PagedRows page_rows_reversed(const std::vector<uint8_t>& bytes, int64_t rows, int64_t row_bytes, int shift = 4);
 
 struct Tolerance {
   double rtol = 1e-2;

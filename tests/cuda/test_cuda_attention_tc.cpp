@@ -46,9 +46,9 @@ struct CompRows {
   Dual plain;
   KvRowLayout layout;
   std::vector<uint8_t> bytes;
-  Buffer dev, pool, table;
-  TensorView cpu_view, dev_view, paged_view;
-  KvBlocks blocks;
+  Buffer dev;
+  TensorView cpu_view, dev_view;
+  PagedRows paged;
 };
 
 CompRows make_comp_rows(const TcCase& c, Rng& rng) {
@@ -70,24 +70,7 @@ CompRows make_comp_rows(const TcCase& c, Rng& rng) {
   r.dev = gpu_backend().alloc(r.bytes.size());
   gpu_backend().copy_to_device(r.dev.data(), r.bytes.data(), r.bytes.size());
   r.dev_view = TensorView(r.dev.data(), DType::kU8, {rows, l.row_bytes}, Device::kCuda);
-  if (c.comp == Comp::kFp8Paged) {
-    const int shift = 4;
-    const int64_t per = int64_t(1) << shift, nb = (rows + per - 1) / per;
-    const int64_t slot = (per * l.row_bytes + 255) / 256 * 256;
-    std::vector<uint8_t> host(size_t(nb * slot), 0xA5);
-    for (int64_t i = 0; i < rows; ++i)
-      std::memcpy(&host[size_t((nb - 1 - (i >> shift)) * slot + (i & (per - 1)) * l.row_bytes)],
-                  &r.bytes[size_t(i * l.row_bytes)], size_t(l.row_bytes));
-    r.pool = gpu_backend().alloc(host.size());
-    gpu_backend().copy_to_device(r.pool.data(), host.data(), host.size());
-    std::vector<const uint8_t*> addr(static_cast<size_t>(nb));
-    for (int64_t b = 0; b < nb; ++b) addr[size_t(b)] = static_cast<const uint8_t*>(r.pool.data()) + (nb - 1 - b) * slot;
-    r.table = gpu_backend().alloc(addr.size() * sizeof(addr[0]));
-    gpu_backend().copy_to_device(r.table.data(), addr.data(), addr.size() * sizeof(addr[0]));
-    r.blocks.blocks = static_cast<const uint8_t* const*>(r.table.data());
-    r.blocks.block_shift = shift;
-    r.paged_view = TensorView(const_cast<uint8_t*>(addr[0]), DType::kU8, {rows, l.row_bytes}, Device::kCuda);
-  }
+  if (c.comp == Comp::kFp8Paged) r.paged = page_rows_reversed(r.bytes, rows, l.row_bytes);
   return r;
 }
 
@@ -131,8 +114,8 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core) {
     p.window_kv = gpu ? win.gpu : win.cpu;
     if (compact) {
       p.comp_layout = comp.layout;
-      p.comp_kv = !gpu ? comp.cpu_view : (c.comp == Comp::kFp8Paged ? comp.paged_view : comp.dev_view);
-      if (gpu && c.comp == Comp::kFp8Paged) p.comp_blocks = comp.blocks;
+      p.comp_kv = !gpu ? comp.cpu_view : (c.comp == Comp::kFp8Paged ? comp.paged.view : comp.dev_view);
+      if (gpu && c.comp == Comp::kFp8Paged) p.comp_blocks = comp.paged.blocks;
     } else if (c.comp != Comp::kNone) {
       p.comp_kv = gpu ? comp.plain.gpu : comp.plain.cpu;
     }

@@ -480,26 +480,6 @@ TEST(CudaOps, SparseAttentionPrefillTensorCoresF32Rows) {
 
 // --- batched indexer scores and sparse attention (a decode batch) -------------------------------
 
-// Rows of a compact layout on both backends: official values (rounded by the CPU backend so the
-// format holds them exactly), packed; the CPU side reads the host bytes, the GPU side a copy.
-struct DualRows {
-  std::vector<uint8_t> bytes;
-  Buffer gpu_buf;
-  TensorView cpu, gpu;
-};
-DualRows dual_compact_rows(const KvRowLayout& l, int64_t rows, Rng& rng) {
-  std::vector<float> x = rng.normals(rows * l.dim, 1.f, false);
-  round_to_kv_layout(cpu_backend(), l, TensorView(x.data(), DType::kF32, {rows, l.dim}));
-  DualRows d;
-  d.bytes.resize(size_t(rows * l.row_bytes));
-  for (int64_t r = 0; r < rows; ++r) EXPECT_TRUE(kv_pack_row(l, &x[size_t(r * l.dim)], &d.bytes[size_t(r * l.row_bytes)]));
-  d.gpu_buf = gpu_backend().alloc(d.bytes.size());
-  gpu_backend().copy_to_device(d.gpu_buf.data(), d.bytes.data(), d.bytes.size());
-  d.cpu = TensorView(d.bytes.data(), DType::kU8, {rows, l.row_bytes});
-  d.gpu = TensorView(d.gpu_buf.data(), DType::kU8, {rows, l.row_bytes}, Device::kCuda);
-  return d;
-}
-
 // Batches of 1, 3, 64 and 300 sequences (300: more parts than one launch's parameters hold, so two
 // groups) in one indexer_scores_batch, every sequence's scores in its rows of one buffer filled
 // with -inf, against the CPU op per sequence. Sequences of 1 or 2 query rows with 1 .. 700 keys
@@ -561,6 +541,10 @@ TEST(CudaOps, IndexerScoresBatch) {
 // over a key sub-range of bf16 rows (cp.async path; an m16 head tile partly past nh, one wholly
 // past it); compact FP4 keys contiguous and paged through a block table (16-row blocks in reverse
 // order in a pool of 0xA5 bytes); head dim 64; 65,537 queries (16,385 blocks on x) of 4 heads.
+// Long FP4 key ranges (the raw rows of tile i + 2 in flight during tile i): 64 queries x 20,000
+// keys paged and contiguous, a sub-range with accumulation over heads [8, 45) and 67 queries, key
+// ranges of one, two and three tiles (the prologue alone, with one fetch, one steady step), and
+// head dim 64.
 TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(29);
@@ -580,7 +564,15 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
                         Case{"fp4 keys", 200, 64, 128, 1500, 5000, 0, -1, 0, -1, Keys::kFp4},
                         Case{"fp4 keys paged, from 37", 200, 64, 128, 1500, 5000, 37, -1, 0, -1, Keys::kFp4Paged},
                         Case{"dim 64, 16 heads", 333, 16, 64, 900, 3000, 0, -1, 0, -1, Keys::kF32},
-                        Case{"65537 queries, 4 heads, dim 32", 65537, 4, 32, 40, 70000, 0, -1, 0, -1, Keys::kF32}}) {
+                        Case{"65537 queries, 4 heads, dim 32", 65537, 4, 32, 40, 70000, 0, -1, 0, -1, Keys::kF32},
+                        Case{"64x20000 fp4 paged", 64, 64, 128, 20000, 79960, 0, -1, 0, -1, Keys::kFp4Paged},
+                        Case{"64x20000 fp4", 64, 64, 128, 20000, 79960, 0, -1, 0, -1, Keys::kFp4},
+                        Case{"67 queries, keys [37,19990), heads [8,45) acc, fp4 paged", 67, 64, 128, 20000, 79900, 37,
+                             19990, 8, 45, Keys::kFp4Paged},
+                        Case{"one fp4 tile", 20, 64, 128, 50, 190, 0, -1, 0, -1, Keys::kFp4Paged},
+                        Case{"two fp4 tiles", 20, 64, 128, 128, 500, 0, -1, 0, -1, Keys::kFp4Paged},
+                        Case{"three fp4 tiles, masked", 33, 64, 128, 190, 640, 0, -1, 0, -1, Keys::kFp4Paged},
+                        Case{"dim 64, 16 heads, 5000 fp4 keys", 48, 16, 64, 5000, 19980, 0, -1, 0, -1, Keys::kFp4Paged}}) {
     SCOPED_TRACE(c.name);
     const int64_t kend = c.k1 < 0 ? c.keys : c.k1, cols = kend - c.k0;
     const bool compact = c.kind == Keys::kFp4 || c.kind == Keys::kFp4Paged;
@@ -591,28 +583,9 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
     Dual s_tc = make_dual({c.n, cols}, init, DType::kF32), s_simt = make_dual({c.n, cols}, init, DType::kF32);
     Dual k = make_dual({c.keys, c.dim}, fp4_values(int64_t(c.keys) * c.dim), c.kind == Keys::kBF16 ? DType::kBF16 : DType::kF32);
     DualRows ck;
-    Buffer pool, table;
-    TensorView paged_view;
-    KvBlocks blocks;
     if (compact) ck = dual_compact_rows(fp4, c.keys, rng);
-    if (c.kind == Keys::kFp4Paged) {  // block b of 16 rows in 256-byte slot nb - 1 - b
-      const int shift = 4;
-      const int64_t rows_per = int64_t(1) << shift, nb = (c.keys + rows_per - 1) / rows_per;
-      const int64_t slot = (rows_per * fp4.row_bytes + 255) / 256 * 256;
-      std::vector<uint8_t> host(size_t(nb * slot), 0xA5);
-      for (int64_t r = 0; r < c.keys; ++r)
-        std::memcpy(&host[size_t((nb - 1 - (r >> shift)) * slot + (r & (rows_per - 1)) * fp4.row_bytes)],
-                    &ck.bytes[size_t(r * fp4.row_bytes)], size_t(fp4.row_bytes));
-      pool = gpu_backend().alloc(host.size());
-      gpu_backend().copy_to_device(pool.data(), host.data(), host.size());
-      std::vector<const uint8_t*> addr(static_cast<size_t>(nb));
-      for (int64_t b = 0; b < nb; ++b) addr[size_t(b)] = static_cast<const uint8_t*>(pool.data()) + (nb - 1 - b) * slot;
-      table = gpu_backend().alloc(addr.size() * sizeof(addr[0]));
-      gpu_backend().copy_to_device(table.data(), addr.data(), addr.size() * sizeof(addr[0]));
-      blocks.blocks = static_cast<const uint8_t* const*>(table.data());
-      blocks.block_shift = shift;
-      paged_view = TensorView(const_cast<uint8_t*>(addr[0]), DType::kU8, {c.keys, fp4.row_bytes}, Device::kCuda);
-    }
+    PagedRows paged;
+    if (c.kind == Keys::kFp4Paged) paged = page_rows_reversed(ck.bytes, c.keys, fp4.row_bytes);
     auto params = [&](bool gpu, const Dual& s) {
       IndexerScoresParams p;
       p.weight_scale = 1.0f / std::sqrt(8192.f);
@@ -628,8 +601,8 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
       p.scores = gpu ? s.gpu : s.cpu;
       if (compact) {
         p.key_layout = fp4;
-        p.keys = gpu ? (c.kind == Keys::kFp4Paged ? paged_view : ck.gpu) : ck.cpu;
-        if (gpu && c.kind == Keys::kFp4Paged) p.key_blocks = blocks;
+        p.keys = gpu ? (c.kind == Keys::kFp4Paged ? paged.view : ck.gpu) : ck.cpu;
+        if (gpu && c.kind == Keys::kFp4Paged) p.key_blocks = paged.blocks;
       } else {
         p.keys = gpu ? k.gpu : k.cpu;
       }
