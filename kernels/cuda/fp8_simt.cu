@@ -52,24 +52,32 @@ __device__ __forceinline__ float dot16_bf16(const float (&wf)[16], const uint16_
   return dot;
 }
 
+// Tokens [t0, t0 + cnt) of the e4m3 activations, dequantized to bf16 (exact) into act [cnt][k].
+// Every thread of the block calls it; the caller synchronizes before reading.
+__device__ __forceinline__ void stage_act_bf16(const Fp8GemmParams& p, int64_t act_ld, int64_t t0, int cnt,
+                                               uint16_t* act) {
+  const int64_t k = p.k, kq = k / 4;
+  for (int64_t i = threadIdx.x; i < cnt * kq; i += blockDim.x) {
+    const int64_t t = i / kq, kk = (i % kq) * 4;
+    const uint32_t q = *reinterpret_cast<const uint32_t*>(p.x8 + (t0 + t) * k + kk);
+    const float s = p.x_scale[(kk / 128) * act_ld + t0 + t];
+    uint16_t* dst = act + t * k + kk;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) dst[j] = f32_to_bf16(e4m3_to_f32(uint8_t(q >> (8 * j))) * s);
+  }
+}
+
 __global__ void __launch_bounds__(kWarps * 32) fp8_simt_kernel(Fp8GemmParams p, int64_t act_ld, int64_t w_ld,
                                                               int tok_tile) {
   extern __shared__ uint16_t act[];  // [tok_tile][k] bf16
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t n_base = int64_t(blockIdx.x) * kRowsPerBlock + warp * kRowsPerWarp;
-  const int64_t k = p.k, kc = k / 16, kq = k / 4;
+  const int64_t k = p.k, kc = k / 16;
   const int64_t out_ld = p.out_ld ? p.out_ld : p.n;
   for (int64_t t0 = 0; t0 < p.m; t0 += tok_tile) {
     const int cnt = int(min(int64_t(tok_tile), p.m - t0));
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < cnt * kq; i += blockDim.x) {
-      const int64_t t = i / kq, kk = (i % kq) * 4;
-      const uint32_t q = *reinterpret_cast<const uint32_t*>(p.x8 + (t0 + t) * k + kk);
-      const float s = p.x_scale[(kk / 128) * act_ld + t0 + t];
-      uint16_t* dst = act + t * k + kk;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) dst[j] = f32_to_bf16(e4m3_to_f32(uint8_t(q >> (8 * j))) * s);
-    }
+    stage_act_bf16(p, act_ld, t0, cnt, act);
     __syncthreads();
     float acc[kRowsPerWarp][kMaxTokTile];
 #pragma unroll
@@ -124,17 +132,10 @@ constexpr int kGemvAhead = 8;
 __global__ void __launch_bounds__(kGemvWarps * 32) fp8_gemv_kernel(Fp8GemmParams p, int64_t act_ld, int64_t w_ld) {
   extern __shared__ uint16_t act[];  // [m][k] bf16
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t k = p.k, kc = k / 16, kq = k / 4;
+  const int64_t k = p.k, kc = k / 16;
   const int m = int(p.m);
   const int64_t out_ld = p.out_ld ? p.out_ld : p.n;
-  for (int64_t i = threadIdx.x; i < m * kq; i += blockDim.x) {
-    const int64_t t = i / kq, kk = (i % kq) * 4;
-    const uint32_t q = *reinterpret_cast<const uint32_t*>(p.x8 + t * k + kk);
-    const float s = p.x_scale[(kk / 128) * act_ld + t];
-    uint16_t* dst = act + t * k + kk;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) dst[j] = f32_to_bf16(e4m3_to_f32(uint8_t(q >> (8 * j))) * s);
-  }
+  stage_act_bf16(p, act_ld, 0, m, act);
   __syncthreads();
   const int64_t n = int64_t(blockIdx.x) * kGemvWarps + warp;
   if (n >= p.n) return;

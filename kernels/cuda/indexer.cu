@@ -195,6 +195,22 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16);
 }
 
+// One 32-code scale block (dims [c, c + 32)) of a compact FP4 key row as 32 bf16 values at d (four
+// 16-byte stores; zeros when !valid: a key past the range).
+__device__ __forceinline__ void fp4_block_to_bf16(const KvRowsDev& ck, const uint8_t* row, int c, bool valid, uint4* d) {
+  if (valid) {
+    float v[32];
+    ck.fp4_ld32(row, c, v);
+#pragma unroll
+    for (int g = 0; g < 4; ++g)
+      d[g] = make_uint4(pack_bf16x2(v[8 * g], v[8 * g + 1]), pack_bf16x2(v[8 * g + 2], v[8 * g + 3]),
+                        pack_bf16x2(v[8 * g + 4], v[8 * g + 5]), pack_bf16x2(v[8 * g + 6], v[8 * g + 7]));
+  } else {
+#pragma unroll
+    for (int g = 0; g < 4; ++g) d[g] = make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
 // Keys [j0, j0 + kTcKeys) of part p as bf16 rows of `dst` ([kTcKeys][kTcLd], dims [0, dim)); keys
 // at or past `jend` are zeros. Every thread of the block calls it. bf16 rows 16-byte aligned go by
 // cp.async (the caller waits); F32 rows by 16-byte loads, all of a thread's issued before its
@@ -209,18 +225,9 @@ __device__ __forceinline__ void tc_stage_keys(const IdxPart& p, int dim, int64_t
     for (int i = tid; i < kTcKeys * blocks; i += kTcThreads) {
       const int r = i / blocks, c = (i - r * blocks) * 32;
       const int64_t j = j0 + r;
-      uint4* d = reinterpret_cast<uint4*>(dst + r * kTcLd + c);
-      if (j < jend) {
-        float v[32];
-        p.ckeys.fp4_ld32(p.ckeys.row(j), c, v);
-#pragma unroll
-        for (int g = 0; g < 4; ++g)
-          d[g] = make_uint4(pack_bf16x2(v[8 * g], v[8 * g + 1]), pack_bf16x2(v[8 * g + 2], v[8 * g + 3]),
-                            pack_bf16x2(v[8 * g + 4], v[8 * g + 5]), pack_bf16x2(v[8 * g + 6], v[8 * g + 7]));
-      } else {
-#pragma unroll
-        for (int g = 0; g < 4; ++g) d[g] = make_uint4(0u, 0u, 0u, 0u);
-      }
+      const bool valid = j < jend;
+      fp4_block_to_bf16(p.ckeys, valid ? p.ckeys.row(j) : nullptr, c, valid,
+                        reinterpret_cast<uint4*>(dst + r * kTcLd + c));
     }
   } else if (async16) {
     const int chunks = dim >> 3;
@@ -287,18 +294,7 @@ __device__ __forceinline__ void tc_fp4_step(const KvRowsDev& ck, int dim, int64_
     const int blocks = dim >> 5;
     for (int i = tid; i < kTcKeys * blocks; i += kTcThreads) {
       const int r = i / blocks, c = (i - r * blocks) * 32;
-      uint4* d = reinterpret_cast<uint4*>(dst + r * kTcLd + c);
-      if (dec_j0 + r < jend) {
-        float v[32];
-        ck.fp4_ld32(raw_dec + r * kTcRawLd, c, v);
-#pragma unroll
-        for (int g = 0; g < 4; ++g)
-          d[g] = make_uint4(pack_bf16x2(v[8 * g], v[8 * g + 1]), pack_bf16x2(v[8 * g + 2], v[8 * g + 3]),
-                            pack_bf16x2(v[8 * g + 4], v[8 * g + 5]), pack_bf16x2(v[8 * g + 6], v[8 * g + 7]));
-      } else {
-#pragma unroll
-        for (int g = 0; g < 4; ++g) d[g] = make_uint4(0u, 0u, 0u, 0u);
-      }
+      fp4_block_to_bf16(ck, raw_dec + r * kTcRawLd, c, dec_j0 + r < jend, reinterpret_cast<uint4*>(dst + r * kTcLd + c));
     }
   }
 }

@@ -453,27 +453,26 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s, float* logits) {
   a.topk = p.topk;
   a.route_scale = p.route_scale;
   if (n == 0) return;
-  if (logits) {  // gate . x already computed [n, experts]: activate, then select
+  float* scores = logits;
+  if (logits) {  // gate . x already computed [n, experts]: activate in place
     moe_gate_activate_kernel<<<grid_x_for(std::min<int64_t>(n * a.num_experts, int64_t(1) << 24), 256,
                                            "moe_gate_activate"),
                                256, 0, s>>>(logits, n * a.num_experts);
     launch_check("moe_gate_activate", s);
-    moe_gate_select_kernel<<<grid_x_for(n, kGateWarps, "moe_gate_select"), kGateWarps * 32, 0, s>>>(a, n, logits);
-    launch_check("moe_gate_select", s);
-    return;
-  }
-  const bool vec = a.hidden % 4 == 0 && a.x.vec_ok() && a.gate.vec_ok();
-  float* scores = static_cast<float*>(stream_alloc(size_t(n * a.num_experts) * 4, s));
-  if (n <= kGateTok) {
-    moe_gate_scores_row_kernel<<<unsigned(a.num_experts), 256, 0, s>>>(a, n, vec, scores);
   } else {
-    const dim3 grid(unsigned(ceil_div(a.num_experts, kGateWarps)), grid_yz(ceil_div(n, kGateTok)));
-    moe_gate_scores_kernel<<<grid, kGateWarps * 32, 0, s>>>(a, n, vec, scores);
+    const bool vec = a.hidden % 4 == 0 && a.x.vec_ok() && a.gate.vec_ok();
+    scores = static_cast<float*>(stream_alloc(size_t(n * a.num_experts) * 4, s));
+    if (n <= kGateTok) {
+      moe_gate_scores_row_kernel<<<unsigned(a.num_experts), 256, 0, s>>>(a, n, vec, scores);
+    } else {
+      const dim3 grid(unsigned(ceil_div(a.num_experts, kGateWarps)), grid_yz(ceil_div(n, kGateTok)));
+      moe_gate_scores_kernel<<<grid, kGateWarps * 32, 0, s>>>(a, n, vec, scores);
+    }
+    launch_check("moe_gate_scores", s);
   }
-  launch_check("moe_gate_scores", s);
   moe_gate_select_kernel<<<grid_x_for(n, kGateWarps, "moe_gate_select"), kGateWarps * 32, 0, s>>>(a, n, scores);
   launch_check("moe_gate_select", s);
-  stream_free(scores, s);
+  if (!logits) stream_free(scores, s);
 }
 
 void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_begin, int e_end, const MoeRouting& r,
