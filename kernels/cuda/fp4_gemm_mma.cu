@@ -5,9 +5,9 @@
 // an e4m3 value (sign to bit 7, the three magnitude bits to bits 4..2: exponent 1..3 -> 2^(e-7),
 // exponent 0 -> the e4m3 subnormal m * 2^-7), so the weights become e4m3 bytes with two shifts and
 // masks per four codes. mma.sync with e4m3 operands is not native on sm_90 (per NVIDIA in CUTLASS
-// issue #1986, ptxas converts both operands to f16 on every MMA and runs f16 MMAs; the f16 form
-// below measured 3% faster on an H100, docs/PERFORMANCE.md), so the kernel converts once per
-// fragment: e4m3 -> f16 (exact) by cvt.rn.f16x2.e4m3x2, each A fragment converted once for the
+// issue #1986, ptxas converts both operands to f16 on every MMA and runs f16 MMAs; this form,
+// together with the 128-row tile, took an H100's 8K prefill from 34.1 to 33.2 ms, see
+// docs/PERFORMANCE.md), so the kernel converts once per fragment: e4m3 -> f16 (exact) by cvt.rn.f16x2.e4m3x2, each A fragment converted once for the
 // warp's four n8 tiles and each B fragment once for its row tiles, and one 32-block is two chained
 // mma.sync m16n8k16 f16 x f16 -> f32. Each 32-block product starts from zero and is promoted into
 // the fp32 accumulator times s_x[row, k/128] * 2^(S[n, k/32] - 127) (here s_x * 2^(S - 121), taking
