@@ -33,6 +33,9 @@ struct BackendOptions {
   int64_t cuda_expert_tc_min_rows = 1;
   bool cuda_attention_tc = true;
   bool cuda_indexer_tc = true;
+  // "cuda" only (debug.cuda_indexer_fp8): prefill indexer scores of compact keys on FP8 tensor
+  // cores (wgmma); off: the bf16 kernel, bit-identical to the reference.
+  bool cuda_indexer_fp8 = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.

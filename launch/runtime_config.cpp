@@ -210,6 +210,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_expert_tc_min_rows", &c.debug.cuda_expert_tc_min_rows);
   d.get("cuda_attention_tc", &c.debug.cuda_attention_tc);
   d.get("cuda_indexer_tc", &c.debug.cuda_indexer_tc);
+  d.get("cuda_indexer_fp8", &c.debug.cuda_indexer_fp8);
   V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
                d.where("cuda_expert_tc_min_rows") << " must be in [0, 2^30], got " << c.debug.cuda_expert_tc_min_rows);
   d.get("vmodule", &c.debug.vmodule);
@@ -239,6 +240,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
        "CUDA: rows per expert from which FP4 expert GEMMs take the tensor-core W4A8 kernel (default 1: always; 0: never)"},
       {"cuda_attention_tc", "CUDA: prefill sparse attention on bf16 tensor cores (default true; false: CUDA cores)"},
       {"cuda_indexer_tc", "CUDA: prefill lightning-indexer scores on bf16 tensor cores (default true; false: CUDA cores)"},
+      {"cuda_indexer_fp8", "CUDA: prefill indexer scores of compact FP4 keys on FP8 wgmma (default true; false: the "
+                           "bf16 kernel, bit-identical to the reference's scores)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
       {"log_dir", "per-rank log files in this directory instead of stderr only"},
       {"test_hook_forced_output",
@@ -263,6 +266,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_expert_tc_min_rows = config.debug.cuda_expert_tc_min_rows;
   o.cuda_attention_tc = config.debug.cuda_attention_tc;
   o.cuda_indexer_tc = config.debug.cuda_indexer_tc;
+  o.cuda_indexer_fp8 = config.debug.cuda_indexer_fp8;
   o.cuda_graphs = config.cuda_graphs;
   return o;
 }
@@ -318,6 +322,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_expert_tc_min_rows" << YAML::Value << c.debug.cuda_expert_tc_min_rows;
   out << YAML::Key << "cuda_attention_tc" << YAML::Value << c.debug.cuda_attention_tc;
   out << YAML::Key << "cuda_indexer_tc" << YAML::Value << c.debug.cuda_indexer_tc;
+  out << YAML::Key << "cuda_indexer_fp8" << YAML::Value << c.debug.cuda_indexer_fp8;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
   out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;
   out << YAML::Key << "test_hook_forced_output" << YAML::Value << c.debug.test_hook_forced_output;

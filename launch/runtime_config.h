@@ -62,6 +62,7 @@ struct DebugConfig {
   int64_t cuda_expert_tc_min_rows = 1;  // CUDA: tensor-core expert GEMM from this many rows per expert (0: never)
   bool cuda_attention_tc = true;         // CUDA: prefill sparse attention on tensor cores
   bool cuda_indexer_tc = true;           // CUDA: prefill indexer scores on tensor cores
+  bool cuda_indexer_fp8 = true;          // CUDA: ... of compact keys on FP8 wgmma (false: bf16, bit-exact)
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
   std::string log_dir;         // per-rank log files (empty: stderr)
   // TEST HOOK for end-to-end tests only: lets a request carry `test_hook_forced_output`, a text

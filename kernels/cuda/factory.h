@@ -40,6 +40,9 @@ struct CudaBackendOptions {
   // bf16 tensor cores (debug.cuda_attention_tc / debug.cuda_indexer_tc); off: the CUDA-core kernels.
   bool attention_tensor_cores = true;
   bool indexer_tensor_cores = true;
+  // Prefill indexer scores of compact FP4 keys on FP8 wgmma (indexer_fp8.cu; debug.cuda_indexer_fp8)
+  // instead of the bf16 mma.sync kernel, which alone reproduces the reference's scores bit for bit.
+  bool indexer_fp8 = true;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention always on the per-warp kernel, never the split multi-query one.

@@ -11,7 +11,10 @@
 // tensor-core kernel (fp4_gemm_mma.cu; FP8 activations only, Fp4GroupedGemmParams::tensor_cores)
 // serves prefill and, by default, decode: weights re-encoded to e4m3 and both operands converted
 // to f16 on chip (exact), mma.sync f16 with fp32 promotion per 32-block, 16, 32, 64 or 128 rows x
-// 128 channels per block (fp4_tc_rows_per_tile). The caller picks the kernel by rows per expert.
+// 128 channels per block (fp4_tc_rows_per_tile). At decode sizes (a mean of at most
+// kFp4GemvMaxMeanRows rows per expert) it hands over to a GEMV on the same MMAs with the roles
+// swapped (fp4_gemv.cu: channels on the m16 side, up to 8 rows of an expert on the n8 side, each
+// weight byte read once), bound by the weight bytes. The caller picks the kernel by rows per expert.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -36,8 +39,8 @@ struct Fp4GroupedGemmParams {
   const int32_t* group_list = nullptr;   // device [list_len]
   int list_len = 0;
   int64_t n = 0, k = 0;                  // k % 128 == 0
-  // Tensor-core kernel (needs x8/x_scale; group_list is not used: every group with rows is
-  // served). max_rows bounds row_offsets[num_groups] and sizes its grid.
+  // Tensor-core kernels, tile and GEMV (need x8/x_scale; group_list is not used: every group with
+  // rows and weights is served). max_rows bounds row_offsets[num_groups] and sizes their grids.
   bool tensor_cores = false;
   int64_t max_rows = 0;
   cudaStream_t stream = nullptr;
@@ -45,8 +48,18 @@ struct Fp4GroupedGemmParams {
 
 void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
 
-// The tensor-core kernel directly (fp4_grouped_gemm calls it when p.tensor_cores is set).
+// The tensor-core kernels directly (fp4_grouped_gemm calls it when p.tensor_cores is set): the
+// GEMV when fp4_tc_use_gemv(p.max_rows, p.num_groups), else the tile kernel.
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p);
+// The tile kernel alone, whatever the rows per group (fp4_gemm_mma.cu).
+void fp4_grouped_gemm_mma(const Fp4GroupedGemmParams& p);
+// The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
+// rows go in passes of 8, each pass reading the expert's weights again.
+void fp4_grouped_gemv(const Fp4GroupedGemmParams& p);
+// The largest mean rows per group (rounded up, as fp4_tc_rows_per_tile) that takes the GEMV; the
+// reasons are at fp4_tc_use_gemv in fp4_gemv.cu.
+inline constexpr int kFp4GemvMaxMeanRows = 4;
+bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups);
 // Rows of one expert per tensor-core block in the 64-row shape.
 inline constexpr int kFp4TcRowsPerTile = 64;
 // The rows per tensor-core block (16, 32, 64 or 128) fp4_grouped_gemm_tc takes for max_rows rows

@@ -414,6 +414,14 @@ int fp4_tc_rows_per_tile(int64_t max_rows, int64_t num_groups) {
 }
 
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p) {
+  if (fp4_tc_use_gemv(p.max_rows, p.num_groups)) {
+    fp4_grouped_gemv(p);  // decode sizes: bound by the weight bytes, see fp4_gemv.cu
+  } else {
+    fp4_grouped_gemm_mma(p);
+  }
+}
+
+void fp4_grouped_gemm_mma(const Fp4GroupedGemmParams& p) {
   CHECK(p.x8 && p.x_scale) << "fp4 grouped gemm (tensor cores): FP8 activations required";
   CHECK(p.out || p.out_f32) << "fp4 grouped gemm (tensor cores): no output";
   CHECK_EQ(p.k % kBK, 0) << "fp4 grouped gemm (tensor cores): k=" << p.k << " must be a multiple of " << kBK;

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels/cuda/batch_params.cuh"
+#include "kernels/cuda/indexer_args.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/kv_decode.cuh"
@@ -23,38 +24,6 @@ namespace {
 
 constexpr int kMaxIndexHeads = 64;
 constexpr int kKeysPerBlock = 128;
-
-// One part of a launch (a sequence of a batch, or the whole call): its views and positions. The
-// parts are passed by value in the kernel parameters (no copy to the device, capturable in a CUDA
-// graph); the launch's query tokens are numbered across the parts, part i holding [row0, row0 + rows).
-struct IdxPart {
-  Act q, keys, w;
-  KvRowsDev ckeys;  // compact keys (ckeys.data set): read instead of keys
-  float* scores;
-  int64_t score_stride, key_begin, key_end, pos_begin, row0;
-  bool vec;  // plain keys read 16 bytes at a time
-};
-
-// The parts that fit in the kernel parameters beside the shared fields (< 64 bytes): 185 parts
-// of 176 bytes (204 before a compact table could be paged: KvRowsDev's block table and shift).
-constexpr int kMaxIdxParts = int((kMaxKernelParamBytes - 64) / sizeof(IdxPart));
-
-struct IdxArgs {
-  int64_t n;  // query tokens of the launch
-  int h_begin, nh, dim, ratio;
-  float weight_scale;
-  bool accumulate, bf16_arith;
-  int num_parts;
-  int64_t key_span;  // tensor-core kernel: keys per block of y
-  IdxPart parts[kMaxIdxParts];
-};
-static_assert(sizeof(IdxArgs) <= kMaxKernelParamBytes, "indexer kernel parameters");
-static_assert(offsetof(IdxArgs, parts) <= 64, "indexer shared fields: kMaxIdxParts assumes < 64 bytes");
-
-// The part holding launch token tg (binary search over the parts' first tokens).
-__device__ __forceinline__ const IdxPart& idx_part_of(const IdxArgs& a, int64_t tg) {
-  return a.parts[part_holding(a.num_parts, tg, [&](int k) { return a.parts[k].row0; })];
-}
 
 // The scores of query token t of part p against this block's keys (one thread per key); q of the
 // token's heads in shared memory (qs [nh][dim], then w [nh]). Every thread of the block calls it.
@@ -183,14 +152,6 @@ __device__ __forceinline__ void cp_async16(uint16_t* dst, const void* src) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
 }
-// 4 bytes (compact FP4 rows are only 4-byte aligned: 68-byte rows); .ca, the only size-4 form.
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16);
 }
@@ -547,11 +508,11 @@ IdxPart plan_part(const IndexerScoresParams& p, int64_t heads, int64_t dim, int6
 
 }  // namespace
 
-void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores) {
-  launch_indexer_scores_batch(IndexerScoresBatchParams{&p, 1}, s, tensor_cores);
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores, bool fp8) {
+  launch_indexer_scores_batch(IndexerScoresBatchParams{&p, 1}, s, tensor_cores, fp8);
 }
 
-void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStream_t s, bool tensor_cores) {
+void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStream_t s, bool tensor_cores, bool fp8) {
   if (batch.num_parts == 0) return;
   const IndexerScoresParams& p0 = batch.parts[0];
   const int64_t heads = p0.q.shape[1], dim = p0.q.shape[2];
@@ -581,6 +542,10 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   // `tensor_cores` is off.
   auto launch = [&] {
     if (a.num_parts == 0 || max_keys == 0) return;
+    if (tensor_cores && fp8 && has_keys && indexer_fp8_serves(a)) {
+      launch_indexer_fp8(a, max_keys, s);
+      return;
+    }
     if (a.num_parts == 1 && a.bf16_arith && tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim && has_keys &&
         (!a.parts[0].ckeys.data || a.parts[0].ckeys.row_bytes <= kTcRawLd)) {
       static bool tc_attr_set = false;

@@ -92,12 +92,14 @@ void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s);
 void launch_compressor_pool_batch(const CompressorPoolBatchParams& p, cudaStream_t s);
 
 // --- indexer.cu ----------------------------------------------------------------------------------
-// tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
-// (CudaBackendOptions::indexer_tensor_cores).
-void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores = true);
+// tensor_cores: prefill shapes under the official numerics on tensor cores
+// (CudaBackendOptions::indexer_tensor_cores); fp8: those with compact FP4 keys on the FP8 wgmma
+// kernel (indexer_fp8.cu, CudaBackendOptions::indexer_fp8) instead of the bf16 mma.sync one.
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores = true, bool fp8 = false);
 // The parts in groups of as many as fit in the kernel parameters, one launch per group (a single
 // part may take the tensor-core kernel); the parts must share what IndexerScoresBatchParams says.
-void launch_indexer_scores_batch(const IndexerScoresBatchParams& p, cudaStream_t s, bool tensor_cores = true);
+void launch_indexer_scores_batch(const IndexerScoresBatchParams& p, cudaStream_t s, bool tensor_cores = true,
+                                 bool fp8 = false);
 // --- topk.cu -------------------------------------------------------------------------------------
 void launch_topk(const TopkParams& p, cudaStream_t s);
 

@@ -13,9 +13,13 @@
 #   cpp-httplib.pc, and the Brotli runtime libcpp-httplib.so links; see scripts/device/devdeps.sh.
 #   Rename any downloaded name holding '%3a' (an epoch) to drop it: zlib1g-dev_1.2.13.dfsg-1_amd64.deb.)
 # On the device (repository root):
-#   scripts/device/run.sh [all|test|nccl|comm|sanitize|bench|golden|step|prefill|serve|mtp]...
+#   scripts/device/run.sh [all|test|nccl|comm|sanitize|bench|golden|step|prefill|serve|mtp|mpijobs]...
 # (comm: the distributed path on the device, docs/COMM.md: EP/TP device tests at np 2 and 4, every
-# layout's CUDA logits against 1 rank, the NCCL fault test, `v4rt bench moe-comm`.)
+# layout's CUDA logits against 1 rank, the NCCL fault test, `v4rt bench moe-comm`.
+# mpijobs: `v4rt serve` + `v4rt bench serve` and `v4rt batch` under mpirun with CUDA ranks, per
+# layout (ep2 tp2 sp2 at np 2, ep4_tp2 tp2_sp2 at np 4; on one GPU through the staged Comm), the
+# batch outputs against a 1-rank batch; needs only the v4rt target and data/tokenizer carried;
+# logs in $OUT/mpijobs; see scripts/device/mpi_jobs.sh and docs/COMM.md.)
 # Environment: OUT (results, default out/device), BUILD (default build-gpu), JOBS (default nproc),
 # TARGETS (override the build list), V4RT_GOLDEN_DIR (golden data; default tests/data/golden,
 # which travels with the working tree),
@@ -24,7 +28,8 @@
 # PREFILL_ARGS / PREFILL_CSV (the `prefill` step: `v4rt bench prefill` runs, ';'-separated argument
 # lists, and a CSV file for their per-op rows),
 # TEST_FILTER (gtest filter of the device op tests, default all), MTP_ARGS / MTP_LAYERS / MTP_MODEL
-# (the `mtp` step: `v4rt bench mtp` on a Flash slice with its MTP layer; see scripts/device/mtp.sh).
+# (the `mtp` step: `v4rt bench mtp` on a Flash slice with its MTP layer; see scripts/device/mtp.sh),
+# MPI_LAYOUTS / MPI_STEPS / MPI_SERVE_ARGS / ... (the `mpijobs` step; see scripts/device/mpi_jobs.sh).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}
@@ -155,5 +160,9 @@ if want serve && has v4rt; then
 fi
 if want mtp && has v4rt; then
   bash scripts/device/mtp.sh "$BUILD/launch/v4rt" "$OUT/mtp.log" || rc=1  # MTP_* settings: see mtp.sh
+fi
+if want mpijobs && has v4rt; then
+  # MPI_* settings: see mpi_jobs.sh; carry data/tokenizer. One summary block per layout on stdout.
+  bash scripts/device/mpi_jobs.sh "$BUILD/launch/v4rt" data/tokenizer/tokenizer.json "$OUT/mpijobs" || rc=1
 fi
 exit $rc

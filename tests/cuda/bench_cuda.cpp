@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Benchmarks of the CUDA backend at V4-Flash shapes: FP8 block-scaled GEMMs (cuBLASLt), the FP4
-// grouped expert GEMM (single expert and decode-shaped groups), sparse attention decode, indexer
+// grouped expert GEMM (single expert and decode-shaped groups; the CUDA-core kernel, the tensor-core
+// tile kernel and the decode GEMV side by side, the GEMV's GB/s also against the nominal HBM
+// bandwidth: 3.35 TB/s H100, 4.8 TB/s H200), sparse attention decode, indexer
 // scores and top-k (decode, and prefill chunks on the tensor-core kernel), and a decode batch of
 // 256 sequences as per-sequence calls against one batched call. Each line: time, bytes, FLOPs,
 // achieved bandwidth / throughput and the roofline
@@ -27,6 +29,7 @@ namespace {
 
 constexpr double kFp8Peak = 1580e12, kBf16Peak = 790e12;
 double g_bw = 4.3e12;
+double g_hbm_nominal = 0;  // the data-sheet HBM bandwidth of an H100 / H200 SXM, 0 for other devices
 FILE* g_tsv = nullptr;
 
 template <typename F>
@@ -127,7 +130,7 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
     dpw.copy_from_host(pw.data(), pw.size() * 8);
     dpws.copy_from_host(pws.data(), pws.size() * 8);
     for (int mode = 0; mode < 2; ++mode) {
-      for (int64_t m : {1, 4, 16, 64, 256}) {
+      for (int64_t m : {1, 2, 4, 8, 16, 64, 128, 256}) {
         std::vector<int32_t> counts(size_t(num_experts), 0);
         if (mode == 0) {
           counts[0] = int32_t(m);
@@ -142,35 +145,61 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
             for (int e : chosen) counts[size_t(e)]++;
           }
         }
-        std::vector<int32_t> off(size_t(num_experts) + 1, 0);
+        // kRotations copies of the routing with the experts shifted by 16 each, taken in turn by the
+        // timed calls: a few experts' weights (4.25 MB each) would otherwise stay in L2 (50 MB on
+        // an H100) from one call to the next and the bandwidth would be L2's, not HBM's.
+        constexpr int kRotations = 16;
         int active = 0;
-        for (int e = 0; e < num_experts; ++e) {
-          off[size_t(e) + 1] = off[size_t(e)] + counts[size_t(e)];
-          active += counts[size_t(e)] > 0;
+        int64_t rows = 0;
+        std::vector<DeviceBuffer> doffs;
+        for (int rot = 0; rot < kRotations; ++rot) {
+          std::vector<int32_t> off(size_t(num_experts) + 1, 0);
+          for (int e = 0; e < num_experts; ++e) {
+            off[size_t(e) + 1] = off[size_t(e)] + counts[size_t((e + num_experts - 16 * rot) % num_experts)];
+          }
+          doffs.emplace_back(off.size() * 4);
+          doffs.back().copy_from_host(off.data(), off.size() * 4);
+          rows = off.back();
         }
-        const int64_t rows = off.back();
-        DeviceBuffer doff(off.size() * 4), x8 = random_bytes(size_t(rows * sh.k), gen, 0, 255, 0x7f);
-        doff.copy_from_host(off.data(), off.size() * 4);
+        for (int e = 0; e < num_experts; ++e) active += counts[size_t(e)] > 0;
+        DeviceBuffer x8 = random_bytes(size_t(rows * sh.k), gen, 0, 255, 0x7f);
+        int rot_next = 0;
+        auto rotate = [&](Fp4GroupedGemmParams& q) {
+          q.row_offsets = doffs[size_t(rot_next++ % kRotations)].as<int32_t>();
+        };
         std::vector<float> xsh(size_t(rows * (sh.k / 128)), 1.0f / 16);
         DeviceBuffer xs(xsh.size() * 4), out(size_t(rows * sh.n) * 2);
         xs.copy_from_host(xsh.data(), xsh.size() * 4);
         Fp4GroupedGemmParams p;
         p.x8 = x8.as<uint8_t>();
         p.x_scale = xs.as<float>();
-        p.row_offsets = doff.as<int32_t>();
+        p.row_offsets = doffs[0].as<int32_t>();
         p.w = dpw.as<const uint8_t*>();
         p.w_scale = dpws.as<const uint8_t*>();
         p.out = out.as<uint16_t>();
         p.num_groups = num_experts;
         p.n = sh.n;
         p.k = sh.k;
+        p.max_rows = rows;
         p.stream = s;
-        const double us = time_us([&] { fp4_grouped_gemm(p); }, s);
         const double bytes = double(active) * double(sh.n * sh.k) * (0.5 + 1.0 / 32) + double(rows * sh.k) * 1.03 +
                              double(rows * sh.n) * 2;
-        const std::string name = std::string("fp4 ") + sh.name + (mode == 0 ? " 1 expert M=" : " decode T=") +
-                                 std::to_string(m) + (mode == 0 ? "" : " (" + std::to_string(active) + " experts)");
-        report(name, us, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+        const std::string shape = std::string(sh.name) + (mode == 0 ? " 1 expert M=" : " decode T=") +
+                                  std::to_string(m) + (mode == 0 ? "" : " (" + std::to_string(active) + " experts)");
+        // The CUDA-core kernel, then the two tensor-core kernels side by side (the tensor-core entry
+        // dispatches to the GEMV up to a mean of kFp4GemvMaxMeanRows rows per expert).
+        const double us = time_us([&] { rotate(p); fp4_grouped_gemm(p); }, s);
+        report("fp4 cuda cores " + shape, us, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+        const double us_tile = time_us([&] { rotate(p); fp4_grouped_gemm_mma(p); }, s);
+        report("fp4 tc tile " + shape, us_tile, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+        const double us_gemv = time_us([&] { rotate(p); fp4_grouped_gemv(p); }, s);
+        report("fp4 tc gemv " + shape, us_gemv, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+        if (g_hbm_nominal > 0) {
+          std::printf("  %s: tile %.0f GB/s, gemv %.0f GB/s = %.1f%% of the nominal %.2f TB/s; dispatch takes the %s\n",
+                      shape.c_str(), bytes / us_tile * 1e-3, bytes / us_gemv * 1e-3,
+                      100.0 * bytes / (us_gemv * 1e-6) / g_hbm_nominal, g_hbm_nominal * 1e-12,
+                      fp4_tc_use_gemv(rows, num_experts) ? "gemv" : "tile kernel");
+        }
       }
     }
   }
@@ -398,6 +427,10 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  const std::string dev_name = prop.name;
+  g_hbm_nominal = dev_name.find("H200") != std::string::npos   ? 4.8e12
+                  : dev_name.find("H100") != std::string::npos ? 3.35e12
+                                                               : 0;
   std::mt19937 gen(42);
   Stream stream;
   bench_copy(stream.get());

@@ -545,15 +545,28 @@ TEST(CudaOps, IndexerScoresBatch) {
 // keys paged and contiguous, a sub-range with accumulation over heads [8, 45) and 67 queries, key
 // ranges of one, two and three tiles (the prologue alone, with one fetch, one steady step), and
 // head dim 64.
+// Every case with compact FP4 keys also runs the FP8 wgmma kernel (indexer_fp8.cu, the default for
+// them): against the CPU op within the bf16 kernel's tolerance, and its scores that differ in bits
+// from the bf16 kernel's counted (the FP8 accumulation and the per-quad head sum, see the kernel).
+// FP8-only cases: 65,537 queries of 4 heads at dim 64 (16,385 blocks on x), and q whose 32-blocks
+// are 0, 4, 8 and 12 binades apart (plus each value's own 4): past the 13 binades the e4m3
+// rescaling of a row keeps exact, the smallest values round.
 TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(29);
-  cuda::CudaBackendOptions simt_options;
+  cuda::CudaBackendOptions simt_options, bf16_options;
   simt_options.indexer_tensor_cores = false;
+  bf16_options.indexer_fp8 = false;
   auto simt = cuda::make_cuda_backend(0, simt_options);
+  auto bf16tc = cuda::make_cuda_backend(0, bf16_options);
+  auto fp8 = cuda::make_cuda_backend(0, cuda::CudaBackendOptions{});
+  int spread = 0;  // binades q's 32-blocks span beyond fp4_values' own (FP8-only case)
   auto fp4_values = [&](int64_t cnt) {
     std::vector<float> v(static_cast<size_t>(cnt));
-    for (auto& x : v) x = round_fp4(rng.normal(2.f)) * std::ldexp(1.f, int(rng.integer(-3, 1)));
+    for (size_t i = 0; i < v.size(); ++i) {
+      const int block_shift = spread ? -int((i / 32) % 4) * spread / 3 : 0;
+      v[i] = round_fp4(rng.normal(2.f)) * std::ldexp(1.f, int(rng.integer(-3, 1)) + block_shift);
+    }
     return v;
   };
   enum class Keys { kF32, kBF16, kFp4, kFp4Paged };
@@ -572,8 +585,12 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
                         Case{"one fp4 tile", 20, 64, 128, 50, 190, 0, -1, 0, -1, Keys::kFp4Paged},
                         Case{"two fp4 tiles", 20, 64, 128, 128, 500, 0, -1, 0, -1, Keys::kFp4Paged},
                         Case{"three fp4 tiles, masked", 33, 64, 128, 190, 640, 0, -1, 0, -1, Keys::kFp4Paged},
-                        Case{"dim 64, 16 heads, 5000 fp4 keys", 48, 16, 64, 5000, 19980, 0, -1, 0, -1, Keys::kFp4Paged}}) {
+                        Case{"dim 64, 16 heads, 5000 fp4 keys", 48, 16, 64, 5000, 19980, 0, -1, 0, -1, Keys::kFp4Paged},
+                        Case{"fp8 only: 65537 queries, 4 heads, dim 64, fp4", 65537, 4, 64, 40, 70000, 0, -1, 0, -1, Keys::kFp4},
+                        Case{"fp8 only: q blocks over 12 binades", 130, 64, 128, 3000, 12000, 0, -1, 0, -1, Keys::kFp4}}) {
     SCOPED_TRACE(c.name);
+    const bool fp8_only = std::string(c.name).rfind("fp8 only", 0) == 0;
+    spread = std::string(c.name).find("binades") != std::string::npos ? 12 : 0;
     const int64_t kend = c.k1 < 0 ? c.keys : c.k1, cols = kend - c.k0;
     const bool compact = c.kind == Keys::kFp4 || c.kind == Keys::kFp4Paged;
     const KvRowLayout fp4 = fp4_kv_layout(c.dim);
@@ -608,18 +625,34 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
       }
       return p;
     };
+    auto count_differ = [](const std::vector<float>& x, const std::vector<float>& y) {
+      int64_t differ = 0;
+      for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&x[i], &y[i], 4) != 0;
+      return differ;
+    };
     cpu_backend().indexer_scores(params(false, s_tc));
-    gpu_backend().indexer_scores(params(true, s_tc));
-    gpu_backend().synchronize();
-    simt->indexer_scores(params(true, s_simt));
-    simt->synchronize();
-    const std::vector<float> tc = s_tc.gpu_values(), cc = s_simt.gpu_values();
-    int64_t differ = 0;
-    for (size_t i = 0; i < tc.size(); ++i) differ += std::memcmp(&tc[i], &cc[i], 4) != 0;
-    std::printf("[compare] indexer tc prefill %s: %lld of %zu scores differ from the CUDA-core kernel\n", c.name,
-                static_cast<long long>(differ), tc.size());
-    EXPECT_EQ(differ, 0) << c.name;
-    EXPECT_TRUE(compare(std::string("indexer tc prefill ") + c.name, tc, s_tc.cpu_values(), {2e-2, 2e-2, 1e-4}));
+    bf16tc->indexer_scores(params(true, s_tc));
+    bf16tc->synchronize();
+    const std::vector<float> tc = s_tc.gpu_values();
+    if (!fp8_only) {
+      simt->indexer_scores(params(true, s_simt));
+      simt->synchronize();
+      const int64_t differ = count_differ(tc, s_simt.gpu_values());
+      std::printf("[compare] indexer tc prefill %s: %lld of %zu scores differ from the CUDA-core kernel\n", c.name,
+                  static_cast<long long>(differ), tc.size());
+      EXPECT_EQ(differ, 0) << c.name;
+      EXPECT_TRUE(compare(std::string("indexer tc prefill ") + c.name, tc, s_tc.cpu_values(), {2e-2, 2e-2, 1e-4}));
+    }
+    if (compact) {
+      Dual s_f8 = make_dual({c.n, cols}, init, DType::kF32);
+      fp8->indexer_scores(params(true, s_f8));
+      fp8->synchronize();
+      const std::vector<float> f8 = s_f8.gpu_values();
+      const int64_t differ = count_differ(f8, tc);
+      std::printf("[compare] indexer fp8 prefill %s: %lld of %zu scores differ from the bf16 kernel\n", c.name,
+                  static_cast<long long>(differ), f8.size());
+      EXPECT_TRUE(compare(std::string("indexer fp8 prefill ") + c.name, f8, s_tc.cpu_values(), {2e-2, 2e-2, 1e-4}));
+    }
   }
 }
 

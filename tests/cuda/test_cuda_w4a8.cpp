@@ -1,16 +1,21 @@
 // SPDX-License-Identifier: MIT
-// The grouped W4A8 expert GEMM on tensor cores (fp4_grouped_gemm_tc) against an fp64 host reference
-// of the official numerics and against the CUDA-core kernel on the same inputs: experts with 0 and
-// 1 rows, ragged groups, groups without weights, row tiles that end inside a group, channel counts
-// not a multiple of the 128-channel tile (odd ones too), k of one and of several 128-steps (fewer
-// than the pipeline stages, and not a multiple of them), bf16 and fp32 outputs, zero and extreme
-// codes, scale rows that are not word aligned. Each of the kernel's row tiles (16, 32, 64, 128 rows,
-// picked by the mean rows per group) is exercised on decode-, middle- and prefill-sized groups.
+// The grouped W4A8 expert GEMM on tensor cores against an fp64 host reference of the official
+// numerics and against the CUDA-core kernel on the same inputs. Every case runs both tensor-core
+// kernels forced (the tile kernel fp4_grouped_gemm_mma and the decode GEMV fp4_grouped_gemv),
+// compares them with each other, and checks that the dispatching entry (fp4_grouped_gemm_tc) gave
+// bit for bit the one fp4_tc_use_gemv picks. Cases: experts with 0 and 1 rows, ragged groups,
+// groups without weights, row tiles and 8-row GEMV passes that end inside a group, channel counts
+// not a multiple of the 128-channel tile or the GEMV's 32 (odd ones too), k of one and of several
+// 128-steps (fewer than the pipeline stages, and not a multiple of them or of the GEMV's 4 warps),
+// bf16 and fp32 outputs, zero and extreme codes, scale rows that are not word aligned, and the
+// V4-Flash decode shapes over 256 experts. Each of the tile kernel's row tiles (16, 32, 64, 128
+// rows, picked by the mean rows per group) is exercised on decode-, middle- and prefill-sized groups.
 // moe_experts through the backend in prefill shapes lives in test_cuda_moe.cpp
 // (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <memory>
 #include <numeric>
@@ -58,6 +63,10 @@ struct W4a8Case {
   bool misaligned_scales = false;  // weight scale rows start one byte past a word boundary
 };
 
+// The kernels run_case runs on every case: the tensor-core entry as dispatched (tile kernel or
+// GEMV by the mean rows per group), each of those two forced, and the CUDA-core kernel.
+enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores };
+
 // Host fp64 reference of one output: bf16/fp32 of sum over 32-blocks b of
 // (sum_{k in b} e4m3(x8) * s_x[k/128] * fp4(w)) * 2^(S[b] - 127).
 void run_case(const W4a8Case& c, Rng& rng) {
@@ -78,11 +87,23 @@ void run_case(const W4a8Case& c, Rng& rng) {
   }
   std::vector<float> xs(size_t(total * kb));
   for (auto& s : xs) s = std::ldexp(1.f, int(rng.integer(-12, -4)));  // act_quant scales: powers of two
+  // Groups with weights but no rows share one device buffer (never read: no rows), so cases of
+  // hundreds of mostly empty groups at real sizes stay small.
   std::vector<std::vector<uint8_t>> w(static_cast<size_t>(groups)), ws(static_cast<size_t>(groups));
   std::vector<std::unique_ptr<Dev<uint8_t>>> dw, dws;
+  std::unique_ptr<Dev<uint8_t>> empty_w, empty_ws;
   std::vector<const uint8_t*> wp(static_cast<size_t>(groups), nullptr), wsp(static_cast<size_t>(groups), nullptr);
   for (int g = 0; g < groups; ++g) {
     if (!c.has_w[size_t(g)]) continue;
+    if (c.rows[size_t(g)] == 0) {
+      if (!empty_w) {
+        empty_w = std::make_unique<Dev<uint8_t>>(size_t(n * k / 2));
+        empty_ws = std::make_unique<Dev<uint8_t>>(size_t(n * k / 32));
+      }
+      wp[size_t(g)] = empty_w->p;
+      wsp[size_t(g)] = empty_ws->p;
+      continue;
+    }
     w[size_t(g)].resize(size_t(n * k / 2));
     for (auto& b : w[size_t(g)]) b = uint8_t(rng.integer(0, 255));
     ws[size_t(g)].resize(size_t(n * k / 32));
@@ -103,7 +124,7 @@ void run_case(const W4a8Case& c, Rng& rng) {
   Dev<int32_t> doff(offsets);
   Dev<const uint8_t*> dwp(wp), dwsp(wsp);
 
-  auto run = [&](bool tc, auto* out) {
+  auto run = [&](Kernel kernel, auto* out) {
     cuda::Fp4GroupedGemmParams p;
     p.x8 = dx.p;
     p.x_scale = dxs.p;
@@ -118,65 +139,94 @@ void run_case(const W4a8Case& c, Rng& rng) {
     p.num_groups = groups;
     p.n = n;
     p.k = k;
-    p.tensor_cores = tc;
+    p.tensor_cores = kernel != Kernel::kCudaCores;
     p.max_rows = total + 3;  // an upper bound, not the exact count
-    cuda::fp4_grouped_gemm(p);
+    if (kernel == Kernel::kTile) {
+      cuda::fp4_grouped_gemm_mma(p);
+    } else if (kernel == Kernel::kGemv) {
+      cuda::fp4_grouped_gemv(p);
+    } else {
+      cuda::fp4_grouped_gemm(p);
+    }
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   };
-  std::vector<float> got_tc, got_cc;
+  // Outputs of the four runs as floats (sentinel NaNs where nothing was written), and the bits of
+  // the dispatched run and of the kernel it must have taken.
+  const Kernel kernels[] = {Kernel::kTcDispatch, Kernel::kTile, Kernel::kGemv, Kernel::kCudaCores};
+  std::vector<float> got[4];
+  std::vector<uint32_t> bits[4];
   const size_t outn = size_t(std::max<int64_t>(total * n, 1));
-  if (c.out_f32) {
-    Dev<float> o_tc(outn), o_cc(outn);
-    run(true, &o_tc);
-    run(false, &o_cc);
-    got_tc = o_tc.host();
-    got_cc = o_cc.host();
-  } else {
-    Dev<uint16_t> o_tc(outn), o_cc(outn);
-    run(true, &o_tc);
-    run(false, &o_cc);
-    for (uint16_t v : o_tc.host()) got_tc.push_back(bf16_to_f32(v));
-    for (uint16_t v : o_cc.host()) got_cc.push_back(bf16_to_f32(v));
-  }
-  // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
-  std::vector<float> ref, tc, cc;
-  int64_t untouched_bad = 0;
-  for (int g = 0; g < groups; ++g) {
-    for (int64_t r = offsets[size_t(g)]; r < offsets[size_t(g) + 1]; ++r) {
-      for (int64_t j = 0; j < n; ++j) {
-        const size_t o = size_t(r * n + j);
-        if (!c.has_w[size_t(g)]) {
-          untouched_bad += !std::isnan(got_tc[o]);
-          continue;
-        }
-        double acc = 0.0;
-        for (int64_t b = 0; b < k / 32; ++b) {
-          double blk = 0.0;
-          for (int64_t i = b * 32; i < b * 32 + 32; ++i) {
-            const double xv = double(e4m3_to_f32(x8[size_t(r * k + i)])) * xs[size_t(r * kb + i / 128)];
-            blk += xv * fp4_to_f32(fp4_unpack(w[size_t(g)].data() + j * (k / 2), i));
-          }
-          acc += blk * e8m0_to_f32(ws[size_t(g)][size_t(j * (k / 32) + b)]);
-        }
-        ref.push_back(c.out_f32 ? float(acc) : round_bf16(float(acc)));
-        tc.push_back(got_tc[o]);
-        cc.push_back(got_cc[o]);
+  for (int i = 0; i < 4; ++i) {
+    if (c.out_f32) {
+      Dev<float> o(outn);
+      run(kernels[i], &o);
+      got[i] = o.host();
+      for (float v : got[i]) bits[i].push_back(std::bit_cast<uint32_t>(v));
+    } else {
+      Dev<uint16_t> o(outn);
+      run(kernels[i], &o);
+      for (uint16_t v : o.host()) {
+        got[i].push_back(bf16_to_f32(v));
+        bits[i].push_back(v);
       }
     }
   }
+  const bool gemv = cuda::fp4_tc_use_gemv(total + 3, groups);
   std::string tag = "w4a8 groups";
   for (int r : c.rows) {
     tag += ' ';
     tag += std::to_string(r);
   }
   tag += " n" + std::to_string(n) + " k" + std::to_string(k) + (c.out_f32 ? " f32" : " bf16");
+  EXPECT_TRUE(bits[0] == bits[gemv ? 2 : 1]) << tag << ": the dispatched run differs from the "
+                                             << (gemv ? "GEMV" : "tile kernel");
+  // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
+  std::vector<float> ref, tile, gv, cc;
+  int64_t untouched_bad = 0;
+  for (int g = 0; g < groups; ++g) {
+    if (c.rows[size_t(g)] == 0) continue;
+    std::vector<float> wf;  // decoded weights [n, k]
+    if (c.has_w[size_t(g)]) {
+      float lut[16];
+      for (int code = 0; code < 16; ++code) lut[code] = fp4_to_f32(uint8_t(code));
+      wf.resize(size_t(n * k));
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < k; ++i) wf[size_t(j * k + i)] = lut[fp4_unpack(w[size_t(g)].data() + j * (k / 2), i)];
+    }
+    std::vector<double> xv(static_cast<size_t>(k));
+    for (int64_t r = offsets[size_t(g)]; r < offsets[size_t(g) + 1]; ++r) {
+      for (int64_t i = 0; i < k; ++i) {
+        xv[size_t(i)] = double(e4m3_to_f32(x8[size_t(r * k + i)])) * xs[size_t(r * kb + i / 128)];
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const size_t o = size_t(r * n + j);
+        if (!c.has_w[size_t(g)]) {
+          untouched_bad += !std::isnan(got[1][o]) + !std::isnan(got[2][o]);
+          continue;
+        }
+        double acc = 0.0;
+        for (int64_t b = 0; b < k / 32; ++b) {
+          double blk = 0.0;
+          for (int64_t i = b * 32; i < b * 32 + 32; ++i) blk += xv[size_t(i)] * wf[size_t(j * k + i)];
+          acc += blk * e8m0_to_f32(ws[size_t(g)][size_t(j * (k / 32) + b)]);
+        }
+        ref.push_back(c.out_f32 ? float(acc) : round_bf16(float(acc)));
+        tile.push_back(got[1][o]);
+        gv.push_back(got[2][o]);
+        cc.push_back(got[3][o]);
+      }
+    }
+  }
   EXPECT_EQ(untouched_bad, 0) << tag << ": rows of groups without weights were written";
   // bf16 outputs: one bf16 rounding (and a last-bit flip where the sums differ in order). fp32
   // outputs: the tensor cores add the 32 products of a block at reduced alignment precision, so
   // the bound is relative to the rms of the row block, not to each (possibly cancelling) element.
   const Tolerance tol = c.out_f32 ? Tolerance{1e-3, 1e-3, 1e-6} : Tolerance{1e-2, 1e-2, 1e-4};
-  EXPECT_TRUE(compare(tag + " tensor cores vs fp64", tc, ref, tol));
-  EXPECT_TRUE(compare(tag + " tensor cores vs cuda cores", tc, cc, tol));
+  EXPECT_TRUE(compare(tag + " tile kernel vs fp64", tile, ref, tol));
+  EXPECT_TRUE(compare(tag + " tile kernel vs cuda cores", tile, cc, tol));
+  EXPECT_TRUE(compare(tag + " gemv vs fp64", gv, ref, tol));
+  EXPECT_TRUE(compare(tag + " gemv vs cuda cores", gv, cc, tol));
+  EXPECT_TRUE(compare(tag + " gemv vs tile kernel", gv, tile, tol));
 }
 
 TEST(CudaW4a8, EdgeShapesVsReference) {
@@ -294,6 +344,92 @@ TEST(CudaW4a8, PrefillSizedGroups) {
       {{400, 128, 0, 131, 250}, {true, true, true, false, true}, 200, 896, true, 128},  // fp32
       {{127, 0, 385, 300, 0, 0, 1}, {true, true, true, true, true, true, true}, 77, 1152, false, 128, true},
   };
+  for (const auto& c : cases) run_case(c, rng);
+}
+
+// --- the decode GEMV (fp4_gemv.cu); run_case runs it on every case above too ---------------------
+
+// The dispatch by rounded-up mean rows per group: the GEMV up to kFp4GemvMaxMeanRows.
+TEST(CudaW4a8Gemv, DispatchByMeanRows) {
+  EXPECT_EQ(cuda::kFp4GemvMaxMeanRows, 4);
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(6, 256));         // batch 1, top-6 of 256 experts
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(384, 256));       // batch 64: a mean of 1.5
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(1536, 256));     // batch 256: a mean of 6, the tile kernel
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(4 * 256, 256));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(4 * 256 + 1, 256));
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(4, 1));           // one group (a dense FP4 linear) of 4 rows
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(5, 1));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(49152, 256));    // prefill
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(0, 256));
+}
+
+// One row in a few of 256 groups, the rest empty (the batch-1 decode step), some of the rows in
+// groups without weights; n not a multiple of the GEMV's 32 channels; bf16 and fp32 outputs.
+TEST(CudaW4a8Gemv, OneRowPerGroupMostEmpty) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(81);
+  for (int trial = 0; trial < 2; ++trial) {
+    W4a8Case c{std::vector<int>(256, 0), std::vector<bool>(256, true), trial == 0 ? 328 : 77, trial == 0 ? 512 : 384,
+               trial == 1};
+    for (int e = 0; e < 8; ++e) c.rows[size_t(rng.integer(0, 255))] = 1;
+    c.rows[0] = c.rows[255] = 1;  // the first and last groups
+    c.has_w[255] = false;
+    c.has_w[size_t(rng.integer(1, 254))] = false;
+    run_case(c, rng);
+  }
+}
+
+// Ragged rows {0, 1, 2, 3, 5, 17, 0, 300} (17 and 300 span 3 and 38 GEMV passes, the last partial),
+// with and without a group lacking weights, odd n, fp32 outputs, scale rows not word aligned.
+TEST(CudaW4a8Gemv, RaggedRows) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(82);
+  const std::vector<int> rows = {0, 1, 2, 3, 5, 17, 0, 300};
+  const std::vector<bool> all(8, true), skip3 = {true, true, true, false, true, true, true, true};
+  const std::vector<W4a8Case> cases = {
+      {rows, all, 200, 640, false},        // n % 32 != 0, 5 steps over 4 warps
+      {rows, skip3, 77, 384, true},        // odd n, fp32, 3 steps (a warp with none)
+      {rows, all, 96, 256, false, 0, true},  // misaligned scale rows, 2 steps
+  };
+  for (const auto& c : cases) run_case(c, rng);
+}
+
+// The V4-Flash decode shapes (hidden 4096, moe_inter 2048) over 256 experts: gate/up (n 2048,
+// k 4096) at batch 1 (6 experts with 1 row) in bf16, and down (n 4096, k 2048) at batch 4 (up to
+// 24 rows, an expert with several) in bf16 and fp32.
+TEST(CudaW4a8Gemv, FlashDecodeShapes) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(83);
+  for (int trial = 0; trial < 3; ++trial) {
+    const int tokens = trial == 0 ? 1 : 4;
+    W4a8Case c{std::vector<int>(256, 0), std::vector<bool>(256, true), trial == 0 ? 2048 : 4096,
+               trial == 0 ? 4096 : 2048, trial == 2};
+    for (int t = 0; t < tokens; ++t) {
+      std::vector<int> chosen;
+      while (chosen.size() < 6) {
+        const int e = int(rng.integer(0, 255));
+        if (std::find(chosen.begin(), chosen.end(), e) == chosen.end()) chosen.push_back(e);
+      }
+      for (int e : chosen) c.rows[size_t(e)]++;
+    }
+    if (tokens > 1) c.rows[7] += 3;  // an expert shared by several tokens
+    run_case(c, rng);
+  }
+}
+
+// The GEMV and the tile kernel forced on the same inputs where the dispatch takes the tile kernel
+// (a mean of 9+ rows: the GEMV in several passes per group), and where it takes the GEMV.
+TEST(CudaW4a8Gemv, ForcedGemvVsTileKernel) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(84);
+  const std::vector<W4a8Case> cases = {
+      {{40, 33, 0, 64, 9}, {true, true, true, true, false}, 136, 896, false, 32},
+      {{9, 16, 8, 7}, {true, true, true, true}, 264, 1152, true, 16},
+      {{2, 0, 8, 1, 0, 4, 3, 0}, {true, true, true, true, true, false, true, true}, 160, 1024, false, 16},
+  };
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(146 + 3, 5));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(40 + 3, 4));
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(18 + 3, 8));
   for (const auto& c : cases) run_case(c, rng);
 }
 

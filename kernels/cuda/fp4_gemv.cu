@@ -1,0 +1,392 @@
+// SPDX-License-Identifier: MIT
+// Grouped W4A8 expert GEMV on tensor cores for decode (see fp4_gemm.h, fp4_grouped_gemv): few rows
+// per expert, so the time is the weight bytes crossing HBM once and the kernel is written to keep
+// enough of them in flight. Same operands and promotion as the tile kernel (fp4_gemm_mma.cu), roles
+// swapped: the weights are the m16 side of mma.sync m16n8k16 (16 output channels) and at most 8 rows
+// of one expert are its n8 side, so 1 to 8 rows cost the same and no row tile of 16 sits mostly empty.
+//
+// Work: a block owns 8 rows of one expert (one "row pass"; an expert with more rows has several)
+// times 32 output channels; its 4 warps split k into 4 contiguous ranges of 128-steps and each
+// computes both m16 channel tiles over its range (the activation fragments, converted once, serve
+// both). Each warp runs its own cp.async pipeline (kStages steps of 128 in flight, __syncwarp only):
+// per step 32 channels x 64 bytes of packed weights, 8 rows x 128 e4m3 activations, the four ue8m0
+// bytes of each channel and the activation scale of each row. The warps' sums meet in shared memory,
+// added in warp (= k) order, and are stored as bf16 or fp32.
+//
+// Fragments: ldmatrix.x4 on the weight rows (8 channels x 16 bytes = one 32-block per 8x8 matrix)
+// hands thread (gid, tig) word tig of that block for channel gid (and gid + 8), i.e. codes 8 tig ..
+// 8 tig + 7, the words the tile kernel reads. They become e4m3 bytes as there (value x 2^-6, exact),
+// even codes in one word and odd codes in the other, then f16x2 by cvt (exact): (c0, c2) | (c4, c6)
+// and (c1, c3) | (c5, c7). One 32-block is two k16 MMAs whose k slots take inputs 8 tig + {0, 2 | 1,
+// 3} and 8 tig + {4, 6 | 5, 7}; the activations, read as 8 bytes at row gid, get the same order by
+// one byte permute. The products are those of the tile kernel, each 32-block summed by the same
+// MMAs (its inputs in other k slots).
+//
+// Numerics: e4m3 (4 significant bits) x e2m1 (2) products are exact in f16 x f16 -> fp32. Each
+// product is a multiple of 2^-10 (2^-9 x 0.5) of magnitude <= 448 x 6 = 2,688, so a 32-block sum is
+// a multiple of 2^-10 below 86,016 < 2^17: exact in fp32 (24 bits) while it stays below 2^14, above
+// that rounded as by any fp32 adder (the tile and CUDA-core kernels alike; the tensor core's adder
+// keeps fewer alignment bits, which the tests' tolerance covers). Each block sum is promoted in
+// ascending block order within a warp's k range, acc += sum x s_x x 2^(S - 121) (powers of two:
+// exact), and the 4 ranges are added in k order.
+//
+// Grid: one block per (row pass, 32 channels), channels fastest, over the row-pass bound of
+// grouped_tile_bound. The expert of a row pass is found by each block itself (a block-wide prefix
+// sum of row passes over the groups in shared memory: one round of loads, two barriers), so there is
+// one launch and no scratch; blocks past the last row pass retire after it.
+#include <atomic>
+#include <climits>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/launch_geometry.h"
+
+namespace v4rt::kernels::cuda {
+
+namespace {
+
+constexpr int kRows = 8;                      // rows per pass: the n8 of the MMA
+constexpr int kWarps = 4;                     // warps per block, each a quarter of k
+constexpr int kThreads = kWarps * 32;
+constexpr int kTilesM = 2;                    // m16 channel tiles per warp
+constexpr int kChannels = 16 * kTilesM;       // output channels per block
+constexpr int kStepK = 128;                   // k per pipeline step = one activation scale block
+constexpr int kStages = 4;                    // steps per warp in shared memory (kStages - 1 in flight)
+constexpr int kLdW = kStepK / 2 + 16;         // weight row stride, bytes: ldmatrix rows in distinct banks
+constexpr int kLdA = kStepK + 32;             // activation row stride, bytes: 8-byte reads conflict-free
+constexpr int kRedLd = kChannels + 4;         // reduction row stride, floats: the stores conflict-free
+constexpr int kScanPerThread = 4;             // groups per thread per prefix-sum pass
+constexpr int kMinBlocks = 3;                 // blocks per SM (shared memory: 3 x 64,000 B)
+
+// One pipeline step of one warp in shared memory.
+struct GemvStage {
+  uint8_t w[kChannels][kLdW];  // packed e2m1 [channel][64 bytes of this step]
+  uint8_t a[kRows][kLdA];      // e4m3 [row][128]
+  uint32_t ws[kChannels];      // ue8m0 of each channel's four 32-blocks, byte j = block j
+  float xs[kRows];             // activation scale of each row
+};
+constexpr size_t kSmemBytes = size_t(kWarps) * kStages * sizeof(GemvStage);
+static_assert(sizeof(GemvStage) % 16 == 0, "stages keep 16-byte alignment");
+static_assert(kSmemBytes == 64000, "3 blocks per SM fit in 228 KB");
+static_assert(size_t(kWarps) * kRows * kRedLd * 4 <= kSmemBytes, "the reduction reuses the stages");
+
+// What a block serves: rows [row_begin, row_begin + rows) of the group with weights w / ws.
+struct GemvWork {
+  const uint8_t* w;
+  const uint8_t* ws;
+  int64_t row_begin;
+  int rows;  // 0: no such row pass (surplus block)
+};
+
+// --- operand conversion, MMA and copies ----------------------------------------------------------
+// Eight e2m1 codes (one 32-bit word, code j in bits 4j..4j+3) -> e4m3 bytes of value code * 2^-6:
+// lo = the even codes (low nibbles), hi = the odd ones (high nibbles), byte i of each from byte i.
+__device__ __forceinline__ uint32_t e2m1_lo_to_e4m3(uint32_t w) {
+  return ((w << 4) & 0x80808080u) | ((w << 2) & 0x1c1c1c1cu);
+}
+__device__ __forceinline__ uint32_t e2m1_hi_to_e4m3(uint32_t w) {
+  return (w & 0x80808080u) | ((w >> 2) & 0x1c1c1c1cu);
+}
+
+// Four e4m3 bytes -> two f16x2 (exact): lo = bytes 0 (low half), 1; hi = bytes 2, 3.
+__device__ __forceinline__ void e4m3x4_to_f16x2(uint32_t v, uint32_t& lo, uint32_t& hi) {
+  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+      : "=r"(lo), "=r"(hi)
+      : "r"(v));
+}
+
+// d = a0 b0 + a1 b1 (m16n8k16 f16 x f16 -> f32 twice, from zero): one 32-block.
+__device__ __forceinline__ void mma_f16_k32(float (&d)[4], const uint32_t (&a0)[4], const uint32_t (&b0)[2],
+                                            const uint32_t (&a1)[4], const uint32_t (&b1)[2]) {
+  const float z = 0.f;
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0[0]), "r"(a0[1]), "r"(a0[2]), "r"(a0[3]), "r"(b0[0]), "r"(b0[1]), "f"(z));
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a1[0]), "r"(a1[1]), "r"(a1[2]), "r"(a1[3]), "r"(b1[0]), "r"(b1[1]));
+}
+
+// Four 8x8 b16 matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix i, and
+// r[i] of thread (gid, tig) is word tig of row gid of matrix i.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  const uint32_t s = uint32_t(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+
+// cp.async of 16 / 4 bytes; !full writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
+  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(full ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
+  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// --- row pass lookup -----------------------------------------------------------------------------
+// The row pass `pass` of the launch (row passes numbered over the groups in order, a group with
+// weights and r rows having ceil(r / kRows), one without weights none): block-wide prefix sum over
+// the groups, kThreads * kScanPerThread per round (one round for up to 512 groups). All threads call
+// it; all return the same work. NOTE: p.num_groups >= 1 (the launcher returns before), so the loop
+// runs and its barriers publish found.rows = 0.
+__device__ GemvWork gemv_find_pass(const Fp4GroupedGemmParams& p, int pass) {
+  __shared__ int32_t warp_sum_s[kWarps];
+  __shared__ GemvWork found;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  if (tid == 0) found.rows = 0;
+  int32_t carry = 0;  // row passes of the groups before this round (the same in every thread)
+  for (int base = 0; base < p.num_groups; base += kThreads * kScanPerThread) {
+    const int g0 = base + tid * kScanPerThread;
+    int32_t r0[kScanPerThread], r1[kScanPerThread], passes[kScanPerThread];
+    const uint8_t* w[kScanPerThread];
+    const uint8_t* ws[kScanPerThread];
+#pragma unroll
+    for (int i = 0; i < kScanPerThread; ++i) {  // independent loads: one round trip
+      const bool ok = g0 + i < p.num_groups;
+      r0[i] = ok ? p.row_offsets[g0 + i] : 0;
+      r1[i] = ok ? p.row_offsets[g0 + i + 1] : 0;
+      w[i] = ok ? p.w[g0 + i] : nullptr;
+      ws[i] = ok ? p.w_scale[g0 + i] : nullptr;
+    }
+    int32_t mine = 0;
+#pragma unroll
+    for (int i = 0; i < kScanPerThread; ++i) {
+      const int32_t rows = r1[i] - r0[i];
+      passes[i] = w[i] != nullptr && rows > 0 ? (rows + kRows - 1) / kRows : 0;
+      mine += passes[i];
+    }
+    int32_t incl = mine;  // inclusive scan over the warp
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int32_t v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    if (lane == 31) warp_sum_s[warp] = incl;
+    __syncthreads();
+    int32_t start = carry + incl - mine, round = 0;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) {
+      const int32_t s = warp_sum_s[v];
+      if (v < warp) start += s;
+      round += s;
+    }
+#pragma unroll
+    for (int i = 0; i < kScanPerThread; ++i) {
+      if (pass >= start && pass < start + passes[i]) {  // exactly one thread of the launch's groups
+        found.w = w[i];
+        found.ws = ws[i];
+        found.row_begin = int64_t(r0[i]) + int64_t(pass - start) * kRows;
+        found.rows = min(kRows, int(r1[i] - found.row_begin));
+      }
+      start += passes[i];
+    }
+    carry += round;
+    __syncthreads();  // found is visible; warp_sum_s may be rewritten
+    if (found.rows > 0 || carry > pass) break;  // uniform: every thread reads the same values
+    // (carry > pass without a find cannot happen; it only ends the search early)
+  }
+  return found;
+}
+
+// --- the kernel ----------------------------------------------------------------------------------
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    fp4_grouped_gemv_kernel(Fp4GroupedGemmParams p, int64_t n_blocks) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int pass = int(blockIdx.x / n_blocks);
+  const int64_t n0 = int64_t(blockIdx.x % n_blocks) * kChannels;
+  const GemvWork work = gemv_find_pass(p, pass);
+  if (work.rows == 0) return;  // the bound counts more row passes than there are
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  const int64_t k = p.k, steps = k / kStepK;
+  const int64_t s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
+  const int nsteps = int(s_end - s_begin);
+  GemvStage* stages = reinterpret_cast<GemvStage*>(smem_raw) + warp * kStages;
+  const int rows = work.rows;
+  const uint8_t* w = work.w;
+  const uint8_t* wsc = work.ws;
+  const bool ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
+
+  // Copies of step s into stage st: weight chunks (channel lane / 4 + 8 i, bytes 16 (lane % 4)),
+  // activation chunks (row lane / 8 + 4 i, bytes 16 (lane % 8)), the scale word of channel `lane`,
+  // the activation scale of row `lane` (< 8). Channels past n and rows past the pass are zeros.
+  const uint8_t* w_src = w + (n0 + (lane >> 2)) * (k / 2) + (lane & 3) * 16;
+  const uint8_t* a_src = p.x8 + (work.row_begin + (lane >> 3)) * k + (lane & 7) * 16;
+  const uint8_t* ws_src = wsc + (n0 + lane) * (k / 32);
+  const float* xs_src = p.x_scale + (work.row_begin + lane) * steps;
+  const int64_t w_left = p.n - n0 - (lane >> 2);  // this lane's weight chunk i exists if 8 i < w_left
+  const bool ws_ok = n0 + lane < p.n, xs_ok = lane < rows;
+  auto load = [&](int64_t s, int st_idx) {
+    GemvStage& st = stages[st_idx];
+#pragma unroll
+    for (int i = 0; i < kChannels / 8; ++i) {
+      const bool ok = 8 * i < w_left;
+      cp_async16(&st.w[(lane >> 2) + 8 * i][(lane & 3) * 16], ok ? w_src + int64_t(8 * i) * (k / 2) + s * 64 : w, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < kRows / 4; ++i) {
+      const bool ok = (lane >> 3) + 4 * i < rows;
+      cp_async16(&st.a[(lane >> 3) + 4 * i][(lane & 7) * 16], ok ? a_src + int64_t(4 * i) * k + s * kStepK : p.x8, ok);
+    }
+    if (ws_aligned) {
+      cp_async4(&st.ws[lane], ws_ok ? ws_src + s * 4 : wsc, ws_ok);
+    } else {  // scale rows not word aligned: plain loads (read after a later __syncwarp)
+      uint32_t v = 0;
+      if (ws_ok) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + s * 4 + j)) << (8 * j);
+      }
+      st.ws[lane] = v;
+    }
+    if (lane < kRows) cp_async4(&st.xs[lane], xs_ok ? xs_src + s : p.x_scale, xs_ok);
+  };
+
+  float acc[kTilesM][4];
+#pragma unroll
+  for (int t = 0; t < kTilesM; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[t][j] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nsteps) load(s_begin + s, s);
+    cp_async_commit();
+  }
+  for (int i = 0; i < nsteps; ++i) {
+    cp_async_wait<kStages - 2>();  // step i has landed (this lane's copies) ...
+    __syncwarp();                  // ... every lane's, and step i - 1's stage is free again
+    if (i + kStages - 1 < nsteps) load(s_begin + i + kStages - 1, (i + kStages - 1) % kStages);
+    cp_async_commit();
+    const GemvStage& st = stages[i % kStages];
+
+    // Activation fragments of the four 32-blocks (n8 column gid = row gid of the pass): inputs
+    // 8 tig + {0, 2 | 1, 3} for the first k16 MMA, 8 tig + {4, 6 | 5, 7} for the second.
+    uint32_t bf[4][2][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint2 a = *reinterpret_cast<const uint2*>(&st.a[gid][j * 32 + tig * 8]);
+      e4m3x4_to_f16x2(__byte_perm(a.x, 0, 0x3120), bf[j][0][0], bf[j][0][1]);
+      e4m3x4_to_f16x2(__byte_perm(a.y, 0, 0x3120), bf[j][1][0], bf[j][1][1]);
+    }
+    const float xr0 = st.xs[2 * tig], xr1 = st.xs[2 * tig + 1];  // rows of accumulators 0, 2 | 1, 3
+#pragma unroll
+    for (int t = 0; t < kTilesM; ++t) {
+      // Words of channels gid (lo) and gid + 8 (hi) of the tile, blocks 0..3: lanes 0-7 address
+      // channels 0-7, lanes 8-15 channels 8-15, lanes 16-31 the same for the next block.
+      uint32_t wl[4], wh[4];
+      {
+        const int ch = 16 * t + (lane & 7) + ((lane >> 3) & 1) * 8;
+        uint32_t r[4];
+        ldmatrix_x4(r, &st.w[ch][(lane >> 4) * 16]);
+        wl[0] = r[0], wh[0] = r[1], wl[1] = r[2], wh[1] = r[3];
+        ldmatrix_x4(r, &st.w[ch][(2 + (lane >> 4)) * 16]);
+        wl[2] = r[0], wh[2] = r[1], wl[3] = r[2], wh[3] = r[3];
+      }
+      // Scale bytes plus 6: byte j << 23 is the float 2^(S - 121) = 2^(S - 127) * 2^6, taking back the
+      // 2^-6 of the re-encoded weights (valid for S <= 248, as in the tile kernel).
+      const uint32_t swl = __vadd4(st.ws[16 * t + gid], 0x06060606u);
+      const uint32_t swh = __vadd4(st.ws[16 * t + gid + 8], 0x06060606u);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t a0[4], a1[4];  // A rows gid (regs 0, 2) and gid + 8 (regs 1, 3)
+        e4m3x4_to_f16x2(e2m1_lo_to_e4m3(wl[j]), a0[0], a1[0]);  // (c0, c2) | (c4, c6)
+        e4m3x4_to_f16x2(e2m1_hi_to_e4m3(wl[j]), a0[2], a1[2]);  // (c1, c3) | (c5, c7)
+        e4m3x4_to_f16x2(e2m1_lo_to_e4m3(wh[j]), a0[1], a1[1]);
+        e4m3x4_to_f16x2(e2m1_hi_to_e4m3(wh[j]), a0[3], a1[3]);
+        float d[4];  // channels gid | gid + 8 x rows 2 tig, 2 tig + 1: one 32-block
+        mma_f16_k32(d, a0, bf[j][0], a1, bf[j][1]);
+        const float sl = __uint_as_float(((swl >> (8 * j)) & 0xffu) << 23);
+        const float sh = __uint_as_float(((swh >> (8 * j)) & 0xffu) << 23);
+        acc[t][0] = fmaf(d[0], xr0 * sl, acc[t][0]);
+        acc[t][1] = fmaf(d[1], xr1 * sl, acc[t][1]);
+        acc[t][2] = fmaf(d[2], xr0 * sh, acc[t][2]);
+        acc[t][3] = fmaf(d[3], xr1 * sh, acc[t][3]);
+      }
+    }
+  }
+  cp_async_wait<0>();  // no copy outstanding (the last commits are empty)
+  __syncthreads();     // every warp is done with its stages: they become the reduction buffer
+
+  // red[warp][row][channel]; then each output is the warps' sums added in k order.
+  float* red = reinterpret_cast<float*>(smem_raw);
+#pragma unroll
+  for (int t = 0; t < kTilesM; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      red[(warp * kRows + 2 * tig + (j & 1)) * kRedLd + 16 * t + gid + 8 * (j >> 1)] = acc[t][j];
+  __syncthreads();
+  for (int i = tid; i < kRows * kChannels; i += kThreads) {
+    const int r = i / kChannels, c = i % kChannels;
+    const int64_t n = n0 + c;
+    if (r >= rows || n >= p.n) continue;
+    float v = red[r * kRedLd + c];
+#pragma unroll
+    for (int v_w = 1; v_w < kWarps; ++v_w) v += red[(v_w * kRows + r) * kRedLd + c];
+    const int64_t o = (work.row_begin + r) * p.n + n;
+    if (p.out_f32) {
+      p.out_f32[o] = v;
+    } else {
+      p.out[o] = f32_to_bf16(v);
+    }
+  }
+}
+
+}  // namespace
+
+// --- dispatch and launch -------------------------------------------------------------------------
+bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups) {
+  // The rounded-up mean of fp4_tc_rows_per_tile. Up to 8 rows a group is one row pass of the GEMV,
+  // which costs the same for 1 row as for 8 (the MMA's n8 is filled for free) and reads each weight
+  // byte once; the 16-row tile kernel also reads them once but ran far from the bandwidth at
+  // these sizes (moe_experts about 140 us per layer at batch 1 on an H100, against about 24 us of
+  // weight bytes). With routing close to uniform the rows per expert are about Poisson(mean): at a
+  // mean of 8 some 40% of the experts need a second pass (its weights mostly from L2: the passes of
+  // an expert run side by side), at 6 (the 256-sequence decode batch) 15%, at 4 2%. Measured on an
+  // H100 (2026-12-05, docs/PERFORMANCE.md): at batch 1 and 64 (means 1 and 2) the GEMV took
+  // moe_experts from 0.281 to 0.198 ms and the step from 5.23 to 4.88 ms; at batch 256 (mean 6)
+  // the step was 11.65 ms with it against 11.42 ms with the 16-row tile, and one expert of 128
+  // rows took 52 us against the tile's 49. So the GEMV up to a mean of 4, where second passes
+  // are still rare.
+  const int64_t mean = num_groups > 0 ? (max_rows + num_groups - 1) / num_groups : max_rows;
+  return mean <= kFp4GemvMaxMeanRows;
+}
+
+void fp4_grouped_gemv(const Fp4GroupedGemmParams& p) {
+  CHECK(p.x8 && p.x_scale) << "fp4 grouped gemv: FP8 activations required";
+  CHECK(p.out || p.out_f32) << "fp4 grouped gemv: no output";
+  CHECK_EQ(p.k % kStepK, 0) << "fp4 grouped gemv: k=" << p.k << " must be a multiple of " << kStepK;
+  CHECK_GE(p.max_rows, 0) << "fp4 grouped gemv: max_rows";
+  if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
+  // Once per device: above 48 KB of dynamic shared memory, and the whole carveout as shared memory
+  // so kMinBlocks blocks fit.
+  static std::atomic<uint64_t> attr_set{0};
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit == 0 || !(attr_set.load() & bit)) {
+    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(kSmemBytes)));
+    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemv_kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    int(cudaSharedmemCarveoutMaxShared)));
+    attr_set.fetch_or(bit);
+  }
+  const int64_t n_blocks = ceil_div(p.n, kChannels);
+  const int64_t passes = grouped_tile_bound(p.max_rows, p.num_groups, kRows);
+  CHECK_LE(passes, int64_t(INT_MAX)) << "fp4 grouped gemv: max_rows=" << p.max_rows;
+  const unsigned grid = grid_x(passes * n_blocks, "fp4_grouped_gemv");
+  fp4_grouped_gemv_kernel<<<grid, kThreads, kSmemBytes, p.stream>>>(p, n_blocks);
+  launch_check("fp4_grouped_gemv", p.stream);
+}
+
+}  // namespace v4rt::kernels::cuda
