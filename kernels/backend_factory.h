@@ -36,6 +36,9 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_indexer_fp8): prefill indexer scores of compact keys on FP8 tensor
   // cores (wgmma); off: the bf16 kernel, bit-identical to the reference.
   bool cuda_indexer_fp8 = true;
+  // "cuda" only (debug.cuda_expert_wgmma): prefill-sized routed-expert GEMMs on FP8 wgmma instead
+  // of the mma.sync W4A8 tile kernel.
+  bool cuda_expert_wgmma = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.

@@ -211,6 +211,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_attention_tc", &c.debug.cuda_attention_tc);
   d.get("cuda_indexer_tc", &c.debug.cuda_indexer_tc);
   d.get("cuda_indexer_fp8", &c.debug.cuda_indexer_fp8);
+  d.get("cuda_expert_wgmma", &c.debug.cuda_expert_wgmma);
   V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
                d.where("cuda_expert_tc_min_rows") << " must be in [0, 2^30], got " << c.debug.cuda_expert_tc_min_rows);
   d.get("vmodule", &c.debug.vmodule);
@@ -242,6 +243,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_indexer_tc", "CUDA: prefill lightning-indexer scores on bf16 tensor cores (default true; false: CUDA cores)"},
       {"cuda_indexer_fp8", "CUDA: prefill indexer scores of compact FP4 keys on FP8 wgmma (default true; false: the "
                            "bf16 kernel, bit-identical to the reference's scores)"},
+      {"cuda_expert_wgmma", "CUDA: prefill-sized routed-expert GEMMs (a mean of 96+ rows per expert) on FP8 wgmma "
+                            "instead of the mma.sync W4A8 tile kernel (default true)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
       {"log_dir", "per-rank log files in this directory instead of stderr only"},
       {"test_hook_forced_output",
@@ -267,6 +270,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_attention_tc = config.debug.cuda_attention_tc;
   o.cuda_indexer_tc = config.debug.cuda_indexer_tc;
   o.cuda_indexer_fp8 = config.debug.cuda_indexer_fp8;
+  o.cuda_expert_wgmma = config.debug.cuda_expert_wgmma;
   o.cuda_graphs = config.cuda_graphs;
   return o;
 }
@@ -323,6 +327,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_attention_tc" << YAML::Value << c.debug.cuda_attention_tc;
   out << YAML::Key << "cuda_indexer_tc" << YAML::Value << c.debug.cuda_indexer_tc;
   out << YAML::Key << "cuda_indexer_fp8" << YAML::Value << c.debug.cuda_indexer_fp8;
+  out << YAML::Key << "cuda_expert_wgmma" << YAML::Value << c.debug.cuda_expert_wgmma;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
   out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;
   out << YAML::Key << "test_hook_forced_output" << YAML::Value << c.debug.test_hook_forced_output;

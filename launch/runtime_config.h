@@ -63,6 +63,7 @@ struct DebugConfig {
   bool cuda_attention_tc = true;         // CUDA: prefill sparse attention on tensor cores
   bool cuda_indexer_tc = true;           // CUDA: prefill indexer scores on tensor cores
   bool cuda_indexer_fp8 = true;          // CUDA: ... of compact keys on FP8 wgmma (false: bf16, bit-exact)
+  bool cuda_expert_wgmma = true;         // CUDA: prefill-sized expert GEMMs on FP8 wgmma
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
   std::string log_dir;         // per-rank log files (empty: stderr)
   // TEST HOOK for end-to-end tests only: lets a request carry `test_hook_forced_output`, a text

@@ -468,6 +468,7 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   g.n = n;
   g.k = k;
   g.tensor_cores = expert_tensor_cores(m, 1);
+  g.wgmma = options_.expert_wgmma;
   g.max_rows = m;
   g.stream = stream_.get();
   fp4_grouped_gemm(g);
@@ -699,6 +700,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.w = w;
     gp.w_scale = ws;
     gp.tensor_cores = io == Io::kFp8 && expert_tensor_cores(max_rows, num_local);
+    gp.wgmma = options_.expert_wgmma;
     gp.max_rows = max_rows;
     gp.stream = stream_.get();
     fp4_grouped_gemm(gp);

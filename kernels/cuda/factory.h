@@ -43,6 +43,10 @@ struct CudaBackendOptions {
   // Prefill indexer scores of compact FP4 keys on FP8 wgmma (indexer_fp8.cu; debug.cuda_indexer_fp8)
   // instead of the bf16 mma.sync kernel, which alone reproduces the reference's scores bit for bit.
   bool indexer_fp8 = true;
+  // Prefill-sized routed-expert GEMMs (the 128-row tile case of fp4_tc_rows_per_tile) on FP8 wgmma
+  // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs
+  // only (the tensor cores' FP8 sums keep fewer bits than fp32; far below a bf16 rounding).
+  bool expert_wgmma = true;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention always on the per-warp kernel, never the split multi-query one.

@@ -43,6 +43,9 @@ struct Fp4GroupedGemmParams {
   // rows and weights is served). max_rows bounds row_offsets[num_groups] and sizes their grids.
   bool tensor_cores = false;
   int64_t max_rows = 0;
+  // With tensor_cores: the 128-row tile case (prefill) on FP8 wgmma (fp4_gemm_wgmma.cu) instead
+  // of the mma.sync tile kernel.
+  bool wgmma = false;
   cudaStream_t stream = nullptr;
 };
 
@@ -53,6 +56,13 @@ void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p);
 // The tile kernel alone, whatever the rows per group (fp4_gemm_mma.cu).
 void fp4_grouped_gemm_mma(const Fp4GroupedGemmParams& p);
+// The FP8 wgmma kernel alone, whatever the rows per group (fp4_gemm_wgmma.cu): 128-row tiles,
+// one fp32 promotion per 128-k step (weights re-expressed as e4m3 times a power of two per
+// channel and step: exact while a step's four weight scales span at most 14 binades).
+void fp4_grouped_gemm_wgmma(const Fp4GroupedGemmParams& p);
+// Rows of one expert per wgmma block; fp4_grouped_gemm_tc takes the wgmma kernel (with
+// Fp4GroupedGemmParams::wgmma) when fp4_tc_rows_per_tile picks this tile.
+inline constexpr int kFp4WgmmaRowsPerTile = 128;
 // The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
 // rows go in passes of 8, each pass reading the expert's weights again.
 void fp4_grouped_gemv(const Fp4GroupedGemmParams& p);

@@ -74,6 +74,7 @@ constexpr int kWarpN = kBN / kWarpsN;  // 32 channels per warp
 constexpr int kNI = kWarpN / 8;
 constexpr int kMapThreads = 1024;
 constexpr int kPrefillRows = 128;  // the largest row tile
+static_assert(kFp4WgmmaRowsPerTile == kPrefillRows, "the wgmma kernel serves the 128-row tile case");
 static_assert(kFp4TcRowsPerTile == 64, "the 64-row tile below is the one fp4_gemm.h names");
 
 // One pipeline stage in shared memory; BM rows.
@@ -416,6 +417,8 @@ int fp4_tc_rows_per_tile(int64_t max_rows, int64_t num_groups) {
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p) {
   if (fp4_tc_use_gemv(p.max_rows, p.num_groups)) {
     fp4_grouped_gemv(p);  // decode sizes: bound by the weight bytes, see fp4_gemv.cu
+  } else if (p.wgmma && !p.out_f32 && fp4_tc_rows_per_tile(p.max_rows, p.num_groups) == kFp4WgmmaRowsPerTile) {
+    fp4_grouped_gemm_wgmma(p);  // prefill sizes on FP8 wgmma, see fp4_gemm_wgmma.cu
   } else {
     fp4_grouped_gemm_mma(p);
   }

@@ -42,6 +42,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/indexer_args.cuh"
 #include "kernels/cuda/launch_geometry.h"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace v4rt::kernels::cuda {
 
@@ -59,45 +60,6 @@ constexpr int kKeyBytes = kKeys * kMaxDim;                // 8,192 per tile
 constexpr int kRawBytes = kKeys * kRawLd;                 // 4,352 per tile
 constexpr size_t kSmemBytes = size_t(kQBytes) + 2 * kKeyBytes + 2 * kRawBytes + 2 * kKeys * 4 + kRows * 2;
 static_assert(4 * kKeys == kThreads, "four threads per raw FP4 key row");
-
-// Byte offset of (row, k byte) in a no-swizzle K-major operand of `dim` bytes per row.
-__device__ __forceinline__ int core_offset(int row, int kb, int dim) {
-  return (row >> 3) * (dim * 8) + (kb >> 4) * 128 + (row & 7) * 16 + (kb & 15);
-}
-
-// wgmma shared-memory matrix descriptor, no swizzle: start >> 4, leading byte offset 128 (the
-// next core matrix along K) >> 4, stride byte offset 8 dim (the next 8 rows) >> 4.
-__device__ __forceinline__ uint64_t smem_desc(const void* p, int dim) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(128 >> 4) << 16) | (uint64_t((dim * 8) >> 4) << 32);
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// Generic-proxy stores to shared memory made visible to the wgmma (async proxy) reads.
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Keeps the compiler from moving accumulator accesses across the asynchronous MMA.
-__device__ __forceinline__ void fence_acc(float (&d)[64]) {
-#pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// d (+)= A[64 x 32] B[128 x 32]^T, e4m3 x e4m3 -> f32; accumulate = 0 overwrites d.
-__device__ __forceinline__ void wgmma_m64n128k32(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(accumulate));
-}
 
 __device__ __forceinline__ float pow2f(int e) { return ldexpf(1.0f, e); }
 

@@ -116,7 +116,9 @@ void bench_fp8(cudaStream_t s, std::mt19937& gen) {
 void bench_fp4(cudaStream_t s, std::mt19937& gen) {
   struct Shape { const char* name; int64_t n, k; };
   for (const Shape& sh : {Shape{"expert w1 2048x4096", 2048, 4096}, Shape{"expert w2 4096x2048", 4096, 2048}}) {
-    // (a) one expert, M rows; (b) decode step: T tokens x top-6 over 256 experts.
+    // (a) one expert, M rows; (b) decode step: T tokens x top-6 over 256 experts; (c) the 8K
+    // prefill (8192 tokens x top-6: about 192 rows per expert), the mma.sync tile kernel against
+    // the FP8 wgmma one.
     const int num_experts = 256;
     std::vector<DeviceBuffer> w, wsc;
     std::vector<const uint8_t*> pw, pws;
@@ -129,8 +131,10 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
     DeviceBuffer dpw(pw.size() * 8), dpws(pws.size() * 8);
     dpw.copy_from_host(pw.data(), pw.size() * 8);
     dpws.copy_from_host(pws.data(), pws.size() * 8);
-    for (int mode = 0; mode < 2; ++mode) {
-      for (int64_t m : {1, 2, 4, 8, 16, 64, 128, 256}) {
+    for (int mode = 0; mode < 3; ++mode) {
+      const std::vector<int64_t> ms = mode < 2 ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 128, 256}
+                                               : std::vector<int64_t>{8192};
+      for (int64_t m : ms) {
         std::vector<int32_t> counts(size_t(num_experts), 0);
         if (mode == 0) {
           counts[0] = int32_t(m);
@@ -184,8 +188,19 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
         p.stream = s;
         const double bytes = double(active) * double(sh.n * sh.k) * (0.5 + 1.0 / 32) + double(rows * sh.k) * 1.03 +
                              double(rows * sh.n) * 2;
-        const std::string shape = std::string(sh.name) + (mode == 0 ? " 1 expert M=" : " decode T=") +
+        const std::string shape = std::string(sh.name) +
+                                  (mode == 0 ? " 1 expert M=" : mode == 1 ? " decode T=" : " prefill T=") +
                                   std::to_string(m) + (mode == 0 ? "" : " (" + std::to_string(active) + " experts)");
+        if (mode == 2) {
+          const double flops = 2.0 * double(rows * sh.n * sh.k);
+          const double us_tile = time_us([&] { rotate(p); fp4_grouped_gemm_mma(p); }, s);
+          report("fp4 tc tile " + shape, us_tile, bytes, flops, kFp8Peak);
+          const double us_wg = time_us([&] { rotate(p); fp4_grouped_gemm_wgmma(p); }, s);
+          report("fp4 wgmma " + shape, us_wg, bytes, flops, kFp8Peak);
+          std::printf("  %s: tile %.1f TFLOP/s, wgmma %.1f TFLOP/s (%.2fx)\n", shape.c_str(), flops / us_tile * 1e-6,
+                      flops / us_wg * 1e-6, us_tile / us_wg);
+          continue;
+        }
         // The CUDA-core kernel, then the two tensor-core kernels side by side (the tensor-core entry
         // dispatches to the GEMV up to a mean of kFp4GemvMaxMeanRows rows per expert).
         const double us = time_us([&] { rotate(p); fp4_grouped_gemm(p); }, s);
