@@ -45,6 +45,8 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.indexer_tensor_cores = options.cuda_indexer_tc;
     co.indexer_fp8 = options.cuda_indexer_fp8;
     co.expert_wgmma = options.cuda_expert_wgmma;
+    co.expert_wgmma_ws = options.cuda_expert_wgmma_ws;
+    co.attention_wgmma = options.cuda_attention_wgmma;
     co.sync_each_kernel = options.debug.sync_each_op;
     co.graphs = options.cuda_graphs;
     return cuda::make_cuda_backend(options.device_index, co);

@@ -39,6 +39,12 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_expert_wgmma): prefill-sized routed-expert GEMMs on FP8 wgmma instead
   // of the mma.sync W4A8 tile kernel.
   bool cuda_expert_wgmma = true;
+  // "cuda" only (debug.cuda_expert_wgmma_ws): the same GEMMs on the warp-specialized FP8 wgmma
+  // kernel, taken before the one above.
+  bool cuda_expert_wgmma_ws = false;
+  // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads on bf16
+  // wgmma instead of the mma.sync tensor-core kernel.
+  bool cuda_attention_wgmma = false;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.

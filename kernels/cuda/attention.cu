@@ -12,7 +12,9 @@
 // staged tile (CudaBackendOptions::attention_per_warp, debug.cuda_attention_per_warp in the runtime
 // YAML, forces the per-warp kernel, for comparison). Prefill-sized calls under the official
 // numerics (bf16 q / kv, bf16 P) take sparse_attention_tc_kernel: 64 heads of a query on bf16
-// tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores, debug.cuda_attention_tc).
+// tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores, debug.cuda_attention_tc),
+// or for head_dim 512 sparse_attention_wgmma_kernel (attention_wgmma.cu, the same numerics on bf16
+// wgmma; CudaBackendOptions::attention_wgmma, debug.cuda_attention_wgmma).
 // Compressed entries in the compact kFp8Rope rows (official numerics, common/kv_format.h) are
 // decoded as each tile is staged (kv_decode.cuh): 584 bytes read per Flash entry instead of 2048.
 // One launch serves many independent calls (sparse_attention_batch: a decode batch, one part per
@@ -24,6 +26,7 @@
 #include <memory>
 #include <string>
 
+#include "kernels/cuda/attention_args.cuh"
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -35,90 +38,12 @@ namespace v4rt::kernels::cuda {
 
 namespace {
 
-constexpr int kTile = 64;
+using namespace attn;
+
 constexpr int kHeadsPerBlock = 8;
 constexpr int kMaxPerLane = 16;  // head_dim <= 512
 constexpr int kMaxSmem = kTile * 512 * 4;
 constexpr int kMqaMaxSmem = (32 * 512 + kTile * (512 + 4) + 32 * kTile) * 4;  // sparse_attention_mqa_kernel
-
-// One part of a launch (a sequence of a batch, or the whole call): its views and positions. The
-// parts of a launch are passed by value in its kernel parameters (no copy to the device, capturable
-// in a CUDA graph); its tokens are numbered across the parts, part i holding [row0, row0 + rows).
-struct AttnPart {
-  Act q, win, comp, out;
-  KvRowsDev ckv;  // compact compressed entries (ckv.data set): read instead of comp
-  const int32_t* comp_idx;
-  int64_t idx_stride, num_list;
-  float* lse;
-  int64_t lse_stride;
-  int64_t num_window_rows, num_comp, pos_begin, window_pos0;
-  int64_t row0;
-  int window, comp_ratio;
-  bool has_list;
-};
-
-// The parts that fit in the kernel parameters beside the shared fields (< 128 bytes): 135 parts
-// of 240 bytes (145 before a compact table could be paged: KvRowsDev's block table and shift).
-constexpr int kMaxAttnParts = int((kMaxKernelParamBytes - 128) / sizeof(AttnPart));
-
-struct AttnArgs {
-  const float* sink;
-  int h_begin, h_end, dim;
-  float scale;
-  bool include_sink, bf16_probs, out_round;
-  // Split-candidate mode (num_splits > 1): block z covers tiles [z * tiles_per_split, ...) and
-  // writes its partial state instead of the output.
-  int num_splits, tiles_per_split;
-  float* part_acc;  // [n, nh, num_splits, dim] unnormalized output (n: the launch's tokens)
-  float* part_ml;   // [n, nh, num_splits, 2] running max, denominator
-  int num_parts;
-  AttnPart parts[kMaxAttnParts];
-};
-static_assert(sizeof(AttnArgs) <= kMaxKernelParamBytes, "attention kernel parameters");
-static_assert(offsetof(AttnArgs, parts) <= 128, "attention shared fields: kMaxAttnParts assumes < 128 bytes");
-
-// A token of the launch resolved at block start: its part and its row inside the part.
-struct TokArgs {
-  const AttnPart& p;
-  int64_t t;
-};
-
-// The part holding launch token tg (binary search over the parts' first tokens; the same for the
-// whole block, so the parameter reads are uniform).
-__device__ __forceinline__ TokArgs token_args(const AttnArgs& a, int64_t tg) {
-  const AttnPart& p = a.parts[part_holding(a.num_parts, tg, [&](int k) { return a.parts[k].row0; })];
-  return TokArgs{p, tg - p.row0};
-}
-
-// Candidates of query token t of part p (absolute position pos_begin + t): the window rows
-// [first, pos], then the compressed entries (the selected list, or every entry complete at pos),
-// of which split `split` takes the whole tiles [split * tiles_per_split, ...) as [cand0, ncand).
-struct CandRange {
-  int64_t first, nwin, cand0, ncand;
-};
-
-__device__ __forceinline__ CandRange candidate_range(const AttnArgs& a, const AttnPart& p, int64_t t, int64_t split) {
-  CandRange r;
-  const int64_t pos = p.pos_begin + t;
-  r.first = pos - p.window + 1 > 0 ? pos - p.window + 1 : 0;
-  r.nwin = pos - r.first + 1;
-  int64_t ncomp = 0;
-  if (p.has_list) ncomp = p.num_list;
-  else if (p.comp_ratio > 0) ncomp = min(p.num_comp, (pos + 1) / p.comp_ratio);
-  r.cand0 = split * a.tiles_per_split * kTile;
-  r.ncand = min(r.nwin + ncomp, r.cand0 + int64_t(a.tiles_per_split) * kTile);
-  return r;
-}
-
-// Where candidate c of token t lives: >= 0 a window row, <= -2 compressed entry -code-2, -1 none.
-__device__ __forceinline__ int64_t candidate_code(const AttnPart& p, const CandRange& r, int64_t t, int64_t c) {
-  if (c < r.nwin) {
-    const int64_t row = r.first + c - p.window_pos0;
-    return (row >= 0 && row < p.num_window_rows) ? row : -1;
-  }
-  const int64_t j = p.has_list ? p.comp_idx[t * p.idx_stride + (c - r.nwin)] : c - r.nwin;
-  return (j >= 0 && j < p.num_comp) ? -(j + 2) : -1;
-}
 
 // Element d of compressed entry j, from whichever storage holds the entries.
 __device__ __forceinline__ float comp_ld(const AttnPart& p, int64_t j, int d) {
@@ -440,17 +365,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
                : "r"(addr));
 }
 
-// Eight elements (r, c .. c + 7) of a bf16 or F32 row as bf16 bits, RNE (exact for bf16 rows and
-// for F32 rows of bf16 values, which the official numerics' q and window rows hold). Rows 16-byte
-// aligned with a stride of a multiple of 8 elements (tc_rows_ok).
-__device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c) {
-  if (x.bf16) return *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x.data) + r * x.stride + c);
-  const float* p = static_cast<const float*>(x.data) + r * x.stride + c;
-  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-  const auto pack = [](float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16); };
-  return make_uint4(pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w));
-}
-
 // Prefill shapes (many query tokens; official numerics: bf16 q / kv, bf16 P): block (token t, head
 // block y) stages q of 64 heads once and each 64-candidate tile of latent rows once for all of them
 // (MQA: one latent row is K and V of every head). S = Q K^T on mma.sync m16n8k16 bf16 (fp32
@@ -694,7 +608,7 @@ PartPlan plan_part(const SparseAttentionParams& p, int64_t heads, int64_t dim, i
 
 // Launches the parts gathered in `a` (n tokens in all) on the kernel their shapes call for.
 void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4, bool tc_rows, cudaStream_t s,
-                            bool per_warp, bool tensor_cores) {
+                            bool per_warp, bool tensor_cores, bool wgmma) {
   const int nh = a.h_end - a.h_begin, dim = a.dim;
   // No part has a candidate (a sequence-parallel rank holding none of these tokens' window or
   // entries): one tile of absent candidates, so every row ends as the CPU op's does (no
@@ -741,6 +655,11 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   // Prefill shapes under the official numerics (bf16 q / kv, bf16 P; enough tokens to fill the SMs
   // without splitting the candidate list): the tensor-core kernel, unless `tensor_cores` is off.
   const bool tc = tensor_cores && base_blocks >= num_sms() && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows;
+  if (tc && wgmma && dim == kWgmmaDim) {  // the same numerics on wgmma (attention_wgmma.cu)
+    a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
+    launch_sparse_attention_wgmma(a, n, s);
+    return;
+  }
   if (tc) {
     static bool tc_attr_set = false;
     if (!tc_attr_set) {
@@ -780,12 +699,13 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
 
 }  // namespace
 
-void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp, bool tensor_cores) {
-  launch_sparse_attention_batch(SparseAttentionBatchParams{&p, 1}, s, per_warp, tensor_cores);
+void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp, bool tensor_cores,
+                             bool wgmma) {
+  launch_sparse_attention_batch(SparseAttentionBatchParams{&p, 1}, s, per_warp, tensor_cores, wgmma);
 }
 
 void launch_sparse_attention_batch(const SparseAttentionBatchParams& batch, cudaStream_t s, bool per_warp,
-                                   bool tensor_cores) {
+                                   bool tensor_cores, bool wgmma) {
   if (batch.num_parts == 0) return;
   const SparseAttentionParams* parts_end = batch.parts + batch.num_parts;
   const SparseAttentionParams& p0 = batch.parts[0];
@@ -812,7 +732,7 @@ void launch_sparse_attention_batch(const SparseAttentionBatchParams& batch, cuda
   int64_t n = 0, max_tiles = 0;
   bool vec4 = true, tc_rows = true;
   auto flush = [&] {
-    if (a.num_parts > 0) launch_attention_group(a, n, max_tiles, vec4, tc_rows, s, per_warp, tensor_cores);
+    if (a.num_parts > 0) launch_attention_group(a, n, max_tiles, vec4, tc_rows, s, per_warp, tensor_cores, wgmma);
     a.num_parts = 0;
     n = max_tiles = 0;
     vec4 = tc_rows = true;

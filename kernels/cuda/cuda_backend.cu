@@ -279,13 +279,15 @@ void CudaBackend::indexer_scores(const IndexerScoresParams& p) {
 void CudaBackend::topk(const TopkParams& p) { launch_topk(p, stream_.get()); }
 void CudaBackend::sample(const SampleParams& p) { launch_sample(p, stream_.get()); }
 void CudaBackend::sparse_attention(const SparseAttentionParams& p) {
-  launch_sparse_attention(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores);
+  launch_sparse_attention(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores,
+                          options_.attention_wgmma);
 }
 void CudaBackend::indexer_scores_batch(const IndexerScoresBatchParams& p) {
   launch_indexer_scores_batch(p, stream_.get(), options_.indexer_tensor_cores, options_.indexer_fp8);
 }
 void CudaBackend::sparse_attention_batch(const SparseAttentionBatchParams& p) {
-  launch_sparse_attention_batch(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores);
+  launch_sparse_attention_batch(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores,
+                                options_.attention_wgmma);
 }
 void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()); }
 void CudaBackend::embedding(const EmbeddingParams& p) { launch_embedding(p, stream_.get()); }
@@ -469,6 +471,7 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   g.k = k;
   g.tensor_cores = expert_tensor_cores(m, 1);
   g.wgmma = options_.expert_wgmma;
+  g.wgmma_ws = options_.expert_wgmma_ws;
   g.max_rows = m;
   g.stream = stream_.get();
   fp4_grouped_gemm(g);
@@ -701,6 +704,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.w_scale = ws;
     gp.tensor_cores = io == Io::kFp8 && expert_tensor_cores(max_rows, num_local);
     gp.wgmma = options_.expert_wgmma;
+    gp.wgmma_ws = options_.expert_wgmma_ws;
     gp.max_rows = max_rows;
     gp.stream = stream_.get();
     fp4_grouped_gemm(gp);

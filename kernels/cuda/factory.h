@@ -47,6 +47,13 @@ struct CudaBackendOptions {
   // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs
   // only (the tensor cores' FP8 sums keep fewer bits than fp32; far below a bf16 rounding).
   bool expert_wgmma = true;
+  // The same GEMMs on the warp-specialized FP8 wgmma kernel (fp4_gemm_wgmma_ws.cu;
+  // debug.cuda_expert_wgmma_ws), taken before the one above; same numerics and outputs.
+  bool expert_wgmma_ws = false;
+  // Prefill sparse attention of 512-dim heads on bf16 wgmma (attention_wgmma.cu;
+  // debug.cuda_attention_wgmma) instead of the mma.sync tensor-core kernel; needs
+  // attention_tensor_cores. Off by default until measured.
+  bool attention_wgmma = false;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention always on the per-warp kernel, never the split multi-query one.

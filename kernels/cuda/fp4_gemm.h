@@ -46,6 +46,10 @@ struct Fp4GroupedGemmParams {
   // With tensor_cores: the 128-row tile case (prefill) on FP8 wgmma (fp4_gemm_wgmma.cu) instead
   // of the mma.sync tile kernel.
   bool wgmma = false;
+  // With tensor_cores: the 128-row tile case on the warp-specialized FP8 wgmma kernel
+  // (fp4_gemm_wgmma_ws.cu; producer warpgroup copies and decodes, two consumer warpgroups
+  // multiply), taken before the wgmma one.
+  bool wgmma_ws = false;
   cudaStream_t stream = nullptr;
 };
 
@@ -60,6 +64,10 @@ void fp4_grouped_gemm_mma(const Fp4GroupedGemmParams& p);
 // one fp32 promotion per 128-k step (weights re-expressed as e4m3 times a power of two per
 // channel and step: exact while a step's four weight scales span at most 14 binades).
 void fp4_grouped_gemm_wgmma(const Fp4GroupedGemmParams& p);
+// The warp-specialized FP8 wgmma kernel alone, whatever the rows per group (fp4_gemm_wgmma_ws.cu):
+// the same tiles, numerics and outputs as fp4_grouped_gemm_wgmma. two_products: the consumer
+// variant with two products in flight (tests and bench; the dispatch takes the default).
+void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p, bool two_products = false);
 // Rows of one expert per wgmma block; fp4_grouped_gemm_tc takes the wgmma kernel (with
 // Fp4GroupedGemmParams::wgmma) when fp4_tc_rows_per_tile picks this tile.
 inline constexpr int kFp4WgmmaRowsPerTile = 128;

@@ -109,13 +109,14 @@ void launch_sample(const SampleParams& p, cudaStream_t s);
 // --- attention.cu --------------------------------------------------------------------------------
 // per_warp: never the split multi-query kernel (CudaBackendOptions::attention_per_warp).
 // tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
-// (CudaBackendOptions::attention_tensor_cores).
+// (CudaBackendOptions::attention_tensor_cores). wgmma: of those, 512-dim heads on the bf16 wgmma
+// kernel (attention_wgmma.cu; CudaBackendOptions::attention_wgmma).
 void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp = false,
-                             bool tensor_cores = true);
+                             bool tensor_cores = true, bool wgmma = false);
 // The parts in groups of as many as fit in the kernel parameters, one launch (plus the split merge)
 // per group; the parts must share what SparseAttentionBatchParams says they share.
 void launch_sparse_attention_batch(const SparseAttentionBatchParams& p, cudaStream_t s, bool per_warp = false,
-                                   bool tensor_cores = true);
+                                   bool tensor_cores = true, bool wgmma = false);
 
 // --- kv_pack.cu ---------------------------------------------------------------------------------
 void launch_kv_pack(const KvPackParams& p, cudaStream_t s);

@@ -5,7 +5,10 @@
 // whose window rows start 127 before it, lists with -1 entries inside and a -1 tail, entries
 // complete at the position),
 // counts not multiples of 64, F32 and bf16 q / window rows, plain (bf16, F32) and compact FP8
-// compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range.
+// compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range. The
+// head_dim 512 cases run on the bf16 wgmma kernel too (CudaBackendOptions::attention_wgmma),
+// against the CPU op with the same tolerances, counting its outputs that differ from the mma.sync
+// kernel's.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -88,7 +91,7 @@ std::vector<int32_t> make_lists(const TcCase& c, Rng& rng) {
   return list;
 }
 
-void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core) {
+void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core, Backend& wgmma) {
   SCOPED_TRACE(c.name);
   const int64_t win_rows = c.pos0 + c.n - c.win_pos0;
   Dual q = make_dual({c.n, c.heads, c.dim}, rng.normals(int64_t(c.n) * c.heads * c.dim, 0.3f), c.rows);
@@ -140,6 +143,20 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core) {
   EXPECT_TRUE(compare(name + " vs cuda-core", tc, cc, kBf16Tol));
   EXPECT_TRUE(compare(name + " lse vs cpu", lse_tc.gpu_values(), lse_tc.cpu_values(), kLseTol));
   EXPECT_TRUE(compare(name + " lse vs cuda-core", lse_tc.gpu_values(), lse_cc.gpu_values(), kLseTol));
+  if (c.dim != 512) return;  // the wgmma kernel serves head_dim 512 only
+  Dual out_wg = make_dual({c.n, c.heads, c.dim}, zeros);
+  Dual lse_wg = make_dual({c.n, c.heads}, zeros_lse, DType::kF32);
+  wgmma.sparse_attention(params(true, out_wg, lse_wg));
+  wgmma.synchronize();
+  const std::vector<float> wg = out_wg.gpu_values();
+  int64_t differ_wg = 0;
+  for (size_t i = 0; i < wg.size(); ++i) differ_wg += std::memcmp(&wg[i], &tc[i], 4) != 0;
+  std::printf("[compare] attention wgmma %s: %lld of %zu outputs differ in bits from the mma.sync kernel\n", c.name,
+              static_cast<long long>(differ_wg), wg.size());
+  const std::string wname = std::string("attention wgmma ") + c.name;
+  EXPECT_TRUE(compare(wname + " vs cpu", wg, out_tc.cpu_values(), kBf16Tol));
+  EXPECT_TRUE(compare(wname + " vs mma.sync", wg, tc, kBf16Tol));
+  EXPECT_TRUE(compare(wname + " lse vs cpu", lse_wg.gpu_values(), lse_tc.cpu_values(), kLseTol));
 }
 
 // Prefill-sized calls (enough query blocks to take the tensor-core kernel) of every row storage the
@@ -150,6 +167,9 @@ TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
   cuda::CudaBackendOptions cc_options;
   cc_options.attention_tensor_cores = false;
   auto cuda_core = cuda::make_cuda_backend(0, cc_options);
+  cuda::CudaBackendOptions wg_options;
+  wg_options.attention_wgmma = true;
+  auto wgmma = cuda::make_cuda_backend(0, wg_options);
   const TcCase cases[] = {
       {"csa sequence start, bf16 rows, fp8 entries", 300, 64, 512, 0, 0, 700, 200, 0, DType::kBF16, Comp::kFp8, 0, -1},
       {"csa chunk cut, f32 rows, fp8 entries paged", 300, 64, 512, 5000, 5000 - 127, 1000, 333, 0, DType::kF32,
@@ -159,8 +179,11 @@ TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
        Comp::kBf16, 3, 45},
       {"window only d128 16 heads", 300, 16, 128, 10, 0, 0, 0, 0, DType::kF32, Comp::kNone, 0, -1},
       {"csa d384 f32 rows, fp8 entries", 300, 64, 384, 40, 0, 300, 150, 0, DType::kF32, Comp::kFp8, 0, -1},
+      // From 1 candidate (query 0, no entry yet: queries 0-2 see none) up, fewer than a tile for the
+      // first queries; every fp8 entry complete at the position.
+      {"sequence start, fp8 entries by ratio 4", 300, 64, 512, 0, 0, 80, 0, 4, DType::kBF16, Comp::kFp8, 0, -1},
   };
-  for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core);
+  for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core, *wgmma);
 }
 
 }  // namespace

@@ -11,8 +11,10 @@
 // V4-Flash decode shapes over 256 experts. Each of the tile kernel's row tiles (16, 32, 64, 128
 // rows, picked by the mean rows per group) is exercised on decode-, middle- and prefill-sized groups.
 // The FP8 wgmma kernel (fp4_grouped_gemm_wgmma, 128-row tiles, one promotion per 128-k step) runs
-// forced on every case too, against the fp64 reference and the tile kernel; CudaW4a8Wgmma adds the
-// Flash prefill shapes and weight scales spanning more binades than its e4m3 re-encode keeps.
+// forced on every case too, against the fp64 reference and the tile kernel, and so does its
+// warp-specialized twin (fp4_grouped_gemm_wgmma_ws, both consumer variants, bit for bit the wgmma
+// kernel's); CudaW4a8Wgmma adds the Flash prefill shapes and weight scales spanning more binades
+// than its e4m3 re-encode keeps.
 // moe_experts through the backend in prefill shapes lives in test_cuda_moe.cpp
 // (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
 #include <cuda_runtime.h>
@@ -72,7 +74,7 @@ struct W4a8Case {
 // The kernels run_case runs on every case: the tensor-core entry as dispatched (tile kernel or
 // GEMV by the mean rows per group), each of those two forced, the CUDA-core kernel and the FP8
 // wgmma kernel forced.
-enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma };
+enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs, kWgmmaWs2 };
 
 // Host fp64 reference of one output: bf16/fp32 of sum over 32-blocks b of
 // (sum_{k in b} e4m3(x8) * s_x[k/128] * fp4(w)) * 2^(S[b] - 127).
@@ -154,18 +156,22 @@ void run_case(const W4a8Case& c, Rng& rng) {
       cuda::fp4_grouped_gemv(p);
     } else if (kernel == Kernel::kWgmma) {
       cuda::fp4_grouped_gemm_wgmma(p);
+    } else if (kernel == Kernel::kWgmmaWs || kernel == Kernel::kWgmmaWs2) {
+      cuda::fp4_grouped_gemm_wgmma_ws(p, /*two_products=*/kernel == Kernel::kWgmmaWs2);
     } else {
       cuda::fp4_grouped_gemm(p);
     }
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   };
-  // Outputs of the five runs as floats (sentinel NaNs where nothing was written), and the bits of
+  // Outputs of the seven runs as floats (sentinel NaNs where nothing was written), and the bits of
   // the dispatched run and of the kernel it must have taken.
-  const Kernel kernels[] = {Kernel::kTcDispatch, Kernel::kTile, Kernel::kGemv, Kernel::kCudaCores, Kernel::kWgmma};
-  std::vector<float> got[5];
-  std::vector<uint32_t> bits[5];
+  const Kernel kernels[] = {Kernel::kTcDispatch, Kernel::kTile,    Kernel::kGemv,     Kernel::kCudaCores,
+                            Kernel::kWgmma,      Kernel::kWgmmaWs, Kernel::kWgmmaWs2};
+  constexpr int kRuns = 7;
+  std::vector<float> got[kRuns];
+  std::vector<uint32_t> bits[kRuns];
   const size_t outn = size_t(std::max<int64_t>(total * n, 1));
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < kRuns; ++i) {
     if (c.out_f32) {
       Dev<float> o(outn);
       run(kernels[i], &o);
@@ -189,8 +195,13 @@ void run_case(const W4a8Case& c, Rng& rng) {
   tag += " n" + std::to_string(n) + " k" + std::to_string(k) + (c.out_f32 ? " f32" : " bf16");
   EXPECT_TRUE(bits[0] == bits[gemv ? 2 : 1]) << tag << ": the dispatched run differs from the "
                                              << (gemv ? "GEMV" : "tile kernel");
+  // The warp-specialized wgmma kernel (both consumer variants) runs the same MMAs on the same
+  // operands in the same order and the same promotions: bit for bit the wgmma kernel's.
+  EXPECT_TRUE(bits[5] == bits[4]) << tag << ": the warp-specialized wgmma kernel differs from the wgmma kernel";
+  EXPECT_TRUE(bits[6] == bits[4]) << tag << ": the warp-specialized wgmma kernel (two products) differs from "
+                                  << "the wgmma kernel";
   // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
-  std::vector<float> ref, tile, gv, cc, wg;
+  std::vector<float> ref, tile, gv, cc, wg, wgws, wgws2;
   int64_t untouched_bad = 0;
   for (int g = 0; g < groups; ++g) {
     if (c.rows[size_t(g)] == 0) continue;
@@ -212,7 +223,8 @@ void run_case(const W4a8Case& c, Rng& rng) {
       for (int64_t j = 0; j < n; ++j) {
         const size_t o = size_t(r * n + j);
         if (!c.has_w[size_t(g)]) {
-          untouched_bad += !std::isnan(got[1][o]) + !std::isnan(got[2][o]) + !std::isnan(got[4][o]);
+          untouched_bad += !std::isnan(got[1][o]) + !std::isnan(got[2][o]) + !std::isnan(got[4][o]) +
+                           !std::isnan(got[5][o]) + !std::isnan(got[6][o]);
           continue;
         }
         double acc = 0.0;
@@ -226,6 +238,8 @@ void run_case(const W4a8Case& c, Rng& rng) {
         gv.push_back(got[2][o]);
         cc.push_back(got[3][o]);
         wg.push_back(got[4][o]);
+        wgws.push_back(got[5][o]);
+        wgws2.push_back(got[6][o]);
       }
     }
   }
@@ -246,6 +260,9 @@ void run_case(const W4a8Case& c, Rng& rng) {
   const Tolerance wg_tol = c.out_f32 ? Tolerance{1e-2, 1e-2, 1e-6} : tol;
   EXPECT_TRUE(compare(tag + " wgmma vs fp64", wg, ref, wg_tol));
   EXPECT_TRUE(compare(tag + " wgmma vs tile kernel", wg, tile, wg_tol));
+  EXPECT_TRUE(compare(tag + " wgmma ws vs fp64", wgws, ref, wg_tol));
+  EXPECT_TRUE(compare(tag + " wgmma ws vs tile kernel", wgws, tile, wg_tol));
+  EXPECT_TRUE(compare(tag + " wgmma ws2 vs fp64", wgws2, ref, wg_tol));
   if (c.wide_scales) {  // the e4m3 re-encode rounds the small blocks: how far that moves the result
     double max_err = 0.0, max_ref = 0.0;
     for (size_t i = 0; i < ref.size(); ++i) {
@@ -408,8 +425,8 @@ TEST(CudaW4a8Wgmma, PrefillShapes) {
 }
 
 // The dispatch: fp4_grouped_gemm_tc with wgmma set takes the wgmma kernel for the 128-row tile
-// case with bf16 outputs (bit for bit), the mma.sync tile kernel below it, and the tile kernel
-// for fp32 outputs of the 128-row case (trial 2).
+// case with bf16 outputs (bit for bit; with wgmma_ws also set, the warp-specialized one), the
+// mma.sync tile kernel below it, and the tile kernel for fp32 outputs of the 128-row case (trial 2).
 TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
   V4RT_REQUIRE_GPU();
   Rng rng(92);
@@ -429,7 +446,7 @@ TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
     Dev<int32_t> doff(off);
     Dev<const uint8_t*> dwp(std::vector<const uint8_t*>(rows.size(), dw.p)),
         dwsp(std::vector<const uint8_t*>(rows.size(), dws.p));
-    auto run = [&](int which) {
+    auto run = [&](int which, bool ws) {
       Dev<uint16_t> o(size_t(total * n));
       Dev<float> o32(size_t(f32 ? total * n : 1));
       cuda::Fp4GroupedGemmParams p;
@@ -445,9 +462,11 @@ TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
       p.k = k;
       p.tensor_cores = true;
       p.wgmma = true;
+      p.wgmma_ws = ws;
       p.max_rows = total;
       if (which == 0) cuda::fp4_grouped_gemm_tc(p);
       else if (which == 1) cuda::fp4_grouped_gemm_wgmma(p);
+      else if (which == 3) cuda::fp4_grouped_gemm_wgmma_ws(p);
       else cuda::fp4_grouped_gemm_mma(p);
       EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       std::vector<uint32_t> bits;
@@ -460,7 +479,9 @@ TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
     };
     const bool wide = cuda::fp4_tc_rows_per_tile(total, int64_t(rows.size())) == cuda::kFp4WgmmaRowsPerTile;
     EXPECT_EQ(wide, trial != 1);
-    EXPECT_TRUE(run(0) == run(wide && !f32 ? 1 : 2)) << "trial " << trial;
+    for (const bool ws : {false, true}) {
+      EXPECT_TRUE(run(0, ws) == run(wide && !f32 ? (ws ? 3 : 1) : 2, ws)) << "trial " << trial << " ws " << ws;
+    }
   }
 }
 

@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: MIT
+// What the sparse attention kernels of attention.cu and attention_wgmma.cu share: the launch's
+// kernel parameters (AttnArgs: shared fields and the parts of a batch by value), a token's part,
+// its candidate list (window rows, then compressed entries) and the bf16 row loads of the
+// tensor-core kernels. Included only by those two files.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/batch_params.cuh"
+#include "kernels/cuda/kv_decode.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace v4rt::kernels::cuda::attn {
+
+constexpr int kTile = 64;  // candidates per tile: the reference's softmax blocks
+
+// One part of a launch (a sequence of a batch, or the whole call): its views and positions. The
+// parts of a launch are passed by value in its kernel parameters (no copy to the device, capturable
+// in a CUDA graph); its tokens are numbered across the parts, part i holding [row0, row0 + rows).
+struct AttnPart {
+  Act q, win, comp, out;
+  KvRowsDev ckv;  // compact compressed entries (ckv.data set): read instead of comp
+  const int32_t* comp_idx;
+  int64_t idx_stride, num_list;
+  float* lse;
+  int64_t lse_stride;
+  int64_t num_window_rows, num_comp, pos_begin, window_pos0;
+  int64_t row0;
+  int window, comp_ratio;
+  bool has_list;
+};
+
+// The parts that fit in the kernel parameters beside the shared fields (< 128 bytes): 135 parts
+// of 240 bytes (145 before a compact table could be paged: KvRowsDev's block table and shift).
+constexpr int kMaxAttnParts = int((kMaxKernelParamBytes - 128) / sizeof(AttnPart));
+
+struct AttnArgs {
+  const float* sink;
+  int h_begin, h_end, dim;
+  float scale;
+  bool include_sink, bf16_probs, out_round;
+  // Split-candidate mode (num_splits > 1): block z covers tiles [z * tiles_per_split, ...) and
+  // writes its partial state instead of the output.
+  int num_splits, tiles_per_split;
+  float* part_acc;  // [n, nh, num_splits, dim] unnormalized output (n: the launch's tokens)
+  float* part_ml;   // [n, nh, num_splits, 2] running max, denominator
+  int num_parts;
+  AttnPart parts[kMaxAttnParts];
+};
+static_assert(sizeof(AttnArgs) <= kMaxKernelParamBytes, "attention kernel parameters");
+static_assert(offsetof(AttnArgs, parts) <= 128, "attention shared fields: kMaxAttnParts assumes < 128 bytes");
+
+// A token of the launch resolved at block start: its part and its row inside the part.
+struct TokArgs {
+  const AttnPart& p;
+  int64_t t;
+};
+
+// The part holding launch token tg (binary search over the parts' first tokens; the same for the
+// whole block, so the parameter reads are uniform).
+__device__ __forceinline__ TokArgs token_args(const AttnArgs& a, int64_t tg) {
+  const AttnPart& p = a.parts[part_holding(a.num_parts, tg, [&](int k) { return a.parts[k].row0; })];
+  return TokArgs{p, tg - p.row0};
+}
+
+// Candidates of query token t of part p (absolute position pos_begin + t): the window rows
+// [first, pos], then the compressed entries (the selected list, or every entry complete at pos),
+// of which split `split` takes the whole tiles [split * tiles_per_split, ...) as [cand0, ncand).
+struct CandRange {
+  int64_t first, nwin, cand0, ncand;
+};
+
+__device__ __forceinline__ CandRange candidate_range(const AttnArgs& a, const AttnPart& p, int64_t t, int64_t split) {
+  CandRange r;
+  const int64_t pos = p.pos_begin + t;
+  r.first = pos - p.window + 1 > 0 ? pos - p.window + 1 : 0;
+  r.nwin = pos - r.first + 1;
+  int64_t ncomp = 0;
+  if (p.has_list) ncomp = p.num_list;
+  else if (p.comp_ratio > 0) ncomp = min(p.num_comp, (pos + 1) / p.comp_ratio);
+  r.cand0 = split * a.tiles_per_split * kTile;
+  r.ncand = min(r.nwin + ncomp, r.cand0 + int64_t(a.tiles_per_split) * kTile);
+  return r;
+}
+
+// Where candidate c of token t lives: >= 0 a window row, <= -2 compressed entry -code-2, -1 none.
+__device__ __forceinline__ int64_t candidate_code(const AttnPart& p, const CandRange& r, int64_t t, int64_t c) {
+  if (c < r.nwin) {
+    const int64_t row = r.first + c - p.window_pos0;
+    return (row >= 0 && row < p.num_window_rows) ? row : -1;
+  }
+  const int64_t j = p.has_list ? p.comp_idx[t * p.idx_stride + (c - r.nwin)] : c - r.nwin;
+  return (j >= 0 && j < p.num_comp) ? -(j + 2) : -1;
+}
+
+// Eight elements (r, c .. c + 7) of a bf16 or F32 row as bf16 bits, RNE (exact for bf16 rows and
+// for F32 rows of bf16 values, which the official numerics' q and window rows hold). Rows 16-byte
+// aligned with a stride of a multiple of 8 elements (tc_rows_ok).
+__device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c) {
+  if (x.bf16) return *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x.data) + r * x.stride + c);
+  const float* p = static_cast<const float*>(x.data) + r * x.stride + c;
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  const auto pack = [](float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16); };
+  return make_uint4(pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w));
+}
+
+// The bf16 wgmma kernel (attention_wgmma.cu) over the n tokens of the parts in `a`: one split,
+// 64 heads per block, head_dim 512, rows the tensor-core kernels can load (PartPlan::tc).
+constexpr int kWgmmaDim = 512;
+void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, cudaStream_t s);
+
+}  // namespace v4rt::kernels::cuda::attn

@@ -1,0 +1,456 @@
+// SPDX-License-Identifier: MIT
+// Warp-specialized variant of the grouped W4A8 expert GEMM on FP8 wgmma (sm_90a), in the pattern
+// of DeepGEMM's sm90 FP8 GEMM; fp4_grouped_gemm_tc dispatches here when
+// Fp4GroupedGemmParams::wgmma_ws is set and the mean rows per group take the 128-row tile (bf16
+// outputs). Same inputs, output, numerics, grid mapping and epilogue as fp4_gemm_wgmma.cu (read its
+// header for the numerics: each channel's four 32-blocks of a 128-k step re-expressed as e4m3
+// bytes times Sw = 2^(emax - 133), one fp32 promotion acc += tmp * s_x * Sw per step); the kernel
+// there stays as the validated fallback, this one moves the work between warps.
+//
+// Roles. Block = 128 rows of one expert x 128 output channels, three warpgroups (384 threads):
+// warpgroup 0 is the producer, 1 and 2 the consumers (rows 0-63 and 64-127). setmaxnreg moves
+// registers from the producer (56) to the consumers (224): 128 x 56 + 256 x 224 = 384 x 168, the
+// launch's allocation. Per step the producers issue by cp.async (straight from global memory, no
+// registers in between) the e4m3 activations into the core-matrix layout (rows past the group
+// zero-filled), the rows' activation scales, the raw packed weights (rows padded to 80 B so that 8
+// consecutive channels' 16-byte reads hit disjoint banks) and each channel's four scale bytes;
+// kLookahead steps later they wait for those copies (cp.async.wait_group, then a named barrier of
+// the producer warpgroup alone), thread t decodes channel t's 128 codes to e4m3 into the stage's B
+// tile, fences its generic-proxy stores (and the landed cp.async data) for the async proxy, and
+// each producer warp arrives on the stage's full mbarrier. Consumers wait full, run four
+// m64n128k32 into a fresh fp32 product, promote it, and each warp arrives on the stage's empty
+// mbarrier, which the producers wait for before they copy into a stage again. No block-wide
+// barrier after the prologue. kStages stages of (A, raw weights, decoded B, scales): copies run up
+// to kStages steps and decode up to kStages - kLookahead steps ahead of the MMAs. Two consumer
+// variants (not yet timed against each other; the bench runs both): one product (default, as
+// DeepGEMM: the two warpgroups drift apart, one's promotion under the other's MMAs; a warpgroup
+// whose 64 rows all lie past the group's skips its MMAs), or two products in flight (step kb + 1's
+// MMAs issued before step kb is promoted, wgmma.wait_group 1; ~210 registers, no skip).
+#include <cuda_fp8.h>
+
+#include <atomic>
+
+#include "kernels/cuda/batch_params.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/launch_geometry.h"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace v4rt::kernels::cuda {
+
+namespace {
+
+constexpr int kBM = kFp4WgmmaRowsPerTile;  // rows of one expert per block
+constexpr int kBN = 128;                   // output channels per block (wgmma N)
+constexpr int kBK = 128;                   // k per step: one activation scale block, 4 weight blocks
+constexpr int kThreads = 384;              // producer warpgroup + two consumer warpgroups
+constexpr int kProducerThreads = 128;
+constexpr int kConsumerWarps = 8;
+// Producer: 40 spills (the copies' addresses); consumers: the two-product variant compiles clean
+// down to 216 (64 accumulators + 2 x 64 products + addressing), spills at 176.
+constexpr int kProducerRegs = 56, kConsumerRegs = 224;
+static_assert(kProducerThreads * kProducerRegs + 2 * 128 * kConsumerRegs <= kThreads * 168,
+              "setmaxnreg moves registers within the launch's 168 per thread");
+constexpr int kStages = 5;
+constexpr int kLookahead = 3;  // steps of copies in flight while the producer decodes
+static_assert(kLookahead < kStages, "copies of a step go ahead of its decode in the same stage");
+constexpr int kLdW = kBK / 2 + 16;  // raw packed weight row stride in bytes (80)
+constexpr int kMapThreads = 1024;
+static_assert(kBM == 128 && kBN == kProducerThreads, "producer thread = channel; two consumer warpgroups of 64 rows");
+
+struct WsStage {
+  uint8_t a[kBM * kBK];  // activations e4m3, core-matrix layout (dim 128)
+  uint8_t b[kBN * kBK];  // decoded weights e4m3, core-matrix layout (dim 128)
+  uint8_t w[kBN][kLdW];  // weights, packed e2m1 [channel][k/2]
+  uint32_t ws[kBN];      // ue8m0 of each channel's four 32-blocks, byte j = block j
+  float xs[kBM];         // activation scale of each row
+  float sw[kBN];         // Sw = 2^(emax - 133) of each channel
+};
+struct WsSmem {
+  WsStage st[kStages];
+  uint64_t full[kStages];   // producer -> consumers: stage's A, B and scales ready (kProducerThreads / 32 arrivals)
+  uint64_t empty[kStages];  // consumers -> producer: stage read (kConsumerWarps arrivals)
+};
+constexpr size_t kSmemBytes = sizeof(WsSmem);
+static_assert(sizeof(WsStage) == 44544, "16,384 + 16,384 + 10,240 + 3 x 512 B");
+static_assert(sizeof(WsStage) % 128 == 0, "operand tiles stay 128-byte aligned");
+static_assert(kSmemBytes <= 227 * 1024, "dynamic shared memory of one block per SM");
+
+// cp.async of 16 / 4 bytes; !full writes zeros and reads nothing.
+__device__ __forceinline__ void cp16(void* dst, const void* src, bool full) {
+  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(full ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp4(void* dst, const void* src, bool full) {
+  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void wgmma_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
+
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// mbarriers in shared memory: arrive has release, try_wait acquire semantics (CTA scope).
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+// Waits until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  const uint32_t a = smem_u32(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(a), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+template <int kRegs>
+__device__ __forceinline__ void regs_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void regs_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+// Named barrier 1 of the producer warpgroup alone (0 is __syncthreads').
+__device__ __forceinline__ void producer_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kProducerThreads) : "memory");
+}
+
+// Two e4m3 bytes (low byte = a) of a, b, rounded to nearest (exact for the values used here).
+__device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
+  return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
+}
+
+// Decodes one channel's 32-block (16 bytes of packed codes, even element in the low nibble) to 32
+// e4m3 bytes of code * 2^(6 - d) in input order (as fp4_gemm_wgmma.cu).
+__device__ __forceinline__ void decode_block(uint4 codes, int d, uint32_t (&out)[8]) {
+  const float f = ldexpf(1.f, max(6 - d, -30));
+  const uint32_t tlo = e4m3x2(0.f, 0.5f * f) | (e4m3x2(f, 1.5f * f) << 16);       // magnitudes 0..3
+  const uint32_t thi = e4m3x2(2.f * f, 3.f * f) | (e4m3x2(4.f * f, 6.f * f) << 16);  // magnitudes 4..7
+  const uint32_t u[4] = {codes.x, codes.y, codes.z, codes.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t ev = (u[i] << 4) & 0x80808080u, od = u[i] & 0x80808080u;
+    const uint32_t s0 = __byte_perm(ev, od, 0x5140), s1 = __byte_perm(ev, od, 0x7362);
+    const uint32_t m0 = __byte_perm(tlo, thi, u[i] & 0x7777u);
+    const uint32_t m1 = __byte_perm(tlo, thi, (u[i] >> 16) & 0x7777u);
+    out[2 * i] = m0 | s0;
+    out[2 * i + 1] = m1 | s1;
+  }
+}
+
+// tile_start[g] = 128-row tiles of the groups before g (groups without weights have none);
+// tile_start[num_groups] = all tiles (as fp4_gemm_wgmma.cu's map).
+__global__ void __launch_bounds__(kMapThreads) fp4_wgmma_ws_tile_map_kernel(const int32_t* row_offsets,
+                                                                            const uint8_t* const* w,
+                                                                            int num_groups, int32_t* tile_start) {
+  __shared__ int32_t scan[kMapThreads];
+  __shared__ int32_t carry;
+  const int tid = threadIdx.x;
+  if (tid == 0) carry = 0;
+  __syncthreads();
+  for (int base = 0; base < num_groups; base += kMapThreads) {
+    const int g = base + tid;
+    int32_t tiles = 0;
+    if (g < num_groups && w[g] != nullptr) {
+      const int32_t rows = row_offsets[g + 1] - row_offsets[g];
+      tiles = rows > 0 ? (rows + kBM - 1) / kBM : 0;
+    }
+    scan[tid] = tiles;
+    __syncthreads();
+    for (int o = 1; o < kMapThreads; o <<= 1) {  // inclusive scan
+      const int32_t v = tid >= o ? scan[tid - o] : 0;
+      __syncthreads();
+      scan[tid] += v;
+      __syncthreads();
+    }
+    if (g < num_groups) tile_start[g] = carry + scan[tid] - tiles;
+    __syncthreads();
+    if (tid == kMapThreads - 1) carry += scan[kMapThreads - 1];
+    __syncthreads();
+  }
+  if (tid == 0) tile_start[num_groups] = carry;
+}
+
+template <bool kTwoProducts>
+__global__ void __launch_bounds__(kThreads, 1)
+    fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  WsSmem& sm = *reinterpret_cast<WsSmem*>(smem_raw);
+
+  const int64_t n_tiles = gridDim.y;
+  const int64_t lin = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
+  const int32_t num_tiles = tile_start[p.num_groups];
+  if (lin / n_tiles >= num_tiles) return;
+  const int32_t tile = int32_t(lin / n_tiles);
+  // The group of this tile: the last g with tile_start[g] <= tile.
+  const int g = part_holding(p.num_groups, tile, [&](int k) { return int64_t(tile_start[k]); });
+  const int64_t row_begin = int64_t(p.row_offsets[g]) + int64_t(tile - tile_start[g]) * kBM;
+  const int rows = int(min(int64_t(kBM), int64_t(p.row_offsets[g + 1]) - row_begin));
+  const int64_t n0 = (lin % n_tiles) * kBN;
+  const int64_t k = p.k, kb_count = k / kBK;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2;
+
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&sm.full[s], kProducerThreads / 32);
+      mbar_init(&sm.empty[s], kConsumerWarps);
+    }
+  }
+  __syncthreads();  // barriers initialized; the last block-wide barrier
+
+  if (wg == 0) {
+    // ---- producer: copies, then the decode of channel tid ----
+    regs_dec<kProducerRegs>();
+    const uint8_t* w = p.w[g];
+    const uint8_t* wsc = p.w_scale[g];
+    const bool ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
+    const int ch = tid;
+    const bool ch_ok = n0 + ch < p.n;
+    const uint8_t* ws_src = ch_ok ? wsc + (n0 + ch) * (k / 32) : wsc;
+    // Weights: 16-byte chunk tid % 4 of channels tid / 4 + 32 i (a channel's 64 bytes by 4 lanes).
+    const int w_ch = tid >> 2, w_chunk = tid & 3;
+    const uint8_t* w_src = w + (n0 + w_ch) * (k / 2) + w_chunk * 16;
+    const int64_t w_left = p.n - n0 - w_ch;  // weight chunks i with 32 i < w_left exist
+    // Activations: chunk (tid / 8) % 8 of rows tid % 8 + 8 (tid / 64) + 16 i (8 lanes = 8 rows of
+    // one core matrix: 128 contiguous bytes of shared memory).
+    const int a_row = (tid & 7) + 8 * (tid >> 6), a_chunk = (tid >> 3) & 7;
+    const uint8_t* a_src = p.x8 + (row_begin + a_row) * k + a_chunk * 16;
+    const bool xs_ok = tid < rows;
+    const float* xs_src = xs_ok ? p.x_scale + (row_begin + tid) * kb_count : p.x_scale;
+
+    auto load = [&](int64_t kb, int s) {
+      WsStage& st = sm.st[s];
+#pragma unroll
+      for (int i = 0; i < kBM / 16; ++i) {
+        const int r = a_row + 16 * i;
+        const bool ok = r < rows;
+        cp16(st.a + core_offset(r, a_chunk * 16, kBK), ok ? a_src + int64_t(16 * i) * k + kb * kBK : p.x8, ok);
+      }
+#pragma unroll
+      for (int i = 0; i < kBN / 32; ++i) {
+        const bool ok = 32 * i < w_left;
+        cp16(&st.w[w_ch + 32 * i][w_chunk * 16], ok ? w_src + int64_t(32 * i) * (k / 2) + kb * (kBK / 2) : w, ok);
+      }
+      if (ws_aligned) {
+        cp4(&st.ws[ch], ws_src + kb * 4, ch_ok);
+      } else {  // scale rows not word aligned: plain loads (read back by this thread)
+        uint32_t v = 0;
+        if (ch_ok) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + kb * 4 + j)) << (8 * j);
+        }
+        st.ws[ch] = v;
+      }
+      cp4(&st.xs[tid], xs_src + (xs_ok ? kb : 0), xs_ok);
+    };
+
+    // Channel ch's four blocks of stage s into its B tile (8 consecutive channels per 16-byte
+    // phase: disjoint banks for the 80-byte raw rows and for the core-matrix stores).
+    auto decode = [&](int s) {
+      WsStage& st = sm.st[s];
+      const uint32_t e4 = st.ws[ch];
+      const int e0 = int(e4 & 0xff), e1 = int((e4 >> 8) & 0xff), e2 = int((e4 >> 16) & 0xff), e3 = int(e4 >> 24);
+      const int emax = max(max(e0, e1), max(e2, e3));
+      st.sw[ch] = ldexpf(1.f, emax - 133);
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int eb = int((e4 >> (8 * b)) & 0xff);
+        uint32_t out[8];
+        decode_block(*reinterpret_cast<const uint4*>(&st.w[ch][16 * b]), emax - eb, out);
+        *reinterpret_cast<uint4*>(st.b + core_offset(ch, 32 * b, kBK)) = make_uint4(out[0], out[1], out[2], out[3]);
+        *reinterpret_cast<uint4*>(st.b + core_offset(ch, 32 * b + 16, kBK)) =
+            make_uint4(out[4], out[5], out[6], out[7]);
+      }
+    };
+
+    // One commit group per step (empty past the last), so step kb's group is complete when at
+    // most kLookahead newer ones are pending.
+#pragma unroll
+    for (int s = 0; s < kLookahead; ++s) {
+      if (s < kb_count) load(s, s);
+      cp_commit();
+    }
+    for (int64_t kb = 0; kb < kb_count; ++kb) {
+      const int64_t nx = kb + kLookahead;
+      if (nx < kb_count) {
+        const int s2 = int(nx % kStages);
+        // Reuse of stage s2: its previous step nx - kStages read by both consumer warpgroups.
+        if (nx >= kStages) mbar_wait(&sm.empty[s2], uint32_t((nx / kStages + 1) & 1));
+        load(nx, s2);
+      }
+      cp_commit();
+      cp_wait<kLookahead>();  // this thread's copies of step kb landed ...
+      producer_sync();        // ... and the other producers' (channel tid's weights came by 4 lanes)
+      const int s = int(kb % kStages);
+      decode(s);
+      fence_async_smem();  // this thread's decoded bytes and landed cp.async data, for the wgmma
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&sm.full[s]);
+    }
+    cp_wait<0>();  // no copy outstanding at exit (the last commits are empty)
+    return;
+  }
+
+  // ---- consumers: warpgroup 1 rows 0-63, warpgroup 2 rows 64-127 ----
+  regs_inc<kConsumerRegs>();
+  const int cw = wg - 1, wi = warp & 3;
+  float acc[64], tmp[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = tmp[i] = 0.f;
+
+  // This thread's rows (within the block) and the column base of its accumulator pairs.
+  const int r0 = cw * 64 + wi * 16 + (lane >> 2), c0 = 2 * (lane & 3);
+  // Step kb's MMAs into t (after its stage is full) and its promotion from t (after its MMAs).
+  auto issue = [&](float (&t)[64], int kb) {
+    const WsStage& st = sm.st[kb % kStages];
+    mbar_wait(&sm.full[kb % kStages], uint32_t((kb / kStages) & 1));
+    // The descriptors of k32 slice kk: start address + 256 kk bytes, in the 16-byte units of the
+    // low field (no carry out of it: shared addresses stay below 256 KB).
+    const uint64_t da = smem_desc(st.a + cw * 64 * kBK, kBK), db = smem_desc(st.b, kBK);
+    fence_acc(t);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 32; ++kk) wgmma_m64n128k32(t, da + 16 * kk, db + 16 * kk, kk);
+    wgmma_commit();
+  };
+  auto promote = [&](float (&t)[64], int kb) {
+    const int s = int(kb % kStages);
+    const WsStage& st = sm.st[s];
+    fence_acc(t);
+    const float x0 = st.xs[r0], x1 = st.xs[r0 + 8];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const float2 sw = *reinterpret_cast<const float2*>(&st.sw[8 * i + c0]);
+      acc[4 * i + 0] = fmaf(t[4 * i + 0], x0 * sw.x, acc[4 * i + 0]);
+      acc[4 * i + 1] = fmaf(t[4 * i + 1], x0 * sw.y, acc[4 * i + 1]);
+      acc[4 * i + 2] = fmaf(t[4 * i + 2], x1 * sw.x, acc[4 * i + 2]);
+      acc[4 * i + 3] = fmaf(t[4 * i + 3], x1 * sw.y, acc[4 * i + 3]);
+    }
+    __syncwarp();  // the warp's reads of stage s done (the MMAs' at the wait before the promotion)
+    if (lane == 0) mbar_arrive(&sm.empty[s]);
+  };
+  const int steps = int(kb_count);  // >= 1: k is a positive multiple of 128
+  if constexpr (kTwoProducts) {
+    // Two products in flight: step kb + 1's MMAs are issued before step kb is promoted, so the
+    // promotion runs under them (wgmma.wait_group 1), tmp and tmp2 taking the steps in turn. Both
+    // warpgroups multiply whatever their rows: at ~210 registers, the branch that skips a
+    // warpgroup of zero rows (below) tips ptxas into spills.
+    float tmp2[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) tmp2[i] = 0.f;
+    issue(tmp, 0);
+    int kb = 0;
+    for (; kb + 2 < steps; kb += 2) {  // step kb in flight in tmp at the top
+      issue(tmp2, kb + 1);
+      wgmma_wait1();
+      promote(tmp, kb);
+      issue(tmp, kb + 2);
+      wgmma_wait1();
+      promote(tmp2, kb + 1);
+    }
+    if (kb + 1 < steps) {  // the last two steps
+      issue(tmp2, kb + 1);
+      wgmma_wait1();
+      promote(tmp, kb);
+      wgmma_wait0();
+      promote(tmp2, kb + 1);
+    } else {  // the last step
+      wgmma_wait0();
+      promote(tmp, kb);
+    }
+  } else if (cw * 64 < rows) {
+    // One product (as DeepGEMM): the two warpgroups drift apart, one's promotion under the other's
+    // MMAs.
+    for (int kb = 0; kb < steps; ++kb) {
+      issue(tmp, kb);
+      wgmma_wait0();
+      promote(tmp, kb);
+    }
+  } else {
+    // Warpgroup-uniform: the second warpgroup of a tile of at most 64 rows has only zero rows; it
+    // skips the MMAs and the promotions, keeping its part in the barriers.
+    for (int kb = 0; kb < steps; ++kb) {
+      mbar_wait(&sm.full[kb % kStages], uint32_t((kb / kStages) & 1));
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&sm.empty[kb % kStages]);
+    }
+  }
+
+  // Epilogue: rows r0, r0 + 8; channels 8 i + c0, + 1.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + 8 * half;
+    if (r >= rows) continue;
+    const int64_t row = row_begin + r;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int64_t n = n0 + 8 * i + c0;
+      const float v0 = acc[4 * i + 2 * half], v1 = acc[4 * i + 2 * half + 1];
+      if (p.out_f32) {
+        if (n < p.n) p.out_f32[row * p.n + n] = v0;
+        if (n + 1 < p.n) p.out_f32[row * p.n + n + 1] = v1;
+      } else if (n + 1 < p.n && p.n % 2 == 0) {
+        const uint32_t packed = uint32_t(f32_to_bf16(v0)) | (uint32_t(f32_to_bf16(v1)) << 16);
+        *reinterpret_cast<uint32_t*>(p.out + row * p.n + n) = packed;
+      } else {
+        if (n < p.n) p.out[row * p.n + n] = f32_to_bf16(v0);
+        if (n + 1 < p.n) p.out[row * p.n + n + 1] = f32_to_bf16(v1);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p, bool two_products) {
+  CHECK(p.x8 && p.x_scale) << "fp4 grouped gemm (wgmma ws): FP8 activations required";
+  CHECK(p.out || p.out_f32) << "fp4 grouped gemm (wgmma ws): no output";
+  CHECK_EQ(p.k % kBK, 0) << "fp4 grouped gemm (wgmma ws): k=" << p.k << " must be a multiple of " << kBK;
+  CHECK_GE(p.max_rows, 0) << "fp4 grouped gemm (wgmma ws): max_rows";
+  if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
+  // Once per device: above 48 KB of dynamic shared memory.
+  static std::atomic<uint64_t> attr_set{0};
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit == 0 || !(attr_set.load() & bit)) {
+    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_wgmma_ws_kernel<false>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
+    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_wgmma_ws_kernel<true>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
+    attr_set.fetch_or(bit);
+  }
+  int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
+  fp4_wgmma_ws_tile_map_kernel<<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
+  launch_check("fp4_grouped_gemm_wgmma_ws tile map", p.stream);
+  const int64_t n_tiles = ceil_div(p.n, kBN);
+  CHECK_LE(n_tiles, kMaxGridYZ) << "fp4 grouped gemm (wgmma ws): n=" << p.n;
+  const dim3 grid(grid_x(grouped_tile_bound(p.max_rows, p.num_groups, kBM), "fp4_grouped_gemm_wgmma_ws"),
+                  unsigned(n_tiles));
+  if (two_products) {
+    fp4_grouped_gemm_wgmma_ws_kernel<true><<<grid, kThreads, kSmemBytes, p.stream>>>(p, tile_start);
+  } else {
+    fp4_grouped_gemm_wgmma_ws_kernel<false><<<grid, kThreads, kSmemBytes, p.stream>>>(p, tile_start);
+  }
+  launch_check("fp4_grouped_gemm_wgmma_ws", p.stream);
+  stream_free(tile_start, p.stream);
+}
+
+}  // namespace v4rt::kernels::cuda
