@@ -59,11 +59,14 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/fp4_tc_common.cuh"
 #include "kernels/cuda/launch_geometry.h"
 
 namespace v4rt::kernels::cuda {
 
 namespace {
+
+using namespace fp4tc;
 
 constexpr int kBN = 128;              // output channels per block
 constexpr int kBK = 128;              // k per step = one activation scale block = 4 weight scale blocks
@@ -72,7 +75,6 @@ constexpr int kLdB = kBK / 2 + 16;    // packed weight row stride in bytes (20 w
 constexpr int kWarpsN = 4;  // warps side by side along the channels
 constexpr int kWarpN = kBN / kWarpsN;  // 32 channels per warp
 constexpr int kNI = kWarpN / 8;
-constexpr int kMapThreads = 1024;
 constexpr int kPrefillRows = 128;  // the largest row tile
 static_assert(kFp4WgmmaRowsPerTile == kPrefillRows, "the wgmma kernel serves the 128-row tile case");
 static_assert(kFp4TcRowsPerTile == 64, "the 64-row tile below is the one fp4_gemm.h names");
@@ -116,83 +118,6 @@ constexpr size_t tc_smem_bytes() {
 static_assert(tc_smem_bytes<128>() == 126976 && tc_smem_bytes<64>() == 84992 && tc_smem_bytes<32>() == 64000 &&
                   tc_smem_bytes<16>() == 53504,
               "the header comment lists these sizes");
-
-// Eight e2m1 codes (one 32-bit word, code j in bits 4j..4j+3) -> e4m3 bytes of value code * 2^-6:
-// lo = the even codes (low nibbles), hi = the odd ones (high nibbles), byte i of each from byte i.
-__device__ __forceinline__ uint32_t e2m1_lo_to_e4m3(uint32_t w) {
-  return ((w << 4) & 0x80808080u) | ((w << 2) & 0x1c1c1c1cu);
-}
-__device__ __forceinline__ uint32_t e2m1_hi_to_e4m3(uint32_t w) {
-  return (w & 0x80808080u) | ((w >> 2) & 0x1c1c1c1cu);
-}
-
-// Four e4m3 bytes -> two f16x2 (exact): lo = bytes 0 (low half), 1; hi = bytes 2, 3.
-__device__ __forceinline__ void e4m3x4_to_f16x2(uint32_t v, uint32_t& lo, uint32_t& hi) {
-  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
-      : "=r"(lo), "=r"(hi)
-      : "r"(v));
-}
-
-// d = a0 b0 + a1 b1 (m16n8k16 f16 x f16 -> f32 twice, from zero): one 32-block.
-__device__ __forceinline__ void mma_f16_k32(float (&d)[4], const uint32_t (&a0)[4], const uint32_t (&b0)[2],
-                                            const uint32_t (&a1)[4], const uint32_t (&b1)[2]) {
-  const float z = 0.f;
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a0[0]), "r"(a0[1]), "r"(a0[2]), "r"(a0[3]), "r"(b0[0]), "r"(b0[1]), "f"(z));
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a1[0]), "r"(a1[1]), "r"(a1[2]), "r"(a1[3]), "r"(b1[0]), "r"(b1[1]));
-}
-
-// cp.async of 16 / 4 bytes; !full writes zeros and reads nothing.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(full ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// tile_start[g] = BM-row tiles of the groups before g (groups without weights have none);
-// tile_start[num_groups] = all tiles. One block, chunks of kMapThreads groups.
-template <int BM>
-__global__ void __launch_bounds__(kMapThreads) fp4_tc_tile_map_kernel(const int32_t* row_offsets,
-                                                                      const uint8_t* const* w, int num_groups,
-                                                                      int32_t* tile_start) {
-  __shared__ int32_t scan[kMapThreads];
-  __shared__ int32_t carry;
-  const int tid = threadIdx.x;
-  if (tid == 0) carry = 0;
-  __syncthreads();
-  for (int base = 0; base < num_groups; base += kMapThreads) {
-    const int g = base + tid;
-    int32_t tiles = 0;
-    if (g < num_groups && w[g] != nullptr) {
-      const int32_t rows = row_offsets[g + 1] - row_offsets[g];
-      tiles = rows > 0 ? (rows + BM - 1) / BM : 0;
-    }
-    scan[tid] = tiles;
-    __syncthreads();
-    for (int o = 1; o < kMapThreads; o <<= 1) {  // inclusive scan
-      const int32_t v = tid >= o ? scan[tid - o] : 0;
-      __syncthreads();
-      scan[tid] += v;
-      __syncthreads();
-    }
-    if (g < num_groups) tile_start[g] = carry + scan[tid] - tiles;
-    __syncthreads();
-    if (tid == kMapThreads - 1) carry += scan[kMapThreads - 1];
-    __syncthreads();
-  }
-  if (tid == 0) tile_start[num_groups] = carry;
-}
 
 template <int BM>
 __global__ void __launch_bounds__(tc_threads<BM>(), TcShape<BM>::kMinBlocks)
@@ -383,19 +308,9 @@ void launch_tc(const Fp4GroupedGemmParams& p) {
   // Once per device: above 48 KB of dynamic shared memory, and the whole carveout as shared memory
   // so kMinBlocks blocks fit.
   static std::atomic<uint64_t> attr_set{0};
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (bit == 0 || !(attr_set.load() & bit)) {
-    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_tc_kernel<BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(smem)));
-    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_tc_kernel<BM>,
-                                    cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    int(cudaSharedmemCarveoutMaxShared)));
-    attr_set.fetch_or(bit);
-  }
+  set_smem_once(fp4_grouped_gemm_tc_kernel<BM>, smem, true, &attr_set);
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
-  fp4_tc_tile_map_kernel<BM><<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
+  fp4_tile_map_kernel<BM><<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_tc tile map", p.stream);
   const int64_t n_tiles = ceil_div(p.n, kBN);
   CHECK_LE(n_tiles, kMaxGridYZ) << "fp4 grouped gemm (tensor cores): n=" << p.n;

@@ -44,6 +44,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/fp4_tc_common.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -51,13 +52,14 @@ namespace v4rt::kernels::cuda {
 
 namespace {
 
+using namespace fp4tc;
+
 constexpr int kBM = kFp4WgmmaRowsPerTile;  // rows of one expert per block
 constexpr int kBN = 128;                   // output channels per block (wgmma N)
 constexpr int kBK = 128;                   // k per step: one activation scale block, 4 weight blocks
 constexpr int kThreads = 256;              // two warpgroups, 64 rows each
 constexpr int kStages = 4;
 constexpr int kLdW = kBK / 2 + 16;         // raw packed weight row stride in bytes (80)
-constexpr int kMapThreads = 1024;
 static_assert(kBM == 128, "two warpgroups of 64 rows");
 
 struct WgStage {
@@ -74,81 +76,6 @@ struct WgSmem {
 constexpr size_t kSmemBytes = sizeof(WgSmem);
 static_assert(kSmemBytes == 144384, "4 x 27,648 B of stages + 2 x 16,896 B of decoded weights");
 static_assert(sizeof(WgStage) % 128 == 0, "operand tiles stay 128-byte aligned");
-
-// cp.async of 16 / 4 bytes; !full writes zeros and reads nothing.
-__device__ __forceinline__ void cp16(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(full ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp4(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// Two e4m3 bytes (low byte = a) of a, b, rounded to nearest (exact for the values used here).
-__device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
-  return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
-}
-
-// Decodes one channel's 32-block (16 bytes of packed codes, even element in the low nibble) to 32
-// e4m3 bytes of code * 2^(6 - d) in input order.
-__device__ __forceinline__ void decode_block(uint4 codes, int d, uint32_t (&out)[8]) {
-  const float f = ldexpf(1.f, max(6 - d, -30));
-  const uint32_t tlo = e4m3x2(0.f, 0.5f * f) | (e4m3x2(f, 1.5f * f) << 16);       // magnitudes 0..3
-  const uint32_t thi = e4m3x2(2.f * f, 3.f * f) | (e4m3x2(4.f * f, 6.f * f) << 16);  // magnitudes 4..7
-  const uint32_t u[4] = {codes.x, codes.y, codes.z, codes.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    // Sign bits of the even codes (elements 8i + 0, 2, 4, 6) and of the odd ones to bit 7 of
-    // bytes 0..3, interleaved to input order as fp4_gemm_mma.cu's re-encode.
-    const uint32_t ev = (u[i] << 4) & 0x80808080u, od = u[i] & 0x80808080u;
-    const uint32_t s0 = __byte_perm(ev, od, 0x5140), s1 = __byte_perm(ev, od, 0x7362);
-    // Selector nibble j = code j's magnitude (bit 3 clear: plain byte select).
-    const uint32_t m0 = __byte_perm(tlo, thi, u[i] & 0x7777u);
-    const uint32_t m1 = __byte_perm(tlo, thi, (u[i] >> 16) & 0x7777u);
-    out[2 * i] = m0 | s0;
-    out[2 * i + 1] = m1 | s1;
-  }
-}
-
-// tile_start[g] = 128-row tiles of the groups before g (groups without weights have none);
-// tile_start[num_groups] = all tiles. One block, chunks of kMapThreads groups (as the mma.sync
-// kernel's map).
-__global__ void __launch_bounds__(kMapThreads) fp4_wgmma_tile_map_kernel(const int32_t* row_offsets,
-                                                                         const uint8_t* const* w, int num_groups,
-                                                                         int32_t* tile_start) {
-  __shared__ int32_t scan[kMapThreads];
-  __shared__ int32_t carry;
-  const int tid = threadIdx.x;
-  if (tid == 0) carry = 0;
-  __syncthreads();
-  for (int base = 0; base < num_groups; base += kMapThreads) {
-    const int g = base + tid;
-    int32_t tiles = 0;
-    if (g < num_groups && w[g] != nullptr) {
-      const int32_t rows = row_offsets[g + 1] - row_offsets[g];
-      tiles = rows > 0 ? (rows + kBM - 1) / kBM : 0;
-    }
-    scan[tid] = tiles;
-    __syncthreads();
-    for (int o = 1; o < kMapThreads; o <<= 1) {  // inclusive scan
-      const int32_t v = tid >= o ? scan[tid - o] : 0;
-      __syncthreads();
-      scan[tid] += v;
-      __syncthreads();
-    }
-    if (g < num_groups) tile_start[g] = carry + scan[tid] - tiles;
-    __syncthreads();
-    if (tid == kMapThreads - 1) carry += scan[kMapThreads - 1];
-    __syncthreads();
-  }
-  if (tid == 0) tile_start[num_groups] = carry;
-}
 
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start) {
@@ -190,16 +117,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < kBM / 32; ++i) {
       const int r = a_row + 32 * i;
       const bool ok = r < rows;
-      cp16(st.a + core_offset(r, a_chunk * 16, kBK), ok ? a_src + int64_t(32 * i) * k + kb * kBK : p.x8, ok);
+      cp_async16(st.a + core_offset(r, a_chunk * 16, kBK), ok ? a_src + int64_t(32 * i) * k + kb * kBK : p.x8, ok);
     }
 #pragma unroll
     for (int i = 0; i < kBN / 64; ++i) {
       const bool ok = 64 * i < w_left;
-      cp16(&st.w[w_ch + 64 * i][w_chunk * 16], ok ? w_src + int64_t(64 * i) * (k / 2) + kb * (kBK / 2) : w, ok);
+      cp_async16(&st.w[w_ch + 64 * i][w_chunk * 16], ok ? w_src + int64_t(64 * i) * (k / 2) + kb * (kBK / 2) : w, ok);
     }
     if (tid < kBN) {
       if (ws_aligned) {
-        cp4(&st.ws[sc], ws_ok ? ws_src + kb * 4 : wsc, ws_ok);
+        cp_async4(&st.ws[sc], ws_ok ? ws_src + kb * 4 : wsc, ws_ok);
       } else {  // scale rows not word aligned: plain loads (seen by the decode after its barrier)
         uint32_t v = 0;
         if (ws_ok) {
@@ -209,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         st.ws[sc] = v;
       }
     } else {
-      cp4(&st.xs[sc], xs_ok ? xs_src + kb : p.x_scale, xs_ok);
+      cp_async4(&st.xs[sc], xs_ok ? xs_src + kb : p.x_scale, xs_ok);
     }
   };
 
@@ -241,9 +168,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < kb_count) load(s, s);
-    cp_commit();
+    cp_async_commit();
   }
-  cp_wait<kStages - 2>();  // step 0 landed (this thread's copies) ...
+  cp_async_wait<kStages - 2>();  // step 0 landed (this thread's copies) ...
   __syncthreads();         // ... everyone's
   decode(0, 0);
   fence_async_smem();  // this thread's decoded bytes and landed cp.async data, for the wgmma
@@ -255,7 +182,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int s = int(kb % kStages), t = int(kb & 1);
     // Stage (kb - 1) % kStages was last read before the barrier that ended step kb - 1.
     if (kb + kStages - 1 < kb_count) load(kb + kStages - 1, int((kb + kStages - 1) % kStages));
-    cp_commit();
+    cp_async_commit();
     {
       const uint8_t* a_tile = sm.st[s].a + wg * 64 * kBK;
       const uint8_t* b_tile = sm.b[t];
@@ -268,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     // Under the MMAs: step kb + 1's copies land (this thread's, then everyone's) and its weights
     // are decoded into the other B tile (read by step kb - 1's MMAs, done before the last barrier).
-    cp_wait<kStages - 2>();
+    cp_async_wait<kStages - 2>();
     __syncthreads();
     if (kb + 1 < kb_count) decode(int((kb + 1) % kStages), t ^ 1);
     fence_async_smem();
@@ -287,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();  // step kb + 1's B tile complete; stage s and B tile t free again
   }
-  cp_wait<0>();  // no copy outstanding at exit (the last commits are empty)
+  cp_async_wait<0>();  // no copy outstanding at exit (the last commits are empty)
 
   // Epilogue: rows r0, r0 + 8; channels 8 i + c0, + 1.
 #pragma unroll
@@ -323,16 +250,9 @@ void fp4_grouped_gemm_wgmma(const Fp4GroupedGemmParams& p) {
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
   // Once per device: above 48 KB of dynamic shared memory.
   static std::atomic<uint64_t> attr_set{0};
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (bit == 0 || !(attr_set.load() & bit)) {
-    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
-    attr_set.fetch_or(bit);
-  }
+  set_smem_once(fp4_grouped_gemm_wgmma_kernel, kSmemBytes, false, &attr_set);
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
-  fp4_wgmma_tile_map_kernel<<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
+  fp4_tile_map_kernel<kBM><<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_wgmma tile map", p.stream);
   const int64_t n_tiles = ceil_div(p.n, kBN);
   CHECK_LE(n_tiles, kMaxGridYZ) << "fp4 grouped gemm (wgmma): n=" << p.n;

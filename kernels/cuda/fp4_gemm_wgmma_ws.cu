@@ -35,12 +35,15 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/fp4_tc_common.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace v4rt::kernels::cuda {
 
 namespace {
+
+using namespace fp4tc;
 
 constexpr int kBM = kFp4WgmmaRowsPerTile;  // rows of one expert per block
 constexpr int kBN = 128;                   // output channels per block (wgmma N)
@@ -57,7 +60,6 @@ constexpr int kStages = 5;
 constexpr int kLookahead = 3;  // steps of copies in flight while the producer decodes
 static_assert(kLookahead < kStages, "copies of a step go ahead of its decode in the same stage");
 constexpr int kLdW = kBK / 2 + 16;  // raw packed weight row stride in bytes (80)
-constexpr int kMapThreads = 1024;
 static_assert(kBM == 128 && kBN == kProducerThreads, "producer thread = channel; two consumer warpgroups of 64 rows");
 
 struct WsStage {
@@ -78,22 +80,7 @@ static_assert(sizeof(WsStage) == 44544, "16,384 + 16,384 + 10,240 + 3 x 512 B");
 static_assert(sizeof(WsStage) % 128 == 0, "operand tiles stay 128-byte aligned");
 static_assert(kSmemBytes <= 227 * 1024, "dynamic shared memory of one block per SM");
 
-// cp.async of 16 / 4 bytes; !full writes zeros and reads nothing.
-__device__ __forceinline__ void cp16(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(full ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp4(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
-}
 __device__ __forceinline__ void wgmma_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
-
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 // mbarriers in shared memory: arrive has release, try_wait acquire semantics (CTA scope).
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
@@ -128,62 +115,6 @@ __device__ __forceinline__ void regs_inc() {
 // Named barrier 1 of the producer warpgroup alone (0 is __syncthreads').
 __device__ __forceinline__ void producer_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(kProducerThreads) : "memory");
-}
-
-// Two e4m3 bytes (low byte = a) of a, b, rounded to nearest (exact for the values used here).
-__device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
-  return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
-}
-
-// Decodes one channel's 32-block (16 bytes of packed codes, even element in the low nibble) to 32
-// e4m3 bytes of code * 2^(6 - d) in input order (as fp4_gemm_wgmma.cu).
-__device__ __forceinline__ void decode_block(uint4 codes, int d, uint32_t (&out)[8]) {
-  const float f = ldexpf(1.f, max(6 - d, -30));
-  const uint32_t tlo = e4m3x2(0.f, 0.5f * f) | (e4m3x2(f, 1.5f * f) << 16);       // magnitudes 0..3
-  const uint32_t thi = e4m3x2(2.f * f, 3.f * f) | (e4m3x2(4.f * f, 6.f * f) << 16);  // magnitudes 4..7
-  const uint32_t u[4] = {codes.x, codes.y, codes.z, codes.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t ev = (u[i] << 4) & 0x80808080u, od = u[i] & 0x80808080u;
-    const uint32_t s0 = __byte_perm(ev, od, 0x5140), s1 = __byte_perm(ev, od, 0x7362);
-    const uint32_t m0 = __byte_perm(tlo, thi, u[i] & 0x7777u);
-    const uint32_t m1 = __byte_perm(tlo, thi, (u[i] >> 16) & 0x7777u);
-    out[2 * i] = m0 | s0;
-    out[2 * i + 1] = m1 | s1;
-  }
-}
-
-// tile_start[g] = 128-row tiles of the groups before g (groups without weights have none);
-// tile_start[num_groups] = all tiles (as fp4_gemm_wgmma.cu's map).
-__global__ void __launch_bounds__(kMapThreads) fp4_wgmma_ws_tile_map_kernel(const int32_t* row_offsets,
-                                                                            const uint8_t* const* w,
-                                                                            int num_groups, int32_t* tile_start) {
-  __shared__ int32_t scan[kMapThreads];
-  __shared__ int32_t carry;
-  const int tid = threadIdx.x;
-  if (tid == 0) carry = 0;
-  __syncthreads();
-  for (int base = 0; base < num_groups; base += kMapThreads) {
-    const int g = base + tid;
-    int32_t tiles = 0;
-    if (g < num_groups && w[g] != nullptr) {
-      const int32_t rows = row_offsets[g + 1] - row_offsets[g];
-      tiles = rows > 0 ? (rows + kBM - 1) / kBM : 0;
-    }
-    scan[tid] = tiles;
-    __syncthreads();
-    for (int o = 1; o < kMapThreads; o <<= 1) {  // inclusive scan
-      const int32_t v = tid >= o ? scan[tid - o] : 0;
-      __syncthreads();
-      scan[tid] += v;
-      __syncthreads();
-    }
-    if (g < num_groups) tile_start[g] = carry + scan[tid] - tiles;
-    __syncthreads();
-    if (tid == kMapThreads - 1) carry += scan[kMapThreads - 1];
-    __syncthreads();
-  }
-  if (tid == 0) tile_start[num_groups] = carry;
 }
 
 template <bool kTwoProducts>
@@ -241,15 +172,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < kBM / 16; ++i) {
         const int r = a_row + 16 * i;
         const bool ok = r < rows;
-        cp16(st.a + core_offset(r, a_chunk * 16, kBK), ok ? a_src + int64_t(16 * i) * k + kb * kBK : p.x8, ok);
+        cp_async16(st.a + core_offset(r, a_chunk * 16, kBK), ok ? a_src + int64_t(16 * i) * k + kb * kBK : p.x8, ok);
       }
 #pragma unroll
       for (int i = 0; i < kBN / 32; ++i) {
         const bool ok = 32 * i < w_left;
-        cp16(&st.w[w_ch + 32 * i][w_chunk * 16], ok ? w_src + int64_t(32 * i) * (k / 2) + kb * (kBK / 2) : w, ok);
+        cp_async16(&st.w[w_ch + 32 * i][w_chunk * 16], ok ? w_src + int64_t(32 * i) * (k / 2) + kb * (kBK / 2) : w, ok);
       }
       if (ws_aligned) {
-        cp4(&st.ws[ch], ws_src + kb * 4, ch_ok);
+        cp_async4(&st.ws[ch], ws_src + kb * 4, ch_ok);
       } else {  // scale rows not word aligned: plain loads (read back by this thread)
         uint32_t v = 0;
         if (ch_ok) {
@@ -258,7 +189,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         st.ws[ch] = v;
       }
-      cp4(&st.xs[tid], xs_src + (xs_ok ? kb : 0), xs_ok);
+      cp_async4(&st.xs[tid], xs_src + (xs_ok ? kb : 0), xs_ok);
     };
 
     // Channel ch's four blocks of stage s into its B tile (8 consecutive channels per 16-byte
@@ -285,7 +216,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int s = 0; s < kLookahead; ++s) {
       if (s < kb_count) load(s, s);
-      cp_commit();
+      cp_async_commit();
     }
     for (int64_t kb = 0; kb < kb_count; ++kb) {
       const int64_t nx = kb + kLookahead;
@@ -295,8 +226,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (nx >= kStages) mbar_wait(&sm.empty[s2], uint32_t((nx / kStages + 1) & 1));
         load(nx, s2);
       }
-      cp_commit();
-      cp_wait<kLookahead>();  // this thread's copies of step kb landed ...
+      cp_async_commit();
+      cp_async_wait<kLookahead>();  // this thread's copies of step kb landed ...
       producer_sync();        // ... and the other producers' (channel tid's weights came by 4 lanes)
       const int s = int(kb % kStages);
       decode(s);
@@ -304,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncwarp();
       if (lane == 0) mbar_arrive(&sm.full[s]);
     }
-    cp_wait<0>();  // no copy outstanding at exit (the last commits are empty)
+    cp_async_wait<0>();  // no copy outstanding at exit (the last commits are empty)
     return;
   }
 
@@ -426,19 +357,11 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p, bool two_products)
   CHECK_GE(p.max_rows, 0) << "fp4 grouped gemm (wgmma ws): max_rows";
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
   // Once per device: above 48 KB of dynamic shared memory.
-  static std::atomic<uint64_t> attr_set{0};
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (bit == 0 || !(attr_set.load() & bit)) {
-    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_wgmma_ws_kernel<false>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
-    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_wgmma_ws_kernel<true>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
-    attr_set.fetch_or(bit);
-  }
+  static std::atomic<uint64_t> attr_set[2];
+  set_smem_once(fp4_grouped_gemm_wgmma_ws_kernel<false>, kSmemBytes, false, &attr_set[0]);
+  set_smem_once(fp4_grouped_gemm_wgmma_ws_kernel<true>, kSmemBytes, false, &attr_set[1]);
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
-  fp4_wgmma_ws_tile_map_kernel<<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
+  fp4_tile_map_kernel<kBM><<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_wgmma_ws tile map", p.stream);
   const int64_t n_tiles = ceil_div(p.n, kBN);
   CHECK_LE(n_tiles, kMaxGridYZ) << "fp4 grouped gemm (wgmma ws): n=" << p.n;

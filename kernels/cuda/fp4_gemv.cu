@@ -40,11 +40,14 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/fp4_tc_common.cuh"
 #include "kernels/cuda/launch_geometry.h"
 
 namespace v4rt::kernels::cuda {
 
 namespace {
+
+using namespace fp4tc;
 
 constexpr int kRows = 8;                      // rows per pass: the n8 of the MMA
 constexpr int kWarps = 4;                     // warps per block, each a quarter of k
@@ -79,35 +82,6 @@ struct GemvWork {
   int rows;  // 0: no such row pass (surplus block)
 };
 
-// --- operand conversion, MMA and copies ----------------------------------------------------------
-// Eight e2m1 codes (one 32-bit word, code j in bits 4j..4j+3) -> e4m3 bytes of value code * 2^-6:
-// lo = the even codes (low nibbles), hi = the odd ones (high nibbles), byte i of each from byte i.
-__device__ __forceinline__ uint32_t e2m1_lo_to_e4m3(uint32_t w) {
-  return ((w << 4) & 0x80808080u) | ((w << 2) & 0x1c1c1c1cu);
-}
-__device__ __forceinline__ uint32_t e2m1_hi_to_e4m3(uint32_t w) {
-  return (w & 0x80808080u) | ((w >> 2) & 0x1c1c1c1cu);
-}
-
-// Four e4m3 bytes -> two f16x2 (exact): lo = bytes 0 (low half), 1; hi = bytes 2, 3.
-__device__ __forceinline__ void e4m3x4_to_f16x2(uint32_t v, uint32_t& lo, uint32_t& hi) {
-  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
-      : "=r"(lo), "=r"(hi)
-      : "r"(v));
-}
-
-// d = a0 b0 + a1 b1 (m16n8k16 f16 x f16 -> f32 twice, from zero): one 32-block.
-__device__ __forceinline__ void mma_f16_k32(float (&d)[4], const uint32_t (&a0)[4], const uint32_t (&b0)[2],
-                                            const uint32_t (&a1)[4], const uint32_t (&b1)[2]) {
-  const float z = 0.f;
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a0[0]), "r"(a0[1]), "r"(a0[2]), "r"(a0[3]), "r"(b0[0]), "r"(b0[1]), "f"(z));
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a1[0]), "r"(a1[1]), "r"(a1[2]), "r"(a1[3]), "r"(b1[0]), "r"(b1[1]));
-}
-
 // Four 8x8 b16 matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix i, and
 // r[i] of thread (gid, tig) is word tig of row gid of matrix i.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
@@ -116,21 +90,6 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s)
                : "memory");
-}
-
-// cp.async of 16 / 4 bytes; !full writes zeros and reads nothing.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(full ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 // --- row pass lookup -----------------------------------------------------------------------------
@@ -371,16 +330,7 @@ void fp4_grouped_gemv(const Fp4GroupedGemmParams& p) {
   // Once per device: above 48 KB of dynamic shared memory, and the whole carveout as shared memory
   // so kMinBlocks blocks fit.
   static std::atomic<uint64_t> attr_set{0};
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (bit == 0 || !(attr_set.load() & bit)) {
-    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
-    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemv_kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    int(cudaSharedmemCarveoutMaxShared)));
-    attr_set.fetch_or(bit);
-  }
+  set_smem_once(fp4_grouped_gemv_kernel, kSmemBytes, true, &attr_set);
   const int64_t n_blocks = ceil_div(p.n, kChannels);
   const int64_t passes = grouped_tile_bound(p.max_rows, p.num_groups, kRows);
   CHECK_LE(passes, int64_t(INT_MAX)) << "fp4 grouped gemv: max_rows=" << p.max_rows;

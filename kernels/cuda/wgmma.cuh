@@ -31,10 +31,12 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 // Generic-proxy stores to shared memory made visible to the wgmma (async proxy) reads.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
 // Keeps the compiler from moving accumulator accesses across the asynchronous MMA.
-__device__ __forceinline__ void fence_acc(float (&d)[64]) {
+template <int N>
+__device__ __forceinline__ void fence_acc(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // d (+)= A[64 x 32] B[128 x 32]^T, e4m3 x e4m3 -> f32; accumulate = 0 overwrites d.
@@ -55,13 +57,6 @@ __device__ __forceinline__ void wgmma_m64n128k32(float (&d)[64], uint64_t da, ui
 
 // --- bf16 forms (attention_wgmma.cu): a k16 step spans 32 bytes of a row, two core matrices along
 // K, so the descriptors' start advances by 256 B per step (core_offset(0, 32 s, row bytes)).
-
-// Accumulator fence of any size (see fence_acc above).
-template <int N>
-__device__ __forceinline__ void fence_acc(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
 
 // d (+)= A[64 x 16] B[32 x 16]^T, bf16 x bf16 -> f32, both operands K-major in shared memory (no
 // swizzle, transpose flags 0); accumulate = 0 overwrites d.

@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: MIT
+// What the tensor-core FP4 expert kernels share (fp4_gemm_mma.cu, fp4_gemv.cu, fp4_gemm_wgmma.cu,
+// fp4_gemm_wgmma_ws.cu): cp.async with zero fill, the e2m1 -> e4m3 re-encodes (code * 2^-6 by bit
+// moves for the f16 MMAs; code * 2^(6 - d) by a byte-permute table for the e4m3 wgmma), the f16
+// 32-block MMA, the device map of row tiles per expert, and the once-per-device kernel attributes.
+// Included only by .cu files.
+#pragma once
+
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace v4rt::kernels::cuda::fp4tc {
+
+// cp.async of 16 / 4 bytes; !full writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
+  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(full ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
+  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Eight e2m1 codes (one 32-bit word, code j in bits 4j..4j+3) -> e4m3 bytes of value code * 2^-6:
+// lo = the even codes (low nibbles), hi = the odd ones (high nibbles), byte i of each from byte i.
+__device__ __forceinline__ uint32_t e2m1_lo_to_e4m3(uint32_t w) {
+  return ((w << 4) & 0x80808080u) | ((w << 2) & 0x1c1c1c1cu);
+}
+__device__ __forceinline__ uint32_t e2m1_hi_to_e4m3(uint32_t w) {
+  return (w & 0x80808080u) | ((w >> 2) & 0x1c1c1c1cu);
+}
+
+// Four e4m3 bytes -> two f16x2 (exact): lo = bytes 0 (low half), 1; hi = bytes 2, 3.
+__device__ __forceinline__ void e4m3x4_to_f16x2(uint32_t v, uint32_t& lo, uint32_t& hi) {
+  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+      : "=r"(lo), "=r"(hi)
+      : "r"(v));
+}
+
+// d = a0 b0 + a1 b1 (m16n8k16 f16 x f16 -> f32 twice, from zero): one 32-block.
+__device__ __forceinline__ void mma_f16_k32(float (&d)[4], const uint32_t (&a0)[4], const uint32_t (&b0)[2],
+                                            const uint32_t (&a1)[4], const uint32_t (&b1)[2]) {
+  const float z = 0.f;
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0[0]), "r"(a0[1]), "r"(a0[2]), "r"(a0[3]), "r"(b0[0]), "r"(b0[1]), "f"(z));
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a1[0]), "r"(a1[1]), "r"(a1[2]), "r"(a1[3]), "r"(b1[0]), "r"(b1[1]));
+}
+
+// Two e4m3 bytes (low byte = a) of a, b, rounded to nearest (exact for the values used here).
+__device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
+  return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
+}
+
+// Decodes one channel's 32-block (16 bytes of packed codes, even element in the low nibble) to 32
+// e4m3 bytes of code * 2^(6 - d) in input order: the 8 magnitudes as e4m3 in two registers,
+// indexed by prmt with the codes' three magnitude bits (four codes per prmt), sign bits or-ed in.
+__device__ __forceinline__ void decode_block(uint4 codes, int d, uint32_t (&out)[8]) {
+  const float f = ldexpf(1.f, max(6 - d, -30));
+  const uint32_t tlo = e4m3x2(0.f, 0.5f * f) | (e4m3x2(f, 1.5f * f) << 16);       // magnitudes 0..3
+  const uint32_t thi = e4m3x2(2.f * f, 3.f * f) | (e4m3x2(4.f * f, 6.f * f) << 16);  // magnitudes 4..7
+  const uint32_t u[4] = {codes.x, codes.y, codes.z, codes.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // Sign bits of the even codes (elements 8i + 0, 2, 4, 6) and of the odd ones to bit 7 of
+    // bytes 0..3, interleaved to input order as e2m1_lo/hi_to_e4m3's users do.
+    const uint32_t ev = (u[i] << 4) & 0x80808080u, od = u[i] & 0x80808080u;
+    const uint32_t s0 = __byte_perm(ev, od, 0x5140), s1 = __byte_perm(ev, od, 0x7362);
+    // Selector nibble j = code j's magnitude (bit 3 clear: plain byte select).
+    const uint32_t m0 = __byte_perm(tlo, thi, u[i] & 0x7777u);
+    const uint32_t m1 = __byte_perm(tlo, thi, (u[i] >> 16) & 0x7777u);
+    out[2 * i] = m0 | s0;
+    out[2 * i + 1] = m1 | s1;
+  }
+}
+
+constexpr int kMapThreads = 1024;
+
+// tile_start[g] = BM-row tiles of the groups before g (groups without weights have none);
+// tile_start[num_groups] = all tiles. One block, chunks of kMapThreads groups.
+template <int BM>
+__global__ void __launch_bounds__(kMapThreads) fp4_tile_map_kernel(const int32_t* row_offsets, const uint8_t* const* w,
+                                                                   int num_groups, int32_t* tile_start) {
+  __shared__ int32_t scan[kMapThreads];
+  __shared__ int32_t carry;
+  const int tid = threadIdx.x;
+  if (tid == 0) carry = 0;
+  __syncthreads();
+  for (int base = 0; base < num_groups; base += kMapThreads) {
+    const int g = base + tid;
+    int32_t tiles = 0;
+    if (g < num_groups && w[g] != nullptr) {
+      const int32_t rows = row_offsets[g + 1] - row_offsets[g];
+      tiles = rows > 0 ? (rows + BM - 1) / BM : 0;
+    }
+    scan[tid] = tiles;
+    __syncthreads();
+    for (int o = 1; o < kMapThreads; o <<= 1) {  // inclusive scan
+      const int32_t v = tid >= o ? scan[tid - o] : 0;
+      __syncthreads();
+      scan[tid] += v;
+      __syncthreads();
+    }
+    if (g < num_groups) tile_start[g] = carry + scan[tid] - tiles;
+    __syncthreads();
+    if (tid == kMapThreads - 1) carry += scan[kMapThreads - 1];
+    __syncthreads();
+  }
+  if (tid == 0) tile_start[num_groups] = carry;
+}
+
+// Once per device (the bit of the current device in *done): the kernel's dynamic shared memory
+// limit raised to `smem` bytes, and with max_carveout the whole carveout given to shared memory.
+template <class Kernel>
+void set_smem_once(Kernel* kernel, size_t smem, bool max_carveout, std::atomic<uint64_t>* done) {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit != 0 && (done->load() & bit)) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  if (max_carveout)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    int(cudaSharedmemCarveoutMaxShared)));
+  done->fetch_or(bit);
+}
+
+}  // namespace v4rt::kernels::cuda::fp4tc
