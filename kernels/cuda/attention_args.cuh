@@ -113,4 +113,45 @@ __device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c)
 constexpr int kWgmmaDim = 512;
 void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, cudaStream_t s);
 
+// One head row's share of a 64-candidate tile's online softmax on the tensor-core prefill kernels:
+// 8 threads per row (lanes 8k..8k+7 of a warp, all calling), each 8 candidates from c0; S of the
+// row (scaled) at srow, absent candidates (code -1) excluded. Returns the 8 probabilities as bf16
+// (packed, candidate c0 + i in half i of the words), p from the tile's running max mb = max(old
+// max, tile max); the first of the 8 then sets the row's rescale of the old state exp(old - mb)
+// (0 when the old max is -inf), its max and its denominator (from the unrounded p), as
+// sparse_attention_kernel does per tile. A row with no candidate yet keeps its state (p = 0).
+__device__ __forceinline__ uint4 online_softmax_row8(const int64_t* codes, const float* srow, int c0, int row,
+                                                     float* m_s, float* den_s, float* resc_s) {
+  float z[8], tmax = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    z[i] = codes[c0 + i] == -1 ? -INFINITY : srow[c0 + i];
+    tmax = fmaxf(tmax, z[i]);
+  }
+#pragma unroll
+  for (int o8 = 1; o8 < 8; o8 <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o8));
+  const float m_old = m_s[row];
+  const float mb = fmaxf(m_old, tmax);
+  float resc = 1.f, sum = 0.f;
+  uint32_t packed[4] = {0u, 0u, 0u, 0u};
+  if (mb != -INFINITY) {  // else a tile of absent candidates before any valid one: nothing changes
+    resc = m_old == -INFINITY ? 0.f : expf(m_old - mb);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float p = z[i] == -INFINITY ? 0.f : expf(z[i] - mb);
+      sum += p;
+      packed[i / 2] |= uint32_t(f32_to_bf16(p)) << (16 * (i & 1));
+    }
+  }
+#pragma unroll
+  for (int o8 = 1; o8 < 8; o8 <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o8);
+  __syncwarp();  // every thread of the row read m_s[row]
+  if ((threadIdx.x & 7) == 0) {
+    den_s[row] = den_s[row] * resc + sum;
+    m_s[row] = mb;
+    resc_s[row] = resc;
+  }
+  return make_uint4(packed[0], packed[1], packed[2], packed[3]);
+}
+
 }  // namespace v4rt::kernels::cuda::attn

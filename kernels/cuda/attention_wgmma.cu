@@ -152,37 +152,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
 #pragma unroll
     for (int pass = 0; pass < 2; ++pass) {  // online softmax: 8 threads per head row, 8 candidates each
       const int row = (tid >> 3) + 32 * pass, c0 = (tid & 7) * 8;
-      float z[8], tmax = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        z[i] = codes[c0 + i] == -1 ? -INFINITY : ss[row * kSld + c0 + i];
-        tmax = fmaxf(tmax, z[i]);
-      }
-#pragma unroll
-      for (int o8 = 1; o8 < 8; o8 <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o8));
-      const float m_old = m_s[row];
-      const float mb = fmaxf(m_old, tmax);
-      float resc = 1.f, sum = 0.f;
-      uint32_t packed[4] = {0u, 0u, 0u, 0u};
-      if (mb != -INFINITY) {  // else a tile of absent candidates before any valid one: nothing changes
-        resc = m_old == -INFINITY ? 0.f : expf(m_old - mb);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float p = z[i] == -INFINITY ? 0.f : expf(z[i] - mb);
-          sum += p;
-          packed[i / 2] |= uint32_t(f32_to_bf16(p)) << (16 * (i & 1));
-        }
-      }
-#pragma unroll
-      for (int o8 = 1; o8 < 8; o8 <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o8);
       *reinterpret_cast<uint4*>(ps + core_offset(row, c0 * 2, kTileRowB)) =
-          make_uint4(packed[0], packed[1], packed[2], packed[3]);
-      __syncwarp();
-      if ((tid & 7) == 0) {
-        den_s[row] = den_s[row] * resc + sum;
-        m_s[row] = mb;
-        resc_s[row] = resc;
-      }
+          online_softmax_row8(codes, ss + row * kSld, c0, row, m_s, den_s, resc_s);
     }
     fence_async_smem();
     __syncthreads();

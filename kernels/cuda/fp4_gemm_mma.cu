@@ -286,17 +286,7 @@ __global__ void __launch_bounds__(tc_threads<BM>(), TcShape<BM>::kMinBlocks)
 #pragma unroll
       for (int ni = 0; ni < kNI; ++ni) {
         const int64_t n = n0 + wn + ni * 8 + tig * 2;
-        const float v0 = acc[mi][ni][2 * half], v1 = acc[mi][ni][2 * half + 1];
-        if (p.out_f32) {
-          if (n < p.n) p.out_f32[row * p.n + n] = v0;
-          if (n + 1 < p.n) p.out_f32[row * p.n + n + 1] = v1;
-        } else if (n + 1 < p.n && p.n % 2 == 0) {
-          const uint32_t packed = uint32_t(f32_to_bf16(v0)) | (uint32_t(f32_to_bf16(v1)) << 16);
-          *reinterpret_cast<uint32_t*>(p.out + row * p.n + n) = packed;
-        } else {
-          if (n < p.n) p.out[row * p.n + n] = f32_to_bf16(v0);
-          if (n + 1 < p.n) p.out[row * p.n + n + 1] = f32_to_bf16(v1);
-        }
+        store_pair(p, row, n, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1]);
       }
     }
   }

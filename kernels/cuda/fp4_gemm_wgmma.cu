@@ -216,28 +216,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   cp_async_wait<0>();  // no copy outstanding at exit (the last commits are empty)
 
-  // Epilogue: rows r0, r0 + 8; channels 8 i + c0, + 1.
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = r0 + 8 * half;
-    if (r >= rows) continue;
-    const int64_t row = row_begin + r;
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int64_t n = n0 + 8 * i + c0;
-      const float v0 = acc[4 * i + 2 * half], v1 = acc[4 * i + 2 * half + 1];
-      if (p.out_f32) {
-        if (n < p.n) p.out_f32[row * p.n + n] = v0;
-        if (n + 1 < p.n) p.out_f32[row * p.n + n + 1] = v1;
-      } else if (n + 1 < p.n && p.n % 2 == 0) {
-        const uint32_t packed = uint32_t(f32_to_bf16(v0)) | (uint32_t(f32_to_bf16(v1)) << 16);
-        *reinterpret_cast<uint32_t*>(p.out + row * p.n + n) = packed;
-      } else {
-        if (n < p.n) p.out[row * p.n + n] = f32_to_bf16(v0);
-        if (n + 1 < p.n) p.out[row * p.n + n + 1] = f32_to_bf16(v1);
-      }
-    }
-  }
+  store_acc_m64n128(p, acc, row_begin, rows, n0, r0, c0);
 }
 
 }  // namespace

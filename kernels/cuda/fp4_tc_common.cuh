@@ -13,6 +13,8 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/fp4_gemm.h"
 
 namespace v4rt::kernels::cuda::fp4tc {
 
@@ -83,6 +85,39 @@ __device__ __forceinline__ void decode_block(uint4 codes, int d, uint32_t (&out)
     const uint32_t m1 = __byte_perm(tlo, thi, (u[i] >> 16) & 0x7777u);
     out[2 * i] = m0 | s0;
     out[2 * i + 1] = m1 | s1;
+  }
+}
+
+// Output channels n, n + 1 of `row` (n even): bf16 (one 32-bit store when p.n is even and both
+// channels fit) or fp32; channels at or past p.n skipped.
+__device__ __forceinline__ void store_pair(const Fp4GroupedGemmParams& p, int64_t row, int64_t n, float v0, float v1) {
+  if (p.out_f32) {
+    if (n < p.n) p.out_f32[row * p.n + n] = v0;
+    if (n + 1 < p.n) p.out_f32[row * p.n + n + 1] = v1;
+  } else if (n + 1 < p.n && p.n % 2 == 0) {
+    const uint32_t packed = uint32_t(f32_to_bf16(v0)) | (uint32_t(f32_to_bf16(v1)) << 16);
+    *reinterpret_cast<uint32_t*>(p.out + row * p.n + n) = packed;
+  } else {
+    if (n < p.n) p.out[row * p.n + n] = f32_to_bf16(v0);
+    if (n + 1 < p.n) p.out[row * p.n + n + 1] = f32_to_bf16(v1);
+  }
+}
+
+// Stores a warpgroup's m64n128 fp32 accumulator (wgmma layout: this thread's rows r0, r0 + 8 of
+// the tile, channels n0 + 8 i + c0, + 1) to the output rows from row_begin: bf16 (two per 32-bit
+// store where n is even) or fp32; tile rows at or past `rows` and channels at or past n skipped.
+__device__ __forceinline__ void store_acc_m64n128(const Fp4GroupedGemmParams& p, const float (&acc)[64],
+                                                  int64_t row_begin, int rows, int64_t n0, int r0, int c0) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + 8 * half;
+    if (r >= rows) continue;
+    const int64_t row = row_begin + r;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int64_t n = n0 + 8 * i + c0;
+      store_pair(p, row, n, acc[4 * i + 2 * half], acc[4 * i + 2 * half + 1]);
+    }
   }
 }
 

@@ -303,20 +303,11 @@ __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   const int64_t t0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kTcQueries;
-  const int64_t key_begin = p.key_begin;
-  const int64_t lo = key_begin + int64_t(blockIdx.y) * a.key_span;
-  if (lo >= p.key_end) return;
-  const int64_t hi = min(p.key_end, lo + a.key_span);
-  const int64_t vis_end = (p.pos_begin + min(n, t0 + kTcQueries)) / a.ratio;  // keys the block's last query sees
-  const int64_t cend = min(hi, max(lo, vis_end));                              // computed keys: [lo, cend)
+  KeySpan span;
+  if (!block_key_span<kTcQueries>(a, p, t0, &span)) return;
+  const int64_t key_begin = p.key_begin, lo = span.lo, cend = span.cend;  // computed keys: [lo, cend)
   float* const scores = p.scores;
   const int64_t score_stride = p.score_stride;
-  {
-    const int64_t t = t0 + (tid >> 6);
-    if (t < n)
-      for (int64_t j = cend + (tid & 63); j < hi; j += 64) scores[t * score_stride + (j - key_begin)] = -INFINITY;
-  }
-  if (cend == lo) return;
 
   // q of the block's rows as bf16 (zeros past n and nh), 16-byte loads where aligned; 8 in flight.
   const Act q = p.q;
@@ -508,6 +499,16 @@ IdxPart plan_part(const IndexerScoresParams& p, int64_t heads, int64_t dim, int6
 
 }  // namespace
 
+dim3 indexer_tc_grid(IdxArgs& a, int64_t max_keys, int queries, int tile_keys, const char* what) {
+  int sms = 0, dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t qblocks = ceil_div(a.n, queries), key_tiles = ceil_div(max_keys, tile_keys);
+  const int64_t splits = std::clamp<int64_t>(ceil_div(8 * int64_t(sms), qblocks), 1, std::min<int64_t>(key_tiles, kMaxGridYZ));
+  a.key_span = ceil_div(key_tiles, splits) * tile_keys;
+  return dim3(grid_x(qblocks, what), grid_yz(ceil_div(max_keys, a.key_span)));
+}
+
 void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores, bool fp8) {
   launch_indexer_scores_batch(IndexerScoresBatchParams{&p, 1}, s, tensor_cores, fp8);
 }
@@ -556,15 +557,7 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
                                         int(indexer_tc_smem_bytes())));
         tc_attr_set = true;
       }
-      // Blocks of 4 query tokens; the keys split over y only when they are too few for about four
-      // waves of two blocks per SM (short chunks against long contexts).
-      int sms = 0, dev = 0;
-      CUDA_CHECK(cudaGetDevice(&dev));
-      CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-      const int64_t qblocks = ceil_div(a.n, kTcQueries), key_tiles = ceil_div(max_keys, kTcKeys);
-      const int64_t splits = std::clamp<int64_t>(ceil_div(8 * int64_t(sms), qblocks), 1, std::min<int64_t>(key_tiles, kMaxGridYZ));
-      a.key_span = ceil_div(key_tiles, splits) * kTcKeys;
-      const dim3 tc_grid(grid_x(qblocks, "indexer_scores (tensor cores)"), grid_yz(ceil_div(max_keys, a.key_span)));
+      const dim3 tc_grid = indexer_tc_grid(a, max_keys, kTcQueries, kTcKeys, "indexer_scores (tensor cores)");
       if (a.parts[0].ckeys.data)
         indexer_scores_tc_kernel<true><<<tc_grid, kTcThreads, indexer_tc_smem_bytes(), s>>>(a);
       else

@@ -36,8 +36,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
-#include <algorithm>
-
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/indexer_args.cuh"
@@ -174,20 +172,11 @@ __global__ void __launch_bounds__(kThreads, 2) indexer_scores_fp8_kernel(const _
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, wi = warp & 3, gid = lane >> 2, tig = lane & 3;
   const int64_t t0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kQueries;
-  const int64_t key_begin = p.key_begin;
-  const int64_t lo = key_begin + int64_t(blockIdx.y) * a.key_span;
-  if (lo >= p.key_end) return;
-  const int64_t hi = min(p.key_end, lo + a.key_span);
-  const int64_t vis_end = (p.pos_begin + min(n, t0 + kQueries)) / a.ratio;  // keys the block's last query sees
-  const int64_t cend = min(hi, max(lo, vis_end));                            // computed keys: [lo, cend)
+  KeySpan span;
+  if (!block_key_span<kQueries>(a, p, t0, &span)) return;
+  const int64_t key_begin = p.key_begin, lo = span.lo, cend = span.cend;  // computed keys: [lo, cend)
   float* const scores = p.scores;
   const int64_t score_stride = p.score_stride;
-  {
-    const int64_t t = t0 + (tid >> 6);
-    if (t < n)
-      for (int64_t j = cend + (tid & 63); j < hi; j += 64) scores[t * score_stride + (j - key_begin)] = -INFINITY;
-  }
-  if (cend == lo) return;
 
   const int64_t ntiles = (cend - lo + kKeys - 1) / kKeys;
   fetch_raw(p.ckeys, lo, cend, raw);
@@ -273,7 +262,7 @@ bool indexer_fp8_serves(const IdxArgs& a) {
          p.ckeys.data && p.ckeys.row_bytes <= kRawLd && p.ckeys.block == 32 && p.ckeys.scale_offset == a.dim / 2;
 }
 
-void launch_indexer_fp8(const IdxArgs& a_in, int64_t max_keys, cudaStream_t s) {
+void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
   static bool attr_set = false;
   if (!attr_set) {
     CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -282,16 +271,7 @@ void launch_indexer_fp8(const IdxArgs& a_in, int64_t max_keys, cudaStream_t s) {
                                     int(kSmemBytes)));
     attr_set = true;
   }
-  IdxArgs& a = const_cast<IdxArgs&>(a_in);
-  // Blocks of 4 query tokens; the keys split over y only when they are too few for about four
-  // waves of two blocks per SM (short chunks against long contexts), as the bf16 kernel.
-  int sms = 0, dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int64_t qblocks = ceil_div(a.n, kQueries), key_tiles = ceil_div(max_keys, kKeys);
-  const int64_t splits = std::clamp<int64_t>(ceil_div(8 * int64_t(sms), qblocks), 1, std::min<int64_t>(key_tiles, kMaxGridYZ));
-  a.key_span = ceil_div(key_tiles, splits) * kKeys;
-  const dim3 grid(grid_x(qblocks, "indexer_scores (fp8 wgmma)"), grid_yz(ceil_div(max_keys, a.key_span)));
+  const dim3 grid = indexer_tc_grid(a, max_keys, kQueries, kKeys, "indexer_scores (fp8 wgmma)");
   if (a.dim == 64)
     indexer_scores_fp8_kernel<64><<<grid, kThreads, kSmemBytes, s>>>(a);
   else
