@@ -56,7 +56,9 @@ struct Fp4GroupedGemmParams {
 void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
 
 // The tensor-core kernels directly (fp4_grouped_gemm calls it when p.tensor_cores is set): the
-// GEMV when fp4_tc_use_gemv(p.max_rows, p.num_groups), else the tile kernel.
+// GEMV when fp4_tc_use_gemv(p.max_rows, p.num_groups); else, for the 128-row tile case with bf16
+// outputs, the warp-specialized or the plain wgmma kernel when p.wgmma_ws or p.wgmma is set; else
+// the mma.sync tile kernel.
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p);
 // The tile kernel alone, whatever the rows per group (fp4_gemm_mma.cu).
 void fp4_grouped_gemm_mma(const Fp4GroupedGemmParams& p);
@@ -68,8 +70,8 @@ void fp4_grouped_gemm_wgmma(const Fp4GroupedGemmParams& p);
 // the same tiles, numerics and outputs as fp4_grouped_gemm_wgmma. two_products: the consumer
 // variant with two products in flight (tests and bench; the dispatch takes the default).
 void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p, bool two_products = false);
-// Rows of one expert per wgmma block; fp4_grouped_gemm_tc takes the wgmma kernel (with
-// Fp4GroupedGemmParams::wgmma) when fp4_tc_rows_per_tile picks this tile.
+// Rows of one expert per wgmma block; fp4_grouped_gemm_tc takes a wgmma kernel (with
+// Fp4GroupedGemmParams::wgmma or wgmma_ws, bf16 outputs) when fp4_tc_rows_per_tile picks this tile.
 inline constexpr int kFp4WgmmaRowsPerTile = 128;
 // The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
 // rows go in passes of 8, each pass reading the expert's weights again.
