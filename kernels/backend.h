@@ -405,6 +405,10 @@ struct GraphStats {
   int64_t updated = 0;
   int64_t instantiated = 0;
   int64_t last_nodes = 0;
+  // The GPU time of the recorded steps' graphs that have completed (from the graph's launch to its
+  // end on the stream: the step without host launch gaps, or what replaying it would take).
+  int64_t timed = 0;
+  double graph_gpu_ms = 0;
 };
 
 class Backend {

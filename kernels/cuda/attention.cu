@@ -7,14 +7,16 @@
 // Decode (few query tokens) splits the candidate list across blocks, flash-decoding style: each
 // split of whole 64-candidate tiles keeps its own (max, denominator, unnormalized output) and a
 // second kernel merges the splits and adds the sink. With bf16 P the rounding then happens against
-// the split's running max instead of the global one (a bf16-level difference). Decode-sized calls
-// (few tokens x heads) take sparse_attention_mqa_kernel instead: 32 heads per block share each
-// staged tile (CudaBackendOptions::attention_per_warp, debug.cuda_attention_per_warp in the runtime
-// YAML, forces the per-warp kernel, for comparison). Prefill-sized calls under the official
-// numerics (bf16 q / kv, bf16 P) take sparse_attention_tc_kernel: 64 heads of a query on bf16
-// tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores, debug.cuda_attention_tc),
-// or for head_dim 512 sparse_attention_wgmma_kernel (attention_wgmma.cu, the same numerics on bf16
-// wgmma; CudaBackendOptions::attention_wgmma, debug.cuda_attention_wgmma).
+// the split's running max instead of the global one (a bf16-level difference). Under the official
+// numerics (bf16 q / kv, bf16 P, head_dim % 128 == 0) every call, prefill or a decode batch, takes
+// sparse_attention_tc_kernel: 64 heads of a query on bf16 tensor cores per staged tile, split over
+// the candidates when the tokens do not fill the SMs (CudaBackendOptions::attention_tensor_cores,
+// debug.cuda_attention_tc), or for prefill with head_dim 512 sparse_attention_wgmma_kernel
+// (attention_wgmma.cu, the same numerics on bf16 wgmma; CudaBackendOptions::attention_wgmma,
+// debug.cuda_attention_wgmma). Otherwise decode-sized calls (few tokens x heads, or a decode batch)
+// take sparse_attention_mqa_kernel: 32 heads per block share each staged tile
+// (CudaBackendOptions::attention_per_warp, debug.cuda_attention_per_warp in the runtime YAML,
+// forces the per-warp kernel everywhere, for comparison).
 // Compressed entries in the compact kFp8Rope rows (official numerics, common/kv_format.h) are
 // decoded as each tile is staged (kv_decode.cuh): 584 bytes read per Flash entry instead of 2048.
 // One launch serves many independent calls (sparse_attention_batch: a decode batch, one part per
@@ -365,14 +367,15 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
                : "r"(addr));
 }
 
-// Prefill shapes (many query tokens; official numerics: bf16 q / kv, bf16 P): block (token t, head
+// Official numerics (bf16 q / kv, bf16 P), prefill and decode: block (token t, head
 // block y) stages q of 64 heads once and each 64-candidate tile of latent rows once for all of them
 // (MQA: one latent row is K and V of every head). S = Q K^T on mma.sync m16n8k16 bf16 (fp32
 // accumulate; warp w: heads (w % 4) * 16, candidates (w / 4) * 16), the online softmax of the tile
 // per head in fp32 exactly as sparse_attention_kernel (running max per 64-candidate tile, the
 // denominator from unrounded p, P rounded to bf16), then O += P V (warp w: heads (w % 4) * 16,
-// dims (w / 4) * dim / 4; V fragments by ldmatrix.trans). One split (the whole candidate list),
-// the sink added at the end. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
+// dims (w / 4) * dim / 4; V fragments by ldmatrix.trans). The sink is added at the end; with
+// candidate splits (blockIdx.z, decode: too few tokens to fill the SMs) each split writes its
+// partial state for attention_combine_kernel instead. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
 __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const int dim = a.dim, ld = dim + kTcPad;
@@ -389,7 +392,7 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   const AttnPart& part = ta.p;
   const int64_t t = ta.t;
   const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
-  const CandRange r = candidate_range(a, part, t, 0);
+  const CandRange r = candidate_range(a, part, t, blockIdx.z);
   const int d8 = dim / 8;
   for (int i = tid; i < kTcHeads * d8; i += blockDim.x) {
     const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
@@ -483,6 +486,25 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
     }
   }
   __syncthreads();
+  if (a.num_splits > 1) {  // this split's partial state, for attention_combine_kernel
+    const int nh = a.h_end - a.h_begin;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int hl = mt + gid + half * 8, h = hb0 + hl;
+      if (h >= a.h_end) continue;
+      const int64_t slot = (int64_t(blockIdx.x) * nh + (h - a.h_begin)) * a.num_splits + blockIdx.z;
+#pragma unroll
+      for (int j = 0; j < kTcMaxDim / 32; ++j)
+        if (j < nt_count)
+          *reinterpret_cast<float2*>(a.part_acc + slot * dim + quarter * dq + j * 8 + tig * 2) =
+              make_float2(o[j][2 * half], o[j][2 * half + 1]);
+      if (quarter == 0 && tig == 0) {
+        a.part_ml[2 * slot] = m_s[hl];
+        a.part_ml[2 * slot + 1] = den_s[hl];
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int hl = mt + gid + half * 8, h = hb0 + hl;
@@ -578,6 +600,24 @@ PartPlan plan_part(const SparseAttentionParams& p, int64_t heads, int64_t dim, i
   return pl;
 }
 
+// Candidate splits of the tensor-core kernel for `blocks` blocks (tokens x head blocks) over at most
+// `max_tiles` 64-candidate tiles: the count that minimizes waves x tiles per split (one block per
+// SM at head_dim 512), a split costing half a tile more for the combine; none when the blocks fill
+// the SMs (prefill). Decode: batch 1 spreads its tiles over as many blocks, batch 64 takes 2.
+int64_t tc_splits(int64_t blocks, int64_t max_tiles, int64_t sms) {
+  if (blocks >= sms) return 1;
+  int64_t best = 1;
+  double best_cost = double(max_tiles);
+  for (int64_t sp = 2; sp <= max_tiles; ++sp) {
+    const double cost = double(ceil_div(blocks * sp, sms) * ceil_div(max_tiles, sp)) + 0.5;
+    if (cost < best_cost) {
+      best = sp;
+      best_cost = cost;
+    }
+  }
+  return ceil_div(max_tiles, ceil_div(max_tiles, best));  // no empty split
+}
+
 // Launches the parts gathered in `a` (n tokens in all) on the kernel their shapes call for.
 void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4, bool tc_rows, cudaStream_t s,
                             bool per_warp, bool tensor_cores, bool wgmma) {
@@ -592,6 +632,44 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_mqa_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     kMqaMaxSmem));
     attr_set = true;
+  }
+  // Official numerics (bf16 q / kv, bf16 P; head_dim % 128 == 0): the tensor-core kernels, for a
+  // decode batch as for prefill, unless `tensor_cores` is off or `per_warp` forces that kernel.
+  const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
+  const int64_t base_blocks = n * head_groups;
+  const bool tc = tensor_cores && !per_warp && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows;
+  if (tc && wgmma && dim == kWgmmaDim && base_blocks >= num_sms()) {  // prefill on wgmma (attention_wgmma.cu)
+    a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
+    launch_sparse_attention_wgmma(a, n, s);
+    return;
+  }
+  if (tc) {
+    static bool tc_attr_set = false;
+    if (!tc_attr_set) {
+      CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(tc_smem_bytes(kTcMaxDim))));
+      tc_attr_set = true;
+    }
+    const int64_t blocks = n * ceil_div(nh, kTcHeads);
+    a.num_splits = int(tc_splits(blocks, max_tiles, num_sms()));
+    a.tiles_per_split = int(ceil_div(max_tiles, a.num_splits));
+    void* part = nullptr;
+    if (a.num_splits > 1) {
+      const size_t slots = size_t(n) * size_t(nh) * size_t(a.num_splits);
+      part = stream_alloc(slots * (size_t(dim) + 2) * 4, s);
+      a.part_acc = static_cast<float*>(part);
+      a.part_ml = a.part_acc + slots * size_t(dim);
+    }
+    const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(nh, kTcHeads)),
+                    unsigned(a.num_splits)};
+    sparse_attention_tc_kernel<<<grid, kTcThreads, tc_smem_bytes(dim), s>>>(a);
+    launch_check("sparse_attention (tensor cores)", s);
+    if (a.num_splits > 1) {
+      attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
+      launch_check("sparse_attention combine", s);
+      stream_free(part, s);
+    }
+    return;
   }
   const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
   // The multi-query kernel (32 heads of a query share each staged candidate tile) for few query
@@ -622,30 +700,6 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     return;
   }
   // Splits: enough blocks for two waves over the SMs, in whole tiles of the longest list.
-  const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
-  const int64_t base_blocks = n * head_groups;
-  // Prefill shapes under the official numerics (bf16 q / kv, bf16 P; enough tokens to fill the SMs
-  // without splitting the candidate list): the tensor-core kernel, unless `tensor_cores` is off.
-  const bool tc = tensor_cores && base_blocks >= num_sms() && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows;
-  if (tc && wgmma && dim == kWgmmaDim) {  // the same numerics on wgmma (attention_wgmma.cu)
-    a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
-    launch_sparse_attention_wgmma(a, n, s);
-    return;
-  }
-  if (tc) {
-    static bool tc_attr_set = false;
-    if (!tc_attr_set) {
-      CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(tc_smem_bytes(kTcMaxDim))));
-      tc_attr_set = true;
-    }
-    a.num_splits = 1;
-    a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
-    const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(nh, kTcHeads))};
-    sparse_attention_tc_kernel<<<grid, kTcThreads, tc_smem_bytes(dim), s>>>(a);
-    launch_check("sparse_attention (tensor cores)", s);
-    return;
-  }
   int64_t splits = 1;
   if (base_blocks < num_sms()) splits = std::min<int64_t>(ceil_div(2 * num_sms(), base_blocks), max_tiles);
   a.tiles_per_split = int(ceil_div(max_tiles, splits));

@@ -36,8 +36,9 @@ struct CudaBackendOptions {
   // decode) beat 4 and 16 at Flash decode batches of 1, 64 and 256 (docs/PERFORMANCE.md). 0 keeps
   // every call on the CUDA-core kernel (debug.cuda_expert_tc_min_rows in the runtime YAML).
   int64_t expert_tc_min_rows = 1;
-  // Prefill-shaped sparse attention and lightning-indexer scores under the official numerics on
-  // bf16 tensor cores (debug.cuda_attention_tc / debug.cuda_indexer_tc); off: the CUDA-core kernels.
+  // Sparse attention (prefill and decode) and prefill lightning-indexer scores under the official
+  // numerics on bf16 tensor cores (debug.cuda_attention_tc / debug.cuda_indexer_tc); off: the
+  // CUDA-core kernels.
   bool attention_tensor_cores = true;
   bool indexer_tensor_cores = true;
   // Prefill indexer scores of compact FP4 keys on FP8 wgmma (indexer_fp8.cu; debug.cuda_indexer_fp8)
@@ -56,7 +57,7 @@ struct CudaBackendOptions {
   bool attention_wgmma = false;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
-  // Sparse attention always on the per-warp kernel, never the split multi-query one.
+  // Sparse attention always on the per-warp kernel, never the split multi-query or tensor-core one.
   bool attention_per_warp = false;
   // Synchronize after every kernel launch (set_sync_after_ops), so an asynchronous fault names
   // the kernel that caused it; debug.sync_each_op turns it on with the op-level sync.

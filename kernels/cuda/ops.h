@@ -107,10 +107,11 @@ void launch_topk(const TopkParams& p, cudaStream_t s);
 void launch_sample(const SampleParams& p, cudaStream_t s);
 
 // --- attention.cu --------------------------------------------------------------------------------
-// per_warp: never the split multi-query kernel (CudaBackendOptions::attention_per_warp).
-// tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
-// (CudaBackendOptions::attention_tensor_cores). wgmma: of those, 512-dim heads on the bf16 wgmma
-// kernel (attention_wgmma.cu; CudaBackendOptions::attention_wgmma).
+// per_warp: always the per-warp kernel (CudaBackendOptions::attention_per_warp).
+// tensor_cores: every call under the official numerics (prefill, and decode split over the
+// candidates) on the bf16 tensor-core kernel (CudaBackendOptions::attention_tensor_cores). wgmma:
+// of those, prefill shapes of 512-dim heads on the bf16 wgmma kernel (attention_wgmma.cu;
+// CudaBackendOptions::attention_wgmma).
 void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp = false,
                              bool tensor_cores = true, bool wgmma = false);
 // The parts in groups of as many as fit in the kernel parameters, one launch (plus the split merge)

@@ -20,6 +20,8 @@ constexpr size_t kStagingAlign = 256;
 
 StepGraph::StepGraph(cudaStream_t stream) : stream_(stream) {
   CUDA_CHECK(cudaEventCreateWithFlags(&launched_, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreate(&run_begin_));
+  CUDA_CHECK(cudaEventCreate(&run_end_));
 }
 
 StepGraph::~StepGraph() {
@@ -28,11 +30,17 @@ StepGraph::~StepGraph() {
   for (Cached& c : execs_) (void)cudaGraphExecDestroy(c.exec);
   for (Pinned& p : staging_) (void)cudaFreeHost(p.data);
   (void)cudaEventDestroy(launched_);
+  (void)cudaEventDestroy(run_begin_);
+  (void)cudaEventDestroy(run_end_);
 }
 
 void StepGraph::wait_for_last_launch() {
   if (!launch_pending_) return;
   CUDA_CHECK(cudaEventSynchronize(launched_));
+  float ms = 0.f;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, run_begin_, run_end_));
+  stats_.graph_gpu_ms += ms;
+  stats_.timed++;
   launch_pending_ = false;
   retired_.clear();
 }
@@ -72,6 +80,18 @@ const void* StepGraph::stage(const void* src, size_t bytes) {
   std::memcpy(dst, src, bytes);
   offset_ = (offset_ + bytes + kStagingAlign - 1) / kStagingAlign * kStagingAlign;
   return dst;
+}
+
+GraphStats StepGraph::stats() const {
+  GraphStats s = stats_;
+  float ms = 0.f;
+  if (launch_pending_ && cudaEventQuery(run_end_) == cudaSuccess &&
+      cudaEventElapsedTime(&ms, run_begin_, run_end_) == cudaSuccess) {
+    s.graph_gpu_ms += ms;
+    s.timed++;
+  }
+  (void)cudaGetLastError();  // a graph still running is not an error
+  return s;
 }
 
 void StepGraph::retire(DeviceBuffer&& buffer) { retired_.push_back(std::move(buffer)); }
@@ -121,7 +141,9 @@ void StepGraph::end() {
                    << device_context());
   const cudaGraphExec_t exec = executable(graph);
   CUDA_CHECK(cudaGraphDestroy(graph));
+  CUDA_CHECK(cudaEventRecord(run_begin_, stream_));
   CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+  CUDA_CHECK(cudaEventRecord(run_end_, stream_));
   CUDA_CHECK(cudaEventRecord(launched_, stream_));
   launch_pending_ = true;
   stats_.recorded++;

@@ -51,7 +51,8 @@ class StepGraph {
   const void* stage(const void* src, size_t bytes);
   // Keeps `buffer` alive until the graph recorded now has run.
   void retire(DeviceBuffer&& buffer);
-  GraphStats stats() const { return stats_; }
+  // The counts, with the GPU time of the last graph once it has run.
+  GraphStats stats() const;
 
  private:
   static constexpr size_t kMaxExecs = 8;
@@ -74,6 +75,7 @@ class StepGraph {
   size_t chunk_ = 0, offset_ = 0;  // next free byte: staging_[chunk_].data + offset_
   std::vector<DeviceBuffer> retired_;
   cudaEvent_t launched_ = nullptr;  // recorded after the last graph launch
+  cudaEvent_t run_begin_ = nullptr, run_end_ = nullptr;  // timing: around the last graph launch
   bool launch_pending_ = false;
   GraphStats stats_;
 };

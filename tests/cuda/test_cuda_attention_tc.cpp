@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The prefill tensor-core sparse attention (sparse_attention_tc_kernel) against the CUDA-core
-// kernel (CudaBackendOptions::attention_tensor_cores off) and the CPU op, on prefill-sized calls:
+// The tensor-core sparse attention (sparse_attention_tc_kernel) against the CUDA-core kernels
+// (CudaBackendOptions::attention_tensor_cores off) and the CPU op, on prefill-sized calls and on
+// decode-sized ones (split over the candidates, DecodeSplitsAgainstCudaCoreAndCpu). Prefill:
 // 300 query tokens whose candidate counts differ (the window cut by the sequence start, a chunk
 // whose window rows start 127 before it, lists with -1 entries inside and a -1 tail, entries
 // complete at the position),
@@ -182,6 +183,35 @@ TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
       // From 1 candidate (query 0, no entry yet: queries 0-2 see none) up, fewer than a tile for the
       // first queries; every fp8 entry complete at the position.
       {"sequence start, fp8 entries by ratio 4", 300, 64, 512, 0, 0, 80, 0, 4, DType::kBF16, Comp::kFp8, 0, -1},
+  };
+  for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core, *wgmma);
+}
+
+// Decode-sized calls (too few tokens to fill the SMs): the tensor-core kernel split over the
+// candidates (tc_splits: 1 token of 640 candidates takes 10 splits) and merged by the combine
+// kernel, against the CPU op and the split multi-query kernel the CUDA-core backend takes: the
+// Flash CSA step (512-entry list + 128 window rows, F32 q and window rows as the model holds
+// them, paged FP8 entries), its HCA step (every entry complete at the position), a list shorter
+// than one split's tiles, a head sub-range, 128 heads, and two to five tokens.
+TEST(CudaAttentionTc, DecodeSplitsAgainstCudaCoreAndCpu) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(37);
+  cuda::CudaBackendOptions cc_options;
+  cc_options.attention_tensor_cores = false;
+  auto cuda_core = cuda::make_cuda_backend(0, cc_options);
+  cuda::CudaBackendOptions wg_options;
+  wg_options.attention_wgmma = true;
+  auto wgmma = cuda::make_cuda_backend(0, wg_options);
+  const TcCase cases[] = {
+      {"decode csa step, f32 rows, fp8 entries paged", 1, 64, 512, 8192, 8192 - 127, 2048, 512, 0, DType::kF32,
+       Comp::kFp8Paged, 0, -1},
+      {"decode hca step past 65536, f32 rows", 1, 64, 512, 70000, 70000 - 127, 546, 0, 128, DType::kF32, Comp::kFp8,
+       0, -1},
+      {"decode short list, bf16 rows", 1, 64, 512, 40, 0, 30, 20, 0, DType::kBF16, Comp::kFp8, 0, -1},
+      {"decode heads [16,48), bf16 entries", 1, 64, 512, 3000, 3000 - 127, 900, 300, 0, DType::kBF16, Comp::kBf16, 16,
+       48},
+      {"decode 128 heads, 2 tokens", 2, 128, 512, 9000, 9000 - 127, 2500, 512, 0, DType::kF32, Comp::kFp8, 0, -1},
+      {"decode 5 tokens d128", 5, 16, 128, 600, 600 - 127, 150, 100, 0, DType::kF32, Comp::kF32, 0, -1},
   };
   for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core, *wgmma);
 }
