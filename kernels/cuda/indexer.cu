@@ -540,11 +540,16 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   int64_t max_keys = 0;
   bool has_keys = false;
   // A single part of prefill size under the official numerics: the tensor-core kernel, unless
-  // `tensor_cores` is off.
+  // `tensor_cores` is off; FP8 wgmma for compact FP4 keys unless `fp8` is off, and for a decode
+  // batch (every part's keys compact FP4) too.
   auto launch = [&] {
     if (a.num_parts == 0 || max_keys == 0) return;
     if (tensor_cores && fp8 && has_keys && indexer_fp8_serves(a)) {
       launch_indexer_fp8(a, max_keys, s);
+      return;
+    }
+    if (tensor_cores && fp8 && has_keys && indexer_fp8_decode_serves(a)) {
+      launch_indexer_fp8_decode(a, max_keys, s);
       return;
     }
     if (a.num_parts == 1 && a.bf16_arith && tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim && has_keys &&

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // What the lightning-indexer kernels share (indexer.cu: the CUDA-core and bf16 tensor-core kernels;
-// indexer_fp8.cu: the FP8 wgmma kernel): the launch descriptor passed by value in the kernel
-// parameters, and the 4-byte cp.async that fetches compact FP4 key rows. Included only by .cu files.
+// indexer_fp8.cu, indexer_fp8_decode.cu: the FP8 wgmma kernels): the launch descriptor passed by
+// value in the kernel parameters, and the 4-byte cp.async that fetches compact FP4 key rows.
+// Included only by .cu files.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -57,32 +58,35 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 
-// The keys of block (x, y) of a prefill tensor-core kernel, whose kQueries query tokens from t0
-// (64 threads per query) see keys [lo, hi) of the span of block y: [lo, cend) are computed,
-// [cend, hi) are past the visible keys of every query of the block and get -inf here. False when
-// the block has no key to compute (its span past the part's keys, or none of them visible).
+// The keys of block (x, y) of a tensor-core kernel, whose kQueries query tokens from t0 (part
+// p's tokens; kThreads / kQueries threads per query) see keys [lo, hi) of the span of block y:
+// [lo, cend) are computed, [cend, hi) are past the visible keys of every query of the block and
+// get -inf here. False when the block has no key to compute (its span past the part's keys, or
+// none of them visible). The queries past a.n are absent (a prefill part holds the launch's n
+// tokens; a decode block's one token t0 of its part is below n).
 struct KeySpan {
   int64_t lo, hi, cend;
 };
-template <int kQueries>
+template <int kQueries, int kThreads = 256>
 __device__ __forceinline__ bool block_key_span(const IdxArgs& a, const IdxPart& p, int64_t t0, KeySpan* k) {
-  static_assert(kQueries == 4, "256 threads: 64 per query fill the -inf tail");
+  constexpr int kPer = kThreads / kQueries;  // threads per query filling the -inf tail
+  static_assert(kPer * kQueries == kThreads && kPer % 32 == 0, "whole warps per query");
   k->lo = p.key_begin + int64_t(blockIdx.y) * a.key_span;
   if (k->lo >= p.key_end) return false;
   k->hi = min(p.key_end, k->lo + a.key_span);
   const int64_t vis_end = (p.pos_begin + min(a.n, t0 + kQueries)) / a.ratio;  // keys the block's last query sees
   k->cend = min(k->hi, max(k->lo, vis_end));
-  const int64_t t = t0 + (threadIdx.x >> 6);
+  const int64_t t = t0 + threadIdx.x / kPer;
   if (t < a.n)
-    for (int64_t j = k->cend + (threadIdx.x & 63); j < k->hi; j += 64)
+    for (int64_t j = k->cend + threadIdx.x % kPer; j < k->hi; j += kPer)
       p.scores[t * p.score_stride + (j - p.key_begin)] = -INFINITY;
   return k->cend > k->lo;
 }
 
-// The grid of a prefill tensor-core kernel over a.n query tokens in blocks of `queries`, and the
-// keys per block of y (a.key_span, whole tiles of `tile_keys`): the keys split over y only when
-// the query blocks are too few for about four waves of two blocks per SM (short chunks against
-// long contexts). `what` names the kernel in grid-limit errors (indexer.cu).
+// The grid of a tensor-core kernel over a.n query tokens in blocks of `queries`, and the keys per
+// block of y (a.key_span, whole tiles of `tile_keys`): the keys split over y only when the query
+// blocks are too few for about four waves of two blocks per SM (short chunks against long
+// contexts, decode batches). `what` names the kernel in grid-limit errors (indexer.cu).
 dim3 indexer_tc_grid(IdxArgs& a, int64_t max_keys, int queries, int tile_keys, const char* what);
 
 // FP8 wgmma kernel (indexer_fp8.cu) for a single prefill part with compact FP4 keys under the
@@ -90,5 +94,12 @@ dim3 indexer_tc_grid(IdxArgs& a, int64_t max_keys, int queries, int tile_keys, c
 // and its launch over the part's first `max_keys` keys (it sets a.key_span).
 bool indexer_fp8_serves(const IdxArgs& a);
 void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s);
+
+// FP8 wgmma kernel (indexer_fp8_decode.cu) for a decode batch: any number of parts of few query
+// rows each, every part with compact FP4 keys as indexer_fp8_serves takes them (official numerics,
+// head dim 64 or 128, at most 64 heads). Whether it serves `a`, and its launch over the parts'
+// first `max_keys` keys at most (it sets a.key_span).
+bool indexer_fp8_decode_serves(const IdxArgs& a);
+void launch_indexer_fp8_decode(IdxArgs& a, int64_t max_keys, cudaStream_t s);
 
 }  // namespace v4rt::kernels::cuda
