@@ -41,8 +41,9 @@ struct CudaBackendOptions {
   // CUDA-core kernels.
   bool attention_tensor_cores = true;
   bool indexer_tensor_cores = true;
-  // Prefill indexer scores of compact FP4 keys on FP8 wgmma (indexer_fp8.cu; debug.cuda_indexer_fp8)
-  // instead of the bf16 mma.sync kernel, which alone reproduces the reference's scores bit for bit.
+  // Indexer scores of compact FP4 keys on FP8 wgmma (debug.cuda_indexer_fp8): prefill chunks
+  // (indexer_fp8.cu) instead of the bf16 mma.sync kernel, which alone reproduces the reference's
+  // scores bit for bit, and decode batches (indexer_fp8_decode.cu) instead of the CUDA-core kernel.
   bool indexer_fp8 = true;
   // Prefill-sized routed-expert GEMMs (the 128-row tile case of fp4_tc_rows_per_tile) on FP8 wgmma
   // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs
