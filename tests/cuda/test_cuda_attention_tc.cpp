@@ -160,17 +160,24 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core, Backend& wgmma) 
   EXPECT_TRUE(compare(wname + " lse vs cpu", lse_wg.gpu_values(), lse_tc.cpu_values(), kLseTol));
 }
 
-// Prefill-sized calls (enough query blocks to take the tensor-core kernel) of every row storage the
-// kernel stages, with candidate counts from 11 to ~460 per query across tiles and tile tails.
-TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
-  V4RT_REQUIRE_GPU();
-  Rng rng(31);
+// Every case against the CPU op, the CUDA-core kernels (attention_tensor_cores off) and, at
+// head_dim 512, the wgmma kernel (attention_wgmma on), from one seed.
+template <size_t N>
+void run_tc_cases(const TcCase (&cases)[N], uint64_t seed) {
+  Rng rng(seed);
   cuda::CudaBackendOptions cc_options;
   cc_options.attention_tensor_cores = false;
   auto cuda_core = cuda::make_cuda_backend(0, cc_options);
   cuda::CudaBackendOptions wg_options;
   wg_options.attention_wgmma = true;
   auto wgmma = cuda::make_cuda_backend(0, wg_options);
+  for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core, *wgmma);
+}
+
+// Prefill-sized calls (enough query blocks to take the tensor-core kernel) of every row storage the
+// kernel stages, with candidate counts from 11 to ~460 per query across tiles and tile tails.
+TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
+  V4RT_REQUIRE_GPU();
   const TcCase cases[] = {
       {"csa sequence start, bf16 rows, fp8 entries", 300, 64, 512, 0, 0, 700, 200, 0, DType::kBF16, Comp::kFp8, 0, -1},
       {"csa chunk cut, f32 rows, fp8 entries paged", 300, 64, 512, 5000, 5000 - 127, 1000, 333, 0, DType::kF32,
@@ -184,7 +191,7 @@ TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
       // first queries; every fp8 entry complete at the position.
       {"sequence start, fp8 entries by ratio 4", 300, 64, 512, 0, 0, 80, 0, 4, DType::kBF16, Comp::kFp8, 0, -1},
   };
-  for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core, *wgmma);
+  run_tc_cases(cases, 31);
 }
 
 // Decode-sized calls (too few tokens to fill the SMs): the tensor-core kernel split over the
@@ -195,13 +202,6 @@ TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
 // than one split's tiles, a head sub-range, 128 heads, and two to five tokens.
 TEST(CudaAttentionTc, DecodeSplitsAgainstCudaCoreAndCpu) {
   V4RT_REQUIRE_GPU();
-  Rng rng(37);
-  cuda::CudaBackendOptions cc_options;
-  cc_options.attention_tensor_cores = false;
-  auto cuda_core = cuda::make_cuda_backend(0, cc_options);
-  cuda::CudaBackendOptions wg_options;
-  wg_options.attention_wgmma = true;
-  auto wgmma = cuda::make_cuda_backend(0, wg_options);
   const TcCase cases[] = {
       {"decode csa step, f32 rows, fp8 entries paged", 1, 64, 512, 8192, 8192 - 127, 2048, 512, 0, DType::kF32,
        Comp::kFp8Paged, 0, -1},
@@ -213,7 +213,7 @@ TEST(CudaAttentionTc, DecodeSplitsAgainstCudaCoreAndCpu) {
       {"decode 128 heads, 2 tokens", 2, 128, 512, 9000, 9000 - 127, 2500, 512, 0, DType::kF32, Comp::kFp8, 0, -1},
       {"decode 5 tokens d128", 5, 16, 128, 600, 600 - 127, 150, 100, 0, DType::kF32, Comp::kF32, 0, -1},
   };
-  for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core, *wgmma);
+  run_tc_cases(cases, 37);
 }
 
 }  // namespace
