@@ -77,61 +77,45 @@ __global__ void __launch_bounds__(kThreads, 2) indexer_scores_fp8_kernel(const _
   float* const scores = p.scores;
   const int64_t score_stride = p.score_stride;
 
-  const int64_t ntiles = (cend - lo + kKeys - 1) / kKeys;
-  fetch_raw<kThreads>(p.ckeys, lo, cend, raw);
-  stage_q<kThreads, kRows>(a, p, t0, n, qs, ws);
-  cp_async_wait_all();
-  __syncthreads();
-  decode_keys<kThreads>(p.ckeys, dim, lo, cend, raw, kbuf, ks);
-  if (ntiles > 1) fetch_raw<kThreads>(p.ckeys, lo + kKeys, cend, raw + kRawBytes);
+  constexpr int ksteps = dim >> 5;
+  const uint8_t* const bq = qs + wg * 128 * dim;
   // This thread's w' pairs: columns 8 i + 2 tig + {0, 1} of warpgroup wg's B rows.
   uint32_t wp[16];
-#pragma unroll
-  for (int i = 0; i < 16; ++i)
-    wp[i] = *reinterpret_cast<const uint32_t*>(ws + wg * 128 + 8 * i + 2 * tig);
   // The (key row, query) this lane stores after the quad reduction, and its query's visible keys.
   const int my_row = 16 * wi + gid + 8 * (tig >> 1), my_q = 2 * wg + (tig & 1);
   const int64_t ts = t0 + my_q;
   const int64_t visible = (p.pos_begin + ts + 1) / a.ratio;
-  cp_async_wait_all();
-  fence_async_smem();
-  __syncthreads();
-
-  constexpr int ksteps = dim >> 5;
-  const uint8_t* const bq = qs + wg * 128 * dim;
   float d[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) d[i] = 0.f;
-  for (int64_t it = 0; it < ntiles; ++it) {
-    const int64_t j0 = lo + it * kKeys;
-    const uint8_t* kt = kbuf + (it & 1) * kKeyBytes;
-    fence_acc(d);
-    wgmma_fence();
+  key_tiles<kThreads>(
+      p.ckeys, dim, lo, cend, raw, kbuf, ks, [&] { stage_q<kThreads, kRows>(a, p, t0, n, qs, ws); },
+      [&] {
 #pragma unroll
-    for (int s = 0; s < ksteps; ++s) wgmma_m64n128k32(d, smem_desc(kt + 256 * s, dim), smem_desc(bq + 256 * s, dim), s);
-    wgmma_commit();
-    // Under the MMAs: decode tile it + 1 (landed), fetch the raw rows of tile it + 2.
-    if (it + 1 < ntiles) {
-      decode_keys<kThreads>(p.ckeys, dim, j0 + kKeys, cend, raw + ((it + 1) & 1) * kRawBytes,
-                            kbuf + ((it + 1) & 1) * kKeyBytes, ks + ((it + 1) & 1) * kKeys);
-      if (it + 2 < ntiles) fetch_raw<kThreads>(p.ckeys, j0 + 2 * kKeys, cend, raw + (it & 1) * kRawBytes);
-    }
-    fence_async_smem();
-    wgmma_wait0();
-    fence_acc(d);
-    // sums[half][q]: key row 16 wi + gid + 8 half, query 2 wg + q.
-    float sums[2][2];
-    head_sums<2>(d, wp, sums);
-    const float sum = (tig >> 1) ? ((tig & 1) ? sums[1][1] : sums[1][0]) : ((tig & 1) ? sums[0][1] : sums[0][0]);
-    const int64_t j = j0 + my_row;
-    if (ts < n && j < cend) {
-      float* out = scores + ts * score_stride + (j - key_begin);
-      const float v = round_bf16(sum * ks[(it & 1) * kKeys + my_row]);
-      *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
-    }
-    cp_async_wait_all();
-    __syncthreads();  // tile it + 1 decoded and fenced, the raw rows of tile it + 2 landed
-  }
+        for (int i = 0; i < 16; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + wg * 128 + 8 * i + 2 * tig);
+      },
+      [&](const uint8_t* kt) {
+        fence_acc(d);
+        wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < ksteps; ++s)
+          wgmma_m64n128k32(d, smem_desc(kt + 256 * s, dim), smem_desc(bq + 256 * s, dim), s);
+        wgmma_commit();
+      },
+      [&](int64_t j0, const float* kst) {
+        fence_acc(d);
+        // sums[half][q]: key row 16 wi + gid + 8 half, query 2 wg + q.
+        float sums[2][2];
+        head_sums<2>(d, wp, sums);
+        const float sum =
+            (tig >> 1) ? ((tig & 1) ? sums[1][1] : sums[1][0]) : ((tig & 1) ? sums[0][1] : sums[0][0]);
+        const int64_t j = j0 + my_row;
+        if (ts < n && j < cend) {
+          float* out = scores + ts * score_stride + (j - key_begin);
+          const float v = round_bf16(sum * kst[my_row]);
+          *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
+        }
+      });
 }
 
 }  // namespace

@@ -171,4 +171,43 @@ __device__ __forceinline__ void head_sums(const float (&d)[32 * kQ], const uint3
     }
 }
 
+// The key pipeline of both kernels over the block's keys [lo, cend) in tiles of kKeys, with the
+// e4m3 tiles double-buffered in kbuf (Sk in ks) and the raw FP4 rows in raw: the raw rows of tiles
+// 0 and 1 are fetched around stage() (the kernel's q staging) and tile 0 decoded, then setup()
+// (after the block barrier: it may read what stage() wrote); per tile `it`, mma(kt) issues the
+// tile's wgmma (committed by the caller's mma) while tile it + 1 is decoded from its landed raw
+// rows and the raw rows of tile it + 2 are fetched, then, the MMAs waited on, epilogue(j0, ks_tile)
+// reads the accumulators. Every thread of the block calls it.
+template <int kThreads, typename Stage, typename Setup, typename Mma, typename Epilogue>
+__device__ __forceinline__ void key_tiles(const KvRowsDev& ck, int dim, int64_t lo, int64_t cend, uint8_t* raw,
+                                          uint8_t* kbuf, float* ks, Stage stage, Setup setup, Mma mma,
+                                          Epilogue epilogue) {
+  const int64_t ntiles = (cend - lo + kKeys - 1) / kKeys;
+  fetch_raw<kThreads>(ck, lo, cend, raw);
+  stage();
+  cp_async_wait_all();
+  __syncthreads();
+  decode_keys<kThreads>(ck, dim, lo, cend, raw, kbuf, ks);
+  if (ntiles > 1) fetch_raw<kThreads>(ck, lo + kKeys, cend, raw + kRawBytes);
+  setup();
+  cp_async_wait_all();
+  fence_async_smem();
+  __syncthreads();
+  for (int64_t it = 0; it < ntiles; ++it) {
+    const int64_t j0 = lo + it * kKeys;
+    mma(kbuf + (it & 1) * kKeyBytes);
+    // Under the MMAs: decode tile it + 1 (landed), fetch the raw rows of tile it + 2.
+    if (it + 1 < ntiles) {
+      decode_keys<kThreads>(ck, dim, j0 + kKeys, cend, raw + ((it + 1) & 1) * kRawBytes,
+                            kbuf + ((it + 1) & 1) * kKeyBytes, ks + ((it + 1) & 1) * kKeys);
+      if (it + 2 < ntiles) fetch_raw<kThreads>(ck, j0 + 2 * kKeys, cend, raw + (it & 1) * kRawBytes);
+    }
+    fence_async_smem();
+    wgmma_wait0();
+    epilogue(j0, ks + (it & 1) * kKeys);
+    cp_async_wait_all();
+    __syncthreads();  // tile it + 1 decoded and fenced, the raw rows of tile it + 2 landed
+  }
+}
+
 }  // namespace v4rt::kernels::cuda::idxfp8

@@ -62,56 +62,40 @@ __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(
   if (!block_key_span<1, kThreads>(a, p, t, &span)) return;
   const int64_t lo = span.lo, cend = span.cend;  // computed keys: [lo, cend), all visible to the query
 
-  const int64_t ntiles = (cend - lo + kKeys - 1) / kKeys;
-  fetch_raw<kThreads>(p.ckeys, lo, cend, raw);
-  stage_q<kThreads, kHeads, 4>(a, p, t, t + 1, qs, ws);
-  cp_async_wait_all();
-  __syncthreads();
-  decode_keys<kThreads>(p.ckeys, dim, lo, cend, raw, kbuf, ks);
-  if (ntiles > 1) fetch_raw<kThreads>(p.ckeys, lo + kKeys, cend, raw + kRawBytes);
+  constexpr int ksteps = dim >> 5;
   // This thread's w' pairs: heads 8 i + 2 tig + {0, 1}.
   uint32_t wp[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + 8 * i + 2 * tig);
   // The key row whose score this lane stores (lanes tig < 2), and the query's score row.
   const int my_row = 16 * warp + gid + 8 * (tig & 1);
   float* const out_row = p.scores + t * p.score_stride;  // key j at out_row[j - key_begin]
-  cp_async_wait_all();
-  fence_async_smem();
-  __syncthreads();
-
-  constexpr int ksteps = dim >> 5;
   float d[32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) d[i] = 0.f;
-  for (int64_t it = 0; it < ntiles; ++it) {
-    const int64_t j0 = lo + it * kKeys;
-    const uint8_t* kt = kbuf + (it & 1) * kKeyBytes;
-    fence_acc(d);
-    wgmma_fence();
+  key_tiles<kThreads>(
+      p.ckeys, dim, lo, cend, raw, kbuf, ks, [&] { stage_q<kThreads, kHeads, 4>(a, p, t, t + 1, qs, ws); },
+      [&] {
 #pragma unroll
-    for (int s = 0; s < ksteps; ++s) wgmma_m64n64k32(d, smem_desc(kt + 256 * s, dim), smem_desc(qs + 256 * s, dim), s);
-    wgmma_commit();
-    // Under the MMAs: decode tile it + 1 (landed), fetch the raw rows of tile it + 2.
-    if (it + 1 < ntiles) {
-      decode_keys<kThreads>(p.ckeys, dim, j0 + kKeys, cend, raw + ((it + 1) & 1) * kRawBytes,
-                            kbuf + ((it + 1) & 1) * kKeyBytes, ks + ((it + 1) & 1) * kKeys);
-      if (it + 2 < ntiles) fetch_raw<kThreads>(p.ckeys, j0 + 2 * kKeys, cend, raw + (it & 1) * kRawBytes);
-    }
-    fence_async_smem();
-    wgmma_wait0();
-    fence_acc(d);
-    float sums[2][1];  // key rows 16 warp + gid + 8 half
-    head_sums<1>(d, wp, sums);
-    const int64_t j = j0 + my_row;
-    if (tig < 2 && j < cend) {
-      float* out = out_row + (j - p.key_begin);
-      const float v = round_bf16((tig ? sums[1][0] : sums[0][0]) * ks[(it & 1) * kKeys + my_row]);
-      *out = a.accumulate ? *out + v : v;
-    }
-    cp_async_wait_all();
-    __syncthreads();  // tile it + 1 decoded and fenced, the raw rows of tile it + 2 landed
-  }
+        for (int i = 0; i < 8; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + 8 * i + 2 * tig);
+      },
+      [&](const uint8_t* kt) {
+        fence_acc(d);
+        wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < ksteps; ++s)
+          wgmma_m64n64k32(d, smem_desc(kt + 256 * s, dim), smem_desc(qs + 256 * s, dim), s);
+        wgmma_commit();
+      },
+      [&](int64_t j0, const float* kst) {
+        fence_acc(d);
+        float sums[2][1];  // key rows 16 warp + gid + 8 half
+        head_sums<1>(d, wp, sums);
+        const int64_t j = j0 + my_row;
+        if (tig < 2 && j < cend) {
+          float* out = out_row + (j - p.key_begin);
+          const float v = round_bf16((tig ? sums[1][0] : sums[0][0]) * kst[my_row]);
+          *out = a.accumulate ? *out + v : v;
+        }
+      });
 }
 
 }  // namespace
