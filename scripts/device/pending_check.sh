@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# One device call (about 8 minutes from a fresh machine) for every path built but not yet run on a
+# GPU (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
+# still returns the first results: builds the op tests, bench_step, the GPU golden and the graph
+# tests; runs the decode op tests (the tensor-core decode attention with candidate splits, the FP8
+# decode-batch indexer, the FP8 prefill indexer's shared key pipeline); `bench step` at batch 1, 64
+# and 256 with the defaults, with the decode kernels of before (scripts/device/decode_before.yaml)
+# and as recorded graphs (their GPU time: the step without host launch gaps); test_gpu_golden; an
+# 8K `bench prefill`; the prefill attention and W4A8 op tests; 8K prefill with the wgmma attention
+# and the warp-specialized W4A8 GEMM; test_cuda_graphs. Logs under $OUT.
+#   bash scripts/device/pending_check.sh        (carry .devdeps)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out/device}; mkdir -p "$OUT"; B=${BUILD:-build-gpu}
+t0=$(date +%s); el() { echo "--- $1 at $(( $(date +%s) - t0 )) s"; }
+BUILD=$B TARGETS="test_cuda_kernels bench_step test_gpu_golden test_cuda_graphs" JOBS=${JOBS:-16} timeout 300 bash scripts/device/run.sh none > $OUT/build.txt 2>&1; tail -3 $OUT/build.txt
+nvidia-smi --query-gpu=name --format=csv,noheader; el build
+source scripts/device/devdeps.sh
+T=$B/tests/cuda/test_cuda_kernels
+tst() { timeout $2 $T --gtest_filter="$1" > $OUT/t.txt 2>&1; echo "== $1 rc $?"; cat $OUT/t.txt >> $OUT/tests.txt
+  grep -E "FAIL|OK \]|differ" $OUT/t.txt | grep -vE "bad=0$" | head -30; }
+tst 'CudaAttentionTc.Decode*:CudaOps.SparseAttention*:CudaIndexerFp8Decode.*:CudaOps.IndexerScores*' 120; el tests1
+P="$B/tests/cuda/bench_step bench"
+S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
+timeout 90 $P step $S > $OUT/step_new.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|total .op" $OUT/step_new.txt; el step
+timeout 90 $P step $S --config scripts/device/decode_before.yaml > $OUT/step_old.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores" $OUT/step_old.txt; el step_old
+timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $OUT/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $OUT/step_graphs.txt; el graphs
+timeout 100 $B/tests/cuda/test_gpu_golden > $OUT/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $OUT/golden.txt; el golden
+timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $OUT/p8_none.txt 2>&1
+grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|total" $OUT/p8_none.txt; el prefill
+tst 'CudaAttentionTc.Prefill*:CudaW4a8*:CudaMoe.*:-CudaW4a8Wgmma.PrefillShapes' 120; el tests2
+for c in attention_wgmma expert_wgmma_ws; do
+  timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 --config scripts/device/$c.yaml > $OUT/p8_$c.txt 2>&1
+  echo "== prefill 8K $c"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|total" $OUT/p8_$c.txt
+done; el prefill2
+timeout 60 $B/tests/cuda/test_cuda_graphs > $OUT/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $OUT/graphs.txt; el all
