@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: MIT
 # One device call (about 8 minutes from a fresh machine) for every path built but not yet run on a
 # GPU (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
-# still returns the first results: builds the op tests, bench_step, the GPU golden and the graph
-# tests; runs the decode op tests (the tensor-core decode attention with candidate splits, the FP8
+# still returns the first results: builds the op tests and bench_step (the GPU golden and the graph
+# tests before they run); runs the decode op tests (the tensor-core decode attention with candidate splits, the FP8
 # decode-batch indexer, the FP8 prefill indexer's shared key pipeline); `bench step` at batch 1, 64
 # and 256 with the defaults, with the decode kernels of before (scripts/device/decode_before.yaml)
 # and as recorded graphs (their GPU time: the step without host launch gaps); test_gpu_golden; an
@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}; mkdir -p "$OUT"; B=${BUILD:-build-gpu}
 t0=$(date +%s); el() { echo "--- $1 at $(( $(date +%s) - t0 )) s"; }
-BUILD=$B TARGETS="test_cuda_kernels bench_step test_gpu_golden test_cuda_graphs" JOBS=${JOBS:-16} timeout 300 bash scripts/device/run.sh none > $OUT/build.txt 2>&1; tail -3 $OUT/build.txt
+BUILD=$B TARGETS="test_cuda_kernels bench_step" JOBS=${JOBS:-16} timeout 300 bash scripts/device/run.sh none > $OUT/build.txt 2>&1; tail -3 $OUT/build.txt
 nvidia-smi --query-gpu=name --format=csv,noheader; el build
 source scripts/device/devdeps.sh
 T=$B/tests/cuda/test_cuda_kernels
@@ -26,6 +26,8 @@ S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --conte
 timeout 90 $P step $S > $OUT/step_new.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|total .op" $OUT/step_new.txt; el step
 timeout 90 $P step $S --config scripts/device/decode_before.yaml > $OUT/step_old.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores" $OUT/step_old.txt; el step_old
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $OUT/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $OUT/step_graphs.txt; el graphs
+BUILD=$B TARGETS="test_gpu_golden test_cuda_graphs" JOBS=${JOBS:-16} timeout 200 bash scripts/device/run.sh none > $OUT/build2.txt 2>&1; tail -1 $OUT/build2.txt
+source scripts/device/devdeps.sh
 timeout 100 $B/tests/cuda/test_gpu_golden > $OUT/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $OUT/golden.txt; el golden
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $OUT/p8_none.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|total" $OUT/p8_none.txt; el prefill
