@@ -45,6 +45,9 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads on bf16
   // wgmma instead of the mma.sync tensor-core kernel.
   bool cuda_attention_wgmma = false;
+  // "cuda" only (debug.cuda_decode_tc): decode-sized sparse attention on the tensor-core kernel
+  // (candidate splits) and decode-batch indexer scores on FP8 wgmma. Off until run on a GPU.
+  bool cuda_decode_tc = false;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.

@@ -620,7 +620,7 @@ int64_t tc_splits(int64_t blocks, int64_t max_tiles, int64_t sms) {
 
 // Launches the parts gathered in `a` (n tokens in all) on the kernel their shapes call for.
 void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4, bool tc_rows, cudaStream_t s,
-                            bool per_warp, bool tensor_cores, bool wgmma) {
+                            bool per_warp, bool tensor_cores, bool wgmma, bool decode_tc) {
   const int nh = a.h_end - a.h_begin, dim = a.dim;
   // No part has a candidate (a sequence-parallel rank holding none of these tokens' window or
   // entries): one tile of absent candidates, so every row ends as the CPU op's does (no
@@ -633,11 +633,13 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
                                     kMqaMaxSmem));
     attr_set = true;
   }
-  // Official numerics (bf16 q / kv, bf16 P; head_dim % 128 == 0): the tensor-core kernels, for a
-  // decode batch as for prefill, unless `tensor_cores` is off or `per_warp` forces that kernel.
+  // Official numerics (bf16 q / kv, bf16 P; head_dim % 128 == 0): the tensor-core kernels for
+  // prefill shapes (enough tokens to fill the SMs), and with `decode_tc` for decode shapes too,
+  // unless `tensor_cores` is off or `per_warp` forces that kernel.
   const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
   const int64_t base_blocks = n * head_groups;
-  const bool tc = tensor_cores && !per_warp && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows;
+  const bool tc = tensor_cores && !per_warp && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows &&
+                  (base_blocks >= num_sms() || decode_tc);
   if (tc && wgmma && dim == kWgmmaDim && base_blocks >= num_sms()) {  // prefill on wgmma (attention_wgmma.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_wgmma(a, n, s);
@@ -726,12 +728,12 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
 }  // namespace
 
 void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp, bool tensor_cores,
-                             bool wgmma) {
-  launch_sparse_attention_batch(SparseAttentionBatchParams{&p, 1}, s, per_warp, tensor_cores, wgmma);
+                             bool wgmma, bool decode_tc) {
+  launch_sparse_attention_batch(SparseAttentionBatchParams{&p, 1}, s, per_warp, tensor_cores, wgmma, decode_tc);
 }
 
 void launch_sparse_attention_batch(const SparseAttentionBatchParams& batch, cudaStream_t s, bool per_warp,
-                                   bool tensor_cores, bool wgmma) {
+                                   bool tensor_cores, bool wgmma, bool decode_tc) {
   if (batch.num_parts == 0) return;
   const SparseAttentionParams* parts_end = batch.parts + batch.num_parts;
   const SparseAttentionParams& p0 = batch.parts[0];
@@ -758,7 +760,8 @@ void launch_sparse_attention_batch(const SparseAttentionBatchParams& batch, cuda
   int64_t n = 0, max_tiles = 0;
   bool vec4 = true, tc_rows = true;
   auto flush = [&] {
-    if (a.num_parts > 0) launch_attention_group(a, n, max_tiles, vec4, tc_rows, s, per_warp, tensor_cores, wgmma);
+    if (a.num_parts > 0)
+      launch_attention_group(a, n, max_tiles, vec4, tc_rows, s, per_warp, tensor_cores, wgmma, decode_tc);
     a.num_parts = 0;
     n = max_tiles = 0;
     vec4 = tc_rows = true;

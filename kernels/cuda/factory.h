@@ -36,14 +36,13 @@ struct CudaBackendOptions {
   // decode) beat 4 and 16 at Flash decode batches of 1, 64 and 256 (docs/PERFORMANCE.md). 0 keeps
   // every call on the CUDA-core kernel (debug.cuda_expert_tc_min_rows in the runtime YAML).
   int64_t expert_tc_min_rows = 1;
-  // Sparse attention (prefill and decode) and prefill lightning-indexer scores under the official
-  // numerics on bf16 tensor cores (debug.cuda_attention_tc / debug.cuda_indexer_tc); off: the
-  // CUDA-core kernels.
+  // Prefill-shaped sparse attention and lightning-indexer scores under the official numerics on
+  // bf16 tensor cores (debug.cuda_attention_tc / debug.cuda_indexer_tc); off: the CUDA-core kernels.
   bool attention_tensor_cores = true;
   bool indexer_tensor_cores = true;
   // Indexer scores of compact FP4 keys on FP8 wgmma (debug.cuda_indexer_fp8): prefill chunks
   // (indexer_fp8.cu) instead of the bf16 mma.sync kernel, which alone reproduces the reference's
-  // scores bit for bit, and decode batches (indexer_fp8_decode.cu) instead of the CUDA-core kernel.
+  // scores bit for bit, and with decode_tensor_cores decode batches (indexer_fp8_decode.cu).
   bool indexer_fp8 = true;
   // Prefill-sized routed-expert GEMMs (the 128-row tile case of fp4_tc_rows_per_tile) on FP8 wgmma
   // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs
@@ -56,6 +55,10 @@ struct CudaBackendOptions {
   // debug.cuda_attention_wgmma) instead of the mma.sync tensor-core kernel; needs
   // attention_tensor_cores. Off by default until measured.
   bool attention_wgmma = false;
+  // Decode-sized sparse attention on the tensor-core kernel split over the candidates, and decode
+  // batches' indexer scores of compact FP4 keys on FP8 wgmma (indexer_fp8_decode.cu), instead of
+  // the split multi-query and CUDA-core kernels (debug.cuda_decode_tc). Off until run on a GPU.
+  bool decode_tensor_cores = false;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention always on the per-warp kernel, never the split multi-query or tensor-core one.

@@ -95,11 +95,14 @@ void launch_compressor_pool_batch(const CompressorPoolBatchParams& p, cudaStream
 // tensor_cores: prefill shapes under the official numerics on tensor cores
 // (CudaBackendOptions::indexer_tensor_cores); fp8: those with compact FP4 keys on the FP8 wgmma
 // kernel (indexer_fp8.cu, CudaBackendOptions::indexer_fp8) instead of the bf16 mma.sync one.
-void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores = true, bool fp8 = false);
+// decode_tc: with fp8, decode batches of compact FP4 keys on the FP8 wgmma decode kernel
+// (indexer_fp8_decode.cu, CudaBackendOptions::decode_tensor_cores) instead of the CUDA-core one.
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores = true, bool fp8 = false,
+                           bool decode_tc = false);
 // The parts in groups of as many as fit in the kernel parameters, one launch per group (a single
 // part may take the tensor-core kernel); the parts must share what IndexerScoresBatchParams says.
 void launch_indexer_scores_batch(const IndexerScoresBatchParams& p, cudaStream_t s, bool tensor_cores = true,
-                                 bool fp8 = false);
+                                 bool fp8 = false, bool decode_tc = false);
 // --- topk.cu -------------------------------------------------------------------------------------
 void launch_topk(const TopkParams& p, cudaStream_t s);
 
@@ -108,16 +111,16 @@ void launch_sample(const SampleParams& p, cudaStream_t s);
 
 // --- attention.cu --------------------------------------------------------------------------------
 // per_warp: always the per-warp kernel (CudaBackendOptions::attention_per_warp).
-// tensor_cores: every call under the official numerics (prefill, and decode split over the
-// candidates) on the bf16 tensor-core kernel (CudaBackendOptions::attention_tensor_cores). wgmma:
-// of those, prefill shapes of 512-dim heads on the bf16 wgmma kernel (attention_wgmma.cu;
-// CudaBackendOptions::attention_wgmma).
+// tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
+// (CudaBackendOptions::attention_tensor_cores); decode_tc: decode shapes too, split over the
+// candidates (CudaBackendOptions::decode_tensor_cores). wgmma: of the prefill shapes, 512-dim
+// heads on the bf16 wgmma kernel (attention_wgmma.cu; CudaBackendOptions::attention_wgmma).
 void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp = false,
-                             bool tensor_cores = true, bool wgmma = false);
+                             bool tensor_cores = true, bool wgmma = false, bool decode_tc = false);
 // The parts in groups of as many as fit in the kernel parameters, one launch (plus the split merge)
 // per group; the parts must share what SparseAttentionBatchParams says they share.
 void launch_sparse_attention_batch(const SparseAttentionBatchParams& p, cudaStream_t s, bool per_warp = false,
-                                   bool tensor_cores = true, bool wgmma = false);
+                                   bool tensor_cores = true, bool wgmma = false, bool decode_tc = false);
 
 // --- kv_pack.cu ---------------------------------------------------------------------------------
 void launch_kv_pack(const KvPackParams& p, cudaStream_t s);

@@ -5,7 +5,7 @@
 # still returns the first results: builds the op tests and bench_step (the GPU golden and the graph
 # tests before they run); runs the decode op tests (the tensor-core decode attention with candidate splits, the FP8
 # decode-batch indexer, the FP8 prefill indexer's shared key pipeline); `bench step` at batch 1, 64
-# and 256 with the defaults, with the decode kernels of before (scripts/device/decode_before.yaml)
+# and 256 with the defaults, with the tensor-core decode kernels (scripts/device/decode_tc.yaml: debug.cuda_decode_tc on)
 # and as recorded graphs (their GPU time: the step without host launch gaps); test_gpu_golden; an
 # 8K `bench prefill`; the prefill attention and W4A8 op tests; 8K prefill with the wgmma attention
 # and the warp-specialized W4A8 GEMM; test_cuda_graphs. Logs under $OUT.
@@ -23,8 +23,8 @@ tst() { timeout $2 $T --gtest_filter="$1" > $OUT/t.txt 2>&1; echo "== $1 rc $?";
 tst 'CudaAttentionTc.Decode*:CudaOps.SparseAttention*:CudaIndexerFp8Decode.*:CudaOps.IndexerScores*' 120; el tests1
 P="$B/tests/cuda/bench_step bench"
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
-timeout 90 $P step $S > $OUT/step_new.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|total .op" $OUT/step_new.txt; el step
-timeout 90 $P step $S --config scripts/device/decode_before.yaml > $OUT/step_old.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores" $OUT/step_old.txt; el step_old
+timeout 90 $P step $S > $OUT/step_default.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|total .op" $OUT/step_default.txt; el step
+timeout 90 $P step $S --config scripts/device/decode_tc.yaml > $OUT/step_tc.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores" $OUT/step_tc.txt; el step_tc
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $OUT/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $OUT/step_graphs.txt; el graphs
 BUILD=$B TARGETS="test_gpu_golden test_cuda_graphs" JOBS=${JOBS:-16} timeout 200 bash scripts/device/run.sh none > $OUT/build2.txt 2>&1; tail -1 $OUT/build2.txt
 source scripts/device/devdeps.sh

@@ -92,7 +92,7 @@ std::vector<int32_t> make_lists(const TcCase& c, Rng& rng) {
   return list;
 }
 
-void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core, Backend& wgmma) {
+void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_core, Backend& wgmma) {
   SCOPED_TRACE(c.name);
   const int64_t win_rows = c.pos0 + c.n - c.win_pos0;
   Dual q = make_dual({c.n, c.heads, c.dim}, rng.normals(int64_t(c.n) * c.heads * c.dim, 0.3f), c.rows);
@@ -130,8 +130,8 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core, Backend& wgmma) 
     return p;
   };
   cpu_backend().sparse_attention(params(false, out_tc, lse_tc));
-  gpu_backend().sparse_attention(params(true, out_tc, lse_tc));
-  gpu_backend().synchronize();
+  tc_backend.sparse_attention(params(true, out_tc, lse_tc));
+  tc_backend.synchronize();
   cuda_core.sparse_attention(params(true, out_cc, lse_cc));
   cuda_core.synchronize();
   const std::vector<float> tc = out_tc.gpu_values(), cc = out_cc.gpu_values();
@@ -160,18 +160,23 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& cuda_core, Backend& wgmma) 
   EXPECT_TRUE(compare(wname + " lse vs cpu", lse_wg.gpu_values(), lse_tc.cpu_values(), kLseTol));
 }
 
-// Every case against the CPU op, the CUDA-core kernels (attention_tensor_cores off) and, at
-// head_dim 512, the wgmma kernel (attention_wgmma on), from one seed.
+// Every case on the tensor-core kernel (decode shapes too: decode_tensor_cores on) against the
+// CPU op, the CUDA-core kernels (attention_tensor_cores off) and, at head_dim 512, the wgmma kernel
+// (attention_wgmma on), from one seed.
 template <size_t N>
 void run_tc_cases(const TcCase (&cases)[N], uint64_t seed) {
   Rng rng(seed);
+  cuda::CudaBackendOptions tc_options;
+  tc_options.decode_tensor_cores = true;
+  auto tc = cuda::make_cuda_backend(0, tc_options);
   cuda::CudaBackendOptions cc_options;
   cc_options.attention_tensor_cores = false;
   auto cuda_core = cuda::make_cuda_backend(0, cc_options);
   cuda::CudaBackendOptions wg_options;
   wg_options.attention_wgmma = true;
+  wg_options.decode_tensor_cores = true;
   auto wgmma = cuda::make_cuda_backend(0, wg_options);
-  for (const TcCase& c : cases) run_tc_case(c, rng, *cuda_core, *wgmma);
+  for (const TcCase& c : cases) run_tc_case(c, rng, *tc, *cuda_core, *wgmma);
 }
 
 // Prefill-sized calls (enough query blocks to take the tensor-core kernel) of every row storage the

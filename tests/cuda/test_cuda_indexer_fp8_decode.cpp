@@ -42,7 +42,9 @@ TEST(CudaIndexerFp8Decode, Batch) {
   cuda::CudaBackendOptions exact_options;
   exact_options.indexer_fp8 = false;
   auto exact = cuda::make_cuda_backend(0, exact_options);
-  auto fp8 = cuda::make_cuda_backend(0, cuda::CudaBackendOptions{});
+  cuda::CudaBackendOptions fp8_options;
+  fp8_options.decode_tensor_cores = true;  // the decode kernel (debug.cuda_decode_tc)
+  auto fp8 = cuda::make_cuda_backend(0, fp8_options);
   // FP4-quantized values (e2m1 times a power of two), as q and the keys of the official numerics.
   auto fp4_values = [&](int64_t cnt) {
     std::vector<float> v(static_cast<size_t>(cnt));
