@@ -8,13 +8,14 @@
 // split of whole 64-candidate tiles keeps its own (max, denominator, unnormalized output) and a
 // second kernel merges the splits and adds the sink. With bf16 P the rounding then happens against
 // the split's running max instead of the global one (a bf16-level difference). Under the official
-// numerics (bf16 q / kv, bf16 P, head_dim % 128 == 0) every call, prefill or a decode batch, takes
-// sparse_attention_tc_kernel: 64 heads of a query on bf16 tensor cores per staged tile, split over
-// the candidates when the tokens do not fill the SMs (CudaBackendOptions::attention_tensor_cores,
-// debug.cuda_attention_tc), or for prefill with head_dim 512 sparse_attention_wgmma_kernel
-// (attention_wgmma.cu, the same numerics on bf16 wgmma; CudaBackendOptions::attention_wgmma,
-// debug.cuda_attention_wgmma). Otherwise decode-sized calls (few tokens x heads, or a decode batch)
-// take sparse_attention_mqa_kernel: 32 heads per block share each staged tile
+// numerics (bf16 q / kv, bf16 P, head_dim % 128 == 0) prefill shapes take sparse_attention_tc_kernel:
+// 64 heads of a query on bf16 tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores,
+// debug.cuda_attention_tc), or for head_dim 512 sparse_attention_wgmma_kernel (attention_wgmma.cu,
+// the same numerics on bf16 wgmma; CudaBackendOptions::attention_wgmma, debug.cuda_attention_wgmma);
+// with CudaBackendOptions::decode_tensor_cores (debug.cuda_decode_tc) decode shapes take it too,
+// split over the candidates when the tokens do not fill the SMs (tc_splits). Otherwise
+// decode-sized calls (few tokens x heads, or a decode batch) take sparse_attention_mqa_kernel: 32
+// heads per block share each staged tile
 // (CudaBackendOptions::attention_per_warp, debug.cuda_attention_per_warp in the runtime YAML,
 // forces the per-warp kernel everywhere, for comparison).
 // Compressed entries in the compact kFp8Rope rows (official numerics, common/kv_format.h) are
@@ -374,8 +375,8 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
 // per head in fp32 exactly as sparse_attention_kernel (running max per 64-candidate tile, the
 // denominator from unrounded p, P rounded to bf16), then O += P V (warp w: heads (w % 4) * 16,
 // dims (w / 4) * dim / 4; V fragments by ldmatrix.trans). The sink is added at the end; with
-// candidate splits (blockIdx.z, decode: too few tokens to fill the SMs) each split writes its
-// partial state for attention_combine_kernel instead. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
+// candidate splits (blockIdx.z, decode shapes: too few tokens to fill the SMs) each split writes
+// its partial state for attention_combine_kernel instead. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
 __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const int dim = a.dim, ld = dim + kTcPad;
