@@ -653,8 +653,9 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
                                       int(tc_smem_bytes(kTcMaxDim))));
       tc_attr_set = true;
     }
+    // Candidate splits only for decode shapes (decode_tc): prefill shapes keep one split each.
     const int64_t blocks = n * ceil_div(nh, kTcHeads);
-    a.num_splits = int(tc_splits(blocks, max_tiles, num_sms()));
+    a.num_splits = decode_tc ? int(tc_splits(blocks, max_tiles, num_sms())) : 1;
     a.tiles_per_split = int(ceil_div(max_tiles, a.num_splits));
     void* part = nullptr;
     if (a.num_splits > 1) {
