@@ -15,9 +15,9 @@
 // with CudaBackendOptions::decode_tensor_cores (debug.cuda_decode_tc) decode shapes take it too,
 // split over the candidates when the tokens do not fill the SMs (tc_splits). Otherwise
 // decode-sized calls (few tokens x heads, or a decode batch) take sparse_attention_mqa_kernel: 32
-// heads per block share each staged tile
-// (CudaBackendOptions::attention_per_warp, debug.cuda_attention_per_warp in the runtime YAML,
-// forces the per-warp kernel everywhere, for comparison).
+// heads per block share each staged tile (CudaBackendOptions::attention_per_warp,
+// debug.cuda_attention_per_warp in the runtime YAML, forces the per-warp kernel there instead, for
+// comparison).
 // Compressed entries in the compact kFp8Rope rows (official numerics, common/kv_format.h) are
 // decoded as each tile is staged (kv_decode.cuh): 584 bytes read per Flash entry instead of 2048.
 // One launch serves many independent calls (sparse_attention_batch: a decode batch, one part per
@@ -634,13 +634,21 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
                                     kMqaMaxSmem));
     attr_set = true;
   }
-  // Official numerics (bf16 q / kv, bf16 P; head_dim % 128 == 0): the tensor-core kernels for
-  // prefill shapes (enough tokens to fill the SMs), and with `decode_tc` for decode shapes too,
-  // unless `tensor_cores` is off or `per_warp` forces that kernel.
+  const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
+  // The multi-query kernel (32 heads of a query share each staged candidate tile) for few query
+  // rows, split over the candidates to fill the SMs, and for a decode batch (one row per part)
+  // of any size up to the grid's z limit, where the rows alone fill them: the per-head kernels
+  // below stage and decode every candidate tile once per 8 heads.
+  const bool decode_batch = int64_t(a.num_parts) == n && n <= 65535;
+  const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && (2 * mqa_blocks <= num_sms() || decode_batch) &&
+                   vec4 && !per_warp;
+  // Official numerics (bf16 q / kv, bf16 P; head_dim % 128 == 0) on the tensor-core kernels, unless
+  // `tensor_cores` is off: prefill shapes (enough tokens to fill the SMs, not a decode batch), and
+  // with `decode_tc` every shape, decode split over the candidates (not under `per_warp`).
   const int64_t head_groups = ceil_div(nh, kHeadsPerBlock);
   const int64_t base_blocks = n * head_groups;
-  const bool tc = tensor_cores && !per_warp && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows &&
-                  (base_blocks >= num_sms() || decode_tc);
+  const bool tc_numerics = tensor_cores && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows;
+  const bool tc = tc_numerics && (decode_tc ? !per_warp : !mqa && base_blocks >= num_sms());
   if (tc && wgmma && dim == kWgmmaDim && base_blocks >= num_sms()) {  // prefill on wgmma (attention_wgmma.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_wgmma(a, n, s);
@@ -675,14 +683,6 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     }
     return;
   }
-  const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
-  // The multi-query kernel (32 heads of a query share each staged candidate tile) for few query
-  // rows, split over the candidates to fill the SMs, and for a decode batch (one row per part)
-  // of any size up to the grid's z limit, where the rows alone fill them: the per-head kernels
-  // below stage and decode every candidate tile once per 8 heads.
-  const bool decode_batch = int64_t(a.num_parts) == n && n <= 65535;
-  const bool mqa = dim % 128 == 0 && dim <= 128 * kMqaMaxJ && (2 * mqa_blocks <= num_sms() || decode_batch) &&
-                   vec4 && !per_warp;
   if (mqa) {
     // One wave: splits of whole tiles so that the blocks about fill the SMs once (none when the
     // rows fill them).

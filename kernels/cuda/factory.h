@@ -61,7 +61,8 @@ struct CudaBackendOptions {
   bool decode_tensor_cores = false;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
-  // Sparse attention always on the per-warp kernel, never the split multi-query or tensor-core one.
+  // Sparse attention on the per-warp kernel where it would take the split multi-query one (or,
+  // with decode_tensor_cores, the tensor-core kernel on decode shapes).
   bool attention_per_warp = false;
   // Synchronize after every kernel launch (set_sync_after_ops), so an asynchronous fault names
   // the kernel that caused it; debug.sync_each_op turns it on with the op-level sync.

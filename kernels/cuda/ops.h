@@ -110,7 +110,8 @@ void launch_topk(const TopkParams& p, cudaStream_t s);
 void launch_sample(const SampleParams& p, cudaStream_t s);
 
 // --- attention.cu --------------------------------------------------------------------------------
-// per_warp: always the per-warp kernel (CudaBackendOptions::attention_per_warp).
+// per_warp: never the split multi-query kernel, nor decode shapes on the tensor-core one
+// (CudaBackendOptions::attention_per_warp).
 // tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
 // (CudaBackendOptions::attention_tensor_cores); decode_tc: decode shapes too, split over the
 // candidates (CudaBackendOptions::decode_tensor_cores). wgmma: of the prefill shapes, 512-dim
