@@ -526,16 +526,6 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   }
 }
 
-int num_sms() {
-  static int sms = [] {
-    int dev = 0, v = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v;
-  }();
-  return sms;
-}
-
 // One part's descriptor (tokens from row0) and what its views allow.
 struct PartPlan {
   AttnPart d;

@@ -154,6 +154,24 @@ int device_count() {
   return n;
 }
 
+int num_sms() {
+  constexpr int kMaxCachedDevices = 64;
+  static std::atomic<int> cached[kMaxCachedDevices];  // 0: not yet queried
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= kMaxCachedDevices) {
+    int v = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }
+  int v = cached[dev].load(std::memory_order_relaxed);
+  if (v == 0) {
+    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    cached[dev].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
 void install_device_allocator() { Buffer::set_device_allocator({&device_alloc, &device_free}); }
 
 Stream::Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }

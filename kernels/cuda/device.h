@@ -14,6 +14,9 @@ namespace v4rt::kernels::cuda {
 
 // Number of usable CUDA devices; 0 when there is no driver or no device (never fatal).
 int device_count();
+// Streaming multiprocessors of the current device (queried once per device; launchers size grids
+// and splits by it).
+int num_sms();
 // Installs cudaMalloc/cudaFree as common Buffer's device allocator (idempotent).
 void install_device_allocator();
 // Makes the allocator stream-ordered on `stream` (cudaMallocAsync / cudaFreeAsync from the device's

@@ -500,11 +500,9 @@ IdxPart plan_part(const IndexerScoresParams& p, int64_t heads, int64_t dim, int6
 }  // namespace
 
 dim3 indexer_tc_grid(IdxArgs& a, int64_t max_keys, int queries, int tile_keys, const char* what) {
-  int sms = 0, dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t sms = num_sms();
   const int64_t qblocks = ceil_div(a.n, queries), key_tiles = ceil_div(max_keys, tile_keys);
-  const int64_t splits = std::clamp<int64_t>(ceil_div(8 * int64_t(sms), qblocks), 1, std::min<int64_t>(key_tiles, kMaxGridYZ));
+  const int64_t splits = std::clamp<int64_t>(ceil_div(8 * sms, qblocks), 1, std::min<int64_t>(key_tiles, kMaxGridYZ));
   a.key_span = ceil_div(key_tiles, splits) * tile_keys;
   return dim3(grid_x(qblocks, what), grid_yz(ceil_div(max_keys, a.key_span)));
 }
