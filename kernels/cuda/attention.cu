@@ -591,6 +591,24 @@ PartPlan plan_part(const SparseAttentionParams& p, int64_t heads, int64_t dim, i
   return pl;
 }
 
+// Scratch for the partial states of the a.num_splits splits of the n tokens in `a`: a.part_acc and
+// a.part_ml point into it. merge_splits frees it.
+void* alloc_split_state(AttnArgs& a, int64_t n, cudaStream_t s) {
+  const size_t slots = size_t(n) * size_t(a.h_end - a.h_begin) * size_t(a.num_splits);
+  void* part = stream_alloc(slots * (size_t(a.dim) + 2) * 4, s);
+  a.part_acc = static_cast<float*>(part);
+  a.part_ml = a.part_acc + slots * size_t(a.dim);
+  return part;
+}
+
+// Merges the splits' partial states into the outputs (attention_combine_kernel, which adds the
+// sink) and frees their scratch.
+void merge_splits(const AttnArgs& a, int64_t n, void* part, cudaStream_t s) {
+  attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(a.h_end - a.h_begin)), 128, 0, s>>>(a);
+  launch_check("sparse_attention combine", s);
+  stream_free(part, s);
+}
+
 // Candidate splits of the tensor-core kernel for `blocks` blocks (tokens x head blocks) over at most
 // `max_tiles` 64-candidate tiles: the count that minimizes waves x tiles per split (one block per
 // SM at head_dim 512), a split costing half a tile more for the combine; none when the blocks fill
@@ -655,22 +673,12 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     const int64_t blocks = n * ceil_div(nh, kTcHeads);
     a.num_splits = decode_tc ? int(tc_splits(blocks, max_tiles, num_sms())) : 1;
     a.tiles_per_split = int(ceil_div(max_tiles, a.num_splits));
-    void* part = nullptr;
-    if (a.num_splits > 1) {
-      const size_t slots = size_t(n) * size_t(nh) * size_t(a.num_splits);
-      part = stream_alloc(slots * (size_t(dim) + 2) * 4, s);
-      a.part_acc = static_cast<float*>(part);
-      a.part_ml = a.part_acc + slots * size_t(dim);
-    }
+    void* part = a.num_splits > 1 ? alloc_split_state(a, n, s) : nullptr;
     const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(nh, kTcHeads)),
                     unsigned(a.num_splits)};
     sparse_attention_tc_kernel<<<grid, kTcThreads, tc_smem_bytes(dim), s>>>(a);
     launch_check("sparse_attention (tensor cores)", s);
-    if (a.num_splits > 1) {
-      attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
-      launch_check("sparse_attention combine", s);
-      stream_free(part, s);
-    }
+    if (a.num_splits > 1) merge_splits(a, n, part, s);
     return;
   }
   if (mqa) {
@@ -679,18 +687,13 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     const int64_t want = std::max<int64_t>(1, num_sms() / mqa_blocks);
     a.tiles_per_split = int(ceil_div(max_tiles, std::min(want, max_tiles)));
     a.num_splits = int(std::max<int64_t>(1, ceil_div(max_tiles, a.tiles_per_split)));
-    const size_t slots = size_t(n) * size_t(nh) * size_t(a.num_splits);
-    void* part = stream_alloc(slots * (size_t(dim) + 2) * 4, s);
-    a.part_acc = static_cast<float*>(part);
-    a.part_ml = a.part_acc + slots * size_t(dim);
+    void* part = alloc_split_state(a, n, s);
     const size_t smem = size_t(kMqaHeads * dim + kTile * (dim + 4) + kMqaHeads * kTile) * 4;
     // Tokens on z: at most 65,535 of them take this path (mqa above).
     const dim3 grid{unsigned(a.num_splits), unsigned(ceil_div(nh, kMqaHeads)), unsigned(n)};
     sparse_attention_mqa_kernel<<<grid, 256, smem, s>>>(a);
     launch_check("sparse_attention (mqa decode)", s);
-    attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
-    launch_check("sparse_attention combine", s);
-    stream_free(part, s);
+    merge_splits(a, n, part, s);
     return;
   }
   // Splits: enough blocks for two waves over the SMs, in whole tiles of the longest list.
@@ -699,22 +702,12 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   a.tiles_per_split = int(ceil_div(max_tiles, splits));
   splits = std::max<int64_t>(1, ceil_div(max_tiles, a.tiles_per_split));
   a.num_splits = int(splits);
-  void* part = nullptr;
-  if (splits > 1) {
-    const size_t slots = size_t(n) * size_t(nh) * size_t(splits);
-    part = stream_alloc(slots * (size_t(dim) + 2) * 4, s);
-    a.part_acc = static_cast<float*>(part);
-    a.part_ml = a.part_acc + slots * size_t(dim);
-  }
+  void* part = splits > 1 ? alloc_split_state(a, n, s) : nullptr;
   // Tokens on x; splits (> 1 only when the n x head_groups blocks do not fill the SMs) on z.
   const dim3 grid{grid_x(n, "sparse_attention"), unsigned(head_groups), unsigned(splits)};
   sparse_attention_kernel<<<grid, kHeadsPerBlock * 32, size_t(kTile) * size_t(dim) * 4, s>>>(a);
   launch_check("sparse_attention", s);
-  if (splits > 1) {
-    attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(nh)), 128, 0, s>>>(a);
-    launch_check("sparse_attention combine", s);
-    stream_free(part, s);
-  }
+  if (splits > 1) merge_splits(a, n, part, s);
 }
 
 }  // namespace
