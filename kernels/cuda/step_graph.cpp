@@ -84,13 +84,18 @@ const void* StepGraph::stage(const void* src, size_t bytes) {
 
 GraphStats StepGraph::stats() const {
   GraphStats s = stats_;
+  if (!launch_pending_) return s;
+  const cudaError_t done = cudaEventQuery(run_end_);
   float ms = 0.f;
-  if (launch_pending_ && cudaEventQuery(run_end_) == cudaSuccess &&
-      cudaEventElapsedTime(&ms, run_begin_, run_end_) == cudaSuccess) {
+  if (done == cudaSuccess) {
+    CUDA_CHECK(cudaEventElapsedTime(&ms, run_begin_, run_end_));
     s.graph_gpu_ms += ms;
     s.timed++;
+  } else if (done == cudaErrorNotReady) {
+    (void)cudaGetLastError();  // a graph still running is an answer, not a fault
+  } else {
+    CUDA_CHECK(done);
   }
-  (void)cudaGetLastError();  // a graph still running is not an error
   return s;
 }
 
