@@ -37,3 +37,4 @@ for c in attention_wgmma expert_wgmma_ws; do
   echo "== prefill 8K $c"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|total" $OUT/p8_$c.txt
 done; el prefill2
 timeout 60 $B/tests/cuda/test_cuda_graphs > $OUT/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $OUT/graphs.txt; el all
+BUILD=$B OUT=$OUT timeout 400 bash scripts/device/ncu_decode.sh; el ncu
