@@ -457,6 +457,9 @@ class Backend {
   virtual void end_graph() {}
   virtual void abort_graph() {}
   virtual GraphStats graph_stats() const { return {}; }
+  // Marks the ops between profile_range(true) and profile_range(false) for an external profiler
+  // (CUDA: cudaProfilerStart/Stop, so `ncu --profile-from-start off` sees only them). No-op by default.
+  virtual void profile_range(bool /*begin*/) {}
 
   // --- ops ----------------------------------------------------------------------------------------
   virtual void rms_norm(const RmsNormParams& p) = 0;

@@ -8,6 +8,8 @@
 // default) and whether the routed experts run in fp32 or bf16 (see factory.h).
 #include "kernels/cuda/cuda_backend.h"
 
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -103,6 +105,14 @@ void CudaBackend::begin_graph() {
 }
 void CudaBackend::end_graph() { graph_.end(); }
 void CudaBackend::abort_graph() { graph_.abort(); }
+
+void CudaBackend::profile_range(bool begin) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  if (begin)
+    CUDA_CHECK(cudaProfilerStart());
+  else
+    CUDA_CHECK(cudaProfilerStop());
+}
 
 // --- memory --------------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class CudaBackend final : public Backend {
   void end_graph() override;
   void abort_graph() override;
   GraphStats graph_stats() const override { return graph_.stats(); }
+  void profile_range(bool begin) override;
 
   void rms_norm(const RmsNormParams& p) override;
   void rope(const RopeParams& p) override;

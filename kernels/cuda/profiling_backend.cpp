@@ -157,6 +157,7 @@ class Profiler final : public ProfilingBackend {
     if (!enabled_) inner_.abort_graph();
   }
   GraphStats graph_stats() const override { return inner_.graph_stats(); }
+  void profile_range(bool begin) override { inner_.profile_range(begin); }
 
   void rms_norm(const RmsNormParams& p) override {
     timed("rms_norm", 2 * view_bytes(p.x), 0, kPeakBf16, [&] { inner_.rms_norm(p); });

@@ -1,24 +1,53 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Hardware counters of the decode step's largest kernels (Nsight Compute, clocks left alone): one
-# `bench step` at batch 256, 8K context (Flash 2-layer slice), the first launches of the FP4 expert
-# GEMMs, the sparse attention and the indexer scores after the warm-up steps, with the speed-of-
-# light and compute-workload sections (memory vs issue bound, which pipe is busiest). Run after a
-# build (bench_step); logs under $OUT/ncu_*.txt.
-#   BUILD=build-gpu bash scripts/device/ncu_decode.sh [extra bench step args...]
+# Hardware counters of the decode step (Nsight Compute, clocks left alone), Flash 2-layer slice at
+# 8K context, `bench step` built (bench_step):
+#   1. every kernel of the 3 timed steps (`bench step` marks them: --profile-from-start off) at batch 1 and at batch 256: duration, DRAM and SM
+#      throughput (% of peak), as CSV ($OUT/ncu_step_b<batch>.csv) and summed per kernel name;
+#   2. the FP4 expert GEMMs and the sparse attention at batch 256 in detail (speed of light,
+#      compute workload: which pipe is busiest; launch and occupancy), $OUT/ncu_<kernel>.txt.
+#   BUILD=build-gpu [NCU_PARTS="step detail"] bash scripts/device/ncu_decode.sh [extra bench step args...]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}; B=${BUILD:-build-gpu}; mkdir -p "$OUT"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 [[ -n $NCU ]] || { echo "ncu: not found"; exit 0; }
 source scripts/device/devdeps.sh
-S="--synthetic --backend cuda --preset flash --layers 2 --batch ${NCU_BATCH:-256} --context 8192"
-for k in ${NCU_KERNELS:-fp4 sparse_attention indexer}; do
-  timeout ${NCU_TIMEOUT:-120} "$NCU" --clock-control none -k "regex:$k" --launch-skip ${NCU_SKIP:-12} \
-    --launch-count ${NCU_COUNT:-4} --section SpeedOfLight --section ComputeWorkloadAnalysis \
-    --section LaunchStats --section Occupancy "$B/tests/cuda/bench_step" bench step $S "$@" \
-    > "$OUT/ncu_$k.txt" 2>&1
+STEP="$B/tests/cuda/bench_step bench step --synthetic --backend cuda --preset flash --layers 2 --context 8192 --iters 3"
+M=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed
+if [[ " ${NCU_PARTS:-step detail} " == *" step "* ]]; then
+for b in 1 256; do
+  f=$OUT/ncu_step_b$b.csv
+  timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none --csv --page raw --metrics $M --profile-from-start off \
+    $STEP --batch $b "$@" > "$f" 2> "$OUT/ncu_step_b$b.err"
+  echo "== ncu step batch $b rc $? (kernel: launches, us per step, mean DRAM %, mean SM %; 3 timed steps)"
+  python3 - "$f" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+if len(rows) < 3: sys.exit(print("  no rows"))
+h = rows[0]; ix = {k: h.index(k) for k in ("Kernel Name", "gpu__time_duration.sum",
+     "dram__throughput.avg.pct_of_peak_sustained_elapsed", "sm__throughput.avg.pct_of_peak_sustained_elapsed")}
+agg = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+for r in rows[2:]:
+    try: t = float(r[ix["gpu__time_duration.sum"]].replace(",", ""))
+    except ValueError: continue
+    a = agg[r[ix["Kernel Name"]][:60]]; a[0] += 1; a[1] += t
+    a[2] += float(r[ix["dram__throughput.avg.pct_of_peak_sustained_elapsed"]] or 0) * t
+    a[3] += float(r[ix["sm__throughput.avg.pct_of_peak_sustained_elapsed"]] or 0) * t
+unit = rows[1][ix["gpu__time_duration.sum"]]; scale = 1e-3 if unit == "ns" else (1e3 if unit == "ms" else 1.0)
+tot = sum(a[1] for a in agg.values())
+for k, a in sorted(agg.items(), key=lambda kv: -kv[1][1])[:30]:
+    print(f"  {k:60s} {a[0]:5d} {a[1]*scale/3:10.1f} {a[2]/a[1]:6.1f} {a[3]/a[1]:6.1f}")
+print(f"  total {tot*scale/3:.1f} us per step, {sum(a[0] for a in agg.values())} launches in 3 steps")
+PY
+done
+fi
+[[ " ${NCU_PARTS:-step detail} " == *" detail "* ]] || exit 0
+for k in ${NCU_KERNELS:-fp4 sparse_attention}; do
+  timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k "regex:$k" --profile-from-start off --launch-count 4 \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section LaunchStats --section Occupancy \
+    $STEP --batch 256 "$@" > "$OUT/ncu_$k.txt" 2>&1
   echo "== ncu $k rc $?"
-  grep -E "^  [a-z_].*\(|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|SM Busy" \
-    "$OUT/ncu_$k.txt" | head -60
+  grep -E "^  [a-zA-Z_].*\(|Duration|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Ipc" \
+    "$OUT/ncu_$k.txt" | head -48
 done

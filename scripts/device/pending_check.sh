@@ -26,6 +26,7 @@ S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --conte
 timeout 90 $P step $S > $OUT/step_default.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|total .op" $OUT/step_default.txt; el step
 timeout 90 $P step $S --config scripts/device/decode_tc.yaml > $OUT/step_tc.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores" $OUT/step_tc.txt; el step_tc
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $OUT/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $OUT/step_graphs.txt; el graphs
+NCU_PARTS=step BUILD=$B OUT=$OUT NCU_TIMEOUT=100 timeout 210 bash scripts/device/ncu_decode.sh; el ncu_step
 BUILD=$B TARGETS="test_gpu_golden test_cuda_graphs" JOBS=${JOBS:-16} timeout 200 bash scripts/device/run.sh none > $OUT/build2.txt 2>&1; tail -1 $OUT/build2.txt
 source scripts/device/devdeps.sh
 timeout 100 $B/tests/cuda/test_gpu_golden > $OUT/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $OUT/golden.txt; el golden
@@ -37,4 +38,4 @@ for c in attention_wgmma expert_wgmma_ws; do
   echo "== prefill 8K $c"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|total" $OUT/p8_$c.txt
 done; el prefill2
 timeout 60 $B/tests/cuda/test_cuda_graphs > $OUT/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $OUT/graphs.txt; el all
-BUILD=$B OUT=$OUT timeout 400 bash scripts/device/ncu_decode.sh; el ncu
+NCU_PARTS=detail BUILD=$B OUT=$OUT timeout 300 bash scripts/device/ncu_decode.sh; el ncu_detail
