@@ -50,6 +50,11 @@ struct Fp4GroupedGemmParams {
   // (fp4_gemm_wgmma_ws.cu; producer warpgroup copies and decodes, two consumer warpgroups
   // multiply), taken before the wgmma one.
   bool wgmma_ws = false;
+  // With tensor_cores, the mma.sync tile kernel: weights to f16 by integer ops (table lookup by
+  // prmt, code * 2^-13) instead of e4m3 bytes through the conversion unit (code * 2^-6); the same
+  // products scaled by 2^-7 and promoted with 2^7 more, so the same bits (an A/B switch of the
+  // decode kernel's instruction mix; valid for ue8m0 weight scales <= 241).
+  bool alu_weights = false;
   cudaStream_t stream = nullptr;
 };
 

@@ -216,6 +216,11 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
         report("fp4 cuda cores " + shape, us, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         const double us_tile = time_us([&] { rotate(p); fp4_grouped_gemm_mma(p); }, s);
         report("fp4 tc tile " + shape, us_tile, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+        // The same kernel with the weights made f16 by integer ops (Fp4GroupedGemmParams::alu_weights).
+        p.alu_weights = true;
+        const double us_alu = time_us([&] { rotate(p); fp4_grouped_gemm_mma(p); }, s);
+        p.alu_weights = false;
+        report("fp4 tc tile alu " + shape, us_alu, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         const double us_gemv = time_us([&] { rotate(p); fp4_grouped_gemv(p); }, s);
         report("fp4 tc gemv " + shape, us_gemv, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         if (g_hbm_nominal > 0) {
@@ -445,7 +450,10 @@ int main(int argc, char** argv) {
     std::printf("bench_cuda: no CUDA device\n");
     return 0;
   }
-  if (argc > 1) g_tsv = std::fopen(argv[1], "w");
+  // bench_cuda [TSV] [SECTION...]: the sections named (copy fp8 fp4 ops indexer decode), or all.
+  if (argc > 1 && std::string(argv[1]) != "-") g_tsv = std::fopen(argv[1], "w");
+  std::vector<std::string> only(argv + std::min(argc, 2), argv + argc);
+  auto run = [&](const char* name) { return only.empty() || std::find(only.begin(), only.end(), name) != only.end(); };
   CUDA_CHECK(cudaSetDevice(0));
   install_device_allocator();
   cudaDeviceProp prop{};
@@ -457,12 +465,12 @@ int main(int argc, char** argv) {
                                                                : 0;
   std::mt19937 gen(42);
   Stream stream;
-  bench_copy(stream.get());
-  bench_fp8(stream.get(), gen);
-  bench_fp4(stream.get(), gen);
-  bench_ops(gen);
-  bench_indexer_prefill(gen);
-  bench_decode_batch(gen);
+  bench_copy(stream.get());  // always: the roofline bandwidth of every other figure
+  if (run("fp8")) bench_fp8(stream.get(), gen);
+  if (run("fp4")) bench_fp4(stream.get(), gen);
+  if (run("ops")) bench_ops(gen);
+  if (run("indexer")) bench_indexer_prefill(gen);
+  if (run("decode")) bench_decode_batch(gen);
   if (g_tsv) std::fclose(g_tsv);
   return 0;
 }

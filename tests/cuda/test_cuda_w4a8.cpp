@@ -74,7 +74,7 @@ struct W4a8Case {
 // The kernels run_case runs on every case: the tensor-core entry as dispatched (tile kernel or
 // GEMV by the mean rows per group), each of those two forced, the CUDA-core kernel and the FP8
 // wgmma kernel forced.
-enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs, kWgmmaWs2 };
+enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs, kWgmmaWs2, kTileAlu };
 
 // Host fp64 reference of one output: bf16/fp32 of sum over 32-blocks b of
 // (sum_{k in b} e4m3(x8) * s_x[k/128] * fp4(w)) * 2^(S[b] - 127).
@@ -150,7 +150,8 @@ void run_case(const W4a8Case& c, Rng& rng) {
     p.k = k;
     p.tensor_cores = kernel != Kernel::kCudaCores;
     p.max_rows = total + 3;  // an upper bound, not the exact count
-    if (kernel == Kernel::kTile) {
+    p.alu_weights = kernel == Kernel::kTileAlu;
+    if (kernel == Kernel::kTile || kernel == Kernel::kTileAlu) {
       cuda::fp4_grouped_gemm_mma(p);
     } else if (kernel == Kernel::kGemv) {
       cuda::fp4_grouped_gemv(p);
@@ -163,11 +164,11 @@ void run_case(const W4a8Case& c, Rng& rng) {
     }
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   };
-  // Outputs of the seven runs as floats (sentinel NaNs where nothing was written), and the bits of
+  // Outputs of the eight runs as floats (sentinel NaNs where nothing was written), and the bits of
   // the dispatched run and of the kernel it must have taken.
   const Kernel kernels[] = {Kernel::kTcDispatch, Kernel::kTile,    Kernel::kGemv,     Kernel::kCudaCores,
-                            Kernel::kWgmma,      Kernel::kWgmmaWs, Kernel::kWgmmaWs2};
-  constexpr int kRuns = 7;
+                            Kernel::kWgmma,      Kernel::kWgmmaWs, Kernel::kWgmmaWs2, Kernel::kTileAlu};
+  constexpr int kRuns = 8;
   std::vector<float> got[kRuns];
   std::vector<uint32_t> bits[kRuns];
   const size_t outn = size_t(std::max<int64_t>(total * n, 1));
@@ -195,6 +196,9 @@ void run_case(const W4a8Case& c, Rng& rng) {
   tag += " n" + std::to_string(n) + " k" + std::to_string(k) + (c.out_f32 ? " f32" : " bf16");
   EXPECT_TRUE(bits[0] == bits[gemv ? 2 : 1]) << tag << ": the dispatched run differs from the "
                                              << (gemv ? "GEMV" : "tile kernel");
+  // The tile kernel with the weights made f16 by integer ops multiplies the same products scaled by
+  // 2^-7 (exact) and promotes them with 2^7 more: bit for bit the tile kernel's.
+  EXPECT_TRUE(bits[7] == bits[1]) << tag << ": the tile kernel with integer weight decode differs from the tile kernel";
   // The warp-specialized wgmma kernel (both consumer variants) runs the same MMAs on the same
   // operands in the same order and the same promotions: bit for bit the wgmma kernel's.
   EXPECT_TRUE(bits[5] == bits[4]) << tag << ": the warp-specialized wgmma kernel differs from the wgmma kernel";
@@ -224,7 +228,7 @@ void run_case(const W4a8Case& c, Rng& rng) {
         const size_t o = size_t(r * n + j);
         if (!c.has_w[size_t(g)]) {
           untouched_bad += !std::isnan(got[1][o]) + !std::isnan(got[2][o]) + !std::isnan(got[4][o]) +
-                           !std::isnan(got[5][o]) + !std::isnan(got[6][o]);
+                           !std::isnan(got[5][o]) + !std::isnan(got[6][o]) + !std::isnan(got[7][o]);
           continue;
         }
         double acc = 0.0;
