@@ -17,7 +17,11 @@
 // (inputs 8t..8t+7) gives its A fragments without permutes (inputs 8t+0,1 | 8t+2,3 -> a0 | a2 of
 // the first k16 MMA, 8t+4,5 | 8t+6,7 of the second), and its one 32-bit word of packed weights,
 // re-encoded to e4m3 and put in input order by two byte permutes, the matching B fragments. The
-// products and their 32-block sums are unchanged.
+// products and their 32-block sums are unchanged. With Fp4GroupedGemmParams::alu_weights the weight
+// fragments come from a prmt table instead (e2m1x8_to_f16x2: code * 2^-13 as f16, integer ops
+// only, no conversion-unit instruction), every product 2^-7 of the other path's and the promotion
+// 2^7 more: the same bits, a different instruction mix (checked on the host for every code in every
+// slot; the op tests require bit equality).
 //
 // Pipeline: raw operands go to shared memory by cp.async, no registers in between: per k step of
 // 128 (one activation scale block) the e4m3 activations [BM][128], the packed weights [128][64
