@@ -145,6 +145,9 @@ struct LinearParams {
   bool accumulate = false;
   bool act_quant_fp8 = false;   // official: FP8 act quant of x per 128 inputs before the GEMM (§2.2)
   bool out_bf16 = false;        // official: round y to bf16
+  // x (F32) holds bf16 values (the official mode's normed sublayer input): a GEMM of x as bf16 is
+  // exact, so a backend that splits fp32 x into bf16 hi + lo parts may skip the (zero) lo part.
+  bool x_bf16_exact = false;
 };
 
 // Block-diagonal grouped projection (spec §5.7): y[:, g] = x[:, g] @ w_g^T for g in [g_begin, g_end),

@@ -186,6 +186,7 @@ IndexerQueries indexer_queries(const BlockContext& ctx, const LayerWeights& w, c
   p.w = aw.indexer.weights_proj;
   p.y = iq.weights.view;
   p.out_bf16 = ctx.official;
+  p.x_bf16_exact = ctx.official;  // the normed sublayer input
   ctx.backend.linear(p);
   return iq;
 }

@@ -4,7 +4,9 @@
 
 namespace v4rt::model::attn {
 
-// An FP8-weight projection (act quant + bf16 output in the official mode) or an fp32 one.
+// An FP8-weight projection (act quant + bf16 output in the official mode) or an fp32 one. The fp32
+// ones (the compressors' wkv / wgate) take the sublayer's normed input, bf16 values in the
+// official mode (x_bf16_exact).
 void project(const BlockContext& ctx, const TensorView& x, const WeightView& w, const TensorView& y, bool fp8_path) {
   kernels::LinearParams p;
   p.x = x;
@@ -12,6 +14,7 @@ void project(const BlockContext& ctx, const TensorView& x, const WeightView& w, 
   p.y = y;
   p.act_quant_fp8 = ctx.official && fp8_path;
   p.out_bf16 = ctx.official && fp8_path;
+  p.x_bf16_exact = ctx.official && !fp8_path;
   ctx.backend.linear(p);
 }
 

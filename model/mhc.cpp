@@ -73,6 +73,7 @@ Scratch lm_head(const BlockContext& ctx, const HcWeights& hc_head, const WeightV
   lp.x = y.view;
   lp.w = head;
   lp.y = lg.view;
+  lp.x_bf16_exact = ctx.official;  // rounded to bf16 by the norm above
   ctx.backend.linear(lp);
   return lg;
 }

@@ -503,8 +503,9 @@ void CudaBackend::linear_dense(const LinearParams& p) {
   g.n = n;
   g.k = k;
   g.stream = stream_.get();
-  if (w_bf16 && !x.bf16 && options_.reference == ReferencePrecision::kBf16Split) {
-    // fp32 x as hi + lo bf16 rows of one GEMM (weights read once), summed in fp32.
+  if (w_bf16 && !x.bf16 && options_.reference == ReferencePrecision::kBf16Split && !p.x_bf16_exact) {
+    // fp32 x as hi + lo bf16 rows of one GEMM (weights read once), summed in fp32. With
+    // x_bf16_exact the lo rows are zero: x converted (exactly) and one GEMM of m rows below.
     auto* x2 = static_cast<uint16_t*>(scratch(kSlotTmp2, size_t(2 * m * k) * 2));
     launch_split_bf16(x, x2, m, k, stream_.get());
     g.x = x2;
