@@ -23,15 +23,15 @@ tst() { timeout $2 $T --gtest_filter="$1" > $OUT/t.txt 2>&1; echo "== $1 rc $?";
 tst 'CudaAttentionTc.Decode*:CudaOps.SparseAttention*:CudaIndexerFp8Decode.*:CudaOps.IndexerScores*:CudaW4a8.DecodeSizedGroups:CudaW4a8Gemv.FlashDecodeShapes' 150; el tests1
 P="$B/tests/cuda/bench_step bench"
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
-timeout 90 $P step $S > $OUT/step_default.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|total .op" $OUT/step_default.txt; el step
+timeout 90 $P step $S > $OUT/step_default.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|129280|total .op" $OUT/step_default.txt; el step
 timeout 90 $P step $S --config scripts/device/decode_tc.yaml > $OUT/step_tc.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores" $OUT/step_tc.txt; el step_tc
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $OUT/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $OUT/step_graphs.txt; el graphs
 timeout 150 $B/tests/cuda/bench_cuda - fp4 > $OUT/bench_fp4.txt 2>&1; echo "bench_cuda fp4 rc $?"
 grep -E "device|decode T=(1|16|64|256) |GB/s = " $OUT/bench_fp4.txt | head -60; el bench_fp4
-NCU_PARTS=step BUILD=$B OUT=$OUT NCU_TIMEOUT=100 timeout 210 bash scripts/device/ncu_decode.sh; el ncu_step
 BUILD=$B TARGETS="test_gpu_golden test_cuda_graphs" JOBS=${JOBS:-16} timeout 200 bash scripts/device/run.sh none > $OUT/build2.txt 2>&1; tail -1 $OUT/build2.txt
 source scripts/device/devdeps.sh
 timeout 100 $B/tests/cuda/test_gpu_golden > $OUT/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $OUT/golden.txt; el golden
+NCU_PARTS=step BUILD=$B OUT=$OUT NCU_TIMEOUT=80 timeout 170 bash scripts/device/ncu_decode.sh; el ncu_step
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $OUT/p8_none.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|total" $OUT/p8_none.txt; el prefill
 tst 'CudaAttentionTc.Prefill*:CudaW4a8*:CudaMoe.*:-CudaW4a8Wgmma.PrefillShapes' 120; el tests2
