@@ -4,8 +4,9 @@
 #                                        when npm cannot install it), the .cjs scripts copied there
 #   e2e_config <file> [parallel line]    a runtime YAML for the tiny model (test hook on)
 #   e2e_start <np> <config> <tag>        starts the server (np > 1: under mpirun) with the extra
-#                                        arguments of $E2E_SERVE_ARGS; sets SERVER_PID (the
-#                                        launcher), SERVER_PORT, BASE_URL; logs in <work>/<tag>.*
+#                                        arguments of $E2E_SERVE_ARGS and waits until /health is
+#                                        200 (the model loaded); sets SERVER_PID (the launcher),
+#                                        SERVER_PORT, BASE_URL; logs in <work>/<tag>.*
 #   e2e_stop                             SIGTERM to the server (under mpirun: to rank 0 alone, which
 #                                        must end the whole job), waits at most 15 s, then SIGKILL;
 #                                        returns the exit status
@@ -73,6 +74,14 @@ e2e_start() {
   [ -f "$WORK/$tag.port" ] || { echo "server did not start"; cat "$WORK/$tag.err"; return 1; }
   SERVER_PORT=$(cat "$WORK/$tag.port")
   BASE_URL="http://127.0.0.1:$SERVER_PORT"
+  # The port is bound before the model loads and /health answers 503 until every rank has loaded:
+  # clients start only after a 200 (a request sent earlier gets "503 the model is loading").
+  for _ in $(seq 1 1200); do
+    [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$BASE_URL/health" || true)" = 200 ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited while loading"; cat "$WORK/$tag.err"; return 1; }
+    sleep 0.1
+  done
+  echo "server not healthy after 120 s"; tail -20 "$WORK/$tag.err"; return 1
 }
 
 e2e_stop() {
