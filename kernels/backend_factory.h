@@ -41,13 +41,13 @@ struct BackendOptions {
   bool cuda_expert_wgmma = true;
   // "cuda" only (debug.cuda_expert_wgmma_ws): the same GEMMs on the warp-specialized FP8 wgmma
   // kernel, taken before the one above.
-  bool cuda_expert_wgmma_ws = false;
+  bool cuda_expert_wgmma_ws = true;
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads on bf16
   // wgmma instead of the mma.sync tensor-core kernel.
   bool cuda_attention_wgmma = false;
   // "cuda" only (debug.cuda_decode_tc): decode-sized sparse attention on the tensor-core kernel
-  // (candidate splits) and decode-batch indexer scores on FP8 wgmma. Off until run on a GPU.
-  bool cuda_decode_tc = false;
+  // (candidate splits) and decode-batch indexer scores on FP8 wgmma.
+  bool cuda_decode_tc = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.

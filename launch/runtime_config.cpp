@@ -249,11 +249,11 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_expert_wgmma", "CUDA: prefill-sized routed-expert GEMMs (a mean of 96+ rows per expert) on FP8 wgmma "
                             "instead of the mma.sync W4A8 tile kernel (default true)"},
       {"cuda_expert_wgmma_ws", "CUDA: the same GEMMs on the warp-specialized FP8 wgmma kernel (producer warpgroup "
-                               "copies and decodes the weights), taken before cuda_expert_wgmma's (default false)"},
+                               "copies and decodes the weights), taken before cuda_expert_wgmma's (default true)"},
       {"cuda_attention_wgmma", "CUDA: prefill sparse attention of 512-dim heads on bf16 wgmma instead of the mma.sync "
                                "tensor-core kernel (default false; needs cuda_attention_tc)"},
       {"cuda_decode_tc", "CUDA: decode-sized sparse attention on the bf16 tensor-core kernel split over the candidates, "
-                         "and decode batches' indexer scores of compact FP4 keys on FP8 wgmma (default false; needs "
+                         "and decode batches' indexer scores of compact FP4 keys on FP8 wgmma (default true; needs "
                          "cuda_attention_tc / cuda_indexer_fp8)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
       {"log_dir", "per-rank log files in this directory instead of stderr only"},

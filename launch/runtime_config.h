@@ -64,9 +64,9 @@ struct DebugConfig {
   bool cuda_indexer_tc = true;           // CUDA: prefill indexer scores on tensor cores
   bool cuda_indexer_fp8 = true;          // CUDA: ... of compact keys on FP8 wgmma (false: bf16, bit-exact)
   bool cuda_expert_wgmma = true;         // CUDA: prefill-sized expert GEMMs on FP8 wgmma
-  bool cuda_expert_wgmma_ws = false;     // CUDA: ... on the warp-specialized FP8 wgmma kernel
+  bool cuda_expert_wgmma_ws = true;      // CUDA: ... on the warp-specialized FP8 wgmma kernel
   bool cuda_attention_wgmma = false;     // CUDA: prefill sparse attention (512-dim heads) on bf16 wgmma
-  bool cuda_decode_tc = false;           // CUDA: decode attention / indexer of a batch on tensor cores
+  bool cuda_decode_tc = true;            // CUDA: decode attention / indexer of a batch on tensor cores
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
   std::string log_dir;         // per-rank log files (empty: stderr)
   // TEST HOOK for end-to-end tests only: lets a request carry `test_hook_forced_output`, a text

@@ -12,8 +12,8 @@
 // 64 heads of a query on bf16 tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores,
 // debug.cuda_attention_tc), or for head_dim 512 sparse_attention_wgmma_kernel (attention_wgmma.cu,
 // the same numerics on bf16 wgmma; CudaBackendOptions::attention_wgmma, debug.cuda_attention_wgmma);
-// with CudaBackendOptions::decode_tensor_cores (debug.cuda_decode_tc) decode shapes take it too,
-// split over the candidates when the tokens do not fill the SMs (tc_splits). Otherwise
+// with CudaBackendOptions::decode_tensor_cores (debug.cuda_decode_tc, on by default) decode shapes
+// take it too, split over the candidates when the tokens do not fill the SMs (tc_splits). Otherwise
 // decode-sized calls (few tokens x heads, or a decode batch) take sparse_attention_mqa_kernel: 32
 // heads per block share each staged tile (CudaBackendOptions::attention_per_warp,
 // debug.cuda_attention_per_warp in the runtime YAML, forces the per-warp kernel there instead, for

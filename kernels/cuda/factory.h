@@ -49,16 +49,19 @@ struct CudaBackendOptions {
   // only (the tensor cores' FP8 sums keep fewer bits than fp32; far below a bf16 rounding).
   bool expert_wgmma = true;
   // The same GEMMs on the warp-specialized FP8 wgmma kernel (fp4_gemm_wgmma_ws.cu;
-  // debug.cuda_expert_wgmma_ws), taken before the one above; same numerics and outputs.
-  bool expert_wgmma_ws = false;
+  // debug.cuda_expert_wgmma_ws), taken before the one above; the same bits (H100, 8K prefill: the
+  // experts 26.7 -> 24.2 ms, docs/PERFORMANCE.md).
+  bool expert_wgmma_ws = true;
   // Prefill sparse attention of 512-dim heads on bf16 wgmma (attention_wgmma.cu;
   // debug.cuda_attention_wgmma) instead of the mma.sync tensor-core kernel; needs
-  // attention_tensor_cores. Off by default until measured.
+  // attention_tensor_cores. Off: measured slower than the mma.sync kernel (H100, 8K prefill: 19.4
+  // against 12.6 ms, docs/PERFORMANCE.md).
   bool attention_wgmma = false;
   // Decode-sized sparse attention on the tensor-core kernel split over the candidates, and decode
   // batches' indexer scores of compact FP4 keys on FP8 wgmma (indexer_fp8_decode.cu), instead of
-  // the split multi-query and CUDA-core kernels (debug.cuda_decode_tc). Off until run on a GPU.
-  bool decode_tensor_cores = false;
+  // the split multi-query and CUDA-core kernels (debug.cuda_decode_tc). H100, batch 256: attention
+  // 3.59 -> 0.75 ms, indexer 0.65 -> 0.16 ms per two-layer step (docs/PERFORMANCE.md).
+  bool decode_tensor_cores = true;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention on the per-warp kernel where it would take the split multi-query one (or,

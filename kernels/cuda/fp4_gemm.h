@@ -50,11 +50,6 @@ struct Fp4GroupedGemmParams {
   // (fp4_gemm_wgmma_ws.cu; producer warpgroup copies and decodes, two consumer warpgroups
   // multiply), taken before the wgmma one.
   bool wgmma_ws = false;
-  // With tensor_cores, the mma.sync tile kernel: weights to f16 by integer ops (table lookup by
-  // prmt, code * 2^-13) instead of e4m3 bytes through the conversion unit (code * 2^-6); the same
-  // products scaled by 2^-7 and promoted with 2^7 more, so the same bits (an A/B switch of the
-  // decode kernel's instruction mix; valid for ue8m0 weight scales <= 241).
-  bool alu_weights = false;
   cudaStream_t stream = nullptr;
 };
 
@@ -81,13 +76,6 @@ inline constexpr int kFp4WgmmaRowsPerTile = 128;
 // The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
 // rows go in passes of 8, each pass reading the expert's weights again.
 void fp4_grouped_gemv(const Fp4GroupedGemmParams& p);
-// The decode GEMV on FP8 wgmma (fp4_gemv_wgmma.cu): the weights as the M = 64 side from registers
-// (e4m3, no f16 conversion), passes of 8 or 16 rows of one expert as N, one wgmma per 32-block
-// promoted in fp32 as the tile kernel does; bf16 outputs only (the tensor cores' FP8 block sums keep
-// fewer bits than the mma.sync kernels' exact ones). Not dispatched yet: tests and bench_cuda.
-void fp4_grouped_gemv_wgmma(const Fp4GroupedGemmParams& p);
-// Its rows per pass (8 up to a mean of 4 rows per group, else 16).
-int fp4_gemv_wgmma_rows_per_pass(int64_t max_rows, int64_t num_groups);
 // The largest mean rows per group (rounded up, as fp4_tc_rows_per_tile) that takes the GEMV; the
 // reasons are at fp4_tc_use_gemv in fp4_gemv.cu.
 inline constexpr int kFp4GemvMaxMeanRows = 4;

@@ -17,11 +17,7 @@
 // (inputs 8t..8t+7) gives its A fragments without permutes (inputs 8t+0,1 | 8t+2,3 -> a0 | a2 of
 // the first k16 MMA, 8t+4,5 | 8t+6,7 of the second), and its one 32-bit word of packed weights,
 // re-encoded to e4m3 and put in input order by two byte permutes, the matching B fragments. The
-// products and their 32-block sums are unchanged. With Fp4GroupedGemmParams::alu_weights the weight
-// fragments come from a prmt table instead (e2m1x8_to_f16x2: code * 2^-13 as f16, integer ops
-// only, no conversion-unit instruction), every product 2^-7 of the other path's and the promotion
-// 2^7 more: the same bits, a different instruction mix (checked on the host for every code in every
-// slot; the op tests require bit equality).
+// products and their 32-block sums are unchanged.
 //
 // Pipeline: raw operands go to shared memory by cp.async, no registers in between: per k step of
 // 128 (one activation scale block) the e4m3 activations [BM][128], the packed weights [128][64
@@ -123,7 +119,7 @@ static_assert(tc_smem_bytes<128>() == 126976 && tc_smem_bytes<64>() == 84992 && 
                   tc_smem_bytes<16>() == 53504,
               "the header comment lists these sizes");
 
-template <int BM, bool kAluWeights>
+template <int BM>
 __global__ void __launch_bounds__(tc_threads<BM>(), TcShape<BM>::kMinBlocks)
     fp4_grouped_gemm_tc_kernel(Fp4GroupedGemmParams p, const int32_t* tile_start) {
   constexpr int kStages = TcShape<BM>::kStages;
@@ -232,9 +228,8 @@ __global__ void __launch_bounds__(tc_threads<BM>(), TcShape<BM>::kMinBlocks)
 #pragma unroll
     for (int ni = 0; ni < kNI; ++ni) {
       const uint2 v = *reinterpret_cast<const uint2*>(&st.ws[wn + ni * 8 + tig * 2]);
-      constexpr uint32_t kShift = kAluWeights ? 0x0d0d0d0du : 0x06060606u;  // 2^6 or 2^13 back
-      sw[ni][0] = __vadd4(v.x, kShift);
-      sw[ni][1] = __vadd4(v.y, kShift);
+      sw[ni][0] = __vadd4(v.x, 0x06060606u);
+      sw[ni][1] = __vadd4(v.y, 0x06060606u);
     }
 #pragma unroll
     for (int kk = 0; kk < kBK / 32; ++kk) {
@@ -244,18 +239,9 @@ __global__ void __launch_bounds__(tc_threads<BM>(), TcShape<BM>::kMinBlocks)
 #pragma unroll
       for (int ni = 0; ni < kNI; ++ni) {
         const uint32_t packed = *reinterpret_cast<const uint32_t*>(&st.b[wn + ni * 8 + gid][kk * 16 + tig * 4]);
-        if constexpr (kAluWeights) {
-          uint32_t h[4];
-          e2m1x8_to_f16x2(packed, h);
-          bf[ni][0][0] = h[0];
-          bf[ni][0][1] = h[1];
-          bf[ni][1][0] = h[2];
-          bf[ni][1][1] = h[3];
-        } else {
-          const uint32_t ev = e2m1_lo_to_e4m3(packed), od = e2m1_hi_to_e4m3(packed);  // inputs 8t + 2i, 8t + 2i + 1
-          e4m3x4_to_f16x2(__byte_perm(ev, od, 0x5140), bf[ni][0][0], bf[ni][0][1]);  // inputs 8t + 0, 1 | 2, 3
-          e4m3x4_to_f16x2(__byte_perm(ev, od, 0x7362), bf[ni][1][0], bf[ni][1][1]);  // inputs 8t + 4, 5 | 6, 7
-        }
+        const uint32_t ev = e2m1_lo_to_e4m3(packed), od = e2m1_hi_to_e4m3(packed);  // inputs 8t + 2i, 8t + 2i + 1
+        e4m3x4_to_f16x2(__byte_perm(ev, od, 0x5140), bf[ni][0][0], bf[ni][0][1]);  // inputs 8t + 0, 1 | 2, 3
+        e4m3x4_to_f16x2(__byte_perm(ev, od, 0x7362), bf[ni][1][0], bf[ni][1][1]);  // inputs 8t + 4, 5 | 6, 7
       }
       float s0[kNI], s1[kNI];
 #pragma unroll
@@ -311,16 +297,15 @@ void launch_tc(const Fp4GroupedGemmParams& p) {
   constexpr size_t smem = tc_smem_bytes<BM>();
   // Once per device: above 48 KB of dynamic shared memory, and the whole carveout as shared memory
   // so kMinBlocks blocks fit.
-  static std::atomic<uint64_t> attr_set[2];
-  const auto kernel = p.alu_weights ? fp4_grouped_gemm_tc_kernel<BM, true> : fp4_grouped_gemm_tc_kernel<BM, false>;
-  set_smem_once(kernel, smem, true, &attr_set[p.alu_weights]);
+  static std::atomic<uint64_t> attr_set{0};
+  set_smem_once(fp4_grouped_gemm_tc_kernel<BM>, smem, true, &attr_set);
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
   fp4_tile_map_kernel<BM><<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_tc tile map", p.stream);
   const int64_t n_tiles = ceil_div(p.n, kBN);
   CHECK_LE(n_tiles, kMaxGridYZ) << "fp4 grouped gemm (tensor cores): n=" << p.n;
   const dim3 grid(grid_x(grouped_tile_bound(p.max_rows, p.num_groups, BM), "fp4_grouped_gemm_tc"), unsigned(n_tiles));
-  kernel<<<grid, tc_threads<BM>(), smem, p.stream>>>(p, tile_start);
+  fp4_grouped_gemm_tc_kernel<BM><<<grid, tc_threads<BM>(), smem, p.stream>>>(p, tile_start);
   launch_check("fp4_grouped_gemm_tc", p.stream);
   stream_free(tile_start, p.stream);
 }

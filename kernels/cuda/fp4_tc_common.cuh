@@ -49,25 +49,6 @@ __device__ __forceinline__ void e4m3x4_to_f16x2(uint32_t v, uint32_t& lo, uint32
       : "r"(v));
 }
 
-// Eight e2m1 codes (one word, code j in bits 4j..4j+3) -> four f16x2 of code * 2^-13 by integer
-// ops only (no conversion unit): out[i] = codes 2i (low half) and 2i + 1 (high half), the order of
-// e4m3x4_to_f16x2 on the interleaved e2m1_lo/hi_to_e4m3 words. The f16 values have a zero low
-// byte; their high bytes come from an 8-entry table indexed by prmt with the codes' magnitude bits
-// (four codes per prmt), the sign bits or-ed to bit 7. Exact, and never subnormal: the smallest
-// magnitude, 0.5 * 2^-13, is f16's smallest normal 2^-14.
-__device__ __forceinline__ void e2m1x8_to_f16x2(uint32_t u, uint32_t (&out)[4]) {
-  constexpr uint32_t kLo = 0x0A080400u;  // f16 high bytes of {0, 0.5, 1, 1.5} * 2^-13
-  constexpr uint32_t kHi = 0x12100E0Cu;  // and of {2, 3, 4, 6} * 2^-13
-  const uint32_t m0 = __byte_perm(kLo, kHi, u & 0x7777u);          // codes 0..3 (selector bit 3 clear)
-  const uint32_t m1 = __byte_perm(kLo, kHi, (u >> 16) & 0x7777u);  // codes 4..7
-  const uint32_t ev = (u << 4) & 0x80808080u, od = u & 0x80808080u;  // signs of even / odd codes
-  const uint32_t h0 = m0 | __byte_perm(ev, od, 0x5140), h1 = m1 | __byte_perm(ev, od, 0x7362);
-  out[0] = __byte_perm(h0, 0u, 0x1404);  // [0, code 0, 0, code 1]
-  out[1] = __byte_perm(h0, 0u, 0x3424);
-  out[2] = __byte_perm(h1, 0u, 0x1404);
-  out[3] = __byte_perm(h1, 0u, 0x3424);
-}
-
 // d = a0 b0 + a1 b1 (m16n8k16 f16 x f16 -> f32 twice, from zero): one 32-block.
 __device__ __forceinline__ void mma_f16_k32(float (&d)[4], const uint32_t (&a0)[4], const uint32_t (&b0)[2],
                                             const uint32_t (&a1)[4], const uint32_t (&b1)[2]) {

@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: MIT
 // FP8 wgmma building blocks (sm_90a) shared by the kernels that multiply on them (indexer_fp8.cu,
-// indexer_fp8_decode.cu, fp4_gemm_wgmma.cu, fp4_gemv_wgmma.cu). Shared-memory operands are K-major
-// in the no-swizzle core-matrix layout: 8 rows x 16 bytes contiguous (128 B); along K the next core
-// matrix at +128 B (leading byte offset), the next 8 rows at +8 dim B (stride byte offset), dim =
-// bytes per row.
+// indexer_fp8_decode.cu, fp4_gemm_wgmma.cu). Shared-memory operands are K-major in the no-swizzle
+// core-matrix layout: 8 rows x 16 bytes contiguous (128 B); along K the next core matrix at +128 B
+// (leading byte offset), the next 8 rows at +8 dim B (stride byte offset), dim = bytes per row.
 // Accumulator of wgmma m64nN: thread (warp w of the warpgroup, lane l) holds rows 16 w + l / 4 and
 // + 8, columns 8 i + 2 (l % 4) + {0, 1}: d[4i+0] = (row, col), d[4i+1] = (row, col+1), d[4i+2] =
 // (row+8, col), d[4i+3] = (row+8, col+1).
@@ -69,36 +68,6 @@ __device__ __forceinline__ void wgmma_m64n64k32(float (&d)[32], uint64_t da, uin
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(da), "l"(db), "r"(accumulate));
-}
-
-// d (+)= A[64 x 32] B[N x 32]^T, e4m3 x e4m3 -> f32, A from registers (N = 8 or 16; each warp's
-// 16 rows x 32 k as mma.m16n8k32's A: a[0] row l / 4, k 4 (l % 4) + 0..3; a[1] row + 8, same k;
-// a[2] / a[3] the same rows, k + 16), B K-major in shared memory; accumulate = 0 overwrites d.
-// The registers of `a` must stay unchanged until the wgmma has completed (wgmma_wait0).
-template <int N>
-__device__ __forceinline__ void wgmma_m64nNk32_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db,
-                                                  int accumulate) {
-  static_assert(N == 8 || N == 16, "N = 8 or 16");
-  if constexpr (N == 8) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-  } else {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7}, "
-        "{%8, %9, %10, %11}, %12, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-  }
-}
-
-// Keeps the compiler from reusing A registers before the asynchronous MMA that reads them is done.
-__device__ __forceinline__ void fence_regs(uint32_t (&r)[4]) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
 
 // --- bf16 forms (attention_wgmma.cu): a k16 step spans 32 bytes of a row, two core matrices along

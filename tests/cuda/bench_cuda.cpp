@@ -216,20 +216,11 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
         report("fp4 cuda cores " + shape, us, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         const double us_tile = time_us([&] { rotate(p); fp4_grouped_gemm_mma(p); }, s);
         report("fp4 tc tile " + shape, us_tile, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
-        // The same kernel with the weights made f16 by integer ops (Fp4GroupedGemmParams::alu_weights).
-        p.alu_weights = true;
-        const double us_alu = time_us([&] { rotate(p); fp4_grouped_gemm_mma(p); }, s);
-        p.alu_weights = false;
-        report("fp4 tc tile alu " + shape, us_alu, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         const double us_gemv = time_us([&] { rotate(p); fp4_grouped_gemv(p); }, s);
         report("fp4 tc gemv " + shape, us_gemv, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
-        const double us_gvwg = time_us([&] { rotate(p); fp4_grouped_gemv_wgmma(p); }, s);
-        report("fp4 wgmma gemv " + shape, us_gvwg, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         if (g_hbm_nominal > 0) {
-          std::printf("  %s: tile %.0f GB/s (integer weight decode %.0f), wgmma gemv %.0f GB/s, gemv %.0f GB/s = %.1f%% "
-                      "of the nominal %.2f TB/s; dispatch takes the %s\n",
-                      shape.c_str(), bytes / us_tile * 1e-3, bytes / us_alu * 1e-3, bytes / us_gvwg * 1e-3,
-                      bytes / us_gemv * 1e-3,
+          std::printf("  %s: tile %.0f GB/s, gemv %.0f GB/s = %.1f%% of the nominal %.2f TB/s; dispatch takes the %s\n",
+                      shape.c_str(), bytes / us_tile * 1e-3, bytes / us_gemv * 1e-3,
                       100.0 * bytes / (us_gemv * 1e-6) / g_hbm_nominal, g_hbm_nominal * 1e-12,
                       fp4_tc_use_gemv(rows, num_experts) ? "gemv" : "tile kernel");
         }

@@ -26,6 +26,10 @@ namespace v4rt::kernels::cuda_test {
 namespace {
 
 const Tolerance kBf16Tol{1e-2, 1e-2, 1e-4};  // one bf16 rounding of the output
+// Decode splits against the CPU's one pass: each split rounds its P to bf16 against its own running
+// max, so a single output can move by a few bf16 ulps of the small values (on an H100, 2026-12-06:
+// one of 32,768 outputs 6.7e-4 off at rms 4.1e-2, nmse 5.5e-6); the nmse bound is unchanged.
+const Tolerance kSplitTol{1e-2, 2e-2, 1e-4};
 const Tolerance kLseTol{1e-5, 1e-5, 1e-9};
 
 enum class Comp { kNone, kBf16, kF32, kFp8, kFp8Paged };
@@ -92,7 +96,8 @@ std::vector<int32_t> make_lists(const TcCase& c, Rng& rng) {
   return list;
 }
 
-void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_core, Backend& wgmma) {
+void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_core, Backend& wgmma,
+                 const Tolerance& cpu_tol) {
   SCOPED_TRACE(c.name);
   const int64_t win_rows = c.pos0 + c.n - c.win_pos0;
   Dual q = make_dual({c.n, c.heads, c.dim}, rng.normals(int64_t(c.n) * c.heads * c.dim, 0.3f), c.rows);
@@ -140,7 +145,7 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_c
   std::printf("[compare] attention tc %s: %lld of %zu outputs differ in bits from the CUDA-core kernel\n", c.name,
               static_cast<long long>(differ), tc.size());
   const std::string name = std::string("attention tc ") + c.name;
-  EXPECT_TRUE(compare(name + " vs cpu", tc, out_tc.cpu_values(), kBf16Tol));
+  EXPECT_TRUE(compare(name + " vs cpu", tc, out_tc.cpu_values(), cpu_tol));
   EXPECT_TRUE(compare(name + " vs cuda-core", tc, cc, kBf16Tol));
   EXPECT_TRUE(compare(name + " lse vs cpu", lse_tc.gpu_values(), lse_tc.cpu_values(), kLseTol));
   EXPECT_TRUE(compare(name + " lse vs cuda-core", lse_tc.gpu_values(), lse_cc.gpu_values(), kLseTol));
@@ -155,7 +160,7 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_c
   std::printf("[compare] attention wgmma %s: %lld of %zu outputs differ in bits from the mma.sync kernel\n", c.name,
               static_cast<long long>(differ_wg), wg.size());
   const std::string wname = std::string("attention wgmma ") + c.name;
-  EXPECT_TRUE(compare(wname + " vs cpu", wg, out_tc.cpu_values(), kBf16Tol));
+  EXPECT_TRUE(compare(wname + " vs cpu", wg, out_tc.cpu_values(), cpu_tol));
   EXPECT_TRUE(compare(wname + " vs mma.sync", wg, tc, kBf16Tol));
   EXPECT_TRUE(compare(wname + " lse vs cpu", lse_wg.gpu_values(), lse_tc.cpu_values(), kLseTol));
 }
@@ -164,7 +169,7 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_c
 // CPU op, the CUDA-core kernels (attention_tensor_cores off) and, at head_dim 512, the wgmma kernel
 // (attention_wgmma on), from one seed.
 template <size_t N>
-void run_tc_cases(const TcCase (&cases)[N], uint64_t seed) {
+void run_tc_cases(const TcCase (&cases)[N], uint64_t seed, const Tolerance& cpu_tol = kBf16Tol) {
   Rng rng(seed);
   cuda::CudaBackendOptions tc_options;
   tc_options.decode_tensor_cores = true;
@@ -176,7 +181,7 @@ void run_tc_cases(const TcCase (&cases)[N], uint64_t seed) {
   wg_options.attention_wgmma = true;
   wg_options.decode_tensor_cores = true;
   auto wgmma = cuda::make_cuda_backend(0, wg_options);
-  for (const TcCase& c : cases) run_tc_case(c, rng, *tc, *cuda_core, *wgmma);
+  for (const TcCase& c : cases) run_tc_case(c, rng, *tc, *cuda_core, *wgmma, cpu_tol);
 }
 
 // Prefill-sized calls (enough query blocks to take the tensor-core kernel) of every row storage the
@@ -218,7 +223,7 @@ TEST(CudaAttentionTc, DecodeSplitsAgainstCudaCoreAndCpu) {
       {"decode 128 heads, 2 tokens", 2, 128, 512, 9000, 9000 - 127, 2500, 512, 0, DType::kF32, Comp::kFp8, 0, -1},
       {"decode 5 tokens d128", 5, 16, 128, 600, 600 - 127, 150, 100, 0, DType::kF32, Comp::kF32, 0, -1},
   };
-  run_tc_cases(cases, 37);
+  run_tc_cases(cases, 37, kSplitTol);
 }
 
 }  // namespace

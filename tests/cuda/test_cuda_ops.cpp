@@ -661,8 +661,11 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
 // SparseAttentionDecodeAndPrefill). Sequences cycle through: window rows only with a window not
 // yet full; a candidate list padded with -1 to the batch's longest (fewer candidates than top-k);
 // compact kFp8Rope entries with a list; every visible entry (comp_ratio). Window rows are views at
-// different offsets of one table. Batch sizes take the decode multi-query kernel with splits (1,
-// 3), the per-warp kernel (64; 300 without bf16 P) and the tensor-core kernel (300 with bf16 P).
+// different offsets of one table. Each batch runs twice: with the decode tensor-core kernels off
+// (batch sizes take the decode multi-query kernel with splits (1, 3), the per-warp kernel (64; 300
+// without bf16 P) and the tensor-core kernel (300 with bf16 P)) and on (the default: bf16 P on the
+// tensor-core kernel, split over the candidates for 1 and 3; each split rounds P against its own
+// running max, hence the wider absolute bound of test_cuda_attention_tc.cpp's split cases).
 TEST(CudaOps, SparseAttentionBatch) {
   V4RT_REQUIRE_GPU();
   Rng rng(23);
@@ -716,10 +719,18 @@ TEST(CudaOps, SparseAttentionBatch) {
     std::vector<SparseAttentionParams> parts;
     for (int i = 0; i < num_parts; ++i) cpu_backend().sparse_attention(part(i, false));
     for (int i = 0; i < num_parts; ++i) parts.push_back(part(i, true));
-    gpu_backend().sparse_attention_batch({parts.data(), int64_t(parts.size())});
-    const std::string name = "attention batch of " + std::to_string(num_parts) + (bf16_probs ? " bf16 P" : "");
-    EXPECT_TRUE(compare(name, out.gpu_values(), out.cpu_values(), kBf16Tol));
-    EXPECT_TRUE(compare(name + " lse", lse.gpu_values(), lse.cpu_values(), {1e-5, 1e-5, 1e-9}));
+    for (const bool decode_tc : {false, true}) {
+      cuda::CudaBackendOptions options;
+      options.decode_tensor_cores = decode_tc;
+      auto be = cuda::make_cuda_backend(0, options);
+      be->sparse_attention_batch({parts.data(), int64_t(parts.size())});
+      be->synchronize();
+      const std::string name = "attention batch of " + std::to_string(num_parts) + (bf16_probs ? " bf16 P" : "") +
+                               (decode_tc ? ", decode tensor cores" : "");
+      const Tolerance tol = decode_tc && bf16_probs ? Tolerance{1e-2, 2e-2, 1e-4} : kBf16Tol;
+      EXPECT_TRUE(compare(name, out.gpu_values(), out.cpu_values(), tol));
+      EXPECT_TRUE(compare(name + " lse", lse.gpu_values(), lse.cpu_values(), {1e-5, 1e-5, 1e-9}));
+    }
   }
 }
 

@@ -3,8 +3,7 @@
 // numerics and against the CUDA-core kernel on the same inputs. Every case runs both tensor-core
 // kernels forced (the tile kernel fp4_grouped_gemm_mma and the decode GEMV fp4_grouped_gemv),
 // compares them with each other, and checks that the dispatching entry (fp4_grouped_gemm_tc) gave
-// bit for bit the one fp4_tc_use_gemv picks; also the tile kernel with the integer weight decode
-// (bit for bit the tile kernel's), the FP8 wgmma kernels, and the FP8 wgmma GEMV (bf16 cases). Cases: experts with 0 and 1 rows, ragged groups,
+// bit for bit the one fp4_tc_use_gemv picks. Cases: experts with 0 and 1 rows, ragged groups,
 // groups without weights, row tiles and 8-row GEMV passes that end inside a group, channel counts
 // not a multiple of the 128-channel tile or the GEMV's 32 (odd ones too), k of one and of several
 // 128-steps (fewer than the pipeline stages, and not a multiple of them or of the GEMV's 4 warps),
@@ -75,7 +74,7 @@ struct W4a8Case {
 // The kernels run_case runs on every case: the tensor-core entry as dispatched (tile kernel or
 // GEMV by the mean rows per group), each of those two forced, the CUDA-core kernel and the FP8
 // wgmma kernel forced.
-enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs, kWgmmaWs2, kTileAlu, kGemvWgmma };
+enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs, kWgmmaWs2 };
 
 // Host fp64 reference of one output: bf16/fp32 of sum over 32-blocks b of
 // (sum_{k in b} e4m3(x8) * s_x[k/128] * fp4(w)) * 2^(S[b] - 127).
@@ -151,13 +150,10 @@ void run_case(const W4a8Case& c, Rng& rng) {
     p.k = k;
     p.tensor_cores = kernel != Kernel::kCudaCores;
     p.max_rows = total + 3;  // an upper bound, not the exact count
-    p.alu_weights = kernel == Kernel::kTileAlu;
-    if (kernel == Kernel::kTile || kernel == Kernel::kTileAlu) {
+    if (kernel == Kernel::kTile) {
       cuda::fp4_grouped_gemm_mma(p);
     } else if (kernel == Kernel::kGemv) {
       cuda::fp4_grouped_gemv(p);
-    } else if (kernel == Kernel::kGemvWgmma) {
-      cuda::fp4_grouped_gemv_wgmma(p);
     } else if (kernel == Kernel::kWgmma) {
       cuda::fp4_grouped_gemm_wgmma(p);
     } else if (kernel == Kernel::kWgmmaWs || kernel == Kernel::kWgmmaWs2) {
@@ -167,17 +163,15 @@ void run_case(const W4a8Case& c, Rng& rng) {
     }
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   };
-  // Outputs of the nine runs (the wgmma GEMV's: bf16 cases only) as floats (sentinel NaNs where nothing was written), and the bits of
+  // Outputs of the seven runs as floats (sentinel NaNs where nothing was written), and the bits of
   // the dispatched run and of the kernel it must have taken.
   const Kernel kernels[] = {Kernel::kTcDispatch, Kernel::kTile,    Kernel::kGemv,     Kernel::kCudaCores,
-                            Kernel::kWgmma,      Kernel::kWgmmaWs, Kernel::kWgmmaWs2, Kernel::kTileAlu,
-                            Kernel::kGemvWgmma};
-  constexpr int kRuns = 9;
+                            Kernel::kWgmma,      Kernel::kWgmmaWs, Kernel::kWgmmaWs2};
+  constexpr int kRuns = 7;
   std::vector<float> got[kRuns];
   std::vector<uint32_t> bits[kRuns];
   const size_t outn = size_t(std::max<int64_t>(total * n, 1));
   for (int i = 0; i < kRuns; ++i) {
-    if (c.out_f32 && kernels[i] == Kernel::kGemvWgmma) continue;  // bf16 outputs only
     if (c.out_f32) {
       Dev<float> o(outn);
       run(kernels[i], &o);
@@ -201,16 +195,13 @@ void run_case(const W4a8Case& c, Rng& rng) {
   tag += " n" + std::to_string(n) + " k" + std::to_string(k) + (c.out_f32 ? " f32" : " bf16");
   EXPECT_TRUE(bits[0] == bits[gemv ? 2 : 1]) << tag << ": the dispatched run differs from the "
                                              << (gemv ? "GEMV" : "tile kernel");
-  // The tile kernel with the weights made f16 by integer ops multiplies the same products scaled by
-  // 2^-7 (exact) and promotes them with 2^7 more: bit for bit the tile kernel's.
-  EXPECT_TRUE(bits[7] == bits[1]) << tag << ": the tile kernel with integer weight decode differs from the tile kernel";
   // The warp-specialized wgmma kernel (both consumer variants) runs the same MMAs on the same
   // operands in the same order and the same promotions: bit for bit the wgmma kernel's.
   EXPECT_TRUE(bits[5] == bits[4]) << tag << ": the warp-specialized wgmma kernel differs from the wgmma kernel";
   EXPECT_TRUE(bits[6] == bits[4]) << tag << ": the warp-specialized wgmma kernel (two products) differs from "
                                   << "the wgmma kernel";
   // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
-  std::vector<float> ref, tile, gv, cc, wg, wgws, wgws2, gvwg;
+  std::vector<float> ref, tile, gv, cc, wg, wgws, wgws2;
   int64_t untouched_bad = 0;
   for (int g = 0; g < groups; ++g) {
     if (c.rows[size_t(g)] == 0) continue;
@@ -233,8 +224,7 @@ void run_case(const W4a8Case& c, Rng& rng) {
         const size_t o = size_t(r * n + j);
         if (!c.has_w[size_t(g)]) {
           untouched_bad += !std::isnan(got[1][o]) + !std::isnan(got[2][o]) + !std::isnan(got[4][o]) +
-                           !std::isnan(got[5][o]) + !std::isnan(got[6][o]) + !std::isnan(got[7][o]) +
-                           (c.out_f32 ? 0 : !std::isnan(got[8][o]));
+                           !std::isnan(got[5][o]) + !std::isnan(got[6][o]);
           continue;
         }
         double acc = 0.0;
@@ -250,7 +240,6 @@ void run_case(const W4a8Case& c, Rng& rng) {
         wg.push_back(got[4][o]);
         wgws.push_back(got[5][o]);
         wgws2.push_back(got[6][o]);
-        if (!c.out_f32) gvwg.push_back(got[8][o]);
       }
     }
   }
@@ -274,10 +263,6 @@ void run_case(const W4a8Case& c, Rng& rng) {
   EXPECT_TRUE(compare(tag + " wgmma ws vs fp64", wgws, ref, wg_tol));
   EXPECT_TRUE(compare(tag + " wgmma ws vs tile kernel", wgws, tile, wg_tol));
   EXPECT_TRUE(compare(tag + " wgmma ws2 vs fp64", wgws2, ref, wg_tol));
-  if (!c.out_f32) {  // the FP8 wgmma GEMV (bf16 outputs only; block sums of the tensor cores' FP8 adder)
-    EXPECT_TRUE(compare(tag + " wgmma gemv vs fp64", gvwg, ref, tol));
-    EXPECT_TRUE(compare(tag + " wgmma gemv vs tile kernel", gvwg, tile, tol));
-  }
   if (c.wide_scales) {  // the e4m3 re-encode rounds the small blocks: how far that moves the result
     double max_err = 0.0, max_ref = 0.0;
     for (size_t i = 0; i < ref.size(); ++i) {
