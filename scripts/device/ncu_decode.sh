@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 # Hardware counters of the decode step (Nsight Compute, clocks left alone), Flash 2-layer slice at
 # 8K context, `bench step` built (bench_step):
-#   1. every kernel of the 3 timed steps (`bench step` marks them: --profile-from-start off) at batch 1 and at batch 256: duration, DRAM and SM
-#      throughput (% of peak), as CSV ($OUT/ncu_step_b<batch>.csv) and summed per kernel name;
+#   1. every kernel of the timed steps (`bench step` marks them: --profile-from-start off) at batch
+#      1 and at batch 256: duration, DRAM and SM throughput (% of peak), as CSV
+#      ($OUT/ncu_step_b<batch>.csv) and summed per kernel name, per step;
 #   2. the FP4 expert GEMMs and the sparse attention at batch 256 in detail (speed of light,
 #      compute workload: which pipe is busiest; launch and occupancy), $OUT/ncu_<kernel>.txt.
 #   BUILD=build-gpu [NCU_PARTS="step detail"] bash scripts/device/ncu_decode.sh [extra bench step args...]
@@ -13,17 +14,19 @@ OUT=${OUT:-$PWD/out/device}; B=${BUILD:-build-gpu}; mkdir -p "$OUT"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 [[ -n $NCU ]] || { echo "ncu: not found"; exit 0; }
 source scripts/device/devdeps.sh
-STEP="$B/tests/cuda/bench_step bench step --synthetic --backend cuda --preset flash --layers 2 --context 8192 --iters 3"
+ITERS=3  # timed steps
+STEP="$B/tests/cuda/bench_step bench step --synthetic --backend cuda --preset flash --layers 2 --context 8192 --iters $ITERS"
 M=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed
 if [[ " ${NCU_PARTS:-step detail} " == *" step "* ]]; then
 for b in 1 256; do
   f=$OUT/ncu_step_b$b.csv
   timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none --csv --page raw --metrics $M --profile-from-start off \
     $STEP --batch $b "$@" > "$f" 2> "$OUT/ncu_step_b$b.err"
-  echo "== ncu step batch $b rc $? (kernel: launches, us per step, mean DRAM %, mean SM %; 3 timed steps)"
-  python3 - "$f" <<'PY'
+  echo "== ncu step batch $b rc $? (kernel: launches, us per step, mean DRAM %, mean SM %; $ITERS timed steps)"
+  python3 - "$f" "$ITERS" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+steps = int(sys.argv[2])
 if len(rows) < 3: sys.exit(print("  no rows"))
 h = rows[0]; ix = {k: h.index(k) for k in ("Kernel Name", "gpu__time_duration.sum",
      "dram__throughput.avg.pct_of_peak_sustained_elapsed", "sm__throughput.avg.pct_of_peak_sustained_elapsed")}
@@ -37,8 +40,8 @@ for r in rows[2:]:
 unit = rows[1][ix["gpu__time_duration.sum"]]; scale = 1e-3 if unit == "ns" else (1e3 if unit == "ms" else 1.0)
 tot = sum(a[1] for a in agg.values())
 for k, a in sorted(agg.items(), key=lambda kv: -kv[1][1])[:30]:
-    print(f"  {k:60s} {a[0]:5d} {a[1]*scale/3:10.1f} {a[2]/a[1]:6.1f} {a[3]/a[1]:6.1f}")
-print(f"  total {tot*scale/3:.1f} us per step, {sum(a[0] for a in agg.values())} launches in 3 steps")
+    print(f"  {k:60s} {a[0]:5d} {a[1]*scale/steps:10.1f} {a[2]/a[1]:6.1f} {a[3]/a[1]:6.1f}")
+print(f"  total {tot*scale/steps:.1f} us per step, {sum(a[0] for a in agg.values())} launches in {steps} steps")
 PY
 done
 fi

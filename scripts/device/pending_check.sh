@@ -24,7 +24,7 @@ source scripts/device/devdeps.sh
 T=$B/tests/cuda/test_cuda_kernels
 tst() { timeout $2 $T --gtest_filter="$1" > $L/t.txt 2>&1; echo "== $1 rc $?"; cat $L/t.txt >> $L/tests.txt
   grep -E "FAIL|OK \]|differ" $L/t.txt | grep -vE "bad=0$" | head -30; }
-tst 'CudaAttentionTc.Decode*:CudaOps.SparseAttention*:CudaIndexerFp8Decode.*:CudaOps.IndexerScores*:CudaW4a8.DecodeSizedGroups:CudaW4a8Gemv.FlashDecodeShapes' 150; el tests1
+tst 'CudaAttentionTc.Decode*:CudaOps.SparseAttention*:CudaIndexerFp8Decode.*:CudaOps.IndexerScores*' 120; el tests1
 P="$B/tests/cuda/bench_step bench"
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 timeout 90 $P step $S > $L/step_default.txt 2>&1; grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|129280|total .op" $L/step_default.txt; el step

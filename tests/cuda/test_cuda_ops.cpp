@@ -665,7 +665,7 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
 // (batch sizes take the decode multi-query kernel with splits (1, 3), the per-warp kernel (64; 300
 // without bf16 P) and the tensor-core kernel (300 with bf16 P)) and on (the default: bf16 P on the
 // tensor-core kernel, split over the candidates for 1 and 3; each split rounds P against its own
-// running max, hence the wider absolute bound of test_cuda_attention_tc.cpp's split cases).
+// running max, hence kSplitTol).
 TEST(CudaOps, SparseAttentionBatch) {
   V4RT_REQUIRE_GPU();
   Rng rng(23);
@@ -675,6 +675,10 @@ TEST(CudaOps, SparseAttentionBatch) {
   Dual comp = make_dual({num_comp, dim}, rng.normals(int64_t(num_comp) * dim));
   DualRows ccomp = dual_compact_rows(fp8, num_comp, rng);
   DualWeight sink = upload_f32(rng.normals(heads, 1.f, false), 1, heads);
+  cuda::CudaBackendOptions no_tc_options;
+  no_tc_options.decode_tensor_cores = false;
+  auto no_tc = cuda::make_cuda_backend(0, no_tc_options);
+  auto tc = cuda::make_cuda_backend(0, cuda::CudaBackendOptions{});  // decode tensor cores: the default
   for (auto [num_parts, bf16_probs] : {std::pair{1, true}, {3, true}, {64, true}, {300, true}, {300, false}}) {
     std::vector<int64_t> rows(static_cast<size_t>(num_parts)), row0(rows);
     int64_t total = 0;
@@ -720,14 +724,12 @@ TEST(CudaOps, SparseAttentionBatch) {
     for (int i = 0; i < num_parts; ++i) cpu_backend().sparse_attention(part(i, false));
     for (int i = 0; i < num_parts; ++i) parts.push_back(part(i, true));
     for (const bool decode_tc : {false, true}) {
-      cuda::CudaBackendOptions options;
-      options.decode_tensor_cores = decode_tc;
-      auto be = cuda::make_cuda_backend(0, options);
-      be->sparse_attention_batch({parts.data(), int64_t(parts.size())});
-      be->synchronize();
+      Backend& be = decode_tc ? *tc : *no_tc;
+      be.sparse_attention_batch({parts.data(), int64_t(parts.size())});
+      be.synchronize();
       const std::string name = "attention batch of " + std::to_string(num_parts) + (bf16_probs ? " bf16 P" : "") +
                                (decode_tc ? ", decode tensor cores" : "");
-      const Tolerance tol = decode_tc && bf16_probs ? Tolerance{1e-2, 2e-2, 1e-4} : kBf16Tol;
+      const Tolerance tol = decode_tc && bf16_probs ? kSplitTol : kBf16Tol;
       EXPECT_TRUE(compare(name, out.gpu_values(), out.cpu_values(), tol));
       EXPECT_TRUE(compare(name + " lse", lse.gpu_values(), lse.cpu_values(), {1e-5, 1e-5, 1e-9}));
     }
