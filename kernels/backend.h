@@ -159,6 +159,8 @@ struct GroupedLinearParams {
   int g_begin = 0;
   int g_end = -1;               // -1 = num_groups
   bool out_bf16 = false;
+  // x holds bf16 values (as LinearParams::x_bf16_exact): an F32 x needs no hi + lo split.
+  bool x_bf16_exact = false;
 };
 
 // Compressor pooling (spec §5.4). Row r of kv/score belongs to a token at in-block position

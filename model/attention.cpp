@@ -403,6 +403,7 @@ void output_projection(const BlockContext& ctx, const AttentionWeights& aw, cons
   gp.w = aw.wo_a;
   gp.y = u.view;
   gp.out_bf16 = ctx.official;
+  gp.x_bf16_exact = ctx.official;  // bf16(acc / den), then the inverse RoPE rounded to bf16
   ctx.backend.grouped_linear(gp);
   const bool row_parallel = ctx.parallel && ctx.parallel->layout.tp > 1;
   kernels::LinearParams p;

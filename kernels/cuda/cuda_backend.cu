@@ -13,10 +13,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "common/check.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -398,17 +400,56 @@ void CudaBackend::linear(const LinearParams& p) {
   }
 }
 
+namespace {
+// Output channels up to which a decode-sized bf16 linear takes the GEMV (the LM head does not).
+constexpr int64_t kGemvMaxDenseRows = 65536;
+// Whether rows [0, m) of a (width wa) and of b (width wb) share any byte.
+bool views_overlap(const Act& a, int64_t m, int64_t wa, const Act& b, int64_t wb) {
+  const auto span = [m](const Act& v, int64_t w) {
+    const auto* p = static_cast<const char*>(v.data);
+    const int64_t es = v.bf16 ? 2 : 4;
+    return std::pair{p, p + ((m - 1) * v.stride + w) * es};
+  };
+  const auto [a0, a1] = span(a, wa);
+  const auto [b0, b1] = span(b, wb);
+  return a0 < b1 && b0 < a1;
+}
+}  // namespace
+
 void CudaBackend::linear_fp8(const LinearParams& p) {
   const int64_t m = p.x.shape[0], n = p.w.rows, k = p.w.cols;
   if (m == 0) return;
   const Act x = make_act(p.x, "linear x"), y = make_act(p.y, "linear y");
   const Fp8ScaleLayout& layout = fp8_scale_layout();
-  // Decode-sized calls take the CUDA-core GEMV (fp8_gemm_simt): one act_quant and one kernel, no
-  // padding; cuBLASLt costs ~14 us per call below 128 tokens (docs/CUDA.md, Benchmarks).
+  // Decode-sized calls take the CUDA-core GEMV with act_quant and the output add fused in (gemv.h):
+  // one launch, no padding; cuBLASLt costs ~14 us per call below 128 tokens (docs/CUDA.md,
+  // Benchmarks).
   // cuBLASLt's block-scaled FP8 takes M % 4 == 0 only: pad the token rows with zero rows (zero
   // codes and zero scales; GEMM rows are independent) and keep the first m output rows.
-  const bool gemv = m <= fp8_gemv_max_tokens(k);
-  const int64_t m_pad = gemv ? m : (m + 3) / 4 * 4;
+  const bool decode = m <= gemv_max_tokens(k);
+  if (decode && !views_overlap(x, m, k, y, n)) {  // one launch: act_quant, GEMV and the output add
+    GemvParams g;
+    g.input = GemvParams::Input::kQuant;
+    g.x = x.data;
+    g.x_stride = x.stride;
+    g.x_bf16 = x.bf16;
+    g.w = p.w.data;
+    g.w_scale = fp8_weight_scale_f32(p.w);
+    g.w_ld = layout.weight_ld(k);
+    g.y = y.data;
+    g.y_stride = y.stride;
+    g.y_bf16 = y.bf16;
+    g.accumulate = p.accumulate;
+    g.round = p.out_bf16;
+    g.round_product = true;
+    g.m = m;
+    g.n = n;
+    g.k = g.k_act = k;
+    g.stream = stream_.get();
+    gemv(g);
+    return;
+  }
+  const int64_t m_pad = decode ? m : (m + 3) / 4 * 4;
   const int64_t act_ld = layout.act_ld(m_pad);
   uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(m_pad * k)));
   float* xs = static_cast<float*>(scratch(kSlotXScale, size_t((k / 128) * act_ld) * 4));
@@ -440,7 +481,7 @@ void CudaBackend::linear_fp8(const LinearParams& p) {
   g.n = n;
   g.k = k;
   g.stream = stream_.get();
-  if (gemv) {
+  if (decode) {
     fp8_gemm_simt(g);
   } else {
     fp8_gemm_.run(g);
@@ -518,6 +559,27 @@ void CudaBackend::linear_dense(const LinearParams& p) {
     launch_add_split(static_cast<const float*>(g.y), n, y, m, n, p.accumulate, p.out_bf16, stream_.get());
     return;
   }
+  // Decode-sized bf16 projections (not the LM head, which cuBLASLt streams at ~87% of the
+  // bandwidth) take the GEMV: x to bf16, the GEMM and the output rounding in one launch.
+  if (w_bf16 && m <= gemv_max_tokens(k) && n <= kGemvMaxDenseRows && k % 16 == 0 && !views_overlap(x, m, k, y, n)) {
+    GemvParams g;
+    g.input = GemvParams::Input::kBf16;
+    g.x = x.data;
+    g.x_stride = x.stride;
+    g.x_bf16 = x.bf16;
+    g.w = p.w.data;
+    g.y = y.data;
+    g.y_stride = y.stride;
+    g.y_bf16 = y.bf16;
+    g.accumulate = p.accumulate;
+    g.round = p.out_bf16;
+    g.m = m;
+    g.n = n;
+    g.k = g.k_act = k;
+    g.stream = stream_.get();
+    gemv(g);
+    return;
+  }
   if (x.bf16 != w_bf16) {  // bring x to the weight's type
     Act t = dense_act(scratch(kSlotTmp2, size_t(m * k) * (w_bf16 ? 2 : 4)), k, w_bf16);
     launch_convert(x, t, m, k, false, stream_.get());
@@ -552,6 +614,40 @@ void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
   const int g0 = p.g_begin, g1 = p.g_end < 0 ? int(groups) : p.g_end;
   const int ng = g1 - g0;
   if (m == 0 || ng <= 0) return;
+  const bool w_fp8 = p.w.dtype == DType::kF8E4M3;
+  const bool f32_reference = options_.reference == ReferencePrecision::kF32 && p.x.dtype == DType::kF32 &&
+                             (p.w.dtype == DType::kBF16 || w_fp8);
+  const bool x_as_bf16 = p.x.dtype == DType::kBF16 || p.x_bf16_exact ||
+                         options_.reference != ReferencePrecision::kBf16Split;
+  if (!f32_reference && (w_fp8 || p.w.dtype == DType::kBF16) && x_as_bf16 && in_g % 128 == 0 &&
+      (!w_fp8 || out_g % 128 == 0) && m <= gemv_max_tokens(ng * in_g)) {
+    // Decode-sized: the GEMV over every group at once, FP8 weights read as they are (dequantized in
+    // registers: e4m3 times the block scale, as the bf16 copy holds them).
+    const Act x = make_act(p.x, "grouped_linear x"), y = make_act(p.y, "grouped_linear y");
+    const size_t xes = x.bf16 ? 2 : 4, yes = y.bf16 ? 2 : 4, wes = w_fp8 ? 1 : 2;
+    GemvParams g;
+    g.input = GemvParams::Input::kBf16;
+    g.x = static_cast<const char*>(x.data) + size_t(g0) * size_t(in_g) * xes;
+    g.x_stride = x.stride;
+    g.x_bf16 = x.bf16;
+    g.w = static_cast<const char*>(p.w.data) + size_t(g0) * size_t(out_g * in_g) * wes;
+    if (w_fp8) {
+      g.w_ld = fp8_scale_layout().weight_ld(in_g);
+      g.w_scale = fp8_weight_scale_f32(p.w) + (size_t(g0) * size_t(out_g) / 128) * size_t(g.w_ld);
+    }
+    g.out_group = out_g;
+    g.y = static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * yes;
+    g.y_stride = y.stride;
+    g.y_bf16 = y.bf16;
+    g.round = p.out_bf16;
+    g.m = m;
+    g.n = int64_t(ng) * out_g;
+    g.k = in_g;
+    g.k_act = int64_t(ng) * in_g;
+    g.stream = stream_.get();
+    gemv(g);
+    return;
+  }
   const void* w = p.w.data;
   bool w_bf16 = p.w.dtype == DType::kBF16;
   if (options_.reference == ReferencePrecision::kF32 && p.x.dtype == DType::kF32 &&
@@ -577,7 +673,7 @@ void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
   g.stride_w = out_g * in_g;
   g.stride_x = in_g;
   g.stream = stream_.get();
-  if (w_bf16 && !x.bf16 && options_.reference == ReferencePrecision::kBf16Split) {
+  if (w_bf16 && !x.bf16 && options_.reference == ReferencePrecision::kBf16Split && !p.x_bf16_exact) {
     // As linear_dense: hi rows then lo rows, one batched GEMM, fp32 sum of the two halves.
     auto* x2 = static_cast<uint16_t*>(scratch(kSlotTmp2, size_t(2 * m * groups * in_g) * 2));
     launch_split_bf16(x, x2, m, groups * in_g, stream_.get());

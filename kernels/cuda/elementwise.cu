@@ -104,45 +104,105 @@ __global__ void embedding_kernel(Act table, int64_t vocab, const int32_t* ids, A
   out.st(t, c, table.ld(id, c % hidden));
 }
 
-// One thread per (row, block): the same loop as the reference's qdq.
-// A partial last block (cols % block != 0) is its own block, as in the op table.
-__global__ void qdq_kernel(Act x, int64_t rows, int64_t cols, int format, int full_block) {
-  const int64_t nb = (cols + full_block - 1) / full_block;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * nb) return;
-  const int64_t r = i / nb, c0 = (i % nb) * full_block;
-  const int block = int(min(int64_t(full_block), cols - c0));
-  float amax = 0.f;
-  for (int j = 0; j < block; ++j) amax = fmaxf(amax, fabsf(x.ld(r, c0 + j)));
-  if (format == int(QdqFormat::kFp8E4M3)) {
-    const float s = act_quant_scale(amax, 448.f);
-    for (int j = 0; j < block; ++j) {
-      const float v = fminf(fmaxf(x.ld(r, c0 + j) / s, -448.f), 448.f);
-      x.st(r, c0 + j, e4m3_to_f32(f32_to_e4m3(v)) * s);
-    }
+// Elements [c0 + 4c, c0 + 4c + 4) of row r, those below c0 + n (zeros past): one 8- or 16-byte
+// load when vec (c0 % 4 == 0, n % 4 == 0 and Act::vec_ok), else scalar loads.
+__device__ __forceinline__ float4 ld_chunk(const Act& a, int64_t r, int64_t c0, int64_t c, int64_t n, bool vec) {
+  const int64_t i = 4 * c, o = c0 + i;
+  if (vec) return i < n ? a.ld4(r, o) : make_float4(0.f, 0.f, 0.f, 0.f);
+  return make_float4(i < n ? a.ld(r, o) : 0.f, i + 1 < n ? a.ld(r, o + 1) : 0.f, i + 2 < n ? a.ld(r, o + 2) : 0.f,
+                     i + 3 < n ? a.ld(r, o + 3) : 0.f);
+}
+
+// Stores what ld_chunk loads (no bf16 rounding of F32 storage); vec: one 8- or 16-byte store.
+__device__ __forceinline__ void st_chunk(const Act& a, int64_t r, int64_t c0, int64_t c, int64_t n, float4 v,
+                                         bool vec) {
+  const int64_t i = 4 * c, o = c0 + i;
+  if (i >= n) return;
+  if (vec && a.bf16) {
+    uint2 u;
+    u.x = uint32_t(f32_to_bf16(v.x)) | (uint32_t(f32_to_bf16(v.y)) << 16);
+    u.y = uint32_t(f32_to_bf16(v.z)) | (uint32_t(f32_to_bf16(v.w)) << 16);
+    *reinterpret_cast<uint2*>(static_cast<uint16_t*>(a.data) + r * a.stride + o) = u;
+  } else if (vec) {
+    *reinterpret_cast<float4*>(static_cast<float*>(a.data) + r * a.stride + o) = v;
   } else {
-    // fp4: s = 2^ceil(log2(max(amax, 6 * 2^-126) / 6)); e2m1 RNE on the grid 0,.5,1,1.5,2,3,4,6.
-    amax = fmaxf(amax, 6.0f * 1.17549435e-38f);
-    const float v6 = amax / 6.0f;
-    const uint32_t u = __float_as_uint(v6);
-    const int e = int((u >> 23) & 0xff) - 127 + ((u & 0x7fffff) != 0 ? 1 : 0);
-    const float s = ldexpf(1.0f, e);
-    for (int j = 0; j < block; ++j) {
-      const float v = fminf(fmaxf(x.ld(r, c0 + j) / s, -6.f), 6.f);
-      const float a = fabsf(v);
-      // Round to nearest on the grid; a tie goes to the even code (codes 0,2,4,6 = 0,1,2,4).
-      float q;
-      if (a <= 0.25f) q = 0.f;          // tie 0.25 -> 0 (code 0)
-      else if (a < 0.75f) q = 0.5f;
-      else if (a <= 1.25f) q = 1.f;     // tie 0.75 -> 1, 1.25 -> 1
-      else if (a < 1.75f) q = 1.5f;
-      else if (a <= 2.5f) q = 2.f;      // tie 1.75 -> 2, 2.5 -> 2
-      else if (a < 3.5f) q = 3.f;
-      else if (a <= 5.f) q = 4.f;       // tie 3.5 -> 4, 5 -> 4
-      else q = 6.f;
-      x.st(r, c0 + j, copysignf(q, v) * s);
-    }
+    a.st(r, o, v.x);
+    if (i + 1 < n) a.st(r, o + 1, v.y);
+    if (i + 2 < n) a.st(r, o + 2, v.z);
+    if (i + 3 < n) a.st(r, o + 3, v.w);
   }
+}
+
+__device__ __forceinline__ float amax_chunk(float amax, float4 v) {
+  return fmaxf(fmaxf(fmaxf(fmaxf(amax, fabsf(v.x)), fabsf(v.y)), fabsf(v.z)), fabsf(v.w));
+}
+
+// fp4: s = 2^ceil(log2(max(amax, 6 * 2^-126) / 6)).
+__device__ __forceinline__ float fp4_scale(float amax) {
+  amax = fmaxf(amax, 6.0f * 1.17549435e-38f);
+  const float v6 = amax / 6.0f;
+  const uint32_t u = __float_as_uint(v6);
+  const int e = int((u >> 23) & 0xff) - 127 + ((u & 0x7fffff) != 0 ? 1 : 0);
+  return ldexpf(1.0f, e);
+}
+
+__device__ __forceinline__ float qdq_fp8(float x, float s) {
+  const float v = fminf(fmaxf(x / s, -448.f), 448.f);
+  return e4m3_to_f32(f32_to_e4m3(v)) * s;
+}
+
+// e2m1 RNE on the grid 0,.5,1,1.5,2,3,4,6.
+__device__ __forceinline__ float qdq_fp4(float x, float s) {
+  const float v = fminf(fmaxf(x / s, -6.f), 6.f);
+  const float a = fabsf(v);
+  // Round to nearest on the grid; a tie goes to the even code (codes 0,2,4,6 = 0,1,2,4).
+  float q;
+  if (a <= 0.25f) q = 0.f;          // tie 0.25 -> 0 (code 0)
+  else if (a < 0.75f) q = 0.5f;
+  else if (a <= 1.25f) q = 1.f;     // tie 0.75 -> 1, 1.25 -> 1
+  else if (a < 1.75f) q = 1.5f;
+  else if (a <= 2.5f) q = 2.f;      // tie 1.75 -> 2, 2.5 -> 2
+  else if (a < 3.5f) q = 3.f;
+  else if (a <= 5.f) q = 4.f;       // tie 3.5 -> 4, 5 -> 4
+  else q = 6.f;
+  return copysignf(q, v) * s;
+}
+
+__device__ __forceinline__ float4 qdq4(float4 v, float s, bool fp8) {
+  if (fp8) return make_float4(qdq_fp8(v.x, s), qdq_fp8(v.y, s), qdq_fp8(v.z, s), qdq_fp8(v.w, s));
+  return make_float4(qdq_fp4(v.x, s), qdq_fp4(v.y, s), qdq_fp4(v.z, s), qdq_fp4(v.w, s));
+}
+
+constexpr int kQdqChunks = 4;  // chunks of 4 elements a lane keeps in registers
+
+// A group of `lanes` lanes (a power of two, at most 32) per (row, block): lane i of the group owns
+// the chunks c = i + k * lanes of the block, loaded at once and kept in registers between the amax
+// and the stores (blocks past kQdqChunks * 4 * lanes elements read the rest twice); the amax is
+// reduced by shuffles inside the group (max: the same value in any order). Per element the same
+// formulas as the reference's qdq. A partial last block (cols % block != 0) is its own block, as
+// in the op table.
+__global__ void qdq_kernel(Act x, int64_t rows, int64_t cols, int format, int full_block, int lanes, bool vec) {
+  const int64_t nb = ceil_div(cols, full_block);
+  const int64_t g = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
+  const int li = int(threadIdx.x) & (lanes - 1);
+  const bool active = g < rows * nb;  // idle lanes still take part in the shuffles
+  const int64_t r = active ? g / nb : 0, c0 = active ? (g % nb) * full_block : 0;
+  const int64_t block = active ? min(int64_t(full_block), cols - c0) : 0;
+  float4 v[kQdqChunks];
+  float amax = 0.f;  // zeros past the block leave it as it is
+#pragma unroll
+  for (int k = 0; k < kQdqChunks; ++k) v[k] = ld_chunk(x, r, c0, li + int64_t(k) * lanes, block, vec);
+#pragma unroll
+  for (int k = 0; k < kQdqChunks; ++k) amax = amax_chunk(amax, v[k]);
+  const int64_t tail = li + int64_t(kQdqChunks) * lanes;
+  for (int64_t c = tail; 4 * c < block; c += lanes) amax = amax_chunk(amax, ld_chunk(x, r, c0, c, block, vec));
+  for (int o = lanes >> 1; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const bool fp8 = format == int(QdqFormat::kFp8E4M3);
+  const float s = fp8 ? act_quant_scale(amax, 448.f) : fp4_scale(amax);
+#pragma unroll
+  for (int k = 0; k < kQdqChunks; ++k) st_chunk(x, r, c0, li + int64_t(k) * lanes, block, qdq4(v[k], s, fp8), vec);
+  for (int64_t c = tail; 4 * c < block; c += lanes)
+    st_chunk(x, r, c0, c, block, qdq4(ld_chunk(x, r, c0, c, block, vec), s, fp8), vec);
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
@@ -223,7 +283,10 @@ void launch_qdq(const QdqParams& p, cudaStream_t s) {
   CHECK_GT(p.block, 0) << "qdq block";
   const int64_t n = rows * ((cols + p.block - 1) / p.block);
   if (n == 0) return;
-  qdq_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, rows, cols, int(p.format), p.block);
+  int lanes = 1;  // per (row, block): a chunk of 4 elements each, up to a warp
+  while (lanes < 32 && 4 * lanes < p.block) lanes *= 2;
+  const bool vec = p.block % 4 == 0 && cols % 4 == 0 && x.vec_ok();
+  qdq_kernel<<<blocks_for(n * lanes), kThreads, 0, s>>>(x, rows, cols, int(p.format), p.block, lanes, vec);
   launch_check("qdq", s);
 }
 

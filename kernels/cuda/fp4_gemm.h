@@ -56,7 +56,7 @@ struct Fp4GroupedGemmParams {
 void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
 
 // The tensor-core kernels directly (fp4_grouped_gemm calls it when p.tensor_cores is set): the
-// GEMV when fp4_tc_use_gemv(p.max_rows, p.num_groups); else, for the 128-row tile case with bf16
+// GEMV when fp4_tc_use_gemv(p.max_rows, p.num_groups, p.n, p.k); else, for the 128-row tile case with bf16
 // outputs, the warp-specialized or the plain wgmma kernel when p.wgmma_ws or p.wgmma is set; else
 // the mma.sync tile kernel.
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p);
@@ -78,8 +78,10 @@ inline constexpr int kFp4WgmmaRowsPerTile = 128;
 void fp4_grouped_gemv(const Fp4GroupedGemmParams& p);
 // The largest mean rows per group (rounded up, as fp4_tc_rows_per_tile) that takes the GEMV; the
 // reasons are at fp4_tc_use_gemv in fp4_gemv.cu.
+// Projections with k >= 2n (the experts' gate/up) keep it up to kFp4GemvMaxMeanRowsWide.
 inline constexpr int kFp4GemvMaxMeanRows = 4;
-bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups);
+inline constexpr int kFp4GemvMaxMeanRowsWide = 6;
+bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n = 0, int64_t k = 0);
 // Rows of one expert per tensor-core block in the 64-row shape.
 inline constexpr int kFp4TcRowsPerTile = 64;
 // The rows per tensor-core block (16, 32, 64 or 128) fp4_grouped_gemm_tc takes for max_rows rows

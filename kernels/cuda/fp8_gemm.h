@@ -70,11 +70,9 @@ struct Fp8GemmParams {
 
 // CUDA-core FP8 block-scaled GEMM with the same semantics and scale layouts: weights are decoded
 // in registers (16 e4m3 per 16-byte load), activations staged in shared memory. Used where
-// cuBLASLt offers no algorithm for a shape.
+// cuBLASLt offers no algorithm for a shape. Up to gemv_max_tokens(k) tokens take the decode GEMV
+// (gemv.h: no padding of m, the same bits as the tiled kernel).
 void fp8_gemm_simt(const Fp8GemmParams& p);
-// The most tokens fp8_gemm_simt serves with its decode kernel (a warp per output channel, no
-// padding of m, the same results as its tiled kernel) for inner size k (0: none).
-int64_t fp8_gemv_max_tokens(int64_t k);
 
 // Owns the cuBLASLt handle, a workspace and a plan cache keyed by shape, alignment and layout.
 // run() uses cuBLASLt when its heuristic offers an algorithm for the shape, else fp8_gemm_simt.

@@ -18,6 +18,9 @@ namespace {
 
 constexpr int kHc = 4;  // hc_mult of both V4 models
 constexpr int kThreads = 256;
+constexpr int kFinishThreads = 512;  // threads per token of hc_pre / hc_head
+constexpr int kFinishMaxVec = 4;     // chunks of 4 columns a thread keeps in registers (hidden to 8,192)
+constexpr int kMaxSplits = 264;      // blocks per token of the mix GEMV, at most (mix_splits)
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -55,14 +58,34 @@ __global__ void __launch_bounds__(kThreads) mix_partial_kernel(Act x, Act fn, in
   }
 }
 
-// mix_out[m] = (sum over splits of part[t][.][m]) * rsqrt(mean(x^2) + eps), in shared memory.
+// mix_out[m] = (sum over splits of part[t][.][m]) * rsqrt(mean(x^2) + eps), in shared memory. The
+// token's partials are staged in shared memory by coalesced loads, all in flight at once; a warp
+// per sum then adds them in the order of a lane per split.
 template <int kNumMix>
 __device__ void mix_finish(const float* part, int splits, int64_t t, int64_t len, float norm_eps, float* mix_out) {
+  constexpr int kUnroll = 8;
+  __shared__ float stage[kMaxSplits * (kNumMix + 1)];
   __shared__ float total[kNumMix + 1];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int m = warp; m <= kNumMix; m += kThreads / 32) {  // a warp per sum, lanes over the splits
+  const int cnt = splits * (kNumMix + 1);
+  const float* src = part + t * cnt;
+  for (int i0 = 0; i0 < cnt; i0 += kUnroll * int(blockDim.x)) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = i0 + u * int(blockDim.x) + int(threadIdx.x);
+      v[u] = i < cnt ? src[i] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = i0 + u * int(blockDim.x) + int(threadIdx.x);
+      if (i < cnt) stage[i] = v[u];
+    }
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  for (int m = warp; m <= kNumMix; m += nwarps) {  // a warp per sum, lanes over the splits
     float sum = 0.f;
-    for (int sp = lane; sp < splits; sp += 32) sum += part[(t * splits + sp) * (kNumMix + 1) + m];
+    for (int sp = lane; sp < splits; sp += 32) sum += stage[sp * (kNumMix + 1) + m];
     sum = warp_sum(sum);
     if (lane == 0) total[m] = sum;
   }
@@ -73,12 +96,13 @@ __device__ void mix_finish(const float* part, int splits, int64_t t, int64_t len
 
 // Blocks per token for the mix GEMV: about two waves of blocks in all, at least 256 columns each.
 int mix_splits(int64_t n, int64_t len) {
-  const int64_t want = ceil_div(264, std::max<int64_t>(n, 1));
+  const int64_t want = ceil_div(kMaxSplits, std::max<int64_t>(n, 1));
   return int(std::max<int64_t>(1, std::min(want, ceil_div(len, 256))));
 }
 
 template <int kNumMix>
 float* launch_mix_partial(const Act& x, const Act& fn, int64_t n, int64_t len, int splits, cudaStream_t s) {
+  CHECK_LE(splits, kMaxSplits) << "hc mix splits";  // mix_finish stages a token's partials in shared memory
   float* part = static_cast<float*>(stream_alloc(size_t(n * splits * (kNumMix + 1)) * 4, s));
   const int64_t cols = ceil_div(len, splits);
   mix_partial_kernel<kNumMix><<<grid_x(n * splits, "hc mix_partial"), kThreads, 0, s>>>(x, fn, len, cols, splits, part);
@@ -105,23 +129,107 @@ __global__ void __launch_bounds__(kThreads) sum_squares_kernel(Act x, int64_t n,
   if (lane == 0) part[t * (kNumMix + 1) + kNumMix] = acc;
 }
 
-__global__ void __launch_bounds__(kThreads) hc_pre_kernel(Act x, const float* part, int splits, const float* base,
-                                                           const float* scale, Act a, float* post, int64_t post_stride,
-                                                           float* comb, int64_t comb_stride, int64_t hidden, int iters,
-                                                           float hc_eps, float norm_eps, bool out_round) {
+// Columns [4c, 4c + 4) of stream j of token t (zeros past hidden): one 8- or 16-byte load when vec.
+__device__ __forceinline__ float4 ld_chunk(const Act& x, int64_t t, int j, int64_t c, int64_t hidden, bool vec) {
+  const int64_t d = 4 * c, o = j * hidden + d;
+  if (vec) return d < hidden ? x.ld4(t, o) : make_float4(0.f, 0.f, 0.f, 0.f);
+  return make_float4(d < hidden ? x.ld(t, o) : 0.f, d + 1 < hidden ? x.ld(t, o + 1) : 0.f,
+                     d + 2 < hidden ? x.ld(t, o + 2) : 0.f, d + 3 < hidden ? x.ld(t, o + 3) : 0.f);
+}
+
+// The collapse of chunk c: out[t][4c + e] = sum over j of pre[j] * x[t][j][4c + e] (j ascending).
+__device__ __forceinline__ void collapse_chunk(const Act& out, int64_t t, int64_t c, int64_t hidden, const float4* xv,
+                                               const float* pre, bool round, bool vec) {
+  const int64_t d = 4 * c;
+  if (d >= hidden) return;
+  float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int j = 0; j < kHc; ++j) {
+    o.x += pre[j] * xv[j].x;
+    o.y += pre[j] * xv[j].y;
+    o.z += pre[j] * xv[j].z;
+    o.w += pre[j] * xv[j].w;
+  }
+  if (vec && out.bf16) {
+    uint2 u;
+    u.x = uint32_t(f32_to_bf16(o.x)) | (uint32_t(f32_to_bf16(o.y)) << 16);
+    u.y = uint32_t(f32_to_bf16(o.z)) | (uint32_t(f32_to_bf16(o.w)) << 16);
+    *reinterpret_cast<uint2*>(static_cast<uint16_t*>(out.data) + t * out.stride + d) = u;
+  } else if (vec) {
+    if (round) o = make_float4(round_bf16(o.x), round_bf16(o.y), round_bf16(o.z), round_bf16(o.w));
+    *reinterpret_cast<float4*>(static_cast<float*>(out.data) + t * out.stride + d) = o;
+  } else {
+    out.st(t, d, o.x, round);
+    if (d + 1 < hidden) out.st(t, d + 1, o.y, round);
+    if (d + 2 < hidden) out.st(t, d + 2, o.z, round);
+    if (d + 3 < hidden) out.st(t, d + 3, o.w, round);
+  }
+}
+
+// The x of the collapse a thread owns: chunks c = threadIdx.x + k * blockDim.x of the 4 streams.
+// The first kVec chunks are loaded before anything else, so the loads overlap the mix sums; wider
+// rows (tail) read theirs in the collapse.
+template <int kVec>
+struct CollapseRegs {
+  float4 x[kVec][kHc];
+  __device__ __forceinline__ void load(const Act& xa, int64_t t, int64_t hidden, bool vec) {
+#pragma unroll
+    for (int k = 0; k < kVec; ++k)
+#pragma unroll
+      for (int j = 0; j < kHc; ++j) x[k][j] = ld_chunk(xa, t, j, threadIdx.x + int64_t(k) * blockDim.x, hidden, vec);
+  }
+  __device__ __forceinline__ void collapse(const Act& xa, const Act& out, int64_t t, int64_t hidden, const float* pre,
+                                           bool round, bool vec) const {
+#pragma unroll
+    for (int k = 0; k < kVec; ++k)
+      collapse_chunk(out, t, threadIdx.x + int64_t(k) * blockDim.x, hidden, x[k], pre, round, vec);
+    for (int64_t c = threadIdx.x + int64_t(kVec) * blockDim.x; 4 * c < hidden; c += blockDim.x) {
+      float4 xv[kHc];
+#pragma unroll
+      for (int j = 0; j < kHc; ++j) xv[j] = ld_chunk(xa, t, j, c, hidden, vec);
+      collapse_chunk(out, t, c, hidden, xv, pre, round, vec);
+    }
+  }
+};
+
+// Two blocks per SM up to 2 chunks a thread (a batch of 264 tokens in one wave).
+constexpr int finish_min_blocks(int vec) { return vec <= 2 ? 2 : 1; }
+
+// One block per token: the x of the collapse and the base / scale are loaded first, then the mix
+// sums; warp 0 computes pre and post, every thread its columns of a, then warp 0 runs Sinkhorn
+// (off the path of the collapse).
+template <int kVec>
+__global__ void __launch_bounds__(kFinishThreads, finish_min_blocks(kVec))
+    hc_pre_kernel(Act x, const float* part, int splits, const float* base, const float* scale, Act a, float* post,
+                  int64_t post_stride, float* comb, int64_t comb_stride, int64_t hidden, int iters, float hc_eps,
+                  float norm_eps, bool out_round, bool vec) {
   constexpr int kNumMix = (2 + kHc) * kHc;
   __shared__ float mix[kNumMix];
   __shared__ float pre[kHc];
   const int64_t t = blockIdx.x;
+  const int lane = threadIdx.x & 31, l = lane & 15;
+  CollapseRegs<kVec> regs;
+  regs.load(x, t, hidden, vec);
+  float base_pp = 0.f, base_comb = 0.f, scale_pre = 0.f, scale_post = 0.f, scale_comb = 0.f;
+  if (threadIdx.x < 32) {
+    if (lane < 2 * kHc) base_pp = base[lane];
+    base_comb = base[2 * kHc + l];
+    scale_pre = scale[0];
+    scale_post = scale[1];
+    scale_comb = scale[2];
+  }
   mix_finish<kNumMix>(part, splits, t, kHc * hidden, norm_eps, mix);
+  if (threadIdx.x < 32) {
+    if (lane < kHc) pre[lane] = sigmoidf(mix[lane] * scale_pre + base_pp) + hc_eps;
+    if (lane >= kHc && lane < 2 * kHc)
+      post[t * post_stride + lane - kHc] = 2.0f * sigmoidf(mix[lane] * scale_post + base_pp);
+  }
+  __syncthreads();
+  regs.collapse(x, a, t, hidden, pre, out_round, vec);
   if (threadIdx.x < 32) {
     // Warp 0: lanes [0, 16) hold comb element (j, k) = (lane / 4, lane % 4); row sums over k are
     // shuffles across lanes ^1, ^2, column sums over j across lanes ^4, ^8 (lanes >= 16 mirror them).
-    const int lane = threadIdx.x, l = lane & 15;
-    if (lane < kHc) pre[lane] = sigmoidf(mix[lane] * scale[0] + base[lane]) + hc_eps;
-    if (lane >= kHc && lane < 2 * kHc)
-      post[t * post_stride + lane - kHc] = 2.0f * sigmoidf(mix[lane] * scale[1] + base[lane]);
-    float c = mix[2 * kHc + l] * scale[2] + base[2 * kHc + l];
+    float c = mix[2 * kHc + l] * scale_comb + base_comb;
     auto row_sum = [](float v) {
       v += __shfl_xor_sync(0xffffffffu, v, 1);
       return v + __shfl_xor_sync(0xffffffffu, v, 2);
@@ -140,30 +248,26 @@ __global__ void __launch_bounds__(kThreads) hc_pre_kernel(Act x, const float* pa
     }
     if (lane < kHc * kHc) comb[t * comb_stride + lane] = c;
   }
-  __syncthreads();
-  for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < kHc; ++j) s += pre[j] * x.ld(t, j * hidden + d);
-    a.st(t, d, s, out_round);
-  }
 }
 
-__global__ void __launch_bounds__(kThreads) hc_head_kernel(Act x, const float* part, int splits, const float* base,
-                                                            const float* scale, Act y, int64_t hidden, float hc_eps,
-                                                            float norm_eps, bool out_round) {
+template <int kVec>
+__global__ void __launch_bounds__(kFinishThreads, finish_min_blocks(kVec))
+    hc_head_kernel(Act x, const float* part, int splits, const float* base, const float* scale, Act y, int64_t hidden,
+                   float hc_eps, float norm_eps, bool out_round, bool vec) {
   __shared__ float mix[kHc];
   __shared__ float pre[kHc];
   const int64_t t = blockIdx.x;
-  mix_finish<kHc>(part, splits, t, kHc * hidden, norm_eps, mix);
-  if (threadIdx.x < kHc) pre[threadIdx.x] = sigmoidf(mix[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
-  __syncthreads();
-  for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < kHc; ++j) s += pre[j] * x.ld(t, j * hidden + d);
-    y.st(t, d, s, out_round);
+  CollapseRegs<kVec> regs;
+  regs.load(x, t, hidden, vec);
+  float base_pre = 0.f, scale_pre = 0.f;
+  if (threadIdx.x < kHc) {
+    base_pre = base[threadIdx.x];
+    scale_pre = scale[0];
   }
+  mix_finish<kHc>(part, splits, t, kHc * hidden, norm_eps, mix);
+  if (threadIdx.x < kHc) pre[threadIdx.x] = sigmoidf(mix[threadIdx.x] * scale_pre + base_pre) + hc_eps;
+  __syncthreads();
+  regs.collapse(x, y, t, hidden, pre, out_round, vec);
 }
 
 __global__ void hc_post_kernel(Act o, Act x_old, const float* post, int64_t post_stride, const float* comb,
@@ -188,6 +292,12 @@ const float* f32_device_weight(const WeightView& w, int64_t n, const char* what)
   CHECK(w.dtype == DType::kF32 && w.data != nullptr) << what << ": F32 weight expected";
   CHECK_EQ(w.rows * w.cols, n) << what << " size";
   return static_cast<const float*>(w.data);
+}
+
+// Register chunks per thread of hc_pre / hc_head: 1, 2 or kFinishMaxVec (wider rows take a tail loop).
+int finish_vec(int64_t hidden) {
+  const int64_t v = ceil_div(ceil_div(hidden, 4), kFinishThreads);
+  return v <= 1 ? 1 : v <= 2 ? 2 : kFinishMaxVec;
 }
 
 float* f32_view(const TensorView& v, int64_t width, const char* what, int64_t* stride) {
@@ -225,9 +335,18 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix) {
     splits = mix_splits(n, hc * hidden);
     part = launch_mix_partial<kNumMix>(x, make_weight_act(p.fn, "hc_pre fn"), n, hc * hidden, splits, s);
   }
-  hc_pre_kernel<<<grid_x(n, "hc_pre"), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.a, "hc_pre a"), post,
-                                                 post_stride, comb, comb_stride, hidden, p.sinkhorn_iters, p.hc_eps,
-                                                 p.norm_eps, p.out_bf16);
+  const Act a = make_act(p.a, "hc_pre a");
+  const bool vec = hidden % 4 == 0 && x.vec_ok() && a.vec_ok();
+  auto launch = [&](auto kernel) {
+    kernel<<<grid_x(n, "hc_pre"), kFinishThreads, 0, s>>>(x, part, splits, base, scale, a, post, post_stride, comb,
+                                                         comb_stride, hidden, p.sinkhorn_iters, p.hc_eps, p.norm_eps,
+                                                         p.out_bf16, vec);
+  };
+  switch (finish_vec(hidden)) {
+    case 1: launch(hc_pre_kernel<1>); break;
+    case 2: launch(hc_pre_kernel<2>); break;
+    default: launch(hc_pre_kernel<kFinishMaxVec>); break;
+  }
   launch_check("hc_pre", s);
   if (!mix) stream_free(part, s);
 }
@@ -244,8 +363,17 @@ void launch_hc_head(const HcHeadParams& p, cudaStream_t s) {
   const Act x = make_act(p.x, "hc_head x");
   const int splits = mix_splits(n, hc * hidden);
   float* part = launch_mix_partial<kHc>(x, make_weight_act(p.fn, "hc_head fn"), n, hc * hidden, splits, s);
-  hc_head_kernel<<<grid_x(n, "hc_head"), kThreads, 0, s>>>(x, part, splits, base, scale, make_act(p.y, "hc_head y"), hidden,
-                                                  p.hc_eps, p.norm_eps, p.out_bf16);
+  const Act y = make_act(p.y, "hc_head y");
+  const bool vec = hidden % 4 == 0 && x.vec_ok() && y.vec_ok();
+  auto launch = [&](auto kernel) {
+    kernel<<<grid_x(n, "hc_head"), kFinishThreads, 0, s>>>(x, part, splits, base, scale, y, hidden, p.hc_eps,
+                                                          p.norm_eps, p.out_bf16, vec);
+  };
+  switch (finish_vec(hidden)) {
+    case 1: launch(hc_head_kernel<1>); break;
+    case 2: launch(hc_head_kernel<2>); break;
+    default: launch(hc_head_kernel<kFinishMaxVec>); break;
+  }
   launch_check("hc_head", s);
   stream_free(part, s);
 }

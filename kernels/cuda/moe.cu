@@ -139,61 +139,82 @@ __global__ void moe_gate_activate_kernel(float* scores, int64_t count) {
 }
 
 // One warp per token: top-k of score + bias (ties to the lower expert) or the hash table, ids
-// sorted ascending, weights = score / sum of the chosen scores * route_scale.
+// sorted ascending, weights = score / sum of the chosen scores * route_scale. Lane l loads the
+// scores of experts l + 32 j (j < kSlots) once, all at once, and keeps them in registers for the
+// topk rounds (bit j of `taken`: expert l + 32 j chosen). Lane k < topk then holds the k-th pick
+// and writes it at its rank among the picks; the sum adds the picks in ascending id.
+template <int kSlots>
 __global__ void __launch_bounds__(kGateWarps * 32) moe_gate_select_kernel(GateArgs a, int64_t n, const float* scores) {
-  __shared__ bool taken[kGateWarps][kMaxExperts];
+  static_assert(kSlots * 32 <= kMaxExperts && kSlots <= 32, "taken is a 32-bit mask");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t t = int64_t(blockIdx.x) * kGateWarps + warp;
   if (t >= n) return;
   const float* sc = scores + t * a.num_experts;
   const int ne = int(a.num_experts);
-  int idx[kMaxTopk];
+  int my_idx = 0;      // lanes k < topk: the k-th pick
+  float my_s = 0.f;    // its score
   if (a.tid2eid) {
-    const int32_t tok = a.token_ids[t];
-    for (int k = 0; k < a.topk; ++k) idx[k] = (tok >= 0 && tok < a.vocab) ? a.tid2eid[int64_t(tok) * a.topk + k] : 0;
+    if (lane < a.topk) {
+      const int32_t tok = a.token_ids[t];
+      my_idx = (tok >= 0 && tok < a.vocab) ? a.tid2eid[int64_t(tok) * a.topk + lane] : 0;
+      my_s = sc[my_idx];
+    }
   } else {
-    for (int e = lane; e < ne; e += 32) taken[warp][e] = false;
-    __syncwarp();
+    float s[kSlots], v[kSlots];
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      const int e = lane + 32 * j;
+      s[j] = e < ne ? sc[e] : 0.f;
+      v[j] = e < ne ? s[j] + (a.bias ? a.bias[e] : 0.f) : 0.f;
+    }
+    uint32_t taken = 0;
     for (int k = 0; k < a.topk; ++k) {
       int best = -1;
-      float best_v = 0.f;
-      for (int e = lane; e < ne; e += 32) {  // ascending e: strict > keeps the lower id on ties
-        if (taken[warp][e]) continue;
-        const float v = sc[e] + (a.bias ? a.bias[e] : 0.f);
-        if (best < 0 || v > best_v) {
+      float best_v = 0.f, best_s = 0.f;
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) {  // ascending e: strict > keeps the lower id on ties
+        const int e = lane + 32 * j;
+        if (e >= ne || ((taken >> j) & 1u)) continue;
+        if (best < 0 || v[j] > best_v) {
           best = e;
-          best_v = v;
+          best_v = v[j];
+          best_s = s[j];
         }
       }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) {
         const int ob = __shfl_xor_sync(0xffffffffu, best, o);
         const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+        const float os = __shfl_xor_sync(0xffffffffu, best_s, o);
         if (ob >= 0 && (best < 0 || ov > best_v || (ov == best_v && ob < best))) {
           best = ob;
           best_v = ov;
+          best_s = os;
         }
       }
-      idx[k] = best;
-      if (lane == 0) taken[warp][best] = true;
-      __syncwarp();
+      best = __shfl_sync(0xffffffffu, best, 0);  // lane 0's pick (the lanes differ only when scores are NaN)
+      best_s = __shfl_sync(0xffffffffu, best_s, 0);
+      if (lane == k) {
+        my_idx = best;
+        my_s = best_s;
+      }
+      if ((best & 31) == lane) taken |= 1u << (best >> 5);
     }
   }
-  if (lane != 0) return;
-  for (int i = 1; i < a.topk; ++i) {  // ascending expert id
-    const int v = idx[i];
-    int j = i - 1;
-    while (j >= 0 && idx[j] > v) {
-      idx[j + 1] = idx[j];
-      --j;
-    }
-    idx[j + 1] = v;
+  // Rank of lane k's pick: picks with a lower id, or the same id at a lower k (a stable sort).
+  int rank = 0;
+  for (int i = 0; i < a.topk; ++i) {
+    const int other = __shfl_sync(0xffffffffu, my_idx, i);
+    rank += (other < my_idx || (other == my_idx && i < lane)) ? 1 : 0;
   }
   float sum = 0.f;
-  for (int k = 0; k < a.topk; ++k) sum += sc[idx[k]];
-  for (int k = 0; k < a.topk; ++k) {
-    a.out_idx[t * a.idx_stride + k] = idx[k];
-    a.out_weight[t * a.weight_stride + k] = sc[idx[k]] / (sum + 1e-20f) * a.route_scale;
+  for (int p = 0; p < a.topk; ++p) {  // the score of the pick of rank p
+    const uint32_t holder = __ballot_sync(0xffffffffu, lane < a.topk && rank == p);
+    sum += __shfl_sync(0xffffffffu, my_s, __ffs(int(holder)) - 1);
+  }
+  if (lane < a.topk) {
+    a.out_idx[t * a.idx_stride + rank] = my_idx;
+    a.out_weight[t * a.weight_stride + rank] = my_s / (sum + 1e-20f) * a.route_scale;
   }
 }
 
@@ -470,7 +491,11 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s, float* logits) {
     }
     launch_check("moe_gate_scores", s);
   }
-  moe_gate_select_kernel<<<grid_x_for(n, kGateWarps, "moe_gate_select"), kGateWarps * 32, 0, s>>>(a, n, scores);
+  const unsigned select_grid = grid_x_for(n, kGateWarps, "moe_gate_select");
+  if (a.num_experts <= 256)
+    moe_gate_select_kernel<8><<<select_grid, kGateWarps * 32, 0, s>>>(a, n, scores);
+  else
+    moe_gate_select_kernel<kMaxExperts / 32><<<select_grid, kGateWarps * 32, 0, s>>>(a, n, scores);
   launch_check("moe_gate_select", s);
   if (!logits) stream_free(scores, s);
 }

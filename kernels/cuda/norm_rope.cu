@@ -2,6 +2,8 @@
 // RMSNorm (weighted, unweighted, and the bf16-arithmetic per-head query norm of spec §2.4),
 // interleaved partial RoPE (§2.5, accurate sinf/cosf of fp32(pos) * inv_freq) and the Walsh-Hadamard
 // rotation of the indexer (§2.7, same butterfly order as the reference).
+#include <algorithm>
+
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
@@ -13,15 +15,88 @@ namespace {
 
 constexpr int kMaxRopePairs = 64;
 
-// One block per row.
-__global__ void rms_norm_kernel(Act x, Act y, Act w, bool has_w, int64_t dim, float eps, bool out_round,
-                                bool bf16_arith) {
+constexpr int kNormMaxThreads = 512;
+constexpr int kNormMaxVec = 8;  // chunks of 4 a thread keeps in registers (rows to 16,384 at 512 threads)
+
+// Elements [4c, 4c + 4) of row r (zeros past n): one 8- or 16-byte load when vec, else scalar loads.
+__device__ __forceinline__ float4 ld_chunk(const Act& a, int64_t r, int64_t c, int64_t n, bool vec) {
+  const int64_t i = 4 * c;
+  if (vec) return i < n ? a.ld4(r, i) : make_float4(0.f, 0.f, 0.f, 0.f);
+  return make_float4(i < n ? a.ld(r, i) : 0.f, i + 1 < n ? a.ld(r, i + 1) : 0.f, i + 2 < n ? a.ld(r, i + 2) : 0.f,
+                     i + 3 < n ? a.ld(r, i + 3) : 0.f);
+}
+
+// Stores elements [4c, 4c + 4) of row r (those below n); vec: one 8- or 16-byte store.
+__device__ __forceinline__ void st_chunk(const Act& a, int64_t r, int64_t c, int64_t n, float4 v, bool round,
+                                         bool vec) {
+  const int64_t i = 4 * c;
+  if (i >= n) return;
+  if (vec && a.bf16) {
+    uint2 u;
+    u.x = uint32_t(f32_to_bf16(v.x)) | (uint32_t(f32_to_bf16(v.y)) << 16);
+    u.y = uint32_t(f32_to_bf16(v.z)) | (uint32_t(f32_to_bf16(v.w)) << 16);
+    *reinterpret_cast<uint2*>(static_cast<uint16_t*>(a.data) + r * a.stride + i) = u;
+  } else if (vec) {
+    if (round) v = make_float4(round_bf16(v.x), round_bf16(v.y), round_bf16(v.z), round_bf16(v.w));
+    *reinterpret_cast<float4*>(static_cast<float*>(a.data) + r * a.stride + i) = v;
+  } else {
+    a.st(r, i, v.x, round);
+    if (i + 1 < n) a.st(r, i + 1, v.y, round);
+    if (i + 2 < n) a.st(r, i + 2, v.z, round);
+    if (i + 3 < n) a.st(r, i + 3, v.w, round);
+  }
+}
+
+__device__ __forceinline__ float norm_sq(float v, bool bf16_arith) { return bf16_arith ? round_bf16(v * v) : v * v; }
+
+__device__ __forceinline__ float norm_out(float v, float s, float w, bool has_w, bool bf16_arith) {
+  float o = v * s;
+  if (bf16_arith) {
+    o = round_bf16(o);
+    if (has_w) o = round_bf16(o * w);
+  } else if (has_w) {
+    o *= w;
+  }
+  return o;
+}
+
+__device__ __forceinline__ float4 norm_out4(float4 v, float s, float4 w, bool has_w, bool bf16_arith) {
+  return make_float4(norm_out(v.x, s, w.x, has_w, bf16_arith), norm_out(v.y, s, w.y, has_w, bf16_arith),
+                     norm_out(v.z, s, w.z, has_w, bf16_arith), norm_out(v.w, s, w.w, has_w, bf16_arith));
+}
+
+// One block per row; thread i owns the 4-element chunks c = i + k * blockDim.x. The first kVec
+// chunks (and their weights) are loaded at once and kept in registers for the output pass; wider
+// rows read the rest twice. The sum of squares adds a thread's chunks in order, then block_sum: the
+// order depends on dim only (norm_threads), never on the batch or on vec.
+template <int kVec>
+__global__ void __launch_bounds__(kNormMaxThreads) rms_norm_kernel(Act x, Act y, Act w, bool has_w, int64_t dim,
+                                                                   float eps, bool out_round, bool bf16_arith,
+                                                                   bool vec) {
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
-  float sum = 0.f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = x.ld(r, i);
-    sum += bf16_arith ? round_bf16(v * v) : v * v;
+  const int64_t nchunks = ceil_div(dim, 4), tail = threadIdx.x + int64_t(kVec) * blockDim.x;
+  float4 xv[kVec], wv[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int64_t c = threadIdx.x + int64_t(k) * blockDim.x;
+    xv[k] = ld_chunk(x, r, c, dim, vec);
+    wv[k] = has_w ? ld_chunk(w, 0, c, dim, vec) : make_float4(1.f, 1.f, 1.f, 1.f);
+  }
+  float sum = 0.f;  // chunks past the row hold zeros, which leave the sum as it is
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    sum += norm_sq(xv[k].x, bf16_arith);
+    sum += norm_sq(xv[k].y, bf16_arith);
+    sum += norm_sq(xv[k].z, bf16_arith);
+    sum += norm_sq(xv[k].w, bf16_arith);
+  }
+  for (int64_t c = tail; c < nchunks; c += blockDim.x) {
+    const float4 v = ld_chunk(x, r, c, dim, vec);
+    sum += norm_sq(v.x, bf16_arith);
+    sum += norm_sq(v.y, bf16_arith);
+    sum += norm_sq(v.z, bf16_arith);
+    sum += norm_sq(v.w, bf16_arith);
   }
   sum = block_sum(sum, scratch);
   float s;
@@ -32,17 +107,21 @@ __global__ void rms_norm_kernel(Act x, Act y, Act w, bool has_w, int64_t dim, fl
   } else {
     s = 1.0f / sqrtf(sum / float(dim) + eps);
   }
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    float o = x.ld(r, i) * s;
-    if (bf16_arith) {
-      o = round_bf16(o);
-      if (has_w) o = round_bf16(o * w.ld(0, i));
-      y.st(r, i, o);
-    } else {
-      if (has_w) o *= w.ld(0, i);
-      y.st(r, i, o, out_round);
-    }
+  const bool round = out_round && !bf16_arith;  // bf16_arith values are bf16 already
+#pragma unroll
+  for (int k = 0; k < kVec; ++k)
+    st_chunk(y, r, threadIdx.x + int64_t(k) * blockDim.x, dim, norm_out4(xv[k], s, wv[k], has_w, bf16_arith), round,
+             vec);
+  for (int64_t c = tail; c < nchunks; c += blockDim.x) {
+    const float4 wc = has_w ? ld_chunk(w, 0, c, dim, vec) : make_float4(1.f, 1.f, 1.f, 1.f);
+    st_chunk(y, r, c, dim, norm_out4(ld_chunk(x, r, c, dim, vec), s, wc, has_w, bf16_arith), round, vec);
   }
+}
+
+// Threads per row of rms_norm: a chunk of 4 elements each, 32 to kNormMaxThreads (a function of dim
+// only, so a row gives the same bits whatever the batch).
+int norm_threads(int64_t dim) {
+  return int(std::clamp<int64_t>(ceil_div(ceil_div(dim, 4), 32) * 32, 32, kNormMaxThreads));
 }
 
 struct RopeArgs {
@@ -162,8 +241,18 @@ void launch_rms_norm(const RmsNormParams& p, cudaStream_t s) {
     w.stride = 0;
   }
   if (rows == 0) return;
-  rms_norm_kernel<<<grid_x(rows, "rms_norm"), 256, 0, s>>>(make_act(p.x, "rms_norm x"), make_act(p.y, "rms_norm y"), w, has_w,
-                                                 dim, p.eps, p.out_bf16, p.bf16_arith);
+  const Act x = make_act(p.x, "rms_norm x"), y = make_act(p.y, "rms_norm y");
+  const bool vec = dim % 4 == 0 && x.vec_ok() && y.vec_ok() && (!has_w || w.vec_ok());
+  const int threads = norm_threads(dim);
+  const int64_t per_thread = ceil_div(ceil_div(dim, 4), threads);
+  const unsigned grid = grid_x(rows, "rms_norm");
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, threads, 0, s>>>(x, y, w, has_w, dim, p.eps, p.out_bf16, p.bf16_arith, vec);
+  };
+  if (per_thread <= 1) launch(rms_norm_kernel<1>);
+  else if (per_thread <= 2) launch(rms_norm_kernel<2>);
+  else if (per_thread <= 4) launch(rms_norm_kernel<4>);
+  else launch(rms_norm_kernel<kNormMaxVec>);
   launch_check("rms_norm", s);
 }
 

@@ -82,6 +82,42 @@ __device__ void topk_sort_emit(unsigned long long* sel, int nsel, int pow2, int 
   }
 }
 
+// The bin of hist[256] holding the remaining-th largest key, counted from the top bin: *bin, and
+// *rest, how many of the bin's keys the selection takes; *total: the sum of all bins. Warp 0 calls
+// it (lane L owns bins 255 - 8L down to 248 - 8L; a warp scan finds the owner): the serial scan of
+// 256 bins by one thread it replaces was most of a decode call's time.
+__device__ __forceinline__ void topk_select_bin256(const uint32_t* hist, uint32_t remaining, uint32_t* bin,
+                                                   uint32_t* rest, uint32_t* total) {
+  const int lane = threadIdx.x & 31;
+  const int top = 255 - 8 * lane;
+  uint32_t c[8], sum = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    c[j] = hist[top - j];
+    sum += c[j];
+  }
+  uint32_t incl = sum;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += y;
+  }
+  const uint32_t all = __shfl_sync(0xffffffffu, incl, 31);
+  if (lane == 0) *total = all;
+  uint32_t cum = incl - sum;
+  if (cum < remaining && incl >= remaining) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (cum + c[j] >= remaining) {
+        *bin = uint32_t(top - j);
+        *rest = remaining - cum;
+        break;
+      }
+      cum += c[j];
+    }
+  }
+}
+
 // cand / cand_count (may be nullptr): the row's candidates from topk_collect_kernel; when they all
 // fit, only they are sorted, else the whole row is selected here.
 __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores, int64_t stride, int64_t cols, int k,
@@ -106,20 +142,12 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores,
     return;
   }
 
-  if (tid == 0) {
-    s_valid = 0;
-    s_nsel = 0;
-  }
-  __syncthreads();
-  uint32_t local_valid = 0;
-  for (int64_t i = tid; i < cols; i += blockDim.x) local_valid += order_key(s[i]) != 0u;
-  atomicAdd(&s_valid, local_valid);
-  __syncthreads();
-  const uint32_t valid = s_valid;
-  const bool take_all = valid <= uint32_t(k);
-
+  if (tid == 0) s_nsel = 0;
+  // Radix select over 8-bit digits. The first digit's histogram also counts the valid keys: a row
+  // of <= k of them takes them all.
   uint32_t thr = 0, kk = 0;
-  if (!take_all) {
+  bool take_all = false;
+  {
     uint32_t desired = 0, mask = 0;
     uint32_t remaining = uint32_t(k);
     for (int shift = 24; shift >= 0; shift -= 8) {
@@ -130,18 +158,12 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores,
         if (key != 0u && (key & mask) == desired) atomicAdd(&hist[(key >> shift) & 255u], 1u);
       }
       __syncthreads();
-      if (tid == 0) {
-        uint32_t cum = 0;
-        for (int b = 255; b >= 0; --b) {
-          if (cum + hist[b] >= remaining) {
-            s_bin = uint32_t(b);
-            s_kk = remaining - cum;
-            break;
-          }
-          cum += hist[b];
-        }
-      }
+      if (tid < 32) topk_select_bin256(hist, remaining, &s_bin, &s_kk, &s_valid);
       __syncthreads();
+      if (shift == 24 && s_valid <= uint32_t(k)) {
+        take_all = true;
+        break;
+      }
       desired |= s_bin << shift;
       mask |= 255u << shift;
       remaining = s_kk;

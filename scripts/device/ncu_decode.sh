@@ -5,8 +5,9 @@
 #   1. every kernel of the timed steps (`bench step` marks them: --profile-from-start off) at batch
 #      1 and at batch 256: duration, DRAM and SM throughput (% of peak), as CSV
 #      ($OUT/ncu_step_b<batch>.csv) and summed per kernel name, per step;
-#   2. the FP4 expert GEMMs and the sparse attention at batch 256 in detail (speed of light,
-#      compute workload: which pipe is busiest; launch and occupancy), $OUT/ncu_<kernel>.txt.
+#   2. the FP4 expert GEMMs and the sparse attention at batch 256 (NCU_BATCH) in detail (speed of
+#      light, compute workload: which pipe is busiest; launch, occupancy, warp stalls, memory),
+#      $OUT/ncu_<kernel>.txt; NCU_KERNELS: other kernel-name regexes, NCU_LAUNCHES: instances each.
 #   BUILD=build-gpu [NCU_PARTS="step detail"] bash scripts/device/ncu_decode.sh [extra bench step args...]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,10 +48,11 @@ done
 fi
 [[ " ${NCU_PARTS:-step detail} " == *" detail "* ]] || exit 0
 for k in ${NCU_KERNELS:-fp4 sparse_attention}; do
-  timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k "regex:$k" --profile-from-start off --launch-count 4 \
-    --section SpeedOfLight --section ComputeWorkloadAnalysis --section LaunchStats --section Occupancy \
-    $STEP --batch 256 "$@" > "$OUT/ncu_$k.txt" 2>&1
-  echo "== ncu $k rc $?"
-  grep -E "^  [a-zA-Z_].*\(|Duration|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Ipc" \
-    "$OUT/ncu_$k.txt" | head -48
+  timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k "regex:$k" --profile-from-start off \
+    --launch-count ${NCU_LAUNCHES:-4} --section SpeedOfLight --section ComputeWorkloadAnalysis --section LaunchStats \
+    --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+    $STEP --batch ${NCU_BATCH:-256} "$@" > "$OUT/ncu_$k.txt" 2>&1
+  echo "== ncu $k rc $? (batch ${NCU_BATCH:-256})"
+  grep -E "^  [a-zA-Z_].*\(|Duration|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Ipc|Warp Cycles Per Issued|Mem Busy|Max Bandwidth|L2 Hit|stall|Stall" \
+    "$OUT/ncu_$k.txt" | head -${NCU_LINES:-48}
 done

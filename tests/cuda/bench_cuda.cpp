@@ -7,7 +7,8 @@
 // 256 sequences as per-sequence calls against one batched call. Each line: time, bytes, FLOPs,
 // achieved bandwidth / throughput and the roofline
 // time max(bytes / BW, FLOPs / peak) with BW = measured device copy bandwidth (reported first),
-// peak = 1580 TFLOP/s FP8 or 790 TFLOP/s bf16-class work. Usage: bench_cuda [out.tsv]
+// peak = 1580 TFLOP/s FP8 or 790 TFLOP/s bf16-class work; the decode GEMV (L2-cold) at the decode
+// projections. Usage: bench_cuda [out.tsv|-] [SECTION...]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/fp4_gemm.h"
 #include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/gemv.h"
 
 namespace v4rt::kernels::cuda {
 namespace {
@@ -109,6 +111,70 @@ void bench_fp8(cudaStream_t s, std::mt19937& gen) {
         report(std::string("fp8 ") + (path == Fp8Gemm::Path::kSimt ? "simt " : "cublaslt ") + sh.name + " M=" +
                    std::to_string(m), us, bytes, 2.0 * double(m * sh.n * sh.k), kFp8Peak);
       }
+    }
+  }
+}
+
+// The decode GEMV (gemv.h) at the Flash decode projections, 1-8 token rows, L2-cold: each call
+// reads the next of enough weight copies to pass 256 MB. Bytes: the weights (and their scales)
+// once; the activations and outputs are a rounding error next to them.
+void bench_gemv(cudaStream_t s, std::mt19937& gen) {
+  struct Shape { const char* name; int64_t n, k, groups; bool fp8; GemvParams::Input input; };
+  using In = GemvParams::Input;
+  for (const Shape& sh : {Shape{"wq_a 1024x4096", 1024, 4096, 1, true, In::kQuant},
+                          Shape{"wq_b 32768x1024", 32768, 1024, 1, true, In::kQuant},
+                          Shape{"wkv 512x4096", 512, 4096, 1, true, In::kQuant},
+                          Shape{"indexer wq_b 8192x1024", 8192, 1024, 1, true, In::kQuant},
+                          Shape{"wo_b 4096x8192", 4096, 8192, 1, true, In::kQuant},
+                          Shape{"shared w1 2048x4096", 2048, 4096, 1, true, In::kQuant},
+                          Shape{"shared w2 4096x2048", 4096, 2048, 1, true, In::kQuant},
+                          Shape{"wo_a 8x1024x4096 (fp8)", 8 * 1024, 4096, 8, true, In::kBf16},
+                          Shape{"compressor bf16 1024x4096", 1024, 4096, 1, false, In::kBf16},
+                          Shape{"indexer compressor bf16 256x4096", 256, 4096, 1, false, In::kBf16}}) {
+    const size_t wbytes = size_t(sh.n * sh.k) * (sh.fp8 ? 1 : 2);
+    const int64_t w_ld = fp8_scale_layout().weight_ld(sh.k);
+    const size_t sbytes = sh.fp8 ? size_t((sh.n + 127) / 128 * w_ld) * 4 : 0;
+    const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
+    std::vector<DeviceBuffer> w, ws;
+    for (int c = 0; c < copies; ++c) {
+      w.push_back(random_bytes(wbytes, gen, 0, 255, sh.fp8 ? 0x7f : 0));
+      if (sh.fp8) {
+        std::vector<float> h(sbytes / 4, 1.0f / 64);
+        ws.emplace_back(sbytes);
+        ws.back().copy_from_host(h.data(), sbytes);
+      }
+    }
+    const int64_t k_act = sh.k * sh.groups;
+    for (int64_t m : {1, 2, 4, 8}) {
+      std::vector<uint16_t> xh(size_t(m * k_act));
+      std::normal_distribution<float> nd(0.f, 1.f);
+      for (auto& v : xh) v = f32_to_bf16(nd(gen));
+      DeviceBuffer x(xh.size() * 2), y(size_t(m * sh.n) * 2);
+      x.copy_from_host(xh.data(), xh.size() * 2);
+      GemvParams p;
+      p.input = sh.input;
+      p.x = x.data();
+      p.x_stride = k_act;
+      p.x_bf16 = true;
+      p.w_ld = w_ld;
+      p.out_group = sh.groups > 1 ? sh.n / sh.groups : 0;
+      p.y = y.data();
+      p.y_stride = sh.n;
+      p.round_product = sh.fp8 && sh.input == In::kQuant;
+      p.m = m;
+      p.n = sh.n;
+      p.k = sh.k;
+      p.k_act = k_act;
+      p.stream = s;
+      int next = 0;
+      const double us = time_us([&] {
+        p.w = w[size_t(next)].data();
+        p.w_scale = sh.fp8 ? ws[size_t(next)].as<float>() : nullptr;
+        next = (next + 1) % copies;
+        gemv(p);
+      }, s, 40);
+      report(std::string("gemv ") + sh.name + " M=" + std::to_string(m), us, double(wbytes + sbytes),
+             2.0 * double(m * sh.n * sh.k), kFp8Peak);
     }
   }
 }
@@ -211,7 +277,7 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
           continue;
         }
         // The CUDA-core kernel, then the two tensor-core kernels side by side (the tensor-core entry
-        // dispatches to the GEMV up to a mean of kFp4GemvMaxMeanRows rows per expert).
+        // dispatches to the GEMV up to a mean of kFp4GemvMaxMeanRows rows per expert, 6 for gate/up).
         const double us = time_us([&] { rotate(p); fp4_grouped_gemm(p); }, s);
         report("fp4 cuda cores " + shape, us, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         const double us_tile = time_us([&] { rotate(p); fp4_grouped_gemm_mma(p); }, s);
@@ -222,7 +288,7 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
           std::printf("  %s: tile %.0f GB/s, gemv %.0f GB/s = %.1f%% of the nominal %.2f TB/s; dispatch takes the %s\n",
                       shape.c_str(), bytes / us_tile * 1e-3, bytes / us_gemv * 1e-3,
                       100.0 * bytes / (us_gemv * 1e-6) / g_hbm_nominal, g_hbm_nominal * 1e-12,
-                      fp4_tc_use_gemv(rows, num_experts) ? "gemv" : "tile kernel");
+                      fp4_tc_use_gemv(rows, num_experts, sh.n, sh.k) ? "gemv" : "tile kernel");
         }
       }
     }
@@ -445,7 +511,7 @@ int main(int argc, char** argv) {
     std::printf("bench_cuda: no CUDA device\n");
     return 0;
   }
-  // bench_cuda [TSV] [SECTION...]: the sections named (copy fp8 fp4 ops indexer decode), or all.
+  // bench_cuda [TSV] [SECTION...]: the sections named (copy fp8 gemv fp4 ops indexer decode), or all.
   if (argc > 1 && std::string(argv[1]) != "-") g_tsv = std::fopen(argv[1], "w");
   std::vector<std::string> only(argv + std::min(argc, 2), argv + argc);
   auto run = [&](const char* name) { return only.empty() || std::find(only.begin(), only.end(), name) != only.end(); };
@@ -462,6 +528,7 @@ int main(int argc, char** argv) {
   Stream stream;
   bench_copy(stream.get());  // always: the roofline bandwidth of every other figure
   if (run("fp8")) bench_fp8(stream.get(), gen);
+  if (run("gemv")) bench_gemv(stream.get(), gen);
   if (run("fp4")) bench_fp4(stream.get(), gen);
   if (run("ops")) bench_ops(gen);
   if (run("indexer")) bench_indexer_prefill(gen);

@@ -11,6 +11,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/fp4_gemm.h"
 #include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace v4rt::kernels::cuda_test {
@@ -189,6 +190,132 @@ TEST(CudaGemm, Fp8BlockScaledVsFp64) {
   }
 }
 
+// The decode GEMV (gemv.h) on FP8 weights, both entries (fp8_gemm_simt on e4m3 codes; gemv on
+// bf16/f32 rows it quantizes itself, with the output add fused), bit for bit the three launches it replaces: act_quant_fp8, the tiled
+// CUDA-core kernel (fp8_gemm_simt at 9 rows, the first m of them the test's) and the add as
+// launch_add_into does it (computed here on the host). Every channel-group shape (k <= 1024: 4
+// channels a warp step, 2048: 2, 4096-8192: 1), m = 1..8, n not a multiple of the group, bf16 or
+// f32 inputs and outputs, accumulate and round.
+TEST(CudaGemm, Fp8GemvBitsMatchQuantTiledAdd) {
+  V4RT_REQUIRE_GPU();
+  gpu_backend();
+  struct Case { int64_t m, n, k; bool x_bf16, y_bf16, acc, round; };
+  const Case cases[] = {{1, 1024, 4096, true, true, false, false}, {1, 576, 4096, true, false, true, true},
+                        {2, 8192, 1024, true, true, false, false}, {3, 1000, 8192, false, false, false, true},
+                        {5, 4000, 2048, true, true, true, false},  {8, 384, 512, true, false, true, true},
+                        {8, 2048, 4096, false, true, false, false}, {4, 130, 384, true, false, false, false}};
+  const cuda::Fp8ScaleLayout& layout = cuda::fp8_scale_layout();
+  for (const Case& c : cases) {
+    Rng rng(uint64_t(c.m * 7919 + c.n * 31 + c.k));
+    constexpr int64_t kTiledRows = 9;  // > the GEMV's 8: fp8_gemm_simt takes its tiled kernel
+    std::vector<float> x = rng.normals(kTiledRows * c.k, 2.f);
+    for (int64_t i = c.m * c.k; i < kTiledRows * c.k; ++i) x[size_t(i)] = 0.f;
+    for (int i = 0; i < 128; ++i) x[size_t(i)] = 0.f;  // an all-zero block: the amax floor
+    x[size_t(c.k / 2)] = 900.f;                        // an outlier block
+    if (c.x_bf16)
+      for (auto& v : x) v = bf16_to_f32(f32_to_bf16(v));
+    const int64_t nb = (c.n + 127) / 128, kb = c.k / 128, w_ld = layout.weight_ld(c.k);
+    std::vector<uint8_t> w8(size_t(c.n * c.k));
+    for (auto& v : w8) v = random_e4m3(rng);
+    std::vector<float> ws(size_t(nb * w_ld), 1.f);
+    for (int64_t r = 0; r < nb; ++r)
+      for (int64_t b = 0; b < kb; ++b) ws[size_t(r * w_ld + b)] = e8m0_to_f32(uint8_t(rng.integer(118, 124)));
+    std::vector<float> y0 = rng.normals(c.m * c.n);
+    if (c.y_bf16)
+      for (auto& v : y0) v = bf16_to_f32(f32_to_bf16(v));
+    DeviceBuffer dx = c.x_bf16 ? to_device(to_bf16(x)) : to_device(x), dw8 = to_device(w8), dws = to_device(ws);
+    // The three launches: act_quant, the tiled kernel, the add (host).
+    const int64_t act_ld = layout.act_ld(kTiledRows);
+    DeviceBuffer d8(size_t(kTiledRows * c.k)), dxs(size_t(kb * act_ld) * 4), tiled(size_t(kTiledRows * c.n) * 2);
+    cuda::ActQuantParams q;
+    q.x = dx.data();
+    q.x_stride = c.k;
+    q.x_bf16 = c.x_bf16;
+    q.x8 = d8.as<uint8_t>();
+    q.scale = dxs.as<float>();
+    q.scale_m_stride = 1;
+    q.scale_kb_stride = act_ld;
+    q.num_tokens = kTiledRows;
+    q.k = c.k;
+    cuda::act_quant_fp8(q);
+    cuda::Fp8GemmParams g;
+    g.x8 = d8.as<uint8_t>();
+    g.x_scale = dxs.as<float>();
+    g.w8 = dw8.as<uint8_t>();
+    g.w_scale = dws.as<float>();
+    g.out = tiled.as<uint16_t>();
+    g.m = kTiledRows;
+    g.n = c.n;
+    g.k = c.k;
+    cuda::fp8_gemm_simt(g);
+    std::vector<uint16_t> tiled_h(size_t(kTiledRows * c.n));
+    (void)cudaDeviceSynchronize();
+    tiled.copy_to_host(tiled_h.data(), tiled_h.size() * 2);
+    // fp8_gemm_simt at m rows (the GEMV on the same codes: its act_ld is act_ld(m)).
+    const int64_t gemv_ld = layout.act_ld(c.m);
+    std::vector<float> xs_h(size_t(kb * act_ld)), xs_m(size_t(kb * gemv_ld), 1.f);
+    dxs.copy_to_host(xs_h.data(), xs_h.size() * 4);
+    for (int64_t b = 0; b < kb; ++b)
+      for (int64_t t = 0; t < c.m; ++t) xs_m[size_t(b * gemv_ld + t)] = xs_h[size_t(b * act_ld + t)];
+    DeviceBuffer dxs_m = to_device(xs_m), gemv_out(size_t(c.m * c.n) * 2);
+    g.x_scale = dxs_m.as<float>();
+    g.out = gemv_out.as<uint16_t>();
+    g.m = c.m;
+    cuda::fp8_gemm_simt(g);
+    // gemv on the rows, y holding y0.
+    const size_t y_bytes = size_t(c.m * c.n) * (c.y_bf16 ? 2 : 4);
+    DeviceBuffer dy = c.y_bf16 ? to_device(to_bf16(y0)) : to_device(y0);
+    cuda::GemvParams f;
+    f.input = cuda::GemvParams::Input::kQuant;
+    f.x = dx.data();
+    f.x_stride = c.k;
+    f.x_bf16 = c.x_bf16;
+    f.w = dw8.data();
+    f.w_scale = dws.as<float>();
+    f.w_ld = w_ld;
+    f.y = dy.data();
+    f.y_stride = c.n;
+    f.y_bf16 = c.y_bf16;
+    f.accumulate = c.acc;
+    f.round = c.round;
+    f.round_product = true;
+    f.m = c.m;
+    f.n = c.n;
+    f.k = f.k_act = c.k;
+    cuda::gemv(f);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<uint16_t> gemv_h(size_t(c.m * c.n));
+    gemv_out.copy_to_host(gemv_h.data(), gemv_h.size() * 2);
+    std::vector<uint8_t> got(y_bytes);
+    dy.copy_to_host(got.data(), y_bytes);
+    int64_t bad_codes = 0, bad_fused = 0;
+    for (int64_t t = 0; t < c.m; ++t)
+      for (int64_t j = 0; j < c.n; ++j) {
+        const size_t i = size_t(t * c.n + j);
+        const uint16_t ref = tiled_h[i];
+        bad_codes += gemv_h[i] != ref;
+        const float v = bf16_to_f32(ref), sum = c.acc ? y0[i] + v : v;
+        if (c.y_bf16) {
+          uint16_t h;
+          std::memcpy(&h, got.data() + 2 * i, 2);
+          bad_fused += h != f32_to_bf16(sum);
+        } else {
+          const float want = c.round ? bf16_to_f32(f32_to_bf16(sum)) : sum;
+          float h;
+          std::memcpy(&h, got.data() + 4 * i, 4);
+          bad_fused += std::memcmp(&h, &want, 4) != 0;
+        }
+      }
+    std::printf("[compare] fp8 gemv m%lld n%lld k%lld %s->%s%s%s: %lld (codes) and %lld (fused) of %lld outputs differ "
+                "from act_quant + tiled kernel + add\n",
+                (long long)c.m, (long long)c.n, (long long)c.k, c.x_bf16 ? "bf16" : "f32", c.y_bf16 ? "bf16" : "f32",
+                c.acc ? " acc" : "", c.round ? " round" : "", (long long)bad_codes, (long long)bad_fused,
+                (long long)(c.m * c.n));
+    EXPECT_EQ(bad_codes, 0);
+    EXPECT_EQ(bad_fused, 0);
+  }
+}
+
 TEST(CudaGemm, Fp8CublasLtShapeSupport) {
   V4RT_REQUIRE_GPU();
   gpu_backend();
@@ -282,13 +409,15 @@ TEST(CudaGemm, Fp4GroupedVsHostDequant) {
 
 // --- backend projections vs the CPU reference ------------------------------------------------------
 
+// Up to 8 rows with bf16 weights: the decode GEMV (gemv.h); more rows or F32 weights: cuBLASLt.
 TEST(CudaGemm, LinearDenseBf16AndF32) {
   V4RT_REQUIRE_GPU();
   Rng rng(22);
   struct Case { int m, n, k; DType wdt, ydt; bool acc; };
   for (const Case& c : {Case{1, 256, 4096, DType::kBF16, DType::kF32, false}, Case{17, 300, 512, DType::kBF16, DType::kBF16, false},
                         Case{64, 129, 256, DType::kBF16, DType::kF32, true}, Case{5, 24, 1024, DType::kF32, DType::kF32, false},
-                        Case{3, 40, 256, DType::kF32, DType::kBF16, true}}) {
+                        Case{3, 40, 256, DType::kF32, DType::kBF16, true}, Case{2, 576, 1024, DType::kBF16, DType::kF32, true},
+                        Case{8, 1000, 2048, DType::kBF16, DType::kBF16, true}, Case{4, 64, 8192, DType::kBF16, DType::kF32, false}}) {
     std::vector<uint16_t> keep;
     DualWeight w = upload_f32(rng.normals(int64_t(c.n) * c.k, 0.05f), c.n, c.k, c.wdt, &keep);
     Dual x = make_dual({c.m, c.k}, rng.normals(int64_t(c.m) * c.k));

@@ -113,27 +113,34 @@ TEST(CudaLinear, GroupedOutputProjection) {
   V4RT_REQUIRE_GPU();
   Rng rng(32);
   const int groups = 4, in_g = 512, out_g = 128;
-  for (int variant = 0; variant < 3; ++variant) {
-    const int m = variant == 2 ? 37 : 3;
+  // Variants 0, 1, 3 and 4 (up to 8 rows, bf16 activations) take the decode GEMV, the FP8 weights
+  // read as they are; variant 2 (37 rows) cuBLASLt. Variant 4: F32 rows holding bf16 values.
+  for (int variant = 0; variant < 5; ++variant) {
+    const int m = variant == 2 ? 37 : variant == 3 ? 2 : variant == 4 ? 1 : 3;
+    const bool fp8 = variant == 1 || variant == 3, sub = variant == 2 || variant == 3;
     DualWeight w;
     Fp8Source f;
     std::vector<uint16_t> keep;
-    if (variant == 1) {
+    if (fp8) {
       f = make_fp8(rng, groups * out_g, in_g);
       w = upload_both(f.src);
     } else {
       w = upload_f32(rng.normals(int64_t(groups) * out_g * in_g, 0.05f), groups * out_g, in_g, DType::kBF16, &keep);
     }
-    Dual x = make_dual({m, groups, in_g}, rng.normals(int64_t(m) * groups * in_g));
+    std::vector<float> xv = rng.normals(int64_t(m) * groups * in_g);
+    for (auto& v : xv) v = bf16_to_f32(f32_to_bf16(v));
+    Dual x = make_dual({m, groups, in_g}, xv, variant == 4 ? DType::kF32 : DType::kBF16);
     Dual y = make_dual({m, groups, out_g}, std::vector<float>(size_t(m) * groups * out_g, 0.f));
     GroupedLinearParams p;
-    p.g_begin = variant == 2 ? 1 : 0;
-    p.g_end = variant == 2 ? 3 : -1;
+    p.g_begin = sub ? 1 : 0;
+    p.g_end = sub ? 3 : -1;
+    p.x_bf16_exact = variant == 4;
     p.x = x.cpu; p.w = w.cpu; p.y = y.cpu;
     cpu_backend().grouped_linear(p);
     p.x = x.gpu; p.w = w.gpu; p.y = y.gpu;
     gpu_backend().grouped_linear(p);
-    const char* names[] = {"grouped_linear bf16", "grouped_linear fp8->bf16", "grouped_linear groups [1,3)"};
+    const char* names[] = {"grouped_linear bf16", "grouped_linear fp8->bf16", "grouped_linear groups [1,3)",
+                           "grouped_linear fp8 m2 groups [1,3)", "grouped_linear bf16 m1 f32 rows of bf16 values"};
     EXPECT_TRUE(compare(names[variant], y.gpu_values(), y.cpu_values(), kGemmTol));
   }
 }
@@ -200,6 +207,47 @@ TEST(CudaMoe, GateScoreAndHash) {
   }
 }
 
+// compare() of rows of `cols`, except that up to max_odd_rows rows may miss the per-element bound
+// if their own nmse stays under 1e-2. The wgmma expert kernels (the prefill tiles) sum a 128-k
+// step's FP8 products with fewer bits than fp32, so an intermediate h can land one bf16 ulp from
+// the CPU's; where that value is its 128-block's amax at a power-of-two boundary, the FP8
+// act_quant scale of the block doubles and the down projection of that one row moves by a few
+// percent (measured on an H100: 1 row of 300 and 1 of 700, nmse 1e-5 over the whole output).
+::testing::AssertionResult compare_rows(const std::string& tag, const std::vector<float>& got,
+                                        const std::vector<float>& ref, int64_t cols, const Tolerance& tol,
+                                        int64_t max_odd_rows) {
+  double ss = 0;
+  for (float v : ref) ss += double(v) * v;
+  const double atol = tol.atol_rms * std::sqrt(ss / double(std::max<size_t>(ref.size(), 1)));
+  std::vector<float> kept_got, kept_ref;
+  int64_t odd = 0;
+  for (size_t r0 = 0; r0 < ref.size(); r0 += size_t(cols)) {
+    bool within = true;
+    double err = 0, pow = 0;
+    for (size_t i = r0; i < r0 + size_t(cols); ++i) {
+      const double d = std::fabs(double(got[i]) - ref[i]);
+      within = within && d <= atol + tol.rtol * std::fabs(double(ref[i]));
+      err += d * d;
+      pow += double(ref[i]) * ref[i];
+    }
+    if (within) {
+      kept_got.insert(kept_got.end(), got.begin() + int64_t(r0), got.begin() + int64_t(r0) + cols);
+      kept_ref.insert(kept_ref.end(), ref.begin() + int64_t(r0), ref.begin() + int64_t(r0) + cols);
+      continue;
+    }
+    ++odd;
+    std::printf("[compare] %s: row %lld outside the element bound, row nmse %.3g\n", tag.c_str(),
+                (long long)(r0 / size_t(cols)), err / std::max(pow, 1e-30));
+    if (err > 1e-2 * pow) return ::testing::AssertionFailure() << tag << ": row " << r0 / size_t(cols) << " nmse";
+  }
+  if (odd > max_odd_rows)
+    return ::testing::AssertionFailure() << tag << ": " << odd << " rows outside the bound (at most " << max_odd_rows
+                                         << ")";
+  // The whole output's nmse, then every other row element by element.
+  if (!compare(tag + " (whole, nmse)", got, ref, {1e30, 1e30, tol.max_nmse})) return compare(tag, got, ref, tol);
+  return compare(tag + " (rows within the bound)", kept_got, kept_ref, tol);
+}
+
 // official: FP8 act quant + bf16 pipeline vs the CPU official flags; otherwise the reference
 // numerics (F32 x on the GPU, fp32 expert pipeline) vs the fp32 CPU reference at a tight tolerance.
 void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
@@ -246,7 +294,7 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
   const std::string tag = std::string(official ? "moe_experts fp4 official" : "moe_experts fp4 reference fp32") + " n" +
                           std::to_string(n) + " hidden" + std::to_string(hidden) + " experts [4,12)";
   if (official) {
-    EXPECT_TRUE(compare(tag, out.gpu_values(), out.cpu_values(), {3e-2, 3e-2, 1e-3}));
+    EXPECT_TRUE(compare_rows(tag, out.gpu_values(), out.cpu_values(), hidden, {3e-2, 3e-2, 1e-3}, n / 100));
   } else {
     EXPECT_TRUE(compare(tag, out.gpu_values(), out.cpu_values(), {1e-3, 1e-5, 1e-10}));
   }

@@ -190,5 +190,43 @@ TEST(CudaSample, IdsIndependentOfBatchRow) {
   }
 }
 
+// A few rows are split over many blocks (kernels/cuda/sample.cu, "Split rows"): the same ids, top-n
+// ids and logprobs as the one-block-per-row kernel of a larger batch, for top-k, top-p (candidate
+// lists that fit and that overflow), whole-vocabulary draws, greedy and top-n rows.
+TEST(CudaSample, SplitRowsMatchOneBlockRows) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(5);
+  const int64_t vocab = 129280;
+  const int rows = 24, max_n = 20;
+  std::vector<float> logits = random_logits(rng, rows, vocab, 2.f, false);
+  for (int r = 0; r < rows; ++r)  // peaked rows: a short nucleus
+    if (r % 2)
+      for (int64_t i = 0; i < 40; ++i) logits[size_t(r * vocab + (i * 3217 + r) % vocab)] = 14.0f + float(i % 5);
+  const float top_ps[] = {1.0f, 0.9f, 0.5f};
+  const int top_ks[] = {0, 1, 50, 4000};
+  std::vector<SampleRow> srows(static_cast<size_t>(rows));
+  for (int r = 0; r < rows; ++r) {
+    SampleRow& s = srows[size_t(r)];
+    s.seed = 7 + uint64_t(r);
+    s.position = 13 * r;
+    s.temperature = r % 7 == 0 ? 0.0f : 0.8f;
+    s.top_p = top_ps[r % 3];
+    s.top_k = top_ks[(r / 3) % 4];
+    s.n_logprobs = (r * 7) % (max_n + 1);
+  }
+  const SampleRun together = run(true, logits, vocab, srows, max_n);
+  for (int r = 0; r < rows; ++r) {
+    const std::vector<float> one(logits.begin() + r * vocab, logits.begin() + (r + 1) * vocab);
+    const SampleRun alone = run(true, one, vocab, {srows[size_t(r)]}, max_n);
+    EXPECT_EQ(alone.ids[0], together.ids[size_t(r)]) << "row " << r;
+    EXPECT_EQ(alone.logprob[0], together.logprob[size_t(r)]) << "row " << r;
+    for (int j = 0; j < max_n; ++j) {
+      EXPECT_EQ(alone.top_ids[size_t(j)], together.top_ids[size_t(r * max_n + j)]) << "row " << r << " column " << j;
+      EXPECT_EQ(alone.top_logprobs[size_t(j)], together.top_logprobs[size_t(r * max_n + j)])
+          << "row " << r << " column " << j;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace v4rt::kernels::cuda_test

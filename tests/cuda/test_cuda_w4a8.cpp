@@ -186,7 +186,7 @@ void run_case(const W4a8Case& c, Rng& rng) {
       }
     }
   }
-  const bool gemv = cuda::fp4_tc_use_gemv(total + 3, groups);
+  const bool gemv = cuda::fp4_tc_use_gemv(total + 3, groups, n, k);
   std::string tag = "w4a8 groups";
   for (int r : c.rows) {
     tag += ' ';
@@ -513,6 +513,11 @@ TEST(CudaW4a8Gemv, DispatchByMeanRows) {
   EXPECT_FALSE(cuda::fp4_tc_use_gemv(5, 1));
   EXPECT_FALSE(cuda::fp4_tc_use_gemv(49152, 256));    // prefill
   EXPECT_TRUE(cuda::fp4_tc_use_gemv(0, 256));
+  // The gate/up shape (k >= 2n) up to a mean of 6; the down shape not.
+  EXPECT_EQ(cuda::kFp4GemvMaxMeanRowsWide, 6);
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(1536, 256, 2048, 4096));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(1536, 256, 4096, 2048));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(6 * 256 + 1, 256, 2048, 4096));
 }
 
 // One row in a few of 256 groups, the rest empty (the batch-1 decode step), some of the rows in
