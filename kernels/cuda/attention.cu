@@ -375,9 +375,6 @@ constexpr int kTcThreads = 512;  // 16 warps: (4 head tiles) x (4 candidate or d
 constexpr int kTcMaxDim = 512;
 constexpr int kTcPad = 8;        // bf16 elements of row padding: 16 B, conflict-free fragment loads
 constexpr int kTcSPad = 4;
-// 16-byte loads per thread to stage q (64 heads) or a tile (64 rows) of up to kTcMaxDim.
-constexpr int kTcLoads = kTcHeads * (kTcMaxDim / 8) / kTcThreads;
-static_assert(kTile == kTcHeads, "q and a candidate tile stage alike");
 
 size_t tc_smem_bytes(int dim) {
   const size_t ld = size_t(dim + kTcPad);
@@ -433,18 +430,11 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
   const CandRange r = candidate_range(a, part, t, blockIdx.z);
   const int d8 = dim / 8;
-  {  // q of the 64 heads: every load of the thread issued before the first store
-    uint4 v[kTcLoads];
-#pragma unroll
-    for (int u = 0; u < kTcLoads; ++u) {
-      const int i = tid + u * kTcThreads, hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
-      v[u] = i < kTcHeads * d8 && h < a.h_end ? ld8_as_bf16(part.q, t, int64_t(h) * dim + c) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kTcLoads; ++u) {
-      const int i = tid + u * kTcThreads;
-      if (i < kTcHeads * d8) *reinterpret_cast<uint4*>(qs + (i / d8) * ld + (i % d8) * 8) = v[u];
-    }
+  for (int i = tid; i < kTcHeads * d8; i += blockDim.x) {
+    const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (h < a.h_end) v = ld8_as_bf16(part.q, t, int64_t(h) * dim + c);
+    *reinterpret_cast<uint4*>(qs + hl * ld + c) = v;
   }
   if (tid < kTcHeads) {
     m_s[tid] = -INFINITY;
@@ -464,25 +454,14 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
     __syncthreads();  // the previous tile's KV and P are no longer read
     if (tid < kTile) codes[tid] = tid < cnt ? candidate_code(part, r, t, tile0 + tid) : int64_t(-1);
     __syncthreads();
-    // The tile's latent rows, loads first as for q, in two halves (o is live: registers).
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      constexpr int kHalf = kTcLoads / 2;
-      uint4 v[kHalf];
-#pragma unroll
-      for (int u = 0; u < kHalf; ++u) {
-        const int i = tid + (half * kHalf + u) * kTcThreads, row = i / d8, c = (i % d8) * 8;
-        const int64_t code = i < kTile * d8 ? codes[row] : int64_t(-1);
-        v[u] = make_uint4(0, 0, 0, 0);
-        if (code >= 0) v[u] = ld8_as_bf16(part.win, code, c);
-        else if (code <= -2 && part.ckv.data) v[u] = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
-        else if (code <= -2) v[u] = ld8_as_bf16(part.comp, -code - 2, c);
-      }
-#pragma unroll
-      for (int u = 0; u < kHalf; ++u) {
-        const int i = tid + (half * kHalf + u) * kTcThreads;
-        if (i < kTile * d8) *reinterpret_cast<uint4*>(kv + (i / d8) * ld + (i % d8) * 8) = v[u];
-      }
+    for (int i = tid; i < kTile * d8; i += blockDim.x) {
+      const int row = i / d8, c = (i % d8) * 8;
+      const int64_t code = codes[row];
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (code >= 0) v = ld8_as_bf16(part.win, code, c);
+      else if (code <= -2 && part.ckv.data) v = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
+      else if (code <= -2) v = ld8_as_bf16(part.comp, -code - 2, c);
+      *reinterpret_cast<uint4*>(kv + row * ld + c) = v;
     }
     __syncthreads();
     {  // S = Q K^T * scale: heads [mt, mt + 16) x candidates [quarter * 16, +16)
