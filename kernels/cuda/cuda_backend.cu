@@ -414,6 +414,27 @@ bool views_overlap(const Act& a, int64_t m, int64_t wa, const Act& b, int64_t wb
   const auto [b0, b1] = span(b, wb);
   return a0 < b1 && b0 < a1;
 }
+
+// The decode GEMV of a linear: its rows, weight and output (weights taken as bf16 unless the
+// caller sets the FP8 scales).
+GemvParams gemv_linear(const LinearParams& p, const Act& x, const Act& y, GemvParams::Input input, cudaStream_t s) {
+  GemvParams g;
+  g.input = input;
+  g.x = x.data;
+  g.x_stride = x.stride;
+  g.x_bf16 = x.bf16;
+  g.w = p.w.data;
+  g.y = y.data;
+  g.y_stride = y.stride;
+  g.y_bf16 = y.bf16;
+  g.accumulate = p.accumulate;
+  g.round = p.out_bf16;
+  g.m = p.x.shape[0];
+  g.n = p.w.rows;
+  g.k = g.k_act = p.w.cols;
+  g.stream = s;
+  return g;
+}
 }  // namespace
 
 void CudaBackend::linear_fp8(const LinearParams& p) {
@@ -428,24 +449,10 @@ void CudaBackend::linear_fp8(const LinearParams& p) {
   // codes and zero scales; GEMM rows are independent) and keep the first m output rows.
   const bool decode = m <= gemv_max_tokens(k);
   if (decode && !views_overlap(x, m, k, y, n)) {  // one launch: act_quant, GEMV and the output add
-    GemvParams g;
-    g.input = GemvParams::Input::kQuant;
-    g.x = x.data;
-    g.x_stride = x.stride;
-    g.x_bf16 = x.bf16;
-    g.w = p.w.data;
+    GemvParams g = gemv_linear(p, x, y, GemvParams::Input::kQuant, stream_.get());
     g.w_scale = fp8_weight_scale_f32(p.w);
     g.w_ld = layout.weight_ld(k);
-    g.y = y.data;
-    g.y_stride = y.stride;
-    g.y_bf16 = y.bf16;
-    g.accumulate = p.accumulate;
-    g.round = p.out_bf16;
     g.round_product = true;
-    g.m = m;
-    g.n = n;
-    g.k = g.k_act = k;
-    g.stream = stream_.get();
     gemv(g);
     return;
   }
@@ -562,22 +569,7 @@ void CudaBackend::linear_dense(const LinearParams& p) {
   // Decode-sized bf16 projections (not the LM head, which cuBLASLt streams at ~87% of the
   // bandwidth) take the GEMV: x to bf16, the GEMM and the output rounding in one launch.
   if (w_bf16 && m <= gemv_max_tokens(k) && n <= kGemvMaxDenseRows && k % 16 == 0 && !views_overlap(x, m, k, y, n)) {
-    GemvParams g;
-    g.input = GemvParams::Input::kBf16;
-    g.x = x.data;
-    g.x_stride = x.stride;
-    g.x_bf16 = x.bf16;
-    g.w = p.w.data;
-    g.y = y.data;
-    g.y_stride = y.stride;
-    g.y_bf16 = y.bf16;
-    g.accumulate = p.accumulate;
-    g.round = p.out_bf16;
-    g.m = m;
-    g.n = n;
-    g.k = g.k_act = k;
-    g.stream = stream_.get();
-    gemv(g);
+    gemv(gemv_linear(p, x, y, GemvParams::Input::kBf16, stream_.get()));
     return;
   }
   if (x.bf16 != w_bf16) {  // bring x to the weight's type

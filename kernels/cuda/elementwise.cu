@@ -104,33 +104,13 @@ __global__ void embedding_kernel(Act table, int64_t vocab, const int32_t* ids, A
   out.st(t, c, table.ld(id, c % hidden));
 }
 
-// Elements [c0 + 4c, c0 + 4c + 4) of row r, those below c0 + n (zeros past): one 8- or 16-byte
-// load when vec (c0 % 4 == 0, n % 4 == 0 and Act::vec_ok), else scalar loads.
+// Chunk c (elements [4c, 4c + 4)) of the run of n elements from column c0 of row r.
 __device__ __forceinline__ float4 ld_chunk(const Act& a, int64_t r, int64_t c0, int64_t c, int64_t n, bool vec) {
-  const int64_t i = 4 * c, o = c0 + i;
-  if (vec) return i < n ? a.ld4(r, o) : make_float4(0.f, 0.f, 0.f, 0.f);
-  return make_float4(i < n ? a.ld(r, o) : 0.f, i + 1 < n ? a.ld(r, o + 1) : 0.f, i + 2 < n ? a.ld(r, o + 2) : 0.f,
-                     i + 3 < n ? a.ld(r, o + 3) : 0.f);
+  return a.ld4_part(r, c0 + 4 * c, n - 4 * c, vec);
 }
-
-// Stores what ld_chunk loads (no bf16 rounding of F32 storage); vec: one 8- or 16-byte store.
 __device__ __forceinline__ void st_chunk(const Act& a, int64_t r, int64_t c0, int64_t c, int64_t n, float4 v,
                                          bool vec) {
-  const int64_t i = 4 * c, o = c0 + i;
-  if (i >= n) return;
-  if (vec && a.bf16) {
-    uint2 u;
-    u.x = uint32_t(f32_to_bf16(v.x)) | (uint32_t(f32_to_bf16(v.y)) << 16);
-    u.y = uint32_t(f32_to_bf16(v.z)) | (uint32_t(f32_to_bf16(v.w)) << 16);
-    *reinterpret_cast<uint2*>(static_cast<uint16_t*>(a.data) + r * a.stride + o) = u;
-  } else if (vec) {
-    *reinterpret_cast<float4*>(static_cast<float*>(a.data) + r * a.stride + o) = v;
-  } else {
-    a.st(r, o, v.x);
-    if (i + 1 < n) a.st(r, o + 1, v.y);
-    if (i + 2 < n) a.st(r, o + 2, v.z);
-    if (i + 3 < n) a.st(r, o + 3, v.w);
-  }
+  a.st4_part(r, c0 + 4 * c, n - 4 * c, v, false, vec);
 }
 
 __device__ __forceinline__ float amax_chunk(float amax, float4 v) {

@@ -129,12 +129,9 @@ __global__ void __launch_bounds__(kThreads) sum_squares_kernel(Act x, int64_t n,
   if (lane == 0) part[t * (kNumMix + 1) + kNumMix] = acc;
 }
 
-// Columns [4c, 4c + 4) of stream j of token t (zeros past hidden): one 8- or 16-byte load when vec.
+// Columns [4c, 4c + 4) of stream j of token t (zeros past hidden).
 __device__ __forceinline__ float4 ld_chunk(const Act& x, int64_t t, int j, int64_t c, int64_t hidden, bool vec) {
-  const int64_t d = 4 * c, o = j * hidden + d;
-  if (vec) return d < hidden ? x.ld4(t, o) : make_float4(0.f, 0.f, 0.f, 0.f);
-  return make_float4(d < hidden ? x.ld(t, o) : 0.f, d + 1 < hidden ? x.ld(t, o + 1) : 0.f,
-                     d + 2 < hidden ? x.ld(t, o + 2) : 0.f, d + 3 < hidden ? x.ld(t, o + 3) : 0.f);
+  return x.ld4_part(t, j * hidden + 4 * c, hidden - 4 * c, vec);
 }
 
 // The collapse of chunk c: out[t][4c + e] = sum over j of pre[j] * x[t][j][4c + e] (j ascending).

@@ -18,33 +18,13 @@ constexpr int kMaxRopePairs = 64;
 constexpr int kNormMaxThreads = 512;
 constexpr int kNormMaxVec = 8;  // chunks of 4 a thread keeps in registers (rows to 16,384 at 512 threads)
 
-// Elements [4c, 4c + 4) of row r (zeros past n): one 8- or 16-byte load when vec, else scalar loads.
+// Chunk c (elements [4c, 4c + 4)) of row r of n elements.
 __device__ __forceinline__ float4 ld_chunk(const Act& a, int64_t r, int64_t c, int64_t n, bool vec) {
-  const int64_t i = 4 * c;
-  if (vec) return i < n ? a.ld4(r, i) : make_float4(0.f, 0.f, 0.f, 0.f);
-  return make_float4(i < n ? a.ld(r, i) : 0.f, i + 1 < n ? a.ld(r, i + 1) : 0.f, i + 2 < n ? a.ld(r, i + 2) : 0.f,
-                     i + 3 < n ? a.ld(r, i + 3) : 0.f);
+  return a.ld4_part(r, 4 * c, n - 4 * c, vec);
 }
-
-// Stores elements [4c, 4c + 4) of row r (those below n); vec: one 8- or 16-byte store.
 __device__ __forceinline__ void st_chunk(const Act& a, int64_t r, int64_t c, int64_t n, float4 v, bool round,
                                          bool vec) {
-  const int64_t i = 4 * c;
-  if (i >= n) return;
-  if (vec && a.bf16) {
-    uint2 u;
-    u.x = uint32_t(f32_to_bf16(v.x)) | (uint32_t(f32_to_bf16(v.y)) << 16);
-    u.y = uint32_t(f32_to_bf16(v.z)) | (uint32_t(f32_to_bf16(v.w)) << 16);
-    *reinterpret_cast<uint2*>(static_cast<uint16_t*>(a.data) + r * a.stride + i) = u;
-  } else if (vec) {
-    if (round) v = make_float4(round_bf16(v.x), round_bf16(v.y), round_bf16(v.z), round_bf16(v.w));
-    *reinterpret_cast<float4*>(static_cast<float*>(a.data) + r * a.stride + i) = v;
-  } else {
-    a.st(r, i, v.x, round);
-    if (i + 1 < n) a.st(r, i + 1, v.y, round);
-    if (i + 2 < n) a.st(r, i + 2, v.z, round);
-    if (i + 3 < n) a.st(r, i + 3, v.w, round);
-  }
+  a.st4_part(r, 4 * c, n - 4 * c, v, round, vec);
 }
 
 __device__ __forceinline__ float norm_sq(float v, bool bf16_arith) { return bf16_arith ? round_bf16(v * v) : v * v; }

@@ -35,6 +35,31 @@ struct Act {
   }
   // Whether ld4 may be used: 16-byte aligned base and a row stride of a multiple of 4 elements.
   bool vec_ok() const { return stride % 4 == 0 && reinterpret_cast<uintptr_t>(data) % 16 == 0; }
+  // Elements (r, c .. c + 3) of a run with `left` elements from c on (zeros past its end): one 8- or
+  // 16-byte load when vec (c % 4 == 0, vec_ok(), runs of a multiple of 4), else scalar loads.
+  __device__ __forceinline__ float4 ld4_part(int64_t r, int64_t c, int64_t left, bool vec) const {
+    if (vec) return left > 0 ? ld4(r, c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    return make_float4(left > 0 ? ld(r, c) : 0.f, left > 1 ? ld(r, c + 1) : 0.f, left > 2 ? ld(r, c + 2) : 0.f,
+                       left > 3 ? ld(r, c + 3) : 0.f);
+  }
+  // Stores what ld4_part loads (as st: `round` rounds F32 storage to bf16).
+  __device__ __forceinline__ void st4_part(int64_t r, int64_t c, int64_t left, float4 v, bool round, bool vec) const {
+    if (left <= 0) return;
+    if (vec && bf16) {
+      uint2 u;
+      u.x = uint32_t(f32_to_bf16(v.x)) | (uint32_t(f32_to_bf16(v.y)) << 16);
+      u.y = uint32_t(f32_to_bf16(v.z)) | (uint32_t(f32_to_bf16(v.w)) << 16);
+      *reinterpret_cast<uint2*>(static_cast<uint16_t*>(data) + r * stride + c) = u;
+    } else if (vec) {
+      if (round) v = make_float4(round_bf16(v.x), round_bf16(v.y), round_bf16(v.z), round_bf16(v.w));
+      *reinterpret_cast<float4*>(static_cast<float*>(data) + r * stride + c) = v;
+    } else {
+      st(r, c, v.x, round);
+      if (left > 1) st(r, c + 1, v.y, round);
+      if (left > 2) st(r, c + 2, v.z, round);
+      if (left > 3) st(r, c + 3, v.w, round);
+    }
+  }
   // round: round the value to bf16 also when the storage is F32 (official out_bf16).
   __device__ __forceinline__ void st(int64_t r, int64_t c, float v, bool round = false) const {
     if (bf16) {
