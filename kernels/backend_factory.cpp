@@ -48,6 +48,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.expert_wgmma_ws = options.cuda_expert_wgmma_ws;
     co.attention_wgmma = options.cuda_attention_wgmma;
     co.decode_tensor_cores = options.cuda_decode_tc;
+    co.gemv_tensor_cores = options.cuda_gemv_mma;
     co.sync_each_kernel = options.debug.sync_each_op;
     co.graphs = options.cuda_graphs;
     return cuda::make_cuda_backend(options.device_index, co);

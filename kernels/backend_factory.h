@@ -48,6 +48,8 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_decode_tc): decode-sized sparse attention on the tensor-core kernel
   // (candidate splits) and decode-batch indexer scores on FP8 wgmma.
   bool cuda_decode_tc = true;
+  // "cuda" only (debug.cuda_gemv_mma): decode-sized FP8 projections on FP8 mma.sync (gemv_mma.cu).
+  bool cuda_gemv_mma = false;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.

@@ -453,6 +453,7 @@ void CudaBackend::linear_fp8(const LinearParams& p) {
     g.w_scale = fp8_weight_scale_f32(p.w);
     g.w_ld = layout.weight_ld(k);
     g.round_product = true;
+    g.tensor_cores = options_.gemv_tensor_cores;
     gemv(g);
     return;
   }

@@ -62,6 +62,9 @@ struct CudaBackendOptions {
   // the split multi-query and CUDA-core kernels (debug.cuda_decode_tc). H100, batch 256: attention
   // 3.59 -> 0.75 ms, indexer 0.65 -> 0.16 ms per two-layer step (docs/PERFORMANCE.md).
   bool decode_tensor_cores = true;
+  // Decode-sized FP8 projections (up to 8 tokens) with their products on FP8 mma.sync
+  // (gemv_mma.cu; debug.cuda_gemv_mma) instead of the CUDA-core GEMV; off until measured.
+  bool gemv_tensor_cores = false;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention on the per-warp kernel where it would take the split multi-query one (or,

@@ -249,6 +249,10 @@ int64_t gemv_max_tokens(int64_t k_act) { return std::min<int64_t>(kMaxTok, kSmem
 
 void gemv(const GemvParams& p) {
   if (p.m == 0 || p.n == 0) return;
+  if (p.tensor_cores && gemv_mma_serves(p)) {
+    gemv_mma(p);
+    return;
+  }
   CHECK(p.m <= gemv_max_tokens(p.k_act)) << "gemv: m=" << p.m << " rows of " << p.k_act << " do not fit";
   CHECK(p.k % 16 == 0 && p.k_act % 16 == 0) << "gemv: k=" << p.k << " k_act=" << p.k_act;
   CHECK(p.input == GemvParams::Input::kBf16 || p.k_act % 128 == 0) << "gemv: FP8 activations need k_act % 128 == 0";

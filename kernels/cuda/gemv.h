@@ -40,10 +40,18 @@ struct GemvParams {
   int64_t y_stride = 0;
   bool y_bf16 = true, accumulate = false, round = false, round_product = false;
   int64_t m = 0, n = 0, k = 0, k_act = 0;  // k % 16 == 0
+  // FP8 weights with FP8 activations (kQuant, kCodes; one group): the products on FP8 tensor
+  // cores (gemv_mma.cu) where gemv_mma_serves; the outputs then match an fp64 reference within
+  // the tensor cores' summation, not the CUDA-core kernel's bits.
+  bool tensor_cores = false;
   cudaStream_t stream = nullptr;
 };
 
 void gemv(const GemvParams& p);
+// The tensor-core kernel alone, and whether it takes a call (FP8 weights and activations, one
+// group, k % 128 == 0, the token rows' codes in shared memory).
+void gemv_mma(const GemvParams& p);
+bool gemv_mma_serves(const GemvParams& p);
 // The most token rows gemv takes for staged activation rows of k_act (shared memory): up to 8.
 int64_t gemv_max_tokens(int64_t k_act);
 

@@ -115,7 +115,8 @@ void bench_fp8(cudaStream_t s, std::mt19937& gen) {
   }
 }
 
-// The decode GEMV (gemv.h) at the Flash decode projections, 1-8 token rows, L2-cold: each call
+// The decode GEMV (gemv.h; FP8 projections also on tensor cores, gemv_mma.cu) at the Flash decode
+// projections, 1-8 token rows, L2-cold: each call
 // reads the next of enough weight copies to pass 256 MB. Bytes: the weights (and their scales)
 // once; the activations and outputs are a rounding error next to them.
 void bench_gemv(cudaStream_t s, std::mt19937& gen) {
@@ -167,15 +168,21 @@ void bench_gemv(cudaStream_t s, std::mt19937& gen) {
       p.k = sh.k;
       p.k_act = k_act;
       p.stream = s;
-      int next = 0;
-      const double us = time_us([&] {
-        p.w = w[size_t(next)].data();
-        p.w_scale = sh.fp8 ? ws[size_t(next)].as<float>() : nullptr;
-        next = (next + 1) % copies;
-        gemv(p);
-      }, s, 40);
-      report(std::string("gemv ") + sh.name + " M=" + std::to_string(m), us, double(wbytes + sbytes),
-             2.0 * double(m * sh.n * sh.k), kFp8Peak);
+      // The CUDA-core kernel, then (FP8 weights and activations) the tensor-core one.
+      for (bool tc : {false, true}) {
+        p.tensor_cores = tc;
+        p.w_scale = sh.fp8 ? ws[0].as<float>() : nullptr;
+        if (tc && !gemv_mma_serves(p)) continue;
+        int next = 0;
+        const double us = time_us([&] {
+          p.w = w[size_t(next)].data();
+          p.w_scale = sh.fp8 ? ws[size_t(next)].as<float>() : nullptr;
+          next = (next + 1) % copies;
+          gemv(p);
+        }, s, 40);
+        report(std::string(tc ? "gemv mma " : "gemv ") + sh.name + " M=" + std::to_string(m), us,
+               double(wbytes + sbytes), 2.0 * double(m * sh.n * sh.k), kFp8Peak);
+      }
     }
   }
 }

@@ -316,6 +316,82 @@ TEST(CudaGemm, Fp8GemvBitsMatchQuantTiledAdd) {
   }
 }
 
+// The decode GEMV on FP8 tensor cores (gemv_mma.cu) against an fp64 reference of the block-scaled
+// product, as the cuBLASLt FP8 GEMM is held: both entries (e4m3 codes with their scales; bf16/f32
+// rows quantized in the kernel, their codes then the host act_quant's), 1-8 rows, channels not a
+// multiple of 16, k of 1 to 64 blocks (the k slices of a channel group: 1, 2, 4, 8), accumulate.
+TEST(CudaGemm, Fp8GemvTensorCoresVsFp64) {
+  V4RT_REQUIRE_GPU();
+  gpu_backend();
+  struct Case { int64_t m, n, k; bool quant, acc; };
+  const Case cases[] = {{1, 1024, 4096, true, false}, {1, 32768, 1024, true, false}, {2, 100, 384, false, false},
+                        {3, 4096, 8192, true, true},  {8, 576, 4096, true, false},   {5, 16, 128, false, true},
+                        {7, 2048, 2048, false, false}, {4, 4000, 1024, true, true}};
+  const cuda::Fp8ScaleLayout& layout = cuda::fp8_scale_layout();
+  for (const Case& c : cases) {
+    Rng rng(uint64_t(c.m * 131 + c.n * 7 + c.k));
+    std::vector<float> x = rng.normals(c.m * c.k, 2.f);
+    for (auto& v : x) v = bf16_to_f32(f32_to_bf16(v));
+    x[size_t(c.k / 3)] = 700.f;  // one block with an outlier
+    std::vector<uint8_t> x8;
+    std::vector<float> xs;
+    host_act_quant(x, c.m, c.k, &x8, &xs);
+    const int64_t nb = (c.n + 127) / 128, kb = c.k / 128, w_ld = layout.weight_ld(c.k), act_ld = layout.act_ld(c.m);
+    std::vector<uint8_t> w8(size_t(c.n * c.k)), ws(size_t(nb * kb));
+    for (auto& v : w8) v = random_e4m3(rng);
+    for (auto& v : ws) v = uint8_t(rng.integer(118, 124));
+    std::vector<float> y0 = rng.normals(c.m * c.n), ref(size_t(c.m * c.n));
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t j = 0; j < c.n; ++j) {
+        double acc = 0;
+        for (int64_t b = 0; b < kb; ++b) {
+          double part = 0;
+          for (int64_t t = b * 128; t < (b + 1) * 128; ++t)
+            part += double(e4m3_to_f32(x8[size_t(i * c.k + t)])) * double(e4m3_to_f32(w8[size_t(j * c.k + t)]));
+          acc += part * double(xs[size_t(i * kb + b)]) * double(e8m0_to_f32(ws[size_t((j / 128) * kb + b)]));
+        }
+        // The GEMM's bf16 product, then the add into y (F32 here).
+        const float prod = bf16_to_f32(f32_to_bf16(float(acc)));
+        ref[size_t(i * c.n + j)] = c.acc ? y0[size_t(i * c.n + j)] + prod : prod;
+      }
+    std::vector<float> ws_dev(size_t(nb * w_ld), 1.f), xs_dev(size_t(kb * act_ld), 1.f);
+    for (int64_t r = 0; r < nb; ++r)
+      for (int64_t b = 0; b < kb; ++b) ws_dev[size_t(r * w_ld + b)] = e8m0_to_f32(ws[size_t(r * kb + b)]);
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t b = 0; b < kb; ++b) xs_dev[size_t(b * act_ld + i)] = xs[size_t(i * kb + b)];
+    DeviceBuffer dx = to_device(to_bf16(x)), dx8 = to_device(x8), dxs = to_device(xs_dev), dw8 = to_device(w8),
+                 dws = to_device(ws_dev), dy = to_device(y0);
+    cuda::GemvParams g;
+    g.input = c.quant ? cuda::GemvParams::Input::kQuant : cuda::GemvParams::Input::kCodes;
+    g.x = dx.data();
+    g.x_stride = c.k;
+    g.x8 = dx8.as<uint8_t>();
+    g.x_scale = dxs.as<float>();
+    g.act_ld = act_ld;
+    g.w = dw8.data();
+    g.w_scale = dws.as<float>();
+    g.w_ld = w_ld;
+    g.y = dy.data();
+    g.y_stride = c.n;
+    g.y_bf16 = false;
+    g.accumulate = c.acc;
+    g.round_product = true;
+    g.m = c.m;
+    g.n = c.n;
+    g.k = g.k_act = c.k;
+    g.tensor_cores = true;
+    ASSERT_TRUE(cuda::gemv_mma_serves(g));
+    cuda::gemv(g);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<float> got(size_t(c.m * c.n));
+    dy.copy_to_host(got.data(), got.size() * 4);
+    char name[160];
+    std::snprintf(name, sizeof(name), "fp8 gemv tensor cores m%lld n%lld k%lld %s%s", (long long)c.m, (long long)c.n,
+                  (long long)c.k, c.quant ? "rows" : "codes", c.acc ? " acc" : "");
+    EXPECT_TRUE(compare(name, got, ref, {8e-3, 2e-3, 2e-5}));
+  }
+}
+
 TEST(CudaGemm, Fp8CublasLtShapeSupport) {
   V4RT_REQUIRE_GPU();
   gpu_backend();
