@@ -14,8 +14,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/fp8_dot.cuh"
-#include "kernels/cuda/gemv.h"
-#include "kernels/cuda/ops.h"
+#include "kernels/cuda/gemv_args.cuh"
 
 namespace v4rt::kernels::cuda {
 
@@ -25,22 +24,6 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxTok = 8;
 constexpr int kSmemBytes = 160 * 1024;
-
-struct GemvArgs {
-  GemvParams::Input input = GemvParams::Input::kQuant;
-  const uint8_t* x8 = nullptr;
-  const float* x_scale = nullptr;
-  int64_t act_ld = 0;
-  Act x;
-  bool x_vec = false;
-  const uint8_t* w = nullptr;
-  const float* w_scale = nullptr;
-  int64_t w_ld = 0;
-  int out_group = 0;
-  Act y;
-  bool accumulate = false, round = false, round_product = false;
-  int m = 0, n = 0, k = 0, k_act = 0;
-};
 
 // Stages activation rows [0, m) as bf16 in act [m][k_act]: 16 inputs per thread per step (8
 // consecutive threads hold one 128-block), two steps' loads issued before the first is converted.
@@ -259,29 +242,7 @@ void gemv(const GemvParams& p) {
   CHECK(p.out_group ? p.k_act == ceil_div(p.n, p.out_group) * p.k : p.k_act == p.k)
       << "gemv: k_act=" << p.k_act << " for n=" << p.n << " k=" << p.k << " out_group=" << p.out_group;
   CHECK(p.n < (int64_t(1) << 31) && p.k_act < (int64_t(1) << 24)) << "gemv: n=" << p.n << " k_act=" << p.k_act;
-  GemvArgs a;
-  a.input = p.input;
-  a.x8 = p.x8;
-  a.x_scale = p.x_scale;
-  a.act_ld = p.act_ld;
-  a.x.data = const_cast<void*>(p.x);
-  a.x.stride = p.x_stride;
-  a.x.bf16 = p.x_bf16;
-  a.x_vec = p.x && a.x.vec_ok();
-  a.w = static_cast<const uint8_t*>(p.w);
-  a.w_scale = p.w_scale;
-  a.w_ld = p.w_ld;
-  a.out_group = int(p.out_group);
-  a.y.data = p.y;
-  a.y.stride = p.y_stride;
-  a.y.bf16 = p.y_bf16;
-  a.accumulate = p.accumulate;
-  a.round = p.round;
-  a.round_product = p.round_product;
-  a.m = int(p.m);
-  a.n = int(p.n);
-  a.k = int(p.k);
-  a.k_act = int(p.k_act);
+  const GemvArgs a = gemv_args(p);
   if (p.w_scale) launch<true>(a, p.stream);
   else launch<false>(a, p.stream);
 }

@@ -27,8 +27,7 @@
 // the CUDA-core kernel's bits).
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
-#include "kernels/cuda/gemv.h"
-#include "kernels/cuda/ops.h"
+#include "kernels/cuda/gemv_args.cuh"
 
 namespace v4rt::kernels::cuda {
 
@@ -41,22 +40,6 @@ constexpr int kBlocksPerStep = 2;          // 128-k blocks per pipeline step
 constexpr int kLoads = 2 * 2 * kBlocksPerStep;  // 16-byte loads a thread per step: 2 rows x 2 chunks x blocks
 constexpr int kSmemBytes = 160 * 1024;
 
-struct MmaArgs {
-  GemvParams::Input input = GemvParams::Input::kQuant;
-  const uint8_t* x8 = nullptr;
-  const float* x_scale = nullptr;
-  int64_t act_ld = 0;
-  Act x;
-  bool x_vec = false;
-  const uint8_t* w = nullptr;
-  const float* w_scale = nullptr;
-  int64_t w_ld = 0;
-  Act y;
-  bool accumulate = false, round = false, round_product = false;
-  int m = 0, n = 0, k = 0;
-  int slices = 1;
-};
-
 __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -68,7 +51,7 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], 
 // The token rows as e4m3 codes [m][k] and their scales [m][k/128] in shared memory: copied
 // (kCodes) or quantized here (kQuant: act_quant_fp8_kernel's amax, scale and codes), 16 inputs a
 // thread, 8 threads a 128-block.
-__device__ __forceinline__ void stage_codes(const MmaArgs& a, uint8_t* codes, float* xs) {
+__device__ __forceinline__ void stage_codes(const GemvArgs& a, uint8_t* codes, float* xs) {
   const int kc = a.k / 16, kb = a.k / 128, total = a.m * kc;
   for (int base = 0; base < total; base += kThreads) {  // the same trip count for every lane
     const int q = base + int(threadIdx.x);
@@ -109,7 +92,7 @@ __device__ __forceinline__ void stage_codes(const MmaArgs& a, uint8_t* codes, fl
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 2) gemv_mma_kernel(const __grid_constant__ MmaArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) gemv_mma_kernel(const __grid_constant__ GemvArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   uint8_t* codes = smem;                                                   // [m][k]
   float* xs = reinterpret_cast<float*>(smem + ((a.m * a.k + 15) / 16) * 16);  // [m][k/128]
@@ -210,27 +193,7 @@ bool gemv_mma_serves(const GemvParams& p) {
 void gemv_mma(const GemvParams& p) {
   CHECK(gemv_mma_serves(p)) << "gemv_mma: m=" << p.m << " n=" << p.n << " k=" << p.k;
   if (p.m == 0 || p.n == 0) return;
-  MmaArgs a;
-  a.input = p.input;
-  a.x8 = p.x8;
-  a.x_scale = p.x_scale;
-  a.act_ld = p.act_ld;
-  a.x.data = const_cast<void*>(p.x);
-  a.x.stride = p.x_stride;
-  a.x.bf16 = p.x_bf16;
-  a.x_vec = p.x && a.x.vec_ok();
-  a.w = static_cast<const uint8_t*>(p.w);
-  a.w_scale = p.w_scale;
-  a.w_ld = p.w_ld;
-  a.y.data = p.y;
-  a.y.stride = p.y_stride;
-  a.y.bf16 = p.y_bf16;
-  a.accumulate = p.accumulate;
-  a.round = p.round;
-  a.round_product = p.round_product;
-  a.m = int(p.m);
-  a.n = int(p.n);
-  a.k = int(p.k);
+  GemvArgs a = gemv_args(p);
   // Slices of k per 16-channel group: enough warps for one wave of two blocks per SM, a power of
   // two up to 8 that divides the 128-k blocks.
   const int64_t groups = ceil_div(p.n, 16), want = int64_t(num_sms()) * 2 * kWarps;

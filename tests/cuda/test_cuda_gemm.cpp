@@ -37,6 +37,27 @@ void host_act_quant(const std::vector<float>& x, int64_t m, int64_t k, std::vect
     }
 }
 
+// fp64 FP8 block-scaled product, block by block as spec §2.2 states it: codes x8 [m][k] with
+// scales xs [m][k/128], weights w8 [n][k] with ue8m0 scales ws [ceil(n/128)][k/128].
+std::vector<double> fp8_block_scaled_ref(const std::vector<uint8_t>& x8, const std::vector<float>& xs,
+                                         const std::vector<uint8_t>& w8, const std::vector<uint8_t>& ws, int64_t m,
+                                         int64_t n, int64_t k) {
+  const int64_t kb = k / 128;
+  std::vector<double> ref(size_t(m * n));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int64_t b = 0; b < kb; ++b) {
+        double part = 0;
+        for (int64_t t = b * 128; t < (b + 1) * 128; ++t)
+          part += double(e4m3_to_f32(x8[size_t(i * k + t)])) * double(e4m3_to_f32(w8[size_t(j * k + t)]));
+        acc += part * double(xs[size_t(i * kb + b)]) * double(e8m0_to_f32(ws[size_t((j / 128) * kb + b)]));
+      }
+      ref[size_t(i * n + j)] = acc;
+    }
+  return ref;
+}
+
 std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   std::vector<uint16_t> h(v.size());
   for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
@@ -114,19 +135,8 @@ double fp8_gemm_error(const Fp8Case& c, const cuda::Fp8ScaleLayout& layout, bool
   std::vector<uint8_t> w8(static_cast<size_t>(c.n * c.k)), ws(size_t(nb * kb));
   for (auto& v : w8) v = random_e4m3(rng);
   for (auto& v : ws) v = uint8_t(rng.integer(118, 124));
-  // fp64 reference, block by block as spec §2.2 states it.
-  std::vector<float> ref(static_cast<size_t>(c.m * c.n));
-  for (int64_t i = 0; i < c.m; ++i)
-    for (int64_t j = 0; j < c.n; ++j) {
-      double acc = 0;
-      for (int64_t b = 0; b < kb; ++b) {
-        double part = 0;
-        for (int64_t t = b * 128; t < (b + 1) * 128; ++t)
-          part += double(e4m3_to_f32(x8[size_t(i * c.k + t)])) * double(e4m3_to_f32(w8[size_t(j * c.k + t)]));
-        acc += part * double(xs[size_t(i * kb + b)]) * double(e8m0_to_f32(ws[size_t((j / 128) * kb + b)]));
-      }
-      ref[size_t(i * c.n + j)] = float(acc);
-    }
+  const std::vector<double> exact = fp8_block_scaled_ref(x8, xs, w8, ws, c.m, c.n, c.k);
+  const std::vector<float> ref(exact.begin(), exact.end());
   // Device layouts.
   const int64_t act_ld = layout.act_ld(c.m), w_ld = layout.weight_ld(c.k);
   std::vector<float> xs_dev(size_t(kb * act_ld), 1.f), ws_dev(size_t(nb * w_ld), 1.f);
@@ -341,19 +351,11 @@ TEST(CudaGemm, Fp8GemvTensorCoresVsFp64) {
     for (auto& v : w8) v = random_e4m3(rng);
     for (auto& v : ws) v = uint8_t(rng.integer(118, 124));
     std::vector<float> y0 = rng.normals(c.m * c.n), ref(size_t(c.m * c.n));
-    for (int64_t i = 0; i < c.m; ++i)
-      for (int64_t j = 0; j < c.n; ++j) {
-        double acc = 0;
-        for (int64_t b = 0; b < kb; ++b) {
-          double part = 0;
-          for (int64_t t = b * 128; t < (b + 1) * 128; ++t)
-            part += double(e4m3_to_f32(x8[size_t(i * c.k + t)])) * double(e4m3_to_f32(w8[size_t(j * c.k + t)]));
-          acc += part * double(xs[size_t(i * kb + b)]) * double(e8m0_to_f32(ws[size_t((j / 128) * kb + b)]));
-        }
-        // The GEMM's bf16 product, then the add into y (F32 here).
-        const float prod = bf16_to_f32(f32_to_bf16(float(acc)));
-        ref[size_t(i * c.n + j)] = c.acc ? y0[size_t(i * c.n + j)] + prod : prod;
-      }
+    const std::vector<double> exact = fp8_block_scaled_ref(x8, xs, w8, ws, c.m, c.n, c.k);
+    for (size_t i = 0; i < ref.size(); ++i) {  // the GEMM's bf16 product, then the add into y (F32 here)
+      const float prod = bf16_to_f32(f32_to_bf16(float(exact[i])));
+      ref[i] = c.acc ? y0[i] + prod : prod;
+    }
     std::vector<float> ws_dev(size_t(nb * w_ld), 1.f), xs_dev(size_t(kb * act_ld), 1.f);
     for (int64_t r = 0; r < nb; ++r)
       for (int64_t b = 0; b < kb; ++b) ws_dev[size_t(r * w_ld + b)] = e8m0_to_f32(ws[size_t(r * kb + b)]);
