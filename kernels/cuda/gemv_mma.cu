@@ -48,7 +48,8 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// The token rows as e4m3 codes [m][k] and their scales [m][k/128] in shared memory: copied
+// The token rows as e4m3 codes [m][k + 16] (rows 16 bytes apart in the banks: the B reads of the
+// 8 token rows do not conflict) and their scales [m][k/128] in shared memory: copied
 // (kCodes) or quantized here (kQuant: act_quant_fp8_kernel's amax, scale and codes), 16 inputs a
 // thread, 8 threads a 128-block.
 __device__ __forceinline__ void stage_codes(const GemvArgs& a, uint8_t* codes, float* xs) {
@@ -88,14 +89,14 @@ __device__ __forceinline__ void stage_codes(const GemvArgs& a, uint8_t* codes, f
       out = make_uint4(w[0], w[1], w[2], w[3]);
       if (ok && c % 8 == 0) xs[t * kb + c / 8] = s;
     }
-    if (ok) *reinterpret_cast<uint4*>(codes + t * a.k + c * 16) = out;
+    if (ok) *reinterpret_cast<uint4*>(codes + t * (a.k + 16) + c * 16) = out;
   }
 }
 
 __global__ void __launch_bounds__(kThreads, 2) gemv_mma_kernel(const __grid_constant__ GemvArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  uint8_t* codes = smem;                                                   // [m][k]
-  float* xs = reinterpret_cast<float*>(smem + ((a.m * a.k + 15) / 16) * 16);  // [m][k/128]
+  uint8_t* codes = smem;                                             // [m][k + 16]
+  float* xs = reinterpret_cast<float*>(smem + a.m * (a.k + 16));  // [m][k/128]
   float* red = xs + ((a.m * (a.k / 128) + 3) / 4) * 4;                      // [kWarps][4][32]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
   const int k = a.k, kb_total = k / 128;
@@ -145,7 +146,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_mma_kernel(const __grid_cons
         for (int ch = 0; ch < 2; ++ch) {
           const uint4 r0 = cur[4 * b + 2 * ch], r1 = cur[4 * b + 2 * ch + 1];
           uint4 bx = make_uint4(0, 0, 0, 0);
-          if (gid < a.m) bx = *reinterpret_cast<const uint4*>(codes + gid * k + kblock * 128 + ch * 64 + tig * 16);
+          if (gid < a.m)
+            bx = *reinterpret_cast<const uint4*>(codes + gid * (k + 16) + kblock * 128 + ch * 64 + tig * 16);
           const uint32_t a_lo[4] = {r0.x, r1.x, r0.y, r1.y}, a_hi[4] = {r0.z, r1.z, r0.w, r1.w};
           mma_e4m3(prod, a_lo, bx.x, bx.y);
           mma_e4m3(prod, a_hi, bx.z, bx.w);
@@ -186,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_mma_kernel(const __grid_cons
 bool gemv_mma_serves(const GemvParams& p) {
   return p.w_scale && p.out_group == 0 && p.k % 128 == 0 && p.k == p.k_act && p.m <= kMaxTok &&
          (p.input == GemvParams::Input::kQuant || p.input == GemvParams::Input::kCodes) &&
-         size_t(p.m) * size_t(p.k) + size_t(p.m) * size_t(p.k / 32) + size_t(kWarps) * 128 * 4 + 32 <=
+         size_t(p.m) * size_t(p.k + 16) + size_t(p.m) * size_t(p.k / 32) + size_t(kWarps) * 128 * 4 + 16 <=
              size_t(kSmemBytes);
 }
 
@@ -202,7 +204,7 @@ void gemv_mma(const GemvParams& p) {
   a.slices = slices;
   const int64_t rounds = ceil_div(groups, kWarps / slices);
   const unsigned blocks = unsigned(std::min<int64_t>(rounds, 2 * int64_t(num_sms())));
-  const size_t codes_bytes = size_t((a.m * a.k + 15) / 16) * 16;
+  const size_t codes_bytes = size_t(a.m) * size_t(a.k + 16);
   const size_t xs_bytes = size_t((a.m * (a.k / 128) + 3) / 4) * 4 * 4;
   const size_t smem = codes_bytes + xs_bytes + size_t(kWarps) * 4 * 32 * 4;
   static bool attr_set = false;
