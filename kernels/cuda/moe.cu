@@ -298,6 +298,62 @@ __global__ void moe_fill_kernel(RouteArgs a, MoeRouting r) {
   }
 }
 
+// The three kernels above in one block for decode-sized batches (at most kRouteSmallEntries (t, k)
+// entries): the entries' local experts in shared memory, the counts by shared-memory atomics
+// (integers: order-free), the scans of moe_offsets_kernel, then each local entry's row: its
+// expert's offset plus the number of earlier entries of that expert, i.e. moe_fill_kernel's rows
+// (token order within an expert). Also writes slot_row of every entry (-1 where not local).
+constexpr int kRouteSmallEntries = 1024;
+
+__global__ void __launch_bounds__(kMaxExperts) moe_route_small_kernel(RouteArgs a, MoeRouting r) {
+  __shared__ int32_t ent[kRouteSmallEntries];
+  __shared__ int32_t sc[kMaxExperts], sa[kMaxExperts];
+  const int i = threadIdx.x;
+  const int n = int(a.num_tokens) * a.topk;
+  for (int j = i; j < n; j += blockDim.x) {
+    const int e = a.idx[(j / a.topk) * a.idx_stride + j % a.topk] - a.e_begin;
+    ent[j] = e >= 0 && e < a.num_local ? e : -1;
+  }
+  sc[i] = 0;
+  __syncthreads();
+  for (int j = i; j < n; j += blockDim.x)
+    if (ent[j] >= 0) atomicAdd(&sc[ent[j]], 1);
+  __syncthreads();
+  const int32_t c = i < a.num_local ? sc[i] : 0;
+  sa[i] = c > 0 ? 1 : 0;
+  __syncthreads();
+  for (int o = 1; o < kMaxExperts; o <<= 1) {  // inclusive scans, as moe_offsets_kernel
+    const int32_t vc = i >= o ? sc[i - o] : 0, va = i >= o ? sa[i - o] : 0;
+    __syncthreads();
+    sc[i] += vc;
+    sa[i] += va;
+    __syncthreads();
+  }
+  const int na = sa[kMaxExperts - 1];
+  if (i < a.num_local) {
+    r.counts[i] = c;
+    r.row_offsets[i] = sc[i] - c;
+    if (c > 0) r.active[sa[i] - 1] = i;
+    if (i >= na) r.active[i] = -1;
+  }
+  if (i == 0) r.row_offsets[a.num_local] = sc[kMaxExperts - 1];
+  __syncthreads();
+  sa[i] = sc[i] - c;  // exclusive offsets (the active count is read above)
+  __syncthreads();
+  for (int j = i; j < n; j += blockDim.x) {
+    const int e = ent[j];
+    int32_t row = -1;
+    if (e >= 0) {
+      row = sa[e];
+      for (int q = 0; q < j; ++q) row += ent[q] == e ? 1 : 0;
+      const int64_t t = j / a.topk;
+      r.row_token[row] = int32_t(t);
+      r.row_weight[row] = a.weight[t * a.weight_stride + j % a.topk];
+    }
+    r.slot_row[j] = row;
+  }
+}
+
 // --- around the grouped GEMMs ---------------------------------------------------------------------
 
 // FP8 act_quant (spec §2.2) of one 128-block held by a warp, 4 values per lane: codes at dst (the
@@ -501,12 +557,17 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s, float* logits) {
 }
 
 void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_begin, int e_end, const MoeRouting& r,
-                      cudaStream_t s) {
+                      cudaStream_t s, bool small_ok) {
   const RouteArgs a = route_args(idx, weight, e_begin, e_end);
   CHECK_LE(a.topk, kMaxTopk);
   CHECK_LE(a.num_local, kMaxExperts) << "moe_route: local experts";
   V4RT_REQUIRE(a.num_tokens * a.topk < (int64_t(1) << 31),
                "moe_route: " << a.num_tokens << " tokens x top-" << a.topk << " rows exceed the int32 row index");
+  if (a.num_local > 0 && small_ok && a.num_tokens * a.topk <= kRouteSmallEntries) {
+    moe_route_small_kernel<<<1, kMaxExperts, 0, s>>>(a, r);
+    launch_check("moe_route_small", s);
+    return;
+  }
   CUDA_CHECK(cudaMemsetAsync(r.slot_row, 0xff, size_t(a.num_tokens * a.topk) * 4, s));
   if (a.num_local <= 0) return;
   moe_count_kernel<<<unsigned(a.num_local), 256, 0, s>>>(a, r.counts);
