@@ -49,6 +49,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.attention_wgmma = options.cuda_attention_wgmma;
     co.decode_tensor_cores = options.cuda_decode_tc;
     co.gemv_tensor_cores = options.cuda_gemv_mma;
+    co.moe_route_small = options.cuda_moe_route_small;
     co.sync_each_kernel = options.debug.sync_each_op;
     co.graphs = options.cuda_graphs;
     return cuda::make_cuda_backend(options.device_index, co);

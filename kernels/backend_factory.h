@@ -50,6 +50,8 @@ struct BackendOptions {
   bool cuda_decode_tc = true;
   // "cuda" only (debug.cuda_gemv_mma): decode-sized FP8 projections on FP8 mma.sync (gemv_mma.cu).
   bool cuda_gemv_mma = false;
+  // "cuda" only (debug.cuda_moe_route_small): the decode routing layout in one single-block kernel.
+  bool cuda_moe_route_small = false;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.

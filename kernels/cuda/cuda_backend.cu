@@ -762,7 +762,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
   r.row_weight = reinterpret_cast<float*>(rb + 3 * seg);
   r.slot_row = reinterpret_cast<int32_t*>(rb + 4 * seg);
   r.active = reinterpret_cast<int32_t*>(rb + 5 * seg);
-  launch_moe_route(p.idx, p.weight, p.e_begin, p.e_end, r, stream_.get());
+  launch_moe_route(p.idx, p.weight, p.e_begin, p.e_end, r, stream_.get(), options_.moe_route_small);
 
   // Activations between the steps: official = FP8 codes + scales into the GEMMs, bf16 outputs
   // (spec §6); kBf16 reference = bf16 everywhere; otherwise fp32 everywhere.

@@ -65,6 +65,10 @@ struct CudaBackendOptions {
   // Decode-sized FP8 projections (up to 8 tokens) with their products on FP8 mma.sync
   // (gemv_mma.cu; debug.cuda_gemv_mma) instead of the CUDA-core GEMV; off until measured.
   bool gemv_tensor_cores = false;
+  // The MoE routing layout of up to 1,024 (token, expert) entries in one single-block kernel
+  // (moe.cu, moe_route_small_kernel; debug.cuda_moe_route_small) instead of the count, offsets and
+  // fill launches; the same arrays. Off until run on a GPU.
+  bool moe_route_small = false;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention on the per-warp kernel where it would take the split multi-query one (or,

@@ -170,7 +170,7 @@ struct MoeRouting {
 // Up to 1,024 (t, k) entries in one single-block launch (small_ok), else count, offsets and fill
 // launches; the same arrays either way.
 void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_begin, int e_end,
-                      const MoeRouting& r, cudaStream_t s, bool small_ok = true);
+                      const MoeRouting& r, cudaStream_t s, bool small_ok = false);
 // x8/scale of grouped rows: x row = row_token[r] (rows >= row_offsets[num_local] are skipped).
 void launch_moe_gather_quant(const Act& x, int64_t hidden, const MoeRouting& r, int num_local,
                              int64_t max_rows, uint8_t* x8, float* scale, cudaStream_t s);

@@ -5,7 +5,8 @@
 # still returns the first results: builds the op tests, bench_step and bench_cuda; runs every op
 # test of test_cuda_kernels but the slow prefill-shape ones; `bench_cuda - gemv` (the decode GEMV at
 # the Flash decode projections, L2-cold, CUDA cores and FP8 mma.sync); `bench step` at batch 1, 64
-# and 256, with the decode GEMV on tensor cores (scripts/device/gemv_mma.yaml), then as recorded
+# and 256, with the decode GEMV on tensor cores (scripts/device/gemv_mma.yaml), with the routing
+# layout in one kernel (scripts/device/route_small.yaml), then as recorded
 # graphs (their GPU time: the step without host launch gaps); test_gpu_golden and test_cuda_graphs;
 # Nsight Compute's detail (stalls, memory) of the decode GEMV, attention and FP4 GEMV at batch 1;
 # an 8K `bench prefill`. Logs: $OUT/summary.txt and $OUT/logs.tgz.
@@ -33,6 +34,8 @@ timeout 90 $P step $S > $L/step_default.txt 2>&1
 grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|129280|grouped_linear|total .op" $L/step_default.txt; el step
 timeout 90 $P step $S --config scripts/device/gemv_mma.yaml > $L/step_gemv_mma.txt 2>&1
 echo "== gemv on tensor cores (scripts/device/gemv_mma.yaml)"; grep -E "^=== |decode step|linear fp8|total .op" $L/step_gemv_mma.txt; el step_mma
+timeout 90 $P step $S --config scripts/device/route_small.yaml > $L/step_route_small.txt 2>&1
+echo "== routing in one kernel (scripts/device/route_small.yaml)"; grep -E "^=== |decode step|moe_experts|total .op" $L/step_route_small.txt; el step_route
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden

@@ -7,8 +7,10 @@
 // GEMM inputs) at tight tolerances.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
+#include "kernels/cuda/factory.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace v4rt::kernels::cuda_test {
@@ -251,7 +253,8 @@ TEST(CudaMoe, GateScoreAndHash) {
 
 // official: FP8 act quant + bf16 pipeline vs the CPU official flags; otherwise the reference
 // numerics (F32 x on the GPU, fp32 expert pipeline) vs the fp32 CPU reference at a tight tolerance.
-void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
+// alt: a second CUDA backend whose outputs must equal the default one's bit for bit.
+void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512, Backend* alt = nullptr) {
   const int experts = 16, inter = 256, topk = 6, e0 = 4, e1 = 12;
   std::vector<Fp4Source> src;
   src.reserve(size_t(experts) * 3);
@@ -280,7 +283,8 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
   Dual x = make_dual({n, hidden}, rng.normals(int64_t(n) * hidden, 1.f, official), official ? DType::kBF16 : DType::kF32);
   Dual di = make_dual_i32({n, topk}, idx);
   Dual dw = make_dual({n, topk}, wt, DType::kF32);
-  Dual out = make_dual({n, hidden}, rng.normals(int64_t(n) * hidden), DType::kF32);
+  const std::vector<float> out0 = rng.normals(int64_t(n) * hidden);
+  Dual out = make_dual({n, hidden}, out0, DType::kF32);
   MoeExpertsParams p;
   p.e_begin = e0;
   p.e_end = e1;
@@ -294,11 +298,35 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512) {
   gpu_backend().moe_experts(p);
   const std::string tag = std::string(official ? "moe_experts fp4 official" : "moe_experts fp4 reference fp32") + " n" +
                           std::to_string(n) + " hidden" + std::to_string(hidden) + " experts [4,12)";
+  if (alt) {
+    Dual out_alt = make_dual({n, hidden}, out0, DType::kF32);
+    p.out = out_alt.gpu;
+    alt->moe_experts(p);
+    const std::vector<float> a = out.gpu_values(), b = out_alt.gpu_values();
+    int64_t differ = 0;
+    for (size_t i = 0; i < a.size(); ++i) differ += std::memcmp(&a[i], &b[i], 4) != 0;
+    std::printf("[compare] %s: %lld of %zu outputs differ in bits from the default backend's\n", tag.c_str(),
+                (long long)differ, a.size());
+    EXPECT_EQ(differ, 0);
+  }
   if (official) {
     EXPECT_TRUE(compare_rows(tag, out.gpu_values(), out.cpu_values(), hidden, {3e-2, 3e-2, 1e-3}, n / 20));
   } else {
     EXPECT_TRUE(compare(tag, out.gpu_values(), out.cpu_values(), {1e-3, 1e-5, 1e-10}));
   }
+}
+
+// The routing layout of decode-sized batches in one single-block kernel
+// (CudaBackendOptions::moe_route_small): 1, 13 and 170 tokens (6 to 1,020 entries, the kernel's
+// range; entries outside the expert range [4, 12) among them) against the CPU op and bit for bit
+// against the three-launch layout.
+TEST(CudaMoe, RouteSmallKernel) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(35);
+  cuda::CudaBackendOptions options;
+  options.moe_route_small = true;
+  auto small = cuda::make_cuda_backend(0, options);
+  for (int n : {1, 13, 170}) run_moe_experts(n, rng, true, 512, small.get());
 }
 
 // With the default CudaBackendOptions::expert_tc_min_rows (1) every n takes the tensor-core W4A8
