@@ -7,7 +7,8 @@
 #      ($OUT/ncu_step_b<batch>.csv) and summed per kernel name, per step;
 #   2. the FP4 expert GEMMs and the sparse attention at batch 256 (NCU_BATCH) in detail (speed of
 #      light, compute workload: which pipe is busiest; launch, occupancy, warp stalls, memory),
-#      $OUT/ncu_<kernel>.txt; NCU_KERNELS: other kernel-name regexes, NCU_LAUNCHES: instances each.
+#      $OUT/ncu_<kernel>.txt; NCU_KERNELS: other kernel-name regexes, NCU_LAUNCHES: instances each,
+#      NCU_EXTRA: more ncu arguments (e.g. "--section SourceCounters": the hottest SASS lines).
 #   BUILD=build-gpu [NCU_PARTS="step detail"] bash scripts/device/ncu_decode.sh [extra bench step args...]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -50,7 +51,7 @@ fi
 for k in ${NCU_KERNELS:-fp4 sparse_attention}; do
   timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k "regex:$k" --profile-from-start off \
     --launch-count ${NCU_LAUNCHES:-4} --section SpeedOfLight --section ComputeWorkloadAnalysis --section LaunchStats \
-    --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+    --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis ${NCU_EXTRA:-} \
     $STEP --batch ${NCU_BATCH:-256} "$@" > "$OUT/ncu_$k.txt" 2>&1
   echo "== ncu $k rc $? (batch ${NCU_BATCH:-256})"
   grep -E "^  [a-zA-Z_].*\(|Duration|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Ipc|Warp Cycles Per Issued|Mem Busy|Max Bandwidth|L2 Hit|stall|Stall" \
