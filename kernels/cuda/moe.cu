@@ -240,14 +240,13 @@ __global__ void moe_count_kernel(RouteArgs a, int32_t* counts) {
   if (threadIdx.x == 0) counts[blockIdx.x] = int32_t(c);
 }
 
-// Exclusive prefix sums of the counts and the ascending list of experts with rows (then -1): one
-// block of kMaxExperts threads, Hillis-Steele scans in shared memory (a one-thread loop over 256
-// counts cost ~60 us of dependent L2 loads per call).
-__global__ void __launch_bounds__(kMaxExperts) moe_offsets_kernel(const int32_t* counts, int num_local,
-                                                                  int32_t* offsets, int32_t* active) {
-  __shared__ int32_t sc[kMaxExperts], sa[kMaxExperts];
+// Thread i (of kMaxExperts) holds count c of local expert i (0 past num_local): the exclusive
+// offsets (offsets[num_local] = the total) and the ascending list of experts with rows, then -1,
+// by Hillis-Steele scans in sc / sa (a one-thread loop over 256 counts cost ~60 us of dependent
+// L2 loads per call). Leaves sc[i] = the inclusive prefix. All threads call.
+__device__ __forceinline__ void route_offsets(int32_t c, int num_local, int32_t* sc, int32_t* sa, int32_t* offsets,
+                                              int32_t* active) {
   const int i = threadIdx.x;
-  const int32_t c = i < num_local ? counts[i] : 0;
   sc[i] = c;
   sa[i] = c > 0 ? 1 : 0;
   __syncthreads();
@@ -265,6 +264,14 @@ __global__ void __launch_bounds__(kMaxExperts) moe_offsets_kernel(const int32_t*
     if (i >= na) active[i] = -1;
   }
   if (i == 0) offsets[num_local] = sc[kMaxExperts - 1];
+}
+
+// The offsets and active list of the counts: one block of kMaxExperts threads.
+__global__ void __launch_bounds__(kMaxExperts) moe_offsets_kernel(const int32_t* counts, int num_local,
+                                                                  int32_t* offsets, int32_t* active) {
+  __shared__ int32_t sc[kMaxExperts], sa[kMaxExperts];
+  const int i = threadIdx.x;
+  route_offsets(i < num_local ? counts[i] : 0, num_local, sc, sa, offsets, active);
 }
 
 // Rows of expert e in token order: an ordered compaction over (t, k) entries in chunks.
@@ -300,7 +307,7 @@ __global__ void moe_fill_kernel(RouteArgs a, MoeRouting r) {
 
 // The three kernels above in one block for decode-sized batches (at most kRouteSmallEntries (t, k)
 // entries): the entries' local experts in shared memory, the counts by shared-memory atomics
-// (integers: order-free), the scans of moe_offsets_kernel, then each local entry's row: its
+// (integers: order-free), route_offsets as moe_offsets_kernel, then each local entry's row: its
 // expert's offset plus the number of earlier entries of that expert, i.e. moe_fill_kernel's rows
 // (token order within an expert). Also writes slot_row of every entry (-1 where not local).
 constexpr int kRouteSmallEntries = 1024;
@@ -320,25 +327,10 @@ __global__ void __launch_bounds__(kMaxExperts) moe_route_small_kernel(RouteArgs 
     if (ent[j] >= 0) atomicAdd(&sc[ent[j]], 1);
   __syncthreads();
   const int32_t c = i < a.num_local ? sc[i] : 0;
-  sa[i] = c > 0 ? 1 : 0;
+  if (i < a.num_local) r.counts[i] = c;
+  route_offsets(c, a.num_local, sc, sa, r.row_offsets, r.active);
   __syncthreads();
-  for (int o = 1; o < kMaxExperts; o <<= 1) {  // inclusive scans, as moe_offsets_kernel
-    const int32_t vc = i >= o ? sc[i - o] : 0, va = i >= o ? sa[i - o] : 0;
-    __syncthreads();
-    sc[i] += vc;
-    sa[i] += va;
-    __syncthreads();
-  }
-  const int na = sa[kMaxExperts - 1];
-  if (i < a.num_local) {
-    r.counts[i] = c;
-    r.row_offsets[i] = sc[i] - c;
-    if (c > 0) r.active[sa[i] - 1] = i;
-    if (i >= na) r.active[i] = -1;
-  }
-  if (i == 0) r.row_offsets[a.num_local] = sc[kMaxExperts - 1];
-  __syncthreads();
-  sa[i] = sc[i] - c;  // exclusive offsets (the active count is read above)
+  sa[i] = sc[i] - c;  // exclusive offsets (route_offsets has read sa)
   __syncthreads();
   for (int j = i; j < n; j += blockDim.x) {
     const int e = ent[j];
