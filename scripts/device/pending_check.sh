@@ -40,6 +40,14 @@ timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.tx
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden
 NCU_PARTS=detail NCU_BATCH=1 NCU_KERNELS="gemv_kernel sparse_attention_tc fp4_grouped_gemv" NCU_LAUNCHES=6 NCU_LINES=120 \
+  NCU_EXTRA="--section SourceCounters" \
   BUILD=$B OUT=$L NCU_TIMEOUT=60 timeout 190 bash scripts/device/ncu_decode.sh; el ncu_detail
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
-grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|rms_norm|qdq|hc_pre|total" $L/p8.txt; el all
+grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|rms_norm|qdq|hc_pre|total" $L/p8.txt; el prefill
+# The prefill expert GEMM in detail (8K chunk; the third launch: layer 0's down projection).
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+timeout 150 $NCU --clock-control none -k regex:wgmma_ws --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+  --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+  --section SourceCounters --section InstructionStats --section LaunchStats \
+  $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/ncu_prefill_experts.txt 2>&1
+echo "== ncu prefill experts rc $?"; grep -E "Duration|Throughput|Ipc|Issue Slots|Warp Cycles|Occupancy|stall|Stall|Grid Size|Registers" $L/ncu_prefill_experts.txt | head -40; el all
