@@ -49,7 +49,7 @@ struct BackendOptions {
   // (candidate splits) and decode-batch indexer scores on FP8 wgmma.
   bool cuda_decode_tc = true;
   // "cuda" only (debug.cuda_gemv_mma): decode-sized FP8 projections on FP8 mma.sync (gemv_mma.cu).
-  bool cuda_gemv_mma = false;
+  bool cuda_gemv_mma = true;
   // "cuda" only (debug.cuda_moe_route_small): the decode routing layout in one single-block kernel.
   bool cuda_moe_route_small = false;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and

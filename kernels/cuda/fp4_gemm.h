@@ -67,9 +67,8 @@ void fp4_grouped_gemm_mma(const Fp4GroupedGemmParams& p);
 // channel and step: exact while a step's four weight scales span at most 14 binades).
 void fp4_grouped_gemm_wgmma(const Fp4GroupedGemmParams& p);
 // The warp-specialized FP8 wgmma kernel alone, whatever the rows per group (fp4_gemm_wgmma_ws.cu):
-// the same tiles, numerics and outputs as fp4_grouped_gemm_wgmma. two_products: the consumer
-// variant with two products in flight (tests and bench; the dispatch takes the default).
-void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p, bool two_products = false);
+// the same tiles, numerics and outputs as fp4_grouped_gemm_wgmma.
+void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p);
 // Rows of one expert per wgmma block; fp4_grouped_gemm_tc takes a wgmma kernel (with
 // Fp4GroupedGemmParams::wgmma or wgmma_ws, bf16 outputs) when fp4_tc_rows_per_tile picks this tile.
 inline constexpr int kFp4WgmmaRowsPerTile = 128;

@@ -7,25 +7,25 @@
 // bytes times Sw = 2^(emax - 133), one fp32 promotion acc += tmp * s_x * Sw per step); the kernel
 // there stays as the validated fallback, this one moves the work between warps.
 //
-// Roles. Block = 128 rows of one expert x 128 output channels, three warpgroups (384 threads):
-// warpgroup 0 is the producer, 1 and 2 the consumers (rows 0-63 and 64-127). setmaxnreg moves
-// registers from the producer (56) to the consumers (224): 128 x 56 + 256 x 224 = 384 x 168, the
-// launch's allocation. Per step the producers issue by cp.async (straight from global memory, no
-// registers in between) the e4m3 activations into the core-matrix layout (rows past the group
-// zero-filled), the rows' activation scales, the raw packed weights (rows padded to 80 B so that 8
-// consecutive channels' 16-byte reads hit disjoint banks) and each channel's four scale bytes;
-// kLookahead steps later they wait for those copies (cp.async.wait_group, then a named barrier of
-// the producer warpgroup alone), thread t decodes channel t's 128 codes to e4m3 into the stage's B
-// tile, fences its generic-proxy stores (and the landed cp.async data) for the async proxy, and
-// each producer warp arrives on the stage's full mbarrier. Consumers wait full, run four
-// m64n128k32 into a fresh fp32 product, promote it, and each warp arrives on the stage's empty
-// mbarrier, which the producers wait for before they copy into a stage again. No block-wide
-// barrier after the prologue. kStages stages of (A, raw weights, decoded B, scales): copies run up
-// to kStages steps and decode up to kStages - kLookahead steps ahead of the MMAs. Two consumer
-// variants (not yet timed against each other; the bench runs both): one product (default, as
-// DeepGEMM: the two warpgroups drift apart, one's promotion under the other's MMAs; a warpgroup
-// whose 64 rows all lie past the group's skips its MMAs), or two products in flight (step kb + 1's
-// MMAs issued before step kb is promoted, wgmma.wait_group 1; ~210 registers, no skip).
+// Roles. Block = 128 rows of one expert x 128 output channels, four warpgroups (512 threads):
+// warpgroups 0 and 1 produce, 2 and 3 consume (rows 0-63 and 64-127). setmaxnreg moves registers
+// from the producers (48) to the consumers (208): 256 x 48 + 256 x 208 = 512 x 128, the launch's
+// allocation. Per step the producers issue by cp.async (straight from global memory, no registers
+// in between) the e4m3 activations into the core-matrix layout (rows past the group zero-filled),
+// the rows' activation scales, the raw packed weights (rows padded to 80 B so that 8 consecutive
+// channels' 16-byte reads hit disjoint banks) and each channel's four scale bytes. Producer warp w
+// copies the weights and scales of channels 16 w .. 16 w + 15 and decodes them: lane l takes channel
+// 16 w + l % 16, 32-blocks 2 (l / 16) and 2 (l / 16) + 1, so a warp needs no other warp's copies
+// and the producers never wait for each other. kLookahead steps after its copies a warp waits for
+// them (cp.async.wait_group, __syncwarp), decodes into the stage's B tile with the byte-permute
+// tables of the block's binade gap (computed once per block into shared memory: kDecodeTables
+// entries), fences its generic-proxy stores (and the landed cp.async data) for the async proxy, and
+// arrives on the stage's full mbarrier. Consumers wait full, run four m64n128k32 into a fresh fp32
+// product, promote it, and each warp arrives on the stage's empty mbarrier, which the producers
+// wait for before they copy into a stage again. kStages stages of (A, raw weights, decoded B,
+// scales): copies run up to kStages steps and decode up to kStages - kLookahead steps ahead of the
+// MMAs. The two consumer warpgroups drift apart (as in DeepGEMM), one's promotion under the other's
+// MMAs; a warpgroup whose 64 rows all lie past the group's skips its MMAs.
 #include <cuda_fp8.h>
 
 #include <atomic>
@@ -48,19 +48,21 @@ using namespace fp4tc;
 constexpr int kBM = kFp4WgmmaRowsPerTile;  // rows of one expert per block
 constexpr int kBN = 128;                   // output channels per block (wgmma N)
 constexpr int kBK = 128;                   // k per step: one activation scale block, 4 weight blocks
-constexpr int kThreads = 384;              // producer warpgroup + two consumer warpgroups
-constexpr int kProducerThreads = 128;
+constexpr int kThreads = 512;              // two producer warpgroups + two consumer warpgroups
+constexpr int kProducerThreads = 256;
+constexpr int kProducerWarps = kProducerThreads / 32;
 constexpr int kConsumerWarps = 8;
-// Producer: 40 spills (the copies' addresses); consumers: the two-product variant compiles clean
-// down to 216 (64 accumulators + 2 x 64 products + addressing), spills at 176.
-constexpr int kProducerRegs = 56, kConsumerRegs = 224;
-static_assert(kProducerThreads * kProducerRegs + 2 * 128 * kConsumerRegs <= kThreads * 168,
-              "setmaxnreg moves registers within the launch's 168 per thread");
+// Producer: the copies' addresses and two blocks' decode; consumer: 64 accumulators + 64 products
+// + addressing.
+constexpr int kProducerRegs = 48, kConsumerRegs = 208;
+static_assert(kProducerThreads * kProducerRegs + 256 * kConsumerRegs <= 65536,
+              "setmaxnreg moves registers within the launch's 128 per thread");
 constexpr int kStages = 5;
 constexpr int kLookahead = 3;  // steps of copies in flight while the producer decodes
 static_assert(kLookahead < kStages, "copies of a step go ahead of its decode in the same stage");
 constexpr int kLdW = kBK / 2 + 16;  // raw packed weight row stride in bytes (80)
-static_assert(kBM == 128 && kBN == kProducerThreads, "producer thread = channel; two consumer warpgroups of 64 rows");
+static_assert(kBM == 128 && kBN == 16 * kProducerWarps, "16 channels per producer warp; two consumer warpgroups of 64 rows");
+static_assert(kDecodeTables <= kProducerThreads, "one producer thread per decode table");
 
 struct WsStage {
   uint8_t a[kBM * kBK];  // activations e4m3, core-matrix layout (dim 128)
@@ -72,15 +74,15 @@ struct WsStage {
 };
 struct WsSmem {
   WsStage st[kStages];
+  uint2 table[kDecodeTables];  // decode_table(d) of d = 0 .. kDecodeTables - 1
   uint64_t full[kStages];   // producer -> consumers: stage's A, B and scales ready (kProducerThreads / 32 arrivals)
   uint64_t empty[kStages];  // consumers -> producer: stage read (kConsumerWarps arrivals)
 };
 constexpr size_t kSmemBytes = sizeof(WsSmem);
 static_assert(sizeof(WsStage) == 44544, "16,384 + 16,384 + 10,240 + 3 x 512 B");
+static_assert(kDecodeTables > kDecodeZeroFrom, "the last table stands for every larger gap");
 static_assert(sizeof(WsStage) % 128 == 0, "operand tiles stay 128-byte aligned");
 static_assert(kSmemBytes <= 227 * 1024, "dynamic shared memory of one block per SM");
-
-__device__ __forceinline__ void wgmma_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
 
 // mbarriers in shared memory: arrive has release, try_wait acquire semantics (CTA scope).
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
@@ -112,12 +114,11 @@ __device__ __forceinline__ void regs_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
-// Named barrier 1 of the producer warpgroup alone (0 is __syncthreads').
+// Named barrier 1 of the producer warpgroups alone (0 is __syncthreads').
 __device__ __forceinline__ void producer_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(kProducerThreads) : "memory");
 }
 
-template <bool kTwoProducts>
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -140,71 +141,79 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(&sm.full[s], kProducerThreads / 32);
+      mbar_init(&sm.full[s], kProducerWarps);
       mbar_init(&sm.empty[s], kConsumerWarps);
     }
   }
   __syncthreads();  // barriers initialized; the last block-wide barrier
 
-  if (wg == 0) {
-    // ---- producer: copies, then the decode of channel tid ----
+  if (wg < 2) {
+    // ---- producers: copies, then the decode of this warp's 16 channels ----
     regs_dec<kProducerRegs>();
+    if (tid < kDecodeTables) sm.table[tid] = decode_table(tid);
     const uint8_t* w = p.w[g];
     const uint8_t* wsc = p.w_scale[g];
     const bool ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
-    const int ch = tid;
+    // Decode: channel ch, 32-blocks 2 half and 2 half + 1; the half-0 lane also copies the
+    // channel's scale bytes and writes its Sw.
+    const int ch = 16 * warp + (lane & 15), half = lane >> 4;
     const bool ch_ok = n0 + ch < p.n;
     const uint8_t* ws_src = ch_ok ? wsc + (n0 + ch) * (k / 32) : wsc;
-    // Weights: 16-byte chunk tid % 4 of channels tid / 4 + 32 i (a channel's 64 bytes by 4 lanes).
-    const int w_ch = tid >> 2, w_chunk = tid & 3;
+    // Weights: chunk j = lane + 32 i (i = 0, 1) of the warp's 16 x 64 bytes: channel 16 warp + j / 4,
+    // bytes 16 (j % 4) of its step.
+    const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;
     const uint8_t* w_src = w + (n0 + w_ch) * (k / 2) + w_chunk * 16;
-    const int64_t w_left = p.n - n0 - w_ch;  // weight chunks i with 32 i < w_left exist
-    // Activations: chunk (tid / 8) % 8 of rows tid % 8 + 8 (tid / 64) + 16 i (8 lanes = 8 rows of
+    const int64_t w_left = p.n - n0 - w_ch;  // weight chunks i with 8 i < w_left exist
+    // Activations: chunk (tid / 8) % 8 of rows tid % 8 + 8 (tid / 64) + 32 i (8 lanes = 8 rows of
     // one core matrix: 128 contiguous bytes of shared memory).
     const int a_row = (tid & 7) + 8 * (tid >> 6), a_chunk = (tid >> 3) & 7;
     const uint8_t* a_src = p.x8 + (row_begin + a_row) * k + a_chunk * 16;
-    const bool xs_ok = tid < rows;
+    const bool xs_ok = tid < rows;  // threads 0 .. kBM - 1 copy one row's activation scale each
     const float* xs_src = xs_ok ? p.x_scale + (row_begin + tid) * kb_count : p.x_scale;
 
     auto load = [&](int64_t kb, int s) {
       WsStage& st = sm.st[s];
 #pragma unroll
-      for (int i = 0; i < kBM / 16; ++i) {
-        const int r = a_row + 16 * i;
+      for (int i = 0; i < kBM / 32; ++i) {
+        const int r = a_row + 32 * i;
         const bool ok = r < rows;
-        cp_async16(st.a + core_offset(r, a_chunk * 16, kBK), ok ? a_src + int64_t(16 * i) * k + kb * kBK : p.x8, ok);
+        cp_async16(st.a + core_offset(r, a_chunk * 16, kBK), ok ? a_src + int64_t(32 * i) * k + kb * kBK : p.x8, ok);
       }
 #pragma unroll
-      for (int i = 0; i < kBN / 32; ++i) {
-        const bool ok = 32 * i < w_left;
-        cp_async16(&st.w[w_ch + 32 * i][w_chunk * 16], ok ? w_src + int64_t(32 * i) * (k / 2) + kb * (kBK / 2) : w, ok);
+      for (int i = 0; i < 2; ++i) {
+        const bool ok = 8 * i < w_left;
+        cp_async16(&st.w[w_ch + 8 * i][w_chunk * 16], ok ? w_src + int64_t(8 * i) * (k / 2) + kb * (kBK / 2) : w, ok);
       }
-      if (ws_aligned) {
-        cp_async4(&st.ws[ch], ws_src + kb * 4, ch_ok);
-      } else {  // scale rows not word aligned: plain loads (read back by this thread)
-        uint32_t v = 0;
-        if (ch_ok) {
+      if (half == 0) {
+        if (ws_aligned) {
+          cp_async4(&st.ws[ch], ws_src + kb * 4, ch_ok);
+        } else {  // scale rows not word aligned: plain loads (read after the __syncwarp)
+          uint32_t v = 0;
+          if (ch_ok) {
 #pragma unroll
-          for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + kb * 4 + j)) << (8 * j);
+            for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + kb * 4 + j)) << (8 * j);
+          }
+          st.ws[ch] = v;
         }
-        st.ws[ch] = v;
       }
-      cp_async4(&st.xs[tid], xs_src + (xs_ok ? kb : 0), xs_ok);
+      if (tid < kBM) cp_async4(&st.xs[tid], xs_src + (xs_ok ? kb : 0), xs_ok);
     };
 
-    // Channel ch's four blocks of stage s into its B tile (8 consecutive channels per 16-byte
-    // phase: disjoint banks for the 80-byte raw rows and for the core-matrix stores).
+    // Blocks 2 half, 2 half + 1 of channel ch of stage s into its B tile (8 consecutive channels
+    // per 16-byte phase: disjoint banks for the 80-byte raw rows and for the core-matrix stores).
     auto decode = [&](int s) {
       WsStage& st = sm.st[s];
       const uint32_t e4 = st.ws[ch];
       const int e0 = int(e4 & 0xff), e1 = int((e4 >> 8) & 0xff), e2 = int((e4 >> 16) & 0xff), e3 = int(e4 >> 24);
       const int emax = max(max(e0, e1), max(e2, e3));
-      st.sw[ch] = ldexpf(1.f, emax - 133);
+      if (half == 0) st.sw[ch] = ldexpf(1.f, emax - 133);
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
+      for (int j = 0; j < 2; ++j) {
+        const int b = 2 * half + j;
         const int eb = int((e4 >> (8 * b)) & 0xff);
         uint32_t out[8];
-        decode_block(*reinterpret_cast<const uint4*>(&st.w[ch][16 * b]), emax - eb, out);
+        decode_block_table(*reinterpret_cast<const uint4*>(&st.w[ch][16 * b]), sm.table[min(emax - eb, kDecodeTables - 1)],
+                           out);
         *reinterpret_cast<uint4*>(st.b + core_offset(ch, 32 * b, kBK)) = make_uint4(out[0], out[1], out[2], out[3]);
         *reinterpret_cast<uint4*>(st.b + core_offset(ch, 32 * b + 16, kBK)) =
             make_uint4(out[4], out[5], out[6], out[7]);
@@ -218,6 +227,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (s < kb_count) load(s, s);
       cp_async_commit();
     }
+    producer_sync();  // the decode tables written
     for (int64_t kb = 0; kb < kb_count; ++kb) {
       const int64_t nx = kb + kLookahead;
       if (nx < kb_count) {
@@ -228,7 +238,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       cp_async_commit();
       cp_async_wait<kLookahead>();  // this thread's copies of step kb landed ...
-      producer_sync();        // ... and the other producers' (channel tid's weights came by 4 lanes)
+      __syncwarp();                 // ... and its lane-mates' (the warp's channels came by 4 lanes each)
       const int s = int(kb % kStages);
       decode(s);
       fence_async_smem();  // this thread's decoded bytes and landed cp.async data, for the wgmma
@@ -239,80 +249,44 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  // ---- consumers: warpgroup 1 rows 0-63, warpgroup 2 rows 64-127 ----
+  // ---- consumers: warpgroup 2 rows 0-63, warpgroup 3 rows 64-127 ----
   regs_inc<kConsumerRegs>();
-  const int cw = wg - 1, wi = warp & 3;
+  const int cw = wg - 2, wi = warp & 3;
   float acc[64], tmp[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = tmp[i] = 0.f;
 
   // This thread's rows (within the block) and the column base of its accumulator pairs.
   const int r0 = cw * 64 + wi * 16 + (lane >> 2), c0 = 2 * (lane & 3);
-  // Step kb's MMAs into t (after its stage is full) and its promotion from t (after its MMAs).
-  auto issue = [&](float (&t)[64], int kb) {
-    const WsStage& st = sm.st[kb % kStages];
-    mbar_wait(&sm.full[kb % kStages], uint32_t((kb / kStages) & 1));
-    // The descriptors of k32 slice kk: start address + 256 kk bytes, in the 16-byte units of the
-    // low field (no carry out of it: shared addresses stay below 256 KB).
-    const uint64_t da = smem_desc(st.a + cw * 64 * kBK, kBK), db = smem_desc(st.b, kBK);
-    fence_acc(t);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBK / 32; ++kk) wgmma_m64n128k32(t, da + 16 * kk, db + 16 * kk, kk);
-    wgmma_commit();
-  };
-  auto promote = [&](float (&t)[64], int kb) {
-    const int s = int(kb % kStages);
-    const WsStage& st = sm.st[s];
-    fence_acc(t);
-    const float x0 = st.xs[r0], x1 = st.xs[r0 + 8];
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const float2 sw = *reinterpret_cast<const float2*>(&st.sw[8 * i + c0]);
-      acc[4 * i + 0] = fmaf(t[4 * i + 0], x0 * sw.x, acc[4 * i + 0]);
-      acc[4 * i + 1] = fmaf(t[4 * i + 1], x0 * sw.y, acc[4 * i + 1]);
-      acc[4 * i + 2] = fmaf(t[4 * i + 2], x1 * sw.x, acc[4 * i + 2]);
-      acc[4 * i + 3] = fmaf(t[4 * i + 3], x1 * sw.y, acc[4 * i + 3]);
-    }
-    __syncwarp();  // the warp's reads of stage s done (the MMAs' at the wait before the promotion)
-    if (lane == 0) mbar_arrive(&sm.empty[s]);
-  };
   const int steps = int(kb_count);  // >= 1: k is a positive multiple of 128
-  if constexpr (kTwoProducts) {
-    // Two products in flight: step kb + 1's MMAs are issued before step kb is promoted, so the
-    // promotion runs under them (wgmma.wait_group 1), tmp and tmp2 taking the steps in turn. Both
-    // warpgroups multiply whatever their rows: at ~210 registers, the branch that skips a
-    // warpgroup of zero rows (below) tips ptxas into spills.
-    float tmp2[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) tmp2[i] = 0.f;
-    issue(tmp, 0);
-    int kb = 0;
-    for (; kb + 2 < steps; kb += 2) {  // step kb in flight in tmp at the top
-      issue(tmp2, kb + 1);
-      wgmma_wait1();
-      promote(tmp, kb);
-      issue(tmp, kb + 2);
-      wgmma_wait1();
-      promote(tmp2, kb + 1);
-    }
-    if (kb + 1 < steps) {  // the last two steps
-      issue(tmp2, kb + 1);
-      wgmma_wait1();
-      promote(tmp, kb);
-      wgmma_wait0();
-      promote(tmp2, kb + 1);
-    } else {  // the last step
-      wgmma_wait0();
-      promote(tmp, kb);
-    }
-  } else if (cw * 64 < rows) {
-    // One product (as DeepGEMM): the two warpgroups drift apart, one's promotion under the other's
-    // MMAs.
+  if (cw * 64 < rows) {
     for (int kb = 0; kb < steps; ++kb) {
-      issue(tmp, kb);
+      const int s = kb % kStages;
+      const WsStage& st = sm.st[s];
+      // Step kb's MMAs into tmp (after its stage is full). The descriptors of k32 slice kk: start
+      // address + 256 kk bytes, in the 16-byte units of the low field (no carry out of it: shared
+      // addresses stay below 256 KB).
+      mbar_wait(&sm.full[s], uint32_t((kb / kStages) & 1));
+      const uint64_t da = smem_desc(st.a + cw * 64 * kBK, kBK), db = smem_desc(st.b, kBK);
+      fence_acc(tmp);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 32; ++kk) wgmma_m64n128k32(tmp, da + 16 * kk, db + 16 * kk, kk);
+      wgmma_commit();
       wgmma_wait0();
-      promote(tmp, kb);
+      // Its promotion.
+      fence_acc(tmp);
+      const float x0 = st.xs[r0], x1 = st.xs[r0 + 8];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const float2 sw = *reinterpret_cast<const float2*>(&st.sw[8 * i + c0]);
+        acc[4 * i + 0] = fmaf(tmp[4 * i + 0], x0 * sw.x, acc[4 * i + 0]);
+        acc[4 * i + 1] = fmaf(tmp[4 * i + 1], x0 * sw.y, acc[4 * i + 1]);
+        acc[4 * i + 2] = fmaf(tmp[4 * i + 2], x1 * sw.x, acc[4 * i + 2]);
+        acc[4 * i + 3] = fmaf(tmp[4 * i + 3], x1 * sw.y, acc[4 * i + 3]);
+      }
+      __syncwarp();  // the warp's reads of stage s done (the MMAs' at the wait before the promotion)
+      if (lane == 0) mbar_arrive(&sm.empty[s]);
     }
   } else {
     // Warpgroup-uniform: the second warpgroup of a tile of at most 64 rows has only zero rows; it
@@ -329,16 +303,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 }  // namespace
 
-void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p, bool two_products) {
+void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p) {
   CHECK(p.x8 && p.x_scale) << "fp4 grouped gemm (wgmma ws): FP8 activations required";
   CHECK(p.out || p.out_f32) << "fp4 grouped gemm (wgmma ws): no output";
   CHECK_EQ(p.k % kBK, 0) << "fp4 grouped gemm (wgmma ws): k=" << p.k << " must be a multiple of " << kBK;
   CHECK_GE(p.max_rows, 0) << "fp4 grouped gemm (wgmma ws): max_rows";
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
   // Once per device: above 48 KB of dynamic shared memory.
-  static std::atomic<uint64_t> attr_set[2];
-  set_smem_once(fp4_grouped_gemm_wgmma_ws_kernel<false>, kSmemBytes, false, &attr_set[0]);
-  set_smem_once(fp4_grouped_gemm_wgmma_ws_kernel<true>, kSmemBytes, false, &attr_set[1]);
+  static std::atomic<uint64_t> attr_set;
+  set_smem_once(fp4_grouped_gemm_wgmma_ws_kernel, kSmemBytes, false, &attr_set);
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
   fp4_tile_map_kernel<kBM><<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_wgmma_ws tile map", p.stream);
@@ -346,11 +319,7 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p, bool two_products)
   CHECK_LE(n_tiles, kMaxGridYZ) << "fp4 grouped gemm (wgmma ws): n=" << p.n;
   const dim3 grid(grid_x(grouped_tile_bound(p.max_rows, p.num_groups, kBM), "fp4_grouped_gemm_wgmma_ws"),
                   unsigned(n_tiles));
-  if (two_products) {
-    fp4_grouped_gemm_wgmma_ws_kernel<true><<<grid, kThreads, kSmemBytes, p.stream>>>(p, tile_start);
-  } else {
-    fp4_grouped_gemm_wgmma_ws_kernel<false><<<grid, kThreads, kSmemBytes, p.stream>>>(p, tile_start);
-  }
+  fp4_grouped_gemm_wgmma_ws_kernel<<<grid, kThreads, kSmemBytes, p.stream>>>(p, tile_start);
   launch_check("fp4_grouped_gemm_wgmma_ws", p.stream);
   stream_free(tile_start, p.stream);
 }

@@ -66,13 +66,22 @@ __device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
   return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
 }
 
-// Decodes one channel's 32-block (16 bytes of packed codes, even element in the low nibble) to 32
-// e4m3 bytes of code * 2^(6 - d) in input order: the 8 magnitudes as e4m3 in two registers,
-// indexed by prmt with the codes' three magnitude bits (four codes per prmt), sign bits or-ed in.
-__device__ __forceinline__ void decode_block(uint4 codes, int d, uint32_t (&out)[8]) {
+// The byte-permute table of decode_block for a block d binades below its step's largest scale: the
+// e4m3 bytes of magnitudes 0, 0.5, 1, 1.5 (tlo) and 2, 3, 4, 6 (thi) times 2^(6 - d). From d =
+// kDecodeZeroFrom on every entry is zero (6 x 2^(6 - d) <= 0.375 x 2^-10 rounds to 0 in e4m3), so a
+// table of kDecodeTables entries indexed by min(d, kDecodeTables - 1) holds every case.
+inline constexpr int kDecodeZeroFrom = 20;
+inline constexpr int kDecodeTables = 32;
+__device__ __forceinline__ uint2 decode_table(int d) {
   const float f = ldexpf(1.f, max(6 - d, -30));
-  const uint32_t tlo = e4m3x2(0.f, 0.5f * f) | (e4m3x2(f, 1.5f * f) << 16);       // magnitudes 0..3
-  const uint32_t thi = e4m3x2(2.f * f, 3.f * f) | (e4m3x2(4.f * f, 6.f * f) << 16);  // magnitudes 4..7
+  return make_uint2(e4m3x2(0.f, 0.5f * f) | (e4m3x2(f, 1.5f * f) << 16),        // magnitudes 0..3
+                    e4m3x2(2.f * f, 3.f * f) | (e4m3x2(4.f * f, 6.f * f) << 16));  // magnitudes 4..7
+}
+
+// Decodes one channel's 32-block (16 bytes of packed codes, even element in the low nibble) to 32
+// e4m3 bytes in input order with table t (decode_table): the 8 magnitudes as e4m3 in two registers,
+// indexed by prmt with the codes' three magnitude bits (four codes per prmt), sign bits or-ed in.
+__device__ __forceinline__ void decode_block_table(uint4 codes, uint2 t, uint32_t (&out)[8]) {
   const uint32_t u[4] = {codes.x, codes.y, codes.z, codes.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -81,11 +90,16 @@ __device__ __forceinline__ void decode_block(uint4 codes, int d, uint32_t (&out)
     const uint32_t ev = (u[i] << 4) & 0x80808080u, od = u[i] & 0x80808080u;
     const uint32_t s0 = __byte_perm(ev, od, 0x5140), s1 = __byte_perm(ev, od, 0x7362);
     // Selector nibble j = code j's magnitude (bit 3 clear: plain byte select).
-    const uint32_t m0 = __byte_perm(tlo, thi, u[i] & 0x7777u);
-    const uint32_t m1 = __byte_perm(tlo, thi, (u[i] >> 16) & 0x7777u);
+    const uint32_t m0 = __byte_perm(t.x, t.y, u[i] & 0x7777u);
+    const uint32_t m1 = __byte_perm(t.x, t.y, (u[i] >> 16) & 0x7777u);
     out[2 * i] = m0 | s0;
     out[2 * i + 1] = m1 | s1;
   }
+}
+
+// decode_block_table with the table of code * 2^(6 - d) computed here.
+__device__ __forceinline__ void decode_block(uint4 codes, int d, uint32_t (&out)[8]) {
+  decode_block_table(codes, decode_table(d), out);
 }
 
 // Output channels n, n + 1 of `row` (n even): bf16 (one 32-bit store when p.n is even and both

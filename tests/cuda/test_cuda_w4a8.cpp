@@ -74,7 +74,7 @@ struct W4a8Case {
 // The kernels run_case runs on every case: the tensor-core entry as dispatched (tile kernel or
 // GEMV by the mean rows per group), each of those two forced, the CUDA-core kernel and the FP8
 // wgmma kernel forced.
-enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs, kWgmmaWs2 };
+enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs };
 
 // Host fp64 reference of one output: bf16/fp32 of sum over 32-blocks b of
 // (sum_{k in b} e4m3(x8) * s_x[k/128] * fp4(w)) * 2^(S[b] - 127).
@@ -156,18 +156,18 @@ void run_case(const W4a8Case& c, Rng& rng) {
       cuda::fp4_grouped_gemv(p);
     } else if (kernel == Kernel::kWgmma) {
       cuda::fp4_grouped_gemm_wgmma(p);
-    } else if (kernel == Kernel::kWgmmaWs || kernel == Kernel::kWgmmaWs2) {
-      cuda::fp4_grouped_gemm_wgmma_ws(p, /*two_products=*/kernel == Kernel::kWgmmaWs2);
+    } else if (kernel == Kernel::kWgmmaWs) {
+      cuda::fp4_grouped_gemm_wgmma_ws(p);
     } else {
       cuda::fp4_grouped_gemm(p);
     }
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   };
-  // Outputs of the seven runs as floats (sentinel NaNs where nothing was written), and the bits of
+  // Outputs of the six runs as floats (sentinel NaNs where nothing was written), and the bits of
   // the dispatched run and of the kernel it must have taken.
   const Kernel kernels[] = {Kernel::kTcDispatch, Kernel::kTile,    Kernel::kGemv,     Kernel::kCudaCores,
-                            Kernel::kWgmma,      Kernel::kWgmmaWs, Kernel::kWgmmaWs2};
-  constexpr int kRuns = 7;
+                            Kernel::kWgmma,      Kernel::kWgmmaWs};
+  constexpr int kRuns = 6;
   std::vector<float> got[kRuns];
   std::vector<uint32_t> bits[kRuns];
   const size_t outn = size_t(std::max<int64_t>(total * n, 1));
@@ -195,13 +195,11 @@ void run_case(const W4a8Case& c, Rng& rng) {
   tag += " n" + std::to_string(n) + " k" + std::to_string(k) + (c.out_f32 ? " f32" : " bf16");
   EXPECT_TRUE(bits[0] == bits[gemv ? 2 : 1]) << tag << ": the dispatched run differs from the "
                                              << (gemv ? "GEMV" : "tile kernel");
-  // The warp-specialized wgmma kernel (both consumer variants) runs the same MMAs on the same
+  // The warp-specialized wgmma kernel runs the same MMAs on the same
   // operands in the same order and the same promotions: bit for bit the wgmma kernel's.
   EXPECT_TRUE(bits[5] == bits[4]) << tag << ": the warp-specialized wgmma kernel differs from the wgmma kernel";
-  EXPECT_TRUE(bits[6] == bits[4]) << tag << ": the warp-specialized wgmma kernel (two products) differs from "
-                                  << "the wgmma kernel";
   // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
-  std::vector<float> ref, tile, gv, cc, wg, wgws, wgws2;
+  std::vector<float> ref, tile, gv, cc, wg, wgws;
   int64_t untouched_bad = 0;
   for (int g = 0; g < groups; ++g) {
     if (c.rows[size_t(g)] == 0) continue;
@@ -224,7 +222,7 @@ void run_case(const W4a8Case& c, Rng& rng) {
         const size_t o = size_t(r * n + j);
         if (!c.has_w[size_t(g)]) {
           untouched_bad += !std::isnan(got[1][o]) + !std::isnan(got[2][o]) + !std::isnan(got[4][o]) +
-                           !std::isnan(got[5][o]) + !std::isnan(got[6][o]);
+                           !std::isnan(got[5][o]);
           continue;
         }
         double acc = 0.0;
@@ -239,7 +237,6 @@ void run_case(const W4a8Case& c, Rng& rng) {
         cc.push_back(got[3][o]);
         wg.push_back(got[4][o]);
         wgws.push_back(got[5][o]);
-        wgws2.push_back(got[6][o]);
       }
     }
   }
@@ -262,7 +259,6 @@ void run_case(const W4a8Case& c, Rng& rng) {
   EXPECT_TRUE(compare(tag + " wgmma vs tile kernel", wg, tile, wg_tol));
   EXPECT_TRUE(compare(tag + " wgmma ws vs fp64", wgws, ref, wg_tol));
   EXPECT_TRUE(compare(tag + " wgmma ws vs tile kernel", wgws, tile, wg_tol));
-  EXPECT_TRUE(compare(tag + " wgmma ws2 vs fp64", wgws2, ref, wg_tol));
   if (c.wide_scales) {  // the e4m3 re-encode rounds the small blocks: how far that moves the result
     double max_err = 0.0, max_ref = 0.0;
     for (size_t i = 0; i < ref.size(); ++i) {
