@@ -11,7 +11,7 @@
 // warpgroups 0 and 1 produce, 2 and 3 consume (rows 0-63 and 64-127). setmaxnreg moves registers
 // from the producers (48) to the consumers (208): 256 x 48 + 256 x 208 = 512 x 128, the launch's
 // allocation. Per step the producers issue by cp.async (straight from global memory, no registers
-// in between) the e4m3 activations into the core-matrix layout (rows past the group zero-filled),
+// in between) the e4m3 activations in 128-byte swizzled rows (rows past the group zero-filled),
 // the rows' activation scales, the raw packed weights (rows padded to 80 B so that 8 consecutive
 // channels' 16-byte reads hit disjoint banks) and each channel's four scale bytes. Producer warp w
 // copies the weights and scales of channels 16 w .. 16 w + 15 and decodes them: lane l takes channel
@@ -65,12 +65,13 @@ static_assert(kBM == 128 && kBN == 16 * kProducerWarps, "16 channels per produce
 static_assert(kDecodeTables <= kProducerThreads, "one producer thread per decode table");
 
 struct WsStage {
-  uint8_t a[kBM * kBK];  // activations e4m3, core-matrix layout (dim 128)
-  uint8_t b[kBN * kBK];  // decoded weights e4m3, core-matrix layout (dim 128)
+  uint8_t a[kBM * kBK];  // activations e4m3, 128-byte rows, 128-byte swizzle (sw128_offset)
+  uint8_t b[kBN * kBK];  // decoded weights e4m3, 128-byte rows, 128-byte swizzle
   uint8_t w[kBN][kLdW];  // weights, packed e2m1 [channel][k/2]
   uint32_t ws[kBN];      // ue8m0 of each channel's four 32-blocks, byte j = block j
   float xs[kBM];         // activation scale of each row
   float sw[kBN];         // Sw = 2^(emax - 133) of each channel
+  uint8_t pad[512];      // to a multiple of 1024 bytes
 };
 struct WsSmem {
   WsStage st[kStages];
@@ -78,10 +79,12 @@ struct WsSmem {
   uint64_t full[kStages];   // producer -> consumers: stage's A, B and scales ready (kProducerThreads / 32 arrivals)
   uint64_t empty[kStages];  // consumers -> producer: stage read (kConsumerWarps arrivals)
 };
-constexpr size_t kSmemBytes = sizeof(WsSmem);
-static_assert(sizeof(WsStage) == 44544, "16,384 + 16,384 + 10,240 + 3 x 512 B");
+// The operand tiles sit at 1024-byte boundaries (the 128-byte swizzle repeats every 8 rows of 128
+// bytes, matched against address bits 7-9): the block aligns its dynamic shared memory by hand.
+constexpr size_t kSmemBytes = sizeof(WsSmem) + 1024;
+static_assert(sizeof(WsStage) == 45056, "16,384 + 16,384 + 10,240 + 3 x 512 B + 512 B of padding");
+static_assert(sizeof(WsStage) % 1024 == 0, "operand tiles stay 1024-byte aligned");
 static_assert(kDecodeTables > kDecodeZeroFrom, "the last table stands for every larger gap");
-static_assert(sizeof(WsStage) % 128 == 0, "operand tiles stay 128-byte aligned");
 static_assert(kSmemBytes <= 227 * 1024, "dynamic shared memory of one block per SM");
 
 // mbarriers in shared memory: arrive has release, try_wait acquire semantics (CTA scope).
@@ -122,7 +125,7 @@ __device__ __forceinline__ void producer_sync() {
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  WsSmem& sm = *reinterpret_cast<WsSmem*>(smem_raw);
+  WsSmem& sm = *reinterpret_cast<WsSmem*>(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));
 
   const int64_t n_tiles = gridDim.y;
   const int64_t lin = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
@@ -177,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < kBM / 32; ++i) {
         const int r = a_row + 32 * i;
         const bool ok = r < rows;
-        cp_async16(st.a + core_offset(r, a_chunk * 16, kBK), ok ? a_src + int64_t(32 * i) * k + kb * kBK : p.x8, ok);
+        cp_async16(st.a + sw128_offset(r, a_chunk), ok ? a_src + int64_t(32 * i) * k + kb * kBK : p.x8, ok);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
@@ -214,8 +217,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         uint32_t out[8];
         decode_block_table(*reinterpret_cast<const uint4*>(&st.w[ch][16 * b]), sm.table[min(emax - eb, kDecodeTables - 1)],
                            out);
-        *reinterpret_cast<uint4*>(st.b + core_offset(ch, 32 * b, kBK)) = make_uint4(out[0], out[1], out[2], out[3]);
-        *reinterpret_cast<uint4*>(st.b + core_offset(ch, 32 * b + 16, kBK)) =
+        *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b)) = make_uint4(out[0], out[1], out[2], out[3]);
+        *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b + 1)) =
             make_uint4(out[4], out[5], out[6], out[7]);
       }
     };
@@ -264,14 +267,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int s = kb % kStages;
       const WsStage& st = sm.st[s];
       // Step kb's MMAs into tmp (after its stage is full). The descriptors of k32 slice kk: start
-      // address + 256 kk bytes, in the 16-byte units of the low field (no carry out of it: shared
-      // addresses stay below 256 KB).
+      // address + 32 kk bytes (the swizzle applies to the address the hardware forms), in the
+      // 16-byte units of the low field (no carry out of it: shared addresses stay below 256 KB).
       mbar_wait(&sm.full[s], uint32_t((kb / kStages) & 1));
-      const uint64_t da = smem_desc(st.a + cw * 64 * kBK, kBK), db = smem_desc(st.b, kBK);
+      const uint64_t da = smem_desc_sw128(st.a + cw * 64 * kBK), db = smem_desc_sw128(st.b);
       fence_acc(tmp);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBK / 32; ++kk) wgmma_m64n128k32(tmp, da + 16 * kk, db + 16 * kk, kk);
+      for (int kk = 0; kk < kBK / 32; ++kk) wgmma_m64n128k32(tmp, da + 2 * kk, db + 2 * kk, kk);
       wgmma_commit();
       wgmma_wait0();
       // Its promotion.

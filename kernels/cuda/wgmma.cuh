@@ -26,6 +26,20 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, int dim) {
   return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(128 >> 4) << 16) | (uint64_t((dim * 8) >> 4) << 32);
 }
 
+// K-major operand of 128-byte rows in the 128-byte swizzle (the layout of TMA's SWIZZLE_128B):
+// 16-byte chunk c of row r at r * 128 + 16 (c ^ (r % 8)), tile base 1024-byte aligned. Eight
+// rows at the same chunk fall in eight different bank quads, for the wgmma's operand reads and for
+// the stores that fill the tile alike.
+__device__ __forceinline__ int sw128_offset(int row, int chunk) { return row * 128 + (((chunk ^ row) & 7) << 4); }
+
+// Its wgmma descriptor: start >> 4, leading byte offset unused (1), stride byte offset 1024 (the
+// next 8 rows) >> 4, layout type 1 (128-byte swizzle). The k32 slice kk of a row starts 32 kk
+// bytes in: desc + 2 kk.
+__device__ __forceinline__ uint64_t smem_desc_sw128(const void* p) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }

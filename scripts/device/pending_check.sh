@@ -10,7 +10,7 @@
 # (scripts/device/gemv_cuda_cores.yaml), then as recorded graphs (their GPU time: the step without
 # host launch gaps); test_gpu_golden and test_cuda_graphs; a 1M-token `bench prefill`.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
-#   bash scripts/device/pending_check.sh        (carry .devdeps)
+#   [DECODE=0] bash scripts/device/pending_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}; mkdir -p "$OUT"; B=${BUILD:-build-gpu}
@@ -37,6 +37,7 @@ timeout 150 $NCU --clock-control none -k regex:wgmma_ws --launch-skip 2 --launch
   --section SourceCounters --section InstructionStats --section LaunchStats \
   $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/ncu_prefill_experts.txt 2>&1
 echo "== ncu prefill experts rc $?"; grep -E "Duration|Throughput|Ipc|Issue Slots|Warp Cycles|Occupancy|stall|Stall|Registers|excessive" $L/ncu_prefill_experts.txt | head -40; el ncu
+if [[ ${DECODE:-1} == 1 ]]; then  # DECODE=0: the prefill stages alone
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 timeout 90 $P step $S > $L/step_default.txt 2>&1
 grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|129280|grouped_linear|linear fp8|total .op" $L/step_default.txt; el step
@@ -45,6 +46,7 @@ echo "== decode GEMV on CUDA cores (scripts/device/gemv_cuda_cores.yaml)"; grep 
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden
+fi
 timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 > $L/p1m.txt 2>&1
 echo "== 1M prefill rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p1m.txt; el all
 timeout 120 $T --gtest_brief=1 --gtest_filter=CudaW4a8Wgmma.PrefillShapes > $L/tests_prefill_shapes.txt 2>&1
