@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Where the prefill expert GEMM (the warp-specialized W4A8 wgmma kernel) spends its time, from an
+# 8K `bench prefill` (bench_step built): one launch (NCU_SKIP: launches skipped first; 2 = layer 0's
+# down projection) profiled with PC sampling, then
+#   $OUT/ncu_experts_stalls.txt  every warp stall reason, cycles per issued instruction;
+#   $OUT/ncu_experts_sass.csv    the SASS with its samples and stall reasons per instruction;
+#   $OUT/ncu_experts_top.txt     the 60 instructions with the most samples.
+#   BUILD=build-gpu OUT=... bash scripts/device/ncu_experts.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out/device}; B=${BUILD:-build-gpu}; mkdir -p "$OUT"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+[[ -n $NCU ]] || { echo "ncu: not found"; exit 0; }
+source scripts/device/devdeps.sh
+R=/tmp/ncu_experts
+timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k regex:wgmma_ws --launch-skip ${NCU_SKIP:-2} --launch-count 1 \
+  --section WarpStateStats --section SourceCounters --section SpeedOfLight -f -o $R \
+  $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 \
+  > "$OUT/ncu_experts_collect.txt" 2>&1
+echo "ncu collect rc $?"
+"$NCU" --import $R.ncu-rep --page raw --csv > /tmp/ncu_raw.csv 2>&1
+python3 - /tmp/ncu_raw.csv > "$OUT/ncu_experts_stalls.txt" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+if len(rows) < 3: sys.exit(print("no raw rows"))
+h, v = rows[0], rows[2]
+for name, val in sorted(zip(h, v)):
+    if "warp_latency_issue_stalled" in name or "issue_stalled" in name and "ratio" in name or "duration" in name:
+        print(f"{name:90s} {val}")
+PY
+head -60 "$OUT/ncu_experts_stalls.txt"
+"$NCU" --import $R.ncu-rep --page source --csv --print-source sass > "$OUT/ncu_experts_sass.csv" 2> "$OUT/ncu_experts_sass.err"
+echo "source page rc $? ($(wc -l < "$OUT/ncu_experts_sass.csv") lines)"
+python3 - "$OUT/ncu_experts_sass.csv" > "$OUT/ncu_experts_top.txt" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if r]
+hi = next((i for i, r in enumerate(rows) if any("Source" == c or "Address" in c for c in r)), None)
+if hi is None: sys.exit(print("no header"))
+h = rows[hi]
+def col(*names):
+    for n in names:
+        for i, c in enumerate(h):
+            if c.strip() == n: return i
+    return None
+src = col("Source"); smp = col("Warp Stall Sampling (All Samples)", "Sampling Data (All)")
+if src is None or smp is None: sys.exit(print("columns:", h))
+data = []
+for r in rows[hi + 1:]:
+    try: data.append((float(r[smp].replace(",", "") or 0), r))
+    except (ValueError, IndexError): pass
+tot = sum(d[0] for d in data) or 1
+print("columns:", " | ".join(h))
+for s, r in sorted(data, key=lambda d: -d[0])[:60]:
+    extra = [f"{h[i]}={r[i]}" for i in range(len(h)) if i not in (src, smp) and r[i] not in ("", "0")][:8]
+    print(f"{100 * s / tot:5.1f}%  {r[src][:70]:70s}  {' '.join(extra)[:300]}")
+PY
+head -70 "$OUT/ncu_experts_top.txt"
