@@ -9,7 +9,7 @@
 //
 // Roles. Block = 128 rows of one expert x 128 output channels, four warpgroups (512 threads):
 // warpgroups 0 and 1 produce, 2 and 3 consume (rows 0-63 and 64-127). setmaxnreg moves registers
-// from the producers (48) to the consumers (208): 256 x 48 + 256 x 208 = 512 x 128, the launch's
+// from the producers (88) to the consumers (168): 256 x 88 + 256 x 168 = 512 x 128, the launch's
 // allocation. Per step the producers issue by cp.async (straight from global memory, no registers
 // in between) the e4m3 activations in 128-byte swizzled rows (rows past the group zero-filled),
 // the rows' activation scales, the raw packed weights (rows padded to 80 B so that 8 consecutive
@@ -52,9 +52,10 @@ constexpr int kThreads = 512;              // two producer warpgroups + two cons
 constexpr int kProducerThreads = 256;
 constexpr int kProducerWarps = kProducerThreads / 32;
 constexpr int kConsumerWarps = 8;
-// Producer: the copies' addresses and two blocks' decode; consumer: 64 accumulators + 64 products
-// + addressing.
-constexpr int kProducerRegs = 48, kConsumerRegs = 208;
+// Producer: the copies' fixed offsets and two blocks' decode (at 48 ptxas packs predicates into a
+// register and recomputes addresses every step); consumer: 64 accumulators + 64 products +
+// addressing (no spills down to 160).
+constexpr int kProducerRegs = 88, kConsumerRegs = 168;
 static_assert(kProducerThreads * kProducerRegs + 256 * kConsumerRegs <= 65536,
               "setmaxnreg moves registers within the launch's 128 per thread");
 constexpr int kStages = 5;
@@ -154,62 +155,79 @@ __global__ void __launch_bounds__(kThreads, 1)
     // ---- producers: copies, then the decode of this warp's 16 channels ----
     regs_dec<kProducerRegs>();
     if (tid < kDecodeTables) sm.table[tid] = decode_table(tid);
-    const uint8_t* w = p.w[g];
-    const uint8_t* wsc = p.w_scale[g];
-    const bool ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
+    const int steps = int(kb_count);
+    const uint32_t st0 = smem_u32(&sm.st[0]);
     // Decode: channel ch, 32-blocks 2 half and 2 half + 1; the half-0 lane also copies the
     // channel's scale bytes and writes its Sw.
     const int ch = 16 * warp + (lane & 15), half = lane >> 4;
-    const bool ch_ok = n0 + ch < p.n;
-    const uint8_t* ws_src = ch_ok ? wsc + (n0 + ch) * (k / 32) : wsc;
+    // Every copy is fixed per block but for the step's offset: a source at or past the tile's
+    // rows or channels copies 0 bytes (zero fill) from a clamped, valid address.
+    // Activations: chunk (tid / 8) % 8 of rows tid % 8 + 8 (tid / 64) + 32 i (8 lanes = 8 rows at
+    // the same chunk: eight bank quads under the swizzle).
+    const int a_row = (tid & 7) + 8 * (tid >> 6), a_chunk = (tid >> 3) & 7;
+    const uint8_t* a_src = p.x8 + row_begin * k + a_chunk * 16;
+    uint32_t a_off[kBM / 32], a_bytes[kBM / 32];
+#pragma unroll
+    for (int i = 0; i < kBM / 32; ++i) {
+      const int r = a_row + 32 * i;
+      a_off[i] = uint32_t(min(r, rows - 1)) * uint32_t(k);
+      a_bytes[i] = r < rows ? 16 : 0;
+    }
+    const uint32_t a_dst = uint32_t(offsetof(WsStage, a)) + uint32_t(sw128_offset(a_row, a_chunk));
     // Weights: chunk j = lane + 32 i (i = 0, 1) of the warp's 16 x 64 bytes: channel 16 warp + j / 4,
     // bytes 16 (j % 4) of its step.
     const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;
-    const uint8_t* w_src = w + (n0 + w_ch) * (k / 2) + w_chunk * 16;
-    const int64_t w_left = p.n - n0 - w_ch;  // weight chunks i with 8 i < w_left exist
-    // Activations: chunk (tid / 8) % 8 of rows tid % 8 + 8 (tid / 64) + 32 i (8 lanes = 8 rows of
-    // one core matrix: 128 contiguous bytes of shared memory).
-    const int a_row = (tid & 7) + 8 * (tid >> 6), a_chunk = (tid >> 3) & 7;
-    const uint8_t* a_src = p.x8 + (row_begin + a_row) * k + a_chunk * 16;
-    const bool xs_ok = tid < rows;  // threads 0 .. kBM - 1 copy one row's activation scale each
-    const float* xs_src = xs_ok ? p.x_scale + (row_begin + tid) * kb_count : p.x_scale;
+    const int64_t n_left = p.n - n0;  // channels of this tile that exist (>= 1)
+    const uint8_t* w_src = p.w[g] + n0 * (k / 2) + w_chunk * 16;
+    uint32_t w_off[2], w_bytes[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int c = w_ch + 8 * i;
+      w_off[i] = uint32_t(min(int64_t(c), n_left - 1)) * uint32_t(k / 2);
+      w_bytes[i] = c < n_left ? 16 : 0;
+    }
+    const uint32_t w_dst = uint32_t(offsetof(WsStage, w)) + uint32_t(w_ch * kLdW + w_chunk * 16);
+    // Scales: channel ch's four bytes of the step (half-0 lanes), row tid's activation scale
+    // (threads below kBM).
+    const uint8_t* wsc = p.w_scale[g];
+    const bool ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
+    const uint8_t* ws_src = wsc + (n0 + min(int64_t(ch), n_left - 1)) * (k / 32);
+    const uint32_t ws_bytes = ch < n_left ? 4 : 0;
+    const float* xs_src = p.x_scale + (row_begin + min(tid, rows - 1)) * kb_count;
+    const uint32_t xs_bytes = tid < rows ? 4 : 0;
 
-    auto load = [&](int64_t kb, int s) {
-      WsStage& st = sm.st[s];
+    auto load = [&](int kb, int s) {
+      const uint32_t st = st0 + uint32_t(s) * uint32_t(sizeof(WsStage));
+      const uint8_t* a = a_src + kb * kBK;
 #pragma unroll
-      for (int i = 0; i < kBM / 32; ++i) {
-        const int r = a_row + 32 * i;
-        const bool ok = r < rows;
-        cp_async16(st.a + sw128_offset(r, a_chunk), ok ? a_src + int64_t(32 * i) * k + kb * kBK : p.x8, ok);
-      }
+      for (int i = 0; i < kBM / 32; ++i) cp_async16_n(st + a_dst + 4096 * i, a + a_off[i], a_bytes[i]);
+      const uint8_t* w = w_src + kb * (kBK / 2);
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const bool ok = 8 * i < w_left;
-        cp_async16(&st.w[w_ch + 8 * i][w_chunk * 16], ok ? w_src + int64_t(8 * i) * (k / 2) + kb * (kBK / 2) : w, ok);
-      }
+      for (int i = 0; i < 2; ++i) cp_async16_n(st + w_dst + 8 * kLdW * i, w + w_off[i], w_bytes[i]);
       if (half == 0) {
+        const uint32_t dst = st + uint32_t(offsetof(WsStage, ws)) + 4 * ch;
         if (ws_aligned) {
-          cp_async4(&st.ws[ch], ws_src + kb * 4, ch_ok);
+          cp_async4_n(dst, ws_src + 4 * kb, ws_bytes);
         } else {  // scale rows not word aligned: plain loads (read after the __syncwarp)
           uint32_t v = 0;
-          if (ch_ok) {
+          if (ws_bytes != 0) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + kb * 4 + j)) << (8 * j);
+            for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + 4 * kb + j)) << (8 * j);
           }
-          st.ws[ch] = v;
+          asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
         }
       }
-      if (tid < kBM) cp_async4(&st.xs[tid], xs_src + (xs_ok ? kb : 0), xs_ok);
+      if (tid < kBM) cp_async4_n(st + uint32_t(offsetof(WsStage, xs)) + 4 * tid, xs_src + kb, xs_bytes);
     };
 
     // Blocks 2 half, 2 half + 1 of channel ch of stage s into its B tile (8 consecutive channels
-    // per 16-byte phase: disjoint banks for the 80-byte raw rows and for the core-matrix stores).
+    // per 16-byte phase: disjoint banks for the 80-byte raw rows and for the swizzled stores).
     auto decode = [&](int s) {
       WsStage& st = sm.st[s];
       const uint32_t e4 = st.ws[ch];
       const int e0 = int(e4 & 0xff), e1 = int((e4 >> 8) & 0xff), e2 = int((e4 >> 16) & 0xff), e3 = int(e4 >> 24);
       const int emax = max(max(e0, e1), max(e2, e3));
-      if (half == 0) st.sw[ch] = ldexpf(1.f, emax - 133);
+      if (half == 0) st.sw[ch] = exp2_exact(emax - 133);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         const int b = 2 * half + j;
@@ -218,35 +236,39 @@ __global__ void __launch_bounds__(kThreads, 1)
         decode_block_table(*reinterpret_cast<const uint4*>(&st.w[ch][16 * b]), sm.table[min(emax - eb, kDecodeTables - 1)],
                            out);
         *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b)) = make_uint4(out[0], out[1], out[2], out[3]);
-        *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b + 1)) =
-            make_uint4(out[4], out[5], out[6], out[7]);
+        *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b + 1)) = make_uint4(out[4], out[5], out[6], out[7]);
       }
     };
 
     // One commit group per step (empty past the last), so step kb's group is complete when at
-    // most kLookahead newer ones are pending.
+    // most kLookahead newer ones are pending. Stage and phase bookkeeping without divisions:
+    // step nx's copies go to stage ls = nx % kStages, whose previous use (step nx - kStages, when
+    // nx >= kStages) completed empty phase nx / kStages - 1.
 #pragma unroll
     for (int s = 0; s < kLookahead; ++s) {
-      if (s < kb_count) load(s, s);
+      if (s < steps) load(s, s);
       cp_async_commit();
     }
     producer_sync();  // the decode tables written
-    for (int64_t kb = 0; kb < kb_count; ++kb) {
-      const int64_t nx = kb + kLookahead;
-      if (nx < kb_count) {
-        const int s2 = int(nx % kStages);
-        // Reuse of stage s2: its previous step nx - kStages read by both consumer warpgroups.
-        if (nx >= kStages) mbar_wait(&sm.empty[s2], uint32_t((nx / kStages + 1) & 1));
-        load(nx, s2);
+    int ls = kLookahead, lround = 0, ds = 0;
+    for (int kb = 0; kb < steps; ++kb) {
+      const int nx = kb + kLookahead;
+      if (nx < steps) {
+        if (nx >= kStages) mbar_wait(&sm.empty[ls], uint32_t((lround - 1) & 1));
+        load(nx, ls);
+      }
+      if (++ls == kStages) {
+        ls = 0;
+        ++lround;
       }
       cp_async_commit();
       cp_async_wait<kLookahead>();  // this thread's copies of step kb landed ...
       __syncwarp();                 // ... and its lane-mates' (the warp's channels came by 4 lanes each)
-      const int s = int(kb % kStages);
-      decode(s);
+      decode(ds);
       fence_async_smem();  // this thread's decoded bytes and landed cp.async data, for the wgmma
       __syncwarp();
-      if (lane == 0) mbar_arrive(&sm.full[s]);
+      if (lane == 0) mbar_arrive(&sm.full[ds]);
+      if (++ds == kStages) ds = 0;
     }
     cp_async_wait<0>();  // no copy outstanding at exit (the last commits are empty)
     return;

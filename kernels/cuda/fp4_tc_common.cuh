@@ -27,6 +27,13 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full)
   const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
 }
+// The same to a shared-memory address, copying `bytes` (16 or 4, or 0: zeros, nothing read).
+__device__ __forceinline__ void cp_async16_n(uint32_t dst, const void* src, uint32_t bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async4_n(uint32_t dst, const void* src, uint32_t bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
@@ -64,6 +71,11 @@ __device__ __forceinline__ void mma_f16_k32(float (&d)[4], const uint32_t (&a0)[
 // Two e4m3 bytes (low byte = a) of a, b, rounded to nearest (exact for the values used here).
 __device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
   return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
+}
+
+// 2^e for e in [-149, 127], exact (a subnormal below -126): ldexpf(1, e) by its bits.
+__device__ __forceinline__ float exp2_exact(int e) {
+  return e >= -126 ? __int_as_float((e + 127) << 23) : __int_as_float(1 << (e + 149));
 }
 
 // The byte-permute table of decode_block for a block d binades below its step's largest scale: the
