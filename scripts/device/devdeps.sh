@@ -3,7 +3,8 @@
 # into /: one Debian package ships a ./lib/ folder that would replace Ubuntu's /lib symlink) and
 # point the library path, pkg-config and CMake at it. Sets DD (the prefix; DEVDEPS_PREFIX overrides
 # /opt/devdeps, so the same steps can be reproduced on the development machine in a scratch folder)
-# and exports LD_LIBRARY_PATH, PKG_CONFIG_PATH and, when the machine has no pkg-config, PATH.
+# and exports LD_LIBRARY_PATH, PKG_CONFIG_PATH and, when the machine has no pkg-config, PATH. Sets
+# NCU: the Nsight Compute command line, empty where there is none.
 #
 # cpp-httplib: Debian's libcpp-httplib0.11 is a compiled library built with OpenSSL, zlib and
 # Brotli support; its cpp-httplib.pc carries
@@ -34,3 +35,4 @@ if [[ -f $httplib_pc ]]; then
   done
 fi
 export PKG_CONFIG_PATH=$DD/usr/lib/x86_64-linux-gnu/pkgconfig:${PKG_CONFIG_PATH:-}
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

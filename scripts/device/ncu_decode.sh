@@ -13,9 +13,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}; B=${BUILD:-build-gpu}; mkdir -p "$OUT"
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-[[ -n $NCU ]] || { echo "ncu: not found"; exit 0; }
 source scripts/device/devdeps.sh
+[[ -n $NCU ]] || { echo "ncu: not found"; exit 0; }
 ITERS=3  # timed steps
 STEP="$B/tests/cuda/bench_step bench step --synthetic --backend cuda --preset flash --layers 2 --context 8192 --iters $ITERS"
 M=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed

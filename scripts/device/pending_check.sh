@@ -31,7 +31,6 @@ grep -E "prefill T=|wgmma ws" $L/bench_fp4.txt | head -30; el fp4
 P="$B/tests/cuda/bench_step bench"
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|rms_norm|qdq|hc_pre|total|PROJECTION" $L/p8.txt; el prefill
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 timeout 150 $NCU --clock-control none -k regex:wgmma_ws --launch-skip 2 --launch-count 1 --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
   --section SourceCounters --section InstructionStats --section LaunchStats \

@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Where the prefill expert GEMM (the warp-specialized W4A8 wgmma kernel) spends its time, from an
-# 8K `bench prefill` (bench_step built): one launch (NCU_SKIP: launches skipped first; 2 = layer 0's
-# down projection) profiled with PC sampling, then
-#   $OUT/ncu_experts_stalls.txt  every warp stall reason, cycles per issued instruction;
-#   $OUT/ncu_experts_sass.csv    the SASS with its samples and stall reasons per instruction;
-#   $OUT/ncu_experts_top.txt     the 60 instructions with the most samples.
-#   BUILD=build-gpu OUT=... bash scripts/device/ncu_experts.sh
+# Where a prefill kernel spends its time, from an 8K `bench prefill` (bench_step built): one launch
+# of the kernels matching NCU_KERNEL (a regex; default the warp-specialized W4A8 expert GEMM), NCU_SKIP
+# launches skipped first (default 2: layer 0's down projection), profiled with PC sampling, then
+#   $OUT/ncu_<tag>_stalls.txt  every warp stall reason, cycles per issued instruction;
+#   $OUT/ncu_<tag>_sass.csv    the SASS with its samples and stall reasons per instruction;
+#   $OUT/ncu_<tag>_top.txt     the 60 instructions with the most samples;
+# tag = NCU_TAG (default experts).
+#   BUILD=build-gpu OUT=... [NCU_KERNEL=sparse_attention_tc NCU_SKIP=0 NCU_TAG=attention] bash scripts/device/ncu_prefill.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}; B=${BUILD:-build-gpu}; mkdir -p "$OUT"
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-[[ -n $NCU ]] || { echo "ncu: not found"; exit 0; }
 source scripts/device/devdeps.sh
-R=/tmp/ncu_experts
-timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k regex:wgmma_ws --launch-skip ${NCU_SKIP:-2} --launch-count 1 \
+[[ -n $NCU ]] || { echo "ncu: not found"; exit 0; }
+T=${NCU_TAG:-experts}; R=/tmp/ncu_$T
+timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k "regex:${NCU_KERNEL:-wgmma_ws}" --launch-skip ${NCU_SKIP:-2} --launch-count 1 \
   --section WarpStateStats --section SourceCounters --section SpeedOfLight -f -o $R \
   $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 \
-  > "$OUT/ncu_experts_collect.txt" 2>&1
+  > "$OUT/ncu_${T}_collect.txt" 2>&1
 echo "ncu collect rc $?"
 "$NCU" --import $R.ncu-rep --page raw --csv > /tmp/ncu_raw.csv 2>&1
-python3 - /tmp/ncu_raw.csv > "$OUT/ncu_experts_stalls.txt" <<'PY'
+python3 - /tmp/ncu_raw.csv > "$OUT/ncu_${T}_stalls.txt" <<'PY'
 import csv, sys
 rows = list(csv.reader(open(sys.argv[1])))
 if len(rows) < 3: sys.exit(print("no raw rows"))
@@ -29,10 +29,10 @@ for name, val in sorted(zip(h, v)):
     if "warp_latency_issue_stalled" in name or "issue_stalled" in name and "ratio" in name or "duration" in name:
         print(f"{name:90s} {val}")
 PY
-head -60 "$OUT/ncu_experts_stalls.txt"
-"$NCU" --import $R.ncu-rep --page source --csv --print-source sass > "$OUT/ncu_experts_sass.csv" 2> "$OUT/ncu_experts_sass.err"
-echo "source page rc $? ($(wc -l < "$OUT/ncu_experts_sass.csv") lines)"
-python3 - "$OUT/ncu_experts_sass.csv" > "$OUT/ncu_experts_top.txt" <<'PY'
+head -60 "$OUT/ncu_${T}_stalls.txt"
+"$NCU" --import $R.ncu-rep --page source --csv --print-source sass > "$OUT/ncu_${T}_sass.csv" 2> "$OUT/ncu_${T}_sass.err"
+echo "source page rc $? ($(wc -l < "$OUT/ncu_${T}_sass.csv") lines)"
+python3 - "$OUT/ncu_${T}_sass.csv" > "$OUT/ncu_${T}_top.txt" <<'PY'
 import csv, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if r]
 hi = next((i for i, r in enumerate(rows) if any("Source" == c or "Address" in c for c in r)), None)
@@ -55,4 +55,4 @@ for s, r in sorted(data, key=lambda d: -d[0])[:60]:
     extra = [f"{h[i]}={r[i]}" for i in range(len(h)) if i not in (src, smp) and r[i] not in ("", "0")][:8]
     print(f"{100 * s / tot:5.1f}%  {r[src][:70]:70s}  {' '.join(extra)[:300]}")
 PY
-head -70 "$OUT/ncu_experts_top.txt"
+head -70 "$OUT/ncu_${T}_top.txt"
