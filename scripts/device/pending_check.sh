@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# One device call (about 7 minutes from a fresh machine) for every path built but not yet run on a
-# GPU (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
+# One device call (about 9 minutes from a fresh machine): the checks and profiles the last run left
+# open (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
 # still returns the first results: builds the op tests, bench_step and bench_cuda; runs the W4A8,
 # MoE and GEMM op tests (TEST_FILTER); `bench_cuda - fp4` (the expert GEMMs at decode and prefill
-# shapes, every kernel); an 8K `bench prefill` and Nsight Compute's detail of its expert GEMM (the
-# warp-specialized wgmma kernel: stalls, pipes, memory, source counters); `bench step` at batch 1, 64
-# and 256 as configured by default, then with the decode GEMV on CUDA cores
+# shapes, every kernel); an 8K `bench prefill`; the per-instruction stall profiles of its expert
+# GEMM and its sparse attention (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and
+# 256 as configured by default, then with the decode GEMV on CUDA cores
 # (scripts/device/gemv_cuda_cores.yaml), then as recorded graphs (their GPU time: the step without
-# host launch gaps); test_gpu_golden and test_cuda_graphs; a 1M-token `bench prefill`.
+# host launch gaps); test_gpu_golden and test_cuda_graphs; every kernel of the batch-1 and batch-256
+# steps (scripts/device/ncu_decode.sh); a 1M-token `bench prefill`; the prefill-shape W4A8 test.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [DECODE=0] bash scripts/device/pending_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -31,11 +32,12 @@ grep -E "prefill T=|wgmma ws" $L/bench_fp4.txt | head -30; el fp4
 P="$B/tests/cuda/bench_step bench"
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|rms_norm|qdq|hc_pre|total|PROJECTION" $L/p8.txt; el prefill
-timeout 150 $NCU --clock-control none -k regex:wgmma_ws --launch-skip 2 --launch-count 1 --section SpeedOfLight \
-  --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
-  --section SourceCounters --section InstructionStats --section LaunchStats \
-  $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/ncu_prefill_experts.txt 2>&1
-echo "== ncu prefill experts rc $?"; grep -E "Duration|Throughput|Ipc|Issue Slots|Warp Cycles|Occupancy|stall|Stall|Registers|excessive" $L/ncu_prefill_experts.txt | head -40; el ncu
+# Where the prefill expert GEMM and the prefill sparse attention stall, per SASS instruction.
+BUILD=$B OUT=$L timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1
+echo "== ncu prefill experts rc $?"; head -24 $L/ncu_experts.txt; head -30 $L/ncu_experts_top.txt
+BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_tc NCU_SKIP=0 NCU_TAG=attention timeout 150 bash scripts/device/ncu_prefill.sh \
+  > $L/ncu_attention.txt 2>&1
+echo "== ncu prefill attention rc $?"; head -24 $L/ncu_attention.txt; head -30 $L/ncu_attention_top.txt; el ncu
 if [[ ${DECODE:-1} == 1 ]]; then  # DECODE=0: the prefill stages alone
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 timeout 90 $P step $S > $L/step_default.txt 2>&1
@@ -45,6 +47,9 @@ echo "== decode GEMV on CUDA cores (scripts/device/gemv_cuda_cores.yaml)"; grep 
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden
+# Every kernel of the batch-256 step: how the expert time splits between the GEMV and the tile kernel.
+NCU_PARTS=step BUILD=$B OUT=$L NCU_TIMEOUT=120 timeout 260 bash scripts/device/ncu_decode.sh > $L/ncu_step.txt 2>&1
+echo "== ncu step rc $?"; grep -A14 "batch 256" $L/ncu_step.txt; el ncu_step
 fi
 timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 > $L/p1m.txt 2>&1
 echo "== 1M prefill rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p1m.txt; el all
