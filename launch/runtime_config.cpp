@@ -216,6 +216,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
   d.get("cuda_gemv_mma", &c.debug.cuda_gemv_mma);
   d.get("cuda_moe_route_small", &c.debug.cuda_moe_route_small);
+  d.get("cuda_hc_fused_sumsq", &c.debug.cuda_hc_fused_sumsq);
   d.get("cuda_decode_tc", &c.debug.cuda_decode_tc);
   V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
                d.where("cuda_expert_tc_min_rows") << " must be in [0, 2^30], got " << c.debug.cuda_expert_tc_min_rows);
@@ -261,6 +262,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                         "instead of the CUDA cores (default true)"},
       {"cuda_moe_route_small", "CUDA: the MoE routing layout of up to 1,024 (token, expert) entries in one single-block "
                                "kernel instead of three launches (default false: no faster in the H100 decode step)"},
+      {"cuda_hc_fused_sumsq", "CUDA: hc_pre from 32 tokens takes the sum of squares of x in its finishing kernel "
+                              "instead of a separate pass over x (default false: not yet run on a GPU)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
       {"log_dir", "per-rank log files in this directory instead of stderr only"},
       {"test_hook_forced_output",
@@ -291,6 +294,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
   o.cuda_gemv_mma = config.debug.cuda_gemv_mma;
   o.cuda_moe_route_small = config.debug.cuda_moe_route_small;
+  o.cuda_hc_fused_sumsq = config.debug.cuda_hc_fused_sumsq;
   o.cuda_decode_tc = config.debug.cuda_decode_tc;
   o.cuda_graphs = config.cuda_graphs;
   return o;
@@ -353,6 +357,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;
   out << YAML::Key << "cuda_gemv_mma" << YAML::Value << c.debug.cuda_gemv_mma;
   out << YAML::Key << "cuda_moe_route_small" << YAML::Value << c.debug.cuda_moe_route_small;
+  out << YAML::Key << "cuda_hc_fused_sumsq" << YAML::Value << c.debug.cuda_hc_fused_sumsq;
   out << YAML::Key << "cuda_decode_tc" << YAML::Value << c.debug.cuda_decode_tc;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
   out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;

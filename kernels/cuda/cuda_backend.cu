@@ -341,7 +341,7 @@ void CudaBackend::hc_pre(const HcPreParams& p) {
   g.k = len;
   g.stream = stream_.get();
   dense_gemm_.run(g);
-  launch_hc_pre(p, stream_.get(), mix);
+  launch_hc_pre(p, stream_.get(), mix, options_.hc_fused_sumsq);
   stream_free(mix, stream_.get());
 }
 

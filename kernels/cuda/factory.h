@@ -72,6 +72,10 @@ struct CudaBackendOptions {
   // (moe.cu, moe_route_small_kernel; debug.cuda_moe_route_small) instead of the count, offsets and
   // fill launches; the same arrays. Off until run on a GPU.
   bool moe_route_small = false;
+  // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it
+  // already holds (mhc.cu, hc_pre_kernel) instead of a separate pass over x (sum_squares_kernel);
+  // debug.cuda_hc_fused_sumsq. Off until run on a GPU.
+  bool hc_fused_sumsq = false;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention on the per-warp kernel where it would take the split multi-query one (or,

@@ -60,9 +60,12 @@ __global__ void __launch_bounds__(kThreads) mix_partial_kernel(Act x, Act fn, in
 
 // mix_out[m] = (sum over splits of part[t][.][m]) * rsqrt(mean(x^2) + eps), in shared memory. The
 // token's partials are staged in shared memory by coalesced loads, all in flight at once; a warp
-// per sum then adds them in the order of a lane per split.
+// per sum then adds them in the order of a lane per split. sq_warps: the sum of squares as one
+// partial per warp of the block in shared memory (written before the call) instead of entry
+// kNumMix of the partials, which is then neither read nor summed.
 template <int kNumMix>
-__device__ void mix_finish(const float* part, int splits, int64_t t, int64_t len, float norm_eps, float* mix_out) {
+__device__ void mix_finish(const float* part, int splits, int64_t t, int64_t len, float norm_eps, float* mix_out,
+                           const float* sq_warps = nullptr) {
   constexpr int kUnroll = 8;
   __shared__ float stage[kMaxSplits * (kNumMix + 1)];
   __shared__ float total[kNumMix + 1];
@@ -73,7 +76,7 @@ __device__ void mix_finish(const float* part, int splits, int64_t t, int64_t len
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = i0 + u * int(blockDim.x) + int(threadIdx.x);
-      v[u] = i < cnt ? src[i] : 0.f;
+      v[u] = i < cnt && (!sq_warps || i % (kNumMix + 1) != kNumMix) ? src[i] : 0.f;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -83,14 +86,21 @@ __device__ void mix_finish(const float* part, int splits, int64_t t, int64_t len
   }
   __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  for (int m = warp; m <= kNumMix; m += nwarps) {  // a warp per sum, lanes over the splits
+  for (int m = warp; m <= (sq_warps ? kNumMix - 1 : kNumMix); m += nwarps) {  // a warp per sum, lanes over the splits
     float sum = 0.f;
     for (int sp = lane; sp < splits; sp += 32) sum += stage[sp * (kNumMix + 1) + m];
     sum = warp_sum(sum);
     if (lane == 0) total[m] = sum;
   }
   __syncthreads();
-  if (threadIdx.x < kNumMix) mix_out[threadIdx.x] = total[threadIdx.x] / sqrtf(total[kNumMix] / float(len) + norm_eps);
+  if (threadIdx.x < kNumMix) {
+    float sq = total[kNumMix];
+    if (sq_warps) {
+      sq = 0.f;
+      for (int w = 0; w < nwarps; ++w) sq += sq_warps[w];
+    }
+    mix_out[threadIdx.x] = total[threadIdx.x] / sqrtf(sq / float(len) + norm_eps);
+  }
   __syncthreads();
 }
 
@@ -175,6 +185,19 @@ struct CollapseRegs {
 #pragma unroll
       for (int j = 0; j < kHc; ++j) x[k][j] = ld_chunk(xa, t, j, threadIdx.x + int64_t(k) * blockDim.x, hidden, vec);
   }
+  // Sum of the squares of this thread's chunks of the 4 streams (the tail's read here).
+  __device__ __forceinline__ float sum_squares(const Act& xa, int64_t t, int64_t hidden, bool vec) const {
+    float s = 0.f;
+    auto add = [&s](const float4& v) { s = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, s)))); };
+#pragma unroll
+    for (int k = 0; k < kVec; ++k)
+#pragma unroll
+      for (int j = 0; j < kHc; ++j) add(x[k][j]);
+    for (int64_t c = threadIdx.x + int64_t(kVec) * blockDim.x; 4 * c < hidden; c += blockDim.x)
+#pragma unroll
+      for (int j = 0; j < kHc; ++j) add(ld_chunk(xa, t, j, c, hidden, vec));
+    return s;
+  }
   __device__ __forceinline__ void collapse(const Act& xa, const Act& out, int64_t t, int64_t hidden, const float* pre,
                                            bool round, bool vec) const {
 #pragma unroll
@@ -193,16 +216,18 @@ struct CollapseRegs {
 constexpr int finish_min_blocks(int vec) { return vec <= 2 ? 2 : 1; }
 
 // One block per token: the x of the collapse and the base / scale are loaded first, then the mix
-// sums; warp 0 computes pre and post, every thread its columns of a, then warp 0 runs Sinkhorn
-// (off the path of the collapse).
+// sums (with fused_sumsq the sum of squares of x from the loaded row, not from the partials); warp 0
+// computes pre and post, every thread its columns of a, then warp 0 runs Sinkhorn (off the path of
+// the collapse).
 template <int kVec>
 __global__ void __launch_bounds__(kFinishThreads, finish_min_blocks(kVec))
     hc_pre_kernel(Act x, const float* part, int splits, const float* base, const float* scale, Act a, float* post,
                   int64_t post_stride, float* comb, int64_t comb_stride, int64_t hidden, int iters, float hc_eps,
-                  float norm_eps, bool out_round, bool vec) {
+                  float norm_eps, bool out_round, bool vec, bool fused_sumsq) {
   constexpr int kNumMix = (2 + kHc) * kHc;
   __shared__ float mix[kNumMix];
   __shared__ float pre[kHc];
+  __shared__ float sq_warps[kFinishThreads / 32];
   const int64_t t = blockIdx.x;
   const int lane = threadIdx.x & 31, l = lane & 15;
   CollapseRegs<kVec> regs;
@@ -215,7 +240,11 @@ __global__ void __launch_bounds__(kFinishThreads, finish_min_blocks(kVec))
     scale_post = scale[1];
     scale_comb = scale[2];
   }
-  mix_finish<kNumMix>(part, splits, t, kHc * hidden, norm_eps, mix);
+  if (fused_sumsq) {  // read back after mix_finish's first barrier
+    const float sq = warp_sum(regs.sum_squares(x, t, hidden, vec));
+    if (lane == 0) sq_warps[threadIdx.x >> 5] = sq;
+  }
+  mix_finish<kNumMix>(part, splits, t, kHc * hidden, norm_eps, mix, fused_sumsq ? sq_warps : nullptr);
   if (threadIdx.x < 32) {
     if (lane < kHc) pre[lane] = sigmoidf(mix[lane] * scale_pre + base_pp) + hc_eps;
     if (lane >= kHc && lane < 2 * kHc)
@@ -306,7 +335,7 @@ float* f32_view(const TensorView& v, int64_t width, const char* what, int64_t* s
 
 }  // namespace
 
-void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix) {
+void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix, bool fused_sumsq) {
   const int64_t n = p.x.shape[0], hc = p.x.shape[1], hidden = p.x.shape[2];
   CHECK_EQ(hc, kHc) << "hc_pre: hc_mult " << hc << " (the CUDA kernel is built for " << kHc << ")";
   CHECK_EQ(p.fn.rows, (2 + hc) * hc);
@@ -323,12 +352,13 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix) {
   const Act x = make_act(p.x, "hc_pre x");
   int splits = 1;
   float* part = mix;
-  if (mix) {
+  fused_sumsq = fused_sumsq && mix != nullptr;
+  if (mix && !fused_sumsq) {
     const bool vec = x.vec_ok() && hidden % 4 == 0;
     sum_squares_kernel<kNumMix><<<grid_x_for(n, kThreads / 32, "hc sum_squares"), kThreads, 0, s>>>(x, n, hc * hidden, vec,
                                                                                                     mix);
     launch_check("hc sum_squares", s);
-  } else {
+  } else if (!mix) {
     splits = mix_splits(n, hc * hidden);
     part = launch_mix_partial<kNumMix>(x, make_weight_act(p.fn, "hc_pre fn"), n, hc * hidden, splits, s);
   }
@@ -337,7 +367,7 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix) {
   auto launch = [&](auto kernel) {
     kernel<<<grid_x(n, "hc_pre"), kFinishThreads, 0, s>>>(x, part, splits, base, scale, a, post, post_stride, comb,
                                                          comb_stride, hidden, p.sinkhorn_iters, p.hc_eps, p.norm_eps,
-                                                         p.out_bf16, vec);
+                                                         p.out_bf16, vec, fused_sumsq);
   };
   switch (finish_vec(hidden)) {
     case 1: launch(hc_pre_kernel<1>); break;

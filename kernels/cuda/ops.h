@@ -106,8 +106,9 @@ void launch_hadamard(const HadamardParams& p, cudaStream_t s);
 
 // --- mhc.cu --------------------------------------------------------------------------------------
 // mix: x . fn^T of every token already in a device [n][25] F32 buffer (entries 0..23 of each row;
-// a GEMM of prefill-sized calls); the sum of squares goes to entry 24. nullptr: split GEMV kernels.
-void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix = nullptr);
+// a GEMM of prefill-sized calls); the sum of squares goes to entry 24, or with fused_sumsq is taken
+// by the finishing kernel from the x it holds (no pass of its own). nullptr: split GEMV kernels.
+void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix = nullptr, bool fused_sumsq = false);
 void launch_hc_post(const HcPostParams& p, cudaStream_t s);
 void launch_hc_head(const HcHeadParams& p, cudaStream_t s);
 

@@ -3,8 +3,9 @@
 # One device call (about 9 minutes from a fresh machine): the checks and profiles the last run left
 # open (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
 # still returns the first results: builds the op tests, bench_step and bench_cuda; runs the W4A8,
-# MoE and GEMM op tests (TEST_FILTER); `bench_cuda - fp4` (the expert GEMMs at decode and prefill
-# shapes, every kernel); an 8K `bench prefill`; the per-instruction stall profiles of its expert
+# MoE, GEMM and mHC op tests (TEST_FILTER); `bench_cuda - fp4` (the expert GEMMs at decode and
+# prefill shapes, every kernel); an 8K `bench prefill`, then with hc_pre's sum of squares fused
+# (scripts/device/hc_fused_sumsq.yaml); the per-instruction stall profiles of its expert
 # GEMM and its sparse attention (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and
 # 256 as configured by default, then with the decode GEMV on CUDA cores
 # (scripts/device/gemv_cuda_cores.yaml), then as recorded graphs (their GPU time: the step without
@@ -25,13 +26,17 @@ BUILD=$B TARGETS="test_cuda_kernels bench_step bench_cuda test_gpu_golden test_c
 nvidia-smi --query-gpu=name --format=csv,noheader; el build
 source scripts/device/devdeps.sh
 T=$B/tests/cuda/test_cuda_kernels
-timeout 200 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaW4a8*:CudaMoe*:CudaGemm*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
+timeout 200 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaW4a8*:CudaMoe*:CudaGemm*:CudaOps.Hc*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
 echo "== test_cuda_kernels rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests.txt | grep -vE " 0 of | 0 \(codes\)" | head -40; el tests
 timeout 150 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1; echo "bench_cuda fp4 rc $?"
 grep -E "prefill T=|wgmma ws" $L/bench_fp4.txt | head -30; el fp4
 P="$B/tests/cuda/bench_step bench"
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|rms_norm|qdq|hc_pre|total|PROJECTION" $L/p8.txt; el prefill
+timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 \
+  --config scripts/device/hc_fused_sumsq.yaml > $L/p8_hc.txt 2>&1
+echo "== hc_pre's sum of squares in its finishing kernel (scripts/device/hc_fused_sumsq.yaml)"
+grep -E "prefill:|hc_pre|total" $L/p8_hc.txt; el prefill_hc
 # Where the prefill expert GEMM and the prefill sparse attention stall, per SASS instruction.
 BUILD=$B OUT=$L timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1
 echo "== ncu prefill experts rc $?"; head -24 $L/ncu_experts.txt; head -30 $L/ncu_experts_top.txt
