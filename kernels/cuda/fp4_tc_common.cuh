@@ -18,21 +18,20 @@
 
 namespace v4rt::kernels::cuda::fp4tc {
 
-// cp.async of 16 / 4 bytes; !full writes zeros and reads nothing.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(full ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(full ? 4 : 0) : "memory");
-}
-// The same to a shared-memory address, copying `bytes` (16 or 4, or 0: zeros, nothing read).
+// cp.async of 16 / 4 bytes to a shared-memory address, copying `bytes` (16 or 4, or 0: zeros,
+// nothing read).
 __device__ __forceinline__ void cp_async16_n(uint32_t dst, const void* src, uint32_t bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void cp_async4_n(uint32_t dst, const void* src, uint32_t bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+// The same to a generic pointer into shared memory; !full writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
+  cp_async16_n(uint32_t(__cvta_generic_to_shared(dst)), src, full ? 16 : 0);
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
+  cp_async4_n(uint32_t(__cvta_generic_to_shared(dst)), src, full ? 4 : 0);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int kPending>

@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const void* logits, bo
   const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int64_t r = blockIdx.x;
   const SampleRow s = rows[r];
-  const Logits row{static_cast<const char*>(logits) + r * stride * (bf16 ? 2 : 4), bf16};
+  const Logits row = logits_row(logits, bf16, stride, r);
 
   // 1. first maximum and the temperature-1 log-sum-exp
   u64 best = 0;

@@ -46,6 +46,10 @@ struct Logits {
     return bf16 ? __uint_as_float(uint32_t(static_cast<const uint16_t*>(data)[i]) << 16) : static_cast<const float*>(data)[i];
   }
 };
+// Row r of logits [rows, stride] (bf16 or fp32 elements).
+__device__ __forceinline__ Logits logits_row(const void* logits, bool bf16, int64_t stride, int64_t r) {
+  return Logits{static_cast<const char*>(logits) + r * stride * (bf16 ? 2 : 4), bf16};
+}
 
 // What the selection passes walk: a row's whole vocabulary (element j is id j), or the candidates
 // of a split row (every id above a key bound, in id order, in shared memory).

@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(32) sample_stats_kernel(const void* logits, bo
                                                           SplitScratch sc) {
   const int64_t r = blockIdx.y;
   const int w = int(blockIdx.x), lane = int(threadIdx.x);
-  const Logits row{static_cast<const char*>(logits) + r * stride * (bf16 ? 2 : 4), bf16};
+  const Logits row = logits_row(logits, bf16, stride, r);
   u64 best = 0;
   float om = -INFINITY, os = 0.0f;
   for (int64_t i0 = int64_t(w) * 32 + lane; i0 < vocab; i0 += int64_t(kThreads) * kStatsBatch) {
@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kSliceThreads, 2) sample_hist_kernel(const voi
   const int g = int(blockIdx.x), tid = int(threadIdx.x);
   const SampleRow s = rows[r];
   if (!split_row_busy(s, max_n)) return;
-  const Logits row{static_cast<const char*>(logits) + r * stride * (bf16 ? 2 : 4), bf16};
+  const Logits row = logits_row(logits, bf16, stride, r);
   const bool need_mass = s.temperature > 0.0f;
   const float temp = need_mass ? s.temperature : 1.0f;
   if (tid < 32) {  // the row's maximum: the largest warp result
@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(kSliceThreads, 2) sample_collect_kernel(const 
   const SplitCtrl c = sc.ctrl[r];
   const bool collect = c.mode == kModeCand, draw = c.draw_slice == g;
   if (!collect && !draw) return;
-  const Logits row{static_cast<const char*>(logits) + r * stride * (bf16 ? 2 : 4), bf16};
+  const Logits row = logits_row(logits, bf16, stride, r);
   // Per-thread contiguous segments of the slice, in id order.
   const int64_t i0 = int64_t(g) * sc.slice_len, i1 = min(vocab, i0 + sc.slice_len);
   const int64_t per = (i1 - i0 + kSliceThreads - 1) / kSliceThreads;
@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(kThreads) sample_split_finish_kernel(const voi
   const int tid = int(threadIdx.x);
   const int64_t r = blockIdx.x;
   const SampleRow s = rows[r];
-  const Logits row{static_cast<const char*>(logits) + r * stride * (bf16 ? 2 : 4), bf16};
+  const Logits row = logits_row(logits, bf16, stride, r);
   if (tid < kWarps) {
     sm.best[tid] = sc.stat_best[r * kWarps + tid];
     sm.om[tid] = sc.stat_om[r * kWarps + tid];
