@@ -3,7 +3,7 @@
 # One device call (about 9 minutes from a fresh machine): the checks and profiles the last run left
 # open (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
 # still returns the first results: builds the op tests, bench_step and bench_cuda; runs the W4A8,
-# MoE, GEMM and mHC op tests (TEST_FILTER); `bench_cuda - fp4` (the expert GEMMs at decode and
+# MoE, GEMM, mHC and sampler op tests (TEST_FILTER); `bench_cuda - fp4` (the expert GEMMs at decode and
 # prefill shapes, every kernel); an 8K `bench prefill`, then with hc_pre's sum of squares fused
 # (scripts/device/hc_fused_sumsq.yaml); the per-instruction stall profiles of its expert
 # GEMM and its sparse attention (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and
@@ -26,7 +26,7 @@ BUILD=$B TARGETS="test_cuda_kernels bench_step bench_cuda test_gpu_golden test_c
 nvidia-smi --query-gpu=name --format=csv,noheader; el build
 source scripts/device/devdeps.sh
 T=$B/tests/cuda/test_cuda_kernels
-timeout 200 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaW4a8*:CudaMoe*:CudaGemm*:CudaOps.Hc*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
+timeout 200 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaW4a8*:CudaMoe*:CudaGemm*:CudaOps.Hc*:CudaSample*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
 echo "== test_cuda_kernels rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests.txt | grep -vE " 0 of | 0 \(codes\)" | head -40; el tests
 timeout 150 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1; echo "bench_cuda fp4 rc $?"
 grep -E "prefill T=|wgmma ws" $L/bench_fp4.txt | head -30; el fp4
