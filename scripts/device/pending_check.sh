@@ -3,8 +3,8 @@
 # One device call (about 9 minutes from a fresh machine): the checks and profiles the last run left
 # open (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
 # still returns the first results: builds the op tests, bench_step and bench_cuda; runs the W4A8,
-# MoE, GEMM, mHC and sampler op tests (TEST_FILTER); `bench_cuda - fp4` (the expert GEMMs at decode and
-# prefill shapes, every kernel); an 8K `bench prefill`, then with hc_pre's sum of squares fused
+# MoE, GEMM, mHC and sampler op tests (TEST_FILTER); `bench_cuda - fp4` (the expert GEMMs at
+# decode and prefill shapes, every kernel); an 8K `bench prefill`, then with hc_pre's sum of squares fused
 # (scripts/device/hc_fused_sumsq.yaml); the per-instruction stall profiles of its expert
 # GEMM and its sparse attention (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and
 # 256 as configured by default, then with the decode GEMV on CUDA cores
