@@ -53,7 +53,7 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_moe_route_small): the decode routing layout in one single-block kernel.
   bool cuda_moe_route_small = false;
   // "cuda" only (debug.cuda_hc_fused_sumsq): hc_pre's sum of squares in its finishing kernel.
-  bool cuda_hc_fused_sumsq = false;
+  bool cuda_hc_fused_sumsq = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.

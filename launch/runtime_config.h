@@ -69,7 +69,7 @@ struct DebugConfig {
   bool cuda_decode_tc = true;            // CUDA: decode attention / indexer of a batch on tensor cores
   bool cuda_gemv_mma = true;             // CUDA: decode FP8 projections on FP8 mma.sync (gemv_mma.cu)
   bool cuda_moe_route_small = false;     // CUDA: decode routing layout in one single-block kernel
-  bool cuda_hc_fused_sumsq = false;      // CUDA: hc_pre's sum of squares in its finishing kernel
+  bool cuda_hc_fused_sumsq = true;       // CUDA: hc_pre's sum of squares in its finishing kernel
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
   std::string log_dir;         // per-rank log files (empty: stderr)
   // TEST HOOK for end-to-end tests only: lets a request carry `test_hook_forced_output`, a text

@@ -8,8 +8,9 @@
 // split of whole 64-candidate tiles keeps its own (max, denominator, unnormalized output) and a
 // second kernel merges the splits and adds the sink. With bf16 P the rounding then happens against
 // the split's running max instead of the global one (a bf16-level difference). Under the official
-// numerics (bf16 q / kv, bf16 P, head_dim % 128 == 0) prefill shapes take sparse_attention_tc_kernel:
-// 64 heads of a query on bf16 tensor cores per staged tile (CudaBackendOptions::attention_tensor_cores,
+// numerics (bf16 q / kv, bf16 P, head_dim % 128 == 0) prefill shapes take sparse_attention_tc_kernel
+// (attention_tc.cu): 64 heads of a query on bf16 mma.sync per staged tile, the next tile's compact
+// entries fetched under the MMAs (CudaBackendOptions::attention_tensor_cores,
 // debug.cuda_attention_tc), or for head_dim 512 sparse_attention_wgmma_kernel (attention_wgmma.cu,
 // the same numerics on bf16 wgmma; CudaBackendOptions::attention_wgmma, debug.cuda_attention_wgmma);
 // with CudaBackendOptions::decode_tensor_cores (debug.cuda_decode_tc, on by default) decode shapes
@@ -368,199 +369,6 @@ __global__ void __launch_bounds__(kMaxPerLane * 32 / 4) attention_combine_kernel
   if (ta.p.lse && threadIdx.x == 0) ta.p.lse[t * ta.p.lse_stride + h] = m + logf(den);
 }
 
-// --- prefill: a query's 64 heads x each 64-candidate tile on bf16 tensor cores -------------------
-
-constexpr int kTcHeads = 64;     // heads per block (4 m16 tiles)
-constexpr int kTcThreads = 512;  // 16 warps: (4 head tiles) x (4 candidate or dim quarters)
-constexpr int kTcMaxDim = 512;
-constexpr int kTcPad = 8;        // bf16 elements of row padding: 16 B, conflict-free fragment loads
-constexpr int kTcSPad = 4;
-
-size_t tc_smem_bytes(int dim) {
-  const size_t ld = size_t(dim + kTcPad);
-  return (size_t(kTcHeads) + kTile) * ld * 2 +            // Q, KV tile (bf16)
-         size_t(kTcHeads) * (kTile + kTcSPad) * 4 +       // S (fp32)
-         size_t(kTcHeads) * (kTile + kTcPad) * 2;         // P (bf16)
-}
-
-__device__ __forceinline__ uint32_t lds32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Four 8x8 bf16 matrices of shared memory, transposed: the B fragments (k = candidate, n = dim) of
-// two n8 tiles of P.V from a [candidate][dim] tile. Lane l gives the row address of matrix l / 8.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* row) {
-  const uint32_t addr = uint32_t(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// Official numerics (bf16 q / kv, bf16 P), prefill and decode: block (token t, head
-// block y) stages q of 64 heads once and each 64-candidate tile of latent rows once for all of them
-// (MQA: one latent row is K and V of every head). S = Q K^T on mma.sync m16n8k16 bf16 (fp32
-// accumulate; warp w: heads (w % 4) * 16, candidates (w / 4) * 16), the online softmax of the tile
-// per head in fp32 exactly as sparse_attention_kernel (running max per 64-candidate tile, the
-// denominator from unrounded p, P rounded to bf16), then O += P V (warp w: heads (w % 4) * 16,
-// dims (w / 4) * dim / 4; V fragments by ldmatrix.trans). The sink is added at the end; with
-// candidate splits (blockIdx.z, decode shapes: too few tokens to fill the SMs) each split writes
-// its partial state for attention_combine_kernel instead. head_dim % 128 == 0, <= 512; rows 16-byte aligned.
-__global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const __grid_constant__ AttnArgs a) {
-  extern __shared__ __align__(16) unsigned char tc_smem[];
-  const int dim = a.dim, ld = dim + kTcPad;
-  uint16_t* qs = reinterpret_cast<uint16_t*>(tc_smem);               // [kTcHeads][ld]
-  uint16_t* kv = qs + kTcHeads * ld;                                 // [kTile][ld]
-  float* ss = reinterpret_cast<float*>(kv + kTile * ld);             // [kTcHeads][kTile + kTcSPad]
-  uint16_t* ps = reinterpret_cast<uint16_t*>(ss + kTcHeads * (kTile + kTcSPad));  // [kTcHeads][kTile + kTcPad]
-  constexpr int sld = kTile + kTcSPad, pld = kTile + kTcPad;
-  __shared__ int64_t codes[kTile];
-  __shared__ float m_s[kTcHeads], den_s[kTcHeads], resc_s[kTcHeads];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int gid = lane >> 2, tig = lane & 3;
-  const TokArgs ta = token_args(a, blockIdx.x);
-  const AttnPart& part = ta.p;
-  const int64_t t = ta.t;
-  const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
-  const CandRange r = candidate_range(a, part, t, blockIdx.z);
-  const int d8 = dim / 8;
-  for (int i = tid; i < kTcHeads * d8; i += blockDim.x) {
-    const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (h < a.h_end) v = ld8_as_bf16(part.q, t, int64_t(h) * dim + c);
-    *reinterpret_cast<uint4*>(qs + hl * ld + c) = v;
-  }
-  if (tid < kTcHeads) {
-    m_s[tid] = -INFINITY;
-    den_s[tid] = 0.f;
-  }
-  const int mt = (warp & 3) * 16;  // head tile of this warp (S and O)
-  const int quarter = warp >> 2;
-  const int dq = dim / 4, nt_count = dq / 8;  // O: dims [quarter * dq, +dq) as nt_count n8 tiles
-  float o[kTcMaxDim / 32][4];
-#pragma unroll
-  for (int j = 0; j < kTcMaxDim / 32; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
-
-  for (int64_t tile0 = r.cand0; tile0 < r.ncand; tile0 += kTile) {
-    const int cnt = int(min(int64_t(kTile), r.ncand - tile0));
-    __syncthreads();  // the previous tile's KV and P are no longer read
-    if (tid < kTile) codes[tid] = tid < cnt ? candidate_code(part, r, t, tile0 + tid) : int64_t(-1);
-    __syncthreads();
-    for (int i = tid; i < kTile * d8; i += blockDim.x) {
-      const int row = i / d8, c = (i % d8) * 8;
-      const int64_t code = codes[row];
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (code >= 0) v = ld8_as_bf16(part.win, code, c);
-      else if (code <= -2 && part.ckv.data) v = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
-      else if (code <= -2) v = ld8_as_bf16(part.comp, -code - 2, c);
-      *reinterpret_cast<uint4*>(kv + row * ld + c) = v;
-    }
-    __syncthreads();
-    {  // S = Q K^T * scale: heads [mt, mt + 16) x candidates [quarter * 16, +16)
-      float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-      const uint16_t* qa = qs + (mt + gid) * ld + tig * 2;
-      const uint16_t* kb = kv + (quarter * 16 + gid) * ld + tig * 2;
-      for (int k0 = 0; k0 < dim; k0 += 16) {
-        const uint32_t a0 = lds32(qa + k0), a1 = lds32(qa + 8 * ld + k0);
-        const uint32_t a2 = lds32(qa + k0 + 8), a3 = lds32(qa + 8 * ld + k0 + 8);
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const uint16_t* b = kb + nt * 8 * ld + k0;
-          mma_bf16(sacc[nt], a0, a1, a2, a3, lds32(b), lds32(b + 8));
-        }
-      }
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        const int c = quarter * 16 + nt * 8 + tig * 2;
-        ss[(mt + gid) * sld + c] = sacc[nt][0] * a.scale;
-        ss[(mt + gid) * sld + c + 1] = sacc[nt][1] * a.scale;
-        ss[(mt + gid + 8) * sld + c] = sacc[nt][2] * a.scale;
-        ss[(mt + gid + 8) * sld + c + 1] = sacc[nt][3] * a.scale;
-      }
-    }
-    __syncthreads();
-    {  // online softmax: 8 threads per head row, 8 candidates each
-      const int row = tid >> 3, c0 = (tid & 7) * 8;
-      *reinterpret_cast<uint4*>(ps + row * pld + c0) =
-          online_softmax_row8(codes, ss + row * sld, c0, row, m_s, den_s, resc_s);
-    }
-    __syncthreads();
-    {  // O = O * resc + P V: heads [mt, mt + 16) x dims [quarter * dq, +dq)
-      const float r0 = resc_s[mt + gid], r1 = resc_s[mt + gid + 8];
-#pragma unroll
-      for (int j = 0; j < kTcMaxDim / 32; ++j) {
-        o[j][0] *= r0;
-        o[j][1] *= r0;
-        o[j][2] *= r1;
-        o[j][3] *= r1;
-      }
-      const uint16_t* pa = ps + (mt + gid) * pld + tig * 2;
-      const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: matrix mi, row rr
-#pragma unroll
-      for (int k0 = 0; k0 < kTile; k0 += 16) {
-        const uint32_t a0 = lds32(pa + k0), a1 = lds32(pa + 8 * pld + k0);
-        const uint32_t a2 = lds32(pa + k0 + 8), a3 = lds32(pa + 8 * pld + k0 + 8);
-        const uint16_t* vrow = kv + (k0 + (mi & 1) * 8 + rr) * ld + quarter * dq + (mi >> 1) * 8;
-#pragma unroll
-        for (int j = 0; j < kTcMaxDim / 32; j += 2) {
-          if (j < nt_count) {
-            uint32_t b[4];
-            ldmatrix_x4_trans(b, vrow + j * 8);
-            mma_bf16(o[j], a0, a1, a2, a3, b[0], b[1]);
-            mma_bf16(o[j + 1], a0, a1, a2, a3, b[2], b[3]);
-          }
-        }
-      }
-    }
-  }
-  __syncthreads();
-  if (a.num_splits > 1) {  // this split's partial state, for attention_combine_kernel
-    const int nh = a.h_end - a.h_begin;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int hl = mt + gid + half * 8, h = hb0 + hl;
-      if (h >= a.h_end) continue;
-      const int64_t slot = (int64_t(blockIdx.x) * nh + (h - a.h_begin)) * a.num_splits + blockIdx.z;
-#pragma unroll
-      for (int j = 0; j < kTcMaxDim / 32; ++j)
-        if (j < nt_count)
-          *reinterpret_cast<float2*>(a.part_acc + slot * dim + quarter * dq + j * 8 + tig * 2) =
-              make_float2(o[j][2 * half], o[j][2 * half + 1]);
-      if (quarter == 0 && tig == 0) {
-        a.part_ml[2 * slot] = m_s[hl];
-        a.part_ml[2 * slot + 1] = den_s[hl];
-      }
-    }
-    return;
-  }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int hl = mt + gid + half * 8, h = hb0 + hl;
-    if (h >= a.h_end) continue;
-    const float m = m_s[hl];
-    float den = den_s[hl];
-    if (a.include_sink) den += expf(a.sink[h] - m);
-    const float inv = 1.0f / den;
-#pragma unroll
-    for (int j = 0; j < kTcMaxDim / 32; ++j) {
-      if (j < nt_count) {
-        const int64_t d = int64_t(h) * dim + quarter * dq + j * 8 + tig * 2;
-        part.out.st(t, d, o[j][2 * half] * inv, a.out_round);
-        part.out.st(t, d + 1, o[j][2 * half + 1] * inv, a.out_round);
-      }
-    }
-    if (part.lse && quarter == 0 && tig == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
-  }
-}
-
 // One part's descriptor (tokens from row0) and what its views allow.
 struct PartPlan {
   AttnPart d;
@@ -702,21 +510,12 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     return;
   }
   if (tc) {
-    static bool tc_attr_set = false;
-    if (!tc_attr_set) {
-      CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(tc_smem_bytes(kTcMaxDim))));
-      tc_attr_set = true;
-    }
     // Candidate splits only for decode shapes (decode_tc): prefill shapes keep one split each.
     const int64_t blocks = n * ceil_div(nh, kTcHeads);
     a.num_splits = decode_tc ? int(tc_splits(blocks, max_tiles, num_sms())) : 1;
     a.tiles_per_split = int(ceil_div(max_tiles, a.num_splits));
     void* part = a.num_splits > 1 ? alloc_split_state(a, n, s) : nullptr;
-    const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(nh, kTcHeads)),
-                    unsigned(a.num_splits)};
-    sparse_attention_tc_kernel<<<grid, kTcThreads, tc_smem_bytes(dim), s>>>(a);
-    launch_check("sparse_attention (tensor cores)", s);
+    launch_sparse_attention_tc(a, n, s);
     if (a.num_splits > 1) merge_splits(a, n, part, s);
     return;
   }

@@ -48,6 +48,7 @@ struct AttnArgs {
   int num_splits, tiles_per_split;
   float* part_acc;  // [n, nh, num_splits, dim] unnormalized output (n: the launch's tokens)
   float* part_ml;   // [n, nh, num_splits, 2] running max, denominator
+  int raw_ld;       // tensor-core kernel: bytes per staged compact row (0: read from global memory)
   int num_parts;
   AttnPart parts[kMaxAttnParts];
 };
@@ -87,14 +88,19 @@ __device__ __forceinline__ CandRange candidate_range(const AttnArgs& a, const At
   return r;
 }
 
-// Where candidate c of token t lives: >= 0 a window row, <= -2 compressed entry -code-2, -1 none.
-__device__ __forceinline__ int64_t candidate_code(const AttnPart& p, const CandRange& r, int64_t t, int64_t c) {
+// Where candidate c of token t lives: >= 0 a window row, <= -2 compressed entry -code-2, -1 none;
+// `listed`: the list's entry for c when c is a listed candidate (past the window, p.has_list).
+__device__ __forceinline__ int64_t candidate_code_of(const AttnPart& p, const CandRange& r, int64_t c, int64_t listed) {
   if (c < r.nwin) {
     const int64_t row = r.first + c - p.window_pos0;
     return (row >= 0 && row < p.num_window_rows) ? row : -1;
   }
-  const int64_t j = p.has_list ? p.comp_idx[t * p.idx_stride + (c - r.nwin)] : c - r.nwin;
+  const int64_t j = p.has_list ? listed : c - r.nwin;
   return (j >= 0 && j < p.num_comp) ? -(j + 2) : -1;
+}
+__device__ __forceinline__ int64_t candidate_code(const AttnPart& p, const CandRange& r, int64_t t, int64_t c) {
+  const bool listed = p.has_list && c >= r.nwin;
+  return candidate_code_of(p, r, c, listed ? int64_t(p.comp_idx[t * p.idx_stride + (c - r.nwin)]) : 0);
 }
 
 // Eight elements (r, c .. c + 7) of a bf16 or F32 row as bf16 bits, RNE (exact for bf16 rows and
@@ -107,6 +113,14 @@ __device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c)
   const auto pack = [](float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16); };
   return make_uint4(pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w));
 }
+
+// The mma.sync tensor-core kernel (attention_tc.cu) over the n tokens of the parts in `a`: blocks
+// of kTcHeads heads of a token, a.num_splits splits of a.tiles_per_split tiles each (partial
+// states to a.part_acc / a.part_ml when more than one), head_dim % 128 == 0 and <= kTcMaxDim, rows
+// the tensor-core kernels can load (PartPlan::tc). Sets a.raw_ld.
+constexpr int kTcHeads = 64;
+constexpr int kTcMaxDim = 512;
+void launch_sparse_attention_tc(AttnArgs& a, int64_t n, cudaStream_t s);
 
 // The bf16 wgmma kernel (attention_wgmma.cu) over the n tokens of the parts in `a`: one split,
 // 64 heads per block, head_dim 512, rows the tensor-core kernels can load (PartPlan::tc).

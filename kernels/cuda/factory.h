@@ -74,8 +74,8 @@ struct CudaBackendOptions {
   bool moe_route_small = false;
   // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it
   // already holds (mhc.cu, hc_pre_kernel) instead of a separate pass over x (sum_squares_kernel);
-  // debug.cuda_hc_fused_sumsq. Off until run on a GPU.
-  bool hc_fused_sumsq = false;
+  // debug.cuda_hc_fused_sumsq. On: H100 8K prefill, hc_pre 3.03 -> 2.42 ms (docs/PERFORMANCE.md, tenth run).
+  bool hc_fused_sumsq = true;
   // Plain cudaMalloc/cudaFree for Buffers instead of the pool ordered on this backend's stream.
   bool sync_alloc = false;
   // Sparse attention on the per-warp kernel where it would take the split multi-query one (or,

@@ -42,6 +42,7 @@
 #include "kernels/cuda/fp4_gemm.h"
 #include "kernels/cuda/fp4_tc_common.cuh"
 #include "kernels/cuda/launch_geometry.h"
+#include "kernels/cuda/mma_sync.cuh"
 
 namespace v4rt::kernels::cuda {
 
@@ -81,16 +82,6 @@ struct GemvWork {
   int64_t row_begin;
   int rows;  // 0: no such row pass (surplus block)
 };
-
-// Four 8x8 b16 matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix i, and
-// r[i] of thread (gid, tig) is word tig of row gid of matrix i.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-  const uint32_t s = uint32_t(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s)
-               : "memory");
-}
 
 // --- row pass lookup -----------------------------------------------------------------------------
 // The row pass `pass` of the launch (row passes numbered over the groups in order, a group with

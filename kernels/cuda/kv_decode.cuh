@@ -26,6 +26,16 @@ __device__ __forceinline__ float fp4_to_f32(uint32_t code) {
   return __uint_as_float(mag | ((code & 8u) << 28));
 }
 
+// The e4m3 codes in bits 0-7 and 8-15 of `two` times the power of two `s`, as a bf16 pair (the
+// first in the low half): exact, so the conversions in hardware (e4m3x2 -> f16x2, fp32 products,
+// f32x2 -> bf16x2) give kv_unpack_row's values bit for bit; six instructions a pair.
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two, float s) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(two & 0xffffu), __NV_E4M3);
+  const float2 f = __half22float2(__half2(h));
+  const __nv_bfloat162 b = __floats2bfloat162_rn(f.x * s, f.y * s);
+  return *reinterpret_cast<const uint32_t*>(&b);
+}
+
 // A table of compact KV rows on the device; empty (data == nullptr) for plain rows.
 struct KvRowsDev {
   const uint8_t* data = nullptr;           // contiguous: row r at data + r * row_bytes; paged: the first block
@@ -63,20 +73,13 @@ struct KvRowsDev {
                        __uint_as_float(u.y & 0xffff0000u));
   }
   // kFp8Rope elements c..c+7 as bf16 pairs (c % 8 == 0; needs vec8_ok()): exact, an e4m3 code
-  // times a power of two has at most 4 significant bits.
+  // times a power of two has at most 4 significant bits. `p` may be a shared-memory copy of the row.
   __device__ __forceinline__ uint4 fp8_ld8_bf16(const uint8_t* p, int c) const {
     if (c < quant_dim) {
       const uint2 u = *reinterpret_cast<const uint2*>(p + c);
       const float s = e8m0_to_f32(p[scale_offset + c / block]);
-      uint32_t w[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t word = i < 2 ? u.x : u.y;
-        const uint32_t lo = f32_to_bf16(e4m3_to_f32(uint8_t(word >> (16 * (i & 1)))) * s);
-        const uint32_t hi = f32_to_bf16(e4m3_to_f32(uint8_t(word >> (16 * (i & 1) + 8))) * s);
-        w[i] = lo | (hi << 16);
-      }
-      return make_uint4(w[0], w[1], w[2], w[3]);
+      return make_uint4(e4m3x2_to_bf16x2(u.x, s), e4m3x2_to_bf16x2(u.x >> 16, s), e4m3x2_to_bf16x2(u.y, s),
+                        e4m3x2_to_bf16x2(u.y >> 16, s));
     }
     const uint2* h = reinterpret_cast<const uint2*>(p + rope_offset + 2 * (c - quant_dim));
     const uint2 a = h[0], b = h[1];

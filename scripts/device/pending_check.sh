@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# One device call (about 9 minutes from a fresh machine): the checks and profiles the last run left
+# One device call (about 8 minutes from a fresh machine): the checks and profiles the last run left
 # open (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
-# still returns the first results: builds the op tests, bench_step and bench_cuda; runs the W4A8,
-# MoE, GEMM, mHC and sampler op tests (TEST_FILTER); `bench_cuda - fp4` (the expert GEMMs at
-# decode and prefill shapes, every kernel); an 8K `bench prefill`, then with hc_pre's sum of squares fused
-# (scripts/device/hc_fused_sumsq.yaml); the per-instruction stall profiles of its expert
-# GEMM and its sparse attention (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and
-# 256 as configured by default, then with the decode GEMV on CUDA cores
-# (scripts/device/gemv_cuda_cores.yaml), then as recorded graphs (their GPU time: the step without
-# host launch gaps); test_gpu_golden and test_cuda_graphs; every kernel of the batch-1 and batch-256
-# steps (scripts/device/ncu_decode.sh); a 1M-token `bench prefill`; the prefill-shape W4A8 test.
+# still returns the first results: builds the op tests, bench_step and bench_cuda; runs the
+# attention, mHC, W4A8, MoE and sampler op tests (TEST_FILTER); [FP4=1: `bench_cuda - fp4`, the
+# expert GEMMs at decode and prefill shapes, every kernel]; an 8K `bench prefill`; the
+# per-instruction stall profile of its sparse attention [NCU_EXPERTS=1: and of its expert GEMM]
+# (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and 256 as configured by default,
+# then as recorded graphs (their GPU time: the step without host launch gaps); test_gpu_golden and
+# test_cuda_graphs [NCU_DECODE=1: every kernel of the batch-1 and batch-256 steps,
+# scripts/device/ncu_decode.sh]; a 1M-token `bench prefill`; the prefill-shape W4A8 test.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [DECODE=0] bash scripts/device/pending_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -26,20 +25,20 @@ BUILD=$B TARGETS="test_cuda_kernels bench_step bench_cuda test_gpu_golden test_c
 nvidia-smi --query-gpu=name --format=csv,noheader; el build
 source scripts/device/devdeps.sh
 T=$B/tests/cuda/test_cuda_kernels
-timeout 200 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaW4a8*:CudaMoe*:CudaGemm*:CudaOps.Hc*:CudaSample*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
+timeout 200 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaAttentionTc*:CudaOps.SparseAttention*:CudaOps.Hc*:CudaW4a8*:CudaMoe*:CudaSample*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
 echo "== test_cuda_kernels rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests.txt | grep -vE " 0 of | 0 \(codes\)" | head -40; el tests
-timeout 150 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1; echo "bench_cuda fp4 rc $?"
-grep -E "prefill T=|wgmma ws" $L/bench_fp4.txt | head -30; el fp4
+if [[ ${FP4:-0} == 1 ]]; then
+  timeout 150 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1; echo "bench_cuda fp4 rc $?"
+  grep -E "prefill T=|wgmma ws" $L/bench_fp4.txt | head -30; el fp4
+fi
 P="$B/tests/cuda/bench_step bench"
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|rms_norm|qdq|hc_pre|total|PROJECTION" $L/p8.txt; el prefill
-timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 \
-  --config scripts/device/hc_fused_sumsq.yaml > $L/p8_hc.txt 2>&1
-echo "== hc_pre's sum of squares in its finishing kernel (scripts/device/hc_fused_sumsq.yaml)"
-grep -E "prefill:|hc_pre|total" $L/p8_hc.txt; el prefill_hc
-# Where the prefill expert GEMM and the prefill sparse attention stall, per SASS instruction.
-BUILD=$B OUT=$L timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1
-echo "== ncu prefill experts rc $?"; head -24 $L/ncu_experts.txt; head -30 $L/ncu_experts_top.txt
+# Where the prefill sparse attention (and the expert GEMM) stall, per SASS instruction.
+if [[ ${NCU_EXPERTS:-0} == 1 ]]; then
+  BUILD=$B OUT=$L timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1
+  echo "== ncu prefill experts rc $?"; head -24 $L/ncu_experts.txt; head -30 $L/ncu_experts_top.txt
+fi
 BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_tc NCU_SKIP=0 NCU_TAG=attention timeout 150 bash scripts/device/ncu_prefill.sh \
   > $L/ncu_attention.txt 2>&1
 echo "== ncu prefill attention rc $?"; head -24 $L/ncu_attention.txt; head -30 $L/ncu_attention_top.txt; el ncu
@@ -47,14 +46,13 @@ if [[ ${DECODE:-1} == 1 ]]; then  # DECODE=0: the prefill stages alone
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 timeout 90 $P step $S > $L/step_default.txt 2>&1
 grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|129280|grouped_linear|linear fp8|total .op" $L/step_default.txt; el step
-timeout 90 $P step $S --config scripts/device/gemv_cuda_cores.yaml > $L/step_gemv_cc.txt 2>&1
-echo "== decode GEMV on CUDA cores (scripts/device/gemv_cuda_cores.yaml)"; grep -E "^=== |decode step|linear fp8|total .op" $L/step_gemv_cc.txt; el step_cc
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden
-# Every kernel of the batch-256 step: how the expert time splits between the GEMV and the tile kernel.
-NCU_PARTS=step BUILD=$B OUT=$L NCU_TIMEOUT=120 timeout 260 bash scripts/device/ncu_decode.sh > $L/ncu_step.txt 2>&1
-echo "== ncu step rc $?"; grep -A14 "batch 256" $L/ncu_step.txt; el ncu_step
+if [[ ${NCU_DECODE:-0} == 1 ]]; then  # every kernel of the batch-1 and batch-256 steps
+  NCU_PARTS=step BUILD=$B OUT=$L NCU_TIMEOUT=120 timeout 260 bash scripts/device/ncu_decode.sh > $L/ncu_step.txt 2>&1
+  echo "== ncu step rc $?"; grep -A14 "batch 256" $L/ncu_step.txt; el ncu_step
+fi
 fi
 timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 > $L/p1m.txt 2>&1
 echo "== 1M prefill rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p1m.txt; el all

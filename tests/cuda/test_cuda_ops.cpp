@@ -163,8 +163,8 @@ TEST(CudaOps, HcPreHeadPost) {
   V4RT_REQUIRE_GPU();
   Rng rng(5);
   // F32 x (the model's hc state) from 32 tokens: the mix GEMM (CudaBackend::hc_pre), its sum of
-  // squares by a pass of its own and, with CudaBackendOptions::hc_fused_sumsq, in the finishing
-  // kernel; else the GEMV kernels.
+  // squares in the finishing kernel (CudaBackendOptions::hc_fused_sumsq, the default) and by a
+  // pass of its own; else the GEMV kernels.
   for (auto [n, hidden, x_dtype] : {std::tuple{1, 4096, DType::kBF16}, {19, 256, DType::kBF16}, {300, 512, DType::kBF16},
                                     {2, 7168, DType::kBF16}, {300, 512, DType::kF32}, {40, 4096, DType::kF32}}) {
     const int hc = 4, nmix = (2 + hc) * hc;
@@ -184,16 +184,16 @@ TEST(CudaOps, HcPreHeadPost) {
     EXPECT_TRUE(compare("hc_pre a" + tag, a.gpu_values(), a.cpu_values(), kBf16Tol));
     EXPECT_TRUE(compare("hc_pre post" + tag, post.gpu_values(), post.cpu_values(), {1e-4, 1e-5, 1e-8}));
     EXPECT_TRUE(compare("hc_pre comb" + tag, comb.gpu_values(), comb.cpu_values(), {1e-3, 1e-4, 1e-7}));
-    if (n >= 32 && x_dtype == DType::kF32) {  // the GEMM path, the sum of squares in the finishing kernel
-      static const std::unique_ptr<Backend> fused = [] {
+    if (n >= 32 && x_dtype == DType::kF32) {  // the GEMM path, the sum of squares by a pass of its own
+      static const std::unique_ptr<Backend> pass = [] {
         cuda::CudaBackendOptions o;
-        o.hc_fused_sumsq = true;
+        o.hc_fused_sumsq = false;
         return cuda::make_cuda_backend(0, o);
       }();
-      fused->hc_pre(p);
-      EXPECT_TRUE(compare("hc_pre fused sumsq a" + tag, a.gpu_values(), a.cpu_values(), kBf16Tol));
-      EXPECT_TRUE(compare("hc_pre fused sumsq post" + tag, post.gpu_values(), post.cpu_values(), {1e-4, 1e-5, 1e-8}));
-      EXPECT_TRUE(compare("hc_pre fused sumsq comb" + tag, comb.gpu_values(), comb.cpu_values(), {1e-3, 1e-4, 1e-7}));
+      pass->hc_pre(p);
+      EXPECT_TRUE(compare("hc_pre sumsq pass a" + tag, a.gpu_values(), a.cpu_values(), kBf16Tol));
+      EXPECT_TRUE(compare("hc_pre sumsq pass post" + tag, post.gpu_values(), post.cpu_values(), {1e-4, 1e-5, 1e-8}));
+      EXPECT_TRUE(compare("hc_pre sumsq pass comb" + tag, comb.gpu_values(), comb.cpu_values(), {1e-3, 1e-4, 1e-7}));
     }
 
     // hc_post on the same shapes (post/comb taken from the CPU result for both backends).

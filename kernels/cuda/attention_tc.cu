@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: MIT
+// Sparse attention on bf16 mma.sync under the official numerics (bf16 q / kv, bf16 P): prefill
+// shapes, and decode shapes split over the candidates (attention.cu chooses). Block (token t, head
+// block y, split z) stages q of 64 heads once and each 64-candidate tile of latent rows once for
+// all of them (MQA: one latent row is K and V of every head). Per tile:
+//   1. the tile's compact FP8 entries, fetched by cp.async into a raw buffer while the previous
+//      tile was multiplied, are decoded into the bf16 tile (kv_decode.cuh: e4m3 pairs by the
+//      conversion unit, exact); window rows and plain entries are loaded there directly;
+//   2. the next tile's entries are fetched (cp.async, 8 bytes a copy) and the candidate codes of
+//      the tile after it are read, both under this tile's MMAs;
+//   3. S = Q K^T on m16n8k16 (fp32 accumulate; warp w: heads (w % 4) * 16, candidates (w / 4) * 16,
+//      fragments by ldmatrix);
+//   4. the online softmax of the tile per head in fp32, as sparse_attention_kernel (running max
+//      per 64-candidate tile, the denominator from unrounded p, P rounded to bf16);
+//   5. O += P V (warp w: heads (w % 4) * 16, dims (w / 4) * dim / 4; V fragments by
+//      ldmatrix.trans).
+// The sink is added at the end; with candidate splits each split writes its partial state for
+// attention_combine_kernel instead. head_dim % 128 == 0, <= 512 (512 compiled on its own: the
+// staging and the MMA loops fully unrolled); rows 16-byte aligned. The arithmetic and its order are
+// those of the CUDA-core kernels' tiles, so the outputs do not depend on the staging.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/attention_args.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
+#include "kernels/cuda/mma_sync.cuh"
+
+namespace v4rt::kernels::cuda::attn {
+
+namespace {
+
+constexpr int kTcThreads = 512;  // 16 warps: (4 head tiles) x (4 candidate or dim quarters)
+constexpr int kTcPad = 8;        // bf16 elements of row padding: 16 B, conflict-free ldmatrix rows
+constexpr int kTcSPad = 4;
+constexpr int kSld = kTile + kTcSPad, kPld = kTile + kTcPad;
+constexpr int kMaxRawLd = 640;   // bytes per staged compact row (Flash / Pro: 584 -> 592)
+constexpr int kStageGroup = 2;   // 8-element chunks a thread loads before it stores them
+constexpr int kMaxChunks = kTile * (kTcMaxDim / 8) / kTcThreads;  // chunks per thread and tile
+
+size_t tc_smem_bytes(int dim, int raw_ld) {
+  const size_t ld = size_t(dim + kTcPad);
+  return (size_t(kTcHeads) + kTile) * ld * 2 +  // Q, KV tile (bf16)
+         size_t(kTcHeads) * kSld * 4 +           // S (fp32)
+         size_t(kTcHeads) * kPld * 2 +           // P (bf16)
+         size_t(kTile) * size_t(raw_ld);         // raw compact rows of the next tile
+}
+
+__device__ __forceinline__ void cp_async8(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+// Where candidate c of tile `it` of the block's range lives (candidate_code), -1 past the range.
+__device__ __forceinline__ int64_t tile_code(const AttnPart& p, const CandRange& r, int64_t t, int it, int c) {
+  const int64_t cand = r.cand0 + int64_t(it) * kTile + c;
+  return cand < r.ncand ? candidate_code(p, r, t, cand) : int64_t(-1);
+}
+
+// Thread c (< kTile) fetches the list entry of candidate c of tile `it` into *dst by a 4-byte
+// cp.async when the candidate is a listed one (tile_code_listed reads it once landed), and commits.
+__device__ __forceinline__ void fetch_listed(const AttnPart& p, const CandRange& r, int64_t t, int it, int c,
+                                             int32_t* dst) {
+  const int64_t cand = r.cand0 + int64_t(it) * kTile + c;
+  if (p.has_list && cand >= r.nwin && cand < r.ncand)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst)),
+                 "l"(p.comp_idx + t * p.idx_stride + (cand - r.nwin))
+                 : "memory");
+  cp_async_commit();
+}
+__device__ __forceinline__ int64_t tile_code_listed(const AttnPart& p, const CandRange& r, int it, int c,
+                                                    int32_t listed) {
+  const int64_t cand = r.cand0 + int64_t(it) * kTile + c;
+  return cand < r.ncand ? candidate_code_of(p, r, cand, listed) : int64_t(-1);
+}
+
+// The compact entries among a tile's candidates (`codes`), whole rows into raw ([kTile][raw_ld]
+// bytes) by 8-byte cp.async: warp w copies rows w, w + 16, ..., lane l words l, l + 32, ...
+__device__ __forceinline__ void fetch_raw(const KvRowsDev& ckv, const int64_t* codes, uint8_t* raw, int raw_ld) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int words = int(ckv.row_bytes >> 3);
+  const uint32_t base = uint32_t(__cvta_generic_to_shared(raw));
+#pragma unroll
+  for (int k = 0; k < kTile / (kTcThreads / 32); ++k) {
+    const int row = warp + k * (kTcThreads / 32);
+    const int64_t code = codes[row];
+    if (code > -2) continue;
+    const uint8_t* src = ckv.row(-code - 2);
+    for (int w = lane; w < words; w += 32) cp_async8(base + uint32_t(row * raw_ld + 8 * w), src + 8 * w);
+  }
+  cp_async_commit();
+}
+
+// The tile of candidates `codes` as bf16 rows of kv ([kTile][ld]): compact entries decoded from
+// their raw copies (raw_ld > 0) or from global memory, window rows and plain entries loaded (F32
+// rows rounded to bf16, exact for the official numerics' rows), absent candidates zero. Each
+// thread loads kStageGroup 8-element chunks before it stores them, so their latencies overlap.
+template <int kDimT>
+__device__ __forceinline__ void stage_tile(const AttnPart& part, const int64_t* codes, const uint8_t* raw, int raw_ld,
+                                           uint16_t* kv, int dim) {
+  const int d8 = dim / 8, ld = dim + kTcPad, chunks = kTile * d8 / kTcThreads;
+#pragma unroll 1
+  for (int g = 0; g < kMaxChunks; g += kStageGroup) {
+    uint4 v[kStageGroup];
+#pragma unroll
+    for (int u = 0; u < kStageGroup; ++u) {
+      const int i = threadIdx.x + (g + u) * kTcThreads, row = i / d8, c = (i % d8) * 8;
+      v[u] = make_uint4(0, 0, 0, 0);
+      if (g + u >= chunks) continue;
+      const int64_t code = codes[row];
+      if (code >= 0) v[u] = ld8_as_bf16(part.win, code, c);
+      else if (code <= -2 && part.ckv.data && raw_ld) v[u] = part.ckv.fp8_ld8_bf16(raw + row * raw_ld, c);
+      else if (code <= -2 && part.ckv.data) v[u] = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
+      else if (code <= -2) v[u] = ld8_as_bf16(part.comp, -code - 2, c);
+    }
+#pragma unroll
+    for (int u = 0; u < kStageGroup; ++u) {
+      const int i = threadIdx.x + (g + u) * kTcThreads, row = i / d8, c = (i % d8) * 8;
+      if (g + u < chunks) *reinterpret_cast<uint4*>(kv + row * ld + c) = v[u];
+    }
+  }
+}
+
+// kDimT: the head_dim when compiled for one (512), else 0 (a.dim).
+template <int kDimT>
+__global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const __grid_constant__ AttnArgs a) {
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  const int dim = kDimT ? kDimT : a.dim, ld = dim + kTcPad;
+  uint16_t* qs = reinterpret_cast<uint16_t*>(tc_smem);                   // [kTcHeads][ld]
+  uint16_t* kv = qs + kTcHeads * ld;                                     // [kTile][ld]
+  float* ss = reinterpret_cast<float*>(kv + kTile * ld);                 // [kTcHeads][kSld]
+  uint16_t* ps = reinterpret_cast<uint16_t*>(ss + kTcHeads * kSld);      // [kTcHeads][kPld]
+  uint8_t* raw = reinterpret_cast<uint8_t*>(ps + kTcHeads * kPld);       // [kTile][a.raw_ld]
+  __shared__ int64_t codes[2][kTile];  // tile it's candidates in codes[it & 1]
+  __shared__ float m_s[kTcHeads], den_s[kTcHeads], resc_s[kTcHeads];
+  __shared__ int32_t listed_s[kTile];  // the list entries of tile it + 2, fetched under tile it
+  __shared__ CandRange range_s;  // the block's candidate range, read in the tile loop (fewer live registers)
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  const TokArgs ta = token_args(a, blockIdx.x);
+  const AttnPart& part = ta.p;
+  const int64_t t = ta.t;
+  const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
+  const CandRange r = candidate_range(a, part, t, blockIdx.z);
+  const int ntiles = r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
+  const int raw_ld = part.ckv.data ? a.raw_ld : 0;  // 0: compact entries read from global memory
+  const int d8 = dim / 8;
+  for (int i = tid; i < kTcHeads * d8; i += kTcThreads) {
+    const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (h < a.h_end) v = ld8_as_bf16(part.q, t, int64_t(h) * dim + c);
+    *reinterpret_cast<uint4*>(qs + hl * ld + c) = v;
+  }
+  if (tid < kTcHeads) {
+    m_s[tid] = -INFINITY;
+    den_s[tid] = 0.f;
+  }
+  if (tid == 0) range_s = r;
+  if (tid < kTile) {
+    codes[0][tid] = tile_code(part, r, t, 0, tid);
+    codes[1][tid] = tile_code(part, r, t, 1, tid);
+  }
+  __syncthreads();
+  if (raw_ld && ntiles > 0) fetch_raw(part.ckv, codes[0], raw, raw_ld);
+  const int mt = (warp & 3) * 16;  // head tile of this warp (S and O)
+  const int quarter = warp >> 2;
+  const int dq = dim / 4, nt_count = dq / 8;  // O: dims [quarter * dq, +dq) as nt_count n8 tiles
+  float o[kTcMaxDim / 32][4];
+#pragma unroll
+  for (int j = 0; j < kTcMaxDim / 32; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
+
+  for (int it = 0; it < ntiles; ++it) {
+    const int64_t* tcodes = codes[it & 1];
+    if (raw_ld) cp_async_wait_all();
+    __syncthreads();  // this tile's raw rows landed; the previous tile's KV and P are no longer read
+    stage_tile<kDimT>(part, tcodes, raw, raw_ld, kv, dim);
+    __syncthreads();  // KV staged; raw free
+    if (tid < kTile) fetch_listed(part, range_s, t, it + 2, tid, &listed_s[tid]);  // its own commit group
+    if (raw_ld && it + 1 < ntiles) fetch_raw(part.ckv, codes[(it + 1) & 1], raw, raw_ld);
+    {  // S = Q K^T * scale: heads [mt, mt + 16) x candidates [quarter * 16, +16)
+      float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      const uint32_t qa = smem_u32(frag_a_row(qs + mt * ld, ld, lane));  // this lane's ldmatrix rows at k = 0
+      const uint32_t kb = smem_u32(frag_b_rows(kv + quarter * 16 * ld, ld, lane));
+#pragma unroll 8
+      for (int k0 = 0; k0 < dim; k0 += 16) {
+        uint32_t af[4], bf[4];
+        ldmatrix_x4(af, qa + 2 * k0);
+        ldmatrix_x4(bf, kb + 2 * k0);
+        mma_bf16_16816(sacc[0], af, bf[0], bf[1]);
+        mma_bf16_16816(sacc[1], af, bf[2], bf[3]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int c = quarter * 16 + nt * 8 + tig * 2;
+        ss[(mt + gid) * kSld + c] = sacc[nt][0] * a.scale;
+        ss[(mt + gid) * kSld + c + 1] = sacc[nt][1] * a.scale;
+        ss[(mt + gid + 8) * kSld + c] = sacc[nt][2] * a.scale;
+        ss[(mt + gid + 8) * kSld + c + 1] = sacc[nt][3] * a.scale;
+      }
+    }
+    __syncthreads();
+    {  // online softmax: 8 threads per head row, 8 candidates each
+      const int row = tid >> 3, c0 = (tid & 7) * 8;
+      *reinterpret_cast<uint4*>(ps + row * kPld + c0) =
+          online_softmax_row8(tcodes, ss + row * kSld, c0, row, m_s, den_s, resc_s);
+    }
+    __syncthreads();
+    if (tid < kTile) {  // tile it + 2's codes (read after the next tile's first barrier)
+      if (raw_ld && it + 1 < ntiles) cp_async_wait_one();  // this thread's list entry landed (its raw rows may not)
+      else cp_async_wait_all();
+      codes[it & 1][tid] = tile_code_listed(part, range_s, it + 2, tid, listed_s[tid]);
+    }
+    {  // O = O * resc + P V: heads [mt, mt + 16) x dims [quarter * dq, +dq)
+      const float r0 = resc_s[mt + gid], r1 = resc_s[mt + gid + 8];
+      const uint32_t pa = smem_u32(frag_a_row(ps + mt * kPld, kPld, lane));  // this lane's ldmatrix rows at k = 0
+      const uint32_t vrow = smem_u32(kv + ((lane >> 3 & 1) * 8 + (lane & 7)) * ld + quarter * dq + (lane >> 4) * 8);
+#pragma unroll
+      for (int j = 0; j < kTcMaxDim / 32; ++j) {
+        o[j][0] *= r0;
+        o[j][1] *= r0;
+        o[j][2] *= r1;
+        o[j][3] *= r1;
+      }
+#pragma unroll
+      for (int k0 = 0; k0 < kTile; k0 += 16) {
+        uint32_t af[4];
+        ldmatrix_x4(af, pa + 2 * k0);
+#pragma unroll
+        for (int j = 0; j < kTcMaxDim / 32; j += 2) {
+          if (j < nt_count) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, vrow + 2 * (k0 * ld + j * 8));
+            mma_bf16_16816(o[j], af, b[0], b[1]);
+            mma_bf16_16816(o[j + 1], af, b[2], b[3]);
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (a.num_splits > 1) {  // this split's partial state, for attention_combine_kernel
+    const int nh = a.h_end - a.h_begin;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int hl = mt + gid + half * 8, h = hb0 + hl;
+      if (h >= a.h_end) continue;
+      const int64_t slot = (int64_t(blockIdx.x) * nh + (h - a.h_begin)) * a.num_splits + blockIdx.z;
+#pragma unroll
+      for (int j = 0; j < kTcMaxDim / 32; ++j)
+        if (j < nt_count)
+          *reinterpret_cast<float2*>(a.part_acc + slot * dim + quarter * dq + j * 8 + tig * 2) =
+              make_float2(o[j][2 * half], o[j][2 * half + 1]);
+      if (quarter == 0 && tig == 0) {
+        a.part_ml[2 * slot] = m_s[hl];
+        a.part_ml[2 * slot + 1] = den_s[hl];
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int hl = mt + gid + half * 8, h = hb0 + hl;
+    if (h >= a.h_end) continue;
+    const float m = m_s[hl];
+    float den = den_s[hl];
+    if (a.include_sink) den += expf(a.sink[h] - m);
+    const float inv = 1.0f / den;
+#pragma unroll
+    for (int j = 0; j < kTcMaxDim / 32; ++j) {
+      if (j < nt_count) {
+        const int64_t d = int64_t(h) * dim + quarter * dq + j * 8 + tig * 2;
+        part.out.st(t, d, o[j][2 * half] * inv, a.out_round);
+        part.out.st(t, d + 1, o[j][2 * half + 1] * inv, a.out_round);
+      }
+    }
+    if (part.lse && quarter == 0 && tig == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
+  }
+}
+
+}  // namespace
+
+void launch_sparse_attention_tc(AttnArgs& a, int64_t n, cudaStream_t s) {
+  // Staged compact rows: the widest of the parts', if the shared memory holds them.
+  int raw_ld = 0;
+  for (int i = 0; i < a.num_parts; ++i)
+    if (a.parts[i].ckv.data) raw_ld = std::max(raw_ld, int((a.parts[i].ckv.row_bytes + 15) / 16 * 16));
+  a.raw_ld = raw_ld <= kMaxRawLd ? raw_ld : 0;
+  static bool attr_set = false;
+  if (!attr_set) {
+    const int most = int(tc_smem_bytes(kTcMaxDim, kMaxRawLd));
+    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_tc_kernel<kTcMaxDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    most));
+    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_tc_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+    attr_set = true;
+  }
+  const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads)),
+                  unsigned(a.num_splits)};
+  const size_t smem = tc_smem_bytes(a.dim, a.raw_ld);
+  if (a.dim == kTcMaxDim) sparse_attention_tc_kernel<kTcMaxDim><<<grid, kTcThreads, smem, s>>>(a);
+  else sparse_attention_tc_kernel<0><<<grid, kTcThreads, smem, s>>>(a);
+  launch_check("sparse_attention (tensor cores)", s);
+}
+
+}  // namespace v4rt::kernels::cuda::attn
