@@ -147,14 +147,13 @@ __device__ __forceinline__ uint4 online_softmax_row8(const int64_t* codes, const
   const float m_old = m_s[row];
   const float mb = fmaxf(m_old, tmax);
   float resc = 1.f, sum = 0.f;
-  uint32_t packed[4] = {0u, 0u, 0u, 0u};
+  float p[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   if (mb != -INFINITY) {  // else a tile of absent candidates before any valid one: nothing changes
     resc = m_old == -INFINITY ? 0.f : expf(m_old - mb);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const float p = z[i] == -INFINITY ? 0.f : expf(z[i] - mb);
-      sum += p;
-      packed[i / 2] |= uint32_t(f32_to_bf16(p)) << (16 * (i & 1));
+      p[i] = z[i] == -INFINITY ? 0.f : expf(z[i] - mb);
+      sum += p[i];
     }
   }
 #pragma unroll
@@ -165,7 +164,7 @@ __device__ __forceinline__ uint4 online_softmax_row8(const int64_t* codes, const
     m_s[row] = mb;
     resc_s[row] = resc;
   }
-  return make_uint4(packed[0], packed[1], packed[2], packed[3]);
+  return make_uint4(bf16x2_rn(p[0], p[1]), bf16x2_rn(p[2], p[3]), bf16x2_rn(p[4], p[5]), bf16x2_rn(p[6], p[7]));
 }
 
 }  // namespace v4rt::kernels::cuda::attn

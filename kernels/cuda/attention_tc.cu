@@ -12,7 +12,7 @@
 //      fragments by ldmatrix);
 //   4. the online softmax of the tile per head in fp32, as sparse_attention_kernel (running max
 //      per 64-candidate tile, the denominator from unrounded p, P rounded to bf16);
-//   5. O += P V (warp w: heads (w % 4) * 16, dims (w / 4) * dim / 4; V fragments by
+//   5. O += P V (warp w: heads (w % 2) * 32, dims (w / 2) * dim / 8; V fragments by
 //      ldmatrix.trans).
 // The sink is added at the end; with candidate splits each split writes its partial state for
 // attention_combine_kernel instead. head_dim % 128 == 0, <= 512 (512 compiled on its own: the
@@ -31,7 +31,8 @@ namespace v4rt::kernels::cuda::attn {
 
 namespace {
 
-constexpr int kTcThreads = 512;  // 16 warps: (4 head tiles) x (4 candidate or dim quarters)
+constexpr int kTcThreads = 512;  // 16 warps: S (4 head tiles) x (4 candidate quarters), O (2 x 8)
+constexpr int kOTiles = kTcMaxDim / 64;  // n8 tiles of O a warp keeps per m16 head tile (dim / 8 dims)
 constexpr int kTcPad = 8;        // bf16 elements of row padding: 16 B, conflict-free ldmatrix rows
 constexpr int kTcSPad = 4;
 constexpr int kSld = kTile + kTcSPad, kPld = kTile + kTcPad;
@@ -98,10 +99,14 @@ __device__ __forceinline__ void fetch_raw(const KvRowsDev& ckv, const int64_t* c
 // their raw copies (raw_ld > 0) or from global memory, window rows and plain entries loaded (F32
 // rows rounded to bf16, exact for the official numerics' rows), absent candidates zero. Each
 // thread loads kStageGroup 8-element chunks before it stores them, so their latencies overlap.
+// When d8 divides kTcThreads (every head_dim but 384) a thread's column is the same on each of
+// its rows, so its offsets in a compact row are resolved once.
 template <int kDimT>
 __device__ __forceinline__ void stage_tile(const AttnPart& part, const int64_t* codes, const uint8_t* raw, int raw_ld,
                                            uint16_t* kv, int dim) {
   const int d8 = dim / 8, ld = dim + kTcPad, chunks = kTile * d8 / kTcThreads;
+  const bool fixed_col = kTcThreads % d8 == 0;
+  const Fp8Chunk col = part.ckv.fp8_chunk(fixed_col ? int(threadIdx.x % d8) * 8 : 0);
 #pragma unroll 1
   for (int g = 0; g < kMaxChunks; g += kStageGroup) {
     uint4 v[kStageGroup];
@@ -112,7 +117,8 @@ __device__ __forceinline__ void stage_tile(const AttnPart& part, const int64_t* 
       if (g + u >= chunks) continue;
       const int64_t code = codes[row];
       if (code >= 0) v[u] = ld8_as_bf16(part.win, code, c);
-      else if (code <= -2 && part.ckv.data && raw_ld) v[u] = part.ckv.fp8_ld8_bf16(raw + row * raw_ld, c);
+      else if (code <= -2 && part.ckv.data && raw_ld)
+        v[u] = (fixed_col ? col : part.ckv.fp8_chunk(c)).ld8_bf16(raw + row * raw_ld);
       else if (code <= -2 && part.ckv.data) v[u] = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
       else if (code <= -2) v[u] = ld8_as_bf16(part.comp, -code - 2, c);
     }
@@ -165,14 +171,18 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   }
   __syncthreads();
   if (raw_ld && ntiles > 0) fetch_raw(part.ckv, codes[0], raw, raw_ld);
-  const int mt = (warp & 3) * 16;  // head tile of this warp (S and O)
+  const int mt = (warp & 3) * 16;  // S: heads [mt, +16) x candidates [quarter * 16, +16)
   const int quarter = warp >> 2;
-  const int dq = dim / 4, nt_count = dq / 8;  // O: dims [quarter * dq, +dq) as nt_count n8 tiles
-  float o[kTcMaxDim / 32][4];
+  // O: heads [oh, +32) (two m16 tiles) x dims [od, +dim / 8) (nt_count n8 tiles): per 16
+  // candidates a warp reads 1 KB of P and 2 KB of V fragments for 16 MMAs.
+  const int oh = (warp & 1) * 32, od = (warp >> 1) * (dim / 8), nt_count = dim / 64;
+  float o[2][kOTiles][4];
 #pragma unroll
-  for (int j = 0; j < kTcMaxDim / 32; ++j)
+  for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
+    for (int j = 0; j < kOTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mi][j][e] = 0.f;
 
   for (int it = 0; it < ntiles; ++it) {
     const int64_t* tcodes = codes[it & 1];
@@ -215,28 +225,35 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
       else cp_async_wait_all();
       codes[it & 1][tid] = tile_code_listed(part, range_s, it + 2, tid, listed_s[tid]);
     }
-    {  // O = O * resc + P V: heads [mt, mt + 16) x dims [quarter * dq, +dq)
-      const float r0 = resc_s[mt + gid], r1 = resc_s[mt + gid + 8];
-      const uint32_t pa = smem_u32(frag_a_row(ps + mt * kPld, kPld, lane));  // this lane's ldmatrix rows at k = 0
-      const uint32_t vrow = smem_u32(kv + ((lane >> 3 & 1) * 8 + (lane & 7)) * ld + quarter * dq + (lane >> 4) * 8);
+    {  // O = O * resc + P V: heads [oh, oh + 32) x dims [od, od + dim / 8)
+      const uint32_t pa = smem_u32(frag_a_row(ps + oh * kPld, kPld, lane));  // this lane's ldmatrix rows at k = 0
+      const uint32_t vrow = smem_u32(kv + ((lane >> 3 & 1) * 8 + (lane & 7)) * ld + od + (lane >> 4) * 8);
 #pragma unroll
-      for (int j = 0; j < kTcMaxDim / 32; ++j) {
-        o[j][0] *= r0;
-        o[j][1] *= r0;
-        o[j][2] *= r1;
-        o[j][3] *= r1;
+      for (int mi = 0; mi < 2; ++mi) {
+        const float r0 = resc_s[oh + mi * 16 + gid], r1 = resc_s[oh + mi * 16 + gid + 8];
+#pragma unroll
+        for (int j = 0; j < kOTiles; ++j) {
+          o[mi][j][0] *= r0;
+          o[mi][j][1] *= r0;
+          o[mi][j][2] *= r1;
+          o[mi][j][3] *= r1;
+        }
       }
-#pragma unroll
+#pragma unroll 1  // unrolled, ptxas spills at 128 registers
       for (int k0 = 0; k0 < kTile; k0 += 16) {
-        uint32_t af[4];
-        ldmatrix_x4(af, pa + 2 * k0);
+        uint32_t af[2][4];
+        ldmatrix_x4(af[0], pa + 2 * k0);
+        ldmatrix_x4(af[1], pa + 2 * (16 * kPld + k0));
 #pragma unroll
-        for (int j = 0; j < kTcMaxDim / 32; j += 2) {
+        for (int j = 0; j < kOTiles; j += 2) {
           if (j < nt_count) {
             uint32_t b[4];
             ldmatrix_x4_trans(b, vrow + 2 * (k0 * ld + j * 8));
-            mma_bf16_16816(o[j], af, b[0], b[1]);
-            mma_bf16_16816(o[j + 1], af, b[2], b[3]);
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+              mma_bf16_16816(o[mi][j], af[mi], b[0], b[1]);
+              mma_bf16_16816(o[mi][j + 1], af[mi], b[2], b[3]);
+            }
           }
         }
       }
@@ -246,16 +263,16 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   if (a.num_splits > 1) {  // this split's partial state, for attention_combine_kernel
     const int nh = a.h_end - a.h_begin;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int hl = mt + gid + half * 8, h = hb0 + hl;
+    for (int r = 0; r < 4; ++r) {  // rows oh + gid + 8 r: m16 tile r / 2, half r % 2
+      const int hl = oh + gid + 8 * r, h = hb0 + hl, mi = r >> 1, half = r & 1;
       if (h >= a.h_end) continue;
       const int64_t slot = (int64_t(blockIdx.x) * nh + (h - a.h_begin)) * a.num_splits + blockIdx.z;
 #pragma unroll
-      for (int j = 0; j < kTcMaxDim / 32; ++j)
+      for (int j = 0; j < kOTiles; ++j)
         if (j < nt_count)
-          *reinterpret_cast<float2*>(a.part_acc + slot * dim + quarter * dq + j * 8 + tig * 2) =
-              make_float2(o[j][2 * half], o[j][2 * half + 1]);
-      if (quarter == 0 && tig == 0) {
+          *reinterpret_cast<float2*>(a.part_acc + slot * dim + od + j * 8 + tig * 2) =
+              make_float2(o[mi][j][2 * half], o[mi][j][2 * half + 1]);
+      if (od == 0 && tig == 0) {
         a.part_ml[2 * slot] = m_s[hl];
         a.part_ml[2 * slot + 1] = den_s[hl];
       }
@@ -263,22 +280,22 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
     return;
   }
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int hl = mt + gid + half * 8, h = hb0 + hl;
+  for (int r = 0; r < 4; ++r) {
+    const int hl = oh + gid + 8 * r, h = hb0 + hl, mi = r >> 1, half = r & 1;
     if (h >= a.h_end) continue;
     const float m = m_s[hl];
     float den = den_s[hl];
     if (a.include_sink) den += expf(a.sink[h] - m);
     const float inv = 1.0f / den;
 #pragma unroll
-    for (int j = 0; j < kTcMaxDim / 32; ++j) {
+    for (int j = 0; j < kOTiles; ++j) {
       if (j < nt_count) {
-        const int64_t d = int64_t(h) * dim + quarter * dq + j * 8 + tig * 2;
-        part.out.st(t, d, o[j][2 * half] * inv, a.out_round);
-        part.out.st(t, d + 1, o[j][2 * half + 1] * inv, a.out_round);
+        const int64_t d = int64_t(h) * dim + od + j * 8 + tig * 2;
+        part.out.st(t, d, o[mi][j][2 * half] * inv, a.out_round);
+        part.out.st(t, d + 1, o[mi][j][2 * half + 1] * inv, a.out_round);
       }
     }
-    if (part.lse && quarter == 0 && tig == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
+    if (part.lse && od == 0 && tig == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
   }
 }
 

@@ -22,6 +22,12 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {  // RNE; NaN stays NaN 
   return bf16_t(u >> 16);
 }
 __device__ __forceinline__ float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+// lo and hi as a bf16 pair (lo in the low half) by one conversion instruction (cvt.rn.bf16x2.f32):
+// RNE, the bits of f32_to_bf16 for every input but NaN (a NaN stays a NaN, its payload may differ).
+__device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
+  const __nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&b);
+}
 
 // ue8m0 byte s -> 2^(s-127); 0xff is NaN.
 __device__ __forceinline__ float e8m0_to_f32(uint8_t s) {

@@ -32,9 +32,27 @@ __device__ __forceinline__ float fp4_to_f32(uint32_t code) {
 __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two, float s) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(two & 0xffffu), __NV_E4M3);
   const float2 f = __half22float2(__half2(h));
-  const __nv_bfloat162 b = __floats2bfloat162_rn(f.x * s, f.y * s);
-  return *reinterpret_cast<const uint32_t*>(&b);
+  return bf16x2_rn(f.x * s, f.y * s);
 }
+
+// Column c (c % 8 == 0) of kFp8Rope rows, its offsets in a row resolved once for many rows: the
+// 8 e4m3 codes and their scale, or 8 bf16 RoPE dims. `p`: a row's bytes (global memory, or a
+// shared-memory copy).
+struct Fp8Chunk {
+  int data_off = 0, scale_off = 0;
+  bool rope = false;
+  __device__ __forceinline__ uint4 ld8_bf16(const uint8_t* p) const {
+    if (!rope) {
+      const uint2 u = *reinterpret_cast<const uint2*>(p + data_off);
+      const float s = e8m0_to_f32(p[scale_off]);
+      return make_uint4(e4m3x2_to_bf16x2(u.x, s), e4m3x2_to_bf16x2(u.x >> 16, s), e4m3x2_to_bf16x2(u.y, s),
+                        e4m3x2_to_bf16x2(u.y >> 16, s));
+    }
+    const uint2* h = reinterpret_cast<const uint2*>(p + data_off);
+    const uint2 a = h[0], b = h[1];
+    return make_uint4(a.x, a.y, b.x, b.y);
+  }
+};
 
 // A table of compact KV rows on the device; empty (data == nullptr) for plain rows.
 struct KvRowsDev {
@@ -43,6 +61,7 @@ struct KvRowsDev {
   int64_t row_bytes = 0;
   int quant_dim = 0;                       // kFp8Rope: non-RoPE dims; kFp4: all dims
   int block = 0;                           // quantized elements per scale
+  int block_log2 = 0;                      // log2(block): the decoders' scale index c >> block_log2
   int rope_offset = 0;                     // kFp8Rope: byte offset of the bf16 dims
   int scale_offset = 0;                    // byte offset of the e8m0 scales
   int block_shift = 0;                     // paged: log2(rows per block)
@@ -56,7 +75,7 @@ struct KvRowsDev {
   // The decoders read the bytes `p` of a row (row()), so a kernel reading a row often finds it once.
   // kFp8Rope element c.
   __device__ __forceinline__ float fp8_ld(const uint8_t* p, int c) const {
-    if (c < quant_dim) return e4m3_to_f32(p[c]) * e8m0_to_f32(p[scale_offset + c / block]);
+    if (c < quant_dim) return e4m3_to_f32(p[c]) * e8m0_to_f32(p[scale_offset + (c >> block_log2)]);
     const uint8_t* h = p + rope_offset + 2 * (c - quant_dim);
     return bf16_to_f32(bf16_t(h[0] | (h[1] << 8)));
   }
@@ -64,7 +83,7 @@ struct KvRowsDev {
   __device__ __forceinline__ float4 fp8_ld4(const uint8_t* p, int c) const {
     if (c < quant_dim) {
       const uint32_t u = *reinterpret_cast<const uint32_t*>(p + c);
-      const float s = e8m0_to_f32(p[scale_offset + c / block]);
+      const float s = e8m0_to_f32(p[scale_offset + (c >> block_log2)]);
       return make_float4(e4m3_to_f32(uint8_t(u)) * s, e4m3_to_f32(uint8_t(u >> 8)) * s,
                          e4m3_to_f32(uint8_t(u >> 16)) * s, e4m3_to_f32(uint8_t(u >> 24)) * s);
     }
@@ -74,22 +93,20 @@ struct KvRowsDev {
   }
   // kFp8Rope elements c..c+7 as bf16 pairs (c % 8 == 0; needs vec8_ok()): exact, an e4m3 code
   // times a power of two has at most 4 significant bits. `p` may be a shared-memory copy of the row.
-  __device__ __forceinline__ uint4 fp8_ld8_bf16(const uint8_t* p, int c) const {
-    if (c < quant_dim) {
-      const uint2 u = *reinterpret_cast<const uint2*>(p + c);
-      const float s = e8m0_to_f32(p[scale_offset + c / block]);
-      return make_uint4(e4m3x2_to_bf16x2(u.x, s), e4m3x2_to_bf16x2(u.x >> 16, s), e4m3x2_to_bf16x2(u.y, s),
-                        e4m3x2_to_bf16x2(u.y >> 16, s));
-    }
-    const uint2* h = reinterpret_cast<const uint2*>(p + rope_offset + 2 * (c - quant_dim));
-    const uint2 a = h[0], b = h[1];
-    return make_uint4(a.x, a.y, b.x, b.y);
+  __device__ __forceinline__ uint4 fp8_ld8_bf16(const uint8_t* p, int c) const { return fp8_chunk(c).ld8_bf16(p); }
+  // Column c of every row (fp8_ld8_bf16 without resolving the offsets per row).
+  __device__ __forceinline__ Fp8Chunk fp8_chunk(int c) const {
+    Fp8Chunk k;
+    k.rope = c >= quant_dim;
+    k.data_off = k.rope ? rope_offset + 2 * (c - quant_dim) : c;
+    k.scale_off = scale_offset + (c >> block_log2);
+    return k;
   }
 
   // kFp4 elements c..c+31 (c % 32 == 0: one scale block, 16 code bytes; rows 4-byte aligned).
   __device__ __forceinline__ void fp4_ld32(const uint8_t* p, int c, float (&out)[32]) const {
     const uint32_t* codes = reinterpret_cast<const uint32_t*>(p + c / 2);
-    const float s = e8m0_to_f32(p[scale_offset + c / block]);
+    const float s = e8m0_to_f32(p[scale_offset + (c >> block_log2)]);
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const uint32_t u = codes[w];
@@ -99,7 +116,7 @@ struct KvRowsDev {
   }
   // kFp4 element c.
   __device__ __forceinline__ float fp4_ld(const uint8_t* p, int c) const {
-    return fp4_to_f32((p[c >> 1] >> ((c & 1) * 4)) & 0xfu) * e8m0_to_f32(p[scale_offset + c / block]);
+    return fp4_to_f32((p[c >> 1] >> ((c & 1) * 4)) & 0xfu) * e8m0_to_f32(p[scale_offset + (c >> block_log2)]);
   }
 
   // Whether fp8_ld4 / fp8_ld8_bf16 may be used: vector groups never straddle the two parts and
@@ -144,6 +161,9 @@ inline KvRowsDev make_kv_rows(const TensorView& view, const KvRowLayout& layout,
   k.row_bytes = layout.row_bytes;
   k.quant_dim = int(layout.quant_dim);
   k.block = layout.block;
+  CHECK(layout.block > 0 && (layout.block & (layout.block - 1)) == 0)
+      << what << ": " << layout.block << " elements per scale, the decoders need a power of two";
+  while ((1 << k.block_log2) < k.block) ++k.block_log2;
   k.rope_offset = int(layout.rope_offset);
   k.scale_offset = int(layout.scale_offset);
   if (blocks.paged()) {
