@@ -89,12 +89,15 @@ if ((!ready)); then
   exit 1
 fi
 echo "server ready: np $np, $((SECONDS - start)) s" >> "$log"
+# The label names the cards the server ran on (nvidia-smi), e.g. "1xNVIDIA H100 80GB HBM3".
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+label=${SERVE_LABEL:-1x${gpu_name:-${SERVE_BACKEND:-cuda}} $preset ${layers}-layer slice}
 IFS=';' read -ra runs <<< "${SERVE_ARGS:---input-len 8192 --output-len 1024 --concurrency 1,16,64 --time-limit 120}"
 for args in "${runs[@]}"; do
   echo "=== v4rt bench serve $args" | tee -a "$log"
   # shellcheck disable=SC2086
   "$v4rt" bench serve --port "$port" --wait-ready 60 $args ${json:+--json-out "$json" --append} \
-    --label "${SERVE_LABEL:-1xH200 $preset ${layers}-layer slice}" > "$work/out" 2>&1 || rc=1
+    --label "$label" > "$work/out" 2>&1 || rc=1
   cat "$work/out" >> "$log"
   grep -vE "^[IWE][0-9]{4} " "$work/out" | tail -30
 done

@@ -8,8 +8,7 @@
 // counts not multiples of 64, F32 and bf16 q / window rows, plain (bf16, F32) and compact FP8
 // compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range. The
 // head_dim 512 cases run on the bf16 wgmma kernel too (CudaBackendOptions::attention_wgmma),
-// against the CPU op with the same tolerances, counting its outputs that differ from the mma.sync
-// kernel's.
+// against the CPU op with the same tolerances and bit for bit against the mma.sync kernel.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -155,6 +154,7 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_c
   for (size_t i = 0; i < wg.size(); ++i) differ_wg += std::memcmp(&wg[i], &tc[i], 4) != 0;
   std::printf("[compare] attention wgmma %s: %lld of %zu outputs differ in bits from the mma.sync kernel\n", c.name,
               static_cast<long long>(differ_wg), wg.size());
+  EXPECT_EQ(differ_wg, 0) << "the wgmma kernel does the mma.sync kernel's arithmetic in its order";
   const std::string wname = std::string("attention wgmma ") + c.name;
   EXPECT_TRUE(compare(wname + " vs cpu", wg, out_tc.cpu_values(), cpu_tol));
   EXPECT_TRUE(compare(wname + " vs mma.sync", wg, tc, kBf16Tol));
