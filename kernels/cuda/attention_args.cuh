@@ -134,7 +134,8 @@ void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, cudaStream_t s);
 // max, tile max); the first of the 8 then sets the row's rescale of the old state exp(old - mb)
 // (0 when the old max is -inf), its max and its denominator (from the unrounded p), as
 // sparse_attention_kernel does per tile. A row with no candidate yet keeps its state (p = 0).
-__device__ __forceinline__ uint4 online_softmax_row8(const int64_t* codes, const float* srow, int c0, int row,
+template <typename Code>
+__device__ __forceinline__ uint4 online_softmax_row8(const Code* codes, const float* srow, int c0, int row,
                                                      float* m_s, float* den_s, float* resc_s) {
   float z[8], tmax = -INFINITY;
 #pragma unroll

@@ -80,14 +80,14 @@ __device__ __forceinline__ int64_t tile_code_listed(const AttnPart& p, const Can
 
 // The compact entries among a tile's candidates (`codes`), whole rows into raw ([kTile][raw_ld]
 // bytes) by 8-byte cp.async: warp w copies rows w, w + 16, ..., lane l words l, l + 32, ...
-__device__ __forceinline__ void fetch_raw(const KvRowsDev& ckv, const int64_t* codes, uint8_t* raw, int raw_ld) {
+__device__ __forceinline__ void fetch_raw(const KvRowsDev& ckv, const int32_t* codes, uint8_t* raw, int raw_ld) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int words = int(ckv.row_bytes >> 3);
   const uint32_t base = uint32_t(__cvta_generic_to_shared(raw));
 #pragma unroll
   for (int k = 0; k < kTile / (kTcThreads / 32); ++k) {
     const int row = warp + k * (kTcThreads / 32);
-    const int64_t code = codes[row];
+    const int code = codes[row];
     if (code > -2) continue;
     const uint8_t* src = ckv.row(-code - 2);
     for (int w = lane; w < words; w += 32) cp_async8(base + uint32_t(row * raw_ld + 8 * w), src + 8 * w);
@@ -102,7 +102,7 @@ __device__ __forceinline__ void fetch_raw(const KvRowsDev& ckv, const int64_t* c
 // When d8 divides kTcThreads (every head_dim but 384) a thread's column is the same on each of
 // its rows, so its offsets in a compact row are resolved once.
 template <int kDimT>
-__device__ __forceinline__ void stage_tile(const AttnPart& part, const int64_t* codes, const uint8_t* raw, int raw_ld,
+__device__ __forceinline__ void stage_tile(const AttnPart& part, const int32_t* codes, const uint8_t* raw, int raw_ld,
                                            uint16_t* kv, int dim) {
   const int d8 = dim / 8, ld = dim + kTcPad, chunks = kTile * d8 / kTcThreads;
   const bool fixed_col = kTcThreads % d8 == 0;
@@ -115,7 +115,7 @@ __device__ __forceinline__ void stage_tile(const AttnPart& part, const int64_t* 
       const int i = threadIdx.x + (g + u) * kTcThreads, row = i / d8, c = (i % d8) * 8;
       v[u] = make_uint4(0, 0, 0, 0);
       if (g + u >= chunks) continue;
-      const int64_t code = codes[row];
+      const int code = codes[row];
       if (code >= 0) v[u] = ld8_as_bf16(part.win, code, c);
       else if (code <= -2 && part.ckv.data && raw_ld)
         v[u] = (fixed_col ? col : part.ckv.fp8_chunk(c)).ld8_bf16(raw + row * raw_ld);
@@ -140,7 +140,9 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   float* ss = reinterpret_cast<float*>(kv + kTile * ld);                 // [kTcHeads][kSld]
   uint16_t* ps = reinterpret_cast<uint16_t*>(ss + kTcHeads * kSld);      // [kTcHeads][kPld]
   uint8_t* raw = reinterpret_cast<uint8_t*>(ps + kTcHeads * kPld);       // [kTile][a.raw_ld]
-  __shared__ int64_t codes[2][kTile];  // tile it's candidates in codes[it & 1]
+  // Tile it's candidate codes (candidate_code) in codes[it & 1], as int32: window rows and entries
+  // of a sequence number fewer than 2^31.
+  __shared__ int32_t codes[2][kTile];
   __shared__ float m_s[kTcHeads], den_s[kTcHeads], resc_s[kTcHeads];
   __shared__ int32_t listed_s[kTile];  // the list entries of tile it + 2, fetched under tile it
   __shared__ CandRange range_s;  // the block's candidate range, read in the tile loop (fewer live registers)
@@ -153,24 +155,32 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   const CandRange r = candidate_range(a, part, t, blockIdx.z);
   const int ntiles = r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
   const int raw_ld = part.ckv.data ? a.raw_ld : 0;  // 0: compact entries read from global memory
-  const int d8 = dim / 8;
-  for (int i = tid; i < kTcHeads * d8; i += kTcThreads) {
-    const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (h < a.h_end) v = ld8_as_bf16(part.q, t, int64_t(h) * dim + c);
-    *reinterpret_cast<uint4*>(qs + hl * ld + c) = v;
-  }
   if (tid < kTcHeads) {
     m_s[tid] = -INFINITY;
     den_s[tid] = 0.f;
   }
   if (tid == 0) range_s = r;
   if (tid < kTile) {
-    codes[0][tid] = tile_code(part, r, t, 0, tid);
-    codes[1][tid] = tile_code(part, r, t, 1, tid);
+    codes[0][tid] = int32_t(tile_code(part, r, t, 0, tid));
+    codes[1][tid] = int32_t(tile_code(part, r, t, 1, tid));
   }
   __syncthreads();
   if (raw_ld && ntiles > 0) fetch_raw(part.ckv, codes[0], raw, raw_ld);
+  {  // q of the block's heads, under the first tile's fetch: every load issued before the stores
+    const int d8 = dim / 8, chunks = kTcHeads * d8 / kTcThreads;
+    uint4 v[kMaxChunks];
+#pragma unroll
+    for (int k = 0; k < kMaxChunks; ++k) {
+      const int i = tid + k * kTcThreads, hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
+      v[k] = make_uint4(0, 0, 0, 0);
+      if (k < chunks && h < a.h_end) v[k] = ld8_as_bf16(part.q, t, int64_t(h) * dim + c);
+    }
+#pragma unroll
+    for (int k = 0; k < kMaxChunks; ++k) {
+      const int i = tid + k * kTcThreads, hl = i / d8, c = (i % d8) * 8;
+      if (k < chunks) *reinterpret_cast<uint4*>(qs + hl * ld + c) = v[k];
+    }
+  }
   const int mt = (warp & 3) * 16;  // S: heads [mt, +16) x candidates [quarter * 16, +16)
   const int quarter = warp >> 2;
   // O: heads [oh, +32) (two m16 tiles) x dims [od, +dim / 8) (nt_count n8 tiles): per 16
@@ -185,7 +195,7 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
       for (int e = 0; e < 4; ++e) o[mi][j][e] = 0.f;
 
   for (int it = 0; it < ntiles; ++it) {
-    const int64_t* tcodes = codes[it & 1];
+    const int32_t* tcodes = codes[it & 1];
     if (raw_ld) cp_async_wait_all();
     __syncthreads();  // this tile's raw rows landed; the previous tile's KV and P are no longer read
     stage_tile<kDimT>(part, tcodes, raw, raw_ld, kv, dim);
@@ -223,7 +233,7 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
     if (tid < kTile) {  // tile it + 2's codes (read after the next tile's first barrier)
       if (raw_ld && it + 1 < ntiles) cp_async_wait_one();  // this thread's list entry landed (its raw rows may not)
       else cp_async_wait_all();
-      codes[it & 1][tid] = tile_code_listed(part, range_s, it + 2, tid, listed_s[tid]);
+      codes[it & 1][tid] = int32_t(tile_code_listed(part, range_s, it + 2, tid, listed_s[tid]));
     }
     {  // O = O * resc + P V: heads [oh, oh + 32) x dims [od, od + dim / 8)
       const uint32_t pa = smem_u32(frag_a_row(ps + oh * kPld, kPld, lane));  // this lane's ldmatrix rows at k = 0
