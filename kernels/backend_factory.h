@@ -45,6 +45,9 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads on bf16
   // wgmma instead of the mma.sync tensor-core kernel.
   bool cuda_attention_wgmma = false;
+  // "cuda" only (debug.cuda_attention_ws): prefill sparse attention of 512-dim heads on the
+  // warp-specialized kernel (a producer warpgroup stages the next tile under the MMAs).
+  bool cuda_attention_ws = false;
   // "cuda" only (debug.cuda_decode_tc): decode-sized sparse attention on the tensor-core kernel
   // (candidate splits) and decode-batch indexer scores on FP8 wgmma.
   bool cuda_decode_tc = true;

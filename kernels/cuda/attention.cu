@@ -476,7 +476,8 @@ int64_t tc_splits(int64_t blocks, int64_t max_tiles, int64_t sms) {
 
 // Launches the parts gathered in `a` (n tokens in all) on the kernel their shapes call for.
 void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4, bool tc_rows, cudaStream_t s,
-                            bool per_warp, bool tensor_cores, bool wgmma, bool decode_tc) {
+                            const AttentionKernels& k) {
+  const bool per_warp = k.per_warp, tensor_cores = k.tensor_cores, decode_tc = k.decode_tc;
   const int nh = a.h_end - a.h_begin, dim = a.dim;
   // No part has a candidate (a sequence-parallel rank holding none of these tokens' window or
   // entries): one tile of absent candidates, so every row ends as the CPU op's does (no
@@ -504,7 +505,12 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   const int64_t base_blocks = n * head_groups;
   const bool tc_numerics = tensor_cores && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows;
   const bool tc = tc_numerics && (decode_tc ? !per_warp : !mqa && base_blocks >= num_sms());
-  if (tc && wgmma && dim == kWgmmaDim && base_blocks >= num_sms()) {  // prefill on wgmma (attention_wgmma.cu)
+  if (tc && k.ws && dim == kWgmmaDim && base_blocks >= num_sms()) {  // prefill, warp-specialized (attention_ws.cu)
+    a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
+    launch_sparse_attention_ws(a, n, s);
+    return;
+  }
+  if (tc && k.wgmma && dim == kWgmmaDim && base_blocks >= num_sms()) {  // prefill on wgmma (attention_wgmma.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_wgmma(a, n, s);
     return;
@@ -550,13 +556,11 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
 
 }  // namespace
 
-void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp, bool tensor_cores,
-                             bool wgmma, bool decode_tc) {
-  launch_sparse_attention_batch(SparseAttentionBatchParams{&p, 1}, s, per_warp, tensor_cores, wgmma, decode_tc);
+void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, const AttentionKernels& k) {
+  launch_sparse_attention_batch(SparseAttentionBatchParams{&p, 1}, s, k);
 }
 
-void launch_sparse_attention_batch(const SparseAttentionBatchParams& batch, cudaStream_t s, bool per_warp,
-                                   bool tensor_cores, bool wgmma, bool decode_tc) {
+void launch_sparse_attention_batch(const SparseAttentionBatchParams& batch, cudaStream_t s, const AttentionKernels& k) {
   if (batch.num_parts == 0) return;
   const SparseAttentionParams* parts_end = batch.parts + batch.num_parts;
   const SparseAttentionParams& p0 = batch.parts[0];
@@ -584,7 +588,7 @@ void launch_sparse_attention_batch(const SparseAttentionBatchParams& batch, cuda
   bool vec4 = true, tc_rows = true;
   auto flush = [&] {
     if (a.num_parts > 0)
-      launch_attention_group(a, n, max_tiles, vec4, tc_rows, s, per_warp, tensor_cores, wgmma, decode_tc);
+      launch_attention_group(a, n, max_tiles, vec4, tc_rows, s, k);
     a.num_parts = 0;
     n = max_tiles = 0;
     vec4 = tc_rows = true;

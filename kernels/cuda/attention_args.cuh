@@ -103,6 +103,12 @@ __device__ __forceinline__ int64_t candidate_code(const AttnPart& p, const CandR
   return candidate_code_of(p, r, c, listed ? int64_t(p.comp_idx[t * p.idx_stride + (c - r.nwin)]) : 0);
 }
 
+// Where candidate c of tile `it` of the block's range lives (candidate_code), -1 past the range.
+__device__ __forceinline__ int64_t tile_code(const AttnPart& p, const CandRange& r, int64_t t, int it, int c) {
+  const int64_t cand = r.cand0 + int64_t(it) * kTile + c;
+  return cand < r.ncand ? candidate_code(p, r, t, cand) : int64_t(-1);
+}
+
 // Eight elements (r, c .. c + 7) of a bf16 or F32 row as bf16 bits, RNE (exact for bf16 rows and
 // for F32 rows of bf16 values, which the official numerics' q and window rows hold). Rows 16-byte
 // aligned with a stride of a multiple of 8 elements (tc_rows_ok).
@@ -121,6 +127,11 @@ __device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c)
 constexpr int kTcHeads = 64;
 constexpr int kTcMaxDim = 512;
 void launch_sparse_attention_tc(AttnArgs& a, int64_t n, cudaStream_t s);
+
+// The warp-specialized mma.sync kernel (attention_ws.cu) over the n tokens of the parts in `a`:
+// one split, kTcHeads heads per block, head_dim kWgmmaDim (512), rows the tensor-core kernels can
+// load; the outputs of launch_sparse_attention_tc bit for bit.
+void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s);
 
 // The bf16 wgmma kernel (attention_wgmma.cu) over the n tokens of the parts in `a`: one split,
 // 64 heads per block, head_dim 512, rows the tensor-core kernels can load (PartPlan::tc).

@@ -55,12 +55,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
-// Where candidate c of tile `it` of the block's range lives (candidate_code), -1 past the range.
-__device__ __forceinline__ int64_t tile_code(const AttnPart& p, const CandRange& r, int64_t t, int it, int c) {
-  const int64_t cand = r.cand0 + int64_t(it) * kTile + c;
-  return cand < r.ncand ? candidate_code(p, r, t, cand) : int64_t(-1);
-}
-
 // Thread c (< kTile) fetches the list entry of candidate c of tile `it` into *dst by a 4-byte
 // cp.async when the candidate is a listed one (tile_code_listed reads it once landed), and commits.
 __device__ __forceinline__ void fetch_listed(const AttnPart& p, const CandRange& r, int64_t t, int it, int c,

@@ -292,16 +292,14 @@ void CudaBackend::indexer_scores(const IndexerScoresParams& p) {
 void CudaBackend::topk(const TopkParams& p) { launch_topk(p, stream_.get()); }
 void CudaBackend::sample(const SampleParams& p) { launch_sample(p, stream_.get()); }
 void CudaBackend::sparse_attention(const SparseAttentionParams& p) {
-  launch_sparse_attention(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores,
-                          options_.attention_wgmma, options_.decode_tensor_cores);
+  launch_sparse_attention(p, stream_.get(), attention_kernels());
 }
 void CudaBackend::indexer_scores_batch(const IndexerScoresBatchParams& p) {
   launch_indexer_scores_batch(p, stream_.get(), options_.indexer_tensor_cores, options_.indexer_fp8,
                               options_.decode_tensor_cores);
 }
 void CudaBackend::sparse_attention_batch(const SparseAttentionBatchParams& p) {
-  launch_sparse_attention_batch(p, stream_.get(), options_.attention_per_warp, options_.attention_tensor_cores,
-                                options_.attention_wgmma, options_.decode_tensor_cores);
+  launch_sparse_attention_batch(p, stream_.get(), attention_kernels());
 }
 void CudaBackend::swiglu(const SwigluParams& p) { launch_swiglu(p, stream_.get()); }
 void CudaBackend::embedding(const EmbeddingParams& p) { launch_embedding(p, stream_.get()); }

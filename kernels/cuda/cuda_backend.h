@@ -76,6 +76,15 @@ class CudaBackend final : public Backend {
   const float* fp8_weight_scale_f32(const WeightView& w) const;
 
  private:
+  AttentionKernels attention_kernels() const {
+    AttentionKernels k;
+    k.per_warp = options_.attention_per_warp;
+    k.tensor_cores = options_.attention_tensor_cores;
+    k.decode_tc = options_.decode_tensor_cores;
+    k.wgmma = options_.attention_wgmma;
+    k.ws = options_.attention_ws;
+    return k;
+  }
   // Scratch slots used inside one op (grow-only).
   enum Slot { kSlotX8, kSlotXScale, kSlotTmp, kSlotTmp2, kSlotRoute, kSlotG, kSlotU, kSlotH8, kSlotHScale, kSlotY,
               kSlotPtrs, kNumSlots };

@@ -14,6 +14,9 @@ namespace v4rt::kernels::cuda {
 
 using bf16_t = uint16_t;  // raw bf16 bits in every Params struct
 
+// The shared-memory address of a generic pointer into shared memory (PTX's 32-bit .shared space).
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
 __device__ __forceinline__ float bf16_to_f32(bf16_t h) { return __uint_as_float(uint32_t(h) << 16); }
 __device__ __forceinline__ bf16_t f32_to_bf16(float f) {  // RNE; NaN stays NaN (as common/dtype.h)
   uint32_t u = __float_as_uint(f);

@@ -26,6 +26,20 @@ enum class ReferencePrecision : uint8_t {
   kF32,
 };
 
+// Which kernels a sparse attention launch may take (CudaBackendOptions).
+struct AttentionKernels {
+  // Never the split multi-query kernel, nor decode shapes on the tensor-core one (attention_per_warp).
+  bool per_warp = false;
+  // Prefill shapes under the official numerics on the bf16 tensor-core kernel (attention_tensor_cores).
+  bool tensor_cores = true;
+  // Decode shapes too, split over the candidates (decode_tensor_cores).
+  bool decode_tc = false;
+  // Of the prefill shapes, 512-dim heads on the bf16 wgmma kernel (attention_wgmma.cu; attention_wgmma).
+  bool wgmma = false;
+  // Of the prefill shapes, 512-dim heads on the warp-specialized kernel (attention_ws.cu; attention_ws).
+  bool ws = false;
+};
+
 struct CudaBackendOptions {
   ReferencePrecision reference = ReferencePrecision::kBf16Split;
   // FP4 GEMMs with FP8 activations (routed experts and FP4 projections under the official
@@ -57,6 +71,11 @@ struct CudaBackendOptions {
   // attention_tensor_cores. Off: measured slower than the mma.sync kernel (H100, 8K prefill: 19.4
   // against 12.6 ms, docs/PERFORMANCE.md).
   bool attention_wgmma = false;
+  // Prefill sparse attention of 512-dim heads on the warp-specialized kernel (attention_ws.cu;
+  // debug.cuda_attention_ws): a producer warpgroup stages the next 64-candidate tile while two
+  // consumer warpgroups multiply the current one; the mma.sync kernel's outputs bit for bit; taken
+  // before attention_wgmma. Off until run on a GPU.
+  bool attention_ws = false;
   // Decode-sized sparse attention on the tensor-core kernel split over the candidates, and decode
   // batches' indexer scores of compact FP4 keys on FP8 wgmma (indexer_fp8_decode.cu), instead of
   // the split multi-query and CUDA-core kernels (debug.cuda_decode_tc). H100, batch 256: attention

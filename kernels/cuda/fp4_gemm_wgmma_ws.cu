@@ -37,6 +37,7 @@
 #include "kernels/cuda/fp4_gemm.h"
 #include "kernels/cuda/fp4_tc_common.cuh"
 #include "kernels/cuda/launch_geometry.h"
+#include "kernels/cuda/warp_specialize.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace v4rt::kernels::cuda {
@@ -88,40 +89,8 @@ static_assert(sizeof(WsStage) % 1024 == 0, "operand tiles stay 1024-byte aligned
 static_assert(kDecodeTables > kDecodeZeroFrom, "the last table stands for every larger gap");
 static_assert(kSmemBytes <= 227 * 1024, "dynamic shared memory of one block per SM");
 
-// mbarriers in shared memory: arrive has release, try_wait acquire semantics (CTA scope).
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-// Waits until the phase of parity `parity` has completed.
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  const uint32_t a = smem_u32(bar);
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(a), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-
-template <int kRegs>
-__device__ __forceinline__ void regs_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
-template <int kRegs>
-__device__ __forceinline__ void regs_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
-
 // Named barrier 1 of the producer warpgroups alone (0 is __syncthreads').
-__device__ __forceinline__ void producer_sync() {
-  asm volatile("bar.sync 1, %0;\n" ::"n"(kProducerThreads) : "memory");
-}
+__device__ __forceinline__ void producer_sync() { named_sync<1, kProducerThreads>(); }
 
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start) {

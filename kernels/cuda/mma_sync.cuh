@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/device_math.cuh"
+
 namespace v4rt::kernels::cuda {
 
 // d += A B: A the m16 x k16 row-major fragment a[0..3], B the k16 x n8 column fragment (b0, b1);
@@ -18,8 +20,6 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
 
 // Four 8x8 b16 matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix i, and
 // r[i] of thread (gid, tig) is word tig of row gid of matrix i. `s`: a shared-memory address.

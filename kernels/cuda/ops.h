@@ -12,6 +12,7 @@
 #include "common/check.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/factory.h"
 
 namespace v4rt::kernels::cuda {
 
@@ -136,18 +137,11 @@ void launch_topk(const TopkParams& p, cudaStream_t s);
 void launch_sample(const SampleParams& p, cudaStream_t s);
 
 // --- attention.cu --------------------------------------------------------------------------------
-// per_warp: never the split multi-query kernel, nor decode shapes on the tensor-core one
-// (CudaBackendOptions::attention_per_warp).
-// tensor_cores: prefill shapes under the official numerics on the bf16 tensor-core kernel
-// (CudaBackendOptions::attention_tensor_cores); decode_tc: decode shapes too, split over the
-// candidates (CudaBackendOptions::decode_tensor_cores). wgmma: of the prefill shapes, 512-dim
-// heads on the bf16 wgmma kernel (attention_wgmma.cu; CudaBackendOptions::attention_wgmma).
-void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, bool per_warp = false,
-                             bool tensor_cores = true, bool wgmma = false, bool decode_tc = false);
+// k: the kernels the launch may take (factory.h, AttentionKernels).
+void launch_sparse_attention(const SparseAttentionParams& p, cudaStream_t s, const AttentionKernels& k = {});
 // The parts in groups of as many as fit in the kernel parameters, one launch (plus the split merge)
 // per group; the parts must share what SparseAttentionBatchParams says they share.
-void launch_sparse_attention_batch(const SparseAttentionBatchParams& p, cudaStream_t s, bool per_warp = false,
-                                   bool tensor_cores = true, bool wgmma = false, bool decode_tc = false);
+void launch_sparse_attention_batch(const SparseAttentionBatchParams& p, cudaStream_t s, const AttentionKernels& k = {});
 
 // --- kv_pack.cu ---------------------------------------------------------------------------------
 void launch_kv_pack(const KvPackParams& p, cudaStream_t s);

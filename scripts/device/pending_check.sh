@@ -4,12 +4,14 @@
 # open (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
 # still returns the first results: builds the op tests, bench_step and bench_cuda; runs the
 # attention, mHC, W4A8, MoE and sampler op tests (TEST_FILTER); [FP4=1: `bench_cuda - fp4`, the
-# expert GEMMs at decode and prefill shapes, every kernel]; an 8K `bench prefill`; the
+# expert GEMMs at decode and prefill shapes, every kernel]; an 8K `bench prefill`, then with the
+# warp-specialized attention (scripts/device/attention_ws.yaml); the
 # per-instruction stall profile of its sparse attention [NCU_EXPERTS=1: and of its expert GEMM]
 # (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and 256 as configured by default,
 # then as recorded graphs (their GPU time: the step without host launch gaps); test_gpu_golden and
 # test_cuda_graphs [NCU_DECODE=1: every kernel of the batch-1 and batch-256 steps,
-# scripts/device/ncu_decode.sh]; a 1M-token `bench prefill`; the prefill-shape W4A8 test.
+# scripts/device/ncu_decode.sh]; a 1M-token `bench prefill`, then with the warp-specialized
+# attention; the prefill-shape W4A8 test.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [DECODE=0] bash scripts/device/pending_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -34,6 +36,10 @@ fi
 P="$B/tests/cuda/bench_step bench"
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|rms_norm|qdq|hc_pre|total|PROJECTION" $L/p8.txt; el prefill
+timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 \
+  --config scripts/device/attention_ws.yaml > $L/p8_ws.txt 2>&1
+echo "== the warp-specialized prefill attention (scripts/device/attention_ws.yaml)"
+grep -E "prefill:|sparse_attention |total" $L/p8_ws.txt; el prefill_ws
 # Where the prefill sparse attention (and the expert GEMM) stall, per SASS instruction.
 if [[ ${NCU_EXPERTS:-0} == 1 ]]; then
   BUILD=$B OUT=$L timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1
@@ -56,5 +62,8 @@ fi
 fi
 timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 > $L/p1m.txt 2>&1
 echo "== 1M prefill rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p1m.txt; el all
+timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 \
+  --config scripts/device/attention_ws.yaml > $L/p1m_ws.txt 2>&1
+echo "== 1M prefill, warp-specialized attention rc $?"; grep -E "prefill:|sparse_attention |total|PROJECTION" $L/p1m_ws.txt; el all
 timeout 120 $T --gtest_brief=1 --gtest_filter=CudaW4a8Wgmma.PrefillShapes > $L/tests_prefill_shapes.txt 2>&1
 echo "== PrefillShapes rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_prefill_shapes.txt | head; el all

@@ -7,8 +7,9 @@
 // complete at the position),
 // counts not multiples of 64, F32 and bf16 q / window rows, plain (bf16, F32) and compact FP8
 // compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range. The
-// head_dim 512 cases run on the bf16 wgmma kernel too (CudaBackendOptions::attention_wgmma),
-// against the CPU op with the same tolerances and bit for bit against the mma.sync kernel.
+// head_dim 512 cases run on the bf16 wgmma kernel (CudaBackendOptions::attention_wgmma) and the
+// warp-specialized one (attention_ws) too, against the CPU op with the same tolerances and bit for
+// bit against the mma.sync kernel.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -91,7 +92,28 @@ std::vector<int32_t> make_lists(const TcCase& c, Rng& rng) {
   return list;
 }
 
-void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_core, Backend& wgmma,
+// The head_dim 512 prefill cases on another kernel of the same arithmetic (`name`: the wgmma or the
+// warp-specialized kernel): its outputs bit for bit the mma.sync kernel's `tc`, and against the CPU.
+template <class Params>
+void expect_same_bits(const char* name, const TcCase& c, Backend& backend, const Params& params,
+                      const std::vector<float>& tc, const Dual& cpu_out, const Dual& cpu_lse, const Tolerance& cpu_tol) {
+  const std::vector<float> zeros(size_t(c.n) * c.heads * c.dim, 0.f), zeros_lse(size_t(c.n) * c.heads, 0.f);
+  Dual out = make_dual({c.n, c.heads, c.dim}, zeros);
+  Dual lse = make_dual({c.n, c.heads}, zeros_lse, DType::kF32);
+  backend.sparse_attention(params(true, out, lse));
+  backend.synchronize();
+  const std::vector<float> got = out.gpu_values();
+  int64_t differ = 0;
+  for (size_t i = 0; i < got.size(); ++i) differ += std::memcmp(&got[i], &tc[i], 4) != 0;
+  std::printf("[compare] attention %s %s: %lld of %zu outputs differ in bits from the mma.sync kernel\n", name, c.name,
+              static_cast<long long>(differ), got.size());
+  EXPECT_EQ(differ, 0) << "the " << name << " kernel does the mma.sync kernel's arithmetic in its order";
+  const std::string wname = std::string("attention ") + name + " " + c.name;
+  EXPECT_TRUE(compare(wname + " vs cpu", got, cpu_out.cpu_values(), cpu_tol));
+  EXPECT_TRUE(compare(wname + " lse vs cpu", lse.gpu_values(), cpu_lse.cpu_values(), kLseTol));
+}
+
+void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_core, Backend& wgmma, Backend& ws,
                  const Tolerance& cpu_tol) {
   SCOPED_TRACE(c.name);
   const int64_t win_rows = c.pos0 + c.n - c.win_pos0;
@@ -144,21 +166,9 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_c
   EXPECT_TRUE(compare(name + " vs cuda-core", tc, cc, kBf16Tol));
   EXPECT_TRUE(compare(name + " lse vs cpu", lse_tc.gpu_values(), lse_tc.cpu_values(), kLseTol));
   EXPECT_TRUE(compare(name + " lse vs cuda-core", lse_tc.gpu_values(), lse_cc.gpu_values(), kLseTol));
-  if (c.dim != 512) return;  // the wgmma kernel serves head_dim 512 only
-  Dual out_wg = make_dual({c.n, c.heads, c.dim}, zeros);
-  Dual lse_wg = make_dual({c.n, c.heads}, zeros_lse, DType::kF32);
-  wgmma.sparse_attention(params(true, out_wg, lse_wg));
-  wgmma.synchronize();
-  const std::vector<float> wg = out_wg.gpu_values();
-  int64_t differ_wg = 0;
-  for (size_t i = 0; i < wg.size(); ++i) differ_wg += std::memcmp(&wg[i], &tc[i], 4) != 0;
-  std::printf("[compare] attention wgmma %s: %lld of %zu outputs differ in bits from the mma.sync kernel\n", c.name,
-              static_cast<long long>(differ_wg), wg.size());
-  EXPECT_EQ(differ_wg, 0) << "the wgmma kernel does the mma.sync kernel's arithmetic in its order";
-  const std::string wname = std::string("attention wgmma ") + c.name;
-  EXPECT_TRUE(compare(wname + " vs cpu", wg, out_tc.cpu_values(), cpu_tol));
-  EXPECT_TRUE(compare(wname + " vs mma.sync", wg, tc, kBf16Tol));
-  EXPECT_TRUE(compare(wname + " lse vs cpu", lse_wg.gpu_values(), lse_tc.cpu_values(), kLseTol));
+  if (c.dim != 512) return;  // the wgmma and warp-specialized kernels serve head_dim 512 only
+  expect_same_bits("wgmma", c, wgmma, params, tc, out_tc, lse_tc, cpu_tol);
+  expect_same_bits("ws", c, ws, params, tc, out_tc, lse_tc, cpu_tol);
 }
 
 // Every case on the tensor-core kernel (decode shapes too: decode_tensor_cores on) against the
@@ -177,7 +187,11 @@ void run_tc_cases(const TcCase (&cases)[N], uint64_t seed, const Tolerance& cpu_
   wg_options.attention_wgmma = true;
   wg_options.decode_tensor_cores = true;
   auto wgmma = cuda::make_cuda_backend(0, wg_options);
-  for (const TcCase& c : cases) run_tc_case(c, rng, *tc, *cuda_core, *wgmma, cpu_tol);
+  cuda::CudaBackendOptions ws_options;
+  ws_options.attention_ws = true;
+  ws_options.decode_tensor_cores = true;
+  auto ws = cuda::make_cuda_backend(0, ws_options);
+  for (const TcCase& c : cases) run_tc_case(c, rng, *tc, *cuda_core, *wgmma, *ws, cpu_tol);
 }
 
 // Prefill-sized calls (enough query blocks to take the tensor-core kernel) of every row storage the

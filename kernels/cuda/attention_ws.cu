@@ -1,0 +1,296 @@
+// SPDX-License-Identifier: MIT
+// Prefill sparse attention, warp-specialized (CudaBackendOptions::attention_ws,
+// debug.cuda_attention_ws): the numerics of sparse_attention_tc_kernel (attention_tc.cu) for
+// head_dim 512, its outputs bit for bit, with the staging off the critical path. Block (token t,
+// head block y), 384 threads:
+//   - warpgroup 2 produces: for tile it it waits until the consumers released the
+//     tile's buffer (empty[it % 2], the tile two back), writes the 64 candidate codes, loads the 64
+//     latent rows (compact FP8 entries, window rows, plain entries) eight rows a thread at a time,
+//     every load issued before the first decode, writes them as bf16 into kv[it % 2] and arrives
+//     on full[it % 2];
+//   - warpgroups 0 and 1 consume (at most 168 registers a thread, no spill): wait full, S = Q K^T (warp w: heads
+//     (w % 4) * 16, candidates (w / 4) * 32, m16n8k16 bf16 by ldmatrix), the online softmax of the
+//     tile (sparse_attention_tc_kernel's code), O += P V (warp w: heads (w % 2) * 32, dims
+//     (w / 2) * 128: 128 fp32 accumulators a thread), then arrive on empty.
+// S and P are single buffers between the consumers' named barriers; KV is double-buffered, so the
+// producer stages tile it + 1 while the consumers multiply tile it. Shared memory: Q 65 KB, KV
+// 2 x 65 KB, S 17 KB, P 9 KB. Prefill shapes only (one split), head_dim 512, rows the tensor-core
+// kernels can load (PartPlan::tc).
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/attention_args.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_geometry.h"
+#include "kernels/cuda/mma_sync.cuh"
+#include "kernels/cuda/warp_specialize.cuh"
+
+namespace v4rt::kernels::cuda::attn {
+
+namespace {
+
+constexpr int kDim = kWgmmaDim;                // 512
+constexpr int kLd = kDim + 8;                  // bf16 row stride of Q and KV: conflict-free ldmatrix rows
+constexpr int kSld = kTile + 4, kPld = kTile + 8;
+constexpr int kConsumerThreads = 256;          // warpgroups 0 and 1
+constexpr int kProducerThreads = 128;          // warpgroup 2
+constexpr int kThreads = kConsumerThreads + kProducerThreads;
+constexpr int kBatch = 8;                      // rows a producer thread loads before it decodes them
+constexpr int kOTiles = kDim / 4 / 8;          // n8 tiles of O a consumer warp keeps per m16 head tile (128 dims)
+
+struct WsSmem {
+  uint16_t q[kTcHeads * kLd];
+  uint16_t kv[2][kTile * kLd];
+  float s[kTcHeads * kSld];
+  uint16_t p[kTcHeads * kPld];
+  int32_t codes[2][kTile];
+  float m[kTcHeads], den[kTcHeads], resc[kTcHeads];
+  uint64_t full[2], empty[2];
+};
+constexpr size_t kSmemBytes = sizeof(WsSmem);
+static_assert(kSmemBytes <= 227 * 1024, "attention ws: one block per SM");
+
+__device__ __forceinline__ void consumer_sync() { named_sync<1, kConsumerThreads>(); }
+__device__ __forceinline__ void producer_sync() { named_sync<2, kProducerThreads>(); }
+
+// One row's 8-element chunk as loaded (before any decode): a compact entry's 8 codes (lo.x, lo.y)
+// and scale byte (lo.z), a bf16 row's 8 values (lo), an F32 row's 8 values (lo, hi as bits).
+struct RawChunk {
+  uint4 lo, hi;
+};
+
+// Producer thread p (of kProducerThreads) stages column (p % 64) * 8 of rows p / 64 + 2 k of tile
+// `codes` into kv, kBatch rows at a time: their loads first, then their decodes and stores. A warp
+// holds one row at a time (its 32 threads share p / 64), so the code branches do not diverge.
+__device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t* codes, uint16_t* kv, int p) {
+  const int c = (p & 63) * 8, r0 = p >> 6;
+  const bool compact = part.ckv.data != nullptr;
+  const Fp8Chunk col = part.ckv.fp8_chunk(c);
+  const bool win_f32 = !part.win.bf16, comp_f32 = !part.comp.bf16;
+#pragma unroll 1
+  for (int g = 0; g < kTile / 2; g += kBatch) {
+    RawChunk raw[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int code = codes[r0 + 2 * (g + u)];
+      raw[u].lo = raw[u].hi = make_uint4(0, 0, 0, 0);
+      if (code >= 0 || (code <= -2 && !compact)) {  // a bf16 or F32 row
+        const Act& x = code >= 0 ? part.win : part.comp;
+        const int64_t row = code >= 0 ? code : -code - 2;
+        if (x.bf16) {
+          raw[u].lo = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x.data) + row * x.stride + c);
+        } else {
+          const uint4* f = reinterpret_cast<const uint4*>(static_cast<const float*>(x.data) + row * x.stride + c);
+          raw[u].lo = f[0];
+          raw[u].hi = f[1];
+        }
+      } else if (code <= -2) {  // a compact entry
+        const uint8_t* rp = part.ckv.row(-code - 2);
+        if (col.rope) {
+          const uint2* h = reinterpret_cast<const uint2*>(rp + col.data_off);
+          const uint2 h0 = h[0], h1 = h[1];
+          raw[u].lo = make_uint4(h0.x, h0.y, h1.x, h1.y);
+        } else {
+          const uint2 d = *reinterpret_cast<const uint2*>(rp + col.data_off);
+          raw[u].lo = make_uint4(d.x, d.y, rp[col.scale_off], 0);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int row = r0 + 2 * (g + u), code = codes[row];
+      uint4 v = raw[u].lo;
+      const bool f32 = code >= 0 ? win_f32 : (code <= -2 && !compact && comp_f32);
+      if (code == -1) {
+        v = make_uint4(0, 0, 0, 0);
+      } else if (f32) {
+        const uint4 a = raw[u].lo, b = raw[u].hi;
+        v = make_uint4(bf16x2_rn(__uint_as_float(a.x), __uint_as_float(a.y)),
+                       bf16x2_rn(__uint_as_float(a.z), __uint_as_float(a.w)),
+                       bf16x2_rn(__uint_as_float(b.x), __uint_as_float(b.y)),
+                       bf16x2_rn(__uint_as_float(b.z), __uint_as_float(b.w)));
+      } else if (code <= -2 && compact && !col.rope) {
+        const float s = e8m0_to_f32(uint8_t(raw[u].lo.z));
+        v = make_uint4(e4m3x2_to_bf16x2(raw[u].lo.x, s), e4m3x2_to_bf16x2(raw[u].lo.x >> 16, s),
+                       e4m3x2_to_bf16x2(raw[u].lo.y, s), e4m3x2_to_bf16x2(raw[u].lo.y >> 16, s));
+      }
+      *reinterpret_cast<uint4*>(kv + row * kLd + c) = v;
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const __grid_constant__ AttnArgs a) {
+  extern __shared__ __align__(16) unsigned char ws_smem[];
+  WsSmem& sm = *reinterpret_cast<WsSmem*>(ws_smem);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const TokArgs ta = token_args(a, blockIdx.x);
+  const AttnPart& part = ta.p;
+  const int64_t t = ta.t;
+  const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
+  const CandRange r = candidate_range(a, part, t, 0);
+  const int ntiles = r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
+  if (tid == 0) {
+    for (int b = 0; b < 2; ++b) {
+      mbar_init(&sm.full[b], kProducerThreads / 32);
+      mbar_init(&sm.empty[b], kConsumerThreads / 32);
+    }
+  }
+  if (tid < kTcHeads) {
+    sm.m[tid] = -INFINITY;
+    sm.den[tid] = 0.f;
+  }
+  {  // q of the block's heads (all threads, every load before the stores)
+    constexpr int kChunks = kTcHeads * (kDim / 8) / kThreads + 1;  // 11 (4,096 chunks over 384 threads)
+    uint4 v[kChunks];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int i = tid + k * kThreads, hl = i >> 6, c = (i & 63) * 8, h = hb0 + hl;
+      v[k] = make_uint4(0, 0, 0, 0);
+      if (i < kTcHeads * (kDim / 8) && h < a.h_end) v[k] = ld8_as_bf16(part.q, t, int64_t(h) * kDim + c);
+    }
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int i = tid + k * kThreads;
+      if (i < kTcHeads * (kDim / 8)) *reinterpret_cast<uint4*>(sm.q + (i >> 6) * kLd + (i & 63) * 8) = v[k];
+    }
+  }
+  __syncthreads();  // the last barrier of all 384 threads
+
+  if (warp >= kConsumerThreads / 32) {  // --- producer -------------------------------------------
+    const int p = tid - kConsumerThreads;
+    for (int it = 0; it < ntiles; ++it) {
+      const int b = it & 1;
+      if (it >= 2) mbar_wait(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
+      if (p < kTile) sm.codes[b][p] = int32_t(tile_code(part, r, t, it, p));
+      producer_sync();  // the codes written
+      produce_tile(part, sm.codes[b], sm.kv[b], p);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&sm.full[b]);
+    }
+    return;
+  }
+
+  // --- consumers -----------------------------------------------------------------------------------
+  const int gid = lane >> 2, tig = lane & 3;
+  const int mt = (warp & 3) * 16, cq = (warp >> 2) * 32;    // S: heads [mt, +16) x candidates [cq, +32)
+  const int oh = (warp & 1) * 32, od = (warp >> 1) * (kDim / 4);  // O: heads [oh, +32) x dims [od, +128)
+  const uint32_t qa = smem_u32(frag_a_row(sm.q + mt * kLd, kLd, lane));
+  const uint32_t pa = smem_u32(frag_a_row(sm.p + oh * kPld, kPld, lane));
+  float o[2][kOTiles][4];
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int j = 0; j < kOTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mi][j][e] = 0.f;
+
+  for (int it = 0; it < ntiles; ++it) {
+    const int b = it & 1;
+    const uint16_t* kv = sm.kv[b];
+    mbar_wait(&sm.full[b], uint32_t((it >> 1) & 1));
+    {  // S = Q K^T * scale
+      float sacc[4][4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sacc[j][e] = 0.f;
+      const uint32_t kb0 = smem_u32(frag_b_rows(kv + cq * kLd, kLd, lane));
+      const uint32_t kb1 = kb0 + 2 * 16 * kLd;
+#pragma unroll 4
+      for (int k0 = 0; k0 < kDim; k0 += 16) {
+        uint32_t af[4], b0[4], b1[4];
+        ldmatrix_x4(af, qa + 2 * k0);
+        ldmatrix_x4(b0, kb0 + 2 * k0);
+        ldmatrix_x4(b1, kb1 + 2 * k0);
+        mma_bf16_16816(sacc[0], af, b0[0], b0[1]);
+        mma_bf16_16816(sacc[1], af, b0[2], b0[3]);
+        mma_bf16_16816(sacc[2], af, b1[0], b1[1]);
+        mma_bf16_16816(sacc[3], af, b1[2], b1[3]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int c = cq + nt * 8 + tig * 2;
+        *reinterpret_cast<float2*>(sm.s + (mt + gid) * kSld + c) = make_float2(sacc[nt][0] * a.scale, sacc[nt][1] * a.scale);
+        *reinterpret_cast<float2*>(sm.s + (mt + gid + 8) * kSld + c) =
+            make_float2(sacc[nt][2] * a.scale, sacc[nt][3] * a.scale);
+      }
+    }
+    consumer_sync();  // S written; every consumer is past the previous tile's P V (P and resc free)
+#pragma unroll
+    for (int pass = 0; pass < 2; ++pass) {  // online softmax: 8 threads per head row, 8 candidates each
+      const int row = (tid >> 3) + 32 * pass, c0 = (tid & 7) * 8;
+      *reinterpret_cast<uint4*>(sm.p + row * kPld + c0) =
+          online_softmax_row8(sm.codes[b], sm.s + row * kSld, c0, row, sm.m, sm.den, sm.resc);
+    }
+    consumer_sync();  // P and the rescales written
+    {  // O = O * resc + P V: heads [oh, oh + 32) x dims [od, od + 128)
+      const uint32_t vrow = smem_u32(kv + ((lane >> 3 & 1) * 8 + (lane & 7)) * kLd + od + (lane >> 4) * 8);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const float r0 = sm.resc[oh + mi * 16 + gid], r1 = sm.resc[oh + mi * 16 + gid + 8];
+#pragma unroll
+        for (int j = 0; j < kOTiles; ++j) {
+          o[mi][j][0] *= r0;
+          o[mi][j][1] *= r0;
+          o[mi][j][2] *= r1;
+          o[mi][j][3] *= r1;
+        }
+      }
+#pragma unroll 1
+      for (int k0 = 0; k0 < kTile; k0 += 16) {
+        uint32_t af[2][4];
+        ldmatrix_x4(af[0], pa + 2 * k0);
+        ldmatrix_x4(af[1], pa + 2 * (16 * kPld + k0));
+#pragma unroll
+        for (int j = 0; j < kOTiles; j += 2) {
+          uint32_t bv[4];
+          ldmatrix_x4_trans(bv, vrow + 2 * (k0 * kLd + j * 8));
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) {
+            mma_bf16_16816(o[mi][j], af[mi], bv[0], bv[1]);
+            mma_bf16_16816(o[mi][j + 1], af[mi], bv[2], bv[3]);
+          }
+        }
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&sm.empty[b]);  // this warp is done with kv[b] and the codes
+  }
+  consumer_sync();  // the last softmax's m and den
+#pragma unroll
+  for (int rr = 0; rr < 4; ++rr) {  // rows oh + gid + 8 rr: m16 tile rr / 2, half rr % 2
+    const int hl = oh + gid + 8 * rr, h = hb0 + hl, mi = rr >> 1, half = rr & 1;
+    if (h >= a.h_end) continue;
+    const float m = sm.m[hl];
+    float den = sm.den[hl];
+    if (a.include_sink) den += expf(a.sink[h] - m);
+    const float inv = 1.0f / den;
+#pragma unroll
+    for (int j = 0; j < kOTiles; ++j) {
+      const int64_t d = int64_t(h) * kDim + od + j * 8 + tig * 2;
+      part.out.st(t, d, o[mi][j][2 * half] * inv, a.out_round);
+      part.out.st(t, d + 1, o[mi][j][2 * half + 1] * inv, a.out_round);
+    }
+    if (part.lse && od == 0 && tig == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
+  }
+}
+
+}  // namespace
+
+void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s) {
+  CHECK_EQ(a.dim, kDim) << "attention ws: head_dim";
+  static bool attr_set = false;
+  if (!attr_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_ws_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(kSmemBytes)));
+    attr_set = true;
+  }
+  a.num_splits = 1;
+  a.raw_ld = 0;
+  const dim3 grid{grid_x(n, "sparse_attention (ws)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads))};
+  sparse_attention_ws_kernel<<<grid, kThreads, kSmemBytes, s>>>(a);
+  launch_check("sparse_attention (ws)", s);
+}
+
+}  // namespace v4rt::kernels::cuda::attn
