@@ -3,14 +3,14 @@
 // debug.cuda_attention_ws): the numerics of sparse_attention_tc_kernel (attention_tc.cu) for
 // head_dim 512, its outputs bit for bit, with the staging off the critical path. Block (token t,
 // head block y), 384 threads:
-//   - warpgroup 2 produces: for tile it it waits until the consumers released the
-//     tile's buffer (empty[it % 2], the tile two back), writes the 64 candidate codes, loads the 64
-//     latent rows (compact FP8 entries, window rows, plain entries) eight rows a thread at a time,
-//     every load issued before the first decode, writes them as bf16 into kv[it % 2] and arrives
-//     on full[it % 2];
-//   - warpgroups 0 and 1 consume (at most 168 registers a thread, no spill): wait full, S = Q K^T (warp w: heads
-//     (w % 4) * 16, candidates (w / 4) * 32, m16n8k16 bf16 by ldmatrix), the online softmax of the
-//     tile (sparse_attention_tc_kernel's code), O += P V (warp w: heads (w % 2) * 32, dims
+//   - warpgroup 2 produces: for tile it it waits until the consumers released the tile's buffer
+//     (empty[it % 2], the tile two back), writes the 64 candidate codes (read while the tile
+//     before was staged), loads the 64 latent rows (compact FP8 entries, window rows, plain
+//     entries) eight rows a thread at a time, every load issued before the first decode, writes
+//     them as bf16 into kv[it % 2] and arrives on full[it % 2];
+//   - warpgroups 0 and 1 consume (168 registers a thread, no spill): wait full, S = Q K^T (warp w:
+//     heads (w % 4) * 16, candidates (w / 4) * 32, m16n8k16 bf16 by ldmatrix), the online softmax
+//     of the tile (sparse_attention_tc_kernel's code), O += P V (warp w: heads (w % 2) * 32, dims
 //     (w / 2) * 128: 128 fp32 accumulators a thread), then arrive on empty.
 // S and P are single buffers between the consumers' named barriers; KV is double-buffered, so the
 // producer stages tile it + 1 while the consumers multiply tile it. Shared memory: Q 65 KB, KV
@@ -159,11 +159,14 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
 
   if (warp >= kConsumerThreads / 32) {  // --- producer -------------------------------------------
     const int p = tid - kConsumerThreads;
+    // Thread p < 64 reads candidate p's code of the next tile while this one is staged.
+    int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
     for (int it = 0; it < ntiles; ++it) {
       const int b = it & 1;
       if (it >= 2) mbar_wait(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
-      if (p < kTile) sm.codes[b][p] = int32_t(tile_code(part, r, t, it, p));
+      if (p < kTile) sm.codes[b][p] = next_code;
       producer_sync();  // the codes written
+      if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
       produce_tile(part, sm.codes[b], sm.kv[b], p);
       __syncwarp();
       if (lane == 0) mbar_arrive(&sm.full[b]);
