@@ -505,12 +505,15 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   const int64_t base_blocks = n * head_groups;
   const bool tc_numerics = tensor_cores && a.bf16_probs && dim % 128 == 0 && dim <= kTcMaxDim && tc_rows;
   const bool tc = tc_numerics && (decode_tc ? !per_warp : !mqa && base_blocks >= num_sms());
-  if (tc && k.ws && dim == kWgmmaDim && base_blocks >= num_sms()) {  // prefill, warp-specialized (attention_ws.cu)
+  // The one-split 64-head kernels below take shapes whose blocks fill the SMs (prefill, decode
+  // batches of 132 and more on an H100); fewer blocks are split over the candidates instead.
+  const bool fills = n * ceil_div(nh, kTcHeads) >= num_sms();
+  if (tc && k.ws && dim == kWgmmaDim && fills) {  // warp-specialized (attention_ws.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_ws(a, n, s);
     return;
   }
-  if (tc && k.wgmma && dim == kWgmmaDim && base_blocks >= num_sms()) {  // prefill on wgmma (attention_wgmma.cu)
+  if (tc && k.wgmma && dim == kWgmmaDim && fills) {  // on wgmma (attention_wgmma.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_wgmma(a, n, s);
     return;

@@ -14,8 +14,9 @@
 //     (w / 2) * 128: 128 fp32 accumulators a thread), then arrive on empty.
 // S and P are single buffers between the consumers' named barriers; KV is double-buffered, so the
 // producer stages tile it + 1 while the consumers multiply tile it. Shared memory: Q 65 KB, KV
-// 2 x 65 KB, S 17 KB, P 9 KB. Prefill shapes only (one split), head_dim 512, rows the tensor-core
-// kernels can load (PartPlan::tc).
+// 2 x 65 KB, S 17 KB, P 9 KB. One split: shapes whose blocks fill the SMs (prefill, decode
+// batches of an SM count or more); head_dim 512; rows the tensor-core kernels can load
+// (PartPlan::tc).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>

@@ -71,7 +71,8 @@ struct CudaBackendOptions {
   // attention_tensor_cores. Off: measured slower than the mma.sync kernel (H100, 8K prefill: 19.4
   // against 12.6 ms, docs/PERFORMANCE.md).
   bool attention_wgmma = false;
-  // Prefill sparse attention of 512-dim heads on the warp-specialized kernel (attention_ws.cu;
+  // Sparse attention of 512-dim heads whose 64-head blocks fill the SMs (prefill, decode batches of
+  // an SM count or more) on the warp-specialized kernel (attention_ws.cu;
   // debug.cuda_attention_ws): a producer warpgroup stages the next 64-candidate tile while two
   // consumer warpgroups multiply the current one; the mma.sync kernel's outputs bit for bit; taken
   // before attention_wgmma. Off until run on a GPU.
