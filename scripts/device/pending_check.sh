@@ -58,6 +58,11 @@ if [[ ${DECODE:-1} == 1 ]]; then  # DECODE=0: the prefill stages alone
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 timeout 90 $P step $S > $L/step_default.txt 2>&1
 grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|129280|grouped_linear|linear fp8|total .op" $L/step_default.txt; el step
+if [[ $ws_rc == 0 ]]; then  # batch 256 fills the SMs: the warp-specialized attention takes it
+  timeout 60 $P step --synthetic --backend cuda --preset flash --layers 2 --batch 256 --context 8192 \
+    --config scripts/device/attention_ws.yaml > $L/step_ws.txt 2>&1
+  echo "== batch 256, warp-specialized attention rc $?"; grep -E "decode step|sparse_attention|total .op" $L/step_ws.txt
+fi
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden
