@@ -4,10 +4,10 @@
 // head_dim 512, its outputs bit for bit, with the staging off the critical path. Block (token t,
 // head block y), 384 threads:
 //   - warpgroup 2 produces: for tile it it waits until the consumers released the tile's buffer
-//     (empty[it % 2], the tile two back), writes the 64 candidate codes (read while the tile
-//     before was staged), loads the 64 latent rows (compact FP8 entries, window rows, plain
-//     entries) eight rows a thread at a time, every load issued before the first decode, writes
-//     them as bf16 into kv[it % 2] and arrives on full[it % 2];
+//     (empty[it % 2], the tile two back), writes the 64 candidate codes and entry addresses (read
+//     while the tile before was staged), loads the 64 latent rows (compact FP8 entries, window
+//     rows, plain entries) eight rows a thread at a time, every load issued before the first
+//     decode, writes them as bf16 into kv[it % 2] and arrives on full[it % 2];
 //   - warpgroups 0 and 1 consume (168 registers a thread, no spill): wait full, S = Q K^T (warp w:
 //     heads (w % 4) * 16, candidates (w / 4) * 32, m16n8k16 bf16 by ldmatrix), the online softmax
 //     of the tile (sparse_attention_tc_kernel's code), O += P V (warp w: heads (w % 2) * 32, dims
@@ -46,6 +46,7 @@ struct WsSmem {
   float s[kTcHeads * kSld];
   uint16_t p[kTcHeads * kPld];
   int32_t codes[2][kTile];
+  const uint8_t* rows[2][kTile];  // where a compact entry's bytes are (its block table looked up once)
   float m[kTcHeads], den[kTcHeads], resc[kTcHeads];
   uint64_t full[2], empty[2];
 };
@@ -64,7 +65,8 @@ struct RawChunk {
 // Producer thread p (of kProducerThreads) stages column (p % 64) * 8 of rows p / 64 + 2 k of tile
 // `codes` into kv, kBatch rows at a time: their loads first, then their decodes and stores. A warp
 // holds one row at a time (its 32 threads share p / 64), so the code branches do not diverge.
-__device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t* codes, uint16_t* kv, int p) {
+__device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t* codes, const uint8_t* const* rows,
+                                             uint16_t* kv, int p) {
   const int c = (p & 63) * 8, r0 = p >> 6;
   const bool compact = part.ckv.data != nullptr;
   const Fp8Chunk col = part.ckv.fp8_chunk(c);
@@ -87,7 +89,7 @@ __device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t
           raw[u].hi = f[1];
         }
       } else if (code <= -2) {  // a compact entry
-        const uint8_t* rp = part.ckv.row(-code - 2);
+        const uint8_t* rp = rows[r0 + 2 * (g + u)];
         if (col.rope) {
           const uint2* h = reinterpret_cast<const uint2*>(rp + col.data_off);
           const uint2 h0 = h[0], h1 = h[1];
@@ -160,15 +162,23 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
 
   if (warp >= kConsumerThreads / 32) {  // --- producer -------------------------------------------
     const int p = tid - kConsumerThreads;
-    // Thread p < 64 reads candidate p's code of the next tile while this one is staged.
+    // Thread p < 64 reads candidate p's code of the next tile while this one is staged, and the
+    // address of its compact entry (a block-table load) while it waits for the buffer.
+    const bool compact = part.ckv.data != nullptr;
+    const auto entry_row = [&](int32_t code) { return compact && code <= -2 ? part.ckv.row(-code - 2) : nullptr; };
     int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
+    const uint8_t* next_row = entry_row(next_code);
     for (int it = 0; it < ntiles; ++it) {
       const int b = it & 1;
       if (it >= 2) mbar_wait(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
-      if (p < kTile) sm.codes[b][p] = next_code;
-      producer_sync();  // the codes written
+      if (p < kTile) {
+        sm.codes[b][p] = next_code;
+        sm.rows[b][p] = next_row;
+      }
+      producer_sync();  // the codes and entry addresses written
       if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
-      produce_tile(part, sm.codes[b], sm.kv[b], p);
+      produce_tile(part, sm.codes[b], sm.rows[b], sm.kv[b], p);
+      next_row = entry_row(next_code);
       __syncwarp();
       if (lane == 0) mbar_arrive(&sm.full[b]);
     }
