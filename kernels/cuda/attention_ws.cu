@@ -225,7 +225,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         const int c = cq + nt * 8 + tig * 2;
-        *reinterpret_cast<float2*>(sm.s + (mt + gid) * kSld + c) = make_float2(sacc[nt][0] * a.scale, sacc[nt][1] * a.scale);
+        *reinterpret_cast<float2*>(sm.s + (mt + gid) * kSld + c) =
+            make_float2(sacc[nt][0] * a.scale, sacc[nt][1] * a.scale);
         *reinterpret_cast<float2*>(sm.s + (mt + gid + 8) * kSld + c) =
             make_float2(sacc[nt][2] * a.scale, sacc[nt][3] * a.scale);
       }
