@@ -165,7 +165,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
     // Thread p < 64 reads candidate p's code of the next tile while this one is staged, and the
     // address of its compact entry (a block-table load) while it waits for the buffer.
     const bool compact = part.ckv.data != nullptr;
-    const auto entry_row = [&](int32_t code) { return compact && code <= -2 ? part.ckv.row(-code - 2) : nullptr; };
+    const auto entry_row = [&](int32_t code) {
+      return compact && code <= -2 ? part.ckv.row(-code - 2) : static_cast<const uint8_t*>(nullptr);
+    };
     int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
     const uint8_t* next_row = entry_row(next_code);
     for (int it = 0; it < ntiles; ++it) {
