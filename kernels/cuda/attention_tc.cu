@@ -15,9 +15,10 @@
 //   5. O += P V (warp w: heads (w % 2) * 32, dims (w / 2) * dim / 8; V fragments by
 //      ldmatrix.trans).
 // The sink is added at the end; with candidate splits each split writes its partial state for
-// attention_combine_kernel instead. head_dim % 128 == 0, <= 512 (512 compiled on its own: the
-// staging and the MMA loops fully unrolled); rows 16-byte aligned. The arithmetic and its order are
-// those of the CUDA-core kernels' tiles, so the outputs do not depend on the staging.
+// attention_combine_kernel instead. head_dim % 128 == 0, <= 512 (512 compiled on its own: constant
+// offsets, no division); rows 16-byte aligned. Every S and O element is summed in one order that
+// does not depend on the staging or the warp tiles, so the wgmma and warp-specialized kernels give
+// these outputs bit for bit (CudaAttentionTc asserts it).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
