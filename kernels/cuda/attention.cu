@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kerne
     }
     return;
   }
-  if (a.include_sink) den += expf(a.sink[h] - m);
+  den = den_with_sink(a, h, m, den);
   const float inv = 1.0f / den;
 #pragma unroll
   for (int k = 0; k < kMaxPerLane; ++k)
@@ -343,7 +343,7 @@ __global__ void __launch_bounds__(kMaxPerLane * 32 / 4) attention_combine_kernel
   float den = 0.f;
   for (int z = 0; z < ns; ++z)
     if (m_s[z] != -INFINITY) den += l_s[z] * w_s[z];
-  if (a.include_sink) den += expf(a.sink[h] - m);
+  den = den_with_sink(a, h, m, den);
   const float inv = 1.0f / den;
   float o[4] = {0.f, 0.f, 0.f, 0.f};
   for (int z0 = 0; z0 < ns; z0 += kCombineChunk) {

@@ -103,10 +103,22 @@ __device__ __forceinline__ int64_t candidate_code(const AttnPart& p, const CandR
   return candidate_code_of(p, r, c, listed ? int64_t(p.comp_idx[t * p.idx_stride + (c - r.nwin)]) : 0);
 }
 
+// The softmax denominator of head h with its sink, when the launch includes it: den + exp(sink - m).
+__device__ __forceinline__ float den_with_sink(const AttnArgs& a, int h, float m, float den) {
+  if (a.include_sink) den += expf(a.sink[h] - m);
+  return den;
+}
+
 // Where candidate c of tile `it` of the block's range lives (candidate_code), -1 past the range.
 __device__ __forceinline__ int64_t tile_code(const AttnPart& p, const CandRange& r, int64_t t, int it, int c) {
   const int64_t cand = r.cand0 + int64_t(it) * kTile + c;
   return cand < r.ncand ? candidate_code(p, r, t, cand) : int64_t(-1);
+}
+
+// Eight F32 values (a, then b) as bf16 pairs, RNE.
+__device__ __forceinline__ uint4 f32x8_to_bf16(const float4& a, const float4& b) {
+  const auto pack = [](float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16); };
+  return make_uint4(pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w));
 }
 
 // Eight elements (r, c .. c + 7) of a bf16 or F32 row as bf16 bits, RNE (exact for bf16 rows and
@@ -115,9 +127,7 @@ __device__ __forceinline__ int64_t tile_code(const AttnPart& p, const CandRange&
 __device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c) {
   if (x.bf16) return *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x.data) + r * x.stride + c);
   const float* p = static_cast<const float*>(x.data) + r * x.stride + c;
-  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-  const auto pack = [](float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16); };
-  return make_uint4(pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w));
+  return f32x8_to_bf16(*reinterpret_cast<const float4*>(p), *reinterpret_cast<const float4*>(p + 4));
 }
 
 // The mma.sync tensor-core kernel (attention_tc.cu) over the n tokens of the parts in `a`: blocks

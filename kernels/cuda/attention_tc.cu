@@ -24,6 +24,8 @@
 #include <cstdint>
 
 #include "kernels/cuda/attention_args.cuh"
+#include "kernels/cuda/attention_mma.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/mma_sync.cuh"
@@ -49,12 +51,6 @@ size_t tc_smem_bytes(int dim, int raw_ld) {
          size_t(kTile) * size_t(raw_ld);         // raw compact rows of the next tile
 }
 
-__device__ __forceinline__ void cp_async8(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
 // Thread c (< kTile) fetches the list entry of candidate c of tile `it` into *dst by a 4-byte
 // cp.async when the candidate is a listed one (tile_code_listed reads it once landed), and commits.
@@ -62,9 +58,7 @@ __device__ __forceinline__ void fetch_listed(const AttnPart& p, const CandRange&
                                              int32_t* dst) {
   const int64_t cand = r.cand0 + int64_t(it) * kTile + c;
   if (p.has_list && cand >= r.nwin && cand < r.ncand)
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst)),
-                 "l"(p.comp_idx + t * p.idx_stride + (cand - r.nwin))
-                 : "memory");
+    cp_async4(dst, p.comp_idx + t * p.idx_stride + (cand - r.nwin));
   cp_async_commit();
 }
 __device__ __forceinline__ int64_t tile_code_listed(const AttnPart& p, const CandRange& r, int it, int c,
@@ -78,7 +72,7 @@ __device__ __forceinline__ int64_t tile_code_listed(const AttnPart& p, const Can
 __device__ __forceinline__ void fetch_raw(const KvRowsDev& ckv, const int32_t* codes, uint8_t* raw, int raw_ld) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int words = int(ckv.row_bytes >> 3);
-  const uint32_t base = uint32_t(__cvta_generic_to_shared(raw));
+  const uint32_t base = smem_u32(raw);
 #pragma unroll
   for (int k = 0; k < kTile / (kTcThreads / 32); ++k) {
     const int row = warp + k * (kTcThreads / 32);
@@ -178,16 +172,9 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   }
   const int mt = (warp & 3) * 16;  // S: heads [mt, +16) x candidates [quarter * 16, +16)
   const int quarter = warp >> 2;
-  // O: heads [oh, +32) (two m16 tiles) x dims [od, +dim / 8) (nt_count n8 tiles): per 16
+  // O: heads [(w % 2) * 32, +32) x dims [(w / 2) * dim / 8, +dim / 8) (dim / 64 n8 tiles): per 16
   // candidates a warp reads 1 KB of P and 2 KB of V fragments for 16 MMAs.
-  const int oh = (warp & 1) * 32, od = (warp >> 1) * (dim / 8), nt_count = dim / 64;
-  float o[2][kOTiles][4];
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int j = 0; j < kOTiles; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[mi][j][e] = 0.f;
+  OAcc<kOTiles> o((warp & 1) * 32, (warp >> 1) * (dim / 8), dim / 64);
 
   for (int it = 0; it < ntiles; ++it) {
     const int32_t* tcodes = codes[it & 1];
@@ -226,82 +213,15 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
     }
     __syncthreads();
     if (tid < kTile) {  // tile it + 2's codes (read after the next tile's first barrier)
-      if (raw_ld && it + 1 < ntiles) cp_async_wait_one();  // this thread's list entry landed (its raw rows may not)
+      if (raw_ld && it + 1 < ntiles) cp_async_wait<1>();  // this thread's list entry landed (its raw rows may not)
       else cp_async_wait_all();
       codes[it & 1][tid] = int32_t(tile_code_listed(part, range_s, it + 2, tid, listed_s[tid]));
     }
-    {  // O = O * resc + P V: heads [oh, oh + 32) x dims [od, od + dim / 8)
-      const uint32_t pa = smem_u32(frag_a_row(ps + oh * kPld, kPld, lane));  // this lane's ldmatrix rows at k = 0
-      const uint32_t vrow = smem_u32(kv + ((lane >> 3 & 1) * 8 + (lane & 7)) * ld + od + (lane >> 4) * 8);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        const float r0 = resc_s[oh + mi * 16 + gid], r1 = resc_s[oh + mi * 16 + gid + 8];
-#pragma unroll
-        for (int j = 0; j < kOTiles; ++j) {
-          o[mi][j][0] *= r0;
-          o[mi][j][1] *= r0;
-          o[mi][j][2] *= r1;
-          o[mi][j][3] *= r1;
-        }
-      }
-#pragma unroll 1  // unrolled, ptxas spills at 128 registers
-      for (int k0 = 0; k0 < kTile; k0 += 16) {
-        uint32_t af[2][4];
-        ldmatrix_x4(af[0], pa + 2 * k0);
-        ldmatrix_x4(af[1], pa + 2 * (16 * kPld + k0));
-#pragma unroll
-        for (int j = 0; j < kOTiles; j += 2) {
-          if (j < nt_count) {
-            uint32_t b[4];
-            ldmatrix_x4_trans(b, vrow + 2 * (k0 * ld + j * 8));
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi) {
-              mma_bf16_16816(o[mi][j], af[mi], b[0], b[1]);
-              mma_bf16_16816(o[mi][j + 1], af[mi], b[2], b[3]);
-            }
-          }
-        }
-      }
-    }
+    o.add_pv(resc_s, ps, kPld, kv, ld);  // O = O * resc + P V
   }
   __syncthreads();
-  if (a.num_splits > 1) {  // this split's partial state, for attention_combine_kernel
-    const int nh = a.h_end - a.h_begin;
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {  // rows oh + gid + 8 r: m16 tile r / 2, half r % 2
-      const int hl = oh + gid + 8 * r, h = hb0 + hl, mi = r >> 1, half = r & 1;
-      if (h >= a.h_end) continue;
-      const int64_t slot = (int64_t(blockIdx.x) * nh + (h - a.h_begin)) * a.num_splits + blockIdx.z;
-#pragma unroll
-      for (int j = 0; j < kOTiles; ++j)
-        if (j < nt_count)
-          *reinterpret_cast<float2*>(a.part_acc + slot * dim + od + j * 8 + tig * 2) =
-              make_float2(o[mi][j][2 * half], o[mi][j][2 * half + 1]);
-      if (od == 0 && tig == 0) {
-        a.part_ml[2 * slot] = m_s[hl];
-        a.part_ml[2 * slot + 1] = den_s[hl];
-      }
-    }
-    return;
-  }
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const int hl = oh + gid + 8 * r, h = hb0 + hl, mi = r >> 1, half = r & 1;
-    if (h >= a.h_end) continue;
-    const float m = m_s[hl];
-    float den = den_s[hl];
-    if (a.include_sink) den += expf(a.sink[h] - m);
-    const float inv = 1.0f / den;
-#pragma unroll
-    for (int j = 0; j < kOTiles; ++j) {
-      if (j < nt_count) {
-        const int64_t d = int64_t(h) * dim + od + j * 8 + tig * 2;
-        part.out.st(t, d, o[mi][j][2 * half] * inv, a.out_round);
-        part.out.st(t, d + 1, o[mi][j][2 * half + 1] * inv, a.out_round);
-      }
-    }
-    if (part.lse && od == 0 && tig == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
-  }
+  if (a.num_splits > 1) o.store_split(a, hb0, dim, m_s, den_s);  // for attention_combine_kernel
+  else o.store(a, part, t, hb0, dim, m_s, den_s);
 }
 
 }  // namespace

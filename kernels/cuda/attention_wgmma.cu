@@ -181,9 +181,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
   for (int half = 0; half < 2; ++half) {
     const int hl = row0 + half * 8, h = hb0 + hl;
     if (h >= a.h_end) continue;
-    const float m = m_s[hl];
-    float den = den_s[hl];
-    if (a.include_sink) den += expf(a.sink[h] - m);
+    const float m = m_s[hl], den = den_with_sink(a, h, m, den_s[hl]);
     const float inv = 1.0f / den;
 #pragma unroll
     for (int i = 0; i < 32; ++i) {

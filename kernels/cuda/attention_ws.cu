@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/attention_args.cuh"
+#include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/mma_sync.cuh"
@@ -107,16 +108,10 @@ __device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t
       const bool f32 = code >= 0 ? win_f32 : (code <= -2 && !compact && comp_f32);
       if (code == -1) {
         v = make_uint4(0, 0, 0, 0);
-      } else if (f32) {
-        const uint4 a = raw[u].lo, b = raw[u].hi;
-        v = make_uint4(bf16x2_rn(__uint_as_float(a.x), __uint_as_float(a.y)),
-                       bf16x2_rn(__uint_as_float(a.z), __uint_as_float(a.w)),
-                       bf16x2_rn(__uint_as_float(b.x), __uint_as_float(b.y)),
-                       bf16x2_rn(__uint_as_float(b.z), __uint_as_float(b.w)));
+      } else if (f32) {  // as ld8_as_bf16
+        v = f32x8_to_bf16(*reinterpret_cast<const float4*>(&raw[u].lo), *reinterpret_cast<const float4*>(&raw[u].hi));
       } else if (code <= -2 && compact && !col.rope) {
-        const float s = e8m0_to_f32(uint8_t(raw[u].lo.z));
-        v = make_uint4(e4m3x2_to_bf16x2(raw[u].lo.x, s), e4m3x2_to_bf16x2(raw[u].lo.x >> 16, s),
-                       e4m3x2_to_bf16x2(raw[u].lo.y, s), e4m3x2_to_bf16x2(raw[u].lo.y >> 16, s));
+        v = Fp8Chunk::decode(make_uint2(raw[u].lo.x, raw[u].lo.y), uint8_t(raw[u].lo.z));
       }
       *reinterpret_cast<uint4*>(kv + row * kLd + c) = v;
     }
@@ -190,16 +185,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
   // --- consumers -----------------------------------------------------------------------------------
   const int gid = lane >> 2, tig = lane & 3;
   const int mt = (warp & 3) * 16, cq = (warp >> 2) * 32;    // S: heads [mt, +16) x candidates [cq, +32)
-  const int oh = (warp & 1) * 32, od = (warp >> 1) * (kDim / 4);  // O: heads [oh, +32) x dims [od, +128)
   const uint32_t qa = smem_u32(frag_a_row(sm.q + mt * kLd, kLd, lane));
-  const uint32_t pa = smem_u32(frag_a_row(sm.p + oh * kPld, kPld, lane));
-  float o[2][kOTiles][4];
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int j = 0; j < kOTiles; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[mi][j][e] = 0.f;
+  OAcc<kOTiles> o((warp & 1) * 32, (warp >> 1) * (kDim / 4), kOTiles);  // O: 32 heads x 128 dims
 
   for (int it = 0; it < ntiles; ++it) {
     const int b = it & 1;
@@ -241,56 +228,12 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
           online_softmax_row8(sm.codes[b], sm.s + row * kSld, c0, row, sm.m, sm.den, sm.resc);
     }
     consumer_sync();  // P and the rescales written
-    {  // O = O * resc + P V: heads [oh, oh + 32) x dims [od, od + 128)
-      const uint32_t vrow = smem_u32(kv + ((lane >> 3 & 1) * 8 + (lane & 7)) * kLd + od + (lane >> 4) * 8);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        const float r0 = sm.resc[oh + mi * 16 + gid], r1 = sm.resc[oh + mi * 16 + gid + 8];
-#pragma unroll
-        for (int j = 0; j < kOTiles; ++j) {
-          o[mi][j][0] *= r0;
-          o[mi][j][1] *= r0;
-          o[mi][j][2] *= r1;
-          o[mi][j][3] *= r1;
-        }
-      }
-#pragma unroll 1
-      for (int k0 = 0; k0 < kTile; k0 += 16) {
-        uint32_t af[2][4];
-        ldmatrix_x4(af[0], pa + 2 * k0);
-        ldmatrix_x4(af[1], pa + 2 * (16 * kPld + k0));
-#pragma unroll
-        for (int j = 0; j < kOTiles; j += 2) {
-          uint32_t bv[4];
-          ldmatrix_x4_trans(bv, vrow + 2 * (k0 * kLd + j * 8));
-#pragma unroll
-          for (int mi = 0; mi < 2; ++mi) {
-            mma_bf16_16816(o[mi][j], af[mi], bv[0], bv[1]);
-            mma_bf16_16816(o[mi][j + 1], af[mi], bv[2], bv[3]);
-          }
-        }
-      }
-    }
+    o.add_pv(sm.resc, sm.p, kPld, kv, kLd);  // O = O * resc + P V
     __syncwarp();
     if (lane == 0) mbar_arrive(&sm.empty[b]);  // this warp is done with kv[b] and the codes
   }
   consumer_sync();  // the last softmax's m and den
-#pragma unroll
-  for (int rr = 0; rr < 4; ++rr) {  // rows oh + gid + 8 rr: m16 tile rr / 2, half rr % 2
-    const int hl = oh + gid + 8 * rr, h = hb0 + hl, mi = rr >> 1, half = rr & 1;
-    if (h >= a.h_end) continue;
-    const float m = sm.m[hl];
-    float den = sm.den[hl];
-    if (a.include_sink) den += expf(a.sink[h] - m);
-    const float inv = 1.0f / den;
-#pragma unroll
-    for (int j = 0; j < kOTiles; ++j) {
-      const int64_t d = int64_t(h) * kDim + od + j * 8 + tig * 2;
-      part.out.st(t, d, o[mi][j][2 * half] * inv, a.out_round);
-      part.out.st(t, d + 1, o[mi][j][2 * half + 1] * inv, a.out_round);
-    }
-    if (part.lse && od == 0 && tig == 0) part.lse[t * part.lse_stride + h] = m + logf(den);
-  }
+  o.store(a, part, t, hb0, kDim, sm.m, sm.den);
 }
 
 }  // namespace

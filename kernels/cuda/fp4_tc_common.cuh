@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
@@ -32,11 +33,6 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full
 }
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
   cp_async4_n(uint32_t(__cvta_generic_to_shared(dst)), src, full ? 4 : 0);
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 // Eight e2m1 codes (one 32-bit word, code j in bits 4j..4j+3) -> e4m3 bytes of value code * 2^-6:

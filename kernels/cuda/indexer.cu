@@ -16,6 +16,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/launch_geometry.h"
+#include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -132,14 +133,6 @@ static_assert(kTcQueries * kTcKeys == kTcThreads, "one thread per (query, key) o
 static_assert(4 * kTcKeys == kTcThreads, "four threads per raw FP4 key row");
 
 size_t indexer_tc_smem_bytes() { return kTcKeyBytes + kTcTermBytes + kTcRawBytes; }
-
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(p));

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // What the lightning-indexer kernels share (indexer.cu: the CUDA-core and bf16 tensor-core kernels;
 // indexer_fp8.cu, indexer_fp8_decode.cu: the FP8 wgmma kernels): the launch descriptor passed by
-// value in the kernel parameters, and the 4-byte cp.async that fetches compact FP4 key rows.
-// Included only by .cu files.
+// value in the kernel parameters (the 4-byte cp.async that fetches compact FP4 key rows is in
+// cp_async.cuh). Included only by .cu files.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/batch_params.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -49,13 +50,6 @@ __device__ __forceinline__ const IdxPart& idx_part_of(const IdxArgs& a, int64_t 
 }
 
 
-// 4 bytes (compact FP4 rows are only 4-byte aligned: 68-byte rows); .ca, the only size-4 form.
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 
 // The keys of block (x, y) of a tensor-core kernel, whose kQueries query tokens from t0 (part

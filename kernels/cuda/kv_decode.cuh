@@ -42,15 +42,16 @@ struct Fp8Chunk {
   int data_off = 0, scale_off = 0;
   bool rope = false;
   __device__ __forceinline__ uint4 ld8_bf16(const uint8_t* p) const {
-    if (!rope) {
-      const uint2 u = *reinterpret_cast<const uint2*>(p + data_off);
-      const float s = e8m0_to_f32(p[scale_off]);
-      return make_uint4(e4m3x2_to_bf16x2(u.x, s), e4m3x2_to_bf16x2(u.x >> 16, s), e4m3x2_to_bf16x2(u.y, s),
-                        e4m3x2_to_bf16x2(u.y >> 16, s));
-    }
+    if (!rope) return decode(*reinterpret_cast<const uint2*>(p + data_off), p[scale_off]);
     const uint2* h = reinterpret_cast<const uint2*>(p + data_off);
     const uint2 a = h[0], b = h[1];
     return make_uint4(a.x, a.y, b.x, b.y);
+  }
+  // A non-RoPE chunk's 8 e4m3 codes (u) times its e8m0 scale byte, as bf16 pairs.
+  __device__ static __forceinline__ uint4 decode(uint2 u, uint8_t scale) {
+    const float s = e8m0_to_f32(scale);
+    return make_uint4(e4m3x2_to_bf16x2(u.x, s), e4m3x2_to_bf16x2(u.x >> 16, s), e4m3x2_to_bf16x2(u.y, s),
+                      e4m3x2_to_bf16x2(u.y >> 16, s));
   }
 };
 

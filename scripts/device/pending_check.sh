@@ -3,7 +3,7 @@
 # One device call (about 8 minutes from a fresh machine): the checks and profiles the last run left
 # open (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
 # still returns the first results: builds the op tests, bench_step and bench_cuda; runs the
-# mHC, W4A8, MoE and sampler op tests (TEST_FILTER), then the attention ones (ATTN_FILTER); [FP4=1: `bench_cuda - fp4`, the
+# mHC, indexer, W4A8, MoE and sampler op tests (TEST_FILTER), then the attention ones (ATTN_FILTER); [FP4=1: `bench_cuda - fp4`, the
 # expert GEMMs at decode and prefill shapes, every kernel]; an 8K `bench prefill`, then with the
 # warp-specialized attention (scripts/device/attention_ws.yaml); the
 # per-instruction stall profile of its sparse attention [NCU_EXPERTS=1: and of its expert GEMM]
@@ -27,7 +27,7 @@ BUILD=$B TARGETS="test_cuda_kernels bench_step bench_cuda test_gpu_golden test_c
 nvidia-smi --query-gpu=name --format=csv,noheader; el build
 source scripts/device/devdeps.sh
 T=$B/tests/cuda/test_cuda_kernels
-timeout 150 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaOps.Hc*:CudaW4a8*:CudaMoe*:CudaSample*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
+timeout 150 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaOps.Hc*:CudaOps.Indexer*:CudaIndexer*:CudaW4a8*:CudaMoe*:CudaSample*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
 echo "== test_cuda_kernels rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests.txt | grep -vE " 0 of | 0 \(codes\)" | head -40; el tests
 # The attention tests apart, under a bound of their own (a kernel that hangs costs 60 s, not the rest).
 timeout 60 $T --gtest_brief=1 --gtest_filter="${ATTN_FILTER:-CudaAttentionTc*:CudaOps.SparseAttention*}" > $L/tests_attn.txt 2>&1

@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: MIT
+// cp.async (global -> shared memory, asynchronous) as the kernels of this folder use it: 4- and
+// 8-byte copies, commit groups and waits. The zero-filling copies of the W4A8 kernels are in
+// fp4_tc_common.cuh. Included only by .cu files of this folder.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/device_math.cuh"
+
+namespace v4rt::kernels::cuda {
+
+// 4 bytes (compact FP4 rows are only 4-byte aligned: 68-byte rows); .ca, the only size-4 form.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst)), "l"(src) : "memory");
+}
+// 8 bytes to the shared-memory address dst (compact FP8 entry rows are 8-byte aligned).
+__device__ __forceinline__ void cp_async8(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+// Waits until at most kPending of this thread's latest commit groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+}  // namespace v4rt::kernels::cuda
