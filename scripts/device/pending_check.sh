@@ -2,16 +2,16 @@
 # SPDX-License-Identifier: MIT
 # One device call (about 8 minutes from a fresh machine): the checks and profiles the last run left
 # open (docs/PERFORMANCE.md, "Pending on the GPU"), most important first, so that a call cut short
-# still returns the first results: builds the op tests, bench_step and bench_cuda; runs the
-# mHC, indexer, W4A8, MoE and sampler op tests (TEST_FILTER), then the attention ones (ATTN_FILTER); [FP4=1: `bench_cuda - fp4`, the
-# expert GEMMs at decode and prefill shapes, every kernel]; an 8K `bench prefill`, then with the
-# warp-specialized attention (scripts/device/attention_ws.yaml); the
+# still returns the first results: builds the op tests, bench_step and bench_cuda; runs the mHC,
+# indexer, W4A8, MoE and sampler op tests (TEST_FILTER), then the attention ones (ATTN_FILTER);
+# [FP4=1: `bench_cuda - fp4`, the expert GEMMs at decode and prefill shapes, every kernel]; an 8K
+# `bench prefill`, then with the warp-specialized attention (scripts/device/attention_ws.yaml); the
 # per-instruction stall profile of its sparse attention [NCU_EXPERTS=1: and of its expert GEMM]
-# (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and 256 as configured by default,
-# then as recorded graphs (their GPU time: the step without host launch gaps); test_gpu_golden and
-# test_cuda_graphs [NCU_DECODE=1: every kernel of the batch-1 and batch-256 steps,
-# scripts/device/ncu_decode.sh]; a 1M-token `bench prefill`, then with the warp-specialized
-# attention; the prefill-shape W4A8 test.
+# (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and 256 as configured by default
+# (and batch 256 with the warp-specialized attention), then as recorded graphs (their GPU time: the
+# step without host launch gaps); test_gpu_golden and test_cuda_graphs [NCU_DECODE=1: every kernel
+# of the batch-1 and batch-256 steps, scripts/device/ncu_decode.sh]; a 1M-token `bench prefill`,
+# then with the warp-specialized attention; the prefill-shape W4A8 test.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [DECODE=0] bash scripts/device/pending_check.sh        (carry .devdeps)
 set -uo pipefail
