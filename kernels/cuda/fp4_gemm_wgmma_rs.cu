@@ -54,7 +54,8 @@ static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "setmaxnreg wi
 constexpr int kStages = 6;
 constexpr int kLookahead = 4;  // steps of copies in flight
 static_assert(kLookahead < kStages, "a stage's copies wait for its release");
-constexpr int kLdW = kBK / 2 + 16;  // raw packed weight row stride in bytes (80: 8 channels' 16-byte reads on disjoint banks)
+// Raw packed weight row stride in bytes (80: 8 consecutive channels' 16-byte reads on disjoint banks).
+constexpr int kLdW = kBK / 2 + 16;
 static_assert(kBM == 128 && kBN == 128, "one producer thread per row, per channel");
 
 struct RsStage {

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // What the tensor-core FP4 expert kernels share (fp4_gemm_mma.cu, fp4_gemv.cu, fp4_gemm_wgmma.cu,
-// fp4_gemm_wgmma_ws.cu, fp4_gemm_wgmma_rs.cu): cp.async with zero fill, the e2m1 -> e4m3 re-encodes (code * 2^-6 by bit
-// moves for the f16 MMAs; code * 2^(6 - d) by a byte-permute table for the e4m3 wgmma), the f16
-// 32-block MMA, the device map of row tiles per expert, and the once-per-device kernel attributes.
+// fp4_gemm_wgmma_ws.cu, fp4_gemm_wgmma_rs.cu): cp.async with zero fill, the e2m1 -> e4m3
+// re-encodes (code * 2^-6 by bit moves for the f16 MMAs; code * 2^(6 - d) by a byte-permute table
+// for the e4m3 wgmma), the f16 32-block MMA, the device map of row tiles per expert, and the
+// once-per-device kernel attributes.
 // Included only by .cu files.
 #pragma once
 

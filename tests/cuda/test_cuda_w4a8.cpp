@@ -14,8 +14,8 @@
 // forced on every case too, against the fp64 reference and the tile kernel, and so does its
 // warp-specialized twin (fp4_grouped_gemm_wgmma_ws, both consumer variants, bit for bit the wgmma
 // kernel's) and the register-operand one (fp4_grouped_gemm_wgmma_rs, the weights decoded into
-// wgmma's A fragments, also bit for bit); CudaW4a8Wgmma adds the Flash prefill shapes and weight scales spanning more binades
-// than its e4m3 re-encode keeps.
+// wgmma's A fragments, also bit for bit); CudaW4a8Wgmma adds the Flash prefill shapes and weight
+// scales spanning more binades than its e4m3 re-encode keeps.
 // moe_experts through the backend in prefill shapes lives in test_cuda_moe.cpp
 // (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
 #include <cuda_runtime.h>
@@ -206,7 +206,7 @@ void run_case(const W4a8Case& c, Rng& rng) {
   // bit for bit the wgmma kernel's too.
   size_t rs_differ = 0;
   for (size_t i = 0; i < bits[6].size(); ++i) rs_differ += bits[6][i] != bits[4][i];
-  EXPECT_EQ(rs_differ, 0u) << tag << ": outputs of the register-operand wgmma kernel that differ from the wgmma kernel's";
+  EXPECT_EQ(rs_differ, 0u) << tag << ": outputs of the register-operand kernel that differ from the wgmma kernel's";
   // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
   std::vector<float> ref, tile, gv, cc, wg, wgws, wgrs;
   int64_t untouched_bad = 0;
@@ -490,7 +490,8 @@ TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
     const bool wide = cuda::fp4_tc_rows_per_tile(total, int64_t(rows.size())) == cuda::kFp4WgmmaRowsPerTile;
     EXPECT_EQ(wide, trial != 1);
     for (const bool ws : {false, true}) {
-      EXPECT_TRUE(run(0, ws, false) == run(wide && !f32 ? (ws ? 3 : 1) : 2, ws, false)) << "trial " << trial << " ws " << ws;
+      EXPECT_TRUE(run(0, ws, false) == run(wide && !f32 ? (ws ? 3 : 1) : 2, ws, false))
+          << "trial " << trial << " ws " << ws;
     }
     EXPECT_TRUE(run(0, true, true) == run(wide && !f32 ? 4 : 2, true, true)) << "trial " << trial << " rs";
   }
