@@ -51,8 +51,8 @@ constexpr int kProducerWarps = 4;
 constexpr int kConsumerWarps = 8;
 constexpr int kProducerRegs = 56, kConsumerRegs = 224;
 static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "setmaxnreg within the launch's registers");
-constexpr int kStages = 8;
-constexpr int kLookahead = 6;  // steps of copies in flight
+constexpr int kStages = 6;
+constexpr int kLookahead = 4;  // steps of copies in flight
 static_assert(kLookahead < kStages, "a stage's copies wait for its release");
 // Raw packed weight row stride in bytes (80: 8 consecutive channels' 16-byte reads on disjoint banks).
 constexpr int kLdW = kBK / 2 + 16;
