@@ -13,6 +13,9 @@
 // the MMA computes out^T = W x^T: the weights are wgmma's A operand, taken from registers, so each
 // consumer thread decodes only its own fragment (two channels x 16 codes per 32-block) while its
 // previous MMAs run, and nothing decoded goes through shared memory. The producers only copy.
+// Measured (H100, docs/PERFORMANCE.md, eleventh run): the same bits as the wgmma kernel, 0.91x /
+// 0.98x the warp-specialized kernel at the Flash gate / down shapes: the decode now shares the
+// consumers' issue slots with the promotion. Off by default (debug.cuda_expert_wgmma_rs).
 //
 // Roles. Block = 128 rows of one expert (wgmma N) x 128 output channels, three warpgroups (384
 // threads): warpgroup 0 copies by cp.async (activations in 128-byte swizzled rows, rows past the
