@@ -46,7 +46,6 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.indexer_fp8 = options.cuda_indexer_fp8;
     co.expert_wgmma = options.cuda_expert_wgmma;
     co.expert_wgmma_ws = options.cuda_expert_wgmma_ws;
-    co.expert_wgmma_rs = options.cuda_expert_wgmma_rs;
     co.attention_wgmma = options.cuda_attention_wgmma;
     co.attention_ws = options.cuda_attention_ws;
     co.decode_tensor_cores = options.cuda_decode_tc;

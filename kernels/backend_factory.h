@@ -42,9 +42,6 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_expert_wgmma_ws): the same GEMMs on the warp-specialized FP8 wgmma
   // kernel, taken before the one above.
   bool cuda_expert_wgmma_ws = true;
-  // "cuda" only (debug.cuda_expert_wgmma_rs): the same GEMMs on the FP8 wgmma kernel with the
-  // weights as the register operand, taken before the two above.
-  bool cuda_expert_wgmma_rs = false;
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads on bf16
   // wgmma instead of the mma.sync tensor-core kernel.
   bool cuda_attention_wgmma = false;

@@ -213,7 +213,6 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_indexer_fp8", &c.debug.cuda_indexer_fp8);
   d.get("cuda_expert_wgmma", &c.debug.cuda_expert_wgmma);
   d.get("cuda_expert_wgmma_ws", &c.debug.cuda_expert_wgmma_ws);
-  d.get("cuda_expert_wgmma_rs", &c.debug.cuda_expert_wgmma_rs);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
   d.get("cuda_attention_ws", &c.debug.cuda_attention_ws);
   d.get("cuda_gemv_mma", &c.debug.cuda_gemv_mma);
@@ -255,8 +254,6 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                             "instead of the mma.sync W4A8 tile kernel (default true)"},
       {"cuda_expert_wgmma_ws", "CUDA: the same GEMMs on the warp-specialized FP8 wgmma kernel (producer warpgroup "
                                "copies and decodes the weights), taken before cuda_expert_wgmma's (default true)"},
-      {"cuda_expert_wgmma_rs", "CUDA: the same GEMMs on FP8 wgmma with the weights as the register operand (each "
-                               "consumer thread decodes its own fragment), taken before the two above (default false)"},
       {"cuda_attention_wgmma", "CUDA: prefill sparse attention of 512-dim heads on bf16 wgmma instead of the mma.sync "
                                "tensor-core kernel (default false; needs cuda_attention_tc)"},
       {"cuda_attention_ws", "CUDA: prefill sparse attention of 512-dim heads on the warp-specialized kernel (a "
@@ -298,7 +295,6 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_indexer_fp8 = config.debug.cuda_indexer_fp8;
   o.cuda_expert_wgmma = config.debug.cuda_expert_wgmma;
   o.cuda_expert_wgmma_ws = config.debug.cuda_expert_wgmma_ws;
-  o.cuda_expert_wgmma_rs = config.debug.cuda_expert_wgmma_rs;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
   o.cuda_attention_ws = config.debug.cuda_attention_ws;
   o.cuda_gemv_mma = config.debug.cuda_gemv_mma;
@@ -363,7 +359,6 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_indexer_fp8" << YAML::Value << c.debug.cuda_indexer_fp8;
   out << YAML::Key << "cuda_expert_wgmma" << YAML::Value << c.debug.cuda_expert_wgmma;
   out << YAML::Key << "cuda_expert_wgmma_ws" << YAML::Value << c.debug.cuda_expert_wgmma_ws;
-  out << YAML::Key << "cuda_expert_wgmma_rs" << YAML::Value << c.debug.cuda_expert_wgmma_rs;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;
   out << YAML::Key << "cuda_attention_ws" << YAML::Value << c.debug.cuda_attention_ws;
   out << YAML::Key << "cuda_gemv_mma" << YAML::Value << c.debug.cuda_gemv_mma;

@@ -65,7 +65,6 @@ struct DebugConfig {
   bool cuda_indexer_fp8 = true;          // CUDA: ... of compact keys on FP8 wgmma (false: bf16, bit-exact)
   bool cuda_expert_wgmma = true;         // CUDA: prefill-sized expert GEMMs on FP8 wgmma
   bool cuda_expert_wgmma_ws = true;      // CUDA: ... on the warp-specialized FP8 wgmma kernel
-  bool cuda_expert_wgmma_rs = false;     // CUDA: ... on FP8 wgmma with the weights as the register operand
   bool cuda_attention_wgmma = false;     // CUDA: prefill sparse attention (512-dim heads) on bf16 wgmma
   bool cuda_attention_ws = false;        // CUDA: prefill sparse attention (512-dim heads), warp-specialized
   bool cuda_decode_tc = true;            // CUDA: decode attention / indexer of a batch on tensor cores

@@ -531,7 +531,6 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   g.tensor_cores = expert_tensor_cores(m, 1);
   g.wgmma = options_.expert_wgmma;
   g.wgmma_ws = options_.expert_wgmma_ws;
-  g.wgmma_rs = options_.expert_wgmma_rs;
   g.max_rows = m;
   g.stream = stream_.get();
   fp4_grouped_gemm(g);
@@ -806,7 +805,6 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.tensor_cores = io == Io::kFp8 && expert_tensor_cores(max_rows, num_local);
     gp.wgmma = options_.expert_wgmma;
     gp.wgmma_ws = options_.expert_wgmma_ws;
-    gp.wgmma_rs = options_.expert_wgmma_rs;
     gp.max_rows = max_rows;
     gp.stream = stream_.get();
     fp4_grouped_gemm(gp);

@@ -66,10 +66,6 @@ struct CudaBackendOptions {
   // debug.cuda_expert_wgmma_ws), taken before the one above; the same bits (H100, 8K prefill: the
   // experts 26.7 -> 24.2 ms, docs/PERFORMANCE.md).
   bool expert_wgmma_ws = true;
-  // The same GEMMs on the FP8 wgmma kernel with the weights as the register operand
-  // (fp4_gemm_wgmma_rs.cu; debug.cuda_expert_wgmma_rs), taken before the two above. Off: the
-  // same bits, measured slower (H100, 8K prefill experts 18.7 against 17.9 ms).
-  bool expert_wgmma_rs = false;
   // Prefill sparse attention of 512-dim heads on bf16 wgmma (attention_wgmma.cu;
   // debug.cuda_attention_wgmma) instead of the mma.sync tensor-core kernel; needs
   // attention_tensor_cores. Off: measured slower than the mma.sync kernel (H100, 8K prefill: 19.4

@@ -50,10 +50,6 @@ struct Fp4GroupedGemmParams {
   // (fp4_gemm_wgmma_ws.cu; producer warpgroup copies and decodes, two consumer warpgroups
   // multiply), taken before the wgmma one.
   bool wgmma_ws = false;
-  // With tensor_cores: the 128-row tile case on the FP8 wgmma kernel with the weights as the
-  // register operand (fp4_gemm_wgmma_rs.cu; consumers decode their own fragments, the producer
-  // only copies), taken before the two above.
-  bool wgmma_rs = false;
   cudaStream_t stream = nullptr;
 };
 
@@ -61,8 +57,7 @@ void fp4_grouped_gemm(const Fp4GroupedGemmParams& p);
 
 // The tensor-core kernels directly (fp4_grouped_gemm calls it when p.tensor_cores is set): the
 // GEMV when fp4_tc_use_gemv(p.max_rows, p.num_groups, p.n, p.k); else, for the 128-row tile case with bf16
-// outputs, the register-operand, the warp-specialized or the plain wgmma kernel when p.wgmma_rs, p.wgmma_ws
-// or p.wgmma is set; else
+// outputs, the warp-specialized or the plain wgmma kernel when p.wgmma_ws or p.wgmma is set; else
 // the mma.sync tile kernel.
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p);
 // The tile kernel alone, whatever the rows per group (fp4_gemm_mma.cu).
@@ -74,9 +69,6 @@ void fp4_grouped_gemm_wgmma(const Fp4GroupedGemmParams& p);
 // The warp-specialized FP8 wgmma kernel alone, whatever the rows per group (fp4_gemm_wgmma_ws.cu):
 // the same tiles, numerics and outputs as fp4_grouped_gemm_wgmma.
 void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p);
-// The register-operand FP8 wgmma kernel alone, whatever the rows per group (fp4_gemm_wgmma_rs.cu):
-// the same tiles, numerics and outputs, out^T = W x^T with the decoded weights in registers.
-void fp4_grouped_gemm_wgmma_rs(const Fp4GroupedGemmParams& p);
 // Rows of one expert per wgmma block; fp4_grouped_gemm_tc takes a wgmma kernel (with
 // Fp4GroupedGemmParams::wgmma or wgmma_ws, bf16 outputs) when fp4_tc_rows_per_tile picks this tile.
 inline constexpr int kFp4WgmmaRowsPerTile = 128;

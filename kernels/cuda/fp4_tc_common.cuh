@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: MIT
 // What the tensor-core FP4 expert kernels share (fp4_gemm_mma.cu, fp4_gemv.cu, fp4_gemm_wgmma.cu,
-// fp4_gemm_wgmma_ws.cu, fp4_gemm_wgmma_rs.cu): cp.async with zero fill, the e2m1 -> e4m3
-// re-encodes (code * 2^-6 by bit moves for the f16 MMAs; code * 2^(6 - d) by a byte-permute table
-// for the e4m3 wgmma), the f16 32-block MMA, the device map of row tiles per expert, and the
-// once-per-device kernel attributes.
+// fp4_gemm_wgmma_ws.cu): cp.async with zero fill, the e2m1 -> e4m3 re-encodes (code * 2^-6 by bit
+// moves for the f16 MMAs; code * 2^(6 - d) by a byte-permute table for the e4m3 wgmma), the f16
+// 32-block MMA, the device map of row tiles per expert, and the once-per-device kernel attributes.
 // Included only by .cu files.
 #pragma once
 
@@ -86,27 +85,23 @@ __device__ __forceinline__ uint2 decode_table(int d) {
                     e4m3x2(2.f * f, 3.f * f) | (e4m3x2(4.f * f, 6.f * f) << 16));  // magnitudes 4..7
 }
 
-// Decodes eight e2m1 codes (one 32-bit word, code j in bits 4j..4j+3) with table t (decode_table)
-// to e4m3 bytes in input order: lo = codes 0..3, hi = codes 4..7. The 8 magnitudes as e4m3 sit in
-// two registers, indexed by prmt with the codes' three magnitude bits (four codes per prmt); the
-// sign bits are or-ed in.
-__device__ __forceinline__ void decode_word_table(uint32_t u, uint2 t, uint32_t& lo, uint32_t& hi) {
-  // Sign bits of the even codes (0, 2, 4, 6) and of the odd ones to bit 7 of bytes 0..3,
-  // interleaved back to input order.
-  const uint32_t ev = (u << 4) & 0x80808080u, od = u & 0x80808080u;
-  const uint32_t s0 = __byte_perm(ev, od, 0x5140), s1 = __byte_perm(ev, od, 0x7362);
-  // Selector nibble j = code j's magnitude (bit 3 clear: plain byte select).
-  lo = __byte_perm(t.x, t.y, u & 0x7777u) | s0;
-  hi = __byte_perm(t.x, t.y, (u >> 16) & 0x7777u) | s1;
-}
-
 // Decodes one channel's 32-block (16 bytes of packed codes, even element in the low nibble) to 32
-// e4m3 bytes in input order with table t (decode_table).
+// e4m3 bytes in input order with table t (decode_table): the 8 magnitudes as e4m3 in two registers,
+// indexed by prmt with the codes' three magnitude bits (four codes per prmt), sign bits or-ed in.
 __device__ __forceinline__ void decode_block_table(uint4 codes, uint2 t, uint32_t (&out)[8]) {
-  decode_word_table(codes.x, t, out[0], out[1]);
-  decode_word_table(codes.y, t, out[2], out[3]);
-  decode_word_table(codes.z, t, out[4], out[5]);
-  decode_word_table(codes.w, t, out[6], out[7]);
+  const uint32_t u[4] = {codes.x, codes.y, codes.z, codes.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // Sign bits of the even codes (elements 8i + 0, 2, 4, 6) and of the odd ones to bit 7 of
+    // bytes 0..3, interleaved to input order as e2m1_lo/hi_to_e4m3's users do.
+    const uint32_t ev = (u[i] << 4) & 0x80808080u, od = u[i] & 0x80808080u;
+    const uint32_t s0 = __byte_perm(ev, od, 0x5140), s1 = __byte_perm(ev, od, 0x7362);
+    // Selector nibble j = code j's magnitude (bit 3 clear: plain byte select).
+    const uint32_t m0 = __byte_perm(t.x, t.y, u[i] & 0x7777u);
+    const uint32_t m1 = __byte_perm(t.x, t.y, (u[i] >> 16) & 0x7777u);
+    out[2 * i] = m0 | s0;
+    out[2 * i + 1] = m1 | s1;
+  }
 }
 
 // decode_block_table with the table of code * 2^(6 - d) computed here.

@@ -279,12 +279,6 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
           std::printf("  %s: wgmma ws %.1f TFLOP/s = %.1f%% of the %.0f TFLOP/s FP8 peak used here (%.2fx the wgmma kernel)\n",
                       shape.c_str(), flops / us_ws * 1e-6, 100.0 * flops / (us_ws * 1e-6) / kFp8Peak, kFp8Peak * 1e-12,
                       us_wg / us_ws);
-          // The register-operand kernel.
-          const double us_rs = time_us([&] { rotate(p); fp4_grouped_gemm_wgmma_rs(p); }, s);
-          report("fp4 wgmma rs " + shape, us_rs, bytes, flops, kFp8Peak);
-          std::printf("  %s: wgmma rs %.1f TFLOP/s = %.1f%% of the %.0f TFLOP/s FP8 peak used here (%.2fx the ws kernel)\n",
-                      shape.c_str(), flops / us_rs * 1e-6, 100.0 * flops / (us_rs * 1e-6) / kFp8Peak, kFp8Peak * 1e-12,
-                      us_ws / us_rs);
           continue;
         }
         // The CUDA-core kernel, then the two tensor-core kernels side by side (the tensor-core entry

@@ -13,9 +13,8 @@
 // The FP8 wgmma kernel (fp4_grouped_gemm_wgmma, 128-row tiles, one promotion per 128-k step) runs
 // forced on every case too, against the fp64 reference and the tile kernel, and so does its
 // warp-specialized twin (fp4_grouped_gemm_wgmma_ws, both consumer variants, bit for bit the wgmma
-// kernel's) and the register-operand one (fp4_grouped_gemm_wgmma_rs, the weights decoded into
-// wgmma's A fragments, also bit for bit); CudaW4a8Wgmma adds the Flash prefill shapes and weight
-// scales spanning more binades than its e4m3 re-encode keeps.
+// kernel's); CudaW4a8Wgmma adds the Flash prefill shapes and weight scales spanning more binades
+// than its e4m3 re-encode keeps.
 // moe_experts through the backend in prefill shapes lives in test_cuda_moe.cpp
 // (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
 #include <cuda_runtime.h>
@@ -75,7 +74,7 @@ struct W4a8Case {
 // The kernels run_case runs on every case: the tensor-core entry as dispatched (tile kernel or
 // GEMV by the mean rows per group), each of those two forced, the CUDA-core kernel and the FP8
 // wgmma kernel forced.
-enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs, kWgmmaRs };
+enum class Kernel { kTcDispatch, kTile, kGemv, kCudaCores, kWgmma, kWgmmaWs };
 
 // Host fp64 reference of one output: bf16/fp32 of sum over 32-blocks b of
 // (sum_{k in b} e4m3(x8) * s_x[k/128] * fp4(w)) * 2^(S[b] - 127).
@@ -159,18 +158,16 @@ void run_case(const W4a8Case& c, Rng& rng) {
       cuda::fp4_grouped_gemm_wgmma(p);
     } else if (kernel == Kernel::kWgmmaWs) {
       cuda::fp4_grouped_gemm_wgmma_ws(p);
-    } else if (kernel == Kernel::kWgmmaRs) {
-      cuda::fp4_grouped_gemm_wgmma_rs(p);
     } else {
       cuda::fp4_grouped_gemm(p);
     }
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   };
-  // Outputs of the seven runs as floats (sentinel NaNs where nothing was written), and the bits of
+  // Outputs of the six runs as floats (sentinel NaNs where nothing was written), and the bits of
   // the dispatched run and of the kernel it must have taken.
   const Kernel kernels[] = {Kernel::kTcDispatch, Kernel::kTile,    Kernel::kGemv,     Kernel::kCudaCores,
-                            Kernel::kWgmma,      Kernel::kWgmmaWs, Kernel::kWgmmaRs};
-  constexpr int kRuns = 7;
+                            Kernel::kWgmma,      Kernel::kWgmmaWs};
+  constexpr int kRuns = 6;
   std::vector<float> got[kRuns];
   std::vector<uint32_t> bits[kRuns];
   const size_t outn = size_t(std::max<int64_t>(total * n, 1));
@@ -201,14 +198,8 @@ void run_case(const W4a8Case& c, Rng& rng) {
   // The warp-specialized wgmma kernel runs the same MMAs on the same
   // operands in the same order and the same promotions: bit for bit the wgmma kernel's.
   EXPECT_TRUE(bits[5] == bits[4]) << tag << ": the warp-specialized wgmma kernel differs from the wgmma kernel";
-  // The register-operand kernel multiplies the same e4m3 operands with the roles of A and B swapped
-  // (each output is the same 32 products per k32 slice, the same four slices, the same promotion):
-  // bit for bit the wgmma kernel's too.
-  size_t rs_differ = 0;
-  for (size_t i = 0; i < bits[6].size(); ++i) rs_differ += bits[6][i] != bits[4][i];
-  EXPECT_EQ(rs_differ, 0u) << tag << ": outputs of the register-operand kernel that differ from the wgmma kernel's";
   // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
-  std::vector<float> ref, tile, gv, cc, wg, wgws, wgrs;
+  std::vector<float> ref, tile, gv, cc, wg, wgws;
   int64_t untouched_bad = 0;
   for (int g = 0; g < groups; ++g) {
     if (c.rows[size_t(g)] == 0) continue;
@@ -231,7 +222,7 @@ void run_case(const W4a8Case& c, Rng& rng) {
         const size_t o = size_t(r * n + j);
         if (!c.has_w[size_t(g)]) {
           untouched_bad += !std::isnan(got[1][o]) + !std::isnan(got[2][o]) + !std::isnan(got[4][o]) +
-                           !std::isnan(got[5][o]) + !std::isnan(got[6][o]);
+                           !std::isnan(got[5][o]);
           continue;
         }
         double acc = 0.0;
@@ -246,7 +237,6 @@ void run_case(const W4a8Case& c, Rng& rng) {
         cc.push_back(got[3][o]);
         wg.push_back(got[4][o]);
         wgws.push_back(got[5][o]);
-        wgrs.push_back(got[6][o]);
       }
     }
   }
@@ -269,7 +259,6 @@ void run_case(const W4a8Case& c, Rng& rng) {
   EXPECT_TRUE(compare(tag + " wgmma vs tile kernel", wg, tile, wg_tol));
   EXPECT_TRUE(compare(tag + " wgmma ws vs fp64", wgws, ref, wg_tol));
   EXPECT_TRUE(compare(tag + " wgmma ws vs tile kernel", wgws, tile, wg_tol));
-  EXPECT_TRUE(compare(tag + " wgmma rs vs fp64", wgrs, ref, wg_tol));
   if (c.wide_scales) {  // the e4m3 re-encode rounds the small blocks: how far that moves the result
     double max_err = 0.0, max_ref = 0.0;
     for (size_t i = 0; i < ref.size(); ++i) {
@@ -433,8 +422,7 @@ TEST(CudaW4a8Wgmma, PrefillShapes) {
 
 // The dispatch: fp4_grouped_gemm_tc with wgmma set takes the wgmma kernel for the 128-row tile
 // case with bf16 outputs (bit for bit; with wgmma_ws also set, the warp-specialized one), the
-// mma.sync tile kernel below it, and the tile kernel for fp32 outputs of the 128-row case (trial 2);
-// with wgmma_rs set the register-operand kernel before both.
+// mma.sync tile kernel below it, and the tile kernel for fp32 outputs of the 128-row case (trial 2).
 TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
   V4RT_REQUIRE_GPU();
   Rng rng(92);
@@ -454,7 +442,7 @@ TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
     Dev<int32_t> doff(off);
     Dev<const uint8_t*> dwp(std::vector<const uint8_t*>(rows.size(), dw.p)),
         dwsp(std::vector<const uint8_t*>(rows.size(), dws.p));
-    auto run = [&](int which, bool ws, bool rs) {
+    auto run = [&](int which, bool ws) {
       Dev<uint16_t> o(size_t(total * n));
       Dev<float> o32(size_t(f32 ? total * n : 1));
       cuda::Fp4GroupedGemmParams p;
@@ -471,12 +459,10 @@ TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
       p.tensor_cores = true;
       p.wgmma = true;
       p.wgmma_ws = ws;
-      p.wgmma_rs = rs;
       p.max_rows = total;
       if (which == 0) cuda::fp4_grouped_gemm_tc(p);
       else if (which == 1) cuda::fp4_grouped_gemm_wgmma(p);
       else if (which == 3) cuda::fp4_grouped_gemm_wgmma_ws(p);
-      else if (which == 4) cuda::fp4_grouped_gemm_wgmma_rs(p);
       else cuda::fp4_grouped_gemm_mma(p);
       EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       std::vector<uint32_t> bits;
@@ -490,10 +476,8 @@ TEST(CudaW4a8Wgmma, DispatchByFlagAndTile) {
     const bool wide = cuda::fp4_tc_rows_per_tile(total, int64_t(rows.size())) == cuda::kFp4WgmmaRowsPerTile;
     EXPECT_EQ(wide, trial != 1);
     for (const bool ws : {false, true}) {
-      EXPECT_TRUE(run(0, ws, false) == run(wide && !f32 ? (ws ? 3 : 1) : 2, ws, false))
-          << "trial " << trial << " ws " << ws;
+      EXPECT_TRUE(run(0, ws) == run(wide && !f32 ? (ws ? 3 : 1) : 2, ws)) << "trial " << trial << " ws " << ws;
     }
-    EXPECT_TRUE(run(0, true, true) == run(wide && !f32 ? 4 : 2, true, true)) << "trial " << trial << " rs";
   }
 }
 
