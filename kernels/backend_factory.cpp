@@ -48,6 +48,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.expert_wgmma_ws = options.cuda_expert_wgmma_ws;
     co.attention_wgmma = options.cuda_attention_wgmma;
     co.attention_ws = options.cuda_attention_ws;
+    co.attention_bf16_view = options.cuda_attention_bf16_view;
     co.decode_tensor_cores = options.cuda_decode_tc;
     co.gemv_tensor_cores = options.cuda_gemv_mma;
     co.moe_route_small = options.cuda_moe_route_small;

@@ -48,6 +48,9 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_attention_ws): prefill sparse attention of 512-dim heads on the
   // warp-specialized kernel (a producer warpgroup stages the next tile under the MMAs).
   bool cuda_attention_ws = false;
+  // "cuda" only (debug.cuda_attention_bf16_view): prefill sparse attention on tensor cores reads
+  // bf16 views of its window rows and compact entries (converted once per launch, exactly).
+  bool cuda_attention_bf16_view = true;
   // "cuda" only (debug.cuda_decode_tc): decode-sized sparse attention on the tensor-core kernel
   // (candidate splits) and decode-batch indexer scores on FP8 wgmma.
   bool cuda_decode_tc = true;

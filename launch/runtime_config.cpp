@@ -215,6 +215,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_expert_wgmma_ws", &c.debug.cuda_expert_wgmma_ws);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
   d.get("cuda_attention_ws", &c.debug.cuda_attention_ws);
+  d.get("cuda_attention_bf16_view", &c.debug.cuda_attention_bf16_view);
   d.get("cuda_gemv_mma", &c.debug.cuda_gemv_mma);
   d.get("cuda_moe_route_small", &c.debug.cuda_moe_route_small);
   d.get("cuda_hc_fused_sumsq", &c.debug.cuda_hc_fused_sumsq);
@@ -259,6 +260,9 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_attention_ws", "CUDA: prefill sparse attention of 512-dim heads on the warp-specialized kernel (a "
                             "producer warpgroup stages the next tile under the MMAs; default false: not yet run on a "
                             "GPU; needs cuda_attention_tc)"},
+      {"cuda_attention_bf16_view", "CUDA: prefill sparse attention on tensor cores first converts its F32 window rows "
+                                   "and compact FP8 entries into bf16 views (exact, once per launch) and copies its "
+                                   "tiles from them by cp.async (default true; same outputs)"},
       {"cuda_decode_tc", "CUDA: decode-sized sparse attention on the bf16 tensor-core kernel split over the candidates, "
                          "and decode batches' indexer scores of compact FP4 keys on FP8 wgmma (default true; needs "
                          "cuda_attention_tc / cuda_indexer_fp8)"},
@@ -297,6 +301,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_expert_wgmma_ws = config.debug.cuda_expert_wgmma_ws;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
   o.cuda_attention_ws = config.debug.cuda_attention_ws;
+  o.cuda_attention_bf16_view = config.debug.cuda_attention_bf16_view;
   o.cuda_gemv_mma = config.debug.cuda_gemv_mma;
   o.cuda_moe_route_small = config.debug.cuda_moe_route_small;
   o.cuda_hc_fused_sumsq = config.debug.cuda_hc_fused_sumsq;
@@ -361,6 +366,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_expert_wgmma_ws" << YAML::Value << c.debug.cuda_expert_wgmma_ws;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;
   out << YAML::Key << "cuda_attention_ws" << YAML::Value << c.debug.cuda_attention_ws;
+  out << YAML::Key << "cuda_attention_bf16_view" << YAML::Value << c.debug.cuda_attention_bf16_view;
   out << YAML::Key << "cuda_gemv_mma" << YAML::Value << c.debug.cuda_gemv_mma;
   out << YAML::Key << "cuda_moe_route_small" << YAML::Value << c.debug.cuda_moe_route_small;
   out << YAML::Key << "cuda_hc_fused_sumsq" << YAML::Value << c.debug.cuda_hc_fused_sumsq;

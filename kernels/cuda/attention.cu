@@ -508,14 +508,21 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   // The one-split 64-head kernels below take shapes whose blocks fill the SMs (prefill, decode
   // batches of 132 and more on an H100); fewer blocks are split over the candidates instead.
   const bool fills = n * ceil_div(nh, kTcHeads) >= num_sms();
+  // Prefill shapes: the rows as bf16 views first (attention_bf16_view.cu), when they pay.
+  void* views = tc && fills && k.bf16_view ? make_bf16_views(a, n * max_tiles * kTile, s) : nullptr;
+  const auto free_views = [&] {
+    if (views) stream_free(views, s);
+  };
   if (tc && k.ws && dim == kWgmmaDim && fills) {  // warp-specialized (attention_ws.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_ws(a, n, s);
+    free_views();
     return;
   }
   if (tc && k.wgmma && dim == kWgmmaDim && fills) {  // on wgmma (attention_wgmma.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_wgmma(a, n, s);
+    free_views();
     return;
   }
   if (tc) {
@@ -526,6 +533,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     void* part = a.num_splits > 1 ? alloc_split_state(a, n, s) : nullptr;
     launch_sparse_attention_tc(a, n, s);
     if (a.num_splits > 1) merge_splits(a, n, part, s);
+    free_views();
     return;
   }
   if (mqa) {

@@ -130,6 +130,17 @@ __device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c)
   return f32x8_to_bf16(*reinterpret_cast<const float4*>(p), *reinterpret_cast<const float4*>(p + 4));
 }
 
+// bf16 views (attention_bf16_view.cu) for the prefill launches of the tensor-core kernels: converts
+// the parts' F32 window rows and compact (or F32) compressed entries, exactly, into bf16 rows of
+// a.dim elements in stream-ordered scratch and points the parts at them, so parts_bf16(a) holds and
+// the kernels copy their tiles by cp.async with nothing to decode. `candidate_reads` (the launch's
+// tokens x candidates, an upper bound) decides whether that pays: only when the rows are read four
+// times over or more (not a decode batch), and at most 320 MiB of views. Returns the scratch to
+// stream_free after the launch, or nullptr (the parts unchanged).
+void* make_bf16_views(AttnArgs& a, int64_t candidate_reads, cudaStream_t s);
+// Whether every row the parts of `a` hold is bf16 (window rows and plain entries, no compact ones).
+bool parts_bf16(const AttnArgs& a);
+
 // The mma.sync tensor-core kernel (attention_tc.cu) over the n tokens of the parts in `a`: blocks
 // of kTcHeads heads of a token, a.num_splits splits of a.tiles_per_split tiles each (partial
 // states to a.part_acc / a.part_ml when more than one), head_dim % 128 == 0 and <= kTcMaxDim, rows

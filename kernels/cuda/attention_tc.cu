@@ -14,8 +14,11 @@
 //      per 64-candidate tile, the denominator from unrounded p, P rounded to bf16);
 //   5. O += P V (warp w: heads (w % 2) * 32, dims (w / 2) * dim / 8; V fragments by
 //      ldmatrix.trans).
-// The sink is added at the end; with candidate splits each split writes its partial state for
-// attention_combine_kernel instead. head_dim % 128 == 0, <= 512 (512 compiled on its own: constant
+// Launches whose rows are all bf16 (parts_bf16: the bf16 views a prefill launch makes, see
+// attention_bf16_view.cu) take the copy form instead of steps 1-2: two KV tile buffers, the next
+// tile's rows copied straight into the other one by 16-byte cp.async under this tile's MMAs, and
+// nothing staged between the barriers. The sink is added at the end; with candidate splits each
+// split writes its partial state for attention_combine_kernel instead. head_dim % 128 == 0, <= 512 (512 compiled on its own: constant
 // offsets, no division); rows 16-byte aligned. Every S and O element is summed in one order that
 // does not depend on the staging or the warp tiles, so the wgmma and warp-specialized kernels give
 // these outputs bit for bit (CudaAttentionTc asserts it).
@@ -43,12 +46,31 @@ constexpr int kMaxRawLd = 640;   // bytes per staged compact row (Flash / Pro: 5
 constexpr int kStageGroup = 2;   // 8-element chunks a thread loads before it stores them
 constexpr int kMaxChunks = kTile * (kTcMaxDim / 8) / kTcThreads;  // chunks per thread and tile
 
-size_t tc_smem_bytes(int dim, int raw_ld) {
+// kAsync: two KV tiles and no raw rows (the copy form).
+size_t tc_smem_bytes(int dim, int raw_ld, bool async) {
   const size_t ld = size_t(dim + kTcPad);
-  return (size_t(kTcHeads) + kTile) * ld * 2 +  // Q, KV tile (bf16)
-         size_t(kTcHeads) * kSld * 4 +           // S (fp32)
-         size_t(kTcHeads) * kPld * 2 +           // P (bf16)
-         size_t(kTile) * size_t(raw_ld);         // raw compact rows of the next tile
+  return (size_t(kTcHeads) + (async ? 2 : 1) * kTile) * ld * 2 +  // Q, KV tile(s) (bf16)
+         size_t(kTcHeads) * kSld * 4 +                             // S (fp32)
+         size_t(kTcHeads) * kPld * 2 +                             // P (bf16)
+         (async ? 0 : size_t(kTile) * size_t(raw_ld));            // raw compact rows of the next tile
+}
+
+// The copy form: the bf16 rows of tile `codes` into kv ([kTile][ld]) by 16-byte cp.async, absent
+// candidates as zeros (nothing read), and commits. Thread i copies chunks i, i + kTcThreads, ...
+// (dim / 8 a row).
+__device__ __forceinline__ void fetch_tile_bf16(const AttnPart& part, const int32_t* codes, uint16_t* kv, int dim) {
+  const int d8 = dim / 8, ld = dim + kTcPad, chunks = kTile * d8;
+  const uint16_t* win = static_cast<const uint16_t*>(part.win.data);
+  const uint16_t* comp = static_cast<const uint16_t*>(part.comp.data);
+  for (int i = threadIdx.x; i < chunks; i += kTcThreads) {
+    const int row = i / d8, c = (i % d8) * 8;
+    const int code = codes[row];
+    const uint16_t* src = code >= 0 ? win + int64_t(code) * part.win.stride + c
+                          : code <= -2 ? comp + int64_t(-code - 2) * part.comp.stride + c
+                                       : win;
+    cp_async16(kv + row * ld + c, src, code != -1);
+  }
+  cp_async_commit();
 }
 
 
@@ -119,14 +141,15 @@ __device__ __forceinline__ void stage_tile(const AttnPart& part, const int32_t* 
   }
 }
 
-// kDimT: the head_dim when compiled for one (512), else 0 (a.dim).
-template <int kDimT>
+// kDimT: the head_dim when compiled for one (512), else 0 (a.dim). kAsync: the copy form (every
+// row bf16, two KV tiles).
+template <int kDimT, bool kAsync>
 __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const int dim = kDimT ? kDimT : a.dim, ld = dim + kTcPad;
   uint16_t* qs = reinterpret_cast<uint16_t*>(tc_smem);                   // [kTcHeads][ld]
-  uint16_t* kv = qs + kTcHeads * ld;                                     // [kTile][ld]
-  float* ss = reinterpret_cast<float*>(kv + kTile * ld);                 // [kTcHeads][kSld]
+  uint16_t* kv = qs + kTcHeads * ld;                                     // [kAsync ? 2 : 1][kTile][ld]
+  float* ss = reinterpret_cast<float*>(kv + (kAsync ? 2 : 1) * kTile * ld);  // [kTcHeads][kSld]
   uint16_t* ps = reinterpret_cast<uint16_t*>(ss + kTcHeads * kSld);      // [kTcHeads][kPld]
   uint8_t* raw = reinterpret_cast<uint8_t*>(ps + kTcHeads * kPld);       // [kTile][a.raw_ld]
   // Tile it's candidate codes (candidate_code) in codes[it & 1], as int32: window rows and entries
@@ -143,7 +166,7 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
   const int hb0 = a.h_begin + int(blockIdx.y) * kTcHeads;
   const CandRange r = candidate_range(a, part, t, blockIdx.z);
   const int ntiles = r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
-  const int raw_ld = part.ckv.data ? a.raw_ld : 0;  // 0: compact entries read from global memory
+  const int raw_ld = !kAsync && part.ckv.data ? a.raw_ld : 0;  // 0: compact entries read from global memory
   if (tid < kTcHeads) {
     m_s[tid] = -INFINITY;
     den_s[tid] = 0.f;
@@ -154,6 +177,7 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
     codes[1][tid] = int32_t(tile_code(part, r, t, 1, tid));
   }
   __syncthreads();
+  if (kAsync && ntiles > 0) fetch_tile_bf16(part, codes[0], kv, dim);
   if (raw_ld && ntiles > 0) fetch_raw(part.ckv, codes[0], raw, raw_ld);
   {  // q of the block's heads, under the first tile's fetch: every load issued before the stores
     const int d8 = dim / 8, chunks = kTcHeads * d8 / kTcThreads;
@@ -178,16 +202,27 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
 
   for (int it = 0; it < ntiles; ++it) {
     const int32_t* tcodes = codes[it & 1];
-    if (raw_ld) cp_async_wait_all();
-    __syncthreads();  // this tile's raw rows landed; the previous tile's KV and P are no longer read
-    stage_tile<kDimT>(part, tcodes, raw, raw_ld, kv, dim);
-    __syncthreads();  // KV staged; raw free
-    if (tid < kTile) fetch_listed(part, range_s, t, it + 2, tid, &listed_s[tid]);  // its own commit group
-    if (raw_ld && it + 1 < ntiles) fetch_raw(part.ckv, codes[(it + 1) & 1], raw, raw_ld);
+    uint16_t* tkv = kAsync ? kv + (it & 1) * kTile * ld : kv;  // this tile's KV rows
+    if constexpr (kAsync) {
+      cp_async_wait_all();
+      // This tile's rows landed (everyone's copies), the tile before is no longer read (its KV
+      // buffer takes the next tile), and the next tile's codes are written.
+      __syncthreads();
+      if (tid < kTile) fetch_listed(part, range_s, t, it + 2, tid, &listed_s[tid]);  // its own commit group
+      if (it + 1 < ntiles) fetch_tile_bf16(part, codes[(it + 1) & 1], kv + ((it + 1) & 1) * kTile * ld, dim);
+      else cp_async_commit();  // an empty group: the same group count on every tile
+    } else {
+      if (raw_ld) cp_async_wait_all();
+      __syncthreads();  // this tile's raw rows landed; the previous tile's KV and P are no longer read
+      stage_tile<kDimT>(part, tcodes, raw, raw_ld, kv, dim);
+      __syncthreads();  // KV staged; raw free
+      if (tid < kTile) fetch_listed(part, range_s, t, it + 2, tid, &listed_s[tid]);  // its own commit group
+      if (raw_ld && it + 1 < ntiles) fetch_raw(part.ckv, codes[(it + 1) & 1], raw, raw_ld);
+    }
     {  // S = Q K^T * scale: heads [mt, mt + 16) x candidates [quarter * 16, +16)
       float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
       const uint32_t qa = smem_u32(frag_a_row(qs + mt * ld, ld, lane));  // this lane's ldmatrix rows at k = 0
-      const uint32_t kb = smem_u32(frag_b_rows(kv + quarter * 16 * ld, ld, lane));
+      const uint32_t kb = smem_u32(frag_b_rows(tkv + quarter * 16 * ld, ld, lane));
 #pragma unroll 8
       for (int k0 = 0; k0 < dim; k0 += 16) {
         uint32_t af[4], bf[4];
@@ -213,11 +248,11 @@ __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const _
     }
     __syncthreads();
     if (tid < kTile) {  // tile it + 2's codes (read after the next tile's first barrier)
-      if (raw_ld && it + 1 < ntiles) cp_async_wait<1>();  // this thread's list entry landed (its raw rows may not)
+      if (kAsync || (raw_ld && it + 1 < ntiles)) cp_async_wait<1>();  // this thread's list entry landed (not its rows)
       else cp_async_wait_all();
       codes[it & 1][tid] = int32_t(tile_code_listed(part, range_s, it + 2, tid, listed_s[tid]));
     }
-    o.add_pv(resc_s, ps, kPld, kv, ld);  // O = O * resc + P V
+    o.add_pv(resc_s, ps, kPld, tkv, ld);  // O = O * resc + P V
   }
   __syncthreads();
   if (a.num_splits > 1) o.store_split(a, hb0, dim, m_s, den_s);  // for attention_combine_kernel
@@ -232,19 +267,26 @@ void launch_sparse_attention_tc(AttnArgs& a, int64_t n, cudaStream_t s) {
   for (int i = 0; i < a.num_parts; ++i)
     if (a.parts[i].ckv.data) raw_ld = std::max(raw_ld, int((a.parts[i].ckv.row_bytes + 15) / 16 * 16));
   a.raw_ld = raw_ld <= kMaxRawLd ? raw_ld : 0;
+  const bool async = parts_bf16(a);
   static bool attr_set = false;
   if (!attr_set) {
-    const int most = int(tc_smem_bytes(kTcMaxDim, kMaxRawLd));
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_tc_kernel<kTcMaxDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    most));
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_tc_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+    const int most = int(std::max(tc_smem_bytes(kTcMaxDim, kMaxRawLd, false), tc_smem_bytes(kTcMaxDim, 0, true)));
+    const auto set = [&](auto kernel) {
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+    };
+    set(sparse_attention_tc_kernel<kTcMaxDim, false>);
+    set(sparse_attention_tc_kernel<0, false>);
+    set(sparse_attention_tc_kernel<kTcMaxDim, true>);
+    set(sparse_attention_tc_kernel<0, true>);
     attr_set = true;
   }
   const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads)),
                   unsigned(a.num_splits)};
-  const size_t smem = tc_smem_bytes(a.dim, a.raw_ld);
-  if (a.dim == kTcMaxDim) sparse_attention_tc_kernel<kTcMaxDim><<<grid, kTcThreads, smem, s>>>(a);
-  else sparse_attention_tc_kernel<0><<<grid, kTcThreads, smem, s>>>(a);
+  const size_t smem = tc_smem_bytes(a.dim, a.raw_ld, async);
+  if (a.dim == kTcMaxDim && async) sparse_attention_tc_kernel<kTcMaxDim, true><<<grid, kTcThreads, smem, s>>>(a);
+  else if (a.dim == kTcMaxDim) sparse_attention_tc_kernel<kTcMaxDim, false><<<grid, kTcThreads, smem, s>>>(a);
+  else if (async) sparse_attention_tc_kernel<0, true><<<grid, kTcThreads, smem, s>>>(a);
+  else sparse_attention_tc_kernel<0, false><<<grid, kTcThreads, smem, s>>>(a);
   launch_check("sparse_attention (tensor cores)", s);
 }
 

@@ -13,7 +13,10 @@
 //     of the tile (sparse_attention_tc_kernel's code), O += P V (warp w: heads (w % 2) * 32, dims
 //     (w / 2) * 128: 128 fp32 accumulators a thread), then arrive on empty.
 // S and P are single buffers between the consumers' named barriers; KV is double-buffered, so the
-// producer stages tile it + 1 while the consumers multiply tile it. Shared memory: Q 65 KB, KV
+// producer stages tile it + 1 while the consumers multiply tile it. When every row is bf16
+// (parts_bf16: the bf16 views of a prefill launch, attention_bf16_view.cu) the producer copies the
+// rows by 16-byte cp.async instead, each copy arriving on full[it % 2] as it lands (.noinc arrivals:
+// full counts them beside the warps' own), so it never waits on a load. Shared memory: Q 65 KB, KV
 // 2 x 65 KB, S 17 KB, P 9 KB. One split: shapes whose blocks fill the SMs (prefill, decode
 // batches of an SM count or more); head_dim 512; rows the tensor-core kernels can load
 // (PartPlan::tc).
@@ -23,6 +26,7 @@
 
 #include "kernels/cuda/attention_args.cuh"
 #include "kernels/cuda/attention_mma.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/mma_sync.cuh"
@@ -118,6 +122,26 @@ __device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t
   }
 }
 
+// The copy form of produce_tile (every row bf16): the same chunks by 16-byte cp.async, absent
+// candidates as zeros, then this thread's arrival on `full` once they land.
+__device__ __forceinline__ void produce_tile_bf16(const AttnPart& part, const int32_t* codes, uint16_t* kv, int p,
+                                                  uint64_t* full) {
+  const int c = (p & 63) * 8, r0 = p >> 6;
+  const uint16_t* win = static_cast<const uint16_t*>(part.win.data);
+  const uint16_t* comp = static_cast<const uint16_t*>(part.comp.data);
+#pragma unroll 8
+  for (int k = 0; k < kTile / 2; ++k) {
+    const int row = r0 + 2 * k, code = codes[row];
+    const uint16_t* src = code >= 0 ? win + int64_t(code) * part.win.stride + c
+                          : code <= -2 ? comp + int64_t(-code - 2) * part.comp.stride + c
+                                       : win;
+    cp_async16(kv + row * kLd + c, src, code != -1);
+  }
+  mbar_arrive_cp_async(full);
+}
+
+// kAsync: the copy form of the producer (every row bf16).
+template <bool kAsync>
 __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ __align__(16) unsigned char ws_smem[];
   WsSmem& sm = *reinterpret_cast<WsSmem*>(ws_smem);
@@ -130,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
   const int ntiles = r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
   if (tid == 0) {
     for (int b = 0; b < 2; ++b) {
-      mbar_init(&sm.full[b], kProducerThreads / 32);
+      mbar_init(&sm.full[b], kProducerThreads / 32 + (kAsync ? kProducerThreads : 0));
       mbar_init(&sm.empty[b], kConsumerThreads / 32);
     }
   }
@@ -174,11 +198,16 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
       }
       producer_sync();  // the codes and entry addresses written
       if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
-      produce_tile(part, sm.codes[b], sm.rows[b], sm.kv[b], p);
-      next_row = entry_row(next_code);
+      if constexpr (kAsync) {
+        produce_tile_bf16(part, sm.codes[b], sm.kv[b], p, &sm.full[b]);
+      } else {
+        produce_tile(part, sm.codes[b], sm.rows[b], sm.kv[b], p);
+        next_row = entry_row(next_code);
+      }
       __syncwarp();
-      if (lane == 0) mbar_arrive(&sm.full[b]);
+      if (lane == 0) mbar_arrive(&sm.full[b]);  // the codes written (release)
     }
+    if constexpr (kAsync) cp_async_wait_all();  // no copy outstanding at exit
     return;
   }
 
@@ -242,14 +271,17 @@ void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s) {
   CHECK_EQ(a.dim, kDim) << "attention ws: head_dim";
   static bool attr_set = false;
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_ws_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_ws_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(kSmemBytes)));
+    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_ws_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(kSmemBytes)));
     attr_set = true;
   }
   a.num_splits = 1;
   a.raw_ld = 0;
   const dim3 grid{grid_x(n, "sparse_attention (ws)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads))};
-  sparse_attention_ws_kernel<<<grid, kThreads, kSmemBytes, s>>>(a);
+  if (parts_bf16(a)) sparse_attention_ws_kernel<true><<<grid, kThreads, kSmemBytes, s>>>(a);
+  else sparse_attention_ws_kernel<false><<<grid, kThreads, kSmemBytes, s>>>(a);
   launch_check("sparse_attention (ws)", s);
 }
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// cp.async (global -> shared memory, asynchronous) as the kernels of this folder use it: 4- and
-// 8-byte copies, commit groups and waits. The zero-filling copies of the W4A8 kernels are in
-// fp4_tc_common.cuh. Included only by .cu files of this folder.
+// cp.async (global -> shared memory, asynchronous) as the kernels of this folder use it: 4-, 8- and
+// 16-byte copies (the 16- and 4-byte ones also zero-filling), commit groups and waits. Included
+// only by .cu files of this folder.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,6 +19,21 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
 // 8 bytes to the shared-memory address dst (compact FP8 entry rows are 8-byte aligned).
 __device__ __forceinline__ void cp_async8(uint32_t dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
+}
+// cp.async of 16 / 4 bytes to a shared-memory address, copying `bytes` (16 or 4, or 0: zeros,
+// nothing read).
+__device__ __forceinline__ void cp_async16_n(uint32_t dst, const void* src, uint32_t bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async4_n(uint32_t dst, const void* src, uint32_t bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+// The same to a generic pointer into shared memory; !full writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
+  cp_async16_n(uint32_t(__cvta_generic_to_shared(dst)), src, full ? 16 : 0);
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
+  cp_async4_n(uint32_t(__cvta_generic_to_shared(dst)), src, full ? 4 : 0);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }

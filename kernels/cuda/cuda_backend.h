@@ -83,6 +83,7 @@ class CudaBackend final : public Backend {
     k.decode_tc = options_.decode_tensor_cores;
     k.wgmma = options_.attention_wgmma;
     k.ws = options_.attention_ws;
+    k.bf16_view = options_.attention_bf16_view;
     return k;
   }
   // Scratch slots used inside one op (grow-only).

@@ -38,6 +38,9 @@ struct AttentionKernels {
   bool wgmma = false;
   // Of the prefill shapes, 512-dim heads on the warp-specialized kernel (attention_ws.cu; attention_ws).
   bool ws = false;
+  // Prefill shapes on the tensor-core kernels read bf16 views of their rows (attention_bf16_view.cu;
+  // attention_bf16_view).
+  bool bf16_view = true;
 };
 
 struct CudaBackendOptions {
@@ -77,6 +80,11 @@ struct CudaBackendOptions {
   // consumer warpgroups multiply the current one; the mma.sync kernel's outputs bit for bit; taken
   // before attention_wgmma. Off until run on a GPU.
   bool attention_ws = false;
+  // Prefill-shaped sparse attention on the tensor-core kernels first converts its F32 window rows
+  // and compact FP8 entries into bf16 views (attention_bf16_view.cu; debug.cuda_attention_bf16_view),
+  // exactly, once per launch, so the kernels copy each candidate tile by cp.async (two KV tiles in
+  // flight) instead of decoding it once per query; the same outputs bit for bit.
+  bool attention_bf16_view = true;
   // Decode-sized sparse attention on the tensor-core kernel split over the candidates, and decode
   // batches' indexer scores of compact FP4 keys on FP8 wgmma (indexer_fp8_decode.cu), instead of
   // the split multi-query and CUDA-core kernels (debug.cuda_decode_tc). H100, batch 256: attention

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // What the tensor-core FP4 expert kernels share (fp4_gemm_mma.cu, fp4_gemv.cu, fp4_gemm_wgmma.cu,
-// fp4_gemm_wgmma_ws.cu): cp.async with zero fill, the e2m1 -> e4m3 re-encodes (code * 2^-6 by bit
+// fp4_gemm_wgmma_ws.cu): the e2m1 -> e4m3 re-encodes (code * 2^-6 by bit
 // moves for the f16 MMAs; code * 2^(6 - d) by a byte-permute table for the e4m3 wgmma), the f16
 // 32-block MMA, the device map of row tiles per expert, and the once-per-device kernel attributes.
 // Included only by .cu files.
@@ -18,22 +18,6 @@
 #include "kernels/cuda/fp4_gemm.h"
 
 namespace v4rt::kernels::cuda::fp4tc {
-
-// cp.async of 16 / 4 bytes to a shared-memory address, copying `bytes` (16 or 4, or 0: zeros,
-// nothing read).
-__device__ __forceinline__ void cp_async16_n(uint32_t dst, const void* src, uint32_t bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async4_n(uint32_t dst, const void* src, uint32_t bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-// The same to a generic pointer into shared memory; !full writes zeros and reads nothing.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
-  cp_async16_n(uint32_t(__cvta_generic_to_shared(dst)), src, full ? 16 : 0);
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
-  cp_async4_n(uint32_t(__cvta_generic_to_shared(dst)), src, full ? 4 : 0);
-}
 
 // Eight e2m1 codes (one 32-bit word, code j in bits 4j..4j+3) -> e4m3 bytes of value code * 2^-6:
 // lo = the even codes (low nibbles), hi = the odd ones (high nibbles), byte i of each from byte i.

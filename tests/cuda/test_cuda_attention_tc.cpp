@@ -6,10 +6,12 @@
 // whose window rows start 127 before it, lists with -1 entries inside and a -1 tail, entries
 // complete at the position),
 // counts not multiples of 64, F32 and bf16 q / window rows, plain (bf16, F32) and compact FP8
-// compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range. The
-// head_dim 512 cases run on the bf16 wgmma kernel (CudaBackendOptions::attention_wgmma) and the
-// warp-specialized one (attention_ws) too, against the CPU op with the same tolerances and bit for
-// bit against the mma.sync kernel.
+// compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range. Prefill
+// launches read bf16 views of their rows by default (attention_bf16_view.cu); every case also runs
+// without them (CudaBackendOptions::attention_bf16_view off: the rows staged as stored), bit for bit
+// the same. The head_dim 512 cases run on the bf16 wgmma kernel (attention_wgmma) and the
+// warp-specialized one (attention_ws, with and without the views) too, against the CPU op with the
+// same tolerances and bit for bit against the mma.sync kernel.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -113,8 +115,14 @@ void expect_same_bits(const char* name, const TcCase& c, Backend& backend, const
   EXPECT_TRUE(compare(wname + " lse vs cpu", lse.gpu_values(), cpu_lse.cpu_values(), kLseTol));
 }
 
-void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_core, Backend& wgmma, Backend& ws,
-                 const Tolerance& cpu_tol) {
+// The kernels a case runs on beside the mma.sync one (tc).
+struct TcBackends {
+  std::unique_ptr<Backend> tc, tc_no_view, cuda_core, wgmma, ws, ws_no_view;
+};
+
+void run_tc_case(const TcCase& c, Rng& rng, const TcBackends& b, const Tolerance& cpu_tol) {
+  Backend& tc_backend = *b.tc;
+  Backend& cuda_core = *b.cuda_core;
   SCOPED_TRACE(c.name);
   const int64_t win_rows = c.pos0 + c.n - c.win_pos0;
   Dual q = make_dual({c.n, c.heads, c.dim}, rng.normals(int64_t(c.n) * c.heads * c.dim, 0.3f), c.rows);
@@ -166,9 +174,11 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_c
   EXPECT_TRUE(compare(name + " vs cuda-core", tc, cc, kBf16Tol));
   EXPECT_TRUE(compare(name + " lse vs cpu", lse_tc.gpu_values(), lse_tc.cpu_values(), kLseTol));
   EXPECT_TRUE(compare(name + " lse vs cuda-core", lse_tc.gpu_values(), lse_cc.gpu_values(), kLseTol));
+  expect_same_bits("mma.sync without bf16 views", c, *b.tc_no_view, params, tc, out_tc, lse_tc, cpu_tol);
   if (c.dim != 512) return;  // the wgmma and warp-specialized kernels serve head_dim 512 only
-  expect_same_bits("wgmma", c, wgmma, params, tc, out_tc, lse_tc, cpu_tol);
-  expect_same_bits("ws", c, ws, params, tc, out_tc, lse_tc, cpu_tol);
+  expect_same_bits("wgmma", c, *b.wgmma, params, tc, out_tc, lse_tc, cpu_tol);
+  expect_same_bits("ws", c, *b.ws, params, tc, out_tc, lse_tc, cpu_tol);
+  expect_same_bits("ws without bf16 views", c, *b.ws_no_view, params, tc, out_tc, lse_tc, cpu_tol);
 }
 
 // Every case on the tensor-core kernel (decode shapes too: decode_tensor_cores on) against the
@@ -177,21 +187,23 @@ void run_tc_case(const TcCase& c, Rng& rng, Backend& tc_backend, Backend& cuda_c
 template <size_t N>
 void run_tc_cases(const TcCase (&cases)[N], uint64_t seed, const Tolerance& cpu_tol = kBf16Tol) {
   Rng rng(seed);
-  cuda::CudaBackendOptions tc_options;
-  tc_options.decode_tensor_cores = true;
-  auto tc = cuda::make_cuda_backend(0, tc_options);
-  cuda::CudaBackendOptions cc_options;
-  cc_options.attention_tensor_cores = false;
-  auto cuda_core = cuda::make_cuda_backend(0, cc_options);
-  cuda::CudaBackendOptions wg_options;
-  wg_options.attention_wgmma = true;
-  wg_options.decode_tensor_cores = true;
-  auto wgmma = cuda::make_cuda_backend(0, wg_options);
-  cuda::CudaBackendOptions ws_options;
-  ws_options.attention_ws = true;
-  ws_options.decode_tensor_cores = true;
-  auto ws = cuda::make_cuda_backend(0, ws_options);
-  for (const TcCase& c : cases) run_tc_case(c, rng, *tc, *cuda_core, *wgmma, *ws, cpu_tol);
+  const auto make = [](bool tensor_cores, bool wgmma, bool ws, bool view) {
+    cuda::CudaBackendOptions o;
+    o.attention_tensor_cores = tensor_cores;
+    o.decode_tensor_cores = tensor_cores;
+    o.attention_wgmma = wgmma;
+    o.attention_ws = ws;
+    o.attention_bf16_view = view;
+    return cuda::make_cuda_backend(0, o);
+  };
+  TcBackends b;
+  b.tc = make(true, false, false, true);
+  b.tc_no_view = make(true, false, false, false);
+  b.cuda_core = make(false, false, false, true);
+  b.wgmma = make(true, true, false, true);
+  b.ws = make(true, false, true, true);
+  b.ws_no_view = make(true, false, true, false);
+  for (const TcCase& c : cases) run_tc_case(c, rng, b, cpu_tol);
 }
 
 // Prefill-sized calls (enough query blocks to take the tensor-core kernel) of every row storage the

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# One device call (about 6 minutes from a fresh machine) for the prefill attention's bf16 views
+# (kernels/cuda/attention_bf16_view.cu): builds the op tests, bench_step and test_gpu_golden; runs
+# the attention op tests (every kernel with and without the views, bit for bit); `bench prefill` at
+# 8K and 1M with the views (default), without them (scripts/device/attention_no_view.yaml) and on
+# the warp-specialized kernel with them (attention_ws.yaml); test_gpu_golden; [NCU=1: the stall
+# profile of the 8K prefill's attention with the views].
+# Logs: $OUT/summary.txt and $OUT/logs.tgz.
+#   bash scripts/device/attention_view_check.sh        (carry .devdeps)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out/device}; mkdir -p "$OUT"; B=${BUILD:-build-gpu}
+L=${LOGS:-/tmp/view_logs}; rm -rf "$L"; mkdir -p "$L"
+exec > >(tee "$OUT/summary.txt") 2>&1
+t0=$(date +%s); el() { echo "--- $1 at $(( $(date +%s) - t0 )) s"; tar czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null; }
+BUILD=$B TARGETS="test_cuda_kernels bench_step test_gpu_golden" JOBS=${JOBS:-16} \
+  timeout 300 bash scripts/device/run.sh none > $L/build.txt 2>&1; tail -3 $L/build.txt; grep -m5 -E "error" $L/build.txt
+nvidia-smi --query-gpu=name --format=csv,noheader; el build
+source scripts/device/devdeps.sh
+T=$B/tests/cuda/test_cuda_kernels
+timeout 90 $T --gtest_brief=1 --gtest_filter="CudaAttentionTc*:CudaOps.SparseAttention*" > $L/tests_attn.txt 2>&1
+echo "== attention tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_attn.txt | grep -vE " 0 of " | head -30
+grep -c " 0 of " $L/tests_attn.txt; el tests_attn
+P="$B/tests/cuda/bench_step bench"
+prefill() {  # tag context [config]
+  local cfg=(); [[ -n ${3:-} ]] && cfg=(--config "$3")
+  timeout ${4:-40} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context "$2" "${cfg[@]}" > $L/p_$1.txt 2>&1
+  echo "== prefill $1 rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p_$1.txt
+  el "prefill $1"
+}
+prefill 8k_view 8192
+prefill 8k_noview 8192 scripts/device/attention_no_view.yaml
+prefill 8k_ws_view 8192 scripts/device/attention_ws.yaml
+prefill 1m_view 1048576 "" 100
+prefill 1m_ws_view 1048576 scripts/device/attention_ws.yaml 100
+timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt; el golden
+prefill 1m_noview 1048576 scripts/device/attention_no_view.yaml 100
+if [[ ${NCU:-0} == 1 ]]; then
+  BUILD=$B OUT=$L NCU_KERNEL=${NCU_KERNEL:-sparse_attention_tc} NCU_CONFIG=${NCU_CONFIG:-} NCU_SKIP=0 NCU_TAG=attention \
+    timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_attention.txt 2>&1
+  echo "== ncu prefill attention rc $?"; head -24 $L/ncu_attention.txt; head -30 $L/ncu_attention_top.txt; el ncu
+fi
