@@ -45,9 +45,10 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads on bf16
   // wgmma instead of the mma.sync tensor-core kernel.
   bool cuda_attention_wgmma = false;
-  // "cuda" only (debug.cuda_attention_ws): prefill sparse attention of 512-dim heads on the
-  // warp-specialized kernel (a producer warpgroup stages the next tile under the MMAs).
-  bool cuda_attention_ws = false;
+  // "cuda" only (debug.cuda_attention_ws): prefill sparse attention of 512-dim heads whose rows are
+  // all bf16 (the bf16 views) on the warp-specialized kernel (a producer warpgroup copies the next
+  // tile under the MMAs).
+  bool cuda_attention_ws = true;
   // "cuda" only (debug.cuda_attention_bf16_view): prefill sparse attention on tensor cores reads
   // bf16 views of its window rows and compact entries (converted once per launch, exactly).
   bool cuda_attention_bf16_view = true;

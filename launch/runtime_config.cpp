@@ -257,9 +257,9 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                                "copies and decodes the weights), taken before cuda_expert_wgmma's (default true)"},
       {"cuda_attention_wgmma", "CUDA: prefill sparse attention of 512-dim heads on bf16 wgmma instead of the mma.sync "
                                "tensor-core kernel (default false; needs cuda_attention_tc)"},
-      {"cuda_attention_ws", "CUDA: prefill sparse attention of 512-dim heads on the warp-specialized kernel (a "
-                            "producer warpgroup stages the next tile under the MMAs; default false: not yet run on a "
-                            "GPU; needs cuda_attention_tc)"},
+      {"cuda_attention_ws", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
+                            "views) on the warp-specialized kernel (a producer warpgroup copies the next tile under "
+                            "the MMAs; default true; needs cuda_attention_tc)"},
       {"cuda_attention_bf16_view", "CUDA: prefill sparse attention on tensor cores first converts its F32 window rows "
                                    "and compact FP8 entries into bf16 views (exact, once per launch) and copies its "
                                    "tiles from them by cp.async (default true; same outputs)"},

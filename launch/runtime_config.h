@@ -66,7 +66,7 @@ struct DebugConfig {
   bool cuda_expert_wgmma = true;         // CUDA: prefill-sized expert GEMMs on FP8 wgmma
   bool cuda_expert_wgmma_ws = true;      // CUDA: ... on the warp-specialized FP8 wgmma kernel
   bool cuda_attention_wgmma = false;     // CUDA: prefill sparse attention (512-dim heads) on bf16 wgmma
-  bool cuda_attention_ws = false;        // CUDA: prefill sparse attention (512-dim heads), warp-specialized
+  bool cuda_attention_ws = true;         // CUDA: prefill sparse attention (512-dim heads, bf16 rows), warp-specialized
   bool cuda_attention_bf16_view = true;  // CUDA: ... reading bf16 views of its rows (converted once per launch)
   bool cuda_decode_tc = true;            // CUDA: decode attention / indexer of a batch on tensor cores
   bool cuda_gemv_mma = true;             // CUDA: decode FP8 projections on FP8 mma.sync (gemv_mma.cu)

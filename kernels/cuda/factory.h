@@ -36,8 +36,9 @@ struct AttentionKernels {
   bool decode_tc = false;
   // Of the prefill shapes, 512-dim heads on the bf16 wgmma kernel (attention_wgmma.cu; attention_wgmma).
   bool wgmma = false;
-  // Of the prefill shapes, 512-dim heads on the warp-specialized kernel (attention_ws.cu; attention_ws).
-  bool ws = false;
+  // Of the prefill shapes whose rows are all bf16 (the bf16 views), 512-dim heads on the
+  // warp-specialized kernel (attention_ws.cu; attention_ws).
+  bool ws = true;
   // Prefill shapes on the tensor-core kernels read bf16 views of their rows (attention_bf16_view.cu;
   // attention_bf16_view).
   bool bf16_view = true;
@@ -74,12 +75,14 @@ struct CudaBackendOptions {
   // attention_tensor_cores. Off: measured slower than the mma.sync kernel (H100, 8K prefill: 19.4
   // against 12.6 ms, docs/PERFORMANCE.md).
   bool attention_wgmma = false;
-  // Sparse attention of 512-dim heads whose 64-head blocks fill the SMs (prefill, decode batches of
-  // an SM count or more) on the warp-specialized kernel (attention_ws.cu;
-  // debug.cuda_attention_ws): a producer warpgroup stages the next 64-candidate tile while two
-  // consumer warpgroups multiply the current one; the mma.sync kernel's outputs bit for bit; taken
-  // before attention_wgmma. Off until run on a GPU.
-  bool attention_ws = false;
+  // Sparse attention of 512-dim heads whose 64-head blocks fill the SMs and whose rows are all bf16
+  // (prefill launches with attention_bf16_view) on the warp-specialized kernel (attention_ws.cu;
+  // debug.cuda_attention_ws): a producer warpgroup copies the next 64-candidate tile by cp.async
+  // while two consumer warpgroups multiply the current one; the mma.sync kernel's outputs bit for
+  // bit; taken before attention_wgmma. H100, 1M prefill: attention 3.56 against the mma.sync
+  // kernel's 3.95 s (both with the views; docs/PERFORMANCE.md, twelfth run). Rows to decode keep
+  // the mma.sync kernel, whose 16 warps share the decode (one producer warpgroup was too slow).
+  bool attention_ws = true;
   // Prefill-shaped sparse attention on the tensor-core kernels first converts its F32 window rows
   // and compact FP8 entries into bf16 views (attention_bf16_view.cu; debug.cuda_attention_bf16_view),
   // exactly, once per launch, so the kernels copy each candidate tile by cp.async (two KV tiles in

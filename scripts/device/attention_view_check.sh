@@ -3,9 +3,10 @@
 # One device call (about 6 minutes from a fresh machine) for the prefill attention's bf16 views
 # (kernels/cuda/attention_bf16_view.cu): builds the op tests, bench_step and test_gpu_golden; runs
 # the attention op tests (every kernel with and without the views, bit for bit); `bench prefill` at
-# 8K and 1M with the views (default), without them (scripts/device/attention_no_view.yaml) and on
-# the warp-specialized kernel with them (attention_ws.yaml); test_gpu_golden; [NCU=1: the stall
-# profile of the 8K prefill's attention with the views].
+# 8K and 1M as by default (the views, the warp-specialized kernel), without the views
+# (scripts/device/attention_no_view.yaml: the mma.sync kernel decoding per query) and on the
+# mma.sync kernel with them (attention_mma.yaml); test_gpu_golden; [NCU=1: the stall profile of the
+# 8K prefill's attention as by default].
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   bash scripts/device/attention_view_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -31,13 +32,13 @@ prefill() {  # tag context [config]
 }
 prefill 8k_view 8192
 prefill 8k_noview 8192 scripts/device/attention_no_view.yaml
-prefill 8k_ws_view 8192 scripts/device/attention_ws.yaml
+prefill 8k_mma_view 8192 scripts/device/attention_mma.yaml
 prefill 1m_view 1048576 "" 100
-prefill 1m_ws_view 1048576 scripts/device/attention_ws.yaml 100
+prefill 1m_mma_view 1048576 scripts/device/attention_mma.yaml 100
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt; el golden
 prefill 1m_noview 1048576 scripts/device/attention_no_view.yaml 100
 if [[ ${NCU:-0} == 1 ]]; then
-  BUILD=$B OUT=$L NCU_KERNEL=${NCU_KERNEL:-sparse_attention_tc} NCU_CONFIG=${NCU_CONFIG:-} NCU_SKIP=0 NCU_TAG=attention \
+  BUILD=$B OUT=$L NCU_KERNEL=${NCU_KERNEL:-sparse_attention_ws} NCU_CONFIG=${NCU_CONFIG:-} NCU_SKIP=0 NCU_TAG=attention \
     timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_attention.txt 2>&1
   echo "== ncu prefill attention rc $?"; head -24 $L/ncu_attention.txt; head -30 $L/ncu_attention_top.txt; el ncu
 fi

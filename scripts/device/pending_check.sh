@@ -5,13 +5,13 @@
 # still returns the first results: builds the op tests, bench_step and bench_cuda; runs the mHC,
 # indexer, W4A8, MoE and sampler op tests (TEST_FILTER), then the attention ones (ATTN_FILTER);
 # [FP4=1: `bench_cuda - fp4`, the expert GEMMs at decode and prefill shapes, every kernel]; an 8K
-# `bench prefill`, then with the warp-specialized attention (scripts/device/attention_ws.yaml); the
-# per-instruction stall profile of its sparse attention [NCU_EXPERTS=1: and of its expert GEMM]
-# (scripts/device/ncu_prefill.sh); `bench step` at batch 1, 64 and 256 as configured by default
-# (and batch 256 with the warp-specialized attention), then as recorded graphs (their GPU time: the
-# step without host launch gaps); test_gpu_golden and test_cuda_graphs [NCU_DECODE=1: every kernel
-# of the batch-1 and batch-256 steps, scripts/device/ncu_decode.sh]; a 1M-token `bench prefill`,
-# then with the warp-specialized attention; the prefill-shape W4A8 test.
+# `bench prefill`, then with the attention on the mma.sync kernel (scripts/device/attention_mma.yaml);
+# the per-instruction stall profile of the default (warp-specialized) sparse attention
+# [NCU_EXPERTS=1: and of its expert GEMM] (scripts/device/ncu_prefill.sh); `bench step` at batch 1,
+# 64 and 256 as configured by default, then as recorded graphs (their GPU time: the step without
+# host launch gaps); test_gpu_golden and test_cuda_graphs [NCU_DECODE=1: every kernel of the
+# batch-1 and batch-256 steps, scripts/device/ncu_decode.sh]; a 1M-token `bench prefill`, then
+# with the mma.sync attention; the prefill-shape W4A8 test.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [DECODE=0] bash scripts/device/pending_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -41,28 +41,21 @@ P="$B/tests/cuda/bench_step bench"
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|rms_norm|qdq|hc_pre|total|PROJECTION" $L/p8.txt; el prefill
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 \
-  --config scripts/device/attention_ws.yaml > $L/p8_ws.txt 2>&1; ws_rc=$?
-echo "== the warp-specialized prefill attention (scripts/device/attention_ws.yaml) rc $ws_rc"
-grep -E "prefill:|sparse_attention |total" $L/p8_ws.txt; el prefill_ws
+  --config scripts/device/attention_mma.yaml > $L/p8_mma.txt 2>&1
+echo "== the mma.sync prefill attention (scripts/device/attention_mma.yaml) rc $?"
+grep -E "prefill:|sparse_attention |total" $L/p8_mma.txt; el prefill_mma
 # Where the prefill sparse attention (and the expert GEMM) stall, per SASS instruction.
 if [[ ${NCU_EXPERTS:-0} == 1 ]]; then
   BUILD=$B OUT=$L timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1
   echo "== ncu prefill experts rc $?"; head -24 $L/ncu_experts.txt; head -30 $L/ncu_experts_top.txt
 fi
-# The warp-specialized attention when its 8K prefill ran, else the mma.sync kernel.
-if [[ $ws_rc == 0 ]]; then ncu_k=sparse_attention_ws; ncu_c=scripts/device/attention_ws.yaml; else ncu_k=sparse_attention_tc; ncu_c=; fi
-BUILD=$B OUT=$L NCU_KERNEL=$ncu_k NCU_CONFIG=$ncu_c NCU_SKIP=0 NCU_TAG=attention timeout 150 bash scripts/device/ncu_prefill.sh \
-  > $L/ncu_attention.txt 2>&1
+BUILD=$B OUT=$L NCU_KERNEL=${NCU_ATTN_KERNEL:-sparse_attention_ws} NCU_CONFIG= NCU_SKIP=0 NCU_TAG=attention \
+  timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_attention.txt 2>&1
 echo "== ncu prefill attention rc $?"; head -24 $L/ncu_attention.txt; head -30 $L/ncu_attention_top.txt; el ncu
 if [[ ${DECODE:-1} == 1 ]]; then  # DECODE=0: the prefill stages alone
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 timeout 90 $P step $S > $L/step_default.txt 2>&1
 grep -E "^=== |decode step|sparse_attention|indexer_scores|moe_experts|129280|grouped_linear|linear fp8|total .op" $L/step_default.txt; el step
-if [[ $ws_rc == 0 ]]; then  # batch 256 fills the SMs: the warp-specialized attention takes it
-  timeout 60 $P step --synthetic --backend cuda --preset flash --layers 2 --batch 256 --context 8192 \
-    --config scripts/device/attention_ws.yaml > $L/step_ws.txt 2>&1
-  echo "== batch 256, warp-specialized attention rc $?"; grep -E "decode step|sparse_attention|total .op" $L/step_ws.txt
-fi
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden
@@ -73,10 +66,8 @@ fi
 fi
 timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 > $L/p1m.txt 2>&1
 echo "== 1M prefill rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p1m.txt; el all
-if [[ $ws_rc == 0 ]]; then
-  timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 \
-    --config scripts/device/attention_ws.yaml > $L/p1m_ws.txt 2>&1
-  echo "== 1M prefill, warp-specialized attention rc $?"; grep -E "prefill:|sparse_attention |total|PROJECTION" $L/p1m_ws.txt; el all
-fi
+timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 \
+  --config scripts/device/attention_mma.yaml > $L/p1m_mma.txt 2>&1
+echo "== 1M prefill, mma.sync attention rc $?"; grep -E "prefill:|sparse_attention |total|PROJECTION" $L/p1m_mma.txt; el all
 timeout 120 $T --gtest_brief=1 --gtest_filter=CudaW4a8Wgmma.PrefillShapes > $L/tests_prefill_shapes.txt 2>&1
 echo "== PrefillShapes rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_prefill_shapes.txt | head; el all
