@@ -42,8 +42,8 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_expert_wgmma_ws): the same GEMMs on the warp-specialized FP8 wgmma
   // kernel, taken before the one above.
   bool cuda_expert_wgmma_ws = true;
-  // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads on bf16
-  // wgmma instead of the mma.sync tensor-core kernel.
+  // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads whose rows
+  // are all bf16 (the bf16 views) on the warp-specialized bf16 wgmma kernel.
   bool cuda_attention_wgmma = false;
   // "cuda" only (debug.cuda_attention_ws): prefill sparse attention of 512-dim heads whose rows are
   // all bf16 (the bf16 views) on the warp-specialized kernel (a producer warpgroup copies the next

@@ -513,17 +513,18 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   const auto free_views = [&] {
     if (views) stream_free(views, s);
   };
-  // The warp-specialized kernel when its producer only copies (every row bf16): with rows to decode
-  // one producer warpgroup cannot keep up with the two that multiply (docs/PERFORMANCE.md).
-  if (tc && k.ws && dim == kWgmmaDim && fills && parts_bf16(a)) {  // attention_ws.cu
+  // The warp-specialized kernels when their producer only copies (every row bf16): with rows to
+  // decode one producer warpgroup cannot keep up with the two that multiply (docs/PERFORMANCE.md).
+  const bool copy_only = tc && dim == kWgmmaDim && fills && parts_bf16(a);
+  if (copy_only && k.wgmma) {  // consumers on wgmma (attention_wgmma.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
-    launch_sparse_attention_ws(a, n, s);
+    launch_sparse_attention_wgmma(a, n, s);
     free_views();
     return;
   }
-  if (tc && k.wgmma && dim == kWgmmaDim && fills) {  // on wgmma (attention_wgmma.cu)
+  if (copy_only && k.ws) {  // consumers on mma.sync (attention_ws.cu)
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
-    launch_sparse_attention_wgmma(a, n, s);
+    launch_sparse_attention_ws(a, n, s);
     free_views();
     return;
   }

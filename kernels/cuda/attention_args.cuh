@@ -154,8 +154,9 @@ void launch_sparse_attention_tc(AttnArgs& a, int64_t n, cudaStream_t s);
 // load; the outputs of launch_sparse_attention_tc bit for bit.
 void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s);
 
-// The bf16 wgmma kernel (attention_wgmma.cu) over the n tokens of the parts in `a`: one split,
-// 64 heads per block, head_dim 512, rows the tensor-core kernels can load (PartPlan::tc).
+// The warp-specialized bf16 wgmma kernel (attention_wgmma.cu) over the n tokens of the parts in
+// `a`: one split, 64 heads per block, head_dim 512, every row bf16 (parts_bf16); the outputs of
+// launch_sparse_attention_tc bit for bit.
 constexpr int kWgmmaDim = 512;
 void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, cudaStream_t s);
 

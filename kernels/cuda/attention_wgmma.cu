@@ -1,22 +1,29 @@
 // SPDX-License-Identifier: MIT
-// Prefill sparse attention on bf16 wgmma (sm_90a): the numerics of sparse_attention_tc_kernel
-// (attention.cu) for head_dim 512, 64 heads of a query per block (CudaBackendOptions::
-// attention_wgmma, debug.cuda_attention_wgmma). Two warpgroups; each 64-candidate tile of latent
-// rows is staged once in shared memory in two K-major no-swizzle layouts (wgmma.cuh): [cand][dim]
-// for S = Q K^T and its transpose [dim][cand] for O += P V (only the K-major layout is used, so no
-// transpose flag). Warpgroup g computes S of candidates [32 g, +32) over all 512 dims
-// (m64n32k16); the online softmax of the tile, per head in fp32, is sparse_attention_tc_kernel's
-// code line for line (running max per tile, denominator from unrounded p, P rounded to bf16),
-// P goes to shared memory in the K-major layout, then warpgroup g keeps O of dims [256 g, +256)
-// (m64n256k16, 128 fp32 registers a thread), rescaled per head before each tile's P V. One
-// buffer per operand (Q 64 KB + KV 64 KB + KV^T 64 KB + S 17 KB + P 8 KB): staging does not
-// overlap the MMAs yet.
+// Prefill sparse attention on bf16 wgmma (sm_90a), warp-specialized: the numerics of
+// sparse_attention_tc_kernel (attention_tc.cu) for head_dim 512, its outputs bit for bit
+// (CudaBackendOptions::attention_wgmma, debug.cuda_attention_wgmma), for launches whose rows are all
+// bf16 (parts_bf16: the bf16 views of a prefill launch, attention_bf16_view.cu). Block (token t,
+// 64 heads), 384 threads:
+//   - warpgroup 2 produces: for tile it it waits until the consumers released the tile's buffer
+//     (empty[it % 2]), writes the 64 candidate codes, copies the 64 bf16 rows by 16-byte cp.async
+//     into kv[it % 2] in the no-swizzle K-major core-matrix layout (wgmma.cuh, 1,024-byte rows),
+//     each thread's copies arriving on full[it % 2] as they land (.noinc arrivals);
+//   - warpgroups 0 and 1 consume: wait full; warpgroup g computes S of candidates [32 g, +32) over
+//     the 512 dims (m64n32k16, Q and K from shared memory); the online softmax of the tile over
+//     both warpgroups (sparse_attention_tc_kernel's code: running max per tile, denominator from
+//     unrounded p, P rounded to bf16) into P in shared memory; warpgroup g keeps O of dims [256 g,
+//     +256) (m64n256k16, 128 fp32 registers a thread), rescaled per head, += P V with V read from
+//     the same KV tile MN-major (the transpose flag: no second copy); then arrive on empty.
+// Q 64 KB + KV 2 x 64 KB + S 17 KB + P 8 KB. The producer gives up registers to the consumers
+// (setmaxnreg 56 / 224).
 #include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/attention_args.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
+#include "kernels/cuda/warp_specialize.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace v4rt::kernels::cuda::attn {
@@ -24,110 +31,119 @@ namespace v4rt::kernels::cuda::attn {
 namespace {
 
 constexpr int kHeads = 64;                       // heads per block: the wgmma M
-constexpr int kThreads = 256;                    // two warpgroups
 constexpr int kDim = kWgmmaDim;                  // head_dim
+constexpr int kConsumerThreads = 256;            // warpgroups 0 and 1
+constexpr int kProducerThreads = 128;            // warpgroup 2
+constexpr int kThreads = kConsumerThreads + kProducerThreads;
 constexpr int kRowB = kDim * 2;                  // bytes of a Q / KV row (bf16)
-constexpr int kTileRowB = kTile * 2;             // bytes of a KV^T / P row (64 candidates, bf16)
+constexpr int kTileRowB = kTile * 2;             // bytes of a P row (64 candidates, bf16)
 constexpr int kSld = kTile + 4;                  // S row stride (fp32), conflict-free stores
-constexpr int kQBytes = kHeads * kRowB;          // Q [head][dim]
-constexpr int kKvBytes = kTile * kRowB;          // KV [cand][dim]
-constexpr int kKvtBytes = kDim * kTileRowB;      // KV^T [dim][cand]
-constexpr int kSBytes = kHeads * kSld * 4;       // S [head][cand] fp32
-constexpr int kPBytes = kHeads * kTileRowB;      // P [head][cand] bf16
-constexpr int kSmemBytes = kQBytes + kKvBytes + kKvtBytes + kSBytes + kPBytes;
-static_assert(kSmemBytes + 2048 <= 227 * 1024, "attention wgmma: shared memory");
+// Registers a thread after setmaxnreg: the producer gives its share to the consumers (O alone is
+// 128 fp32 a thread), 128 x 56 + 256 x 224 <= 64K.
+constexpr int kProducerRegs = 56, kConsumerRegs = 224;
 
-// Eight bf16 rotated by r elements: element j of the result is element (j + r) & 7 of v.
-__device__ __forceinline__ uint4 rotate_halves(uint4 v, int r) {
-  if (r & 4) v = make_uint4(v.z, v.w, v.x, v.y);
-  if (r & 2) v = make_uint4(v.y, v.z, v.w, v.x);
-  if (r & 1)
-    v = make_uint4(__byte_perm(v.x, v.y, 0x5432), __byte_perm(v.y, v.z, 0x5432), __byte_perm(v.z, v.w, 0x5432),
-                   __byte_perm(v.w, v.x, 0x5432));
-  return v;
+struct WgSmem {
+  alignas(128) unsigned char q[kHeads * kRowB];      // Q [head][dim], core-matrix layout
+  alignas(128) unsigned char kv[2][kTile * kRowB];   // KV [cand][dim], core-matrix layout
+  alignas(128) unsigned char p[kHeads * kTileRowB];  // P [head][cand] bf16, core-matrix layout
+  float s[kHeads * kSld];                            // S [head][cand] fp32
+  int32_t codes[2][kTile];
+  float m[kHeads], den[kHeads], resc[kHeads];
+  uint64_t full[2], empty[2];
+};
+constexpr size_t kSmemBytes = sizeof(WgSmem) + 128;  // + alignment of the dynamic base
+static_assert(kSmemBytes <= 227 * 1024, "attention wgmma: one block per SM");
+
+__device__ __forceinline__ void consumer_sync() { named_sync<1, kConsumerThreads>(); }
+__device__ __forceinline__ void producer_sync() { named_sync<2, kProducerThreads>(); }
+
+// Producer thread p copies the 8-dim chunks p % 64 of rows p / 64 + 2 k of tile `codes` (bf16
+// rows, absent candidates as zeros), then arrives on `full` once they land.
+__device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t* codes, unsigned char* kv, int p,
+                                             uint64_t* full) {
+  const int c = (p & 63) * 8, r0 = p >> 6;
+  const uint16_t* win = static_cast<const uint16_t*>(part.win.data);
+  const uint16_t* comp = static_cast<const uint16_t*>(part.comp.data);
+#pragma unroll 8
+  for (int k = 0; k < kTile / 2; ++k) {
+    const int row = r0 + 2 * k, code = codes[row];
+    const uint16_t* src = code >= 0 ? win + int64_t(code) * part.win.stride + c
+                          : code <= -2 ? comp + int64_t(-code - 2) * part.comp.stride + c
+                                       : win;
+    cp_async16(kv + core_offset(row, c * 2, kRowB), src, code != -1);
+  }
+  mbar_arrive_cp_async(full);
 }
 
-// Block (token t, head block y). Rows 16-byte aligned with strides of multiples of 8 elements
-// (PartPlan::tc), as for sparse_attention_tc_kernel.
 __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(const __grid_constant__ AttnArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  unsigned char* qs = smem;
-  unsigned char* kv = qs + kQBytes;
-  unsigned char* kvt = kv + kKvBytes;
-  float* ss = reinterpret_cast<float*>(kvt + kKvtBytes);
-  unsigned char* ps = reinterpret_cast<unsigned char*>(ss) + kSBytes;
-  __shared__ int64_t codes[kTile];
-  __shared__ float m_s[kHeads], den_s[kHeads], resc_s[kHeads];
+  extern __shared__ unsigned char wg_smem_raw[];
+  WgSmem& sm = *reinterpret_cast<WgSmem*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t(127));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wg = warp >> 2;                          // warpgroup
-  const int row0 = (warp & 3) * 16 + (lane >> 2);    // accumulator rows row0, row0 + 8 (heads)
-  const int tig = lane & 3;
   const TokArgs ta = token_args(a, blockIdx.x);
   const AttnPart& part = ta.p;
   const int64_t t = ta.t;
   const int hb0 = a.h_begin + int(blockIdx.y) * kHeads;
   const CandRange r = candidate_range(a, part, t, 0);
-  constexpr int d8 = kDim / 8;
-  for (int i = tid; i < kHeads * d8; i += kThreads) {
-    const int hl = i / d8, c = (i % d8) * 8, h = hb0 + hl;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (h < a.h_end) v = ld8_as_bf16(part.q, t, int64_t(h) * kDim + c);
-    *reinterpret_cast<uint4*>(qs + core_offset(hl, c * 2, kRowB)) = v;
+  const int ntiles = r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
+  if (tid == 0) {
+    for (int b = 0; b < 2; ++b) {
+      mbar_init(&sm.full[b], kProducerThreads / 32 + kProducerThreads);
+      mbar_init(&sm.empty[b], kConsumerThreads / 32);
+    }
   }
   if (tid < kHeads) {
-    m_s[tid] = -INFINITY;
-    den_s[tid] = 0.f;
+    sm.m[tid] = -INFINITY;
+    sm.den[tid] = 0.f;
   }
+  {  // q of the block's heads (all threads, every load before the stores)
+    constexpr int kChunks = kHeads * (kDim / 8) / kThreads + 1;  // 11 (4,096 chunks over 384 threads)
+    uint4 v[kChunks];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int i = tid + k * kThreads, hl = i >> 6, c = (i & 63) * 8, h = hb0 + hl;
+      v[k] = make_uint4(0, 0, 0, 0);
+      if (i < kHeads * (kDim / 8) && h < a.h_end) v[k] = ld8_as_bf16(part.q, t, int64_t(h) * kDim + c);
+    }
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int i = tid + k * kThreads;
+      if (i < kHeads * (kDim / 8)) *reinterpret_cast<uint4*>(sm.q + core_offset(i >> 6, (i & 63) * 16, kRowB)) = v[k];
+    }
+  }
+  fence_async_smem();  // q's generic stores before the wgmma reads
+  __syncthreads();     // the last barrier of all 384 threads
+
+  if (warp >= kConsumerThreads / 32) {  // --- producer -------------------------------------------
+    regs_dec<kProducerRegs>();
+    const int p = tid - kConsumerThreads;
+    int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
+    for (int it = 0; it < ntiles; ++it) {
+      const int b = it & 1;
+      if (it >= 2) mbar_wait(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
+      if (p < kTile) sm.codes[b][p] = next_code;
+      producer_sync();  // the codes written
+      if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
+      produce_tile(part, sm.codes[b], sm.kv[b], p, &sm.full[b]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&sm.full[b]);  // the codes written (release)
+    }
+    cp_async_wait_all();  // no copy outstanding at exit
+    return;
+  }
+
+  // --- consumers -----------------------------------------------------------------------------------
+  regs_inc<kConsumerRegs>();
+  const int wg = warp >> 2;                          // consumer warpgroup
+  const int row0 = (warp & 3) * 16 + (lane >> 2);    // accumulator rows row0, row0 + 8 (heads)
+  const int tig = lane & 3;
   float o[128];
 #pragma unroll
   for (int i = 0; i < 128; ++i) o[i] = 0.f;
 
-  for (int64_t tile0 = r.cand0; tile0 < r.ncand; tile0 += kTile) {
-    const int cnt = int(min(int64_t(kTile), r.ncand - tile0));
-    __syncthreads();  // the previous tile's KV, KV^T and P are no longer read
-    if (tid < kTile) codes[tid] = tid < cnt ? candidate_code(part, r, t, tile0 + tid) : int64_t(-1);
-    __syncthreads();
-    // Staging: 32 candidate pairs x 64 chunks of 8 dims = 2048 items, 8 per thread, loaded 4 at a
-    // time before they are stored. Item bits 0-1 are the pair inside 8 candidates and bits 2-4 the
-    // low chunk bits (the lane), bits 5-7 the pair's high bits and 8-10 the chunk's; the KV^T
-    // stores of a lane start at dim (chunk & 7) of its 8, so a warp's 32-bit stores hit 32 banks.
-#pragma unroll
-    for (int b = 0; b < 2; ++b) {
-      uint4 v[4][2];
-      int pr[4], ch[4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int item = (b * 4 + k) * kThreads + tid;  // warp-contiguous groups of 32 items
-        pr[k] = (item & 3) + 4 * ((item >> 5) & 7);     // pair: 2 pr, 2 pr + 1
-        ch[k] = ((item >> 2) & 7) + 8 * (item >> 8);    // 8-dim chunk
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t code = codes[2 * pr[k] + e];
-          const int c = ch[k] * 8;
-          uint4 x = make_uint4(0, 0, 0, 0);
-          if (code >= 0) x = ld8_as_bf16(part.win, code, c);
-          else if (code <= -2 && part.ckv.data) x = part.ckv.fp8_ld8_bf16(part.ckv.row(-code - 2), c);
-          else if (code <= -2) x = ld8_as_bf16(part.comp, -code - 2, c);
-          v[k][e] = x;
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int cand = 2 * pr[k], c = ch[k] * 8;
-        *reinterpret_cast<uint4*>(kv + core_offset(cand, c * 2, kRowB)) = v[k][0];
-        *reinterpret_cast<uint4*>(kv + core_offset(cand + 1, c * 2, kRowB)) = v[k][1];
-        const int rot = ch[k] & 7;
-        const uint4 w0 = rotate_halves(v[k][0], rot), w1 = rotate_halves(v[k][1], rot);
-        const uint32_t x0[4] = {w0.x, w0.y, w0.z, w0.w}, x1[4] = {w1.x, w1.y, w1.z, w1.w};
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {  // dim c + ((j + rot) & 7) of candidates cand, cand + 1
-          const uint32_t pair = __byte_perm(x0[j >> 1], x1[j >> 1], (j & 1) ? 0x7632 : 0x5410);
-          *reinterpret_cast<uint32_t*>(kvt + core_offset(c + ((j + rot) & 7), cand * 2, kTileRowB)) = pair;
-        }
-      }
-    }
-    fence_async_smem();
-    __syncthreads();
+  for (int it = 0; it < ntiles; ++it) {
+    const int b = it & 1;
+    const unsigned char* kv = sm.kv[b];
+    mbar_wait(&sm.full[b], uint32_t((it >> 1) & 1));
     {  // S = Q K^T * scale: heads [0, 64) x candidates [32 wg, +32)
       float sacc[16];
 #pragma unroll
@@ -135,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
       wgmma_fence();
 #pragma unroll
       for (int s = 0; s < kDim / 16; ++s)
-        wgmma_bf16_m64n32k16(sacc, smem_desc(qs + 256 * s, kRowB),
+        wgmma_bf16_m64n32k16(sacc, smem_desc(sm.q + 256 * s, kRowB),
                              smem_desc(kv + core_offset(32 * wg, 0, kRowB) + 256 * s, kRowB), s);
       wgmma_commit();
       wgmma_wait0();
@@ -143,22 +159,22 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int c = 32 * wg + 8 * i + 2 * tig;
-        *reinterpret_cast<float2*>(ss + row0 * kSld + c) = make_float2(sacc[4 * i] * a.scale, sacc[4 * i + 1] * a.scale);
-        *reinterpret_cast<float2*>(ss + (row0 + 8) * kSld + c) =
+        *reinterpret_cast<float2*>(sm.s + row0 * kSld + c) = make_float2(sacc[4 * i] * a.scale, sacc[4 * i + 1] * a.scale);
+        *reinterpret_cast<float2*>(sm.s + (row0 + 8) * kSld + c) =
             make_float2(sacc[4 * i + 2] * a.scale, sacc[4 * i + 3] * a.scale);
       }
     }
-    __syncthreads();
+    consumer_sync();  // S written; every consumer is past the previous tile's P V (P and resc free)
 #pragma unroll
     for (int pass = 0; pass < 2; ++pass) {  // online softmax: 8 threads per head row, 8 candidates each
       const int row = (tid >> 3) + 32 * pass, c0 = (tid & 7) * 8;
-      *reinterpret_cast<uint4*>(ps + core_offset(row, c0 * 2, kTileRowB)) =
-          online_softmax_row8(codes, ss + row * kSld, c0, row, m_s, den_s, resc_s);
+      *reinterpret_cast<uint4*>(sm.p + core_offset(row, c0 * 2, kTileRowB)) =
+          online_softmax_row8(sm.codes[b], sm.s + row * kSld, c0, row, sm.m, sm.den, sm.resc);
     }
-    fence_async_smem();
-    __syncthreads();
-    {  // O = O * resc + P V: heads [0, 64) x dims [256 wg, +256)
-      const float r0 = resc_s[row0], r1 = resc_s[row0 + 8];
+    fence_async_smem();  // P's generic stores before the wgmma reads
+    consumer_sync();     // P and the rescales written
+    {  // O = O * resc + P V: heads [0, 64) x dims [256 wg, +256), V = the KV tile read MN-major
+      const float r0 = sm.resc[row0], r1 = sm.resc[row0 + 8];
 #pragma unroll
       for (int i = 0; i < 32; ++i) {
         o[4 * i] *= r0;
@@ -169,19 +185,21 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
       wgmma_fence();
 #pragma unroll
       for (int s = 0; s < kTile / 16; ++s)
-        wgmma_bf16_m64n256k16(o, smem_desc(ps + 256 * s, kTileRowB),
-                              smem_desc(kvt + core_offset(256 * wg, 0, kTileRowB) + 256 * s, kTileRowB), 1);
+        wgmma_bf16_m64n256k16<1>(o, smem_desc(sm.p + 256 * s, kTileRowB),
+                                 smem_desc_mn(kv + core_offset(16 * s, 2 * 256 * wg, kRowB), kRowB), 1);
       wgmma_commit();
       wgmma_wait0();
       fence_acc(o);
     }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&sm.empty[b]);  // this warp is done with kv[b] and the codes
   }
-  __syncthreads();
+  consumer_sync();  // the last softmax's m and den
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int hl = row0 + half * 8, h = hb0 + hl;
     if (h >= a.h_end) continue;
-    const float m = m_s[hl], den = den_with_sink(a, h, m, den_s[hl]);
+    const float m = sm.m[hl], den = den_with_sink(a, h, m, sm.den[hl]);
     const float inv = 1.0f / den;
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
@@ -197,13 +215,15 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
 
 void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, cudaStream_t s) {
   CHECK_EQ(a.dim, kDim) << "attention wgmma: head_dim";
+  CHECK(parts_bf16(a)) << "attention wgmma: rows must all be bf16 (the bf16 views)";
   static bool attr_set = false;
   if (!attr_set) {
     CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    kSmemBytes));
+                                    int(kSmemBytes)));
     attr_set = true;
   }
   a.num_splits = 1;
+  a.raw_ld = 0;
   const dim3 grid{grid_x(n, "sparse_attention (wgmma)"), unsigned(ceil_div(a.h_end - a.h_begin, kHeads))};
   sparse_attention_wgmma_kernel<<<grid, kThreads, kSmemBytes, s>>>(a);
   launch_check("sparse_attention (wgmma)", s);

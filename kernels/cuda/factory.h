@@ -34,7 +34,8 @@ struct AttentionKernels {
   bool tensor_cores = true;
   // Decode shapes too, split over the candidates (decode_tensor_cores).
   bool decode_tc = false;
-  // Of the prefill shapes, 512-dim heads on the bf16 wgmma kernel (attention_wgmma.cu; attention_wgmma).
+  // Of the prefill shapes whose rows are all bf16 (the bf16 views), 512-dim heads on the
+  // warp-specialized bf16 wgmma kernel (attention_wgmma.cu; attention_wgmma), taken before ws.
   bool wgmma = false;
   // Of the prefill shapes whose rows are all bf16 (the bf16 views), 512-dim heads on the
   // warp-specialized kernel (attention_ws.cu; attention_ws).
@@ -70,10 +71,11 @@ struct CudaBackendOptions {
   // debug.cuda_expert_wgmma_ws), taken before the one above; the same bits (H100, 8K prefill: the
   // experts 26.7 -> 24.2 ms, docs/PERFORMANCE.md).
   bool expert_wgmma_ws = true;
-  // Prefill sparse attention of 512-dim heads on bf16 wgmma (attention_wgmma.cu;
-  // debug.cuda_attention_wgmma) instead of the mma.sync tensor-core kernel; needs
-  // attention_tensor_cores. Off: measured slower than the mma.sync kernel (H100, 8K prefill: 19.4
-  // against 12.6 ms, docs/PERFORMANCE.md).
+  // Prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 views) on the
+  // warp-specialized bf16 wgmma kernel (attention_wgmma.cu; debug.cuda_attention_wgmma): a
+  // producer warpgroup copies the tiles, two consumer warpgroups multiply on wgmma (V read from the
+  // K tile by the transpose flag); the mma.sync kernel's outputs bit for bit; taken before
+  // attention_ws; needs attention_tensor_cores. Off until measured against attention_ws.
   bool attention_wgmma = false;
   // Sparse attention of 512-dim heads whose 64-head blocks fill the SMs and whose rows are all bf16
   // (prefill launches with attention_bf16_view) on the warp-specialized kernel (attention_ws.cu;

@@ -26,6 +26,14 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, int dim) {
   return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(128 >> 4) << 16) | (uint64_t((dim * 8) >> 4) << 32);
 }
 
+// The same layout read MN-major (a B operand with the transpose flag: K along the rows): the core
+// matrix holds 8 K rows of 16 bytes along MN, the next one along MN at +128 B (stride byte offset)
+// and along K at +8 dim B (leading byte offset), dim = bytes per row.
+__device__ __forceinline__ uint64_t smem_desc_mn(const void* p, int dim) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t((dim * 8) >> 4) << 16) | (uint64_t(128 >> 4) << 32);
+}
+
 // K-major operand of 128-byte rows in the 128-byte swizzle (the layout of TMA's SWIZZLE_128B):
 // 16-byte chunk c of row r at r * 128 + 16 (c ^ (r % 8)), tile base 1024-byte aligned. Eight
 // rows at the same chunk fall in eight different bank quads, for the wgmma's operand reads and for
@@ -100,8 +108,10 @@ __device__ __forceinline__ void wgmma_bf16_m64n32k16(float (&d)[16], uint64_t da
       : "l"(da), "l"(db), "r"(accumulate));
 }
 
-// d (+)= A[64 x 16] B[256 x 16]^T, bf16 x bf16 -> f32, both operands K-major in shared memory (no
-// swizzle, transpose flags 0); accumulate = 0 overwrites d.
+// d (+)= A[64 x 16] B[256 x 16]^T, bf16 x bf16 -> f32, both operands in shared memory (no swizzle),
+// A K-major, B K-major (kTransB 0) or MN-major (kTransB 1: smem_desc_mn); accumulate = 0
+// overwrites d.
+template <int kTransB = 0>
 __device__ __forceinline__ void wgmma_bf16_m64n256k16(float (&d)[128], uint64_t da, uint64_t db, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
@@ -114,7 +124,7 @@ __device__ __forceinline__ void wgmma_bf16_m64n256k16(float (&d)[128], uint64_t 
       "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
       "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      "}, %128, %129, p, 1, 1, 0, %131;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -131,7 +141,7 @@ __device__ __forceinline__ void wgmma_bf16_m64n256k16(float (&d)[128], uint64_t 
         "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
         "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(da), "l"(db), "r"(accumulate));
+      : "l"(da), "l"(db), "r"(accumulate), "n"(kTransB));
 }
 
 }  // namespace v4rt::kernels::cuda

@@ -5,8 +5,8 @@
 # the attention op tests (every kernel with and without the views, bit for bit); `bench prefill` at
 # 8K and 1M as by default (the views, the warp-specialized kernel), without the views
 # (scripts/device/attention_no_view.yaml: the mma.sync kernel decoding per query) and on the
-# mma.sync kernel with them (attention_mma.yaml); test_gpu_golden; [NCU=1: the stall profile of the
-# 8K prefill's attention as by default].
+# mma.sync kernel with them (attention_mma.yaml), and test_gpu_golden (RUNS picks others);
+# [NCU=1: the stall profile of the 8K prefill's attention (NCU_KERNEL, NCU_CONFIG)].
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   bash scripts/device/attention_view_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -30,13 +30,17 @@ prefill() {  # tag context [config]
   echo "== prefill $1 rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p_$1.txt
   el "prefill $1"
 }
-prefill 8k_view 8192
-prefill 8k_noview 8192 scripts/device/attention_no_view.yaml
-prefill 8k_mma_view 8192 scripts/device/attention_mma.yaml
-prefill 1m_view 1048576 "" 100
-prefill 1m_mma_view 1048576 scripts/device/attention_mma.yaml 100
-timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt; el golden
-prefill 1m_noview 1048576 scripts/device/attention_no_view.yaml 100
+# RUNS: "tag:context:config" entries (config a YAML under scripts/device/ or empty), in order.
+RUNS=${RUNS:-"8k_view:8192: 8k_noview:8192:attention_no_view.yaml 8k_mma_view:8192:attention_mma.yaml \
+  1m_view:1048576: 1m_mma_view:1048576:attention_mma.yaml golden 1m_noview:1048576:attention_no_view.yaml"}
+for run in $RUNS; do
+  if [[ $run == golden ]]; then
+    timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
+    el golden; continue
+  fi
+  IFS=: read -r tag ctx cfg <<< "$run"
+  prefill "$tag" "$ctx" "${cfg:+scripts/device/$cfg}" $([[ $ctx -gt 100000 ]] && echo 100 || echo 40)
+done
 if [[ ${NCU:-0} == 1 ]]; then
   BUILD=$B OUT=$L NCU_KERNEL=${NCU_KERNEL:-sparse_attention_ws} NCU_CONFIG=${NCU_CONFIG:-} NCU_SKIP=0 NCU_TAG=attention \
     timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_attention.txt 2>&1

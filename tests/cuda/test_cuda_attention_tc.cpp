@@ -9,8 +9,9 @@
 // compressed entries, contiguous and paged, head dims 128, 384 and 512, a head sub-range. Prefill
 // launches read bf16 views of their rows by default (attention_bf16_view.cu); every case also runs
 // without them (CudaBackendOptions::attention_bf16_view off: the rows staged as stored), bit for bit
-// the same. The head_dim 512 cases run on the bf16 wgmma kernel (attention_wgmma) and the
-// warp-specialized one (attention_ws, with and without the views) too, against the CPU op with the
+// the same. The head_dim 512 cases run on the warp-specialized kernels too (attention_wgmma: the
+// consumers on bf16 wgmma; attention_ws: on mma.sync, with and without the views, the latter
+// falling back to the mma.sync kernel when rows are to be decoded), against the CPU op with the
 // same tolerances and bit for bit against the mma.sync kernel.
 #include <algorithm>
 #include <cmath>
