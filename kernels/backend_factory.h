@@ -43,8 +43,9 @@ struct BackendOptions {
   // kernel, taken before the one above.
   bool cuda_expert_wgmma_ws = true;
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads whose rows
-  // are all bf16 (the bf16 views) on the warp-specialized bf16 wgmma kernel.
-  bool cuda_attention_wgmma = false;
+  // are all bf16 (the bf16 views) and whose candidate lists reach 32 tiles on the warp-specialized
+  // bf16 wgmma kernel.
+  bool cuda_attention_wgmma = true;
   // "cuda" only (debug.cuda_attention_ws): prefill sparse attention of 512-dim heads whose rows are
   // all bf16 (the bf16 views) on the warp-specialized kernel (a producer warpgroup copies the next
   // tile under the MMAs).

@@ -256,8 +256,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_expert_wgmma_ws", "CUDA: the same GEMMs on the warp-specialized FP8 wgmma kernel (producer warpgroup "
                                "copies and decodes the weights), taken before cuda_expert_wgmma's (default true)"},
       {"cuda_attention_wgmma", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
-                               "views) on the warp-specialized bf16 wgmma kernel, taken before cuda_attention_ws's "
-                               "(default false; needs cuda_attention_tc)"},
+                               "views) and whose candidate lists reach 32 tiles on the warp-specialized bf16 wgmma "
+                               "kernel, taken before cuda_attention_ws's (default true; needs cuda_attention_tc)"},
       {"cuda_attention_ws", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
                             "views) on the warp-specialized kernel (a producer warpgroup copies the next tile under "
                             "the MMAs; default true; needs cuda_attention_tc)"},

@@ -516,7 +516,10 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   // The warp-specialized kernels when their producer only copies (every row bf16): with rows to
   // decode one producer warpgroup cannot keep up with the two that multiply (docs/PERFORMANCE.md).
   const bool copy_only = tc && dim == kWgmmaDim && fills && parts_bf16(a);
-  if (copy_only && k.wgmma) {  // consumers on wgmma (attention_wgmma.cu)
+  // Consumers on wgmma (attention_wgmma.cu) for long candidate lists, on mma.sync (attention_ws.cu)
+  // for short ones: H100, 8K prefill (10 and 3 tiles) 8.56 against 7.16 ms, 1M prefill (the HCA
+  // layer up to 130 tiles) 3.41 against 3.57 s (docs/PERFORMANCE.md, twelfth run).
+  if (copy_only && k.wgmma && max_tiles >= k.wgmma_min_tiles) {
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_wgmma(a, n, s);
     free_views();

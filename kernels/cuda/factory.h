@@ -34,9 +34,11 @@ struct AttentionKernels {
   bool tensor_cores = true;
   // Decode shapes too, split over the candidates (decode_tensor_cores).
   bool decode_tc = false;
-  // Of the prefill shapes whose rows are all bf16 (the bf16 views), 512-dim heads on the
-  // warp-specialized bf16 wgmma kernel (attention_wgmma.cu; attention_wgmma), taken before ws.
-  bool wgmma = false;
+  // Of the prefill shapes whose rows are all bf16 (the bf16 views) and whose candidate lists reach
+  // 32 tiles, 512-dim heads on the warp-specialized bf16 wgmma kernel (attention_wgmma.cu;
+  // attention_wgmma), taken before ws.
+  bool wgmma = true;
+  int64_t wgmma_min_tiles = 32;  // the list length (64-candidate tiles) from which wgmma is taken
   // Of the prefill shapes whose rows are all bf16 (the bf16 views), 512-dim heads on the
   // warp-specialized kernel (attention_ws.cu; attention_ws).
   bool ws = true;
@@ -71,12 +73,15 @@ struct CudaBackendOptions {
   // debug.cuda_expert_wgmma_ws), taken before the one above; the same bits (H100, 8K prefill: the
   // experts 26.7 -> 24.2 ms, docs/PERFORMANCE.md).
   bool expert_wgmma_ws = true;
-  // Prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 views) on the
-  // warp-specialized bf16 wgmma kernel (attention_wgmma.cu; debug.cuda_attention_wgmma): a
-  // producer warpgroup copies the tiles, two consumer warpgroups multiply on wgmma (V read from the
-  // K tile by the transpose flag); the mma.sync kernel's outputs bit for bit; taken before
-  // attention_ws; needs attention_tensor_cores. Off until measured against attention_ws.
-  bool attention_wgmma = false;
+  // Prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 views) and whose
+  // candidate lists reach 32 tiles (the HCA layer at long context) on the warp-specialized bf16
+  // wgmma kernel (attention_wgmma.cu; debug.cuda_attention_wgmma): a producer warpgroup copies the
+  // tiles, two consumer warpgroups multiply on wgmma (V read from the K tile by the transpose
+  // flag); the mma.sync kernel's outputs bit for bit; taken before attention_ws; needs
+  // attention_tensor_cores. H100: 1M prefill attention 3.41 against 3.57 s on attention_ws alone,
+  // but slower on short lists (8K: 8.56 against 7.16 ms), which keep attention_ws.
+  bool attention_wgmma = true;
+  int64_t attention_wgmma_min_tiles = 32;  // tests: 0 takes every bf16-row prefill launch
   // Sparse attention of 512-dim heads whose 64-head blocks fill the SMs and whose rows are all bf16
   // (prefill launches with attention_bf16_view) on the warp-specialized kernel (attention_ws.cu;
   // debug.cuda_attention_ws): a producer warpgroup copies the next 64-candidate tile by cp.async

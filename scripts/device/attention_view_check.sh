@@ -6,7 +6,7 @@
 # 8K and 1M as by default (the views, the warp-specialized kernel), without the views
 # (scripts/device/attention_no_view.yaml: the mma.sync kernel decoding per query) and on the
 # mma.sync kernel with them (attention_mma.yaml), and test_gpu_golden (RUNS picks others);
-# [NCU=1: the stall profile of the 8K prefill's attention (NCU_KERNEL, NCU_CONFIG)].
+# [PROFILE=1: the stall profile of the 8K prefill's attention (NCU_KERNEL, NCU_CONFIG)].
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   bash scripts/device/attention_view_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -41,7 +41,7 @@ for run in $RUNS; do
   IFS=: read -r tag ctx cfg <<< "$run"
   prefill "$tag" "$ctx" "${cfg:+scripts/device/$cfg}" $([[ $ctx -gt 100000 ]] && echo 100 || echo 40)
 done
-if [[ ${NCU:-0} == 1 ]]; then
+if [[ ${PROFILE:-0} == 1 ]]; then
   BUILD=$B OUT=$L NCU_KERNEL=${NCU_KERNEL:-sparse_attention_ws} NCU_CONFIG=${NCU_CONFIG:-} NCU_SKIP=0 NCU_TAG=attention \
     timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_attention.txt 2>&1
   echo "== ncu prefill attention rc $?"; head -24 $L/ncu_attention.txt; head -30 $L/ncu_attention_top.txt; el ncu

@@ -10,9 +10,9 @@
 // launches read bf16 views of their rows by default (attention_bf16_view.cu); every case also runs
 // without them (CudaBackendOptions::attention_bf16_view off: the rows staged as stored), bit for bit
 // the same. The head_dim 512 cases run on the warp-specialized kernels too (attention_wgmma: the
-// consumers on bf16 wgmma; attention_ws: on mma.sync, with and without the views, the latter
-// falling back to the mma.sync kernel when rows are to be decoded), against the CPU op with the
-// same tolerances and bit for bit against the mma.sync kernel.
+// consumers on bf16 wgmma, at every list length; attention_ws: on mma.sync, with and without the
+// views, the latter falling back to the mma.sync kernel when rows are to be decoded), against the
+// CPU op with the same tolerances and bit for bit against the mma.sync kernel.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -193,6 +193,7 @@ void run_tc_cases(const TcCase (&cases)[N], uint64_t seed, const Tolerance& cpu_
     o.attention_tensor_cores = tensor_cores;
     o.decode_tensor_cores = tensor_cores;
     o.attention_wgmma = wgmma;
+    o.attention_wgmma_min_tiles = 0;  // every list length on the wgmma kernel where it is on
     o.attention_ws = ws;
     o.attention_bf16_view = view;
     return cuda::make_cuda_backend(0, o);
