@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/batch_params.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -128,6 +129,46 @@ __device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c)
   if (x.bf16) return *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x.data) + r * x.stride + c);
   const float* p = static_cast<const float*>(x.data) + r * x.stride + c;
   return f32x8_to_bf16(*reinterpret_cast<const float4*>(p), *reinterpret_cast<const float4*>(p + 4));
+}
+
+// The copy forms of the tensor-core kernels (every row bf16, parts_bf16): where candidate `code`'s
+// row (>= 0 a window row, <= -2 an entry) has column c; an absent one (-1) points at the window,
+// which its zero-filling copy does not read.
+__device__ __forceinline__ const uint16_t* bf16_row_at(const AttnPart& part, int code, int c) {
+  if (code <= -2) return static_cast<const uint16_t*>(part.comp.data) + int64_t(-code - 2) * part.comp.stride + c;
+  return static_cast<const uint16_t*>(part.win.data) + (code >= 0 ? int64_t(code) * part.win.stride + c : 0);
+}
+
+// A warp-specialized kernel's producer thread p (of 128) in the copy form: columns (p % 64) * 8 of
+// rows p / 64 + 2 k of tile `codes` ([kTile] rows of 64 chunks), 16-byte cp.async to dst(row, c),
+// absent candidates as zeros.
+template <class Dst>
+__device__ __forceinline__ void copy_tile_chunks(const AttnPart& part, const int32_t* codes, int p, Dst dst) {
+  const int c = (p & 63) * 8, r0 = p >> 6;
+#pragma unroll 8
+  for (int k = 0; k < kTile / 2; ++k) {
+    const int row = r0 + 2 * k, code = codes[row];
+    cp_async16(dst(row, c), bf16_row_at(part, code, c), code != -1);
+  }
+}
+
+// q of a block's 64 heads [hb0, +64) of token t as bf16 into dst(head, c), head_dim kDim, by all
+// kThreads threads, every load issued before the first store; heads past a.h_end are zeros.
+template <int kThreads, int kDim, class Dst>
+__device__ __forceinline__ void stage_q_heads(const AttnArgs& a, const AttnPart& part, int64_t t, int hb0, Dst dst) {
+  constexpr int kAll = 64 * (kDim / 8), kChunks = (kAll + kThreads - 1) / kThreads;
+  uint4 v[kChunks];
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int i = threadIdx.x + k * kThreads, hl = i / (kDim / 8), c = (i % (kDim / 8)) * 8, h = hb0 + hl;
+    v[k] = make_uint4(0, 0, 0, 0);
+    if (i < kAll && h < a.h_end) v[k] = ld8_as_bf16(part.q, t, int64_t(h) * kDim + c);
+  }
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int i = threadIdx.x + k * kThreads;
+    if (i < kAll) *reinterpret_cast<uint4*>(dst(i / (kDim / 8), (i % (kDim / 8)) * 8)) = v[k];
+  }
 }
 
 // bf16 views (attention_bf16_view.cu) for the prefill launches of the tensor-core kernels: converts

@@ -60,15 +60,10 @@ size_t tc_smem_bytes(int dim, int raw_ld, bool async) {
 // (dim / 8 a row).
 __device__ __forceinline__ void fetch_tile_bf16(const AttnPart& part, const int32_t* codes, uint16_t* kv, int dim) {
   const int d8 = dim / 8, ld = dim + kTcPad, chunks = kTile * d8;
-  const uint16_t* win = static_cast<const uint16_t*>(part.win.data);
-  const uint16_t* comp = static_cast<const uint16_t*>(part.comp.data);
   for (int i = threadIdx.x; i < chunks; i += kTcThreads) {
     const int row = i / d8, c = (i % d8) * 8;
     const int code = codes[row];
-    const uint16_t* src = code >= 0 ? win + int64_t(code) * part.win.stride + c
-                          : code <= -2 ? comp + int64_t(-code - 2) * part.comp.stride + c
-                                       : win;
-    cp_async16(kv + row * ld + c, src, code != -1);
+    cp_async16(kv + row * ld + c, bf16_row_at(part, code, c), code != -1);
   }
   cp_async_commit();
 }

@@ -20,7 +20,6 @@
 #include <cstdint>
 
 #include "kernels/cuda/attention_args.cuh"
-#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/warp_specialize.cuh"
@@ -57,24 +56,6 @@ static_assert(kSmemBytes <= 227 * 1024, "attention wgmma: one block per SM");
 __device__ __forceinline__ void consumer_sync() { named_sync<1, kConsumerThreads>(); }
 __device__ __forceinline__ void producer_sync() { named_sync<2, kProducerThreads>(); }
 
-// Producer thread p copies the 8-dim chunks p % 64 of rows p / 64 + 2 k of tile `codes` (bf16
-// rows, absent candidates as zeros), then arrives on `full` once they land.
-__device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t* codes, unsigned char* kv, int p,
-                                             uint64_t* full) {
-  const int c = (p & 63) * 8, r0 = p >> 6;
-  const uint16_t* win = static_cast<const uint16_t*>(part.win.data);
-  const uint16_t* comp = static_cast<const uint16_t*>(part.comp.data);
-#pragma unroll 8
-  for (int k = 0; k < kTile / 2; ++k) {
-    const int row = r0 + 2 * k, code = codes[row];
-    const uint16_t* src = code >= 0 ? win + int64_t(code) * part.win.stride + c
-                          : code <= -2 ? comp + int64_t(-code - 2) * part.comp.stride + c
-                                       : win;
-    cp_async16(kv + core_offset(row, c * 2, kRowB), src, code != -1);
-  }
-  mbar_arrive_cp_async(full);
-}
-
 __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ unsigned char wg_smem_raw[];
   WgSmem& sm = *reinterpret_cast<WgSmem*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t(127));
@@ -95,21 +76,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
     sm.m[tid] = -INFINITY;
     sm.den[tid] = 0.f;
   }
-  {  // q of the block's heads (all threads, every load before the stores)
-    constexpr int kChunks = kHeads * (kDim / 8) / kThreads + 1;  // 11 (4,096 chunks over 384 threads)
-    uint4 v[kChunks];
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const int i = tid + k * kThreads, hl = i >> 6, c = (i & 63) * 8, h = hb0 + hl;
-      v[k] = make_uint4(0, 0, 0, 0);
-      if (i < kHeads * (kDim / 8) && h < a.h_end) v[k] = ld8_as_bf16(part.q, t, int64_t(h) * kDim + c);
-    }
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const int i = tid + k * kThreads;
-      if (i < kHeads * (kDim / 8)) *reinterpret_cast<uint4*>(sm.q + core_offset(i >> 6, (i & 63) * 16, kRowB)) = v[k];
-    }
-  }
+  // q of the block's heads (all threads), in the core-matrix layout
+  stage_q_heads<kThreads, kDim>(a, part, t, hb0,
+                                [&](int h, int c) { return sm.q + core_offset(h, c * 2, kRowB); });
   fence_async_smem();  // q's generic stores before the wgmma reads
   __syncthreads();     // the last barrier of all 384 threads
 
@@ -123,7 +92,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
       if (p < kTile) sm.codes[b][p] = next_code;
       producer_sync();  // the codes written
       if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
-      produce_tile(part, sm.codes[b], sm.kv[b], p, &sm.full[b]);
+      unsigned char* kv = sm.kv[b];
+      copy_tile_chunks(part, sm.codes[b], p, [&](int row, int c) { return kv + core_offset(row, c * 2, kRowB); });
+      mbar_arrive_cp_async(&sm.full[b]);  // once this thread's copies land
       __syncwarp();
       if (lane == 0) mbar_arrive(&sm.full[b]);  // the codes written (release)
     }

@@ -26,7 +26,6 @@
 
 #include "kernels/cuda/attention_args.cuh"
 #include "kernels/cuda/attention_mma.cuh"
-#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/mma_sync.cuh"
@@ -122,24 +121,6 @@ __device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t
   }
 }
 
-// The copy form of produce_tile (every row bf16): the same chunks by 16-byte cp.async, absent
-// candidates as zeros, then this thread's arrival on `full` once they land.
-__device__ __forceinline__ void produce_tile_bf16(const AttnPart& part, const int32_t* codes, uint16_t* kv, int p,
-                                                  uint64_t* full) {
-  const int c = (p & 63) * 8, r0 = p >> 6;
-  const uint16_t* win = static_cast<const uint16_t*>(part.win.data);
-  const uint16_t* comp = static_cast<const uint16_t*>(part.comp.data);
-#pragma unroll 8
-  for (int k = 0; k < kTile / 2; ++k) {
-    const int row = r0 + 2 * k, code = codes[row];
-    const uint16_t* src = code >= 0 ? win + int64_t(code) * part.win.stride + c
-                          : code <= -2 ? comp + int64_t(-code - 2) * part.comp.stride + c
-                                       : win;
-    cp_async16(kv + row * kLd + c, src, code != -1);
-  }
-  mbar_arrive_cp_async(full);
-}
-
 // kAsync: the copy form of the producer (every row bf16).
 template <bool kAsync>
 __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const __grid_constant__ AttnArgs a) {
@@ -162,21 +143,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
     sm.m[tid] = -INFINITY;
     sm.den[tid] = 0.f;
   }
-  {  // q of the block's heads (all threads, every load before the stores)
-    constexpr int kChunks = kTcHeads * (kDim / 8) / kThreads + 1;  // 11 (4,096 chunks over 384 threads)
-    uint4 v[kChunks];
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const int i = tid + k * kThreads, hl = i >> 6, c = (i & 63) * 8, h = hb0 + hl;
-      v[k] = make_uint4(0, 0, 0, 0);
-      if (i < kTcHeads * (kDim / 8) && h < a.h_end) v[k] = ld8_as_bf16(part.q, t, int64_t(h) * kDim + c);
-    }
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const int i = tid + k * kThreads;
-      if (i < kTcHeads * (kDim / 8)) *reinterpret_cast<uint4*>(sm.q + (i >> 6) * kLd + (i & 63) * 8) = v[k];
-    }
-  }
+  // q of the block's heads (all threads)
+  stage_q_heads<kThreads, kDim>(a, part, t, hb0, [&](int h, int c) { return sm.q + h * kLd + c; });
   __syncthreads();  // the last barrier of all 384 threads
 
   if (warp >= kConsumerThreads / 32) {  // --- producer -------------------------------------------
@@ -199,7 +167,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
       producer_sync();  // the codes and entry addresses written
       if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
       if constexpr (kAsync) {
-        produce_tile_bf16(part, sm.codes[b], sm.kv[b], p, &sm.full[b]);
+        copy_tile_chunks(part, sm.codes[b], p, [&](int row, int c) { return sm.kv[b] + row * kLd + c; });
+        mbar_arrive_cp_async(&sm.full[b]);  // once this thread's copies land
       } else {
         produce_tile(part, sm.codes[b], sm.rows[b], sm.kv[b], p);
         next_row = entry_row(next_code);
