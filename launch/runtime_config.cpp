@@ -214,6 +214,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_expert_wgmma", &c.debug.cuda_expert_wgmma);
   d.get("cuda_expert_wgmma_ws", &c.debug.cuda_expert_wgmma_ws);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
+  d.get("cuda_attention_wgmma_min_tiles", &c.debug.cuda_attention_wgmma_min_tiles);
   d.get("cuda_attention_ws", &c.debug.cuda_attention_ws);
   d.get("cuda_attention_bf16_view", &c.debug.cuda_attention_bf16_view);
   d.get("cuda_gemv_mma", &c.debug.cuda_gemv_mma);
@@ -222,6 +223,9 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_decode_tc", &c.debug.cuda_decode_tc);
   V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
                d.where("cuda_expert_tc_min_rows") << " must be in [0, 2^30], got " << c.debug.cuda_expert_tc_min_rows);
+  V4RT_REQUIRE(c.debug.cuda_attention_wgmma_min_tiles >= 0 && c.debug.cuda_attention_wgmma_min_tiles <= (int64_t(1) << 30),
+               d.where("cuda_attention_wgmma_min_tiles") << " must be in [0, 2^30], got "
+                                                         << c.debug.cuda_attention_wgmma_min_tiles);
   d.get("vmodule", &c.debug.vmodule);
   d.get("log_dir", &c.debug.log_dir);
   d.get("test_hook_forced_output", &c.debug.test_hook_forced_output);
@@ -258,6 +262,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_attention_wgmma", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
                                "views) and whose candidate lists reach 32 tiles on the warp-specialized bf16 wgmma "
                                "kernel, taken before cuda_attention_ws's (default true; needs cuda_attention_tc)"},
+      {"cuda_attention_wgmma_min_tiles", "CUDA: the candidate-list length in 64-candidate tiles from which "
+                                         "cuda_attention_wgmma takes a launch (default 32; 0: every length)"},
       {"cuda_attention_ws", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
                             "views) on the warp-specialized kernel (a producer warpgroup copies the next tile under "
                             "the MMAs; default true; needs cuda_attention_tc)"},
@@ -301,6 +307,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_expert_wgmma = config.debug.cuda_expert_wgmma;
   o.cuda_expert_wgmma_ws = config.debug.cuda_expert_wgmma_ws;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
+  o.cuda_attention_wgmma_min_tiles = config.debug.cuda_attention_wgmma_min_tiles;
   o.cuda_attention_ws = config.debug.cuda_attention_ws;
   o.cuda_attention_bf16_view = config.debug.cuda_attention_bf16_view;
   o.cuda_gemv_mma = config.debug.cuda_gemv_mma;
@@ -366,6 +373,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_expert_wgmma" << YAML::Value << c.debug.cuda_expert_wgmma;
   out << YAML::Key << "cuda_expert_wgmma_ws" << YAML::Value << c.debug.cuda_expert_wgmma_ws;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;
+  out << YAML::Key << "cuda_attention_wgmma_min_tiles" << YAML::Value << c.debug.cuda_attention_wgmma_min_tiles;
   out << YAML::Key << "cuda_attention_ws" << YAML::Value << c.debug.cuda_attention_ws;
   out << YAML::Key << "cuda_attention_bf16_view" << YAML::Value << c.debug.cuda_attention_bf16_view;
   out << YAML::Key << "cuda_gemv_mma" << YAML::Value << c.debug.cuda_gemv_mma;

@@ -81,7 +81,7 @@ struct CudaBackendOptions {
   // attention_tensor_cores. H100: 1M prefill attention 3.41 against 3.57 s on attention_ws alone,
   // but slower on short lists (8K: 8.56 against 7.16 ms), which keep attention_ws.
   bool attention_wgmma = true;
-  int64_t attention_wgmma_min_tiles = 32;  // tests: 0 takes every bf16-row prefill launch
+  int64_t attention_wgmma_min_tiles = 32;  // debug.cuda_attention_wgmma_min_tiles; 0: every length
   // Sparse attention of 512-dim heads whose 64-head blocks fill the SMs and whose rows are all bf16
   // (prefill launches with attention_bf16_view) on the warp-specialized kernel (attention_ws.cu;
   // debug.cuda_attention_ws): a producer warpgroup copies the next 64-candidate tile by cp.async
