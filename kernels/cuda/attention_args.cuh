@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
-// What the sparse attention kernels of attention.cu and attention_wgmma.cu share: the launch's
-// kernel parameters (AttnArgs: shared fields and the parts of a batch by value), a token's part,
-// its candidate list (window rows, then compressed entries) and the bf16 row loads of the
-// tensor-core kernels. Included only by those two files.
+// What the sparse attention kernels share (attention.cu, attention_tc.cu, attention_ws.cu,
+// attention_wgmma.cu, attention_bf16_view.cu): the launch's kernel parameters (AttnArgs: shared
+// fields and the parts of a batch by value), a token's part, its candidate list (window rows, then
+// compressed entries), the bf16 row loads of the tensor-core kernels, and the copy forms' producer
+// and q staging. Included only by those files.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,6 +15,7 @@
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/kv_decode.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/warp_specialize.cuh"
 
 namespace v4rt::kernels::cuda::attn {
 
@@ -152,6 +154,32 @@ __device__ __forceinline__ void copy_tile_chunks(const AttnPart& part, const int
   }
 }
 
+// The producer warpgroup of the warp-specialized kernels (attention_ws.cu, attention_wgmma.cu),
+// thread p of 128 (named barrier 2 among them), over the block's ntiles tiles: for tile it it
+// waits until the consumers released buffer it % 2 (empty, the tile two back), writes the tile's
+// candidate codes to codes[it % 2] (thread p < 64 candidate p, read while the tile before was
+// copied), copies the rows (copy_tile_chunks) to dst(it % 2, row, c) and arrives on full[it % 2]
+// once its copies land (.noinc: full counts 128 of these) and, a warp at a time, for the codes
+// (release: 4 more). Returns when no copy of its own is outstanding.
+template <class Dst>
+__device__ __forceinline__ void produce_tiles_bf16(const AttnPart& part, const CandRange& r, int64_t t, int ntiles,
+                                                   int p, int32_t (*codes)[kTile], uint64_t* full, uint64_t* empty,
+                                                   Dst dst) {
+  int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
+  for (int it = 0; it < ntiles; ++it) {
+    const int b = it & 1;
+    if (it >= 2) mbar_wait(&empty[b], uint32_t(((it - 2) >> 1) & 1));
+    if (p < kTile) codes[b][p] = next_code;
+    named_sync<2, 128>();  // the codes written
+    if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
+    copy_tile_chunks(part, codes[b], p, [&](int row, int c) { return dst(b, row, c); });
+    mbar_arrive_cp_async(&full[b]);
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive(&full[b]);
+  }
+  cp_async_wait_all();
+}
+
 // q of a block's 64 heads [hb0, +64) of token t as bf16 into dst(head, c), head_dim kDim, by all
 // kThreads threads, every load issued before the first store; heads past a.h_end are zeros.
 template <int kThreads, int kDim, class Dst>
@@ -191,8 +219,8 @@ constexpr int kTcMaxDim = 512;
 void launch_sparse_attention_tc(AttnArgs& a, int64_t n, cudaStream_t s);
 
 // The warp-specialized mma.sync kernel (attention_ws.cu) over the n tokens of the parts in `a`:
-// one split, kTcHeads heads per block, head_dim kWgmmaDim (512), rows the tensor-core kernels can
-// load; the outputs of launch_sparse_attention_tc bit for bit.
+// one split, kTcHeads heads per block, head_dim kWgmmaDim (512), every row bf16 (parts_bf16); the
+// outputs of launch_sparse_attention_tc bit for bit.
 void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s);
 
 // The warp-specialized bf16 wgmma kernel (attention_wgmma.cu) over the n tokens of the parts in

@@ -33,6 +33,7 @@ constexpr int kHeads = 64;                       // heads per block: the wgmma M
 constexpr int kDim = kWgmmaDim;                  // head_dim
 constexpr int kConsumerThreads = 256;            // warpgroups 0 and 1
 constexpr int kProducerThreads = 128;            // warpgroup 2
+static_assert(kProducerThreads == 128, "attention wgmma: produce_tiles_bf16 is one warpgroup");
 constexpr int kThreads = kConsumerThreads + kProducerThreads;
 constexpr int kRowB = kDim * 2;                  // bytes of a Q / KV row (bf16)
 constexpr int kTileRowB = kTile * 2;             // bytes of a P row (64 candidates, bf16)
@@ -54,7 +55,6 @@ constexpr size_t kSmemBytes = sizeof(WgSmem) + 128;  // + alignment of the dynam
 static_assert(kSmemBytes <= 227 * 1024, "attention wgmma: one block per SM");
 
 __device__ __forceinline__ void consumer_sync() { named_sync<1, kConsumerThreads>(); }
-__device__ __forceinline__ void producer_sync() { named_sync<2, kProducerThreads>(); }
 
 __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ unsigned char wg_smem_raw[];
@@ -84,21 +84,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
 
   if (warp >= kConsumerThreads / 32) {  // --- producer -------------------------------------------
     regs_dec<kProducerRegs>();
-    const int p = tid - kConsumerThreads;
-    int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
-    for (int it = 0; it < ntiles; ++it) {
-      const int b = it & 1;
-      if (it >= 2) mbar_wait(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
-      if (p < kTile) sm.codes[b][p] = next_code;
-      producer_sync();  // the codes written
-      if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
-      unsigned char* kv = sm.kv[b];
-      copy_tile_chunks(part, sm.codes[b], p, [&](int row, int c) { return kv + core_offset(row, c * 2, kRowB); });
-      mbar_arrive_cp_async(&sm.full[b]);  // once this thread's copies land
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&sm.full[b]);  // the codes written (release)
-    }
-    cp_async_wait_all();  // no copy outstanding at exit
+    produce_tiles_bf16(part, r, t, ntiles, tid - kConsumerThreads, sm.codes, sm.full, sm.empty,
+                       [&](int b, int row, int c) { return sm.kv[b] + core_offset(row, c * 2, kRowB); });
     return;
   }
 

@@ -1,26 +1,23 @@
 // SPDX-License-Identifier: MIT
 // Prefill sparse attention, warp-specialized (CudaBackendOptions::attention_ws,
 // debug.cuda_attention_ws): the numerics of sparse_attention_tc_kernel (attention_tc.cu) for
-// head_dim 512, its outputs bit for bit, with the staging off the critical path. Block (token t,
-// head block y), 384 threads:
+// head_dim 512, its outputs bit for bit, for launches whose rows are all bf16 (parts_bf16: the
+// bf16 views of a prefill launch, attention_bf16_view.cu). Block (token t, head block y), 384
+// threads:
 //   - warpgroup 2 produces: for tile it it waits until the consumers released the tile's buffer
-//     (empty[it % 2], the tile two back), writes the 64 candidate codes and entry addresses (read
-//     while the tile before was staged), loads the 64 latent rows (compact FP8 entries, window
-//     rows, plain entries) eight rows a thread at a time, every load issued before the first
-//     decode, writes them as bf16 into kv[it % 2] and arrives on full[it % 2];
+//     (empty[it % 2], the tile two back), writes the 64 candidate codes (read while the tile before
+//     was copied) and copies the 64 bf16 rows by 16-byte cp.async into kv[it % 2], each thread's
+//     copies arriving on full[it % 2] as they land (.noinc arrivals: full counts them beside the
+//     warps' own), so it never waits on a load;
 //   - warpgroups 0 and 1 consume (168 registers a thread, no spill): wait full, S = Q K^T (warp w:
 //     heads (w % 4) * 16, candidates (w / 4) * 32, m16n8k16 bf16 by ldmatrix), the online softmax
 //     of the tile (sparse_attention_tc_kernel's code), O += P V (warp w: heads (w % 2) * 32, dims
 //     (w / 2) * 128: 128 fp32 accumulators a thread), then arrive on empty.
 // S and P are single buffers between the consumers' named barriers; KV is double-buffered, so the
-// producer stages tile it + 1 while the consumers multiply tile it. When every row is bf16
-// (parts_bf16: the bf16 views of a prefill launch, attention_bf16_view.cu) the producer copies the
-// rows by 16-byte cp.async instead, each copy arriving on full[it % 2] as it lands (.noinc arrivals:
-// full counts them beside the warps' own), so it never waits on a load. Shared memory: Q 65 KB, KV
-// 2 x 65 KB, S 17 KB, P 9 KB. One split: shapes whose blocks fill the SMs (prefill, decode
-// batches of an SM count or more); head_dim 512; rows the tensor-core kernels can load
-// (PartPlan::tc).
-#include <algorithm>
+// producer copies tile it + 1 while the consumers multiply tile it. Rows left to decode (no views)
+// take the mma.sync kernel instead, whose 16 warps share the decode: one producer warpgroup
+// decoding them was slower (docs/PERFORMANCE.md, eleventh run). Shared memory: Q 65 KB, KV 2 x
+// 65 KB, S 17 KB, P 9 KB. One split: shapes whose blocks fill the SMs; head_dim 512.
 #include <cstddef>
 #include <cstdint>
 
@@ -40,8 +37,8 @@ constexpr int kLd = kDim + 8;                  // bf16 row stride of Q and KV: c
 constexpr int kSld = kTile + 4, kPld = kTile + 8;
 constexpr int kConsumerThreads = 256;          // warpgroups 0 and 1
 constexpr int kProducerThreads = 128;          // warpgroup 2
+static_assert(kProducerThreads == 128, "attention ws: produce_tiles_bf16 is one warpgroup");
 constexpr int kThreads = kConsumerThreads + kProducerThreads;
-constexpr int kBatch = 8;                      // rows a producer thread loads before it decodes them
 constexpr int kOTiles = kDim / 4 / 8;          // n8 tiles of O a consumer warp keeps per m16 head tile (128 dims)
 
 struct WsSmem {
@@ -50,7 +47,6 @@ struct WsSmem {
   float s[kTcHeads * kSld];
   uint16_t p[kTcHeads * kPld];
   int32_t codes[2][kTile];
-  const uint8_t* rows[2][kTile];  // where a compact entry's bytes are (its block table looked up once)
   float m[kTcHeads], den[kTcHeads], resc[kTcHeads];
   uint64_t full[2], empty[2];
 };
@@ -58,71 +54,7 @@ constexpr size_t kSmemBytes = sizeof(WsSmem);
 static_assert(kSmemBytes <= 227 * 1024, "attention ws: one block per SM");
 
 __device__ __forceinline__ void consumer_sync() { named_sync<1, kConsumerThreads>(); }
-__device__ __forceinline__ void producer_sync() { named_sync<2, kProducerThreads>(); }
 
-// One row's 8-element chunk as loaded (before any decode): a compact entry's 8 codes (lo.x, lo.y)
-// and scale byte (lo.z), a bf16 row's 8 values (lo), an F32 row's 8 values (lo, hi as bits).
-struct RawChunk {
-  uint4 lo, hi;
-};
-
-// Producer thread p (of kProducerThreads) stages column (p % 64) * 8 of rows p / 64 + 2 k of tile
-// `codes` into kv, kBatch rows at a time: their loads first, then their decodes and stores. A warp
-// holds one row at a time (its 32 threads share p / 64), so the code branches do not diverge.
-__device__ __forceinline__ void produce_tile(const AttnPart& part, const int32_t* codes, const uint8_t* const* rows,
-                                             uint16_t* kv, int p) {
-  const int c = (p & 63) * 8, r0 = p >> 6;
-  const bool compact = part.ckv.data != nullptr;
-  const Fp8Chunk col = part.ckv.fp8_chunk(c);
-  const bool win_f32 = !part.win.bf16, comp_f32 = !part.comp.bf16;
-#pragma unroll 1
-  for (int g = 0; g < kTile / 2; g += kBatch) {
-    RawChunk raw[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int code = codes[r0 + 2 * (g + u)];
-      raw[u].lo = raw[u].hi = make_uint4(0, 0, 0, 0);
-      if (code >= 0 || (code <= -2 && !compact)) {  // a bf16 or F32 row
-        const Act& x = code >= 0 ? part.win : part.comp;
-        const int64_t row = code >= 0 ? code : -code - 2;
-        if (x.bf16) {
-          raw[u].lo = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x.data) + row * x.stride + c);
-        } else {
-          const uint4* f = reinterpret_cast<const uint4*>(static_cast<const float*>(x.data) + row * x.stride + c);
-          raw[u].lo = f[0];
-          raw[u].hi = f[1];
-        }
-      } else if (code <= -2) {  // a compact entry
-        const uint8_t* rp = rows[r0 + 2 * (g + u)];
-        if (col.rope) {
-          const uint2* h = reinterpret_cast<const uint2*>(rp + col.data_off);
-          const uint2 h0 = h[0], h1 = h[1];
-          raw[u].lo = make_uint4(h0.x, h0.y, h1.x, h1.y);
-        } else {
-          const uint2 d = *reinterpret_cast<const uint2*>(rp + col.data_off);
-          raw[u].lo = make_uint4(d.x, d.y, rp[col.scale_off], 0);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int row = r0 + 2 * (g + u), code = codes[row];
-      uint4 v = raw[u].lo;
-      const bool f32 = code >= 0 ? win_f32 : (code <= -2 && !compact && comp_f32);
-      if (code == -1) {
-        v = make_uint4(0, 0, 0, 0);
-      } else if (f32) {  // as ld8_as_bf16
-        v = f32x8_to_bf16(*reinterpret_cast<const float4*>(&raw[u].lo), *reinterpret_cast<const float4*>(&raw[u].hi));
-      } else if (code <= -2 && compact && !col.rope) {
-        v = Fp8Chunk::decode(make_uint2(raw[u].lo.x, raw[u].lo.y), uint8_t(raw[u].lo.z));
-      }
-      *reinterpret_cast<uint4*>(kv + row * kLd + c) = v;
-    }
-  }
-}
-
-// kAsync: the copy form of the producer (every row bf16).
-template <bool kAsync>
 __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const __grid_constant__ AttnArgs a) {
   extern __shared__ __align__(16) unsigned char ws_smem[];
   WsSmem& sm = *reinterpret_cast<WsSmem*>(ws_smem);
@@ -135,7 +67,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
   const int ntiles = r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
   if (tid == 0) {
     for (int b = 0; b < 2; ++b) {
-      mbar_init(&sm.full[b], kProducerThreads / 32 + (kAsync ? kProducerThreads : 0));
+      mbar_init(&sm.full[b], kProducerThreads / 32 + kProducerThreads);
       mbar_init(&sm.empty[b], kConsumerThreads / 32);
     }
   }
@@ -148,35 +80,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
   __syncthreads();  // the last barrier of all 384 threads
 
   if (warp >= kConsumerThreads / 32) {  // --- producer -------------------------------------------
-    const int p = tid - kConsumerThreads;
-    // Thread p < 64 reads candidate p's code of the next tile while this one is staged, and the
-    // address of its compact entry (a block-table load) while it waits for the buffer.
-    const bool compact = part.ckv.data != nullptr;
-    const auto entry_row = [&](int32_t code) {
-      return compact && code <= -2 ? part.ckv.row(-code - 2) : static_cast<const uint8_t*>(nullptr);
-    };
-    int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
-    const uint8_t* next_row = entry_row(next_code);
-    for (int it = 0; it < ntiles; ++it) {
-      const int b = it & 1;
-      if (it >= 2) mbar_wait(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
-      if (p < kTile) {
-        sm.codes[b][p] = next_code;
-        sm.rows[b][p] = next_row;
-      }
-      producer_sync();  // the codes and entry addresses written
-      if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
-      if constexpr (kAsync) {
-        copy_tile_chunks(part, sm.codes[b], p, [&](int row, int c) { return sm.kv[b] + row * kLd + c; });
-        mbar_arrive_cp_async(&sm.full[b]);  // once this thread's copies land
-      } else {
-        produce_tile(part, sm.codes[b], sm.rows[b], sm.kv[b], p);
-        next_row = entry_row(next_code);
-      }
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&sm.full[b]);  // the codes written (release)
-    }
-    if constexpr (kAsync) cp_async_wait_all();  // no copy outstanding at exit
+    produce_tiles_bf16(part, r, t, ntiles, tid - kConsumerThreads, sm.codes, sm.full, sm.empty,
+                       [&](int b, int row, int c) { return sm.kv[b] + row * kLd + c; });
     return;
   }
 
@@ -238,19 +143,17 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
 
 void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s) {
   CHECK_EQ(a.dim, kDim) << "attention ws: head_dim";
+  CHECK(parts_bf16(a)) << "attention ws: rows must all be bf16 (the bf16 views)";
   static bool attr_set = false;
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_ws_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_ws_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_ws_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(kSmemBytes)));
     attr_set = true;
   }
   a.num_splits = 1;
   a.raw_ld = 0;
   const dim3 grid{grid_x(n, "sparse_attention (ws)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads))};
-  if (parts_bf16(a)) sparse_attention_ws_kernel<true><<<grid, kThreads, kSmemBytes, s>>>(a);
-  else sparse_attention_ws_kernel<false><<<grid, kThreads, kSmemBytes, s>>>(a);
+  sparse_attention_ws_kernel<<<grid, kThreads, kSmemBytes, s>>>(a);
   launch_check("sparse_attention (ws)", s);
 }
 

@@ -11,14 +11,8 @@
 #   bash scripts/device/attention_view_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out/device}; mkdir -p "$OUT"; B=${BUILD:-build-gpu}
-L=${LOGS:-/tmp/view_logs}; rm -rf "$L"; mkdir -p "$L"
-exec > >(tee "$OUT/summary.txt") 2>&1
-t0=$(date +%s); el() { echo "--- $1 at $(( $(date +%s) - t0 )) s"; tar czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null; }
-BUILD=$B TARGETS="test_cuda_kernels bench_step test_gpu_golden" JOBS=${JOBS:-16} \
-  timeout 300 bash scripts/device/run.sh none > $L/build.txt 2>&1; tail -3 $L/build.txt; grep -m5 -E "error" $L/build.txt
-nvidia-smi --query-gpu=name --format=csv,noheader; el build
-source scripts/device/devdeps.sh
+source scripts/device/check_lib.sh
+check_begin /tmp/view_logs 300 test_cuda_kernels bench_step test_gpu_golden
 T=$B/tests/cuda/test_cuda_kernels
 timeout 90 $T --gtest_brief=1 --gtest_filter="CudaAttentionTc*:CudaOps.SparseAttention*" > $L/tests_attn.txt 2>&1
 echo "== attention tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_attn.txt | grep -vE " 0 of " | head -30

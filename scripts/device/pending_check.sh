@@ -16,16 +16,8 @@
 #   [DECODE=0] bash scripts/device/pending_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out/device}; mkdir -p "$OUT"; B=${BUILD:-build-gpu}
-# The logs go to $L and, after every stage, into one archive under $OUT (the device returns only a
-# few files); this script's own output is copied to $OUT/summary.txt.
-L=${LOGS:-/tmp/pending_logs}; rm -rf "$L"; mkdir -p "$L"
-exec > >(tee "$OUT/summary.txt") 2>&1
-t0=$(date +%s); el() { echo "--- $1 at $(( $(date +%s) - t0 )) s"; tar czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null; }
-BUILD=$B TARGETS="test_cuda_kernels bench_step bench_cuda test_gpu_golden test_cuda_graphs" JOBS=${JOBS:-16} \
-  timeout 360 bash scripts/device/run.sh none > $L/build.txt 2>&1; tail -3 $L/build.txt; grep -m5 -E "error" $L/build.txt
-nvidia-smi --query-gpu=name --format=csv,noheader; el build
-source scripts/device/devdeps.sh
+source scripts/device/check_lib.sh  # check_begin, el: logs, summary, the build
+check_begin /tmp/pending_logs 360 test_cuda_kernels bench_step bench_cuda test_gpu_golden test_cuda_graphs
 T=$B/tests/cuda/test_cuda_kernels
 timeout 150 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaOps.Hc*:CudaOps.Indexer*:CudaIndexer*:CudaW4a8*:CudaMoe*:CudaSample*:-CudaW4a8Wgmma.PrefillShapes}" > $L/tests.txt 2>&1
 echo "== test_cuda_kernels rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests.txt | grep -vE " 0 of | 0 \(codes\)" | head -40; el tests

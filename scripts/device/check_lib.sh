@@ -1,0 +1,24 @@
+# SPDX-License-Identifier: MIT
+# shellcheck shell=bash
+# Sourced by the one-call device scripts (pending_check.sh, attention_view_check.sh), from the
+# repository root:
+#   check_begin LOGS LIMIT TARGETS...   the stage logs go to $L (LOGS unless the LOGS variable is
+#                                       set) and, after every stage, into one archive under $OUT
+#                                       (the device returns only a few files); the caller's output
+#                                       is copied to $OUT/summary.txt. Builds TARGETS into $B
+#                                       (BUILD, default build-gpu) by scripts/device/run.sh within
+#                                       LIMIT seconds, names the GPU, sources devdeps.sh (NCU).
+#   el NAME                             ends a stage: its time from the start, the logs archived.
+check_begin() {
+  local logs=$1 limit=$2
+  shift 2
+  OUT=${OUT:-$PWD/out/device}; mkdir -p "$OUT"; B=${BUILD:-build-gpu}
+  L=${LOGS:-$logs}; rm -rf "$L"; mkdir -p "$L"
+  exec > >(tee "$OUT/summary.txt") 2>&1
+  t0=$(date +%s)
+  BUILD=$B TARGETS="$*" JOBS=${JOBS:-16} timeout "$limit" bash scripts/device/run.sh none > "$L/build.txt" 2>&1
+  tail -3 "$L/build.txt"; grep -m5 -E "error" "$L/build.txt"
+  nvidia-smi --query-gpu=name --format=csv,noheader; el build
+  source scripts/device/devdeps.sh
+}
+el() { echo "--- $1 at $(( $(date +%s) - t0 )) s"; tar czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null; }
