@@ -6,7 +6,7 @@
 # indexer, W4A8, MoE and sampler op tests (TEST_FILTER), then the attention ones (ATTN_FILTER);
 # [FP4=1: `bench_cuda - fp4`, the expert GEMMs at decode and prefill shapes, every kernel]; an 8K
 # `bench prefill`, then with the attention on the mma.sync kernel (scripts/device/attention_mma.yaml);
-# the per-instruction stall profile of the default (warp-specialized) sparse attention
+# the per-instruction stall profile of the default (warp-specialized) sparse attention [NCU_ATTN=0: not]
 # [NCU_EXPERTS=1: and of its expert GEMM] (scripts/device/ncu_prefill.sh); `bench step` at batch 1,
 # 64 and 256 as configured by default, then as recorded graphs (their GPU time: the step without
 # host launch gaps); test_gpu_golden and test_cuda_graphs [NCU_DECODE=1: every kernel of the
@@ -41,9 +41,11 @@ if [[ ${NCU_EXPERTS:-0} == 1 ]]; then
   BUILD=$B OUT=$L timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1
   echo "== ncu prefill experts rc $?"; head -24 $L/ncu_experts.txt; head -30 $L/ncu_experts_top.txt
 fi
+if [[ ${NCU_ATTN:-1} == 1 ]]; then  # NCU_ATTN=0: no attention profile
 BUILD=$B OUT=$L NCU_KERNEL=${NCU_ATTN_KERNEL:-sparse_attention_ws} NCU_CONFIG= NCU_SKIP=0 NCU_TAG=attention \
   timeout 150 bash scripts/device/ncu_prefill.sh > $L/ncu_attention.txt 2>&1
 echo "== ncu prefill attention rc $?"; head -24 $L/ncu_attention.txt; head -30 $L/ncu_attention_top.txt; el ncu
+fi
 if [[ ${DECODE:-1} == 1 ]]; then  # DECODE=0: the prefill stages alone
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 timeout 90 $P step $S > $L/step_default.txt 2>&1
