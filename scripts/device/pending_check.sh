@@ -10,8 +10,8 @@
 # [NCU_EXPERTS=1: and of its expert GEMM] (scripts/device/ncu_prefill.sh); `bench step` at batch 1,
 # 64 and 256 as configured by default, then as recorded graphs (their GPU time: the step without
 # host launch gaps); test_gpu_golden and test_cuda_graphs [NCU_DECODE=1: every kernel of the
-# batch-1 and batch-256 steps, scripts/device/ncu_decode.sh]; a 1M-token `bench prefill`, then
-# with the mma.sync attention; the prefill-shape W4A8 test.
+# batch-1 and batch-256 steps, scripts/device/ncu_decode.sh]; [LONG=0: not] a 1M-token `bench
+# prefill`, then with the mma.sync attention; the prefill-shape W4A8 test.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [DECODE=0] bash scripts/device/pending_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -58,10 +58,12 @@ if [[ ${NCU_DECODE:-0} == 1 ]]; then  # every kernel of the batch-1 and batch-25
   echo "== ncu step rc $?"; grep -A14 "batch 256" $L/ncu_step.txt; el ncu_step
 fi
 fi
+if [[ ${LONG:-1} == 1 ]]; then  # LONG=0: no 1M prefill
 timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 > $L/p1m.txt 2>&1
 echo "== 1M prefill rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p1m.txt; el all
 timeout ${LONG_TIMEOUT:-100} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 1048576 \
   --config scripts/device/attention_mma.yaml > $L/p1m_mma.txt 2>&1
 echo "== 1M prefill, mma.sync attention rc $?"; grep -E "prefill:|sparse_attention |total|PROJECTION" $L/p1m_mma.txt; el all
+fi
 timeout 120 $T --gtest_brief=1 --gtest_filter=CudaW4a8Wgmma.PrefillShapes > $L/tests_prefill_shapes.txt 2>&1
 echo "== PrefillShapes rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_prefill_shapes.txt | head; el all
