@@ -586,5 +586,27 @@ TEST(CudaW4a8Gemv, ForcedGemvVsTileKernel) {
   for (const auto& c : cases) run_case(c, rng);
 }
 
+// Far more units (8-row pass x 32 channels) than the GPU holds blocks, so every persistent block
+// of the GEMV runs many units through one pipeline, across passes and groups: the V4-Flash batch-256
+// decode shapes (1,536 rows over 256 experts, some with more than 8 rows, a few without weights),
+// gate/up in bf16 and down in fp32; and k of one 128-step (three of the four warps have no steps
+// but still meet at every unit's end) over 64 groups. The fp64 reference covers every 8th row.
+TEST(CudaW4a8Gemv, PersistentBlocksManyUnits) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(85);
+  for (int trial = 0; trial < 3; ++trial) {
+    const bool one_step = trial == 2;
+    const int groups = one_step ? 64 : 256;
+    W4a8Case c{std::vector<int>(size_t(groups), 0), std::vector<bool>(size_t(groups), true),
+               one_step ? 1000 : (trial == 0 ? 2048 : 4096), one_step ? 128 : (trial == 0 ? 4096 : 2048),
+               trial == 1};
+    c.ref_row_stride = 8;
+    for (int t = 0; t < (one_step ? 200 : 256); ++t)
+      for (int e = 0; e < 6; ++e) c.rows[size_t(rng.integer(0, groups - 1))]++;
+    c.has_w[3] = c.has_w[size_t(groups - 2)] = false;
+    run_case(c, rng);
+  }
+}
+
 }  // namespace
 }  // namespace v4rt::kernels::cuda_test
