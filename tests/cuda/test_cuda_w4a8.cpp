@@ -586,12 +586,11 @@ TEST(CudaW4a8Gemv, ForcedGemvVsTileKernel) {
   for (const auto& c : cases) run_case(c, rng);
 }
 
-// Far more units (8-row pass x 32 channels) than the GPU holds blocks, so every persistent block
-// of the GEMV runs many units through one pipeline, across passes and groups: the V4-Flash batch-256
+// Far more 8-row passes x 32 channels than the GPU holds blocks at once: the V4-Flash batch-256
 // decode shapes (1,536 rows over 256 experts, some with more than 8 rows, a few without weights),
-// gate/up in bf16 and down in fp32; and k of one 128-step (three of the four warps have no steps
-// but still meet at every unit's end) over 64 groups. The fp64 reference covers every 8th row.
-TEST(CudaW4a8Gemv, PersistentBlocksManyUnits) {
+// gate/up in bf16 and down in fp32; and k of one 128-step (three of the four warps have no steps)
+// over 64 groups. The fp64 reference covers every 8th row.
+TEST(CudaW4a8Gemv, ManyPassesBatch256) {
   V4RT_REQUIRE_GPU();
   Rng rng(85);
   for (int trial = 0; trial < 3; ++trial) {
