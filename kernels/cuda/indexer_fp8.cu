@@ -49,9 +49,9 @@
 // would need at most 128 registers a thread, the count of the single-set kernel with 64
 // accumulators. The MMAs then overlap the epilogue within each warpgroup instead of through a
 // second block; q's staging, no longer under another block's tiles, issues 8 rows' loads per warp
-// at once. kSeesaw off: the single-set pipeline (key_tiles: tile t + 1 decoded under tile t's
-// MMAs, then the wait, then tile t's epilogue), 128 registers, two blocks of 58,880 B per SM, kept
-// to measure against.
+// at once. kSeesaw off (debug.cuda_indexer_seesaw: false): the single-set pipeline (key_tiles:
+// tile t + 1 decoded under tile t's MMAs, then the wait, then tile t's epilogue), 128 registers,
+// two blocks of 58,880 B per SM, kept to measure against; the scores are the same bits.
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/indexer_args.cuh"
@@ -69,18 +69,23 @@ constexpr int kQueries = 4;                 // query tokens per block
 constexpr int kRows = kQueries * kHeads;    // B rows of the block
 constexpr int kThreads = 256;               // two warpgroups
 constexpr int kQBytes = kRows * kMaxDim;                  // 32,768
-// Two accumulator sets and three e4m3 key tiles (one block per SM), or one set and two tiles (two).
-constexpr bool kSeesaw = true;
-constexpr int kSets = kSeesaw ? 2 : 1, kKeySlots = kSeesaw ? 3 : 2, kBlocksPerSm = kSeesaw ? 1 : 2;
-constexpr size_t kSmemBytes =
-    size_t(kQBytes) + kKeySlots * (kKeyBytes + kKeys * 4) + 2 * kRawBytes + kRows * 2;  // 67,328 or 58,880
-static_assert(kBlocksPerSm * (kSmemBytes + 1024) <= 228 * 1024, "shared memory of the blocks of an SM");
+// kSeesaw: two accumulator sets and three e4m3 key tiles (one block per SM); else one set and two
+// tiles (two blocks per SM).
+template <bool kSeesaw>
+struct Pipe {
+  static constexpr int kSets = kSeesaw ? 2 : 1, kKeySlots = kSeesaw ? 3 : 2, kBlocksPerSm = kSeesaw ? 1 : 2;
+  static constexpr size_t kSmemBytes =
+      size_t(kQBytes) + kKeySlots * (kKeyBytes + kKeys * 4) + 2 * kRawBytes + kRows * 2;  // 67,328 or 58,880
+  static_assert(kBlocksPerSm * (kSmemBytes + 1024) <= 228 * 1024, "shared memory of the blocks of an SM");
+};
 static_assert(4 * kKeys == kThreads, "four threads per raw FP4 key row");
 
 // kDim: the head dim (64 or 128), a constant so that the wgmma of a tile are one unrolled,
 // non-divergent sequence (ptxas serializes them otherwise).
-template <int kDim>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm) indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a) {
+template <int kDim, bool kSeesaw>
+__global__ void __launch_bounds__(kThreads, Pipe<kSeesaw>::kBlocksPerSm)
+    indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a) {
+  constexpr int kSets = Pipe<kSeesaw>::kSets, kKeySlots = Pipe<kSeesaw>::kKeySlots;
   const IdxPart& p = a.parts[0];
   const int64_t n = a.n;
   constexpr int dim = kDim;
@@ -158,21 +163,32 @@ bool indexer_fp8_serves(const IdxArgs& a) {
   return a.num_parts == 1 && a.n >= 16 && operands_ok(a, a.parts[0]);
 }
 
-void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
+namespace {
+template <bool kSeesaw>
+void launch_pipe(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
+  constexpr size_t smem = Pipe<kSeesaw>::kSmemBytes;
   static bool attr_set = false;
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
-    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
+    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<64, kSeesaw>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<128, kSeesaw>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     attr_set = true;
   }
   const dim3 grid = indexer_tc_grid(a, max_keys, kQueries, kKeys, "indexer_scores (fp8 wgmma)");
   if (a.dim == 64)
-    indexer_scores_fp8_kernel<64><<<grid, kThreads, kSmemBytes, s>>>(a);
+    indexer_scores_fp8_kernel<64, kSeesaw><<<grid, kThreads, smem, s>>>(a);
   else
-    indexer_scores_fp8_kernel<128><<<grid, kThreads, kSmemBytes, s>>>(a);
+    indexer_scores_fp8_kernel<128, kSeesaw><<<grid, kThreads, smem, s>>>(a);
   launch_check("indexer_scores (fp8 wgmma)", s);
+}
+}  // namespace
+
+void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool seesaw) {
+  if (seesaw)
+    launch_pipe<true>(a, max_keys, s);
+  else
+    launch_pipe<false>(a, max_keys, s);
 }
 
 }  // namespace v4rt::kernels::cuda

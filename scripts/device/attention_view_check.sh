@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # One device call (about 6 minutes from a fresh machine) for the prefill attention's bf16 views
 # (kernels/cuda/attention_bf16_view.cu): builds the op tests, bench_step and test_gpu_golden; runs
-# the attention op tests (every kernel with and without the views, bit for bit); `bench prefill` at
+# the attention op tests (every kernel with and without the views, bit for bit; TEST_FILTER picks
+# others); `bench prefill` at
 # 8K and 1M as by default (the views, the warp-specialized kernel), without the views
 # (scripts/device/attention_no_view.yaml: the mma.sync kernel decoding per query) and on the
 # mma.sync kernel with them (attention_mma.yaml), and test_gpu_golden (RUNS picks others);
@@ -14,8 +15,8 @@ cd "$(dirname "$0")/../.."
 source scripts/device/check_lib.sh
 check_begin /tmp/view_logs 300 test_cuda_kernels bench_step test_gpu_golden
 T=$B/tests/cuda/test_cuda_kernels
-timeout 90 $T --gtest_brief=1 --gtest_filter="CudaAttentionTc*:CudaOps.SparseAttention*" > $L/tests_attn.txt 2>&1
-echo "== attention tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_attn.txt | grep -vE " 0 of " | head -30
+timeout 90 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaAttentionTc*:CudaOps.SparseAttention*}" > $L/tests_attn.txt 2>&1
+echo "== op tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_attn.txt | grep -vE " 0 of " | head -30
 grep -c " 0 of " $L/tests_attn.txt; el tests_attn
 P="$B/tests/cuda/bench_step bench"
 prefill() {  # tag context [config]
