@@ -778,8 +778,8 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
                       io == Io::kF32 ? static_cast<float*>(xin) : nullptr, stream_.get());
   }
   // One grouped FP4 GEMM: in [rows, k] (in the io format) -> out [rows, n].
-  auto gemm = [&](const void* in, const float* in_scale, const uint8_t* const* w, const uint8_t* const* ws, int64_t n,
-                  int64_t k, void* out) {
+  auto gemm_params = [&](const void* in, const float* in_scale, const uint8_t* const* w, const uint8_t* const* ws,
+                         int64_t n, int64_t k, void* out) {
     Fp4GroupedGemmParams gp;
     if (io == Io::kFp8) {
       gp.x8 = static_cast<const uint8_t*>(in);
@@ -807,12 +807,12 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.wgmma_ws = options_.expert_wgmma_ws;
     gp.max_rows = max_rows;
     gp.stream = stream_.get();
-    fp4_grouped_gemm(gp);
+    return gp;
   };
   void* g = scratch(kSlotG, size_t(max_rows * inter) * out_es);
   void* u = scratch(kSlotU, size_t(max_rows * inter) * out_es);
-  gemm(xin, xs, w1, w1s, inter, hidden, g);
-  gemm(xin, xs, w3, w3s, inter, hidden, u);
+  // Gate and up: one GEMV launch for both at decode sizes (fp4_grouped_gemm_pair).
+  fp4_grouped_gemm_pair(gemm_params(xin, xs, w1, w1s, inter, hidden, g), gemm_params(xin, xs, w3, w3s, inter, hidden, u));
 
   void* h = scratch(kSlotH8, size_t(max_rows * inter) * in_es);
   float* hs = static_cast<float*>(scratch(kSlotHScale, size_t(max_rows * (inter / 128)) * 4));
@@ -834,7 +834,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
   launch_moe_swiglu(sio, inter, p.swiglu_limit, r, num_local, max_rows, stream_.get());
 
   void* y = scratch(kSlotY, size_t(max_rows * hidden) * out_es);
-  gemm(h, hs, w2, w2s, hidden, inter, y);
+  fp4_grouped_gemm(gemm_params(h, hs, w2, w2s, hidden, inter, y));
   launch_moe_combine(io == Io::kF32 ? nullptr : static_cast<const uint16_t*>(y),
                      io == Io::kF32 ? static_cast<const float*>(y) : nullptr, hidden, p.idx, r,
                      make_act(p.out, "moe_experts out"), T, topk, stream_.get());

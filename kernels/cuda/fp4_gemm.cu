@@ -199,4 +199,13 @@ void fp4_grouped_gemm(const Fp4GroupedGemmParams& p) {
   launch_check("fp4_grouped_gemm", p.stream);
 }
 
+void fp4_grouped_gemm_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q) {
+  if (p.tensor_cores && q.tensor_cores && fp4_tc_use_gemv(p.max_rows, p.num_groups, p.n, p.k)) {
+    fp4_grouped_gemv_pair(p, q);
+    return;
+  }
+  fp4_grouped_gemm(p);
+  fp4_grouped_gemm(q);
+}
+
 }  // namespace v4rt::kernels::cuda

@@ -75,6 +75,14 @@ inline constexpr int kFp4WgmmaRowsPerTile = 128;
 // The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
 // rows go in passes of 8, each pass reading the expert's weights again.
 void fp4_grouped_gemv(const Fp4GroupedGemmParams& p);
+// Two projections of the same rows in one GEMV launch (the experts' gate and up): p and q share
+// the activations, row offsets, groups, n, k, max_rows and stream and differ in weights and
+// outputs; q's weights are present for exactly the groups p's are. A block computes 32 channels of
+// each from the same staged activations; every output is bit for bit the single GEMV's.
+void fp4_grouped_gemv_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q);
+// fp4_grouped_gemm(p) and fp4_grouped_gemm(q) for such a pair: one fp4_grouped_gemv_pair launch
+// where the tensor-core dispatch takes the GEMV, else the two GEMMs.
+void fp4_grouped_gemm_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q);
 // The largest mean rows per group (rounded up, as fp4_tc_rows_per_tile) that takes the GEMV; the
 // reasons are at fp4_tc_use_gemv in fp4_gemv.cu.
 // Projections with k >= 2n (the experts' gate/up) keep it up to kFp4GemvMaxMeanRowsWide.

@@ -59,21 +59,36 @@ constexpr int kStepK = 128;                   // k per pipeline step = one activ
 constexpr int kStages = 4;                    // steps per warp in shared memory (kStages - 1 in flight)
 constexpr int kLdW = kStepK / 2 + 16;         // weight row stride, bytes: ldmatrix rows in distinct banks
 constexpr int kLdA = kStepK + 32;             // activation row stride, bytes: 8-byte reads conflict-free
-constexpr int kRedLd = kChannels + 4;         // reduction row stride, floats: the stores conflict-free
 constexpr int kScanPerThread = 4;             // groups per thread per prefix-sum pass
-constexpr int kMinBlocks = 3;                 // blocks per SM (shared memory: 3 x 64,000 B)
 
-// One pipeline step of one warp in shared memory.
+// One pipeline step of one warp in shared memory; kMats weight matrices (2: a pair of projections
+// of the same rows, the second's channels after the first's).
+template <int kMats>
 struct GemvStage {
-  uint8_t w[kChannels][kLdW];  // packed e2m1 [channel][64 bytes of this step]
-  uint8_t a[kRows][kLdA];      // e4m3 [row][128]
-  uint32_t ws[kChannels];      // ue8m0 of each channel's four 32-blocks, byte j = block j
-  float xs[kRows];             // activation scale of each row
+  uint8_t w[kMats * kChannels][kLdW];  // packed e2m1 [channel][64 bytes of this step]
+  uint8_t a[kRows][kLdA];              // e4m3 [row][128]
+  uint32_t ws[kMats * kChannels];      // ue8m0 of each channel's four 32-blocks, byte j = block j
+  float xs[kRows];                     // activation scale of each row
 };
-constexpr size_t kSmemBytes = size_t(kWarps) * kStages * sizeof(GemvStage);
-static_assert(sizeof(GemvStage) % 16 == 0, "stages keep 16-byte alignment");
-static_assert(kSmemBytes == 64000, "3 blocks per SM fit in 228 KB");
-static_assert(size_t(kWarps) * kRows * kRedLd * 4 <= kSmemBytes, "the reduction reuses the stages");
+template <int kMats>
+struct Gemv {
+  static constexpr size_t kSmemBytes = size_t(kWarps) * kStages * sizeof(GemvStage<kMats>);
+  static constexpr int kMinBlocks = kMats == 1 ? 3 : 2;  // blocks per SM: 3 x 64,000 B or 2 x 107,008 B
+  static constexpr int kRedLd = kMats * kChannels + 4;  // reduction row stride, floats: stores conflict-free
+  static_assert(sizeof(GemvStage<kMats>) % 16 == 0, "stages keep 16-byte alignment");
+  static_assert(kMinBlocks * (kSmemBytes + 1024) <= 228 * 1024, "the blocks of an SM fit in 228 KB");
+  static_assert(size_t(kWarps) * kRows * kRedLd * 4 <= kSmemBytes, "the reduction reuses the stages");
+};
+static_assert(Gemv<1>::kSmemBytes == 64000, "3 blocks per SM");
+
+// The second projection of a pair: its weights per group (present exactly where the first's are)
+// and its output.
+struct GemvSecond {
+  const uint8_t* const* w = nullptr;
+  const uint8_t* const* ws = nullptr;
+  uint16_t* out = nullptr;
+  float* out_f32 = nullptr;
+};
 
 // What a block serves: rows [row_begin, row_begin + rows) of the group with weights w / ws.
 struct GemvWork {
@@ -81,6 +96,7 @@ struct GemvWork {
   const uint8_t* ws;
   int64_t row_begin;
   int rows;  // 0: no such row pass (surplus block)
+  int group;
 };
 
 // --- row pass lookup -----------------------------------------------------------------------------
@@ -135,6 +151,7 @@ __device__ GemvWork gemv_find_pass(const Fp4GroupedGemmParams& p, int pass) {
       if (pass >= start && pass < start + passes[i]) {  // exactly one thread of the launch's groups
         found.w = w[i];
         found.ws = ws[i];
+        found.group = g0 + i;
         found.row_begin = int64_t(r0[i]) + int64_t(pass - start) * kRows;
         found.rows = min(kRows, int(r1[i] - found.row_begin));
       }
@@ -149,8 +166,11 @@ __device__ GemvWork gemv_find_pass(const Fp4GroupedGemmParams& p, int pass) {
 }
 
 // --- the kernel ----------------------------------------------------------------------------------
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    fp4_grouped_gemv_kernel(Fp4GroupedGemmParams p, int64_t n_blocks) {
+template <int kMats>
+__global__ void __launch_bounds__(kThreads, Gemv<kMats>::kMinBlocks)
+    fp4_grouped_gemv_kernel(Fp4GroupedGemmParams p, GemvSecond second, int64_t n_blocks) {
+  using Stage = GemvStage<kMats>;
+  constexpr int kTiles = kMats * kTilesM, kRedLd = Gemv<kMats>::kRedLd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int pass = int(blockIdx.x / n_blocks);
   const int64_t n0 = int64_t(blockIdx.x % n_blocks) * kChannels;
@@ -162,49 +182,57 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int64_t k = p.k, steps = k / kStepK;
   const int64_t s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
   const int nsteps = int(s_end - s_begin);
-  GemvStage* stages = reinterpret_cast<GemvStage*>(smem_raw) + warp * kStages;
+  Stage* stages = reinterpret_cast<Stage*>(smem_raw) + warp * kStages;
   const int rows = work.rows;
-  const uint8_t* w = work.w;
-  const uint8_t* wsc = work.ws;
-  const bool ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
+  const uint8_t* w[kMats];  // matrix m's weights and scales for this group
+  const uint8_t* wsc[kMats];
+  w[0] = work.w, wsc[0] = work.ws;
+  if constexpr (kMats == 2) w[1] = second.w[work.group], wsc[1] = second.ws[work.group];
 
-  // Copies of step s into stage st: weight chunks (channel lane / 4 + 8 i, bytes 16 (lane % 4)),
-  // activation chunks (row lane / 8 + 4 i, bytes 16 (lane % 8)), the scale word of channel `lane`,
-  // the activation scale of row `lane` (< 8). Channels past n and rows past the pass are zeros.
-  const uint8_t* w_src = w + (n0 + (lane >> 2)) * (k / 2) + (lane & 3) * 16;
+  // Copies of step s into stage st: weight chunks (channel lane / 4 + 8 i of each matrix, bytes
+  // 16 (lane % 4)), activation chunks (row lane / 8 + 4 i, bytes 16 (lane % 8)), the scale word of
+  // channel `lane` of each matrix, the activation scale of row `lane` (< 8). Channels past n and
+  // rows past the pass are zeros.
+  const int64_t w_off = (n0 + (lane >> 2)) * (k / 2) + (lane & 3) * 16, ws_off = (n0 + lane) * (k / 32);
   const uint8_t* a_src = p.x8 + (work.row_begin + (lane >> 3)) * k + (lane & 7) * 16;
-  const uint8_t* ws_src = wsc + (n0 + lane) * (k / 32);
   const float* xs_src = p.x_scale + (work.row_begin + lane) * steps;
   const int64_t w_left = p.n - n0 - (lane >> 2);  // this lane's weight chunk i exists if 8 i < w_left
   const bool ws_ok = n0 + lane < p.n, xs_ok = lane < rows;
   auto load = [&](int64_t s, int st_idx) {
-    GemvStage& st = stages[st_idx];
+    Stage& st = stages[st_idx];
 #pragma unroll
-    for (int i = 0; i < kChannels / 8; ++i) {
-      const bool ok = 8 * i < w_left;
-      cp_async16(&st.w[(lane >> 2) + 8 * i][(lane & 3) * 16], ok ? w_src + int64_t(8 * i) * (k / 2) + s * 64 : w, ok);
+    for (int m = 0; m < kMats; ++m) {
+#pragma unroll
+      for (int i = 0; i < kChannels / 8; ++i) {
+        const bool ok = 8 * i < w_left;
+        cp_async16(&st.w[m * kChannels + (lane >> 2) + 8 * i][(lane & 3) * 16],
+                   ok ? w[m] + w_off + int64_t(8 * i) * (k / 2) + s * 64 : w[m], ok);
+      }
     }
 #pragma unroll
     for (int i = 0; i < kRows / 4; ++i) {
       const bool ok = (lane >> 3) + 4 * i < rows;
       cp_async16(&st.a[(lane >> 3) + 4 * i][(lane & 7) * 16], ok ? a_src + int64_t(4 * i) * k + s * kStepK : p.x8, ok);
     }
-    if (ws_aligned) {
-      cp_async4(&st.ws[lane], ws_ok ? ws_src + s * 4 : wsc, ws_ok);
-    } else {  // scale rows not word aligned: plain loads (read after a later __syncwarp)
-      uint32_t v = 0;
-      if (ws_ok) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + s * 4 + j)) << (8 * j);
+    for (int m = 0; m < kMats; ++m) {
+      if ((reinterpret_cast<uintptr_t>(wsc[m]) & 3) == 0) {
+        cp_async4(&st.ws[m * kChannels + lane], ws_ok ? wsc[m] + ws_off + s * 4 : wsc[m], ws_ok);
+      } else {  // scale rows not word aligned: plain loads (read after a later __syncwarp)
+        uint32_t v = 0;
+        if (ws_ok) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(wsc[m] + ws_off + s * 4 + j)) << (8 * j);
+        }
+        st.ws[m * kChannels + lane] = v;
       }
-      st.ws[lane] = v;
     }
     if (lane < kRows) cp_async4(&st.xs[lane], xs_ok ? xs_src + s : p.x_scale, xs_ok);
   };
 
-  float acc[kTilesM][4];
+  float acc[kTiles][4];
 #pragma unroll
-  for (int t = 0; t < kTilesM; ++t)
+  for (int t = 0; t < kTiles; ++t)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[t][j] = 0.f;
 
@@ -218,7 +246,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     __syncwarp();                  // ... every lane's, and step i - 1's stage is free again
     if (i + kStages - 1 < nsteps) load(s_begin + i + kStages - 1, (i + kStages - 1) % kStages);
     cp_async_commit();
-    const GemvStage& st = stages[i % kStages];
+    const Stage& st = stages[i % kStages];
 
     // Activation fragments of the four 32-blocks (n8 column gid = row gid of the pass): inputs
     // 8 tig + {0, 2 | 1, 3} for the first k16 MMA, 8 tig + {4, 6 | 5, 7} for the second.
@@ -231,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     }
     const float xr0 = st.xs[2 * tig], xr1 = st.xs[2 * tig + 1];  // rows of accumulators 0, 2 | 1, 3
 #pragma unroll
-    for (int t = 0; t < kTilesM; ++t) {
+    for (int t = 0; t < kTiles; ++t) {  // tiles of matrix 0, then of matrix 1
       // Words of channels gid (lo) and gid + 8 (hi) of the tile, blocks 0..3: lanes 0-7 address
       // channels 0-7, lanes 8-15 channels 8-15, lanes 16-31 the same for the next block.
       uint32_t wl[4], wh[4];
@@ -271,25 +299,46 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   // red[warp][row][channel]; then each output is the warps' sums added in k order.
   float* red = reinterpret_cast<float*>(smem_raw);
 #pragma unroll
-  for (int t = 0; t < kTilesM; ++t)
+  for (int t = 0; t < kTiles; ++t)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
       red[(warp * kRows + 2 * tig + (j & 1)) * kRedLd + 16 * t + gid + 8 * (j >> 1)] = acc[t][j];
   __syncthreads();
-  for (int i = tid; i < kRows * kChannels; i += kThreads) {
-    const int r = i / kChannels, c = i % kChannels;
-    const int64_t n = n0 + c;
+  for (int i = tid; i < kRows * kMats * kChannels; i += kThreads) {
+    const int r = i / (kMats * kChannels), c = i % (kMats * kChannels), m = c / kChannels;
+    const int64_t n = n0 + c % kChannels;
     if (r >= rows || n >= p.n) continue;
     float v = red[r * kRedLd + c];
 #pragma unroll
     for (int v_w = 1; v_w < kWarps; ++v_w) v += red[(v_w * kRows + r) * kRedLd + c];
     const int64_t o = (work.row_begin + r) * p.n + n;
-    if (p.out_f32) {
-      p.out_f32[o] = v;
+    float* out_f32 = m == 0 ? p.out_f32 : second.out_f32;
+    if (out_f32) {
+      out_f32[o] = v;
     } else {
-      p.out[o] = f32_to_bf16(v);
+      (m == 0 ? p.out : second.out)[o] = f32_to_bf16(v);
     }
   }
+}
+
+template <int kMats>
+void launch_gemv(const Fp4GroupedGemmParams& p, const GemvSecond& second) {
+  CHECK(p.x8 && p.x_scale) << "fp4 grouped gemv: FP8 activations required";
+  CHECK(p.out || p.out_f32) << "fp4 grouped gemv: no output";
+  CHECK_EQ(p.k % kStepK, 0) << "fp4 grouped gemv: k=" << p.k << " must be a multiple of " << kStepK;
+  CHECK_GE(p.max_rows, 0) << "fp4 grouped gemv: max_rows";
+  if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
+  // Once per device: above 48 KB of dynamic shared memory, and the whole carveout as shared memory
+  // so kMinBlocks blocks fit.
+  static std::atomic<uint64_t> attr_set{0};
+  constexpr size_t smem = Gemv<kMats>::kSmemBytes;
+  set_smem_once(fp4_grouped_gemv_kernel<kMats>, smem, true, &attr_set);
+  const int64_t n_blocks = ceil_div(p.n, kChannels);
+  const int64_t passes = grouped_tile_bound(p.max_rows, p.num_groups, kRows);
+  CHECK_LE(passes, int64_t(INT_MAX)) << "fp4 grouped gemv: max_rows=" << p.max_rows;
+  const unsigned grid = grid_x(passes * n_blocks, "fp4_grouped_gemv");
+  fp4_grouped_gemv_kernel<kMats><<<grid, kThreads, smem, p.stream>>>(p, second, n_blocks);
+  launch_check("fp4_grouped_gemv", p.stream);
 }
 
 }  // namespace
@@ -315,22 +364,14 @@ bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n, int64_t k)
   return mean <= kFp4GemvMaxMeanRows || (n > 0 && k >= 2 * n && mean <= kFp4GemvMaxMeanRowsWide);
 }
 
-void fp4_grouped_gemv(const Fp4GroupedGemmParams& p) {
-  CHECK(p.x8 && p.x_scale) << "fp4 grouped gemv: FP8 activations required";
-  CHECK(p.out || p.out_f32) << "fp4 grouped gemv: no output";
-  CHECK_EQ(p.k % kStepK, 0) << "fp4 grouped gemv: k=" << p.k << " must be a multiple of " << kStepK;
-  CHECK_GE(p.max_rows, 0) << "fp4 grouped gemv: max_rows";
-  if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
-  // Once per device: above 48 KB of dynamic shared memory, and the whole carveout as shared memory
-  // so kMinBlocks blocks fit.
-  static std::atomic<uint64_t> attr_set{0};
-  set_smem_once(fp4_grouped_gemv_kernel, kSmemBytes, true, &attr_set);
-  const int64_t n_blocks = ceil_div(p.n, kChannels);
-  const int64_t passes = grouped_tile_bound(p.max_rows, p.num_groups, kRows);
-  CHECK_LE(passes, int64_t(INT_MAX)) << "fp4 grouped gemv: max_rows=" << p.max_rows;
-  const unsigned grid = grid_x(passes * n_blocks, "fp4_grouped_gemv");
-  fp4_grouped_gemv_kernel<<<grid, kThreads, kSmemBytes, p.stream>>>(p, n_blocks);
-  launch_check("fp4_grouped_gemv", p.stream);
+void fp4_grouped_gemv(const Fp4GroupedGemmParams& p) { launch_gemv<1>(p, GemvSecond{}); }
+
+void fp4_grouped_gemv_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q) {
+  CHECK(q.x8 == p.x8 && q.x_scale == p.x_scale && q.row_offsets == p.row_offsets && q.num_groups == p.num_groups &&
+        q.n == p.n && q.k == p.k && q.max_rows == p.max_rows && q.stream == p.stream)
+      << "fp4 grouped gemv pair: the two projections must share rows, activations, n, k and stream";
+  CHECK(q.w && q.w_scale && (q.out || q.out_f32)) << "fp4 grouped gemv pair: second projection incomplete";
+  launch_gemv<2>(p, GemvSecond{q.w, q.w_scale, q.out, q.out_f32});
 }
 
 }  // namespace v4rt::kernels::cuda

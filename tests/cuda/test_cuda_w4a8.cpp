@@ -607,5 +607,92 @@ TEST(CudaW4a8Gemv, ManyPassesBatch256) {
   }
 }
 
+// The gate/up pair in one GEMV launch (fp4_grouped_gemv_pair) against the single GEMV run on each
+// projection alone, bit for bit: the V4-Flash gate/up shape at batch 1 and at a mean of 6 rows
+// (experts of 9+ rows take two passes), n not a multiple of 32 with k of 3 steps (a warp with none),
+// fp32 outputs, scale rows of the second projection not word aligned. And the dispatching entry
+// (fp4_grouped_gemm_pair) where it takes the pair GEMV and where it takes two tile-kernel GEMMs.
+TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(86);
+  struct PairCase { int groups, tokens; int64_t n, k; bool f32, misaligned; };
+  for (const PairCase& c : {PairCase{256, 1, 2048, 4096, false, false}, PairCase{256, 256, 2048, 4096, false, true},
+                            PairCase{16, 5, 200, 384, true, false}, PairCase{8, 40, 136, 896, false, true}}) {
+    SCOPED_TRACE(std::to_string(c.groups) + " groups, " + std::to_string(c.tokens) + " tokens, n " + std::to_string(c.n));
+    std::vector<int32_t> off(size_t(c.groups) + 1, 0);
+    std::vector<int> rows(size_t(c.groups), 0);
+    for (int t = 0; t < c.tokens; ++t)
+      for (int e = 0; e < std::min(6, c.groups); ++e) rows[size_t(rng.integer(0, c.groups - 1))]++;
+    for (int g = 0; g < c.groups; ++g) off[size_t(g) + 1] = off[size_t(g)] + rows[size_t(g)];
+    const int64_t total = off.back(), n = c.n, k = c.k;
+    std::vector<uint8_t> x8(size_t(total * k));
+    for (auto& v : x8) {
+      do v = uint8_t(rng.integer(0, 255));
+      while ((v & 0x7f) == 0x7f);
+    }
+    std::vector<float> xs(size_t(total * (k / 128)));
+    for (auto& v : xs) v = std::ldexp(1.f, int(rng.integer(-12, -4)));
+    // Two projections' weights, one buffer each for all groups (group g at offset g * n * k / 2).
+    std::vector<uint8_t> w[2], ws[2];
+    std::vector<std::unique_ptr<Dev<uint8_t>>> dw, dws;
+    std::vector<const uint8_t*> wp[2], wsp[2];
+    for (int m = 0; m < 2; ++m) {
+      w[m].resize(size_t(c.groups * n * k / 2));
+      for (auto& b : w[m]) b = uint8_t(rng.integer(0, 255));
+      const size_t pad = m == 1 && c.misaligned ? 1 : 0;
+      ws[m].assign(pad, 0);
+      for (int64_t i = 0; i < c.groups * n * k / 32; ++i) ws[m].push_back(uint8_t(rng.integer(118, 124)));
+      dw.push_back(std::make_unique<Dev<uint8_t>>(w[m]));
+      dws.push_back(std::make_unique<Dev<uint8_t>>(ws[m]));
+      for (int g = 0; g < c.groups; ++g) {
+        wp[m].push_back(dw.back()->p + int64_t(g) * n * k / 2);
+        wsp[m].push_back(dws.back()->p + pad + int64_t(g) * n * k / 32);
+      }
+    }
+    Dev<uint8_t> dx(x8);
+    Dev<float> dxs(xs);
+    Dev<int32_t> doff(off);
+    Dev<const uint8_t*> dwp0(wp[0]), dwsp0(wsp[0]), dwp1(wp[1]), dwsp1(wsp[1]);
+    const size_t outs = size_t(std::max<int64_t>(total * n, 1)) * (c.f32 ? 2 : 1);  // uint16 units
+    auto params = [&](int m, Dev<uint16_t>& out) {
+      cuda::Fp4GroupedGemmParams p;
+      p.x8 = dx.p;
+      p.x_scale = dxs.p;
+      p.row_offsets = doff.p;
+      p.w = m == 0 ? dwp0.p : dwp1.p;
+      p.w_scale = m == 0 ? dwsp0.p : dwsp1.p;
+      if (c.f32) {
+        p.out_f32 = reinterpret_cast<float*>(out.p);
+      } else {
+        p.out = out.p;
+      }
+      p.num_groups = c.groups;
+      p.n = n;
+      p.k = k;
+      p.tensor_cores = true;
+      p.max_rows = total + 3;
+      return p;
+    };
+    Dev<uint16_t> single0(outs), single1(outs), pair0(outs), pair1(outs), disp0(outs), disp1(outs);
+    cuda::fp4_grouped_gemv(params(0, single0));
+    cuda::fp4_grouped_gemv(params(1, single1));
+    cuda::fp4_grouped_gemv_pair(params(0, pair0), params(1, pair1));
+    cuda::fp4_grouped_gemm_pair(params(0, disp0), params(1, disp1));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_TRUE(pair0.host() == single0.host()) << "gate differs from its single GEMV";
+    EXPECT_TRUE(pair1.host() == single1.host()) << "up differs from its single GEMV";
+    // The dispatch: the pair GEMV where fp4_tc_use_gemv takes the GEMV, else two tile-kernel GEMMs.
+    const bool gemv = cuda::fp4_tc_use_gemv(total + 3, c.groups, n, k);
+    Dev<uint16_t> ref0(outs), ref1(outs);
+    if (!gemv) {
+      cuda::fp4_grouped_gemm_tc(params(0, ref0));
+      cuda::fp4_grouped_gemm_tc(params(1, ref1));
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+    EXPECT_TRUE(disp0.host() == (gemv ? single0 : ref0).host()) << "dispatched gate, gemv=" << gemv;
+    EXPECT_TRUE(disp1.host() == (gemv ? single1 : ref1).host()) << "dispatched up, gemv=" << gemv;
+  }
+}
+
 }  // namespace
 }  // namespace v4rt::kernels::cuda_test
