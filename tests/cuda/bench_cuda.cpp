@@ -205,6 +205,12 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
     DeviceBuffer dpw(pw.size() * 8), dpws(pws.size() * 8);
     dpw.copy_from_host(pw.data(), pw.size() * 8);
     dpws.copy_from_host(pws.data(), pws.size() * 8);
+    // The up projection of a gate/up pair: expert e takes expert e + 128's weights (other bytes).
+    std::rotate(pw.begin(), pw.begin() + num_experts / 2, pw.end());
+    std::rotate(pws.begin(), pws.begin() + num_experts / 2, pws.end());
+    DeviceBuffer dpw_up(pw.size() * 8), dpws_up(pws.size() * 8);
+    dpw_up.copy_from_host(pw.data(), pw.size() * 8);
+    dpws_up.copy_from_host(pws.data(), pws.size() * 8);
     for (int mode = 0; mode < 3; ++mode) {
       const std::vector<int64_t> ms = mode < 2 ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 128, 256}
                                                : std::vector<int64_t>{8192};
@@ -294,6 +300,20 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
                       shape.c_str(), bytes / us_tile * 1e-3, bytes / us_gemv * 1e-3,
                       100.0 * bytes / (us_gemv * 1e-6) / g_hbm_nominal, g_hbm_nominal * 1e-12,
                       fp4_tc_use_gemv(rows, num_experts, sh.n, sh.k) ? "gemv" : "tile kernel");
+        }
+        if (mode == 1 && sh.k >= 2 * sh.n) {  // gate and up: two GEMV launches against the pair's one
+          DeviceBuffer out_up(size_t(rows * sh.n) * 2);
+          Fp4GroupedGemmParams q = p;
+          q.w = dpw_up.as<const uint8_t*>();
+          q.w_scale = dpws_up.as<const uint8_t*>();
+          q.out = out_up.as<uint16_t>();
+          const double flops2 = 4.0 * double(rows * sh.n * sh.k);
+          const double us_two = time_us([&] { rotate(p); q.row_offsets = p.row_offsets; fp4_grouped_gemv(p); fp4_grouped_gemv(q); }, s);
+          report("fp4 tc gemv x2 (gate, up) " + shape, us_two, 2 * bytes, flops2, kFp8Peak);
+          const double us_pair = time_us([&] { rotate(p); q.row_offsets = p.row_offsets; fp4_grouped_gemv_pair(p, q); }, s);
+          report("fp4 tc gemv pair (gate + up) " + shape, us_pair, 2 * bytes, flops2, kFp8Peak);
+          std::printf("  %s: gate + up in one launch %.1f us against two %.1f us (%.2fx)\n", shape.c_str(), us_pair,
+                      us_two, us_two / us_pair);
         }
       }
     }
