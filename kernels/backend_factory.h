@@ -36,9 +36,6 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_indexer_fp8): prefill indexer scores of compact keys on FP8 tensor
   // cores (wgmma); off: the bf16 kernel, bit-identical to the reference.
   bool cuda_indexer_fp8 = true;
-  // "cuda" only (debug.cuda_indexer_seesaw): that kernel with two accumulator sets, the next key
-  // tile's MMAs under this tile's epilogue (off: one set, two blocks per SM; the same scores).
-  bool cuda_indexer_seesaw = true;
   // "cuda" only (debug.cuda_expert_wgmma): prefill-sized routed-expert GEMMs on FP8 wgmma instead
   // of the mma.sync W4A8 tile kernel.
   bool cuda_expert_wgmma = true;

@@ -65,9 +65,6 @@ struct CudaBackendOptions {
   // (indexer_fp8.cu) instead of the bf16 mma.sync kernel, which alone reproduces the reference's
   // scores bit for bit, and with decode_tensor_cores decode batches (indexer_fp8_decode.cu).
   bool indexer_fp8 = true;
-  // The prefill FP8 kernel with two accumulator sets (debug.cuda_indexer_seesaw): the next key
-  // tile's MMAs under this tile's epilogue, one block per SM; off: one set, two blocks per SM.
-  bool indexer_seesaw = true;
   // Prefill-sized routed-expert GEMMs (the 128-row tile case of fp4_tc_rows_per_tile) on FP8 wgmma
   // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs
   // only (the tensor cores' FP8 sums keep fewer bits than fp32; far below a bf16 rounding).

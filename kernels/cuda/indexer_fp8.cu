@@ -27,31 +27,14 @@
 //
 // Layout. Block = 4 query tokens (heaviest last tokens first) x a span of keys (x, y as the bf16
 // kernel), two warpgroups; warpgroup g owns queries 2g, 2g + 1: B = their 2 x 64 (query, head)
-// rows of q as e4m3 (N = 128), staged once. Keys stream in tiles of 64 (A, M = 64), dim / 32
-// wgmma m64n128k32 per tile and warpgroup, fp32 accumulators: 64 registers per thread and set.
-// Shared memory operands in the no-swizzle K-major core-matrix layout: 8 rows x 16 bytes
-// contiguous (128 B); along K the next core matrix at +128 B (leading byte offset), the next 8 rows
-// at +8 dim B (stride byte offset). Accumulator (wgmma m64nN): thread (warp w of the warpgroup,
-// lane l) holds rows 16 w + l / 4 and + 8, columns 8 i + 2 (l % 4) + {0, 1}, i < 16: key rows,
-// (query, head) columns: query i / 8, head 8 (i % 8) + 2 (l % 4) + {0, 1}.
-//
-// Pipeline (kSeesaw, key_tiles_seesaw in indexer_fp8_common.cuh): two accumulator sets, tile t in
-// set t % 2, so that tile t's epilogue (head sums, Sk, store) runs while tile t + 1's MMAs execute.
-// Per step t: issue and commit tile t + 1's wgmma group; fetch the raw FP4 rows of tile t + 3
-// (4-byte cp.async, into raw tile t + 1's buffer: two raw tiles) and decode tile t + 2 to e4m3
-// (decode_keys' kKeyFastest: bank-conflict-free 16-byte stores); wait for tile t's group
-// (wgmma.wait_group 1: tile t + 1's stays in flight); tile t's epilogue; one block barrier. The
-// e4m3 tiles rotate through three buffers (tile t in t % 3, its Sk likewise):
-// step t writes tile t + 2 over tile t - 1, whose MMAs both warpgroups waited on before the last
-// barrier, while the MMAs in flight read tile t + 1. Shared memory: q 32,768 B + three e4m3 tiles
-// 24,576 B + two raw tiles 8,704 B + Sk 768 B + w' 512 B = 67,328 B. The two sets are 128 of a
-// thread's registers (ptxas: 202 at dim 128, 204 at dim 64), so one block of 8 warps per SM: two
-// would need at most 128 registers a thread, the count of the single-set kernel with 64
-// accumulators. The MMAs then overlap the epilogue within each warpgroup instead of through a
-// second block; q's staging, no longer under another block's tiles, issues 8 rows' loads per warp
-// at once. kSeesaw off (debug.cuda_indexer_seesaw: false): the single-set pipeline (key_tiles:
-// tile t + 1 decoded under tile t's MMAs, then the wait, then tile t's epilogue), 128 registers,
-// two blocks of 58,880 B per SM, kept to measure against; the scores are the same bits.
+// rows of q as e4m3 (N = 128), staged once. Keys stream in tiles of 64 (A, M = 64): raw FP4 rows
+// of tile i + 2 by 4-byte cp.async while tile i + 1 is decoded to e4m3 under tile i's wgmma
+// (m64n128k32, dim / 32 of them, fp32 accumulators: 64 registers per thread). Shared memory
+// operands in the no-swizzle K-major core-matrix layout: 8 rows x 16 bytes contiguous (128 B);
+// along K the next core matrix at +128 B (leading byte offset), the next 8 rows at +8 dim B
+// (stride byte offset). Accumulator (wgmma m64nN): thread (warp w of the warpgroup, lane l) holds
+// rows 16 w + l / 4 and + 8, columns 8 i + 2 (l % 4) + {0, 1}, i < 16: key rows, (query, head)
+// columns: query i / 8, head 8 (i % 8) + 2 (l % 4) + {0, 1}.
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/indexer_args.cuh"
@@ -69,32 +52,22 @@ constexpr int kQueries = 4;                 // query tokens per block
 constexpr int kRows = kQueries * kHeads;    // B rows of the block
 constexpr int kThreads = 256;               // two warpgroups
 constexpr int kQBytes = kRows * kMaxDim;                  // 32,768
-// kSeesaw: two accumulator sets and three e4m3 key tiles (one block per SM); else one set and two
-// tiles (two blocks per SM).
-template <bool kSeesaw>
-struct Pipe {
-  static constexpr int kSets = kSeesaw ? 2 : 1, kKeySlots = kSeesaw ? 3 : 2, kBlocksPerSm = kSeesaw ? 1 : 2;
-  static constexpr size_t kSmemBytes =
-      size_t(kQBytes) + kKeySlots * (kKeyBytes + kKeys * 4) + 2 * kRawBytes + kRows * 2;  // 67,328 or 58,880
-  static_assert(kBlocksPerSm * (kSmemBytes + 1024) <= 228 * 1024, "shared memory of the blocks of an SM");
-};
+constexpr size_t kSmemBytes = size_t(kQBytes) + 2 * kKeyBytes + 2 * kRawBytes + 2 * kKeys * 4 + kRows * 2;
 static_assert(4 * kKeys == kThreads, "four threads per raw FP4 key row");
 
 // kDim: the head dim (64 or 128), a constant so that the wgmma of a tile are one unrolled,
 // non-divergent sequence (ptxas serializes them otherwise).
-template <int kDim, bool kSeesaw>
-__global__ void __launch_bounds__(kThreads, Pipe<kSeesaw>::kBlocksPerSm)
-    indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a) {
-  constexpr int kSets = Pipe<kSeesaw>::kSets, kKeySlots = Pipe<kSeesaw>::kKeySlots;
+template <int kDim>
+__global__ void __launch_bounds__(kThreads, 2) indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a) {
   const IdxPart& p = a.parts[0];
   const int64_t n = a.n;
   constexpr int dim = kDim;
   extern __shared__ __align__(128) uint8_t smem[];
-  uint8_t* const qs = smem;                                          // B: [kRows] x dim, core-matrix layout
-  uint8_t* const kbuf = qs + kQBytes;                                // A: [kKeySlots][kKeys] x dim
-  uint8_t* const raw = kbuf + kKeySlots * kKeyBytes;                 // [2][kKeys][kRawLd]
-  float* const ks = reinterpret_cast<float*>(raw + 2 * kRawBytes);   // [kKeySlots][kKeys] Sk
-  uint16_t* const ws = reinterpret_cast<uint16_t*>(ks + kKeySlots * kKeys);  // [kRows] w' (bf16)
+  uint8_t* const qs = smem;                                 // B: [kRows] x dim, core-matrix layout
+  uint8_t* const kbuf = qs + kQBytes;                       // A: [2][kKeys] x dim
+  uint8_t* const raw = kbuf + 2 * kKeyBytes;                // [2][kKeys][kRawLd]
+  float* const ks = reinterpret_cast<float*>(raw + 2 * kRawBytes);  // [2][kKeys] Sk
+  uint16_t* const ws = reinterpret_cast<uint16_t*>(ks + 2 * kKeys);  // [kRows] w' (bf16)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, wi = warp & 3, gid = lane >> 2, tig = lane & 3;
   const int64_t t0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kQueries;
@@ -112,49 +85,37 @@ __global__ void __launch_bounds__(kThreads, Pipe<kSeesaw>::kBlocksPerSm)
   const int my_row = 16 * wi + gid + 8 * (tig >> 1), my_q = 2 * wg + (tig & 1);
   const int64_t ts = t0 + my_q;
   const int64_t visible = (p.pos_begin + ts + 1) / a.ratio;
-  float d[kSets][64];  // accumulator set s: d[s]; sets are named by AccSet constants only
+  float d[64];
 #pragma unroll
-  for (int s = 0; s < kSets; ++s)
+  for (int i = 0; i < 64; ++i) d[i] = 0.f;
+  key_tiles<kThreads>(
+      p.ckeys, dim, lo, cend, raw, kbuf, ks, [&] { stage_q<kThreads, kRows>(a, p, t0, n, qs, ws); },
+      [&] {
 #pragma unroll
-    for (int i = 0; i < 64; ++i) d[s][i] = 0.f;
-  // One block per SM (kSeesaw) leaves q's staging in the open: the loads of 8 rows per warp at once.
-  const auto stage = [&] { stage_q<kThreads, kRows, kSeesaw ? 8 : 1>(a, p, t0, n, qs, ws); };
-  const auto setup = [&] {
+        for (int i = 0; i < 16; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + wg * 128 + 8 * i + 2 * tig);
+      },
+      [&](const uint8_t* kt) {
+        fence_acc(d);
+        wgmma_fence();
 #pragma unroll
-    for (int i = 0; i < 16; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + wg * 128 + 8 * i + 2 * tig);
-  };
-  // Issues and commits the tile's wgmma group (key tile kt) into set `set`.
-  const auto mma = [&](auto set, const uint8_t* kt) {
-    float(&acc)[64] = d[decltype(set)::value];
-    fence_acc(acc);
-    wgmma_fence();
-#pragma unroll
-    for (int s = 0; s < ksteps; ++s)
-      wgmma_m64n128k32(acc, smem_desc(kt + 256 * s, dim), smem_desc(bq + 256 * s, dim), s);
-    wgmma_commit();
-  };
-  // The scores of keys [j0, j0 + kKeys) from set `set` (its group waited on), Sk in kst.
-  const auto epilogue = [&](auto set, int64_t j0, const float* kst) {
-    float(&acc)[64] = d[decltype(set)::value];
-    fence_acc(acc);
-    // sums[half][q]: key row 16 wi + gid + 8 half, query 2 wg + q.
-    float sums[2][2];
-    head_sums<2>(acc, wp, sums);
-    const float sum = (tig >> 1) ? ((tig & 1) ? sums[1][1] : sums[1][0]) : ((tig & 1) ? sums[0][1] : sums[0][0]);
-    const int64_t j = j0 + my_row;
-    if (ts < n && j < cend) {
-      float* out = scores + ts * score_stride + (j - key_begin);
-      const float v = round_bf16(sum * kst[my_row]);
-      *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
-    }
-  };
-  if constexpr (kSeesaw) {
-    key_tiles_seesaw<kThreads>(p.ckeys, dim, lo, cend, raw, kbuf, ks, stage, setup, mma, epilogue);
-  } else {
-    key_tiles<kThreads>(
-        p.ckeys, dim, lo, cend, raw, kbuf, ks, stage, setup, [&](const uint8_t* kt) { mma(AccSet<0>{}, kt); },
-        [&](int64_t j0, const float* kst) { epilogue(AccSet<0>{}, j0, kst); });
-  }
+        for (int s = 0; s < ksteps; ++s)
+          wgmma_m64n128k32(d, smem_desc(kt + 256 * s, dim), smem_desc(bq + 256 * s, dim), s);
+        wgmma_commit();
+      },
+      [&](int64_t j0, const float* kst) {
+        fence_acc(d);
+        // sums[half][q]: key row 16 wi + gid + 8 half, query 2 wg + q.
+        float sums[2][2];
+        head_sums<2>(d, wp, sums);
+        const float sum =
+            (tig >> 1) ? ((tig & 1) ? sums[1][1] : sums[1][0]) : ((tig & 1) ? sums[0][1] : sums[0][0]);
+        const int64_t j = j0 + my_row;
+        if (ts < n && j < cend) {
+          float* out = scores + ts * score_stride + (j - key_begin);
+          const float v = round_bf16(sum * kst[my_row]);
+          *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
+        }
+      });
 }
 
 }  // namespace
@@ -163,32 +124,21 @@ bool indexer_fp8_serves(const IdxArgs& a) {
   return a.num_parts == 1 && a.n >= 16 && operands_ok(a, a.parts[0]);
 }
 
-namespace {
-template <bool kSeesaw>
-void launch_pipe(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
-  constexpr size_t smem = Pipe<kSeesaw>::kSmemBytes;
+void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
   static bool attr_set = false;
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<64, kSeesaw>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<128, kSeesaw>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(kSmemBytes)));
+    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(kSmemBytes)));
     attr_set = true;
   }
   const dim3 grid = indexer_tc_grid(a, max_keys, kQueries, kKeys, "indexer_scores (fp8 wgmma)");
   if (a.dim == 64)
-    indexer_scores_fp8_kernel<64, kSeesaw><<<grid, kThreads, smem, s>>>(a);
+    indexer_scores_fp8_kernel<64><<<grid, kThreads, kSmemBytes, s>>>(a);
   else
-    indexer_scores_fp8_kernel<128, kSeesaw><<<grid, kThreads, smem, s>>>(a);
+    indexer_scores_fp8_kernel<128><<<grid, kThreads, kSmemBytes, s>>>(a);
   launch_check("indexer_scores (fp8 wgmma)", s);
-}
-}  // namespace
-
-void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool seesaw) {
-  if (seesaw)
-    launch_pipe<true>(a, max_keys, s);
-  else
-    launch_pipe<false>(a, max_keys, s);
 }
 
 }  // namespace v4rt::kernels::cuda

@@ -11,7 +11,6 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_tc_common.cuh"
@@ -115,17 +114,12 @@ __device__ __forceinline__ void fetch_raw(const KvRowsDev& ck, int64_t j0, int64
 // (keys at or past jend: zeros). One thread per (key, 32-code block): block b's codes times
 // 2^(6 - (emax - e_b)) by fp4tc::decode_block's byte-permute table (the e4m3 of each magnitude
 // times that power of two, the sign or-ed in: the bytes of converting each code's value).
-// kKeyFastest: consecutive threads take consecutive keys of one block, so the 8 threads of each
-// 16-byte store phase write 8 different key rows, 8 different bank groups of the core-matrix
-// layout, and a warp's raw reads fall in 32 different banks (68-byte rows); otherwise consecutive
-// threads take the blocks of one key (the 4 blocks of a key share a bank group: 4-way conflicts
-// on the stores at dim 128). The bytes written are the same either way.
-template <int kThreads, bool kKeyFastest = false>
+template <int kThreads>
 __device__ __forceinline__ void decode_keys(const KvRowsDev& ck, int dim, int64_t j0, int64_t jend, const uint8_t* raw,
                                             uint8_t* kt, float* ks) {
   const int blocks = dim >> 5;
   for (int i = threadIdx.x; i < kKeys * blocks; i += kThreads) {
-    const int r = kKeyFastest ? i % kKeys : i / blocks, b = kKeyFastest ? i / kKeys : i - r * blocks;
+    const int r = i / blocks, b = i - r * blocks;
     uint32_t out[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
     if (j0 + r < jend) {
       const uint8_t* row = raw + r * kRawLd;
@@ -177,14 +171,13 @@ __device__ __forceinline__ void head_sums(const float (&d)[32 * kQ], const uint3
     }
 }
 
-// The key pipeline of the decode kernel (and of the prefill kernel with kSeesaw off) over the
-// block's keys [lo, cend) in tiles of kKeys, with the e4m3 tiles double-buffered in kbuf (Sk in ks)
-// and the raw FP4 rows in raw: the raw rows of tiles 0 and 1 are fetched around stage() (the
-// kernel's q staging) and tile 0 decoded, then setup() (after the block barrier: it may read what
-// stage() wrote); per tile `it`, mma(kt) issues the tile's wgmma (committed by the caller's mma)
-// while tile it + 1 is decoded from its landed raw rows and the raw rows of tile it + 2 are
-// fetched, then, the MMAs waited on, epilogue(j0, ks_tile) reads the accumulators. Every thread of
-// the block calls it.
+// The key pipeline of both kernels over the block's keys [lo, cend) in tiles of kKeys, with the
+// e4m3 tiles double-buffered in kbuf (Sk in ks) and the raw FP4 rows in raw: the raw rows of tiles
+// 0 and 1 are fetched around stage() (the kernel's q staging) and tile 0 decoded, then setup()
+// (after the block barrier: it may read what stage() wrote); per tile `it`, mma(kt) issues the
+// tile's wgmma (committed by the caller's mma) while tile it + 1 is decoded from its landed raw
+// rows and the raw rows of tile it + 2 are fetched, then, the MMAs waited on, epilogue(j0, ks_tile)
+// reads the accumulators. Every thread of the block calls it.
 template <int kThreads, typename Stage, typename Setup, typename Mma, typename Epilogue>
 __device__ __forceinline__ void key_tiles(const KvRowsDev& ck, int dim, int64_t lo, int64_t cend, uint8_t* raw,
                                           uint8_t* kbuf, float* ks, Stage stage, Setup setup, Mma mma,
@@ -214,91 +207,6 @@ __device__ __forceinline__ void key_tiles(const KvRowsDev& ck, int dim, int64_t 
     epilogue(j0, ks + (it & 1) * kKeys);
     cp_async_wait_all();
     __syncthreads();  // tile it + 1 decoded and fenced, the raw rows of tile it + 2 landed
-  }
-}
-
-// Waits until at most kPending of the warpgroup's latest committed wgmma groups are in flight.
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait_pending() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-}
-
-// Names one of the prefill kernel's two accumulator sets at compile time (so both stay in registers).
-template <int kSet>
-using AccSet = std::integral_constant<int, kSet>;
-
-// The prefill kernel's key pipeline (indexer_fp8.cu): key_tiles with the MMAs of tile t + 1 in
-// flight under the epilogue of tile t. Tile t accumulates in set t % 2 (mma and epilogue take an
-// AccSet), its e4m3 rows go to slot t % 3 of kbuf ([3][kKeys] x dim) and its Sk to slot t % 3 of
-// ks ([3][kKeys]), its raw FP4 rows to raw[t % 2]. After key_tiles' prologue (tile 0 decoded, the
-// raw rows of tile 1 landed), steps t = -1 .. ntiles - 1. Each but the last: mma(set, kt) issues
-// and commits tile t + 1's wgmma into set (t + 1) % 2; the raw rows of tile t + 3 are fetched into
-// raw[(t + 1) % 2] (tile t + 1's, decoded a step ago) and tile t + 2 is decoded into tile t - 1's
-// slot (both warpgroups waited on tile t - 1's MMAs before the last step's barrier); from t = 0,
-// wgmma.wait_group 1 (tile t's group done, tile t + 1's in flight) and epilogue(set, j0, ks_tile)
-// on set t % 2; a barrier (tile t + 2 decoded and fenced, the raw rows of tile t + 3 landed). The
-// last: wgmma.wait_group 0 and the epilogue. Every thread of the block calls it.
-template <int kThreads, typename Stage, typename Setup, typename Mma, typename Epilogue>
-__device__ __forceinline__ void key_tiles_seesaw(const KvRowsDev& ck, int dim, int64_t lo, int64_t cend, uint8_t* raw,
-                                                 uint8_t* kbuf, float* ks, Stage stage, Setup setup, Mma mma,
-                                                 Epilogue epilogue) {
-  const int64_t ntiles = (cend - lo + kKeys - 1) / kKeys;
-  fetch_raw<kThreads>(ck, lo, cend, raw);
-  stage();
-  cp_async_wait_all();
-  __syncthreads();
-  decode_keys<kThreads, true>(ck, dim, lo, cend, raw, kbuf, ks);
-  if (ntiles > 1) fetch_raw<kThreads>(ck, lo + kKeys, cend, raw + kRawBytes);
-  setup();
-  cp_async_wait_all();
-  fence_async_smem();
-  __syncthreads();
-  // Tile t + 1 in slot m: fetch the raw rows of tile t + 3, decode tile t + 2.
-  const auto stage_keys = [&](int64_t t, int m) {
-    const int next = m == 2 ? 0 : m + 1;  // slot of tile t + 2
-    if (t + 3 < ntiles) fetch_raw<kThreads>(ck, lo + (t + 3) * kKeys, cend, raw + ((t + 1) & 1) * kRawBytes);
-    if (t + 2 < ntiles)
-      decode_keys<kThreads, true>(ck, dim, lo + (t + 2) * kKeys, cend, raw + (t & 1) * kRawBytes,
-                                  kbuf + next * kKeyBytes, ks + next * kKeys);
-  };
-  const auto barrier = [] {
-    fence_async_smem();
-    cp_async_wait_all();
-    __syncthreads();  // tile t + 2 decoded and fenced, the raw rows of tile t + 3 landed
-  };
-  // Step t < ntiles - 1: tile t's epilogue on set kEpi = t % 2 under tile t + 1's MMAs (slot m).
-  const auto step = [&](auto epi_set, int64_t t, int m) {
-    constexpr int kEpi = decltype(epi_set)::value;
-    mma(AccSet<1 - kEpi>{}, kbuf + m * kKeyBytes);
-    stage_keys(t, m);
-    wgmma_wait_pending<1>();
-    epilogue(epi_set, lo + t * kKeys, ks + (m == 0 ? 2 : m - 1) * kKeys);
-    barrier();
-  };
-  // The last tile t = ntiles - 1 (slot m): nothing left to issue.
-  const auto last = [&](auto epi_set, int64_t t, int m) {
-    wgmma_wait_pending<0>();
-    epilogue(epi_set, lo + t * kKeys, ks + m * kKeys);
-  };
-  // Step -1: tile 0's MMAs.
-  mma(AccSet<0>{}, kbuf);
-  stage_keys(-1, 0);
-  barrier();
-  // Unrolled by two so that each step's sets are constants: t even (set 0), then t + 1 odd (set 1).
-  int m = 1;  // slot of tile t + 1
-  for (int64_t t = 0;; t += 2) {
-    if (t + 1 == ntiles) {
-      last(AccSet<0>{}, t, m == 0 ? 2 : m - 1);
-      break;
-    }
-    step(AccSet<0>{}, t, m);
-    m = m == 2 ? 0 : m + 1;
-    if (t + 2 == ntiles) {
-      last(AccSet<1>{}, t + 1, m == 0 ? 2 : m - 1);
-      break;
-    }
-    step(AccSet<1>{}, t + 1, m);
-    m = m == 2 ? 0 : m + 1;
   }
 }
 

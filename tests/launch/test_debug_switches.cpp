@@ -205,27 +205,23 @@ TEST(DebugBackend, DumpDirThatCannotBeMadeIsNamed) {
 TEST(DebugBackend, RuntimeYamlSwitchesReachTheBackendOptions) {
   const RuntimeConfig rc = parse_runtime_config(
       "debug: {sync_each_op: true, check_finite: true, dump_dir: /tmp/d, cuda_sync_alloc: true, "
-      "cuda_attention_per_warp: true, cuda_attention_wgmma_min_tiles: 0, cuda_indexer_seesaw: false}\n",
+      "cuda_attention_per_warp: true, cuda_attention_wgmma_min_tiles: 0}\n",
       "debug.yaml");
   const kernels::BackendOptions o = backend_options(rc, 3);
   EXPECT_EQ(o.device_index, 3);
   EXPECT_TRUE(o.debug.sync_each_op && o.debug.check_finite && o.cuda_sync_alloc && o.cuda_attention_per_warp);
   EXPECT_EQ(o.cuda_attention_wgmma_min_tiles, 0);
   EXPECT_EQ(backend_options(RuntimeConfig{}, 0).cuda_attention_wgmma_min_tiles, 32);
-  EXPECT_FALSE(o.cuda_indexer_seesaw);
-  EXPECT_TRUE(backend_options(RuntimeConfig{}, 0).cuda_indexer_seesaw);
   EXPECT_EQ(o.debug.dump_dir, "/tmp/d");
   EXPECT_FALSE(backend_options(RuntimeConfig{}, 0).debug.any());
   // The switches round-trip through the emitted YAML and are listed for --help-debug.
   EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(rc), "emitted").debug.cuda_attention_per_warp);
   EXPECT_EQ(parse_runtime_config(runtime_config_yaml(rc), "emitted").debug.cuda_attention_wgmma_min_tiles, 0);
-  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(rc), "emitted").debug.cuda_indexer_seesaw);
   int listed = 0;
   for (const auto& [name, help] : debug_switches())
     listed += name == "sync_each_op" || name == "check_finite" || name == "dump_dir" || name == "cuda_sync_alloc" ||
-              name == "cuda_attention_per_warp" || name == "cuda_attention_wgmma_min_tiles" ||
-              name == "cuda_indexer_seesaw";
-  EXPECT_EQ(listed, 7);
+              name == "cuda_attention_per_warp" || name == "cuda_attention_wgmma_min_tiles";
+  EXPECT_EQ(listed, 6);
   // A negative list length names its key.
   const std::string msg = error_of(
       [&] { parse_runtime_config("debug: {cuda_attention_wgmma_min_tiles: -1}\n", "debug.yaml"); });
