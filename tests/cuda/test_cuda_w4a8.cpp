@@ -609,15 +609,15 @@ TEST(CudaW4a8Gemv, ManyPassesBatch256) {
 }
 
 // The gate/up pair in one GEMV launch (fp4_grouped_gemv_pair) against the single GEMV run on each
-// projection alone, bit for bit: the V4-Flash gate/up shape at batch 1 and at a mean of 6 rows
-// (experts of 9+ rows take two passes), n not a multiple of 32 with k of 3 steps (a warp with none),
+// projection alone, bit for bit: the V4-Flash gate/up shape at batch 1, and 512 x 4096 at the
+// batch-256 mean of 6 rows (experts of 9+ rows take two passes), n not a multiple of 32 with k of 3 steps (a warp with none),
 // fp32 outputs, scale rows of the second projection not word aligned. And the dispatching entry
 // (fp4_grouped_gemm_pair) where it takes the pair GEMV and where it takes two tile-kernel GEMMs.
 TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
   V4RT_REQUIRE_GPU();
   Rng rng(86);
   struct PairCase { int groups, tokens; int64_t n, k; bool f32, misaligned; };
-  for (const PairCase& c : {PairCase{256, 1, 2048, 4096, false, false}, PairCase{256, 256, 2048, 4096, false, true},
+  for (const PairCase& c : {PairCase{256, 1, 2048, 4096, false, false}, PairCase{256, 256, 512, 4096, false, true},
                             PairCase{16, 5, 200, 384, true, false}, PairCase{8, 40, 136, 896, false, true}}) {
     SCOPED_TRACE(std::to_string(c.groups) + " groups, " + std::to_string(c.tokens) + " tokens, n " + std::to_string(c.n));
     std::vector<int32_t> off(size_t(c.groups) + 1, 0);
