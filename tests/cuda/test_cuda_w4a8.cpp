@@ -15,6 +15,8 @@
 // warp-specialized twin (fp4_grouped_gemm_wgmma_ws, both consumer variants, bit for bit the wgmma
 // kernel's); CudaW4a8Wgmma adds the Flash prefill shapes and weight scales spanning more binades
 // than its e4m3 re-encode keeps.
+// CudaW4a8Gemv adds the decode GEMV's own cases and its gate/up pair (fp4_grouped_gemv_pair, bit for
+// bit the single GEMV on each projection).
 // moe_experts through the backend in prefill shapes lives in test_cuda_moe.cpp
 // (CudaMoe.ExpertsDecodeAndPrefill: its prefill sizes take this kernel).
 #include <cuda_runtime.h>
