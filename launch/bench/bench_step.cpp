@@ -434,12 +434,14 @@ void run_step(const StepArgs& a) {
     // The step graphs of the warm-up and timed steps (the backend's counts since before the warm-up).
     const kernels::GraphStats g = be->graph_stats();
     const int64_t recorded = g.recorded - graphs_before.recorded;
+    double graph_gpu_ms = 0;  // mean GPU time of the timed step graphs (0: none)
     if (be->graphs()) {
       std::printf("  graphs: %lld steps recorded (%lld updated in place, %lld instantiated), %lld eager\n",
                   static_cast<long long>(recorded), static_cast<long long>(g.updated - graphs_before.updated),
                   static_cast<long long>(g.instantiated - graphs_before.instantiated),
                   static_cast<long long>(g.eager - graphs_before.eager));
       const int64_t timed = g.timed - graphs_before.timed;
+      if (timed > 0) graph_gpu_ms = (g.graph_gpu_ms - graphs_before.graph_gpu_ms) / double(timed);
       if (timed > 0)
         std::printf("  GPU time of a step graph (launch to end: the step without host launch gaps): mean %.3f ms over"
                     " %lld\n", (g.graph_gpu_ms - graphs_before.graph_gpu_ms) / double(timed),
@@ -462,6 +464,9 @@ void run_step(const StepArgs& a) {
       const int full_layers = full.num_hidden_layers;
       std::printf("  op time per layer and sequence: %.3f ms (embedding/head/hc_head excluded: %.3f ms per sequence)\n",
                   layer_ms, t.head_ms / batch);
+      if (graph_gpu_ms > 0)  // the batch-1 target's measure: the step's GPU time without the head, per layer
+        std::printf("  GPU time per layer of a step graph, embedding/head/hc_head excluded: (%.3f - %.3f) / %d = %.3f ms\n",
+                    graph_gpu_ms, t.head_ms, a.layers, (graph_gpu_ms - t.head_ms) / a.layers);
       std::printf("  ESTIMATE for all %d layers of %s on this one GPU (per-layer mean x %d + head; the full weights"
                   " do not fit one H200): %.2f ms per decode token per sequence\n", full_layers, a.preset.c_str(),
                   full_layers, layer_ms * full_layers + t.head_ms / batch);
