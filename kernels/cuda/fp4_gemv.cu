@@ -11,7 +11,10 @@
 // both). Each warp runs its own cp.async pipeline (kStages steps of 128 in flight, __syncwarp only):
 // per step 32 channels x 64 bytes of packed weights, 8 rows x 128 e4m3 activations, the four ue8m0
 // bytes of each channel and the activation scale of each row. The warps' sums meet in shared memory,
-// added in warp (= k) order, and are stored as bf16 or fp32.
+// added in warp (= k) order, and are stored as bf16 or fp32. The pair form (kMats = 2,
+// fp4_grouped_gemv_pair: the experts' gate and up) stages 32 channels of each projection beside
+// the same activations, so each warp runs four m16 tiles per step; each output's sums are the
+// single form's (two blocks of 107,008 B per SM instead of three of 64,000 B).
 //
 // Fragments: ldmatrix.x4 on the weight rows (8 channels x 16 bytes = one 32-block per 8x8 matrix)
 // hands thread (gid, tig) word tig of that block for channel gid (and gid + 8), i.e. codes 8 tig ..

@@ -441,11 +441,11 @@ void run_step(const StepArgs& a) {
                   static_cast<long long>(g.instantiated - graphs_before.instantiated),
                   static_cast<long long>(g.eager - graphs_before.eager));
       const int64_t timed = g.timed - graphs_before.timed;
-      if (timed > 0) graph_gpu_ms = (g.graph_gpu_ms - graphs_before.graph_gpu_ms) / double(timed);
-      if (timed > 0)
+      if (timed > 0) {
+        graph_gpu_ms = (g.graph_gpu_ms - graphs_before.graph_gpu_ms) / double(timed);
         std::printf("  GPU time of a step graph (launch to end: the step without host launch gaps): mean %.3f ms over"
-                    " %lld\n", (g.graph_gpu_ms - graphs_before.graph_gpu_ms) / double(timed),
-                    static_cast<long long>(timed));
+                    " %lld\n", graph_gpu_ms, static_cast<long long>(timed));
+      }
     } else {
       std::printf("  graphs: off\n");
     }
