@@ -805,6 +805,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.tensor_cores = io == Io::kFp8 && expert_tensor_cores(max_rows, num_local);
     gp.wgmma = options_.expert_wgmma;
     gp.wgmma_ws = options_.expert_wgmma_ws;
+    gp.gemv_rows = options_.fp4_gemv_rows;
     gp.max_rows = max_rows;
     gp.stream = stream_.get();
     return gp;

@@ -110,6 +110,10 @@ struct CudaBackendOptions {
   // (moe.cu, moe_route_small_kernel; debug.cuda_moe_route_small) instead of the count, offsets and
   // fill launches; the same arrays. Off until run on a GPU.
   bool moe_route_small = false;
+  // The decode expert GEMV's rows a pass (Fp4GroupedGemmParams::gemv_rows; debug.cuda_fp4_gemv_rows):
+  // 0 by the mean rows per expert (16 above a mean of 4, and the GEMV up to a mean of 8), 8 the
+  // 8-row passes alone.
+  int fp4_gemv_rows = 0;
   // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it
   // already holds (mhc.cu, hc_pre_kernel) instead of a separate pass over x (sum_squares_kernel);
   // debug.cuda_hc_fused_sumsq. On: H100 8K prefill, hc_pre 3.03 -> 2.42 ms (docs/PERFORMANCE.md, tenth run).

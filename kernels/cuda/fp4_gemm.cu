@@ -200,7 +200,7 @@ void fp4_grouped_gemm(const Fp4GroupedGemmParams& p) {
 }
 
 void fp4_grouped_gemm_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q) {
-  if (p.tensor_cores && q.tensor_cores && fp4_tc_use_gemv(p.max_rows, p.num_groups, p.n, p.k)) {
+  if (p.tensor_cores && q.tensor_cores && fp4_tc_use_gemv(p.max_rows, p.num_groups, p.n, p.k, p.gemv_rows)) {
     fp4_grouped_gemv_pair(p, q);
     return;
   }

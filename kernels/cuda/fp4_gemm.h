@@ -50,6 +50,10 @@ struct Fp4GroupedGemmParams {
   // (fp4_gemm_wgmma_ws.cu; producer warpgroup copies and decodes, two consumer warpgroups
   // multiply), taken before the wgmma one.
   bool wgmma_ws = false;
+  // With tensor_cores: the decode GEMV's rows a pass. 0: by the mean rows per group (8, or 16 above
+  // a mean of kFp4GemvMaxMeanRows, and the GEMV up to a mean of kFp4GemvMaxMeanRows16); 8: passes
+  // of 8 rows and the GEMV up to the 8-row limits alone (debug.cuda_fp4_gemv_rows).
+  int gemv_rows = 0;
   cudaStream_t stream = nullptr;
 };
 
@@ -72,23 +76,35 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p);
 // Rows of one expert per wgmma block; fp4_grouped_gemm_tc takes a wgmma kernel (with
 // Fp4GroupedGemmParams::wgmma or wgmma_ws, bf16 outputs) when fp4_tc_rows_per_tile picks this tile.
 inline constexpr int kFp4WgmmaRowsPerTile = 128;
+// The GEMV's launch shape: rows a pass (8 or 16; 0: fp4_gemv_shape picks by the mean rows) and
+// how many ranges the block's 4 warps split k into (4 or 2; the rest split the channels). Shapes
+// of the same k split give the same outputs bit for bit.
+struct Fp4GemvShape {
+  int rows = 0;
+  int k_split = 4;
+};
+// The shape fp4_grouped_gemv takes for max_rows rows over num_groups groups (gemv_rows as
+// Fp4GroupedGemmParams::gemv_rows).
+Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows = 0);
 // The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
-// rows go in passes of 8, each pass reading the expert's weights again.
-void fp4_grouped_gemv(const Fp4GroupedGemmParams& p);
+// rows go in passes of shape.rows, each pass reading the expert's weights again.
+void fp4_grouped_gemv(const Fp4GroupedGemmParams& p, Fp4GemvShape shape = {});
 // Two projections of the same rows in one GEMV launch (the experts' gate and up): p and q share
 // the activations, row offsets, groups, n, k, max_rows and stream and differ in weights and
 // outputs; q's weights are present for exactly the groups p's are. A block computes 32 channels of
 // each from the same staged activations; every output is bit for bit the single GEMV's.
-void fp4_grouped_gemv_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q);
+void fp4_grouped_gemv_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q, Fp4GemvShape shape = {});
 // fp4_grouped_gemm(p) and fp4_grouped_gemm(q) for such a pair: one fp4_grouped_gemv_pair launch
 // where the tensor-core dispatch takes the GEMV, else the two GEMMs.
 void fp4_grouped_gemm_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q);
 // The largest mean rows per group (rounded up, as fp4_tc_rows_per_tile) that takes the GEMV; the
-// reasons are at fp4_tc_use_gemv in fp4_gemv.cu.
-// Projections with k >= 2n (the experts' gate/up) keep it up to kFp4GemvMaxMeanRowsWide.
+// reasons are at fp4_tc_use_gemv in fp4_gemv.cu. In passes of 8 rows: kFp4GemvMaxMeanRows, and
+// kFp4GemvMaxMeanRowsWide for projections with k >= 2n (the experts' gate/up); in passes of 16
+// (gemv_rows 0, the default): kFp4GemvMaxMeanRows16 for every shape.
 inline constexpr int kFp4GemvMaxMeanRows = 4;
 inline constexpr int kFp4GemvMaxMeanRowsWide = 6;
-bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n = 0, int64_t k = 0);
+inline constexpr int kFp4GemvMaxMeanRows16 = 8;
+bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n = 0, int64_t k = 0, int gemv_rows = 0);
 // Rows of one expert per tensor-core block in the 64-row shape.
 inline constexpr int kFp4TcRowsPerTile = 64;
 // The rows per tensor-core block (16, 32, 64 or 128) fp4_grouped_gemm_tc takes for max_rows rows

@@ -320,7 +320,7 @@ int fp4_tc_rows_per_tile(int64_t max_rows, int64_t num_groups) {
 }
 
 void fp4_grouped_gemm_tc(const Fp4GroupedGemmParams& p) {
-  if (fp4_tc_use_gemv(p.max_rows, p.num_groups, p.n, p.k)) {
+  if (fp4_tc_use_gemv(p.max_rows, p.num_groups, p.n, p.k, p.gemv_rows)) {
     fp4_grouped_gemv(p);  // decode sizes: bound by the weight bytes, see fp4_gemv.cu
   } else if (p.wgmma_ws && !p.out_f32 && fp4_tc_rows_per_tile(p.max_rows, p.num_groups) == kFp4WgmmaRowsPerTile) {
     fp4_grouped_gemm_wgmma_ws(p);  // prefill sizes, warp-specialized, see fp4_gemm_wgmma_ws.cu

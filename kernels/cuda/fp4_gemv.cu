@@ -53,36 +53,46 @@ namespace {
 
 using namespace fp4tc;
 
-constexpr int kRows = 8;                      // rows per pass: the n8 of the MMA
-constexpr int kWarps = 4;                     // warps per block, each a quarter of k
+constexpr int kWarps = 4;                     // warps per block
 constexpr int kThreads = kWarps * 32;
 constexpr int kTilesM = 2;                    // m16 channel tiles per warp
-constexpr int kChannels = 16 * kTilesM;       // output channels per block
+constexpr int kChannels = 16 * kTilesM;       // output channels per warp
 constexpr int kStepK = 128;                   // k per pipeline step = one activation scale block
-constexpr int kStages = 4;                    // steps per warp in shared memory (kStages - 1 in flight)
 constexpr int kLdW = kStepK / 2 + 16;         // weight row stride, bytes: ldmatrix rows in distinct banks
 constexpr int kLdA = kStepK + 32;             // activation row stride, bytes: 8-byte reads conflict-free
 constexpr int kScanPerThread = 4;             // groups per thread per prefix-sum pass
 
 // One pipeline step of one warp in shared memory; kMats weight matrices (2: a pair of projections
-// of the same rows, the second's channels after the first's).
-template <int kMats>
+// of the same rows, the second's channels after the first's), kRows activation rows.
+template <int kMats, int kRows>
 struct GemvStage {
   uint8_t w[kMats * kChannels][kLdW];  // packed e2m1 [channel][64 bytes of this step]
   uint8_t a[kRows][kLdA];              // e4m3 [row][128]
   uint32_t ws[kMats * kChannels];      // ue8m0 of each channel's four 32-blocks, byte j = block j
   float xs[kRows];                     // activation scale of each row
 };
-template <int kMats>
+// The shape of a launch: kMats matrices; kRows rows a pass (8: one n8 MMA, 16: two sharing each
+// decoded weight fragment); the 4 warps split k into kKSplit ranges and the channels into
+// 4 / kKSplit groups of 32 (a block computes kBlockCh = 32 x 4 / kKSplit channels of each matrix).
+template <int kMats, int kRows, int kKSplit>
 struct Gemv {
-  static constexpr size_t kSmemBytes = size_t(kWarps) * kStages * sizeof(GemvStage<kMats>);
-  static constexpr int kMinBlocks = kMats == 1 ? 3 : 2;  // blocks per SM: 3 x 64,000 B or 2 x 107,008 B
-  static constexpr int kRedLd = kMats * kChannels + 4;  // reduction row stride, floats: stores conflict-free
-  static_assert(sizeof(GemvStage<kMats>) % 16 == 0, "stages keep 16-byte alignment");
-  static_assert(kMinBlocks * (kSmemBytes + 1024) <= 228 * 1024, "the blocks of an SM fit in 228 KB");
-  static_assert(size_t(kWarps) * kRows * kRedLd * 4 <= kSmemBytes, "the reduction reuses the stages");
+  static_assert(kRows == 8 || kRows == 16, "a pass is one or two n8 MMAs");
+  static_assert(kKSplit == 1 || kKSplit == 2 || kKSplit == 4, "the warps split k evenly");
+  static constexpr int kChSplit = kWarps / kKSplit;
+  static constexpr int kBlockCh = kChannels * kChSplit;
+  static constexpr int kHalves = kRows / 8;
+  static constexpr int kStages = kMats == 2 && kRows == 16 ? 3 : 4;  // steps per warp in shared memory
+  static constexpr size_t kSmemBytes = size_t(kWarps) * kStages * sizeof(GemvStage<kMats, kRows>);
+  // Blocks per SM by shared memory (228 KB, 1 KB reserved a block), at most 3 (then by registers).
+  static constexpr int kMinBlocks = int(228 * 1024 / (kSmemBytes + 1024)) < 3 ? int(228 * 1024 / (kSmemBytes + 1024)) : 3;
+  static constexpr int kRedLd = kMats * kBlockCh + 4;  // reduction row stride, floats
+  static_assert(sizeof(GemvStage<kMats, kRows>) % 16 == 0, "stages keep 16-byte alignment");
+  static_assert(kMinBlocks >= 1, "a block fits an SM");
+  static_assert(size_t(kKSplit) * kRows * kRedLd * 4 <= kSmemBytes, "the reduction reuses the stages");
 };
-static_assert(Gemv<1>::kSmemBytes == 64000, "3 blocks per SM");
+static_assert(Gemv<1, 8, 4>::kSmemBytes == 64000 && Gemv<1, 8, 4>::kMinBlocks == 3, "3 blocks per SM");
+static_assert(Gemv<2, 8, 4>::kSmemBytes == 107008 && Gemv<2, 8, 4>::kMinBlocks == 2, "2 blocks per SM");
+static_assert(Gemv<2, 16, 4>::kMinBlocks == 2 && Gemv<1, 16, 4>::kMinBlocks == 2, "2 blocks per SM");
 
 // The second projection of a pair: its weights per group (present exactly where the first's are)
 // and its output.
@@ -108,6 +118,7 @@ struct GemvWork {
 // the groups, kThreads * kScanPerThread per round (one round for up to 512 groups). All threads call
 // it; all return the same work. NOTE: p.num_groups >= 1 (the launcher returns before), so the loop
 // runs and its barriers publish found.rows = 0.
+template <int kRows>
 __device__ GemvWork gemv_find_pass(const Fp4GroupedGemmParams& p, int pass) {
   __shared__ int32_t warp_sum_s[kWarps];
   __shared__ GemvWork found;
@@ -169,21 +180,24 @@ __device__ GemvWork gemv_find_pass(const Fp4GroupedGemmParams& p, int pass) {
 }
 
 // --- the kernel ----------------------------------------------------------------------------------
-template <int kMats>
-__global__ void __launch_bounds__(kThreads, Gemv<kMats>::kMinBlocks)
+template <int kMats, int kRows, int kKSplit>
+__global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBlocks))
     fp4_grouped_gemv_kernel(Fp4GroupedGemmParams p, GemvSecond second, int64_t n_blocks) {
-  using Stage = GemvStage<kMats>;
-  constexpr int kTiles = kMats * kTilesM, kRedLd = Gemv<kMats>::kRedLd;
+  using G = Gemv<kMats, kRows, kKSplit>;
+  using Stage = GemvStage<kMats, kRows>;
+  constexpr int kTiles = kMats * kTilesM, kRedLd = G::kRedLd, kStages = G::kStages, kHalves = G::kHalves;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int pass = int(blockIdx.x / n_blocks);
-  const int64_t n0 = int64_t(blockIdx.x % n_blocks) * kChannels;
-  const GemvWork work = gemv_find_pass(p, pass);
+  const int64_t n_block = int64_t(blockIdx.x % n_blocks) * G::kBlockCh;
+  const GemvWork work = gemv_find_pass<kRows>(p, pass);
   if (work.rows == 0) return;  // the bound counts more row passes than there are
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
+  const int kr = warp % kKSplit, kc = warp / kKSplit;  // this warp's k range and channel group
+  const int64_t n0 = n_block + int64_t(kc) * kChannels;
   const int64_t k = p.k, steps = k / kStepK;
-  const int64_t s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
+  const int64_t s_begin = steps * kr / kKSplit, s_end = steps * (kr + 1) / kKSplit;
   const int nsteps = int(s_end - s_begin);
   Stage* stages = reinterpret_cast<Stage*>(smem_raw) + warp * kStages;
   const int rows = work.rows;
@@ -194,8 +208,8 @@ __global__ void __launch_bounds__(kThreads, Gemv<kMats>::kMinBlocks)
 
   // Copies of step s into stage st: weight chunks (channel lane / 4 + 8 i of each matrix, bytes
   // 16 (lane % 4)), activation chunks (row lane / 8 + 4 i, bytes 16 (lane % 8)), the scale word of
-  // channel `lane` of each matrix, the activation scale of row `lane` (< 8). Channels past n and
-  // rows past the pass are zeros.
+  // channel `lane` of each matrix, the activation scale of row `lane` (< kRows). Channels past n
+  // and rows past the pass are zeros.
   const int64_t w_off = (n0 + (lane >> 2)) * (k / 2) + (lane & 3) * 16, ws_off = (n0 + lane) * (k / 32);
   const uint8_t* a_src = p.x8 + (work.row_begin + (lane >> 3)) * k + (lane & 7) * 16;
   const float* xs_src = p.x_scale + (work.row_begin + lane) * steps;
@@ -233,11 +247,13 @@ __global__ void __launch_bounds__(kThreads, Gemv<kMats>::kMinBlocks)
     if (lane < kRows) cp_async4(&st.xs[lane], xs_ok ? xs_src + s : p.x_scale, xs_ok);
   };
 
-  float acc[kTiles][4];
+  float acc[kTiles][kHalves][4];
 #pragma unroll
   for (int t = 0; t < kTiles; ++t)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[t][j] = 0.f;
+    for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[t][h][j] = 0.f;
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -251,16 +267,20 @@ __global__ void __launch_bounds__(kThreads, Gemv<kMats>::kMinBlocks)
     cp_async_commit();
     const Stage& st = stages[i % kStages];
 
-    // Activation fragments of the four 32-blocks (n8 column gid = row gid of the pass): inputs
+    // Activation fragments of the four 32-blocks (n8 column gid = row gid + 8 h of the pass): inputs
     // 8 tig + {0, 2 | 1, 3} for the first k16 MMA, 8 tig + {4, 6 | 5, 7} for the second.
-    uint32_t bf[4][2][2];
+    uint32_t bf[kHalves][4][2][2];
+    float xr[kHalves][2];  // scales of rows 2 tig, 2 tig + 1 (+ 8 h): accumulators 0, 2 | 1, 3
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint2 a = *reinterpret_cast<const uint2*>(&st.a[gid][j * 32 + tig * 8]);
-      e4m3x4_to_f16x2(__byte_perm(a.x, 0, 0x3120), bf[j][0][0], bf[j][0][1]);
-      e4m3x4_to_f16x2(__byte_perm(a.y, 0, 0x3120), bf[j][1][0], bf[j][1][1]);
+    for (int h = 0; h < kHalves; ++h) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint2 a = *reinterpret_cast<const uint2*>(&st.a[8 * h + gid][j * 32 + tig * 8]);
+        e4m3x4_to_f16x2(__byte_perm(a.x, 0, 0x3120), bf[h][j][0][0], bf[h][j][0][1]);
+        e4m3x4_to_f16x2(__byte_perm(a.y, 0, 0x3120), bf[h][j][1][0], bf[h][j][1][1]);
+      }
+      xr[h][0] = st.xs[8 * h + 2 * tig], xr[h][1] = st.xs[8 * h + 2 * tig + 1];
     }
-    const float xr0 = st.xs[2 * tig], xr1 = st.xs[2 * tig + 1];  // rows of accumulators 0, 2 | 1, 3
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {  // tiles of matrix 0, then of matrix 1
       // Words of channels gid (lo) and gid + 8 (hi) of the tile, blocks 0..3: lanes 0-7 address
@@ -285,35 +305,43 @@ __global__ void __launch_bounds__(kThreads, Gemv<kMats>::kMinBlocks)
         e4m3x4_to_f16x2(e2m1_hi_to_e4m3(wl[j]), a0[2], a1[2]);  // (c1, c3) | (c5, c7)
         e4m3x4_to_f16x2(e2m1_lo_to_e4m3(wh[j]), a0[1], a1[1]);
         e4m3x4_to_f16x2(e2m1_hi_to_e4m3(wh[j]), a0[3], a1[3]);
-        float d[4];  // channels gid | gid + 8 x rows 2 tig, 2 tig + 1: one 32-block
-        mma_f16_k32(d, a0, bf[j][0], a1, bf[j][1]);
         const float sl = __uint_as_float(((swl >> (8 * j)) & 0xffu) << 23);
         const float sh = __uint_as_float(((swh >> (8 * j)) & 0xffu) << 23);
-        acc[t][0] = fmaf(d[0], xr0 * sl, acc[t][0]);
-        acc[t][1] = fmaf(d[1], xr1 * sl, acc[t][1]);
-        acc[t][2] = fmaf(d[2], xr0 * sh, acc[t][2]);
-        acc[t][3] = fmaf(d[3], xr1 * sh, acc[t][3]);
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) {  // the decoded fragments serve every n8 of the pass
+          float d[4];  // channels gid | gid + 8 x rows 2 tig, 2 tig + 1 (+ 8 h): one 32-block
+          mma_f16_k32(d, a0, bf[h][j][0], a1, bf[h][j][1]);
+          acc[t][h][0] = fmaf(d[0], xr[h][0] * sl, acc[t][h][0]);
+          acc[t][h][1] = fmaf(d[1], xr[h][1] * sl, acc[t][h][1]);
+          acc[t][h][2] = fmaf(d[2], xr[h][0] * sh, acc[t][h][2]);
+          acc[t][h][3] = fmaf(d[3], xr[h][1] * sh, acc[t][h][3]);
+        }
       }
     }
   }
   cp_async_wait<0>();  // no copy outstanding (the last commits are empty)
   __syncthreads();     // every warp is done with its stages: they become the reduction buffer
 
-  // red[warp][row][channel]; then each output is the warps' sums added in k order.
+  // red[k range][row][matrix, channel of the block]; then each output is the ranges' sums added in
+  // k order.
   float* red = reinterpret_cast<float*>(smem_raw);
 #pragma unroll
-  for (int t = 0; t < kTiles; ++t)
+  for (int t = 0; t < kTiles; ++t) {
+    const int col = (t / kTilesM) * G::kBlockCh + kc * kChannels + 16 * (t % kTilesM) + gid;
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
-      red[(warp * kRows + 2 * tig + (j & 1)) * kRedLd + 16 * t + gid + 8 * (j >> 1)] = acc[t][j];
+    for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        red[(kr * kRows + 8 * h + 2 * tig + (j & 1)) * kRedLd + col + 8 * (j >> 1)] = acc[t][h][j];
+  }
   __syncthreads();
-  for (int i = tid; i < kRows * kMats * kChannels; i += kThreads) {
-    const int r = i / (kMats * kChannels), c = i % (kMats * kChannels), m = c / kChannels;
-    const int64_t n = n0 + c % kChannels;
+  for (int i = tid; i < kRows * kMats * G::kBlockCh; i += kThreads) {
+    const int r = i / (kMats * G::kBlockCh), c = i % (kMats * G::kBlockCh), m = c / G::kBlockCh;
+    const int64_t n = n_block + c % G::kBlockCh;
     if (r >= rows || n >= p.n) continue;
     float v = red[r * kRedLd + c];
 #pragma unroll
-    for (int v_w = 1; v_w < kWarps; ++v_w) v += red[(v_w * kRows + r) * kRedLd + c];
+    for (int v_k = 1; v_k < kKSplit; ++v_k) v += red[(v_k * kRows + r) * kRedLd + c];
     const int64_t o = (work.row_begin + r) * p.n + n;
     float* out_f32 = m == 0 ? p.out_f32 : second.out_f32;
     if (out_f32) {
@@ -324,30 +352,42 @@ __global__ void __launch_bounds__(kThreads, Gemv<kMats>::kMinBlocks)
   }
 }
 
-template <int kMats>
+template <int kMats, int kRows, int kKSplit>
 void launch_gemv(const Fp4GroupedGemmParams& p, const GemvSecond& second) {
+  using G = Gemv<kMats, kRows, kKSplit>;
+  // Once per device and shape: above 48 KB of dynamic shared memory, and the whole carveout as
+  // shared memory so kMinBlocks blocks fit.
+  static std::atomic<uint64_t> attr_set{0};
+  constexpr size_t smem = G::kSmemBytes;
+  set_smem_once(fp4_grouped_gemv_kernel<kMats, kRows, kKSplit>, smem, true, &attr_set);
+  const int64_t n_blocks = ceil_div(p.n, int64_t(G::kBlockCh));
+  const int64_t passes = grouped_tile_bound(p.max_rows, p.num_groups, kRows);
+  CHECK_LE(passes, int64_t(INT_MAX)) << "fp4 grouped gemv: max_rows=" << p.max_rows;
+  const unsigned grid = grid_x(passes * n_blocks, "fp4_grouped_gemv");
+  fp4_grouped_gemv_kernel<kMats, kRows, kKSplit><<<grid, kThreads, smem, p.stream>>>(p, second, n_blocks);
+  launch_check("fp4_grouped_gemv", p.stream);
+}
+
+// The launch for a shape: rows a pass and k split (Fp4GemvShape; rows 0 picks by the mean rows).
+template <int kMats>
+void launch_gemv_shape(const Fp4GroupedGemmParams& p, const GemvSecond& second, Fp4GemvShape shape) {
   CHECK(p.x8 && p.x_scale) << "fp4 grouped gemv: FP8 activations required";
   CHECK(p.out || p.out_f32) << "fp4 grouped gemv: no output";
   CHECK_EQ(p.k % kStepK, 0) << "fp4 grouped gemv: k=" << p.k << " must be a multiple of " << kStepK;
   CHECK_GE(p.max_rows, 0) << "fp4 grouped gemv: max_rows";
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
-  // Once per device: above 48 KB of dynamic shared memory, and the whole carveout as shared memory
-  // so kMinBlocks blocks fit.
-  static std::atomic<uint64_t> attr_set{0};
-  constexpr size_t smem = Gemv<kMats>::kSmemBytes;
-  set_smem_once(fp4_grouped_gemv_kernel<kMats>, smem, true, &attr_set);
-  const int64_t n_blocks = ceil_div(p.n, kChannels);
-  const int64_t passes = grouped_tile_bound(p.max_rows, p.num_groups, kRows);
-  CHECK_LE(passes, int64_t(INT_MAX)) << "fp4 grouped gemv: max_rows=" << p.max_rows;
-  const unsigned grid = grid_x(passes * n_blocks, "fp4_grouped_gemv");
-  fp4_grouped_gemv_kernel<kMats><<<grid, kThreads, smem, p.stream>>>(p, second, n_blocks);
-  launch_check("fp4_grouped_gemv", p.stream);
+  if (shape.rows == 0) shape = fp4_gemv_shape(p.max_rows, p.num_groups, p.gemv_rows);
+  if (shape.rows == 8 && shape.k_split == 4) return launch_gemv<kMats, 8, 4>(p, second);
+  if (shape.rows == 16 && shape.k_split == 4) return launch_gemv<kMats, 16, 4>(p, second);
+  if (shape.rows == 16 && shape.k_split == 2) return launch_gemv<kMats, 16, 2>(p, second);
+  if (shape.rows == 8 && shape.k_split == 2) return launch_gemv<kMats, 8, 2>(p, second);
+  LOG(FATAL) << "fp4 grouped gemv: no kernel for " << shape.rows << " rows a pass and k split " << shape.k_split;
 }
 
 }  // namespace
 
 // --- dispatch and launch -------------------------------------------------------------------------
-bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n, int64_t k) {
+bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n, int64_t k, int gemv_rows) {
   // The rounded-up mean of fp4_tc_rows_per_tile. Up to 8 rows a group is one row pass of the GEMV,
   // which costs the same for 1 row as for 8 (the MMA's n8 is filled for free) and reads each weight
   // byte once; the 16-row tile kernel also reads them once but ran far from the bandwidth at
@@ -363,18 +403,33 @@ bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n, int64_t k)
   // The gate/up shape (k >= 2n: 2048 channels of 4096 inputs) keeps the GEMV up to a mean of 6:
   // `bench_cuda fp4` on an H100 (2026-12-06, L2-cold, 256 experts at a mean of 6 rows) gave the
   // GEMV 554 us against the tile kernel's 644 for it, and 627 against 553 for the down shape.
+  // Passes of 16 rows (gemv_rows 0) take every shape up to a mean of kFp4GemvMaxMeanRows16: one
+  // pass for nearly every expert (at a mean of 8, under 1% have more than 16 rows), each weight
+  // fragment decoded once for two n8 MMAs.
   const int64_t mean = num_groups > 0 ? (max_rows + num_groups - 1) / num_groups : max_rows;
+  if (gemv_rows == 0 && mean <= kFp4GemvMaxMeanRows16) return true;
   return mean <= kFp4GemvMaxMeanRows || (n > 0 && k >= 2 * n && mean <= kFp4GemvMaxMeanRowsWide);
 }
 
-void fp4_grouped_gemv(const Fp4GroupedGemmParams& p) { launch_gemv<1>(p, GemvSecond{}); }
+Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows) {
+  // Up to a mean of 4 rows a group (the decode batch up to about 170 sequences at top-6 of 256),
+  // second passes are rare and 8 rows a pass leave no n8 column of the MMA idle for nothing; above,
+  // 16 rows a pass decode each weight fragment once for two n8 MMAs and spare the second passes
+  // (15% of the experts at a mean of 6). Chosen by `bench_cuda fp4` (docs/PERFORMANCE.md).
+  const int64_t mean = num_groups > 0 ? (max_rows + num_groups - 1) / num_groups : max_rows;
+  return gemv_rows == 8 || mean <= kFp4GemvMaxMeanRows ? Fp4GemvShape{8, 4} : Fp4GemvShape{16, 4};
+}
 
-void fp4_grouped_gemv_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q) {
+void fp4_grouped_gemv(const Fp4GroupedGemmParams& p, Fp4GemvShape shape) {
+  launch_gemv_shape<1>(p, GemvSecond{}, shape);
+}
+
+void fp4_grouped_gemv_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q, Fp4GemvShape shape) {
   CHECK(q.x8 == p.x8 && q.x_scale == p.x_scale && q.row_offsets == p.row_offsets && q.num_groups == p.num_groups &&
         q.n == p.n && q.k == p.k && q.max_rows == p.max_rows && q.stream == p.stream)
       << "fp4 grouped gemv pair: the two projections must share rows, activations, n, k and stream";
   CHECK(q.w && q.w_scale && (q.out || q.out_f32)) << "fp4 grouped gemv pair: second projection incomplete";
-  launch_gemv<2>(p, GemvSecond{q.w, q.w_scale, q.out, q.out_f32});
+  launch_gemv_shape<2>(p, GemvSecond{q.w, q.w_scale, q.out, q.out_f32}, shape);
 }
 
 }  // namespace v4rt::kernels::cuda

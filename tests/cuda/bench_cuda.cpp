@@ -212,8 +212,9 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
     dpw_up.copy_from_host(pw.data(), pw.size() * 8);
     dpws_up.copy_from_host(pws.data(), pws.size() * 8);
     for (int mode = 0; mode < 3; ++mode) {
-      const std::vector<int64_t> ms = mode < 2 ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 128, 256}
-                                               : std::vector<int64_t>{8192};
+      const std::vector<int64_t> ms = mode == 0   ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 128, 256}
+                                      : mode == 1 ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 128, 256, 512}
+                                                  : std::vector<int64_t>{8192};
       for (int64_t m : ms) {
         std::vector<int32_t> counts(size_t(num_experts), 0);
         if (mode == 0) {
@@ -295,6 +296,19 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
         report("fp4 tc tile " + shape, us_tile, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         const double us_gemv = time_us([&] { rotate(p); fp4_grouped_gemv(p); }, s);
         report("fp4 tc gemv " + shape, us_gemv, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+        // The GEMV's launch shapes side by side (rows a pass x k split; the line above is the one
+        // fp4_gemv_shape picks).
+        const Fp4GemvShape shapes[] = {{8, 4}, {8, 2}, {16, 4}, {16, 2}};
+        if (mode == 1) {
+          const Fp4GemvShape picked = fp4_gemv_shape(rows, num_experts);
+          std::printf("  %s: fp4_gemv_shape picks %d rows a pass, k split %d\n", shape.c_str(), picked.rows,
+                      picked.k_split);
+          for (const Fp4GemvShape& g : shapes) {
+            const double us_g = time_us([&] { rotate(p); fp4_grouped_gemv(p, g); }, s);
+            report("fp4 tc gemv r" + std::to_string(g.rows) + " k" + std::to_string(g.k_split) + " " + shape, us_g,
+                   bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+          }
+        }
         if (g_hbm_nominal > 0) {
           std::printf("  %s: tile %.0f GB/s, gemv %.0f GB/s = %.1f%% of the nominal %.2f TB/s; dispatch takes the %s\n",
                       shape.c_str(), bytes / us_tile * 1e-3, bytes / us_gemv * 1e-3,
@@ -312,6 +326,11 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
           report("fp4 tc gemv x2 (gate, up) " + shape, us_two, 2 * bytes, flops2, kFp8Peak);
           const double us_pair = time_us([&] { rotate(p); q.row_offsets = p.row_offsets; fp4_grouped_gemv_pair(p, q); }, s);
           report("fp4 tc gemv pair (gate + up) " + shape, us_pair, 2 * bytes, flops2, kFp8Peak);
+          for (const Fp4GemvShape& g : shapes) {
+            const double us_g = time_us([&] { rotate(p); q.row_offsets = p.row_offsets; fp4_grouped_gemv_pair(p, q, g); }, s);
+            report("fp4 tc gemv pair r" + std::to_string(g.rows) + " k" + std::to_string(g.k_split) + " " + shape, us_g,
+                   2 * bytes, flops2, kFp8Peak);
+          }
           std::printf("  %s: gate + up in one launch %.1f us against two %.1f us (%.2fx)\n", shape.c_str(), us_pair,
                       us_two, us_two / us_pair);
         }

@@ -499,23 +499,37 @@ TEST(CudaW4a8Wgmma, WideScaleSpans) {
 
 // --- the decode GEMV (fp4_gemv.cu); run_case runs it on every case above too ---------------------
 
-// The dispatch by rounded-up mean rows per group: the GEMV up to kFp4GemvMaxMeanRows.
+// The dispatch by rounded-up mean rows per group. With 8-row passes (gemv_rows 8): the GEMV up to
+// kFp4GemvMaxMeanRows, gate/up up to kFp4GemvMaxMeanRowsWide. By default: 16-row passes above a
+// mean of 4 and the GEMV up to kFp4GemvMaxMeanRows16 for every shape.
 TEST(CudaW4a8Gemv, DispatchByMeanRows) {
   EXPECT_EQ(cuda::kFp4GemvMaxMeanRows, 4);
-  EXPECT_TRUE(cuda::fp4_tc_use_gemv(6, 256));         // batch 1, top-6 of 256 experts
-  EXPECT_TRUE(cuda::fp4_tc_use_gemv(384, 256));       // batch 64: a mean of 1.5
-  EXPECT_FALSE(cuda::fp4_tc_use_gemv(1536, 256));     // batch 256: a mean of 6, the tile kernel
-  EXPECT_TRUE(cuda::fp4_tc_use_gemv(4 * 256, 256));
-  EXPECT_FALSE(cuda::fp4_tc_use_gemv(4 * 256 + 1, 256));
-  EXPECT_TRUE(cuda::fp4_tc_use_gemv(4, 1));           // one group (a dense FP4 linear) of 4 rows
-  EXPECT_FALSE(cuda::fp4_tc_use_gemv(5, 1));
-  EXPECT_FALSE(cuda::fp4_tc_use_gemv(49152, 256));    // prefill
-  EXPECT_TRUE(cuda::fp4_tc_use_gemv(0, 256));
+  EXPECT_EQ(cuda::kFp4GemvMaxMeanRows16, 8);
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(6, 256, 0, 0, 8));         // batch 1, top-6 of 256 experts
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(384, 256, 0, 0, 8));       // batch 64: a mean of 1.5
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(1536, 256, 0, 0, 8));     // batch 256: a mean of 6, the tile kernel
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(4 * 256, 256, 0, 0, 8));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(4 * 256 + 1, 256, 0, 0, 8));
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(4, 1, 0, 0, 8));           // one group (a dense FP4 linear) of 4 rows
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(5, 1, 0, 0, 8));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(49152, 256, 0, 0, 8));    // prefill
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(0, 256, 0, 0, 8));
   // The gate/up shape (k >= 2n) up to a mean of 6; the down shape not.
   EXPECT_EQ(cuda::kFp4GemvMaxMeanRowsWide, 6);
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(1536, 256, 2048, 4096, 8));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(1536, 256, 4096, 2048, 8));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(6 * 256 + 1, 256, 2048, 4096, 8));
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 8).rows, 8);
+  // By default: both shapes at batch 256 (a mean of 6) in 16-row passes; 8-row passes up to 4.
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(1536, 256, 4096, 2048));
   EXPECT_TRUE(cuda::fp4_tc_use_gemv(1536, 256, 2048, 4096));
-  EXPECT_FALSE(cuda::fp4_tc_use_gemv(1536, 256, 4096, 2048));
-  EXPECT_FALSE(cuda::fp4_tc_use_gemv(6 * 256 + 1, 256, 2048, 4096));
+  EXPECT_TRUE(cuda::fp4_tc_use_gemv(8 * 256, 256));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(8 * 256 + 1, 256));
+  EXPECT_FALSE(cuda::fp4_tc_use_gemv(49152, 256));
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256).rows, 16);
+  EXPECT_EQ(cuda::fp4_gemv_shape(4 * 256, 256).rows, 8);
+  EXPECT_EQ(cuda::fp4_gemv_shape(4 * 256 + 1, 256).rows, 16);
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256).k_split, 4);
 }
 
 // One row in a few of 256 groups, the rest empty (the batch-1 decode step), some of the rows in
@@ -615,12 +629,15 @@ TEST(CudaW4a8Gemv, ManyPassesBatch256) {
 // batch-256 mean of 6 rows (experts of 9+ rows take two passes), n not a multiple of 32 with k of 3 steps (a warp with none),
 // fp32 outputs, scale rows of the second projection not word aligned. And the dispatching entry
 // (fp4_grouped_gemm_pair) where it takes the pair GEMV and where it takes two tile-kernel GEMMs.
+// Every launch shape (Fp4GemvShape: 8 or 16 rows a pass, k split 4 or 2) on each case, with k of
+// one 128-step (warps without steps) and groups of 30+ rows (several 16-row passes).
 TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
   V4RT_REQUIRE_GPU();
   Rng rng(86);
   struct PairCase { int groups, tokens; int64_t n, k; bool f32, misaligned; };
   for (const PairCase& c : {PairCase{256, 1, 2048, 4096, false, false}, PairCase{256, 256, 512, 4096, false, true},
-                            PairCase{16, 5, 200, 384, true, false}, PairCase{8, 40, 136, 896, false, true}}) {
+                            PairCase{16, 5, 200, 384, true, false}, PairCase{8, 40, 136, 896, false, true},
+                            PairCase{12, 3, 72, 128, true, true}}) {
     SCOPED_TRACE(std::to_string(c.groups) + " groups, " + std::to_string(c.tokens) + " tokens, n " + std::to_string(c.n));
     std::vector<int32_t> off(size_t(c.groups) + 1, 0);
     std::vector<int> rows(size_t(c.groups), 0);
@@ -688,6 +705,50 @@ TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_TRUE(pair0.host() == single0.host()) << "gate differs from its single GEMV";
     EXPECT_TRUE(pair1.host() == single1.host()) << "up differs from its single GEMV";
+    // Every launch shape, single and pair: the pair equals its two singles; shapes of one k split
+    // equal each other bit for bit (8 or 16 rows a pass: the same MMAs and promotions per output);
+    // the k split of 2 (two partial sums instead of four) agrees with the default within the
+    // rounding of a different fp32 addition order.
+    std::vector<uint16_t> split_ref[2][2];  // [k split 4 | 2][projection]
+    for (const cuda::Fp4GemvShape g : {cuda::Fp4GemvShape{8, 4}, cuda::Fp4GemvShape{16, 4},
+                                       cuda::Fp4GemvShape{8, 2}, cuda::Fp4GemvShape{16, 2}}) {
+      SCOPED_TRACE("shape: " + std::to_string(g.rows) + " rows a pass, k split " + std::to_string(g.k_split));
+      Dev<uint16_t> s0(outs), s1(outs), q0(outs), q1(outs);
+      cuda::fp4_grouped_gemv(params(0, s0), g);
+      cuda::fp4_grouped_gemv(params(1, s1), g);
+      cuda::fp4_grouped_gemv_pair(params(0, q0), params(1, q1), g);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<uint16_t> h[2] = {s0.host(), s1.host()};
+      EXPECT_TRUE(q0.host() == h[0]) << "gate of the pair differs from its single GEMV";
+      EXPECT_TRUE(q1.host() == h[1]) << "up of the pair differs from its single GEMV";
+      const int split = g.k_split == 4 ? 0 : 1;
+      for (int m = 0; m < 2; ++m) {
+        if (split_ref[split][m].empty()) {
+          split_ref[split][m] = h[m];
+        } else {
+          EXPECT_TRUE(h[m] == split_ref[split][m]) << "projection " << m << " differs from the other shape of its k split";
+        }
+      }
+      if (split == 0 && g.rows == 8 && cuda::fp4_gemv_shape(total + 3, c.groups).k_split == 4) {
+        EXPECT_TRUE(h[0] == single0.host()) << "the default shape differs from its k split's";
+      }
+      if (split == 1) {  // against k split 4, over the rows written
+        for (int m = 0; m < 2; ++m) {
+          std::vector<float> a, b;
+          const auto to_f = [&](const std::vector<uint16_t>& v, size_t i) {
+            if (!c.f32) return bf16_to_f32(v[i]);
+            uint32_t u = uint32_t(v[2 * i]) | uint32_t(v[2 * i + 1]) << 16;
+            return std::bit_cast<float>(u);
+          };
+          for (size_t i = 0; i < size_t(total * n); ++i) {
+            a.push_back(to_f(h[m], i));
+            b.push_back(to_f(split_ref[0][m], i));
+          }
+          const Tolerance tol = c.f32 ? Tolerance{1e-3, 1e-3, 1e-6} : Tolerance{1e-2, 1e-2, 1e-4};
+          EXPECT_TRUE(compare("k split 2 vs 4, projection " + std::to_string(m), a, b, tol));
+        }
+      }
+    }
     // The dispatch: the pair GEMV where fp4_tc_use_gemv takes the GEMV, else two tile-kernel GEMMs.
     const bool gemv = cuda::fp4_tc_use_gemv(total + 3, c.groups, n, k);
     Dev<uint16_t> ref0(outs), ref1(outs);

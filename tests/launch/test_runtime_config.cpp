@@ -235,6 +235,18 @@ TEST(RuntimeConfig, CudaGraphsKey) {
                       {"g.yaml:1", "'cuda_graph'", "not a known key"});
 }
 
+// debug.cuda_fp4_gemv_rows: 0 by default, 8 carried to the backend options and the resolved YAML;
+// any other value names the key and what it accepts.
+TEST(RuntimeConfig, Fp4GemvRowsKey) {
+  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
+  EXPECT_EQ(d.debug.cuda_fp4_gemv_rows, 0);
+  const RuntimeConfig eight = parse_runtime_config("debug: {cuda_fp4_gemv_rows: 8}\n", "r.yaml");
+  EXPECT_EQ(backend_options(eight, 0).cuda_fp4_gemv_rows, 8);
+  EXPECT_EQ(parse_runtime_config(runtime_config_yaml(eight), "emitted").debug.cuda_fp4_gemv_rows, 8);
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_fp4_gemv_rows: 16}\n", "r.yaml"); },
+                      {"r.yaml", "cuda_fp4_gemv_rows", "0 (by the mean rows) or 8", "16"});
+}
+
 // Sizes whose product would overflow the rank count are refused before anything multiplies them.
 TEST(RuntimeConfig, ImplausibleWorldRejected) {
   expect_error_naming([] { parse_runtime_config("parallel: {tp: 65536, sp: 65536}\n", "big.yaml"); },
