@@ -8,7 +8,10 @@
 // Work: a block owns 8 rows of one expert (one "row pass"; an expert with more rows has several)
 // times 32 output channels; its 4 warps split k into 4 contiguous ranges of 128-steps and each
 // computes both m16 channel tiles over its range (the activation fragments, converted once, serve
-// both). Each warp runs its own cp.async pipeline (kStages steps of 128 in flight, __syncwarp only):
+// both). Other launch shapes (Fp4GemvShape, fp4_gemv_shape picks): 16 rows a pass, where each
+// decoded weight fragment feeds two n8 MMAs (rows gid and gid + 8 of the pass), for a mean above 4
+// rows an expert; and a k split of 2, where warps 2w and 2w + 1 take the two halves of k for
+// channel group w of a 64-channel block (longer pipelines, two partial sums an output). Each warp runs its own cp.async pipeline (kStages steps of 128 in flight, __syncwarp only):
 // per step 32 channels x 64 bytes of packed weights, 8 rows x 128 e4m3 activations, the four ue8m0
 // bytes of each channel and the activation scale of each row. The warps' sums meet in shared memory,
 // added in warp (= k) order, and are stored as bf16 or fp32. The pair form (kMats = 2,
@@ -31,9 +34,9 @@
 // that rounded as by any fp32 adder (the tile and CUDA-core kernels alike; the tensor core's adder
 // keeps fewer alignment bits, which the tests' tolerance covers). Each block sum is promoted in
 // ascending block order within a warp's k range, acc += sum x s_x x 2^(S - 121) (powers of two:
-// exact), and the 4 ranges are added in k order.
+// exact), and the 4 (or 2) ranges are added in k order.
 //
-// Grid: one block per (row pass, 32 channels), channels fastest, over the row-pass bound of
+// Grid: one block per (row pass, 32 or 64 channels), channels fastest, over the row-pass bound of
 // grouped_tile_bound. The expert of a row pass is found by each block itself (a block-wide prefix
 // sum of row passes over the groups in shared memory: one round of loads, two barriers), so there is
 // one launch and no scratch; blocks past the last row pass retire after it.
