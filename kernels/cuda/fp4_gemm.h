@@ -77,8 +77,8 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p);
 // Fp4GroupedGemmParams::wgmma or wgmma_ws, bf16 outputs) when fp4_tc_rows_per_tile picks this tile.
 inline constexpr int kFp4WgmmaRowsPerTile = 128;
 // The GEMV's launch shape: rows a pass (8 or 16; 0: fp4_gemv_shape picks by the mean rows) and
-// how many ranges the block's 4 warps split k into (4 or 2; the rest split the channels). Shapes
-// of the same k split give the same outputs bit for bit.
+// how many ranges the block's 4 warps split k into (4, 2 or 1; the rest split the channels).
+// Shapes of the same k split give the same outputs bit for bit.
 struct Fp4GemvShape {
   int rows = 0;
   int k_split = 4;

@@ -11,7 +11,8 @@
 // both). Other launch shapes (Fp4GemvShape, fp4_gemv_shape picks): 16 rows a pass, where each
 // decoded weight fragment feeds two n8 MMAs (rows gid and gid + 8 of the pass), for a mean above 4
 // rows an expert; and a k split of 2, where warps 2w and 2w + 1 take the two halves of k for
-// channel group w of a 64-channel block (longer pipelines, two partial sums an output). Each warp runs its own cp.async pipeline (kStages steps of 128 in flight, __syncwarp only):
+// channel group w of a 64-channel block (longer pipelines, two partial sums an output), or of 1,
+// where each warp runs the whole k for its 32 of a 128-channel block. Each warp runs its own cp.async pipeline (kStages steps of 128 in flight, __syncwarp only):
 // per step 32 channels x 64 bytes of packed weights, 8 rows x 128 e4m3 activations, the four ue8m0
 // bytes of each channel and the activation scale of each row. The warps' sums meet in shared memory,
 // added in warp (= k) order, and are stored as bf16 or fp32. The pair form (kMats = 2,
@@ -384,6 +385,8 @@ void launch_gemv_shape(const Fp4GroupedGemmParams& p, const GemvSecond& second, 
   if (shape.rows == 16 && shape.k_split == 4) return launch_gemv<kMats, 16, 4>(p, second);
   if (shape.rows == 16 && shape.k_split == 2) return launch_gemv<kMats, 16, 2>(p, second);
   if (shape.rows == 8 && shape.k_split == 2) return launch_gemv<kMats, 8, 2>(p, second);
+  if (shape.rows == 16 && shape.k_split == 1) return launch_gemv<kMats, 16, 1>(p, second);
+  if (shape.rows == 8 && shape.k_split == 1) return launch_gemv<kMats, 8, 1>(p, second);
   LOG(FATAL) << "fp4 grouped gemv: no kernel for " << shape.rows << " rows a pass and k split " << shape.k_split;
 }
 

@@ -298,7 +298,7 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
         report("fp4 tc gemv " + shape, us_gemv, bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
         // The GEMV's launch shapes side by side (rows a pass x k split; the line above is the one
         // fp4_gemv_shape picks).
-        const Fp4GemvShape shapes[] = {{8, 4}, {8, 2}, {16, 4}, {16, 2}};
+        const Fp4GemvShape shapes[] = {{8, 4}, {8, 2}, {8, 1}, {16, 4}, {16, 2}, {16, 1}};
         if (mode == 1) {
           const Fp4GemvShape picked = fp4_gemv_shape(rows, num_experts);
           std::printf("  %s: fp4_gemv_shape picks %d rows a pass, k split %d\n", shape.c_str(), picked.rows,

@@ -629,7 +629,7 @@ TEST(CudaW4a8Gemv, ManyPassesBatch256) {
 // batch-256 mean of 6 rows (experts of 9+ rows take two passes), n not a multiple of 32 with k of 3 steps (a warp with none),
 // fp32 outputs, scale rows of the second projection not word aligned. And the dispatching entry
 // (fp4_grouped_gemm_pair) where it takes the pair GEMV and where it takes two tile-kernel GEMMs.
-// Every launch shape (Fp4GemvShape: 8 or 16 rows a pass, k split 4 or 2) on each case, with k of
+// Every launch shape (Fp4GemvShape: 8 or 16 rows a pass, k split 4, 2 or 1) on each case, with k of
 // one 128-step (warps without steps) and groups of 30+ rows (several 16-row passes).
 TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
   V4RT_REQUIRE_GPU();
@@ -707,11 +707,11 @@ TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
     EXPECT_TRUE(pair1.host() == single1.host()) << "up differs from its single GEMV";
     // Every launch shape, single and pair: the pair equals its two singles; shapes of one k split
     // equal each other bit for bit (8 or 16 rows a pass: the same MMAs and promotions per output);
-    // the k split of 2 (two partial sums instead of four) agrees with the default within the
-    // rounding of a different fp32 addition order.
-    std::vector<uint16_t> split_ref[2][2];  // [k split 4 | 2][projection]
-    for (const cuda::Fp4GemvShape g : {cuda::Fp4GemvShape{8, 4}, cuda::Fp4GemvShape{16, 4},
-                                       cuda::Fp4GemvShape{8, 2}, cuda::Fp4GemvShape{16, 2}}) {
+    // the k splits of 2 and 1 (two partial sums or one instead of four) agree with the default
+    // within the rounding of a different fp32 addition order.
+    std::vector<uint16_t> split_ref[3][2];  // [k split 4 | 2 | 1][projection]
+    for (const cuda::Fp4GemvShape g : {cuda::Fp4GemvShape{8, 4}, cuda::Fp4GemvShape{16, 4}, cuda::Fp4GemvShape{8, 2},
+                                       cuda::Fp4GemvShape{16, 2}, cuda::Fp4GemvShape{8, 1}, cuda::Fp4GemvShape{16, 1}}) {
       SCOPED_TRACE("shape: " + std::to_string(g.rows) + " rows a pass, k split " + std::to_string(g.k_split));
       Dev<uint16_t> s0(outs), s1(outs), q0(outs), q1(outs);
       cuda::fp4_grouped_gemv(params(0, s0), g);
@@ -721,7 +721,7 @@ TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
       const std::vector<uint16_t> h[2] = {s0.host(), s1.host()};
       EXPECT_TRUE(q0.host() == h[0]) << "gate of the pair differs from its single GEMV";
       EXPECT_TRUE(q1.host() == h[1]) << "up of the pair differs from its single GEMV";
-      const int split = g.k_split == 4 ? 0 : 1;
+      const int split = g.k_split == 4 ? 0 : g.k_split == 2 ? 1 : 2;
       for (int m = 0; m < 2; ++m) {
         if (split_ref[split][m].empty()) {
           split_ref[split][m] = h[m];
@@ -732,7 +732,7 @@ TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
       if (split == 0 && g.rows == 8 && cuda::fp4_gemv_shape(total + 3, c.groups).k_split == 4) {
         EXPECT_TRUE(h[0] == single0.host()) << "the default shape differs from its k split's";
       }
-      if (split == 1) {  // against k split 4, over the rows written
+      if (split > 0) {  // against k split 4, over the rows written
         for (int m = 0; m < 2; ++m) {
           std::vector<float> a, b;
           const auto to_f = [&](const std::vector<uint16_t>& v, size_t i) {
@@ -745,7 +745,7 @@ TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
             b.push_back(to_f(split_ref[0][m], i));
           }
           const Tolerance tol = c.f32 ? Tolerance{1e-3, 1e-3, 1e-6} : Tolerance{1e-2, 1e-2, 1e-4};
-          EXPECT_TRUE(compare("k split 2 vs 4, projection " + std::to_string(m), a, b, tol));
+          EXPECT_TRUE(compare("k split " + std::to_string(g.k_split) + " vs 4, projection " + std::to_string(m), a, b, tol));
         }
       }
     }
