@@ -54,6 +54,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.gemv_tensor_cores = options.cuda_gemv_mma;
     co.moe_route_small = options.cuda_moe_route_small;
     co.fp4_gemv_rows = options.cuda_fp4_gemv_rows;
+    co.fp4_gemv_k_split = options.cuda_fp4_gemv_k_split;
     co.hc_fused_sumsq = options.cuda_hc_fused_sumsq;
     co.sync_each_kernel = options.debug.sync_each_op;
     co.graphs = options.cuda_graphs;

@@ -220,10 +220,15 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_gemv_mma", &c.debug.cuda_gemv_mma);
   d.get("cuda_moe_route_small", &c.debug.cuda_moe_route_small);
   d.get("cuda_fp4_gemv_rows", &c.debug.cuda_fp4_gemv_rows);
+  d.get("cuda_fp4_gemv_k_split", &c.debug.cuda_fp4_gemv_k_split);
   d.get("cuda_hc_fused_sumsq", &c.debug.cuda_hc_fused_sumsq);
   d.get("cuda_decode_tc", &c.debug.cuda_decode_tc);
   V4RT_REQUIRE(c.debug.cuda_fp4_gemv_rows == 0 || c.debug.cuda_fp4_gemv_rows == 8,
                d.where("cuda_fp4_gemv_rows") << " must be 0 (by the mean rows) or 8, got " << c.debug.cuda_fp4_gemv_rows);
+  V4RT_REQUIRE(c.debug.cuda_fp4_gemv_k_split == 0 || c.debug.cuda_fp4_gemv_k_split == 4 ||
+                   c.debug.cuda_fp4_gemv_k_split == 2 || c.debug.cuda_fp4_gemv_k_split == 1,
+               d.where("cuda_fp4_gemv_k_split") << " must be 0 (the default), 4, 2 or 1, got "
+                                                << c.debug.cuda_fp4_gemv_k_split);
   V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
                d.where("cuda_expert_tc_min_rows") << " must be in [0, 2^30], got " << c.debug.cuda_expert_tc_min_rows);
   V4RT_REQUIRE(c.debug.cuda_attention_wgmma_min_tiles >= 0 && c.debug.cuda_attention_wgmma_min_tiles <= (int64_t(1) << 30),
@@ -283,6 +288,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_fp4_gemv_rows", "CUDA: the decode expert GEMV's rows a pass: 0 picks by the mean rows per expert (16 "
                              "above a mean of 4, and the GEMV up to a mean of 8), 8 keeps passes of 8 rows and the "
                              "GEMV up to a mean of 4 (6 for gate/up) (default 0)"},
+      {"cuda_fp4_gemv_k_split", "CUDA: the decode expert GEMV's k split: how many ranges of k a block's 4 warps "
+                                "take (4, 2 or 1; the rest split the channels); 0 the default (default 0)"},
       {"cuda_hc_fused_sumsq", "CUDA: hc_pre from 32 tokens takes the sum of squares of x in its finishing kernel "
                               "instead of a separate pass over x (default true: 20% less hc_pre time in the H100 8K prefill)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
@@ -319,6 +326,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_gemv_mma = config.debug.cuda_gemv_mma;
   o.cuda_moe_route_small = config.debug.cuda_moe_route_small;
   o.cuda_fp4_gemv_rows = config.debug.cuda_fp4_gemv_rows;
+  o.cuda_fp4_gemv_k_split = config.debug.cuda_fp4_gemv_k_split;
   o.cuda_hc_fused_sumsq = config.debug.cuda_hc_fused_sumsq;
   o.cuda_decode_tc = config.debug.cuda_decode_tc;
   o.cuda_graphs = config.cuda_graphs;
@@ -386,6 +394,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_gemv_mma" << YAML::Value << c.debug.cuda_gemv_mma;
   out << YAML::Key << "cuda_moe_route_small" << YAML::Value << c.debug.cuda_moe_route_small;
   out << YAML::Key << "cuda_fp4_gemv_rows" << YAML::Value << c.debug.cuda_fp4_gemv_rows;
+  out << YAML::Key << "cuda_fp4_gemv_k_split" << YAML::Value << c.debug.cuda_fp4_gemv_k_split;
   out << YAML::Key << "cuda_hc_fused_sumsq" << YAML::Value << c.debug.cuda_hc_fused_sumsq;
   out << YAML::Key << "cuda_decode_tc" << YAML::Value << c.debug.cuda_decode_tc;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;

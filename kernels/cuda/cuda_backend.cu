@@ -806,6 +806,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.wgmma = options_.expert_wgmma;
     gp.wgmma_ws = options_.expert_wgmma_ws;
     gp.gemv_rows = options_.fp4_gemv_rows;
+    gp.gemv_k_split = options_.fp4_gemv_k_split;
     gp.max_rows = max_rows;
     gp.stream = stream_.get();
     return gp;

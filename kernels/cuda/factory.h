@@ -114,6 +114,8 @@ struct CudaBackendOptions {
   // 0 by the mean rows per expert (16 above a mean of 4, and the GEMV up to a mean of 8), 8 the
   // 8-row passes alone.
   int fp4_gemv_rows = 0;
+  // Its k split (Fp4GroupedGemmParams::gemv_k_split; debug.cuda_fp4_gemv_k_split): 0 the default, 4, 2 or 1.
+  int fp4_gemv_k_split = 0;
   // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it
   // already holds (mhc.cu, hc_pre_kernel) instead of a separate pass over x (sum_squares_kernel);
   // debug.cuda_hc_fused_sumsq. On: H100 8K prefill, hc_pre 3.03 -> 2.42 ms (docs/PERFORMANCE.md, tenth run).

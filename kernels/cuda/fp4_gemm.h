@@ -54,6 +54,9 @@ struct Fp4GroupedGemmParams {
   // a mean of kFp4GemvMaxMeanRows, and the GEMV up to a mean of kFp4GemvMaxMeanRows16); 8: passes
   // of 8 rows and the GEMV up to the 8-row limits alone (debug.cuda_fp4_gemv_rows).
   int gemv_rows = 0;
+  // With tensor_cores: the decode GEMV's k split (Fp4GemvShape::k_split; 0: fp4_gemv_shape's;
+  // debug.cuda_fp4_gemv_k_split).
+  int gemv_k_split = 0;
   cudaStream_t stream = nullptr;
 };
 
@@ -85,7 +88,7 @@ struct Fp4GemvShape {
 };
 // The shape fp4_grouped_gemv takes for max_rows rows over num_groups groups (gemv_rows as
 // Fp4GroupedGemmParams::gemv_rows).
-Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows = 0);
+Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows = 0, int gemv_k_split = 0);
 // The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
 // rows go in passes of shape.rows, each pass reading the expert's weights again.
 void fp4_grouped_gemv(const Fp4GroupedGemmParams& p, Fp4GemvShape shape = {});

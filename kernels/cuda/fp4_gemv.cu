@@ -380,7 +380,7 @@ void launch_gemv_shape(const Fp4GroupedGemmParams& p, const GemvSecond& second, 
   CHECK_EQ(p.k % kStepK, 0) << "fp4 grouped gemv: k=" << p.k << " must be a multiple of " << kStepK;
   CHECK_GE(p.max_rows, 0) << "fp4 grouped gemv: max_rows";
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
-  if (shape.rows == 0) shape = fp4_gemv_shape(p.max_rows, p.num_groups, p.gemv_rows);
+  if (shape.rows == 0) shape = fp4_gemv_shape(p.max_rows, p.num_groups, p.gemv_rows, p.gemv_k_split);
   if (shape.rows == 8 && shape.k_split == 4) return launch_gemv<kMats, 8, 4>(p, second);
   if (shape.rows == 16 && shape.k_split == 4) return launch_gemv<kMats, 16, 4>(p, second);
   if (shape.rows == 16 && shape.k_split == 2) return launch_gemv<kMats, 16, 2>(p, second);
@@ -417,13 +417,14 @@ bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n, int64_t k,
   return mean <= kFp4GemvMaxMeanRows || (n > 0 && k >= 2 * n && mean <= kFp4GemvMaxMeanRowsWide);
 }
 
-Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows) {
+Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows, int gemv_k_split) {
   // Up to a mean of 4 rows a group (the decode batch up to about 170 sequences at top-6 of 256),
   // second passes are rare and 8 rows a pass leave no n8 column of the MMA idle for nothing; above,
   // 16 rows a pass decode each weight fragment once for two n8 MMAs and spare the second passes
   // (15% of the experts at a mean of 6). Chosen by `bench_cuda fp4` (docs/PERFORMANCE.md).
   const int64_t mean = num_groups > 0 ? (max_rows + num_groups - 1) / num_groups : max_rows;
-  return gemv_rows == 8 || mean <= kFp4GemvMaxMeanRows ? Fp4GemvShape{8, 4} : Fp4GemvShape{16, 4};
+  const int k_split = gemv_k_split > 0 ? gemv_k_split : 4;
+  return gemv_rows == 8 || mean <= kFp4GemvMaxMeanRows ? Fp4GemvShape{8, k_split} : Fp4GemvShape{16, k_split};
 }
 
 void fp4_grouped_gemv(const Fp4GroupedGemmParams& p, Fp4GemvShape shape) {

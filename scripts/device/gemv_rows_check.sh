@@ -4,7 +4,8 @@
 # (kernels/cuda/fp4_gemv.cu: 8 or 16 rows a pass, k split 4 or 2). Builds the op tests, bench_step
 # and bench_cuda; runs the GEMV and MoE op tests; `bench_cuda - fp4` (every shape at decode sizes,
 # L2-cold, beside the tile kernel); `bench step` at batch 1, 64 and 256 by default, with 8-row
-# passes (scripts/device/gemv_rows8.yaml) and as recorded graphs; test_gpu_golden and
+# passes (scripts/device/gemv_rows8.yaml), at 64 and 256 with k splits of 2 and 1
+# (gemv_ksplit2.yaml, gemv_ksplit1.yaml), and as recorded graphs; test_gpu_golden and
 # test_cuda_graphs; an 8K `bench prefill`; the remaining W4A8 op tests.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   bash scripts/device/gemv_rows_check.sh        (carry .devdeps)
@@ -24,6 +25,11 @@ grep -E "^=== |decode step|moe_experts|sparse_attention|total .op|PROJECTION|tok
 timeout 90 $P step $S --config scripts/device/gemv_rows8.yaml > $L/step_rows8.txt 2>&1
 echo "== 8-row passes (scripts/device/gemv_rows8.yaml)"
 grep -E "^=== |decode step|moe_experts|total .op|tokens/s" $L/step_rows8.txt; el step_rows8
+for ks in 2 1; do
+  timeout 60 $P step ${S/1,64,256/64,256} --config scripts/device/gemv_ksplit$ks.yaml > $L/step_ksplit$ks.txt 2>&1
+  echo "== k split $ks (scripts/device/gemv_ksplit$ks.yaml)"
+  grep -E "^=== |decode step|moe_experts|tokens/s" $L/step_ksplit$ks.txt; el step_ksplit$ks
+done
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1
 echo "== recorded graphs"; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt

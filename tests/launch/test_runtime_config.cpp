@@ -235,8 +235,8 @@ TEST(RuntimeConfig, CudaGraphsKey) {
                       {"g.yaml:1", "'cuda_graph'", "not a known key"});
 }
 
-// debug.cuda_fp4_gemv_rows: 0 by default, 8 carried to the backend options and the resolved YAML;
-// any other value names the key and what it accepts.
+// debug.cuda_fp4_gemv_rows / cuda_fp4_gemv_k_split: 0 by default, other values carried to the
+// backend options and the resolved YAML; a value out of their sets names the key and what it accepts.
 TEST(RuntimeConfig, Fp4GemvRowsKey) {
   const RuntimeConfig d = parse_runtime_config("", "r.yaml");
   EXPECT_EQ(d.debug.cuda_fp4_gemv_rows, 0);
@@ -245,6 +245,11 @@ TEST(RuntimeConfig, Fp4GemvRowsKey) {
   EXPECT_EQ(parse_runtime_config(runtime_config_yaml(eight), "emitted").debug.cuda_fp4_gemv_rows, 8);
   expect_error_naming([] { parse_runtime_config("debug: {cuda_fp4_gemv_rows: 16}\n", "r.yaml"); },
                       {"r.yaml", "cuda_fp4_gemv_rows", "0 (by the mean rows) or 8", "16"});
+  const RuntimeConfig two = parse_runtime_config("debug: {cuda_fp4_gemv_k_split: 2}\n", "r.yaml");
+  EXPECT_EQ(backend_options(two, 0).cuda_fp4_gemv_k_split, 2);
+  EXPECT_EQ(parse_runtime_config(runtime_config_yaml(two), "emitted").debug.cuda_fp4_gemv_k_split, 2);
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_fp4_gemv_k_split: 3}\n", "r.yaml"); },
+                      {"r.yaml", "cuda_fp4_gemv_k_split", "4, 2 or 1", "3"});
 }
 
 // Sizes whose product would overflow the rank count are refused before anything multiplies them.
