@@ -1,39 +1,43 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# One device call (about 6 minutes from a fresh machine): the decode expert GEMV's launch shapes
-# (kernels/cuda/fp4_gemv.cu: 8 or 16 rows a pass, k split 4 or 2). Builds the op tests, bench_step
-# and bench_cuda; runs the GEMV and MoE op tests; `bench_cuda - fp4` (every shape at decode sizes,
-# L2-cold, beside the tile kernel); `bench step` at batch 1, 64 and 256 by default, with 8-row
-# passes (scripts/device/gemv_rows8.yaml), at 64 and 256 with k splits of 2 and 1
-# (gemv_ksplit2.yaml, gemv_ksplit1.yaml), and as recorded graphs; test_gpu_golden and
-# test_cuda_graphs; an 8K `bench prefill`; the remaining W4A8 op tests.
+# One device call (about 7 minutes from a fresh machine; every stage archived as it ends, so a call
+# cut short returns what ran): the decode expert GEMV's launch shapes (kernels/cuda/fp4_gemv.cu:
+# 8 or 16 rows a pass, k split 4, 2 or 1). Builds the op tests, bench_step and bench_cuda; runs the
+# GEMV op tests; `bench step` at batch 1, 64 and 256 by default and at 64 and 256 with 8-row passes
+# (scripts/device/gemv_rows8.yaml); `bench_cuda - fp4` (every shape at decode sizes, L2-cold,
+# beside the tile kernel); `bench step` at 64 and 256 with k splits of 2 and 1 (gemv_ksplit2.yaml,
+# gemv_ksplit1.yaml); the MoE op tests; then builds and runs test_gpu_golden and test_cuda_graphs
+# and `bench step` as recorded graphs; an 8K `bench prefill`; the remaining W4A8 op tests.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   bash scripts/device/gemv_rows_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/device/check_lib.sh  # check_begin, el: logs, summary, the build
-check_begin /tmp/gemv_logs 360 test_cuda_kernels bench_step bench_cuda test_gpu_golden test_cuda_graphs
+check_begin /tmp/gemv_logs 300 test_cuda_kernels bench_step bench_cuda
 T=$B/tests/cuda/test_cuda_kernels
-timeout 150 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaW4a8Gemv.*:CudaMoe.*}" > $L/tests.txt 2>&1
-echo "== GEMV and MoE tests rc $?"; grep -E "FAILED|PASSED|Failure|differ|Expected|Which is" $L/tests.txt | head -40; el tests
-timeout 200 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1; echo "== bench_cuda fp4 rc $?"
-grep -E "decode T=" $L/bench_fp4.txt | grep -vE "cuda cores" | head -150; el fp4
+timeout 90 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaW4a8Gemv.*}" > $L/tests.txt 2>&1
+echo "== GEMV tests rc $?"; grep -E "FAILED|PASSED|Failure|differ|Expected|Which is" $L/tests.txt | head -40; el tests
 P="$B/tests/cuda/bench_step bench"
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
-timeout 90 $P step $S > $L/step_default.txt 2>&1
-grep -E "^=== |decode step|moe_experts|sparse_attention|total .op|PROJECTION|tokens/s" $L/step_default.txt; el step
-timeout 90 $P step $S --config scripts/device/gemv_rows8.yaml > $L/step_rows8.txt 2>&1
-echo "== 8-row passes (scripts/device/gemv_rows8.yaml)"
-grep -E "^=== |decode step|moe_experts|total .op|tokens/s" $L/step_rows8.txt; el step_rows8
-for ks in 2 1; do
-  timeout 60 $P step ${S/1,64,256/64,256} --config scripts/device/gemv_ksplit$ks.yaml > $L/step_ksplit$ks.txt 2>&1
-  echo "== k split $ks (scripts/device/gemv_ksplit$ks.yaml)"
-  grep -E "^=== |decode step|moe_experts|tokens/s" $L/step_ksplit$ks.txt; el step_ksplit$ks
-done
-timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1
-echo "== recorded graphs"; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
+step() {  # step NAME CONFIG BATCHES
+  timeout 75 $P step ${S/1,64,256/$3} ${2:+--config $2} > $L/step_$1.txt 2>&1
+  echo "== bench step, $1 ${2:-(defaults)}"
+  grep -E "^=== |decode step|moe_experts|total .op|tokens/s" $L/step_$1.txt; el step_$1
+}
+step default "" 1,64,256
+step rows8 scripts/device/gemv_rows8.yaml 64,256
+timeout 200 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1; echo "== bench_cuda fp4 rc $?"
+grep -E "decode T=" $L/bench_fp4.txt | grep -vE "cuda cores" | head -200; el fp4
+step ksplit2 scripts/device/gemv_ksplit2.yaml 64,256
+step ksplit1 scripts/device/gemv_ksplit1.yaml 64,256
+timeout 90 $T --gtest_brief=1 --gtest_filter="CudaMoe.*" > $L/tests_moe.txt 2>&1
+echo "== MoE tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_moe.txt | head -20; el tests_moe
+BUILD=$B TARGETS="test_gpu_golden test_cuda_graphs" JOBS=${JOBS:-16} timeout 200 bash scripts/device/run.sh none > $L/build2.txt 2>&1
+tail -2 $L/build2.txt; el build2
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden
+timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1
+echo "== recorded graphs"; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|total|PROJECTION" $L/p8.txt; el prefill
 timeout 150 $T --gtest_brief=1 --gtest_filter="${REST_FILTER:-CudaW4a8.*:CudaOps.Hc*:CudaSample*}" > $L/tests_rest.txt 2>&1
