@@ -64,7 +64,7 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_moe_route_small): the decode routing layout in one single-block kernel.
   bool cuda_moe_route_small = false;
   // "cuda" only (debug.cuda_fp4_gemv_rows): the decode expert GEMV's rows a pass, 0 (by the mean) or 8.
-  int cuda_fp4_gemv_rows = 0;
+  int cuda_fp4_gemv_rows = 8;
   // "cuda" only (debug.cuda_fp4_gemv_k_split): its k split, 0 (the default), 4, 2 or 1.
   int cuda_fp4_gemv_k_split = 0;
   // "cuda" only (debug.cuda_hc_fused_sumsq): hc_pre's sum of squares in its finishing kernel.

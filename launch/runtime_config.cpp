@@ -285,9 +285,9 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                         "instead of the CUDA cores (default true)"},
       {"cuda_moe_route_small", "CUDA: the MoE routing layout of up to 1,024 (token, expert) entries in one single-block "
                                "kernel instead of three launches (default false: no faster in the H100 decode step)"},
-      {"cuda_fp4_gemv_rows", "CUDA: the decode expert GEMV's rows a pass: 0 picks by the mean rows per expert (16 "
-                             "above a mean of 4, and the GEMV up to a mean of 8), 8 keeps passes of 8 rows and the "
-                             "GEMV up to a mean of 4 (6 for gate/up) (default 0)"},
+      {"cuda_fp4_gemv_rows", "CUDA: the decode expert GEMV's rows a pass: 8 keeps passes of 8 rows and the GEMV up to "
+                             "a mean of 4 rows an expert (6 for gate/up); 0 picks by the mean rows (16 above a mean "
+                             "of 4, and the GEMV up to a mean of 8; not yet run on a GPU) (default 8)"},
       {"cuda_fp4_gemv_k_split", "CUDA: the decode expert GEMV's k split: how many ranges of k a block's 4 warps "
                                 "take (4, 2 or 1; the rest split the channels); 0 the default (default 0)"},
       {"cuda_hc_fused_sumsq", "CUDA: hc_pre from 32 tokens takes the sum of squares of x in its finishing kernel "

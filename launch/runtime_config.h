@@ -72,7 +72,7 @@ struct DebugConfig {
   bool cuda_decode_tc = true;            // CUDA: decode attention / indexer of a batch on tensor cores
   bool cuda_gemv_mma = true;             // CUDA: decode FP8 projections on FP8 mma.sync (gemv_mma.cu)
   bool cuda_moe_route_small = false;     // CUDA: decode routing layout in one single-block kernel
-  int cuda_fp4_gemv_rows = 0;            // CUDA: decode expert GEMV rows a pass, 0 (by the mean) or 8
+  int cuda_fp4_gemv_rows = 8;            // CUDA: decode expert GEMV rows a pass, 8 or 0 (by the mean)
   int cuda_fp4_gemv_k_split = 0;         // CUDA: decode expert GEMV k split, 0 (the default), 4, 2 or 1
   bool cuda_hc_fused_sumsq = true;       // CUDA: hc_pre's sum of squares in its finishing kernel
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"

@@ -112,8 +112,8 @@ struct CudaBackendOptions {
   bool moe_route_small = false;
   // The decode expert GEMV's rows a pass (Fp4GroupedGemmParams::gemv_rows; debug.cuda_fp4_gemv_rows):
   // 0 by the mean rows per expert (16 above a mean of 4, and the GEMV up to a mean of 8), 8 the
-  // 8-row passes alone.
-  int fp4_gemv_rows = 0;
+  // 8-row passes alone. 8 until the 16-row passes have run on a GPU (docs/PERFORMANCE.md, pending).
+  int fp4_gemv_rows = 8;
   // Its k split (Fp4GroupedGemmParams::gemv_k_split; debug.cuda_fp4_gemv_k_split): 0 the default, 4, 2 or 1.
   int fp4_gemv_k_split = 0;
   // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it

@@ -103,7 +103,7 @@ void fp4_grouped_gemm_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmPa
 // The largest mean rows per group (rounded up, as fp4_tc_rows_per_tile) that takes the GEMV; the
 // reasons are at fp4_tc_use_gemv in fp4_gemv.cu. In passes of 8 rows: kFp4GemvMaxMeanRows, and
 // kFp4GemvMaxMeanRowsWide for projections with k >= 2n (the experts' gate/up); in passes of 16
-// (gemv_rows 0, the default): kFp4GemvMaxMeanRows16 for every shape.
+// (gemv_rows 0): kFp4GemvMaxMeanRows16 for every shape.
 inline constexpr int kFp4GemvMaxMeanRows = 4;
 inline constexpr int kFp4GemvMaxMeanRowsWide = 6;
 inline constexpr int kFp4GemvMaxMeanRows16 = 8;

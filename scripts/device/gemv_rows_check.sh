@@ -3,11 +3,12 @@
 # One device call (about 7 minutes from a fresh machine; every stage archived as it ends, so a call
 # cut short returns what ran): the decode expert GEMV's launch shapes (kernels/cuda/fp4_gemv.cu:
 # 8 or 16 rows a pass, k split 4, 2 or 1). Builds the op tests, bench_step and bench_cuda; runs the
-# GEMV op tests; `bench step` at batch 1, 64 and 256 by default and at 64 and 256 with 8-row passes
-# (scripts/device/gemv_rows8.yaml); `bench_cuda - fp4` (every shape at decode sizes, L2-cold,
-# beside the tile kernel); `bench step` at 64 and 256 with k splits of 2 and 1 (gemv_ksplit2.yaml,
-# gemv_ksplit1.yaml); the MoE op tests; then builds and runs test_gpu_golden and test_cuda_graphs
-# and `bench step` as recorded graphs; an 8K `bench prefill`; the remaining W4A8 op tests.
+# GEMV op tests; `bench step` at batch 1, 64 and 256 by default (8-row passes) and at 64 and 256
+# with passes by the mean rows (scripts/device/gemv_rows16.yaml: 16 above a mean of 4);
+# `bench_cuda - fp4` (every shape at decode sizes, L2-cold, beside the tile kernel); `bench step` at
+# 64 and 256 in 16-row passes with k splits of 2 and 1 (gemv_ksplit2.yaml, gemv_ksplit1.yaml); the
+# MoE op tests; then builds and runs test_gpu_golden and test_cuda_graphs and `bench step` as
+# recorded graphs; an 8K `bench prefill`; the remaining W4A8 op tests.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   bash scripts/device/gemv_rows_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -25,7 +26,7 @@ step() {  # step NAME CONFIG BATCHES
   grep -E "^=== |decode step|moe_experts|total .op|tokens/s" $L/step_$1.txt; el step_$1
 }
 step default "" 1,64,256
-step rows8 scripts/device/gemv_rows8.yaml 64,256
+step rows16 scripts/device/gemv_rows16.yaml 64,256
 timeout 200 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1; echo "== bench_cuda fp4 rc $?"
 grep -E "decode T=" $L/bench_fp4.txt | grep -vE "cuda cores" | head -200; el fp4
 step ksplit2 scripts/device/gemv_ksplit2.yaml 64,256

@@ -235,14 +235,16 @@ TEST(RuntimeConfig, CudaGraphsKey) {
                       {"g.yaml:1", "'cuda_graph'", "not a known key"});
 }
 
-// debug.cuda_fp4_gemv_rows / cuda_fp4_gemv_k_split: 0 by default, other values carried to the
-// backend options and the resolved YAML; a value out of their sets names the key and what it accepts.
+// debug.cuda_fp4_gemv_rows (8 by default) / cuda_fp4_gemv_k_split (0 by default): other values
+// carried to the backend options and the resolved YAML; a value out of their sets names the key and
+// what it accepts.
 TEST(RuntimeConfig, Fp4GemvRowsKey) {
   const RuntimeConfig d = parse_runtime_config("", "r.yaml");
-  EXPECT_EQ(d.debug.cuda_fp4_gemv_rows, 0);
-  const RuntimeConfig eight = parse_runtime_config("debug: {cuda_fp4_gemv_rows: 8}\n", "r.yaml");
-  EXPECT_EQ(backend_options(eight, 0).cuda_fp4_gemv_rows, 8);
-  EXPECT_EQ(parse_runtime_config(runtime_config_yaml(eight), "emitted").debug.cuda_fp4_gemv_rows, 8);
+  EXPECT_EQ(d.debug.cuda_fp4_gemv_rows, 8);
+  EXPECT_EQ(backend_options(d, 0).cuda_fp4_gemv_rows, 8);
+  const RuntimeConfig mean = parse_runtime_config("debug: {cuda_fp4_gemv_rows: 0}\n", "r.yaml");
+  EXPECT_EQ(backend_options(mean, 0).cuda_fp4_gemv_rows, 0);
+  EXPECT_EQ(parse_runtime_config(runtime_config_yaml(mean), "emitted").debug.cuda_fp4_gemv_rows, 0);
   expect_error_naming([] { parse_runtime_config("debug: {cuda_fp4_gemv_rows: 16}\n", "r.yaml"); },
                       {"r.yaml", "cuda_fp4_gemv_rows", "0 (by the mean rows) or 8", "16"});
   const RuntimeConfig two = parse_runtime_config("debug: {cuda_fp4_gemv_k_split: 2}\n", "r.yaml");
