@@ -14,10 +14,16 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/device/check_lib.sh  # check_begin, el: logs, summary, the build
-check_begin /tmp/gemv_logs 300 test_cuda_kernels bench_step bench_cuda
+QUICK=${QUICK:-0}  # QUICK=1: the GEMV tests and the decode part of `bench_cuda - fp4` alone
+check_begin /tmp/gemv_logs 300 test_cuda_kernels bench_cuda $([[ $QUICK == 1 ]] || echo bench_step)
 T=$B/tests/cuda/test_cuda_kernels
 timeout 90 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaW4a8Gemv.*}" > $L/tests.txt 2>&1
 echo "== GEMV tests rc $?"; grep -E "FAILED|PASSED|Failure|differ|Expected|Which is" $L/tests.txt | head -40; el tests
+if [[ $QUICK == 1 ]]; then
+  BENCH_FP4_MODES=1 timeout 150 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1; echo "== bench_cuda fp4 rc $?"
+  grep -E "decode T=" $L/bench_fp4.txt | grep -vE "cuda cores" | head -200; el fp4
+  exit 0
+fi
 P="$B/tests/cuda/bench_step bench"
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 step() {  # step NAME CONFIG BATCHES

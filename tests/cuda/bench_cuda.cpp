@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -211,7 +213,11 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
     DeviceBuffer dpw_up(pw.size() * 8), dpws_up(pws.size() * 8);
     dpw_up.copy_from_host(pw.data(), pw.size() * 8);
     dpws_up.copy_from_host(pws.data(), pws.size() * 8);
+    // BENCH_FP4_MODES (digits, e.g. "1"): only those of the three parts (0 one expert, 1 decode
+    // routings, 2 prefill); all by default.
+    const char* modes_env = std::getenv("BENCH_FP4_MODES");
     for (int mode = 0; mode < 3; ++mode) {
+      if (modes_env && !std::strchr(modes_env, char('0' + mode))) continue;
       const std::vector<int64_t> ms = mode == 0   ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 128, 256}
                                       : mode == 1 ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 128, 256, 512}
                                                   : std::vector<int64_t>{8192};
