@@ -13,8 +13,9 @@
 // to f16 on chip (exact), mma.sync f16 with fp32 promotion per 32-block, 16, 32, 64 or 128 rows x
 // 128 channels per block (fp4_tc_rows_per_tile). At decode sizes (a mean of at most
 // kFp4GemvMaxMeanRows rows per expert) it hands over to a GEMV on the same MMAs with the roles
-// swapped (fp4_gemv.cu: channels on the m16 side, up to 8 rows of an expert on the n8 side, each
-// weight byte read once), bound by the weight bytes. The caller picks the kernel by rows per expert.
+// swapped (fp4_gemv.cu: channels on the m16 side, up to 8 rows of an expert on the n8 side or 16
+// on two, each weight byte read once), bound by the weight bytes. The caller picks the kernel by
+// rows per expert.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -602,8 +602,9 @@ TEST(CudaW4a8Gemv, ForcedGemvVsTileKernel) {
   for (const auto& c : cases) run_case(c, rng);
 }
 
-// Far more 8-row passes x 32 channels than the GPU holds blocks at once: the V4-Flash batch-256
-// routing (1,536 rows over 256 experts, some with more than 8 rows, a few without weights) at
+// Far more row passes x 32 channels than the GPU holds blocks at once (16-row passes at this mean,
+// fp4_gemv_shape): the V4-Flash batch-256 routing (1,536 rows over 256 experts, some with more
+// than 8 rows, a few without weights) at
 // narrower n (the host data of 256 full-size experts takes tens of seconds to make), gate/up's k
 // in bf16 and down's k in fp32; and k of one 128-step (three of the four warps have no steps)
 // over 64 groups. The fp64 reference covers every 8th row.
