@@ -8,7 +8,8 @@
 # `bench_cuda - fp4` (every shape at decode sizes, L2-cold, beside the tile kernel); `bench step` at
 # 64 and 256 in 16-row passes with k splits of 2 and 1 (gemv_ksplit2.yaml, gemv_ksplit1.yaml); the
 # MoE op tests; then builds and runs test_gpu_golden and test_cuda_graphs and `bench step` as
-# recorded graphs; an 8K `bench prefill`; the remaining W4A8 op tests.
+# recorded graphs, also at batch 1 with 4K and 1M context; an 8K `bench prefill`; the remaining
+# W4A8 op tests.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   bash scripts/device/gemv_rows_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -45,6 +46,11 @@ timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc 
 timeout 60 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"; grep -E "OK \]|FAIL" $L/graphs.txt; el golden
 timeout 90 $P step $S --config scripts/device/graphs_on.yaml > $L/step_graphs.txt 2>&1
 echo "== recorded graphs"; grep -E "^=== |decode step|graphs:|GPU time" $L/step_graphs.txt; el graphs
+# Batch 1 at 4K and 1M context as recorded graphs: the #26 batch-1 targets' measure (the step graph's
+# GPU time less embedding/head/hc_head, per layer).
+timeout 90 $P step ${S/--batch 1,64,256 --context 8192/--batch 1 --context 4096,1048576} \
+  --config scripts/device/graphs_on.yaml > $L/step_b1_long.txt 2>&1
+echo "== batch 1 at 4K and 1M, graphs"; grep -E "^=== |decode step|GPU time" $L/step_b1_long.txt; el step_b1_long
 timeout 40 $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 > $L/p8.txt 2>&1
 grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|total|PROJECTION" $L/p8.txt; el prefill
 timeout 150 $T --gtest_brief=1 --gtest_filter="${REST_FILTER:-CudaW4a8.*:CudaOps.Hc*:CudaSample*}" > $L/tests_rest.txt 2>&1
