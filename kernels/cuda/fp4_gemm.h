@@ -101,7 +101,13 @@ void fp4_grouped_gemv_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmPa
 // fp4_grouped_gemm(p) and fp4_grouped_gemm(q) for such a pair: one fp4_grouped_gemv_pair launch
 // where the tensor-core dispatch takes the GEMV, else the two GEMMs.
 void fp4_grouped_gemm_pair(const Fp4GroupedGemmParams& p, const Fp4GroupedGemmParams& q);
-// The largest mean rows per group (rounded up, as fp4_tc_rows_per_tile) that takes the GEMV; the
+// Mean rows per group, rounded up (max_rows when there are no groups): what the tensor-core dispatch
+// and the GEMV's shape go by. All groups count (which have weights is known only on the device),
+// so with skipped groups the mean reads low.
+inline int64_t fp4_mean_rows(int64_t max_rows, int64_t num_groups) {
+  return num_groups > 0 ? (max_rows + num_groups - 1) / num_groups : max_rows;
+}
+// The largest mean rows per group (fp4_mean_rows) that takes the GEMV; the
 // reasons are at fp4_tc_use_gemv in fp4_gemv.cu. In passes of 8 rows: kFp4GemvMaxMeanRows, and
 // kFp4GemvMaxMeanRowsWide for projections with k >= 2n (the experts' gate/up); in passes of 16
 // (gemv_rows 0): kFp4GemvMaxMeanRows16 for every shape.

@@ -313,9 +313,8 @@ void launch_tc(const Fp4GroupedGemmParams& p) {
 }  // namespace
 
 int fp4_tc_rows_per_tile(int64_t max_rows, int64_t num_groups) {
-  // Mean rows per group, rounded up: all groups count (which have weights is known only on the
-  // device), so with skipped groups the mean reads low and a smaller tile is taken.
-  const int64_t mean = num_groups > 0 ? (max_rows + num_groups - 1) / num_groups : max_rows;
+  // With skipped groups the mean reads low (fp4_mean_rows) and a smaller tile is taken.
+  const int64_t mean = fp4_mean_rows(max_rows, num_groups);
   return mean <= 16 ? 16 : mean <= 40 ? 32 : mean < 96 ? kFp4TcRowsPerTile : kPrefillRows;
 }
 

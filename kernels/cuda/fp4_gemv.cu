@@ -12,9 +12,10 @@
 // decoded weight fragment feeds two n8 MMAs (rows gid and gid + 8 of the pass), for a mean above 4
 // rows an expert; and a k split of 2, where warps 2w and 2w + 1 take the two halves of k for
 // channel group w of a 64-channel block (longer pipelines, two partial sums an output), or of 1,
-// where each warp runs the whole k for its 32 of a 128-channel block. Each warp runs its own cp.async pipeline (kStages steps of 128 in flight, __syncwarp only):
-// per step 32 channels x 64 bytes of packed weights, 8 rows x 128 e4m3 activations, the four ue8m0
-// bytes of each channel and the activation scale of each row. The warps' sums meet in shared memory,
+// where each warp runs the whole k for its 32 of a 128-channel block. Each warp runs its own
+// cp.async pipeline (kStages steps of 128 in flight, __syncwarp only): per step 32 channels x 64
+// bytes of packed weights, 8 (or 16) rows x 128 e4m3 activations, the four ue8m0 bytes of each
+// channel and the activation scale of each row. The warps' sums meet in shared memory,
 // added in warp (= k) order, and are stored as bf16 or fp32. The pair form (kMats = 2,
 // fp4_grouped_gemv_pair: the experts' gate and up) stages 32 channels of each projection beside
 // the same activations, so each warp runs four m16 tiles per step; each output's sums are the
@@ -412,7 +413,7 @@ bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n, int64_t k,
   // Passes of 16 rows (gemv_rows 0) take every shape up to a mean of kFp4GemvMaxMeanRows16: one
   // pass for nearly every expert (at a mean of 8, under 1% have more than 16 rows), each weight
   // fragment decoded once for two n8 MMAs.
-  const int64_t mean = num_groups > 0 ? (max_rows + num_groups - 1) / num_groups : max_rows;
+  const int64_t mean = fp4_mean_rows(max_rows, num_groups);
   if (gemv_rows == 0 && mean <= kFp4GemvMaxMeanRows16) return true;
   return mean <= kFp4GemvMaxMeanRows || (n > 0 && k >= 2 * n && mean <= kFp4GemvMaxMeanRowsWide);
 }
@@ -421,8 +422,10 @@ Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows,
   // Up to a mean of 4 rows a group (the decode batch up to about 170 sequences at top-6 of 256),
   // second passes are rare and 8 rows a pass leave no n8 column of the MMA idle for nothing; above,
   // 16 rows a pass decode each weight fragment once for two n8 MMAs and spare the second passes
-  // (15% of the experts at a mean of 6). Chosen by `bench_cuda fp4` (docs/PERFORMANCE.md).
-  const int64_t mean = num_groups > 0 ? (max_rows + num_groups - 1) / num_groups : max_rows;
+  // (15% of the experts at a mean of 6). Expected, not yet measured: `bench_cuda - fp4` compares
+  // every shape (scripts/device/gemv_rows_check.sh), and until it has run the backend asks for
+  // 8-row passes (CudaBackendOptions::fp4_gemv_rows).
+  const int64_t mean = fp4_mean_rows(max_rows, num_groups);
   const int k_split = gemv_k_split > 0 ? gemv_k_split : 4;
   return gemv_rows == 8 || mean <= kFp4GemvMaxMeanRows ? Fp4GemvShape{8, k_split} : Fp4GemvShape{16, k_split};
 }
