@@ -409,6 +409,10 @@ struct GraphStats {
   int64_t recorded = 0;
   int64_t updated = 0;
   int64_t instantiated = 0;
+  // Replaying (debug.cuda_graph_replay): steps run by a cached executable without a capture, and the
+  // nodes their updates set.
+  int64_t replayed = 0;
+  int64_t nodes_set = 0;
   int64_t last_nodes = 0;
   // The GPU time of the recorded steps' graphs that have completed (from the graph's launch to its
   // end on the stream: the step without host launch gaps, or what replaying it would take).

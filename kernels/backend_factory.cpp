@@ -58,6 +58,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.hc_fused_sumsq = options.cuda_hc_fused_sumsq;
     co.sync_each_kernel = options.debug.sync_each_op;
     co.graphs = options.cuda_graphs;
+    co.graph_replay = options.cuda_graph_replay;
     return cuda::make_cuda_backend(options.device_index, co);
 #else
     (void)options;

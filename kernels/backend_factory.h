@@ -73,6 +73,9 @@ struct BackendOptions {
   // run as one CUDA graph each (Backend::begin_graph); off (the default, docs/CUDA.md says why):
   // every op launched on its own.
   bool cuda_graphs = false;
+  // "cuda" only (debug.cuda_graph_replay): with graphs, steps logged and run by updating a cached
+  // executable, captured only when none matches (kernels/cuda/step_graph.h).
+  bool cuda_graph_replay = false;
 };
 
 // True when this binary contains the CUDA backend.

@@ -222,6 +222,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_fp4_gemv_rows", &c.debug.cuda_fp4_gemv_rows);
   d.get("cuda_fp4_gemv_k_split", &c.debug.cuda_fp4_gemv_k_split);
   d.get("cuda_hc_fused_sumsq", &c.debug.cuda_hc_fused_sumsq);
+  d.get("cuda_graph_replay", &c.debug.cuda_graph_replay);
   d.get("cuda_decode_tc", &c.debug.cuda_decode_tc);
   V4RT_REQUIRE(c.debug.cuda_fp4_gemv_rows == 0 || c.debug.cuda_fp4_gemv_rows == 8,
                d.where("cuda_fp4_gemv_rows") << " must be 0 (by the mean rows) or 8, got " << c.debug.cuda_fp4_gemv_rows);
@@ -287,11 +288,15 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                                "kernel instead of three launches (default false: no faster in the H100 decode step)"},
       {"cuda_fp4_gemv_rows", "CUDA: the decode expert GEMV's rows a pass: 8 keeps passes of 8 rows and the GEMV up to "
                              "a mean of 4 rows an expert (6 for gate/up); 0 picks by the mean rows (16 above a mean "
-                             "of 4, and the GEMV up to a mean of 8; not yet run on a GPU) (default 8)"},
+                             "of 4, and the GEMV up to a mean of 8; slower on an H100) (default 8)"},
       {"cuda_fp4_gemv_k_split", "CUDA: the decode expert GEMV's k split: how many ranges of k a block's 4 warps "
-                                "take (4, 2 or 1; the rest split the channels); 0 the default (default 0)"},
+                                "take (4, 2 or 1; the rest split the channels); 0 the largest that gives each warp 8 steps of "
+                                "128 inputs (default 0)"},
       {"cuda_hc_fused_sumsq", "CUDA: hc_pre from 32 tokens takes the sum of squares of x in its finishing kernel "
                               "instead of a separate pass over x (default true: 20% less hc_pre time in the H100 8K prefill)"},
+      {"cuda_graph_replay", "CUDA, with cuda_graphs: a decode step is logged instead of captured and runs a cached "
+                            "graph of the same launches with only the changed kernel parameters set; captured only "
+                            "when no cached graph matches (default false: not yet run on a GPU)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
       {"log_dir", "per-rank log files in this directory instead of stderr only"},
       {"test_hook_forced_output",
@@ -330,6 +335,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_hc_fused_sumsq = config.debug.cuda_hc_fused_sumsq;
   o.cuda_decode_tc = config.debug.cuda_decode_tc;
   o.cuda_graphs = config.cuda_graphs;
+  o.cuda_graph_replay = config.debug.cuda_graph_replay;
   return o;
 }
 
@@ -396,6 +402,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_fp4_gemv_rows" << YAML::Value << c.debug.cuda_fp4_gemv_rows;
   out << YAML::Key << "cuda_fp4_gemv_k_split" << YAML::Value << c.debug.cuda_fp4_gemv_k_split;
   out << YAML::Key << "cuda_hc_fused_sumsq" << YAML::Value << c.debug.cuda_hc_fused_sumsq;
+  out << YAML::Key << "cuda_graph_replay" << YAML::Value << c.debug.cuda_graph_replay;
   out << YAML::Key << "cuda_decode_tc" << YAML::Value << c.debug.cuda_decode_tc;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
   out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;

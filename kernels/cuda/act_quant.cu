@@ -3,9 +3,10 @@
 // channels, in whatever scale layout the consumer needs (cuBLASLt's [K/128][M] or the FP4 expert
 // GEMM's [M][K/128]); and the one-time ue8m0 -> fp32 conversion of checkpoint weight scales.
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/launch_geometry.h"
 
 namespace v4rt::kernels::cuda {
 
@@ -66,7 +67,7 @@ __global__ void dequant_fp8_kernel(const uint8_t* w8, const uint8_t* scale, int6
 void dequant_fp8_to_bf16(const uint8_t* w8, const uint8_t* scale, int64_t rows, int64_t cols, uint16_t* out,
                          cudaStream_t stream) {
   if (rows * cols == 0) return;
-  dequant_fp8_kernel<<<grid_x_for(rows * cols, 256, "dequant_fp8"), 256, 0, stream>>>(w8, scale, rows, cols, out);
+  launch(dequant_fp8_kernel, grid_x_for(rows * cols, 256, "dequant_fp8"), 256, 0, stream)(w8, scale, rows, cols, out);
   launch_check("dequant_fp8_to_bf16", stream);
 }
 
@@ -77,7 +78,7 @@ void act_quant_fp8(const ActQuantParams& p) {
   const int64_t warps = p.num_tokens * (p.k / 128);
   const int threads = 256;
   const int64_t blocks = ceil_div(warps * 32, threads);
-  act_quant_fp8_kernel<<<grid_x(blocks, "act_quant_fp8"), threads, 0, p.stream>>>(p);
+  launch(act_quant_fp8_kernel, grid_x(blocks, "act_quant_fp8"), threads, 0, p.stream)(p);
   launch_check("act_quant_fp8", p.stream);
 }
 
@@ -85,7 +86,7 @@ void e8m0_to_f32_scales(const uint8_t* src, int64_t rows, int64_t cols, float* d
                         cudaStream_t stream) {
   CHECK_GE(ld, cols);
   if (rows * ld == 0) return;
-  e8m0_to_f32_kernel<<<grid_x_for(rows * ld, 256, "e8m0_to_f32"), 256, 0, stream>>>(src, rows, cols, dst, ld);
+  launch(e8m0_to_f32_kernel, grid_x_for(rows * ld, 256, "e8m0_to_f32"), 256, 0, stream)(src, rows, cols, dst, ld);
   launch_check("e8m0_to_f32_scales", stream);
 }
 

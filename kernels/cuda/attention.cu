@@ -35,6 +35,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/kv_decode.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -450,8 +451,8 @@ void merge_splits(const AttnArgs& a, int64_t n, void* part, cudaStream_t s) {
   // dim % 32 == 0 (launch_sparse_attention_batch): float4 rows, 16-byte aligned in the scratch.
   const size_t smem = size_t(a.num_splits) * 3 * sizeof(float);
   CHECK_LE(smem, size_t(48) << 10) << "sparse_attention combine: " << a.num_splits << " splits";
-  attention_combine_kernel<<<dim3(grid_x(n, "sparse_attention combine"), unsigned(a.h_end - a.h_begin)),
-                             unsigned(a.dim / 4), smem, s>>>(a);
+  launch(attention_combine_kernel, dim3(grid_x(n, "sparse_attention combine"), unsigned(a.h_end - a.h_begin)),
+                             unsigned(a.dim / 4), smem, s)(a);
   launch_check("sparse_attention combine", s);
   stream_free(part, s);
 }
@@ -552,7 +553,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
     const size_t smem = size_t(kMqaHeads * dim + kTile * (dim + 4) + kMqaHeads * kTile) * 4;
     // Tokens on z: at most 65,535 of them take this path (mqa above).
     const dim3 grid{unsigned(a.num_splits), unsigned(ceil_div(nh, kMqaHeads)), unsigned(n)};
-    sparse_attention_mqa_kernel<<<grid, 256, smem, s>>>(a);
+    launch(sparse_attention_mqa_kernel, grid, 256, smem, s)(a);
     launch_check("sparse_attention (mqa decode)", s);
     merge_splits(a, n, part, s);
     return;
@@ -566,7 +567,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   void* part = splits > 1 ? alloc_split_state(a, n, s) : nullptr;
   // Tokens on x; splits (> 1 only when the n x head_groups blocks do not fill the SMs) on z.
   const dim3 grid{grid_x(n, "sparse_attention"), unsigned(head_groups), unsigned(splits)};
-  sparse_attention_kernel<<<grid, kHeadsPerBlock * 32, size_t(kTile) * size_t(dim) * 4, s>>>(a);
+  launch(sparse_attention_kernel, grid, kHeadsPerBlock * 32, size_t(kTile) * size_t(dim) * 4, s)(a);
   launch_check("sparse_attention", s);
   if (splits > 1) merge_splits(a, n, part, s);
 }

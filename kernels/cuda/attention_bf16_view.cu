@@ -10,6 +10,7 @@
 #include "kernels/cuda/attention_args.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 
 namespace v4rt::kernels::cuda::attn {
@@ -76,7 +77,7 @@ void* make_bf16_views(AttnArgs& a, int64_t candidate_reads, cudaStream_t s) {
     j.dst_comp = dst + j.win_rows * a.dim;
     dst += (j.win_rows + j.comp_rows) * a.dim;
     const int64_t chunks = (j.win_rows + j.comp_rows) * (a.dim / 8);
-    bf16_view_kernel<<<grid_x(ceil_div(chunks, kViewThreads), "attention bf16 view"), kViewThreads, 0, s>>>(j);
+    launch(bf16_view_kernel, grid_x(ceil_div(chunks, kViewThreads), "attention bf16 view"), kViewThreads, 0, s)(j);
     launch_check("attention bf16 view", s);
     if (j.win_rows > 0) d.win = Act{j.dst_win, a.dim, true};
     if (j.comp_rows > 0) {

@@ -30,6 +30,7 @@
 #include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/mma_sync.cuh"
 
@@ -278,10 +279,10 @@ void launch_sparse_attention_tc(AttnArgs& a, int64_t n, cudaStream_t s) {
   const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads)),
                   unsigned(a.num_splits)};
   const size_t smem = tc_smem_bytes(a.dim, a.raw_ld, async);
-  if (a.dim == kTcMaxDim && async) sparse_attention_tc_kernel<kTcMaxDim, true><<<grid, kTcThreads, smem, s>>>(a);
-  else if (a.dim == kTcMaxDim) sparse_attention_tc_kernel<kTcMaxDim, false><<<grid, kTcThreads, smem, s>>>(a);
-  else if (async) sparse_attention_tc_kernel<0, true><<<grid, kTcThreads, smem, s>>>(a);
-  else sparse_attention_tc_kernel<0, false><<<grid, kTcThreads, smem, s>>>(a);
+  if (a.dim == kTcMaxDim && async) launch(sparse_attention_tc_kernel<kTcMaxDim, true>, grid, kTcThreads, smem, s)(a);
+  else if (a.dim == kTcMaxDim) launch(sparse_attention_tc_kernel<kTcMaxDim, false>, grid, kTcThreads, smem, s)(a);
+  else if (async) launch(sparse_attention_tc_kernel<0, true>, grid, kTcThreads, smem, s)(a);
+  else launch(sparse_attention_tc_kernel<0, false>, grid, kTcThreads, smem, s)(a);
   launch_check("sparse_attention (tensor cores)", s);
 }
 

@@ -21,6 +21,7 @@
 
 #include "kernels/cuda/attention_args.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/warp_specialize.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -183,7 +184,7 @@ void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, cudaStream_t s) {
   a.num_splits = 1;
   a.raw_ld = 0;
   const dim3 grid{grid_x(n, "sparse_attention (wgmma)"), unsigned(ceil_div(a.h_end - a.h_begin, kHeads))};
-  sparse_attention_wgmma_kernel<<<grid, kThreads, kSmemBytes, s>>>(a);
+  launch(sparse_attention_wgmma_kernel, grid, kThreads, kSmemBytes, s)(a);
   launch_check("sparse_attention (wgmma)", s);
 }
 

@@ -24,6 +24,7 @@
 #include "kernels/cuda/attention_args.cuh"
 #include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/warp_specialize.cuh"
@@ -153,7 +154,7 @@ void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s) {
   a.num_splits = 1;
   a.raw_ld = 0;
   const dim3 grid{grid_x(n, "sparse_attention (ws)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads))};
-  sparse_attention_ws_kernel<<<grid, kThreads, kSmemBytes, s>>>(a);
+  launch(sparse_attention_ws_kernel, grid, kThreads, kSmemBytes, s)(a);
   launch_check("sparse_attention (ws)", s);
 }
 

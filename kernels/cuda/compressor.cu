@@ -3,8 +3,11 @@
 // (score + ape) weights the kv rows; CSA (overlap) pools the previous block through channels
 // [0, d) and the current block through [d, 2d). One thread per (entry, channel), the same slot
 // order and fp32 arithmetic as the reference.
+#include <cstring>
+
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -89,7 +92,7 @@ void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s) {
   check_pool(p);
   const int64_t n = p.num_entries * p.head_dim;
   if (n == 0) return;
-  compressor_pool_kernel<<<grid_x_for(n, 256, "compressor_pool"), 256, 0, s>>>(
+  launch(compressor_pool_kernel, grid_x_for(n, 256, "compressor_pool"), 256, 0, s)(
       make_act(p.kv, "compressor kv"), make_act(p.score, "compressor score"), make_weight_act(p.ape, "compressor ape"),
       make_act(p.out, "compressor out"), p.num_entries, p.ratio, p.head_dim, p.overlap, p.out_bf16);
   launch_check("compressor_pool", s);
@@ -99,6 +102,7 @@ void launch_compressor_pool_batch(const CompressorPoolBatchParams& batch, cudaSt
   if (batch.num_parts == 0) return;
   const CompressorPoolParams& p0 = batch.parts[0];
   PoolArgs a;
+  if (LaunchLog::active_for(s)) std::memset(&a, 0, sizeof(a));  // logged parameters compare bytewise
   a.ape = make_weight_act(p0.ape, "compressor ape");
   a.ratio = p0.ratio;
   a.head_dim = p0.head_dim;
@@ -108,7 +112,7 @@ void launch_compressor_pool_batch(const CompressorPoolBatchParams& batch, cudaSt
   a.num_entries = 0;
   auto flush = [&] {
     if (a.num_parts > 0) {
-      compressor_pool_batch_kernel<<<grid_x_for(a.num_entries * a.head_dim, 256, "compressor_pool_batch"), 256, 0, s>>>(a);
+      launch(compressor_pool_batch_kernel, grid_x_for(a.num_entries * a.head_dim, 256, "compressor_pool_batch"), 256, 0, s)(a);
       launch_check("compressor_pool_batch", s);
     }
     a.num_parts = 0;

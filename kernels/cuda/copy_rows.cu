@@ -3,8 +3,11 @@
 // and compressor rows, one or a few rows per sequence) in one launch per group of kMaxCopies. The
 // group's descriptors travel by value as the kernel's parameter (CUDA 12.1+ on sm_70+ takes up to
 // 32,764 bytes), so a launch needs no host-to-device upload and can be captured in a CUDA graph.
+#include <cstring>
+
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -71,7 +74,7 @@ int unit_shift_of(const CopyDesc& d, int64_t row_bytes) {
 
 void launch_group(const CopyGroup& g, int64_t max_units, cudaStream_t s) {
   const dim3 grid(unsigned(g.num_copies), grid_yz((max_units + kUnitsPerBlock - 1) / kUnitsPerBlock));
-  copy_rows_batch_kernel<<<grid, kThreads, 0, s>>>(g);
+  launch(copy_rows_batch_kernel, grid, kThreads, 0, s)(g);
   launch_check("copy_rows_batch", s);
 }
 
@@ -79,6 +82,7 @@ void launch_group(const CopyGroup& g, int64_t max_units, cudaStream_t s) {
 
 void launch_copy_rows_batch(const RowCopy* copies, size_t num_copies, cudaStream_t s) {
   CopyGroup g;
+  if (LaunchLog::active_for(s)) std::memset(&g, 0, sizeof(g));  // logged parameters compare bytewise
   g.num_copies = 0;
   int64_t max_units = 0;
   for (size_t i = 0; i < num_copies; ++i) {

@@ -19,6 +19,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/fp4_gemm.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace v4rt::kernels::cuda {
@@ -69,6 +70,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots
   // on its one stream, so the first backend makes the allocator ordered on it.
   if (!allocation_stream() && !options.sync_alloc) set_allocation_stream(stream_.get());
   if (options.sync_each_kernel) set_sync_after_ops(true);
+  graph_.set_replay(options.graph_replay);
   CUDA_CHECK(cudaGetDevice(&device_));
   V4RT_REQUIRE(options_.expert_tc_min_rows >= 0,
                "CudaBackendOptions::expert_tc_min_rows (debug.cuda_expert_tc_min_rows) must be >= 0, got "
@@ -224,7 +226,7 @@ const void* CudaBackend::f32_copy(const WeightView& w) {
 void CudaBackend::copy_to_device(void* dst, const void* src_host, size_t bytes) {
   if (!bytes) return;
   if (graph_.recording()) {  // the graph copies from staging when it runs; the caller's memory is free now
-    CUDA_CHECK(cudaMemcpyAsync(dst, graph_.stage(src_host, bytes), bytes, cudaMemcpyHostToDevice, stream_.get()));
+    copy_async(dst, graph_.stage(src_host, bytes), bytes, cudaMemcpyHostToDevice, stream_.get());
     return;
   }
   CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, stream_.get()));
@@ -255,6 +257,11 @@ void CudaBackend::copy_rows(const TensorView& dst, const TensorView& src) {
   CHECK_EQ(w, act_row_width(src));
   const size_t es = dtype_size(dst.dtype);
   if (dst.shape[0] == 0 || w == 0) return;
+  if (LaunchLog::active_for(stream_.get())) {  // a 2-D copy node cannot be updated: a kernel can
+    const RowCopy c{dst, src};
+    launch_copy_rows_batch(&c, 1, stream_.get());
+    return;
+  }
   const size_t dpitch = size_t(dst.ndim == 1 ? w : dst.stride[0]) * es;
   const size_t spitch = size_t(src.ndim == 1 ? w : src.stride[0]) * es;
   CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dpitch, src.data, spitch, size_t(w) * es, size_t(dst.shape[0]),
@@ -460,8 +467,8 @@ void CudaBackend::linear_fp8(const LinearParams& p) {
   uint8_t* x8 = static_cast<uint8_t*>(scratch(kSlotX8, size_t(m_pad * k)));
   float* xs = static_cast<float*>(scratch(kSlotXScale, size_t((k / 128) * act_ld) * 4));
   if (m_pad != m) {
-    CUDA_CHECK(cudaMemsetAsync(x8 + m * k, 0, size_t((m_pad - m) * k), stream_.get()));
-    CUDA_CHECK(cudaMemsetAsync(xs, 0, size_t((k / 128) * act_ld) * 4, stream_.get()));
+    memset_async(x8 + m * k, 0, size_t((m_pad - m) * k), stream_.get());
+    memset_async(xs, 0, size_t((k / 128) * act_ld) * 4, stream_.get());
   }
   ActQuantParams q;
   q.x = x.data;
@@ -515,7 +522,7 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   act_quant_fp8(q);
   const Fp4Table table{{0, int32_t(m), 0, 0}, p.w.data, p.w.scale};
   auto* dev = static_cast<Fp4Table*>(scratch(kSlotPtrs, sizeof(Fp4Table)));
-  store_value_kernel<<<1, 1, 0, stream_.get()>>>(dev, table);
+  launch(store_value_kernel<Fp4Table>, 1, 1, 0, stream_.get())(dev, table);
   launch_check("linear (fp4 table)", stream_.get());
   const bool direct = y.bf16 && !p.accumulate && y.stride == n;
   Fp4GroupedGemmParams g;

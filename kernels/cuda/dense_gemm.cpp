@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/cublaslt_plan.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch_log.h"
 
 namespace v4rt::kernels::cuda {
 
@@ -56,11 +57,20 @@ void DenseGemm::run(const DenseGemmParams& p) {
                  << cublasLtGetStatusString(st) << ")";
     it = plans_.emplace(key, std::move(plan)).first;
   }
-  Plan& plan = *it->second;
-  const float alpha = 1.0f;
-  CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, p.w, plan.a, p.x, plan.b,
-                              &p.beta, p.y, plan.d, p.y, plan.d, &plan.algo, workspace_.data(), kLtWorkspaceBytes,
-                              p.stream));
+  struct CallKey {
+    const Plan* plan;
+    const void *w, *x;
+    void* y;
+    float beta, unused = 0.f;  // no padding: the bytes are a key
+  } call{it->second.get(), p.w, p.x, p.y, p.beta};
+  const auto handle = static_cast<cublasLtHandle_t>(handle_);
+  void* workspace = workspace_.data();
+  run_async(&call, sizeof(call), p.stream, [call, handle, workspace](cudaStream_t s) {  // launch_log.h
+    const Plan& plan = *call.plan;
+    const float alpha = 1.0f;
+    CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, call.w, plan.a, call.x, plan.b, &call.beta, call.y, plan.d,
+                                call.y, plan.d, &plan.algo, workspace, kLtWorkspaceBytes, s));
+  });
 }
 
 }  // namespace v4rt::kernels::cuda

@@ -3,6 +3,7 @@
 // quantize-dequantize ops of the official numerics (spec §2.2/§2.3) and the clamped SwiGLU (§6);
 // plus the Act view builders shared by every launcher.
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -201,33 +202,33 @@ __global__ void swiglu_kernel(Act g, Act u, Act h, const float* row_weight, int6
 
 void launch_fill(const Act& dst, int64_t rows, int64_t cols, float value, cudaStream_t s) {
   if (rows * cols == 0) return;
-  fill_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(dst, rows, cols, value);
+  launch(fill_kernel, blocks_for(rows * cols), kThreads, 0, s)(dst, rows, cols, value);
   launch_check("fill", s);
 }
 
 void launch_convert(const Act& src, const Act& dst, int64_t rows, int64_t cols, bool round, cudaStream_t s) {
   if (rows * cols == 0) return;
-  convert_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(src, dst, rows, cols, round);
+  launch(convert_kernel, blocks_for(rows * cols), kThreads, 0, s)(src, dst, rows, cols, round);
   launch_check("convert", s);
 }
 
 void launch_add_into(const Act& src, const Act& dst, int64_t rows, int64_t cols, bool accumulate, bool round,
                      cudaStream_t s) {
   if (rows * cols == 0) return;
-  add_into_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(src, dst, rows, cols, accumulate, round);
+  launch(add_into_kernel, blocks_for(rows * cols), kThreads, 0, s)(src, dst, rows, cols, accumulate, round);
   launch_check("add_into", s);
 }
 
 void launch_split_bf16(const Act& src, uint16_t* dst, int64_t rows, int64_t cols, cudaStream_t s) {
   if (rows * cols == 0) return;
-  split_bf16_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(src, dst, rows, cols);
+  launch(split_bf16_kernel, blocks_for(rows * cols), kThreads, 0, s)(src, dst, rows, cols);
   launch_check("split_bf16", s);
 }
 
 void launch_add_split(const float* y2, int64_t ld, const Act& dst, int64_t rows, int64_t cols, bool accumulate,
                       bool round, cudaStream_t s) {
   if (rows * cols == 0) return;
-  add_split_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(y2, ld, dst, rows, cols, accumulate, round);
+  launch(add_split_kernel, blocks_for(rows * cols), kThreads, 0, s)(y2, ld, dst, rows, cols, accumulate, round);
   launch_check("add_split", s);
 }
 
@@ -236,7 +237,7 @@ void launch_add(const AddParams& p, cudaStream_t s) {
   CHECK_EQ(act_row_width(p.b), cols);
   CHECK_EQ(act_row_width(p.out), cols);
   if (rows * cols == 0) return;
-  add_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(make_act(p.a, "add a"), make_act(p.b, "add b"),
+  launch(add_kernel, blocks_for(rows * cols), kThreads, 0, s)(make_act(p.a, "add a"), make_act(p.b, "add b"),
                                                           make_act(p.out, "add out"), rows, cols, p.out_bf16);
   launch_check("add", s);
 }
@@ -247,7 +248,7 @@ void launch_embedding(const EmbeddingParams& p, cudaStream_t s) {
   CHECK(p.ids.dtype == DType::kI32 && p.ids.device == Device::kCuda) << "embedding ids: I32 device view expected";
   CHECK_EQ(act_row_width(p.out), replicas * hidden);
   if (n == 0) return;
-  embedding_kernel<<<blocks_for(n * replicas * hidden), kThreads, 0, s>>>(
+  launch(embedding_kernel, blocks_for(n * replicas * hidden), kThreads, 0, s)(
       make_weight_act(p.table, "embedding table"), p.table.rows, static_cast<const int32_t*>(p.ids.data),
       make_act(p.out, "embedding out"), n, replicas, hidden);
   launch_check("embedding", s);
@@ -266,7 +267,7 @@ void launch_qdq(const QdqParams& p, cudaStream_t s) {
   int lanes = 1;  // per (row, block): a chunk of 4 elements each, up to a warp
   while (lanes < 32 && 4 * lanes < p.block) lanes *= 2;
   const bool vec = p.block % 4 == 0 && cols % 4 == 0 && x.vec_ok();
-  qdq_kernel<<<blocks_for(n * lanes), kThreads, 0, s>>>(x, rows, cols, int(p.format), p.block, lanes, vec);
+  launch(qdq_kernel, blocks_for(n * lanes), kThreads, 0, s)(x, rows, cols, int(p.format), p.block, lanes, vec);
   launch_check("qdq", s);
 }
 
@@ -280,7 +281,7 @@ void launch_swiglu(const SwigluParams& p, cudaStream_t s) {
     rw = static_cast<const float*>(p.row_weight.data);
   }
   if (rows * cols == 0) return;
-  swiglu_kernel<<<blocks_for(rows * cols), kThreads, 0, s>>>(make_act(p.gate, "swiglu gate"), make_act(p.up, "swiglu up"),
+  launch(swiglu_kernel, blocks_for(rows * cols), kThreads, 0, s)(make_act(p.gate, "swiglu gate"), make_act(p.up, "swiglu up"),
                                                              make_act(p.h, "swiglu h"), rw, rows, cols, p.limit, p.out_bf16);
   launch_check("swiglu", s);
 }

@@ -112,9 +112,10 @@ struct CudaBackendOptions {
   bool moe_route_small = false;
   // The decode expert GEMV's rows a pass (Fp4GroupedGemmParams::gemv_rows; debug.cuda_fp4_gemv_rows):
   // 0 by the mean rows per expert (16 above a mean of 4, and the GEMV up to a mean of 8), 8 the
-  // 8-row passes alone. 8 until the 16-row passes have run on a GPU (docs/PERFORMANCE.md, pending).
+  // 8-row passes alone. 8: the 16-row passes were slower at every decode size on an H100
+  // (docs/PERFORMANCE.md, fourteenth run).
   int fp4_gemv_rows = 8;
-  // Its k split (Fp4GroupedGemmParams::gemv_k_split; debug.cuda_fp4_gemv_k_split): 0 the default, 4, 2 or 1.
+  // Its k split (Fp4GroupedGemmParams::gemv_k_split; debug.cuda_fp4_gemv_k_split): 0 by k (fp4_gemv_shape), 4, 2 or 1.
   int fp4_gemv_k_split = 0;
   // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it
   // already holds (mhc.cu, hc_pre_kernel) instead of a separate pass over x (sum_squares_kernel);
@@ -132,6 +133,10 @@ struct CudaBackendOptions {
   // kernels/cuda/step_graph.h); off: every op launched on its own. Ignored with sync_each_kernel.
   // Off by default: capturing and updating every step costs more than it saves (docs/CUDA.md).
   bool graphs = false;
+  // With graphs: steps logged (kernels/cuda/launch_log.h) and run by updating a cached executable
+  // of the same launches, captured only when none matches (debug.cuda_graph_replay). Off until run
+  // on a GPU: every step captured and its executable updated.
+  bool graph_replay = false;
 };
 
 // The CUDA backend on `device` (-1: current). Throws v4rt::Error when no device is present.

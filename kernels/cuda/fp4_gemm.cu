@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace v4rt::kernels::cuda {
 
@@ -160,7 +161,7 @@ __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4Groupe
 }
 
 template <typename T, int kTok>
-void launch(const Fp4GroupedGemmParams& p, size_t smem) {
+void launch_simt(const Fp4GroupedGemmParams& p, size_t smem) {
   static bool attr_set = false;
   if (!attr_set) {
     CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_kernel<T, kTok>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -169,7 +170,7 @@ void launch(const Fp4GroupedGemmParams& p, size_t smem) {
   }
   const int rows_y = p.group_list ? std::min(p.list_len, p.num_groups) : p.num_groups;
   const dim3 grid(unsigned(ceil_div(p.n, kRowsPerBlock)), unsigned(rows_y));
-  fp4_grouped_gemm_kernel<T, kTok><<<grid, kWarps * 32, smem, p.stream>>>(p);
+  launch(fp4_grouped_gemm_kernel<T, kTok>, grid, kWarps * 32, smem, p.stream)(p);
 }
 
 }  // namespace
@@ -187,14 +188,14 @@ void fp4_grouped_gemm(const Fp4GroupedGemmParams& p) {
     const size_t smem8 = size_t(kTokTile) * size_t(p.k) * 4, smem4 = smem8 / 2;
     CHECK_LE(smem4, size_t(kMaxSmemBytes)) << "fp4 grouped gemm: k=" << p.k << " too large for the fp32 tile";
     if (smem8 <= size_t(kMaxSmemBytes)) {
-      launch<float, kTokTile>(p, smem8);
+      launch_simt<float, kTokTile>(p, smem8);
     } else {
-      launch<float, kTokTile / 2>(p, smem4);
+      launch_simt<float, kTokTile / 2>(p, smem4);
     }
   } else {
     const size_t smem = size_t(kTokTile) * size_t(p.k) * 2;
     CHECK_LE(smem, size_t(kMaxSmemBytes)) << "fp4 grouped gemm: k=" << p.k << " too large for the activation tile";
-    launch<uint16_t, kTokTile>(p, smem);
+    launch_simt<uint16_t, kTokTile>(p, smem);
   }
   launch_check("fp4_grouped_gemm", p.stream);
 }

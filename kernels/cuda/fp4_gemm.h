@@ -87,9 +87,11 @@ struct Fp4GemvShape {
   int rows = 0;
   int k_split = 4;
 };
-// The shape fp4_grouped_gemv takes for max_rows rows over num_groups groups (gemv_rows as
-// Fp4GroupedGemmParams::gemv_rows).
-Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows = 0, int gemv_k_split = 0);
+// The shape fp4_grouped_gemv takes for max_rows rows over num_groups groups of k inputs
+// (gemv_rows, gemv_k_split as Fp4GroupedGemmParams'): by default the largest k split that leaves
+// each warp kFp4GemvMinSteps steps of 128 inputs.
+inline constexpr int kFp4GemvMinSteps = 8;
+Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int64_t k, int gemv_rows = 0, int gemv_k_split = 0);
 // The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
 // rows go in passes of shape.rows, each pass reading the expert's weights again.
 void fp4_grouped_gemv(const Fp4GroupedGemmParams& p, Fp4GemvShape shape = {});

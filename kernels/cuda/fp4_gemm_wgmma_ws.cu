@@ -36,6 +36,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
 #include "kernels/cuda/fp4_tc_common.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/warp_specialize.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -307,13 +308,13 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p) {
   static std::atomic<uint64_t> attr_set;
   set_smem_once(fp4_grouped_gemm_wgmma_ws_kernel, kSmemBytes, false, &attr_set);
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
-  fp4_tile_map_kernel<kBM><<<1, kMapThreads, 0, p.stream>>>(p.row_offsets, p.w, p.num_groups, tile_start);
+  launch(fp4_tile_map_kernel<kBM>, 1, kMapThreads, 0, p.stream)(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_wgmma_ws tile map", p.stream);
   const int64_t n_tiles = ceil_div(p.n, kBN);
   CHECK_LE(n_tiles, kMaxGridYZ) << "fp4 grouped gemm (wgmma ws): n=" << p.n;
   const dim3 grid(grid_x(grouped_tile_bound(p.max_rows, p.num_groups, kBM), "fp4_grouped_gemm_wgmma_ws"),
                   unsigned(n_tiles));
-  fp4_grouped_gemm_wgmma_ws_kernel<<<grid, kThreads, kSmemBytes, p.stream>>>(p, tile_start);
+  launch(fp4_grouped_gemm_wgmma_ws_kernel, grid, kThreads, kSmemBytes, p.stream)(p, tile_start);
   launch_check("fp4_grouped_gemm_wgmma_ws", p.stream);
   stream_free(tile_start, p.stream);
 }

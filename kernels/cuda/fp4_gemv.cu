@@ -49,6 +49,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
 #include "kernels/cuda/fp4_tc_common.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/mma_sync.cuh"
 
@@ -369,7 +370,7 @@ void launch_gemv(const Fp4GroupedGemmParams& p, const GemvSecond& second) {
   const int64_t passes = grouped_tile_bound(p.max_rows, p.num_groups, kRows);
   CHECK_LE(passes, int64_t(INT_MAX)) << "fp4 grouped gemv: max_rows=" << p.max_rows;
   const unsigned grid = grid_x(passes * n_blocks, "fp4_grouped_gemv");
-  fp4_grouped_gemv_kernel<kMats, kRows, kKSplit><<<grid, kThreads, smem, p.stream>>>(p, second, n_blocks);
+  launch(fp4_grouped_gemv_kernel<kMats, kRows, kKSplit>, grid, kThreads, smem, p.stream)(p, second, n_blocks);
   launch_check("fp4_grouped_gemv", p.stream);
 }
 
@@ -381,7 +382,7 @@ void launch_gemv_shape(const Fp4GroupedGemmParams& p, const GemvSecond& second, 
   CHECK_EQ(p.k % kStepK, 0) << "fp4 grouped gemv: k=" << p.k << " must be a multiple of " << kStepK;
   CHECK_GE(p.max_rows, 0) << "fp4 grouped gemv: max_rows";
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
-  if (shape.rows == 0) shape = fp4_gemv_shape(p.max_rows, p.num_groups, p.gemv_rows, p.gemv_k_split);
+  if (shape.rows == 0) shape = fp4_gemv_shape(p.max_rows, p.num_groups, p.k, p.gemv_rows, p.gemv_k_split);
   if (shape.rows == 8 && shape.k_split == 4) return launch_gemv<kMats, 8, 4>(p, second);
   if (shape.rows == 16 && shape.k_split == 4) return launch_gemv<kMats, 16, 4>(p, second);
   if (shape.rows == 16 && shape.k_split == 2) return launch_gemv<kMats, 16, 2>(p, second);
@@ -418,15 +419,22 @@ bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n, int64_t k,
   return mean <= kFp4GemvMaxMeanRows || (n > 0 && k >= 2 * n && mean <= kFp4GemvMaxMeanRowsWide);
 }
 
-Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int gemv_rows, int gemv_k_split) {
-  // Up to a mean of 4 rows a group (the decode batch up to about 170 sequences at top-6 of 256),
-  // second passes are rare and 8 rows a pass leave no n8 column of the MMA idle for nothing; above,
-  // 16 rows a pass decode each weight fragment once for two n8 MMAs and spare the second passes
-  // (15% of the experts at a mean of 6). Expected, not yet measured: `bench_cuda - fp4` compares
-  // every shape (scripts/device/gemv_rows_check.sh), and until it has run the backend asks for
-  // 8-row passes (CudaBackendOptions::fp4_gemv_rows).
+Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int64_t k, int gemv_rows, int gemv_k_split) {
+  // Rows a pass (gemv_rows 0): up to a mean of 4 rows a group, 8; above, 16 (each weight fragment
+  // decoded once for two n8 MMAs, no second passes). Measured on an H100 (`bench_cuda - fp4`,
+  // L2-cold, 2026-12-07, docs/PERFORMANCE.md) the 16-row passes were slower at every decode size
+  // (gate/up pair at 256 tokens 1,173 against 1,090 us; down 834 against 647), so the backend asks
+  // for 8 (CudaBackendOptions::fp4_gemv_rows).
+  // The k split: the largest of 4, 2, 1 that gives each warp kFp4GemvMinSteps steps. The same
+  // measurement: the down shape (k 2048) at k split 2 (8 steps a warp) took 385 / 458 / 562 us at
+  // 64 / 128 / 256 tokens against 438 / 514 / 647 at 4 (4 steps), 16.1 against 17.6 us at 1
+  // token; the gate/up shape (k 4096) was fastest at 4 (8 steps) at every size.
   const int64_t mean = fp4_mean_rows(max_rows, num_groups);
-  const int k_split = gemv_k_split > 0 ? gemv_k_split : 4;
+  int k_split = gemv_k_split;
+  if (k_split <= 0) {
+    k_split = 4;
+    while (k_split > 1 && k / (128 * k_split) < kFp4GemvMinSteps) k_split /= 2;
+  }
   return gemv_rows == 8 || mean <= kFp4GemvMaxMeanRows ? Fp4GemvShape{8, k_split} : Fp4GemvShape{16, k_split};
 }
 

@@ -9,6 +9,7 @@
 #include "kernels/cuda/cublaslt_plan.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dense_gemm.h"
+#include "kernels/cuda/launch_log.h"
 
 namespace v4rt::kernels::cuda {
 
@@ -68,13 +69,25 @@ Fp8Gemm::Path Fp8Gemm::run(const Fp8GemmParams& p, Path path) {
     fp8_gemm_simt(p);
     return Path::kSimt;
   }
-  Plan& plan = *found;
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.w_scale, sizeof(p.w_scale)));
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p.x_scale, sizeof(p.x_scale)));
-  const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, p.w8, plan.a, p.x8,
-                              plan.b, &beta, p.out, plan.d, p.out, plan.d, &plan.algo, workspace_.data(),
-                              kLtWorkspaceBytes, p.stream));
+  // The scale pointers are set on the plan's descriptor right before its call, which a launch log
+  // (launch_log.h) may defer past later calls of the same plan.
+  struct Key {
+    const Plan* plan;
+    const void *w8, *x8, *w_scale, *x_scale;
+    void* out;
+  } key{found, p.w8, p.x8, p.w_scale, p.x_scale, p.out};
+  const auto handle = static_cast<cublasLtHandle_t>(handle_);
+  void* workspace = workspace_.data();
+  run_async(&key, sizeof(key), p.stream, [key, handle, workspace](cudaStream_t s) {
+    const Plan& plan = *key.plan;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &key.w_scale,
+                                                sizeof(key.w_scale)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &key.x_scale,
+                                                sizeof(key.x_scale)));
+    const float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, key.w8, plan.a, key.x8, plan.b, &beta, key.out, plan.d,
+                                key.out, plan.d, &plan.algo, workspace, kLtWorkspaceBytes, s));
+  });
   return Path::kCublasLt;
 }
 

@@ -9,6 +9,7 @@
 #include "kernels/cuda/fp8_dot.cuh"
 #include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace v4rt::kernels::cuda {
 
@@ -121,7 +122,7 @@ void fp8_gemm_simt(const Fp8GemmParams& p) {
     attr_set = true;
   }
   CHECK_LE(smem, size_t(kSmemBytes)) << "fp8_gemm_simt: k=" << p.k << " too large";
-  fp8_simt_kernel<<<unsigned(ceil_div(p.n, kRowsPerBlock)), kWarps * 32, smem, p.stream>>>(
+  launch(fp8_simt_kernel, unsigned(ceil_div(p.n, kRowsPerBlock)), kWarps * 32, smem, p.stream)(
       p, layout.act_ld(p.m), layout.weight_ld(p.k), tok_tile);
   launch_check("fp8_gemm_simt", p.stream);
 }

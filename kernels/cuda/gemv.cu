@@ -15,6 +15,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/fp8_dot.cuh"
 #include "kernels/cuda/gemv_args.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace v4rt::kernels::cuda {
 
@@ -213,13 +214,13 @@ void launch_rows(const GemvArgs& a, cudaStream_t stream) {
                  : a.m == 2 ? gemv_kernel<kFp8, RPW, NC, 2>
                  : a.m <= 4 ? gemv_kernel<kFp8, RPW, NC, 4>
                             : gemv_kernel<kFp8, RPW, NC, 8>;
-  kernel<<<blocks, kThreads, smem, stream>>>(a);
+  launch(kernel, blocks, kThreads, smem, stream)(a);
   launch_check("gemv", stream);
 }
 
 // Channels per warp step by 16-byte loads per lane: 4 channels up to 2 loads, 2 up to 4, else 1.
 template <bool kFp8>
-void launch(const GemvArgs& a, cudaStream_t stream) {
+void launch_gemv(const GemvArgs& a, cudaStream_t stream) {
   const int64_t per_lane = ceil_div(a.k / (kFp8 ? 16 : 8), 32);
   if (per_lane <= 2) launch_rows<kFp8, 4, 2>(a, stream);
   else if (per_lane <= 4) launch_rows<kFp8, 2, 4>(a, stream);
@@ -243,8 +244,8 @@ void gemv(const GemvParams& p) {
       << "gemv: k_act=" << p.k_act << " for n=" << p.n << " k=" << p.k << " out_group=" << p.out_group;
   CHECK(p.n < (int64_t(1) << 31) && p.k_act < (int64_t(1) << 24)) << "gemv: n=" << p.n << " k_act=" << p.k_act;
   const GemvArgs a = gemv_args(p);
-  if (p.w_scale) launch<true>(a, p.stream);
-  else launch<false>(a, p.stream);
+  if (p.w_scale) launch_gemv<true>(a, p.stream);
+  else launch_gemv<false>(a, p.stream);
 }
 
 }  // namespace v4rt::kernels::cuda

@@ -28,6 +28,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemv_args.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace v4rt::kernels::cuda {
 
@@ -212,7 +213,7 @@ void gemv_mma(const GemvParams& p) {
     CUDA_CHECK(cudaFuncSetAttribute(gemv_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
     attr_set = true;
   }
-  gemv_mma_kernel<<<blocks, kThreads, smem, p.stream>>>(a);
+  launch(gemv_mma_kernel, blocks, kThreads, smem, p.stream)(a);
   launch_check("gemv_mma", p.stream);
 }
 

@@ -11,10 +11,11 @@
 #include <string>
 
 #include "kernels/cuda/batch_params.cuh"
-#include "kernels/cuda/indexer_args.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/indexer_args.cuh"
 #include "kernels/cuda/kv_decode.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/ops.h"
@@ -534,7 +535,7 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   // A single part of prefill size under the official numerics: the tensor-core kernel, unless
   // `tensor_cores` is off; FP8 wgmma for compact FP4 keys unless `fp8` is off, and with `decode_tc`
   // for a decode batch (every part's keys compact FP4) too.
-  auto launch = [&] {
+  auto issue = [&] {
     if (a.num_parts == 0 || max_keys == 0) return;
     if (tensor_cores && fp8 && has_keys && indexer_fp8_serves(a)) {
       launch_indexer_fp8(a, max_keys, s);
@@ -556,18 +557,18 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
       }
       const dim3 tc_grid = indexer_tc_grid(a, max_keys, kTcQueries, kTcKeys, "indexer_scores (tensor cores)");
       if (a.parts[0].ckeys.data)
-        indexer_scores_tc_kernel<true><<<tc_grid, kTcThreads, indexer_tc_smem_bytes(), s>>>(a);
+        launch(indexer_scores_tc_kernel<true>, tc_grid, kTcThreads, indexer_tc_smem_bytes(), s)(a);
       else
-        indexer_scores_tc_kernel<false><<<tc_grid, kTcThreads, indexer_tc_smem_bytes(), s>>>(a);
+        launch(indexer_scores_tc_kernel<false>, tc_grid, kTcThreads, indexer_tc_smem_bytes(), s)(a);
       launch_check("indexer_scores (tensor cores)", s);
       return;
     }
     const dim3 grid(grid_x_for(max_keys, kKeysPerBlock, "indexer_scores"), grid_yz(a.n));
-    indexer_scores_kernel<<<grid, kKeysPerBlock, smem, s>>>(a);
+    launch(indexer_scores_kernel, grid, kKeysPerBlock, smem, s)(a);
     launch_check("indexer_scores", s);
   };
   auto flush = [&] {
-    launch();
+    issue();
     a.num_parts = 0;
     a.n = max_keys = 0;
     has_keys = false;

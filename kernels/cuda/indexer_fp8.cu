@@ -39,6 +39,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/indexer_args.cuh"
 #include "kernels/cuda/indexer_fp8_common.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -135,9 +136,9 @@ void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
   }
   const dim3 grid = indexer_tc_grid(a, max_keys, kQueries, kKeys, "indexer_scores (fp8 wgmma)");
   if (a.dim == 64)
-    indexer_scores_fp8_kernel<64><<<grid, kThreads, kSmemBytes, s>>>(a);
+    launch(indexer_scores_fp8_kernel<64>, grid, kThreads, kSmemBytes, s)(a);
   else
-    indexer_scores_fp8_kernel<128><<<grid, kThreads, kSmemBytes, s>>>(a);
+    launch(indexer_scores_fp8_kernel<128>, grid, kThreads, kSmemBytes, s)(a);
   launch_check("indexer_scores (fp8 wgmma)", s);
 }
 

@@ -32,6 +32,7 @@
 #include "kernels/cuda/fp4_tc_common.cuh"
 #include "kernels/cuda/indexer_args.cuh"
 #include "kernels/cuda/indexer_fp8_common.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -116,9 +117,9 @@ void launch_indexer_fp8_decode(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
   fp4tc::set_smem_once(indexer_scores_fp8_decode_kernel<128>, kSmemBytes, true, &attr_128);
   const dim3 grid = indexer_tc_grid(a, max_keys, 1, kKeys, what);
   if (a.dim == 64)
-    indexer_scores_fp8_decode_kernel<64><<<grid, kThreads, kSmemBytes, s>>>(a);
+    launch(indexer_scores_fp8_decode_kernel<64>, grid, kThreads, kSmemBytes, s)(a);
   else
-    indexer_scores_fp8_decode_kernel<128><<<grid, kThreads, kSmemBytes, s>>>(a);
+    launch(indexer_scores_fp8_decode_kernel<128>, grid, kThreads, kSmemBytes, s)(a);
   launch_check(what, s);
 }
 

@@ -6,6 +6,7 @@
 // smallest power of two of the official rule (spec §2.3) that holds the block's largest value, so
 // the codes times the scale are the input values exactly.
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -98,7 +99,7 @@ void launch_kv_pack(const KvPackParams& p, cudaStream_t s) {
   a.scale_offset = int(l.scale_offset);
   a.row_bytes = int(l.row_bytes);
   a.fp8 = l.format == KvFormat::kFp8Rope;
-  kv_pack_kernel<<<grid_x(n, "kv_pack"), kPackThreads, 0, s>>>(a);
+  launch(kv_pack_kernel, grid_x(n, "kv_pack"), kPackThreads, 0, s)(a);
   launch_check("kv_pack", s);
 }
 

@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -115,7 +116,7 @@ float* launch_mix_partial(const Act& x, const Act& fn, int64_t n, int64_t len, i
   CHECK_LE(splits, kMaxSplits) << "hc mix splits";  // mix_finish stages a token's partials in shared memory
   float* part = static_cast<float*>(stream_alloc(size_t(n * splits * (kNumMix + 1)) * 4, s));
   const int64_t cols = ceil_div(len, splits);
-  mix_partial_kernel<kNumMix><<<grid_x(n * splits, "hc mix_partial"), kThreads, 0, s>>>(x, fn, len, cols, splits, part);
+  launch(mix_partial_kernel<kNumMix>, grid_x(n * splits, "hc mix_partial"), kThreads, 0, s)(x, fn, len, cols, splits, part);
   launch_check("hc mix_partial", s);
   return part;
 }
@@ -355,7 +356,7 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix, bool fused_
   fused_sumsq = fused_sumsq && mix != nullptr;
   if (mix && !fused_sumsq) {
     const bool vec = x.vec_ok() && hidden % 4 == 0;
-    sum_squares_kernel<kNumMix><<<grid_x_for(n, kThreads / 32, "hc sum_squares"), kThreads, 0, s>>>(x, n, hc * hidden, vec,
+    launch(sum_squares_kernel<kNumMix>, grid_x_for(n, kThreads / 32, "hc sum_squares"), kThreads, 0, s)(x, n, hc * hidden, vec,
                                                                                                     mix);
     launch_check("hc sum_squares", s);
   } else if (!mix) {
@@ -364,15 +365,15 @@ void launch_hc_pre(const HcPreParams& p, cudaStream_t s, float* mix, bool fused_
   }
   const Act a = make_act(p.a, "hc_pre a");
   const bool vec = hidden % 4 == 0 && x.vec_ok() && a.vec_ok();
-  auto launch = [&](auto kernel) {
-    kernel<<<grid_x(n, "hc_pre"), kFinishThreads, 0, s>>>(x, part, splits, base, scale, a, post, post_stride, comb,
+  auto run = [&](auto kernel) {
+    launch(kernel, grid_x(n, "hc_pre"), kFinishThreads, 0, s)(x, part, splits, base, scale, a, post, post_stride, comb,
                                                          comb_stride, hidden, p.sinkhorn_iters, p.hc_eps, p.norm_eps,
                                                          p.out_bf16, vec, fused_sumsq);
   };
   switch (finish_vec(hidden)) {
-    case 1: launch(hc_pre_kernel<1>); break;
-    case 2: launch(hc_pre_kernel<2>); break;
-    default: launch(hc_pre_kernel<kFinishMaxVec>); break;
+    case 1: run(hc_pre_kernel<1>); break;
+    case 2: run(hc_pre_kernel<2>); break;
+    default: run(hc_pre_kernel<kFinishMaxVec>); break;
   }
   launch_check("hc_pre", s);
   if (!mix) stream_free(part, s);
@@ -392,14 +393,14 @@ void launch_hc_head(const HcHeadParams& p, cudaStream_t s) {
   float* part = launch_mix_partial<kHc>(x, make_weight_act(p.fn, "hc_head fn"), n, hc * hidden, splits, s);
   const Act y = make_act(p.y, "hc_head y");
   const bool vec = hidden % 4 == 0 && x.vec_ok() && y.vec_ok();
-  auto launch = [&](auto kernel) {
-    kernel<<<grid_x(n, "hc_head"), kFinishThreads, 0, s>>>(x, part, splits, base, scale, y, hidden, p.hc_eps,
+  auto run = [&](auto kernel) {
+    launch(kernel, grid_x(n, "hc_head"), kFinishThreads, 0, s)(x, part, splits, base, scale, y, hidden, p.hc_eps,
                                                           p.norm_eps, p.out_bf16, vec);
   };
   switch (finish_vec(hidden)) {
-    case 1: launch(hc_head_kernel<1>); break;
-    case 2: launch(hc_head_kernel<2>); break;
-    default: launch(hc_head_kernel<kFinishMaxVec>); break;
+    case 1: run(hc_head_kernel<1>); break;
+    case 2: run(hc_head_kernel<2>); break;
+    default: run(hc_head_kernel<kFinishMaxVec>); break;
   }
   launch_check("hc_head", s);
   stream_free(part, s);
@@ -415,7 +416,7 @@ void launch_hc_post(const HcPostParams& p, cudaStream_t s) {
   CHECK_EQ(act_row_width(p.o), hidden);
   CHECK_EQ(act_row_width(p.x_new), hc * hidden);
   if (n == 0) return;
-  hc_post_kernel<<<grid_x_for(n * hidden, 256, "hc_post"), 256, 0, s>>>(
+  launch(hc_post_kernel, grid_x_for(n * hidden, 256, "hc_post"), 256, 0, s)(
       make_act(p.o, "hc_post o"), make_act(p.x_old, "hc_post x_old"), post, post_stride, comb, comb_stride,
       make_act(p.x_new, "hc_post x_new"), n, hidden, p.out_bf16);
   launch_check("hc_post", s);

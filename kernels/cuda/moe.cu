@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -524,26 +525,26 @@ void launch_moe_gate(const MoeGateParams& p, cudaStream_t s, float* logits) {
   if (n == 0) return;
   float* scores = logits;
   if (logits) {  // gate . x already computed [n, experts]: activate in place
-    moe_gate_activate_kernel<<<grid_x_for(std::min<int64_t>(n * a.num_experts, int64_t(1) << 24), 256,
+    launch(moe_gate_activate_kernel, grid_x_for(std::min<int64_t>(n * a.num_experts, int64_t(1) << 24), 256,
                                            "moe_gate_activate"),
-                               256, 0, s>>>(logits, n * a.num_experts);
+                               256, 0, s)(logits, n * a.num_experts);
     launch_check("moe_gate_activate", s);
   } else {
     const bool vec = a.hidden % 4 == 0 && a.x.vec_ok() && a.gate.vec_ok();
     scores = static_cast<float*>(stream_alloc(size_t(n * a.num_experts) * 4, s));
     if (n <= kGateTok) {
-      moe_gate_scores_row_kernel<<<unsigned(a.num_experts), 256, 0, s>>>(a, n, vec, scores);
+      launch(moe_gate_scores_row_kernel, unsigned(a.num_experts), 256, 0, s)(a, n, vec, scores);
     } else {
       const dim3 grid(unsigned(ceil_div(a.num_experts, kGateWarps)), grid_yz(ceil_div(n, kGateTok)));
-      moe_gate_scores_kernel<<<grid, kGateWarps * 32, 0, s>>>(a, n, vec, scores);
+      launch(moe_gate_scores_kernel, grid, kGateWarps * 32, 0, s)(a, n, vec, scores);
     }
     launch_check("moe_gate_scores", s);
   }
   const unsigned select_grid = grid_x_for(n, kGateWarps, "moe_gate_select");
   if (a.num_experts <= 256)
-    moe_gate_select_kernel<8><<<select_grid, kGateWarps * 32, 0, s>>>(a, n, scores);
+    launch(moe_gate_select_kernel<8>, select_grid, kGateWarps * 32, 0, s)(a, n, scores);
   else
-    moe_gate_select_kernel<kMaxExperts / 32><<<select_grid, kGateWarps * 32, 0, s>>>(a, n, scores);
+    launch(moe_gate_select_kernel<kMaxExperts / 32>, select_grid, kGateWarps * 32, 0, s)(a, n, scores);
   launch_check("moe_gate_select", s);
   if (!logits) stream_free(scores, s);
 }
@@ -556,17 +557,17 @@ void launch_moe_route(const TensorView& idx, const TensorView& weight, int e_beg
   V4RT_REQUIRE(a.num_tokens * a.topk < (int64_t(1) << 31),
                "moe_route: " << a.num_tokens << " tokens x top-" << a.topk << " rows exceed the int32 row index");
   if (a.num_local > 0 && small_ok && a.num_tokens * a.topk <= kRouteSmallEntries) {
-    moe_route_small_kernel<<<1, kMaxExperts, 0, s>>>(a, r);
+    launch(moe_route_small_kernel, 1, kMaxExperts, 0, s)(a, r);
     launch_check("moe_route_small", s);
     return;
   }
-  CUDA_CHECK(cudaMemsetAsync(r.slot_row, 0xff, size_t(a.num_tokens * a.topk) * 4, s));
+  memset_async(r.slot_row, 0xff, size_t(a.num_tokens * a.topk) * 4, s);
   if (a.num_local <= 0) return;
-  moe_count_kernel<<<unsigned(a.num_local), 256, 0, s>>>(a, r.counts);
+  launch(moe_count_kernel, unsigned(a.num_local), 256, 0, s)(a, r.counts);
   launch_check("moe_count", s);
-  moe_offsets_kernel<<<1, kMaxExperts, 0, s>>>(r.counts, a.num_local, r.row_offsets, r.active);
+  launch(moe_offsets_kernel, 1, kMaxExperts, 0, s)(r.counts, a.num_local, r.row_offsets, r.active);
   launch_check("moe_offsets", s);
-  moe_fill_kernel<<<unsigned(a.num_local), 256, 0, s>>>(a, r);
+  launch(moe_fill_kernel, unsigned(a.num_local), 256, 0, s)(a, r);
   launch_check("moe_fill", s);
 }
 
@@ -575,7 +576,7 @@ void launch_moe_gather_quant(const Act& x, int64_t hidden, const MoeRouting& r, 
   CHECK_EQ(hidden % 128, 0) << "moe hidden " << hidden;
   const int64_t threads = max_rows * (hidden / 128) * 32;
   if (threads == 0) return;
-  moe_gather_quant_kernel<<<grid_x_for(threads, 256, "moe_gather_quant"), 256, 0, s>>>(x, hidden, r.row_token,
+  launch(moe_gather_quant_kernel, grid_x_for(threads, 256, "moe_gather_quant"), 256, 0, s)(x, hidden, r.row_token,
                                                                            r.row_offsets + num_local, max_rows, x8, scale);
   launch_check("moe_gather_quant", s);
 }
@@ -585,7 +586,7 @@ void launch_moe_gather(const Act& x, int64_t hidden, const MoeRouting& r, int nu
   CHECK((x_bf16 != nullptr) != (x_f32 != nullptr)) << "moe_gather: one destination";
   const int64_t n = max_rows * hidden;
   if (n == 0) return;
-  moe_gather_kernel<<<grid_x_for(n, 256, "moe_gather"), 256, 0, s>>>(x, hidden, r.row_token, r.row_offsets + num_local,
+  launch(moe_gather_kernel, grid_x_for(n, 256, "moe_gather"), 256, 0, s)(x, hidden, r.row_token, r.row_offsets + num_local,
                                                                max_rows, x_bf16, x_f32);
   launch_check("moe_gather", s);
 }
@@ -611,14 +612,14 @@ void launch_moe_swiglu(const MoeSwigluIo& io, int64_t inter, float limit, const 
   CHECK(a.h_f32 || a.h_bf16 || (a.h8 && a.scale)) << "moe_swiglu: no output";
   const int64_t threads = max_rows * (inter / 128) * 32;
   if (threads == 0) return;
-  moe_swiglu_kernel<<<grid_x_for(threads, 256, "moe_swiglu"), 256, 0, s>>>(a);
+  launch(moe_swiglu_kernel, grid_x_for(threads, 256, "moe_swiglu"), 256, 0, s)(a);
   launch_check("moe_swiglu", s);
 }
 
 void launch_moe_combine(const uint16_t* y, const float* y_f32, int64_t hidden, const TensorView& idx,
                         const MoeRouting& r, const Act& out, int64_t num_tokens, int topk, cudaStream_t s) {
   if (num_tokens * hidden == 0) return;
-  moe_combine_kernel<<<grid_x_for(num_tokens * hidden, 256, "moe_combine"), 256, 0, s>>>(
+  launch(moe_combine_kernel, grid_x_for(num_tokens * hidden, 256, "moe_combine"), 256, 0, s)(
       y, y_f32, hidden, static_cast<const int32_t*>(idx.data), idx.stride[0], r.slot_row, out, num_tokens, topk);
   launch_check("moe_combine", s);
 }

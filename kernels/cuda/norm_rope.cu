@@ -3,9 +3,11 @@
 // interleaved partial RoPE (§2.5, accurate sinf/cosf of fp32(pos) * inv_freq) and the Walsh-Hadamard
 // rotation of the indexer (§2.7, same butterfly order as the reference).
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -180,13 +182,14 @@ __global__ void hadamard_kernel(Act x, int64_t dim, bool out_round) {
 void launch_rope_runs(const RopeParams& p, int64_t heads, int64_t head_dim, int half, cudaStream_t s) {
   const Act x = make_act(p.x, "rope x");
   RopeRunArgs a;
+  if (LaunchLog::active_for(s)) std::memset(&a, 0, sizeof(a));  // logged parameters compare bytewise
   for (int i = 0; i < half; ++i) a.inv_freq[i] = p.inv_freq[i];
   a.num_runs = 0;
   int64_t rows = 0;  // of the group
   auto flush = [&] {
     if (a.num_runs > 0) {
       const int64_t n = rows * heads * half;
-      rope_runs_kernel<<<grid_x_for(n, 256, "rope"), 256, 0, s>>>(x, rows, heads, head_dim, half, p.inverse,
+      launch(rope_runs_kernel, grid_x_for(n, 256, "rope"), 256, 0, s)(x, rows, heads, head_dim, half, p.inverse,
                                                                   p.out_bf16, a);
       launch_check("rope (runs)", s);
     }
@@ -226,13 +229,13 @@ void launch_rms_norm(const RmsNormParams& p, cudaStream_t s) {
   const int threads = norm_threads(dim);
   const int64_t per_thread = ceil_div(ceil_div(dim, 4), threads);
   const unsigned grid = grid_x(rows, "rms_norm");
-  auto launch = [&](auto kernel) {
-    kernel<<<grid, threads, 0, s>>>(x, y, w, has_w, dim, p.eps, p.out_bf16, p.bf16_arith, vec);
+  auto run = [&](auto kernel) {
+    launch(kernel, grid, threads, 0, s)(x, y, w, has_w, dim, p.eps, p.out_bf16, p.bf16_arith, vec);
   };
-  if (per_thread <= 1) launch(rms_norm_kernel<1>);
-  else if (per_thread <= 2) launch(rms_norm_kernel<2>);
-  else if (per_thread <= 4) launch(rms_norm_kernel<4>);
-  else launch(rms_norm_kernel<kNormMaxVec>);
+  if (per_thread <= 1) run(rms_norm_kernel<1>);
+  else if (per_thread <= 2) run(rms_norm_kernel<2>);
+  else if (per_thread <= 4) run(rms_norm_kernel<4>);
+  else run(rms_norm_kernel<kNormMaxVec>);
   launch_check("rms_norm", s);
 }
 
@@ -253,7 +256,7 @@ void launch_rope(const RopeParams& p, cudaStream_t s) {
   for (int i = 0; i < half; ++i) args.inv_freq[i] = p.inv_freq[i];
   const int64_t n = rows * heads * half;
   if (n == 0) return;
-  rope_kernel<<<grid_x_for(n, 256, "rope"), 256, 0, s>>>(make_act(p.x, "rope x"), rows, heads, head_dim, half,
+  launch(rope_kernel, grid_x_for(n, 256, "rope"), 256, 0, s)(make_act(p.x, "rope x"), rows, heads, head_dim, half,
                                                          p.pos_begin, p.pos_step, p.positions, p.inverse, p.out_bf16,
                                                          args);
   launch_check("rope", s);
@@ -268,7 +271,7 @@ void launch_hadamard(const HadamardParams& p, cudaStream_t s) {
   const size_t smem = size_t(dim) * 4;
   if (smem > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(hadamard_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  hadamard_kernel<<<grid_x(rows, "hadamard"), 128, smem, s>>>(make_act(p.x, "hadamard x"), dim, p.out_bf16);
+  launch(hadamard_kernel, grid_x(rows, "hadamard"), 128, smem, s)(make_act(p.x, "hadamard x"), dim, p.out_bf16);
   launch_check("hadamard", s);
 }
 

@@ -32,6 +32,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/sample_common.cuh"
 
@@ -108,7 +109,7 @@ void launch_sample(const SampleParams& p, cudaStream_t s) {
   const bool bf16 = p.logits.dtype == DType::kBF16;
   const int64_t stride = p.logits.stride[0];
   if (launch_sample_split(p.logits.data, bf16, stride, rows, vocab, p.rows, max_n, out, s)) return;
-  sample_kernel<<<unsigned(rows), kThreads, 0, s>>>(p.logits.data, bf16, stride, vocab, p.rows, out);
+  launch(sample_kernel, unsigned(rows), kThreads, 0, s)(p.logits.data, bf16, stride, vocab, p.rows, out);
   launch_check("sample", s);
 }
 

@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/sample_common.cuh"
 
 namespace v4rt::kernels::cuda::sample_detail {
@@ -436,12 +437,12 @@ bool launch_sample_split(const void* logits, bool bf16, int64_t stride, int64_t 
   sc.ctrl = reinterpret_cast<SplitCtrl*>(work + o_ctrl);
   sc.cand_v = reinterpret_cast<float*>(work + o_cv);
   sc.cand_id = reinterpret_cast<int32_t*>(work + o_ci);
-  CUDA_CHECK(cudaMemsetAsync(work, 0, zeroed, s));
+  memset_async(work, 0, zeroed, s);
   const dim3 grid{unsigned(sc.slices), unsigned(rows)};
-  sample_stats_kernel<<<dim3(kWarps, unsigned(rows)), 32, 0, s>>>(logits, bf16, stride, vocab, sc);
-  sample_hist_kernel<<<grid, kSliceThreads, 0, s>>>(logits, bf16, stride, vocab, sample_rows, max_n, sc);
-  sample_collect_kernel<<<grid, kSliceThreads, 0, s>>>(logits, bf16, stride, vocab, sample_rows, max_n, sc);
-  sample_split_finish_kernel<<<unsigned(rows), kThreads, 0, s>>>(logits, bf16, stride, vocab, sample_rows, out, sc);
+  launch(sample_stats_kernel, dim3(kWarps, unsigned(rows)), 32, 0, s)(logits, bf16, stride, vocab, sc);
+  launch(sample_hist_kernel, grid, kSliceThreads, 0, s)(logits, bf16, stride, vocab, sample_rows, max_n, sc);
+  launch(sample_collect_kernel, grid, kSliceThreads, 0, s)(logits, bf16, stride, vocab, sample_rows, max_n, sc);
+  launch(sample_split_finish_kernel, unsigned(rows), kThreads, 0, s)(logits, bf16, stride, vocab, sample_rows, out, sc);
   launch_check("sample (split rows)", s);
   stream_free(work, s);
   return true;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // StepGraph (see step_graph.h): capture in relaxed mode (cudaMalloc of the capture cache is allowed
-// while recording), an LRU list of executables tried by node count, pinned staging in chunks.
+// while recording), an LRU list of executables tried by node count, pinned staging in chunks; in
+// replay mode an LRU list of executables with their logs, tried by the logs' shape.
 #include "kernels/cuda/step_graph.h"
 
 #include <glog/logging.h>
@@ -28,6 +29,7 @@ StepGraph::~StepGraph() {
   if (recording_) abort();
   (void)cudaEventSynchronize(launched_);
   for (Cached& c : execs_) (void)cudaGraphExecDestroy(c.exec);
+  for (Replay& r : replays_) destroy(r);
   for (Pinned& p : staging_) (void)cudaFreeHost(p.data);
   (void)cudaEventDestroy(launched_);
   (void)cudaEventDestroy(run_begin_);
@@ -60,8 +62,10 @@ void StepGraph::begin() {
     staging_.push_back({nullptr, kFirstStagingBytes});
     CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&staging_.back().data), kFirstStagingBytes, cudaHostAllocDefault));
   }
+  // Replay: the capture only guards the log (an op that bypasses it lands here, not on the GPU).
   CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
   set_recording_stream(stream_);
+  if (replay_) log_.activate(stream_);
   recording_ = true;
 }
 
@@ -128,10 +132,148 @@ cudaGraphExec_t StepGraph::executable(cudaGraph_t graph) {
   return c.exec;
 }
 
+void StepGraph::destroy(Replay& r) {
+  if (r.exec) (void)cudaGraphExecDestroy(r.exec);  // one still running is freed when it completes
+  if (r.graph) (void)cudaGraphDestroy(r.graph);
+  r.exec = nullptr;
+  r.graph = nullptr;
+}
+
+void StepGraph::close_guard() {
+  log_.deactivate();
+  cudaGraph_t guard = nullptr;
+  const cudaError_t st = cudaStreamEndCapture(stream_, &guard);
+  size_t n = 0;
+  cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+  if (st == cudaSuccess) {
+    CUDA_CHECK(cudaGraphGetNodes(guard, nullptr, &n));
+    if (n) {
+      std::vector<cudaGraphNode_t> nodes(n);
+      CUDA_CHECK(cudaGraphGetNodes(guard, nodes.data(), &n));
+      CUDA_CHECK(cudaGraphNodeGetType(nodes[0], &type));
+    }
+    CUDA_CHECK(cudaGraphDestroy(guard));
+  } else {
+    (void)cudaGetLastError();
+  }
+  if (st != cudaSuccess || n) {  // nothing of the step will run
+    log_.clear();
+    release_deferred_frees();
+    retired_.clear();
+  }
+  V4RT_REQUIRE(st == cudaSuccess, "step graph: logging the decode step failed (" << cudaGetErrorString(st)
+                                      << "); `--no-graphs` runs the step without a graph" << device_context());
+  V4RT_REQUIRE(n == 0, "step graph: " << n << " op(s) of the decode step bypassed the launch log (the first a graph "
+                                      << "node of type " << int(type) << ": 0 kernel, 1 copy, 2 memset); every "
+                                      << "op on the backend stream must go through launch() / copy_async / "
+                                      << "memset_async / run_async (kernels/cuda/launch_log.h); "
+                                      << "`debug.cuda_graph_replay: false` captures the step instead");
+}
+
+bool StepGraph::update(Replay& r) {
+  int64_t set = 0;
+  for (size_t i = 0; i < log_.size(); ++i) {
+    const LaunchRecord& rec = log_[i];
+    if (rec.kind == LaunchRecord::Kind::kOpaque || log_.same_record(i, r.log)) continue;
+    cudaError_t st = cudaSuccess;
+    if (rec.kind == LaunchRecord::Kind::kKernel) {
+      cudaKernelNodeParams kp{};
+      kp.func = const_cast<void*>(rec.func);
+      kp.gridDim = rec.grid;
+      kp.blockDim = rec.block;
+      kp.sharedMemBytes = rec.smem;
+      kp.kernelParams = log_.args(rec);
+      st = cudaGraphExecKernelNodeSetParams(r.exec, r.nodes[i], &kp);
+    } else if (rec.kind == LaunchRecord::Kind::kCopy) {
+      st = cudaGraphExecMemcpyNodeSetParams1D(r.exec, r.nodes[i], rec.dst, rec.src, rec.count, rec.copy_kind);
+    } else {  // the captured node's element size, width and value (the runtime's choice), a new address
+      cudaMemsetParams mp{};
+      st = cudaGraphMemsetNodeGetParams(r.nodes[i], &mp);
+      mp.dst = rec.dst;
+      if (st == cudaSuccess) st = cudaGraphExecMemsetNodeSetParams(r.exec, r.nodes[i], &mp);
+    }
+    if (st != cudaSuccess) {
+      (void)cudaGetLastError();  // a refused update is an answer: the step is captured instead
+      LOG(WARNING) << "step graph: the cached executable refused an update of record " << i << " ("
+                   << cudaGetErrorString(st) << "); capturing the step";
+      return false;
+    }
+    ++set;
+  }
+  stats_.nodes_set += set;
+  return true;
+}
+
+cudaGraphExec_t StepGraph::replay_or_capture() {
+  for (auto it = replays_.begin(); it != replays_.end(); ++it) {
+    if (!log_.same_shape(it->log)) continue;
+    if (!update(*it)) {
+      destroy(*it);
+      replays_.erase(it);
+      break;
+    }
+    it->log.swap(log_);  // the executable now holds this step
+    replays_.splice(replays_.begin(), replays_, it);
+    stats_.replayed++;
+    stats_.last_nodes = it->graph_nodes;
+    return replays_.front().exec;
+  }
+  Replay r;
+  r.nodes.assign(log_.size(), nullptr);
+  CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  try {
+    log_.issue(stream_, [&r](size_t i, cudaGraphNode_t node) { r.nodes[i] = node; });
+  } catch (...) {
+    cudaGraph_t g = nullptr;
+    (void)cudaStreamEndCapture(stream_, &g);
+    if (g) (void)cudaGraphDestroy(g);
+    (void)cudaGetLastError();
+    throw;
+  }
+  const cudaError_t st = cudaStreamEndCapture(stream_, &r.graph);
+  V4RT_REQUIRE(st == cudaSuccess, "step graph: capturing the logged decode step failed (" << cudaGetErrorString(st)
+                                      << "); `--no-graphs` runs the step without a graph" << device_context());
+  size_t nodes = 0;
+  CUDA_CHECK(cudaGraphGetNodes(r.graph, nullptr, &nodes));
+  r.graph_nodes = int64_t(nodes);
+  stats_.last_nodes = r.graph_nodes;
+  CUDA_CHECK(cudaGraphInstantiate(&r.exec, r.graph, 0));
+  r.log.swap(log_);
+  replays_.push_front(std::move(r));
+  if (replays_.size() > kMaxExecs) {
+    destroy(replays_.back());
+    replays_.pop_back();
+  }
+  stats_.instantiated++;
+  return replays_.front().exec;
+}
+
+void StepGraph::launch_graph(cudaGraphExec_t exec) {
+  CUDA_CHECK(cudaEventRecord(run_begin_, stream_));
+  CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+  CUDA_CHECK(cudaEventRecord(run_end_, stream_));
+  CUDA_CHECK(cudaEventRecord(launched_, stream_));
+  launch_pending_ = true;
+  stats_.recorded++;
+  release_deferred_frees();
+}
+
 void StepGraph::end() {
   if (!recording_) return;
   recording_ = false;
   set_recording_stream(nullptr);
+  if (replay_) {
+    close_guard();
+    try {
+      launch_graph(replay_or_capture());
+    } catch (...) {  // nothing of the step will run
+      log_.clear();
+      release_deferred_frees();
+      retired_.clear();
+      throw;
+    }
+    return;
+  }
   cudaGraph_t graph = nullptr;
   const cudaError_t st = cudaStreamEndCapture(stream_, &graph);
   if (st != cudaSuccess) {  // nothing recorded will run
@@ -146,19 +288,15 @@ void StepGraph::end() {
                    << device_context());
   const cudaGraphExec_t exec = executable(graph);
   CUDA_CHECK(cudaGraphDestroy(graph));
-  CUDA_CHECK(cudaEventRecord(run_begin_, stream_));
-  CUDA_CHECK(cudaGraphLaunch(exec, stream_));
-  CUDA_CHECK(cudaEventRecord(run_end_, stream_));
-  CUDA_CHECK(cudaEventRecord(launched_, stream_));
-  launch_pending_ = true;
-  stats_.recorded++;
-  release_deferred_frees();
+  launch_graph(exec);
 }
 
 void StepGraph::abort() {
   if (!recording_) return;
   recording_ = false;
   set_recording_stream(nullptr);
+  log_.deactivate();
+  log_.clear();
   cudaGraph_t graph = nullptr;
   (void)cudaStreamEndCapture(stream_, &graph);
   if (graph) (void)cudaGraphDestroy(graph);

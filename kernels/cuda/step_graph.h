@@ -12,6 +12,16 @@
 // Off by default (CudaBackendOptions::graphs): measured on an H100, the capture and the update of
 // every step cost more host time than the launches they replace (docs/CUDA.md).
 //
+// Replay (CudaBackendOptions::graph_replay): instead of being captured, the step is written down
+// by a LaunchLog (launch_log.h) as the backend issues it. A cached executable whose launches have
+// the same shape takes the step: only the kernel nodes whose parameters or grids changed, and the
+// copies and memsets whose addresses changed, are set in it (cudaGraphExec*NodeSetParams), and it
+// is launched. Any other step is captured by issuing its log, and its executable joins the cache.
+// So a steady decode step costs the host its own bookkeeping and a few node updates, no capture.
+// A stream capture stays open while a step is logged, so an op that does not go through the log
+// lands in that capture instead of running early; end() then refuses the step, naming the op's
+// kind.
+//
 // While recording, nothing may wait for the device: uploads are staged in pinned host memory
 // that the graph reads when it runs (stage()), scratch memory comes from the capture cache
 // (capture_memory.h), and a buffer replaced mid-step stays alive until the graph has run
@@ -28,12 +38,16 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/launch_log.h"
 
 namespace v4rt::kernels::cuda {
 
 class StepGraph {
  public:
   explicit StepGraph(cudaStream_t stream);
+  // Logs steps and replays cached executables (above) instead of capturing every step; set before
+  // the first step.
+  void set_replay(bool on) { replay_ = on; }
   ~StepGraph();
   StepGraph(const StepGraph&) = delete;
   StepGraph& operator=(const StepGraph&) = delete;
@@ -64,13 +78,32 @@ class StepGraph {
     char* data = nullptr;
     size_t bytes = 0;
   };
+  // A replayable executable: the graph it was instantiated from (its nodes are the handles that
+  // updates name), the node of each kernel, copy and memset record (nullptr for opaque records),
+  // and the log of the step it last ran.
+  struct Replay {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    std::vector<cudaGraphNode_t> nodes;
+    int64_t graph_nodes = 0;
+    LaunchLog log;
+  };
   cudaGraphExec_t executable(cudaGraph_t graph);
   void wait_for_last_launch();
+  void launch_graph(cudaGraphExec_t exec);
+  // The end of a logged step: the executable that runs it (replayed or captured from log_).
+  cudaGraphExec_t replay_or_capture();
+  bool update(Replay& r);  // sets the nodes that differ; false when the executable refused one
+  void close_guard();      // ends the guard capture; refuses a step that put ops in it
+  static void destroy(Replay& r);
 
   cudaStream_t stream_;
   bool recording_ = false;
   bool warmed_up_ = false;
+  bool replay_ = false;
   std::list<Cached> execs_;        // most recently used first
+  std::list<Replay> replays_;      // most recently used first
+  LaunchLog log_;                  // the step being logged (replay_)
   std::vector<Pinned> staging_;    // pinned chunks; the step's uploads fill them in order
   size_t chunk_ = 0, offset_ = 0;  // next free byte: staging_[chunk_].data + offset_
   std::vector<DeviceBuffer> retired_;

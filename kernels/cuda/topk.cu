@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_geometry.h"
 #include "kernels/cuda/ops.h"
 
@@ -473,12 +474,12 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
     cand = reinterpret_cast<unsigned long long*>(static_cast<char*>(work) + hist_bytes);
     cand_count = reinterpret_cast<uint32_t*>(static_cast<char*>(work) + hist_bytes + cand_bytes);
     uint32_t* thr_bin = cand_count + rows;
-    CUDA_CHECK(cudaMemsetAsync(hist, 0, hist_bytes, s));
-    CUDA_CHECK(cudaMemsetAsync(cand_count, 0, size_t(rows) * 4, s));
+    memset_async(hist, 0, hist_bytes, s);
+    memset_async(cand_count, 0, size_t(rows) * 4, s);
     const dim3 grid{unsigned(ceil_div(cols, kChunkElems)), unsigned(rows)};
-    topk_hist_kernel<<<grid, kChunkBlock, 0, s>>>(scores, stride, cols, hist);
-    topk_threshold_kernel<<<unsigned(rows), 1024, 0, s>>>(hist, p.k, thr_bin);
-    topk_collect_kernel<<<grid, kChunkBlock, 0, s>>>(scores, stride, cols, thr_bin, cand, cand_count);
+    launch(topk_hist_kernel, grid, kChunkBlock, 0, s)(scores, stride, cols, hist);
+    launch(topk_threshold_kernel, unsigned(rows), 1024, 0, s)(hist, p.k, thr_bin);
+    launch(topk_collect_kernel, grid, kChunkBlock, 0, s)(scores, stride, cols, thr_bin, cand, cand_count);
     launch_check("topk narrow", s);
   }
   // Many long rows (prefill), 16-byte aligned: the row-per-block radix select with shared histograms.
@@ -488,13 +489,13 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
       CUDA_CHECK(cudaFuncSetAttribute(topk_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRowTopkSmem)));
       rows_attr_set = true;
     }
-    topk_rows_kernel<<<grid_x(rows, "topk"), kRowTopkThreads, kRowTopkSmem, s>>>(
+    launch(topk_rows_kernel, grid_x(rows, "topk"), kRowTopkThreads, kRowTopkSmem, s)(
         scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data), p.out_idx.stride[0], vals, val_stride,
         p.index_offset);
     launch_check("topk rows", s);
     return;
   }
-  topk_kernel<<<grid_x(rows, "topk"), kTopkThreads, 0, s>>>(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
+  launch(topk_kernel, grid_x(rows, "topk"), kTopkThreads, 0, s)(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
                                                       p.out_idx.stride[0], vals, val_stride, p.index_offset, cand,
                                                       cand_count);
   launch_check("topk", s);

@@ -436,8 +436,11 @@ void run_step(const StepArgs& a) {
     const int64_t recorded = g.recorded - graphs_before.recorded;
     double graph_gpu_ms = 0;  // mean GPU time of the timed step graphs (0: none)
     if (be->graphs()) {
-      std::printf("  graphs: %lld steps recorded (%lld updated in place, %lld instantiated), %lld eager\n",
+      std::printf("  graphs: %lld steps recorded (%lld updated in place, %lld replayed with %lld nodes set, %lld "
+                  "instantiated), %lld eager\n",
                   static_cast<long long>(recorded), static_cast<long long>(g.updated - graphs_before.updated),
+                  static_cast<long long>(g.replayed - graphs_before.replayed),
+                  static_cast<long long>(g.nodes_set - graphs_before.nodes_set),
                   static_cast<long long>(g.instantiated - graphs_before.instantiated),
                   static_cast<long long>(g.eager - graphs_before.eager));
       const int64_t timed = g.timed - graphs_before.timed;

@@ -306,7 +306,7 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
         // fp4_gemv_shape picks).
         const Fp4GemvShape shapes[] = {{8, 4}, {8, 2}, {8, 1}, {16, 4}, {16, 2}, {16, 1}};
         if (mode == 1) {
-          const Fp4GemvShape picked = fp4_gemv_shape(rows, num_experts);
+          const Fp4GemvShape picked = fp4_gemv_shape(rows, num_experts, sh.k);
           std::printf("  %s: fp4_gemv_shape picks %d rows a pass, k split %d\n", shape.c_str(), picked.rows,
                       picked.k_split);
           for (const Fp4GemvShape& g : shapes) {

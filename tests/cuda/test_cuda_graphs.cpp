@@ -9,12 +9,17 @@
 //  - the same prompt in chunks of 64: its last chunk (8 tokens) is recorded too;
 //  - the graph cache: after the warm-up step every step is recorded, and most of them update a
 //    cached executable in place rather than instantiating a new one.
+// Each case runs twice: every step captured (its executable updated), and every step logged and
+// replayed by a cached executable with the changed nodes set (debug.cuda_graph_replay), which must
+// capture only the first step of each shape.
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -34,9 +39,10 @@ struct Loaded {
   std::unique_ptr<Model> model;
 };
 
-Loaded load(const Checkpoint& ckpt, bool graphs, Numerics numerics) {
+Loaded load(const Checkpoint& ckpt, bool graphs, Numerics numerics, bool replay = false) {
   kernels::cuda::CudaBackendOptions o;
   o.graphs = graphs;
+  o.graph_replay = replay;
   Loaded l;
   l.backend = kernels::cuda::make_cuda_backend(0, o);
   ModelOptions mo;
@@ -103,7 +109,8 @@ Draws run_batch(Model& m, int steps) {
   return d;
 }
 
-class CudaGraphs : public ::testing::TestWithParam<Numerics> {
+// (numerics, replay)
+class CudaGraphs : public ::testing::TestWithParam<std::tuple<Numerics, bool>> {
  protected:
   static void SetUpTestSuite() {
     if (gpu_present()) ckpt_ = Checkpoint::open(golden_util::case_dir() + "/model").release();
@@ -112,40 +119,45 @@ class CudaGraphs : public ::testing::TestWithParam<Numerics> {
   void SetUp() override {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA device on this machine";
   }
+  static Numerics numerics() { return std::get<0>(GetParam()); }
+  static bool replay() { return std::get<1>(GetParam()); }
+  // Steps that reused a cached executable: updated in place, or replayed.
+  static int64_t reused(const kernels::GraphStats& st) { return replay() ? st.replayed : st.updated; }
   static Checkpoint* ckpt_;
 };
 Checkpoint* CudaGraphs::ckpt_ = nullptr;
 
 TEST_P(CudaGraphs, RecordedDecodeStepsEqualEagerSteps) {
-  const Numerics numerics = GetParam();
+  const Numerics numerics = CudaGraphs::numerics();
   Loaded eager_a = load(*ckpt_, false, numerics), eager_b = load(*ckpt_, false, numerics);
-  Loaded graphs = load(*ckpt_, true, numerics);
+  Loaded graphs = load(*ckpt_, true, numerics, replay());
   const auto a = golden_util::run(*eager_a.model, 544, 520, {});
   const auto b = golden_util::run(*eager_b.model, 544, 520, {});
   const auto g = golden_util::run(*graphs.model, 544, 520, {});
   const size_t from = size_t(520 * graphs.model->config().vocab_size);  // the decode rows
   const double eager_spread = max_abs_diff(a, b, from), graph_diff = max_abs_diff(a, g, from);
   const kernels::GraphStats st = graphs.backend->graph_stats();
-  std::printf("  [graphs] %s: decode logits max |eager - eager| %.3e, |eager - graphs| %.3e; %lld recorded "
-              "(%lld updated, %lld instantiated, last %lld nodes), %lld eager\n",
-              numerics == Numerics::kOfficial ? "official" : "reference", eager_spread, graph_diff,
-              static_cast<long long>(st.recorded), static_cast<long long>(st.updated),
+  std::printf("  [graphs] %s%s: decode logits max |eager - eager| %.3e, |eager - graphs| %.3e; %lld recorded "
+              "(%lld reused, %lld instantiated, last %lld nodes, %lld nodes set), %lld eager\n",
+              numerics == Numerics::kOfficial ? "official" : "reference", replay() ? ", replay" : "", eager_spread,
+              graph_diff, static_cast<long long>(st.recorded), static_cast<long long>(reused(st)),
               static_cast<long long>(st.instantiated), static_cast<long long>(st.last_nodes),
-              static_cast<long long>(st.eager));
+              static_cast<long long>(st.nodes_set), static_cast<long long>(st.eager));
   EXPECT_LE(graph_diff, eager_spread);
   EXPECT_EQ(eager_a.backend->graph_stats().recorded, 0);
   EXPECT_EQ(st.eager, 1);         // the warm-up step
   EXPECT_EQ(st.recorded, 23);     // the 24 decode steps but the first; the prefill is not recorded
-  EXPECT_EQ(st.updated + st.instantiated, st.recorded);
-  EXPECT_GT(st.updated, st.instantiated);
+  EXPECT_EQ(reused(st) + st.instantiated, st.recorded);
+  EXPECT_GT(reused(st), st.instantiated);
+  EXPECT_EQ(replay() ? st.updated : st.replayed, 0);
 }
 
 // A prompt in chunks of 64 ends with a chunk of 8 tokens (520 = 8 x 64 + 8), short enough to be
 // recorded: every logit of that chunk and of the decode steps after it equals the eager run's.
 TEST_P(CudaGraphs, RecordedShortPrefillChunkEqualsEager) {
-  const Numerics numerics = GetParam();
+  const Numerics numerics = CudaGraphs::numerics();
   Loaded eager_a = load(*ckpt_, false, numerics), eager_b = load(*ckpt_, false, numerics);
-  Loaded graphs = load(*ckpt_, true, numerics);
+  Loaded graphs = load(*ckpt_, true, numerics, replay());
   const auto a = golden_util::run(*eager_a.model, 544, 520, {64});
   const auto b = golden_util::run(*eager_b.model, 544, 520, {64});
   const auto g = golden_util::run(*graphs.model, 544, 520, {64});
@@ -165,27 +177,32 @@ TEST_P(CudaGraphs, RecordedShortPrefillChunkEqualsEager) {
 }
 
 TEST_P(CudaGraphs, RecordedBatchDrawsEqualEagerDraws) {
-  const Numerics numerics = GetParam();
-  Loaded eager = load(*ckpt_, false, numerics), graphs = load(*ckpt_, true, numerics);
+  const Numerics numerics = CudaGraphs::numerics();
+  Loaded eager = load(*ckpt_, false, numerics), graphs = load(*ckpt_, true, numerics, replay());
   const Draws e = run_batch(*eager.model, 40), g = run_batch(*graphs.model, 40);
   EXPECT_EQ(e.ids, g.ids);
   ASSERT_EQ(e.logprobs.size(), g.logprobs.size());
   double worst = 0;
   for (size_t i = 0; i < e.logprobs.size(); ++i) worst = std::max(worst, double(std::abs(e.logprobs[i] - g.logprobs[i])));
   const kernels::GraphStats st = graphs.backend->graph_stats();
-  std::printf("  [graphs] batch of 5, 40 steps: max |logprob diff| %.3e; %lld recorded (%lld updated, %lld "
+  std::printf("  [graphs] batch of 5, 40 steps%s: max |logprob diff| %.3e; %lld recorded (%lld reused, %lld "
               "instantiated)\n",
-              worst, static_cast<long long>(st.recorded), static_cast<long long>(st.updated),
+              replay() ? ", replay" : "", worst, static_cast<long long>(st.recorded), static_cast<long long>(reused(st)),
               static_cast<long long>(st.instantiated));
   EXPECT_EQ(worst, 0.0);
   // The 3-token prompt is the warm-up step (decode-shaped, eager); every decode step is recorded.
   EXPECT_EQ(st.eager, 1);
   EXPECT_EQ(st.recorded, 40);
-  EXPECT_GT(st.updated, st.instantiated);
+  EXPECT_GT(reused(st), st.instantiated);
 }
 
-INSTANTIATE_TEST_SUITE_P(Numerics, CudaGraphs, ::testing::Values(Numerics::kReference, Numerics::kOfficial),
-                         [](const auto& info) { return info.param == Numerics::kOfficial ? "Official" : "Reference"; });
+INSTANTIATE_TEST_SUITE_P(Numerics, CudaGraphs,
+                         ::testing::Combine(::testing::Values(Numerics::kReference, Numerics::kOfficial),
+                                            ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) == Numerics::kOfficial ? "Official" : "Reference") +
+                                  (std::get<1>(info.param) ? "Replay" : "Capture");
+                         });
 
 }  // namespace
 }  // namespace v4rt::model

@@ -519,17 +519,23 @@ TEST(CudaW4a8Gemv, DispatchByMeanRows) {
   EXPECT_TRUE(cuda::fp4_tc_use_gemv(1536, 256, 2048, 4096, 8));
   EXPECT_FALSE(cuda::fp4_tc_use_gemv(1536, 256, 4096, 2048, 8));
   EXPECT_FALSE(cuda::fp4_tc_use_gemv(6 * 256 + 1, 256, 2048, 4096, 8));
-  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 8).rows, 8);
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 4096, 8).rows, 8);
   // By default: both shapes at batch 256 (a mean of 6) in 16-row passes; 8-row passes up to 4.
   EXPECT_TRUE(cuda::fp4_tc_use_gemv(1536, 256, 4096, 2048));
   EXPECT_TRUE(cuda::fp4_tc_use_gemv(1536, 256, 2048, 4096));
   EXPECT_TRUE(cuda::fp4_tc_use_gemv(8 * 256, 256));
   EXPECT_FALSE(cuda::fp4_tc_use_gemv(8 * 256 + 1, 256));
   EXPECT_FALSE(cuda::fp4_tc_use_gemv(49152, 256));
-  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256).rows, 16);
-  EXPECT_EQ(cuda::fp4_gemv_shape(4 * 256, 256).rows, 8);
-  EXPECT_EQ(cuda::fp4_gemv_shape(4 * 256 + 1, 256).rows, 16);
-  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256).k_split, 4);
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 4096).rows, 16);
+  EXPECT_EQ(cuda::fp4_gemv_shape(4 * 256, 256, 4096).rows, 8);
+  EXPECT_EQ(cuda::fp4_gemv_shape(4 * 256 + 1, 256, 4096).rows, 16);
+  // The k split: each warp at least kFp4GemvMinSteps steps of 128 inputs.
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 4096).k_split, 4);   // Flash gate/up
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 2048).k_split, 2);   // Flash down
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 3072).k_split, 2);   // Pro down
+  EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 7168).k_split, 4);   // Pro gate/up
+  EXPECT_EQ(cuda::fp4_gemv_shape(6, 256, 512).k_split, 1);
+  EXPECT_EQ(cuda::fp4_gemv_shape(6, 256, 2048, 8, 4).k_split, 4);  // asked for
 }
 
 // One row in a few of 256 groups, the rest empty (the batch-1 decode step), some of the rows in
@@ -730,7 +736,7 @@ TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
           EXPECT_TRUE(h[m] == split_ref[split][m]) << "projection " << m << " differs from the other shape of its k split";
         }
       }
-      if (split == 0 && g.rows == 8 && cuda::fp4_gemv_shape(total + 3, c.groups).k_split == 4) {
+      if (split == 0 && g.rows == 8 && cuda::fp4_gemv_shape(total + 3, c.groups, c.k).k_split == 4) {
         EXPECT_TRUE(h[0] == single0.host()) << "the default shape differs from its k split's";
       }
       if (split > 0) {  // against k split 4, over the rows written

@@ -254,6 +254,19 @@ TEST(RuntimeConfig, Fp4GemvRowsKey) {
                       {"r.yaml", "cuda_fp4_gemv_k_split", "4, 2 or 1", "3"});
 }
 
+// debug.cuda_graph_replay (false by default): carried to the backend options and the resolved YAML.
+TEST(RuntimeConfig, GraphReplayKey) {
+  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
+  EXPECT_FALSE(d.debug.cuda_graph_replay);
+  EXPECT_FALSE(backend_options(d, 0).cuda_graph_replay);
+  const RuntimeConfig on = parse_runtime_config("cuda_graphs: true\ndebug: {cuda_graph_replay: true}\n", "r.yaml");
+  EXPECT_TRUE(backend_options(on, 0).cuda_graph_replay);
+  EXPECT_TRUE(backend_options(on, 0).cuda_graphs);
+  EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(on), "emitted").debug.cuda_graph_replay);
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_graph_replay: 2}\n", "r.yaml"); },
+                      {"r.yaml", "cuda_graph_replay"});
+}
+
 // Sizes whose product would overflow the rank count are refused before anything multiplies them.
 TEST(RuntimeConfig, ImplausibleWorldRejected) {
   expect_error_naming([] { parse_runtime_config("parallel: {tp: 65536, sp: 65536}\n", "big.yaml"); },
