@@ -103,11 +103,15 @@ Queries query_path(const BlockContext& ctx, const LayerWeights& w, const RowPosi
 // Window update (§5.2, §5.3): the KV latents of all rows (wkv, norm, RoPE at each sequence's
 // positions, FP8 qdq of the nope part in the official mode); per sequence, its attention window
 // rows (the state's tail, then the new rows) and the new tail (the last sliding_window - 1 rows).
-// A single sequence projects straight into its window rows. The copies run as two batches over
-// every sequence: the window rows, then the new tails read from them.
+// Chunks of up to kWindowInPlaceRows rows (decode steps) append to the tail's table and read the
+// window straight from it; dropping the rows past the window then copies nothing (RowTable's head
+// offset), so a decode step moves only its new rows. Longer chunks (prefill) build the window rows
+// in scratch (the table would otherwise keep a chunk's worth of rows) and copy the new tail back.
+// A single sequence projects straight into its window rows.
 struct Windows {
-  std::vector<Scratch> rows;  // [i]: [tail[i] + segs[i].rows, head_dim], oldest first
-  std::vector<int64_t> tail;  // [i]: rows the window held before this call
+  std::vector<Scratch> rows;      // [i]: the window rows when built in scratch
+  std::vector<TensorView> view;   // [i]: [tail[i] + segs[i].rows, head_dim], oldest first
+  std::vector<int64_t> tail;      // [i]: rows the window held before this call
 };
 Windows window_update(const BlockContext& ctx, const LayerWeights& w, std::span<const AttentionSegment> segs,
                       const RowPositions& positions, const TensorView& a) {
@@ -117,13 +121,33 @@ Windows window_update(const BlockContext& ctx, const LayerWeights& w, std::span<
   const bool single = segs.size() == 1;
   Windows win;
   win.rows.resize(segs.size());
+  win.view.resize(segs.size());
   win.tail.resize(segs.size());
-  for (size_t i = 0; i < segs.size(); ++i) win.tail[i] = segs[i].state->window_tail.rows();
+  std::vector<bool> in_place(segs.size());
+  for (size_t i = 0; i < segs.size(); ++i) {
+    win.tail[i] = segs[i].state->window_tail.rows();
+    in_place[i] = segs[i].rows <= kWindowInPlaceRows;
+  }
+  // The window rows' room: in the tail's table (whose rows may move to the front or to a larger
+  // buffer now, one batch of copies for every sequence, before any row of this call is written) or
+  // in scratch.
+  std::vector<RowReserve> room;
+  for (size_t i = 0; i < segs.size(); ++i)
+    if (in_place[i]) room.push_back({&segs[i].state->window_tail, segs[i].rows, window_table_rows(cfg)});
+  RowTable::reserve_batch(room);
+  for (size_t i = 0; i < segs.size(); ++i) {
+    const int64_t tail = win.tail[i], rows = segs[i].rows;
+    if (in_place[i]) {
+      win.view[i] = segs[i].state->window_tail.rows_view(0, tail + rows);
+    } else {
+      win.rows[i] = make_scratch(be, {tail + rows, hd});
+      win.view[i] = win.rows[i].view;
+    }
+  }
   Scratch kv_scratch;
   TensorView kv_all;
   if (single) {
-    win.rows[0] = make_scratch(be, {win.tail[0] + n, hd});
-    kv_all = view_rows(win.rows[0].view, win.tail[0], win.tail[0] + n);
+    kv_all = view_rows(win.view[0], win.tail[0], win.tail[0] + n);
   } else {
     kv_scratch = make_scratch(be, {n, hd});
     kv_all = kv_scratch.view;
@@ -133,24 +157,36 @@ Windows window_update(const BlockContext& ctx, const LayerWeights& w, std::span<
   rope(ctx, kv_all, w.inv_freq, positions, false);
   if (ctx.official) qdq(ctx, view_cols(kv_all, 0, cfg.nope_dim()), kernels::QdqFormat::kFp8E4M3, 64);
 
-  std::vector<kernels::RowCopy> copies;  // window rows: the old tail, then the new rows
+  std::vector<kernels::RowCopy> copies;  // window rows: the old tail (scratch windows), then the new rows
   for (size_t i = 0; i < segs.size(); ++i) {
     const AttentionSegment& s = segs[i];
     const int64_t tail = win.tail[i], rows = s.rows;
-    if (!single) win.rows[i] = make_scratch(be, {tail + rows, hd});
-    const TensorView& rows_view = win.rows[i].view;
-    if (tail > 0) copies.push_back({view_rows(rows_view, 0, tail), s.state->window_tail.view()});
+    if (!in_place[i] && tail > 0) copies.push_back({view_rows(win.view[i], 0, tail), s.state->window_tail.view()});
     if (!single)
-      copies.push_back({view_rows(rows_view, tail, tail + rows), view_rows(kv_all, s.row_begin, s.row_begin + rows)});
+      copies.push_back({view_rows(win.view[i], tail, tail + rows), view_rows(kv_all, s.row_begin, s.row_begin + rows)});
   }
   copy_rows_batch(ctx, copies);
-  copies.clear();  // new tails: the last rows of each window, which the batch above wrote
+  copies.clear();  // new tails: the last rows of each window (scratch windows: into emptied tables
+  room.clear();    // of the decode steps' room)
   for (size_t i = 0; i < segs.size(); ++i) {
     RowTable& window_tail = segs[i].state->window_tail;
     const int64_t end = win.tail[i] + segs[i].rows;
     const int64_t keep = std::min<int64_t>(end, cfg.sliding_window - 1);
+    if (in_place[i]) {  // the rows stay where the window view reads them
+      window_tail.commit(segs[i].rows);
+      window_tail.skip_front(end - keep);
+      continue;
+    }
     window_tail.clear();
-    copies.push_back({window_tail.reserve(keep), view_rows(win.rows[i].view, end - keep, end)});
+    room.push_back({&window_tail, keep, window_table_rows(cfg)});
+  }
+  RowTable::reserve_batch(room);
+  for (size_t i = 0; i < segs.size(); ++i) {
+    if (in_place[i]) continue;
+    RowTable& window_tail = segs[i].state->window_tail;
+    const int64_t end = win.tail[i] + segs[i].rows;
+    const int64_t keep = std::min<int64_t>(end, cfg.sliding_window - 1);
+    copies.push_back({window_tail.reserve(keep), view_rows(win.view[i], end - keep, end)});
     window_tail.commit(keep);
   }
   copy_rows_batch(ctx, copies);
@@ -383,7 +419,7 @@ void attend_local(const BlockContext& ctx, const LayerWeights& w, std::span<cons
   for (size_t i : local) {
     const AttentionSegment& s = segs[i];
     const TensorView s_sel = sel_row[i] < 0 ? TensorView() : view_rows(sel.view, sel_row[i], sel_row[i] + s.rows);
-    parts.push_back(attention_params(ctx, w, s, view_rows(q, s.row_begin, s.row_begin + s.rows), windows.rows[i].view,
+    parts.push_back(attention_params(ctx, w, s, view_rows(q, s.row_begin, s.row_begin + s.rows), windows.view[i],
                                      windows.tail[i], s_sel, view_rows(o, s.row_begin, s.row_begin + s.rows)));
   }
   if (parts.size() == 1) be.sparse_attention(parts[0]);
@@ -492,7 +528,7 @@ void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, s
       sel = indexer_select(ctx, w, s, iq);
     }
     const OpScope scope("attend");
-    attend(ctx, w, s, view_rows(q.q.view, s.row_begin, s.row_begin + s.rows), windows.rows[i].view, windows.tail[i], sel,
+    attend(ctx, w, s, view_rows(q.q.view, s.row_begin, s.row_begin + s.rows), windows.view[i], windows.tail[i], sel,
            view_rows(o.view, s.row_begin, s.row_begin + s.rows));
   }
   if (!local.empty()) attend_local(ctx, w, segs, local, q.q.view, iq, windows, o.view);

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// RowTable: growth, dropping rows at the front (one batch of copies for many tables), clones.
+// RowTable: growth, the head offset (dropping front rows without copies), clones.
 #include "model/row_table.h"
 
 #include <algorithm>
@@ -12,16 +12,86 @@ namespace v4rt::model {
 TensorView RowTable::view() const { return rows_view(0, rows_); }
 
 TensorView RowTable::rows_view(int64_t begin, int64_t end) const {
-  CHECK(begin >= 0 && begin <= end && end <= std::max(rows_, capacity_));
+  CHECK(begin >= 0 && begin <= end && end <= std::max(rows_, capacity_ - head_));
   TensorView v(buffer_.data(), dtype_, {capacity_, width_}, backend_->device());
-  return kernels::view_rows(v, begin, end);
+  return kernels::view_rows(v, head_ + begin, head_ + end);
+}
+
+TensorView RowTable::buffer_rows(int64_t begin, int64_t end) const {
+  const TensorView all(buffer_.data(), dtype_, {capacity_, width_}, backend_->device());
+  return kernels::view_rows(all, begin, end);
+}
+
+void RowTable::reserve_batch(std::span<const RowReserve> reserves) {
+  if (reserves.empty()) return;
+  kernels::Backend& backend = *reserves[0].table->backend_;
+  std::vector<kernels::RowCopy> out, back;
+  std::vector<Buffer> old;  // replaced buffers, alive until the copies from them are enqueued
+  int64_t scratch_bytes = 0;
+  for (const RowReserve& r : reserves) {
+    const RowTable& t = *r.table;
+    CHECK(t.backend_ == &backend) << "reserve_batch: tables of different backends";
+    const bool grow = t.rows_ + r.extra > t.capacity_ || t.capacity_ < r.capacity;
+    if (!grow && t.head_ + t.rows_ + r.extra > t.capacity_ && t.head_ < t.rows_) scratch_bytes += (t.bytes() + 255) / 256 * 256;
+  }
+  Buffer scratch;
+  if (scratch_bytes > 0) scratch = backend.alloc(size_t(scratch_bytes));
+  int64_t offset = 0;
+  for (const RowReserve& r : reserves) {
+    RowTable& t = *r.table;
+    const bool grow = t.rows_ + r.extra > t.capacity_ || t.capacity_ < r.capacity;
+    if (grow) {
+      const int64_t capacity = std::max<int64_t>({t.rows_ + r.extra, r.capacity, t.capacity_ * 2, kRowTableFirstCapacity});
+      Buffer moved = backend.alloc(size_t(capacity * t.row_bytes()));
+      if (t.rows_ > 0) {
+        const TensorView dst(moved.data(), t.dtype_, {capacity, t.width_}, backend.device());
+        out.push_back({kernels::view_rows(dst, 0, t.rows_), t.view()});
+      }
+      old.push_back(std::move(t.buffer_));
+      t.buffer_ = std::move(moved);
+      t.capacity_ = capacity;
+      t.head_ = 0;
+    } else if (t.head_ + t.rows_ + r.extra > t.capacity_) {
+      if (t.rows_ > 0 && t.head_ >= t.rows_) {
+        out.push_back({t.buffer_rows(0, t.rows_), t.view()});
+      } else if (t.rows_ > 0) {
+        const TensorView tmp(static_cast<char*>(scratch.data()) + offset, t.dtype_, {t.rows_, t.width_}, backend.device());
+        out.push_back({tmp, t.view()});
+        back.push_back({t.buffer_rows(0, t.rows_), tmp});
+        offset += (t.bytes() + 255) / 256 * 256;
+      }
+      t.head_ = 0;
+    }
+  }
+  if (!out.empty()) backend.copy_rows_batch(out.data(), out.size());
+  if (!back.empty()) backend.copy_rows_batch(back.data(), back.size());
 }
 
 TensorView RowTable::reserve(int64_t extra) {
-  if (rows_ + extra > capacity_) {
-    reallocate(std::max<int64_t>({rows_ + extra, capacity_ * 2, kRowTableFirstCapacity}));
+  if (head_ + rows_ + extra > capacity_) {
+    if (rows_ + extra > capacity_) {
+      reallocate(std::max<int64_t>({rows_ + extra, capacity_ * 2, kRowTableFirstCapacity}));
+    } else {
+      move_to_front();
+    }
   }
   return rows_view(rows_, rows_ + extra);
+}
+
+void RowTable::move_to_front() {
+  if (head_ == 0) return;
+  if (rows_ > 0) {
+    const TensorView front = buffer_rows(0, rows_);
+    if (head_ >= rows_) {  // disjoint
+      backend_->copy_rows(front, view());
+    } else {  // overlapping: through scratch, so no backend copies a range onto itself
+      Buffer scratch = backend_->alloc(size_t(bytes()));
+      const TensorView tmp(scratch.data(), dtype_, {rows_, width_}, backend_->device());
+      backend_->copy_rows(tmp, view());
+      backend_->copy_rows(front, tmp);
+    }
+  }
+  head_ = 0;
 }
 
 void RowTable::drop_front(int64_t n) {
@@ -32,8 +102,8 @@ void RowTable::drop_front(int64_t n) {
 void RowTable::drop_front_batch(std::span<const RowDrop> drops) {
   if (drops.empty()) return;
   kernels::Backend& backend = *drops[0].table->backend_;
-  // The kept rows move to the front through one scratch buffer (slices 256-byte aligned), so
-  // overlapping source and destination never meet on any backend: the first batch copies the
+  // The kept rows move to the buffer's front through one scratch buffer (slices 256-byte aligned),
+  // so overlapping source and destination never meet on any backend: the first batch copies the
   // dropped rows to the spill tables and the kept rows out, the second copies them back.
   auto slice_bytes = [](const RowDrop& d) {
     const int64_t keep = d.rows > 0 ? d.table->rows_ - d.rows : 0;
@@ -61,13 +131,21 @@ void RowTable::drop_front_batch(std::span<const RowDrop> drops) {
     if (keep > 0) {
       const TensorView tmp(static_cast<char*>(scratch.data()) + offset, t.dtype_, {keep, t.width_}, backend.device());
       out.push_back({tmp, t.rows_view(d.rows, t.rows_)});
-      back.push_back({t.rows_view(0, keep), tmp});
+      back.push_back({t.buffer_rows(0, keep), tmp});
       offset += bytes;
     }
     t.rows_ = keep;
+    t.head_ = 0;
   }
   if (!out.empty()) backend.copy_rows_batch(out.data(), out.size());
   if (!back.empty()) backend.copy_rows_batch(back.data(), back.size());
+}
+
+void RowTable::skip_front(int64_t n) {
+  CHECK(n >= 0 && n <= rows_) << "skip_front " << n << " of " << rows_ << " rows";
+  CHECK(spill_ == nullptr) << "skip_front on a table with a spill";
+  head_ = n == rows_ ? 0 : head_ + n;
+  rows_ -= n;
 }
 
 void RowTable::truncate(int64_t rows) {
@@ -88,6 +166,7 @@ void RowTable::reallocate(int64_t capacity) {
   }
   buffer_ = std::move(moved);
   capacity_ = capacity;
+  head_ = 0;
 }
 
 RowTable RowTable::clone() const {

@@ -72,6 +72,8 @@ LayerWidths layer_widths(const ModelConfig& config, int l) {
 
 int64_t compressor_capacity(int ratio) { return std::max<int64_t>(2 * int64_t(ratio), kRowTableFirstCapacity); }
 
+int64_t window_table_rows(const ModelConfig& config) { return config.sliding_window - 1 + kWindowSlackRows; }
+
 KvRowLayout entry_layout(const ModelConfig& config, KvStorage storage) {
   if (storage == KvStorage::kF32) return plain_kv_layout(config.head_dim);
   return fp8_rope_kv_layout(config.head_dim, config.qk_rope_head_dim);
@@ -91,7 +93,7 @@ int64_t state_bytes(const ModelConfig& config, int64_t num_tokens, KvStorage sto
   int64_t floats = 0, rows = 0;  // F32 tables; entry and key rows
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     const LayerWidths w = layer_widths(config, l);
-    floats += std::min<int64_t>(num_tokens, config.sliding_window - 1) * w.window;
+    floats += (num_tokens > 0 ? window_table_rows(config) : 0) * w.window;
     if (w.ratio == 0) continue;
     floats += 2 * compressor_capacity(w.ratio) * w.compressor;  // kv + score
     rows += entry_table_bytes(num_tokens / w.ratio, entry);
@@ -223,8 +225,13 @@ void SequenceState::reserve(int64_t tokens) {
     c.kv.reserve(tokens);
     c.score.reserve(tokens);
   };
+  // So do the window tails of a decode step (their rows in place, attention.cpp): to
+  // window_table_rows, once (a prefill's window update allocates that room already).
+  std::vector<RowReserve> windows;
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     LayerState& s = layers_[size_t(l)];
+    if (tokens <= kWindowInPlaceRows && s.window_tail.allocated_bytes() < window_table_rows(config_) * s.window_tail.row_bytes())
+      windows.push_back({&s.window_tail, 0, window_table_rows(config_)});
     if (s.has_compressor) {
       s.main.entries.reserve(ownership_.owned_before(end / config_.compress_ratio(l)));
       reserve_tokens(s.main);
@@ -234,6 +241,7 @@ void SequenceState::reserve(int64_t tokens) {
       reserve_tokens(s.indexer);
     }
   }
+  RowTable::reserve_batch(windows);
 }
 
 void SequenceState::entry_tables(std::vector<KvRows*>& out) {

@@ -86,6 +86,16 @@ int64_t kv_row_bytes(const KvRowLayout& layout);
 // length while it is pooled; compressor_push gives that room back.
 int64_t compressor_capacity(int ratio);
 
+// Rows a window tail's table keeps room for (model/attention.cpp, window_update): the window's
+// sliding_window - 1 rows and kWindowSlackRows more, so a decode step appends its rows in place
+// and the table moves its rows to the front once per kWindowSlackRows steps.
+// Chunks of up to kWindowInPlaceRows rows (decode steps) append to the table in place; longer
+// ones build their window in scratch.
+inline constexpr int64_t kWindowSlackRows = 32;
+inline constexpr int64_t kWindowInPlaceRows = 16;
+static_assert(kWindowInPlaceRows <= kWindowSlackRows, "a decode step's rows fit the window table's slack");
+int64_t window_table_rows(const ModelConfig& config);
+
 // Bytes a SequenceState of one rank holding everything (no SP) occupies after `num_tokens`
 // tokens, from the layout SequenceState allocates: the window tail and the compressor buffers at
 // their largest between chunks (compressor_capacity rows), F32 rows, and the compressed

@@ -160,9 +160,10 @@ KvBytes kv_bytes(const model::ModelConfig& c, int64_t context, KvFormat format) 
     return kv;
   }
   // The runtime's storages (compact under the official numerics, f32 under the reference ones) cost
-  // what model::SequenceState allocates (model::state_bytes): F32 window tails of sliding_window - 1
-  // rows and F32 compressor buffers in both, the rest is the entries and keys above.
-  kv.window_ring = int64_t(c.num_hidden_layers) * std::min<int64_t>(context, c.sliding_window - 1) * hd * 4;
+  // what model::SequenceState allocates (model::state_bytes): F32 window tails of
+  // model::window_table_rows rows and F32 compressor buffers in both, the rest is the entries and
+  // keys above.
+  kv.window_ring = int64_t(c.num_hidden_layers) * (context > 0 ? model::window_table_rows(c) : 0) * hd * 4;
   const model::KvStorage storage = format == KvFormat::kCompact ? model::KvStorage::kCompact : model::KvStorage::kF32;
   kv.compressor_state = model::state_bytes(c, context, storage) - kv.compressed - kv.window_ring;
   return kv;

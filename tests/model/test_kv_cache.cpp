@@ -380,7 +380,7 @@ TEST(KvCache, FlashMillionTokenAllocationEqualsStateBytes) {
         t.commit(rows - t.rows());
       };
       auto grow_entries = [](KvRows& t, int64_t rows) { t.reserve(rows); };  // room (blocks) only
-      grow(ls.window_tail, flash.sliding_window - 1);
+      grow(ls.window_tail, window_table_rows(flash));
       for (auto [c, r] : {std::pair{&ls.main, ratio}, std::pair{&ls.indexer, 4}}) {
         if ((c == &ls.main && !ls.has_compressor) || (c == &ls.indexer && !ls.has_indexer)) continue;
         grow(c->kv, compressor_capacity(r));

@@ -10,8 +10,10 @@
 //    nothing;
 //  - an op that throws while recording leaves through abort_graph, and the next step records;
 //  - the signature of a sequence's decode step depends only on which of its compressors complete
-//    a block in it, the property that lets a recorded graph update a cached executable graph in
-//    place (the first step after a prefill included: no token buffer grows inside a recording).
+//    a block in it and which window tails move their rows (to the front of their table, once per
+//    model::kWindowSlackRows steps, or to a larger one after a prefill), the property that lets a
+//    recorded graph update a cached executable graph in place (the first step after a prefill
+//    included: no token buffer grows inside a recording).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -417,7 +419,27 @@ std::string completed(const std::vector<int64_t>& before, const std::vector<int6
   return key;
 }
 
-TEST_P(StepGraph, DecodeSignatureDependsOnlyOnCompletedBlocks) {
+// Where each layer's window tail starts (its first row).
+std::vector<const char*> window_starts(const SequenceState& s) {
+  std::vector<const char*> w;
+  for (int l = 0; l < s.num_layers(); ++l) w.push_back(static_cast<const char*>(s.layer(l).window_tail.view().data));
+  return w;
+}
+
+// Per layer, whether a decode step moved its window tail's rows (to the front of its table or to a
+// larger one, model/row_table.h) rather than leaving them in place (the same start, or one row on
+// when the oldest row left the window).
+std::string moved(const SequenceState& s, const std::vector<const char*>& before) {
+  const std::vector<const char*> after = window_starts(s);
+  std::string key;
+  for (int l = 0; l < s.num_layers(); ++l) {
+    const int64_t row = s.layer(l).window_tail.row_bytes();
+    key += after[size_t(l)] == before[size_t(l)] || after[size_t(l)] == before[size_t(l)] + row ? '0' : 'm';
+  }
+  return key;
+}
+
+TEST_P(StepGraph, DecodeSignatureDependsOnlyOnCompletedBlocksAndWindowMoves) {
   const ModelConfig& cfg = graphed_->config();
   int csa = 0, hca = 0;
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
@@ -438,10 +460,11 @@ TEST_P(StepGraph, DecodeSignatureDependsOnlyOnCompletedBlocks) {
   std::map<std::string, int64_t> first_of_key;             // completed compressors -> first position
   for (int64_t p = first; p <= last; ++p) {
     const std::vector<int64_t> before = entry_counts(*s);
+    const std::vector<const char*> windows = window_starts(*s);
     const size_t n = rules_->recordings().size();
     step_one(*graphed_, 0, *s, 1);
     ASSERT_EQ(rules_->recordings().size(), n + 1);
-    key_at[p] = completed(before, entry_counts(*s));
+    key_at[p] = completed(before, entry_counts(*s)) + moved(*s, windows);
     rec_at[p] = rules_->recordings().back();
     first_of_key.emplace(key_at[p], p);
   }

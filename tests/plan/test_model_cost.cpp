@@ -86,12 +86,13 @@ TEST(ModelCost, EntryFormatsAndConstantState) {
   EXPECT_NEAR(pb.window_ring / kMiB, 7.6, 0.05);
   EXPECT_NEAR(fb.compressor_state / kMiB, 11.6, 0.05);
   EXPECT_NEAR(pb.compressor_state / kMiB, 17.8, 0.05);
-  // The runtime's storages cost what it allocates: F32 window tails of 127 rows (43 / 61 layers x
-  // 127 x 512 x 4 B) and F32 compressor buffers of 16 rows (CSA 128 + 32 KiB) or two blocks (HCA 1 MiB).
+  // The runtime's storages cost what it allocates: F32 window tails of 127 + 32 rows (43 / 61
+  // layers x 159 x 512 x 4 B) and F32 compressor buffers of 16 rows (CSA 128 + 32 KiB) or two
+  // blocks (HCA 1 MiB).
   const KvBytes f = kv_bytes(flash, kMillion, KvFormat::kCompact);
   const KvBytes p = kv_bytes(pro, kMillion, KvFormat::kCompact);
-  EXPECT_EQ(f.window_ring, 43 * 127 * 512 * 4);
-  EXPECT_EQ(p.window_ring, 61 * 127 * 512 * 4);
+  EXPECT_EQ(f.window_ring, 43 * 159 * 512 * 4);
+  EXPECT_EQ(p.window_ring, 61 * 159 * 512 * 4);
   EXPECT_EQ(f.compressor_state, (21 * 160 + 20 * 1024) * 1024);
   EXPECT_EQ(p.compressor_state, (30 * 160 + 31 * 1024) * 1024);
   for (KvFormat format : {KvFormat::kCompact, KvFormat::kF32}) {

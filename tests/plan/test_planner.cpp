@@ -88,7 +88,8 @@ TEST(Planner, DoesNotFitNamesTheBytes) {
 
 TEST(Planner, ProFitsOneMillionTokenSequencesOn16H200) {
   // Independent count from spec numbers: Pro compact KV 5031.4375 B/token (§8.2) x 2^20, and what
-  // the runtime keeps beside the entries: F32 window tails 61 x 127 x 512 x 4 B, compressor buffers
+  // the runtime keeps beside the entries: F32 window tails 61 x (127 + 32) x 512 x 4 B (the window and
+  // its table's slack, model::window_table_rows), compressor buffers
   // 30 x 160 KiB + 31 x 1 MiB; weights 864,704,792,696 B of which the routed experts (62 blocks x
   // 384 x expert) are split over ep.
   const model::ModelConfig pro = model::preset_config("pro");
@@ -102,7 +103,7 @@ TEST(Planner, ProFitsOneMillionTokenSequencesOn16H200) {
   ASSERT_EQ(p.rejected, "");
   // (The compact rows' pool blocks add 8 bytes of block table per 64 rows: 30 x 2 x 4,096 + 31 x 128 blocks.)
   const double tables = 8.0 * (30 * 2 * 4096 + 31 * 128);
-  const double kv_gpu = (5031.4375 * kMillion + tables) / 8 + 61 * 127 * 512 * 4.0 + (30 * 160 + 31 * 1024) * 1024.0;
+  const double kv_gpu = (5031.4375 * kMillion + tables) / 8 + 61 * 159 * 512 * 4.0 + (30 * 160 + 31 * 1024) * 1024.0;
   EXPECT_NEAR(double(p.kv_bytes_per_seq_gpu), kv_gpu, 1.0);
   const WeightBytes w = weight_bytes(pro);
   const double weights = double(w.total() - w.main.experts - w.mtp.experts) +
@@ -119,7 +120,7 @@ TEST(Planner, ProFitsOneMillionTokenSequencesOn16H200) {
   EXPECT_EQ(rep->sp, 1);
   const Prediction r = predict(pro, h200, calib, req, *rep);
   ASSERT_EQ(r.rejected, "");
-  EXPECT_NEAR(r.kv_bytes_per_seq_gpu / kGiB, 4.91 + (61 * 127 * 512 * 4.0 / kMiB + 35.69) / 1024, 0.01);
+  EXPECT_NEAR(r.kv_bytes_per_seq_gpu / kGiB, 4.91 + (61 * 159 * 512 * 4.0 / kMiB + 35.69) / 1024, 0.01);
   EXPECT_LT(r.max_seqs, p.max_seqs);
 }
 
