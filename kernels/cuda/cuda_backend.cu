@@ -257,7 +257,8 @@ void CudaBackend::copy_rows(const TensorView& dst, const TensorView& src) {
   CHECK_EQ(w, act_row_width(src));
   const size_t es = dtype_size(dst.dtype);
   if (dst.shape[0] == 0 || w == 0) return;
-  if (LaunchLog::active_for(stream_.get())) {  // a 2-D copy node cannot be updated: a kernel can
+  if (LaunchLog::active_for(stream_.get()) && dst.device == Device::kCuda && src.device == Device::kCuda) {
+    // a 2-D copy node cannot be updated: a kernel can
     const RowCopy c{dst, src};
     launch_copy_rows_batch(&c, 1, stream_.get());
     return;
