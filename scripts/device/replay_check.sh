@@ -24,7 +24,7 @@ S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --conte
 step() {  # step NAME CONFIG ARGS
   timeout 100 $P step $3 ${2:+--config $2} > $L/step_$1.txt 2>&1
   echo "== bench step, $1 ${2:-(defaults)}"
-  grep -E "^=== |decode step|graphs:|GPU time|moe_experts|total .op|EXTRAPOLATION" $L/step_$1.txt; el step_$1
+  grep -E "^=== |decode step|graphs:|GPU time|moe_experts|copy_rows|total .op|EXTRAPOLATION" $L/step_$1.txt; el step_$1
 }
 step eager "" "$S"
 step capture scripts/device/graphs_on.yaml "$S"
