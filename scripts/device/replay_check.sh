@@ -4,9 +4,10 @@
 # steps replayed by a cached CUDA graph executable (debug.cuda_graph_replay, kernels/cuda/
 # step_graph.h and launch_log.h) and the decode expert GEMV's k split by k (fp4_gemv_shape).
 # Builds the op tests, test_cuda_graphs, test_gpu_golden, bench_step; runs test_cuda_graphs (every
-# case captured and replayed), the GEMV and MoE op tests, golden tiny-a; then `bench step` at batch
-# 1, 64 and 256 launched op by op, as captured graphs and as replayed graphs (also batch 1 at 4K
-# and 1M); the rest of the W4A8 / mHC / sampler op tests.
+# case captured and replayed); `bench step` at batch 1, 64 and 256 launched op by op, as replayed
+# graphs and as captured graphs; the GEMV and MoE op tests, golden tiny-a; batch 1 at 4K and 1M
+# replayed; the rest of the W4A8 / mHC / sampler / copy op tests (most telling first: a call cut
+# short keeps what ran).
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   bash scripts/device/replay_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -16,9 +17,6 @@ check_begin /tmp/replay_logs 300 test_cuda_kernels test_cuda_graphs test_gpu_gol
 T=$B/tests/cuda/test_cuda_kernels
 timeout 120 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"
 grep -E "OK \]|FAILED|Failure|\[graphs\]|bypassed|refused" $L/graphs.txt | head -40; el graphs
-timeout 120 $T --gtest_brief=1 --gtest_filter="CudaW4a8Gemv.*:CudaMoe.*" > $L/tests.txt 2>&1
-echo "== GEMV + MoE tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests.txt | head -30; el tests
-timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt; el golden
 P="$B/tests/cuda/bench_step bench"
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 step() {  # step NAME CONFIG ARGS
@@ -27,8 +25,11 @@ step() {  # step NAME CONFIG ARGS
   grep -E "^=== |decode step|graphs:|GPU time|moe_experts|copy_rows|total .op|EXTRAPOLATION" $L/step_$1.txt; el step_$1
 }
 step eager "" "$S"
-step capture scripts/device/graphs_on.yaml "$S"
 step replay scripts/device/graphs_replay.yaml "$S"
+step capture scripts/device/graphs_on.yaml "$S"
+timeout 120 $T --gtest_brief=1 --gtest_filter="CudaW4a8Gemv.*:CudaMoe.*" > $L/tests.txt 2>&1
+echo "== GEMV + MoE tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests.txt | head -30; el tests
+timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt; el golden
 step replay_b1 scripts/device/graphs_replay.yaml "${S/--batch 1,64,256 --context 8192/--batch 1 --context 4096,1048576}"
 timeout 150 $T --gtest_brief=1 --gtest_filter="${REST_FILTER:-CudaW4a8.*:CudaOps.Hc*:CudaSample*:CudaOps.Copy*}" > $L/tests_rest.txt 2>&1
 echo "== W4A8, mHC, sampler, copy tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_rest.txt | head -20; el all
