@@ -69,29 +69,10 @@ void RowTable::reserve_batch(std::span<const RowReserve> reserves) {
 
 TensorView RowTable::reserve(int64_t extra) {
   if (head_ + rows_ + extra > capacity_) {
-    if (rows_ + extra > capacity_) {
-      reallocate(std::max<int64_t>({rows_ + extra, capacity_ * 2, kRowTableFirstCapacity}));
-    } else {
-      move_to_front();
-    }
+    const RowReserve r{this, extra, 0};
+    reserve_batch(std::span<const RowReserve>(&r, 1));
   }
   return rows_view(rows_, rows_ + extra);
-}
-
-void RowTable::move_to_front() {
-  if (head_ == 0) return;
-  if (rows_ > 0) {
-    const TensorView front = buffer_rows(0, rows_);
-    if (head_ >= rows_) {  // disjoint
-      backend_->copy_rows(front, view());
-    } else {  // overlapping: through scratch, so no backend copies a range onto itself
-      Buffer scratch = backend_->alloc(size_t(bytes()));
-      const TensorView tmp(scratch.data(), dtype_, {rows_, width_}, backend_->device());
-      backend_->copy_rows(tmp, view());
-      backend_->copy_rows(front, tmp);
-    }
-  }
-  head_ = 0;
 }
 
 void RowTable::drop_front(int64_t n) {

@@ -70,7 +70,6 @@ class RowTable {
 
  private:
   void reallocate(int64_t capacity);  // a buffer of `capacity` rows holding the current rows
-  void move_to_front();               // the rows to buffer row 0
   TensorView buffer_rows(int64_t begin, int64_t end) const;  // buffer rows, whatever the head
   kernels::Backend* backend_ = nullptr;
   int64_t width_ = 0;
