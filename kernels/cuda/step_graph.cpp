@@ -156,11 +156,7 @@ void StepGraph::close_guard() {
   } else {
     (void)cudaGetLastError();
   }
-  if (st != cudaSuccess || n) {  // nothing of the step will run
-    log_.clear();
-    release_deferred_frees();
-    retired_.clear();
-  }
+  if (st != cudaSuccess || n) discard_step();
   V4RT_REQUIRE(st == cudaSuccess, "step graph: logging the decode step failed (" << cudaGetErrorString(st)
                                       << "); `--no-graphs` runs the step without a graph" << device_context());
   V4RT_REQUIRE(n == 0, "step graph: " << n << " op(s) of the decode step bypassed the launch log (the first a graph "
@@ -266,20 +262,17 @@ void StepGraph::end() {
     close_guard();
     try {
       launch_graph(replay_or_capture());
-    } catch (...) {  // nothing of the step will run
-      log_.clear();
-      release_deferred_frees();
-      retired_.clear();
+    } catch (...) {
+      discard_step();
       throw;
     }
     return;
   }
   cudaGraph_t graph = nullptr;
   const cudaError_t st = cudaStreamEndCapture(stream_, &graph);
-  if (st != cudaSuccess) {  // nothing recorded will run
+  if (st != cudaSuccess) {
     (void)cudaGetLastError();
-    release_deferred_frees();
-    retired_.clear();
+    discard_step();
   }
   V4RT_REQUIRE(st == cudaSuccess,
                "step graph: recording the decode step failed (" << cudaGetErrorString(st)
@@ -296,13 +289,17 @@ void StepGraph::abort() {
   recording_ = false;
   set_recording_stream(nullptr);
   log_.deactivate();
-  log_.clear();
   cudaGraph_t graph = nullptr;
   (void)cudaStreamEndCapture(stream_, &graph);
   if (graph) (void)cudaGraphDestroy(graph);
   (void)cudaGetLastError();
+  discard_step();
+}
+
+void StepGraph::discard_step() {
+  log_.clear();
   release_deferred_frees();
-  retired_.clear();  // nothing recorded will run
+  retired_.clear();
 }
 
 }  // namespace v4rt::kernels::cuda

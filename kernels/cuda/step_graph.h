@@ -95,6 +95,7 @@ class StepGraph {
   cudaGraphExec_t replay_or_capture();
   bool update(Replay& r);  // sets the nodes that differ; false when the executable refused one
   void close_guard();      // ends the guard capture; refuses a step that put ops in it
+  void discard_step();     // after a step none of whose ops will run: its log, frees, retired buffers
   static void destroy(Replay& r);
 
   cudaStream_t stream_;
