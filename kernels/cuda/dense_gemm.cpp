@@ -6,6 +6,8 @@
 
 #include <cublasLt.h>
 
+#include <cstddef>
+
 #include "kernels/cuda/cublaslt_plan.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_log.h"
@@ -57,15 +59,15 @@ void DenseGemm::run(const DenseGemmParams& p) {
                  << cublasLtGetStatusString(st) << ")";
     it = plans_.emplace(key, std::move(plan)).first;
   }
-  struct CallKey {
+  struct CallKey {  // the plan and beta fix the kernels (launch_log.h); then addresses
     const Plan* plan;
+    float beta, unused = 0.f;  // no padding: the bytes are a key
     const void *w, *x;
     void* y;
-    float beta, unused = 0.f;  // no padding: the bytes are a key
-  } call{it->second.get(), p.w, p.x, p.y, p.beta};
+  } call{it->second.get(), p.beta, 0.f, p.w, p.x, p.y};
   const auto handle = static_cast<cublasLtHandle_t>(handle_);
   void* workspace = workspace_.data();
-  run_async(&call, sizeof(call), p.stream, [call, handle, workspace](cudaStream_t s) {  // launch_log.h
+  run_async(&call, sizeof(call), offsetof(CallKey, w), p.stream, [call, handle, workspace](cudaStream_t s) {
     const Plan& plan = *call.plan;
     const float alpha = 1.0f;
     CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, call.w, plan.a, call.x, plan.b, &call.beta, call.y, plan.d,

@@ -6,6 +6,8 @@
 
 #include <cublasLt.h>
 
+#include <cstddef>
+
 #include "kernels/cuda/cublaslt_plan.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dense_gemm.h"
@@ -70,7 +72,8 @@ Fp8Gemm::Path Fp8Gemm::run(const Fp8GemmParams& p, Path path) {
     return Path::kSimt;
   }
   // The scale pointers are set on the plan's descriptor right before its call, which a launch log
-  // (launch_log.h) may defer past later calls of the same plan.
+  // (launch_log.h) may defer past later calls of the same plan. The plan fixes the kernels; the
+  // rest of the key is addresses.
   struct Key {
     const Plan* plan;
     const void *w8, *x8, *w_scale, *x_scale;
@@ -78,7 +81,7 @@ Fp8Gemm::Path Fp8Gemm::run(const Fp8GemmParams& p, Path path) {
   } key{found, p.w8, p.x8, p.w_scale, p.x_scale, p.out};
   const auto handle = static_cast<cublasLtHandle_t>(handle_);
   void* workspace = workspace_.data();
-  run_async(&key, sizeof(key), p.stream, [key, handle, workspace](cudaStream_t s) {
+  run_async(&key, sizeof(key), offsetof(Key, w8), p.stream, [key, handle, workspace](cudaStream_t s) {
     const Plan& plan = *key.plan;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &key.w_scale,
                                                 sizeof(key.w_scale)));

@@ -103,13 +103,16 @@ void LaunchLog::add_memset(void* dst, int value, size_t bytes) {
   records_.push_back(std::move(r));
 }
 
-void LaunchLog::add_opaque(const void* key, size_t key_bytes, std::function<void(cudaStream_t)> run) {
+void LaunchLog::add_opaque(const void* key, size_t key_bytes, size_t shape_bytes,
+                           std::function<void(cudaStream_t)> run) {
+  CHECK_LE(shape_bytes, key_bytes) << "launch log: an opaque key's shape is part of the key";
   unsigned char* p = reserve(key_bytes);
   std::memcpy(p, key, key_bytes);
   LaunchRecord r;
   r.kind = LaunchRecord::Kind::kOpaque;
   r.data = uint32_t(p - arena_.get());
   r.bytes = uint32_t(key_bytes);
+  r.shape_bytes = uint32_t(shape_bytes);
   r.run = std::move(run);
   records_.push_back(std::move(r));
 }
@@ -135,7 +138,9 @@ bool LaunchLog::same_shape(const LaunchLog& o) const {
         if (a.count != b.count || a.value != b.value) return false;
         break;
       case LaunchRecord::Kind::kOpaque:
-        if (a.bytes != b.bytes || std::memcmp(bytes(a), o.bytes(b), a.bytes) != 0) return false;
+        if (a.bytes != b.bytes || a.shape_bytes != b.shape_bytes ||
+            std::memcmp(bytes(a), o.bytes(b), a.shape_bytes) != 0)
+          return false;
         break;
     }
   }
@@ -154,14 +159,45 @@ bool LaunchLog::same_record(size_t i, const LaunchLog& o) const {
     case LaunchRecord::Kind::kMemset:
       return a.dst == b.dst;
     case LaunchRecord::Kind::kOpaque:
-      return true;  // equal keys (same_shape)
+      return std::memcmp(bytes(a), o.bytes(b), a.bytes) == 0;  // equal sizes (same_shape)
   }
   return true;
 }
 
-void LaunchLog::issue(cudaStream_t stream, const std::function<void(size_t, cudaGraphNode_t)>& node) {
+cudaGraph_t LaunchLog::capture_opaque(const LaunchRecord& r, cudaStream_t side) {
+  CUDA_CHECK(cudaStreamBeginCapture(side, cudaStreamCaptureModeRelaxed));
+  try {
+    r.run(side);
+  } catch (...) {
+    cudaGraph_t g = nullptr;
+    (void)cudaStreamEndCapture(side, &g);
+    if (g) (void)cudaGraphDestroy(g);
+    throw;
+  }
+  cudaGraph_t g = nullptr;
+  CUDA_CHECK(cudaStreamEndCapture(side, &g));
+  return g;
+}
+
+void LaunchLog::issue(cudaStream_t stream, cudaStream_t side,
+                      const std::function<void(size_t, cudaGraphNode_t)>& node) {
   for (size_t i = 0; i < records_.size(); ++i) {
     const LaunchRecord& r = records_[i];
+    if (r.kind == LaunchRecord::Kind::kOpaque) {  // one child-graph node after the stream's last node
+      cudaGraph_t child = capture_opaque(r, side);
+      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+      cudaGraph_t graph = nullptr;
+      const cudaGraphNode_t* deps = nullptr;
+      size_t num_deps = 0;
+      cudaGraphNode_t added = nullptr;
+      cudaError_t st = cudaStreamGetCaptureInfo(stream, &status, nullptr, &graph, &deps, nullptr, &num_deps);
+      if (st == cudaSuccess) st = cudaGraphAddChildGraphNode(&added, graph, deps, num_deps, child);
+      (void)cudaGraphDestroy(child);  // the node holds a copy
+      CUDA_CHECK(st);
+      CUDA_CHECK(cudaStreamUpdateCaptureDependencies(stream, &added, nullptr, 1, cudaStreamSetCaptureDependencies));
+      node(i, added);
+      continue;
+    }
     switch (r.kind) {
       case LaunchRecord::Kind::kKernel:
         CUDA_CHECK(cudaLaunchKernel(r.func, r.grid, r.block, args(r), r.smem, stream));
@@ -173,8 +209,7 @@ void LaunchLog::issue(cudaStream_t stream, const std::function<void(size_t, cuda
         CUDA_CHECK(cudaMemsetAsync(r.dst, r.value, r.count, stream));
         break;
       case LaunchRecord::Kind::kOpaque:
-        r.run(stream);
-        continue;
+        break;
     }
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     const cudaGraphNode_t* deps = nullptr;
@@ -198,8 +233,9 @@ void memset_async(void* dst, int value, size_t bytes, cudaStream_t stream) {
   CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream));
 }
 
-void run_async(const void* key, size_t key_bytes, cudaStream_t stream, std::function<void(cudaStream_t)> run) {
-  if (LaunchLog* log = LaunchLog::active_for(stream)) return log->add_opaque(key, key_bytes, std::move(run));
+void run_async(const void* key, size_t key_bytes, size_t shape_bytes, cudaStream_t stream,
+               std::function<void(cudaStream_t)> run) {
+  if (LaunchLog* log = LaunchLog::active_for(stream)) return log->add_opaque(key, key_bytes, shape_bytes, std::move(run));
   run(stream);
 }
 

@@ -11,10 +11,12 @@
 //   kernel   the function, its grid, block, dynamic shared memory and parameters packed by value;
 //   copy     a 1-D cudaMemcpyAsync (dst, src, bytes, kind);
 //   memset   a 1-D cudaMemsetAsync (dst, value, bytes);
-//   opaque   a call that enqueues work of its own, with the bytes of its arguments as its key.
-// The records' shape (kinds, copy sizes and kinds, memset sizes and values, opaque keys) decides
-// whether a cached executable can take the step; the rest (kernel functions, grids, parameters,
-// copy and memset addresses) is updated node by node.
+//   opaque   a call that enqueues work of its own, with the bytes of its arguments as its key; the
+//            key's first shape_bytes fix which kernels it enqueues (a cuBLASLt plan), the rest
+//            are addresses. It becomes one child-graph node, captured on a side stream.
+// The records' shape (kinds, copy sizes and kinds, memset sizes and values, opaque keys' shape
+// bytes) decides whether a cached executable can take the step; the rest (kernel functions, grids,
+// parameters, copy and memset addresses, an opaque call's child graph) is updated node by node.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -36,6 +38,7 @@ struct LaunchRecord {
   uint32_t smem = 0;
   uint32_t first_arg = 0, num_args = 0;  // kernel: its parameters' offsets in LaunchLog::arg_offsets
   uint32_t data = 0, bytes = 0;          // kernel parameters or an opaque key: arena bytes [data, data + bytes)
+  uint32_t shape_bytes = 0;              // opaque: the key's leading bytes that fix its kernels
   void* dst = nullptr;                   // copy, memset
   const void* src = nullptr;             // copy
   size_t count = 0;                      // copy, memset: bytes
@@ -64,7 +67,7 @@ class LaunchLog {
   void add_arg(uint32_t offset);
   void add_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
   void add_memset(void* dst, int value, size_t bytes);
-  void add_opaque(const void* key, size_t key_bytes, std::function<void(cudaStream_t)> run);
+  void add_opaque(const void* key, size_t key_bytes, size_t shape_bytes, std::function<void(cudaStream_t)> run);
 
   size_t size() const { return records_.size(); }
   const LaunchRecord& operator[](size_t i) const { return records_[i]; }
@@ -74,11 +77,14 @@ class LaunchLog {
   void** args(const LaunchRecord& r);
   // Whether `o` holds the same shape of work (see above), so an executable of one takes the other.
   bool same_shape(const LaunchLog& o) const;
-  // Whether kernel / copy / memset record i differs from o's (after same_shape).
+  // Whether record i differs from o's (after same_shape).
   bool same_record(size_t i, const LaunchLog& o) const;
-  // Enqueues every record on `stream` (a capture), handing each kernel, copy and memset node to
-  // `node` (its record index and the node just captured).
-  void issue(cudaStream_t stream, const std::function<void(size_t, cudaGraphNode_t)>& node);
+  // Enqueues every record on `stream` (a capture), handing each record's node to `node` (its
+  // record index and the node just captured). Opaque records are captured on `side` (a stream of
+  // the same device, idle) and added as child-graph nodes.
+  void issue(cudaStream_t stream, cudaStream_t side, const std::function<void(size_t, cudaGraphNode_t)>& node);
+  // An opaque record's work as a graph of its own, captured on `side`; the caller destroys it.
+  static cudaGraph_t capture_opaque(const LaunchRecord& r, cudaStream_t side);
   void clear();
   void swap(LaunchLog& o) noexcept;
 
@@ -97,7 +103,9 @@ class LaunchLog {
 void copy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream);
 void memset_async(void* dst, int value, size_t bytes, cudaStream_t stream);
 // A call that enqueues its own work on the stream it is given (a library call); `key` is the bytes
-// of every argument it reads, so equal keys mean the same work.
-void run_async(const void* key, size_t key_bytes, cudaStream_t stream, std::function<void(cudaStream_t)> run);
+// of every argument it reads, so equal keys mean the same work, and its first `shape_bytes` fix
+// which kernels the call enqueues (equal there, a replay recaptures only this call).
+void run_async(const void* key, size_t key_bytes, size_t shape_bytes, cudaStream_t stream,
+               std::function<void(cudaStream_t)> run);
 
 }  // namespace v4rt::kernels::cuda

@@ -20,6 +20,7 @@ constexpr size_t kStagingAlign = 256;
 }  // namespace
 
 StepGraph::StepGraph(cudaStream_t stream) : stream_(stream) {
+  CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
   CUDA_CHECK(cudaEventCreateWithFlags(&launched_, cudaEventDisableTiming));
   CUDA_CHECK(cudaEventCreate(&run_begin_));
   CUDA_CHECK(cudaEventCreate(&run_end_));
@@ -34,6 +35,7 @@ StepGraph::~StepGraph() {
   (void)cudaEventDestroy(launched_);
   (void)cudaEventDestroy(run_begin_);
   (void)cudaEventDestroy(run_end_);
+  (void)cudaStreamDestroy(side_);
 }
 
 void StepGraph::wait_for_last_launch() {
@@ -170,9 +172,13 @@ bool StepGraph::update(Replay& r) {
   int64_t set = 0;
   for (size_t i = 0; i < log_.size(); ++i) {
     const LaunchRecord& rec = log_[i];
-    if (rec.kind == LaunchRecord::Kind::kOpaque || log_.same_record(i, r.log)) continue;
+    if (log_.same_record(i, r.log)) continue;
     cudaError_t st = cudaSuccess;
-    if (rec.kind == LaunchRecord::Kind::kKernel) {
+    if (rec.kind == LaunchRecord::Kind::kOpaque) {  // same kernels, other addresses: a new child graph
+      cudaGraph_t child = LaunchLog::capture_opaque(rec, side_);
+      st = cudaGraphExecChildGraphNodeSetParams(r.exec, r.nodes[i], child);
+      (void)cudaGraphDestroy(child);
+    } else if (rec.kind == LaunchRecord::Kind::kKernel) {
       cudaKernelNodeParams kp{};
       kp.func = const_cast<void*>(rec.func);
       kp.gridDim = rec.grid;
@@ -218,7 +224,7 @@ cudaGraphExec_t StepGraph::replay_or_capture() {
   r.nodes.assign(log_.size(), nullptr);
   CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
   try {
-    log_.issue(stream_, [&r](size_t i, cudaGraphNode_t node) { r.nodes[i] = node; });
+    log_.issue(stream_, side_, [&r](size_t i, cudaGraphNode_t node) { r.nodes[i] = node; });
   } catch (...) {
     cudaGraph_t g = nullptr;
     (void)cudaStreamEndCapture(stream_, &g);

@@ -15,8 +15,9 @@
 // Replay (CudaBackendOptions::graph_replay): instead of being captured, the step is written down
 // by a LaunchLog (launch_log.h) as the backend issues it. A cached executable whose launches have
 // the same shape takes the step: only the kernel nodes whose parameters or grids changed, and the
-// copies and memsets whose addresses changed, are set in it (cudaGraphExec*NodeSetParams), and it
-// is launched. Any other step is captured by issuing its log, and its executable joins the cache.
+// copies and memsets whose addresses changed, are set in it (cudaGraphExec*NodeSetParams), a
+// library call on new addresses is captured alone on a side stream and set as its child-graph node,
+// and the executable is launched. Any other step is captured by issuing its log, and its executable joins the cache.
 // So a steady decode step costs the host its own bookkeeping and a few node updates, no capture.
 // A stream capture stays open while a step is logged, so an op that does not go through the log
 // lands in that capture instead of running early; end() then refuses the step, naming the op's
@@ -79,8 +80,8 @@ class StepGraph {
     size_t bytes = 0;
   };
   // A replayable executable: the graph it was instantiated from (its nodes are the handles that
-  // updates name), the node of each kernel, copy and memset record (nullptr for opaque records),
-  // and the log of the step it last ran.
+  // updates name), the node of each record (a child-graph node for an opaque one), and the log of
+  // the step it last ran.
   struct Replay {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
@@ -99,6 +100,7 @@ class StepGraph {
   static void destroy(Replay& r);
 
   cudaStream_t stream_;
+  cudaStream_t side_ = nullptr;  // replay: captures the opaque records alone
   bool recording_ = false;
   bool warmed_up_ = false;
   bool replay_ = false;

@@ -30,21 +30,23 @@ void add_kernel(LaunchLog& log, const void* func, unsigned grid, const Params& p
   log.add_arg(16);
 }
 
-// A step: an upload, a memset, a kernel, a library call, a second kernel.
-void step(LaunchLog& log, int64_t position, const void* staged, unsigned grid, int key) {
+// A step: an upload, a memset, a kernel, a library call (its plan fixes its kernels, then an
+// address), a second kernel.
+void step(LaunchLog& log, int64_t position, const void* staged, unsigned grid, int plan, int address = 0) {
+  const int key[2] = {plan, address};
   log.activate(kStream);
   char dst[64];
   copy_async(dst + 0, staged, 32, cudaMemcpyHostToDevice, kStream);
   memset_async(dst + 32, 0xff, 16, kStream);
   add_kernel(log, &g_kernel_a, grid, Params{position, 0.5f, 3});
-  run_async(&key, sizeof(key), kStream, [](cudaStream_t) { FAIL() << "a logged call ran"; });
+  run_async(key, sizeof(key), sizeof(int), kStream, [](cudaStream_t) { FAIL() << "a logged call ran"; });
   add_kernel(log, &g_kernel_b, 4, Params{0, 1.f, 3});
   log.deactivate();
 }
 
 TEST(LaunchLog, RecordsTheStepInOrder) {
   LaunchLog log;
-  char staged[32];
+  char staged[32] = {};
   step(log, 100, staged, 8, 1);
   ASSERT_EQ(log.size(), 5u);
   EXPECT_EQ(log[0].kind, LaunchRecord::Kind::kCopy);
@@ -71,7 +73,7 @@ TEST(LaunchLog, RecordsTheStepInOrder) {
 }
 
 TEST(LaunchLog, ShapeAndChangedRecords) {
-  char staged_a[32], staged_b[32];
+  char staged_a[32] = {}, staged_b[32] = {};
   LaunchLog a, b;
   step(a, 100, staged_a, 8, 1);
   // The next token: another position, grid and staging address, the same library call.
@@ -85,7 +87,13 @@ TEST(LaunchLog, ShapeAndChangedRecords) {
   LaunchLog c;
   step(c, 101, staged_b, 9, 1);
   for (size_t i = 0; i < c.size(); ++i) EXPECT_TRUE(c.same_record(i, b)) << i;
-  // Another library call (its key differs) or a different op sequence: another shape.
+  // The library call's plan on another address: the same shape, that record changed.
+  LaunchLog moved;
+  step(moved, 101, staged_b, 9, 1, 64);
+  EXPECT_TRUE(moved.same_shape(b));
+  EXPECT_FALSE(moved.same_record(3, b));
+  EXPECT_TRUE(moved.same_record(4, b));
+  // Another library plan or a different op sequence: another shape.
   LaunchLog d;
   step(d, 101, staged_b, 9, 2);
   EXPECT_FALSE(d.same_shape(b));
