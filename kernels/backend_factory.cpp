@@ -55,10 +55,12 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.moe_route_small = options.cuda_moe_route_small;
     co.fp4_gemv_rows = options.cuda_fp4_gemv_rows;
     co.fp4_gemv_k_split = options.cuda_fp4_gemv_k_split;
+    co.fp4_gemv_l2_prefetch = options.cuda_fp4_gemv_l2_prefetch;
     co.hc_fused_sumsq = options.cuda_hc_fused_sumsq;
     co.sync_each_kernel = options.debug.sync_each_op;
     co.graphs = options.cuda_graphs;
     co.graph_replay = options.cuda_graph_replay;
+    co.pdl = options.cuda_pdl;
     return cuda::make_cuda_backend(options.device_index, co);
 #else
     (void)options;

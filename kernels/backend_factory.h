@@ -67,6 +67,8 @@ struct BackendOptions {
   int cuda_fp4_gemv_rows = 8;
   // "cuda" only (debug.cuda_fp4_gemv_k_split): its k split, 0 (the default), 4, 2 or 1.
   int cuda_fp4_gemv_k_split = 0;
+  // "cuda" only (debug.cuda_fp4_gemv_l2_prefetch): its weight copies' L2 prefetch, 256, 128 or 0.
+  int cuda_fp4_gemv_l2_prefetch = 256;
   // "cuda" only (debug.cuda_hc_fused_sumsq): hc_pre's sum of squares in its finishing kernel.
   bool cuda_hc_fused_sumsq = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and
@@ -76,6 +78,8 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_graph_replay): with graphs, steps logged and run by updating a cached
   // executable, captured only when none matches (kernels/cuda/step_graph.h).
   bool cuda_graph_replay = false;
+  // "cuda" only (debug.cuda_pdl): programmatic dependent launch of every kernel (kernels/cuda/launch.cuh).
+  bool cuda_pdl = true;
 };
 
 // True when this binary contains the CUDA backend.

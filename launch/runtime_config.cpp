@@ -221,8 +221,10 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_moe_route_small", &c.debug.cuda_moe_route_small);
   d.get("cuda_fp4_gemv_rows", &c.debug.cuda_fp4_gemv_rows);
   d.get("cuda_fp4_gemv_k_split", &c.debug.cuda_fp4_gemv_k_split);
+  d.get("cuda_fp4_gemv_l2_prefetch", &c.debug.cuda_fp4_gemv_l2_prefetch);
   d.get("cuda_hc_fused_sumsq", &c.debug.cuda_hc_fused_sumsq);
   d.get("cuda_graph_replay", &c.debug.cuda_graph_replay);
+  d.get("cuda_pdl", &c.debug.cuda_pdl);
   d.get("cuda_decode_tc", &c.debug.cuda_decode_tc);
   V4RT_REQUIRE(c.debug.cuda_fp4_gemv_rows == 0 || c.debug.cuda_fp4_gemv_rows == 8,
                d.where("cuda_fp4_gemv_rows") << " must be 0 (by the mean rows) or 8, got " << c.debug.cuda_fp4_gemv_rows);
@@ -230,6 +232,10 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
                    c.debug.cuda_fp4_gemv_k_split == 2 || c.debug.cuda_fp4_gemv_k_split == 1,
                d.where("cuda_fp4_gemv_k_split") << " must be 0 (the default), 4, 2 or 1, got "
                                                 << c.debug.cuda_fp4_gemv_k_split);
+  V4RT_REQUIRE(c.debug.cuda_fp4_gemv_l2_prefetch == 0 || c.debug.cuda_fp4_gemv_l2_prefetch == 128 ||
+                   c.debug.cuda_fp4_gemv_l2_prefetch == 256,
+               d.where("cuda_fp4_gemv_l2_prefetch") << " must be 256 (the default), 128 or 0 (no hint), got "
+                                                    << c.debug.cuda_fp4_gemv_l2_prefetch);
   V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
                d.where("cuda_expert_tc_min_rows") << " must be in [0, 2^30], got " << c.debug.cuda_expert_tc_min_rows);
   V4RT_REQUIRE(c.debug.cuda_attention_wgmma_min_tiles >= 0 && c.debug.cuda_attention_wgmma_min_tiles <= (int64_t(1) << 30),
@@ -292,11 +298,16 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_fp4_gemv_k_split", "CUDA: the decode expert GEMV's k split: how many ranges of k a block's 4 warps "
                                 "take (4, 2 or 1; the rest split the channels); 0 the largest that gives each warp 8 steps of "
                                 "128 inputs (default 0)"},
+      {"cuda_fp4_gemv_l2_prefetch", "CUDA: the decode expert GEMV's weight copies ask the L2 to fetch the aligned "
+                                    "256 or 128 bytes around each 64-byte piece; 0 no hint (default 256)"},
       {"cuda_hc_fused_sumsq", "CUDA: hc_pre from 32 tokens takes the sum of squares of x in its finishing kernel "
                               "instead of a separate pass over x (default true: 20% less hc_pre time in the H100 8K prefill)"},
       {"cuda_graph_replay", "CUDA, with cuda_graphs: a decode step is logged instead of captured and runs a cached "
                             "graph of the same launches with only the changed kernel parameters set; captured only "
                             "when no cached graph matches (default false: not yet run on a GPU)"},
+      {"cuda_pdl", "CUDA: every kernel launched with programmatic stream serialization, so its launch and block "
+                   "set-up overlap the end of the kernel before it; each kernel waits for that one's results "
+                   "before its first load (default true)"},
       {"vmodule", "glog verbose levels per file, e.g. 'forward=2,moe=1'"},
       {"log_dir", "per-rank log files in this directory instead of stderr only"},
       {"test_hook_forced_output",
@@ -332,10 +343,12 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_moe_route_small = config.debug.cuda_moe_route_small;
   o.cuda_fp4_gemv_rows = config.debug.cuda_fp4_gemv_rows;
   o.cuda_fp4_gemv_k_split = config.debug.cuda_fp4_gemv_k_split;
+  o.cuda_fp4_gemv_l2_prefetch = config.debug.cuda_fp4_gemv_l2_prefetch;
   o.cuda_hc_fused_sumsq = config.debug.cuda_hc_fused_sumsq;
   o.cuda_decode_tc = config.debug.cuda_decode_tc;
   o.cuda_graphs = config.cuda_graphs;
   o.cuda_graph_replay = config.debug.cuda_graph_replay;
+  o.cuda_pdl = config.debug.cuda_pdl;
   return o;
 }
 
@@ -401,8 +414,10 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_moe_route_small" << YAML::Value << c.debug.cuda_moe_route_small;
   out << YAML::Key << "cuda_fp4_gemv_rows" << YAML::Value << c.debug.cuda_fp4_gemv_rows;
   out << YAML::Key << "cuda_fp4_gemv_k_split" << YAML::Value << c.debug.cuda_fp4_gemv_k_split;
+  out << YAML::Key << "cuda_fp4_gemv_l2_prefetch" << YAML::Value << c.debug.cuda_fp4_gemv_l2_prefetch;
   out << YAML::Key << "cuda_hc_fused_sumsq" << YAML::Value << c.debug.cuda_hc_fused_sumsq;
   out << YAML::Key << "cuda_graph_replay" << YAML::Value << c.debug.cuda_graph_replay;
+  out << YAML::Key << "cuda_pdl" << YAML::Value << c.debug.cuda_pdl;
   out << YAML::Key << "cuda_decode_tc" << YAML::Value << c.debug.cuda_decode_tc;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
   out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;

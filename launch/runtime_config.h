@@ -74,8 +74,10 @@ struct DebugConfig {
   bool cuda_moe_route_small = false;     // CUDA: decode routing layout in one single-block kernel
   int cuda_fp4_gemv_rows = 8;            // CUDA: decode expert GEMV rows a pass, 8 or 0 (by the mean)
   int cuda_fp4_gemv_k_split = 0;         // CUDA: decode expert GEMV k split, 0 (the default), 4, 2 or 1
+  int cuda_fp4_gemv_l2_prefetch = 256;   // CUDA: decode expert GEMV weight copies' L2 prefetch, 256, 128 or 0
   bool cuda_hc_fused_sumsq = true;       // CUDA: hc_pre's sum of squares in its finishing kernel
   bool cuda_graph_replay = false;        // CUDA: with cuda_graphs, cached step executables updated, not recaptured
+  bool cuda_pdl = true;                  // CUDA: programmatic dependent launch of every kernel
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
   std::string log_dir;         // per-rank log files (empty: stderr)
   // TEST HOOK for end-to-end tests only: lets a request carry `test_hook_forced_output`, a text

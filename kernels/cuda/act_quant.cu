@@ -19,6 +19,7 @@ namespace {
 
 // One warp per (token, 128-block); each lane owns 4 consecutive channels.
 __global__ void act_quant_fp8_kernel(ActQuantParams p) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t num_kb = p.k / 128;
   const int64_t warp_id = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -48,6 +49,7 @@ __global__ void act_quant_fp8_kernel(ActQuantParams p) {
 }
 
 __global__ void e8m0_to_f32_kernel(const uint8_t* src, int64_t rows, int64_t cols, float* dst, int64_t ld) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * ld) return;
   const int64_t r = i / ld, c = i % ld;
@@ -56,6 +58,7 @@ __global__ void e8m0_to_f32_kernel(const uint8_t* src, int64_t rows, int64_t col
 
 __global__ void dequant_fp8_kernel(const uint8_t* w8, const uint8_t* scale, int64_t rows, int64_t cols,
                                    uint16_t* out) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, c = i % cols;

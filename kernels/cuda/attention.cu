@@ -58,6 +58,7 @@ __device__ __forceinline__ float comp_ld(const AttnPart& p, int64_t j, int d) {
 // Bounds (256, 2): ptxas then allocates 87 registers and spills nothing (without the hint it picked
 // 80 with a 4-byte spill); the 128 KB tile of head_dim 512 holds one block per SM either way.
 __global__ void __launch_bounds__(kHeadsPerBlock * 32, 2) sparse_attention_kernel(const __grid_constant__ AttnArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ float kv[];  // [kTile][dim]
   __shared__ int64_t codes[kTile];  // >= 0: window row; <= -2: compressed entry -code-2; -1: none
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -164,6 +165,7 @@ constexpr int kMqaMaxJ = 4;    // head_dim / 128 <= 4
 // Bounds (256, 1): 151 registers, no spill (ptxas capped itself at 128 with a 4-byte spill
 // otherwise); the ~205 KB of shared memory at head_dim 512 holds one block per SM either way.
 __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(const __grid_constant__ AttnArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(16) float smem[];
   const int dim = a.dim, ds = dim + 4;  // padded tile row: conflict-free float4 reads across rows
   float* qs = smem;                     // [kMqaHeads][dim]
@@ -315,6 +317,7 @@ __global__ void __launch_bounds__(256, 1) sparse_attention_mqa_kernel(const __gr
 constexpr int kCombineChunk = 8;
 
 __global__ void __launch_bounds__(kMaxPerLane * 32 / 4) attention_combine_kernel(const __grid_constant__ AttnArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ float comb_smem[];  // [num_splits] each: m_z, denominator_z, exp(m_z - m)
   float* m_s = comb_smem;
   float* l_s = comb_smem + a.num_splits;

@@ -35,6 +35,7 @@ struct ViewJob {
 };
 
 __global__ void __launch_bounds__(kViewThreads) bf16_view_kernel(const __grid_constant__ ViewJob j) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int d8 = j.dim / 8;
   const int64_t i = int64_t(blockIdx.x) * kViewThreads + threadIdx.x;
   const int64_t r = i / d8, c = (i % d8) * 8;

@@ -141,6 +141,7 @@ __device__ __forceinline__ void stage_tile(const AttnPart& part, const int32_t* 
 // row bf16, two KV tiles).
 template <int kDimT, bool kAsync>
 __global__ void __launch_bounds__(kTcThreads) sparse_attention_tc_kernel(const __grid_constant__ AttnArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const int dim = kDimT ? kDimT : a.dim, ld = dim + kTcPad;
   uint16_t* qs = reinterpret_cast<uint16_t*>(tc_smem);                   // [kTcHeads][ld]

@@ -58,6 +58,7 @@ static_assert(kSmemBytes <= 227 * 1024, "attention wgmma: one block per SM");
 __device__ __forceinline__ void consumer_sync() { named_sync<1, kConsumerThreads>(); }
 
 __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(const __grid_constant__ AttnArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ unsigned char wg_smem_raw[];
   WgSmem& sm = *reinterpret_cast<WgSmem*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t(127));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;

@@ -57,6 +57,7 @@ static_assert(kSmemBytes <= 227 * 1024, "attention ws: one block per SM");
 __device__ __forceinline__ void consumer_sync() { named_sync<1, kConsumerThreads>(); }
 
 __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const __grid_constant__ AttnArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(16) unsigned char ws_smem[];
   WsSmem& sm = *reinterpret_cast<WsSmem*>(ws_smem);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;

@@ -41,6 +41,7 @@ __device__ __forceinline__ void pool_entry(const Act& kv, const Act& score, cons
 
 __global__ void compressor_pool_kernel(Act kv, Act score, Act ape, Act out, int64_t num_entries, int ratio,
                                        int head_dim, bool overlap, bool out_round) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_entries * head_dim) return;
   pool_entry(kv, score, ape, out, i / head_dim, int(i % head_dim), ratio, head_dim, overlap, out_round);
@@ -68,6 +69,7 @@ static_assert(sizeof(PoolArgs) <= kMaxKernelParamBytes, "compressor_pool kernel 
 
 // One thread per (launch entry, channel); the entry's part by binary search over the parts' e0.
 __global__ void compressor_pool_batch_kernel(const __grid_constant__ PoolArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= a.num_entries * a.head_dim) return;
   const int64_t eg = i / a.head_dim;

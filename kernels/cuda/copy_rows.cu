@@ -50,6 +50,7 @@ __device__ __forceinline__ void copy_units(const CopyDesc& d, int64_t begin, int
 
 // Grid: x = copy of the group, y = chunks of kUnitsPerBlock units (grid-stride over the copy).
 __global__ void __launch_bounds__(kThreads) copy_rows_batch_kernel(const __grid_constant__ CopyGroup g) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const CopyDesc& d = g.copies[blockIdx.x];
   const int64_t total = int64_t(d.rows) * d.row_units;
   for (int64_t begin = int64_t(blockIdx.y) * kUnitsPerBlock; begin < total; begin += int64_t(gridDim.y) * kUnitsPerBlock) {

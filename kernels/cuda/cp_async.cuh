@@ -35,6 +35,19 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool full) {
   cp_async4_n(uint32_t(__cvta_generic_to_shared(dst)), src, full ? 4 : 0);
 }
+// cp_async16 that also asks the L2, on a miss, to fetch the whole aligned block of `prefetch` bytes
+// (128 or 256; anything else: no hint) around src: for streams read 64 bytes at a time whose next
+// pieces follow shortly (a prefetch never faults; a page holds whole blocks).
+__device__ __forceinline__ void cp_async16_prefetch(void* dst, const void* src, bool full, int prefetch) {
+  const uint32_t d = uint32_t(__cvta_generic_to_shared(dst)), n = full ? 16 : 0;
+  if (prefetch == 256) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n) : "memory");
+  } else if (prefetch == 128) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n) : "memory");
+  } else {
+    cp_async16_n(d, src, n);
+  }
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 // Waits until at most kPending of this thread's latest commit groups are still in flight.

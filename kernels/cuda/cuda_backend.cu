@@ -48,6 +48,7 @@ struct Fp4Table {
 // cudaMemcpyAsync from it would need a synchronization first) and the write can sit in a graph.
 template <class T>
 __global__ void store_value_kernel(T* dst, T value) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   *dst = value;
 }
 
@@ -71,6 +72,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots
   if (!allocation_stream() && !options.sync_alloc) set_allocation_stream(stream_.get());
   if (options.sync_each_kernel) set_sync_after_ops(true);
   graph_.set_replay(options.graph_replay);
+  set_programmatic_launch(options.pdl);
   CUDA_CHECK(cudaGetDevice(&device_));
   V4RT_REQUIRE(options_.expert_tc_min_rows >= 0,
                "CudaBackendOptions::expert_tc_min_rows (debug.cuda_expert_tc_min_rows) must be >= 0, got "
@@ -815,6 +817,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.wgmma_ws = options_.expert_wgmma_ws;
     gp.gemv_rows = options_.fp4_gemv_rows;
     gp.gemv_k_split = options_.fp4_gemv_k_split;
+    gp.gemv_l2_prefetch = options_.fp4_gemv_l2_prefetch;
     gp.max_rows = max_rows;
     gp.stream = stream_.get();
     return gp;

@@ -49,16 +49,19 @@ constexpr int kThreads = 256;
 unsigned blocks_for(int64_t n) { return grid_x_for(n, kThreads, "elementwise"); }
 
 __global__ void fill_kernel(Act dst, int64_t rows, int64_t cols, float value) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < rows * cols) dst.st(i / cols, i % cols, value);
 }
 
 __global__ void convert_kernel(Act src, Act dst, int64_t rows, int64_t cols, bool round) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < rows * cols) dst.st(i / cols, i % cols, src.ld(i / cols, i % cols), round);
 }
 
 __global__ void add_into_kernel(Act src, Act dst, int64_t rows, int64_t cols, bool accumulate, bool round) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, c = i % cols;
@@ -67,6 +70,7 @@ __global__ void add_into_kernel(Act src, Act dst, int64_t rows, int64_t cols, bo
 }
 
 __global__ void split_bf16_kernel(Act src, uint16_t* dst, int64_t rows, int64_t cols) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, c = i % cols;
@@ -78,6 +82,7 @@ __global__ void split_bf16_kernel(Act src, uint16_t* dst, int64_t rows, int64_t 
 
 __global__ void add_split_kernel(const float* y2, int64_t ld, Act dst, int64_t rows, int64_t cols, bool accumulate,
                                  bool round) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, c = i % cols;
@@ -86,6 +91,7 @@ __global__ void add_split_kernel(const float* y2, int64_t ld, Act dst, int64_t r
 }
 
 __global__ void add_kernel(Act a, Act b, Act out, int64_t rows, int64_t cols, bool round) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, c = i % cols;
@@ -94,6 +100,7 @@ __global__ void add_kernel(Act a, Act b, Act out, int64_t rows, int64_t cols, bo
 
 __global__ void embedding_kernel(Act table, int64_t vocab, const int32_t* ids, Act out, int64_t n,
                                  int64_t replicas, int64_t hidden) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * replicas * hidden) return;
   const int64_t t = i / (replicas * hidden), c = i % (replicas * hidden);
@@ -163,6 +170,7 @@ constexpr int kQdqChunks = 4;  // chunks of 4 elements a lane keeps in registers
 // formulas as the reference's qdq. A partial last block (cols % block != 0) is its own block, as
 // in the op table.
 __global__ void qdq_kernel(Act x, int64_t rows, int64_t cols, int format, int full_block, int lanes, bool vec) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t nb = ceil_div(cols, full_block);
   const int64_t g = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
   const int li = int(threadIdx.x) & (lanes - 1);
@@ -190,6 +198,7 @@ __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
 __global__ void swiglu_kernel(Act g, Act u, Act h, const float* row_weight, int64_t rows, int64_t cols,
                               float limit, bool round) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, c = i % cols;

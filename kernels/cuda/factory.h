@@ -117,6 +117,9 @@ struct CudaBackendOptions {
   int fp4_gemv_rows = 8;
   // Its k split (Fp4GroupedGemmParams::gemv_k_split; debug.cuda_fp4_gemv_k_split): 0 by k (fp4_gemv_shape), 4, 2 or 1.
   int fp4_gemv_k_split = 0;
+  // Its weight copies' L2 prefetch size (Fp4GroupedGemmParams::gemv_l2_prefetch;
+  // debug.cuda_fp4_gemv_l2_prefetch): 256, 128 or 0 (no hint).
+  int fp4_gemv_l2_prefetch = 256;
   // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it
   // already holds (mhc.cu, hc_pre_kernel) instead of a separate pass over x (sum_squares_kernel);
   // debug.cuda_hc_fused_sumsq. On: H100 8K prefill, hc_pre 3.03 -> 2.42 ms (docs/PERFORMANCE.md, tenth run).
@@ -137,6 +140,9 @@ struct CudaBackendOptions {
   // of the same launches, captured only when none matches (debug.cuda_graph_replay). Off until run
   // on a GPU: every step captured and its executable updated.
   bool graph_replay = false;
+  // Kernels launched with programmatic stream serialization (kernels/cuda/launch.cuh): each one's
+  // launch overlaps the tail of the kernel before it (debug.cuda_pdl). Process-wide.
+  bool pdl = true;
 };
 
 // The CUDA backend on `device` (-1: current). Throws v4rt::Error when no device is present.

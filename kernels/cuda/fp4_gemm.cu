@@ -54,6 +54,7 @@ __device__ __forceinline__ float dot32(const float* wf, const float* a32) {
 
 template <typename T, int kTok>
 __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4GroupedGemmParams p) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* act = reinterpret_cast<T*>(smem_raw);  // [kTok][k]
   __shared__ float lut[16];

@@ -58,6 +58,9 @@ struct Fp4GroupedGemmParams {
   // With tensor_cores: the decode GEMV's k split (Fp4GemvShape::k_split; 0: fp4_gemv_shape's;
   // debug.cuda_fp4_gemv_k_split).
   int gemv_k_split = 0;
+  // With tensor_cores: the GEMV's weight copies ask the L2 to fetch the aligned 128 or 256 bytes
+  // around each 64-byte piece (0: no hint; debug.cuda_fp4_gemv_l2_prefetch).
+  int gemv_l2_prefetch = 0;
   cudaStream_t stream = nullptr;
 };
 

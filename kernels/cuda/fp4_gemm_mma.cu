@@ -123,6 +123,7 @@ static_assert(tc_smem_bytes<128>() == 126976 && tc_smem_bytes<64>() == 84992 && 
 template <int BM>
 __global__ void __launch_bounds__(tc_threads<BM>(), TcShape<BM>::kMinBlocks)
     fp4_grouped_gemm_tc_kernel(Fp4GroupedGemmParams p, const int32_t* tile_start) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   constexpr int kStages = TcShape<BM>::kStages;
   constexpr int kThreads = tc_threads<BM>();
   constexpr int kWarpM = BM / TcShape<BM>::kWarpsM;  // rows per warp

@@ -80,6 +80,7 @@ static_assert(sizeof(WgStage) % 128 == 0, "operand tiles stay 128-byte aligned")
 
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(128) unsigned char smem_raw[];
   WgSmem& sm = *reinterpret_cast<WgSmem*>(smem_raw);
 

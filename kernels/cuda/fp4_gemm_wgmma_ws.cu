@@ -95,6 +95,7 @@ __device__ __forceinline__ void producer_sync() { named_sync<1, kProducerThreads
 
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(128) unsigned char smem_raw[];
   WsSmem& sm = *reinterpret_cast<WsSmem*>(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));
 

@@ -38,6 +38,10 @@
 // ascending block order within a warp's k range, acc += sum x s_x x 2^(S - 121) (powers of two:
 // exact), and the 4 (or 2) ranges are added in k order.
 //
+// Weights are read 64 bytes of a channel a step, the channel's next 64 bytes one step later; with
+// Fp4GroupedGemmParams::gemv_l2_prefetch each copy asks the L2 to fetch the aligned 128 or 256
+// bytes around it, so DRAM serves each channel's range in longer bursts.
+//
 // Grid: one block per (row pass, 32 or 64 channels), channels fastest, over the row-pass bound of
 // grouped_tile_bound. The expert of a row pass is found by each block itself (a block-wide prefix
 // sum of row passes over the groups in shared memory: one round of loads, two barriers), so there is
@@ -189,6 +193,7 @@ __device__ GemvWork gemv_find_pass(const Fp4GroupedGemmParams& p, int pass) {
 template <int kMats, int kRows, int kKSplit>
 __global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBlocks))
     fp4_grouped_gemv_kernel(Fp4GroupedGemmParams p, GemvSecond second, int64_t n_blocks) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   using G = Gemv<kMats, kRows, kKSplit>;
   using Stage = GemvStage<kMats, kRows>;
   constexpr int kTiles = kMats * kTilesM, kRedLd = G::kRedLd, kStages = G::kStages, kHalves = G::kHalves;
@@ -228,8 +233,8 @@ __global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBl
 #pragma unroll
       for (int i = 0; i < kChannels / 8; ++i) {
         const bool ok = 8 * i < w_left;
-        cp_async16(&st.w[m * kChannels + (lane >> 2) + 8 * i][(lane & 3) * 16],
-                   ok ? w[m] + w_off + int64_t(8 * i) * (k / 2) + s * 64 : w[m], ok);
+        cp_async16_prefetch(&st.w[m * kChannels + (lane >> 2) + 8 * i][(lane & 3) * 16],
+                            ok ? w[m] + w_off + int64_t(8 * i) * (k / 2) + s * 64 : w[m], ok, p.gemv_l2_prefetch);
       }
     }
 #pragma unroll

@@ -16,6 +16,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp4_gemm.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace v4rt::kernels::cuda::fp4tc {
 
@@ -133,6 +134,7 @@ constexpr int kMapThreads = 1024;
 template <int BM>
 __global__ void __launch_bounds__(kMapThreads) fp4_tile_map_kernel(const int32_t* row_offsets, const uint8_t* const* w,
                                                                    int num_groups, int32_t* tile_start) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ int32_t scan[kMapThreads];
   __shared__ int32_t carry;
   const int tid = threadIdx.x;

@@ -38,6 +38,7 @@ __device__ __forceinline__ void stage_act_bf16(const Fp8GemmParams& p, int64_t a
 
 __global__ void __launch_bounds__(kWarps * 32) fp8_simt_kernel(Fp8GemmParams p, int64_t act_ld, int64_t w_ld,
                                                               int tok_tile) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ uint16_t act[];  // [tok_tile][k] bf16
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t n_base = int64_t(blockIdx.x) * kRowsPerBlock + warp * kRowsPerWarp;

@@ -126,6 +126,7 @@ __device__ __forceinline__ void unit_dot(const uint4& wv, float scale, const uin
 // RPW output channels per warp step, NC 16-byte loads of each per lane per step, MT >= m.
 template <bool kFp8, int RPW, int NC, int MT>
 __global__ void __launch_bounds__(kThreads, 2) gemv_kernel(const __grid_constant__ GemvArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ uint16_t act[];  // [m][k_act] bf16
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int k = a.k, units = k / (kFp8 ? 16 : 8);  // 16-byte weight loads per channel

@@ -95,6 +95,7 @@ __device__ __forceinline__ void stage_codes(const GemvArgs& a, uint8_t* codes, f
 }
 
 __global__ void __launch_bounds__(kThreads, 2) gemv_mma_kernel(const __grid_constant__ GemvArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(16) unsigned char smem[];
   uint8_t* codes = smem;                                             // [m][k + 16]
   float* xs = reinterpret_cast<float*>(smem + a.m * (a.k + 16));  // [m][k/128]

@@ -105,6 +105,7 @@ __device__ __forceinline__ void indexer_scores_token(const IdxArgs& a, const Idx
 // Blocks (key block x over the longest part's keys, token row y); the tokens are walked with a
 // grid-stride loop over y, so any number of query tokens fits the 65,535-block limit of gridDim.y.
 __global__ void __launch_bounds__(kKeysPerBlock) indexer_scores_kernel(const __grid_constant__ IdxArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(16) float qs[];
   for (int64_t tg = blockIdx.y; tg < a.n; tg += gridDim.y) {
     const IdxPart& p = idx_part_of(a, tg);
@@ -285,6 +286,7 @@ __device__ __forceinline__ void tc_fp4_step(const KvRowsDev& ck, int dim, int64_
 // the other's registers: 128 without spills).
 template <bool kFp4>
 __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const __grid_constant__ IdxArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const IdxPart& p = a.parts[0];
   const int64_t n = a.n;
   const int h_begin = a.h_begin, nh = a.nh, dim = a.dim;

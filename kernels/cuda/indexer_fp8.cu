@@ -60,6 +60,7 @@ static_assert(4 * kKeys == kThreads, "four threads per raw FP4 key row");
 // non-divergent sequence (ptxas serializes them otherwise).
 template <int kDim>
 __global__ void __launch_bounds__(kThreads, 2) indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const IdxPart& p = a.parts[0];
   const int64_t n = a.n;
   constexpr int dim = kDim;

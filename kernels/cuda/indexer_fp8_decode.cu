@@ -51,6 +51,7 @@ static_assert(kSmemBytes <= 48 * 1024, "no opt-in to more dynamic shared memory"
 // non-divergent sequence.
 template <int kDim>
 __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(const __grid_constant__ IdxArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   constexpr int dim = kDim;
   const IdxPart& p = idx_part_of(a, blockIdx.x);
   const int64_t t = int64_t(blockIdx.x) - p.row0;  // the block's query: row t of part p

@@ -47,6 +47,7 @@ struct PackArgs {
 };
 
 __global__ void __launch_bounds__(kPackThreads) kv_pack_kernel(PackArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t r = blockIdx.x;
   uint8_t* row = a.out + r * a.out_stride;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

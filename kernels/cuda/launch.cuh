@@ -4,6 +4,16 @@
 // (a step graph replaying its executable, launch_log.h): then the launch is written down, its
 // parameters packed by value as the kernel takes them, and nothing is enqueued. Included only by
 // .cu files.
+//
+// Programmatic dependent launch (programmatic_launch(), CudaBackendOptions::pdl): the launch
+// carries cudaLaunchAttributeProgrammaticStreamSerialization, so the GPU may start the kernel's
+// blocks before the kernel ahead of it in the stream has finished: its launch and block set-up
+// overlap the previous kernel's last wave and drain instead of following them. That is safe
+// because every kernel of this folder begins with pdl_enter(): griddepcontrol.wait holds its
+// threads until the previous grid has completed and its memory is visible, before any load or
+// store (nothing is read early, so no load of a previous kernel's output can be hoisted above the
+// wait). Then griddepcontrol.launch_dependents lets the next kernel start its own launch. Without
+// the attribute (or after a non-kernel op) both instructions are no-ops.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,6 +27,14 @@
 
 namespace v4rt::kernels::cuda {
 
+// The first statement of every kernel (above): wait for the previous grid, then let the next launch.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 template <class... P>
 class KernelLaunch {
  public:
@@ -28,6 +46,10 @@ class KernelLaunch {
     static_assert(sizeof...(A) == sizeof...(P), "launch: argument count differs from the kernel's");
     if (LaunchLog* log = LaunchLog::active_for(stream_)) {
       record(*log, std::forward<A>(a)...);
+    } else if (programmatic_launch()) {  // errors are left for cudaGetLastError, as <<< >>> leaves them
+      cudaLaunchAttribute attr[1];
+      cudaLaunchConfig_t config = programmatic_config(grid_, block_, smem_, stream_, attr);
+      (void)cudaLaunchKernelEx(&config, kernel_, std::forward<A>(a)...);
     } else {
       kernel_<<<grid_, block_, smem_, stream_>>>(std::forward<A>(a)...);
     }

@@ -6,6 +6,7 @@
 #include <glog/logging.h>
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
@@ -13,10 +14,29 @@
 namespace v4rt::kernels::cuda {
 
 namespace {
+std::atomic<bool> g_programmatic{true};
 thread_local LaunchLog* t_log = nullptr;
 thread_local cudaStream_t t_log_stream = nullptr;
 constexpr size_t kAlign = 16;
 }  // namespace
+
+bool programmatic_launch() { return g_programmatic.load(std::memory_order_relaxed); }
+void set_programmatic_launch(bool on) { g_programmatic.store(on, std::memory_order_relaxed); }
+
+cudaLaunchConfig_t programmatic_config(dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                       cudaLaunchAttribute* attr) {
+  attr[0] = cudaLaunchAttribute{};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  return config;
+}
 
 LaunchLog* LaunchLog::active_for(cudaStream_t stream) {
   return t_log && stream == t_log_stream ? t_log : nullptr;
@@ -72,6 +92,7 @@ unsigned char* LaunchLog::add_kernel(const void* func, dim3 grid, dim3 block, si
   r.grid = grid;
   r.block = block;
   r.smem = uint32_t(smem);
+  r.programmatic = programmatic_launch();
   r.first_arg = uint32_t(arg_offsets_.size());
   r.data = uint32_t(p - arena_.get());
   r.bytes = uint32_t(param_bytes);
@@ -129,8 +150,9 @@ bool LaunchLog::same_shape(const LaunchLog& o) const {
     const LaunchRecord &a = records_[i], &b = o.records_[i];
     if (a.kind != b.kind) return false;
     switch (a.kind) {
-      case LaunchRecord::Kind::kKernel:
-        break;  // function, geometry and parameters are all updatable
+      case LaunchRecord::Kind::kKernel:  // function, geometry and parameters are all updatable
+        if (a.programmatic != b.programmatic) return false;  // the edge's type
+        break;
       case LaunchRecord::Kind::kCopy:
         if (a.count != b.count || a.copy_kind != b.copy_kind) return false;
         break;
@@ -200,7 +222,13 @@ void LaunchLog::issue(cudaStream_t stream, cudaStream_t side,
     }
     switch (r.kind) {
       case LaunchRecord::Kind::kKernel:
-        CUDA_CHECK(cudaLaunchKernel(r.func, r.grid, r.block, args(r), r.smem, stream));
+        if (r.programmatic) {
+          cudaLaunchAttribute attr[1];
+          const cudaLaunchConfig_t config = programmatic_config(r.grid, r.block, r.smem, stream, attr);
+          CUDA_CHECK(cudaLaunchKernelExC(&config, r.func, args(r)));
+        } else {
+          CUDA_CHECK(cudaLaunchKernel(r.func, r.grid, r.block, args(r), r.smem, stream));
+        }
         break;
       case LaunchRecord::Kind::kCopy:
         CUDA_CHECK(cudaMemcpyAsync(r.dst, r.src, r.count, r.copy_kind, stream));

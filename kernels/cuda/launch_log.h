@@ -36,6 +36,7 @@ struct LaunchRecord {
   const void* func = nullptr;  // kernel
   dim3 grid, block;
   uint32_t smem = 0;
+  bool programmatic = false;   // kernel: launched with programmatic stream serialization (launch.cuh)
   uint32_t first_arg = 0, num_args = 0;  // kernel: its parameters' offsets in LaunchLog::arg_offsets
   uint32_t data = 0, bytes = 0;          // kernel parameters or an opaque key: arena bytes [data, data + bytes)
   uint32_t shape_bytes = 0;              // opaque: the key's leading bytes that fix its kernels
@@ -97,6 +98,14 @@ class LaunchLog {
   std::vector<void*> arg_ptrs_;
   cudaStream_t stream_ = nullptr;
 };
+
+// Programmatic dependent launch of this folder's kernels (launch.cuh), for the whole process: set
+// by the CUDA backend from CudaBackendOptions::pdl; on until then.
+bool programmatic_launch();
+void set_programmatic_launch(bool on);
+// A launch configuration with the programmatic serialization attribute in `attr` (one entry).
+cudaLaunchConfig_t programmatic_config(dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                       cudaLaunchAttribute* attr);
 
 // The ops the backend enqueues besides kernels: logged while a LaunchLog is active for `stream`,
 // enqueued otherwise.

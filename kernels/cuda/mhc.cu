@@ -32,6 +32,7 @@ __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(
 template <int kNumMix>
 __global__ void __launch_bounds__(kThreads) mix_partial_kernel(Act x, Act fn, int64_t len, int64_t cols, int splits,
                                                                float* part) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ float red[kNumMix + 1][kThreads / 32];
   const int64_t b = blockIdx.x;
   const int64_t t = b / splits;
@@ -124,6 +125,7 @@ float* launch_mix_partial(const Act& x, const Act& fn, int64_t n, int64_t len, i
 // part[t][kNumMix] = sum of squares of token t's x (the mix entries come from a GEMM): a warp per token.
 template <int kNumMix>
 __global__ void __launch_bounds__(kThreads) sum_squares_kernel(Act x, int64_t n, int64_t len, bool vec, float* part) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t t = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
   if (t >= n) return;
   const int lane = threadIdx.x & 31;
@@ -225,6 +227,7 @@ __global__ void __launch_bounds__(kFinishThreads, finish_min_blocks(kVec))
     hc_pre_kernel(Act x, const float* part, int splits, const float* base, const float* scale, Act a, float* post,
                   int64_t post_stride, float* comb, int64_t comb_stride, int64_t hidden, int iters, float hc_eps,
                   float norm_eps, bool out_round, bool vec, bool fused_sumsq) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   constexpr int kNumMix = (2 + kHc) * kHc;
   __shared__ float mix[kNumMix];
   __shared__ float pre[kHc];
@@ -281,6 +284,7 @@ template <int kVec>
 __global__ void __launch_bounds__(kFinishThreads, finish_min_blocks(kVec))
     hc_head_kernel(Act x, const float* part, int splits, const float* base, const float* scale, Act y, int64_t hidden,
                    float hc_eps, float norm_eps, bool out_round, bool vec) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ float mix[kHc];
   __shared__ float pre[kHc];
   const int64_t t = blockIdx.x;
@@ -299,6 +303,7 @@ __global__ void __launch_bounds__(kFinishThreads, finish_min_blocks(kVec))
 
 __global__ void hc_post_kernel(Act o, Act x_old, const float* post, int64_t post_stride, const float* comb,
                                int64_t comb_stride, Act x_new, int64_t n, int64_t hidden, bool out_round) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * hidden) return;
   const int64_t t = i / hidden, d = i % hidden;

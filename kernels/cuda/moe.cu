@@ -83,6 +83,7 @@ __device__ __forceinline__ void gate_scores_tile(const GateArgs& a, int64_t n, b
 // Token tiles on y are walked with a grid-stride loop (any number of tokens).
 __global__ void __launch_bounds__(kGateWarps * 32) moe_gate_scores_kernel(GateArgs a, int64_t n, bool vec,
                                                                            float* scores) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t e = int64_t(blockIdx.x) * kGateWarps + warp;
   if (e >= a.num_experts) return;
@@ -93,6 +94,7 @@ __global__ void __launch_bounds__(kGateWarps * 32) moe_gate_scores_kernel(GateAr
 // Decode-sized batches (n <= kGateTok): one block per expert row, the row split over all threads
 // (every thread's loads in flight at once), a block reduction per token.
 __global__ void __launch_bounds__(256) moe_gate_scores_row_kernel(GateArgs a, int64_t n, bool vec, float* scores) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ float red[kGateTok][8];
   const int64_t e = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -135,6 +137,7 @@ __global__ void __launch_bounds__(256) moe_gate_scores_row_kernel(GateArgs a, in
 
 // Logits of a GEMM (prefill-sized calls, CudaBackend::moe_gate) to scores, in place.
 __global__ void moe_gate_activate_kernel(float* scores, int64_t count) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
     scores[i] = sqrtf(softplus(scores[i]));
 }
@@ -146,6 +149,7 @@ __global__ void moe_gate_activate_kernel(float* scores, int64_t count) {
 // and writes it at its rank among the picks; the sum adds the picks in ascending id.
 template <int kSlots>
 __global__ void __launch_bounds__(kGateWarps * 32) moe_gate_select_kernel(GateArgs a, int64_t n, const float* scores) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   static_assert(kSlots * 32 <= kMaxExperts && kSlots <= 32, "taken is a 32-bit mask");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t t = int64_t(blockIdx.x) * kGateWarps + warp;
@@ -232,6 +236,7 @@ struct RouteArgs {
 };
 
 __global__ void moe_count_kernel(RouteArgs a, int32_t* counts) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ float scratch[32];
   const int e = a.e_begin + blockIdx.x;
   float c = 0.f;
@@ -270,6 +275,7 @@ __device__ __forceinline__ void route_offsets(int32_t c, int num_local, int32_t*
 // The offsets and active list of the counts: one block of kMaxExperts threads.
 __global__ void __launch_bounds__(kMaxExperts) moe_offsets_kernel(const int32_t* counts, int num_local,
                                                                   int32_t* offsets, int32_t* active) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ int32_t sc[kMaxExperts], sa[kMaxExperts];
   const int i = threadIdx.x;
   route_offsets(i < num_local ? counts[i] : 0, num_local, sc, sa, offsets, active);
@@ -277,6 +283,7 @@ __global__ void __launch_bounds__(kMaxExperts) moe_offsets_kernel(const int32_t*
 
 // Rows of expert e in token order: an ordered compaction over (t, k) entries in chunks.
 __global__ void moe_fill_kernel(RouteArgs a, MoeRouting r) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ int warp_counts[32];
   const int e = a.e_begin + blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -314,6 +321,7 @@ __global__ void moe_fill_kernel(RouteArgs a, MoeRouting r) {
 constexpr int kRouteSmallEntries = 1024;
 
 __global__ void __launch_bounds__(kMaxExperts) moe_route_small_kernel(RouteArgs a, MoeRouting r) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ int32_t ent[kRouteSmallEntries];
   __shared__ int32_t sc[kMaxExperts], sa[kMaxExperts];
   const int i = threadIdx.x;
@@ -380,6 +388,7 @@ __device__ __forceinline__ bool warp_row_block(int64_t width, const int32_t* tot
 // x row row_token[r] -> FP8 codes + scales of grouped row r.
 __global__ void moe_gather_quant_kernel(Act x, int64_t hidden, const int32_t* row_token, const int32_t* total_rows,
                                         int64_t max_rows, uint8_t* x8, float* scale) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   int64_t r, kb;
   if (!warp_row_block(hidden, total_rows, max_rows, &r, &kb)) return;
   const int lane = threadIdx.x & 31;
@@ -393,6 +402,7 @@ __global__ void moe_gather_quant_kernel(Act x, int64_t hidden, const int32_t* ro
 // x row row_token[r] -> grouped row r as bf16 (dst_bf16) or fp32.
 __global__ void moe_gather_kernel(Act x, int64_t hidden, const int32_t* row_token, const int32_t* total_rows,
                                   int64_t max_rows, uint16_t* dst_bf16, float* dst_f32) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= max_rows * hidden) return;
   const int64_t r = i / hidden, c = i % hidden;
@@ -424,6 +434,7 @@ struct SwigluArgs {
 };
 
 __global__ void moe_swiglu_kernel(SwigluArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   int64_t r, kb;
   if (!warp_row_block(a.inter, a.total_rows, a.max_rows, &r, &kb)) return;
   const int lane = threadIdx.x & 31;
@@ -452,6 +463,7 @@ __global__ void moe_swiglu_kernel(SwigluArgs a) {
 __global__ void moe_combine_kernel(const uint16_t* y, const float* y32, int64_t hidden, const int32_t* idx,
                                    int64_t idx_stride, const int32_t* slot_row, Act out, int64_t num_tokens,
                                    int topk) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_tokens * hidden) return;
   const int64_t t = i / hidden, d = i % hidden;

@@ -55,6 +55,7 @@ template <int kVec>
 __global__ void __launch_bounds__(kNormMaxThreads) rms_norm_kernel(Act x, Act y, Act w, bool has_w, int64_t dim,
                                                                    float eps, bool out_round, bool bf16_arith,
                                                                    bool vec) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const int64_t nchunks = ceil_div(dim, 4), tail = threadIdx.x + int64_t(kVec) * blockDim.x;
@@ -125,6 +126,7 @@ __device__ __forceinline__ void rope_pair(const Act& x, int64_t r, int64_t h, in
 // One thread per (row, head, pair). positions: [rows] or nullptr (pos_begin + r * pos_step).
 __global__ void rope_kernel(Act x, int64_t rows, int64_t heads, int64_t head_dim, int half, int64_t pos_begin,
                             int64_t pos_step, const int32_t* positions, bool inverse, bool out_round, RopeArgs args) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * heads * half) return;
   const int64_t r = i / (heads * half);
@@ -149,6 +151,7 @@ static_assert(sizeof(RopeRunArgs) <= kMaxKernelParamBytes, "rope kernel paramete
 // search over the runs' first rows.
 __global__ void rope_runs_kernel(Act x, int64_t rows, int64_t heads, int64_t head_dim, int half, bool inverse,
                                  bool out_round, const __grid_constant__ RopeRunArgs a) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * heads * half) return;
   const int64_t r = a.row0 + i / (heads * half);
@@ -161,6 +164,7 @@ __global__ void rope_runs_kernel(Act x, int64_t rows, int64_t heads, int64_t hea
 
 // One block per row; the row lives in shared memory.
 __global__ void hadamard_kernel(Act x, int64_t dim, bool out_round) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ float v[];
   const int64_t r = blockIdx.x;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) v[i] = x.ld(r, i);

@@ -43,6 +43,7 @@ using namespace sample_detail;
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(const void* logits, bool bf16, int64_t stride, int64_t vocab,
                                                           const SampleRow* rows, SampleOut o) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ Shared sm;
   const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int64_t r = blockIdx.x;

@@ -76,6 +76,7 @@ __device__ __forceinline__ bool split_row_busy(const SampleRow& s, int max_n) {
 
 __global__ void __launch_bounds__(32) sample_stats_kernel(const void* logits, bool bf16, int64_t stride, int64_t vocab,
                                                           SplitScratch sc) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t r = blockIdx.y;
   const int w = int(blockIdx.x), lane = int(threadIdx.x);
   const Logits row = logits_row(logits, bf16, stride, r);
@@ -156,6 +157,7 @@ __device__ uint32_t split_cross_bin(const uint32_t* count, const u64* mass, bool
 __global__ void __launch_bounds__(kSliceThreads, 2) sample_hist_kernel(const void* logits, bool bf16, int64_t stride,
                                                                     int64_t vocab, const SampleRow* rows, int max_n,
                                                                     SplitScratch sc) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ uint32_t count[kBins];
   __shared__ u64 mass[kBins];
   __shared__ u64 warp_sums[kSliceThreads / 32];
@@ -281,6 +283,7 @@ __global__ void __launch_bounds__(kSliceThreads, 2) sample_hist_kernel(const voi
 __global__ void __launch_bounds__(kSliceThreads, 2) sample_collect_kernel(const void* logits, bool bf16, int64_t stride,
                                                                        int64_t vocab, const SampleRow* rows, int max_n,
                                                                        SplitScratch sc) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ u64 warp_sums[kSliceThreads / 32];
   __shared__ uint32_t s_base;
   __shared__ float s_mx;
@@ -349,6 +352,7 @@ __global__ void __launch_bounds__(kSliceThreads, 2) sample_collect_kernel(const 
 __global__ void __launch_bounds__(kThreads) sample_split_finish_kernel(const void* logits, bool bf16, int64_t stride,
                                                                        int64_t vocab, const SampleRow* rows, SampleOut o,
                                                                        SplitScratch sc) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ Shared sm;
   __shared__ float cand_v[kMaxCand];
   __shared__ int32_t cand_id[kMaxCand];

@@ -125,6 +125,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores,
                                                              int32_t* out_idx, int64_t idx_stride, float* out_val,
                                                              int64_t val_stride, int64_t index_offset,
                                                              const unsigned long long* cand, const uint32_t* cand_count) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ uint32_t hist[256];
   __shared__ unsigned long long sel[kMaxTopk];
   __shared__ int warp_counts[kTopkThreads / 32];
@@ -201,6 +202,7 @@ constexpr int kChunkElems = 4096;      // row elements per block of those kernel
 
 __global__ void __launch_bounds__(kChunkBlock) topk_hist_kernel(const float* scores, int64_t stride, int64_t cols,
                                                                 uint32_t* hist) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t row = blockIdx.y;
   const float* s = scores + row * stride;
   uint32_t* h = hist + row * kBins;
@@ -214,6 +216,7 @@ __global__ void __launch_bounds__(kChunkBlock) topk_hist_kernel(const float* sco
 // Per row: the bin b* holding the k-th largest valid key (0 when the row has <= k valid keys, so
 // every valid key is collected). One block of 1024 threads, 64 bins each, scanned from the top.
 __global__ void __launch_bounds__(1024) topk_threshold_kernel(const uint32_t* hist, int k, uint32_t* thr_bin) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   __shared__ uint32_t sums[1024];
   const uint32_t* h = hist + int64_t(blockIdx.x) * kBins;
   const int tid = threadIdx.x;
@@ -245,6 +248,7 @@ __global__ void __launch_bounds__(1024) topk_threshold_kernel(const uint32_t* hi
 __global__ void __launch_bounds__(kChunkBlock) topk_collect_kernel(const float* scores, int64_t stride, int64_t cols,
                                                                    const uint32_t* thr_bin, unsigned long long* cand,
                                                                    uint32_t* cand_count) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t row = blockIdx.y;
   const float* s = scores + row * stride;
   const uint32_t thr = thr_bin[row];
@@ -360,6 +364,7 @@ __device__ void row_topk_select_bin(const uint32_t* hist, int nbins, uint32_t re
 __global__ void __launch_bounds__(kRowTopkThreads, 3)
     topk_rows_kernel(const float* scores, int64_t stride, int64_t cols, int k, int32_t* out_idx, int64_t idx_stride,
                      float* out_val, int64_t val_stride, int64_t index_offset) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(16) unsigned long long rt_smem[];
   unsigned long long* sel = rt_smem;                                // [kRowTopkCap]
   uint32_t* hist = reinterpret_cast<uint32_t*>(sel + kRowTopkCap);  // [kRowTopkBins]

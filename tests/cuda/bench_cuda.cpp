@@ -315,6 +315,15 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
                    bytes, 2.0 * double(rows * sh.n * sh.k), kFp8Peak);
           }
         }
+        if (mode == 1) {
+          for (const int pf : {0, 128, 256}) {  // the weight copies' L2 prefetch (gemv_l2_prefetch)
+            Fp4GroupedGemmParams pp = p;
+            pp.gemv_l2_prefetch = pf;
+            const double us_pf = time_us([&] { rotate(pp); fp4_grouped_gemv(pp); }, s);
+            report("fp4 tc gemv l2 prefetch " + std::to_string(pf) + " " + shape, us_pf, bytes,
+                   2.0 * double(rows * sh.n * sh.k), kFp8Peak);
+          }
+        }
         if (g_hbm_nominal > 0) {
           std::printf("  %s: tile %.0f GB/s, gemv %.0f GB/s = %.1f%% of the nominal %.2f TB/s; dispatch takes the %s\n",
                       shape.c_str(), bytes / us_tile * 1e-3, bytes / us_gemv * 1e-3,
@@ -336,6 +345,12 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
             const double us_g = time_us([&] { rotate(p); q.row_offsets = p.row_offsets; fp4_grouped_gemv_pair(p, q, g); }, s);
             report("fp4 tc gemv pair r" + std::to_string(g.rows) + " k" + std::to_string(g.k_split) + " " + shape, us_g,
                    2 * bytes, flops2, kFp8Peak);
+          }
+          for (const int pf : {0, 128, 256}) {  // the weight copies' L2 prefetch (gemv_l2_prefetch)
+            Fp4GroupedGemmParams pp = p, qq = q;
+            pp.gemv_l2_prefetch = qq.gemv_l2_prefetch = pf;
+            const double us_pf = time_us([&] { rotate(pp); qq.row_offsets = pp.row_offsets; fp4_grouped_gemv_pair(pp, qq); }, s);
+            report("fp4 tc gemv pair l2 prefetch " + std::to_string(pf) + " " + shape, us_pf, 2 * bytes, flops2, kFp8Peak);
           }
           std::printf("  %s: gate + up in one launch %.1f us against two %.1f us (%.2fx)\n", shape.c_str(), us_pair,
                       us_two, us_two / us_pair);

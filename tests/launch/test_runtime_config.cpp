@@ -235,7 +235,8 @@ TEST(RuntimeConfig, CudaGraphsKey) {
                       {"g.yaml:1", "'cuda_graph'", "not a known key"});
 }
 
-// debug.cuda_fp4_gemv_rows (8 by default) / cuda_fp4_gemv_k_split (0 by default): other values
+// debug.cuda_fp4_gemv_rows (8 by default) / cuda_fp4_gemv_k_split (0 by default) /
+// cuda_fp4_gemv_l2_prefetch (256 by default): other values
 // carried to the backend options and the resolved YAML; a value out of their sets names the key and
 // what it accepts.
 TEST(RuntimeConfig, Fp4GemvRowsKey) {
@@ -252,6 +253,12 @@ TEST(RuntimeConfig, Fp4GemvRowsKey) {
   EXPECT_EQ(parse_runtime_config(runtime_config_yaml(two), "emitted").debug.cuda_fp4_gemv_k_split, 2);
   expect_error_naming([] { parse_runtime_config("debug: {cuda_fp4_gemv_k_split: 3}\n", "r.yaml"); },
                       {"r.yaml", "cuda_fp4_gemv_k_split", "4, 2 or 1", "3"});
+  EXPECT_EQ(backend_options(d, 0).cuda_fp4_gemv_l2_prefetch, 256);
+  const RuntimeConfig none = parse_runtime_config("debug: {cuda_fp4_gemv_l2_prefetch: 0}\n", "r.yaml");
+  EXPECT_EQ(backend_options(none, 0).cuda_fp4_gemv_l2_prefetch, 0);
+  EXPECT_EQ(parse_runtime_config(runtime_config_yaml(none), "emitted").debug.cuda_fp4_gemv_l2_prefetch, 0);
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_fp4_gemv_l2_prefetch: 64}\n", "r.yaml"); },
+                      {"r.yaml", "cuda_fp4_gemv_l2_prefetch", "128 or 0", "64"});
 }
 
 // debug.cuda_graph_replay (false by default): carried to the backend options and the resolved YAML.
@@ -265,6 +272,16 @@ TEST(RuntimeConfig, GraphReplayKey) {
   EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(on), "emitted").debug.cuda_graph_replay);
   expect_error_naming([] { parse_runtime_config("debug: {cuda_graph_replay: 2}\n", "r.yaml"); },
                       {"r.yaml", "cuda_graph_replay"});
+}
+
+TEST(RuntimeConfig, PdlKey) {
+  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
+  EXPECT_TRUE(d.debug.cuda_pdl);
+  EXPECT_TRUE(backend_options(d, 0).cuda_pdl);
+  const RuntimeConfig off = parse_runtime_config("debug: {cuda_pdl: false}\n", "r.yaml");
+  EXPECT_FALSE(backend_options(off, 0).cuda_pdl);
+  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").debug.cuda_pdl);
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_pdl: 2}\n", "r.yaml"); }, {"r.yaml", "cuda_pdl"});
 }
 
 // Sizes whose product would overflow the rank count are refused before anything multiplies them.
