@@ -304,7 +304,7 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                               "instead of a separate pass over x (default true: 20% less hc_pre time in the H100 8K prefill)"},
       {"cuda_graph_replay", "CUDA, with cuda_graphs: a decode step is logged instead of captured and runs a cached "
                             "graph of the same launches with only the changed kernel parameters set; captured only "
-                            "when no cached graph matches (default false: not yet run on a GPU)"},
+                            "when no cached graph matches (default false: on an H100 slower than launching op by op, docs/CUDA.md)"},
       {"cuda_pdl", "CUDA: every kernel launched with programmatic stream serialization, so its launch and block "
                    "set-up overlap the end of the kernel before it; each kernel waits for that one's results "
                    "before its first load (default true)"},

@@ -137,8 +137,8 @@ struct CudaBackendOptions {
   // Off by default: capturing and updating every step costs more than it saves (docs/CUDA.md).
   bool graphs = false;
   // With graphs: steps logged (kernels/cuda/launch_log.h) and run by updating a cached executable
-  // of the same launches, captured only when none matches (debug.cuda_graph_replay). Off until run
-  // on a GPU: every step captured and its executable updated.
+  // of the same launches, captured only when none matches (debug.cuda_graph_replay). Off: on an H100
+  // the host's build of each step cost more than the graph saved (docs/CUDA.md).
   bool graph_replay = false;
   // Kernels launched with programmatic stream serialization (kernels/cuda/launch.cuh): each one's
   // launch overlaps the tail of the kernel before it (debug.cuda_pdl). Process-wide.
