@@ -109,5 +109,30 @@ TEST(LaunchLog, ShapeAndChangedRecords) {
   EXPECT_TRUE(e.same_shape(c));
 }
 
+// Kernel records carry the launch's programmatic serialization (launch.cuh, on by default): the
+// captured graph's edges differ with it, so logs that differ there are not the same shape.
+TEST(LaunchLog, ProgrammaticLaunchIsPartOfTheShape) {
+  EXPECT_TRUE(programmatic_launch());
+  char staged[32] = {};
+  LaunchLog on, off;
+  step(on, 100, staged, 8, 1);
+  set_programmatic_launch(false);
+  step(off, 100, staged, 8, 1);
+  set_programmatic_launch(true);
+  EXPECT_TRUE(on[2].programmatic);
+  EXPECT_FALSE(off[2].programmatic);
+  EXPECT_FALSE(on.same_shape(off));
+  LaunchLog again;
+  step(again, 101, staged, 9, 1);
+  EXPECT_TRUE(again.same_shape(on));
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t config = programmatic_config(dim3(3), dim3(128), 64, kStream, attr);
+  EXPECT_EQ(config.numAttrs, 1u);
+  EXPECT_EQ(config.attrs[0].id, cudaLaunchAttributeProgrammaticStreamSerialization);
+  EXPECT_EQ(config.attrs[0].val.programmaticStreamSerializationAllowed, 1);
+  EXPECT_EQ(config.gridDim.x, 3u);
+  EXPECT_EQ(config.dynamicSmemBytes, 64u);
+}
+
 }  // namespace
 }  // namespace v4rt::kernels::cuda
