@@ -9,6 +9,9 @@
 #                                       (BUILD, default build-gpu) by scripts/device/run.sh within
 #                                       LIMIT seconds, names the GPU, sources devdeps.sh (NCU).
 #   el NAME                             ends a stage: its time from the start, the logs archived.
+#   step NAME CONFIG ARGS               a `bench step` stage: $B's bench_step with ARGS (and
+#                                       --config CONFIG unless empty) into $L/step_NAME.txt, the
+#                                       lines matching STEP_LINES printed.
 check_begin() {
   local logs=$1 limit=$2
   shift 2
@@ -22,3 +25,9 @@ check_begin() {
   source scripts/device/devdeps.sh
 }
 el() { echo "--- $1 at $(( $(date +%s) - t0 )) s"; tar czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null; }
+STEP_LINES="^=== |decode step|graphs:|GPU time|moe_experts|copy_rows|sparse_attention|total .op|EXTRAPOLATION"
+step() {
+  timeout 100 "$B/tests/cuda/bench_step" bench step $3 ${2:+--config $2} > "$L/step_$1.txt" 2>&1
+  echo "== bench step, $1 ${2:-(defaults)}"
+  grep -E "$STEP_LINES" "$L/step_$1.txt"; el "step_$1"
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# One device call (about 5 minutes from a fresh machine): programmatic dependent launch of every
+# One device call (about 8 minutes from a fresh machine): programmatic dependent launch of every
 # kernel (debug.cuda_pdl, kernels/cuda/launch.cuh) and the decode expert GEMV's L2 prefetch
 # (debug.cuda_fp4_gemv_l2_prefetch), both on by default. Builds the op tests, test_cuda_graphs,
 # test_gpu_golden, bench_step and bench_cuda; runs test_cuda_graphs (captured and replayed steps
@@ -12,22 +12,16 @@
 #   bash scripts/device/pdl_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el: logs, summary, the build
+source scripts/device/check_lib.sh  # check_begin, el, step: logs, summary, the build, bench step stages
 check_begin /tmp/pdl_logs 300 test_cuda_kernels test_cuda_graphs test_gpu_golden bench_step bench_cuda
 timeout 120 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"
 grep -E "OK \]|FAILED|Failure|\[graphs\]" $L/graphs.txt | head -30; el graphs
 timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt; el golden
-P="$B/tests/cuda/bench_step bench"
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192 --iters 20"
-step() {  # step NAME CONFIG ARGS
-  timeout 100 $P step $3 ${2:+--config $2} > $L/step_$1.txt 2>&1
-  echo "== bench step, $1 ${2:-(defaults)}"
-  grep -E "^=== |decode step|moe_experts|sparse_attention|total .op|EXTRAPOLATION" $L/step_$1.txt; el step_$1
-}
 step pdl "" "$S"
 step nopdl scripts/device/pdl_off.yaml "$S"
 step noprefetch scripts/device/gemv_no_prefetch.yaml "${S/--batch 1,64,256/--batch 1,256}"
-timeout 200 $B/tests/cuda/test_cuda_kernels --gtest_brief=1 --gtest_filter="-CudaLongPrompt.*" > $L/tests.txt 2>&1
+timeout 420 $B/tests/cuda/test_cuda_kernels --gtest_brief=1 --gtest_filter="-CudaLongPrompt.*" > $L/tests.txt 2>&1
 echo "== op tests rc $?"; grep -E "FAILED|PASSED|Failure|tests ran" $L/tests.txt | head -30; el tests
 BENCH_FP4_MODES=1 timeout 120 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1
 echo "== bench_cuda fp4 rc $?"; grep -E "prefetch|picks" $L/bench_fp4.txt | head -60; el bench_fp4

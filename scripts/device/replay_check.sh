@@ -12,18 +12,12 @@
 #   bash scripts/device/replay_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el: logs, summary, the build
+source scripts/device/check_lib.sh  # check_begin, el, step: logs, summary, the build, bench step stages
 check_begin /tmp/replay_logs 300 test_cuda_kernels test_cuda_graphs test_gpu_golden bench_step
 T=$B/tests/cuda/test_cuda_kernels
 timeout 120 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"
 grep -E "OK \]|FAILED|Failure|\[graphs\]|bypassed|refused" $L/graphs.txt | head -40; el graphs
-P="$B/tests/cuda/bench_step bench"
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
-step() {  # step NAME CONFIG ARGS
-  timeout 100 $P step $3 ${2:+--config $2} > $L/step_$1.txt 2>&1
-  echo "== bench step, $1 ${2:-(defaults)}"
-  grep -E "^=== |decode step|graphs:|GPU time|moe_experts|copy_rows|total .op|EXTRAPOLATION" $L/step_$1.txt; el step_$1
-}
 step eager "" "$S"
 step replay scripts/device/graphs_replay.yaml "$S"
 step capture scripts/device/graphs_on.yaml "$S"
