@@ -27,6 +27,9 @@ BenchBackend::BenchBackend(const std::string& backend, int device, const std::st
     free_bytes_ = double(info.free_bytes);
     std::printf("  device: %s, %d SMs, %.1f GiB free of %.1f GiB\n", info.name.c_str(), info.sms,
                 double(info.free_bytes) / (1 << 30), double(info.total_bytes) / (1 << 30));
+    std::printf("  launches: %s; expert GEMV L2 prefetch %d B\n",
+                options.cuda_pdl ? "programmatic (debug.cuda_pdl)" : "stream-ordered (debug.cuda_pdl: false)",
+                options.cuda_fp4_gemv_l2_prefetch);
     auto profiling = kernels::cuda::make_profiling_backend(*inner_);
     profiler_ = profiling.get();
     wrapper_ = std::move(profiling);
