@@ -108,7 +108,7 @@ struct CudaBackendOptions {
   bool gemv_tensor_cores = true;
   // The MoE routing layout of up to 1,024 (token, expert) entries in one single-block kernel
   // (moe.cu, moe_route_small_kernel; debug.cuda_moe_route_small) instead of the count, offsets and
-  // fill launches; the same arrays. Off until run on a GPU.
+  // fill launches; the same arrays. Off: no faster in the H100 step (docs/CUDA.md, 2026-12-06).
   bool moe_route_small = false;
   // The decode expert GEMV's rows a pass (Fp4GroupedGemmParams::gemv_rows; debug.cuda_fp4_gemv_rows):
   // 0 by the mean rows per expert (16 above a mean of 4, and the GEMV up to a mean of 8), 8 the
