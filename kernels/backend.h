@@ -461,10 +461,14 @@ class Backend {
   // host memory given to copy_to_device may be reused as soon as the call returns (it is staged).
   // abort_graph() drops an unfinished recording (an exception left the step). graphs() says
   // whether begin_graph records at all; by default it does not and every op runs at once.
+  // graph_segment() marks a point of the recording (the end of a layer) where a backend may
+  // enqueue what it has recorded so far and go on recording the rest of the step; the caller's
+  // rules do not change (no host reads until end_graph). No-op by default.
   virtual bool graphs() const { return false; }
   virtual void begin_graph() {}
   virtual void end_graph() {}
   virtual void abort_graph() {}
+  virtual void graph_segment() {}
   virtual GraphStats graph_stats() const { return {}; }
   // Marks the ops between profile_range(true) and profile_range(false) for an external profiler
   // (CUDA: cudaProfilerStart/Stop, so `ncu --profile-from-start off` sees only them). No-op by default.
@@ -518,6 +522,9 @@ class GraphRecording {
     if (!on_) return;
     on_ = false;
     backend_.end_graph();
+  }
+  void segment() {
+    if (on_) backend_.graph_segment();
   }
 
  private:

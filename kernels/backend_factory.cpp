@@ -60,6 +60,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.sync_each_kernel = options.debug.sync_each_op;
     co.graphs = options.cuda_graphs;
     co.graph_replay = options.cuda_graph_replay;
+    co.graph_segments = options.cuda_graph_segments;
     co.pdl = options.cuda_pdl;
     return cuda::make_cuda_backend(options.device_index, co);
 #else

@@ -78,6 +78,8 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_graph_replay): with graphs, steps logged and run by updating a cached
   // executable, captured only when none matches (kernels/cuda/step_graph.h).
   bool cuda_graph_replay = false;
+  // "cuda" only (debug.cuda_graph_segments): with replay, steps replayed layer by layer.
+  bool cuda_graph_segments = false;
   // "cuda" only (debug.cuda_pdl): programmatic dependent launch of every kernel (kernels/cuda/launch.cuh).
   bool cuda_pdl = true;
 };

@@ -107,6 +107,7 @@ class DebugBackend final : public ForwardingBackend {
   void begin_graph() override {}
   void end_graph() override {}
   void abort_graph() override {}
+  void graph_segment() override {}
 
   void copy_to_device(void* d, const void* s, size_t b) override { moved("copy_to_device", [&] { inner().copy_to_device(d, s, b); }); }
   void copy_to_host(void* d, const void* s, size_t b) override { moved("copy_to_host", [&] { inner().copy_to_host(d, s, b); }); }

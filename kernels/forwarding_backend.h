@@ -35,6 +35,7 @@ class ForwardingBackend : public Backend {
   void begin_graph() override { inner_.begin_graph(); }
   void end_graph() override { inner_.end_graph(); }
   void abort_graph() override { inner_.abort_graph(); }
+  void graph_segment() override { inner_.graph_segment(); }
   GraphStats graph_stats() const override { return inner_.graph_stats(); }
 
   void rms_norm(const RmsNormParams& p) override { inner_.rms_norm(p); }

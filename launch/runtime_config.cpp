@@ -225,6 +225,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_hc_fused_sumsq", &c.debug.cuda_hc_fused_sumsq);
   d.get("cuda_graph_replay", &c.debug.cuda_graph_replay);
   d.get("cuda_pdl", &c.debug.cuda_pdl);
+  d.get("cuda_graph_segments", &c.debug.cuda_graph_segments);
   d.get("cuda_decode_tc", &c.debug.cuda_decode_tc);
   V4RT_REQUIRE(c.debug.cuda_fp4_gemv_rows == 0 || c.debug.cuda_fp4_gemv_rows == 8,
                d.where("cuda_fp4_gemv_rows") << " must be 0 (by the mean rows) or 8, got " << c.debug.cuda_fp4_gemv_rows);
@@ -305,6 +306,9 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_graph_replay", "CUDA, with cuda_graphs: a decode step is logged instead of captured and runs a cached "
                             "graph of the same launches with only the changed kernel parameters set; captured only "
                             "when no cached graph matches (default false: on an H100 slower than launching op by op, docs/CUDA.md)"},
+      {"cuda_graph_segments", "CUDA, with cuda_graphs and cuda_graph_replay: a decode step is replayed layer by "
+                              "layer, each layer's graph launched as soon as it is logged, so the host logs the next "
+                              "layer while the GPU runs this one (default false: not yet measured on a GPU)"},
       {"cuda_pdl", "CUDA: every kernel launched with programmatic stream serialization, so its launch and block "
                    "set-up overlap the end of the kernel before it; each kernel waits for that one's results "
                    "before its first load (default true)"},
@@ -349,6 +353,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_graphs = config.cuda_graphs;
   o.cuda_graph_replay = config.debug.cuda_graph_replay;
   o.cuda_pdl = config.debug.cuda_pdl;
+  o.cuda_graph_segments = config.debug.cuda_graph_segments;
   return o;
 }
 
@@ -418,6 +423,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_hc_fused_sumsq" << YAML::Value << c.debug.cuda_hc_fused_sumsq;
   out << YAML::Key << "cuda_graph_replay" << YAML::Value << c.debug.cuda_graph_replay;
   out << YAML::Key << "cuda_pdl" << YAML::Value << c.debug.cuda_pdl;
+  out << YAML::Key << "cuda_graph_segments" << YAML::Value << c.debug.cuda_graph_segments;
   out << YAML::Key << "cuda_decode_tc" << YAML::Value << c.debug.cuda_decode_tc;
   out << YAML::Key << "vmodule" << YAML::Value << c.debug.vmodule;
   out << YAML::Key << "log_dir" << YAML::Value << c.debug.log_dir;

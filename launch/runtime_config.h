@@ -77,6 +77,7 @@ struct DebugConfig {
   int cuda_fp4_gemv_l2_prefetch = 256;   // CUDA: decode expert GEMV weight copies' L2 prefetch, 256, 128 or 0
   bool cuda_hc_fused_sumsq = true;       // CUDA: hc_pre's sum of squares in its finishing kernel
   bool cuda_graph_replay = false;        // CUDA: with cuda_graphs, cached step executables updated, not recaptured
+  bool cuda_graph_segments = false;      // CUDA: with cuda_graph_replay, a step replayed layer by layer
   bool cuda_pdl = true;                  // CUDA: programmatic dependent launch of every kernel
   std::string vmodule;         // glog --vmodule, e.g. "forward=2,moe=1"
   std::string log_dir;         // per-rank log files (empty: stderr)

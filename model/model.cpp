@@ -288,6 +288,7 @@ void Model::forward_batch(std::span<const StepChunk> chunks, std::vector<float>*
     if (observer_) {
       for (size_t i = 0; i < nc; ++i) observer_(l, segs[i].pos_begin, kernels::view_rows(x.view, row0[i], row0[i + 1]));
     }
+    recording.segment();  // a backend may enqueue this layer while the next one is recorded
   }
   for (size_t i = 0; i < nc; ++i) {
     const StepChunk& chunk = chunks[i];

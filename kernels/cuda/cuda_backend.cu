@@ -72,6 +72,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : scratch_(kNumSlots
   if (!allocation_stream() && !options.sync_alloc) set_allocation_stream(stream_.get());
   if (options.sync_each_kernel) set_sync_after_ops(true);
   graph_.set_replay(options.graph_replay);
+  graph_.set_segments(options.graph_segments);
   set_programmatic_launch(options.pdl);
   CUDA_CHECK(cudaGetDevice(&device_));
   V4RT_REQUIRE(options_.expert_tc_min_rows >= 0,
@@ -111,6 +112,7 @@ void CudaBackend::begin_graph() {
 }
 void CudaBackend::end_graph() { graph_.end(); }
 void CudaBackend::abort_graph() { graph_.abort(); }
+void CudaBackend::graph_segment() { graph_.segment(); }
 
 void CudaBackend::profile_range(bool begin) {
   CUDA_CHECK(cudaSetDevice(device_));

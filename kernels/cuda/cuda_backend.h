@@ -42,6 +42,7 @@ class CudaBackend final : public Backend {
   void begin_graph() override;
   void end_graph() override;
   void abort_graph() override;
+  void graph_segment() override;
   GraphStats graph_stats() const override { return graph_.stats(); }
   void profile_range(bool begin) override;
 

@@ -140,6 +140,10 @@ struct CudaBackendOptions {
   // of the same launches, captured only when none matches (debug.cuda_graph_replay). Off: on an H100
   // the host's build of each step cost more than the graph saved (docs/CUDA.md).
   bool graph_replay = false;
+  // With graph_replay: a step replayed layer by layer (Backend::graph_segment), each layer's
+  // executable launched as soon as it is logged, so the host logs the next layer while the GPU
+  // runs this one (debug.cuda_graph_segments). Off until measured on a GPU.
+  bool graph_segments = false;
   // Kernels launched with programmatic stream serialization (kernels/cuda/launch.cuh): each one's
   // launch overlaps the tail of the kernel before it (debug.cuda_pdl). Process-wide.
   bool pdl = true;

@@ -156,6 +156,9 @@ class Profiler final : public ProfilingBackend {
   void abort_graph() override {
     if (!enabled_) inner_.abort_graph();
   }
+  void graph_segment() override {
+    if (!enabled_) inner_.graph_segment();
+  }
   GraphStats graph_stats() const override { return inner_.graph_stats(); }
   void profile_range(bool begin) override { inner_.profile_range(begin); }
 

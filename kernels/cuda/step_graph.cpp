@@ -30,7 +30,8 @@ StepGraph::~StepGraph() {
   if (recording_) abort();
   (void)cudaEventSynchronize(launched_);
   for (Cached& c : execs_) (void)cudaGraphExecDestroy(c.exec);
-  for (Replay& r : replays_) destroy(r);
+  for (std::list<Replay>& list : replays_)
+    for (Replay& r : list) destroy(r);
   for (Pinned& p : staging_) (void)cudaFreeHost(p.data);
   (void)cudaEventDestroy(launched_);
   (void)cudaEventDestroy(run_begin_);
@@ -64,11 +65,25 @@ void StepGraph::begin() {
     staging_.push_back({nullptr, kFirstStagingBytes});
     CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&staging_.back().data), kFirstStagingBytes, cudaHostAllocDefault));
   }
+  segment_ = 0;
+  set_recording_stream(stream_);
+  begin_log();
+  recording_ = true;
+}
+
+void StepGraph::begin_log() {
   // Replay: the capture only guards the log (an op that bypasses it lands here, not on the GPU).
   CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
-  set_recording_stream(stream_);
   if (replay_) log_.activate(stream_);
-  recording_ = true;
+}
+
+void StepGraph::segment() {
+  if (!recording_ || !replay_ || !segments_) return;
+  // On a throw the recording stays open for abort(), which drops what is left.
+  close_guard();
+  launch_graph(replay_or_capture(segment_), segment_ == 0);
+  ++segment_;
+  begin_log();
 }
 
 const void* StepGraph::stage(const void* src, size_t bytes) {
@@ -206,19 +221,21 @@ bool StepGraph::update(Replay& r) {
   return true;
 }
 
-cudaGraphExec_t StepGraph::replay_or_capture() {
-  for (auto it = replays_.begin(); it != replays_.end(); ++it) {
+cudaGraphExec_t StepGraph::replay_or_capture(size_t segment) {
+  if (replays_.size() <= segment) replays_.resize(segment + 1);
+  std::list<Replay>& replays = replays_[segment];
+  for (auto it = replays.begin(); it != replays.end(); ++it) {
     if (!log_.same_shape(it->log)) continue;
     if (!update(*it)) {
       destroy(*it);
-      replays_.erase(it);
+      replays.erase(it);
       break;
     }
     it->log.swap(log_);  // the executable now holds this step
-    replays_.splice(replays_.begin(), replays_, it);
+    replays.splice(replays.begin(), replays, it);
     stats_.replayed++;
     stats_.last_nodes = it->graph_nodes;
-    return replays_.front().exec;
+    return replays.front().exec;
   }
   Replay r;
   r.nodes.assign(log_.size(), nullptr);
@@ -241,22 +258,21 @@ cudaGraphExec_t StepGraph::replay_or_capture() {
   stats_.last_nodes = r.graph_nodes;
   CUDA_CHECK(cudaGraphInstantiate(&r.exec, r.graph, 0));
   r.log.swap(log_);
-  replays_.push_front(std::move(r));
-  if (replays_.size() > kMaxExecs) {
-    destroy(replays_.back());
-    replays_.pop_back();
+  replays.push_front(std::move(r));
+  if (replays.size() > kMaxExecs) {
+    destroy(replays.back());
+    replays.pop_back();
   }
   stats_.instantiated++;
-  return replays_.front().exec;
+  return replays.front().exec;
 }
 
-void StepGraph::launch_graph(cudaGraphExec_t exec) {
-  CUDA_CHECK(cudaEventRecord(run_begin_, stream_));
+void StepGraph::launch_graph(cudaGraphExec_t exec, bool first) {
+  if (first) CUDA_CHECK(cudaEventRecord(run_begin_, stream_));
   CUDA_CHECK(cudaGraphLaunch(exec, stream_));
   CUDA_CHECK(cudaEventRecord(run_end_, stream_));
   CUDA_CHECK(cudaEventRecord(launched_, stream_));
   launch_pending_ = true;
-  stats_.recorded++;
   release_deferred_frees();
 }
 
@@ -267,11 +283,12 @@ void StepGraph::end() {
   if (replay_) {
     close_guard();
     try {
-      launch_graph(replay_or_capture());
+      launch_graph(replay_or_capture(segment_), segment_ == 0);
     } catch (...) {
       discard_step();
       throw;
     }
+    stats_.recorded++;
     return;
   }
   cudaGraph_t graph = nullptr;
@@ -287,7 +304,8 @@ void StepGraph::end() {
                    << device_context());
   const cudaGraphExec_t exec = executable(graph);
   CUDA_CHECK(cudaGraphDestroy(graph));
-  launch_graph(exec);
+  launch_graph(exec, true);
+  stats_.recorded++;
 }
 
 void StepGraph::abort() {
@@ -305,7 +323,10 @@ void StepGraph::abort() {
 void StepGraph::discard_step() {
   log_.clear();
   release_deferred_frees();
+  // Segments already launched may still read the retired buffers: they go once those have run.
+  if (segment_ > 0) (void)cudaEventSynchronize(launched_);
   retired_.clear();
+  segment_ = 0;
 }
 
 }  // namespace v4rt::kernels::cuda

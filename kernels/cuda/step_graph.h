@@ -19,6 +19,11 @@
 // library call on new addresses is captured alone on a side stream and set as its child-graph node,
 // and the executable is launched. Any other step is captured by issuing its log, and its executable joins the cache.
 // So a steady decode step costs the host its own bookkeeping and a few node updates, no capture.
+// Segments (set_segments, with replay): segment() ends the log at a layer's end and launches that
+// part of the step at once (its own executable, cached by its index in the step), then logs the
+// rest; the host then logs layer i + 1 while the GPU runs layer i instead of before it. A step
+// that fails after a segment was launched has run that part (the serving engine stops on any
+// step error, as for an op-by-op step).
 // A stream capture stays open while a step is logged, so an op that does not go through the log
 // lands in that capture instead of running early; end() then refuses the step, naming the op's
 // kind.
@@ -49,6 +54,8 @@ class StepGraph {
   // Logs steps and replays cached executables (above) instead of capturing every step; set before
   // the first step.
   void set_replay(bool on) { replay_ = on; }
+  // With replay: steps launched a segment at a time (above); set before the first step.
+  void set_segments(bool on) { segments_ = on; }
   ~StepGraph();
   StepGraph(const StepGraph&) = delete;
   StepGraph& operator=(const StepGraph&) = delete;
@@ -59,6 +66,9 @@ class StepGraph {
   void begin();
   // Ends the recording and enqueues the step: the cached executable updated in place, or a new one.
   void end();
+  // With segments: enqueues what was logged since the last segment and goes on logging; no-op
+  // otherwise.
+  void segment();
   // Drops an unfinished recording; none of its ops runs.
   void abort();
   // Where an upload recorded now reads from: a copy of `bytes` bytes of `src` in pinned memory that
@@ -91,9 +101,12 @@ class StepGraph {
   };
   cudaGraphExec_t executable(cudaGraph_t graph);
   void wait_for_last_launch();
-  void launch_graph(cudaGraphExec_t exec);
-  // The end of a logged step: the executable that runs it (replayed or captured from log_).
-  cudaGraphExec_t replay_or_capture();
+  // Enqueues exec; `first`: the step's first launch (its GPU time starts there).
+  void launch_graph(cudaGraphExec_t exec, bool first);
+  // The end of a logged step or segment: the executable that runs it (replayed or captured from
+  // log_), from the cache of segment index `segment`.
+  cudaGraphExec_t replay_or_capture(size_t segment);
+  void begin_log();  // the guard capture and the log of the next segment
   bool update(Replay& r);  // sets the nodes that differ; false when the executable refused one
   void close_guard();      // ends the guard capture; refuses a step that put ops in it
   void discard_step();     // after a step none of whose ops will run: its log, frees, retired buffers
@@ -104,8 +117,10 @@ class StepGraph {
   bool recording_ = false;
   bool warmed_up_ = false;
   bool replay_ = false;
+  bool segments_ = false;
+  size_t segment_ = 0;             // the segment being logged (0 without segments)
   std::list<Cached> execs_;        // most recently used first
-  std::list<Replay> replays_;      // most recently used first
+  std::vector<std::list<Replay>> replays_;  // per segment index, most recently used first
   LaunchLog log_;                  // the step being logged (replay_)
   std::vector<Pinned> staging_;    // pinned chunks; the step's uploads fill them in order
   size_t chunk_ = 0, offset_ = 0;  // next free byte: staging_[chunk_].data + offset_

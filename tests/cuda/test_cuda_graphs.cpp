@@ -9,9 +9,10 @@
 //  - the same prompt in chunks of 64: its last chunk (8 tokens) is recorded too;
 //  - the graph cache: after the warm-up step every step is recorded, and most of them update a
 //    cached executable in place rather than instantiating a new one.
-// Each case runs twice: every step captured (its executable updated), and every step logged and
+// Each case runs three times: every step captured (its executable updated); every step logged and
 // replayed by a cached executable with the changed nodes set (debug.cuda_graph_replay), which must
-// capture only the first step of each shape.
+// capture only the first step of each shape; and replayed a layer at a time, each layer's segment
+// launched as soon as it is logged (debug.cuda_graph_segments).
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -39,10 +40,14 @@ struct Loaded {
   std::unique_ptr<Model> model;
 };
 
-Loaded load(const Checkpoint& ckpt, bool graphs, Numerics numerics, bool replay = false) {
+// How a recorded step runs: captured, replayed whole, replayed a layer at a time.
+enum class Mode { kCapture, kReplay, kSegments };
+
+Loaded load(const Checkpoint& ckpt, bool graphs, Numerics numerics, Mode mode = Mode::kCapture) {
   kernels::cuda::CudaBackendOptions o;
   o.graphs = graphs;
-  o.graph_replay = replay;
+  o.graph_replay = mode != Mode::kCapture;
+  o.graph_segments = mode == Mode::kSegments;
   Loaded l;
   l.backend = kernels::cuda::make_cuda_backend(0, o);
   ModelOptions mo;
@@ -109,8 +114,8 @@ Draws run_batch(Model& m, int steps) {
   return d;
 }
 
-// (numerics, replay)
-class CudaGraphs : public ::testing::TestWithParam<std::tuple<Numerics, bool>> {
+// (numerics, mode)
+class CudaGraphs : public ::testing::TestWithParam<std::tuple<Numerics, Mode>> {
  protected:
   static void SetUpTestSuite() {
     if (gpu_present()) ckpt_ = Checkpoint::open(golden_util::case_dir() + "/model").release();
@@ -120,8 +125,16 @@ class CudaGraphs : public ::testing::TestWithParam<std::tuple<Numerics, bool>> {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA device on this machine";
   }
   static Numerics numerics() { return std::get<0>(GetParam()); }
-  static bool replay() { return std::get<1>(GetParam()); }
-  // Steps that reused a cached executable: updated in place, or replayed.
+  static Mode mode() { return std::get<1>(GetParam()); }
+  static bool replay() { return mode() != Mode::kCapture; }
+  static const char* mode_name() {
+    return mode() == Mode::kCapture ? "" : mode() == Mode::kReplay ? ", replay" : ", segments";
+  }
+  // Executables a recorded step runs: one, or with segments one a layer and one for the head.
+  static int64_t parts(const Loaded& l) {
+    return mode() == Mode::kSegments ? int64_t(l.model->config().num_hidden_layers) + 1 : 1;
+  }
+  // Executables that were reused: updated in place, or replayed.
   static int64_t reused(const kernels::GraphStats& st) { return replay() ? st.replayed : st.updated; }
   static Checkpoint* ckpt_;
 };
@@ -130,7 +143,7 @@ Checkpoint* CudaGraphs::ckpt_ = nullptr;
 TEST_P(CudaGraphs, RecordedDecodeStepsEqualEagerSteps) {
   const Numerics numerics = CudaGraphs::numerics();
   Loaded eager_a = load(*ckpt_, false, numerics), eager_b = load(*ckpt_, false, numerics);
-  Loaded graphs = load(*ckpt_, true, numerics, replay());
+  Loaded graphs = load(*ckpt_, true, numerics, mode());
   const auto a = golden_util::run(*eager_a.model, 544, 520, {});
   const auto b = golden_util::run(*eager_b.model, 544, 520, {});
   const auto g = golden_util::run(*graphs.model, 544, 520, {});
@@ -139,7 +152,7 @@ TEST_P(CudaGraphs, RecordedDecodeStepsEqualEagerSteps) {
   const kernels::GraphStats st = graphs.backend->graph_stats();
   std::printf("  [graphs] %s%s: decode logits max |eager - eager| %.3e, |eager - graphs| %.3e; %lld recorded "
               "(%lld reused, %lld instantiated, last %lld nodes, %lld nodes set), %lld eager\n",
-              numerics == Numerics::kOfficial ? "official" : "reference", replay() ? ", replay" : "", eager_spread,
+              numerics == Numerics::kOfficial ? "official" : "reference", mode_name(), eager_spread,
               graph_diff, static_cast<long long>(st.recorded), static_cast<long long>(reused(st)),
               static_cast<long long>(st.instantiated), static_cast<long long>(st.last_nodes),
               static_cast<long long>(st.nodes_set), static_cast<long long>(st.eager));
@@ -147,7 +160,7 @@ TEST_P(CudaGraphs, RecordedDecodeStepsEqualEagerSteps) {
   EXPECT_EQ(eager_a.backend->graph_stats().recorded, 0);
   EXPECT_EQ(st.eager, 1);         // the warm-up step
   EXPECT_EQ(st.recorded, 23);     // the 24 decode steps but the first; the prefill is not recorded
-  EXPECT_EQ(reused(st) + st.instantiated, st.recorded);
+  EXPECT_EQ(reused(st) + st.instantiated, st.recorded * parts(graphs));
   EXPECT_GT(reused(st), st.instantiated);
   EXPECT_EQ(replay() ? st.updated : st.replayed, 0);
 }
@@ -157,7 +170,7 @@ TEST_P(CudaGraphs, RecordedDecodeStepsEqualEagerSteps) {
 TEST_P(CudaGraphs, RecordedShortPrefillChunkEqualsEager) {
   const Numerics numerics = CudaGraphs::numerics();
   Loaded eager_a = load(*ckpt_, false, numerics), eager_b = load(*ckpt_, false, numerics);
-  Loaded graphs = load(*ckpt_, true, numerics, replay());
+  Loaded graphs = load(*ckpt_, true, numerics, mode());
   const auto a = golden_util::run(*eager_a.model, 544, 520, {64});
   const auto b = golden_util::run(*eager_b.model, 544, 520, {64});
   const auto g = golden_util::run(*graphs.model, 544, 520, {64});
@@ -178,7 +191,7 @@ TEST_P(CudaGraphs, RecordedShortPrefillChunkEqualsEager) {
 
 TEST_P(CudaGraphs, RecordedBatchDrawsEqualEagerDraws) {
   const Numerics numerics = CudaGraphs::numerics();
-  Loaded eager = load(*ckpt_, false, numerics), graphs = load(*ckpt_, true, numerics, replay());
+  Loaded eager = load(*ckpt_, false, numerics), graphs = load(*ckpt_, true, numerics, mode());
   const Draws e = run_batch(*eager.model, 40), g = run_batch(*graphs.model, 40);
   EXPECT_EQ(e.ids, g.ids);
   ASSERT_EQ(e.logprobs.size(), g.logprobs.size());
@@ -187,7 +200,7 @@ TEST_P(CudaGraphs, RecordedBatchDrawsEqualEagerDraws) {
   const kernels::GraphStats st = graphs.backend->graph_stats();
   std::printf("  [graphs] batch of 5, 40 steps%s: max |logprob diff| %.3e; %lld recorded (%lld reused, %lld "
               "instantiated)\n",
-              replay() ? ", replay" : "", worst, static_cast<long long>(st.recorded), static_cast<long long>(reused(st)),
+              mode_name(), worst, static_cast<long long>(st.recorded), static_cast<long long>(reused(st)),
               static_cast<long long>(st.instantiated));
   EXPECT_EQ(worst, 0.0);
   // The 3-token prompt is the warm-up step (decode-shaped, eager); every decode step is recorded.
@@ -198,10 +211,11 @@ TEST_P(CudaGraphs, RecordedBatchDrawsEqualEagerDraws) {
 
 INSTANTIATE_TEST_SUITE_P(Numerics, CudaGraphs,
                          ::testing::Combine(::testing::Values(Numerics::kReference, Numerics::kOfficial),
-                                            ::testing::Bool()),
+                                            ::testing::Values(Mode::kCapture, Mode::kReplay, Mode::kSegments)),
                          [](const auto& info) {
+                           const Mode m = std::get<1>(info.param);
                            return std::string(std::get<0>(info.param) == Numerics::kOfficial ? "Official" : "Reference") +
-                                  (std::get<1>(info.param) ? "Replay" : "Capture");
+                                  (m == Mode::kCapture ? "Capture" : m == Mode::kReplay ? "Replay" : "Segments");
                          });
 
 }  // namespace

@@ -50,6 +50,7 @@ struct Recording {
   std::vector<std::string> scopes;
   bool ended = false;
   bool aborted = false;
+  int segments = 0;  // graph_segment calls (one at the end of each layer)
 };
 
 class GraphRulesBackend final : public kernels::ForwardingBackend {
@@ -77,6 +78,13 @@ class GraphRulesBackend final : public kernels::ForwardingBackend {
     recording_ = false;
     recordings_.back().ended = true;
     ++ends_;
+  }
+  void graph_segment() override {
+    if (!recording_) {
+      ADD_FAILURE() << "graph_segment without a recording";
+      return;
+    }
+    recordings_.back().segments++;
   }
   void abort_graph() override {
     if (!recording_) {
@@ -294,6 +302,7 @@ TEST_P(StepGraph, DecodeStepsRecordOneGraphEachAndEqualEagerSteps) {
     ASSERT_EQ(rules_->recordings().size(), before + 1) << "one recording per decode step";
     const Recording& r = rules_->recordings().back();
     EXPECT_TRUE(r.ended && !r.aborted);
+    EXPECT_EQ(r.segments, graphed_->config().num_hidden_layers) << "a segment point at the end of each layer";
     EXPECT_EQ(rules_->ends(), ends + 1);
     EXPECT_EQ(rules_->aborts(), 0);
     EXPECT_EQ(std::count(r.ops.begin(), r.ops.end(), "sample"), 1) << "the draws are enqueued inside the recording";
