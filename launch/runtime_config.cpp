@@ -308,7 +308,7 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                             "when no cached graph matches (default false: on an H100 slower than launching op by op, docs/CUDA.md)"},
       {"cuda_graph_segments", "CUDA, with cuda_graphs and cuda_graph_replay: a decode step is replayed layer by "
                               "layer, each layer's graph launched as soon as it is logged, so the host logs the next "
-                              "layer while the GPU runs this one (default false: not yet measured on a GPU)"},
+                              "layer while the GPU runs this one (default false: on an H100 no faster than op-by-op launches)"},
       {"cuda_pdl", "CUDA: every kernel launched with programmatic stream serialization, so its launch and block "
                    "set-up overlap the end of the kernel before it; each kernel waits for that one's results "
                    "before its first load (default true)"},
