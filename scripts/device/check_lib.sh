@@ -9,6 +9,8 @@
 #                                       (BUILD, default build-gpu) by scripts/device/run.sh within
 #                                       LIMIT seconds, names the GPU, sources devdeps.sh (NCU).
 #   el NAME                             ends a stage: its time from the start, the logs archived.
+#   graphs_stage [LIMIT]                test_cuda_graphs (LIMIT s, 150) into $L/graphs.txt, its
+#                                       cases and [graphs] lines printed; golden_stage: test_gpu_golden.
 #   step NAME CONFIG ARGS               a `bench step` stage: $B's bench_step with ARGS (and
 #                                       --config CONFIG unless empty) into $L/step_NAME.txt, the
 #                                       lines matching STEP_LINES printed.
@@ -30,4 +32,12 @@ step() {
   timeout 100 "$B/tests/cuda/bench_step" bench step $3 ${2:+--config $2} > "$L/step_$1.txt" 2>&1
   echo "== bench step, $1 ${2:-(defaults)}"
   grep -E "$STEP_LINES" "$L/step_$1.txt"; el "step_$1"
+}
+graphs_stage() {
+  timeout "${1:-150}" "$B/tests/cuda/test_cuda_graphs" > "$L/graphs.txt" 2>&1; echo "graphs rc $?"
+  grep -E "OK \]|FAILED|Failure|\[graphs\]|bypassed|refused" "$L/graphs.txt" | head -60; el graphs
+}
+golden_stage() {
+  timeout 100 "$B/tests/cuda/test_gpu_golden" > "$L/golden.txt" 2>&1; echo "golden rc $?"
+  grep -E "OK \]|FAIL" "$L/golden.txt"; el golden
 }

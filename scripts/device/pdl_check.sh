@@ -12,11 +12,10 @@
 #   bash scripts/device/pdl_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el, step: logs, summary, the build, bench step stages
+source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage
 check_begin /tmp/pdl_logs 300 test_cuda_kernels test_cuda_graphs test_gpu_golden bench_step bench_cuda
-timeout 120 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"
-grep -E "OK \]|FAILED|Failure|\[graphs\]" $L/graphs.txt | head -30; el graphs
-timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt; el golden
+graphs_stage
+golden_stage
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192 --iters 20"
 step pdl "" "$S"
 step nopdl scripts/device/pdl_off.yaml "$S"

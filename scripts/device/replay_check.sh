@@ -12,18 +12,17 @@
 #   bash scripts/device/replay_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el, step: logs, summary, the build, bench step stages
+source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage
 check_begin /tmp/replay_logs 300 test_cuda_kernels test_cuda_graphs test_gpu_golden bench_step
 T=$B/tests/cuda/test_cuda_kernels
-timeout 120 $B/tests/cuda/test_cuda_graphs > $L/graphs.txt 2>&1; echo "graphs rc $?"
-grep -E "OK \]|FAILED|Failure|\[graphs\]|bypassed|refused" $L/graphs.txt | head -40; el graphs
+graphs_stage
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --context 8192"
 step eager "" "$S"
 step replay scripts/device/graphs_replay.yaml "$S"
 step capture scripts/device/graphs_on.yaml "$S"
 timeout 120 $T --gtest_brief=1 --gtest_filter="CudaW4a8Gemv.*:CudaMoe.*" > $L/tests.txt 2>&1
 echo "== GEMV + MoE tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests.txt | head -30; el tests
-timeout 100 $B/tests/cuda/test_gpu_golden > $L/golden.txt 2>&1; echo "golden rc $?"; grep -E "OK \]|FAIL" $L/golden.txt; el golden
+golden_stage
 step replay_b1 scripts/device/graphs_replay.yaml "${S/--batch 1,64,256 --context 8192/--batch 1 --context 4096,1048576}"
 timeout 150 $T --gtest_brief=1 --gtest_filter="${REST_FILTER:-CudaW4a8.*:CudaOps.Hc*:CudaSample*:CudaOps.Copy*}" > $L/tests_rest.txt 2>&1
 echo "== W4A8, mHC, sampler, copy tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_rest.txt | head -20; el all
