@@ -305,10 +305,12 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                               "instead of a separate pass over x (default true: 20% less hc_pre time in the H100 8K prefill)"},
       {"cuda_graph_replay", "CUDA, with cuda_graphs: a decode step is logged instead of captured and runs a cached "
                             "graph of the same launches with only the changed kernel parameters set; captured only "
-                            "when no cached graph matches (default false: on an H100 slower than launching op by op, docs/CUDA.md)"},
+                            "when no cached graph matches (default false: on an H100 slower than launching op by op, "
+                            "docs/CUDA.md)"},
       {"cuda_graph_segments", "CUDA, with cuda_graphs and cuda_graph_replay: a decode step is replayed layer by "
                               "layer, each layer's graph launched as soon as it is logged, so the host logs the next "
-                              "layer while the GPU runs this one (default false: on an H100 no faster than op-by-op launches)"},
+                              "layer while the GPU runs this one (default false: on an H100 no faster than op-by-op "
+                              "launches)"},
       {"cuda_pdl", "CUDA: every kernel launched with programmatic stream serialization, so its launch and block "
                    "set-up overlap the end of the kernel before it; each kernel waits for that one's results "
                    "before its first load (default true)"},

@@ -263,7 +263,9 @@ void memset_async(void* dst, int value, size_t bytes, cudaStream_t stream) {
 
 void run_async(const void* key, size_t key_bytes, size_t shape_bytes, cudaStream_t stream,
                std::function<void(cudaStream_t)> run) {
-  if (LaunchLog* log = LaunchLog::active_for(stream)) return log->add_opaque(key, key_bytes, shape_bytes, std::move(run));
+  if (LaunchLog* log = LaunchLog::active_for(stream)) {
+    return log->add_opaque(key, key_bytes, shape_bytes, std::move(run));
+  }
   run(stream);
 }
 

@@ -349,8 +349,15 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
           for (const int pf : {0, 128, 256}) {  // the weight copies' L2 prefetch (gemv_l2_prefetch)
             Fp4GroupedGemmParams pp = p, qq = q;
             pp.gemv_l2_prefetch = qq.gemv_l2_prefetch = pf;
-            const double us_pf = time_us([&] { rotate(pp); qq.row_offsets = pp.row_offsets; fp4_grouped_gemv_pair(pp, qq); }, s);
-            report("fp4 tc gemv pair l2 prefetch " + std::to_string(pf) + " " + shape, us_pf, 2 * bytes, flops2, kFp8Peak);
+            const double us_pf = time_us(
+                [&] {
+                  rotate(pp);
+                  qq.row_offsets = pp.row_offsets;
+                  fp4_grouped_gemv_pair(pp, qq);
+                },
+                s);
+            report("fp4 tc gemv pair l2 prefetch " + std::to_string(pf) + " " + shape, us_pf, 2 * bytes, flops2,
+                   kFp8Peak);
           }
           std::printf("  %s: gate + up in one launch %.1f us against two %.1f us (%.2fx)\n", shape.c_str(), us_pair,
                       us_two, us_two / us_pair);

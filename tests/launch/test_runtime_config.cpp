@@ -271,7 +271,8 @@ TEST(RuntimeConfig, GraphReplayKey) {
   EXPECT_TRUE(backend_options(on, 0).cuda_graphs);
   EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(on), "emitted").debug.cuda_graph_replay);
   EXPECT_FALSE(backend_options(on, 0).cuda_graph_segments);
-  const RuntimeConfig seg = parse_runtime_config("cuda_graphs: true\ndebug: {cuda_graph_replay: true, cuda_graph_segments: true}\n", "r.yaml");
+  const RuntimeConfig seg = parse_runtime_config(
+      "cuda_graphs: true\ndebug: {cuda_graph_replay: true, cuda_graph_segments: true}\n", "r.yaml");
   EXPECT_TRUE(backend_options(seg, 0).cuda_graph_segments);
   EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(seg), "emitted").debug.cuda_graph_segments);
   expect_error_naming([] { parse_runtime_config("debug: {cuda_graph_replay: 2}\n", "r.yaml"); },
