@@ -17,7 +17,8 @@
 // the same shape takes the step: only the kernel nodes whose parameters or grids changed, and the
 // copies and memsets whose addresses changed, are set in it (cudaGraphExec*NodeSetParams), a
 // library call on new addresses is captured alone on a side stream and set as its child-graph node,
-// and the executable is launched. Any other step is captured by issuing its log, and its executable joins the cache.
+// and the executable is launched. Any other step is captured by issuing its log, and its
+// executable joins the cache.
 // So a steady decode step costs the host its own bookkeeping and a few node updates, no capture.
 // Segments (set_segments, with replay): segment() ends the log at a layer's end and launches that
 // part of the step at once (its own executable, cached by its index in the step), then logs the
