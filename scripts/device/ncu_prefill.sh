@@ -6,7 +6,9 @@
 #   $OUT/ncu_<tag>_stalls.txt  every warp stall reason, cycles per issued instruction;
 #   $OUT/ncu_<tag>_sass.csv    the SASS with its samples and stall reasons per instruction;
 #   $OUT/ncu_<tag>_top.txt     the 60 instructions with the most samples;
-# tag = NCU_TAG (default experts); NCU_CONFIG: a runtime YAML for the prefill (`--config`).
+# tag = NCU_TAG (default experts); NCU_CONFIG: a runtime YAML for the prefill (`--config`);
+# NCU_CONTEXT: the prompt length (default 8192, in chunks of 8192: a late chunk of a long prompt
+# with NCU_SKIP set past the earlier chunks' launches).
 #   BUILD=build-gpu OUT=... [NCU_KERNEL=sparse_attention_tc NCU_SKIP=0 NCU_TAG=attention] bash scripts/device/ncu_prefill.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +18,7 @@ source scripts/device/devdeps.sh
 T=${NCU_TAG:-experts}; R=/tmp/ncu_$T
 timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k "regex:${NCU_KERNEL:-wgmma_ws}" --launch-skip ${NCU_SKIP:-2} --launch-count 1 \
   --section WarpStateStats --section SourceCounters --section SpeedOfLight -f -o $R \
-  $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context 8192 \
+  $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context ${NCU_CONTEXT:-8192} \
   ${NCU_CONFIG:+--config "$NCU_CONFIG"} > "$OUT/ncu_${T}_collect.txt" 2>&1
 echo "ncu collect rc $?"
 "$NCU" --import $R.ncu-rep --page raw --csv > /tmp/ncu_raw.csv 2>&1
