@@ -36,6 +36,9 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_indexer_fp8): prefill indexer scores of compact keys on FP8 tensor
   // cores (wgmma); off: the bf16 kernel, bit-identical to the reference.
   bool cuda_indexer_fp8 = true;
+  // "cuda" only (debug.cuda_indexer_predecode): that kernel reads its launch's keys decoded to e4m3
+  // once by a first kernel; off: every block decodes the key tiles it reads.
+  bool cuda_indexer_predecode = true;
   // "cuda" only (debug.cuda_expert_wgmma): prefill-sized routed-expert GEMMs on FP8 wgmma instead
   // of the mma.sync W4A8 tile kernel.
   bool cuda_expert_wgmma = true;

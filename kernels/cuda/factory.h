@@ -65,6 +65,9 @@ struct CudaBackendOptions {
   // (indexer_fp8.cu) instead of the bf16 mma.sync kernel, which alone reproduces the reference's
   // scores bit for bit, and with decode_tensor_cores decode batches (indexer_fp8_decode.cu).
   bool indexer_fp8 = true;
+  // The FP8 prefill kernel reads the launch's keys decoded to e4m3 tiles once
+  // (debug.cuda_indexer_predecode; indexer_fp8.cu) instead of each block decoding its tiles.
+  bool indexer_predecode = true;
   // Prefill-sized routed-expert GEMMs (the 128-row tile case of fp4_tc_rows_per_tile) on FP8 wgmma
   // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs
   // only (the tensor cores' FP8 sums keep fewer bits than fp32; far below a bf16 rounding).

@@ -35,7 +35,19 @@
 // (stride byte offset). Accumulator (wgmma m64nN): thread (warp w of the warpgroup, lane l) holds
 // rows 16 w + l / 4 and + 8, columns 8 i + 2 (l % 4) + {0, 1}, i < 16: key rows, (query, head)
 // columns: query i / 8, head 8 (i % 8) + 2 (l % 4) + {0, 1}.
+//
+// Keys decoded once per launch (CudaBackendOptions::indexer_predecode, on by default). A block of 4
+// queries decoding every key tile it reads spent some 40% of its issued instructions on the decode
+// (Nsight Compute, a 1M-prompt chunk: the kernel issue-bound, 64% of the issue slots busy), and each
+// key was decoded once per query block: 2,048 times per 8K chunk. So decode_index_keys_kernel first
+// writes the launch's visible keys as e4m3 tiles of 64 rows in the operand layout (and Sk per key)
+// to scratch, the same bytes decode_keys makes, and the kernel copies each tile with 16-byte
+// cp.async into a ring of three tile buffers: tile i + 2's copies fly under tile i's MMAs and
+// epilogue, one block barrier per tile. Scores are bit for bit those of the in-block decode.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/indexer_args.cuh"
 #include "kernels/cuda/indexer_fp8_common.cuh"
@@ -53,23 +65,104 @@ constexpr int kQueries = 4;                 // query tokens per block
 constexpr int kRows = kQueries * kHeads;    // B rows of the block
 constexpr int kThreads = 256;               // two warpgroups
 constexpr int kQBytes = kRows * kMaxDim;                  // 32,768
-constexpr size_t kSmemBytes = size_t(kQBytes) + 2 * kKeyBytes + 2 * kRawBytes + 2 * kKeys * 4 + kRows * 2;
+// In-block decode: two e4m3 tiles, two raw tiles, two Sk rows. Pre-decoded: a ring of three e4m3
+// tiles and Sk rows (kRing), in the space of the former.
+constexpr int kRing = 3;
+constexpr size_t kKeySpace = 2 * kKeyBytes + 2 * kRawBytes + 2 * kKeys * 4;
+static_assert(kRing * (kKeyBytes + kKeys * 4) <= kKeySpace, "the ring fits the in-block decode's buffers");
+constexpr size_t kSmemBytes = size_t(kQBytes) + kKeySpace + kRows * 2;
 static_assert(4 * kKeys == kThreads, "four threads per raw FP4 key row");
+constexpr int kDecodeThreads = 256;
+
+// The launch's keys [key_begin, key_begin + count) as e4m3 tiles of kKeys rows (tile t at t x kKeys
+// x dim bytes, rows in the operand layout: core_offset) and their Sk, rows past count zero: what
+// decode_keys writes into a block's tile, for every tile at once. One thread per (key, 32-block).
+__global__ void __launch_bounds__(kDecodeThreads) decode_index_keys_kernel(KvRowsDev ck, int dim, int64_t key_begin,
+                                                                           int64_t count, int64_t padded,
+                                                                           uint8_t* tiles, float* sk) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
+  const int blocks = dim >> 5;
+  const int64_t i = int64_t(blockIdx.x) * kDecodeThreads + threadIdx.x;
+  if (i >= padded * blocks) return;
+  const int64_t r = i / blocks;
+  const int b = int(i - r * blocks);
+  uint32_t out[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+  float s = 0.f;
+  if (r < count) {
+    const uint8_t* row = ck.row(key_begin + r);  // 4-byte aligned (plan_part checks)
+    int emax = 0;
+    for (int c = 0; c < blocks; ++c) emax = max(emax, int(row[ck.scale_offset + c]));
+    s = pow2f(emax - 133);
+    const uint32_t* codes = reinterpret_cast<const uint32_t*>(row + b * 16);
+    fp4tc::decode_block(make_uint4(codes[0], codes[1], codes[2], codes[3]), emax - row[ck.scale_offset + b], out);
+  }
+  uint8_t* tile = tiles + (r / kKeys) * int64_t(kKeys) * dim;
+  const int rr = int(r % kKeys);
+  *reinterpret_cast<uint4*>(tile + core_offset(rr, 32 * b, dim)) = make_uint4(out[0], out[1], out[2], out[3]);
+  *reinterpret_cast<uint4*>(tile + core_offset(rr, 32 * b + 16, dim)) = make_uint4(out[4], out[5], out[6], out[7]);
+  if (b == 0) sk[r] = s;
+}
+
+// Pre-decoded keys of a launch (decode_index_keys_kernel's output); tiles null: the block decodes.
+struct DecodedKeys {
+  const uint8_t* tiles = nullptr;
+  const float* sk = nullptr;
+};
+
+// key_tiles (indexer_fp8_common.cuh) over pre-decoded tiles: the block's tiles from `first` on, in
+// a ring of kRing tile buffers (kbuf) and Sk rows (ks). Tiles 0 and 1 are copied around stage();
+// per tile `it`: wait for its copies, fence them for the wgmma, block barrier (every thread's
+// copies landed, every thread done with tile it - 1, whose buffers tile it + 2 takes), setup()
+// at the first, copies of tile it + 2, mma(kt), the MMAs waited on, epilogue(j0, ks_tile).
+template <typename Stage, typename Setup, typename Mma, typename Epilogue>
+__device__ __forceinline__ void decoded_key_tiles(const DecodedKeys& dk, int dim, int64_t first, int64_t lo,
+                                                  int64_t cend, uint8_t* kbuf, float* ks, Stage stage, Setup setup,
+                                                  Mma mma, Epilogue epilogue) {
+  const int64_t ntiles = (cend - lo + kKeys - 1) / kKeys;
+  const int tile_bytes = kKeys * dim, tid = threadIdx.x;
+  auto fetch = [&](int64_t it) {  // one commit group per call, empty past the last tile
+    if (it < ntiles) {
+      const uint8_t* src = dk.tiles + (first + it) * tile_bytes;
+      uint8_t* dst = kbuf + (it % kRing) * kKeyBytes;
+      for (int c = tid; c < tile_bytes / 16; c += kThreads) cp_async16(dst + 16 * c, src + 16 * c, true);
+      if (tid < kKeys / 4) cp_async16(ks + (it % kRing) * kKeys + 4 * tid, dk.sk + (first + it) * kKeys + 4 * tid, true);
+    }
+    cp_async_commit();
+  };
+  fetch(0);
+  fetch(1);
+  stage();
+  for (int64_t it = 0; it < ntiles; ++it) {
+    cp_async_wait<1>();  // tile it landed (tile it + 1 may be in flight)
+    fence_async_smem();
+    __syncthreads();
+    if (it == 0) setup();
+    fetch(it + 2);
+    mma(kbuf + (it % kRing) * kKeyBytes);
+    wgmma_wait0();
+    epilogue(lo + it * kKeys, ks + (it % kRing) * kKeys);
+  }
+  cp_async_wait_all();  // the empty groups past the last tile
+}
 
 // kDim: the head dim (64 or 128), a constant so that the wgmma of a tile are one unrolled,
-// non-divergent sequence (ptxas serializes them otherwise).
-template <int kDim>
-__global__ void __launch_bounds__(kThreads, 2) indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a) {
+// non-divergent sequence (ptxas serializes them otherwise). kPredecoded: the key tiles come from
+// dk (decoded_key_tiles), else the block decodes them (key_tiles); one loop per instance keeps the
+// registers of either within the two blocks per SM.
+template <int kDim, bool kPredecoded>
+__global__ void __launch_bounds__(kThreads, 2)
+    indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a, DecodedKeys dk) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   const IdxPart& p = a.parts[0];
   const int64_t n = a.n;
   constexpr int dim = kDim;
   extern __shared__ __align__(128) uint8_t smem[];
   uint8_t* const qs = smem;                                 // B: [kRows] x dim, core-matrix layout
-  uint8_t* const kbuf = qs + kQBytes;                       // A: [2][kKeys] x dim
+  uint8_t* const kbuf = qs + kQBytes;                       // A: [2][kKeys] x dim (pre-decoded: [kRing])
   uint8_t* const raw = kbuf + 2 * kKeyBytes;                // [2][kKeys][kRawLd]
   float* const ks = reinterpret_cast<float*>(raw + 2 * kRawBytes);  // [2][kKeys] Sk
-  uint16_t* const ws = reinterpret_cast<uint16_t*>(ks + 2 * kKeys);  // [kRows] w' (bf16)
+  float* const ring_ks = reinterpret_cast<float*>(kbuf + kRing * kKeyBytes);  // pre-decoded: [kRing][kKeys] Sk
+  uint16_t* const ws = reinterpret_cast<uint16_t*>(qs + kQBytes + kKeySpace);  // [kRows] w' (bf16)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, wi = warp & 3, gid = lane >> 2, tig = lane & 3;
   const int64_t t0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kQueries;
@@ -90,34 +183,38 @@ __global__ void __launch_bounds__(kThreads, 2) indexer_scores_fp8_kernel(const _
   float d[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) d[i] = 0.f;
-  key_tiles<kThreads>(
-      p.ckeys, dim, lo, cend, raw, kbuf, ks, [&] { stage_q<kThreads, kRows>(a, p, t0, n, qs, ws); },
-      [&] {
+  const auto stage = [&] { stage_q<kThreads, kRows>(a, p, t0, n, qs, ws); };
+  const auto setup = [&] {
 #pragma unroll
-        for (int i = 0; i < 16; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + wg * 128 + 8 * i + 2 * tig);
-      },
-      [&](const uint8_t* kt) {
-        fence_acc(d);
-        wgmma_fence();
+    for (int i = 0; i < 16; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + wg * 128 + 8 * i + 2 * tig);
+  };
+  const auto mma = [&](const uint8_t* kt) {
+    fence_acc(d);
+    wgmma_fence();
 #pragma unroll
-        for (int s = 0; s < ksteps; ++s)
-          wgmma_m64n128k32(d, smem_desc(kt + 256 * s, dim), smem_desc(bq + 256 * s, dim), s);
-        wgmma_commit();
-      },
-      [&](int64_t j0, const float* kst) {
-        fence_acc(d);
-        // sums[half][q]: key row 16 wi + gid + 8 half, query 2 wg + q.
-        float sums[2][2];
-        head_sums<2>(d, wp, sums);
-        const float sum =
-            (tig >> 1) ? ((tig & 1) ? sums[1][1] : sums[1][0]) : ((tig & 1) ? sums[0][1] : sums[0][0]);
-        const int64_t j = j0 + my_row;
-        if (ts < n && j < cend) {
-          float* out = scores + ts * score_stride + (j - key_begin);
-          const float v = round_bf16(sum * kst[my_row]);
-          *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
-        }
-      });
+    for (int s = 0; s < ksteps; ++s)
+      wgmma_m64n128k32(d, smem_desc(kt + 256 * s, dim), smem_desc(bq + 256 * s, dim), s);
+    wgmma_commit();
+  };
+  const auto epilogue = [&](int64_t j0, const float* kst) {
+    fence_acc(d);
+    // sums[half][q]: key row 16 wi + gid + 8 half, query 2 wg + q.
+    float sums[2][2];
+    head_sums<2>(d, wp, sums);
+    const float sum =
+        (tig >> 1) ? ((tig & 1) ? sums[1][1] : sums[1][0]) : ((tig & 1) ? sums[0][1] : sums[0][0]);
+    const int64_t j = j0 + my_row;
+    if (ts < n && j < cend) {
+      float* out = scores + ts * score_stride + (j - key_begin);
+      const float v = round_bf16(sum * kst[my_row]);
+      *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
+    }
+  };
+  if constexpr (kPredecoded) {
+    decoded_key_tiles(dk, dim, (lo - key_begin) / kKeys, lo, cend, kbuf, ring_ks, stage, setup, mma, epilogue);
+  } else {
+    key_tiles<kThreads>(p.ckeys, dim, lo, cend, raw, kbuf, ks, stage, setup, mma, epilogue);
+  }
 }
 
 }  // namespace
@@ -126,21 +223,38 @@ bool indexer_fp8_serves(const IdxArgs& a) {
   return a.num_parts == 1 && a.n >= 16 && operands_ok(a, a.parts[0]);
 }
 
-void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
+void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool predecode) {
   static bool attr_set = false;
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
-    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_fp8_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
+    for (const void* f : {(const void*)indexer_scores_fp8_kernel<64, false>, (const void*)indexer_scores_fp8_kernel<128, false>,
+                          (const void*)indexer_scores_fp8_kernel<64, true>, (const void*)indexer_scores_fp8_kernel<128, true>})
+      CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
     attr_set = true;
   }
   const dim3 grid = indexer_tc_grid(a, max_keys, kQueries, kKeys, "indexer_scores (fp8 wgmma)");
-  if (a.dim == 64)
-    launch(indexer_scores_fp8_kernel<64>, grid, kThreads, kSmemBytes, s)(a);
-  else
-    launch(indexer_scores_fp8_kernel<128>, grid, kThreads, kSmemBytes, s)(a);
+  // The keys some query of the launch sees: [key_begin, key_begin + count).
+  const IdxPart& p = a.parts[0];
+  const int64_t count = std::clamp<int64_t>(std::min(p.key_end, (p.pos_begin + a.n) / a.ratio) - p.key_begin, 0, max_keys);
+  DecodedKeys dk;
+  void* scratch = nullptr;
+  if (predecode && count > 0) {
+    const int64_t padded = ceil_div(count, int64_t(kKeys));
+    const size_t tile_bytes = size_t(padded) * kKeys * size_t(a.dim);
+    scratch = stream_alloc(tile_bytes + size_t(padded) * kKeys * 4, s);
+    auto* tiles = static_cast<uint8_t*>(scratch);
+    auto* sk = reinterpret_cast<float*>(tiles + tile_bytes);  // 16-byte aligned: dim x 64 bytes a tile
+    const int64_t items = padded * kKeys * (a.dim / 32);
+    launch(decode_index_keys_kernel, grid_x_for(items, kDecodeThreads, "indexer key decode"), kDecodeThreads, 0, s)(
+        p.ckeys, a.dim, p.key_begin, count, padded * kKeys, tiles, sk);
+    launch_check("indexer key decode", s);
+    dk.tiles = tiles;
+    dk.sk = sk;
+  }
+  const auto kernel = a.dim == 64 ? (dk.tiles ? indexer_scores_fp8_kernel<64, true> : indexer_scores_fp8_kernel<64, false>)
+                                   : (dk.tiles ? indexer_scores_fp8_kernel<128, true> : indexer_scores_fp8_kernel<128, false>);
+  launch(kernel, grid, kThreads, kSmemBytes, s)(a, dk);
   launch_check("indexer_scores (fp8 wgmma)", s);
+  if (scratch) stream_free(scratch, s);
 }
 
 }  // namespace v4rt::kernels::cuda

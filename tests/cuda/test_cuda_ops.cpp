@@ -563,16 +563,20 @@ TEST(CudaOps, IndexerScoresBatch) {
 // from the bf16 kernel's counted (the FP8 accumulation and the per-quad head sum, see the kernel).
 // FP8-only cases: 65,537 queries of 4 heads at dim 64 (16,385 blocks on x), and q whose 32-blocks
 // are 0, 4, 8 and 12 binades apart (plus each value's own 4): past the 13 binades the e4m3
-// rescaling of a row keeps exact, the smallest values round.
+// rescaling of a row keeps exact, the smallest values round. The FP8 kernel runs twice: on keys
+// decoded once per launch (the default) and with each block decoding its tiles
+// (indexer_predecode off); the two must agree on every bit.
 TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(29);
-  cuda::CudaBackendOptions simt_options, bf16_options;
+  cuda::CudaBackendOptions simt_options, bf16_options, in_block_options;
   simt_options.indexer_tensor_cores = false;
   bf16_options.indexer_fp8 = false;
+  in_block_options.indexer_predecode = false;
   auto simt = cuda::make_cuda_backend(0, simt_options);
   auto bf16tc = cuda::make_cuda_backend(0, bf16_options);
   auto fp8 = cuda::make_cuda_backend(0, cuda::CudaBackendOptions{});
+  auto fp8_in_block = cuda::make_cuda_backend(0, in_block_options);
   int spread = 0;  // binades q's 32-blocks span beyond fp4_values' own (FP8-only case)
   auto fp4_values = [&](int64_t cnt) {
     std::vector<float> v(static_cast<size_t>(cnt));
@@ -665,6 +669,13 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
       std::printf("[compare] indexer fp8 prefill %s: %lld of %zu scores differ from the bf16 kernel\n", c.name,
                   static_cast<long long>(differ), f8.size());
       EXPECT_TRUE(compare(std::string("indexer fp8 prefill ") + c.name, f8, s_tc.cpu_values(), {2e-2, 2e-2, 1e-4}));
+      Dual s_blk = make_dual({c.n, cols}, init, DType::kF32);
+      fp8_in_block->indexer_scores(params(true, s_blk));
+      fp8_in_block->synchronize();
+      const int64_t blk_differ = count_differ(f8, s_blk.gpu_values());
+      std::printf("[compare] indexer fp8 prefill %s: %lld scores differ between pre-decoded and in-block keys\n",
+                  c.name, static_cast<long long>(blk_differ));
+      EXPECT_EQ(blk_differ, 0) << c.name;
     }
   }
 }

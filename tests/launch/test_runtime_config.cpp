@@ -289,6 +289,17 @@ TEST(RuntimeConfig, PdlKey) {
   expect_error_naming([] { parse_runtime_config("debug: {cuda_pdl: 2}\n", "r.yaml"); }, {"r.yaml", "cuda_pdl"});
 }
 
+TEST(RuntimeConfig, IndexerPredecodeKey) {
+  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
+  EXPECT_TRUE(d.debug.cuda_indexer_predecode);
+  EXPECT_TRUE(backend_options(d, 0).cuda_indexer_predecode);
+  const RuntimeConfig off = parse_runtime_config("debug: {cuda_indexer_predecode: false}\n", "r.yaml");
+  EXPECT_FALSE(backend_options(off, 0).cuda_indexer_predecode);
+  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").debug.cuda_indexer_predecode);
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_indexer_predecode: 2}\n", "r.yaml"); },
+                      {"r.yaml", "cuda_indexer_predecode"});
+}
+
 // Sizes whose product would overflow the rank count are refused before anything multiplies them.
 TEST(RuntimeConfig, ImplausibleWorldRejected) {
   expect_error_naming([] { parse_runtime_config("parallel: {tp: 65536, sp: 65536}\n", "big.yaml"); },
