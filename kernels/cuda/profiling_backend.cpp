@@ -58,12 +58,24 @@ struct Cost {
   }
 };
 
+// FLOPs of the (query, key) pairs the query sees (Backend::indexer_scores: keys below
+// (pos + 1) / ratio); the kernels skip the tiles no query of a block sees.
 Cost indexer_cost(const IndexerScoresParams& p) {
-  const int64_t keys = (p.key_end < 0 ? p.keys.shape[0] : p.key_end) - p.key_begin;
+  const int64_t key_end = p.key_end < 0 ? p.keys.shape[0] : p.key_end, keys = key_end - p.key_begin;
   const int64_t heads = (p.h_end < 0 ? p.q.shape[1] : p.h_end) - p.h_begin;
   const double kb = view_bytes(p.keys) * double(keys) / double(std::max<int64_t>(p.keys.shape[0], 1));
-  return {kb + view_bytes(p.q) + view_bytes(p.scores),
-          2.0 * double(p.q.shape[0]) * double(heads) * double(keys) * double(p.q.shape[2])};
+  double pairs = 0;
+  for (int64_t t = 0; t < p.q.shape[0]; ++t) {
+    const int64_t seen = std::min(key_end, (p.pos_begin + t + 1) / std::max(p.ratio, 1)) - p.key_begin;
+    pairs += double(std::clamp<int64_t>(seen, 0, keys));
+  }
+  return {kb + view_bytes(p.q) + view_bytes(p.scores), 2.0 * pairs * double(heads) * double(p.q.shape[2])};
+}
+
+// The peak of the kernel that serves an indexer call by default: compact FP4 keys under the
+// official numerics run on FP8 tensor cores (CudaBackendOptions::indexer_fp8), others on bf16.
+double indexer_peak(const IndexerScoresParams& p) {
+  return p.bf16_arith && p.key_layout.format == KvFormat::kFp4 ? kPeakFp8 : kPeakBf16;
 }
 
 Cost attention_cost(const SparseAttentionParams& p) {
@@ -213,12 +225,13 @@ class Profiler final : public ProfilingBackend {
   }
   void indexer_scores(const IndexerScoresParams& p) override {
     const Cost c = indexer_cost(p);
-    timed("indexer_scores", c.bytes, c.flops, kPeakBf16, [&] { inner_.indexer_scores(p); });
+    timed("indexer_scores", c.bytes, c.flops, indexer_peak(p), [&] { inner_.indexer_scores(p); });
   }
   void indexer_scores_batch(const IndexerScoresBatchParams& p) override {
     Cost c;
     for (int64_t i = 0; i < p.num_parts; ++i) c += indexer_cost(p.parts[i]);
-    timed("indexer_scores_batch", c.bytes, c.flops, kPeakBf16, [&] { inner_.indexer_scores_batch(p); });
+    const double peak = p.num_parts > 0 ? indexer_peak(p.parts[0]) : kPeakBf16;
+    timed("indexer_scores_batch", c.bytes, c.flops, peak, [&] { inner_.indexer_scores_batch(p); });
   }
   void topk(const TopkParams& p) override {
     timed("topk", view_bytes(p.scores) + view_bytes(p.out_idx), 0, kPeakBf16, [&] { inner_.topk(p); });
