@@ -20,13 +20,13 @@ namespace v4rt::launch {
 void add_prefill_chunk_option(CLI::App* app, int* prefill_chunk) {
   app->add_option("--prefill-chunk", *prefill_chunk,
                   "Most prompt tokens of one sequence per step: chunked prefill (overrides the config's "
-                  "`prefill_chunk:`; 0: no limit but the step's token budget)")
+                  "`prefill_chunk:`, default 8192; 0: no limit but the step's token budget)")
       ->check(CLI::NonNegativeNumber);
 }
 
 int resolve_prefill_chunk(int flag, const std::string& config) {
   if (flag >= 0) return flag;
-  return config.empty() ? 0 : launch::load_runtime_config(config).prefill_chunk;
+  return config.empty() ? RuntimeConfig{}.prefill_chunk : launch::load_runtime_config(config).prefill_chunk;
 }
 
 ModelRun::ModelRun(const RunOptions& options) {

@@ -31,8 +31,8 @@ namespace v4rt::launch {
 // --prefill-chunk N on the model commands: most prompt tokens of one sequence per step (-1 when
 // not given: the runtime config's `prefill_chunk`).
 void add_prefill_chunk_option(CLI::App* app, int* prefill_chunk);
-// The flag's value when given (>= 0), else `prefill_chunk:` of the runtime YAML `config` (0 when
-// there is no config).
+// The flag's value when given (>= 0), else `prefill_chunk:` of the runtime YAML `config` (its
+// default, RuntimeConfig::kDefaultPrefillChunk, when there is no config).
 int resolve_prefill_chunk(int flag, const std::string& config);
 
 struct RunOptions {

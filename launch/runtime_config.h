@@ -93,10 +93,13 @@ struct RuntimeConfig {
   // "reference" (fp32, matches golden/) or "official" (the reference's rounding points); validated
   // here, turned into model::Numerics by model::parse_numerics (model.h).
   std::string numerics = "reference";
-  // Most prompt tokens of one sequence in one step (chunked prefill) in every command; 0: serve
-  // and batch fill the step budget (server.max_batch_tokens), generate and logits take the
-  // prompt in one chunk. `--prefill-chunk` overrides it.
-  int prefill_chunk = 0;
+  // Most prompt tokens of one sequence in one step (chunked prefill) in every command; 0: no cap
+  // (serve and batch fill the step budget, server.max_batch_tokens; generate and logits take the
+  // prompt in one chunk). `--prefill-chunk` overrides it. kDefaultPrefillChunk bounds the prefill's
+  // scratch (the indexer scores of a chunk: chunk x compressed keys x 4 bytes, 8.6 GB for a Flash
+  // chunk at 1M) by the chunk, as the planner's prefill_chunk_tokens assumes.
+  static constexpr int kDefaultPrefillChunk = 8192;
+  int prefill_chunk = kDefaultPrefillChunk;
   // CUDA backend: record each decode step and run it as one CUDA graph (kernels/backend.h,
   // Backend::begin_graph); false launches every op on its own. `--no-graphs` turns it off too.
   bool cuda_graphs = false;

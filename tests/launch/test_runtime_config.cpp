@@ -3,6 +3,7 @@
 // types and out-of-range values are rejected naming file, key path and line.
 #include <gtest/gtest.h>
 
+#include "launch/model_run.h"
 #include "launch/runtime_config.h"
 #include "tests/model/test_util.h"
 
@@ -304,6 +305,19 @@ TEST(RuntimeConfig, IndexerPredecodeKey) {
 TEST(RuntimeConfig, ImplausibleWorldRejected) {
   expect_error_naming([] { parse_runtime_config("parallel: {tp: 65536, sp: 65536}\n", "big.yaml"); },
                       {"big.yaml", "'parallel'", "implausibly large"});
+}
+
+// Chunked prefill by default (kDefaultPrefillChunk), so a prompt of any length runs with the scratch
+// of one chunk; 0 (no cap) and other sizes parse, negatives are refused naming the key.
+TEST(RuntimeConfig, PrefillChunkDefault) {
+  EXPECT_EQ(RuntimeConfig{}.prefill_chunk, 8192);
+  EXPECT_EQ(parse_runtime_config("", "r.yaml").prefill_chunk, 8192);
+  EXPECT_EQ(parse_runtime_config("prefill_chunk: 0\n", "r.yaml").prefill_chunk, 0);
+  const RuntimeConfig c = parse_runtime_config("prefill_chunk: 4096\n", "r.yaml");
+  EXPECT_EQ(parse_runtime_config(runtime_config_yaml(c), "emitted").prefill_chunk, 4096);
+  expect_error_naming([] { parse_runtime_config("prefill_chunk: -1\n", "r.yaml"); }, {"r.yaml", "prefill_chunk"});
+  EXPECT_EQ(resolve_prefill_chunk(-1, ""), 8192);
+  EXPECT_EQ(resolve_prefill_chunk(0, ""), 0);
 }
 
 }  // namespace
