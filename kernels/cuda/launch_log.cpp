@@ -201,25 +201,29 @@ cudaGraph_t LaunchLog::capture_opaque(const LaunchRecord& r, cudaStream_t side) 
   return g;
 }
 
+namespace {
+
+// Adds `child` as a child-graph node after the current dependencies of the capture on `stream`,
+// which then depends on that node alone; `child` is destroyed (the node holds a copy).
+void add_child_node(cudaStream_t stream, cudaGraph_t child) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  cudaGraph_t graph = nullptr;
+  const cudaGraphNode_t* deps = nullptr;
+  size_t num_deps = 0;
+  cudaGraphNode_t added = nullptr;
+  cudaError_t st = cudaStreamGetCaptureInfo(stream, &status, nullptr, &graph, &deps, nullptr, &num_deps);
+  if (st == cudaSuccess) st = cudaGraphAddChildGraphNode(&added, graph, deps, num_deps, child);
+  (void)cudaGraphDestroy(child);
+  CUDA_CHECK(st);
+  CUDA_CHECK(cudaStreamUpdateCaptureDependencies(stream, &added, nullptr, 1, cudaStreamSetCaptureDependencies));
+}
+
+}  // namespace
+
 void LaunchLog::issue(cudaStream_t stream, cudaStream_t side,
                       const std::function<void(size_t, cudaGraphNode_t)>& node) {
   for (size_t i = 0; i < records_.size(); ++i) {
     const LaunchRecord& r = records_[i];
-    if (r.kind == LaunchRecord::Kind::kOpaque) {  // one child-graph node after the stream's last node
-      cudaGraph_t child = capture_opaque(r, side);
-      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-      cudaGraph_t graph = nullptr;
-      const cudaGraphNode_t* deps = nullptr;
-      size_t num_deps = 0;
-      cudaGraphNode_t added = nullptr;
-      cudaError_t st = cudaStreamGetCaptureInfo(stream, &status, nullptr, &graph, &deps, nullptr, &num_deps);
-      if (st == cudaSuccess) st = cudaGraphAddChildGraphNode(&added, graph, deps, num_deps, child);
-      (void)cudaGraphDestroy(child);  // the node holds a copy
-      CUDA_CHECK(st);
-      CUDA_CHECK(cudaStreamUpdateCaptureDependencies(stream, &added, nullptr, 1, cudaStreamSetCaptureDependencies));
-      node(i, added);
-      continue;
-    }
     switch (r.kind) {
       case LaunchRecord::Kind::kKernel:
         if (r.programmatic) {
@@ -236,9 +240,11 @@ void LaunchLog::issue(cudaStream_t stream, cudaStream_t side,
       case LaunchRecord::Kind::kMemset:
         CUDA_CHECK(cudaMemsetAsync(r.dst, r.value, r.count, stream));
         break;
-      case LaunchRecord::Kind::kOpaque:
+      case LaunchRecord::Kind::kOpaque:  // captured alone on the side stream: one child-graph node
+        add_child_node(stream, capture_opaque(r, side));
         break;
     }
+    // Every record leaves one node at the end of the capture: its own.
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     const cudaGraphNode_t* deps = nullptr;
     size_t num_deps = 0;
