@@ -39,6 +39,9 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_indexer_predecode): that kernel reads its launch's keys decoded to e4m3
   // once by a first kernel; off: every block decodes the key tiles it reads.
   bool cuda_indexer_predecode = true;
+  // "cuda" only (debug.cuda_indexer_head_sum_mma): the FP8 indexer kernels sum each score's head
+  // terms on the tensor cores; off: fp32 adds per thread and a quad shuffle.
+  bool cuda_indexer_head_sum_mma = true;
   // "cuda" only (debug.cuda_expert_wgmma): prefill-sized routed-expert GEMMs on FP8 wgmma instead
   // of the mma.sync W4A8 tile kernel.
   bool cuda_expert_wgmma = true;

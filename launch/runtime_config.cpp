@@ -212,6 +212,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_indexer_tc", &c.debug.cuda_indexer_tc);
   d.get("cuda_indexer_fp8", &c.debug.cuda_indexer_fp8);
   d.get("cuda_indexer_predecode", &c.debug.cuda_indexer_predecode);
+  d.get("cuda_indexer_head_sum_mma", &c.debug.cuda_indexer_head_sum_mma);
   d.get("cuda_expert_wgmma", &c.debug.cuda_expert_wgmma);
   d.get("cuda_expert_wgmma_ws", &c.debug.cuda_expert_wgmma_ws);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
@@ -274,6 +275,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                            "bf16 kernel, bit-identical to the reference's scores)"},
       {"cuda_indexer_predecode", "CUDA: the FP8 prefill indexer reads its launch's keys decoded to e4m3 once, "
                                  "instead of each block decoding every key tile it reads (default true)"},
+      {"cuda_indexer_head_sum_mma", "CUDA: the FP8 indexer kernels sum each score's head terms with mma.sync against "
+                                    "a column of ones instead of fp32 adds per thread (default true)"},
       {"cuda_expert_wgmma", "CUDA: prefill-sized routed-expert GEMMs (a mean of 96+ rows per expert) on FP8 wgmma "
                             "instead of the mma.sync W4A8 tile kernel (default true)"},
       {"cuda_expert_wgmma_ws", "CUDA: the same GEMMs on the warp-specialized FP8 wgmma kernel (producer warpgroup "
@@ -343,6 +346,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_indexer_tc = config.debug.cuda_indexer_tc;
   o.cuda_indexer_fp8 = config.debug.cuda_indexer_fp8;
   o.cuda_indexer_predecode = config.debug.cuda_indexer_predecode;
+  o.cuda_indexer_head_sum_mma = config.debug.cuda_indexer_head_sum_mma;
   o.cuda_expert_wgmma = config.debug.cuda_expert_wgmma;
   o.cuda_expert_wgmma_ws = config.debug.cuda_expert_wgmma_ws;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
@@ -416,6 +420,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_indexer_tc" << YAML::Value << c.debug.cuda_indexer_tc;
   out << YAML::Key << "cuda_indexer_fp8" << YAML::Value << c.debug.cuda_indexer_fp8;
   out << YAML::Key << "cuda_indexer_predecode" << YAML::Value << c.debug.cuda_indexer_predecode;
+  out << YAML::Key << "cuda_indexer_head_sum_mma" << YAML::Value << c.debug.cuda_indexer_head_sum_mma;
   out << YAML::Key << "cuda_expert_wgmma" << YAML::Value << c.debug.cuda_expert_wgmma;
   out << YAML::Key << "cuda_expert_wgmma_ws" << YAML::Value << c.debug.cuda_expert_wgmma_ws;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;

@@ -298,8 +298,7 @@ void CudaBackend::compressor_pool_batch(const CompressorPoolBatchParams& p) {
 }
 void CudaBackend::hadamard(const HadamardParams& p) { launch_hadamard(p, stream_.get()); }
 void CudaBackend::indexer_scores(const IndexerScoresParams& p) {
-  launch_indexer_scores(p, stream_.get(), options_.indexer_tensor_cores, options_.indexer_fp8,
-                        options_.decode_tensor_cores, options_.indexer_predecode);
+  launch_indexer_scores(p, stream_.get(), indexer_kernels());
 }
 void CudaBackend::topk(const TopkParams& p) { launch_topk(p, stream_.get()); }
 void CudaBackend::sample(const SampleParams& p) { launch_sample(p, stream_.get()); }
@@ -307,8 +306,7 @@ void CudaBackend::sparse_attention(const SparseAttentionParams& p) {
   launch_sparse_attention(p, stream_.get(), attention_kernels());
 }
 void CudaBackend::indexer_scores_batch(const IndexerScoresBatchParams& p) {
-  launch_indexer_scores_batch(p, stream_.get(), options_.indexer_tensor_cores, options_.indexer_fp8,
-                              options_.decode_tensor_cores, options_.indexer_predecode);
+  launch_indexer_scores_batch(p, stream_.get(), indexer_kernels());
 }
 void CudaBackend::sparse_attention_batch(const SparseAttentionBatchParams& p) {
   launch_sparse_attention_batch(p, stream_.get(), attention_kernels());

@@ -88,6 +88,15 @@ class CudaBackend final : public Backend {
     k.bf16_view = options_.attention_bf16_view;
     return k;
   }
+  IndexerKernels indexer_kernels() const {
+    IndexerKernels k;
+    k.tensor_cores = options_.indexer_tensor_cores;
+    k.fp8 = options_.indexer_fp8;
+    k.decode_tc = options_.decode_tensor_cores;
+    k.predecode = options_.indexer_predecode;
+    k.head_sum_mma = options_.indexer_head_sum_mma;
+    return k;
+  }
   // Scratch slots used inside one op (grow-only).
   enum Slot { kSlotX8, kSlotXScale, kSlotTmp, kSlotTmp2, kSlotRoute, kSlotG, kSlotU, kSlotH8, kSlotHScale, kSlotY,
               kSlotPtrs, kNumSlots };

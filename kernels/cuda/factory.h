@@ -47,6 +47,21 @@ struct AttentionKernels {
   bool bf16_view = true;
 };
 
+// Which kernels an indexer-scores launch may take (CudaBackendOptions; ops.h).
+struct IndexerKernels {
+  // Prefill shapes under the official numerics on tensor cores (indexer_tensor_cores).
+  bool tensor_cores = true;
+  // Of those, compact FP4 keys on the FP8 wgmma kernel (indexer_fp8.cu; indexer_fp8).
+  bool fp8 = true;
+  // With fp8, decode batches of compact FP4 keys on the FP8 wgmma decode kernel
+  // (indexer_fp8_decode.cu; decode_tensor_cores).
+  bool decode_tc = true;
+  // The FP8 prefill kernel reads the launch's keys decoded once (indexer_predecode).
+  bool predecode = true;
+  // The FP8 kernels sum each score's head terms on the tensor cores (indexer_head_sum_mma).
+  bool head_sum_mma = true;
+};
+
 struct CudaBackendOptions {
   ReferencePrecision reference = ReferencePrecision::kBf16Split;
   // FP4 GEMMs with FP8 activations (routed experts and FP4 projections under the official
@@ -68,6 +83,10 @@ struct CudaBackendOptions {
   // The FP8 prefill kernel reads the launch's keys decoded to e4m3 tiles once
   // (debug.cuda_indexer_predecode; indexer_fp8.cu) instead of each block decoding its tiles.
   bool indexer_predecode = true;
+  // The FP8 kernels (prefill and decode) sum each score's bf16 head terms with one mma.sync per 16
+  // heads against a column of ones (debug.cuda_indexer_head_sum_mma) instead of fp32 adds per
+  // thread and a quad shuffle (indexer_fp8_common.cuh).
+  bool indexer_head_sum_mma = true;
   // Prefill-sized routed-expert GEMMs (the 128-row tile case of fp4_tc_rows_per_tile) on FP8 wgmma
   // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs
   // only (the tensor cores' FP8 sums keep fewer bits than fp32; far below a bf16 rounding).

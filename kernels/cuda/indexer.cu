@@ -503,13 +503,12 @@ dim3 indexer_tc_grid(IdxArgs& a, int64_t max_keys, int queries, int tile_keys, c
   return dim3(grid_x(qblocks, what), grid_yz(ceil_div(max_keys, a.key_span)));
 }
 
-void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores, bool fp8, bool decode_tc,
-                           bool predecode) {
-  launch_indexer_scores_batch(IndexerScoresBatchParams{&p, 1}, s, tensor_cores, fp8, decode_tc, predecode);
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, const IndexerKernels& k) {
+  launch_indexer_scores_batch(IndexerScoresBatchParams{&p, 1}, s, k);
 }
 
-void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStream_t s, bool tensor_cores, bool fp8,
-                                 bool decode_tc, bool predecode) {
+void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStream_t s, const IndexerKernels& k) {
+  const bool tensor_cores = k.tensor_cores, fp8 = k.fp8, decode_tc = k.decode_tc;
   if (batch.num_parts == 0) return;
   const IndexerScoresParams& p0 = batch.parts[0];
   const int64_t heads = p0.q.shape[1], dim = p0.q.shape[2];
@@ -541,11 +540,11 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   auto issue = [&] {
     if (a.num_parts == 0 || max_keys == 0) return;
     if (tensor_cores && fp8 && has_keys && indexer_fp8_serves(a)) {
-      launch_indexer_fp8(a, max_keys, s, predecode);
+      launch_indexer_fp8(a, max_keys, s, k.predecode, k.head_sum_mma);
       return;
     }
     if (tensor_cores && fp8 && decode_tc && has_keys && indexer_fp8_decode_serves(a)) {
-      launch_indexer_fp8_decode(a, max_keys, s);
+      launch_indexer_fp8_decode(a, max_keys, s, k.head_sum_mma);
       return;
     }
     if (a.num_parts == 1 && a.bf16_arith && tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim && has_keys &&

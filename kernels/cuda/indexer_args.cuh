@@ -86,15 +86,16 @@ dim3 indexer_tc_grid(IdxArgs& a, int64_t max_keys, int queries, int tile_keys, c
 // FP8 wgmma kernel (indexer_fp8.cu) for a single prefill part with compact FP4 keys under the
 // official numerics: whether it serves `a` (head dim 64 or 128, at most 64 heads, 16+ queries),
 // and its launch over the part's first `max_keys` keys (it sets a.key_span); with `predecode` the
-// keys any query sees are first decoded to e4m3 tiles in scratch, once for every block.
+// keys any query sees are first decoded to e4m3 tiles in scratch, once for every block; with
+// `head_sum_mma` the head terms are summed on the tensor cores (indexer_fp8_common.cuh).
 bool indexer_fp8_serves(const IdxArgs& a);
-void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool predecode);
+void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool predecode, bool head_sum_mma);
 
 // FP8 wgmma kernel (indexer_fp8_decode.cu) for a decode batch: any number of parts of few query
 // rows each, every part with compact FP4 keys as indexer_fp8_serves takes them (official numerics,
 // head dim 64 or 128, at most 64 heads). Whether it serves `a`, and its launch over the parts'
 // first `max_keys` keys at most (it sets a.key_span).
 bool indexer_fp8_decode_serves(const IdxArgs& a);
-void launch_indexer_fp8_decode(IdxArgs& a, int64_t max_keys, cudaStream_t s);
+void launch_indexer_fp8_decode(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool head_sum_mma);
 
 }  // namespace v4rt::kernels::cuda

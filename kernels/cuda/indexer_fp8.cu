@@ -148,8 +148,9 @@ __device__ __forceinline__ void decoded_key_tiles(const DecodedKeys& dk, int dim
 // kDim: the head dim (64 or 128), a constant so that the wgmma of a tile are one unrolled,
 // non-divergent sequence (ptxas serializes them otherwise). kPredecoded: the key tiles come from
 // dk (decoded_key_tiles), else the block decodes them (key_tiles); one loop per instance keeps the
-// registers of either within the two blocks per SM.
-template <int kDim, bool kPredecoded>
+// registers of either within the two blocks per SM. kMmaSum: the head terms summed on the tensor
+// cores (head_sums_mma), else by fp32 adds and quad shuffles (head_sums).
+template <int kDim, bool kPredecoded, bool kMmaSum>
 __global__ void __launch_bounds__(kThreads, 2)
     indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a, DecodedKeys dk) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
@@ -200,7 +201,11 @@ __global__ void __launch_bounds__(kThreads, 2)
     fence_acc(d);
     // sums[half][q]: key row 16 wi + gid + 8 half, query 2 wg + q.
     float sums[2][2];
-    head_sums<2>(d, wp, sums);
+    if constexpr (kMmaSum) {
+      head_sums_mma<2>(d, wp, sums);
+    } else {
+      head_sums<2>(d, wp, sums);
+    }
     const float sum =
         (tig >> 1) ? ((tig & 1) ? sums[1][1] : sums[1][0]) : ((tig & 1) ? sums[0][1] : sums[0][0]);
     const int64_t j = j0 + my_row;
@@ -223,11 +228,17 @@ bool indexer_fp8_serves(const IdxArgs& a) {
   return a.num_parts == 1 && a.n >= 16 && operands_ok(a, a.parts[0]);
 }
 
-void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool predecode) {
+void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool predecode, bool head_sum_mma) {
   static bool attr_set = false;
   if (!attr_set) {
-    for (const void* f : {(const void*)indexer_scores_fp8_kernel<64, false>, (const void*)indexer_scores_fp8_kernel<128, false>,
-                          (const void*)indexer_scores_fp8_kernel<64, true>, (const void*)indexer_scores_fp8_kernel<128, true>})
+    for (const void* f : {(const void*)indexer_scores_fp8_kernel<64, false, false>,
+                          (const void*)indexer_scores_fp8_kernel<128, false, false>,
+                          (const void*)indexer_scores_fp8_kernel<64, true, false>,
+                          (const void*)indexer_scores_fp8_kernel<128, true, false>,
+                          (const void*)indexer_scores_fp8_kernel<64, false, true>,
+                          (const void*)indexer_scores_fp8_kernel<128, false, true>,
+                          (const void*)indexer_scores_fp8_kernel<64, true, true>,
+                          (const void*)indexer_scores_fp8_kernel<128, true, true>})
       CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
     attr_set = true;
   }
@@ -250,8 +261,13 @@ void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool prede
     dk.tiles = tiles;
     dk.sk = sk;
   }
-  const auto kernel = a.dim == 64 ? (dk.tiles ? indexer_scores_fp8_kernel<64, true> : indexer_scores_fp8_kernel<64, false>)
-                                   : (dk.tiles ? indexer_scores_fp8_kernel<128, true> : indexer_scores_fp8_kernel<128, false>);
+  using Kernel = void (*)(IdxArgs, DecodedKeys);
+  const Kernel kernels[2][2][2] = {
+      {{indexer_scores_fp8_kernel<64, false, false>, indexer_scores_fp8_kernel<64, false, true>},
+       {indexer_scores_fp8_kernel<64, true, false>, indexer_scores_fp8_kernel<64, true, true>}},
+      {{indexer_scores_fp8_kernel<128, false, false>, indexer_scores_fp8_kernel<128, false, true>},
+       {indexer_scores_fp8_kernel<128, true, false>, indexer_scores_fp8_kernel<128, true, true>}}};
+  const Kernel kernel = kernels[a.dim == 64 ? 0 : 1][dk.tiles ? 1 : 0][head_sum_mma ? 1 : 0];
   launch(kernel, grid, kThreads, kSmemBytes, s)(a, dk);
   launch_check("indexer_scores (fp8 wgmma)", s);
   if (scratch) stream_free(scratch, s);

@@ -49,7 +49,8 @@ static_assert(kSmemBytes <= 48 * 1024, "no opt-in to more dynamic shared memory"
 
 // kDim: the head dim (64 or 128), a constant so that the wgmma of a tile are one unrolled,
 // non-divergent sequence.
-template <int kDim>
+// kMmaSum: the head terms summed on the tensor cores (head_sums_mma), else head_sums.
+template <int kDim, bool kMmaSum>
 __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(const __grid_constant__ IdxArgs a) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   constexpr int dim = kDim;
@@ -92,7 +93,11 @@ __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(
       [&](int64_t j0, const float* kst) {
         fence_acc(d);
         float sums[2][1];  // key rows 16 warp + gid + 8 half
-        head_sums<1>(d, wp, sums);
+        if constexpr (kMmaSum) {
+          head_sums_mma<1>(d, wp, sums);
+        } else {
+          head_sums<1>(d, wp, sums);
+        }
         const int64_t j = j0 + my_row;
         if (tig < 2 && j < cend) {
           float* out = out_row + (j - p.key_begin);
@@ -110,17 +115,17 @@ bool indexer_fp8_decode_serves(const IdxArgs& a) {
   return a.num_parts >= 1;
 }
 
-void launch_indexer_fp8_decode(IdxArgs& a, int64_t max_keys, cudaStream_t s) {
+void launch_indexer_fp8_decode(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool head_sum_mma) {
   const char* what = "indexer_scores (fp8 wgmma, decode)";
   // Six blocks per SM (80 registers, 33,920 B each) need the whole carveout as shared memory.
-  static std::atomic<uint64_t> attr_64{0}, attr_128{0};
-  fp4tc::set_smem_once(indexer_scores_fp8_decode_kernel<64>, kSmemBytes, true, &attr_64);
-  fp4tc::set_smem_once(indexer_scores_fp8_decode_kernel<128>, kSmemBytes, true, &attr_128);
+  static std::atomic<uint64_t> attr[4] = {0, 0, 0, 0};
+  using Kernel = void (*)(IdxArgs);
+  const Kernel kernels[2][2] = {{indexer_scores_fp8_decode_kernel<64, false>, indexer_scores_fp8_decode_kernel<64, true>},
+                                {indexer_scores_fp8_decode_kernel<128, false>, indexer_scores_fp8_decode_kernel<128, true>}};
+  const int d = a.dim == 64 ? 0 : 1, m = head_sum_mma ? 1 : 0;
+  fp4tc::set_smem_once(kernels[d][m], kSmemBytes, true, &attr[2 * d + m]);
   const dim3 grid = indexer_tc_grid(a, max_keys, 1, kKeys, what);
-  if (a.dim == 64)
-    launch(indexer_scores_fp8_decode_kernel<64>, grid, kThreads, kSmemBytes, s)(a);
-  else
-    launch(indexer_scores_fp8_decode_kernel<128>, grid, kThreads, kSmemBytes, s)(a);
+  launch(kernels[d][m], grid, kThreads, kSmemBytes, s)(a);
   launch_check(what, s);
 }
 

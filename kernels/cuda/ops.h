@@ -119,18 +119,13 @@ void launch_compressor_pool(const CompressorPoolParams& p, cudaStream_t s);
 void launch_compressor_pool_batch(const CompressorPoolBatchParams& p, cudaStream_t s);
 
 // --- indexer.cu ----------------------------------------------------------------------------------
-// tensor_cores: prefill shapes under the official numerics on tensor cores
-// (CudaBackendOptions::indexer_tensor_cores); fp8: those with compact FP4 keys on the FP8 wgmma
-// kernel (indexer_fp8.cu, CudaBackendOptions::indexer_fp8) instead of the bf16 mma.sync one.
-// decode_tc: with fp8, decode batches of compact FP4 keys on the FP8 wgmma decode kernel
-// (indexer_fp8_decode.cu, CudaBackendOptions::decode_tensor_cores) instead of the CUDA-core one.
-// predecode: the FP8 prefill kernel reads the launch's keys decoded once (indexer_predecode).
-void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, bool tensor_cores = true, bool fp8 = false,
-                           bool decode_tc = false, bool predecode = true);
+// `k` (factory.h) picks the kernels: the CUDA-core one, the bf16 tensor-core one for prefill shapes
+// (bit for bit the reference), the FP8 wgmma ones for compact FP4 keys (indexer_fp8.cu for prefill,
+// indexer_fp8_decode.cu for decode batches).
+void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, const IndexerKernels& k);
 // The parts in groups of as many as fit in the kernel parameters, one launch per group (a single
 // part may take the tensor-core kernel); the parts must share what IndexerScoresBatchParams says.
-void launch_indexer_scores_batch(const IndexerScoresBatchParams& p, cudaStream_t s, bool tensor_cores = true,
-                                 bool fp8 = false, bool decode_tc = false, bool predecode = true);
+void launch_indexer_scores_batch(const IndexerScoresBatchParams& p, cudaStream_t s, const IndexerKernels& k);
 // --- topk.cu -------------------------------------------------------------------------------------
 void launch_topk(const TopkParams& p, cudaStream_t s);
 

@@ -565,18 +565,22 @@ TEST(CudaOps, IndexerScoresBatch) {
 // are 0, 4, 8 and 12 binades apart (plus each value's own 4): past the 13 binades the e4m3
 // rescaling of a row keeps exact, the smallest values round. The FP8 kernel runs twice: on keys
 // decoded once per launch (the default) and with each block decoding its tiles
-// (indexer_predecode off); the two must agree on every bit.
+// (indexer_predecode off); the two must agree on every bit. And with the head terms summed by fp32
+// adds per thread (indexer_head_sum_mma off) instead of on the tensor cores: both within the
+// tolerance of the CPU op, the scores that differ in bits counted.
 TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(29);
-  cuda::CudaBackendOptions simt_options, bf16_options, in_block_options;
+  cuda::CudaBackendOptions simt_options, bf16_options, in_block_options, add_sum_options;
   simt_options.indexer_tensor_cores = false;
   bf16_options.indexer_fp8 = false;
   in_block_options.indexer_predecode = false;
+  add_sum_options.indexer_head_sum_mma = false;
   auto simt = cuda::make_cuda_backend(0, simt_options);
   auto bf16tc = cuda::make_cuda_backend(0, bf16_options);
   auto fp8 = cuda::make_cuda_backend(0, cuda::CudaBackendOptions{});
   auto fp8_in_block = cuda::make_cuda_backend(0, in_block_options);
+  auto fp8_add_sum = cuda::make_cuda_backend(0, add_sum_options);
   int spread = 0;  // binades q's 32-blocks span beyond fp4_values' own (FP8-only case)
   auto fp4_values = [&](int64_t cnt) {
     std::vector<float> v(static_cast<size_t>(cnt));
@@ -676,6 +680,14 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
       std::printf("[compare] indexer fp8 prefill %s: %lld scores differ between pre-decoded and in-block keys\n",
                   c.name, static_cast<long long>(blk_differ));
       EXPECT_EQ(blk_differ, 0) << c.name;
+      Dual s_add = make_dual({c.n, cols}, init, DType::kF32);
+      fp8_add_sum->indexer_scores(params(true, s_add));
+      fp8_add_sum->synchronize();
+      const std::vector<float> add = s_add.gpu_values();
+      std::printf("[compare] indexer fp8 prefill %s: %lld scores differ between head sums on the tensor cores and "
+                  "by fp32 adds\n", c.name, static_cast<long long>(count_differ(f8, add)));
+      EXPECT_TRUE(compare(std::string("indexer fp8 prefill, fp32-add head sums ") + c.name, add, s_tc.cpu_values(),
+                          {2e-2, 2e-2, 1e-4}));
     }
   }
 }

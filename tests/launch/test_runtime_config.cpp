@@ -301,6 +301,17 @@ TEST(RuntimeConfig, IndexerPredecodeKey) {
                       {"r.yaml", "cuda_indexer_predecode"});
 }
 
+TEST(RuntimeConfig, IndexerHeadSumMmaKey) {
+  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
+  EXPECT_TRUE(d.debug.cuda_indexer_head_sum_mma);
+  EXPECT_TRUE(backend_options(d, 0).cuda_indexer_head_sum_mma);
+  const RuntimeConfig off = parse_runtime_config("debug: {cuda_indexer_head_sum_mma: false}\n", "r.yaml");
+  EXPECT_FALSE(backend_options(off, 0).cuda_indexer_head_sum_mma);
+  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").debug.cuda_indexer_head_sum_mma);
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_indexer_head_sum_mma: 2}\n", "r.yaml"); },
+                      {"r.yaml", "cuda_indexer_head_sum_mma"});
+}
+
 // Sizes whose product would overflow the rank count are refused before anything multiplies them.
 TEST(RuntimeConfig, ImplausibleWorldRejected) {
   expect_error_naming([] { parse_runtime_config("parallel: {tp: 65536, sp: 65536}\n", "big.yaml"); },
