@@ -7,8 +7,10 @@
 # test_cuda_graphs (the launch log's replay) and golden tiny-a; `bench prefill` at 8K and 1M with
 # the tensor-core head sums (the default) and with fp32 adds (idx_add_sum.yaml); `bench step` at
 # batch 1 and 256 both ways; `bench prefill` of a 128K prompt in chunks of 4K, 8K, 16K and 32K.
+# GRAPHS=0 / CHUNKS=0 skip the graph tests / the chunk sizes; PROFILE=1 ends with the stall profile
+# of the 101st indexer launch of a 1M prefill (ncu_prefill.sh).
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
-#   bash scripts/device/indexer_mma_check.sh        (carry .devdeps)
+#   [GRAPHS=0] [CHUNKS=0] [PROFILE=1] bash scripts/device/indexer_mma_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage
@@ -17,7 +19,7 @@ timeout 120 $B/tests/cuda/test_cuda_kernels --gtest_brief=1 --gtest_filter='Cuda
   > $L/tests_idx.txt 2>&1
 echo "== indexer op tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_idx.txt | grep -vE " 0 of " | head -40
 el tests_idx
-graphs_stage
+[[ ${GRAPHS:-1} == 1 ]] && graphs_stage
 golden_stage
 prefill() {  # tag context chunk [config]
   local cfg=(); [[ -n ${4:-} ]] && cfg=(--config "$4")
@@ -34,4 +36,11 @@ S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,256 --context 
 STEP_LINES="$STEP_LINES|indexer_scores"
 step mma "" "$S"
 step add scripts/device/idx_add_sum.yaml "$S"
-for c in 4096 8192 16384 32768; do prefill "128k_c$c" 131072 $c; done
+if [[ ${CHUNKS:-1} == 1 ]]; then
+  for c in 4096 8192 16384 32768; do prefill "128k_c$c" 131072 $c; done
+fi
+if [[ ${PROFILE:-0} == 1 ]]; then
+  BUILD=$B OUT=$L NCU_KERNEL=indexer_scores_fp8_kernel NCU_SKIP=100 NCU_CONTEXT=1048576 NCU_TAG=indexer \
+    NCU_TIMEOUT=200 timeout 260 bash scripts/device/ncu_prefill.sh > $L/ncu_indexer.txt 2>&1
+  echo "== ncu indexer rc $?"; head -24 $L/ncu_indexer.txt; el ncu
+fi
