@@ -280,36 +280,29 @@ TEST(RuntimeConfig, GraphReplayKey) {
                       {"r.yaml", "cuda_graph_replay"});
 }
 
-TEST(RuntimeConfig, PdlKey) {
-  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
-  EXPECT_TRUE(d.debug.cuda_pdl);
-  EXPECT_TRUE(backend_options(d, 0).cuda_pdl);
-  const RuntimeConfig off = parse_runtime_config("debug: {cuda_pdl: false}\n", "r.yaml");
-  EXPECT_FALSE(backend_options(off, 0).cuda_pdl);
-  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").debug.cuda_pdl);
-  expect_error_naming([] { parse_runtime_config("debug: {cuda_pdl: 2}\n", "r.yaml"); }, {"r.yaml", "cuda_pdl"});
-}
-
-TEST(RuntimeConfig, IndexerPredecodeKey) {
-  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
-  EXPECT_TRUE(d.debug.cuda_indexer_predecode);
-  EXPECT_TRUE(backend_options(d, 0).cuda_indexer_predecode);
-  const RuntimeConfig off = parse_runtime_config("debug: {cuda_indexer_predecode: false}\n", "r.yaml");
-  EXPECT_FALSE(backend_options(off, 0).cuda_indexer_predecode);
-  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").debug.cuda_indexer_predecode);
-  expect_error_naming([] { parse_runtime_config("debug: {cuda_indexer_predecode: 2}\n", "r.yaml"); },
-                      {"r.yaml", "cuda_indexer_predecode"});
-}
-
-TEST(RuntimeConfig, IndexerHeadSumMmaKey) {
-  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
-  EXPECT_TRUE(d.debug.cuda_indexer_head_sum_mma);
-  EXPECT_TRUE(backend_options(d, 0).cuda_indexer_head_sum_mma);
-  const RuntimeConfig off = parse_runtime_config("debug: {cuda_indexer_head_sum_mma: false}\n", "r.yaml");
-  EXPECT_FALSE(backend_options(off, 0).cuda_indexer_head_sum_mma);
-  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").debug.cuda_indexer_head_sum_mma);
-  expect_error_naming([] { parse_runtime_config("debug: {cuda_indexer_head_sum_mma: 2}\n", "r.yaml"); },
-                      {"r.yaml", "cuda_indexer_head_sum_mma"});
+// Switches of the CUDA backend that are on by default: carried to the backend options and the
+// resolved YAML when turned off, a non-boolean refused naming the key.
+struct OnByDefault {
+  const char* key;
+  bool DebugConfig::*debug;
+  bool kernels::BackendOptions::*backend;
+};
+TEST(RuntimeConfig, CudaSwitchesOnByDefault) {
+  for (const OnByDefault& k : {OnByDefault{"cuda_pdl", &DebugConfig::cuda_pdl, &kernels::BackendOptions::cuda_pdl},
+                               OnByDefault{"cuda_indexer_predecode", &DebugConfig::cuda_indexer_predecode,
+                                           &kernels::BackendOptions::cuda_indexer_predecode},
+                               OnByDefault{"cuda_indexer_head_sum_mma", &DebugConfig::cuda_indexer_head_sum_mma,
+                                           &kernels::BackendOptions::cuda_indexer_head_sum_mma}}) {
+    SCOPED_TRACE(k.key);
+    const RuntimeConfig d = parse_runtime_config("", "r.yaml");
+    EXPECT_TRUE(d.debug.*k.debug);
+    EXPECT_TRUE(backend_options(d, 0).*k.backend);
+    const RuntimeConfig off = parse_runtime_config(std::string("debug: {") + k.key + ": false}\n", "r.yaml");
+    EXPECT_FALSE(backend_options(off, 0).*k.backend);
+    EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").debug.*k.debug);
+    expect_error_naming([&] { parse_runtime_config(std::string("debug: {") + k.key + ": 2}\n", "r.yaml"); },
+                        {"r.yaml", k.key});
+  }
 }
 
 // Sizes whose product would overflow the rank count are refused before anything multiplies them.
