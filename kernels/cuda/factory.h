@@ -81,8 +81,7 @@ struct CudaBackendOptions {
   // scores bit for bit, and with decode_tensor_cores decode batches (indexer_fp8_decode.cu).
   bool indexer_fp8 = true;
   // The FP8 prefill kernel reads the launch's keys decoded to e4m3 tiles once
-  // (debug.cuda_indexer_predecode; indexer_fp8.cu) instead of each block decoding its tiles (which
-  // keeps the fp32-add head sums: no registers for the MMA sums' signs).
+  // (debug.cuda_indexer_predecode; indexer_fp8.cu) instead of each block decoding its tiles.
   bool indexer_predecode = true;
   // The FP8 kernels (prefill and decode) sum each score's bf16 head terms with one mma.sync per 16
   // heads against a column of ones (debug.cuda_indexer_head_sum_mma) instead of fp32 adds per

@@ -149,8 +149,7 @@ __device__ __forceinline__ void decoded_key_tiles(const DecodedKeys& dk, int dim
 // non-divergent sequence (ptxas serializes them otherwise). kPredecoded: the key tiles come from
 // dk (decoded_key_tiles), else the block decodes them (key_tiles); one loop per instance keeps the
 // registers of either within the two blocks per SM. kMmaSum: the head terms summed on the tensor
-// cores (head_sums_mma), else by fp32 adds and quad shuffles (head_sums); the in-block decode
-// keeps the adds (the signs' registers would spill there).
+// cores (head_sums_mma), else by fp32 adds and quad shuffles (head_sums).
 template <int kDim, bool kPredecoded, bool kMmaSum>
 __global__ void __launch_bounds__(kThreads, 2)
     indexer_scores_fp8_kernel(const __grid_constant__ IdxArgs a, DecodedKeys dk) {
@@ -176,10 +175,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   constexpr int ksteps = dim >> 5;
   const uint8_t* const bq = qs + wg * 128 * dim;
-  // This thread's w' pairs: columns 8 i + 2 tig + {0, 1} of warpgroup wg's B rows (with kMmaSum
-  // |w'|, and their signs as bf16 +-1 in wsgn: head_sum_weights).
-  static_assert(kPredecoded || !kMmaSum, "the in-block decode leaves no registers for the signs");
-  uint32_t wp[16], wsgn[kMmaSum ? 16 : 1];
+  // This thread's w' pairs: columns 8 i + 2 tig + {0, 1} of warpgroup wg's B rows.
+  uint32_t wp[16];
   // The (key row, query) this lane stores after the quad reduction, and its query's visible keys.
   const int my_row = 16 * wi + gid + 8 * (tig >> 1), my_q = 2 * wg + (tig & 1);
   const int64_t ts = t0 + my_q;
@@ -191,7 +188,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   const auto setup = [&] {
 #pragma unroll
     for (int i = 0; i < 16; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + wg * 128 + 8 * i + 2 * tig);
-    if constexpr (kMmaSum) head_sum_weights(wp, wsgn);
   };
   const auto mma = [&](const uint8_t* kt) {
     fence_acc(d);
@@ -206,7 +202,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     // sums[half][q]: key row 16 wi + gid + 8 half, query 2 wg + q.
     float sums[2][2];
     if constexpr (kMmaSum) {
-      head_sums_mma<2>(d, wp, wsgn, sums);
+      head_sums_mma<2>(d, wp, sums);
     } else {
       head_sums<2>(d, wp, sums);
     }
@@ -239,6 +235,8 @@ void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool prede
                           (const void*)indexer_scores_fp8_kernel<128, false, false>,
                           (const void*)indexer_scores_fp8_kernel<64, true, false>,
                           (const void*)indexer_scores_fp8_kernel<128, true, false>,
+                          (const void*)indexer_scores_fp8_kernel<64, false, true>,
+                          (const void*)indexer_scores_fp8_kernel<128, false, true>,
                           (const void*)indexer_scores_fp8_kernel<64, true, true>,
                           (const void*)indexer_scores_fp8_kernel<128, true, true>})
       CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
@@ -265,9 +263,9 @@ void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool prede
   }
   using Kernel = void (*)(IdxArgs, DecodedKeys);
   const Kernel kernels[2][2][2] = {
-      {{indexer_scores_fp8_kernel<64, false, false>, indexer_scores_fp8_kernel<64, false, false>},
+      {{indexer_scores_fp8_kernel<64, false, false>, indexer_scores_fp8_kernel<64, false, true>},
        {indexer_scores_fp8_kernel<64, true, false>, indexer_scores_fp8_kernel<64, true, true>}},
-      {{indexer_scores_fp8_kernel<128, false, false>, indexer_scores_fp8_kernel<128, false, false>},
+      {{indexer_scores_fp8_kernel<128, false, false>, indexer_scores_fp8_kernel<128, false, true>},
        {indexer_scores_fp8_kernel<128, true, false>, indexer_scores_fp8_kernel<128, true, true>}}};
   const Kernel kernel = kernels[a.dim == 64 ? 0 : 1][dk.tiles ? 1 : 0][head_sum_mma ? 1 : 0];
   launch(kernel, grid, kThreads, kSmemBytes, s)(a, dk);

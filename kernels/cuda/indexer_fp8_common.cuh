@@ -172,34 +172,25 @@ __device__ __forceinline__ void head_sums(const float (&d)[32 * kQ], const uint3
     }
 }
 
-// head_sums with the sums on the tensor cores. Each term is one fused bf16x2 op: relu(t |w'|)
-// rounded once (fma.rn.relu, t = bf16(acc)), which is bf16(relu(t) |w'|); the sign of w' goes to
-// the B operand. The terms form the A fragments of mma.sync m16n8k16 against a column of +-1 (the
-// signs of the heads' w'), one MMA per 16 heads, chained per query in the fp32 accumulator: the
-// sum of bf16(relu(t) w') exactly as products, added by the tensor cores in fp32 at their own
-// alignment (as the FP8 products above). The wgmma accumulator layout is that of the A fragments:
-// rows l / 4 and + 8 of the warp's 16 key rows, columns (heads) 8 i + 2 (l % 4) + {0, 1}, so heads
-// 16 c .. 16 c + 15 of query q are accumulator pairs i = 8 q + 2 c and + 1, and the B fragment of
-// the same lane holds the same heads' k slots. Two ALU instructions per pair of heads instead of
-// seven, and no quad shuffles; the epilogue was the kernel's issue slots (docs/PERFORMANCE.md,
-// eighteenth and nineteenth runs). Every lane of the quad gets the sums (the D columns are equal).
-// head_sum_weights turns a thread's w' pairs into what this takes: |w'| pairs and the +-1 pairs.
-template <int kN>
-__device__ __forceinline__ void head_sum_weights(uint32_t (&wp)[kN], uint32_t (&sgn)[kN]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i) {
-    sgn[i] = (wp[i] & 0x80008000u) | 0x3f803f80u;  // bf16x2 (+-1, +-1)
-    wp[i] &= 0x7fff7fffu;
-  }
-}
+// head_sums with the sums on the tensor cores: the bf16 terms (the same cvt, relu and product per
+// pair of heads) form the A fragments of mma.sync m16n8k16 against a column of bf16 ones, one MMA
+// per 16 heads, chained per query in the fp32 accumulator. The wgmma accumulator layout is that
+// of the A fragments: rows l / 4 and + 8 of the warp's 16 key rows, columns (heads) 8 i + 2 (l %
+// 4) + {0, 1}, so heads 16 c .. 16 c + 15 of query q are accumulator pairs i = 8 q + 2 c and + 1.
+// A term times 1 is exact; the tensor cores add the products of an MMA and the running sum in
+// fp32 at their own alignment (as the FP8 products above), in place of three fp32 adds per pair and
+// the quad's shuffles: some 3 instructions per pair of heads instead of 7, and the epilogue was
+// the kernel's issue slots (docs/PERFORMANCE.md, eighteenth run). Every lane of the quad gets the
+// sums (the D columns all equal).
 template <int kQ>
-__device__ __forceinline__ void head_sums_mma(const float (&d)[32 * kQ], const uint32_t (&wabs)[8 * kQ],
-                                              const uint32_t (&sgn)[8 * kQ], float (&sums)[2][kQ]) {
-  const __nv_bfloat162 zero = __float2bfloat162_rn(-0.f);
+__device__ __forceinline__ void head_sums_mma(const float (&d)[32 * kQ], const uint32_t (&wp)[8 * kQ],
+                                              float (&sums)[2][kQ]) {
+  const __nv_bfloat162 zero = __float2bfloat162_rn(0.f);
+  constexpr uint32_t kOnes = 0x3f803f80u;  // bf16x2 (1, 1)
   auto term = [&](int i, int half) {
-    const __nv_bfloat162 t2 = __floats2bfloat162_rn(d[4 * i + 2 * half], d[4 * i + 2 * half + 1]);
-    const __nv_bfloat162 p2 = __hfma2_relu(t2, *reinterpret_cast<const __nv_bfloat162*>(&wabs[i]), zero);
-    return *reinterpret_cast<const uint32_t*>(&p2);
+    __nv_bfloat162 t2 = __floats2bfloat162_rn(d[4 * i + 2 * half], d[4 * i + 2 * half + 1]);
+    t2 = __hmul2(__hmax2(t2, zero), *reinterpret_cast<const __nv_bfloat162*>(&wp[i]));
+    return *reinterpret_cast<const uint32_t*>(&t2);
   };
 #pragma unroll
   for (int q = 0; q < kQ; ++q) {
@@ -208,7 +199,7 @@ __device__ __forceinline__ void head_sums_mma(const float (&d)[32 * kQ], const u
     for (int c = 0; c < 4; ++c) {
       const int i = 8 * q + 2 * c;
       const uint32_t a[4] = {term(i, 0), term(i, 1), term(i + 1, 0), term(i + 1, 1)};
-      mma_bf16_16816(acc, a, sgn[i], sgn[i + 1]);
+      mma_bf16_16816(acc, a, kOnes, kOnes);
     }
     sums[0][q] = acc[0];  // row l / 4
     sums[1][q] = acc[2];  // row l / 4 + 8

@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(
 
   constexpr int ksteps = dim >> 5;
   // This thread's w' pairs: heads 8 i + 2 tig + {0, 1}.
-  uint32_t wp[8], wsgn[kMmaSum ? 8 : 1];  // with kMmaSum |w'| and the signs (head_sum_weights)
+  uint32_t wp[8];
   // The key row whose score this lane stores (lanes tig < 2), and the query's score row.
   const int my_row = 16 * warp + gid + 8 * (tig & 1);
   float* const out_row = p.scores + t * p.score_stride;  // key j at out_row[j - key_begin]
@@ -81,7 +81,6 @@ __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(
       [&] {
 #pragma unroll
         for (int i = 0; i < 8; ++i) wp[i] = *reinterpret_cast<const uint32_t*>(ws + 8 * i + 2 * tig);
-        if constexpr (kMmaSum) head_sum_weights(wp, wsgn);
       },
       [&](const uint8_t* kt) {
         fence_acc(d);
@@ -95,7 +94,7 @@ __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(
         fence_acc(d);
         float sums[2][1];  // key rows 16 warp + gid + 8 half
         if constexpr (kMmaSum) {
-          head_sums_mma<1>(d, wp, wsgn, sums);
+          head_sums_mma<1>(d, wp, sums);
         } else {
           head_sums<1>(d, wp, sums);
         }

@@ -563,11 +563,11 @@ TEST(CudaOps, IndexerScoresBatch) {
 // from the bf16 kernel's counted (the FP8 accumulation and the per-quad head sum, see the kernel).
 // FP8-only cases: 65,537 queries of 4 heads at dim 64 (16,385 blocks on x), and q whose 32-blocks
 // are 0, 4, 8 and 12 binades apart (plus each value's own 4): past the 13 binades the e4m3
-// rescaling of a row keeps exact, the smallest values round. The FP8 kernel also runs with the head
-// terms summed by fp32 adds per thread (indexer_head_sum_mma off) instead of on the tensor cores:
-// both within the tolerance of the CPU op, the scores that differ in bits counted; and with each
-// block decoding its key tiles (indexer_predecode off, which keeps the fp32-add head sums): on
-// every bit the pre-decoded keys' fp32-add scores.
+// rescaling of a row keeps exact, the smallest values round. The FP8 kernel runs twice: on keys
+// decoded once per launch (the default) and with each block decoding its tiles
+// (indexer_predecode off); the two must agree on every bit. And with the head terms summed by fp32
+// adds per thread (indexer_head_sum_mma off) instead of on the tensor cores: both within the
+// tolerance of the CPU op, the scores that differ in bits counted.
 TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
   V4RT_REQUIRE_GPU();
   Rng rng(29);
@@ -673,6 +673,13 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
       std::printf("[compare] indexer fp8 prefill %s: %lld of %zu scores differ from the bf16 kernel\n", c.name,
                   static_cast<long long>(differ), f8.size());
       EXPECT_TRUE(compare(std::string("indexer fp8 prefill ") + c.name, f8, s_tc.cpu_values(), {2e-2, 2e-2, 1e-4}));
+      Dual s_blk = make_dual({c.n, cols}, init, DType::kF32);
+      fp8_in_block->indexer_scores(params(true, s_blk));
+      fp8_in_block->synchronize();
+      const int64_t blk_differ = count_differ(f8, s_blk.gpu_values());
+      std::printf("[compare] indexer fp8 prefill %s: %lld scores differ between pre-decoded and in-block keys\n",
+                  c.name, static_cast<long long>(blk_differ));
+      EXPECT_EQ(blk_differ, 0) << c.name;
       Dual s_add = make_dual({c.n, cols}, init, DType::kF32);
       fp8_add_sum->indexer_scores(params(true, s_add));
       fp8_add_sum->synchronize();
@@ -681,13 +688,6 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
                   "by fp32 adds\n", c.name, static_cast<long long>(count_differ(f8, add)));
       EXPECT_TRUE(compare(std::string("indexer fp8 prefill, fp32-add head sums ") + c.name, add, s_tc.cpu_values(),
                           {2e-2, 2e-2, 1e-4}));
-      Dual s_blk = make_dual({c.n, cols}, init, DType::kF32);  // in-block decode: fp32-add head sums
-      fp8_in_block->indexer_scores(params(true, s_blk));
-      fp8_in_block->synchronize();
-      const int64_t blk_differ = count_differ(add, s_blk.gpu_values());
-      std::printf("[compare] indexer fp8 prefill %s: %lld scores differ between pre-decoded and in-block keys\n",
-                  c.name, static_cast<long long>(blk_differ));
-      EXPECT_EQ(blk_differ, 0) << c.name;
     }
   }
 }
