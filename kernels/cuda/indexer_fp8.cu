@@ -125,7 +125,8 @@ __device__ __forceinline__ void decoded_key_tiles(const DecodedKeys& dk, int dim
       const uint8_t* src = dk.tiles + (first + it) * tile_bytes;
       uint8_t* dst = kbuf + (it % kRing) * kKeyBytes;
       for (int c = tid; c < tile_bytes / 16; c += kThreads) cp_async16(dst + 16 * c, src + 16 * c, true);
-      if (tid < kKeys / 4) cp_async16(ks + (it % kRing) * kKeys + 4 * tid, dk.sk + (first + it) * kKeys + 4 * tid, true);
+      if (tid < kKeys / 4)
+        cp_async16(ks + (it % kRing) * kKeys + 4 * tid, dk.sk + (first + it) * kKeys + 4 * tid, true);
     }
     cp_async_commit();
   };
@@ -245,18 +246,19 @@ void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool prede
   const dim3 grid = indexer_tc_grid(a, max_keys, kQueries, kKeys, "indexer_scores (fp8 wgmma)");
   // The keys some query of the launch sees: [key_begin, key_begin + count).
   const IdxPart& p = a.parts[0];
-  const int64_t count = std::clamp<int64_t>(std::min(p.key_end, (p.pos_begin + a.n) / a.ratio) - p.key_begin, 0, max_keys);
+  const int64_t seen_end = std::min(p.key_end, (p.pos_begin + a.n) / a.ratio);
+  const int64_t count = std::clamp<int64_t>(seen_end - p.key_begin, 0, max_keys);
   DecodedKeys dk;
   void* scratch = nullptr;
   if (predecode && count > 0) {
-    const int64_t padded = ceil_div(count, int64_t(kKeys));
-    const size_t tile_bytes = size_t(padded) * kKeys * size_t(a.dim);
-    scratch = stream_alloc(tile_bytes + size_t(padded) * kKeys * 4, s);
+    const int64_t padded = ceil_div(count, int64_t(kKeys)) * kKeys;  // whole tiles
+    const size_t tile_bytes = size_t(padded) * size_t(a.dim);
+    scratch = stream_alloc(tile_bytes + size_t(padded) * 4, s);
     auto* tiles = static_cast<uint8_t*>(scratch);
     auto* sk = reinterpret_cast<float*>(tiles + tile_bytes);  // 16-byte aligned: dim x 64 bytes a tile
-    const int64_t items = padded * kKeys * (a.dim / 32);
+    const int64_t items = padded * (a.dim / 32);
     launch(decode_index_keys_kernel, grid_x_for(items, kDecodeThreads, "indexer key decode"), kDecodeThreads, 0, s)(
-        p.ckeys, a.dim, p.key_begin, count, padded * kKeys, tiles, sk);
+        p.ckeys, a.dim, p.key_begin, count, padded, tiles, sk);
     launch_check("indexer key decode", s);
     dk.tiles = tiles;
     dk.sk = sk;

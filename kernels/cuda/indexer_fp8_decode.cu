@@ -120,8 +120,9 @@ void launch_indexer_fp8_decode(IdxArgs& a, int64_t max_keys, cudaStream_t s, boo
   // Six blocks per SM (80 registers, 33,920 B each) need the whole carveout as shared memory.
   static std::atomic<uint64_t> attr[4] = {0, 0, 0, 0};
   using Kernel = void (*)(IdxArgs);
-  const Kernel kernels[2][2] = {{indexer_scores_fp8_decode_kernel<64, false>, indexer_scores_fp8_decode_kernel<64, true>},
-                                {indexer_scores_fp8_decode_kernel<128, false>, indexer_scores_fp8_decode_kernel<128, true>}};
+  const Kernel kernels[2][2] = {
+      {indexer_scores_fp8_decode_kernel<64, false>, indexer_scores_fp8_decode_kernel<64, true>},
+      {indexer_scores_fp8_decode_kernel<128, false>, indexer_scores_fp8_decode_kernel<128, true>}};
   const int d = a.dim == 64 ? 0 : 1, m = head_sum_mma ? 1 : 0;
   fp4tc::set_smem_once(kernels[d][m], kSmemBytes, true, &attr[2 * d + m]);
   const dim3 grid = indexer_tc_grid(a, max_keys, 1, kKeys, what);

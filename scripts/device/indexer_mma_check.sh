@@ -25,7 +25,8 @@ prefill() {  # tag context chunk [config]
   local cfg=(); [[ -n ${4:-} ]] && cfg=(--config "$4")
   timeout 120 $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk "$3" \
     --context "$2" "${cfg[@]}" > $L/p_$1.txt 2>&1
-  echo "== prefill $1 rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p_$1.txt
+  echo "== prefill $1 rc $?"
+  grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p_$1.txt
   el "prefill $1"
 }
 prefill 8k 8192 8192
