@@ -18,7 +18,8 @@ source scripts/device/devdeps.sh
 T=${NCU_TAG:-experts}; R=/tmp/ncu_$T
 timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k "regex:${NCU_KERNEL:-wgmma_ws}" --launch-skip ${NCU_SKIP:-2} --launch-count 1 \
   --section WarpStateStats --section SourceCounters --section SpeedOfLight -f -o $R \
-  $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context ${NCU_CONTEXT:-8192} \
+  $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk 8192 \
+  --context ${NCU_CONTEXT:-8192} \
   ${NCU_CONFIG:+--config "$NCU_CONFIG"} > "$OUT/ncu_${T}_collect.txt" 2>&1
 echo "ncu collect rc $?"
 "$NCU" --import $R.ncu-rep --page raw --csv > /tmp/ncu_raw.csv 2>&1
