@@ -508,7 +508,6 @@ void launch_indexer_scores(const IndexerScoresParams& p, cudaStream_t s, const I
 }
 
 void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStream_t s, const IndexerKernels& k) {
-  const bool tensor_cores = k.tensor_cores, fp8 = k.fp8, decode_tc = k.decode_tc;
   if (batch.num_parts == 0) return;
   const IndexerScoresParams& p0 = batch.parts[0];
   const int64_t heads = p0.q.shape[1], dim = p0.q.shape[2];
@@ -535,20 +534,20 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   int64_t max_keys = 0;
   bool has_keys = false;
   // A single part of prefill size under the official numerics: the tensor-core kernel, unless
-  // `tensor_cores` is off; FP8 wgmma for compact FP4 keys unless `fp8` is off, and with `decode_tc`
+  // k.tensor_cores is off; FP8 wgmma for compact FP4 keys unless k.fp8 is off, and with k.decode_tc
   // for a decode batch (every part's keys compact FP4) too.
   auto issue = [&] {
     if (a.num_parts == 0 || max_keys == 0) return;
-    if (tensor_cores && fp8 && has_keys && indexer_fp8_serves(a)) {
+    if (k.tensor_cores && k.fp8 && has_keys && indexer_fp8_serves(a)) {
       launch_indexer_fp8(a, max_keys, s, k.predecode, k.head_sum_mma);
       return;
     }
-    if (tensor_cores && fp8 && decode_tc && has_keys && indexer_fp8_decode_serves(a)) {
+    if (k.tensor_cores && k.fp8 && k.decode_tc && has_keys && indexer_fp8_decode_serves(a)) {
       launch_indexer_fp8_decode(a, max_keys, s, k.head_sum_mma);
       return;
     }
-    if (a.num_parts == 1 && a.bf16_arith && tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim && has_keys &&
-        (!a.parts[0].ckeys.data || a.parts[0].ckeys.row_bytes <= kTcRawLd)) {
+    if (a.num_parts == 1 && a.bf16_arith && k.tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim &&
+        has_keys && (!a.parts[0].ckeys.data || a.parts[0].ckeys.row_bytes <= kTcRawLd)) {
       static bool tc_attr_set = false;
       if (!tc_attr_set) {
         CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -45,6 +45,7 @@
 // cp.async into a ring of three tile buffers: tile i + 2's copies fly under tile i's MMAs and
 // epilogue, one block barrier per tile. Scores are bit for bit those of the in-block decode.
 #include <algorithm>
+#include <atomic>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -230,19 +231,6 @@ bool indexer_fp8_serves(const IdxArgs& a) {
 }
 
 void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool predecode, bool head_sum_mma) {
-  static bool attr_set = false;
-  if (!attr_set) {
-    for (const void* f : {(const void*)indexer_scores_fp8_kernel<64, false, false>,
-                          (const void*)indexer_scores_fp8_kernel<128, false, false>,
-                          (const void*)indexer_scores_fp8_kernel<64, true, false>,
-                          (const void*)indexer_scores_fp8_kernel<128, true, false>,
-                          (const void*)indexer_scores_fp8_kernel<64, false, true>,
-                          (const void*)indexer_scores_fp8_kernel<128, false, true>,
-                          (const void*)indexer_scores_fp8_kernel<64, true, true>,
-                          (const void*)indexer_scores_fp8_kernel<128, true, true>})
-      CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
-    attr_set = true;
-  }
   const dim3 grid = indexer_tc_grid(a, max_keys, kQueries, kKeys, "indexer_scores (fp8 wgmma)");
   // The keys some query of the launch sees: [key_begin, key_begin + count).
   const IdxPart& p = a.parts[0];
@@ -269,8 +257,10 @@ void launch_indexer_fp8(IdxArgs& a, int64_t max_keys, cudaStream_t s, bool prede
        {indexer_scores_fp8_kernel<64, true, false>, indexer_scores_fp8_kernel<64, true, true>}},
       {{indexer_scores_fp8_kernel<128, false, false>, indexer_scores_fp8_kernel<128, false, true>},
        {indexer_scores_fp8_kernel<128, true, false>, indexer_scores_fp8_kernel<128, true, true>}}};
-  const Kernel kernel = kernels[a.dim == 64 ? 0 : 1][dk.tiles ? 1 : 0][head_sum_mma ? 1 : 0];
-  launch(kernel, grid, kThreads, kSmemBytes, s)(a, dk);
+  const int d = a.dim == 64 ? 0 : 1, pre = dk.tiles ? 1 : 0, m = head_sum_mma ? 1 : 0;
+  static std::atomic<uint64_t> attr[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // per kernel: the devices set
+  fp4tc::set_smem_once(kernels[d][pre][m], kSmemBytes, false, &attr[4 * d + 2 * pre + m]);
+  launch(kernels[d][pre][m], grid, kThreads, kSmemBytes, s)(a, dk);
   launch_check("indexer_scores (fp8 wgmma)", s);
   if (scratch) stream_free(scratch, s);
 }
