@@ -12,19 +12,12 @@
 #   bash scripts/device/attention_view_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh
+source scripts/device/check_lib.sh  # check_begin, el, prefill_stage
 check_begin /tmp/view_logs 300 test_cuda_kernels bench_step test_gpu_golden
 T=$B/tests/cuda/test_cuda_kernels
 timeout 90 $T --gtest_brief=1 --gtest_filter="${TEST_FILTER:-CudaAttentionTc*:CudaOps.SparseAttention*}" > $L/tests_attn.txt 2>&1
 echo "== op tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/tests_attn.txt | grep -vE " 0 of " | head -30
 grep -c " 0 of " $L/tests_attn.txt; el tests_attn
-P="$B/tests/cuda/bench_step bench"
-prefill() {  # tag context [config]
-  local cfg=(); [[ -n ${3:-} ]] && cfg=(--config "$3")
-  timeout ${4:-40} $P prefill --backend cuda --preset flash --layers 2 --chunk 8192 --context "$2" "${cfg[@]}" > $L/p_$1.txt 2>&1
-  echo "== prefill $1 rc $?"; grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p_$1.txt
-  el "prefill $1"
-}
 # RUNS: "tag:context:config" entries (config a YAML under scripts/device/ or empty), in order.
 RUNS=${RUNS:-"8k_view:8192: 8k_noview:8192:attention_no_view.yaml 8k_mma_view:8192:attention_mma.yaml \
   1m_view:1048576: 1m_mma_view:1048576:attention_mma.yaml golden 1m_noview:1048576:attention_no_view.yaml"}
@@ -34,7 +27,8 @@ for run in $RUNS; do
     el golden; continue
   fi
   IFS=: read -r tag ctx cfg <<< "$run"
-  prefill "$tag" "$ctx" "${cfg:+scripts/device/$cfg}" $([[ $ctx -gt 100000 ]] && echo 100 || echo 40)
+  limit=$([[ $ctx -gt 100000 ]] && echo 100 || echo 40)
+  prefill_stage "$tag" "$ctx" 8192 "${cfg:+scripts/device/$cfg}" "$limit"
 done
 if [[ ${PROFILE:-0} == 1 ]]; then
   BUILD=$B OUT=$L NCU_KERNEL=${NCU_KERNEL:-sparse_attention_ws} NCU_CONFIG=${NCU_CONFIG:-} NCU_SKIP=0 NCU_TAG=attention \

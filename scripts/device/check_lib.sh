@@ -14,6 +14,12 @@
 #   step NAME CONFIG ARGS               a `bench step` stage: $B's bench_step with ARGS (and
 #                                       --config CONFIG unless empty) into $L/step_NAME.txt, the
 #                                       lines matching STEP_LINES printed.
+#   prefill_stage TAG CONTEXT CHUNK CONFIG [LIMIT]
+#                                       a `bench prefill` stage (Flash, 2 layers; --config CONFIG
+#                                       unless empty; LIMIT s, 120) into $L/p_TAG.txt, the
+#                                       tokens/s, the main ops, the total and the projection printed.
+#   tests_stage NAME LIMIT [FILTER]     test_cuda_kernels (--gtest_filter FILTER) into
+#                                       $L/tests_NAME.txt, its verdict lines printed.
 check_begin() {
   local logs=$1 limit=$2
   shift 2
@@ -40,4 +46,16 @@ graphs_stage() {
 golden_stage() {
   timeout 100 "$B/tests/cuda/test_gpu_golden" > "$L/golden.txt" 2>&1; echo "golden rc $?"
   grep -E "OK \]|FAIL" "$L/golden.txt"; el golden
+}
+prefill_stage() {
+  local cfg=(); [[ -n ${4:-} ]] && cfg=(--config "$4")
+  timeout "${5:-120}" "$B/tests/cuda/bench_step" bench prefill --backend cuda --preset flash --layers 2 --chunk "$3" \
+    --context "$2" "${cfg[@]}" > "$L/p_$1.txt" 2>&1
+  echo "== prefill $1 rc $?"
+  grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" "$L/p_$1.txt"
+  el "prefill $1"
+}
+tests_stage() {
+  timeout "$2" "$B/tests/cuda/test_cuda_kernels" --gtest_brief=1 ${3:+--gtest_filter="$3"} > "$L/tests_$1.txt" 2>&1
+  echo "== op tests $1 rc $?"; grep -E "FAILED|PASSED|Failure|tests ran" "$L/tests_$1.txt" | head -30; el "tests $1"
 }

@@ -13,7 +13,7 @@
 #   [GRAPHS=0] [CHUNKS=0] [PROFILE=1] bash scripts/device/indexer_mma_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage
+source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage, prefill_stage
 check_begin /tmp/idx_logs 300 test_cuda_kernels test_cuda_graphs test_gpu_golden bench_step
 timeout 120 $B/tests/cuda/test_cuda_kernels --gtest_brief=1 --gtest_filter='CudaOps.IndexerScores*:CudaIndexer*' \
   > $L/tests_idx.txt 2>&1
@@ -21,24 +21,16 @@ echo "== indexer op tests rc $?"; grep -E "FAILED|PASSED|Failure|differ" $L/test
 el tests_idx
 [[ ${GRAPHS:-1} == 1 ]] && graphs_stage
 golden_stage
-prefill() {  # tag context chunk [config]
-  local cfg=(); [[ -n ${4:-} ]] && cfg=(--config "$4")
-  timeout 120 $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk "$3" \
-    --context "$2" "${cfg[@]}" > $L/p_$1.txt 2>&1
-  echo "== prefill $1 rc $?"
-  grep -E "prefill:|moe_experts|sparse_attention |indexer_scores|topk|total|PROJECTION" $L/p_$1.txt
-  el "prefill $1"
-}
-prefill 8k 8192 8192
-prefill 8k_add 8192 8192 scripts/device/idx_add_sum.yaml
-prefill 1m 1048576 8192
-prefill 1m_add 1048576 8192 scripts/device/idx_add_sum.yaml
+prefill_stage 8k 8192 8192 ""
+prefill_stage 8k_add 8192 8192 scripts/device/idx_add_sum.yaml
+prefill_stage 1m 1048576 8192 ""
+prefill_stage 1m_add 1048576 8192 scripts/device/idx_add_sum.yaml
 S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,256 --context 8192 --iters 10"
 STEP_LINES="$STEP_LINES|indexer_scores"
 step mma "" "$S"
 step add scripts/device/idx_add_sum.yaml "$S"
 if [[ ${CHUNKS:-1} == 1 ]]; then
-  for c in 4096 8192 16384 32768; do prefill "128k_c$c" 131072 $c; done
+  for c in 4096 8192 16384 32768; do prefill_stage "128k_c$c" 131072 $c ""; done
 fi
 if [[ ${PROFILE:-0} == 1 ]]; then
   BUILD=$B OUT=$L NCU_KERNEL=indexer_scores_fp8_kernel NCU_SKIP=100 NCU_CONTEXT=1048576 NCU_TAG=indexer \

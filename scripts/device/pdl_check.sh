@@ -12,7 +12,7 @@
 #   bash scripts/device/pdl_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage
+source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage, tests_stage
 check_begin /tmp/pdl_logs 300 test_cuda_kernels test_cuda_graphs test_gpu_golden bench_step bench_cuda
 graphs_stage
 golden_stage
@@ -20,8 +20,7 @@ S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --conte
 step pdl "" "$S"
 step nopdl scripts/device/pdl_off.yaml "$S"
 step noprefetch scripts/device/gemv_no_prefetch.yaml "${S/--batch 1,64,256/--batch 1,256}"
-timeout 420 $B/tests/cuda/test_cuda_kernels --gtest_brief=1 --gtest_filter="-CudaLongPrompt.*" > $L/tests.txt 2>&1
-echo "== op tests rc $?"; grep -E "FAILED|PASSED|Failure|tests ran" $L/tests.txt | head -30; el tests
+tests_stage all 420 "-CudaLongPrompt.*"
 BENCH_FP4_MODES=1 timeout 120 $B/tests/cuda/bench_cuda - fp4 > $L/bench_fp4.txt 2>&1
 echo "== bench_cuda fp4 rc $?"; grep -E "prefetch|picks" $L/bench_fp4.txt | head -60; el bench_fp4
 step pdl_b1 "" "${S/--batch 1,64,256 --context 8192/--batch 1 --context 4096,1048576}"; el all

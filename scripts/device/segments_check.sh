@@ -10,7 +10,7 @@
 #   bash scripts/device/segments_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage
+source scripts/device/check_lib.sh  # check_begin, el, step, graphs_stage, golden_stage, tests_stage
 check_begin /tmp/segments_logs 300 test_cuda_kernels test_cuda_graphs test_gpu_golden bench_step
 graphs_stage
 golden_stage
@@ -18,5 +18,4 @@ S="--synthetic --backend cuda --preset flash --layers 2 --batch 1,64,256 --conte
 step eager "" "$S"
 step segments scripts/device/graphs_segments.yaml "$S"
 step replay scripts/device/graphs_replay.yaml "$S"
-timeout 420 $B/tests/cuda/test_cuda_kernels --gtest_brief=1 > $L/tests.txt 2>&1
-echo "== op tests rc $?"; grep -E "FAILED|PASSED|Failure|tests ran" $L/tests.txt | head -30; el all
+tests_stage all 420
