@@ -2,8 +2,9 @@
 // `v4rt logits`: runs a token sequence through the model and writes the logits after every token
 // (row i = logits after token i) to a safetensors file (F32 tensor `logits` [len(ids), vocab]).
 // The prompt part [0, decode-from) is fed in chunks of --prefill-chunk tokens (alias --chunk;
-// default: the config's prefill_chunk, 8192 unless set; 0: one chunk), the rest one token at a time, exercising
-// the prefill -> decode state hand-over. Each step is a StepPlan run through the runtime Leader.
+// default: the config's prefill_chunk, 8192 unless set; 0: one chunk), the rest one token at a
+// time, exercising the prefill -> decode state hand-over. Each step is a StepPlan run through the
+// runtime Leader.
 // Under `mpirun -np N ... --config <layout>.yaml` the same command runs sharded: rank 0 reads the
 // ids, drives the steps (runtime/leader.h) and writes the file; with dp > 1 every replica computes
 // the same sequence.
