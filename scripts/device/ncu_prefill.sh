@@ -29,10 +29,11 @@ rows = list(csv.reader(open(sys.argv[1])))
 if len(rows) < 3: sys.exit(print("no raw rows"))
 h, v = rows[0], rows[2]
 for name, val in sorted(zip(h, v)):
-    if "warp_latency_issue_stalled" in name or "issue_stalled" in name and "ratio" in name or "duration" in name:
+    if ("warp_latency_issue_stalled" in name or "issue_stalled" in name and "ratio" in name or "duration" in name
+            or "throughput.avg.pct_of_peak_sustained_elapsed" in name or "issue_active" in name):
         print(f"{name:90s} {val}")
 PY
-head -60 "$OUT/ncu_${T}_stalls.txt"
+head -80 "$OUT/ncu_${T}_stalls.txt"
 "$NCU" --import $R.ncu-rep --page source --csv --print-source sass > "$OUT/ncu_${T}_sass.csv" 2> "$OUT/ncu_${T}_sass.err"
 echo "source page rc $? ($(wc -l < "$OUT/ncu_${T}_sass.csv") lines)"
 python3 - "$OUT/ncu_${T}_sass.csv" > "$OUT/ncu_${T}_top.txt" <<'PY'
