@@ -89,7 +89,7 @@ Queries query_path(const BlockContext& ctx, const LayerWeights& w, const RowPosi
   q.qr = make_scratch(ctx.backend, {n, cfg.q_lora_rank});
   project(ctx, a, aw.wq_a, q.qr.view, true);
   norm(ctx, q.qr.view, aw.q_norm);
-  q.q = make_scratch(ctx.backend, {n, heads, hd});
+  q.q = make_scratch(ctx.backend, {n, heads, hd}, rounded_dtype(ctx));  // wq_b, the norm and RoPE round to bf16
   project(ctx, q.qr.view, aw.wq_b, view_reshape(q.q.view, {n, heads * hd}), true);
   kernels::RmsNormParams p;  // per-head, unweighted
   p.x = p.y = view_reshape(q.q.view, {n * heads, hd});
@@ -433,7 +433,7 @@ void output_projection(const BlockContext& ctx, const AttentionWeights& aw, cons
   const ModelConfig& cfg = ctx.config;
   const int64_t n = o.shape[0], heads = o.shape[1];
   const int64_t groups = aw.wo_a.rows / cfg.o_lora_rank;  // this TP rank's groups
-  Scratch u = make_scratch(ctx.backend, {n, groups, cfg.o_lora_rank});
+  Scratch u = make_scratch(ctx.backend, {n, groups, cfg.o_lora_rank}, rounded_dtype(ctx));
   kernels::GroupedLinearParams gp;
   gp.x = view_reshape(o, {n, groups, heads / groups * cfg.head_dim});
   gp.w = aw.wo_a;
@@ -514,7 +514,11 @@ void attention_forward_batched(const BlockContext& ctx, const LayerWeights& w, s
     const OpScope scope("indexer_query");
     iq = indexer_queries(ctx, w, positions, a, q.qr.view);
   }
-  Scratch o = make_scratch(ctx.backend, {n, local_heads(ctx, w.attn), ctx.config.head_dim});
+  // o: rounded to bf16 by the attention and the inverse RoPE, unless an SP merge adds F32 partials.
+  bool any_sp = false;
+  for (const AttentionSegment& s : segs) any_sp = any_sp || sp_owned(ctx, s);
+  Scratch o = make_scratch(ctx.backend, {n, local_heads(ctx, w.attn), ctx.config.head_dim},
+                           any_sp ? DType::kF32 : rounded_dtype(ctx));
   std::vector<size_t> local;  // sequences holding all their compressed entries: selected and attended together
   for (size_t i = 0; i < segs.size(); ++i) {
     const AttentionSegment& s = segs[i];

@@ -32,6 +32,10 @@ struct Scratch {
   TensorView view;
 };
 Scratch make_scratch(kernels::Backend& backend, std::initializer_list<int64_t> dims, DType dtype = DType::kF32);
+// The dtype of an activation whose every value is rounded to bf16 by the op that writes it (the
+// official numerics' rounding points, spec §2): BF16 where the backend takes bf16 views (half the
+// bytes, the same values), else F32. Every other activation stays F32.
+DType rounded_dtype(const BlockContext& ctx);
 
 // Attention sublayer for the chunk at positions [pos_begin, pos_begin + n): a [n, D] -> out [n, D].
 // `own` says which compressed entries this rank stores (SP); the layer's state holds only those.

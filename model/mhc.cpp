@@ -14,6 +14,10 @@ Scratch make_scratch(kernels::Backend& backend, std::initializer_list<int64_t> d
   return s;
 }
 
+DType rounded_dtype(const BlockContext& ctx) {
+  return ctx.official && ctx.backend.act_dtype() == DType::kBF16 ? DType::kBF16 : DType::kF32;
+}
+
 HcMix hc_pre(const BlockContext& ctx, const HcWeights& w, const TensorView& x, const TensorView& a) {
   const int64_t n = x.shape[0];
   const int64_t hc = ctx.config.hc_mult;

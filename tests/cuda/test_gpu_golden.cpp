@@ -11,7 +11,8 @@
 //    score-routed layers and put the logits ~5e-2 from the golden; test_bf16_emulation measures
 //    the same on the CPU rounding point by rounding point.
 // A last case runs the official numerics (FP8 act quant, FP8/FP4 GEMMs) on both backends and
-// compares them.
+// compares them; and the official numerics with the bf16-rounded activations stored as bf16 (the
+// CUDA backend's act_dtype, model/blocks.h rounded_dtype) against the same run with them in F32.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include "kernels/backend_factory.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/factory.h"
+#include "kernels/forwarding_backend.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "tests/cuda/golden_util.h"
@@ -131,6 +133,42 @@ TEST_F(GpuGoldenTinyA, OfficialNumericsAgainstCpu) {
   EXPECT_LT(e_prefill, 0.35);
   EXPECT_LT(e_decode, 0.35);
   EXPECT_LT(prefill_err(g), 0.5);
+}
+
+// The CUDA backend reporting F32 activations: the model then keeps every activation in F32.
+class F32Activations final : public kernels::ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  DType act_dtype() const override { return DType::kF32; }
+};
+
+// The activations that every writer rounds to bf16 (queries, attention output, wo_a output) hold
+// the same values in bf16 storage as in F32: the logits must agree. Not bit for bit required: a
+// GEMM writing bf16 may take another cuBLASLt algorithm than one writing F32 (the same sums in
+// another order), and random weights amplify a single FP8 rounding flip; 1e-3 is far below the
+// 0.2 such a flip costs against the CPU (OfficialNumericsAgainstCpu).
+TEST_F(GpuGoldenTinyA, OfficialBf16ActivationsEqualF32) {
+  ModelOptions options;
+  options.numerics = Numerics::kOfficial;
+  Loaded bf16 = load(*ckpt_, ReferencePrecision::kBf16Split, options);
+  ASSERT_EQ(bf16.backend->act_dtype(), DType::kBF16);
+  kernels::cuda::CudaBackendOptions o;
+  o.reference = ReferencePrecision::kBf16Split;
+  F32Activations f32_backend(kernels::cuda::make_cuda_backend(0, o));
+  auto f32 = Model::load(*ckpt_, options, f32_backend);
+  const auto a = run(*bf16.model, 544, 520, {301, 219});
+  const auto b = run(*f32, 544, 520, {301, 219});
+  ASSERT_EQ(a.size(), b.size());
+  size_t same = 0;
+  for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
+  const int64_t vocab = f32->config().vocab_size;
+  const double e_prefill = golden_util::rel_err(a.data(), b.data(), size_t(520 * vocab));
+  const double e_decode = golden_util::rel_err(a.data() + 520 * vocab, b.data() + 520 * vocab, size_t(24 * vocab));
+  std::printf("  [gpu-golden] official, bf16 against F32 activations: prefill rel err %.3e, decode %.3e; %zu of %zu "
+              "logits equal\n",
+              e_prefill, e_decode, same, a.size());
+  EXPECT_LE(e_prefill, 1e-3);
+  EXPECT_LE(e_decode, 1e-3);
 }
 
 }  // namespace
