@@ -46,6 +46,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.indexer_fp8 = options.cuda_indexer_fp8;
     co.indexer_predecode = options.cuda_indexer_predecode;
     co.indexer_head_sum_mma = options.cuda_indexer_head_sum_mma;
+    co.bf16_activations = options.cuda_bf16_activations;
     co.expert_wgmma = options.cuda_expert_wgmma;
     co.expert_wgmma_ws = options.cuda_expert_wgmma_ws;
     co.attention_wgmma = options.cuda_attention_wgmma;

@@ -42,6 +42,9 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_indexer_head_sum_mma): the FP8 indexer kernels sum each score's head
   // terms on the tensor cores; off: fp32 adds per thread and a quad shuffle.
   bool cuda_indexer_head_sum_mma = true;
+  // "cuda" only (debug.cuda_bf16_activations): the bf16-rounded activations of the official
+  // numerics in bf16 storage; off: F32.
+  bool cuda_bf16_activations = true;
   // "cuda" only (debug.cuda_expert_wgmma): prefill-sized routed-expert GEMMs on FP8 wgmma instead
   // of the mma.sync W4A8 tile kernel.
   bool cuda_expert_wgmma = true;

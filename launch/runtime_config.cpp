@@ -213,6 +213,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_indexer_fp8", &c.debug.cuda_indexer_fp8);
   d.get("cuda_indexer_predecode", &c.debug.cuda_indexer_predecode);
   d.get("cuda_indexer_head_sum_mma", &c.debug.cuda_indexer_head_sum_mma);
+  d.get("cuda_bf16_activations", &c.debug.cuda_bf16_activations);
   d.get("cuda_expert_wgmma", &c.debug.cuda_expert_wgmma);
   d.get("cuda_expert_wgmma_ws", &c.debug.cuda_expert_wgmma_ws);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
@@ -277,6 +278,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                                  "instead of each block decoding every key tile it reads (default true)"},
       {"cuda_indexer_head_sum_mma", "CUDA: the FP8 indexer kernels sum each score's head terms with mma.sync against "
                                     "a column of ones instead of fp32 adds per thread (default true)"},
+      {"cuda_bf16_activations", "CUDA: under the official numerics the queries, the attention output and wo_a's output "
+                                "(values their writers round to bf16) are stored as bf16 (default true; false: F32)"},
       {"cuda_expert_wgmma", "CUDA: prefill-sized routed-expert GEMMs (a mean of 96+ rows per expert) on FP8 wgmma "
                             "instead of the mma.sync W4A8 tile kernel (default true)"},
       {"cuda_expert_wgmma_ws", "CUDA: the same GEMMs on the warp-specialized FP8 wgmma kernel (producer warpgroup "
@@ -347,6 +350,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_indexer_fp8 = config.debug.cuda_indexer_fp8;
   o.cuda_indexer_predecode = config.debug.cuda_indexer_predecode;
   o.cuda_indexer_head_sum_mma = config.debug.cuda_indexer_head_sum_mma;
+  o.cuda_bf16_activations = config.debug.cuda_bf16_activations;
   o.cuda_expert_wgmma = config.debug.cuda_expert_wgmma;
   o.cuda_expert_wgmma_ws = config.debug.cuda_expert_wgmma_ws;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
@@ -421,6 +425,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_indexer_fp8" << YAML::Value << c.debug.cuda_indexer_fp8;
   out << YAML::Key << "cuda_indexer_predecode" << YAML::Value << c.debug.cuda_indexer_predecode;
   out << YAML::Key << "cuda_indexer_head_sum_mma" << YAML::Value << c.debug.cuda_indexer_head_sum_mma;
+  out << YAML::Key << "cuda_bf16_activations" << YAML::Value << c.debug.cuda_bf16_activations;
   out << YAML::Key << "cuda_expert_wgmma" << YAML::Value << c.debug.cuda_expert_wgmma;
   out << YAML::Key << "cuda_expert_wgmma_ws" << YAML::Value << c.debug.cuda_expert_wgmma_ws;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;

@@ -65,6 +65,7 @@ struct DebugConfig {
   bool cuda_indexer_fp8 = true;          // CUDA: ... of compact keys on FP8 wgmma (false: bf16, bit-exact)
   bool cuda_indexer_predecode = true;    // CUDA: ... with the launch's keys decoded once, not per block
   bool cuda_indexer_head_sum_mma = true;  // CUDA: FP8 indexer kernels sum the head terms on tensor cores
+  bool cuda_bf16_activations = true;      // CUDA: official numerics keep bf16-rounded activations as bf16
   bool cuda_expert_wgmma = true;         // CUDA: prefill-sized expert GEMMs on FP8 wgmma
   bool cuda_expert_wgmma_ws = true;      // CUDA: ... on the warp-specialized FP8 wgmma kernel
   bool cuda_attention_wgmma = true;      // CUDA: ... of 32+ tiles (512-dim heads, bf16 rows), ws on wgmma

@@ -27,7 +27,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   Device device() const override { return Device::kCuda; }
-  DType act_dtype() const override { return DType::kBF16; }
+  DType act_dtype() const override { return options_.bf16_activations ? DType::kBF16 : DType::kF32; }
   bool supports(Op op) const override;
   bool supports_kv_format(KvFormat) const override { return true; }  // attention / indexer decode on load
 

@@ -87,6 +87,10 @@ struct CudaBackendOptions {
   // heads against a column of ones (debug.cuda_indexer_head_sum_mma) instead of fp32 adds per
   // thread and a quad shuffle (indexer_fp8_common.cuh).
   bool indexer_head_sum_mma = true;
+  // act_dtype() is BF16 (debug.cuda_bf16_activations): under the official numerics the model keeps
+  // the activations whose writers round them to bf16 in bf16 storage (model/blocks.h,
+  // rounded_dtype); false: F32 like every other activation, the same values in twice the bytes.
+  bool bf16_activations = true;
   // Prefill-sized routed-expert GEMMs (the 128-row tile case of fp4_tc_rows_per_tile) on FP8 wgmma
   // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs
   // only (the tensor cores' FP8 sums keep fewer bits than fp32; far below a bf16 rounding).

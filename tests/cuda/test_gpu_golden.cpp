@@ -12,7 +12,8 @@
 //    the same on the CPU rounding point by rounding point.
 // A last case runs the official numerics (FP8 act quant, FP8/FP4 GEMMs) on both backends and
 // compares them; and the official numerics with the bf16-rounded activations stored as bf16 (the
-// CUDA backend's act_dtype, model/blocks.h rounded_dtype) against the same run with them in F32.
+// CUDA backend's act_dtype, model/blocks.h rounded_dtype) against the same run with them in F32
+// (CudaBackendOptions::bf16_activations off).
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -22,7 +23,6 @@
 #include "kernels/backend_factory.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/factory.h"
-#include "kernels/forwarding_backend.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "tests/cuda/golden_util.h"
@@ -135,13 +135,6 @@ TEST_F(GpuGoldenTinyA, OfficialNumericsAgainstCpu) {
   EXPECT_LT(prefill_err(g), 0.5);
 }
 
-// The CUDA backend reporting F32 activations: the model then keeps every activation in F32.
-class F32Activations final : public kernels::ForwardingBackend {
- public:
-  using ForwardingBackend::ForwardingBackend;
-  DType act_dtype() const override { return DType::kF32; }
-};
-
 // The activations that every writer rounds to bf16 (queries, attention output, wo_a output) hold
 // the same values in bf16 storage as in F32: the logits must agree. Not bit for bit required: a
 // GEMM writing bf16 may take another cuBLASLt algorithm than one writing F32 (the same sums in
@@ -154,8 +147,10 @@ TEST_F(GpuGoldenTinyA, OfficialBf16ActivationsEqualF32) {
   ASSERT_EQ(bf16.backend->act_dtype(), DType::kBF16);
   kernels::cuda::CudaBackendOptions o;
   o.reference = ReferencePrecision::kBf16Split;
-  F32Activations f32_backend(kernels::cuda::make_cuda_backend(0, o));
-  auto f32 = Model::load(*ckpt_, options, f32_backend);
+  o.bf16_activations = false;
+  auto f32_backend = kernels::cuda::make_cuda_backend(0, o);
+  ASSERT_EQ(f32_backend->act_dtype(), DType::kF32);
+  auto f32 = Model::load(*ckpt_, options, *f32_backend);
   const auto a = run(*bf16.model, 544, 520, {301, 219});
   const auto b = run(*f32, 544, 520, {301, 219});
   ASSERT_EQ(a.size(), b.size());

@@ -292,7 +292,9 @@ TEST(RuntimeConfig, CudaSwitchesOnByDefault) {
                                OnByDefault{"cuda_indexer_predecode", &DebugConfig::cuda_indexer_predecode,
                                            &kernels::BackendOptions::cuda_indexer_predecode},
                                OnByDefault{"cuda_indexer_head_sum_mma", &DebugConfig::cuda_indexer_head_sum_mma,
-                                           &kernels::BackendOptions::cuda_indexer_head_sum_mma}}) {
+                                           &kernels::BackendOptions::cuda_indexer_head_sum_mma},
+                               OnByDefault{"cuda_bf16_activations", &DebugConfig::cuda_bf16_activations,
+                                           &kernels::BackendOptions::cuda_bf16_activations}}) {
     SCOPED_TRACE(k.key);
     const RuntimeConfig d = parse_runtime_config("", "r.yaml");
     EXPECT_TRUE(d.debug.*k.debug);
