@@ -86,7 +86,7 @@ Queries query_path(const BlockContext& ctx, const LayerWeights& w, const RowPosi
   const AttentionWeights& aw = w.attn;
   const int64_t n = a.shape[0], hd = cfg.head_dim, heads = local_heads(ctx, aw);
   Queries q;
-  q.qr = make_scratch(ctx.backend, {n, cfg.q_lora_rank});
+  q.qr = make_scratch(ctx.backend, {n, cfg.q_lora_rank}, rounded_dtype(ctx));  // wq_a and q_norm round to bf16
   project(ctx, a, aw.wq_a, q.qr.view, true);
   norm(ctx, q.qr.view, aw.q_norm);
   q.q = make_scratch(ctx.backend, {n, heads, hd}, rounded_dtype(ctx));  // wq_b, the norm and RoPE round to bf16

@@ -90,10 +90,11 @@ void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, cons
 
   // The shared expert (§6): y = w2(swiglu(w1 b, w3 b)), on every rank.
   const int64_t inter = mw.shared_w1.rows;
-  Scratch y = make_scratch(be, {n, hidden});
+  // The shared expert's gate, up, h and output: each rounded to bf16 by its writer (official).
+  Scratch y = make_scratch(be, {n, hidden}, rounded_dtype(ctx));
   auto shared_expert = [&] {
-    Scratch g = make_scratch(be, {n, inter});
-    Scratch u = make_scratch(be, {n, inter});
+    Scratch g = make_scratch(be, {n, inter}, rounded_dtype(ctx));
+    Scratch u = make_scratch(be, {n, inter}, rounded_dtype(ctx));
     for (auto [wv, dst] : {std::pair{&mw.shared_w1, &g}, std::pair{&mw.shared_w3, &u}}) {
       kernels::LinearParams p;
       p.x = b;

@@ -135,11 +135,12 @@ TEST_F(GpuGoldenTinyA, OfficialNumericsAgainstCpu) {
   EXPECT_LT(prefill_err(g), 0.5);
 }
 
-// The activations that every writer rounds to bf16 (queries, attention output, wo_a output) hold
-// the same values in bf16 storage as in F32: the logits must agree. Not bit for bit required: a
-// GEMM writing bf16 may take another cuBLASLt algorithm than one writing F32 (the same sums in
-// another order), and random weights amplify a single FP8 rounding flip; 1e-3 is far below the
-// 0.2 such a flip costs against the CPU (OfficialNumericsAgainstCpu).
+// The activations that every writer rounds to bf16 (queries, attention and wo_a outputs, the shared
+// expert's gate, up and output) hold the same values in bf16 storage as in F32: the logits must
+// agree. Not bit for bit required: a GEMM writing bf16 may take another cuBLASLt algorithm than
+// one writing F32 (the same sums in another order), and random weights amplify a single FP8
+// rounding flip; 1e-3 is far below the 0.2 such a flip costs against the CPU
+// (OfficialNumericsAgainstCpu).
 TEST_F(GpuGoldenTinyA, OfficialBf16ActivationsEqualF32) {
   ModelOptions options;
   options.numerics = Numerics::kOfficial;
