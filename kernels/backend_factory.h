@@ -51,6 +51,8 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_expert_wgmma_ws): the same GEMMs on the warp-specialized FP8 wgmma
   // kernel, taken before the one above.
   bool cuda_expert_wgmma_ws = true;
+  // "cuda" only (debug.cuda_expert_ws_persistent): that kernel persistent, one block per SM.
+  bool cuda_expert_ws_persistent = true;
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads whose rows
   // are all bf16 (the bf16 views) and whose candidate lists reach 32 tiles on the warp-specialized
   // bf16 wgmma kernel.

@@ -216,6 +216,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_bf16_activations", &c.debug.cuda_bf16_activations);
   d.get("cuda_expert_wgmma", &c.debug.cuda_expert_wgmma);
   d.get("cuda_expert_wgmma_ws", &c.debug.cuda_expert_wgmma_ws);
+  d.get("cuda_expert_ws_persistent", &c.debug.cuda_expert_ws_persistent);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
   d.get("cuda_attention_wgmma_min_tiles", &c.debug.cuda_attention_wgmma_min_tiles);
   d.get("cuda_attention_ws", &c.debug.cuda_attention_ws);
@@ -285,6 +286,9 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                             "instead of the mma.sync W4A8 tile kernel (default true)"},
       {"cuda_expert_wgmma_ws", "CUDA: the same GEMMs on the warp-specialized FP8 wgmma kernel (producer warpgroup "
                                "copies and decodes the weights), taken before cuda_expert_wgmma's (default true)"},
+      {"cuda_expert_ws_persistent", "CUDA: that kernel persistent, one block per SM walking the tiles so the next "
+                                    "tile's copies run under this one's MMAs and stores (default true; false: one "
+                                    "block per tile)"},
       {"cuda_attention_wgmma", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
                                "views) and whose candidate lists reach 32 tiles on the warp-specialized bf16 wgmma "
                                "kernel, taken before cuda_attention_ws's (default true; needs cuda_attention_tc)"},
@@ -354,6 +358,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_bf16_activations = config.debug.cuda_bf16_activations;
   o.cuda_expert_wgmma = config.debug.cuda_expert_wgmma;
   o.cuda_expert_wgmma_ws = config.debug.cuda_expert_wgmma_ws;
+  o.cuda_expert_ws_persistent = config.debug.cuda_expert_ws_persistent;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
   o.cuda_attention_wgmma_min_tiles = config.debug.cuda_attention_wgmma_min_tiles;
   o.cuda_attention_ws = config.debug.cuda_attention_ws;
@@ -429,6 +434,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_bf16_activations" << YAML::Value << c.debug.cuda_bf16_activations;
   out << YAML::Key << "cuda_expert_wgmma" << YAML::Value << c.debug.cuda_expert_wgmma;
   out << YAML::Key << "cuda_expert_wgmma_ws" << YAML::Value << c.debug.cuda_expert_wgmma_ws;
+  out << YAML::Key << "cuda_expert_ws_persistent" << YAML::Value << c.debug.cuda_expert_ws_persistent;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;
   out << YAML::Key << "cuda_attention_wgmma_min_tiles" << YAML::Value << c.debug.cuda_attention_wgmma_min_tiles;
   out << YAML::Key << "cuda_attention_ws" << YAML::Value << c.debug.cuda_attention_ws;

@@ -68,6 +68,7 @@ struct DebugConfig {
   bool cuda_bf16_activations = true;      // CUDA: official numerics keep bf16-rounded activations as bf16
   bool cuda_expert_wgmma = true;         // CUDA: prefill-sized expert GEMMs on FP8 wgmma
   bool cuda_expert_wgmma_ws = true;      // CUDA: ... on the warp-specialized FP8 wgmma kernel
+  bool cuda_expert_ws_persistent = true;  // CUDA: ... that kernel persistent (one block per SM)
   bool cuda_attention_wgmma = true;      // CUDA: ... of 32+ tiles (512-dim heads, bf16 rows), ws on wgmma
   int64_t cuda_attention_wgmma_min_tiles = 32;  // CUDA: ... from this many 64-candidate tiles (0: every length)
   bool cuda_attention_ws = true;         // CUDA: prefill sparse attention (512-dim heads, bf16 rows), warp-specialized

@@ -541,6 +541,7 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   g.tensor_cores = expert_tensor_cores(m, 1);
   g.wgmma = options_.expert_wgmma;
   g.wgmma_ws = options_.expert_wgmma_ws;
+  g.ws_persistent = options_.expert_ws_persistent;
   g.max_rows = m;
   g.stream = stream_.get();
   fp4_grouped_gemm(g);
@@ -815,6 +816,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.tensor_cores = io == Io::kFp8 && expert_tensor_cores(max_rows, num_local);
     gp.wgmma = options_.expert_wgmma;
     gp.wgmma_ws = options_.expert_wgmma_ws;
+    gp.ws_persistent = options_.expert_ws_persistent;
     gp.gemv_rows = options_.fp4_gemv_rows;
     gp.gemv_k_split = options_.fp4_gemv_k_split;
     gp.gemv_l2_prefetch = options_.fp4_gemv_l2_prefetch;

@@ -99,6 +99,9 @@ struct CudaBackendOptions {
   // debug.cuda_expert_wgmma_ws), taken before the one above; the same bits (H100, 8K prefill: the
   // experts 26.7 -> 24.2 ms, docs/PERFORMANCE.md).
   bool expert_wgmma_ws = true;
+  // That kernel persistent, one block per SM over the items (debug.cuda_expert_ws_persistent);
+  // false: one block per item. The same bits.
+  bool expert_ws_persistent = true;
   // Prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 views) and whose
   // candidate lists reach 32 tiles (the HCA layer at long context) on the warp-specialized bf16
   // wgmma kernel (attention_wgmma.cu; debug.cuda_attention_wgmma): a producer warpgroup copies the

@@ -51,6 +51,9 @@ struct Fp4GroupedGemmParams {
   // (fp4_gemm_wgmma_ws.cu; producer warpgroup copies and decodes, two consumer warpgroups
   // multiply), taken before the wgmma one.
   bool wgmma_ws = false;
+  // The warp-specialized kernel persistent (one block per SM walking the items, its stage ring
+  // running on across them) instead of one block per item (debug.cuda_expert_ws_persistent).
+  bool ws_persistent = true;
   // With tensor_cores: the decode GEMV's rows a pass. 0: by the mean rows per group (8, or 16 above
   // a mean of kFp4GemvMaxMeanRows, and the GEMV up to a mean of kFp4GemvMaxMeanRows16); 8: passes
   // of 8 rows and the GEMV up to the 8-row limits alone (debug.cuda_fp4_gemv_rows).

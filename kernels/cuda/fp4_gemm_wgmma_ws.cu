@@ -26,8 +26,15 @@
 // scales): copies run up to kStages steps and decode up to kStages - kLookahead steps ahead of the
 // MMAs. The two consumer warpgroups drift apart (as in DeepGEMM), one's promotion under the other's
 // MMAs; a warpgroup whose 64 rows all lie past the group's skips its MMAs.
+//
+// Persistent: one block per SM walks the (row tile, channel tile) items lin = blockIdx.x + i x
+// gridDim.x, channels fastest (the blocks of a wave share their row tiles' activations in L2). The
+// stage ring runs on across items: the producers copy and decode the next item's first steps
+// while the consumers finish this one and store its outputs, so no block pays a pipeline fill and
+// an epilogue with the tensor cores idle (a non-persistent grid did, once per 32-step item).
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "kernels/cuda/batch_params.cuh"
@@ -93,22 +100,38 @@ static_assert(kSmemBytes <= 227 * 1024, "dynamic shared memory of one block per 
 // Named barrier 1 of the producer warpgroups alone (0 is __syncthreads').
 __device__ __forceinline__ void producer_sync() { named_sync<1, kProducerThreads>(); }
 
+// One work item: rows [row_begin, row_begin + rows) of group g (a 128-row tile) times output
+// channels [n0, n0 + 128).
+struct WsItem {
+  int g;
+  int rows;
+  int64_t row_begin, n0;
+};
+
+__device__ __forceinline__ WsItem ws_item(const Fp4GroupedGemmParams& p, const int32_t* tile_start, int64_t n_tiles,
+                                          int64_t lin) {
+  WsItem it;
+  const int32_t tile = int32_t(lin / n_tiles);
+  // The group of this tile: the last g with tile_start[g] <= tile.
+  it.g = part_holding(p.num_groups, tile, [&](int k) { return int64_t(tile_start[k]); });
+  it.row_begin = int64_t(p.row_offsets[it.g]) + int64_t(tile - tile_start[it.g]) * kBM;
+  it.rows = int(min(int64_t(kBM), int64_t(p.row_offsets[it.g + 1]) - it.row_begin));
+  it.n0 = (lin % n_tiles) * kBN;
+  return it;
+}
+
 __global__ void __launch_bounds__(kThreads, 1)
-    fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start) {
+    fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start,
+                                     int64_t n_tiles) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(128) unsigned char smem_raw[];
   WsSmem& sm = *reinterpret_cast<WsSmem*>(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));
 
-  const int64_t n_tiles = gridDim.y;
-  const int64_t lin = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
-  const int32_t num_tiles = tile_start[p.num_groups];
-  if (lin / n_tiles >= num_tiles) return;
-  const int32_t tile = int32_t(lin / n_tiles);
-  // The group of this tile: the last g with tile_start[g] <= tile.
-  const int g = part_holding(p.num_groups, tile, [&](int k) { return int64_t(tile_start[k]); });
-  const int64_t row_begin = int64_t(p.row_offsets[g]) + int64_t(tile - tile_start[g]) * kBM;
-  const int rows = int(min(int64_t(kBM), int64_t(p.row_offsets[g + 1]) - row_begin));
-  const int64_t n0 = (lin % n_tiles) * kBN;
+  // This block's items: lin = blockIdx.x + i * gridDim.x below the launch's real items.
+  const int64_t items = int64_t(tile_start[p.num_groups]) * n_tiles;
+  if (int64_t(blockIdx.x) >= items) return;
+  const int my_items = int((items - 1 - int64_t(blockIdx.x)) / gridDim.x + 1);
+  const auto item_lin = [&](int i) { return int64_t(blockIdx.x) + int64_t(i) * gridDim.x; };
   const int64_t k = p.k, kb_count = k / kBK;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -126,48 +149,62 @@ __global__ void __launch_bounds__(kThreads, 1)
     // ---- producers: copies, then the decode of this warp's 16 channels ----
     regs_dec<kProducerRegs>();
     if (tid < kDecodeTables) sm.table[tid] = decode_table(tid);
-    const int steps = int(kb_count);
+    const int steps = int(kb_count), total = my_items * steps;  // this block's steps over its items
     const uint32_t st0 = smem_u32(&sm.st[0]);
     // Decode: channel ch, 32-blocks 2 half and 2 half + 1; the half-0 lane also copies the
     // channel's scale bytes and writes its Sw.
     const int ch = 16 * warp + (lane & 15), half = lane >> 4;
-    // Every copy is fixed per block but for the step's offset: a source at or past the tile's
-    // rows or channels copies 0 bytes (zero fill) from a clamped, valid address.
+    // Every copy is fixed per item but for the step's offset: a source at or past the tile's rows
+    // or channels copies 0 bytes (zero fill) from a clamped, valid address.
     // Activations: chunk (tid / 8) % 8 of rows tid % 8 + 8 (tid / 64) + 32 i (8 lanes = 8 rows at
     // the same chunk: eight bank quads under the swizzle).
     const int a_row = (tid & 7) + 8 * (tid >> 6), a_chunk = (tid >> 3) & 7;
-    const uint8_t* a_src = p.x8 + row_begin * k + a_chunk * 16;
-    uint32_t a_off[kBM / 32], a_bytes[kBM / 32];
-#pragma unroll
-    for (int i = 0; i < kBM / 32; ++i) {
-      const int r = a_row + 32 * i;
-      a_off[i] = uint32_t(min(r, rows - 1)) * uint32_t(k);
-      a_bytes[i] = r < rows ? 16 : 0;
-    }
     const uint32_t a_dst = uint32_t(offsetof(WsStage, a)) + uint32_t(sw128_offset(a_row, a_chunk));
     // Weights: chunk j = lane + 32 i (i = 0, 1) of the warp's 16 x 64 bytes: channel 16 warp + j / 4,
     // bytes 16 (j % 4) of its step.
     const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;
-    const int64_t n_left = p.n - n0;  // channels of this tile that exist (>= 1)
-    const uint8_t* w_src = p.w[g] + n0 * (k / 2) + w_chunk * 16;
-    uint32_t w_off[2], w_bytes[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int c = w_ch + 8 * i;
-      w_off[i] = uint32_t(min(int64_t(c), n_left - 1)) * uint32_t(k / 2);
-      w_bytes[i] = c < n_left ? 16 : 0;
-    }
     const uint32_t w_dst = uint32_t(offsetof(WsStage, w)) + uint32_t(w_ch * kLdW + w_chunk * 16);
-    // Scales: channel ch's four bytes of the step (half-0 lanes), row tid's activation scale
-    // (threads below kBM).
-    const uint8_t* wsc = p.w_scale[g];
-    const bool ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
-    const uint8_t* ws_src = wsc + (n0 + min(int64_t(ch), n_left - 1)) * (k / 32);
-    const uint32_t ws_bytes = ch < n_left ? 4 : 0;
-    const float* xs_src = p.x_scale + (row_begin + min(tid, rows - 1)) * kb_count;
-    const uint32_t xs_bytes = tid < rows ? 4 : 0;
+    // The copy plan of the item whose steps are being copied (plan_item: its sources, offsets and
+    // zero-fill sizes); scales: channel ch's four bytes of the step (half-0 lanes), row tid's
+    // activation scale (threads below kBM).
+    const uint8_t* a_src = nullptr;
+    const uint8_t* w_src = nullptr;
+    const uint8_t* ws_src = nullptr;
+    const float* xs_src = nullptr;
+    uint32_t a_off[kBM / 32], a_bytes[kBM / 32], w_off[2], w_bytes[2], ws_bytes = 0, xs_bytes = 0;
+    bool ws_aligned = true;
+    int plan_item = -1;
+    const auto plan = [&](int i) {
+      const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(i));
+      a_src = p.x8 + it.row_begin * k + a_chunk * 16;
+#pragma unroll
+      for (int j = 0; j < kBM / 32; ++j) {
+        const int r = a_row + 32 * j;
+        a_off[j] = uint32_t(min(r, it.rows - 1)) * uint32_t(k);
+        a_bytes[j] = r < it.rows ? 16 : 0;
+      }
+      const int64_t n_left = p.n - it.n0;  // channels of this tile that exist (>= 1)
+      w_src = p.w[it.g] + it.n0 * (k / 2) + w_chunk * 16;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c = w_ch + 8 * j;
+        w_off[j] = uint32_t(min(int64_t(c), n_left - 1)) * uint32_t(k / 2);
+        w_bytes[j] = c < n_left ? 16 : 0;
+      }
+      const uint8_t* wsc = p.w_scale[it.g];
+      ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
+      ws_src = wsc + (it.n0 + min(int64_t(ch), n_left - 1)) * (k / 32);
+      ws_bytes = ch < n_left ? 4 : 0;
+      xs_src = p.x_scale + (it.row_begin + min(tid, it.rows - 1)) * kb_count;
+      xs_bytes = tid < it.rows ? 4 : 0;
+      plan_item = i;
+    };
 
-    auto load = [&](int kb, int s) {
+    // Copies of this block's step q (item q / steps, its 128-k step q % steps) into stage s; the
+    // steps come in order, so each item is planned once.
+    auto load = [&](int q, int s) {
+      const int i = q / steps, kb = q - i * steps;
+      if (i != plan_item) plan(i);
       const uint32_t st = st0 + uint32_t(s) * uint32_t(sizeof(WsStage));
       const uint8_t* a = a_src + kb * kBK;
 #pragma unroll
@@ -217,14 +254,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     // nx >= kStages) completed empty phase nx / kStages - 1.
 #pragma unroll
     for (int s = 0; s < kLookahead; ++s) {
-      if (s < steps) load(s, s);
+      if (s < total) load(s, s);
       cp_async_commit();
     }
     producer_sync();  // the decode tables written
     int ls = kLookahead, lround = 0, ds = 0;
-    for (int kb = 0; kb < steps; ++kb) {
-      const int nx = kb + kLookahead;
-      if (nx < steps) {
+    for (int q = 0; q < total; ++q) {
+      const int nx = q + kLookahead;
+      if (nx < total) {
         if (nx >= kStages) mbar_wait(&sm.empty[ls], uint32_t((lround - 1) & 1));
         load(nx, ls);
       }
@@ -233,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         ++lround;
       }
       cp_async_commit();
-      cp_async_wait<kLookahead>();  // this thread's copies of step kb landed ...
+      cp_async_wait<kLookahead>();  // this thread's copies of step q landed ...
       __syncwarp();                 // ... and its lane-mates' (the warp's channels came by 4 lanes each)
       decode(ds);
       fence_async_smem();  // this thread's decoded bytes and landed cp.async data, for the wgmma
@@ -255,46 +292,53 @@ __global__ void __launch_bounds__(kThreads, 1)
   // This thread's rows (within the block) and the column base of its accumulator pairs.
   const int r0 = cw * 64 + wi * 16 + (lane >> 2), c0 = 2 * (lane & 3);
   const int steps = int(kb_count);  // >= 1: k is a positive multiple of 128
-  if (cw * 64 < rows) {
-    for (int kb = 0; kb < steps; ++kb) {
-      const int s = kb % kStages;
-      const WsStage& st = sm.st[s];
-      // Step kb's MMAs into tmp (after its stage is full). The descriptors of k32 slice kk: start
-      // address + 32 kk bytes (the swizzle applies to the address the hardware forms), in the
-      // 16-byte units of the low field (no carry out of it: shared addresses stay below 256 KB).
-      mbar_wait(&sm.full[s], uint32_t((kb / kStages) & 1));
-      const uint64_t da = smem_desc_sw128(st.a + cw * 64 * kBK), db = smem_desc_sw128(st.b);
-      fence_acc(tmp);
-      wgmma_fence();
+  int q = 0;                        // this block's step: stage q % kStages, phase (q / kStages) & 1
+  for (int item = 0; item < my_items; ++item) {
+    const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(item));
+    if (item > 0) {
 #pragma unroll
-      for (int kk = 0; kk < kBK / 32; ++kk) wgmma_m64n128k32(tmp, da + 2 * kk, db + 2 * kk, kk);
-      wgmma_commit();
-      wgmma_wait0();
-      // Its promotion.
-      fence_acc(tmp);
-      const float x0 = st.xs[r0], x1 = st.xs[r0 + 8];
+      for (int j = 0; j < 64; ++j) acc[j] = 0.f;
+    }
+    if (cw * 64 < it.rows) {
+      for (int kb = 0; kb < steps; ++kb, ++q) {
+        const int s = q % kStages;
+        const WsStage& st = sm.st[s];
+        // Step kb's MMAs into tmp (after its stage is full). The descriptors of k32 slice kk: start
+        // address + 32 kk bytes (the swizzle applies to the address the hardware forms), in the
+        // 16-byte units of the low field (no carry out of it: shared addresses stay below 256 KB).
+        mbar_wait(&sm.full[s], uint32_t((q / kStages) & 1));
+        const uint64_t da = smem_desc_sw128(st.a + cw * 64 * kBK), db = smem_desc_sw128(st.b);
+        fence_acc(tmp);
+        wgmma_fence();
 #pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const float2 sw = *reinterpret_cast<const float2*>(&st.sw[8 * i + c0]);
-        acc[4 * i + 0] = fmaf(tmp[4 * i + 0], x0 * sw.x, acc[4 * i + 0]);
-        acc[4 * i + 1] = fmaf(tmp[4 * i + 1], x0 * sw.y, acc[4 * i + 1]);
-        acc[4 * i + 2] = fmaf(tmp[4 * i + 2], x1 * sw.x, acc[4 * i + 2]);
-        acc[4 * i + 3] = fmaf(tmp[4 * i + 3], x1 * sw.y, acc[4 * i + 3]);
+        for (int kk = 0; kk < kBK / 32; ++kk) wgmma_m64n128k32(tmp, da + 2 * kk, db + 2 * kk, kk);
+        wgmma_commit();
+        wgmma_wait0();
+        // Its promotion.
+        fence_acc(tmp);
+        const float x0 = st.xs[r0], x1 = st.xs[r0 + 8];
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          const float2 sw = *reinterpret_cast<const float2*>(&st.sw[8 * i + c0]);
+          acc[4 * i + 0] = fmaf(tmp[4 * i + 0], x0 * sw.x, acc[4 * i + 0]);
+          acc[4 * i + 1] = fmaf(tmp[4 * i + 1], x0 * sw.y, acc[4 * i + 1]);
+          acc[4 * i + 2] = fmaf(tmp[4 * i + 2], x1 * sw.x, acc[4 * i + 2]);
+          acc[4 * i + 3] = fmaf(tmp[4 * i + 3], x1 * sw.y, acc[4 * i + 3]);
+        }
+        __syncwarp();  // the warp's reads of stage s done (the MMAs' at the wait before the promotion)
+        if (lane == 0) mbar_arrive(&sm.empty[s]);
       }
-      __syncwarp();  // the warp's reads of stage s done (the MMAs' at the wait before the promotion)
-      if (lane == 0) mbar_arrive(&sm.empty[s]);
+    } else {
+      // Warpgroup-uniform: the second warpgroup of a tile of at most 64 rows has only zero rows; it
+      // skips the MMAs and the promotions, keeping its part in the barriers.
+      for (int kb = 0; kb < steps; ++kb, ++q) {
+        mbar_wait(&sm.full[q % kStages], uint32_t((q / kStages) & 1));
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&sm.empty[q % kStages]);
+      }
     }
-  } else {
-    // Warpgroup-uniform: the second warpgroup of a tile of at most 64 rows has only zero rows; it
-    // skips the MMAs and the promotions, keeping its part in the barriers.
-    for (int kb = 0; kb < steps; ++kb) {
-      mbar_wait(&sm.full[kb % kStages], uint32_t((kb / kStages) & 1));
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&sm.empty[kb % kStages]);
-    }
+    store_acc_m64n128(p, acc, it.row_begin, it.rows, it.n0, r0, c0);
   }
-
-  store_acc_m64n128(p, acc, row_begin, rows, n0, r0, c0);
 }
 
 }  // namespace
@@ -311,11 +355,13 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p) {
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
   launch(fp4_tile_map_kernel<kBM>, 1, kMapThreads, 0, p.stream)(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_wgmma_ws tile map", p.stream);
+  // Persistent: at most one block per SM (the kernel holds an SM's shared memory), never more
+  // blocks than the launch's bound on items; else one block per item of that bound.
   const int64_t n_tiles = ceil_div(p.n, kBN);
-  CHECK_LE(n_tiles, kMaxGridYZ) << "fp4 grouped gemm (wgmma ws): n=" << p.n;
-  const dim3 grid(grid_x(grouped_tile_bound(p.max_rows, p.num_groups, kBM), "fp4_grouped_gemm_wgmma_ws"),
-                  unsigned(n_tiles));
-  launch(fp4_grouped_gemm_wgmma_ws_kernel, grid, kThreads, kSmemBytes, p.stream)(p, tile_start);
+  const int64_t bound = grouped_tile_bound(p.max_rows, p.num_groups, kBM) * n_tiles;
+  const unsigned grid =
+      grid_x(p.ws_persistent ? std::min<int64_t>(bound, num_sms()) : bound, "fp4_grouped_gemm_wgmma_ws");
+  launch(fp4_grouped_gemm_wgmma_ws_kernel, grid, kThreads, kSmemBytes, p.stream)(p, tile_start, n_tiles);
   launch_check("fp4_grouped_gemm_wgmma_ws", p.stream);
   stream_free(tile_start, p.stream);
 }

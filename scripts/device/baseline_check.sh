@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# One device call (about 7 minutes from a fresh machine): the state of the GPU path on this
+# One device call (about 9 minutes from a fresh machine): the state of the GPU path on this
 # machine, and where the two largest prefill ops stall. Builds the op tests, test_gpu_golden and
-# bench_step; runs golden tiny-a (with the bf16 against F32 activations case) and the indexer op
-# tests; `bench prefill` at 8K and 1M (full per-op tables in the logs), each also with the rounded
-# activations in F32 (f32_activations.yaml); `bench step` at batch 1 and 256 (2 layers); then
-# [NCU=0: not] the stall profiles (scripts/device/ncu_prefill.sh) of the warp-specialized expert
-# GEMM at 8K and of a late-chunk HCA attention launch (wgmma kernel) of a 1M prefill.
+# bench_step; runs golden tiny-a (with the bf16 against F32 activations case), the indexer, W4A8 and
+# MoE op tests; `bench prefill` at 8K (also with the rounded activations in F32,
+# f32_activations.yaml, and with the expert GEMM one block per tile, expert_ws_blocks.yaml) and at
+# 1M (full per-op tables in the logs); `bench step` at batch 1 and 256 (2 layers); then [NCU=0: not]
+# the stall profiles (scripts/device/ncu_prefill.sh) of the warp-specialized expert GEMM at 8K and
+# of a late-chunk HCA attention launch (wgmma kernel) of a 1M prefill.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [NCU=0] bash scripts/device/baseline_check.sh        (carry .devdeps)
 set -uo pipefail
@@ -14,12 +15,11 @@ cd "$(dirname "$0")/../.."
 source scripts/device/check_lib.sh  # check_begin, el, step, golden_stage, prefill_stage, tests_stage
 check_begin /tmp/base_logs 300 test_cuda_kernels test_gpu_golden bench_step
 golden_stage
-tests_stage idx 120 'CudaOps.IndexerScores*:CudaIndexer*'
-F32=scripts/device/f32_activations.yaml
+tests_stage ops 150 'CudaOps.IndexerScores*:CudaIndexer*:CudaW4a8*:CudaMoe*'
 prefill_stage 8k 8192 8192 ""
-prefill_stage 8k_f32 8192 8192 $F32
+prefill_stage 8k_f32 8192 8192 scripts/device/f32_activations.yaml
+prefill_stage 8k_blocks 8192 8192 scripts/device/expert_ws_blocks.yaml
 prefill_stage 1m 1048576 8192 "" 150
-prefill_stage 1m_f32 1048576 8192 $F32 150
 step b1_256 "" "--synthetic --backend cuda --preset flash --layers 2 --batch 1,256 --context 8192 --iters 10"
 if [[ ${NCU:-1} == 1 ]]; then
   BUILD=$B OUT=$L NCU_TAG=experts timeout 200 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1

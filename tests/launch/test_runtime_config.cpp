@@ -294,7 +294,9 @@ TEST(RuntimeConfig, CudaSwitchesOnByDefault) {
                                OnByDefault{"cuda_indexer_head_sum_mma", &DebugConfig::cuda_indexer_head_sum_mma,
                                            &kernels::BackendOptions::cuda_indexer_head_sum_mma},
                                OnByDefault{"cuda_bf16_activations", &DebugConfig::cuda_bf16_activations,
-                                           &kernels::BackendOptions::cuda_bf16_activations}}) {
+                                           &kernels::BackendOptions::cuda_bf16_activations},
+                               OnByDefault{"cuda_expert_ws_persistent", &DebugConfig::cuda_expert_ws_persistent,
+                                           &kernels::BackendOptions::cuda_expert_ws_persistent}}) {
     SCOPED_TRACE(k.key);
     const RuntimeConfig d = parse_runtime_config("", "r.yaml");
     EXPECT_TRUE(d.debug.*k.debug);
