@@ -280,8 +280,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_indexer_head_sum_mma", "CUDA: the FP8 indexer kernels sum each score's head terms with mma.sync against "
                                     "a column of ones instead of fp32 adds per thread (default true)"},
       {"cuda_bf16_activations", "CUDA: under the official numerics the activations their writers round to bf16 (the "
-                                "queries, the attention and wo_a outputs, the shared expert's) are stored as bf16 "
-                                "(default true; false: F32)"},
+                                "queries, the attention and wo_a outputs, the shared expert's, the indexer scores) are "
+                                "stored as bf16 (default true; false: F32)"},
       {"cuda_expert_wgmma", "CUDA: prefill-sized routed-expert GEMMs (a mean of 96+ rows per expert) on FP8 wgmma "
                             "instead of the mma.sync W4A8 tile kernel (default true)"},
       {"cuda_expert_wgmma_ws", "CUDA: the same GEMMs on the warp-specialized FP8 wgmma kernel (producer warpgroup "

@@ -392,7 +392,10 @@ void attend_local(const BlockContext& ctx, const LayerWeights& w, std::span<cons
       k = std::max(k, indexer_k(ctx, segs[i]));
     }
     if (rows > 0) {
-      Scratch scores = make_scratch(be, {rows, max_keys});
+      // bf16 where the backend takes it: every score is a bf16 value (official numerics), half the
+      // bytes written and read by the top-k; F32 when TP ranks sum partial scores.
+      const bool tp_split = ctx.parallel && ctx.parallel->layout.tp > 1;
+      Scratch scores = make_scratch(be, {rows, max_keys}, tp_split ? DType::kF32 : rounded_dtype(ctx));
       std::vector<kernels::IndexerScoresParams> parts;
       bool ragged = false;  // some sequence has fewer keys: its columns past them must read -inf
       for (size_t i : local) {

@@ -89,7 +89,8 @@ struct CudaBackendOptions {
   bool indexer_head_sum_mma = true;
   // act_dtype() is BF16 (debug.cuda_bf16_activations): under the official numerics the model keeps
   // the activations whose writers round them to bf16 in bf16 storage (model/blocks.h,
-  // rounded_dtype); false: F32 like every other activation, the same values in twice the bytes.
+  // rounded_dtype; the indexer scores too); false: F32 like every other activation, the same
+  // values in twice the bytes.
   bool bf16_activations = true;
   // Prefill-sized routed-expert GEMMs (the 128-row tile case of fp4_tc_rows_per_tile) on FP8 wgmma
   // (fp4_gemm_wgmma.cu; debug.cuda_expert_wgmma) instead of the mma.sync tile kernel, bf16 outputs

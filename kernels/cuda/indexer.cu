@@ -43,10 +43,10 @@ __device__ __forceinline__ void indexer_scores_token(const IdxArgs& a, const Idx
   __syncthreads();
   const int64_t j = key_begin + int64_t(blockIdx.x) * kKeysPerBlock + threadIdx.x;
   if (j >= key_end) return;
-  float* out = p.scores + t * p.score_stride + (j - key_begin);
+  const int64_t out = t * p.score_stride + (j - key_begin);  // this score's element
   const int64_t visible = (p.pos_begin + t + 1) / a.ratio;
   if (j >= visible) {
-    *out = -INFINITY;
+    mask_score(a, p, out);
     return;
   }
   float acc[kMaxIndexHeads];
@@ -99,7 +99,7 @@ __device__ __forceinline__ void indexer_scores_token(const IdxArgs& a, const Idx
     }
   }
   if (bf16_arith) sum = round_bf16(sum);
-  *out = a.accumulate ? *out + sum : sum;
+  store_score(a, p, out, sum);
 }
 
 // Blocks (key block x over the longest part's keys, token row y); the tokens are walked with a
@@ -302,7 +302,6 @@ __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const 
   KeySpan span;
   if (!block_key_span<kTcQueries>(a, p, t0, &span)) return;
   const int64_t key_begin = p.key_begin, lo = span.lo, cend = span.cend;  // computed keys: [lo, cend)
-  float* const scores = p.scores;
   const int64_t score_stride = p.score_stride;
 
   // q of the block's rows as bf16 (zeros past n and nh), 16-byte loads where aligned; 8 in flight.
@@ -447,9 +446,9 @@ __global__ void __launch_bounds__(kTcThreads, 2) indexer_scores_tc_kernel(const 
           }
         }
       }
-      float* out = scores + ts * score_stride + (j - key_begin);
-      const float v = round_bf16(sum);
-      *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
+      const int64_t out = ts * score_stride + (j - key_begin);
+      if (j >= visible) mask_score(a, p, out);
+      else store_score(a, p, out, round_bf16(sum));
     }
     cp_async_wait_all();
     __syncthreads();  // the next tile's keys (FP4: the raw rows of the one after) are staged; the terms are read
@@ -466,7 +465,10 @@ IdxPart plan_part(const IndexerScoresParams& p, int64_t heads, int64_t dim, int6
                                                       << " dims, a part has q " << p.q.shape_str();
   const int64_t num_keys = p.keys.data ? p.keys.shape[0] : 0;
   const int64_t key_end = p.key_end < 0 ? num_keys : p.key_end;
-  CHECK(p.scores.dtype == DType::kF32 && p.scores.device == Device::kCuda) << "indexer scores: F32 device view";
+  CHECK((p.scores.dtype == DType::kF32 || p.scores.dtype == DType::kBF16) && p.scores.device == Device::kCuda)
+      << "indexer scores: F32 or BF16 device view";
+  CHECK(p.scores.dtype == DType::kF32 || (p.bf16_arith && !p.accumulate))
+      << "indexer scores: BF16 holds the official numerics' scores (bf16 values), never accumulated ones";
   CHECK_EQ(act_row_width(p.scores), key_end - p.key_begin) << "indexer scores " << p.scores.shape_str();
   IdxPart d{};
   const bool compact = p.key_layout.compact();
@@ -482,7 +484,7 @@ IdxPart plan_part(const IndexerScoresParams& p, int64_t heads, int64_t dim, int6
   }
   d.q = make_act(p.q, "indexer q");
   d.w = make_act(p.w, "indexer w");
-  d.scores = static_cast<float*>(p.scores.data);
+  d.scores = p.scores.data;
   d.score_stride = p.scores.stride[0];
   d.key_begin = p.key_begin;
   d.key_end = key_end;
@@ -531,6 +533,7 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   a.weight_scale = p0.weight_scale;
   a.accumulate = p0.accumulate;
   a.bf16_arith = p0.bf16_arith;
+  a.scores_bf16 = p0.scores.dtype == DType::kBF16;
   int64_t max_keys = 0;
   bool has_keys = false;
   // A single part of prefill size under the official numerics: the tensor-core kernel, unless
@@ -577,8 +580,8 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   for (int64_t i = 0; i < batch.num_parts; ++i) {
     const IndexerScoresParams& p = batch.parts[i];
     CHECK(p.h_begin == p0.h_begin && p.h_end == p0.h_end && p.weight_scale == p0.weight_scale && p.ratio == p0.ratio &&
-          p.accumulate == p0.accumulate && p.bf16_arith == p0.bf16_arith)
-        << "indexer batch: the parts must share heads, scale, ratio and numerics";
+          p.accumulate == p0.accumulate && p.bf16_arith == p0.bf16_arith && p.scores.dtype == p0.scores.dtype)
+        << "indexer batch: the parts must share heads, scale, ratio, numerics and score dtype";
     int64_t nkeys = 0;
     const IdxPart d = plan_part(p, heads, dim, a.n, &nkeys);
     if (p.q.shape[0] == 0 || nkeys == 0) continue;

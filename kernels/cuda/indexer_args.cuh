@@ -23,7 +23,7 @@ namespace v4rt::kernels::cuda {
 struct IdxPart {
   Act q, keys, w;
   KvRowsDev ckeys;  // compact keys (ckeys.data set): read instead of keys
-  float* scores;
+  void* scores;     // F32, or bf16 with IdxArgs::scores_bf16 (store_score)
   int64_t score_stride, key_begin, key_end, pos_begin, row0;
   bool vec;  // plain keys read 16 bytes at a time
 };
@@ -37,12 +37,29 @@ struct IdxArgs {
   int h_begin, nh, dim, ratio;
   float weight_scale;
   bool accumulate, bf16_arith;
+  bool scores_bf16;  // every part's scores are bf16 (the official numerics' scores are bf16 values)
   int num_parts;
   int64_t key_span;  // tensor-core kernel: keys per block of y
   IdxPart parts[kMaxIdxParts];
 };
 static_assert(sizeof(IdxArgs) <= kMaxKernelParamBytes, "indexer kernel parameters");
 static_assert(offsetof(IdxArgs, parts) <= 64, "indexer shared fields: kMaxIdxParts assumes < 64 bytes");
+
+// Writes score v at element i of part p's scores: F32, or bf16 codes with a.scores_bf16 (exact:
+// the official numerics round every score to bf16). With a.accumulate (F32 only) v is added to
+// what is there. mask_score writes -inf (a key the query does not see), accumulate or not.
+__device__ __forceinline__ void store_score(const IdxArgs& a, const IdxPart& p, int64_t i, float v) {
+  if (a.scores_bf16) {
+    static_cast<uint16_t*>(p.scores)[i] = f32_to_bf16(v);
+  } else {
+    float* out = static_cast<float*>(p.scores) + i;
+    *out = a.accumulate ? *out + v : v;
+  }
+}
+__device__ __forceinline__ void mask_score(const IdxArgs& a, const IdxPart& p, int64_t i) {
+  if (a.scores_bf16) static_cast<uint16_t*>(p.scores)[i] = 0xff80u;  // bf16 -inf
+  else static_cast<float*>(p.scores)[i] = -INFINITY;
+}
 
 // The part holding launch token tg (binary search over the parts' first tokens).
 __device__ __forceinline__ const IdxPart& idx_part_of(const IdxArgs& a, int64_t tg) {
@@ -73,7 +90,7 @@ __device__ __forceinline__ bool block_key_span(const IdxArgs& a, const IdxPart& 
   const int64_t t = t0 + threadIdx.x / kPer;
   if (t < a.n)
     for (int64_t j = k->cend + threadIdx.x % kPer; j < k->hi; j += kPer)
-      p.scores[t * p.score_stride + (j - p.key_begin)] = -INFINITY;
+      mask_score(a, p, t * p.score_stride + (j - p.key_begin));
   return k->cend > k->lo;
 }
 

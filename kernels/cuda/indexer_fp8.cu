@@ -172,7 +172,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   KeySpan span;
   if (!block_key_span<kQueries>(a, p, t0, &span)) return;
   const int64_t key_begin = p.key_begin, lo = span.lo, cend = span.cend;  // computed keys: [lo, cend)
-  float* const scores = p.scores;
   const int64_t score_stride = p.score_stride;
 
   constexpr int ksteps = dim >> 5;
@@ -212,9 +211,9 @@ __global__ void __launch_bounds__(kThreads, 2)
         (tig >> 1) ? ((tig & 1) ? sums[1][1] : sums[1][0]) : ((tig & 1) ? sums[0][1] : sums[0][0]);
     const int64_t j = j0 + my_row;
     if (ts < n && j < cend) {
-      float* out = scores + ts * score_stride + (j - key_begin);
-      const float v = round_bf16(sum * kst[my_row]);
-      *out = j >= visible ? -INFINITY : (a.accumulate ? *out + v : v);
+      const int64_t out = ts * score_stride + (j - key_begin);
+      if (j >= visible) mask_score(a, p, out);
+      else store_score(a, p, out, round_bf16(sum * kst[my_row]));
     }
   };
   if constexpr (kPredecoded) {

@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(
   uint32_t wp[8];
   // The key row whose score this lane stores (lanes tig < 2), and the query's score row.
   const int my_row = 16 * warp + gid + 8 * (tig & 1);
-  float* const out_row = p.scores + t * p.score_stride;  // key j at out_row[j - key_begin]
+  const int64_t out_row = t * p.score_stride;  // key j's score: element out_row + j - key_begin
   float d[32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) d[i] = 0.f;
@@ -100,9 +100,7 @@ __global__ void __launch_bounds__(kThreads, 6) indexer_scores_fp8_decode_kernel(
         }
         const int64_t j = j0 + my_row;
         if (tig < 2 && j < cend) {
-          float* out = out_row + (j - p.key_begin);
-          const float v = round_bf16((tig ? sums[1][0] : sums[0][0]) * kst[my_row]);
-          *out = a.accumulate ? *out + v : v;
+          store_score(a, p, out_row + (j - p.key_begin), round_bf16((tig ? sums[1][0] : sums[0][0]) * kst[my_row]));
         }
       });
 }

@@ -7,6 +7,8 @@
 // sorts the <= 2048 candidates (the full single-block select remains the fallback). Many long rows
 // (prefill: 8,192 rows of up to 256K keys) take one block per row with 12-bit digits in a shared
 // histogram and a 4,096-candidate buffer: two reads of a row where the full select takes six.
+// Scores come as F32 or as bf16 (the official numerics' indexer scores are bf16 values; half the
+// bytes to read): every kernel reads them through score_at, so both select the same columns.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -23,6 +25,10 @@ namespace {
 
 constexpr int kTopkThreads = 512;
 constexpr int kMaxTopk = 2048;
+
+// Score i of a row, F32 or bf16.
+__device__ __forceinline__ float score_at(const float* s, int64_t i) { return s[i]; }
+__device__ __forceinline__ float score_at(const uint16_t* s, int64_t i) { return bf16_to_f32(s[i]); }
 
 // Order-preserving key of a finite score (0 marks a non-finite one); -0 counts as +0.
 __device__ __forceinline__ uint32_t order_key(float v) {
@@ -51,7 +57,8 @@ __device__ __forceinline__ int block_prefix(bool flag, int* warp_counts, int* to
 }
 
 // Sorts sel[0, pow2) descending (key, then lower index first) and writes the first k.
-__device__ void topk_sort_emit(unsigned long long* sel, int nsel, int pow2, int k, const float* s, int64_t row,
+template <class T>
+__device__ void topk_sort_emit(unsigned long long* sel, int nsel, int pow2, int k, const T* s, int64_t row,
                                int32_t* out_idx, int64_t idx_stride, float* out_val, int64_t val_stride,
                                int64_t index_offset) {
   const int tid = threadIdx.x;
@@ -75,7 +82,7 @@ __device__ void topk_sort_emit(unsigned long long* sel, int nsel, int pow2, int 
     if (i < nsel) {
       const int64_t col = int64_t(0xffffffffu - uint32_t(sel[i] & 0xffffffffull));
       out_idx[row * idx_stride + i] = int32_t(col + index_offset);
-      if (out_val) out_val[row * val_stride + i] = s[col];
+      if (out_val) out_val[row * val_stride + i] = score_at(s, col);
     } else {
       out_idx[row * idx_stride + i] = -1;
       if (out_val) out_val[row * val_stride + i] = -INFINITY;
@@ -121,7 +128,8 @@ __device__ __forceinline__ void topk_select_bin256(const uint32_t* hist, uint32_
 
 // cand / cand_count (may be nullptr): the row's candidates from topk_collect_kernel; when they all
 // fit, only they are sorted, else the whole row is selected here.
-__global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores, int64_t stride, int64_t cols, int k,
+template <class T>
+__global__ void __launch_bounds__(kTopkThreads) topk_kernel(const T* scores, int64_t stride, int64_t cols, int k,
                                                              int32_t* out_idx, int64_t idx_stride, float* out_val,
                                                              int64_t val_stride, int64_t index_offset,
                                                              const unsigned long long* cand, const uint32_t* cand_count) {
@@ -132,7 +140,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores,
   __shared__ uint32_t s_bin, s_kk, s_valid;
   __shared__ int s_nsel;
   const int64_t row = blockIdx.x;
-  const float* s = scores + row * stride;
+  const T* s = scores + row * stride;
   const int tid = threadIdx.x;
   if (cand && cand_count[row] <= uint32_t(kMaxTopk)) {
     const int nsel = int(cand_count[row]);
@@ -156,7 +164,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores,
       for (int b = tid; b < 256; b += blockDim.x) hist[b] = 0;
       __syncthreads();
       for (int64_t i = tid; i < cols; i += blockDim.x) {
-        const uint32_t key = order_key(s[i]);
+        const uint32_t key = order_key(score_at(s, i));
         if (key != 0u && (key & mask) == desired) atomicAdd(&hist[(key >> shift) & 255u], 1u);
       }
       __syncthreads();
@@ -178,7 +186,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const float* scores,
   uint32_t eq_taken = 0;
   for (int64_t base = 0; base < cols; base += blockDim.x) {
     const int64_t i = base + tid;
-    const uint32_t key = i < cols ? order_key(s[i]) : 0u;
+    const uint32_t key = i < cols ? order_key(score_at(s, i)) : 0u;
     const bool gt = take_all ? key != 0u : key > thr;
     const bool eq = !take_all && key != 0u && key == thr;
     int total_eq = 0;
@@ -200,15 +208,16 @@ constexpr int kBins = 65536;          // top 16 bits of the order key
 constexpr int kChunkBlock = 256;       // threads of the histogram / collect kernels
 constexpr int kChunkElems = 4096;      // row elements per block of those kernels
 
-__global__ void __launch_bounds__(kChunkBlock) topk_hist_kernel(const float* scores, int64_t stride, int64_t cols,
+template <class T>
+__global__ void __launch_bounds__(kChunkBlock) topk_hist_kernel(const T* scores, int64_t stride, int64_t cols,
                                                                 uint32_t* hist) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t row = blockIdx.y;
-  const float* s = scores + row * stride;
+  const T* s = scores + row * stride;
   uint32_t* h = hist + row * kBins;
   const int64_t end = min(cols, int64_t(blockIdx.x + 1) * kChunkElems);
   for (int64_t i = int64_t(blockIdx.x) * kChunkElems + threadIdx.x; i < end; i += kChunkBlock) {
-    const uint32_t key = order_key(s[i]);
+    const uint32_t key = order_key(score_at(s, i));
     if (key != 0u) atomicAdd(&h[key >> 16], 1u);
   }
 }
@@ -245,16 +254,17 @@ __global__ void __launch_bounds__(1024) topk_threshold_kernel(const uint32_t* hi
   }
 }
 
-__global__ void __launch_bounds__(kChunkBlock) topk_collect_kernel(const float* scores, int64_t stride, int64_t cols,
+template <class T>
+__global__ void __launch_bounds__(kChunkBlock) topk_collect_kernel(const T* scores, int64_t stride, int64_t cols,
                                                                    const uint32_t* thr_bin, unsigned long long* cand,
                                                                    uint32_t* cand_count) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t row = blockIdx.y;
-  const float* s = scores + row * stride;
+  const T* s = scores + row * stride;
   const uint32_t thr = thr_bin[row];
   const int64_t end = min(cols, int64_t(blockIdx.x + 1) * kChunkElems);
   for (int64_t i = int64_t(blockIdx.x) * kChunkElems + threadIdx.x; i < end; i += kChunkBlock) {
-    const uint32_t key = order_key(s[i]);
+    const uint32_t key = order_key(score_at(s, i));
     if (key != 0u && (key >> 16) >= thr) {
       const uint32_t slot = atomicAdd(&cand_count[row], 1u);
       if (slot < uint32_t(kMaxTopk))
@@ -273,7 +283,30 @@ constexpr size_t kRowTopkSmem = size_t(kRowTopkCap) * 8 + size_t(kRowTopkBins) *
 static_assert(kRowTopkCap >= kMaxTopk, "every selected key fits the candidates");
 
 // f(value, column) over the row, 16-byte loads (rows 16-byte aligned), four in flight per thread,
-// then the scalar tail.
+// then the scalar tail: four F32 scores a load, or eight bf16 ones.
+template <class F>
+__device__ __forceinline__ void row_for_each(const uint16_t* s, int64_t cols, F f) {
+  const uint4* s8 = reinterpret_cast<const uint4*>(s);
+  const int64_t n8 = cols >> 3;
+  const auto each8 = [&](const uint4& v, int64_t c) {
+    const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      f(__uint_as_float(u[j] << 16), c + 2 * j);
+      f(__uint_as_float(u[j] & 0xffff0000u), c + 2 * j + 1);
+    }
+  };
+  int64_t i = threadIdx.x;
+  for (; i + 3 * kRowTopkThreads < n8; i += 4 * kRowTopkThreads) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = __ldcs(s8 + i + u * kRowTopkThreads);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) each8(v[u], 8 * (i + u * kRowTopkThreads));
+  }
+  for (; i < n8; i += kRowTopkThreads) each8(__ldcs(s8 + i), 8 * i);
+  for (int64_t c = 8 * n8 + threadIdx.x; c < cols; c += kRowTopkThreads) f(score_at(s, c), c);
+}
 template <class F>
 __device__ __forceinline__ void row_for_each(const float* s, int64_t cols, F f) {
   const float4* s4 = reinterpret_cast<const float4*>(s);
@@ -361,8 +394,9 @@ __device__ void row_topk_select_bin(const uint32_t* hist, int nbins, uint32_t re
 // two block barriers per 512 scores); here 16-byte streaming loads, 4 in flight per thread.
 // Shared memory: 32 KB of candidates + 16 KB of histogram (dynamic, 49,152 B); 512 threads,
 // __launch_bounds__(512, 3): 40 registers, three blocks (1,536 threads, 148 KB) per SM.
+template <class T>
 __global__ void __launch_bounds__(kRowTopkThreads, 3)
-    topk_rows_kernel(const float* scores, int64_t stride, int64_t cols, int k, int32_t* out_idx, int64_t idx_stride,
+    topk_rows_kernel(const T* scores, int64_t stride, int64_t cols, int k, int32_t* out_idx, int64_t idx_stride,
                      float* out_val, int64_t val_stride, int64_t index_offset) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(16) unsigned long long rt_smem[];
@@ -373,7 +407,7 @@ __global__ void __launch_bounds__(kRowTopkThreads, 3)
   __shared__ uint32_t s_bin, s_above, s_inbin, s_total;
   __shared__ int s_nsel;
   const int64_t row = blockIdx.x;
-  const float* s = scores + row * stride;
+  const T* s = scores + row * stride;
   const int tid = threadIdx.x;
   auto pack = [](uint32_t key, int64_t c) {
     return (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - uint32_t(c));
@@ -425,7 +459,7 @@ __global__ void __launch_bounds__(kRowTopkThreads, 3)
         uint32_t eq_taken = 0;
         for (int64_t base = 0; base < cols && eq_taken < remaining; base += kRowTopkThreads) {
           const int64_t i = base + tid;
-          const bool eq = i < cols && order_key(s[i]) == desired;
+          const bool eq = i < cols && order_key(score_at(s, i)) == desired;
           int total_eq = 0;
           const int rank = block_prefix(eq, warp_counts, &total_eq);
           if (eq && eq_taken + uint32_t(rank) < remaining) sel[atomicAdd(&s_nsel, 1)] = pack(desired, i);
@@ -448,23 +482,12 @@ __global__ void __launch_bounds__(kRowTopkThreads, 3)
 
 }  // namespace
 
-void launch_topk(const TopkParams& p, cudaStream_t s) {
+namespace {
+
+// The launches of one top-k call over scores of type T (float, or uint16_t bf16 codes).
+template <class T>
+void run_topk(const TopkParams& p, const T* scores, float* vals, int64_t val_stride, cudaStream_t s) {
   const int64_t rows = p.scores.shape[0], cols = p.scores.shape[1];
-  CHECK(p.scores.dtype == DType::kF32 && p.scores.device == Device::kCuda) << "topk scores: F32 device view";
-  CHECK_EQ(p.scores.stride[1], 1);
-  CHECK(p.out_idx.dtype == DType::kI32) << "topk out_idx: I32";
-  CHECK_EQ(act_row_width(p.out_idx), p.k);
-  CHECK(p.k >= 1 && p.k <= kMaxTopk) << "topk k=" << p.k << " (at most " << kMaxTopk << ")";
-  CHECK_LT(cols, int64_t(1) << 31);
-  float* vals = nullptr;
-  int64_t val_stride = 0;
-  if (p.out_values.data) {
-    CHECK(p.out_values.dtype == DType::kF32);
-    vals = static_cast<float*>(p.out_values.data);
-    val_stride = p.out_values.stride[0];
-  }
-  if (rows == 0) return;
-  const float* scores = static_cast<const float*>(p.scores.data);
   const int64_t stride = p.scores.stride[0];
   // Few long rows (decode): narrow each row with many blocks first (see the file comment).
   const bool narrow = rows <= 16 && cols >= 4 * kChunkElems;  // rows on gridDim.y: few by construction
@@ -482,29 +505,55 @@ void launch_topk(const TopkParams& p, cudaStream_t s) {
     memset_async(hist, 0, hist_bytes, s);
     memset_async(cand_count, 0, size_t(rows) * 4, s);
     const dim3 grid{unsigned(ceil_div(cols, kChunkElems)), unsigned(rows)};
-    launch(topk_hist_kernel, grid, kChunkBlock, 0, s)(scores, stride, cols, hist);
+    launch(topk_hist_kernel<T>, grid, kChunkBlock, 0, s)(scores, stride, cols, hist);
     launch(topk_threshold_kernel, unsigned(rows), 1024, 0, s)(hist, p.k, thr_bin);
-    launch(topk_collect_kernel, grid, kChunkBlock, 0, s)(scores, stride, cols, thr_bin, cand, cand_count);
+    launch(topk_collect_kernel<T>, grid, kChunkBlock, 0, s)(scores, stride, cols, thr_bin, cand, cand_count);
     launch_check("topk narrow", s);
   }
-  // Many long rows (prefill), 16-byte aligned: the row-per-block radix select with shared histograms.
-  if (!narrow && cols >= kRowTopkMinCols && (reinterpret_cast<uintptr_t>(scores) & 15) == 0 && (stride & 3) == 0) {
+  // Many long rows (prefill), rows 16-byte aligned: the row-per-block radix select with shared
+  // histograms.
+  if (!narrow && cols >= kRowTopkMinCols && (reinterpret_cast<uintptr_t>(scores) & 15) == 0 &&
+      (stride * int64_t(sizeof(T))) % 16 == 0) {
     static bool rows_attr_set = false;
     if (!rows_attr_set) {
-      CUDA_CHECK(cudaFuncSetAttribute(topk_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRowTopkSmem)));
+      CUDA_CHECK(cudaFuncSetAttribute(topk_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRowTopkSmem)));
       rows_attr_set = true;
     }
-    launch(topk_rows_kernel, grid_x(rows, "topk"), kRowTopkThreads, kRowTopkSmem, s)(
+    launch(topk_rows_kernel<T>, grid_x(rows, "topk"), kRowTopkThreads, kRowTopkSmem, s)(
         scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data), p.out_idx.stride[0], vals, val_stride,
         p.index_offset);
     launch_check("topk rows", s);
     return;
   }
-  launch(topk_kernel, grid_x(rows, "topk"), kTopkThreads, 0, s)(scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data),
-                                                      p.out_idx.stride[0], vals, val_stride, p.index_offset, cand,
-                                                      cand_count);
+  launch(topk_kernel<T>, grid_x(rows, "topk"), kTopkThreads, 0, s)(scores, stride, cols, p.k,
+                                                                    static_cast<int32_t*>(p.out_idx.data),
+                                                                    p.out_idx.stride[0], vals, val_stride,
+                                                                    p.index_offset, cand, cand_count);
   launch_check("topk", s);
   if (work) stream_free(work, s);
+}
+
+}  // namespace
+
+void launch_topk(const TopkParams& p, cudaStream_t s) {
+  const int64_t rows = p.scores.shape[0], cols = p.scores.shape[1];
+  CHECK((p.scores.dtype == DType::kF32 || p.scores.dtype == DType::kBF16) && p.scores.device == Device::kCuda)
+      << "topk scores: F32 or BF16 device view";
+  CHECK_EQ(p.scores.stride[1], 1);
+  CHECK(p.out_idx.dtype == DType::kI32) << "topk out_idx: I32";
+  CHECK_EQ(act_row_width(p.out_idx), p.k);
+  CHECK(p.k >= 1 && p.k <= kMaxTopk) << "topk k=" << p.k << " (at most " << kMaxTopk << ")";
+  CHECK_LT(cols, int64_t(1) << 31);
+  float* vals = nullptr;
+  int64_t val_stride = 0;
+  if (p.out_values.data) {
+    CHECK(p.out_values.dtype == DType::kF32);
+    vals = static_cast<float*>(p.out_values.data);
+    val_stride = p.out_values.stride[0];
+  }
+  if (rows == 0) return;
+  if (p.scores.dtype == DType::kBF16) run_topk(p, static_cast<const uint16_t*>(p.scores.data), vals, val_stride, s);
+  else run_topk(p, static_cast<const float*>(p.scores.data), vals, val_stride, s);
 }
 
 }  // namespace v4rt::kernels::cuda

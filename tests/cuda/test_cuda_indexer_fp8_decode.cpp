@@ -89,7 +89,8 @@ TEST(CudaIndexerFp8Decode, Batch) {
     Dual w = make_dual({total, c.heads}, rng.normals(total * c.heads));
     const std::vector<float> init = rng.normals(total * max_cols);
     Dual s_f8 = make_dual({total, max_cols}, init, DType::kF32), s_ex = make_dual({total, max_cols}, init, DType::kF32);
-    enum class Side { kCpu, kFp8, kExact };
+    Dual s_b = make_dual({total, max_cols}, init, DType::kBF16);  // the FP8 kernel into bf16 scores
+    enum class Side { kCpu, kFp8, kExact, kFp8Bf16 };
     auto part = [&](int i, Side side) {
       const size_t u = size_t(i);
       const bool gpu = side != Side::kCpu;
@@ -103,7 +104,7 @@ TEST(CudaIndexerFp8Decode, Batch) {
       } else {
         p.keys = view_rows(gpu ? ck.gpu : ck.cpu, k0[u], k0[u] + nkeys[u]);
       }
-      const Dual& s = side == Side::kExact ? s_ex : s_f8;
+      const Dual& s = side == Side::kExact ? s_ex : side == Side::kFp8Bf16 ? s_b : s_f8;
       p.scores = view_cols(view_rows(side == Side::kCpu ? s.cpu : s.gpu, row0[u], row0[u] + rows[u]), 0, ke[u] - kb[u]);
       p.key_begin = kb[u];
       p.key_end = ke[u];
@@ -137,6 +138,21 @@ TEST(CudaIndexerFp8Decode, Batch) {
     EXPECT_GT(neg_inf, 0) << "keys not yet visible";
     EXPECT_TRUE(compare(std::string("indexer fp8 decode ") + c.name, f8, ref, {2e-2, 2e-2, 1e-4}));
     EXPECT_TRUE(compare(std::string("indexer exact decode ") + c.name, ex, ref, {2e-2, 2e-2, 1e-4}));
+    if (!c.sub_range) {  // bf16 scores (never accumulated): the F32 scores' values bit for bit
+      std::vector<IndexerScoresParams> b_parts;
+      for (int i = 0; i < c.num_parts; ++i) b_parts.push_back(part(i, Side::kFp8Bf16));
+      fp8->indexer_scores_batch({b_parts.data(), int64_t(b_parts.size())});
+      fp8->synchronize();
+      const std::vector<float> b = s_b.gpu_values();
+      int64_t b_differ = 0;
+      for (size_t i = 0; i < b.size(); ++i) {
+        const float want = round_bf16(f8[i]);  // written scores are bf16 values; the rest the bf16 init
+        b_differ += std::memcmp(&b[i], &want, 4) != 0;
+      }
+      std::printf("[compare] indexer fp8 decode %s: %lld bf16 scores differ from the F32 ones\n", c.name,
+                  static_cast<long long>(b_differ));
+      EXPECT_EQ(b_differ, 0) << c.name;
+    }
   }
 }
 

@@ -651,10 +651,28 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
       for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&x[i], &y[i], 4) != 0;
       return differ;
     };
+    // The same call into bf16 scores (not accumulated: the official numerics' scores are bf16
+    // values): the F32 scores' values bit for bit.
+    auto bf16_scores_equal = [&](Backend& be, const std::vector<float>& f32, const char* what) {
+      if (c.h0 > 0) return;
+      Dual sb = make_dual({c.n, cols}, init, DType::kBF16);
+      be.indexer_scores(params(true, sb));
+      be.synchronize();
+      const std::vector<float> b = sb.gpu_values();
+      int64_t differ = 0;
+      for (size_t i = 0; i < b.size(); ++i) {
+        const float want = round_bf16(f32[i]);
+        differ += std::memcmp(&b[i], &want, 4) != 0;
+      }
+      std::printf("[compare] indexer %s %s: %lld bf16 scores differ from the F32 ones\n", what, c.name,
+                  static_cast<long long>(differ));
+      EXPECT_EQ(differ, 0) << what << " " << c.name;
+    };
     cpu_backend().indexer_scores(params(false, s_tc));
     bf16tc->indexer_scores(params(true, s_tc));
     bf16tc->synchronize();
     const std::vector<float> tc = s_tc.gpu_values();
+    bf16_scores_equal(*bf16tc, tc, "tc prefill");
     if (!fp8_only) {
       simt->indexer_scores(params(true, s_simt));
       simt->synchronize();
@@ -663,6 +681,7 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
                   static_cast<long long>(differ), tc.size());
       EXPECT_EQ(differ, 0) << c.name;
       EXPECT_TRUE(compare(std::string("indexer tc prefill ") + c.name, tc, s_tc.cpu_values(), {2e-2, 2e-2, 1e-4}));
+      bf16_scores_equal(*simt, s_simt.gpu_values(), "cuda cores");
     }
     if (compact) {
       Dual s_f8 = make_dual({c.n, cols}, init, DType::kF32);
@@ -673,6 +692,7 @@ TEST(CudaOps, IndexerScoresTensorCoresPrefill) {
       std::printf("[compare] indexer fp8 prefill %s: %lld of %zu scores differ from the bf16 kernel\n", c.name,
                   static_cast<long long>(differ), f8.size());
       EXPECT_TRUE(compare(std::string("indexer fp8 prefill ") + c.name, f8, s_tc.cpu_values(), {2e-2, 2e-2, 1e-4}));
+      bf16_scores_equal(*fp8, f8, "fp8 prefill");
       Dual s_blk = make_dual({c.n, cols}, init, DType::kF32);
       fp8_in_block->indexer_scores(params(true, s_blk));
       fp8_in_block->synchronize();

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Top-k of many long rows on the device (prefill: the row-per-block radix select of
 // kernels/cuda/topk.cu, every narrowing level and the column-order tie cut) against the CPU op,
-// indices and values exactly.
+// indices and values exactly; and of bf16 scores (the official numerics' indexer scores) on every
+// path of the op against the CPU op on the same values in F32.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -86,6 +87,44 @@ TEST(CudaTopk, ManyLongRowsExact) {
     int64_t differ = 0;
     for (size_t i = 0; i < gv.size(); ++i) differ += std::memcmp(&gv[i], &cv[i], 4) != 0;
     EXPECT_EQ(differ, 0) << name << ": values differ";
+  }
+}
+
+// bf16 scores on the device against the same values as F32 on the CPU: the row-per-block kernel
+// (many long rows), the narrowing path (few long rows), the single-block kernel (short rows, and
+// long rows whose bf16 stride is not a multiple of 16 bytes).
+TEST(CudaTopk, Bf16ScoresExact) {
+  V4RT_REQUIRE_GPU();
+  Rng rng(72);
+  struct Case { int rows, cols; int64_t stride; int k; };
+  for (const Case& c : {Case{300, 70000, 70000, 512}, Case{9, 70001, 70008, 2048}, Case{40, 5000, 5000, 512},
+                        Case{21, 40003, 40005, 700}}) {
+    const std::string name = std::to_string(c.rows) + "x" + std::to_string(c.cols) + " stride " +
+                             std::to_string(c.stride) + " k=" + std::to_string(c.k);
+    SCOPED_TRACE(name);
+    std::vector<float> v = topk_rows(c.rows, c.cols, c.stride, rng);
+    for (float& x : v) x = std::isnan(x) ? x : round_bf16(x);  // the values bf16 holds
+    Dual sc = make_dual({c.rows, c.stride}, v, DType::kBF16);
+    TensorView cpu_scores = sc.cpu, gpu_scores = sc.gpu;
+    cpu_scores.shape[1] = gpu_scores.shape[1] = c.cols;
+    Dual idx = make_dual_i32({c.rows, c.k}, std::vector<int32_t>(size_t(c.rows) * c.k, 7));
+    Dual val = make_dual({c.rows, c.k}, std::vector<float>(size_t(c.rows) * c.k, 0.f), DType::kF32);
+    TopkParams p;
+    p.k = c.k;
+    p.scores = cpu_scores; p.out_idx = idx.cpu; p.out_values = val.cpu;
+    cpu_backend().topk(p);
+    p.scores = gpu_scores; p.out_idx = idx.gpu; p.out_values = val.gpu;
+    gpu_backend().topk(p);
+    const auto gi = gpu_i32(idx), ci = cpu_i32(idx);
+    int64_t mismatches = 0;
+    for (size_t i = 0; i < gi.size(); ++i) mismatches += gi[i] != ci[i];
+    const std::vector<float> gv = val.gpu_values(), cv = val.cpu_values();
+    int64_t differ = 0;
+    for (size_t i = 0; i < gv.size(); ++i) differ += std::memcmp(&gv[i], &cv[i], 4) != 0;
+    std::printf("[compare] topk bf16 %s: index mismatches=%lld, values differing=%lld\n", name.c_str(),
+                static_cast<long long>(mismatches), static_cast<long long>(differ));
+    EXPECT_EQ(mismatches, 0) << name;
+    EXPECT_EQ(differ, 0) << name;
   }
 }
 
