@@ -516,7 +516,8 @@ void run_topk(const TopkParams& p, const T* scores, float* vals, int64_t val_str
       (stride * int64_t(sizeof(T))) % 16 == 0) {
     static bool rows_attr_set = false;
     if (!rows_attr_set) {
-      CUDA_CHECK(cudaFuncSetAttribute(topk_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRowTopkSmem)));
+      CUDA_CHECK(
+          cudaFuncSetAttribute(topk_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRowTopkSmem)));
       rows_attr_set = true;
     }
     launch(topk_rows_kernel<T>, grid_x(rows, "topk"), kRowTopkThreads, kRowTopkSmem, s)(
