@@ -701,7 +701,17 @@ void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
   g.ldx = x.stride;
   g.m = m;
   const bool direct = w_bf16 || !y.bf16;
-  if (direct) {
+  if (w_bf16 && p.out_bf16 && !y.bf16) {
+    // bf16 results (the rounding point) widened into the F32 output: the GEMM and bits of a bf16
+    // output (model/blocks.h rounded_dtype keeps wo_a's output in bf16 or, off, in F32).
+    g.d_type = CUDA_R_16BF;
+    g.y = scratch(kSlotTmp, size_t(m * ng * out_g) * 2);
+    g.ldy = ng * out_g;
+    g.stride_y = out_g;
+    dense_gemm_.run(g);
+    const Act ys = dense_act(static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * 4, y.stride, false);
+    launch_convert(dense_act(g.y, ng * out_g, true), ys, m, ng * out_g, false, stream_.get());
+  } else if (direct) {
     g.d_type = y.bf16 ? CUDA_R_16BF : CUDA_R_32F;
     g.y = static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * (y.bf16 ? 2 : 4);
     g.ldy = y.stride;
