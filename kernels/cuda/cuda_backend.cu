@@ -700,18 +700,11 @@ void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
   g.x = static_cast<const char*>(x.data) + size_t(g0) * size_t(in_g) * wes;
   g.ldx = x.stride;
   g.m = m;
-  const bool direct = w_bf16 || !y.bf16;
-  if (w_bf16 && p.out_bf16 && !y.bf16) {
-    // bf16 results (the rounding point) widened into the F32 output: the GEMM and bits of a bf16
-    // output (model/blocks.h rounded_dtype keeps wo_a's output in bf16 or, off, in F32).
-    g.d_type = CUDA_R_16BF;
-    g.y = scratch(kSlotTmp, size_t(m * ng * out_g) * 2);
-    g.ldy = ng * out_g;
-    g.stride_y = out_g;
-    dense_gemm_.run(g);
-    const Act ys = dense_act(static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * 4, y.stride, false);
-    launch_convert(dense_act(g.y, ng * out_g, true), ys, m, ng * out_g, false, stream_.get());
-  } else if (direct) {
+  // Straight into y, or through scratch: bf16 results widened into an F32 output rounded to bf16
+  // (the GEMM and bits of a bf16 output: model/blocks.h rounded_dtype keeps wo_a's output in bf16
+  // or, off, in F32), or F32 results (F32 weights) narrowed into a bf16 output.
+  const bool widen = w_bf16 && p.out_bf16 && !y.bf16;
+  if ((w_bf16 || !y.bf16) && !widen) {
     g.d_type = y.bf16 ? CUDA_R_16BF : CUDA_R_32F;
     g.y = static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * (y.bf16 ? 2 : 4);
     g.ldy = y.stride;
@@ -722,13 +715,14 @@ void CudaBackend::grouped_linear(const GroupedLinearParams& p) {
       launch_convert(ys, ys, m, ng * out_g, true, stream_.get());
     }
   } else {
-    g.d_type = CUDA_R_32F;
-    g.y = scratch(kSlotTmp, size_t(m * ng * out_g) * 4);
+    g.d_type = widen ? CUDA_R_16BF : CUDA_R_32F;
+    g.y = scratch(kSlotTmp, size_t(m * ng * out_g) * (widen ? 2 : 4));
     g.ldy = ng * out_g;
     g.stride_y = out_g;
     dense_gemm_.run(g);
-    const Act ys = dense_act(static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * 2, y.stride, true);
-    launch_convert(dense_act(g.y, ng * out_g, false), ys, m, ng * out_g, false, stream_.get());
+    const Act ys = dense_act(static_cast<char*>(y.data) + size_t(g0) * size_t(out_g) * (y.bf16 ? 2 : 4), y.stride,
+                             y.bf16);
+    launch_convert(dense_act(g.y, ng * out_g, widen), ys, m, ng * out_g, false, stream_.get());
   }
 }
 

@@ -282,57 +282,38 @@ constexpr int64_t kRowTopkMinCols = 16384;  // shorter rows: topk_kernel
 constexpr size_t kRowTopkSmem = size_t(kRowTopkCap) * 8 + size_t(kRowTopkBins) * 4;  // 49,152 B
 static_assert(kRowTopkCap >= kMaxTopk, "every selected key fits the candidates");
 
-// f(value, column) over the row, 16-byte loads (rows 16-byte aligned), four in flight per thread,
-// then the scalar tail: four F32 scores a load, or eight bf16 ones.
-template <class F>
-__device__ __forceinline__ void row_for_each(const uint16_t* s, int64_t cols, F f) {
-  const uint4* s8 = reinterpret_cast<const uint4*>(s);
-  const int64_t n8 = cols >> 3;
-  const auto each8 = [&](const uint4& v, int64_t c) {
-    const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+// f(value, column) of the scores in one 16-byte load at column c: four F32 or eight bf16.
+template <class T, class F>
+__device__ __forceinline__ void each_of16(const uint4& v, int64_t c, F& f) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+  for (int j = 0; j < 4; ++j) {
+    if constexpr (sizeof(T) == 4) {
+      f(__uint_as_float(u[j]), c + j);
+    } else {
       f(__uint_as_float(u[j] << 16), c + 2 * j);
       f(__uint_as_float(u[j] & 0xffff0000u), c + 2 * j + 1);
     }
-  };
+  }
+}
+
+// f(value, column) over the row, 16-byte loads (rows 16-byte aligned), four in flight per thread,
+// then the scalar tail.
+template <class T, class F>
+__device__ __forceinline__ void row_for_each(const T* s, int64_t cols, F f) {
+  constexpr int kPer = 16 / int(sizeof(T));  // scores a load
+  const uint4* s16 = reinterpret_cast<const uint4*>(s);
+  const int64_t n16 = cols / kPer;
   int64_t i = threadIdx.x;
-  for (; i + 3 * kRowTopkThreads < n8; i += 4 * kRowTopkThreads) {
+  for (; i + 3 * kRowTopkThreads < n16; i += 4 * kRowTopkThreads) {
     uint4 v[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = __ldcs(s8 + i + u * kRowTopkThreads);
+    for (int u = 0; u < 4; ++u) v[u] = __ldcs(s16 + i + u * kRowTopkThreads);
 #pragma unroll
-    for (int u = 0; u < 4; ++u) each8(v[u], 8 * (i + u * kRowTopkThreads));
+    for (int u = 0; u < 4; ++u) each_of16<T>(v[u], kPer * (i + u * kRowTopkThreads), f);
   }
-  for (; i < n8; i += kRowTopkThreads) each8(__ldcs(s8 + i), 8 * i);
-  for (int64_t c = 8 * n8 + threadIdx.x; c < cols; c += kRowTopkThreads) f(score_at(s, c), c);
-}
-template <class F>
-__device__ __forceinline__ void row_for_each(const float* s, int64_t cols, F f) {
-  const float4* s4 = reinterpret_cast<const float4*>(s);
-  const int64_t n4 = cols >> 2;
-  int64_t i = threadIdx.x;
-  for (; i + 3 * kRowTopkThreads < n4; i += 4 * kRowTopkThreads) {
-    float4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = __ldcs(s4 + i + u * kRowTopkThreads);
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int64_t c = 4 * (i + u * kRowTopkThreads);
-      f(v[u].x, c);
-      f(v[u].y, c + 1);
-      f(v[u].z, c + 2);
-      f(v[u].w, c + 3);
-    }
-  }
-  for (; i < n4; i += kRowTopkThreads) {
-    const float4 v = __ldcs(s4 + i);
-    f(v.x, 4 * i);
-    f(v.y, 4 * i + 1);
-    f(v.z, 4 * i + 2);
-    f(v.w, 4 * i + 3);
-  }
-  for (int64_t c = 4 * n4 + threadIdx.x; c < cols; c += kRowTopkThreads) f(s[c], c);
+  for (; i < n16; i += kRowTopkThreads) each_of16<T>(__ldcs(s16 + i), kPer * i, f);
+  for (int64_t c = kPer * n16 + threadIdx.x; c < cols; c += kRowTopkThreads) f(score_at(s, c), c);
 }
 
 // The bin of hist[nbins] (nbins a power of two, 256 .. 4096) holding the remaining-th largest key,

@@ -49,44 +49,60 @@ std::vector<float> topk_rows(int rows, int cols, int64_t stride, Rng& rng) {
   return s;
 }
 
+struct TopkCase {
+  int rows, cols;
+  int64_t stride;
+  int k;
+  std::string name() const {
+    return std::to_string(rows) + "x" + std::to_string(cols) + " stride " + std::to_string(stride) + " k=" +
+           std::to_string(k);
+  }
+};
+
+// The device op on `values` ([rows, stride], the first cols of each row used) held as gpu_dtype
+// against the CPU op on the same values in F32: the same columns in the same order, the same values.
+void expect_topk_equal(const TopkCase& c, const std::vector<float>& values, DType gpu_dtype, int64_t index_offset,
+                       const char* what) {
+  const std::string name = c.name();
+  Dual sc = make_dual({c.rows, c.stride}, values, gpu_dtype);
+  TensorView cpu_scores = sc.cpu, gpu_scores = sc.gpu;
+  cpu_scores.shape[1] = gpu_scores.shape[1] = c.cols;  // rows of `stride`, `cols` used
+  Dual idx = make_dual_i32({c.rows, c.k}, std::vector<int32_t>(size_t(c.rows) * c.k, 7));
+  Dual val = make_dual({c.rows, c.k}, std::vector<float>(size_t(c.rows) * c.k, 0.f), DType::kF32);
+  TopkParams p;
+  p.k = c.k;
+  p.index_offset = index_offset;
+  p.scores = cpu_scores; p.out_idx = idx.cpu; p.out_values = val.cpu;
+  cpu_backend().topk(p);
+  p.scores = gpu_scores; p.out_idx = idx.gpu; p.out_values = val.gpu;
+  gpu_backend().topk(p);
+  const auto gi = gpu_i32(idx), ci = cpu_i32(idx);
+  int64_t mismatches = 0, first = -1;
+  for (size_t i = 0; i < gi.size(); ++i)
+    if (gi[i] != ci[i]) {
+      if (first < 0) first = int64_t(i);
+      ++mismatches;
+    }
+  const std::vector<float> gv = val.gpu_values(), cv = val.cpu_values();
+  int64_t differ = 0;
+  for (size_t i = 0; i < gv.size(); ++i) differ += std::memcmp(&gv[i], &cv[i], 4) != 0;
+  std::printf("[compare] %s %s: index mismatches=%lld, values differing=%lld\n", what, name.c_str(),
+              static_cast<long long>(mismatches), static_cast<long long>(differ));
+  EXPECT_EQ(mismatches, 0) << name << ": first at row " << (first < 0 ? -1 : first / c.k) << " slot "
+                           << (first < 0 ? -1 : first % c.k) << " (gpu " << (first < 0 ? 0 : gi[size_t(first)])
+                           << ", cpu " << (first < 0 ? 0 : ci[size_t(first)]) << ")";
+  EXPECT_EQ(differ, 0) << name << ": values differ";
+}
+
 // 300 rows x 70,000 scores (and a padded stride with a scalar tail, and k = 2,048 / 1) against
-// the CPU op: the same columns in the same order, the same values.
+// the CPU op.
 TEST(CudaTopk, ManyLongRowsExact) {
   V4RT_REQUIRE_GPU();
   Rng rng(71);
-  struct Case { int rows, cols; int64_t stride; int k; };
-  for (const Case& c : {Case{300, 70000, 70000, 512}, Case{70, 70001, 70004, 2048}, Case{35, 16384, 16384, 1},
-                        Case{21, 40003, 40008, 700}}) {
-    const std::string name = std::to_string(c.rows) + "x" + std::to_string(c.cols) + " stride " +
-                              std::to_string(c.stride) + " k=" + std::to_string(c.k);
-    SCOPED_TRACE(name);
-    Dual sc = make_dual({c.rows, c.stride}, topk_rows(c.rows, c.cols, c.stride, rng), DType::kF32);
-    TensorView cpu_scores = sc.cpu, gpu_scores = sc.gpu;
-    cpu_scores.shape[1] = gpu_scores.shape[1] = c.cols;  // rows of `stride`, `cols` used
-    Dual idx = make_dual_i32({c.rows, c.k}, std::vector<int32_t>(size_t(c.rows) * c.k, 7));
-    Dual val = make_dual({c.rows, c.k}, std::vector<float>(size_t(c.rows) * c.k, 0.f), DType::kF32);
-    TopkParams p;
-    p.k = c.k;
-    p.index_offset = 5;
-    p.scores = cpu_scores; p.out_idx = idx.cpu; p.out_values = val.cpu;
-    cpu_backend().topk(p);
-    p.scores = gpu_scores; p.out_idx = idx.gpu; p.out_values = val.gpu;
-    gpu_backend().topk(p);
-    const auto gi = gpu_i32(idx), ci = cpu_i32(idx);
-    int64_t mismatches = 0, first = -1;
-    for (size_t i = 0; i < gi.size(); ++i)
-      if (gi[i] != ci[i]) {
-        if (first < 0) first = int64_t(i);
-        ++mismatches;
-      }
-    std::printf("[compare] topk rows %s: index mismatches=%lld\n", name.c_str(), static_cast<long long>(mismatches));
-    EXPECT_EQ(mismatches, 0) << name << ": first at row " << (first < 0 ? -1 : first / c.k) << " slot "
-                             << (first < 0 ? -1 : first % c.k) << " (gpu " << (first < 0 ? 0 : gi[size_t(first)])
-                             << ", cpu " << (first < 0 ? 0 : ci[size_t(first)]) << ")";
-    const std::vector<float> gv = val.gpu_values(), cv = val.cpu_values();
-    int64_t differ = 0;
-    for (size_t i = 0; i < gv.size(); ++i) differ += std::memcmp(&gv[i], &cv[i], 4) != 0;
-    EXPECT_EQ(differ, 0) << name << ": values differ";
+  for (const TopkCase& c : {TopkCase{300, 70000, 70000, 512}, TopkCase{70, 70001, 70004, 2048},
+                            TopkCase{35, 16384, 16384, 1}, TopkCase{21, 40003, 40008, 700}}) {
+    SCOPED_TRACE(c.name());
+    expect_topk_equal(c, topk_rows(c.rows, c.cols, c.stride, rng), DType::kF32, 5, "topk rows");
   }
 }
 
@@ -96,35 +112,12 @@ TEST(CudaTopk, ManyLongRowsExact) {
 TEST(CudaTopk, Bf16ScoresExact) {
   V4RT_REQUIRE_GPU();
   Rng rng(72);
-  struct Case { int rows, cols; int64_t stride; int k; };
-  for (const Case& c : {Case{300, 70000, 70000, 512}, Case{9, 70001, 70008, 2048}, Case{40, 5000, 5000, 512},
-                        Case{21, 40003, 40005, 700}}) {
-    const std::string name = std::to_string(c.rows) + "x" + std::to_string(c.cols) + " stride " +
-                             std::to_string(c.stride) + " k=" + std::to_string(c.k);
-    SCOPED_TRACE(name);
+  for (const TopkCase& c : {TopkCase{300, 70000, 70000, 512}, TopkCase{9, 70001, 70008, 2048},
+                            TopkCase{40, 5000, 5000, 512}, TopkCase{21, 40003, 40005, 700}}) {
+    SCOPED_TRACE(c.name());
     std::vector<float> v = topk_rows(c.rows, c.cols, c.stride, rng);
     for (float& x : v) x = std::isnan(x) ? x : round_bf16(x);  // the values bf16 holds
-    Dual sc = make_dual({c.rows, c.stride}, v, DType::kBF16);
-    TensorView cpu_scores = sc.cpu, gpu_scores = sc.gpu;
-    cpu_scores.shape[1] = gpu_scores.shape[1] = c.cols;
-    Dual idx = make_dual_i32({c.rows, c.k}, std::vector<int32_t>(size_t(c.rows) * c.k, 7));
-    Dual val = make_dual({c.rows, c.k}, std::vector<float>(size_t(c.rows) * c.k, 0.f), DType::kF32);
-    TopkParams p;
-    p.k = c.k;
-    p.scores = cpu_scores; p.out_idx = idx.cpu; p.out_values = val.cpu;
-    cpu_backend().topk(p);
-    p.scores = gpu_scores; p.out_idx = idx.gpu; p.out_values = val.gpu;
-    gpu_backend().topk(p);
-    const auto gi = gpu_i32(idx), ci = cpu_i32(idx);
-    int64_t mismatches = 0;
-    for (size_t i = 0; i < gi.size(); ++i) mismatches += gi[i] != ci[i];
-    const std::vector<float> gv = val.gpu_values(), cv = val.cpu_values();
-    int64_t differ = 0;
-    for (size_t i = 0; i < gv.size(); ++i) differ += std::memcmp(&gv[i], &cv[i], 4) != 0;
-    std::printf("[compare] topk bf16 %s: index mismatches=%lld, values differing=%lld\n", name.c_str(),
-                static_cast<long long>(mismatches), static_cast<long long>(differ));
-    EXPECT_EQ(mismatches, 0) << name;
-    EXPECT_EQ(differ, 0) << name;
+    expect_topk_equal(c, v, DType::kBF16, 0, "topk bf16");
   }
 }
 
