@@ -5,8 +5,9 @@
 // (the reference every other backend is tested against); kernels/cuda implements the same table.
 //
 // Conventions (all ops):
-//  - Activation views use the backend's activation dtype (`act_dtype()`: F32 on the CPU backend),
-//    live on `device()`, and are row-major: shape[0] is the token/row axis. Views may be strided
+//  - Activation views are F32, or BF16 where `act_dtype()` is BF16 (the CUDA backend) and every
+//    value is a bf16 rounding point of the official numerics (model/blocks.h, rounded_dtype); they
+//    live on `device()` and are row-major: shape[0] is the token/row axis. Views may be strided
 //    along rows (stride[0] >= row width) so column slices of a wider buffer can be passed.
 //  - Index views (candidates, routing) are I32 on the device; -1 means "no entry".
 //  - `Numerics` flags inside a Params ask for the rounding points of the `official` mode (spec §2,
@@ -425,7 +426,7 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
-  virtual DType act_dtype() const = 0;           // dtype of activation views this backend takes
+  virtual DType act_dtype() const = 0;  // BF16: it takes bf16 views of the rounded activations too
   virtual bool supports(Op op) const = 0;
   // Whether sparse_attention / indexer_scores read rows of `format` and kv_pack writes them
   // (kPlain: always).
