@@ -461,10 +461,6 @@ __global__ void __launch_bounds__(kRowTopkThreads, 3)
   topk_sort_emit(sel, nsel, pow2, k, s, row, out_idx, idx_stride, out_val, val_stride, index_offset);
 }
 
-}  // namespace
-
-namespace {
-
 // The launches of one top-k call over scores of type T (float, or uint16_t bf16 codes).
 template <class T>
 void run_topk(const TopkParams& p, const T* scores, float* vals, int64_t val_stride, cudaStream_t s) {
