@@ -8,7 +8,8 @@
 #   $OUT/ncu_<tag>_top.txt     the 60 instructions with the most samples;
 # tag = NCU_TAG (default experts); NCU_CONFIG: a runtime YAML for the prefill (`--config`);
 # NCU_CONTEXT: the prompt length (default 8192, in chunks of 8192: a late chunk of a long prompt
-# with NCU_SKIP set past the earlier chunks' launches).
+# with NCU_SKIP set past the earlier chunks' launches); NCU_SECTIONS: more sections to collect
+# (e.g. "MemoryWorkloadAnalysis": the L2 hit rate and the bytes at each level).
 #   BUILD=build-gpu OUT=... [NCU_KERNEL=sparse_attention_tc NCU_SKIP=0 NCU_TAG=attention] bash scripts/device/ncu_prefill.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +18,8 @@ source scripts/device/devdeps.sh
 [[ -n $NCU ]] || { echo "ncu: not found"; exit 0; }
 T=${NCU_TAG:-experts}; R=/tmp/ncu_$T
 timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none -k "regex:${NCU_KERNEL:-wgmma_ws}" --launch-skip ${NCU_SKIP:-2} --launch-count 1 \
-  --section WarpStateStats --section SourceCounters --section SpeedOfLight -f -o $R \
+  --section WarpStateStats --section SourceCounters --section SpeedOfLight \
+  $(for x in ${NCU_SECTIONS:-}; do echo --section "$x"; done) -f -o $R \
   $B/tests/cuda/bench_step bench prefill --backend cuda --preset flash --layers 2 --chunk 8192 \
   --context ${NCU_CONTEXT:-8192} \
   ${NCU_CONFIG:+--config "$NCU_CONFIG"} > "$OUT/ncu_${T}_collect.txt" 2>&1
@@ -30,7 +32,8 @@ if len(rows) < 3: sys.exit(print("no raw rows"))
 h, v = rows[0], rows[2]
 for name, val in sorted(zip(h, v)):
     if ("warp_latency_issue_stalled" in name or "issue_stalled" in name and "ratio" in name or "duration" in name
-            or "throughput.avg.pct_of_peak_sustained_elapsed" in name or "issue_active" in name):
+            or "throughput.avg.pct_of_peak_sustained_elapsed" in name or "issue_active" in name
+            or "hit_rate" in name or name.endswith("bytes.sum") or name.endswith("bytes.sum.per_second")):
         print(f"{name:90s} {val}")
 PY
 head -80 "$OUT/ncu_${T}_stalls.txt"
