@@ -52,6 +52,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.expert_ws_persistent = options.cuda_expert_ws_persistent;
     co.attention_wgmma = options.cuda_attention_wgmma;
     co.attention_wgmma_min_tiles = options.cuda_attention_wgmma_min_tiles;
+    co.attention_wgmma_cluster = options.cuda_attention_wgmma_cluster;
     co.attention_ws = options.cuda_attention_ws;
     co.attention_bf16_view = options.cuda_attention_bf16_view;
     co.decode_tensor_cores = options.cuda_decode_tc;

@@ -219,6 +219,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_expert_ws_persistent", &c.debug.cuda_expert_ws_persistent);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
   d.get("cuda_attention_wgmma_min_tiles", &c.debug.cuda_attention_wgmma_min_tiles);
+  d.get("cuda_attention_wgmma_cluster", &c.debug.cuda_attention_wgmma_cluster);
   d.get("cuda_attention_ws", &c.debug.cuda_attention_ws);
   d.get("cuda_attention_bf16_view", &c.debug.cuda_attention_bf16_view);
   d.get("cuda_gemv_mma", &c.debug.cuda_gemv_mma);
@@ -294,6 +295,9 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                                "kernel, taken before cuda_attention_ws's (default true; needs cuda_attention_tc)"},
       {"cuda_attention_wgmma_min_tiles", "CUDA: the candidate-list length in 64-candidate tiles from which "
                                          "cuda_attention_wgmma takes a launch (default 32; 0: every length)"},
+      {"cuda_attention_wgmma_cluster", "CUDA: that kernel in clusters of two adjacent tokens' blocks, which copy "
+                                       "the compressed tiles both walk (the HCA layer's entries) from L2 once, "
+                                       "multicast to both (default true)"},
       {"cuda_attention_ws", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
                             "views) on the warp-specialized kernel (a producer warpgroup copies the next tile under "
                             "the MMAs; default true; needs cuda_attention_tc)"},
@@ -361,6 +365,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_expert_ws_persistent = config.debug.cuda_expert_ws_persistent;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
   o.cuda_attention_wgmma_min_tiles = config.debug.cuda_attention_wgmma_min_tiles;
+  o.cuda_attention_wgmma_cluster = config.debug.cuda_attention_wgmma_cluster;
   o.cuda_attention_ws = config.debug.cuda_attention_ws;
   o.cuda_attention_bf16_view = config.debug.cuda_attention_bf16_view;
   o.cuda_gemv_mma = config.debug.cuda_gemv_mma;
@@ -437,6 +442,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_expert_ws_persistent" << YAML::Value << c.debug.cuda_expert_ws_persistent;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;
   out << YAML::Key << "cuda_attention_wgmma_min_tiles" << YAML::Value << c.debug.cuda_attention_wgmma_min_tiles;
+  out << YAML::Key << "cuda_attention_wgmma_cluster" << YAML::Value << c.debug.cuda_attention_wgmma_cluster;
   out << YAML::Key << "cuda_attention_ws" << YAML::Value << c.debug.cuda_attention_ws;
   out << YAML::Key << "cuda_attention_bf16_view" << YAML::Value << c.debug.cuda_attention_bf16_view;
   out << YAML::Key << "cuda_gemv_mma" << YAML::Value << c.debug.cuda_gemv_mma;

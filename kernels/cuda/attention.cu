@@ -25,6 +25,7 @@
 // sequence): every block resolves its token's part (views, positions, lists) from the descriptors
 // in the kernel parameters; a single call is the batch of one.
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <memory>
@@ -487,13 +488,9 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   // entries): one tile of absent candidates, so every row ends as the CPU op's does (no
   // probability mass, lse -inf) for the merge to skip, and no split count divides by zero.
   max_tiles = std::max<int64_t>(1, max_tiles);
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_mqa_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    kMqaMaxSmem));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set[2];
+  set_smem_once(sparse_attention_kernel, kMaxSmem, false, &attr_set[0]);
+  set_smem_once(sparse_attention_mqa_kernel, kMqaMaxSmem, false, &attr_set[1]);
   const int64_t mqa_blocks = n * ceil_div(nh, kMqaHeads);
   // The multi-query kernel (32 heads of a query share each staged candidate tile) for few query
   // rows, split over the candidates to fill the SMs, and for a decode batch (one row per part)
@@ -512,20 +509,24 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   // The one-split 64-head kernels below take shapes whose blocks fill the SMs (prefill, decode
   // batches of 132 and more on an H100); fewer blocks are split over the candidates instead.
   const bool fills = n * ceil_div(nh, kTcHeads) >= num_sms();
+  // Consumers on wgmma (attention_wgmma.cu) for long candidate lists, on mma.sync (attention_ws.cu)
+  // for short ones: H100, 8K prefill (10 and 3 tiles) 8.56 against 7.16 ms, 1M prefill (the HCA
+  // layer up to 130 tiles) 3.41 against 3.57 s (docs/PERFORMANCE.md, twelfth run). In clusters
+  // (`wgmma_cluster`) its entries are tiled by the views.
+  const bool wgmma = tc && fills && dim == kWgmmaDim && k.wgmma && max_tiles >= k.wgmma_min_tiles;
+  const bool tiled = wgmma && k.wgmma_cluster && k.bf16_view;
   // Prefill shapes: the rows as bf16 views first (attention_bf16_view.cu), when they pay.
-  void* views = tc && fills && k.bf16_view ? make_bf16_views(a, n * max_tiles * kTile, s) : nullptr;
+  void* views = tc && fills && k.bf16_view ? make_bf16_views(a, n * max_tiles * kTile, tiled, s) : nullptr;
   const auto free_views = [&] {
     if (views) stream_free(views, s);
   };
   // The warp-specialized kernels when their producer only copies (every row bf16): with rows to
   // decode one producer warpgroup cannot keep up with the two that multiply (docs/PERFORMANCE.md).
   const bool copy_only = tc && dim == kWgmmaDim && fills && parts_bf16(a);
-  // Consumers on wgmma (attention_wgmma.cu) for long candidate lists, on mma.sync (attention_ws.cu)
-  // for short ones: H100, 8K prefill (10 and 3 tiles) 8.56 against 7.16 ms, 1M prefill (the HCA
-  // layer up to 130 tiles) 3.41 against 3.57 s (docs/PERFORMANCE.md, twelfth run).
-  if (copy_only && k.wgmma && max_tiles >= k.wgmma_min_tiles) {
+  CHECK(!(tiled && views) || (wgmma && copy_only)) << "attention: tiled entries are read by the wgmma kernel only";
+  if (copy_only && wgmma) {
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
-    launch_sparse_attention_wgmma(a, n, s);
+    launch_sparse_attention_wgmma(a, n, tiled && views, s);
     free_views();
     return;
   }

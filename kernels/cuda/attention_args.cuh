@@ -35,6 +35,9 @@ struct AttnPart {
   int64_t row0;
   int window, comp_ratio;
   bool has_list;
+  // comp holds the entries in tiles of kTile rows in the wgmma kernels' shared-memory layout
+  // (tiled_elem; attention_bf16_view.cu), zeros past num_comp up to a whole tile
+  bool comp_tiled;
 };
 
 // The parts that fit in the kernel parameters beside the shared fields (< 128 bytes): 135 parts
@@ -53,6 +56,7 @@ struct AttnArgs {
   float* part_ml;   // [n, nh, num_splits, 2] running max, denominator
   int raw_ld;       // tensor-core kernel: bytes per staged compact row (0: read from global memory)
   int num_parts;
+  int64_t num_tokens;  // wgmma kernel: the launch's tokens (its grid may round them up to clusters)
   AttnPart parts[kMaxAttnParts];
 };
 static_assert(sizeof(AttnArgs) <= kMaxKernelParamBytes, "attention kernel parameters");
@@ -64,10 +68,13 @@ struct TokArgs {
   int64_t t;
 };
 
-// The part holding launch token tg (binary search over the parts' first tokens; the same for the
-// whole block, so the parameter reads are uniform).
+// The index of the part holding launch token tg (binary search over the parts' first tokens; the
+// same for the whole block, so the parameter reads are uniform).
+__device__ __forceinline__ int part_index(const AttnArgs& a, int64_t tg) {
+  return part_holding(a.num_parts, tg, [&](int k) { return a.parts[k].row0; });
+}
 __device__ __forceinline__ TokArgs token_args(const AttnArgs& a, int64_t tg) {
-  const AttnPart& p = a.parts[part_holding(a.num_parts, tg, [&](int k) { return a.parts[k].row0; })];
+  const AttnPart& p = a.parts[part_index(a, tg)];
   return TokArgs{p, tg - p.row0};
 }
 
@@ -133,11 +140,21 @@ __device__ __forceinline__ uint4 ld8_as_bf16(const Act& x, int64_t r, int64_t c)
   return f32x8_to_bf16(*reinterpret_cast<const float4*>(p), *reinterpret_cast<const float4*>(p + 4));
 }
 
+// Element (r, c) of a tile of kTile rows of `stride` bf16 elements in the wgmma kernels' no-swizzle
+// K-major layout (wgmma.cuh core_offset: 8 x 16-byte core matrices, 8 rows of them contiguous), c
+// a multiple of 8; entry e of tiled entries is row e % kTile of tile e / kTile.
+__device__ __forceinline__ int64_t tiled_elem(int64_t e, int64_t c, int64_t stride) {
+  const int64_t r = e % kTile;
+  return (e / kTile) * kTile * stride + (r >> 3) * 8 * stride + (c >> 3) * 64 + (r & 7) * 8;
+}
+
 // The copy forms of the tensor-core kernels (every row bf16, parts_bf16): where candidate `code`'s
 // row (>= 0 a window row, <= -2 an entry) has column c; an absent one (-1) points at the window,
 // which its zero-filling copy does not read.
 __device__ __forceinline__ const uint16_t* bf16_row_at(const AttnPart& part, int code, int c) {
-  if (code <= -2) return static_cast<const uint16_t*>(part.comp.data) + int64_t(-code - 2) * part.comp.stride + c;
+  const uint16_t* comp = static_cast<const uint16_t*>(part.comp.data);
+  if (code <= -2 && part.comp_tiled) return comp + tiled_elem(-code - 2, c, part.comp.stride);
+  if (code <= -2) return comp + int64_t(-code - 2) * part.comp.stride + c;
   return static_cast<const uint16_t*>(part.win.data) + (code >= 0 ? int64_t(code) * part.win.stride + c : 0);
 }
 
@@ -202,11 +219,13 @@ __device__ __forceinline__ void stage_q_heads(const AttnArgs& a, const AttnPart&
 // bf16 views (attention_bf16_view.cu) for the prefill launches of the tensor-core kernels: converts
 // the parts' F32 window rows and compact (or F32) compressed entries, exactly, into bf16 rows of
 // a.dim elements in stream-ordered scratch and points the parts at them, so parts_bf16(a) holds and
-// the kernels copy their tiles by cp.async with nothing to decode. `candidate_reads` (the launch's
+// the kernels copy their tiles by cp.async with nothing to decode. `tiled` (a launch of the wgmma
+// kernel in clusters): the entries of every part without lists, bf16 ones too, in tiles of the
+// kernel's shared-memory layout (AttnPart::comp_tiled), which a cluster copies whole. `candidate_reads` (the launch's
 // tokens x candidates, an upper bound) decides whether that pays: only when the rows are read four
 // times over or more (not a decode batch), and at most 320 MiB of views. Returns the scratch to
 // stream_free after the launch, or nullptr (the parts unchanged).
-void* make_bf16_views(AttnArgs& a, int64_t candidate_reads, cudaStream_t s);
+void* make_bf16_views(AttnArgs& a, int64_t candidate_reads, bool tiled, cudaStream_t s);
 // Whether every row the parts of `a` hold is bf16 (window rows and plain entries, no compact ones).
 bool parts_bf16(const AttnArgs& a);
 
@@ -225,9 +244,10 @@ void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s);
 
 // The warp-specialized bf16 wgmma kernel (attention_wgmma.cu) over the n tokens of the parts in
 // `a`: one split, 64 heads per block, head_dim 512, every row bf16 (parts_bf16); the outputs of
-// launch_sparse_attention_tc bit for bit.
+// launch_sparse_attention_tc bit for bit. `cluster`: blocks in pairs of adjacent tokens, which
+// read the compressed tiles they share (tiled entries, make_bf16_views) once for both.
 constexpr int kWgmmaDim = 512;
-void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, cudaStream_t s);
+void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, bool cluster, cudaStream_t s);
 
 // One head row's share of a 64-candidate tile's online softmax on the tensor-core prefill kernels:
 // 8 threads per row (lanes 8k..8k+7 of a warp, all calling), each 8 candidates from c0; S of the

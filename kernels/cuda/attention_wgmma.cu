@@ -16,6 +16,20 @@
 //     the same KV tile MN-major (the transpose flag: no second copy); then arrive on empty.
 // Q 64 KB + KV 2 x 64 KB + S 17 KB + P 8 KB. The producer gives up registers to the consumers
 // (setmaxnreg 56 / 224).
+//
+// In clusters of two (sparse_attention_wgmma_pair_kernel): the blocks of adjacent tokens walk the
+// same tiles where both tokens' candidates past the window are one part's entries in the same
+// places (no lists, the same whole-tile window; the HCA layer's queries but the first 127 of a
+// sequence), and those compressed tiles, stored whole in the kernel's layout (tiled entries,
+// attention_bf16_view.cu), are read from L2 once for both: each block's producer copies half of
+// the tile by one bulk copy multicast into both blocks' kv buffer (one 64 KB complete_tx on each
+// block's full barrier). A buffer is free once the consumers of both blocks released it: every
+// consumer warp arrives on the empty barrier of each block, and a producer waits for its last two
+// tiles' releases before it exits (its block's shared memory must outlive the other's arrivals).
+// A block past its own candidates walks the other's last tile with every candidate absent (p = 0,
+// its state unchanged). A 1M-token prefill reads 64 KB per tile and query from L2, which the
+// single-block kernel found at 82% of its throughput (docs/PERFORMANCE.md).
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -54,25 +68,99 @@ struct WgSmem {
 };
 constexpr size_t kSmemBytes = sizeof(WgSmem) + 128;  // + alignment of the dynamic base
 static_assert(kSmemBytes <= 227 * 1024, "attention wgmma: one block per SM");
+constexpr uint32_t kTileBytes = kTile * kRowB;
 
 __device__ __forceinline__ void consumer_sync() { named_sync<1, kConsumerThreads>(); }
 
-__global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(const __grid_constant__ AttnArgs a) {
+__device__ __forceinline__ int tile_count(const CandRange& r) {
+  return r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
+}
+
+// The tiles a block walks: its own (ntiles), or, `coupled`, those of every block of its cluster of
+// kCluster adjacent tokens (the launch's last token standing in past its end), tiles from `first`
+// on copied whole from the part's tiled entries (tile it = entry tile it - first).
+struct ClusterTiles {
+  bool coupled;
+  int first, ntiles;
+};
+
+template <int kCluster>
+__device__ __forceinline__ ClusterTiles cluster_tiles(const AttnArgs& a, int64_t base, int own_part,
+                                                      const CandRange& r) {
+  const AttnPart& p = a.parts[own_part];
+  ClusterTiles c{false, 0, tile_count(r)};
+  if (kCluster == 1 || !p.comp_tiled || p.has_list || r.nwin % kTile != 0) return c;
+  int most = 0;
+  for (int q = 0; q < kCluster; ++q) {
+    const int64_t tg = min(base + q, a.num_tokens - 1);
+    if (part_index(a, tg) != own_part) return c;
+    const CandRange rq = candidate_range(a, p, tg - p.row0, 0);
+    if (rq.nwin != r.nwin) return c;
+    most = max(most, tile_count(rq));
+  }
+  return ClusterTiles{true, int(r.nwin / kTile), most};
+}
+
+// The producer warpgroup (thread p of 128, named barrier 2 among them) of a block of a cluster:
+// produce_tiles_bf16's protocol over ct.ntiles tiles, the coupled tiles from `first` on as this
+// block's slice of the tile (1 / kCluster of it) multicast to every block of the cluster.
+template <int kCluster>
+__device__ __forceinline__ void produce_tiles_cluster(const AttnPart& part, const CandRange& r, int64_t t,
+                                                      const ClusterTiles& ct, int p, WgSmem& sm) {
+  constexpr uint32_t kSlice = kTileBytes / kCluster;
+  const uint32_t rank = kCluster > 1 ? cluster_rank() : 0;
+  const unsigned char* tiles = static_cast<const unsigned char*>(part.comp.data);
+  int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
+  for (int it = 0; it < ct.ntiles; ++it) {
+    const int b = it & 1;
+    if (it >= 2) mbar_wait_cluster(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
+    if (p < kTile) sm.codes[b][p] = next_code;
+    named_sync<2, 128>();  // the codes written
+    if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
+    if (ct.coupled && it >= ct.first) {
+      if (p == 0) {
+        mbar_arrive_expect_tx(&sm.full[b], kTileBytes);
+        bulk_copy_multicast(sm.kv[b] + rank * kSlice, tiles + int64_t(it - ct.first) * kTileBytes + rank * kSlice,
+                            kSlice, &sm.full[b], uint16_t((1u << kCluster) - 1));
+      } else {
+        mbar_arrive(&sm.full[b]);
+      }
+    } else {
+      copy_tile_chunks(part, sm.codes[b], p,
+                       [&](int row, int c) { return sm.kv[b] + core_offset(row, c * 2, kRowB); });
+      mbar_arrive_cp_async(&sm.full[b]);
+    }
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive(&sm.full[b]);  // the codes (release)
+  }
+  cp_async_wait_all();
+  if (!ct.coupled) return;
+  // The other blocks' consumers arrive on this block's empty barriers up to their last tile.
+  for (int it = max(0, ct.ntiles - 2); it < ct.ntiles; ++it) mbar_wait_cluster(&sm.empty[it & 1], uint32_t((it >> 1) & 1));
+}
+
+template <int kCluster>
+__device__ __forceinline__ void attention_wgmma(const AttnArgs& a) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ unsigned char wg_smem_raw[];
   WgSmem& sm = *reinterpret_cast<WgSmem*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t(127));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const TokArgs ta = token_args(a, blockIdx.x);
-  const AttnPart& part = ta.p;
-  const int64_t t = ta.t;
+  // Blocks past the launch's tokens (a cluster's rounding) stand in for its last token, unstored.
+  const bool store = int64_t(blockIdx.x) < a.num_tokens;
+  const int64_t tg = store ? int64_t(blockIdx.x) : a.num_tokens - 1;
+  const int own_part = part_index(a, tg);
+  const AttnPart& part = a.parts[own_part];
+  const int64_t t = tg - part.row0;
   const int hb0 = a.h_begin + int(blockIdx.y) * kHeads;
   const CandRange r = candidate_range(a, part, t, 0);
-  const int ntiles = r.ncand > r.cand0 ? int((r.ncand - r.cand0 + kTile - 1) / kTile) : 0;
+  const ClusterTiles ct = cluster_tiles<kCluster>(a, int64_t(blockIdx.x) - (kCluster > 1 ? cluster_rank() : 0),
+                                                  own_part, r);
   if (tid == 0) {
     for (int b = 0; b < 2; ++b) {
       mbar_init(&sm.full[b], kProducerThreads / 32 + kProducerThreads);
-      mbar_init(&sm.empty[b], kConsumerThreads / 32);
+      mbar_init(&sm.empty[b], kConsumerThreads / 32 * kCluster);
     }
+    if (kCluster > 1) fence_mbar_init();
   }
   if (tid < kHeads) {
     sm.m[tid] = -INFINITY;
@@ -83,11 +171,11 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
                                 [&](int h, int c) { return sm.q + core_offset(h, c * 2, kRowB); });
   fence_async_smem();  // q's generic stores before the wgmma reads
   __syncthreads();     // the last barrier of all 384 threads
+  if (kCluster > 1) cluster_sync();  // every block's barriers initialized before a remote arrival or copy
 
   if (warp >= kConsumerThreads / 32) {  // --- producer -------------------------------------------
     regs_dec<kProducerRegs>();
-    produce_tiles_bf16(part, r, t, ntiles, tid - kConsumerThreads, sm.codes, sm.full, sm.empty,
-                       [&](int b, int row, int c) { return sm.kv[b] + core_offset(row, c * 2, kRowB); });
+    produce_tiles_cluster<kCluster>(part, r, t, ct, tid - kConsumerThreads, sm);
     return;
   }
 
@@ -100,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
 #pragma unroll
   for (int i = 0; i < 128; ++i) o[i] = 0.f;
 
-  for (int it = 0; it < ntiles; ++it) {
+  for (int it = 0; it < ct.ntiles; ++it) {
     const int b = it & 1;
     const unsigned char* kv = sm.kv[b];
     mbar_wait(&sm.full[b], uint32_t((it >> 1) & 1));
@@ -152,13 +240,20 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
       fence_acc(o);
     }
     __syncwarp();
-    if (lane == 0) mbar_arrive(&sm.empty[b]);  // this warp is done with kv[b] and the codes
+    if (lane == 0) {  // this warp is done with kv[b] and the codes: released to every writer of kv[b]
+      if (ct.coupled) {
+#pragma unroll
+        for (int q = 0; q < kCluster; ++q) mbar_arrive_cluster(&sm.empty[b], uint32_t(q));
+      } else {
+        mbar_arrive_count(&sm.empty[b], kCluster);
+      }
+    }
   }
   consumer_sync();  // the last softmax's m and den
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int hl = row0 + half * 8, h = hb0 + hl;
-    if (h >= a.h_end) continue;
+    if (h >= a.h_end || !store) continue;
     const float m = sm.m[hl], den = den_with_sink(a, h, m, sm.den[hl]);
     const float inv = 1.0f / den;
 #pragma unroll
@@ -171,21 +266,28 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(con
   }
 }
 
+__global__ void __launch_bounds__(kThreads, 1) sparse_attention_wgmma_kernel(const __grid_constant__ AttnArgs a) {
+  attention_wgmma<1>(a);
+}
+__global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kThreads, 1)
+    sparse_attention_wgmma_pair_kernel(const __grid_constant__ AttnArgs a) {
+  attention_wgmma<2>(a);
+}
+
 }  // namespace
 
-void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, cudaStream_t s) {
+void launch_sparse_attention_wgmma(AttnArgs& a, int64_t n, bool cluster, cudaStream_t s) {
   CHECK_EQ(a.dim, kDim) << "attention wgmma: head_dim";
   CHECK(parts_bf16(a)) << "attention wgmma: rows must all be bf16 (the bf16 views)";
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
-    attr_set = true;
-  }
+  auto* kernel = cluster ? sparse_attention_wgmma_pair_kernel : sparse_attention_wgmma_kernel;
+  static std::atomic<uint64_t> attr_set[2];
+  set_smem_once(kernel, kSmemBytes, false, &attr_set[cluster]);
   a.num_splits = 1;
   a.raw_ld = 0;
-  const dim3 grid{grid_x(n, "sparse_attention (wgmma)"), unsigned(ceil_div(a.h_end - a.h_begin, kHeads))};
-  launch(sparse_attention_wgmma_kernel, grid, kThreads, kSmemBytes, s)(a);
+  a.num_tokens = n;
+  const int64_t blocks = cluster ? ceil_div(n, 2) * 2 : n;
+  const dim3 grid{grid_x(blocks, "sparse_attention (wgmma)"), unsigned(ceil_div(a.h_end - a.h_begin, kHeads))};
+  launch(kernel, grid, kThreads, kSmemBytes, s)(a);
   launch_check("sparse_attention (wgmma)", s);
 }
 

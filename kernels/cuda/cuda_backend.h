@@ -84,6 +84,7 @@ class CudaBackend final : public Backend {
     k.decode_tc = options_.decode_tensor_cores;
     k.wgmma = options_.attention_wgmma;
     k.wgmma_min_tiles = options_.attention_wgmma_min_tiles;
+    k.wgmma_cluster = options_.attention_wgmma_cluster;
     k.ws = options_.attention_ws;
     k.bf16_view = options_.attention_bf16_view;
     return k;

@@ -163,19 +163,6 @@ __global__ void __launch_bounds__(kMapThreads) fp4_tile_map_kernel(const int32_t
   if (tid == 0) tile_start[num_groups] = carry;
 }
 
-// Once per device (the bit of the current device in *done): the kernel's dynamic shared memory
-// limit raised to `smem` bytes, and with max_carveout the whole carveout given to shared memory.
-template <class Kernel>
-void set_smem_once(Kernel* kernel, size_t smem, bool max_carveout, std::atomic<uint64_t>* done) {
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (bit != 0 && (done->load() & bit)) return;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  if (max_carveout)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    int(cudaSharedmemCarveoutMaxShared)));
-  done->fetch_or(bit);
-}
+using cuda::set_smem_once;  // launch.cuh
 
 }  // namespace v4rt::kernels::cuda::fp4tc

@@ -18,11 +18,14 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <type_traits>
 #include <utility>
 
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch_log.h"
 
 namespace v4rt::kernels::cuda {
@@ -33,6 +36,21 @@ __device__ __forceinline__ void pdl_enter() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+}
+
+// Once per device (the bit of the current device in *done): the kernel's dynamic shared memory
+// limit raised to `smem` bytes, and with max_carveout the whole carveout given to shared memory.
+template <class Kernel>
+void set_smem_once(Kernel* kernel, size_t smem, bool max_carveout, std::atomic<uint64_t>* done) {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit != 0 && (done->load() & bit)) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  if (max_carveout)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    int(cudaSharedmemCarveoutMaxShared)));
+  done->fetch_or(bit);
 }
 
 template <class... P>

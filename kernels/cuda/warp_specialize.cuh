@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// What the warp-specialized kernels share (fp4_gemm_wgmma_ws.cu, attention_ws.cu): mbarriers in
-// shared memory between producer and consumer warps, register moves between warpgroups
-// (setmaxnreg) and named barriers over a subset of the block's warps. Included only by .cu files
+// What the warp-specialized kernels share (fp4_gemm_wgmma_ws.cu, attention_ws.cu,
+// attention_wgmma.cu): mbarriers in shared memory between producer and consumer warps (and between
+// the blocks of a cluster), register moves between warpgroups (setmaxnreg) and named barriers over
+// a subset of the block's warps. Included only by .cu files
 // of this folder.
 #pragma once
 
@@ -36,6 +37,58 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
         : "r"(a), "r"(parity)
         : "memory");
   } while (!done);
+}
+
+// An arrival of `count` (one call standing for several arrivals).
+__device__ __forceinline__ void mbar_arrive_count(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+// An arrival that also expects `bytes` more of asynchronous copies (complete_tx) in this phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+
+// Thread block clusters (sm_90): the block's rank in its cluster; every thread of the cluster at
+// one barrier (release / acquire); the fence that makes mbarrier.init visible to the cluster.
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// An arrival on the barrier at bar's offset in block `rank` of the cluster (release, cluster scope).
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
+  asm volatile(
+      "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(smem_u32(bar)),
+      "r"(rank)
+      : "memory");
+}
+// mbar_wait with acquire at cluster scope: for barriers other blocks of the cluster arrive on.
+__device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t parity) {
+  const uint32_t a = smem_u32(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(a), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// `bytes` (a multiple of 16) from global src to dst in every block of the cluster in `mask`, each
+// block's barrier at bar's offset completing them (cp.async.bulk multicast: one read of L2).
+__device__ __forceinline__ void bulk_copy_multicast(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+                                                    uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;\n" ::
+          "r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar)), "h"(mask)
+      : "memory");
 }
 
 // A warpgroup gives up registers (dec) or takes them (inc); every warp of the warpgroup calls.

@@ -12,7 +12,9 @@
 // the same. The head_dim 512 cases run on the warp-specialized kernels too (attention_wgmma: the
 // consumers on bf16 wgmma, at every list length; attention_ws: on mma.sync, with and without the
 // views, the latter falling back to the mma.sync kernel when rows are to be decoded), against the
-// CPU op with the same tolerances and bit for bit against the mma.sync kernel.
+// CPU op with the same tolerances and bit for bit against the mma.sync kernel; the wgmma kernel with
+// and without its clusters of two tokens' blocks (the HCA cases' compressed tiles copied once for
+// both).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -118,7 +120,7 @@ void expect_same_bits(const char* name, const TcCase& c, Backend& backend, const
 
 // The kernels a case runs on beside the mma.sync one (tc).
 struct TcBackends {
-  std::unique_ptr<Backend> tc, tc_no_view, cuda_core, wgmma, ws, ws_no_view;
+  std::unique_ptr<Backend> tc, tc_no_view, cuda_core, wgmma, wgmma_single, ws, ws_no_view;
 };
 
 void run_tc_case(const TcCase& c, Rng& rng, const TcBackends& b, const Tolerance& cpu_tol) {
@@ -178,6 +180,7 @@ void run_tc_case(const TcCase& c, Rng& rng, const TcBackends& b, const Tolerance
   expect_same_bits("mma.sync without bf16 views", c, *b.tc_no_view, params, tc, out_tc, lse_tc, cpu_tol);
   if (c.dim != 512) return;  // the wgmma and warp-specialized kernels serve head_dim 512 only
   expect_same_bits("wgmma", c, *b.wgmma, params, tc, out_tc, lse_tc, cpu_tol);
+  expect_same_bits("wgmma without clusters", c, *b.wgmma_single, params, tc, out_tc, lse_tc, cpu_tol);
   expect_same_bits("ws", c, *b.ws, params, tc, out_tc, lse_tc, cpu_tol);
   expect_same_bits("ws without bf16 views", c, *b.ws_no_view, params, tc, out_tc, lse_tc, cpu_tol);
 }
@@ -188,8 +191,9 @@ void run_tc_case(const TcCase& c, Rng& rng, const TcBackends& b, const Tolerance
 template <size_t N>
 void run_tc_cases(const TcCase (&cases)[N], uint64_t seed, const Tolerance& cpu_tol = kBf16Tol) {
   Rng rng(seed);
-  const auto make = [](bool tensor_cores, bool wgmma, bool ws, bool view) {
+  const auto make = [](bool tensor_cores, bool wgmma, bool ws, bool view, bool cluster = true) {
     cuda::CudaBackendOptions o;
+    o.attention_wgmma_cluster = cluster;
     o.attention_tensor_cores = tensor_cores;
     o.decode_tensor_cores = tensor_cores;
     o.attention_wgmma = wgmma;
@@ -203,6 +207,7 @@ void run_tc_cases(const TcCase (&cases)[N], uint64_t seed, const Tolerance& cpu_
   b.tc_no_view = make(true, false, false, false);
   b.cuda_core = make(false, false, false, true);
   b.wgmma = make(true, true, false, true);
+  b.wgmma_single = make(true, true, false, true, false);
   b.ws = make(true, false, true, true);
   b.ws_no_view = make(true, false, true, false);
   for (const TcCase& c : cases) run_tc_case(c, rng, b, cpu_tol);
@@ -224,6 +229,12 @@ TEST(CudaAttentionTc, PrefillAgainstCudaCoreAndCpu) {
       // From 1 candidate (query 0, no entry yet: queries 0-2 see none) up, fewer than a tile for the
       // first queries; every fp8 entry complete at the position.
       {"sequence start, fp8 entries by ratio 4", 300, 64, 512, 0, 0, 80, 0, 4, DType::kBF16, Comp::kFp8, 0, -1},
+      // The wgmma kernel's clusters: pairs of queries sharing 8 or 9 compressed tiles (queries 276
+      // and 277 of one pair differ: entry 513 completes at 277), an odd token count (the last block
+      // stands in for the last token), 128 heads (two blocks per token, paired per head group).
+      {"hca across 65536, 301 tokens, fp8 entries paged", 301, 64, 512, 65386, 65386 - 127, 600, 0, 128,
+       DType::kBF16, Comp::kFp8Paged, 0, -1},
+      {"hca 128 heads, bf16 entries", 150, 128, 512, 40000, 40000 - 127, 400, 0, 128, DType::kF32, Comp::kBf16, 0, -1},
   };
   run_tc_cases(cases, 31);
 }

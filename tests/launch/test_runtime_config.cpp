@@ -296,7 +296,9 @@ TEST(RuntimeConfig, CudaSwitchesOnByDefault) {
                                OnByDefault{"cuda_bf16_activations", &DebugConfig::cuda_bf16_activations,
                                            &kernels::BackendOptions::cuda_bf16_activations},
                                OnByDefault{"cuda_expert_ws_persistent", &DebugConfig::cuda_expert_ws_persistent,
-                                           &kernels::BackendOptions::cuda_expert_ws_persistent}}) {
+                                           &kernels::BackendOptions::cuda_expert_ws_persistent},
+                               OnByDefault{"cuda_attention_wgmma_cluster", &DebugConfig::cuda_attention_wgmma_cluster,
+                                           &kernels::BackendOptions::cuda_attention_wgmma_cluster}}) {
     SCOPED_TRACE(k.key);
     const RuntimeConfig d = parse_runtime_config("", "r.yaml");
     EXPECT_TRUE(d.debug.*k.debug);
