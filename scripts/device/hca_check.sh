@@ -3,13 +3,13 @@
 # One device call (about 7 minutes from a fresh machine): where the HCA attention of a 1M prefill
 # stalls and what it reads (scripts/device/ncu_prefill.sh on the 61st wgmma attention launch, with
 # the memory workload section), then what "Pending on the GPU" lists as unrun: test_cuda_graphs,
-# golden tiny-a and every op test. NCU=0: no profile. Logs: $OUT/summary.txt and $OUT/logs.tgz.
-#   [NCU=0] bash scripts/device/hca_check.sh        (carry .devdeps)
+# golden tiny-a and every op test. PROFILE=0: no profile. Logs: $OUT/summary.txt and $OUT/logs.tgz.
+#   [PROFILE=0] bash scripts/device/hca_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/device/check_lib.sh  # check_begin, el, graphs_stage, golden_stage, tests_stage
 check_begin /tmp/hca_logs 300 test_cuda_kernels test_gpu_golden test_cuda_graphs bench_step
-if [[ ${NCU:-1} == 1 ]]; then
+if [[ ${PROFILE:-1} == 1 ]]; then
   BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_wgmma NCU_SKIP=60 NCU_CONTEXT=1048576 NCU_TAG=attn_hca \
     NCU_SECTIONS="MemoryWorkloadAnalysis" NCU_TIMEOUT=200 timeout 240 bash scripts/device/ncu_prefill.sh > $L/ncu_attn.txt 2>&1
   echo "== ncu HCA attention rc $?"; head -60 $L/ncu_attn.txt; el ncu_attn
