@@ -23,6 +23,7 @@
 // does not depend on the staging or the warp tiles, so the wgmma and warp-specialized kernels give
 // these outputs bit for bit (CudaAttentionTc asserts it).
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -265,17 +266,13 @@ void launch_sparse_attention_tc(AttnArgs& a, int64_t n, cudaStream_t s) {
     if (a.parts[i].ckv.data) raw_ld = std::max(raw_ld, int((a.parts[i].ckv.row_bytes + 15) / 16 * 16));
   a.raw_ld = raw_ld <= kMaxRawLd ? raw_ld : 0;
   const bool async = parts_bf16(a);
-  static bool attr_set = false;
-  if (!attr_set) {
-    const int most = int(std::max(tc_smem_bytes(kTcMaxDim, kMaxRawLd, false), tc_smem_bytes(kTcMaxDim, 0, true)));
-    const auto set = [&](auto kernel) {
-      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
-    };
-    set(sparse_attention_tc_kernel<kTcMaxDim, false>);
-    set(sparse_attention_tc_kernel<0, false>);
-    set(sparse_attention_tc_kernel<kTcMaxDim, true>);
-    set(sparse_attention_tc_kernel<0, true>);
-    attr_set = true;
+  {
+    const size_t most = std::max(tc_smem_bytes(kTcMaxDim, kMaxRawLd, false), tc_smem_bytes(kTcMaxDim, 0, true));
+    static std::atomic<uint64_t> attr_set[4];
+    set_smem_once(sparse_attention_tc_kernel<kTcMaxDim, false>, most, false, &attr_set[0]);
+    set_smem_once(sparse_attention_tc_kernel<0, false>, most, false, &attr_set[1]);
+    set_smem_once(sparse_attention_tc_kernel<kTcMaxDim, true>, most, false, &attr_set[2]);
+    set_smem_once(sparse_attention_tc_kernel<0, true>, most, false, &attr_set[3]);
   }
   const dim3 grid{grid_x(n, "sparse_attention (tensor cores)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads)),
                   unsigned(a.num_splits)};

@@ -18,6 +18,7 @@
 // take the mma.sync kernel instead, whose 16 warps share the decode: one producer warpgroup
 // decoding them was slower (docs/PERFORMANCE.md, eleventh run). Shared memory: Q 65 KB, KV 2 x
 // 65 KB, S 17 KB, P 9 KB. One split: shapes whose blocks fill the SMs; head_dim 512.
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -146,12 +147,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_attention_ws_kernel(const 
 void launch_sparse_attention_ws(AttnArgs& a, int64_t n, cudaStream_t s) {
   CHECK_EQ(a.dim, kDim) << "attention ws: head_dim";
   CHECK(parts_bf16(a)) << "attention ws: rows must all be bf16 (the bf16 views)";
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(sparse_attention_ws_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(kSmemBytes)));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set;
+  set_smem_once(sparse_attention_ws_kernel, kSmemBytes, false, &attr_set);
   a.num_splits = 1;
   a.raw_ld = 0;
   const dim3 grid{grid_x(n, "sparse_attention (ws)"), unsigned(ceil_div(a.h_end - a.h_begin, kTcHeads))};

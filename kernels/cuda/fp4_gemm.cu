@@ -5,6 +5,7 @@
 // the activation tile held in shared memory as bf16 (FP8 input: exact, e4m3 times a power of two)
 // or, for fp32 inputs, as fp32 (tokens per tile halved when the tile would not fit).
 #include <algorithm>
+#include <atomic>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
@@ -163,12 +164,8 @@ __global__ void __launch_bounds__(kWarps * 32) fp4_grouped_gemm_kernel(Fp4Groupe
 
 template <typename T, int kTok>
 void launch_simt(const Fp4GroupedGemmParams& p, size_t smem) {
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(fp4_grouped_gemm_kernel<T, kTok>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    kMaxSmemBytes));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set;
+  set_smem_once(fp4_grouped_gemm_kernel<T, kTok>, kMaxSmemBytes, false, &attr_set);
   const int rows_y = p.group_list ? std::min(p.list_len, p.num_groups) : p.num_groups;
   const dim3 grid(unsigned(ceil_div(p.n, kRowsPerBlock)), unsigned(rows_y));
   launch(fp4_grouped_gemm_kernel<T, kTok>, grid, kWarps * 32, smem, p.stream)(p);

@@ -4,6 +4,8 @@
 // load (one 128x128 scale per load) and multiplies them with the dequantized activation tile in
 // shared memory (bf16: e4m3 times a power of two is exact). Memory-bound for few tokens; up to
 // gemv_max_tokens(k) tokens take the decode GEMV (gemv.cu), with the same bits.
+#include <atomic>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/fp8_dot.cuh"
@@ -117,11 +119,8 @@ void fp8_gemm_simt(const Fp8GemmParams& p) {
   }
   const int tok_tile = int(std::max<int64_t>(1, std::min<int64_t>(kMaxTokTile, kSmemBytes / (2 * p.k))));
   const size_t smem = size_t(tok_tile) * size_t(p.k) * 2;
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(fp8_simt_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set;
+  set_smem_once(fp8_simt_kernel, kSmemBytes, false, &attr_set);
   CHECK_LE(smem, size_t(kSmemBytes)) << "fp8_gemm_simt: k=" << p.k << " too large";
   launch(fp8_simt_kernel, unsigned(ceil_div(p.n, kRowsPerBlock)), kWarps * 32, smem, p.stream)(
       p, layout.act_ld(p.m), layout.weight_ld(p.k), tok_tile);

@@ -11,6 +11,8 @@
 // the warp sum: fp8_gemm_simt's tiled kernel's arithmetic, so the two give the same bits. bf16
 // weights: lane l takes 8-input units l, l + 32, ..., each weight times its activation added into
 // the accumulator in input order.
+#include <atomic>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/fp8_dot.cuh"
@@ -204,13 +206,11 @@ void launch_rows(const GemvArgs& a, cudaStream_t stream) {
   const size_t smem = size_t(a.m) * size_t(a.k_act) * 2;
   const int64_t groups = ceil_div(a.n, RPW);
   const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(groups, kWarps), 2 * int64_t(num_sms())));
-  static bool attr_set = false;  // per <kFp8, RPW, NC>: its four kernels at once
-  if (!attr_set) {
-    for (auto* kernel : {gemv_kernel<kFp8, RPW, NC, 1>, gemv_kernel<kFp8, RPW, NC, 2>, gemv_kernel<kFp8, RPW, NC, 4>,
-                         gemv_kernel<kFp8, RPW, NC, 8>})
-      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set[4];  // per <kFp8, RPW, NC>: its four kernels
+  int i = 0;
+  for (auto* kernel : {gemv_kernel<kFp8, RPW, NC, 1>, gemv_kernel<kFp8, RPW, NC, 2>, gemv_kernel<kFp8, RPW, NC, 4>,
+                       gemv_kernel<kFp8, RPW, NC, 8>})
+    set_smem_once(kernel, kSmemBytes, false, &attr_set[i++]);
   auto* kernel = a.m == 1 ? gemv_kernel<kFp8, RPW, NC, 1>
                  : a.m == 2 ? gemv_kernel<kFp8, RPW, NC, 2>
                  : a.m <= 4 ? gemv_kernel<kFp8, RPW, NC, 4>

@@ -25,6 +25,8 @@
 // Numerics: the products are exact; the sums of a 128-k block keep the tensor core's accumulator
 // bits (fewer than a sequential fp32 sum's: the tests hold the outputs to an fp64 reference, not to
 // the CUDA-core kernel's bits).
+#include <atomic>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemv_args.cuh"
@@ -209,11 +211,8 @@ void gemv_mma(const GemvParams& p) {
   const size_t codes_bytes = size_t(a.m) * size_t(a.k + 16);
   const size_t xs_bytes = size_t((a.m * (a.k / 128) + 3) / 4) * 4 * 4;
   const size_t smem = codes_bytes + xs_bytes + size_t(kWarps) * 4 * 32 * 4;
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set;
+  set_smem_once(gemv_mma_kernel, kSmemBytes, false, &attr_set);
   launch(gemv_mma_kernel, blocks, kThreads, smem, p.stream)(a);
   launch_check("gemv_mma", p.stream);
 }

@@ -5,6 +5,7 @@
 // sequence) take one launch: every block resolves its query's part from the descriptors in the
 // kernel parameters; a single call is the batch of one.
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <memory>
@@ -519,11 +520,8 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
   CHECK(dim % 32 == 0 && dim <= 512) << "indexer head dim " << dim;
   const size_t smem = size_t(nh * dim + nh) * 4;
   CHECK_LE(smem, size_t(160 * 1024));
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set;
+  set_smem_once(indexer_scores_kernel, 160 * 1024, false, &attr_set);
   auto args = std::make_unique<IdxArgs>();  // ~32 KB: not on the stack
   IdxArgs& a = *args;
   a.h_begin = p0.h_begin;
@@ -551,14 +549,9 @@ void launch_indexer_scores_batch(const IndexerScoresBatchParams& batch, cudaStre
     }
     if (a.num_parts == 1 && a.bf16_arith && k.tensor_cores && a.n >= 16 && dim % 16 == 0 && dim <= kTcMaxDim &&
         has_keys && (!a.parts[0].ckeys.data || a.parts[0].ckeys.row_bytes <= kTcRawLd)) {
-      static bool tc_attr_set = false;
-      if (!tc_attr_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(indexer_tc_smem_bytes())));
-        CUDA_CHECK(cudaFuncSetAttribute(indexer_scores_tc_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(indexer_tc_smem_bytes())));
-        tc_attr_set = true;
-      }
+      static std::atomic<uint64_t> tc_attr_set[2];
+      set_smem_once(indexer_scores_tc_kernel<false>, indexer_tc_smem_bytes(), false, &tc_attr_set[0]);
+      set_smem_once(indexer_scores_tc_kernel<true>, indexer_tc_smem_bytes(), false, &tc_attr_set[1]);
       const dim3 tc_grid = indexer_tc_grid(a, max_keys, kTcQueries, kTcKeys, "indexer_scores (tensor cores)");
       if (a.parts[0].ckeys.data)
         launch(indexer_scores_tc_kernel<true>, tc_grid, kTcThreads, indexer_tc_smem_bytes(), s)(a);

@@ -10,6 +10,7 @@
 // Scores come as F32 or as bf16 (the official numerics' indexer scores are bf16 values; half the
 // bytes to read): every kernel reads them through score_at, so both select the same columns.
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -491,12 +492,8 @@ void run_topk(const TopkParams& p, const T* scores, float* vals, int64_t val_str
   // histograms.
   if (!narrow && cols >= kRowTopkMinCols && (reinterpret_cast<uintptr_t>(scores) & 15) == 0 &&
       (stride * int64_t(sizeof(T))) % 16 == 0) {
-    static bool rows_attr_set = false;
-    if (!rows_attr_set) {
-      CUDA_CHECK(
-          cudaFuncSetAttribute(topk_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRowTopkSmem)));
-      rows_attr_set = true;
-    }
+    static std::atomic<uint64_t> rows_attr_set;
+    set_smem_once(topk_rows_kernel<T>, kRowTopkSmem, false, &rows_attr_set);
     launch(topk_rows_kernel<T>, grid_x(rows, "topk"), kRowTopkThreads, kRowTopkSmem, s)(
         scores, stride, cols, p.k, static_cast<int32_t*>(p.out_idx.data), p.out_idx.stride[0], vals, val_stride,
         p.index_offset);
