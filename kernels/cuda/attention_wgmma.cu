@@ -223,12 +223,16 @@ __device__ __forceinline__ void attention_wgmma(const AttnArgs& a) {
     consumer_sync();     // P and the rescales written
     {  // O = O * resc + P V: heads [0, 64) x dims [256 wg, +256), V = the KV tile read MN-major
       const float r0 = sm.resc[row0], r1 = sm.resc[row0 + 8];
+      // A tile that moved none of the warp's 16 row maxima rescales by 1: skipped (the same bits;
+      // on long lists the maxima settle, so most tiles skip).
+      if (!__all_sync(0xffffffffu, r0 == 1.f && r1 == 1.f)) {
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        o[4 * i] *= r0;
-        o[4 * i + 1] *= r0;
-        o[4 * i + 2] *= r1;
-        o[4 * i + 3] *= r1;
+        for (int i = 0; i < 32; ++i) {
+          o[4 * i] *= r0;
+          o[4 * i + 1] *= r0;
+          o[4 * i + 2] *= r1;
+          o[4 * i + 3] *= r1;
+        }
       }
       wgmma_fence();
 #pragma unroll
