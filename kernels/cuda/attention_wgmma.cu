@@ -113,7 +113,7 @@ __device__ __forceinline__ void produce_tiles_cluster(const AttnPart& part, cons
   int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
   for (int it = 0; it < ct.ntiles; ++it) {
     const int b = it & 1;
-    if (it >= 2) mbar_wait_cluster(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
+    if (it >= 2) mbar_wait(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
     if (p < kTile) sm.codes[b][p] = next_code;
     named_sync<2, 128>();  // the codes written
     if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
@@ -136,14 +136,16 @@ __device__ __forceinline__ void produce_tiles_cluster(const AttnPart& part, cons
   cp_async_wait_all();
   if (!ct.coupled) return;
   // The other blocks' consumers arrive on this block's empty barriers up to their last tile.
-  for (int it = max(0, ct.ntiles - 2); it < ct.ntiles; ++it) mbar_wait_cluster(&sm.empty[it & 1], uint32_t((it >> 1) & 1));
+  for (int it = max(0, ct.ntiles - 2); it < ct.ntiles; ++it) mbar_wait(&sm.empty[it & 1], uint32_t((it >> 1) & 1));
 }
 
 template <int kCluster>
 __device__ __forceinline__ void attention_wgmma(const AttnArgs& a) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ unsigned char wg_smem_raw[];
-  WgSmem& sm = *reinterpret_cast<WgSmem*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t(127));
+  // Aligned by an offset from the __shared__ array, so the compiler knows the address space (LDS,
+  // not generic loads).
+  WgSmem& sm = *reinterpret_cast<WgSmem*>(wg_smem_raw + ((128 - (smem_u32(wg_smem_raw) & 127)) & 127));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // Blocks past the launch's tokens (a cluster's rounding) stand in for its last token, unstored.
   const bool store = int64_t(blockIdx.x) < a.num_tokens;

@@ -59,26 +59,15 @@ __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 __device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
-// An arrival on the barrier at bar's offset in block `rank` of the cluster (release, cluster scope).
+// An arrival on the barrier at bar's offset in block `rank` of the cluster (the default .release
+// .cta form, as a pipeline's consumer release: an explicit .release.cluster costs a memory barrier
+// (ERRBAR) before every arrival, and the waiter's .acquire.cluster an L1 invalidation).
 __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
   asm volatile(
-      "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(smem_u32(bar)),
+      "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(
+          smem_u32(bar)),
       "r"(rank)
       : "memory");
-}
-// mbar_wait with acquire at cluster scope: for barriers other blocks of the cluster arrive on.
-__device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t parity) {
-  const uint32_t a = smem_u32(bar);
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(a), "r"(parity)
-        : "memory");
-  } while (!done);
 }
 // `bytes` (a multiple of 16) from global src to dst in every block of the cluster in `mask`, each
 // block's barrier at bar's offset completing them (cp.async.bulk multicast: one read of L2).
