@@ -28,7 +28,9 @@
 // tiles' releases before it exits (its block's shared memory must outlive the other's arrivals).
 // A block past its own candidates walks the other's last tile with every candidate absent (p = 0,
 // its state unchanged). A 1M-token prefill reads 64 KB per tile and query from L2, which the
-// single-block kernel found at 82% of its throughput (docs/PERFORMANCE.md).
+// single-block kernel found at 82% of its throughput; in pairs, 24%, but no faster, the tile
+// barriers' cluster-scope fences in its place (docs/PERFORMANCE.md, twenty-first run). Off by
+// default (debug.cuda_attention_wgmma_cluster).
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -143,9 +145,7 @@ template <int kCluster>
 __device__ __forceinline__ void attention_wgmma(const AttnArgs& a) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ unsigned char wg_smem_raw[];
-  // Aligned by an offset from the __shared__ array, so the compiler knows the address space (LDS,
-  // not generic loads).
-  WgSmem& sm = *reinterpret_cast<WgSmem*>(wg_smem_raw + ((128 - (smem_u32(wg_smem_raw) & 127)) & 127));
+  WgSmem& sm = *reinterpret_cast<WgSmem*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t(127));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // Blocks past the launch's tokens (a cluster's rounding) stand in for its last token, unstored.
   const bool store = int64_t(blockIdx.x) < a.num_tokens;

@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: MIT
 # One device call (about 6 minutes from a fresh machine): the wgmma attention in clusters of two
 # (kernels/cuda/attention_wgmma.cu). The attention op tests (a hang ends at its bound), golden
-# tiny-a, `bench prefill` at 8K and 1M with the clusters and at 1M without
-# (attention_no_cluster.yaml), then [PROFILE=0: not] the 1M HCA launch's profile with memory
-# (scripts/device/ncu_prefill.sh), as hca_check.sh took it without clusters. SHORT=1: no golden
+# tiny-a, `bench prefill` at 8K and 1M by default (one block per token) and at 1M with the clusters
+# (attention_cluster.yaml), then [PROFILE=0: not] the 1M HCA launch's profile with memory and the
+# clusters (scripts/device/ncu_prefill.sh), as hca_check.sh takes it without. SHORT=1: no golden
 # or 8K stage.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [PROFILE=0] [SHORT=1] bash scripts/device/cluster_check.sh        (carry .devdeps)
@@ -17,9 +17,10 @@ grep -E "wgmma.*differ|differ.*wgmma" "$L/tests_attn.txt" | head -30
 [[ ${SHORT:-0} == 1 ]] || golden_stage
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 8k 8192 8192 ""
 prefill_stage 1m 1048576 8192 "" 150
-prefill_stage 1m_single 1048576 8192 scripts/device/attention_no_cluster.yaml 150
+prefill_stage 1m_cluster 1048576 8192 scripts/device/attention_cluster.yaml 150
 if [[ ${PROFILE:-1} == 1 ]]; then
   BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_wgmma NCU_SKIP=60 NCU_CONTEXT=1048576 NCU_TAG=attn_pair \
-    NCU_SECTIONS="MemoryWorkloadAnalysis" NCU_TIMEOUT=200 timeout 240 bash scripts/device/ncu_prefill.sh > $L/ncu_attn.txt 2>&1
+    NCU_CONFIG=scripts/device/attention_cluster.yaml NCU_SECTIONS="MemoryWorkloadAnalysis" NCU_TIMEOUT=200 \
+    timeout 240 bash scripts/device/ncu_prefill.sh > $L/ncu_attn.txt 2>&1
   echo "== ncu HCA attention (pairs) rc $?"; head -45 $L/ncu_attn.txt; el ncu_attn
 fi

@@ -262,6 +262,18 @@ TEST(RuntimeConfig, Fp4GemvRowsKey) {
                       {"r.yaml", "cuda_fp4_gemv_l2_prefetch", "128 or 0", "64"});
 }
 
+// debug.cuda_attention_wgmma_cluster (false by default): carried to the backend options and the
+// resolved YAML, a non-boolean refused naming the key.
+TEST(RuntimeConfig, AttentionClusterKey) {
+  EXPECT_FALSE(parse_runtime_config("", "r.yaml").debug.cuda_attention_wgmma_cluster);
+  EXPECT_FALSE(backend_options(RuntimeConfig{}, 0).cuda_attention_wgmma_cluster);
+  const RuntimeConfig on = parse_runtime_config("debug: {cuda_attention_wgmma_cluster: true}\n", "r.yaml");
+  EXPECT_TRUE(backend_options(on, 0).cuda_attention_wgmma_cluster);
+  EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(on), "emitted").debug.cuda_attention_wgmma_cluster);
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_attention_wgmma_cluster: 2}\n", "r.yaml"); },
+                      {"r.yaml", "cuda_attention_wgmma_cluster"});
+}
+
 // debug.cuda_graph_replay (false by default): carried to the backend options and the resolved YAML.
 TEST(RuntimeConfig, GraphReplayKey) {
   const RuntimeConfig d = parse_runtime_config("", "r.yaml");
@@ -296,9 +308,7 @@ TEST(RuntimeConfig, CudaSwitchesOnByDefault) {
                                OnByDefault{"cuda_bf16_activations", &DebugConfig::cuda_bf16_activations,
                                            &kernels::BackendOptions::cuda_bf16_activations},
                                OnByDefault{"cuda_expert_ws_persistent", &DebugConfig::cuda_expert_ws_persistent,
-                                           &kernels::BackendOptions::cuda_expert_ws_persistent},
-                               OnByDefault{"cuda_attention_wgmma_cluster", &DebugConfig::cuda_attention_wgmma_cluster,
-                                           &kernels::BackendOptions::cuda_attention_wgmma_cluster}}) {
+                                           &kernels::BackendOptions::cuda_expert_ws_persistent}}) {
     SCOPED_TRACE(k.key);
     const RuntimeConfig d = parse_runtime_config("", "r.yaml");
     EXPECT_TRUE(d.debug.*k.debug);
