@@ -11,7 +11,8 @@ source scripts/device/check_lib.sh  # check_begin, el, graphs_stage, golden_stag
 check_begin /tmp/hca_logs 300 test_cuda_kernels test_gpu_golden test_cuda_graphs bench_step
 if [[ ${PROFILE:-1} == 1 ]]; then
   BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_wgmma NCU_SKIP=60 NCU_CONTEXT=1048576 NCU_TAG=attn_hca \
-    NCU_SECTIONS="MemoryWorkloadAnalysis" NCU_TIMEOUT=200 timeout 240 bash scripts/device/ncu_prefill.sh > $L/ncu_attn.txt 2>&1
+    NCU_SECTIONS="MemoryWorkloadAnalysis" NCU_TIMEOUT=200 \
+    timeout 240 bash scripts/device/ncu_prefill.sh > $L/ncu_attn.txt 2>&1
   echo "== ncu HCA attention rc $?"; head -60 $L/ncu_attn.txt; el ncu_attn
 fi
 graphs_stage 120
