@@ -221,9 +221,10 @@ __device__ __forceinline__ void stage_q_heads(const AttnArgs& a, const AttnPart&
 // a.dim elements in stream-ordered scratch and points the parts at them, so parts_bf16(a) holds and
 // the kernels copy their tiles by cp.async with nothing to decode. `tiled` (a launch of the wgmma
 // kernel in clusters): the entries of every part without lists, bf16 ones too, in tiles of the
-// kernel's shared-memory layout (AttnPart::comp_tiled), which a cluster copies whole. `candidate_reads` (the launch's
-// tokens x candidates, an upper bound) decides whether that pays: only when the rows are read four
-// times over or more (not a decode batch), and at most 320 MiB of views. Returns the scratch to
+// kernel's shared-memory layout (AttnPart::comp_tiled), which a cluster copies whole.
+// `candidate_reads` (the launch's tokens x candidates, an upper bound) decides whether that pays:
+// only when the rows are read four times over or more (not a decode batch), and at most 320 MiB of
+// views. Returns the scratch to
 // stream_free after the launch, or nullptr (the parts unchanged).
 void* make_bf16_views(AttnArgs& a, int64_t candidate_reads, bool tiled, cudaStream_t s);
 // Whether every row the parts of `a` hold is bf16 (window rows and plain entries, no compact ones).

@@ -5,8 +5,9 @@
 // kernels copy every candidate tile straight into shared memory (cp.async, no decode) instead of
 // decoding it once per query. For the wgmma kernel in clusters the entries are written in tiles of
 // its shared-memory layout instead (tiled_elem), so that a tile is one contiguous block which a
-// cluster copies once for all its blocks. Both conversions are exact: an e4m3 code times a power of two has at
-// most 4 significant bits, the F32 rows hold bf16 values (ld8_as_bf16 rounds them the same way).
+// cluster copies once for all its blocks. Both conversions are exact: an e4m3 code times a power
+// of two has at most 4 significant bits, the F32 rows hold bf16 values (ld8_as_bf16 rounds them
+// the same way).
 #include <algorithm>
 
 #include "kernels/cuda/attention_args.cuh"
