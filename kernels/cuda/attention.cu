@@ -523,7 +523,7 @@ void launch_attention_group(AttnArgs& a, int64_t n, int64_t max_tiles, bool vec4
   // The warp-specialized kernels when their producer only copies (every row bf16): with rows to
   // decode one producer warpgroup cannot keep up with the two that multiply (docs/PERFORMANCE.md).
   const bool copy_only = tc && dim == kWgmmaDim && fills && parts_bf16(a);
-  CHECK(!(tiled && views) || (wgmma && copy_only)) << "attention: tiled entries are read by the wgmma kernel only";
+  CHECK(!(tiled && views) || copy_only) << "attention: tiled entries are read by the wgmma kernel only";
   if (copy_only && wgmma) {
     a.tiles_per_split = int(std::max<int64_t>(1, max_tiles));
     launch_sparse_attention_wgmma(a, n, tiled && views, s);

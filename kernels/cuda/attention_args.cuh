@@ -171,17 +171,24 @@ __device__ __forceinline__ void copy_tile_chunks(const AttnPart& part, const int
   }
 }
 
+// produce_tiles_bf16 by default: every tile copied row by row, none whole.
+struct NoWholeTiles {
+  __device__ __forceinline__ bool operator()(int, int, int) const { return false; }
+};
+
 // The producer warpgroup of the warp-specialized kernels (attention_ws.cu, attention_wgmma.cu),
 // thread p of 128 (named barrier 2 among them), over the block's ntiles tiles: for tile it it
 // waits until the consumers released buffer it % 2 (empty, the tile two back), writes the tile's
 // candidate codes to codes[it % 2] (thread p < 64 candidate p, read while the tile before was
 // copied), copies the rows (copy_tile_chunks) to dst(it % 2, row, c) and arrives on full[it % 2]
 // once its copies land (.noinc: full counts 128 of these) and, a warp at a time, for the codes
-// (release: 4 more). Returns when no copy of its own is outstanding.
-template <class Dst>
+// (release: 4 more). whole(it, b, p) true: the tile came whole another way, and thread p has made
+// its one arrival on full[b] for it (the copy's expect_tx, or a plain arrival). Returns when no
+// copy of its own is outstanding.
+template <class Dst, class Whole = NoWholeTiles>
 __device__ __forceinline__ void produce_tiles_bf16(const AttnPart& part, const CandRange& r, int64_t t, int ntiles,
                                                    int p, int32_t (*codes)[kTile], uint64_t* full, uint64_t* empty,
-                                                   Dst dst) {
+                                                   Dst dst, Whole whole = {}) {
   int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
   for (int it = 0; it < ntiles; ++it) {
     const int b = it & 1;
@@ -189,8 +196,10 @@ __device__ __forceinline__ void produce_tiles_bf16(const AttnPart& part, const C
     if (p < kTile) codes[b][p] = next_code;
     named_sync<2, 128>();  // the codes written
     if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
-    copy_tile_chunks(part, codes[b], p, [&](int row, int c) { return dst(b, row, c); });
-    mbar_arrive_cp_async(&full[b]);
+    if (!whole(it, b, p)) {
+      copy_tile_chunks(part, codes[b], p, [&](int row, int c) { return dst(b, row, c); });
+      mbar_arrive_cp_async(&full[b]);
+    }
     __syncwarp();
     if ((threadIdx.x & 31) == 0) mbar_arrive(&full[b]);
   }

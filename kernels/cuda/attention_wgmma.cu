@@ -103,41 +103,31 @@ __device__ __forceinline__ ClusterTiles cluster_tiles(const AttnArgs& a, int64_t
   return ClusterTiles{true, int(r.nwin / kTile), most};
 }
 
-// The producer warpgroup (thread p of 128, named barrier 2 among them) of a block of a cluster:
-// produce_tiles_bf16's protocol over ct.ntiles tiles, the coupled tiles from `first` on as this
-// block's slice of the tile (1 / kCluster of it) multicast to every block of the cluster.
+// The producer warpgroup (thread p of 128) of a block of a cluster: produce_tiles_bf16 over
+// ct.ntiles tiles, the coupled tiles from `first` on whole, as this block's slice of the tile
+// (1 / kCluster of it) multicast to every block of the cluster. Coupled, it then waits for its
+// last two tiles' releases: the other blocks' consumers arrive on its empty barriers until then.
 template <int kCluster>
 __device__ __forceinline__ void produce_tiles_cluster(const AttnPart& part, const CandRange& r, int64_t t,
                                                       const ClusterTiles& ct, int p, WgSmem& sm) {
   constexpr uint32_t kSlice = kTileBytes / kCluster;
   const uint32_t rank = kCluster > 1 ? cluster_rank() : 0;
   const unsigned char* tiles = static_cast<const unsigned char*>(part.comp.data);
-  int32_t next_code = p < kTile ? int32_t(tile_code(part, r, t, 0, p)) : -1;
-  for (int it = 0; it < ct.ntiles; ++it) {
-    const int b = it & 1;
-    if (it >= 2) mbar_wait(&sm.empty[b], uint32_t(((it - 2) >> 1) & 1));
-    if (p < kTile) sm.codes[b][p] = next_code;
-    named_sync<2, 128>();  // the codes written
-    if (p < kTile) next_code = int32_t(tile_code(part, r, t, it + 1, p));
-    if (ct.coupled && it >= ct.first) {
-      if (p == 0) {
-        mbar_arrive_expect_tx(&sm.full[b], kTileBytes);
-        bulk_copy_multicast(sm.kv[b] + rank * kSlice, tiles + int64_t(it - ct.first) * kTileBytes + rank * kSlice,
-                            kSlice, &sm.full[b], uint16_t((1u << kCluster) - 1));
-      } else {
-        mbar_arrive(&sm.full[b]);
-      }
+  const auto multicast = [&](int it, int b, int q) {
+    if (!ct.coupled || it < ct.first) return false;
+    if (q == 0) {
+      mbar_arrive_expect_tx(&sm.full[b], kTileBytes);
+      bulk_copy_multicast(sm.kv[b] + rank * kSlice, tiles + int64_t(it - ct.first) * kTileBytes + rank * kSlice,
+                          kSlice, &sm.full[b], uint16_t((1u << kCluster) - 1));
     } else {
-      copy_tile_chunks(part, sm.codes[b], p,
-                       [&](int row, int c) { return sm.kv[b] + core_offset(row, c * 2, kRowB); });
-      mbar_arrive_cp_async(&sm.full[b]);
+      mbar_arrive(&sm.full[b]);
     }
-    __syncwarp();
-    if ((threadIdx.x & 31) == 0) mbar_arrive(&sm.full[b]);  // the codes (release)
-  }
-  cp_async_wait_all();
+    return true;
+  };
+  produce_tiles_bf16(
+      part, r, t, ct.ntiles, p, sm.codes, sm.full, sm.empty,
+      [&](int b, int row, int c) { return sm.kv[b] + core_offset(row, c * 2, kRowB); }, multicast);
   if (!ct.coupled) return;
-  // The other blocks' consumers arrive on this block's empty barriers up to their last tile.
   for (int it = max(0, ct.ntiles - 2); it < ct.ntiles; ++it) mbar_wait(&sm.empty[it & 1], uint32_t((it >> 1) & 1));
 }
 

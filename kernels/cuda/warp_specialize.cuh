@@ -2,8 +2,7 @@
 // What the warp-specialized kernels share (fp4_gemm_wgmma_ws.cu, attention_ws.cu,
 // attention_wgmma.cu): mbarriers in shared memory between producer and consumer warps (and between
 // the blocks of a cluster), register moves between warpgroups (setmaxnreg) and named barriers over
-// a subset of the block's warps. Included only by .cu files
-// of this folder.
+// a subset of the block's warps. Included only by .cu files of this folder.
 #pragma once
 
 #include <cuda_runtime.h>

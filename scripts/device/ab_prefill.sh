@@ -12,10 +12,12 @@ source scripts/device/check_lib.sh  # check_begin, el
 check_begin /tmp/ab_logs 300 bench_step
 R=/tmp/ab_ref
 rm -rf "$R" && mkdir -p "$R"
-git archive "${REF:?set REF to the commit to compare}" | tar x -C "$R" || { echo "ab: no git history (carry .git)"; exit 1; }
+if ! git archive "${REF:?set REF to the commit to compare}" | tar x -C "$R"; then
+  echo "ab: no git history (carry .git)"; exit 1
+fi
 cp -r .devdeps "$R/"
-(cd "$R" && OUT=$R/out BUILD=build-gpu TARGETS=bench_step JOBS=${JOBS:-16} timeout 300 bash scripts/device/run.sh none) \
-  > "$L/build_ref.txt" 2>&1
+(cd "$R" && OUT=$R/out BUILD=build-gpu TARGETS=bench_step JOBS=${JOBS:-16} \
+  timeout 300 bash scripts/device/run.sh none) > "$L/build_ref.txt" 2>&1
 tail -2 "$L/build_ref.txt"; el build_ref
 for i in $(seq "${ROUNDS:-1}"); do
   for side in head ref; do

@@ -13,7 +13,7 @@
 #   [PROFILE=0] bash scripts/device/baseline_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el, step, golden_stage, prefill_stage, tests_stage
+source scripts/device/check_lib.sh  # check_begin, el, step, golden_stage, prefill_stage, tests_stage, hca_profile_stage
 check_begin /tmp/base_logs 300 test_cuda_kernels test_gpu_golden bench_step
 # Most needed first: a call cut short by its time limit keeps the stages it finished.
 tests_stage ops 150 'CudaOps.IndexerScores*:CudaIndexer*:CudaOps.Topk*:CudaTopk*:CudaW4a8*:CudaMoe*'
@@ -27,8 +27,5 @@ prefill_stage 1m_f32 1048576 8192 scripts/device/f32_activations.yaml 150
 if [[ ${PROFILE:-1} == 1 ]]; then
   BUILD=$B OUT=$L NCU_TAG=experts timeout 200 bash scripts/device/ncu_prefill.sh > $L/ncu_experts.txt 2>&1
   echo "== ncu experts rc $?"; head -30 $L/ncu_experts.txt; el ncu_experts
-  # The 61st wgmma attention launch (HCA launches past 2,048 entries: chunks 32 on): chunk 92.
-  BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_wgmma NCU_SKIP=60 NCU_CONTEXT=1048576 NCU_TAG=attn_hca \
-    NCU_TIMEOUT=200 timeout 240 bash scripts/device/ncu_prefill.sh > $L/ncu_attn.txt 2>&1
-  echo "== ncu HCA attention rc $?"; head -30 $L/ncu_attn.txt; el ncu_attn
+  hca_profile_stage attn_hca
 fi

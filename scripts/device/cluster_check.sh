@@ -10,7 +10,7 @@
 #   [PROFILE=0] [SHORT=1] bash scripts/device/cluster_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el, golden_stage, prefill_stage, tests_stage
+source scripts/device/check_lib.sh  # check_begin, el, golden_stage, prefill_stage, tests_stage, hca_profile_stage
 check_begin /tmp/cluster_logs 300 test_cuda_kernels bench_step $([[ ${SHORT:-0} == 1 ]] || echo test_gpu_golden)
 tests_stage attn 120 'CudaAttentionTc*:CudaOps.SparseAttention*'
 grep -E "wgmma.*differ|differ.*wgmma" "$L/tests_attn.txt" | head -30
@@ -18,9 +18,4 @@ grep -E "wgmma.*differ|differ.*wgmma" "$L/tests_attn.txt" | head -30
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 8k 8192 8192 ""
 prefill_stage 1m 1048576 8192 "" 150
 prefill_stage 1m_cluster 1048576 8192 scripts/device/attention_cluster.yaml 150
-if [[ ${PROFILE:-1} == 1 ]]; then
-  BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_wgmma NCU_SKIP=60 NCU_CONTEXT=1048576 NCU_TAG=attn_pair \
-    NCU_CONFIG=scripts/device/attention_cluster.yaml NCU_SECTIONS="MemoryWorkloadAnalysis" NCU_TIMEOUT=200 \
-    timeout 240 bash scripts/device/ncu_prefill.sh > $L/ncu_attn.txt 2>&1
-  echo "== ncu HCA attention (pairs) rc $?"; head -45 $L/ncu_attn.txt; el ncu_attn
-fi
+[[ ${PROFILE:-1} == 1 ]] && hca_profile_stage attn_pair scripts/device/attention_cluster.yaml

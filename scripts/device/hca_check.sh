@@ -7,14 +7,9 @@
 #   [PROFILE=0] bash scripts/device/hca_check.sh        (carry .devdeps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/device/check_lib.sh  # check_begin, el, graphs_stage, golden_stage, tests_stage
+source scripts/device/check_lib.sh  # check_begin, el, graphs_stage, golden_stage, tests_stage, hca_profile_stage
 check_begin /tmp/hca_logs 300 test_cuda_kernels test_gpu_golden test_cuda_graphs bench_step
-if [[ ${PROFILE:-1} == 1 ]]; then
-  BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_wgmma NCU_SKIP=60 NCU_CONTEXT=1048576 NCU_TAG=attn_hca \
-    NCU_SECTIONS="MemoryWorkloadAnalysis" NCU_TIMEOUT=200 \
-    timeout 240 bash scripts/device/ncu_prefill.sh > $L/ncu_attn.txt 2>&1
-  echo "== ncu HCA attention rc $?"; head -60 $L/ncu_attn.txt; el ncu_attn
-fi
+[[ ${PROFILE:-1} == 1 ]] && hca_profile_stage attn_hca
 graphs_stage 120
 golden_stage
 tests_stage all ${TESTS_LIMIT:-240}
