@@ -53,6 +53,9 @@ struct BackendOptions {
   bool cuda_expert_wgmma_ws = true;
   // "cuda" only (debug.cuda_expert_ws_persistent): that kernel persistent, one block per SM.
   bool cuda_expert_ws_persistent = true;
+  // "cuda" only (debug.cuda_expert_ws_a_copy): how that kernel's activation tiles arrive, 0 by
+  // cp.async, 1 by TMA, 2 by TMA multicast in clusters of two blocks.
+  int cuda_expert_ws_a_copy = 0;
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads whose rows
   // are all bf16 (the bf16 views) and whose candidate lists reach 32 tiles on the warp-specialized
   // bf16 wgmma kernel.

@@ -217,6 +217,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_expert_wgmma", &c.debug.cuda_expert_wgmma);
   d.get("cuda_expert_wgmma_ws", &c.debug.cuda_expert_wgmma_ws);
   d.get("cuda_expert_ws_persistent", &c.debug.cuda_expert_ws_persistent);
+  d.get("cuda_expert_ws_a_copy", &c.debug.cuda_expert_ws_a_copy);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
   d.get("cuda_attention_wgmma_min_tiles", &c.debug.cuda_attention_wgmma_min_tiles);
   d.get("cuda_attention_wgmma_cluster", &c.debug.cuda_attention_wgmma_cluster);
@@ -242,6 +243,10 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
                    c.debug.cuda_fp4_gemv_l2_prefetch == 256,
                d.where("cuda_fp4_gemv_l2_prefetch") << " must be 256 (the default), 128 or 0 (no hint), got "
                                                     << c.debug.cuda_fp4_gemv_l2_prefetch);
+  V4RT_REQUIRE(c.debug.cuda_expert_ws_a_copy >= 0 && c.debug.cuda_expert_ws_a_copy <= 2,
+               d.where("cuda_expert_ws_a_copy") << " must be 0 (cp.async, the default), 1 (TMA) or 2 (TMA multicast "
+                                                   "in clusters of two), got "
+                                                << c.debug.cuda_expert_ws_a_copy);
   V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
                d.where("cuda_expert_tc_min_rows") << " must be in [0, 2^30], got " << c.debug.cuda_expert_tc_min_rows);
   V4RT_REQUIRE(c.debug.cuda_attention_wgmma_min_tiles >= 0 && c.debug.cuda_attention_wgmma_min_tiles <= (int64_t(1) << 30),
@@ -290,6 +295,10 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
       {"cuda_expert_ws_persistent", "CUDA: that kernel persistent, one block per SM walking the tiles so the next "
                                     "tile's copies run under this one's MMAs and stores (default true; false: one "
                                     "block per tile)"},
+      {"cuda_expert_ws_a_copy", "CUDA: how that kernel's activation tiles reach shared memory: 0 by the producer "
+                                "warps' cp.async (default), 1 by one tensor-map copy (TMA) a step, 2 by TMA in "
+                                "clusters of two blocks on adjacent channel tiles, each block's half multicast "
+                                "into both (the same bits)"},
       {"cuda_attention_wgmma", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
                                "views) and whose candidate lists reach 32 tiles on the warp-specialized bf16 wgmma "
                                "kernel, taken before cuda_attention_ws's (default true; needs cuda_attention_tc)"},
@@ -363,6 +372,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_expert_wgmma = config.debug.cuda_expert_wgmma;
   o.cuda_expert_wgmma_ws = config.debug.cuda_expert_wgmma_ws;
   o.cuda_expert_ws_persistent = config.debug.cuda_expert_ws_persistent;
+  o.cuda_expert_ws_a_copy = config.debug.cuda_expert_ws_a_copy;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
   o.cuda_attention_wgmma_min_tiles = config.debug.cuda_attention_wgmma_min_tiles;
   o.cuda_attention_wgmma_cluster = config.debug.cuda_attention_wgmma_cluster;
@@ -440,6 +450,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_expert_wgmma" << YAML::Value << c.debug.cuda_expert_wgmma;
   out << YAML::Key << "cuda_expert_wgmma_ws" << YAML::Value << c.debug.cuda_expert_wgmma_ws;
   out << YAML::Key << "cuda_expert_ws_persistent" << YAML::Value << c.debug.cuda_expert_ws_persistent;
+  out << YAML::Key << "cuda_expert_ws_a_copy" << YAML::Value << c.debug.cuda_expert_ws_a_copy;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;
   out << YAML::Key << "cuda_attention_wgmma_min_tiles" << YAML::Value << c.debug.cuda_attention_wgmma_min_tiles;
   out << YAML::Key << "cuda_attention_wgmma_cluster" << YAML::Value << c.debug.cuda_attention_wgmma_cluster;

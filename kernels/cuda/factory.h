@@ -105,6 +105,9 @@ struct CudaBackendOptions {
   // That kernel persistent, one block per SM over the items (debug.cuda_expert_ws_persistent);
   // false: one block per item. The same bits.
   bool expert_ws_persistent = true;
+  // How that kernel's activation tiles arrive (Fp4GroupedGemmParams::ws_a_copy;
+  // debug.cuda_expert_ws_a_copy): 0 by cp.async, 1 by TMA, 2 by TMA multicast in clusters of two.
+  int expert_ws_a_copy = 0;
   // Prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 views) and whose
   // candidate lists reach 32 tiles (the HCA layer at long context) on the warp-specialized bf16
   // wgmma kernel (attention_wgmma.cu; debug.cuda_attention_wgmma): a producer warpgroup copies the

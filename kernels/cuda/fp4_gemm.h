@@ -54,6 +54,11 @@ struct Fp4GroupedGemmParams {
   // The warp-specialized kernel persistent (one block per SM walking the items, its stage ring
   // running on across them) instead of one block per item (debug.cuda_expert_ws_persistent).
   bool ws_persistent = true;
+  // How that kernel's activation tiles arrive (debug.cuda_expert_ws_a_copy): 0 by its producers'
+  // cp.async, 1 by one tensor-map copy (TMA) a step, 2 by TMA in clusters of two blocks that take
+  // adjacent channel tiles of one row tile, each block's half multicast into both (one L2 read of
+  // the tile for two blocks; an odd channel-tile count runs as 1).
+  int ws_a_copy = 0;
   // With tensor_cores: the decode GEMV's rows a pass. 0: by the mean rows per group (8, or 16 above
   // a mean of kFp4GemvMaxMeanRows, and the GEMV up to a mean of kFp4GemvMaxMeanRows16); 8: passes
   // of 8 rows and the GEMV up to the 8-row limits alone (debug.cuda_fp4_gemv_rows).

@@ -32,9 +32,12 @@
 // stage ring runs on across items: the producers copy and decode the next item's first steps
 // while the consumers finish this one and store its outputs, so no block pays a pipeline fill and
 // an epilogue with the tensor cores idle (a non-persistent grid did, once per 32-step item).
+#include <cuda.h>  // CUtensorMap
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <climits>
 #include <atomic>
 
 #include "kernels/cuda/batch_params.cuh"
@@ -100,6 +103,18 @@ static_assert(kSmemBytes <= 227 * 1024, "dynamic shared memory of one block per 
 // Named barrier 1 of the producer warpgroups alone (0 is __syncthreads').
 __device__ __forceinline__ void producer_sync() { named_sync<1, kProducerThreads>(); }
 
+// A consumer warp's release of a stage: on its own block's empty barrier, in a cluster on every
+// block's (the other block's copies write into this block's stage too).
+template <int kCluster>
+__device__ __forceinline__ void release_stage(uint64_t* empty) {
+  if constexpr (kCluster == 1) {
+    mbar_arrive(empty);
+  } else {
+#pragma unroll
+    for (int q = 0; q < kCluster; ++q) mbar_arrive_cluster(empty, uint32_t(q));
+  }
+}
+
 // One work item: rows [row_begin, row_begin + rows) of group g (a 128-row tile) times output
 // channels [n0, n0 + 128).
 struct WsItem {
@@ -120,18 +135,26 @@ __device__ __forceinline__ WsItem ws_item(const Fp4GroupedGemmParams& p, const i
   return it;
 }
 
-__global__ void __launch_bounds__(kThreads, 1)
-    fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p, const int32_t* tile_start,
-                                     int64_t n_tiles) {
+// kACopy: how the activation tile arrives (ws_a_copy): 0 by the producers' cp.async, 1 by one
+// tensor-map copy (two boxes of 64 rows) a step, 2 the same in clusters of two blocks that take
+// adjacent channel tiles of the same row tile, each block's box multicast into both.
+template <int kACopy>
+__device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, const CUtensorMap& a_map,
+                                              const int32_t* tile_start, int64_t n_tiles) {
+  constexpr int kCluster = kACopy == 2 ? 2 : 1;
   pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(128) unsigned char smem_raw[];
   WsSmem& sm = *reinterpret_cast<WsSmem*>(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));
 
-  // This block's items: lin = blockIdx.x + i * gridDim.x below the launch's real items.
+  // This block's items: lin = blockIdx.x + i * gridDim.x below the launch's real items. In clusters
+  // (n_tiles even), cluster c walks the item pairs c + i * clusters, block `rank` item 2 pair + rank:
+  // the same row tile, adjacent channel tiles.
   const int64_t items = int64_t(tile_start[p.num_groups]) * n_tiles;
-  if (int64_t(blockIdx.x) >= items) return;
-  const int my_items = int((items - 1 - int64_t(blockIdx.x)) / gridDim.x + 1);
-  const auto item_lin = [&](int i) { return int64_t(blockIdx.x) + int64_t(i) * gridDim.x; };
+  const uint32_t rank = kCluster > 1 ? cluster_rank() : 0;
+  const int64_t unit = int64_t(blockIdx.x) / kCluster, units = gridDim.x / kCluster, unit_items = items / kCluster;
+  if (unit >= unit_items) return;  // the whole cluster alike
+  const int my_items = int((unit_items - 1 - unit) / units + 1);
+  const auto item_lin = [&](int i) { return (unit + int64_t(i) * units) * kCluster + rank; };
   const int64_t k = p.k, kb_count = k / kBK;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -139,11 +162,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(&sm.full[s], kProducerWarps);
-      mbar_init(&sm.empty[s], kConsumerWarps);
+      mbar_init(&sm.full[s], kProducerWarps + (kACopy > 0 ? 1 : 0));  // + the tensor-map copy's arrival
+      mbar_init(&sm.empty[s], kConsumerWarps * kCluster);
     }
+    if (kCluster > 1) fence_mbar_init();
   }
-  __syncthreads();  // barriers initialized; the last block-wide barrier
+  // Barriers initialized; the last block-wide barrier (in clusters: every block's, before a remote
+  // arrival or multicast).
+  if (kCluster > 1) cluster_sync();
+  else __syncthreads();
 
   if (wg < 2) {
     // ---- producers: copies, then the decode of this warp's 16 channels ----
@@ -173,9 +200,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float* xs_src = nullptr;
     uint32_t a_off[kBM / 32], a_bytes[kBM / 32], w_off[2], w_bytes[2], ws_bytes = 0, xs_bytes = 0;
     bool ws_aligned = true;
-    int plan_item = -1;
+    int plan_item = -1, a_row0 = 0, a_boxes = 0;
     const auto plan = [&](int i) {
       const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(i));
+      a_row0 = int(it.row_begin);
+      a_boxes = it.rows > 64 ? 2 : 1;  // a second box only for rows a consumer warpgroup multiplies
       a_src = p.x8 + it.row_begin * k + a_chunk * 16;
 #pragma unroll
       for (int j = 0; j < kBM / 32; ++j) {
@@ -206,9 +235,22 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int i = q / steps, kb = q - i * steps;
       if (i != plan_item) plan(i);
       const uint32_t st = st0 + uint32_t(s) * uint32_t(sizeof(WsStage));
-      const uint8_t* a = a_src + kb * kBK;
+      if constexpr (kACopy == 0) {
+        const uint8_t* a = a_src + kb * kBK;
 #pragma unroll
-      for (int i = 0; i < kBM / 32; ++i) cp_async16_n(st + a_dst + 4096 * i, a + a_off[i], a_bytes[i]);
+        for (int i = 0; i < kBM / 32; ++i) cp_async16_n(st + a_dst + 4096 * i, a + a_off[i], a_bytes[i]);
+      } else if (tid == 0) {
+        // Box b = rows a_row0 + 64 b of the step's 128 inputs into rows 64 b.. of the stage's A tile;
+        // in a cluster block `rank` copies box `rank` into both blocks. Each block's full barrier
+        // expects every box of the step.
+        WsStage& sd = sm.st[s];
+        mbar_arrive_expect_tx(&sm.full[s], uint32_t(a_boxes * 64 * kBK));
+        if constexpr (kCluster == 1) {
+          for (int b = 0; b < a_boxes; ++b) tma_load_2d(sd.a + 64 * kBK * b, &a_map, kb * kBK, a_row0 + 64 * b, &sm.full[s]);
+        } else if (int(rank) < a_boxes) {
+          tma_load_2d_multicast(sd.a + 64 * kBK * rank, &a_map, kb * kBK, a_row0 + 64 * int(rank), &sm.full[s], 3);
+        }
+      }
       const uint8_t* w = w_src + kb * (kBK / 2);
 #pragma unroll
       for (int i = 0; i < 2; ++i) cp_async16_n(st + w_dst + 8 * kLdW * i, w + w_off[i], w_bytes[i]);
@@ -279,6 +321,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (++ds == kStages) ds = 0;
     }
     cp_async_wait<0>();  // no copy outstanding at exit (the last commits are empty)
+    if constexpr (kCluster > 1) {
+      // The block stays until both blocks' consumers have released its last stages: no arrival
+      // of the other block's consumers comes to a block that has left.
+      for (int q = max(0, total - kStages); q < total; ++q) mbar_wait(&sm.empty[q % kStages], uint32_t((q / kStages) & 1));
+    }
     return;
   }
 
@@ -326,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           acc[4 * i + 3] = fmaf(tmp[4 * i + 3], x1 * sw.y, acc[4 * i + 3]);
         }
         __syncwarp();  // the warp's reads of stage s done (the MMAs' at the wait before the promotion)
-        if (lane == 0) mbar_arrive(&sm.empty[s]);
+        if (lane == 0) release_stage<kCluster>(&sm.empty[s]);
       }
     } else {
       // Warpgroup-uniform: the second warpgroup of a tile of at most 64 rows has only zero rows; it
@@ -334,11 +381,55 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int kb = 0; kb < steps; ++kb, ++q) {
         mbar_wait(&sm.full[q % kStages], uint32_t((q / kStages) & 1));
         __syncwarp();
-        if (lane == 0) mbar_arrive(&sm.empty[q % kStages]);
+        if (lane == 0) release_stage<kCluster>(&sm.empty[q % kStages]);
       }
     }
     store_acc_m64n128(p, acc, it.row_begin, it.rows, it.n0, r0, c0);
   }
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
+                                     const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
+                                     int64_t n_tiles) {
+  wgmma_ws_body<0>(p, a_map, tile_start, n_tiles);
+}
+__global__ void __launch_bounds__(kThreads, 1)
+    fp4_grouped_gemm_wgmma_ws_tma_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
+                                         const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
+                                         int64_t n_tiles) {
+  wgmma_ws_body<1>(p, a_map, tile_start, n_tiles);
+}
+__global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kThreads, 1)
+    fp4_grouped_gemm_wgmma_ws_pair_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
+                                          const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
+                                          int64_t n_tiles) {
+  wgmma_ws_body<2>(p, a_map, tile_start, n_tiles);
+}
+
+// The activations [max_rows, k] e4m3 as a tensor map: boxes of 64 rows x 128 bytes in the 128-byte
+// swizzle (the stage's A layout); rows at or past max_rows read as zeros.
+CUtensorMap activation_map(const Fp4GroupedGemmParams& p) {
+  using Encode = PFN_cuTensorMapEncodeTiled_v12000;
+  static const Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    CHECK(found == cudaDriverEntryPointSuccess && fn) << "fp4 grouped gemm (wgmma ws): no cuTensorMapEncodeTiled";
+    return reinterpret_cast<Encode>(fn);
+  }();
+  CHECK_EQ(reinterpret_cast<uintptr_t>(p.x8) % 16, 0u) << "fp4 grouped gemm (wgmma ws): activations not 16-byte aligned";
+  CHECK_LE(p.max_rows, int64_t(INT32_MAX)) << "fp4 grouped gemm (wgmma ws): max_rows";
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {cuuint64_t(p.k), cuuint64_t(p.max_rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(p.k)};
+  const cuuint32_t box[2] = {uint32_t(kBK), 64}, elem_strides[2] = {1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(p.x8), dims, strides, box,
+                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  CHECK_EQ(int(r), int(CUDA_SUCCESS)) << "fp4 grouped gemm (wgmma ws): cuTensorMapEncodeTiled failed (k=" << p.k
+                                      << ", max_rows=" << p.max_rows << ")";
+  return map;
 }
 
 }  // namespace
@@ -349,19 +440,28 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p) {
   CHECK_EQ(p.k % kBK, 0) << "fp4 grouped gemm (wgmma ws): k=" << p.k << " must be a multiple of " << kBK;
   CHECK_GE(p.max_rows, 0) << "fp4 grouped gemm (wgmma ws): max_rows";
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
-  // Once per device: above 48 KB of dynamic shared memory.
-  static std::atomic<uint64_t> attr_set;
-  set_smem_once(fp4_grouped_gemm_wgmma_ws_kernel, kSmemBytes, false, &attr_set);
+  CHECK(p.ws_a_copy >= 0 && p.ws_a_copy <= 2) << "fp4 grouped gemm (wgmma ws): ws_a_copy=" << p.ws_a_copy;
+  const int64_t n_tiles = ceil_div(p.n, kBN);
+  // Clusters take channel tiles in pairs: an odd count runs without them.
+  const int a_copy = p.ws_a_copy == 2 && n_tiles % 2 != 0 ? 1 : p.ws_a_copy;
+  auto* kernel = a_copy == 0   ? fp4_grouped_gemm_wgmma_ws_kernel
+                 : a_copy == 1 ? fp4_grouped_gemm_wgmma_ws_tma_kernel
+                               : fp4_grouped_gemm_wgmma_ws_pair_kernel;
+  // Once per device and kernel: above 48 KB of dynamic shared memory.
+  static std::atomic<uint64_t> attr_set[3];
+  set_smem_once(kernel, kSmemBytes, false, &attr_set[a_copy]);
+  CUtensorMap a_map{};  // unread by the cp.async kernel
+  if (a_copy > 0) a_map = activation_map(p);
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
   launch(fp4_tile_map_kernel<kBM>, 1, kMapThreads, 0, p.stream)(p.row_offsets, p.w, p.num_groups, tile_start);
   launch_check("fp4_grouped_gemm_wgmma_ws tile map", p.stream);
   // Persistent: at most one block per SM (the kernel holds an SM's shared memory), never more
   // blocks than the launch's bound on items; else one block per item of that bound.
-  const int64_t n_tiles = ceil_div(p.n, kBN);
   const int64_t bound = grouped_tile_bound(p.max_rows, p.num_groups, kBM) * n_tiles;
-  const unsigned grid =
-      grid_x(p.ws_persistent ? std::min<int64_t>(bound, num_sms()) : bound, "fp4_grouped_gemm_wgmma_ws");
-  launch(fp4_grouped_gemm_wgmma_ws_kernel, grid, kThreads, kSmemBytes, p.stream)(p, tile_start, n_tiles);
+  int64_t blocks = p.ws_persistent ? std::min<int64_t>(bound, num_sms()) : bound;
+  if (a_copy == 2) blocks = std::max<int64_t>(2, blocks / 2 * 2);  // whole clusters (bound is even)
+  const unsigned grid = grid_x(blocks, "fp4_grouped_gemm_wgmma_ws");
+  launch(kernel, grid, kThreads, kSmemBytes, p.stream)(p, a_map, tile_start, n_tiles);
   launch_check("fp4_grouped_gemm_wgmma_ws", p.stream);
   stream_free(tile_start, p.stream);
 }

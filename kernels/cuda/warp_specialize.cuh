@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // What the warp-specialized kernels share (fp4_gemm_wgmma_ws.cu, attention_ws.cu,
 // attention_wgmma.cu): mbarriers in shared memory between producer and consumer warps (and between
-// the blocks of a cluster), register moves between warpgroups (setmaxnreg) and named barriers over
-// a subset of the block's warps. Included only by .cu files of this folder.
+// the blocks of a cluster), bulk and tensor-map copies, register moves between warpgroups
+// (setmaxnreg) and named barriers over a subset of the block's warps. Included only by .cu files
+// of this folder.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -78,6 +79,27 @@ __device__ __forceinline__ void bulk_copy_multicast(void* dst, const void* src, 
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
       " [%0], [%1], %2, [%3], %4;\n" ::"r"(smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar)), "h"(mask)
+      : "memory");
+}
+
+// A 2-D box of the tensor map at `map` (a CUtensorMap in parameter or global memory) at
+// coordinates (c0, c1) into dst (1024-byte aligned for the 128-byte swizzle), bar completing its
+// bytes (cp.async.bulk.tensor: one instruction, the copy engine forms the addresses and zero-fills
+// what lies outside the tensor). With mask, the box lands at dst's offset in every block of the
+// cluster in mask, each block's barrier at bar's offset completing it (one read of L2).
+__device__ __forceinline__ void tma_load_2d(void* dst, const void* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_u32(dst)),
+      "l"(map), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const void* map, int c0, int c1, uint64_t* bar,
+                                                      uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(smem_u32(dst)),
+      "l"(map), "r"(c0), "r"(c1), "r"(smem_u32(bar)), "h"(mask)
       : "memory");
 }
 

@@ -27,9 +27,12 @@ BenchBackend::BenchBackend(const std::string& backend, int device, const std::st
     free_bytes_ = double(info.free_bytes);
     std::printf("  device: %s, %d SMs, %.1f GiB free of %.1f GiB\n", info.name.c_str(), info.sms,
                 double(info.free_bytes) / (1 << 30), double(info.total_bytes) / (1 << 30));
-    std::printf("  launches: %s; expert GEMV L2 prefetch %d B\n",
+    std::printf("  launches: %s; expert GEMV L2 prefetch %d B; expert GEMM activation tiles by %s\n",
                 options.cuda_pdl ? "programmatic (debug.cuda_pdl)" : "stream-ordered (debug.cuda_pdl: false)",
-                options.cuda_fp4_gemv_l2_prefetch);
+                options.cuda_fp4_gemv_l2_prefetch,
+                options.cuda_expert_ws_a_copy == 0   ? "cp.async"
+                : options.cuda_expert_ws_a_copy == 1 ? "TMA"
+                                                     : "TMA multicast in clusters of two");
     auto profiling = kernels::cuda::make_profiling_backend(*inner_);
     profiler_ = profiling.get();
     wrapper_ = std::move(profiling);

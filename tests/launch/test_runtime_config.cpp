@@ -292,6 +292,21 @@ TEST(RuntimeConfig, GraphReplayKey) {
                       {"r.yaml", "cuda_graph_replay"});
 }
 
+// debug.cuda_expert_ws_a_copy (0 by default): 1 and 2 carried to the backend options and the
+// resolved YAML; a value out of 0-2 names the key and what it accepts.
+TEST(RuntimeConfig, ExpertWsACopyKey) {
+  const RuntimeConfig d = parse_runtime_config("", "r.yaml");
+  EXPECT_EQ(backend_options(d, 0).cuda_expert_ws_a_copy, 0);
+  for (const int mode : {1, 2}) {
+    const RuntimeConfig c =
+        parse_runtime_config("debug: {cuda_expert_ws_a_copy: " + std::to_string(mode) + "}\n", "r.yaml");
+    EXPECT_EQ(backend_options(c, 0).cuda_expert_ws_a_copy, mode);
+    EXPECT_EQ(parse_runtime_config(runtime_config_yaml(c), "emitted").debug.cuda_expert_ws_a_copy, mode);
+  }
+  expect_error_naming([] { parse_runtime_config("debug: {cuda_expert_ws_a_copy: 3}\n", "r.yaml"); },
+                      {"r.yaml", "cuda_expert_ws_a_copy", "1 (TMA) or 2", "3"});
+}
+
 // Switches of the CUDA backend that are on by default: carried to the backend options and the
 // resolved YAML when turned off, a non-boolean refused naming the key.
 struct OnByDefault {
