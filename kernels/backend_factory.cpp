@@ -51,6 +51,7 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.expert_wgmma_ws = options.cuda_expert_wgmma_ws;
     co.expert_ws_persistent = options.cuda_expert_ws_persistent;
     co.expert_ws_a_copy = options.cuda_expert_ws_a_copy;
+    co.expert_ws_weight_ring = options.cuda_expert_ws_weight_ring;
     co.attention_wgmma = options.cuda_attention_wgmma;
     co.attention_wgmma_min_tiles = options.cuda_attention_wgmma_min_tiles;
     co.attention_wgmma_cluster = options.cuda_attention_wgmma_cluster;

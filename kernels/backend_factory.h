@@ -56,6 +56,8 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_expert_ws_a_copy): how that kernel's activation tiles arrive, 0 by
   // cp.async, 1 by TMA, 2 by TMA multicast in clusters of two blocks.
   int cuda_expert_ws_a_copy = 0;
+  // "cuda" only (debug.cuda_expert_ws_weight_ring): its raw weights through a ring of their own.
+  bool cuda_expert_ws_weight_ring = false;
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads whose rows
   // are all bf16 (the bf16 views) and whose candidate lists reach 32 tiles on the warp-specialized
   // bf16 wgmma kernel.

@@ -218,6 +218,7 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_expert_wgmma_ws", &c.debug.cuda_expert_wgmma_ws);
   d.get("cuda_expert_ws_persistent", &c.debug.cuda_expert_ws_persistent);
   d.get("cuda_expert_ws_a_copy", &c.debug.cuda_expert_ws_a_copy);
+  d.get("cuda_expert_ws_weight_ring", &c.debug.cuda_expert_ws_weight_ring);
   d.get("cuda_attention_wgmma", &c.debug.cuda_attention_wgmma);
   d.get("cuda_attention_wgmma_min_tiles", &c.debug.cuda_attention_wgmma_min_tiles);
   d.get("cuda_attention_wgmma_cluster", &c.debug.cuda_attention_wgmma_cluster);
@@ -299,6 +300,9 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                                 "warps' cp.async (default), 1 by one tensor-map copy (TMA) a step, 2 by TMA in "
                                 "clusters of two blocks on adjacent channel tiles, each block's half multicast "
                                 "into both (the same bits)"},
+      {"cuda_expert_ws_weight_ring", "CUDA: that kernel's raw weights through a ring of their own, each producer "
+                                     "warp's copies seven steps ahead of its decode; the activations by TMA (a "
+                                     "cuda_expert_ws_a_copy of 0 runs as 1; default false; the same bits)"},
       {"cuda_attention_wgmma", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
                                "views) and whose candidate lists reach 32 tiles on the warp-specialized bf16 wgmma "
                                "kernel, taken before cuda_attention_ws's (default true; needs cuda_attention_tc)"},
@@ -373,6 +377,7 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_expert_wgmma_ws = config.debug.cuda_expert_wgmma_ws;
   o.cuda_expert_ws_persistent = config.debug.cuda_expert_ws_persistent;
   o.cuda_expert_ws_a_copy = config.debug.cuda_expert_ws_a_copy;
+  o.cuda_expert_ws_weight_ring = config.debug.cuda_expert_ws_weight_ring;
   o.cuda_attention_wgmma = config.debug.cuda_attention_wgmma;
   o.cuda_attention_wgmma_min_tiles = config.debug.cuda_attention_wgmma_min_tiles;
   o.cuda_attention_wgmma_cluster = config.debug.cuda_attention_wgmma_cluster;
@@ -451,6 +456,7 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_expert_wgmma_ws" << YAML::Value << c.debug.cuda_expert_wgmma_ws;
   out << YAML::Key << "cuda_expert_ws_persistent" << YAML::Value << c.debug.cuda_expert_ws_persistent;
   out << YAML::Key << "cuda_expert_ws_a_copy" << YAML::Value << c.debug.cuda_expert_ws_a_copy;
+  out << YAML::Key << "cuda_expert_ws_weight_ring" << YAML::Value << c.debug.cuda_expert_ws_weight_ring;
   out << YAML::Key << "cuda_attention_wgmma" << YAML::Value << c.debug.cuda_attention_wgmma;
   out << YAML::Key << "cuda_attention_wgmma_min_tiles" << YAML::Value << c.debug.cuda_attention_wgmma_min_tiles;
   out << YAML::Key << "cuda_attention_wgmma_cluster" << YAML::Value << c.debug.cuda_attention_wgmma_cluster;

@@ -70,6 +70,7 @@ struct DebugConfig {
   bool cuda_expert_wgmma_ws = true;      // CUDA: ... on the warp-specialized FP8 wgmma kernel
   bool cuda_expert_ws_persistent = true;  // CUDA: ... that kernel persistent (one block per SM)
   int cuda_expert_ws_a_copy = 0;          // CUDA: ... its activation tiles by 0 cp.async, 1 TMA, 2 TMA multicast
+  bool cuda_expert_ws_weight_ring = false;  // CUDA: ... its raw weights through a ring of their own
   bool cuda_attention_wgmma = true;      // CUDA: ... of 32+ tiles (512-dim heads, bf16 rows), ws on wgmma
   int64_t cuda_attention_wgmma_min_tiles = 32;  // CUDA: ... from this many 64-candidate tiles (0: every length)
   bool cuda_attention_wgmma_cluster = false;    // CUDA: ... in pairs of blocks sharing the compressed tiles

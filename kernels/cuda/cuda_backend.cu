@@ -543,6 +543,7 @@ void CudaBackend::linear_fp4(const LinearParams& p) {
   g.wgmma_ws = options_.expert_wgmma_ws;
   g.ws_persistent = options_.expert_ws_persistent;
   g.ws_a_copy = options_.expert_ws_a_copy;
+  g.ws_weight_ring = options_.expert_ws_weight_ring;
   g.max_rows = m;
   g.stream = stream_.get();
   fp4_grouped_gemm(g);
@@ -823,6 +824,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.wgmma_ws = options_.expert_wgmma_ws;
     gp.ws_persistent = options_.expert_ws_persistent;
     gp.ws_a_copy = options_.expert_ws_a_copy;
+    gp.ws_weight_ring = options_.expert_ws_weight_ring;
     gp.gemv_rows = options_.fp4_gemv_rows;
     gp.gemv_k_split = options_.fp4_gemv_k_split;
     gp.gemv_l2_prefetch = options_.fp4_gemv_l2_prefetch;

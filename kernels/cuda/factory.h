@@ -108,6 +108,9 @@ struct CudaBackendOptions {
   // How that kernel's activation tiles arrive (Fp4GroupedGemmParams::ws_a_copy;
   // debug.cuda_expert_ws_a_copy): 0 by cp.async, 1 by TMA, 2 by TMA multicast in clusters of two.
   int expert_ws_a_copy = 0;
+  // Its raw weights through a ring of their own, seven steps of copies ahead of the decode
+  // (Fp4GroupedGemmParams::ws_weight_ring; debug.cuda_expert_ws_weight_ring).
+  bool expert_ws_weight_ring = false;
   // Prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 views) and whose
   // candidate lists reach 32 tiles (the HCA layer at long context) on the warp-specialized bf16
   // wgmma kernel (attention_wgmma.cu; debug.cuda_attention_wgmma): a producer warpgroup copies the

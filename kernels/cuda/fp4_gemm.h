@@ -59,6 +59,10 @@ struct Fp4GroupedGemmParams {
   // adjacent channel tiles of one row tile, each block's half multicast into both (one L2 read of
   // the tile for two blocks; an odd channel-tile count runs as 1).
   int ws_a_copy = 0;
+  // That kernel's raw weights through a ring of their own, each producer warp's copies running seven
+  // steps ahead of its decode without waiting on the consumers (the activations by TMA: ws_a_copy
+  // 0 runs as 1; debug.cuda_expert_ws_weight_ring).
+  bool ws_weight_ring = false;
   // With tensor_cores: the decode GEMV's rows a pass. 0: by the mean rows per group (8, or 16 above
   // a mean of kFp4GemvMaxMeanRows, and the GEMV up to a mean of kFp4GemvMaxMeanRows16); 8: passes
   // of 8 rows and the GEMV up to the 8-row limits alone (debug.cuda_fp4_gemv_rows).

@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 #include <atomic>
 
 #include "kernels/cuda/batch_params.cuh"
@@ -100,6 +101,38 @@ static_assert(sizeof(WsStage) % 1024 == 0, "operand tiles stay 1024-byte aligned
 static_assert(kDecodeTables > kDecodeZeroFrom, "the last table stands for every larger gap");
 static_assert(kSmemBytes <= 227 * 1024, "dynamic shared memory of one block per SM");
 
+// With the weight ring (Fp4GroupedGemmParams::ws_weight_ring; the activations by TMA): the raw
+// weights leave the stage for a ring of their own, each producer warp's copies running kWSlots - 1
+// steps ahead of its decode without waiting on the consumers (a warp copies and decodes only its own
+// channels, so a slot is free once the warp decoded it); the stages keep the activation and decoded
+// weight tiles, the activations kRingLookahead steps ahead of the decode.
+constexpr int kRingStages = 4;
+constexpr int kWSlots = 8;
+constexpr int kRingLookahead = 2;
+static_assert(kRingLookahead < kRingStages, "the activations of a step go ahead of its decode in the same stage");
+struct RingStage {
+  uint8_t a[kBM * kBK];  // activations e4m3, 128-byte rows, 128-byte swizzle (sw128_offset)
+  uint8_t b[kBN * kBK];  // decoded weights e4m3, 128-byte rows, 128-byte swizzle
+  float xs[kBM];         // activation scale of each row (from the step's weight slot)
+  float sw[kBN];         // Sw = 2^(emax - 133) of each channel
+};
+struct WSlot {
+  uint8_t w[kBN][kLdW];  // weights, packed e2m1 [channel][k/2]
+  uint32_t ws[kBN];      // ue8m0 of each channel's four 32-blocks, byte j = block j
+  float xs[kBM];         // activation scale of each row
+};
+struct RingSmem {
+  RingStage st[kRingStages];
+  WSlot wr[kWSlots];
+  uint2 table[kDecodeTables];
+  uint64_t full[kRingStages];
+  uint64_t empty[kRingStages];
+};
+static_assert(sizeof(RingStage) % 1024 == 0, "operand tiles stay 1024-byte aligned");
+static_assert(sizeof(WSlot) % 16 == 0, "16-byte copies into the slots");
+constexpr size_t kRingSmemBytes = sizeof(RingSmem) + 1024;
+static_assert(kRingSmemBytes <= 227 * 1024, "dynamic shared memory of one block per SM");
+
 // Named barrier 1 of the producer warpgroups alone (0 is __syncthreads').
 __device__ __forceinline__ void producer_sync() { named_sync<1, kProducerThreads>(); }
 
@@ -135,16 +168,169 @@ __device__ __forceinline__ WsItem ws_item(const Fp4GroupedGemmParams& p, const i
   return it;
 }
 
+// The producer warpgroups with the weight ring (thread tid of 256): per step q, warp w copies its
+// 16 channels' raw weights and scale bytes (and warps 0-3 the rows' activation scales) of step
+// q + kWSlots - 1 into that step's slot, thread 0 sends the activation boxes of step
+// q + kRingLookahead into its stage once the consumers have released the stage, then the warp
+// waits for its copies of step q, decodes them into stage q's B tile (the activation scales moved
+// beside it), fences them for the async proxy and arrives on the stage's full barrier.
+template <int kCluster>
+__device__ __forceinline__ void produce_ring(const Fp4GroupedGemmParams& p, const CUtensorMap& a_map,
+                                             const int32_t* tile_start, int64_t n_tiles, RingSmem& sm, int my_items,
+                                             int64_t unit, int64_t units, uint32_t rank) {
+  constexpr int kLw = kWSlots - 1;  // steps of weight copies in flight while the warp decodes
+  regs_dec<kProducerRegs>();
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  if (tid < kDecodeTables) sm.table[tid] = decode_table(tid);
+  const int64_t k = p.k;
+  const int steps = int(k / kBK), total = my_items * steps;
+  const auto item_lin = [&](int i) { return (unit + int64_t(i) * units) * kCluster + rank; };
+  const int ch = 16 * warp + (lane & 15), half = lane >> 4;
+  // Weights: chunk j = lane + 32 i (i = 0, 1) of the warp's 16 x 64 bytes: channel 16 warp + j / 4,
+  // bytes 16 (j % 4) of its step. Sources at or past the tile's channels copy 0 bytes from a
+  // clamped, valid address.
+  const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;
+  const uint32_t wr0 = smem_u32(&sm.wr[0]);
+  const uint32_t w_dst = uint32_t(offsetof(WSlot, w)) + uint32_t(w_ch * kLdW + w_chunk * 16);
+  const uint8_t* w_src = nullptr;
+  const uint8_t* ws_src = nullptr;
+  const float* xs_src = nullptr;
+  uint32_t w_off[2], w_bytes[2], ws_bytes = 0, xs_bytes = 0;
+  bool ws_aligned = true;
+  int w_item = -1, a_item = -1, a_row0 = 0, a_boxes = 0;
+  const auto plan_w = [&](int i) {
+    const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(i));
+    const int64_t n_left = p.n - it.n0;  // channels of this tile that exist (>= 1)
+    w_src = p.w[it.g] + it.n0 * (k / 2) + w_chunk * 16;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int c = w_ch + 8 * j;
+      w_off[j] = uint32_t(min(int64_t(c), n_left - 1)) * uint32_t(k / 2);
+      w_bytes[j] = c < n_left ? 16 : 0;
+    }
+    const uint8_t* wsc = p.w_scale[it.g];
+    ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
+    ws_src = wsc + (it.n0 + min(int64_t(ch), n_left - 1)) * (k / 32);
+    ws_bytes = ch < n_left ? 4 : 0;
+    xs_src = p.x_scale + (it.row_begin + min(tid, it.rows - 1)) * (k / kBK);
+    xs_bytes = tid < it.rows ? 4 : 0;
+    w_item = i;
+  };
+  // Step q's weights, scale bytes and activation scales into slot `slot`.
+  auto load_w = [&](int q, int slot) {
+    const int i = q / steps, kb = q - i * steps;
+    if (i != w_item) plan_w(i);
+    const uint32_t sl = wr0 + uint32_t(slot) * uint32_t(sizeof(WSlot));
+    const uint8_t* w = w_src + kb * (kBK / 2);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) cp_async16_n(sl + w_dst + 8 * kLdW * j, w + w_off[j], w_bytes[j]);
+    if (half == 0) {
+      const uint32_t dst = sl + uint32_t(offsetof(WSlot, ws)) + 4 * ch;
+      if (ws_aligned) {
+        cp_async4_n(dst, ws_src + 4 * kb, ws_bytes);
+      } else {  // scale rows not word aligned: plain loads (read after the __syncwarp)
+        uint32_t v = 0;
+        if (ws_bytes != 0) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + 4 * kb + j)) << (8 * j);
+        }
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
+      }
+    }
+    if (tid < kBM) cp_async4_n(sl + uint32_t(offsetof(WSlot, xs)) + 4 * tid, xs_src + kb, xs_bytes);
+  };
+  // Thread 0: step q's activation boxes into stage s (see wgmma_ws_body's kACopy).
+  auto load_a = [&](int q, int s) {
+    const int i = q / steps, kb = q - i * steps;
+    if (i != a_item) {
+      const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(i));
+      a_row0 = int(it.row_begin);
+      a_boxes = it.rows > 64 ? 2 : 1;
+      a_item = i;
+    }
+    RingStage& sd = sm.st[s];
+    mbar_arrive_expect_tx(&sm.full[s], uint32_t(a_boxes * 64 * kBK));
+    if constexpr (kCluster == 1) {
+      for (int b = 0; b < a_boxes; ++b) tma_load_2d(sd.a + 64 * kBK * b, &a_map, kb * kBK, a_row0 + 64 * b, &sm.full[s]);
+    } else if (int(rank) < a_boxes) {
+      tma_load_2d_multicast(sd.a + 64 * kBK * rank, &a_map, kb * kBK, a_row0 + 64 * int(rank), &sm.full[s], 3);
+    }
+  };
+  // Slot `slot`'s blocks 2 half, 2 half + 1 of channel ch into stage s's B tile.
+  auto decode = [&](int slot, int s) {
+    const WSlot& w = sm.wr[slot];
+    RingStage& st = sm.st[s];
+    const uint32_t e4 = w.ws[ch];
+    const int e0 = int(e4 & 0xff), e1 = int((e4 >> 8) & 0xff), e2 = int((e4 >> 16) & 0xff), e3 = int(e4 >> 24);
+    const int emax = max(max(e0, e1), max(e2, e3));
+    if (half == 0) st.sw[ch] = exp2_exact(emax - 133);
+    if (tid < kBM) st.xs[tid] = w.xs[tid];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = 2 * half + j;
+      const int eb = int((e4 >> (8 * b)) & 0xff);
+      uint32_t out[8];
+      decode_block_table(*reinterpret_cast<const uint4*>(&w.w[ch][16 * b]), sm.table[min(emax - eb, kDecodeTables - 1)],
+                         out);
+      *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b)) = make_uint4(out[0], out[1], out[2], out[3]);
+      *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b + 1)) = make_uint4(out[4], out[5], out[6], out[7]);
+    }
+  };
+
+  // One commit group per step (empty past the last): step q's group is complete when at most kLw
+  // newer ones are pending. Slot of step q: q % kWSlots (counters wq, wn); stage: q % kRingStages.
+#pragma unroll 1
+  for (int q = 0; q < kLw; ++q) {
+    if (q < total) load_w(q, q);
+    cp_async_commit();
+  }
+  if (tid == 0) {
+    for (int q = 0; q < kRingLookahead && q < total; ++q) load_a(q, q);  // fresh stages
+  }
+  producer_sync();  // the decode tables written
+  int wq = 0, wn = kLw % kWSlots;
+  for (int q = 0; q < total; ++q) {
+    if (q + kLw < total) load_w(q + kLw, wn);
+    if (++wn == kWSlots) wn = 0;
+    cp_async_commit();
+    const int na = q + kRingLookahead;
+    if (na < total) {
+      // Stage na % kRingStages's previous step (na - kRingStages) released: every producer thread
+      // waits, as all of them write the stage's B tile kRingLookahead steps later.
+      if (na >= kRingStages) mbar_wait(&sm.empty[na % kRingStages], uint32_t((na / kRingStages - 1) & 1));
+      if (tid == 0) load_a(na, na % kRingStages);
+    }
+    cp_async_wait<kLw>();  // this thread's copies of step q landed ...
+    __syncwarp();          // ... and its lane-mates'
+    decode(wq, q % kRingStages);
+    if (++wq == kWSlots) wq = 0;
+    fence_async_smem();  // this thread's decoded bytes, for the wgmma
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&sm.full[q % kRingStages]);
+  }
+  cp_async_wait<0>();  // no copy outstanding at exit (the last commits are empty)
+  if constexpr (kCluster > 1) {
+    // As in wgmma_ws_body: stay until both blocks' consumers have released the last stages.
+    for (int q = max(0, total - kRingStages); q < total; ++q) {
+      mbar_wait(&sm.empty[q % kRingStages], uint32_t((q / kRingStages) & 1));
+    }
+  }
+}
+
 // kACopy: how the activation tile arrives (ws_a_copy): 0 by the producers' cp.async, 1 by one
 // tensor-map copy (two boxes of 64 rows) a step, 2 the same in clusters of two blocks that take
 // adjacent channel tiles of the same row tile, each block's box multicast into both.
-template <int kACopy>
+// kRing: the weights through their own ring (kACopy 1 or 2).
+template <int kACopy, bool kRing>
 __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, const CUtensorMap& a_map,
                                               const int32_t* tile_start, int64_t n_tiles) {
+  static_assert(!kRing || kACopy > 0, "the weight ring takes the activations by TMA");
   constexpr int kCluster = kACopy == 2 ? 2 : 1;
+  constexpr int S = kRing ? kRingStages : kStages;  // stages of the consumers' ring
+  using Smem = std::conditional_t<kRing, RingSmem, WsSmem>;
   pdl_enter();  // launch.cuh: programmatic dependent launch
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  WsSmem& sm = *reinterpret_cast<WsSmem*>(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));
+  Smem& sm = *reinterpret_cast<Smem*>(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));
 
   // This block's items: lin = blockIdx.x + i * gridDim.x below the launch's real items. In clusters
   // (n_tiles even), cluster c walks the item pairs c + i * clusters, block `rank` item 2 pair + rank:
@@ -161,7 +347,7 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
   const int wg = warp >> 2;
 
   if (tid == 0) {
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < S; ++s) {
       mbar_init(&sm.full[s], kProducerWarps + (kACopy > 0 ? 1 : 0));  // + the tensor-map copy's arrival
       mbar_init(&sm.empty[s], kConsumerWarps * kCluster);
     }
@@ -172,7 +358,12 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
   if (kCluster > 1) cluster_sync();
   else __syncthreads();
 
-  if (wg < 2) {
+  if constexpr (kRing) {
+    if (wg < 2) {
+      produce_ring<kCluster>(p, a_map, tile_start, n_tiles, sm, my_items, unit, units, rank);
+      return;
+    }
+  } else if (wg < 2) {
     // ---- producers: copies, then the decode of this warp's 16 channels ----
     regs_dec<kProducerRegs>();
     if (tid < kDecodeTables) sm.table[tid] = decode_table(tid);
@@ -324,7 +515,9 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
     if constexpr (kCluster > 1) {
       // The block stays until both blocks' consumers have released its last stages: no arrival
       // of the other block's consumers comes to a block that has left.
-      for (int q = max(0, total - kStages); q < total; ++q) mbar_wait(&sm.empty[q % kStages], uint32_t((q / kStages) & 1));
+      for (int q = max(0, total - kStages); q < total; ++q) {
+        mbar_wait(&sm.empty[q % kStages], uint32_t((q / kStages) & 1));
+      }
     }
     return;
   }
@@ -339,7 +532,7 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
   // This thread's rows (within the block) and the column base of its accumulator pairs.
   const int r0 = cw * 64 + wi * 16 + (lane >> 2), c0 = 2 * (lane & 3);
   const int steps = int(kb_count);  // >= 1: k is a positive multiple of 128
-  int q = 0;                        // this block's step: stage q % kStages, phase (q / kStages) & 1
+  int q = 0;                        // this block's step: stage q % S, phase (q / S) & 1
   for (int item = 0; item < my_items; ++item) {
     const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(item));
     if (item > 0) {
@@ -348,12 +541,12 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
     }
     if (cw * 64 < it.rows) {
       for (int kb = 0; kb < steps; ++kb, ++q) {
-        const int s = q % kStages;
-        const WsStage& st = sm.st[s];
+        const int s = q % S;
+        const auto& st = sm.st[s];
         // Step kb's MMAs into tmp (after its stage is full). The descriptors of k32 slice kk: start
         // address + 32 kk bytes (the swizzle applies to the address the hardware forms), in the
         // 16-byte units of the low field (no carry out of it: shared addresses stay below 256 KB).
-        mbar_wait(&sm.full[s], uint32_t((q / kStages) & 1));
+        mbar_wait(&sm.full[s], uint32_t((q / S) & 1));
         const uint64_t da = smem_desc_sw128(st.a + cw * 64 * kBK), db = smem_desc_sw128(st.b);
         fence_acc(tmp);
         wgmma_fence();
@@ -379,9 +572,9 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
       // Warpgroup-uniform: the second warpgroup of a tile of at most 64 rows has only zero rows; it
       // skips the MMAs and the promotions, keeping its part in the barriers.
       for (int kb = 0; kb < steps; ++kb, ++q) {
-        mbar_wait(&sm.full[q % kStages], uint32_t((q / kStages) & 1));
+        mbar_wait(&sm.full[q % S], uint32_t((q / S) & 1));
         __syncwarp();
-        if (lane == 0) release_stage<kCluster>(&sm.empty[q % kStages]);
+        if (lane == 0) release_stage<kCluster>(&sm.empty[q % S]);
       }
     }
     store_acc_m64n128(p, acc, it.row_begin, it.rows, it.n0, r0, c0);
@@ -392,19 +585,31 @@ __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
                                      const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
                                      int64_t n_tiles) {
-  wgmma_ws_body<0>(p, a_map, tile_start, n_tiles);
+  wgmma_ws_body<0, false>(p, a_map, tile_start, n_tiles);
 }
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_tma_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
                                          const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
                                          int64_t n_tiles) {
-  wgmma_ws_body<1>(p, a_map, tile_start, n_tiles);
+  wgmma_ws_body<1, false>(p, a_map, tile_start, n_tiles);
 }
 __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_pair_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
                                           const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
                                           int64_t n_tiles) {
-  wgmma_ws_body<2>(p, a_map, tile_start, n_tiles);
+  wgmma_ws_body<2, false>(p, a_map, tile_start, n_tiles);
+}
+__global__ void __launch_bounds__(kThreads, 1)
+    fp4_grouped_gemm_wgmma_ws_ring_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
+                                          const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
+                                          int64_t n_tiles) {
+  wgmma_ws_body<1, true>(p, a_map, tile_start, n_tiles);
+}
+__global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kThreads, 1)
+    fp4_grouped_gemm_wgmma_ws_ring_pair_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
+                                               const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
+                                               int64_t n_tiles) {
+  wgmma_ws_body<2, true>(p, a_map, tile_start, n_tiles);
 }
 
 // The activations [max_rows, k] e4m3 as a tensor map: boxes of 64 rows x 128 bytes in the 128-byte
@@ -442,14 +647,20 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p) {
   if (p.num_groups == 0 || p.n == 0 || p.max_rows == 0) return;
   CHECK(p.ws_a_copy >= 0 && p.ws_a_copy <= 2) << "fp4 grouped gemm (wgmma ws): ws_a_copy=" << p.ws_a_copy;
   const int64_t n_tiles = ceil_div(p.n, kBN);
-  // Clusters take channel tiles in pairs: an odd count runs without them.
-  const int a_copy = p.ws_a_copy == 2 && n_tiles % 2 != 0 ? 1 : p.ws_a_copy;
-  auto* kernel = a_copy == 0   ? fp4_grouped_gemm_wgmma_ws_kernel
-                 : a_copy == 1 ? fp4_grouped_gemm_wgmma_ws_tma_kernel
-                               : fp4_grouped_gemm_wgmma_ws_pair_kernel;
+  // Clusters take channel tiles in pairs: an odd count runs without them. The weight ring takes
+  // the activations by TMA.
+  int a_copy = p.ws_a_copy == 2 && n_tiles % 2 != 0 ? 1 : p.ws_a_copy;
+  if (p.ws_weight_ring && a_copy == 0) a_copy = 1;
+  const int form = p.ws_weight_ring ? a_copy + 2 : a_copy;  // 0-2 without the ring, 3-4 with it
+  using Kernel = void(Fp4GroupedGemmParams, CUtensorMap, const int32_t*, int64_t);
+  static Kernel* const kernels[5] = {fp4_grouped_gemm_wgmma_ws_kernel, fp4_grouped_gemm_wgmma_ws_tma_kernel,
+                                     fp4_grouped_gemm_wgmma_ws_pair_kernel, fp4_grouped_gemm_wgmma_ws_ring_kernel,
+                                     fp4_grouped_gemm_wgmma_ws_ring_pair_kernel};
+  Kernel* const kernel = kernels[form];
+  const size_t smem = p.ws_weight_ring ? kRingSmemBytes : kSmemBytes;
   // Once per device and kernel: above 48 KB of dynamic shared memory.
-  static std::atomic<uint64_t> attr_set[3];
-  set_smem_once(kernel, kSmemBytes, false, &attr_set[a_copy]);
+  static std::atomic<uint64_t> attr_set[5];
+  set_smem_once(kernel, smem, false, &attr_set[form]);
   CUtensorMap a_map{};  // unread by the cp.async kernel
   if (a_copy > 0) a_map = activation_map(p);
   int32_t* tile_start = static_cast<int32_t*>(stream_alloc(size_t(p.num_groups + 1) * 4, p.stream));
@@ -461,7 +672,7 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p) {
   int64_t blocks = p.ws_persistent ? std::min<int64_t>(bound, num_sms()) : bound;
   if (a_copy == 2) blocks = std::max<int64_t>(2, blocks / 2 * 2);  // whole clusters (bound is even)
   const unsigned grid = grid_x(blocks, "fp4_grouped_gemm_wgmma_ws");
-  launch(kernel, grid, kThreads, kSmemBytes, p.stream)(p, a_map, tile_start, n_tiles);
+  launch(kernel, grid, kThreads, smem, p.stream)(p, a_map, tile_start, n_tiles);
   launch_check("fp4_grouped_gemm_wgmma_ws", p.stream);
   stream_free(tile_start, p.stream);
 }

@@ -27,12 +27,13 @@ BenchBackend::BenchBackend(const std::string& backend, int device, const std::st
     free_bytes_ = double(info.free_bytes);
     std::printf("  device: %s, %d SMs, %.1f GiB free of %.1f GiB\n", info.name.c_str(), info.sms,
                 double(info.free_bytes) / (1 << 30), double(info.total_bytes) / (1 << 30));
-    std::printf("  launches: %s; expert GEMV L2 prefetch %d B; expert GEMM activation tiles by %s\n",
+    std::printf("  launches: %s; expert GEMV L2 prefetch %d B; expert GEMM activation tiles by %s%s\n",
                 options.cuda_pdl ? "programmatic (debug.cuda_pdl)" : "stream-ordered (debug.cuda_pdl: false)",
                 options.cuda_fp4_gemv_l2_prefetch,
                 options.cuda_expert_ws_a_copy == 0   ? "cp.async"
                 : options.cuda_expert_ws_a_copy == 1 ? "TMA"
-                                                     : "TMA multicast in clusters of two");
+                                                     : "TMA multicast in clusters of two",
+                options.cuda_expert_ws_weight_ring ? ", weights through their own ring" : "");
     auto profiling = kernels::cuda::make_profiling_backend(*inner_);
     profiler_ = profiling.get();
     wrapper_ = std::move(profiling);

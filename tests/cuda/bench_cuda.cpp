@@ -287,9 +287,11 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
           std::printf("  %s: tile %.1f TFLOP/s, wgmma %.1f TFLOP/s (%.2fx)\n", shape.c_str(), flops / us_tile * 1e-6,
                       flops / us_wg * 1e-6, us_tile / us_wg);
           // The warp-specialized kernel, its activation tiles by cp.async, TMA and TMA multicast.
-          for (const int a_copy : {0, 1, 2}) {
-            p.ws_a_copy = a_copy;
-            const char* how = a_copy == 0 ? "cp.async" : a_copy == 1 ? "TMA" : "TMA pairs";
+          for (const int form : {0, 1, 2, 4, 5}) {
+            p.ws_a_copy = form % 3;
+            p.ws_weight_ring = form >= 3;
+            const char* names[] = {"cp.async", "TMA", "TMA pairs", "", "TMA + weight ring", "TMA pairs + weight ring"};
+            const char* how = names[form];
             const double us_ws = time_us([&] { rotate(p); fp4_grouped_gemm_wgmma_ws(p); }, s);
             report(std::string("fp4 wgmma ws (") + how + ") " + shape, us_ws, bytes, flops, kFp8Peak);
             std::printf("  %s: wgmma ws, A by %s: %.1f TFLOP/s = %.1f%% of the %.0f TFLOP/s FP8 peak used here (%.2fx "
@@ -298,6 +300,7 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
                         kFp8Peak * 1e-12, us_wg / us_ws);
           }
           p.ws_a_copy = 0;
+          p.ws_weight_ring = false;
           continue;
         }
         // The CUDA-core kernel, then the two tensor-core kernels side by side (the tensor-core entry

@@ -13,7 +13,8 @@
 // The FP8 wgmma kernel (fp4_grouped_gemm_wgmma, 128-row tiles, one promotion per 128-k step) runs
 // forced on every case too, against the fp64 reference and the tile kernel, and so does its
 // warp-specialized twin (fp4_grouped_gemm_wgmma_ws, bit for bit the wgmma kernel's, with its
-// activation tiles by cp.async, TMA and TMA multicast in clusters of two); CudaW4a8Wgmma adds the Flash prefill shapes and weight scales spanning more binades
+// activation tiles by cp.async, TMA and TMA multicast in clusters of two, the last two also with
+// the weight ring); CudaW4a8Wgmma adds the Flash prefill shapes and weight scales spanning more binades
 // than its e4m3 re-encode keeps.
 // CudaW4a8Gemv adds the decode GEMV's own cases and its gate/up pair (fp4_grouped_gemv_pair, bit for
 // bit the single GEMV on each projection).
@@ -135,9 +136,11 @@ void run_case(const W4a8Case& c, Rng& rng) {
   Dev<int32_t> doff(offsets);
   Dev<const uint8_t*> dwp(wp), dwsp(wsp);
 
-  auto run = [&](Kernel kernel, auto* out, int a_copy = 0) {
+  // form: the warp-specialized kernel's activation copy (0-2), + 3 with the weight ring.
+  auto run = [&](Kernel kernel, auto* out, int form = 0) {
     cuda::Fp4GroupedGemmParams p;
-    p.ws_a_copy = a_copy;
+    p.ws_a_copy = form % 3;
+    p.ws_weight_ring = form >= 3;
     p.x8 = dx.p;
     p.x_scale = dxs.p;
     p.row_offsets = doff.p;
@@ -202,8 +205,9 @@ void run_case(const W4a8Case& c, Rng& rng) {
   // operands in the same order and the same promotions: bit for bit the wgmma kernel's.
   EXPECT_TRUE(bits[5] == bits[4]) << tag << ": the warp-specialized wgmma kernel differs from the wgmma kernel";
   // Its activation tiles by TMA and by TMA multicast in clusters of two (odd channel-tile counts run
-  // without clusters): the same operands in shared memory, the same bits.
-  for (const int a_copy : {1, 2}) {
+  // without clusters), each also with the weight ring: the same operands in shared memory, the same
+  // bits.
+  for (const int a_copy : {1, 2, 4, 5}) {
     std::vector<uint32_t> b;
     if (c.out_f32) {
       Dev<float> o(outn);
@@ -214,8 +218,8 @@ void run_case(const W4a8Case& c, Rng& rng) {
       run(Kernel::kWgmmaWs, &o, a_copy);
       for (uint16_t v : o.host()) b.push_back(v);
     }
-    EXPECT_TRUE(b == bits[5]) << tag << ": the warp-specialized kernel with activation copy " << a_copy
-                              << " differs from its cp.async form";
+    EXPECT_TRUE(b == bits[5]) << tag << ": the warp-specialized kernel with activation copy " << a_copy % 3
+                              << (a_copy >= 3 ? " and the weight ring" : "") << " differs from its cp.async form";
   }
   // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
   std::vector<float> ref, tile, gv, cc, wg, wgws;

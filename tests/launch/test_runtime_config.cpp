@@ -293,7 +293,8 @@ TEST(RuntimeConfig, GraphReplayKey) {
 }
 
 // debug.cuda_expert_ws_a_copy (0 by default): 1 and 2 carried to the backend options and the
-// resolved YAML; a value out of 0-2 names the key and what it accepts.
+// resolved YAML; a value out of 0-2 names the key and what it accepts. cuda_expert_ws_weight_ring
+// (off by default) carried likewise.
 TEST(RuntimeConfig, ExpertWsACopyKey) {
   const RuntimeConfig d = parse_runtime_config("", "r.yaml");
   EXPECT_EQ(backend_options(d, 0).cuda_expert_ws_a_copy, 0);
@@ -305,6 +306,10 @@ TEST(RuntimeConfig, ExpertWsACopyKey) {
   }
   expect_error_naming([] { parse_runtime_config("debug: {cuda_expert_ws_a_copy: 3}\n", "r.yaml"); },
                       {"r.yaml", "cuda_expert_ws_a_copy", "1 (TMA) or 2", "3"});
+  EXPECT_FALSE(backend_options(d, 0).cuda_expert_ws_weight_ring);
+  const RuntimeConfig ring = parse_runtime_config("debug: {cuda_expert_ws_weight_ring: true}\n", "r.yaml");
+  EXPECT_TRUE(backend_options(ring, 0).cuda_expert_ws_weight_ring);
+  EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(ring), "emitted").debug.cuda_expert_ws_weight_ring);
 }
 
 // Switches of the CUDA backend that are on by default: carried to the backend options and the
