@@ -58,6 +58,8 @@ struct Fp4GroupedGemmParams {
   // cp.async, 1 by one tensor-map copy (TMA) a step, 2 by TMA in clusters of two blocks that take
   // adjacent channel tiles of one row tile, each block's half multicast into both (one L2 read of
   // the tile for two blocks; an odd channel-tile count runs as 1).
+  // With 1 or 2 (or ws_weight_ring) x8 must hold max_rows rows: the tensor-map copies read whole
+  // 64-row boxes, up to max_rows, where the cp.async copies read only the group's rows.
   int ws_a_copy = 0;
   // That kernel's raw weights through a ring of their own, each producer warp's copies running seven
   // steps ahead of its decode without waiting on the consumers (the activations by TMA: ws_a_copy

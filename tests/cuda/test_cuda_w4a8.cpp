@@ -131,7 +131,11 @@ void run_case(const W4a8Case& c, Rng& rng) {
   if (c.tile_rows > 0) {  // run() passes max_rows = total + 3
     EXPECT_EQ(cuda::fp4_tc_rows_per_tile(total + 3, groups), c.tile_rows) << "case with " << groups << " groups";
   }
-  Dev<uint8_t> dx(x8);
+  // The activations hold max_rows = total + 3 rows (the rows past total zero), as the kernels'
+  // callers allocate them: the tensor-map copies may read rows up to max_rows.
+  std::vector<uint8_t> x8_rows(x8);
+  x8_rows.resize(size_t((total + 3) * k), 0);
+  Dev<uint8_t> dx(x8_rows);
   Dev<float> dxs(xs);
   Dev<int32_t> doff(offsets);
   Dev<const uint8_t*> dwp(wp), dwsp(wsp);
