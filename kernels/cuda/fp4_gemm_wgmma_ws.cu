@@ -168,6 +168,94 @@ __device__ __forceinline__ WsItem ws_item(const Fp4GroupedGemmParams& p, const i
   return it;
 }
 
+// A producer thread's weight-side copies of a step: two 16-byte pieces of its warp's 16 channels'
+// raw weights (chunk j = lane + 32 i of the warp's 16 x 64 bytes: channel 16 warp + j / 4, bytes
+// 16 (j % 4) of the step), channel ch's four scale bytes (half-0 lanes) and, below kBM, row tid's
+// activation scale. Planned once per item: sources at or past the tile's rows or channels copy 0
+// bytes (zero fill) from a clamped, valid address.
+struct WeightCopies {
+  const uint8_t* w_src = nullptr;
+  const uint8_t* ws_src = nullptr;
+  const float* xs_src = nullptr;
+  uint32_t w_off[2] = {0, 0}, w_bytes[2] = {0, 0}, ws_bytes = 0, xs_bytes = 0;
+  bool ws_aligned = true;
+
+  __device__ __forceinline__ void plan(const Fp4GroupedGemmParams& p, const WsItem& it, int tid, int ch, int w_ch,
+                                       int w_chunk) {
+    const int64_t k = p.k;
+    const int64_t n_left = p.n - it.n0;  // channels of this tile that exist (>= 1)
+    w_src = p.w[it.g] + it.n0 * (k / 2) + w_chunk * 16;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int c = w_ch + 8 * j;
+      w_off[j] = uint32_t(min(int64_t(c), n_left - 1)) * uint32_t(k / 2);
+      w_bytes[j] = c < n_left ? 16 : 0;
+    }
+    const uint8_t* wsc = p.w_scale[it.g];
+    ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
+    ws_src = wsc + (it.n0 + min(int64_t(ch), n_left - 1)) * (k / 32);
+    ws_bytes = ch < n_left ? 4 : 0;
+    xs_src = p.x_scale + (it.row_begin + min(tid, it.rows - 1)) * (k / kBK);
+    xs_bytes = tid < it.rows ? 4 : 0;
+  }
+  // Step kb's copies to shared addresses: the weight pieces at w_dst and w_dst + 8 kLdW, the scale
+  // bytes at ws_dst, the activation scale at xs_dst.
+  __device__ __forceinline__ void copy(int kb, uint32_t w_dst, uint32_t ws_dst, uint32_t xs_dst, int tid,
+                                       int half) const {
+    const uint8_t* w = w_src + kb * (kBK / 2);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) cp_async16_n(w_dst + 8 * kLdW * j, w + w_off[j], w_bytes[j]);
+    if (half == 0) {
+      if (ws_aligned) {
+        cp_async4_n(ws_dst, ws_src + 4 * kb, ws_bytes);
+      } else {  // scale rows not word aligned: plain loads (read after the __syncwarp)
+        uint32_t v = 0;
+        if (ws_bytes != 0) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + 4 * kb + j)) << (8 * j);
+        }
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(ws_dst), "r"(v) : "memory");
+      }
+    }
+    if (tid < kBM) cp_async4_n(xs_dst, xs_src + kb, xs_bytes);
+  }
+};
+
+// Blocks 2 half, 2 half + 1 of channel ch (raw rows w, its scale bytes e4) into the B tile b (8
+// consecutive channels per 16-byte phase: disjoint banks for the 80-byte raw rows and for the
+// swizzled stores), and the channel's Sw into sw (half-0 lane).
+__device__ __forceinline__ void decode_channel(const uint8_t (*w)[kLdW], uint32_t e4, const uint2* table, uint8_t* b,
+                                               float* sw, int ch, int half) {
+  const int e0 = int(e4 & 0xff), e1 = int((e4 >> 8) & 0xff), e2 = int((e4 >> 16) & 0xff), e3 = int(e4 >> 24);
+  const int emax = max(max(e0, e1), max(e2, e3));
+  if (half == 0) sw[ch] = exp2_exact(emax - 133);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int blk = 2 * half + j;
+    const int eb = int((e4 >> (8 * blk)) & 0xff);
+    uint32_t out[8];
+    decode_block_table(*reinterpret_cast<const uint4*>(&w[ch][16 * blk]), table[min(emax - eb, kDecodeTables - 1)],
+                       out);
+    *reinterpret_cast<uint4*>(b + sw128_offset(ch, 2 * blk)) = make_uint4(out[0], out[1], out[2], out[3]);
+    *reinterpret_cast<uint4*>(b + sw128_offset(ch, 2 * blk + 1)) = make_uint4(out[4], out[5], out[6], out[7]);
+  }
+}
+
+// Thread 0's tensor-map copies of step kb's activations into a stage's A tile `a`: box b = rows
+// a_row0 + 64 b into rows 64 b.. (boxes: 2, or 1 for a tile of at most 64 rows, whose second
+// consumer warpgroup skips its MMAs); in a cluster of two, block `rank` sends box `rank` into both
+// blocks. The stage's full barrier expects every box of the step.
+template <int kCluster>
+__device__ __forceinline__ void send_a_boxes(uint8_t* a, uint64_t* full, const CUtensorMap& map, int kb, int a_row0,
+                                             int boxes, uint32_t rank) {
+  mbar_arrive_expect_tx(full, uint32_t(boxes * 64 * kBK));
+  if constexpr (kCluster == 1) {
+    for (int b = 0; b < boxes; ++b) tma_load_2d(a + 64 * kBK * b, &map, kb * kBK, a_row0 + 64 * b, full);
+  } else if (int(rank) < boxes) {
+    tma_load_2d_multicast(a + 64 * kBK * rank, &map, kb * kBK, a_row0 + 64 * int(rank), full, 3);
+  }
+}
+
 // The producer warpgroups with the weight ring (thread tid of 256): per step q, warp w copies its
 // 16 channels' raw weights and scale bytes (and warps 0-3 the rows' activation scales) of step
 // q + kWSlots - 1 into that step's slot, thread 0 sends the activation boxes of step
@@ -186,60 +274,23 @@ __device__ __forceinline__ void produce_ring(const Fp4GroupedGemmParams& p, cons
   const int steps = int(k / kBK), total = my_items * steps;
   const auto item_lin = [&](int i) { return (unit + int64_t(i) * units) * kCluster + rank; };
   const int ch = 16 * warp + (lane & 15), half = lane >> 4;
-  // Weights: chunk j = lane + 32 i (i = 0, 1) of the warp's 16 x 64 bytes: channel 16 warp + j / 4,
-  // bytes 16 (j % 4) of its step. Sources at or past the tile's channels copy 0 bytes from a
-  // clamped, valid address.
-  const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;
+  const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;  // see WeightCopies
   const uint32_t wr0 = smem_u32(&sm.wr[0]);
   const uint32_t w_dst = uint32_t(offsetof(WSlot, w)) + uint32_t(w_ch * kLdW + w_chunk * 16);
-  const uint8_t* w_src = nullptr;
-  const uint8_t* ws_src = nullptr;
-  const float* xs_src = nullptr;
-  uint32_t w_off[2], w_bytes[2], ws_bytes = 0, xs_bytes = 0;
-  bool ws_aligned = true;
+  WeightCopies wc;
   int w_item = -1, a_item = -1, a_row0 = 0, a_boxes = 0;
-  const auto plan_w = [&](int i) {
-    const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(i));
-    const int64_t n_left = p.n - it.n0;  // channels of this tile that exist (>= 1)
-    w_src = p.w[it.g] + it.n0 * (k / 2) + w_chunk * 16;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int c = w_ch + 8 * j;
-      w_off[j] = uint32_t(min(int64_t(c), n_left - 1)) * uint32_t(k / 2);
-      w_bytes[j] = c < n_left ? 16 : 0;
-    }
-    const uint8_t* wsc = p.w_scale[it.g];
-    ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
-    ws_src = wsc + (it.n0 + min(int64_t(ch), n_left - 1)) * (k / 32);
-    ws_bytes = ch < n_left ? 4 : 0;
-    xs_src = p.x_scale + (it.row_begin + min(tid, it.rows - 1)) * (k / kBK);
-    xs_bytes = tid < it.rows ? 4 : 0;
-    w_item = i;
-  };
   // Step q's weights, scale bytes and activation scales into slot `slot`.
   auto load_w = [&](int q, int slot) {
     const int i = q / steps, kb = q - i * steps;
-    if (i != w_item) plan_w(i);
-    const uint32_t sl = wr0 + uint32_t(slot) * uint32_t(sizeof(WSlot));
-    const uint8_t* w = w_src + kb * (kBK / 2);
-#pragma unroll
-    for (int j = 0; j < 2; ++j) cp_async16_n(sl + w_dst + 8 * kLdW * j, w + w_off[j], w_bytes[j]);
-    if (half == 0) {
-      const uint32_t dst = sl + uint32_t(offsetof(WSlot, ws)) + 4 * ch;
-      if (ws_aligned) {
-        cp_async4_n(dst, ws_src + 4 * kb, ws_bytes);
-      } else {  // scale rows not word aligned: plain loads (read after the __syncwarp)
-        uint32_t v = 0;
-        if (ws_bytes != 0) {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + 4 * kb + j)) << (8 * j);
-        }
-        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
-      }
+    if (i != w_item) {
+      wc.plan(p, ws_item(p, tile_start, n_tiles, item_lin(i)), tid, ch, w_ch, w_chunk);
+      w_item = i;
     }
-    if (tid < kBM) cp_async4_n(sl + uint32_t(offsetof(WSlot, xs)) + 4 * tid, xs_src + kb, xs_bytes);
+    const uint32_t sl = wr0 + uint32_t(slot) * uint32_t(sizeof(WSlot));
+    wc.copy(kb, sl + w_dst, sl + uint32_t(offsetof(WSlot, ws)) + 4 * ch, sl + uint32_t(offsetof(WSlot, xs)) + 4 * tid,
+            tid, half);
   };
-  // Thread 0: step q's activation boxes into stage s (see wgmma_ws_body's kACopy).
+  // Thread 0: step q's activation boxes into stage s.
   auto load_a = [&](int q, int s) {
     const int i = q / steps, kb = q - i * steps;
     if (i != a_item) {
@@ -248,33 +299,14 @@ __device__ __forceinline__ void produce_ring(const Fp4GroupedGemmParams& p, cons
       a_boxes = it.rows > 64 ? 2 : 1;
       a_item = i;
     }
-    RingStage& sd = sm.st[s];
-    mbar_arrive_expect_tx(&sm.full[s], uint32_t(a_boxes * 64 * kBK));
-    if constexpr (kCluster == 1) {
-      for (int b = 0; b < a_boxes; ++b) tma_load_2d(sd.a + 64 * kBK * b, &a_map, kb * kBK, a_row0 + 64 * b, &sm.full[s]);
-    } else if (int(rank) < a_boxes) {
-      tma_load_2d_multicast(sd.a + 64 * kBK * rank, &a_map, kb * kBK, a_row0 + 64 * int(rank), &sm.full[s], 3);
-    }
+    send_a_boxes<kCluster>(sm.st[s].a, &sm.full[s], a_map, kb, a_row0, a_boxes, rank);
   };
-  // Slot `slot`'s blocks 2 half, 2 half + 1 of channel ch into stage s's B tile.
+  // Slot `slot` into stage s: the B tile, the channels' Sw and the rows' activation scales.
   auto decode = [&](int slot, int s) {
     const WSlot& w = sm.wr[slot];
     RingStage& st = sm.st[s];
-    const uint32_t e4 = w.ws[ch];
-    const int e0 = int(e4 & 0xff), e1 = int((e4 >> 8) & 0xff), e2 = int((e4 >> 16) & 0xff), e3 = int(e4 >> 24);
-    const int emax = max(max(e0, e1), max(e2, e3));
-    if (half == 0) st.sw[ch] = exp2_exact(emax - 133);
+    decode_channel(w.w, w.ws[ch], sm.table, st.b, st.sw, ch, half);
     if (tid < kBM) st.xs[tid] = w.xs[tid];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int b = 2 * half + j;
-      const int eb = int((e4 >> (8 * b)) & 0xff);
-      uint32_t out[8];
-      decode_block_table(*reinterpret_cast<const uint4*>(&w.w[ch][16 * b]), sm.table[min(emax - eb, kDecodeTables - 1)],
-                         out);
-      *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b)) = make_uint4(out[0], out[1], out[2], out[3]);
-      *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b + 1)) = make_uint4(out[4], out[5], out[6], out[7]);
-    }
   };
 
   // One commit group per step (empty past the last): step q's group is complete when at most kLw
@@ -378,19 +410,13 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
     // the same chunk: eight bank quads under the swizzle).
     const int a_row = (tid & 7) + 8 * (tid >> 6), a_chunk = (tid >> 3) & 7;
     const uint32_t a_dst = uint32_t(offsetof(WsStage, a)) + uint32_t(sw128_offset(a_row, a_chunk));
-    // Weights: chunk j = lane + 32 i (i = 0, 1) of the warp's 16 x 64 bytes: channel 16 warp + j / 4,
-    // bytes 16 (j % 4) of its step.
-    const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;
+    const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;  // see WeightCopies
     const uint32_t w_dst = uint32_t(offsetof(WsStage, w)) + uint32_t(w_ch * kLdW + w_chunk * 16);
-    // The copy plan of the item whose steps are being copied (plan_item: its sources, offsets and
-    // zero-fill sizes); scales: channel ch's four bytes of the step (half-0 lanes), row tid's
-    // activation scale (threads below kBM).
+    // The copy plan of the item whose steps are being copied (plan_item): the activations' sources,
+    // offsets and zero-fill sizes, and the weight side's (WeightCopies).
     const uint8_t* a_src = nullptr;
-    const uint8_t* w_src = nullptr;
-    const uint8_t* ws_src = nullptr;
-    const float* xs_src = nullptr;
-    uint32_t a_off[kBM / 32], a_bytes[kBM / 32], w_off[2], w_bytes[2], ws_bytes = 0, xs_bytes = 0;
-    bool ws_aligned = true;
+    uint32_t a_off[kBM / 32], a_bytes[kBM / 32];
+    WeightCopies wc;
     int plan_item = -1, a_row0 = 0, a_boxes = 0;
     const auto plan = [&](int i) {
       const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(i));
@@ -403,20 +429,7 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
         a_off[j] = uint32_t(min(r, it.rows - 1)) * uint32_t(k);
         a_bytes[j] = r < it.rows ? 16 : 0;
       }
-      const int64_t n_left = p.n - it.n0;  // channels of this tile that exist (>= 1)
-      w_src = p.w[it.g] + it.n0 * (k / 2) + w_chunk * 16;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c = w_ch + 8 * j;
-        w_off[j] = uint32_t(min(int64_t(c), n_left - 1)) * uint32_t(k / 2);
-        w_bytes[j] = c < n_left ? 16 : 0;
-      }
-      const uint8_t* wsc = p.w_scale[it.g];
-      ws_aligned = (reinterpret_cast<uintptr_t>(wsc) & 3) == 0;
-      ws_src = wsc + (it.n0 + min(int64_t(ch), n_left - 1)) * (k / 32);
-      ws_bytes = ch < n_left ? 4 : 0;
-      xs_src = p.x_scale + (it.row_begin + min(tid, it.rows - 1)) * kb_count;
-      xs_bytes = tid < it.rows ? 4 : 0;
+      wc.plan(p, it, tid, ch, w_ch, w_chunk);
       plan_item = i;
     };
 
@@ -431,54 +444,15 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
 #pragma unroll
         for (int i = 0; i < kBM / 32; ++i) cp_async16_n(st + a_dst + 4096 * i, a + a_off[i], a_bytes[i]);
       } else if (tid == 0) {
-        // Box b = rows a_row0 + 64 b of the step's 128 inputs into rows 64 b.. of the stage's A tile;
-        // in a cluster block `rank` copies box `rank` into both blocks. Each block's full barrier
-        // expects every box of the step.
-        WsStage& sd = sm.st[s];
-        mbar_arrive_expect_tx(&sm.full[s], uint32_t(a_boxes * 64 * kBK));
-        if constexpr (kCluster == 1) {
-          for (int b = 0; b < a_boxes; ++b) tma_load_2d(sd.a + 64 * kBK * b, &a_map, kb * kBK, a_row0 + 64 * b, &sm.full[s]);
-        } else if (int(rank) < a_boxes) {
-          tma_load_2d_multicast(sd.a + 64 * kBK * rank, &a_map, kb * kBK, a_row0 + 64 * int(rank), &sm.full[s], 3);
-        }
+        send_a_boxes<kCluster>(sm.st[s].a, &sm.full[s], a_map, kb, a_row0, a_boxes, rank);
       }
-      const uint8_t* w = w_src + kb * (kBK / 2);
-#pragma unroll
-      for (int i = 0; i < 2; ++i) cp_async16_n(st + w_dst + 8 * kLdW * i, w + w_off[i], w_bytes[i]);
-      if (half == 0) {
-        const uint32_t dst = st + uint32_t(offsetof(WsStage, ws)) + 4 * ch;
-        if (ws_aligned) {
-          cp_async4_n(dst, ws_src + 4 * kb, ws_bytes);
-        } else {  // scale rows not word aligned: plain loads (read after the __syncwarp)
-          uint32_t v = 0;
-          if (ws_bytes != 0) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) v |= uint32_t(__ldg(ws_src + 4 * kb + j)) << (8 * j);
-          }
-          asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
-        }
-      }
-      if (tid < kBM) cp_async4_n(st + uint32_t(offsetof(WsStage, xs)) + 4 * tid, xs_src + kb, xs_bytes);
+      wc.copy(kb, st + w_dst, st + uint32_t(offsetof(WsStage, ws)) + 4 * ch,
+              st + uint32_t(offsetof(WsStage, xs)) + 4 * tid, tid, half);
     };
 
-    // Blocks 2 half, 2 half + 1 of channel ch of stage s into its B tile (8 consecutive channels
-    // per 16-byte phase: disjoint banks for the 80-byte raw rows and for the swizzled stores).
     auto decode = [&](int s) {
       WsStage& st = sm.st[s];
-      const uint32_t e4 = st.ws[ch];
-      const int e0 = int(e4 & 0xff), e1 = int((e4 >> 8) & 0xff), e2 = int((e4 >> 16) & 0xff), e3 = int(e4 >> 24);
-      const int emax = max(max(e0, e1), max(e2, e3));
-      if (half == 0) st.sw[ch] = exp2_exact(emax - 133);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int b = 2 * half + j;
-        const int eb = int((e4 >> (8 * b)) & 0xff);
-        uint32_t out[8];
-        decode_block_table(*reinterpret_cast<const uint4*>(&st.w[ch][16 * b]), sm.table[min(emax - eb, kDecodeTables - 1)],
-                           out);
-        *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b)) = make_uint4(out[0], out[1], out[2], out[3]);
-        *reinterpret_cast<uint4*>(st.b + sw128_offset(ch, 2 * b + 1)) = make_uint4(out[4], out[5], out[6], out[7]);
-      }
+      decode_channel(st.w, st.ws[ch], sm.table, st.b, st.sw, ch, half);
     };
 
     // One commit group per step (empty past the last), so step kb's group is complete when at
@@ -581,35 +555,20 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
   }
 }
 
+// One block per SM walking its items (kACopy 0 or 1), or a cluster of two (kACopy 2).
+template <int kACopy, bool kRing>
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
                                      const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
                                      int64_t n_tiles) {
-  wgmma_ws_body<0, false>(p, a_map, tile_start, n_tiles);
+  wgmma_ws_body<kACopy, kRing>(p, a_map, tile_start, n_tiles);
 }
-__global__ void __launch_bounds__(kThreads, 1)
-    fp4_grouped_gemm_wgmma_ws_tma_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
-                                         const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
-                                         int64_t n_tiles) {
-  wgmma_ws_body<1, false>(p, a_map, tile_start, n_tiles);
-}
+template <bool kRing>
 __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kThreads, 1)
     fp4_grouped_gemm_wgmma_ws_pair_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
                                           const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
                                           int64_t n_tiles) {
-  wgmma_ws_body<2, false>(p, a_map, tile_start, n_tiles);
-}
-__global__ void __launch_bounds__(kThreads, 1)
-    fp4_grouped_gemm_wgmma_ws_ring_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
-                                          const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
-                                          int64_t n_tiles) {
-  wgmma_ws_body<1, true>(p, a_map, tile_start, n_tiles);
-}
-__global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kThreads, 1)
-    fp4_grouped_gemm_wgmma_ws_ring_pair_kernel(const __grid_constant__ Fp4GroupedGemmParams p,
-                                               const __grid_constant__ CUtensorMap a_map, const int32_t* tile_start,
-                                               int64_t n_tiles) {
-  wgmma_ws_body<2, true>(p, a_map, tile_start, n_tiles);
+  wgmma_ws_body<2, kRing>(p, a_map, tile_start, n_tiles);
 }
 
 // The activations [max_rows, k] e4m3 as a tensor map: boxes of 64 rows x 128 bytes in the 128-byte
@@ -623,7 +582,8 @@ CUtensorMap activation_map(const Fp4GroupedGemmParams& p) {
     CHECK(found == cudaDriverEntryPointSuccess && fn) << "fp4 grouped gemm (wgmma ws): no cuTensorMapEncodeTiled";
     return reinterpret_cast<Encode>(fn);
   }();
-  CHECK_EQ(reinterpret_cast<uintptr_t>(p.x8) % 16, 0u) << "fp4 grouped gemm (wgmma ws): activations not 16-byte aligned";
+  CHECK_EQ(reinterpret_cast<uintptr_t>(p.x8) % 16, 0u)
+      << "fp4 grouped gemm (wgmma ws): activations not 16-byte aligned";
   CHECK_LE(p.max_rows, int64_t(INT32_MAX)) << "fp4 grouped gemm (wgmma ws): max_rows";
   CUtensorMap map;
   const cuuint64_t dims[2] = {cuuint64_t(p.k), cuuint64_t(p.max_rows)};
@@ -653,9 +613,10 @@ void fp4_grouped_gemm_wgmma_ws(const Fp4GroupedGemmParams& p) {
   if (p.ws_weight_ring && a_copy == 0) a_copy = 1;
   const int form = p.ws_weight_ring ? a_copy + 2 : a_copy;  // 0-2 without the ring, 3-4 with it
   using Kernel = void(Fp4GroupedGemmParams, CUtensorMap, const int32_t*, int64_t);
-  static Kernel* const kernels[5] = {fp4_grouped_gemm_wgmma_ws_kernel, fp4_grouped_gemm_wgmma_ws_tma_kernel,
-                                     fp4_grouped_gemm_wgmma_ws_pair_kernel, fp4_grouped_gemm_wgmma_ws_ring_kernel,
-                                     fp4_grouped_gemm_wgmma_ws_ring_pair_kernel};
+  static Kernel* const kernels[5] = {
+      fp4_grouped_gemm_wgmma_ws_kernel<0, false>, fp4_grouped_gemm_wgmma_ws_kernel<1, false>,
+      fp4_grouped_gemm_wgmma_ws_pair_kernel<false>, fp4_grouped_gemm_wgmma_ws_kernel<1, true>,
+      fp4_grouped_gemm_wgmma_ws_pair_kernel<true>};
   Kernel* const kernel = kernels[form];
   const size_t smem = p.ws_weight_ring ? kRingSmemBytes : kSmemBytes;
   // Once per device and kernel: above 48 KB of dynamic shared memory.
