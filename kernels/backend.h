@@ -301,6 +301,9 @@ struct MoeExpertsParams {
   const WeightView* w2 = nullptr;  // host array [num_experts] of [hidden, inter]
   const WeightView* w3 = nullptr;  // host array [num_experts] of [inter, hidden]
   TensorView out;               // [num_tokens, hidden], F32 accumulator (+=)
+  // false: out = the experts' sum (added in the same order onto 0: the bits of a zero fill and +=),
+  // out's old values neither read nor needed, so no fill before.
+  bool accumulate = true;
   int e_begin = 0;
   int e_end = 0;
   float swiglu_limit = 10.0f;

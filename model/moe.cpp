@@ -42,8 +42,8 @@ void routed_expert_parallel(const BlockContext& ctx, const MoeWeights& mw, const
   const int64_t num_rows = rows.num_rows;
   Scratch yr = make_scratch(be, {std::max<int64_t>(num_rows, 1), hidden});
   if (num_rows > 0) {
-    be.fill(yr.view, 0.0f);
     kernels::MoeExpertsParams ep_params;
+    ep_params.accumulate = false;  // yr = the local experts' sum
     ep_params.x = rows.rows.view(b.dtype, {num_rows, hidden});
     ep_params.idx = rows.experts.view(DType::kI32, {num_rows, 1});
     ep_params.weight = rows.weights.view(DType::kF32, {num_rows, 1});
@@ -123,8 +123,8 @@ void moe_forward(const BlockContext& ctx, const LayerWeights& w, int layer, cons
     // PARALLEL: the shared expert runs while the dispatch payload is on the wire.
     routed_expert_parallel(ctx, mw, b, idx.view, weight.view, acc.view, shared_expert);
   } else {
-    be.fill(acc.view, 0.0f);
     kernels::MoeExpertsParams ep;
+    ep.accumulate = false;  // acc = the routed experts' sum
     ep.x = b;
     ep.idx = idx.view;
     ep.weight = weight.view;

@@ -73,6 +73,9 @@ void CpuBackend::moe_experts(const MoeExpertsParams& p) {
   check_f32(p.x, n, hidden, "moe_experts x");
   check_f32(p.out, n, hidden, "moe_experts out");
   check_f32(p.weight, n, topk, "moe_experts weight");
+  if (!p.accumulate) {
+    for (int64_t t = 0; t < n; ++t) std::fill_n(row_f32(p.out, t), hidden, 0.0f);
+  }
   std::vector<float> xq(static_cast<size_t>(hidden)), g, u, y(static_cast<size_t>(hidden));
   for (int e = p.e_begin; e < p.e_end; ++e) {
     const WeightView& w1 = p.w1[e];

@@ -735,7 +735,11 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
   const int topk = int(p.idx.shape[1]);
   const int64_t hidden = act_row_width(p.out);
   const int num_local = p.e_end - p.e_begin;
-  if (T == 0 || num_local <= 0) return;
+  if (T == 0) return;
+  if (num_local <= 0) {
+    if (!p.accumulate) fill(p.out, 0.0f);  // no local expert: the sum is 0
+    return;
+  }
   CHECK(p.w1 && p.w2 && p.w3) << "moe_experts: expert weights missing";
   CHECK_EQ(act_row_width(p.x), hidden);
   const int64_t inter = p.w1[p.e_begin].rows;
@@ -860,7 +864,7 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
   fp4_grouped_gemm(gemm_params(h, hs, w2, w2s, hidden, inter, y));
   launch_moe_combine(io == Io::kF32 ? nullptr : static_cast<const uint16_t*>(y),
                      io == Io::kF32 ? static_cast<const float*>(y) : nullptr, hidden, p.idx, r,
-                     make_act(p.out, "moe_experts out"), T, topk, stream_.get());
+                     make_act(p.out, "moe_experts out"), T, topk, p.accumulate, stream_.get());
 }
 
 }  // namespace v4rt::kernels::cuda

@@ -462,12 +462,12 @@ __global__ void moe_swiglu_kernel(SwigluArgs a) {
 
 __global__ void moe_combine_kernel(const uint16_t* y, const float* y32, int64_t hidden, const int32_t* idx,
                                    int64_t idx_stride, const int32_t* slot_row, Act out, int64_t num_tokens,
-                                   int topk) {
+                                   int topk, bool accumulate) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_tokens * hidden) return;
   const int64_t t = i / hidden, d = i % hidden;
-  float o = out.ld(t, d);
+  float o = accumulate ? out.ld(t, d) : 0.0f;
   int prev = -1;
   for (int n = 0; n < topk; ++n) {  // slots in ascending expert id
     int best = -1, best_e = 0;
@@ -629,10 +629,12 @@ void launch_moe_swiglu(const MoeSwigluIo& io, int64_t inter, float limit, const 
 }
 
 void launch_moe_combine(const uint16_t* y, const float* y_f32, int64_t hidden, const TensorView& idx,
-                        const MoeRouting& r, const Act& out, int64_t num_tokens, int topk, cudaStream_t s) {
+                        const MoeRouting& r, const Act& out, int64_t num_tokens, int topk, bool accumulate,
+                        cudaStream_t s) {
   if (num_tokens * hidden == 0) return;
   launch(moe_combine_kernel, grid_x_for(num_tokens * hidden, 256, "moe_combine"), 256, 0, s)(
-      y, y_f32, hidden, static_cast<const int32_t*>(idx.data), idx.stride[0], r.slot_row, out, num_tokens, topk);
+      y, y_f32, hidden, static_cast<const int32_t*>(idx.data), idx.stride[0], r.slot_row, out, num_tokens, topk,
+      accumulate);
   launch_check("moe_combine", s);
 }
 

@@ -183,9 +183,10 @@ struct MoeSwigluIo {
 };
 void launch_moe_swiglu(const MoeSwigluIo& io, int64_t inter, float limit, const MoeRouting& r, int num_local,
                        int64_t max_rows, cudaStream_t s);
-// out[t] += Σ over local slots in ascending expert id of y[slot_row[t, k]] (fp32 accumulate); y is
-// bf16, or fp32 when y_f32 is set.
+// out[t] += Σ over local slots in ascending expert id of y[slot_row[t, k]] (fp32 accumulate), or
+// out[t] = that sum added onto 0 when !accumulate; y is bf16, or fp32 when y_f32 is set.
 void launch_moe_combine(const uint16_t* y, const float* y_f32, int64_t hidden, const TensorView& idx,
-                        const MoeRouting& r, const Act& out, int64_t num_tokens, int topk, cudaStream_t s);
+                        const MoeRouting& r, const Act& out, int64_t num_tokens, int topk, bool accumulate,
+                        cudaStream_t s);
 
 }  // namespace v4rt::kernels::cuda

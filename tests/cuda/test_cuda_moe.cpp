@@ -314,6 +314,19 @@ void run_moe_experts(int n, Rng& rng, bool official = true, int hidden = 512, Ba
   } else {
     EXPECT_TRUE(compare(tag, out.gpu_values(), out.cpu_values(), {1e-3, 1e-5, 1e-10}));
   }
+  // Without accumulate: the sum onto 0 over whatever out held (NaN), bit for bit the accumulation onto
+  // a zero fill.
+  Dual zero = make_dual({n, hidden}, std::vector<float>(size_t(n) * size_t(hidden), 0.0f), DType::kF32);
+  Dual assigned =
+      make_dual({n, hidden}, std::vector<float>(size_t(n) * size_t(hidden), std::nanf("")), DType::kF32);
+  p.out = zero.gpu;
+  gpu_backend().moe_experts(p);
+  p.out = assigned.gpu;
+  p.accumulate = false;
+  gpu_backend().moe_experts(p);
+  const std::vector<float> a = zero.gpu_values(), b = assigned.gpu_values();
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0)
+      << tag << ": out assigned differs from a zero fill and +=";
 }
 
 // The routing layout of decode-sized batches in one single-block kernel

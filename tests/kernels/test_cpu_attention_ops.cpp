@@ -549,6 +549,15 @@ TEST(CpuMoe, ExpertsInRangeEqualDirectSum) {
     std::vector<float> got(out.begin() + t * D, out.begin() + (t + 1) * D);
     EXPECT_LT(max_abs_diff(got, ref), 1e-5) << "token " << t;
   }
+  // Without accumulate: out = the sum onto 0, whatever out held (NaN here), the bits of a zero fill
+  // and +=.
+  std::vector<float> zero(size_t(n * D), 0.0f), assigned(size_t(n * D), std::nanf(""));
+  p.out = tv(zero, {n, D});
+  be->moe_experts(p);
+  p.out = tv(assigned, {n, D});
+  p.accumulate = false;
+  be->moe_experts(p);
+  EXPECT_EQ(std::memcmp(zero.data(), assigned.data(), zero.size() * 4), 0);
 }
 
 }  // namespace
