@@ -57,7 +57,7 @@ prefill_stage() {
   timeout "${5:-120}" "$B/tests/cuda/bench_step" bench prefill --backend cuda --preset flash --layers 2 --chunk "$3" \
     --context "$2" "${cfg[@]}" > "$L/p_$1.txt" 2>&1
   echo "== prefill $1 rc $?"
-  local lines="prefill:|moe_experts|sparse_attention |indexer_scores|topk|grouped_linear|fp8 32768|rms_norm"
+  local lines="launches:|prefill:|moe_experts|sparse_attention |indexer_scores|topk|grouped_linear|fp8 32768|rms_norm"
   grep -E "$lines|total|PROJECTION" "$L/p_$1.txt"
   el "prefill $1"
 }
