@@ -182,6 +182,65 @@ __global__ void hadamard_kernel(Act x, int64_t dim, bool out_round) {
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) x.st(r, i, v[i] * scale, out_round);
 }
 
+// Dims 32 to 1,024 (the indexer's 128): a warp per row, eight rows a block, lane l holding elements
+// [kPer l, kPer l + kPer). The stages h < kPer run in the lane's registers, the others between lanes
+// by shuffles (partner lane l ^ h / kPer): every element takes the same a + b or a - b of the same
+// two values, stage by stage, as hadamard_kernel's (the bits of the CPU op).
+constexpr int kHadamardRowsPerBlock = 8;
+
+template <int kPer>
+__global__ void __launch_bounds__(32 * kHadamardRowsPerBlock) hadamard_warp_kernel(Act x, int64_t rows,
+                                                                                   bool out_round, bool vec) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
+  constexpr int kDim = 32 * kPer;
+  const int64_t r = int64_t(blockIdx.x) * kHadamardRowsPerBlock + (threadIdx.x >> 5);
+  if (r >= rows) return;  // warp-uniform
+  const int lane = threadIdx.x & 31;
+  const int64_t c0 = int64_t(lane) * kPer;
+  float v[kPer];
+  if constexpr (kPer % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < kPer; j += 4) {
+      const float4 q = x.ld4_part(r, c0 + j, kDim - (c0 + j), vec);
+      v[j] = q.x, v[j + 1] = q.y, v[j + 2] = q.z, v[j + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) v[j] = x.ld(r, c0 + j);
+  }
+#pragma unroll
+  for (int h = 1; h < kPer; h *= 2) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      if ((j & h) != 0) continue;
+      const float a = v[j], b = v[j + h];
+      v[j] = a + b;
+      v[j + h] = a - b;
+    }
+  }
+#pragma unroll
+  for (int h = kPer; h < kDim; h *= 2) {
+    const int m = h / kPer;
+    const bool hi = (lane & m) != 0;  // this lane holds the j + h side of its pairs
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const float other = __shfl_xor_sync(0xffffffffu, v[j], m);
+      v[j] = hi ? other - v[j] : v[j] + other;
+    }
+  }
+  const float scale = 1.0f / sqrtf(float(kDim));
+  if constexpr (kPer % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < kPer; j += 4) {
+      x.st4_part(r, c0 + j, kDim - (c0 + j), make_float4(v[j] * scale, v[j + 1] * scale, v[j + 2] * scale,
+                                                         v[j + 3] * scale), out_round, vec);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) x.st(r, c0 + j, v[j] * scale, out_round);
+  }
+}
+
 // RopeParams::runs, one launch per group of kMaxRopeRuns runs (empty runs skipped).
 void launch_rope_runs(const RopeParams& p, int64_t heads, int64_t head_dim, int half, cudaStream_t s) {
   const Act x = make_act(p.x, "rope x");
@@ -270,12 +329,30 @@ void launch_hadamard(const HadamardParams& p, cudaStream_t s) {
   const int64_t rows = p.x.shape[0], dim = act_row_width(p.x);
   CHECK(dim > 0 && (dim & (dim - 1)) == 0 && dim <= 16384) << "hadamard dim " << dim;
   if (rows == 0) return;
-  // The row lives in shared memory: past 12,288 dims it exceeds the 48 KB a launch gets without
-  // opting in. The opt-in is per device, so it is made at every such launch (never the model's 128).
+  const Act x = make_act(p.x, "hadamard x");
+  if (dim >= 32 && dim <= 1024) {  // a warp per row
+    const bool vec = x.vec_ok();
+    const unsigned grid = grid_x(ceil_div(rows, int64_t(kHadamardRowsPerBlock)), "hadamard");
+    auto run = [&](auto kernel) {
+      launch(kernel, grid, 32 * kHadamardRowsPerBlock, 0, s)(x, rows, p.out_bf16, vec);
+    };
+    switch (dim) {
+      case 32: run(hadamard_warp_kernel<1>); break;
+      case 64: run(hadamard_warp_kernel<2>); break;
+      case 128: run(hadamard_warp_kernel<4>); break;
+      case 256: run(hadamard_warp_kernel<8>); break;
+      case 512: run(hadamard_warp_kernel<16>); break;
+      default: run(hadamard_warp_kernel<32>); break;
+    }
+    launch_check("hadamard", s);
+    return;
+  }
+  // Else a block per row, the row in shared memory: past 12,288 dims it exceeds the 48 KB a launch
+  // gets without opting in. The opt-in is per device, so it is made at every such launch.
   const size_t smem = size_t(dim) * 4;
   if (smem > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(hadamard_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch(hadamard_kernel, grid_x(rows, "hadamard"), 128, smem, s)(make_act(p.x, "hadamard x"), dim, p.out_bf16);
+  launch(hadamard_kernel, grid_x(rows, "hadamard"), 128, smem, s)(x, dim, p.out_bf16);
   launch_check("hadamard", s);
 }
 

@@ -3,8 +3,8 @@
 # One device call (about 8 minutes from a fresh machine): the W4A8 expert GEMM's activation tiles by
 # TMA and by TMA multicast in clusters of two, each with and without the weight ring
 # (kernels/cuda/fp4_gemm_wgmma_ws.cu, debug.cuda_expert_ws_a_copy / cuda_expert_ws_weight_ring),
-# and the attention checks of cluster_check.sh. The W4A8 / MoE and attention op tests (a hang ends
-# at its bound), `bench_cuda - fp4` at prefill sizes (every form), golden tiny-a, `bench prefill`
+# and the attention checks of cluster_check.sh. The W4A8 / MoE, attention and Hadamard op tests (a
+# hang ends at its bound), `bench_cuda - fp4` at prefill sizes (every form), golden tiny-a, `bench prefill`
 # at 8K in each form, at 1M by default and with the attention in clusters (attention_cluster.yaml).
 # SHORT=1: no 1M stage.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 source scripts/device/check_lib.sh  # check_begin, el, golden_stage, prefill_stage, tests_stage
 check_begin /tmp/tma_logs 300 test_cuda_kernels bench_step bench_cuda test_gpu_golden
 tests_stage w4a8 150 'CudaW4a8*:CudaMoe*'
-tests_stage attn 120 'CudaAttentionTc*:CudaOps.SparseAttention*'
+tests_stage attn 120 'CudaAttentionTc*:CudaOps.SparseAttention*:CudaOps.Hadamard'
 BENCH_FP4_MODES=2 timeout 150 "$B/tests/cuda/bench_cuda" - fp4 > "$L/bench_fp4.txt" 2>&1
 echo "== bench_cuda fp4 rc $?"; grep -E "wgmma ws, A by|wgmma [0-9.]+ TFLOP" "$L/bench_fp4.txt"; el fp4
 golden_stage

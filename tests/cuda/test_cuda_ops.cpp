@@ -142,18 +142,28 @@ TEST(CudaOps, RopeRuns) {
   }
 }
 
-// 16,384 dims: a 64 KB row in shared memory, past the 48 KB a launch gets without opting in.
+// Every dim of the warp kernel (32 to 1,024: one to 32 elements a lane), 37 rows (the last block
+// part full), and the block kernel's 2,048 and 16,384 (a 64 KB row in shared memory, past the 48 KB a
+// launch gets without opting in). Both kernels add and subtract the same pairs stage by stage as the
+// CPU op: the same bits, with and without the bf16 rounding of the output.
 TEST(CudaOps, Hadamard) {
   V4RT_REQUIRE_GPU();
   Rng rng(4);
-  for (int dim : {128, 64, 16384}) {
-    Dual x = make_dual({37, dim}, rng.normals(37 * dim), DType::kF32);
-    HadamardParams p;
-    p.x = x.cpu;
-    cpu_backend().hadamard(p);
-    p.x = x.gpu;
-    gpu_backend().hadamard(p);
-    EXPECT_TRUE(compare("hadamard f32 " + std::to_string(dim), x.gpu_values(), x.cpu_values(), {1e-6, 1e-7, 1e-12}));
+  for (int dim : {128, 64, 32, 256, 512, 1024, 2048, 16384}) {
+    for (const bool round : {false, true}) {
+      Dual x = make_dual({37, dim}, rng.normals(37 * dim), DType::kF32);
+      HadamardParams p;
+      p.out_bf16 = round;
+      p.x = x.cpu;
+      cpu_backend().hadamard(p);
+      p.x = x.gpu;
+      gpu_backend().hadamard(p);
+      const std::vector<float> g = x.gpu_values(), c = x.cpu_values();
+      int64_t differ = 0;
+      for (size_t i = 0; i < g.size(); ++i) differ += std::memcmp(&g[i], &c[i], 4) != 0;
+      EXPECT_EQ(differ, 0) << "hadamard f32 dim " << dim << (round ? " rounded" : "") << ": " << differ << " of "
+                           << g.size() << " values differ from the CPU op's";
+    }
   }
 }
 
