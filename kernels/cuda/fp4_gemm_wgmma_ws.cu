@@ -32,6 +32,13 @@
 // stage ring runs on across items: the producers copy and decode the next item's first steps
 // while the consumers finish this one and store its outputs, so no block pays a pipeline fill and
 // an epilogue with the tensor cores idle (a non-persistent grid did, once per 32-step item).
+//
+// Other forms (Fp4GroupedGemmParams::ws_a_copy, ws_weight_ring; the same operands in shared memory,
+// the same bits): the activation tile by one thread's tensor-map copy (TMA, two 64-row boxes in the
+// same swizzle) whose bytes the stage's full barrier expects; the same in clusters of two blocks on
+// adjacent channel tiles of one row tile, each block's box multicast into both (every consumer warp
+// releases a stage on both blocks' empty barriers); and the raw weights through a ring of their own
+// (produce_ring), each producer warp's copies running kWSlots - 1 steps ahead of its decode.
 #include <cuda.h>  // CUtensorMap
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_fp8.h>
