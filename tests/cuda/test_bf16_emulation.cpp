@@ -108,6 +108,7 @@ class RoundingBackend final : public kernels::Backend {
       const float* rw = static_cast<const float*>(p.weight.data) + t * p.weight.stride[0];
       const float* xr = static_cast<const float*>(p.x.data) + t * p.x.stride[0];
       float* out = static_cast<float*>(p.out.data) + t * p.out.stride[0];
+      if (!p.accumulate) std::fill_n(out, hidden, 0.0f);  // the sum onto 0
       for (int64_t i = 0; i < hidden; ++i) x[size_t(i)] = apply(pts_.expert_x, xr[i]);
       std::vector<std::pair<int, int64_t>> order;
       for (int64_t k = 0; k < topk; ++k)
