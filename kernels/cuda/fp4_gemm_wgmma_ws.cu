@@ -44,9 +44,9 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <type_traits>
-#include <atomic>
 
 #include "kernels/cuda/batch_params.cuh"
 #include "kernels/cuda/cuda_check.h"
@@ -248,19 +248,28 @@ __device__ __forceinline__ void decode_channel(const uint8_t (*w)[kLdW], uint32_
   }
 }
 
-// Thread 0's tensor-map copies of step kb's activations into a stage's A tile `a`: box b = rows
-// a_row0 + 64 b into rows 64 b.. (boxes: 2, or 1 for a tile of at most 64 rows, whose second
-// consumer warpgroup skips its MMAs); in a cluster of two, block `rank` sends box `rank` into both
-// blocks. The stage's full barrier expects every box of the step.
+// Thread 0's tensor-map copies of step kb's activations of a tile of `rows` rows from row a_row0
+// into a stage's A tile `a`: box b = rows a_row0 + 64 b into rows 64 b.. (two boxes, or one for a
+// tile of at most 64 rows, whose second consumer warpgroup skips its MMAs); in a cluster of two,
+// block `rank` sends box `rank` into both blocks. The stage's full barrier expects every box.
 template <int kCluster>
 __device__ __forceinline__ void send_a_boxes(uint8_t* a, uint64_t* full, const CUtensorMap& map, int kb, int a_row0,
-                                             int boxes, uint32_t rank) {
+                                             int rows, uint32_t rank) {
+  const int boxes = rows > 64 ? 2 : 1;
   mbar_arrive_expect_tx(full, uint32_t(boxes * 64 * kBK));
   if constexpr (kCluster == 1) {
     for (int b = 0; b < boxes; ++b) tma_load_2d(a + 64 * kBK * b, &map, kb * kBK, a_row0 + 64 * b, full);
   } else if (int(rank) < boxes) {
     tma_load_2d_multicast(a + 64 * kBK * rank, &map, kb * kBK, a_row0 + 64 * int(rank), full, 3);
   }
+}
+
+// In a cluster, a producer thread's last wait: until both blocks' consumers have released the
+// block's last kS stages of its `total` steps, so no arrival of the other block's consumers comes
+// to a block that has left.
+template <int kS>
+__device__ __forceinline__ void await_last_releases(uint64_t* empty, int total) {
+  for (int q = max(0, total - kS); q < total; ++q) mbar_wait(&empty[q % kS], uint32_t((q / kS) & 1));
 }
 
 // The producer warpgroups with the weight ring (thread tid of 256): per step q, warp w copies its
@@ -285,7 +294,7 @@ __device__ __forceinline__ void produce_ring(const Fp4GroupedGemmParams& p, cons
   const uint32_t wr0 = smem_u32(&sm.wr[0]);
   const uint32_t w_dst = uint32_t(offsetof(WSlot, w)) + uint32_t(w_ch * kLdW + w_chunk * 16);
   WeightCopies wc;
-  int w_item = -1, a_item = -1, a_row0 = 0, a_boxes = 0;
+  int w_item = -1, a_item = -1, a_row0 = 0, a_rows = 0;
   // Step q's weights, scale bytes and activation scales into slot `slot`.
   auto load_w = [&](int q, int slot) {
     const int i = q / steps, kb = q - i * steps;
@@ -303,10 +312,10 @@ __device__ __forceinline__ void produce_ring(const Fp4GroupedGemmParams& p, cons
     if (i != a_item) {
       const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(i));
       a_row0 = int(it.row_begin);
-      a_boxes = it.rows > 64 ? 2 : 1;
+      a_rows = it.rows;
       a_item = i;
     }
-    send_a_boxes<kCluster>(sm.st[s].a, &sm.full[s], a_map, kb, a_row0, a_boxes, rank);
+    send_a_boxes<kCluster>(sm.st[s].a, &sm.full[s], a_map, kb, a_row0, a_rows, rank);
   };
   // Slot `slot` into stage s: the B tile, the channels' Sw and the rows' activation scales.
   auto decode = [&](int slot, int s) {
@@ -348,12 +357,7 @@ __device__ __forceinline__ void produce_ring(const Fp4GroupedGemmParams& p, cons
     if (lane == 0) mbar_arrive(&sm.full[q % kRingStages]);
   }
   cp_async_wait<0>();  // no copy outstanding at exit (the last commits are empty)
-  if constexpr (kCluster > 1) {
-    // As in wgmma_ws_body: stay until both blocks' consumers have released the last stages.
-    for (int q = max(0, total - kRingStages); q < total; ++q) {
-      mbar_wait(&sm.empty[q % kRingStages], uint32_t((q / kRingStages) & 1));
-    }
-  }
+  if constexpr (kCluster > 1) await_last_releases<kRingStages>(sm.empty, total);
 }
 
 // kACopy: how the activation tile arrives (ws_a_copy): 0 by the producers' cp.async, 1 by one
@@ -420,21 +424,25 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
     const int w_ch = 16 * warp + (lane >> 2), w_chunk = lane & 3;  // see WeightCopies
     const uint32_t w_dst = uint32_t(offsetof(WsStage, w)) + uint32_t(w_ch * kLdW + w_chunk * 16);
     // The copy plan of the item whose steps are being copied (plan_item): the activations' sources,
-    // offsets and zero-fill sizes, and the weight side's (WeightCopies).
+    // offsets and zero-fill sizes (cp.async) or first row and rows (TMA), and the weight side's
+    // (WeightCopies).
     const uint8_t* a_src = nullptr;
     uint32_t a_off[kBM / 32], a_bytes[kBM / 32];
     WeightCopies wc;
-    int plan_item = -1, a_row0 = 0, a_boxes = 0;
+    int plan_item = -1, a_row0 = 0, a_rows = 0;
     const auto plan = [&](int i) {
       const WsItem it = ws_item(p, tile_start, n_tiles, item_lin(i));
-      a_row0 = int(it.row_begin);
-      a_boxes = it.rows > 64 ? 2 : 1;  // a second box only for rows a consumer warpgroup multiplies
-      a_src = p.x8 + it.row_begin * k + a_chunk * 16;
+      if constexpr (kACopy == 0) {
+        a_src = p.x8 + it.row_begin * k + a_chunk * 16;
 #pragma unroll
-      for (int j = 0; j < kBM / 32; ++j) {
-        const int r = a_row + 32 * j;
-        a_off[j] = uint32_t(min(r, it.rows - 1)) * uint32_t(k);
-        a_bytes[j] = r < it.rows ? 16 : 0;
+        for (int j = 0; j < kBM / 32; ++j) {
+          const int r = a_row + 32 * j;
+          a_off[j] = uint32_t(min(r, it.rows - 1)) * uint32_t(k);
+          a_bytes[j] = r < it.rows ? 16 : 0;
+        }
+      } else {
+        a_row0 = int(it.row_begin);
+        a_rows = it.rows;
       }
       wc.plan(p, it, tid, ch, w_ch, w_chunk);
       plan_item = i;
@@ -451,7 +459,7 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
 #pragma unroll
         for (int i = 0; i < kBM / 32; ++i) cp_async16_n(st + a_dst + 4096 * i, a + a_off[i], a_bytes[i]);
       } else if (tid == 0) {
-        send_a_boxes<kCluster>(sm.st[s].a, &sm.full[s], a_map, kb, a_row0, a_boxes, rank);
+        send_a_boxes<kCluster>(sm.st[s].a, &sm.full[s], a_map, kb, a_row0, a_rows, rank);
       }
       wc.copy(kb, st + w_dst, st + uint32_t(offsetof(WsStage, ws)) + 4 * ch,
               st + uint32_t(offsetof(WsStage, xs)) + 4 * tid, tid, half);
@@ -493,13 +501,7 @@ __device__ __forceinline__ void wgmma_ws_body(const Fp4GroupedGemmParams& p, con
       if (++ds == kStages) ds = 0;
     }
     cp_async_wait<0>();  // no copy outstanding at exit (the last commits are empty)
-    if constexpr (kCluster > 1) {
-      // The block stays until both blocks' consumers have released its last stages: no arrival
-      // of the other block's consumers comes to a block that has left.
-      for (int q = max(0, total - kStages); q < total; ++q) {
-        mbar_wait(&sm.empty[q % kStages], uint32_t((q / kStages) & 1));
-      }
-    }
+    if constexpr (kCluster > 1) await_last_releases<kStages>(sm.empty, total);
     return;
   }
 

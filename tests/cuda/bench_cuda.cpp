@@ -286,12 +286,18 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
           report("fp4 wgmma " + shape, us_wg, bytes, flops, kFp8Peak);
           std::printf("  %s: tile %.1f TFLOP/s, wgmma %.1f TFLOP/s (%.2fx)\n", shape.c_str(), flops / us_tile * 1e-6,
                       flops / us_wg * 1e-6, us_tile / us_wg);
-          // The warp-specialized kernel, its activation tiles by cp.async, TMA and TMA multicast.
-          for (const int form : {0, 1, 2, 4, 5}) {
-            p.ws_a_copy = form % 3;
-            p.ws_weight_ring = form >= 3;
-            const char* names[] = {"cp.async", "TMA", "TMA pairs", "", "TMA + weight ring", "TMA pairs + weight ring"};
-            const char* how = names[form];
+          // The warp-specialized kernel in each form: its activation tiles by cp.async, TMA and TMA
+          // multicast, the last two also with the weight ring.
+          struct WsForm {
+            int a_copy;
+            bool ring;
+            const char* how;
+          };
+          for (const WsForm f : {WsForm{0, false, "cp.async"}, WsForm{1, false, "TMA"}, WsForm{2, false, "TMA pairs"},
+                                 WsForm{1, true, "TMA + weight ring"}, WsForm{2, true, "TMA pairs + weight ring"}}) {
+            p.ws_a_copy = f.a_copy;
+            p.ws_weight_ring = f.ring;
+            const char* how = f.how;
             const double us_ws = time_us([&] { rotate(p); fp4_grouped_gemm_wgmma_ws(p); }, s);
             report(std::string("fp4 wgmma ws (") + how + ") " + shape, us_ws, bytes, flops, kFp8Peak);
             std::printf("  %s: wgmma ws, A by %s: %.1f TFLOP/s = %.1f%% of the %.0f TFLOP/s FP8 peak used here (%.2fx "

@@ -140,11 +140,12 @@ void run_case(const W4a8Case& c, Rng& rng) {
   Dev<int32_t> doff(offsets);
   Dev<const uint8_t*> dwp(wp), dwsp(wsp);
 
-  // form: the warp-specialized kernel's activation copy (0-2), + 3 with the weight ring.
-  auto run = [&](Kernel kernel, auto* out, int form = 0) {
+  // a_copy, ring: the warp-specialized kernel's form (Fp4GroupedGemmParams::ws_a_copy,
+  // ws_weight_ring).
+  auto run = [&](Kernel kernel, auto* out, int a_copy, bool ring) {
     cuda::Fp4GroupedGemmParams p;
-    p.ws_a_copy = form % 3;
-    p.ws_weight_ring = form >= 3;
+    p.ws_a_copy = a_copy;
+    p.ws_weight_ring = ring;
     p.x8 = dx.p;
     p.x_scale = dxs.p;
     p.row_offsets = doff.p;
@@ -181,21 +182,24 @@ void run_case(const W4a8Case& c, Rng& rng) {
   std::vector<float> got[kRuns];
   std::vector<uint32_t> bits[kRuns];
   const size_t outn = size_t(std::max<int64_t>(total * n, 1));
-  for (int i = 0; i < kRuns; ++i) {
+  // One run's outputs as floats into *values and as bits into *out_bits.
+  auto outputs = [&](Kernel kernel, int a_copy, bool ring, std::vector<float>* values,
+                     std::vector<uint32_t>* out_bits) {
     if (c.out_f32) {
       Dev<float> o(outn);
-      run(kernels[i], &o);
-      got[i] = o.host();
-      for (float v : got[i]) bits[i].push_back(std::bit_cast<uint32_t>(v));
+      run(kernel, &o, a_copy, ring);
+      *values = o.host();
+      for (float v : *values) out_bits->push_back(std::bit_cast<uint32_t>(v));
     } else {
       Dev<uint16_t> o(outn);
-      run(kernels[i], &o);
+      run(kernel, &o, a_copy, ring);
       for (uint16_t v : o.host()) {
-        got[i].push_back(bf16_to_f32(v));
-        bits[i].push_back(v);
+        values->push_back(bf16_to_f32(v));
+        out_bits->push_back(v);
       }
     }
-  }
+  };
+  for (int i = 0; i < kRuns; ++i) outputs(kernels[i], 0, false, &got[i], &bits[i]);
   const bool gemv = cuda::fp4_tc_use_gemv(total + 3, groups, n, k);
   std::string tag = "w4a8 groups";
   for (int r : c.rows) {
@@ -211,19 +215,14 @@ void run_case(const W4a8Case& c, Rng& rng) {
   // Its activation tiles by TMA and by TMA multicast in clusters of two (odd channel-tile counts run
   // without clusters), each also with the weight ring: the same operands in shared memory, the same
   // bits.
-  for (const int a_copy : {1, 2, 4, 5}) {
-    std::vector<uint32_t> b;
-    if (c.out_f32) {
-      Dev<float> o(outn);
-      run(Kernel::kWgmmaWs, &o, a_copy);
-      for (float v : o.host()) b.push_back(std::bit_cast<uint32_t>(v));
-    } else {
-      Dev<uint16_t> o(outn);
-      run(Kernel::kWgmmaWs, &o, a_copy);
-      for (uint16_t v : o.host()) b.push_back(v);
+  for (const bool ring : {false, true}) {
+    for (const int a_copy : {1, 2}) {
+      std::vector<float> v;
+      std::vector<uint32_t> b;
+      outputs(Kernel::kWgmmaWs, a_copy, ring, &v, &b);
+      EXPECT_TRUE(b == bits[5]) << tag << ": the warp-specialized kernel with activation copy " << a_copy
+                                << (ring ? " and the weight ring" : "") << " differs from its cp.async form";
     }
-    EXPECT_TRUE(b == bits[5]) << tag << ": the warp-specialized kernel with activation copy " << a_copy % 3
-                              << (a_copy >= 3 ? " and the weight ring" : "") << " differs from its cp.async form";
   }
   // Reference over the rows of groups with weights; rows of skipped groups must stay untouched.
   std::vector<float> ref, tile, gv, cc, wg, wgws;
