@@ -47,22 +47,28 @@ __device__ __forceinline__ float4 norm_out4(float4 v, float s, float4 w, bool ha
                      norm_out(v.z, s, w.z, has_w, bf16_arith), norm_out(v.w, s, w.w, has_w, bf16_arith));
 }
 
-// One block per row; thread i owns the 4-element chunks c = i + k * blockDim.x. The first kVec
-// chunks (and their weights) are loaded at once and kept in registers for the output pass; wider
-// rows read the rest twice. The sum of squares adds a thread's chunks in order, then block_sum: the
-// order depends on dim only (norm_threads), never on the batch or on vec.
-template <int kVec>
-__global__ void __launch_bounds__(kNormMaxThreads) rms_norm_kernel(Act x, Act y, Act w, bool has_w, int64_t dim,
-                                                                   float eps, bool out_round, bool bf16_arith,
-                                                                   bool vec) {
-  pdl_enter();  // launch.cuh: programmatic dependent launch
-  __shared__ float scratch[32];
-  const int64_t r = blockIdx.x;
-  const int64_t nchunks = ceil_div(dim, 4), tail = threadIdx.x + int64_t(kVec) * blockDim.x;
+// The scale of a row from its sum of squares.
+__device__ __forceinline__ float norm_scale(float sum, int64_t dim, float eps, bool bf16_arith) {
+  if (!bf16_arith) return 1.0f / sqrtf(sum / float(dim) + eps);
+  const float m = round_bf16(sum / float(dim));
+  const float v = round_bf16(m + eps);
+  return round_bf16(1.0f / sqrtf(v));
+}
+
+// Row r by a group of `width` threads (a block or a warp), thread t of it owning the 4-element
+// chunks c = t + k * width. The first kVec chunks (and their weights) are loaded at once and kept in
+// registers for the output pass; wider rows read the rest twice. The sum of squares adds a thread's
+// chunks in order, then `reduce` over the group: the order depends on dim only (norm_threads,
+// kNormWarpMaxDim), never on the batch or on vec.
+template <int kVec, typename Reduce>
+__device__ __forceinline__ void rms_norm_row(const Act& x, const Act& y, const Act& w, bool has_w, int64_t dim,
+                                             float eps, bool out_round, bool bf16_arith, bool vec, int64_t r, int t,
+                                             int width, Reduce reduce) {
+  const int64_t nchunks = ceil_div(dim, 4), tail = t + int64_t(kVec) * width;
   float4 xv[kVec], wv[kVec];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int64_t c = threadIdx.x + int64_t(k) * blockDim.x;
+    const int64_t c = t + int64_t(k) * width;
     xv[k] = ld_chunk(x, r, c, dim, vec);
     wv[k] = has_w ? ld_chunk(w, 0, c, dim, vec) : make_float4(1.f, 1.f, 1.f, 1.f);
   }
@@ -74,31 +80,50 @@ __global__ void __launch_bounds__(kNormMaxThreads) rms_norm_kernel(Act x, Act y,
     sum += norm_sq(xv[k].z, bf16_arith);
     sum += norm_sq(xv[k].w, bf16_arith);
   }
-  for (int64_t c = tail; c < nchunks; c += blockDim.x) {
+  for (int64_t c = tail; c < nchunks; c += width) {
     const float4 v = ld_chunk(x, r, c, dim, vec);
     sum += norm_sq(v.x, bf16_arith);
     sum += norm_sq(v.y, bf16_arith);
     sum += norm_sq(v.z, bf16_arith);
     sum += norm_sq(v.w, bf16_arith);
   }
-  sum = block_sum(sum, scratch);
-  float s;
-  if (bf16_arith) {
-    const float m = round_bf16(sum / float(dim));
-    const float v = round_bf16(m + eps);
-    s = round_bf16(1.0f / sqrtf(v));
-  } else {
-    s = 1.0f / sqrtf(sum / float(dim) + eps);
-  }
+  const float s = norm_scale(reduce(sum), dim, eps, bf16_arith);
   const bool round = out_round && !bf16_arith;  // bf16_arith values are bf16 already
 #pragma unroll
   for (int k = 0; k < kVec; ++k)
-    st_chunk(y, r, threadIdx.x + int64_t(k) * blockDim.x, dim, norm_out4(xv[k], s, wv[k], has_w, bf16_arith), round,
-             vec);
-  for (int64_t c = tail; c < nchunks; c += blockDim.x) {
+    st_chunk(y, r, t + int64_t(k) * width, dim, norm_out4(xv[k], s, wv[k], has_w, bf16_arith), round, vec);
+  for (int64_t c = tail; c < nchunks; c += width) {
     const float4 wc = has_w ? ld_chunk(w, 0, c, dim, vec) : make_float4(1.f, 1.f, 1.f, 1.f);
     st_chunk(y, r, c, dim, norm_out4(ld_chunk(x, r, c, dim, vec), s, wc, has_w, bf16_arith), round, vec);
   }
+}
+
+// Rows wider than kNormWarpMaxDim: one block per row, the sum by block_sum.
+template <int kVec>
+__global__ void __launch_bounds__(kNormMaxThreads) rms_norm_kernel(Act x, Act y, Act w, bool has_w, int64_t dim,
+                                                                   float eps, bool out_round, bool bf16_arith,
+                                                                   bool vec) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
+  __shared__ float scratch[32];
+  rms_norm_row<kVec>(x, y, w, has_w, dim, eps, out_round, bf16_arith, vec, blockIdx.x, threadIdx.x, blockDim.x,
+                     [&](float v) { return block_sum(v, scratch); });
+}
+
+// Rows to kNormWarpMaxDim (the per-head query norm's 512 over tokens x heads rows, the latent's 512,
+// q_lora's 1,024): one warp per row, kNormRowsPerBlock rows a block, the sum by warp_sum, no barrier.
+constexpr int64_t kNormWarpMaxDim = 1024;
+constexpr int kNormRowsPerBlock = 8;
+
+template <int kVec>
+__global__ void __launch_bounds__(32 * kNormRowsPerBlock) rms_norm_warp_kernel(Act x, Act y, Act w, bool has_w,
+                                                                               int64_t dim, int64_t rows, float eps,
+                                                                               bool out_round, bool bf16_arith,
+                                                                               bool vec) {
+  pdl_enter();  // launch.cuh: programmatic dependent launch
+  const int64_t r = int64_t(blockIdx.x) * kNormRowsPerBlock + (threadIdx.x >> 5);
+  if (r >= rows) return;  // warp-uniform
+  rms_norm_row<kVec>(x, y, w, has_w, dim, eps, out_round, bf16_arith, vec, r, threadIdx.x & 31, 32,
+                     [](float v) { return warp_sum(v); });
 }
 
 // Threads per row of rms_norm: a chunk of 4 elements each, 32 to kNormMaxThreads (a function of dim
@@ -289,6 +314,20 @@ void launch_rms_norm(const RmsNormParams& p, cudaStream_t s) {
   if (rows == 0) return;
   const Act x = make_act(p.x, "rms_norm x"), y = make_act(p.y, "rms_norm y");
   const bool vec = dim % 4 == 0 && x.vec_ok() && y.vec_ok() && (!has_w || w.vec_ok());
+  if (dim <= kNormWarpMaxDim) {
+    const int64_t per_lane = ceil_div(ceil_div(dim, 4), 32);
+    const unsigned grid = grid_x(ceil_div(rows, kNormRowsPerBlock), "rms_norm");
+    auto run = [&](auto kernel) {
+      launch(kernel, grid, 32 * kNormRowsPerBlock, 0, s)(x, y, w, has_w, dim, rows, p.eps, p.out_bf16,
+                                                         p.bf16_arith, vec);
+    };
+    if (per_lane <= 1) run(rms_norm_warp_kernel<1>);
+    else if (per_lane <= 2) run(rms_norm_warp_kernel<2>);
+    else if (per_lane <= 4) run(rms_norm_warp_kernel<4>);
+    else run(rms_norm_warp_kernel<8>);
+    launch_check("rms_norm (warp per row)", s);
+    return;
+  }
   const int threads = norm_threads(dim);
   const int64_t per_thread = ceil_div(ceil_div(dim, 4), threads);
   const unsigned grid = grid_x(rows, "rms_norm");

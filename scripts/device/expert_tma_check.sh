@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 source scripts/device/check_lib.sh  # check_begin, el, golden_stage, prefill_stage, tests_stage
 check_begin /tmp/tma_logs 300 test_cuda_kernels bench_step bench_cuda test_gpu_golden
 tests_stage w4a8 150 'CudaW4a8*:CudaMoe*'
-tests_stage attn 120 'CudaAttentionTc*:CudaOps.SparseAttention*:CudaOps.Hadamard'
+tests_stage attn 120 'CudaAttentionTc*:CudaOps.SparseAttention*:CudaOps.Hadamard:CudaOps.RmsNorm*'
 BENCH_FP4_MODES=2 timeout 150 "$B/tests/cuda/bench_cuda" - fp4 > "$L/bench_fp4.txt" 2>&1
 echo "== bench_cuda fp4 rc $?"; grep -E "wgmma ws, A by|wgmma [0-9.]+ TFLOP" "$L/bench_fp4.txt"; el fp4
 golden_stage

@@ -26,7 +26,9 @@ const Tolerance kF32Tol{1e-4, 1e-5, 1e-8};     // fp32 outputs, summation order 
 TEST(CudaOps, RmsNorm) {
   V4RT_REQUIRE_GPU();
   Rng rng(1);
-  for (auto [rows, dim, weighted] : {std::tuple{1, 4096, true}, {7, 1000, true}, {33, 512, false}, {64, 7168, true}}) {
+  // Dims to 1,024 take the warp-per-row kernel (rows not a multiple of its 8 a block), wider ones a block a row.
+  for (auto [rows, dim, weighted] : {std::tuple{1, 4096, true}, {7, 1000, true}, {33, 512, false}, {64, 7168, true},
+                                     {1001, 36, false}, {9, 1024, true}, {3, 1025, true}, {5, 2, true}}) {
     Dual x = make_dual({rows, dim}, rng.normals(int64_t(rows) * dim, 2.f));
     Dual y = make_dual({rows, dim}, std::vector<float>(size_t(rows) * dim, 0.f));
     RmsNormParams p;
