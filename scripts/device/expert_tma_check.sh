@@ -5,7 +5,7 @@
 # (kernels/cuda/fp4_gemm_wgmma_ws.cu, debug.cuda_expert_ws_a_copy / cuda_expert_ws_weight_ring),
 # and the attention checks of cluster_check.sh. The W4A8 / MoE, attention and Hadamard op tests (a
 # hang ends at its bound), `bench_cuda - fp4` at prefill sizes (every form), golden tiny-a, `bench prefill`
-# at 8K in each form, at 1M by default and with the attention in clusters (attention_cluster.yaml).
+# at 8K in each form, `bench step` at batch 1 and 256, at 1M by default and with the attention in clusters (attention_cluster.yaml).
 # SHORT=1: no 1M stage.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [SHORT=1] bash scripts/device/expert_tma_check.sh        (carry .devdeps)
@@ -23,5 +23,6 @@ prefill_stage 8k_tma 8192 8192 scripts/device/expert_tma.yaml
 prefill_stage 8k_pair 8192 8192 scripts/device/expert_tma_pair.yaml
 prefill_stage 8k_ring 8192 8192 scripts/device/expert_ring.yaml
 prefill_stage 8k_ring_pair 8192 8192 scripts/device/expert_ring_pair.yaml
+step decode "" "--synthetic --backend cuda --preset flash --layers 2 --batch 1,256 --context 8192 --iters 10"
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 1m 1048576 8192 "" 150
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 1m_cluster 1048576 8192 scripts/device/attention_cluster.yaml 150
