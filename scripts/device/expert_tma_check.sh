@@ -5,7 +5,8 @@
 # (kernels/cuda/fp4_gemm_wgmma_ws.cu, debug.cuda_expert_ws_a_copy / cuda_expert_ws_weight_ring),
 # and the attention checks of cluster_check.sh. The W4A8 / MoE, attention and Hadamard op tests (a
 # hang ends at its bound), `bench_cuda - fp4` at prefill sizes (every form), golden tiny-a, `bench prefill`
-# at 8K in each form, `bench step` at batch 1 and 256, at 1M by default and with the attention in clusters (attention_cluster.yaml).
+# at 8K in each form, `bench step` at batch 1 and 256, at 1M by default and with the attention in
+# clusters (attention_cluster.yaml).
 # SHORT=1: no 1M stage.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [SHORT=1] bash scripts/device/expert_tma_check.sh        (carry .devdeps)
