@@ -19,7 +19,8 @@
 #                                       unless empty; LIMIT s, 120) into $L/p_TAG.txt, the
 #                                       tokens/s, the main ops, the total and the projection printed.
 #   tests_stage NAME LIMIT [FILTER]     test_cuda_kernels (--gtest_filter FILTER) into
-#                                       $L/tests_NAME.txt, its verdict lines printed.
+#                                       $L/tests_NAME.txt, its verdict lines printed, its exit
+#                                       status in TESTS_RC.
 #   hca_profile_stage TAG [CONFIG]      the stall profile (scripts/device/ncu_prefill.sh, with the
 #                                       memory section) of the 61st wgmma attention launch of a 1M
 #                                       prefill (HCA launches past 2,048 entries: chunks 32 on; the
@@ -63,7 +64,8 @@ prefill_stage() {
 }
 tests_stage() {
   timeout "$2" "$B/tests/cuda/test_cuda_kernels" --gtest_brief=1 ${3:+--gtest_filter="$3"} > "$L/tests_$1.txt" 2>&1
-  echo "== op tests $1 rc $?"; grep -E "FAILED|PASSED|Failure|tests ran" "$L/tests_$1.txt" | head -30; el "tests $1"
+  TESTS_RC=$?
+  echo "== op tests $1 rc $TESTS_RC"; grep -E "FAILED|PASSED|Failure|tests ran" "$L/tests_$1.txt" | head -30; el "tests $1"
 }
 hca_profile_stage() {
   BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_wgmma NCU_SKIP=60 NCU_CONTEXT=1048576 NCU_TAG=$1 \
