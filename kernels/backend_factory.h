@@ -88,6 +88,8 @@ struct BackendOptions {
   int cuda_fp4_gemv_k_split = 0;
   // "cuda" only (debug.cuda_fp4_gemv_l2_prefetch): its weight copies' L2 prefetch, 256, 128 or 0.
   int cuda_fp4_gemv_l2_prefetch = 256;
+  // "cuda" only (debug.cuda_fp4_gemv_items): its channel blocks per block, 1, 2, 4, 8 or 0 (by size).
+  int cuda_fp4_gemv_items = 1;
   // "cuda" only (debug.cuda_hc_fused_sumsq): hc_pre's sum of squares in its finishing kernel.
   bool cuda_hc_fused_sumsq = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and

@@ -82,6 +82,7 @@ struct DebugConfig {
   int cuda_fp4_gemv_rows = 8;            // CUDA: decode expert GEMV rows a pass, 8 or 0 (by the mean)
   int cuda_fp4_gemv_k_split = 0;         // CUDA: decode expert GEMV k split, 0 (the default), 4, 2 or 1
   int cuda_fp4_gemv_l2_prefetch = 256;   // CUDA: decode expert GEMV weight copies' L2 prefetch, 256, 128 or 0
+  int cuda_fp4_gemv_items = 1;           // CUDA: decode expert GEMV channel blocks per block, 1, 2, 4, 8 or 0
   bool cuda_hc_fused_sumsq = true;       // CUDA: hc_pre's sum of squares in its finishing kernel
   bool cuda_graph_replay = false;        // CUDA: with cuda_graphs, cached step executables updated, not recaptured
   bool cuda_graph_segments = false;      // CUDA: with cuda_graph_replay, a step replayed layer by layer

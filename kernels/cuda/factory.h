@@ -164,6 +164,9 @@ struct CudaBackendOptions {
   // Its weight copies' L2 prefetch size (Fp4GroupedGemmParams::gemv_l2_prefetch;
   // debug.cuda_fp4_gemv_l2_prefetch): 256, 128 or 0 (no hint).
   int fp4_gemv_l2_prefetch = 256;
+  // Its channel blocks per block (Fp4GroupedGemmParams::gemv_items; debug.cuda_fp4_gemv_items): 1, 2,
+  // 4, 8, or 0 by the launch size (fp4_gemv_items). 1 until measured on the GPU.
+  int fp4_gemv_items = 1;
   // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it
   // already holds (mhc.cu, hc_pre_kernel) instead of a separate pass over x (sum_squares_kernel);
   // debug.cuda_hc_fused_sumsq. On: H100 8K prefill, hc_pre 3.03 -> 2.42 ms (docs/PERFORMANCE.md, tenth run).
