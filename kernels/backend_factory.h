@@ -67,7 +67,7 @@ struct BackendOptions {
   int64_t cuda_attention_wgmma_min_tiles = 32;
   // "cuda" only (debug.cuda_attention_wgmma_cluster): that kernel in clusters of two tokens' blocks
   // that read their shared compressed tiles from L2 once.
-  bool cuda_attention_wgmma_cluster = false;
+  bool cuda_attention_wgmma_cluster = true;
   // "cuda" only (debug.cuda_attention_ws): prefill sparse attention of 512-dim heads whose rows are
   // all bf16 (the bf16 views) on the warp-specialized kernel (a producer warpgroup copies the next
   // tile under the MMAs).

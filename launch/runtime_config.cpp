@@ -317,7 +317,8 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                                          "cuda_attention_wgmma takes a launch (default 32; 0: every length)"},
       {"cuda_attention_wgmma_cluster", "CUDA: that kernel in clusters of two adjacent tokens' blocks, which copy "
                                        "the compressed tiles both walk (the HCA layer's entries) from L2 once, "
-                                       "multicast to both (default false)"},
+                                       "multicast to both (default true: 12% less 1M prefill attention time on an "
+                                       "H100)"},
       {"cuda_attention_ws", "CUDA: prefill sparse attention of 512-dim heads whose rows are all bf16 (the bf16 "
                             "views) on the warp-specialized kernel (a producer warpgroup copies the next tile under "
                             "the MMAs; default true; needs cuda_attention_tc)"},

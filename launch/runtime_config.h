@@ -73,7 +73,7 @@ struct DebugConfig {
   bool cuda_expert_ws_weight_ring = false;  // CUDA: ... its raw weights through a ring of their own
   bool cuda_attention_wgmma = true;      // CUDA: ... of 32+ tiles (512-dim heads, bf16 rows), ws on wgmma
   int64_t cuda_attention_wgmma_min_tiles = 32;  // CUDA: ... from this many 64-candidate tiles (0: every length)
-  bool cuda_attention_wgmma_cluster = false;    // CUDA: ... in pairs of blocks sharing the compressed tiles
+  bool cuda_attention_wgmma_cluster = true;    // CUDA: ... in pairs of blocks sharing the compressed tiles
   bool cuda_attention_ws = true;         // CUDA: prefill sparse attention (512-dim heads, bf16 rows), warp-specialized
   bool cuda_attention_bf16_view = true;  // CUDA: ... reading bf16 views of its rows (converted once per launch)
   bool cuda_decode_tc = true;            // CUDA: decode attention / indexer of a batch on tensor cores

@@ -28,9 +28,10 @@
 // tiles' releases before it exits (its block's shared memory must outlive the other's arrivals).
 // A block past its own candidates walks the other's last tile with every candidate absent (p = 0,
 // its state unchanged). A 1M-token prefill reads 64 KB per tile and query from L2, which the
-// single-block kernel found at 82% of its throughput; in pairs, 24%, but no faster, the tile
-// barriers' cluster-scope fences in its place (docs/PERFORMANCE.md, twenty-first run). Off by
-// default (debug.cuda_attention_wgmma_cluster).
+// single-block kernel found at 82% of its throughput; in pairs, 24%. With cluster-scope fences on
+// the tile barriers the pairs were no faster (twenty-first run); with the barriers' default (CTA)
+// semantics the 1M prefill attention took 2.934 s against 3.347 s (docs/PERFORMANCE.md,
+// twenty-second run). On by default (debug.cuda_attention_wgmma_cluster).
 #include <atomic>
 #include <cstddef>
 #include <cstdint>

@@ -122,10 +122,10 @@ struct CudaBackendOptions {
   int64_t attention_wgmma_min_tiles = 32;  // debug.cuda_attention_wgmma_min_tiles; 0: every length
   // That kernel in clusters of two adjacent tokens' blocks (debug.cuda_attention_wgmma_cluster): the
   // compressed tiles both walk (the HCA layer's entries, stored in tiles of the kernel's layout by
-  // the bf16 views) copied once from L2 for both, by a bulk copy multicast to the pair. Off: on the
-  // H100 it cut the 1M HCA launch's L2 throughput from 82% to 24% of peak but not its time (cluster
-  // fences on every tile; docs/CUDA.md).
-  bool attention_wgmma_cluster = false;
+  // the bf16 views) copied once from L2 for both, by a bulk copy multicast to the pair. On: with the
+  // tile barriers in their default (CTA) semantics the H100's 1M prefill attention took 2.934 s
+  // against 3.347 s one block a token (docs/PERFORMANCE.md, twenty-second run).
+  bool attention_wgmma_cluster = true;
   // Sparse attention of 512-dim heads whose 64-head blocks fill the SMs and whose rows are all bf16
   // (prefill launches with attention_bf16_view) on the warp-specialized kernel (attention_ws.cu;
   // debug.cuda_attention_ws): a producer warpgroup copies the next 64-candidate tile by cp.async

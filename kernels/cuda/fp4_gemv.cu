@@ -42,16 +42,17 @@
 // Fp4GroupedGemmParams::gemv_l2_prefetch each copy asks the L2 to fetch the aligned 128 or 256
 // bytes around it, so DRAM serves each channel's range in longer bursts.
 //
-// Grid: one block per (row pass, `items` consecutive channel blocks of kBlockCh), channels fastest,
-// over the row-pass bound of grouped_tile_bound. The expert of a row pass is found by each block
-// itself (a block-wide prefix sum of row passes over the groups in shared memory: one round of
-// loads, two barriers), so there is one launch and no scratch; blocks past the last row pass retire
-// after it. With items > 1 (Fp4GroupedGemmParams::gemv_items) a block computes its channel blocks
-// one after another with one pipeline: each warp's copies run on into the next channel block's
-// steps while it multiplies the last ones of the current block, so the lookup and the pipeline's
-// fill are paid once a block instead of once a channel block; the channel blocks' sums meet in a
-// reduction buffer of their own (the stages hold copies in flight). The outputs are the same bits
-// for any items: every channel block's sums are formed by the same steps in the same order.
+// Grid: one block per (row pass, channel block of kBlockCh), channels fastest, over the row-pass
+// bound of grouped_tile_bound. The expert of a row pass is found by each block itself (a block-wide
+// prefix sum of row passes over the groups in shared memory: one round of loads, two barriers), so
+// there is one launch and no scratch; blocks past the last row pass retire after it. With items > 1
+// (Fp4GroupedGemmParams::gemv_items) a block computes channel blocks j, j + bpp, ... (bpp =
+// ceil(channel blocks / items) blocks a row pass) one after another with one pipeline: each warp's
+// copies run on into the next channel block's steps while it multiplies the last ones of the
+// current block, so the lookup and the pipeline's fill are paid once a block instead of once a
+// channel block; the channel blocks' sums meet in a reduction buffer of their own (the stages hold
+// copies in flight). The outputs are the same bits for any items: every channel block's sums are
+// formed by the same steps in the same order.
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -271,10 +272,12 @@ __global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBl
   using Stage = GemvStage<kMats, kRows>;
   constexpr int kTiles = kMats * kTilesM, kRedLd = G::kRedLd, kStages = G::kStages, kHalves = G::kHalves;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int64_t blocks_per_pass = ceil_div(n_blocks, int64_t(items));
-  const int pass = int(blockIdx.x / blocks_per_pass);
-  const int64_t first_block = int64_t(blockIdx.x % blocks_per_pass) * items;  // of this block's channel blocks
-  const int n_items = int(min(int64_t(items), n_blocks - first_block));
+  // This block's channel blocks: j, j + bpp, j + 2 bpp, ... (bpp blocks a row pass), so the blocks
+  // running side by side read neighbouring channels at every moment, as with one a block.
+  const int64_t bpp = ceil_div(n_blocks, int64_t(items));
+  const int pass = int(blockIdx.x / bpp);
+  const int64_t first_block = int64_t(blockIdx.x % bpp);
+  const int n_items = int(ceil_div(n_blocks - first_block, bpp));
   const GemvWork work = gemv_find_pass<kRows>(p, pass);
   if (work.rows == 0) return;  // the bound counts more row passes than there are
 
@@ -301,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBl
   const float* xs_src = p.x_scale + (work.row_begin + lane) * steps;
   const bool xs_ok = lane < rows;
   auto load = [&](int g, int st_idx) {
-    const int64_t n0 = (first_block + g / nsteps) * G::kBlockCh + int64_t(kc) * kChannels;
+    const int64_t n0 = (first_block + (g / nsteps) * bpp) * G::kBlockCh + int64_t(kc) * kChannels;
     const int64_t s = s_begin + g % nsteps;
     const int64_t w_off = (n0 + (lane >> 2)) * (k / 2) + (lane & 3) * 16, ws_off = (n0 + lane) * (k / 32);
     const int64_t w_left = p.n - n0 - (lane >> 2);  // this lane's weight chunk i exists if 8 i < w_left
@@ -362,7 +365,7 @@ __global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBl
     }
     if (items == 1) cp_async_wait<0>();  // no copy outstanding (the last commits are empty)
     __syncthreads();  // one item: every warp is done with its stages; else the last item's sums are read
-    const int64_t n_block = (first_block + item) * G::kBlockCh;
+    const int64_t n_block = (first_block + item * bpp) * G::kBlockCh;
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
       const int col = (t / kTilesM) * G::kBlockCh + kc * kChannels + 16 * (t % kTilesM) + gid;

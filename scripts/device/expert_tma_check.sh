@@ -3,11 +3,11 @@
 # One device call (about 8 minutes from a fresh machine): the W4A8 expert GEMM's activation tiles by
 # TMA and by TMA multicast in clusters of two, each with and without the weight ring
 # (kernels/cuda/fp4_gemm_wgmma_ws.cu, debug.cuda_expert_ws_a_copy / cuda_expert_ws_weight_ring),
-# and the attention checks of cluster_check.sh. The W4A8 / MoE, attention and Hadamard op tests (a
+# and the attention checks. The W4A8 / MoE, attention and Hadamard op tests (a
 # hang ends at its bound), `bench_cuda - fp4` at prefill sizes (every form), golden tiny-a, `bench prefill`
 # at 8K in each form, `bench step` at batch 1 and 256 (and with the decode expert GEMV's channel
-# blocks a block by size, gemv_items.yaml), at 1M by default and with the attention in clusters
-# (attention_cluster.yaml).
+# blocks a block by size, gemv_items.yaml), at 1M by default (the attention in clusters) and one
+# attention block a token (attention_single.yaml).
 # SHORT=1: no 1M stage.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [SHORT=1] bash scripts/device/expert_tma_check.sh        (carry .devdeps)
@@ -31,4 +31,4 @@ STEP_ARGS="--synthetic --backend cuda --preset flash --layers 2 --batch 1,256 --
 step decode "" "$STEP_ARGS"
 step decode_items scripts/device/gemv_items.yaml "$STEP_ARGS"
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 1m 1048576 8192 "" 150
-[[ ${SHORT:-0} == 1 ]] || prefill_stage 1m_cluster 1048576 8192 scripts/device/attention_cluster.yaml 150
+[[ ${SHORT:-0} == 1 ]] || prefill_stage 1m_single 1048576 8192 scripts/device/attention_single.yaml 150

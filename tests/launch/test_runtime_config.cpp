@@ -270,14 +270,14 @@ TEST(RuntimeConfig, Fp4GemvRowsKey) {
                       {"r.yaml", "cuda_fp4_gemv_items", "2, 4, 8 or 0", "3"});
 }
 
-// debug.cuda_attention_wgmma_cluster (false by default): carried to the backend options and the
+// debug.cuda_attention_wgmma_cluster (true by default): carried to the backend options and the
 // resolved YAML, a non-boolean refused naming the key.
 TEST(RuntimeConfig, AttentionClusterKey) {
-  EXPECT_FALSE(parse_runtime_config("", "r.yaml").debug.cuda_attention_wgmma_cluster);
-  EXPECT_FALSE(backend_options(RuntimeConfig{}, 0).cuda_attention_wgmma_cluster);
-  const RuntimeConfig on = parse_runtime_config("debug: {cuda_attention_wgmma_cluster: true}\n", "r.yaml");
-  EXPECT_TRUE(backend_options(on, 0).cuda_attention_wgmma_cluster);
-  EXPECT_TRUE(parse_runtime_config(runtime_config_yaml(on), "emitted").debug.cuda_attention_wgmma_cluster);
+  EXPECT_TRUE(parse_runtime_config("", "r.yaml").debug.cuda_attention_wgmma_cluster);
+  EXPECT_TRUE(backend_options(RuntimeConfig{}, 0).cuda_attention_wgmma_cluster);
+  const RuntimeConfig off = parse_runtime_config("debug: {cuda_attention_wgmma_cluster: false}\n", "r.yaml");
+  EXPECT_FALSE(backend_options(off, 0).cuda_attention_wgmma_cluster);
+  EXPECT_FALSE(parse_runtime_config(runtime_config_yaml(off), "emitted").debug.cuda_attention_wgmma_cluster);
   expect_error_naming([] { parse_runtime_config("debug: {cuda_attention_wgmma_cluster: 2}\n", "r.yaml"); },
                       {"r.yaml", "cuda_attention_wgmma_cluster"});
 }
