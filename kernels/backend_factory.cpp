@@ -63,7 +63,6 @@ std::unique_ptr<Backend> make_plain_backend(const std::string& name, const Backe
     co.fp4_gemv_rows = options.cuda_fp4_gemv_rows;
     co.fp4_gemv_k_split = options.cuda_fp4_gemv_k_split;
     co.fp4_gemv_l2_prefetch = options.cuda_fp4_gemv_l2_prefetch;
-    co.fp4_gemv_items = options.cuda_fp4_gemv_items;
     co.hc_fused_sumsq = options.cuda_hc_fused_sumsq;
     co.sync_each_kernel = options.debug.sync_each_op;
     co.graphs = options.cuda_graphs;

@@ -54,8 +54,8 @@ struct BackendOptions {
   // "cuda" only (debug.cuda_expert_ws_persistent): that kernel persistent, one block per SM.
   bool cuda_expert_ws_persistent = true;
   // "cuda" only (debug.cuda_expert_ws_a_copy): how that kernel's activation tiles arrive, 0 by
-  // cp.async, 1 by TMA, 2 by TMA multicast in clusters of two blocks.
-  int cuda_expert_ws_a_copy = 0;
+  // cp.async, 1 by TMA (the default), 2 by TMA multicast in clusters of two blocks.
+  int cuda_expert_ws_a_copy = 1;
   // "cuda" only (debug.cuda_expert_ws_weight_ring): its raw weights through a ring of their own.
   bool cuda_expert_ws_weight_ring = false;
   // "cuda" only (debug.cuda_attention_wgmma): prefill sparse attention of 512-dim heads whose rows
@@ -88,8 +88,6 @@ struct BackendOptions {
   int cuda_fp4_gemv_k_split = 0;
   // "cuda" only (debug.cuda_fp4_gemv_l2_prefetch): its weight copies' L2 prefetch, 256, 128 or 0.
   int cuda_fp4_gemv_l2_prefetch = 256;
-  // "cuda" only (debug.cuda_fp4_gemv_items): its channel blocks per block, 1, 2, 4, 8 or 0 (by size).
-  int cuda_fp4_gemv_items = 1;
   // "cuda" only (debug.cuda_hc_fused_sumsq): hc_pre's sum of squares in its finishing kernel.
   bool cuda_hc_fused_sumsq = true;
   // "cuda" only (`cuda_graphs:` of the runtime YAML, `--no-graphs`): decode steps recorded and

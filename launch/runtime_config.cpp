@@ -229,7 +229,6 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
   d.get("cuda_fp4_gemv_rows", &c.debug.cuda_fp4_gemv_rows);
   d.get("cuda_fp4_gemv_k_split", &c.debug.cuda_fp4_gemv_k_split);
   d.get("cuda_fp4_gemv_l2_prefetch", &c.debug.cuda_fp4_gemv_l2_prefetch);
-  d.get("cuda_fp4_gemv_items", &c.debug.cuda_fp4_gemv_items);
   d.get("cuda_hc_fused_sumsq", &c.debug.cuda_hc_fused_sumsq);
   d.get("cuda_graph_replay", &c.debug.cuda_graph_replay);
   d.get("cuda_pdl", &c.debug.cuda_pdl);
@@ -245,14 +244,8 @@ RuntimeConfig parse_runtime_config(const std::string& yaml_text, const std::stri
                    c.debug.cuda_fp4_gemv_l2_prefetch == 256,
                d.where("cuda_fp4_gemv_l2_prefetch") << " must be 256 (the default), 128 or 0 (no hint), got "
                                                     << c.debug.cuda_fp4_gemv_l2_prefetch);
-  {
-    const int items = c.debug.cuda_fp4_gemv_items;
-    V4RT_REQUIRE(items == 0 || items == 1 || items == 2 || items == 4 || items == 8,
-                 d.where("cuda_fp4_gemv_items") << " must be 1 (the default), 2, 4, 8 or 0 (by the launch size), got "
-                                                << items);
-  }
   V4RT_REQUIRE(c.debug.cuda_expert_ws_a_copy >= 0 && c.debug.cuda_expert_ws_a_copy <= 2,
-               d.where("cuda_expert_ws_a_copy") << " must be 0 (cp.async, the default), 1 (TMA) or 2 (TMA multicast "
+               d.where("cuda_expert_ws_a_copy") << " must be 0 (cp.async), 1 (TMA, the default) or 2 (TMA multicast "
                                                    "in clusters of two), got "
                                                 << c.debug.cuda_expert_ws_a_copy);
   V4RT_REQUIRE(c.debug.cuda_expert_tc_min_rows >= 0 && c.debug.cuda_expert_tc_min_rows <= (int64_t(1) << 30),
@@ -304,7 +297,7 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                                     "tile's copies run under this one's MMAs and stores (default true; false: one "
                                     "block per tile)"},
       {"cuda_expert_ws_a_copy", "CUDA: how that kernel's activation tiles reach shared memory: 0 by the producer "
-                                "warps' cp.async (default), 1 by one tensor-map copy (TMA) a step, 2 by TMA in "
+                                "warps' cp.async, 1 by one tensor-map copy (TMA) a step (default), 2 by TMA in "
                                 "clusters of two blocks on adjacent channel tiles, each block's half multicast "
                                 "into both (the same bits)"},
       {"cuda_expert_ws_weight_ring", "CUDA: that kernel's raw weights through a ring of their own, each producer "
@@ -340,9 +333,6 @@ std::vector<std::pair<std::string, std::string>> debug_switches() {
                                 "128 inputs (default 0)"},
       {"cuda_fp4_gemv_l2_prefetch", "CUDA: the decode expert GEMV's weight copies ask the L2 to fetch the aligned "
                                     "256 or 128 bytes around each 64-byte piece; 0 no hint (default 256)"},
-      {"cuda_fp4_gemv_items", "CUDA: the decode expert GEMV's channel blocks per block, computed one after another "
-                              "with one copy pipeline (2, 4 or 8; 0 by the launch size, about two blocks a slot of "
-                              "the device; default 1: a block each)"},
       {"cuda_hc_fused_sumsq", "CUDA: hc_pre from 32 tokens takes the sum of squares of x in its finishing kernel "
                               "instead of a separate pass over x (default true: 20% less hc_pre time in the H100 8K prefill)"},
       {"cuda_graph_replay", "CUDA, with cuda_graphs: a decode step is logged instead of captured and runs a cached "
@@ -399,7 +389,6 @@ kernels::BackendOptions backend_options(const RuntimeConfig& config, int device_
   o.cuda_fp4_gemv_rows = config.debug.cuda_fp4_gemv_rows;
   o.cuda_fp4_gemv_k_split = config.debug.cuda_fp4_gemv_k_split;
   o.cuda_fp4_gemv_l2_prefetch = config.debug.cuda_fp4_gemv_l2_prefetch;
-  o.cuda_fp4_gemv_items = config.debug.cuda_fp4_gemv_items;
   o.cuda_hc_fused_sumsq = config.debug.cuda_hc_fused_sumsq;
   o.cuda_decode_tc = config.debug.cuda_decode_tc;
   o.cuda_graphs = config.cuda_graphs;
@@ -479,7 +468,6 @@ std::string runtime_config_yaml(const RuntimeConfig& c) {
   out << YAML::Key << "cuda_fp4_gemv_rows" << YAML::Value << c.debug.cuda_fp4_gemv_rows;
   out << YAML::Key << "cuda_fp4_gemv_k_split" << YAML::Value << c.debug.cuda_fp4_gemv_k_split;
   out << YAML::Key << "cuda_fp4_gemv_l2_prefetch" << YAML::Value << c.debug.cuda_fp4_gemv_l2_prefetch;
-  out << YAML::Key << "cuda_fp4_gemv_items" << YAML::Value << c.debug.cuda_fp4_gemv_items;
   out << YAML::Key << "cuda_hc_fused_sumsq" << YAML::Value << c.debug.cuda_hc_fused_sumsq;
   out << YAML::Key << "cuda_graph_replay" << YAML::Value << c.debug.cuda_graph_replay;
   out << YAML::Key << "cuda_pdl" << YAML::Value << c.debug.cuda_pdl;

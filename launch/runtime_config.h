@@ -69,7 +69,7 @@ struct DebugConfig {
   bool cuda_expert_wgmma = true;         // CUDA: prefill-sized expert GEMMs on FP8 wgmma
   bool cuda_expert_wgmma_ws = true;      // CUDA: ... on the warp-specialized FP8 wgmma kernel
   bool cuda_expert_ws_persistent = true;  // CUDA: ... that kernel persistent (one block per SM)
-  int cuda_expert_ws_a_copy = 0;          // CUDA: ... its activation tiles by 0 cp.async, 1 TMA, 2 TMA multicast
+  int cuda_expert_ws_a_copy = 1;          // CUDA: ... its activation tiles by 0 cp.async, 1 TMA, 2 TMA multicast
   bool cuda_expert_ws_weight_ring = false;  // CUDA: ... its raw weights through a ring of their own
   bool cuda_attention_wgmma = true;      // CUDA: ... of 32+ tiles (512-dim heads, bf16 rows), ws on wgmma
   int64_t cuda_attention_wgmma_min_tiles = 32;  // CUDA: ... from this many 64-candidate tiles (0: every length)
@@ -82,7 +82,6 @@ struct DebugConfig {
   int cuda_fp4_gemv_rows = 8;            // CUDA: decode expert GEMV rows a pass, 8 or 0 (by the mean)
   int cuda_fp4_gemv_k_split = 0;         // CUDA: decode expert GEMV k split, 0 (the default), 4, 2 or 1
   int cuda_fp4_gemv_l2_prefetch = 256;   // CUDA: decode expert GEMV weight copies' L2 prefetch, 256, 128 or 0
-  int cuda_fp4_gemv_items = 1;           // CUDA: decode expert GEMV channel blocks per block, 1, 2, 4, 8 or 0
   bool cuda_hc_fused_sumsq = true;       // CUDA: hc_pre's sum of squares in its finishing kernel
   bool cuda_graph_replay = false;        // CUDA: with cuda_graphs, cached step executables updated, not recaptured
   bool cuda_graph_segments = false;      // CUDA: with cuda_graph_replay, a step replayed layer by layer

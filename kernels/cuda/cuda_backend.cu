@@ -832,7 +832,6 @@ void CudaBackend::moe_experts(const MoeExpertsParams& p) {
     gp.gemv_rows = options_.fp4_gemv_rows;
     gp.gemv_k_split = options_.fp4_gemv_k_split;
     gp.gemv_l2_prefetch = options_.fp4_gemv_l2_prefetch;
-    gp.gemv_items = options_.fp4_gemv_items;
     gp.max_rows = max_rows;
     gp.stream = stream_.get();
     return gp;

@@ -107,7 +107,9 @@ struct CudaBackendOptions {
   bool expert_ws_persistent = true;
   // How that kernel's activation tiles arrive (Fp4GroupedGemmParams::ws_a_copy;
   // debug.cuda_expert_ws_a_copy): 0 by cp.async, 1 by TMA, 2 by TMA multicast in clusters of two.
-  int expert_ws_a_copy = 0;
+  // 1: 1% faster than cp.async on the H100 (8K prefill experts 17.97 against 18.17 ms; the others
+  // slower; docs/PERFORMANCE.md, twenty-second run).
+  int expert_ws_a_copy = 1;
   // Its raw weights through a ring of their own, seven steps of copies ahead of the decode
   // (Fp4GroupedGemmParams::ws_weight_ring; debug.cuda_expert_ws_weight_ring).
   bool expert_ws_weight_ring = false;
@@ -164,9 +166,6 @@ struct CudaBackendOptions {
   // Its weight copies' L2 prefetch size (Fp4GroupedGemmParams::gemv_l2_prefetch;
   // debug.cuda_fp4_gemv_l2_prefetch): 256, 128 or 0 (no hint).
   int fp4_gemv_l2_prefetch = 256;
-  // Its channel blocks per block (Fp4GroupedGemmParams::gemv_items; debug.cuda_fp4_gemv_items): 1, 2,
-  // 4, 8, or 0 by the launch size (fp4_gemv_items). 1 until measured on the GPU.
-  int fp4_gemv_items = 1;
   // hc_pre from 32 tokens: the sum of squares of x taken by the finishing kernel from the row it
   // already holds (mhc.cu, hc_pre_kernel) instead of a separate pass over x (sum_squares_kernel);
   // debug.cuda_hc_fused_sumsq. On: H100 8K prefill, hc_pre 3.03 -> 2.42 ms (docs/PERFORMANCE.md, tenth run).

@@ -75,10 +75,6 @@ struct Fp4GroupedGemmParams {
   // With tensor_cores: the GEMV's weight copies ask the L2 to fetch the aligned 128 or 256 bytes
   // around each 64-byte piece (0: no hint; debug.cuda_fp4_gemv_l2_prefetch).
   int gemv_l2_prefetch = 0;
-  // With tensor_cores: the decode GEMV's channel blocks per block, computed one after another with
-  // one copy pipeline (1: a block each; 0: by the launch size, fp4_gemv_items;
-  // debug.cuda_fp4_gemv_items). The outputs are the same bits for any value.
-  int gemv_items = 1;
   cudaStream_t stream = nullptr;
 };
 
@@ -116,12 +112,6 @@ Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int64_t k, int
 // The GEMV alone, whatever the rows per group (fp4_gemv.cu): one launch, no scratch; an expert's
 // rows go in passes of shape.rows, each pass reading the expert's weights again.
 void fp4_grouped_gemv(const Fp4GroupedGemmParams& p, Fp4GemvShape shape = {});
-// The GEMV's channel blocks per block for a launch of `passes` row passes x n_blocks channel
-// blocks: gemv_items when positive, else by the size (about two blocks per slot of
-// kFp4GemvItemsSlots, at most kFp4GemvMaxItems, at least 1).
-inline constexpr int64_t kFp4GemvItemsSlots = 264;  // 132 SMs x 2 blocks of the pair form (H100, H200)
-inline constexpr int kFp4GemvMaxItems = 8;
-int fp4_gemv_items(int gemv_items, int64_t passes, int64_t n_blocks);
 // Two projections of the same rows in one GEMV launch (the experts' gate and up): p and q share
 // the activations, row offsets, groups, n, k, max_rows and stream and differ in weights and
 // outputs; q's weights are present for exactly the groups p's are. A block computes 32 channels of

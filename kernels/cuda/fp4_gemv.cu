@@ -42,18 +42,10 @@
 // Fp4GroupedGemmParams::gemv_l2_prefetch each copy asks the L2 to fetch the aligned 128 or 256
 // bytes around it, so DRAM serves each channel's range in longer bursts.
 //
-// Grid: one block per (row pass, channel block of kBlockCh), channels fastest, over the row-pass
-// bound of grouped_tile_bound. The expert of a row pass is found by each block itself (a block-wide
-// prefix sum of row passes over the groups in shared memory: one round of loads, two barriers), so
-// there is one launch and no scratch; blocks past the last row pass retire after it. With items > 1
-// (Fp4GroupedGemmParams::gemv_items) a block computes channel blocks j, j + bpp, ... (bpp =
-// ceil(channel blocks / items) blocks a row pass) one after another with one pipeline: each warp's
-// copies run on into the next channel block's steps while it multiplies the last ones of the
-// current block, so the lookup and the pipeline's fill are paid once a block instead of once a
-// channel block; the channel blocks' sums meet in a reduction buffer of their own (the stages hold
-// copies in flight). The outputs are the same bits for any items: every channel block's sums are
-// formed by the same steps in the same order.
-#include <algorithm>
+// Grid: one block per (row pass, 32 or 64 channels), channels fastest, over the row-pass bound of
+// grouped_tile_bound. The expert of a row pass is found by each block itself (a block-wide prefix
+// sum of row passes over the groups in shared memory: one round of loads, two barriers), so there is
+// one launch and no scratch; blocks past the last row pass retire after it.
 #include <atomic>
 #include <climits>
 
@@ -101,17 +93,12 @@ struct Gemv {
   static constexpr int kHalves = kRows / 8;
   static constexpr int kStages = kMats == 2 && kRows == 16 ? 3 : 4;  // steps per warp in shared memory
   static constexpr size_t kSmemBytes = size_t(kWarps) * kStages * sizeof(GemvStage<kMats, kRows>);
-  static constexpr int kRedLd = kMats * kBlockCh + 4;  // reduction row stride, floats
-  static constexpr size_t kRedBytes = size_t(kKSplit) * kRows * kRedLd * 4;
-  // With items > 1 the reduction buffer follows the stages (kSmemBytes + kRedBytes; one block of the
-  // pair form then takes 115,712 B: two still fit the 228 KB of an SM with their 1 KB reserves).
   // Blocks per SM by shared memory (228 KB, 1 KB reserved a block), at most 3 (then by registers).
   static constexpr int kMinBlocks = int(228 * 1024 / (kSmemBytes + 1024)) < 3 ? int(228 * 1024 / (kSmemBytes + 1024)) : 3;
+  static constexpr int kRedLd = kMats * kBlockCh + 4;  // reduction row stride, floats
   static_assert(sizeof(GemvStage<kMats, kRows>) % 16 == 0, "stages keep 16-byte alignment");
   static_assert(kMinBlocks >= 1, "a block fits an SM");
-  static_assert(kRedBytes <= kSmemBytes, "with one item a block the reduction reuses the stages");
-  static_assert(int(228 * 1024 / (kSmemBytes + kRedBytes + 1024)) >= kMinBlocks,
-                "items > 1 keep the blocks per SM");
+  static_assert(size_t(kKSplit) * kRows * kRedLd * 4 <= kSmemBytes, "the reduction reuses the stages");
 };
 static_assert(Gemv<1, 8, 4>::kSmemBytes == 64000 && Gemv<1, 8, 4>::kMinBlocks == 3, "3 blocks per SM");
 static_assert(Gemv<2, 8, 4>::kSmemBytes == 107008 && Gemv<2, 8, 4>::kMinBlocks == 2, "2 blocks per SM");
@@ -203,91 +190,26 @@ __device__ GemvWork gemv_find_pass(const Fp4GroupedGemmParams& p, int pass) {
 }
 
 // --- the kernel ----------------------------------------------------------------------------------
-// One pipeline step of one warp: the activation fragments of the step's four 32-blocks, then per
-// m16 tile the weight fragments, decoded once for every n8 of the pass, and one k32 MMA per 32-block
-// promoted into acc (tiles of matrix 0, then of matrix 1).
-template <int kMats, int kRows>
-__device__ __forceinline__ void gemv_step(const GemvStage<kMats, kRows>& st, float (&acc)[kMats * kTilesM][kRows / 8][4],
-                                          int lane) {
-  constexpr int kTiles = kMats * kTilesM, kHalves = kRows / 8;
-  const int gid = lane >> 2, tig = lane & 3;
-  // Activation fragments of the four 32-blocks (n8 column gid = row gid + 8 h of the pass): inputs
-  // 8 tig + {0, 2 | 1, 3} for the first k16 MMA, 8 tig + {4, 6 | 5, 7} for the second.
-  uint32_t bf[kHalves][4][2][2];
-  float xr[kHalves][2];  // scales of rows 2 tig, 2 tig + 1 (+ 8 h): accumulators 0, 2 | 1, 3
-#pragma unroll
-  for (int h = 0; h < kHalves; ++h) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint2 a = *reinterpret_cast<const uint2*>(&st.a[8 * h + gid][j * 32 + tig * 8]);
-      e4m3x4_to_f16x2(__byte_perm(a.x, 0, 0x3120), bf[h][j][0][0], bf[h][j][0][1]);
-      e4m3x4_to_f16x2(__byte_perm(a.y, 0, 0x3120), bf[h][j][1][0], bf[h][j][1][1]);
-    }
-    xr[h][0] = st.xs[8 * h + 2 * tig], xr[h][1] = st.xs[8 * h + 2 * tig + 1];
-  }
-#pragma unroll
-  for (int t = 0; t < kTiles; ++t) {  // tiles of matrix 0, then of matrix 1
-    // Words of channels gid (lo) and gid + 8 (hi) of the tile, blocks 0..3: lanes 0-7 address
-    // channels 0-7, lanes 8-15 channels 8-15, lanes 16-31 the same for the next block.
-    uint32_t wl[4], wh[4];
-    {
-      const int ch = 16 * t + (lane & 7) + ((lane >> 3) & 1) * 8;
-      uint32_t r[4];
-      ldmatrix_x4(r, &st.w[ch][(lane >> 4) * 16]);
-      wl[0] = r[0], wh[0] = r[1], wl[1] = r[2], wh[1] = r[3];
-      ldmatrix_x4(r, &st.w[ch][(2 + (lane >> 4)) * 16]);
-      wl[2] = r[0], wh[2] = r[1], wl[3] = r[2], wh[3] = r[3];
-    }
-    // Scale bytes plus 6: byte j << 23 is the float 2^(S - 121) = 2^(S - 127) * 2^6, taking back the
-    // 2^-6 of the re-encoded weights (valid for S <= 248, as in the tile kernel).
-    const uint32_t swl = __vadd4(st.ws[16 * t + gid], 0x06060606u);
-    const uint32_t swh = __vadd4(st.ws[16 * t + gid + 8], 0x06060606u);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      uint32_t a0[4], a1[4];  // A rows gid (regs 0, 2) and gid + 8 (regs 1, 3)
-      e4m3x4_to_f16x2(e2m1_lo_to_e4m3(wl[j]), a0[0], a1[0]);  // (c0, c2) | (c4, c6)
-      e4m3x4_to_f16x2(e2m1_hi_to_e4m3(wl[j]), a0[2], a1[2]);  // (c1, c3) | (c5, c7)
-      e4m3x4_to_f16x2(e2m1_lo_to_e4m3(wh[j]), a0[1], a1[1]);
-      e4m3x4_to_f16x2(e2m1_hi_to_e4m3(wh[j]), a0[3], a1[3]);
-      const float sl = __uint_as_float(((swl >> (8 * j)) & 0xffu) << 23);
-      const float sh = __uint_as_float(((swh >> (8 * j)) & 0xffu) << 23);
-#pragma unroll
-      for (int h = 0; h < kHalves; ++h) {  // the decoded fragments serve every n8 of the pass
-        float d[4];  // channels gid | gid + 8 x rows 2 tig, 2 tig + 1 (+ 8 h): one 32-block
-        mma_f16_k32(d, a0, bf[h][j][0], a1, bf[h][j][1]);
-        acc[t][h][0] = fmaf(d[0], xr[h][0] * sl, acc[t][h][0]);
-        acc[t][h][1] = fmaf(d[1], xr[h][1] * sl, acc[t][h][1]);
-        acc[t][h][2] = fmaf(d[2], xr[h][0] * sh, acc[t][h][2]);
-        acc[t][h][3] = fmaf(d[3], xr[h][1] * sh, acc[t][h][3]);
-      }
-    }
-  }
-}
-
 template <int kMats, int kRows, int kKSplit>
 __global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBlocks))
-    fp4_grouped_gemv_kernel(Fp4GroupedGemmParams p, GemvSecond second, int64_t n_blocks, int items) {
+    fp4_grouped_gemv_kernel(Fp4GroupedGemmParams p, GemvSecond second, int64_t n_blocks) {
   pdl_enter();  // launch.cuh: programmatic dependent launch
   using G = Gemv<kMats, kRows, kKSplit>;
   using Stage = GemvStage<kMats, kRows>;
   constexpr int kTiles = kMats * kTilesM, kRedLd = G::kRedLd, kStages = G::kStages, kHalves = G::kHalves;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // This block's channel blocks: j, j + bpp, j + 2 bpp, ... (bpp blocks a row pass), so the blocks
-  // running side by side read neighbouring channels at every moment, as with one a block.
-  const int64_t bpp = ceil_div(n_blocks, int64_t(items));
-  const int pass = int(blockIdx.x / bpp);
-  const int64_t first_block = int64_t(blockIdx.x % bpp);
-  const int n_items = int(ceil_div(n_blocks - first_block, bpp));
+  const int pass = int(blockIdx.x / n_blocks);
+  const int64_t n_block = int64_t(blockIdx.x % n_blocks) * G::kBlockCh;
   const GemvWork work = gemv_find_pass<kRows>(p, pass);
   if (work.rows == 0) return;  // the bound counts more row passes than there are
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   const int kr = warp % kKSplit, kc = warp / kKSplit;  // this warp's k range and channel group
+  const int64_t n0 = n_block + int64_t(kc) * kChannels;
   const int64_t k = p.k, steps = k / kStepK;
   const int64_t s_begin = steps * kr / kKSplit, s_end = steps * (kr + 1) / kKSplit;
   const int nsteps = int(s_end - s_begin);
-  const int total = n_items * nsteps;  // this warp's steps over all its channel blocks
   Stage* stages = reinterpret_cast<Stage*>(smem_raw) + warp * kStages;
   const int rows = work.rows;
   const uint8_t* w[kMats];  // matrix m's weights and scales for this group
@@ -295,20 +217,16 @@ __global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBl
   w[0] = work.w, wsc[0] = work.ws;
   if constexpr (kMats == 2) w[1] = second.w[work.group], wsc[1] = second.ws[work.group];
 
-  // Copies of this warp's step g (channel block g / nsteps, k step s_begin + g % nsteps) into stage
-  // st: weight chunks (channel lane / 4 + 8 i of each matrix, bytes 16 (lane % 4)), activation
-  // chunks (row lane / 8 + 4 i, bytes 16 (lane % 8)), the scale word of channel `lane` of each
-  // matrix, the activation scale of row `lane` (< kRows). Channels past n and rows past the pass
-  // are zeros.
+  // Copies of step s into stage st: weight chunks (channel lane / 4 + 8 i of each matrix, bytes
+  // 16 (lane % 4)), activation chunks (row lane / 8 + 4 i, bytes 16 (lane % 8)), the scale word of
+  // channel `lane` of each matrix, the activation scale of row `lane` (< kRows). Channels past n
+  // and rows past the pass are zeros.
+  const int64_t w_off = (n0 + (lane >> 2)) * (k / 2) + (lane & 3) * 16, ws_off = (n0 + lane) * (k / 32);
   const uint8_t* a_src = p.x8 + (work.row_begin + (lane >> 3)) * k + (lane & 7) * 16;
   const float* xs_src = p.x_scale + (work.row_begin + lane) * steps;
-  const bool xs_ok = lane < rows;
-  auto load = [&](int g, int st_idx) {
-    const int64_t n0 = (first_block + (g / nsteps) * bpp) * G::kBlockCh + int64_t(kc) * kChannels;
-    const int64_t s = s_begin + g % nsteps;
-    const int64_t w_off = (n0 + (lane >> 2)) * (k / 2) + (lane & 3) * 16, ws_off = (n0 + lane) * (k / 32);
-    const int64_t w_left = p.n - n0 - (lane >> 2);  // this lane's weight chunk i exists if 8 i < w_left
-    const bool ws_ok = n0 + lane < p.n;
+  const int64_t w_left = p.n - n0 - (lane >> 2);  // this lane's weight chunk i exists if 8 i < w_left
+  const bool ws_ok = n0 + lane < p.n, xs_ok = lane < rows;
+  auto load = [&](int64_t s, int st_idx) {
     Stage& st = stages[st_idx];
 #pragma unroll
     for (int m = 0; m < kMats; ++m) {
@@ -342,74 +260,122 @@ __global__ void __launch_bounds__(kThreads, (Gemv<kMats, kRows, kKSplit>::kMinBl
 
   float acc[kTiles][kHalves][4];
 #pragma unroll
+  for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[t][h][j] = 0.f;
+
+#pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < total) load(s, s);
+    if (s < nsteps) load(s_begin + s, s);
     cp_async_commit();
   }
-  // red[k range][row][matrix, channel of the block]: the stages themselves with one item (every
-  // copy has landed by then), else the buffer after them.
-  float* red = reinterpret_cast<float*>(smem_raw + (items > 1 ? G::kSmemBytes : 0));
-  for (int item = 0; item < n_items; ++item) {
+  for (int i = 0; i < nsteps; ++i) {
+    cp_async_wait<kStages - 2>();  // step i has landed (this lane's copies) ...
+    __syncwarp();                  // ... every lane's, and step i - 1's stage is free again
+    if (i + kStages - 1 < nsteps) load(s_begin + i + kStages - 1, (i + kStages - 1) % kStages);
+    cp_async_commit();
+    const Stage& st = stages[i % kStages];
+
+    // Activation fragments of the four 32-blocks (n8 column gid = row gid + 8 h of the pass): inputs
+    // 8 tig + {0, 2 | 1, 3} for the first k16 MMA, 8 tig + {4, 6 | 5, 7} for the second.
+    uint32_t bf[kHalves][4][2][2];
+    float xr[kHalves][2];  // scales of rows 2 tig, 2 tig + 1 (+ 8 h): accumulators 0, 2 | 1, 3
 #pragma unroll
-    for (int t = 0; t < kTiles; ++t)
+    for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
-      for (int h = 0; h < kHalves; ++h)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[t][h][j] = 0.f;
-    for (int i = item * nsteps; i < (item + 1) * nsteps; ++i) {
-      cp_async_wait<kStages - 2>();  // step i has landed (this lane's copies) ...
-      __syncwarp();                  // ... every lane's, and step i - 1's stage is free again
-      if (i + kStages - 1 < total) load(i + kStages - 1, (i + kStages - 1) % kStages);
-      cp_async_commit();
-      gemv_step<kMats, kRows>(stages[i % kStages], acc, lane);
+      for (int j = 0; j < 4; ++j) {
+        const uint2 a = *reinterpret_cast<const uint2*>(&st.a[8 * h + gid][j * 32 + tig * 8]);
+        e4m3x4_to_f16x2(__byte_perm(a.x, 0, 0x3120), bf[h][j][0][0], bf[h][j][0][1]);
+        e4m3x4_to_f16x2(__byte_perm(a.y, 0, 0x3120), bf[h][j][1][0], bf[h][j][1][1]);
+      }
+      xr[h][0] = st.xs[8 * h + 2 * tig], xr[h][1] = st.xs[8 * h + 2 * tig + 1];
     }
-    if (items == 1) cp_async_wait<0>();  // no copy outstanding (the last commits are empty)
-    __syncthreads();  // one item: every warp is done with its stages; else the last item's sums are read
-    const int64_t n_block = (first_block + item * bpp) * G::kBlockCh;
 #pragma unroll
-    for (int t = 0; t < kTiles; ++t) {
-      const int col = (t / kTilesM) * G::kBlockCh + kc * kChannels + 16 * (t % kTilesM) + gid;
+    for (int t = 0; t < kTiles; ++t) {  // tiles of matrix 0, then of matrix 1
+      // Words of channels gid (lo) and gid + 8 (hi) of the tile, blocks 0..3: lanes 0-7 address
+      // channels 0-7, lanes 8-15 channels 8-15, lanes 16-31 the same for the next block.
+      uint32_t wl[4], wh[4];
+      {
+        const int ch = 16 * t + (lane & 7) + ((lane >> 3) & 1) * 8;
+        uint32_t r[4];
+        ldmatrix_x4(r, &st.w[ch][(lane >> 4) * 16]);
+        wl[0] = r[0], wh[0] = r[1], wl[1] = r[2], wh[1] = r[3];
+        ldmatrix_x4(r, &st.w[ch][(2 + (lane >> 4)) * 16]);
+        wl[2] = r[0], wh[2] = r[1], wl[3] = r[2], wh[3] = r[3];
+      }
+      // Scale bytes plus 6: byte j << 23 is the float 2^(S - 121) = 2^(S - 127) * 2^6, taking back the
+      // 2^-6 of the re-encoded weights (valid for S <= 248, as in the tile kernel).
+      const uint32_t swl = __vadd4(st.ws[16 * t + gid], 0x06060606u);
+      const uint32_t swh = __vadd4(st.ws[16 * t + gid + 8], 0x06060606u);
 #pragma unroll
-      for (int h = 0; h < kHalves; ++h)
+      for (int j = 0; j < 4; ++j) {
+        uint32_t a0[4], a1[4];  // A rows gid (regs 0, 2) and gid + 8 (regs 1, 3)
+        e4m3x4_to_f16x2(e2m1_lo_to_e4m3(wl[j]), a0[0], a1[0]);  // (c0, c2) | (c4, c6)
+        e4m3x4_to_f16x2(e2m1_hi_to_e4m3(wl[j]), a0[2], a1[2]);  // (c1, c3) | (c5, c7)
+        e4m3x4_to_f16x2(e2m1_lo_to_e4m3(wh[j]), a0[1], a1[1]);
+        e4m3x4_to_f16x2(e2m1_hi_to_e4m3(wh[j]), a0[3], a1[3]);
+        const float sl = __uint_as_float(((swl >> (8 * j)) & 0xffu) << 23);
+        const float sh = __uint_as_float(((swh >> (8 * j)) & 0xffu) << 23);
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-          red[(kr * kRows + 8 * h + 2 * tig + (j & 1)) * kRedLd + col + 8 * (j >> 1)] = acc[t][h][j];
-    }
-    __syncthreads();
-    // Each output is the k ranges' sums added in k order.
-    for (int o_i = tid; o_i < kRows * kMats * G::kBlockCh; o_i += kThreads) {
-      const int r = o_i / (kMats * G::kBlockCh), c = o_i % (kMats * G::kBlockCh), m = c / G::kBlockCh;
-      const int64_t n = n_block + c % G::kBlockCh;
-      if (r >= rows || n >= p.n) continue;
-      float v = red[r * kRedLd + c];
-#pragma unroll
-      for (int v_k = 1; v_k < kKSplit; ++v_k) v += red[(v_k * kRows + r) * kRedLd + c];
-      const int64_t o = (work.row_begin + r) * p.n + n;
-      float* out_f32 = m == 0 ? p.out_f32 : second.out_f32;
-      if (out_f32) {
-        out_f32[o] = v;
-      } else {
-        (m == 0 ? p.out : second.out)[o] = f32_to_bf16(v);
+        for (int h = 0; h < kHalves; ++h) {  // the decoded fragments serve every n8 of the pass
+          float d[4];  // channels gid | gid + 8 x rows 2 tig, 2 tig + 1 (+ 8 h): one 32-block
+          mma_f16_k32(d, a0, bf[h][j][0], a1, bf[h][j][1]);
+          acc[t][h][0] = fmaf(d[0], xr[h][0] * sl, acc[t][h][0]);
+          acc[t][h][1] = fmaf(d[1], xr[h][1] * sl, acc[t][h][1]);
+          acc[t][h][2] = fmaf(d[2], xr[h][0] * sh, acc[t][h][2]);
+          acc[t][h][3] = fmaf(d[3], xr[h][1] * sh, acc[t][h][3]);
+        }
       }
     }
   }
-  cp_async_wait<0>();  // nothing outstanding at exit (the last commits are empty)
+  cp_async_wait<0>();  // no copy outstanding (the last commits are empty)
+  __syncthreads();     // every warp is done with its stages: they become the reduction buffer
+
+  // red[k range][row][matrix, channel of the block]; then each output is the ranges' sums added in
+  // k order.
+  float* red = reinterpret_cast<float*>(smem_raw);
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t) {
+    const int col = (t / kTilesM) * G::kBlockCh + kc * kChannels + 16 * (t % kTilesM) + gid;
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        red[(kr * kRows + 8 * h + 2 * tig + (j & 1)) * kRedLd + col + 8 * (j >> 1)] = acc[t][h][j];
+  }
+  __syncthreads();
+  for (int i = tid; i < kRows * kMats * G::kBlockCh; i += kThreads) {
+    const int r = i / (kMats * G::kBlockCh), c = i % (kMats * G::kBlockCh), m = c / G::kBlockCh;
+    const int64_t n = n_block + c % G::kBlockCh;
+    if (r >= rows || n >= p.n) continue;
+    float v = red[r * kRedLd + c];
+#pragma unroll
+    for (int v_k = 1; v_k < kKSplit; ++v_k) v += red[(v_k * kRows + r) * kRedLd + c];
+    const int64_t o = (work.row_begin + r) * p.n + n;
+    float* out_f32 = m == 0 ? p.out_f32 : second.out_f32;
+    if (out_f32) {
+      out_f32[o] = v;
+    } else {
+      (m == 0 ? p.out : second.out)[o] = f32_to_bf16(v);
+    }
+  }
 }
 
 template <int kMats, int kRows, int kKSplit>
 void launch_gemv(const Fp4GroupedGemmParams& p, const GemvSecond& second) {
   using G = Gemv<kMats, kRows, kKSplit>;
-  // Once per device and shape: above 48 KB of dynamic shared memory (the stages and, for items > 1,
-  // the reduction buffer), and the whole carveout as shared memory so kMinBlocks blocks fit.
+  // Once per device and shape: above 48 KB of dynamic shared memory, and the whole carveout as
+  // shared memory so kMinBlocks blocks fit.
   static std::atomic<uint64_t> attr_set{0};
-  set_smem_once(fp4_grouped_gemv_kernel<kMats, kRows, kKSplit>, G::kSmemBytes + G::kRedBytes, true, &attr_set);
+  constexpr size_t smem = G::kSmemBytes;
+  set_smem_once(fp4_grouped_gemv_kernel<kMats, kRows, kKSplit>, smem, true, &attr_set);
   const int64_t n_blocks = ceil_div(p.n, int64_t(G::kBlockCh));
   const int64_t passes = grouped_tile_bound(p.max_rows, p.num_groups, kRows);
   CHECK_LE(passes, int64_t(INT_MAX)) << "fp4 grouped gemv: max_rows=" << p.max_rows;
-  const int items = int(std::min<int64_t>(n_blocks, fp4_gemv_items(p.gemv_items, passes, n_blocks)));
-  const size_t smem = G::kSmemBytes + (items > 1 ? G::kRedBytes : 0);
-  const unsigned grid = grid_x(passes * ceil_div(n_blocks, int64_t(items)), "fp4_grouped_gemv");
-  launch(fp4_grouped_gemv_kernel<kMats, kRows, kKSplit>, grid, kThreads, smem, p.stream)(p, second, n_blocks, items);
+  const unsigned grid = grid_x(passes * n_blocks, "fp4_grouped_gemv");
+  launch(fp4_grouped_gemv_kernel<kMats, kRows, kKSplit>, grid, kThreads, smem, p.stream)(p, second, n_blocks);
   launch_check("fp4_grouped_gemv", p.stream);
 }
 
@@ -456,15 +422,6 @@ bool fp4_tc_use_gemv(int64_t max_rows, int64_t num_groups, int64_t n, int64_t k,
   const int64_t mean = fp4_mean_rows(max_rows, num_groups);
   if (gemv_rows == 0 && mean <= kFp4GemvMaxMeanRows16) return true;
   return mean <= kFp4GemvMaxMeanRows || (n > 0 && k >= 2 * n && mean <= kFp4GemvMaxMeanRowsWide);
-}
-
-int fp4_gemv_items(int gemv_items, int64_t passes, int64_t n_blocks) {
-  if (gemv_items > 0) return gemv_items;
-  // By the launch size: channel blocks per block so that the grid keeps about two blocks for each
-  // of the kFp4GemvItemsSlots a device runs at once (two waves: the last one's tail is short), up to
-  // kFp4GemvMaxItems; a small launch (batch 1: 6 row passes) keeps one.
-  const int64_t per_block = passes * n_blocks / (2 * kFp4GemvItemsSlots);
-  return int(std::clamp<int64_t>(per_block, 1, kFp4GemvMaxItems));
 }
 
 Fp4GemvShape fp4_gemv_shape(int64_t max_rows, int64_t num_groups, int64_t k, int gemv_rows, int gemv_k_split) {

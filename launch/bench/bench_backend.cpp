@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <string>
 #include <utility>
 
 #include "launch/backend_option.h"
@@ -28,11 +27,9 @@ BenchBackend::BenchBackend(const std::string& backend, int device, const std::st
     free_bytes_ = double(info.free_bytes);
     std::printf("  device: %s, %d SMs, %.1f GiB free of %.1f GiB\n", info.name.c_str(), info.sms,
                 double(info.free_bytes) / (1 << 30), double(info.total_bytes) / (1 << 30));
-    std::printf("  launches: %s; expert GEMV L2 prefetch %d B, channel blocks a block %s; expert GEMM activation "
-                "tiles by %s%s\n",
+    std::printf("  launches: %s; expert GEMV L2 prefetch %d B; expert GEMM activation tiles by %s%s\n",
                 options.cuda_pdl ? "programmatic (debug.cuda_pdl)" : "stream-ordered (debug.cuda_pdl: false)",
                 options.cuda_fp4_gemv_l2_prefetch,
-                options.cuda_fp4_gemv_items == 0 ? "by size" : std::to_string(options.cuda_fp4_gemv_items).c_str(),
                 options.cuda_expert_ws_a_copy == 0   ? "cp.async"
                 : options.cuda_expert_ws_a_copy == 1 ? "TMA"
                                                      : "TMA multicast in clusters of two",

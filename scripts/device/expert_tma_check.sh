@@ -5,9 +5,8 @@
 # (kernels/cuda/fp4_gemm_wgmma_ws.cu, debug.cuda_expert_ws_a_copy / cuda_expert_ws_weight_ring),
 # and the attention checks. The W4A8 / MoE, attention and Hadamard op tests (a
 # hang ends at its bound), `bench_cuda - fp4` at prefill sizes (every form), golden tiny-a, `bench prefill`
-# at 8K in each form, `bench step` at batch 1 and 256 (and with the decode expert GEMV's channel
-# blocks a block by size, gemv_items.yaml), at 1M by default (the attention in clusters) and one
-# attention block a token (attention_single.yaml).
+# at 8K in each form, `bench step` at batch 1 and 256, at 1M by default (the attention in clusters)
+# and one attention block a token (attention_single.yaml).
 # SHORT=1: no 1M stage.
 # Logs: $OUT/summary.txt and $OUT/logs.tgz.
 #   [SHORT=1] bash scripts/device/expert_tma_check.sh        (carry .devdeps)
@@ -23,12 +22,11 @@ echo "== bench_cuda fp4 rc $?"; grep -E "wgmma ws, A by|wgmma [0-9.]+ TFLOP" "$L
 golden_stage
 prefill_stage 8k 8192 8192 ""
 if [[ $forms_ok == 0 ]]; then
-  for form in tma tma_pair ring ring_pair; do
+  for form in cp_async tma_pair ring ring_pair; do
     prefill_stage "8k_$form" 8192 8192 "scripts/device/expert_$form.yaml" 75
   done
 fi
 STEP_ARGS="--synthetic --backend cuda --preset flash --layers 2 --batch 1,256 --context 8192 --iters 10"
 step decode "" "$STEP_ARGS"
-step decode_items scripts/device/gemv_items.yaml "$STEP_ARGS"
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 1m 1048576 8192 "" 150
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 1m_single 1048576 8192 scripts/device/attention_single.yaml 150

@@ -331,13 +331,6 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
           }
         }
         if (mode == 1) {
-          for (const int items : {2, 4, 8, 0}) {  // channel blocks a block (gemv_items; 0: by size)
-            Fp4GroupedGemmParams pp = p;
-            pp.gemv_items = items;
-            const double us_i = time_us([&] { rotate(pp); fp4_grouped_gemv(pp); }, s);
-            report("fp4 tc gemv items " + std::to_string(items) + " " + shape, us_i, bytes,
-                   2.0 * double(rows * sh.n * sh.k), kFp8Peak);
-          }
           for (const int pf : {0, 128, 256}) {  // the weight copies' L2 prefetch (gemv_l2_prefetch)
             Fp4GroupedGemmParams pp = p;
             pp.gemv_l2_prefetch = pf;
@@ -367,18 +360,6 @@ void bench_fp4(cudaStream_t s, std::mt19937& gen) {
             const double us_g = time_us([&] { rotate(p); q.row_offsets = p.row_offsets; fp4_grouped_gemv_pair(p, q, g); }, s);
             report("fp4 tc gemv pair r" + std::to_string(g.rows) + " k" + std::to_string(g.k_split) + " " + shape, us_g,
                    2 * bytes, flops2, kFp8Peak);
-          }
-          for (const int items : {2, 4, 8, 0}) {  // channel blocks a block (gemv_items; 0: by size)
-            Fp4GroupedGemmParams pp = p, qq = q;
-            pp.gemv_items = qq.gemv_items = items;
-            const double us_i = time_us(
-                [&] {
-                  rotate(pp);
-                  qq.row_offsets = pp.row_offsets;
-                  fp4_grouped_gemv_pair(pp, qq);
-                },
-                s);
-            report("fp4 tc gemv pair items " + std::to_string(items) + " " + shape, us_i, 2 * bytes, flops2, kFp8Peak);
           }
           for (const int pf : {0, 128, 256}) {  // the weight copies' L2 prefetch (gemv_l2_prefetch)
             Fp4GroupedGemmParams pp = p, qq = q;

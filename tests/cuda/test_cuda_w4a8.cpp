@@ -560,11 +560,6 @@ TEST(CudaW4a8Gemv, DispatchByMeanRows) {
   EXPECT_EQ(cuda::fp4_gemv_shape(1536, 256, 7168).k_split, 4);   // Pro gate/up
   EXPECT_EQ(cuda::fp4_gemv_shape(6, 256, 512).k_split, 1);
   EXPECT_EQ(cuda::fp4_gemv_shape(6, 256, 2048, 8, 4).k_split, 4);  // asked for
-  // Channel blocks a block (gemv_items 0: by size, about two blocks a slot, 1 to 8).
-  EXPECT_EQ(cuda::fp4_gemv_items(3, 6, 64), 3);                 // asked for
-  EXPECT_EQ(cuda::fp4_gemv_items(0, 6, 64), 1);                 // batch 1: 384 channel blocks
-  EXPECT_EQ(cuda::fp4_gemv_items(0, 33, 64), 4);                // 2,112 channel blocks over 528
-  EXPECT_EQ(cuda::fp4_gemv_items(0, 294, 64), 8);               // batch 256: capped
 }
 
 // One row in a few of 256 groups, the rest empty (the batch-1 decode step), some of the rows in
@@ -666,8 +661,7 @@ TEST(CudaW4a8Gemv, ManyPassesBatch256) {
 // fp32 outputs, scale rows of the second projection not word aligned. And the dispatching entry
 // (fp4_grouped_gemm_pair) where it takes the pair GEMV and where it takes two tile-kernel GEMMs.
 // Every launch shape (Fp4GemvShape: 8 or 16 rows a pass, k split 4, 2 or 1) on each case, with k of
-// one 128-step (warps without steps) and groups of 30+ rows (several 16-row passes), each with one
-// and with several channel blocks a block (gemv_items).
+// one 128-step (warps without steps) and groups of 30+ rows (several 16-row passes).
 TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
   V4RT_REQUIRE_GPU();
   Rng rng(86);
@@ -758,22 +752,6 @@ TEST(CudaW4a8Gemv, GateUpPairEqualsTwoLaunches) {
       const std::vector<uint16_t> h[2] = {s0.host(), s1.host()};
       EXPECT_TRUE(q0.host() == h[0]) << "gate of the pair differs from its single GEMV";
       EXPECT_TRUE(q1.host() == h[1]) << "up of the pair differs from its single GEMV";
-      // Several channel blocks a block (gemv_items; 3 leaves a partial last block, 8 can exceed the
-      // channel blocks, 0 picks by size): the same bits as one a block, single and pair.
-      for (const int items : {2, 3, 8, 0}) {
-        Dev<uint16_t> i0(outs), i1(outs), j0(outs), j1(outs);
-        auto with_items = [&](int m, Dev<uint16_t>& out) {
-          cuda::Fp4GroupedGemmParams p = params(m, out);
-          p.gemv_items = items;
-          return p;
-        };
-        cuda::fp4_grouped_gemv(with_items(0, i0), g);
-        cuda::fp4_grouped_gemv(with_items(1, i1), g);
-        cuda::fp4_grouped_gemv_pair(with_items(0, j0), with_items(1, j1), g);
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        EXPECT_TRUE(i0.host() == h[0] && i1.host() == h[1]) << items << " channel blocks a block: single differs";
-        EXPECT_TRUE(j0.host() == h[0] && j1.host() == h[1]) << items << " channel blocks a block: pair differs";
-      }
       const int split = g.k_split == 4 ? 0 : g.k_split == 2 ? 1 : 2;
       for (int m = 0; m < 2; ++m) {
         if (split_ref[split][m].empty()) {

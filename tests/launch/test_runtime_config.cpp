@@ -237,7 +237,7 @@ TEST(RuntimeConfig, CudaGraphsKey) {
 }
 
 // debug.cuda_fp4_gemv_rows (8 by default) / cuda_fp4_gemv_k_split (0 by default) /
-// cuda_fp4_gemv_l2_prefetch (256 by default) / cuda_fp4_gemv_items (1 by default): other values
+// cuda_fp4_gemv_l2_prefetch (256 by default): other values
 // carried to the backend options and the resolved YAML; a value out of their sets names the key and
 // what it accepts.
 TEST(RuntimeConfig, Fp4GemvRowsKey) {
@@ -260,14 +260,6 @@ TEST(RuntimeConfig, Fp4GemvRowsKey) {
   EXPECT_EQ(parse_runtime_config(runtime_config_yaml(none), "emitted").debug.cuda_fp4_gemv_l2_prefetch, 0);
   expect_error_naming([] { parse_runtime_config("debug: {cuda_fp4_gemv_l2_prefetch: 64}\n", "r.yaml"); },
                       {"r.yaml", "cuda_fp4_gemv_l2_prefetch", "128 or 0", "64"});
-  EXPECT_EQ(backend_options(d, 0).cuda_fp4_gemv_items, 1);
-  const RuntimeConfig by_size = parse_runtime_config("debug: {cuda_fp4_gemv_items: 0}\n", "r.yaml");
-  EXPECT_EQ(backend_options(by_size, 0).cuda_fp4_gemv_items, 0);
-  EXPECT_EQ(parse_runtime_config(runtime_config_yaml(by_size), "emitted").debug.cuda_fp4_gemv_items, 0);
-  EXPECT_EQ(backend_options(parse_runtime_config("debug: {cuda_fp4_gemv_items: 4}\n", "r.yaml"), 0).cuda_fp4_gemv_items,
-            4);
-  expect_error_naming([] { parse_runtime_config("debug: {cuda_fp4_gemv_items: 3}\n", "r.yaml"); },
-                      {"r.yaml", "cuda_fp4_gemv_items", "2, 4, 8 or 0", "3"});
 }
 
 // debug.cuda_attention_wgmma_cluster (true by default): carried to the backend options and the
@@ -300,20 +292,20 @@ TEST(RuntimeConfig, GraphReplayKey) {
                       {"r.yaml", "cuda_graph_replay"});
 }
 
-// debug.cuda_expert_ws_a_copy (0 by default): 1 and 2 carried to the backend options and the
+// debug.cuda_expert_ws_a_copy (1 by default): 0 and 2 carried to the backend options and the
 // resolved YAML; a value out of 0-2 names the key and what it accepts. cuda_expert_ws_weight_ring
 // (off by default) carried likewise.
 TEST(RuntimeConfig, ExpertWsACopyKey) {
   const RuntimeConfig d = parse_runtime_config("", "r.yaml");
-  EXPECT_EQ(backend_options(d, 0).cuda_expert_ws_a_copy, 0);
-  for (const int mode : {1, 2}) {
+  EXPECT_EQ(backend_options(d, 0).cuda_expert_ws_a_copy, 1);
+  for (const int mode : {0, 2}) {
     const RuntimeConfig c =
         parse_runtime_config("debug: {cuda_expert_ws_a_copy: " + std::to_string(mode) + "}\n", "r.yaml");
     EXPECT_EQ(backend_options(c, 0).cuda_expert_ws_a_copy, mode);
     EXPECT_EQ(parse_runtime_config(runtime_config_yaml(c), "emitted").debug.cuda_expert_ws_a_copy, mode);
   }
   expect_error_naming([] { parse_runtime_config("debug: {cuda_expert_ws_a_copy: 3}\n", "r.yaml"); },
-                      {"r.yaml", "cuda_expert_ws_a_copy", "1 (TMA) or 2", "3"});
+                      {"r.yaml", "cuda_expert_ws_a_copy", "1 (TMA, the default) or 2", "3"});
   EXPECT_FALSE(backend_options(d, 0).cuda_expert_ws_weight_ring);
   const RuntimeConfig ring = parse_runtime_config("debug: {cuda_expert_ws_weight_ring: true}\n", "r.yaml");
   EXPECT_TRUE(backend_options(ring, 0).cuda_expert_ws_weight_ring);
