@@ -65,7 +65,8 @@ prefill_stage() {
 tests_stage() {
   timeout "$2" "$B/tests/cuda/test_cuda_kernels" --gtest_brief=1 ${3:+--gtest_filter="$3"} > "$L/tests_$1.txt" 2>&1
   TESTS_RC=$?
-  echo "== op tests $1 rc $TESTS_RC"; grep -E "FAILED|PASSED|Failure|tests ran" "$L/tests_$1.txt" | head -30; el "tests $1"
+  echo "== op tests $1 rc $TESTS_RC"
+  grep -E "FAILED|PASSED|Failure|tests ran" "$L/tests_$1.txt" | head -30; el "tests $1"
 }
 hca_profile_stage() {
   BUILD=$B OUT=$L NCU_KERNEL=sparse_attention_wgmma NCU_SKIP=60 NCU_CONTEXT=1048576 NCU_TAG=$1 \
