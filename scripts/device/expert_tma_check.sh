@@ -26,7 +26,6 @@ if [[ $forms_ok == 0 ]]; then
     prefill_stage "8k_$form" 8192 8192 "scripts/device/expert_$form.yaml" 75
   done
 fi
-STEP_ARGS="--synthetic --backend cuda --preset flash --layers 2 --batch 1,256 --context 8192 --iters 10"
-step decode "" "$STEP_ARGS"
+step decode "" "--synthetic --backend cuda --preset flash --layers 2 --batch 1,256 --context 8192 --iters 10"
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 1m 1048576 8192 "" 150
 [[ ${SHORT:-0} == 1 ]] || prefill_stage 1m_single 1048576 8192 scripts/device/attention_single.yaml 150

@@ -23,27 +23,8 @@ for b in 1 256; do
   f=$OUT/ncu_step_b$b.csv
   timeout ${NCU_TIMEOUT:-150} "$NCU" --clock-control none --csv --page raw --metrics $M --profile-from-start off \
     $STEP --batch $b "$@" > "$f" 2> "$OUT/ncu_step_b$b.err"
-  echo "== ncu step batch $b rc $? (kernel: launches, us per step, mean DRAM %, mean SM %; $ITERS timed steps)"
-  python3 - "$f" "$ITERS" <<'PY'
-import csv, sys, collections
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-steps = int(sys.argv[2])
-if len(rows) < 3: sys.exit(print("  no rows"))
-h = rows[0]; ix = {k: h.index(k) for k in ("Kernel Name", "gpu__time_duration.sum",
-     "dram__throughput.avg.pct_of_peak_sustained_elapsed", "sm__throughput.avg.pct_of_peak_sustained_elapsed")}
-agg = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
-for r in rows[2:]:
-    try: t = float(r[ix["gpu__time_duration.sum"]].replace(",", ""))
-    except ValueError: continue
-    a = agg[r[ix["Kernel Name"]][:60]]; a[0] += 1; a[1] += t
-    a[2] += float(r[ix["dram__throughput.avg.pct_of_peak_sustained_elapsed"]] or 0) * t
-    a[3] += float(r[ix["sm__throughput.avg.pct_of_peak_sustained_elapsed"]] or 0) * t
-unit = rows[1][ix["gpu__time_duration.sum"]]; scale = 1e-3 if unit == "ns" else (1e3 if unit == "ms" else 1.0)
-tot = sum(a[1] for a in agg.values())
-for k, a in sorted(agg.items(), key=lambda kv: -kv[1][1])[:30]:
-    print(f"  {k:60s} {a[0]:5d} {a[1]*scale/steps:10.1f} {a[2]/a[1]:6.1f} {a[3]/a[1]:6.1f}")
-print(f"  total {tot*scale/steps:.1f} us per step, {sum(a[0] for a in agg.values())} launches in {steps} steps")
-PY
+  echo "== ncu step batch $b rc $? (kernel: launches, us per step, mean DRAM %, mean SM %, share)"
+  python3 scripts/device/ncu_sum.py "$f" "$ITERS" 30 "per step ($ITERS timed steps)"
 done
 fi
 [[ " ${NCU_PARTS:-step detail} " == *" detail "* ]] || exit 0
