@@ -324,7 +324,7 @@ void launch_rms_norm(const RmsNormParams& p, cudaStream_t s) {
     if (per_lane <= 1) run(rms_norm_warp_kernel<1>);
     else if (per_lane <= 2) run(rms_norm_warp_kernel<2>);
     else if (per_lane <= 4) run(rms_norm_warp_kernel<4>);
-    else run(rms_norm_warp_kernel<8>);
+    else run(rms_norm_warp_kernel<kNormMaxVec>);
     launch_check("rms_norm (warp per row)", s);
     return;
   }
